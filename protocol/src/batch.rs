@@ -1,0 +1,288 @@
+//! The wire format of a batch (docs/PROTOCOL.md is the normative text).
+//!
+//! A batch is `POST /v1/batches` with an NDJSON body compressed with zstd. Each line is one
+//! [`Record`]: `{"op":"upsert","key":K,"fields":{…}}` or `{"op":"delete","key":K}`. Records of
+//! one batch are applied in order. The batch is identified by (node, resource, stream, seq):
+//! `stream` names one agent queue (it changes only when the agent's data directory is
+//! recreated), `seq` counts that stream's batches of that resource from 1 without gaps.
+//! The content digest is SM3 over the uncompressed NDJSON.
+//!
+//! Invariant: the hub acknowledges (HTTP 200 with an [`Ack`]) only after the batch is
+//! committed; a batch whose seq is not above the last applied seq of its (node, resource,
+//! stream) is acknowledged as a duplicate without being applied again.
+
+use std::io::Read;
+
+use serde::{Deserialize, Serialize};
+use sm3::{Digest, Sm3};
+
+/// Path of the batch endpoint.
+pub const BATCHES_PATH: &str = "/v1/batches";
+/// Path of the health endpoint.
+pub const HEALTH_PATH: &str = "/v1/health";
+/// Content type of a batch body before compression.
+pub const CONTENT_TYPE: &str = "application/x-ndjson";
+/// Content encoding of a batch body.
+pub const CONTENT_ENCODING: &str = "zstd";
+/// Largest uncompressed batch a hub accepts by default (the agent's `batch.max_bytes` must
+/// not exceed the hub's limit).
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+
+/// Header names (lower case, as HTTP/2 sends them).
+pub mod header {
+    /// Node id of the sender; must equal the common name of its client certificate.
+    pub const NODE: &str = "exchange-node";
+    /// Resource code (资源代码) the batch belongs to.
+    pub const RESOURCE: &str = "exchange-resource";
+    /// Id of the agent queue that produced the batch (32 hex digits).
+    pub const STREAM: &str = "exchange-stream";
+    /// Sequence number of the batch within (resource, stream), from 1.
+    pub const SEQ: &str = "exchange-batch-seq";
+    /// Number of records in the batch.
+    pub const RECORDS: &str = "exchange-record-count";
+    /// SM3 digest of the uncompressed body, 64 lower-case hex digits.
+    pub const DIGEST: &str = "exchange-content-sm3";
+    /// `node/resource/stream/seq`, for proxies and logs.
+    pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+    /// Protocol version spoken by the agent.
+    pub const PROTOCOL: &str = "exchange-protocol";
+}
+
+/// Protocol version carried in [`header::PROTOCOL`].
+pub const PROTOCOL_VERSION: &str = "1";
+
+/// What a record asks the hub to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// Insert or replace the record with this key.
+    Upsert,
+    /// Remove the record with this key.
+    Delete,
+}
+
+/// One line of a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// What to do.
+    pub op: Op,
+    /// The subject identifier (value of the resource's key column), as text.
+    pub key: String,
+    /// Field values after policy; absent for deletes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The identity of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchId {
+    /// Node id.
+    pub node: String,
+    /// Resource code.
+    pub resource: String,
+    /// Queue stream id (32 hex digits).
+    pub stream: String,
+    /// Sequence number within (resource, stream), from 1.
+    pub seq: u64,
+}
+
+impl BatchId {
+    /// The idempotency key `node/resource/stream/seq`.
+    pub fn idempotency_key(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.node, self.resource, self.stream, self.seq
+        )
+    }
+}
+
+/// The hub's answer to an accepted batch (HTTP 200).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// `applied` or `duplicate`.
+    pub status: AckStatus,
+    /// The acknowledged sequence number.
+    pub seq: u64,
+    /// Records applied (0 for a duplicate).
+    pub records: u64,
+}
+
+/// Whether the batch was applied now or had been applied before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckStatus {
+    /// Committed by this request.
+    Applied,
+    /// Committed by an earlier request; nothing changed.
+    Duplicate,
+}
+
+/// The body of every non-200 answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A sentence saying what was wrong.
+    pub error: String,
+}
+
+/// What is wrong with a received batch body.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// The body is not valid zstd.
+    #[error("body is not valid zstd: {0}")]
+    Decompress(std::io::Error),
+    /// The body decompresses to more than the limit.
+    #[error("body decompresses to more than {limit} bytes")]
+    TooLarge { limit: usize },
+    /// The digest does not match.
+    #[error("content digest mismatch: header says {claimed}, body is {actual}")]
+    Digest { claimed: String, actual: String },
+    /// A line is not a valid record.
+    #[error("line {line}: {reason}")]
+    Line { line: usize, reason: String },
+    /// The record count does not match.
+    #[error("header says {claimed} records, body holds {actual}")]
+    Count { claimed: u64, actual: u64 },
+}
+
+/// SM3 of `data`, lower-case hex.
+pub fn digest_hex(data: &[u8]) -> String {
+    hex::encode(Sm3::digest(data))
+}
+
+/// Appends one record as an NDJSON line.
+pub fn push_line(out: &mut Vec<u8>, record: &Record) {
+    serde_json::to_writer(&mut *out, record).expect("a record always serializes");
+    out.push(b'\n');
+}
+
+/// Compresses an NDJSON body.
+pub fn compress(ndjson: &[u8]) -> Vec<u8> {
+    zstd::bulk::compress(ndjson, 3).expect("compressing into memory cannot fail")
+}
+
+/// Decompresses a body, refusing more than `limit` bytes of output.
+pub fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
+    let decoder = zstd::stream::read::Decoder::new(body).map_err(BatchError::Decompress)?;
+    let mut out = Vec::new();
+    decoder
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(BatchError::Decompress)?;
+    if out.len() > limit {
+        return Err(BatchError::TooLarge { limit });
+    }
+    Ok(out)
+}
+
+/// Checks digest and count and parses every line.
+pub fn parse(
+    ndjson: &[u8],
+    claimed_digest: &str,
+    claimed_count: u64,
+) -> Result<Vec<Record>, BatchError> {
+    let actual = digest_hex(ndjson);
+    if !actual.eq_ignore_ascii_case(claimed_digest) {
+        return Err(BatchError::Digest {
+            claimed: claimed_digest.to_owned(),
+            actual,
+        });
+    }
+    let mut records = Vec::new();
+    for (i, line) in ndjson.split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let record: Record = serde_json::from_slice(line).map_err(|e| BatchError::Line {
+            line: i + 1,
+            reason: e.to_string(),
+        })?;
+        if record.op == Op::Upsert && record.fields.is_none() {
+            return Err(BatchError::Line {
+                line: i + 1,
+                reason: "an upsert needs `fields`".into(),
+            });
+        }
+        records.push(record);
+    }
+    if records.len() as u64 != claimed_count {
+        return Err(BatchError::Count {
+            claimed: claimed_count,
+            actual: records.len() as u64,
+        });
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sm3_matches_the_standard_test_vector() {
+        // GB/T 32905-2016 example 1: "abc".
+        assert_eq!(
+            digest_hex(b"abc"),
+            "66c7f0f462eeedd9d1f2d46bdc10e4e24167c4875cf2f7a2297da02b8f4ba8e0"
+        );
+    }
+
+    #[test]
+    fn a_batch_round_trips_with_exact_numbers() {
+        let mut body = Vec::new();
+        let fields: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"n":18446744073709551615,"d":"12.3400","j":{"x":1.10}}"#)
+                .unwrap();
+        push_line(
+            &mut body,
+            &Record {
+                op: Op::Upsert,
+                key: "k1".into(),
+                fields: Some(fields),
+            },
+        );
+        push_line(
+            &mut body,
+            &Record {
+                op: Op::Delete,
+                key: "k2".into(),
+                fields: None,
+            },
+        );
+        let digest = digest_hex(&body);
+        let wire = compress(&body);
+        let back = decompress(&wire, 1 << 20).unwrap();
+        let records = parse(&back, &digest, 2).unwrap();
+        assert_eq!(records.len(), 2);
+        let line = String::from_utf8(back).unwrap();
+        assert!(line.contains("18446744073709551615"), "{line}");
+        assert!(line.contains("1.10"), "{line}");
+    }
+
+    #[test]
+    fn decompression_is_bounded() {
+        let big = vec![b'a'; 10_000];
+        let wire = compress(&big);
+        assert!(matches!(
+            decompress(&wire, 100),
+            Err(BatchError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_tampered_body_is_refused() {
+        let mut body = Vec::new();
+        push_line(
+            &mut body,
+            &Record {
+                op: Op::Delete,
+                key: "k".into(),
+                fields: None,
+            },
+        );
+        assert!(matches!(
+            parse(&body, &"0".repeat(64), 1),
+            Err(BatchError::Digest { .. })
+        ));
+    }
+}

@@ -1,0 +1,339 @@
+//! Every rustls configuration in the workspace is built here.
+//!
+//! Architecture invariants:
+//! - one crypto provider (`ring`), installed as the process default by [`install_provider`];
+//! - certificate verification is never disabled: a client trusts exactly the configured CA
+//!   file (or, for a source database without one, the system trust store), and a server asks
+//!   for and verifies a client certificate against the configured client CA;
+//! - TLS 1.3 only unless TLS 1.2 is explicitly allowed;
+//! - a private key file readable by group or other users is refused.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+/// What can go wrong while building a TLS configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate, CA or key file could not be read.
+    #[error("cannot read {what} file {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file holds no PEM item of the expected kind.
+    #[error("{what} file {path} holds no PEM {expected}")]
+    Empty {
+        what: &'static str,
+        path: PathBuf,
+        expected: &'static str,
+    },
+    /// The file is not valid PEM.
+    #[error("{what} file {path} is not valid PEM: {reason}")]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// A private key that other users can read is refused.
+    #[error(
+        "private key {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}` and make it owned by the service user"
+    )]
+    KeyPermissions { path: PathBuf, mode: u32 },
+    /// rustls refused the material.
+    #[error("{context}: {source}")]
+    Rustls {
+        context: String,
+        #[source]
+        source: rustls::Error,
+    },
+    /// The client verifier could not be built.
+    #[error("client CA {path}: {reason}")]
+    Verifier { path: PathBuf, reason: String },
+    /// The system trust store could not be loaded.
+    #[error("no usable certificate in the system trust store: {0}")]
+    SystemRoots(String),
+}
+
+/// Lowest TLS version a connection may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+pub enum MinTlsVersion {
+    /// TLS 1.3 only (default).
+    #[default]
+    #[serde(rename = "1.3")]
+    Tls13,
+    /// TLS 1.2 and 1.3.
+    #[serde(rename = "1.2")]
+    Tls12,
+}
+
+impl MinTlsVersion {
+    fn versions(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        static V13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+        static V12: &[&rustls::SupportedProtocolVersion] =
+            &[&rustls::version::TLS13, &rustls::version::TLS12];
+        match self {
+            MinTlsVersion::Tls13 => V13,
+            MinTlsVersion::Tls12 => V12,
+        }
+    }
+}
+
+/// The one crypto provider of the workspace.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Installs the workspace's crypto provider as the process default, so that libraries that
+/// build their own rustls configuration (mysql_async) use it too. Safe to call more than once.
+pub fn install_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Reads every certificate of a PEM file.
+pub fn load_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let data = fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&data)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            what,
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            what,
+            path: path.to_owned(),
+            expected: "CERTIFICATE",
+        });
+    }
+    Ok(certs)
+}
+
+/// Refuses a secret file (private key, password) that group or other users can read.
+pub fn check_secret_permissions(path: &Path) -> Result<(), TlsError> {
+    let meta = fs::metadata(path).map_err(|source| TlsError::Read {
+        what: "secret",
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(TlsError::KeyPermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Reads a private key (PKCS#8, PKCS#1 or SEC1 PEM), refusing one other users can read.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let data = fs::read(path).map_err(|source| TlsError::Read {
+        what: "private key",
+        path: path.to_owned(),
+        source,
+    })?;
+    check_secret_permissions(path)?;
+    PrivateKeyDer::from_pem_slice(&data).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::Empty {
+            what: "private key",
+            path: path.to_owned(),
+            expected: "PRIVATE KEY",
+        },
+        other => TlsError::Pem {
+            what: "private key",
+            path: path.to_owned(),
+            reason: other.to_string(),
+        },
+    })
+}
+
+fn roots_from(what: &'static str, path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(what, path)? {
+        roots.add(cert).map_err(|source| TlsError::Rustls {
+            context: format!("{what} {}", path.display()),
+            source,
+        })?;
+    }
+    Ok(roots)
+}
+
+/// Paths of a mutual-TLS identity: the CA that issued the peer, our certificate and key.
+#[derive(Debug, Clone)]
+pub struct MutualTls {
+    /// The CA certificate(s) that the peer's certificate must chain to (only these).
+    pub ca: PathBuf,
+    /// Our certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Our private key (must not be readable by other users).
+    pub key: PathBuf,
+    /// Lowest TLS version allowed.
+    pub min_version: MinTlsVersion,
+}
+
+/// Client configuration for the agent's connection to the hub: trusts only `ca`, presents
+/// `cert`/`key`.
+pub fn hub_client_config(m: &MutualTls) -> Result<ClientConfig, TlsError> {
+    let roots = roots_from("hub CA", &m.ca)?;
+    let certs = load_certs("client certificate", &m.cert)?;
+    let key = load_key(&m.key)?;
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(m.min_version.versions())
+        .map_err(|source| TlsError::Rustls {
+            context: "TLS versions".into(),
+            source,
+        })?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|source| TlsError::Rustls {
+            context: format!(
+                "client certificate {} does not match key {}",
+                m.cert.display(),
+                m.key.display()
+            ),
+            source,
+        })?;
+    Ok(config)
+}
+
+/// Server configuration that requires a client certificate issued by `ca`.
+pub fn mutual_server_config(m: &MutualTls) -> Result<ServerConfig, TlsError> {
+    let roots = roots_from("client CA", &m.ca)?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| TlsError::Verifier {
+            path: m.ca.clone(),
+            reason: e.to_string(),
+        })?;
+    let certs = load_certs("server certificate", &m.cert)?;
+    let key = load_key(&m.key)?;
+    ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(m.min_version.versions())
+        .map_err(|source| TlsError::Rustls {
+            context: "TLS versions".into(),
+            source,
+        })?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|source| TlsError::Rustls {
+            context: format!(
+                "server certificate {} does not match key {}",
+                m.cert.display(),
+                m.key.display()
+            ),
+            source,
+        })
+}
+
+/// Client configuration for a source database: trusts `ca` when given, else the system
+/// trust store. Never without verification.
+pub fn source_client_config(ca: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    let roots = match ca {
+        Some(path) => roots_from("source CA", path)?,
+        None => {
+            let loaded = rustls_native_certs::load_native_certs();
+            let mut roots = RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(loaded.certs);
+            if added == 0 {
+                return Err(TlsError::SystemRoots(format!("{:?}", loaded.errors)));
+            }
+            roots
+        }
+    };
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(MinTlsVersion::Tls12.versions())
+        .map_err(|source| TlsError::Rustls {
+            context: "TLS versions".into(),
+            source,
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// The identity a peer certificate asserts: its subject common name.
+///
+/// The hub takes a node's id from here; a node may push only under that id.
+pub fn peer_common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    Some(cn)
+}
+
+/// Makes a human sentence out of a TLS failure, with the hint an administrator needs.
+pub fn explain(err: &rustls::Error) -> String {
+    use rustls::{CertificateError, Error};
+    let hint = match err {
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "the peer's certificate was not issued by the configured CA"
+        }
+        Error::InvalidCertificate(CertificateError::Expired)
+        | Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
+            "the peer's certificate has expired"
+        }
+        Error::InvalidCertificate(CertificateError::NotValidForName)
+        | Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
+            "the peer's certificate is not valid for the address connected to"
+        }
+        Error::NoCertificatesPresented => "the peer presented no client certificate",
+        _ => "",
+    };
+    if hint.is_empty() {
+        err.to_string()
+    } else {
+        format!("{err} ({hint})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::Permissions;
+
+    #[test]
+    fn key_readable_by_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::pki::Authority::generate("test CA").unwrap();
+        let issued = ca.issue_client("node-1").unwrap();
+        let key = dir.path().join("node.key");
+        fs::write(&key, issued.key_pem.as_bytes()).unwrap();
+        fs::set_permissions(&key, Permissions::from_mode(0o644)).unwrap();
+        let err = load_key(&key).unwrap_err();
+        assert!(matches!(err, TlsError::KeyPermissions { .. }), "{err}");
+        assert!(err.to_string().contains("chmod 600"));
+        fs::set_permissions(&key, Permissions::from_mode(0o600)).unwrap();
+        load_key(&key).unwrap();
+    }
+
+    #[test]
+    fn common_name_is_read_from_a_client_certificate() {
+        let ca = crate::pki::Authority::generate("test CA").unwrap();
+        let issued = ca.issue_client("rsj-node-01").unwrap();
+        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+        assert_eq!(peer_common_name(&der).as_deref(), Some("rsj-node-01"));
+    }
+}
