@@ -1,1 +1,25 @@
+//! exchange-agent: the front-end exchange agent (前置机).
+//!
+//! Code map (docs/ARCHITECTURE.md has the long form):
+//! - [`config`]: TOML → validated [`config::Config`];
+//! - [`policy`]: the only code that decides what leaves (default deny, field rules);
+//! - [`pull`]: source pages → policy → batches in the [`queue`], cursor in the same commit;
+//! - [`queue`]: the durable redb queue (on-disk format and invariants in its doc comment);
+//! - [`push`]: batches → the hub over mutual TLS, removed only after acknowledgement;
+//! - [`pipeline`], [`daemon`], [`sync`]: assembly and the two ways of running it;
+//! - [`check`], [`status`], [`demo`]: the other commands.
 
+pub mod backoff;
+pub mod check;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod identifier;
+pub mod pipeline;
+pub mod policy;
+pub mod pull;
+pub mod push;
+pub mod queue;
+pub mod schedule;
+pub mod status;
+pub mod sync;

@@ -1,0 +1,130 @@
+//! `exchange-agent check`: validate the configuration and, with `--connect`, reach every
+//! source and the hub. Exit 0 valid, 2 configuration error, 3 a database or the hub
+//! unreachable.
+
+use std::fmt::Write as _;
+
+use exchange_connectors::ConnectorError;
+use exchange_protocol::tls;
+
+use crate::config::{Config, Share};
+use crate::policy::Plan;
+use crate::push::{HubClient, PushError};
+
+/// The verdict of `check`.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Everything checked is fine (warnings may be present).
+    Ok,
+    /// The configuration is wrong.
+    Config,
+    /// A source or the hub is unreachable.
+    Unreachable,
+}
+
+impl Verdict {
+    /// The process exit code.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Verdict::Ok => 0,
+            Verdict::Config => 2,
+            Verdict::Unreachable => 3,
+        }
+    }
+}
+
+/// Checks a loaded configuration; returns the verdict and a report for the administrator.
+pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
+    let mut out = String::new();
+    let mut verdict = Verdict::Ok;
+    let _ = writeln!(out, "Configuration {} is valid.", config.file.display());
+    let _ = writeln!(out, "  node {} ({}), data in {}", config.node.id, config.node.department, config.node.data_dir.display());
+    match tls::load_certs("node certificate", &config.hub.tls.cert).map(|c| c.first().and_then(tls::peer_common_name)) {
+        Ok(Some(cn)) if cn == config.node.id => {}
+        Ok(cn) => {
+            let _ = writeln!(out, "error: key `hub.cert`: the certificate's common name is {cn:?} but node.id is `{}`; the hub takes the node id from the certificate", config.node.id);
+            return (Verdict::Config, out);
+        }
+        Err(e) => {
+            let _ = writeln!(out, "error: key `hub.cert`: {e}");
+            return (Verdict::Config, out);
+        }
+    }
+    for r in &config.resources {
+        let fields: Vec<_> = r.fields.iter().map(|(n, rule)| format!("{n}={rule:?}").to_lowercase()).collect();
+        let _ = writeln!(out, "  resource {} ({}) from `{}`: {}{}", r.code, r.name, r.source, fields.join(", "), if r.share == Share::None { " — share = none: catalogued, never delivered" } else { "" });
+    }
+    if !connect {
+        let _ = writeln!(out, "Sources and the hub were not contacted (add --connect).");
+        return (verdict, out);
+    }
+    exchange_protocol::tls::install_provider();
+    for spec in config.sources.values() {
+        let connector = match exchange_connectors::open(spec) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = writeln!(out, "error: {e}");
+                verdict = Verdict::Config;
+                continue;
+            }
+        };
+        match connector.probe().await {
+            Ok(p) => {
+                let _ = writeln!(out, "  source {}: {}", spec.name, p.server);
+                if !p.sees_open_transactions {
+                    let _ = writeln!(
+                        out,
+                        "  warning: source {} cannot see other sessions' open transactions; incremental resources fall back to the safety lag alone, and a transaction that commits later than the lag can be missed. {}",
+                        spec.name,
+                        p.missing_privilege.unwrap_or_default()
+                    );
+                    tracing::warn!(source = %spec.name, "Open transactions are not visible; late-commit protection falls back to the safety lag alone.");
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "error: {e}");
+                if !matches!(verdict, Verdict::Config) {
+                    verdict = if matches!(e, ConnectorError::Unreachable { .. }) { Verdict::Unreachable } else { Verdict::Config };
+                }
+                continue;
+            }
+        }
+        for r in config.resources.iter().filter(|r| r.source == spec.name) {
+            let plan = Plan::new(r);
+            match connector.describe(&plan.selection).await {
+                Ok(cols) => {
+                    let cols: Vec<_> = cols.iter().map(|c| format!("{} {}", c.name, c.source_type)).collect();
+                    let _ = writeln!(out, "  resource {}: columns {}", r.code, cols.join(", "));
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "error: resource {}: {e}", r.code);
+                    verdict = match e {
+                        ConnectorError::Unreachable { .. } if !matches!(verdict, Verdict::Config) => Verdict::Unreachable,
+                        _ => Verdict::Config,
+                    };
+                }
+            }
+        }
+    }
+    match HubClient::new(config, "00000000000000000000000000000000") {
+        Ok(client) => match client.health().await {
+            Ok(()) => {
+                let _ = writeln!(out, "  hub {}: reachable over mutual TLS", config.hub.url);
+            }
+            Err(e) => {
+                let _ = writeln!(out, "error: {e}");
+                if !matches!(verdict, Verdict::Config) {
+                    verdict = match e {
+                        PushError::Tls(_) => Verdict::Config,
+                        _ => Verdict::Unreachable,
+                    };
+                }
+            }
+        },
+        Err(e) => {
+            let _ = writeln!(out, "error: {e}");
+            verdict = Verdict::Config;
+        }
+    }
+    (verdict, out)
+}

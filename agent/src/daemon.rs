@@ -1,0 +1,92 @@
+//! `exchange-agent run`: every delivered resource pulled on its schedule and pushed as soon
+//! as batches are queued, until the shutdown future resolves.
+//!
+//! An unreachable source is retried with backoff without holding up the other resources; an
+//! unreachable hub leaves records queued (pulling pauses when the queue is full).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::backoff::Backoff;
+use crate::pipeline::Pipeline;
+use crate::pull::Puller;
+use crate::status;
+
+/// Runs until `shutdown` resolves, then stops the tasks; the queue stays consistent whatever
+/// the moment.
+pub async fn run(pipeline: Arc<Pipeline>, shutdown: impl Future<Output = ()>) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for p in &pipeline.pullers {
+        let code = p.resource.code.clone();
+        let pl = pipeline.clone();
+        let stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move { pl.push_loop(&code, stop, None).await }));
+        let pl = pipeline.clone();
+        let p = p.clone();
+        let stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move { schedule_loop(pl, p, stop).await }));
+    }
+    let pl = pipeline.clone();
+    let mut stop = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            if let Ok(r) = status::report(&pl.config, &pl.queue, &pl.board)
+                && let Err(e) = status::write_file(&pl.config.node.data_dir, &r)
+            {
+                tracing::warn!(error = %e, "Cannot write the status file.");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }));
+    tracing::info!(node = %pipeline.config.node.id, resources = pipeline.pullers.len(), hub = %pipeline.client.url(), "Agent started.");
+    shutdown.await;
+    tracing::info!("Shutting down.");
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+}
+
+async fn schedule_loop(pipeline: Arc<Pipeline>, puller: Arc<Puller>, mut stop: watch::Receiver<bool>) {
+    let code = puller.resource.code.clone();
+    let mut backoff = Backoff::standard();
+    loop {
+        let started = tokio::time::Instant::now();
+        let result = tokio::select! {
+            r = puller.pull() => Some(r),
+            _ = stop.changed() => None,
+        };
+        let wait = match result {
+            None => return,
+            Some(Ok(report)) => {
+                backoff.reset();
+                pipeline.board.pull_ok(&code, report.horizon.as_ref().map(|h| format!("{h:?}")));
+                if report.records > 0 || report.quarantined > 0 {
+                    tracing::info!(resource = %code, records = report.records, quarantined = report.quarantined, "Pulled.");
+                }
+                let delay = puller.resource.schedule.delay_from(chrono::Local::now());
+                match puller.resource.schedule {
+                    crate::schedule::Schedule::Every(_) => delay.saturating_sub(started.elapsed()),
+                    crate::schedule::Schedule::Cron(_) => delay,
+                }
+            }
+            Some(Err(e)) => {
+                pipeline.board.set_pull_error(&code, &e.to_string());
+                let delay = if e.is_transient() { backoff.next_delay() } else { puller.resource.schedule.delay_from(chrono::Local::now()) };
+                tracing::warn!(resource = %code, error = %e, retry_in = ?delay, "Pull failed; other resources go on.");
+                delay
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

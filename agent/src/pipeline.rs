@@ -1,0 +1,131 @@
+//! The pipeline assembled from a configuration: connectors, compiled policies, the queue and
+//! the hub client, shared by `run` and `sync`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use exchange_connectors::Connector;
+use tokio::sync::{Notify, watch};
+
+use crate::backoff::Backoff;
+use crate::config::{Config, Share};
+use crate::policy::Plan;
+use crate::pull::Puller;
+use crate::push::{HubClient, PushError, push_one};
+use crate::queue::Queue;
+use crate::status::Board;
+
+/// Everything a running agent needs.
+pub struct Pipeline {
+    /// The validated configuration.
+    pub config: Config,
+    /// The queue.
+    pub queue: Queue,
+    /// The hub client.
+    pub client: HubClient,
+    /// One puller per delivered resource (share class other than `none`).
+    pub pullers: Vec<Arc<Puller>>,
+    /// Signalled when the pusher freed queue space.
+    pub space: Arc<Notify>,
+    /// Signalled when batches were enqueued.
+    pub enqueued: Arc<Notify>,
+    /// Runtime status (errors, horizons) for `status`.
+    pub board: Board,
+}
+
+/// Errors while assembling the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The queue could not be opened.
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+    /// A connector could not be prepared.
+    #[error(transparent)]
+    Connector(#[from] exchange_connectors::ConnectorError),
+    /// The hub client could not be built.
+    #[error(transparent)]
+    Push(#[from] PushError),
+}
+
+impl Pipeline {
+    /// Opens the queue and prepares connectors (connecting lazily) and the hub client.
+    pub fn build(config: Config) -> Result<Pipeline, PipelineError> {
+        exchange_protocol::tls::install_provider();
+        let queue = Queue::open(&config.node.data_dir)?;
+        let client = HubClient::new(&config, queue.stream())?;
+        let mut connectors: BTreeMap<String, Arc<dyn Connector>> = BTreeMap::new();
+        for (name, spec) in &config.sources {
+            connectors.insert(name.clone(), exchange_connectors::open(spec)?);
+        }
+        let space = Arc::new(Notify::new());
+        let enqueued = Arc::new(Notify::new());
+        let pullers = config
+            .resources
+            .iter()
+            .filter(|r| r.share != Share::None)
+            .map(|r| {
+                Arc::new(Puller {
+                    resource: r.clone(),
+                    plan: Arc::new(Plan::new(r)),
+                    connector: connectors[&r.source].clone(),
+                    queue: queue.clone(),
+                    batch: config.batch,
+                    queue_max_bytes: config.queue.max_bytes,
+                    space: space.clone(),
+                    enqueued: enqueued.clone(),
+                })
+            })
+            .collect();
+        Ok(Pipeline {
+            board: Board::default(),
+            config,
+            queue,
+            client,
+            pullers,
+            space,
+            enqueued,
+        })
+    }
+
+    /// Pushes a resource's queued batches until its queue is empty and `until_empty` says so,
+    /// or until `stop` turns true. Failures are retried with backoff; nothing is dropped.
+    pub async fn push_loop(&self, resource: &str, mut stop: watch::Receiver<bool>, until_empty: Option<watch::Receiver<bool>>) {
+        let mut backoff = Backoff::standard();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let notified = self.enqueued.notified();
+            match push_one(&self.client, &self.queue, resource).await {
+                Ok(Some(_)) => {
+                    backoff.reset();
+                    self.board.clear_push_error(resource);
+                    self.space.notify_waiters();
+                }
+                Ok(None) => {
+                    if let Some(done) = &until_empty
+                        && *done.borrow()
+                        && self.queue.head(resource).ok().flatten().is_none()
+                    {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+                Err(e) => {
+                    let delay = e.retry_after().unwrap_or_else(|| backoff.next_delay());
+                    tracing::warn!(resource, error = %e, retry_in = ?delay, "Push failed; the batch stays queued and will be retried.");
+                    self.board.set_push_error(resource, &e.to_string());
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! The pull stage: source pages → policy → batches in the queue, one transaction per page.
+//!
+//! Invariants:
+//! - the cursor (or snapshot position) moves in the same queue transaction that stores the
+//!   batches and quarantine entries for the rows it covers;
+//! - records are built by [`Plan::apply`] before anything is written;
+//! - pulling waits while the queue holds `queue.max_bytes` minus one batch or more: nothing is
+//!   dropped when the hub is away;
+//! - a row whose cursor cannot be read stops the resource with an error rather than skip it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use exchange_connectors::{Bound, Connector, ConnectorError, HorizonInfo, Page, PageRequest};
+use exchange_protocol::batch::{Op, Record, push_line};
+use tokio::sync::Notify;
+
+use crate::config::{BatchLimits, Mode, Resource};
+use crate::policy::Plan;
+use crate::queue::{Queue, QueueError, ResourceState, Txn, sm3_bytes};
+
+/// Why a pull stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The source failed.
+    #[error(transparent)]
+    Source(#[from] ConnectorError),
+    /// The queue failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// A row's cursor could not be read; the resource cannot move past it.
+    #[error("resource `{resource}` is stopped at a row whose cursor cannot be used ({reason}); fix the row or the cursor columns")]
+    Cursor {
+        /// The resource.
+        resource: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl PullError {
+    /// Whether retrying later may help without anyone fixing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PullError::Source(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// What one pull did.
+#[derive(Debug, Clone, Default)]
+pub struct PullReport {
+    /// Records enqueued (upserts and deletes).
+    pub records: u64,
+    /// Rows quarantined.
+    pub quarantined: u64,
+    /// Pages read.
+    pub pages: u64,
+    /// How the last page was bounded.
+    pub horizon: Option<HorizonInfo>,
+}
+
+/// Pulls one resource.
+pub struct Puller {
+    /// The resource.
+    pub resource: Resource,
+    /// Its compiled policy.
+    pub plan: Arc<Plan>,
+    /// Its source.
+    pub connector: Arc<dyn Connector>,
+    /// The queue.
+    pub queue: Queue,
+    /// Batch bounds.
+    pub batch: BatchLimits,
+    /// Queue bound.
+    pub queue_max_bytes: u64,
+    /// Signalled by the pusher when space was freed.
+    pub space: Arc<Notify>,
+    /// Signalled after a commit, to wake the pusher.
+    pub enqueued: Arc<Notify>,
+}
+
+impl Puller {
+    /// Pulls until the resource is caught up with its source (up to the horizon).
+    pub async fn pull(&self) -> Result<PullReport, PullError> {
+        let mut report = PullReport::default();
+        loop {
+            self.wait_for_space().await?;
+            let state = self.queue.state(&self.resource.code)?;
+            let done = match &self.resource.mode {
+                Mode::Incremental { safety_lag, .. } => self.incremental_page(state, *safety_lag, &mut report).await?,
+                Mode::Snapshot => self.snapshot_step(state, &mut report).await?,
+            };
+            self.enqueued.notify_waiters();
+            if done {
+                let code = self.resource.code.clone();
+                self.blocking(move |txn| {
+                    let mut st = txn.state(&code)?;
+                    st.last_pull = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+                    txn.set_state(&code, &st)
+                })
+                .await?;
+                return Ok(report);
+            }
+        }
+    }
+
+    async fn wait_for_space(&self) -> Result<(), QueueError> {
+        loop {
+            let notified = self.space.notified();
+            let used = self.queue.total_bytes()?;
+            if used + self.batch.max_bytes as u64 <= self.queue_max_bytes {
+                return Ok(());
+            }
+            tracing::info!(resource = %self.resource.code, queued_bytes = used, "Queue is full; pulling pauses until the hub acknowledges batches.");
+            // Re-check periodically in case another process freed space.
+            let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Txn) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let queue = self.queue.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut txn = queue.begin()?;
+            let out = f(&mut txn)?;
+            txn.commit()?;
+            Ok(out)
+        })
+        .await
+        .expect("queue task panicked")
+    }
+
+    /// One incremental page; returns whether the resource is caught up.
+    async fn incremental_page(&self, state: ResourceState, safety_lag: Duration, report: &mut PullReport) -> Result<bool, PullError> {
+        let limit = self.batch.max_records;
+        let page = self
+            .connector
+            .read_page(&PageRequest {
+                selection: &self.plan.selection,
+                after: state.cursor.as_deref(),
+                limit,
+                bound: Bound::Horizon { safety_lag },
+            })
+            .await?;
+        report.pages += 1;
+        report.horizon = Some(page.horizon.clone());
+        let full = page.rows.len() >= limit;
+        if page.rows.is_empty() {
+            return Ok(true);
+        }
+        let code = self.resource.code.clone();
+        let plan = self.plan.clone();
+        let limits = self.batch;
+        let (records, quarantined) = self
+            .blocking_pull(move |txn| {
+                let mut st = txn.state(&code)?;
+                let mut builder = BatchBuilder::new(limits);
+                let mut cursor = None;
+                let mut quarantined = 0;
+                for row in &page.rows {
+                    let c = plan.cursor_of(row).map_err(|reason| PullStop::Cursor(reason))?;
+                    match plan.apply(row) {
+                        Ok(out) => {
+                            let line = line_of(Op::Upsert, out.key, Some(out.fields));
+                            builder.add(txn, &code, &mut st, &line, &mut quarantined)?;
+                        }
+                        Err(q) => {
+                            txn.quarantine(&code, &mut st, q.key, q.reason)?;
+                            quarantined += 1;
+                        }
+                    }
+                    cursor = Some(c);
+                }
+                let records = builder.finish(txn, &code, &mut st)?;
+                st.cursor = cursor;
+                txn.set_state(&code, &st)?;
+                Ok((records, quarantined))
+            })
+            .await?;
+        report.records += records;
+        report.quarantined += quarantined;
+        Ok(!full)
+    }
+
+    /// One snapshot step (a page of the scan, or a chunk of the delete sweep); returns
+    /// whether the snapshot run is complete.
+    async fn snapshot_step(&self, state: ResourceState, report: &mut PullReport) -> Result<bool, PullError> {
+        let code = self.resource.code.clone();
+        let limits = self.batch;
+        let generation = state.snapshot.generation.max(1);
+        if state.snapshot.sweeping {
+            let (records, done) = self
+                .blocking_pull(move |txn| {
+                    let mut st = txn.state(&code)?;
+                    let keys = txn.take_unseen(&code, generation, limits.max_records)?;
+                    let mut builder = BatchBuilder::new(limits);
+                    let mut quarantined = 0;
+                    for key in &keys {
+                        let line = line_of(Op::Delete, key.clone(), None);
+                        builder.add(txn, &code, &mut st, &line, &mut quarantined)?;
+                    }
+                    let records = builder.finish(txn, &code, &mut st)?;
+                    let done = keys.len() < limits.max_records;
+                    if done {
+                        st.snapshot.generation = generation + 1;
+                        st.snapshot.position = None;
+                        st.snapshot.sweeping = false;
+                    }
+                    txn.set_state(&code, &st)?;
+                    Ok((records, done))
+                })
+                .await?;
+            report.records += records;
+            return Ok(done);
+        }
+        let limit = self.batch.max_records;
+        let page: Page = self
+            .connector
+            .read_page(&PageRequest {
+                selection: &self.plan.selection,
+                after: state.snapshot.position.as_deref(),
+                limit,
+                bound: Bound::None,
+            })
+            .await?;
+        report.pages += 1;
+        report.horizon = Some(page.horizon.clone());
+        let scan_done = page.rows.len() < limit;
+        let plan = self.plan.clone();
+        let (records, quarantined) = self
+            .blocking_pull(move |txn| {
+                let mut st = txn.state(&code)?;
+                let mut builder = BatchBuilder::new(limits);
+                let mut quarantined = 0;
+                let mut position = st.snapshot.position.clone();
+                for row in &page.rows {
+                    let c = plan.cursor_of(row).map_err(|reason| PullStop::Cursor(reason))?;
+                    position = Some(c);
+                    let out = match plan.apply(row) {
+                        Ok(out) => out,
+                        Err(q) => {
+                            txn.quarantine(&code, &mut st, q.key, q.reason)?;
+                            quarantined += 1;
+                            continue;
+                        }
+                    };
+                    let key = out.key.clone();
+                    let line = line_of(Op::Upsert, out.key, Some(out.fields));
+                    let digest = sm3_bytes(&line);
+                    match txn.digest(&code, &key)? {
+                        Some((_, g)) if g == generation => {
+                            txn.quarantine(&code, &mut st, Some(key), "another row with the same key was read in this snapshot; the key column must be unique".into())?;
+                            quarantined += 1;
+                            continue;
+                        }
+                        Some((d, _)) if d == digest => {}
+                        _ => builder.add(txn, &code, &mut st, &line, &mut quarantined)?,
+                    }
+                    txn.set_digest(&code, &key, &digest, generation)?;
+                }
+                let records = builder.finish(txn, &code, &mut st)?;
+                st.snapshot.generation = generation;
+                st.snapshot.position = position;
+                st.snapshot.sweeping = scan_done;
+                txn.set_state(&code, &st)?;
+                Ok((records, quarantined))
+            })
+            .await?;
+        report.records += records;
+        report.quarantined += quarantined;
+        Ok(false)
+    }
+
+    async fn blocking_pull<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Txn) -> Result<T, PullStop> + Send + 'static,
+    ) -> Result<T, PullError> {
+        let queue = self.queue.clone();
+        let resource = self.resource.code.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut txn = queue.begin()?;
+            let out = f(&mut txn).map_err(|e| match e {
+                PullStop::Queue(q) => PullError::Queue(q),
+                PullStop::Cursor(reason) => PullError::Cursor { resource, reason },
+            })?;
+            txn.commit()?;
+            Ok(out)
+        })
+        .await
+        .expect("queue task panicked")
+    }
+}
+
+/// Why processing a page stopped.
+enum PullStop {
+    Queue(QueueError),
+    Cursor(String),
+}
+
+impl From<QueueError> for PullStop {
+    fn from(e: QueueError) -> Self {
+        PullStop::Queue(e)
+    }
+}
+
+fn line_of(op: Op, key: String, fields: Option<serde_json::Map<String, serde_json::Value>>) -> Vec<u8> {
+    let mut line = Vec::new();
+    push_line(&mut line, &Record { op, key, fields });
+    line
+}
+
+/// Cuts records into batches bounded by `batch.max_records` and `batch.max_bytes`.
+struct BatchBuilder {
+    limits: BatchLimits,
+    buf: Vec<u8>,
+    records: u32,
+    total: u64,
+}
+
+impl BatchBuilder {
+    fn new(limits: BatchLimits) -> Self {
+        BatchBuilder { limits, buf: Vec::new(), records: 0, total: 0 }
+    }
+
+    fn add(&mut self, txn: &mut Txn, code: &str, st: &mut ResourceState, line: &[u8], quarantined: &mut u64) -> Result<(), QueueError> {
+        if line.len() > self.limits.max_bytes {
+            let key = serde_json::from_slice::<Record>(line).ok().map(|r| r.key);
+            txn.quarantine(code, st, key, format!("record of {} bytes is larger than batch.max_bytes ({})", line.len(), self.limits.max_bytes))?;
+            *quarantined += 1;
+            return Ok(());
+        }
+        if self.records as usize >= self.limits.max_records || self.buf.len() + line.len() > self.limits.max_bytes {
+            self.flush(txn, code, st)?;
+        }
+        self.buf.extend_from_slice(line);
+        self.records += 1;
+        Ok(())
+    }
+
+    fn flush(&mut self, txn: &mut Txn, code: &str, st: &mut ResourceState) -> Result<(), QueueError> {
+        if self.records > 0 {
+            txn.enqueue(code, st, &self.buf, self.records)?;
+            self.total += u64::from(self.records);
+            self.buf.clear();
+            self.records = 0;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, txn: &mut Txn, code: &str, st: &mut ResourceState) -> Result<u64, QueueError> {
+        self.flush(txn, code, st)?;
+        Ok(self.total)
+    }
+}

@@ -1,0 +1,271 @@
+//! The push stage: the oldest queued batch of a resource goes to the hub; it leaves the
+//! queue only after the hub's 200 acknowledgement (docs/PROTOCOL.md).
+//!
+//! Invariants:
+//! - one batch in flight per resource, in seq order;
+//! - [`Queue::ack`] is called only for an [`Ack`] whose seq is the batch's seq;
+//! - on any failure the batch stays queued and is retried with backoff (honouring
+//!   `Retry-After` on 429 and 503); nothing is dropped, whatever the hub answers.
+
+use std::time::Duration;
+
+use exchange_protocol::batch::{self, Ack, BatchId, ErrorBody, header};
+use exchange_protocol::tls;
+
+use crate::config::Config;
+use crate::queue::{Queue, QueueError, StoredBatch};
+
+/// Why a push failed. Messages name the hub and say what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The TLS configuration could not be built.
+    #[error("hub TLS configuration: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The TLS handshake failed.
+    #[error("TLS handshake with the hub {url} failed: {reason}")]
+    Handshake {
+        /// Hub URL.
+        url: String,
+        /// Explained rustls error.
+        reason: String,
+    },
+    /// The hub could not be reached.
+    #[error("hub {url} is unreachable: {reason}")]
+    Unreachable {
+        /// Hub URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The hub asked to slow down (429) or is unavailable (503).
+    #[error("hub {url} answered {status}; retrying after {retry_after:?}")]
+    Throttled {
+        /// Hub URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The hub's Retry-After, if any.
+        retry_after: Option<Duration>,
+    },
+    /// The hub refused the batch.
+    #[error("hub {url} refused batch {seq} of `{resource}` with {status}: {error}")]
+    Refused {
+        /// Hub URL.
+        url: String,
+        /// Resource.
+        resource: String,
+        /// Batch seq.
+        seq: u64,
+        /// HTTP status.
+        status: u16,
+        /// The hub's explanation.
+        error: String,
+    },
+    /// The hub acknowledged something else than what was sent.
+    #[error("hub {url} acknowledged seq {got} for batch {expected} of `{resource}`; the batch stays queued")]
+    WrongAck {
+        /// Hub URL.
+        url: String,
+        /// Resource.
+        resource: String,
+        /// Sent seq.
+        expected: u64,
+        /// Acknowledged seq.
+        got: u64,
+    },
+    /// The queue failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+impl PushError {
+    /// A delay the hub asked for.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            PushError::Throttled { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// A client of the hub's batch endpoint.
+#[derive(Clone)]
+pub struct HubClient {
+    http: reqwest::Client,
+    url: String,
+    node: String,
+    stream: String,
+}
+
+impl HubClient {
+    /// Builds the client: mutual TLS with the configured CA only.
+    pub fn new(config: &Config, stream: &str) -> Result<HubClient, PushError> {
+        let tls = tls::hub_client_config(&config.hub.tls)?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .https_only(true)
+            .no_proxy()
+            .timeout(config.hub.timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| PushError::Unreachable {
+                url: config.hub.url.clone(),
+                reason: chain(&e),
+            })?;
+        Ok(HubClient {
+            http,
+            url: config.hub.url.clone(),
+            node: config.node.id.clone(),
+            stream: stream.to_owned(),
+        })
+    }
+
+    /// The hub's base URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends one batch and returns the hub's acknowledgement.
+    pub async fn send(&self, resource: &str, b: &StoredBatch) -> Result<Ack, PushError> {
+        let id = BatchId {
+            node: self.node.clone(),
+            resource: resource.to_owned(),
+            stream: self.stream.clone(),
+            seq: b.seq,
+        };
+        let response = self
+            .http
+            .post(format!("{}{}", self.url, batch::BATCHES_PATH))
+            .header(header::PROTOCOL, batch::PROTOCOL_VERSION)
+            .header(header::NODE, &id.node)
+            .header(header::RESOURCE, &id.resource)
+            .header(header::STREAM, &id.stream)
+            .header(header::SEQ, id.seq.to_string())
+            .header(header::RECORDS, b.records.to_string())
+            .header(header::DIGEST, &b.digest)
+            .header(header::IDEMPOTENCY_KEY, id.idempotency_key())
+            .header("content-type", batch::CONTENT_TYPE)
+            .header("content-encoding", batch::CONTENT_ENCODING)
+            .body(b.body.clone())
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response.bytes().await.map_err(|e| self.transport_error(&e))?;
+        match status {
+            200 => {
+                let ack: Ack = serde_json::from_slice(&body).map_err(|e| PushError::Refused {
+                    url: self.url.clone(),
+                    resource: resource.to_owned(),
+                    seq: b.seq,
+                    status,
+                    error: format!("the acknowledgement is not valid JSON ({e})"),
+                })?;
+                if ack.seq != b.seq {
+                    return Err(PushError::WrongAck {
+                        url: self.url.clone(),
+                        resource: resource.to_owned(),
+                        expected: b.seq,
+                        got: ack.seq,
+                    });
+                }
+                Ok(ack)
+            }
+            429 | 503 => Err(PushError::Throttled {
+                url: self.url.clone(),
+                status,
+                retry_after,
+            }),
+            _ => {
+                let error = serde_json::from_slice::<ErrorBody>(&body)
+                    .map(|e| e.error)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
+                Err(PushError::Refused {
+                    url: self.url.clone(),
+                    resource: resource.to_owned(),
+                    seq: b.seq,
+                    status,
+                    error,
+                })
+            }
+        }
+    }
+
+    /// `GET /v1/health`: whether the hub answers over mutual TLS.
+    pub async fn health(&self) -> Result<(), PushError> {
+        let r = self
+            .http
+            .get(format!("{}{}", self.url, batch::HEALTH_PATH))
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(PushError::Unreachable {
+                url: self.url.clone(),
+                reason: format!("health check answered {}", r.status()),
+            })
+        }
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> PushError {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(s) = source {
+            if let Some(t) = s.downcast_ref::<rustls::Error>() {
+                return PushError::Handshake {
+                    url: self.url.clone(),
+                    reason: tls::explain(t),
+                };
+            }
+            if let Some(io) = s.downcast_ref::<std::io::Error>()
+                && let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+            {
+                return PushError::Handshake {
+                    url: self.url.clone(),
+                    reason: tls::explain(t),
+                };
+            }
+            source = s.source();
+        }
+        PushError::Unreachable {
+            url: self.url.clone(),
+            reason: chain(e),
+        }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !out.contains(&s_text) {
+            out.push_str(": ");
+            out.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// Pushes the oldest queued batch of a resource; returns `Ok(None)` when nothing is queued.
+pub async fn push_one(client: &HubClient, queue: &Queue, resource: &str) -> Result<Option<(u64, u32)>, PushError> {
+    let q = queue.clone();
+    let code = resource.to_owned();
+    let head = tokio::task::spawn_blocking(move || q.head(&code)).await.expect("queue task panicked")?;
+    let Some(b) = head else { return Ok(None) };
+    let ack = client.send(resource, &b).await?;
+    let q = queue.clone();
+    let code = resource.to_owned();
+    let seq = b.seq;
+    tokio::task::spawn_blocking(move || q.ack(&code, seq)).await.expect("queue task panicked")?;
+    tracing::debug!(resource, seq = ack.seq, status = ?ack.status, "Batch acknowledged.");
+    Ok(Some((b.seq, b.records)))
+}

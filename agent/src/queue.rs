@@ -1,0 +1,517 @@
+//! The durable local queue: one redb file, `<data_dir>/queue.redb`.
+//!
+//! # Format (version 1)
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta` | `"format"` / `"stream"` | `b"1"` / 16 random bytes naming this queue |
+//! | `state` | resource code | JSON [`ResourceState`]: cursor, next batch seq, counters |
+//! | `batches` | (resource, seq) | 48-byte header (records u32, raw length u32, created unix ms i64, SM3 of the NDJSON 32 bytes), then the NDJSON body compressed with zstd |
+//! | `digests` | (resource, key) | SM3 of the delivered record (32 bytes) · snapshot generation (u64 LE) |
+//! | `quarantine` | (resource, n) | JSON [`QuarantineEntry`] |
+//!
+//! # Invariants
+//! - Only post-policy records are written: a batch body holds exactly what will leave, and
+//!   `digests` holds digests, never values.
+//! - The cursor advance (`state`) and the batches holding the rows it covers are written in
+//!   one write transaction ([`Txn`]), committed with fsync: after a crash either both are
+//!   there or neither.
+//! - A batch is removed only by [`Queue::ack`], which the pusher calls after the hub's 200
+//!   acknowledgement. Its seq, body and digest never change after the commit that created
+//!   it, so a resend after a crash is byte-identical and the hub deduplicates it.
+//! - Sequence numbers of a resource are contiguous from 1 within one stream; a new stream id
+//!   is drawn only when the file is created.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use exchange_connectors::Value;
+use exchange_protocol::batch;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+const BATCHES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("batches");
+const DIGESTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("digests");
+const QUARANTINE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("quarantine");
+
+const FORMAT: &[u8] = b"1";
+const HEADER_LEN: usize = 4 + 4 + 8 + 32;
+
+/// Errors of the queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// Another process holds the queue.
+    #[error(
+        "the queue {path} is in use by another exchange-agent process (is the service running? stop it, or use its status output)"
+    )]
+    Locked {
+        /// The queue file.
+        path: PathBuf,
+    },
+    /// The data directory or file could not be opened.
+    #[error("cannot open the queue {path}: {reason}")]
+    Open {
+        /// The queue file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A read or write failed.
+    #[error("queue storage error while {context}: {reason}")]
+    Storage {
+        /// What was being done.
+        context: &'static str,
+        /// The storage error.
+        reason: String,
+    },
+    /// The file holds something this version does not understand.
+    #[error("the queue file is not in a format this version understands: {0}")]
+    Format(String),
+}
+
+fn storage<E: std::fmt::Display>(context: &'static str) -> impl Fn(E) -> QueueError {
+    move |e| QueueError::Storage {
+        context,
+        reason: e.to_string(),
+    }
+}
+
+/// Persistent state of one resource.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResourceState {
+    /// Incremental mode: cursor of the last row enqueued or quarantined.
+    pub cursor: Option<Vec<Value>>,
+    /// Sequence number the next batch gets (from 1).
+    pub next_seq: u64,
+    /// Batches waiting for the hub.
+    pub queued_batches: u64,
+    /// Records in those batches.
+    pub queued_records: u64,
+    /// Stored (compressed) bytes of those batches.
+    pub queued_bytes: u64,
+    /// Records enqueued since the queue was created.
+    pub pulled_records: u64,
+    /// Records acknowledged by the hub since the queue was created.
+    pub pushed_records: u64,
+    /// Rows sent to quarantine since the queue was created.
+    pub quarantined: u64,
+    /// End of the last successful pull (RFC 3339).
+    pub last_pull: Option<String>,
+    /// Last acknowledgement by the hub (RFC 3339).
+    pub last_push: Option<String>,
+    /// Snapshot mode progress.
+    pub snapshot: SnapshotState,
+}
+
+/// Where a snapshot scan stands.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotState {
+    /// Generation of the current scan; rows seen in it carry this number in `digests`.
+    pub generation: u64,
+    /// Key of the last row scanned in this generation (none: scan not started).
+    pub position: Option<Vec<Value>>,
+    /// The scan is complete and deletes are being emitted for rows not seen.
+    pub sweeping: bool,
+}
+
+/// A quarantined row: why, and which key, never its values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineEntry {
+    /// When (RFC 3339).
+    pub at: String,
+    /// The key as it would have left, when known.
+    pub key: Option<String>,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// A batch as stored.
+#[derive(Debug, Clone)]
+pub struct StoredBatch {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Number of records.
+    pub records: u32,
+    /// Uncompressed NDJSON length.
+    pub raw_len: u32,
+    /// SM3 of the NDJSON, hex.
+    pub digest: String,
+    /// zstd-compressed NDJSON, as sent.
+    pub body: Vec<u8>,
+}
+
+/// The queue. Cheap to clone; all clones share one database handle.
+#[derive(Clone)]
+pub struct Queue {
+    db: Arc<Database>,
+    stream: String,
+    path: PathBuf,
+}
+
+impl Queue {
+    /// Opens (creating if needed) the queue in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Queue, QueueError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = data_dir.join("queue.redb");
+        let open_err = |reason: String| QueueError::Open {
+            path: path.clone(),
+            reason,
+        };
+        std::fs::create_dir_all(data_dir).map_err(|e| open_err(format!("cannot create {}: {e}", data_dir.display())))?;
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => QueueError::Locked { path: path.clone() },
+            other => open_err(other.to_string()),
+        })?;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        let tx = db.begin_write().map_err(storage("opening"))?;
+        let stream = {
+            let mut meta = tx.open_table(META).map_err(storage("opening"))?;
+            let format = meta.get("format").map_err(storage("opening"))?.map(|v| v.value().to_vec());
+            match format {
+                Some(f) if f == FORMAT => {}
+                Some(f) => return Err(QueueError::Format(format!("format {:?}", String::from_utf8_lossy(&f)))),
+                None => {
+                    meta.insert("format", FORMAT).map_err(storage("opening"))?;
+                    let id: [u8; 16] = rand::random();
+                    meta.insert("stream", id.as_slice()).map_err(storage("opening"))?;
+                }
+            }
+            let id = meta
+                .get("stream")
+                .map_err(storage("opening"))?
+                .ok_or_else(|| QueueError::Format("no stream id".into()))?
+                .value()
+                .to_vec();
+            hex::encode(id)
+        };
+        for_each_table(&tx)?;
+        tx.commit().map_err(storage("opening"))?;
+        Ok(Queue {
+            db: Arc::new(db),
+            stream,
+            path,
+        })
+    }
+
+    /// The id of this queue (32 hex digits), sent with every batch.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The queue file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Starts a write transaction.
+    pub fn begin(&self) -> Result<Txn, QueueError> {
+        Ok(Txn {
+            tx: self.db.begin_write().map_err(storage("starting a write"))?,
+        })
+    }
+
+    /// The state of one resource.
+    pub fn state(&self, resource: &str) -> Result<ResourceState, QueueError> {
+        let tx = self.db.begin_read().map_err(storage("reading state"))?;
+        let table = tx.open_table(STATE).map_err(storage("reading state"))?;
+        decode_state(table.get(resource).map_err(storage("reading state"))?.map(|v| v.value().to_vec()))
+    }
+
+    /// The states of every resource that has one.
+    pub fn states(&self) -> Result<BTreeMap<String, ResourceState>, QueueError> {
+        let tx = self.db.begin_read().map_err(storage("reading state"))?;
+        let table = tx.open_table(STATE).map_err(storage("reading state"))?;
+        let mut out = BTreeMap::new();
+        for entry in table.iter().map_err(storage("reading state"))? {
+            let (k, v) = entry.map_err(storage("reading state"))?;
+            out.insert(k.value().to_owned(), decode_state(Some(v.value().to_vec()))?);
+        }
+        Ok(out)
+    }
+
+    /// Stored bytes of every queued batch.
+    pub fn total_bytes(&self) -> Result<u64, QueueError> {
+        Ok(self.states()?.values().map(|s| s.queued_bytes).sum())
+    }
+
+    /// The oldest queued batch of a resource.
+    pub fn head(&self, resource: &str) -> Result<Option<StoredBatch>, QueueError> {
+        let tx = self.db.begin_read().map_err(storage("reading a batch"))?;
+        let table = tx.open_table(BATCHES).map_err(storage("reading a batch"))?;
+        let mut range = table
+            .range((resource, 0u64)..=(resource, u64::MAX))
+            .map_err(storage("reading a batch"))?;
+        match range.next() {
+            None => Ok(None),
+            Some(entry) => {
+                let (k, v) = entry.map_err(storage("reading a batch"))?;
+                Ok(Some(decode_batch(k.value().1, v.value())?))
+            }
+        }
+    }
+
+    /// Removes an acknowledged batch. Called only after the hub's 200 acknowledgement.
+    pub fn ack(&self, resource: &str, seq: u64) -> Result<(), QueueError> {
+        let mut txn = self.begin()?;
+        let mut state = txn.state(resource)?;
+        let removed = {
+            let mut table = txn.tx.open_table(BATCHES).map_err(storage("removing a batch"))?;
+            let removed = table.remove((resource, seq)).map_err(storage("removing a batch"))?;
+            removed.map(|v| (v.value().len() as u64, decode_header(v.value()).map(|h| h.0)))
+        };
+        if let Some((bytes, header)) = removed {
+            let records = u64::from(header?);
+            state.queued_batches = state.queued_batches.saturating_sub(1);
+            state.queued_records = state.queued_records.saturating_sub(records);
+            state.queued_bytes = state.queued_bytes.saturating_sub(bytes);
+            state.pushed_records += records;
+            state.last_push = Some(now());
+            txn.set_state(resource, &state)?;
+        }
+        txn.commit()
+    }
+
+    /// Quarantined rows of a resource, oldest first.
+    pub fn quarantined(&self, resource: &str) -> Result<Vec<QuarantineEntry>, QueueError> {
+        let tx = self.db.begin_read().map_err(storage("reading quarantine"))?;
+        let table = tx.open_table(QUARANTINE).map_err(storage("reading quarantine"))?;
+        let mut out = Vec::new();
+        for entry in table
+            .range((resource, 0u64)..=(resource, u64::MAX))
+            .map_err(storage("reading quarantine"))?
+        {
+            let (_, v) = entry.map_err(storage("reading quarantine"))?;
+            out.push(serde_json::from_slice(v.value()).map_err(|e| QueueError::Format(e.to_string()))?);
+        }
+        Ok(out)
+    }
+}
+
+fn for_each_table(tx: &redb::WriteTransaction) -> Result<(), QueueError> {
+    tx.open_table(STATE).map_err(storage("opening"))?;
+    tx.open_table(BATCHES).map_err(storage("opening"))?;
+    tx.open_table(DIGESTS).map_err(storage("opening"))?;
+    tx.open_table(QUARANTINE).map_err(storage("opening"))?;
+    Ok(())
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn decode_state(bytes: Option<Vec<u8>>) -> Result<ResourceState, QueueError> {
+    match bytes {
+        None => Ok(ResourceState {
+            next_seq: 1,
+            ..Default::default()
+        }),
+        Some(b) => serde_json::from_slice(&b).map_err(|e| QueueError::Format(format!("resource state: {e}"))),
+    }
+}
+
+fn decode_header(v: &[u8]) -> Result<(u32, u32, i64, [u8; 32]), QueueError> {
+    if v.len() < HEADER_LEN {
+        return Err(QueueError::Format("batch shorter than its header".into()));
+    }
+    let records = u32::from_le_bytes(v[0..4].try_into().expect("4 bytes"));
+    let raw_len = u32::from_le_bytes(v[4..8].try_into().expect("4 bytes"));
+    let created = i64::from_le_bytes(v[8..16].try_into().expect("8 bytes"));
+    let digest: [u8; 32] = v[16..48].try_into().expect("32 bytes");
+    Ok((records, raw_len, created, digest))
+}
+
+fn decode_batch(seq: u64, v: &[u8]) -> Result<StoredBatch, QueueError> {
+    let (records, raw_len, _created, digest) = decode_header(v)?;
+    Ok(StoredBatch {
+        seq,
+        records,
+        raw_len,
+        digest: hex::encode(digest),
+        body: v[HEADER_LEN..].to_vec(),
+    })
+}
+
+/// A write transaction: everything done through it commits together or not at all.
+pub struct Txn {
+    tx: redb::WriteTransaction,
+}
+
+impl Txn {
+    /// The state of a resource as of this transaction.
+    pub fn state(&self, resource: &str) -> Result<ResourceState, QueueError> {
+        let table = self.tx.open_table(STATE).map_err(storage("reading state"))?;
+        let bytes = table.get(resource).map_err(storage("reading state"))?.map(|v| v.value().to_vec());
+        decode_state(bytes)
+    }
+
+    /// Replaces the state of a resource.
+    pub fn set_state(&mut self, resource: &str, state: &ResourceState) -> Result<(), QueueError> {
+        let mut table = self.tx.open_table(STATE).map_err(storage("writing state"))?;
+        let json = serde_json::to_vec(state).expect("state serializes");
+        table.insert(resource, json.as_slice()).map_err(storage("writing state"))?;
+        Ok(())
+    }
+
+    /// Appends a batch (post-policy NDJSON) for a resource; assigns the next seq and
+    /// updates the counters in `state` (which the caller then stores with [`Txn::set_state`]).
+    pub fn enqueue(&mut self, resource: &str, state: &mut ResourceState, ndjson: &[u8], records: u32) -> Result<u64, QueueError> {
+        let seq = state.next_seq.max(1);
+        let digest = sm3_bytes(ndjson);
+        let body = batch::compress(ndjson);
+        let mut value = Vec::with_capacity(HEADER_LEN + body.len());
+        value.extend_from_slice(&records.to_le_bytes());
+        value.extend_from_slice(&(ndjson.len() as u32).to_le_bytes());
+        value.extend_from_slice(&chrono::Utc::now().timestamp_millis().to_le_bytes());
+        value.extend_from_slice(&digest);
+        value.extend_from_slice(&body);
+        let mut table = self.tx.open_table(BATCHES).map_err(storage("writing a batch"))?;
+        table.insert((resource, seq), value.as_slice()).map_err(storage("writing a batch"))?;
+        state.next_seq = seq + 1;
+        state.queued_batches += 1;
+        state.queued_records += u64::from(records);
+        state.queued_bytes += value.len() as u64;
+        state.pulled_records += u64::from(records);
+        Ok(seq)
+    }
+
+    /// Records a quarantined row.
+    pub fn quarantine(&mut self, resource: &str, state: &mut ResourceState, key: Option<String>, reason: String) -> Result<(), QueueError> {
+        let entry = QuarantineEntry { at: now(), key, reason };
+        let mut table = self.tx.open_table(QUARANTINE).map_err(storage("writing quarantine"))?;
+        state.quarantined += 1;
+        let json = serde_json::to_vec(&entry).expect("entry serializes");
+        table.insert((resource, state.quarantined), json.as_slice()).map_err(storage("writing quarantine"))?;
+        Ok(())
+    }
+
+    /// The stored digest and generation of a delivered record (snapshot mode).
+    pub fn digest(&self, resource: &str, key: &str) -> Result<Option<([u8; 32], u64)>, QueueError> {
+        let table = self.tx.open_table(DIGESTS).map_err(storage("reading digests"))?;
+        let v = table.get((resource, key)).map_err(storage("reading digests"))?;
+        Ok(v.and_then(|v| {
+            let b = v.value();
+            (b.len() == 40).then(|| (b[..32].try_into().expect("32"), u64::from_le_bytes(b[32..].try_into().expect("8"))))
+        }))
+    }
+
+    /// Stores the digest and generation of a record.
+    pub fn set_digest(&mut self, resource: &str, key: &str, digest: &[u8; 32], generation: u64) -> Result<(), QueueError> {
+        let mut table = self.tx.open_table(DIGESTS).map_err(storage("writing digests"))?;
+        let mut v = [0u8; 40];
+        v[..32].copy_from_slice(digest);
+        v[32..].copy_from_slice(&generation.to_le_bytes());
+        table.insert((resource, key), v.as_slice()).map_err(storage("writing digests"))?;
+        Ok(())
+    }
+
+    /// Up to `limit` keys of a resource whose digest is from an older generation (rows not
+    /// seen by the current scan); removes their digests.
+    pub fn take_unseen(&mut self, resource: &str, generation: u64, limit: usize) -> Result<Vec<String>, QueueError> {
+        let mut table = self.tx.open_table(DIGESTS).map_err(storage("sweeping digests"))?;
+        let mut keys = Vec::new();
+        for entry in table.range((resource, "")..).map_err(storage("sweeping digests"))? {
+            let (k, v) = entry.map_err(storage("sweeping digests"))?;
+            let (res, key) = k.value();
+            if res != resource {
+                break;
+            }
+            let b = v.value();
+            let g = if b.len() == 40 { u64::from_le_bytes(b[32..].try_into().expect("8")) } else { 0 };
+            if g != generation {
+                keys.push(key.to_owned());
+                if keys.len() >= limit {
+                    break;
+                }
+            }
+        }
+        for key in &keys {
+            table.remove((resource, key.as_str())).map_err(storage("sweeping digests"))?;
+        }
+        Ok(keys)
+    }
+
+    /// Commits with fsync.
+    pub fn commit(self) -> Result<(), QueueError> {
+        self.tx.commit().map_err(storage("committing"))
+    }
+}
+
+/// SM3 of some bytes.
+pub fn sm3_bytes(data: &[u8]) -> [u8; 32] {
+    use sm3::Digest;
+    sm3::Sm3::digest(data).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_stays_until_acknowledged_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let stream;
+        {
+            let q = Queue::open(dir.path()).unwrap();
+            stream = q.stream().to_owned();
+            let mut txn = q.begin().unwrap();
+            let mut st = txn.state("R").unwrap();
+            st.cursor = Some(vec![Value::Int(5)]);
+            let seq = txn.enqueue("R", &mut st, b"{\"op\":\"delete\",\"key\":\"a\"}\n", 1).unwrap();
+            txn.set_state("R", &st).unwrap();
+            txn.commit().unwrap();
+            assert_eq!(seq, 1);
+        }
+        let q = Queue::open(dir.path()).unwrap();
+        assert_eq!(q.stream(), stream, "the stream id is kept");
+        let st = q.state("R").unwrap();
+        assert_eq!(st.cursor, Some(vec![Value::Int(5)]));
+        assert_eq!(st.queued_records, 1);
+        let head = q.head("R").unwrap().unwrap();
+        assert_eq!(head.seq, 1);
+        assert_eq!(head.digest, batch::digest_hex(b"{\"op\":\"delete\",\"key\":\"a\"}\n"));
+        q.ack("R", 1).unwrap();
+        assert!(q.head("R").unwrap().is_none());
+        let st = q.state("R").unwrap();
+        assert_eq!((st.queued_batches, st.queued_records, st.queued_bytes, st.pushed_records), (0, 0, 0, 1));
+        assert_eq!(st.next_seq, 2, "sequence numbers are never reused");
+    }
+
+    #[test]
+    fn an_uncommitted_transaction_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        {
+            let mut txn = q.begin().unwrap();
+            let mut st = txn.state("R").unwrap();
+            st.cursor = Some(vec![Value::Int(9)]);
+            txn.enqueue("R", &mut st, b"x\n", 1).unwrap();
+            txn.set_state("R", &st).unwrap();
+            // dropped without commit
+        }
+        assert!(q.head("R").unwrap().is_none());
+        assert_eq!(q.state("R").unwrap().cursor, None);
+    }
+
+    #[test]
+    fn a_second_process_is_told_the_queue_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let _q = Queue::open(dir.path()).unwrap();
+        assert!(matches!(Queue::open(dir.path()), Err(QueueError::Locked { .. })));
+    }
+
+    #[test]
+    fn unseen_digests_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let mut txn = q.begin().unwrap();
+        txn.set_digest("R", "a", &[1; 32], 1).unwrap();
+        txn.set_digest("R", "b", &[1; 32], 2).unwrap();
+        txn.set_digest("S", "c", &[1; 32], 1).unwrap();
+        assert_eq!(txn.take_unseen("R", 2, 10).unwrap(), vec!["a".to_owned()]);
+        assert_eq!(txn.take_unseen("R", 2, 10).unwrap(), Vec::<String>::new());
+        assert!(txn.digest("S", "c").unwrap().is_some());
+        txn.commit().unwrap();
+    }
+}

@@ -1,0 +1,225 @@
+//! What `exchange-agent status` shows: per resource the cursor, last pull and push, queued
+//! records and bytes, quarantined rows, and the last error.
+//!
+//! A running daemon holds the queue open, so it also writes the same report to
+//! `<data_dir>/status.json` every few seconds (atomically, by rename); `status` reads the
+//! queue directly when it can and that file when the daemon holds the queue.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, Mode, Share};
+use crate::queue::{Queue, QueueError};
+
+/// Runtime facts that are not in the queue.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Runtime {
+    /// Last pull error, if the last pull failed.
+    pub pull_error: Option<String>,
+    /// Last push error, if the last push failed.
+    pub push_error: Option<String>,
+    /// How the last page was bounded.
+    pub horizon: Option<String>,
+}
+
+/// Shared runtime facts, per resource.
+#[derive(Debug, Clone, Default)]
+pub struct Board(Arc<Mutex<BTreeMap<String, Runtime>>>);
+
+impl Board {
+    fn with(&self, resource: &str, f: impl FnOnce(&mut Runtime)) {
+        let mut m = self.0.lock().expect("board lock");
+        f(m.entry(resource.to_owned()).or_default());
+    }
+    /// Records a pull failure.
+    pub fn set_pull_error(&self, resource: &str, e: &str) {
+        self.with(resource, |r| r.pull_error = Some(e.to_owned()));
+    }
+    /// Records a pull success and how it was bounded.
+    pub fn pull_ok(&self, resource: &str, horizon: Option<String>) {
+        self.with(resource, |r| {
+            r.pull_error = None;
+            if horizon.is_some() {
+                r.horizon = horizon;
+            }
+        });
+    }
+    /// Records a push failure.
+    pub fn set_push_error(&self, resource: &str, e: &str) {
+        self.with(resource, |r| r.push_error = Some(e.to_owned()));
+    }
+    /// Records a push success.
+    pub fn clear_push_error(&self, resource: &str) {
+        self.with(resource, |r| r.push_error = None);
+    }
+    /// A copy of the facts of one resource.
+    pub fn get(&self, resource: &str) -> Runtime {
+        self.0.lock().expect("board lock").get(resource).cloned().unwrap_or_default()
+    }
+}
+
+/// The whole status report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Node id.
+    pub node: String,
+    /// Queue stream id.
+    pub stream: String,
+    /// Queue file.
+    pub queue: PathBuf,
+    /// When the report was made (RFC 3339).
+    pub at: String,
+    /// Whether it came from a running daemon's status file.
+    pub from_daemon: bool,
+    /// Per resource.
+    pub resources: Vec<ResourceStatus>,
+}
+
+/// Status of one resource.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceStatus {
+    /// Resource code.
+    pub code: String,
+    /// Catalogue name.
+    pub name: String,
+    /// Share class.
+    pub share: String,
+    /// Read mode.
+    pub mode: String,
+    /// Incremental cursor (text form of each column), or snapshot generation.
+    pub cursor: Option<String>,
+    /// Last successful pull.
+    pub last_pull: Option<String>,
+    /// Last acknowledgement by the hub.
+    pub last_push: Option<String>,
+    /// Batches queued.
+    pub queued_batches: u64,
+    /// Records queued.
+    pub queued_records: u64,
+    /// Bytes queued (stored, compressed).
+    pub queued_bytes: u64,
+    /// Rows quarantined since the queue was created.
+    pub quarantined: u64,
+    /// Records pulled since the queue was created.
+    pub pulled_records: u64,
+    /// Records acknowledged since the queue was created.
+    pub pushed_records: u64,
+    /// Runtime facts (daemon only).
+    #[serde(flatten)]
+    pub runtime: Runtime,
+}
+
+/// Builds the report from an open queue.
+pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, QueueError> {
+    let states = queue.states()?;
+    let resources = config
+        .resources
+        .iter()
+        .map(|r| {
+            let st = states.get(&r.code).cloned().unwrap_or_default();
+            let cursor = match &r.mode {
+                Mode::Incremental { .. } => st.cursor.as_ref().map(|c| {
+                    c.iter().map(|v| v.to_text().unwrap_or_else(|| "?".into())).collect::<Vec<_>>().join(", ")
+                }),
+                Mode::Snapshot => (st.snapshot.generation > 0).then(|| format!("snapshot generation {}", st.snapshot.generation)),
+            };
+            ResourceStatus {
+                code: r.code.clone(),
+                name: r.name.clone(),
+                share: match r.share {
+                    Share::Unconditional => "unconditional",
+                    Share::None => "none",
+                }
+                .into(),
+                mode: match r.mode {
+                    Mode::Incremental { .. } => "incremental",
+                    Mode::Snapshot => "snapshot",
+                }
+                .into(),
+                cursor,
+                last_pull: st.last_pull,
+                last_push: st.last_push,
+                queued_batches: st.queued_batches,
+                queued_records: st.queued_records,
+                queued_bytes: st.queued_bytes,
+                quarantined: st.quarantined,
+                pulled_records: st.pulled_records,
+                pushed_records: st.pushed_records,
+                runtime: board.get(&r.code),
+            }
+        })
+        .collect();
+    Ok(Report {
+        node: config.node.id.clone(),
+        stream: queue.stream().to_owned(),
+        queue: queue.path().to_owned(),
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        from_daemon: false,
+        resources,
+    })
+}
+
+/// The daemon's status file.
+pub fn status_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("status.json")
+}
+
+/// Writes the report atomically.
+pub fn write_file(data_dir: &Path, report: &Report) -> std::io::Result<()> {
+    let mut r = report.clone();
+    r.from_daemon = true;
+    let tmp = data_dir.join("status.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&r).expect("report serializes"))?;
+    std::fs::rename(tmp, status_file(data_dir))
+}
+
+/// Reads the status: from the queue, or from the daemon's status file when it holds the queue.
+pub fn read(config: &Config) -> anyhow::Result<Report> {
+    match Queue::open(&config.node.data_dir) {
+        Ok(queue) => Ok(report(config, &queue, &Board::default())?),
+        Err(QueueError::Locked { .. }) => {
+            let path = status_file(&config.node.data_dir);
+            let text = std::fs::read(&path).map_err(|e| anyhow::anyhow!("the daemon holds the queue and its status file {} cannot be read: {e}", path.display()))?;
+            Ok(serde_json::from_slice(&text)?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "node {}  queue {} (stream {}){}", self.node, self.queue.display(), self.stream, if self.from_daemon { "  [from the running daemon]" } else { "" })?;
+        for r in &self.resources {
+            writeln!(f)?;
+            writeln!(f, "{}  {}  [{} / {}]", r.code, r.name, r.share, r.mode)?;
+            writeln!(f, "  cursor       {}", r.cursor.as_deref().unwrap_or("(start)"))?;
+            writeln!(f, "  last pull    {}", r.last_pull.as_deref().unwrap_or("never"))?;
+            writeln!(f, "  last push    {}", r.last_push.as_deref().unwrap_or("never"))?;
+            writeln!(f, "  queued       {} records in {} batches, {}", r.queued_records, r.queued_batches, size(r.queued_bytes))?;
+            writeln!(f, "  delivered    {} of {} pulled records", r.pushed_records, r.pulled_records)?;
+            writeln!(f, "  quarantined  {} rows", r.quarantined)?;
+            if let Some(h) = &r.runtime.horizon {
+                writeln!(f, "  horizon      {h}")?;
+            }
+            if let Some(e) = &r.runtime.pull_error {
+                writeln!(f, "  pull error   {e}")?;
+            }
+            if let Some(e) = &r.runtime.push_error {
+                writeln!(f, "  push error   {e}")?;
+            }
+        }
+        Ok(())
+    }
+}
