@@ -71,12 +71,12 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
         match connector.probe().await {
             Ok(p) => {
                 let _ = writeln!(out, "  source {}: {}", spec.name, p.server);
-                if !p.sees_open_transactions {
+                if let Some(missing) = p.missing_privilege.filter(|_| !p.sees_open_transactions) {
                     let _ = writeln!(
                         out,
                         "  warning: source {} cannot see other sessions' open transactions; incremental resources fall back to the safety lag alone, and a transaction that commits later than the lag can be missed. {}",
                         spec.name,
-                        p.missing_privilege.unwrap_or_default()
+                        missing
                     );
                     tracing::warn!(source = %spec.name, "Open transactions are not visible; late-commit protection falls back to the safety lag alone.");
                 }
