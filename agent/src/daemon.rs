@@ -24,11 +24,15 @@ pub async fn run(pipeline: Arc<Pipeline>, shutdown: impl Future<Output = ()>) {
         let code = p.resource.code.clone();
         let pl = pipeline.clone();
         let stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move { pl.push_loop(&code, stop, None).await }));
+        tasks.push(tokio::spawn(async move {
+            pl.push_loop(&code, stop, None).await
+        }));
         let pl = pipeline.clone();
         let p = p.clone();
         let stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move { schedule_loop(pl, p, stop).await }));
+        tasks.push(tokio::spawn(
+            async move { schedule_loop(pl, p, stop).await },
+        ));
     }
     let pl = pipeline.clone();
     let mut stop = stop_rx.clone();
@@ -54,7 +58,11 @@ pub async fn run(pipeline: Arc<Pipeline>, shutdown: impl Future<Output = ()>) {
     }
 }
 
-async fn schedule_loop(pipeline: Arc<Pipeline>, puller: Arc<Puller>, mut stop: watch::Receiver<bool>) {
+async fn schedule_loop(
+    pipeline: Arc<Pipeline>,
+    puller: Arc<Puller>,
+    mut stop: watch::Receiver<bool>,
+) {
     let code = puller.resource.code.clone();
     let mut backoff = Backoff::standard();
     loop {
@@ -67,7 +75,9 @@ async fn schedule_loop(pipeline: Arc<Pipeline>, puller: Arc<Puller>, mut stop: w
             None => return,
             Some(Ok(report)) => {
                 backoff.reset();
-                pipeline.board.pull_ok(&code, report.horizon.as_ref().map(|h| format!("{h:?}")));
+                pipeline
+                    .board
+                    .pull_ok(&code, report.horizon.as_ref().map(|h| format!("{h:?}")));
                 if report.records > 0 || report.quarantined > 0 {
                     tracing::info!(resource = %code, records = report.records, quarantined = report.quarantined, "Pulled.");
                 }
@@ -79,7 +89,11 @@ async fn schedule_loop(pipeline: Arc<Pipeline>, puller: Arc<Puller>, mut stop: w
             }
             Some(Err(e)) => {
                 pipeline.board.set_pull_error(&code, &e.to_string());
-                let delay = if e.is_transient() { backoff.next_delay() } else { puller.resource.schedule.delay_from(chrono::Local::now()) };
+                let delay = if e.is_transient() {
+                    backoff.next_delay()
+                } else {
+                    puller.resource.schedule.delay_from(chrono::Local::now())
+                };
                 tracing::warn!(resource = %code, error = %e, retry_in = ?delay, "Pull failed; other resources go on.");
                 delay
             }

@@ -6,11 +6,16 @@
 const ID_WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
 const ID_CHECK: &[u8; 11] = b"10X98765432";
 const USCC_CHARSET: &str = "0123456789ABCDEFGHJKLMNPQRTUWXY";
-const USCC_WEIGHTS: [u32; 17] = [1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28];
+const USCC_WEIGHTS: [u32; 17] = [
+    1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28,
+];
 
 /// The check character of a citizen ID from its first 17 digits (ISO 7064 MOD 11-2).
 pub fn citizen_id_check(first17: &str) -> Option<char> {
-    let digits: Vec<u32> = first17.chars().map(|c| c.to_digit(10)).collect::<Option<_>>()?;
+    let digits: Vec<u32> = first17
+        .chars()
+        .map(|c| c.to_digit(10))
+        .collect::<Option<_>>()?;
     if digits.len() != 17 {
         return None;
     }
@@ -21,7 +26,11 @@ pub fn citizen_id_check(first17: &str) -> Option<char> {
 /// Normalizes a citizen ID: strips spaces, upper-cases `x`, converts 15 digits to 18.
 /// Returns `None` when the result is not a valid 18-character number.
 pub fn normalize_citizen_id(raw: &str) -> Option<String> {
-    let s: String = raw.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_uppercase();
+    let s: String = raw
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_uppercase();
     let s = if s.len() == 15 && s.chars().all(|c| c.is_ascii_digit()) {
         let first17 = format!("{}19{}", &s[..6], &s[6..]);
         let check = citizen_id_check(&first17)?;
@@ -46,7 +55,11 @@ pub fn is_valid_uscc(code: &str) -> bool {
     if values.len() != 18 {
         return false;
     }
-    let s: u32 = values[..17].iter().zip(USCC_WEIGHTS).map(|(v, w)| v * w).sum();
+    let s: u32 = values[..17]
+        .iter()
+        .zip(USCC_WEIGHTS)
+        .map(|(v, w)| v * w)
+        .sum();
     let c = (31 - s % 31) % 31;
     values[17] == c
 }
@@ -57,18 +70,34 @@ mod tests {
 
     #[test]
     fn citizen_id_test_vectors_validate() {
-        for id in ["11010519491231002X", "440524188001010014", "321083197812162119", "34052419800101001X"] {
+        for id in [
+            "11010519491231002X",
+            "440524188001010014",
+            "321083197812162119",
+            "34052419800101001X",
+        ] {
             assert_eq!(normalize_citizen_id(id).as_deref(), Some(id));
         }
-        assert_eq!(normalize_citizen_id("11010519491231002x").as_deref(), Some("11010519491231002X"));
-        assert_eq!(normalize_citizen_id("150102880730303").as_deref(), Some("150102198807303035"));
+        assert_eq!(
+            normalize_citizen_id("11010519491231002x").as_deref(),
+            Some("11010519491231002X")
+        );
+        assert_eq!(
+            normalize_citizen_id("150102880730303").as_deref(),
+            Some("150102198807303035")
+        );
         assert_eq!(normalize_citizen_id("110105194912310021"), None);
         assert_eq!(normalize_citizen_id("1101"), None);
     }
 
     #[test]
     fn uscc_test_vectors_validate() {
-        for code in ["91310110666007217T", "91350100M000100Y43", "91110000600037341L", "11330100MB0123456W"] {
+        for code in [
+            "91310110666007217T",
+            "91350100M000100Y43",
+            "91110000600037341L",
+            "11330100MB0123456W",
+        ] {
             assert!(is_valid_uscc(code), "{code}");
         }
         assert!(!is_valid_uscc("91310110666007217U"));

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use exchange_agent::config::{Config, parse_duration};
@@ -75,8 +74,12 @@ enum Command {
 }
 
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -117,7 +120,11 @@ async fn main() -> ExitCode {
             daemon::run(pipeline, shutdown_signal()).await;
             ExitCode::SUCCESS
         }
-        Command::Sync { config, resource, timeout } => {
+        Command::Sync {
+            config,
+            resource,
+            timeout,
+        } => {
             init_logging("warn");
             let config = match load(&config) {
                 Ok(c) => c,
@@ -142,7 +149,11 @@ async fn main() -> ExitCode {
             };
             let report = sync::sync(pipeline, resource.as_deref(), deadline).await;
             print!("{report}");
-            if report.is_complete() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            if report.is_complete() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
         Command::Check { config, connect } => {
             init_logging("error");
@@ -162,7 +173,10 @@ async fn main() -> ExitCode {
             };
             match status::read(&config) {
                 Ok(r) if json => {
-                    println!("{}", serde_json::to_string_pretty(&r).expect("report serializes"));
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&r).expect("report serializes")
+                    );
                     ExitCode::SUCCESS
                 }
                 Ok(r) => {
@@ -181,4 +195,3 @@ async fn main() -> ExitCode {
         }
     }
 }
-

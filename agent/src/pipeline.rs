@@ -90,7 +90,12 @@ impl Pipeline {
 
     /// Pushes a resource's queued batches until its queue is empty and `until_empty` says so,
     /// or until `stop` turns true. Failures are retried with backoff; nothing is dropped.
-    pub async fn push_loop(&self, resource: &str, mut stop: watch::Receiver<bool>, until_empty: Option<watch::Receiver<bool>>) {
+    pub async fn push_loop(
+        &self,
+        resource: &str,
+        mut stop: watch::Receiver<bool>,
+        until_empty: Option<watch::Receiver<bool>>,
+    ) {
         let mut backoff = Backoff::standard();
         loop {
             if *stop.borrow() {

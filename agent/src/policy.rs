@@ -31,10 +31,19 @@ impl Rule {
         match s {
             "plain" => Ok(Rule::Plain),
             "drop" => Ok(Rule::Drop),
-            other if other.starts_with("mask") || other.starts_with("pseudonym") || other.starts_with("generalize") || other.starts_with("fpe") => Err(format!(
-                "rule `{other}` belongs to the desensitization engine, which this version does not have yet; expected \"plain\" or \"drop\""
+            other
+                if other.starts_with("mask")
+                    || other.starts_with("pseudonym")
+                    || other.starts_with("generalize")
+                    || other.starts_with("fpe") =>
+            {
+                Err(format!(
+                    "rule `{other}` belongs to the desensitization engine, which this version does not have yet; expected \"plain\" or \"drop\""
+                ))
+            }
+            other => Err(format!(
+                "`{other}` is not a field rule; expected \"plain\" or \"drop\""
             )),
-            other => Err(format!("`{other}` is not a field rule; expected \"plain\" or \"drop\"")),
         }
     }
 }
@@ -114,7 +123,10 @@ impl Plan {
         self.cursor_index
             .iter()
             .map(|&i| match &row.values[i] {
-                Ok(Value::Null) => Err(format!("cursor column `{}` is NULL", self.selection.columns[i])),
+                Ok(Value::Null) => Err(format!(
+                    "cursor column `{}` is NULL",
+                    self.selection.columns[i]
+                )),
                 Ok(v) => Ok(v.clone()),
                 Err(e) => Err(format!("cursor value cannot be converted: {e}")),
             })
@@ -124,17 +136,25 @@ impl Plan {
     /// The key of a row as text.
     pub fn key_of(&self, row: &Row) -> Result<String, String> {
         match &row.values[self.key_index] {
-            Ok(Value::Null) => Err(format!("key column `{}` is NULL", self.selection.columns[self.key_index])),
-            Ok(v) => v
-                .to_text()
-                .ok_or_else(|| format!("key column `{}` has a type that cannot be a key", self.selection.columns[self.key_index])),
+            Ok(Value::Null) => Err(format!(
+                "key column `{}` is NULL",
+                self.selection.columns[self.key_index]
+            )),
+            Ok(v) => v.to_text().ok_or_else(|| {
+                format!(
+                    "key column `{}` has a type that cannot be a key",
+                    self.selection.columns[self.key_index]
+                )
+            }),
             Err(e) => Err(format!("key cannot be converted: {e}")),
         }
     }
 
     /// Turns a source row into the record that leaves, or a quarantine reason.
     pub fn apply(&self, row: &Row) -> Result<Outgoing, Quarantine> {
-        let key = self.key_of(row).map_err(|reason| Quarantine { key: None, reason })?;
+        let key = self
+            .key_of(row)
+            .map_err(|reason| Quarantine { key: None, reason })?;
         let mut fields = Map::new();
         for (i, name) in &self.emit {
             match &row.values[*i] {
@@ -185,7 +205,10 @@ mod tests {
     #[test]
     fn dropped_fields_are_never_selected() {
         let plan = Plan::new(&resource());
-        assert_eq!(plan.selection.columns, vec!["id_card", "name", "updated_at", "id"]);
+        assert_eq!(
+            plan.selection.columns,
+            vec!["id_card", "name", "updated_at", "id"]
+        );
         assert!(!plan.selection.columns.iter().any(|c| c == "internal_note"));
     }
 
@@ -202,8 +225,14 @@ mod tests {
         };
         let out = plan.apply(&row).unwrap();
         assert_eq!(out.key, "11010519491231002X");
-        assert_eq!(serde_json::to_string(&out.fields).unwrap(), r#"{"id_card":"11010519491231002X","name":"张三"}"#);
-        assert_eq!(plan.cursor_of(&row).unwrap(), vec![Value::Text("2024-01-01".into()), Value::Int(7)]);
+        assert_eq!(
+            serde_json::to_string(&out.fields).unwrap(),
+            r#"{"id_card":"11010519491231002X","name":"张三"}"#
+        );
+        assert_eq!(
+            plan.cursor_of(&row).unwrap(),
+            vec![Value::Text("2024-01-01".into()), Value::Int(7)]
+        );
     }
 
     #[test]
@@ -212,7 +241,11 @@ mod tests {
         let row = Row {
             values: vec![
                 Ok(Value::Text("K1".into())),
-                Err(ConvertError { column: "name".into(), source_type: "text".into(), reason: "invalid UTF-8".into() }),
+                Err(ConvertError {
+                    column: "name".into(),
+                    source_type: "text".into(),
+                    reason: "invalid UTF-8".into(),
+                }),
                 Ok(Value::Int(1)),
                 Ok(Value::Int(7)),
             ],
@@ -225,14 +258,29 @@ mod tests {
     #[test]
     fn a_null_key_is_quarantined() {
         let plan = Plan::new(&resource());
-        let row = Row { values: vec![Ok(Value::Null), Ok(Value::Null), Ok(Value::Int(1)), Ok(Value::Int(7))] };
+        let row = Row {
+            values: vec![
+                Ok(Value::Null),
+                Ok(Value::Null),
+                Ok(Value::Int(1)),
+                Ok(Value::Int(7)),
+            ],
+        };
         let q = plan.apply(&row).unwrap_err();
         assert!(q.reason.contains("NULL"));
     }
 
     #[test]
     fn unknown_rules_are_refused_with_the_expected_ones() {
-        assert!(Rule::parse("mask:name").unwrap_err().contains("desensitization"));
-        assert!(Rule::parse("hide").unwrap_err().contains("\"plain\" or \"drop\""));
+        assert!(
+            Rule::parse("mask:name")
+                .unwrap_err()
+                .contains("desensitization")
+        );
+        assert!(
+            Rule::parse("hide")
+                .unwrap_err()
+                .contains("\"plain\" or \"drop\"")
+        );
     }
 }

@@ -29,7 +29,9 @@ pub enum PullError {
     #[error(transparent)]
     Queue(#[from] QueueError),
     /// A row's cursor could not be read; the resource cannot move past it.
-    #[error("resource `{resource}` is stopped at a row whose cursor cannot be used ({reason}); fix the row or the cursor columns")]
+    #[error(
+        "resource `{resource}` is stopped at a row whose cursor cannot be used ({reason}); fix the row or the cursor columns"
+    )]
     Cursor {
         /// The resource.
         resource: String,
@@ -89,7 +91,10 @@ impl Puller {
             self.wait_for_space().await?;
             let state = self.queue.state(&self.resource.code)?;
             let done = match &self.resource.mode {
-                Mode::Incremental { safety_lag, .. } => self.incremental_page(state, *safety_lag, &mut report).await?,
+                Mode::Incremental { safety_lag, .. } => {
+                    self.incremental_page(state, *safety_lag, &mut report)
+                        .await?
+                }
                 Mode::Snapshot => self.snapshot_step(state, &mut report).await?,
             };
             self.enqueued.notify_waiters();
@@ -97,7 +102,9 @@ impl Puller {
                 let code = self.resource.code.clone();
                 self.blocking(move |txn| {
                     let mut st = txn.state(&code)?;
-                    st.last_pull = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+                    st.last_pull = Some(
+                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    );
                     txn.set_state(&code, &st)
                 })
                 .await?;
@@ -135,7 +142,12 @@ impl Puller {
     }
 
     /// One incremental page; returns whether the resource is caught up.
-    async fn incremental_page(&self, state: ResourceState, safety_lag: Duration, report: &mut PullReport) -> Result<bool, PullError> {
+    async fn incremental_page(
+        &self,
+        state: ResourceState,
+        safety_lag: Duration,
+        report: &mut PullReport,
+    ) -> Result<bool, PullError> {
         let limit = self.batch.max_records;
         let page = self
             .connector
@@ -162,7 +174,9 @@ impl Puller {
                 let mut cursor = None;
                 let mut quarantined = 0;
                 for row in &page.rows {
-                    let c = plan.cursor_of(row).map_err(|reason| PullStop::Cursor(reason))?;
+                    let c = plan
+                        .cursor_of(row)
+                        .map_err(|reason| PullStop::Cursor(reason))?;
                     match plan.apply(row) {
                         Ok(out) => {
                             let line = line_of(Op::Upsert, out.key, Some(out.fields));
@@ -188,7 +202,11 @@ impl Puller {
 
     /// One snapshot step (a page of the scan, or a chunk of the delete sweep); returns
     /// whether the snapshot run is complete.
-    async fn snapshot_step(&self, state: ResourceState, report: &mut PullReport) -> Result<bool, PullError> {
+    async fn snapshot_step(
+        &self,
+        state: ResourceState,
+        report: &mut PullReport,
+    ) -> Result<bool, PullError> {
         let code = self.resource.code.clone();
         let limits = self.batch;
         let generation = state.snapshot.generation.max(1);
@@ -307,7 +325,11 @@ impl From<QueueError> for PullStop {
     }
 }
 
-fn line_of(op: Op, key: String, fields: Option<serde_json::Map<String, serde_json::Value>>) -> Vec<u8> {
+fn line_of(
+    op: Op,
+    key: String,
+    fields: Option<serde_json::Map<String, serde_json::Value>>,
+) -> Vec<u8> {
     let mut line = Vec::new();
     push_line(&mut line, &Record { op, key, fields });
     line
@@ -323,17 +345,40 @@ struct BatchBuilder {
 
 impl BatchBuilder {
     fn new(limits: BatchLimits) -> Self {
-        BatchBuilder { limits, buf: Vec::new(), records: 0, total: 0 }
+        BatchBuilder {
+            limits,
+            buf: Vec::new(),
+            records: 0,
+            total: 0,
+        }
     }
 
-    fn add(&mut self, txn: &mut Txn, code: &str, st: &mut ResourceState, line: &[u8], quarantined: &mut u64) -> Result<(), QueueError> {
+    fn add(
+        &mut self,
+        txn: &mut Txn,
+        code: &str,
+        st: &mut ResourceState,
+        line: &[u8],
+        quarantined: &mut u64,
+    ) -> Result<(), QueueError> {
         if line.len() > self.limits.max_bytes {
             let key = serde_json::from_slice::<Record>(line).ok().map(|r| r.key);
-            txn.quarantine(code, st, key, format!("record of {} bytes is larger than batch.max_bytes ({})", line.len(), self.limits.max_bytes))?;
+            txn.quarantine(
+                code,
+                st,
+                key,
+                format!(
+                    "record of {} bytes is larger than batch.max_bytes ({})",
+                    line.len(),
+                    self.limits.max_bytes
+                ),
+            )?;
             *quarantined += 1;
             return Ok(());
         }
-        if self.records as usize >= self.limits.max_records || self.buf.len() + line.len() > self.limits.max_bytes {
+        if self.records as usize >= self.limits.max_records
+            || self.buf.len() + line.len() > self.limits.max_bytes
+        {
             self.flush(txn, code, st)?;
         }
         self.buf.extend_from_slice(line);
@@ -341,7 +386,12 @@ impl BatchBuilder {
         Ok(())
     }
 
-    fn flush(&mut self, txn: &mut Txn, code: &str, st: &mut ResourceState) -> Result<(), QueueError> {
+    fn flush(
+        &mut self,
+        txn: &mut Txn,
+        code: &str,
+        st: &mut ResourceState,
+    ) -> Result<(), QueueError> {
         if self.records > 0 {
             txn.enqueue(code, st, &self.buf, self.records)?;
             self.total += u64::from(self.records);
@@ -351,7 +401,12 @@ impl BatchBuilder {
         Ok(())
     }
 
-    fn finish(mut self, txn: &mut Txn, code: &str, st: &mut ResourceState) -> Result<u64, QueueError> {
+    fn finish(
+        mut self,
+        txn: &mut Txn,
+        code: &str,
+        st: &mut ResourceState,
+    ) -> Result<u64, QueueError> {
         self.flush(txn, code, st)?;
         Ok(self.total)
     }

@@ -62,7 +62,9 @@ pub enum PushError {
         error: String,
     },
     /// The hub acknowledged something else than what was sent.
-    #[error("hub {url} acknowledged seq {got} for batch {expected} of `{resource}`; the batch stays queued")]
+    #[error(
+        "hub {url} acknowledged seq {got} for batch {expected} of `{resource}`; the batch stays queued"
+    )]
     WrongAck {
         /// Hub URL.
         url: String,
@@ -157,7 +159,10 @@ impl HubClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = response.bytes().await.map_err(|e| self.transport_error(&e))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
         match status {
             200 => {
                 let ack: Ack = serde_json::from_slice(&body).map_err(|e| PushError::Refused {
@@ -185,7 +190,9 @@ impl HubClient {
             _ => {
                 let error = serde_json::from_slice::<ErrorBody>(&body)
                     .map(|e| e.error)
-                    .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
+                    .unwrap_or_else(|_| {
+                        String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned()
+                    });
                 Err(PushError::Refused {
                     url: self.url.clone(),
                     resource: resource.to_owned(),
@@ -256,16 +263,24 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Pushes the oldest queued batch of a resource; returns `Ok(None)` when nothing is queued.
-pub async fn push_one(client: &HubClient, queue: &Queue, resource: &str) -> Result<Option<(u64, u32)>, PushError> {
+pub async fn push_one(
+    client: &HubClient,
+    queue: &Queue,
+    resource: &str,
+) -> Result<Option<(u64, u32)>, PushError> {
     let q = queue.clone();
     let code = resource.to_owned();
-    let head = tokio::task::spawn_blocking(move || q.head(&code)).await.expect("queue task panicked")?;
+    let head = tokio::task::spawn_blocking(move || q.head(&code))
+        .await
+        .expect("queue task panicked")?;
     let Some(b) = head else { return Ok(None) };
     let ack = client.send(resource, &b).await?;
     let q = queue.clone();
     let code = resource.to_owned();
     let seq = b.seq;
-    tokio::task::spawn_blocking(move || q.ack(&code, seq)).await.expect("queue task panicked")?;
+    tokio::task::spawn_blocking(move || q.ack(&code, seq))
+        .await
+        .expect("queue task panicked")?;
     tracing::debug!(resource, seq = ack.seq, status = ?ack.status, "Batch acknowledged.");
     Ok(Some((b.seq, b.records)))
 }

@@ -159,7 +159,8 @@ impl Queue {
             path: path.clone(),
             reason,
         };
-        std::fs::create_dir_all(data_dir).map_err(|e| open_err(format!("cannot create {}: {e}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| open_err(format!("cannot create {}: {e}", data_dir.display())))?;
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => QueueError::Locked { path: path.clone() },
             other => open_err(other.to_string()),
@@ -168,14 +169,23 @@ impl Queue {
         let tx = db.begin_write().map_err(storage("opening"))?;
         let stream = {
             let mut meta = tx.open_table(META).map_err(storage("opening"))?;
-            let format = meta.get("format").map_err(storage("opening"))?.map(|v| v.value().to_vec());
+            let format = meta
+                .get("format")
+                .map_err(storage("opening"))?
+                .map(|v| v.value().to_vec());
             match format {
                 Some(f) if f == FORMAT => {}
-                Some(f) => return Err(QueueError::Format(format!("format {:?}", String::from_utf8_lossy(&f)))),
+                Some(f) => {
+                    return Err(QueueError::Format(format!(
+                        "format {:?}",
+                        String::from_utf8_lossy(&f)
+                    )));
+                }
                 None => {
                     meta.insert("format", FORMAT).map_err(storage("opening"))?;
                     let id: [u8; 16] = rand::random();
-                    meta.insert("stream", id.as_slice()).map_err(storage("opening"))?;
+                    meta.insert("stream", id.as_slice())
+                        .map_err(storage("opening"))?;
                 }
             }
             let id = meta
@@ -216,7 +226,12 @@ impl Queue {
     pub fn state(&self, resource: &str) -> Result<ResourceState, QueueError> {
         let tx = self.db.begin_read().map_err(storage("reading state"))?;
         let table = tx.open_table(STATE).map_err(storage("reading state"))?;
-        decode_state(table.get(resource).map_err(storage("reading state"))?.map(|v| v.value().to_vec()))
+        decode_state(
+            table
+                .get(resource)
+                .map_err(storage("reading state"))?
+                .map(|v| v.value().to_vec()),
+        )
     }
 
     /// The states of every resource that has one.
@@ -226,7 +241,10 @@ impl Queue {
         let mut out = BTreeMap::new();
         for entry in table.iter().map_err(storage("reading state"))? {
             let (k, v) = entry.map_err(storage("reading state"))?;
-            out.insert(k.value().to_owned(), decode_state(Some(v.value().to_vec()))?);
+            out.insert(
+                k.value().to_owned(),
+                decode_state(Some(v.value().to_vec()))?,
+            );
         }
         Ok(out)
     }
@@ -257,9 +275,19 @@ impl Queue {
         let mut txn = self.begin()?;
         let mut state = txn.state(resource)?;
         let removed = {
-            let mut table = txn.tx.open_table(BATCHES).map_err(storage("removing a batch"))?;
-            let removed = table.remove((resource, seq)).map_err(storage("removing a batch"))?;
-            removed.map(|v| (v.value().len() as u64, decode_header(v.value()).map(|h| h.0)))
+            let mut table = txn
+                .tx
+                .open_table(BATCHES)
+                .map_err(storage("removing a batch"))?;
+            let removed = table
+                .remove((resource, seq))
+                .map_err(storage("removing a batch"))?;
+            removed.map(|v| {
+                (
+                    v.value().len() as u64,
+                    decode_header(v.value()).map(|h| h.0),
+                )
+            })
         };
         if let Some((bytes, header)) = removed {
             let records = u64::from(header?);
@@ -275,15 +303,22 @@ impl Queue {
 
     /// Quarantined rows of a resource, oldest first.
     pub fn quarantined(&self, resource: &str) -> Result<Vec<QuarantineEntry>, QueueError> {
-        let tx = self.db.begin_read().map_err(storage("reading quarantine"))?;
-        let table = tx.open_table(QUARANTINE).map_err(storage("reading quarantine"))?;
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(storage("reading quarantine"))?;
+        let table = tx
+            .open_table(QUARANTINE)
+            .map_err(storage("reading quarantine"))?;
         let mut out = Vec::new();
         for entry in table
             .range((resource, 0u64)..=(resource, u64::MAX))
             .map_err(storage("reading quarantine"))?
         {
             let (_, v) = entry.map_err(storage("reading quarantine"))?;
-            out.push(serde_json::from_slice(v.value()).map_err(|e| QueueError::Format(e.to_string()))?);
+            out.push(
+                serde_json::from_slice(v.value()).map_err(|e| QueueError::Format(e.to_string()))?,
+            );
         }
         Ok(out)
     }
@@ -307,7 +342,8 @@ fn decode_state(bytes: Option<Vec<u8>>) -> Result<ResourceState, QueueError> {
             next_seq: 1,
             ..Default::default()
         }),
-        Some(b) => serde_json::from_slice(&b).map_err(|e| QueueError::Format(format!("resource state: {e}"))),
+        Some(b) => serde_json::from_slice(&b)
+            .map_err(|e| QueueError::Format(format!("resource state: {e}"))),
     }
 }
 
@@ -341,22 +377,39 @@ pub struct Txn {
 impl Txn {
     /// The state of a resource as of this transaction.
     pub fn state(&self, resource: &str) -> Result<ResourceState, QueueError> {
-        let table = self.tx.open_table(STATE).map_err(storage("reading state"))?;
-        let bytes = table.get(resource).map_err(storage("reading state"))?.map(|v| v.value().to_vec());
+        let table = self
+            .tx
+            .open_table(STATE)
+            .map_err(storage("reading state"))?;
+        let bytes = table
+            .get(resource)
+            .map_err(storage("reading state"))?
+            .map(|v| v.value().to_vec());
         decode_state(bytes)
     }
 
     /// Replaces the state of a resource.
     pub fn set_state(&mut self, resource: &str, state: &ResourceState) -> Result<(), QueueError> {
-        let mut table = self.tx.open_table(STATE).map_err(storage("writing state"))?;
+        let mut table = self
+            .tx
+            .open_table(STATE)
+            .map_err(storage("writing state"))?;
         let json = serde_json::to_vec(state).expect("state serializes");
-        table.insert(resource, json.as_slice()).map_err(storage("writing state"))?;
+        table
+            .insert(resource, json.as_slice())
+            .map_err(storage("writing state"))?;
         Ok(())
     }
 
     /// Appends a batch (post-policy NDJSON) for a resource; assigns the next seq and
     /// updates the counters in `state` (which the caller then stores with [`Txn::set_state`]).
-    pub fn enqueue(&mut self, resource: &str, state: &mut ResourceState, ndjson: &[u8], records: u32) -> Result<u64, QueueError> {
+    pub fn enqueue(
+        &mut self,
+        resource: &str,
+        state: &mut ResourceState,
+        ndjson: &[u8],
+        records: u32,
+    ) -> Result<u64, QueueError> {
         let seq = state.next_seq.max(1);
         let digest = sm3_bytes(ndjson);
         let body = batch::compress(ndjson);
@@ -366,8 +419,13 @@ impl Txn {
         value.extend_from_slice(&chrono::Utc::now().timestamp_millis().to_le_bytes());
         value.extend_from_slice(&digest);
         value.extend_from_slice(&body);
-        let mut table = self.tx.open_table(BATCHES).map_err(storage("writing a batch"))?;
-        table.insert((resource, seq), value.as_slice()).map_err(storage("writing a batch"))?;
+        let mut table = self
+            .tx
+            .open_table(BATCHES)
+            .map_err(storage("writing a batch"))?;
+        table
+            .insert((resource, seq), value.as_slice())
+            .map_err(storage("writing a batch"))?;
         state.next_seq = seq + 1;
         state.queued_batches += 1;
         state.queued_records += u64::from(records);
@@ -377,48 +435,99 @@ impl Txn {
     }
 
     /// Records a quarantined row.
-    pub fn quarantine(&mut self, resource: &str, state: &mut ResourceState, key: Option<String>, reason: String) -> Result<(), QueueError> {
-        let entry = QuarantineEntry { at: now(), key, reason };
-        let mut table = self.tx.open_table(QUARANTINE).map_err(storage("writing quarantine"))?;
+    pub fn quarantine(
+        &mut self,
+        resource: &str,
+        state: &mut ResourceState,
+        key: Option<String>,
+        reason: String,
+    ) -> Result<(), QueueError> {
+        let entry = QuarantineEntry {
+            at: now(),
+            key,
+            reason,
+        };
+        let mut table = self
+            .tx
+            .open_table(QUARANTINE)
+            .map_err(storage("writing quarantine"))?;
         state.quarantined += 1;
         let json = serde_json::to_vec(&entry).expect("entry serializes");
-        table.insert((resource, state.quarantined), json.as_slice()).map_err(storage("writing quarantine"))?;
+        table
+            .insert((resource, state.quarantined), json.as_slice())
+            .map_err(storage("writing quarantine"))?;
         Ok(())
     }
 
     /// The stored digest and generation of a delivered record (snapshot mode).
     pub fn digest(&self, resource: &str, key: &str) -> Result<Option<([u8; 32], u64)>, QueueError> {
-        let table = self.tx.open_table(DIGESTS).map_err(storage("reading digests"))?;
-        let v = table.get((resource, key)).map_err(storage("reading digests"))?;
+        let table = self
+            .tx
+            .open_table(DIGESTS)
+            .map_err(storage("reading digests"))?;
+        let v = table
+            .get((resource, key))
+            .map_err(storage("reading digests"))?;
         Ok(v.and_then(|v| {
             let b = v.value();
-            (b.len() == 40).then(|| (b[..32].try_into().expect("32"), u64::from_le_bytes(b[32..].try_into().expect("8"))))
+            (b.len() == 40).then(|| {
+                (
+                    b[..32].try_into().expect("32"),
+                    u64::from_le_bytes(b[32..].try_into().expect("8")),
+                )
+            })
         }))
     }
 
     /// Stores the digest and generation of a record.
-    pub fn set_digest(&mut self, resource: &str, key: &str, digest: &[u8; 32], generation: u64) -> Result<(), QueueError> {
-        let mut table = self.tx.open_table(DIGESTS).map_err(storage("writing digests"))?;
+    pub fn set_digest(
+        &mut self,
+        resource: &str,
+        key: &str,
+        digest: &[u8; 32],
+        generation: u64,
+    ) -> Result<(), QueueError> {
+        let mut table = self
+            .tx
+            .open_table(DIGESTS)
+            .map_err(storage("writing digests"))?;
         let mut v = [0u8; 40];
         v[..32].copy_from_slice(digest);
         v[32..].copy_from_slice(&generation.to_le_bytes());
-        table.insert((resource, key), v.as_slice()).map_err(storage("writing digests"))?;
+        table
+            .insert((resource, key), v.as_slice())
+            .map_err(storage("writing digests"))?;
         Ok(())
     }
 
     /// Up to `limit` keys of a resource whose digest is from an older generation (rows not
     /// seen by the current scan); removes their digests.
-    pub fn take_unseen(&mut self, resource: &str, generation: u64, limit: usize) -> Result<Vec<String>, QueueError> {
-        let mut table = self.tx.open_table(DIGESTS).map_err(storage("sweeping digests"))?;
+    pub fn take_unseen(
+        &mut self,
+        resource: &str,
+        generation: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, QueueError> {
+        let mut table = self
+            .tx
+            .open_table(DIGESTS)
+            .map_err(storage("sweeping digests"))?;
         let mut keys = Vec::new();
-        for entry in table.range((resource, "")..).map_err(storage("sweeping digests"))? {
+        for entry in table
+            .range((resource, "")..)
+            .map_err(storage("sweeping digests"))?
+        {
             let (k, v) = entry.map_err(storage("sweeping digests"))?;
             let (res, key) = k.value();
             if res != resource {
                 break;
             }
             let b = v.value();
-            let g = if b.len() == 40 { u64::from_le_bytes(b[32..].try_into().expect("8")) } else { 0 };
+            let g = if b.len() == 40 {
+                u64::from_le_bytes(b[32..].try_into().expect("8"))
+            } else {
+                0
+            };
             if g != generation {
                 keys.push(key.to_owned());
                 if keys.len() >= limit {
@@ -427,7 +536,9 @@ impl Txn {
             }
         }
         for key in &keys {
-            table.remove((resource, key.as_str())).map_err(storage("sweeping digests"))?;
+            table
+                .remove((resource, key.as_str()))
+                .map_err(storage("sweeping digests"))?;
         }
         Ok(keys)
     }
@@ -458,7 +569,9 @@ mod tests {
             let mut txn = q.begin().unwrap();
             let mut st = txn.state("R").unwrap();
             st.cursor = Some(vec![Value::Int(5)]);
-            let seq = txn.enqueue("R", &mut st, b"{\"op\":\"delete\",\"key\":\"a\"}\n", 1).unwrap();
+            let seq = txn
+                .enqueue("R", &mut st, b"{\"op\":\"delete\",\"key\":\"a\"}\n", 1)
+                .unwrap();
             txn.set_state("R", &st).unwrap();
             txn.commit().unwrap();
             assert_eq!(seq, 1);
@@ -470,11 +583,22 @@ mod tests {
         assert_eq!(st.queued_records, 1);
         let head = q.head("R").unwrap().unwrap();
         assert_eq!(head.seq, 1);
-        assert_eq!(head.digest, batch::digest_hex(b"{\"op\":\"delete\",\"key\":\"a\"}\n"));
+        assert_eq!(
+            head.digest,
+            batch::digest_hex(b"{\"op\":\"delete\",\"key\":\"a\"}\n")
+        );
         q.ack("R", 1).unwrap();
         assert!(q.head("R").unwrap().is_none());
         let st = q.state("R").unwrap();
-        assert_eq!((st.queued_batches, st.queued_records, st.queued_bytes, st.pushed_records), (0, 0, 0, 1));
+        assert_eq!(
+            (
+                st.queued_batches,
+                st.queued_records,
+                st.queued_bytes,
+                st.pushed_records
+            ),
+            (0, 0, 0, 1)
+        );
         assert_eq!(st.next_seq, 2, "sequence numbers are never reused");
     }
 
@@ -498,7 +622,10 @@ mod tests {
     fn a_second_process_is_told_the_queue_is_in_use() {
         let dir = tempfile::tempdir().unwrap();
         let _q = Queue::open(dir.path()).unwrap();
-        assert!(matches!(Queue::open(dir.path()), Err(QueueError::Locked { .. })));
+        assert!(matches!(
+            Queue::open(dir.path()),
+            Err(QueueError::Locked { .. })
+        ));
     }
 
     #[test]

@@ -25,7 +25,8 @@ impl Schedule {
                 "`{expr}` has {fields} fields; expected 5 (minute hour day-of-month month day-of-week), e.g. \"*/5 * * * *\""
             ));
         }
-        let cron = croner::Cron::from_str(expr).map_err(|e| format!("`{expr}` is not a valid crontab expression: {e}"))?;
+        let cron = croner::Cron::from_str(expr)
+            .map_err(|e| format!("`{expr}` is not a valid crontab expression: {e}"))?;
         Ok(Schedule::Cron(Box::new(cron)))
     }
 
@@ -56,7 +57,11 @@ mod tests {
 
     #[test]
     fn six_field_expressions_are_refused() {
-        assert!(Schedule::cron("0 */5 * * * *").unwrap_err().contains("expected 5"));
+        assert!(
+            Schedule::cron("0 */5 * * * *")
+                .unwrap_err()
+                .contains("expected 5")
+        );
         assert!(Schedule::cron("61 * * * *").is_err());
     }
 }

@@ -57,7 +57,12 @@ impl Board {
     }
     /// A copy of the facts of one resource.
     pub fn get(&self, resource: &str) -> Runtime {
-        self.0.lock().expect("board lock").get(resource).cloned().unwrap_or_default()
+        self.0
+            .lock()
+            .expect("board lock")
+            .get(resource)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -122,9 +127,13 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
             let st = states.get(&r.code).cloned().unwrap_or_default();
             let cursor = match &r.mode {
                 Mode::Incremental { .. } => st.cursor.as_ref().map(|c| {
-                    c.iter().map(|v| v.to_text().unwrap_or_else(|| "?".into())).collect::<Vec<_>>().join(", ")
+                    c.iter()
+                        .map(|v| v.to_text().unwrap_or_else(|| "?".into()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }),
-                Mode::Snapshot => (st.snapshot.generation > 0).then(|| format!("snapshot generation {}", st.snapshot.generation)),
+                Mode::Snapshot => (st.snapshot.generation > 0)
+                    .then(|| format!("snapshot generation {}", st.snapshot.generation)),
             };
             ResourceStatus {
                 code: r.code.clone(),
@@ -172,7 +181,10 @@ pub fn write_file(data_dir: &Path, report: &Report) -> std::io::Result<()> {
     let mut r = report.clone();
     r.from_daemon = true;
     let tmp = data_dir.join("status.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&r).expect("report serializes"))?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(&r).expect("report serializes"),
+    )?;
     std::fs::rename(tmp, status_file(data_dir))
 }
 
@@ -182,7 +194,12 @@ pub fn read(config: &Config) -> anyhow::Result<Report> {
         Ok(queue) => Ok(report(config, &queue, &Board::default())?),
         Err(QueueError::Locked { .. }) => {
             let path = status_file(&config.node.data_dir);
-            let text = std::fs::read(&path).map_err(|e| anyhow::anyhow!("the daemon holds the queue and its status file {} cannot be read: {e}", path.display()))?;
+            let text = std::fs::read(&path).map_err(|e| {
+                anyhow::anyhow!(
+                    "the daemon holds the queue and its status file {} cannot be read: {e}",
+                    path.display()
+                )
+            })?;
             Ok(serde_json::from_slice(&text)?)
         }
         Err(e) => Err(e.into()),
@@ -200,15 +217,48 @@ fn size(bytes: u64) -> String {
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "node {}  queue {} (stream {}){}", self.node, self.queue.display(), self.stream, if self.from_daemon { "  [from the running daemon]" } else { "" })?;
+        writeln!(
+            f,
+            "node {}  queue {} (stream {}){}",
+            self.node,
+            self.queue.display(),
+            self.stream,
+            if self.from_daemon {
+                "  [from the running daemon]"
+            } else {
+                ""
+            }
+        )?;
         for r in &self.resources {
             writeln!(f)?;
             writeln!(f, "{}  {}  [{} / {}]", r.code, r.name, r.share, r.mode)?;
-            writeln!(f, "  cursor       {}", r.cursor.as_deref().unwrap_or("(start)"))?;
-            writeln!(f, "  last pull    {}", r.last_pull.as_deref().unwrap_or("never"))?;
-            writeln!(f, "  last push    {}", r.last_push.as_deref().unwrap_or("never"))?;
-            writeln!(f, "  queued       {} records in {} batches, {}", r.queued_records, r.queued_batches, size(r.queued_bytes))?;
-            writeln!(f, "  delivered    {} of {} pulled records", r.pushed_records, r.pulled_records)?;
+            writeln!(
+                f,
+                "  cursor       {}",
+                r.cursor.as_deref().unwrap_or("(start)")
+            )?;
+            writeln!(
+                f,
+                "  last pull    {}",
+                r.last_pull.as_deref().unwrap_or("never")
+            )?;
+            writeln!(
+                f,
+                "  last push    {}",
+                r.last_push.as_deref().unwrap_or("never")
+            )?;
+            writeln!(
+                f,
+                "  queued       {} records in {} batches, {}",
+                r.queued_records,
+                r.queued_batches,
+                size(r.queued_bytes)
+            )?;
+            writeln!(
+                f,
+                "  delivered    {} of {} pulled records",
+                r.pushed_records, r.pulled_records
+            )?;
             writeln!(f, "  quarantined  {} rows", r.quarantined)?;
             if let Some(h) = &r.runtime.horizon {
                 writeln!(f, "  horizon      {h}")?;

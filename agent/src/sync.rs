@@ -35,7 +35,11 @@ pub struct SyncReport {
 impl SyncReport {
     /// Whether everything pulled was acknowledged and no pull failed.
     pub fn is_complete(&self) -> bool {
-        !self.timed_out && self.resources.iter().all(|r| r.pull.is_ok() && r.queued_records == 0)
+        !self.timed_out
+            && self
+                .resources
+                .iter()
+                .all(|r| r.pull.is_ok() && r.queued_records == 0)
     }
 }
 
@@ -46,11 +50,19 @@ impl std::fmt::Display for SyncReport {
                 Ok(p) => {
                     write!(f, "{}: pulled {} records", r.code, p.records)?;
                     if p.quarantined > 0 {
-                        write!(f, ", quarantined {} rows (see `exchange-agent status`)", p.quarantined)?;
+                        write!(
+                            f,
+                            ", quarantined {} rows (see `exchange-agent status`)",
+                            p.quarantined
+                        )?;
                     }
                     match &p.horizon {
-                        Some(HorizonInfo::OpenTransaction { since }) => write!(f, "; held back by a transaction open since {since}")?,
-                        Some(HorizonInfo::LagOnly) => write!(f, "; open transactions not visible, safety lag only")?,
+                        Some(HorizonInfo::OpenTransaction { since }) => {
+                            write!(f, "; held back by a transaction open since {since}")?
+                        }
+                        Some(HorizonInfo::LagOnly) => {
+                            write!(f, "; open transactions not visible, safety lag only")?
+                        }
                         _ => {}
                     }
                 }
@@ -67,7 +79,10 @@ impl std::fmt::Display for SyncReport {
             writeln!(f)?;
         }
         if self.timed_out {
-            writeln!(f, "The deadline passed; what is queued stays queued and goes with the next sync or the service.")?;
+            writeln!(
+                f,
+                "The deadline passed; what is queued stays queued and goes with the next sync or the service."
+            )?;
         }
         Ok(())
     }
@@ -89,13 +104,18 @@ pub async fn sync(pipeline: Arc<Pipeline>, only: Option<&str>, deadline: Duratio
         let pl = pipeline.clone();
         let code = p.resource.code.clone();
         let stop = stop_rx.clone();
-        pushers.push(tokio::spawn(async move { pl.push_loop(&code, stop, Some(done_rx)).await }));
+        pushers.push(tokio::spawn(async move {
+            pl.push_loop(&code, stop, Some(done_rx)).await
+        }));
         let p = p.clone();
         let board = pipeline.board.clone();
         pulls.push(tokio::spawn(async move {
             let r = p.pull().await;
             match &r {
-                Ok(rep) => board.pull_ok(&p.resource.code, rep.horizon.as_ref().map(|h| format!("{h:?}"))),
+                Ok(rep) => board.pull_ok(
+                    &p.resource.code,
+                    rep.horizon.as_ref().map(|h| format!("{h:?}")),
+                ),
                 Err(e) => board.set_pull_error(&p.resource.code, &e.to_string()),
             }
             let _ = done_tx.send(true);
@@ -129,7 +149,11 @@ pub async fn sync(pipeline: Arc<Pipeline>, only: Option<&str>, deadline: Duratio
             ResourceOutcome {
                 pull: match &pull_results {
                     Some(r) => r[i].clone(),
-                    None => rt.pull_error.clone().map(Err).unwrap_or_else(|| Ok(PullReport::default())),
+                    None => rt
+                        .pull_error
+                        .clone()
+                        .map(Err)
+                        .unwrap_or_else(|| Ok(PullReport::default())),
                 },
                 code,
                 queued_records: st.queued_records,
@@ -137,5 +161,8 @@ pub async fn sync(pipeline: Arc<Pipeline>, only: Option<&str>, deadline: Duratio
             }
         })
         .collect();
-    SyncReport { resources, timed_out }
+    SyncReport {
+        resources,
+        timed_out,
+    }
 }

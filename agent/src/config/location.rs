@@ -13,7 +13,12 @@ pub struct Locator {
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
@@ -39,7 +44,9 @@ impl Locator {
         for seg in segments(path) {
             match (seg, cur) {
                 (Seg::Key(k), Node::Table(t)) => {
-                    let Some((key, item)) = t.get_key_value(k) else { break };
+                    let Some((key, item)) = t.get_key_value(k) else {
+                        break;
+                    };
                     if let Some(span) = key.span() {
                         best = Some(span.start);
                     }
@@ -74,7 +81,10 @@ enum Seg<'a> {
 fn segments(path: &str) -> impl Iterator<Item = Seg<'_>> {
     path.split('.').flat_map(|part| {
         let mut out = Vec::new();
-        let (name, rest) = part.split_once('[').map(|(n, r)| (n, Some(r))).unwrap_or((part, None));
+        let (name, rest) = part
+            .split_once('[')
+            .map(|(n, r)| (n, Some(r)))
+            .unwrap_or((part, None));
         if !name.is_empty() {
             out.push(Seg::Key(name));
         }

@@ -6,8 +6,8 @@
 //!
 //! Every error names the file, the line and the key, what was found and what is expected.
 
-pub mod raw;
 mod location;
+pub mod raw;
 mod size;
 
 use std::collections::{BTreeMap, HashSet};
@@ -186,7 +186,11 @@ impl Validator<'_> {
 
     fn path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
-        if p.is_absolute() { p.to_owned() } else { self.base.join(p) }
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.base.join(p)
+        }
     }
 
     fn existing_file(&self, key: &str, p: &str) -> Result<PathBuf, ConfigError> {
@@ -200,6 +204,24 @@ impl Validator<'_> {
     fn validate(&self, raw: raw::RawConfig) -> Result<Config, ConfigError> {
         let node = self.node(raw.node)?;
         let hub = self.hub(raw.hub)?;
+        let certs = exchange_protocol::tls::load_certs("node certificate", &hub.tls.cert)
+            .map_err(|e| self.err("hub.cert", e))?;
+        match certs
+            .first()
+            .and_then(exchange_protocol::tls::peer_common_name)
+        {
+            Some(cn) if cn == node.id => {}
+            cn => {
+                return Err(self.err(
+                    "hub.cert",
+                    format!(
+                        "the certificate's common name is {} but node.id is `{}`; the hub takes the node id from the certificate, so they must be equal",
+                        cn.map(|c| format!("`{c}`")).unwrap_or_else(|| "missing".into()),
+                        node.id
+                    ),
+                ));
+            }
+        }
         let queue = QueueLimits {
             max_bytes: match raw.queue.and_then(|q| q.max_bytes) {
                 Some(s) => parse_size(&s).map_err(|e| self.err("queue.max_bytes", e))?,
@@ -215,19 +237,34 @@ impl Validator<'_> {
             },
         };
         if !(1..=100_000).contains(&batch.max_records) {
-            return Err(self.err("batch.max_records", format!("{} is out of range; expected 1 to 100000", batch.max_records)));
+            return Err(self.err(
+                "batch.max_records",
+                format!(
+                    "{} is out of range; expected 1 to 100000",
+                    batch.max_records
+                ),
+            ));
         }
         if !(1024..=exchange_protocol::batch::DEFAULT_MAX_BATCH_BYTES).contains(&batch.max_bytes) {
-            return Err(self.err("batch.max_bytes", "expected between 1KiB and 64MiB (the hub's default limit)"));
+            return Err(self.err(
+                "batch.max_bytes",
+                "expected between 1KiB and 64MiB (the hub's default limit)",
+            ));
         }
         if queue.max_bytes < 2 * batch.max_bytes as u64 {
-            return Err(self.err("queue.max_bytes", "must be at least twice batch.max_bytes, so a full batch always fits"));
+            return Err(self.err(
+                "queue.max_bytes",
+                "must be at least twice batch.max_bytes, so a full batch always fits",
+            ));
         }
         let mut sources = BTreeMap::new();
         for (i, s) in raw.sources.into_iter().enumerate() {
             let spec = self.source(i, s)?;
             if sources.contains_key(&spec.name) {
-                return Err(self.err(&format!("sources[{i}].name"), format!("source `{}` is defined twice", spec.name)));
+                return Err(self.err(
+                    &format!("sources[{i}].name"),
+                    format!("source `{}` is defined twice", spec.name),
+                ));
             }
             sources.insert(spec.name.clone(), spec);
         }
@@ -236,7 +273,10 @@ impl Validator<'_> {
         for (i, r) in raw.resources.into_iter().enumerate() {
             let res = self.resource(i, r, &sources)?;
             if !codes.insert(res.code.clone()) {
-                return Err(self.err(&format!("resources[{i}].code"), format!("resource `{}` is defined twice", res.code)));
+                return Err(self.err(
+                    &format!("resources[{i}].code"),
+                    format!("resource `{}` is defined twice", res.code),
+                ));
             }
             resources.push(res);
         }
@@ -252,7 +292,12 @@ impl Validator<'_> {
     }
 
     fn node(&self, n: raw::RawNode) -> Result<Node, ConfigError> {
-        if n.id.is_empty() || !n.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if n.id.is_empty()
+            || !n
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             return Err(self.err("node.id", "expected letters, digits, `-`, `_` or `.` (it must equal the common name of the node certificate)"));
         }
         if !identifier::is_valid_uscc(&n.department) {
@@ -267,19 +312,31 @@ impl Validator<'_> {
 
     fn hub(&self, h: raw::RawHub) -> Result<Hub, ConfigError> {
         if !h.url.starts_with("https://") {
-            return Err(self.err("hub.url", format!("`{}` must start with https:// (the hub is reached over mutual TLS only)", h.url)));
+            return Err(self.err(
+                "hub.url",
+                format!(
+                    "`{}` must start with https:// (the hub is reached over mutual TLS only)",
+                    h.url
+                ),
+            ));
         }
         let min_version = match h.min_tls.as_deref() {
             None | Some("1.3") => MinTlsVersion::Tls13,
             Some("1.2") => MinTlsVersion::Tls12,
-            Some(other) => return Err(self.err("hub.min_tls", format!("`{other}` is not supported; expected \"1.3\" (default) or \"1.2\""))),
+            Some(other) => {
+                return Err(self.err(
+                    "hub.min_tls",
+                    format!("`{other}` is not supported; expected \"1.3\" (default) or \"1.2\""),
+                ));
+            }
         };
         let timeout = match h.timeout {
             Some(t) => parse_duration(&t).map_err(|e| self.err("hub.timeout", e))?,
             None => Duration::from_secs(30),
         };
         let key = self.existing_file("hub.key", &h.key)?;
-        exchange_protocol::tls::check_secret_permissions(&key).map_err(|e| self.err("hub.key", e))?;
+        exchange_protocol::tls::check_secret_permissions(&key)
+            .map_err(|e| self.err("hub.key", e))?;
         Ok(Hub {
             url: h.url.trim_end_matches('/').to_owned(),
             tls: MutualTls {
@@ -298,34 +355,66 @@ impl Validator<'_> {
             "postgres" => SourceKind::Postgres,
             "mysql" => SourceKind::Mysql,
             "sqlite" => SourceKind::Sqlite,
-            other => return Err(self.err(&key("kind"), format!("`{other}` is not a source kind; expected \"postgres\", \"mysql\" or \"sqlite\""))),
+            other => return Err(self.err(
+                &key("kind"),
+                format!(
+                    "`{other}` is not a source kind; expected \"postgres\", \"mysql\" or \"sqlite\""
+                ),
+            )),
         };
         let url = if kind == SourceKind::Sqlite {
             let path = s.url.strip_prefix("sqlite://").unwrap_or(&s.url);
             let path = self.path(path);
             if !path.is_file() {
-                return Err(self.err(&key("url"), format!("SQLite database {} does not exist", path.display())));
+                return Err(self.err(
+                    &key("url"),
+                    format!("SQLite database {} does not exist", path.display()),
+                ));
             }
             format!("sqlite://{}", path.display())
         } else {
             let scheme_ok = match kind {
-                SourceKind::Postgres => s.url.starts_with("postgres://") || s.url.starts_with("postgresql://"),
+                SourceKind::Postgres => {
+                    s.url.starts_with("postgres://") || s.url.starts_with("postgresql://")
+                }
                 _ => s.url.starts_with("mysql://"),
             };
             if !scheme_ok {
-                return Err(self.err(&key("url"), format!("expected a {} URL", if kind == SourceKind::Postgres { "postgres://" } else { "mysql://" })));
+                return Err(self.err(
+                    &key("url"),
+                    format!(
+                        "expected a {} URL",
+                        if kind == SourceKind::Postgres {
+                            "postgres://"
+                        } else {
+                            "mysql://"
+                        }
+                    ),
+                ));
             }
             s.url.clone()
         };
         let password = match (s.password_file, s.password_env) {
-            (Some(_), Some(_)) => return Err(self.err(&key("password_env"), "give either password_file or password_env, not both")),
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    &key("password_env"),
+                    "give either password_file or password_env, not both",
+                ));
+            }
             (Some(f), None) => {
                 let path = self.existing_file(&key("password_file"), &f)?;
-                exchange_protocol::tls::check_secret_permissions(&path).map_err(|e| self.err(&key("password_file"), e))?;
-                let text = std::fs::read_to_string(&path).map_err(|e| self.err(&key("password_file"), e))?;
+                exchange_protocol::tls::check_secret_permissions(&path)
+                    .map_err(|e| self.err(&key("password_file"), e))?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| self.err(&key("password_file"), e))?;
                 Some(text.trim_end_matches(['\n', '\r']).to_owned())
             }
-            (None, Some(var)) => Some(std::env::var(&var).map_err(|_| self.err(&key("password_env"), format!("environment variable `{var}` is not set")))?),
+            (None, Some(var)) => Some(std::env::var(&var).map_err(|_| {
+                self.err(
+                    &key("password_env"),
+                    format!("environment variable `{var}` is not set"),
+                )
+            })?),
             (None, None) => None,
         };
         let ca = match s.ca {
@@ -342,10 +431,18 @@ impl Validator<'_> {
         })
     }
 
-    fn resource(&self, i: usize, r: raw::RawResource, sources: &BTreeMap<String, SourceSpec>) -> Result<Resource, ConfigError> {
+    fn resource(
+        &self,
+        i: usize,
+        r: raw::RawResource,
+        sources: &BTreeMap<String, SourceSpec>,
+    ) -> Result<Resource, ConfigError> {
         let key = |k: &str| format!("resources[{i}].{k}");
         if r.code.is_empty() || r.code.contains(['/', ' ']) {
-            return Err(self.err(&key("code"), "expected a resource code without spaces or `/`, e.g. \"330100-RSJ-0001\""));
+            return Err(self.err(
+                &key("code"),
+                "expected a resource code without spaces or `/`, e.g. \"330100-RSJ-0001\"",
+            ));
         }
         let share = match r.share.as_str() {
             "unconditional" => Share::Unconditional,
@@ -355,14 +452,28 @@ impl Validator<'_> {
         };
         if !sources.contains_key(&r.source) {
             let known: Vec<_> = sources.keys().map(|k| format!("`{k}`")).collect();
-            return Err(self.err(&key("source"), format!("no source named `{}`; defined: {}", r.source, if known.is_empty() { "none".into() } else { known.join(", ") })));
+            return Err(self.err(
+                &key("source"),
+                format!(
+                    "no source named `{}`; defined: {}",
+                    r.source,
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
         }
         let relation = match (r.table, r.query) {
             (Some(t), None) => Relation::Table(t),
             (None, Some(q)) => {
                 let head = q.trim_start().to_ascii_lowercase();
                 if !(head.starts_with("select") || head.starts_with("with")) {
-                    return Err(self.err(&key("query"), "expected a read-only SELECT (or WITH … SELECT) statement"));
+                    return Err(self.err(
+                        &key("query"),
+                        "expected a read-only SELECT (or WITH … SELECT) statement",
+                    ));
                 }
                 Relation::Query(q)
             }
@@ -370,11 +481,15 @@ impl Validator<'_> {
         };
         let mut fields = Vec::new();
         for (name, rule) in r.fields {
-            let rule = Rule::parse(&rule).map_err(|e| self.err(&format!("resources[{i}].fields.{name}"), e))?;
+            let rule = Rule::parse(&rule)
+                .map_err(|e| self.err(&format!("resources[{i}].fields.{name}"), e))?;
             fields.push((name, rule));
         }
         if fields.is_empty() {
-            return Err(self.err(&key("fields"), "no fields: list every column that may leave, with its rule (default deny)"));
+            return Err(self.err(
+                &key("fields"),
+                "no fields: list every column that may leave, with its rule (default deny)",
+            ));
         }
         match fields.iter().find(|(n, _)| *n == r.key) {
             Some((_, Rule::Plain)) => {}
@@ -394,15 +509,36 @@ impl Validator<'_> {
                 }
                 Mode::Incremental { cursor, safety_lag }
             }
-            ("incremental", _) => return Err(self.err(&key("cursor"), "incremental mode needs `cursor`, e.g. [\"updated_at\", \"id\"]")),
+            ("incremental", _) => {
+                return Err(self.err(
+                    &key("cursor"),
+                    "incremental mode needs `cursor`, e.g. [\"updated_at\", \"id\"]",
+                ));
+            }
             ("snapshot", None) => Mode::Snapshot,
-            ("snapshot", Some(_)) => return Err(self.err(&key("cursor"), "snapshot mode reads every row; remove `cursor` or use mode = \"incremental\"")),
-            (other, _) => return Err(self.err(&key("mode"), format!("`{other}` is not a mode; expected \"incremental\" or \"snapshot\""))),
+            ("snapshot", Some(_)) => {
+                return Err(self.err(
+                    &key("cursor"),
+                    "snapshot mode reads every row; remove `cursor` or use mode = \"incremental\"",
+                ));
+            }
+            (other, _) => {
+                return Err(self.err(
+                    &key("mode"),
+                    format!("`{other}` is not a mode; expected \"incremental\" or \"snapshot\""),
+                ));
+            }
         };
         let schedule = match (r.schedule, r.every) {
-            (Some(_), Some(_)) => return Err(self.err(&key("every"), "give either `schedule` or `every`, not both")),
-            (Some(cron), None) => Schedule::cron(&cron).map_err(|e| self.err(&key("schedule"), e))?,
-            (None, Some(every)) => Schedule::Every(parse_duration(&every).map_err(|e| self.err(&key("every"), e))?),
+            (Some(_), Some(_)) => {
+                return Err(self.err(&key("every"), "give either `schedule` or `every`, not both"));
+            }
+            (Some(cron), None) => {
+                Schedule::cron(&cron).map_err(|e| self.err(&key("schedule"), e))?
+            }
+            (None, Some(every)) => {
+                Schedule::Every(parse_duration(&every).map_err(|e| self.err(&key("every"), e))?)
+            }
             (None, None) => Schedule::Every(Duration::from_secs(300)),
         };
         Ok(Resource {
@@ -418,3 +554,6 @@ impl Validator<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

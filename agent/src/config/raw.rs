@@ -141,7 +141,9 @@ pub fn parse(file: &Path, text: &str) -> Result<RawConfig, ConfigError> {
 }
 
 fn toml_error(file: &Path, text: &str, e: &toml::de::Error, path: Option<String>) -> ConfigError {
-    let location = e.span().map(|span| super::location::line_col(text, span.start));
+    let location = e
+        .span()
+        .map(|span| super::location::line_col(text, span.start));
     let message = e.message().trim_end().to_owned();
     let message = match path {
         Some(p) if p != "." && !p.is_empty() => format!("key `{p}`: {message}"),

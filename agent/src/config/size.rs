@@ -7,7 +7,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size; expected e.g. \"4MiB\" or \"1GiB\""))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size; expected e.g. \"4MiB\" or \"1GiB\""))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -17,14 +19,20 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => return Err(format!("unknown size unit `{other}` in `{s}`; expected B, KiB, MiB, GiB, KB, MB or GB")),
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{s}`; expected B, KiB, MiB, GiB, KB, MB or GB"
+            ));
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 /// Parses `"30s"`, `"5m"`, `"2h"`, `"1d"`, `"500ms"`, `"1m30s"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("`{s}` is not a duration; expected e.g. \"30s\", \"5m\", \"2h\" or \"500ms\"");
+    let bad =
+        || format!("`{s}` is not a duration; expected e.g. \"30s\", \"5m\", \"2h\" or \"500ms\"");
     let t = s.trim();
     if t.is_empty() {
         return Err(bad());
@@ -35,7 +43,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         let split = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
         let (num, tail) = rest.split_at(split);
         let n: u64 = num.parse().map_err(|_| bad())?;
-        let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_len);
         total += match unit {
             "ms" => Duration::from_millis(n),

@@ -41,12 +41,18 @@ pub struct Options {
 
 /// Writes the demo's certificates, database and configuration files into `dir`; returns
 /// the paths of the agent and hub configurations. The hub listens on `hub_addr`.
-pub fn prepare(dir: &Path, rows: usize, hub_addr: SocketAddr) -> anyhow::Result<(PathBuf, PathBuf)> {
+pub fn prepare(
+    dir: &Path,
+    rows: usize,
+    hub_addr: SocketAddr,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
     let tls_dir = dir.join("tls");
-    std::fs::create_dir_all(&tls_dir).with_context(|| format!("cannot create {}", tls_dir.display()))?;
+    std::fs::create_dir_all(&tls_dir)
+        .with_context(|| format!("cannot create {}", tls_dir.display()))?;
     let ca = Authority::generate("exchange-agent demo CA")?;
     ca.write_cert(&tls_dir.join("ca.pem"))?;
-    ca.issue_server(&["127.0.0.1", "localhost"])?.write(&tls_dir, "hub")?;
+    ca.issue_server(&["127.0.0.1", "localhost"])?
+        .write(&tls_dir, "hub")?;
     ca.issue_client(NODE)?.write(&tls_dir, "node")?;
     write_business_db(&dir.join("business.db"), rows)?;
     let hub_toml = dir.join("hub.toml");
@@ -118,17 +124,31 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let listener = TcpListener::bind("127.0.0.1:0").await.context("cannot bind a loopback port for the hub")?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot bind a loopback port for the hub")?;
     let hub_addr = listener.local_addr()?;
-    println!("exchange-agent demo — everything runs on this machine, in {}", dir.display());
+    println!(
+        "exchange-agent demo — everything runs on this machine, in {}",
+        dir.display()
+    );
     println!();
     let (agent_toml, hub_toml) = prepare(&dir, options.rows, hub_addr)?;
-    println!("1. Generated a throwaway CA and certificates      tls/ca.pem, tls/hub.pem, tls/node.pem (CN = {NODE})");
-    println!("2. Created a business database                     business.db: {} synthetic residents in table insured_person", options.rows);
-    println!("   (valid 公民身份号码 check digits, Chinese names, mobile numbers, an internal_note column)");
+    println!(
+        "1. Generated a throwaway CA and certificates      tls/ca.pem, tls/hub.pem, tls/node.pem (CN = {NODE})"
+    );
+    println!(
+        "2. Created a business database                     business.db: {} synthetic residents in table insured_person",
+        options.rows
+    );
+    println!(
+        "   (valid 公民身份号码 check digits, Chinese names, mobile numbers, an internal_note column)"
+    );
 
     let hub_config = HubConfig::load(&hub_toml).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let store = Store::open(&hub_config.store).await.context("cannot open the hub's store")?;
+    let store = Store::open(&hub_config.store)
+        .await
+        .context("cannot open the hub's store")?;
     let (hub_stop_tx, hub_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let hub_store = store.clone();
     let hub = tokio::spawn(async move {
@@ -137,49 +157,84 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         })
         .await
     });
-    println!("3. Started the reference hub                       https://{hub_addr} (mutual TLS), storing into hub.db");
+    println!(
+        "3. Started the reference hub                       https://{hub_addr} (mutual TLS), storing into hub.db"
+    );
 
     let config = Config::load(&agent_toml).map_err(|e| anyhow::anyhow!("{e}"))?;
     let data_dir = config.node.data_dir.clone();
     let pipeline = Arc::new(Pipeline::build(config)?);
     let report = crate::sync::sync(pipeline.clone(), None, Duration::from_secs(120)).await;
-    let pulled: u64 = report.resources.iter().map(|r| r.pull.as_ref().map(|p| p.records).unwrap_or(0)).sum();
+    let pulled: u64 = report
+        .resources
+        .iter()
+        .map(|r| r.pull.as_ref().map(|p| p.records).unwrap_or(0))
+        .sum();
     let state = pipeline.queue.state(RESOURCE)?;
-    println!("4. Agent synced                                    pulled {pulled} records, hub acknowledged {}, {} still queued", state.pushed_records, state.queued_records);
+    println!(
+        "4. Agent synced                                    pulled {pulled} records, hub acknowledged {}, {} still queued",
+        state.pushed_records, state.queued_records
+    );
     if !report.is_complete() {
         print!("{report}");
         anyhow::bail!("the demo sync did not complete");
     }
-    let exported = exchange_hub::export::export(&store, RESOURCE).await.context("cannot read the hub's store")?;
-    println!("5. The hub now holds                               {} records of {RESOURCE}", exported.len());
+    let exported = exchange_hub::export::export(&store, RESOURCE)
+        .await
+        .context("cannot read the hub's store")?;
+    println!(
+        "5. The hub now holds                               {} records of {RESOURCE}",
+        exported.len()
+    );
     println!();
     println!("   Three of them, as `exchange-hub export` prints them:");
     for r in exported.iter().take(3) {
         println!("   {}", serde_json::to_string(r)?);
     }
-    let leaked = exported.iter().any(|r| r["fields"].get("internal_note").is_some());
+    let leaked = exported
+        .iter()
+        .any(|r| r["fields"].get("internal_note").is_some());
     println!();
-    println!("   internal_note is configured as \"drop\": it was never read from business.db and {} the hub.", if leaked { "ALSO REACHED (this is a bug)" } else { "never reached" });
+    println!(
+        "   internal_note is configured as \"drop\": it was never read from business.db and {} the hub.",
+        if leaked {
+            "ALSO REACHED (this is a bug)"
+        } else {
+            "never reached"
+        }
+    );
     println!();
     println!("Look for yourself:");
-    println!("   exchange-hub export --config {} --resource {RESOURCE} | head", hub_toml.display());
+    println!(
+        "   exchange-hub export --config {} --resource {RESOURCE} | head",
+        hub_toml.display()
+    );
     println!("   exchange-agent status --config {}", agent_toml.display());
     println!("   exchange-agent check --config {}", agent_toml.display());
     println!("   (the queue is {}/queue.redb)", data_dir.display());
 
     if options.keep {
         println!();
-        println!("The hub and the agent keep running (the agent pulls every 10 s). Add rows to business.db, e.g.");
-        println!("   sqlite3 {} \"UPDATE insured_person SET mobile='13900000000', updated_at=strftime('%Y-%m-%dT%H:%M:%f','now') WHERE id=1\"", dir.join("business.db").display());
+        println!(
+            "The hub and the agent keep running (the agent pulls every 10 s). Add rows to business.db, e.g."
+        );
+        println!(
+            "   sqlite3 {} \"UPDATE insured_person SET mobile='13900000000', updated_at=strftime('%Y-%m-%dT%H:%M:%f','now') WHERE id=1\"",
+            dir.join("business.db").display()
+        );
         println!("then export again. Ctrl-C stops both.");
         // `exchange-agent status` from another shell reads the daemon's status file.
         crate::daemon::run(pipeline, shutdown).await;
     } else {
         println!();
-        println!("The hub and the agent have stopped; run `exchange-agent demo --keep` to keep them running.");
+        println!(
+            "The hub and the agent have stopped; run `exchange-agent demo --keep` to keep them running."
+        );
         drop(pipeline);
     }
     let _ = hub_stop_tx.send(());
-    hub.await.context("the hub task failed")?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    hub.await
+        .context("the hub task failed")?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }

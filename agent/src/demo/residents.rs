@@ -8,8 +8,14 @@ use rand::{Rng, SeedableRng};
 
 use crate::identifier::citizen_id_check;
 
-const SURNAMES: &[&str] = &["王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "马", "朱", "胡", "郭", "何", "林", "高", "罗", "欧阳", "司马"];
-const GIVEN: &[&str] = &["伟", "芳", "娜", "秀英", "敏", "静", "丽", "强", "磊", "军", "洋", "勇", "艳", "杰", "娟", "涛", "明", "超", "秀兰", "霞", "平", "刚", "桂英", "建国", "小红", "子涵", "雨桐", "浩然"];
+const SURNAMES: &[&str] = &[
+    "王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "马", "朱", "胡", "郭",
+    "何", "林", "高", "罗", "欧阳", "司马",
+];
+const GIVEN: &[&str] = &[
+    "伟", "芳", "娜", "秀英", "敏", "静", "丽", "强", "磊", "军", "洋", "勇", "艳", "杰", "娟",
+    "涛", "明", "超", "秀兰", "霞", "平", "刚", "桂英", "建国", "小红", "子涵", "雨桐", "浩然",
+];
 const DISTRICTS: &[(&str, &str)] = &[
     ("330102", "浙江省杭州市上城区"),
     ("330105", "浙江省杭州市拱墅区"),
@@ -44,16 +50,31 @@ pub fn generate(n: usize, seed: u64) -> Vec<Resident> {
             let year = rng.random_range(1940..2006);
             let month = rng.random_range(1..=12);
             let day = rng.random_range(1..=28);
-            let first17 = format!("{code}{year:04}{month:02}{day:02}{:03}", rng.random_range(0..1000));
+            let first17 = format!(
+                "{code}{year:04}{month:02}{day:02}{:03}",
+                rng.random_range(0..1000)
+            );
             let check = citizen_id_check(&first17).expect("17 digits");
-            let name = format!("{}{}", SURNAMES[rng.random_range(0..SURNAMES.len())], GIVEN[rng.random_range(0..GIVEN.len())]);
-            let mobile = format!("1{}{:09}", rng.random_range(3..=9), rng.random_range(0..1_000_000_000u64));
+            let name = format!(
+                "{}{}",
+                SURNAMES[rng.random_range(0..SURNAMES.len())],
+                GIVEN[rng.random_range(0..GIVEN.len())]
+            );
+            let mobile = format!(
+                "1{}{:09}",
+                rng.random_range(3..=9),
+                rng.random_range(0..1_000_000_000u64)
+            );
             Resident {
                 id_card: format!("{first17}{check}"),
                 name,
                 mobile,
                 district: district.to_owned(),
-                insured_since: format!("{}-{:02}-01", rng.random_range(1995..2025), rng.random_range(1..=12)),
+                insured_since: format!(
+                    "{}-{:02}-01",
+                    rng.random_range(1995..2025),
+                    rng.random_range(1..=12)
+                ),
             }
         })
         .collect()
@@ -90,7 +111,14 @@ pub fn write_business_db(path: &Path, n: usize) -> anyhow::Result<()> {
             if !seen.insert(r.id_card.clone()) {
                 continue;
             }
-            insert.execute(rusqlite::params![r.id_card, r.name, r.mobile, r.district, r.insured_since, "内部备注：不得共享"])?;
+            insert.execute(rusqlite::params![
+                r.id_card,
+                r.name,
+                r.mobile,
+                r.district,
+                r.insured_since,
+                "内部备注：不得共享"
+            ])?;
         }
     }
     tx.commit()?;
@@ -105,8 +133,17 @@ mod tests {
     #[test]
     fn synthetic_residents_have_valid_identifiers() {
         for r in generate(2000, 1) {
-            assert_eq!(normalize_citizen_id(&r.id_card).as_deref(), Some(r.id_card.as_str()));
-            assert!(r.mobile.len() == 11 && r.mobile.starts_with('1') && (b'3'..=b'9').contains(&r.mobile.as_bytes()[1]), "{}", r.mobile);
+            assert_eq!(
+                normalize_citizen_id(&r.id_card).as_deref(),
+                Some(r.id_card.as_str())
+            );
+            assert!(
+                r.mobile.len() == 11
+                    && r.mobile.starts_with('1')
+                    && (b'3'..=b'9').contains(&r.mobile.as_bytes()[1]),
+                "{}",
+                r.mobile
+            );
             assert!(!r.name.is_empty());
         }
     }
