@@ -301,8 +301,12 @@ impl Queue {
         txn.commit()
     }
 
-    /// Quarantined rows of a resource, oldest first.
-    pub fn quarantined(&self, resource: &str) -> Result<Vec<QuarantineEntry>, QueueError> {
+    /// The `limit` most recent quarantined rows of a resource, oldest first.
+    pub fn quarantined(
+        &self,
+        resource: &str,
+        limit: usize,
+    ) -> Result<Vec<QuarantineEntry>, QueueError> {
         let tx = self
             .db
             .begin_read()
@@ -314,12 +318,15 @@ impl Queue {
         for entry in table
             .range((resource, 0u64)..=(resource, u64::MAX))
             .map_err(storage("reading quarantine"))?
+            .rev()
+            .take(limit)
         {
             let (_, v) = entry.map_err(storage("reading quarantine"))?;
             out.push(
                 serde_json::from_slice(v.value()).map_err(|e| QueueError::Format(e.to_string()))?,
             );
         }
+        out.reverse();
         Ok(out)
     }
 }

@@ -112,10 +112,16 @@ pub struct ResourceStatus {
     pub pulled_records: u64,
     /// Records acknowledged since the queue was created.
     pub pushed_records: u64,
+    /// The most recent quarantined rows (key and reason, never values).
+    #[serde(default)]
+    pub recent_quarantine: Vec<crate::queue::QuarantineEntry>,
     /// Runtime facts (daemon only).
     #[serde(flatten)]
     pub runtime: Runtime,
 }
+
+/// How many quarantined rows `status` lists per resource.
+const RECENT_QUARANTINE: usize = 5;
 
 /// Builds the report from an open queue.
 pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, QueueError> {
@@ -125,6 +131,9 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
         .iter()
         .map(|r| {
             let st = states.get(&r.code).cloned().unwrap_or_default();
+            let recent_quarantine = queue
+                .quarantined(&r.code, RECENT_QUARANTINE)
+                .unwrap_or_default();
             let cursor = match &r.mode {
                 Mode::Incremental { .. } => st.cursor.as_ref().map(|c| {
                     c.iter()
@@ -157,6 +166,7 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
                 quarantined: st.quarantined,
                 pulled_records: st.pulled_records,
                 pushed_records: st.pushed_records,
+                recent_quarantine,
                 runtime: board.get(&r.code),
             }
         })
@@ -260,6 +270,15 @@ impl std::fmt::Display for Report {
                 r.pushed_records, r.pulled_records
             )?;
             writeln!(f, "  quarantined  {} rows", r.quarantined)?;
+            for q in &r.recent_quarantine {
+                writeln!(
+                    f,
+                    "    {}  key {}: {}",
+                    q.at,
+                    q.key.as_deref().unwrap_or("(unknown)"),
+                    q.reason
+                )?;
+            }
             if let Some(h) = &r.runtime.horizon {
                 writeln!(f, "  horizon      {h}")?;
             }
