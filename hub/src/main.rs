@@ -1,1 +1,208 @@
-fn main() {}
+//! `exchange-hub`: the reference hub's command line.
+//!
+//! Exit codes: 0 success, 2 configuration error, 1 any other failure.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use exchange_hub::config::HubConfig;
+use exchange_hub::store::Store;
+use tracing::info;
+
+/// The reference hub of the exchange: receives batches from agents over mutual TLS.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Listen for agents until SIGTERM or SIGINT.
+    Serve {
+        /// The hub's configuration file.
+        #[arg(long, short, env = "EXCHANGE_HUB_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the current records of a resource, one JSON object per line, ordered by key.
+    Export {
+        /// The hub's configuration file.
+        #[arg(long, short, env = "EXCHANGE_HUB_CONFIG")]
+        config: PathBuf,
+        /// The resource code.
+        #[arg(long, short)]
+        resource: String,
+    },
+    /// Check the configuration file and the TLS material it names; exit 0 if valid, 2 if not.
+    Check {
+        /// The hub's configuration file.
+        #[arg(long, short, env = "EXCHANGE_HUB_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    /// 2 for a configuration error, 1 otherwise.
+    code: u8,
+    /// The whole chain of causes.
+    error: anyhow::Error,
+}
+
+fn config_error(error: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: 2,
+        error: error.into(),
+    }
+}
+
+fn other_error(error: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: 1,
+        error: error.into(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    exchange_protocol::tls::install_provider();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {:#}", failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Check { config } => {
+            let loaded = HubConfig::load(&config).map_err(config_error)?;
+            loaded
+                .server_tls()
+                .with_context(|| format!("{}: [listen] TLS material", config.display()))
+                .map_err(config_error)?;
+            println!(
+                "{}: valid (listen {}, store {})",
+                config.display(),
+                loaded.listen,
+                loaded.store
+            );
+            Ok(())
+        }
+        Command::Serve { config } => serve(config).await,
+        Command::Export { config, resource } => {
+            let loaded = HubConfig::load(&config).map_err(config_error)?;
+            let store = Store::open(&loaded.store).await.map_err(other_error)?;
+            let known = store.resources().await.map_err(other_error)?;
+            if !known.iter().any(|(r, _)| *r == resource) {
+                let list: Vec<&str> = known.iter().map(|(r, _)| r.as_str()).collect();
+                return Err(other_error(anyhow::anyhow!(
+                    "no node has pushed resource `{resource}` to this hub; known resources: {}",
+                    if list.is_empty() {
+                        "none yet".to_owned()
+                    } else {
+                        list.join(", ")
+                    }
+                )));
+            }
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            exchange_hub::export::write_ndjson(&store, &resource, &mut out)
+                .await
+                .map_err(other_error)?;
+            out.flush()
+                .context("cannot write the export")
+                .map_err(other_error)?;
+            Ok(())
+        }
+    }
+}
+
+async fn serve(path: PathBuf) -> Result<(), Failure> {
+    let config = HubConfig::load(&path).map_err(config_error)?;
+    let tls = config
+        .server_tls()
+        .with_context(|| format!("{}: [listen] TLS material", path.display()))
+        .map_err(config_error)?;
+    let store = Store::open(&config.store).await.map_err(other_error)?;
+    match store.counts().await {
+        Ok(c) => info!(
+            store = %store.describe(),
+            resources = c.resources,
+            streams = c.streams,
+            records = c.records,
+            "Store opened."
+        ),
+        Err(e) => return Err(other_error(e)),
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (listen.addr in {}): is another process using the port, or does binding it need privileges?",
+                config.listen,
+                path.display()
+            )
+        })
+        .map_err(other_error)?;
+    let bound = listener
+        .local_addr()
+        .context("cannot read the listening address")
+        .map_err(other_error)?;
+    info!(
+        addr = %bound,
+        min_tls = ?config.tls.min_version,
+        max_batch_bytes = config.max_batch_bytes,
+        "Hub listening on {bound}."
+    );
+    exchange_hub::server::serve(
+        listener,
+        tls,
+        store,
+        config.max_batch_bytes,
+        shutdown_signal(),
+    )
+    .await
+    .map_err(other_error)?;
+    info!("Hub stopped.");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot watch SIGTERM; only SIGINT stops the hub.");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received."),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received."),
+    }
+}

@@ -195,7 +195,7 @@ pub fn parse(
         }
         let record: Record = serde_json::from_slice(line).map_err(|e| BatchError::Line {
             line: i + 1,
-            reason: e.to_string(),
+            reason: describe_json_error(&e),
         })?;
         if record.op == Op::Upsert && record.fields.is_none() {
             return Err(BatchError::Line {
@@ -212,6 +212,25 @@ pub fn parse(
         });
     }
     Ok(records)
+}
+
+/// A JSON error as a sentence that never quotes a value from the input: serde's "invalid
+/// type: string \"…\", expected …" would otherwise put a key or field value into the
+/// hub's answer and logs.
+fn describe_json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let message = text
+        .rsplit_once(" at line ")
+        .map_or(text.as_str(), |(m, _)| m);
+    let withheld = ["invalid type: ", "invalid value: ", "invalid length: "]
+        .iter()
+        .find_map(|prefix| {
+            let rest = message.strip_prefix(prefix)?;
+            let expected = rest.rsplit_once(", expected ").map_or("", |(_, exp)| exp);
+            Some(format!("{prefix}(value withheld), expected {expected}"))
+        });
+    let message = withheld.unwrap_or_else(|| message.to_owned());
+    format!("{message} at column {}", e.column())
 }
 
 #[cfg(test)]
@@ -267,6 +286,23 @@ mod tests {
             decompress(&wire, 100),
             Err(BatchError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn a_malformed_line_is_described_without_its_values() {
+        let body = b"{\"op\":\"upsert\",\"key\":110105194912310021,\"fields\":{}}\n";
+        let err = parse(body, &digest_hex(body), 1).unwrap_err().to_string();
+        assert!(!err.contains("110105194912310021"), "{err}");
+        assert!(
+            err.starts_with("line 1: invalid type: (value withheld), expected a string"),
+            "{err}"
+        );
+        let body = b"{\"op\":\"upsert\",\"key\":\"k\",\"fields\":\"\\u5f20\\u4e09\"}\n";
+        let err = parse(body, &digest_hex(body), 1).unwrap_err().to_string();
+        assert!(!err.contains('\u{5f20}'), "{err}");
+        let body = b"{\"op\":\"upsert\",\"key\":\"k\",\"feilds\":{}}\n";
+        let err = parse(body, &digest_hex(body), 1).unwrap_err().to_string();
+        assert!(err.contains("unknown field `feilds`"), "{err}");
     }
 
     #[test]

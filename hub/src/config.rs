@@ -1,0 +1,732 @@
+//! The hub's configuration file, read in two stages.
+//!
+//! 1. [`RawConfig`] and its parts mirror the TOML exactly (`deny_unknown_fields`), so a typo
+//!    is an error that names the file, the line and the key.
+//! 2. [`HubConfig`] is the validated form: addresses parsed, paths resolved against the
+//!    configuration file's directory and checked to exist, the store URL understood. Code
+//!    past [`HubConfig::load`] never re-checks any of this.
+//!
+//! ```toml
+//! [listen]
+//! addr = "0.0.0.0:8443"
+//! ca = "tls/ca.pem"        # the CA that issues the agents' client certificates
+//! cert = "tls/hub.pem"     # the hub's certificate chain
+//! key = "tls/hub.key"      # the hub's private key (mode 0600)
+//! min_tls = "1.3"          # or "1.2"; optional, default "1.3"
+//!
+//! [store]
+//! url = "sqlite:///var/lib/exchange-hub/hub.db"   # or sqlite://relative.db, postgres://user@host/db
+//! password_file = "/etc/exchange-hub/pg.password" # optional, PostgreSQL only
+//!
+//! [limits]
+//! max_batch_bytes = "64MiB"                       # optional
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use exchange_protocol::batch::DEFAULT_MAX_BATCH_BYTES;
+use exchange_protocol::tls::{self, MinTlsVersion, MutualTls, TlsError};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The smallest `limits.max_batch_bytes` accepted.
+const MIN_BATCH_BYTES: u64 = 1024;
+/// The largest `limits.max_batch_bytes` accepted: a batch is held in memory while it is checked.
+const MAX_BATCH_BYTES: u64 = 1 << 30;
+
+/// What is wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read hub configuration {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not have the expected shape, or a value is invalid.
+    #[error("{location}: {key}{message}")]
+    Invalid {
+        /// `file:line:column`, or just the file when the position is unknown.
+        location: String,
+        /// `key `a.b`: `, or empty when the error is about the whole document.
+        key: String,
+        /// What was found and what is expected.
+        message: String,
+    },
+}
+
+/// `[listen]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    /// `ip:port` to listen on.
+    pub addr: Spanned<String>,
+    /// The CA certificate that issues the agents' client certificates.
+    pub ca: Spanned<PathBuf>,
+    /// The hub's certificate chain, PEM.
+    pub cert: Spanned<PathBuf>,
+    /// The hub's private key, PEM.
+    pub key: Spanned<PathBuf>,
+    /// Lowest TLS version: "1.3" (default) or "1.2".
+    #[serde(default)]
+    pub min_tls: Option<MinTlsVersion>,
+}
+
+/// `[store]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// `sqlite:///absolute.db`, `sqlite://relative.db` or `postgres://user@host/db`.
+    pub url: Spanned<String>,
+    /// File holding the PostgreSQL password (one line), instead of putting it in the URL.
+    #[serde(default)]
+    pub password_file: Option<Spanned<PathBuf>>,
+}
+
+/// A size as written: a number of bytes or a string with a unit.
+#[derive(Debug)]
+pub enum RawSize {
+    /// Plain number of bytes.
+    Bytes(u64),
+    /// `"64MiB"`, `"512 KiB"`, `"10MB"`.
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of bytes or a size such as \"64MiB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawSize, E> {
+                Ok(RawSize::Bytes(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawSize, E> {
+                u64::try_from(v)
+                    .map(RawSize::Bytes)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawSize, E> {
+                Ok(RawSize::Text(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// `[limits]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest batch body, compressed and decompressed.
+    #[serde(default)]
+    pub max_batch_bytes: Option<Spanned<RawSize>>,
+}
+
+/// The whole file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Where and how agents connect.
+    pub listen: RawListen,
+    /// Where batches are stored.
+    pub store: RawStore,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: Option<RawLimits>,
+}
+
+/// Where the hub keeps what it received.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// A SQLite database file (created if missing; its directory must exist).
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// A PostgreSQL database (the tables are created if missing).
+    Postgres(Box<PostgresConfig>),
+}
+
+impl StoreConfig {
+    /// A SQLite store in `path`.
+    pub fn sqlite(path: impl Into<PathBuf>) -> Self {
+        StoreConfig::Sqlite { path: path.into() }
+    }
+
+    /// A PostgreSQL store at `url` (`postgres://user@host:port/db`), without a password file.
+    pub fn postgres(url: &str) -> Result<Self, String> {
+        Ok(StoreConfig::Postgres(Box::new(PostgresConfig::parse(
+            url, None,
+        )?)))
+    }
+}
+
+impl fmt::Display for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreConfig::Sqlite { path } => write!(f, "SQLite database {}", path.display()),
+            StoreConfig::Postgres(pg) => write!(f, "PostgreSQL database {}", pg.display),
+        }
+    }
+}
+
+/// A validated PostgreSQL connection target.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    /// The connection parameters parsed from the URL.
+    pub config: tokio_postgres::Config,
+    /// `user@host:port/db` without the password, for messages.
+    pub display: String,
+    /// File holding the password, read when connecting (must be mode 0600).
+    pub password_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("target", &self.display)
+            .field("password_file", &self.password_file)
+            .finish()
+    }
+}
+
+impl PostgresConfig {
+    /// Parses a `postgres://` URL.
+    pub fn parse(url: &str, password_file: Option<PathBuf>) -> Result<Self, String> {
+        let mut config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| format!("`{}` is not a valid PostgreSQL URL: {e}", redact(url)))?;
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(
+                "`sslmode=require` is not supported by the reference hub; connect over a local socket or a trusted network and remove `sslmode`"
+                    .into(),
+            );
+        }
+        if config.get_dbname().is_none() {
+            return Err(format!(
+                "`{}` names no database; expected `postgres://user@host/database`",
+                redact(url)
+            ));
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(5));
+        }
+        config.application_name("exchange-hub");
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+        let display = format!(
+            "{}@{}{}/{}",
+            config.get_user().unwrap_or("(current user)"),
+            if hosts.is_empty() {
+                "localhost".to_owned()
+            } else {
+                hosts.join(",")
+            },
+            if ports.is_empty() {
+                String::new()
+            } else {
+                format!(":{}", ports.join(","))
+            },
+            config.get_dbname().unwrap_or_default()
+        );
+        Ok(PostgresConfig {
+            config,
+            display,
+            password_file,
+        })
+    }
+}
+
+/// Removes a password from a URL before it is shown.
+fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}://{}:****{}",
+            &url[..scheme_end],
+            &authority[..colon],
+            &rest[at..]
+        ),
+        _ => url.to_owned(),
+    }
+}
+
+/// The validated configuration of a hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// The file the configuration was read from, for messages (`None` when built in code).
+    pub path: Option<PathBuf>,
+    /// The address `exchange-hub serve` binds.
+    pub listen: SocketAddr,
+    /// Mutual TLS: the CA that issued the agents' certificates, the hub's certificate and key,
+    /// and the lowest TLS version.
+    pub tls: MutualTls,
+    /// Where received batches are stored.
+    pub store: StoreConfig,
+    /// Largest batch body accepted, both compressed and decompressed, in bytes.
+    pub max_batch_bytes: usize,
+}
+
+impl HubConfig {
+    /// A configuration built in code (the demo and the tests), with default limits.
+    pub fn new(listen: SocketAddr, tls: MutualTls, store: StoreConfig) -> Self {
+        HubConfig {
+            path: None,
+            listen,
+            tls,
+            store,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+        }
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Validates configuration text; `path` names it in messages and anchors relative paths.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file = Source {
+            name: path.display().to_string(),
+            text,
+        };
+        let raw = parse_raw(&file)?;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        // Absolute, so messages and the running hub do not depend on the working directory.
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+        let mut config = validate(raw, &file, &dir)?;
+        config.path = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// Builds the hub's TLS server configuration (client certificates required and verified
+    /// against `tls.ca`), offering HTTP/2 and HTTP/1.1 by ALPN.
+    pub fn server_tls(&self) -> Result<rustls::ServerConfig, TlsError> {
+        let mut config = tls::mutual_server_config(&self.tls)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+/// The text being validated, for positions in messages.
+struct Source<'a> {
+    /// The file name as shown.
+    name: String,
+    /// The whole file.
+    text: &'a str,
+}
+
+impl Source<'_> {
+    /// `file:line:column` of a byte offset (line and column from 1, column in characters).
+    fn at(&self, offset: usize) -> String {
+        let offset = offset.min(self.text.len());
+        let before = self.text.get(..offset).unwrap_or(self.text);
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let column = before[line_start..].chars().count() + 1;
+        format!("{}:{line}:{column}", self.name)
+    }
+
+    /// An error about the value at `span`.
+    fn error(&self, key: &str, span: std::ops::Range<usize>, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            location: self.at(span.start),
+            key: format!("key `{key}`: "),
+            message,
+        }
+    }
+}
+
+fn parse_raw(file: &Source<'_>) -> Result<RawConfig, ConfigError> {
+    let deserializer = toml::Deserializer::parse(file.text).map_err(|e| ConfigError::Invalid {
+        location: e
+            .span()
+            .map(|s| file.at(s.start))
+            .unwrap_or_else(|| file.name.clone()),
+        key: String::new(),
+        message: first_line(e.message()),
+    })?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = key_path(e.path());
+        let inner = e.into_inner();
+        ConfigError::Invalid {
+            location: inner
+                .span()
+                .map(|s| file.at(s.start))
+                .unwrap_or_else(|| file.name.clone()),
+            key: if key.is_empty() {
+                String::new()
+            } else {
+                format!("key `{key}`: ")
+            },
+            message: first_line(inner.message()),
+        }
+    })
+}
+
+/// `listen.addr` from serde_path_to_error's path, without the private segments that
+/// `toml::Spanned` adds.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for segment in path.iter() {
+        let part = match segment {
+            Segment::Map { key } if key.starts_with("$__serde_spanned") => continue,
+            Segment::Map { key } => key.clone(),
+            Segment::Seq { index } => index.to_string(),
+            Segment::Enum { variant } => variant.clone(),
+            Segment::Unknown => "?".to_owned(),
+        };
+        if !key.is_empty() {
+            key.push('.');
+        }
+        key.push_str(&part);
+    }
+    key
+}
+
+fn first_line(message: &str) -> String {
+    message.trim().lines().next().unwrap_or_default().to_owned()
+}
+
+fn validate(raw: RawConfig, file: &Source<'_>, dir: &Path) -> Result<HubConfig, ConfigError> {
+    let addr_text = raw.listen.addr.get_ref();
+    let listen: SocketAddr = addr_text.trim().parse().map_err(|_| {
+        file.error(
+            "listen.addr",
+            raw.listen.addr.span(),
+            format!(
+                "`{addr_text}` is not an address; expected an IP address and port such as \"0.0.0.0:8443\" or \"[::]:8443\""
+            ),
+        )
+    })?;
+
+    let existing = |key: &str, value: &Spanned<PathBuf>, what: &str| {
+        let path = dir.join(value.get_ref());
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(file.error(
+                key,
+                value.span(),
+                format!(
+                    "{what} {} does not exist or is not a file (relative paths are resolved against {})",
+                    path.display(),
+                    dir.display()
+                ),
+            ))
+        }
+    };
+    let tls = MutualTls {
+        ca: existing(
+            "listen.ca",
+            &raw.listen.ca,
+            "the CA certificate that issues agent certificates,",
+        )?,
+        cert: existing("listen.cert", &raw.listen.cert, "the hub certificate")?,
+        key: existing("listen.key", &raw.listen.key, "the hub private key")?,
+        min_version: raw.listen.min_tls.unwrap_or_default(),
+    };
+
+    let url = raw.store.url.get_ref().trim();
+    let store = if let Some(rest) = url.strip_prefix("sqlite://") {
+        if let Some(p) = &raw.store.password_file {
+            return Err(file.error(
+                "store.password_file",
+                p.span(),
+                "a password file applies only to a postgres:// store; remove it".into(),
+            ));
+        }
+        if rest.is_empty() {
+            return Err(file.error(
+                "store.url",
+                raw.store.url.span(),
+                "the SQLite URL names no file; expected \"sqlite:///absolute/path.db\" or \"sqlite://relative/path.db\"".into(),
+            ));
+        }
+        let path = dir.join(rest);
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        if !parent.is_dir() {
+            return Err(file.error(
+                "store.url",
+                raw.store.url.span(),
+                format!(
+                    "the directory {} of the SQLite database does not exist; create it (owned by the service user) or change the URL",
+                    parent.display()
+                ),
+            ));
+        }
+        StoreConfig::Sqlite { path }
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let password_file = match &raw.store.password_file {
+            Some(p) => Some(existing("store.password_file", p, "the password file")?),
+            None => None,
+        };
+        StoreConfig::Postgres(Box::new(
+            PostgresConfig::parse(url, password_file)
+                .map_err(|m| file.error("store.url", raw.store.url.span(), m))?,
+        ))
+    } else {
+        return Err(file.error(
+            "store.url",
+            raw.store.url.span(),
+            format!(
+                "`{}` is not a supported store; expected \"sqlite:///absolute/path.db\", \"sqlite://relative/path.db\" or \"postgres://user@host/database\"",
+                redact(url)
+            ),
+        ));
+    };
+
+    let max_batch_bytes = match raw.limits.and_then(|l| l.max_batch_bytes) {
+        None => DEFAULT_MAX_BATCH_BYTES,
+        Some(size) => {
+            let bytes = parse_size(size.get_ref())
+                .map_err(|m| file.error("limits.max_batch_bytes", size.span(), m))?;
+            if !(MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&bytes) {
+                return Err(file.error(
+                    "limits.max_batch_bytes",
+                    size.span(),
+                    format!(
+                        "{bytes} bytes is out of range; expected between 1KiB and 1GiB (a batch is held in memory while it is checked)"
+                    ),
+                ));
+            }
+            usize::try_from(bytes).unwrap_or(usize::MAX)
+        }
+    };
+
+    Ok(HubConfig {
+        path: None,
+        listen,
+        tls,
+        store,
+        max_batch_bytes,
+    })
+}
+
+/// Parses `"64MiB"`, `"512 KiB"`, `"10MB"`, `"1048576"` or a plain number.
+fn parse_size(raw: &RawSize) -> Result<u64, String> {
+    let text = match raw {
+        RawSize::Bytes(n) => return Ok(*n),
+        RawSize::Text(t) => t.trim(),
+    };
+    let expected = || {
+        format!(
+            "`{text}` is not a size; expected a number of bytes or a string such as \"64MiB\" (units B, KiB, MiB, GiB, KB, MB, GB)"
+        )
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits.parse().map_err(|_| expected())?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(expected()),
+    };
+    number.checked_mul(factor).ok_or_else(expected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory with the TLS files a valid configuration points to.
+    fn fixture() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tls")).unwrap();
+        for f in ["ca.pem", "hub.pem", "hub.key"] {
+            std::fs::write(dir.path().join("tls").join(f), "x").unwrap();
+        }
+        dir
+    }
+
+    const VALID: &str = r#"
+[listen]
+addr = "127.0.0.1:8443"
+ca = "tls/ca.pem"
+cert = "tls/hub.pem"
+key = "tls/hub.key"
+
+[store]
+url = "sqlite://hub.db"
+"#;
+
+    fn load(dir: &tempfile::TempDir, text: &str) -> Result<HubConfig, String> {
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, text).unwrap();
+        HubConfig::load(&path).map_err(|e| {
+            e.to_string()
+                .replace(&dir.path().display().to_string(), "DIR")
+        })
+    }
+
+    #[test]
+    fn a_valid_file_resolves_paths_against_its_directory() {
+        let dir = fixture();
+        let config = load(&dir, VALID).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(config.tls.ca, dir.path().join("tls/ca.pem"));
+        assert_eq!(config.tls.min_version, MinTlsVersion::Tls13);
+        assert_eq!(config.max_batch_bytes, DEFAULT_MAX_BATCH_BYTES);
+        match config.store {
+            StoreConfig::Sqlite { path } => assert_eq!(path, dir.path().join("hub.db")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_names_file_line_and_key_path() {
+        let dir = fixture();
+        let text = "[listen]\naddr = \"127.0.0.1:8443\"\nadress = \"x\"\n";
+        let err = load(&dir, text).unwrap_err();
+        assert!(
+            err.starts_with("DIR/hub.toml:3:1: key `listen.adress`: unknown field `adress`, expected one of `addr`, `ca`, `cert`, `key`, `min_tls`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let dir = fixture();
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "addr = \"127.0.0.1:8443\"",
+                "addr = \"localhost\"",
+                "DIR/hub.toml:3:8: key `listen.addr`: `localhost` is not an address",
+            ),
+            (
+                "ca = \"tls/ca.pem\"",
+                "ca = \"tls/missing.pem\"",
+                "DIR/hub.toml:4:6: key `listen.ca`: the CA certificate that issues agent certificates, DIR/tls/missing.pem does not exist",
+            ),
+            (
+                "key = \"tls/hub.key\"",
+                "key = \"tls/hub.key\"\nmin_tls = \"1.1\"",
+                "DIR/hub.toml:7:11: key `listen.min_tls`: unknown variant `1.1`, expected `1.3` or `1.2`",
+            ),
+            (
+                "url = \"sqlite://hub.db\"",
+                "url = \"mysql://x\"",
+                "DIR/hub.toml:9:7: key `store.url`: `mysql://x` is not a supported store",
+            ),
+            (
+                "url = \"sqlite://hub.db\"",
+                "url = \"sqlite://nodir/hub.db\"",
+                "DIR/hub.toml:9:7: key `store.url`: the directory DIR/nodir of the SQLite database does not exist",
+            ),
+            (
+                "url = \"sqlite://hub.db\"",
+                "url = \"sqlite://hub.db\"\n[limits]\nmax_batch_bytes = \"64 parsecs\"",
+                "DIR/hub.toml:11:19: key `limits.max_batch_bytes`: `64 parsecs` is not a size",
+            ),
+            (
+                "url = \"sqlite://hub.db\"",
+                "url = 5",
+                "DIR/hub.toml:9:7: key `store.url`: invalid type: integer `5`, expected a string",
+            ),
+            (
+                "url = \"sqlite://hub.db\"",
+                "url = \"sqlite://hub.db\"\n[limits]\nmax_batch_bytes = 5.5",
+                "DIR/hub.toml:11:19: key `limits.max_batch_bytes`: invalid type: floating point `5.5`, expected a number of bytes or a size such as \"64MiB\"",
+            ),
+            (
+                "cert = \"tls/hub.pem\"\n",
+                "",
+                "DIR/hub.toml:2:1: key `listen`: missing field `cert`",
+            ),
+            (
+                "[store]",
+                "[store",
+                "DIR/hub.toml:8:7: unclosed table, expected `]`",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            let err = load(&dir, &VALID.replace(from, to)).unwrap_err();
+            assert!(
+                err.starts_with(expected),
+                "{to}\n got: {err}\nwant: {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_table_is_named() {
+        let dir = fixture();
+        let err = load(&dir, "[listen]\naddr = \"127.0.0.1:1\"\nca = \"tls/ca.pem\"\ncert = \"tls/hub.pem\"\nkey = \"tls/hub.key\"\n").unwrap_err();
+        assert!(
+            err.starts_with("DIR/hub.toml:1:1: missing field `store`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sizes_and_postgres_urls_are_understood() {
+        let dir = fixture();
+        let text = VALID.replace(
+            "url = \"sqlite://hub.db\"",
+            "url = \"postgres://hub:secret@db.example:5433/exchange\"\n[limits]\nmax_batch_bytes = \"8MiB\"",
+        );
+        let config = load(&dir, &text).unwrap();
+        assert_eq!(config.max_batch_bytes, 8 << 20);
+        match &config.store {
+            StoreConfig::Postgres(pg) => {
+                assert_eq!(pg.display, "hub@db.example:5433/exchange");
+                assert!(!format!("{config:?}").contains("secret"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(parse_size(&RawSize::Text("512 KiB".into())), Ok(512 * 1024));
+        assert_eq!(parse_size(&RawSize::Text("10MB".into())), Ok(10_000_000));
+        assert_eq!(parse_size(&RawSize::Bytes(4096)), Ok(4096));
+        assert!(parse_size(&RawSize::Text("99999999999999999GiB".into())).is_err());
+        assert_eq!(
+            redact("postgres://u:pw@h/db"),
+            "postgres://u:****@h/db".to_owned()
+        );
+    }
+
+    #[test]
+    fn absolute_sqlite_urls_are_kept() {
+        let dir = fixture();
+        let abs = dir.path().join("abs.db");
+        let text = VALID.replace("sqlite://hub.db", &format!("sqlite://{}", abs.display()));
+        match load(&dir, &text).unwrap().store {
+            StoreConfig::Sqlite { path } => assert_eq!(path, abs),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The current records of a resource as NDJSON: what `exchange-hub export` prints.
+//!
+//! One JSON object per line, ordered by key:
+//! `{"resource":…,"key":…,"fields":{…},"node":…,"updated_at":…}`. `fields` is the stored
+//! JSON text parsed with `arbitrary_precision` and `preserve_order`, so every digit and the
+//! column order are exactly as the agent sent them.
+
+use std::io::Write;
+
+use serde_json::{Map, Value};
+
+use crate::store::{Store, StoreError, StoredRecord};
+
+/// What can go wrong while exporting.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored `fields` text is not a JSON object (the database was edited by hand?).
+    #[error(
+        "resource `{resource}`: the stored fields of row {row} (in key order) are not a JSON object: {reason}"
+    )]
+    Corrupt {
+        /// The resource code.
+        resource: String,
+        /// 1-based position of the row in key order (the key itself is not shown).
+        row: u64,
+        /// The JSON error, without the text.
+        reason: String,
+    },
+    /// Writing the output failed.
+    #[error("cannot write the export: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+/// One stored record as the export's JSON object.
+pub fn to_json(record: &StoredRecord, row: u64) -> Result<Value, ExportError> {
+    let fields: Map<String, Value> =
+        serde_json::from_str(&record.fields).map_err(|e| ExportError::Corrupt {
+            resource: record.resource.clone(),
+            row,
+            reason: format!("{:?} at column {}", e.classify(), e.column()),
+        })?;
+    let mut object = Map::new();
+    object.insert("resource".into(), Value::String(record.resource.clone()));
+    object.insert("key".into(), Value::String(record.key.clone()));
+    object.insert("fields".into(), Value::Object(fields));
+    object.insert("node".into(), Value::String(record.node.clone()));
+    object.insert(
+        "updated_at".into(),
+        Value::String(record.updated_at.clone()),
+    );
+    Ok(Value::Object(object))
+}
+
+/// The current records of `resource`, ordered by key (empty for an unknown resource).
+pub async fn export(store: &Store, resource: &str) -> Result<Vec<Value>, ExportError> {
+    let mut rows = store.export(resource);
+    let mut out = Vec::new();
+    while let Some(record) = rows.next().await {
+        out.push(to_json(&record?, out.len() as u64 + 1)?);
+    }
+    Ok(out)
+}
+
+/// Writes the current records of `resource` as NDJSON to `out`; returns how many.
+pub async fn write_ndjson(
+    store: &Store,
+    resource: &str,
+    out: &mut impl Write,
+) -> Result<u64, ExportError> {
+    let mut rows = store.export(resource);
+    let mut written = 0;
+    while let Some(record) = rows.next().await {
+        written += 1;
+        let line = to_json(&record?, written)?;
+        serde_json::to_writer(&mut *out, &line).map_err(std::io::Error::from)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(written)
+}

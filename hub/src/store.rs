@@ -1,0 +1,253 @@
+//! Where the hub keeps what it received: SQLite or PostgreSQL, the same schema in both.
+//!
+//! ```text
+//! records   (resource TEXT, key TEXT, node TEXT, fields TEXT, updated_at TEXT,
+//!            PRIMARY KEY (resource, key))        -- the current state of every resource
+//! streams   (node TEXT, resource TEXT, stream TEXT, last_seq BIGINT,
+//!            PRIMARY KEY (node, resource, stream)) -- the high-water mark of each agent queue
+//! resources (resource TEXT PRIMARY KEY, node TEXT) -- which node provides each resource
+//! ```
+//!
+//! `fields` is the JSON object text exactly as received (key order and every digit of every
+//! number kept); `updated_at` is the hub's clock when the batch was committed, RFC 3339 UTC.
+//!
+//! Architecture invariants:
+//! - a batch is applied in one database transaction: ownership check, high-water-mark check,
+//!   every record in order, the new high-water mark — and [`Store::apply`] returns
+//!   [`AckStatus::Applied`] only after COMMIT returned;
+//! - a batch whose seq is not above the stream's `last_seq` changes nothing and is answered
+//!   [`AckStatus::Duplicate`];
+//! - the first node that pushes a resource owns it; any other node is refused;
+//! - concurrent batches of the same (node, resource, stream) are serialized (SQLite: one
+//!   writer; PostgreSQL: `SELECT … FOR UPDATE` on the stream row);
+//! - nothing here logs or reports a key or a field value.
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+
+use exchange_protocol::batch::{Ack, AckStatus, BatchId, Op, Record};
+use tokio::sync::mpsc;
+
+use crate::config::StoreConfig;
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or prepared at startup.
+    #[error("cannot open {target}: {reason}")]
+    Open {
+        /// The database, e.g. `SQLite database /var/lib/exchange-hub/hub.db`.
+        target: String,
+        /// Why, with what to do when known.
+        reason: String,
+    },
+    /// The resource is provided by another node.
+    #[error(
+        "resource `{resource}` is provided by node `{owner}`; node `{node}` may not push it (each resource code has exactly one providing node: check `code` in the agent's configuration, or ask the hub operator to reassign the resource)"
+    )]
+    NotOwner {
+        /// The resource code.
+        resource: String,
+        /// The node that owns it.
+        owner: String,
+        /// The node that tried to push it.
+        node: String,
+    },
+    /// The database is temporarily failing (connection lost, busy, disk full); retry later.
+    #[error("{target} is temporarily unavailable: {reason}")]
+    Unavailable {
+        /// The database.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+    /// Any other database failure.
+    #[error("{target} failed: {reason}")]
+    Failed {
+        /// The database.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One stored record, as [`Store::export`] yields it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// The resource code.
+    pub resource: String,
+    /// The subject identifier.
+    pub key: String,
+    /// The node that pushed the record.
+    pub node: String,
+    /// The fields, JSON object text exactly as received.
+    pub fields: String,
+    /// When the hub committed the batch that last wrote the record (RFC 3339 UTC).
+    pub updated_at: String,
+}
+
+/// How much the store holds, for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Resources that some node pushed.
+    pub resources: u64,
+    /// Agent queues seen.
+    pub streams: u64,
+    /// Current records over all resources.
+    pub records: u64,
+}
+
+/// A record change prepared for the database: fields already serialized.
+#[derive(Debug)]
+enum Change {
+    /// Insert or replace `key` with `fields` (JSON object text).
+    Upsert { key: String, fields: String },
+    /// Remove `key`.
+    Delete { key: String },
+}
+
+/// Everything one transaction needs, owned so it can move to a blocking thread.
+#[derive(Debug)]
+struct Batch {
+    /// Which batch this is.
+    id: BatchId,
+    /// The changes, in order.
+    changes: Vec<Change>,
+    /// The commit time written to `updated_at`.
+    now: String,
+}
+
+/// The rows of one resource, ordered by key (byte order of the UTF-8 text).
+pub struct RecordStream {
+    /// Rows produced by a reader task; an error ends the stream.
+    rx: mpsc::Receiver<Result<StoredRecord, StoreError>>,
+}
+
+impl RecordStream {
+    /// The next row, `None` after the last.
+    pub async fn next(&mut self) -> Option<Result<StoredRecord, StoreError>> {
+        self.rx.recv().await
+    }
+}
+
+/// How many exported rows may wait in memory for the consumer.
+const EXPORT_BUFFER: usize = 256;
+
+/// The hub's store; cheap to clone (clones share the database connections).
+#[derive(Clone)]
+pub struct Store {
+    /// The backend.
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Arc<sqlite::SqliteStore>),
+    Postgres(Arc<postgres::PgStore>),
+}
+
+impl Store {
+    /// Opens the store, creating the database file (SQLite) and the tables if missing.
+    pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        let backend = match config {
+            StoreConfig::Sqlite { path } => {
+                Backend::Sqlite(Arc::new(sqlite::SqliteStore::open(path.clone()).await?))
+            }
+            StoreConfig::Postgres(pg) => {
+                Backend::Postgres(Arc::new(postgres::PgStore::open((**pg).clone()).await?))
+            }
+        };
+        Ok(Store { backend })
+    }
+
+    /// Applies a batch in one transaction and says whether it was applied or a duplicate.
+    ///
+    /// Returns only after the transaction committed (or changed nothing, for a duplicate).
+    pub async fn apply(&self, id: &BatchId, records: &[Record]) -> Result<Ack, StoreError> {
+        let changes = records
+            .iter()
+            .map(|r| match (r.op, &r.fields) {
+                (Op::Upsert, Some(fields)) => Change::Upsert {
+                    key: r.key.clone(),
+                    fields: serde_json::Value::Object(fields.clone()).to_string(),
+                },
+                (Op::Upsert, None) => Change::Upsert {
+                    key: r.key.clone(),
+                    fields: "{}".to_owned(),
+                },
+                (Op::Delete, _) => Change::Delete { key: r.key.clone() },
+            })
+            .collect();
+        let batch = Batch {
+            id: id.clone(),
+            changes,
+            now: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        };
+        let applied = match &self.backend {
+            Backend::Sqlite(s) => s.clone().apply(batch).await?,
+            Backend::Postgres(p) => p.apply(batch).await?,
+        };
+        Ok(match applied {
+            Some(records) => Ack {
+                status: AckStatus::Applied,
+                seq: id.seq,
+                records,
+            },
+            None => Ack {
+                status: AckStatus::Duplicate,
+                seq: id.seq,
+                records: 0,
+            },
+        })
+    }
+
+    /// The current records of `resource`, ordered by key; empty for an unknown resource.
+    pub fn export(&self, resource: &str) -> RecordStream {
+        let (tx, rx) = mpsc::channel(EXPORT_BUFFER);
+        match &self.backend {
+            Backend::Sqlite(s) => s.clone().export(resource.to_owned(), tx),
+            Backend::Postgres(p) => p.clone().export(resource.to_owned(), tx),
+        }
+        RecordStream { rx }
+    }
+
+    /// Every resource some node pushed, with its providing node, ordered by resource code.
+    pub async fn resources(&self) -> Result<Vec<(String, String)>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.clone().resources().await,
+            Backend::Postgres(p) => p.resources().await,
+        }
+    }
+
+    /// How much the store holds.
+    pub async fn counts(&self) -> Result<Counts, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.clone().counts().await,
+            Backend::Postgres(p) => p.counts().await,
+        }
+    }
+
+    /// The database, for messages (no password).
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite(s) => s.target.clone(),
+            Backend::Postgres(p) => p.target.clone(),
+        }
+    }
+}
+
+/// Logs a gap in a stream's sequence (the batch is applied all the same).
+fn warn_gap(id: &BatchId, last_seq: u64) {
+    if id.seq > last_seq + 1 {
+        tracing::warn!(
+            node = %id.node,
+            resource = %id.resource,
+            stream = %id.stream,
+            expected_seq = last_seq + 1,
+            seq = id.seq,
+            "Batch sequence has a gap; applying the batch anyway (batches in between were lost or sent out of order by the agent)."
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! The SQLite backend: one writer connection behind a mutex, used on blocking threads.
+//!
+//! The database runs in WAL mode with `synchronous=FULL`, so a committed batch survives a
+//! power loss; exports open their own read-only connection and do not block writers.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::mpsc;
+
+use super::{Batch, Change, Counts, StoreError, StoredRecord, warn_gap};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS records (
+    resource   TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    node       TEXT NOT NULL,
+    fields     TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (resource, key)
+);
+CREATE TABLE IF NOT EXISTS streams (
+    node     TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    stream   TEXT NOT NULL,
+    last_seq INTEGER NOT NULL,
+    PRIMARY KEY (node, resource, stream)
+);
+CREATE TABLE IF NOT EXISTS resources (
+    resource TEXT NOT NULL PRIMARY KEY,
+    node     TEXT NOT NULL
+);
+";
+
+/// A SQLite database file.
+pub(super) struct SqliteStore {
+    /// The database file.
+    path: PathBuf,
+    /// `SQLite database <path>`, for messages.
+    pub(super) target: String,
+    /// The one connection that writes; held only on blocking threads.
+    writer: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database, switches it to WAL and creates the tables.
+    pub(super) async fn open(path: PathBuf) -> Result<Self, StoreError> {
+        let target = format!("SQLite database {}", path.display());
+        let open = {
+            let path = path.clone();
+            let target = target.clone();
+            move || -> Result<Connection, StoreError> {
+                let failed = |e: rusqlite::Error| StoreError::Open {
+                    target: target.clone(),
+                    reason: format!(
+                        "{e} (check that the directory exists and is writable by the service user)"
+                    ),
+                };
+                let conn = Connection::open(&path).map_err(failed)?;
+                let mode: String = conn
+                    .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                    .map_err(failed)?;
+                if !mode.eq_ignore_ascii_case("wal") {
+                    return Err(StoreError::Open {
+                        target: target.clone(),
+                        reason: format!(
+                            "the database refused WAL mode (journal mode is `{mode}`); put it on a local file system"
+                        ),
+                    });
+                }
+                conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
+                    .map_err(failed)?;
+                conn.execute_batch(SCHEMA).map_err(failed)?;
+                Ok(conn)
+            }
+        };
+        let conn = blocking(&target, open).await??;
+        Ok(SqliteStore {
+            path,
+            target,
+            writer: Mutex::new(conn),
+        })
+    }
+
+    /// Applies a batch; `Some(records)` when applied, `None` for a duplicate.
+    pub(super) async fn apply(self: Arc<Self>, batch: Batch) -> Result<Option<u64>, StoreError> {
+        let target = self.target.clone();
+        blocking(&target, move || {
+            // A poisoned lock only means another apply panicked; its transaction rolled back.
+            let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            apply_in(&mut conn, &batch).map_err(|e| self.error_of(e))
+        })
+        .await?
+    }
+
+    /// Streams the rows of `resource` into `tx` from a blocking thread.
+    pub(super) fn export(
+        self: Arc<Self>,
+        resource: String,
+        tx: mpsc::Sender<Result<StoredRecord, StoreError>>,
+    ) {
+        tokio::task::spawn_blocking(move || {
+            let result = (|| -> Result<(), rusqlite::Error> {
+                let conn = self.reader()?;
+                let mut stmt = conn.prepare(
+                    "SELECT resource, key, node, fields, updated_at FROM records
+                     WHERE resource = ?1 ORDER BY key",
+                )?;
+                let mut rows = stmt.query([&resource])?;
+                while let Some(row) = rows.next()? {
+                    let record = StoredRecord {
+                        resource: row.get(0)?,
+                        key: row.get(1)?,
+                        node: row.get(2)?,
+                        fields: row.get(3)?,
+                        updated_at: row.get(4)?,
+                    };
+                    if tx.blocking_send(Ok(record)).is_err() {
+                        break; // the consumer stopped reading
+                    }
+                }
+                Ok(())
+            })();
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(self.error(e)));
+            }
+        });
+    }
+
+    /// Every resource and its node.
+    pub(super) async fn resources(self: Arc<Self>) -> Result<Vec<(String, String)>, StoreError> {
+        let target = self.target.clone();
+        blocking(&target, move || {
+            let read = || -> Result<Vec<(String, String)>, rusqlite::Error> {
+                let conn = self.reader()?;
+                let mut stmt =
+                    conn.prepare("SELECT resource, node FROM resources ORDER BY resource")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            };
+            read().map_err(|e| self.error(e))
+        })
+        .await?
+    }
+
+    /// Row counts.
+    pub(super) async fn counts(self: Arc<Self>) -> Result<Counts, StoreError> {
+        let target = self.target.clone();
+        blocking(&target, move || {
+            let read = || -> Result<Counts, rusqlite::Error> {
+                let conn = self.reader()?;
+                let count = |table: &str| -> Result<u64, rusqlite::Error> {
+                    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .map(|n| n.max(0) as u64)
+                };
+                Ok(Counts {
+                    resources: count("resources")?,
+                    streams: count("streams")?,
+                    records: count("records")?,
+                })
+            };
+            read().map_err(|e| self.error(e))
+        })
+        .await?
+    }
+
+    /// A read-only connection of its own (WAL lets it read while the writer writes).
+    fn reader(&self) -> Result<Connection, rusqlite::Error> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(conn)
+    }
+
+    /// Sorts a SQLite failure into temporary (the agent retries after a pause) or not.
+    fn error(&self, e: rusqlite::Error) -> StoreError {
+        use rusqlite::ErrorCode as C;
+        let transient = matches!(
+            e.sqlite_error_code(),
+            Some(
+                C::DatabaseBusy
+                    | C::DatabaseLocked
+                    | C::DiskFull
+                    | C::SystemIoFailure
+                    | C::CannotOpen
+                    | C::OutOfMemory
+                    | C::FileLockingProtocolFailed
+            )
+        );
+        let reason = e.to_string();
+        if transient {
+            StoreError::Unavailable {
+                target: self.target.clone(),
+                reason,
+            }
+        } else {
+            StoreError::Failed {
+                target: self.target.clone(),
+                reason,
+            }
+        }
+    }
+}
+
+/// The transaction of one batch.
+fn apply_in(conn: &mut Connection, batch: &Batch) -> Result<Option<u64>, ApplyError> {
+    let id = &batch.id;
+    let seq = i64::try_from(id.seq).map_err(|_| ApplyError::Refused(seq_too_large(id.seq)))?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "INSERT OR IGNORE INTO resources (resource, node) VALUES (?1, ?2)",
+        params![id.resource, id.node],
+    )?;
+    let owner: String = tx.query_row(
+        "SELECT node FROM resources WHERE resource = ?1",
+        [&id.resource],
+        |r| r.get(0),
+    )?;
+    if owner != id.node {
+        return Err(ApplyError::Refused(StoreError::NotOwner {
+            resource: id.resource.clone(),
+            owner,
+            node: id.node.clone(),
+        }));
+    }
+    let last_seq: i64 = tx
+        .query_row(
+            "SELECT last_seq FROM streams WHERE node = ?1 AND resource = ?2 AND stream = ?3",
+            params![id.node, id.resource, id.stream],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    if seq <= last_seq {
+        return Ok(None); // the transaction rolls back on drop; nothing was changed
+    }
+    warn_gap(id, last_seq.max(0) as u64);
+    {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO records (resource, key, node, fields, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (resource, key) DO UPDATE
+             SET node = excluded.node, fields = excluded.fields, updated_at = excluded.updated_at",
+        )?;
+        let mut delete =
+            tx.prepare_cached("DELETE FROM records WHERE resource = ?1 AND key = ?2")?;
+        for change in &batch.changes {
+            match change {
+                Change::Upsert { key, fields } => {
+                    upsert.execute(params![id.resource, key, id.node, fields, batch.now])?;
+                }
+                Change::Delete { key } => {
+                    delete.execute(params![id.resource, key])?;
+                }
+            }
+        }
+    }
+    tx.execute(
+        "INSERT INTO streams (node, resource, stream, last_seq) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (node, resource, stream) DO UPDATE SET last_seq = excluded.last_seq",
+        params![id.node, id.resource, id.stream, seq],
+    )?;
+    tx.commit()?;
+    Ok(Some(batch.changes.len() as u64))
+}
+
+/// Why a transaction did not commit.
+enum ApplyError {
+    /// The batch is refused (not the owner); the error is final.
+    Refused(StoreError),
+    /// The database failed.
+    Sqlite(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for ApplyError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApplyError::Sqlite(e)
+    }
+}
+
+impl SqliteStore {
+    fn error_of(&self, e: ApplyError) -> StoreError {
+        match e {
+            ApplyError::Refused(e) => e,
+            ApplyError::Sqlite(e) => self.error(e),
+        }
+    }
+}
+
+fn seq_too_large(seq: u64) -> StoreError {
+    StoreError::Failed {
+        target: "the batch".into(),
+        reason: format!("sequence number {seq} is larger than the store can hold"),
+    }
+}
+
+/// Runs `f` on a blocking thread; a panic there becomes a store failure, not a crash.
+async fn blocking<T: Send + 'static>(
+    target: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Failed {
+            target: target.to_owned(),
+            reason: format!("internal error: {e}"),
+        })
+}
