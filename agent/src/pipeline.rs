@@ -97,6 +97,8 @@ impl Pipeline {
         until_empty: Option<watch::Receiver<bool>>,
     ) {
         let mut backoff = Backoff::standard();
+        // A refusal (4xx) needs someone to fix something: retry, but rarely.
+        let mut refusal_backoff = Backoff::new(Duration::from_secs(30), Duration::from_secs(600));
         loop {
             if *stop.borrow() {
                 return;
@@ -105,6 +107,7 @@ impl Pipeline {
             match push_one(&self.client, &self.queue, resource).await {
                 Ok(Some(_)) => {
                     backoff.reset();
+                    refusal_backoff.reset();
                     self.board.clear_push_error(resource);
                     self.space.notify_waiters();
                 }
@@ -122,7 +125,11 @@ impl Pipeline {
                     }
                 }
                 Err(e) => {
-                    let delay = e.retry_after().unwrap_or_else(|| backoff.next_delay());
+                    let delay = match e.retry_after() {
+                        Some(d) => d,
+                        None if e.is_refusal() => refusal_backoff.next_delay(),
+                        None => backoff.next_delay(),
+                    };
                     tracing::warn!(resource, error = %e, retry_in = ?delay, "Push failed; the batch stays queued and will be retried.");
                     self.board.set_push_error(resource, &e.to_string());
                     tokio::select! {

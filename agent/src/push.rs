@@ -81,6 +81,18 @@ pub enum PushError {
 }
 
 impl PushError {
+    /// Whether the hub answered and refused: retrying helps only after someone fixes
+    /// something, so the retry waits longer.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            PushError::Refused {
+                status: 400..=499,
+                ..
+            } | PushError::WrongAck { .. }
+        )
+    }
+
     /// A delay the hub asked for.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -157,8 +169,7 @@ impl HubClient {
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(parse_retry_after);
         let body = response
             .bytes()
             .await
@@ -248,6 +259,20 @@ impl HubClient {
     }
 }
 
+/// `Retry-After` as delta-seconds or an HTTP date.
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    Some(
+        (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
 fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -283,4 +308,25 @@ pub async fn push_one(
         .expect("queue task panicked")?;
     tracing::debug!(resource, seq = ack.seq, status = ?ack.status, "Batch acknowledged.");
     Ok(Some((b.seq, b.records)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_a_date() {
+        assert_eq!(parse_retry_after("5"), Some(Duration::from_secs(5)));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
+        let d = parse_retry_after(&later).unwrap();
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
 }
