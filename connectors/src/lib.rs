@@ -13,6 +13,7 @@
 
 pub mod mysql;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 pub mod value;
 

@@ -1,29 +1,419 @@
-//! Sqlite connector (placeholder until implemented).
+//! SQLite connector (rusqlite, bundled SQLite).
+//!
+//! # Type mapping (a contract: docs/CONFIG.md repeats it)
+//!
+//! SQLite has no column types, only a storage class per value, and the mapping follows the
+//! storage class of each value; declared column types are **not** consulted (a column declared
+//! `INTEGER` that holds the text `'abc'` gives `Text`):
+//!
+//! | storage class | [`Value`] |
+//! |---|---|
+//! | `INTEGER` | `Int` |
+//! | `REAL` | `Float`; ±Infinity is a [`ConvertError`] (SQLite stores NaN as NULL) |
+//! | `TEXT` | `Text`; text that is not valid UTF-8 is a [`ConvertError`] |
+//! | `BLOB` | `Bytes` |
+//! | `NULL` | `Null` |
+//!
+//! Dates and times stay `Text` (or `Int`/`Float`) exactly as stored.
+//!
+//! # Opening
+//!
+//! [`SourceSpec::url`] is `sqlite:///abs/path.db`, `sqlite://relative.db`, `sqlite:relative.db`
+//! or a bare path (relative paths are relative to the agent's working directory; no URI
+//! parameters). The file is opened with `SQLITE_OPEN_READ_ONLY` (and `PRAGMA query_only`), so
+//! the agent never writes to the source, a `query` resource cannot write, and a missing file is
+//! [`ConnectorError::Unreachable`] naming the path, never created. One connection is kept per
+//! connector behind a mutex and used from `spawn_blocking`; it is reopened after an I/O-level
+//! error. A busy database is waited for up to 5 s.
+//!
+//! # Reading a page
+//!
+//! The query has the shape documented in `sql.rs`; stored cursor values are bound with the
+//! storage class they were read with (`Int` → INTEGER, `Float` → REAL, `Text` → TEXT, `Bytes`
+//! → BLOB), so they compare exactly as the column's values do. A cursor column must be NOT
+//! NULL.
+//!
+//! # Horizon
+//!
+//! SQLite shows no open transactions of other connections, so the horizon is the clock minus
+//! the safety lag only ([`HorizonInfo::LagOnly`]). It applies only when the first cursor
+//! column holds **text timestamps**: the deciding value is the first value of the stored
+//! cursor, or, on a first read, the smallest value of the column (one extra query). If that
+//! is `TEXT` laid out as `YYYY-MM-DD`, `YYYY-MM-DD HH:MM[:SS…]` or `YYYY-MM-DDTHH:MM[:SS…]`
+//! (SQLite's own date-and-time layouts), the page is bounded by `c1 < '<horizon>'`, the
+//! horizon being now (UTC, as `datetime('now')` writes) minus the safety lag, written in the
+//! same layout (to the second, minute or day). Otherwise (integer epochs, other text) the page
+//! is unbounded ([`HorizonInfo::Unbounded`]).
+//!
+//! - The comparison is on text, with the column's collation, like `ORDER BY`, so the bound
+//!   always cuts the cursor order at one point: a row held back is never passed by the cursor,
+//!   even if some values are laid out differently.
+//! - Strict `<`: a row stamped in the horizon's second (minute, day) waits for the next one.
+//!   For date-only values a day is read once the horizon's UTC date is past it.
+//! - Stamps are taken to be UTC; stamps in local time east of UTC are only delayed, stamps
+//!   west of UTC need a safety lag at least the offset.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{NaiveDate, NaiveTime, TimeDelta, Utc};
+use rusqlite::types::{Value as SqlValue, ValueRef};
+use rusqlite::{Connection, OpenFlags};
 
+use crate::sql::{self, PageQuery, column_ref, from_clause};
 use crate::{
-    ColumnInfo, Connector, ConnectorError, Page, PageRequest, Probe, Selection, SourceSpec,
+    Bound, ColumnInfo, Columns, Connector, ConnectorError, ConvertError, HorizonInfo, Page,
+    PageRequest, Probe, Relation, Row, Selection, SourceSpec, Value,
 };
 
-/// Reads a Sqlite source.
+/// How long a read waits for a writer's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads a SQLite source.
 pub struct SqliteConnector {
+    /// The configured source name, in every error.
     name: String,
+    /// The database file.
+    path: PathBuf,
+    /// The read-only connection; `None` until first use and after an I/O-level error.
+    conn: Arc<StdMutex<Option<Connection>>>,
+}
+
+/// Why an operation failed.
+enum Failure {
+    /// The file cannot be opened or read: reopen later.
+    Unreachable(String),
+    /// SQLite refused the statement.
+    Statement(String),
+    /// The request or configuration is wrong.
+    Config(String),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as C;
+        match e.sqlite_error_code() {
+            Some(
+                C::CannotOpen
+                | C::NotADatabase
+                | C::DatabaseCorrupt
+                | C::SystemIoFailure
+                | C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::PermissionDenied,
+            ) => Failure::Unreachable(e.to_string()),
+            _ => Failure::Statement(e.to_string()),
+        }
+    }
+}
+
+/// The database path of a SQLite URL (see the module documentation).
+fn path_of(url: &str) -> &str {
+    match url.strip_prefix("sqlite:") {
+        Some(rest) => rest.strip_prefix("//").unwrap_or(rest),
+        None => url,
+    }
+}
+
+/// Opens the database read-only; a missing file is an error, never created.
+fn open(path: &Path) -> Result<Connection, Failure> {
+    std::fs::metadata(path).map_err(|e| {
+        Failure::Unreachable(format!("cannot open database file {}: {e}", path.display()))
+    })?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "query_only", true)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    // Reads the header: a file that is not a database fails here.
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+    Ok(conn)
+}
+
+/// The layout of a text timestamp (see "Horizon" in the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// `YYYY-MM-DD`
+    Date,
+    /// `YYYY-MM-DD?HH:MM…` without seconds; the separator is ' ' or 'T'.
+    Minutes(char),
+    /// `YYYY-MM-DD?HH:MM:SS…`
+    Seconds(char),
+}
+
+fn layout_of(text: &str) -> Option<Layout> {
+    let b = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        b.get(range)
+            .is_some_and(|s| s.iter().all(u8::is_ascii_digit))
+    };
+    let date_shape = digits(0..4)
+        && b.get(4) == Some(&b'-')
+        && digits(5..7)
+        && b.get(7) == Some(&b'-')
+        && digits(8..10);
+    if !date_shape {
+        return None;
+    }
+    NaiveDate::parse_from_str(text.get(..10)?, "%Y-%m-%d").ok()?;
+    if b.len() == 10 {
+        return Some(Layout::Date);
+    }
+    let sep = match b[10] {
+        b' ' => ' ',
+        b'T' => 'T',
+        _ => return None,
+    };
+    if !(digits(11..13) && b.get(13) == Some(&b':') && digits(14..16)) {
+        return None;
+    }
+    NaiveTime::parse_from_str(text.get(11..16)?, "%H:%M").ok()?;
+    if b.get(16) == Some(&b':') && digits(17..19) {
+        Some(Layout::Seconds(sep))
+    } else {
+        Some(Layout::Minutes(sep))
+    }
+}
+
+/// Now minus the lag, in `layout`.
+fn horizon_text(layout: Layout, safety_lag: Duration) -> Option<String> {
+    let at = Utc::now().checked_sub_signed(TimeDelta::from_std(safety_lag).ok()?)?;
+    Some(match layout {
+        Layout::Date => at.format("%Y-%m-%d").to_string(),
+        Layout::Minutes(sep) => at.format(&format!("%Y-%m-%d{sep}%H:%M")).to_string(),
+        Layout::Seconds(sep) => at.format(&format!("%Y-%m-%d{sep}%H:%M:%S")).to_string(),
+    })
+}
+
+/// A stored cursor value as a SQLite parameter of the storage class it was read with.
+fn to_param(value: &Value) -> SqlValue {
+    match value {
+        Value::Null => SqlValue::Null,
+        Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
+        Value::Int(i) => SqlValue::Integer(*i),
+        Value::UInt(u) => i64::try_from(*u)
+            .map(SqlValue::Integer)
+            .unwrap_or_else(|_| SqlValue::Text(u.to_string())),
+        Value::Float(f) => SqlValue::Real(*f),
+        Value::Bytes(b) => SqlValue::Blob(b.clone()),
+        Value::Json(j) => SqlValue::Text(j.to_string()),
+        other => SqlValue::Text(other.to_text().unwrap_or_default()),
+    }
+}
+
+/// Converts one cell by its storage class; never panics on data.
+fn convert(value: ValueRef<'_>, column: &str) -> Result<Value, ConvertError> {
+    let fail = |class: &str, reason: &str| ConvertError {
+        column: column.to_owned(),
+        source_type: class.to_owned(),
+        reason: reason.to_owned(),
+    };
+    Ok(match value {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Int(i),
+        ValueRef::Real(f) if f.is_finite() => Value::Float(f),
+        ValueRef::Real(_) => {
+            return Err(fail(
+                "REAL",
+                "non-finite float cannot be represented in JSON",
+            ));
+        }
+        ValueRef::Text(bytes) => Value::Text(
+            std::str::from_utf8(bytes)
+                .map_err(|_| fail("TEXT", "text is not valid UTF-8"))?
+                .to_owned(),
+        ),
+        ValueRef::Blob(bytes) => Value::Bytes(bytes.to_vec()),
+    })
+}
+
+/// A page request that can move to the blocking thread.
+struct OwnedRequest {
+    selection: Selection,
+    after: Option<Vec<Value>>,
+    limit: usize,
+    bound: Bound,
+}
+
+fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page, Failure> {
+    let selection = &request.selection;
+    let from = from_clause(&selection.relation, '"');
+    let select_list: Vec<String> = selection
+        .columns
+        .iter()
+        .map(|c| column_ref(c, '"'))
+        .collect();
+    let cursor: Vec<String> = selection
+        .cursor
+        .iter()
+        .map(|c| column_ref(c, '"'))
+        .collect();
+
+    let mut params: Vec<SqlValue> = Vec::new();
+    if let Some(after) = &request.after {
+        params.extend(after.iter().map(to_param));
+    }
+    let after_exprs: Vec<String> = (1..=params.len()).map(|n| format!("?{n}")).collect();
+
+    let mut info = HorizonInfo::Unbounded;
+    let mut upper = None;
+    if let Bound::Horizon { safety_lag } = request.bound {
+        let deciding = match request.after.as_ref().and_then(|a| a.first()) {
+            Some(Value::Text(text)) => Some(text.clone()),
+            Some(_) => None,
+            None => {
+                let sql = format!("SELECT {c} FROM {from} ORDER BY {c} LIMIT 1", c = cursor[0]);
+                let mut statement = conn.prepare_cached(&sql)?;
+                let mut rows = statement.query([])?;
+                match rows.next()? {
+                    Some(row) => match row.get_ref(0)? {
+                        ValueRef::Text(bytes) => std::str::from_utf8(bytes).ok().map(str::to_owned),
+                        _ => None,
+                    },
+                    None => None,
+                }
+            }
+        };
+        if let Some(layout) = deciding.as_deref().and_then(layout_of) {
+            let text = horizon_text(layout, safety_lag)
+                .ok_or_else(|| Failure::Config("the safety lag is too large".into()))?;
+            params.push(SqlValue::Text(text));
+            upper = Some(format!("{} < ?{}", cursor[0], params.len()));
+            info = HorizonInfo::LagOnly;
+        }
+    }
+    params.push(SqlValue::Integer(
+        i64::try_from(request.limit).unwrap_or(i64::MAX),
+    ));
+    let limit = format!("?{}", params.len());
+
+    let sql = PageQuery {
+        select_list: &select_list,
+        from: &from,
+        cursor: &cursor,
+        after: request.after.as_ref().map(|_| after_exprs.as_slice()),
+        upper: upper.as_deref(),
+        limit: &limit,
+    }
+    .sql();
+    let mut statement = conn.prepare_cached(&sql)?;
+    let width = selection.columns.len();
+    let mut rows = statement.query(rusqlite::params_from_iter(params.iter()))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let mut values = Vec::with_capacity(width);
+        for (i, column) in selection.columns.iter().enumerate() {
+            values.push(convert(row.get_ref(i)?, column));
+        }
+        out.push(Row { values });
+    }
+    let columns: Columns = selection.columns.clone().into();
+    Ok(Page {
+        columns,
+        rows: out,
+        horizon: info,
+    })
+}
+
+fn describe_blocking(conn: &Connection, selection: &Selection) -> Result<Vec<ColumnInfo>, Failure> {
+    if selection.columns.is_empty() {
+        return Err(Failure::Config("the selection reads no column".into()));
+    }
+    let refs: Vec<String> = selection
+        .columns
+        .iter()
+        .map(|c| column_ref(c, '"'))
+        .collect();
+    let from = from_clause(&selection.relation, '"');
+    // Preparing names a missing table or column.
+    conn.prepare(&format!("SELECT {} FROM {from} LIMIT 0", refs.join(", ")))?;
+    // Declared types, for tables; expressions and query columns have none.
+    let mut declared: Vec<(String, String)> = Vec::new();
+    if let Relation::Table(table) = &selection.relation {
+        let (schema, name) = match table.split_once('.') {
+            Some((schema, name)) => (schema, name),
+            None => ("main", table.as_str()),
+        };
+        let mut statement = conn.prepare("SELECT name, type FROM pragma_table_xinfo(?1, ?2)")?;
+        let rows = statement.query_map([name, schema], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            declared.push(row?);
+        }
+    }
+    Ok(selection
+        .columns
+        .iter()
+        .map(|c| ColumnInfo {
+            name: c.clone(),
+            source_type: declared
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(c))
+                .map(|(_, t)| t.clone())
+                .unwrap_or_default(),
+        })
+        .collect())
 }
 
 impl SqliteConnector {
-    /// Prepares a connector; connects lazily.
+    /// Prepares a connector for the database file named by the URL; opens it lazily.
     pub fn new(spec: &SourceSpec) -> Result<Self, ConnectorError> {
+        let path = path_of(&spec.url);
+        if path.is_empty() || path == ":memory:" {
+            return Err(ConnectorError::Config {
+                source_name: spec.name.clone(),
+                reason: "the SQLite URL names no database file (sqlite:///path/to/file.db)".into(),
+            });
+        }
         Ok(Self {
             name: spec.name.clone(),
+            path: PathBuf::from(path),
+            conn: Arc::new(StdMutex::new(None)),
         })
     }
 
-    fn unimplemented(&self) -> ConnectorError {
-        ConnectorError::Config {
-            source_name: self.name.clone(),
-            reason: "not implemented yet".into(),
-        }
+    /// Runs `work` on the connection in a blocking thread, opening it first if needed.
+    async fn run<T, F>(&self, work: F) -> Result<T, ConnectorError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Failure> + Send + 'static,
+    {
+        let slot = self.conn.clone();
+        let path = self.path.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            let conn = match guard.take() {
+                Some(conn) => conn,
+                None => open(&path)?,
+            };
+            let result = work(&conn);
+            if !matches!(result, Err(Failure::Unreachable(_))) {
+                *guard = Some(conn);
+            }
+            result
+        })
+        .await
+        .unwrap_or_else(|e| Err(Failure::Statement(format!("the SQLite reader failed: {e}"))));
+        result.map_err(|failure| match failure {
+            Failure::Unreachable(reason) => ConnectorError::Unreachable {
+                source_name: self.name.clone(),
+                address: self.path.display().to_string(),
+                reason,
+            },
+            Failure::Statement(reason) => ConnectorError::Statement {
+                source_name: self.name.clone(),
+                reason,
+            },
+            Failure::Config(reason) => ConnectorError::Config {
+                source_name: self.name.clone(),
+                reason,
+            },
+        })
     }
 }
 
@@ -34,14 +424,84 @@ impl Connector for SqliteConnector {
     }
 
     async fn probe(&self) -> Result<Probe, ConnectorError> {
-        Err(self.unimplemented())
+        self.run(|_| {
+            Ok(Probe {
+                server: format!("SQLite {}", rusqlite::version()),
+                // SQLite serializes writers and shows no open transaction of another
+                // connection; no privilege would change that.
+                sees_open_transactions: false,
+                missing_privilege: None,
+            })
+        })
+        .await
     }
 
-    async fn describe(&self, _selection: &Selection) -> Result<Vec<ColumnInfo>, ConnectorError> {
-        Err(self.unimplemented())
+    async fn describe(&self, selection: &Selection) -> Result<Vec<ColumnInfo>, ConnectorError> {
+        let selection = selection.clone();
+        self.run(move |conn| describe_blocking(conn, &selection))
+            .await
     }
 
-    async fn read_page(&self, _request: &PageRequest<'_>) -> Result<Page, ConnectorError> {
-        Err(self.unimplemented())
+    async fn read_page(&self, request: &PageRequest<'_>) -> Result<Page, ConnectorError> {
+        sql::cursor_positions(request.selection, request.after).map_err(|reason| {
+            ConnectorError::Config {
+                source_name: self.name.clone(),
+                reason,
+            }
+        })?;
+        let owned = OwnedRequest {
+            selection: request.selection.clone(),
+            after: request.after.map(<[Value]>::to_vec),
+            limit: request.limit,
+            bound: request.bound,
+        };
+        self.run(move |conn| read_page_blocking(conn, &owned)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_bare_paths_name_the_file() {
+        for (url, path) in [
+            ("sqlite:///var/lib/hr.db", "/var/lib/hr.db"),
+            ("sqlite://hr.db", "hr.db"),
+            ("sqlite:hr.db", "hr.db"),
+            ("/var/lib/hr.db", "/var/lib/hr.db"),
+            ("data/hr.db", "data/hr.db"),
+        ] {
+            assert_eq!(path_of(url), path, "{url}");
+        }
+    }
+
+    #[test]
+    fn text_timestamp_layouts_are_recognized() {
+        let cases = [
+            ("2024-02-29", Some(Layout::Date)),
+            ("2024-02-29 10:11", Some(Layout::Minutes(' '))),
+            ("2024-02-29 10:11:12", Some(Layout::Seconds(' '))),
+            ("2024-02-29T10:11:12.345Z", Some(Layout::Seconds('T'))),
+            ("2024-02-30", None),
+            ("2024-2-29", None),
+            ("20240229", None),
+            ("2024-02-29x10:11", None),
+            ("张三", None),
+            ("", None),
+        ];
+        for (text, layout) in cases {
+            assert_eq!(layout_of(text), layout, "{text}");
+        }
+    }
+
+    #[test]
+    fn horizon_text_uses_the_layout_of_the_column() {
+        let h = horizon_text(Layout::Seconds('T'), Duration::ZERO).unwrap();
+        assert_eq!(layout_of(&h), Some(Layout::Seconds('T')));
+        assert_eq!(h.len(), 19);
+        let d = horizon_text(Layout::Date, Duration::from_secs(86_400)).unwrap();
+        assert_eq!(layout_of(&d), Some(Layout::Date));
+        assert!(horizon_text(Layout::Date, Duration::MAX).is_none());
     }
 }

@@ -1,0 +1,1041 @@
+//! PostgreSQL connector against a real server.
+//!
+//! The server comes from `EXCHANGE_TEST_PG_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`, a superuser with trust authentication). These
+//! tests never skip: if the server is unreachable they fail and say how to start one. Each
+//! test works in its own schema, dropped at the end (also when the test fails).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use exchange_connectors::postgres::PostgresConnector;
+use exchange_connectors::{
+    Bound, Connector, ConnectorError, HorizonInfo, Page, PageRequest, Relation, Selection,
+    SourceKind, SourceSpec, Value,
+};
+use tokio_postgres::{Client, NoTls};
+
+fn pg_url() -> String {
+    std::env::var("EXCHANGE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// The URL with another user (trust authentication assumed).
+fn url_as(user: &str) -> String {
+    let url = pg_url();
+    let (scheme, rest) = url
+        .split_once("://")
+        .expect("EXCHANGE_TEST_PG_URL is a URL");
+    let rest = rest.split_once('@').map_or(rest, |(_, r)| r);
+    format!("{scheme}://{user}@{rest}")
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL at {url} is unreachable ({e}). These tests need a real server: start \
+             the local one (`pg_ctlcluster 15 main start` or `service postgresql start`) with \
+             trust authentication for 127.0.0.1 and a database `test` (`createdb -U postgres \
+             test`), or run `docker run -d -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust -e \
+             POSTGRES_DB=test postgres:15`, or point EXCHANGE_TEST_PG_URL at another server"
+            )
+        });
+    tokio::spawn(connection);
+    client
+}
+
+async fn admin() -> Client {
+    connect(&pg_url()).await
+}
+
+fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "exch_{prefix}_{}_{nanos}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A schema of one test, dropped (with everything in it) when the test ends.
+struct Scratch {
+    schema: String,
+    roles: Vec<String>,
+}
+
+impl Scratch {
+    async fn new(client: &Client, prefix: &str) -> Scratch {
+        let schema = unique(prefix);
+        client
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .unwrap();
+        Scratch {
+            schema,
+            roles: Vec::new(),
+        }
+    }
+
+    /// `schema.name`
+    fn q(&self, name: &str) -> String {
+        format!("{}.{name}", self.schema)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // A failed test may leave a session of its own with an open transaction holding locks
+        // in the schema (its connection task cannot run while this blocks the runtime's
+        // thread): end those sessions — only this test's, found by the unique schema — and
+        // never wait for a lock forever.
+        let mut sql = format!(
+            "SET lock_timeout = '10s';
+             SELECT pg_terminate_backend(l.pid) FROM pg_locks l
+               JOIN pg_class c ON c.oid = l.relation
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = '{schema}' AND l.pid <> pg_backend_pid();
+             DROP SCHEMA IF EXISTS {schema} CASCADE;",
+            schema = self.schema
+        );
+        for role in &self.roles {
+            sql.push_str(&format!(
+                "DROP OWNED BY {role}; DROP ROLE IF EXISTS {role};"
+            ));
+        }
+        let url = pg_url();
+        // Drop runs inside the test's runtime: clean up from a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok((client, connection)) = tokio_postgres::connect(&url, NoTls).await {
+                    tokio::spawn(connection);
+                    let _ = client.batch_execute(&sql).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn spec(url: &str) -> SourceSpec {
+    SourceSpec {
+        name: "hr-db".into(),
+        kind: SourceKind::Postgres,
+        url: url.into(),
+        password: None,
+        ca: None,
+        pool_size: 1,
+    }
+}
+
+fn connector(url: &str) -> PostgresConnector {
+    PostgresConnector::new(&spec(url)).unwrap()
+}
+
+fn table(name: String, columns: &[&str], cursor: &[&str]) -> Selection {
+    Selection {
+        relation: Relation::Table(name),
+        columns: columns.iter().map(|c| c.to_string()).collect(),
+        cursor: cursor.iter().map(|c| c.to_string()).collect(),
+    }
+}
+
+async fn read(
+    c: &PostgresConnector,
+    selection: &Selection,
+    after: Option<&[Value]>,
+    limit: usize,
+    bound: Bound,
+) -> Page {
+    c.read_page(&PageRequest {
+        selection,
+        after,
+        limit,
+        bound,
+    })
+    .await
+    .unwrap()
+}
+
+fn cell(page: &Page, row: usize, col: usize) -> Value {
+    page.rows[row].values[col].clone().unwrap()
+}
+
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::Int(i) => *i,
+        other => panic!("expected an Int, got {other:?}"),
+    }
+}
+
+/// Stores a cursor as the agent does (tagged JSON) and loads it back.
+fn stored(cursor: &[Value]) -> Vec<Value> {
+    let text = serde_json::to_string(cursor).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn every_type_maps_to_its_documented_value() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "types").await;
+    admin
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS citext")
+        .await
+        .or_else(|e| {
+            // Another test run may be creating it at the same moment.
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .unwrap();
+    let citext_schema: String = admin
+        .query_one(
+            "SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = \
+             e.extnamespace WHERE e.extname = 'citext'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let money: String = admin
+        .query_one("SELECT '12.34'::money::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let t = s.q("t");
+    admin
+        .batch_execute(&format!(
+            r#"
+            CREATE TYPE {mood} AS ENUM ('sad', 'happy');
+            CREATE TABLE {t} (
+                id int4 PRIMARY KEY, b bool, i2 int2, i4 int4, i8min int8, i8max int8, o oid,
+                f4 float4, f8 float8, n numeric, tx text, vc varchar(10), bp char(5), nm name,
+                ci {citext_schema}.citext, d date, ts timestamp, tz timestamptz, by bytea,
+                jb jsonb, js json, u uuid, ip inet, iv interval, m {mood}, arr int4[],
+                mo money, tm time
+            );
+            INSERT INTO {t} VALUES (
+                1, true, -32768, 2147483647, -9223372036854775808, 9223372036854775807,
+                4294967295, 0.1, 0.1, 12345678901234567890123456789.000100, '中文', 'abc', 'ab',
+                'nm', 'MiXeD', '2024-02-29', '2024-02-29 23:59:58.00012',
+                '2024-03-01 07:59:58.000120+08:00', '\x00ff0001',
+                '{{"big": 123456789012345678901234567890.123456789, "a": [1, "中"]}}',
+                '{{"z": 1, "a": 2.50}}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+                '192.168.0.1/24', '1 day 02:03:04', 'happy', '{{1,2,3}}', '12.34', '13:14:15.5'
+            );
+            INSERT INTO {t} (id) VALUES (2);
+            "#,
+            mood = s.q("mood"),
+        ))
+        .await
+        .unwrap();
+
+    let ts = NaiveDate::from_ymd_opt(2024, 2, 29)
+        .unwrap()
+        .and_hms_micro_opt(23, 59, 58, 120)
+        .unwrap();
+    let json = |text: &str| Value::Json(serde_json::from_str(text).unwrap());
+    let money_json = format!("\"{money}\"");
+    let expected: Vec<(&str, Value, &str)> = vec![
+        ("id", Value::Int(1), "1"),
+        ("b", Value::Bool(true), "true"),
+        ("i2", Value::Int(-32768), "-32768"),
+        ("i4", Value::Int(2147483647), "2147483647"),
+        ("i8min", Value::Int(i64::MIN), "-9223372036854775808"),
+        ("i8max", Value::Int(i64::MAX), "9223372036854775807"),
+        ("o", Value::UInt(4294967295), "4294967295"),
+        ("f4", Value::Float(0.1), "0.1"),
+        ("f8", Value::Float(0.1), "0.1"),
+        (
+            "n",
+            Value::Decimal("12345678901234567890123456789.000100".into()),
+            "\"12345678901234567890123456789.000100\"",
+        ),
+        ("tx", Value::Text("中文".into()), "\"中文\""),
+        ("vc", Value::Text("abc".into()), "\"abc\""),
+        ("bp", Value::Text("ab   ".into()), "\"ab   \""),
+        ("nm", Value::Text("nm".into()), "\"nm\""),
+        ("ci", Value::Text("MiXeD".into()), "\"MiXeD\""),
+        ("d", Value::Date(ts.date()), "\"2024-02-29\""),
+        ("ts", Value::Timestamp(ts), "\"2024-02-29T23:59:58.000120\""),
+        (
+            "tz",
+            Value::TimestampTz(ts.and_utc()),
+            "\"2024-02-29T23:59:58.000120Z\"",
+        ),
+        ("by", Value::Bytes(vec![0, 255, 0, 1]), "\"AP8AAQ==\""),
+        (
+            "jb",
+            json(r#"{"a":[1,"中"],"big":123456789012345678901234567890.123456789}"#),
+            r#"{"a":[1,"中"],"big":123456789012345678901234567890.123456789}"#,
+        ),
+        ("js", json(r#"{"z":1,"a":2.50}"#), r#"{"z":1,"a":2.50}"#),
+        (
+            "u",
+            Value::Text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()),
+            "\"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\"",
+        ),
+        (
+            "ip",
+            Value::Text("192.168.0.1/24".into()),
+            "\"192.168.0.1/24\"",
+        ),
+        (
+            "iv",
+            Value::Text("1 day 02:03:04".into()),
+            "\"1 day 02:03:04\"",
+        ),
+        ("m", Value::Text("happy".into()), "\"happy\""),
+        ("arr", Value::Text("{1,2,3}".into()), "\"{1,2,3}\""),
+        ("mo", Value::Text(money.clone()), &money_json),
+        ("tm", Value::Text("13:14:15.5".into()), "\"13:14:15.5\""),
+    ];
+    let columns: Vec<&str> = expected.iter().map(|(c, _, _)| *c).collect();
+    let selection = table(t.clone(), &columns, &["id"]);
+    let c = connector(&pg_url());
+    let page = read(&c, &selection, None, 10, Bound::None).await;
+    assert_eq!(page.rows.len(), 2);
+    assert_eq!(
+        &*page.columns,
+        &columns.iter().map(|c| c.to_string()).collect::<Vec<_>>()[..]
+    );
+    for (i, (column, value, json_text)) in expected.iter().enumerate() {
+        let got = cell(&page, 0, i);
+        assert_eq!(&got, value, "column {column}");
+        assert_eq!(
+            serde_json::to_string(&got.to_json()).unwrap(),
+            *json_text,
+            "JSON of column {column}"
+        );
+    }
+    assert_eq!(cell(&page, 1, 0), Value::Int(2));
+    for (i, (column, _, _)) in expected.iter().enumerate().skip(1) {
+        assert_eq!(cell(&page, 1, i), Value::Null, "NULL in column {column}");
+    }
+
+    let described = c.describe(&selection).await.unwrap();
+    let types: Vec<(&str, &str)> = described
+        .iter()
+        .map(|d| (d.name.as_str(), d.source_type.as_str()))
+        .collect();
+    for pair in [
+        ("i8min", "int8"),
+        ("n", "numeric"),
+        ("bp", "bpchar"),
+        ("ci", "citext"),
+        ("tz", "timestamptz"),
+        ("jb", "jsonb"),
+        ("m", "mood"),
+        ("arr", "_int4"),
+    ] {
+        assert!(types.contains(&pair), "{pair:?} in {types:?}");
+    }
+}
+
+#[tokio::test]
+async fn unrepresentable_values_fail_only_their_own_cell() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "infinity").await;
+    let t = s.q("t");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int4 PRIMARY KEY, ts timestamp, tz timestamptz, d date,
+                f4 float4, f8 float8, n numeric, note text);
+             INSERT INTO {t} VALUES
+               (1, 'infinity', now(), current_date, 1, 1, 1, 'a'),
+               (2, now(), '-infinity', current_date, 1, 1, 1, 'b'),
+               (3, now(), now(), 'infinity', 1, 1, 1, 'c'),
+               (4, now(), now(), current_date, '-Infinity', 1, 1, 'd'),
+               (5, now(), now(), current_date, 1, 'NaN', 1, 'e'),
+               (6, now(), now(), current_date, 1, 'Infinity', 1, 'f'),
+               (7, now(), now(), current_date, 1, 1, 'NaN', 'g'),
+               (8, now(), now(), current_date, 1, 1, 'Infinity', 'h');"
+        ))
+        .await
+        .unwrap();
+    let columns = ["id", "ts", "tz", "d", "f4", "f8", "n", "note"];
+    let selection = table(t, &columns, &["id"]);
+    let c = connector(&pg_url());
+    let page = read(&c, &selection, None, 100, Bound::None).await;
+    let bad = ["ts", "tz", "d", "f4", "f8", "f8", "n", "n"];
+    assert_eq!(page.rows.len(), bad.len());
+    for (row, bad_column) in page.rows.iter().zip(bad) {
+        for (column, value) in columns.iter().zip(&row.values) {
+            if *column == bad_column {
+                let err = value.as_ref().expect_err(column);
+                assert_eq!(err.column, *column);
+                assert!(err.to_string().contains(column), "{err}");
+            } else {
+                assert!(value.is_ok(), "{column}: {value:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn pages_with_one_shared_timestamp_yield_every_row_once() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "pages").await;
+    let t = s.q("t");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int8 PRIMARY KEY, updated_at timestamptz NOT NULL, note text);
+             INSERT INTO {t} SELECT i, '2024-01-01 00:00:00+00', 'n' || i
+               FROM generate_series(1000, 1, -1) i;
+             INSERT INTO {t} SELECT 1000 + i, '2023-12-31 00:00:00+00', 'early'
+               FROM generate_series(1, 5) i;"
+        ))
+        .await
+        .unwrap();
+    let selection = table(t, &["id", "note", "updated_at"], &["updated_at", "id"]);
+    let c = connector(&pg_url());
+    let mut after: Option<Vec<Value>> = None;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = read(
+            &c,
+            &selection,
+            after.as_deref(),
+            100,
+            Bound::Horizon {
+                safety_lag: Duration::ZERO,
+            },
+        )
+        .await;
+        assert!(matches!(
+            page.horizon,
+            HorizonInfo::Clock | HorizonInfo::OpenTransaction { .. }
+        ));
+        if page.rows.is_empty() {
+            break;
+        }
+        pages += 1;
+        assert!(page.rows.len() <= 100);
+        for row in &page.rows {
+            seen.push(int(row.values[0].as_ref().unwrap()));
+        }
+        let last = page.rows.last().unwrap();
+        after = Some(stored(&[
+            last.values[2].clone().unwrap(),
+            last.values[0].clone().unwrap(),
+        ]));
+    }
+    assert_eq!(pages, 11);
+    let expected: Vec<i64> = (1001..=1005).chain(1..=1000).collect();
+    assert_eq!(seen, expected, "every row exactly once, in cursor order");
+}
+
+#[tokio::test]
+async fn cursor_values_of_every_kind_bind_back_to_their_column() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "cursorkinds").await;
+    let t = s.q("t");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int4, u uuid, by bytea, n numeric, ts timestamp, d date,
+                tx text, o oid, f8 float8, jb jsonb, iv interval);
+             INSERT INTO {t} VALUES
+               (1, '00000000-0000-0000-0000-000000000001', '\\x00', 1.10, '2024-01-01 00:00:00.000001',
+                '2024-01-01', 'a', 1, 0.1, '{{\"a\": 1}}', '1 second'),
+               (2, '00000000-0000-0000-0000-000000000002', '\\x0000', 1.2, '2024-01-01 00:00:00.000002',
+                '2024-01-02', 'b', 2, 0.2, '{{\"a\": 2}}', '1 minute'),
+               (3, 'ffffffff-0000-0000-0000-000000000000', '\\xff', 10, '2024-01-02 00:00:00',
+                '2024-01-03', '中', 3, 1e300, '{{\"b\": 1}}', '1 hour');"
+        ))
+        .await
+        .unwrap();
+    let c = connector(&pg_url());
+    for column in ["u", "by", "n", "ts", "d", "tx", "o", "f8", "jb", "iv"] {
+        let selection = table(t.clone(), &["id", column], &[column]);
+        let mut after: Option<Vec<Value>> = None;
+        let mut ids = Vec::new();
+        loop {
+            let page = read(&c, &selection, after.as_deref(), 1, Bound::None).await;
+            let Some(row) = page.rows.first() else { break };
+            ids.push(int(row.values[0].as_ref().unwrap()));
+            after = Some(stored(&[row.values[1].clone().unwrap()]));
+            assert!(
+                ids.len() <= 3,
+                "cursor on {column} does not advance: {ids:?}"
+            );
+        }
+        assert_eq!(ids, [1, 2, 3], "cursor on {column}");
+    }
+}
+
+/// Polls `read` until `done` holds for its page; the page must satisfy `check` every time.
+async fn poll_page(
+    c: &PostgresConnector,
+    selection: &Selection,
+    after: Option<&[Value]>,
+    bound: Bound,
+    check: impl Fn(&Page),
+    done: impl Fn(&Page) -> bool,
+) -> Page {
+    let start = Instant::now();
+    loop {
+        let page = read(c, selection, after, 1000, bound).await;
+        check(&page);
+        if done(&page) {
+            return page;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "condition not reached: {page:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn ids(page: &Page) -> Vec<i64> {
+    page.rows
+        .iter()
+        .map(|r| int(r.values[0].as_ref().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn late_commit_is_not_skipped() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "late").await;
+    let t = s.q("t");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int8 PRIMARY KEY, updated_at timestamptz NOT NULL DEFAULT now(),
+                note text);
+             INSERT INTO {t} (id, note) VALUES (1, 'before');"
+        ))
+        .await
+        .unwrap();
+
+    // A writer opens a transaction, writes a row stamped with its start, and does not commit.
+    let writer = connect(&pg_url()).await;
+    writer.batch_execute("BEGIN").await.unwrap();
+    writer
+        .batch_execute(&format!("INSERT INTO {t} (id, note) VALUES (2, 'late')"))
+        .await
+        .unwrap();
+    let late_start: DateTime<Utc> = writer.query_one("SELECT now()", &[]).await.unwrap().get(0);
+    // Meanwhile later rows commit.
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO {t} (id, note) VALUES (3, 'after');
+             INSERT INTO {t} (id, note) VALUES (4, 'after');"
+        ))
+        .await
+        .unwrap();
+
+    let selection = table(
+        t.clone(),
+        &["id", "updated_at", "note"],
+        &["updated_at", "id"],
+    );
+    let c = connector(&pg_url());
+    let bound = Bound::Horizon {
+        safety_lag: Duration::ZERO,
+    };
+    let first = poll_page(
+        &c,
+        &selection,
+        None,
+        bound,
+        |page| {
+            match &page.horizon {
+                HorizonInfo::OpenTransaction { since } => {
+                    let since: DateTime<Utc> = since.parse().unwrap();
+                    assert!(
+                        since <= late_start,
+                        "horizon {since} after the open transaction"
+                    );
+                }
+                other => panic!("expected the open transaction to bound the page: {other:?}"),
+            }
+            let got = ids(page);
+            assert!(
+                !got.contains(&3) && !got.contains(&4),
+                "rows committed after the open transaction began were read past the horizon: \
+                 {got:?}"
+            );
+        },
+        |page| ids(page) == [1],
+    )
+    .await;
+    let last = first.rows.last().unwrap();
+    let cursor = stored(&[
+        last.values[1].clone().unwrap(),
+        last.values[0].clone().unwrap(),
+    ]);
+
+    writer.batch_execute("COMMIT").await.unwrap();
+    let page = poll_page(
+        &c,
+        &selection,
+        Some(&cursor),
+        bound,
+        |_| {},
+        |page| ids(page).len() == 3,
+    )
+    .await;
+    assert_eq!(
+        ids(&page),
+        [2, 3, 4],
+        "the late row comes first, nothing is skipped"
+    );
+    assert_eq!(cell(&page, 0, 2), Value::Text("late".into()));
+}
+
+#[tokio::test]
+async fn date_cursor_waits_until_the_day_is_over() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "dates").await;
+    let t = s.q("t");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int4 PRIMARY KEY, d date NOT NULL);
+             INSERT INTO {t} VALUES (1, current_date - 1), (2, current_date);"
+        ))
+        .await
+        .unwrap();
+    let selection = table(t, &["id", "d"], &["d", "id"]);
+    let c = connector(&pg_url());
+    let page = poll_page(
+        &c,
+        &selection,
+        None,
+        Bound::Horizon {
+            safety_lag: Duration::ZERO,
+        },
+        |page| {
+            assert!(
+                !ids(page).contains(&2),
+                "today's rows are read before the day ended"
+            )
+        },
+        |page| ids(page) == [1],
+    )
+    .await;
+    assert_ne!(page.horizon, HorizonInfo::Unbounded);
+    // Unbounded reads see both.
+    let page = read(&c, &selection, None, 10, Bound::None).await;
+    assert_eq!(ids(&page), [1, 2]);
+    assert_eq!(page.horizon, HorizonInfo::Unbounded);
+}
+
+#[tokio::test]
+async fn timestamp_cursor_keeps_the_safety_lag() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "lag").await;
+    let t = s.q("t");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int4 PRIMARY KEY, at timestamp NOT NULL);
+             INSERT INTO {t} VALUES (1, localtimestamp - interval '10 minutes'),
+                                    (2, localtimestamp - interval '1 minute'),
+                                    (3, localtimestamp + interval '1 hour');"
+        ))
+        .await
+        .unwrap();
+    let selection = table(t, &["id", "at"], &["at", "id"]);
+    let c = connector(&pg_url());
+    poll_page(
+        &c,
+        &selection,
+        None,
+        Bound::Horizon {
+            safety_lag: Duration::from_secs(300),
+        },
+        |page| {
+            let got = ids(page);
+            assert!(!got.contains(&2) && !got.contains(&3), "{got:?}");
+        },
+        |page| ids(page) == [1],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn query_resource_cannot_write() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "readonly").await;
+    let t = s.q("t");
+    let sneak = s.q("sneak");
+    let seq = s.q("seq");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int4 PRIMARY KEY, note text);
+             INSERT INTO {t} VALUES (1, 'a'), (2, 'b');
+             CREATE SEQUENCE {seq};
+             CREATE FUNCTION {sneak}() RETURNS int4 LANGUAGE sql
+               AS $$ INSERT INTO {t} VALUES (99, 'written') RETURNING id $$;"
+        ))
+        .await
+        .unwrap();
+    let c = connector(&pg_url());
+    let query = |q: String| Selection {
+        relation: Relation::Query(q),
+        columns: vec!["id".into()],
+        cursor: vec!["id".into()],
+    };
+
+    let reading = query(format!("SELECT id, note FROM {t} WHERE id > 0;"));
+    let page = read(&c, &reading, None, 10, Bound::None).await;
+    assert_eq!(ids(&page), [1, 2]);
+
+    for (what, q) in [
+        (
+            "data-modifying CTE",
+            format!("WITH w AS (INSERT INTO {t} VALUES (98, 'x') RETURNING id) SELECT id FROM w"),
+        ),
+        ("function that inserts", format!("SELECT {sneak}() AS id")),
+        ("nextval", format!("SELECT nextval('{seq}')::int4 AS id")),
+    ] {
+        let err = c
+            .read_page(&PageRequest {
+                selection: &query(q),
+                after: None,
+                limit: 10,
+                bound: Bound::None,
+            })
+            .await
+            .expect_err(what);
+        assert!(
+            matches!(&err, ConnectorError::Statement { source_name, .. } if source_name == "hr-db"),
+            "{what}: {err}"
+        );
+    }
+    let function_err = c
+        .read_page(&PageRequest {
+            selection: &query(format!("SELECT {sneak}() AS id")),
+            after: None,
+            limit: 10,
+            bound: Bound::None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        function_err.to_string().contains("read-only"),
+        "{function_err}"
+    );
+
+    let count: i64 = admin
+        .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 2, "nothing was written");
+    // The connector still works after the refusals.
+    let page = read(&c, &reading, None, 10, Bound::None).await;
+    assert_eq!(ids(&page), [1, 2]);
+}
+
+#[tokio::test]
+async fn unreachable_server_is_reported_with_address_and_without_password() {
+    let c = PostgresConnector::new(&SourceSpec {
+        password: Some("other-secret".into()),
+        ..spec("postgres://postgres:s3cret-pw@127.0.0.1:1/test")
+    })
+    .unwrap();
+    let selection = table("t".into(), &["id"], &["id"]);
+    let errors = [
+        c.probe().await.unwrap_err(),
+        c.read_page(&PageRequest {
+            selection: &selection,
+            after: None,
+            limit: 1,
+            bound: Bound::None,
+        })
+        .await
+        .unwrap_err(),
+        c.describe(&selection).await.unwrap_err(),
+    ];
+    for err in errors {
+        match &err {
+            ConnectorError::Unreachable {
+                source_name,
+                address,
+                ..
+            } => {
+                assert_eq!(source_name, "hr-db");
+                assert_eq!(address, "127.0.0.1:1/test");
+            }
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
+        assert!(err.is_transient());
+        let text = format!("{err} {err:?}");
+        assert!(
+            text.contains("hr-db") && text.contains("127.0.0.1:1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("s3cret") && !text.contains("other-secret"),
+            "password leaked: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tls_is_verified_and_never_falls_back_to_plaintext() {
+    let admin = admin().await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = pg_url();
+    let sep = if base.contains('?') { '&' } else { '?' };
+
+    // A CA that did not issue the server's certificate (or a server without TLS): every mode
+    // that asks for TLS fails; none falls back to plaintext.
+    let wrong = exchange_protocol::pki::Authority::generate("not the server's CA").unwrap();
+    let wrong_ca = dir.path().join("wrong-ca.pem");
+    wrong.write_cert(&wrong_ca).unwrap();
+    for mode in ["prefer", "require", "verify-ca", "verify-full"] {
+        let c = PostgresConnector::new(&SourceSpec {
+            ca: Some(wrong_ca.clone()),
+            ..spec(&format!("{base}{sep}sslmode={mode}"))
+        })
+        .unwrap();
+        let err = c.probe().await.expect_err(mode);
+        assert!(
+            matches!(&err, ConnectorError::Unreachable { reason, .. } if reason.contains("TLS")),
+            "sslmode={mode}: {err}"
+        );
+    }
+    // A CA without sslmode also means TLS.
+    let c = PostgresConnector::new(&SourceSpec {
+        ca: Some(wrong_ca.clone()),
+        ..spec(&base)
+    })
+    .unwrap();
+    assert!(c.probe().await.is_err());
+    // Plaintext, when asked for, works.
+    connector(&format!("{base}{sep}sslmode=disable"))
+        .probe()
+        .await
+        .unwrap();
+
+    // When the server has TLS (Debian's default: a self-signed certificate for `localhost`),
+    // trusting its certificate gives a TLS session, and only for the name it was issued for.
+    let ssl: String = admin.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+    if ssl != "on" {
+        eprintln!("the server has ssl = off: only the refusals above were checked");
+        return;
+    }
+    let cert: String = admin
+        .query_one("SELECT pg_read_file(current_setting('ssl_cert_file'))", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let server_ca = dir.path().join("server.pem");
+    std::fs::write(&server_ca, cert).unwrap();
+    let by_name = base.replace("127.0.0.1", "localhost");
+    let c = PostgresConnector::new(&SourceSpec {
+        ca: Some(server_ca.clone()),
+        ..spec(&format!("{by_name}{sep}sslmode=verify-full"))
+    })
+    .unwrap();
+    let selection = Selection {
+        relation: Relation::Query(
+            "SELECT pid, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()".into(),
+        ),
+        columns: vec!["pid".into(), "ssl".into()],
+        cursor: vec!["pid".into()],
+    };
+    let page = read(&c, &selection, None, 1, Bound::None).await;
+    assert_eq!(cell(&page, 0, 1), Value::Bool(true), "the session uses TLS");
+    let by_address = base.replace("localhost", "127.0.0.1");
+    let c = PostgresConnector::new(&SourceSpec {
+        ca: Some(server_ca),
+        ..spec(&format!("{by_address}{sep}sslmode=require"))
+    })
+    .unwrap();
+    let err = c.probe().await.unwrap_err();
+    assert!(
+        matches!(&err, ConnectorError::Unreachable { reason, .. } if reason.contains("not valid for")),
+        "the host name is verified even with sslmode=require: {err}"
+    );
+}
+
+#[tokio::test]
+async fn describe_names_missing_columns_and_tables() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "describe").await;
+    let t = s.q("t");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int8 PRIMARY KEY, \"Name\" varchar(20), at timestamptz)"
+        ))
+        .await
+        .unwrap();
+    let c = connector(&pg_url());
+    let info = c
+        .describe(&table(t.clone(), &["id", "Name", "at"], &["id"]))
+        .await
+        .unwrap();
+    let got: Vec<(String, String)> = info.into_iter().map(|i| (i.name, i.source_type)).collect();
+    assert_eq!(
+        got,
+        [
+            ("id".to_owned(), "int8".to_owned()),
+            ("Name".to_owned(), "varchar".to_owned()),
+            ("at".to_owned(), "timestamptz".to_owned())
+        ]
+    );
+    let err = c
+        .describe(&table(t.clone(), &["id", "no_such_column"], &["id"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ConnectorError::Statement { reason, .. } if reason.contains("no_such_column")),
+        "{err}"
+    );
+    let err = c
+        .describe(&table(s.q("no_such_table"), &["id"], &["id"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ConnectorError::Statement { reason, .. } if reason.contains("no_such_table")),
+        "{err}"
+    );
+    // A cursor column outside the selection is a configuration error.
+    let err = c
+        .read_page(&PageRequest {
+            selection: &table(t, &["id"], &["at"]),
+            after: None,
+            limit: 1,
+            bound: Bound::None,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectorError::Config { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn reader_without_pg_read_all_stats_is_bounded_by_the_lag_only() {
+    let admin = admin().await;
+    let mut s = Scratch::new(&admin, "noprivs").await;
+    let role = unique("reader");
+    s.roles.push(role.clone());
+    let t = s.q("t");
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN;
+             CREATE TABLE {t} (id int4 PRIMARY KEY, at timestamptz NOT NULL);
+             INSERT INTO {t} VALUES (1, now() - interval '1 hour');
+             GRANT USAGE ON SCHEMA {schema} TO {role};
+             GRANT SELECT ON {t} TO {role};",
+            schema = s.schema
+        ))
+        .await
+        .unwrap();
+    let c = connector(&url_as(&role));
+    let probe = c.probe().await.unwrap();
+    assert!(probe.server.starts_with("PostgreSQL "), "{}", probe.server);
+    assert!(!probe.sees_open_transactions);
+    let hint = probe.missing_privilege.unwrap();
+    assert!(
+        hint.contains("GRANT pg_read_all_stats TO") && hint.contains(&role),
+        "{hint}"
+    );
+    let page = read(
+        &c,
+        &table(t, &["id", "at"], &["at", "id"]),
+        None,
+        10,
+        Bound::Horizon {
+            safety_lag: Duration::from_secs(60),
+        },
+    )
+    .await;
+    assert_eq!(page.horizon, HorizonInfo::LagOnly);
+    assert_eq!(ids(&page), [1]);
+
+    let probe = connector(&pg_url()).probe().await.unwrap();
+    assert!(probe.sees_open_transactions, "the test user is a superuser");
+    assert_eq!(probe.missing_privilege, None);
+}
+
+#[tokio::test]
+async fn broken_session_is_reestablished() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "reconnect").await;
+    let t = s.q("t");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int4 PRIMARY KEY); INSERT INTO {t} VALUES (1), (2);"
+        ))
+        .await
+        .unwrap();
+    let app = unique("app");
+    let base = pg_url();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let c = connector(&format!("{base}{sep}application_name={app}"));
+    let selection = table(t, &["id"], &["id"]);
+    let bound = Bound::Horizon {
+        safety_lag: Duration::ZERO,
+    };
+    let page = read(&c, &selection, None, 10, bound).await;
+    assert_eq!(ids(&page), [1, 2]);
+    assert_eq!(
+        page.horizon,
+        HorizonInfo::Unbounded,
+        "an integer cursor has no horizon"
+    );
+
+    let pids: Vec<i32> = admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(pids.len(), 1, "the connector's session");
+    let terminated: bool = admin
+        .query_one("SELECT pg_terminate_backend($1)", &[&pids[0]])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(terminated);
+    let start = Instant::now();
+    loop {
+        let alive: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&pids[0]],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if alive == 0 {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "the backend did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The next read notices the broken session, reconnects and succeeds.
+    let page = read(&c, &selection, None, 10, bound).await;
+    assert_eq!(ids(&page), [1, 2]);
+    let new_pid: i32 = admin
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(new_pid, pids[0]);
+}
