@@ -174,9 +174,7 @@ impl Puller {
                 let mut cursor = None;
                 let mut quarantined = 0;
                 for row in &page.rows {
-                    let c = plan
-                        .cursor_of(row)
-                        .map_err(|reason| PullStop::Cursor(reason))?;
+                    let c = plan.cursor_of(row).map_err(PullStop::Cursor)?;
                     match plan.apply(row) {
                         Ok(out) => {
                             let line = line_of(Op::Upsert, out.key, Some(out.fields));
@@ -256,7 +254,7 @@ impl Puller {
                 let mut quarantined = 0;
                 let mut position = st.snapshot.position.clone();
                 for row in &page.rows {
-                    let c = plan.cursor_of(row).map_err(|reason| PullStop::Cursor(reason))?;
+                    let c = plan.cursor_of(row).map_err(PullStop::Cursor)?;
                     position = Some(c);
                     let out = match plan.apply(row) {
                         Ok(out) => out,
