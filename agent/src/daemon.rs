@@ -50,11 +50,29 @@ pub async fn run(pipeline: Arc<Pipeline>, shutdown: impl Future<Output = ()>) {
         }
     }));
     tracing::info!(node = %pipeline.config.node.id, resources = pipeline.pullers.len(), hub = %pipeline.client.url(), "Agent started.");
+    if let Ok(states) = pipeline.queue.states() {
+        for (code, st) in states {
+            let pushed = pipeline.pullers.iter().any(|p| p.resource.code == code);
+            if !pushed && st.queued_batches > 0 {
+                tracing::warn!(resource = %code, queued_records = st.queued_records, "Resource is not configured (or not shared) any more; its queued batches are kept but not pushed.");
+            }
+        }
+    }
     shutdown.await;
     tracing::info!("Shutting down.");
     let _ = stop_tx.send(true);
+    // Every task watches `stop`; one overall deadline keeps the stop within systemd's
+    // TimeoutStopSec. The queue is consistent whatever is cut short.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        match tokio::time::timeout_at(deadline, t).await {
+            Ok(Err(e)) if e.is_panic() => tracing::error!(error = %e, "A task panicked."),
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!("Tasks did not stop within 20 s; exiting anyway (nothing is lost).");
+                break;
+            }
+        }
     }
 }
 

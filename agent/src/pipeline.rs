@@ -104,7 +104,13 @@ impl Pipeline {
                 return;
             }
             let notified = self.enqueued.notified();
-            match push_one(&self.client, &self.queue, resource).await {
+            let result = tokio::select! {
+                r = push_one(&self.client, &self.queue, resource) => r,
+                // A batch in flight may already be committed by the hub: it is resent after a
+                // restart and acknowledged as a duplicate.
+                _ = stop.changed() => return,
+            };
+            match result {
                 Ok(Some(_)) => {
                     backoff.reset();
                     refusal_backoff.reset();
@@ -132,6 +138,11 @@ impl Pipeline {
                     };
                     tracing::warn!(resource, error = %e, retry_in = ?delay, "Push failed; the batch stays queued and will be retried.");
                     self.board.set_push_error(resource, &e.to_string());
+                    if until_empty.is_some() && e.is_refusal() {
+                        // `sync`: a refusal needs someone to act; say so now instead of
+                        // retrying until the deadline. The batch stays queued.
+                        return;
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = stop.changed() => {}

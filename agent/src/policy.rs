@@ -48,6 +48,30 @@ impl Rule {
     }
 }
 
+/// Deepest JSON value delivered: a record line adds two levels and parsers commonly stop at
+/// 128, so deeper documents would make the whole batch unreadable at the hub.
+pub const MAX_JSON_DEPTH: usize = 100;
+
+fn json_depth(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(a) => 1 + a.iter().map(json_depth).max().unwrap_or(0),
+        serde_json::Value::Object(o) => 1 + o.values().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The cursor position of a row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CursorOf {
+    /// The values of the cursor columns.
+    Values(Vec<Value>),
+    /// A cursor column is NULL: the row cannot be placed; it is quarantined and the cursor
+    /// stays where it was.
+    Null(String),
+    /// A cursor value cannot be converted: the resource cannot move past the row and stops.
+    Unusable(String),
+}
+
 /// An outgoing record: what the hub receives for one row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {
@@ -100,8 +124,16 @@ impl Plan {
             }
         }
         let key_index = add(&resource.key, &mut columns);
+        // The key ends every cursor as a tiebreaker: with a strict tuple comparison, a page
+        // boundary inside a group of rows sharing `updated_at` must not skip the rest of the
+        // group, and the key is unique.
         let cursor: Vec<String> = match &resource.mode {
-            Mode::Incremental { cursor, .. } => cursor.clone(),
+            Mode::Incremental { cursor, .. } if cursor.contains(&resource.key) => cursor.clone(),
+            Mode::Incremental { cursor, .. } => cursor
+                .iter()
+                .cloned()
+                .chain([resource.key.clone()])
+                .collect(),
             Mode::Snapshot => vec![resource.key.clone()],
         };
         let cursor_index = cursor.iter().map(|c| add(c, &mut columns)).collect();
@@ -117,25 +149,30 @@ impl Plan {
         }
     }
 
-    /// The cursor values of a row, or the reason they cannot be had (the resource must then
-    /// stop rather than skip).
-    pub fn cursor_of(&self, row: &Row) -> Result<Vec<Value>, String> {
-        self.cursor_index
-            .iter()
-            .map(|&i| match &row.values[i] {
-                Ok(Value::Null) => Err(format!(
-                    "cursor column `{}` is NULL",
-                    self.selection.columns[i]
-                )),
-                Ok(v) => Ok(v.clone()),
-                Err(e) => Err(format!("cursor value cannot be converted: {e}")),
-            })
-            .collect()
+    /// The cursor values of a row.
+    pub fn cursor_of(&self, row: &Row) -> CursorOf {
+        let mut values = Vec::with_capacity(self.cursor_index.len());
+        for &i in &self.cursor_index {
+            match &row.values[i] {
+                Ok(Value::Null) => {
+                    return CursorOf::Null(format!(
+                        "cursor column `{}` is NULL, so the row has no place in the cursor order; give the column a value (NOT NULL)",
+                        self.selection.columns[i]
+                    ));
+                }
+                Ok(v) => values.push(v.clone()),
+                Err(e) => {
+                    return CursorOf::Unusable(format!("cursor value cannot be converted: {e}"));
+                }
+            }
+        }
+        CursorOf::Values(values)
     }
 
     /// The key of a row as text.
     pub fn key_of(&self, row: &Row) -> Result<String, String> {
-        match &row.values[self.key_index] {
+        let column = &self.selection.columns[self.key_index];
+        let key = match &row.values[self.key_index] {
             Ok(Value::Null) => Err(format!(
                 "key column `{}` is NULL",
                 self.selection.columns[self.key_index]
@@ -147,7 +184,14 @@ impl Plan {
                 )
             }),
             Err(e) => Err(format!("key cannot be converted: {e}")),
+        }?;
+        if key.is_empty() {
+            return Err(format!("key column `{column}` is empty"));
         }
+        if key.contains('\0') {
+            return Err(format!("key column `{column}` contains a NUL character"));
+        }
+        Ok(key)
     }
 
     /// Turns a source row into the record that leaves, or a quarantine reason.
@@ -158,6 +202,14 @@ impl Plan {
         let mut fields = Map::new();
         for (i, name) in &self.emit {
             match &row.values[*i] {
+                Ok(Value::Json(j)) if json_depth(j) > MAX_JSON_DEPTH => {
+                    return Err(Quarantine {
+                        key: Some(key),
+                        reason: format!(
+                            "column `{name}`: JSON nested deeper than {MAX_JSON_DEPTH} levels"
+                        ),
+                    });
+                }
                 Ok(v) => {
                     fields.insert(name.clone(), v.to_json());
                 }
@@ -230,8 +282,12 @@ mod tests {
             r#"{"id_card":"11010519491231002X","name":"张三"}"#
         );
         assert_eq!(
-            plan.cursor_of(&row).unwrap(),
-            vec![Value::Text("2024-01-01".into()), Value::Int(7)]
+            plan.cursor_of(&row),
+            CursorOf::Values(vec![
+                Value::Text("2024-01-01".into()),
+                Value::Int(7),
+                Value::Text("11010519491231002X".into())
+            ])
         );
     }
 
@@ -268,6 +324,42 @@ mod tests {
         };
         let q = plan.apply(&row).unwrap_err();
         assert!(q.reason.contains("NULL"));
+    }
+
+    #[test]
+    fn empty_keys_null_cursors_and_deep_json_are_quarantined() {
+        let plan = Plan::new(&resource());
+        let row = Row {
+            values: vec![
+                Ok(Value::Text(String::new())),
+                Ok(Value::Null),
+                Ok(Value::Int(1)),
+                Ok(Value::Int(7)),
+            ],
+        };
+        assert!(plan.apply(&row).unwrap_err().reason.contains("empty"));
+        let row = Row {
+            values: vec![
+                Ok(Value::Text("K".into())),
+                Ok(Value::Null),
+                Ok(Value::Null),
+                Ok(Value::Int(7)),
+            ],
+        };
+        assert!(matches!(plan.cursor_of(&row), CursorOf::Null(r) if r.contains("updated_at")));
+        let mut deep = serde_json::json!(1);
+        for _ in 0..=MAX_JSON_DEPTH {
+            deep = serde_json::json!([deep]);
+        }
+        let row = Row {
+            values: vec![
+                Ok(Value::Text("K".into())),
+                Ok(Value::Json(deep)),
+                Ok(Value::Int(1)),
+                Ok(Value::Int(7)),
+            ],
+        };
+        assert!(plan.apply(&row).unwrap_err().reason.contains("deeper"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use exchange_protocol::batch::{Op, Record, push_line};
 use tokio::sync::Notify;
 
 use crate::config::{BatchLimits, Mode, Resource};
-use crate::policy::Plan;
+use crate::policy::{CursorOf, Plan};
 use crate::queue::{Queue, QueueError, ResourceState, Txn, sm3_bytes};
 
 /// Why a pull stopped.
@@ -120,7 +120,7 @@ impl Puller {
             if used + self.batch.max_bytes as u64 <= self.queue_max_bytes {
                 return Ok(());
             }
-            tracing::info!(resource = %self.resource.code, queued_bytes = used, "Queue is full; pulling pauses until the hub acknowledges batches.");
+            tracing::warn!(resource = %self.resource.code, queued_bytes = used, "Queue is full; pulling pauses until the hub acknowledges batches.");
             // Re-check periodically in case another process freed space.
             let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
         }
@@ -174,7 +174,17 @@ impl Puller {
                 let mut cursor = None;
                 let mut quarantined = 0;
                 for row in &page.rows {
-                    let c = plan.cursor_of(row).map_err(PullStop::Cursor)?;
+                    let c = match plan.cursor_of(row) {
+                        CursorOf::Values(c) => c,
+                        CursorOf::Null(reason) => {
+                            // Not placeable: recorded, and the cursor stays where it was.
+                            let key = plan.key_of(row).ok();
+                            txn.quarantine(&code, &mut st, key, reason)?;
+                            quarantined += 1;
+                            continue;
+                        }
+                        CursorOf::Unusable(reason) => return Err(PullStop::Cursor(reason)),
+                    };
                     match plan.apply(row) {
                         Ok(out) => {
                             let line = line_of(Op::Upsert, out.key, Some(out.fields));
@@ -187,8 +197,16 @@ impl Puller {
                     }
                     cursor = Some(c);
                 }
+                if full && cursor.is_none() {
+                    return Err(PullStop::Cursor(format!(
+                        "a whole page of {} rows has NULL cursor values; the cursor cannot move past them",
+                        page.rows.len()
+                    )));
+                }
                 let records = builder.finish(txn, &code, &mut st)?;
-                st.cursor = cursor;
+                if cursor.is_some() {
+                    st.cursor = cursor;
+                }
                 txn.set_state(&code, &st)?;
                 Ok((records, quarantined))
             })
@@ -253,12 +271,30 @@ impl Puller {
                 let mut builder = BatchBuilder::new(limits);
                 let mut quarantined = 0;
                 let mut position = st.snapshot.position.clone();
+                let mut moved = false;
                 for row in &page.rows {
-                    let c = plan.cursor_of(row).map_err(PullStop::Cursor)?;
-                    position = Some(c);
+                    match plan.cursor_of(row) {
+                        CursorOf::Values(c) => {
+                            position = Some(c);
+                            moved = true;
+                        }
+                        CursorOf::Null(reason) => {
+                            txn.quarantine(&code, &mut st, None, reason)?;
+                            quarantined += 1;
+                            continue;
+                        }
+                        CursorOf::Unusable(reason) => return Err(PullStop::Cursor(reason)),
+                    }
                     let out = match plan.apply(row) {
                         Ok(out) => out,
                         Err(q) => {
+                            // The row still exists: keep its last delivered version at the
+                            // hub (no delete in the sweep) until it can be converted again.
+                            if let Some(key) = &q.key
+                                && let Some((d, _)) = txn.digest(&code, key)?
+                            {
+                                txn.set_digest(&code, key, &d, generation)?;
+                            }
                             txn.quarantine(&code, &mut st, q.key, q.reason)?;
                             quarantined += 1;
                             continue;
@@ -269,14 +305,30 @@ impl Puller {
                     let digest = sm3_bytes(&line);
                     match txn.digest(&code, &key)? {
                         Some((_, g)) if g == generation => {
-                            txn.quarantine(&code, &mut st, Some(key), "another row with the same key was read in this snapshot; the key column must be unique".into())?;
+                            txn.quarantine(
+                                &code,
+                                &mut st,
+                                Some(key),
+                                "another row with the same key was read in this snapshot; the key column must be unique".into(),
+                            )?;
                             quarantined += 1;
-                            continue;
                         }
-                        Some((d, _)) if d == digest => {}
-                        _ => builder.add(txn, &code, &mut st, &line, &mut quarantined)?,
+                        Some((d, _)) if d == digest => txn.set_digest(&code, &key, &digest, generation)?,
+                        previous => {
+                            if builder.add(txn, &code, &mut st, &line, &mut quarantined)? {
+                                txn.set_digest(&code, &key, &digest, generation)?;
+                            } else if let Some((d, _)) = previous {
+                                // Too large to send: the hub keeps the previous version.
+                                txn.set_digest(&code, &key, &d, generation)?;
+                            }
+                        }
                     }
-                    txn.set_digest(&code, &key, &digest, generation)?;
+                }
+                if !scan_done && !moved {
+                    return Err(PullStop::Cursor(format!(
+                        "a whole page of {} rows has a NULL key; the scan cannot move past them",
+                        page.rows.len()
+                    )));
                 }
                 let records = builder.finish(txn, &code, &mut st)?;
                 st.snapshot.generation = generation;
@@ -358,7 +410,7 @@ impl BatchBuilder {
         st: &mut ResourceState,
         line: &[u8],
         quarantined: &mut u64,
-    ) -> Result<(), QueueError> {
+    ) -> Result<bool, QueueError> {
         if line.len() > self.limits.max_bytes {
             let key = serde_json::from_slice::<Record>(line).ok().map(|r| r.key);
             txn.quarantine(
@@ -372,7 +424,7 @@ impl BatchBuilder {
                 ),
             )?;
             *quarantined += 1;
-            return Ok(());
+            return Ok(false);
         }
         if self.records as usize >= self.limits.max_records
             || self.buf.len() + line.len() > self.limits.max_bytes
@@ -381,7 +433,7 @@ impl BatchBuilder {
         }
         self.buf.extend_from_slice(line);
         self.records += 1;
-        Ok(())
+        Ok(true)
     }
 
     fn flush(

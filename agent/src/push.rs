@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use exchange_protocol::batch::{self, Ack, BatchId, ErrorBody, header};
+use exchange_protocol::batch::{self, Ack, AckStatus, BatchId, ErrorBody, header};
 use exchange_protocol::tls;
 
 use crate::config::Config;
@@ -38,7 +38,7 @@ pub enum PushError {
         reason: String,
     },
     /// The hub asked to slow down (429) or is unavailable (503).
-    #[error("hub {url} answered {status}; retrying after {retry_after:?}")]
+    #[error("hub {url} answered {status}; retrying {}", retry_after.map(|d| format!("after {} s as the hub asked", d.as_secs())).unwrap_or_else(|| "with backoff".into()))]
     Throttled {
         /// Hub URL.
         url: String,
@@ -75,6 +75,21 @@ pub enum PushError {
         /// Acknowledged seq.
         got: u64,
     },
+    /// The hub has applied later batches of this stream than the queue holds: the queue went
+    /// back in time. Acknowledging would lose records, so the resource stops.
+    #[error(
+        "hub {url} has already applied batch {last_seq} of this queue for `{resource}`, but the oldest queued batch is {seq}: the data directory was restored from an older copy, and records pulled since that copy would be lost. Stop the agent, delete the data directory (a new queue resends everything) and start it again"
+    )]
+    Rewound {
+        /// Hub URL.
+        url: String,
+        /// Resource.
+        resource: String,
+        /// The queue's batch.
+        seq: u64,
+        /// The hub's high-water mark.
+        last_seq: u64,
+    },
     /// The queue failed.
     #[error(transparent)]
     Queue(#[from] QueueError),
@@ -90,6 +105,7 @@ impl PushError {
                 status: 400..=499,
                 ..
             } | PushError::WrongAck { .. }
+                | PushError::Rewound { .. }
         )
     }
 
@@ -119,6 +135,7 @@ impl HubClient {
             .tls_backend_preconfigured(tls)
             .https_only(true)
             .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(config.hub.timeout)
             .connect_timeout(Duration::from_secs(10))
             .build()
@@ -183,6 +200,14 @@ impl HubClient {
                     status,
                     error: format!("the acknowledgement is not valid JSON ({e})"),
                 })?;
+                if ack.status == AckStatus::Duplicate && ack.last_seq > b.seq {
+                    return Err(PushError::Rewound {
+                        url: self.url.clone(),
+                        resource: resource.to_owned(),
+                        seq: b.seq,
+                        last_seq: ack.last_seq,
+                    });
+                }
                 if ack.seq != b.seq {
                     return Err(PushError::WrongAck {
                         url: self.url.clone(),
@@ -234,29 +259,33 @@ impl HubClient {
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> PushError {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        while let Some(s) = source {
-            if let Some(t) = s.downcast_ref::<rustls::Error>() {
-                return PushError::Handshake {
-                    url: self.url.clone(),
-                    reason: tls::explain(t),
-                };
-            }
-            if let Some(io) = s.downcast_ref::<std::io::Error>()
-                && let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
-            {
-                return PushError::Handshake {
-                    url: self.url.clone(),
-                    reason: tls::explain(t),
-                };
-            }
-            source = s.source();
-        }
-        PushError::Unreachable {
-            url: self.url.clone(),
-            reason: chain(e),
+        match find_rustls(e) {
+            Some(t) => PushError::Handshake {
+                url: self.url.clone(),
+                reason: tls::explain(t),
+            },
+            None => PushError::Unreachable {
+                url: self.url.clone(),
+                reason: chain(e),
+            },
         }
     }
+}
+
+/// The rustls error somewhere in an error chain; hyper-rustls wraps it in I/O errors, whose
+/// payload is not part of `source()`.
+fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(t) = e.downcast_ref::<rustls::Error>() {
+        return Some(t);
+    }
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        && let Some(t) = find_rustls(inner)
+    {
+        return Some(t);
+    }
+    e.source().and_then(find_rustls)
 }
 
 /// `Retry-After` as delta-seconds or an HTTP date.

@@ -7,7 +7,8 @@
 //! | `state` | resource code | JSON [`ResourceState`]: cursor, next batch seq, counters |
 //! | `batches` | (resource, seq) | 48-byte header (records u32, raw length u32, created unix ms i64, SM3 of the NDJSON 32 bytes), then the NDJSON body compressed with zstd |
 //! | `digests` | (resource, key) | SM3 of the delivered record (32 bytes) · snapshot generation (u64 LE) |
-//! | `quarantine` | (resource, n) | JSON [`QuarantineEntry`] |
+//! | `quarantine` | (resource, n) | JSON [`QuarantineEntry`], n counting distinct entries from 1 |
+//! | `quarantine_index` | (resource, SM3 of key · NUL · reason) | n of that entry (a row quarantined again for the same reason updates its entry) |
 //!
 //! # Invariants
 //! - Only post-policy records are written: a batch body holds exactly what will leave, and
@@ -35,6 +36,8 @@ const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const BATCHES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("batches");
 const DIGESTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("digests");
 const QUARANTINE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("quarantine");
+const QUARANTINE_INDEX: TableDefinition<(&str, &[u8]), u64> =
+    TableDefinition::new("quarantine_index");
 
 const FORMAT: &[u8] = b"1";
 const HEADER_LEN: usize = 4 + 4 + 8 + 32;
@@ -119,8 +122,11 @@ pub struct SnapshotState {
 /// A quarantined row: why, and which key, never its values.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuarantineEntry {
-    /// When (RFC 3339).
+    /// When it was last seen (RFC 3339).
     pub at: String,
+    /// How many times it was seen (a snapshot re-reads a bad row every run).
+    #[serde(default = "one")]
+    pub times: u64,
     /// The key as it would have left, when known.
     pub key: Option<String>,
     /// What was wrong.
@@ -203,6 +209,16 @@ impl Queue {
             stream,
             path,
         })
+    }
+
+    /// Opens the queue only if it exists (for read-only commands such as `status`, which must
+    /// not create a file the service user cannot open later).
+    pub fn open_existing(data_dir: &Path) -> Result<Option<Queue>, QueueError> {
+        if data_dir.join("queue.redb").exists() {
+            Self::open(data_dir).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// The id of this queue (32 hex digits), sent with every batch.
@@ -331,7 +347,13 @@ impl Queue {
     }
 }
 
+fn one() -> u64 {
+    1
+}
+
 fn for_each_table(tx: &redb::WriteTransaction) -> Result<(), QueueError> {
+    tx.open_table(QUARANTINE_INDEX)
+        .map_err(storage("opening"))?;
     tx.open_table(STATE).map_err(storage("opening"))?;
     tx.open_table(BATCHES).map_err(storage("opening"))?;
     tx.open_table(DIGESTS).map_err(storage("opening"))?;
@@ -441,7 +463,8 @@ impl Txn {
         Ok(seq)
     }
 
-    /// Records a quarantined row.
+    /// Records a quarantined row. The same key quarantined again for the same reason updates
+    /// its entry (time, count) instead of adding one; `state.quarantined` counts entries.
     pub fn quarantine(
         &mut self,
         resource: &str,
@@ -449,19 +472,61 @@ impl Txn {
         key: Option<String>,
         reason: String,
     ) -> Result<(), QueueError> {
-        let entry = QuarantineEntry {
-            at: now(),
-            key,
-            reason,
-        };
+        let mut id = key.clone().unwrap_or_default().into_bytes();
+        id.push(0);
+        id.extend_from_slice(reason.as_bytes());
+        let id = sm3_bytes(&id);
+        let mut index = self
+            .tx
+            .open_table(QUARANTINE_INDEX)
+            .map_err(storage("writing quarantine"))?;
         let mut table = self
             .tx
             .open_table(QUARANTINE)
             .map_err(storage("writing quarantine"))?;
-        state.quarantined += 1;
+        let existing = index
+            .get((resource, id.as_slice()))
+            .map_err(storage("writing quarantine"))?
+            .map(|v| v.value());
+        let (n, entry) = match existing {
+            Some(n) => {
+                let old = table
+                    .get((resource, n))
+                    .map_err(storage("writing quarantine"))?
+                    .map(|v| v.value().to_vec());
+                let times = old
+                    .and_then(|b| serde_json::from_slice::<QuarantineEntry>(&b).ok())
+                    .map(|e| e.times)
+                    .unwrap_or(0);
+                (
+                    n,
+                    QuarantineEntry {
+                        at: now(),
+                        times: times + 1,
+                        key,
+                        reason,
+                    },
+                )
+            }
+            None => {
+                state.quarantined += 1;
+                index
+                    .insert((resource, id.as_slice()), state.quarantined)
+                    .map_err(storage("writing quarantine"))?;
+                (
+                    state.quarantined,
+                    QuarantineEntry {
+                        at: now(),
+                        times: 1,
+                        key,
+                        reason,
+                    },
+                )
+            }
+        };
         let json = serde_json::to_vec(&entry).expect("entry serializes");
         table
-            .insert((resource, state.quarantined), json.as_slice())
+            .insert((resource, n), json.as_slice())
             .map_err(storage("writing quarantine"))?;
         Ok(())
     }
@@ -633,6 +698,36 @@ mod tests {
             Queue::open(dir.path()),
             Err(QueueError::Locked { .. })
         ));
+    }
+
+    #[test]
+    fn a_row_quarantined_again_for_the_same_reason_is_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        for _ in 0..3 {
+            let mut txn = q.begin().unwrap();
+            let mut st = txn.state("R").unwrap();
+            txn.quarantine("R", &mut st, Some("k1".into()), "zero date".into())
+                .unwrap();
+            txn.set_state("R", &st).unwrap();
+            txn.commit().unwrap();
+        }
+        let mut txn = q.begin().unwrap();
+        let mut st = txn.state("R").unwrap();
+        txn.quarantine("R", &mut st, Some("k2".into()), "zero date".into())
+            .unwrap();
+        txn.set_state("R", &st).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(q.state("R").unwrap().quarantined, 2);
+        let entries = q.quarantined("R", 10).unwrap();
+        assert_eq!(
+            entries
+                .iter()
+                .map(|e| (e.key.as_deref(), e.times))
+                .collect::<Vec<_>>(),
+            [(Some("k1"), 3), (Some("k2"), 1)]
+        );
+        assert_eq!(q.quarantined("R", 1).unwrap()[0].key.as_deref(), Some("k2"));
     }
 
     #[test]

@@ -126,7 +126,7 @@ const RECENT_QUARANTINE: usize = 5;
 /// Builds the report from an open queue.
 pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, QueueError> {
     let states = queue.states()?;
-    let resources = config
+    let mut resources: Vec<ResourceStatus> = config
         .resources
         .iter()
         .map(|r| {
@@ -171,6 +171,32 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
             }
         })
         .collect();
+    // Batches of resources no longer configured (or no longer shared) stay queued and are
+    // not pushed; they must not be invisible.
+    for (code, st) in &states {
+        if config.resource(code).is_none() && (st.queued_batches > 0 || st.quarantined > 0) {
+            resources.push(ResourceStatus {
+                code: code.clone(),
+                name: "(not in the configuration)".into(),
+                share: "-".into(),
+                mode: "-".into(),
+                cursor: None,
+                last_pull: st.last_pull.clone(),
+                last_push: st.last_push.clone(),
+                queued_batches: st.queued_batches,
+                queued_records: st.queued_records,
+                queued_bytes: st.queued_bytes,
+                quarantined: st.quarantined,
+                pulled_records: st.pulled_records,
+                pushed_records: st.pushed_records,
+                recent_quarantine: Vec::new(),
+                runtime: Runtime {
+                    pull_error: Some("this resource is no longer configured; its queued batches are kept but not pushed".into()),
+                    ..Runtime::default()
+                },
+            });
+        }
+    }
     Ok(Report {
         node: config.node.id.clone(),
         stream: queue.stream().to_owned(),
@@ -200,8 +226,12 @@ pub fn write_file(data_dir: &Path, report: &Report) -> std::io::Result<()> {
 
 /// Reads the status: from the queue, or from the daemon's status file when it holds the queue.
 pub fn read(config: &Config) -> anyhow::Result<Report> {
-    match Queue::open(&config.node.data_dir) {
-        Ok(queue) => Ok(report(config, &queue, &Board::default())?),
+    match Queue::open_existing(&config.node.data_dir) {
+        Ok(Some(queue)) => Ok(report(config, &queue, &Board::default())?),
+        Ok(None) => anyhow::bail!(
+            "no queue in {} yet: the agent has not run with this configuration",
+            config.node.data_dir.display()
+        ),
         Err(QueueError::Locked { .. }) => {
             let path = status_file(&config.node.data_dir);
             let text = std::fs::read(&path).map_err(|e| {

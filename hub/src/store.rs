@@ -135,6 +135,17 @@ impl RecordStream {
 /// How many exported rows may wait in memory for the consumer.
 const EXPORT_BUFFER: usize = 256;
 
+/// What applying a batch did.
+pub(crate) enum Outcome {
+    /// Committed now, with this many records.
+    Applied(u64),
+    /// Applied before; the stream's high-water mark is `last_seq`.
+    Duplicate {
+        /// The highest seq applied for the batch's stream.
+        last_seq: u64,
+    },
+}
+
 /// The hub's store; cheap to clone (clones share the database connections).
 #[derive(Clone)]
 pub struct Store {
@@ -190,15 +201,17 @@ impl Store {
             Backend::Postgres(p) => p.apply(batch).await?,
         };
         Ok(match applied {
-            Some(records) => Ack {
+            Outcome::Applied(records) => Ack {
                 status: AckStatus::Applied,
                 seq: id.seq,
                 records,
+                last_seq: id.seq,
             },
-            None => Ack {
+            Outcome::Duplicate { last_seq } => Ack {
                 status: AckStatus::Duplicate,
                 seq: id.seq,
                 records: 0,
+                last_seq,
             },
         })
     }

@@ -106,6 +106,11 @@ pub struct Ack {
     pub seq: u64,
     /// Records applied (0 for a duplicate).
     pub records: u64,
+    /// The highest seq the hub has applied for this (node, resource, stream) after this
+    /// request. For a batch resent after a crash it equals `seq`; if it is greater than `seq`
+    /// for a duplicate, the agent's queue went back in time (its data directory was restored
+    /// from a backup) and the agent must stop rather than lose records.
+    pub last_seq: u64,
 }
 
 /// Whether the batch was applied now or had been applied before.

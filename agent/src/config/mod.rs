@@ -334,6 +334,9 @@ impl Validator<'_> {
             Some(t) => parse_duration(&t).map_err(|e| self.err("hub.timeout", e))?,
             None => Duration::from_secs(30),
         };
+        if timeout < Duration::from_secs(1) {
+            return Err(self.err("hub.timeout", "must be at least 1s"));
+        }
         let key = self.existing_file("hub.key", &h.key)?;
         exchange_protocol::tls::check_secret_permissions(&key)
             .map_err(|e| self.err("hub.key", e))?;
@@ -438,10 +441,13 @@ impl Validator<'_> {
         sources: &BTreeMap<String, SourceSpec>,
     ) -> Result<Resource, ConfigError> {
         let key = |k: &str| format!("resources[{i}].{k}");
-        if r.code.is_empty() || r.code.contains(['/', ' ']) {
+        if r.code.is_empty()
+            || r.code.len() > 128
+            || !r.code.chars().all(|c| c.is_ascii_graphic() && c != '/')
+        {
             return Err(self.err(
                 &key("code"),
-                "expected a resource code without spaces or `/`, e.g. \"330100-RSJ-0001\"",
+                "expected 1 to 128 visible ASCII characters without `/`, e.g. \"330100-RSJ-0001\"",
             ));
         }
         let share = match r.share.as_str() {
@@ -491,7 +497,23 @@ impl Validator<'_> {
                 "no fields: list every column that may leave, with its rule (default deny)",
             ));
         }
-        match fields.iter().find(|(n, _)| *n == r.key) {
+        // Column names are case-insensitive in MySQL and SQLite: a name that differs only in
+        // case would read the same column twice, possibly a dropped one.
+        let mut seen: HashSet<String> = HashSet::new();
+        for (name, _) in &fields {
+            if !seen.insert(name.to_lowercase()) {
+                return Err(self.err(
+                    &format!("resources[{i}].fields.{name}"),
+                    format!("`{name}` is listed twice (column names are compared without case)"),
+                ));
+            }
+        }
+        let dropped: HashSet<String> = fields
+            .iter()
+            .filter(|(_, r)| *r == Rule::Drop)
+            .map(|(n, _)| n.to_lowercase())
+            .collect();
+        match fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(&r.key)) {
             Some((_, Rule::Plain)) => {}
             Some((_, Rule::Drop)) => return Err(self.err(&key("key"), format!("the key column `{}` is dropped in [resources.fields]; the key must be delivered", r.key))),
             None => return Err(self.err(&key("key"), format!("the key column `{}` must be listed in [resources.fields]", r.key))),
@@ -503,7 +525,7 @@ impl Validator<'_> {
         let mode = match (r.mode.as_str(), r.cursor) {
             ("incremental", Some(cursor)) if !cursor.is_empty() => {
                 for c in &cursor {
-                    if fields.iter().any(|(n, rule)| n == c && *rule == Rule::Drop) {
+                    if dropped.contains(&c.to_lowercase()) {
                         return Err(self.err(&key("cursor"), format!("cursor column `{c}` is dropped in [resources.fields]; cursor values are kept on disk, so a cursor column cannot be a dropped field")));
                     }
                 }
@@ -537,7 +559,11 @@ impl Validator<'_> {
                 Schedule::cron(&cron).map_err(|e| self.err(&key("schedule"), e))?
             }
             (None, Some(every)) => {
-                Schedule::Every(parse_duration(&every).map_err(|e| self.err(&key("every"), e))?)
+                let d = parse_duration(&every).map_err(|e| self.err(&key("every"), e))?;
+                if d < Duration::from_secs(1) {
+                    return Err(self.err(&key("every"), "must be at least 1s"));
+                }
+                Schedule::Every(d)
             }
             (None, None) => Schedule::Every(Duration::from_secs(300)),
         };

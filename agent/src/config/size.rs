@@ -47,14 +47,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_len);
-        total += match unit {
+        let too_long = || format!("`{s}` is too long");
+        let secs = |mult: u64| {
+            n.checked_mul(mult)
+                .map(Duration::from_secs)
+                .ok_or_else(too_long)
+        };
+        let part = match unit {
             "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            "d" => Duration::from_secs(n * 86400),
+            "s" => secs(1)?,
+            "m" => secs(60)?,
+            "h" => secs(3600)?,
+            "d" => secs(86400)?,
             _ => return Err(bad()),
         };
+        total = total.checked_add(part).ok_or_else(too_long)?;
         rest = next;
     }
     Ok(total)
@@ -76,5 +83,7 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5").is_err());
+        assert!(parse_duration("18446744073709551615s1s").is_err());
+        assert!(parse_duration("999999999999999999d").is_err());
     }
 }

@@ -246,3 +246,36 @@ fn password_files_are_read_and_must_be_private() {
     assert!(!message(&e).contains("s3cret"));
     assert!(message(&e).contains("sources[0].password_file"), "{e}");
 }
+
+#[test]
+fn names_that_differ_only_in_case_cannot_reach_a_dropped_column() {
+    let f = Fixture::new();
+    let text = GOOD.replace(
+        "internal_note = \"drop\"",
+        "internal_note = \"drop\"\nINTERNAL_NOTE = \"plain\"",
+    );
+    assert!(message(&f.parse(&text).unwrap_err()).contains("listed twice"));
+    let text = GOOD.replace(
+        "cursor = [\"updated_at\", \"id\"]",
+        "cursor = [\"Internal_Note\"]",
+    );
+    assert!(message(&f.parse(&text).unwrap_err()).contains("is dropped"));
+}
+
+#[test]
+fn resource_codes_must_be_short_visible_ascii() {
+    let f = Fixture::new();
+    let e = f
+        .parse(&GOOD.replace("330100-RSJ-0001", "社保-0001"))
+        .unwrap_err();
+    assert!(message(&e).contains("visible ASCII"), "{e}");
+}
+
+#[test]
+fn zero_intervals_are_refused() {
+    let f = Fixture::new();
+    let e = f
+        .parse(&GOOD.replace("schedule = \"*/5 * * * *\"", "every = \"0s\""))
+        .unwrap_err();
+    assert!(message(&e).contains("at least 1s"), "{e}");
+}

@@ -175,7 +175,10 @@ impl PgStore {
     }
 
     /// Applies a batch; `Some(records)` when applied, `None` for a duplicate.
-    pub(super) async fn apply(self: &Arc<Self>, batch: Batch) -> Result<Option<u64>, StoreError> {
+    pub(super) async fn apply(
+        self: &Arc<Self>,
+        batch: Batch,
+    ) -> Result<super::Outcome, StoreError> {
         let id = &batch.id;
         let seq = i64::try_from(id.seq).map_err(|_| StoreError::Failed {
             target: self.target.clone(),
@@ -228,7 +231,9 @@ impl PgStore {
             .get(0);
         if seq <= last_seq {
             tx.rollback().await.map_err(e)?;
-            return Ok(None);
+            return Ok(super::Outcome::Duplicate {
+                last_seq: last_seq.max(0) as u64,
+            });
         }
         warn_gap(id, last_seq.max(0) as u64);
         let upsert = tx
@@ -263,7 +268,7 @@ impl PgStore {
         .await
         .map_err(e)?;
         tx.commit().await.map_err(e)?;
-        Ok(Some(batch.changes.len() as u64))
+        Ok(super::Outcome::Applied(batch.changes.len() as u64))
     }
 
     /// Streams the rows of `resource` into `tx` from a task.

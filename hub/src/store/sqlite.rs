@@ -84,7 +84,7 @@ impl SqliteStore {
     }
 
     /// Applies a batch; `Some(records)` when applied, `None` for a duplicate.
-    pub(super) async fn apply(self: Arc<Self>, batch: Batch) -> Result<Option<u64>, StoreError> {
+    pub(super) async fn apply(self: Arc<Self>, batch: Batch) -> Result<super::Outcome, StoreError> {
         let target = self.target.clone();
         blocking(&target, move || {
             // A poisoned lock only means another apply panicked; its transaction rolled back.
@@ -208,7 +208,7 @@ impl SqliteStore {
 }
 
 /// The transaction of one batch.
-fn apply_in(conn: &mut Connection, batch: &Batch) -> Result<Option<u64>, ApplyError> {
+fn apply_in(conn: &mut Connection, batch: &Batch) -> Result<super::Outcome, ApplyError> {
     let id = &batch.id;
     let seq = i64::try_from(id.seq).map_err(|_| ApplyError::Refused(seq_too_large(id.seq)))?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -237,7 +237,9 @@ fn apply_in(conn: &mut Connection, batch: &Batch) -> Result<Option<u64>, ApplyEr
         .optional()?
         .unwrap_or(0);
     if seq <= last_seq {
-        return Ok(None); // the transaction rolls back on drop; nothing was changed
+        return Ok(super::Outcome::Duplicate {
+            last_seq: last_seq.max(0) as u64,
+        }); // the transaction rolls back on drop; nothing was changed
     }
     warn_gap(id, last_seq.max(0) as u64);
     {
@@ -266,7 +268,7 @@ fn apply_in(conn: &mut Connection, batch: &Batch) -> Result<Option<u64>, ApplyEr
         params![id.node, id.resource, id.stream, seq],
     )?;
     tx.commit()?;
-    Ok(Some(batch.changes.len() as u64))
+    Ok(super::Outcome::Applied(batch.changes.len() as u64))
 }
 
 /// Why a transaction did not commit.

@@ -1,0 +1,94 @@
+//! The binaries under test: `exchange-agent` and `exchange-hub`.
+//!
+//! A test package cannot use `CARGO_BIN_EXE_*` of other packages, so the binaries are found
+//! next to the test executable: `target/<profile>/deps/<test>` → `target/<profile>/<bin>`.
+//! Once per test process they are (re)built with `cargo build -p exchange-agent -p exchange-hub
+//! --bins` into that same target directory and profile, so a test never runs a stale binary;
+//! when they are up to date this takes a second. Cargo's own lock serializes concurrent builds.
+//!
+//! `EXCHANGE_TEST_BIN_DIR=<dir>` uses the binaries in `<dir>` as they are, without building.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Where the binaries are, after the one build of this process.
+static BIN_DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+/// The `exchange-agent` binary.
+pub fn agent() -> PathBuf {
+    bin("exchange-agent")
+}
+
+/// The `exchange-hub` binary.
+pub fn hub() -> PathBuf {
+    bin("exchange-hub")
+}
+
+fn bin(name: &str) -> PathBuf {
+    let dir = BIN_DIR.get_or_init(locate_or_build);
+    match dir {
+        Ok(dir) => {
+            let path = dir.join(name);
+            assert!(
+                path.is_file(),
+                "{} does not exist (EXCHANGE_TEST_BIN_DIR or the build did not produce it)",
+                path.display()
+            );
+            path
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn locate_or_build() -> Result<PathBuf, String> {
+    if let Some(dir) = std::env::var_os("EXCHANGE_TEST_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the test executable: {e}"))?;
+    // target/<profile>/deps/<test-binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| format!("unexpected test executable location {}", exe.display()))?
+        .to_owned();
+    let target_dir = profile_dir
+        .parent()
+        .ok_or_else(|| format!("unexpected test executable location {}", exe.display()))?;
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev".to_owned(),
+        Some(other) => other.to_owned(),
+        None => {
+            return Err(format!(
+                "unexpected profile directory {}",
+                profile_dir.display()
+            ));
+        }
+    };
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(&cargo)
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .args(["--profile", &profile])
+        .args(["-p", "exchange-agent", "-p", "exchange-hub", "--bins"])
+        .output()
+        .map_err(|e| {
+            format!(
+                "cannot run `{}` to build the binaries under test: {e}",
+                cargo.to_string_lossy()
+            )
+        })?;
+    if !output.status.success() {
+        return Err(format!(
+            "building exchange-agent and exchange-hub failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    Ok(profile_dir)
+}
