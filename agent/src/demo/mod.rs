@@ -46,6 +46,16 @@ pub fn prepare(
     rows: usize,
     hub_addr: SocketAddr,
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
+    // A rerun in the same directory starts afresh: an old queue or hub store would not match
+    // the new database and certificates.
+    for old in ["agent-data", "hub.db", "hub.db-wal", "hub.db-shm"] {
+        let p = dir.join(old);
+        let _ = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+    }
     let tls_dir = dir.join("tls");
     std::fs::create_dir_all(&tls_dir)
         .with_context(|| format!("cannot create {}", tls_dir.display()))?;
@@ -113,6 +123,24 @@ internal_note = "drop"
         ),
     )?;
     Ok((agent_toml, hub_toml))
+}
+
+/// How to invoke the two binaries from a shell: by path next to this executable (they are
+/// not on PATH in a fresh checkout), else through cargo.
+fn commands() -> (String, String) {
+    let exe = std::env::current_exe().ok();
+    let agent = exe
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "exchange-agent".into());
+    let hub = exe
+        .as_ref()
+        .and_then(|p| p.parent())
+        .map(|d| d.join("exchange-hub"))
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "cargo run -q -p exchange-hub --".into());
+    (agent, hub)
 }
 
 /// Runs the demo; with `keep`, until `shutdown` resolves.
@@ -204,13 +232,14 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         }
     );
     println!();
+    let (agent_cmd, hub_cmd) = commands();
     println!("Look for yourself:");
     println!(
-        "   exchange-hub export --config {} --resource {RESOURCE} | head",
+        "   {hub_cmd} export --config {} --resource {RESOURCE} | head",
         hub_toml.display()
     );
-    println!("   exchange-agent status --config {}", agent_toml.display());
-    println!("   exchange-agent check --config {}", agent_toml.display());
+    println!("   {agent_cmd} status --config {}", agent_toml.display());
+    println!("   {agent_cmd} check --config {}", agent_toml.display());
     println!("   (the queue is {}/queue.redb)", data_dir.display());
 
     if options.keep {
