@@ -93,9 +93,13 @@ async fn schedule_loop(
             None => return,
             Some(Ok(report)) => {
                 backoff.reset();
-                pipeline
-                    .board
-                    .pull_ok(&code, report.horizon.as_ref().map(|h| format!("{h:?}")));
+                pipeline.board.pull_ok(
+                    &code,
+                    report
+                        .horizon
+                        .as_ref()
+                        .map(|h| crate::status::horizon_text(h)),
+                );
                 if report.records > 0 || report.quarantined > 0 {
                     tracing::info!(resource = %code, records = report.records, quarantined = report.quarantined, "Pulled.");
                 }

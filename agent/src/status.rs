@@ -207,6 +207,19 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
     })
 }
 
+/// How the last page was bounded, for people.
+pub fn horizon_text(h: &exchange_connectors::HorizonInfo) -> String {
+    use exchange_connectors::HorizonInfo::*;
+    match h {
+        Unbounded => "not bounded (the first cursor column is not a date or timestamp)".into(),
+        OpenTransaction { since } => {
+            format!("held back by a transaction open on the source since {since}")
+        }
+        Clock => "source clock minus the safety lag (no transaction open)".into(),
+        LagOnly => "source clock minus the safety lag (open transactions are not visible)".into(),
+    }
+}
+
 /// The daemon's status file.
 pub fn status_file(data_dir: &Path) -> PathBuf {
     data_dir.join("status.json")
