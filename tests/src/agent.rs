@@ -409,6 +409,20 @@ impl Agent {
             .unwrap_or_else(|e| panic!("status --json is not JSON ({e}); {out}"))
     }
 
+    /// `exchange-agent status --config F --json`, parsed; `None` when it fails (e.g. a daemon
+    /// just started and has not written its status file yet). For polling.
+    pub async fn try_status(&self) -> Option<serde_json::Value> {
+        let out = run(
+            &crate::bins::agent(),
+            &["status", "--config", &self.config_arg(), "--json"],
+        )
+        .await;
+        if out.code != Some(0) {
+            return None;
+        }
+        serde_json::from_str(&out.stdout).ok()
+    }
+
     /// The status of one resource from `status --json`.
     pub async fn resource_status(&self, code: &str) -> serde_json::Value {
         let status = self.status().await;
