@@ -95,10 +95,7 @@ async fn schedule_loop(
                 backoff.reset();
                 pipeline.board.pull_ok(
                     &code,
-                    report
-                        .horizon
-                        .as_ref()
-                        .map(|h| crate::status::horizon_text(h)),
+                    report.horizon.as_ref().map(crate::status::horizon_text),
                 );
                 if report.records > 0 || report.quarantined > 0 {
                     tracing::info!(resource = %code, records = report.records, quarantined = report.quarantined, "Pulled.");

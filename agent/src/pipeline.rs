@@ -74,6 +74,7 @@ impl Pipeline {
                     queue_max_bytes: config.queue.max_bytes,
                     space: space.clone(),
                     enqueued: enqueued.clone(),
+                    paused: Default::default(),
                 })
             })
             .collect();

@@ -154,6 +154,12 @@ impl Plan {
         let mut values = Vec::with_capacity(self.cursor_index.len());
         for &i in &self.cursor_index {
             match &row.values[i] {
+                Ok(Value::Null) if i == self.key_index => {
+                    return CursorOf::Null(format!(
+                        "key column `{}` is NULL",
+                        self.selection.columns[i]
+                    ));
+                }
                 Ok(Value::Null) => {
                     return CursorOf::Null(format!(
                         "cursor column `{}` is NULL, so the row has no place in the cursor order; give the column a value (NOT NULL)",

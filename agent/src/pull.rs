@@ -81,6 +81,8 @@ pub struct Puller {
     pub space: Arc<Notify>,
     /// Signalled after a commit, to wake the pusher.
     pub enqueued: Arc<Notify>,
+    /// Whether pulling is paused on a full queue (to log the pause once, not every check).
+    pub paused: std::sync::atomic::AtomicBool,
 }
 
 impl Puller {
@@ -117,10 +119,18 @@ impl Puller {
         loop {
             let notified = self.space.notified();
             let used = self.queue.total_bytes()?;
+            use std::sync::atomic::Ordering;
             if used + self.batch.max_bytes as u64 <= self.queue_max_bytes {
+                if self.paused.swap(false, Ordering::Relaxed) {
+                    tracing::info!(resource = %self.resource.code, queued_bytes = used, "Queue has room again; pulling resumes.");
+                }
                 return Ok(());
             }
-            tracing::warn!(resource = %self.resource.code, queued_bytes = used, "Queue is full; pulling pauses until the hub acknowledges batches.");
+            if self.paused.swap(true, Ordering::Relaxed) {
+                tracing::info!(resource = %self.resource.code, queued_bytes = used, "Queue is still full; pulling stays paused.");
+            } else {
+                tracing::warn!(resource = %self.resource.code, queued_bytes = used, "Queue is full; pulling pauses until the hub acknowledges batches.");
+            }
             // Re-check periodically in case another process freed space.
             let _ = tokio::time::timeout(Duration::from_secs(5), notified).await;
         }

@@ -78,7 +78,7 @@ pub enum PushError {
     /// The hub has applied later batches of this stream than the queue holds: the queue went
     /// back in time. Acknowledging would lose records, so the resource stops.
     #[error(
-        "hub {url} has already applied batch {last_seq} of this queue for `{resource}`, but the oldest queued batch is {seq}: the data directory was restored from an older copy, and records pulled since that copy would be lost. Stop the agent, delete the data directory (a new queue resends everything) and start it again"
+        "hub {url} has already applied batch {last_seq} of this queue for `{resource}` (with other content than the queued batch {seq}, or later): the data directory was restored from an older copy, and records pulled since that copy would be lost. Stop the agent, delete the data directory (a new queue resends everything) and start it again"
     )]
     Rewound {
         /// Hub URL.
@@ -200,7 +200,9 @@ impl HubClient {
                     status,
                     error: format!("the acknowledgement is not valid JSON ({e})"),
                 })?;
-                if ack.status == AckStatus::Duplicate && ack.last_seq > b.seq {
+                let reused =
+                    ack.last_seq == b.seq && !ack.last_digest.eq_ignore_ascii_case(&b.digest);
+                if ack.status == AckStatus::Duplicate && (ack.last_seq > b.seq || reused) {
                     return Err(PushError::Rewound {
                         url: self.url.clone(),
                         resource: resource.to_owned(),

@@ -114,7 +114,7 @@ pub async fn sync(pipeline: Arc<Pipeline>, only: Option<&str>, deadline: Duratio
             match &r {
                 Ok(rep) => board.pull_ok(
                     &p.resource.code,
-                    rep.horizon.as_ref().map(|h| crate::status::horizon_text(h)),
+                    rep.horizon.as_ref().map(crate::status::horizon_text),
                 ),
                 Err(e) => board.set_pull_error(&p.resource.code, &e.to_string()),
             }

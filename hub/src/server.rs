@@ -396,7 +396,7 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
         Refusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "the batch body is larger than this hub's limit of {limit} bytes (compressed or uncompressed); lower the agent's `batch.max_bytes`"
+                "the batch body is larger than this hub's limit of {limit} bytes (compressed or uncompressed); a queued batch never changes, so raise this hub's `[limits] max_batch_bytes` (and lower the agent's `batch.max_bytes` for later batches)"
             ),
         )
     };
@@ -429,7 +429,7 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
         }
     }
 
-    match state.store.apply(&id, &records).await {
+    match state.store.apply(&id, digest, &records).await {
         Ok(ack) => {
             match ack.status {
                 AckStatus::Applied => info!(

@@ -117,6 +117,8 @@ struct Batch {
     changes: Vec<Change>,
     /// The commit time written to `updated_at`.
     now: String,
+    /// SM3 of the batch's NDJSON, kept as the stream's `last_digest`.
+    digest: String,
 }
 
 /// The rows of one resource, ordered by key (byte order of the UTF-8 text).
@@ -143,6 +145,8 @@ pub(crate) enum Outcome {
     Duplicate {
         /// The highest seq applied for the batch's stream.
         last_seq: u64,
+        /// The content digest of the batch applied at `last_seq`.
+        last_digest: String,
     },
 }
 
@@ -176,7 +180,14 @@ impl Store {
     /// Applies a batch in one transaction and says whether it was applied or a duplicate.
     ///
     /// Returns only after the transaction committed (or changed nothing, for a duplicate).
-    pub async fn apply(&self, id: &BatchId, records: &[Record]) -> Result<Ack, StoreError> {
+    /// `digest` is the batch's content digest (SM3 hex); the stream keeps the digest of its
+    /// last applied batch so a resend can be told from a different batch with a reused seq.
+    pub async fn apply(
+        &self,
+        id: &BatchId,
+        digest: &str,
+        records: &[Record],
+    ) -> Result<Ack, StoreError> {
         let changes = records
             .iter()
             .map(|r| match (r.op, &r.fields) {
@@ -195,6 +206,7 @@ impl Store {
             id: id.clone(),
             changes,
             now: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            digest: digest.to_ascii_lowercase(),
         };
         let applied = match &self.backend {
             Backend::Sqlite(s) => s.clone().apply(batch).await?,
@@ -206,12 +218,17 @@ impl Store {
                 seq: id.seq,
                 records,
                 last_seq: id.seq,
+                last_digest: digest.to_ascii_lowercase(),
             },
-            Outcome::Duplicate { last_seq } => Ack {
+            Outcome::Duplicate {
+                last_seq,
+                last_digest,
+            } => Ack {
                 status: AckStatus::Duplicate,
                 seq: id.seq,
                 records: 0,
                 last_seq,
+                last_digest,
             },
         })
     }

@@ -111,6 +111,10 @@ pub struct Ack {
     /// for a duplicate, the agent's queue went back in time (its data directory was restored
     /// from a backup) and the agent must stop rather than lose records.
     pub last_seq: u64,
+    /// The content digest (SM3 hex) of the batch applied at `last_seq`. A resend after a crash
+    /// is byte-identical, so for a duplicate with `last_seq == seq` it equals the batch's
+    /// digest; if it differs, the seq was reused for other records (a restored queue).
+    pub last_digest: String,
 }
 
 /// Whether the batch was applied now or had been applied before.

@@ -39,12 +39,14 @@ const fn stored_batch_bound(raw: u64) -> u64 {
 const QUEUED_BYTES_BOUND: u64 =
     QUEUE_MAX_BYTES - BATCH_MAX_BYTES + stored_batch_bound(BATCH_MAX_BYTES);
 
-/// How many times the daemon said that the queue is full and pulling pauses.
+/// How many times the daemon said that the queue is full and pulling pauses (once per
+/// pause), and then that it checked again and stays paused.
 fn pauses(log: &Path) -> usize {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .matches("Queue is full; pulling pauses")
-        .count()
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.matches("Queue is full; pulling pauses").count()
+        + text
+            .matches("Queue is still full; pulling stays paused")
+            .count()
 }
 
 /// The resource's entry of a status report.

@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS streams (
     resource TEXT NOT NULL,
     stream   TEXT NOT NULL,
     last_seq BIGINT NOT NULL,
+    last_digest TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (node, resource, stream)
 );
 CREATE TABLE IF NOT EXISTS resources (
@@ -221,18 +222,20 @@ impl PgStore {
         .map_err(e)?;
         // Locks the stream row until COMMIT: a concurrent copy of this batch waits here and
         // then sees the new high-water mark.
-        let last_seq: i64 = tx
+        let row = tx
             .query_one(
-                "SELECT last_seq FROM streams WHERE node = $1 AND resource = $2 AND stream = $3 FOR UPDATE",
+                "SELECT last_seq, last_digest FROM streams WHERE node = $1 AND resource = $2 AND stream = $3 FOR UPDATE",
                 &[&id.node, &id.resource, &id.stream],
             )
             .await
-            .map_err(e)?
-            .get(0);
+            .map_err(e)?;
+        let last_seq: i64 = row.get(0);
+        let last_digest: String = row.get(1);
         if seq <= last_seq {
             tx.rollback().await.map_err(e)?;
             return Ok(super::Outcome::Duplicate {
                 last_seq: last_seq.max(0) as u64,
+                last_digest,
             });
         }
         warn_gap(id, last_seq.max(0) as u64);
@@ -262,8 +265,8 @@ impl PgStore {
             }
         }
         tx.execute(
-            "UPDATE streams SET last_seq = $4 WHERE node = $1 AND resource = $2 AND stream = $3",
-            &[&id.node, &id.resource, &id.stream, &seq],
+            "UPDATE streams SET last_seq = $4, last_digest = $5 WHERE node = $1 AND resource = $2 AND stream = $3",
+            &[&id.node, &id.resource, &id.stream, &seq, &batch.digest],
         )
         .await
         .map_err(e)?;

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS streams (
     resource TEXT NOT NULL,
     stream   TEXT NOT NULL,
     last_seq INTEGER NOT NULL,
+    last_digest TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (node, resource, stream)
 );
 CREATE TABLE IF NOT EXISTS resources (
@@ -228,17 +229,18 @@ fn apply_in(conn: &mut Connection, batch: &Batch) -> Result<super::Outcome, Appl
             node: id.node.clone(),
         }));
     }
-    let last_seq: i64 = tx
+    let (last_seq, last_digest): (i64, String) = tx
         .query_row(
-            "SELECT last_seq FROM streams WHERE node = ?1 AND resource = ?2 AND stream = ?3",
+            "SELECT last_seq, last_digest FROM streams WHERE node = ?1 AND resource = ?2 AND stream = ?3",
             params![id.node, id.resource, id.stream],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?
-        .unwrap_or(0);
+        .unwrap_or((0, String::new()));
     if seq <= last_seq {
         return Ok(super::Outcome::Duplicate {
             last_seq: last_seq.max(0) as u64,
+            last_digest,
         }); // the transaction rolls back on drop; nothing was changed
     }
     warn_gap(id, last_seq.max(0) as u64);
@@ -263,9 +265,9 @@ fn apply_in(conn: &mut Connection, batch: &Batch) -> Result<super::Outcome, Appl
         }
     }
     tx.execute(
-        "INSERT INTO streams (node, resource, stream, last_seq) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (node, resource, stream) DO UPDATE SET last_seq = excluded.last_seq",
-        params![id.node, id.resource, id.stream, seq],
+        "INSERT INTO streams (node, resource, stream, last_seq, last_digest) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (node, resource, stream) DO UPDATE SET last_seq = excluded.last_seq, last_digest = excluded.last_digest",
+        params![id.node, id.resource, id.stream, seq, batch.digest],
     )?;
     tx.commit()?;
     Ok(super::Outcome::Applied(batch.changes.len() as u64))
