@@ -120,6 +120,29 @@ pub struct ResourceStatus {
     pub runtime: Runtime,
 }
 
+impl ResourceStatus {
+    /// The queue's counters of a resource; descriptive fields empty.
+    fn counters(code: &str, st: &crate::queue::ResourceState) -> ResourceStatus {
+        ResourceStatus {
+            code: code.to_owned(),
+            name: String::new(),
+            share: "-".into(),
+            mode: "-".into(),
+            cursor: None,
+            last_pull: st.last_pull.clone(),
+            last_push: st.last_push.clone(),
+            queued_batches: st.queued_batches,
+            queued_records: st.queued_records,
+            queued_bytes: st.queued_bytes,
+            quarantined: st.quarantined,
+            pulled_records: st.pulled_records,
+            pushed_records: st.pushed_records,
+            recent_quarantine: Vec::new(),
+            runtime: Runtime::default(),
+        }
+    }
+}
+
 /// How many quarantined rows `status` lists per resource.
 const RECENT_QUARANTINE: usize = 5;
 
@@ -145,7 +168,6 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
                     .then(|| format!("snapshot generation {}", st.snapshot.generation)),
             };
             ResourceStatus {
-                code: r.code.clone(),
                 name: r.name.clone(),
                 share: match r.share {
                     Share::Unconditional => "unconditional",
@@ -158,16 +180,9 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
                 }
                 .into(),
                 cursor,
-                last_pull: st.last_pull,
-                last_push: st.last_push,
-                queued_batches: st.queued_batches,
-                queued_records: st.queued_records,
-                queued_bytes: st.queued_bytes,
-                quarantined: st.quarantined,
-                pulled_records: st.pulled_records,
-                pushed_records: st.pushed_records,
                 recent_quarantine,
                 runtime: board.get(&r.code),
+                ..ResourceStatus::counters(&r.code, &st)
             }
         })
         .collect();
@@ -176,24 +191,12 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
     for (code, st) in &states {
         if config.resource(code).is_none() && (st.queued_batches > 0 || st.quarantined > 0) {
             resources.push(ResourceStatus {
-                code: code.clone(),
                 name: "(not in the configuration)".into(),
-                share: "-".into(),
-                mode: "-".into(),
-                cursor: None,
-                last_pull: st.last_pull.clone(),
-                last_push: st.last_push.clone(),
-                queued_batches: st.queued_batches,
-                queued_records: st.queued_records,
-                queued_bytes: st.queued_bytes,
-                quarantined: st.quarantined,
-                pulled_records: st.pulled_records,
-                pushed_records: st.pushed_records,
-                recent_quarantine: Vec::new(),
                 runtime: Runtime {
                     pull_error: Some("this resource is no longer configured; its queued batches are kept but not pushed".into()),
                     ..Runtime::default()
                 },
+                ..ResourceStatus::counters(code, st)
             });
         }
     }

@@ -577,27 +577,9 @@ impl Connector for MysqlConnector {
     async fn read_page(&self, request: &PageRequest<'_>) -> Result<Page, ConnectorError> {
         let selection = request.selection;
         self.check_selection(selection)?;
-        if selection.cursor.is_empty() {
-            return Err(self.config("the selection has no cursor column to order pages by".into()));
-        }
+        crate::sql::cursor_positions(selection, request.after).map_err(|e| self.config(e))?;
         let mut params = Vec::new();
         if let Some(after) = request.after {
-            if after.len() != selection.cursor.len() {
-                return Err(self.config(format!(
-                    "the stored cursor has {} value(s) but the cursor has {} column(s) ({}); \
-                     reset the cursor after changing the cursor columns",
-                    after.len(),
-                    selection.cursor.len(),
-                    selection.cursor.join(", ")
-                )));
-            }
-            if let Some(i) = after.iter().position(|v| matches!(v, Value::Null)) {
-                return Err(self.config(format!(
-                    "cursor column `{}` holds NULL in the stored cursor; cursor columns must \
-                     be NOT NULL",
-                    selection.cursor[i]
-                )));
-            }
             let after = after
                 .iter()
                 .map(cursor_param)

@@ -531,33 +531,13 @@ fn validate(raw: RawConfig, file: &Source<'_>, dir: &Path) -> Result<HubConfig, 
     })
 }
 
-/// Parses `"64MiB"`, `"512 KiB"`, `"10MB"`, `"1048576"` or a plain number.
+/// Parses `"64MiB"`, `"10MB"`, `"1048576"` or a plain number (the units of
+/// [`exchange_protocol::quantity::parse_size`]).
 fn parse_size(raw: &RawSize) -> Result<u64, String> {
-    let text = match raw {
-        RawSize::Bytes(n) => return Ok(*n),
-        RawSize::Text(t) => t.trim(),
-    };
-    let expected = || {
-        format!(
-            "`{text}` is not a size; expected a number of bytes or a string such as \"64MiB\" (units B, KiB, MiB, GiB, KB, MB, GB)"
-        )
-    };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let number: u64 = digits.parse().map_err(|_| expected())?;
-    let factor: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        _ => return Err(expected()),
-    };
-    number.checked_mul(factor).ok_or_else(expected)
+    match raw {
+        RawSize::Bytes(n) => Ok(*n),
+        RawSize::Text(t) => exchange_protocol::quantity::parse_size(t),
+    }
 }
 
 #[cfg(test)]

@@ -6,4 +6,5 @@
 
 pub mod batch;
 pub mod pki;
+pub mod quantity;
 pub mod tls;

@@ -8,7 +8,6 @@
 
 mod location;
 pub mod raw;
-mod size;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -17,8 +16,8 @@ use std::time::Duration;
 use exchange_connectors::{Relation, SourceKind, SourceSpec};
 use exchange_protocol::tls::{MinTlsVersion, MutualTls};
 
+pub use exchange_protocol::quantity::{parse_duration, parse_size};
 pub use location::Locator;
-pub use size::{parse_duration, parse_size};
 
 use crate::identifier;
 use crate::policy::Rule;

@@ -1,15 +1,19 @@
-//! Sizes (`"4MiB"`) and durations (`"30s"`) as written in the configuration.
+//! Sizes (`"4MiB"`) and durations (`"30s"`) as written in the agent's and the hub's
+//! configuration files: one parser, so both accept the same units.
 
 use std::time::Duration;
 
 /// Parses `"1GiB"`, `"512MiB"`, `"4MB"`, `"1024"` (bytes).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
+    let expected = || {
+        format!(
+            "`{t}` is not a size; expected a number of bytes or a string such as \"4MiB\" (units B, KiB, MiB, GiB, TiB, KB, MB, GB)"
+        )
+    };
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size; expected e.g. \"4MiB\" or \"1GiB\""))?;
+    let n: u64 = num.parse().map_err(|_| expected())?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -19,14 +23,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "unknown size unit `{other}` in `{s}`; expected B, KiB, MiB, GiB, KB, MB or GB"
-            ));
-        }
+        _ => return Err(expected()),
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
+        .ok_or_else(|| format!("`{t}` is too large"))
 }
 
 /// Parses `"30s"`, `"5m"`, `"2h"`, `"1d"`, `"500ms"`, `"1m30s"`.
