@@ -169,7 +169,7 @@ impl Puller {
             })
             .await?;
         report.pages += 1;
-        report.horizon = Some(page.horizon.clone());
+        report.horizon = Some(page.horizon.info.clone());
         let full = page.rows.len() >= limit;
         if page.rows.is_empty() {
             return Ok(true);
@@ -272,7 +272,7 @@ impl Puller {
             })
             .await?;
         report.pages += 1;
-        report.horizon = Some(page.horizon.clone());
+        report.horizon = Some(page.horizon.info.clone());
         let scan_done = page.rows.len() < limit;
         let plan = self.plan.clone();
         let (records, quarantined) = self

@@ -215,9 +215,16 @@ pub fn horizon_text(h: &exchange_connectors::HorizonInfo) -> String {
     use exchange_connectors::HorizonInfo::*;
     match h {
         Unbounded => "not bounded (the first cursor column is not a date or timestamp)".into(),
-        OpenTransaction { since } => {
+        OpenTransaction { since, .. } => {
             format!("held back by a transaction open on the source since {since}")
         }
+        PreparedTransaction { since } => {
+            format!("held back by a prepared transaction on the source since {since}")
+        }
+        Replica { lag } => format!(
+            "the source is a replica: source clock minus replica_lag ({} s)",
+            lag.as_secs()
+        ),
         Clock => "source clock minus the safety lag (no transaction open)".into(),
         LagOnly => "source clock minus the safety lag (open transactions are not visible)".into(),
     }

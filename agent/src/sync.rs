@@ -57,7 +57,7 @@ impl std::fmt::Display for SyncReport {
                         )?;
                     }
                     match &p.horizon {
-                        Some(HorizonInfo::OpenTransaction { since }) => {
+                        Some(HorizonInfo::OpenTransaction { since, .. }) => {
                             write!(f, "; held back by a transaction open since {since}")?
                         }
                         Some(HorizonInfo::LagOnly) => {

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 pub use value::{ConvertError, Value};
 
@@ -91,7 +92,34 @@ pub struct Page {
     /// The rows, ordered by the cursor.
     pub rows: Vec<Row>,
     /// How the upper bound was decided for this page.
-    pub horizon: HorizonInfo,
+    pub horizon: Horizon,
+}
+
+/// The upper bound of a page: why it is where it is, and what it guarantees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Horizon {
+    /// How the bound was decided (reported in `status`, the log and by `sync`).
+    pub info: HorizonInfo,
+    /// The instant, on the source's clock (UTC), before which every committed row has been
+    /// read once a page with this horizon comes back with fewer rows than asked for: a row
+    /// committed before `reached` has a first cursor value below the bound. For a `date`
+    /// first cursor column this is the midnight (in the column's time zone) that starts the
+    /// bound's day. `None` when the page had no upper bound ([`HorizonInfo::Unbounded`]): then
+    /// every row the page's snapshot could see was eligible.
+    ///
+    /// `exchange-agent sync` waits until `reached` has passed the source clock read when the
+    /// sync started ([`Connector::clock`]).
+    pub reached: Option<DateTime<Utc>>,
+}
+
+impl Horizon {
+    /// A page read without an upper bound.
+    pub fn unbounded() -> Horizon {
+        Horizon {
+            info: HorizonInfo::Unbounded,
+            reached: None,
+        }
+    }
 }
 
 /// How the upper bound of a page was decided (reported in `status` and the log).
@@ -99,13 +127,31 @@ pub struct Page {
 pub enum HorizonInfo {
     /// No bound was applied.
     Unbounded,
-    /// Bounded by the oldest open transaction, which started at this time (RFC 3339).
-    OpenTransaction { since: String },
+    /// Bounded by the oldest open transaction, which started at `since` (RFC 3339, UTC).
+    /// `session` describes it for the administrator without any data: e.g. "pid 4711, user
+    /// `hr_app`, application `psql`, client 10.0.0.5" (PostgreSQL) or "thread 12" (MySQL).
+    OpenTransaction {
+        /// Start of the transaction (RFC 3339, UTC).
+        since: String,
+        /// Who holds it, when the source tells.
+        session: Option<String>,
+    },
+    /// Bounded by a prepared (two-phase) transaction, prepared at `since` (RFC 3339, UTC).
+    PreparedTransaction {
+        /// When it was prepared.
+        since: String,
+    },
     /// No transaction open: bounded by the source's clock minus the safety lag.
     Clock,
     /// Open transactions cannot be seen (missing privilege): bounded by the clock minus the
     /// safety lag only.
     LagOnly,
+    /// The source is a replica, which cannot see the primary's open transactions: bounded by
+    /// the clock minus the source's `replica_lag` (and the safety lag).
+    Replica {
+        /// The configured replica lag.
+        lag: Duration,
+    },
 }
 
 /// What a connector can see on its source (reported by `check --connect`).
@@ -117,6 +163,9 @@ pub struct Probe {
     pub sees_open_transactions: bool,
     /// If not, what privilege is missing, as a sentence for the administrator.
     pub missing_privilege: Option<String>,
+    /// If the source is a replica (PostgreSQL in recovery or a logical subscriber, a MySQL or
+    /// MariaDB replica), what it is, as a sentence: its horizon falls back to `replica_lag`.
+    pub replica: Option<String>,
 }
 
 /// Description of one column (from `describe`).
@@ -126,6 +175,19 @@ pub struct ColumnInfo {
     pub name: String,
     /// The source's type name, e.g. "timestamptz", "DATETIME".
     pub source_type: String,
+    /// Whether the column may hold NULL: `Some(false)` for a `NOT NULL` table column,
+    /// `None` when the source cannot tell (query columns, expressions).
+    pub nullable: Option<bool>,
+}
+
+/// Rows whose cursor cannot be placed because a cursor column is NULL (see
+/// [`Connector::null_cursor_rows`]).
+#[derive(Debug, Clone)]
+pub struct NullRows {
+    /// How many such rows the relation holds now.
+    pub total: u64,
+    /// Up to the requested number of them, values in the order of [`Selection::columns`].
+    pub rows: Vec<Row>,
 }
 
 /// Errors at the connector boundary. Messages name the source, never a row's values.
@@ -162,12 +224,49 @@ pub trait Connector: Send + Sync {
     /// Connects and reports what the connector can see.
     async fn probe(&self) -> Result<Probe, ConnectorError>;
 
-    /// Describes the given columns of a relation; an error names a missing column.
+    /// The source's clock now (UTC): what its horizons are measured against.
+    async fn clock(&self) -> Result<DateTime<Utc>, ConnectorError>;
+
+    /// Describes the given columns of a relation; an error names a missing column. Every
+    /// selected column is resolved against the source's catalogue (default deny): a name
+    /// that is not a column of the relation is refused, whatever the database would make
+    /// of it otherwise.
     async fn describe(&self, selection: &Selection) -> Result<Vec<ColumnInfo>, ConnectorError>;
 
     /// Reads one page: rows with cursor > `after`, within the bound, ordered by the cursor
-    /// columns, at most `limit`.
+    /// columns, at most `limit`. Rows with a NULL in a cursor column are never returned
+    /// (they have no place in the order; see [`Connector::null_cursor_rows`]).
     async fn read_page(&self, request: &PageRequest<'_>) -> Result<Page, ConnectorError>;
+
+    /// The rows a page never returns because a cursor column is NULL: how many there are,
+    /// and up to `limit` of them (selected columns, in no particular order). Only cursor
+    /// columns that may hold NULL are looked at.
+    async fn null_cursor_rows(
+        &self,
+        selection: &Selection,
+        limit: usize,
+    ) -> Result<NullRows, ConnectorError> {
+        let _ = (selection, limit);
+        Err(ConnectorError::Config {
+            source_name: self.name().to_owned(),
+            reason: "null_cursor_rows is not implemented for this source yet".into(),
+        })
+    }
+
+    /// The rows whose `key` column equals one of `keys` (parameterized, bound with the
+    /// column's own type), selected columns in order. For the verification service.
+    async fn lookup(
+        &self,
+        selection: &Selection,
+        key: &str,
+        keys: &[Value],
+    ) -> Result<Vec<Row>, ConnectorError> {
+        let _ = (selection, key, keys);
+        Err(ConnectorError::Config {
+            source_name: self.name().to_owned(),
+            reason: "lookup is not implemented for this source yet".into(),
+        })
+    }
 }
 
 /// How to reach a source.
@@ -185,6 +284,9 @@ pub struct SourceSpec {
     pub ca: Option<std::path::PathBuf>,
     /// Maximum open connections.
     pub pool_size: usize,
+    /// Horizon margin when the source turns out to be a replica (it cannot see the primary's
+    /// open transactions): the page is bounded by the source's clock minus this.
+    pub replica_lag: Duration,
 }
 
 /// The kinds of source.

@@ -376,7 +376,7 @@ impl MysqlConnector {
         conn: &mut Conn,
         kind: Temporal,
         safety_lag: Duration,
-    ) -> Result<(mysql_async::Value, HorizonInfo), ConnectorError> {
+    ) -> Result<(mysql_async::Value, chrono::DateTime<chrono::Utc>, HorizonInfo), ConnectorError> {
         let lag = TimeDelta::from_std(safety_lag)
             .map_err(|_| self.config("safety lag is too large".into()))?;
         let view = self.trx_view(conn).await?;
@@ -387,6 +387,7 @@ impl MysqlConnector {
                     since: Value::TimestampTz(since.and_utc())
                         .to_text()
                         .unwrap_or_default(),
+                    session: None,
                 },
             ),
             (true, None) => (view.clock_utc, HorizonInfo::Clock),
@@ -408,7 +409,7 @@ impl MysqlConnector {
         }
         .ok_or_else(|| self.config("the horizon is out of the server's date range".into()))?;
         tracing::debug!(source = %self.name, horizon = ?info, "page horizon");
-        Ok((bound, info))
+        Ok((bound, horizon_utc.and_utc(), info))
     }
 
     /// The server's view of open transactions: a recent one (see [`VIEW_REUSE`]) or a new one.
@@ -502,6 +503,19 @@ impl Connector for MysqlConnector {
         &self.name
     }
 
+    async fn clock(&self) -> Result<chrono::DateTime<chrono::Utc>, ConnectorError> {
+        let mut conn = self.conn().await?;
+        let row = conn
+            .exec_first::<Row, _, _>("SELECT UTC_TIMESTAMP(6)", ())
+            .await
+            .map_err(|e| self.error(&e))?
+            .map(Row::unwrap_raw)
+            .unwrap_or_default();
+        datetime_at(&row, 0)
+            .map(|t| t.and_utc())
+            .ok_or_else(|| self.statement("UTC_TIMESTAMP() returned no timestamp".into()))
+    }
+
     async fn probe(&self) -> Result<Probe, ConnectorError> {
         let mut conn = self.conn().await?;
         let row = conn
@@ -528,6 +542,7 @@ impl Connector for MysqlConnector {
             .await
         {
             Ok(()) => Ok(Probe {
+                replica: None,
                 server,
                 sees_open_transactions: true,
                 missing_privilege: None,
@@ -535,6 +550,7 @@ impl Connector for MysqlConnector {
             Err(mysql_async::Error::Server(se)) if se.code == ER_SPECIFIC_ACCESS_DENIED => {
                 let account = quote_account(&text(1));
                 Ok(Probe {
+                    replica: None,
                     server,
                     sees_open_transactions: false,
                     missing_privilege: Some(format!(
@@ -570,6 +586,7 @@ impl Connector for MysqlConnector {
             .map(|(name, column)| ColumnInfo {
                 name: name.clone(),
                 source_type: source_type(column),
+                nullable: None,
             })
             .collect())
     }
@@ -595,7 +612,7 @@ impl Connector for MysqlConnector {
         let mut conn = self.conn().await?;
 
         // The horizon is read before the page query, in its own statement.
-        let mut horizon = HorizonInfo::Unbounded;
+        let mut horizon = crate::Horizon::unbounded();
         if let (Bound::Horizon { safety_lag }, Some(first)) =
             (request.bound, selection.cursor.first())
         {
@@ -608,12 +625,15 @@ impl Connector for MysqlConnector {
                 .and_then(|i| stmt.columns().get(i).cloned())
                 .and_then(|c| Temporal::of(&c));
             if let Some(kind) = kind {
-                let (bound, info) = self.horizon(&mut conn, kind, safety_lag).await?;
+                let (bound, reached, info) = self.horizon(&mut conn, kind, safety_lag).await?;
                 params.push(bound);
-                horizon = info;
+                horizon = crate::Horizon {
+                    info,
+                    reached: Some(reached),
+                };
             }
         }
-        let bounded = horizon != HorizonInfo::Unbounded;
+        let bounded = horizon.info != HorizonInfo::Unbounded;
         params.push(mysql_async::Value::UInt(request.limit as u64));
         let sql = select_sql(selection, request.after, bounded, true);
 

@@ -715,6 +715,7 @@ impl PostgresConnector {
                 oldest,
                 HorizonInfo::OpenTransaction {
                     since: Value::TimestampTz(oldest).to_text().unwrap_or_default(),
+                    session: None,
                 },
             ),
             (true, _) => (clock, HorizonInfo::Clock),
@@ -842,7 +843,10 @@ impl PostgresConnector {
         Ok(Page {
             columns,
             rows,
-            horizon: info,
+            horizon: crate::Horizon {
+                info,
+                reached: horizon_at,
+            },
         })
     }
 }
@@ -947,6 +951,29 @@ impl Connector for PostgresConnector {
         &self.name
     }
 
+    async fn clock(&self) -> Result<DateTime<Utc>, ConnectorError> {
+        let mut slot = self.session.lock().await;
+        let mut may_retry = true;
+        loop {
+            let (session, fresh) = self.session(&mut slot).await?;
+            let attempt = async {
+                let row = session
+                    .client
+                    .query_one("SELECT pg_catalog.statement_timestamp()", &[])
+                    .await?;
+                Ok::<DateTime<Utc>, Failure>(row.try_get(0)?)
+            }
+            .await;
+            match attempt {
+                Ok(t) => return Ok(t),
+                Err(failure) => {
+                    self.settle(failure, &mut slot, may_retry && !fresh)?;
+                    may_retry = false;
+                }
+            }
+        }
+    }
+
     async fn probe(&self) -> Result<Probe, ConnectorError> {
         let mut slot = self.session.lock().await;
         let mut may_retry = true;
@@ -964,6 +991,7 @@ impl Connector for PostgresConnector {
             match attempt {
                 Ok((version, user, sees)) => {
                     return Ok(Probe {
+                        replica: None,
                         server: format!("PostgreSQL {version}"),
                         sees_open_transactions: sees,
                         missing_privilege: (!sees).then(|| {
@@ -997,6 +1025,7 @@ impl Connector for PostgresConnector {
                         .map(|c| ColumnInfo {
                             name: c.name.clone(),
                             source_type: c.pg_type.name().to_owned(),
+                            nullable: None,
                         })
                         .collect());
                 }
@@ -1076,6 +1105,7 @@ mod tests {
                 password: None,
                 ca: None,
                 pool_size: 1,
+                replica_lag: std::time::Duration::from_secs(300),
             };
             let c = PostgresConnector::new(&spec).unwrap();
             assert_eq!(c.tls, tls, "{url}");

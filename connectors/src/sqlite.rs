@@ -260,6 +260,7 @@ fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page,
     let after_exprs: Vec<String> = (1..=params.len()).map(|n| format!("?{n}")).collect();
 
     let mut info = HorizonInfo::Unbounded;
+    let mut reached = None;
     let mut upper = None;
     if let Bound::Horizon { safety_lag } = request.bound {
         let deciding = match request.after.as_ref().and_then(|a| a.first()) {
@@ -284,6 +285,7 @@ fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page,
             params.push(SqlValue::Text(text));
             upper = Some(format!("{} < ?{}", cursor[0], params.len()));
             info = HorizonInfo::LagOnly;
+            reached = Some(Utc::now() - TimeDelta::from_std(safety_lag).unwrap_or_default());
         }
     }
     params.push(SqlValue::Integer(
@@ -315,7 +317,7 @@ fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page,
     Ok(Page {
         columns,
         rows: out,
-        horizon: info,
+        horizon: crate::Horizon { info, reached },
     })
 }
 
@@ -356,6 +358,7 @@ fn describe_blocking(conn: &Connection, selection: &Selection) -> Result<Vec<Col
                 .find(|(n, _)| n.eq_ignore_ascii_case(c))
                 .map(|(_, t)| t.clone())
                 .unwrap_or_default(),
+            nullable: None,
         })
         .collect())
 }
@@ -423,9 +426,15 @@ impl Connector for SqliteConnector {
         &self.name
     }
 
+    async fn clock(&self) -> Result<chrono::DateTime<Utc>, ConnectorError> {
+        // SQLite's `datetime('now')` is this machine's clock.
+        Ok(Utc::now())
+    }
+
     async fn probe(&self) -> Result<Probe, ConnectorError> {
         self.run(|_| {
             Ok(Probe {
+                replica: None,
                 server: format!("SQLite {}", rusqlite::version()),
                 // SQLite serializes writers and shows no open transaction of another
                 // connection; no privilege would change that.

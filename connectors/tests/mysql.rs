@@ -79,6 +79,7 @@ fn spec_for(url: &str) -> SourceSpec {
         password: None,
         ca: None,
         pool_size: 4,
+        replica_lag: std::time::Duration::from_secs(300),
     }
 }
 
@@ -147,7 +148,7 @@ async fn read_to_end(
             return (rows, horizons);
         };
         *cursor = Some(cursor_of(selection, last));
-        horizons.push(page.horizon);
+        horizons.push(page.horizon.info);
         rows.extend(page.rows);
     }
 }
@@ -334,7 +335,7 @@ async fn every_type_round_trips_exactly() {
         })
         .await
         .expect("page is read");
-    assert_eq!(page.horizon, HorizonInfo::Unbounded);
+    assert_eq!(page.horizon.info, HorizonInfo::Unbounded);
     assert_eq!(&page.columns[..], &sel.columns[..]);
     assert_eq!(page.rows.len(), 2);
     for (i, (column, value, json_text)) in expected.iter().enumerate() {
@@ -607,7 +608,7 @@ async fn late_commit_scenario(column_type: &str, polled: bool) {
     let now = Utc::now();
     for horizon in &horizons {
         match horizon {
-            HorizonInfo::OpenTransaction { since } => {
+            HorizonInfo::OpenTransaction { since, .. } => {
                 let since: DateTime<Utc> = since.parse().expect("RFC 3339");
                 assert!(since <= now, "the open transaction started in the past");
             }
@@ -630,9 +631,9 @@ async fn late_commit_scenario(column_type: &str, polled: bool) {
         "{column_type}: nothing passes the open transaction"
     );
     assert!(
-        matches!(again.horizon, HorizonInfo::OpenTransaction { .. }),
+        matches!(again.horizon.info, HorizonInfo::OpenTransaction { .. }),
         "{:?}",
-        again.horizon
+        again.horizon.info
     );
 
     run(&mut late, "COMMIT").await;
@@ -994,7 +995,7 @@ async fn without_process_privilege_the_horizon_is_lag_only() {
         })
         .await
         .expect("page is read");
-    assert_eq!(page.horizon, HorizonInfo::LagOnly);
+    assert_eq!(page.horizon.info, HorizonInfo::LagOnly);
     assert_eq!(page.rows.len(), 1);
 
     run(&mut db, &format!("DROP USER '{user}'@'%'")).await;

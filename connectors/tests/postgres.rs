@@ -135,6 +135,7 @@ fn spec(url: &str) -> SourceSpec {
         password: None,
         ca: None,
         pool_size: 1,
+        replica_lag: std::time::Duration::from_secs(300),
     }
 }
 
@@ -418,7 +419,7 @@ async fn pages_with_one_shared_timestamp_yield_every_row_once() {
         )
         .await;
         assert!(matches!(
-            page.horizon,
+            page.horizon.info,
             HorizonInfo::Clock | HorizonInfo::OpenTransaction { .. }
         ));
         if page.rows.is_empty() {
@@ -555,8 +556,8 @@ async fn late_commit_is_not_skipped() {
         None,
         bound,
         |page| {
-            match &page.horizon {
-                HorizonInfo::OpenTransaction { since } => {
+            match &page.horizon.info {
+                HorizonInfo::OpenTransaction { since, .. } => {
                     let since: DateTime<Utc> = since.parse().unwrap();
                     assert!(
                         since <= late_start,
@@ -629,11 +630,11 @@ async fn date_cursor_waits_until_the_day_is_over() {
         |page| ids(page) == [1],
     )
     .await;
-    assert_ne!(page.horizon, HorizonInfo::Unbounded);
+    assert_ne!(page.horizon.info, HorizonInfo::Unbounded);
     // Unbounded reads see both.
     let page = read(&c, &selection, None, 10, Bound::None).await;
     assert_eq!(ids(&page), [1, 2]);
-    assert_eq!(page.horizon, HorizonInfo::Unbounded);
+    assert_eq!(page.horizon.info, HorizonInfo::Unbounded);
 }
 
 #[tokio::test]
@@ -958,7 +959,7 @@ async fn reader_without_pg_read_all_stats_is_bounded_by_the_lag_only() {
         },
     )
     .await;
-    assert_eq!(page.horizon, HorizonInfo::LagOnly);
+    assert_eq!(page.horizon.info, HorizonInfo::LagOnly);
     assert_eq!(ids(&page), [1]);
 
     let probe = connector(&pg_url()).probe().await.unwrap();
@@ -988,7 +989,7 @@ async fn broken_session_is_reestablished() {
     let page = read(&c, &selection, None, 10, bound).await;
     assert_eq!(ids(&page), [1, 2]);
     assert_eq!(
-        page.horizon,
+        page.horizon.info,
         HorizonInfo::Unbounded,
         "an integer cursor has no horizon"
     );

@@ -18,6 +18,7 @@ fn spec(url: String) -> SourceSpec {
         password: None,
         ca: None,
         pool_size: 1,
+        replica_lag: std::time::Duration::from_secs(300),
     }
 }
 
@@ -159,7 +160,7 @@ async fn pages_with_one_shared_timestamp_yield_every_row_once() {
             },
         )
         .await;
-        assert_eq!(page.horizon, HorizonInfo::LagOnly);
+        assert_eq!(page.horizon.info, HorizonInfo::LagOnly);
         if page.rows.is_empty() {
             break;
         }
@@ -199,7 +200,7 @@ async fn text_timestamps_are_bounded_by_clock_minus_lag() {
         bound,
     )
     .await;
-    assert_eq!(page.horizon, HorizonInfo::LagOnly);
+    assert_eq!(page.horizon.info, HorizonInfo::LagOnly);
     assert_eq!(ids(&page), [1]);
     // Reading on from the stored cursor keeps the bound.
     let after = stored(&[page.rows[0].values[1].clone().unwrap(), Value::Int(1)]);
@@ -211,7 +212,7 @@ async fn text_timestamps_are_bounded_by_clock_minus_lag() {
         bound,
     )
     .await;
-    assert_eq!(page.horizon, HorizonInfo::LagOnly);
+    assert_eq!(page.horizon.info, HorizonInfo::LagOnly);
     assert!(page.rows.is_empty());
     // A day is read once it is over.
     let page = read(
@@ -227,7 +228,7 @@ async fn text_timestamps_are_bounded_by_clock_minus_lag() {
     assert_eq!(ids(&page), [1]);
     // Integer epochs are not bounded.
     let page = read(&c, &table("e", &["id", "at"], &["at"]), None, 10, bound).await;
-    assert_eq!(page.horizon, HorizonInfo::Unbounded);
+    assert_eq!(page.horizon.info, HorizonInfo::Unbounded);
     assert_eq!(ids(&page), [1]);
 }
 

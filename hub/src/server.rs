@@ -239,9 +239,7 @@ impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let mut response = (
             self.status,
-            Json(ErrorBody {
-                error: self.message,
-            }),
+            Json(ErrorBody::new(self.message)),
         )
             .into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {

@@ -46,7 +46,14 @@ pub mod header {
     pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
     /// Protocol version spoken by the agent.
     pub const PROTOCOL: &str = "exchange-protocol";
+    /// Optional; [`super::BASELINE_COMPLETE`] on the batch that ends a stream's baseline (its
+    /// first full read of the resource): once it is applied, the hub deletes every record of
+    /// the resource that no batch of this stream wrote (docs/PROTOCOL.md §5).
+    pub const BASELINE: &str = "exchange-baseline";
 }
+
+/// Value of [`header::BASELINE`] on the batch that completes a stream's baseline.
+pub const BASELINE_COMPLETE: &str = "complete";
 
 /// Protocol version carried in [`header::PROTOCOL`].
 pub const PROTOCOL_VERSION: &str = "1";
@@ -132,6 +139,20 @@ pub enum AckStatus {
 pub struct ErrorBody {
     /// A sentence saying what was wrong.
     pub error: String,
+    /// On `409 Conflict` (a gap in a stream's sequence): the highest seq the hub has applied
+    /// for the batch's (node, resource, stream); the hub accepts only `last_seq + 1` next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<u64>,
+}
+
+impl ErrorBody {
+    /// An error body with only a sentence.
+    pub fn new(error: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: error.into(),
+            last_seq: None,
+        }
+    }
 }
 
 /// What is wrong with a received batch body.

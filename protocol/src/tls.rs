@@ -269,6 +269,74 @@ pub fn source_client_config(ca: Option<&Path>) -> Result<ClientConfig, TlsError>
     Ok(config)
 }
 
+/// Takes `sslmode` out of a PostgreSQL connection string (URL or `key=value` form), since
+/// tokio-postgres's own TLS modes allow a fallback to plaintext; returns the rest of the
+/// string and the mode, lower-cased.
+pub fn take_postgres_sslmode(url: &str) -> (String, Option<String>) {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let Some((base, query)) = url.split_once('?') else {
+            return (url.to_owned(), None);
+        };
+        let mut mode = None;
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| match pair.split_once('=') {
+                Some(("sslmode", v)) => {
+                    mode = Some(v.to_ascii_lowercase());
+                    false
+                }
+                _ => !pair.is_empty(),
+            })
+            .collect();
+        let rest = if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        (rest, mode)
+    } else {
+        // key=value form: `sslmode` [spaces] `=` [spaces] value
+        let mut mode = None;
+        let mut rest = String::with_capacity(url.len());
+        let mut tail = url;
+        while let Some(at) = tail.find("sslmode") {
+            let starts_word = at == 0 || tail[..at].ends_with(char::is_whitespace);
+            let after = tail[at + "sslmode".len()..].trim_start();
+            match after.strip_prefix('=') {
+                Some(value) if starts_word => {
+                    let value = value.trim_start();
+                    let end = value.find(char::is_whitespace).unwrap_or(value.len());
+                    mode = Some(value[..end].trim_matches('\'').to_ascii_lowercase());
+                    rest.push_str(&tail[..at]);
+                    tail = &value[end..];
+                }
+                _ => {
+                    rest.push_str(&tail[..at + "sslmode".len()]);
+                    tail = &tail[at + "sslmode".len()..];
+                }
+            }
+        }
+        rest.push_str(tail);
+        (rest, mode)
+    }
+}
+
+/// Whether a PostgreSQL connection must use TLS, from its `sslmode` and whether a CA file is
+/// configured. Any mode that asks for TLS (`prefer` included) means TLS **required**, always
+/// verified ([`source_client_config`]); never a fallback to plaintext. No mode and no CA:
+/// plaintext. The error is a sentence naming the unknown mode.
+pub fn postgres_requires_tls(sslmode: Option<&str>, has_ca: bool) -> Result<bool, String> {
+    match sslmode {
+        None => Ok(has_ca),
+        Some("disable" | "allow") => Ok(false),
+        Some("prefer" | "require" | "verify-ca" | "verify-full") => Ok(true),
+        Some(other) => Err(format!(
+            "unknown sslmode `{other}` in the URL (expected disable, prefer, require, verify-ca \
+             or verify-full)"
+        )),
+    }
+}
+
 /// The identity a peer certificate asserts: its subject common name.
 ///
 /// The hub takes a node's id from here; a node may push only under that id.
@@ -327,6 +395,49 @@ mod tests {
         assert!(err.to_string().contains("chmod 600"));
         fs::set_permissions(&key, Permissions::from_mode(0o600)).unwrap();
         load_key(&key).unwrap();
+    }
+
+    #[test]
+    fn sslmode_is_taken_out_of_urls_and_key_value_strings() {
+        let cases = [
+            ("postgres://u@h/db", "postgres://u@h/db", None),
+            (
+                "postgres://u:p@h:5/db?sslmode=verify-full",
+                "postgres://u:p@h:5/db",
+                Some("verify-full"),
+            ),
+            (
+                "postgresql://u@h/db?application_name=x&sslmode=REQUIRE&connect_timeout=3",
+                "postgresql://u@h/db?application_name=x&connect_timeout=3",
+                Some("require"),
+            ),
+            (
+                "host=h user=u sslmode = verify-ca dbname=d",
+                "host=h user=u  dbname=d",
+                Some("verify-ca"),
+            ),
+            ("host=h user=sslmode", "host=h user=sslmode", None),
+        ];
+        for (url, rest, mode) in cases {
+            let (r, m) = take_postgres_sslmode(url);
+            assert_eq!(r, rest, "{url}");
+            assert_eq!(m.as_deref(), mode, "{url}");
+        }
+    }
+
+    #[test]
+    fn any_sslmode_that_asks_for_tls_requires_it() {
+        for (mode, ca, tls) in [
+            (None, false, false),
+            (None, true, true),
+            (Some("disable"), true, false),
+            (Some("prefer"), false, true),
+            (Some("require"), false, true),
+            (Some("verify-full"), false, true),
+        ] {
+            assert_eq!(postgres_requires_tls(mode, ca), Ok(tls), "{mode:?} {ca}");
+        }
+        assert!(postgres_requires_tls(Some("sometimes"), false).is_err());
     }
 
     #[test]

@@ -423,6 +423,10 @@ impl Validator<'_> {
             Some(p) => Some(self.existing_file(&key("ca"), &p)?),
             None => None,
         };
+        let replica_lag = match s.replica_lag {
+            Some(l) => parse_duration(&l).map_err(|e| self.err(&key("replica_lag"), e))?,
+            None => Duration::from_secs(300),
+        };
         Ok(SourceSpec {
             name: s.name,
             kind,
@@ -430,6 +434,7 @@ impl Validator<'_> {
             password,
             ca,
             pool_size: s.pool_size.unwrap_or(4).max(1),
+            replica_lag,
         })
     }
 

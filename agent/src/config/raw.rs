@@ -68,6 +68,7 @@ pub struct RawSource {
     pub password_env: Option<String>,
     pub ca: Option<String>,
     pub pool_size: Option<usize>,
+    pub replica_lag: Option<String>,
 }
 
 /// `[[resources]]`.
