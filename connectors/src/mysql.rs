@@ -376,7 +376,14 @@ impl MysqlConnector {
         conn: &mut Conn,
         kind: Temporal,
         safety_lag: Duration,
-    ) -> Result<(mysql_async::Value, chrono::DateTime<chrono::Utc>, HorizonInfo), ConnectorError> {
+    ) -> Result<
+        (
+            mysql_async::Value,
+            chrono::DateTime<chrono::Utc>,
+            HorizonInfo,
+        ),
+        ConnectorError,
+    > {
         let lag = TimeDelta::from_std(safety_lag)
             .map_err(|_| self.config("safety lag is too large".into()))?;
         let view = self.trx_view(conn).await?;

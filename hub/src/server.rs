@@ -237,11 +237,7 @@ impl Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(ErrorBody::new(self.message)),
-        )
-            .into_response();
+        let mut response = (self.status, Json(ErrorBody::new(self.message))).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 http_header::RETRY_AFTER,
