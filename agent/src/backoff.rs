@@ -36,6 +36,11 @@ impl Backoff {
         half + half.mul_f64(rand::random::<f64>())
     }
 
+    /// The longest the next delay can be, without advancing.
+    pub fn peek(&self) -> Duration {
+        self.next
+    }
+
     /// After a success: start again from the base.
     pub fn reset(&mut self) {
         self.next = self.base;

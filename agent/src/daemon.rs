@@ -34,6 +34,19 @@ pub async fn run(pipeline: Arc<Pipeline>, shutdown: impl Future<Output = ()>) {
             async move { schedule_loop(pl, p, stop).await },
         ));
     }
+    let data_dir = pipeline.config.node.data_dir.clone();
+    match crate::control::bind(&data_dir) {
+        Ok(listener) => {
+            let pl = pipeline.clone();
+            let stop = stop_rx.clone();
+            tasks.push(tokio::spawn(crate::control::serve(listener, pl, stop)));
+        }
+        Err(e) => tracing::warn!(
+            path = %crate::control::socket_path(&data_dir).display(),
+            error = %e,
+            "Cannot open the control socket; `exchange-agent sync` cannot reach this daemon."
+        ),
+    }
     let pl = pipeline.clone();
     let mut stop = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
@@ -74,6 +87,7 @@ pub async fn run(pipeline: Arc<Pipeline>, shutdown: impl Future<Output = ()>) {
             }
         }
     }
+    let _ = std::fs::remove_file(crate::control::socket_path(&data_dir));
 }
 
 async fn schedule_loop(
@@ -93,10 +107,7 @@ async fn schedule_loop(
             None => return,
             Some(Ok(report)) => {
                 backoff.reset();
-                pipeline.board.pull_ok(
-                    &code,
-                    report.horizon.as_ref().map(crate::status::horizon_text),
-                );
+                pipeline.pull_ok(&code, &report);
                 if report.records > 0 || report.quarantined > 0 {
                     tracing::info!(resource = %code, records = report.records, quarantined = report.quarantined, "Pulled.");
                 }
@@ -107,7 +118,7 @@ async fn schedule_loop(
                 }
             }
             Some(Err(e)) => {
-                pipeline.board.set_pull_error(&code, &e.to_string());
+                pipeline.pull_failed(&code, &e.to_string());
                 let delay = if e.is_transient() {
                     backoff.next_delay()
                 } else {

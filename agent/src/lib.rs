@@ -9,12 +9,16 @@
 //! - [`pipeline`], [`daemon`], [`sync`]: assembly and the two ways of running it;
 //! - [`check`], [`status`], [`demo`]: the other commands.
 
+pub mod audit;
 pub mod backoff;
 pub mod check;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod fingerprint;
 pub mod identifier;
+pub mod operator;
 pub mod pipeline;
 pub mod policy;
 pub mod pull;

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use exchange_agent::config::{Config, parse_duration};
-use exchange_agent::pipeline::Pipeline;
-use exchange_agent::{check, daemon, demo, status, sync};
+use exchange_agent::pipeline::{Pipeline, PipelineError};
+use exchange_agent::queue::QueueError;
+use exchange_agent::{check, control, daemon, demo, operator, status, sync};
 
 /// Front-end exchange agent (前置机): pulls shared resources from business databases and
 /// delivers them to the city's exchange hub over mutual TLS.
@@ -27,7 +28,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// One pull-and-push cycle; exits 0 once everything pulled is acknowledged.
+    /// Deliver every row committed before the command started; exits 0 once the hub
+    /// acknowledged all of it. While the service runs, the service does the sync.
     Sync {
         /// Configuration file.
         #[arg(long, short)]
@@ -35,7 +37,11 @@ enum Command {
         /// Only this resource code.
         #[arg(long)]
         resource: Option<String>,
-        /// Give up after this long (e.g. "10m").
+        /// How long to wait for transactions open on a source (which hold rows back) to end
+        /// (e.g. "5m").
+        #[arg(long, default_value = "5m")]
+        wait: String,
+        /// Give up after this long in all, pushing included (e.g. "10m").
         #[arg(long, default_value = "10m")]
         timeout: String,
     },
@@ -58,6 +64,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List, export or discard queued batches.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Show, reset or set a resource's cursor (the service must be stopped).
+    #[command(subcommand)]
+    Cursor(CursorCommand),
+    /// Read a resource again from the start on a new stream: for a hub that lost batches, a
+    /// restored data directory or a changed configuration (the service must be stopped).
+    Resync {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Resource code.
+        resource: String,
+        /// Do it (without: say what it would do).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// After a configuration change stopped a resource: go on from its cursor with the new
+    /// configuration (the service must be stopped).
+    AcceptConfig {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Resource code.
+        resource: String,
+    },
+    /// List or clear quarantined rows (key and reason, never values).
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
     /// Start a throwaway hub and agent on loopback with a synthetic SQLite database, sync,
     /// and show what happened. Needs no servers and no network.
     Demo {
@@ -71,6 +107,135 @@ enum Command {
         #[arg(long, default_value_t = 3000)]
         rows: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Per resource: stream, queued batches (oldest first), stop reason, last push error.
+    List {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this resource.
+        resource: Option<String>,
+        /// Batches listed per resource.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Write a batch's records (NDJSON, as sent) to a file or standard output.
+    Export {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Resource code.
+        resource: String,
+        /// Batch sequence number.
+        seq: u64,
+        /// Output file (created 0600; never overwritten). Default: standard output.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Give up a batch the hub refuses for good: an empty batch takes its place.
+    Discard {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Resource code.
+        resource: String,
+        /// Batch sequence number.
+        seq: u64,
+        /// Do it (without: say what it would do).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CursorCommand {
+    /// Where the next pull starts.
+    Show {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Resource code.
+        resource: String,
+    },
+    /// Read the resource again from the start on the same stream.
+    Reset {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Resource code.
+        resource: String,
+        /// Do it (without: say what it would do).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Read the rows after the given position: one value per cursor column, the key last.
+    Set {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Resource code.
+        resource: String,
+        /// The position's values.
+        #[arg(required = true)]
+        values: Vec<String>,
+        /// Do it (without: say what it would do).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// The most recent quarantined rows per resource.
+    List {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this resource.
+        resource: Option<String>,
+        /// Entries listed per resource.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Remove a resource's quarantine entries (after fixing the rows).
+    Clear {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Resource code.
+        resource: String,
+        /// Do it (without: say what it would do).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Runs an operator command: prints its text, or the error (exit 1); a change not confirmed
+/// with `--yes` only says what it would do (exit 2).
+fn operate(
+    config: &std::path::Path,
+    confirm: Option<(bool, String)>,
+    f: impl FnOnce(&Config) -> Result<String, operator::OperatorError>,
+) -> ExitCode {
+    init_logging("warn");
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some((false, what)) = confirm {
+        eprintln!("This would {what}. Run it again with --yes to do it.");
+        return ExitCode::from(2);
+    }
+    match f(&config) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e.into()),
+    }
 }
 
 fn init_logging(default: &str) {
@@ -123,6 +288,7 @@ async fn main() -> ExitCode {
         Command::Sync {
             config,
             resource,
+            wait,
             timeout,
         } => {
             init_logging("warn");
@@ -130,24 +296,47 @@ async fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let deadline = match parse_duration(&timeout) {
-                Ok(d) => d,
-                Err(e) => {
-                    eprintln!("error: --timeout: {e}");
-                    return ExitCode::from(2);
+            let mut options = sync::SyncOptions::default();
+            for (flag, text, slot) in [
+                ("--wait", &wait, &mut options.wait),
+                ("--timeout", &timeout, &mut options.deadline),
+            ] {
+                match parse_duration(text) {
+                    Ok(d) => *slot = d,
+                    Err(e) => {
+                        eprintln!("error: {flag}: {e}");
+                        return ExitCode::from(2);
+                    }
                 }
-            };
+            }
             if let Some(code) = &resource
                 && config.resource(code).is_none()
             {
                 eprintln!("error: no resource `{code}` in {}", config.file.display());
                 return ExitCode::from(2);
             }
-            let pipeline = match Pipeline::build(config).context("cannot start the sync") {
-                Ok(p) => Arc::new(p),
-                Err(e) => return fail(e),
+            let data_dir = config.node.data_dir.clone();
+            let say = |line: String| eprintln!("{line}");
+            let report = match Pipeline::build(config) {
+                Ok(p) => {
+                    sync::sync(
+                        Arc::new(p),
+                        resource.as_deref(),
+                        options,
+                        sync::Pushers::Own,
+                        Arc::new(say),
+                    )
+                    .await
+                }
+                Err(PipelineError::Queue(QueueError::Locked { .. })) => {
+                    eprintln!("The service holds the queue; asking it to sync.");
+                    match control::request_sync(&data_dir, resource, options, say).await {
+                        Ok(r) => r,
+                        Err(e) => return fail(e.into()),
+                    }
+                }
+                Err(e) => return fail(anyhow::Error::new(e).context("cannot start the sync")),
             };
-            let report = sync::sync(pipeline, resource.as_deref(), deadline).await;
             print!("{report}");
             if report.is_complete() {
                 ExitCode::SUCCESS
@@ -186,6 +375,100 @@ async fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::Queue(QueueCommand::List {
+            config,
+            resource,
+            limit,
+        }) => operate(&config, None, |c| {
+            operator::queue_list(c, resource.as_deref(), limit)
+        }),
+        Command::Queue(QueueCommand::Export {
+            config,
+            resource,
+            seq,
+            out,
+        }) => operate(&config, None, |c| {
+            operator::queue_export(c, &resource, seq, out.as_deref())
+        }),
+        Command::Queue(QueueCommand::Discard {
+            config,
+            resource,
+            seq,
+            yes,
+        }) => operate(
+            &config,
+            Some((
+                yes,
+                format!("drop the records of batch {seq} of `{resource}` (they are not delivered)"),
+            )),
+            |c| operator::queue_discard(c, &resource, seq),
+        ),
+        Command::Cursor(CursorCommand::Show { config, resource }) => {
+            operate(&config, None, |c| operator::cursor_show(c, &resource))
+        }
+        Command::Cursor(CursorCommand::Reset {
+            config,
+            resource,
+            yes,
+        }) => operate(
+            &config,
+            Some((
+                yes,
+                format!("make the next pull of `{resource}` read every row again"),
+            )),
+            |c| operator::cursor_reset(c, &resource),
+        ),
+        Command::Cursor(CursorCommand::Set {
+            config,
+            resource,
+            values,
+            yes,
+        }) => operate(
+            &config,
+            Some((
+                yes,
+                format!(
+                    "make the next pull of `{resource}` read the rows after the given position (rows before it are not read again)"
+                ),
+            )),
+            |c| operator::cursor_set(c, &resource, &values),
+        ),
+        Command::Resync {
+            config,
+            resource,
+            yes,
+        } => operate(
+            &config,
+            Some((
+                yes,
+                format!(
+                    "discard the queued batches of `{resource}` and read it all again on a new stream; the hub then removes the records the new stream does not send"
+                ),
+            )),
+            |c| operator::resync(c, &resource),
+        ),
+        Command::AcceptConfig { config, resource } => {
+            operate(&config, None, |c| operator::accept_config(c, &resource))
+        }
+        Command::Quarantine(QuarantineCommand::List {
+            config,
+            resource,
+            limit,
+        }) => operate(&config, None, |c| {
+            operator::quarantine_list(c, resource.as_deref(), limit)
+        }),
+        Command::Quarantine(QuarantineCommand::Clear {
+            config,
+            resource,
+            yes,
+        }) => operate(
+            &config,
+            Some((
+                yes,
+                format!("remove the quarantine entries of `{resource}`"),
+            )),
+            |c| operator::quarantine_clear(c, &resource),
+        ),
         Command::Demo { keep, dir, rows } => {
             init_logging("warn");
             match demo::run(demo::Options { keep, dir, rows }, shutdown_signal()).await {

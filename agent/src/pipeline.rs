@@ -13,7 +13,7 @@ use crate::config::{Config, Share};
 use crate::policy::Plan;
 use crate::pull::Puller;
 use crate::push::{HubClient, PushError, push_one};
-use crate::queue::Queue;
+use crate::queue::{Queue, Stage};
 use crate::status::Board;
 
 /// Everything a running agent needs.
@@ -75,6 +75,7 @@ impl Pipeline {
                     space: space.clone(),
                     enqueued: enqueued.clone(),
                     paused: Default::default(),
+                    running: Default::default(),
                 })
             })
             .collect();
@@ -87,6 +88,39 @@ impl Pipeline {
             space,
             enqueued,
         })
+    }
+
+    /// Records a failed pull (shown by `status`, kept across processes).
+    pub fn pull_failed(&self, resource: &str, error: &str) {
+        self.board.set_pull_error(resource, error);
+        self.note(resource, Stage::Pull, Some(error));
+    }
+
+    /// Records a successful pull and how its last page was bounded.
+    pub fn pull_ok(&self, resource: &str, report: &crate::pull::PullReport) {
+        self.board.pull_ok(
+            resource,
+            report.horizon.as_ref().map(crate::status::horizon_text),
+        );
+        self.note(resource, Stage::Pull, None);
+    }
+
+    /// Records a failed push (shown by `status`, kept across processes).
+    pub fn push_failed(&self, resource: &str, error: &str) {
+        self.board.set_push_error(resource, error);
+        self.note(resource, Stage::Push, Some(error));
+    }
+
+    /// Records a successful push.
+    pub fn push_ok(&self, resource: &str) {
+        self.board.clear_push_error(resource);
+        self.note(resource, Stage::Push, None);
+    }
+
+    fn note(&self, resource: &str, stage: Stage, error: Option<&str>) {
+        if let Err(e) = self.queue.note_error(resource, stage, error) {
+            tracing::warn!(resource, error = %e, "Cannot keep the last error in the queue.");
+        }
     }
 
     /// Pushes a resource's queued batches until its queue is empty and `until_empty` says so,
@@ -115,7 +149,7 @@ impl Pipeline {
                 Ok(Some(_)) => {
                     backoff.reset();
                     refusal_backoff.reset();
-                    self.board.clear_push_error(resource);
+                    self.push_ok(resource);
                     self.space.notify_waiters();
                 }
                 Ok(None) => {
@@ -131,6 +165,18 @@ impl Pipeline {
                         _ = stop.changed() => {}
                     }
                 }
+                Err(e @ PushError::Halted { .. }) => {
+                    // Stopped until an operator acts (which needs the queue: the service is
+                    // stopped first); nothing to retry. The reason was logged when it stopped.
+                    self.push_failed(resource, &e.to_string());
+                    if until_empty.is_some() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
                 Err(e) => {
                     let delay = match e.retry_after() {
                         Some(d) => d,
@@ -138,7 +184,7 @@ impl Pipeline {
                         None => backoff.next_delay(),
                     };
                     tracing::warn!(resource, error = %e, retry_in = ?delay, "Push failed; the batch stays queued and will be retried.");
-                    self.board.set_push_error(resource, &e.to_string());
+                    self.push_failed(resource, &e.to_string());
                     if until_empty.is_some() && e.is_refusal() {
                         // `sync`: a refusal needs someone to act; say so now instead of
                         // retrying until the deadline. The batch stays queued.

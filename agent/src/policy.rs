@@ -25,6 +25,15 @@ pub enum Rule {
     Drop,
 }
 
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Rule::Plain => "plain",
+            Rule::Drop => "drop",
+        })
+    }
+}
+
 impl Rule {
     /// Parses a rule as written in `[resources.fields]`.
     pub fn parse(s: &str) -> Result<Rule, String> {

@@ -16,8 +16,9 @@ use exchange_protocol::batch::{Op, Record, push_line};
 use tokio::sync::Notify;
 
 use crate::config::{BatchLimits, Mode, Resource};
+use crate::fingerprint::Shape;
 use crate::policy::{CursorOf, Plan};
-use crate::queue::{Queue, QueueError, ResourceState, Txn, sm3_bytes};
+use crate::queue::{Baseline, HaltKind, Queue, QueueError, ResourceState, Txn, sm3_bytes};
 
 /// Why a pull stopped.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,14 @@ pub enum PullError {
     /// The queue failed.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// The resource is stopped until an operator acts.
+    #[error("`{resource}` is stopped: {reason}")]
+    Halted {
+        /// The resource.
+        resource: String,
+        /// Why, and what to run.
+        reason: String,
+    },
     /// A row's cursor could not be read; the resource cannot move past it.
     #[error(
         "resource `{resource}` is stopped at a row whose cursor cannot be used ({reason}); fix the row or the cursor columns"
@@ -61,7 +70,16 @@ pub struct PullReport {
     pub pages: u64,
     /// How the last page was bounded.
     pub horizon: Option<HorizonInfo>,
+    /// The instant (source clock) before which every committed row has been read, when the
+    /// last page was bounded by a horizon (see `exchange_connectors::Horizon::reached`).
+    pub reached: Option<chrono::DateTime<chrono::Utc>>,
+    /// Whether the pull ended caught up with the source (as opposed to stopping early).
+    pub caught_up: bool,
 }
+
+/// A pull's counts as they grow, readable while the pull runs (so a `sync` that times out
+/// still reports what was pulled).
+pub type Progress = std::sync::Mutex<PullReport>;
 
 /// Pulls one resource.
 pub struct Puller {
@@ -83,12 +101,27 @@ pub struct Puller {
     pub enqueued: Arc<Notify>,
     /// Whether pulling is paused on a full queue (to log the pause once, not every check).
     pub paused: std::sync::atomic::AtomicBool,
+    /// Held for the whole of a pull: one pull of a resource at a time (the schedule and a
+    /// `sync` sent to the daemon may ask at once).
+    pub running: tokio::sync::Mutex<()>,
 }
 
 impl Puller {
     /// Pulls until the resource is caught up with its source (up to the horizon).
     pub async fn pull(&self) -> Result<PullReport, PullError> {
+        let progress = Progress::default();
+        self.pull_with(&progress).await?;
+        Ok(progress.into_inner().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// [`Puller::pull`], keeping the counts in `progress` as pages are committed.
+    pub async fn pull_with(&self, progress: &Progress) -> Result<(), PullError> {
+        let _running = self.running.lock().await;
+        self.admit().await?;
         let mut report = PullReport::default();
+        let publish = |report: &PullReport| {
+            *progress.lock().unwrap_or_else(|e| e.into_inner()) = report.clone();
+        };
         loop {
             self.wait_for_space().await?;
             let state = self.queue.state(&self.resource.code)?;
@@ -100,7 +133,10 @@ impl Puller {
                 Mode::Snapshot => self.snapshot_step(state, &mut report).await?,
             };
             self.enqueued.notify_waiters();
+            publish(&report);
             if done {
+                report.caught_up = true;
+                publish(&report);
                 let code = self.resource.code.clone();
                 self.blocking(move |txn| {
                     let mut st = txn.state(&code)?;
@@ -110,8 +146,40 @@ impl Puller {
                     txn.set_state(&code, &st)
                 })
                 .await?;
-                return Ok(report);
+                return Ok(());
             }
+        }
+    }
+
+    /// Refuses to pull a stopped resource, and stops one whose configuration no longer
+    /// matches the shape its stream started with (see [`crate::fingerprint`]).
+    async fn admit(&self) -> Result<(), PullError> {
+        let code = self.resource.code.clone();
+        let state = self.queue.state(&code)?;
+        let halted = |reason: String| PullError::Halted {
+            resource: code.clone(),
+            reason,
+        };
+        if let Some(h) = state.halt {
+            return Err(halted(h.reason));
+        }
+        let now = Shape::of(&self.resource);
+        match state.shape {
+            None => {
+                // A new stream, or one that began before shapes were kept.
+                self.queue.update_state(&code, |st| st.shape = Some(now))?;
+                Ok(())
+            }
+            Some(old) if old != now => {
+                let reason = format!(
+                    "the configuration of `{code}` changed since its stream started ({}). Choose, with the service stopped: `exchange-agent resync {code}` reads the whole resource again on a new stream, so the hub's copy is rewritten (a field newly dropped disappears from it, a new field is filled in); or `exchange-agent accept-config {code}` keeps the cursor, and only rows that change from now on carry the new configuration",
+                    old.changes(&now).join("; ")
+                );
+                self.queue.halt(&code, HaltKind::ConfigChanged, &reason)?;
+                tracing::error!(resource = %code, reason, "Resource stopped.");
+                Err(halted(reason))
+            }
+            Some(_) => Ok(()),
         }
     }
 
@@ -170,8 +238,18 @@ impl Puller {
             .await?;
         report.pages += 1;
         report.horizon = Some(page.horizon.info.clone());
+        report.reached = page.horizon.reached;
         let full = page.rows.len() >= limit;
         if page.rows.is_empty() {
+            if state.baseline == Baseline::Reading {
+                let code = self.resource.code.clone();
+                self.blocking(move |txn| {
+                    let mut st = txn.state(&code)?;
+                    complete_baseline(txn, &code, &mut st, 0)?;
+                    txn.set_state(&code, &st)
+                })
+                .await?;
+            }
             return Ok(true);
         }
         let code = self.resource.code.clone();
@@ -217,6 +295,9 @@ impl Puller {
                 if cursor.is_some() {
                     st.cursor = cursor;
                 }
+                if !full {
+                    complete_baseline(txn, &code, &mut st, records)?;
+                }
                 txn.set_state(&code, &st)?;
                 Ok((records, quarantined))
             })
@@ -250,6 +331,7 @@ impl Puller {
                     let records = builder.finish(txn, &code, &mut st)?;
                     let done = keys.len() < limits.max_records;
                     if done {
+                        complete_baseline(txn, &code, &mut st, records)?;
                         st.snapshot.generation = generation + 1;
                         st.snapshot.position = None;
                         st.snapshot.sweeping = false;
@@ -273,6 +355,7 @@ impl Puller {
             .await?;
         report.pages += 1;
         report.horizon = Some(page.horizon.info.clone());
+        report.reached = page.horizon.reached;
         let scan_done = page.rows.len() < limit;
         let plan = self.plan.clone();
         let (records, quarantined) = self
@@ -371,6 +454,27 @@ impl Puller {
         .await
         .expect("queue task panicked")
     }
+}
+
+/// Ends the baseline of a stream that is still reading it: the last batch this transaction
+/// enqueued (`records` > 0), or else a new empty batch, carries the baseline mark. Runs in
+/// the transaction that commits the read's last page, so the marked batch is still queued.
+fn complete_baseline(
+    txn: &mut Txn,
+    code: &str,
+    st: &mut ResourceState,
+    records: u64,
+) -> Result<(), QueueError> {
+    if st.baseline != Baseline::Reading {
+        return Ok(());
+    }
+    let seq = if records > 0 {
+        st.next_seq - 1
+    } else {
+        txn.enqueue(code, st, b"", 0)?
+    };
+    st.baseline = Baseline::Complete { seq };
+    Ok(())
 }
 
 /// Why processing a page stopped.

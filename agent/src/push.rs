@@ -13,7 +13,7 @@ use exchange_protocol::batch::{self, Ack, AckStatus, BatchId, ErrorBody, header}
 use exchange_protocol::tls;
 
 use crate::config::Config;
-use crate::queue::{Queue, QueueError, StoredBatch};
+use crate::queue::{Baseline, HaltKind, Queue, QueueError, StoredBatch};
 
 /// Why a push failed. Messages name the hub and say what to check.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +78,7 @@ pub enum PushError {
     /// The hub has applied later batches of this stream than the queue holds: the queue went
     /// back in time. Acknowledging would lose records, so the resource stops.
     #[error(
-        "hub {url} has already applied batch {last_seq} of this queue for `{resource}` (with other content than the queued batch {seq}, or later): the data directory was restored from an older copy, and records pulled since that copy would be lost. Stop the agent, delete the data directory (a new queue resends everything) and start it again"
+        "hub {url} has already applied batch {last_seq} of this queue for `{resource}` (with other content than the queued batch {seq}, or later): the data directory was restored from an older copy, and records pulled since that copy would be lost. The resource is stopped; run `exchange-agent resync {resource}` (with the service stopped) to read it again from the start on a new stream"
     )]
     Rewound {
         /// Hub URL.
@@ -89,6 +89,44 @@ pub enum PushError {
         seq: u64,
         /// The hub's high-water mark.
         last_seq: u64,
+    },
+    /// The hub lacks batches of this stream: its store was restored from an older copy or
+    /// wiped. Sending on would leave a hole, so the resource stops.
+    #[error(
+        "hub {url} has applied batches of `{resource}` up to seq {last_seq} of this stream, but the queue's next batch is {seq}: the batches in between are missing at the hub (its store was restored from an older copy or wiped). The resource is stopped; run `exchange-agent resync {resource}` (with the service stopped) to read it again from the start on a new stream, after which the hub also removes records that no longer exist"
+    )]
+    Gap {
+        /// Hub URL.
+        url: String,
+        /// Resource.
+        resource: String,
+        /// The queue's batch.
+        seq: u64,
+        /// The hub's high-water mark.
+        last_seq: u64,
+    },
+    /// The hub's acknowledgement contradicts itself or the batch: not taken as an
+    /// acknowledgement, so the batch stays queued.
+    #[error(
+        "hub {url} sent an acknowledgement for batch {seq} of `{resource}` that cannot be right ({why}); the batch stays queued"
+    )]
+    BadAck {
+        /// Hub URL.
+        url: String,
+        /// Resource.
+        resource: String,
+        /// The batch.
+        seq: u64,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The resource is stopped until an operator acts.
+    #[error("`{resource}` is stopped: {reason}")]
+    Halted {
+        /// Resource.
+        resource: String,
+        /// Why, and what to run.
+        reason: String,
     },
     /// The queue failed.
     #[error(transparent)]
@@ -105,7 +143,10 @@ impl PushError {
                 status: 400..=499,
                 ..
             } | PushError::WrongAck { .. }
+                | PushError::BadAck { .. }
                 | PushError::Rewound { .. }
+                | PushError::Gap { .. }
+                | PushError::Halted { .. }
         )
     }
 
@@ -156,15 +197,27 @@ impl HubClient {
         &self.url
     }
 
-    /// Sends one batch and returns the hub's acknowledgement.
-    pub async fn send(&self, resource: &str, b: &StoredBatch) -> Result<Ack, PushError> {
+    /// The queue's own stream id (a resource that was resynchronized has its own).
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// Sends one batch of `stream` and returns the hub's acknowledgement; `baseline` marks the
+    /// batch that completes the stream's baseline.
+    pub async fn send(
+        &self,
+        resource: &str,
+        stream: &str,
+        baseline: bool,
+        b: &StoredBatch,
+    ) -> Result<Ack, PushError> {
         let id = BatchId {
             node: self.node.clone(),
             resource: resource.to_owned(),
-            stream: self.stream.clone(),
+            stream: stream.to_owned(),
             seq: b.seq,
         };
-        let response = self
+        let mut request = self
             .http
             .post(format!("{}{}", self.url, batch::BATCHES_PATH))
             .header(header::PROTOCOL, batch::PROTOCOL_VERSION)
@@ -176,7 +229,11 @@ impl HubClient {
             .header(header::DIGEST, &b.digest)
             .header(header::IDEMPOTENCY_KEY, id.idempotency_key())
             .header("content-type", batch::CONTENT_TYPE)
-            .header("content-encoding", batch::CONTENT_ENCODING)
+            .header("content-encoding", batch::CONTENT_ENCODING);
+        if baseline {
+            request = request.header(header::BASELINE, batch::BASELINE_COMPLETE);
+        }
+        let response = request
             .body(b.body.clone())
             .send()
             .await
@@ -200,6 +257,27 @@ impl HubClient {
                     status,
                     error: format!("the acknowledgement is not valid JSON ({e})"),
                 })?;
+                let bad = |why: String| PushError::BadAck {
+                    url: self.url.clone(),
+                    resource: resource.to_owned(),
+                    seq: b.seq,
+                    why,
+                };
+                match ack.status {
+                    AckStatus::Applied if ack.last_seq != b.seq => {
+                        return Err(bad(format!(
+                            "applied, but the stream's mark is {} instead of the batch's seq",
+                            ack.last_seq
+                        )));
+                    }
+                    AckStatus::Duplicate if ack.last_seq < b.seq => {
+                        return Err(bad(format!(
+                            "a duplicate, but the stream's mark {} is below the batch's seq",
+                            ack.last_seq
+                        )));
+                    }
+                    _ => {}
+                }
                 let reused =
                     ack.last_seq == b.seq && !ack.last_digest.eq_ignore_ascii_case(&b.digest);
                 if ack.status == AckStatus::Duplicate && (ack.last_seq > b.seq || reused) {
@@ -219,6 +297,26 @@ impl HubClient {
                     });
                 }
                 Ok(ack)
+            }
+            409 => {
+                let body = serde_json::from_slice::<ErrorBody>(&body).ok();
+                match body.as_ref().and_then(|e| e.last_seq) {
+                    Some(last_seq) if last_seq < b.seq => Err(PushError::Gap {
+                        url: self.url.clone(),
+                        resource: resource.to_owned(),
+                        seq: b.seq,
+                        last_seq,
+                    }),
+                    _ => Err(PushError::Refused {
+                        url: self.url.clone(),
+                        resource: resource.to_owned(),
+                        seq: b.seq,
+                        status,
+                        error: body
+                            .map(|e| e.error)
+                            .unwrap_or_else(|| "409 Conflict without a last_seq".into()),
+                    }),
+                }
             }
             429 | 503 => Err(PushError::Throttled {
                 url: self.url.clone(),
@@ -326,11 +424,39 @@ pub async fn push_one(
 ) -> Result<Option<(u64, u32)>, PushError> {
     let q = queue.clone();
     let code = resource.to_owned();
-    let head = tokio::task::spawn_blocking(move || q.head(&code))
-        .await
-        .expect("queue task panicked")?;
+    let (head, state) =
+        tokio::task::spawn_blocking(move || Ok::<_, QueueError>((q.head(&code)?, q.state(&code)?)))
+            .await
+            .expect("queue task panicked")?;
+    if let Some(halt) = state.halt {
+        return Err(PushError::Halted {
+            resource: resource.to_owned(),
+            reason: halt.reason,
+        });
+    }
     let Some(b) = head else { return Ok(None) };
-    let ack = client.send(resource, &b).await?;
+    let baseline = state.baseline == Baseline::Complete { seq: b.seq };
+    let stream = state.stream_or(client.stream()).to_owned();
+    let ack = match client.send(resource, &stream, baseline, &b).await {
+        Ok(ack) => ack,
+        Err(e) => {
+            let kind = match &e {
+                PushError::Gap { .. } => Some(HaltKind::HubGap),
+                PushError::Rewound { .. } => Some(HaltKind::QueueRewound),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                let q = queue.clone();
+                let code = resource.to_owned();
+                let reason = e.to_string();
+                tokio::task::spawn_blocking(move || q.halt(&code, kind, &reason))
+                    .await
+                    .expect("queue task panicked")?;
+                tracing::error!(resource, error = %e, "Resource stopped.");
+            }
+            return Err(e);
+        }
+    };
     let q = queue.clone();
     let code = resource.to_owned();
     let seq = b.seq;

@@ -106,6 +106,89 @@ pub struct ResourceState {
     pub last_push: Option<String>,
     /// Snapshot mode progress.
     pub snapshot: SnapshotState,
+    /// The stream this resource's batches belong to (32 hex digits), drawn anew by a resync;
+    /// `None`: the queue's own stream ([`Queue::stream`]).
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Where the stream's baseline (its first full read of the resource) stands.
+    #[serde(default = "Baseline::legacy")]
+    pub baseline: Baseline,
+    /// Why the resource is stopped until an operator acts; pulling and pushing skip it.
+    #[serde(default)]
+    pub halt: Option<Halt>,
+    /// What determined the stream when it started: relation, key, cursor, field rules.
+    #[serde(default)]
+    pub shape: Option<crate::fingerprint::Shape>,
+    /// The last pull error, kept across processes until a pull succeeds.
+    #[serde(default)]
+    pub pull_error: Option<Note>,
+    /// The last push error, kept across processes until a push succeeds.
+    #[serde(default)]
+    pub push_error: Option<Note>,
+}
+
+impl ResourceState {
+    /// The stream id of this resource's batches.
+    pub fn stream_or<'a>(&'a self, queue_stream: &'a str) -> &'a str {
+        self.stream.as_deref().unwrap_or(queue_stream)
+    }
+}
+
+/// Where a stream's baseline stands. The batch that completes the baseline carries the
+/// `exchange-baseline: complete` header: once the hub applied it, the hub deletes the records
+/// of the resource that no batch of this stream wrote (docs/PROTOCOL.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum Baseline {
+    /// The stream's first full read is under way.
+    #[default]
+    Reading,
+    /// The full read is complete; the batch `seq` carries the baseline mark (0: none, for
+    /// streams that started before this version and never send the mark).
+    Complete {
+        /// The batch that completes the baseline.
+        seq: u64,
+    },
+}
+
+impl Baseline {
+    /// The baseline of a state written before baselines existed: complete, and never marked
+    /// (such a stream's hub records carry no stream, so a sweep would remove them).
+    fn legacy() -> Baseline {
+        Baseline::Complete { seq: 0 }
+    }
+}
+
+/// A resource stopped until an operator acts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Halt {
+    /// When it stopped (RFC 3339).
+    pub at: String,
+    /// What happened.
+    pub kind: HaltKind,
+    /// What happened and which command to run, as sentences.
+    pub reason: String,
+}
+
+/// Why a resource stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HaltKind {
+    /// The hub lacks batches of the stream (its store was restored or wiped): resync.
+    HubGap,
+    /// The hub has later batches than the queue (the data directory was restored): resync.
+    QueueRewound,
+    /// What determines the stream changed in the configuration: resync or keep the cursor.
+    ConfigChanged,
+}
+
+/// An error kept in the state, so `status` shows it after the process that met it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Note {
+    /// When (RFC 3339).
+    pub at: String,
+    /// The error, as shown to the administrator (never a value).
+    pub message: String,
 }
 
 /// Where a snapshot scan stands.
@@ -131,6 +214,41 @@ pub struct QuarantineEntry {
     pub key: Option<String>,
     /// What was wrong.
     pub reason: String,
+}
+
+/// Which stage an error belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Reading the source and enqueueing.
+    Pull,
+    /// Sending to the hub.
+    Push,
+}
+
+/// What a resync discarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Discarded {
+    /// Batches removed from the queue.
+    pub batches: u64,
+    /// Records in them.
+    pub records: u64,
+}
+
+/// A queued batch's header, for listings.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchInfo {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Records in it.
+    pub records: u32,
+    /// Uncompressed NDJSON length.
+    pub raw_len: u32,
+    /// Bytes stored (header and compressed body).
+    pub stored_bytes: u64,
+    /// When it was enqueued (RFC 3339).
+    pub created: String,
+    /// SM3 of the NDJSON, hex.
+    pub digest: String,
 }
 
 /// A batch as stored.
@@ -165,8 +283,7 @@ impl Queue {
             path: path.clone(),
             reason,
         };
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| open_err(format!("cannot create {}: {e}", data_dir.display())))?;
+        prepare_data_dir(data_dir).map_err(open_err)?;
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => QueueError::Locked { path: path.clone() },
             other => open_err(other.to_string()),
@@ -317,6 +434,226 @@ impl Queue {
         txn.commit()
     }
 
+    /// Reads, changes and writes the state of one resource in one transaction.
+    pub fn update_state<T>(
+        &self,
+        resource: &str,
+        f: impl FnOnce(&mut ResourceState) -> T,
+    ) -> Result<T, QueueError> {
+        let mut txn = self.begin()?;
+        let mut state = txn.state(resource)?;
+        let out = f(&mut state);
+        txn.set_state(resource, &state)?;
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// Keeps (or, with `None`, clears) the last pull or push error of a resource; writes only
+    /// when something changes.
+    pub fn note_error(
+        &self,
+        resource: &str,
+        stage: Stage,
+        message: Option<&str>,
+    ) -> Result<(), QueueError> {
+        let st = self.state(resource)?;
+        let slot = match stage {
+            Stage::Pull => &st.pull_error,
+            Stage::Push => &st.push_error,
+        };
+        if slot.as_ref().map(|n| n.message.as_str()) == message {
+            return Ok(());
+        }
+        let note = message.map(|m| Note {
+            at: now(),
+            message: m.to_owned(),
+        });
+        self.update_state(resource, |st| match stage {
+            Stage::Pull => st.pull_error = note,
+            Stage::Push => st.push_error = note,
+        })
+    }
+
+    /// Stops a resource until an operator acts (keeps the first reason if already stopped).
+    pub fn halt(&self, resource: &str, kind: HaltKind, reason: &str) -> Result<(), QueueError> {
+        self.update_state(resource, |st| {
+            if st.halt.is_none() {
+                st.halt = Some(Halt {
+                    at: now(),
+                    kind,
+                    reason: reason.to_owned(),
+                });
+            }
+        })
+    }
+
+    /// Starts a new stream for a resource: its queued batches, cursor, snapshot progress and
+    /// digests are discarded, a new stream id is drawn and the next pull re-reads the whole
+    /// resource from the start (a baseline: the hub sweeps what the new stream does not
+    /// re-send). `shape` becomes the stream's shape. Quarantine entries are kept.
+    pub fn resync(
+        &self,
+        resource: &str,
+        shape: crate::fingerprint::Shape,
+    ) -> Result<Discarded, QueueError> {
+        let mut txn = self.begin()?;
+        let old = txn.state(resource)?;
+        let discarded = Discarded {
+            batches: old.queued_batches,
+            records: old.queued_records,
+        };
+        {
+            let mut batches = txn
+                .tx
+                .open_table(BATCHES)
+                .map_err(storage("discarding batches"))?;
+            batches
+                .retain_in((resource, 0u64)..=(resource, u64::MAX), |_, _| false)
+                .map_err(storage("discarding batches"))?;
+            let mut digests = txn
+                .tx
+                .open_table(DIGESTS)
+                .map_err(storage("discarding digests"))?;
+            let keys: Vec<String> = digests
+                .range((resource, "")..)
+                .map_err(storage("discarding digests"))?
+                .map_while(|e| match e {
+                    Ok((k, _)) if k.value().0 == resource => Some(Ok(k.value().1.to_owned())),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<_, _>>()
+                .map_err(storage("discarding digests"))?;
+            for key in keys {
+                digests
+                    .remove((resource, key.as_str()))
+                    .map_err(storage("discarding digests"))?;
+            }
+        }
+        let stream: [u8; 16] = rand::random();
+        let state = ResourceState {
+            next_seq: 1,
+            stream: Some(hex::encode(stream)),
+            baseline: Baseline::Reading,
+            shape: Some(shape),
+            pulled_records: old.pulled_records,
+            pushed_records: old.pushed_records,
+            quarantined: old.quarantined,
+            last_pull: old.last_pull,
+            last_push: old.last_push,
+            ..ResourceState::default()
+        };
+        txn.set_state(resource, &state)?;
+        txn.commit()?;
+        Ok(discarded)
+    }
+
+    /// Every queued batch of a resource, oldest first (headers only).
+    pub fn batches(&self, resource: &str) -> Result<Vec<BatchInfo>, QueueError> {
+        let tx = self.db.begin_read().map_err(storage("listing batches"))?;
+        let table = tx.open_table(BATCHES).map_err(storage("listing batches"))?;
+        let mut out = Vec::new();
+        for entry in table
+            .range((resource, 0u64)..=(resource, u64::MAX))
+            .map_err(storage("listing batches"))?
+        {
+            let (k, v) = entry.map_err(storage("listing batches"))?;
+            let (records, raw_len, created, digest) = decode_header(v.value())?;
+            out.push(BatchInfo {
+                seq: k.value().1,
+                records,
+                raw_len,
+                stored_bytes: v.value().len() as u64,
+                created: chrono::DateTime::from_timestamp_millis(created)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default(),
+                digest: hex::encode(digest),
+            });
+        }
+        Ok(out)
+    }
+
+    /// One queued batch.
+    pub fn batch(&self, resource: &str, seq: u64) -> Result<Option<StoredBatch>, QueueError> {
+        let tx = self.db.begin_read().map_err(storage("reading a batch"))?;
+        let table = tx.open_table(BATCHES).map_err(storage("reading a batch"))?;
+        let v = table
+            .get((resource, seq))
+            .map_err(storage("reading a batch"))?;
+        v.map(|v| decode_batch(seq, v.value())).transpose()
+    }
+
+    /// Replaces a queued batch the hub refuses with an empty batch of the same seq (so the
+    /// stream's sequence stays without a gap); returns the records dropped. Only for a batch
+    /// the hub never applied: an operator's decision, audited by the caller.
+    pub fn discard(&self, resource: &str, seq: u64) -> Result<Option<u32>, QueueError> {
+        let mut txn = self.begin()?;
+        let mut state = txn.state(resource)?;
+        let old = {
+            let table = txn
+                .tx
+                .open_table(BATCHES)
+                .map_err(storage("discarding a batch"))?;
+            table
+                .get((resource, seq))
+                .map_err(storage("discarding a batch"))?
+                .map(|v| (v.value().len() as u64, decode_header(v.value())))
+        };
+        let Some((bytes, header)) = old else {
+            return Ok(None);
+        };
+        let records = header?.0;
+        let value = encode_batch(b"", 0);
+        {
+            let mut table = txn
+                .tx
+                .open_table(BATCHES)
+                .map_err(storage("discarding a batch"))?;
+            table
+                .insert((resource, seq), value.as_slice())
+                .map_err(storage("discarding a batch"))?;
+        }
+        state.queued_records = state.queued_records.saturating_sub(u64::from(records));
+        state.queued_bytes = state.queued_bytes.saturating_sub(bytes) + value.len() as u64;
+        txn.set_state(resource, &state)?;
+        txn.commit()?;
+        Ok(Some(records))
+    }
+
+    /// Removes every quarantine entry of a resource; returns how many there were.
+    pub fn clear_quarantine(&self, resource: &str) -> Result<u64, QueueError> {
+        let mut txn = self.begin()?;
+        let n = {
+            let mut table = txn
+                .tx
+                .open_table(QUARANTINE)
+                .map_err(storage("clearing quarantine"))?;
+            let mut n = 0;
+            table
+                .retain_in((resource, 0u64)..=(resource, u64::MAX), |_, _| {
+                    n += 1;
+                    false
+                })
+                .map_err(storage("clearing quarantine"))?;
+            let mut index = txn
+                .tx
+                .open_table(QUARANTINE_INDEX)
+                .map_err(storage("clearing quarantine"))?;
+            index
+                .retain_in(
+                    (resource, [].as_slice())..(resource, [0xffu8; 33].as_slice()),
+                    |_, _| false,
+                )
+                .map_err(storage("clearing quarantine"))?;
+            n
+        };
+        let mut state = txn.state(resource)?;
+        state.quarantined = 0;
+        txn.set_state(resource, &state)?;
+        txn.commit()?;
+        Ok(n)
+    }
+
     /// The `limit` most recent quarantined rows of a resource, oldest first.
     pub fn quarantined(
         &self,
@@ -347,6 +684,36 @@ impl Queue {
     }
 }
 
+/// Creates the data directory 0700 if missing; refuses one that group or others may enter
+/// (it holds queued records and the cursor).
+fn prepare_data_dir(data_dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !data_dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+        // `recursive` applies the mode only where the umask allows; make it exact.
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot set the mode of {}: {e}", data_dir.display()))?;
+    }
+    let meta = std::fs::metadata(data_dir)
+        .map_err(|e| format!("cannot read {}: {e}", data_dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", data_dir.display()));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "data_dir {} has mode {mode:04o}: group and others may read the queued records; run `chmod 700 {}`",
+            data_dir.display(),
+            data_dir.display()
+        ));
+    }
+    Ok(())
+}
+
 fn one() -> u64 {
     1
 }
@@ -374,6 +741,19 @@ fn decode_state(bytes: Option<Vec<u8>>) -> Result<ResourceState, QueueError> {
         Some(b) => serde_json::from_slice(&b)
             .map_err(|e| QueueError::Format(format!("resource state: {e}"))),
     }
+}
+
+/// The stored form of a batch: header, then the zstd-compressed NDJSON.
+fn encode_batch(ndjson: &[u8], records: u32) -> Vec<u8> {
+    let digest = sm3_bytes(ndjson);
+    let body = batch::compress(ndjson);
+    let mut value = Vec::with_capacity(HEADER_LEN + body.len());
+    value.extend_from_slice(&records.to_le_bytes());
+    value.extend_from_slice(&(ndjson.len() as u32).to_le_bytes());
+    value.extend_from_slice(&chrono::Utc::now().timestamp_millis().to_le_bytes());
+    value.extend_from_slice(&digest);
+    value.extend_from_slice(&body);
+    value
 }
 
 fn decode_header(v: &[u8]) -> Result<(u32, u32, i64, [u8; 32]), QueueError> {
@@ -440,14 +820,7 @@ impl Txn {
         records: u32,
     ) -> Result<u64, QueueError> {
         let seq = state.next_seq.max(1);
-        let digest = sm3_bytes(ndjson);
-        let body = batch::compress(ndjson);
-        let mut value = Vec::with_capacity(HEADER_LEN + body.len());
-        value.extend_from_slice(&records.to_le_bytes());
-        value.extend_from_slice(&(ndjson.len() as u32).to_le_bytes());
-        value.extend_from_slice(&chrono::Utc::now().timestamp_millis().to_le_bytes());
-        value.extend_from_slice(&digest);
-        value.extend_from_slice(&body);
+        let value = encode_batch(ndjson, records);
         let mut table = self
             .tx
             .open_table(BATCHES)
@@ -636,7 +1009,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let stream;
         {
-            let q = Queue::open(dir.path()).unwrap();
+            let q = Queue::open(&dir.path().join("data")).unwrap();
             stream = q.stream().to_owned();
             let mut txn = q.begin().unwrap();
             let mut st = txn.state("R").unwrap();
@@ -648,7 +1021,7 @@ mod tests {
             txn.commit().unwrap();
             assert_eq!(seq, 1);
         }
-        let q = Queue::open(dir.path()).unwrap();
+        let q = Queue::open(&dir.path().join("data")).unwrap();
         assert_eq!(q.stream(), stream, "the stream id is kept");
         let st = q.state("R").unwrap();
         assert_eq!(st.cursor, Some(vec![Value::Int(5)]));
@@ -677,7 +1050,7 @@ mod tests {
     #[test]
     fn an_uncommitted_transaction_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open(dir.path()).unwrap();
+        let q = Queue::open(&dir.path().join("data")).unwrap();
         {
             let mut txn = q.begin().unwrap();
             let mut st = txn.state("R").unwrap();
@@ -693,9 +1066,9 @@ mod tests {
     #[test]
     fn a_second_process_is_told_the_queue_is_in_use() {
         let dir = tempfile::tempdir().unwrap();
-        let _q = Queue::open(dir.path()).unwrap();
+        let _q = Queue::open(&dir.path().join("data")).unwrap();
         assert!(matches!(
-            Queue::open(dir.path()),
+            Queue::open(&dir.path().join("data")),
             Err(QueueError::Locked { .. })
         ));
     }
@@ -703,7 +1076,7 @@ mod tests {
     #[test]
     fn a_row_quarantined_again_for_the_same_reason_is_counted_once() {
         let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open(dir.path()).unwrap();
+        let q = Queue::open(&dir.path().join("data")).unwrap();
         for _ in 0..3 {
             let mut txn = q.begin().unwrap();
             let mut st = txn.state("R").unwrap();
@@ -733,7 +1106,7 @@ mod tests {
     #[test]
     fn unseen_digests_are_swept() {
         let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open(dir.path()).unwrap();
+        let q = Queue::open(&dir.path().join("data")).unwrap();
         let mut txn = q.begin().unwrap();
         txn.set_digest("R", "a", &[1; 32], 1).unwrap();
         txn.set_digest("R", "b", &[1; 32], 2).unwrap();
@@ -742,5 +1115,160 @@ mod tests {
         assert_eq!(txn.take_unseen("R", 2, 10).unwrap(), Vec::<String>::new());
         assert!(txn.digest("S", "c").unwrap().is_some());
         txn.commit().unwrap();
+    }
+
+    #[test]
+    fn the_data_dir_is_created_owner_only_and_a_lax_one_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("a/b");
+        drop(Queue::open(&data).unwrap());
+        assert_eq!(
+            std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let queue_mode = std::fs::metadata(data.join("queue.redb"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(queue_mode & 0o777, 0o600);
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o750)).unwrap();
+        let err = Queue::open(&data)
+            .err()
+            .expect("a group-readable data_dir is refused");
+        assert!(err.to_string().contains("chmod 700"), "{err}");
+    }
+
+    #[test]
+    fn a_state_written_before_baselines_is_complete_and_never_marked() {
+        let legacy: ResourceState =
+            serde_json::from_str(r#"{"cursor":null,"next_seq":7,"queued_batches":0,"queued_records":0,"queued_bytes":0,"pulled_records":0,"pushed_records":0,"quarantined":0,"last_pull":null,"last_push":null,"snapshot":{"generation":0,"position":null,"sweeping":false}}"#).unwrap();
+        assert_eq!(legacy.baseline, Baseline::Complete { seq: 0 });
+        assert_eq!(legacy.halt, None);
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("data")).unwrap();
+        assert_eq!(
+            q.state("new").unwrap().baseline,
+            Baseline::Reading,
+            "a new stream reads a baseline"
+        );
+    }
+
+    fn shape() -> crate::fingerprint::Shape {
+        crate::fingerprint::Shape {
+            relation: "table t".into(),
+            key: "id".into(),
+            mode: "incremental".into(),
+            cursor: vec!["at".into()],
+            fields: Default::default(),
+        }
+    }
+
+    #[test]
+    fn resync_discards_batches_cursor_and_digests_and_draws_a_new_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("data")).unwrap();
+        let mut txn = q.begin().unwrap();
+        let mut st = txn.state("R").unwrap();
+        st.cursor = Some(vec![Value::Int(5)]);
+        st.baseline = Baseline::Complete { seq: 1 };
+        txn.enqueue("R", &mut st, b"{}\n", 1).unwrap();
+        txn.enqueue("R", &mut st, b"{}\n{}\n", 2).unwrap();
+        txn.set_digest("R", "k", &[1; 32], 1).unwrap();
+        txn.set_digest("S", "k", &[1; 32], 1).unwrap();
+        txn.set_state("R", &st).unwrap();
+        txn.commit().unwrap();
+        q.halt("R", HaltKind::HubGap, "the hub lost batches")
+            .unwrap();
+
+        let discarded = q.resync("R", shape()).unwrap();
+        assert_eq!(
+            discarded,
+            Discarded {
+                batches: 2,
+                records: 3
+            }
+        );
+        let st = q.state("R").unwrap();
+        assert!(q.head("R").unwrap().is_none());
+        assert_eq!(
+            (st.cursor.clone(), st.next_seq, st.queued_bytes),
+            (None, 1, 0)
+        );
+        assert_eq!(st.baseline, Baseline::Reading);
+        assert_eq!(st.halt, None);
+        assert_eq!(st.pulled_records, 3, "lifetime counters are kept");
+        let stream = st.stream.clone().unwrap();
+        assert_eq!(stream.len(), 32);
+        assert_ne!(stream, q.stream());
+        let txn = q.begin().unwrap();
+        assert!(txn.digest("R", "k").unwrap().is_none());
+        assert!(
+            txn.digest("S", "k").unwrap().is_some(),
+            "other resources keep theirs"
+        );
+        drop(txn);
+        q.resync("R", shape()).unwrap();
+        assert_ne!(
+            q.state("R").unwrap().stream.unwrap(),
+            stream,
+            "every resync draws anew"
+        );
+    }
+
+    #[test]
+    fn a_discarded_batch_is_replaced_by_an_empty_one_with_the_same_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("data")).unwrap();
+        let mut txn = q.begin().unwrap();
+        let mut st = txn.state("R").unwrap();
+        txn.enqueue("R", &mut st, b"{\"op\":\"delete\",\"key\":\"a\"}\n", 1)
+            .unwrap();
+        txn.set_state("R", &st).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(q.discard("R", 1).unwrap(), Some(1));
+        assert_eq!(q.discard("R", 9).unwrap(), None);
+        let b = q.head("R").unwrap().unwrap();
+        assert_eq!((b.seq, b.records, b.raw_len), (1, 0, 0));
+        assert_eq!(b.digest, batch::digest_hex(b""));
+        let st = q.state("R").unwrap();
+        assert_eq!((st.queued_batches, st.queued_records), (1, 0));
+        q.ack("R", 1).unwrap();
+        assert_eq!(
+            q.state("R").unwrap().queued_bytes,
+            0,
+            "byte counts stay exact"
+        );
+    }
+
+    #[test]
+    fn errors_are_kept_until_cleared_and_quarantine_can_be_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("data")).unwrap();
+        q.note_error("R", Stage::Push, Some("hub unreachable"))
+            .unwrap();
+        assert_eq!(
+            q.state("R").unwrap().push_error.unwrap().message,
+            "hub unreachable"
+        );
+        q.note_error("R", Stage::Push, None).unwrap();
+        assert_eq!(q.state("R").unwrap().push_error, None);
+        let mut txn = q.begin().unwrap();
+        let mut st = txn.state("R").unwrap();
+        txn.quarantine("R", &mut st, Some("k".into()), "bad".into())
+            .unwrap();
+        txn.set_state("R", &st).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(q.clear_quarantine("R").unwrap(), 1);
+        assert!(q.quarantined("R", 10).unwrap().is_empty());
+        assert_eq!(q.state("R").unwrap().quarantined, 0);
+        // The same row quarantined again is a new entry.
+        let mut txn = q.begin().unwrap();
+        let mut st = txn.state("R").unwrap();
+        txn.quarantine("R", &mut st, Some("k".into()), "bad".into())
+            .unwrap();
+        txn.set_state("R", &st).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(q.quarantined("R", 10).unwrap().len(), 1);
     }
 }

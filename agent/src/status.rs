@@ -94,8 +94,13 @@ pub struct ResourceStatus {
     pub share: String,
     /// Read mode.
     pub mode: String,
-    /// Incremental cursor (text form of each column), or snapshot generation.
+    /// Where reading stands, for people: the date and timestamp values of the incremental
+    /// cursor (other cursor values, such as the key tiebreaker, are never shown: they may be
+    /// identifiers), or the snapshot generation.
     pub cursor: Option<String>,
+    /// Why the resource is stopped until an operator acts, and what to run.
+    #[serde(default)]
+    pub stopped: Option<String>,
     /// Last successful pull.
     pub last_pull: Option<String>,
     /// Last acknowledgement by the hub.
@@ -129,6 +134,10 @@ impl ResourceStatus {
             share: "-".into(),
             mode: "-".into(),
             cursor: None,
+            stopped: st
+                .halt
+                .as_ref()
+                .map(|h| format!("since {}: {}", h.at, h.reason)),
             last_pull: st.last_pull.clone(),
             last_push: st.last_push.clone(),
             queued_batches: st.queued_batches,
@@ -138,8 +147,57 @@ impl ResourceStatus {
             pulled_records: st.pulled_records,
             pushed_records: st.pushed_records,
             recent_quarantine: Vec::new(),
-            runtime: Runtime::default(),
+            runtime: Runtime {
+                pull_error: st
+                    .pull_error
+                    .as_ref()
+                    .map(|n| format!("{} (at {})", n.message, n.at)),
+                push_error: st
+                    .push_error
+                    .as_ref()
+                    .map(|n| format!("{} (at {})", n.message, n.at)),
+                horizon: None,
+            },
         }
+    }
+}
+
+impl ResourceStatus {
+    /// Adds what the running process knows; errors kept in the queue stay when it knows none.
+    fn with_runtime(mut self, rt: Runtime) -> ResourceStatus {
+        self.runtime.horizon = rt.horizon;
+        if rt.pull_error.is_some() {
+            self.runtime.pull_error = rt.pull_error;
+        }
+        if rt.push_error.is_some() {
+            self.runtime.push_error = rt.push_error;
+        }
+        self
+    }
+}
+
+/// The cursor for people: date and timestamp values only (the key tiebreaker and other
+/// values may be identifiers and are never shown; `exchange-agent cursor show` prints them).
+fn cursor_text(
+    resource: &crate::config::Resource,
+    cursor: &[exchange_connectors::Value],
+) -> String {
+    let names = crate::policy::Plan::new(resource).selection.cursor;
+    let mut shown = Vec::new();
+    let mut hidden = 0;
+    for (name, v) in names.iter().zip(cursor) {
+        match v.is_temporal().then(|| v.to_text()).flatten() {
+            Some(text) => shown.push(format!("{name} = {text}")),
+            None => hidden += 1,
+        }
+    }
+    match (shown.is_empty(), hidden) {
+        (true, _) => {
+            "after a stored position (its values are not shown: `exchange-agent cursor show`)"
+                .into()
+        }
+        (false, 0) => shown.join(", "),
+        (false, n) => format!("{} (+{n} more not shown)", shown.join(", ")),
     }
 }
 
@@ -158,12 +216,7 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
                 .quarantined(&r.code, RECENT_QUARANTINE)
                 .unwrap_or_default();
             let cursor = match &r.mode {
-                Mode::Incremental { .. } => st.cursor.as_ref().map(|c| {
-                    c.iter()
-                        .map(|v| v.to_text().unwrap_or_else(|| "?".into()))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                }),
+                Mode::Incremental { .. } => st.cursor.as_ref().map(|c| cursor_text(r, c)),
                 Mode::Snapshot => (st.snapshot.generation > 0)
                     .then(|| format!("snapshot generation {}", st.snapshot.generation)),
             };
@@ -181,8 +234,7 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
                 .into(),
                 cursor,
                 recent_quarantine,
-                runtime: board.get(&r.code),
-                ..ResourceStatus::counters(&r.code, &st)
+                ..ResourceStatus::counters(&r.code, &st).with_runtime(board.get(&r.code))
             }
         })
         .collect();
@@ -208,6 +260,21 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
         from_daemon: false,
         resources,
     })
+}
+
+/// A duration for people: `2s`, `5m`, `1h 30m`, `1d 2h`.
+pub fn duration_text(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 if d.as_millis() > 0 => format!("{}ms", d.as_millis()),
+        0..60 => format!("{s}s"),
+        60..3600 if s.is_multiple_of(60) => format!("{}m", s / 60),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86400 if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ if s.is_multiple_of(86400) => format!("{}d", s / 86400),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
 }
 
 /// How the last page was bounded, for people.
@@ -239,11 +306,16 @@ pub fn status_file(data_dir: &Path) -> PathBuf {
 pub fn write_file(data_dir: &Path, report: &Report) -> std::io::Result<()> {
     let mut r = report.clone();
     r.from_daemon = true;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = data_dir.join("status.json.tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(&r).expect("report serializes"),
-    )?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(&r).expect("report serializes"))?;
     std::fs::rename(tmp, status_file(data_dir))
 }
 
@@ -295,6 +367,9 @@ impl std::fmt::Display for Report {
         for r in &self.resources {
             writeln!(f)?;
             writeln!(f, "{}  {}  [{} / {}]", r.code, r.name, r.share, r.mode)?;
+            if let Some(stopped) = &r.stopped {
+                writeln!(f, "  STOPPED      {stopped}")?;
+            }
             writeln!(
                 f,
                 "  cursor       {}",

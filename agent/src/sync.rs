@@ -1,30 +1,86 @@
-//! `exchange-agent sync`: one pull-and-push cycle, finished when everything pulled is
-//! acknowledged by the hub.
+//! `exchange-agent sync`: deliver every row committed on the sources before the command
+//! started, and exit once the hub acknowledged it.
+//!
+//! # The contract
+//! For each resource, `sync` reads the source's clock first (`t0`, [`Connector::clock`]).
+//! It then pulls until a pull ends caught up with a horizon that has passed `t0`
+//! ([`PullReport::reached`]): every row committed before `t0` has then been read, whatever
+//! transactions were open. While a transaction open on the source (or the safety lag, or a
+//! replica's lag) holds the horizon back, `sync` pulls again every second and says what it is
+//! waiting for; if `wait` runs out first, the resource fails with that reason. A resource
+//! whose cursor has no horizon (not a date or timestamp) is caught up after one pull; a
+//! snapshot resource after one full scan that started after `t0`. Then every batch queued is
+//! pushed and `sync` returns when the hub acknowledged all of them, or when `deadline` passes.
+//!
+//! The counts reported are what was committed to the queue, also when the deadline cut the
+//! pull short.
+//!
+//! Run against a daemon (which holds the queue), the same cycle runs inside the daemon
+//! ([`crate::control`]): pulls are serialized with the daemon's own, and the daemon's push
+//! loops deliver the batches.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use exchange_connectors::HorizonInfo;
+use chrono::{DateTime, Utc};
+use exchange_connectors::{Connector, HorizonInfo};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
+use crate::backoff::Backoff;
+use crate::config::Mode;
 use crate::pipeline::Pipeline;
-use crate::pull::PullReport;
+use crate::pull::{Progress, PullReport, Puller};
+
+/// How long `sync` may take.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct SyncOptions {
+    /// How long a resource may wait for its horizon to pass the sync's start.
+    pub wait: Duration,
+    /// How long the whole sync may take, pushing included.
+    pub deadline: Duration,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            wait: Duration::from_secs(300),
+            deadline: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Something to tell the person waiting (one line, no values).
+pub type Say = Arc<dyn Fn(String) + Send + Sync>;
 
 /// The outcome of one resource.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ResourceOutcome {
     /// Resource code.
     pub code: String,
-    /// What the pull did, or why it failed.
-    pub pull: Result<PullReport, String>,
+    /// Records committed to the queue by this sync (upserts and deletes).
+    pub pulled: u64,
+    /// Rows quarantined by this sync.
+    pub quarantined: u64,
+    /// Why pulling did not complete: a failure, or what the horizon was still waiting for.
+    pub pull_error: Option<String>,
+    /// How the last page was bounded, for people.
+    pub horizon: Option<String>,
     /// Records still queued at the end.
     pub queued_records: u64,
-    /// Last push error, if the queue is not empty.
+    /// The last push error, when records are still queued.
     pub push_error: Option<String>,
 }
 
+impl ResourceOutcome {
+    fn is_complete(&self) -> bool {
+        self.pull_error.is_none() && self.queued_records == 0
+    }
+}
+
 /// What `sync` did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SyncReport {
     /// Per resource.
     pub resources: Vec<ResourceOutcome>,
@@ -33,48 +89,33 @@ pub struct SyncReport {
 }
 
 impl SyncReport {
-    /// Whether everything pulled was acknowledged and no pull failed.
+    /// Whether every resource was read up to the sync's start and acknowledged by the hub.
     pub fn is_complete(&self) -> bool {
-        !self.timed_out
-            && self
-                .resources
-                .iter()
-                .all(|r| r.pull.is_ok() && r.queued_records == 0)
+        !self.timed_out && self.resources.iter().all(ResourceOutcome::is_complete)
     }
 }
 
 impl std::fmt::Display for SyncReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for r in &self.resources {
-            match &r.pull {
-                Ok(p) => {
-                    write!(f, "{}: pulled {} records", r.code, p.records)?;
-                    if p.quarantined > 0 {
-                        write!(
-                            f,
-                            ", quarantined {} rows (see `exchange-agent status`)",
-                            p.quarantined
-                        )?;
-                    }
-                    match &p.horizon {
-                        Some(HorizonInfo::OpenTransaction { since, .. }) => {
-                            write!(f, "; held back by a transaction open since {since}")?
-                        }
-                        Some(HorizonInfo::LagOnly) => {
-                            write!(f, "; open transactions not visible, safety lag only")?
-                        }
-                        _ => {}
-                    }
-                }
-                Err(e) => write!(f, "{}: pull failed: {e}", r.code)?,
+            write!(f, "{}: pulled {} records", r.code, r.pulled)?;
+            if r.quarantined > 0 {
+                write!(
+                    f,
+                    ", quarantined {} rows (see `exchange-agent quarantine list {}`)",
+                    r.quarantined, r.code
+                )?;
+            }
+            if let Some(e) = &r.pull_error {
+                write!(f, "; pull incomplete: {e}")?;
             }
             if r.queued_records > 0 {
                 write!(f, "; {} records still queued", r.queued_records)?;
                 if let Some(e) = &r.push_error {
                     write!(f, " ({e})")?;
                 }
-            } else {
-                write!(f, "; all acknowledged by the hub")?;
+            } else if r.pulled > 0 || r.pull_error.is_none() {
+                write!(f, "; the hub acknowledged everything queued")?;
             }
             writeln!(f)?;
         }
@@ -88,81 +129,338 @@ impl std::fmt::Display for SyncReport {
     }
 }
 
+/// Who pushes the batches a sync queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushers {
+    /// `sync` runs its own push loops (it holds the queue).
+    Own,
+    /// A daemon's push loops are running already; `sync` waits for them.
+    Daemon,
+}
+
 /// Runs one cycle for every delivered resource, or only `only`.
-pub async fn sync(pipeline: Arc<Pipeline>, only: Option<&str>, deadline: Duration) -> SyncReport {
-    let pullers: Vec<_> = pipeline
+pub async fn sync(
+    pipeline: Arc<Pipeline>,
+    only: Option<&str>,
+    options: SyncOptions,
+    pushers: Pushers,
+    say: Say,
+) -> SyncReport {
+    let started = Instant::now();
+    let pullers: Vec<Arc<Puller>> = pipeline
         .pullers
         .iter()
         .filter(|p| only.is_none_or(|c| p.resource.code == c))
         .cloned()
         .collect();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut pushers = Vec::new();
-    let mut pulls = Vec::new();
+    let mut tasks = Vec::new();
+    let mut states = Vec::new();
     for p in &pullers {
+        let state = Arc::new(Tracked::default());
+        states.push(state.clone());
         let (done_tx, done_rx) = watch::channel(false);
         let pl = pipeline.clone();
         let code = p.resource.code.clone();
         let stop = stop_rx.clone();
-        pushers.push(tokio::spawn(async move {
-            pl.push_loop(&code, stop, Some(done_rx)).await
-        }));
-        let p = p.clone();
-        let board = pipeline.board.clone();
-        pulls.push(tokio::spawn(async move {
-            let r = p.pull().await;
-            match &r {
-                Ok(rep) => board.pull_ok(
-                    &p.resource.code,
-                    rep.horizon.as_ref().map(crate::status::horizon_text),
-                ),
-                Err(e) => board.set_pull_error(&p.resource.code, &e.to_string()),
-            }
+        if pushers == Pushers::Own {
+            tasks.push(tokio::spawn(async move {
+                pl.push_loop(&code, stop, Some(done_rx)).await
+            }));
+        } else {
+            let pl = pipeline.clone();
+            let state = state.clone();
+            tasks.push(tokio::spawn(async move {
+                drained_by_daemon(&pl, &code, &state, done_rx, stop).await
+            }));
+        }
+        let (pl, p, say) = (pipeline.clone(), p.clone(), say.clone());
+        tasks.push(tokio::spawn(async move {
+            pull_until_started(&pl, &p, &state, options.wait, &say).await;
             let _ = done_tx.send(true);
-            r.map_err(|e| e.to_string())
         }));
     }
     let all = async {
-        let mut outcomes = Vec::new();
-        for h in pulls {
-            outcomes.push(h.await.expect("pull task panicked"));
-        }
-        for h in pushers {
-            h.await.expect("push task panicked");
-        }
-        outcomes
-    };
-    let (pull_results, timed_out) = match tokio::time::timeout(deadline, all).await {
-        Ok(o) => (Some(o), false),
-        Err(_) => {
-            let _ = stop_tx.send(true);
-            (None, true)
+        for t in tasks {
+            let _ = t.await;
         }
     };
+    let timed_out = tokio::time::timeout(options.deadline.saturating_sub(started.elapsed()), all)
+        .await
+        .is_err();
+    let _ = stop_tx.send(true);
     let resources = pullers
         .iter()
-        .enumerate()
-        .map(|(i, p)| {
+        .zip(&states)
+        .map(|(p, t)| {
             let code = p.resource.code.clone();
             let st = pipeline.queue.state(&code).unwrap_or_default();
             let rt = pipeline.board.get(&code);
+            let totals = t.totals();
+            let pull_error = t
+                .error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .or_else(|| {
+                    (timed_out && !t.is_caught_up())
+                        .then(|| "the deadline passed while pulling".into())
+                });
             ResourceOutcome {
-                pull: match &pull_results {
-                    Some(r) => r[i].clone(),
-                    None => rt
-                        .pull_error
-                        .clone()
-                        .map(Err)
-                        .unwrap_or_else(|| Ok(PullReport::default())),
-                },
-                code,
+                pulled: totals.records,
+                quarantined: totals.quarantined,
+                pull_error,
+                horizon: totals.horizon.as_ref().map(crate::status::horizon_text),
                 queued_records: st.queued_records,
-                push_error: rt.push_error,
+                push_error: (st.queued_records > 0)
+                    .then(|| rt.push_error.or(st.push_error.map(|n| n.message)))
+                    .flatten(),
+                code,
             }
         })
         .collect();
     SyncReport {
         resources,
         timed_out,
+    }
+}
+
+/// What one resource's sync has done so far.
+#[derive(Default)]
+struct Tracked {
+    /// Counts of the pulls that finished.
+    done: std::sync::Mutex<PullReport>,
+    /// Counts of the pull under way.
+    current: Progress,
+    /// Why the pull did not complete.
+    error: std::sync::Mutex<Option<String>>,
+    /// The seq of the last batch the sync's pulls queued, once they ended.
+    last_seq: std::sync::Mutex<Option<u64>>,
+}
+
+impl Tracked {
+    fn totals(&self) -> PullReport {
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        PullReport {
+            records: done.records + current.records,
+            quarantined: done.quarantined + current.quarantined,
+            pages: done.pages + current.pages,
+            horizon: current.horizon.or(done.horizon),
+            reached: current.reached.or(done.reached),
+            caught_up: current.caught_up,
+        }
+    }
+
+    fn finish_pull(&self) {
+        let current = std::mem::take(&mut *self.current.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        done.records += current.records;
+        done.quarantined += current.quarantined;
+        done.pages += current.pages;
+        done.horizon = current.horizon.or(done.horizon.take());
+        done.reached = current.reached;
+        done.caught_up = current.caught_up;
+    }
+
+    fn is_caught_up(&self) -> bool {
+        self.last_seq
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    fn fail(&self, why: String) {
+        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+}
+
+/// Pulls one resource until everything committed on its source before now has been read.
+async fn pull_until_started(
+    pipeline: &Pipeline,
+    puller: &Puller,
+    tracked: &Tracked,
+    wait: Duration,
+    say: &Say,
+) {
+    let code = &puller.resource.code;
+    let until = Instant::now() + wait;
+    let mut backoff = Backoff::standard();
+    // The source's clock at the start: the instant the horizon has to pass.
+    let t0 = loop {
+        match puller.connector.clock().await {
+            Ok(t) => break t,
+            Err(e) if e.is_transient() && Instant::now() + backoff.peek() < until => {
+                say(format!("{code}: source unreachable ({e}); retrying"));
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => {
+                pipeline.pull_failed(code, &e.to_string());
+                return tracked.fail(e.to_string());
+            }
+        }
+    };
+    // A snapshot scan already under way may have passed rows committed before `t0`; it is
+    // finished, and one more full scan that starts after `t0` follows.
+    let mut scans: u32 = match &puller.resource.mode {
+        Mode::Snapshot => {
+            let st = pipeline.queue.state(code).unwrap_or_default();
+            if st.snapshot.position.is_some() || st.snapshot.sweeping {
+                2
+            } else {
+                1
+            }
+        }
+        Mode::Incremental { .. } => 0,
+    };
+    let mut said = String::new();
+    loop {
+        let result = puller.pull_with(&tracked.current).await;
+        let report = tracked
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        tracked.finish_pull();
+        match result {
+            Ok(()) => {
+                pipeline.pull_ok(code, &report);
+                backoff.reset();
+                scans = scans.saturating_sub(1);
+                let waiting = match (&puller.resource.mode, report.reached) {
+                    (Mode::Snapshot, _) => (scans > 0).then(String::new),
+                    (Mode::Incremental { .. }, Some(reached)) if reached < t0 => Some(waiting_for(
+                        puller.connector.as_ref(),
+                        &report,
+                        reached,
+                        t0,
+                        &puller.resource.mode,
+                    )),
+                    // Unbounded (no date/timestamp cursor), or the horizon has passed `t0`.
+                    (Mode::Incremental { .. }, _) => None,
+                };
+                match waiting {
+                    None => break,
+                    Some(text) if Instant::now() >= until => {
+                        return tracked.fail(format!(
+                            "waited {} for the source; still {text}",
+                            crate::status::duration_text(wait)
+                        ));
+                    }
+                    Some(text) => {
+                        if !text.is_empty() && text != said {
+                            say(format!("{code}: {text}"));
+                            said = text;
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+            Err(e) => {
+                pipeline.pull_failed(code, &e.to_string());
+                if e.is_transient() && Instant::now() + backoff.peek() < until {
+                    say(format!("{code}: pull failed ({e}); retrying"));
+                    tokio::time::sleep(backoff.next_delay()).await;
+                } else {
+                    return tracked.fail(e.to_string());
+                }
+            }
+        }
+    }
+    let st = pipeline.queue.state(code).unwrap_or_default();
+    *tracked.last_seq.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some(st.next_seq.saturating_sub(1));
+}
+
+/// What a horizon that has not reached the sync's start is waiting for, for people.
+fn waiting_for(
+    connector: &dyn Connector,
+    report: &PullReport,
+    reached: DateTime<Utc>,
+    t0: DateTime<Utc>,
+    mode: &Mode,
+) -> String {
+    let source = connector.name();
+    let behind = crate::status::duration_text((t0 - reached).to_std().unwrap_or_default());
+    let lag = match mode {
+        Mode::Incremental { safety_lag, .. } => crate::status::duration_text(*safety_lag),
+        Mode::Snapshot => "0s".into(),
+    };
+    match &report.horizon {
+        Some(HorizonInfo::OpenTransaction { since, session }) => format!(
+            "held back by a transaction open on `{source}` since {}{}",
+            local_time(since),
+            session
+                .as_ref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default()
+        ),
+        Some(HorizonInfo::PreparedTransaction { since }) => format!(
+            "held back by a prepared transaction on `{source}` since {} (COMMIT PREPARED or ROLLBACK PREPARED it)",
+            local_time(since)
+        ),
+        Some(HorizonInfo::Replica { lag: replica_lag }) => format!(
+            "`{source}` is a replica: waiting for its replica_lag ({}) and the safety lag ({lag}); {behind} to go",
+            crate::status::duration_text(*replica_lag)
+        ),
+        _ => format!("waiting for the safety lag ({lag}); {behind} to go"),
+    }
+}
+
+/// An RFC 3339 instant as local wall-clock time, for messages.
+fn local_time(rfc3339: &str) -> String {
+    DateTime::parse_from_rfc3339(rfc3339)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_else(|_| rfc3339.to_owned())
+}
+
+/// With a daemon's push loops running: returns once the batches the sync queued were
+/// acknowledged (the resource's oldest queued batch is later than the sync's last), or when
+/// `stop` turns.
+async fn drained_by_daemon(
+    pipeline: &Pipeline,
+    code: &str,
+    tracked: &Tracked,
+    mut pulled: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if *pulled.borrow() {
+            let last = *tracked.last_seq.lock().unwrap_or_else(|e| e.into_inner());
+            let head = pipeline.queue.head(code).ok().flatten().map(|b| b.seq);
+            match (last, head) {
+                (None, _) => return, // the pull failed; nothing more to wait for
+                (Some(_), None) => return,
+                (Some(last), Some(head)) if head > last => return,
+                _ => {}
+            }
+            if pipeline
+                .queue
+                .state(code)
+                .map(|s| s.halt.is_some())
+                .unwrap_or(false)
+            {
+                return;
+            }
+        }
+        let notified = pipeline.space.notified();
+        let pulling = !*pulled.borrow();
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = pulled.changed(), if pulling => {}
+            _ = stop.changed() => {}
+        }
     }
 }

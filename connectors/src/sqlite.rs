@@ -189,6 +189,19 @@ fn horizon_text(layout: Layout, safety_lag: Duration) -> Option<String> {
     })
 }
 
+/// The instant a horizon text stands for, read as UTC: what `Horizon::reached` reports.
+fn reached_at(text: &str) -> Option<chrono::DateTime<Utc>> {
+    let t = text.replace('T', " ");
+    let parsed = match t.len() {
+        10 => NaiveDate::parse_from_str(&t, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0)),
+        16 => chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M").ok(),
+        _ => chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S").ok(),
+    };
+    parsed.map(|p| p.and_utc())
+}
+
 /// A stored cursor value as a SQLite parameter of the storage class it was read with.
 fn to_param(value: &Value) -> SqlValue {
     match value {
@@ -282,10 +295,12 @@ fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page,
         if let Some(layout) = deciding.as_deref().and_then(layout_of) {
             let text = horizon_text(layout, safety_lag)
                 .ok_or_else(|| Failure::Config("the safety lag is too large".into()))?;
+            // The bound is cut to the layout's precision: every row stamped (in UTC, as
+            // `datetime('now')` does) before the bound's own instant is below it.
+            reached = reached_at(&text);
             params.push(SqlValue::Text(text));
             upper = Some(format!("{} < ?{}", cursor[0], params.len()));
             info = HorizonInfo::LagOnly;
-            reached = Some(Utc::now() - TimeDelta::from_std(safety_lag).unwrap_or_default());
         }
     }
     params.push(SqlValue::Integer(
@@ -502,6 +517,22 @@ mod tests {
         for (text, layout) in cases {
             assert_eq!(layout_of(text), layout, "{text}");
         }
+    }
+
+    #[test]
+    fn reached_is_the_instant_the_cut_bound_stands_for() {
+        assert_eq!(
+            reached_at("2024-05-01 08:30:15").unwrap().to_rfc3339(),
+            "2024-05-01T08:30:15+00:00"
+        );
+        assert_eq!(
+            reached_at("2024-05-01T08:30").unwrap().to_rfc3339(),
+            "2024-05-01T08:30:00+00:00"
+        );
+        assert_eq!(
+            reached_at("2024-05-01").unwrap().to_rfc3339(),
+            "2024-05-01T00:00:00+00:00"
+        );
     }
 
     #[test]

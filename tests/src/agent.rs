@@ -359,6 +359,14 @@ impl Agent {
         .await
     }
 
+    /// `exchange-agent <args> --config F`: any command on this configuration.
+    pub async fn cmd(&self, args: &[&str]) -> Output {
+        let config = self.config_arg();
+        let mut all = args.to_vec();
+        all.extend(["--config", &config]);
+        run(&crate::bins::agent(), &all).await
+    }
+
     /// `exchange-agent sync` until it exits 0; fails the test after `deadline`.
     pub async fn sync_until_complete(&self, deadline: Duration) -> Output {
         let started = Instant::now();

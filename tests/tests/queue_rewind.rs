@@ -1,8 +1,8 @@
 //! A data directory restored from an older copy (a backup, a VM snapshot): the restored queue
 //! reuses batch numbers the hub has already applied. Acknowledging those batches as resends
 //! would drop the records they hold, so the agent must stop the resource and say what
-//! happened and what to do (docs/OPERATIONS.md); following that advice (delete the data
-//! directory, sync again) delivers everything.
+//! happened and what to do (docs/OPERATIONS.md); following that advice (`exchange-agent
+//! resync`, sync again) delivers everything.
 
 use std::path::Path;
 
@@ -17,8 +17,11 @@ const CODE: &str = "330100-RSJ-0001";
 const RESTORED: &str = "restored from an older copy";
 
 /// Copies the files of `from` (recursively) into a new directory `to`.
+/// Copies a directory tree keeping the directories' modes (as `cp -a` or a backup would).
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
+    let mode = std::fs::metadata(from).expect("mode").permissions();
+    std::fs::set_permissions(to, mode).expect("keep the mode");
     for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()))
     {
         let entry = entry.expect("directory entry");
@@ -102,8 +105,16 @@ async fn a_queue_restored_from_an_older_copy_stops_instead_of_losing_rows() {
     assert_eq!(agent.resource_status(CODE).await["queued_records"], 70);
     assert_same(&scene.hub.rows(CODE).await, &before);
 
-    // The advice: delete the data directory and start again; a new queue resends everything.
-    std::fs::remove_dir_all(&data_dir).unwrap();
+    // The resource is stopped, and says what to run.
+    let status = agent.resource_status(CODE).await;
+    assert!(
+        status["stopped"]
+            .as_str()
+            .is_some_and(|s| s.contains(&format!("exchange-agent resync {CODE}"))),
+        "{status}"
+    );
+    // The advice: resync. A new stream re-reads everything; the hub sweeps the old one.
+    agent.cmd(&["resync", CODE, "--yes"]).await.assert_code(0);
     let out = agent.sync_ok().await;
     assert_eq!(pulled(&out, CODE), 170, "{out}");
     assert_same(&scene.hub.rows(CODE).await, &source.expected());

@@ -233,7 +233,17 @@ async fn a_node_certificate_for_another_identity_is_refused_by_check_and_by_the_
     loaded.hub.tls.key = other_key;
     let pipeline =
         Arc::new(exchange_agent::pipeline::Pipeline::build(loaded).expect("build the pipeline"));
-    let report = exchange_agent::sync::sync(pipeline.clone(), None, Duration::from_secs(5)).await;
+    let report = exchange_agent::sync::sync(
+        pipeline.clone(),
+        None,
+        exchange_agent::sync::SyncOptions {
+            wait: Duration::from_secs(5),
+            deadline: Duration::from_secs(5),
+        },
+        exchange_agent::sync::Pushers::Own,
+        Arc::new(|_| {}),
+    )
+    .await;
     let text = report.to_string();
     assert!(!report.is_complete(), "{text}");
     for needle in ["403", "other-node", NODE, &case.hub.url()] {

@@ -192,12 +192,18 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
     let config = Config::load(&agent_toml).map_err(|e| anyhow::anyhow!("{e}"))?;
     let data_dir = config.node.data_dir.clone();
     let pipeline = Arc::new(Pipeline::build(config)?);
-    let report = crate::sync::sync(pipeline.clone(), None, Duration::from_secs(120)).await;
-    let pulled: u64 = report
-        .resources
-        .iter()
-        .map(|r| r.pull.as_ref().map(|p| p.records).unwrap_or(0))
-        .sum();
+    let report = crate::sync::sync(
+        pipeline.clone(),
+        None,
+        crate::sync::SyncOptions {
+            wait: Duration::from_secs(60),
+            deadline: Duration::from_secs(120),
+        },
+        crate::sync::Pushers::Own,
+        Arc::new(|line| eprintln!("   {line}")),
+    )
+    .await;
+    let pulled: u64 = report.resources.iter().map(|r| r.pulled).sum();
     let state = pipeline.queue.state(RESOURCE)?;
     println!(
         "4. Agent synced                                    pulled {pulled} records, hub acknowledged {}, {} still queued",

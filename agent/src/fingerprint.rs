@@ -1,0 +1,160 @@
+//! What determines a resource's stream, kept with the stream so a change is noticed.
+//!
+//! A stream is the sequence of batches the hub applies for one resource. What the hub holds
+//! is the result of reading the source with one relation, key, cursor and set of field rules:
+//! if any of these changes, records already delivered no longer match what the agent would
+//! deliver now (a field newly dropped stays at the hub, a new field is missing from every
+//! record delivered before). The agent stores the [`Shape`] of each resource when its stream
+//! starts (in the queue's resource state) and compares it before every pull; on a difference
+//! the resource stops until an operator chooses: `exchange-agent resync` (re-read everything
+//! on a new stream) or `exchange-agent accept-config` (keep the cursor; only rows that change
+//! from now on carry the new configuration).
+//!
+//! The shape holds configuration only (names, rules, the SM3 of a query's text), never a value.
+
+use std::collections::BTreeMap;
+
+use exchange_connectors::Relation;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Mode, Resource};
+
+/// What determines a resource's stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    /// `table <name>`, or `query <SM3 of its text>`.
+    pub relation: String,
+    /// The key column.
+    pub key: String,
+    /// `incremental` or `snapshot`.
+    pub mode: String,
+    /// The configured cursor columns (incremental mode).
+    pub cursor: Vec<String>,
+    /// Field name → rule, as written in the configuration.
+    pub fields: BTreeMap<String, String>,
+}
+
+impl Shape {
+    /// The shape of a configured resource.
+    pub fn of(resource: &Resource) -> Shape {
+        let relation = match &resource.relation {
+            Relation::Table(t) => format!("table {t}"),
+            Relation::Query(q) => {
+                format!(
+                    "query {}",
+                    hex::encode(crate::queue::sm3_bytes(q.trim().as_bytes()))
+                )
+            }
+        };
+        let (mode, cursor) = match &resource.mode {
+            Mode::Incremental { cursor, .. } => ("incremental", cursor.clone()),
+            Mode::Snapshot => ("snapshot", Vec::new()),
+        };
+        Shape {
+            relation,
+            key: resource.key.clone(),
+            mode: mode.into(),
+            cursor,
+            fields: resource
+                .fields
+                .iter()
+                .map(|(name, rule)| (name.clone(), rule.to_string()))
+                .collect(),
+        }
+    }
+
+    /// What changed from `self` (the stream's shape) to `now` (the configuration's), one
+    /// phrase per change; empty when nothing did.
+    pub fn changes(&self, now: &Shape) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.relation != now.relation {
+            if self.relation.starts_with("query") && now.relation.starts_with("query") {
+                out.push("the query text changed".to_owned());
+            } else {
+                out.push(format!(
+                    "the relation changed from {} to {}",
+                    self.relation, now.relation
+                ));
+            }
+        }
+        if self.key != now.key {
+            out.push(format!(
+                "the key changed from `{}` to `{}`",
+                self.key, now.key
+            ));
+        }
+        if self.mode != now.mode {
+            out.push(format!(
+                "the mode changed from {} to {}",
+                self.mode, now.mode
+            ));
+        } else if self.cursor != now.cursor {
+            out.push(format!(
+                "the cursor changed from [{}] to [{}]",
+                self.cursor.join(", "),
+                now.cursor.join(", ")
+            ));
+        }
+        for (name, rule) in &self.fields {
+            match now.fields.get(name) {
+                None => out.push(format!("field `{name}` ({rule}) was removed")),
+                Some(r) if r != rule => {
+                    out.push(format!("field `{name}` changed from {rule} to {r}"))
+                }
+                Some(_) => {}
+            }
+        }
+        for (name, rule) in &now.fields {
+            if !self.fields.contains_key(name) {
+                out.push(format!("field `{name}` ({rule}) was added"));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(fields: &[(&str, &str)]) -> Shape {
+        Shape {
+            relation: "table hr.person".into(),
+            key: "id_no".into(),
+            mode: "incremental".into(),
+            cursor: vec!["updated_at".into()],
+            fields: fields
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn every_change_that_alters_delivered_records_is_named() {
+        let before = shape(&[("name", "plain"), ("phone", "plain"), ("addr", "plain")]);
+        let mut after = shape(&[("name", "plain"), ("phone", "drop"), ("email", "plain")]);
+        after.cursor = vec!["changed_at".into()];
+        after.relation = "table hr.person_v2".into();
+        assert_eq!(
+            before.changes(&after),
+            [
+                "the relation changed from table hr.person to table hr.person_v2",
+                "the cursor changed from [updated_at] to [changed_at]",
+                "field `addr` (plain) was removed",
+                "field `phone` changed from plain to drop",
+                "field `email` (plain) was added",
+            ]
+        );
+        assert!(before.changes(&before.clone()).is_empty());
+    }
+
+    #[test]
+    fn a_changed_query_is_named_without_its_text() {
+        let mut a = shape(&[]);
+        a.relation = "query 00".into();
+        let mut b = a.clone();
+        b.relation = "query 11".into();
+        assert_eq!(a.changes(&b), ["the query text changed"]);
+    }
+}
