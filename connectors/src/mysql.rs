@@ -13,6 +13,14 @@
 //! its character set (`gbk`, `gb2312`, `gb18030`, `latin1` …) to UTF-8, and sends `TIMESTAMP`
 //! columns in UTC.
 //!
+//! The connector's own URL parameter `time_zone` (removed before the URL is given to
+//! `mysql_async`) names the zone in which the applications write `DATETIME` values, i.e. the
+//! session time zone of the writers, in which their `NOW()` is stamped: an offset (`+08:00`;
+//! a `+` may also be written `%2B`), `SYSTEM`, or a named zone (`Asia/Shanghai`, which needs
+//! the server's time zone tables). Without it, the server's default session zone
+//! `@@global.time_zone` is used (`SYSTEM`: the server's system zone), which is what `NOW()`
+//! writes in every session that does not set its own zone.
+//!
 //! # TLS
 //!
 //! The convention is `mysql_async`'s own: TLS is requested with `?require_ssl=true`. Setting
@@ -73,12 +81,18 @@
 //! statements *before* the page query (a page query's snapshot cannot see a transaction that
 //! commits after it; reading the horizon first means such a transaction is already counted):
 //!
-//! 1. the clock: `now_utc = UTC_TIMESTAMP(6)`, `now_sys = CONVERT_TZ(now_utc, '+00:00',
-//!    'SYSTEM')`;
-//! 2. a read-only *canary* transaction `START TRANSACTION WITH CONSISTENT SNAPSHOT` on the
-//!    same connection, then, in one scan of `information_schema.innodb_trx`: the oldest
-//!    `trx_started` of other sessions' read-write transactions (read-only ones cannot write),
-//!    converted from the SYSTEM time zone to UTC, and whether the canary is listed.
+//! 1. the clock: `now_utc = UTC_TIMESTAMP(6)`, `now_zone = CONVERT_TZ(now_utc, '+00:00',
+//!    zone)` where `zone` is the `DATETIME` zone (the URL's `time_zone`, or
+//!    `@@global.time_zone`): what `NOW()` returns in a writer's session;
+//! 2. whether the server is a replica (below); if so, the horizon is
+//!    `now_utc - replica_lag - safety_lag` ([`HorizonInfo::Replica`]) and steps 3–4 are
+//!    skipped: a replica cannot see the primary's open transactions;
+//! 3. a read-only *canary* transaction `START TRANSACTION WITH CONSISTENT SNAPSHOT` on the
+//!    same connection, then, in one scan of `information_schema.innodb_trx` (joined with
+//!    `information_schema.processlist` on `trx_mysql_thread_id` for the holder's thread id,
+//!    account and client address, never its statement): the oldest `trx_started` of other
+//!    sessions' read-write transactions (read-only ones cannot write), converted from the
+//!    SYSTEM time zone to UTC, and whether the canary is listed.
 //!    `innodb_trx` is a cache that InnoDB refreshes only when nobody has read it for 0.1 s
 //!    (observed on MariaDB 10.11: while another session polls it, a new transaction stays
 //!    invisible indefinitely). A view that lists the canary was taken after the clock was
@@ -88,9 +102,11 @@
 //!    one server's `innodb_trx` by 150 ms, so they never keep it stale themselves, and each
 //!    reuses its view for 1 s (an older view only makes the horizon earlier), so a source
 //!    reads `innodb_trx` about once a second;
-//! 3. `horizon_utc = min(oldest, now_utc) - 1 s - safety_lag`. The fixed second covers what
+//! 4. `horizon_utc = min(oldest, now_utc) - 1 s - safety_lag`. The fixed second covers what
 //!    `innodb_trx` shows coarsely: `trx_started` has one-second precision (and is in the
-//!    server's SYSTEM time zone — checked on MariaDB 10.11 with a session in another zone),
+//!    server's SYSTEM time zone whatever the session's zone: InnoDB formats it with the C
+//!    library's local time; the test `innodb_trx_started_is_in_the_system_time_zone_not_the_session_zone`
+//!    pins that it does not follow the session zone),
 //!    and InnoDB starts a transaction at its first row access, after `NOW()` was fixed for
 //!    that statement. The safety lag covers what the server cannot show at all: statements
 //!    that waited (e.g. for a lock) between fixing `NOW()` and writing, and timestamps an
@@ -100,18 +116,49 @@
 //! siblings in a transaction that starts at that instant. The horizon is expressed in the
 //! column's own terms:
 //! - `TIMESTAMP`: `horizon_utc` (the session time zone is UTC);
-//! - `DATETIME`: the same instant in the server's SYSTEM time zone,
-//!   `horizon_utc + (now_sys - now_utc)` — the zone in which `NOW()` writes them (an
-//!   application that sets its own session time zone must choose the safety lag accordingly);
-//! - `DATE`: `c1 < DATE(horizon_sys)`. Any transaction that can still write started at or after
-//!   the horizon, so it can only write dates from `DATE(horizon_sys)` on; every earlier date is
-//!   complete. A row dated today is therefore read only after midnight (SYSTEM time) plus the
-//!   margins, once no transaction from today is open.
+//! - `DATETIME`: the same instant in the `DATETIME` zone,
+//!   `horizon_zone = horizon_utc + (now_zone - now_utc)` — the zone in which the writers'
+//!   `NOW()` stamps them (a writer in another zone than the configured one makes the horizon
+//!   wrong by the difference: set `time_zone` in the URL to the writers' zone);
+//! - `DATE`: `c1 < DATE(horizon_zone)`. Any transaction that can still write started at or
+//!   after the horizon, so it can only write dates from `DATE(horizon_zone)` on; every earlier
+//!   date is complete. A row dated today is therefore read only after midnight (in the
+//!   `DATETIME` zone) plus the margins, once no transaction from today is open.
+//!
+//! [`crate::Horizon::reached`] is `horizon_utc` for `TIMESTAMP` and `DATETIME` columns, and
+//! the midnight (in the `DATETIME` zone, as UTC) that starts the bound's day for `DATE`.
 //!
 //! Without the `PROCESS` privilege `innodb_trx` is refused (error 1227): the horizon is
 //! `now - safety_lag` ([`HorizonInfo::LagOnly`]) and [`Connector::probe`] names the missing
 //! grant. [`HorizonInfo::OpenTransaction`] reports the start (UTC) of the open transaction that
-//! bounded the page, [`HorizonInfo::Clock`] a page bounded by the clock alone.
+//! bounded the page and who holds it (`thread 12, user `hr_app`, client 10.0.0.5:51234`),
+//! [`HorizonInfo::Clock`] a page bounded by the clock alone.
+//!
+//! # Replicas
+//!
+//! A server is a replica when it lists a replication connection: `SHOW ALL SLAVES STATUS`
+//! (MariaDB), `SHOW REPLICA STATUS` (MySQL 8.0.22+) or `SHOW SLAVE STATUS` (older MySQL), the
+//! first the server knows. These need `SLAVE MONITOR` (MariaDB) or `REPLICATION CLIENT`
+//! (MySQL); without it (error 1227) `@@read_only = 1` is taken as a replica, and a writable
+//! server as a primary, and [`Connector::probe`] names the missing grant. The status is read
+//! with each view of open transactions (about once a second).
+//!
+//! # Default deny and typed binding
+//!
+//! Before any statement, every selected column is resolved: a table's (or view's) against
+//! `information_schema.columns` (`schema.table` or the URL's database), a query's against its
+//! own output columns (`SELECT * FROM (query) AS src`, prepared, never run); a name that is not
+//! there is refused with a configuration error naming it. Every statement's result columns are
+//! then checked, by name and count, against the selection before it runs. The same lookup
+//! gives [`crate::ColumnInfo::nullable`] (`IS_NULLABLE`; `None` for a query's columns).
+//!
+//! A value compared with a column is bound as the column's type: integers, dates and
+//! timestamps as binary-protocol values, and a `DECIMAL` as its exact text cast with
+//! `CAST(? AS DECIMAL(65, scale))` (a string compared with a decimal would go through DOUBLE
+//! and lose the digits past ~15). [`Connector::lookup`] converts its keys to the key column's
+//! type first (a key that does not fit is refused) and reads them `IN (…)` in chunks of 1000.
+//! [`Connector::null_cursor_rows`] counts and reads the rows with a NULL in a cursor column
+//! that may hold one, in one read-only snapshot.
 //!
 //! A `query` resource is read inside `START TRANSACTION READ ONLY` (after the horizon
 //! statement), so a query that tries to write fails.
@@ -129,8 +176,8 @@ use mysql_async::{
 };
 
 use crate::{
-    Bound, ColumnInfo, Connector, ConnectorError, ConvertError, HorizonInfo, Page, PageRequest,
-    Probe, Relation, Row as SourceRow, Selection, SourceSpec, Value,
+    Bound, ColumnInfo, Connector, ConnectorError, ConvertError, HorizonInfo, NullRows, Page,
+    PageRequest, Probe, Relation, Row as SourceRow, Selection, SourceSpec, Value,
 };
 
 /// How long to wait for a connection (connect, TLS, login) before calling the source
@@ -184,16 +231,38 @@ async fn innodb_trx_slot(server: &str) {
 /// How long to wait for a fresh view of `innodb_trx` before giving up on the page.
 const FRESH_VIEW_DEADLINE: Duration = Duration::from_secs(3);
 
-/// The clock, in UTC and in the server's SYSTEM time zone.
-const CLOCK_SQL: &str = "SELECT UTC_TIMESTAMP(6), CONVERT_TZ(UTC_TIMESTAMP(6), '+00:00', 'SYSTEM')";
+/// The clock, in UTC and in the zone `DATETIME` columns are written in: the bound parameter
+/// (the URL's `time_zone`) or, when it is NULL, the server's default `@@global.time_zone`.
+const CLOCK_SQL: &str = "SELECT UTC_TIMESTAMP(6), \
+     CONVERT_TZ(UTC_TIMESTAMP(6), '+00:00', COALESCE(?, @@global.time_zone)), \
+     COALESCE(?, @@global.time_zone)";
 
-/// The start (UTC) of the oldest open read-write transaction of another session, and whether
-/// this session's own (canary) transaction is in the view — in one scan of the cache.
-const OPEN_TRX_SQL: &str = "SELECT CONVERT_TZ(MIN(CASE \
-       WHEN trx_mysql_thread_id <> CONNECTION_ID() AND trx_is_read_only = 0 \
-       THEN trx_started END), 'SYSTEM', '+00:00'), \
-     COUNT(CASE WHEN trx_mysql_thread_id = CONNECTION_ID() THEN 1 END) \
-     FROM information_schema.innodb_trx";
+/// Every open transaction, in one scan of the cache: whether it is this session's own
+/// (canary), whether it is read-only, its start (converted from the SYSTEM time zone to UTC),
+/// and who holds it (thread id, account, client; never what it does).
+const OPEN_TRX_SQL: &str = "SELECT t.trx_mysql_thread_id = CONNECTION_ID(), \
+       t.trx_is_read_only, CONVERT_TZ(t.trx_started, 'SYSTEM', '+00:00'), \
+       t.trx_mysql_thread_id, p.USER, p.HOST \
+     FROM information_schema.innodb_trx t \
+     LEFT JOIN information_schema.processlist p ON p.ID = t.trx_mysql_thread_id";
+
+/// The columns of a table, with their nullability, from the catalogue (default deny).
+const COLUMNS_SQL: &str = "SELECT COLUMN_NAME, IS_NULLABLE FROM information_schema.columns \
+     WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?";
+
+/// Statements that list a server's replication connections, tried in this order: MariaDB,
+/// MySQL 8.0.22 and later, older MySQL. A server that accepts one and lists a row is a replica.
+const REPLICA_STATUS_SQL: &[&str] = &[
+    "SHOW ALL SLAVES STATUS",
+    "SHOW REPLICA STATUS",
+    "SHOW SLAVE STATUS",
+];
+
+/// `ER_PARSE_ERROR`: the server does not know the statement (another flavour's spelling).
+const ER_PARSE_ERROR: u16 = 1064;
+
+/// Keys per `IN (…)` list of a lookup.
+const LOOKUP_CHUNK: usize = 1000;
 
 /// Reads a MySQL or MariaDB source.
 pub struct MysqlConnector {
@@ -207,20 +276,52 @@ pub struct MysqlConnector {
     pool: Pool,
     /// The last view of open transactions and when it was taken (see [`VIEW_REUSE`]).
     trx_view: tokio::sync::Mutex<Option<(Instant, TrxView)>>,
+    /// The zone `DATETIME` cursor columns are written in (the URL's `time_zone`); `None`: the
+    /// server's default session zone, `@@global.time_zone`.
+    datetime_zone: Option<String>,
+    /// Horizon margin when the server turns out to be a replica.
+    replica_lag: Duration,
 }
 
 /// What the server showed about its clock and open transactions.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct TrxView {
     /// UTC clock read before the view was taken: a transaction missing from the view started
     /// after it.
     clock_utc: NaiveDateTime,
-    /// The server's SYSTEM time minus UTC.
-    system_offset: TimeDelta,
+    /// The `DATETIME` zone's time minus UTC (see [`MysqlConnector::datetime_zone`]).
+    zone_offset: TimeDelta,
     /// Whether open transactions could be seen (the `PROCESS` privilege).
     sees: bool,
-    /// Start (UTC) of the oldest open read-write transaction of another session.
-    oldest: Option<NaiveDateTime>,
+    /// Start (UTC) of the oldest open read-write transaction of another session, and who
+    /// holds it.
+    oldest: Option<(NaiveDateTime, Option<String>)>,
+    /// Set when the server is a replica: what it is, as a sentence.
+    replica: Option<String>,
+}
+
+/// Whether the server replicates from another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ReplicaStatus {
+    /// It lists replication connections: a replica, described as a sentence.
+    Replica(String),
+    /// It lists none.
+    Primary,
+    /// The account may not list them (error 1227): the missing grant, as a statement.
+    Hidden {
+        /// The grant that lets the agent see them.
+        grant: String,
+        /// `@@read_only`: a read-only server is taken to be a replica.
+        read_only: bool,
+    },
+}
+
+/// The selected columns as the server resolved them (default deny passed).
+struct Resolved {
+    /// Result metadata of each selected column, in selection order.
+    columns: Vec<Column>,
+    /// Whether each selected column may hold NULL (`None` for a query's columns).
+    nullable: Vec<Option<bool>>,
 }
 
 impl MysqlConnector {
@@ -230,7 +331,8 @@ impl MysqlConnector {
             source_name: spec.name.clone(),
             reason,
         };
-        let url_opts = Opts::from_url(&spec.url).map_err(|e| {
+        let (url, datetime_zone) = split_url(&spec.url).map_err(config)?;
+        let url_opts = Opts::from_url(&url).map_err(|e| {
             config(format!(
                 "invalid MySQL URL: {e} (expected mysql://user@host:port/db; \
                  TLS is requested with `?require_ssl=true`)"
@@ -297,6 +399,8 @@ impl MysqlConnector {
             server,
             pool: Pool::new(builder),
             trx_view: tokio::sync::Mutex::new(None),
+            datetime_zone,
+            replica_lag: spec.replica_lag,
         })
     }
 
@@ -370,53 +474,65 @@ impl MysqlConnector {
     }
 
     /// Computes the horizon for a first cursor column of the given kind: the bound parameter
-    /// and how it was decided.
+    /// and the [`crate::Horizon`] it gives the page.
     async fn horizon(
         &self,
         conn: &mut Conn,
         kind: Temporal,
         safety_lag: Duration,
-    ) -> Result<
-        (
-            mysql_async::Value,
-            chrono::DateTime<chrono::Utc>,
-            HorizonInfo,
-        ),
-        ConnectorError,
-    > {
+    ) -> Result<(mysql_async::Value, crate::Horizon), ConnectorError> {
         let lag = TimeDelta::from_std(safety_lag)
             .map_err(|_| self.config("safety lag is too large".into()))?;
+        let replica_lag = TimeDelta::from_std(self.replica_lag)
+            .map_err(|_| self.config("replica lag is too large".into()))?;
         let view = self.trx_view(conn).await?;
-        let (base, info) = match (view.sees, view.oldest) {
-            (true, Some(since)) => (
-                since.min(view.clock_utc),
+        // The visibility margin applies only where open transactions are seen; without them
+        // the lags are all there is.
+        let (base, margin, info) = match (&view.replica, view.sees, &view.oldest) {
+            (Some(_), _, _) => (
+                view.clock_utc - replica_lag,
+                TimeDelta::zero(),
+                HorizonInfo::Replica {
+                    lag: self.replica_lag,
+                },
+            ),
+            (None, true, Some((since, session))) => (
+                (*since).min(view.clock_utc),
+                VISIBILITY_MARGIN,
                 HorizonInfo::OpenTransaction {
                     since: Value::TimestampTz(since.and_utc())
                         .to_text()
                         .unwrap_or_default(),
-                    session: None,
+                    session: session.clone(),
                 },
             ),
-            (true, None) => (view.clock_utc, HorizonInfo::Clock),
-            (false, _) => (view.clock_utc, HorizonInfo::LagOnly),
-        };
-        // The visibility margin applies only where open transactions are seen; without them
-        // the safety lag is all there is.
-        let margin = if view.sees {
-            VISIBILITY_MARGIN
-        } else {
-            TimeDelta::zero()
+            (None, true, None) => (view.clock_utc, VISIBILITY_MARGIN, HorizonInfo::Clock),
+            (None, false, _) => (view.clock_utc, TimeDelta::zero(), HorizonInfo::LagOnly),
         };
         let horizon_utc = base - margin - lag;
-        let horizon_sys = horizon_utc + view.system_offset;
-        let bound = match kind {
-            Temporal::Timestamp => datetime_param(horizon_utc),
-            Temporal::DateTime => datetime_param(horizon_sys),
-            Temporal::Date => date_param(horizon_sys.date()),
-        }
-        .ok_or_else(|| self.config("the horizon is out of the server's date range".into()))?;
+        let horizon_zone = horizon_utc + view.zone_offset;
+        let (bound, reached) = match kind {
+            Temporal::Timestamp => (datetime_param(horizon_utc), horizon_utc),
+            Temporal::DateTime => (datetime_param(horizon_zone), horizon_utc),
+            Temporal::Date => {
+                // Rows of the bound's day are not read: the instant reached is its midnight.
+                let day = horizon_zone.date();
+                (
+                    date_param(day),
+                    day.and_time(chrono::NaiveTime::MIN) - view.zone_offset,
+                )
+            }
+        };
+        let bound = bound
+            .ok_or_else(|| self.config("the horizon is out of the server's date range".into()))?;
         tracing::debug!(source = %self.name, horizon = ?info, "page horizon");
-        Ok((bound, horizon_utc.and_utc(), info))
+        Ok((
+            bound,
+            crate::Horizon {
+                info,
+                reached: Some(reached.and_utc()),
+            },
+        ))
     }
 
     /// The server's view of open transactions: a recent one (see [`VIEW_REUSE`]) or a new one.
@@ -424,41 +540,58 @@ impl MysqlConnector {
     /// InnoDB from refreshing it.
     async fn trx_view(&self, conn: &mut Conn) -> Result<TrxView, ConnectorError> {
         let mut cached = self.trx_view.lock().await;
-        if let Some((taken, view)) = *cached
+        if let Some((taken, view)) = &*cached
             && taken.elapsed() < VIEW_REUSE
         {
-            return Ok(view);
+            return Ok(view.clone());
         }
         let taken = Instant::now();
         let view = self.read_trx_view(conn).await?;
-        *cached = Some((taken, view));
+        *cached = Some((taken, view.clone()));
         Ok(view)
     }
 
-    /// Reads the clock, then open transactions from a view of `innodb_trx` proven fresh: a
-    /// canary transaction, started after the clock was read, must appear in it.
+    /// Reads the clock, whether the server is a replica, then open transactions from a view of
+    /// `innodb_trx` proven fresh: a canary transaction, started after the clock was read, must
+    /// appear in it.
     async fn read_trx_view(&self, conn: &mut Conn) -> Result<TrxView, ConnectorError> {
+        let zone = self.datetime_zone.clone();
         let clock = conn
-            .exec_first::<Row, _, _>(CLOCK_SQL, ())
+            .exec_first::<Row, _, _>(CLOCK_SQL, (zone.clone(), zone))
             .await
             .map_err(|e| self.error(&e))?
             .map(Row::unwrap_raw)
             .unwrap_or_default();
         let now_utc = datetime_at(&clock, 0)
             .ok_or_else(|| self.statement("UTC_TIMESTAMP() returned no timestamp".into()))?;
-        let now_sys = datetime_at(&clock, 1).ok_or_else(|| {
-            self.statement(
-                "CONVERT_TZ(…, 'SYSTEM') returned NULL: the server cannot convert its SYSTEM \
-                 time zone"
-                    .into(),
-            )
+        let now_zone = datetime_at(&clock, 1).ok_or_else(|| {
+            let zone = text_at(&clock, 2).unwrap_or_default();
+            self.config(format!(
+                "the server cannot convert to the time zone `{zone}` (CONVERT_TZ returned \
+                 NULL): give `time_zone` in the URL as an offset such as `+08:00`, or load the \
+                 server's time zone tables (mysql_tzinfo_to_sql)"
+            ))
         })?;
         let mut view = TrxView {
             clock_utc: now_utc,
-            system_offset: now_sys - now_utc,
+            zone_offset: now_zone - now_utc,
             sees: true,
             oldest: None,
+            replica: None,
         };
+        match self.replica_status(conn).await? {
+            ReplicaStatus::Replica(what) => {
+                view.replica = Some(what);
+                return Ok(view);
+            }
+            ReplicaStatus::Hidden {
+                read_only: true, ..
+            } => {
+                view.replica = Some(read_only_replica());
+                return Ok(view);
+            }
+            ReplicaStatus::Primary | ReplicaStatus::Hidden { .. } => {}
+        }
 
         // Read-only, so that other connectors' views do not count it as a writer.
         let mut options = TxOpts::default();
@@ -470,15 +603,16 @@ impl MysqlConnector {
         let deadline = Instant::now() + FRESH_VIEW_DEADLINE;
         loop {
             innodb_trx_slot(&self.server).await;
-            match canary.exec_first::<Row, _, _>(OPEN_TRX_SQL, ()).await {
-                Ok(row) => {
-                    let row = row.map(Row::unwrap_raw).unwrap_or_default();
-                    let own = match row.get(1) {
-                        Some(Some(mysql_async::Value::Int(n))) => *n,
-                        _ => 0,
-                    };
-                    if own > 0 {
-                        view.oldest = datetime_at(&row, 0);
+            match canary.exec::<Row, _, _>(OPEN_TRX_SQL, ()).await {
+                Ok(rows) => {
+                    let rows: Vec<_> = rows.into_iter().map(Row::unwrap_raw).collect();
+                    if rows.iter().any(|row| int_at(row, 0) == Some(1)) {
+                        view.oldest = rows
+                            .iter()
+                            .filter(|row| int_at(row, 0) == Some(0) && int_at(row, 1) == Some(0))
+                            .filter_map(|row| Some((datetime_at(row, 2)?, row)))
+                            .min_by_key(|(started, _)| *started)
+                            .map(|(started, row)| (started, holder(row)));
                         break;
                     }
                 }
@@ -501,6 +635,211 @@ impl MysqlConnector {
         }
         canary.rollback().await.map_err(|e| self.error(&e))?;
         Ok(view)
+    }
+
+    /// Whether the server is a replica: the first of [`REPLICA_STATUS_SQL`] it knows lists
+    /// its replication connections.
+    async fn replica_status(&self, conn: &mut Conn) -> Result<ReplicaStatus, ConnectorError> {
+        for sql in REPLICA_STATUS_SQL {
+            match conn.query::<Row, _>(*sql).await {
+                Ok(rows) => {
+                    let Some(row) = rows.first() else {
+                        return Ok(ReplicaStatus::Primary);
+                    };
+                    let get = |names: &[&str]| {
+                        names.iter().find_map(|name| {
+                            row.get_opt::<Option<String>, _>(*name)
+                                .and_then(Result::ok)
+                                .flatten()
+                                .filter(|v| !v.is_empty())
+                        })
+                    };
+                    let from = match (
+                        get(&["Master_Host", "Source_Host"]),
+                        get(&["Master_Port", "Source_Port"]),
+                    ) {
+                        (Some(host), Some(port)) => format!(" of {host}:{port}"),
+                        _ => String::new(),
+                    };
+                    let channels = match rows.len() {
+                        1 => String::new(),
+                        n => format!(" ({n} replication connections)"),
+                    };
+                    return Ok(ReplicaStatus::Replica(format!(
+                        "the server is a replica{from}{channels}: it cannot see the primary's \
+                         open transactions, so pages are bounded by its clock minus \
+                         `replica_lag` ({} s) and the safety lag",
+                        self.replica_lag.as_secs()
+                    )));
+                }
+                Err(mysql_async::Error::Server(se)) if se.code == ER_PARSE_ERROR => continue,
+                Err(mysql_async::Error::Server(se)) if se.code == ER_SPECIFIC_ACCESS_DENIED => {
+                    let read_only: Option<i64> = conn
+                        .query_first("SELECT @@read_only")
+                        .await
+                        .map_err(|e| self.error(&e))?;
+                    let privilege = if *sql == "SHOW ALL SLAVES STATUS" {
+                        "SLAVE MONITOR"
+                    } else {
+                        "REPLICATION CLIENT"
+                    };
+                    return Ok(ReplicaStatus::Hidden {
+                        grant: format!("GRANT {privilege} ON *.*"),
+                        read_only: read_only == Some(1),
+                    });
+                }
+                Err(e) => return Err(self.error(&e)),
+            }
+        }
+        Ok(ReplicaStatus::Primary)
+    }
+
+    /// Resolves every selected column against the relation (default deny): a table's columns
+    /// in `information_schema.columns`, a query's own output columns; then checks that the
+    /// plain `SELECT` of the selection returns exactly the selected columns.
+    async fn resolve(
+        &self,
+        conn: &mut Conn,
+        selection: &Selection,
+    ) -> Result<Resolved, ConnectorError> {
+        let nullable = match &selection.relation {
+            Relation::Table(table) => {
+                let (schema, name) = split_table(table).map_err(|e| self.config(e))?;
+                let catalogue: Vec<(String, String)> = conn
+                    .exec(COLUMNS_SQL, (schema, name))
+                    .await
+                    .map_err(|e| self.error(&e))?;
+                if catalogue.is_empty() {
+                    // Let the server say why (no such table, no privilege on it).
+                    conn.prep(select_sql(selection, None, false, false))
+                        .await
+                        .map_err(|e| self.error(&e))?;
+                    return Err(self.config(format!(
+                        "table `{table}` shows no columns in information_schema.columns to \
+                         this account"
+                    )));
+                }
+                selection
+                    .columns
+                    .iter()
+                    .map(|column| {
+                        catalogue
+                            .iter()
+                            .find(|(name, _)| same_name(name, column))
+                            .map(|(_, nullable)| Some(nullable == "YES"))
+                            .ok_or_else(|| {
+                                self.config(format!(
+                                    "column `{column}` is not a column of table `{table}` \
+                                     (only the table's own columns are read)"
+                                ))
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            Relation::Query(_) => {
+                let stmt = conn
+                    .prep(format!("SELECT * FROM {}", from_sql(&selection.relation)))
+                    .await
+                    .map_err(|e| self.error(&e))?;
+                let output = stmt.columns();
+                if let Some(column) = selection
+                    .columns
+                    .iter()
+                    .find(|c| !output.iter().any(|o| same_name(&o.name_str(), c)))
+                {
+                    return Err(self.config(format!(
+                        "column `{column}` is not an output column of the resource's query \
+                         (only the query's own columns are read)"
+                    )));
+                }
+                vec![None; selection.columns.len()]
+            }
+        };
+        let stmt = conn
+            .prep(select_sql(selection, None, false, false))
+            .await
+            .map_err(|e| self.error(&e))?;
+        let columns = stmt.columns();
+        self.check_result_columns(selection, &columns)?;
+        Ok(Resolved {
+            columns: columns.to_vec(),
+            nullable,
+        })
+    }
+
+    /// Checks that a statement returns exactly the selected columns, in order.
+    fn check_result_columns(
+        &self,
+        selection: &Selection,
+        columns: &[Column],
+    ) -> Result<(), ConnectorError> {
+        if columns.len() != selection.columns.len() {
+            return Err(self.config(format!(
+                "the statement returns {} columns, {} were selected",
+                columns.len(),
+                selection.columns.len()
+            )));
+        }
+        for (name, column) in selection.columns.iter().zip(columns) {
+            let got = column.name_str();
+            if !same_name(&got, name) {
+                return Err(self.config(format!(
+                    "the statement returns column `{got}` where `{name}` was selected"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a statement of the selection and converts its rows: a table's directly, a query's
+    /// inside a read-only transaction. The result columns are checked first.
+    async fn fetch(
+        &self,
+        conn: &mut Conn,
+        selection: &Selection,
+        sql: String,
+        params: Vec<mysql_async::Value>,
+    ) -> Result<Vec<SourceRow>, ConnectorError> {
+        let rows = match selection.relation {
+            Relation::Table(_) => self.exec_checked(conn, selection, sql, params).await?,
+            Relation::Query(_) => {
+                let mut tx = self.read_only(conn).await?;
+                let rows = self.exec_checked(&mut tx, selection, sql, params).await?;
+                tx.rollback().await.map_err(|e| self.error(&e))?;
+                rows
+            }
+        };
+        rows.into_iter()
+            .map(|row| self.convert_row(&selection.columns, row))
+            .collect()
+    }
+
+    /// Prepares `sql`, checks its result columns against the selection, and runs it.
+    async fn exec_checked<Q: Queryable + Send>(
+        &self,
+        queryable: &mut Q,
+        selection: &Selection,
+        sql: String,
+        params: Vec<mysql_async::Value>,
+    ) -> Result<Vec<Row>, ConnectorError> {
+        let stmt = queryable.prep(sql).await.map_err(|e| self.error(&e))?;
+        self.check_result_columns(selection, &stmt.columns())?;
+        queryable
+            .exec(&stmt, Params::Positional(params))
+            .await
+            .map_err(|e| self.error(&e))
+    }
+
+    /// Starts a read-only transaction (a query resource cannot write).
+    async fn read_only<'a>(
+        &self,
+        conn: &'a mut Conn,
+    ) -> Result<mysql_async::Transaction<'a>, ConnectorError> {
+        let mut options = TxOpts::default();
+        options.with_readonly(true).with_consistent_snapshot(true);
+        conn.start_transaction(options)
+            .await
+            .map_err(|e| self.error(&e))
     }
 }
 
@@ -531,11 +870,8 @@ impl Connector for MysqlConnector {
             .map_err(|e| self.error(&e))?
             .map(Row::unwrap_raw)
             .unwrap_or_default();
-        let text = |i: usize| match row.get(i) {
-            Some(Some(mysql_async::Value::Bytes(b))) => String::from_utf8_lossy(b).into_owned(),
-            _ => String::new(),
-        };
-        let version = text(0);
+        let version = text_at(&row, 0).unwrap_or_default();
+        let account = quote_account(&text_at(&row, 1).unwrap_or_default());
         let product = if version.contains("MariaDB") {
             "MariaDB"
         } else {
@@ -543,57 +879,60 @@ impl Connector for MysqlConnector {
         };
         let server = format!("{product} {version}");
 
+        let mut missing = Vec::new();
         innodb_trx_slot(&self.server).await;
-        match conn
+        let sees_open_transactions = match conn
             .exec_drop("SELECT COUNT(*) FROM information_schema.innodb_trx", ())
             .await
         {
-            Ok(()) => Ok(Probe {
-                replica: None,
-                server,
-                sees_open_transactions: true,
-                missing_privilege: None,
-            }),
+            Ok(()) => true,
             Err(mysql_async::Error::Server(se)) if se.code == ER_SPECIFIC_ACCESS_DENIED => {
-                let account = quote_account(&text(1));
-                Ok(Probe {
-                    replica: None,
-                    server,
-                    sees_open_transactions: false,
-                    missing_privilege: Some(format!(
-                        "GRANT PROCESS ON *.* TO {account}; -- lets the agent see open \
-                         transactions (information_schema.innodb_trx), so rows of transactions \
-                         that commit late are not skipped"
-                    )),
-                })
+                missing.push(format!(
+                    "GRANT PROCESS ON *.* TO {account}; -- lets the agent see open \
+                     transactions (information_schema.innodb_trx), so rows of transactions \
+                     that commit late are not skipped"
+                ));
+                false
             }
-            Err(e) => Err(self.error(&e)),
-        }
+            Err(e) => return Err(self.error(&e)),
+        };
+        let replica = match self.replica_status(&mut conn).await? {
+            ReplicaStatus::Replica(what) => Some(what),
+            ReplicaStatus::Primary => None,
+            ReplicaStatus::Hidden { grant, read_only } => {
+                missing.push(format!(
+                    "{grant} TO {account}; -- lets the agent see whether the server is a \
+                     replica (a replica cannot see the primary's open transactions){}",
+                    if read_only {
+                        ""
+                    } else {
+                        "; until then a writable server is taken to be a primary"
+                    }
+                ));
+                read_only.then(read_only_replica)
+            }
+        };
+        Ok(Probe {
+            server,
+            sees_open_transactions,
+            missing_privilege: (!missing.is_empty()).then(|| missing.join("\n")),
+            replica,
+        })
     }
 
     async fn describe(&self, selection: &Selection) -> Result<Vec<ColumnInfo>, ConnectorError> {
         self.check_selection(selection)?;
         let mut conn = self.conn().await?;
-        let stmt = conn
-            .prep(select_sql(selection, None, false, false))
-            .await
-            .map_err(|e| self.error(&e))?;
-        let columns = stmt.columns();
-        if columns.len() != selection.columns.len() {
-            return Err(self.statement(format!(
-                "the statement returns {} columns, {} were selected",
-                columns.len(),
-                selection.columns.len()
-            )));
-        }
+        let resolved = self.resolve(&mut conn, selection).await?;
         Ok(selection
             .columns
             .iter()
-            .zip(columns.iter())
-            .map(|(name, column)| ColumnInfo {
+            .zip(&resolved.columns)
+            .zip(&resolved.nullable)
+            .map(|((name, column), nullable)| ColumnInfo {
                 name: name.clone(),
                 source_type: source_type(column),
-                nullable: None,
+                nullable: *nullable,
             })
             .collect())
     }
@@ -601,8 +940,15 @@ impl Connector for MysqlConnector {
     async fn read_page(&self, request: &PageRequest<'_>) -> Result<Page, ConnectorError> {
         let selection = request.selection;
         self.check_selection(selection)?;
-        crate::sql::cursor_positions(selection, request.after).map_err(|e| self.config(e))?;
+        let positions =
+            crate::sql::cursor_positions(selection, request.after).map_err(|e| self.config(e))?;
+        let mut conn = self.conn().await?;
+        let resolved = self.resolve(&mut conn, selection).await?;
+        let cursor_columns: Vec<&Column> =
+            positions.iter().map(|&i| &resolved.columns[i]).collect();
+
         let mut params = Vec::new();
+        let mut marks = None;
         if let Some(after) = request.after {
             let after = after
                 .iter()
@@ -614,67 +960,127 @@ impl Connector for MysqlConnector {
                 params.push(after[0].clone());
             }
             params.extend(after);
+            marks = Some(
+                cursor_columns
+                    .iter()
+                    .map(|c| placeholder(c))
+                    .collect::<Vec<_>>(),
+            );
         }
-
-        let mut conn = self.conn().await?;
 
         // The horizon is read before the page query, in its own statement.
         let mut horizon = crate::Horizon::unbounded();
         if let (Bound::Horizon { safety_lag }, Some(first)) =
-            (request.bound, selection.cursor.first())
+            (request.bound, cursor_columns.first())
+            && let Some(kind) = Temporal::of(first)
         {
-            let stmt = conn
-                .prep(select_sql(selection, None, false, false))
-                .await
-                .map_err(|e| self.error(&e))?;
-            let index = selection.columns.iter().position(|c| c == first);
-            let kind = index
-                .and_then(|i| stmt.columns().get(i).cloned())
-                .and_then(|c| Temporal::of(&c));
-            if let Some(kind) = kind {
-                let (bound, reached, info) = self.horizon(&mut conn, kind, safety_lag).await?;
-                params.push(bound);
-                horizon = crate::Horizon {
-                    info,
-                    reached: Some(reached),
-                };
-            }
+            let (bound, bounded) = self.horizon(&mut conn, kind, safety_lag).await?;
+            params.push(bound);
+            horizon = bounded;
         }
         let bounded = horizon.info != HorizonInfo::Unbounded;
         params.push(mysql_async::Value::UInt(request.limit as u64));
-        let sql = select_sql(selection, request.after, bounded, true);
-
-        let rows: Vec<Row> = match selection.relation {
-            Relation::Table(_) => conn
-                .exec(sql, Params::Positional(params))
-                .await
-                .map_err(|e| self.error(&e))?,
-            Relation::Query(_) => {
-                let mut options = TxOpts::default();
-                options.with_readonly(true);
-                let mut tx = conn
-                    .start_transaction(options)
-                    .await
-                    .map_err(|e| self.error(&e))?;
-                let rows = tx
-                    .exec(sql, Params::Positional(params))
-                    .await
-                    .map_err(|e| self.error(&e))?;
-                tx.rollback().await.map_err(|e| self.error(&e))?;
-                rows
-            }
-        };
-
-        let names: crate::Columns = selection.columns.clone().into();
-        let rows = rows
-            .into_iter()
-            .map(|row| self.convert_row(&names, row))
-            .collect::<Result<Vec<_>, _>>()?;
+        let sql = select_sql(selection, marks.as_deref(), bounded, true);
+        let rows = self.fetch(&mut conn, selection, sql, params).await?;
         Ok(Page {
-            columns: names,
+            columns: selection.columns.clone().into(),
             rows,
             horizon,
         })
+    }
+
+    async fn null_cursor_rows(
+        &self,
+        selection: &Selection,
+        limit: usize,
+    ) -> Result<NullRows, ConnectorError> {
+        self.check_selection(selection)?;
+        let positions =
+            crate::sql::cursor_positions(selection, None).map_err(|e| self.config(e))?;
+        let mut conn = self.conn().await?;
+        let resolved = self.resolve(&mut conn, selection).await?;
+        let nullable: Vec<String> = positions
+            .iter()
+            .filter(|&&i| resolved.nullable[i] != Some(false))
+            .map(|&i| format!("{} IS NULL", quote_ident(&selection.columns[i])))
+            .collect();
+        if nullable.is_empty() {
+            return Ok(NullRows {
+                total: 0,
+                rows: Vec::new(),
+            });
+        }
+        let condition = nullable.join(" OR ");
+        let from = from_sql(&selection.relation);
+        // Both statements read one snapshot, so the count and the rows agree.
+        let mut tx = self.read_only(&mut conn).await?;
+        let total: Option<u64> = tx
+            .exec_first(format!("SELECT COUNT(*) FROM {from} WHERE {condition}"), ())
+            .await
+            .map_err(|e| self.error(&e))?;
+        let sql = format!(
+            "{} WHERE {condition} LIMIT ?",
+            select_sql(selection, None, false, false)
+        );
+        let rows = self
+            .exec_checked(
+                &mut tx,
+                selection,
+                sql,
+                vec![mysql_async::Value::UInt(limit as u64)],
+            )
+            .await?;
+        tx.rollback().await.map_err(|e| self.error(&e))?;
+        let rows = rows
+            .into_iter()
+            .map(|row| self.convert_row(&selection.columns, row))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(NullRows {
+            total: total.unwrap_or(0),
+            rows,
+        })
+    }
+
+    async fn lookup(
+        &self,
+        selection: &Selection,
+        key: &str,
+        keys: &[Value],
+    ) -> Result<Vec<SourceRow>, ConnectorError> {
+        self.check_selection(selection)?;
+        let Some(index) = selection.columns.iter().position(|c| c == key) else {
+            return Err(self.config(format!(
+                "key column `{key}` is not among the selected columns"
+            )));
+        };
+        let mut conn = self.conn().await?;
+        let resolved = self.resolve(&mut conn, selection).await?;
+        let column = &resolved.columns[index];
+        let params = keys
+            .iter()
+            .map(|k| typed_param(column, k))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                self.config(format!(
+                    "a key value does not fit the type of key column `{key}` ({})",
+                    source_type(column)
+                ))
+            })?;
+        let mark = placeholder(column);
+        let mut rows = Vec::new();
+        for chunk in params.chunks(LOOKUP_CHUNK) {
+            let sql = format!(
+                "{} WHERE {} IN ({})",
+                select_sql(selection, None, false, false),
+                quote_ident(key),
+                vec![mark.as_str(); chunk.len()].join(", ")
+            );
+            rows.extend(
+                self.fetch(&mut conn, selection, sql, chunk.to_vec())
+                    .await?,
+            );
+        }
+        Ok(rows)
     }
 }
 
@@ -696,6 +1102,61 @@ impl MysqlConnector {
             .map(|((value, column), name)| convert(name, column, value))
             .collect();
         Ok(SourceRow { values })
+    }
+}
+
+/// The replica description used when the server is read-only and the account may not list
+/// its replication connections.
+fn read_only_replica() -> String {
+    "the server is read-only (`@@read_only`), so it is taken to be a replica: it cannot see the \
+     primary's open transactions, so pages are bounded by its clock minus `replica_lag` and \
+     the safety lag"
+        .into()
+}
+
+/// Who holds an open transaction, from a row of [`OPEN_TRX_SQL`]: thread id, account and
+/// client address, never what it does.
+fn holder(row: &[Option<mysql_async::Value>]) -> Option<String> {
+    let thread = int_at(row, 3)?;
+    let mut out = format!("thread {thread}");
+    if let Some(user) = text_at(row, 4) {
+        out.push_str(&format!(", user `{user}`"));
+    }
+    if let Some(host) = text_at(row, 5).filter(|h| !h.is_empty()) {
+        out.push_str(&format!(", client {host}"));
+    }
+    Some(out)
+}
+
+/// The integer in column `i` of a raw row.
+fn int_at(row: &[Option<mysql_async::Value>], i: usize) -> Option<i64> {
+    match row.get(i)?.as_ref()? {
+        mysql_async::Value::Int(n) => Some(*n),
+        mysql_async::Value::UInt(n) => i64::try_from(*n).ok(),
+        mysql_async::Value::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The text in column `i` of a raw row.
+fn text_at(row: &[Option<mysql_async::Value>], i: usize) -> Option<String> {
+    match row.get(i)?.as_ref()? {
+        mysql_async::Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        _ => None,
+    }
+}
+
+/// Whether two column names are the same to the server (MySQL compares them without case).
+fn same_name(a: &str, b: &str) -> bool {
+    a.to_lowercase() == b.to_lowercase()
+}
+
+/// `schema.table` → (`Some(schema)`, `table`); `table` → (`None`, `table`).
+fn split_table(name: &str) -> Result<(Option<String>, String), String> {
+    match name.split('.').collect::<Vec<_>>().as_slice() {
+        [table] => Ok((None, (*table).to_owned())),
+        [schema, table] => Ok((Some((*schema).to_owned()), (*table).to_owned())),
+        _ => Err(format!("table `{name}` is not `table` or `schema.table`")),
     }
 }
 
@@ -732,12 +1193,24 @@ fn quote_table(name: &str) -> String {
         .join(".")
 }
 
-/// Builds the SELECT of a selection. With `after`, a cursor condition with one parameter per
-/// cursor column (plus one for the leading range); with `bounded`, `first cursor column < ?`;
-/// with `paged`, `ORDER BY` the cursor and `LIMIT ?`.
+/// The `FROM` item of a relation: a quoted table, or the query as a derived table `src`.
+fn from_sql(relation: &Relation) -> String {
+    match relation {
+        Relation::Table(table) => quote_table(table),
+        Relation::Query(query) => {
+            // The newlines end a trailing `-- comment` inside the query.
+            let query = query.trim().trim_end_matches(';').trim_end();
+            format!("(\n{query}\n) AS src")
+        }
+    }
+}
+
+/// Builds the SELECT of a selection. With `after` (one placeholder expression per cursor
+/// column, see [`placeholder`]), a cursor condition (plus one for the leading range); with
+/// `bounded`, `first cursor column < ?`; with `paged`, `ORDER BY` the cursor and `LIMIT ?`.
 fn select_sql(
     selection: &Selection,
-    after: Option<&[Value]>,
+    after: Option<&[String]>,
     bounded: bool,
     paged: bool,
 ) -> String {
@@ -747,25 +1220,18 @@ fn select_sql(
         .map(|c| quote_ident(c))
         .collect::<Vec<_>>()
         .join(", ");
-    let from = match &selection.relation {
-        Relation::Table(table) => quote_table(table),
-        Relation::Query(query) => {
-            // The newlines end a trailing `-- comment` inside the query.
-            let query = query.trim().trim_end_matches(';').trim_end();
-            format!("(\n{query}\n) AS src")
-        }
-    };
+    let from = from_sql(&selection.relation);
     let cursor: Vec<String> = selection.cursor.iter().map(|c| quote_ident(c)).collect();
     let mut conditions = Vec::new();
-    if after.is_some() {
-        match cursor.as_slice() {
-            [] => {}
-            [only] => conditions.push(format!("{only} > ?")),
-            [first, ..] => {
-                let marks = vec!["?"; cursor.len()].join(", ");
+    if let Some(marks) = after {
+        match (cursor.as_slice(), marks) {
+            ([], _) | (_, []) => {}
+            ([only], [mark, ..]) => conditions.push(format!("{only} > {mark}")),
+            ([first, ..], [mark, ..]) => {
                 conditions.push(format!(
-                    "{first} >= ? AND ({}) > ({marks})",
-                    cursor.join(", ")
+                    "{first} >= {mark} AND ({}) > ({})",
+                    cursor.join(", "),
+                    marks.join(", ")
                 ));
             }
         }
@@ -786,6 +1252,146 @@ fn select_sql(
         sql.push_str(" LIMIT ?");
     }
     sql
+}
+
+/// The placeholder for a value compared with `column`, typed as the column: a `DECIMAL` is
+/// bound as its exact text and cast to `DECIMAL(65, scale)` (a string compared with a decimal
+/// goes through DOUBLE and loses digits past ~15); any other type as `?`, bound with the
+/// matching binary-protocol type.
+fn placeholder(column: &Column) -> String {
+    use ColumnType::*;
+    match column.column_type() {
+        MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => {
+            format!("CAST(? AS DECIMAL(65, {}))", column.decimals().min(38))
+        }
+        _ => "?".into(),
+    }
+}
+
+/// A key value as a parameter of `column`'s type (a lookup's keys may come as text);
+/// `None` if it does not fit.
+fn typed_param(column: &Column, value: &Value) -> Option<mysql_async::Value> {
+    use ColumnType::*;
+    use mysql_async::Value as M;
+    let unsigned = column.flags().contains(ColumnFlags::UNSIGNED_FLAG);
+    match column.column_type() {
+        MYSQL_TYPE_TINY | MYSQL_TYPE_SHORT | MYSQL_TYPE_INT24 | MYSQL_TYPE_LONG
+        | MYSQL_TYPE_LONGLONG | MYSQL_TYPE_YEAR => match (value, unsigned) {
+            (Value::Int(i), false) => Some(M::Int(*i)),
+            (Value::Int(i), true) => u64::try_from(*i).ok().map(M::UInt),
+            (Value::UInt(u), false) => i64::try_from(*u).ok().map(M::Int),
+            (Value::UInt(u), true) => Some(M::UInt(*u)),
+            (Value::Text(s) | Value::Decimal(s), false) => s.trim().parse().ok().map(M::Int),
+            (Value::Text(s) | Value::Decimal(s), true) => s.trim().parse().ok().map(M::UInt),
+            _ => None,
+        },
+        MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => match value {
+            Value::Decimal(s) | Value::Text(s) if is_decimal_literal(s.trim()) => {
+                Some(M::Bytes(s.trim().as_bytes().to_vec()))
+            }
+            Value::Int(i) => Some(M::Bytes(i.to_string().into_bytes())),
+            Value::UInt(u) => Some(M::Bytes(u.to_string().into_bytes())),
+            _ => None,
+        },
+        MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => match value {
+            Value::Date(d) => date_param(*d),
+            Value::Text(s) => s.trim().parse::<NaiveDate>().ok().and_then(date_param),
+            _ => None,
+        },
+        MYSQL_TYPE_DATETIME
+        | MYSQL_TYPE_DATETIME2
+        | MYSQL_TYPE_TIMESTAMP
+        | MYSQL_TYPE_TIMESTAMP2 => match value {
+            Value::Timestamp(ts) => datetime_param(*ts),
+            // The session time zone is UTC.
+            Value::TimestampTz(ts) => datetime_param(ts.naive_utc()),
+            Value::Text(s) => {
+                let s = s.trim();
+                s.parse::<chrono::DateTime<chrono::Utc>>()
+                    .map(|ts| ts.naive_utc())
+                    .or_else(|_| s.parse::<NaiveDateTime>())
+                    .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
+                    .ok()
+                    .and_then(datetime_param)
+            }
+            _ => None,
+        },
+        _ => cursor_param(value),
+    }
+}
+
+/// `[-+]digits[.digits]`.
+fn is_decimal_literal(s: &str) -> bool {
+    let s = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    !int.is_empty()
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Splits the connector's own parameters off a source URL and returns the rest (a
+/// `mysql_async` URL) and `time_zone`: the zone the applications write `DATETIME` values in
+/// (`+08:00`, `-05:30`, `SYSTEM` or a named zone; a `+` may be written `%2B`).
+fn split_url(url: &str) -> Result<(String, Option<String>), String> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), None));
+    };
+    let mut zone = None;
+    let mut rest = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("time_zone", value)) => {
+                let value = percent_decode(value)
+                    .filter(|v| valid_zone(v))
+                    .ok_or_else(|| {
+                        "`time_zone` in the URL is not a time zone: expected an offset such as \
+                         `+08:00` (or `%2B08:00`), `SYSTEM`, or a named zone such as \
+                         `Asia/Shanghai`"
+                            .to_owned()
+                    })?;
+                zone = Some(value);
+            }
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, zone))
+}
+
+/// Decodes `%XX` escapes (a `+` stays a `+`).
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `±H:MM`/`±HH:MM`, `SYSTEM`, or a zone name (`Asia/Shanghai`, `UTC`).
+fn valid_zone(zone: &str) -> bool {
+    if let Some(offset) = zone.strip_prefix(['+', '-']) {
+        return matches!(offset.split_once(':'), Some((h, m))
+            if (1..=2).contains(&h.len()) && m.len() == 2
+                && h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()));
+    }
+    zone.len() <= 64
+        && zone.starts_with(|c: char| c.is_ascii_alphabetic())
+        && zone
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '+'))
 }
 
 /// A stored cursor value as a parameter of the matching MySQL type; `None` if out of range.
@@ -1160,7 +1766,7 @@ mod tests {
             &["id", "updated_at", "name"],
             &["updated_at", "id"],
         );
-        let after = [Value::Int(1), Value::Int(2)];
+        let after = ["?".to_owned(), "CAST(? AS DECIMAL(65, 2))".to_owned()];
         let cases = [
             (
                 None,
@@ -1172,7 +1778,7 @@ mod tests {
                 Some(&after[..]),
                 true,
                 "SELECT `id`, `updated_at`, `name` FROM `hr`.`per``son` \
-                 WHERE `updated_at` >= ? AND (`updated_at`, `id`) > (?, ?) \
+                 WHERE `updated_at` >= ? AND (`updated_at`, `id`) > (?, CAST(? AS DECIMAL(65, 2))) \
                  AND `updated_at` < ? ORDER BY `updated_at`, `id` LIMIT ?",
             ),
         ];
@@ -1181,9 +1787,62 @@ mod tests {
         }
         let q = selection(Relation::Query("SELECT 1 AS id;".into()), &["id"], &["id"]);
         assert_eq!(
-            select_sql(&q, Some(&[Value::Int(1)]), false, true),
+            select_sql(&q, Some(&["?".to_owned()]), false, true),
             "SELECT `id` FROM (\nSELECT 1 AS id\n) AS src WHERE `id` > ? ORDER BY `id` LIMIT ?"
         );
+    }
+
+    #[test]
+    fn the_time_zone_parameter_is_taken_off_the_url() {
+        let cases = [
+            ("mysql://u@h/db", Ok(("mysql://u@h/db", None))),
+            (
+                "mysql://u@h/db?time_zone=+08:00",
+                Ok(("mysql://u@h/db", Some("+08:00"))),
+            ),
+            (
+                "mysql://u@h/db?require_ssl=true&time_zone=%2B08:00&pool_max=3",
+                Ok(("mysql://u@h/db?require_ssl=true&pool_max=3", Some("+08:00"))),
+            ),
+            (
+                "mysql://u@h/db?time_zone=Asia%2FShanghai",
+                Ok(("mysql://u@h/db", Some("Asia/Shanghai"))),
+            ),
+            (
+                "mysql://u@h/db?time_zone=SYSTEM",
+                Ok(("mysql://u@h/db", Some("SYSTEM"))),
+            ),
+            ("mysql://u@h/db?time_zone=8", Err(())),
+            ("mysql://u@h/db?time_zone='x'", Err(())),
+            ("mysql://u@h/db?time_zone=%ZZ", Err(())),
+        ];
+        for (url, expected) in cases {
+            let got = split_url(url);
+            match expected {
+                Ok((rest, zone)) => {
+                    let (got_rest, got_zone) = got.expect(url);
+                    assert_eq!(got_rest, rest);
+                    assert_eq!(got_zone.as_deref(), zone);
+                }
+                Err(()) => assert!(got.is_err(), "{url}"),
+            }
+        }
+    }
+
+    #[test]
+    fn decimal_literals_are_recognized() {
+        for (s, ok) in [
+            ("1", true),
+            ("-1.50", true),
+            ("+0.1", true),
+            ("1.", true),
+            (".5", false),
+            ("1e5", false),
+            ("", false),
+            ("1.2.3", false),
+        ] {
+            assert_eq!(is_decimal_literal(s), ok, "{s}");
+        }
     }
 
     #[test]
