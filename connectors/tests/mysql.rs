@@ -978,6 +978,15 @@ async fn without_process_privilege_the_horizon_is_lag_only() {
         missing.starts_with(&format!("GRANT PROCESS ON *.* TO '{user}'@'%'")),
         "{missing}"
     );
+    // Without the right to list replication connections, a writable server is taken to be a
+    // primary, and the grant that would tell is named.
+    assert_eq!(probe.replica, None);
+    assert!(
+        ["SLAVE MONITOR", "REPLICATION CLIENT"]
+            .iter()
+            .any(|grant| missing.contains(&format!("GRANT {grant} ON *.* TO '{user}'@'%'"))),
+        "{missing}"
+    );
 
     let sel = selection(
         Relation::Table(t.clone()),
