@@ -978,6 +978,15 @@ async fn without_process_privilege_the_horizon_is_lag_only() {
         missing.starts_with(&format!("GRANT PROCESS ON *.* TO '{user}'@'%'")),
         "{missing}"
     );
+    // Without the right to list replication connections, a writable server is taken to be a
+    // primary, and the grant that would tell is named.
+    assert_eq!(probe.replica, None);
+    assert!(
+        ["SLAVE MONITOR", "REPLICATION CLIENT"]
+            .iter()
+            .any(|grant| missing.contains(&format!("GRANT {grant} ON *.* TO '{user}'@'%'"))),
+        "{missing}"
+    );
 
     let sel = selection(
         Relation::Table(t.clone()),
@@ -1046,7 +1055,7 @@ async fn describe_names_source_types_and_missing_columns() {
         .await
         .expect_err("a missing column is an error");
     assert!(
-        matches!(&err, ConnectorError::Statement { reason, .. } if reason.contains("no_such_column")),
+        matches!(&err, ConnectorError::Config { reason, .. } if reason.contains("no_such_column")),
         "{err}"
     );
     let err = connector
@@ -1062,5 +1071,586 @@ async fn describe_names_source_types_and_missing_columns() {
         "{err}"
     );
 
+    run(&mut db, &format!("DROP TABLE {t}")).await;
+}
+
+/// A connector whose `DATETIME` columns are written in `zone` (the URL's `time_zone`).
+fn connector_in_zone(zone: &str) -> MysqlConnector {
+    exchange_protocol::tls::install_provider();
+    MysqlConnector::new(&spec_for(&url_with(&format!("time_zone={zone}"))))
+        .expect("a time_zone parameter is accepted")
+}
+
+/// The writers' session zone is behind the server's system zone (UTC here; the issue's case is
+/// a global `time_zone='+00:00'` with a system zone of +08:00): a horizon computed in the
+/// system zone would be hours ahead of what the writers' `NOW()` stamps, and pass an open
+/// transaction's rows.
+#[tokio::test]
+async fn datetime_horizon_is_computed_in_the_writers_time_zone_not_the_system_zone() {
+    let _guard = INNODB_TRX.read().await;
+    let mut db = admin().await;
+    run(&mut db, "SET time_zone = '-08:00'").await;
+    let t = unique("tz");
+    run(
+        &mut db,
+        &format!(
+            "CREATE TABLE {t} (id INT AUTO_INCREMENT PRIMARY KEY,
+               updated_at DATETIME(6) NOT NULL, note VARCHAR(20))"
+        ),
+    )
+    .await;
+    run(
+        &mut db,
+        &format!("INSERT INTO {t} (updated_at, note) VALUES (NOW(6) - INTERVAL 1 HOUR, 'early')"),
+    )
+    .await;
+    let mut late = admin().await;
+    run(&mut late, "SET time_zone = '-08:00'").await;
+    run(&mut late, "START TRANSACTION").await;
+    run(
+        &mut late,
+        &format!("INSERT INTO {t} (updated_at, note) VALUES (NOW(6), 'late')"),
+    )
+    .await;
+    run(
+        &mut db,
+        &format!("INSERT INTO {t} (updated_at, note) VALUES (NOW(6), 'after')"),
+    )
+    .await;
+
+    let sel = selection(
+        Relation::Table(t.clone()),
+        &["id", "updated_at", "note"],
+        &["updated_at", "id"],
+    );
+    let bound = Bound::Horizon {
+        safety_lag: Duration::from_secs(1),
+    };
+    let connector = connector_in_zone("-08:00");
+    let mut cursor = None;
+    let (rows, _) = read_to_end(&connector, &sel, &mut cursor, 10, bound).await;
+    let notes: Vec<&Value> = rows.iter().map(|r| ok(r, 2)).collect();
+    assert_eq!(
+        notes,
+        [&Value::Text("early".into())],
+        "stops before the open transaction"
+    );
+
+    run(&mut late, "COMMIT").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut rest = Vec::new();
+    while rest.len() < 2 {
+        assert!(Instant::now() < deadline, "the late rows did not come");
+        let (rows, _) = read_to_end(&connector, &sel, &mut cursor, 10, bound).await;
+        rest.extend(rows);
+        if rest.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let notes: Vec<&Value> = rest.iter().map(|r| ok(r, 2)).collect();
+    assert_eq!(
+        notes,
+        [&Value::Text("late".into()), &Value::Text("after".into())],
+        "no row skipped"
+    );
+    run(&mut db, &format!("DROP TABLE {t}")).await;
+}
+
+/// `reached` is an instant on the source's clock: once a page comes back short with
+/// `reached` past a `clock()` reading, every row committed before that reading was returned —
+/// also for `DATETIME` columns written in a zone ahead of UTC, and for `DATE` columns.
+#[tokio::test]
+async fn a_row_committed_before_the_clock_is_read_once_reached_passes_it() {
+    let _guard = INNODB_TRX.read().await;
+    for (column_type, now) in [
+        ("DATETIME(6)", "NOW(6)"),
+        ("TIMESTAMP(6)", "NOW(6)"),
+        ("DATE", "CURDATE()"),
+    ] {
+        let mut db = admin().await;
+        run(&mut db, "SET time_zone = '+08:00'").await;
+        let t = unique("reached");
+        run(
+            &mut db,
+            &format!(
+                "CREATE TABLE {t} (id INT AUTO_INCREMENT PRIMARY KEY, at {column_type} NOT NULL)"
+            ),
+        )
+        .await;
+        run(&mut db, &format!("INSERT INTO {t} (at) VALUES ({now})")).await;
+        let connector = connector_in_zone("+08:00");
+        let clock = connector.clock().await.expect("clock");
+        let sel = selection(Relation::Table(t.clone()), &["id", "at"], &["at", "id"]);
+        let bound = Bound::Horizon {
+            safety_lag: Duration::from_millis(500),
+        };
+        let mut rows = Vec::new();
+        let mut cursor = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let page = connector
+                .read_page(&PageRequest {
+                    selection: &sel,
+                    after: cursor.as_deref(),
+                    limit: 10,
+                    bound,
+                })
+                .await
+                .expect("page is read");
+            let short = page.rows.len() < 10;
+            if let Some(last) = page.rows.last() {
+                cursor = Some(cursor_of(&sel, last));
+            }
+            rows.extend(page.rows);
+            let reached = page
+                .horizon
+                .reached
+                .expect("a bounded page reaches an instant");
+            if short && reached > clock {
+                break;
+            }
+            if column_type == "DATE" {
+                // The horizon reaches today's midnight only tomorrow: check the instant.
+                let midnight = (clock + chrono::TimeDelta::hours(8))
+                    .date_naive()
+                    .and_hms_opt(0, 0, 0)
+                    .expect("midnight")
+                    .and_utc()
+                    - chrono::TimeDelta::hours(8);
+                assert!(
+                    reached <= midnight,
+                    "DATE: reached {reached} is at most the midnight (+08:00) of the bound's day"
+                );
+                assert!(rows.is_empty(), "DATE: today's row waits for midnight");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{column_type}: reached never passed the clock"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if column_type != "DATE" {
+            assert_eq!(
+                rows.len(),
+                1,
+                "{column_type}: the row committed before the clock"
+            );
+        }
+        run(&mut db, &format!("DROP TABLE {t}")).await;
+    }
+}
+
+/// `information_schema.innodb_trx.trx_started` is not in the session's time zone (the
+/// connector converts it from the server's SYSTEM zone).
+#[tokio::test]
+async fn innodb_trx_started_is_in_the_system_time_zone_not_the_session_zone() {
+    let _guard = INNODB_TRX.read().await;
+    let mut db = admin().await;
+    run(&mut db, "SET time_zone = '+05:00'").await;
+    let t = unique("trxzone");
+    run(&mut db, &format!("CREATE TABLE {t} (id INT PRIMARY KEY)")).await;
+    run(&mut db, "START TRANSACTION").await;
+    run(&mut db, &format!("INSERT INTO {t} VALUES (1)")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let skew: i64 = loop {
+        let skew: Option<i64> = db
+            .query_first(
+                "SELECT TIMESTAMPDIFF(SECOND, trx_started,
+                   CONVERT_TZ(UTC_TIMESTAMP(), '+00:00', 'SYSTEM'))
+                 FROM information_schema.innodb_trx
+                 WHERE trx_mysql_thread_id = CONNECTION_ID()",
+            )
+            .await
+            .expect("innodb_trx is read");
+        if let Some(skew) = skew {
+            break skew;
+        }
+        assert!(Instant::now() < deadline, "own transaction never listed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        (0..=10).contains(&skew),
+        "trx_started is SYSTEM time (skew {skew} s), not the session's +05:00"
+    );
+    run(&mut db, "ROLLBACK").await;
+    run(&mut db, &format!("DROP TABLE {t}")).await;
+}
+
+#[tokio::test]
+async fn decimal_cursor_values_differing_in_the_twentieth_digit_page_correctly() {
+    let mut db = admin().await;
+    let t = unique("decimals");
+    run(
+        &mut db,
+        &format!("CREATE TABLE {t} (id INT PRIMARY KEY, amount DECIMAL(30,10) NOT NULL)"),
+    )
+    .await;
+    run(
+        &mut db,
+        &format!(
+            "INSERT INTO {t} VALUES (1, 1234567890.1234567891), (2, 1234567890.1234567892),
+               (3, 1234567890.1234567893), (4, 1234567890.1234567894)"
+        ),
+    )
+    .await;
+    let connector = connector();
+    for (columns, cursor) in [
+        (&["id", "amount"][..], &["amount"][..]),
+        (&["id", "amount"][..], &["amount", "id"][..]),
+    ] {
+        for relation in [
+            Relation::Table(t.clone()),
+            Relation::Query(format!("SELECT id, amount FROM {t}")),
+        ] {
+            let sel = selection(relation, columns, cursor);
+            let mut after = None;
+            let (rows, _) = read_to_end(&connector, &sel, &mut after, 1, Bound::None).await;
+            let ids: Vec<i64> = rows.iter().map(|r| int_of(ok(r, 0))).collect();
+            assert_eq!(
+                ids,
+                [1, 2, 3, 4],
+                "cursor {cursor:?}: each row once, in order"
+            );
+        }
+    }
+    run(&mut db, &format!("DROP TABLE {t}")).await;
+}
+
+#[tokio::test]
+async fn a_selected_name_that_is_not_an_input_column_is_refused() {
+    let mut db = admin().await;
+    let t = unique("deny");
+    let v = unique("deny_view");
+    run(
+        &mut db,
+        &format!("CREATE TABLE {t} (id INT PRIMARY KEY, name VARCHAR(20), secret VARCHAR(20))"),
+    )
+    .await;
+    run(
+        &mut db,
+        &format!("CREATE VIEW {v} AS SELECT id, name FROM {t}"),
+    )
+    .await;
+    let schema: String = db
+        .query_first("SELECT DATABASE()")
+        .await
+        .expect("database")
+        .expect("a database is selected");
+    let connector = connector();
+    let relations = [
+        Relation::Table(t.clone()),
+        Relation::Table(format!("{schema}.{t}")),
+        Relation::Table(v.clone()),
+        Relation::Query(format!("SELECT id, name FROM {t}")),
+    ];
+    for relation in relations {
+        let ok_sel = selection(relation.clone(), &["id", "name"], &["id"]);
+        connector
+            .describe(&ok_sel)
+            .await
+            .unwrap_or_else(|e| panic!("{relation:?}: existing columns are accepted: {e}"));
+        for missing in ["no_such_column", "secret"] {
+            if missing == "secret"
+                && matches!(relation, Relation::Table(ref n) if !n.contains("view"))
+            {
+                continue;
+            }
+            let sel = selection(relation.clone(), &["id", missing], &["id"]);
+            for result in [
+                connector.describe(&sel).await.map(|_| ()),
+                connector
+                    .read_page(&PageRequest {
+                        selection: &sel,
+                        after: None,
+                        limit: 10,
+                        bound: Bound::None,
+                    })
+                    .await
+                    .map(|_| ()),
+                connector.null_cursor_rows(&sel, 10).await.map(|_| ()),
+                connector
+                    .lookup(&sel, "id", &[Value::Int(1)])
+                    .await
+                    .map(|_| ()),
+            ] {
+                match result {
+                    Err(ConnectorError::Config { reason, .. }) => {
+                        assert!(reason.contains(missing), "{relation:?}: {reason}");
+                    }
+                    other => panic!("{relation:?}: `{missing}` must be refused, got {other:?}"),
+                }
+            }
+        }
+    }
+    run(&mut db, &format!("DROP VIEW {v}")).await;
+    run(&mut db, &format!("DROP TABLE {t}")).await;
+}
+
+#[tokio::test]
+async fn describe_reports_nullability_of_table_columns_only() {
+    let mut db = admin().await;
+    let t = unique("nullable");
+    run(
+        &mut db,
+        &format!(
+            "CREATE TABLE {t} (id INT PRIMARY KEY, at DATETIME NULL, name VARCHAR(9) NOT NULL)"
+        ),
+    )
+    .await;
+    let connector = connector();
+    let info = connector
+        .describe(&selection(
+            Relation::Table(t.clone()),
+            &["id", "at", "name"],
+            &["at", "id"],
+        ))
+        .await
+        .expect("describe");
+    let nullable: Vec<Option<bool>> = info.iter().map(|c| c.nullable).collect();
+    assert_eq!(nullable, [Some(false), Some(true), Some(false)]);
+    let info = connector
+        .describe(&selection(
+            Relation::Query(format!("SELECT id, at FROM {t}")),
+            &["id", "at"],
+            &["at", "id"],
+        ))
+        .await
+        .expect("describe");
+    let nullable: Vec<Option<bool>> = info.iter().map(|c| c.nullable).collect();
+    assert_eq!(nullable, [None, None]);
+    run(&mut db, &format!("DROP TABLE {t}")).await;
+}
+
+#[tokio::test]
+async fn null_cursor_rows_are_counted_and_returned_with_selected_columns_only() {
+    let mut db = admin().await;
+    let t = unique("nullcur");
+    run(
+        &mut db,
+        &format!(
+            "CREATE TABLE {t} (id INT PRIMARY KEY, at DATETIME NULL, note VARCHAR(9),
+               secret VARCHAR(9))"
+        ),
+    )
+    .await;
+    run(
+        &mut db,
+        &format!(
+            "INSERT INTO {t} VALUES (1, NULL, 'a', 's'), (2, '2024-01-01', 'b', 's'),
+               (3, NULL, 'c', 's'), (4, NULL, 'd', 's')"
+        ),
+    )
+    .await;
+    let connector = connector();
+    for relation in [
+        Relation::Table(t.clone()),
+        Relation::Query(format!("SELECT * FROM {t}")),
+    ] {
+        let sel = selection(relation.clone(), &["id", "at", "note"], &["at", "id"]);
+        let nulls = connector
+            .null_cursor_rows(&sel, 2)
+            .await
+            .expect("null cursor rows");
+        assert_eq!(nulls.total, 3, "{relation:?}");
+        assert_eq!(nulls.rows.len(), 2, "{relation:?}: at most `limit` rows");
+        for row in &nulls.rows {
+            assert_eq!(row.values.len(), 3, "selected columns only");
+            assert_eq!(ok(row, 1), &Value::Null);
+        }
+        // A NOT NULL cursor column (the key) is not looked at.
+        let sel = selection(relation, &["id", "note"], &["id"]);
+        let nulls = connector.null_cursor_rows(&sel, 2).await.expect("none");
+        assert_eq!(nulls.total, 0);
+    }
+    run(&mut db, &format!("DROP TABLE {t}")).await;
+}
+
+#[tokio::test]
+async fn lookup_returns_the_rows_of_the_given_keys_in_chunks_bound_with_the_key_type() {
+    let mut db = admin().await;
+    let t = unique("lookup");
+    run(
+        &mut db,
+        &format!(
+            "CREATE TABLE {t} (id BIGINT UNSIGNED PRIMARY KEY, amount DECIMAL(30,10),
+               note VARCHAR(9), secret VARCHAR(9))"
+        ),
+    )
+    .await;
+    run(
+        &mut db,
+        &format!(
+            "INSERT INTO {t} SELECT seq, 1234567890.1234567890 + seq * 0.0000000001, 'n', 's'
+             FROM seq_1_to_2500"
+        ),
+    )
+    .await;
+    run(
+        &mut db,
+        &format!(
+            "INSERT INTO {t} VALUES (18446744073709551615, 0, 'max', 's'),
+               (18446744073709551614, 1, 'max-1', 's')"
+        ),
+    )
+    .await;
+    let connector = connector();
+    let sel = selection(
+        Relation::Table(t.clone()),
+        &["id", "amount", "note"],
+        &["id"],
+    );
+    // Every second key of 1..=2500 (more than one chunk), plus keys that do not exist.
+    let mut keys: Vec<Value> = (1..=2500u64).step_by(2).map(Value::UInt).collect();
+    keys.push(Value::UInt(999_999));
+    keys.push(Value::UInt(18446744073709551615));
+    let rows = connector.lookup(&sel, "id", &keys).await.expect("lookup");
+    assert_eq!(rows.len(), 1251);
+    assert!(
+        rows.iter().all(|r| r.values.len() == 3),
+        "selected columns only"
+    );
+    // Keys given as text are bound as the column's type (no double rounding).
+    let rows = connector
+        .lookup(&sel, "id", &[Value::Text("18446744073709551614".into())])
+        .await
+        .expect("lookup");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(ok(&rows[0], 2), &Value::Text("max-1".into()));
+    // Decimal keys compare exactly, past the 15th digit (MariaDB compares a decimal with a
+    // list of two or more strings as DOUBLE).
+    let sel = selection(Relation::Table(t.clone()), &["id", "amount"], &["id"]);
+    let rows = connector
+        .lookup(
+            &sel,
+            "amount",
+            &[
+                Value::Decimal("1234567890.1234567893".into()),
+                Value::Decimal("1234567890.1234567895".into()),
+            ],
+        )
+        .await
+        .expect("lookup");
+    let ids: BTreeSet<u64> = rows
+        .iter()
+        .map(|r| match ok(r, 0) {
+            Value::UInt(u) => *u,
+            other => panic!("expected an unsigned key, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, BTreeSet::from([3, 5]));
+    // A key that does not fit the column's type is refused, without its value.
+    let err = connector
+        .lookup(&sel, "id", &[Value::Text("abc-secret".into())])
+        .await
+        .expect_err("not an integer");
+    assert!(matches!(&err, ConnectorError::Config { .. }), "{err}");
+    assert!(!err.to_string().contains("abc-secret"), "{err}");
+    run(&mut db, &format!("DROP TABLE {t}")).await;
+}
+
+#[tokio::test]
+async fn open_transaction_horizon_names_the_session_that_holds_it() {
+    let _guard = INNODB_TRX.read().await;
+    let mut db = admin().await;
+    let t = unique("holder");
+    run(
+        &mut db,
+        &format!("CREATE TABLE {t} (id INT PRIMARY KEY, at DATETIME(6) NOT NULL)"),
+    )
+    .await;
+    let mut late = admin().await;
+    run(&mut late, "START TRANSACTION").await;
+    run(&mut late, &format!("INSERT INTO {t} VALUES (1, NOW(6))")).await;
+    let thread: u64 = late
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .expect("id")
+        .expect("id");
+    let sel = selection(Relation::Table(t.clone()), &["id", "at"], &["at", "id"]);
+    let page = connector()
+        .read_page(&PageRequest {
+            selection: &sel,
+            after: None,
+            limit: 10,
+            bound: Bound::Horizon {
+                safety_lag: Duration::from_secs(1),
+            },
+        })
+        .await
+        .expect("page");
+    match page.horizon.info {
+        HorizonInfo::OpenTransaction {
+            session: Some(session),
+            ..
+        } => {
+            assert!(
+                session.starts_with(&format!("thread {thread}, user `root`")),
+                "{session}"
+            );
+        }
+        other => panic!("expected the holder, got {other:?}"),
+    }
+    run(&mut late, "ROLLBACK").await;
+    run(&mut db, &format!("DROP TABLE {t}")).await;
+}
+
+/// A server with a replication connection is a replica: its horizon is the clock minus the
+/// configured replica lag. The connection is configured, never started, and removed again; the
+/// test holds the `innodb_trx` lock exclusively so no other test here sees a replica.
+#[tokio::test]
+async fn a_replica_is_reported_and_bounded_by_the_replica_lag() {
+    let _guard = INNODB_TRX.write().await;
+    let mut db = admin().await;
+    let t = unique("replica");
+    let channel = unique("exchange_test");
+    run(
+        &mut db,
+        &format!("CREATE TABLE {t} (id INT PRIMARY KEY, at DATETIME(6) NOT NULL)"),
+    )
+    .await;
+    run(
+        &mut db,
+        &format!("INSERT INTO {t} VALUES (1, NOW(6) - INTERVAL 1 HOUR), (2, NOW(6))"),
+    )
+    .await;
+    let connector = connector();
+    let before = connector.probe().await.expect("probe");
+    assert_eq!(before.replica, None, "the test server is not a replica");
+
+    run(
+        &mut db,
+        &format!(
+            "CHANGE MASTER '{channel}' TO MASTER_HOST = '127.0.0.1', MASTER_PORT = 9,
+               MASTER_USER = 'nobody'"
+        ),
+    )
+    .await;
+    let probe = connector.probe().await;
+    let sel = selection(Relation::Table(t.clone()), &["id", "at"], &["at", "id"]);
+    let page = connector
+        .read_page(&PageRequest {
+            selection: &sel,
+            after: None,
+            limit: 10,
+            bound: Bound::Horizon {
+                safety_lag: Duration::from_secs(1),
+            },
+        })
+        .await;
+    run(&mut db, &format!("RESET SLAVE '{channel}' ALL")).await;
+
+    let probe = probe.expect("probe");
+    let replica = probe.replica.expect("a replica is reported");
+    assert!(replica.contains("replica"), "{replica}");
+    let page = page.expect("page");
+    assert_eq!(
+        page.horizon.info,
+        HorizonInfo::Replica {
+            lag: Duration::from_secs(300)
+        }
+    );
+    let ids: Vec<i64> = page.rows.iter().map(|r| int_of(ok(r, 0))).collect();
+    assert_eq!(ids, [1], "rows newer than the replica lag wait");
     run(&mut db, &format!("DROP TABLE {t}")).await;
 }

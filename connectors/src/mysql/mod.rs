@@ -1,0 +1,299 @@
+//! MySQL and MariaDB sources, read with `mysql_async` over the binary protocol.
+//!
+//! Modules by concern:
+//! - `session.rs`: the connection URL (with the connector's own `time_zone` parameter), pool,
+//!   TLS, session setup, and error messages that never hold a row's values;
+//! - `plan.rs`: page statements, default deny (every selected column resolved before a
+//!   statement runs), and values bound with their column's type;
+//! - `horizon.rs`: late-commit protection: the clock, open transactions, replicas;
+//! - `convert.rs`: the type mapping from binary-protocol values to [`Value`].
+//!
+//! A `query` resource is read inside `START TRANSACTION READ ONLY` (after the horizon
+//! statement), so a query that tries to write fails.
+
+mod convert;
+mod horizon;
+mod plan;
+mod session;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{NaiveDate, NaiveDateTime, TimeDelta};
+use mysql_async::consts::{ColumnFlags, ColumnType};
+use mysql_async::prelude::Queryable;
+use mysql_async::{
+    Column, Conn, DriverError, Opts, OptsBuilder, Params, Pool, PoolConstraints, Row, ServerError,
+    TxOpts,
+};
+
+use crate::{
+    Bound, ColumnInfo, Connector, ConnectorError, ConvertError, HorizonInfo, NullRows, Page,
+    PageRequest, Probe, Relation, Row as SourceRow, Selection, SourceSpec, Value,
+};
+
+use convert::*;
+use horizon::*;
+use plan::*;
+use session::*;
+
+/// Reads a MySQL or MariaDB source.
+pub struct MysqlConnector {
+    /// The configured source name, for errors and logs.
+    name: String,
+    /// `host:port/db`, for errors (never the password).
+    address: String,
+    /// `host:port`, the key of this server's `innodb_trx` reads.
+    server: String,
+    /// The connection pool; lazy, connects on first use.
+    pool: Pool,
+    /// The last view of open transactions and when it was taken (see [`VIEW_REUSE`]).
+    trx_view: tokio::sync::Mutex<Option<(Instant, TrxView)>>,
+    /// The zone `DATETIME` cursor columns are written in (the URL's `time_zone`); `None`: the
+    /// server's default session zone, `@@global.time_zone`.
+    datetime_zone: Option<String>,
+    /// Horizon margin when the server turns out to be a replica.
+    replica_lag: Duration,
+}
+
+#[async_trait]
+impl Connector for MysqlConnector {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn clock(&self) -> Result<chrono::DateTime<chrono::Utc>, ConnectorError> {
+        let mut conn = self.conn().await?;
+        let row = conn
+            .exec_first::<Row, _, _>("SELECT UTC_TIMESTAMP(6)", ())
+            .await
+            .map_err(|e| self.error(&e))?
+            .map(Row::unwrap_raw)
+            .unwrap_or_default();
+        datetime_at(&row, 0)
+            .map(|t| t.and_utc())
+            .ok_or_else(|| self.statement("UTC_TIMESTAMP() returned no timestamp".into()))
+    }
+
+    async fn probe(&self) -> Result<Probe, ConnectorError> {
+        let mut conn = self.conn().await?;
+        let row = conn
+            .exec_first::<Row, _, _>("SELECT VERSION(), CURRENT_USER()", ())
+            .await
+            .map_err(|e| self.error(&e))?
+            .map(Row::unwrap_raw)
+            .unwrap_or_default();
+        let version = text_at(&row, 0).unwrap_or_default();
+        let account = quote_account(&text_at(&row, 1).unwrap_or_default());
+        let product = if version.contains("MariaDB") {
+            "MariaDB"
+        } else {
+            "MySQL"
+        };
+        let server = format!("{product} {version}");
+
+        let mut missing = Vec::new();
+        innodb_trx_slot(&self.server).await;
+        let sees_open_transactions = match conn
+            .exec_drop("SELECT COUNT(*) FROM information_schema.innodb_trx", ())
+            .await
+        {
+            Ok(()) => true,
+            Err(mysql_async::Error::Server(se)) if se.code == ER_SPECIFIC_ACCESS_DENIED => {
+                missing.push(format!(
+                    "GRANT PROCESS ON *.* TO {account}; -- lets the agent see open \
+                     transactions (information_schema.innodb_trx), so rows of transactions \
+                     that commit late are not skipped"
+                ));
+                false
+            }
+            Err(e) => return Err(self.error(&e)),
+        };
+        let replica = match self.replica_status(&mut conn).await? {
+            ReplicaStatus::Replica(what) => Some(what),
+            ReplicaStatus::Primary => None,
+            ReplicaStatus::Hidden { grant, read_only } => {
+                missing.push(format!(
+                    "{grant} TO {account}; -- lets the agent see whether the server is a \
+                     replica (a replica cannot see the primary's open transactions){}",
+                    if read_only {
+                        ""
+                    } else {
+                        "; until then a writable server is taken to be a primary"
+                    }
+                ));
+                read_only.then(read_only_replica)
+            }
+        };
+        Ok(Probe {
+            server,
+            sees_open_transactions,
+            missing_privilege: (!missing.is_empty()).then(|| missing.join("\n")),
+            replica,
+        })
+    }
+
+    async fn describe(&self, selection: &Selection) -> Result<Vec<ColumnInfo>, ConnectorError> {
+        self.check_selection(selection)?;
+        let mut conn = self.conn().await?;
+        let resolved = self.resolve(&mut conn, selection).await?;
+        Ok(selection
+            .columns
+            .iter()
+            .zip(&resolved.columns)
+            .zip(&resolved.nullable)
+            .map(|((name, column), nullable)| ColumnInfo {
+                name: name.clone(),
+                source_type: source_type(column),
+                nullable: *nullable,
+            })
+            .collect())
+    }
+
+    async fn read_page(&self, request: &PageRequest<'_>) -> Result<Page, ConnectorError> {
+        let selection = request.selection;
+        self.check_selection(selection)?;
+        let positions =
+            crate::sql::cursor_positions(selection, request.after).map_err(|e| self.config(e))?;
+        let mut conn = self.conn().await?;
+        let resolved = self.resolve(&mut conn, selection).await?;
+        let cursor_columns: Vec<&Column> =
+            positions.iter().map(|&i| &resolved.columns[i]).collect();
+
+        let mut params = Vec::new();
+        let mut marks = None;
+        if let Some(after) = request.after {
+            let after = after
+                .iter()
+                .map(cursor_param)
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| self.config("a stored cursor value is out of range".into()))?;
+            // `c1 >= ?` then `(c1, …) > (?, …)`, or only `c1 > ?`.
+            if after.len() > 1 {
+                params.push(after[0].clone());
+            }
+            params.extend(after);
+            marks = Some(
+                cursor_columns
+                    .iter()
+                    .map(|c| placeholder(c))
+                    .collect::<Vec<_>>(),
+            );
+        }
+
+        // The horizon is read before the page query, in its own statement.
+        let mut horizon = crate::Horizon::unbounded();
+        if let (Bound::Horizon { safety_lag }, Some(first)) =
+            (request.bound, cursor_columns.first())
+            && let Some(kind) = Temporal::of(first)
+        {
+            let (bound, bounded) = self.horizon(&mut conn, kind, safety_lag).await?;
+            params.push(bound);
+            horizon = bounded;
+        }
+        let bounded = horizon.info != HorizonInfo::Unbounded;
+        params.push(mysql_async::Value::UInt(request.limit as u64));
+        let sql = select_sql(selection, marks.as_deref(), bounded, true);
+        let rows = self.fetch(&mut conn, selection, sql, params).await?;
+        Ok(Page {
+            columns: selection.columns.clone().into(),
+            rows,
+            horizon,
+        })
+    }
+
+    async fn null_cursor_rows(
+        &self,
+        selection: &Selection,
+        limit: usize,
+    ) -> Result<NullRows, ConnectorError> {
+        self.check_selection(selection)?;
+        let positions =
+            crate::sql::cursor_positions(selection, None).map_err(|e| self.config(e))?;
+        let mut conn = self.conn().await?;
+        let resolved = self.resolve(&mut conn, selection).await?;
+        let nullable: Vec<String> = positions
+            .iter()
+            .filter(|&&i| resolved.nullable[i] != Some(false))
+            .map(|&i| format!("{} IS NULL", quote_ident(&selection.columns[i])))
+            .collect();
+        if nullable.is_empty() {
+            return Ok(NullRows {
+                total: 0,
+                rows: Vec::new(),
+            });
+        }
+        let condition = nullable.join(" OR ");
+        let from = from_sql(&selection.relation);
+        // Both statements read one snapshot, so the count and the rows agree.
+        let mut tx = self.read_only(&mut conn).await?;
+        let total: Option<u64> = tx
+            .exec_first(format!("SELECT COUNT(*) FROM {from} WHERE {condition}"), ())
+            .await
+            .map_err(|e| self.error(&e))?;
+        let sql = format!(
+            "{} WHERE {condition} LIMIT ?",
+            select_sql(selection, None, false, false)
+        );
+        let rows = self
+            .exec_checked(
+                &mut tx,
+                selection,
+                sql,
+                vec![mysql_async::Value::UInt(limit as u64)],
+            )
+            .await?;
+        tx.rollback().await.map_err(|e| self.error(&e))?;
+        let rows = rows
+            .into_iter()
+            .map(|row| self.convert_row(&selection.columns, row))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(NullRows {
+            total: total.unwrap_or(0),
+            rows,
+        })
+    }
+
+    async fn lookup(
+        &self,
+        selection: &Selection,
+        key: &str,
+        keys: &[Value],
+    ) -> Result<Vec<SourceRow>, ConnectorError> {
+        self.check_selection(selection)?;
+        let Some(index) = selection.columns.iter().position(|c| c == key) else {
+            return Err(self.config(format!(
+                "key column `{key}` is not among the selected columns"
+            )));
+        };
+        let mut conn = self.conn().await?;
+        let resolved = self.resolve(&mut conn, selection).await?;
+        let column = &resolved.columns[index];
+        let params = keys
+            .iter()
+            .map(|k| typed_param(column, k))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                self.config(format!(
+                    "a key value does not fit the type of key column `{key}` ({})",
+                    source_type(column)
+                ))
+            })?;
+        let mark = placeholder(column);
+        let mut rows = Vec::new();
+        for chunk in params.chunks(LOOKUP_CHUNK) {
+            let sql = format!(
+                "{} WHERE {} IN ({})",
+                select_sql(selection, None, false, false),
+                quote_ident(key),
+                vec![mark.as_str(); chunk.len()].join(", ")
+            );
+            rows.extend(
+                self.fetch(&mut conn, selection, sql, chunk.to_vec())
+                    .await?,
+            );
+        }
+        Ok(rows)
+    }
+}
