@@ -847,6 +847,65 @@ url = "sqlite://hub.db"
     }
 
     #[test]
+    fn limits_and_store_tls_are_read_and_checked() {
+        let dir = fixture();
+        let text = VALID.replace(
+            "url = \"sqlite://hub.db\"",
+            "url = \"postgres://hub@db.example/exchange?sslmode=verify-full\"\nca = \"tls/ca.pem\"\n[limits]\nmax_concurrent_requests = 4\nmax_connections = 100\nbody_timeout = \"90s\"\nheader_timeout = \"5s\"\nhandshake_timeout = \"3s\"",
+        );
+        let config = load(&dir, &text).unwrap();
+        let limits = config.limits;
+        assert_eq!(
+            (limits.max_concurrent_requests, limits.max_connections),
+            (4, 100)
+        );
+        assert_eq!(limits.body_timeout, Duration::from_secs(90));
+        assert_eq!(limits.header_timeout, Duration::from_secs(5));
+        assert_eq!(limits.handshake_timeout, Duration::from_secs(3));
+        match &config.store {
+            StoreConfig::Postgres(pg) => {
+                assert!(pg.tls);
+                assert_eq!(
+                    pg.ca.as_deref(),
+                    Some(dir.path().join("tls/ca.pem").as_path())
+                );
+                assert_eq!(
+                    pg.config.get_ssl_mode(),
+                    tokio_postgres::config::SslMode::Require,
+                    "never `prefer`, which would fall back to plaintext"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        for (limits, expected) in [
+            (
+                "max_concurrent_requests = 0",
+                "0 is out of range; expected an integer between 1 and 4096",
+            ),
+            ("body_timeout = \"0s\"", "`0s` is out of range"),
+            ("body_timeout = \"soon\"", "`soon` is not a duration"),
+        ] {
+            let text = format!("{VALID}[limits]\n{limits}\n");
+            let err = load(&dir, &text).unwrap_err();
+            assert!(err.contains(expected), "{limits}: {err}");
+        }
+        let plain = VALID.replace(
+            "url = \"sqlite://hub.db\"",
+            "url = \"postgres://hub@db.example/exchange?sslmode=disable\"\nca = \"tls/ca.pem\"",
+        );
+        assert!(
+            load(&dir, &plain)
+                .unwrap_err()
+                .contains("`ca` is set but the URL says `sslmode=disable`")
+        );
+        let prefer = StoreConfig::postgres("postgres://hub@h/db?sslmode=prefer").unwrap();
+        match prefer {
+            StoreConfig::Postgres(pg) => assert!(pg.tls),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn absolute_sqlite_urls_are_kept() {
         let dir = fixture();
         let abs = dir.path().join("abs.db");
