@@ -158,9 +158,9 @@ pub struct RawLimits {
 
 /// The validated `[limits]`: what keeps the hub within bounds under many or slow clients.
 ///
-/// Memory held by request bodies is at most `max_concurrent_requests × max_batch_bytes`
-/// (compressed) plus the same for the decompressed batches, because a body is read only by a
-/// request that holds one of the `max_concurrent_requests` slots.
+/// Received bodies in memory never exceed `max_concurrent_requests × max_batch_bytes`, and at
+/// most `max_concurrent_requests` batches are decoded at once, because a body is read only by
+/// a request that holds one of the `max_concurrent_requests` slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest batch body accepted, both compressed and decompressed, in bytes.

@@ -50,7 +50,7 @@ pub mod header {
     pub const PROTOCOL: &str = "exchange-protocol";
     /// Optional; [`super::BASELINE_COMPLETE`] on the batch that ends a stream's baseline (its
     /// first full read of the resource): once it is applied, the hub deletes every record of
-    /// the resource that no batch of this stream wrote (docs/PROTOCOL.md §5).
+    /// the resource that no batch of this stream wrote (docs/PROTOCOL.md §5.1).
     pub const BASELINE: &str = "exchange-baseline";
 }
 
