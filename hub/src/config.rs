@@ -17,15 +17,22 @@
 //! [store]
 //! url = "sqlite:///var/lib/exchange-hub/hub.db"   # or sqlite://relative.db, postgres://user@host/db
 //! password_file = "/etc/exchange-hub/pg.password" # optional, PostgreSQL only
+//! ca = "/etc/exchange-hub/pg-ca.pem"              # optional, PostgreSQL only: TLS to the store
 //!
-//! [limits]
-//! max_batch_bytes = "64MiB"                       # optional
+//! [limits]                                        # every key optional (docs/HUB.md)
+//! max_batch_bytes = "64MiB"
+//! max_concurrent_requests = 16
+//! max_connections = 1024
+//! body_timeout = "60s"
+//! header_timeout = "30s"
+//! handshake_timeout = "10s"
 //! ```
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use exchange_protocol::batch::DEFAULT_MAX_BATCH_BYTES;
 use exchange_protocol::tls::{self, MinTlsVersion, MutualTls, TlsError};
@@ -87,6 +94,9 @@ pub struct RawStore {
     /// File holding the PostgreSQL password (one line), instead of putting it in the URL.
     #[serde(default)]
     pub password_file: Option<Spanned<PathBuf>>,
+    /// CA certificate (PEM) that issued the PostgreSQL server's certificate; implies TLS.
+    #[serde(default)]
+    pub ca: Option<Spanned<PathBuf>>,
 }
 
 /// A size as written: a number of bytes or a string with a unit.
@@ -129,6 +139,57 @@ pub struct RawLimits {
     /// Largest batch body, compressed and decompressed.
     #[serde(default)]
     pub max_batch_bytes: Option<Spanned<RawSize>>,
+    /// Batch requests processed at once; more are answered 503 before their body is read.
+    #[serde(default)]
+    pub max_concurrent_requests: Option<Spanned<i64>>,
+    /// Open client connections; further connections wait in the kernel's accept queue.
+    #[serde(default)]
+    pub max_connections: Option<Spanned<i64>>,
+    /// Longest time to receive a request body, e.g. "60s".
+    #[serde(default)]
+    pub body_timeout: Option<Spanned<String>>,
+    /// Longest time to receive the request headers (HTTP/1.1), e.g. "30s".
+    #[serde(default)]
+    pub header_timeout: Option<Spanned<String>>,
+    /// Longest time to complete the TLS handshake, e.g. "10s".
+    #[serde(default)]
+    pub handshake_timeout: Option<Spanned<String>>,
+}
+
+/// The validated `[limits]`: what keeps the hub within bounds under many or slow clients.
+///
+/// Received bodies in memory never exceed `max_concurrent_requests × max_batch_bytes`, and at
+/// most `max_concurrent_requests` batches are decoded at once, because a body is read only by
+/// a request that holds one of the `max_concurrent_requests` slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest batch body accepted, both compressed and decompressed, in bytes.
+    pub max_batch_bytes: usize,
+    /// Batch requests processed at once (reading the body, checking, storing); over it a
+    /// request is answered `503` with `Retry-After` before its body is read.
+    pub max_concurrent_requests: usize,
+    /// Client connections open at once; the accept loop waits while the limit is reached.
+    pub max_connections: usize,
+    /// Longest time from the start of a batch request's processing to the end of its body;
+    /// past it the hub answers `408` and closes the connection.
+    pub body_timeout: Duration,
+    /// Longest time to receive a request's headers on HTTP/1.1 (the connection is closed).
+    pub header_timeout: Duration,
+    /// Longest time to complete the TLS handshake (the connection is dropped).
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            max_concurrent_requests: 16,
+            max_connections: 1024,
+            body_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// The whole file as written.
@@ -165,7 +226,7 @@ impl StoreConfig {
     /// A PostgreSQL store at `url` (`postgres://user@host:port/db`), without a password file.
     pub fn postgres(url: &str) -> Result<Self, String> {
         Ok(StoreConfig::Postgres(Box::new(PostgresConfig::parse(
-            url, None,
+            url, None, None,
         )?)))
     }
 }
@@ -188,6 +249,10 @@ pub struct PostgresConfig {
     pub display: String,
     /// File holding the password, read when connecting (must be mode 0600).
     pub password_file: Option<PathBuf>,
+    /// Every connection uses verified TLS (the URL's `sslmode` asks for it, or `ca` is set).
+    pub tls: bool,
+    /// The CA that issued the server's certificate; `None`: the system's trusted roots.
+    pub ca: Option<PathBuf>,
 }
 
 impl fmt::Debug for PostgresConfig {
@@ -195,21 +260,37 @@ impl fmt::Debug for PostgresConfig {
         f.debug_struct("PostgresConfig")
             .field("target", &self.display)
             .field("password_file", &self.password_file)
+            .field("tls", &self.tls)
+            .field("ca", &self.ca)
             .finish()
     }
 }
 
 impl PostgresConfig {
-    /// Parses a `postgres://` URL.
-    pub fn parse(url: &str, password_file: Option<PathBuf>) -> Result<Self, String> {
-        let mut config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| format!("`{}` is not a valid PostgreSQL URL: {e}", redact(url)))?;
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(
-                "`sslmode=require` is not supported by the reference hub; connect over a local socket or a trusted network and remove `sslmode`"
-                    .into(),
-            );
+    /// Parses a `postgres://` URL (or `key=value` string). TLS is used when `sslmode` is
+    /// prefer, require, verify-ca or verify-full, or when `ca` is given (and `sslmode` is not
+    /// disable or allow); it is then required and verified — `prefer` never falls back to
+    /// plaintext, and `require` also checks the certificate and the host name.
+    pub fn parse(
+        url: &str,
+        password_file: Option<PathBuf>,
+        ca: Option<PathBuf>,
+    ) -> Result<Self, String> {
+        let (rest, sslmode) = tls::take_postgres_sslmode(url);
+        let tls = tls::postgres_requires_tls(sslmode.as_deref(), ca.is_some())?;
+        if !tls && ca.is_some() {
+            return Err(format!(
+                "`ca` is set but the URL says `sslmode={}`; remove one of them",
+                sslmode.as_deref().unwrap_or_default()
+            ));
         }
+        let mut config = tokio_postgres::Config::from_str(&rest)
+            .map_err(|e| format!("`{}` is not a valid PostgreSQL URL: {e}", redact(url)))?;
+        config.ssl_mode(if tls {
+            tokio_postgres::config::SslMode::Require
+        } else {
+            tokio_postgres::config::SslMode::Disable
+        });
         if config.get_dbname().is_none() {
             return Err(format!(
                 "`{}` names no database; expected `postgres://user@host/database`",
@@ -248,6 +329,8 @@ impl PostgresConfig {
             config,
             display,
             password_file,
+            tls,
+            ca,
         })
     }
 }
@@ -283,8 +366,8 @@ pub struct HubConfig {
     pub tls: MutualTls,
     /// Where received batches are stored.
     pub store: StoreConfig,
-    /// Largest batch body accepted, both compressed and decompressed, in bytes.
-    pub max_batch_bytes: usize,
+    /// Body sizes, concurrency, connections and timeouts.
+    pub limits: Limits,
 }
 
 impl HubConfig {
@@ -295,7 +378,7 @@ impl HubConfig {
             listen,
             tls,
             store,
-            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            limits: Limits::default(),
         }
     }
 
@@ -464,6 +547,13 @@ fn validate(raw: RawConfig, file: &Source<'_>, dir: &Path) -> Result<HubConfig, 
                 "a password file applies only to a postgres:// store; remove it".into(),
             ));
         }
+        if let Some(ca) = &raw.store.ca {
+            return Err(file.error(
+                "store.ca",
+                ca.span(),
+                "a CA applies only to a postgres:// store; remove it".into(),
+            ));
+        }
         if rest.is_empty() {
             return Err(file.error(
                 "store.url",
@@ -489,8 +579,16 @@ fn validate(raw: RawConfig, file: &Source<'_>, dir: &Path) -> Result<HubConfig, 
             Some(p) => Some(existing("store.password_file", p, "the password file")?),
             None => None,
         };
+        let ca = match &raw.store.ca {
+            Some(ca) => Some(existing(
+                "store.ca",
+                ca,
+                "the CA certificate of the PostgreSQL server,",
+            )?),
+            None => None,
+        };
         StoreConfig::Postgres(Box::new(
-            PostgresConfig::parse(url, password_file)
+            PostgresConfig::parse(url, password_file, ca)
                 .map_err(|m| file.error("store.url", raw.store.url.span(), m))?,
         ))
     } else {
@@ -504,22 +602,9 @@ fn validate(raw: RawConfig, file: &Source<'_>, dir: &Path) -> Result<HubConfig, 
         ));
     };
 
-    let max_batch_bytes = match raw.limits.and_then(|l| l.max_batch_bytes) {
-        None => DEFAULT_MAX_BATCH_BYTES,
-        Some(size) => {
-            let bytes = parse_size(size.get_ref())
-                .map_err(|m| file.error("limits.max_batch_bytes", size.span(), m))?;
-            if !(MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&bytes) {
-                return Err(file.error(
-                    "limits.max_batch_bytes",
-                    size.span(),
-                    format!(
-                        "{bytes} bytes is out of range; expected between 1KiB and 1GiB (a batch is held in memory while it is checked)"
-                    ),
-                ));
-            }
-            usize::try_from(bytes).unwrap_or(usize::MAX)
-        }
+    let limits = match raw.limits {
+        None => Limits::default(),
+        Some(raw) => limits(raw, file)?,
     };
 
     Ok(HubConfig {
@@ -527,8 +612,70 @@ fn validate(raw: RawConfig, file: &Source<'_>, dir: &Path) -> Result<HubConfig, 
         listen,
         tls,
         store,
-        max_batch_bytes,
+        limits,
     })
+}
+
+/// Validates `[limits]`; an absent key keeps its default.
+fn limits(raw: RawLimits, file: &Source<'_>) -> Result<Limits, ConfigError> {
+    let mut limits = Limits::default();
+    if let Some(size) = raw.max_batch_bytes {
+        let bytes = parse_size(size.get_ref())
+            .map_err(|m| file.error("limits.max_batch_bytes", size.span(), m))?;
+        if !(MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&bytes) {
+            return Err(file.error(
+                "limits.max_batch_bytes",
+                size.span(),
+                format!(
+                    "{bytes} bytes is out of range; expected between 1KiB and 1GiB (a batch is held in memory while it is checked)"
+                ),
+            ));
+        }
+        limits.max_batch_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+    }
+    let count = |key: &str, value: &Spanned<i64>, max: i64| -> Result<usize, ConfigError> {
+        let n = *value.get_ref();
+        if (1..=max).contains(&n) {
+            Ok(n as usize)
+        } else {
+            Err(file.error(
+                key,
+                value.span(),
+                format!("{n} is out of range; expected an integer between 1 and {max}"),
+            ))
+        }
+    };
+    if let Some(v) = &raw.max_concurrent_requests {
+        limits.max_concurrent_requests = count("limits.max_concurrent_requests", v, 4096)?;
+    }
+    if let Some(v) = &raw.max_connections {
+        limits.max_connections = count("limits.max_connections", v, 1_000_000)?;
+    }
+    let duration = |key: &str, value: &Spanned<String>| -> Result<Duration, ConfigError> {
+        let d = exchange_protocol::quantity::parse_duration(value.get_ref())
+            .map_err(|m| file.error(key, value.span(), m))?;
+        if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+            return Err(file.error(
+                key,
+                value.span(),
+                format!(
+                    "`{}` is out of range; expected between \"1s\" and \"1h\"",
+                    value.get_ref()
+                ),
+            ));
+        }
+        Ok(d)
+    };
+    if let Some(v) = &raw.body_timeout {
+        limits.body_timeout = duration("limits.body_timeout", v)?;
+    }
+    if let Some(v) = &raw.header_timeout {
+        limits.header_timeout = duration("limits.header_timeout", v)?;
+    }
+    if let Some(v) = &raw.handshake_timeout {
+        limits.handshake_timeout = duration("limits.handshake_timeout", v)?;
+    }
+    Ok(limits)
 }
 
 /// Parses `"64MiB"`, `"10MB"`, `"1048576"` or a plain number (the units of
@@ -581,7 +728,7 @@ url = "sqlite://hub.db"
         assert_eq!(config.listen, "127.0.0.1:8443".parse().unwrap());
         assert_eq!(config.tls.ca, dir.path().join("tls/ca.pem"));
         assert_eq!(config.tls.min_version, MinTlsVersion::Tls13);
-        assert_eq!(config.max_batch_bytes, DEFAULT_MAX_BATCH_BYTES);
+        assert_eq!(config.limits, Limits::default());
         match config.store {
             StoreConfig::Sqlite { path } => assert_eq!(path, dir.path().join("hub.db")),
             other => panic!("{other:?}"),
@@ -681,7 +828,7 @@ url = "sqlite://hub.db"
             "url = \"postgres://hub:secret@db.example:5433/exchange\"\n[limits]\nmax_batch_bytes = \"8MiB\"",
         );
         let config = load(&dir, &text).unwrap();
-        assert_eq!(config.max_batch_bytes, 8 << 20);
+        assert_eq!(config.limits.max_batch_bytes, 8 << 20);
         match &config.store {
             StoreConfig::Postgres(pg) => {
                 assert_eq!(pg.display, "hub@db.example:5433/exchange");
@@ -697,6 +844,65 @@ url = "sqlite://hub.db"
             redact("postgres://u:pw@h/db"),
             "postgres://u:****@h/db".to_owned()
         );
+    }
+
+    #[test]
+    fn limits_and_store_tls_are_read_and_checked() {
+        let dir = fixture();
+        let text = VALID.replace(
+            "url = \"sqlite://hub.db\"",
+            "url = \"postgres://hub@db.example/exchange?sslmode=verify-full\"\nca = \"tls/ca.pem\"\n[limits]\nmax_concurrent_requests = 4\nmax_connections = 100\nbody_timeout = \"90s\"\nheader_timeout = \"5s\"\nhandshake_timeout = \"3s\"",
+        );
+        let config = load(&dir, &text).unwrap();
+        let limits = config.limits;
+        assert_eq!(
+            (limits.max_concurrent_requests, limits.max_connections),
+            (4, 100)
+        );
+        assert_eq!(limits.body_timeout, Duration::from_secs(90));
+        assert_eq!(limits.header_timeout, Duration::from_secs(5));
+        assert_eq!(limits.handshake_timeout, Duration::from_secs(3));
+        match &config.store {
+            StoreConfig::Postgres(pg) => {
+                assert!(pg.tls);
+                assert_eq!(
+                    pg.ca.as_deref(),
+                    Some(dir.path().join("tls/ca.pem").as_path())
+                );
+                assert_eq!(
+                    pg.config.get_ssl_mode(),
+                    tokio_postgres::config::SslMode::Require,
+                    "never `prefer`, which would fall back to plaintext"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        for (limits, expected) in [
+            (
+                "max_concurrent_requests = 0",
+                "0 is out of range; expected an integer between 1 and 4096",
+            ),
+            ("body_timeout = \"0s\"", "`0s` is out of range"),
+            ("body_timeout = \"soon\"", "`soon` is not a duration"),
+        ] {
+            let text = format!("{VALID}[limits]\n{limits}\n");
+            let err = load(&dir, &text).unwrap_err();
+            assert!(err.contains(expected), "{limits}: {err}");
+        }
+        let plain = VALID.replace(
+            "url = \"sqlite://hub.db\"",
+            "url = \"postgres://hub@db.example/exchange?sslmode=disable\"\nca = \"tls/ca.pem\"",
+        );
+        assert!(
+            load(&dir, &plain)
+                .unwrap_err()
+                .contains("`ca` is set but the URL says `sslmode=disable`")
+        );
+        let prefer = StoreConfig::postgres("postgres://hub@h/db?sslmode=prefer").unwrap();
+        match prefer {
+            StoreConfig::Postgres(pg) => assert!(pg.tls),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //!
 //! Code map:
 //! - [`config`]: the TOML file, raw then validated ([`config::HubConfig`]);
-//! - [`store`]: SQLite or PostgreSQL; applies a batch in one transaction ([`store::Store`]);
-//! - [`server`]: the accept loop, mutual TLS, HTTP/1.1 + HTTP/2, `POST /v1/batches`;
+//! - [`store`]: SQLite or PostgreSQL (schema versions and migration); applies a batch in one
+//!   transaction, refusing gaps and sweeping after a completed baseline ([`store::Store`]);
+//! - [`server`]: the accept loop, mutual TLS, `[limits]`, HTTP/1.1 + HTTP/2, `POST /v1/batches`;
 //! - [`export`]: the current records of a resource as NDJSON.
 //!
 //! Starting a hub in-process (what `exchange-agent demo` and the tests do):

@@ -1,24 +1,40 @@
 //! `exchange-hub`: the reference hub's command line.
 //!
-//! Exit codes: 0 success, 2 configuration error, 1 any other failure.
+//! Exit codes: 0 success, 2 configuration error, 3 the store is unreachable (`check
+//! --connect`), 1 any other failure. Logs go to stderr: text without colour unless stderr is
+//! a terminal, or one JSON object per line with `--log-format json`.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use exchange_hub::config::HubConfig;
-use exchange_hub::store::Store;
+use exchange_hub::export::ExportError;
+use exchange_hub::store::{Store, StoreError};
 use tracing::info;
 
 /// The reference hub of the exchange: receives batches from agents over mutual TLS.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// How log lines on stderr look: `text` (colour only on a terminal) or `json` (one
+    /// object per line, for journald or a log collector).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "EXCHANGE_HUB_LOG_FORMAT")]
+    log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     command: Command,
+}
+
+/// The form of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -39,10 +55,15 @@ enum Command {
         resource: String,
     },
     /// Check the configuration file and the TLS material it names; exit 0 if valid, 2 if not.
+    /// With --connect also open the store and print its schema version and counts (exit 3 if
+    /// it cannot be reached).
     Check {
         /// The hub's configuration file.
         #[arg(long, short, env = "EXCHANGE_HUB_CONFIG")]
         config: PathBuf,
+        /// Also connect to the store (creating or migrating its tables, as `serve` does).
+        #[arg(long)]
+        connect: bool,
     },
 }
 
@@ -68,16 +89,31 @@ fn other_error(error: impl Into<anyhow::Error>) -> Failure {
     }
 }
 
+/// A store failure: exit 3 when the database cannot be reached, 1 otherwise.
+fn store_error(error: StoreError) -> Failure {
+    let unreachable = matches!(
+        error,
+        StoreError::Unavailable { .. } | StoreError::Open { .. }
+    );
+    Failure {
+        code: if unreachable { 3 } else { 1 },
+        error: error.into(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
     exchange_protocol::tls::install_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -97,7 +133,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Check { config } => {
+        Command::Check { config, connect } => {
             let loaded = HubConfig::load(&config).map_err(config_error)?;
             loaded
                 .server_tls()
@@ -109,6 +145,18 @@ async fn run(command: Command) -> Result<(), Failure> {
                 loaded.listen,
                 loaded.store
             );
+            if connect {
+                let store = Store::open(&loaded.store).await.map_err(store_error)?;
+                let version = store.schema_version().await.map_err(store_error)?;
+                let counts = store.counts().await.map_err(store_error)?;
+                println!(
+                    "{}: reachable, schema version {version}; {} resources, {} streams, {} records",
+                    store.describe(),
+                    counts.resources,
+                    counts.streams,
+                    counts.records
+                );
+            }
             Ok(())
         }
         Command::Serve { config } => serve(config).await,
@@ -129,13 +177,18 @@ async fn run(command: Command) -> Result<(), Failure> {
             }
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            exchange_hub::export::write_ndjson(&store, &resource, &mut out)
+            let written = exchange_hub::export::write_ndjson(&store, &resource, &mut out)
                 .await
-                .map_err(other_error)?;
-            out.flush()
-                .context("cannot write the export")
-                .map_err(other_error)?;
-            Ok(())
+                .map(|_| ())
+                .and_then(|()| out.flush().map_err(ExportError::Write));
+            match written {
+                // `exchange-hub export | head`: the reader has what it wanted.
+                Err(ExportError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    std::mem::forget(out); // its flush on drop would fail again
+                    Ok(())
+                }
+                other => other.map_err(other_error),
+            }
         }
     }
 }
@@ -174,14 +227,18 @@ async fn serve(path: PathBuf) -> Result<(), Failure> {
     info!(
         addr = %bound,
         min_tls = ?config.tls.min_version,
-        max_batch_bytes = config.max_batch_bytes,
+        max_batch_bytes = config.limits.max_batch_bytes,
+        max_concurrent_requests = config.limits.max_concurrent_requests,
+        max_connections = config.limits.max_connections,
+        body_timeout_secs = config.limits.body_timeout.as_secs(),
         "Hub listening on {bound}."
     );
     exchange_hub::server::serve(
         listener,
         tls,
         store,
-        config.max_batch_bytes,
+        config.limits,
+        std::sync::Arc::new(exchange_hub::server::Load::default()),
         shutdown_signal(),
     )
     .await

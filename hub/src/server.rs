@@ -11,14 +11,26 @@
 //! committed and acknowledged or not committed — and [`run`] returns when all connections
 //! have closed, or after [`DRAIN_TIMEOUT`] at the latest.
 //!
-//! Batch request checks, in order (docs/PROTOCOL.md): client certificate has a common name
-//! (403) → `exchange-protocol` is supported (400) → `exchange-node` equals the common name
-//! (403) → the other headers are well formed (400) → the body fits `max_batch_bytes`
-//! compressed (413) and decompressed (413) → digest, record count and every line (400) →
-//! ownership (403) → applied or duplicate (200), or the store is failing (503/500).
+//! Limits (`[limits]`, [`Limits`]): at most `max_connections` connections are served at once
+//! (the accept loop waits for a free one); a TLS handshake must finish within
+//! `handshake_timeout` and HTTP/1.1 headers arrive within `header_timeout`. A batch request
+//! first takes one of `max_concurrent_requests` slots — none free: `503` with `Retry-After`
+//! at once, before the body is read — and holds it until answered; its body must arrive
+//! within `body_timeout` of taking the slot, else `408` and the connection is closed. So the
+//! bodies in memory never exceed `max_concurrent_requests × max_batch_bytes`, and a slow
+//! client holds a slot for at most `body_timeout`. [`Load`] counts all of this for tests.
+//!
+//! Batch request checks, in order (docs/PROTOCOL.md §6): a free request slot (503) → client
+//! certificate has a common name (403) → `exchange-protocol` is supported (400) →
+//! `exchange-node` equals the common name (403) → the other headers are well formed (400) →
+//! the body fits `max_batch_bytes` compressed (413), arrives within `body_timeout` (408) and
+//! fits decompressed (413) → digest, record count and every line (400) → ownership (403) →
+//! no gap in the stream's seq (409) → applied or duplicate (200), or the store is failing
+//! (503/500).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -32,22 +44,19 @@ use exchange_protocol::batch::{
     ErrorBody, HEALTH_PATH, PROTOCOL_VERSION, header,
 };
 use exchange_protocol::tls::{TlsError, explain, peer_common_name};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
-use crate::config::HubConfig;
+use crate::config::{HubConfig, Limits};
 use crate::store::{Store, StoreError};
 
-/// How long a client may take to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send the request headers (HTTP/1.1).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for requests in flight before returning anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Seconds a client should wait after a 503 before retrying.
@@ -78,13 +87,88 @@ pub struct Peer {
     pub addr: SocketAddr,
 }
 
+/// A level that goes up and down, with the highest value it reached.
+#[derive(Debug, Default)]
+pub struct Gauge {
+    /// The current value.
+    now: AtomicUsize,
+    /// The highest value since the hub started.
+    peak: AtomicUsize,
+}
+
+impl Gauge {
+    /// The current value.
+    pub fn now(&self) -> usize {
+        self.now.load(Ordering::SeqCst)
+    }
+
+    /// The highest value reached.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    fn add(&self, n: usize) {
+        let now = self.now.fetch_add(n, Ordering::SeqCst) + n;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+    }
+
+    fn sub(&self, n: usize) {
+        self.now.fetch_sub(n, Ordering::SeqCst);
+    }
+}
+
+/// An amount added to a [`Gauge`] and taken off again when dropped.
+struct Held<'a> {
+    /// The gauge.
+    gauge: &'a Gauge,
+    /// How much this holds.
+    amount: usize,
+}
+
+impl<'a> Held<'a> {
+    fn new(gauge: &'a Gauge, amount: usize) -> Self {
+        gauge.add(amount);
+        Held { gauge, amount }
+    }
+
+    fn grow(&mut self, n: usize) {
+        self.gauge.add(n);
+        self.amount += n;
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.gauge.sub(self.amount);
+    }
+}
+
+/// What the server is carrying, counted for tests and logs.
+#[derive(Debug, Default)]
+pub struct Load {
+    /// Open client connections (after accept, until closed).
+    pub connections: Gauge,
+    /// Batch requests holding a request slot.
+    pub requests: Gauge,
+    /// Bytes of request bodies held in memory (compressed, as received).
+    pub body_bytes: Gauge,
+    /// Requests answered 503 because every slot was taken.
+    pub busy: AtomicU64,
+    /// Requests answered 408 because the body did not arrive within `body_timeout`.
+    pub timed_out: AtomicU64,
+}
+
 /// What the request handlers share.
 #[derive(Clone)]
 struct AppState {
     /// Where batches go.
     store: Store,
-    /// Largest body, compressed and decompressed.
-    max_batch_bytes: usize,
+    /// Body size, concurrency and timeouts.
+    limits: Limits,
+    /// One permit per batch request being processed (`max_concurrent_requests`).
+    slots: Arc<Semaphore>,
+    /// The counters.
+    load: Arc<Load>,
 }
 
 /// Opens the store named in `config` and serves until `shutdown` resolves.
@@ -97,7 +181,15 @@ pub async fn run(
 ) -> Result<(), HubError> {
     let tls = config.server_tls()?;
     let store = Store::open(&config.store).await?;
-    serve(listener, tls, store, config.max_batch_bytes, shutdown).await
+    serve(
+        listener,
+        tls,
+        store,
+        config.limits,
+        Arc::new(Load::default()),
+        shutdown,
+    )
+    .await
 }
 
 /// Serves with an already opened store (so the caller can read the store meanwhile).
@@ -108,7 +200,27 @@ pub async fn run_with_store(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), HubError> {
     let tls = config.server_tls()?;
-    serve(listener, tls, store, config.max_batch_bytes, shutdown).await
+    serve(
+        listener,
+        tls,
+        store,
+        config.limits,
+        Arc::new(Load::default()),
+        shutdown,
+    )
+    .await
+}
+
+/// Like [`run`], counting what the server carries in `load` (tests read it while it runs).
+pub async fn run_observed(
+    listener: TcpListener,
+    config: &HubConfig,
+    load: Arc<Load>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), HubError> {
+    let tls = config.server_tls()?;
+    let store = Store::open(&config.store).await?;
+    serve(listener, tls, store, config.limits, load, shutdown).await
 }
 
 /// The accept loop. `tls` must require client certificates
@@ -117,19 +229,44 @@ pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     store: Store,
-    max_batch_bytes: usize,
+    limits: Limits,
+    load: Arc<Load>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), HubError> {
     let local = listener.local_addr().map_err(HubError::Listener)?;
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let app = router(AppState {
         store,
-        max_batch_bytes,
+        limits,
+        slots: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+        load: load.clone(),
     });
+    let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     debug!(addr = %local, "Accepting connections.");
+    let mut warned_full = false;
     loop {
+        // A free connection slot first: at the limit, new connections wait in the kernel's
+        // accept queue instead of costing a task and a TLS session each.
+        let slot = match connection_slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if !warned_full {
+                    warn!(
+                        max_connections = limits.max_connections,
+                        "Connection limit reached; new connections wait until one closes."
+                    );
+                    warned_full = true;
+                }
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    slot = connection_slots.clone().acquire_owned() => {
+                        slot.expect("the connection semaphore is never closed")
+                    }
+                }
+            }
+        };
         let (tcp, addr) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -142,11 +279,18 @@ pub async fn serve(
                 }
             },
         };
+        if connection_slots.available_permits() > 0 {
+            warned_full = false;
+        }
         let acceptor = acceptor.clone();
         let app = app.clone();
         let watcher = graceful.watcher();
+        let load = load.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let _slot = slot;
+            let _open = Held::new(&load.connections, 1);
+            let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
+            let tls = match handshake.await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     let reason = e
@@ -180,7 +324,7 @@ pub async fn serve(
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
+                .header_read_timeout(limits.header_timeout);
             builder
                 .http2()
                 .timer(TokioTimer::new())
@@ -220,6 +364,10 @@ struct Refusal {
     status: StatusCode,
     /// What was wrong and what to do.
     message: String,
+    /// For `409`: the stream's high-water mark.
+    last_seq: Option<u64>,
+    /// Close the connection after answering (HTTP/1.1; the body was not read to its end).
+    close: bool,
 }
 
 impl Refusal {
@@ -227,6 +375,8 @@ impl Refusal {
         Refusal {
             status,
             message: message.into(),
+            last_seq: None,
+            close: false,
         }
     }
 
@@ -237,12 +387,21 @@ impl Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(ErrorBody::new(self.message))).into_response();
+        let body = ErrorBody {
+            error: self.message,
+            last_seq: self.last_seq,
+        };
+        let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 http_header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),
             );
+        }
+        if self.close {
+            response
+                .headers_mut()
+                .insert(http_header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -296,9 +455,27 @@ async fn post_batch(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_owned();
+    // `connection: close` is an HTTP/1.1 header; HTTP/2 ends the stream instead.
+    let http1 = request.version() <= axum::http::Version::HTTP_11;
+    // The slot is taken before anything else, so a refusal here is cheap: the body is not read.
+    let Ok(_slot) = state.slots.clone().try_acquire_owned() else {
+        state.load.busy.fetch_add(1, Ordering::Relaxed);
+        debug!(peer = %peer.addr, resource = %resource_hint, "Every request slot is taken; answered 503.");
+        let mut refusal = Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the hub is processing its limit of {} batch requests; retry later",
+                state.limits.max_concurrent_requests
+            ),
+        );
+        refusal.close = http1;
+        return refusal.into_response();
+    };
+    let _request = Held::new(&state.load.requests, 1);
     match receive(&state, &peer, request).await {
         Ok(ack) => Json(ack).into_response(),
-        Err(refusal) => {
+        Err(mut refusal) => {
+            refusal.close = refusal.close && http1;
             warn!(
                 peer = %peer.addr,
                 node = peer.node.as_deref().unwrap_or("-"),
@@ -385,29 +562,26 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
         }
     }
 
-    let limit = state.max_batch_bytes;
-    let too_large = || {
-        Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the batch body is larger than this hub's limit of {limit} bytes (compressed or uncompressed); a queued batch never changes, so raise this hub's `[limits] max_batch_bytes` (and lower the agent's `batch.max_bytes` for later batches)"
-            ),
-        )
+    let baseline = match text_header(headers, header::BASELINE)? {
+        None => false,
+        Some(v) if v.trim().eq_ignore_ascii_case(batch::BASELINE_COMPLETE) => true,
+        Some(_) => {
+            return Err(Refusal::bad(format!(
+                "header `{}` may only be `{}` (on the batch that completes a stream's baseline)",
+                header::BASELINE,
+                batch::BASELINE_COMPLETE
+            )));
+        }
     };
+
+    let limit = state.limits.max_batch_bytes;
+    let too_large = || too_large(limit);
     if let Some(length) = text_header(headers, http_header::CONTENT_LENGTH.as_str())?
         && length.trim().parse::<u64>().is_ok_and(|n| n > limit as u64)
     {
         return Err(too_large());
     }
-    let compressed = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(e) => {
-            return Err(Refusal::bad(format!(
-                "the request body could not be read: {e}"
-            )));
-        }
-    };
+    let compressed = read_body(state, body).await?;
     let ndjson = batch::decompress(&compressed, limit).map_err(|e| match e {
         BatchError::TooLarge { .. } => too_large(),
         other => Refusal::bad(other.to_string()),
@@ -423,7 +597,7 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
         }
     }
 
-    match state.store.apply(&id, digest, &records).await {
+    match state.store.apply(&id, digest, &records, baseline).await {
         Ok(ack) => {
             match ack.status {
                 AckStatus::Applied => info!(
@@ -432,6 +606,8 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
                     stream = %id.stream,
                     seq = id.seq,
                     records = ack.records,
+                    swept = ack.swept,
+                    baseline,
                     "Batch applied."
                 ),
                 AckStatus::Duplicate => info!(
@@ -447,6 +623,10 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
         Err(e @ StoreError::NotOwner { .. }) => {
             Err(Refusal::new(StatusCode::FORBIDDEN, e.to_string()))
         }
+        Err(e @ StoreError::Gap { last_seq, .. }) => Err(Refusal {
+            last_seq: Some(last_seq),
+            ..Refusal::new(StatusCode::CONFLICT, e.to_string())
+        }),
         Err(e @ StoreError::Unavailable { .. }) => Err(Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{e}; retry later"),
@@ -456,6 +636,62 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
             format!("the hub could not store the batch: {e}"),
         )),
     }
+}
+
+/// Reads a request body into memory: at most `max_batch_bytes` (413), within `body_timeout`
+/// of now (408, connection closed), counting the bytes held in [`Load::body_bytes`].
+async fn read_body(state: &AppState, body: axum::body::Body) -> Result<Vec<u8>, Refusal> {
+    let limits = &state.limits;
+    let deadline = tokio::time::Instant::now() + limits.body_timeout;
+    let mut body = body;
+    let mut held = Held::new(&state.load.body_bytes, 0);
+    let mut out = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                state.load.timed_out.fetch_add(1, Ordering::Relaxed);
+                return Err(Refusal {
+                    close: true,
+                    ..Refusal::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "the request body did not arrive within {} s (this hub's `[limits] body_timeout`); the connection is closed",
+                            limits.body_timeout.as_secs()
+                        ),
+                    )
+                });
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(Refusal {
+                    close: true,
+                    ..Refusal::bad(format!("the request body could not be read: {e}"))
+                });
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limits.max_batch_bytes {
+                return Err(Refusal {
+                    close: true,
+                    ..too_large(limits.max_batch_bytes)
+                });
+            }
+            held.grow(data.len());
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
+}
+
+/// The `413` answer.
+fn too_large(limit: usize) -> Refusal {
+    Refusal::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the batch body is larger than this hub's limit of {limit} bytes (compressed or uncompressed); a queued batch never changes, so raise this hub's `[limits] max_batch_bytes` (and lower the agent's `batch.max_bytes` for later batches)"
+        ),
+    )
 }
 
 /// A header as text; `None` when absent.

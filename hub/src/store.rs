@@ -1,22 +1,33 @@
 //! Where the hub keeps what it received: SQLite or PostgreSQL, the same schema in both.
 //!
 //! ```text
-//! records   (resource TEXT, key TEXT, node TEXT, fields TEXT, updated_at TEXT,
-//!            PRIMARY KEY (resource, key))        -- the current state of every resource
-//! streams   (node TEXT, resource TEXT, stream TEXT, last_seq BIGINT,
-//!            PRIMARY KEY (node, resource, stream)) -- the high-water mark of each agent queue
-//! resources (resource TEXT PRIMARY KEY, node TEXT) -- which node provides each resource
+//! records     (resource TEXT, key TEXT, node TEXT, fields TEXT, updated_at TEXT,
+//!              stream TEXT NULL,                  -- the stream whose batch last wrote it
+//!              PRIMARY KEY (resource, key))       -- the current state of every resource
+//! streams     (node TEXT, resource TEXT, stream TEXT, last_seq BIGINT, last_digest TEXT,
+//!              PRIMARY KEY (node, resource, stream)) -- the high-water mark of each stream
+//! resources   (resource TEXT PRIMARY KEY, node TEXT) -- which node provides each resource
+//! hub_schema  (version INTEGER)                   -- one row: the schema version below
 //! ```
 //!
 //! `fields` is the JSON object text exactly as received (key order and every digit of every
 //! number kept); `updated_at` is the hub's clock when the batch was committed, RFC 3339 UTC.
+//! `records.stream` is NULL for rows written before schema version 2.
+//!
+//! Schema versions ([`SCHEMA_VERSION`]): 1 = the first three tables; 2 = `records.stream`
+//! and `hub_schema`. Opening a store migrates it forward in one transaction (adds the missing
+//! columns and tables); a store with a higher version than this hub knows is refused.
 //!
 //! Architecture invariants:
 //! - a batch is applied in one database transaction: ownership check, high-water-mark check,
-//!   every record in order, the new high-water mark — and [`Store::apply`] returns
-//!   [`AckStatus::Applied`] only after COMMIT returned;
+//!   every record in order, the baseline sweep, the new high-water mark — and
+//!   [`Store::apply`] returns [`AckStatus::Applied`] only after COMMIT returned;
 //! - a batch whose seq is not above the stream's `last_seq` changes nothing and is answered
-//!   [`AckStatus::Duplicate`];
+//!   [`AckStatus::Duplicate`]; a batch whose seq is above `last_seq + 1` changes nothing and
+//!   is refused ([`StoreError::Gap`]): the hub never applies a batch after a hole;
+//! - a batch marked as completing its stream's baseline also deletes every record of the
+//!   resource whose `stream` is not the batch's stream (the keys the new stream did not
+//!   re-send), in the same transaction;
 //! - the first node that pushes a resource owns it; any other node is refused;
 //! - concurrent batches of the same (node, resource, stream) are serialized (SQLite: one
 //!   writer; PostgreSQL: `SELECT … FOR UPDATE` on the stream row);
@@ -43,6 +54,15 @@ pub enum StoreError {
         /// Why, with what to do when known.
         reason: String,
     },
+    /// The database was reached but its tables could not be created or migrated (or it has a
+    /// newer schema than this hub).
+    #[error("{target}: {reason}")]
+    Schema {
+        /// The database.
+        target: String,
+        /// Why, with what to do.
+        reason: String,
+    },
     /// The resource is provided by another node.
     #[error(
         "resource `{resource}` is provided by node `{owner}`; node `{node}` may not push it (each resource code has exactly one providing node: check `code` in the agent's configuration, or ask the hub operator to reassign the resource)"
@@ -62,6 +82,22 @@ pub enum StoreError {
         target: String,
         /// Why.
         reason: String,
+    },
+    /// The batch's seq is above the stream's `last_seq + 1`: batches in between are missing,
+    /// so the hub's store is older than the agent's queue (restored or wiped).
+    #[error(
+        "resource `{resource}`, stream {stream}: batch seq {seq} does not follow the hub's last applied seq {last_seq} (the hub accepts only seq {next}); nothing was applied. The hub's store was restored from an older copy or wiped: stop the resource and resynchronize it with `exchange-agent resync {resource}`",
+        next = last_seq + 1
+    )]
+    Gap {
+        /// The resource code.
+        resource: String,
+        /// The stream id.
+        stream: String,
+        /// The refused batch's seq.
+        seq: u64,
+        /// The highest seq the hub applied for the stream (0 for an unknown stream).
+        last_seq: u64,
     },
     /// Any other database failure.
     #[error("{target} failed: {reason}")]
@@ -87,6 +123,9 @@ pub struct StoredRecord {
     /// When the hub committed the batch that last wrote the record (RFC 3339 UTC).
     pub updated_at: String,
 }
+
+/// The schema version this hub writes (see the module documentation).
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How much the store holds, for logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -119,6 +158,8 @@ struct Batch {
     now: String,
     /// SM3 of the batch's NDJSON, kept as the stream's `last_digest`.
     digest: String,
+    /// The batch completes its stream's baseline: sweep the records other streams wrote.
+    baseline: bool,
 }
 
 /// The rows of one resource, ordered by key (byte order of the UTF-8 text).
@@ -139,8 +180,18 @@ const EXPORT_BUFFER: usize = 256;
 
 /// What applying a batch did.
 pub(crate) enum Outcome {
-    /// Committed now, with this many records.
-    Applied(u64),
+    /// Committed now.
+    Applied {
+        /// Records in the batch.
+        records: u64,
+        /// Records of other streams deleted by the baseline sweep.
+        swept: u64,
+    },
+    /// Refused: the seq is above `last_seq + 1`; nothing changed.
+    Gap {
+        /// The stream's high-water mark.
+        last_seq: u64,
+    },
     /// Applied before; the stream's high-water mark is `last_seq`.
     Duplicate {
         /// The highest seq applied for the batch's stream.
@@ -182,11 +233,14 @@ impl Store {
     /// Returns only after the transaction committed (or changed nothing, for a duplicate).
     /// `digest` is the batch's content digest (SM3 hex); the stream keeps the digest of its
     /// last applied batch so a resend can be told from a different batch with a reused seq.
+    /// `baseline` marks the batch that completes its stream's baseline: once its records are
+    /// applied, every record of the resource last written by another stream is deleted.
     pub async fn apply(
         &self,
         id: &BatchId,
         digest: &str,
         records: &[Record],
+        baseline: bool,
     ) -> Result<Ack, StoreError> {
         let changes = records
             .iter()
@@ -207,19 +261,29 @@ impl Store {
             changes,
             now: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             digest: digest.to_ascii_lowercase(),
+            baseline,
         };
         let applied = match &self.backend {
             Backend::Sqlite(s) => s.clone().apply(batch).await?,
             Backend::Postgres(p) => p.apply(batch).await?,
         };
         Ok(match applied {
-            Outcome::Applied(records) => Ack {
+            Outcome::Applied { records, swept } => Ack {
                 status: AckStatus::Applied,
                 seq: id.seq,
                 records,
                 last_seq: id.seq,
                 last_digest: digest.to_ascii_lowercase(),
+                swept,
             },
+            Outcome::Gap { last_seq } => {
+                return Err(StoreError::Gap {
+                    resource: id.resource.clone(),
+                    stream: id.stream.clone(),
+                    seq: id.seq,
+                    last_seq,
+                });
+            }
             Outcome::Duplicate {
                 last_seq,
                 last_digest,
@@ -229,6 +293,7 @@ impl Store {
                 records: 0,
                 last_seq,
                 last_digest,
+                swept: 0,
             },
         })
     }
@@ -259,25 +324,19 @@ impl Store {
         }
     }
 
+    /// The schema version the store is at (after the migration [`Store::open`] ran).
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.clone().schema_version().await,
+            Backend::Postgres(p) => p.schema_version().await,
+        }
+    }
+
     /// The database, for messages (no password).
     pub fn describe(&self) -> String {
         match &self.backend {
             Backend::Sqlite(s) => s.target.clone(),
             Backend::Postgres(p) => p.target.clone(),
         }
-    }
-}
-
-/// Logs a gap in a stream's sequence (the batch is applied all the same).
-fn warn_gap(id: &BatchId, last_seq: u64) {
-    if id.seq > last_seq + 1 {
-        tracing::warn!(
-            node = %id.node,
-            resource = %id.resource,
-            stream = %id.stream,
-            expected_seq = last_seq + 1,
-            seq = id.seq,
-            "Batch sequence has a gap; applying the batch anyway (batches in between were lost or sent out of order by the agent)."
-        );
     }
 }

@@ -110,7 +110,7 @@ async fn upsert_replaces_and_delete_removes() {
 }
 
 #[tokio::test]
-async fn a_gap_is_applied_and_older_seqs_become_duplicates() {
+async fn a_gap_is_refused_with_409_and_the_last_seq_and_nothing_is_applied() {
     let pki = Pki::new();
     let hub = Hub::start(&pki, pki.sqlite()).await;
     let client = client(&pki.client(NODE));
@@ -121,26 +121,97 @@ async fn a_gap_is_applied_and_older_seqs_become_duplicates() {
         ack(send(1, "a").send(&client, &hub).await).await.status,
         AckStatus::Applied
     );
+    let gap = refusal_body(send(3, "c").send(&client, &hub).await, 409).await;
+    assert_eq!(gap.last_seq, Some(1));
+    assert!(gap.error.contains("exchange-agent resync"), "{}", gap.error);
+    // An unknown stream has last_seq 0: its first batch must be seq 1.
+    let fresh = Push::new(NODE, RESOURCE, &new_stream(), 2, vec![upsert("d", "{}")]);
     assert_eq!(
-        ack(send(3, "c").send(&client, &hub).await).await.status,
-        AckStatus::Applied
-    );
-    assert_eq!(
-        ack(send(2, "b").send(&client, &hub).await).await.status,
-        AckStatus::Duplicate
+        refusal_body(fresh.send(&client, &hub).await, 409)
+            .await
+            .last_seq,
+        Some(0)
     );
     let keys: Vec<String> = exported(&hub, RESOURCE)
         .await
         .into_iter()
         .map(|r| r.0)
         .collect();
-    assert_eq!(keys, ["a", "c"]);
-    // Another stream of the same node and resource has its own sequence.
-    let other = Push::new(NODE, RESOURCE, &new_stream(), 1, vec![upsert("d", "{}")]);
+    assert_eq!(keys, ["a"], "nothing of a refused batch is applied");
+    // The stream goes on at last_seq + 1; an older seq stays a duplicate.
     assert_eq!(
-        ack(other.send(&client, &hub).await).await.status,
+        ack(send(2, "b").send(&client, &hub).await).await.status,
         AckStatus::Applied
     );
+    assert_eq!(
+        ack(send(1, "a").send(&client, &hub).await).await.status,
+        AckStatus::Duplicate
+    );
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_completed_baseline_sweeps_the_keys_other_streams_wrote() {
+    let pki = Pki::new();
+    let hub = Hub::start(&pki, pki.sqlite()).await;
+    common::baseline_sweeps_the_keys_other_streams_wrote(&pki, &hub).await;
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_empty_batch_is_valid_and_an_empty_baseline_empties_the_resource() {
+    let pki = Pki::new();
+    let hub = Hub::start(&pki, pki.sqlite()).await;
+    common::empty_baseline_empties_the_resource(&pki, &hub).await;
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_malformed_baseline_header_is_refused() {
+    let pki = Pki::new();
+    let hub = Hub::start(&pki, pki.sqlite()).await;
+    let client = client(&pki.client(NODE));
+    let mut push = Push::new(NODE, RESOURCE, &new_stream(), 1, vec![upsert("a", "{}")]);
+    push.baseline = Some("yes".into());
+    let error = refusal(push.send(&client, &hub).await, 400).await;
+    assert!(error.contains("exchange-baseline"), "{error}");
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_version_1_sqlite_store_is_migrated_and_its_rows_are_swept_by_a_baseline() {
+    let pki = Pki::new();
+    let path = pki.dir.path().join("hub.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE records (resource TEXT NOT NULL, key TEXT NOT NULL, node TEXT NOT NULL,
+                 fields TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (resource, key));
+             CREATE TABLE streams (node TEXT NOT NULL, resource TEXT NOT NULL, stream TEXT NOT NULL,
+                 last_seq INTEGER NOT NULL, PRIMARY KEY (node, resource, stream));
+             CREATE TABLE resources (resource TEXT NOT NULL PRIMARY KEY, node TEXT NOT NULL);",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO records VALUES (?1, 'old', ?2, '{}', '2024-01-01T00:00:00Z')",
+            [RESOURCE, NODE],
+        )
+        .unwrap();
+        conn.execute("INSERT INTO resources VALUES (?1, ?2)", [RESOURCE, NODE])
+            .unwrap();
+    }
+    let hub = Hub::start(&pki, pki.sqlite()).await;
+    let client = client(&pki.client(NODE));
+    let push = Push::new(NODE, RESOURCE, &new_stream(), 1, vec![upsert("new", "{}")]);
+    let ack = ack(push.completing_baseline().send(&client, &hub).await).await;
+    assert_eq!((ack.records, ack.swept), (1, 1));
+    let keys: Vec<String> = exported(&hub, RESOURCE)
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(keys, ["new"]);
+    assert_eq!(hub.store().await.schema_version().await.unwrap(), 2);
     hub.stop().await.unwrap();
 }
 

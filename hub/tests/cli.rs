@@ -17,10 +17,15 @@ const RESOURCE: &str = "330100-GTJ-0003";
 
 /// Writes `hub.toml` next to the PKI's files, with paths relative to it.
 fn write_config(pki: &Pki, extra: &str) -> PathBuf {
+    write_config_for(pki, "sqlite://hub.db", extra)
+}
+
+/// Writes `hub.toml` with the store at `url`.
+fn write_config_for(pki: &Pki, url: &str, extra: &str) -> PathBuf {
     let dir = pki.dir.path();
     let rel = |p: &Path| p.strip_prefix(dir).unwrap().display().to_string();
     let text = format!(
-        "[listen]\naddr = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[store]\nurl = \"sqlite://hub.db\"\n{extra}",
+        "[listen]\naddr = \"127.0.0.1:0\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[store]\nurl = \"{url}\"\n{extra}",
         rel(&pki.hub_tls.ca),
         rel(&pki.hub_tls.cert),
         rel(&pki.hub_tls.key),
@@ -31,7 +36,16 @@ fn write_config(pki: &Pki, extra: &str) -> PathBuf {
 }
 
 async fn run(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::time::timeout(DEADLINE, Command::new(BIN).args(args).output())
+    run_with_env(args, &[]).await
+}
+
+async fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = Command::new(BIN);
+    command.args(args).env_remove("RUST_LOG");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = tokio::time::timeout(DEADLINE, command.output())
         .await
         .expect("the command did not finish before the deadline")
         .unwrap();
@@ -168,4 +182,116 @@ async fn serve_stops_on_sigterm_and_export_prints_records_by_key() {
         )),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn check_connect_reports_schema_version_and_counts_and_exits_3_when_unreachable() {
+    let pki = Pki::new();
+    let path = write_config(&pki, "");
+    let (code, stdout, stderr) = run(&["check", "--connect", "-c", path.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("reachable, schema version 2; 0 resources, 0 streams, 0 records"),
+        "{stdout}"
+    );
+    let path = write_config_for(&pki, "postgres://postgres@127.0.0.1:1/nothing", "");
+    let (code, _, stderr) = run(&["check", "--connect", "-c", path.to_str().unwrap()]).await;
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("Connection refused") || stderr.contains("connection refused"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn postgres_notices_stay_out_of_the_logs_and_logs_have_no_colour_off_a_terminal() {
+    let db = PgDb::create().await;
+    let pki = Pki::new();
+    let path = write_config_for(&pki, &db.url(), "");
+    let config = path.to_str().unwrap();
+    // The first run creates the tables; the second meets them (`… already exists, skipping`).
+    let (code, _, stderr) = run(&["check", "--connect", "-c", config]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = run(&["check", "--connect", "-c", config]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("schema version 2"), "{stdout}");
+    assert!(
+        stderr.is_empty(),
+        "notices leaked at the default level: {stderr}"
+    );
+    // At debug level the notices are there, in plain text without ANSI colour codes…
+    let debug = [("RUST_LOG", "exchange_hub=debug")];
+    let (_, _, stderr) = run_with_env(&["check", "--connect", "-c", config], &debug).await;
+    assert!(stderr.contains("Store notice."), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "ANSI codes on a pipe: {stderr:?}");
+    // … or as one JSON object per line.
+    let args = ["--log-format", "json", "check", "--connect", "-c", config];
+    let (_, _, stderr) = run_with_env(&args, &debug).await;
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "Store notice."),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn sslmode_require_against_a_server_without_tls_fails_and_never_falls_back() {
+    let db = PgDb::create().await;
+    let pki = Pki::new();
+    let path = write_config_for(&pki, &format!("{}?sslmode=require", db.url()), "");
+    let (code, _, stderr) = run(&["check", "--connect", "-c", path.to_str().unwrap()]).await;
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("TLS"), "{stderr}");
+    // Nothing reached the database in plaintext: no table was created.
+    let (client, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let row = client
+        .query_one("SELECT to_regclass('records') IS NULL", &[])
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+}
+
+#[tokio::test]
+async fn export_into_a_closed_pipe_exits_0_quietly() {
+    let pki = Pki::new();
+    let path = write_config(&pki, "");
+    let hub = Hub::start(&pki, pki.sqlite()).await;
+    let client = client(&pki.client(NODE));
+    let filler = "x".repeat(200);
+    let records: Vec<_> = (0..2000)
+        .map(|i| upsert(&format!("k{i:05}"), &format!(r#"{{"f":"{filler}"}}"#)))
+        .collect();
+    ack(Push::new(NODE, RESOURCE, &new_stream(), 1, records)
+        .send(&client, &hub)
+        .await)
+    .await;
+    hub.stop().await.unwrap();
+    // `exchange-hub export | head -1`: read one line, then close the pipe.
+    let mut child = Command::new(BIN)
+        .args(["export", "-c", path.to_str().unwrap(), "-r", RESOURCE])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).await.unwrap();
+    assert!(line.contains("k00000"), "{line}");
+    drop(stdout);
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
 }

@@ -146,3 +146,76 @@ async fn a_lost_database_answers_503_with_retry_after_then_recovers() {
     assert_eq!(exported(&hub, RESOURCE).await.len(), 2);
     hub.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn postgres_refuses_a_gap_with_409_and_applies_nothing() {
+    let db = PgDb::create().await;
+    let pki = Pki::new();
+    let hub = Hub::start(&pki, db.store_config()).await;
+    let client = client(&pki.client(NODE));
+    let stream = new_stream();
+    ack(
+        Push::new(NODE, RESOURCE, &stream, 1, vec![upsert("a", "{}")])
+            .send(&client, &hub)
+            .await,
+    )
+    .await;
+    let gap = Push::new(NODE, RESOURCE, &stream, 5, vec![upsert("e", "{}")]);
+    assert_eq!(
+        refusal_body(gap.send(&client, &hub).await, 409)
+            .await
+            .last_seq,
+        Some(1)
+    );
+    let fresh = Push::new(NODE, RESOURCE, &new_stream(), 2, vec![upsert("f", "{}")]);
+    assert_eq!(
+        refusal_body(fresh.send(&client, &hub).await, 409)
+            .await
+            .last_seq,
+        Some(0)
+    );
+    assert_eq!(keys(&hub, RESOURCE).await, ["a"]);
+    assert_eq!(hub.store().await.counts().await.unwrap().streams, 1);
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn postgres_baseline_sweeps_the_keys_other_streams_wrote() {
+    let db = PgDb::create().await;
+    let pki = Pki::new();
+    let hub = Hub::start(&pki, db.store_config()).await;
+    baseline_sweeps_the_keys_other_streams_wrote(&pki, &hub).await;
+    empty_baseline_empties_the_resource(&pki, &hub).await;
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_version_1_postgres_store_is_migrated_and_its_rows_are_swept_by_a_baseline() {
+    let db = PgDb::create().await;
+    let (client, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE records (resource TEXT NOT NULL, key TEXT NOT NULL, node TEXT NOT NULL,
+                 fields TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (resource, key));
+             CREATE TABLE streams (node TEXT NOT NULL, resource TEXT NOT NULL,
+                 stream TEXT NOT NULL, last_seq BIGINT NOT NULL,
+                 PRIMARY KEY (node, resource, stream));
+             CREATE TABLE resources (resource TEXT NOT NULL PRIMARY KEY, node TEXT NOT NULL);
+             INSERT INTO records VALUES ('{RESOURCE}', 'old', '{NODE}', '{{}}', '2024-01-01T00:00:00Z');
+             INSERT INTO resources VALUES ('{RESOURCE}', '{NODE}');"
+        ))
+        .await
+        .unwrap();
+    let pki = Pki::new();
+    let hub = Hub::start(&pki, db.store_config()).await;
+    let agent = common::client(&pki.client(NODE));
+    let push = Push::new(NODE, RESOURCE, &new_stream(), 1, vec![upsert("new", "{}")]);
+    let ack = ack(push.completing_baseline().send(&agent, &hub).await).await;
+    assert_eq!((ack.records, ack.swept), (1, 1));
+    assert_eq!(keys(&hub, RESOURCE).await, ["new"]);
+    assert_eq!(hub.store().await.schema_version().await.unwrap(), 2);
+    hub.stop().await.unwrap();
+}

@@ -3,13 +3,15 @@
 //! A batch is `POST /v1/batches` with an NDJSON body compressed with zstd. Each line is one
 //! [`Record`]: `{"op":"upsert","key":K,"fields":{…}}` or `{"op":"delete","key":K}`. Records of
 //! one batch are applied in order. The batch is identified by (node, resource, stream, seq):
-//! `stream` names one agent queue (it changes only when the agent's data directory is
-//! recreated), `seq` counts that stream's batches of that resource from 1 without gaps.
-//! The content digest is SM3 over the uncompressed NDJSON.
+//! `stream` names one generation of an agent queue for a resource (a new data directory or a
+//! resync draws a new one), `seq` counts that stream's batches of that resource from 1
+//! without gaps. The content digest is SM3 over the uncompressed NDJSON. A batch may hold 0
+//! records (an empty body, or a zstd frame of nothing).
 //!
-//! Invariant: the hub acknowledges (HTTP 200 with an [`Ack`]) only after the batch is
+//! Invariants: the hub acknowledges (HTTP 200 with an [`Ack`]) only after the batch is
 //! committed; a batch whose seq is not above the last applied seq of its (node, resource,
-//! stream) is acknowledged as a duplicate without being applied again.
+//! stream) is acknowledged as a duplicate without being applied again; a batch whose seq is
+//! above `last_seq + 1` is refused (409, [`ErrorBody::last_seq`]) and nothing is applied.
 
 use std::io::Read;
 
@@ -48,7 +50,7 @@ pub mod header {
     pub const PROTOCOL: &str = "exchange-protocol";
     /// Optional; [`super::BASELINE_COMPLETE`] on the batch that ends a stream's baseline (its
     /// first full read of the resource): once it is applied, the hub deletes every record of
-    /// the resource that no batch of this stream wrote (docs/PROTOCOL.md §5).
+    /// the resource that no batch of this stream wrote (docs/PROTOCOL.md §5.1).
     pub const BASELINE: &str = "exchange-baseline";
 }
 
@@ -122,6 +124,16 @@ pub struct Ack {
     /// is byte-identical, so for a duplicate with `last_seq == seq` it equals the batch's
     /// digest; if it differs, the seq was reused for other records (a restored queue).
     pub last_digest: String,
+    /// Records of the resource last written by another stream that this batch deleted: only
+    /// a batch carrying `exchange-baseline: complete` sweeps (docs/PROTOCOL.md §5.1). Omitted
+    /// when 0, so an older agent or hub reads it as 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub swept: u64,
+}
+
+/// Whether a count is 0 (serde's `skip_serializing_if`).
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Whether the batch was applied now or had been applied before.
@@ -191,8 +203,12 @@ pub fn compress(ndjson: &[u8]) -> Vec<u8> {
     zstd::bulk::compress(ndjson, 3).expect("compressing into memory cannot fail")
 }
 
-/// Decompresses a body, refusing more than `limit` bytes of output.
+/// Decompresses a body, refusing more than `limit` bytes of output. A zero-length body is
+/// an empty batch (some HTTP clients send no bytes rather than an empty zstd frame).
 pub fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
+    if body.is_empty() {
+        return Ok(Vec::new());
+    }
     let decoder = zstd::stream::read::Decoder::new(body).map_err(BatchError::Decompress)?;
     let mut out = Vec::new();
     decoder
@@ -306,6 +322,34 @@ mod tests {
         let line = String::from_utf8(back).unwrap();
         assert!(line.contains("18446744073709551615"), "{line}");
         assert!(line.contains("1.10"), "{line}");
+    }
+
+    #[test]
+    fn an_empty_batch_is_valid_on_the_wire() {
+        let digest = digest_hex(b"");
+        let wire = compress(b"");
+        let back = decompress(&wire, 1024).unwrap();
+        assert!(parse(&back, &digest, 0).unwrap().is_empty());
+        // A zero-length body is an empty batch too.
+        assert!(
+            parse(&decompress(b"", 1024).unwrap(), &digest, 0)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn an_ack_without_swept_reads_as_zero_and_zero_is_omitted() {
+        let old = r#"{"status":"applied","seq":1,"records":2,"last_seq":1,"last_digest":"ab"}"#;
+        let ack: Ack = serde_json::from_str(old).unwrap();
+        assert_eq!(ack.swept, 0);
+        assert_eq!(serde_json::to_string(&ack).unwrap(), old);
+        let swept = Ack { swept: 3, ..ack };
+        assert!(
+            serde_json::to_string(&swept)
+                .unwrap()
+                .ends_with(r#","swept":3}"#)
+        );
     }
 
     #[test]

@@ -4,19 +4,27 @@
 //! restart shows as a few `503 Retry-After` answers, never as a hub restart. Concurrent
 //! batches of one (node, resource, stream) are serialized by `SELECT … FOR UPDATE` on the
 //! stream row, which makes the high-water-mark check safe with several hubs on one database.
+//!
+//! TLS: when the store URL asks for it (`sslmode` prefer/require/verify-ca/verify-full, or
+//! `[store] ca` set) every connection is TLS, verified against `[store] ca` or the system
+//! roots (host name included), with no plaintext fallback; otherwise plaintext. Server
+//! notices (`CREATE TABLE IF NOT EXISTS` on an existing table…) are logged at debug level only.
 
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 
-use super::{Batch, Change, Counts, StoreError, StoredRecord, warn_gap};
+use super::{Batch, Change, Counts, SCHEMA_VERSION, StoreError, StoredRecord};
 use crate::config::PostgresConfig;
 
 /// Connections opened at most at once.
 const POOL_SIZE: usize = 4;
 
+/// The tables of the current schema version, and the columns older versions lack (run by
+/// [`PgStore::migrate`] under an advisory lock, so two hubs starting at once do not race).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
     resource   TEXT NOT NULL,
@@ -24,6 +32,7 @@ CREATE TABLE IF NOT EXISTS records (
     node       TEXT NOT NULL,
     fields     TEXT NOT NULL,
     updated_at TEXT NOT NULL,
+    stream     TEXT,
     PRIMARY KEY (resource, key)
 );
 CREATE TABLE IF NOT EXISTS streams (
@@ -38,7 +47,38 @@ CREATE TABLE IF NOT EXISTS resources (
     resource TEXT NOT NULL PRIMARY KEY,
     node     TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS hub_schema (
+    version INTEGER NOT NULL
+);
+ALTER TABLE records ADD COLUMN IF NOT EXISTS stream TEXT;
+ALTER TABLE streams ADD COLUMN IF NOT EXISTS last_digest TEXT NOT NULL DEFAULT '';
 ";
+
+/// Key of the advisory lock held while migrating ("exchhub" in ASCII).
+const MIGRATION_LOCK: i64 = 0x65_78_63_68_68_75_62;
+
+/// The schema version of the database `client` is connected to: 0 without tables, 1 before
+/// `hub_schema` existed.
+async fn version_in(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<i64, tokio_postgres::Error> {
+    let tables = client
+        .query_one(
+            "SELECT to_regclass('hub_schema') IS NOT NULL, to_regclass('records') IS NOT NULL",
+            &[],
+        )
+        .await?;
+    if tables.get::<_, bool>(0) {
+        let row = client
+            .query_one("SELECT coalesce(max(version), 0) FROM hub_schema", &[])
+            .await?;
+        Ok(i64::from(row.get::<_, i32>(0)))
+    } else if tables.get::<_, bool>(1) {
+        Ok(1)
+    } else {
+        Ok(0)
+    }
+}
 
 /// A PostgreSQL database.
 pub(super) struct PgStore {
@@ -98,15 +138,13 @@ impl PgStore {
             }
             other => other,
         })?;
-        client
-            .batch_execute(SCHEMA)
+        let mut client = client;
+        store
+            .migrate(&mut client)
             .await
-            .map_err(|e| StoreError::Open {
+            .map_err(|reason| StoreError::Schema {
                 target: store.target.clone(),
-                reason: format!(
-                    "cannot create the tables: {} (the user needs CREATE on the database's schema)",
-                    describe(&e)
-                ),
+                reason,
             })?;
         store
             .idle
@@ -114,6 +152,43 @@ impl PgStore {
             .unwrap_or_else(|e| e.into_inner())
             .push(client);
         Ok(store)
+    }
+
+    /// Brings the tables to [`SCHEMA_VERSION`] in one transaction; refuses a newer store.
+    async fn migrate(&self, client: &mut Client) -> Result<(), String> {
+        let text = |e: tokio_postgres::Error| {
+            format!("cannot create or migrate the tables: {}", describe(&e))
+        };
+        let tx = client.transaction().await.map_err(text)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(text)?;
+        let found = version_in(&tx).await.map_err(text)?;
+        if found > SCHEMA_VERSION {
+            return Err(format!(
+                "the store has schema version {found}, newer than this hub's {SCHEMA_VERSION}; run the newer exchange-hub"
+            ));
+        }
+        tx.batch_execute(SCHEMA).await.map_err(|e| {
+            format!(
+                "cannot create or migrate the tables: {} (the user needs CREATE on the database's schema)",
+                describe(&e)
+            )
+        })?;
+        let version = SCHEMA_VERSION as i32;
+        tx.execute("DELETE FROM hub_schema", &[])
+            .await
+            .map_err(text)?;
+        tx.execute("INSERT INTO hub_schema (version) VALUES ($1)", &[&version])
+            .await
+            .map_err(text)?;
+        tx.commit().await.map_err(text)
+    }
+
+    /// The schema version recorded in the database.
+    pub(super) async fn schema_version(self: &Arc<Self>) -> Result<i64, StoreError> {
+        let mut pooled = self.get().await?;
+        version_in(pooled.client()).await.map_err(|e| self.error(e))
     }
 
     /// Opens a new connection, reading the password file each time (so it can be rotated).
@@ -134,21 +209,28 @@ impl PgStore {
         }
         // Whatever stops a connection (server down, not accepting connections, a password
         // being rotated) is the operator's to fix; the agent keeps the batch and retries.
-        let (client, connection) =
-            config
-                .connect(NoTls)
-                .await
-                .map_err(|e| StoreError::Unavailable {
-                    target: self.target.clone(),
-                    reason: describe(&e),
-                })?;
+        let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable {
+            target: self.target.clone(),
+            reason: describe(&e),
+        };
         let target = self.target.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(store = %target, error = %describe(&e), "Connection to the store lost; it will be reopened.");
-            }
-        });
-        Ok(client)
+        if self.config.tls {
+            let tls = exchange_protocol::tls::source_client_config(self.config.ca.as_deref())
+                .map_err(|e| StoreError::Failed {
+                    target: self.target.clone(),
+                    reason: format!("cannot set up TLS to the store ([store] ca): {e}"),
+                })?;
+            let (client, connection) = config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+                .await
+                .map_err(unavailable)?;
+            tokio::spawn(drive(connection, target));
+            Ok(client)
+        } else {
+            let (client, connection) = config.connect(NoTls).await.map_err(unavailable)?;
+            tokio::spawn(drive(connection, target));
+            Ok(client)
+        }
     }
 
     /// Takes an open connection from the pool or opens one.
@@ -175,7 +257,7 @@ impl PgStore {
         })
     }
 
-    /// Applies a batch; `Some(records)` when applied, `None` for a duplicate.
+    /// Applies a batch in one transaction: applied, duplicate or gap.
     pub(super) async fn apply(
         self: &Arc<Self>,
         batch: Batch,
@@ -238,13 +320,20 @@ impl PgStore {
                 last_digest,
             });
         }
-        warn_gap(id, last_seq.max(0) as u64);
+        if seq > last_seq + 1 {
+            // Also undoes the stream row inserted above for an unknown stream.
+            tx.rollback().await.map_err(e)?;
+            return Ok(super::Outcome::Gap {
+                last_seq: last_seq.max(0) as u64,
+            });
+        }
         let upsert = tx
             .prepare(
-                "INSERT INTO records (resource, key, node, fields, updated_at)
-                 VALUES ($1, $2, $3, $4, $5)
+                "INSERT INTO records (resource, key, node, fields, updated_at, stream)
+                 VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (resource, key) DO UPDATE
-                 SET node = EXCLUDED.node, fields = EXCLUDED.fields, updated_at = EXCLUDED.updated_at",
+                 SET node = EXCLUDED.node, fields = EXCLUDED.fields, updated_at = EXCLUDED.updated_at,
+                     stream = EXCLUDED.stream",
             )
             .await
             .map_err(e)?;
@@ -255,15 +344,28 @@ impl PgStore {
         for change in &batch.changes {
             match change {
                 Change::Upsert { key, fields } => {
-                    tx.execute(&upsert, &[&id.resource, key, &id.node, fields, &batch.now])
-                        .await
-                        .map_err(e)?;
+                    tx.execute(
+                        &upsert,
+                        &[&id.resource, key, &id.node, fields, &batch.now, &id.stream],
+                    )
+                    .await
+                    .map_err(e)?;
                 }
                 Change::Delete { key } => {
                     tx.execute(&delete, &[&id.resource, key]).await.map_err(e)?;
                 }
             }
         }
+        let swept = if batch.baseline {
+            tx.execute(
+                "DELETE FROM records WHERE resource = $1 AND stream IS DISTINCT FROM $2",
+                &[&id.resource, &id.stream],
+            )
+            .await
+            .map_err(e)?
+        } else {
+            0
+        };
         tx.execute(
             "UPDATE streams SET last_seq = $4, last_digest = $5 WHERE node = $1 AND resource = $2 AND stream = $3",
             &[&id.node, &id.resource, &id.stream, &seq, &batch.digest],
@@ -271,7 +373,10 @@ impl PgStore {
         .await
         .map_err(e)?;
         tx.commit().await.map_err(e)?;
-        Ok(super::Outcome::Applied(batch.changes.len() as u64))
+        Ok(super::Outcome::Applied {
+            records: batch.changes.len() as u64,
+            swept,
+        })
     }
 
     /// Streams the rows of `resource` into `tx` from a task.
@@ -377,6 +482,31 @@ impl PgStore {
             StoreError::Failed {
                 target: self.target.clone(),
                 reason,
+            }
+        }
+    }
+}
+
+/// Runs a connection until it ends: server notices go to the debug log (their text names
+/// tables, never row values), a failure is logged once as a warning.
+async fn drive<S, T>(mut connection: Connection<S, T>, target: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    while let Some(message) = messages.next().await {
+        match message {
+            Ok(AsyncMessage::Notice(notice)) => tracing::debug!(
+                store = %target,
+                code = notice.code().code(),
+                notice = notice.message(),
+                "Store notice."
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(store = %target, error = %describe(&e), "Connection to the store lost; it will be reopened.");
+                return;
             }
         }
     }

@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::mpsc;
 
-use super::{Batch, Change, Counts, StoreError, StoredRecord, warn_gap};
+use super::{Batch, Change, Counts, SCHEMA_VERSION, StoreError, StoredRecord};
 
+/// The tables of the current schema version; `records.stream` is added to older stores by
+/// [`migrate`].
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
     resource   TEXT NOT NULL,
@@ -18,6 +20,7 @@ CREATE TABLE IF NOT EXISTS records (
     node       TEXT NOT NULL,
     fields     TEXT NOT NULL,
     updated_at TEXT NOT NULL,
+    stream     TEXT,
     PRIMARY KEY (resource, key)
 );
 CREATE TABLE IF NOT EXISTS streams (
@@ -32,7 +35,80 @@ CREATE TABLE IF NOT EXISTS resources (
     resource TEXT NOT NULL PRIMARY KEY,
     node     TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS hub_schema (
+    version INTEGER NOT NULL
+);
 ";
+
+/// Brings the tables to [`SCHEMA_VERSION`] in one transaction: creates what is missing, adds
+/// the columns older versions lack, records the version. Refuses a newer store.
+fn migrate(conn: &mut Connection) -> Result<(), String> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| e.to_string())?;
+    let found = version_in(&tx).map_err(|e| e.to_string())?;
+    if found > SCHEMA_VERSION {
+        return Err(format!(
+            "the store has schema version {found}, newer than this hub's {SCHEMA_VERSION}; run the newer exchange-hub"
+        ));
+    }
+    tx.execute_batch(SCHEMA).map_err(|e| e.to_string())?;
+    for (table, column, ddl) in [
+        (
+            "records",
+            "stream",
+            "ALTER TABLE records ADD COLUMN stream TEXT",
+        ),
+        (
+            "streams",
+            "last_digest",
+            "ALTER TABLE streams ADD COLUMN last_digest TEXT NOT NULL DEFAULT ''",
+        ),
+    ] {
+        let present: bool = tx
+            .query_row(
+                &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                [column],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(|e| e.to_string())?
+            > 0;
+        if !present {
+            tx.execute_batch(ddl).map_err(|e| e.to_string())?;
+        }
+    }
+    tx.execute("DELETE FROM hub_schema", [])
+        .map_err(|e| e.to_string())?;
+    tx.execute(
+        "INSERT INTO hub_schema (version) VALUES (?1)",
+        [SCHEMA_VERSION],
+    )
+    .map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| e.to_string())
+}
+
+/// The schema version of an open database: 0 when it has no tables, 1 before `hub_schema`.
+fn version_in(conn: &Connection) -> Result<i64, rusqlite::Error> {
+    let has = |table: &str| -> Result<bool, rusqlite::Error> {
+        conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+    };
+    if has("hub_schema")? {
+        conn.query_row(
+            "SELECT coalesce(max(version), 0) FROM hub_schema",
+            [],
+            |r| r.get(0),
+        )
+    } else if has("records")? {
+        Ok(1)
+    } else {
+        Ok(0)
+    }
+}
 
 /// A SQLite database file.
 pub(super) struct SqliteStore {
@@ -72,7 +148,11 @@ impl SqliteStore {
                 }
                 conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;")
                     .map_err(failed)?;
-                conn.execute_batch(SCHEMA).map_err(failed)?;
+                let mut conn = conn;
+                migrate(&mut conn).map_err(|reason| StoreError::Schema {
+                    target: target.clone(),
+                    reason: format!("cannot create or migrate the tables: {reason}"),
+                })?;
                 Ok(conn)
             }
         };
@@ -84,7 +164,7 @@ impl SqliteStore {
         })
     }
 
-    /// Applies a batch; `Some(records)` when applied, `None` for a duplicate.
+    /// Applies a batch in one transaction: applied, duplicate or gap.
     pub(super) async fn apply(self: Arc<Self>, batch: Batch) -> Result<super::Outcome, StoreError> {
         let target = self.target.clone();
         blocking(&target, move || {
@@ -141,6 +221,16 @@ impl SqliteStore {
                 rows.collect()
             };
             read().map_err(|e| self.error(e))
+        })
+        .await?
+    }
+
+    /// The schema version recorded in the database.
+    pub(super) async fn schema_version(self: Arc<Self>) -> Result<i64, StoreError> {
+        let target = self.target.clone();
+        blocking(&target, move || {
+            let conn = self.reader().map_err(|e| self.error(e))?;
+            version_in(&conn).map_err(|e| self.error(e))
         })
         .await?
     }
@@ -237,26 +327,39 @@ fn apply_in(conn: &mut Connection, batch: &Batch) -> Result<super::Outcome, Appl
         )
         .optional()?
         .unwrap_or((0, String::new()));
+    // The transaction rolls back on drop: a duplicate or a gap changes nothing.
     if seq <= last_seq {
         return Ok(super::Outcome::Duplicate {
             last_seq: last_seq.max(0) as u64,
             last_digest,
-        }); // the transaction rolls back on drop; nothing was changed
+        });
     }
-    warn_gap(id, last_seq.max(0) as u64);
+    if seq > last_seq + 1 {
+        return Ok(super::Outcome::Gap {
+            last_seq: last_seq.max(0) as u64,
+        });
+    }
     {
         let mut upsert = tx.prepare_cached(
-            "INSERT INTO records (resource, key, node, fields, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO records (resource, key, node, fields, updated_at, stream)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (resource, key) DO UPDATE
-             SET node = excluded.node, fields = excluded.fields, updated_at = excluded.updated_at",
+             SET node = excluded.node, fields = excluded.fields, updated_at = excluded.updated_at,
+                 stream = excluded.stream",
         )?;
         let mut delete =
             tx.prepare_cached("DELETE FROM records WHERE resource = ?1 AND key = ?2")?;
         for change in &batch.changes {
             match change {
                 Change::Upsert { key, fields } => {
-                    upsert.execute(params![id.resource, key, id.node, fields, batch.now])?;
+                    upsert.execute(params![
+                        id.resource,
+                        key,
+                        id.node,
+                        fields,
+                        batch.now,
+                        id.stream
+                    ])?;
                 }
                 Change::Delete { key } => {
                     delete.execute(params![id.resource, key])?;
@@ -264,13 +367,24 @@ fn apply_in(conn: &mut Connection, batch: &Batch) -> Result<super::Outcome, Appl
             }
         }
     }
+    let swept = if batch.baseline {
+        tx.execute(
+            "DELETE FROM records WHERE resource = ?1 AND (stream IS NULL OR stream <> ?2)",
+            params![id.resource, id.stream],
+        )? as u64
+    } else {
+        0
+    };
     tx.execute(
         "INSERT INTO streams (node, resource, stream, last_seq, last_digest) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (node, resource, stream) DO UPDATE SET last_seq = excluded.last_seq, last_digest = excluded.last_digest",
         params![id.node, id.resource, id.stream, seq, batch.digest],
     )?;
     tx.commit()?;
-    Ok(super::Outcome::Applied(batch.changes.len() as u64))
+    Ok(super::Outcome::Applied {
+        records: batch.changes.len() as u64,
+        swept,
+    })
 }
 
 /// Why a transaction did not commit.

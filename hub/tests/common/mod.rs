@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use exchange_hub::config::{HubConfig, StoreConfig};
-use exchange_hub::server::HubError;
+use exchange_hub::config::{HubConfig, Limits, StoreConfig};
+use exchange_hub::server::{HubError, Load};
 use exchange_protocol::batch::{self, Ack, ErrorBody, Op, Record, header};
 use exchange_protocol::pki::{Authority, Usage, Validity};
 use exchange_protocol::tls::{self, MinTlsVersion, MutualTls};
@@ -101,6 +101,8 @@ pub struct Hub {
     pub addr: SocketAddr,
     /// Its configuration.
     pub config: HubConfig,
+    /// What it carries (connections, requests, body bytes).
+    pub load: Arc<Load>,
     /// Resolves the shutdown future.
     stop: oneshot::Sender<()>,
     /// The `run` task.
@@ -113,14 +115,25 @@ impl Hub {
     }
 
     pub async fn start_with(pki: &Pki, store: StoreConfig, max_batch_bytes: usize) -> Hub {
+        let limits = Limits {
+            max_batch_bytes,
+            ..Limits::default()
+        };
+        Self::start_limited(pki, store, limits).await
+    }
+
+    /// A hub with these limits; its [`Load`] is in `load`.
+    pub async fn start_limited(pki: &Pki, store: StoreConfig, limits: Limits) -> Hub {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut config = HubConfig::new(addr, pki.hub_tls.clone(), store);
-        config.max_batch_bytes = max_batch_bytes;
+        config.limits = limits;
         let (stop, stopped) = oneshot::channel::<()>();
         let run_config = config.clone();
+        let load = Arc::new(Load::default());
+        let run_load = load.clone();
         let task = tokio::spawn(async move {
-            exchange_hub::server::run(listener, &run_config, async {
+            exchange_hub::server::run_observed(listener, &run_config, run_load, async {
                 let _ = stopped.await;
             })
             .await
@@ -128,6 +141,7 @@ impl Hub {
         Hub {
             addr,
             config,
+            load,
             stop,
             task,
         }
@@ -216,6 +230,8 @@ pub struct Push {
     pub body: Option<Vec<u8>>,
     /// The protocol header (`None` omits it).
     pub protocol: Option<String>,
+    /// The `exchange-baseline` header (`None` omits it).
+    pub baseline: Option<String>,
 }
 
 impl Push {
@@ -230,7 +246,14 @@ impl Push {
             count: None,
             body: None,
             protocol: Some(batch::PROTOCOL_VERSION.to_owned()),
+            baseline: None,
         }
+    }
+
+    /// This batch, marked as completing its stream's baseline.
+    pub fn completing_baseline(mut self) -> Push {
+        self.baseline = Some(batch::BASELINE_COMPLETE.to_owned());
+        self
     }
 
     pub async fn send(&self, client: &reqwest::Client, hub: &Hub) -> reqwest::Response {
@@ -290,6 +313,9 @@ impl Push {
         if let Some(p) = &self.protocol {
             request = request.header(header::PROTOCOL, p);
         }
+        if let Some(b) = &self.baseline {
+            request = request.header(header::BASELINE, b);
+        }
         request.send().await
     }
 }
@@ -304,12 +330,16 @@ pub async fn ack(response: reqwest::Response) -> Ack {
 
 /// Expects `status` with an ErrorBody; returns its sentence.
 pub async fn refusal(response: reqwest::Response, status: u16) -> String {
+    refusal_body(response, status).await.error
+}
+
+/// Expects `status` with an ErrorBody; returns it.
+pub async fn refusal_body(response: reqwest::Response, status: u16) -> ErrorBody {
     let got = response.status();
     let text = response.text().await.unwrap();
     assert_eq!(got, status, "{text}");
     serde_json::from_str::<ErrorBody>(&text)
         .unwrap_or_else(|e| panic!("not an ErrorBody ({e}): {text}"))
-        .error
 }
 
 /// The exported records of `resource` as `(key, fields JSON text)`.
@@ -446,4 +476,84 @@ pub fn h2_config(tls: &MutualTls) -> rustls::ClientConfig {
 /// The hub's CA-only client configuration (no client certificate).
 pub fn anonymous_config(pki: &Pki) -> Arc<rustls::ClientConfig> {
     Arc::new(tls::source_client_config(Some(&pki.ca_path)).unwrap())
+}
+
+/// The keys of `resource` at the hub, in order.
+pub async fn keys(hub: &Hub, resource: &str) -> Vec<String> {
+    exported(hub, resource)
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect()
+}
+
+/// Stream A writes a, b, c; a resync stream B re-sends a (changed) and d over two batches,
+/// the second completing its baseline: b and c are swept, only B's keys remain, and a
+/// batch before the completing one sweeps nothing.
+pub async fn baseline_sweeps_the_keys_other_streams_wrote(pki: &Pki, hub: &Hub) {
+    const NODE: &str = "sweep-node";
+    const RESOURCE: &str = "SWEEP-0001";
+    let client = client(&pki.client(NODE));
+    let old = new_stream();
+    let first = Push::new(
+        NODE,
+        RESOURCE,
+        &old,
+        1,
+        vec![
+            upsert("a", r#"{"v":1}"#),
+            upsert("b", r#"{"v":1}"#),
+            upsert("c", r#"{"v":1}"#),
+        ],
+    );
+    ack(first.send(&client, hub).await).await;
+    let new = new_stream();
+    let part = Push::new(NODE, RESOURCE, &new, 1, vec![upsert("a", r#"{"v":2}"#)]);
+    let part_ack = ack(part.send(&client, hub).await).await;
+    assert_eq!(part_ack.swept, 0, "only the completing batch sweeps");
+    assert_eq!(keys(hub, RESOURCE).await, ["a", "b", "c"]);
+    let last = Push::new(NODE, RESOURCE, &new, 2, vec![upsert("d", r#"{"v":2}"#)]);
+    let done = ack(last.clone().completing_baseline().send(&client, hub).await).await;
+    assert_eq!((done.records, done.swept, done.last_seq), (1, 2, 2));
+    assert_eq!(
+        exported(hub, RESOURCE).await,
+        vec![
+            ("a".to_owned(), r#"{"v":2}"#.to_owned()),
+            ("d".to_owned(), r#"{"v":2}"#.to_owned()),
+        ]
+    );
+    // Resent after a lost answer: a duplicate, nothing swept again.
+    let again = ack(last.completing_baseline().send(&client, hub).await).await;
+    assert_eq!(
+        (again.status, again.swept),
+        (batch::AckStatus::Duplicate, 0)
+    );
+}
+
+/// An empty batch is applied (0 records); an empty batch completing a new stream's baseline
+/// empties the resource (the source table is empty).
+pub async fn empty_baseline_empties_the_resource(pki: &Pki, hub: &Hub) {
+    const NODE: &str = "empty-node";
+    const RESOURCE: &str = "EMPTY-0001";
+    let client = client(&pki.client(NODE));
+    let old = new_stream();
+    let first = Push::new(NODE, RESOURCE, &old, 1, vec![upsert("a", "{}")]);
+    ack(first.send(&client, hub).await).await;
+    let empty = ack(Push::new(NODE, RESOURCE, &old, 2, vec![])
+        .send(&client, hub)
+        .await)
+    .await;
+    assert_eq!(
+        (empty.status, empty.records),
+        (batch::AckStatus::Applied, 0)
+    );
+    // A zero-length body is an empty batch too.
+    let mut zero = Push::new(NODE, RESOURCE, &old, 3, vec![]);
+    zero.body = Some(Vec::new());
+    assert_eq!(ack(zero.send(&client, hub).await).await.last_seq, 3);
+    assert_eq!(keys(hub, RESOURCE).await, ["a"]);
+    let baseline = Push::new(NODE, RESOURCE, &new_stream(), 1, vec![]).completing_baseline();
+    let done = ack(baseline.send(&client, hub).await).await;
+    assert_eq!((done.records, done.swept), (0, 1));
+    assert!(keys(hub, RESOURCE).await.is_empty());
 }
