@@ -23,13 +23,30 @@
 //!
 //! # Reading a page
 //!
+//! Default deny: every selected column is first resolved against the catalogue — for a table
+//! or view, its own attributes in `pg_attribute` (`attnum > 0`, not dropped; the name is
+//! resolved with `to_regclass`, so schema qualification and `search_path` apply as in the page
+//! query); for a query, its output columns (`SELECT * FROM (<query>) AS src LIMIT 0`). A name
+//! that is none of them is refused with [`ConnectorError::Config`] naming it: without this
+//! check `src.name` on a relation without a column `name` is the function call `name(src)`,
+//! which may return the whole row. For tables the prepared statement's result columns must
+//! also come from the table (`table_oid`/`column_id`). The check is repeated on every read of
+//! a table (one catalogue query), so a column dropped while the agent runs is refused too.
+//!
 //! On first use of a selection the connector prepares `SELECT <columns> FROM <relation> AS src
 //! LIMIT 0` to learn the column types (kept per selection until a statement fails or the
 //! session is re-established), then builds the select list with the casts above (see
 //! `sql.rs` for the query shape). A stored cursor value is bound as text and cast back
 //! to the column's own type (`$1::text::"pg_catalog"."timestamptz"`; `bytea` through
 //! `decode($1, 'base64')`), so rows are compared and ordered by the column's type, not by
-//! the cast used to read it. A cursor column must be NOT NULL.
+//! the cast used to read it. Rows with a NULL in a cursor column are never in a page
+//! (`src.c IS NOT NULL` for every cursor column); [`Connector::null_cursor_rows`] counts them
+//! and returns a sample (count and sample in one repeatable-read transaction; only cursor
+//! columns that are not `NOT NULL` columns of a table are looked at).
+//!
+//! [`Connector::lookup`] reads `WHERE src.key = ANY($1)`, the keys bound as one `text[]` cast
+//! to the key column's own type (`$1::text[]::"pg_catalog"."int8"[]`; `bytea` through
+//! `decode`), so they compare as the column's values do and an index on the key is used.
 //!
 //! A [`Relation::Query`] is read inside `BEGIN READ ONLY`: a query that tries to
 //! write (a data-modifying CTE, a volatile function that inserts, `nextval`) is refused by
@@ -74,9 +91,27 @@
 //! - Without `pg_read_all_stats` other users' `xact_start` is hidden: the horizon is
 //!   `statement_timestamp() − safety_lag` and the page reports [`HorizonInfo::LagOnly`];
 //!   [`Connector::probe`] names the missing grant.
-//! - Not covered: prepared (two-phase) transactions, and rows whose cursor value is not the
-//!   writing transaction's clock (application-supplied stamps): the safety lag is the margin
-//!   for those.
+//! - Prepared (two-phase) transactions of the current database (`pg_prepared_xacts`, visible
+//!   to every role) bound the horizon at their `prepared` time
+//!   ([`HorizonInfo::PreparedTransaction`]). PostgreSQL does not keep when a prepared
+//!   transaction *began*: rows it wrote before `PREPARE TRANSACTION` carry earlier stamps, and
+//!   while it was open it bounded the horizon by its `xact_start`; between `PREPARE` and the
+//!   next read the bound moves up to `prepared`. The safety lag must cover the time between a
+//!   two-phase transaction's first write and its `PREPARE` (usually milliseconds).
+//! - A replica — a standby in recovery (`pg_is_in_recovery()`) or a database with a logical
+//!   subscription (`pg_subscription` row for the current database, enabled or not; its
+//!   `subdbid` column is readable by every role) — cannot see the primary's open transactions:
+//!   the bound is also at most `statement_timestamp() − replica_lag`
+//!   ([`HorizonInfo::Replica`]; [`SourceSpec::replica_lag`], default 5 min), and
+//!   [`Connector::probe`] says which kind of replica it is.
+//! - The oldest of these bounds wins; the page reports which ([`HorizonInfo`]), and an open
+//!   transaction is named without data: "pid 4711, user `hr_app`, application `psql`, client
+//!   10.0.0.5" (from `pg_stat_activity`; "local socket" when there is no client address).
+//! - [`crate::Horizon::reached`]: the horizon itself for `timestamp`/`timestamptz` columns;
+//!   for `date` columns the midnight (in the session's time zone) that starts the horizon's
+//!   day. [`Connector::clock`] is `statement_timestamp()`, the clock the horizon is read from.
+//! - Not covered: rows whose cursor value is not the writing transaction's clock
+//!   (application-supplied stamps): the safety lag is the margin for those.
 //!
 //! Other first-cursor-column types are read unbounded ([`HorizonInfo::Unbounded`]).
 //!
@@ -88,9 +123,11 @@
 //! from [`exchange_protocol::tls::source_client_config`]: the certificate chain **and** the
 //! host name are always verified (stronger than libpq's `require`/`verify-ca`), and there is
 //! never a fallback to plaintext. [`SourceSpec::password`] overrides a password in the URL.
-//! The connector keeps one session (`pool_size` is not used: pages of one source are read one
-//! after another), re-established when it breaks; a read that fails because a reused session
-//! broke is retried once on a new session. Connecting times out after 10 s (or the URL's
+//! The connector keeps a pool of up to `pool_size` sessions (each with its own cache of
+//! prepared statements; the column plans are shared), so concurrent reads — a sync's pages
+//! and verification lookups — do not wait for each other. A session is opened on demand, goes
+//! back to the pool after each call, and is dropped when it breaks; a read that fails because
+//! a reused session broke is retried once on a new session. Connecting times out after 10 s (or the URL's
 //! `connect_timeout`).
 //!
 //! Errors name the source and `host:port/dbname`, never the password. Server messages of the
@@ -113,9 +150,30 @@ use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use crate::sql::{self, PageQuery, column_ref, from_clause, quote_ident};
 use crate::{
-    Bound, ColumnInfo, Columns, Connector, ConnectorError, ConvertError, HorizonInfo, Page,
-    PageRequest, Probe, Relation, Row, Selection, SourceSpec, Value,
+    Bound, ColumnInfo, Columns, Connector, ConnectorError, ConvertError, HorizonInfo, NullRows,
+    Page, PageRequest, Probe, Relation, Row, Selection, SourceSpec, Value,
 };
+
+/// Runs `$body` with a session of the pool (`$session: &mut Session`), retrying once on a new
+/// session when a reused one broke or a prepared statement went stale.
+macro_rules! with_session {
+    ($self:ident, |$session:ident| $body:expr) => {{
+        let mut lease = $self.lease().await;
+        let slot = &mut lease.session;
+        let mut may_retry = true;
+        loop {
+            let ($session, fresh) = $self.session(slot).await?;
+            match $body {
+                Ok(value) => break Ok(value),
+                Err(failure) => {
+                    let retry = may_retry && (!fresh || matches!(failure, Failure::Stale(_)));
+                    $self.settle(failure, slot, retry)?;
+                    may_retry = false;
+                }
+            }
+        }
+    }};
+}
 
 /// Connect timeout unless the URL sets `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -132,21 +190,42 @@ macro_rules! sees_all_sql {
     };
 }
 
+/// True when the database is a replica: a physical standby in recovery, or a logical
+/// subscriber (a subscription of the current database, enabled or not; `subdbid` is readable
+/// by every role).
+macro_rules! replica_sql {
+    () => {
+        "(pg_catalog.pg_is_in_recovery() OR EXISTS (SELECT 1 FROM pg_catalog.pg_subscription s \
+           WHERE s.subdbid = (SELECT d.oid FROM pg_catalog.pg_database d \
+                               WHERE d.datname = pg_catalog.current_database())))"
+    };
+}
+
 /// Reads the horizon; see the module documentation for why each part is what it is.
 const HORIZON_SQL: &str = concat!(
-    "SELECT pg_catalog.statement_timestamp(), \
-     (SELECT pg_catalog.min(a.xact_start) FROM pg_catalog.pg_stat_activity a \
-       WHERE a.pid <> pg_catalog.pg_backend_pid() \
-         AND a.datname = pg_catalog.current_database() \
-         AND a.xact_start IS NOT NULL \
-         AND a.backend_type IS DISTINCT FROM 'autovacuum worker'), ",
-    sees_all_sql!()
+    "SELECT pg_catalog.statement_timestamp(), o.xact_start, o.pid, o.usename::text, \
+            o.application_name, pg_catalog.host(o.client_addr), \
+            (SELECT pg_catalog.min(p.prepared) FROM pg_catalog.pg_prepared_xacts p \
+              WHERE p.database = pg_catalog.current_database()), ",
+    replica_sql!(),
+    ", (",
+    sees_all_sql!(),
+    ") FROM (SELECT 1) AS one LEFT JOIN LATERAL ( \
+       SELECT a.xact_start, a.pid, a.usename, a.application_name, a.client_addr \
+         FROM pg_catalog.pg_stat_activity a \
+        WHERE a.pid <> pg_catalog.pg_backend_pid() \
+          AND a.datname = pg_catalog.current_database() \
+          AND a.xact_start IS NOT NULL \
+          AND a.backend_type IS DISTINCT FROM 'autovacuum worker' \
+        ORDER BY a.xact_start LIMIT 1) AS o ON true"
 );
 
 /// Reads what `probe` reports.
 const PROBE_SQL: &str = concat!(
-    "SELECT pg_catalog.current_setting('server_version'), current_user::text, ",
-    sees_all_sql!()
+    "SELECT pg_catalog.current_setting('server_version'), current_user::text, (",
+    sees_all_sql!(),
+    "), pg_catalog.pg_is_in_recovery(), ",
+    replica_sql!()
 );
 
 /// Reads a PostgreSQL source.
@@ -161,8 +240,12 @@ pub struct PostgresConnector {
     ca: Option<PathBuf>,
     /// `host:port/dbname` for errors; never holds the password.
     address: String,
-    /// The one session; `None` until first use and after it broke.
-    session: tokio::sync::Mutex<Option<Session>>,
+    /// Sessions not in use, most recently used last.
+    idle: StdMutex<Vec<Session>>,
+    /// One permit per session that may be open at once (`pool_size`).
+    permits: tokio::sync::Semaphore,
+    /// Horizon margin when the source is a replica ([`SourceSpec::replica_lag`]).
+    replica_lag: Duration,
     /// Column types and select lists learned per selection.
     plans: StdMutex<HashMap<PlanKey, Arc<Plan>>>,
 }
@@ -187,6 +270,30 @@ impl Session {
         }
         self.statements.insert(sql.to_owned(), statement.clone());
         Ok(statement)
+    }
+}
+
+/// The right to use one session of the pool; the session goes back to the idle list when the
+/// lease ends, unless it broke.
+struct Lease<'a> {
+    /// The connector whose pool this lease belongs to.
+    pool: &'a StdMutex<Vec<Session>>,
+    /// Held while the lease lives: at most `pool_size` leases at once.
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    /// The session in use; `None` until connected and after it broke.
+    session: Option<Session>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take()
+            && !session.client.is_closed()
+        {
+            self.pool
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(session);
+        }
     }
 }
 
@@ -219,7 +326,32 @@ struct PlanColumn {
     pg_type: Type,
     /// How its value is read.
     read: Read,
+    /// Whether it may hold NULL: `Some` for table columns, `None` for view and query columns.
+    nullable: Option<bool>,
 }
+
+/// The selected columns as found in the catalogue (default deny).
+struct Catalogue {
+    /// The table's or view's oid; `None` for a query.
+    oid: Option<u32>,
+    /// One entry per selected column, in selection order.
+    columns: Vec<Resolved>,
+}
+
+/// One selected column found in the catalogue.
+struct Resolved {
+    /// Its attribute number in the table or view; `None` for a query column.
+    attnum: Option<i16>,
+    /// Whether it may hold NULL, when the catalogue says (tables only).
+    nullable: Option<bool>,
+}
+
+/// The columns of a table or view (`$1`: its quoted, possibly schema-qualified name, resolved
+/// with the session's `search_path` like the page query).
+const COLUMNS_SQL: &str = "SELECT c.oid, c.relkind::text, a.attname::text, a.attnum, a.attnotnull \
+     FROM pg_catalog.pg_class c \
+     JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+     WHERE c.oid = pg_catalog.to_regclass($1)";
 
 /// How a column is read and converted (the module's type mapping).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -495,7 +627,9 @@ impl PostgresConnector {
             tls,
             ca: spec.ca.clone(),
             address,
-            session: tokio::sync::Mutex::new(None),
+            idle: StdMutex::new(Vec::new()),
+            permits: tokio::sync::Semaphore::new(spec.pool_size.max(1)),
+            replica_lag: spec.replica_lag,
             plans: StdMutex::new(HashMap::new()),
         })
     }
@@ -557,6 +691,26 @@ impl PostgresConnector {
             client,
             statements: HashMap::new(),
         })
+    }
+
+    /// Waits for a free place in the pool and takes an idle session if there is one.
+    async fn lease(&self) -> Lease<'_> {
+        // The semaphore is never closed.
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .unwrap_or_else(|_| unreachable!("the pool's semaphore is never closed"));
+        let session = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        Lease {
+            pool: &self.idle,
+            _permit: permit,
+            session,
+        }
     }
 
     /// The live session in `slot`, connecting when there is none or it closed; the flag says
@@ -639,23 +793,26 @@ impl PostgresConnector {
         selection: &Selection,
     ) -> Result<Arc<Plan>, Failure> {
         let key = plan_key(selection);
-        if let Some(plan) = self
+        let cached = self
             .plans
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&key)
-        {
-            return Ok(plan.clone());
+            .cloned();
+        if let Some(plan) = cached {
+            // The table may have changed since (a column dropped, a function of the same name
+            // created): resolve the columns again, one cheap catalogue query.
+            if matches!(selection.relation, Relation::Table(_)) {
+                self.resolve(session, selection, &plan.from).await?;
+            }
+            return Ok(plan);
         }
         if selection.columns.is_empty() {
             return Err(Failure::Config("the selection reads no column".into()));
         }
-        let refs: Vec<String> = selection
-            .columns
-            .iter()
-            .map(|c| column_ref(c, '"'))
-            .collect();
+        let refs: Vec<String> = sql::column_refs(&selection.columns, '"');
         let from = from_clause(&selection.relation, '"');
+        let catalogue = self.resolve(session, selection, &from).await?;
         let probe = format!("SELECT {} FROM {from} LIMIT 0", refs.join(", "));
         let statement = session.client.prepare(&probe).await?;
         if statement.columns().len() != selection.columns.len() {
@@ -665,14 +822,37 @@ impl PostgresConnector {
                 selection.columns.len()
             )));
         }
+        // Default deny, second check: each result column must be the relation's own column
+        // (a function over the row, `name(src)`, has no origin).
+        for ((name, column), resolved) in selection
+            .columns
+            .iter()
+            .zip(statement.columns())
+            .zip(&catalogue.columns)
+        {
+            let origin_ok = match (catalogue.oid, resolved.attnum) {
+                (Some(oid), Some(attnum)) => {
+                    column.table_oid() == Some(oid) && column.column_id() == Some(attnum)
+                }
+                _ => true,
+            };
+            if column.name() != name || !origin_ok {
+                return Err(Failure::Config(format!(
+                    "column `{name}` does not read the relation's own column of that name; \
+                     it is refused (only columns of the table or query may be read)"
+                )));
+            }
+        }
         let columns: Vec<PlanColumn> = selection
             .columns
             .iter()
             .zip(statement.columns())
-            .map(|(name, column)| PlanColumn {
+            .zip(catalogue.columns)
+            .map(|((name, column), resolved)| PlanColumn {
                 name: name.clone(),
                 pg_type: column.type_().clone(),
                 read: Read::for_type(column.type_()),
+                nullable: resolved.nullable,
             })
             .collect();
         let select_list = columns
@@ -698,7 +878,92 @@ impl PostgresConnector {
         Ok(plan)
     }
 
-    /// Reads the horizon (before the page query; see the module documentation).
+    /// Resolves every selected column against the catalogue: the table's or view's own
+    /// attributes, or the query's output columns. A name that is not one of them is refused
+    /// ([`Failure::Config`]) whatever PostgreSQL would make of it (`src.name` is the
+    /// function call `name(src)` when the relation has no column `name`).
+    async fn resolve(
+        &self,
+        session: &mut Session,
+        selection: &Selection,
+        from: &str,
+    ) -> Result<Catalogue, Failure> {
+        let missing = |column: &str, what: &str| {
+            Failure::Config(format!(
+                "column `{column}` is not a column of {what}; only the relation's own columns \
+                 can be read (check the spelling and the case)"
+            ))
+        };
+        match &selection.relation {
+            Relation::Table(table) => {
+                let quoted: Vec<String> = table.split('.').map(|p| quote_ident(p, '"')).collect();
+                let statement = session.prepare(COLUMNS_SQL).await?;
+                let rows = session
+                    .client
+                    .query(&statement, &[&quoted.join(".")])
+                    .await?;
+                if rows.is_empty() {
+                    // No such relation: preparing the page query names it.
+                    session
+                        .client
+                        .prepare(&format!("SELECT FROM {from} LIMIT 0"))
+                        .await?;
+                }
+                let mut oid = None;
+                let mut attributes = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    oid = Some(row.try_get::<_, u32>(0)?);
+                    let kind: String = row.try_get(1)?;
+                    let name: String = row.try_get(2)?;
+                    let attnum: i16 = row.try_get(3)?;
+                    let not_null: bool = row.try_get(4)?;
+                    // Only a table's NOT NULL is a promise; a view's columns say nothing.
+                    let nullable = matches!(kind.as_str(), "r" | "p").then_some(!not_null);
+                    attributes.push((name, attnum, nullable));
+                }
+                let columns = selection
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        attributes
+                            .iter()
+                            .find(|(name, _, _)| name == c)
+                            .map(|(_, attnum, nullable)| Resolved {
+                                attnum: Some(*attnum),
+                                nullable: *nullable,
+                            })
+                            .ok_or_else(|| missing(c, &format!("table `{table}`")))
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Catalogue { oid, columns })
+            }
+            Relation::Query(_) => {
+                let statement = session
+                    .client
+                    .prepare(&format!("SELECT * FROM {from} LIMIT 0"))
+                    .await?;
+                let columns = selection
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        statement
+                            .columns()
+                            .iter()
+                            .any(|o| o.name() == c)
+                            .then_some(Resolved {
+                                attnum: None,
+                                nullable: None,
+                            })
+                            .ok_or_else(|| missing(c, "the query's output"))
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Catalogue { oid: None, columns })
+            }
+        }
+    }
+
+    /// Reads the horizon (before the page query; see the module documentation): the instant
+    /// below which the first cursor column is read, and why.
     async fn horizon(
         &self,
         session: &mut Session,
@@ -708,23 +973,156 @@ impl PostgresConnector {
         let row = session.client.query_one(&statement, &[]).await?;
         let clock: DateTime<Utc> = row.try_get(0)?;
         let oldest: Option<DateTime<Utc>> = row.try_get(1)?;
-        let sees_all: Option<bool> = row.try_get(2)?;
-        let (at, info) = match (sees_all.unwrap_or(false), oldest) {
-            (false, _) => (clock, HorizonInfo::LagOnly),
-            (true, Some(oldest)) if oldest < clock => (
+        let pid: Option<i32> = row.try_get(2)?;
+        let user: Option<String> = row.try_get(3)?;
+        let application: Option<String> = row.try_get(4)?;
+        let client: Option<String> = row.try_get(5)?;
+        let prepared: Option<DateTime<Utc>> = row.try_get(6)?;
+        let replica: Option<bool> = row.try_get(7)?;
+        let sees_all: Option<bool> = row.try_get(8)?;
+        let sees_all = sees_all.unwrap_or(false);
+
+        let too_large = || Failure::Config("the safety lag or replica lag is too large".into());
+        let mut bound = (
+            clock,
+            if sees_all {
+                HorizonInfo::Clock
+            } else {
+                HorizonInfo::LagOnly
+            },
+        );
+        let mut lower = |at: DateTime<Utc>, info: HorizonInfo| {
+            if at < bound.0 {
+                bound = (at, info);
+            }
+        };
+        if replica.unwrap_or(false) {
+            let at = TimeDelta::from_std(self.replica_lag)
+                .ok()
+                .and_then(|lag| clock.checked_sub_signed(lag))
+                .ok_or_else(too_large)?;
+            lower(
+                at,
+                HorizonInfo::Replica {
+                    lag: self.replica_lag,
+                },
+            );
+        }
+        if let (true, Some(oldest)) = (sees_all, oldest) {
+            lower(
                 oldest,
                 HorizonInfo::OpenTransaction {
-                    since: Value::TimestampTz(oldest).to_text().unwrap_or_default(),
-                    session: None,
+                    since: rfc3339(oldest),
+                    session: pid.map(|pid| holder(pid, user, application, client)),
                 },
-            ),
-            (true, _) => (clock, HorizonInfo::Clock),
-        };
+            );
+        }
+        if let Some(prepared) = prepared {
+            lower(
+                prepared,
+                HorizonInfo::PreparedTransaction {
+                    since: rfc3339(prepared),
+                },
+            );
+        }
+        let (at, info) = bound;
         let horizon = TimeDelta::from_std(safety_lag)
             .ok()
             .and_then(|lag| at.checked_sub_signed(lag))
-            .ok_or_else(|| Failure::Config("the safety lag is too large".into()))?;
+            .ok_or_else(too_large)?;
         Ok((horizon, info))
+    }
+
+    /// One attempt at [`Connector::null_cursor_rows`] on `session`: the count and the rows
+    /// are read in one read-only, repeatable-read transaction, so they agree.
+    async fn null_rows_on(
+        &self,
+        session: &mut Session,
+        selection: &Selection,
+        limit: usize,
+    ) -> Result<NullRows, Failure> {
+        let plan = self.plan(session, selection).await?;
+        let nullable: Vec<Option<bool>> = plan.columns.iter().map(|c| c.nullable).collect();
+        let Some(predicate) = sql::null_cursor_predicate(selection, &nullable, '"') else {
+            return Ok(NullRows {
+                total: 0,
+                rows: Vec::new(),
+            });
+        };
+        let count = session
+            .prepare(&format!(
+                "SELECT pg_catalog.count(*) FROM {} WHERE {predicate}",
+                plan.from
+            ))
+            .await?;
+        let sample = session
+            .prepare(&format!(
+                "SELECT {} FROM {} WHERE {predicate} LIMIT $1::int8",
+                plan.select_list.join(", "),
+                plan.from
+            ))
+            .await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let transaction = session
+            .client
+            .build_transaction()
+            .read_only(true)
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await?;
+        let total: i64 = transaction.query_one(&count, &[]).await?.try_get(0)?;
+        let rows = transaction.query(&sample, &[&limit]).await?;
+        transaction.commit().await?;
+        Ok(NullRows {
+            total: u64::try_from(total).unwrap_or(0),
+            rows: convert_rows(&plan, &rows),
+        })
+    }
+
+    /// One attempt at [`Connector::lookup`] on `session`.
+    async fn lookup_on(
+        &self,
+        session: &mut Session,
+        selection: &Selection,
+        key: &str,
+        keys: &[Value],
+    ) -> Result<Vec<Row>, Failure> {
+        let plan = self.plan(session, selection).await?;
+        let column = plan.columns.iter().find(|c| c.name == key).ok_or_else(|| {
+            Failure::Config(format!(
+                "the key column `{key}` is not among the selected columns"
+            ))
+        })?;
+        let texts: Vec<String> = keys
+            .iter()
+            .filter(|k| !matches!(k, Value::Null))
+            .map(|k| {
+                bind_text(k).ok_or_else(|| {
+                    Failure::Config(format!("a lookup value for column `{key}` cannot be bound"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The array is bound as text[] and cast to the key column's own type, so keys
+        // compare as the column's values do (and an index on the key is used).
+        let array = if column.read == Read::Bytes {
+            "ARRAY(SELECT pg_catalog.decode(k, 'base64') FROM pg_catalog.unnest($1::text[]) AS k)"
+                .to_owned()
+        } else {
+            format!("$1::text[]::{}[]", type_sql(&column.pg_type))
+        };
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {} = ANY({array})",
+            plan.select_list.join(", "),
+            plan.from,
+            column_ref(key, '"')
+        );
+        let statement = session.prepare(&sql).await?;
+        let read_only = matches!(selection.relation, Relation::Query(_));
+        let rows = query_rows(&mut session.client, &statement, &[&texts], read_only).await?;
+        Ok(convert_rows(&plan, &rows))
     }
 
     /// One attempt at reading a page on `session`.
@@ -736,11 +1134,7 @@ impl PostgresConnector {
     ) -> Result<Page, Failure> {
         let selection = request.selection;
         let plan = self.plan(session, selection).await?;
-        let cursor: Vec<String> = selection
-            .cursor
-            .iter()
-            .map(|c| column_ref(c, '"'))
-            .collect();
+        let cursor: Vec<String> = sql::column_refs(&selection.cursor, '"');
 
         let mut texts: Vec<String> = Vec::new();
         let mut after_exprs: Vec<String> = Vec::new();
@@ -754,11 +1148,10 @@ impl PostgresConnector {
                         format!("pg_catalog.decode(${n}::text, 'base64')"),
                     )
                 } else {
-                    let text = match value {
-                        Value::Json(j) => serde_json::to_string(j).ok(),
-                        other => other.to_text(),
-                    };
-                    (text, format!("${n}::text::{}", type_sql(&column.pg_type)))
+                    (
+                        bind_text(value),
+                        format!("${n}::text::{}", type_sql(&column.pg_type)),
+                    )
                 };
                 let text = text.ok_or_else(|| {
                     Failure::Config(format!(
@@ -785,26 +1178,40 @@ impl PostgresConnector {
             _ => (None, HorizonInfo::Unbounded),
         };
         let mut next = texts.len() + 1;
-        let upper = horizon.map(|(_, kind)| {
+        let mut upper = sql::cursor_not_null(&cursor);
+        if let Some((_, kind)) = horizon {
             let p = next;
             next += 1;
-            match kind {
-                HorizonKind::Instant => format!("{} < ${p}::timestamptz", cursor[0]),
-                HorizonKind::Date => format!("{} < (${p}::timestamptz)::date", cursor[0]),
-            }
-        });
+            upper.push_str(&match kind {
+                HorizonKind::Instant => format!(" AND {} < ${p}::timestamptz", cursor[0]),
+                HorizonKind::Date => format!(" AND {} < (${p}::timestamptz)::date", cursor[0]),
+            });
+        }
         let limit_expr = format!("${next}::int8");
         let sql = PageQuery {
             select_list: &plan.select_list,
             from: &plan.from,
             cursor: &cursor,
             after: request.after.map(|_| after_exprs.as_slice()),
-            upper: upper.as_deref(),
+            upper: Some(&upper),
             limit: &limit_expr,
         }
         .sql();
 
         let horizon_at = horizon.map(|(at, _)| at);
+        let reached = match horizon {
+            // A day is read once the bound's day has begun: rows committed before the
+            // midnight (in the session's time zone) that starts it are all below the bound.
+            Some((at, HorizonKind::Date)) => Some(
+                session
+                    .client
+                    .query_one("SELECT (($1::timestamptz)::date)::timestamptz", &[&at])
+                    .await?
+                    .try_get(0)?,
+            ),
+            Some((at, HorizonKind::Instant)) => Some(at),
+            None => None,
+        };
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
         let mut params: Vec<&(dyn ToSql + Sync)> =
             texts.iter().map(|t| t as &(dyn ToSql + Sync)).collect();
@@ -814,41 +1221,43 @@ impl PostgresConnector {
         params.push(&limit);
 
         let statement = session.prepare(&sql).await?;
-        let rows = if matches!(selection.relation, Relation::Query(_)) {
-            let transaction = session
-                .client
-                .build_transaction()
-                .read_only(true)
-                .start()
-                .await?;
-            let rows = transaction.query(&statement, &params).await?;
-            transaction.commit().await?;
-            rows
-        } else {
-            session.client.query(&statement, &params).await?
-        };
-
+        let read_only = matches!(selection.relation, Relation::Query(_));
+        let rows = query_rows(&mut session.client, &statement, &params, read_only).await?;
         let columns: Columns = selection.columns.clone().into();
-        let rows = rows
-            .iter()
-            .map(|row| Row {
-                values: plan
-                    .columns
-                    .iter()
-                    .enumerate()
-                    .map(|(i, column)| convert(row, i, column))
-                    .collect(),
-            })
-            .collect();
+        let rows = convert_rows(&plan, &rows);
         Ok(Page {
             columns,
             rows,
-            horizon: crate::Horizon {
-                info,
-                reached: horizon_at,
-            },
+            horizon: crate::Horizon { info, reached },
         })
     }
+}
+
+/// An instant as RFC 3339 text (UTC), as [`HorizonInfo`] reports it.
+fn rfc3339(at: DateTime<Utc>) -> String {
+    Value::TimestampTz(at).to_text().unwrap_or_default()
+}
+
+/// Who holds an open transaction, without any data: "pid 4711, user `hr_app`, application
+/// `psql`, client 10.0.0.5" (the client is "local socket" for Unix-domain connections).
+fn holder(
+    pid: i32,
+    user: Option<String>,
+    application: Option<String>,
+    client: Option<String>,
+) -> String {
+    let mut out = format!("pid {pid}");
+    if let Some(user) = user {
+        out.push_str(&format!(", user `{user}`"));
+    }
+    if let Some(application) = application.filter(|a| !a.is_empty()) {
+        out.push_str(&format!(", application `{application}`"));
+    }
+    out.push_str(&format!(
+        ", client {}",
+        client.as_deref().unwrap_or("local socket")
+    ));
+    out
 }
 
 /// Runs a connection until it closes, logging why it ended.
@@ -859,6 +1268,46 @@ where
     if let Err(e) = connection.await {
         tracing::warn!(source = %source, reason = %error_reason(&e), "PostgreSQL session ended");
     }
+}
+
+/// A value as the text PostgreSQL parses back into the column's type (`bytea` as base64, to
+/// be decoded by the statement); `None` for NULL.
+fn bind_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Json(j) => serde_json::to_string(j).ok(),
+        other => other.to_text(),
+    }
+}
+
+/// Runs `statement`, inside a read-only transaction when `read_only` (query resources).
+async fn query_rows(
+    client: &mut Client,
+    statement: &Statement,
+    params: &[&(dyn ToSql + Sync)],
+    read_only: bool,
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    if read_only {
+        let transaction = client.build_transaction().read_only(true).start().await?;
+        let rows = transaction.query(statement, params).await?;
+        transaction.commit().await?;
+        Ok(rows)
+    } else {
+        client.query(statement, params).await
+    }
+}
+
+/// Converts the rows of a statement whose select list is `plan.select_list`.
+fn convert_rows(plan: &Plan, rows: &[tokio_postgres::Row]) -> Vec<Row> {
+    rows.iter()
+        .map(|row| Row {
+            values: plan
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, column)| convert(row, i, column))
+                .collect(),
+        })
+        .collect()
 }
 
 /// A type's name for a cast, schema-qualified and quoted: `"pg_catalog"."int4"`.
@@ -952,10 +1401,11 @@ impl Connector for PostgresConnector {
     }
 
     async fn clock(&self) -> Result<DateTime<Utc>, ConnectorError> {
-        let mut slot = self.session.lock().await;
+        let mut lease = self.lease().await;
+        let slot = &mut lease.session;
         let mut may_retry = true;
         loop {
-            let (session, fresh) = self.session(&mut slot).await?;
+            let (session, fresh) = self.session(slot).await?;
             let attempt = async {
                 let row = session
                     .client
@@ -967,7 +1417,7 @@ impl Connector for PostgresConnector {
             match attempt {
                 Ok(t) => return Ok(t),
                 Err(failure) => {
-                    self.settle(failure, &mut slot, may_retry && !fresh)?;
+                    self.settle(failure, slot, may_retry && !fresh)?;
                     may_retry = false;
                 }
             }
@@ -975,23 +1425,43 @@ impl Connector for PostgresConnector {
     }
 
     async fn probe(&self) -> Result<Probe, ConnectorError> {
-        let mut slot = self.session.lock().await;
+        let mut lease = self.lease().await;
+        let slot = &mut lease.session;
         let mut may_retry = true;
         loop {
-            let (session, fresh) = self.session(&mut slot).await?;
+            let (session, fresh) = self.session(slot).await?;
             let attempt = async {
                 let statement = session.prepare(PROBE_SQL).await?;
                 let row = session.client.query_one(&statement, &[]).await?;
                 let version: String = row.try_get(0)?;
                 let user: String = row.try_get(1)?;
                 let sees: Option<bool> = row.try_get(2)?;
-                Ok::<_, Failure>((version, user, sees.unwrap_or(false)))
+                let recovery: bool = row.try_get(3)?;
+                let replica: Option<bool> = row.try_get(4)?;
+                let replica = if recovery {
+                    Some(format!(
+                        "the server is a standby in recovery (pg_is_in_recovery()): it cannot \
+                         see the primary's open transactions, so pages are bounded by the \
+                         clock minus replica_lag ({} s)",
+                        self.replica_lag.as_secs()
+                    ))
+                } else if replica.unwrap_or(false) {
+                    Some(format!(
+                        "the database is a logical-replication subscriber (pg_subscription): \
+                         it cannot see the publisher's open transactions, so pages are bounded \
+                         by the clock minus replica_lag ({} s)",
+                        self.replica_lag.as_secs()
+                    ))
+                } else {
+                    None
+                };
+                Ok::<_, Failure>((version, user, sees.unwrap_or(false), replica))
             }
             .await;
             match attempt {
-                Ok((version, user, sees)) => {
+                Ok((version, user, sees, replica)) => {
                     return Ok(Probe {
-                        replica: None,
+                        replica,
                         server: format!("PostgreSQL {version}"),
                         sees_open_transactions: sees,
                         missing_privilege: (!sees).then(|| {
@@ -1005,7 +1475,7 @@ impl Connector for PostgresConnector {
                     });
                 }
                 Err(failure) => {
-                    self.settle(failure, &mut slot, may_retry && !fresh)?;
+                    self.settle(failure, slot, may_retry && !fresh)?;
                     may_retry = false;
                 }
             }
@@ -1013,10 +1483,11 @@ impl Connector for PostgresConnector {
     }
 
     async fn describe(&self, selection: &Selection) -> Result<Vec<ColumnInfo>, ConnectorError> {
-        let mut slot = self.session.lock().await;
+        let mut lease = self.lease().await;
+        let slot = &mut lease.session;
         let mut may_retry = true;
         loop {
-            let (session, fresh) = self.session(&mut slot).await?;
+            let (session, fresh) = self.session(slot).await?;
             match self.plan(session, selection).await {
                 Ok(plan) => {
                     return Ok(plan
@@ -1025,30 +1496,53 @@ impl Connector for PostgresConnector {
                         .map(|c| ColumnInfo {
                             name: c.name.clone(),
                             source_type: c.pg_type.name().to_owned(),
-                            nullable: None,
+                            nullable: c.nullable,
                         })
                         .collect());
                 }
                 Err(failure) => {
-                    self.settle(failure, &mut slot, may_retry && !fresh)?;
+                    self.settle(failure, slot, may_retry && !fresh)?;
                     may_retry = false;
                 }
             }
         }
     }
 
+    async fn null_cursor_rows(
+        &self,
+        selection: &Selection,
+        limit: usize,
+    ) -> Result<NullRows, ConnectorError> {
+        sql::cursor_positions(selection, None).map_err(|reason| self.config_error(reason))?;
+        with_session!(self, |session| self
+            .null_rows_on(session, selection, limit)
+            .await)
+    }
+
+    async fn lookup(
+        &self,
+        selection: &Selection,
+        key: &str,
+        keys: &[Value],
+    ) -> Result<Vec<Row>, ConnectorError> {
+        with_session!(self, |session| self
+            .lookup_on(session, selection, key, keys)
+            .await)
+    }
+
     async fn read_page(&self, request: &PageRequest<'_>) -> Result<Page, ConnectorError> {
         let positions = sql::cursor_positions(request.selection, request.after)
             .map_err(|reason| self.config_error(reason))?;
-        let mut slot = self.session.lock().await;
+        let mut lease = self.lease().await;
+        let slot = &mut lease.session;
         let mut may_retry = true;
         loop {
-            let (session, fresh) = self.session(&mut slot).await?;
+            let (session, fresh) = self.session(slot).await?;
             match self.read_page_on(session, request, &positions).await {
                 Ok(page) => return Ok(page),
                 Err(failure) => {
                     let retry = may_retry && (!fresh || matches!(failure, Failure::Stale(_)));
-                    self.settle(failure, &mut slot, retry)?;
+                    self.settle(failure, slot, retry)?;
                     may_retry = false;
                 }
             }
@@ -1059,6 +1553,23 @@ impl Connector for PostgresConnector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holder_names_the_session_without_data() {
+        assert_eq!(
+            holder(
+                4711,
+                Some("hr_app".into()),
+                Some("psql".into()),
+                Some("10.0.0.5".into())
+            ),
+            "pid 4711, user `hr_app`, application `psql`, client 10.0.0.5"
+        );
+        assert_eq!(
+            holder(7, None, Some(String::new()), None),
+            "pid 7, client local socket"
+        );
+    }
 
     #[test]
     fn sslmode_is_taken_out_of_urls_and_key_value_strings() {

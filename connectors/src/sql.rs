@@ -6,7 +6,7 @@
 //! ```sql
 //! SELECT <one expression per selected column>
 //! FROM <relation> AS src
-//! [WHERE (src.c1, src.c2, …) > (<p1>, <p2>, …) [AND <upper bound>]]
+//! [WHERE [(src.c1, src.c2, …) > (<p1>, <p2>, …) AND] src.c1 IS NOT NULL AND … [AND <upper bound>]]
 //! ORDER BY src.c1, src.c2, …
 //! LIMIT <limit>
 //! ```
@@ -64,6 +64,47 @@ pub(crate) fn from_clause(relation: &Relation, quote: char) -> String {
     }
 }
 
+/// Every column of `columns`, qualified by [`ALIAS`] (see [`column_ref`]).
+pub(crate) fn column_refs(columns: &[String], quote: char) -> Vec<String> {
+    columns.iter().map(|c| column_ref(c, quote)).collect()
+}
+
+/// The predicate selecting rows with a NULL in a cursor column, `src."c1" IS NULL OR …`, over
+/// the cursor columns that may hold NULL (`nullable` has one entry per selected column, as
+/// `describe` reports it: only `Some(false)` is skipped); `None` when no cursor column may.
+pub(crate) fn null_cursor_predicate(
+    selection: &Selection,
+    nullable: &[Option<bool>],
+    quote: char,
+) -> Option<String> {
+    let terms: Vec<String> = selection
+        .cursor
+        .iter()
+        .filter(|c| {
+            selection
+                .columns
+                .iter()
+                .position(|s| s == *c)
+                .is_none_or(|i| nullable.get(i).copied().flatten() != Some(false))
+        })
+        .map(|c| format!("{} IS NULL", column_ref(c, quote)))
+        .collect();
+    (!terms.is_empty()).then(|| terms.join(" OR "))
+}
+
+/// The predicate that keeps rows with a NULL in any cursor column out of every page:
+/// `src."c1" IS NOT NULL AND src."c2" IS NOT NULL …` (from qualified references). Without it
+/// the first page (no stored cursor) would return them where NULL sorts first (SQLite,
+/// MySQL) or the page is short (PostgreSQL), and a tuple comparison `(a, b) > (x, y)` is true
+/// when `a > x` whatever `b` holds. Such rows are counted by `null_cursor_rows` instead.
+pub(crate) fn cursor_not_null(cursor: &[String]) -> String {
+    cursor
+        .iter()
+        .map(|c| format!("{c} IS NOT NULL"))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
 /// Checks a page request against its selection and returns, for each cursor column, its
 /// index in [`Selection::columns`]. The error is a sentence for the administrator.
 pub(crate) fn cursor_positions(
@@ -118,7 +159,8 @@ pub(crate) struct PageQuery<'a> {
     pub cursor: &'a [String],
     /// One parameter expression per cursor column when reading after a stored cursor.
     pub after: Option<&'a [String]>,
-    /// An upper-bound predicate on the first cursor column, if any.
+    /// Further conditions, ANDed: the NULL filter ([`cursor_not_null`]) and the upper bound
+    /// on the first cursor column, if any.
     pub upper: Option<&'a str>,
     /// The parameter expression of the row limit.
     pub limit: &'a str,
