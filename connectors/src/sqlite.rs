@@ -51,8 +51,8 @@
 //! (SQLite's own date-and-time layouts), the page is bounded by `c1 < '<horizon>'`, the
 //! horizon being now (UTC, as `datetime('now')` writes) minus the safety lag, written in the
 //! same layout (to the second, minute or day); [`crate::Horizon::reached`] is that instant
-//! truncated to the layout's second, minute or day (UTC). Otherwise (integer epochs, other text) the page
-//! is unbounded ([`HorizonInfo::Unbounded`]).
+//! truncated to the layout's second, minute or day (UTC). Otherwise (integer epochs, other
+//! text) the page is unbounded ([`HorizonInfo::Unbounded`]).
 //!
 //! - The comparison is on text, with the column's collation, like `ORDER BY`, so the bound
 //!   always cuts the cursor order at one point: a row held back is never passed by the cursor,
