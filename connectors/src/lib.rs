@@ -11,6 +11,7 @@
 //! - a URL that asks for TLS never falls back to plaintext, and TLS is always verified;
 //! - errors name the source and never contain a row's values.
 
+mod dialect;
 pub mod mysql;
 pub mod postgres;
 mod sql;

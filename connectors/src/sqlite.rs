@@ -28,7 +28,7 @@
 //!
 //! # Reading a page
 //!
-//! The query has the shape documented in `sql.rs`; stored cursor values are bound with the
+//! The query has the shape documented in `dialect.rs`; stored cursor values are bound with the
 //! storage class they were read with (`Int` → INTEGER, `Float` → REAL, `Text` → TEXT, `Bytes`
 //! → BLOB), so they compare exactly as the column's values do. Rows with a NULL in a cursor
 //! column are never in a page; [`Connector::null_cursor_rows`] counts them and returns a sample.
@@ -71,7 +71,10 @@ use chrono::{DateTime, NaiveDate, NaiveTime, TimeDelta, Timelike, Utc};
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 
-use crate::sql::{self, PageQuery, column_ref, from_clause};
+use crate::dialect::{self, BindAs, ColumnMeta, Dialect, HorizonCompare, PageQuery};
+
+/// The SQL text of this connector.
+const SQL: Dialect = Dialect::SQLITE;
 use crate::{
     Bound, ColumnInfo, Columns, Connector, ConnectorError, ConvertError, HorizonInfo, NullRows,
     Page, PageRequest, Probe, Relation, Row, Selection, SourceSpec, Value,
@@ -263,19 +266,21 @@ struct OwnedRequest {
 fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page, Failure> {
     let selection = &request.selection;
     resolve(conn, selection)?;
-    let from = from_clause(&selection.relation, '"');
-    let select_list: Vec<String> = sql::column_refs(&selection.columns, '"');
-    let cursor: Vec<String> = sql::column_refs(&selection.cursor, '"');
+    let from = SQL.relation_sql(&selection.relation);
+    let select_list: Vec<String> = SQL.column_refs(&selection.columns);
+    let cursor: Vec<String> = SQL.column_refs(&selection.cursor);
 
     let mut params: Vec<SqlValue> = Vec::new();
     if let Some(after) = &request.after {
         params.extend(after.iter().map(to_param));
     }
-    let after_exprs: Vec<String> = (1..=params.len()).map(|n| format!("?{n}")).collect();
+    let after_exprs: Vec<String> = (1..=params.len())
+        .map(|n| SQL.bind(n, BindAs::Native))
+        .collect();
 
     let mut info = HorizonInfo::Unbounded;
     let mut reached = None;
-    let mut upper = sql::cursor_not_null(&cursor);
+    let mut upper = SQL.cursor_not_null(&cursor);
     if let Bound::Horizon { safety_lag } = request.bound {
         let deciding = match request.after.as_ref().and_then(|a| a.first()) {
             Some(Value::Text(text)) => Some(text.clone()),
@@ -297,7 +302,12 @@ fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page,
             let (text, at) = horizon_text(layout, safety_lag)
                 .ok_or_else(|| Failure::Config("the safety lag is too large".into()))?;
             params.push(SqlValue::Text(text));
-            upper.push_str(&format!(" AND {} < ?{}", cursor[0], params.len()));
+            upper.push_str(" AND ");
+            upper.push_str(&SQL.horizon_predicate(
+                &cursor[0],
+                params.len(),
+                HorizonCompare::Instant,
+            ));
             info = HorizonInfo::LagOnly;
             reached = Some(at);
         }
@@ -305,7 +315,7 @@ fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page,
     params.push(SqlValue::Integer(
         i64::try_from(request.limit).unwrap_or(i64::MAX),
     ));
-    let limit = format!("?{}", params.len());
+    let limit = SQL.param(params.len());
 
     let sql = PageQuery {
         select_list: &select_list,
@@ -350,81 +360,62 @@ fn query_rows(
 /// without regard to ASCII case), or a query's output columns. A name that is none of them
 /// — `rowid`, `oid` and `_rowid_` included — is refused. Returns, per selected column, its
 /// declared type and whether it may hold NULL (`None` for view and query columns).
-fn resolve(
-    conn: &Connection,
-    selection: &Selection,
-) -> Result<Vec<(String, Option<bool>)>, Failure> {
+fn resolve(conn: &Connection, selection: &Selection) -> Result<Vec<ColumnMeta>, Failure> {
     if selection.columns.is_empty() {
         return Err(Failure::Config("the selection reads no column".into()));
     }
-    let from = from_clause(&selection.relation, '"');
-    // (name, declared type, nullable)
-    let mut found: Vec<(String, String, Option<bool>)> = Vec::new();
+    let mut found: Vec<ColumnMeta> = Vec::new();
     let what = match &selection.relation {
         Relation::Table(table) => {
             let (schema, name) = match table.split_once('.') {
                 Some((schema, name)) => (schema, name),
                 None => ("main", table.as_str()),
             };
+            let kind: Option<String> = conn
+                .prepare_cached(&format!(
+                    "SELECT type FROM {}.sqlite_schema WHERE name = ?1 COLLATE NOCASE",
+                    SQL.quote_ident(schema)
+                ))
+                .and_then(|mut s| s.query_row([name], |row| row.get(0)))
+                .ok();
+            // Only a table's NOT NULL is a promise; a view's columns say nothing.
+            let is_table = kind.as_deref() == Some("table");
             let mut statement = conn.prepare_cached(
                 "SELECT name, type, \"notnull\" FROM pragma_table_xinfo(?1, ?2) \
                  WHERE hidden IN (0, 2, 3)",
             )?;
             let rows = statement.query_map([name, schema], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, bool>(2)?,
-                ))
+                Ok(ColumnMeta {
+                    name: row.get(0)?,
+                    source_type: row.get(1)?,
+                    nullable: is_table.then_some(!row.get::<_, bool>(2)?),
+                })
             })?;
             for row in rows {
-                let (name, declared, not_null) = row?;
-                found.push((name, declared, Some(!not_null)));
+                found.push(row?);
             }
             if found.is_empty() {
-                // No such table: preparing names it.
-                conn.prepare(&format!("SELECT * FROM {from} LIMIT 0"))?;
-            }
-            let kind: Option<String> = conn
-                .prepare_cached(&format!(
-                    "SELECT type FROM {}.sqlite_schema WHERE name = ?1 COLLATE NOCASE",
-                    crate::sql::quote_ident(schema, '"')
-                ))?
-                .query_row([name], |row| row.get(0))
-                .ok();
-            if kind.as_deref() != Some("table") {
-                for f in &mut found {
-                    f.2 = None;
-                }
+                // No such table: preparing a query of it names it.
+                conn.prepare(&SQL.output_columns_sql(&selection.relation))?;
             }
             format!("table `{table}`")
         }
         Relation::Query(_) => {
-            let statement = conn.prepare(&format!("SELECT * FROM {from} LIMIT 0"))?;
+            let statement = conn.prepare(&SQL.output_columns_sql(&selection.relation))?;
             found = statement
                 .column_names()
                 .into_iter()
-                .map(|n| (n.to_owned(), String::new(), None))
+                .map(|n| ColumnMeta {
+                    name: n.to_owned(),
+                    source_type: String::new(),
+                    nullable: None,
+                })
                 .collect();
             "the query's output".to_owned()
         }
     };
-    selection
-        .columns
-        .iter()
-        .map(|c| {
-            found
-                .iter()
-                .find(|(n, _, _)| n.eq_ignore_ascii_case(c))
-                .map(|(_, declared, nullable)| (declared.clone(), *nullable))
-                .ok_or_else(|| {
-                    Failure::Config(format!(
-                        "column `{c}` is not a column of {what}; only the relation's own \
-                         columns can be read (check the spelling)"
-                    ))
-                })
-        })
-        .collect()
+    SQL.resolve_columns(selection, &found, &what)
+        .map_err(Failure::Config)
 }
 
 /// [`Connector::null_cursor_rows`] on the connection; count and rows in one read transaction.
@@ -434,15 +425,15 @@ fn null_rows_blocking(
     limit: usize,
 ) -> Result<NullRows, Failure> {
     let resolved = resolve(conn, selection)?;
-    let nullable: Vec<Option<bool>> = resolved.iter().map(|r| r.1).collect();
-    let Some(predicate) = sql::null_cursor_predicate(selection, &nullable, '"') else {
+    let nullable: Vec<Option<bool>> = resolved.iter().map(|r| r.nullable).collect();
+    let Some(predicate) = SQL.null_cursor_predicate(selection, &nullable) else {
         return Ok(NullRows {
             total: 0,
             rows: Vec::new(),
         });
     };
-    let from = from_clause(&selection.relation, '"');
-    let select_list: Vec<String> = sql::column_refs(&selection.columns, '"');
+    let from = SQL.relation_sql(&selection.relation);
+    let select_list: Vec<String> = SQL.column_refs(&selection.columns);
     conn.execute_batch("BEGIN")?;
     let result = (|| {
         let total: i64 = conn
@@ -486,17 +477,11 @@ fn lookup_blocking(
         .map(to_param)
         .collect();
     let mut out = Vec::new();
-    let from = from_clause(&selection.relation, '"');
-    let select_list: Vec<String> = sql::column_refs(&selection.columns, '"');
+    let from = SQL.relation_sql(&selection.relation);
+    let select_list: Vec<String> = SQL.column_refs(&selection.columns);
     // SQLite limits the number of parameters of a statement (32766 since 3.32).
     for chunk in params.chunks(LOOKUP_CHUNK) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("?{n}")).collect();
-        let sql = format!(
-            "SELECT {} FROM {from} WHERE {} IN ({})",
-            select_list.join(", "),
-            column_ref(key, '"'),
-            placeholders.join(", ")
-        );
+        let sql = SQL.lookup_sql(&select_list, &from, key, chunk.len(), "");
         out.extend(query_rows(conn, &sql, chunk, &selection.columns)?);
     }
     Ok(out)
@@ -504,18 +489,16 @@ fn lookup_blocking(
 
 fn describe_blocking(conn: &Connection, selection: &Selection) -> Result<Vec<ColumnInfo>, Failure> {
     let resolved = resolve(conn, selection)?;
-    let refs: Vec<String> = sql::column_refs(&selection.columns, '"');
-    let from = from_clause(&selection.relation, '"');
     // Preparing checks the statement the pages will run.
-    conn.prepare(&format!("SELECT {} FROM {from} LIMIT 0", refs.join(", ")))?;
+    conn.prepare(&SQL.describe_sql(selection))?;
     Ok(selection
         .columns
         .iter()
         .zip(resolved)
-        .map(|(c, (source_type, nullable))| ColumnInfo {
+        .map(|(c, meta)| ColumnInfo {
             name: c.clone(),
-            source_type,
-            nullable,
+            source_type: meta.source_type,
+            nullable: meta.nullable,
         })
         .collect())
 }
@@ -613,7 +596,7 @@ impl Connector for SqliteConnector {
         selection: &Selection,
         limit: usize,
     ) -> Result<NullRows, ConnectorError> {
-        sql::cursor_positions(selection, None).map_err(|reason| ConnectorError::Config {
+        dialect::cursor_positions(selection, None).map_err(|reason| ConnectorError::Config {
             source_name: self.name.clone(),
             reason,
         })?;
@@ -636,7 +619,7 @@ impl Connector for SqliteConnector {
     }
 
     async fn read_page(&self, request: &PageRequest<'_>) -> Result<Page, ConnectorError> {
-        sql::cursor_positions(request.selection, request.after).map_err(|reason| {
+        dialect::cursor_positions(request.selection, request.after).map_err(|reason| {
             ConnectorError::Config {
                 source_name: self.name.clone(),
                 reason,

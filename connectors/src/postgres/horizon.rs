@@ -50,15 +50,6 @@ pub(super) const PROBE_SQL: &str = concat!(
     replica_sql!()
 );
 
-/// How a first cursor column is bounded by the horizon.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum HorizonKind {
-    /// `timestamp` or `timestamptz`: `c1 < horizon`.
-    Instant,
-    /// `date`: `c1 < horizon::date`.
-    Date,
-}
-
 impl PostgresConnector {
     /// One attempt at [`Connector::probe`] on `session`.
     pub(super) async fn probe_on(&self, session: &mut Session) -> Result<Probe, Failure> {
@@ -94,7 +85,7 @@ impl PostgresConnector {
                     "GRANT pg_read_all_stats TO {}; — without it the agent cannot see other \
                      sessions' open transactions, so rows that commit late are protected by the \
                      safety lag only",
-                    quote_ident(&user, '"')
+                    SQL.quote_ident(&user)
                 )
             }),
         })

@@ -36,7 +36,7 @@
 //! On first use of a selection the connector prepares `SELECT <columns> FROM <relation> AS src
 //! LIMIT 0` to learn the column types (kept per selection until a statement fails or the
 //! session is re-established), then builds the select list with the casts above (see
-//! `sql.rs` for the query shape). A stored cursor value is bound as text and cast back
+//! `dialect.rs` for the query shape). A stored cursor value is bound as text and cast back
 //! to the column's own type (`$1::text::"pg_catalog"."timestamptz"`; `bytea` through
 //! `decode($1, 'base64')`), so rows are compared and ordered by the column's type, not by
 //! the cast used to read it. Rows with a NULL in a cursor column are never in a page
@@ -163,11 +163,14 @@ mod plan;
 mod session;
 
 use convert::*;
-use horizon::*;
+
 use plan::*;
 use session::*;
 
-use crate::sql::{self, PageQuery, column_ref, from_clause, quote_ident};
+use crate::dialect::{self, BindAs, ColumnMeta, Dialect, HorizonCompare, PageQuery};
+
+/// The SQL text of this connector.
+const SQL: Dialect = Dialect::POSTGRES;
 use crate::{
     Bound, ColumnInfo, Columns, Connector, ConnectorError, ConvertError, HorizonInfo, NullRows,
     Page, PageRequest, Probe, Relation, Row, Selection, SourceSpec, Value,
@@ -287,7 +290,7 @@ impl PostgresConnector {
     ) -> Result<NullRows, Failure> {
         let plan = self.plan(session, selection).await?;
         let nullable: Vec<Option<bool>> = plan.columns.iter().map(|c| c.nullable).collect();
-        let Some(predicate) = sql::null_cursor_predicate(selection, &nullable, '"') else {
+        let Some(predicate) = SQL.null_cursor_predicate(selection, &nullable) else {
             return Ok(NullRows {
                 total: 0,
                 rows: Vec::new(),
@@ -351,18 +354,16 @@ impl PostgresConnector {
         }
         // The array is bound as text[] and cast to the key column's own type, so keys
         // compare as the column's values do (and an index on the key is used).
+        let p = SQL.param(1);
         let array = if column.read == Read::Bytes {
-            "ARRAY(SELECT pg_catalog.decode(k, 'base64') FROM pg_catalog.unnest($1::text[]) AS k)"
-                .to_owned()
+            format!(
+                "ARRAY(SELECT pg_catalog.decode(k, 'base64') FROM pg_catalog.unnest({p}::text[]) \
+                 AS k)"
+            )
         } else {
-            format!("$1::text[]::{}[]", type_sql(&column.pg_type))
+            format!("{p}::text[]::{}[]", type_sql(&column.pg_type))
         };
-        let sql = format!(
-            "SELECT {} FROM {} WHERE {} = ANY({array})",
-            plan.select_list.join(", "),
-            plan.from,
-            column_ref(key, '"')
-        );
+        let sql = SQL.lookup_sql(&plan.select_list, &plan.from, key, texts.len(), &array);
         let statement = session.prepare(&sql).await?;
         let read_only = matches!(selection.relation, Relation::Query(_));
         let rows = query_rows(&mut session.client, &statement, &[&texts], read_only).await?;
@@ -378,7 +379,7 @@ impl PostgresConnector {
     ) -> Result<Page, Failure> {
         let selection = request.selection;
         let plan = self.plan(session, selection).await?;
-        let cursor: Vec<String> = sql::column_refs(&selection.cursor, '"');
+        let cursor: Vec<String> = SQL.column_refs(&selection.cursor);
 
         let mut texts: Vec<String> = Vec::new();
         let mut after_exprs: Vec<String> = Vec::new();
@@ -386,18 +387,9 @@ impl PostgresConnector {
             for (i, (value, &pos)) in after.iter().zip(positions).enumerate() {
                 let column = &plan.columns[pos];
                 let n = i + 1;
-                let (text, expr) = if column.read == Read::Bytes {
-                    (
-                        value.to_text(),
-                        format!("pg_catalog.decode(${n}::text, 'base64')"),
-                    )
-                } else {
-                    (
-                        bind_text(value),
-                        format!("${n}::text::{}", type_sql(&column.pg_type)),
-                    )
-                };
-                let text = text.ok_or_else(|| {
+                let ty = type_sql(&column.pg_type);
+                let expr = SQL.bind(n, column.bind_as(&ty));
+                let text = bind_text(value).ok_or_else(|| {
                     Failure::Config(format!(
                         "the stored cursor value of column `{}` cannot be bound",
                         column.name
@@ -410,8 +402,8 @@ impl PostgresConnector {
 
         let first = &plan.columns[positions[0]];
         let kind = match first.read {
-            Read::Date => Some(HorizonKind::Date),
-            Read::Timestamp | Read::TimestampTz => Some(HorizonKind::Instant),
+            Read::Date => Some(HorizonCompare::Date),
+            Read::Timestamp | Read::TimestampTz => Some(HorizonCompare::Instant),
             _ => None,
         };
         let (horizon, info) = match (request.bound, kind) {
@@ -422,16 +414,14 @@ impl PostgresConnector {
             _ => (None, HorizonInfo::Unbounded),
         };
         let mut next = texts.len() + 1;
-        let mut upper = sql::cursor_not_null(&cursor);
+        let mut upper = SQL.cursor_not_null(&cursor);
         if let Some((_, kind)) = horizon {
             let p = next;
             next += 1;
-            upper.push_str(&match kind {
-                HorizonKind::Instant => format!(" AND {} < ${p}::timestamptz", cursor[0]),
-                HorizonKind::Date => format!(" AND {} < (${p}::timestamptz)::date", cursor[0]),
-            });
+            upper.push_str(" AND ");
+            upper.push_str(&SQL.horizon_predicate(&cursor[0], p, kind));
         }
-        let limit_expr = format!("${next}::int8");
+        let limit_expr = format!("{}::int8", SQL.param(next));
         let sql = PageQuery {
             select_list: &plan.select_list,
             from: &plan.from,
@@ -446,14 +436,14 @@ impl PostgresConnector {
         let reached = match horizon {
             // A day is read once the bound's day has begun: rows committed before the
             // midnight (in the session's time zone) that starts it are all below the bound.
-            Some((at, HorizonKind::Date)) => Some(
+            Some((at, HorizonCompare::Date)) => Some(
                 session
                     .client
                     .query_one("SELECT (($1::timestamptz)::date)::timestamptz", &[&at])
                     .await?
                     .try_get(0)?,
             ),
-            Some((at, HorizonKind::Instant)) => Some(at),
+            Some((at, HorizonCompare::Instant)) => Some(at),
             None => None,
         };
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
@@ -516,7 +506,7 @@ impl Connector for PostgresConnector {
         selection: &Selection,
         limit: usize,
     ) -> Result<NullRows, ConnectorError> {
-        sql::cursor_positions(selection, None).map_err(|reason| self.config_error(reason))?;
+        dialect::cursor_positions(selection, None).map_err(|reason| self.config_error(reason))?;
         with_session!(self, |session| self
             .null_rows_on(session, selection, limit)
             .await)
@@ -534,7 +524,7 @@ impl Connector for PostgresConnector {
     }
 
     async fn read_page(&self, request: &PageRequest<'_>) -> Result<Page, ConnectorError> {
-        let positions = sql::cursor_positions(request.selection, request.after)
+        let positions = dialect::cursor_positions(request.selection, request.after)
             .map_err(|reason| self.config_error(reason))?;
         with_session!(self, |session| self
             .read_page_on(session, request, &positions)

@@ -55,7 +55,9 @@ pub(super) struct Resolved {
 
 /// The columns of a table or view (`$1`: its quoted, possibly schema-qualified name, resolved
 /// with the session's `search_path` like the page query).
-pub(super) const COLUMNS_SQL: &str = "SELECT c.oid, c.relkind::text, a.attname::text, a.attnum, a.attnotnull \
+pub(super) const COLUMNS_SQL: &str = "SELECT c.oid, c.relkind::text, a.attname::text, \
+     a.attnum, a.attnotnull, \
+     (SELECT t.typname::text FROM pg_catalog.pg_type t WHERE t.oid = a.atttypid) \
      FROM pg_catalog.pg_class c \
      JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
      WHERE c.oid = pg_catalog.to_regclass($1)";
@@ -135,17 +137,17 @@ impl PostgresConnector {
             // The table may have changed since (a column dropped, a function of the same name
             // created): resolve the columns again, one cheap catalogue query.
             if matches!(selection.relation, Relation::Table(_)) {
-                self.resolve(session, selection, &plan.from).await?;
+                self.resolve(session, selection).await?;
             }
             return Ok(plan);
         }
         if selection.columns.is_empty() {
             return Err(Failure::Config("the selection reads no column".into()));
         }
-        let refs: Vec<String> = sql::column_refs(&selection.columns, '"');
-        let from = from_clause(&selection.relation, '"');
-        let catalogue = self.resolve(session, selection, &from).await?;
-        let probe = format!("SELECT {} FROM {from} LIMIT 0", refs.join(", "));
+        let refs: Vec<String> = SQL.column_refs(&selection.columns);
+        let from = SQL.relation_sql(&selection.relation);
+        let catalogue = self.resolve(session, selection).await?;
+        let probe = SQL.describe_sql(selection);
         let statement = session.client.prepare(&probe).await?;
         if statement.columns().len() != selection.columns.len() {
             return Err(Failure::Statement(format!(
@@ -218,79 +220,87 @@ impl PostgresConnector {
         &self,
         session: &mut Session,
         selection: &Selection,
-        from: &str,
     ) -> Result<Catalogue, Failure> {
-        let missing = |column: &str, what: &str| {
-            Failure::Config(format!(
-                "column `{column}` is not a column of {what}; only the relation's own columns \
-                 can be read (check the spelling and the case)"
-            ))
-        };
         match &selection.relation {
             Relation::Table(table) => {
-                let quoted: Vec<String> = table.split('.').map(|p| quote_ident(p, '"')).collect();
                 let statement = session.prepare(COLUMNS_SQL).await?;
                 let rows = session
                     .client
-                    .query(&statement, &[&quoted.join(".")])
+                    .query(&statement, &[&SQL.table_name(table)])
                     .await?;
                 if rows.is_empty() {
-                    // No such relation: preparing the page query names it.
+                    // No such relation: preparing a query of it names it.
                     session
                         .client
-                        .prepare(&format!("SELECT FROM {from} LIMIT 0"))
+                        .prepare(&SQL.output_columns_sql(&selection.relation))
                         .await?;
                 }
                 let mut oid = None;
-                let mut attributes = Vec::with_capacity(rows.len());
+                let mut found = Vec::with_capacity(rows.len());
+                let mut attnums = Vec::with_capacity(rows.len());
                 for row in &rows {
                     oid = Some(row.try_get::<_, u32>(0)?);
                     let kind: String = row.try_get(1)?;
-                    let name: String = row.try_get(2)?;
-                    let attnum: i16 = row.try_get(3)?;
                     let not_null: bool = row.try_get(4)?;
-                    // Only a table's NOT NULL is a promise; a view's columns say nothing.
-                    let nullable = matches!(kind.as_str(), "r" | "p").then_some(!not_null);
-                    attributes.push((name, attnum, nullable));
+                    attnums.push(row.try_get::<_, i16>(3)?);
+                    found.push(ColumnMeta {
+                        name: row.try_get(2)?,
+                        source_type: row.try_get::<_, Option<String>>(5)?.unwrap_or_default(),
+                        // Only a table's NOT NULL is a promise; a view's columns say nothing.
+                        nullable: matches!(kind.as_str(), "r" | "p").then_some(!not_null),
+                    });
                 }
-                let columns = selection
-                    .columns
-                    .iter()
-                    .map(|c| {
-                        attributes
+                let resolved = SQL
+                    .resolve_columns(selection, &found, &format!("table `{table}`"))
+                    .map_err(Failure::Config)?;
+                let columns = resolved
+                    .into_iter()
+                    .map(|meta| Resolved {
+                        attnum: found
                             .iter()
-                            .find(|(name, _, _)| name == c)
-                            .map(|(_, attnum, nullable)| Resolved {
-                                attnum: Some(*attnum),
-                                nullable: *nullable,
-                            })
-                            .ok_or_else(|| missing(c, &format!("table `{table}`")))
+                            .position(|f| f.name == meta.name)
+                            .map(|i| attnums[i]),
+                        nullable: meta.nullable,
                     })
-                    .collect::<Result<_, _>>()?;
+                    .collect();
                 Ok(Catalogue { oid, columns })
             }
             Relation::Query(_) => {
                 let statement = session
                     .client
-                    .prepare(&format!("SELECT * FROM {from} LIMIT 0"))
+                    .prepare(&SQL.output_columns_sql(&selection.relation))
                     .await?;
-                let columns = selection
-                    .columns
+                let found: Vec<ColumnMeta> = statement
+                    .columns()
                     .iter()
-                    .map(|c| {
-                        statement
-                            .columns()
-                            .iter()
-                            .any(|o| o.name() == c)
-                            .then_some(Resolved {
-                                attnum: None,
-                                nullable: None,
-                            })
-                            .ok_or_else(|| missing(c, "the query's output"))
+                    .map(|c| ColumnMeta {
+                        name: c.name().to_owned(),
+                        source_type: c.type_().name().to_owned(),
+                        nullable: None,
                     })
-                    .collect::<Result<_, _>>()?;
+                    .collect();
+                let columns = SQL
+                    .resolve_columns(selection, &found, "the query's output")
+                    .map_err(Failure::Config)?
+                    .into_iter()
+                    .map(|_| Resolved {
+                        attnum: None,
+                        nullable: None,
+                    })
+                    .collect();
                 Ok(Catalogue { oid: None, columns })
             }
+        }
+    }
+}
+
+impl PlanColumn {
+    /// How a value compared with this column is bound (`ty`: [`type_sql`] of its type).
+    pub(super) fn bind_as<'a>(&self, ty: &'a str) -> BindAs<'a> {
+        if self.read == Read::Bytes {
+            BindAs::Base64
+        } else {
+            BindAs::TextCast(ty)
         }
     }
 }
@@ -308,7 +318,7 @@ pub(super) fn bind_text(value: &Value) -> Option<String> {
 pub(super) fn type_sql(t: &Type) -> String {
     format!(
         "{}.{}",
-        quote_ident(t.schema(), '"'),
-        quote_ident(t.name(), '"')
+        SQL.quote_ident(t.schema()),
+        SQL.quote_ident(t.name())
     )
 }
