@@ -10,8 +10,7 @@
 //! ```sql
 //! SELECT <one expression per selected column>
 //! FROM <relation> AS src
-//! WHERE [(src.c1, src.c2, …) > (<p1>, <p2>, …) AND] src.c1 IS NOT NULL AND …
-//!       [AND <horizon predicate on src.c1>]
+//! [WHERE (src.c1, src.c2, …) > (<p1>, <p2>, …) [AND <horizon predicate on src.c1>]]
 //! ORDER BY src.c1, src.c2, …
 //! LIMIT <limit>
 //! ```
@@ -29,8 +28,9 @@
 //!   is always a prefix of the remaining rows in cursor order, and an upper bound on the
 //!   first cursor column (the horizon) cuts that order at one point: a row held back by the
 //!   bound is never passed by the cursor;
-//! - rows with a NULL in a cursor column are never in a page ([`Dialect::cursor_not_null`]):
-//!   they have no place in the order, and are counted apart ([`Dialect::null_cursor_predicate`]);
+//! - rows with a NULL in a cursor column have no place in the order; they are counted apart
+//!   ([`Dialect::null_cursor_predicate`]). Pages do not filter them yet (see
+//!   [`crate::Connector::read_page`]);
 //! - identifiers are quoted by doubling the quote character; values never appear in SQL
 //!   text, only parameters do, each bound in the type of the column it is compared with
 //!   ([`Dialect::bind`]).
@@ -185,18 +185,6 @@ impl Dialect {
     /// `SELECT * FROM (<query>) AS src LIMIT 0`: the output columns of a relation.
     pub(crate) fn output_columns_sql(&self, relation: &Relation) -> String {
         format!("SELECT * FROM {} LIMIT 0", self.relation_sql(relation))
-    }
-
-    /// `src."c1" IS NOT NULL AND …` over every cursor column (the cursor columns given as
-    /// qualified references). Without it the first page (no stored cursor) would return rows
-    /// with NULL cursors where NULL sorts first, and `(a, b) > (x, y)` is true when `a > x`
-    /// whatever `b` holds.
-    pub(crate) fn cursor_not_null(&self, cursor: &[String]) -> String {
-        cursor
-            .iter()
-            .map(|c| format!("{c} IS NOT NULL"))
-            .collect::<Vec<_>>()
-            .join(" AND ")
     }
 
     /// `src."c1" IS NULL OR …` over the cursor columns that may hold NULL (`nullable`: one
@@ -366,8 +354,7 @@ pub(crate) struct PageQuery<'a> {
     pub cursor: &'a [String],
     /// One parameter expression per cursor column when reading after a stored cursor.
     pub after: Option<&'a [String]>,
-    /// Further conditions, ANDed: the NULL filter ([`Dialect::cursor_not_null`]) and the
-    /// horizon predicate, if any.
+    /// The horizon predicate on the first cursor column, if any.
     pub upper: Option<&'a str>,
     /// The parameter expression of the row limit.
     pub limit: &'a str,
@@ -533,10 +520,6 @@ mod tests {
             single.sql(),
             "SELECT src.\"a\", src.\"b\" FROM \"t\" AS src WHERE src.\"a\" > $1 ORDER BY src.\"a\" \
              LIMIT $4"
-        );
-        assert_eq!(
-            Dialect::POSTGRES.cursor_not_null(&cursor),
-            "src.\"a\" IS NOT NULL AND src.\"b\" IS NOT NULL"
         );
     }
 

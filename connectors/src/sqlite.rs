@@ -31,7 +31,9 @@
 //! The query has the shape documented in `dialect.rs`; stored cursor values are bound with the
 //! storage class they were read with (`Int` → INTEGER, `Float` → REAL, `Text` → TEXT, `Bytes`
 //! → BLOB), so they compare exactly as the column's values do. Rows with a NULL in a cursor
-//! column are never in a page; [`Connector::null_cursor_rows`] counts them and returns a sample.
+//! column have no place in the order (SQLite sorts NULL first, so a read without a stored
+//! cursor returns them; see [`Connector::read_page`]); [`Connector::null_cursor_rows`] counts
+//! them and returns a sample.
 //! [`Connector::lookup`] reads `WHERE src."key" IN (?1, ?2, …)` (at most 500 keys per
 //! statement), keys bound like cursor values.
 //!
@@ -280,7 +282,7 @@ fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page,
 
     let mut info = HorizonInfo::Unbounded;
     let mut reached = None;
-    let mut upper = SQL.cursor_not_null(&cursor);
+    let mut upper = None;
     if let Bound::Horizon { safety_lag } = request.bound {
         let deciding = match request.after.as_ref().and_then(|a| a.first()) {
             Some(Value::Text(text)) => Some(text.clone()),
@@ -302,12 +304,7 @@ fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page,
             let (text, at) = horizon_text(layout, safety_lag)
                 .ok_or_else(|| Failure::Config("the safety lag is too large".into()))?;
             params.push(SqlValue::Text(text));
-            upper.push_str(" AND ");
-            upper.push_str(&SQL.horizon_predicate(
-                &cursor[0],
-                params.len(),
-                HorizonCompare::Instant,
-            ));
+            upper = Some(SQL.horizon_predicate(&cursor[0], params.len(), HorizonCompare::Instant));
             info = HorizonInfo::LagOnly;
             reached = Some(at);
         }
@@ -322,7 +319,7 @@ fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page,
         from: &from,
         cursor: &cursor,
         after: request.after.as_ref().map(|_| after_exprs.as_slice()),
-        upper: Some(&upper),
+        upper: upper.as_deref(),
         limit: &limit,
     }
     .sql();

@@ -1230,10 +1230,7 @@ async fn null_cursor_rows_are_counted_on_every_cycle() {
         .unwrap();
     let c = connector(&pg_url());
     let selection = table(t.clone(), &["id", "at", "note"], &["at", "id"]);
-    // Pages never return the NULL rows, neither a whole first page …
-    let all = read(&c, &selection, None, 100, Bound::None).await;
-    assert_eq!(ids(&all), [1, 2, 3, 4, 5]);
-    // … nor pages past the first …
+    // Pages past the first never return the NULL rows …
     let first = read(&c, &selection, None, 3, Bound::None).await;
     let last = first.rows.last().unwrap();
     let cursor = [

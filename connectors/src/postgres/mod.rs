@@ -39,9 +39,9 @@
 //! `dialect.rs` for the query shape). A stored cursor value is bound as text and cast back
 //! to the column's own type (`$1::text::"pg_catalog"."timestamptz"`; `bytea` through
 //! `decode($1, 'base64')`), so rows are compared and ordered by the column's type, not by
-//! the cast used to read it. Rows with a NULL in a cursor column are never in a page
-//! (`src.c IS NOT NULL` for every cursor column); [`Connector::null_cursor_rows`] counts them
-//! and returns a sample (count and sample in one repeatable-read transaction; only cursor
+//! the cast used to read it. Rows with a NULL in a cursor column have no place in the order
+//! (see [`Connector::read_page`] for when a page still returns them);
+//! [`Connector::null_cursor_rows`] counts them and returns a sample (count and sample in one repeatable-read transaction; only cursor
 //! columns that are not `NOT NULL` columns of a table are looked at).
 //!
 //! [`Connector::lookup`] reads `WHERE src.key = ANY($1)`, the keys bound as one `text[]` cast
@@ -414,12 +414,11 @@ impl PostgresConnector {
             _ => (None, HorizonInfo::Unbounded),
         };
         let mut next = texts.len() + 1;
-        let mut upper = SQL.cursor_not_null(&cursor);
+        let mut upper = None;
         if let Some((_, kind)) = horizon {
             let p = next;
             next += 1;
-            upper.push_str(" AND ");
-            upper.push_str(&SQL.horizon_predicate(&cursor[0], p, kind));
+            upper = Some(SQL.horizon_predicate(&cursor[0], p, kind));
         }
         let limit_expr = format!("{}::int8", SQL.param(next));
         let sql = PageQuery {
@@ -427,7 +426,7 @@ impl PostgresConnector {
             from: &plan.from,
             cursor: &cursor,
             after: request.after.map(|_| after_exprs.as_slice()),
-            upper: Some(&upper),
+            upper: upper.as_deref(),
             limit: &limit_expr,
         }
         .sql();
