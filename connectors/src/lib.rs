@@ -11,6 +11,7 @@
 //! - a URL that asks for TLS never falls back to plaintext, and TLS is always verified;
 //! - errors name the source and never contain a row's values.
 
+mod dialect;
 pub mod mysql;
 pub mod postgres;
 mod sql;
@@ -234,8 +235,14 @@ pub trait Connector: Send + Sync {
     async fn describe(&self, selection: &Selection) -> Result<Vec<ColumnInfo>, ConnectorError>;
 
     /// Reads one page: rows with cursor > `after`, within the bound, ordered by the cursor
-    /// columns, at most `limit`. Rows with a NULL in a cursor column are never returned
-    /// (they have no place in the order; see [`Connector::null_cursor_rows`]).
+    /// columns, at most `limit`. Rows with a NULL in a cursor column have no place in the
+    /// order (see [`Connector::null_cursor_rows`]); pages do **not** filter them yet, because
+    /// the agent still quarantines them from pages (incremental first read, NULL keys in
+    /// snapshot and incremental mode): such a row can come back on a read without `after`
+    /// (PostgreSQL sorts NULL last, SQLite and MySQL first) and, where an earlier cursor
+    /// column is greater, after a stored cursor (`(a, NULL) > (x, y)` is true when `a > x`).
+    /// Once the agent counts them with `null_cursor_rows` instead, add
+    /// `src.c IS NOT NULL` for every cursor column to the page query.
     async fn read_page(&self, request: &PageRequest<'_>) -> Result<Page, ConnectorError>;
 
     /// The rows a page never returns because a cursor column is NULL: how many there are,

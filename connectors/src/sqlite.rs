@@ -28,10 +28,20 @@
 //!
 //! # Reading a page
 //!
-//! The query has the shape documented in `sql.rs`; stored cursor values are bound with the
+//! The query has the shape documented in `dialect.rs`; stored cursor values are bound with the
 //! storage class they were read with (`Int` → INTEGER, `Float` → REAL, `Text` → TEXT, `Bytes`
-//! → BLOB), so they compare exactly as the column's values do. A cursor column must be NOT
-//! NULL.
+//! → BLOB), so they compare exactly as the column's values do. Rows with a NULL in a cursor
+//! column have no place in the order (SQLite sorts NULL first, so a read without a stored
+//! cursor returns them; see [`Connector::read_page`]); [`Connector::null_cursor_rows`] counts
+//! them and returns a sample.
+//! [`Connector::lookup`] reads `WHERE src."key" IN (?1, ?2, …)` (at most 500 keys per
+//! statement), keys bound like cursor values.
+//!
+//! Default deny: every selected column is resolved first against the table's or view's own
+//! columns (`pragma_table_xinfo`, generated columns included) or the query's output columns;
+//! any other name — `rowid`, `oid`, `_rowid_` included — is refused with
+//! [`ConnectorError::Config`]. `describe` reports `NOT NULL` for table columns
+//! ([`ColumnInfo::nullable`]); view and query columns are `None`.
 //!
 //! # Horizon
 //!
@@ -42,8 +52,9 @@
 //! is `TEXT` laid out as `YYYY-MM-DD`, `YYYY-MM-DD HH:MM[:SS…]` or `YYYY-MM-DDTHH:MM[:SS…]`
 //! (SQLite's own date-and-time layouts), the page is bounded by `c1 < '<horizon>'`, the
 //! horizon being now (UTC, as `datetime('now')` writes) minus the safety lag, written in the
-//! same layout (to the second, minute or day). Otherwise (integer epochs, other text) the page
-//! is unbounded ([`HorizonInfo::Unbounded`]).
+//! same layout (to the second, minute or day); [`crate::Horizon::reached`] is that instant
+//! truncated to the layout's second, minute or day (UTC). Otherwise (integer epochs, other
+//! text) the page is unbounded ([`HorizonInfo::Unbounded`]).
 //!
 //! - The comparison is on text, with the column's collation, like `ORDER BY`, so the bound
 //!   always cuts the cursor order at one point: a row held back is never passed by the cursor,
@@ -58,15 +69,21 @@ use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{NaiveDate, NaiveTime, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, TimeDelta, Timelike, Utc};
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 
-use crate::sql::{self, PageQuery, column_ref, from_clause};
+use crate::dialect::{self, BindAs, ColumnMeta, Dialect, HorizonCompare, PageQuery};
+
+/// The SQL text of this connector.
+const SQL: Dialect = Dialect::SQLITE;
 use crate::{
-    Bound, ColumnInfo, Columns, Connector, ConnectorError, ConvertError, HorizonInfo, Page,
-    PageRequest, Probe, Relation, Row, Selection, SourceSpec, Value,
+    Bound, ColumnInfo, Columns, Connector, ConnectorError, ConvertError, HorizonInfo, NullRows,
+    Page, PageRequest, Probe, Relation, Row, Selection, SourceSpec, Value,
 };
+
+/// Keys bound per lookup statement.
+const LOOKUP_CHUNK: usize = 500;
 
 /// How long a read waits for a writer's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -179,27 +196,23 @@ fn layout_of(text: &str) -> Option<Layout> {
     }
 }
 
-/// Now minus the lag, in `layout`.
-fn horizon_text(layout: Layout, safety_lag: Duration) -> Option<String> {
+/// Now minus the lag, in `layout`, and the instant that text stands for (now minus the lag,
+/// truncated to the layout's second, minute or day): a value stamped before that instant is
+/// below the text.
+fn horizon_text(layout: Layout, safety_lag: Duration) -> Option<(String, DateTime<Utc>)> {
     let at = Utc::now().checked_sub_signed(TimeDelta::from_std(safety_lag).ok()?)?;
+    let at = at.with_nanosecond(0)?;
     Some(match layout {
-        Layout::Date => at.format("%Y-%m-%d").to_string(),
-        Layout::Minutes(sep) => at.format(&format!("%Y-%m-%d{sep}%H:%M")).to_string(),
-        Layout::Seconds(sep) => at.format(&format!("%Y-%m-%d{sep}%H:%M:%S")).to_string(),
+        Layout::Date => (
+            at.format("%Y-%m-%d").to_string(),
+            at.date_naive().and_time(NaiveTime::MIN).and_utc(),
+        ),
+        Layout::Minutes(sep) => (
+            at.format(&format!("%Y-%m-%d{sep}%H:%M")).to_string(),
+            at.with_second(0)?,
+        ),
+        Layout::Seconds(sep) => (at.format(&format!("%Y-%m-%d{sep}%H:%M:%S")).to_string(), at),
     })
-}
-
-/// The instant a horizon text stands for, read as UTC: what `Horizon::reached` reports.
-fn reached_at(text: &str) -> Option<chrono::DateTime<Utc>> {
-    let t = text.replace('T', " ");
-    let parsed = match t.len() {
-        10 => NaiveDate::parse_from_str(&t, "%Y-%m-%d")
-            .ok()
-            .and_then(|d| d.and_hms_opt(0, 0, 0)),
-        16 => chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M").ok(),
-        _ => chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S").ok(),
-    };
-    parsed.map(|p| p.and_utc())
 }
 
 /// A stored cursor value as a SQLite parameter of the storage class it was read with.
@@ -254,23 +267,18 @@ struct OwnedRequest {
 
 fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page, Failure> {
     let selection = &request.selection;
-    let from = from_clause(&selection.relation, '"');
-    let select_list: Vec<String> = selection
-        .columns
-        .iter()
-        .map(|c| column_ref(c, '"'))
-        .collect();
-    let cursor: Vec<String> = selection
-        .cursor
-        .iter()
-        .map(|c| column_ref(c, '"'))
-        .collect();
+    resolve(conn, selection)?;
+    let from = SQL.relation_sql(&selection.relation);
+    let select_list: Vec<String> = SQL.column_refs(&selection.columns);
+    let cursor: Vec<String> = SQL.column_refs(&selection.cursor);
 
     let mut params: Vec<SqlValue> = Vec::new();
     if let Some(after) = &request.after {
         params.extend(after.iter().map(to_param));
     }
-    let after_exprs: Vec<String> = (1..=params.len()).map(|n| format!("?{n}")).collect();
+    let after_exprs: Vec<String> = (1..=params.len())
+        .map(|n| SQL.bind(n, BindAs::Native))
+        .collect();
 
     let mut info = HorizonInfo::Unbounded;
     let mut reached = None;
@@ -293,20 +301,18 @@ fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page,
             }
         };
         if let Some(layout) = deciding.as_deref().and_then(layout_of) {
-            let text = horizon_text(layout, safety_lag)
+            let (text, at) = horizon_text(layout, safety_lag)
                 .ok_or_else(|| Failure::Config("the safety lag is too large".into()))?;
-            // The bound is cut to the layout's precision: every row stamped (in UTC, as
-            // `datetime('now')` does) before the bound's own instant is below it.
-            reached = reached_at(&text);
             params.push(SqlValue::Text(text));
-            upper = Some(format!("{} < ?{}", cursor[0], params.len()));
+            upper = Some(SQL.horizon_predicate(&cursor[0], params.len(), HorizonCompare::Instant));
             info = HorizonInfo::LagOnly;
+            reached = Some(at);
         }
     }
     params.push(SqlValue::Integer(
         i64::try_from(request.limit).unwrap_or(i64::MAX),
     ));
-    let limit = format!("?{}", params.len());
+    let limit = SQL.param(params.len());
 
     let sql = PageQuery {
         select_list: &select_list,
@@ -317,17 +323,7 @@ fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page,
         limit: &limit,
     }
     .sql();
-    let mut statement = conn.prepare_cached(&sql)?;
-    let width = selection.columns.len();
-    let mut rows = statement.query(rusqlite::params_from_iter(params.iter()))?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let mut values = Vec::with_capacity(width);
-        for (i, column) in selection.columns.iter().enumerate() {
-            values.push(convert(row.get_ref(i)?, column));
-        }
-        out.push(Row { values });
-    }
+    let out = query_rows(conn, &sql, &params, &selection.columns)?;
     let columns: Columns = selection.columns.clone().into();
     Ok(Page {
         columns,
@@ -336,44 +332,170 @@ fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page,
     })
 }
 
-fn describe_blocking(conn: &Connection, selection: &Selection) -> Result<Vec<ColumnInfo>, Failure> {
+/// Runs `sql` whose select list is `columns` (as `src."c"`, in order) and converts the rows.
+fn query_rows(
+    conn: &Connection,
+    sql: &str,
+    params: &[SqlValue],
+    columns: &[String],
+) -> Result<Vec<Row>, Failure> {
+    let mut statement = conn.prepare_cached(sql)?;
+    let mut rows = statement.query(rusqlite::params_from_iter(params.iter()))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let mut values = Vec::with_capacity(columns.len());
+        for (i, column) in columns.iter().enumerate() {
+            values.push(convert(row.get_ref(i)?, column));
+        }
+        out.push(Row { values });
+    }
+    Ok(out)
+}
+
+/// Resolves every selected column against the catalogue (default deny): a table's or view's
+/// own columns (`pragma_table_xinfo`, generated columns included; SQLite compares names
+/// without regard to ASCII case), or a query's output columns. A name that is none of them
+/// — `rowid`, `oid` and `_rowid_` included — is refused. Returns, per selected column, its
+/// declared type and whether it may hold NULL (`None` for view and query columns).
+fn resolve(conn: &Connection, selection: &Selection) -> Result<Vec<ColumnMeta>, Failure> {
     if selection.columns.is_empty() {
         return Err(Failure::Config("the selection reads no column".into()));
     }
-    let refs: Vec<String> = selection
-        .columns
-        .iter()
-        .map(|c| column_ref(c, '"'))
-        .collect();
-    let from = from_clause(&selection.relation, '"');
-    // Preparing names a missing table or column.
-    conn.prepare(&format!("SELECT {} FROM {from} LIMIT 0", refs.join(", ")))?;
-    // Declared types, for tables; expressions and query columns have none.
-    let mut declared: Vec<(String, String)> = Vec::new();
-    if let Relation::Table(table) = &selection.relation {
-        let (schema, name) = match table.split_once('.') {
-            Some((schema, name)) => (schema, name),
-            None => ("main", table.as_str()),
-        };
-        let mut statement = conn.prepare("SELECT name, type FROM pragma_table_xinfo(?1, ?2)")?;
-        let rows = statement.query_map([name, schema], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-        })?;
-        for row in rows {
-            declared.push(row?);
+    let mut found: Vec<ColumnMeta> = Vec::new();
+    let what = match &selection.relation {
+        Relation::Table(table) => {
+            let (schema, name) = match table.split_once('.') {
+                Some((schema, name)) => (schema, name),
+                None => ("main", table.as_str()),
+            };
+            let kind: Option<String> = conn
+                .prepare_cached(&format!(
+                    "SELECT type FROM {}.sqlite_schema WHERE name = ?1 COLLATE NOCASE",
+                    SQL.quote_ident(schema)
+                ))
+                .and_then(|mut s| s.query_row([name], |row| row.get(0)))
+                .ok();
+            // Only a table's NOT NULL is a promise; a view's columns say nothing.
+            let is_table = kind.as_deref() == Some("table");
+            let mut statement = conn.prepare_cached(
+                "SELECT name, type, \"notnull\" FROM pragma_table_xinfo(?1, ?2) \
+                 WHERE hidden IN (0, 2, 3)",
+            )?;
+            let rows = statement.query_map([name, schema], |row| {
+                Ok(ColumnMeta {
+                    name: row.get(0)?,
+                    source_type: row.get(1)?,
+                    nullable: is_table.then_some(!row.get::<_, bool>(2)?),
+                })
+            })?;
+            for row in rows {
+                found.push(row?);
+            }
+            if found.is_empty() {
+                // No such table: preparing a query of it names it.
+                conn.prepare(&SQL.output_columns_sql(&selection.relation))?;
+            }
+            format!("table `{table}`")
         }
+        Relation::Query(_) => {
+            let statement = conn.prepare(&SQL.output_columns_sql(&selection.relation))?;
+            found = statement
+                .column_names()
+                .into_iter()
+                .map(|n| ColumnMeta {
+                    name: n.to_owned(),
+                    source_type: String::new(),
+                    nullable: None,
+                })
+                .collect();
+            "the query's output".to_owned()
+        }
+    };
+    SQL.resolve_columns(selection, &found, &what)
+        .map_err(Failure::Config)
+}
+
+/// [`Connector::null_cursor_rows`] on the connection; count and rows in one read transaction.
+fn null_rows_blocking(
+    conn: &Connection,
+    selection: &Selection,
+    limit: usize,
+) -> Result<NullRows, Failure> {
+    let resolved = resolve(conn, selection)?;
+    let nullable: Vec<Option<bool>> = resolved.iter().map(|r| r.nullable).collect();
+    let Some(predicate) = SQL.null_cursor_predicate(selection, &nullable) else {
+        return Ok(NullRows {
+            total: 0,
+            rows: Vec::new(),
+        });
+    };
+    let from = SQL.relation_sql(&selection.relation);
+    let select_list: Vec<String> = SQL.column_refs(&selection.columns);
+    conn.execute_batch("BEGIN")?;
+    let result = (|| {
+        let total: i64 = conn
+            .prepare_cached(&format!("SELECT count(*) FROM {from} WHERE {predicate}"))?
+            .query_row([], |row| row.get(0))?;
+        let rows = query_rows(
+            conn,
+            &format!(
+                "SELECT {} FROM {from} WHERE {predicate} LIMIT ?1",
+                select_list.join(", ")
+            ),
+            &[SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX))],
+            &selection.columns,
+        )?;
+        Ok::<_, Failure>(NullRows {
+            total: u64::try_from(total).unwrap_or(0),
+            rows,
+        })
+    })();
+    conn.execute_batch("COMMIT")?;
+    result
+}
+
+/// [`Connector::lookup`] on the connection: `WHERE src."key" IN (?1, ?2, …)`, each key bound
+/// with the storage class it was read with.
+fn lookup_blocking(
+    conn: &Connection,
+    selection: &Selection,
+    key: &str,
+    keys: &[Value],
+) -> Result<Vec<Row>, Failure> {
+    resolve(conn, selection)?;
+    if !selection.columns.iter().any(|c| c == key) {
+        return Err(Failure::Config(format!(
+            "the key column `{key}` is not among the selected columns"
+        )));
     }
+    let params: Vec<SqlValue> = keys
+        .iter()
+        .filter(|k| !matches!(k, Value::Null))
+        .map(to_param)
+        .collect();
+    let mut out = Vec::new();
+    let from = SQL.relation_sql(&selection.relation);
+    let select_list: Vec<String> = SQL.column_refs(&selection.columns);
+    // SQLite limits the number of parameters of a statement (32766 since 3.32).
+    for chunk in params.chunks(LOOKUP_CHUNK) {
+        let sql = SQL.lookup_sql(&select_list, &from, key, chunk.len(), "");
+        out.extend(query_rows(conn, &sql, chunk, &selection.columns)?);
+    }
+    Ok(out)
+}
+
+fn describe_blocking(conn: &Connection, selection: &Selection) -> Result<Vec<ColumnInfo>, Failure> {
+    let resolved = resolve(conn, selection)?;
+    // Preparing checks the statement the pages will run.
+    conn.prepare(&SQL.describe_sql(selection))?;
     Ok(selection
         .columns
         .iter()
-        .map(|c| ColumnInfo {
+        .zip(resolved)
+        .map(|(c, meta)| ColumnInfo {
             name: c.clone(),
-            source_type: declared
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(c))
-                .map(|(_, t)| t.clone())
-                .unwrap_or_default(),
-            nullable: None,
+            source_type: meta.source_type,
+            nullable: meta.nullable,
         })
         .collect())
 }
@@ -466,8 +588,35 @@ impl Connector for SqliteConnector {
             .await
     }
 
+    async fn null_cursor_rows(
+        &self,
+        selection: &Selection,
+        limit: usize,
+    ) -> Result<NullRows, ConnectorError> {
+        dialect::cursor_positions(selection, None).map_err(|reason| ConnectorError::Config {
+            source_name: self.name.clone(),
+            reason,
+        })?;
+        let selection = selection.clone();
+        self.run(move |conn| null_rows_blocking(conn, &selection, limit))
+            .await
+    }
+
+    async fn lookup(
+        &self,
+        selection: &Selection,
+        key: &str,
+        keys: &[Value],
+    ) -> Result<Vec<Row>, ConnectorError> {
+        let selection = selection.clone();
+        let key = key.to_owned();
+        let keys = keys.to_vec();
+        self.run(move |conn| lookup_blocking(conn, &selection, &key, &keys))
+            .await
+    }
+
     async fn read_page(&self, request: &PageRequest<'_>) -> Result<Page, ConnectorError> {
-        sql::cursor_positions(request.selection, request.after).map_err(|reason| {
+        dialect::cursor_positions(request.selection, request.after).map_err(|reason| {
             ConnectorError::Config {
                 source_name: self.name.clone(),
                 reason,
@@ -520,28 +669,21 @@ mod tests {
     }
 
     #[test]
-    fn reached_is_the_instant_the_cut_bound_stands_for() {
-        assert_eq!(
-            reached_at("2024-05-01 08:30:15").unwrap().to_rfc3339(),
-            "2024-05-01T08:30:15+00:00"
-        );
-        assert_eq!(
-            reached_at("2024-05-01T08:30").unwrap().to_rfc3339(),
-            "2024-05-01T08:30:00+00:00"
-        );
-        assert_eq!(
-            reached_at("2024-05-01").unwrap().to_rfc3339(),
-            "2024-05-01T00:00:00+00:00"
-        );
-    }
-
-    #[test]
     fn horizon_text_uses_the_layout_of_the_column() {
-        let h = horizon_text(Layout::Seconds('T'), Duration::ZERO).unwrap();
+        let (h, at) = horizon_text(Layout::Seconds('T'), Duration::ZERO).unwrap();
         assert_eq!(layout_of(&h), Some(Layout::Seconds('T')));
         assert_eq!(h.len(), 19);
-        let d = horizon_text(Layout::Date, Duration::from_secs(86_400)).unwrap();
+        assert_eq!(at.format("%Y-%m-%dT%H:%M:%S").to_string(), h);
+        assert_eq!(at.nanosecond(), 0);
+        let (d, at) = horizon_text(Layout::Date, Duration::from_secs(86_400)).unwrap();
         assert_eq!(layout_of(&d), Some(Layout::Date));
+        assert_eq!(
+            at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            format!("{d} 00:00:00")
+        );
+        let (m, at) = horizon_text(Layout::Minutes(' '), Duration::ZERO).unwrap();
+        assert_eq!(at.format("%Y-%m-%d %H:%M").to_string(), m);
+        assert_eq!(at.second(), 0);
         assert!(horizon_text(Layout::Date, Duration::MAX).is_none());
     }
 }

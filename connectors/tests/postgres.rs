@@ -21,6 +21,17 @@ fn pg_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
+/// `url` naming another database.
+fn url_db(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let (scheme, rest) = base.split_once("://").expect("a URL");
+    let host = rest.split_once('/').map_or(rest, |(h, _)| h);
+    format!("{scheme}://{host}/{db}{query}")
+}
+
 /// The URL with another user (trust authentication assumed).
 fn url_as(user: &str) -> String {
     let url = pg_url();
@@ -68,6 +79,10 @@ fn unique(prefix: &str) -> String {
 struct Scratch {
     schema: String,
     roles: Vec<String>,
+    /// Prepared transactions to roll back (they outlive their session and hold locks).
+    prepared: Vec<String>,
+    /// Databases to drop.
+    databases: Vec<String>,
 }
 
 impl Scratch {
@@ -80,6 +95,8 @@ impl Scratch {
         Scratch {
             schema,
             roles: Vec::new(),
+            prepared: Vec::new(),
+            databases: Vec::new(),
         }
     }
 
@@ -110,6 +127,8 @@ impl Drop for Scratch {
             ));
         }
         let url = pg_url();
+        let prepared = std::mem::take(&mut self.prepared);
+        let databases = std::mem::take(&mut self.databases);
         // Drop runs inside the test's runtime: clean up from a thread with its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -119,6 +138,39 @@ impl Drop for Scratch {
             rt.block_on(async {
                 if let Ok((client, connection)) = tokio_postgres::connect(&url, NoTls).await {
                     tokio::spawn(connection);
+                    for db in databases {
+                        if let Ok((c, conn)) =
+                            tokio_postgres::connect(&url_db(&url, &db), NoTls).await
+                        {
+                            tokio::spawn(conn);
+                            // A prepared transaction is ended from its own database.
+                            for gid in &prepared {
+                                let _ = c
+                                    .batch_execute(&format!("ROLLBACK PREPARED '{gid}'"))
+                                    .await;
+                            }
+                            let _ = c
+                                .batch_execute(
+                                    "DO $$ DECLARE s text; BEGIN FOR s IN SELECT subname FROM \
+                                     pg_subscription WHERE subdbid = (SELECT oid FROM pg_database \
+                                     WHERE datname = current_database()) LOOP EXECUTE \
+                                     format('ALTER SUBSCRIPTION %I SET (slot_name = NONE)', s); \
+                                     END LOOP; END $$;",
+                                )
+                                .await;
+                            let subs: Vec<String> = c
+                                .query("SELECT subname::text FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())", &[])
+                                .await
+                                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                                .unwrap_or_default();
+                            for sub in subs {
+                                let _ = c.batch_execute(&format!("DROP SUBSCRIPTION {sub}")).await;
+                            }
+                        }
+                        let _ = client
+                            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                            .await;
+                    }
                     let _ = client.batch_execute(&sql).await;
                 }
             });
@@ -898,7 +950,7 @@ async fn describe_names_missing_columns_and_tables() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, ConnectorError::Statement { reason, .. } if reason.contains("no_such_column")),
+        matches!(&err, ConnectorError::Config { reason, .. } if reason.contains("no_such_column")),
         "{err}"
     );
     let err = c
@@ -1039,4 +1091,547 @@ async fn broken_session_is_reestablished() {
         .unwrap()
         .get(0);
     assert_ne!(new_pid, pids[0]);
+}
+
+/// Rows of a page as `id` values (first column).
+fn row_ids(rows: &[exchange_connectors::Row]) -> Vec<i64> {
+    let mut ids: Vec<i64> = rows
+        .iter()
+        .map(|r| int(r.values[0].as_ref().unwrap()))
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test]
+async fn function_named_like_a_missing_column_is_refused() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "deny").await;
+    let t = s.q("t");
+    let v = s.q("v");
+    // `src.<fname>` on a relation without that column is the call `<fname>(src)`, which here
+    // returns the whole row as text. The function takes the schema's row type, so dropping
+    // the schema drops it; it lives in `public` so that the search path finds it.
+    let fname = unique("name");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int4 PRIMARY KEY, secret text NOT NULL);
+             INSERT INTO {t} VALUES (1, 'hidden');
+             CREATE VIEW {v} AS SELECT id FROM {t};
+             CREATE FUNCTION public.{fname}({t}) RETURNS text LANGUAGE sql AS 'SELECT $1::text';
+             CREATE FUNCTION public.{fname}({v}) RETURNS text LANGUAGE sql AS 'SELECT $1::text';"
+        ))
+        .await
+        .unwrap();
+    let c = connector(&pg_url());
+    let relations = [
+        Relation::Table(t.clone()),
+        Relation::Table(v.clone()),
+        Relation::Query(format!("SELECT id FROM {t}")),
+    ];
+    for relation in relations {
+        let selection = Selection {
+            relation: relation.clone(),
+            columns: vec!["id".into(), fname.clone()],
+            cursor: vec!["id".into()],
+        };
+        let err = c.describe(&selection).await.unwrap_err();
+        assert!(
+            matches!(&err, ConnectorError::Config { reason, .. } if reason.contains(&fname)),
+            "{relation:?}: {err}"
+        );
+        assert!(!err.to_string().contains("hidden"), "{err}");
+        let err = c
+            .read_page(&PageRequest {
+                selection: &selection,
+                after: None,
+                limit: 10,
+                bound: Bound::None,
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, ConnectorError::Config { .. }), "{err}");
+        let err = c
+            .lookup(&selection, "id", &[Value::Int(1)])
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, ConnectorError::Config { .. }), "{err}");
+    }
+
+    // A column dropped after the plan was learned is refused on the next read too.
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE {t} ADD COLUMN {fname} text; UPDATE {t} SET {fname} = 'x';"
+        ))
+        .await
+        .unwrap();
+    let selection = table(t.clone(), &["id", &fname], &["id"]);
+    let page = read(&c, &selection, None, 10, Bound::None).await;
+    assert_eq!(cell(&page, 0, 1), Value::Text("x".into()));
+    admin
+        .batch_execute(&format!("ALTER TABLE {t} DROP COLUMN {fname}"))
+        .await
+        .unwrap();
+    let err = c
+        .read_page(&PageRequest {
+            selection: &selection,
+            after: None,
+            limit: 10,
+            bound: Bound::None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ConnectorError::Config { reason, .. } if reason.contains(&fname)),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn describe_reports_which_columns_may_hold_null() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "nullable").await;
+    let t = s.q("t");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int8 PRIMARY KEY, at timestamptz NOT NULL, note text)"
+        ))
+        .await
+        .unwrap();
+    let c = connector(&pg_url());
+    let info = c
+        .describe(&table(t.clone(), &["id", "at", "note"], &["at", "id"]))
+        .await
+        .unwrap();
+    let got: Vec<Option<bool>> = info.iter().map(|i| i.nullable).collect();
+    assert_eq!(got, [Some(false), Some(false), Some(true)]);
+    let query = Selection {
+        relation: Relation::Query(format!("SELECT id, at FROM {t}")),
+        columns: vec!["id".into(), "at".into()],
+        cursor: vec!["id".into()],
+    };
+    let info = c.describe(&query).await.unwrap();
+    assert!(info.iter().all(|i| i.nullable.is_none()), "{info:?}");
+}
+
+#[tokio::test]
+async fn null_cursor_rows_are_counted_on_every_cycle() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "nullcur").await;
+    let t = s.q("t");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int4 PRIMARY KEY, at timestamptz, note text NOT NULL);
+             INSERT INTO {t} SELECT i, now() - interval '1 hour', 'n'
+               FROM generate_series(1, 5) i;
+             INSERT INTO {t} SELECT i, NULL, 'n' FROM generate_series(6, 9) i;"
+        ))
+        .await
+        .unwrap();
+    let c = connector(&pg_url());
+    let selection = table(t.clone(), &["id", "at", "note"], &["at", "id"]);
+    // Pages past the first never return the NULL rows …
+    let first = read(&c, &selection, None, 3, Bound::None).await;
+    let last = first.rows.last().unwrap();
+    let cursor = [
+        last.values[1].clone().unwrap(),
+        last.values[0].clone().unwrap(),
+    ];
+    let rest = read(&c, &selection, Some(&cursor), 10, Bound::None).await;
+    assert_eq!(ids(&first).len() + ids(&rest).len(), 5);
+    // … but they are counted, and a sample is returned, every time they are asked for.
+    for _ in 0..2 {
+        let nulls = c.null_cursor_rows(&selection, 2).await.unwrap();
+        assert_eq!(nulls.total, 4);
+        assert_eq!(nulls.rows.len(), 2);
+        assert!(row_ids(&nulls.rows).iter().all(|id| *id >= 6));
+        assert_eq!(nulls.rows[0].values[1].clone().unwrap(), Value::Null);
+    }
+    admin
+        .batch_execute(&format!("UPDATE {t} SET at = now() WHERE id = 6"))
+        .await
+        .unwrap();
+    let nulls = c.null_cursor_rows(&selection, 10).await.unwrap();
+    assert_eq!(nulls.total, 3);
+    assert_eq!(row_ids(&nulls.rows), [7, 8, 9]);
+    // NOT NULL cursor columns need no look.
+    let strict = table(t, &["id", "note"], &["note", "id"]);
+    let nulls = c.null_cursor_rows(&strict, 10).await.unwrap();
+    assert_eq!((nulls.total, nulls.rows.len()), (0, 0));
+}
+
+#[tokio::test]
+async fn lookup_binds_keys_with_the_key_columns_type() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "lookup").await;
+    let t = s.q("t");
+    let u = s.q("u");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int8 PRIMARY KEY, code varchar(18) NOT NULL, secret text);
+             INSERT INTO {t} VALUES (1, '11010519491231002X', 's1'), (2, '440524188001010014', 's2'),
+                                    (3, '321083197812162119', 's3');
+             CREATE TABLE {u} (k numeric PRIMARY KEY, v text);
+             INSERT INTO {u} VALUES (1.50, 'a'), (2, 'b');"
+        ))
+        .await
+        .unwrap();
+    let c = connector(&pg_url());
+    let selection = table(t.clone(), &["id", "code"], &["id"]);
+    let rows = c
+        .lookup(
+            &selection,
+            "id",
+            &[Value::Int(3), Value::Int(1), Value::Int(42)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row_ids(&rows), [1, 3]);
+    assert_eq!(rows[0].values.len(), 2, "selected columns only");
+    let rows = c
+        .lookup(
+            &selection,
+            "code",
+            &[
+                Value::Text("440524188001010014".into()),
+                Value::Text("' OR true --".into()),
+                Value::Null,
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row_ids(&rows), [2]);
+    // Numeric keys compare as numbers: 1.5 finds 1.50.
+    let rows = c
+        .lookup(
+            &table(u, &["k", "v"], &["k"]),
+            "k",
+            &[Value::Decimal("1.5".into())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].values[1].clone().unwrap(), Value::Text("a".into()));
+    // A query resource, and a key outside the selection.
+    let query = Selection {
+        relation: Relation::Query(format!("SELECT id, code FROM {t}")),
+        columns: vec!["id".into(), "code".into()],
+        cursor: vec!["id".into()],
+    };
+    let rows = c.lookup(&query, "id", &[Value::Int(2)]).await.unwrap();
+    assert_eq!(row_ids(&rows), [2]);
+    let err = c
+        .lookup(&selection, "secret", &[Value::Text("s1".into())])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectorError::Config { .. }), "{err}");
+    assert!(c.lookup(&selection, "id", &[]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn prepared_transaction_holds_the_horizon_back() {
+    let admin = admin().await;
+    let max: String = admin
+        .query_one("SHOW max_prepared_transactions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(
+        max, "0",
+        "this test needs prepared transactions: the server at EXCHANGE_TEST_PG_URL has \
+         max_prepared_transactions = 0. Run `ALTER SYSTEM SET max_prepared_transactions = 10` \
+         and restart PostgreSQL, or point EXCHANGE_TEST_PG_URL at a server started with \
+         `-c max_prepared_transactions=10`"
+    );
+    // In a database of its own: a prepared transaction bounds every page of its database,
+    // and the other tests expect their own transactions to.
+    let mut s = Scratch::new(&admin, "twophase").await;
+    let db = unique("twophase");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    s.databases.push(db.clone());
+    let url = url_db(&pg_url(), &db);
+    let admin = connect(&url).await;
+    let t = "t".to_owned();
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int8 PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO {t} (id) VALUES (1);"
+        ))
+        .await
+        .unwrap();
+    let gid = s.schema.clone();
+    s.prepared.push(gid.clone());
+    let writer = connect(&url).await;
+    writer
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO {t} (id) VALUES (2); PREPARE TRANSACTION '{gid}';"
+        ))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("INSERT INTO {t} (id) VALUES (3)"))
+        .await
+        .unwrap();
+    let selection = table(t, &["id", "at"], &["at", "id"]);
+    let c = connector(&url);
+    let bound = Bound::Horizon {
+        safety_lag: Duration::ZERO,
+    };
+    // Other tests' transactions may bound the page earlier for a moment.
+    poll_page(
+        &c,
+        &selection,
+        None,
+        bound,
+        |page| {
+            let got = ids(page);
+            assert!(
+                !got.contains(&3),
+                "row 3 committed after the prepared transaction was read past it: {got:?}"
+            );
+        },
+        |page| {
+            matches!(page.horizon.info, HorizonInfo::PreparedTransaction { .. }) && ids(page) == [1]
+        },
+    )
+    .await;
+    admin
+        .batch_execute(&format!("COMMIT PREPARED '{gid}'"))
+        .await
+        .unwrap();
+    let page = poll_page(&c, &selection, None, bound, |_| {}, |p| ids(p).len() == 3).await;
+    assert_eq!(ids(&page), [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn open_transaction_names_its_session_without_data() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "holder").await;
+    let t = s.q("t");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int8 PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());"
+        ))
+        .await
+        .unwrap();
+    let app = unique("holder");
+    let base = pg_url();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let writer = connect(&format!("{base}{sep}application_name={app}")).await;
+    writer.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let pid: i32 = writer
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let c = connector(&pg_url());
+    let selection = table(t, &["id", "at"], &["at", "id"]);
+    let bound = Bound::Horizon {
+        safety_lag: Duration::ZERO,
+    };
+    // Other tests' transactions may be older: wait until ours is the oldest one named.
+    let page = poll_page(
+        &c,
+        &selection,
+        None,
+        bound,
+        |_| {},
+        |p| {
+            matches!(&p.horizon.info, HorizonInfo::OpenTransaction { session: Some(s), .. }
+            if s.contains(&format!("pid {pid},")))
+        },
+    )
+    .await;
+    let HorizonInfo::OpenTransaction { session, .. } = page.horizon.info else {
+        unreachable!()
+    };
+    let session = session.unwrap();
+    assert!(
+        session.contains("user `postgres`")
+            && session.contains(&format!("application `{app}`"))
+            && session.contains(", client "),
+        "{session}"
+    );
+    writer.batch_execute("COMMIT").await.unwrap();
+}
+
+#[tokio::test]
+async fn logical_subscriber_is_a_replica_bounded_by_the_replica_lag() {
+    let admin = admin().await;
+    let mut s = Scratch::new(&admin, "replica").await;
+    let db = unique("sub");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    s.databases.push(db.clone());
+    let url = url_db(&pg_url(), &db);
+    let sub = connect(&url).await;
+    sub.batch_execute(&format!(
+        "CREATE TABLE t (id int8 PRIMARY KEY, at timestamptz NOT NULL);
+         INSERT INTO t VALUES (1, now() - interval '2 hours'), (2, now() - interval '10 minutes');
+         CREATE SUBSCRIPTION {db} CONNECTION 'host=127.0.0.1 dbname={db}' PUBLICATION p
+           WITH (connect = false, enabled = false, slot_name = NONE, create_slot = false);"
+    ))
+    .await
+    .unwrap();
+    let c = PostgresConnector::new(&SourceSpec {
+        replica_lag: Duration::from_secs(3600),
+        ..spec(&url)
+    })
+    .unwrap();
+    let probe = c.probe().await.unwrap();
+    let replica = probe
+        .replica
+        .expect("a subscriber is reported as a replica");
+    assert!(replica.contains("subscriber"), "{replica}");
+    let page = read(
+        &c,
+        &table("t".into(), &["id", "at"], &["at", "id"]),
+        None,
+        10,
+        Bound::Horizon {
+            safety_lag: Duration::ZERO,
+        },
+    )
+    .await;
+    assert_eq!(
+        page.horizon.info,
+        HorizonInfo::Replica {
+            lag: Duration::from_secs(3600)
+        }
+    );
+    assert_eq!(
+        ids(&page),
+        [1],
+        "the row of 10 minutes ago is within the replica lag"
+    );
+    let clock = c.clock().await.unwrap();
+    let reached = page.horizon.reached.unwrap();
+    assert!(
+        reached <= clock - chrono::TimeDelta::seconds(3600)
+            && reached > clock - chrono::TimeDelta::seconds(3700),
+        "{reached} vs {clock}"
+    );
+    sub.batch_execute(&format!("ALTER SUBSCRIPTION {db} SET (slot_name = NONE)"))
+        .await
+        .ok();
+    assert_eq!(connector(&pg_url()).probe().await.unwrap().replica, None);
+}
+
+#[tokio::test]
+async fn row_committed_before_the_clock_is_read_once_reached_passes_it() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "reached").await;
+    let t = s.q("t");
+    let d = s.q("d");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int8 PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());
+             CREATE TABLE {d} (id int8 PRIMARY KEY, day date NOT NULL DEFAULT current_date);
+             INSERT INTO {t} (id) VALUES (1);"
+        ))
+        .await
+        .unwrap();
+    let c = connector(&pg_url());
+    let clock = c.clock().await.unwrap();
+    let selection = table(t, &["id", "at"], &["at", "id"]);
+    let bound = Bound::Horizon {
+        safety_lag: Duration::from_millis(200),
+    };
+    let mut seen = Vec::new();
+    let mut after: Option<Vec<Value>> = None;
+    let start = Instant::now();
+    loop {
+        let page = read(&c, &selection, after.as_deref(), 1000, bound).await;
+        seen.extend(ids(&page));
+        if let Some(last) = page.rows.last() {
+            after = Some(vec![
+                last.values[1].clone().unwrap(),
+                last.values[0].clone().unwrap(),
+            ]);
+        }
+        let reached = page.horizon.reached.expect("a timestamp cursor is bounded");
+        if reached > clock {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "reached never passed {clock}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, [1], "the row committed before the clock was read");
+
+    // A date cursor: `reached` is the midnight that starts the bound's day.
+    let page = read(
+        &c,
+        &table(d, &["id", "day"], &["day", "id"]),
+        None,
+        10,
+        bound,
+    )
+    .await;
+    let midnight: DateTime<Utc> = admin
+        .query_one(
+            "SELECT ((statement_timestamp() - interval '200 milliseconds')::date)::timestamptz",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(page.horizon.reached, Some(midnight));
+}
+
+#[tokio::test]
+async fn two_concurrent_reads_use_two_sessions() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "pool").await;
+    let t = s.q("t");
+    let u = s.q("u");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int4 PRIMARY KEY); INSERT INTO {t} VALUES (1);
+             CREATE TABLE {u} (id int4 PRIMARY KEY); INSERT INTO {u} VALUES (2);"
+        ))
+        .await
+        .unwrap();
+    let app = unique("pool");
+    let base = pg_url();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let c = PostgresConnector::new(&SourceSpec {
+        pool_size: 2,
+        ..spec(&format!("{base}{sep}application_name={app}"))
+    })
+    .unwrap();
+    let on_t = table(t.clone(), &["id"], &["id"]);
+    let on_u = table(u, &["id"], &["id"]);
+    // Learn the plans first, so the blocked read waits in the page query itself.
+    read(&c, &on_t, None, 10, Bound::None).await;
+    // A lock blocks every read of `t`; a read of `u` must not wait behind it.
+    let locker = connect(&pg_url()).await;
+    locker
+        .batch_execute(&format!("BEGIN; LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE"))
+        .await
+        .unwrap();
+    let blocked = read(&c, &on_t, None, 10, Bound::None);
+    let free = async {
+        let page = tokio::time::timeout(DEADLINE, read(&c, &on_u, None, 10, Bound::None))
+            .await
+            .expect("a second read waited for the first one's session");
+        let sessions: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        locker.batch_execute("COMMIT").await.unwrap();
+        (page, sessions)
+    };
+    let (blocked, (free, sessions)) = tokio::join!(blocked, free);
+    assert_eq!(ids(&blocked), [1]);
+    assert_eq!(ids(&free), [2]);
+    assert_eq!(sessions, 2);
 }

@@ -368,7 +368,7 @@ async fn describe_reports_declared_types_and_names_missing_columns() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, ConnectorError::Statement { reason, .. } if reason.contains("no_such_column")),
+        matches!(&err, ConnectorError::Config { reason, .. } if reason.contains("no_such_column")),
         "{err}"
     );
     let err = c
@@ -382,4 +382,174 @@ async fn describe_reports_declared_types_and_names_missing_columns() {
     let probe = c.probe().await.unwrap();
     assert!(probe.server.starts_with("SQLite 3."), "{}", probe.server);
     assert!(!probe.sees_open_transactions);
+}
+
+/// `id` values (first column) of rows, sorted.
+fn row_ids(rows: &[exchange_connectors::Row]) -> Vec<i64> {
+    let mut ids: Vec<i64> = rows
+        .iter()
+        .map(|r| match r.values[0] {
+            Ok(Value::Int(i)) => i,
+            ref other => panic!("expected an Int id, got {other:?}"),
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test]
+async fn hidden_and_missing_columns_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = database(
+        dir.path(),
+        "CREATE TABLE person (pid INTEGER NOT NULL, name TEXT NOT NULL, secret TEXT);
+         INSERT INTO person VALUES (7, 'a', 's');
+         CREATE VIEW v AS SELECT pid, name FROM person;",
+    );
+    // `rowid` is readable in SQLite but is no configured column of the table.
+    for relation in [
+        Relation::Table("person".into()),
+        Relation::Table("v".into()),
+        Relation::Query("SELECT pid, name FROM person".into()),
+    ] {
+        for column in ["rowid", "secretx"] {
+            let selection = Selection {
+                relation: relation.clone(),
+                columns: vec!["pid".into(), column.into()],
+                cursor: vec!["pid".into()],
+            };
+            let err = c.describe(&selection).await.unwrap_err();
+            assert!(
+                matches!(&err, ConnectorError::Config { reason, .. } if reason.contains(column)),
+                "{relation:?} {column}: {err}"
+            );
+            let err = c
+                .read_page(&PageRequest {
+                    selection: &selection,
+                    after: None,
+                    limit: 10,
+                    bound: Bound::None,
+                })
+                .await
+                .unwrap_err();
+            assert!(matches!(&err, ConnectorError::Config { .. }), "{err}");
+        }
+    }
+    // NOT NULL table columns are reported; views and queries cannot tell.
+    let info = c
+        .describe(&table("person", &["pid", "name", "secret"], &["pid"]))
+        .await
+        .unwrap();
+    let got: Vec<Option<bool>> = info.iter().map(|i| i.nullable).collect();
+    assert_eq!(got, [Some(false), Some(false), Some(true)]);
+    let info = c
+        .describe(&table("v", &["pid", "name"], &["pid"]))
+        .await
+        .unwrap();
+    assert!(info.iter().all(|i| i.nullable.is_none()), "{info:?}");
+}
+
+#[tokio::test]
+async fn null_cursor_rows_are_counted_on_every_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = database(
+        dir.path(),
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, at TEXT, note TEXT NOT NULL);
+         INSERT INTO t VALUES (1, '2024-01-01 00:00:00', 'n'), (2, '2024-01-02 00:00:00', 'n'),
+                              (3, NULL, 'n'), (4, NULL, 'n'), (5, NULL, 'n');",
+    );
+    let selection = table("t", &["id", "at", "note"], &["at", "id"]);
+    // After a stored cursor, pages never return NULL cursors (SQLite sorts them first).
+    let after = stored(&[Value::Text("2000-01-01 00:00:00".into()), Value::Int(0)]);
+    let page = read(&c, &selection, Some(&after), 10, Bound::None).await;
+    assert_eq!(ids(&page), [1, 2]);
+    for _ in 0..2 {
+        let nulls = c.null_cursor_rows(&selection, 2).await.unwrap();
+        assert_eq!(nulls.total, 3);
+        assert_eq!(nulls.rows.len(), 2);
+        assert!(row_ids(&nulls.rows).iter().all(|id| *id >= 3));
+    }
+    let strict = table("t", &["id", "note"], &["note", "id"]);
+    let nulls = c.null_cursor_rows(&strict, 10).await.unwrap();
+    assert_eq!((nulls.total, nulls.rows.len()), (0, 0));
+}
+
+#[tokio::test]
+async fn lookup_binds_keys_by_storage_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = database(
+        dir.path(),
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, code TEXT NOT NULL, secret TEXT);
+         INSERT INTO t VALUES (1, '11010519491231002X', 's'), (2, '440524188001010014', 's'),
+                              (3, '321083197812162119', 's');",
+    );
+    let selection = table("t", &["id", "code"], &["id"]);
+    let rows = c
+        .lookup(
+            &selection,
+            "id",
+            &[Value::Int(3), Value::Int(1), Value::Int(9)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row_ids(&rows), [1, 3]);
+    assert_eq!(rows[0].values.len(), 2, "selected columns only");
+    let rows = c
+        .lookup(
+            &selection,
+            "code",
+            &[
+                Value::Text("440524188001010014".into()),
+                Value::Text("' OR 1=1 --".into()),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row_ids(&rows), [2]);
+    let keys: Vec<Value> = (0..1200).map(Value::Int).collect();
+    let rows = c.lookup(&selection, "id", &keys).await.unwrap();
+    assert_eq!(
+        row_ids(&rows),
+        [1, 2, 3],
+        "keys beyond one statement's parameters"
+    );
+    let err = c
+        .lookup(&selection, "secret", &[Value::Text("s".into())])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectorError::Config { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn row_committed_before_the_clock_is_read_once_reached_passes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("source.db");
+    let c = database(
+        dir.path(),
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, at TEXT NOT NULL DEFAULT (datetime('now')));",
+    );
+    let writer = Connection::open(&path).unwrap();
+    writer
+        .execute_batch("INSERT INTO t (id) VALUES (1)")
+        .unwrap();
+    let clock = c.clock().await.unwrap();
+    let selection = table("t", &["id", "at"], &["at", "id"]);
+    let bound = Bound::Horizon {
+        safety_lag: Duration::from_millis(100),
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let page = read(&c, &selection, None, 10, bound).await;
+        let reached = page.horizon.reached.expect("text timestamps are bounded");
+        assert!(reached <= chrono::Utc::now());
+        if reached > clock {
+            assert_eq!(ids(&page), [1]);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "reached never passed the clock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

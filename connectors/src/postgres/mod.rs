@@ -1,0 +1,532 @@
+//! PostgreSQL connector (tokio-postgres).
+//!
+//! # Type mapping (a contract: docs/CONFIG.md repeats it)
+//!
+//! | PostgreSQL type | [`Value`] |
+//! |---|---|
+//! | `bool` | `Bool` |
+//! | `int2`, `int4`, `int8` | `Int` |
+//! | `oid` | `UInt` |
+//! | `float4`, `float8` | `Float`; NaN and ±Infinity are a [`ConvertError`]. A `float4` is widened through its shortest decimal form, so `0.1::float4` is `0.1`, not `0.10000000149011612` |
+//! | `numeric` | `Decimal`, every digit as PostgreSQL prints it (read as `::text`); `NaN` and ±`Infinity` are a [`ConvertError`] |
+//! | `text`, `varchar`, `bpchar` (with its padding), `name` | `Text` |
+//! | `date` | `Date` |
+//! | `timestamp` | `Timestamp` |
+//! | `timestamptz` | `TimestampTz` (UTC) |
+//! | `bytea` | `Bytes` |
+//! | `json`, `jsonb` | `Json` (read as `::text`; numbers keep every digit; `jsonb` is as the server normalized it) |
+//! | every other type (`citext`, `uuid`, `inet`, `interval`, `time`, `money`, enums, arrays, …) | `Text`: the column is cast `::text` in the select list, so the value is PostgreSQL's own text output |
+//! | NULL of any type | `Null` |
+//!
+//! `'infinity'`/`'-infinity'` dates and timestamps (and any outside chrono's range) are a
+//! [`ConvertError`] for that cell only. Domains arrive as their base type.
+//!
+//! # Reading a page
+//!
+//! Default deny: every selected column is first resolved against the catalogue — for a table
+//! or view, its own attributes in `pg_attribute` (`attnum > 0`, not dropped; the name is
+//! resolved with `to_regclass`, so schema qualification and `search_path` apply as in the page
+//! query); for a query, its output columns (`SELECT * FROM (<query>) AS src LIMIT 0`). A name
+//! that is none of them is refused with [`ConnectorError::Config`] naming it: without this
+//! check `src.name` on a relation without a column `name` is the function call `name(src)`,
+//! which may return the whole row. For tables the prepared statement's result columns must
+//! also come from the table (`table_oid`/`column_id`). The check is repeated on every read of
+//! a table (one catalogue query), so a column dropped while the agent runs is refused too.
+//!
+//! On first use of a selection the connector prepares `SELECT <columns> FROM <relation> AS src
+//! LIMIT 0` to learn the column types (kept per selection until a statement fails or the
+//! session is re-established), then builds the select list with the casts above (see
+//! `dialect.rs` for the query shape). A stored cursor value is bound as text and cast back
+//! to the column's own type (`$1::text::"pg_catalog"."timestamptz"`; `bytea` through
+//! `decode($1, 'base64')`), so rows are compared and ordered by the column's type, not by
+//! the cast used to read it. Rows with a NULL in a cursor column have no place in the order
+//! (see [`Connector::read_page`] for when a page still returns them);
+//! [`Connector::null_cursor_rows`] counts them and returns a sample (count and sample in one repeatable-read transaction; only cursor
+//! columns that are not `NOT NULL` columns of a table are looked at).
+//!
+//! [`Connector::lookup`] reads `WHERE src.key = ANY($1)`, the keys bound as one `text[]` cast
+//! to the key column's own type (`$1::text[]::"pg_catalog"."int8"[]`; `bytea` through
+//! `decode`), so they compare as the column's values do and an index on the key is used.
+//!
+//! A [`Relation::Query`] is read inside `BEGIN READ ONLY`: a query that tries to
+//! write (a data-modifying CTE, a volatile function that inserts, `nextval`) is refused by
+//! the server.
+//!
+//! # Horizon (late-commit protection)
+//!
+//! With [`Bound::Horizon`] and a first cursor column of type `date`, `timestamp` or
+//! `timestamptz`, one statement runs **before** the page query:
+//!
+//! ```sql
+//! SELECT statement_timestamp(),
+//!        (SELECT min(xact_start) FROM pg_stat_activity
+//!          WHERE pid <> pg_backend_pid() AND datname = current_database()
+//!            AND xact_start IS NOT NULL AND backend_type <> 'autovacuum worker'),
+//!        <the reader is a superuser or a member of pg_read_all_stats>
+//! ```
+//!
+//! `horizon = min(oldest xact_start, statement_timestamp()) − safety_lag`.
+//!
+//! - Order: the horizon is read before the page query takes its snapshot. A transaction
+//!   open when the horizon is read bounds it; one that started later stamps its rows with a
+//!   `now()` after the horizon; one that ended before is visible to the page's snapshot
+//!   (PostgreSQL clears `xact_start` only after the commit is visible).
+//! - `statement_timestamp()` rather than `clock_timestamp()`: it is fixed when the statement
+//!   starts, i.e. before `pg_stat_activity` is read, so a transaction that begins between the
+//!   two readings still starts after the horizon.
+//! - Transactions without an xid are **not** filtered out: a transaction that has not written
+//!   yet may still write rows stamped with its `now()` = `xact_start`. Only autovacuum
+//!   workers are ignored (they never write user rows, and an anti-wraparound vacuum can run
+//!   for hours).
+//! - The bound is strict, `c1 < horizon`: a row stamped exactly at the start of the oldest open
+//!   transaction may belong to that transaction, and reading its equals could move the cursor
+//!   past the late row's second cursor column.
+//! - `timestamptz` columns compare as instants; a `timestamp` column is compared with
+//!   `horizon::timestamptz`, i.e. in the session's `TimeZone` (the connector never changes
+//!   it, so it is the server's, role's or database's default — the same one the writing
+//!   applications get unless they set their own).
+//! - `date` columns use `c1 < horizon::date`: a day is read only once the horizon has passed
+//!   midnight after it, because until then a transaction may still write rows stamped with
+//!   that day (`current_date`). Daily-stamped rows are therefore delivered the next day.
+//! - Without `pg_read_all_stats` other users' `xact_start` is hidden: the horizon is
+//!   `statement_timestamp() − safety_lag` and the page reports [`HorizonInfo::LagOnly`];
+//!   [`Connector::probe`] names the missing grant.
+//! - Prepared (two-phase) transactions of the current database (`pg_prepared_xacts`, visible
+//!   to every role) bound the horizon at their `prepared` time
+//!   ([`HorizonInfo::PreparedTransaction`]). PostgreSQL does not keep when a prepared
+//!   transaction *began*: rows it wrote before `PREPARE TRANSACTION` carry earlier stamps, and
+//!   while it was open it bounded the horizon by its `xact_start`; between `PREPARE` and the
+//!   next read the bound moves up to `prepared`. The safety lag must cover the time between a
+//!   two-phase transaction's first write and its `PREPARE` (usually milliseconds).
+//! - A replica — a standby in recovery (`pg_is_in_recovery()`) or a database with a logical
+//!   subscription (`pg_subscription` row for the current database, enabled or not; its
+//!   `subdbid` column is readable by every role) — cannot see the primary's open transactions:
+//!   the bound is also at most `statement_timestamp() − replica_lag`
+//!   ([`HorizonInfo::Replica`]; [`SourceSpec::replica_lag`], default 5 min), and
+//!   [`Connector::probe`] says which kind of replica it is.
+//! - The oldest of these bounds wins; the page reports which ([`HorizonInfo`]), and an open
+//!   transaction is named without data: "pid 4711, user `hr_app`, application `psql`, client
+//!   10.0.0.5" (from `pg_stat_activity`; "local socket" when there is no client address).
+//! - [`crate::Horizon::reached`]: the horizon itself for `timestamp`/`timestamptz` columns;
+//!   for `date` columns the midnight (in the session's time zone) that starts the horizon's
+//!   day. [`Connector::clock`] is `statement_timestamp()`, the clock the horizon is read from.
+//! - Not covered: rows whose cursor value is not the writing transaction's clock
+//!   (application-supplied stamps): the safety lag is the margin for those.
+//!
+//! Other first-cursor-column types are read unbounded ([`HorizonInfo::Unbounded`]).
+//!
+//! # Connections
+//!
+//! `sslmode` is taken out of the URL before tokio-postgres sees it. `disable`/`allow` or no
+//! `sslmode` (and no CA configured) connect in plaintext; `prefer`, `require`, `verify-ca`,
+//! `verify-full` — or no `sslmode` but a CA file — require TLS, with the rustls configuration
+//! from [`exchange_protocol::tls::source_client_config`]: the certificate chain **and** the
+//! host name are always verified (stronger than libpq's `require`/`verify-ca`), and there is
+//! never a fallback to plaintext. [`SourceSpec::password`] overrides a password in the URL.
+//! The connector keeps a pool of up to `pool_size` sessions (each with its own cache of
+//! prepared statements; the column plans are shared), so concurrent reads — a sync's pages
+//! and verification lookups — do not wait for each other. A session is opened on demand, goes
+//! back to the pool after each call, and is dropped when it breaks; a read that fails because
+//! a reused session broke is retried once on a new session. Connecting times out after 10 s
+//! (or the URL's `connect_timeout`).
+//!
+//! Errors name the source and `host:port/dbname`, never the password. Server messages of the
+//! classes that may quote data (22 data exception, 23 integrity, P0 raised by a function) are
+//! cut before the quoted part, and `DETAIL` is never reported.
+//!
+//! # Modules
+//!
+//! - this module: the connector and the [`Connector`] implementation (pages, NULL-cursor
+//!   rows, lookups);
+//! - `session`: connecting, TLS, the pool, reconnecting and what a failure means;
+//! - `plan`: catalogue resolution (default deny), column types and how values are bound back;
+//! - `horizon`: `probe` and the horizon of a page;
+//! - `convert`: the type mapping of cells to [`Value`]s.
+
+use std::collections::HashMap;
+use std::error::Error as _;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeDelta, Utc};
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::error::DbError;
+use tokio_postgres::types::{FromSql, ToSql, Type};
+use tokio_postgres::{Client, Config, NoTls, Statement};
+
+mod convert;
+mod horizon;
+mod plan;
+mod session;
+
+use convert::*;
+
+use plan::*;
+use session::*;
+
+use crate::dialect::{self, BindAs, ColumnMeta, Dialect, HorizonCompare, PageQuery};
+
+/// The SQL text of this connector.
+const SQL: Dialect = Dialect::POSTGRES;
+use crate::{
+    Bound, ColumnInfo, Columns, Connector, ConnectorError, ConvertError, HorizonInfo, NullRows,
+    Page, PageRequest, Probe, Relation, Row, Selection, SourceSpec, Value,
+};
+
+/// Runs `$body` with a session of the pool (`$session: &mut Session`), retrying once on a new
+/// session when a reused one broke or a prepared statement went stale.
+macro_rules! with_session {
+    ($self:ident, |$session:ident| $body:expr) => {{
+        let mut lease = $self.lease().await;
+        let slot = &mut lease.session;
+        let mut may_retry = true;
+        loop {
+            let ($session, fresh) = $self.session(slot).await?;
+            match $body {
+                Ok(value) => break Ok(value),
+                Err(failure) => {
+                    let retry = may_retry && (!fresh || matches!(failure, Failure::Stale(_)));
+                    $self.settle(failure, slot, retry)?;
+                    may_retry = false;
+                }
+            }
+        }
+    }};
+}
+
+/// Reads a PostgreSQL source.
+pub struct PostgresConnector {
+    /// The configured source name, in every error.
+    name: String,
+    /// Connection settings from the URL (without `sslmode`), password applied.
+    config: Config,
+    /// Whether the connection must use TLS.
+    tls: bool,
+    /// CA certificate trusted for TLS; none: the system trust store.
+    ca: Option<PathBuf>,
+    /// `host:port/dbname` for errors; never holds the password.
+    address: String,
+    /// Sessions not in use, most recently used last.
+    idle: StdMutex<Vec<Session>>,
+    /// One permit per session that may be open at once (`pool_size`).
+    permits: tokio::sync::Semaphore,
+    /// Horizon margin when the source is a replica ([`SourceSpec::replica_lag`]).
+    replica_lag: Duration,
+    /// Column types and select lists learned per selection.
+    plans: StdMutex<HashMap<PlanKey, Arc<Plan>>>,
+}
+
+impl PostgresConnector {
+    /// Prepares a connector from the source's URL; connects lazily.
+    pub fn new(spec: &SourceSpec) -> Result<Self, ConnectorError> {
+        let config_error = |reason: String| ConnectorError::Config {
+            source_name: spec.name.clone(),
+            reason,
+        };
+        let (url, sslmode) = exchange_protocol::tls::take_postgres_sslmode(&spec.url);
+        let tls =
+            exchange_protocol::tls::postgres_requires_tls(sslmode.as_deref(), spec.ca.is_some())
+                .map_err(config_error)?;
+        let mut config = Config::from_str(&url)
+            .map_err(|e| config_error(format!("the PostgreSQL URL is not valid: {e}")))?;
+        if config.get_user().is_none() {
+            return Err(config_error(
+                "the PostgreSQL URL names no user (postgres://USER@host:port/dbname)".into(),
+            ));
+        }
+        if let Some(password) = &spec.password {
+            config.password(password.as_bytes());
+        }
+        config.ssl_mode(if tls {
+            SslMode::Require
+        } else {
+            SslMode::Disable
+        });
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("exchange-agent");
+        }
+        let address = address_of(&config);
+        Ok(Self {
+            name: spec.name.clone(),
+            config,
+            tls,
+            ca: spec.ca.clone(),
+            address,
+            idle: StdMutex::new(Vec::new()),
+            permits: tokio::sync::Semaphore::new(spec.pool_size.max(1)),
+            replica_lag: spec.replica_lag,
+            plans: StdMutex::new(HashMap::new()),
+        })
+    }
+
+    fn unreachable(&self, reason: String) -> ConnectorError {
+        ConnectorError::Unreachable {
+            source_name: self.name.clone(),
+            address: self.address.clone(),
+            reason,
+        }
+    }
+
+    fn config_error(&self, reason: String) -> ConnectorError {
+        ConnectorError::Config {
+            source_name: self.name.clone(),
+            reason,
+        }
+    }
+
+    /// One attempt at [`Connector::null_cursor_rows`] on `session`: the count and the rows
+    /// are read in one read-only, repeatable-read transaction, so they agree.
+    async fn null_rows_on(
+        &self,
+        session: &mut Session,
+        selection: &Selection,
+        limit: usize,
+    ) -> Result<NullRows, Failure> {
+        let plan = self.plan(session, selection).await?;
+        let nullable: Vec<Option<bool>> = plan.columns.iter().map(|c| c.nullable).collect();
+        let Some(predicate) = SQL.null_cursor_predicate(selection, &nullable) else {
+            return Ok(NullRows {
+                total: 0,
+                rows: Vec::new(),
+            });
+        };
+        let count = session
+            .prepare(&format!(
+                "SELECT pg_catalog.count(*) FROM {} WHERE {predicate}",
+                plan.from
+            ))
+            .await?;
+        let sample = session
+            .prepare(&format!(
+                "SELECT {} FROM {} WHERE {predicate} LIMIT $1::int8",
+                plan.select_list.join(", "),
+                plan.from
+            ))
+            .await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let transaction = session
+            .client
+            .build_transaction()
+            .read_only(true)
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await?;
+        let total: i64 = transaction.query_one(&count, &[]).await?.try_get(0)?;
+        let rows = transaction.query(&sample, &[&limit]).await?;
+        transaction.commit().await?;
+        Ok(NullRows {
+            total: u64::try_from(total).unwrap_or(0),
+            rows: convert_rows(&plan, &rows),
+        })
+    }
+
+    /// One attempt at [`Connector::lookup`] on `session`.
+    async fn lookup_on(
+        &self,
+        session: &mut Session,
+        selection: &Selection,
+        key: &str,
+        keys: &[Value],
+    ) -> Result<Vec<Row>, Failure> {
+        let plan = self.plan(session, selection).await?;
+        let column = plan.columns.iter().find(|c| c.name == key).ok_or_else(|| {
+            Failure::Config(format!(
+                "the key column `{key}` is not among the selected columns"
+            ))
+        })?;
+        let texts: Vec<String> = keys
+            .iter()
+            .filter(|k| !matches!(k, Value::Null))
+            .map(|k| {
+                bind_text(k).ok_or_else(|| {
+                    Failure::Config(format!("a lookup value for column `{key}` cannot be bound"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The array is bound as text[] and cast to the key column's own type, so keys
+        // compare as the column's values do (and an index on the key is used).
+        let p = SQL.param(1);
+        let array = if column.read == Read::Bytes {
+            format!(
+                "ARRAY(SELECT pg_catalog.decode(k, 'base64') FROM pg_catalog.unnest({p}::text[]) \
+                 AS k)"
+            )
+        } else {
+            format!("{p}::text[]::{}[]", type_sql(&column.pg_type))
+        };
+        let sql = SQL.lookup_sql(&plan.select_list, &plan.from, key, texts.len(), &array);
+        let statement = session.prepare(&sql).await?;
+        let read_only = matches!(selection.relation, Relation::Query(_));
+        let rows = query_rows(&mut session.client, &statement, &[&texts], read_only).await?;
+        Ok(convert_rows(&plan, &rows))
+    }
+
+    /// One attempt at reading a page on `session`.
+    async fn read_page_on(
+        &self,
+        session: &mut Session,
+        request: &PageRequest<'_>,
+        positions: &[usize],
+    ) -> Result<Page, Failure> {
+        let selection = request.selection;
+        let plan = self.plan(session, selection).await?;
+        let cursor: Vec<String> = SQL.column_refs(&selection.cursor);
+
+        let mut texts: Vec<String> = Vec::new();
+        let mut after_exprs: Vec<String> = Vec::new();
+        if let Some(after) = request.after {
+            for (i, (value, &pos)) in after.iter().zip(positions).enumerate() {
+                let column = &plan.columns[pos];
+                let n = i + 1;
+                let ty = type_sql(&column.pg_type);
+                let expr = SQL.bind(n, column.bind_as(&ty));
+                let text = bind_text(value).ok_or_else(|| {
+                    Failure::Config(format!(
+                        "the stored cursor value of column `{}` cannot be bound",
+                        column.name
+                    ))
+                })?;
+                texts.push(text);
+                after_exprs.push(expr);
+            }
+        }
+
+        let first = &plan.columns[positions[0]];
+        let kind = match first.read {
+            Read::Date => Some(HorizonCompare::Date),
+            Read::Timestamp | Read::TimestampTz => Some(HorizonCompare::Instant),
+            _ => None,
+        };
+        let (horizon, info) = match (request.bound, kind) {
+            (Bound::Horizon { safety_lag }, Some(kind)) => {
+                let (at, info) = self.horizon(session, safety_lag).await?;
+                (Some((at, kind)), info)
+            }
+            _ => (None, HorizonInfo::Unbounded),
+        };
+        let mut next = texts.len() + 1;
+        let mut upper = None;
+        if let Some((_, kind)) = horizon {
+            let p = next;
+            next += 1;
+            upper = Some(SQL.horizon_predicate(&cursor[0], p, kind));
+        }
+        let limit_expr = format!("{}::int8", SQL.param(next));
+        let sql = PageQuery {
+            select_list: &plan.select_list,
+            from: &plan.from,
+            cursor: &cursor,
+            after: request.after.map(|_| after_exprs.as_slice()),
+            upper: upper.as_deref(),
+            limit: &limit_expr,
+        }
+        .sql();
+
+        let horizon_at = horizon.map(|(at, _)| at);
+        let reached = match horizon {
+            // A day is read once the bound's day has begun: rows committed before the
+            // midnight (in the session's time zone) that starts it are all below the bound.
+            Some((at, HorizonCompare::Date)) => Some(
+                session
+                    .client
+                    .query_one("SELECT (($1::timestamptz)::date)::timestamptz", &[&at])
+                    .await?
+                    .try_get(0)?,
+            ),
+            Some((at, HorizonCompare::Instant)) => Some(at),
+            None => None,
+        };
+        let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            texts.iter().map(|t| t as &(dyn ToSql + Sync)).collect();
+        if let Some(at) = &horizon_at {
+            params.push(at);
+        }
+        params.push(&limit);
+
+        let statement = session.prepare(&sql).await?;
+        let read_only = matches!(selection.relation, Relation::Query(_));
+        let rows = query_rows(&mut session.client, &statement, &params, read_only).await?;
+        let columns: Columns = selection.columns.clone().into();
+        let rows = convert_rows(&plan, &rows);
+        Ok(Page {
+            columns,
+            rows,
+            horizon: crate::Horizon { info, reached },
+        })
+    }
+}
+
+#[async_trait]
+impl Connector for PostgresConnector {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn clock(&self) -> Result<DateTime<Utc>, ConnectorError> {
+        with_session!(self, |session| async {
+            let row = session
+                .client
+                .query_one("SELECT pg_catalog.statement_timestamp()", &[])
+                .await?;
+            Ok::<DateTime<Utc>, Failure>(row.try_get(0)?)
+        }
+        .await)
+    }
+
+    async fn probe(&self) -> Result<Probe, ConnectorError> {
+        with_session!(self, |session| self.probe_on(session).await)
+    }
+
+    async fn describe(&self, selection: &Selection) -> Result<Vec<ColumnInfo>, ConnectorError> {
+        let plan = with_session!(self, |session| self.plan(session, selection).await)?;
+        Ok(plan
+            .columns
+            .iter()
+            .map(|c| ColumnInfo {
+                name: c.name.clone(),
+                source_type: c.pg_type.name().to_owned(),
+                nullable: c.nullable,
+            })
+            .collect())
+    }
+
+    async fn null_cursor_rows(
+        &self,
+        selection: &Selection,
+        limit: usize,
+    ) -> Result<NullRows, ConnectorError> {
+        dialect::cursor_positions(selection, None).map_err(|reason| self.config_error(reason))?;
+        with_session!(self, |session| self
+            .null_rows_on(session, selection, limit)
+            .await)
+    }
+
+    async fn lookup(
+        &self,
+        selection: &Selection,
+        key: &str,
+        keys: &[Value],
+    ) -> Result<Vec<Row>, ConnectorError> {
+        with_session!(self, |session| self
+            .lookup_on(session, selection, key, keys)
+            .await)
+    }
+
+    async fn read_page(&self, request: &PageRequest<'_>) -> Result<Page, ConnectorError> {
+        let positions = dialect::cursor_positions(request.selection, request.after)
+            .map_err(|reason| self.config_error(reason))?;
+        with_session!(self, |session| self
+            .read_page_on(session, request, &positions)
+            .await)
+    }
+}
