@@ -73,6 +73,20 @@ ensure_postgres() {
   if [ "$(psql "$admin" -qtAc "select 1 from pg_database where datname='$db'")" != "1" ]; then
     psql "$admin" -qc "create database \"$db\"" >/dev/null
   fi
+  # The connector tests hold a prepared (two-phase) transaction open, which needs
+  # max_prepared_transactions > 0; the setting takes effect on a restart.
+  if [ "$(psql "$admin" -qtAc 'show max_prepared_transactions')" = "0" ]; then
+    local v; v=$(pg_version)
+    [ -n "$v" ] && port_open 5432 && [ "${EXCHANGE_TEST_PG_URL#*127.0.0.1:5432}" != "$EXCHANGE_TEST_PG_URL" ] \
+      || die "PostgreSQL at $EXCHANGE_TEST_PG_URL has max_prepared_transactions = 0; set it to 10 or more and restart it"
+    log "enabling prepared transactions (max_prepared_transactions = 10) and restarting PostgreSQL $v"
+    psql "$admin" -qc "ALTER SYSTEM SET max_prepared_transactions = 10" >/dev/null
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$v" main restart 2>/dev/null || $SUDO pg_ctlcluster "$v" main restart
+    wait_port 5432 PostgreSQL
+    for _ in $(seq 1 30); do psql "$admin" -qtAc 'select 1' >/dev/null 2>&1 && break; sleep 1; done
+    [ "$(psql "$admin" -qtAc 'show max_prepared_transactions')" != "0" ] \
+      || die "max_prepared_transactions is still 0 after the restart"
+  fi
   log "PostgreSQL ready (EXCHANGE_TEST_PG_URL set)"
 }
 

@@ -20,6 +20,10 @@ use crate::fingerprint::Shape;
 use crate::policy::{CursorOf, Plan};
 use crate::queue::{Baseline, HaltKind, Queue, QueueError, ResourceState, Txn, sm3_bytes};
 
+/// How many rows with a NULL cursor value get a quarantine entry of their own per cycle (all
+/// are counted).
+pub const NULL_ROWS_LISTED: usize = 100;
+
 /// Why a pull stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -122,6 +126,10 @@ impl Puller {
         let publish = |report: &PullReport| {
             *progress.lock().unwrap_or_else(|e| e.into_inner()) = report.clone();
         };
+        if matches!(self.resource.mode, Mode::Incremental { .. }) {
+            self.quarantine_null_cursors(&mut report).await?;
+            publish(&report);
+        }
         loop {
             self.wait_for_space().await?;
             let state = self.queue.state(&self.resource.code)?;
@@ -149,6 +157,36 @@ impl Puller {
                 return Ok(());
             }
         }
+    }
+
+    /// Rows with a NULL in a cursor column have no place in the cursor order, so no page can
+    /// deliver them: on every cycle they are counted and (up to [`NULL_ROWS_LISTED`] of them)
+    /// quarantined, with their key when it can be read, so they stay visible until fixed.
+    async fn quarantine_null_cursors(&self, report: &mut PullReport) -> Result<(), PullError> {
+        let null = self
+            .connector
+            .null_cursor_rows(&self.plan.selection, NULL_ROWS_LISTED)
+            .await?;
+        if null.total == 0 {
+            return Ok(());
+        }
+        tracing::warn!(resource = %self.resource.code, rows = null.total, "Rows with a NULL cursor value cannot be delivered; they are quarantined.");
+        let code = self.resource.code.clone();
+        let plan = self.plan.clone();
+        self.blocking(move |txn| {
+            let mut st = txn.state(&code)?;
+            for row in &null.rows {
+                let reason = match plan.cursor_of(row) {
+                    CursorOf::Null(reason) => reason,
+                    _ => "a cursor column is NULL, so the row has no place in the cursor order; give the column a value (NOT NULL)".to_owned(),
+                };
+                txn.quarantine(&code, &mut st, plan.key_of(row).ok(), reason)?;
+            }
+            txn.set_state(&code, &st)
+        })
+        .await?;
+        report.quarantined += null.total;
+        Ok(())
     }
 
     /// Refuses to pull a stopped resource, and stops one whose configuration no longer
