@@ -186,7 +186,7 @@ fn cursor_text(
     let mut shown = Vec::new();
     let mut hidden = 0;
     for (name, v) in names.iter().zip(cursor) {
-        match v.is_temporal().then(|| v.to_text()).flatten() {
+        match shows_time(v).then(|| v.to_text()).flatten() {
             Some(text) => shown.push(format!("{name} = {text}")),
             None => hidden += 1,
         }
@@ -198,6 +198,21 @@ fn cursor_text(
         }
         (false, 0) => shown.join(", "),
         (false, n) => format!("{} (+{n} more not shown)", shown.join(", ")),
+    }
+}
+
+/// Whether a cursor value is a date or a time (SQLite stores them as text), which may be
+/// shown; anything else may be an identifier.
+fn shows_time(v: &exchange_connectors::Value) -> bool {
+    match v {
+        exchange_connectors::Value::Text(t) => {
+            t.get(..10)
+                .is_some_and(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok())
+                && t[10..]
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || " :.T+-Z".contains(c))
+        }
+        other => other.is_temporal(),
     }
 }
 
