@@ -7,14 +7,14 @@
 //! - [`queue`]: the durable redb queue (on-disk format and invariants in its doc comment);
 //! - [`push`]: batches → the hub over mutual TLS, removed only after acknowledgement;
 //! - [`pipeline`], [`daemon`], [`sync`]: assembly and the two ways of running it;
-//! - [`check`], [`status`], [`demo`]: the other commands.
+//! - [`check`], [`status`]: the other commands; [`logging`]: how log lines look (the demo is its own crate, `demo/`).
 
 pub mod backoff;
 pub mod check;
 pub mod config;
 pub mod daemon;
-pub mod demo;
 pub mod identifier;
+pub mod logging;
 pub mod pipeline;
 pub mod policy;
 pub mod pull;

@@ -6,15 +6,29 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use exchange_agent::config::origin::ConfigPath;
 use exchange_agent::config::{Config, parse_duration};
+use exchange_agent::logging::{self, LogFormat};
 use exchange_agent::pipeline::Pipeline;
-use exchange_agent::{check, daemon, demo, status, sync};
+use exchange_agent::{check, daemon, status, sync};
 
-/// Front-end exchange agent (前置机): pulls shared resources from business databases and
-/// delivers them to the city's exchange hub over mutual TLS.
+/// Front-end exchange agent (前置机): pulls the configured fields of shared resources from
+/// business databases and delivers them to the city's exchange hub over mutual TLS.
 #[derive(Parser)]
 #[command(name = "exchange-agent", version, about)]
 struct Cli {
+    /// Configuration file [default: $EXCHANGE_AGENT_CONFIG, else /etc/exchange-agent/agent.toml].
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Shape of the log lines on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "EXCHANGE_AGENT_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,16 +36,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: pull on schedule, push continuously.
-    Run {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
-    },
+    Run,
     /// One pull-and-push cycle; exits 0 once everything pulled is acknowledged.
     Sync {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
         /// Only this resource code.
         #[arg(long)]
         resource: Option<String>,
@@ -42,48 +49,20 @@ enum Command {
     /// Validate the configuration (exit 2 if invalid); with --connect also reach sources and
     /// the hub (exit 3 if unreachable).
     Check {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
         /// Contact every source and the hub.
         #[arg(long)]
         connect: bool,
     },
     /// Show per resource the cursor, last pull and push, queued and quarantined records.
     Status {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Start a throwaway hub and agent on loopback with a synthetic SQLite database, sync,
-    /// and show what happened. Needs no servers and no network.
-    Demo {
-        /// Keep the hub and the agent running (Ctrl-C to stop).
-        #[arg(long)]
-        keep: bool,
-        /// Directory for the demo's files (default: a new temporary directory).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Number of synthetic residents.
-        #[arg(long, default_value_t = 3000)]
-        rows: usize,
-    },
 }
 
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
+fn load(file: &ConfigPath) -> Result<Config, ExitCode> {
+    Config::load_from(file).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
     })
@@ -106,8 +85,10 @@ fn fail(e: anyhow::Error) -> ExitCode {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let config = ConfigPath::from_env(cli.config.as_deref());
+    let init_logging = |default: &str| logging::init(cli.log_format, default);
     match cli.command {
-        Command::Run { config } => {
+        Command::Run => {
             init_logging("info");
             let config = match load(&config) {
                 Ok(c) => c,
@@ -120,11 +101,7 @@ async fn main() -> ExitCode {
             daemon::run(pipeline, shutdown_signal()).await;
             ExitCode::SUCCESS
         }
-        Command::Sync {
-            config,
-            resource,
-            timeout,
-        } => {
+        Command::Sync { resource, timeout } => {
             init_logging("warn");
             let config = match load(&config) {
                 Ok(c) => c,
@@ -155,7 +132,7 @@ async fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Command::Check { config, connect } => {
+        Command::Check { connect } => {
             init_logging("error");
             let config = match load(&config) {
                 Ok(c) => c,
@@ -165,7 +142,7 @@ async fn main() -> ExitCode {
             print!("{text}");
             ExitCode::from(verdict.exit_code() as u8)
         }
-        Command::Status { config, json } => {
+        Command::Status { json } => {
             init_logging("warn");
             let config = match load(&config) {
                 Ok(c) => c,
@@ -183,13 +160,6 @@ async fn main() -> ExitCode {
                     print!("{r}");
                     ExitCode::SUCCESS
                 }
-                Err(e) => fail(e),
-            }
-        }
-        Command::Demo { keep, dir, rows } => {
-            init_logging("warn");
-            match demo::run(demo::Options { keep, dir, rows }, shutdown_signal()).await {
-                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }
         }
