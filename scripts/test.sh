@@ -127,6 +127,8 @@ ensure_mariadb() {
 
 ensure_postgres
 ensure_mariadb
+# tests/tests/certificates.rs runs the certificate guide's openssl commands.
+command -v openssl >/dev/null || apt_install openssl
 
 command -v cargo >/dev/null || die "cargo not found: install Rust from https://rustup.rs"
 log "cargo test --workspace"

@@ -32,6 +32,61 @@ impl Verdict {
     }
 }
 
+/// A certificate expiring within this many days is warned about.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// Reports the expiry of the node certificate and of every CA certificate the agent trusts
+/// (hub CA, source CAs): a warning within [`EXPIRY_WARNING_DAYS`], an error once expired.
+/// Returns false when a certificate has expired or cannot be read.
+fn certificates(config: &Config, out: &mut String) -> bool {
+    let mut files = vec![
+        ("node certificate", config.hub.tls.cert.clone()),
+        ("hub CA", config.hub.tls.ca.clone()),
+    ];
+    for spec in config.sources.values() {
+        if let Some(ca) = &spec.ca {
+            files.push(("source CA", ca.clone()));
+        }
+    }
+    let now = chrono::Utc::now().timestamp();
+    let mut ok = true;
+    for (what, path) in files {
+        let certs = match exchange_protocol::tls::certificate_validity(what, &path) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = writeln!(out, "error: {e}");
+                ok = false;
+                continue;
+            }
+        };
+        for c in certs {
+            let until = chrono::DateTime::from_timestamp(c.not_after, 0)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                .unwrap_or_else(|| c.not_after.to_string());
+            let days = (c.not_after - now).div_euclid(86_400);
+            if c.not_after <= now {
+                ok = false;
+                let _ = writeln!(
+                    out,
+                    "error: {what} {} (`{}`) expired on {until}; issue a new one (docs/OPERATIONS.md, certificates)",
+                    path.display(),
+                    c.subject
+                );
+            } else if days < EXPIRY_WARNING_DAYS {
+                let _ = writeln!(
+                    out,
+                    "  warning: {what} {} (`{}`) expires on {until}, in {days} days; renew it (docs/OPERATIONS.md, certificates)",
+                    path.display(),
+                    c.subject
+                );
+            } else {
+                let _ = writeln!(out, "  {what} `{}` valid until {until}", c.subject);
+            }
+        }
+    }
+    ok
+}
+
 /// Checks a loaded configuration; returns the verdict and a report for the administrator.
 pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
     let mut out = String::new();
@@ -63,6 +118,18 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
                 ""
             }
         );
+    }
+    for r in &config.resources {
+        let runs: Vec<_> = r
+            .schedule
+            .next_runs(chrono::Local::now(), 3)
+            .iter()
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .collect();
+        let _ = writeln!(out, "  resource {}: next runs {}", r.code, runs.join(", "));
+    }
+    if !certificates(config, &mut out) {
+        verdict = Verdict::Config;
     }
     if !connect {
         let _ = writeln!(

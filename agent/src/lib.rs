@@ -7,7 +7,9 @@
 //! - [`queue`]: the durable redb queue (on-disk format and invariants in its doc comment);
 //! - [`push`]: batches → the hub over mutual TLS, removed only after acknowledgement;
 //! - [`pipeline`], [`daemon`], [`sync`]: assembly and the two ways of running it;
-//! - [`check`], [`status`], [`demo`]: the other commands.
+//! - [`check`], [`status`], [`operator`], [`control`]: the other commands ([`audit`] records
+//!   what operators change); [`fingerprint`]: what determines a stream; [`logging`]: how log
+//!   lines look (the demo is its own crate, `demo/`).
 
 pub mod audit;
 pub mod backoff;
@@ -15,9 +17,9 @@ pub mod check;
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod demo;
 pub mod fingerprint;
 pub mod identifier;
+pub mod logging;
 pub mod operator;
 pub mod pipeline;
 pub mod policy;

@@ -6,16 +6,30 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use exchange_agent::config::origin::ConfigPath;
 use exchange_agent::config::{Config, parse_duration};
+use exchange_agent::logging::{self, LogFormat};
 use exchange_agent::pipeline::{Pipeline, PipelineError};
 use exchange_agent::queue::QueueError;
-use exchange_agent::{check, control, daemon, demo, operator, status, sync};
+use exchange_agent::{check, control, daemon, operator, status, sync};
 
-/// Front-end exchange agent (前置机): pulls shared resources from business databases and
-/// delivers them to the city's exchange hub over mutual TLS.
+/// Front-end exchange agent (前置机): pulls the configured fields of shared resources from
+/// business databases and delivers them to the city's exchange hub over mutual TLS.
 #[derive(Parser)]
 #[command(name = "exchange-agent", version, about)]
 struct Cli {
+    /// Configuration file [default: $EXCHANGE_AGENT_CONFIG, else /etc/exchange-agent/agent.toml].
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Shape of the log lines on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "EXCHANGE_AGENT_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -23,17 +37,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: pull on schedule, push continuously.
-    Run {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
-    },
+    Run,
     /// Deliver every row committed before the command started; exits 0 once the hub
     /// acknowledged all of it. While the service runs, the service does the sync.
     Sync {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
         /// Only this resource code.
         #[arg(long)]
         resource: Option<String>,
@@ -48,18 +55,12 @@ enum Command {
     /// Validate the configuration (exit 2 if invalid); with --connect also reach sources and
     /// the hub (exit 3 if unreachable).
     Check {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
         /// Contact every source and the hub.
         #[arg(long)]
         connect: bool,
     },
     /// Show per resource the cursor, last pull and push, queued and quarantined records.
     Status {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -73,9 +74,6 @@ enum Command {
     /// Read a resource again from the start on a new stream: for a hub that lost batches, a
     /// restored data directory or a changed configuration (the service must be stopped).
     Resync {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
         /// Resource code.
         resource: String,
         /// Do it (without: say what it would do).
@@ -85,37 +83,18 @@ enum Command {
     /// After a configuration change stopped a resource: go on from its cursor with the new
     /// configuration (the service must be stopped).
     AcceptConfig {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
         /// Resource code.
         resource: String,
     },
     /// List or clear quarantined rows (key and reason, never values).
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
-    /// Start a throwaway hub and agent on loopback with a synthetic SQLite database, sync,
-    /// and show what happened. Needs no servers and no network.
-    Demo {
-        /// Keep the hub and the agent running (Ctrl-C to stop).
-        #[arg(long)]
-        keep: bool,
-        /// Directory for the demo's files (default: a new temporary directory).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Number of synthetic residents.
-        #[arg(long, default_value_t = 3000)]
-        rows: usize,
-    },
 }
 
 #[derive(Subcommand)]
 enum QueueCommand {
     /// Per resource: stream, queued batches (oldest first), stop reason, last push error.
     List {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
         /// Only this resource.
         resource: Option<String>,
         /// Batches listed per resource.
@@ -124,9 +103,6 @@ enum QueueCommand {
     },
     /// Write a batch's records (NDJSON, as sent) to a file or standard output.
     Export {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
         /// Resource code.
         resource: String,
         /// Batch sequence number.
@@ -137,9 +113,6 @@ enum QueueCommand {
     },
     /// Give up a batch the hub refuses for good: an empty batch takes its place.
     Discard {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
         /// Resource code.
         resource: String,
         /// Batch sequence number.
@@ -154,17 +127,11 @@ enum QueueCommand {
 enum CursorCommand {
     /// Where the next pull starts.
     Show {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
         /// Resource code.
         resource: String,
     },
     /// Read the resource again from the start on the same stream.
     Reset {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
         /// Resource code.
         resource: String,
         /// Do it (without: say what it would do).
@@ -173,9 +140,6 @@ enum CursorCommand {
     },
     /// Read the rows after the given position: one value per cursor column, the key last.
     Set {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
         /// Resource code.
         resource: String,
         /// The position's values.
@@ -191,9 +155,6 @@ enum CursorCommand {
 enum QuarantineCommand {
     /// The most recent quarantined rows per resource.
     List {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
         /// Only this resource.
         resource: Option<String>,
         /// Entries listed per resource.
@@ -202,9 +163,6 @@ enum QuarantineCommand {
     },
     /// Remove a resource's quarantine entries (after fixing the rows).
     Clear {
-        /// Configuration file.
-        #[arg(long, short)]
-        config: PathBuf,
         /// Resource code.
         resource: String,
         /// Do it (without: say what it would do).
@@ -216,11 +174,11 @@ enum QuarantineCommand {
 /// Runs an operator command: prints its text, or the error (exit 1); a change not confirmed
 /// with `--yes` only says what it would do (exit 2).
 fn operate(
-    config: &std::path::Path,
+    (config, log): (&ConfigPath, LogFormat),
     confirm: Option<(bool, String)>,
     f: impl FnOnce(&Config) -> Result<String, operator::OperatorError>,
 ) -> ExitCode {
-    init_logging("warn");
+    logging::init(log, "warn");
     let config = match load(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -238,17 +196,8 @@ fn operate(
     }
 }
 
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
+fn load(file: &ConfigPath) -> Result<Config, ExitCode> {
+    Config::load_from(file).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
     })
@@ -271,8 +220,10 @@ fn fail(e: anyhow::Error) -> ExitCode {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let config = ConfigPath::from_env(cli.config.as_deref());
+    let init_logging = |default: &str| logging::init(cli.log_format, default);
     match cli.command {
-        Command::Run { config } => {
+        Command::Run => {
             init_logging("info");
             let config = match load(&config) {
                 Ok(c) => c,
@@ -286,7 +237,6 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Sync {
-            config,
             resource,
             wait,
             timeout,
@@ -344,7 +294,7 @@ async fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Command::Check { config, connect } => {
+        Command::Check { connect } => {
             init_logging("error");
             let config = match load(&config) {
                 Ok(c) => c,
@@ -354,7 +304,7 @@ async fn main() -> ExitCode {
             print!("{text}");
             ExitCode::from(verdict.exit_code() as u8)
         }
-        Command::Status { config, json } => {
+        Command::Status { json } => {
             init_logging("warn");
             let config = match load(&config) {
                 Ok(c) => c,
@@ -375,43 +325,31 @@ async fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Queue(QueueCommand::List {
-            config,
-            resource,
-            limit,
-        }) => operate(&config, None, |c| {
-            operator::queue_list(c, resource.as_deref(), limit)
-        }),
-        Command::Queue(QueueCommand::Export {
-            config,
-            resource,
-            seq,
-            out,
-        }) => operate(&config, None, |c| {
-            operator::queue_export(c, &resource, seq, out.as_deref())
-        }),
-        Command::Queue(QueueCommand::Discard {
-            config,
-            resource,
-            seq,
-            yes,
-        }) => operate(
-            &config,
+        Command::Queue(QueueCommand::List { resource, limit }) => {
+            operate((&config, cli.log_format), None, |c| {
+                operator::queue_list(c, resource.as_deref(), limit)
+            })
+        }
+        Command::Queue(QueueCommand::Export { resource, seq, out }) => {
+            operate((&config, cli.log_format), None, |c| {
+                operator::queue_export(c, &resource, seq, out.as_deref())
+            })
+        }
+        Command::Queue(QueueCommand::Discard { resource, seq, yes }) => operate(
+            (&config, cli.log_format),
             Some((
                 yes,
                 format!("drop the records of batch {seq} of `{resource}` (they are not delivered)"),
             )),
             |c| operator::queue_discard(c, &resource, seq),
         ),
-        Command::Cursor(CursorCommand::Show { config, resource }) => {
-            operate(&config, None, |c| operator::cursor_show(c, &resource))
+        Command::Cursor(CursorCommand::Show { resource }) => {
+            operate((&config, cli.log_format), None, |c| {
+                operator::cursor_show(c, &resource)
+            })
         }
-        Command::Cursor(CursorCommand::Reset {
-            config,
-            resource,
-            yes,
-        }) => operate(
-            &config,
+        Command::Cursor(CursorCommand::Reset { resource, yes }) => operate(
+            (&config, cli.log_format),
             Some((
                 yes,
                 format!("make the next pull of `{resource}` read every row again"),
@@ -419,12 +357,11 @@ async fn main() -> ExitCode {
             |c| operator::cursor_reset(c, &resource),
         ),
         Command::Cursor(CursorCommand::Set {
-            config,
             resource,
             values,
             yes,
         }) => operate(
-            &config,
+            (&config, cli.log_format),
             Some((
                 yes,
                 format!(
@@ -433,12 +370,8 @@ async fn main() -> ExitCode {
             )),
             |c| operator::cursor_set(c, &resource, &values),
         ),
-        Command::Resync {
-            config,
-            resource,
-            yes,
-        } => operate(
-            &config,
+        Command::Resync { resource, yes } => operate(
+            (&config, cli.log_format),
             Some((
                 yes,
                 format!(
@@ -447,34 +380,21 @@ async fn main() -> ExitCode {
             )),
             |c| operator::resync(c, &resource),
         ),
-        Command::AcceptConfig { config, resource } => {
-            operate(&config, None, |c| operator::accept_config(c, &resource))
-        }
-        Command::Quarantine(QuarantineCommand::List {
-            config,
-            resource,
-            limit,
-        }) => operate(&config, None, |c| {
-            operator::quarantine_list(c, resource.as_deref(), limit)
+        Command::AcceptConfig { resource } => operate((&config, cli.log_format), None, |c| {
+            operator::accept_config(c, &resource)
         }),
-        Command::Quarantine(QuarantineCommand::Clear {
-            config,
-            resource,
-            yes,
-        }) => operate(
-            &config,
+        Command::Quarantine(QuarantineCommand::List { resource, limit }) => {
+            operate((&config, cli.log_format), None, |c| {
+                operator::quarantine_list(c, resource.as_deref(), limit)
+            })
+        }
+        Command::Quarantine(QuarantineCommand::Clear { resource, yes }) => operate(
+            (&config, cli.log_format),
             Some((
                 yes,
                 format!("remove the quarantine entries of `{resource}`"),
             )),
             |c| operator::quarantine_clear(c, &resource),
         ),
-        Command::Demo { keep, dir, rows } => {
-            init_logging("warn");
-            match demo::run(demo::Options { keep, dir, rows }, shutdown_signal()).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(e),
-            }
-        }
     }
 }

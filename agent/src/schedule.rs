@@ -25,9 +25,27 @@ impl Schedule {
                 "`{expr}` has {fields} fields; expected 5 (minute hour day-of-month month day-of-week), e.g. \"*/5 * * * *\""
             ));
         }
+        for (i, (field, (name, min, max))) in expr.split_whitespace().zip(FIELDS).enumerate() {
+            check_field(field, min, max).map_err(|found| {
+                format!(
+                    "`{expr}`: field {} ({name}) is {found}; allowed {min}–{max}",
+                    i + 1
+                )
+            })?;
+        }
         let cron = croner::Cron::from_str(expr)
             .map_err(|e| format!("`{expr}` is not a valid crontab expression: {e}"))?;
         Ok(Schedule::Cron(Box::new(cron)))
+    }
+
+    /// The next `n` run times after `now` (for an interval: counted from `now`).
+    pub fn next_runs(&self, now: DateTime<Local>, n: usize) -> Vec<DateTime<Local>> {
+        match self {
+            Schedule::Every(d) => (1..=n as u32)
+                .filter_map(|i| chrono::Duration::from_std(*d * i).ok().map(|d| now + d))
+                .collect(),
+            Schedule::Cron(c) => c.iter_after(now).take(n).collect(),
+        }
     }
 
     /// How long to wait from `now` until the next run.
@@ -41,6 +59,33 @@ impl Schedule {
                 .unwrap_or(Duration::from_secs(60)),
         }
     }
+}
+
+/// The five crontab fields: name, smallest and largest number allowed.
+const FIELDS: [(&str, u32, u32); 5] = [
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 0, 7),
+];
+
+/// Checks the numbers of one crontab field (`*`, `a`, `a-b`, `*/n`, `a-b/n`, lists with `,`)
+/// against its range; returns the offending text. Names (`JAN`, `MON`) and croner's extensions
+/// (`L`, `#`, `W`, `?`) are left to croner.
+fn check_field(field: &str, min: u32, max: u32) -> Result<(), String> {
+    for part in field.split(',') {
+        let range = part.split_once('/').map(|(r, _)| r).unwrap_or(part);
+        for bound in range.split('-') {
+            if bound.chars().all(|c| c.is_ascii_digit()) && !bound.is_empty() {
+                match bound.parse::<u32>() {
+                    Ok(v) if (min..=max).contains(&v) => {}
+                    _ => return Err(bound.to_owned()),
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -63,5 +108,33 @@ mod tests {
                 .contains("expected 5")
         );
         assert!(Schedule::cron("61 * * * *").is_err());
+    }
+
+    #[test]
+    fn an_out_of_range_field_is_named_with_its_allowed_range() {
+        let e = Schedule::cron("0 25 * * *").unwrap_err();
+        assert!(e.contains("field 2 (hour) is 25; allowed 0–23"), "{e}");
+        let e = Schedule::cron("*/5 1-8 * 13 *").unwrap_err();
+        assert!(e.contains("field 4 (month) is 13; allowed 1–12"), "{e}");
+        let e = Schedule::cron("0 0 0 * *").unwrap_err();
+        assert!(
+            e.contains("field 3 (day-of-month) is 0; allowed 1–31"),
+            "{e}"
+        );
+        Schedule::cron("0,30 8-18/2 1 JAN MON-FRI").unwrap();
+    }
+
+    #[test]
+    fn next_runs_lists_the_coming_matching_minutes() {
+        let s = Schedule::cron("0 */6 * * *").unwrap();
+        let now = Local.with_ymd_and_hms(2026, 1, 5, 10, 2, 30).unwrap();
+        let hours: Vec<_> = s
+            .next_runs(now, 3)
+            .iter()
+            .map(chrono::Timelike::hour)
+            .collect();
+        assert_eq!(hours, [12, 18, 0]);
+        let every = Schedule::Every(Duration::from_secs(30)).next_runs(now, 3);
+        assert_eq!(every[2] - now, chrono::Duration::seconds(90));
     }
 }

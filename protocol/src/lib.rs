@@ -1,10 +1,12 @@
 //! What the exchange agent and the reference hub share.
 //!
 //! - [`tls`]: the only module that builds rustls configurations (one crypto provider, `ring`).
-//! - [`pki`]: a throwaway certificate authority for the demo and the tests.
+//! - `pki` (cargo feature `pki`, off by default): a throwaway certificate authority for the
+//!   demo and the tests; the production binaries do not contain it.
 //! - [`batch`]: the wire format of a batch of records (docs/PROTOCOL.md).
 
 pub mod batch;
+#[cfg(feature = "pki")]
 pub mod pki;
 pub mod quantity;
 pub mod tls;

@@ -1,4 +1,5 @@
-//! A throwaway certificate authority: what `exchange-agent demo` and the tests use.
+//! A throwaway certificate authority: what `exchange-demo` and the tests use (cargo feature
+//! `pki`; the production binaries do not contain it).
 //!
 //! Production deployments use certificates issued by the platform's CA; nothing here is
 //! needed for that. Keys are ECDSA P-256. Files are written with mode 0600 for keys.

@@ -352,6 +352,44 @@ pub fn peer_common_name(cert: &CertificateDer<'_>) -> Option<String> {
     Some(cn)
 }
 
+/// The subject and validity end of one certificate in a PEM file.
+#[derive(Debug, Clone)]
+pub struct CertificateValidity {
+    /// The subject's common name (or the whole subject when it has none).
+    pub subject: String,
+    /// The end of the validity period, seconds since 1970-01-01 UTC.
+    pub not_after: i64,
+}
+
+/// The subject and expiry of every certificate in a PEM file (what `check` warns about).
+pub fn certificate_validity(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateValidity>, TlsError> {
+    load_certs(what, path)?
+        .iter()
+        .map(|der| {
+            let (_, parsed) =
+                x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| TlsError::Pem {
+                    what,
+                    path: path.to_owned(),
+                    reason: format!("not an X.509 certificate: {e}"),
+                })?;
+            let subject = parsed
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .map(str::to_owned)
+                .unwrap_or_else(|| parsed.subject().to_string());
+            Ok(CertificateValidity {
+                subject,
+                not_after: parsed.validity().not_after.timestamp(),
+            })
+        })
+        .collect()
+}
+
 /// Makes a human sentence out of a TLS failure, with the hint an administrator needs.
 pub fn explain(err: &rustls::Error) -> String {
     use rustls::{CertificateError, Error};

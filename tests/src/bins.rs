@@ -1,9 +1,9 @@
-//! The binaries under test: `exchange-agent` and `exchange-hub`.
+//! The binaries under test: `exchange-agent`, `exchange-hub` and `exchange-demo`.
 //!
 //! A test package cannot use `CARGO_BIN_EXE_*` of other packages, so the binaries are found
 //! next to the test executable: `target/<profile>/deps/<test>` → `target/<profile>/<bin>`.
 //! Once per test process they are (re)built with `cargo build -p exchange-agent -p exchange-hub
-//! --bins` into that same target directory and profile, so a test never runs a stale binary;
+//! -p exchange-demo --bins` into that same target directory and profile, so a test never runs a stale binary;
 //! when they are up to date this takes a second. Cargo's own lock serializes concurrent builds.
 //!
 //! `EXCHANGE_TEST_BIN_DIR=<dir>` uses the binaries in `<dir>` as they are, without building.
@@ -23,6 +23,11 @@ pub fn agent() -> PathBuf {
 /// The `exchange-hub` binary.
 pub fn hub() -> PathBuf {
     bin("exchange-hub")
+}
+
+/// The `exchange-demo` binary.
+pub fn demo() -> PathBuf {
+    bin("exchange-demo")
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -75,7 +80,15 @@ fn locate_or_build() -> Result<PathBuf, String> {
         .arg("--target-dir")
         .arg(target_dir)
         .args(["--profile", &profile])
-        .args(["-p", "exchange-agent", "-p", "exchange-hub", "--bins"])
+        .args([
+            "-p",
+            "exchange-agent",
+            "-p",
+            "exchange-hub",
+            "-p",
+            "exchange-demo",
+            "--bins",
+        ])
         .output()
         .map_err(|e| {
             format!(
@@ -85,7 +98,7 @@ fn locate_or_build() -> Result<PathBuf, String> {
         })?;
     if !output.status.success() {
         return Err(format!(
-            "building exchange-agent and exchange-hub failed ({}):\n{}",
+            "building exchange-agent, exchange-hub and exchange-demo failed ({}):\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         ));

@@ -1,7 +1,9 @@
 //! The command line as an administrator meets it: `check` on malformed configurations (exit 2,
 //! naming the file, line, column and key), on an unreachable source (exit 3) and on a private
 //! key readable by others (refused); every example configuration under `config/` passes
-//! `check`; and `exchange-agent demo` works with no arguments but a directory.
+//! `check`; `exchange-demo` works with no arguments but a directory; the configuration path comes
+//! from `--config`, `EXCHANGE_AGENT_CONFIG` or the default and a missing file names it; log
+//! lines carry no colour codes unless on a terminal, and are JSON on request.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -166,9 +168,8 @@ async fn check_connect_exits_3_when_the_postgres_source_is_unreachable() {
     out.assert_mentions(&[&scene.hub.url()]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_connect_passes_when_source_and_hub_are_reachable() {
-    let scene = Scene::start().await;
+/// An agent of the scene reading one resource from a 3-row SQLite source.
+fn sqlite_agent(scene: &Scene) -> (SqliteSource, Agent) {
     let source = SqliteSource::create(scene.dir.path(), 3);
     let agent = scene.write_agent(
         &scene
@@ -176,6 +177,13 @@ async fn check_connect_passes_when_source_and_hub_are_reachable() {
             .source("rsj", "sqlite", &source.url())
             .resource(source.resource(CODE, "rsj")),
     );
+    (source, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_connect_passes_when_source_and_hub_are_reachable() {
+    let scene = Scene::start().await;
+    let (_source, agent) = sqlite_agent(&scene);
     agent
         .check(true)
         .await
@@ -428,7 +436,7 @@ async fn demo_runs_and_the_hub_holds_the_records() {
     let dir = TestDir::new();
     let demo_dir = dir.path().join("demo");
     let demo_arg = demo_dir.display().to_string();
-    let out = agent::run(&bins::agent(), &["demo", "--dir", &demo_arg]).await;
+    let out = agent::run(&bins::demo(), &["--dir", &demo_arg]).await;
     out.assert_code(0).assert_mentions(&[
         "The hub now holds",
         "3000 records of 330100-RSJ-0001",
@@ -472,4 +480,219 @@ async fn demo_runs_and_the_hub_holds_the_records() {
     )
     .await;
     status.assert_code(0).assert_mentions(&[CODE, "3000"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// The production binary
+
+#[test]
+fn the_production_agent_depends_on_neither_the_hub_nor_the_certificate_generator() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["tree", "--offline", "-p", "exchange-agent", "-e", "normal"])
+        .args(["--prefix", "none", "--format", "{p}", "--manifest-path"])
+        .arg(&manifest)
+        .output()
+        .expect("run cargo tree");
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && tree.contains("exchange-agent"),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let forbidden: Vec<&str> = tree
+        .lines()
+        .filter(|l| l.starts_with("exchange-hub ") || l.starts_with("rcgen "))
+        .collect();
+    assert!(
+        forbidden.is_empty(),
+        "exchange-agent (normal dependencies) must not contain the reference hub or rcgen: {forbidden:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_has_no_demo_command() {
+    let out = agent::run(&bins::agent(), &["demo"]).await;
+    out.assert_code(2).assert_mentions(&["demo"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Where the configuration comes from
+
+/// Runs `exchange-agent <args>` in `cwd` with `EXCHANGE_AGENT_CONFIG` set to `env` (or unset).
+async fn agent_in(cwd: &Path, env: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(bins::agent());
+    cmd.args(args).current_dir(cwd).env("RUST_LOG", "warn");
+    match env {
+        Some(p) => cmd.env("EXCHANGE_AGENT_CONFIG", p),
+        None => cmd.env_remove("EXCHANGE_AGENT_CONFIG"),
+    };
+    output(cmd).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_reads_the_configuration_from_the_environment_when_no_option_is_given() {
+    let draft = Draft::new();
+    std::fs::write(draft.path(), &draft.text).unwrap();
+    let elsewhere = TestDir::new();
+    let out = agent_in(elsewhere.path(), Some(&draft.path()), &["check"]).await;
+    out.assert_code(0)
+        .assert_mentions(&[&draft.path().display().to_string()]);
+    // `status` before any run names the queue directory of that configuration.
+    let out = agent_in(elsewhere.path(), Some(&draft.path()), &["status"]).await;
+    out.assert_mentions(&[&draft.dir.path().join("agent-data").display().to_string()]);
+    // --config wins over the environment.
+    let missing = elsewhere.path().join("missing.toml");
+    let out = agent_in(
+        elsewhere.path(),
+        Some(&missing),
+        &["check", "--config", &draft.path().display().to_string()],
+    )
+    .await;
+    out.assert_code(0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_configuration_names_its_absolute_path_and_where_it_came_from() {
+    let dir = TestDir::new();
+    let out = agent_in(dir.path(), None, &["check", "--config", "nope.toml"]).await;
+    out.assert_code(2).assert_mentions(&[
+        &dir.path().join("nope.toml").display().to_string(),
+        "--config",
+    ]);
+    let out = agent_in(dir.path(), Some(Path::new("env.toml")), &["sync"]).await;
+    out.assert_code(2).assert_mentions(&[
+        &dir.path().join("env.toml").display().to_string(),
+        "EXCHANGE_AGENT_CONFIG",
+    ]);
+    // Neither: the default, which the message names (whether or not this machine has it).
+    let out = agent_in(dir.path(), None, &["status"]).await;
+    out.assert_mentions(&["/etc/exchange-agent/agent.toml"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Log lines
+
+/// Starts `exchange-agent run` with stderr to a file (not a terminal) and the extra
+/// arguments and environment; returns the log once the daemon has said it started.
+async fn daemon_log(args: &[&str], env: &[(&str, &str)]) -> String {
+    let scene = Scene::start().await;
+    let (_source, agent) = sqlite_agent(&scene);
+    let log = scene.dir.path().join("agent.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut daemon = tokio::process::Command::new(bins::agent())
+        .arg("run")
+        .args(args)
+        .arg("--config")
+        .arg(&agent.config)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    exchange_tests::wait::wait_until(
+        "the daemon logged that it started",
+        exchange_tests::DEADLINE,
+        || async { std::fs::read_to_string(&log).unwrap().contains("started") },
+    )
+    .await;
+    agent::terminate(&mut daemon).await;
+    std::fs::read_to_string(&log).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
+    let log = daemon_log(&[], &[]).await;
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape codes in a log file:\n{log}"
+    );
+    assert!(log.contains("INFO"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_json_writes_one_json_object_per_line() {
+    for (args, env) in [
+        (&["--log-format", "json"][..], &[][..]),
+        (&[][..], &[("EXCHANGE_AGENT_LOG_FORMAT", "json")][..]),
+    ] {
+        let log = daemon_log(args, env).await;
+        for line in log.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{log}"));
+            assert!(v["level"].is_string(), "{line}");
+        }
+        assert!(log.contains("\"Agent started.\""), "{log}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Error messages an administrator can act on
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_crontab_names_the_field_and_its_range_and_check_shows_the_next_runs() {
+    let mut draft = Draft::new();
+    draft.replace_line("every = ", "schedule = \"0 25 * * *\"");
+    draft
+        .check()
+        .await
+        .assert_code(2)
+        .assert_mentions(&["field 2 (hour) is 25; allowed 0–23"]);
+    draft.replace_line("schedule = ", "schedule = \"30 2 * * *\"");
+    let out = draft.check().await;
+    out.assert_code(0).assert_mentions(&["next runs"]);
+    let runs = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("next runs"))
+        .unwrap();
+    assert_eq!(runs.matches("02:30:00").count(), 3, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_key_suggests_the_nearest_valid_one_in_every_section() {
+    for (line, typo, valid) in [
+        ("every = ", "evry = \"1s\"", "every"),
+        ("department = ", "departmnt = \"x\"", "department"),
+        ("max_records = ", "max_record = 10", "max_records"),
+    ] {
+        let mut draft = Draft::new();
+        draft.replace_line(line, typo);
+        let wrong = typo.split(' ').next().unwrap();
+        draft
+            .check()
+            .await
+            .assert_code(2)
+            .assert_mentions(&[&format!("unknown key `{wrong}`; did you mean `{valid}`?")]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_say_integer_rather_than_a_rust_type_name() {
+    let mut draft = Draft::new();
+    draft.replace_line("max_records = ", "max_records = \"ten\"");
+    let out = draft.check().await;
+    out.assert_code(2)
+        .assert_mentions(&["max_records", "integer"]);
+    assert!(!out.stderr.contains("usize"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_certificate_is_named_by_its_absolute_path() {
+    let mut draft = Draft::new();
+    draft.replace_line("cert = ", "cert = \"tls/nowhere.pem\"");
+    std::fs::write(draft.path(), &draft.text).unwrap();
+    // A relative --config: the message still names the absolute path.
+    let out = agent_in(draft.dir.path(), None, &["check", "--config", "agent.toml"]).await;
+    out.assert_code(2).assert_mentions(&[&draft
+        .dir
+        .path()
+        .join("tls/nowhere.pem")
+        .display()
+        .to_string()]);
 }

@@ -7,6 +7,7 @@
 //! Every error names the file, the line and the key, what was found and what is expected.
 
 mod location;
+pub mod origin;
 pub mod raw;
 
 use std::collections::{BTreeMap, HashSet};
@@ -149,6 +150,18 @@ impl Config {
         Self::parse(path, &text)
     }
 
+    /// Reads the configuration file a command resolved; a file that cannot be read is named
+    /// with its absolute path and where that path came from (`--config`, the environment or
+    /// the default).
+    pub fn load_from(file: &origin::ConfigPath) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(&file.path).map_err(|e| ConfigError {
+            file: file.path.clone(),
+            location: None,
+            message: format!("cannot read the configuration file ({}): {e}", file.origin),
+        })?;
+        Self::parse(&file.path, &text)
+    }
+
     /// Parses and validates configuration text; `path` is used for messages and to resolve
     /// relative paths.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
@@ -183,13 +196,11 @@ impl Validator<'_> {
         }
     }
 
+    /// A path from the file, resolved against the configuration's directory and made
+    /// absolute, so that messages name the file that was actually looked for.
     fn path(&self, p: &str) -> PathBuf {
-        let p = Path::new(p);
-        if p.is_absolute() {
-            p.to_owned()
-        } else {
-            self.base.join(p)
-        }
+        let joined = self.base.join(p);
+        std::path::absolute(&joined).unwrap_or(joined)
     }
 
     fn existing_file(&self, key: &str, p: &str) -> Result<PathBuf, ConfigError> {

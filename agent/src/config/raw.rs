@@ -145,7 +145,7 @@ fn toml_error(file: &Path, text: &str, e: &toml::de::Error, path: Option<String>
     let location = e
         .span()
         .map(|span| super::location::line_col(text, span.start));
-    let message = e.message().trim_end().to_owned();
+    let message = plain_words(e.message().trim_end());
     let message = match path {
         Some(p) if p != "." && !p.is_empty() => format!("key `{p}`: {message}"),
         _ => message,
@@ -154,5 +154,96 @@ fn toml_error(file: &Path, text: &str, e: &toml::de::Error, path: Option<String>
         file: file.to_owned(),
         location,
         message,
+    }
+}
+
+/// Rewrites a deserializer message for an administrator: Rust type names become words
+/// ("usize" → "an integer (0 or more)"), and an unknown key gets the nearest valid one
+/// ("unknown key `evry`; did you mean `every`?").
+pub(crate) fn plain_words(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((found, expected)) = rest.split_once('`')
+    {
+        let valid: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let hint = nearest(found, &valid)
+            .map(|n| format!("; did you mean `{n}`?"))
+            .unwrap_or_default();
+        let expected = expected.trim_start_matches(',').trim_start();
+        return format!("unknown key `{found}`{hint} ({expected})");
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        out.push_str(match word.as_str() {
+            "usize" | "u64" | "u32" | "u16" | "u8" => "an integer (0 or more)",
+            "isize" | "i64" | "i32" | "i16" | "i8" => "an integer",
+            "f64" | "f32" => "a number",
+            "bool" => "true or false",
+            other => other,
+        });
+        word.clear();
+    };
+    for c in message.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out.replace("a sequence", "an array")
+}
+
+/// The valid key closest to `found` by edit distance, if close enough to be a typo.
+fn nearest<'a>(found: &str, valid: &[&'a str]) -> Option<&'a str> {
+    let limit = (found.chars().count() / 3).max(1);
+    valid
+        .iter()
+        .map(|v| (edit_distance(found, v), *v))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, v)| v)
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_type_names_become_words() {
+        assert_eq!(
+            plain_words("invalid type: string \"ten\", expected usize"),
+            "invalid type: string \"ten\", expected an integer (0 or more)"
+        );
+        assert_eq!(plain_words("expected a sequence"), "expected an array");
+    }
+
+    #[test]
+    fn an_unknown_key_suggests_the_nearest_valid_one() {
+        assert_eq!(
+            plain_words("unknown field `evry`, expected one of `schedule`, `every`, `fields`"),
+            "unknown key `evry`; did you mean `every`? (expected one of `schedule`, `every`, `fields`)"
+        );
+        assert_eq!(
+            plain_words("unknown field `colour`, expected `max_bytes`"),
+            "unknown key `colour` (expected `max_bytes`)"
+        );
     }
 }

@@ -1,4 +1,7 @@
-//! `exchange-agent demo`: the first thing a newcomer runs. No servers, no network.
+//! `exchange-demo`: the first thing a newcomer runs. No servers, no network.
+//!
+//! Its own crate and binary so that the production `exchange-agent` contains neither the
+//! reference hub's server nor the throwaway CA generator (`exchange-protocol`'s `pki` feature).
 //!
 //! It generates a throwaway CA and certificates, a SQLite business database of synthetic
 //! residents, configuration files for a hub and an agent, starts the reference hub on
@@ -19,8 +22,8 @@ use exchange_hub::store::Store;
 use exchange_protocol::pki::Authority;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
-use crate::pipeline::Pipeline;
+use exchange_agent::config::Config;
+use exchange_agent::pipeline::Pipeline;
 
 pub use residents::write_business_db;
 
@@ -125,22 +128,20 @@ internal_note = "drop"
     Ok((agent_toml, hub_toml))
 }
 
-/// How to invoke the two binaries from a shell: by path next to this executable (they are
-/// not on PATH in a fresh checkout), else through cargo.
+/// How to invoke the agent and the hub from a shell: by path next to this executable when
+/// they were built (they are not on PATH in a fresh checkout), else through cargo.
 fn commands() -> (String, String) {
-    let exe = std::env::current_exe().ok();
-    let agent = exe
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "exchange-agent".into());
-    let hub = exe
-        .as_ref()
-        .and_then(|p| p.parent())
-        .map(|d| d.join("exchange-hub"))
-        .filter(|p| p.exists())
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "cargo run -q -p exchange-hub --".into());
-    (agent, hub)
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.to_owned()));
+    let command = |bin: &str| {
+        dir.as_ref()
+            .map(|d| d.join(bin))
+            .filter(|p| p.exists())
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| format!("cargo run -q -p {bin} --"))
+    };
+    (command("exchange-agent"), command("exchange-hub"))
 }
 
 /// Runs the demo; with `keep`, until `shutdown` resolves.
@@ -157,7 +158,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         .context("cannot bind a loopback port for the hub")?;
     let hub_addr = listener.local_addr()?;
     println!(
-        "exchange-agent demo — everything runs on this machine, in {}",
+        "exchange-demo — everything runs on this machine, in {}",
         dir.display()
     );
     println!();
@@ -192,14 +193,14 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
     let config = Config::load(&agent_toml).map_err(|e| anyhow::anyhow!("{e}"))?;
     let data_dir = config.node.data_dir.clone();
     let pipeline = Arc::new(Pipeline::build(config)?);
-    let report = crate::sync::sync(
+    let report = exchange_agent::sync::sync(
         pipeline.clone(),
         None,
-        crate::sync::SyncOptions {
+        exchange_agent::sync::SyncOptions {
             wait: Duration::from_secs(60),
             deadline: Duration::from_secs(120),
         },
-        crate::sync::Pushers::Own,
+        exchange_agent::sync::Pushers::Own,
         Arc::new(|line| eprintln!("   {line}")),
     )
     .await;
@@ -259,11 +260,11 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         );
         println!("then export again. Ctrl-C stops both.");
         // `exchange-agent status` from another shell reads the daemon's status file.
-        crate::daemon::run(pipeline, shutdown).await;
+        exchange_agent::daemon::run(pipeline, shutdown).await;
     } else {
         println!();
         println!(
-            "The hub and the agent have stopped; run `exchange-agent demo --keep` to keep them running."
+            "The hub and the agent have stopped; run `exchange-demo --keep` to keep them running."
         );
         drop(pipeline);
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::identifier::citizen_id_check;
+use exchange_agent::identifier::citizen_id_check;
 
 const SURNAMES: &[&str] = &[
     "王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "马", "朱", "胡", "郭",
@@ -128,7 +128,7 @@ pub fn write_business_db(path: &Path, n: usize) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identifier::normalize_citizen_id;
+    use exchange_agent::identifier::normalize_citizen_id;
 
     #[test]
     fn synthetic_residents_have_valid_identifiers() {
