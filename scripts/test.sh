@@ -9,7 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+if [ -t 2 ]; then
+  log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+else
+  log() { printf '==> %s\n' "$*" >&2; }
+fi
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 SUDO=""

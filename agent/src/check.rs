@@ -159,6 +159,14 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
                     );
                     tracing::warn!(source = %spec.name, "Open transactions are not visible; late-commit protection falls back to the safety lag alone.");
                 }
+                if let Some(replica) = &p.replica {
+                    let _ = writeln!(
+                        out,
+                        "  warning: source {} is a replica ({replica}): it cannot see the primary's open transactions, so incremental resources are bounded by its clock minus replica_lag ({}) and the safety lag; raise replica_lag if the replica can fall further behind",
+                        spec.name,
+                        crate::status::duration_text(spec.replica_lag)
+                    );
+                }
             }
             Err(e) => {
                 let _ = writeln!(out, "error: {e}");
@@ -176,11 +184,26 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
             let plan = Plan::new(r);
             match connector.describe(&plan.selection).await {
                 Ok(cols) => {
-                    let cols: Vec<_> = cols
+                    let text: Vec<_> = cols
                         .iter()
                         .map(|c| format!("{} {}", c.name, c.source_type))
                         .collect();
-                    let _ = writeln!(out, "  resource {}: columns {}", r.code, cols.join(", "));
+                    let _ = writeln!(out, "  resource {}: columns {}", r.code, text.join(", "));
+                    for c in cols.iter().filter(|c| {
+                        c.nullable != Some(false) && plan.selection.cursor.contains(&c.name)
+                    }) {
+                        let _ = writeln!(
+                            out,
+                            "  warning: resource {}: cursor column `{}` may hold NULL; such rows have no place in the cursor order and are quarantined (counted every cycle) instead of delivered: make it NOT NULL{}",
+                            r.code,
+                            c.name,
+                            if c.nullable.is_none() {
+                                " (a query's column: the source cannot tell)"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
                 }
                 Err(e) => {
                     let _ = writeln!(out, "error: resource {}: {e}", r.code);
