@@ -91,12 +91,29 @@ pub fn append(
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .read(true)
         .mode(0o600)
         .open(&path)
         .map_err(err)?;
+    // A line cut short by a crash stays on its own line.
+    if ends_without_newline(&mut file).map_err(err)? {
+        line.insert(0, b'\n');
+    }
     file.write_all(&line).map_err(err)?;
     file.sync_all().map_err(err)?;
     Ok(entry)
+}
+
+/// Whether a non-empty file's last byte is not a newline.
+fn ends_without_newline(file: &mut std::fs::File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
 
 /// The login running this process, for the audit trail.

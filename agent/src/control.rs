@@ -22,6 +22,9 @@ use tokio::sync::{mpsc, watch};
 use crate::pipeline::Pipeline;
 use crate::sync::{Pushers, SyncOptions, SyncReport};
 
+/// How long a client may take to send its request line.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
 
@@ -133,7 +136,13 @@ async fn answer(
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
-    reader.read_line(&mut line).await?;
+    // A client that never finishes its line does not hold a task for the daemon's lifetime.
+    tokio::select! {
+        r = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)) => {
+            r.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request line within 10 s"))??;
+        }
+        _ = stop.changed() => return Ok(()),
+    }
     let reply = match serde_json::from_str::<Request>(&line) {
         Err(e) => Reply::Error(format!("not a request this version understands: {e}")),
         Ok(Request::Sync { resource, options }) => {

@@ -108,8 +108,9 @@ async fn schedule_loop(
             Some(Ok(report)) => {
                 backoff.reset();
                 pipeline.pull_ok(&code, &report);
-                if report.records > 0 || report.quarantined > 0 {
-                    tracing::info!(resource = %code, records = report.records, quarantined = report.quarantined, "Pulled.");
+                let quarantined = report.quarantined + report.null_cursor;
+                if report.records > 0 || quarantined > 0 {
+                    tracing::info!(resource = %code, records = report.records, quarantined, "Pulled.");
                 }
                 let delay = puller.resource.schedule.delay_from(chrono::Local::now());
                 match puller.resource.schedule {

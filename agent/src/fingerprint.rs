@@ -63,6 +63,15 @@ impl Shape {
         }
     }
 
+    /// Whether only field rules differ (relation, key, mode and cursor unchanged): only then
+    /// can the stored cursor go on under the new configuration.
+    pub fn keeps_position(&self, now: &Shape) -> bool {
+        self.relation == now.relation
+            && self.key == now.key
+            && self.mode == now.mode
+            && self.cursor == now.cursor
+    }
+
     /// What changed from `self` (the stream's shape) to `now` (the configuration's), one
     /// phrase per change; empty when nothing did.
     pub fn changes(&self, now: &Shape) -> Vec<String> {

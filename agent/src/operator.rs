@@ -169,6 +169,16 @@ pub fn queue_export(
         })?;
     let ndjson = exchange_protocol::batch::decompress(&batch.body, usize::MAX)
         .map_err(|e| OperatorError::Queue(QueueError::Format(format!("batch {seq}: {e}"))))?;
+    // Records leave the queue here: audited before they are written.
+    let to = out
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "standard output".into());
+    audit::append(
+        &config.node.data_dir,
+        "queue.export",
+        code,
+        serde_json::json!({ "seq": seq, "records": batch.records, "sm3": batch.digest, "to": to }),
+    )?;
     let target = match out {
         Some(path) => {
             use std::os::unix::fs::OpenOptionsExt;
@@ -198,12 +208,6 @@ pub fn queue_export(
             "standard output".into()
         }
     };
-    audit::append(
-        &config.node.data_dir,
-        "queue.export",
-        code,
-        serde_json::json!({ "seq": seq, "records": batch.records, "sm3": batch.digest, "to": target }),
-    )?;
     Ok(format!(
         "Wrote batch {seq} of `{code}` ({} records) to {target}.\n",
         batch.records
@@ -275,6 +279,11 @@ pub fn cursor_reset(config: &Config, code: &str) -> Result<String, OperatorError
     resource(config, &queue, code)?;
     queue.update_state(code, |st| {
         st.cursor = None;
+        if st.snapshot.position.is_some() || st.snapshot.sweeping {
+            // A scan cut short: the next scan is a new generation, so rows this one already
+            // stamped are not taken for duplicates.
+            st.snapshot.generation += 1;
+        }
         st.snapshot.position = None;
         st.snapshot.sweeping = false;
     })?;
@@ -422,6 +431,14 @@ pub fn accept_config(config: &Config, code: &str) -> Result<String, OperatorErro
         return Err(OperatorError::Usage(format!(
             "`{code}` is stopped for another reason, which only `exchange-agent resync {code}` clears: {}",
             h.reason
+        )));
+    }
+    if let Some(old) = &st.shape
+        && !old.keeps_position(&now)
+    {
+        return Err(OperatorError::Usage(format!(
+            "`{code}` cannot go on from its cursor: {}; the stored position means nothing under the new relation, key, mode or cursor. Run `exchange-agent resync {code} --yes` instead",
+            changes.join("; ")
         )));
     }
     queue.update_state(code, |st| {

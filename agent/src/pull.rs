@@ -68,8 +68,11 @@ impl PullError {
 pub struct PullReport {
     /// Records enqueued (upserts and deletes).
     pub records: u64,
-    /// Rows quarantined.
+    /// Rows quarantined (conversion failures and the like).
     pub quarantined: u64,
+    /// Rows whose cursor column is NULL, counted once per pull (they stay at the source and
+    /// are counted again by the next pull).
+    pub null_cursor: u64,
     /// Pages read.
     pub pages: u64,
     /// How the last page was bounded.
@@ -122,6 +125,14 @@ impl Puller {
     pub async fn pull_with(&self, progress: &Progress) -> Result<(), PullError> {
         let _running = self.running.lock().await;
         self.admit().await?;
+        if self.queue.state(&self.resource.code)?.baseline == (Baseline::Reading { since: None }) {
+            let since = self.connector.clock().await?;
+            self.queue.update_state(&self.resource.code, |st| {
+                if st.baseline.is_reading() {
+                    st.baseline = Baseline::Reading { since: Some(since) };
+                }
+            })?;
+        }
         let mut report = PullReport::default();
         let publish = |report: &PullReport| {
             *progress.lock().unwrap_or_else(|e| e.into_inner()) = report.clone();
@@ -185,7 +196,7 @@ impl Puller {
             txn.set_state(&code, &st)
         })
         .await?;
-        report.quarantined += null.total;
+        report.null_cursor = null.total;
         Ok(())
     }
 
@@ -209,10 +220,16 @@ impl Puller {
                 Ok(())
             }
             Some(old) if old != now => {
-                let reason = format!(
-                    "the configuration of `{code}` changed since its stream started ({}). Choose, with the service stopped: `exchange-agent resync {code}` reads the whole resource again on a new stream, so the hub's copy is rewritten (a field newly dropped disappears from it, a new field is filled in); or `exchange-agent accept-config {code}` keeps the cursor, and only rows that change from now on carry the new configuration",
-                    old.changes(&now).join("; ")
-                );
+                let changes = old.changes(&now).join("; ");
+                let reason = if old.keeps_position(&now) {
+                    format!(
+                        "the configuration of `{code}` changed since its stream started ({changes}). Choose, with the service stopped: `exchange-agent resync {code}` reads the whole resource again on a new stream, so the hub's copy is rewritten (a field newly dropped disappears from it, a new field is filled in); or `exchange-agent accept-config {code}` keeps the cursor, and only rows that change from now on carry the new configuration"
+                    )
+                } else {
+                    format!(
+                        "the configuration of `{code}` changed since its stream started ({changes}); the stored position means nothing under the new relation, key, mode or cursor. With the service stopped, run `exchange-agent resync {code}` to read the whole resource again on a new stream"
+                    )
+                };
                 self.queue.halt(&code, HaltKind::ConfigChanged, &reason)?;
                 tracing::error!(resource = %code, reason, "Resource stopped.");
                 Err(halted(reason))
@@ -279,11 +296,12 @@ impl Puller {
         report.reached = page.horizon.reached;
         let full = page.rows.len() >= limit;
         if page.rows.is_empty() {
-            if state.baseline == Baseline::Reading {
+            if state.baseline.is_reading() {
                 let code = self.resource.code.clone();
+                let reached = page.horizon.reached;
                 self.blocking(move |txn| {
                     let mut st = txn.state(&code)?;
-                    complete_baseline(txn, &code, &mut st, 0)?;
+                    complete_baseline(txn, &code, &mut st, 0, reached)?;
                     txn.set_state(&code, &st)
                 })
                 .await?;
@@ -293,6 +311,7 @@ impl Puller {
         let code = self.resource.code.clone();
         let plan = self.plan.clone();
         let limits = self.batch;
+        let reached = page.horizon.reached;
         let (records, quarantined) = self
             .blocking_pull(move |txn| {
                 let mut st = txn.state(&code)?;
@@ -334,7 +353,7 @@ impl Puller {
                     st.cursor = cursor;
                 }
                 if !full {
-                    complete_baseline(txn, &code, &mut st, records)?;
+                    complete_baseline(txn, &code, &mut st, records, reached)?;
                 }
                 txn.set_state(&code, &st)?;
                 Ok((records, quarantined))
@@ -369,7 +388,9 @@ impl Puller {
                     let records = builder.finish(txn, &code, &mut st)?;
                     let done = keys.len() < limits.max_records;
                     if done {
-                        complete_baseline(txn, &code, &mut st, records)?;
+                        // A scan by key without a bound: everything that existed when the
+                        // scan began has been read.
+                        complete_baseline(txn, &code, &mut st, records, None)?;
                         st.snapshot.generation = generation + 1;
                         st.snapshot.position = None;
                         st.snapshot.sweeping = false;
@@ -497,13 +518,24 @@ impl Puller {
 /// Ends the baseline of a stream that is still reading it: the last batch this transaction
 /// enqueued (`records` > 0), or else a new empty batch, carries the baseline mark. Runs in
 /// the transaction that commits the read's last page, so the marked batch is still queued.
+///
+/// An incremental read is complete only once a caught-up page's horizon (`reached`) has passed
+/// the instant the read began: rows changed before then but held back by the horizon (a
+/// long-open transaction on the source) have not been re-sent yet, and the hub would sweep
+/// their old-stream records.
 fn complete_baseline(
     txn: &mut Txn,
     code: &str,
     st: &mut ResourceState,
     records: u64,
+    reached: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<(), QueueError> {
-    if st.baseline != Baseline::Reading {
+    let Baseline::Reading { since } = st.baseline else {
+        return Ok(());
+    };
+    if let (Some(reached), Some(since)) = (reached, since)
+        && reached < since
+    {
         return Ok(());
     }
     let seq = if records > 0 {

@@ -318,7 +318,8 @@ impl HubClient {
                     }),
                 }
             }
-            429 | 503 => Err(PushError::Throttled {
+            // 408: the hub's body timeout (a slow link); 429/503: the hub is busy.
+            408 | 429 | 503 => Err(PushError::Throttled {
                 url: self.url.clone(),
                 status,
                 retry_after,

@@ -19,8 +19,9 @@
 //! - A batch is removed only by [`Queue::ack`], which the pusher calls after the hub's 200
 //!   acknowledgement. Its seq, body and digest never change after the commit that created
 //!   it, so a resend after a crash is byte-identical and the hub deduplicates it.
-//! - Sequence numbers of a resource are contiguous from 1 within one stream; a new stream id
-//!   is drawn only when the file is created.
+//! - Sequence numbers of a resource are contiguous from 1 within one stream. The queue's own
+//!   stream id is drawn when the file is created; `resync` gives a resource a stream of its
+//!   own (`ResourceState::stream`), numbered from 1 again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -137,12 +138,17 @@ impl ResourceState {
 /// Where a stream's baseline stands. The batch that completes the baseline carries the
 /// `exchange-baseline: complete` header: once the hub applied it, the hub deletes the records
 /// of the resource that no batch of this stream wrote (docs/PROTOCOL.md).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum Baseline {
-    /// The stream's first full read is under way.
-    #[default]
-    Reading,
+    /// The stream's first full read is under way; it completes with a caught-up page whose
+    /// horizon has passed `since`, the source's clock when the read began (set by the first
+    /// pull), so every row that existed then has been re-sent.
+    Reading {
+        /// The source's clock when the read began.
+        #[serde(default)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// The full read is complete; the batch `seq` carries the baseline mark (0: none, for
     /// streams that started before this version and never send the mark).
     Complete {
@@ -151,7 +157,18 @@ pub enum Baseline {
     },
 }
 
+impl Default for Baseline {
+    fn default() -> Self {
+        Baseline::Reading { since: None }
+    }
+}
+
 impl Baseline {
+    /// Whether the stream's first full read is still under way.
+    pub fn is_reading(&self) -> bool {
+        matches!(self, Baseline::Reading { .. })
+    }
+
     /// The baseline of a state written before baselines existed: complete, and never marked
     /// (such a stream's hub records carry no stream, so a sweep would remove them).
     fn legacy() -> Baseline {
@@ -534,7 +551,7 @@ impl Queue {
         let state = ResourceState {
             next_seq: 1,
             stream: Some(hex::encode(stream)),
-            baseline: Baseline::Reading,
+            baseline: Baseline::default(),
             shape: Some(shape),
             pulled_records: old.pulled_records,
             pushed_records: old.pushed_records,
@@ -1149,7 +1166,7 @@ mod tests {
         let q = Queue::open(&dir.path().join("data")).unwrap();
         assert_eq!(
             q.state("new").unwrap().baseline,
-            Baseline::Reading,
+            Baseline::default(),
             "a new stream reads a baseline"
         );
     }
@@ -1195,7 +1212,7 @@ mod tests {
             (st.cursor.clone(), st.next_seq, st.queued_bytes),
             (None, 1, 0)
         );
-        assert_eq!(st.baseline, Baseline::Reading);
+        assert_eq!(st.baseline, Baseline::default());
         assert_eq!(st.halt, None);
         assert_eq!(st.pulled_records, 3, "lifetime counters are kept");
         let stream = st.stream.clone().unwrap();

@@ -67,7 +67,9 @@ pub struct ResourceOutcome {
     pub pull_error: Option<String>,
     /// How the last page was bounded, for people.
     pub horizon: Option<String>,
-    /// Records still queued at the end.
+    /// Batches of this sync still queued at the end (empty ones included: a baseline mark).
+    pub queued_batches: u64,
+    /// Records in them.
     pub queued_records: u64,
     /// The last push error, when records are still queued.
     pub push_error: Option<String>,
@@ -75,7 +77,7 @@ pub struct ResourceOutcome {
 
 impl ResourceOutcome {
     fn is_complete(&self) -> bool {
-        self.pull_error.is_none() && self.queued_records == 0
+        self.pull_error.is_none() && self.queued_batches == 0
     }
 }
 
@@ -109,13 +111,19 @@ impl std::fmt::Display for SyncReport {
             if let Some(e) = &r.pull_error {
                 write!(f, "; pull incomplete: {e}")?;
             }
-            if r.queued_records > 0 {
-                write!(f, "; {} records still queued", r.queued_records)?;
+            if r.queued_batches > 0 {
+                write!(
+                    f,
+                    "; {} records still queued ({} batches)",
+                    r.queued_records, r.queued_batches
+                )?;
                 if let Some(e) = &r.push_error {
                     write!(f, " ({e})")?;
                 }
-            } else if r.pulled > 0 || r.pull_error.is_none() {
-                write!(f, "; the hub acknowledged everything queued")?;
+            } else if r.pull_error.is_none() {
+                write!(f, "; the hub acknowledged everything")?;
+            } else if r.pulled > 0 {
+                write!(f, "; the hub acknowledged the {} records pulled", r.pulled)?;
             }
             writeln!(f)?;
         }
@@ -146,6 +154,12 @@ pub async fn sync(
     pushers: Pushers,
     say: Say,
 ) -> SyncReport {
+    // Bounds past a week are taken as a week (and cannot overflow an instant).
+    const MAX: Duration = Duration::from_secs(7 * 86_400);
+    let options = SyncOptions {
+        wait: options.wait.min(MAX),
+        deadline: options.deadline.min(MAX),
+    };
     let started = Instant::now();
     let pullers: Vec<Arc<Puller>> = pipeline
         .pullers
@@ -154,7 +168,8 @@ pub async fn sync(
         .cloned()
         .collect();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
+    // Tasks are aborted when the sync is dropped (a control-socket client went away) or ends.
+    let mut tasks = tokio::task::JoinSet::new();
     let mut states = Vec::new();
     for p in &pullers {
         let state = Arc::new(Tracked::default());
@@ -164,31 +179,26 @@ pub async fn sync(
         let code = p.resource.code.clone();
         let stop = stop_rx.clone();
         if pushers == Pushers::Own {
-            tasks.push(tokio::spawn(async move {
-                pl.push_loop(&code, stop, Some(done_rx)).await
-            }));
+            tasks.spawn(async move { pl.push_loop(&code, stop, Some(done_rx)).await });
         } else {
             let pl = pipeline.clone();
             let state = state.clone();
-            tasks.push(tokio::spawn(async move {
-                drained_by_daemon(&pl, &code, &state, done_rx, stop).await
-            }));
+            tasks.spawn(async move { drained_by_daemon(&pl, &code, &state, done_rx, stop).await });
         }
         let (pl, p, say) = (pipeline.clone(), p.clone(), say.clone());
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             pull_until_started(&pl, &p, &state, options.wait, &say).await;
             let _ = done_tx.send(true);
-        }));
+        });
     }
-    let all = async {
-        for t in tasks {
-            let _ = t.await;
-        }
-    };
+    let all = async { while tasks.join_next().await.is_some() {} };
     let timed_out = tokio::time::timeout(options.deadline.saturating_sub(started.elapsed()), all)
         .await
         .is_err();
     let _ = stop_tx.send(true);
+    // Whatever still runs stops now (a pull commits or not as a whole).
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
     let resources = pullers
         .iter()
         .zip(&states)
@@ -206,13 +216,34 @@ pub async fn sync(
                     (timed_out && !t.is_caught_up())
                         .then(|| "the deadline passed while pulling".into())
                 });
+            // The batches this sync is answerable for: all of them when it pushes itself; up
+            // to the last one its pulls queued when the daemon pushes (the daemon's own pulls
+            // may queue more meanwhile).
+            let (queued_batches, queued_records) = match pushers {
+                Pushers::Own => (st.queued_batches, st.queued_records),
+                Pushers::Daemon => {
+                    let last = *t.last_seq.lock().unwrap_or_else(|e| e.into_inner());
+                    let ours: Vec<_> = pipeline
+                        .queue
+                        .batches(&code)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|b| last.is_none_or(|l| b.seq <= l))
+                        .collect();
+                    (
+                        ours.len() as u64,
+                        ours.iter().map(|b| u64::from(b.records)).sum(),
+                    )
+                }
+            };
             ResourceOutcome {
                 pulled: totals.records,
-                quarantined: totals.quarantined,
+                quarantined: totals.quarantined + totals.null_cursor,
                 pull_error,
                 horizon: totals.horizon.as_ref().map(crate::status::horizon_text),
-                queued_records: st.queued_records,
-                push_error: (st.queued_records > 0)
+                queued_batches,
+                queued_records,
+                push_error: (queued_batches > 0)
                     .then(|| rt.push_error.or(st.push_error.map(|n| n.message)))
                     .flatten(),
                 code,
@@ -249,6 +280,12 @@ impl Tracked {
         PullReport {
             records: done.records + current.records,
             quarantined: done.quarantined + current.quarantined,
+            // Counted afresh by every pull: the latest count, not a sum.
+            null_cursor: if current.pages > 0 || current.null_cursor > 0 {
+                current.null_cursor
+            } else {
+                done.null_cursor
+            },
             pages: done.pages + current.pages,
             horizon: current.horizon.or(done.horizon),
             reached: current.reached.or(done.reached),
@@ -261,6 +298,7 @@ impl Tracked {
         let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
         done.records += current.records;
         done.quarantined += current.quarantined;
+        done.null_cursor = current.null_cursor;
         done.pages += current.pages;
         done.horizon = current.horizon.or(done.horizon.take());
         done.reached = current.reached;
@@ -459,8 +497,8 @@ async fn drained_by_daemon(
         tokio::select! {
             _ = notified => {}
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-            _ = pulled.changed(), if pulling => {}
-            _ = stop.changed() => {}
+            r = pulled.changed(), if pulling => if r.is_err() { return },
+            r = stop.changed() => if r.is_err() { return },
         }
     }
 }
