@@ -321,11 +321,10 @@ impl Puller {
                 for row in &page.rows {
                     let c = match plan.cursor_of(row) {
                         CursorOf::Values(c) => c,
-                        CursorOf::Null(reason) => {
-                            // Not placeable: recorded, and the cursor stays where it was.
-                            let key = plan.key_of(row).ok();
-                            txn.quarantine(&code, &mut st, key, reason)?;
-                            quarantined += 1;
+                        CursorOf::Null(_) => {
+                            // Not placeable: the cursor stays where it was. Such rows are
+                            // quarantined and counted once per pull by
+                            // `quarantine_null_cursors`, whether a page returns them or not.
                             continue;
                         }
                         CursorOf::Unusable(reason) => return Err(PullStop::Cursor(reason)),

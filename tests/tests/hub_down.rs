@@ -30,7 +30,9 @@ async fn sync_with_the_hub_down_keeps_records_queued_then_drains() {
     out.assert_mentions(&["2500 records still queued", &scene.hub.url()]);
     let status = agent.resource_status(CODE).await;
     assert_eq!(status["queued_records"], 2500, "{status}");
-    assert_eq!(status["queued_batches"], 5, "{status}");
+    // Five full batches, and the empty batch that marks the end of the stream's first full
+    // read (the baseline, docs/PROTOCOL.md §5.1).
+    assert_eq!(status["queued_batches"], 6, "{status}");
     assert_eq!(status["pushed_records"], 0, "{status}");
 
     scene.hub.start_again().await;

@@ -394,14 +394,20 @@ async fn a_null_key_row_is_quarantined_and_the_rest_flow_in_incremental_mode() {
     assert_eq!(status["quarantined"], 1, "{status}");
     let entry = entry_for(&status, Value::Null);
     assert_entry_names_column_without_values(&entry, "code", &["无编号会员"]);
-    assert_eq!(entry["times"], 1, "{entry}");
+    // Seen by every pull (a sync pulls until its horizon has passed its start).
+    let seen = entry["times"].as_u64().unwrap();
+    assert!(seen >= 1, "{entry}");
 
-    // Read again by the next run: the same entry, one more sighting.
+    // Read again by the next run: the same entry, more sightings.
     let out = agent.sync_ok().await;
     assert_eq!(pulled(&out, CODE), 0, "{out}");
+    out.assert_mentions(&["quarantined 1 rows"]);
     let status = agent.resource_status(CODE).await;
     assert_eq!(status["quarantined"], 1, "{status}");
-    assert_eq!(entry_for(&status, Value::Null)["times"], 2, "{status}");
+    assert!(
+        entry_for(&status, Value::Null)["times"].as_u64().unwrap() > seen,
+        "{status}"
+    );
 
     // Rows after it flow (and move the cursor past it).
     for i in 47..=49 {
