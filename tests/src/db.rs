@@ -103,6 +103,32 @@ pub struct PgDb {
 }
 
 impl PgDb {
+    /// The rows of a table `events (id bigint, note text, updated_at timestamptz)` as the hub
+    /// should hold them (the tests' common incremental table).
+    pub async fn events(&self) -> crate::rows::Rows {
+        use crate::rows;
+        self.client
+            .query("SELECT id, note, updated_at FROM events", &[])
+            .await
+            .expect("read events")
+            .iter()
+            .map(|r| {
+                let id: i64 = r.get(0);
+                (
+                    id.to_string(),
+                    rows::fields([
+                        ("id", serde_json::json!(id)),
+                        ("note", serde_json::json!(r.get::<_, String>(1))),
+                        (
+                            "updated_at",
+                            rows::timestamptz(r.get::<_, chrono::DateTime<chrono::Utc>>(2)),
+                        ),
+                    ]),
+                )
+            })
+            .collect()
+    }
+
     /// Creates the database.
     pub async fn create() -> PgDb {
         let admin = pg_connect(&pg_url()).await;

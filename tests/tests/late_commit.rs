@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::NaiveDateTime;
 use exchange_tests::agent::{Resource, pulled};
 use exchange_tests::db::{MyDb, PgDb};
 use exchange_tests::rows::{self, Rows, assert_same};
@@ -14,29 +14,6 @@ use serde_json::json;
 
 const CODE: &str = "330100-RSJ-0009";
 const FIELDS: &[(&str, &str)] = &[("id", "plain"), ("note", "plain"), ("updated_at", "plain")];
-
-async fn pg_expected(db: &PgDb) -> Rows {
-    db.client
-        .query("SELECT id, note, updated_at FROM events", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let id: i64 = r.get(0);
-            (
-                id.to_string(),
-                rows::fields([
-                    ("id", json!(id)),
-                    ("note", json!(r.get::<_, String>(1))),
-                    (
-                        "updated_at",
-                        rows::timestamptz(r.get::<_, DateTime<Utc>>(2)),
-                    ),
-                ]),
-            )
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_late_commit_is_not_skipped() {
@@ -74,7 +51,8 @@ async fn postgres_late_commit_is_not_skipped() {
     assert_ne!(out.code, Some(0), "{out}");
     out.assert_mentions(&["held back by a transaction open on `hr` since"]);
     let hub = scene.hub.rows(CODE).await;
-    let early: Rows = pg_expected(&db)
+    let early: Rows = db
+        .events()
         .await
         .into_iter()
         .filter(|(k, _)| k.parse::<i64>().unwrap() <= 100)
@@ -94,7 +72,7 @@ async fn postgres_late_commit_is_not_skipped() {
         11,
         "the late row and the rows after it; {out}"
     );
-    assert_same(&scene.hub.rows(CODE).await, &pg_expected(&db).await);
+    assert_same(&scene.hub.rows(CODE).await, &db.events().await);
 }
 
 async fn my_expected(db: &MyDb) -> Rows {

@@ -4,39 +4,14 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use exchange_tests::agent::{Resource, pulled, terminate};
 use exchange_tests::db::PgDb;
-use exchange_tests::rows::{self, Rows, assert_same};
+use exchange_tests::rows::assert_same;
 use exchange_tests::scene::Scene;
 use exchange_tests::sqlite_source::SqliteSource;
 use exchange_tests::wait::wait_until;
-use serde_json::json;
 
 const CODE: &str = "330100-RSJ-0030";
-
-async fn pg_expected(db: &PgDb) -> Rows {
-    db.client
-        .query("SELECT id, note, updated_at FROM events", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let id: i64 = r.get(0);
-            (
-                id.to_string(),
-                rows::fields([
-                    ("id", json!(id)),
-                    ("note", json!(r.get::<_, String>(1))),
-                    (
-                        "updated_at",
-                        rows::timestamptz(r.get::<_, DateTime<Utc>>(2)),
-                    ),
-                ]),
-            )
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_row_changed_just_before_sync_is_delivered_by_that_sync() {
@@ -73,7 +48,7 @@ async fn postgres_row_changed_just_before_sync_is_delivered_by_that_sync() {
         .unwrap();
     let out = agent.sync_ok().await;
     assert_eq!(pulled(&out, CODE), 2, "both changes, counted: {out}");
-    assert_same(&scene.hub.rows(CODE).await, &pg_expected(&db).await);
+    assert_same(&scene.hub.rows(CODE).await, &db.events().await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
