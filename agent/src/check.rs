@@ -194,8 +194,9 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
                     }) {
                         let _ = writeln!(
                             out,
-                            "  warning: resource {}: cursor column `{}` may hold NULL; such rows have no place in the cursor order and are quarantined (counted every cycle) instead of delivered: make it NOT NULL{}",
+                            "  warning: resource {}: {} column `{}` may hold NULL; such rows have no place in the cursor order and are quarantined (counted every cycle) instead of delivered: make it NOT NULL{}",
                             r.code,
+                            if c.name == r.key { "key" } else { "cursor" },
                             c.name,
                             if c.nullable.is_none() {
                                 " (a query's column: the source cannot tell)"
