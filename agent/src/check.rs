@@ -91,7 +91,19 @@ fn certificates(config: &Config, out: &mut String) -> bool {
 pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
     let mut out = String::new();
     let mut verdict = Verdict::Ok;
-    let _ = writeln!(out, "Configuration {} is valid.", config.file.display());
+    // Certificates first, so the first line does not call valid what an expired one spoils.
+    let mut validity = String::new();
+    let certificates_ok = certificates(config, &mut validity);
+    let _ = writeln!(
+        out,
+        "Configuration {} {}",
+        config.file.display(),
+        if certificates_ok {
+            "is valid."
+        } else {
+            "cannot be used: see the errors below."
+        }
+    );
     let _ = writeln!(
         out,
         "  node {} ({}), data in {}",
@@ -128,7 +140,8 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
             .collect();
         let _ = writeln!(out, "  resource {}: next runs {}", r.code, runs.join(", "));
     }
-    if !certificates(config, &mut out) {
+    out.push_str(&validity);
+    if !certificates_ok {
         verdict = Verdict::Config;
     }
     if !connect {
@@ -194,8 +207,9 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
                     }) {
                         let _ = writeln!(
                             out,
-                            "  warning: resource {}: cursor column `{}` may hold NULL; such rows have no place in the cursor order and are quarantined (counted every cycle) instead of delivered: make it NOT NULL{}",
+                            "  warning: resource {}: {} column `{}` may hold NULL; such rows have no place in the cursor order and are quarantined (counted every cycle) instead of delivered: make it NOT NULL{}",
                             r.code,
+                            if c.name == r.key { "key" } else { "cursor" },
                             c.name,
                             if c.nullable.is_none() {
                                 " (a query's column: the source cannot tell)"

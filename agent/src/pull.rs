@@ -6,7 +6,11 @@
 //! - records are built by [`Plan::apply`] before anything is written;
 //! - pulling waits while the queue holds `queue.max_bytes` minus one batch or more: nothing is
 //!   dropped when the hub is away;
-//! - a row whose cursor cannot be read stops the resource with an error rather than skip it.
+//! - a row whose cursor cannot be read stops the resource with an error rather than skip it;
+//! - a row with a NULL cursor value (in snapshot mode: a NULL key) has no place in the order:
+//!   pages never return it (the connectors filter it out), and every pull counts it and
+//!   quarantines it first ([`Connector::null_cursor_rows`]), so it neither stops the resource
+//!   nor vanishes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +24,8 @@ use crate::fingerprint::Shape;
 use crate::policy::{CursorOf, Plan};
 use crate::queue::{Baseline, HaltKind, Queue, QueueError, ResourceState, Txn, sm3_bytes};
 
-/// How many rows with a NULL cursor value get a quarantine entry of their own per cycle (all
-/// are counted).
+/// How many rows with a NULL cursor value (or, in snapshot mode, a NULL key) get a quarantine
+/// entry of their own per cycle (all are counted).
 pub const NULL_ROWS_LISTED: usize = 100;
 
 /// Why a pull stopped.
@@ -70,8 +74,8 @@ pub struct PullReport {
     pub records: u64,
     /// Rows quarantined (conversion failures and the like).
     pub quarantined: u64,
-    /// Rows whose cursor column is NULL, counted once per pull (they stay at the source and
-    /// are counted again by the next pull).
+    /// Rows whose cursor column (in snapshot mode: key) is NULL, counted once per pull (they
+    /// stay at the source and are counted again by the next pull).
     pub null_cursor: u64,
     /// Pages read.
     pub pages: u64,
@@ -137,10 +141,8 @@ impl Puller {
         let publish = |report: &PullReport| {
             *progress.lock().unwrap_or_else(|e| e.into_inner()) = report.clone();
         };
-        if matches!(self.resource.mode, Mode::Incremental { .. }) {
-            self.quarantine_null_cursors(&mut report).await?;
-            publish(&report);
-        }
+        self.quarantine_null_cursors(&mut report).await?;
+        publish(&report);
         loop {
             self.wait_for_space().await?;
             let state = self.queue.state(&self.resource.code)?;
@@ -170,9 +172,10 @@ impl Puller {
         }
     }
 
-    /// Rows with a NULL in a cursor column have no place in the cursor order, so no page can
-    /// deliver them: on every cycle they are counted and (up to [`NULL_ROWS_LISTED`] of them)
-    /// quarantined, with their key when it can be read, so they stay visible until fixed.
+    /// Rows with a NULL in a cursor column (in snapshot mode the cursor is the key) have no
+    /// place in the cursor order, so no page returns them: on every cycle they are counted and
+    /// (up to [`NULL_ROWS_LISTED`] of them) quarantined, with their key when it can be read, so
+    /// they stay visible until fixed.
     async fn quarantine_null_cursors(&self, report: &mut PullReport) -> Result<(), PullError> {
         let null = self
             .connector
@@ -181,7 +184,7 @@ impl Puller {
         if null.total == 0 {
             return Ok(());
         }
-        tracing::warn!(resource = %self.resource.code, rows = null.total, "Rows with a NULL cursor value cannot be delivered; they are quarantined.");
+        tracing::warn!(resource = %self.resource.code, rows = null.total, "Rows with a NULL cursor or key value cannot be delivered; they are quarantined.");
         let code = self.resource.code.clone();
         let plan = self.plan.clone();
         self.blocking(move |txn| {
@@ -321,13 +324,11 @@ impl Puller {
                 for row in &page.rows {
                     let c = match plan.cursor_of(row) {
                         CursorOf::Values(c) => c,
-                        CursorOf::Null(_) => {
-                            // Not placeable: the cursor stays where it was. Such rows are
-                            // quarantined and counted once per pull by
-                            // `quarantine_null_cursors`, whether a page returns them or not.
-                            continue;
+                        // Pages never hold a NULL cursor value (see `quarantine_null_cursors`);
+                        // a source that returned one anyway could not be passed.
+                        CursorOf::Null(reason) | CursorOf::Unusable(reason) => {
+                            return Err(PullStop::Cursor(reason));
                         }
-                        CursorOf::Unusable(reason) => return Err(PullStop::Cursor(reason)),
                     };
                     match plan.apply(row) {
                         Ok(out) => {
@@ -340,12 +341,6 @@ impl Puller {
                         }
                     }
                     cursor = Some(c);
-                }
-                if full && cursor.is_none() {
-                    return Err(PullStop::Cursor(format!(
-                        "a whole page of {} rows has NULL cursor values; the cursor cannot move past them",
-                        page.rows.len()
-                    )));
                 }
                 let records = builder.finish(txn, &code, &mut st)?;
                 if cursor.is_some() {
@@ -422,19 +417,13 @@ impl Puller {
                 let mut builder = BatchBuilder::new(limits);
                 let mut quarantined = 0;
                 let mut position = st.snapshot.position.clone();
-                let mut moved = false;
                 for row in &page.rows {
                     match plan.cursor_of(row) {
-                        CursorOf::Values(c) => {
-                            position = Some(c);
-                            moved = true;
+                        CursorOf::Values(c) => position = Some(c),
+                        // Pages never hold a NULL key (see `quarantine_null_cursors`).
+                        CursorOf::Null(reason) | CursorOf::Unusable(reason) => {
+                            return Err(PullStop::Cursor(reason));
                         }
-                        CursorOf::Null(reason) => {
-                            txn.quarantine(&code, &mut st, None, reason)?;
-                            quarantined += 1;
-                            continue;
-                        }
-                        CursorOf::Unusable(reason) => return Err(PullStop::Cursor(reason)),
                     }
                     let out = match plan.apply(row) {
                         Ok(out) => out,
@@ -474,12 +463,6 @@ impl Puller {
                             }
                         }
                     }
-                }
-                if !scan_done && !moved {
-                    return Err(PullStop::Cursor(format!(
-                        "a whole page of {} rows has a NULL key; the scan cannot move past them",
-                        page.rows.len()
-                    )));
                 }
                 let records = builder.finish(txn, &code, &mut st)?;
                 st.snapshot.generation = generation;

@@ -1,19 +1,25 @@
 //! The SQL dialect of a source: every piece of SQL text the SQL connectors build, in one place
 //! — identifier quoting, the `FROM` item, parameters and how a value is bound in a column's
 //! own type, the tuple cursor predicate and the page query, the horizon predicate, the NULL
-//! cursor filter, the key lookup, and the resolution of selected columns against the
-//! catalogue's column metadata (name, type, nullability). PostgreSQL and SQLite use it; MySQL
-//! adopts it next ([`Dialect::MYSQL`] is already described).
+//! cursor filter and count, the key lookup, and the resolution of selected columns against the
+//! catalogue's column metadata (name, type, nullability). PostgreSQL, MySQL/MariaDB and SQLite
+//! all use it; what differs between them is a field of [`Dialect`] ([`Dialect::POSTGRES`],
+//! [`Dialect::MYSQL`], [`Dialect::SQLITE`]) or a [`BindAs`] the connector chooses per column
+//! (PostgreSQL's text casts, MySQL's exact `DECIMAL` cast).
 //!
 //! Every page query has the same shape:
 //!
 //! ```sql
 //! SELECT <one expression per selected column>
 //! FROM <relation> AS src
-//! [WHERE (src.c1, src.c2, …) > (<p1>, <p2>, …) [AND <horizon predicate on src.c1>]]
+//! WHERE src.c1 IS NOT NULL AND src.c2 IS NOT NULL …
+//!   [AND (src.c1, src.c2, …) > (<p1>, <p2>, …)] [AND <horizon predicate on src.c1>]
 //! ORDER BY src.c1, src.c2, …
 //! LIMIT <limit>
 //! ```
+//!
+//! (MySQL writes the cursor predicate `src.c1 >= <p1> AND (src.c1, …) > (<p1>, …)`, so its
+//! optimizer gets a range on `c1`: [`Dialect::leading_range`].)
 //!
 //! Invariants:
 //! - the relation is always aliased [`ALIAS`] and columns are always referred to as
@@ -22,18 +28,26 @@
 //!   misspelt column is an error instead of SQLite's double-quoted string literal;
 //! - a qualified name is still not proof of a column (PostgreSQL reads `src.name` as the call
 //!   `name(src)` when there is no such column; SQLite has `rowid`): every selected column is
-//!   resolved against the catalogue first ([`resolve_columns`]), and a name that is not one of
-//!   the relation's own columns is refused (default deny);
+//!   resolved against the catalogue first ([`Dialect::resolve_columns`]), and a name that is
+//!   not one of the relation's own columns is refused (default deny);
 //! - the cursor predicate and the ordering use the same columns in the same order, so a page
 //!   is always a prefix of the remaining rows in cursor order, and an upper bound on the
 //!   first cursor column (the horizon) cuts that order at one point: a row held back by the
 //!   bound is never passed by the cursor;
-//! - rows with a NULL in a cursor column have no place in the order; they are counted apart
-//!   ([`Dialect::null_cursor_predicate`]). Pages do not filter them yet (see
-//!   [`crate::Connector::read_page`]);
+//! - a page never returns a row with a NULL in a cursor column: such a row has no place in the
+//!   order (PostgreSQL sorts NULL last, SQLite and MySQL first, and `(a, NULL) > (x, y)` is
+//!   true when `a > x`), so every page query says `src.c IS NOT NULL` for **every** cursor
+//!   column, NOT NULL or not. Always, rather than only where the catalogue says a column may
+//!   hold NULL: the guarantee then does not rest on metadata that views and queries do not
+//!   have and that an `ALTER TABLE … DROP NOT NULL` changes under a running agent, and on a
+//!   `NOT NULL` column the condition is free (PostgreSQL and MySQL/MariaDB use it as an index
+//!   condition or drop it). Those rows are counted and read apart, by the complementary
+//!   [`Dialect::null_cursor_queries`] (which looks only at columns that may hold NULL: a count
+//!   of `c IS NULL` over a `NOT NULL` column is known to be zero and could cost a scan);
 //! - identifiers are quoted by doubling the quote character; values never appear in SQL
 //!   text, only parameters do, each bound in the type of the column it is compared with
-//!   ([`Dialect::bind`]).
+//!   ([`BindAs`]). The statement builders return the parameter values in the order the
+//!   dialect numbers them, so a connector never counts parameters itself.
 
 use crate::{Relation, Selection, Value};
 
@@ -47,26 +61,42 @@ enum Params {
     Dollar,
     /// `?1`, `?2`, … (SQLite).
     Numbered,
-    /// `?` in order (MySQL).
+    /// `?` in order (MySQL): a value used twice is bound twice.
     Positional,
+}
+
+/// How identifiers compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fold {
+    /// Exactly (PostgreSQL's quoted identifiers).
+    Exact,
+    /// Without regard to ASCII case (SQLite).
+    Ascii,
+    /// Without regard to case (MySQL and MariaDB column names).
+    Unicode,
 }
 
 /// How a bound value is turned into the column's own type inside the statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BindAs<'a> {
-    /// Bound as it is (SQLite binds by storage class; the value already has the column's).
+    /// Bound as it is: SQLite binds by storage class (the value already has the column's);
+    /// MySQL's binary protocol carries integers, dates and timestamps typed.
     Native,
     /// Bound as text and cast to this type (PostgreSQL: `$1::text::"pg_catalog"."int8"`).
     TextCast(&'a str),
     /// Bound as base64 text and decoded to bytes (PostgreSQL `bytea`).
     Base64,
+    /// Bound as its exact decimal text and cast to `DECIMAL(65, scale)` (MySQL: a string
+    /// compared with a `DECIMAL` goes through DOUBLE and loses the digits past ~15).
+    Decimal(u32),
 }
 
 /// How the first cursor column is compared with the horizon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HorizonCompare {
     /// As an instant: `c1 < horizon` (PostgreSQL `timestamp`/`timestamptz`; SQLite text in
-    /// the column's own layout).
+    /// the column's own layout; MySQL, where the connector binds the bound in the column's
+    /// own type and zone).
     Instant,
     /// As a day: `c1 < horizon::date` (PostgreSQL `date`).
     Date,
@@ -90,39 +120,64 @@ pub(crate) struct Dialect {
     quote: char,
     /// How parameters are written.
     params: Params,
-    /// Whether identifiers compare without regard to ASCII case (SQLite, MySQL columns).
-    case_insensitive: bool,
-    /// Whether a key lookup binds one array parameter (`= ANY($1)`) rather than a list.
-    array_lookup: bool,
+    /// How identifiers compare.
+    fold: Fold,
+    /// Whether the cursor predicate repeats its first column as a range of its own:
+    /// `c1 >= p1 AND (c1, c2) > (p1, p2)` (MySQL's optimizer does not derive a range from a
+    /// row comparison).
+    leading_range: bool,
+    /// The row count aggregate, as it is safe to write in the dialect.
+    count: &'static str,
 }
 
 impl Dialect {
-    /// PostgreSQL: `"ident"`, `$n`, `= ANY($1)`.
+    /// PostgreSQL: `"ident"`, `$n`, `= ANY($1)` lookups.
     pub(crate) const POSTGRES: Dialect = Dialect {
         quote: '"',
         params: Params::Dollar,
-        case_insensitive: false,
-        array_lookup: true,
+        fold: Fold::Exact,
+        leading_range: false,
+        count: "pg_catalog.count(*)",
     };
-    /// SQLite: `"ident"`, `?n`, `IN (?1, …)`.
+    /// SQLite: `"ident"`, `?n`, `IN (?1, …)` lookups.
     pub(crate) const SQLITE: Dialect = Dialect {
         quote: '"',
         params: Params::Numbered,
-        case_insensitive: true,
-        array_lookup: false,
+        fold: Fold::Ascii,
+        leading_range: false,
+        count: "count(*)",
     };
-    /// MySQL and MariaDB: `` `ident` ``, `?`, `IN (?, …)`.
-    #[allow(dead_code)] // adopted by mysql.rs after the branches merge
+    /// MySQL and MariaDB: `` `ident` ``, `?`, `IN (?, …)` lookups, a leading range on the
+    /// first cursor column.
     pub(crate) const MYSQL: Dialect = Dialect {
         quote: '`',
         params: Params::Positional,
-        case_insensitive: true,
-        array_lookup: false,
+        fold: Fold::Unicode,
+        leading_range: true,
+        count: "COUNT(*)",
     };
 
     /// Quotes one identifier, doubling any quote character inside it.
     pub(crate) fn quote_ident(&self, ident: &str) -> String {
-        quote_ident(ident, self.quote)
+        let mut out = String::with_capacity(ident.len() + 2);
+        out.push(self.quote);
+        for c in ident.chars() {
+            if c == self.quote {
+                out.push(self.quote);
+            }
+            out.push(c);
+        }
+        out.push(self.quote);
+        out
+    }
+
+    /// Whether two identifiers name the same column to the source.
+    pub(crate) fn same_name(&self, a: &str, b: &str) -> bool {
+        match self.fold {
+            Fold::Exact => a == b,
+            Fold::Ascii => a.eq_ignore_ascii_case(b),
+            Fold::Unicode => a == b || a.to_lowercase() == b.to_lowercase(),
+        }
     }
 
     /// A column of the relation, qualified by [`ALIAS`]: `src."column"`.
@@ -170,6 +225,7 @@ impl Dialect {
             BindAs::Native => p,
             BindAs::TextCast(ty) => format!("{p}::text::{ty}"),
             BindAs::Base64 => format!("pg_catalog.decode({p}::text, 'base64')"),
+            BindAs::Decimal(scale) => format!("CAST({p} AS DECIMAL(65, {}))", scale.min(38)),
         }
     }
 
@@ -187,14 +243,17 @@ impl Dialect {
         format!("SELECT * FROM {} LIMIT 0", self.relation_sql(relation))
     }
 
-    /// `src."c1" IS NULL OR …` over the cursor columns that may hold NULL (`nullable`: one
-    /// entry per selected column, as [`ColumnMeta::nullable`]; only `Some(false)` is skipped);
-    /// `None` when no cursor column may.
-    pub(crate) fn null_cursor_predicate(
+    /// The statements that count and read the rows no page returns: `nullable` has one entry
+    /// per selected column, as [`ColumnMeta::nullable`]; only cursor columns that may hold
+    /// NULL are looked at (`Some(false)` is skipped). `None` when no cursor column may.
+    /// The rows statement takes one parameter, the row limit.
+    pub(crate) fn null_cursor_queries(
         &self,
         selection: &Selection,
         nullable: &[Option<bool>],
-    ) -> Option<String> {
+        select_list: &[String],
+        from: &str,
+    ) -> Option<NullCursorQueries> {
         let terms: Vec<String> = selection
             .cursor
             .iter()
@@ -207,17 +266,23 @@ impl Dialect {
             })
             .map(|c| format!("{} IS NULL", self.column_ref(c)))
             .collect();
-        (!terms.is_empty()).then(|| terms.join(" OR "))
+        if terms.is_empty() {
+            return None;
+        }
+        let predicate = terms.join(" OR ");
+        Some(NullCursorQueries {
+            count: format!("SELECT {} FROM {from} WHERE {predicate}", self.count),
+            rows: format!(
+                "SELECT {} FROM {from} WHERE {predicate} LIMIT {}",
+                select_list.join(", "),
+                self.param(1)
+            ),
+        })
     }
 
     /// The horizon predicate on the first cursor column (a qualified reference), the horizon
     /// bound as the n-th parameter.
-    pub(crate) fn horizon_predicate(
-        &self,
-        first: &str,
-        n: usize,
-        compare: HorizonCompare,
-    ) -> String {
+    fn horizon_predicate(&self, first: &str, n: usize, compare: HorizonCompare) -> String {
         let p = self.param(n);
         match (self.params, compare) {
             (Params::Dollar, HorizonCompare::Instant) => format!("{first} < {p}::timestamptz"),
@@ -228,22 +293,63 @@ impl Dialect {
         }
     }
 
-    /// The lookup of rows by key: `WHERE src."key" = ANY(<array>)` (PostgreSQL: `array` is the
-    /// one bound array, already in the key column's type) or `WHERE src."key" IN (<p1>, …)`
-    /// with `keys` parameters from 1.
+    /// The page query of the module documentation, and its parameter values in the order
+    /// the statement takes them.
+    pub(crate) fn page_query<T: Clone>(&self, query: PageQuery<'_, T>) -> (String, Vec<T>) {
+        let cursor = self.column_refs(query.cursor);
+        let mut binder = Binder::new(*self);
+        let mut conditions: Vec<String> =
+            cursor.iter().map(|c| format!("{c} IS NOT NULL")).collect();
+        if let Some(after) = &query.after {
+            let mut leading = None;
+            if self.leading_range && cursor.len() > 1 {
+                let (how, value) = &after[0];
+                leading = Some(format!("{} >= {}", cursor[0], binder.bind(0, value, *how)));
+            }
+            let values: Vec<String> = after
+                .iter()
+                .enumerate()
+                .map(|(i, (how, value))| binder.bind(i, value, *how))
+                .collect();
+            conditions.extend(leading);
+            conditions.push(if cursor.len() == 1 {
+                format!("{} > {}", cursor[0], values[0])
+            } else {
+                format!("({}) > ({})", cursor.join(", "), values.join(", "))
+            });
+        }
+        if let Some((compare, value)) = &query.horizon {
+            let n = binder.number(Slot::Horizon, value);
+            conditions.push(self.horizon_predicate(&cursor[0], n, *compare));
+        }
+        let limit = binder.number(Slot::Limit, &query.limit);
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT {}",
+            query.select_list.join(", "),
+            query.from,
+            conditions.join(" AND "),
+            cursor.join(", "),
+            self.param(limit)
+        );
+        (sql, binder.values)
+    }
+
+    /// The lookup of rows by key: `WHERE src."key" = ANY(<array>)` (PostgreSQL: the one bound
+    /// array, already in the key column's type) or `WHERE src."key" IN (<p1>, …)`, one
+    /// parameter per key from 1, each bound as `how`.
     pub(crate) fn lookup_sql(
         &self,
         select_list: &[String],
         from: &str,
         key: &str,
-        keys: usize,
-        array: &str,
+        keys: LookupKeys<'_>,
     ) -> String {
-        let condition = if self.array_lookup {
-            format!("= ANY({array})")
-        } else {
-            let params: Vec<String> = (1..=keys).map(|n| self.param(n)).collect();
-            format!("IN ({})", params.join(", "))
+        let condition = match keys {
+            LookupKeys::Array(array) => format!("= ANY({array})"),
+            LookupKeys::List { count, how } => {
+                let params: Vec<String> = (1..=count).map(|n| self.bind(n, how)).collect();
+                format!("IN ({})", params.join(", "))
+            }
         };
         format!(
             "SELECT {} FROM {from} WHERE {} {condition}",
@@ -267,13 +373,7 @@ impl Dialect {
             .map(|c| {
                 found
                     .iter()
-                    .find(|f| {
-                        if self.case_insensitive {
-                            f.name.eq_ignore_ascii_case(c)
-                        } else {
-                            f.name == *c
-                        }
-                    })
+                    .find(|f| self.same_name(&f.name, c))
                     .cloned()
                     .ok_or_else(|| {
                         format!(
@@ -286,18 +386,74 @@ impl Dialect {
     }
 }
 
-/// Quotes one identifier with `quote`, doubling any quote character inside it.
-pub(crate) fn quote_ident(ident: &str, quote: char) -> String {
-    let mut out = String::with_capacity(ident.len() + 2);
-    out.push(quote);
-    for c in ident.chars() {
-        if c == quote {
-            out.push(quote);
+/// What a page parameter stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// The stored cursor value of the i-th cursor column.
+    After(usize),
+    /// The horizon.
+    Horizon,
+    /// The row limit.
+    Limit,
+}
+
+/// Numbers a statement's parameters and keeps their values in that order: a numbered
+/// dialect refers to a value used twice by one number, a positional one binds it again.
+struct Binder<T> {
+    dialect: Dialect,
+    slots: Vec<Slot>,
+    values: Vec<T>,
+}
+
+impl<T: Clone> Binder<T> {
+    fn new(dialect: Dialect) -> Self {
+        Binder {
+            dialect,
+            slots: Vec::new(),
+            values: Vec::new(),
         }
-        out.push(c);
     }
-    out.push(quote);
-    out
+
+    /// The number of the parameter that carries `slot`'s `value`.
+    fn number(&mut self, slot: Slot, value: &T) -> usize {
+        if self.dialect.params != Params::Positional
+            && let Some(i) = self.slots.iter().position(|s| *s == slot)
+        {
+            return i + 1;
+        }
+        self.slots.push(slot);
+        self.values.push(value.clone());
+        self.values.len()
+    }
+
+    /// The expression of the stored value of cursor column `i`, bound `how`.
+    fn bind(&mut self, i: usize, value: &T, how: BindAs<'_>) -> String {
+        let n = self.number(Slot::After(i), value);
+        self.dialect.bind(n, how)
+    }
+}
+
+/// The statements of [`Dialect::null_cursor_queries`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NullCursorQueries {
+    /// `SELECT count(*) FROM <relation> WHERE <a nullable cursor column> IS NULL OR …`.
+    pub count: String,
+    /// The selected columns of those rows, `LIMIT` the first parameter.
+    pub rows: String,
+}
+
+/// The keys of a [`Dialect::lookup_sql`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LookupKeys<'a> {
+    /// One bound array expression (PostgreSQL).
+    Array(&'a str),
+    /// `count` parameters, each bound `how`.
+    List {
+        /// How many keys.
+        count: usize,
+        /// How each is bound.
+        how: BindAs<'a>,
+    },
 }
 
 /// Checks a page request against its selection and returns, for each cursor column, its
@@ -344,47 +500,22 @@ pub(crate) fn cursor_positions(
     Ok(positions)
 }
 
-/// The parts of one page query; [`PageQuery::sql`] assembles them.
-pub(crate) struct PageQuery<'a> {
+/// The parts of one page query; [`Dialect::page_query`] assembles them. `T` is the
+/// connector's parameter value.
+pub(crate) struct PageQuery<'a, T> {
     /// One select expression per selected column.
     pub select_list: &'a [String],
     /// The `FROM` item (from [`Dialect::relation_sql`]).
     pub from: &'a str,
-    /// The cursor columns as qualified references (from [`Dialect::column_ref`]).
+    /// The cursor columns, by name ([`Selection::cursor`]).
     pub cursor: &'a [String],
-    /// One parameter expression per cursor column when reading after a stored cursor.
-    pub after: Option<&'a [String]>,
-    /// The horizon predicate on the first cursor column, if any.
-    pub upper: Option<&'a str>,
-    /// The parameter expression of the row limit.
-    pub limit: &'a str,
-}
-
-impl PageQuery<'_> {
-    /// The SQL text of the page query (see the module documentation).
-    pub(crate) fn sql(&self) -> String {
-        let mut conditions = Vec::new();
-        if let Some(after) = self.after {
-            conditions.push(if self.cursor.len() == 1 {
-                format!("{} > {}", self.cursor[0], after[0])
-            } else {
-                format!("({}) > ({})", self.cursor.join(", "), after.join(", "))
-            });
-        }
-        if let Some(upper) = self.upper {
-            conditions.push(upper.to_owned());
-        }
-        let mut sql = format!("SELECT {} FROM {}", self.select_list.join(", "), self.from);
-        if !conditions.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&conditions.join(" AND "));
-        }
-        sql.push_str(" ORDER BY ");
-        sql.push_str(&self.cursor.join(", "));
-        sql.push_str(" LIMIT ");
-        sql.push_str(self.limit);
-        sql
-    }
+    /// When reading after a stored cursor: per cursor column, how its stored value is bound
+    /// and the value.
+    pub after: Option<Vec<(BindAs<'a>, T)>>,
+    /// The horizon on the first cursor column, if the page is bounded, and its value.
+    pub horizon: Option<(HorizonCompare, T)>,
+    /// The row limit.
+    pub limit: T,
 }
 
 #[cfg(test)]
@@ -402,6 +533,18 @@ mod tests {
         for (dialect, ident, expected) in cases {
             assert_eq!(dialect.quote_ident(ident), expected);
         }
+        assert_eq!(
+            Dialect::MYSQL.relation_sql(&Relation::Table("hr.per`son".into())),
+            "`hr`.`per``son` AS src"
+        );
+    }
+
+    #[test]
+    fn names_compare_as_the_source_compares_them() {
+        assert!(!Dialect::POSTGRES.same_name("Id", "id"));
+        assert!(Dialect::SQLITE.same_name("Id", "id"));
+        assert!(!Dialect::SQLITE.same_name("É", "é"));
+        assert!(Dialect::MYSQL.same_name("É", "é"));
     }
 
     #[test]
@@ -432,6 +575,10 @@ mod tests {
         assert_eq!(Dialect::SQLITE.bind(2, BindAs::Native), "?2");
         assert_eq!(Dialect::MYSQL.param(2), "?");
         assert_eq!(
+            Dialect::MYSQL.bind(2, BindAs::Decimal(40)),
+            "CAST(? AS DECIMAL(65, 38))"
+        );
+        assert_eq!(
             pg.horizon_predicate("src.\"d\"", 4, HorizonCompare::Date),
             "src.\"d\" < ($4::timestamptz)::date"
         );
@@ -445,17 +592,29 @@ mod tests {
     fn lookups_bind_an_array_or_a_list() {
         let select = vec!["src.\"id\"".to_owned()];
         assert_eq!(
-            Dialect::POSTGRES.lookup_sql(&select, "t AS src", "id", 3, "$1::text[]::int8[]"),
+            Dialect::POSTGRES.lookup_sql(
+                &select,
+                "t AS src",
+                "id",
+                LookupKeys::Array("$1::text[]::int8[]")
+            ),
             "SELECT src.\"id\" FROM t AS src WHERE src.\"id\" = ANY($1::text[]::int8[])"
         );
+        let list = |how| LookupKeys::List { count: 3, how };
         assert_eq!(
-            Dialect::SQLITE.lookup_sql(&select, "t AS src", "id", 3, ""),
+            Dialect::SQLITE.lookup_sql(&select, "t AS src", "id", list(BindAs::Native)),
             "SELECT src.\"id\" FROM t AS src WHERE src.\"id\" IN (?1, ?2, ?3)"
+        );
+        let select = vec!["src.`id`".to_owned()];
+        assert_eq!(
+            Dialect::MYSQL.lookup_sql(&select, "t AS src", "id", list(BindAs::Decimal(2))),
+            "SELECT src.`id` FROM t AS src WHERE src.`id` IN (CAST(? AS DECIMAL(65, 2)), \
+             CAST(? AS DECIMAL(65, 2)), CAST(? AS DECIMAL(65, 2)))"
         );
     }
 
     #[test]
-    fn only_the_relations_own_columns_resolve() {
+    fn only_the_relations_own_columns_resolve_and_nullable_cursor_columns_are_counted() {
         let sel = Selection {
             relation: Relation::Table("t".into()),
             columns: vec!["ID".into(), "at".into()],
@@ -482,45 +641,109 @@ mod tests {
             .unwrap();
         assert_eq!(resolved[0].name, "id");
         let nullable: Vec<Option<bool>> = resolved.iter().map(|c| c.nullable).collect();
+        let select = Dialect::SQLITE.column_refs(&sel.columns);
         assert_eq!(
-            Dialect::SQLITE.null_cursor_predicate(&sel, &nullable),
-            Some("src.\"at\" IS NULL".to_owned())
+            Dialect::SQLITE.null_cursor_queries(&sel, &nullable, &select, "\"t\" AS src"),
+            Some(NullCursorQueries {
+                count: "SELECT count(*) FROM \"t\" AS src WHERE src.\"at\" IS NULL".into(),
+                rows: "SELECT src.\"ID\", src.\"at\" FROM \"t\" AS src WHERE src.\"at\" IS NULL \
+                       LIMIT ?1"
+                    .into(),
+            })
+        );
+        // A view's or query's columns may all hold NULL.
+        let pg = Dialect::POSTGRES.null_cursor_queries(&sel, &[None, None], &select, "v AS src");
+        assert_eq!(
+            pg.unwrap().count,
+            "SELECT pg_catalog.count(*) FROM v AS src WHERE src.\"at\" IS NULL OR src.\"ID\" IS NULL"
         );
         assert_eq!(
-            Dialect::SQLITE.null_cursor_predicate(&sel, &[Some(false), Some(false)]),
+            Dialect::SQLITE.null_cursor_queries(
+                &sel,
+                &[Some(false), Some(false)],
+                &select,
+                "t AS src"
+            ),
             None
         );
     }
 
     #[test]
-    fn page_query_has_cursor_predicate_bound_order_and_limit() {
+    fn page_query_filters_null_cursors_and_has_cursor_predicate_bound_order_and_limit() {
         let select = vec!["src.\"a\"".to_owned(), "src.\"b\"".to_owned()];
-        let cursor = vec!["src.\"a\"".to_owned(), "src.\"b\"".to_owned()];
-        let after = vec!["$1".to_owned(), "$2".to_owned()];
-        let q = PageQuery {
+        let cursor = vec!["a".to_owned(), "b".to_owned()];
+        let ty = "\"pg_catalog\".\"int8\"";
+        let (sql, values) = Dialect::POSTGRES.page_query(PageQuery {
             select_list: &select,
             from: "\"t\" AS src",
             cursor: &cursor,
-            after: Some(&after),
-            upper: Some("src.\"a\" < $3"),
-            limit: "$4",
-        };
+            after: Some(vec![(BindAs::TextCast(ty), "a1"), (BindAs::Base64, "b1")]),
+            horizon: Some((HorizonCompare::Instant, "h")),
+            limit: "l",
+        });
         assert_eq!(
-            q.sql(),
-            "SELECT src.\"a\", src.\"b\" FROM \"t\" AS src WHERE (src.\"a\", src.\"b\") > ($1, $2) \
-             AND src.\"a\" < $3 ORDER BY src.\"a\", src.\"b\" LIMIT $4"
+            sql,
+            "SELECT src.\"a\", src.\"b\" FROM \"t\" AS src WHERE src.\"a\" IS NOT NULL AND \
+             src.\"b\" IS NOT NULL AND (src.\"a\", src.\"b\") > ($1::text::\"pg_catalog\".\"int8\", \
+             pg_catalog.decode($2::text, 'base64')) AND src.\"a\" < $3::timestamptz \
+             ORDER BY src.\"a\", src.\"b\" LIMIT $4"
         );
-        let single = PageQuery {
+        assert_eq!(values, ["a1", "b1", "h", "l"]);
+
+        // A first read, without bound: only the NULL filter.
+        let (sql, values) = Dialect::SQLITE.page_query(PageQuery {
+            select_list: &select,
+            from: "\"t\" AS src",
             cursor: &cursor[..1],
-            after: Some(&after[..1]),
-            upper: None,
-            ..q
-        };
+            after: None,
+            horizon: None,
+            limit: 10,
+        });
         assert_eq!(
-            single.sql(),
-            "SELECT src.\"a\", src.\"b\" FROM \"t\" AS src WHERE src.\"a\" > $1 ORDER BY src.\"a\" \
-             LIMIT $4"
+            sql,
+            "SELECT src.\"a\", src.\"b\" FROM \"t\" AS src WHERE src.\"a\" IS NOT NULL \
+             ORDER BY src.\"a\" LIMIT ?1"
         );
+        assert_eq!(values, [10]);
+    }
+
+    #[test]
+    fn mysql_page_query_binds_the_leading_range_again_and_decimals_exactly() {
+        let select = vec!["src.`at`".to_owned(), "src.`amount`".to_owned()];
+        let cursor = vec!["at".to_owned(), "amount".to_owned()];
+        let (sql, values) = Dialect::MYSQL.page_query(PageQuery {
+            select_list: &select,
+            from: "`hr`.`per``son` AS src",
+            cursor: &cursor,
+            after: Some(vec![
+                (BindAs::Native, "at1"),
+                (BindAs::Decimal(2), "amount1"),
+            ]),
+            horizon: Some((HorizonCompare::Instant, "h")),
+            limit: "l",
+        });
+        assert_eq!(
+            sql,
+            "SELECT src.`at`, src.`amount` FROM `hr`.`per``son` AS src WHERE src.`at` IS NOT \
+             NULL AND src.`amount` IS NOT NULL AND src.`at` >= ? AND (src.`at`, src.`amount`) > \
+             (?, CAST(? AS DECIMAL(65, 2))) AND src.`at` < ? ORDER BY src.`at`, src.`amount` \
+             LIMIT ?"
+        );
+        assert_eq!(values, ["at1", "at1", "amount1", "h", "l"]);
+        let (sql, values) = Dialect::MYSQL.page_query(PageQuery {
+            select_list: &select[..1],
+            from: "(\nSELECT 1 AS at\n) AS src",
+            cursor: &cursor[..1],
+            after: Some(vec![(BindAs::Native, "at1")]),
+            horizon: None,
+            limit: "l",
+        });
+        assert_eq!(
+            sql,
+            "SELECT src.`at` FROM (\nSELECT 1 AS at\n) AS src WHERE src.`at` IS NOT NULL AND \
+             src.`at` > ? ORDER BY src.`at` LIMIT ?"
+        );
+        assert_eq!(values, ["at1", "l"]);
     }
 
     #[test]

@@ -14,7 +14,6 @@
 mod dialect;
 pub mod mysql;
 pub mod postgres;
-mod sql;
 pub mod sqlite;
 pub mod value;
 
@@ -235,19 +234,16 @@ pub trait Connector: Send + Sync {
     async fn describe(&self, selection: &Selection) -> Result<Vec<ColumnInfo>, ConnectorError>;
 
     /// Reads one page: rows with cursor > `after`, within the bound, ordered by the cursor
-    /// columns, at most `limit`. Rows with a NULL in a cursor column have no place in the
-    /// order (see [`Connector::null_cursor_rows`]); pages do **not** filter them yet, because
-    /// the agent still quarantines them from pages (incremental first read, NULL keys in
-    /// snapshot and incremental mode): such a row can come back on a read without `after`
-    /// (PostgreSQL sorts NULL last, SQLite and MySQL first) and, where an earlier cursor
-    /// column is greater, after a stored cursor (`(a, NULL) > (x, y)` is true when `a > x`).
-    /// Once the agent counts them with `null_cursor_rows` instead, add
-    /// `src.c IS NOT NULL` for every cursor column to the page query.
+    /// columns, at most `limit`. A page never holds a row with a NULL in a cursor column:
+    /// such a row has no place in the order, and every page query filters it out
+    /// (`src.c IS NOT NULL` on every cursor column, see `dialect.rs`); those rows are counted
+    /// and read apart by [`Connector::null_cursor_rows`]. So a short page means caught up, and
+    /// a full page always moves the cursor.
     async fn read_page(&self, request: &PageRequest<'_>) -> Result<Page, ConnectorError>;
 
     /// The rows a page never returns because a cursor column is NULL: how many there are,
     /// and up to `limit` of them (selected columns, in no particular order). Only cursor
-    /// columns that may hold NULL are looked at.
+    /// columns that may hold NULL are looked at (a `NOT NULL` table column cannot).
     async fn null_cursor_rows(
         &self,
         selection: &Selection,

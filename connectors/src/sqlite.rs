@@ -31,9 +31,8 @@
 //! The query has the shape documented in `dialect.rs`; stored cursor values are bound with the
 //! storage class they were read with (`Int` → INTEGER, `Float` → REAL, `Text` → TEXT, `Bytes`
 //! → BLOB), so they compare exactly as the column's values do. Rows with a NULL in a cursor
-//! column have no place in the order (SQLite sorts NULL first, so a read without a stored
-//! cursor returns them; see [`Connector::read_page`]); [`Connector::null_cursor_rows`] counts
-//! them and returns a sample.
+//! column have no place in the order: pages leave them out (`IS NOT NULL`; SQLite sorts NULL
+//! first) and [`Connector::null_cursor_rows`] counts them and returns a sample.
 //! [`Connector::lookup`] reads `WHERE src."key" IN (?1, ?2, …)` (at most 500 keys per
 //! statement), keys bound like cursor values.
 //!
@@ -48,7 +47,7 @@
 //! SQLite shows no open transactions of other connections, so the horizon is the clock minus
 //! the safety lag only ([`HorizonInfo::LagOnly`]). It applies only when the first cursor
 //! column holds **text timestamps**: the deciding value is the first value of the stored
-//! cursor, or, on a first read, the smallest value of the column (one extra query). If that
+//! cursor, or, on a first read, the smallest non-NULL value of the column (one extra query). If that
 //! is `TEXT` laid out as `YYYY-MM-DD`, `YYYY-MM-DD HH:MM[:SS…]` or `YYYY-MM-DDTHH:MM[:SS…]`
 //! (SQLite's own date-and-time layouts), the page is bounded by `c1 < '<horizon>'`, the
 //! horizon being now (UTC, as `datetime('now')` writes) minus the safety lag, written in the
@@ -73,7 +72,7 @@ use chrono::{DateTime, NaiveDate, NaiveTime, TimeDelta, Timelike, Utc};
 use rusqlite::types::{Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 
-use crate::dialect::{self, BindAs, ColumnMeta, Dialect, HorizonCompare, PageQuery};
+use crate::dialect::{self, BindAs, ColumnMeta, Dialect, HorizonCompare, LookupKeys, PageQuery};
 
 /// The SQL text of this connector.
 const SQL: Dialect = Dialect::SQLITE;
@@ -270,25 +269,19 @@ fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page,
     resolve(conn, selection)?;
     let from = SQL.relation_sql(&selection.relation);
     let select_list: Vec<String> = SQL.column_refs(&selection.columns);
-    let cursor: Vec<String> = SQL.column_refs(&selection.cursor);
-
-    let mut params: Vec<SqlValue> = Vec::new();
-    if let Some(after) = &request.after {
-        params.extend(after.iter().map(to_param));
-    }
-    let after_exprs: Vec<String> = (1..=params.len())
-        .map(|n| SQL.bind(n, BindAs::Native))
-        .collect();
 
     let mut info = HorizonInfo::Unbounded;
     let mut reached = None;
-    let mut upper = None;
+    let mut horizon = None;
     if let Bound::Horizon { safety_lag } = request.bound {
         let deciding = match request.after.as_ref().and_then(|a| a.first()) {
             Some(Value::Text(text)) => Some(text.clone()),
             Some(_) => None,
             None => {
-                let sql = format!("SELECT {c} FROM {from} ORDER BY {c} LIMIT 1", c = cursor[0]);
+                // The smallest value a page can return (pages skip NULL, which sorts first).
+                let c = SQL.column_ref(&selection.cursor[0]);
+                let sql =
+                    format!("SELECT {c} FROM {from} WHERE {c} IS NOT NULL ORDER BY {c} LIMIT 1");
                 let mut statement = conn.prepare_cached(&sql)?;
                 let mut rows = statement.query([])?;
                 match rows.next()? {
@@ -303,26 +296,24 @@ fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page,
         if let Some(layout) = deciding.as_deref().and_then(layout_of) {
             let (text, at) = horizon_text(layout, safety_lag)
                 .ok_or_else(|| Failure::Config("the safety lag is too large".into()))?;
-            params.push(SqlValue::Text(text));
-            upper = Some(SQL.horizon_predicate(&cursor[0], params.len(), HorizonCompare::Instant));
+            horizon = Some((HorizonCompare::Instant, SqlValue::Text(text)));
             info = HorizonInfo::LagOnly;
             reached = Some(at);
         }
     }
-    params.push(SqlValue::Integer(
-        i64::try_from(request.limit).unwrap_or(i64::MAX),
-    ));
-    let limit = SQL.param(params.len());
-
-    let sql = PageQuery {
+    let (sql, params) = SQL.page_query(PageQuery {
         select_list: &select_list,
         from: &from,
-        cursor: &cursor,
-        after: request.after.as_ref().map(|_| after_exprs.as_slice()),
-        upper: upper.as_deref(),
-        limit: &limit,
-    }
-    .sql();
+        cursor: &selection.cursor,
+        after: request.after.as_ref().map(|after| {
+            after
+                .iter()
+                .map(|v| (BindAs::Native, to_param(v)))
+                .collect()
+        }),
+        horizon,
+        limit: SqlValue::Integer(i64::try_from(request.limit).unwrap_or(i64::MAX)),
+    });
     let out = query_rows(conn, &sql, &params, &selection.columns)?;
     let columns: Columns = selection.columns.clone().into();
     Ok(Page {
@@ -423,25 +414,22 @@ fn null_rows_blocking(
 ) -> Result<NullRows, Failure> {
     let resolved = resolve(conn, selection)?;
     let nullable: Vec<Option<bool>> = resolved.iter().map(|r| r.nullable).collect();
-    let Some(predicate) = SQL.null_cursor_predicate(selection, &nullable) else {
+    let from = SQL.relation_sql(&selection.relation);
+    let select_list: Vec<String> = SQL.column_refs(&selection.columns);
+    let Some(queries) = SQL.null_cursor_queries(selection, &nullable, &select_list, &from) else {
         return Ok(NullRows {
             total: 0,
             rows: Vec::new(),
         });
     };
-    let from = SQL.relation_sql(&selection.relation);
-    let select_list: Vec<String> = SQL.column_refs(&selection.columns);
     conn.execute_batch("BEGIN")?;
     let result = (|| {
         let total: i64 = conn
-            .prepare_cached(&format!("SELECT count(*) FROM {from} WHERE {predicate}"))?
+            .prepare_cached(&queries.count)?
             .query_row([], |row| row.get(0))?;
         let rows = query_rows(
             conn,
-            &format!(
-                "SELECT {} FROM {from} WHERE {predicate} LIMIT ?1",
-                select_list.join(", ")
-            ),
+            &queries.rows,
             &[SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX))],
             &selection.columns,
         )?;
@@ -478,7 +466,11 @@ fn lookup_blocking(
     let select_list: Vec<String> = SQL.column_refs(&selection.columns);
     // SQLite limits the number of parameters of a statement (32766 since 3.32).
     for chunk in params.chunks(LOOKUP_CHUNK) {
-        let sql = SQL.lookup_sql(&select_list, &from, key, chunk.len(), "");
+        let keys = LookupKeys::List {
+            count: chunk.len(),
+            how: BindAs::Native,
+        };
+        let sql = SQL.lookup_sql(&select_list, &from, key, keys);
         out.extend(query_rows(conn, &sql, chunk, &selection.columns)?);
     }
     Ok(out)

@@ -1448,6 +1448,10 @@ async fn null_cursor_rows_are_counted_and_returned_with_selected_columns_only() 
         Relation::Query(format!("SELECT * FROM {t}")),
     ] {
         let sel = selection(relation.clone(), &["id", "at", "note"], &["at", "id"]);
+        // No page returns them (MySQL sorts NULL first), not even a first read.
+        let (rows, _) = read_to_end(&connector, &sel, &mut None, 1, Bound::None).await;
+        let ids: Vec<i64> = rows.iter().map(|r| int_of(ok(r, 0))).collect();
+        assert_eq!(ids, [2], "{relation:?}");
         let nulls = connector
             .null_cursor_rows(&sel, 2)
             .await

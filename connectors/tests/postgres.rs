@@ -1230,7 +1230,9 @@ async fn null_cursor_rows_are_counted_on_every_cycle() {
         .unwrap();
     let c = connector(&pg_url());
     let selection = table(t.clone(), &["id", "at", "note"], &["at", "id"]);
-    // Pages past the first never return the NULL rows …
+    // No page returns the NULL rows, not even a first read (PostgreSQL sorts NULL last) …
+    let all = read(&c, &selection, None, 10, Bound::None).await;
+    assert_eq!(ids(&all), [1, 2, 3, 4, 5]);
     let first = read(&c, &selection, None, 3, Bound::None).await;
     let last = first.rows.last().unwrap();
     let cursor = [
@@ -1254,10 +1256,21 @@ async fn null_cursor_rows_are_counted_on_every_cycle() {
     let nulls = c.null_cursor_rows(&selection, 10).await.unwrap();
     assert_eq!(nulls.total, 3);
     assert_eq!(row_ids(&nulls.rows), [7, 8, 9]);
-    // NOT NULL cursor columns need no look.
-    let strict = table(t, &["id", "note"], &["note", "id"]);
+    // NOT NULL cursor columns need no look …
+    let strict = table(t.clone(), &["id", "note"], &["note", "id"]);
     let nulls = c.null_cursor_rows(&strict, 10).await.unwrap();
     assert_eq!((nulls.total, nulls.rows.len()), (0, 0));
+    assert_eq!(read(&c, &strict, None, 20, Bound::None).await.rows.len(), 9);
+    // … until the constraint is dropped while the connector runs (its plan is cached).
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE {t} ALTER note DROP NOT NULL; UPDATE {t} SET note = NULL WHERE id = 1"
+        ))
+        .await
+        .unwrap();
+    let nulls = c.null_cursor_rows(&strict, 10).await.unwrap();
+    assert_eq!((nulls.total, row_ids(&nulls.rows)), (1, vec![1]));
+    assert_eq!(read(&c, &strict, None, 20, Bound::None).await.rows.len(), 8);
 }
 
 #[tokio::test]

@@ -459,7 +459,16 @@ async fn null_cursor_rows_are_counted_on_every_cycle() {
                               (3, NULL, 'n'), (4, NULL, 'n'), (5, NULL, 'n');",
     );
     let selection = table("t", &["id", "at", "note"], &["at", "id"]);
-    // After a stored cursor, pages never return NULL cursors (SQLite sorts them first).
+    // No page returns NULL cursors (SQLite sorts them first), and a first read is still
+    // bounded by the horizon of the text timestamps.
+    let page = read(&c, &selection, None, 10, Bound::None).await;
+    assert_eq!(ids(&page), [1, 2]);
+    let bounded = Bound::Horizon {
+        safety_lag: Duration::from_secs(1),
+    };
+    let page = read(&c, &selection, None, 10, bounded).await;
+    assert_eq!(ids(&page), [1, 2]);
+    assert_eq!(page.horizon.info, HorizonInfo::LagOnly);
     let after = stored(&[Value::Text("2000-01-01 00:00:00".into()), Value::Int(0)]);
     let page = read(&c, &selection, Some(&after), 10, Bound::None).await;
     assert_eq!(ids(&page), [1, 2]);

@@ -223,8 +223,8 @@ pub async fn run_observed(
     serve(listener, tls, store, config.limits, load, shutdown).await
 }
 
-/// The accept loop. `tls` must require client certificates
-/// ([`HubConfig::server_tls`] builds such a configuration).
+/// The hub: the `/v1/` endpoints over [`serve_router`]'s accept loop. `tls` must require
+/// client certificates ([`HubConfig::server_tls`] builds such a configuration).
 pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
@@ -233,14 +233,29 @@ pub async fn serve(
     load: Arc<Load>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), HubError> {
-    let local = listener.local_addr().map_err(HubError::Listener)?;
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
     let app = router(AppState {
         store,
         limits,
         slots: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
         load: load.clone(),
     });
+    serve_router(listener, tls, app, limits, load, shutdown).await
+}
+
+/// The accept loop and connection life cycle of the module documentation, serving `app`:
+/// every request carries the connection's [`Peer`] as an extension. `limits` applies its
+/// connection limit and timeouts (request slots and body limits are the app's own). Tests
+/// serve their own `app` with it (e.g. a hub that answers wrongly on purpose).
+pub async fn serve_router(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    app: Router,
+    limits: Limits,
+    load: Arc<Load>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), HubError> {
+    let local = listener.local_addr().map_err(HubError::Listener)?;
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
     let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);

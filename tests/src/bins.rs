@@ -73,7 +73,27 @@ fn locate_or_build() -> Result<PathBuf, String> {
     };
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(&cargo)
+    let mut command = Command::new(&cargo);
+    // `cargo test` gives the test process the variables of the test's own package
+    // (CARGO_MANIFEST_DIR, CARGO_PKG_NAME …). Passed on, they make the build see a changed
+    // environment (ring's build tracks CARGO_MANIFEST_DIR) and rebuild half the dependency
+    // tree, and the next plain `cargo build` rebuild it back: minutes per test binary.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || matches!(
+                &*name,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+            )
+        {
+            command.env_remove(&*name);
+        }
+    }
+    let output = command
         .arg("build")
         .arg("--manifest-path")
         .arg(&manifest)

@@ -153,9 +153,15 @@ async fn check_refuses_an_expired_node_certificate() {
     config.cert = cert.clone();
     config.key = key;
     let agent = scene.write_agent(&config);
-    agent.check(false).await.assert_code(2).assert_mentions(&[
+    let out = agent.check(false).await;
+    out.assert_code(2).assert_mentions(&[
         "node certificate",
         &cert.display().to_string(),
         "expired on",
+        "cannot be used",
     ]);
+    assert!(
+        !out.text().contains("is valid"),
+        "an expired certificate is not a valid configuration; {out}"
+    );
 }

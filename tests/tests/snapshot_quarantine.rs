@@ -5,8 +5,10 @@
 //!   sweep does not remove it); fixed, it is delivered; seen again while still bad, its
 //!   quarantine entry counts the sighting (`times`) instead of adding an entry;
 //! - SQLite, a key column that allows NULL: a NULL key is quarantined in snapshot and in
-//!   incremental mode (where the key ends the cursor as a tiebreaker), and a NULL in a cursor
-//!   column read on the first page is quarantined under its key.
+//!   incremental mode (where the key ends the cursor as a tiebreaker), also when there are more
+//!   of them than a page (SQLite sorts NULL first, so a scan's first page would be all NULL
+//!   keys: pages leave them out, and every run counts them), and a NULL in a cursor column
+//!   read on the first page is quarantined under its key.
 
 use chrono::{DateTime, Utc};
 use exchange_tests::agent::{Agent, Resource, pulled};
@@ -369,6 +371,38 @@ async fn a_null_key_row_is_quarantined_and_the_rest_flow_in_snapshot_mode() {
     let status = agent.resource_status(CODE).await;
     assert_eq!(status["quarantined"], 1, "{status}");
     assert_eq!(entry_for(&status, Value::Null)["times"], 2, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_null_keys_than_a_page_do_not_stop_a_snapshot_scan() {
+    let scene = Scene::start().await;
+    let members = Members::create(scene.dir.path(), 5);
+    for i in 1..=25 {
+        members.insert(None, &format!("无编号会员{i}"), Some(i));
+    }
+    // Batches of 10: the scan's first page (NULL sorts first) would hold only NULL keys.
+    let agent = members.agent(&scene, Resource::snapshot(CODE, "hy", "members", "code"));
+    for run in 1..=2 {
+        let out = agent.sync_ok().await;
+        assert_eq!(pulled(&out, CODE), if run == 1 { 5 } else { 0 }, "{out}");
+        out.assert_mentions(&["quarantined 25 rows"]);
+        assert_same(&scene.hub.rows(CODE).await, &members.expected());
+        let status = agent.resource_status(CODE).await;
+        assert!(status["stopped"].is_null(), "{status}");
+        // Rows without a key share one entry per reason, which counts every row seen.
+        assert_eq!(status["quarantined"], 1, "{status}");
+        let entry = entry_for(&status, Value::Null);
+        assert_entry_names_column_without_values(&entry, "code", &["无编号会员"]);
+        assert_eq!(entry["times"], 25 * run, "{status}");
+    }
+
+    // Given keys, they are delivered; the scan goes on as before.
+    members.exec("UPDATE members SET code = 'N' || rowid WHERE code IS NULL");
+    let out = agent.sync_ok().await;
+    assert_eq!(pulled(&out, CODE), 25, "{out}");
+    let expected = members.expected();
+    assert_eq!(expected.len(), 30);
+    assert_same(&scene.hub.rows(CODE).await, &expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

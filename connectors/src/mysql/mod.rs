@@ -3,8 +3,9 @@
 //! Modules by concern:
 //! - `session.rs`: the connection URL (with the connector's own `time_zone` parameter), pool,
 //!   TLS, session setup, and error messages that never hold a row's values;
-//! - `plan.rs`: page statements, default deny (every selected column resolved before a
-//!   statement runs), and values bound with their column's type;
+//! - `plan.rs`: default deny (every selected column resolved before a statement runs), and
+//!   values bound with their column's type; the SQL text itself is the shared
+//!   [`Dialect::MYSQL`] (`dialect.rs`);
 //! - `horizon.rs`: late-commit protection: the clock, open transactions, replicas;
 //! - `convert.rs`: the type mapping from binary-protocol values to [`Value`].
 //!
@@ -28,6 +29,7 @@ use mysql_async::{
     TxOpts,
 };
 
+use crate::dialect::{self, BindAs, ColumnMeta, Dialect, HorizonCompare, LookupKeys, PageQuery};
 use crate::{
     Bound, ColumnInfo, Connector, ConnectorError, ConvertError, HorizonInfo, NullRows, Page,
     PageRequest, Probe, Relation, Row as SourceRow, Selection, SourceSpec, Value,
@@ -37,6 +39,9 @@ use convert::*;
 use horizon::*;
 use plan::*;
 use session::*;
+
+/// The SQL text of this connector.
+const SQL: Dialect = Dialect::MYSQL;
 
 /// Reads a MySQL or MariaDB source.
 pub struct MysqlConnector {
@@ -135,7 +140,6 @@ impl Connector for MysqlConnector {
     }
 
     async fn describe(&self, selection: &Selection) -> Result<Vec<ColumnInfo>, ConnectorError> {
-        self.check_selection(selection)?;
         let mut conn = self.conn().await?;
         let resolved = self.resolve(&mut conn, selection).await?;
         Ok(selection
@@ -153,48 +157,40 @@ impl Connector for MysqlConnector {
 
     async fn read_page(&self, request: &PageRequest<'_>) -> Result<Page, ConnectorError> {
         let selection = request.selection;
-        self.check_selection(selection)?;
         let positions =
-            crate::sql::cursor_positions(selection, request.after).map_err(|e| self.config(e))?;
+            dialect::cursor_positions(selection, request.after).map_err(|e| self.config(e))?;
         let mut conn = self.conn().await?;
         let resolved = self.resolve(&mut conn, selection).await?;
-        let cursor_columns: Vec<&Column> =
-            positions.iter().map(|&i| &resolved.columns[i]).collect();
-
-        let mut params = Vec::new();
-        let mut marks = None;
-        if let Some(after) = request.after {
-            let after = after
-                .iter()
-                .map(cursor_param)
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| self.config("a stored cursor value is out of range".into()))?;
-            // `c1 >= ?` then `(c1, …) > (?, …)`, or only `c1 > ?`.
-            if after.len() > 1 {
-                params.push(after[0].clone());
-            }
-            params.extend(after);
-            marks = Some(
-                cursor_columns
+        let after = match request.after {
+            Some(after) => Some(
+                after
                     .iter()
-                    .map(|c| placeholder(c))
-                    .collect::<Vec<_>>(),
-            );
-        }
+                    .zip(&positions)
+                    .map(|(value, &i)| Some((bind_as(&resolved.columns[i]), cursor_param(value)?)))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| self.config("a stored cursor value is out of range".into()))?,
+            ),
+            None => None,
+        };
 
         // The horizon is read before the page query, in its own statement.
         let mut horizon = crate::Horizon::unbounded();
-        if let (Bound::Horizon { safety_lag }, Some(first)) =
-            (request.bound, cursor_columns.first())
-            && let Some(kind) = Temporal::of(first)
+        let mut bound = None;
+        if let Bound::Horizon { safety_lag } = request.bound
+            && let Some(kind) = Temporal::of(&resolved.columns[positions[0]])
         {
-            let (bound, bounded) = self.horizon(&mut conn, kind, safety_lag).await?;
-            params.push(bound);
+            let (value, bounded) = self.horizon(&mut conn, kind, safety_lag).await?;
+            bound = Some((HorizonCompare::Instant, value));
             horizon = bounded;
         }
-        let bounded = horizon.info != HorizonInfo::Unbounded;
-        params.push(mysql_async::Value::UInt(request.limit as u64));
-        let sql = select_sql(selection, marks.as_deref(), bounded, true);
+        let (sql, params) = SQL.page_query(PageQuery {
+            select_list: &SQL.column_refs(&selection.columns),
+            from: &SQL.relation_sql(&selection.relation),
+            cursor: &selection.cursor,
+            after,
+            horizon: bound,
+            limit: mysql_async::Value::UInt(request.limit as u64),
+        });
         let rows = self.fetch(&mut conn, selection, sql, params).await?;
         Ok(Page {
             columns: selection.columns.clone().into(),
@@ -208,50 +204,37 @@ impl Connector for MysqlConnector {
         selection: &Selection,
         limit: usize,
     ) -> Result<NullRows, ConnectorError> {
-        self.check_selection(selection)?;
-        let positions =
-            crate::sql::cursor_positions(selection, None).map_err(|e| self.config(e))?;
+        dialect::cursor_positions(selection, None).map_err(|e| self.config(e))?;
         let mut conn = self.conn().await?;
         let resolved = self.resolve(&mut conn, selection).await?;
-        let nullable: Vec<String> = positions
-            .iter()
-            .filter(|&&i| resolved.nullable[i] != Some(false))
-            .map(|&i| format!("{} IS NULL", quote_ident(&selection.columns[i])))
-            .collect();
-        if nullable.is_empty() {
+        let select_list = SQL.column_refs(&selection.columns);
+        let from = SQL.relation_sql(&selection.relation);
+        let Some(queries) =
+            SQL.null_cursor_queries(selection, &resolved.nullable, &select_list, &from)
+        else {
             return Ok(NullRows {
                 total: 0,
                 rows: Vec::new(),
             });
-        }
-        let condition = nullable.join(" OR ");
-        let from = from_sql(&selection.relation);
+        };
         // Both statements read one snapshot, so the count and the rows agree.
         let mut tx = self.read_only(&mut conn).await?;
         let total: Option<u64> = tx
-            .exec_first(format!("SELECT COUNT(*) FROM {from} WHERE {condition}"), ())
+            .exec_first(queries.count, ())
             .await
             .map_err(|e| self.error(&e))?;
-        let sql = format!(
-            "{} WHERE {condition} LIMIT ?",
-            select_sql(selection, None, false, false)
-        );
         let rows = self
             .exec_checked(
                 &mut tx,
                 selection,
-                sql,
+                queries.rows,
                 vec![mysql_async::Value::UInt(limit as u64)],
             )
             .await?;
         tx.rollback().await.map_err(|e| self.error(&e))?;
-        let rows = rows
-            .into_iter()
-            .map(|row| self.convert_row(&selection.columns, row))
-            .collect::<Result<Vec<_>, _>>()?;
         Ok(NullRows {
             total: total.unwrap_or(0),
-            rows,
+            rows: self.convert_rows(selection, rows)?,
         })
     }
 
@@ -261,7 +244,6 @@ impl Connector for MysqlConnector {
         key: &str,
         keys: &[Value],
     ) -> Result<Vec<SourceRow>, ConnectorError> {
-        self.check_selection(selection)?;
         let Some(index) = selection.columns.iter().position(|c| c == key) else {
             return Err(self.config(format!(
                 "key column `{key}` is not among the selected columns"
@@ -280,15 +262,15 @@ impl Connector for MysqlConnector {
                     source_type(column)
                 ))
             })?;
-        let mark = placeholder(column);
+        let select_list = SQL.column_refs(&selection.columns);
+        let from = SQL.relation_sql(&selection.relation);
         let mut rows = Vec::new();
         for chunk in params.chunks(LOOKUP_CHUNK) {
-            let sql = format!(
-                "{} WHERE {} IN ({})",
-                select_sql(selection, None, false, false),
-                quote_ident(key),
-                vec![mark.as_str(); chunk.len()].join(", ")
-            );
+            let keys = LookupKeys::List {
+                count: chunk.len(),
+                how: bind_as(column),
+            };
+            let sql = SQL.lookup_sql(&select_list, &from, key, keys);
             rows.extend(
                 self.fetch(&mut conn, selection, sql, chunk.to_vec())
                     .await?,

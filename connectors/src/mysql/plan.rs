@@ -1,31 +1,33 @@
-//! Page statements: the SQL of a selection, default deny, and values bound as their column's type.
-//!
-//! A page is `SELECT <columns> FROM <table | (query) AS src> WHERE <cursor> > <after> AND
-//! <first cursor column> < <horizon> ORDER BY <cursor> LIMIT n`. The cursor tuple comparison is
-//! written `c1 >= ? AND (c1, c2, …) > (?, ?, …)` so the optimizer gets a range on `c1`.
+//! Page statements: default deny, and values bound as their column's type. The SQL text is the
+//! shared [`Dialect::MYSQL`] (`dialect.rs`: page query, NULL-cursor filter and count, lookup);
+//! this module resolves the selection and chooses how each value is bound.
 //!
 //! # Default deny and typed binding
 //!
 //! Before any statement, every selected column is resolved: a table's (or view's) against
 //! `information_schema.columns` (`schema.table` or the URL's database), a query's against its
-//! own output columns (`SELECT * FROM (query) AS src`, prepared, never run); a name that is not
-//! there is refused with a configuration error naming it. Every statement's result columns are
-//! then checked, by name and count, against the selection before it runs. The same lookup
-//! gives [`crate::ColumnInfo::nullable`] (`IS_NULLABLE`; `None` for a query's columns).
+//! own output columns (`SELECT * FROM (query) AS src LIMIT 0`, prepared, never run); a name
+//! that is not there is refused with a configuration error naming it
+//! ([`Dialect::resolve_columns`]; MySQL compares column names without case). Every
+//! statement's result columns are then checked, by name and count, against the selection
+//! before it runs. The same lookup gives [`crate::ColumnInfo::nullable`] (`IS_NULLABLE`;
+//! `None` for a query's columns).
 //!
 //! A value compared with a column is bound as the column's type: integers, dates and
-//! timestamps as binary-protocol values, and a `DECIMAL` as its exact text cast with
-//! `CAST(? AS DECIMAL(65, scale))` (a string compared with a decimal would go through DOUBLE
-//! and lose the digits past ~15). [`Connector::lookup`] converts its keys to the key column's
-//! type first (a key that does not fit is refused) and reads them `IN (…)` in chunks of 1000.
-//! [`Connector::null_cursor_rows`] counts and reads the rows with a NULL in a cursor column
-//! that may hold one, in one read-only snapshot.
-//! A `query` resource is read inside `START TRANSACTION READ ONLY` (see [`MysqlConnector::fetch`]).
+//! timestamps as binary-protocol values ([`BindAs::Native`]), and a `DECIMAL` as its exact
+//! text cast with `CAST(? AS DECIMAL(65, scale))` ([`BindAs::Decimal`]: a string compared with
+//! a decimal would go through DOUBLE and lose the digits past ~15). [`Connector::lookup`]
+//! converts its keys to the key column's type first (a key that does not fit is refused) and
+//! reads them `IN (…)` in chunks of [`LOOKUP_CHUNK`]. [`Connector::null_cursor_rows`] counts
+//! and reads the rows with a NULL in a cursor column that may hold one, in one read-only
+//! snapshot. A `query` resource is read inside `START TRANSACTION READ ONLY` (see
+//! [`MysqlConnector::fetch`]).
 
 use super::*;
 
-/// The columns of a table, with their nullability, from the catalogue (default deny).
-pub(super) const COLUMNS_SQL: &str = "SELECT COLUMN_NAME, IS_NULLABLE FROM information_schema.columns \
+/// The columns of a table, with their nullability and type, from the catalogue (default deny).
+pub(super) const COLUMNS_SQL: &str = "SELECT COLUMN_NAME, IS_NULLABLE, DATA_TYPE \
+     FROM information_schema.columns \
      WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ?";
 
 /// Keys per `IN (…)` list of a lookup.
@@ -40,23 +42,6 @@ pub(super) struct Resolved {
 }
 
 impl MysqlConnector {
-    /// Checks the selection's shape; errors are configuration errors.
-    pub(super) fn check_selection(&self, selection: &Selection) -> Result<(), ConnectorError> {
-        if selection.columns.is_empty() {
-            return Err(self.config("the selection has no columns".into()));
-        }
-        if let Some(missing) = selection
-            .cursor
-            .iter()
-            .find(|c| !selection.columns.contains(c))
-        {
-            return Err(self.config(format!(
-                "cursor column `{missing}` is not among the selected columns"
-            )));
-        }
-        Ok(())
-    }
-
     /// Resolves every selected column against the relation (default deny): a table's columns
     /// in `information_schema.columns`, a query's own output columns; then checks that the
     /// plain `SELECT` of the selection returns exactly the selected columns.
@@ -65,16 +50,19 @@ impl MysqlConnector {
         conn: &mut Conn,
         selection: &Selection,
     ) -> Result<Resolved, ConnectorError> {
-        let nullable = match &selection.relation {
+        if selection.columns.is_empty() {
+            return Err(self.config("the selection reads no column".into()));
+        }
+        let (found, what) = match &selection.relation {
             Relation::Table(table) => {
                 let (schema, name) = split_table(table).map_err(|e| self.config(e))?;
-                let catalogue: Vec<(String, String)> = conn
+                let catalogue: Vec<(String, String, String)> = conn
                     .exec(COLUMNS_SQL, (schema, name))
                     .await
                     .map_err(|e| self.error(&e))?;
                 if catalogue.is_empty() {
                     // Let the server say why (no such table, no privilege on it).
-                    conn.prep(select_sql(selection, None, false, false))
+                    conn.prep(SQL.describe_sql(selection))
                         .await
                         .map_err(|e| self.error(&e))?;
                     return Err(self.config(format!(
@@ -82,44 +70,41 @@ impl MysqlConnector {
                          this account"
                     )));
                 }
-                selection
-                    .columns
-                    .iter()
-                    .map(|column| {
-                        catalogue
-                            .iter()
-                            .find(|(name, _)| same_name(name, column))
-                            .map(|(_, nullable)| Some(nullable == "YES"))
-                            .ok_or_else(|| {
-                                self.config(format!(
-                                    "column `{column}` is not a column of table `{table}` \
-                                     (only the table's own columns are read)"
-                                ))
-                            })
+                let found = catalogue
+                    .into_iter()
+                    .map(|(name, nullable, data_type)| ColumnMeta {
+                        name,
+                        source_type: data_type.to_uppercase(),
+                        nullable: Some(nullable == "YES"),
                     })
-                    .collect::<Result<Vec<_>, _>>()?
+                    .collect::<Vec<_>>();
+                (found, format!("table `{table}`"))
             }
             Relation::Query(_) => {
                 let stmt = conn
-                    .prep(format!("SELECT * FROM {}", from_sql(&selection.relation)))
+                    .prep(SQL.output_columns_sql(&selection.relation))
                     .await
                     .map_err(|e| self.error(&e))?;
-                let output = stmt.columns();
-                if let Some(column) = selection
-                    .columns
+                let found = stmt
+                    .columns()
                     .iter()
-                    .find(|c| !output.iter().any(|o| same_name(&o.name_str(), c)))
-                {
-                    return Err(self.config(format!(
-                        "column `{column}` is not an output column of the resource's query \
-                         (only the query's own columns are read)"
-                    )));
-                }
-                vec![None; selection.columns.len()]
+                    .map(|c| ColumnMeta {
+                        name: c.name_str().into_owned(),
+                        source_type: source_type(c),
+                        nullable: None,
+                    })
+                    .collect::<Vec<_>>();
+                (found, "the query's output".to_owned())
             }
         };
+        let nullable = SQL
+            .resolve_columns(selection, &found, &what)
+            .map_err(|e| self.config(e))?
+            .into_iter()
+            .map(|meta| meta.nullable)
+            .collect();
         let stmt = conn
-            .prep(select_sql(selection, None, false, false))
+            .prep(SQL.describe_sql(selection))
             .await
             .map_err(|e| self.error(&e))?;
         let columns = stmt.columns();
@@ -145,7 +130,7 @@ impl MysqlConnector {
         }
         for (name, column) in selection.columns.iter().zip(columns) {
             let got = column.name_str();
-            if !same_name(&got, name) {
+            if !SQL.same_name(&got, name) {
                 return Err(self.config(format!(
                     "the statement returns column `{got}` where `{name}` was selected"
                 )));
@@ -172,6 +157,15 @@ impl MysqlConnector {
                 rows
             }
         };
+        self.convert_rows(selection, rows)
+    }
+
+    /// Converts rows of the selected columns.
+    pub(super) fn convert_rows(
+        &self,
+        selection: &Selection,
+        rows: Vec<Row>,
+    ) -> Result<Vec<SourceRow>, ConnectorError> {
         rows.into_iter()
             .map(|row| self.convert_row(&selection.columns, row))
             .collect()
@@ -206,11 +200,6 @@ impl MysqlConnector {
     }
 }
 
-/// Whether two column names are the same to the server (MySQL compares them without case).
-pub(super) fn same_name(a: &str, b: &str) -> bool {
-    a.to_lowercase() == b.to_lowercase()
-}
-
 /// `schema.table` → (`Some(schema)`, `table`); `table` → (`None`, `table`).
 pub(super) fn split_table(name: &str) -> Result<(Option<String>, String), String> {
     match name.split('.').collect::<Vec<_>>().as_slice() {
@@ -220,91 +209,13 @@ pub(super) fn split_table(name: &str) -> Result<(Option<String>, String), String
     }
 }
 
-/// Backtick-quotes one identifier.
-pub(super) fn quote_ident(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
-}
-
-/// Quotes `table` or `schema.table`, each part on its own.
-pub(super) fn quote_table(name: &str) -> String {
-    name.split('.')
-        .map(quote_ident)
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-/// The `FROM` item of a relation: a quoted table, or the query as a derived table `src`.
-pub(super) fn from_sql(relation: &Relation) -> String {
-    match relation {
-        Relation::Table(table) => quote_table(table),
-        Relation::Query(query) => {
-            // The newlines end a trailing `-- comment` inside the query.
-            let query = query.trim().trim_end_matches(';').trim_end();
-            format!("(\n{query}\n) AS src")
-        }
-    }
-}
-
-/// Builds the SELECT of a selection. With `after` (one placeholder expression per cursor
-/// column, see [`placeholder`]), a cursor condition (plus one for the leading range); with
-/// `bounded`, `first cursor column < ?`; with `paged`, `ORDER BY` the cursor and `LIMIT ?`.
-pub(super) fn select_sql(
-    selection: &Selection,
-    after: Option<&[String]>,
-    bounded: bool,
-    paged: bool,
-) -> String {
-    let columns = selection
-        .columns
-        .iter()
-        .map(|c| quote_ident(c))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let from = from_sql(&selection.relation);
-    let cursor: Vec<String> = selection.cursor.iter().map(|c| quote_ident(c)).collect();
-    let mut conditions = Vec::new();
-    if let Some(marks) = after {
-        match (cursor.as_slice(), marks) {
-            ([], _) | (_, []) => {}
-            ([only], [mark, ..]) => conditions.push(format!("{only} > {mark}")),
-            ([first, ..], [mark, ..]) => {
-                conditions.push(format!(
-                    "{first} >= {mark} AND ({}) > ({})",
-                    cursor.join(", "),
-                    marks.join(", ")
-                ));
-            }
-        }
-    }
-    if let (true, Some(first)) = (bounded, cursor.first()) {
-        conditions.push(format!("{first} < ?"));
-    }
-    let mut sql = format!("SELECT {columns} FROM {from}");
-    if !conditions.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&conditions.join(" AND "));
-    }
-    if paged {
-        if !cursor.is_empty() {
-            sql.push_str(" ORDER BY ");
-            sql.push_str(&cursor.join(", "));
-        }
-        sql.push_str(" LIMIT ?");
-    }
-    sql
-}
-
-/// The placeholder for a value compared with `column`, typed as the column: a `DECIMAL` is
-/// bound as its exact text and cast to `DECIMAL(65, scale)` (a string compared with a decimal
-/// goes through DOUBLE and loses digits past ~15); any other type as `?`, bound with the
-/// matching binary-protocol type.
-pub(super) fn placeholder(column: &Column) -> String {
+/// How a value compared with `column` is bound: a `DECIMAL` as its exact text cast to
+/// `DECIMAL(65, scale)`, any other type as the matching binary-protocol value.
+pub(super) fn bind_as(column: &Column) -> BindAs<'static> {
     use ColumnType::*;
     match column.column_type() {
-        MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => {
-            format!("CAST(? AS DECIMAL(65, {}))", column.decimals().min(38))
-        }
-        _ => "?".into(),
+        MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => BindAs::Decimal(u32::from(column.decimals())),
+        _ => BindAs::Native,
     }
 }
 
@@ -417,47 +328,6 @@ pub(super) fn datetime_param(ts: NaiveDateTime) -> Option<mysql_async::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn selection(relation: Relation, columns: &[&str], cursor: &[&str]) -> Selection {
-        Selection {
-            relation,
-            columns: columns.iter().map(|c| c.to_string()).collect(),
-            cursor: cursor.iter().map(|c| c.to_string()).collect(),
-        }
-    }
-
-    #[test]
-    fn page_statements_quote_identifiers_and_bind_the_cursor() {
-        let s = selection(
-            Relation::Table("hr.per`son".into()),
-            &["id", "updated_at", "name"],
-            &["updated_at", "id"],
-        );
-        let after = ["?".to_owned(), "CAST(? AS DECIMAL(65, 2))".to_owned()];
-        let cases = [
-            (
-                None,
-                false,
-                "SELECT `id`, `updated_at`, `name` FROM `hr`.`per``son` \
-                 ORDER BY `updated_at`, `id` LIMIT ?",
-            ),
-            (
-                Some(&after[..]),
-                true,
-                "SELECT `id`, `updated_at`, `name` FROM `hr`.`per``son` \
-                 WHERE `updated_at` >= ? AND (`updated_at`, `id`) > (?, CAST(? AS DECIMAL(65, 2))) \
-                 AND `updated_at` < ? ORDER BY `updated_at`, `id` LIMIT ?",
-            ),
-        ];
-        for (after, bounded, expected) in cases {
-            assert_eq!(select_sql(&s, after, bounded, true), expected);
-        }
-        let q = selection(Relation::Query("SELECT 1 AS id;".into()), &["id"], &["id"]);
-        assert_eq!(
-            select_sql(&q, Some(&["?".to_owned()]), false, true),
-            "SELECT `id` FROM (\nSELECT 1 AS id\n) AS src WHERE `id` > ? ORDER BY `id` LIMIT ?"
-        );
-    }
 
     #[test]
     fn decimal_literals_are_recognized() {

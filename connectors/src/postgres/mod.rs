@@ -39,10 +39,11 @@
 //! `dialect.rs` for the query shape). A stored cursor value is bound as text and cast back
 //! to the column's own type (`$1::text::"pg_catalog"."timestamptz"`; `bytea` through
 //! `decode($1, 'base64')`), so rows are compared and ordered by the column's type, not by
-//! the cast used to read it. Rows with a NULL in a cursor column have no place in the order
-//! (see [`Connector::read_page`] for when a page still returns them);
-//! [`Connector::null_cursor_rows`] counts them and returns a sample (count and sample in one repeatable-read transaction; only cursor
-//! columns that are not `NOT NULL` columns of a table are looked at).
+//! the cast used to read it. Rows with a NULL in a cursor column have no place in the order:
+//! pages leave them out (`IS NOT NULL`; PostgreSQL sorts NULL last) and
+//! [`Connector::null_cursor_rows`] counts them and returns a sample (count and sample in one
+//! repeatable-read transaction; only cursor columns that are not `NOT NULL` columns of a table
+//! are looked at; a cached plan is made again when a column's nullability changed).
 //!
 //! [`Connector::lookup`] reads `WHERE src.key = ANY($1)`, the keys bound as one `text[]` cast
 //! to the key column's own type (`$1::text[]::"pg_catalog"."int8"[]`; `bytea` through
@@ -167,7 +168,7 @@ use convert::*;
 use plan::*;
 use session::*;
 
-use crate::dialect::{self, BindAs, ColumnMeta, Dialect, HorizonCompare, PageQuery};
+use crate::dialect::{self, BindAs, ColumnMeta, Dialect, HorizonCompare, LookupKeys, PageQuery};
 
 /// The SQL text of this connector.
 const SQL: Dialect = Dialect::POSTGRES;
@@ -290,25 +291,16 @@ impl PostgresConnector {
     ) -> Result<NullRows, Failure> {
         let plan = self.plan(session, selection).await?;
         let nullable: Vec<Option<bool>> = plan.columns.iter().map(|c| c.nullable).collect();
-        let Some(predicate) = SQL.null_cursor_predicate(selection, &nullable) else {
+        let Some(queries) =
+            SQL.null_cursor_queries(selection, &nullable, &plan.select_list, &plan.from)
+        else {
             return Ok(NullRows {
                 total: 0,
                 rows: Vec::new(),
             });
         };
-        let count = session
-            .prepare(&format!(
-                "SELECT pg_catalog.count(*) FROM {} WHERE {predicate}",
-                plan.from
-            ))
-            .await?;
-        let sample = session
-            .prepare(&format!(
-                "SELECT {} FROM {} WHERE {predicate} LIMIT $1::int8",
-                plan.select_list.join(", "),
-                plan.from
-            ))
-            .await?;
+        let count = session.prepare(&queries.count).await?;
+        let sample = session.prepare(&queries.rows).await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let transaction = session
             .client
@@ -363,7 +355,12 @@ impl PostgresConnector {
         } else {
             format!("{p}::text[]::{}[]", type_sql(&column.pg_type))
         };
-        let sql = SQL.lookup_sql(&plan.select_list, &plan.from, key, texts.len(), &array);
+        let sql = SQL.lookup_sql(
+            &plan.select_list,
+            &plan.from,
+            key,
+            LookupKeys::Array(&array),
+        );
         let statement = session.prepare(&sql).await?;
         let read_only = matches!(selection.relation, Relation::Query(_));
         let rows = query_rows(&mut session.client, &statement, &[&texts], read_only).await?;
@@ -379,24 +376,19 @@ impl PostgresConnector {
     ) -> Result<Page, Failure> {
         let selection = request.selection;
         let plan = self.plan(session, selection).await?;
-        let cursor: Vec<String> = SQL.column_refs(&selection.cursor);
 
-        let mut texts: Vec<String> = Vec::new();
-        let mut after_exprs: Vec<String> = Vec::new();
-        if let Some(after) = request.after {
-            for (i, (value, &pos)) in after.iter().zip(positions).enumerate() {
+        // Stored cursor values are bound as text and cast back to the column's own type.
+        let mut after = Vec::new();
+        if let Some(values) = request.after {
+            for (value, &pos) in values.iter().zip(positions) {
                 let column = &plan.columns[pos];
-                let n = i + 1;
-                let ty = type_sql(&column.pg_type);
-                let expr = SQL.bind(n, column.bind_as(&ty));
                 let text = bind_text(value).ok_or_else(|| {
                     Failure::Config(format!(
                         "the stored cursor value of column `{}` cannot be bound",
                         column.name
                     ))
                 })?;
-                texts.push(text);
-                after_exprs.push(expr);
+                after.push((column, type_sql(&column.pg_type), text));
             }
         }
 
@@ -409,49 +401,39 @@ impl PostgresConnector {
         let (horizon, info) = match (request.bound, kind) {
             (Bound::Horizon { safety_lag }, Some(kind)) => {
                 let (at, info) = self.horizon(session, safety_lag).await?;
-                (Some((at, kind)), info)
+                (Some((kind, at)), info)
             }
             _ => (None, HorizonInfo::Unbounded),
         };
-        let mut next = texts.len() + 1;
-        let mut upper = None;
-        if let Some((_, kind)) = horizon {
-            let p = next;
-            next += 1;
-            upper = Some(SQL.horizon_predicate(&cursor[0], p, kind));
-        }
-        let limit_expr = format!("{}::int8", SQL.param(next));
-        let sql = PageQuery {
-            select_list: &plan.select_list,
-            from: &plan.from,
-            cursor: &cursor,
-            after: request.after.map(|_| after_exprs.as_slice()),
-            upper: upper.as_deref(),
-            limit: &limit_expr,
-        }
-        .sql();
-
-        let horizon_at = horizon.map(|(at, _)| at);
         let reached = match horizon {
             // A day is read once the bound's day has begun: rows committed before the
             // midnight (in the session's time zone) that starts it are all below the bound.
-            Some((at, HorizonCompare::Date)) => Some(
+            Some((HorizonCompare::Date, at)) => Some(
                 session
                     .client
                     .query_one("SELECT (($1::timestamptz)::date)::timestamptz", &[&at])
                     .await?
                     .try_get(0)?,
             ),
-            Some((at, HorizonCompare::Instant)) => Some(at),
+            Some((HorizonCompare::Instant, at)) => Some(at),
             None => None,
         };
         let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-        let mut params: Vec<&(dyn ToSql + Sync)> =
-            texts.iter().map(|t| t as &(dyn ToSql + Sync)).collect();
-        if let Some(at) = &horizon_at {
-            params.push(at);
-        }
-        params.push(&limit);
+        let (sql, params) = SQL.page_query::<&(dyn ToSql + Sync)>(PageQuery {
+            select_list: &plan.select_list,
+            from: &plan.from,
+            cursor: &selection.cursor,
+            after: request.after.map(|_| {
+                after
+                    .iter()
+                    .map(|(column, ty, text)| (column.bind_as(ty), text as &(dyn ToSql + Sync)))
+                    .collect()
+            }),
+            horizon: horizon
+                .as_ref()
+                .map(|(kind, at)| (*kind, at as &(dyn ToSql + Sync))),
+            limit: &limit,
+        });
 
         let statement = session.prepare(&sql).await?;
         let read_only = matches!(selection.relation, Relation::Query(_));

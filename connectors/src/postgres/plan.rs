@@ -135,11 +135,22 @@ impl PostgresConnector {
             .cloned();
         if let Some(plan) = cached {
             // The table may have changed since (a column dropped, a function of the same name
-            // created): resolve the columns again, one cheap catalogue query.
-            if matches!(selection.relation, Relation::Table(_)) {
-                self.resolve(session, selection).await?;
+            // created, a NOT NULL dropped): resolve the columns again, one cheap catalogue
+            // query, and plan again if their nullability changed (it decides which rows
+            // `null_cursor_rows` counts).
+            let same = match selection.relation {
+                Relation::Table(_) => {
+                    let now = self.resolve(session, selection).await?;
+                    now.columns
+                        .iter()
+                        .map(|c| c.nullable)
+                        .eq(plan.columns.iter().map(|c| c.nullable))
+                }
+                Relation::Query(_) => true,
+            };
+            if same {
+                return Ok(plan);
             }
-            return Ok(plan);
         }
         if selection.columns.is_empty() {
             return Err(Failure::Config("the selection reads no column".into()));
