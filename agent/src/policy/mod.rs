@@ -11,6 +11,8 @@
 //! Rules implemented: `plain` (delivered as converted) and `drop` (never read). The
 //! desensitization engine (mask, pseudonym, generalize) plugs in as further [`Rule`]s here.
 
+pub mod pseudonym;
+
 use exchange_connectors::{Row, Selection, Value};
 use serde_json::Map;
 
