@@ -9,7 +9,7 @@ use exchange_connectors::Connector;
 use tokio::sync::{Notify, watch};
 
 use crate::backoff::Backoff;
-use crate::config::{Config, Share};
+use crate::config::Config;
 use crate::policy::Plan;
 use crate::pull::Puller;
 use crate::push::{HubClient, PushError, push_one};
@@ -24,7 +24,7 @@ pub struct Pipeline {
     pub queue: Queue,
     /// The hub client.
     pub client: HubClient,
-    /// One puller per delivered resource (share class other than `none`).
+    /// One puller per delivered resource (unconditional, or conditional with `deliver = true`).
     pub pullers: Vec<Arc<Puller>>,
     /// Signalled when the pusher freed queue space.
     pub space: Arc<Notify>,
@@ -63,11 +63,11 @@ impl Pipeline {
         let pullers = config
             .resources
             .iter()
-            .filter(|r| r.share != Share::None)
+            .filter(|r| r.share.delivers())
             .map(|r| {
                 Arc::new(Puller {
                     resource: r.clone(),
-                    plan: Arc::new(Plan::new(r)),
+                    plan: Arc::new(Plan::new(r, &config.keys)),
                     connector: connectors[&r.source].clone(),
                     queue: queue.clone(),
                     batch: config.batch,

@@ -4,59 +4,83 @@
 //! - default deny: only columns named in a resource's `[resources.fields]` (plus its key and
 //!   cursor columns) are read from the source; a `drop` field is not even selected;
 //! - [`Plan::apply`] is the only function that turns a source row into an outgoing record, and
-//!   it runs before anything is written to disk;
+//!   it runs before anything is written to disk: masks, pseudonyms, generalizations and FPE
+//!   are applied here, and the key leaves (and is quarantined, and shown) only in its
+//!   delivered form;
+//! - fail closed: a value a rule cannot parse, or too short to keep anything, is masked
+//!   completely; a rule that lacks its key masks completely;
 //! - a row that cannot be converted becomes a [`Quarantine`] reason naming the column and the
-//!   problem, never a value.
+//!   problem, never a value;
+//! - the raw value of a pseudonymized (or encrypted) key is kept only in the source position,
+//!   and there sealed ([`seal`]).
 //!
-//! Rules implemented: `plain` (delivered as converted) and `drop` (never read). The
-//! desensitization engine (mask, pseudonym, generalize) plugs in as further [`Rule`]s here.
+//! Rules ([`rule`]): `plain`, `drop`, `mask:*` ([`mask`]), `pseudonym` ([`pseudonym`]),
+//! `generalize:*` ([`generalize`]), `fpe:digits` ([`fpe`]).
 
+pub mod fpe;
+pub mod generalize;
+pub mod mask;
 pub mod pseudonym;
+pub mod rule;
+pub mod seal;
 
 use exchange_connectors::{Row, Selection, Value};
 use serde_json::Map;
 
-use crate::config::{Mode, Resource};
+use crate::config::{InvalidKey, Mode, Resource};
+use crate::identifier::{self, IdKind};
 
-/// What happens to a field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rule {
-    /// Delivered as converted.
-    Plain,
-    /// Never read, never delivered.
-    Drop,
+pub use fpe::FpeKey;
+pub use pseudonym::PseudonymKey;
+pub use rule::{Rule, TypeClass};
+
+/// The key material rules need, read from `[policy]` at configuration time.
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    /// `pseudonym_key_file` with `pseudonym_key_version`.
+    pub pseudonym: Option<PseudonymKey>,
+    /// `fpe_key_file`.
+    pub fpe: Option<FpeKey>,
 }
 
-impl std::fmt::Display for Rule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Rule::Plain => "plain",
-            Rule::Drop => "drop",
-        })
-    }
-}
-
-impl Rule {
-    /// Parses a rule as written in `[resources.fields]`.
-    pub fn parse(s: &str) -> Result<Rule, String> {
-        match s {
-            "plain" => Ok(Rule::Plain),
-            "drop" => Ok(Rule::Drop),
-            other
-                if other.starts_with("mask")
-                    || other.starts_with("pseudonym")
-                    || other.starts_with("generalize")
-                    || other.starts_with("fpe") =>
-            {
-                Err(format!(
-                    "rule `{other}` belongs to the desensitization engine, which this version does not have yet; expected \"plain\" or \"drop\""
-                ))
-            }
-            other => Err(format!(
-                "`{other}` is not a field rule; expected \"plain\" or \"drop\""
-            )),
+impl Keys {
+    /// What identifies the key a rule uses, for the stream fingerprint: version and check
+    /// value, never the secret. Empty for rules without a key.
+    pub fn describe(&self, rule: &Rule) -> String {
+        match rule {
+            Rule::Pseudonym { .. } => match &self.pseudonym {
+                Some(k) => format!(" key v{} check {}", k.version(), k.check_value()),
+                None => " key missing".into(),
+            },
+            Rule::FpeDigits { .. } => match &self.fpe {
+                Some(k) => format!(" key check {}", k.check_value()),
+                None => " key missing".into(),
+            },
+            _ => String::new(),
         }
     }
+}
+
+/// Checks every field's rule against its column's source type (`check --connect` and every
+/// pull); the error names the resource, the field, the type and what the rule accepts.
+pub fn check_types(
+    resource: &Resource,
+    columns: &[exchange_connectors::ColumnInfo],
+) -> Result<(), String> {
+    for (name, rule) in &resource.fields {
+        let Some(c) = columns.iter().find(|c| c.name.eq_ignore_ascii_case(name)) else {
+            continue;
+        };
+        if !rule.accepts(TypeClass::of(&c.source_type)) {
+            return Err(format!(
+                "resource `{}`, field `{name}`: rule {rule} is not for a column of type {}; it takes {}",
+                resource.code,
+                c.source_type,
+                rule.accepted_types()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Deepest JSON value delivered: a record line adds two levels and parsers commonly stop at
@@ -86,10 +110,13 @@ pub enum CursorOf {
 /// An outgoing record: what the hub receives for one row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {
-    /// The subject identifier, as text.
+    /// The subject identifier as it leaves (normalized, pseudonymized or encrypted).
     pub key: String,
     /// Delivered fields in configuration order.
     pub fields: Map<String, serde_json::Value>,
+    /// The key is not a valid identifier of its kind and `invalid_key = "deliver"` let it
+    /// through (flagged).
+    pub invalid_key: bool,
 }
 
 /// Why a row was not delivered. Never holds a value.
@@ -99,6 +126,29 @@ pub struct Quarantine {
     pub key: Option<String>,
     /// What was wrong.
     pub reason: String,
+    /// The key is not a valid identifier of its kind (`invalid_key = "quarantine"`).
+    pub invalid_key: bool,
+}
+
+impl Quarantine {
+    fn new(key: Option<String>, reason: String) -> Quarantine {
+        Quarantine {
+            key,
+            reason,
+            invalid_key: false,
+        }
+    }
+}
+
+/// One delivered field.
+#[derive(Debug, Clone)]
+struct Emit {
+    /// Index of the column in the row.
+    index: usize,
+    /// The field name.
+    name: String,
+    /// Its rule.
+    rule: Rule,
 }
 
 /// The compiled policy of one resource.
@@ -106,17 +156,29 @@ pub struct Quarantine {
 pub struct Plan {
     /// What to read from the source.
     pub selection: Selection,
-    /// (index in the row, field name) of every delivered field.
-    emit: Vec<(usize, String)>,
+    /// Every delivered field, in configuration order.
+    emit: Vec<Emit>,
     /// Index of the key column in the row.
     key_index: usize,
+    /// The key column's rule.
+    key_rule: Rule,
+    /// The key column's identifier kind.
+    key_kind: IdKind,
+    /// What an invalid key does.
+    invalid_key: InvalidKey,
     /// Indexes of the cursor columns in the row.
     cursor_index: Vec<usize>,
+    /// Which cursor values are stored sealed (those of the key, when it does not leave
+    /// plain), and the sealer.
+    seal: Option<(seal::Sealer, Vec<bool>)>,
+    /// The key material.
+    keys: Keys,
 }
 
 impl Plan {
-    /// Compiles the plan of a resource. Snapshot resources page by their key.
-    pub fn new(resource: &Resource) -> Plan {
+    /// Compiles the plan of a resource with the key material its rules use. Snapshot
+    /// resources page by their key.
+    pub fn new(resource: &Resource, keys: &Keys) -> Plan {
         let mut columns: Vec<String> = Vec::new();
         let add = |c: &str, columns: &mut Vec<String>| -> usize {
             match columns.iter().position(|x| x == c) {
@@ -129,12 +191,22 @@ impl Plan {
         };
         let mut emit = Vec::new();
         for (name, rule) in &resource.fields {
-            if *rule == Rule::Plain {
-                let i = add(name, &mut columns);
-                emit.push((i, name.clone()));
+            if *rule != Rule::Drop {
+                let index = add(name, &mut columns);
+                emit.push(Emit {
+                    index,
+                    name: name.clone(),
+                    rule: rule.clone(),
+                });
             }
         }
         let key_index = add(&resource.key, &mut columns);
+        let key_rule = resource
+            .fields
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(&resource.key))
+            .map(|(_, r)| r.clone())
+            .unwrap_or(Rule::Plain);
         // The key ends every cursor as a tiebreaker: with a strict tuple comparison, a page
         // boundary inside a group of rows sharing `updated_at` must not skip the rest of the
         // group, and the key is unique.
@@ -147,7 +219,21 @@ impl Plan {
                 .collect(),
             Mode::Snapshot => vec![resource.key.clone()],
         };
-        let cursor_index = cursor.iter().map(|c| add(c, &mut columns)).collect();
+        let cursor_index: Vec<usize> = cursor.iter().map(|c| add(c, &mut columns)).collect();
+        let sealer = match &key_rule {
+            Rule::FpeDigits { .. } => keys
+                .fpe
+                .as_ref()
+                .map(|k| seal::Sealer::from_secret(k.secret())),
+            _ => keys
+                .pseudonym
+                .as_ref()
+                .map(|k| seal::Sealer::new(k.derive(seal::LABEL))),
+        };
+        let sealed: Vec<bool> = cursor_index
+            .iter()
+            .map(|&i| i == key_index && !key_rule.is_plain())
+            .collect();
         Plan {
             selection: Selection {
                 relation: resource.relation.clone(),
@@ -156,11 +242,17 @@ impl Plan {
             },
             emit,
             key_index,
+            key_rule,
+            key_kind: resource.key_kind,
+            invalid_key: resource.invalid_key,
             cursor_index,
+            seal: sealer.map(|s| (s, sealed)),
+            keys: keys.clone(),
         }
     }
 
-    /// The cursor values of a row.
+    /// The cursor values of a row (raw: for reading the source; store them with
+    /// [`Plan::position_to_store`]).
     pub fn cursor_of(&self, row: &Row) -> CursorOf {
         let mut values = Vec::with_capacity(self.cursor_index.len());
         for &i in &self.cursor_index {
@@ -186,22 +278,62 @@ impl Plan {
         CursorOf::Values(values)
     }
 
-    /// The key of a row as text.
-    pub fn key_of(&self, row: &Row) -> Result<String, String> {
+    /// The key material the plan was compiled with.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Whether the key leaves in another form than read (so its raw value is sealed in the
+    /// stored position and never shown).
+    pub fn key_is_hidden(&self) -> bool {
+        !self.key_rule.is_plain()
+    }
+
+    /// A raw position as it is stored: the key's value sealed when the key does not leave
+    /// plain. Without a sealer (its key missing) such a value is not stored at all: `None`.
+    pub fn position_to_store(&self, raw: Vec<Value>) -> Option<Vec<Value>> {
+        if !self.key_is_hidden() {
+            return Some(raw);
+        }
+        let (sealer, sealed) = self.seal.as_ref()?;
+        Some(
+            raw.into_iter()
+                .zip(sealed)
+                .map(|(v, s)| if *s { sealer.seal_value(&v) } else { v })
+                .collect(),
+        )
+    }
+
+    /// A stored position as the source is read with: sealed values opened.
+    pub fn position_from_store(&self, stored: &[Value]) -> Result<Vec<Value>, String> {
+        stored
+            .iter()
+            .map(|v| {
+                if !seal::is_sealed(v) {
+                    return Ok(v.clone());
+                }
+                match &self.seal {
+                    Some((sealer, _)) => sealer.open_value(v).map_err(|e| {
+                        format!("{e}; `exchange-agent cursor reset` or `resync` starts over")
+                    }),
+                    None => Err("the stored position is sealed but the key to open it is not configured; `exchange-agent cursor reset` or `resync` starts over".into()),
+                }
+            })
+            .collect()
+    }
+
+    /// The raw key of a row as text (never leaves the plan).
+    fn raw_key<'r>(&self, row: &'r Row) -> Result<std::borrow::Cow<'r, str>, String> {
         let column = &self.selection.columns[self.key_index];
-        let key = match &row.values[self.key_index] {
-            Ok(Value::Null) => Err(format!(
-                "key column `{}` is NULL",
-                self.selection.columns[self.key_index]
-            )),
-            Ok(v) => v.to_text().ok_or_else(|| {
-                format!(
-                    "key column `{}` has a type that cannot be a key",
-                    self.selection.columns[self.key_index]
-                )
-            }),
-            Err(e) => Err(format!("key cannot be converted: {e}")),
-        }?;
+        let key =
+            match &row.values[self.key_index] {
+                Ok(Value::Null) => return Err(format!("key column `{column}` is NULL")),
+                Ok(Value::Text(t)) => std::borrow::Cow::Borrowed(t.as_str()),
+                Ok(v) => std::borrow::Cow::Owned(v.to_text().ok_or_else(|| {
+                    format!("key column `{column}` has a type that cannot be a key")
+                })?),
+                Err(e) => return Err(format!("key cannot be converted: {e}")),
+            };
         if key.is_empty() {
             return Err(format!("key column `{column}` is empty"));
         }
@@ -211,41 +343,146 @@ impl Plan {
         Ok(key)
     }
 
+    /// The key of a row as it leaves, and whether it is an invalid identifier let through;
+    /// or why the row is quarantined (with the key as it would have left, when there is one).
+    pub fn key_of(&self, row: &Row) -> Result<(String, bool), Quarantine> {
+        let raw = self
+            .raw_key(row)
+            .map_err(|reason| Quarantine::new(None, reason))?;
+        let kind = match &self.key_rule {
+            Rule::Pseudonym { kind, .. } => *kind,
+            _ => self.key_kind,
+        };
+        let (normal, invalid) = if kind == IdKind::Other && self.key_rule.is_plain() {
+            (raw.into_owned(), None)
+        } else {
+            match identifier::normalize(kind, &raw) {
+                Ok(n) => (n, None),
+                Err(e) => (e.cleaned, Some(e.reason)),
+            }
+        };
+        let column = &self.selection.columns[self.key_index];
+        let out = match &self.key_rule {
+            Rule::Pseudonym { domain, .. } => match &self.keys.pseudonym {
+                Some(k) => k.token(domain, &normal),
+                None => {
+                    return Err(Quarantine::new(
+                        None,
+                        format!("key column `{column}`: the pseudonym key is not configured"),
+                    ));
+                }
+            },
+            Rule::FpeDigits { domain } => {
+                match self
+                    .keys
+                    .fpe
+                    .as_ref()
+                    .and_then(|k| k.encrypt(domain, &normal))
+                {
+                    Some(e) => e,
+                    None => {
+                        return Err(Quarantine::new(
+                            None,
+                            format!(
+                                "key column `{column}`: fewer than 6 digits, which fpe:digits cannot encrypt (or the FPE key is not configured)"
+                            ),
+                        ));
+                    }
+                }
+            }
+            _ => normal,
+        };
+        match invalid {
+            None => Ok((out, false)),
+            Some(_) if self.invalid_key == InvalidKey::Deliver => Ok((out, true)),
+            Some(reason) => Err(Quarantine {
+                key: Some(out),
+                reason: format!("key column `{column}`: {reason}"),
+                invalid_key: true,
+            }),
+        }
+    }
+
     /// Turns a source row into the record that leaves, or a quarantine reason.
     pub fn apply(&self, row: &Row) -> Result<Outgoing, Quarantine> {
-        let key = self
-            .key_of(row)
-            .map_err(|reason| Quarantine { key: None, reason })?;
+        let (key, invalid_key) = self.key_of(row)?;
         let mut fields = Map::new();
-        for (i, name) in &self.emit {
-            match &row.values[*i] {
-                Ok(Value::Json(j)) if json_depth(j) > MAX_JSON_DEPTH => {
-                    return Err(Quarantine {
-                        key: Some(key),
-                        reason: format!(
-                            "column `{name}`: JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        for e in &self.emit {
+            match &row.values[e.index] {
+                Ok(Value::Json(j)) if e.rule.is_plain() && json_depth(j) > MAX_JSON_DEPTH => {
+                    return Err(Quarantine::new(
+                        Some(key),
+                        format!(
+                            "column `{}`: JSON nested deeper than {MAX_JSON_DEPTH} levels",
+                            e.name
                         ),
-                    });
+                    ));
                 }
                 Ok(v) => {
-                    fields.insert(name.clone(), v.to_json());
+                    fields.insert(e.name.clone(), self.field(&e.rule, v));
                 }
-                Err(e) => {
-                    return Err(Quarantine {
-                        key: Some(key),
-                        reason: e.to_string(),
-                    });
+                Err(err) => {
+                    return Err(Quarantine::new(Some(key), err.to_string()));
                 }
             }
         }
-        Ok(Outgoing { key, fields })
+        Ok(Outgoing {
+            key,
+            fields,
+            invalid_key,
+        })
+    }
+
+    /// The delivered form of one (converted) value under `rule`. NULL stays NULL.
+    fn field(&self, rule: &Rule, v: &Value) -> serde_json::Value {
+        use serde_json::Value as J;
+        if matches!(v, Value::Null) {
+            return J::Null;
+        }
+        let text = || match v {
+            Value::Text(t) => Some(std::borrow::Cow::Borrowed(t.as_str())),
+            Value::Int(_) | Value::UInt(_) | Value::Decimal(_) => {
+                v.to_text().map(std::borrow::Cow::Owned)
+            }
+            _ => None,
+        };
+        let closed = || J::String(mask::mask_all(&v.to_text().unwrap_or_else(|| "*".into())));
+        if !rule.accepts(TypeClass::of_value(v)) {
+            return closed();
+        }
+        match rule {
+            Rule::Plain | Rule::Drop => v.to_json(),
+            Rule::Mask(m) => match text() {
+                Some(t) => J::String(mask::apply(*m, &t)),
+                None => closed(),
+            },
+            Rule::Pseudonym { kind, domain } => match (text(), &self.keys.pseudonym) {
+                (Some(t), _) if t.is_empty() => J::String(String::new()),
+                (Some(t), Some(k)) => {
+                    let normal = match identifier::normalize(*kind, &t) {
+                        Ok(n) => n,
+                        Err(e) => e.cleaned,
+                    };
+                    J::String(k.token(domain, &normal))
+                }
+                _ => closed(),
+            },
+            Rule::Generalize(g) => J::String(generalize::apply(*g, v)),
+            Rule::FpeDigits { domain } => match (v, &self.keys.fpe) {
+                (Value::Text(_) | Value::Int(_) | Value::UInt(_), Some(k)) => {
+                    let t = v.to_text().unwrap_or_default();
+                    J::String(k.apply(domain, &t))
+                }
+                _ => closed(),
+            },
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Share;
+    use crate::config::{InvalidKey, Share};
     use crate::schedule::Schedule;
     use exchange_connectors::{ConvertError, Relation};
     use std::time::Duration;
@@ -268,12 +505,16 @@ mod tests {
                 ("name".into(), Rule::Plain),
                 ("internal_note".into(), Rule::Drop),
             ],
+            key_kind: IdKind::Other,
+            invalid_key: InvalidKey::Quarantine,
+            plain_allowed: Vec::new(),
+            plain_reason: None,
         }
     }
 
     #[test]
     fn dropped_fields_are_never_selected() {
-        let plan = Plan::new(&resource());
+        let plan = Plan::new(&resource(), &Keys::default());
         assert_eq!(
             plan.selection.columns,
             vec!["id_card", "name", "updated_at", "id"]
@@ -283,7 +524,7 @@ mod tests {
 
     #[test]
     fn cursor_columns_are_read_but_not_delivered() {
-        let plan = Plan::new(&resource());
+        let plan = Plan::new(&resource(), &Keys::default());
         let row = Row {
             values: vec![
                 Ok(Value::Text("11010519491231002X".into())),
@@ -310,7 +551,7 @@ mod tests {
 
     #[test]
     fn an_unconvertible_value_quarantines_the_row_without_the_value() {
-        let plan = Plan::new(&resource());
+        let plan = Plan::new(&resource(), &Keys::default());
         let row = Row {
             values: vec![
                 Ok(Value::Text("K1".into())),
@@ -330,7 +571,7 @@ mod tests {
 
     #[test]
     fn a_null_key_is_quarantined() {
-        let plan = Plan::new(&resource());
+        let plan = Plan::new(&resource(), &Keys::default());
         let row = Row {
             values: vec![
                 Ok(Value::Null),
@@ -345,7 +586,7 @@ mod tests {
 
     #[test]
     fn empty_keys_null_cursors_and_deep_json_are_quarantined() {
-        let plan = Plan::new(&resource());
+        let plan = Plan::new(&resource(), &Keys::default());
         let row = Row {
             values: vec![
                 Ok(Value::Text(String::new())),
@@ -379,17 +620,219 @@ mod tests {
         assert!(plan.apply(&row).unwrap_err().reason.contains("deeper"));
     }
 
+    fn keys() -> Keys {
+        Keys {
+            pseudonym: Some(
+                PseudonymKey::from_hex(
+                    1,
+                    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+                )
+                .unwrap(),
+            ),
+            fpe: Some(FpeKey::from_hex("000102030405060708090a0b0c0d0e0f").unwrap()),
+        }
+    }
+
+    fn rule(text: &str, kind: IdKind) -> Rule {
+        Rule::parse(text, kind, None).unwrap()
+    }
+
+    /// A conditional resource with a pseudonymized citizen-ID key and every kind of rule.
+    fn desensitized() -> Resource {
+        Resource {
+            key: "id_no".into(),
+            key_kind: IdKind::CitizenId,
+            mode: Mode::Snapshot,
+            fields: vec![
+                ("id_no".into(), rule("pseudonym", IdKind::CitizenId)),
+                ("name".into(), rule("mask:name", IdKind::Other)),
+                ("mobile".into(), rule("mask:mobile", IdKind::Other)),
+                ("birth".into(), rule("generalize:year", IdKind::Other)),
+                ("card".into(), rule("fpe:digits", IdKind::Other)),
+                ("note".into(), Rule::Drop),
+            ],
+            ..resource()
+        }
+    }
+
+    fn text(s: &str) -> Result<Value, ConvertError> {
+        Ok(Value::Text(s.into()))
+    }
+
     #[test]
-    fn unknown_rules_are_refused_with_the_expected_ones() {
-        assert!(
-            Rule::parse("mask:name")
-                .unwrap_err()
-                .contains("desensitization")
+    fn every_rule_applies_and_the_key_leaves_as_a_pseudonym() {
+        let plan = Plan::new(&desensitized(), &keys());
+        assert_eq!(
+            plan.selection.columns,
+            vec!["id_no", "name", "mobile", "birth", "card"]
         );
-        assert!(
-            Rule::parse("hide")
-                .unwrap_err()
-                .contains("\"plain\" or \"drop\"")
+        let row = Row {
+            values: vec![
+                text(" 11010519491231002x"),
+                text("买买提·艾力"),
+                text("13812345678"),
+                Ok(Value::Date(
+                    chrono::NaiveDate::from_ymd_opt(1949, 12, 31).unwrap(),
+                )),
+                text("6228480402564890018"),
+            ],
+        };
+        let out = plan.apply(&row).unwrap();
+        let token = keys()
+            .pseudonym
+            .unwrap()
+            .token("citizen_id", "11010519491231002X");
+        assert_eq!(out.key, token);
+        assert!(!out.invalid_key);
+        assert_eq!(out.fields["id_no"], serde_json::json!(token));
+        assert_eq!(out.fields["name"], serde_json::json!("买**·**"));
+        assert_eq!(out.fields["mobile"], serde_json::json!("138****5678"));
+        assert_eq!(out.fields["birth"], serde_json::json!("1949"));
+        let card = out.fields["card"].as_str().unwrap();
+        assert_eq!(card.len(), 19);
+        assert_ne!(card, "6228480402564890018");
+        assert_eq!(
+            keys().fpe.unwrap().decrypt("other", card).as_deref(),
+            Some("6228480402564890018")
         );
+        let line = serde_json::to_string(&out.fields).unwrap();
+        for secret in [
+            "11010519491231002",
+            "买买提",
+            "艾力",
+            "12345678",
+            "6228480402564890018",
+        ] {
+            assert!(!line.contains(secret), "{secret} in {line}");
+        }
+    }
+
+    #[test]
+    fn nulls_stay_null_and_empty_strings_stay_empty() {
+        let plan = Plan::new(&desensitized(), &keys());
+        let row = Row {
+            values: vec![
+                text("11010519491231002X"),
+                Ok(Value::Null),
+                text(""),
+                Ok(Value::Null),
+                Ok(Value::Null),
+            ],
+        };
+        let out = plan.apply(&row).unwrap();
+        assert_eq!(out.fields["name"], serde_json::Value::Null);
+        assert_eq!(out.fields["mobile"], serde_json::json!(""));
+        assert_eq!(out.fields["birth"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn values_a_rule_cannot_read_are_masked_completely() {
+        let plan = Plan::new(&desensitized(), &keys());
+        let row = Row {
+            values: vec![
+                text("11010519491231002X"),
+                Ok(Value::Int(42)),
+                text("12345"),
+                text("not a date"),
+                text("123"),
+            ],
+        };
+        let out = plan.apply(&row).unwrap();
+        assert_eq!(out.fields["name"], serde_json::json!("**"));
+        assert_eq!(out.fields["mobile"], serde_json::json!("*****"));
+        assert_eq!(out.fields["birth"], serde_json::json!("**********"));
+        assert_eq!(out.fields["card"], serde_json::json!("***"));
+    }
+
+    #[test]
+    fn a_rule_without_its_key_masks_completely() {
+        let plan = Plan::new(&desensitized(), &Keys::default());
+        let row = Row {
+            values: vec![
+                text("11010519491231002X"),
+                text("张三"),
+                text("13812345678"),
+                Ok(Value::Null),
+                text("6228480402564890018"),
+            ],
+        };
+        // The key cannot be pseudonymized: quarantined, without a key.
+        let q = plan.apply(&row).unwrap_err();
+        assert_eq!(q.key, None);
+        let mut r = desensitized();
+        r.fields[0].1 = Rule::Plain;
+        let out = Plan::new(&r, &Keys::default()).apply(&row).unwrap();
+        assert_eq!(out.fields["card"], serde_json::json!("*******************"));
+    }
+
+    #[test]
+    fn an_invalid_key_is_quarantined_under_its_pseudonym_or_delivered_flagged() {
+        let row = Row {
+            values: vec![
+                text("110105194912310021"),
+                text("张三"),
+                Ok(Value::Null),
+                Ok(Value::Null),
+                Ok(Value::Null),
+            ],
+        };
+        let q = Plan::new(&desensitized(), &keys()).apply(&row).unwrap_err();
+        assert!(q.invalid_key);
+        assert!(
+            q.reason.contains("公民身份号码") && q.reason.contains("id_no"),
+            "{}",
+            q.reason
+        );
+        let k = q.key.unwrap();
+        assert!(k.starts_with("v1:") && !k.contains("110105"), "{k}");
+        assert!(!q.reason.contains("110105"));
+        let mut r = desensitized();
+        r.invalid_key = InvalidKey::Deliver;
+        let out = Plan::new(&r, &keys()).apply(&row).unwrap();
+        assert!(out.invalid_key);
+        assert_eq!(out.key, k);
+        // A plain key of kind citizen_id leaves normalized.
+        let mut r = desensitized();
+        r.fields[0].1 = Rule::Plain;
+        let row = Row {
+            values: vec![
+                text("150102880730303"),
+                Ok(Value::Null),
+                Ok(Value::Null),
+                Ok(Value::Null),
+                Ok(Value::Null),
+            ],
+        };
+        assert_eq!(
+            Plan::new(&r, &keys()).apply(&row).unwrap().key,
+            "150102198807303035"
+        );
+    }
+
+    #[test]
+    fn the_position_of_a_pseudonymized_key_is_stored_sealed() {
+        let mut r = desensitized();
+        r.mode = Mode::Incremental {
+            cursor: vec!["updated_at".into()],
+            safety_lag: Duration::ZERO,
+        };
+        let plan = Plan::new(&r, &keys());
+        let raw = vec![Value::Int(7), Value::Text("11010519491231002X".into())];
+        let stored = plan.position_to_store(raw.clone()).unwrap();
+        assert_eq!(stored[0], Value::Int(7));
+        assert!(seal::is_sealed(&stored[1]));
+        assert!(
+            !serde_json::to_string(&stored)
+                .unwrap()
+                .contains("1101051949")
+        );
+        assert_eq!(plan.position_from_store(&stored).unwrap(), raw);
+        // Without the key it cannot be stored, nor opened.
+        let blind = Plan::new(&r, &Keys::default());
+        assert_eq!(blind.position_to_store(raw.clone()), None);
+        assert!(blind.position_from_store(&stored).is_err());
+        // A plain key's position is stored as read.
+        let plain = Plan::new(&resource(), &keys());
+        assert_eq!(plain.position_to_store(raw.clone()), Some(raw));
     }
 }

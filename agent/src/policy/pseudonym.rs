@@ -49,6 +49,16 @@ pub enum KeyError {
         /// How many bytes the file holds.
         found: usize,
     },
+    /// The key has the wrong length.
+    #[error(
+        "the key has {found} bytes; exactly {expected} are needed (`openssl rand -hex {expected}`)"
+    )]
+    WrongLength {
+        /// How many bytes the file holds.
+        found: usize,
+        /// How many are needed.
+        expected: usize,
+    },
     /// The version is not usable.
     #[error("the key version must be 1 or more")]
     Version,
@@ -142,6 +152,15 @@ impl PseudonymKey {
             out.push(HEX[usize::from(b >> 4)] as char);
             out.push(HEX[usize::from(b & 15)] as char);
         }
+    }
+
+    /// A 32-byte key for another purpose, derived from this one: HMAC-SM3(key, `label`).
+    /// Labels never start with `exchange-pseudonym`, so a derived key is never a token.
+    pub(crate) fn derive(&self, label: &str) -> [u8; 32] {
+        debug_assert!(!label.starts_with("exchange-pseudonym"));
+        let mut mac = self.mac.clone();
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
     }
 
     /// Whether `token` has the shape of a token of this key (version prefix, 64 hex digits).
