@@ -120,6 +120,12 @@ pub fn half_width(s: &str) -> std::borrow::Cow<'_, str> {
 
 /// Half-width, without any whitespace, ASCII upper case.
 fn compact_upper(raw: &str) -> String {
+    if raw
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !b.is_ascii_lowercase())
+    {
+        return raw.to_owned();
+    }
     half_width(raw)
         .chars()
         .filter(|c| !c.is_whitespace())
@@ -127,16 +133,37 @@ fn compact_upper(raw: &str) -> String {
         .collect()
 }
 
+/// Whether `yyyymmdd` (8 ASCII digits) is a real calendar date.
+fn is_date(yyyymmdd: &[u8]) -> bool {
+    let n = |r: std::ops::Range<usize>| {
+        yyyymmdd[r].iter().try_fold(0u32, |acc, b| {
+            b.is_ascii_digit().then(|| acc * 10 + u32::from(b - b'0'))
+        })
+    };
+    let (Some(y), Some(m), Some(d)) = (n(0..4), n(4..6), n(6..8)) else {
+        return false;
+    };
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    y >= 1800 && (1..=days).contains(&d)
+}
+
 /// Normalizes `raw` as an identifier of `kind` and validates it.
 pub fn normalize(kind: IdKind, raw: &str) -> Result<String, Invalid> {
     match kind {
-        IdKind::CitizenId => {
-            let s = compact_upper(raw);
-            normalize_citizen_id(&s).ok_or(Invalid {
+        IdKind::CitizenId => match citizen_id_of(compact_upper(raw)) {
+            Ok(n) => Ok(n),
+            Err(s) => Err(Invalid {
                 cleaned: s,
-                reason: "not a valid 公民身份号码 (18 characters with a GB 11643 check character, or 15 digits)",
-            })
-        }
+                reason: "not a valid 公民身份号码 (18 characters with a GB 11643 check character and a real birth date, or 15 digits)",
+            }),
+        },
         IdKind::Uscc => {
             let s = compact_upper(raw);
             if is_valid_uscc(&s) {
@@ -213,20 +240,26 @@ pub fn citizen_id_check(first17: &str) -> Option<char> {
 /// Returns `None` when the result is not a valid 18-character number (check character and
 /// birth date).
 pub fn normalize_citizen_id(raw: &str) -> Option<String> {
-    let s: String = compact_upper(raw);
-    let s = if s.len() == 15 && s.bytes().all(|c| c.is_ascii_digit()) {
+    citizen_id_of(compact_upper(raw)).ok()
+}
+
+/// [`normalize_citizen_id`] of an already compacted value; the value back when invalid.
+fn citizen_id_of(s: String) -> Result<String, String> {
+    let n = if s.len() == 15 && s.bytes().all(|c| c.is_ascii_digit()) {
         let first17 = format!("{}19{}", &s[..6], &s[6..]);
-        let check = citizen_id_check(&first17)?;
-        format!("{first17}{check}")
-    } else {
+        match citizen_id_check(&first17) {
+            Some(check) => format!("{first17}{check}"),
+            None => return Err(s),
+        }
+    } else if s.len() == 18 {
         s
+    } else {
+        return Err(s);
     };
-    if s.len() != 18 || !s.is_ascii() {
-        return None;
-    }
-    chrono::NaiveDate::parse_from_str(&s[6..14], "%Y%m%d").ok()?;
-    let check = citizen_id_check(&s[..17])?;
-    (s.ends_with(check)).then_some(s)
+    let valid = n.is_ascii()
+        && is_date(&n.as_bytes()[6..14])
+        && citizen_id_check(&n[..17]).is_some_and(|c| n.ends_with(c));
+    if valid { Ok(n) } else { Err(n) }
 }
 
 /// Whether `code` is a valid 统一社会信用代码 (charset and check character).
@@ -461,6 +494,22 @@ mod tests {
                     assert!(!e.reason.contains(expected) || expected.is_empty());
                 }
             }
+        }
+    }
+
+    #[test]
+    fn birth_dates_are_real_calendar_dates() {
+        for (d, ok) in [
+            ("19491231", true),
+            ("20000229", true),
+            ("19000229", false),
+            ("20240230", false),
+            ("19491301", false),
+            ("19490100", false),
+            ("17991231", false),
+            ("1949123a", false),
+        ] {
+            assert_eq!(is_date(d.as_bytes()), ok, "{d}");
         }
     }
 

@@ -50,6 +50,7 @@ pub fn apply(mask: Mask, s: &str) -> String {
         Mask::CitizenId { first, last } => identifier::normalize(IdKind::CitizenId, s)
             .ok()
             .map(|n| keep(&n, first, last)),
+        Mask::Mobile if identifier::is_valid_mobile(s) => Some(keep(s, 3, 4)),
         Mask::Mobile => identifier::normalize(IdKind::Mobile, s)
             .ok()
             .map(|n| keep(&n, 3, 4)),

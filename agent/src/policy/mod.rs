@@ -406,7 +406,7 @@ impl Plan {
     /// Turns a source row into the record that leaves, or a quarantine reason.
     pub fn apply(&self, row: &Row) -> Result<Outgoing, Quarantine> {
         let (key, invalid_key) = self.key_of(row)?;
-        let mut fields = Map::new();
+        let mut fields = Map::with_capacity(self.emit.len());
         for e in &self.emit {
             match &row.values[e.index] {
                 Ok(Value::Json(j)) if e.rule.is_plain() && json_depth(j) > MAX_JSON_DEPTH => {
@@ -417,6 +417,14 @@ impl Plan {
                             e.name
                         ),
                     ));
+                }
+                Ok(_)
+                    if e.index == self.key_index
+                        && e.rule == self.key_rule
+                        && matches!(e.rule, Rule::Pseudonym { .. } | Rule::FpeDigits { .. }) =>
+                {
+                    // The key field under the key's own rule: the same token, computed once.
+                    fields.insert(e.name.clone(), serde_json::Value::String(key.clone()));
                 }
                 Ok(v) => {
                     fields.insert(e.name.clone(), self.field(&e.rule, v));
