@@ -32,6 +32,8 @@ pub struct Pipeline {
     pub enqueued: Arc<Notify>,
     /// Runtime status (errors, horizons) for `status`.
     pub board: Board,
+    /// Every source's connector, by source name.
+    pub connectors: BTreeMap<String, Arc<dyn Connector>>,
 }
 
 /// Errors while assembling the pipeline.
@@ -80,6 +82,7 @@ impl Pipeline {
             })
             .collect();
         Ok(Pipeline {
+            connectors,
             board: Board::default(),
             config,
             queue,
@@ -88,6 +91,28 @@ impl Pipeline {
             space,
             enqueued,
         })
+    }
+
+    /// Reports the catalogue entry of every configured resource to the hub
+    /// (docs/PROTOCOL.md §10); returns how many were accepted and why the others were not.
+    pub async fn report_catalogue(&self) -> (usize, Vec<String>) {
+        let mut reported = 0;
+        let mut failed = Vec::new();
+        for r in &self.config.resources {
+            let result = match crate::catalogue::entry(r, &*self.connectors[&r.source]).await {
+                Ok(entry) => self
+                    .client
+                    .put_catalogue(&entry)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => reported += 1,
+                Err(e) => failed.push(format!("{}: {e}", r.code)),
+            }
+        }
+        (reported, failed)
     }
 
     /// Records a failed pull (shown by `status`, kept across processes).

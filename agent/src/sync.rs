@@ -88,6 +88,9 @@ pub struct SyncReport {
     pub resources: Vec<ResourceOutcome>,
     /// Whether the deadline passed before everything was acknowledged.
     pub timed_out: bool,
+    /// Catalogue entries reported to the hub (docs/PROTOCOL.md §10), and why others were not.
+    #[serde(default)]
+    pub catalogue: (usize, Vec<String>),
 }
 
 impl SyncReport {
@@ -127,6 +130,16 @@ impl std::fmt::Display for SyncReport {
             }
             writeln!(f)?;
         }
+        if self.catalogue.0 > 0 {
+            writeln!(
+                f,
+                "catalogue: {} entries reported to the hub",
+                self.catalogue.0
+            )?;
+        }
+        for e in &self.catalogue.1 {
+            writeln!(f, "catalogue entry not reported: {e}")?;
+        }
         if self.timed_out {
             writeln!(
                 f,
@@ -156,6 +169,8 @@ pub async fn sync(
 ) -> SyncReport {
     // Bounds past a week are taken as a week (and cannot overflow an instant).
     const MAX: Duration = Duration::from_secs(7 * 86_400);
+    // Catalogue entries first: a `none` resource reaches the hub only this way.
+    let catalogue = pipeline.report_catalogue().await;
     let options = SyncOptions {
         wait: options.wait.min(MAX),
         deadline: options.deadline.min(MAX),
@@ -253,6 +268,7 @@ pub async fn sync(
     SyncReport {
         resources,
         timed_out,
+        catalogue,
     }
 }
 

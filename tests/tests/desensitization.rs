@@ -395,6 +395,35 @@ async fn assert_delivered(scene: &Scene, data: &Data) {
         scene.hub.export(NONE_CODE).await.is_empty(),
         "share = none is never delivered"
     );
+    // … only its catalogue entry: names and types, no values.
+    let catalogue = scene.hub.store.catalogue().await.unwrap();
+    let none = catalogue
+        .iter()
+        .find(|c| c.resource == NONE_CODE)
+        .unwrap_or_else(|| panic!("no catalogue entry of {NONE_CODE}: {catalogue:?}"));
+    let entry: Value = serde_json::from_str(&none.entry).unwrap();
+    assert_eq!(entry["share"], "none");
+    assert_eq!(entry["name"], format!("测试资源 {NONE_CODE}"));
+    let names: Vec<&str> = entry["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names.len(),
+        FIELDS.len() - 1,
+        "every field but the dropped one: {entry}"
+    );
+    assert!(!names.contains(&"secret"));
+    assert!(
+        entry["fields"][0]["type"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("char"),
+        "{entry}"
+    );
     assert!(
         scene.hub.export(COMPARE_CODE).await.is_empty(),
         "a conditional resource without deliver = true is not delivered"
