@@ -143,7 +143,7 @@ fn is_date(yyyymmdd: &[u8]) -> bool {
     let (Some(y), Some(m), Some(d)) = (n(0..4), n(4..6), n(6..8)) else {
         return false;
     };
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let leap = (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
     let days = match m {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,

@@ -169,8 +169,12 @@ pub async fn sync(
 ) -> SyncReport {
     // Bounds past a week are taken as a week (and cannot overflow an instant).
     const MAX: Duration = Duration::from_secs(7 * 86_400);
-    // Catalogue entries first: a `none` resource reaches the hub only this way.
-    let catalogue = pipeline.report_catalogue().await;
+    // Catalogue entries alongside the pulls (a `none` resource reaches the hub only this way),
+    // within the same deadline.
+    let mut catalogue_task = {
+        let pl = pipeline.clone();
+        tokio::spawn(async move { pl.report_catalogue().await })
+    };
     let options = SyncOptions {
         wait: options.wait.min(MAX),
         deadline: options.deadline.min(MAX),
@@ -214,6 +218,22 @@ pub async fn sync(
     // Whatever still runs stops now (a pull commits or not as a whole).
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+    let catalogue = match tokio::time::timeout(
+        options.deadline.saturating_sub(started.elapsed()),
+        &mut catalogue_task,
+    )
+    .await
+    {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => (0, vec![format!("the catalogue task failed: {e}")]),
+        Err(_) => {
+            catalogue_task.abort();
+            (
+            0,
+            vec!["the deadline passed before the hub answered; the service reports it again when it starts".into()],
+        )
+        }
+    };
     let resources = pullers
         .iter()
         .zip(&states)

@@ -446,7 +446,7 @@ fn encodings(s: &str) -> Vec<Vec<u8>> {
         // Drop the characters that depend on the bytes around it.
         let start = if pad == 0 { 0 } else { 4 };
         let end = e.len() - 4;
-        out.push(e[start..end].as_bytes().to_vec());
+        out.push(e.as_bytes()[start..end].to_vec());
     }
     out
 }
@@ -631,4 +631,74 @@ async fn mysql_rows_leave_desensitized_and_nothing_leaks() {
     outputs.push(agent.sync_ok().await);
     check_status(&agent, &data, &mut outputs).await;
     assert_no_leak(&scene, &data, &outputs);
+}
+
+/// A configured column that changes type, or disappears, pauses its resource with a clear
+/// error; another resource keeps flowing; `accept-config` takes an intended change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_or_missing_column_pauses_only_its_resource() {
+    let scene = Scene::start().await;
+    let db = PgDb::create().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE a (id bigint PRIMARY KEY, name text, age integer, updated_at timestamptz NOT NULL);
+             CREATE TABLE b (id bigint PRIMARY KEY, name text, updated_at timestamptz NOT NULL);
+             INSERT INTO a VALUES (1, '张三', 45, '2024-01-01Z');
+             INSERT INTO b VALUES (1, '李四', '2024-01-01Z');",
+        )
+        .await
+        .unwrap();
+    let agent = scene.write_agent(
+        &scene
+            .agent_config()
+            .source("hr", "postgres", &db.url)
+            .resource(Resource::incremental("R-A", "hr", "a", "id").fields(&[
+                ("id", "plain"),
+                ("name", "mask:name"),
+                ("age", "generalize:age_band(10)"),
+            ]))
+            .resource(
+                Resource::incremental("R-B", "hr", "b", "id")
+                    .fields(&[("id", "plain"), ("name", "mask:name")]),
+            ),
+    );
+    agent.sync_ok().await;
+    assert_eq!(scene.hub.export("R-A").await[0]["fields"]["age"], "40-49");
+
+    db.client
+        .batch_execute(
+            "ALTER TABLE a ALTER COLUMN age TYPE bigint;
+             INSERT INTO b VALUES (2, '王五', '2024-01-02Z');",
+        )
+        .await
+        .unwrap();
+    let out = agent.sync("30s").await;
+    assert_ne!(out.code, Some(0), "{out}");
+    out.assert_mentions(&[
+        "R-A",
+        "paused",
+        "`age` from int4 to int8",
+        "accept-config R-A",
+    ]);
+    assert_eq!(
+        scene.hub.export("R-B").await.len(),
+        2,
+        "the other resource keeps flowing"
+    );
+    agent.cmd(&["accept-config", "R-A"]).await.assert_code(0);
+    agent.sync_ok().await;
+
+    db.client
+        .batch_execute("ALTER TABLE a ALTER COLUMN age TYPE date USING NULL")
+        .await
+        .unwrap();
+    let out = agent.sync("30s").await;
+    out.assert_mentions(&["R-A", "field `age`", "generalize:age_band(10)", "date"]);
+    db.client
+        .batch_execute("ALTER TABLE a DROP COLUMN age")
+        .await
+        .unwrap();
+    let out = agent.sync("30s").await;
+    assert_ne!(out.code, Some(0), "{out}");
+    out.assert_mentions(&["R-A", "age"]);
 }

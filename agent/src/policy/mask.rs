@@ -216,7 +216,7 @@ fn bank_card(s: &str) -> Option<String> {
             }
         })
         .sum();
-    (sum % 10 == 0).then(|| keep(&digits, 6, 4))
+    sum.is_multiple_of(10).then(|| keep(&digits, 6, 4))
 }
 
 /// `local@domain`: the first character of the local part and the whole domain are kept; a
