@@ -115,7 +115,7 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
         let fields: Vec<_> = r
             .fields
             .iter()
-            .map(|(n, rule)| format!("{n}={rule:?}").to_lowercase())
+            .map(|(n, rule)| format!("{n}={rule}"))
             .collect();
         let _ = writeln!(
             out,
@@ -124,12 +124,22 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
             r.name,
             r.source,
             fields.join(", "),
-            if r.share == Share::None {
-                " — share = none: catalogued, never delivered"
-            } else {
-                ""
+            match r.share {
+                Share::None => " — share = none: catalogued, never delivered",
+                Share::Conditional { deliver: false } =>
+                    " — conditional: answered by comparison only (deliver = false)",
+                Share::Conditional { deliver: true } => " — conditional: delivered desensitized",
+                Share::Unconditional => "",
             }
         );
+        if let Some(reason) = &r.plain_reason {
+            let _ = writeln!(
+                out,
+                "  resource {}: plain by approval ({reason}): {}",
+                r.code,
+                r.plain_allowed.join(", ")
+            );
+        }
     }
     for r in &config.resources {
         let runs: Vec<_> = r
@@ -194,9 +204,13 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
             }
         }
         for r in config.resources.iter().filter(|r| r.source == spec.name) {
-            let plan = Plan::new(r);
+            let plan = Plan::new(r, &config.keys);
             match connector.describe(&plan.selection).await {
                 Ok(cols) => {
+                    if let Err(e) = crate::policy::check_types(r, &cols) {
+                        let _ = writeln!(out, "error: {e}");
+                        verdict = Verdict::Config;
+                    }
                     let text: Vec<_> = cols
                         .iter()
                         .map(|c| format!("{} {}", c.name, c.source_type))

@@ -47,6 +47,26 @@ pub async fn run(pipeline: Arc<Pipeline>, shutdown: impl Future<Output = ()>) {
             "Cannot open the control socket; `exchange-agent sync` cannot reach this daemon."
         ),
     }
+    // Catalogue entries (docs/PROTOCOL.md §10), retried with backoff until every one is in.
+    let pl = pipeline.clone();
+    let mut stop = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(600));
+        loop {
+            let (reported, failed) = pl.report_catalogue().await;
+            if failed.is_empty() {
+                tracing::info!(entries = reported, "Catalogue reported to the hub.");
+                return;
+            }
+            for e in &failed {
+                tracing::warn!(error = %e, "Catalogue entry not reported; retrying.");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }));
     let pl = pipeline.clone();
     let mut stop = stop_rx.clone();
     tasks.push(tokio::spawn(async move {

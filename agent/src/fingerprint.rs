@@ -17,7 +17,9 @@ use std::collections::BTreeMap;
 use exchange_connectors::Relation;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Mode, Resource};
+use crate::config::{InvalidKey, Mode, Resource};
+use crate::identifier::IdKind;
+use crate::policy::Keys;
 
 /// What determines a resource's stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,8 +37,10 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// The shape of a configured resource.
-    pub fn of(resource: &Resource) -> Shape {
+    /// The shape of a configured resource with the keys its rules use (a field's rule text
+    /// carries its parameters and the version and check value of its key, never the secret;
+    /// the key field's also its identifier kind and what an invalid key does).
+    pub fn of(resource: &Resource, keys: &Keys) -> Shape {
         let relation = match &resource.relation {
             Relation::Table(t) => format!("table {t}"),
             Relation::Query(q) => {
@@ -58,18 +62,31 @@ impl Shape {
             fields: resource
                 .fields
                 .iter()
-                .map(|(name, rule)| (name.clone(), rule.to_string()))
+                .map(|(name, rule)| {
+                    let mut text = format!("{rule}{}", keys.describe(rule));
+                    if name.eq_ignore_ascii_case(&resource.key) {
+                        if resource.key_kind != IdKind::Other {
+                            text.push_str(&format!(" identifier {}", resource.key_kind));
+                        }
+                        if resource.invalid_key == InvalidKey::Deliver {
+                            text.push_str(" invalid_key deliver");
+                        }
+                    }
+                    (name.clone(), text)
+                })
                 .collect(),
         }
     }
 
-    /// Whether only field rules differ (relation, key, mode and cursor unchanged): only then
-    /// can the stored cursor go on under the new configuration.
+    /// Whether only rules of fields other than the key differ (relation, key and its rule,
+    /// mode and cursor unchanged): only then can the stored cursor go on under the new
+    /// configuration (a key rule change would leave the hub's records under other keys).
     pub fn keeps_position(&self, now: &Shape) -> bool {
         self.relation == now.relation
             && self.key == now.key
             && self.mode == now.mode
             && self.cursor == now.cursor
+            && self.fields.get(&self.key) == now.fields.get(&now.key)
     }
 
     /// What changed from `self` (the stream's shape) to `now` (the configuration's), one

@@ -1,7 +1,28 @@
-//! Identifiers of the domain: 公民身份号码 (GB 11643-1999) and 统一社会信用代码 (GB 32100-2015).
+//! Identifiers of the domain: 公民身份号码 (GB 11643-1999), 统一社会信用代码 (GB 32100-2015),
+//! 不动产单元号, mobile numbers. The one implementation of their normalization and validation:
+//! the policy (pseudonyms, invalid keys) and the verification service both use it.
 //!
-//! Normalization comes before any comparison (upper-case `X`, spaces stripped, 15-digit
-//! numbers converted to 18), so that joins across departments do not miss.
+//! Normalization comes before any comparison or pseudonym, so that joins across departments
+//! do not miss: full-width characters become half-width (`１１０１` → `1101`, `Ｘ` → `X`),
+//! surrounding spaces go, and per kind:
+//!
+//! | kind | normalization | valid when |
+//! |---|---|---|
+//! | `citizen_id` | spaces removed, `x` → `X`, 15 digits → 18 (`19` inserted before the year, check character appended) | 17 digits, a real birth date, ISO 7064 MOD 11-2 check character |
+//! | `uscc` | spaces removed, upper case | 18 characters of `0-9A-HJ-NPQRTUWXY`, GB 32100 check character |
+//! | `property_unit` | spaces removed, upper case | 28 characters: 6+3+3 digits, 2 letters, 5 digits, one of `F L Q W`, 8 digits |
+//! | `mobile` | spaces and dashes removed, `+86` / `0086` / `86` prefix removed | `1[3-9]` and 9 more digits |
+//! | `other` | nothing more | not empty |
+//!
+//! | input | kind | normalized |
+//! |---|---|---|
+//! | ` 11010519491231002x ` | `citizen_id` | `11010519491231002X` |
+//! | `150102880730303` | `citizen_id` | `150102198807303035` |
+//! | `９１３１０１１０６６６００７２１７Ｔ` | `uscc` | `91310110666007217T` |
+//! | `+86 138-0013-8000` | `mobile` | `13800138000` |
+//!
+//! An invalid value is reported with the best cleaned form ([`Invalid::cleaned`]) and a reason
+//! that never contains the value.
 
 const ID_WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
 const ID_CHECK: &[u8; 11] = b"10X98765432";
@@ -10,39 +31,235 @@ const USCC_WEIGHTS: [u32; 17] = [
     1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28,
 ];
 
+/// What kind of identifier a column holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IdKind {
+    /// 公民身份号码 (GB 11643-1999).
+    CitizenId,
+    /// 统一社会信用代码 (GB 32100-2015).
+    Uscc,
+    /// 不动产单元号 (28 characters, structure only).
+    PropertyUnit,
+    /// Mobile number (mainland China).
+    Mobile,
+    /// Anything else: trimmed and made half-width only.
+    Other,
+}
+
+impl IdKind {
+    /// Every kind, in documentation order.
+    pub const ALL: [IdKind; 5] = [
+        IdKind::CitizenId,
+        IdKind::Uscc,
+        IdKind::PropertyUnit,
+        IdKind::Mobile,
+        IdKind::Other,
+    ];
+
+    /// The name used in configuration and as the default pseudonym domain.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdKind::CitizenId => "citizen_id",
+            IdKind::Uscc => "uscc",
+            IdKind::PropertyUnit => "property_unit",
+            IdKind::Mobile => "mobile",
+            IdKind::Other => "other",
+        }
+    }
+
+    /// Parses a kind as written in configuration.
+    pub fn parse(s: &str) -> Result<IdKind, String> {
+        IdKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "`{s}` is not an identifier kind; expected one of {}",
+                    IdKind::ALL
+                        .iter()
+                        .map(|k| format!("\"{}\"", k.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for IdKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A value that is not a valid identifier of its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// The value cleaned as far as possible (half-width, trimmed, per-kind cleanup): what a
+    /// pseudonym of an invalid value is computed over.
+    pub cleaned: String,
+    /// What is wrong, without the value.
+    pub reason: &'static str,
+}
+
+/// Full-width ASCII forms (U+FF01–U+FF5E) become their ASCII characters, the ideographic
+/// space (U+3000) a space; everything else is kept.
+pub fn half_width(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.is_ascii() {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| match c {
+                '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+                '\u{3000}' => ' ',
+                _ => c,
+            })
+            .collect(),
+    )
+}
+
+/// Half-width, without any whitespace, ASCII upper case.
+fn compact_upper(raw: &str) -> String {
+    if raw
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !b.is_ascii_lowercase())
+    {
+        return raw.to_owned();
+    }
+    half_width(raw)
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+/// Whether `yyyymmdd` (8 ASCII digits) is a real calendar date.
+fn is_date(yyyymmdd: &[u8]) -> bool {
+    let n = |r: std::ops::Range<usize>| {
+        yyyymmdd[r].iter().try_fold(0u32, |acc, b| {
+            b.is_ascii_digit().then(|| acc * 10 + u32::from(b - b'0'))
+        })
+    };
+    let (Some(y), Some(m), Some(d)) = (n(0..4), n(4..6), n(6..8)) else {
+        return false;
+    };
+    let leap = (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    y >= 1800 && (1..=days).contains(&d)
+}
+
+/// Normalizes `raw` as an identifier of `kind` and validates it.
+pub fn normalize(kind: IdKind, raw: &str) -> Result<String, Invalid> {
+    match kind {
+        IdKind::CitizenId => match citizen_id_of(compact_upper(raw)) {
+            Ok(n) => Ok(n),
+            Err(s) => Err(Invalid {
+                cleaned: s,
+                reason: "not a valid 公民身份号码 (18 characters with a GB 11643 check character and a real birth date, or 15 digits)",
+            }),
+        },
+        IdKind::Uscc => {
+            let s = compact_upper(raw);
+            if is_valid_uscc(&s) {
+                Ok(s)
+            } else {
+                Err(Invalid {
+                    cleaned: s,
+                    reason: "not a valid 统一社会信用代码 (18 characters with a GB 32100 check character)",
+                })
+            }
+        }
+        IdKind::PropertyUnit => {
+            let s = compact_upper(raw);
+            if is_valid_property_unit(&s) {
+                Ok(s)
+            } else {
+                Err(Invalid {
+                    cleaned: s,
+                    reason: "not a valid 不动产单元号 (28 characters: 12 digits, 2 letters, 5 digits, F/L/Q/W, 8 digits)",
+                })
+            }
+        }
+        IdKind::Mobile => {
+            let s: String = half_width(raw)
+                .chars()
+                .filter(|c| !c.is_whitespace() && *c != '-')
+                .collect();
+            let s = if let Some(rest) = s.strip_prefix("+86").or_else(|| s.strip_prefix("0086")) {
+                rest.to_owned()
+            } else if s.len() == 13 && s.starts_with("86") {
+                s[2..].to_owned()
+            } else {
+                s
+            };
+            if is_valid_mobile(&s) {
+                Ok(s)
+            } else {
+                Err(Invalid {
+                    cleaned: s,
+                    reason: "not a valid mobile number (11 digits starting with 13 to 19)",
+                })
+            }
+        }
+        IdKind::Other => {
+            let s = half_width(raw).trim().to_owned();
+            if s.is_empty() {
+                Err(Invalid {
+                    cleaned: s,
+                    reason: "empty",
+                })
+            } else {
+                Ok(s)
+            }
+        }
+    }
+}
+
 /// The check character of a citizen ID from its first 17 digits (ISO 7064 MOD 11-2).
 pub fn citizen_id_check(first17: &str) -> Option<char> {
-    let digits: Vec<u32> = first17
-        .chars()
-        .map(|c| c.to_digit(10))
-        .collect::<Option<_>>()?;
-    if digits.len() != 17 {
+    if first17.len() != 17 {
         return None;
     }
-    let s: u32 = digits.iter().zip(ID_WEIGHTS).map(|(d, w)| d * w).sum();
+    let mut s = 0;
+    for (c, w) in first17.bytes().zip(ID_WEIGHTS) {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        s += u32::from(c - b'0') * w;
+    }
     Some(ID_CHECK[(s % 11) as usize] as char)
 }
 
 /// Normalizes a citizen ID: strips spaces, upper-cases `x`, converts 15 digits to 18.
-/// Returns `None` when the result is not a valid 18-character number.
+/// Returns `None` when the result is not a valid 18-character number (check character and
+/// birth date).
 pub fn normalize_citizen_id(raw: &str) -> Option<String> {
-    let s: String = raw
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect::<String>()
-        .to_uppercase();
-    let s = if s.len() == 15 && s.chars().all(|c| c.is_ascii_digit()) {
+    citizen_id_of(compact_upper(raw)).ok()
+}
+
+/// [`normalize_citizen_id`] of an already compacted value; the value back when invalid.
+fn citizen_id_of(s: String) -> Result<String, String> {
+    let n = if s.len() == 15 && s.bytes().all(|c| c.is_ascii_digit()) {
         let first17 = format!("{}19{}", &s[..6], &s[6..]);
-        let check = citizen_id_check(&first17)?;
-        format!("{first17}{check}")
-    } else {
+        match citizen_id_check(&first17) {
+            Some(check) => format!("{first17}{check}"),
+            None => return Err(s),
+        }
+    } else if s.len() == 18 {
         s
+    } else {
+        return Err(s);
     };
-    if s.len() != 18 {
-        return None;
-    }
-    let check = citizen_id_check(&s[..17])?;
-    (s.ends_with(check)).then_some(s)
+    let valid = n.is_ascii()
+        && is_date(&n.as_bytes()[6..14])
+        && citizen_id_check(&n[..17]).is_some_and(|c| n.ends_with(c));
+    if valid { Ok(n) } else { Err(n) }
 }
 
 /// Whether `code` is a valid 统一社会信用代码 (charset and check character).
@@ -62,6 +279,28 @@ pub fn is_valid_uscc(code: &str) -> bool {
         .sum();
     let c = (31 - s % 31) % 31;
     values[17] == c
+}
+
+/// Whether `code` has the structure of a 不动产单元号: county code (6 digits), 地籍区 (3),
+/// 地籍子区 (3), 宗地特征码 (2 letters), 宗地顺序号 (5 digits), 定着物特征码 (`F`, `L`, `Q`
+/// or `W`), 定着物单元号 (8 digits). There is no check character.
+pub fn is_valid_property_unit(code: &str) -> bool {
+    let b = code.as_bytes();
+    b.len() == 28
+        && b[..12].iter().all(u8::is_ascii_digit)
+        && b[12..14].iter().all(u8::is_ascii_uppercase)
+        && b[14..19].iter().all(u8::is_ascii_digit)
+        && matches!(b[19], b'F' | b'L' | b'Q' | b'W')
+        && b[20..].iter().all(u8::is_ascii_digit)
+}
+
+/// Whether `s` is a mainland mobile number: `1[3-9]` and 9 more digits.
+pub fn is_valid_mobile(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 11
+        && b[0] == b'1'
+        && (b'3'..=b'9').contains(&b[1])
+        && b.iter().all(u8::is_ascii_digit)
 }
 
 #[cfg(test)]
@@ -103,5 +342,206 @@ mod tests {
         assert!(!is_valid_uscc("91310110666007217U"));
         assert!(!is_valid_uscc("9131011066600721"));
         assert!(!is_valid_uscc("91310110666OO7217T"));
+    }
+
+    /// (kind, input, normalized or the cleaned form of an invalid value, valid)
+    const TABLE: &[(IdKind, &str, &str, bool)] = &[
+        (
+            IdKind::CitizenId,
+            "11010519491231002X",
+            "11010519491231002X",
+            true,
+        ),
+        (
+            IdKind::CitizenId,
+            " 11010519491231002x ",
+            "11010519491231002X",
+            true,
+        ),
+        (
+            IdKind::CitizenId,
+            "110105 19491231 002X",
+            "11010519491231002X",
+            true,
+        ),
+        (
+            IdKind::CitizenId,
+            "１１０１０５１９４９１２３１００２ｘ",
+            "11010519491231002X",
+            true,
+        ),
+        (
+            IdKind::CitizenId,
+            "440524188001010014",
+            "440524188001010014",
+            true,
+        ),
+        (
+            IdKind::CitizenId,
+            "321083197812162119",
+            "321083197812162119",
+            true,
+        ),
+        (
+            IdKind::CitizenId,
+            "34052419800101001X",
+            "34052419800101001X",
+            true,
+        ),
+        (
+            IdKind::CitizenId,
+            "150102880730303",
+            "150102198807303035",
+            true,
+        ),
+        (
+            IdKind::CitizenId,
+            "110105194912310021",
+            "110105194912310021",
+            false,
+        ),
+        (
+            IdKind::CitizenId,
+            "110105194913310020",
+            "110105194913310020",
+            false,
+        ),
+        (IdKind::CitizenId, "1101", "1101", false),
+        (IdKind::CitizenId, "", "", false),
+        (IdKind::CitizenId, "张三", "张三", false),
+        (
+            IdKind::Uscc,
+            "91310110666007217T",
+            "91310110666007217T",
+            true,
+        ),
+        (
+            IdKind::Uscc,
+            "91350100m000100y43",
+            "91350100M000100Y43",
+            true,
+        ),
+        (
+            IdKind::Uscc,
+            "９１１１００００６０００３７３４１Ｌ",
+            "91110000600037341L",
+            true,
+        ),
+        (
+            IdKind::Uscc,
+            "91310110666007217U",
+            "91310110666007217U",
+            false,
+        ),
+        (
+            IdKind::Uscc,
+            "91310110666OO7217T",
+            "91310110666OO7217T",
+            false,
+        ),
+        (
+            IdKind::PropertyUnit,
+            "320505400202GB00001F00010069",
+            "320505400202GB00001F00010069",
+            true,
+        ),
+        (
+            IdKind::PropertyUnit,
+            "320505400202gb00001f00010069",
+            "320505400202GB00001F00010069",
+            true,
+        ),
+        (
+            IdKind::PropertyUnit,
+            "320505400202GB00001X00010069",
+            "320505400202GB00001X00010069",
+            false,
+        ),
+        (
+            IdKind::PropertyUnit,
+            "320505400202GB00001F0001006",
+            "320505400202GB00001F0001006",
+            false,
+        ),
+        (IdKind::Mobile, "13800138000", "13800138000", true),
+        (IdKind::Mobile, "+86 138-0013-8000", "13800138000", true),
+        (IdKind::Mobile, "008613800138000", "13800138000", true),
+        (IdKind::Mobile, "8613800138000", "13800138000", true),
+        (
+            IdKind::Mobile,
+            "＋８６１３８００１３８０００",
+            "13800138000",
+            true,
+        ),
+        (IdKind::Mobile, "12800138000", "12800138000", false),
+        (IdKind::Mobile, "010-12345678", "01012345678", false),
+        (IdKind::Other, "  A-17 ", "A-17", true),
+        (IdKind::Other, "Ａ－１７", "A-17", true),
+        (IdKind::Other, "   ", "", false),
+    ];
+
+    #[test]
+    fn identifiers_normalize_and_validate_by_kind() {
+        for &(kind, input, expected, valid) in TABLE {
+            match normalize(kind, input) {
+                Ok(n) => {
+                    assert!(valid, "{kind} {input:?} should be invalid, got {n:?}");
+                    assert_eq!(n, expected, "{kind} {input:?}");
+                }
+                Err(e) => {
+                    assert!(!valid, "{kind} {input:?} should be valid: {}", e.reason);
+                    assert_eq!(e.cleaned, expected, "{kind} {input:?}");
+                    assert!(!e.reason.contains(expected) || expected.is_empty());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn birth_dates_are_real_calendar_dates() {
+        for (d, ok) in [
+            ("19491231", true),
+            ("20000229", true),
+            ("19000229", false),
+            ("20240230", false),
+            ("19491301", false),
+            ("19490100", false),
+            ("17991231", false),
+            ("1949123a", false),
+        ] {
+            assert_eq!(is_date(d.as_bytes()), ok, "{d}");
+        }
+    }
+
+    #[test]
+    fn kinds_parse_by_name_and_unknown_ones_list_the_known() {
+        for k in IdKind::ALL {
+            assert_eq!(IdKind::parse(k.as_str()), Ok(k));
+        }
+        let e = IdKind::parse("passport").unwrap_err();
+        assert!(
+            e.contains("\"citizen_id\"") && e.contains("\"other\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn half_width_maps_full_width_ascii_and_keeps_the_rest() {
+        assert_eq!(half_width("ＡＢＣ　１２３（张）"), "ABC 123(张)");
+        assert!(matches!(half_width("abc"), std::borrow::Cow::Borrowed(_)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_valid_citizen_id_is_its_own_normal_form(d in "[1-6][0-9]{5}(19[5-9][0-9]|20[01][0-9])(0[1-9]|1[0-2])(0[1-9]|1[0-9]|2[0-8])[0-9]{3}") {
+            let id = format!("{d}{}", citizen_id_check(&d).unwrap());
+            proptest::prop_assert_eq!(normalize(IdKind::CitizenId, &id), Ok(id.clone()));
+            proptest::prop_assert_eq!(normalize(IdKind::CitizenId, &id.to_lowercase()), Ok(id.clone()));
+            // One changed digit is always caught by MOD 11-2.
+            let mut bytes = id.clone().into_bytes();
+            bytes[16] = if bytes[16] == b'9' { b'0' } else { bytes[16] + 1 };
+            let changed = String::from_utf8(bytes).unwrap();
+            proptest::prop_assert!(normalize(IdKind::CitizenId, &changed).is_err());
+        }
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod audit;
 pub mod backoff;
+pub mod catalogue;
 pub mod check;
 pub mod config;
 pub mod control;

@@ -237,16 +237,27 @@ pub fn queue_discard(config: &Config, code: &str, seq: u64) -> Result<String, Op
     ))
 }
 
-/// The source position as text (each cursor column, the key tiebreaker last).
-fn position_text(resource: &Resource, position: &Option<Vec<Value>>) -> String {
+/// The source position as text (each cursor column, the key tiebreaker last). A sealed
+/// value (the raw value of a key that leaves pseudonymized) is not shown.
+fn position_text(
+    resource: &Resource,
+    keys: &crate::policy::Keys,
+    position: &Option<Vec<Value>>,
+) -> String {
     match position {
         None => "at the start (the next pull reads from the first row)".into(),
         Some(values) => {
-            let names = crate::policy::Plan::new(resource).selection.cursor;
+            let names = crate::policy::Plan::new(resource, keys).selection.cursor;
             names
                 .iter()
                 .zip(values)
-                .map(|(n, v)| format!("{n} = {}", v.to_text().unwrap_or_else(|| "?".into())))
+                .map(|(n, v)| {
+                    if crate::policy::seal::is_sealed(v) {
+                        format!("{n} = (sealed: the key leaves pseudonymized)")
+                    } else {
+                        format!("{n} = {}", v.to_text().unwrap_or_else(|| "?".into()))
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         }
@@ -259,14 +270,19 @@ pub fn cursor_show(config: &Config, code: &str) -> Result<String, OperatorError>
     let r = resource(config, &queue, code)?;
     let st = queue.state(code)?;
     Ok(match &r.mode {
-        Mode::Incremental { .. } => format!("{code}: {}\n", position_text(r, &st.cursor)),
+        Mode::Incremental { .. } => {
+            format!("{code}: {}\n", position_text(r, &config.keys, &st.cursor))
+        }
         Mode::Snapshot => format!(
             "{code}: snapshot generation {}, {}\n",
             st.snapshot.generation,
             if st.snapshot.sweeping {
                 "sweeping deletes".to_owned()
             } else {
-                format!("scan {}", position_text(r, &st.snapshot.position))
+                format!(
+                    "scan {}",
+                    position_text(r, &config.keys, &st.snapshot.position)
+                )
             }
         ),
     })
@@ -308,7 +324,8 @@ pub fn cursor_set(config: &Config, code: &str, values: &[String]) -> Result<Stri
             "`{code}` is a snapshot resource: it has no cursor to set (use `cursor reset` to restart its scan)"
         )));
     }
-    let names = crate::policy::Plan::new(r).selection.cursor;
+    let plan = crate::policy::Plan::new(r, &config.keys);
+    let names = plan.selection.cursor.clone();
     if values.len() != names.len() {
         return Err(OperatorError::Usage(format!(
             "`{code}` has {} cursor columns ({}, the key last as tiebreaker); give one value for each",
@@ -322,6 +339,9 @@ pub fn cursor_set(config: &Config, code: &str, values: &[String]) -> Result<Stri
             "`{code}` has no cursor yet (it reads from the start); run a pull first, so the column types are known"
         )));
     };
+    let current = plan
+        .position_from_store(&current)
+        .map_err(OperatorError::Usage)?;
     let parsed = current
         .iter()
         .zip(values)
@@ -331,6 +351,11 @@ pub fn cursor_set(config: &Config, code: &str, values: &[String]) -> Result<Stri
                 .map_err(|why| OperatorError::Usage(format!("cursor column `{name}`: {why}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let parsed = plan.position_to_store(parsed).ok_or_else(|| {
+        OperatorError::Usage(format!(
+            "`{code}`: the key leaves pseudonymized but its key is not configured, so the position cannot be sealed"
+        ))
+    })?;
     queue.update_state(code, |st| st.cursor = Some(parsed))?;
     audit::append(
         &config.node.data_dir,
@@ -392,7 +417,7 @@ pub fn resync(config: &Config, code: &str) -> Result<String, OperatorError> {
     let queue = open_queue(config)?;
     let r = resource(config, &queue, code)?;
     let before = queue.state(code)?;
-    let discarded = queue.resync(code, Shape::of(r))?;
+    let discarded = queue.resync(code, Shape::of(r, &config.keys))?;
     let after = queue.state(code)?;
     let stream = after.stream_or(queue.stream()).to_owned();
     audit::append(
@@ -418,7 +443,7 @@ pub fn resync(config: &Config, code: &str) -> Result<String, OperatorError> {
 pub fn accept_config(config: &Config, code: &str) -> Result<String, OperatorError> {
     let queue = open_queue(config)?;
     let r = resource(config, &queue, code)?;
-    let now = Shape::of(r);
+    let now = Shape::of(r, &config.keys);
     let st = queue.state(code)?;
     let changes = st
         .shape
@@ -442,6 +467,7 @@ pub fn accept_config(config: &Config, code: &str) -> Result<String, OperatorErro
         )));
     }
     queue.update_state(code, |st| {
+        st.columns = None;
         st.shape = Some(now);
         st.halt = None;
     })?;
@@ -452,7 +478,9 @@ pub fn accept_config(config: &Config, code: &str) -> Result<String, OperatorErro
         serde_json::json!({ "changes": changes }),
     )?;
     Ok(if changes.is_empty() {
-        format!("The configuration of `{code}` is unchanged; nothing to accept.\n")
+        format!(
+            "The configuration of `{code}` is unchanged; the source's column types are taken as they are now at the next pull.\n"
+        )
     } else {
         format!(
             "`{code}` goes on from its cursor with the new configuration ({}); records delivered before keep the old one until their rows change.\n",

@@ -9,7 +9,7 @@ use exchange_connectors::Connector;
 use tokio::sync::{Notify, watch};
 
 use crate::backoff::Backoff;
-use crate::config::{Config, Share};
+use crate::config::Config;
 use crate::policy::Plan;
 use crate::pull::Puller;
 use crate::push::{HubClient, PushError, push_one};
@@ -24,7 +24,7 @@ pub struct Pipeline {
     pub queue: Queue,
     /// The hub client.
     pub client: HubClient,
-    /// One puller per delivered resource (share class other than `none`).
+    /// One puller per delivered resource (unconditional, or conditional with `deliver = true`).
     pub pullers: Vec<Arc<Puller>>,
     /// Signalled when the pusher freed queue space.
     pub space: Arc<Notify>,
@@ -32,6 +32,8 @@ pub struct Pipeline {
     pub enqueued: Arc<Notify>,
     /// Runtime status (errors, horizons) for `status`.
     pub board: Board,
+    /// Every source's connector, by source name.
+    pub connectors: BTreeMap<String, Arc<dyn Connector>>,
 }
 
 /// Errors while assembling the pipeline.
@@ -63,11 +65,11 @@ impl Pipeline {
         let pullers = config
             .resources
             .iter()
-            .filter(|r| r.share != Share::None)
+            .filter(|r| r.share.delivers())
             .map(|r| {
                 Arc::new(Puller {
                     resource: r.clone(),
-                    plan: Arc::new(Plan::new(r)),
+                    plan: Arc::new(Plan::new(r, &config.keys)),
                     connector: connectors[&r.source].clone(),
                     queue: queue.clone(),
                     batch: config.batch,
@@ -80,6 +82,7 @@ impl Pipeline {
             })
             .collect();
         Ok(Pipeline {
+            connectors,
             board: Board::default(),
             config,
             queue,
@@ -88,6 +91,28 @@ impl Pipeline {
             space,
             enqueued,
         })
+    }
+
+    /// Reports the catalogue entry of every configured resource to the hub
+    /// (docs/PROTOCOL.md §10); returns how many were accepted and why the others were not.
+    pub async fn report_catalogue(&self) -> (usize, Vec<String>) {
+        let mut reported = 0;
+        let mut failed = Vec::new();
+        for r in &self.config.resources {
+            let result = match crate::catalogue::entry(r, &*self.connectors[&r.source]).await {
+                Ok(entry) => self
+                    .client
+                    .put_catalogue(&entry)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => reported += 1,
+                Err(e) => failed.push(format!("{}: {e}", r.code)),
+            }
+        }
+        (reported, failed)
     }
 
     /// Records a failed pull (shown by `status`, kept across processes).

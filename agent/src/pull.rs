@@ -45,6 +45,14 @@ pub enum PullError {
         /// Why, and what to run.
         reason: String,
     },
+    /// A selected column does not suit its rule or changed type; the resource pauses.
+    #[error("resource `{resource}` is paused: {reason}")]
+    Columns {
+        /// The resource.
+        resource: String,
+        /// What changed, and what to do.
+        reason: String,
+    },
     /// A row's cursor could not be read; the resource cannot move past it.
     #[error(
         "resource `{resource}` is stopped at a row whose cursor cannot be used ({reason}); fix the row or the cursor columns"
@@ -129,6 +137,7 @@ impl Puller {
     pub async fn pull_with(&self, progress: &Progress) -> Result<(), PullError> {
         let _running = self.running.lock().await;
         self.admit().await?;
+        self.check_columns().await?;
         if self.queue.state(&self.resource.code)?.baseline == (Baseline::Reading { since: None }) {
             let since = self.connector.clock().await?;
             self.queue.update_state(&self.resource.code, |st| {
@@ -194,7 +203,11 @@ impl Puller {
                     CursorOf::Null(reason) => reason,
                     _ => "a cursor column is NULL, so the row has no place in the cursor order; give the column a value (NOT NULL)".to_owned(),
                 };
-                txn.quarantine(&code, &mut st, plan.key_of(row).ok(), reason)?;
+                let key = match plan.key_of(row) {
+                    Ok((key, _)) => Some(key),
+                    Err(q) => q.key,
+                };
+                txn.quarantine(&code, &mut st, key, reason)?;
             }
             txn.set_state(&code, &st)
         })
@@ -215,7 +228,7 @@ impl Puller {
         if let Some(h) = state.halt {
             return Err(halted(h.reason));
         }
-        let now = Shape::of(&self.resource);
+        let now = Shape::of(&self.resource, self.plan.keys());
         match state.shape {
             None => {
                 // A new stream, or one that began before shapes were kept.
@@ -239,6 +252,66 @@ impl Puller {
             }
             Some(_) => Ok(()),
         }
+    }
+
+    /// Describes the selected columns and checks them against the rules and against the
+    /// types the stream started with: a column that disappeared is named by the source's
+    /// error, one whose type no longer suits its rule or changed pauses the resource (this
+    /// pull fails; the next one checks again) until it is back or an operator accepts it.
+    async fn check_columns(&self) -> Result<(), PullError> {
+        let code = &self.resource.code;
+        let columns = self.connector.describe(&self.plan.selection).await?;
+        let paused = |reason: String| PullError::Columns {
+            resource: code.clone(),
+            reason,
+        };
+        crate::policy::check_types(&self.resource, &columns).map_err(paused)?;
+        let now: std::collections::BTreeMap<String, String> = columns
+            .into_iter()
+            .map(|c| (c.name, c.source_type))
+            .collect();
+        match self.queue.state(code)?.columns {
+            None => {
+                self.queue.update_state(code, |st| st.columns = Some(now))?;
+                Ok(())
+            }
+            Some(old) if old != now => {
+                let changed: Vec<String> = now
+                    .iter()
+                    .filter_map(|(name, t)| match old.get(name) {
+                        Some(o) if o != t => Some(format!("`{name}` from {o} to {t}")),
+                        _ => None,
+                    })
+                    .collect();
+                if changed.is_empty() {
+                    // Only the set of columns differs (a column was added to the
+                    // configuration and accepted): remember the new set.
+                    self.queue.update_state(code, |st| st.columns = Some(now))?;
+                    return Ok(());
+                }
+                let reason = format!(
+                    "column type changed at the source: {}. The resource pauses until the column is back as it was; if the change is intended, run `exchange-agent accept-config {code}` (or `resync {code}`)",
+                    changed.join(", ")
+                );
+                tracing::error!(resource = %code, reason, "Resource paused.");
+                Err(paused(reason))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// A stored position as the source is read with (sealed values opened).
+    fn position(
+        &self,
+        stored: Option<&[exchange_connectors::Value]>,
+    ) -> Result<Option<Vec<exchange_connectors::Value>>, PullError> {
+        stored
+            .map(|s| self.plan.position_from_store(s))
+            .transpose()
+            .map_err(|reason| PullError::Cursor {
+                resource: self.resource.code.clone(),
+                reason,
+            })
     }
 
     async fn wait_for_space(&self) -> Result<(), QueueError> {
@@ -285,11 +358,12 @@ impl Puller {
         report: &mut PullReport,
     ) -> Result<bool, PullError> {
         let limit = self.batch.max_records;
+        let after = self.position(state.cursor.as_deref())?;
         let page = self
             .connector
             .read_page(&PageRequest {
                 selection: &self.plan.selection,
-                after: state.cursor.as_deref(),
+                after: after.as_deref(),
                 limit,
                 bound: Bound::Horizon { safety_lag },
             })
@@ -332,10 +406,12 @@ impl Puller {
                     };
                     match plan.apply(row) {
                         Ok(out) => {
-                            let line = line_of(Op::Upsert, out.key, Some(out.fields));
+                            st.invalid_keys += u64::from(out.invalid_key);
+                            let line = line_of(Op::Upsert, out.key, Some(out.fields), out.invalid_key);
                             builder.add(txn, &code, &mut st, &line, &mut quarantined)?;
                         }
                         Err(q) => {
+                            st.invalid_keys += u64::from(q.invalid_key);
                             txn.quarantine(&code, &mut st, q.key, q.reason)?;
                             quarantined += 1;
                         }
@@ -343,8 +419,10 @@ impl Puller {
                     cursor = Some(c);
                 }
                 let records = builder.finish(txn, &code, &mut st)?;
-                if cursor.is_some() {
-                    st.cursor = cursor;
+                if let Some(c) = cursor {
+                    st.cursor = Some(plan.position_to_store(c).ok_or_else(|| {
+                        PullStop::Cursor(SEAL_MISSING.into())
+                    })?);
                 }
                 if !full {
                     complete_baseline(txn, &code, &mut st, records, reached)?;
@@ -376,7 +454,7 @@ impl Puller {
                     let mut builder = BatchBuilder::new(limits);
                     let mut quarantined = 0;
                     for key in &keys {
-                        let line = line_of(Op::Delete, key.clone(), None);
+                        let line = line_of(Op::Delete, key.clone(), None, false);
                         builder.add(txn, &code, &mut st, &line, &mut quarantined)?;
                     }
                     let records = builder.finish(txn, &code, &mut st)?;
@@ -397,11 +475,12 @@ impl Puller {
             return Ok(done);
         }
         let limit = self.batch.max_records;
+        let after = self.position(state.snapshot.position.as_deref())?;
         let page: Page = self
             .connector
             .read_page(&PageRequest {
                 selection: &self.plan.selection,
-                after: state.snapshot.position.as_deref(),
+                after: after.as_deref(),
                 limit,
                 bound: Bound::None,
             })
@@ -426,8 +505,12 @@ impl Puller {
                         }
                     }
                     let out = match plan.apply(row) {
-                        Ok(out) => out,
+                        Ok(out) => {
+                            st.invalid_keys += u64::from(out.invalid_key);
+                            out
+                        }
                         Err(q) => {
+                            st.invalid_keys += u64::from(q.invalid_key);
                             // The row still exists: keep its last delivered version at the
                             // hub (no delete in the sweep) until it can be converted again.
                             if let Some(key) = &q.key
@@ -441,7 +524,7 @@ impl Puller {
                         }
                     };
                     let key = out.key.clone();
-                    let line = line_of(Op::Upsert, out.key, Some(out.fields));
+                    let line = line_of(Op::Upsert, out.key, Some(out.fields), out.invalid_key);
                     let digest = sm3_bytes(&line);
                     match txn.digest(&code, &key)? {
                         Some((_, g)) if g == generation => {
@@ -466,7 +549,13 @@ impl Puller {
                 }
                 let records = builder.finish(txn, &code, &mut st)?;
                 st.snapshot.generation = generation;
-                st.snapshot.position = position;
+                st.snapshot.position = match position {
+                    Some(p) if moved => Some(
+                        plan.position_to_store(p)
+                            .ok_or_else(|| PullStop::Cursor(SEAL_MISSING.into()))?,
+                    ),
+                    p => p,
+                };
                 st.snapshot.sweeping = scan_done;
                 txn.set_state(&code, &st)?;
                 Ok((records, quarantined))
@@ -541,13 +630,32 @@ impl From<QueueError> for PullStop {
     }
 }
 
+/// Why a position cannot be stored: its key is hidden and the key to seal it is missing
+/// (configuration validation prevents this).
+const SEAL_MISSING: &str =
+    "the key leaves pseudonymized, but the key to seal its position is not configured";
+
 fn line_of(
     op: Op,
     key: String,
     fields: Option<serde_json::Map<String, serde_json::Value>>,
+    invalid_key: bool,
 ) -> Vec<u8> {
     let mut line = Vec::new();
-    push_line(&mut line, &Record { op, key, fields });
+    let flags = if invalid_key {
+        vec![exchange_protocol::batch::FLAG_INVALID_KEY.to_owned()]
+    } else {
+        Vec::new()
+    };
+    push_line(
+        &mut line,
+        &Record {
+            op,
+            key,
+            fields,
+            flags,
+        },
+    );
     line
 }
 

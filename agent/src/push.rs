@@ -341,6 +341,42 @@ impl HubClient {
         }
     }
 
+    /// `PUT /v1/catalogue`: reports a resource's catalogue entry (docs/PROTOCOL.md §10).
+    pub async fn put_catalogue(
+        &self,
+        entry: &exchange_protocol::catalogue::CatalogueEntry,
+    ) -> Result<(), PushError> {
+        let r = self
+            .http
+            .put(format!(
+                "{}{}",
+                self.url,
+                exchange_protocol::catalogue::CATALOGUE_PATH
+            ))
+            .header(header::PROTOCOL, batch::PROTOCOL_VERSION)
+            .header(header::NODE, &self.node)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(entry).expect("an entry serializes"))
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let status = r.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = r.bytes().await.unwrap_or_default();
+        let error = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned());
+        Err(PushError::Unreachable {
+            url: self.url.clone(),
+            reason: format!(
+                "catalogue entry of `{}` answered {status}: {error}",
+                entry.resource
+            ),
+        })
+    }
+
     /// `GET /v1/health`: whether the hub answers over mutual TLS.
     pub async fn health(&self) -> Result<(), PushError> {
         let r = self

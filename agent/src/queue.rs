@@ -101,6 +101,10 @@ pub struct ResourceState {
     pub pushed_records: u64,
     /// Rows sent to quarantine since the queue was created.
     pub quarantined: u64,
+    /// Rows whose key was not a valid identifier of its kind (quarantined or delivered
+    /// flagged), since the queue was created; every pull that reads such a row counts it.
+    #[serde(default)]
+    pub invalid_keys: u64,
     /// End of the last successful pull (RFC 3339).
     pub last_pull: Option<String>,
     /// Last acknowledgement by the hub (RFC 3339).
@@ -120,6 +124,11 @@ pub struct ResourceState {
     /// What determined the stream when it started: relation, key, cursor, field rules.
     #[serde(default)]
     pub shape: Option<crate::fingerprint::Shape>,
+    /// Source type of every selected column when the stream started reading under its
+    /// shape: a column that changes type pauses the resource until it is back, or an operator
+    /// accepts it (`accept-config`, `resync`).
+    #[serde(default)]
+    pub columns: Option<BTreeMap<String, String>>,
     /// The last pull error, kept across processes until a pull succeeds.
     #[serde(default)]
     pub pull_error: Option<Note>,
@@ -556,6 +565,7 @@ impl Queue {
             pulled_records: old.pulled_records,
             pushed_records: old.pushed_records,
             quarantined: old.quarantined,
+            invalid_keys: old.invalid_keys,
             last_pull: old.last_pull,
             last_push: old.last_push,
             ..ResourceState::default()

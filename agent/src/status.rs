@@ -113,6 +113,10 @@ pub struct ResourceStatus {
     pub queued_bytes: u64,
     /// Rows quarantined since the queue was created.
     pub quarantined: u64,
+    /// Rows whose key was not a valid identifier of its kind (quarantined, or delivered
+    /// flagged), counted by every pull that read them: the data-quality figure.
+    #[serde(default)]
+    pub invalid_keys: u64,
     /// Records pulled since the queue was created.
     pub pulled_records: u64,
     /// Records acknowledged since the queue was created.
@@ -144,6 +148,7 @@ impl ResourceStatus {
             queued_records: st.queued_records,
             queued_bytes: st.queued_bytes,
             quarantined: st.quarantined,
+            invalid_keys: st.invalid_keys,
             pulled_records: st.pulled_records,
             pushed_records: st.pushed_records,
             recent_quarantine: Vec::new(),
@@ -182,7 +187,9 @@ fn cursor_text(
     resource: &crate::config::Resource,
     cursor: &[exchange_connectors::Value],
 ) -> String {
-    let names = crate::policy::Plan::new(resource).selection.cursor;
+    let names = crate::policy::Plan::new(resource, &crate::policy::Keys::default())
+        .selection
+        .cursor;
     let mut shown = Vec::new();
     let mut hidden = 0;
     for (name, v) in names.iter().zip(cursor) {
@@ -238,8 +245,8 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
             ResourceStatus {
                 name: r.name.clone(),
                 share: match r.share {
-                    Share::Unconditional => "unconditional",
-                    Share::None => "none",
+                    Share::Conditional { deliver: false } => "conditional (comparison only)",
+                    s => s.as_str(),
                 }
                 .into(),
                 mode: match r.mode {
@@ -413,6 +420,13 @@ impl std::fmt::Display for Report {
                 r.pushed_records, r.pulled_records
             )?;
             writeln!(f, "  quarantined  {} rows", r.quarantined)?;
+            if r.invalid_keys > 0 {
+                writeln!(
+                    f,
+                    "  invalid keys {} rows read with a key that is not a valid identifier",
+                    r.invalid_keys
+                )?;
+            }
             for q in &r.recent_quarantine {
                 writeln!(
                     f,

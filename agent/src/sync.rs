@@ -88,6 +88,9 @@ pub struct SyncReport {
     pub resources: Vec<ResourceOutcome>,
     /// Whether the deadline passed before everything was acknowledged.
     pub timed_out: bool,
+    /// Catalogue entries reported to the hub (docs/PROTOCOL.md §10), and why others were not.
+    #[serde(default)]
+    pub catalogue: (usize, Vec<String>),
 }
 
 impl SyncReport {
@@ -127,6 +130,16 @@ impl std::fmt::Display for SyncReport {
             }
             writeln!(f)?;
         }
+        if self.catalogue.0 > 0 {
+            writeln!(
+                f,
+                "catalogue: {} entries reported to the hub",
+                self.catalogue.0
+            )?;
+        }
+        for e in &self.catalogue.1 {
+            writeln!(f, "catalogue entry not reported: {e}")?;
+        }
         if self.timed_out {
             writeln!(
                 f,
@@ -156,6 +169,12 @@ pub async fn sync(
 ) -> SyncReport {
     // Bounds past a week are taken as a week (and cannot overflow an instant).
     const MAX: Duration = Duration::from_secs(7 * 86_400);
+    // Catalogue entries alongside the pulls (a `none` resource reaches the hub only this way),
+    // within the same deadline.
+    let mut catalogue_task = {
+        let pl = pipeline.clone();
+        tokio::spawn(async move { pl.report_catalogue().await })
+    };
     let options = SyncOptions {
         wait: options.wait.min(MAX),
         deadline: options.deadline.min(MAX),
@@ -199,6 +218,22 @@ pub async fn sync(
     // Whatever still runs stops now (a pull commits or not as a whole).
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+    let catalogue = match tokio::time::timeout(
+        options.deadline.saturating_sub(started.elapsed()),
+        &mut catalogue_task,
+    )
+    .await
+    {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => (0, vec![format!("the catalogue task failed: {e}")]),
+        Err(_) => {
+            catalogue_task.abort();
+            (
+            0,
+            vec!["the deadline passed before the hub answered; the service reports it again when it starts".into()],
+        )
+        }
+    };
     let resources = pullers
         .iter()
         .zip(&states)
@@ -253,6 +288,7 @@ pub async fn sync(
     SyncReport {
         resources,
         timed_out,
+        catalogue,
     }
 }
 

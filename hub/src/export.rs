@@ -1,7 +1,8 @@
 //! The current records of a resource as NDJSON: what `exchange-hub export` prints.
 //!
 //! One JSON object per line, ordered by key:
-//! `{"resource":…,"key":…,"fields":{…},"node":…,"updated_at":…}`. `fields` is the stored
+//! `{"resource":…,"key":…,"fields":{…},"node":…,"updated_at":…}`, plus `"flags":[…]` for a
+//! record delivered with flags (`invalid_key`). `fields` is the stored
 //! JSON text parsed with `arbitrary_precision` and `preserve_order`, so every digit and the
 //! column order are exactly as the agent sent them.
 
@@ -51,6 +52,14 @@ pub fn to_json(record: &StoredRecord, row: u64) -> Result<Value, ExportError> {
         "updated_at".into(),
         Value::String(record.updated_at.clone()),
     );
+    if let Some(flags) = &record.flags {
+        let flags: Value = serde_json::from_str(flags).map_err(|e| ExportError::Corrupt {
+            resource: record.resource.clone(),
+            row,
+            reason: format!("flags: {:?} at column {}", e.classify(), e.column()),
+        })?;
+        object.insert("flags".into(), flags);
+    }
     Ok(Value::Object(object))
 }
 

@@ -54,6 +54,13 @@ enum Command {
         #[arg(long, short)]
         resource: String,
     },
+    /// Print the catalogue entries nodes reported (resource, node, entry with field names and
+    /// types, time), one JSON object per line, ordered by resource code.
+    Catalogue {
+        /// The hub's configuration file.
+        #[arg(long, short, env = "EXCHANGE_HUB_CONFIG")]
+        config: PathBuf,
+    },
     /// Check the configuration file and the TLS material it names; exit 0 if valid, 2 if not.
     /// With --connect also open the store and print its schema version and counts (exit 3 if
     /// it cannot be reached).
@@ -160,6 +167,24 @@ async fn run(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Serve { config } => serve(config).await,
+        Command::Catalogue { config } => {
+            let loaded = HubConfig::load(&config).map_err(config_error)?;
+            let store = Store::open(&loaded.store).await.map_err(other_error)?;
+            for c in store.catalogue().await.map_err(other_error)? {
+                let entry: serde_json::Value =
+                    serde_json::from_str(&c.entry).unwrap_or(serde_json::Value::Null);
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "resource": c.resource,
+                        "node": c.node,
+                        "entry": entry,
+                        "updated_at": c.updated_at,
+                    })
+                );
+            }
+            Ok(())
+        }
         Command::Export { config, resource } => {
             let loaded = HubConfig::load(&config).map_err(config_error)?;
             let store = Store::open(&loaded.store).await.map_err(other_error)?;

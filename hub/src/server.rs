@@ -43,6 +43,7 @@ use exchange_protocol::batch::{
     self, Ack, AckStatus, BATCHES_PATH, BatchError, BatchId, CONTENT_ENCODING, CONTENT_TYPE,
     ErrorBody, HEALTH_PATH, PROTOCOL_VERSION, header,
 };
+use exchange_protocol::catalogue;
 use exchange_protocol::tls::{TlsError, explain, peer_common_name};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -368,6 +369,10 @@ fn router(state: AppState) -> Router {
     Router::new()
         .route(BATCHES_PATH, post(post_batch).fallback(method_not_allowed))
         .route(HEALTH_PATH, get(health).fallback(method_not_allowed))
+        .route(
+            catalogue::CATALOGUE_PATH,
+            axum::routing::put(put_catalogue).fallback(method_not_allowed),
+        )
         .fallback(not_found)
         .with_state(state)
 }
@@ -438,10 +443,10 @@ async fn not_found(request: Request) -> Refusal {
 }
 
 async fn method_not_allowed(request: Request) -> Response {
-    let allowed = if request.uri().path() == BATCHES_PATH {
-        "POST"
-    } else {
-        "GET"
+    let allowed = match request.uri().path() {
+        BATCHES_PATH => "POST",
+        catalogue::CATALOGUE_PATH => "PUT",
+        _ => "GET",
     };
     let mut response = Refusal::new(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -504,16 +509,16 @@ async fn post_batch(
     }
 }
 
-/// Checks, decodes and applies one batch.
-async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack, Refusal> {
+/// The node a request comes from: the certificate's common name (else `403`), after the
+/// protocol version (else `400`) and the `exchange-node` header, which must equal it (else
+/// `403`). `what` names the request in messages.
+fn identify<'a>(peer: &'a Peer, headers: &HeaderMap, what: &str) -> Result<&'a str, Refusal> {
     let Some(node) = peer.node.as_deref() else {
         return Err(Refusal::new(
             StatusCode::FORBIDDEN,
             "the client certificate has no common name; ask the platform CA for a certificate whose common name (CN) is the node id",
         ));
     };
-    let (parts, body) = request.into_parts();
-    let headers = &parts.headers;
 
     match text_header(headers, header::PROTOCOL)? {
         Some(v) if v == PROTOCOL_VERSION => {}
@@ -534,9 +539,82 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
     if claimed != node {
         return Err(Refusal::new(
             StatusCode::FORBIDDEN,
-            format!("certificate identifies node `{node}` but the batch claims node `{claimed}`"),
+            format!("certificate identifies node `{node}` but the {what} claims node `{claimed}`"),
         ));
     }
+    Ok(node)
+}
+
+/// `PUT /v1/catalogue`: a resource's catalogue entry (docs/PROTOCOL.md §10).
+async fn put_catalogue(
+    State(state): State<AppState>,
+    Extension(peer): Extension<Peer>,
+    request: Request,
+) -> Response {
+    match catalogue_entry(&state, &peer, request).await {
+        Ok(resource) => {
+            info!(node = peer.node.as_deref().unwrap_or("-"), resource = %resource, "Catalogue entry recorded.");
+            Json(serde_json::json!({ "status": "recorded", "resource": resource })).into_response()
+        }
+        Err(refusal) => {
+            warn!(
+                peer = %peer.addr,
+                node = peer.node.as_deref().unwrap_or("-"),
+                status = refusal.status.as_u16(),
+                reason = %refusal.message,
+                "Catalogue entry refused."
+            );
+            refusal.into_response()
+        }
+    }
+}
+
+/// Checks and stores one catalogue entry; returns its resource code.
+async fn catalogue_entry(
+    state: &AppState,
+    peer: &Peer,
+    request: Request,
+) -> Result<String, Refusal> {
+    let (parts, body) = request.into_parts();
+    let node = identify(peer, &parts.headers, "catalogue entry")?;
+    let bytes = axum::body::to_bytes(body, catalogue::MAX_ENTRY_BYTES)
+        .await
+        .map_err(|_| {
+            Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "a catalogue entry is at most {} bytes",
+                    catalogue::MAX_ENTRY_BYTES
+                ),
+            )
+        })?;
+    let entry = catalogue::CatalogueEntry::parse(&bytes).map_err(Refusal::bad)?;
+    let text = serde_json::to_string(&entry).expect("an entry serializes");
+    match state
+        .store
+        .record_catalogue(node, &entry.resource, &text)
+        .await
+    {
+        Ok(()) => Ok(entry.resource),
+        Err(e @ StoreError::NotOwner { .. }) => {
+            Err(Refusal::new(StatusCode::FORBIDDEN, e.to_string()))
+        }
+        Err(e @ StoreError::Unavailable { .. }) => Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{e}; retry later"),
+        )),
+        Err(e) => Err(Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the hub could not store the catalogue entry: {e}"),
+        )),
+    }
+}
+
+/// Checks, decodes and applies one batch.
+async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack, Refusal> {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let node = identify(peer, headers, "batch")?;
     let id = BatchId {
         node: node.to_owned(),
         resource: resource(headers)?,

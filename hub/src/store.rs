@@ -3,10 +3,13 @@
 //! ```text
 //! records     (resource TEXT, key TEXT, node TEXT, fields TEXT, updated_at TEXT,
 //!              stream TEXT NULL,                  -- the stream whose batch last wrote it
+//!              flags TEXT NULL,                   -- JSON array of the record's flags, NULL: none
 //!              PRIMARY KEY (resource, key))       -- the current state of every resource
 //! streams     (node TEXT, resource TEXT, stream TEXT, last_seq BIGINT, last_digest TEXT,
 //!              PRIMARY KEY (node, resource, stream)) -- the high-water mark of each stream
 //! resources   (resource TEXT PRIMARY KEY, node TEXT) -- which node provides each resource
+//! catalogue   (resource TEXT PRIMARY KEY, node TEXT, entry TEXT, updated_at TEXT)
+//!                                                 -- the catalogue entry a node reported (§10)
 //! hub_schema  (version INTEGER)                   -- one row: the schema version below
 //! ```
 //!
@@ -15,7 +18,7 @@
 //! `records.stream` is NULL for rows written before schema version 2.
 //!
 //! Schema versions ([`SCHEMA_VERSION`]): 1 = the first three tables; 2 = `records.stream`
-//! and `hub_schema`. Opening a store migrates it forward in one transaction (adds the missing
+//! and `hub_schema`; 3 = `records.flags` and `catalogue`. Opening a store migrates it forward in one transaction (adds the missing
 //! columns and tables); a store with a higher version than this hub knows is refused.
 //!
 //! Architecture invariants:
@@ -122,10 +125,25 @@ pub struct StoredRecord {
     pub fields: String,
     /// When the hub committed the batch that last wrote the record (RFC 3339 UTC).
     pub updated_at: String,
+    /// The record's flags as a JSON array text (`["invalid_key"]`), `None` when it has none.
+    pub flags: Option<String>,
+}
+
+/// A resource's catalogue entry as a node reported it (docs/PROTOCOL.md §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogueRecord {
+    /// The resource code.
+    pub resource: String,
+    /// The node that reported it.
+    pub node: String,
+    /// The entry, JSON object text as received (code, name, share, fields).
+    pub entry: String,
+    /// When the hub stored it (RFC 3339 UTC).
+    pub updated_at: String,
 }
 
 /// The schema version this hub writes (see the module documentation).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// How much the store holds, for logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -141,8 +159,12 @@ pub struct Counts {
 /// A record change prepared for the database: fields already serialized.
 #[derive(Debug)]
 enum Change {
-    /// Insert or replace `key` with `fields` (JSON object text).
-    Upsert { key: String, fields: String },
+    /// Insert or replace `key` with `fields` (JSON object text) and `flags` (JSON array text).
+    Upsert {
+        key: String,
+        fields: String,
+        flags: Option<String>,
+    },
     /// Remove `key`.
     Delete { key: String },
 }
@@ -245,13 +267,14 @@ impl Store {
         let changes = records
             .iter()
             .map(|r| match (r.op, &r.fields) {
-                (Op::Upsert, Some(fields)) => Change::Upsert {
+                (Op::Upsert, fields) => Change::Upsert {
                     key: r.key.clone(),
-                    fields: serde_json::Value::Object(fields.clone()).to_string(),
-                },
-                (Op::Upsert, None) => Change::Upsert {
-                    key: r.key.clone(),
-                    fields: "{}".to_owned(),
+                    fields: fields
+                        .as_ref()
+                        .map(|f| serde_json::Value::Object(f.clone()).to_string())
+                        .unwrap_or_else(|| "{}".to_owned()),
+                    flags: (!r.flags.is_empty())
+                        .then(|| serde_json::to_string(&r.flags).expect("strings serialize")),
                 },
                 (Op::Delete, _) => Change::Delete { key: r.key.clone() },
             })
@@ -313,6 +336,36 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(s) => s.clone().resources().await,
             Backend::Postgres(p) => p.resources().await,
+        }
+    }
+
+    /// Stores the catalogue entry of `resource` reported by `node` (replacing the previous
+    /// one); refused when another node provides the resource. The first node to push a batch
+    /// or report an entry owns the resource.
+    pub async fn record_catalogue(
+        &self,
+        node: &str,
+        resource: &str,
+        entry: &str,
+    ) -> Result<(), StoreError> {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let record = CatalogueRecord {
+            resource: resource.to_owned(),
+            node: node.to_owned(),
+            entry: entry.to_owned(),
+            updated_at: now,
+        };
+        match &self.backend {
+            Backend::Sqlite(s) => s.clone().record_catalogue(record).await,
+            Backend::Postgres(p) => p.record_catalogue(record).await,
+        }
+    }
+
+    /// Every catalogue entry, ordered by resource code.
+    pub async fn catalogue(&self) -> Result<Vec<CatalogueRecord>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.clone().catalogue().await,
+            Backend::Postgres(p) => p.catalogue().await,
         }
     }
 

@@ -211,7 +211,10 @@ async fn a_version_1_sqlite_store_is_migrated_and_its_rows_are_swept_by_a_baseli
         .map(|r| r.0)
         .collect();
     assert_eq!(keys, ["new"]);
-    assert_eq!(hub.store().await.schema_version().await.unwrap(), 2);
+    assert_eq!(
+        hub.store().await.schema_version().await.unwrap(),
+        exchange_hub::store::SCHEMA_VERSION
+    );
     hub.stop().await.unwrap();
 }
 

@@ -191,7 +191,7 @@ async fn check_connect_reports_schema_version_and_counts_and_exits_3_when_unreac
     let (code, stdout, stderr) = run(&["check", "--connect", "-c", path.to_str().unwrap()]).await;
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stdout.contains("reachable, schema version 2; 0 resources, 0 streams, 0 records"),
+        stdout.contains("reachable, schema version 3; 0 resources, 0 streams, 0 records"),
         "{stdout}"
     );
     let path = write_config_for(&pki, "postgres://postgres@127.0.0.1:1/nothing", "");
@@ -214,7 +214,7 @@ async fn postgres_notices_stay_out_of_the_logs_and_logs_have_no_colour_off_a_ter
     assert_eq!(code, 0, "{stderr}");
     let (code, stdout, stderr) = run(&["check", "--connect", "-c", config]).await;
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("schema version 2"), "{stdout}");
+    assert!(stdout.contains("schema version 3"), "{stdout}");
     assert!(
         stderr.is_empty(),
         "notices leaked at the default level: {stderr}"

@@ -81,7 +81,15 @@ pub struct Record {
     /// Field values after policy; absent for deletes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Data-quality flags of an upsert (docs/PROTOCOL.md §4.4), e.g. [`FLAG_INVALID_KEY`];
+    /// absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
 }
+
+/// The record's key is not a valid identifier of its kind (check character, structure); the
+/// provider delivers it anyway (`invalid_key = "deliver"`).
+pub const FLAG_INVALID_KEY: &str = "invalid_key";
 
 /// The identity of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,6 +312,7 @@ mod tests {
                 op: Op::Upsert,
                 key: "k1".into(),
                 fields: Some(fields),
+                flags: Vec::new(),
             },
         );
         push_line(
@@ -312,6 +321,7 @@ mod tests {
                 op: Op::Delete,
                 key: "k2".into(),
                 fields: None,
+                flags: Vec::new(),
             },
         );
         let digest = digest_hex(&body);
@@ -388,6 +398,7 @@ mod tests {
                 op: Op::Delete,
                 key: "k".into(),
                 fields: None,
+                flags: Vec::new(),
             },
         );
         assert!(matches!(

@@ -4,8 +4,10 @@
 //! - `pki` (cargo feature `pki`, off by default): a throwaway certificate authority for the
 //!   demo and the tests; the production binaries do not contain it.
 //! - [`batch`]: the wire format of a batch of records (docs/PROTOCOL.md).
+//! - [`catalogue`]: a resource's catalogue entry (docs/PROTOCOL.md §10).
 
 pub mod batch;
+pub mod catalogue;
 #[cfg(feature = "pki")]
 pub mod pki;
 pub mod quantity;

@@ -54,8 +54,13 @@ pub struct Resource {
     pub mode: Mode,
     /// `every`.
     pub every: String,
-    /// `[resources.fields]`, in order.
+    /// `[resources.fields]`, in order. A rule starting with `{` is written as is (an inline
+    /// table: `{ rule = "pseudonym", identifier = "citizen_id" }`).
     pub fields: Vec<(String, String)>,
+    /// `share`.
+    pub share: String,
+    /// More lines for the resource, written as is (`deliver = true`, `plain_allowed = […]`).
+    pub extra: Vec<String>,
 }
 
 impl Resource {
@@ -69,7 +74,16 @@ impl Resource {
             mode: Mode::Incremental(vec!["updated_at".to_owned(), key.to_owned()]),
             every: "1s".to_owned(),
             fields: Vec::new(),
+            share: "unconditional".to_owned(),
+            extra: Vec::new(),
         }
+    }
+
+    /// Sets `share` and adds lines such as `deliver = true`.
+    pub fn share(mut self, share: &str, extra: &[&str]) -> Resource {
+        self.share = share.to_owned();
+        self.extra = extra.iter().map(|l| l.to_string()).collect();
+        self
     }
 
     /// A snapshot resource over `table`.
@@ -117,6 +131,8 @@ pub struct AgentConfig {
     pub sources: Vec<Source>,
     /// `[[resources]]`.
     pub resources: Vec<Resource>,
+    /// `[policy]` lines, written as is.
+    pub policy: Vec<String>,
 }
 
 impl AgentConfig {
@@ -136,7 +152,14 @@ impl AgentConfig {
             max_bytes: "4MiB".to_owned(),
             sources: Vec::new(),
             resources: Vec::new(),
+            policy: Vec::new(),
         }
+    }
+
+    /// Adds `[policy]` lines (key files).
+    pub fn policy(mut self, lines: &[&str]) -> AgentConfig {
+        self.policy = lines.iter().map(|l| l.to_string()).collect();
+        self
     }
 
     /// Adds a source.
@@ -188,6 +211,9 @@ impl AgentConfig {
             self.max_records,
             q(&self.max_bytes)
         );
+        if !self.policy.is_empty() {
+            let _ = writeln!(t, "[policy]\n{}\n", self.policy.join("\n"));
+        }
         for s in &self.sources {
             let _ = writeln!(
                 t,
@@ -200,11 +226,15 @@ impl AgentConfig {
         for r in &self.resources {
             let _ = writeln!(
                 t,
-                "[[resources]]\ncode = {}\nname = {}\nshare = \"unconditional\"\nsource = {}",
+                "[[resources]]\ncode = {}\nname = {}\nshare = {}\nsource = {}",
                 q(&r.code),
                 q(&format!("测试资源 {}", r.code)),
+                q(&r.share),
                 q(&r.source)
             );
+            for line in &r.extra {
+                let _ = writeln!(t, "{line}");
+            }
             if r.relation
                 .trim_start()
                 .to_ascii_lowercase()
@@ -230,7 +260,11 @@ impl AgentConfig {
             }
             let _ = writeln!(t, "every = {}\n\n[resources.fields]", q(&r.every));
             for (column, rule) in &r.fields {
-                let _ = writeln!(t, "{} = {}", q(column), q(rule));
+                if rule.starts_with('{') {
+                    let _ = writeln!(t, "{} = {rule}", q(column));
+                } else {
+                    let _ = writeln!(t, "{} = {}", q(column), q(rule));
+                }
             }
             t.push('\n');
         }

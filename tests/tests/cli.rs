@@ -97,6 +97,58 @@ async fn check_rejects_a_bad_share_class_naming_file_line_and_key() {
     ]);
 }
 
+/// `check` refuses each forbidden desensitization configuration with the file, line,
+/// resource and field: an unkeyed hash, `plain` on a conditional resource without an
+/// approval, a pseudonym without a key, a masked key, a rule unknown for the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_rejects_forbidden_desensitization_naming_resource_and_field() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "\"name\" = ",
+            "\"name\" = \"sha256\"",
+            &["unkeyed hash", "pseudonym"],
+        ),
+        ("\"name\" = ", "\"name\" = \"md5\"", &["unkeyed hash"]),
+        (
+            "share = ",
+            "share = \"conditional\"",
+            &["is conditional", "may not leave plain", "plain_allowed"],
+        ),
+        (
+            "\"name\" = ",
+            "\"name\" = \"pseudonym\"",
+            &["needs a key", "pseudonym_key_file"],
+        ),
+        (
+            "\"id\" = ",
+            "\"id\" = \"mask:keep(1,1)\"",
+            &["(the key)", "collide"],
+        ),
+        (
+            "\"name\" = ",
+            "\"name\" = \"mask:passport\"",
+            &["not a field rule", "mask:keep(FIRST,LAST)"],
+        ),
+    ];
+    for (prefix, with, needles) in cases {
+        let mut draft = Draft::new();
+        let line = draft.line_of(if prefix.starts_with("share") {
+            "\"id\" = "
+        } else {
+            prefix
+        });
+        draft.replace_line(prefix, with);
+        let out = draft.check().await;
+        out.assert_code(2).assert_mentions(&[
+            &format!("{}:", draft.path().display()),
+            &format!("resource `{CODE}`"),
+            "field `",
+        ]);
+        out.assert_mentions(needles);
+        out.assert_mentions(&[&format!(":{line}:")]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_rejects_a_resource_whose_source_is_not_defined() {
     let mut draft = Draft::new();
@@ -264,6 +316,14 @@ fn stage_agent_example(
         ),
         &issued.key_pem,
     );
+    for (key, hex) in [
+        ("pseudonym_key_file", "ab".repeat(32)),
+        ("fpe_key_file", "cd".repeat(16)),
+    ] {
+        if let Some(f) = str_at(&table, "policy", key) {
+            write_secret(&place(dir, f, &mut replacements), &format!("{hex}\n"));
+        }
+    }
     let mut env = Vec::new();
     for source in table
         .get("sources")

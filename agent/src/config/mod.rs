@@ -20,8 +20,8 @@ use exchange_protocol::tls::{MinTlsVersion, MutualTls};
 pub use exchange_protocol::quantity::{parse_duration, parse_size};
 pub use location::Locator;
 
-use crate::identifier;
-use crate::policy::Rule;
+use crate::identifier::{self, IdKind};
+use crate::policy::{FpeKey, Keys, PseudonymKey, Rule};
 use crate::schedule::Schedule;
 
 /// A configuration error, located in the file.
@@ -53,6 +53,8 @@ pub struct Config {
     pub sources: BTreeMap<String, SourceSpec>,
     /// Resources, in file order.
     pub resources: Vec<Resource>,
+    /// Key material of the desensitization rules (`[policy]`).
+    pub keys: Keys,
 }
 
 /// Identity of this front-end node.
@@ -96,10 +98,44 @@ pub struct BatchLimits {
 /// Share class (共享类型).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Share {
-    /// 无条件共享: delivered.
+    /// 无条件共享: delivered, any rule.
     Unconditional,
-    /// 不予共享: catalogued only; never pulled or delivered.
+    /// 有条件共享: every field desensitized unless approved plain; delivered only when
+    /// `deliver`, otherwise answered by comparison only.
+    Conditional {
+        /// `deliver = true`: records are pushed to the hub (desensitized).
+        deliver: bool,
+    },
+    /// 不予共享: catalogued only; never pulled, delivered or verified.
     None,
+}
+
+impl Share {
+    /// Whether records of the resource are pulled and pushed.
+    pub fn delivers(self) -> bool {
+        matches!(
+            self,
+            Share::Unconditional | Share::Conditional { deliver: true }
+        )
+    }
+
+    /// The class as written in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Share::Unconditional => "unconditional",
+            Share::Conditional { .. } => "conditional",
+            Share::None => "none",
+        }
+    }
+}
+
+/// What happens to a row whose key is not a valid identifier of its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidKey {
+    /// Quarantined (the default).
+    Quarantine,
+    /// Delivered, flagged `invalid_key`.
+    Deliver,
 }
 
 /// How a resource is read.
@@ -137,6 +173,14 @@ pub struct Resource {
     pub schedule: Schedule,
     /// Field rules, in file order.
     pub fields: Vec<(String, Rule)>,
+    /// The identifier kind of the key column.
+    pub key_kind: IdKind,
+    /// What an invalid key does.
+    pub invalid_key: InvalidKey,
+    /// Fields approved to leave plain on a conditional resource.
+    pub plain_allowed: Vec<String>,
+    /// The approval reference for `plain_allowed`.
+    pub plain_reason: Option<String>,
 }
 
 impl Config {
@@ -278,6 +322,7 @@ impl Validator<'_> {
             }
             sources.insert(spec.name.clone(), spec);
         }
+        let keys = self.keys(raw.policy.unwrap_or_default())?;
         let mut resources = Vec::new();
         let mut codes = HashSet::new();
         for (i, r) in raw.resources.into_iter().enumerate() {
@@ -287,6 +332,24 @@ impl Validator<'_> {
                     &format!("resources[{i}].code"),
                     format!("resource `{}` is defined twice", res.code),
                 ));
+            }
+            for (name, rule) in &res.fields {
+                let (missing, what) = match rule {
+                    Rule::Pseudonym { .. } if keys.pseudonym.is_none() => {
+                        (true, "policy.pseudonym_key_file")
+                    }
+                    Rule::FpeDigits { .. } if keys.fpe.is_none() => (true, "policy.fpe_key_file"),
+                    _ => (false, ""),
+                };
+                if missing {
+                    return Err(self.err(
+                        &format!("resources[{i}].fields.{name}"),
+                        format!(
+                            "resource `{}`, field `{name}`: rule {rule} needs a key: set `{what}` in [policy]",
+                            res.code
+                        ),
+                    ));
+                }
             }
             resources.push(res);
         }
@@ -298,7 +361,48 @@ impl Validator<'_> {
             batch,
             sources,
             resources,
+            keys,
         })
+    }
+
+    fn keys(&self, p: raw::RawPolicy) -> Result<Keys, ConfigError> {
+        let read = |key: &str, f: &str| -> Result<String, ConfigError> {
+            let path = self.existing_file(key, f)?;
+            exchange_protocol::tls::check_secret_permissions(&path)
+                .map_err(|e| self.err(key, e))?;
+            std::fs::read_to_string(&path)
+                .map_err(|e| self.err(key, format!("cannot read {}: {e}", path.display())))
+        };
+        let pseudonym = match p.pseudonym_key_file {
+            Some(f) => {
+                let text = read("policy.pseudonym_key_file", &f)?;
+                Some(
+                    PseudonymKey::from_hex(p.pseudonym_key_version.unwrap_or(1), &text).map_err(
+                        |e| match e {
+                            crate::policy::pseudonym::KeyError::Version => {
+                                self.err("policy.pseudonym_key_version", e)
+                            }
+                            e => self.err("policy.pseudonym_key_file", e),
+                        },
+                    )?,
+                )
+            }
+            None if p.pseudonym_key_version.is_some() => {
+                return Err(self.err(
+                    "policy.pseudonym_key_version",
+                    "a key version without `pseudonym_key_file`",
+                ));
+            }
+            None => None,
+        };
+        let fpe = match p.fpe_key_file {
+            Some(f) => {
+                let text = read("policy.fpe_key_file", &f)?;
+                Some(FpeKey::from_hex(&text).map_err(|e| self.err("policy.fpe_key_file", e))?)
+            }
+            None => None,
+        };
+        Ok(Keys { pseudonym, fpe })
     }
 
     fn node(&self, n: raw::RawNode) -> Result<Node, ConfigError> {
@@ -465,11 +569,30 @@ impl Validator<'_> {
                 "expected 1 to 128 visible ASCII characters without `/`, e.g. \"330100-RSJ-0001\"",
             ));
         }
+        let code = r.code.clone();
         let share = match r.share.as_str() {
             "unconditional" => Share::Unconditional,
             "none" => Share::None,
-            "conditional" => return Err(self.err(&key("share"), "`conditional` needs desensitization rules, which this version does not have yet; use \"unconditional\" or \"none\"")),
+            "conditional" => Share::Conditional {
+                deliver: r.deliver.unwrap_or(false),
+            },
             other => return Err(self.err(&key("share"), format!("`{other}` is not a share class; expected \"unconditional\", \"conditional\" or \"none\""))),
+        };
+        if r.deliver.is_some() && !matches!(share, Share::Conditional { .. }) {
+            return Err(self.err(
+                &key("deliver"),
+                format!("resource `{code}`: `deliver` applies to share = \"conditional\" only (unconditional resources are always delivered, `none` never)"),
+            ));
+        }
+        let invalid_key = match r.invalid_key.as_deref() {
+            None | Some("quarantine") => InvalidKey::Quarantine,
+            Some("deliver") => InvalidKey::Deliver,
+            Some(other) => {
+                return Err(self.err(
+                    &key("invalid_key"),
+                    format!("`{other}` is not allowed; expected \"quarantine\" (default) or \"deliver\" (delivered, flagged)"),
+                ));
+            }
         };
         if !sources.contains_key(&r.source) {
             let known: Vec<_> = sources.keys().map(|k| format!("`{k}`")).collect();
@@ -501,9 +624,24 @@ impl Validator<'_> {
             _ => return Err(self.err(&key("table"), "give exactly one of `table` or `query`")),
         };
         let mut fields = Vec::new();
-        for (name, rule) in r.fields {
-            let rule = Rule::parse(&rule)
-                .map_err(|e| self.err(&format!("resources[{i}].fields.{name}"), e))?;
+        let mut kinds = Vec::new();
+        for (name, f) in r.fields {
+            let at = format!("resources[{i}].fields.{name}");
+            let named =
+                |e: String| self.err(&at, format!("resource `{code}`, field `{name}`: {e}"));
+            let kind = match &f.identifier {
+                Some(k) => IdKind::parse(k).map_err(named)?,
+                None => IdKind::Other,
+            };
+            if let Some(d) = &f.domain
+                && (d.is_empty() || d.contains('\0') || d.len() > 64)
+            {
+                return Err(named(
+                    "`domain` must be 1 to 64 characters without NUL".into(),
+                ));
+            }
+            let rule = Rule::parse(&f.rule, kind, f.domain.as_deref()).map_err(named)?;
+            kinds.push(kind);
             fields.push((name, rule));
         }
         if fields.is_empty() {
@@ -528,10 +666,32 @@ impl Validator<'_> {
             .filter(|(_, r)| *r == Rule::Drop)
             .map(|(n, _)| n.to_lowercase())
             .collect();
-        match fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(&r.key)) {
-            Some((_, Rule::Plain)) => {}
-            Some((_, Rule::Drop)) => return Err(self.err(&key("key"), format!("the key column `{}` is dropped in [resources.fields]; the key must be delivered", r.key))),
+        let key_kind = match fields.iter().position(|(n, _)| n.eq_ignore_ascii_case(&r.key)) {
+            Some(p) => match &fields[p].1 {
+                Rule::Plain | Rule::Pseudonym { .. } | Rule::FpeDigits { .. } => kinds[p],
+                Rule::Drop => return Err(self.err(&key("key"), format!("resource `{code}`: the key column `{}` is dropped in [resources.fields]; the key must be delivered", r.key))),
+                other => return Err(self.err(&format!("resources[{i}].fields.{}", fields[p].0), format!("resource `{code}`, field `{}` (the key): rule {other} would make keys collide; a key leaves \"plain\", as a \"pseudonym\" or as \"fpe:digits\"", fields[p].0))),
+            },
             None => return Err(self.err(&key("key"), format!("the key column `{}` must be listed in [resources.fields]", r.key))),
+        };
+        let plain_allowed = r.plain_allowed.unwrap_or_default();
+        for name in &plain_allowed {
+            match fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                Some((_, Rule::Plain)) => {}
+                Some((_, rule)) => return Err(self.err(&key("plain_allowed"), format!("resource `{code}`, field `{name}`: listed in plain_allowed but its rule is {rule}; list only plain fields"))),
+                None => return Err(self.err(&key("plain_allowed"), format!("resource `{code}`: `{name}` in plain_allowed is not a field of [resources.fields]"))),
+            }
+        }
+        let plain_reason = r.plain_reason.filter(|s| !s.trim().is_empty());
+        if !plain_allowed.is_empty() && plain_reason.is_none() {
+            return Err(self.err(&key("plain_allowed"), format!("resource `{code}`: plain_allowed needs `plain_reason`, the approval reference (e.g. \"市数据局 2024-17 号批复\")")));
+        }
+        if matches!(share, Share::Conditional { .. }) {
+            for (name, rule) in &fields {
+                if rule.is_plain() && !plain_allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+                    return Err(self.err(&format!("resources[{i}].fields.{name}"), format!("resource `{code}` is conditional (有条件共享), so field `{name}` may not leave plain: give it a desensitizing rule (mask:…, pseudonym, generalize:…, fpe:digits, drop), or list it in `plain_allowed` with the approval in `plain_reason`")));
+                }
+            }
         }
         let safety_lag = match r.safety_lag {
             Some(s) => parse_duration(&s).map_err(|e| self.err(&key("safety_lag"), e))?,
@@ -542,6 +702,12 @@ impl Validator<'_> {
                 for c in &cursor {
                     if dropped.contains(&c.to_lowercase()) {
                         return Err(self.err(&key("cursor"), format!("cursor column `{c}` is dropped in [resources.fields]; cursor values are kept on disk, so a cursor column cannot be a dropped field")));
+                    }
+                    if let Some((_, rule)) = fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(c))
+                        && !rule.is_plain()
+                        && !c.eq_ignore_ascii_case(&r.key)
+                    {
+                        return Err(self.err(&key("cursor"), format!("resource `{code}`: cursor column `{c}` is desensitized ({rule}) in [resources.fields]; cursor values are kept on disk, so a cursor column must be plain (or not listed)")));
                     }
                 }
                 Mode::Incremental { cursor, safety_lag }
@@ -592,6 +758,10 @@ impl Validator<'_> {
             mode,
             schedule,
             fields,
+            key_kind,
+            invalid_key,
+            plain_allowed,
+            plain_reason,
         })
     }
 }

@@ -15,6 +15,7 @@ pub struct RawConfig {
     pub hub: RawHub,
     pub queue: Option<RawQueue>,
     pub batch: Option<RawBatch>,
+    pub policy: Option<RawPolicy>,
     #[serde(default)]
     pub sources: Vec<RawSource>,
     #[serde(default)]
@@ -57,6 +58,15 @@ pub struct RawBatch {
     pub max_bytes: Option<String>,
 }
 
+/// `[policy]`: key material of the desensitization rules.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub pseudonym_key_file: Option<String>,
+    pub pseudonym_key_version: Option<u32>,
+    pub fpe_key_file: Option<String>,
+}
+
 /// `[[sources]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,6 +97,10 @@ pub struct RawResource {
     pub safety_lag: Option<String>,
     pub schedule: Option<String>,
     pub every: Option<String>,
+    pub deliver: Option<bool>,
+    pub plain_allowed: Option<Vec<String>>,
+    pub plain_reason: Option<String>,
+    pub invalid_key: Option<String>,
     /// Column → rule, in file order.
     pub fields: indexmap_like::OrderedFields,
 }
@@ -96,13 +110,57 @@ pub mod indexmap_like {
     use serde::de::{MapAccess, Visitor};
     use serde::{Deserialize, Deserializer};
 
-    /// Column → rule pairs in the order written.
+    /// One field: `column = "rule"`, or `column = { rule = "…", identifier = "…", domain = "…" }`.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RawField {
+        /// The rule text.
+        pub rule: String,
+        /// The identifier kind (`citizen_id`, `uscc`, `property_unit`, `mobile`, `other`).
+        pub identifier: Option<String>,
+        /// The pseudonym or FPE domain.
+        pub domain: Option<String>,
+    }
+
+    impl RawField {
+        fn deserialize_any<'de, D: Deserializer<'de>>(d: D) -> Result<RawField, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = RawField;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a rule (\"plain\", \"mask:name\", …) or a table { rule = …, identifier = …, domain = … }")
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawField, E> {
+                    Ok(RawField {
+                        rule: v.to_owned(),
+                        ..RawField::default()
+                    })
+                }
+                fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<RawField, A::Error> {
+                    RawField::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// A field entry, deserialized from a string or a table.
+    #[derive(Debug)]
+    struct AnyField(RawField);
+
+    impl<'de> Deserialize<'de> for AnyField {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            RawField::deserialize_any(d).map(AnyField)
+        }
+    }
+
+    /// Column → field pairs in the order written.
     #[derive(Debug, Default)]
-    pub struct OrderedFields(pub Vec<(String, String)>);
+    pub struct OrderedFields(pub Vec<(String, RawField)>);
 
     impl IntoIterator for OrderedFields {
-        type Item = (String, String);
-        type IntoIter = std::vec::IntoIter<(String, String)>;
+        type Item = (String, RawField);
+        type IntoIter = std::vec::IntoIter<(String, RawField)>;
         fn into_iter(self) -> Self::IntoIter {
             self.0.into_iter()
         }
@@ -118,8 +176,8 @@ pub mod indexmap_like {
                 }
                 fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<OrderedFields, A::Error> {
                     let mut out = Vec::new();
-                    while let Some((k, v)) = m.next_entry::<String, String>()? {
-                        out.push((k, v));
+                    while let Some((k, v)) = m.next_entry::<String, AnyField>()? {
+                        out.push((k, v.0));
                     }
                     Ok(OrderedFields(out))
                 }

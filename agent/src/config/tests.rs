@@ -166,18 +166,186 @@ fn a_dropped_key_or_cursor_is_refused() {
     );
 }
 
+fn with_fields(fields: &str) -> String {
+    GOOD.replace(
+        "id_card = \"plain\"\nname = \"plain\"\ninternal_note = \"drop\"\n",
+        fields,
+    )
+}
+
+fn write_key(f: &Fixture, name: &str, hex: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let p = f.dir.path().join(name);
+    std::fs::write(&p, hex).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+const POLICY: &str =
+    "[policy]\npseudonym_key_file = \"pseudonym.key\"\nfpe_key_file = \"fpe.key\"\n\n[[sources]]";
+
+fn with_keys(f: &Fixture, text: &str) -> String {
+    write_key(f, "pseudonym.key", &"ab".repeat(32));
+    write_key(f, "fpe.key", &"cd".repeat(16));
+    text.replacen("[[sources]]", POLICY, 1)
+}
+
 #[test]
-fn desensitization_rules_are_refused_until_they_exist() {
+fn desensitization_rules_parse_with_identifiers_and_keys() {
     let f = Fixture::new();
+    let text = with_keys(
+        &f,
+        &with_fields(
+            "id_card = { rule = \"pseudonym\", identifier = \"citizen_id\" }\nname = \"mask:name\"\nmobile = \"mask:keep(3,4)\"\nbirth = \"generalize:year\"\ncard = { rule = \"fpe:digits\", domain = \"hr-card\" }\ninternal_note = \"drop\"\n",
+        ),
+    );
+    let c = f.parse(&text).unwrap();
+    let r = &c.resources[0];
+    assert_eq!(r.key_kind, IdKind::CitizenId);
+    assert_eq!(
+        r.fields[0].1,
+        Rule::Pseudonym {
+            kind: IdKind::CitizenId,
+            domain: "citizen_id".into()
+        }
+    );
+    assert_eq!(
+        r.fields[4].1,
+        Rule::FpeDigits {
+            domain: "hr-card".into()
+        }
+    );
+    assert_eq!(c.keys.pseudonym.as_ref().unwrap().version(), 1);
+    assert!(c.keys.fpe.is_some());
+}
+
+#[test]
+fn forbidden_rules_are_refused_naming_resource_and_field() {
+    let f = Fixture::new();
+    for (fields, needles) in [
+        (
+            "id_card = \"plain\"\nname = \"sha256\"\n",
+            vec![
+                "unkeyed hash",
+                "`330100-RSJ-0001`",
+                "field `name`",
+                "resources[0].fields.name",
+            ],
+        ),
+        (
+            "id_card = \"plain\"\nname = \"mask:face\"\n",
+            vec!["not a field rule", "field `name`"],
+        ),
+        (
+            "id_card = \"plain\"\nname = \"pseudonym\"\n",
+            vec![
+                "needs a key",
+                "pseudonym_key_file",
+                "field `name`",
+                "`330100-RSJ-0001`",
+            ],
+        ),
+        (
+            "id_card = \"plain\"\nname = \"fpe:digits\"\n",
+            vec!["fpe_key_file", "field `name`"],
+        ),
+        (
+            "id_card = \"mask:citizen_id\"\nname = \"plain\"\n",
+            vec!["field `id_card` (the key)", "collide"],
+        ),
+        (
+            "id_card = { rule = \"plain\", identifier = \"passport\" }\n",
+            vec!["not an identifier kind", "field `id_card`"],
+        ),
+        (
+            "id_card = \"plain\"\nupdated_at = \"generalize:year\"\n",
+            vec!["cursor column `updated_at` is desensitized"],
+        ),
+    ] {
+        let e = f.parse(&with_fields(fields)).unwrap_err();
+        let m = message(&e);
+        for n in needles {
+            assert!(m.contains(n), "{fields}: expected `{n}` in {m}");
+        }
+    }
+}
+
+#[test]
+fn a_conditional_resource_refuses_plain_fields_without_an_approval() {
+    let f = Fixture::new();
+    let conditional = |fields: &str, extra: &str| {
+        with_keys(&f, &with_fields(fields)).replace(
+            "share = \"unconditional\"",
+            &format!("share = \"conditional\"{extra}"),
+        )
+    };
     let e = f
-        .parse(&GOOD.replace(
-            "name = \"plain\"\ninternal",
-            "name = \"mask:name\"\ninternal",
+        .parse(&conditional(
+            "id_card = \"pseudonym\"\nname = \"plain\"\n",
+            "",
         ))
         .unwrap_err();
     let m = message(&e);
+    assert!(
+        m.contains("resource `330100-RSJ-0001` is conditional") && m.contains("field `name`"),
+        "{m}"
+    );
     assert!(m.contains("resources[0].fields.name"), "{m}");
-    assert!(m.contains(":30:1:"), "{m}");
+    let e = f
+        .parse(&conditional(
+            "id_card = \"plain\"\nname = \"mask:name\"\n",
+            "",
+        ))
+        .unwrap_err();
+    assert!(message(&e).contains("field `id_card`"), "{e}");
+    let e = f
+        .parse(&conditional(
+            "id_card = \"pseudonym\"\nname = \"plain\"\n",
+            "\nplain_allowed = [\"name\"]",
+        ))
+        .unwrap_err();
+    assert!(message(&e).contains("plain_reason"), "{e}");
+    let c = f
+        .parse(&conditional(
+            "id_card = \"pseudonym\"\nname = \"plain\"\n",
+            "\nplain_allowed = [\"name\"]\nplain_reason = \"批复 2024-17\"",
+        ))
+        .unwrap();
+    assert_eq!(c.resources[0].share, Share::Conditional { deliver: false });
+    assert!(!c.resources[0].share.delivers());
+    let c = f
+        .parse(&conditional(
+            "id_card = \"pseudonym\"\nname = \"mask:name\"\n",
+            "\ndeliver = true",
+        ))
+        .unwrap();
+    assert!(c.resources[0].share.delivers());
+    let e = f
+        .parse(&GOOD.replace("schedule =", "deliver = true\nschedule ="))
+        .unwrap_err();
+    assert!(
+        message(&e).contains("`deliver` applies to share = \"conditional\" only"),
+        "{e}"
+    );
+}
+
+#[test]
+fn key_files_are_checked() {
+    let f = Fixture::new();
+    let text = with_keys(&f, &with_fields("id_card = \"pseudonym\"\n"));
+    write_key(&f, "pseudonym.key", "abcd");
+    let e = f.parse(&text).unwrap_err();
+    assert!(
+        message(&e).contains("policy.pseudonym_key_file") && message(&e).contains("at least 32"),
+        "{e}"
+    );
+    write_key(&f, "pseudonym.key", &"ab".repeat(32));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        f.dir.path().join("pseudonym.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    assert!(f.parse(&text).is_err());
 }
 
 #[test]

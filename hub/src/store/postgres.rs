@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
 
-use super::{Batch, Change, Counts, SCHEMA_VERSION, StoreError, StoredRecord};
+use super::{Batch, CatalogueRecord, Change, Counts, SCHEMA_VERSION, StoreError, StoredRecord};
 use crate::config::PostgresConfig;
 
 /// Connections opened at most at once.
@@ -52,6 +52,13 @@ CREATE TABLE IF NOT EXISTS hub_schema (
 );
 ALTER TABLE records ADD COLUMN IF NOT EXISTS stream TEXT;
 ALTER TABLE streams ADD COLUMN IF NOT EXISTS last_digest TEXT NOT NULL DEFAULT '';
+ALTER TABLE records ADD COLUMN IF NOT EXISTS flags TEXT;
+CREATE TABLE IF NOT EXISTS catalogue (
+    resource   TEXT NOT NULL PRIMARY KEY,
+    node       TEXT NOT NULL,
+    entry      TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
 ";
 
 /// Key of the advisory lock held while migrating ("exchhub" in ASCII).
@@ -329,11 +336,11 @@ impl PgStore {
         }
         let upsert = tx
             .prepare(
-                "INSERT INTO records (resource, key, node, fields, updated_at, stream)
-                 VALUES ($1, $2, $3, $4, $5, $6)
+                "INSERT INTO records (resource, key, node, fields, updated_at, stream, flags)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (resource, key) DO UPDATE
                  SET node = EXCLUDED.node, fields = EXCLUDED.fields, updated_at = EXCLUDED.updated_at,
-                     stream = EXCLUDED.stream",
+                     stream = EXCLUDED.stream, flags = EXCLUDED.flags",
             )
             .await
             .map_err(e)?;
@@ -343,10 +350,18 @@ impl PgStore {
             .map_err(e)?;
         for change in &batch.changes {
             match change {
-                Change::Upsert { key, fields } => {
+                Change::Upsert { key, fields, flags } => {
                     tx.execute(
                         &upsert,
-                        &[&id.resource, key, &id.node, fields, &batch.now, &id.stream],
+                        &[
+                            &id.resource,
+                            key,
+                            &id.node,
+                            fields,
+                            &batch.now,
+                            &id.stream,
+                            flags,
+                        ],
                     )
                     .await
                     .map_err(e)?;
@@ -393,7 +408,7 @@ impl PgStore {
                 let rows = pooled
                     .client()
                     .query_raw(
-                        "SELECT resource, key, node, fields, updated_at FROM records
+                        "SELECT resource, key, node, fields, updated_at, flags FROM records
                          WHERE resource = $1 ORDER BY key COLLATE \"C\"",
                         [&resource],
                     )
@@ -408,6 +423,7 @@ impl PgStore {
                         node: row.try_get(2).map_err(e)?,
                         fields: row.try_get(3).map_err(e)?,
                         updated_at: row.try_get(4).map_err(e)?,
+                        flags: row.try_get(5).map_err(e)?,
                     };
                     if tx.send(Ok(record)).await.is_err() {
                         break; // the consumer stopped reading
@@ -420,6 +436,69 @@ impl PgStore {
                 let _ = tx.send(Err(e)).await;
             }
         });
+    }
+
+    /// Stores a catalogue entry (ownership checked) in one transaction.
+    pub(super) async fn record_catalogue(
+        self: &Arc<Self>,
+        c: CatalogueRecord,
+    ) -> Result<(), StoreError> {
+        let mut pooled = self.get().await?;
+        let e = |e: tokio_postgres::Error| self.error(e);
+        let tx = pooled.client().transaction().await.map_err(e)?;
+        tx.execute(
+            "INSERT INTO resources (resource, node) VALUES ($1, $2) ON CONFLICT (resource) DO NOTHING",
+            &[&c.resource, &c.node],
+        )
+        .await
+        .map_err(e)?;
+        let owner: String = tx
+            .query_one(
+                "SELECT node FROM resources WHERE resource = $1",
+                &[&c.resource],
+            )
+            .await
+            .map_err(e)?
+            .get(0);
+        if owner != c.node {
+            tx.rollback().await.map_err(e)?;
+            return Err(StoreError::NotOwner {
+                resource: c.resource,
+                owner,
+                node: c.node,
+            });
+        }
+        tx.execute(
+            "INSERT INTO catalogue (resource, node, entry, updated_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (resource) DO UPDATE SET node = EXCLUDED.node, entry = EXCLUDED.entry,
+                 updated_at = EXCLUDED.updated_at",
+            &[&c.resource, &c.node, &c.entry, &c.updated_at],
+        )
+        .await
+        .map_err(e)?;
+        tx.commit().await.map_err(e)
+    }
+
+    /// Every catalogue entry.
+    pub(super) async fn catalogue(self: &Arc<Self>) -> Result<Vec<CatalogueRecord>, StoreError> {
+        let mut pooled = self.get().await?;
+        let rows = pooled
+            .client()
+            .query(
+                "SELECT resource, node, entry, updated_at FROM catalogue ORDER BY resource COLLATE \"C\"",
+                &[],
+            )
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(rows
+            .iter()
+            .map(|r| CatalogueRecord {
+                resource: r.get(0),
+                node: r.get(1),
+                entry: r.get(2),
+                updated_at: r.get(3),
+            })
+            .collect())
     }
 
     /// Every resource and its node.

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::mpsc;
 
-use super::{Batch, Change, Counts, SCHEMA_VERSION, StoreError, StoredRecord};
+use super::{Batch, CatalogueRecord, Change, Counts, SCHEMA_VERSION, StoreError, StoredRecord};
 
 /// The tables of the current schema version; `records.stream` is added to older stores by
 /// [`migrate`].
@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS records (
     fields     TEXT NOT NULL,
     updated_at TEXT NOT NULL,
     stream     TEXT,
+    flags      TEXT,
     PRIMARY KEY (resource, key)
 );
 CREATE TABLE IF NOT EXISTS streams (
@@ -37,6 +38,12 @@ CREATE TABLE IF NOT EXISTS resources (
 );
 CREATE TABLE IF NOT EXISTS hub_schema (
     version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS catalogue (
+    resource   TEXT NOT NULL PRIMARY KEY,
+    node       TEXT NOT NULL,
+    entry      TEXT NOT NULL,
+    updated_at TEXT NOT NULL
 );
 ";
 
@@ -58,6 +65,11 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
             "records",
             "stream",
             "ALTER TABLE records ADD COLUMN stream TEXT",
+        ),
+        (
+            "records",
+            "flags",
+            "ALTER TABLE records ADD COLUMN flags TEXT",
         ),
         (
             "streams",
@@ -185,7 +197,7 @@ impl SqliteStore {
             let result = (|| -> Result<(), rusqlite::Error> {
                 let conn = self.reader()?;
                 let mut stmt = conn.prepare(
-                    "SELECT resource, key, node, fields, updated_at FROM records
+                    "SELECT resource, key, node, fields, updated_at, flags FROM records
                      WHERE resource = ?1 ORDER BY key",
                 )?;
                 let mut rows = stmt.query([&resource])?;
@@ -196,6 +208,7 @@ impl SqliteStore {
                         node: row.get(2)?,
                         fields: row.get(3)?,
                         updated_at: row.get(4)?,
+                        flags: row.get(5)?,
                     };
                     if tx.blocking_send(Ok(record)).is_err() {
                         break; // the consumer stopped reading
@@ -218,6 +231,70 @@ impl SqliteStore {
                 let mut stmt =
                     conn.prepare("SELECT resource, node FROM resources ORDER BY resource")?;
                 let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            };
+            read().map_err(|e| self.error(e))
+        })
+        .await?
+    }
+
+    /// Stores a catalogue entry (ownership checked) in one transaction.
+    pub(super) async fn record_catalogue(
+        self: Arc<Self>,
+        c: CatalogueRecord,
+    ) -> Result<(), StoreError> {
+        let target = self.target.clone();
+        blocking(&target, move || {
+            let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let result = (|| -> Result<Result<(), StoreError>, rusqlite::Error> {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO resources (resource, node) VALUES (?1, ?2)",
+                    params![c.resource, c.node],
+                )?;
+                let owner: String = tx.query_row(
+                    "SELECT node FROM resources WHERE resource = ?1",
+                    [&c.resource],
+                    |r| r.get(0),
+                )?;
+                if owner != c.node {
+                    return Ok(Err(StoreError::NotOwner {
+                        resource: c.resource.clone(),
+                        owner,
+                        node: c.node.clone(),
+                    }));
+                }
+                tx.execute(
+                    "INSERT INTO catalogue (resource, node, entry, updated_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (resource) DO UPDATE SET node = excluded.node, entry = excluded.entry,
+                         updated_at = excluded.updated_at",
+                    params![c.resource, c.node, c.entry, c.updated_at],
+                )?;
+                tx.commit()?;
+                Ok(Ok(()))
+            })();
+            result.map_err(|e| self.error(e))?
+        })
+        .await?
+    }
+
+    /// Every catalogue entry.
+    pub(super) async fn catalogue(self: Arc<Self>) -> Result<Vec<CatalogueRecord>, StoreError> {
+        let target = self.target.clone();
+        blocking(&target, move || {
+            let read = || -> Result<Vec<CatalogueRecord>, rusqlite::Error> {
+                let conn = self.reader()?;
+                let mut stmt = conn.prepare(
+                    "SELECT resource, node, entry, updated_at FROM catalogue ORDER BY resource",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok(CatalogueRecord {
+                        resource: r.get(0)?,
+                        node: r.get(1)?,
+                        entry: r.get(2)?,
+                        updated_at: r.get(3)?,
+                    })
+                })?;
                 rows.collect()
             };
             read().map_err(|e| self.error(e))
@@ -341,24 +418,25 @@ fn apply_in(conn: &mut Connection, batch: &Batch) -> Result<super::Outcome, Appl
     }
     {
         let mut upsert = tx.prepare_cached(
-            "INSERT INTO records (resource, key, node, fields, updated_at, stream)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO records (resource, key, node, fields, updated_at, stream, flags)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (resource, key) DO UPDATE
              SET node = excluded.node, fields = excluded.fields, updated_at = excluded.updated_at,
-                 stream = excluded.stream",
+                 stream = excluded.stream, flags = excluded.flags",
         )?;
         let mut delete =
             tx.prepare_cached("DELETE FROM records WHERE resource = ?1 AND key = ?2")?;
         for change in &batch.changes {
             match change {
-                Change::Upsert { key, fields } => {
+                Change::Upsert { key, fields, flags } => {
                     upsert.execute(params![
                         id.resource,
                         key,
                         id.node,
                         fields,
                         batch.now,
-                        id.stream
+                        id.stream,
+                        flags
                     ])?;
                 }
                 Change::Delete { key } => {

@@ -188,6 +188,7 @@ pub fn upsert(key: &str, fields: &str) -> Record {
         op: Op::Upsert,
         key: key.to_owned(),
         fields: Some(serde_json::from_str(fields).unwrap()),
+        flags: Vec::new(),
     }
 }
 
@@ -196,6 +197,7 @@ pub fn delete(key: &str) -> Record {
         op: Op::Delete,
         key: key.to_owned(),
         fields: None,
+        flags: Vec::new(),
     }
 }
 

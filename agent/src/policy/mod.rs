@@ -1,0 +1,846 @@
+//! The one place that decides what may leave the source database.
+//!
+//! Architecture invariants:
+//! - default deny: only columns named in a resource's `[resources.fields]` (plus its key and
+//!   cursor columns) are read from the source; a `drop` field is not even selected;
+//! - [`Plan::apply`] is the only function that turns a source row into an outgoing record, and
+//!   it runs before anything is written to disk: masks, pseudonyms, generalizations and FPE
+//!   are applied here, and the key leaves (and is quarantined, and shown) only in its
+//!   delivered form;
+//! - fail closed: a value a rule cannot parse, or too short to keep anything, is masked
+//!   completely; a rule that lacks its key masks completely;
+//! - a row that cannot be converted becomes a [`Quarantine`] reason naming the column and the
+//!   problem, never a value;
+//! - the raw value of a pseudonymized (or encrypted) key is kept only in the source position,
+//!   and there sealed ([`seal`]).
+//!
+//! Rules ([`rule`]): `plain`, `drop`, `mask:*` ([`mask`]), `pseudonym` ([`pseudonym`]),
+//! `generalize:*` ([`generalize`]), `fpe:digits` ([`fpe`]).
+
+pub mod fpe;
+pub mod generalize;
+pub mod mask;
+pub mod pseudonym;
+pub mod rule;
+pub mod seal;
+
+use exchange_connectors::{Row, Selection, Value};
+use serde_json::Map;
+
+use crate::config::{InvalidKey, Mode, Resource};
+use crate::identifier::{self, IdKind};
+
+pub use fpe::FpeKey;
+pub use pseudonym::PseudonymKey;
+pub use rule::{Rule, TypeClass};
+
+/// The key material rules need, read from `[policy]` at configuration time.
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    /// `pseudonym_key_file` with `pseudonym_key_version`.
+    pub pseudonym: Option<PseudonymKey>,
+    /// `fpe_key_file`.
+    pub fpe: Option<FpeKey>,
+}
+
+impl Keys {
+    /// What identifies the key a rule uses, for the stream fingerprint: version and check
+    /// value, never the secret. Empty for rules without a key.
+    pub fn describe(&self, rule: &Rule) -> String {
+        match rule {
+            Rule::Pseudonym { .. } => match &self.pseudonym {
+                Some(k) => format!(" key v{} check {}", k.version(), k.check_value()),
+                None => " key missing".into(),
+            },
+            Rule::FpeDigits { .. } => match &self.fpe {
+                Some(k) => format!(" key check {}", k.check_value()),
+                None => " key missing".into(),
+            },
+            _ => String::new(),
+        }
+    }
+}
+
+/// Checks every field's rule against its column's source type (`check --connect` and every
+/// pull); the error names the resource, the field, the type and what the rule accepts.
+pub fn check_types(
+    resource: &Resource,
+    columns: &[exchange_connectors::ColumnInfo],
+) -> Result<(), String> {
+    for (name, rule) in &resource.fields {
+        let Some(c) = columns.iter().find(|c| c.name.eq_ignore_ascii_case(name)) else {
+            continue;
+        };
+        if !rule.accepts(TypeClass::of(&c.source_type)) {
+            return Err(format!(
+                "resource `{}`, field `{name}`: rule {rule} is not for a column of type {}; it takes {}",
+                resource.code,
+                c.source_type,
+                rule.accepted_types()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Deepest JSON value delivered: a record line adds two levels and parsers commonly stop at
+/// 128, so deeper documents would make the whole batch unreadable at the hub.
+pub const MAX_JSON_DEPTH: usize = 100;
+
+fn json_depth(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(a) => 1 + a.iter().map(json_depth).max().unwrap_or(0),
+        serde_json::Value::Object(o) => 1 + o.values().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The cursor position of a row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CursorOf {
+    /// The values of the cursor columns.
+    Values(Vec<Value>),
+    /// A cursor column is NULL: the row cannot be placed; it is quarantined and the cursor
+    /// stays where it was.
+    Null(String),
+    /// A cursor value cannot be converted: the resource cannot move past the row and stops.
+    Unusable(String),
+}
+
+/// An outgoing record: what the hub receives for one row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// The subject identifier as it leaves (normalized, pseudonymized or encrypted).
+    pub key: String,
+    /// Delivered fields in configuration order.
+    pub fields: Map<String, serde_json::Value>,
+    /// The key is not a valid identifier of its kind and `invalid_key = "deliver"` let it
+    /// through (flagged).
+    pub invalid_key: bool,
+}
+
+/// Why a row was not delivered. Never holds a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantine {
+    /// The key as it would have left, when it could be converted.
+    pub key: Option<String>,
+    /// What was wrong.
+    pub reason: String,
+    /// The key is not a valid identifier of its kind (`invalid_key = "quarantine"`).
+    pub invalid_key: bool,
+}
+
+impl Quarantine {
+    fn new(key: Option<String>, reason: String) -> Quarantine {
+        Quarantine {
+            key,
+            reason,
+            invalid_key: false,
+        }
+    }
+}
+
+/// One delivered field.
+#[derive(Debug, Clone)]
+struct Emit {
+    /// Index of the column in the row.
+    index: usize,
+    /// The field name.
+    name: String,
+    /// Its rule.
+    rule: Rule,
+}
+
+/// The compiled policy of one resource.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// What to read from the source.
+    pub selection: Selection,
+    /// Every delivered field, in configuration order.
+    emit: Vec<Emit>,
+    /// Index of the key column in the row.
+    key_index: usize,
+    /// The key column's rule.
+    key_rule: Rule,
+    /// The key column's identifier kind.
+    key_kind: IdKind,
+    /// What an invalid key does.
+    invalid_key: InvalidKey,
+    /// Indexes of the cursor columns in the row.
+    cursor_index: Vec<usize>,
+    /// Which cursor values are stored sealed (those of the key, when it does not leave
+    /// plain), and the sealer.
+    seal: Option<(seal::Sealer, Vec<bool>)>,
+    /// The key material.
+    keys: Keys,
+}
+
+impl Plan {
+    /// Compiles the plan of a resource with the key material its rules use. Snapshot
+    /// resources page by their key.
+    pub fn new(resource: &Resource, keys: &Keys) -> Plan {
+        let mut columns: Vec<String> = Vec::new();
+        let add = |c: &str, columns: &mut Vec<String>| -> usize {
+            match columns.iter().position(|x| x == c) {
+                Some(i) => i,
+                None => {
+                    columns.push(c.to_owned());
+                    columns.len() - 1
+                }
+            }
+        };
+        let mut emit = Vec::new();
+        for (name, rule) in &resource.fields {
+            if *rule != Rule::Drop {
+                let index = add(name, &mut columns);
+                emit.push(Emit {
+                    index,
+                    name: name.clone(),
+                    rule: rule.clone(),
+                });
+            }
+        }
+        let key_index = add(&resource.key, &mut columns);
+        let key_rule = resource
+            .fields
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(&resource.key))
+            .map(|(_, r)| r.clone())
+            .unwrap_or(Rule::Plain);
+        // The key ends every cursor as a tiebreaker: with a strict tuple comparison, a page
+        // boundary inside a group of rows sharing `updated_at` must not skip the rest of the
+        // group, and the key is unique.
+        let cursor: Vec<String> = match &resource.mode {
+            Mode::Incremental { cursor, .. } if cursor.contains(&resource.key) => cursor.clone(),
+            Mode::Incremental { cursor, .. } => cursor
+                .iter()
+                .cloned()
+                .chain([resource.key.clone()])
+                .collect(),
+            Mode::Snapshot => vec![resource.key.clone()],
+        };
+        let cursor_index: Vec<usize> = cursor.iter().map(|c| add(c, &mut columns)).collect();
+        let sealer = match &key_rule {
+            Rule::FpeDigits { .. } => keys
+                .fpe
+                .as_ref()
+                .map(|k| seal::Sealer::from_secret(k.secret())),
+            _ => keys
+                .pseudonym
+                .as_ref()
+                .map(|k| seal::Sealer::new(k.derive(seal::LABEL))),
+        };
+        let sealed: Vec<bool> = cursor_index
+            .iter()
+            .map(|&i| i == key_index && !key_rule.is_plain())
+            .collect();
+        Plan {
+            selection: Selection {
+                relation: resource.relation.clone(),
+                columns,
+                cursor,
+            },
+            emit,
+            key_index,
+            key_rule,
+            key_kind: resource.key_kind,
+            invalid_key: resource.invalid_key,
+            cursor_index,
+            seal: sealer.map(|s| (s, sealed)),
+            keys: keys.clone(),
+        }
+    }
+
+    /// The cursor values of a row (raw: for reading the source; store them with
+    /// [`Plan::position_to_store`]).
+    pub fn cursor_of(&self, row: &Row) -> CursorOf {
+        let mut values = Vec::with_capacity(self.cursor_index.len());
+        for &i in &self.cursor_index {
+            match &row.values[i] {
+                Ok(Value::Null) if i == self.key_index => {
+                    return CursorOf::Null(format!(
+                        "key column `{}` is NULL",
+                        self.selection.columns[i]
+                    ));
+                }
+                Ok(Value::Null) => {
+                    return CursorOf::Null(format!(
+                        "cursor column `{}` is NULL, so the row has no place in the cursor order; give the column a value (NOT NULL)",
+                        self.selection.columns[i]
+                    ));
+                }
+                Ok(v) => values.push(v.clone()),
+                Err(e) => {
+                    return CursorOf::Unusable(format!("cursor value cannot be converted: {e}"));
+                }
+            }
+        }
+        CursorOf::Values(values)
+    }
+
+    /// The key material the plan was compiled with.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Whether the key leaves in another form than read (so its raw value is sealed in the
+    /// stored position and never shown).
+    pub fn key_is_hidden(&self) -> bool {
+        !self.key_rule.is_plain()
+    }
+
+    /// A raw position as it is stored: the key's value sealed when the key does not leave
+    /// plain. Without a sealer (its key missing) such a value is not stored at all: `None`.
+    pub fn position_to_store(&self, raw: Vec<Value>) -> Option<Vec<Value>> {
+        if !self.key_is_hidden() {
+            return Some(raw);
+        }
+        let (sealer, sealed) = self.seal.as_ref()?;
+        Some(
+            raw.into_iter()
+                .zip(sealed)
+                .map(|(v, s)| if *s { sealer.seal_value(&v) } else { v })
+                .collect(),
+        )
+    }
+
+    /// A stored position as the source is read with: sealed values opened.
+    pub fn position_from_store(&self, stored: &[Value]) -> Result<Vec<Value>, String> {
+        stored
+            .iter()
+            .map(|v| {
+                if !seal::is_sealed(v) {
+                    return Ok(v.clone());
+                }
+                match &self.seal {
+                    Some((sealer, _)) => sealer.open_value(v).map_err(|e| {
+                        format!("{e}; `exchange-agent cursor reset` or `resync` starts over")
+                    }),
+                    None => Err("the stored position is sealed but the key to open it is not configured; `exchange-agent cursor reset` or `resync` starts over".into()),
+                }
+            })
+            .collect()
+    }
+
+    /// The raw key of a row as text (never leaves the plan).
+    fn raw_key<'r>(&self, row: &'r Row) -> Result<std::borrow::Cow<'r, str>, String> {
+        let column = &self.selection.columns[self.key_index];
+        let key =
+            match &row.values[self.key_index] {
+                Ok(Value::Null) => return Err(format!("key column `{column}` is NULL")),
+                Ok(Value::Text(t)) => std::borrow::Cow::Borrowed(t.as_str()),
+                Ok(v) => std::borrow::Cow::Owned(v.to_text().ok_or_else(|| {
+                    format!("key column `{column}` has a type that cannot be a key")
+                })?),
+                Err(e) => return Err(format!("key cannot be converted: {e}")),
+            };
+        if key.is_empty() {
+            return Err(format!("key column `{column}` is empty"));
+        }
+        if key.contains('\0') {
+            return Err(format!("key column `{column}` contains a NUL character"));
+        }
+        Ok(key)
+    }
+
+    /// The key of a row as it leaves, and whether it is an invalid identifier let through;
+    /// or why the row is quarantined (with the key as it would have left, when there is one).
+    pub fn key_of(&self, row: &Row) -> Result<(String, bool), Quarantine> {
+        let raw = self
+            .raw_key(row)
+            .map_err(|reason| Quarantine::new(None, reason))?;
+        let kind = match &self.key_rule {
+            Rule::Pseudonym { kind, .. } => *kind,
+            _ => self.key_kind,
+        };
+        let (normal, invalid) = if kind == IdKind::Other && self.key_rule.is_plain() {
+            (raw.into_owned(), None)
+        } else {
+            match identifier::normalize(kind, &raw) {
+                Ok(n) => (n, None),
+                Err(e) => (e.cleaned, Some(e.reason)),
+            }
+        };
+        let column = &self.selection.columns[self.key_index];
+        let out = match &self.key_rule {
+            Rule::Pseudonym { domain, .. } => match &self.keys.pseudonym {
+                Some(k) => k.token(domain, &normal),
+                None => {
+                    return Err(Quarantine::new(
+                        None,
+                        format!("key column `{column}`: the pseudonym key is not configured"),
+                    ));
+                }
+            },
+            Rule::FpeDigits { domain } => {
+                match self
+                    .keys
+                    .fpe
+                    .as_ref()
+                    .and_then(|k| k.encrypt(domain, &normal))
+                {
+                    Some(e) => e,
+                    None => {
+                        return Err(Quarantine::new(
+                            None,
+                            format!(
+                                "key column `{column}`: fewer than 6 digits, which fpe:digits cannot encrypt (or the FPE key is not configured)"
+                            ),
+                        ));
+                    }
+                }
+            }
+            _ => normal,
+        };
+        match invalid {
+            None => Ok((out, false)),
+            Some(_) if self.invalid_key == InvalidKey::Deliver => Ok((out, true)),
+            Some(reason) => Err(Quarantine {
+                key: Some(out),
+                reason: format!("key column `{column}`: {reason}"),
+                invalid_key: true,
+            }),
+        }
+    }
+
+    /// Turns a source row into the record that leaves, or a quarantine reason.
+    pub fn apply(&self, row: &Row) -> Result<Outgoing, Quarantine> {
+        let (key, invalid_key) = self.key_of(row)?;
+        let mut fields = Map::with_capacity(self.emit.len());
+        for e in &self.emit {
+            match &row.values[e.index] {
+                Ok(Value::Json(j)) if e.rule.is_plain() && json_depth(j) > MAX_JSON_DEPTH => {
+                    return Err(Quarantine::new(
+                        Some(key),
+                        format!(
+                            "column `{}`: JSON nested deeper than {MAX_JSON_DEPTH} levels",
+                            e.name
+                        ),
+                    ));
+                }
+                Ok(_)
+                    if e.index == self.key_index
+                        && e.rule == self.key_rule
+                        && matches!(e.rule, Rule::Pseudonym { .. } | Rule::FpeDigits { .. }) =>
+                {
+                    // The key field under the key's own rule: the same token, computed once.
+                    fields.insert(e.name.clone(), serde_json::Value::String(key.clone()));
+                }
+                Ok(v) => {
+                    fields.insert(e.name.clone(), self.field(&e.rule, v));
+                }
+                Err(err) => {
+                    return Err(Quarantine::new(Some(key), err.to_string()));
+                }
+            }
+        }
+        Ok(Outgoing {
+            key,
+            fields,
+            invalid_key,
+        })
+    }
+
+    /// The delivered form of one (converted) value under `rule`. NULL stays NULL.
+    fn field(&self, rule: &Rule, v: &Value) -> serde_json::Value {
+        use serde_json::Value as J;
+        if matches!(v, Value::Null) {
+            return J::Null;
+        }
+        let text = || match v {
+            Value::Text(t) => Some(std::borrow::Cow::Borrowed(t.as_str())),
+            Value::Int(_) | Value::UInt(_) | Value::Decimal(_) => {
+                v.to_text().map(std::borrow::Cow::Owned)
+            }
+            _ => None,
+        };
+        let closed = || J::String(mask::mask_all(&v.to_text().unwrap_or_else(|| "*".into())));
+        if !rule.accepts(TypeClass::of_value(v)) {
+            return closed();
+        }
+        match rule {
+            Rule::Plain | Rule::Drop => v.to_json(),
+            Rule::Mask(m) => match text() {
+                Some(t) => J::String(mask::apply(*m, &t)),
+                None => closed(),
+            },
+            Rule::Pseudonym { kind, domain } => match (text(), &self.keys.pseudonym) {
+                (Some(t), _) if t.is_empty() => J::String(String::new()),
+                (Some(t), Some(k)) => {
+                    let normal = match identifier::normalize(*kind, &t) {
+                        Ok(n) => n,
+                        Err(e) => e.cleaned,
+                    };
+                    J::String(k.token(domain, &normal))
+                }
+                _ => closed(),
+            },
+            Rule::Generalize(g) => J::String(generalize::apply(*g, v)),
+            Rule::FpeDigits { domain } => match (v, &self.keys.fpe) {
+                (Value::Text(_) | Value::Int(_) | Value::UInt(_), Some(k)) => {
+                    let t = v.to_text().unwrap_or_default();
+                    J::String(k.apply(domain, &t))
+                }
+                _ => closed(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{InvalidKey, Share};
+    use crate::schedule::Schedule;
+    use exchange_connectors::{ConvertError, Relation};
+    use std::time::Duration;
+
+    fn resource() -> Resource {
+        Resource {
+            code: "R1".into(),
+            name: "n".into(),
+            share: Share::Unconditional,
+            source: "s".into(),
+            relation: Relation::Table("t".into()),
+            key: "id_card".into(),
+            mode: Mode::Incremental {
+                cursor: vec!["updated_at".into(), "id".into()],
+                safety_lag: Duration::ZERO,
+            },
+            schedule: Schedule::Every(Duration::from_secs(1)),
+            fields: vec![
+                ("id_card".into(), Rule::Plain),
+                ("name".into(), Rule::Plain),
+                ("internal_note".into(), Rule::Drop),
+            ],
+            key_kind: IdKind::Other,
+            invalid_key: InvalidKey::Quarantine,
+            plain_allowed: Vec::new(),
+            plain_reason: None,
+        }
+    }
+
+    #[test]
+    fn dropped_fields_are_never_selected() {
+        let plan = Plan::new(&resource(), &Keys::default());
+        assert_eq!(
+            plan.selection.columns,
+            vec!["id_card", "name", "updated_at", "id"]
+        );
+        assert!(!plan.selection.columns.iter().any(|c| c == "internal_note"));
+    }
+
+    #[test]
+    fn cursor_columns_are_read_but_not_delivered() {
+        let plan = Plan::new(&resource(), &Keys::default());
+        let row = Row {
+            values: vec![
+                Ok(Value::Text("11010519491231002X".into())),
+                Ok(Value::Text("张三".into())),
+                Ok(Value::Text("2024-01-01".into())),
+                Ok(Value::Int(7)),
+            ],
+        };
+        let out = plan.apply(&row).unwrap();
+        assert_eq!(out.key, "11010519491231002X");
+        assert_eq!(
+            serde_json::to_string(&out.fields).unwrap(),
+            r#"{"id_card":"11010519491231002X","name":"张三"}"#
+        );
+        assert_eq!(
+            plan.cursor_of(&row),
+            CursorOf::Values(vec![
+                Value::Text("2024-01-01".into()),
+                Value::Int(7),
+                Value::Text("11010519491231002X".into())
+            ])
+        );
+    }
+
+    #[test]
+    fn an_unconvertible_value_quarantines_the_row_without_the_value() {
+        let plan = Plan::new(&resource(), &Keys::default());
+        let row = Row {
+            values: vec![
+                Ok(Value::Text("K1".into())),
+                Err(ConvertError {
+                    column: "name".into(),
+                    source_type: "text".into(),
+                    reason: "invalid UTF-8".into(),
+                }),
+                Ok(Value::Int(1)),
+                Ok(Value::Int(7)),
+            ],
+        };
+        let q = plan.apply(&row).unwrap_err();
+        assert_eq!(q.key.as_deref(), Some("K1"));
+        assert!(q.reason.contains("name"), "{}", q.reason);
+    }
+
+    #[test]
+    fn a_null_key_is_quarantined() {
+        let plan = Plan::new(&resource(), &Keys::default());
+        let row = Row {
+            values: vec![
+                Ok(Value::Null),
+                Ok(Value::Null),
+                Ok(Value::Int(1)),
+                Ok(Value::Int(7)),
+            ],
+        };
+        let q = plan.apply(&row).unwrap_err();
+        assert!(q.reason.contains("NULL"));
+    }
+
+    #[test]
+    fn empty_keys_null_cursors_and_deep_json_are_quarantined() {
+        let plan = Plan::new(&resource(), &Keys::default());
+        let row = Row {
+            values: vec![
+                Ok(Value::Text(String::new())),
+                Ok(Value::Null),
+                Ok(Value::Int(1)),
+                Ok(Value::Int(7)),
+            ],
+        };
+        assert!(plan.apply(&row).unwrap_err().reason.contains("empty"));
+        let row = Row {
+            values: vec![
+                Ok(Value::Text("K".into())),
+                Ok(Value::Null),
+                Ok(Value::Null),
+                Ok(Value::Int(7)),
+            ],
+        };
+        assert!(matches!(plan.cursor_of(&row), CursorOf::Null(r) if r.contains("updated_at")));
+        let mut deep = serde_json::json!(1);
+        for _ in 0..=MAX_JSON_DEPTH {
+            deep = serde_json::json!([deep]);
+        }
+        let row = Row {
+            values: vec![
+                Ok(Value::Text("K".into())),
+                Ok(Value::Json(deep)),
+                Ok(Value::Int(1)),
+                Ok(Value::Int(7)),
+            ],
+        };
+        assert!(plan.apply(&row).unwrap_err().reason.contains("deeper"));
+    }
+
+    fn keys() -> Keys {
+        Keys {
+            pseudonym: Some(
+                PseudonymKey::from_hex(
+                    1,
+                    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+                )
+                .unwrap(),
+            ),
+            fpe: Some(FpeKey::from_hex("000102030405060708090a0b0c0d0e0f").unwrap()),
+        }
+    }
+
+    fn rule(text: &str, kind: IdKind) -> Rule {
+        Rule::parse(text, kind, None).unwrap()
+    }
+
+    /// A conditional resource with a pseudonymized citizen-ID key and every kind of rule.
+    fn desensitized() -> Resource {
+        Resource {
+            key: "id_no".into(),
+            key_kind: IdKind::CitizenId,
+            mode: Mode::Snapshot,
+            fields: vec![
+                ("id_no".into(), rule("pseudonym", IdKind::CitizenId)),
+                ("name".into(), rule("mask:name", IdKind::Other)),
+                ("mobile".into(), rule("mask:mobile", IdKind::Other)),
+                ("birth".into(), rule("generalize:year", IdKind::Other)),
+                ("card".into(), rule("fpe:digits", IdKind::Other)),
+                ("note".into(), Rule::Drop),
+            ],
+            ..resource()
+        }
+    }
+
+    fn text(s: &str) -> Result<Value, ConvertError> {
+        Ok(Value::Text(s.into()))
+    }
+
+    #[test]
+    fn every_rule_applies_and_the_key_leaves_as_a_pseudonym() {
+        let plan = Plan::new(&desensitized(), &keys());
+        assert_eq!(
+            plan.selection.columns,
+            vec!["id_no", "name", "mobile", "birth", "card"]
+        );
+        let row = Row {
+            values: vec![
+                text(" 11010519491231002x"),
+                text("买买提·艾力"),
+                text("13812345678"),
+                Ok(Value::Date(
+                    chrono::NaiveDate::from_ymd_opt(1949, 12, 31).unwrap(),
+                )),
+                text("6228480402564890018"),
+            ],
+        };
+        let out = plan.apply(&row).unwrap();
+        let token = keys()
+            .pseudonym
+            .unwrap()
+            .token("citizen_id", "11010519491231002X");
+        assert_eq!(out.key, token);
+        assert!(!out.invalid_key);
+        assert_eq!(out.fields["id_no"], serde_json::json!(token));
+        assert_eq!(out.fields["name"], serde_json::json!("买**·**"));
+        assert_eq!(out.fields["mobile"], serde_json::json!("138****5678"));
+        assert_eq!(out.fields["birth"], serde_json::json!("1949"));
+        let card = out.fields["card"].as_str().unwrap();
+        assert_eq!(card.len(), 19);
+        assert_ne!(card, "6228480402564890018");
+        assert_eq!(
+            keys().fpe.unwrap().decrypt("other", card).as_deref(),
+            Some("6228480402564890018")
+        );
+        let line = serde_json::to_string(&out.fields).unwrap();
+        for secret in [
+            "11010519491231002",
+            "买买提",
+            "艾力",
+            "12345678",
+            "6228480402564890018",
+        ] {
+            assert!(!line.contains(secret), "{secret} in {line}");
+        }
+    }
+
+    #[test]
+    fn nulls_stay_null_and_empty_strings_stay_empty() {
+        let plan = Plan::new(&desensitized(), &keys());
+        let row = Row {
+            values: vec![
+                text("11010519491231002X"),
+                Ok(Value::Null),
+                text(""),
+                Ok(Value::Null),
+                Ok(Value::Null),
+            ],
+        };
+        let out = plan.apply(&row).unwrap();
+        assert_eq!(out.fields["name"], serde_json::Value::Null);
+        assert_eq!(out.fields["mobile"], serde_json::json!(""));
+        assert_eq!(out.fields["birth"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn values_a_rule_cannot_read_are_masked_completely() {
+        let plan = Plan::new(&desensitized(), &keys());
+        let row = Row {
+            values: vec![
+                text("11010519491231002X"),
+                Ok(Value::Int(42)),
+                text("12345"),
+                text("not a date"),
+                text("123"),
+            ],
+        };
+        let out = plan.apply(&row).unwrap();
+        assert_eq!(out.fields["name"], serde_json::json!("**"));
+        assert_eq!(out.fields["mobile"], serde_json::json!("*****"));
+        assert_eq!(out.fields["birth"], serde_json::json!("**********"));
+        assert_eq!(out.fields["card"], serde_json::json!("***"));
+    }
+
+    #[test]
+    fn a_rule_without_its_key_masks_completely() {
+        let plan = Plan::new(&desensitized(), &Keys::default());
+        let row = Row {
+            values: vec![
+                text("11010519491231002X"),
+                text("张三"),
+                text("13812345678"),
+                Ok(Value::Null),
+                text("6228480402564890018"),
+            ],
+        };
+        // The key cannot be pseudonymized: quarantined, without a key.
+        let q = plan.apply(&row).unwrap_err();
+        assert_eq!(q.key, None);
+        let mut r = desensitized();
+        r.fields[0].1 = Rule::Plain;
+        let out = Plan::new(&r, &Keys::default()).apply(&row).unwrap();
+        assert_eq!(out.fields["card"], serde_json::json!("*******************"));
+    }
+
+    #[test]
+    fn an_invalid_key_is_quarantined_under_its_pseudonym_or_delivered_flagged() {
+        let row = Row {
+            values: vec![
+                text("110105194912310021"),
+                text("张三"),
+                Ok(Value::Null),
+                Ok(Value::Null),
+                Ok(Value::Null),
+            ],
+        };
+        let q = Plan::new(&desensitized(), &keys()).apply(&row).unwrap_err();
+        assert!(q.invalid_key);
+        assert!(
+            q.reason.contains("公民身份号码") && q.reason.contains("id_no"),
+            "{}",
+            q.reason
+        );
+        let k = q.key.unwrap();
+        assert!(k.starts_with("v1:") && !k.contains("110105"), "{k}");
+        assert!(!q.reason.contains("110105"));
+        let mut r = desensitized();
+        r.invalid_key = InvalidKey::Deliver;
+        let out = Plan::new(&r, &keys()).apply(&row).unwrap();
+        assert!(out.invalid_key);
+        assert_eq!(out.key, k);
+        // A plain key of kind citizen_id leaves normalized.
+        let mut r = desensitized();
+        r.fields[0].1 = Rule::Plain;
+        let row = Row {
+            values: vec![
+                text("150102880730303"),
+                Ok(Value::Null),
+                Ok(Value::Null),
+                Ok(Value::Null),
+                Ok(Value::Null),
+            ],
+        };
+        assert_eq!(
+            Plan::new(&r, &keys()).apply(&row).unwrap().key,
+            "150102198807303035"
+        );
+    }
+
+    #[test]
+    fn the_position_of_a_pseudonymized_key_is_stored_sealed() {
+        let mut r = desensitized();
+        r.mode = Mode::Incremental {
+            cursor: vec!["updated_at".into()],
+            safety_lag: Duration::ZERO,
+        };
+        let plan = Plan::new(&r, &keys());
+        let raw = vec![Value::Int(7), Value::Text("11010519491231002X".into())];
+        let stored = plan.position_to_store(raw.clone()).unwrap();
+        assert_eq!(stored[0], Value::Int(7));
+        assert!(seal::is_sealed(&stored[1]));
+        assert!(
+            !serde_json::to_string(&stored)
+                .unwrap()
+                .contains("1101051949")
+        );
+        assert_eq!(plan.position_from_store(&stored).unwrap(), raw);
+        // Without the key it cannot be stored, nor opened.
+        let blind = Plan::new(&r, &Keys::default());
+        assert_eq!(blind.position_to_store(raw.clone()), None);
+        assert!(blind.position_from_store(&stored).is_err());
+        // A plain key's position is stored as read.
+        let plain = Plan::new(&resource(), &keys());
+        assert_eq!(plain.position_to_store(raw.clone()), Some(raw));
+    }
+}

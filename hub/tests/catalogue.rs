@@ -1,0 +1,74 @@
+//! Catalogue entries (docs/PROTOCOL.md §10) and record flags (§4.4): stored as received,
+//! the first node owns the resource, malformed entries are refused.
+
+mod common;
+
+use common::{Hub, Pki, Push, ack, client, new_stream, refusal, upsert};
+use exchange_protocol::batch::header;
+
+const NODE: &str = "rsj-node-01";
+
+async fn put(client: &reqwest::Client, hub: &Hub, node: &str, body: &str) -> reqwest::Response {
+    client
+        .put(hub.url(exchange_protocol::catalogue::CATALOGUE_PATH))
+        .header(header::PROTOCOL, "1")
+        .header(header::NODE, node)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+const ENTRY: &str = r#"{"resource":"330100-RSJ-0002","name":"社保缴费单位","share":"none","fields":[{"name":"uscc","type":"varchar"}]}"#;
+
+#[tokio::test]
+async fn a_catalogue_entry_is_stored_and_owned_by_its_node() {
+    let pki = Pki::new();
+    let hub = Hub::start(&pki, pki.sqlite()).await;
+    let a = client(&pki.client(NODE));
+    let r = put(&a, &hub, NODE, ENTRY).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // Again: replaced, not duplicated.
+    assert_eq!(put(&a, &hub, NODE, ENTRY).await.status(), 200);
+    let entries = hub.store().await.catalogue().await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].node, NODE);
+    let entry: serde_json::Value = serde_json::from_str(&entries[0].entry).unwrap();
+    assert_eq!(entry["fields"][0]["type"], "varchar");
+
+    let b = client(&pki.client("scj-node-02"));
+    let error = refusal(put(&b, &hub, "scj-node-02", ENTRY).await, 403).await;
+    assert!(error.contains("provided by node `rsj-node-01`"), "{error}");
+    let error = refusal(put(&b, &hub, NODE, ENTRY).await, 403).await;
+    assert!(error.contains("certificate identifies node"), "{error}");
+    let bad = ENTRY.replace("\"none\"", "\"public\"");
+    let error = refusal(put(&a, &hub, NODE, &bad).await, 400).await;
+    assert!(error.contains("share"), "{error}");
+    let with_values = ENTRY.replace("\"fields\"", "\"values\":[1],\"fields\"");
+    refusal(put(&a, &hub, NODE, &with_values).await, 400).await;
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_flagged_record_keeps_its_flags_at_the_hub() {
+    let pki = Pki::new();
+    let hub = Hub::start(&pki, pki.sqlite()).await;
+    let a = client(&pki.client(NODE));
+    let mut flagged = upsert("k1", r#"{"n":1}"#);
+    flagged.flags = vec![exchange_protocol::batch::FLAG_INVALID_KEY.to_owned()];
+    let push = Push::new(
+        NODE,
+        "R",
+        &new_stream(),
+        1,
+        vec![flagged, upsert("k2", "{}")],
+    );
+    ack(push.send(&a, &hub).await).await;
+    let export = exchange_hub::export::export(&hub.store().await, "R")
+        .await
+        .unwrap();
+    assert_eq!(export[0]["flags"], serde_json::json!(["invalid_key"]));
+    assert!(export[1].get("flags").is_none(), "{}", export[1]);
+    hub.stop().await.unwrap();
+}
