@@ -496,9 +496,14 @@ impl Puller {
                 let mut builder = BatchBuilder::new(limits);
                 let mut quarantined = 0;
                 let mut position = st.snapshot.position.clone();
+                // Whether `position` is a page's (raw) value rather than the stored (sealed) one.
+                let mut moved = false;
                 for row in &page.rows {
                     match plan.cursor_of(row) {
-                        CursorOf::Values(c) => position = Some(c),
+                        CursorOf::Values(c) => {
+                            position = Some(c);
+                            moved = true;
+                        }
                         // Pages never hold a NULL key (see `quarantine_null_cursors`).
                         CursorOf::Null(reason) | CursorOf::Unusable(reason) => {
                             return Err(PullStop::Cursor(reason));
