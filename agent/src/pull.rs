@@ -407,7 +407,8 @@ impl Puller {
                     match plan.apply(row) {
                         Ok(out) => {
                             st.invalid_keys += u64::from(out.invalid_key);
-                            let line = line_of(Op::Upsert, out.key, Some(out.fields), out.invalid_key);
+                            let line =
+                                line_of(Op::Upsert, out.key, Some(out.fields), out.invalid_key);
                             builder.add(txn, &code, &mut st, &line, &mut quarantined)?;
                         }
                         Err(q) => {
@@ -420,9 +421,10 @@ impl Puller {
                 }
                 let records = builder.finish(txn, &code, &mut st)?;
                 if let Some(c) = cursor {
-                    st.cursor = Some(plan.position_to_store(c).ok_or_else(|| {
-                        PullStop::Cursor(SEAL_MISSING.into())
-                    })?);
+                    st.cursor = Some(
+                        plan.position_to_store(c)
+                            .ok_or_else(|| PullStop::Cursor(SEAL_MISSING.into()))?,
+                    );
                 }
                 if !full {
                     complete_baseline(txn, &code, &mut st, records, reached)?;
@@ -738,5 +740,126 @@ impl BatchBuilder {
     ) -> Result<u64, QueueError> {
         self.flush(txn, code, st)?;
         Ok(self.total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{InvalidKey, Share};
+    use crate::identifier::IdKind;
+    use crate::policy::{Keys, PseudonymKey, Rule, seal};
+    use crate::schedule::Schedule;
+    use exchange_connectors::{Relation, SourceKind, SourceSpec, Value};
+
+    /// A snapshot resource of a SQLite table whose key leaves pseudonymized, read two rows a
+    /// page.
+    fn puller(dir: &std::path::Path) -> Puller {
+        let db = dir.join("source.db");
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch(
+                "create table person (id_no text primary key, name text);
+                 insert into person values ('11010519491231002X', '张三'), ('440524188001010014', '李四');",
+            )
+            .unwrap();
+        let resource = Resource {
+            code: "R1".into(),
+            name: "persons".into(),
+            share: Share::Unconditional,
+            source: "s".into(),
+            relation: Relation::Table("person".into()),
+            key: "id_no".into(),
+            mode: Mode::Snapshot,
+            schedule: Schedule::Every(Duration::from_secs(60)),
+            fields: vec![
+                (
+                    "id_no".into(),
+                    Rule::parse("pseudonym", IdKind::CitizenId, None).unwrap(),
+                ),
+                (
+                    "name".into(),
+                    Rule::parse("mask:name", IdKind::Other, None).unwrap(),
+                ),
+            ],
+            key_kind: IdKind::CitizenId,
+            invalid_key: InvalidKey::Quarantine,
+            plain_allowed: Vec::new(),
+            plain_reason: None,
+        };
+        let keys = Keys {
+            pseudonym: Some(PseudonymKey::from_hex(1, &"ab".repeat(32)).unwrap()),
+            ..Keys::default()
+        };
+        let connector = exchange_connectors::open(&SourceSpec {
+            name: "s".into(),
+            kind: SourceKind::Sqlite,
+            url: format!("sqlite://{}", db.display()),
+            password: None,
+            ca: None,
+            pool_size: 1,
+            replica_lag: Duration::from_secs(300),
+        })
+        .unwrap();
+        Puller {
+            plan: Arc::new(Plan::new(&resource, &keys)),
+            resource,
+            connector,
+            queue: Queue::open(&dir.join("data")).unwrap(),
+            batch: BatchLimits {
+                max_records: 2,
+                max_bytes: 1 << 20,
+            },
+            queue_max_bytes: 1 << 30,
+            space: Arc::default(),
+            enqueued: Arc::default(),
+            paused: Default::default(),
+            running: Default::default(),
+        }
+    }
+
+    /// A page that ends exactly at `batch.max_records` is followed by an empty page, which
+    /// does not move the position: the stored (sealed) position must stay as it was, not be
+    /// sealed a second time, and the next run must read the resource again as usual.
+    #[tokio::test]
+    async fn a_sealed_scan_position_survives_a_full_page_followed_by_an_empty_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = puller(dir.path());
+        let mut report = PullReport::default();
+        let state = || p.queue.state("R1").unwrap();
+        assert!(!p.snapshot_step(state(), &mut report).await.unwrap());
+        let stored = state()
+            .snapshot
+            .position
+            .expect("a position after a full page");
+        assert!(seal::is_sealed(&stored[0]));
+        assert_eq!(
+            p.plan.position_from_store(&stored).unwrap(),
+            vec![Value::Text("440524188001010014".into())]
+        );
+        // The empty page ends the scan; the position stays the one stored.
+        assert!(!p.snapshot_step(state(), &mut report).await.unwrap());
+        let st = state();
+        assert!(st.snapshot.sweeping);
+        assert_eq!(st.snapshot.position.as_ref(), Some(&stored));
+        assert_eq!(
+            p.plan.position_from_store(&stored).unwrap(),
+            vec![Value::Text("440524188001010014".into())]
+        );
+        // The sweep ends the run; the next run reads every row again, finds them unchanged and
+        // picks up a new one, quarantining nothing.
+        assert!(p.snapshot_step(state(), &mut report).await.unwrap());
+        assert_eq!(report.quarantined, 0);
+        rusqlite::Connection::open(dir.path().join("source.db"))
+            .unwrap()
+            .execute(
+                "insert into person values ('321083197812162119', '王五')",
+                [],
+            )
+            .unwrap();
+        let next = p.pull().await.unwrap();
+        assert_eq!((next.records, next.quarantined), (1, 0));
+        assert_eq!(state().snapshot.position, None);
+        assert_eq!(state().quarantined, 0);
     }
 }
