@@ -2,16 +2,21 @@
 //! the department's own key (`[policy] fpe_key_file`, 16 bytes written as 32 hex digits).
 //! Reversible only with that key, for departments that must get their own records back.
 //!
-//! The digits of the value are encrypted as one numeral string, in place; every other
-//! character stays where it is (`X` of a citizen ID, dashes). The FF1 tweak is the field's
-//! domain (default: its identifier kind). FF1 needs at least 6 digits (a domain of 10⁶
-//! values): a value with fewer is masked completely, never passed through.
+//! The value is made half-width first (`０２５６` → `0256`); its digits are then encrypted as
+//! one numeral string, in place; every other character stays where it is (`X` of a citizen
+//! ID, dashes). The FF1 tweak is the field's domain (default: its identifier kind). FF1 needs
+//! at least 6 digits (a domain of 10⁶ values): a value with fewer is masked completely, never
+//! passed through; so is a value holding a digit of another script (Arabic-Indic `٠١٢`,
+//! circled `①` …: any `char::is_numeric` character that is not an ASCII digit), which would
+//! otherwise leave in clear.
 //!
 //! | input | output (test key `00 01 … 0f`, domain `other`) |
 //! |---|---|
 //! | 6228480402564890018 | 19 digits, different ones (see the tests) |
 //! | 11010519491231002X | 17 digits and `X` |
 //! | 12345 (too few digits) | ***** |
+//! | ６２２８４８０４０２５６４８９００１８ (full-width) | as 6228480402564890018 |
+//! | ٦٢٢٨٤٨٠٤٠٢٥٦٤٨٩٠٠١٨ (Arabic-Indic digits) | ******************* |
 //!
 //! The key check value ([`FpeKey::check_value`]: SM4 of a zero block, first 4 bytes) names the
 //! key in the stream fingerprint without revealing it.
@@ -22,6 +27,7 @@ use sm4::cipher::{BlockEncrypt, KeyInit};
 
 use super::mask::mask_all;
 use super::pseudonym::KeyError;
+use crate::identifier;
 
 /// The department's FPE key.
 #[derive(Clone)]
@@ -74,7 +80,9 @@ impl FpeKey {
         &self.secret
     }
 
-    /// Encrypts the digits of `s` in place; `None` with fewer than 6 digits.
+    /// Encrypts the digits of `s` in place (full-width digits read as ASCII ones); `None` with
+    /// fewer than 6 digits, or with a digit of another script (which would otherwise stay in
+    /// clear).
     pub fn encrypt(&self, domain: &str, s: &str) -> Option<String> {
         self.run(domain, s, true)
     }
@@ -85,10 +93,16 @@ impl FpeKey {
     }
 
     fn run(&self, domain: &str, s: &str, encrypt: bool) -> Option<String> {
+        // Full-width digits become ASCII ones first; any other digit (Arabic-Indic, circled,
+        // …) would be copied through in clear, so such a value is not encrypted at all.
+        let s = identifier::half_width(s);
+        if s.chars().any(|c| c.is_numeric() && !c.is_ascii_digit()) {
+            return None;
+        }
         let digits: Vec<u16> = s
-            .chars()
-            .filter_map(|c| c.to_digit(10).filter(|_| c.is_ascii_digit()))
-            .map(|d| d as u16)
+            .bytes()
+            .filter(u8::is_ascii_digit)
+            .map(|d| u16::from(d - b'0'))
             .collect();
         if digits.len() < 6 {
             return None;
@@ -156,6 +170,34 @@ mod tests {
         }
         assert_eq!(k.apply("other", "12345"), "*****");
         assert_eq!(k.apply("other", "张三"), "**");
+    }
+
+    #[test]
+    fn digits_of_other_scripts_never_pass_in_clear() {
+        let k = key();
+        // Full-width digits are encrypted like ASCII ones.
+        assert_eq!(
+            k.apply("other", "６２２８４８０４０２５６４８９００１８"),
+            k.apply("other", "6228480402564890018")
+        );
+        assert_eq!(
+            k.encrypt("citizen_id", "１１０１０５１９４９１２３１００２Ｘ"),
+            k.encrypt("citizen_id", "11010519491231002X")
+        );
+        // Any other digit masks the whole value: Arabic-Indic, Devanagari, mixed with ASCII
+        // ones, circled, 〇.
+        for input in [
+            "٦٢٢٨٤٨٠٤٠٢٥٦٤٨٩٠٠١٨",
+            "६२२८४८०४०२५६",
+            "622848٠٤٠٢٥٦4890018",
+            "622848①4890018",
+            "6228480402〇64890018",
+        ] {
+            assert_eq!(k.encrypt("other", input), None, "{input}");
+            let out = k.apply("other", input);
+            assert!(out.chars().all(|c| c == '*'), "{input} → {out}");
+            assert_eq!(out.chars().count(), input.chars().count());
+        }
     }
 
     #[test]

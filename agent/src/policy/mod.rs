@@ -384,7 +384,7 @@ impl Plan {
                         return Err(Quarantine::new(
                             None,
                             format!(
-                                "key column `{column}`: fewer than 6 digits, which fpe:digits cannot encrypt (or the FPE key is not configured)"
+                                "key column `{column}`: fewer than 6 digits, or digits of another script than ASCII, which fpe:digits cannot encrypt (or the FPE key is not configured)"
                             ),
                         ));
                     }
@@ -814,6 +814,31 @@ mod tests {
         assert_eq!(
             Plan::new(&r, &keys()).apply(&row).unwrap().key,
             "150102198807303035"
+        );
+    }
+
+    #[test]
+    fn an_encrypted_key_in_digits_of_another_script_is_quarantined_not_delivered() {
+        let mut r = desensitized();
+        r.key_kind = IdKind::Other;
+        r.fields[0].1 = rule("fpe:digits", IdKind::Other);
+        let plan = Plan::new(&r, &keys());
+        let row = |key: &str| Row {
+            values: vec![
+                text(key),
+                Ok(Value::Null),
+                Ok(Value::Null),
+                Ok(Value::Null),
+                Ok(Value::Null),
+            ],
+        };
+        let q = plan.apply(&row("٦٢٢٨٤٨٠٤٠٢٥٦")).unwrap_err();
+        assert_eq!(q.key, None);
+        assert!(q.reason.contains("another script"), "{}", q.reason);
+        // Full-width digits are read as ASCII ones.
+        assert_eq!(
+            plan.apply(&row("６２２８４８０４０２５６")).unwrap().key,
+            plan.apply(&row("622848040256")).unwrap().key
         );
     }
 
