@@ -15,6 +15,8 @@
 //! | `mobile` | 13812345678 | 138****5678 |
 //! | `address` | 北京市海淀区中关村大街1号 | 北京市海淀区******* |
 //! | `address` | 内蒙古自治区呼和浩特市新城区xx路 | 内蒙古自治区呼和浩特市新城区*** |
+//! | `address` | 广东省东莞市虎门镇连升路县前小区5栋 (县 after a road is no county) | 广东省东莞市************ |
+//! | `address` | 广东省中山市石岐街道孙文小区3栋 (小区 is no district) | 广东省中山市********** |
 //! | `bank_card` | 6228480402564890018 (Luhn-valid) | 622848*********0018 |
 //! | `email` | dingding@126.com | d*******@126.com |
 //! | `uscc` | 91350100M000100Y43 | 91350100********** |
@@ -138,45 +140,63 @@ fn name(s: &str) -> Option<String> {
     )
 }
 
-/// Keeps the address through its district level: the first 区, 县 or 旗 (not the 区 of
-/// 自治区, 特别行政区 or 地区, which are above it); without one, the county-level 市 (the
-/// second 市 when it directly follows the first, else the first). Nothing found, or nothing
-/// left to hide: masked completely.
+/// Characters that mark a street, road, town, township, village, lane or house number: a
+/// 区/县/旗 after one is below the county level.
+const BELOW_COUNTY: &str = "街路镇乡道号村巷弄";
+
+/// Of those, the ones no city name holds (镇, 乡 and 道 do: 镇江市, 新乡市, 宁乡市): a 市 after
+/// one is no city.
+const BELOW_CITY: &str = "街路号村巷弄";
+
+/// Keeps the address through its district level: the first 区, 县 or 旗 that is a county-level
+/// unit, found before any mark of something below a county ([`BELOW_COUNTY`], an ASCII digit,
+/// a 区 of 小区, 社区, 园区, 景区 or 校区) and not above it (the 区 of 自治区, 特别行政区, 地区);
+/// a 旗 only after 内蒙古 or a 盟, where banners are; none followed by another of 区/县/旗 (红旗区
+/// ends at its 区). Without one, the county-level 市 (the second 市 when it directly follows the
+/// first, else the first), found before any mark of something below a city ([`BELOW_CITY`], a
+/// digit, a 区 of 小区 …, a 镇 or 道 directly before the 市, as in 虎门镇市场路). Nothing found, or
+/// nothing left to hide: masked completely. A county whose name holds one of the marks (道里区,
+/// or any county of 新乡市) is kept only to its city: failing closed means masking more.
 fn address(s: &str) -> Option<String> {
     let chars: Vec<char> = s.chars().collect();
     let before = |i: usize, w: &str| {
         let w: Vec<char> = w.chars().collect();
         i >= w.len() && chars[i - w.len()..i] == w[..]
     };
-    let district = chars.iter().enumerate().position(|(i, c)| match c {
-        '区' => !(before(i, "自治") || before(i, "行政") || before(i, "地")),
-        '县' | '旗' => true,
-        _ => false,
+    let residential =
+        |i: usize| chars[i] == '区' && ["小", "社", "园", "景", "校"].iter().any(|w| before(i, w));
+    let first =
+        |mark: &dyn Fn(usize) -> bool| (0..chars.len()).find(|&i| mark(i)).unwrap_or(chars.len());
+    let below_county =
+        first(&|i| BELOW_COUNTY.contains(chars[i]) || chars[i].is_ascii_digit() || residential(i));
+    let below_city = first(&|i| {
+        BELOW_CITY.contains(chars[i])
+            || chars[i].is_ascii_digit()
+            || residential(i)
+            || (matches!(chars[i], '镇' | '道') && chars.get(i + 1) == Some(&'市'))
+    });
+    let banners = |i: usize| {
+        let text: String = chars[..i].iter().collect();
+        text.contains("内蒙古") || text.contains('盟')
+    };
+    let district = (0..below_county).find(|&i| {
+        let unit = match chars[i] {
+            '区' => !(before(i, "自治") || before(i, "行政") || before(i, "地")),
+            '县' => true,
+            '旗' => banners(i),
+            _ => false,
+        };
+        unit && !matches!(chars.get(i + 1), Some('区' | '县' | '旗'))
     });
     let end = match district {
         Some(i) => i,
         None => {
-            let cities: Vec<usize> = chars
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| **c == '市')
-                .map(|(i, _)| i)
-                .collect();
+            let cities: Vec<usize> = (0..below_city).filter(|&i| chars[i] == '市').collect();
             match cities.as_slice() {
                 [] => return None,
                 [a] => *a,
-                [a, b, ..] => {
-                    let between = &chars[a + 1..*b];
-                    if between.len() <= 4
-                        && !between
-                            .iter()
-                            .any(|c| "街路镇乡村号道巷弄".contains(*c) || c.is_ascii_digit())
-                    {
-                        *b
-                    } else {
-                        *a
-                    }
-                }
+                [a, b, ..] if b - a - 1 <= 4 => *b,
+                [a, ..] => *a,
             }
         }
     };
@@ -300,6 +320,51 @@ mod tests {
             "广东省东莞市*******",
         ),
         (Mask::Address, "河北省正定县", "******"),
+        // A 区/县/旗 counts only as a county-level unit; otherwise the 市 rule, and more is
+        // masked rather than less.
+        (
+            Mask::Address,
+            "广东省东莞市虎门镇连升路县前小区5栋",
+            "广东省东莞市************",
+        ),
+        (
+            Mask::Address,
+            "广东省中山市石岐街道孙文小区3栋",
+            "广东省中山市**********",
+        ),
+        (Mask::Address, "吉林省长春市红旗街1号", "吉林省长春市*****"),
+        (
+            Mask::Address,
+            "广东省中山市五星红旗小区",
+            "广东省中山市******",
+        ),
+        (
+            Mask::Address,
+            "江苏省苏州市工业园区星湖街328号",
+            "江苏省苏州市***********",
+        ),
+        (
+            Mask::Address,
+            "内蒙古自治区鄂尔多斯市准格尔旗薛家湾镇",
+            "内蒙古自治区鄂尔多斯市准格尔旗****",
+        ),
+        (
+            Mask::Address,
+            "河南省新乡市红旗区人民路",
+            "河南省新乡市******",
+        ),
+        (
+            Mask::Address,
+            "河南省安阳市文峰区人民路",
+            "河南省安阳市文峰区***",
+        ),
+        (Mask::Address, "江苏省镇江市京口区", "江苏省镇江市***"),
+        (
+            Mask::Address,
+            "黑龙江省哈尔滨市道里区中央大街",
+            "黑龙江省哈尔滨市*******",
+        ),
+        (Mask::Address, "广东省虎门镇市场路", "*********"),
         (Mask::Address, "somewhere", "*********"),
         (Mask::BankCard, "6228480402564890018", "622848*********0018"),
         (
