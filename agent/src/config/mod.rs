@@ -402,7 +402,16 @@ impl Validator<'_> {
             }
             None => None,
         };
-        Ok(Keys { pseudonym, fpe })
+        let time_zone = match &p.time_zone {
+            Some(z) => crate::policy::generalize::parse_time_zone(z)
+                .map_err(|e| self.err("policy.time_zone", e))?,
+            None => crate::policy::generalize::china(),
+        };
+        Ok(Keys {
+            pseudonym,
+            fpe,
+            time_zone,
+        })
     }
 
     fn node(&self, n: raw::RawNode) -> Result<Node, ConfigError> {

@@ -447,3 +447,24 @@ fn zero_intervals_are_refused() {
         .unwrap_err();
     assert!(message(&e).contains("at least 1s"), "{e}");
 }
+
+#[test]
+fn the_time_zone_is_a_fixed_offset_defaulting_to_china() {
+    let f = Fixture::new();
+    let c = f.parse(GOOD).unwrap();
+    assert_eq!(c.keys.time_zone.local_minus_utc(), 8 * 3600);
+    let with = |zone: &str| {
+        GOOD.replace(
+            "[[sources]]",
+            &format!("[policy]\ntime_zone = \"{zone}\"\n\n[[sources]]"),
+        )
+    };
+    let c = f.parse(&with("+05:30")).unwrap();
+    assert_eq!(c.keys.time_zone.local_minus_utc(), 5 * 3600 + 1800);
+    let e = f.parse(&with("Asia/Shanghai")).unwrap_err();
+    let m = message(&e);
+    assert!(
+        m.contains("key `policy.time_zone`") && m.contains("+08:00") && m.contains(":13:"),
+        "{m}"
+    );
+}

@@ -34,13 +34,26 @@ pub use fpe::FpeKey;
 pub use pseudonym::PseudonymKey;
 pub use rule::{Rule, TypeClass};
 
-/// The key material rules need, read from `[policy]` at configuration time.
-#[derive(Debug, Clone, Default)]
+/// What the rules need from `[policy]`, read at configuration time: the key material and the
+/// time zone.
+#[derive(Debug, Clone)]
 pub struct Keys {
     /// `pseudonym_key_file` with `pseudonym_key_version`.
     pub pseudonym: Option<PseudonymKey>,
     /// `fpe_key_file`.
     pub fpe: Option<FpeKey>,
+    /// `time_zone`: the zone in which an instant's date is generalized (default `+08:00`).
+    pub time_zone: chrono::FixedOffset,
+}
+
+impl Default for Keys {
+    fn default() -> Keys {
+        Keys {
+            pseudonym: None,
+            fpe: None,
+            time_zone: generalize::china(),
+        }
+    }
 }
 
 impl Keys {
@@ -56,6 +69,13 @@ impl Keys {
                 Some(k) => format!(" key check {}", k.check_value()),
                 None => " key missing".into(),
             },
+            // A year or month of an instant depends on the zone; the default is left out so
+            // that streams begun before the setting existed keep their shape.
+            Rule::Generalize(rule::Generalize::Year | rule::Generalize::YearMonth)
+                if self.time_zone != generalize::china() =>
+            {
+                format!(" time_zone {}", self.time_zone)
+            }
             _ => String::new(),
         }
     }
@@ -475,7 +495,7 @@ impl Plan {
                 }
                 _ => closed(),
             },
-            Rule::Generalize(g) => J::String(generalize::apply(*g, v)),
+            Rule::Generalize(g) => J::String(generalize::apply(*g, v, self.keys.time_zone)),
             Rule::FpeDigits { domain } => match (v, &self.keys.fpe) {
                 (Value::Text(_) | Value::Int(_) | Value::UInt(_), Some(k)) => {
                     let t = v.to_text().unwrap_or_default();
@@ -638,6 +658,7 @@ mod tests {
                 .unwrap(),
             ),
             fpe: Some(FpeKey::from_hex("000102030405060708090a0b0c0d0e0f").unwrap()),
+            ..Keys::default()
         }
     }
 

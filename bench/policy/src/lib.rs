@@ -20,7 +20,7 @@ pub const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191
 pub fn keys() -> Keys {
     Keys {
         pseudonym: Some(PseudonymKey::from_hex(1, KEY_HEX).expect("valid key")),
-        fpe: None,
+        ..Keys::default()
     }
 }
 
