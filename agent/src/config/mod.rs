@@ -697,6 +697,9 @@ impl Validator<'_> {
         }
         if matches!(share, Share::Conditional { .. }) {
             for (name, rule) in &fields {
+                if *rule == Rule::Generalize(crate::policy::rule::Generalize::AgeBand(1)) {
+                    return Err(self.err(&format!("resources[{i}].fields.{name}"), format!("resource `{code}` is conditional (有条件共享), so field `{name}` may not leave as its exact age: generalize:age_band(1) is a band of one year; give a width of 2 or more, e.g. generalize:age_band(5)")));
+                }
                 if rule.is_plain() && !plain_allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
                     return Err(self.err(&format!("resources[{i}].fields.{name}"), format!("resource `{code}` is conditional (有条件共享), so field `{name}` may not leave plain: give it a desensitizing rule (mask:…, pseudonym, generalize:…, fpe:digits, drop), or list it in `plain_allowed` with the approval in `plain_reason`")));
                 }

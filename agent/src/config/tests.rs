@@ -319,6 +319,30 @@ fn a_conditional_resource_refuses_plain_fields_without_an_approval() {
         ))
         .unwrap();
     assert!(c.resources[0].share.delivers());
+    // A band of one year is the exact age.
+    let e = f
+        .parse(&conditional(
+            "id_card = \"pseudonym\"\nage = \"generalize:age_band(1)\"\n",
+            "",
+        ))
+        .unwrap_err();
+    let m = message(&e);
+    assert!(
+        m.contains("resource `330100-RSJ-0001` is conditional")
+            && m.contains("field `age`")
+            && m.contains("resources[0].fields.age")
+            && m.contains("2 or more"),
+        "{m}"
+    );
+    f.parse(&conditional(
+        "id_card = \"pseudonym\"\nage = \"generalize:age_band(2)\"\n",
+        "",
+    ))
+    .unwrap();
+    f.parse(&with_fields(
+        "id_card = \"plain\"\nage = \"generalize:age_band(1)\"\n",
+    ))
+    .unwrap();
     let e = f
         .parse(&GOOD.replace("schedule =", "deliver = true\nschedule ="))
         .unwrap_err();
