@@ -253,7 +253,12 @@ fn position_text(
                 .zip(values)
                 .map(|(n, v)| {
                     if crate::policy::seal::is_sealed(v) {
-                        format!("{n} = (sealed: the key leaves pseudonymized)")
+                        let form = resource
+                            .fields
+                            .iter()
+                            .find(|(f, _)| f.eq_ignore_ascii_case(&resource.key))
+                            .map_or("as read", |(_, rule)| rule.key_form());
+                        format!("{n} = (sealed: the key leaves {form})")
                     } else {
                         format!("{n} = {}", v.to_text().unwrap_or_else(|| "?".into()))
                     }
@@ -353,7 +358,7 @@ pub fn cursor_set(config: &Config, code: &str, values: &[String]) -> Result<Stri
         .collect::<Result<Vec<_>, _>>()?;
     let parsed = plan.position_to_store(parsed).ok_or_else(|| {
         OperatorError::Usage(format!(
-            "`{code}`: the key leaves pseudonymized but its key is not configured, so the position cannot be sealed"
+            "`{code}`: the key leaves pseudonymized or encrypted but `[policy] seal_key_file` is not configured, so the position cannot be sealed"
         ))
     })?;
     queue.update_state(code, |st| st.cursor = Some(parsed))?;

@@ -53,6 +53,17 @@ pub enum PullError {
         /// What changed, and what to do.
         reason: String,
     },
+    /// The stored position cannot be opened (a changed seal key, a damaged value): the
+    /// resource cannot go on from it.
+    #[error(
+        "resource `{resource}` cannot go on from its stored position: {reason}. Put back the seal key file it was stored with, or, with the service stopped, run `exchange-agent cursor reset {resource} --yes` (every row is read again on the same stream) or `exchange-agent resync {resource} --yes`"
+    )]
+    Position {
+        /// The resource.
+        resource: String,
+        /// Why.
+        reason: String,
+    },
     /// A row's cursor could not be read; the resource cannot move past it.
     #[error(
         "resource `{resource}` is stopped at a row whose cursor cannot be used ({reason}); fix the row or the cursor columns"
@@ -308,7 +319,7 @@ impl Puller {
         stored
             .map(|s| self.plan.position_from_store(s))
             .transpose()
-            .map_err(|reason| PullError::Cursor {
+            .map_err(|reason| PullError::Position {
                 resource: self.resource.code.clone(),
                 reason,
             })
@@ -639,8 +650,7 @@ impl From<QueueError> for PullStop {
 
 /// Why a position cannot be stored: its key is hidden and the key to seal it is missing
 /// (configuration validation prevents this).
-const SEAL_MISSING: &str =
-    "the key leaves pseudonymized, but the key to seal its position is not configured";
+const SEAL_MISSING: &str = "the key leaves pseudonymized or encrypted, but `[policy] seal_key_file`, the key that seals its position, is not configured";
 
 fn line_of(
     op: Op,
@@ -752,17 +762,21 @@ mod tests {
     use crate::schedule::Schedule;
     use exchange_connectors::{Relation, SourceKind, SourceSpec, Value};
 
-    /// A snapshot resource of a SQLite table whose key leaves pseudonymized, read two rows a
-    /// page.
-    fn puller(dir: &std::path::Path) -> Puller {
-        let db = dir.join("source.db");
-        rusqlite::Connection::open(&db)
+    /// A SQLite table of two persons in `dir`.
+    fn source(dir: &std::path::Path) {
+        rusqlite::Connection::open(dir.join("source.db"))
             .unwrap()
             .execute_batch(
                 "create table person (id_no text primary key, name text);
                  insert into person values ('11010519491231002X', '张三'), ('440524188001010014', '李四');",
             )
             .unwrap();
+    }
+
+    /// A snapshot resource of the table in `dir` whose key leaves pseudonymized, read two rows
+    /// a page, its position sealed under a seal key of 32 bytes `seal`.
+    fn puller(dir: &std::path::Path, seal: u8) -> Puller {
+        let db = dir.join("source.db");
         let resource = Resource {
             code: "R1".into(),
             name: "persons".into(),
@@ -789,6 +803,7 @@ mod tests {
         };
         let keys = Keys {
             pseudonym: Some(PseudonymKey::from_hex(1, &"ab".repeat(32)).unwrap()),
+            seal: Some(seal::SealKey::new(&[seal; 32]).unwrap()),
             ..Keys::default()
         };
         let connector = exchange_connectors::open(&SourceSpec {
@@ -824,7 +839,8 @@ mod tests {
     #[tokio::test]
     async fn a_sealed_scan_position_survives_a_full_page_followed_by_an_empty_one() {
         let dir = tempfile::tempdir().unwrap();
-        let p = puller(dir.path());
+        source(dir.path());
+        let p = puller(dir.path(), 0x5a);
         let mut report = PullReport::default();
         let state = || p.queue.state("R1").unwrap();
         assert!(!p.snapshot_step(state(), &mut report).await.unwrap());
@@ -861,5 +877,37 @@ mod tests {
         assert_eq!((next.records, next.quarantined), (1, 0));
         assert_eq!(state().snapshot.position, None);
         assert_eq!(state().quarantined, 0);
+    }
+
+    /// A position sealed under one seal key is not read under another: the pull fails, names
+    /// the resource and what to do, and changes nothing; the right key goes on from it.
+    #[tokio::test]
+    async fn a_changed_seal_key_stops_the_pull_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        source(dir.path());
+        let p = puller(dir.path(), 0x5a);
+        let mut report = PullReport::default();
+        let state = |p: &Puller| p.queue.state("R1").unwrap();
+        assert!(!p.snapshot_step(state(&p), &mut report).await.unwrap());
+        let stored = state(&p).snapshot.position.clone().unwrap();
+        drop(p);
+        let other = puller(dir.path(), 0x77);
+        let e = other.pull().await.unwrap_err().to_string();
+        for needle in [
+            "`R1` cannot go on from its stored position",
+            "sealed under another seal key",
+            "seal_key_file",
+            "exchange-agent cursor reset R1 --yes",
+            "exchange-agent resync R1 --yes",
+        ] {
+            assert!(e.contains(needle), "{needle} not in: {e}");
+        }
+        assert!(!e.contains("440524188001010014"), "{e}");
+        assert_eq!(state(&other).snapshot.position, Some(stored));
+        assert_eq!(state(&other).queued_batches, 1);
+        drop(other);
+        let back = puller(dir.path(), 0x5a);
+        let done = back.pull().await.unwrap();
+        assert_eq!((done.records, done.quarantined), (0, 0));
     }
 }

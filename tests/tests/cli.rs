@@ -319,6 +319,7 @@ fn stage_agent_example(
     for (key, hex) in [
         ("pseudonym_key_file", "ab".repeat(32)),
         ("fpe_key_file", "cd".repeat(16)),
+        ("seal_key_file", "ef".repeat(32)),
     ] {
         if let Some(f) = str_at(&table, "policy", key) {
             write_secret(&place(dir, f, &mut replacements), &format!("{hex}\n"));

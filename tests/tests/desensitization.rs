@@ -23,6 +23,7 @@ const NONE_CODE: &str = "330100-RSJ-0102";
 const COMPARE_CODE: &str = "330100-RSJ-0103";
 const PSEUDONYM_KEY: &str = "e038135eab9f543f605f5c741fd6ec76f59d0b13034862a9cffa7b20e0795fea";
 const FPE_KEY: &str = "8899aabbccddeeff0011223344556677";
+const SEAL_KEY: &str = "5f0c1b0a9e0d3c5b7a6f4e2d1c0b9a8f7e6d5c4b3a29181706f5e4d3c2b1a090";
 
 /// The fields of the desensitized resource: every rule.
 const FIELDS: &[(&str, &str)] = &[
@@ -270,6 +271,7 @@ fn agent(scene: &Scene, kind: &str, url: &str, base: Resource) -> Agent {
     let dir = scene.dir.path();
     let pk = write_secret(dir, "pseudonym.key", PSEUDONYM_KEY);
     let fk = write_secret(dir, "fpe.key", FPE_KEY);
+    let sk = write_secret(dir, "seal.key", SEAL_KEY);
     let fields = |r: Resource| r.fields(FIELDS);
     let delivered = fields(Resource {
         code: CODE.into(),
@@ -305,6 +307,7 @@ fn agent(scene: &Scene, kind: &str, url: &str, base: Resource) -> Agent {
             .policy(&[
                 &format!("pseudonym_key_file = {}", exchange_tests::agent::q(&pk)),
                 &format!("fpe_key_file = {}", exchange_tests::agent::q(&fk)),
+                &format!("seal_key_file = {}", exchange_tests::agent::q(&sk)),
             ])
             .source("hr", kind, url)
             .resource(delivered)

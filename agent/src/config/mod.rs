@@ -322,7 +322,8 @@ impl Validator<'_> {
             }
             sources.insert(spec.name.clone(), spec);
         }
-        let keys = self.keys(raw.policy.unwrap_or_default())?;
+        let key_files = raw.policy.unwrap_or_default();
+        let keys = self.keys(&key_files, &node.data_dir)?;
         let mut resources = Vec::new();
         let mut codes = HashSet::new();
         for (i, r) in raw.resources.into_iter().enumerate() {
@@ -351,6 +352,30 @@ impl Validator<'_> {
                     ));
                 }
             }
+            if res.share.delivers() && keys.seal.is_none() {
+                let hidden = res
+                    .fields
+                    .iter()
+                    .find(|(n, rule)| n.eq_ignore_ascii_case(&res.key) && !rule.is_plain());
+                if let Some((name, rule)) = hidden {
+                    let dir = [&key_files.pseudonym_key_file, &key_files.fpe_key_file]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|f| self.path(f).parent().map(Path::to_path_buf))
+                        .next()
+                        .unwrap_or_else(|| PathBuf::from("/etc/exchange-agent/keys"));
+                    let file = dir.join("seal.key");
+                    return Err(self.err(
+                        &format!("resources[{i}].fields.{name}"),
+                        format!(
+                            "resource `{}`: its key `{name}` leaves {}, so its raw value is kept only sealed in the stored source position, under this node's own seal key: set `seal_key_file` in [policy]. Create the file once, outside data_dir, and never share it: `openssl rand -hex 32 > {f} && chmod 600 {f} && chown exchange-agent {f}`",
+                            res.code,
+                            rule.key_form(),
+                            f = file.display()
+                        ),
+                    ));
+                }
+            }
             resources.push(res);
         }
         Ok(Config {
@@ -365,17 +390,30 @@ impl Validator<'_> {
         })
     }
 
-    fn keys(&self, p: raw::RawPolicy) -> Result<Keys, ConfigError> {
+    fn keys(&self, p: &raw::RawPolicy, data_dir: &Path) -> Result<Keys, ConfigError> {
         let read = |key: &str, f: &str| -> Result<String, ConfigError> {
             let path = self.existing_file(key, f)?;
+            if is_inside(&path, data_dir) {
+                return Err(self.err(
+                    key,
+                    format!(
+                        "{} is inside data_dir ({}): keys live outside it (e.g. in /etc/exchange-agent/keys), so that a copy of data_dir alone opens nothing",
+                        path.display(),
+                        data_dir.display()
+                    ),
+                ));
+            }
             exchange_protocol::tls::check_secret_permissions(&path)
                 .map_err(|e| self.err(key, e))?;
             std::fs::read_to_string(&path)
                 .map_err(|e| self.err(key, format!("cannot read {}: {e}", path.display())))
         };
-        let pseudonym = match p.pseudonym_key_file {
+        // The secrets of the other keys, which the seal key must not repeat.
+        let mut others: Vec<Vec<u8>> = Vec::new();
+        let pseudonym = match &p.pseudonym_key_file {
             Some(f) => {
-                let text = read("policy.pseudonym_key_file", &f)?;
+                let text = read("policy.pseudonym_key_file", f)?;
+                others.extend(hex::decode(text.trim()));
                 Some(
                     PseudonymKey::from_hex(p.pseudonym_key_version.unwrap_or(1), &text).map_err(
                         |e| match e {
@@ -395,10 +433,27 @@ impl Validator<'_> {
             }
             None => None,
         };
-        let fpe = match p.fpe_key_file {
+        let fpe = match &p.fpe_key_file {
             Some(f) => {
-                let text = read("policy.fpe_key_file", &f)?;
+                let text = read("policy.fpe_key_file", f)?;
+                others.extend(hex::decode(text.trim()));
                 Some(FpeKey::from_hex(&text).map_err(|e| self.err("policy.fpe_key_file", e))?)
+            }
+            None => None,
+        };
+        let seal = match &p.seal_key_file {
+            Some(f) => {
+                let text = read("policy.seal_key_file", f)?;
+                if hex::decode(text.trim()).is_ok_and(|s| others.contains(&s)) {
+                    return Err(self.err(
+                        "policy.seal_key_file",
+                        "the seal key must be a key of its own, not the pseudonym or FPE key (the pseudonym key is shared with other departments): `openssl rand -hex 32` makes one",
+                    ));
+                }
+                Some(
+                    crate::policy::seal::SealKey::from_hex(&text)
+                        .map_err(|e| self.err("policy.seal_key_file", e))?,
+                )
             }
             None => None,
         };
@@ -410,6 +465,7 @@ impl Validator<'_> {
         Ok(Keys {
             pseudonym,
             fpe,
+            seal,
             time_zone,
         })
     }
@@ -776,6 +832,26 @@ impl Validator<'_> {
             plain_reason,
         })
     }
+}
+
+/// Whether `path` (an existing file) lies inside `dir`, symbolic links and `..` resolved
+/// where they exist.
+fn is_inside(path: &Path, dir: &Path) -> bool {
+    let resolve = |p: &Path| {
+        std::fs::canonicalize(p).unwrap_or_else(|_| {
+            p.components().fold(PathBuf::new(), |mut out, c| {
+                match c {
+                    std::path::Component::ParentDir => {
+                        out.pop();
+                    }
+                    std::path::Component::CurDir => {}
+                    other => out.push(other),
+                }
+                out
+            })
+        })
+    };
+    resolve(path).starts_with(resolve(dir))
 }
 
 #[cfg(test)]

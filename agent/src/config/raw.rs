@@ -65,6 +65,7 @@ pub struct RawPolicy {
     pub pseudonym_key_file: Option<String>,
     pub pseudonym_key_version: Option<u32>,
     pub fpe_key_file: Option<String>,
+    pub seal_key_file: Option<String>,
     pub time_zone: Option<String>,
 }
 

@@ -180,13 +180,70 @@ fn write_key(f: &Fixture, name: &str, hex: &str) {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
-const POLICY: &str =
-    "[policy]\npseudonym_key_file = \"pseudonym.key\"\nfpe_key_file = \"fpe.key\"\n\n[[sources]]";
+const POLICY: &str = "[policy]\npseudonym_key_file = \"pseudonym.key\"\nfpe_key_file = \"fpe.key\"\nseal_key_file = \"seal.key\"\n\n[[sources]]";
 
 fn with_keys(f: &Fixture, text: &str) -> String {
     write_key(f, "pseudonym.key", &"ab".repeat(32));
     write_key(f, "fpe.key", &"cd".repeat(16));
+    write_key(f, "seal.key", &"ef".repeat(32));
     text.replacen("[[sources]]", POLICY, 1)
+}
+
+#[test]
+fn a_hidden_key_needs_a_seal_key_of_the_node_outside_data_dir() {
+    let f = Fixture::new();
+    let text = with_keys(
+        &f,
+        &with_fields("id_card = \"pseudonym\"\nname = \"plain\"\n"),
+    );
+    f.parse(&text).unwrap();
+    // Without it: refused, with the command that makes one.
+    let without = text.replace("seal_key_file = \"seal.key\"\n", "");
+    let m = message(&f.parse(&without).unwrap_err());
+    let file = f.dir.path().join("seal.key");
+    assert!(
+        m.contains("resources[0].fields.id_card")
+            && m.contains("leaves pseudonymized")
+            && m.contains("seal_key_file")
+            && m.contains(&format!("openssl rand -hex 32 > {}", file.display()))
+            && m.contains(&format!("chmod 600 {}", file.display())),
+        "{m}"
+    );
+    // A resource that is not delivered stores no position: no seal key needed.
+    f.parse(&without.replace("share = \"unconditional\"", "share = \"none\""))
+        .unwrap();
+    // A key of its own: not the pseudonym key, which other departments share.
+    write_key(&f, "seal.key", &"ab".repeat(32));
+    let m = message(&f.parse(&text).unwrap_err());
+    assert!(
+        m.contains("policy.seal_key_file") && m.contains("of its own"),
+        "{m}"
+    );
+    // Keys live outside data_dir.
+    std::fs::create_dir_all(f.dir.path().join("data")).unwrap();
+    write_key(&f, "data/seal.key", &"ef".repeat(32));
+    for path in ["data/seal.key", "./data/../data/seal.key"] {
+        let m = message(
+            &f.parse(&text.replace(
+                "seal_key_file = \"seal.key\"",
+                &format!("seal_key_file = \"{path}\""),
+            ))
+            .unwrap_err(),
+        );
+        assert!(
+            m.contains("policy.seal_key_file") && m.contains("inside data_dir"),
+            "{path}: {m}"
+        );
+    }
+    write_key(&f, "data/pseudonym.key", &"ab".repeat(32));
+    let m = message(
+        &f.parse(&text.replace("\"pseudonym.key\"", "\"data/pseudonym.key\""))
+            .unwrap_err(),
+    );
+    assert!(
+        m.contains("policy.pseudonym_key_file") && m.contains("inside data_dir"),
+        "{m}"
+    );
 }
 
 #[test]

@@ -34,7 +34,7 @@ use crate::identifier;
 pub struct FpeKey {
     /// FF1 over SM4, radix 10.
     ff1: std::sync::Arc<FF1<Sm4>>,
-    /// The raw key, for deriving other keys (position sealing).
+    /// The raw key, for its check value.
     secret: [u8; 16],
 }
 
@@ -73,11 +73,6 @@ impl FpeKey {
         let mut block = [0u8; 16].into();
         cipher.encrypt_block(&mut block);
         hex::encode(&block[..4])
-    }
-
-    /// The secret, for deriving a key for another purpose.
-    pub(crate) fn secret(&self) -> &[u8] {
-        &self.secret
     }
 
     /// Encrypts the digits of `s` in place (full-width digits read as ASCII ones); `None` with

@@ -42,6 +42,9 @@ pub struct Keys {
     pub pseudonym: Option<PseudonymKey>,
     /// `fpe_key_file`.
     pub fpe: Option<FpeKey>,
+    /// `seal_key_file`: the node's own key for sealing the stored positions of keys that do
+    /// not leave as read ([`seal`]).
+    pub seal: Option<seal::SealKey>,
     /// `time_zone`: the zone in which an instant's date is generalized (default `+08:00`).
     pub time_zone: chrono::FixedOffset,
 }
@@ -51,6 +54,7 @@ impl Default for Keys {
         Keys {
             pseudonym: None,
             fpe: None,
+            seal: None,
             time_zone: generalize::china(),
         }
     }
@@ -240,16 +244,7 @@ impl Plan {
             Mode::Snapshot => vec![resource.key.clone()],
         };
         let cursor_index: Vec<usize> = cursor.iter().map(|c| add(c, &mut columns)).collect();
-        let sealer = match &key_rule {
-            Rule::FpeDigits { .. } => keys
-                .fpe
-                .as_ref()
-                .map(|k| seal::Sealer::from_secret(k.secret())),
-            _ => keys
-                .pseudonym
-                .as_ref()
-                .map(|k| seal::Sealer::new(k.derive(seal::LABEL))),
-        };
+        let sealer = keys.seal.as_ref().map(|k| k.sealer(&resource.code));
         let sealed: Vec<bool> = cursor_index
             .iter()
             .map(|&i| i == key_index && !key_rule.is_plain())
@@ -324,19 +319,26 @@ impl Plan {
         )
     }
 
-    /// A stored position as the source is read with: sealed values opened.
+    /// A stored position as the source is read with: the key's value opened when the key does
+    /// not leave as read. Refused, with the reason: a value where a sealed one belongs (or the
+    /// reverse), one sealed under another seal key, a damaged one.
     pub fn position_from_store(&self, stored: &[Value]) -> Result<Vec<Value>, String> {
         stored
             .iter()
-            .map(|v| {
-                if !seal::is_sealed(v) {
+            .enumerate()
+            .map(|(i, v)| {
+                if self.cursor_index.get(i) != Some(&self.key_index) {
                     return Ok(v.clone());
                 }
+                if !self.key_is_hidden() {
+                    return match seal::is_sealed(v) {
+                        true => Err("the key's value is stored sealed, but the key now leaves as read".into()),
+                        false => Ok(v.clone()),
+                    };
+                }
                 match &self.seal {
-                    Some((sealer, _)) => sealer.open_value(v).map_err(|e| {
-                        format!("{e}; `exchange-agent cursor reset` or `resync` starts over")
-                    }),
-                    None => Err("the stored position is sealed but the key to open it is not configured; `exchange-agent cursor reset` or `resync` starts over".into()),
+                    Some((sealer, _)) => sealer.open_value(v).map_err(|e| e.to_string()),
+                    None => Err("the key's value is stored sealed, but `[policy] seal_key_file` is not configured".into()),
                 }
             })
             .collect()
@@ -648,16 +650,13 @@ mod tests {
         assert!(plan.apply(&row).unwrap_err().reason.contains("deeper"));
     }
 
+    const PSEUDONYM_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
     fn keys() -> Keys {
         Keys {
-            pseudonym: Some(
-                PseudonymKey::from_hex(
-                    1,
-                    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
-                )
-                .unwrap(),
-            ),
+            pseudonym: Some(PseudonymKey::from_hex(1, PSEUDONYM_HEX).unwrap()),
             fpe: Some(FpeKey::from_hex("000102030405060708090a0b0c0d0e0f").unwrap()),
+            seal: Some(seal::SealKey::new(&[0x5a; 32]).unwrap()),
             ..Keys::default()
         }
     }
@@ -881,12 +880,65 @@ mod tests {
                 .contains("1101051949")
         );
         assert_eq!(plan.position_from_store(&stored).unwrap(), raw);
-        // Without the key it cannot be stored, nor opened.
-        let blind = Plan::new(&r, &Keys::default());
+        // Without the seal key it cannot be stored, nor opened.
+        let blind = Plan::new(
+            &r,
+            &Keys {
+                seal: None,
+                ..keys()
+            },
+        );
         assert_eq!(blind.position_to_store(raw.clone()), None);
         assert!(blind.position_from_store(&stored).is_err());
+        // Under another seal key, it is refused, saying why.
+        let other = Plan::new(
+            &r,
+            &Keys {
+                seal: Some(seal::SealKey::new(&[9; 32]).unwrap()),
+                ..keys()
+            },
+        );
+        let e = other.position_from_store(&stored).unwrap_err();
+        assert!(e.contains("seal_key_file"), "{e}");
+        // The seal key is the node's own: the pseudonym key (shared with other departments)
+        // does not open it.
+        let shared = Plan::new(
+            &r,
+            &Keys {
+                seal: Some(seal::SealKey::new(&hex::decode(PSEUDONYM_HEX).unwrap()).unwrap()),
+                ..keys()
+            },
+        );
+        assert!(shared.position_from_store(&stored).is_err());
         // A plain key's position is stored as read.
         let plain = Plan::new(&resource(), &keys());
         assert_eq!(plain.position_to_store(raw.clone()), Some(raw));
+    }
+
+    #[test]
+    fn an_unsealed_value_where_a_sealed_one_belongs_is_refused() {
+        let mut r = desensitized();
+        r.mode = Mode::Incremental {
+            cursor: vec!["updated_at".into()],
+            safety_lag: Duration::ZERO,
+        };
+        let plan = Plan::new(&r, &keys());
+        let e = plan
+            .position_from_store(&[Value::Int(7), Value::Text("11010519491231002X".into())])
+            .unwrap_err();
+        assert!(e.contains("unsealed"), "{e}");
+        // Other cursor columns are stored as read.
+        let stored = plan
+            .position_to_store(vec![Value::Int(7), Value::Text("K".into())])
+            .unwrap();
+        assert_eq!(stored[0], Value::Int(7));
+        // A sealed value where the key now leaves plain is refused too.
+        let mut plain = r.clone();
+        plain.fields[0].1 = Rule::Plain;
+        assert!(
+            Plan::new(&plain, &keys())
+                .position_from_store(&stored)
+                .is_err()
+        );
     }
 }

@@ -154,15 +154,6 @@ impl PseudonymKey {
         }
     }
 
-    /// A 32-byte key for another purpose, derived from this one: HMAC-SM3(key, `label`).
-    /// Labels never start with `exchange-pseudonym`, so a derived key is never a token.
-    pub(crate) fn derive(&self, label: &str) -> [u8; 32] {
-        debug_assert!(!label.starts_with("exchange-pseudonym"));
-        let mut mac = self.mac.clone();
-        mac.update(label.as_bytes());
-        mac.finalize().into_bytes().into()
-    }
-
     /// Whether `token` has the shape of a token of this key (version prefix, 64 hex digits).
     pub fn is_token(&self, token: &str) -> bool {
         token.strip_prefix(&self.prefix).is_some_and(|h| {

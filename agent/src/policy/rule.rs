@@ -219,6 +219,16 @@ impl Rule {
         matches!(self, Rule::Plain)
     }
 
+    /// How a key under this rule leaves, for messages: "pseudonymized", "encrypted" or
+    /// "as read".
+    pub fn key_form(&self) -> &'static str {
+        match self {
+            Rule::Pseudonym { .. } => "pseudonymized",
+            Rule::FpeDigits { .. } => "encrypted (fpe:digits)",
+            _ => "as read",
+        }
+    }
+
     /// Whether the rule can be applied to a column of this class (`check --connect` and every
     /// pull refuse other combinations; a value of another type at run time is masked
     /// completely).
