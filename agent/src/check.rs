@@ -6,8 +6,9 @@ use std::fmt::Write as _;
 
 use exchange_connectors::ConnectorError;
 
-use crate::config::{Config, Share};
-use crate::policy::Plan;
+use crate::config::{Config, Resource, Share};
+use crate::identifier::IdKind;
+use crate::policy::{Plan, Rule};
 use crate::push::{HubClient, PushError};
 
 /// The verdict of `check`.
@@ -30,6 +31,30 @@ impl Verdict {
             Verdict::Unreachable => 3,
         }
     }
+}
+
+/// Warnings about rules that are valid but probably not what was meant: a pseudonym of
+/// identifier kind `other` is computed over the value as written (not normalized), so its
+/// tokens do not join with those of an identifier's kind in other resources or departments.
+pub fn rule_warnings(r: &Resource) -> Vec<String> {
+    r.fields
+        .iter()
+        .filter_map(|(name, rule)| match rule {
+            Rule::Pseudonym {
+                kind: IdKind::Other,
+                domain,
+            } => Some(format!(
+                "resource {}: {} `{name}` is pseudonymized as identifier kind `other` (domain `{domain}`): its value is not normalized, and its tokens will not join with the tokens of 公民身份号码, 统一社会信用代码 … of other resources and departments; if it holds one, name the kind: `{name} = {{ rule = \"pseudonym\", identifier = \"citizen_id\" }}`",
+                r.code,
+                if name.eq_ignore_ascii_case(&r.key) {
+                    "key"
+                } else {
+                    "field"
+                }
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A certificate expiring within this many days is warned about.
@@ -132,6 +157,9 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
                 Share::Unconditional => "",
             }
         );
+        for w in rule_warnings(r) {
+            let _ = writeln!(out, "  warning: {w}");
+        }
         if let Some(reason) = &r.plain_reason {
             let _ = writeln!(
                 out,
@@ -268,4 +296,44 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
         }
     }
     (verdict, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{InvalidKey, Mode};
+    use crate::schedule::Schedule;
+
+    #[test]
+    fn a_pseudonym_of_kind_other_is_warned_about() {
+        let rule = |text: &str, kind: IdKind| Rule::parse(text, kind, None).unwrap();
+        let r = Resource {
+            code: "R1".into(),
+            name: "n".into(),
+            share: Share::Unconditional,
+            source: "s".into(),
+            relation: exchange_connectors::Relation::Table("t".into()),
+            key: "ID_NO".into(),
+            mode: Mode::Snapshot,
+            schedule: Schedule::Every(std::time::Duration::from_secs(60)),
+            fields: vec![
+                ("id_no".into(), rule("pseudonym", IdKind::Other)),
+                ("mobile".into(), rule("pseudonym", IdKind::Mobile)),
+                ("nick".into(), rule("pseudonym", IdKind::Other)),
+                ("name".into(), rule("mask:name", IdKind::Other)),
+            ],
+            key_kind: IdKind::Other,
+            invalid_key: InvalidKey::Quarantine,
+            plain_allowed: Vec::new(),
+            plain_reason: None,
+        };
+        let w = rule_warnings(&r);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("key `id_no`") && w[0].contains("identifier = \"citizen_id\""),
+            "{}",
+            w[0]
+        );
+        assert!(w[1].contains("field `nick`"), "{}", w[1]);
+    }
 }

@@ -588,7 +588,10 @@ async fn postgres_rows_leave_desensitized_and_nothing_leaks() {
         Resource::incremental(CODE, "hr", "person", "id_no"),
     );
     let mut outputs = vec![agent.check(true).await];
-    outputs[0].assert_code(0);
+    outputs[0].assert_code(0).assert_mentions(&[
+        "warning: resource",
+        "field `nick` is pseudonymized as identifier kind `other`",
+    ]);
     outputs.push(agent.sync_ok().await);
     assert_delivered(&scene, &data).await;
     outputs.push(agent.sync_ok().await);
@@ -628,7 +631,10 @@ async fn mysql_rows_leave_desensitized_and_nothing_leaks() {
         Resource::snapshot(CODE, "hr", "person", "id_no"),
     );
     let mut outputs = vec![agent.check(true).await];
-    outputs[0].assert_code(0);
+    outputs[0].assert_code(0).assert_mentions(&[
+        "warning: resource",
+        "field `nick` is pseudonymized as identifier kind `other`",
+    ]);
     outputs.push(agent.sync_ok().await);
     assert_delivered(&scene, &data).await;
     outputs.push(agent.sync_ok().await);
