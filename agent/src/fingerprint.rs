@@ -86,7 +86,16 @@ impl Shape {
             && self.key == now.key
             && self.mode == now.mode
             && self.cursor == now.cursor
-            && self.fields.get(&self.key) == now.fields.get(&now.key)
+            && self.key_rule() == now.key_rule()
+    }
+
+    /// The rule of the key field, found like columns are (without case): `key = "ID_NO"`
+    /// names the field `id_no`.
+    fn key_rule(&self) -> Option<&String> {
+        self.fields
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(&self.key))
+            .map(|(_, rule)| rule)
     }
 
     /// What changed from `self` (the stream's shape) to `now` (the configuration's), one
@@ -173,6 +182,21 @@ mod tests {
             ]
         );
         assert!(before.changes(&before.clone()).is_empty());
+    }
+
+    #[test]
+    fn a_changed_key_rule_moves_the_position_whatever_the_case_of_its_name() {
+        let mut before = shape(&[("id_no", "plain"), ("name", "plain")]);
+        before.key = "ID_NO".into();
+        let mut after = before.clone();
+        after.fields.insert(
+            "id_no".into(),
+            "pseudonym(citizen_id, domain citizen_id)".into(),
+        );
+        assert!(!before.keeps_position(&after));
+        let mut other = before.clone();
+        other.fields.insert("name".into(), "mask:name".into());
+        assert!(before.keeps_position(&other));
     }
 
     #[test]
