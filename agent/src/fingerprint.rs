@@ -98,6 +98,22 @@ impl Shape {
             .map(|(_, rule)| rule)
     }
 
+    /// The fields whose values, as read under `self`, `now` would not deliver as they are:
+    /// a field removed, or whose rule changed from anything but `drop` to anything but
+    /// `plain` (plain → mask, mask → pseudonym, another key or time zone …). Batches queued
+    /// under `self` must not leave under `now` while such a field exists.
+    pub fn tightened(&self, now: &Shape) -> Vec<String> {
+        let rule = |text: &str| text.split(' ').next().unwrap_or_default().to_owned();
+        self.fields
+            .iter()
+            .filter(|(name, old)| match now.fields.get(*name) {
+                None => rule(old) != "drop",
+                Some(new) => new != *old && rule(old) != "drop" && rule(new) != "plain",
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// What changed from `self` (the stream's shape) to `now` (the configuration's), one
     /// phrase per change; empty when nothing did.
     pub fn changes(&self, now: &Shape) -> Vec<String> {
@@ -197,6 +213,28 @@ mod tests {
         let mut other = before.clone();
         other.fields.insert("name".into(), "mask:name".into());
         assert!(before.keeps_position(&other));
+    }
+
+    #[test]
+    fn a_rule_made_stricter_or_a_field_removed_is_a_tightening() {
+        let before = shape(&[
+            ("a", "plain"),
+            ("b", "mask:name"),
+            ("c", "drop"),
+            ("d", "plain"),
+            ("e", "mask:keep(1,1)"),
+            ("f", "pseudonym(other, domain other) key v1 check 00000000"),
+        ]);
+        let after = shape(&[
+            ("a", "mask:name"),
+            ("b", "plain"),
+            ("c", "plain"),
+            ("e", "pseudonym(other, domain other) key v1 check 00000000"),
+            ("f", "pseudonym(other, domain other) key v2 check 11111111"),
+            ("g", "plain"),
+        ]);
+        assert_eq!(before.tightened(&after), ["a", "d", "e", "f"]);
+        assert!(after.tightened(&after.clone()).is_empty());
     }
 
     #[test]

@@ -471,6 +471,24 @@ pub fn accept_config(config: &Config, code: &str) -> Result<String, OperatorErro
             changes.join("; ")
         )));
     }
+    if let Some(old) = &st.shape {
+        let tightened = old.tightened(&now);
+        if !tightened.is_empty() && st.queued_batches > 0 {
+            return Err(OperatorError::Usage(format!(
+                "`{code}` has {} ({} records) queued under the old configuration, which delivers {} more openly than the new one; accept-config would send them as they are. Run `exchange-agent resync {code} --yes` (discards them and reads everything again under the new configuration), or put the previous rules back, run `exchange-agent accept-config {code}` and let the service deliver the queue, then change the rules again",
+                match st.queued_batches {
+                    1 => "1 batch".to_owned(),
+                    n => format!("{n} batches"),
+                },
+                st.queued_records,
+                tightened
+                    .iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
     queue.update_state(code, |st| {
         st.columns = None;
         st.shape = Some(now);

@@ -155,3 +155,54 @@ async fn a_rule_changed_from_plain_to_drop_stops_the_resource_until_an_operator_
         "old rows keep what they had"
     );
 }
+
+/// Batches queued under a rule that delivered a field more openly must not leave once the rule
+/// is tightened: `accept-config` refuses while they are queued and says what to do; `resync`
+/// discards them and the hub receives the field only under the new rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_config_refuses_to_send_batches_queued_under_a_plainer_rule() {
+    let mut scene = Scene::start().await;
+    let source = SqliteSource::create(scene.dir.path(), 10);
+    let config = scene
+        .agent_config()
+        .source("local", "sqlite", &source.url());
+    let agent = scene.write_agent(&config.clone().resource(source.resource(CODE, "local")));
+    agent.sync_ok().await;
+
+    // The hub is away: new rows are read under `name = "plain"` and stay queued.
+    scene.hub.stop().await;
+    source.insert(11, 5);
+    let out = agent.sync("3s").await;
+    assert_ne!(out.code, Some(0), "{out}");
+
+    // `name` is now masked.
+    let masked = exchange_tests::agent::Resource::incremental(CODE, "local", "residents", "id")
+        .fields(&[
+            ("id", "plain"),
+            ("name", "mask:name"),
+            ("updated_at", "plain"),
+            ("note", "drop"),
+        ]);
+    let agent = scene.write_agent(&config.clone().resource(masked));
+    agent
+        .sync("3s")
+        .await
+        .assert_mentions(&["field `name` changed from plain to mask:name"]);
+    let out = agent.cmd(&["accept-config", CODE]).await;
+    out.assert_code(1).assert_mentions(&[
+        "1 batch (5 records) queued under the old configuration",
+        "`name`",
+        &format!("exchange-agent resync {CODE} --yes"),
+    ]);
+    assert!(agent.resource_status(CODE).await["stopped"].is_string());
+
+    agent.cmd(&["resync", CODE, "--yes"]).await.assert_code(0);
+    scene.hub.start_again().await;
+    agent.sync_ok().await;
+    let hub = scene.hub.rows(CODE).await;
+    assert_eq!(hub.len(), 15);
+    for (id, fields) in &hub {
+        let masked = format!("居{}", "*".repeat(format!("民{id}").chars().count()));
+        assert_eq!(fields["name"], masked.as_str(), "row {id}: {fields:?}");
+    }
+}
