@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use exchange_agent::config::origin::ConfigPath;
-use exchange_agent::config::{Config, parse_duration};
+use exchange_agent::config::{Config, Share, parse_duration};
 use exchange_agent::logging::{self, LogFormat};
 use exchange_agent::pipeline::{Pipeline, PipelineError};
 use exchange_agent::queue::QueueError;
@@ -259,11 +259,21 @@ async fn main() -> ExitCode {
                     }
                 }
             }
-            if let Some(code) = &resource
-                && config.resource(code).is_none()
-            {
-                eprintln!("error: no resource `{code}` in {}", config.file.display());
-                return ExitCode::from(2);
+            if let Some(code) = &resource {
+                let why = match config.resource(code).map(|r| r.share) {
+                    None => Some(format!("no resource `{code}` in {}", config.file.display())),
+                    Some(Share::None) => Some(format!(
+                        "resource `{code}` is share = \"none\" (不予共享): it is never delivered, only its catalogue entry is reported"
+                    )),
+                    Some(Share::Conditional { deliver: false }) => Some(format!(
+                        "resource `{code}` is conditional without `deliver = true`: it is answered by comparison only and never delivered; set `deliver = true` to deliver it desensitized"
+                    )),
+                    Some(_) => None,
+                };
+                if let Some(why) = why {
+                    eprintln!("error: {why}");
+                    return ExitCode::from(2);
+                }
             }
             let data_dir = config.node.data_dir.clone();
             let say = |line: String| eprintln!("{line}");

@@ -595,6 +595,21 @@ async fn postgres_rows_leave_desensitized_and_nothing_leaks() {
     outputs.push(agent.sync_ok().await);
     assert_delivered(&scene, &data).await;
     outputs.push(agent.sync_ok().await);
+    // Asked for by name, a resource that is never delivered says so.
+    for (code, why) in [
+        (
+            NONE_CODE,
+            "is share = \"none\" (不予共享): it is never delivered",
+        ),
+        (
+            COMPARE_CODE,
+            "answered by comparison only and never delivered; set `deliver = true`",
+        ),
+    ] {
+        let out = agent.cmd(&["sync", "--resource", code]).await;
+        out.assert_code(2).assert_mentions(&[code, why]);
+        outputs.push(out);
+    }
     check_status(&agent, &data, &mut outputs).await;
     assert_no_leak(&scene, &data, &outputs);
 }
