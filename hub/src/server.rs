@@ -24,7 +24,8 @@
 //! certificate has a common name (403) → `exchange-protocol` is supported (400) →
 //! `exchange-node` equals the common name (403) → the other headers are well formed (400) →
 //! the body fits `max_batch_bytes` compressed (413), arrives within `body_timeout` (408) and
-//! fits decompressed (413) → digest, record count and every line (400) → ownership (403) →
+//! fits decompressed (413) → digest, record count and every line (400) → ownership, and a
+//! catalogue entry that is not `share = "none"` (403) →
 //! no gap in the stream's seq (409) → applied or duplicate (200), or the store is failing
 //! (503/500).
 
@@ -713,7 +714,7 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
             }
             Ok(ack)
         }
-        Err(e @ StoreError::NotOwner { .. }) => {
+        Err(e @ (StoreError::NotOwner { .. } | StoreError::NotShared { .. })) => {
             Err(Refusal::new(StatusCode::FORBIDDEN, e.to_string()))
         }
         Err(e @ StoreError::Gap { last_seq, .. }) => Err(Refusal {

@@ -32,6 +32,8 @@
 //!   resource whose `stream` is not the batch's stream (the keys the new stream did not
 //!   re-send), in the same transaction;
 //! - the first node that pushes a resource owns it; any other node is refused;
+//! - a batch of a resource whose catalogue entry says `share = "none"` is refused (checked in
+//!   the same transaction, so an entry and a batch never cross);
 //! - concurrent batches of the same (node, resource, stream) are serialized (SQLite: one
 //!   writer; PostgreSQL: `SELECT … FOR UPDATE` on the stream row);
 //! - nothing here logs or reports a key or a field value.
@@ -76,6 +78,16 @@ pub enum StoreError {
         /// The node that owns it.
         owner: String,
         /// The node that tried to push it.
+        node: String,
+    },
+    /// The resource's catalogue entry says it is not shared.
+    #[error(
+        "resource `{resource}` is catalogued as share = \"none\" (不予共享) by node `{node}`: it is never delivered, so the hub refuses its batches (if it is to be shared now, change `share` in the agent's configuration: the agent reports its new catalogue entry when it starts)"
+    )]
+    NotShared {
+        /// The resource code.
+        resource: String,
+        /// The node that provides it.
         node: String,
     },
     /// The database is temporarily failing (connection lost, busy, disk full); retry later.

@@ -72,3 +72,49 @@ async fn a_flagged_record_keeps_its_flags_at_the_hub() {
     assert!(export[1].get("flags").is_none(), "{}", export[1]);
     hub.stop().await.unwrap();
 }
+
+/// Defence in depth: a resource its providing node catalogued as `none` is never stored, even
+/// if a batch of it arrives; once its entry says it is shared, its batches are applied.
+async fn batches_of_a_resource_catalogued_none_are_refused(
+    pki: &Pki,
+    store: exchange_hub::config::StoreConfig,
+) {
+    let hub = Hub::start(pki, store).await;
+    let a = client(&pki.client(NODE));
+    assert_eq!(put(&a, &hub, NODE, ENTRY).await.status(), 200);
+    let push = Push::new(
+        NODE,
+        "330100-RSJ-0002",
+        &new_stream(),
+        1,
+        vec![upsert("91350100M000100Y43", r#"{"n":1}"#)],
+    );
+    let error = refusal(push.send(&a, &hub).await, 403).await;
+    assert!(
+        error.contains("catalogued as share = \"none\"") && error.contains("330100-RSJ-0002"),
+        "{error}"
+    );
+    let store = hub.store().await;
+    assert!(
+        exchange_hub::export::export(&store, "330100-RSJ-0002")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let shared = ENTRY.replace("\"none\"", "\"unconditional\"");
+    assert_eq!(put(&a, &hub, NODE, &shared).await.status(), 200);
+    ack(push.send(&a, &hub).await).await;
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_sqlite_hub_refuses_batches_of_a_resource_catalogued_none() {
+    let pki = Pki::new();
+    batches_of_a_resource_catalogued_none_are_refused(&pki, pki.sqlite()).await;
+}
+
+#[tokio::test]
+async fn a_postgres_hub_refuses_batches_of_a_resource_catalogued_none() {
+    let db = common::PgDb::create().await;
+    batches_of_a_resource_catalogued_none_are_refused(&Pki::new(), db.store_config()).await;
+}

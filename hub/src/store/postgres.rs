@@ -302,6 +302,21 @@ impl PgStore {
                 node: id.node.clone(),
             });
         }
+        let not_shared: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM catalogue WHERE resource = $1 AND (entry::jsonb ->> 'share') = 'none')",
+                &[&id.resource],
+            )
+            .await
+            .map_err(e)?
+            .get(0);
+        if not_shared {
+            tx.rollback().await.map_err(e)?;
+            return Err(StoreError::NotShared {
+                resource: id.resource.clone(),
+                node: id.node.clone(),
+            });
+        }
         tx.execute(
             "INSERT INTO streams (node, resource, stream, last_seq) VALUES ($1, $2, $3, 0)
              ON CONFLICT (node, resource, stream) DO NOTHING",

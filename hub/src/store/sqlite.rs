@@ -396,6 +396,17 @@ fn apply_in(conn: &mut Connection, batch: &Batch) -> Result<super::Outcome, Appl
             node: id.node.clone(),
         }));
     }
+    let not_shared: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM catalogue WHERE resource = ?1 AND json_extract(entry, '$.share') = 'none')",
+        [&id.resource],
+        |r| r.get(0),
+    )?;
+    if not_shared {
+        return Err(ApplyError::Refused(StoreError::NotShared {
+            resource: id.resource.clone(),
+            node: id.node.clone(),
+        }));
+    }
     let (last_seq, last_digest): (i64, String) = tx
         .query_row(
             "SELECT last_seq, last_digest FROM streams WHERE node = ?1 AND resource = ?2 AND stream = ?3",
@@ -467,7 +478,7 @@ fn apply_in(conn: &mut Connection, batch: &Batch) -> Result<super::Outcome, Appl
 
 /// Why a transaction did not commit.
 enum ApplyError {
-    /// The batch is refused (not the owner); the error is final.
+    /// The batch is refused (not the owner, not shared); the error is final.
     Refused(StoreError),
     /// The database failed.
     Sqlite(rusqlite::Error),
