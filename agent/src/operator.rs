@@ -297,7 +297,8 @@ pub fn cursor_show(config: &Config, code: &str) -> Result<String, OperatorError>
 /// are sent again; the hub overwrites them). Audited.
 pub fn cursor_reset(config: &Config, code: &str) -> Result<String, OperatorError> {
     let queue = open_queue(config)?;
-    resource(config, &queue, code)?;
+    let r = resource(config, &queue, code)?;
+    let incremental = matches!(r.mode, Mode::Incremental { .. });
     queue.update_state(code, |st| {
         st.cursor = None;
         if st.snapshot.position.is_some() || st.snapshot.sweeping {
@@ -307,6 +308,12 @@ pub fn cursor_reset(config: &Config, code: &str) -> Result<String, OperatorError
         }
         st.snapshot.position = None;
         st.snapshot.sweeping = false;
+        st.snapshot.invalid_keys = 0;
+        if incremental {
+            // Every row is read again: the invalid keys are counted afresh.
+            st.invalid_keys = 0;
+            st.invalid_keys_since = None;
+        }
     })?;
     audit::append(
         &config.node.data_dir,

@@ -403,6 +403,7 @@ impl Puller {
         let (records, quarantined) = self
             .blocking_pull(move |txn| {
                 let mut st = txn.state(&code)?;
+                st.invalid_keys_since.get_or_insert_with(crate::queue::now);
                 let mut builder = BatchBuilder::new(limits);
                 let mut cursor = None;
                 let mut quarantined = 0;
@@ -476,6 +477,8 @@ impl Puller {
                         // A scan by key without a bound: everything that existed when the
                         // scan began has been read.
                         complete_baseline(txn, &code, &mut st, records, None)?;
+                        st.invalid_keys = std::mem::take(&mut st.snapshot.invalid_keys);
+                        st.invalid_keys_since = Some(crate::queue::now());
                         st.snapshot.generation = generation + 1;
                         st.snapshot.position = None;
                         st.snapshot.sweeping = false;
@@ -524,11 +527,11 @@ impl Puller {
                     }
                     let out = match plan.apply(row) {
                         Ok(out) => {
-                            st.invalid_keys += u64::from(out.invalid_key);
+                            st.snapshot.invalid_keys += u64::from(out.invalid_key);
                             out
                         }
                         Err(q) => {
-                            st.invalid_keys += u64::from(q.invalid_key);
+                            st.snapshot.invalid_keys += u64::from(q.invalid_key);
                             // The row still exists: keep its last delivered version at the
                             // hub (no delete in the sweep) until it can be converted again.
                             if let Some(key) = &q.key
@@ -909,5 +912,29 @@ mod tests {
         let back = puller(dir.path(), 0x5a);
         let done = back.pull().await.unwrap();
         assert_eq!((done.records, done.quarantined), (0, 0));
+    }
+
+    /// The invalid-key figure of a snapshot resource is the count of its last complete scan,
+    /// not a sum over every scan that read the same rows.
+    #[tokio::test]
+    async fn a_snapshot_counts_its_invalid_keys_once_per_complete_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        source(dir.path());
+        rusqlite::Connection::open(dir.path().join("source.db"))
+            .unwrap()
+            .execute(
+                "insert into person values ('110105194912310021', '王五')",
+                [],
+            )
+            .unwrap();
+        let p = puller(dir.path(), 0x5a);
+        for run in 1..=3 {
+            let report = p.pull().await.unwrap();
+            assert_eq!(report.quarantined, 1, "run {run}");
+            let st = p.queue.state("R1").unwrap();
+            assert_eq!(st.invalid_keys, 1, "run {run}");
+            assert!(st.invalid_keys_since.is_some());
+            assert_eq!(st.snapshot.invalid_keys, 0);
+        }
     }
 }

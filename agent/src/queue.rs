@@ -101,10 +101,16 @@ pub struct ResourceState {
     pub pushed_records: u64,
     /// Rows sent to quarantine since the queue was created.
     pub quarantined: u64,
-    /// Rows whose key was not a valid identifier of its kind (quarantined or delivered
-    /// flagged), since the queue was created; every pull that reads such a row counts it.
+    /// Rows whose key is not a valid identifier of its kind (quarantined or delivered
+    /// flagged), the data-quality figure: for a snapshot resource, the rows of the last
+    /// complete scan; for an incremental one, the rows read since `invalid_keys_since` (a row
+    /// counted again each time it changes and is read again).
     #[serde(default)]
     pub invalid_keys: u64,
+    /// Snapshot: when the scan that `invalid_keys` counts ended; incremental: since when rows
+    /// are counted (the stream's first pull, or a `cursor reset`). RFC 3339.
+    #[serde(default)]
+    pub invalid_keys_since: Option<String>,
     /// End of the last successful pull (RFC 3339).
     pub last_pull: Option<String>,
     /// Last acknowledgement by the hub (RFC 3339).
@@ -226,6 +232,10 @@ pub struct SnapshotState {
     pub position: Option<Vec<Value>>,
     /// The scan is complete and deletes are being emitted for rows not seen.
     pub sweeping: bool,
+    /// Rows with an invalid key read by the current scan so far; the scan's figure becomes
+    /// [`ResourceState::invalid_keys`] when it completes.
+    #[serde(default)]
+    pub invalid_keys: u64,
 }
 
 /// A quarantined row: why, and which key, never its values.
@@ -565,7 +575,6 @@ impl Queue {
             pulled_records: old.pulled_records,
             pushed_records: old.pushed_records,
             quarantined: old.quarantined,
-            invalid_keys: old.invalid_keys,
             last_pull: old.last_pull,
             last_push: old.last_push,
             ..ResourceState::default()
@@ -755,7 +764,8 @@ fn for_each_table(tx: &redb::WriteTransaction) -> Result<(), QueueError> {
     Ok(())
 }
 
-fn now() -> String {
+/// The current time as the queue stores it (RFC 3339, UTC, milliseconds).
+pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 

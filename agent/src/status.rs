@@ -113,10 +113,15 @@ pub struct ResourceStatus {
     pub queued_bytes: u64,
     /// Rows quarantined since the queue was created.
     pub quarantined: u64,
-    /// Rows whose key was not a valid identifier of its kind (quarantined, or delivered
-    /// flagged), counted by every pull that read them: the data-quality figure.
+    /// Rows whose key is not a valid identifier of its kind (quarantined, or delivered
+    /// flagged): the data-quality figure. Snapshot: the rows of the last complete scan;
+    /// incremental: the rows read since `invalid_keys_since` (a row again each time it
+    /// changes).
     #[serde(default)]
     pub invalid_keys: u64,
+    /// Snapshot: when the scan counted ended; incremental: since when rows are counted.
+    #[serde(default)]
+    pub invalid_keys_since: Option<String>,
     /// Records pulled since the queue was created.
     pub pulled_records: u64,
     /// Records acknowledged since the queue was created.
@@ -149,6 +154,7 @@ impl ResourceStatus {
             queued_bytes: st.queued_bytes,
             quarantined: st.quarantined,
             invalid_keys: st.invalid_keys,
+            invalid_keys_since: st.invalid_keys_since.clone(),
             pulled_records: st.pulled_records,
             pushed_records: st.pushed_records,
             recent_quarantine: Vec::new(),
@@ -421,10 +427,16 @@ impl std::fmt::Display for Report {
             )?;
             writeln!(f, "  quarantined  {} rows", r.quarantined)?;
             if r.invalid_keys > 0 {
+                let since = r.invalid_keys_since.as_deref().unwrap_or("?");
                 writeln!(
                     f,
-                    "  invalid keys {} rows read with a key that is not a valid identifier",
-                    r.invalid_keys
+                    "  invalid keys {} rows with a key that is not a valid identifier, {}",
+                    r.invalid_keys,
+                    if r.mode == "snapshot" {
+                        format!("in the last complete scan (ended {since})")
+                    } else {
+                        format!("read since {since} (a row again each time it changes)")
+                    }
                 )?;
             }
             for q in &r.recent_quarantine {
