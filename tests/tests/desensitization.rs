@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use base64::Engine;
-use exchange_agent::identifier::citizen_id_check;
+use exchange_agent::identifier::{citizen_id_check, is_valid_uscc};
 use exchange_agent::policy::{FpeKey, PseudonymKey};
 use exchange_tests::agent::{Agent, Output, Resource};
 use exchange_tests::db::{MyDb, PgDb};
@@ -97,6 +97,69 @@ fn random_citizen_id() -> String {
     format!("{first17}{}", citizen_id_check(&first17).unwrap())
 }
 
+fn random_digits(n: usize) -> String {
+    (0..n)
+        .map(|_| char::from_digit(rand::random_range(0..10u32), 10).unwrap())
+        .collect()
+}
+
+fn random_mobile() -> String {
+    format!("1{}{}", rand::random_range(3..10u32), random_digits(9))
+}
+
+/// A valid 统一社会信用代码: 17 random symbols and the check character that fits.
+fn random_uscc() -> String {
+    const CHARSET: &[u8] = b"0123456789ABCDEFGHJKLMNPQRTUWXY";
+    let first17: String = (0..17)
+        .map(|_| char::from(CHARSET[rand::random_range(0..CHARSET.len())]))
+        .collect();
+    CHARSET
+        .iter()
+        .map(|&c| format!("{first17}{}", char::from(c)))
+        .find(|code| is_valid_uscc(code))
+        .expect("one check character fits")
+}
+
+/// A 不动产单元号 of valid structure.
+fn random_property_unit() -> String {
+    let letter = || char::from(b'A' + rand::random_range(0..26u8));
+    let kind = ['F', 'L', 'Q', 'W'][rand::random_range(0..4usize)];
+    format!(
+        "{}{}{}{}{kind}{}",
+        random_digits(12),
+        letter(),
+        letter(),
+        random_digits(5),
+        random_digits(8)
+    )
+}
+
+/// A Luhn-valid card number of 19 digits.
+fn random_bank_card() -> String {
+    let body = format!("62{}", random_digits(16));
+    let sum: u32 = body
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            if i % 2 == 0 {
+                let d2 = d * 2;
+                if d2 > 9 { d2 - 9 } else { d2 }
+            } else {
+                d
+            }
+        })
+        .sum();
+    format!("{body}{}", (10 - sum % 10) % 10)
+}
+
+/// A birth date from 1950 to 2004 (never a date the test's own timestamps carry).
+fn random_birth() -> chrono::NaiveDate {
+    chrono::NaiveDate::from_ymd_opt(1950, 1, 1).unwrap()
+        + chrono::Duration::days(rand::random_range(0..20_000))
+}
+
 fn data() -> Data {
     let run = random_hex(10);
     let s = |tag: &str, i: usize| format!("ZQ{tag}{run}X{i}");
@@ -155,27 +218,41 @@ fn data() -> Data {
                 .map(|_| char::from_digit(rand::random_range(0..10u32), 10).unwrap())
                 .collect::<String>()
         );
+        let (mobile, uscc, unit, bank) = (
+            random_mobile(),
+            random_uscc(),
+            random_property_unit(),
+            random_bank_card(),
+        );
+        let birth = random_birth().format("%Y-%m-%d").to_string();
         let row = Row {
             id_no: id.clone(),
             name: Some(format!("泄{}", s("NAME", i))),
-            mobile: Some("13900001111".into()),
+            mobile: Some(mobile.clone()),
             address: format!("北京市海淀区{}", s("ADDR", i)),
             email: format!("a{}@example.cn", s("MAIL", i)),
             id_copy: id.clone(),
             card: card.clone(),
-            bank: "6228480402564890018".into(),
-            birth: "1987-06-15".into(),
-            age: 33,
+            bank: bank.clone(),
+            birth: birth.clone(),
+            age: rand::random_range(0..=100),
             nick: s("NICK", i),
-            uscc: "91350100M000100Y43".into(),
-            unit: "320505400202GB00001F00010069".into(),
+            uscc: uscc.clone(),
+            unit: unit.clone(),
             memo: format!("ab{}yz", s("MEMO", i)),
             plain_note: s("PLAIN", i),
             secret: s("DROP", i),
         };
+        // Every value a rule hides, whole (an age of one or two digits cannot be told from
+        // any other number: its band is checked at the hub instead).
         sentinels.extend([
             id,
             card,
+            mobile,
+            uscc,
+            unit,
+            bank,
+            birth,
             s("NAME", i),
             s("ADDR", i),
             s("MAIL", i),
@@ -386,6 +463,24 @@ async fn assert_delivered(scene: &Scene, data: &Data) {
     });
     for (k, v) in expected1.as_object().unwrap() {
         assert_eq!(&r1[k], v, "field {k}");
+    }
+    // The random rows: each rule kept exactly what it should of each row's own values.
+    for row in &data.rows[2..data.rows.len() - 1] {
+        let r = by_key(&pseudonym("citizen_id", &row.id_no));
+        let mobile = row.mobile.as_deref().unwrap();
+        let band = row.age / 10 * 10;
+        let expected = json!({
+            "mobile": format!("{}****{}", &mobile[..3], &mobile[7..]),
+            "bank": format!("{}*********{}", &row.bank[..6], &row.bank[15..]),
+            "birth": &row.birth[..7],
+            "age": format!("{band}-{}", band + 9),
+            "uscc": format!("{}**********", &row.uscc[..8]),
+            "unit": format!("{}*****{}********", &row.unit[..14], &row.unit[19..20]),
+            "id_copy": format!("{}********{}", &row.id_no[..6], &row.id_no[14..]),
+        });
+        for (k, v) in expected.as_object().unwrap() {
+            assert_eq!(&r[k], v, "field {k} of row {}", row.plain_note);
+        }
     }
     for r in &export {
         assert!(
