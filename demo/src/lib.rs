@@ -4,9 +4,12 @@
 //! reference hub's server nor the throwaway CA generator (`exchange-protocol`'s `pki` feature).
 //!
 //! It generates a throwaway CA and certificates, a SQLite business database of synthetic
-//! residents, configuration files for a hub and an agent, starts the reference hub on
-//! loopback in this process, runs one sync, and prints what was pulled, what was pushed and
-//! where it went. Every file stays in the demo directory so the administrator can look.
+//! residents, the keys of the desensitization rules, configuration files for a hub and an
+//! agent, starts the reference hub on loopback in this process, runs one sync, and prints what
+//! was pulled, what was pushed, where it went and what the policy did to each field of a
+//! conditionally shared resource (有条件共享): a pseudonymized key, masks, a generalization, an
+//! approved plain field and a dropped one. Every file stays in the demo directory so the
+//! administrator can look.
 
 mod residents;
 
@@ -67,6 +70,7 @@ pub fn prepare(
     ca.issue_server(&["127.0.0.1", "localhost"])?
         .write(&tls_dir, "hub")?;
     ca.issue_client(NODE)?.write(&tls_dir, "node")?;
+    write_keys(&dir.join("keys"))?;
     write_business_db(&dir.join("business.db"), rows)?;
     let hub_toml = dir.join("hub.toml");
     std::fs::write(
@@ -79,7 +83,7 @@ pub fn prepare(
     std::fs::write(
         &agent_toml,
         format!(
-            r#"# Agent of the demo: one SQLite business database, one resource.
+            r#"# Agent of the demo: one SQLite business database, one conditionally shared resource.
 [node]
 id = "{NODE}"
 department = "11330100MB0123456W"
@@ -98,6 +102,10 @@ max_bytes = "256MiB"
 max_records = 1000
 max_bytes = "4MiB"
 
+[policy]
+pseudonym_key_file = "keys/pseudonym.key"   # shared by departments that join on pseudonyms
+seal_key_file = "keys/seal.key"             # this node's own: seals the stored position of the pseudonymized key
+
 [[sources]]
 name = "rsj"
 kind = "sqlite"
@@ -106,7 +114,10 @@ url = "sqlite://business.db"
 [[resources]]
 code = "{RESOURCE}"
 name = "社保参保人员"
-share = "unconditional"
+share = "conditional"                  # 有条件共享: every field desensitized unless approved
+deliver = true                         # pushed to the hub, desensitized
+plain_allowed = ["district"]
+plain_reason = "{APPROVAL}"
 source = "rsj"
 table = "insured_person"
 key = "id_card"
@@ -116,16 +127,89 @@ safety_lag = "0s"
 every = "10s"
 
 [resources.fields]
-id_card = "plain"
-name = "plain"
-mobile = "plain"
+id_card = {{ rule = "pseudonym", identifier = "citizen_id" }}
+name = "mask:name"
+mobile = "mask:mobile"
 district = "plain"
-insured_since = "plain"
+insured_since = "generalize:year_month"
 internal_note = "drop"
 "#
         ),
     )?;
     Ok((agent_toml, hub_toml))
+}
+
+/// The approval reference of the demo's plain field.
+const APPROVAL: &str = "演示：区县级统计口径已批准";
+
+/// Writes the demo's keys into `dir` (0600): a pseudonym key and this node's seal key, each
+/// 32 random bytes as hex, like `openssl rand -hex 32`.
+fn write_keys(dir: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for name in ["pseudonym.key", "seal.key"] {
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        let secret: [u8; 32] = rand::random();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{}", hex::encode(secret)))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// One resident of `business.db` (its first row) next to the record the hub holds for it,
+/// field by field, with the rule that made the difference.
+fn explain(dir: &Path, config: &Config, exported: &[serde_json::Value]) -> anyhow::Result<()> {
+    let conn = rusqlite::Connection::open(dir.join("business.db"))?;
+    let raw: Vec<String> = conn.query_row(
+        "SELECT id_card, name, mobile, district, insured_since, internal_note FROM insured_person ORDER BY id LIMIT 1",
+        [],
+        |r| (0..6).map(|i| r.get::<_, String>(i)).collect(),
+    )?;
+    let token = config
+        .keys
+        .pseudonym
+        .as_ref()
+        .context("the demo's pseudonym key")?
+        .token("citizen_id", &raw[0]);
+    let record = exported
+        .iter()
+        .find(|r| r["key"] == token.as_str())
+        .context("the hub holds no record under the first resident's pseudonym")?;
+    let at_hub = |field: &str| match record["fields"].get(field) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => "(absent)".into(),
+    };
+    println!("   One resident, in business.db → at the hub, and why:");
+    let rows = [
+        (
+            "id_card",
+            "pseudonym: HMAC-SM3 under keys/pseudonym.key; the record's key too. Departments holding the key get the same token for the same 公民身份号码 (joins), nobody gets the number back",
+        ),
+        ("name", "mask:name: the first character kept"),
+        ("mobile", "mask:mobile: 3 + 4 digits kept"),
+        (
+            "district",
+            "plain: approved in plain_allowed, plain_reason names the approval",
+        ),
+        ("insured_since", "generalize:year_month: the day removed"),
+        (
+            "internal_note",
+            "drop: the agent never read it from business.db; it never reached the hub",
+        ),
+    ];
+    for ((field, why), before) in rows.iter().zip(&raw) {
+        println!("     {field:<14} {before} → {}", at_hub(field));
+        println!("     {:<14} ({why})", "");
+    }
+    Ok(())
 }
 
 /// How to invoke the agent and the hub from a shell: by path next to this executable when
@@ -173,6 +257,9 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
     println!(
         "   (valid 公民身份号码 check digits, Chinese names, mobile numbers, an internal_note column)"
     );
+    println!(
+        "   and the keys of the desensitization rules         keys/pseudonym.key, keys/seal.key (0600, outside the agent's data directory)"
+    );
 
     let hub_config = HubConfig::load(&hub_toml).map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = Store::open(&hub_config.store)
@@ -192,6 +279,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
 
     let config = Config::load(&agent_toml).map_err(|e| anyhow::anyhow!("{e}"))?;
     let data_dir = config.node.data_dir.clone();
+    let policy = config.clone();
     let pipeline = Arc::new(Pipeline::build(config)?);
     let report = exchange_agent::sync::sync(
         pipeline.clone(),
@@ -218,7 +306,7 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         .await
         .context("cannot read the hub's store")?;
     println!(
-        "5. The hub now holds                               {} records of {RESOURCE}",
+        "5. The hub now holds                               {} records of {RESOURCE}, desensitized (share = conditional, 有条件共享)",
         exported.len()
     );
     println!();
@@ -226,13 +314,33 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
     for r in exported.iter().take(3) {
         println!("   {}", serde_json::to_string(r)?);
     }
-    let leaked = exported
+    println!();
+    explain(&dir, &policy, &exported)?;
+    let dropped = exported
         .iter()
         .any(|r| r["fields"].get("internal_note").is_some());
+    let raw_ids = exported.iter().any(|r| {
+        !r["key"].as_str().is_some_and(|k| k.starts_with("v1:"))
+            || r["fields"].as_object().is_some_and(|f| {
+                f.values().any(|v| {
+                    v.as_str().is_some_and(|s| {
+                        s.len() == 18 && s.bytes().take(17).all(|b| b.is_ascii_digit())
+                    })
+                })
+            })
+    });
     println!();
     println!(
         "   internal_note is configured as \"drop\": it was never read from business.db and {} the hub.",
-        if leaked {
+        if dropped {
+            "ALSO REACHED (this is a bug)"
+        } else {
+            "never reached"
+        }
+    );
+    println!(
+        "   The raw 公民身份号码 {} the hub: it left only as its pseudonym.",
+        if raw_ids {
             "ALSO REACHED (this is a bug)"
         } else {
             "never reached"

@@ -500,8 +500,12 @@ async fn demo_runs_and_the_hub_holds_the_records() {
     let out = agent::run(&bins::demo(), &["--dir", &demo_arg]).await;
     out.assert_code(0).assert_mentions(&[
         "The hub now holds",
-        "3000 records of 330100-RSJ-0001",
-        "never reached",
+        "3000 records of 330100-RSJ-0001, desensitized",
+        "One resident, in business.db → at the hub",
+        "mask:name",
+        "generalize:year_month",
+        "(absent)",
+        "never reached the hub: it left only as its pseudonym",
     ]);
     assert!(!out.stdout.contains("ALSO REACHED"), "{out}");
 
@@ -528,9 +532,39 @@ async fn demo_runs_and_the_hub_holds_the_records() {
         3000,
         "exchange-hub export prints one line per record"
     );
-    assert!(lines.iter().all(|l| l["resource"] == CODE
-        && l["key"].is_string()
-        && l["fields"].get("internal_note").is_none()));
+    // Every record as the demo's policy makes it: a pseudonymized key, masked name and
+    // mobile, the approved plain district, a year-month, no internal_note.
+    for l in &lines {
+        let key = l["key"].as_str().unwrap();
+        let f = &l["fields"];
+        let text = |name: &str| f[name].as_str().unwrap_or_else(|| panic!("{name}: {l}"));
+        assert!(
+            l["resource"] == CODE
+                && key.starts_with("v1:")
+                && key.len() == 67
+                && f["id_card"] == key,
+            "{l}"
+        );
+        let name: Vec<char> = text("name").chars().collect();
+        assert!(
+            name.len() >= 2 && name[0] != '*' && name[1..].iter().all(|c| *c == '*'),
+            "{l}"
+        );
+        let mobile = text("mobile");
+        assert!(
+            mobile.len() == 11
+                && &mobile[3..7] == "****"
+                && mobile
+                    .bytes()
+                    .enumerate()
+                    .all(|(i, b)| (3..7).contains(&i) || b.is_ascii_digit()),
+            "{l}"
+        );
+        assert!(text("district").starts_with("浙江省杭州市"), "{l}");
+        let since = text("insured_since");
+        assert!(since.len() == 7 && since.as_bytes()[4] == b'-', "{l}");
+        assert!(f.get("internal_note").is_none(), "{l}");
+    }
     let status = agent::run(
         &bins::agent(),
         &[
