@@ -708,6 +708,11 @@ async fn postgres_rows_leave_desensitized_and_nothing_leaks() {
         outputs.push(out);
     }
     check_status(&agent, &data, &mut outputs).await;
+    // The cursor's key tiebreaker is stored sealed and shown as such.
+    outputs
+        .last()
+        .unwrap()
+        .assert_mentions(&["id_no = (sealed: the key leaves pseudonymized)"]);
     assert_no_leak(&scene, &data, &outputs);
 }
 
