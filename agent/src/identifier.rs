@@ -294,6 +294,28 @@ pub fn is_valid_property_unit(code: &str) -> bool {
         && b[20..].iter().all(u8::is_ascii_digit)
 }
 
+/// Whether `digits` (ASCII digits only, at least one) pass the Luhn check (bank card numbers).
+pub fn is_luhn_valid(digits: &str) -> bool {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let sum: u32 = digits
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            if i % 2 == 1 {
+                let d2 = d * 2;
+                if d2 > 9 { d2 - 9 } else { d2 }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
 /// Whether `s` is a mainland mobile number: `1[3-9]` and 9 more digits.
 pub fn is_valid_mobile(s: &str) -> bool {
     let b = s.as_bytes();
@@ -306,6 +328,20 @@ pub fn is_valid_mobile(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn card_numbers_pass_the_luhn_check_or_not() {
+        assert!(is_luhn_valid("6228480402564890018"));
+        assert!(is_luhn_valid("79927398713"));
+        for bad in [
+            "6228480402564890019",
+            "",
+            "6228 4804",
+            "７９９２７３９８７１３",
+        ] {
+            assert!(!is_luhn_valid(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn citizen_id_test_vectors_validate() {
