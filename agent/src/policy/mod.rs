@@ -204,8 +204,11 @@ impl Plan {
     /// resources page by their key.
     pub fn new(resource: &Resource, keys: &Keys) -> Plan {
         let mut columns: Vec<String> = Vec::new();
+        // Names are compared without case, like configuration validation does (MySQL and
+        // SQLite ignore it): `key = "ID_NO"` and a field or cursor column `id_no` are one
+        // column, read once, and sealed as the key wherever it is stored.
         let add = |c: &str, columns: &mut Vec<String>| -> usize {
-            match columns.iter().position(|x| x == c) {
+            match columns.iter().position(|x| x.eq_ignore_ascii_case(c)) {
                 Some(i) => i,
                 None => {
                     columns.push(c.to_owned());
@@ -235,7 +238,11 @@ impl Plan {
         // boundary inside a group of rows sharing `updated_at` must not skip the rest of the
         // group, and the key is unique.
         let cursor: Vec<String> = match &resource.mode {
-            Mode::Incremental { cursor, .. } if cursor.contains(&resource.key) => cursor.clone(),
+            Mode::Incremental { cursor, .. }
+                if cursor.iter().any(|c| c.eq_ignore_ascii_case(&resource.key)) =>
+            {
+                cursor.clone()
+            }
             Mode::Incremental { cursor, .. } => cursor
                 .iter()
                 .cloned()
@@ -913,6 +920,40 @@ mod tests {
         // A plain key's position is stored as read.
         let plain = Plan::new(&resource(), &keys());
         assert_eq!(plain.position_to_store(raw.clone()), Some(raw));
+    }
+
+    #[test]
+    fn the_key_is_sealed_in_the_position_whatever_the_case_of_its_name() {
+        let mut r = desensitized();
+        r.key = "ID_NO".into();
+        r.mode = Mode::Incremental {
+            cursor: vec!["updated_at".into(), "id_no".into()],
+            safety_lag: Duration::ZERO,
+        };
+        let plan = Plan::new(&r, &keys());
+        assert_eq!(plan.selection.cursor, ["updated_at", "id_no"]);
+        assert_eq!(
+            plan.selection
+                .columns
+                .iter()
+                .filter(|c| c.eq_ignore_ascii_case("id_no"))
+                .count(),
+            1,
+            "{:?}",
+            plan.selection.columns
+        );
+        let stored = plan
+            .position_to_store(vec![
+                Value::Int(7),
+                Value::Text("11010519491231002X".into()),
+            ])
+            .unwrap();
+        assert!(seal::is_sealed(&stored[1]));
+        assert!(
+            !serde_json::to_string(&stored)
+                .unwrap()
+                .contains("1101051949")
+        );
     }
 
     #[test]
