@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use crate::config::{BatchLimits, Mode, Resource};
 use crate::fingerprint::Shape;
 use crate::policy::{CursorOf, Plan};
-use crate::queue::{Baseline, HaltKind, Queue, QueueError, ResourceState, Txn, sm3_bytes};
+use crate::queue::{Baseline, Encoded, HaltKind, Queue, QueueError, ResourceState, Txn, sm3_bytes};
 
 /// How many rows with a NULL cursor value get a quarantine entry of their own per cycle (all
 /// are counted).
@@ -308,46 +308,45 @@ impl Puller {
             }
             return Ok(true);
         }
-        let code = self.resource.code.clone();
+        // Policy, NDJSON, SM3 and zstd run before the write transaction: the queue has one
+        // writer, and the pusher's acknowledgements need it too.
         let plan = self.plan.clone();
         let limits = self.batch;
         let reached = page.horizon.reached;
-        let (records, quarantined) = self
-            .blocking_pull(move |txn| {
+        let rows = page.rows.len();
+        let prepared =
+            tokio::task::spawn_blocking(move || prepare_incremental(&plan, &page.rows, limits))
+                .await
+                .expect("policy task panicked");
+        let code = self.resource.code.clone();
+        let Prepared {
+            batches,
+            quarantine,
+            cursor,
+        } = prepared.map_err(|reason| PullError::Cursor {
+            resource: code.clone(),
+            reason,
+        })?;
+        if full && cursor.is_none() {
+            return Err(PullError::Cursor {
+                resource: code,
+                reason: format!(
+                    "a whole page of {rows} rows has NULL cursor values; the cursor cannot move past them"
+                ),
+            });
+        }
+        let quarantined = quarantine.len() as u64;
+        let records = self
+            .blocking(move |txn| {
                 let mut st = txn.state(&code)?;
-                let mut builder = BatchBuilder::new(limits);
-                let mut cursor = None;
-                let mut quarantined = 0;
-                for row in &page.rows {
-                    let c = match plan.cursor_of(row) {
-                        CursorOf::Values(c) => c,
-                        CursorOf::Null(_) => {
-                            // Not placeable: the cursor stays where it was. Such rows are
-                            // quarantined and counted once per pull by
-                            // `quarantine_null_cursors`, whether a page returns them or not.
-                            continue;
-                        }
-                        CursorOf::Unusable(reason) => return Err(PullStop::Cursor(reason)),
-                    };
-                    match plan.apply(row) {
-                        Ok(out) => {
-                            let line = line_of(Op::Upsert, out.key, Some(out.fields));
-                            builder.add(txn, &code, &mut st, &line, &mut quarantined)?;
-                        }
-                        Err(q) => {
-                            txn.quarantine(&code, &mut st, q.key, q.reason)?;
-                            quarantined += 1;
-                        }
-                    }
-                    cursor = Some(c);
+                for (key, reason) in quarantine {
+                    txn.quarantine(&code, &mut st, key, reason)?;
                 }
-                if full && cursor.is_none() {
-                    return Err(PullStop::Cursor(format!(
-                        "a whole page of {} rows has NULL cursor values; the cursor cannot move past them",
-                        page.rows.len()
-                    )));
+                let mut records = 0;
+                for batch in &batches {
+                    txn.enqueue_encoded(&code, &mut st, batch)?;
+                    records += u64::from(batch.records());
                 }
-                let records = builder.finish(txn, &code, &mut st)?;
                 if cursor.is_some() {
                     st.cursor = cursor;
                 }
@@ -355,7 +354,7 @@ impl Puller {
                     complete_baseline(txn, &code, &mut st, records, reached)?;
                 }
                 txn.set_state(&code, &st)?;
-                Ok((records, quarantined))
+                Ok(records)
             })
             .await?;
         report.records += records;
@@ -568,6 +567,86 @@ fn line_of(
     line
 }
 
+/// An incremental page turned into what the queue stores, outside the write transaction.
+struct Prepared {
+    /// The page's batches, encoded, in order.
+    batches: Vec<Encoded>,
+    /// Quarantine entries (key as it would leave, reason), in order.
+    quarantine: Vec<(Option<String>, String)>,
+    /// The cursor of the page's last placeable row (none: every row had a NULL cursor).
+    cursor: Option<Vec<exchange_connectors::Value>>,
+}
+
+/// Applies the policy to a page and cuts the records into encoded batches; `Err` is the
+/// reason a row's cursor cannot be used.
+fn prepare_incremental(
+    plan: &Plan,
+    rows: &[exchange_connectors::Row],
+    limits: BatchLimits,
+) -> Result<Prepared, String> {
+    let mut batches = Vec::new();
+    let mut quarantine = Vec::new();
+    let mut cursor = None;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut records: u32 = 0;
+    let mut line = Vec::new();
+    let flush = |buf: &mut Vec<u8>, records: &mut u32, batches: &mut Vec<Encoded>| {
+        if *records > 0 {
+            batches.push(Encoded::new(buf, *records));
+            buf.clear();
+            *records = 0;
+        }
+    };
+    for row in rows {
+        let c = match plan.cursor_of(row) {
+            CursorOf::Values(c) => c,
+            // Not placeable: the cursor stays where it was. Such rows are quarantined and
+            // counted once per pull by `quarantine_null_cursors`, whether a page returns them
+            // or not.
+            CursorOf::Null(_) => continue,
+            CursorOf::Unusable(reason) => return Err(reason),
+        };
+        cursor = Some(c);
+        let out = match plan.apply(row) {
+            Ok(out) => out,
+            Err(q) => {
+                quarantine.push((q.key, q.reason));
+                continue;
+            }
+        };
+        line.clear();
+        let record = Record {
+            op: Op::Upsert,
+            key: out.key,
+            fields: Some(out.fields),
+        };
+        push_line(&mut line, &record);
+        if line.len() > limits.max_bytes {
+            quarantine.push((Some(record.key), too_large(line.len(), limits)));
+            continue;
+        }
+        if records as usize >= limits.max_records || buf.len() + line.len() > limits.max_bytes {
+            flush(&mut buf, &mut records, &mut batches);
+        }
+        buf.extend_from_slice(&line);
+        records += 1;
+    }
+    flush(&mut buf, &mut records, &mut batches);
+    Ok(Prepared {
+        batches,
+        quarantine,
+        cursor,
+    })
+}
+
+/// The quarantine reason of a record too large for any batch.
+fn too_large(len: usize, limits: BatchLimits) -> String {
+    format!(
+        "record of {len} bytes is larger than batch.max_bytes ({})",
+        limits.max_bytes
+    )
+}
+
 /// Cuts records into batches bounded by `batch.max_records` and `batch.max_bytes`.
 struct BatchBuilder {
     limits: BatchLimits,
@@ -596,16 +675,7 @@ impl BatchBuilder {
     ) -> Result<bool, QueueError> {
         if line.len() > self.limits.max_bytes {
             let key = serde_json::from_slice::<Record>(line).ok().map(|r| r.key);
-            txn.quarantine(
-                code,
-                st,
-                key,
-                format!(
-                    "record of {} bytes is larger than batch.max_bytes ({})",
-                    line.len(),
-                    self.limits.max_bytes
-                ),
-            )?;
+            txn.quarantine(code, st, key, too_large(line.len(), self.limits))?;
             *quarantined += 1;
             return Ok(false);
         }

@@ -420,6 +420,27 @@ impl Queue {
         }
     }
 
+    /// Up to `limit` queued batches of a resource with a seq above `after`, oldest first.
+    pub fn oldest(
+        &self,
+        resource: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredBatch>, QueueError> {
+        let tx = self.db.begin_read().map_err(storage("reading a batch"))?;
+        let table = tx.open_table(BATCHES).map_err(storage("reading a batch"))?;
+        let mut out = Vec::new();
+        for entry in table
+            .range((resource, after.saturating_add(1))..=(resource, u64::MAX))
+            .map_err(storage("reading a batch"))?
+            .take(limit)
+        {
+            let (k, v) = entry.map_err(storage("reading a batch"))?;
+            out.push(decode_batch(k.value().1, v.value())?);
+        }
+        Ok(out)
+    }
+
     /// Removes an acknowledged batch. Called only after the hub's 200 acknowledgement.
     pub fn ack(&self, resource: &str, seq: u64) -> Result<(), QueueError> {
         let mut txn = self.begin()?;
@@ -795,6 +816,31 @@ fn decode_batch(seq: u64, v: &[u8]) -> Result<StoredBatch, QueueError> {
     })
 }
 
+/// A batch in its stored form (header and compressed body), ready for
+/// [`Txn::enqueue_encoded`].
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// The stored value.
+    value: Vec<u8>,
+    /// Records in it.
+    records: u32,
+}
+
+impl Encoded {
+    /// Digests and compresses post-policy NDJSON holding `records` records.
+    pub fn new(ndjson: &[u8], records: u32) -> Encoded {
+        Encoded {
+            value: encode_batch(ndjson, records),
+            records,
+        }
+    }
+
+    /// Records in the batch.
+    pub fn records(&self) -> u32 {
+        self.records
+    }
+}
+
 /// A write transaction: everything done through it commits together or not at all.
 pub struct Txn {
     tx: redb::WriteTransaction,
@@ -836,20 +882,30 @@ impl Txn {
         ndjson: &[u8],
         records: u32,
     ) -> Result<u64, QueueError> {
+        self.enqueue_encoded(resource, state, &Encoded::new(ndjson, records))
+    }
+
+    /// [`Txn::enqueue`] of a batch encoded before the transaction began (digest and
+    /// compression need not hold the queue's single writer lock).
+    pub fn enqueue_encoded(
+        &mut self,
+        resource: &str,
+        state: &mut ResourceState,
+        batch: &Encoded,
+    ) -> Result<u64, QueueError> {
         let seq = state.next_seq.max(1);
-        let value = encode_batch(ndjson, records);
         let mut table = self
             .tx
             .open_table(BATCHES)
             .map_err(storage("writing a batch"))?;
         table
-            .insert((resource, seq), value.as_slice())
+            .insert((resource, seq), batch.value.as_slice())
             .map_err(storage("writing a batch"))?;
         state.next_seq = seq + 1;
         state.queued_batches += 1;
-        state.queued_records += u64::from(records);
-        state.queued_bytes += value.len() as u64;
-        state.pulled_records += u64::from(records);
+        state.queued_records += u64::from(batch.records);
+        state.queued_bytes += batch.value.len() as u64;
+        state.pulled_records += u64::from(batch.records);
         Ok(seq)
     }
 

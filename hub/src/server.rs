@@ -528,6 +528,8 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
         stream: stream(headers)?,
         seq: seq(headers)?,
     };
+    // From here until this request ends, a later batch of the stream waits for this one.
+    let _arrival = state.store.arriving(&id);
     let count = number(
         headers,
         header::RECORDS,

@@ -30,9 +30,12 @@
 //!   re-send), in the same transaction;
 //! - the first node that pushes a resource owns it; any other node is refused;
 //! - concurrent batches of the same (node, resource, stream) are serialized (SQLite: one
-//!   writer; PostgreSQL: `SELECT … FOR UPDATE` on the stream row);
+//!   writer; PostgreSQL: `SELECT … FOR UPDATE` on the stream row), and a batch whose
+//!   predecessors this process is applying waits for them first ([`inflight`]), so an agent
+//!   may have several batches in flight without meeting a gap that is not one;
 //! - nothing here logs or reports a key or a field value.
 
+pub(crate) mod inflight;
 mod postgres;
 mod sqlite;
 
@@ -206,6 +209,8 @@ pub(crate) enum Outcome {
 pub struct Store {
     /// The backend.
     backend: Backend,
+    /// Batches being applied now, per stream.
+    in_flight: Arc<inflight::InFlight>,
 }
 
 #[derive(Clone)]
@@ -225,7 +230,10 @@ impl Store {
                 Backend::Postgres(Arc::new(postgres::PgStore::open((**pg).clone()).await?))
             }
         };
-        Ok(Store { backend })
+        Ok(Store {
+            backend,
+            in_flight: Arc::default(),
+        })
     }
 
     /// Applies a batch in one transaction and says whether it was applied or a duplicate.
@@ -263,6 +271,9 @@ impl Store {
             digest: digest.to_ascii_lowercase(),
             baseline,
         };
+        // Held until the batch is applied or refused: a later batch of the stream that
+        // arrived meanwhile waits for it rather than meet a gap.
+        let _in_flight = self.in_flight.enter(id).await;
         let applied = match &self.backend {
             Backend::Sqlite(s) => s.clone().apply(batch).await?,
             Backend::Postgres(p) => p.apply(batch).await?,
@@ -296,6 +307,12 @@ impl Store {
                 swept: 0,
             },
         })
+    }
+
+    /// Notes that batch `id` has arrived (its headers read): until the returned entry is
+    /// dropped, later batches of its stream wait for it before they are applied.
+    pub(crate) fn arriving(&self, id: &BatchId) -> inflight::Entry {
+        self.in_flight.register(id)
     }
 
     /// The current records of `resource`, ordered by key; empty for an unknown resource.

@@ -330,7 +330,8 @@ impl PgStore {
         let upsert = tx
             .prepare(
                 "INSERT INTO records (resource, key, node, fields, updated_at, stream)
-                 VALUES ($1, $2, $3, $4, $5, $6)
+                 SELECT $1, u.key, $2, u.fields, $3, $4
+                 FROM unnest($5::text[], $6::text[]) AS u(key, fields)
                  ON CONFLICT (resource, key) DO UPDATE
                  SET node = EXCLUDED.node, fields = EXCLUDED.fields, updated_at = EXCLUDED.updated_at,
                      stream = EXCLUDED.stream",
@@ -338,21 +339,30 @@ impl PgStore {
             .await
             .map_err(e)?;
         let delete = tx
-            .prepare("DELETE FROM records WHERE resource = $1 AND key = $2")
+            .prepare("DELETE FROM records WHERE resource = $1 AND key = ANY($2::text[])")
             .await
             .map_err(e)?;
-        for change in &batch.changes {
-            match change {
-                Change::Upsert { key, fields } => {
+        for run in runs(&batch.changes) {
+            match run {
+                Run::Upsert { keys, fields } => {
                     tx.execute(
                         &upsert,
-                        &[&id.resource, key, &id.node, fields, &batch.now, &id.stream],
+                        &[
+                            &id.resource,
+                            &id.node,
+                            &batch.now,
+                            &id.stream,
+                            &keys,
+                            &fields,
+                        ],
                     )
                     .await
                     .map_err(e)?;
                 }
-                Change::Delete { key } => {
-                    tx.execute(&delete, &[&id.resource, key]).await.map_err(e)?;
+                Run::Delete { keys } => {
+                    tx.execute(&delete, &[&id.resource, &keys])
+                        .await
+                        .map_err(e)?;
                 }
             }
         }
@@ -487,6 +497,54 @@ impl PgStore {
     }
 }
 
+/// Consecutive changes of one kind, applied by one statement each: upserts with distinct
+/// keys (a key seen again in the run starts a new run, since one `INSERT … ON CONFLICT` may
+/// not touch a row twice), or deletes. Applying the runs in order is applying the changes in
+/// body order.
+#[derive(Debug, PartialEq)]
+enum Run<'a> {
+    Upsert {
+        keys: Vec<&'a str>,
+        fields: Vec<&'a str>,
+    },
+    Delete {
+        keys: Vec<&'a str>,
+    },
+}
+
+fn runs(changes: &[Change]) -> Vec<Run<'_>> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for change in changes {
+        match change {
+            Change::Upsert { key, fields } => {
+                let extends = matches!(out.last(), Some(Run::Upsert { .. })) && seen.insert(key);
+                if !extends {
+                    seen.clear();
+                    seen.insert(key);
+                    out.push(Run::Upsert {
+                        keys: Vec::new(),
+                        fields: Vec::new(),
+                    });
+                }
+                if let Some(Run::Upsert { keys, fields: f }) = out.last_mut() {
+                    keys.push(key);
+                    f.push(fields);
+                }
+            }
+            Change::Delete { key } => {
+                if !matches!(out.last(), Some(Run::Delete { .. })) {
+                    out.push(Run::Delete { keys: Vec::new() });
+                }
+                if let Some(Run::Delete { keys }) = out.last_mut() {
+                    keys.push(key);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Runs a connection until it ends: server notices go to the debug log (their text names
 /// tables, never row values), a failure is logged once as a warning.
 async fn drive<S, T>(mut connection: Connection<S, T>, target: String)
@@ -531,4 +589,53 @@ fn describe(e: &tokio_postgres::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(key: &str, fields: &str) -> Change {
+        Change::Upsert {
+            key: key.into(),
+            fields: fields.into(),
+        }
+    }
+
+    fn del(key: &str) -> Change {
+        Change::Delete { key: key.into() }
+    }
+
+    #[test]
+    fn runs_keep_body_order_and_never_touch_a_key_twice_in_one_upsert() {
+        let changes = [
+            up("a", "1"),
+            up("b", "2"),
+            up("a", "3"),
+            del("a"),
+            del("b"),
+            up("b", "4"),
+        ];
+        assert_eq!(
+            runs(&changes),
+            vec![
+                Run::Upsert {
+                    keys: vec!["a", "b"],
+                    fields: vec!["1", "2"]
+                },
+                Run::Upsert {
+                    keys: vec!["a"],
+                    fields: vec!["3"]
+                },
+                Run::Delete {
+                    keys: vec!["a", "b"]
+                },
+                Run::Upsert {
+                    keys: vec!["b"],
+                    fields: vec!["4"]
+                },
+            ]
+        );
+        assert!(runs(&[]).is_empty());
+    }
 }
