@@ -240,6 +240,56 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// [`Plan::apply`] written straight into `out` as the batch line of an upsert, byte for
+    /// byte what `push_line` writes for the [`Outgoing`] that `apply` returns (the same
+    /// decision, without building the fields map); returns the key. On `Err` nothing of
+    /// the row stays in `out`.
+    pub fn write_upsert(&self, row: &Row, out: &mut Vec<u8>) -> Result<String, Quarantine> {
+        let key = self
+            .key_of(row)
+            .map_err(|reason| Quarantine { key: None, reason })?;
+        let start = out.len();
+        out.extend_from_slice(br#"{"op":"upsert","key":"#);
+        json(out, key.as_str());
+        out.extend_from_slice(br#","fields":{"#);
+        for (n, (i, name)) in self.emit.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            json(out, name.as_str());
+            out.push(b':');
+            match &row.values[*i] {
+                Ok(Value::Json(j)) if json_depth(j) > MAX_JSON_DEPTH => {
+                    out.truncate(start);
+                    return Err(Quarantine {
+                        key: Some(key),
+                        reason: format!(
+                            "column `{name}`: JSON nested deeper than {MAX_JSON_DEPTH} levels"
+                        ),
+                    });
+                }
+                Ok(Value::Text(t)) => json(out, t.as_str()),
+                Ok(v) => json(out, &v.to_json()),
+                Err(e) => {
+                    out.truncate(start);
+                    return Err(Quarantine {
+                        key: Some(key),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        out.extend_from_slice(b"}}\n");
+        Ok(key)
+    }
+}
+
+/// Appends one JSON value, compact (as serde_json writes it inside a record).
+fn json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(out, value).expect("a JSON value serializes");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,6 +354,55 @@ mod tests {
                 Value::Text("11010519491231002X".into())
             ])
         );
+    }
+
+    #[test]
+    fn a_written_upsert_is_the_line_of_the_applied_record() {
+        let plan = Plan::new(&resource());
+        for name in ["张三", "tab\there \"quoted\" \\ \u{1}", ""] {
+            let row = Row {
+                values: vec![
+                    Ok(Value::Text("11010519491231002X".into())),
+                    Ok(Value::Text(name.into())),
+                    Ok(Value::Text("2024-01-01".into())),
+                    Ok(Value::Int(7)),
+                ],
+            };
+            let out = plan.apply(&row).unwrap();
+            let mut expected = Vec::new();
+            exchange_protocol::batch::push_line(
+                &mut expected,
+                &exchange_protocol::batch::Record {
+                    op: exchange_protocol::batch::Op::Upsert,
+                    key: out.key,
+                    fields: Some(out.fields),
+                },
+            );
+            let mut written = b"before".to_vec();
+            assert_eq!(
+                plan.write_upsert(&row, &mut written).unwrap(),
+                "11010519491231002X"
+            );
+            assert_eq!(
+                String::from_utf8(written).unwrap(),
+                format!("before{}", String::from_utf8(expected).unwrap())
+            );
+        }
+        let bad = Row {
+            values: vec![
+                Ok(Value::Text("K1".into())),
+                Err(ConvertError {
+                    column: "name".into(),
+                    source_type: "text".into(),
+                    reason: "invalid UTF-8".into(),
+                }),
+                Ok(Value::Int(1)),
+                Ok(Value::Int(7)),
+            ],
+        };
+        let mut written = b"before".to_vec();
+        assert!(plan.write_upsert(&bad, &mut written).is_err());
+        assert_eq!(written, b"before");
     }
 
     #[test]

@@ -11,7 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use exchange_connectors::{Bound, Connector, ConnectorError, HorizonInfo, Page, PageRequest};
+use exchange_connectors::{
+    Bound, Connector, ConnectorError, HorizonInfo, Page, PageRequest, Value,
+};
 use exchange_protocol::batch::{Op, Record, push_line};
 use tokio::sync::Notify;
 
@@ -141,12 +143,14 @@ impl Puller {
             self.quarantine_null_cursors(&mut report).await?;
             publish(&report);
         }
+        // The next incremental page, read while the current one is encoded and committed.
+        let mut ahead: Option<Ahead> = None;
         loop {
             self.wait_for_space().await?;
             let state = self.queue.state(&self.resource.code)?;
             let done = match &self.resource.mode {
                 Mode::Incremental { safety_lag, .. } => {
-                    self.incremental_page(state, *safety_lag, &mut report)
+                    self.incremental_page(state, *safety_lag, &mut ahead, &mut report)
                         .await?
                 }
                 Mode::Snapshot => self.snapshot_step(state, &mut report).await?,
@@ -274,23 +278,41 @@ impl Puller {
         .expect("queue task panicked")
     }
 
-    /// One incremental page; returns whether the resource is caught up.
+    /// Starts reading the incremental page after `after` in a task of its own.
+    fn read_ahead(&self, after: Option<Vec<Value>>, safety_lag: Duration) -> Ahead {
+        let connector = self.connector.clone();
+        let plan = self.plan.clone();
+        let limit = self.batch.max_records;
+        let from = after.clone();
+        let task = tokio::spawn(async move {
+            connector
+                .read_page(&PageRequest {
+                    selection: &plan.selection,
+                    after: from.as_deref(),
+                    limit,
+                    bound: Bound::Horizon { safety_lag },
+                })
+                .await
+        });
+        Ahead { after, task }
+    }
+
+    /// One incremental page; returns whether the resource is caught up. A full page starts
+    /// the read of the next one (`ahead`), used by the next call if the cursor then is the
+    /// one it was read after (it is, unless this page's commit failed).
     async fn incremental_page(
         &self,
         state: ResourceState,
         safety_lag: Duration,
+        ahead: &mut Option<Ahead>,
         report: &mut PullReport,
     ) -> Result<bool, PullError> {
         let limit = self.batch.max_records;
-        let page = self
-            .connector
-            .read_page(&PageRequest {
-                selection: &self.plan.selection,
-                after: state.cursor.as_deref(),
-                limit,
-                bound: Bound::Horizon { safety_lag },
-            })
-            .await?;
+        let read = match ahead.take() {
+            Some(next) if next.after == state.cursor => next,
+            _ => self.read_ahead(state.cursor.clone(), safety_lag),
+        };
+        let page = read.page().await?;
         report.pages += 1;
         report.horizon = Some(page.horizon.info.clone());
         report.reached = page.horizon.reached;
@@ -307,6 +329,18 @@ impl Puller {
                 .await?;
             }
             return Ok(true);
+        }
+        if full
+            && let Some(last) = page
+                .rows
+                .iter()
+                .rev()
+                .find_map(|r| match self.plan.cursor_of(r) {
+                    CursorOf::Values(c) => Some(c),
+                    _ => None,
+                })
+        {
+            *ahead = Some(self.read_ahead(Some(last), safety_lag));
         }
         // Policy, NDJSON, SM3 and zstd run before the write transaction: the queue has one
         // writer, and the pusher's acknowledgements need it too.
@@ -567,6 +601,26 @@ fn line_of(
     line
 }
 
+/// A page being read in a task of its own; dropping it stops the read.
+struct Ahead {
+    /// The cursor it is read after.
+    after: Option<Vec<Value>>,
+    /// The read.
+    task: tokio::task::JoinHandle<Result<Page, ConnectorError>>,
+}
+
+impl Ahead {
+    async fn page(mut self) -> Result<Page, ConnectorError> {
+        (&mut self.task).await.expect("page read task panicked")
+    }
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// An incremental page turned into what the queue stores, outside the write transaction.
 struct Prepared {
     /// The page's batches, encoded, in order.
@@ -574,7 +628,7 @@ struct Prepared {
     /// Quarantine entries (key as it would leave, reason), in order.
     quarantine: Vec<(Option<String>, String)>,
     /// The cursor of the page's last placeable row (none: every row had a NULL cursor).
-    cursor: Option<Vec<exchange_connectors::Value>>,
+    cursor: Option<Vec<Value>>,
 }
 
 /// Applies the policy to a page and cuts the records into encoded batches; `Err` is the
@@ -607,22 +661,16 @@ fn prepare_incremental(
             CursorOf::Unusable(reason) => return Err(reason),
         };
         cursor = Some(c);
-        let out = match plan.apply(row) {
-            Ok(out) => out,
+        line.clear();
+        let key = match plan.write_upsert(row, &mut line) {
+            Ok(key) => key,
             Err(q) => {
                 quarantine.push((q.key, q.reason));
                 continue;
             }
         };
-        line.clear();
-        let record = Record {
-            op: Op::Upsert,
-            key: out.key,
-            fields: Some(out.fields),
-        };
-        push_line(&mut line, &record);
         if line.len() > limits.max_bytes {
-            quarantine.push((Some(record.key), too_large(line.len(), limits)));
+            quarantine.push((Some(key), too_large(line.len(), limits)));
             continue;
         }
         if records as usize >= limits.max_records || buf.len() + line.len() > limits.max_bytes {

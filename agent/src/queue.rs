@@ -19,6 +19,7 @@
 //! - A batch is removed only by [`Queue::ack`], which the pusher calls after the hub's 200
 //!   acknowledgement. Its seq, body and digest never change after the commit that created
 //!   it, so a resend after a crash is byte-identical and the hub deduplicates it.
+//! - The file's page cache is bounded (8 MiB): memory does not grow with the queue.
 //! - Sequence numbers of a resource are contiguous from 1 within one stream. The queue's own
 //!   stream id is drawn when the file is created; `resync` gives a resource a stream of its
 //!   own (`ResourceState::stream`), numbered from 1 again.
@@ -41,6 +42,10 @@ const QUARANTINE_INDEX: TableDefinition<(&str, &[u8]), u64> =
     TableDefinition::new("quarantine_index");
 
 const FORMAT: &[u8] = b"1";
+/// redb's page cache (its default is 1 GiB): the agent's memory must not grow with the
+/// queue, however long the hub is away. Pages not cached are read from the file (and the
+/// operating system's cache).
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
 const HEADER_LEN: usize = 4 + 4 + 8 + 32;
 
 /// Errors of the queue.
@@ -301,10 +306,15 @@ impl Queue {
             reason,
         };
         prepare_data_dir(data_dir).map_err(open_err)?;
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => QueueError::Locked { path: path.clone() },
-            other => open_err(other.to_string()),
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    QueueError::Locked { path: path.clone() }
+                }
+                other => open_err(other.to_string()),
+            })?;
         let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
         let tx = db.begin_write().map_err(storage("opening"))?;
         let stream = {

@@ -41,7 +41,7 @@ mod sqlite;
 
 use std::sync::Arc;
 
-use exchange_protocol::batch::{Ack, AckStatus, BatchId, Op, Record};
+use exchange_protocol::batch::{Ack, AckStatus, BatchId, Line, Op};
 use tokio::sync::mpsc;
 
 use crate::config::StoreConfig;
@@ -247,21 +247,23 @@ impl Store {
         &self,
         id: &BatchId,
         digest: &str,
-        records: &[Record],
+        records: &[Line<'_>],
         baseline: bool,
     ) -> Result<Ack, StoreError> {
         let changes = records
             .iter()
-            .map(|r| match (r.op, &r.fields) {
+            .map(|r| match (r.op, r.fields) {
                 (Op::Upsert, Some(fields)) => Change::Upsert {
-                    key: r.key.clone(),
-                    fields: serde_json::Value::Object(fields.clone()).to_string(),
+                    key: r.key.to_string(),
+                    fields: fields.get().to_owned(),
                 },
                 (Op::Upsert, None) => Change::Upsert {
-                    key: r.key.clone(),
+                    key: r.key.to_string(),
                     fields: "{}".to_owned(),
                 },
-                (Op::Delete, _) => Change::Delete { key: r.key.clone() },
+                (Op::Delete, _) => Change::Delete {
+                    key: r.key.to_string(),
+                },
             })
             .collect();
         let batch = Batch {
