@@ -226,7 +226,9 @@ impl HubClient {
 
     /// Sends one batch of `stream` and returns the hub's acknowledgement; `baseline` marks the
     /// batch that completes the stream's baseline; `unanswered` holds the batches of the
-    /// stream sent and not acknowledged yet (this one included), read when the answer comes.
+    /// stream sent and not acknowledged yet (this one included): its oldest, as this batch
+    /// leaves, tells a batch that overtook others from a gap; when the answer comes, it tells
+    /// an honest `duplicate` from a rewound queue.
     pub async fn send(
         &self,
         resource: &str,
@@ -235,6 +237,16 @@ impl HubClient {
         b: &StoredBatch,
         unanswered: &Unanswered,
     ) -> Result<Ack, PushError> {
+        // The oldest batch still queued as this one leaves: every batch below it was
+        // acknowledged. Taken now, since acknowledgements may arrive before this answer.
+        let head = unanswered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(b.seq)
+            .min(b.seq);
         let id = BatchId {
             node: self.node.clone(),
             resource: resource.to_owned(),
@@ -334,17 +346,10 @@ impl HubClient {
             }
             409 => {
                 let body = serde_json::from_slice::<ErrorBody>(&body).ok();
-                // The oldest batch still queued: everything below it was acknowledged.
-                let head = unanswered
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .keys()
-                    .next()
-                    .copied()
-                    .unwrap_or(b.seq)
-                    .min(b.seq);
                 match body.as_ref().and_then(|e| e.last_seq) {
-                    Some(last_seq) if b.seq > head && last_seq + 1 >= head && last_seq < b.seq => {
+                    // The hub lacks only batches that were still queued when this one was
+                    // sent (they were in flight): nothing is lost.
+                    Some(last_seq) if last_seq + 1 >= head && last_seq < b.seq => {
                         Err(PushError::Overtaken {
                             url: self.url.clone(),
                             resource: resource.to_owned(),
@@ -503,10 +508,20 @@ pub async fn push_batches(
     let q = queue.clone();
     let code = resource.to_owned();
     let (first, state) = tokio::task::spawn_blocking(move || {
-        Ok::<_, QueueError>((q.oldest(&code, 0, window)?, q.state(&code)?))
+        Ok::<_, QueueError>((q.oldest(&code, 0, MAX_IN_FLIGHT)?, q.state(&code)?))
     })
     .await
     .expect("queue task panicked")?;
+    if !flow.confirmed {
+        // Before a probe: the oldest MAX_IN_FLIGHT queued batches may have been in flight
+        // when an earlier run of this agent stopped (killed with requests out), so the hub
+        // may have applied up to the last of them. A `duplicate` naming one of them, with its
+        // content, is no sign of a queue gone back in time; any later mark is.
+        let mut unanswered = flow.unanswered.lock().unwrap_or_else(|e| e.into_inner());
+        for b in &first {
+            unanswered.insert(b.seq, b.digest.clone());
+        }
+    }
     if let Some(halt) = state.halt {
         return Err(PushError::Halted {
             resource: resource.to_owned(),
@@ -521,7 +536,7 @@ pub async fn push_batches(
     let mut baseline_seq = baseline_of(&state);
     let mut waiting: VecDeque<StoredBatch> = first.into();
     let mut last_read = waiting.back().map_or(0, |b| b.seq);
-    let mut more = waiting.len() == window;
+    let mut more = waiting.len() == MAX_IN_FLIGHT;
     let mut answers = futures_util::stream::FuturesOrdered::new();
     let mut done = 0;
     loop {
