@@ -571,7 +571,7 @@ impl Bench {
             self.pg_url(src),
             self.pg_url(dst)
         );
-        let usage = process::shell("psql|psql", &script, LIMIT).await?;
+        let usage = process::shell("psql+psql", &script, LIMIT).await?;
         let n = self
             .count(dst, "SELECT count(*) FROM residents_copy")
             .await?;
@@ -588,7 +588,7 @@ impl Bench {
             self.options.rows,
             usage.wall,
         )
-        .cost("psql|psql", usage))
+        .cost("psql+psql", usage))
     }
 
     async fn mariadb_select(&self, columns: &str) -> anyhow::Result<Row> {
