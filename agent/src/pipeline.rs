@@ -12,7 +12,7 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::policy::Plan;
 use crate::pull::Puller;
-use crate::push::{HubClient, PushError, push_one};
+use crate::push::{Flow, HubClient, PushError, push_batches};
 use crate::queue::{Queue, Stage};
 use crate::status::Board;
 
@@ -159,25 +159,29 @@ impl Pipeline {
         let mut backoff = Backoff::standard();
         // A refusal (4xx) needs someone to fix something: retry, but rarely.
         let mut refusal_backoff = Backoff::new(Duration::from_secs(30), Duration::from_secs(600));
+        let mut flow = Flow::default();
+        let acked = || self.space.notify_waiters();
         loop {
             if *stop.borrow() {
                 return;
             }
             let notified = self.enqueued.notified();
             let result = tokio::select! {
-                r = push_one(&self.client, &self.queue, resource) => r,
+                r = push_batches(&self.client, &self.queue, resource, &mut flow, &acked) => r,
                 // A batch in flight may already be committed by the hub: it is resent after a
                 // restart and acknowledged as a duplicate.
                 _ = stop.changed() => return,
             };
             match result {
-                Ok(Some(_)) => {
+                Ok(n) if n > 0 => {
                     backoff.reset();
                     refusal_backoff.reset();
                     self.push_ok(resource);
-                    self.space.notify_waiters();
                 }
-                Ok(None) => {
+                Err(PushError::Overtaken { .. }) => {
+                    // Not a failure: the batches are resent in order right away.
+                }
+                Ok(_) => {
                     if let Some(done) = &until_empty
                         && *done.borrow()
                         && self.queue.head(resource).ok().flatten().is_none()

@@ -3,7 +3,11 @@
 //! Invariants:
 //! - the cursor (or snapshot position) moves in the same queue transaction that stores the
 //!   batches and quarantine entries for the rows it covers;
-//! - records are built by [`Plan::apply`] before anything is written;
+//! - records are built by the policy ([`Plan::apply`], or [`Plan::write_upsert`], its line
+//!   written straight from the row) before anything is written; an incremental page is
+//!   encoded (NDJSON, SM3, zstd) before its write transaction, and the next page may be read
+//!   meanwhile (the raw position stays in memory; the stored one is sealed by
+//!   [`Plan::position_to_store`], as on every path);
 //! - pulling waits while the queue holds `queue.max_bytes` minus one batch or more: nothing is
 //!   dropped when the hub is away;
 //! - a row whose cursor cannot be read stops the resource with an error rather than skip it;
@@ -15,14 +19,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use exchange_connectors::{Bound, Connector, ConnectorError, HorizonInfo, Page, PageRequest};
+use exchange_connectors::{
+    Bound, Connector, ConnectorError, HorizonInfo, Page, PageRequest, Value,
+};
 use exchange_protocol::batch::{Op, Record, push_line};
 use tokio::sync::Notify;
 
 use crate::config::{BatchLimits, Mode, Resource};
 use crate::fingerprint::Shape;
 use crate::policy::{CursorOf, Plan};
-use crate::queue::{Baseline, HaltKind, Queue, QueueError, ResourceState, Txn, sm3_bytes};
+use crate::queue::{Baseline, Encoded, HaltKind, Queue, QueueError, ResourceState, Txn, sm3_bytes};
 
 /// How many rows with a NULL cursor value (or, in snapshot mode, a NULL key) get a quarantine
 /// entry of their own per cycle (all are counted).
@@ -163,12 +169,14 @@ impl Puller {
         };
         self.quarantine_null_cursors(&mut report).await?;
         publish(&report);
+        // The next incremental page, read while the current one is encoded and committed.
+        let mut ahead: Option<Ahead> = None;
         loop {
             self.wait_for_space().await?;
             let state = self.queue.state(&self.resource.code)?;
             let done = match &self.resource.mode {
                 Mode::Incremental { safety_lag, .. } => {
-                    self.incremental_page(state, *safety_lag, &mut report)
+                    self.incremental_page(state, *safety_lag, &mut ahead, &mut report)
                         .await?
                 }
                 Mode::Snapshot => self.snapshot_step(state, &mut report).await?,
@@ -361,24 +369,43 @@ impl Puller {
         .expect("queue task panicked")
     }
 
-    /// One incremental page; returns whether the resource is caught up.
+    /// Starts reading the incremental page after `after` in a task of its own.
+    fn read_ahead(&self, after: Option<Vec<Value>>, safety_lag: Duration) -> Ahead {
+        let connector = self.connector.clone();
+        let plan = self.plan.clone();
+        let limit = self.batch.max_records;
+        let from = after.clone();
+        let task = tokio::spawn(async move {
+            connector
+                .read_page(&PageRequest {
+                    selection: &plan.selection,
+                    after: from.as_deref(),
+                    limit,
+                    bound: Bound::Horizon { safety_lag },
+                })
+                .await
+        });
+        Ahead { after, task }
+    }
+
+    /// One incremental page; returns whether the resource is caught up. A full page starts
+    /// the read of the next one (`ahead`), used by the next call if the cursor then is the
+    /// one it was read after (it is, unless this page's commit failed).
     async fn incremental_page(
         &self,
         state: ResourceState,
         safety_lag: Duration,
+        ahead: &mut Option<Ahead>,
         report: &mut PullReport,
     ) -> Result<bool, PullError> {
         let limit = self.batch.max_records;
+        // The stored position with its sealed values opened: what the source is read after.
         let after = self.position(state.cursor.as_deref())?;
-        let page = self
-            .connector
-            .read_page(&PageRequest {
-                selection: &self.plan.selection,
-                after: after.as_deref(),
-                limit,
-                bound: Bound::Horizon { safety_lag },
-            })
-            .await?;
+        let read = match ahead.take() {
+            Some(next) if next.after == after => next,
+            _ => self.read_ahead(after, safety_lag),
+        };
+        let page = read.page().await?;
         report.pages += 1;
         report.horizon = Some(page.horizon.info.clone());
         report.reached = page.horizon.reached;
@@ -396,53 +423,59 @@ impl Puller {
             }
             return Ok(true);
         }
-        let code = self.resource.code.clone();
+        if full
+            && let Some(last) = page
+                .rows
+                .iter()
+                .rev()
+                .find_map(|r| match self.plan.cursor_of(r) {
+                    CursorOf::Values(c) => Some(c),
+                    _ => None,
+                })
+        {
+            *ahead = Some(self.read_ahead(Some(last), safety_lag));
+        }
+        // Policy, NDJSON, SM3 and zstd run before the write transaction: the queue has one
+        // writer, and the pusher's acknowledgements need it too.
         let plan = self.plan.clone();
         let limits = self.batch;
         let reached = page.horizon.reached;
-        let (records, quarantined) = self
-            .blocking_pull(move |txn| {
+        let prepared =
+            tokio::task::spawn_blocking(move || prepare_incremental(&plan, &page.rows, limits))
+                .await
+                .expect("policy task panicked");
+        let code = self.resource.code.clone();
+        let Prepared {
+            batches,
+            quarantine,
+            invalid_keys,
+            position,
+        } = prepared.map_err(|reason| PullError::Cursor {
+            resource: code.clone(),
+            reason,
+        })?;
+        let quarantined = quarantine.len() as u64;
+        let records = self
+            .blocking(move |txn| {
                 let mut st = txn.state(&code)?;
                 st.invalid_keys_since.get_or_insert_with(crate::queue::now);
-                let mut builder = BatchBuilder::new(limits);
-                let mut cursor = None;
-                let mut quarantined = 0;
-                for row in &page.rows {
-                    let c = match plan.cursor_of(row) {
-                        CursorOf::Values(c) => c,
-                        // Pages never hold a NULL cursor value (see `quarantine_null_cursors`);
-                        // a source that returned one anyway could not be passed.
-                        CursorOf::Null(reason) | CursorOf::Unusable(reason) => {
-                            return Err(PullStop::Cursor(reason));
-                        }
-                    };
-                    match plan.apply(row) {
-                        Ok(out) => {
-                            st.invalid_keys += u64::from(out.invalid_key);
-                            let line =
-                                line_of(Op::Upsert, out.key, Some(out.fields), out.invalid_key);
-                            builder.add(txn, &code, &mut st, &line, &mut quarantined)?;
-                        }
-                        Err(q) => {
-                            st.invalid_keys += u64::from(q.invalid_key);
-                            txn.quarantine(&code, &mut st, q.key, q.reason)?;
-                            quarantined += 1;
-                        }
-                    }
-                    cursor = Some(c);
+                st.invalid_keys += invalid_keys;
+                for (key, reason) in quarantine {
+                    txn.quarantine(&code, &mut st, key, reason)?;
                 }
-                let records = builder.finish(txn, &code, &mut st)?;
-                if let Some(c) = cursor {
-                    st.cursor = Some(
-                        plan.position_to_store(c)
-                            .ok_or_else(|| PullStop::Cursor(SEAL_MISSING.into()))?,
-                    );
+                let mut records = 0;
+                for batch in &batches {
+                    txn.enqueue_encoded(&code, &mut st, batch)?;
+                    records += u64::from(batch.records());
+                }
+                if position.is_some() {
+                    st.cursor = position;
                 }
                 if !full {
                     complete_baseline(txn, &code, &mut st, records, reached)?;
                 }
                 txn.set_state(&code, &st)?;
-                Ok((records, quarantined))
+                Ok(records)
             })
             .await?;
         report.records += records;
@@ -655,7 +688,7 @@ impl From<QueueError> for PullStop {
 /// (configuration validation prevents this).
 const SEAL_MISSING: &str = "the key leaves pseudonymized or encrypted, but `[policy] seal_key_file`, the key that seals its position, is not configured";
 
-fn line_of(
+pub(crate) fn line_of(
     op: Op,
     key: String,
     fields: Option<serde_json::Map<String, serde_json::Value>>,
@@ -677,6 +710,112 @@ fn line_of(
         },
     );
     line
+}
+
+/// A page being read in a task of its own; dropping it stops the read.
+struct Ahead {
+    /// The cursor it is read after.
+    after: Option<Vec<Value>>,
+    /// The read.
+    task: tokio::task::JoinHandle<Result<Page, ConnectorError>>,
+}
+
+impl Ahead {
+    async fn page(mut self) -> Result<Page, ConnectorError> {
+        (&mut self.task).await.expect("page read task panicked")
+    }
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An incremental page turned into what the queue stores, outside the write transaction.
+struct Prepared {
+    /// The page's batches, encoded, in order.
+    batches: Vec<Encoded>,
+    /// Quarantine entries (key as it would leave, reason), in order.
+    quarantine: Vec<(Option<String>, String)>,
+    /// Rows whose key is not a valid identifier of its kind (quarantined or delivered
+    /// flagged).
+    invalid_keys: u64,
+    /// The position after the page's last row as it is stored (the key's value sealed when
+    /// the key does not leave as read); `None` for an empty page.
+    position: Option<Vec<Value>>,
+}
+
+/// Applies the policy to a page and cuts the records into encoded batches; `Err` is the
+/// reason a row's cursor cannot be used, or its position cannot be stored.
+fn prepare_incremental(
+    plan: &Plan,
+    rows: &[exchange_connectors::Row],
+    limits: BatchLimits,
+) -> Result<Prepared, String> {
+    let mut batches = Vec::new();
+    let mut quarantine = Vec::new();
+    let mut invalid_keys = 0;
+    let mut cursor = None;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut records: u32 = 0;
+    let mut line = Vec::new();
+    let flush = |buf: &mut Vec<u8>, records: &mut u32, batches: &mut Vec<Encoded>| {
+        if *records > 0 {
+            batches.push(Encoded::new(buf, *records));
+            buf.clear();
+            *records = 0;
+        }
+    };
+    for row in rows {
+        let c = match plan.cursor_of(row) {
+            CursorOf::Values(c) => c,
+            // Pages never hold a NULL cursor value (see `Puller::quarantine_null_cursors`); a
+            // source that returned one anyway could not be passed.
+            CursorOf::Null(reason) | CursorOf::Unusable(reason) => return Err(reason),
+        };
+        cursor = Some(c);
+        line.clear();
+        let key = match plan.write_upsert(row, &mut line) {
+            Ok((key, invalid)) => {
+                invalid_keys += u64::from(invalid);
+                key
+            }
+            Err(q) => {
+                invalid_keys += u64::from(q.invalid_key);
+                quarantine.push((q.key, q.reason));
+                continue;
+            }
+        };
+        if line.len() > limits.max_bytes {
+            quarantine.push((Some(key), too_large(line.len(), limits)));
+            continue;
+        }
+        if records as usize >= limits.max_records || buf.len() + line.len() > limits.max_bytes {
+            flush(&mut buf, &mut records, &mut batches);
+        }
+        buf.extend_from_slice(&line);
+        records += 1;
+    }
+    flush(&mut buf, &mut records, &mut batches);
+    let position = match cursor {
+        Some(c) => Some(plan.position_to_store(c).ok_or(SEAL_MISSING)?),
+        None => None,
+    };
+    Ok(Prepared {
+        batches,
+        quarantine,
+        invalid_keys,
+        position,
+    })
+}
+
+/// The quarantine reason of a record too large for any batch.
+fn too_large(len: usize, limits: BatchLimits) -> String {
+    format!(
+        "record of {len} bytes is larger than batch.max_bytes ({})",
+        limits.max_bytes
+    )
 }
 
 /// Cuts records into batches bounded by `batch.max_records` and `batch.max_bytes`.
@@ -707,16 +846,7 @@ impl BatchBuilder {
     ) -> Result<bool, QueueError> {
         if line.len() > self.limits.max_bytes {
             let key = serde_json::from_slice::<Record>(line).ok().map(|r| r.key);
-            txn.quarantine(
-                code,
-                st,
-                key,
-                format!(
-                    "record of {} bytes is larger than batch.max_bytes ({})",
-                    line.len(),
-                    self.limits.max_bytes
-                ),
-            )?;
+            txn.quarantine(code, st, key, too_large(line.len(), self.limits))?;
             *quarantined += 1;
             return Ok(false);
         }
@@ -771,7 +901,10 @@ mod tests {
             .unwrap()
             .execute_batch(
                 "create table person (id_no text primary key, name text);
-                 insert into person values ('11010519491231002X', '张三'), ('440524188001010014', '李四');",
+                 insert into person values ('11010519491231002X', '张三'), ('440524188001010014', '李四');
+                 create table person_inc (id_no text primary key, name text, seq integer not null);
+                 insert into person_inc values ('11010519491231002X', '张三', 1),
+                     ('440524188001010014', '李四', 2), ('321083197812162119', '王五', 2);",
             )
             .unwrap();
     }
@@ -779,15 +912,20 @@ mod tests {
     /// A snapshot resource of the table in `dir` whose key leaves pseudonymized, read two rows
     /// a page, its position sealed under a seal key of 32 bytes `seal`.
     fn puller(dir: &std::path::Path, seal: u8) -> Puller {
+        puller_of(dir, seal, "person", Mode::Snapshot)
+    }
+
+    /// [`puller`] of another table and mode.
+    fn puller_of(dir: &std::path::Path, seal: u8, table: &str, mode: Mode) -> Puller {
         let db = dir.join("source.db");
         let resource = Resource {
             code: "R1".into(),
             name: "persons".into(),
             share: Share::Unconditional,
             source: "s".into(),
-            relation: Relation::Table("person".into()),
+            relation: Relation::Table(table.into()),
             key: "id_no".into(),
-            mode: Mode::Snapshot,
+            mode,
             schedule: Schedule::Every(Duration::from_secs(60)),
             fields: vec![
                 (
@@ -936,5 +1074,65 @@ mod tests {
             assert!(st.invalid_keys_since.is_some());
             assert_eq!(st.snapshot.invalid_keys, 0);
         }
+    }
+
+    /// An incremental resource whose key leaves pseudonymized, read two rows a page (the next
+    /// page read ahead while one is encoded outside the write transaction): every record
+    /// leaves under its pseudonym, the stored cursor holds the key sealed, and the next pull
+    /// goes on from it.
+    #[tokio::test]
+    async fn an_incremental_cursor_of_a_pseudonymized_key_is_stored_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        source(dir.path());
+        let mode = Mode::Incremental {
+            cursor: vec!["seq".into()],
+            safety_lag: Duration::ZERO,
+        };
+        let p = puller_of(dir.path(), 0x5a, "person_inc", mode);
+        let report = p.pull().await.unwrap();
+        assert_eq!((report.records, report.quarantined), (3, 0));
+        assert!(report.pages >= 2, "{report:?}");
+        let cursor = p.queue.state("R1").unwrap().cursor.expect("a cursor");
+        assert_eq!(cursor[0], Value::Int(2));
+        assert!(seal::is_sealed(&cursor[1]));
+        assert!(
+            !serde_json::to_string(&cursor)
+                .unwrap()
+                .contains("3210831978")
+        );
+        assert_eq!(
+            p.plan.position_from_store(&cursor).unwrap(),
+            vec![Value::Int(2), Value::Text("440524188001010014".into())]
+        );
+        let mut lines = Vec::new();
+        for b in p.queue.oldest("R1", 0, 100).unwrap() {
+            let body = exchange_protocol::batch::decompress(&b.body, 1 << 20).unwrap();
+            lines.extend(String::from_utf8(body).unwrap().lines().map(str::to_owned));
+        }
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        for line in &lines {
+            let record: Record = serde_json::from_str(line).unwrap();
+            assert!(record.key.starts_with("v1:"), "{line}");
+            for raw in ["11010519", "44052418", "32108319", "张三", "李四", "王五"] {
+                assert!(!line.contains(raw), "{raw} in {line}");
+            }
+        }
+        rusqlite::Connection::open(dir.path().join("source.db"))
+            .unwrap()
+            .execute(
+                "insert into person_inc values ('110105194912310021', '赵六', 3), ('150102198807303035', '钱七', 3)",
+                [],
+            )
+            .unwrap();
+        let next = p.pull().await.unwrap();
+        assert_eq!((next.records, next.quarantined), (1, 1));
+        let st = p.queue.state("R1").unwrap();
+        assert_eq!(st.invalid_keys, 1);
+        assert_eq!(
+            p.plan
+                .position_from_store(st.cursor.as_deref().unwrap())
+                .unwrap(),
+            vec![Value::Int(3), Value::Text("150102198807303035".into())]
+        );
     }
 }

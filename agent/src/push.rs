@@ -2,12 +2,18 @@
 //! queue only after the hub's 200 acknowledgement (docs/PROTOCOL.md).
 //!
 //! Invariants:
-//! - one batch in flight per resource, in seq order;
-//! - [`Queue::ack`] is called only for an [`Ack`] whose seq is the batch's seq;
+//! - batches of a resource are sent in seq order: one at a time until an acknowledgement in
+//!   this process (since the last failure) has shown where the hub's mark stands, then up to
+//!   [`MAX_IN_FLIGHT`] at once ([`Flow`]);
+//! - [`Queue::ack`] is called only for an [`Ack`] whose seq is the batch's seq, in seq order;
 //! - on any failure the batch stays queued and is retried with backoff (honouring
 //!   `Retry-After` on 429 and 503); nothing is dropped, whatever the hub answers.
 
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use exchange_protocol::batch::{self, Ack, AckStatus, BatchId, ErrorBody, header};
 use exchange_protocol::tls;
@@ -101,6 +107,22 @@ pub enum PushError {
         /// Resource.
         resource: String,
         /// The queue's batch.
+        seq: u64,
+        /// The hub's high-water mark.
+        last_seq: u64,
+    },
+    /// The hub refused a batch that overtook an earlier one still unanswered (`409` with a
+    /// mark that covers every batch no longer queued): nothing is lost; the batches are
+    /// resent from the oldest, one at a time.
+    #[error(
+        "hub {url} has not applied the batches before {seq} of `{resource}` yet (its mark is {last_seq}); resending them in order"
+    )]
+    Overtaken {
+        /// Hub URL.
+        url: String,
+        /// Resource.
+        resource: String,
+        /// The refused batch.
         seq: u64,
         /// The hub's high-water mark.
         last_seq: u64,
@@ -203,14 +225,28 @@ impl HubClient {
     }
 
     /// Sends one batch of `stream` and returns the hub's acknowledgement; `baseline` marks the
-    /// batch that completes the stream's baseline.
+    /// batch that completes the stream's baseline; `unanswered` holds the batches of the
+    /// stream sent and not acknowledged yet (this one included): its oldest, as this batch
+    /// leaves, tells a batch that overtook others from a gap; when the answer comes, it tells
+    /// an honest `duplicate` from a rewound queue.
     pub async fn send(
         &self,
         resource: &str,
         stream: &str,
         baseline: bool,
         b: &StoredBatch,
+        unanswered: &Unanswered,
     ) -> Result<Ack, PushError> {
+        // The oldest batch still queued as this one leaves: every batch below it was
+        // acknowledged. Taken now, since acknowledgements may arrive before this answer.
+        let head = unanswered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(b.seq)
+            .min(b.seq);
         let id = BatchId {
             node: self.node.clone(),
             resource: resource.to_owned(),
@@ -278,9 +314,19 @@ impl HubClient {
                     }
                     _ => {}
                 }
-                let reused =
-                    ack.last_seq == b.seq && !ack.last_digest.eq_ignore_ascii_case(&b.digest);
-                if ack.status == AckStatus::Duplicate && (ack.last_seq > b.seq || reused) {
+                // A duplicate's mark must be a batch this agent sent and still holds, with the
+                // same content: this batch, or a later one in flight (docs/PROTOCOL.md §5).
+                let ours = unanswered
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&ack.last_seq)
+                    .is_some_and(|d| d.eq_ignore_ascii_case(&ack.last_digest));
+                let honest = if ack.last_seq == b.seq {
+                    ack.last_digest.eq_ignore_ascii_case(&b.digest)
+                } else {
+                    ours
+                };
+                if ack.status == AckStatus::Duplicate && !honest {
                     return Err(PushError::Rewound {
                         url: self.url.clone(),
                         resource: resource.to_owned(),
@@ -301,6 +347,16 @@ impl HubClient {
             409 => {
                 let body = serde_json::from_slice::<ErrorBody>(&body).ok();
                 match body.as_ref().and_then(|e| e.last_seq) {
+                    // The hub lacks only batches that were still queued when this one was
+                    // sent (they were in flight): nothing is lost.
+                    Some(last_seq) if last_seq + 1 >= head && last_seq < b.seq => {
+                        Err(PushError::Overtaken {
+                            url: self.url.clone(),
+                            resource: resource.to_owned(),
+                            seq: b.seq,
+                            last_seq,
+                        })
+                    }
                     Some(last_seq) if last_seq < b.seq => Err(PushError::Gap {
                         url: self.url.clone(),
                         resource: resource.to_owned(),
@@ -453,55 +509,155 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Pushes the oldest queued batch of a resource; returns `Ok(None)` when nothing is queued.
-pub async fn push_one(
+/// How many batches of one resource may await the hub's answer at once.
+pub const MAX_IN_FLIGHT: usize = 4;
+
+/// Batches of a resource sent and not acknowledged yet: seq → content digest.
+pub type Unanswered = Arc<Mutex<BTreeMap<u64, String>>>;
+
+/// What the pusher of one resource remembers between calls to [`push_batches`].
+#[derive(Debug, Default)]
+pub struct Flow {
+    /// An acknowledgement was accepted since the last failure, so the hub's mark is known to
+    /// be below every queued batch and several may be in flight. Until then, and after any
+    /// failure, one batch at a time (a probe): every check of one-at-a-time sending (a queue
+    /// gone back in time, a gap) stays as strict as it was.
+    confirmed: bool,
+    /// Batches sent by this process and not acknowledged yet. A `duplicate` whose mark is one
+    /// of them, with its digest, answers a batch that was overtaken or whose answer was lost.
+    unanswered: Unanswered,
+}
+
+/// Pushes the queued batches of a resource in seq order — one at a time, or up to
+/// [`MAX_IN_FLIGHT`] at once while [`Flow`] allows — and removes each from the queue only
+/// after its own acknowledgement, in seq order, calling `acked` after each removal. Returns
+/// how many were acknowledged (0: nothing queued). A failure after some were acknowledged is
+/// left for the next call to meet again (it sends the first unacknowledged batch alone).
+pub async fn push_batches(
     client: &HubClient,
     queue: &Queue,
     resource: &str,
-) -> Result<Option<(u64, u32)>, PushError> {
+    flow: &mut Flow,
+    acked: &(dyn Fn() + Sync),
+) -> Result<usize, PushError> {
+    let window = if flow.confirmed { MAX_IN_FLIGHT } else { 1 };
     let q = queue.clone();
     let code = resource.to_owned();
-    let (head, state) =
-        tokio::task::spawn_blocking(move || Ok::<_, QueueError>((q.head(&code)?, q.state(&code)?)))
-            .await
-            .expect("queue task panicked")?;
+    let (first, state) = tokio::task::spawn_blocking(move || {
+        Ok::<_, QueueError>((q.oldest(&code, 0, MAX_IN_FLIGHT)?, q.state(&code)?))
+    })
+    .await
+    .expect("queue task panicked")?;
+    if !flow.confirmed {
+        // Before a probe: the oldest MAX_IN_FLIGHT queued batches may have been in flight
+        // when an earlier run of this agent stopped (killed with requests out), so the hub
+        // may have applied up to the last of them. A `duplicate` naming one of them, with its
+        // content, is no sign of a queue gone back in time; any later mark is.
+        let mut unanswered = flow.unanswered.lock().unwrap_or_else(|e| e.into_inner());
+        for b in &first {
+            unanswered.insert(b.seq, b.digest.clone());
+        }
+    }
     if let Some(halt) = state.halt {
         return Err(PushError::Halted {
             resource: resource.to_owned(),
             reason: halt.reason,
         });
     }
-    let Some(b) = head else { return Ok(None) };
-    let baseline = state.baseline == Baseline::Complete { seq: b.seq };
     let stream = state.stream_or(client.stream()).to_owned();
-    let ack = match client.send(resource, &stream, baseline, &b).await {
-        Ok(ack) => ack,
-        Err(e) => {
-            let kind = match &e {
-                PushError::Gap { .. } => Some(HaltKind::HubGap),
-                PushError::Rewound { .. } => Some(HaltKind::QueueRewound),
-                _ => None,
-            };
-            if let Some(kind) = kind {
-                let q = queue.clone();
-                let code = resource.to_owned();
-                let reason = e.to_string();
-                tokio::task::spawn_blocking(move || q.halt(&code, kind, &reason))
-                    .await
-                    .expect("queue task panicked")?;
-                tracing::error!(resource, error = %e, "Resource stopped.");
-            }
-            return Err(e);
-        }
+    let baseline_of = |st: &crate::queue::ResourceState| match st.baseline {
+        Baseline::Complete { seq } => Some(seq),
+        Baseline::Reading { .. } => None,
     };
-    let q = queue.clone();
-    let code = resource.to_owned();
-    let seq = b.seq;
-    tokio::task::spawn_blocking(move || q.ack(&code, seq))
-        .await
-        .expect("queue task panicked")?;
-    tracing::debug!(resource, seq = ack.seq, status = ?ack.status, "Batch acknowledged.");
-    Ok(Some((b.seq, b.records)))
+    let mut baseline_seq = baseline_of(&state);
+    let mut waiting: VecDeque<StoredBatch> = first.into();
+    let mut last_read = waiting.back().map_or(0, |b| b.seq);
+    let mut more = waiting.len() == MAX_IN_FLIGHT;
+    let mut answers = futures_util::stream::FuturesOrdered::new();
+    let mut done = 0;
+    loop {
+        while answers.len() < window
+            && let Some(b) = waiting.pop_front()
+        {
+            flow.unanswered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(b.seq, b.digest.clone());
+            let baseline = baseline_seq == Some(b.seq);
+            let (client, stream, unanswered) = (client, &stream, &flow.unanswered);
+            answers.push_back(async move {
+                let answer = client
+                    .send(resource, stream, baseline, &b, unanswered)
+                    .await;
+                (b, answer)
+            });
+        }
+        let Some((b, answer)) = answers.next().await else {
+            return Ok(done);
+        };
+        let ack = match answer {
+            Ok(ack) => ack,
+            Err(e) => {
+                flow.confirmed = false;
+                let kind = match &e {
+                    PushError::Gap { .. } => Some(HaltKind::HubGap),
+                    PushError::Rewound { .. } => Some(HaltKind::QueueRewound),
+                    _ => None,
+                };
+                if let Some(kind) = kind {
+                    let q = queue.clone();
+                    let code = resource.to_owned();
+                    let reason = e.to_string();
+                    tokio::task::spawn_blocking(move || q.halt(&code, kind, &reason))
+                        .await
+                        .expect("queue task panicked")?;
+                    tracing::error!(resource, error = %e, "Resource stopped.");
+                }
+                // Later answers are not awaited: those batches are resent (and answered
+                // `duplicate` where they were applied).
+                return if done > 0 && kind.is_none() {
+                    Ok(done)
+                } else {
+                    Err(e)
+                };
+            }
+        };
+        let q = queue.clone();
+        let code = resource.to_owned();
+        let seq = b.seq;
+        tokio::task::spawn_blocking(move || q.ack(&code, seq))
+            .await
+            .expect("queue task panicked")?;
+        flow.unanswered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&seq);
+        tracing::debug!(resource, seq = ack.seq, status = ?ack.status, "Batch acknowledged.");
+        flow.confirmed = true;
+        done += 1;
+        acked();
+        // Keep the window full: read the next batches after the last one read.
+        let window_now = MAX_IN_FLIGHT;
+        if more && waiting.is_empty() && answers.len() < window_now {
+            let q = queue.clone();
+            let code = resource.to_owned();
+            let after = last_read;
+            // The state again: a batch enqueued since may be the one completing the baseline.
+            let (next, state) = tokio::task::spawn_blocking(move || {
+                Ok::<_, QueueError>((q.oldest(&code, after, window_now)?, q.state(&code)?))
+            })
+            .await
+            .expect("queue task panicked")?;
+            baseline_seq = baseline_of(&state);
+            more = !next.is_empty();
+            last_read = next.last().map_or(last_read, |b| b.seq);
+            waiting.extend(next);
+        }
+        if window == 1 {
+            // A probe: the next call opens the window.
+            return Ok(done);
+        }
+    }
 }
 
 #[cfg(test)]

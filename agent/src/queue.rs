@@ -19,6 +19,7 @@
 //! - A batch is removed only by [`Queue::ack`], which the pusher calls after the hub's 200
 //!   acknowledgement. Its seq, body and digest never change after the commit that created
 //!   it, so a resend after a crash is byte-identical and the hub deduplicates it.
+//! - The file's page cache is bounded (8 MiB): memory does not grow with the queue.
 //! - Sequence numbers of a resource are contiguous from 1 within one stream. The queue's own
 //!   stream id is drawn when the file is created; `resync` gives a resource a stream of its
 //!   own (`ResourceState::stream`), numbered from 1 again.
@@ -41,6 +42,10 @@ const QUARANTINE_INDEX: TableDefinition<(&str, &[u8]), u64> =
     TableDefinition::new("quarantine_index");
 
 const FORMAT: &[u8] = b"1";
+/// redb's page cache (its default is 1 GiB): the agent's memory must not grow with the
+/// queue, however long the hub is away. Pages not cached are read from the file (and the
+/// operating system's cache).
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
 const HEADER_LEN: usize = 4 + 4 + 8 + 32;
 
 /// Errors of the queue.
@@ -320,10 +325,15 @@ impl Queue {
             reason,
         };
         prepare_data_dir(data_dir).map_err(open_err)?;
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => QueueError::Locked { path: path.clone() },
-            other => open_err(other.to_string()),
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    QueueError::Locked { path: path.clone() }
+                }
+                other => open_err(other.to_string()),
+            })?;
         let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
         let tx = db.begin_write().map_err(storage("opening"))?;
         let stream = {
@@ -437,6 +447,27 @@ impl Queue {
                 Ok(Some(decode_batch(k.value().1, v.value())?))
             }
         }
+    }
+
+    /// Up to `limit` queued batches of a resource with a seq above `after`, oldest first.
+    pub fn oldest(
+        &self,
+        resource: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredBatch>, QueueError> {
+        let tx = self.db.begin_read().map_err(storage("reading a batch"))?;
+        let table = tx.open_table(BATCHES).map_err(storage("reading a batch"))?;
+        let mut out = Vec::new();
+        for entry in table
+            .range((resource, after.saturating_add(1))..=(resource, u64::MAX))
+            .map_err(storage("reading a batch"))?
+            .take(limit)
+        {
+            let (k, v) = entry.map_err(storage("reading a batch"))?;
+            out.push(decode_batch(k.value().1, v.value())?);
+        }
+        Ok(out)
     }
 
     /// Removes an acknowledged batch. Called only after the hub's 200 acknowledgement.
@@ -815,6 +846,31 @@ fn decode_batch(seq: u64, v: &[u8]) -> Result<StoredBatch, QueueError> {
     })
 }
 
+/// A batch in its stored form (header and compressed body), ready for
+/// [`Txn::enqueue_encoded`].
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// The stored value.
+    value: Vec<u8>,
+    /// Records in it.
+    records: u32,
+}
+
+impl Encoded {
+    /// Digests and compresses post-policy NDJSON holding `records` records.
+    pub fn new(ndjson: &[u8], records: u32) -> Encoded {
+        Encoded {
+            value: encode_batch(ndjson, records),
+            records,
+        }
+    }
+
+    /// Records in the batch.
+    pub fn records(&self) -> u32 {
+        self.records
+    }
+}
+
 /// A write transaction: everything done through it commits together or not at all.
 pub struct Txn {
     tx: redb::WriteTransaction,
@@ -856,20 +912,30 @@ impl Txn {
         ndjson: &[u8],
         records: u32,
     ) -> Result<u64, QueueError> {
+        self.enqueue_encoded(resource, state, &Encoded::new(ndjson, records))
+    }
+
+    /// [`Txn::enqueue`] of a batch encoded before the transaction began (digest and
+    /// compression need not hold the queue's single writer lock).
+    pub fn enqueue_encoded(
+        &mut self,
+        resource: &str,
+        state: &mut ResourceState,
+        batch: &Encoded,
+    ) -> Result<u64, QueueError> {
         let seq = state.next_seq.max(1);
-        let value = encode_batch(ndjson, records);
         let mut table = self
             .tx
             .open_table(BATCHES)
             .map_err(storage("writing a batch"))?;
         table
-            .insert((resource, seq), value.as_slice())
+            .insert((resource, seq), batch.value.as_slice())
             .map_err(storage("writing a batch"))?;
         state.next_seq = seq + 1;
         state.queued_batches += 1;
-        state.queued_records += u64::from(records);
-        state.queued_bytes += value.len() as u64;
-        state.pulled_records += u64::from(records);
+        state.queued_records += u64::from(batch.records);
+        state.queued_bytes += batch.value.len() as u64;
+        state.pulled_records += u64::from(batch.records);
         Ok(seq)
     }
 

@@ -61,6 +61,34 @@ pub struct ConvertError {
 
 const TS_FORMAT: &str = "%Y-%m-%dT%H:%M:%S";
 
+/// `%Y-%m-%d`, written directly for years 0–9999 (chrono's formatter parses its format
+/// string on every call, which showed in profiles of large reads).
+fn date_text(d: &chrono::NaiveDate) -> String {
+    use chrono::Datelike;
+    if (0..=9999).contains(&d.year()) {
+        format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
+    } else {
+        d.format("%Y-%m-%d").to_string()
+    }
+}
+
+/// [`TS_FORMAT`], written directly for years 0–9999.
+fn datetime_text(ts: &chrono::NaiveDateTime) -> String {
+    use chrono::Timelike;
+    // A leap second (nanoseconds past 10⁹) is left to chrono, which writes `:60`.
+    if (0..=9999).contains(&chrono::Datelike::year(ts)) && ts.nanosecond() < 1_000_000_000 {
+        format!(
+            "{}T{:02}:{:02}:{:02}",
+            date_text(&ts.date()),
+            ts.hour(),
+            ts.minute(),
+            ts.second()
+        )
+    } else {
+        ts.format(TS_FORMAT).to_string()
+    }
+}
+
 fn fraction(micros: u32) -> String {
     if micros == 0 {
         String::new()
@@ -101,18 +129,18 @@ impl Value {
             Value::Float(f) => f.to_string(),
             Value::Decimal(d) => d.clone(),
             Value::Text(t) => t.clone(),
-            Value::Date(d) => d.format("%Y-%m-%d").to_string(),
+            Value::Date(d) => date_text(d),
             Value::Timestamp(ts) => {
                 format!(
                     "{}{}",
-                    ts.format(TS_FORMAT),
+                    datetime_text(ts),
                     fraction(ts.and_utc().timestamp_subsec_micros())
                 )
             }
             Value::TimestampTz(ts) => {
                 format!(
                     "{}{}Z",
-                    ts.format(TS_FORMAT),
+                    datetime_text(&ts.naive_utc()),
                     fraction(ts.timestamp_subsec_micros())
                 )
             }
@@ -209,6 +237,27 @@ impl<'de> serde::Deserialize<'de> for Value {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn temporal_text_is_what_chrono_writes() {
+        let dates = ["0001-01-01", "1949-12-31", "2024-02-29", "9999-12-31"];
+        for d in dates {
+            let d: chrono::NaiveDate = d.parse().unwrap();
+            assert_eq!(date_text(&d), d.format("%Y-%m-%d").to_string());
+            for (h, m, sec) in [(0, 0, 0), (8, 30, 5), (23, 59, 59)] {
+                let ts = d.and_hms_opt(h, m, sec).unwrap();
+                assert_eq!(datetime_text(&ts), ts.format(TS_FORMAT).to_string());
+            }
+        }
+        let far = chrono::NaiveDate::from_ymd_opt(12345, 1, 1).unwrap();
+        assert_eq!(date_text(&far), "+12345-01-01");
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
+            .unwrap();
+        assert_eq!(datetime_text(&leap), "2016-12-31T23:59:60");
+    }
+
     use super::*;
 
     #[test]

@@ -622,6 +622,8 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
         stream: stream(headers)?,
         seq: seq(headers)?,
     };
+    // From here until this request ends, a later batch of the stream waits for this one.
+    let _arrival = state.store.arriving(&id);
     let count = number(
         headers,
         header::RECORDS,
@@ -681,7 +683,6 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
         other => Refusal::bad(other.to_string()),
     })?;
     let records = batch::parse(&ndjson, digest, count).map_err(|e| Refusal::bad(e.to_string()))?;
-    drop(ndjson);
     for (i, record) in records.iter().enumerate() {
         if record.key.is_empty() || record.key.contains('\0') {
             return Err(Refusal::bad(format!(

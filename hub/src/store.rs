@@ -18,8 +18,9 @@
 //! `records.stream` is NULL for rows written before schema version 2.
 //!
 //! Schema versions ([`SCHEMA_VERSION`]): 1 = the first three tables; 2 = `records.stream`
-//! and `hub_schema`; 3 = `records.flags` and `catalogue`. Opening a store migrates it forward in one transaction (adds the missing
-//! columns and tables); a store with a higher version than this hub knows is refused.
+//! and `hub_schema`; 3 = `records.flags` and `catalogue`. Opening a store migrates it forward
+//! from any earlier version in one transaction (adds the missing columns and tables); a store
+//! with a higher version than this hub knows is refused.
 //!
 //! Architecture invariants:
 //! - a batch is applied in one database transaction: ownership check, high-water-mark check,
@@ -35,15 +36,18 @@
 //! - a batch of a resource whose catalogue entry says `share = "none"` is refused (checked in
 //!   the same transaction, so an entry and a batch never cross);
 //! - concurrent batches of the same (node, resource, stream) are serialized (SQLite: one
-//!   writer; PostgreSQL: `SELECT … FOR UPDATE` on the stream row);
+//!   writer; PostgreSQL: `SELECT … FOR UPDATE` on the stream row), and a batch whose
+//!   predecessors this process is applying waits for them first ([`inflight`]), so an agent
+//!   may have several batches in flight without meeting a gap that is not one;
 //! - nothing here logs or reports a key or a field value.
 
+pub(crate) mod inflight;
 mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
 
-use exchange_protocol::batch::{Ack, AckStatus, BatchId, Op, Record};
+use exchange_protocol::batch::{Ack, AckStatus, BatchId, Line, Op};
 use tokio::sync::mpsc;
 
 use crate::config::StoreConfig;
@@ -240,6 +244,8 @@ pub(crate) enum Outcome {
 pub struct Store {
     /// The backend.
     backend: Backend,
+    /// Batches being applied now, per stream.
+    in_flight: Arc<inflight::InFlight>,
 }
 
 #[derive(Clone)]
@@ -259,7 +265,10 @@ impl Store {
                 Backend::Postgres(Arc::new(postgres::PgStore::open((**pg).clone()).await?))
             }
         };
-        Ok(Store { backend })
+        Ok(Store {
+            backend,
+            in_flight: Arc::default(),
+        })
     }
 
     /// Applies a batch in one transaction and says whether it was applied or a duplicate.
@@ -273,22 +282,21 @@ impl Store {
         &self,
         id: &BatchId,
         digest: &str,
-        records: &[Record],
+        records: &[Line<'_>],
         baseline: bool,
     ) -> Result<Ack, StoreError> {
         let changes = records
             .iter()
-            .map(|r| match (r.op, &r.fields) {
+            .map(|r| match (r.op, r.fields) {
                 (Op::Upsert, fields) => Change::Upsert {
-                    key: r.key.clone(),
-                    fields: fields
-                        .as_ref()
-                        .map(|f| serde_json::Value::Object(f.clone()).to_string())
-                        .unwrap_or_else(|| "{}".to_owned()),
+                    key: r.key.to_string(),
+                    fields: fields.map_or_else(|| "{}".to_owned(), |f| f.get().to_owned()),
                     flags: (!r.flags.is_empty())
                         .then(|| serde_json::to_string(&r.flags).expect("strings serialize")),
                 },
-                (Op::Delete, _) => Change::Delete { key: r.key.clone() },
+                (Op::Delete, _) => Change::Delete {
+                    key: r.key.to_string(),
+                },
             })
             .collect();
         let batch = Batch {
@@ -298,6 +306,9 @@ impl Store {
             digest: digest.to_ascii_lowercase(),
             baseline,
         };
+        // Held until the batch is applied or refused: a later batch of the stream that
+        // arrived meanwhile waits for it rather than meet a gap.
+        let _in_flight = self.in_flight.enter(id).await;
         let applied = match &self.backend {
             Backend::Sqlite(s) => s.clone().apply(batch).await?,
             Backend::Postgres(p) => p.apply(batch).await?,
@@ -331,6 +342,12 @@ impl Store {
                 swept: 0,
             },
         })
+    }
+
+    /// Notes that batch `id` has arrived (its headers read): until the returned entry is
+    /// dropped, later batches of its stream wait for it before they are applied.
+    pub(crate) fn arriving(&self, id: &BatchId) -> inflight::Entry {
+        self.in_flight.register(id)
     }
 
     /// The current records of `resource`, ordered by key; empty for an unknown resource.

@@ -50,19 +50,23 @@ async fn a_catalogue_entry_is_stored_and_owned_by_its_node() {
     hub.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_flagged_record_keeps_its_flags_at_the_hub() {
-    let pki = Pki::new();
-    let hub = Hub::start(&pki, pki.sqlite()).await;
+/// Flags are kept whichever way a record is stored: new keys (PostgreSQL: binary COPY) and
+/// existing keys (PostgreSQL: `INSERT … SELECT FROM unnest … ON CONFLICT`), set and cleared.
+async fn a_flagged_record_keeps_its_flags(pki: &Pki, store: exchange_hub::config::StoreConfig) {
+    let hub = Hub::start(pki, store).await;
     let a = client(&pki.client(NODE));
-    let mut flagged = upsert("k1", r#"{"n":1}"#);
-    flagged.flags = vec![exchange_protocol::batch::FLAG_INVALID_KEY.to_owned()];
+    let flagged = |key: &str| {
+        let mut r = upsert(key, r#"{"n":1}"#);
+        r.flags = vec![exchange_protocol::batch::FLAG_INVALID_KEY.to_owned()];
+        r
+    };
+    let stream = new_stream();
     let push = Push::new(
         NODE,
         "R",
-        &new_stream(),
+        &stream,
         1,
-        vec![flagged, upsert("k2", "{}")],
+        vec![flagged("k1"), upsert("k2", "{}")],
     );
     ack(push.send(&a, &hub).await).await;
     let export = exchange_hub::export::export(&hub.store().await, "R")
@@ -70,7 +74,33 @@ async fn a_flagged_record_keeps_its_flags_at_the_hub() {
         .unwrap();
     assert_eq!(export[0]["flags"], serde_json::json!(["invalid_key"]));
     assert!(export[1].get("flags").is_none(), "{}", export[1]);
+    // The same keys again: the flag moves from k1 to k2.
+    let push = Push::new(
+        NODE,
+        "R",
+        &stream,
+        2,
+        vec![upsert("k1", "{}"), flagged("k2")],
+    );
+    ack(push.send(&a, &hub).await).await;
+    let export = exchange_hub::export::export(&hub.store().await, "R")
+        .await
+        .unwrap();
+    assert!(export[0].get("flags").is_none(), "{}", export[0]);
+    assert_eq!(export[1]["flags"], serde_json::json!(["invalid_key"]));
     hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_flagged_record_keeps_its_flags_at_a_sqlite_hub() {
+    let pki = Pki::new();
+    a_flagged_record_keeps_its_flags(&pki, pki.sqlite()).await;
+}
+
+#[tokio::test]
+async fn a_flagged_record_keeps_its_flags_at_a_postgres_hub() {
+    let db = common::PgDb::create().await;
+    a_flagged_record_keeps_its_flags(&Pki::new(), db.store_config()).await;
 }
 
 /// Defence in depth: a resource its providing node catalogued as `none` is never stored, even

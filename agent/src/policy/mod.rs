@@ -3,8 +3,10 @@
 //! Architecture invariants:
 //! - default deny: only columns named in a resource's `[resources.fields]` (plus its key and
 //!   cursor columns) are read from the source; a `drop` field is not even selected;
-//! - [`Plan::apply`] is the only function that turns a source row into an outgoing record, and
-//!   it runs before anything is written to disk: masks, pseudonyms, generalizations and FPE
+//! - [`Plan::apply`] (a record) and [`Plan::write_upsert`] (its batch line, written straight
+//!   from the row) are the only functions that turn a source row into what leaves; both take
+//!   every field through one decision ([`Plan::deliver`]), so they agree byte for byte, and
+//!   they run before anything is written to disk: masks, pseudonyms, generalizations and FPE
 //!   are applied here, and the key leaves (and is quarantined, and shown) only in its
 //!   delivered form;
 //! - fail closed: a value a rule cannot parse, or too short to keep anything, is masked
@@ -173,6 +175,23 @@ struct Emit {
     name: String,
     /// Its rule.
     rule: Rule,
+}
+
+/// What one delivered field carries ([`Plan::deliver`]).
+enum Delivered<'r> {
+    /// A plain text value, as read.
+    Text(&'r str),
+    /// A plain JSON value, as read.
+    Json(&'r serde_json::Value),
+    /// The key as it leaves (the key field under the key's own pseudonym or FPE rule).
+    Key,
+    /// Any other value after its rule.
+    Value(serde_json::Value),
+}
+
+/// Appends one JSON value, compact (as serde_json writes it inside a record).
+fn json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(out, value).expect("a JSON value serializes");
 }
 
 /// The compiled policy of one resource.
@@ -437,37 +456,88 @@ impl Plan {
         let (key, invalid_key) = self.key_of(row)?;
         let mut fields = Map::with_capacity(self.emit.len());
         for e in &self.emit {
-            match &row.values[e.index] {
-                Ok(Value::Json(j)) if e.rule.is_plain() && json_depth(j) > MAX_JSON_DEPTH => {
-                    return Err(Quarantine::new(
-                        Some(key),
-                        format!(
-                            "column `{}`: JSON nested deeper than {MAX_JSON_DEPTH} levels",
-                            e.name
-                        ),
-                    ));
-                }
-                Ok(_)
-                    if e.index == self.key_index
-                        && e.rule == self.key_rule
-                        && matches!(e.rule, Rule::Pseudonym { .. } | Rule::FpeDigits { .. }) =>
-                {
-                    // The key field under the key's own rule: the same token, computed once.
-                    fields.insert(e.name.clone(), serde_json::Value::String(key.clone()));
-                }
-                Ok(v) => {
-                    fields.insert(e.name.clone(), self.field(&e.rule, v));
-                }
-                Err(err) => {
-                    return Err(Quarantine::new(Some(key), err.to_string()));
-                }
-            }
+            let value = match self.deliver(e, &row.values[e.index]) {
+                Ok(Delivered::Text(t)) => serde_json::Value::String(t.to_owned()),
+                Ok(Delivered::Json(j)) => j.clone(),
+                Ok(Delivered::Key) => serde_json::Value::String(key.clone()),
+                Ok(Delivered::Value(v)) => v,
+                Err(reason) => return Err(Quarantine::new(Some(key), reason)),
+            };
+            fields.insert(e.name.clone(), value);
         }
         Ok(Outgoing {
             key,
             fields,
             invalid_key,
         })
+    }
+
+    /// [`Plan::apply`] written straight into `out` as the batch line of an upsert: byte for
+    /// byte what `push_line` writes for the record `apply` returns (`flags` included), by the
+    /// same decision per field ([`Plan::deliver`]: every rule applied, a plain text written
+    /// without a copy), without building the fields map. Returns the key as it leaves and
+    /// whether it is an invalid identifier let through. On `Err` nothing of the row stays in
+    /// `out`.
+    pub fn write_upsert(&self, row: &Row, out: &mut Vec<u8>) -> Result<(String, bool), Quarantine> {
+        let (key, invalid_key) = self.key_of(row)?;
+        let start = out.len();
+        out.extend_from_slice(br#"{"op":"upsert","key":"#);
+        json(out, key.as_str());
+        out.extend_from_slice(br#","fields":{"#);
+        for (n, e) in self.emit.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            json(out, e.name.as_str());
+            out.push(b':');
+            match self.deliver(e, &row.values[e.index]) {
+                Ok(Delivered::Text(t)) => json(out, t),
+                Ok(Delivered::Json(j)) => json(out, j),
+                Ok(Delivered::Key) => json(out, key.as_str()),
+                Ok(Delivered::Value(v)) => json(out, &v),
+                Err(reason) => {
+                    out.truncate(start);
+                    return Err(Quarantine::new(Some(key), reason));
+                }
+            }
+        }
+        out.push(b'}');
+        if invalid_key {
+            out.extend_from_slice(br#","flags":["#);
+            json(out, exchange_protocol::batch::FLAG_INVALID_KEY);
+            out.push(b']');
+        }
+        out.extend_from_slice(b"}\n");
+        Ok((key, invalid_key))
+    }
+
+    /// What field `e` of a row delivers, or why the row is quarantined (never a value): the
+    /// one decision behind [`Plan::apply`] and [`Plan::write_upsert`].
+    fn deliver<'r>(
+        &self,
+        e: &Emit,
+        value: &'r Result<Value, exchange_connectors::ConvertError>,
+    ) -> Result<Delivered<'r>, String> {
+        match value {
+            Ok(Value::Json(j)) if e.rule.is_plain() && json_depth(j) > MAX_JSON_DEPTH => {
+                Err(format!(
+                    "column `{}`: JSON nested deeper than {MAX_JSON_DEPTH} levels",
+                    e.name
+                ))
+            }
+            Ok(_)
+                if e.index == self.key_index
+                    && e.rule == self.key_rule
+                    && matches!(e.rule, Rule::Pseudonym { .. } | Rule::FpeDigits { .. }) =>
+            {
+                // The key field under the key's own rule: the same token, computed once.
+                Ok(Delivered::Key)
+            }
+            Ok(Value::Text(t)) if e.rule.is_plain() => Ok(Delivered::Text(t)),
+            Ok(Value::Json(j)) if e.rule.is_plain() => Ok(Delivered::Json(j)),
+            Ok(v) => Ok(Delivered::Value(self.field(&e.rule, v))),
+            Err(err) => Err(err.to_string()),
+        }
     }
 
     /// The delivered form of one (converted) value under `rule`. NULL stays NULL.
@@ -522,6 +592,7 @@ mod tests {
     use crate::config::{InvalidKey, Share};
     use crate::schedule::Schedule;
     use exchange_connectors::{ConvertError, Relation};
+    use proptest::prelude::*;
     use std::time::Duration;
 
     fn resource() -> Resource {
@@ -981,5 +1052,279 @@ mod tests {
                 .position_from_store(&stored)
                 .is_err()
         );
+    }
+
+    /// `write_upsert` writes exactly the line that `apply` and the pull's line builder write
+    /// (flags included), or refuses with the same quarantine and leaves `out` as it was.
+    fn assert_written_as_applied(plan: &Plan, row: &Row) {
+        let mut written = b"before".to_vec();
+        let got = plan.write_upsert(row, &mut written);
+        match plan.apply(row) {
+            Ok(out) => {
+                let key = out.key.clone();
+                let invalid = out.invalid_key;
+                let mut expected = b"before".to_vec();
+                expected.extend(crate::pull::line_of(
+                    exchange_protocol::batch::Op::Upsert,
+                    out.key,
+                    Some(out.fields),
+                    out.invalid_key,
+                ));
+                assert_eq!(got, Ok((key, invalid)));
+                assert_eq!(
+                    String::from_utf8(written).unwrap(),
+                    String::from_utf8(expected).unwrap()
+                );
+            }
+            Err(q) => {
+                assert_eq!(got, Err(q));
+                assert_eq!(written, b"before");
+            }
+        }
+    }
+
+    /// Every rule, with a value it reads, one it cannot read, NULL and empty text.
+    fn every_rule(key_rule: &str, key_kind: IdKind, invalid_key: InvalidKey) -> Resource {
+        let mut fields = vec![("id_no".to_owned(), rule(key_rule, key_kind))];
+        for (name, text, kind) in [
+            ("name", "mask:name", IdKind::Other),
+            ("mobile", "mask:mobile", IdKind::Other),
+            ("addr", "mask:address", IdKind::Other),
+            ("email", "mask:email", IdKind::Other),
+            ("bank", "mask:bank_card", IdKind::Other),
+            ("cid", "mask:citizen_id", IdKind::Other),
+            ("uscc", "mask:uscc", IdKind::Other),
+            ("unit", "mask:property_unit", IdKind::Other),
+            ("keep", "mask:keep(1,2)", IdKind::Other),
+            ("phone_ps", "pseudonym", IdKind::Mobile),
+            ("year", "generalize:year", IdKind::Other),
+            ("ym", "generalize:year_month", IdKind::Other),
+            ("age", "generalize:age_band(10)", IdKind::Other),
+            ("acct", "fpe:digits", IdKind::Other),
+            ("plain_a", "plain", IdKind::Other),
+            ("plain_b", "plain", IdKind::Other),
+        ] {
+            fields.push((name.to_owned(), rule(text, kind)));
+        }
+        fields.push(("note".to_owned(), Rule::Drop));
+        Resource {
+            key: "id_no".into(),
+            key_kind,
+            invalid_key,
+            mode: Mode::Snapshot,
+            fields,
+            ..resource()
+        }
+    }
+
+    /// The columns of [`every_rule`] after the key, in order.
+    const EVERY_RULE_FIELDS: usize = 16;
+
+    #[test]
+    fn a_written_upsert_is_the_line_of_the_applied_record_for_plain_fields() {
+        let plan = Plan::new(&resource(), &Keys::default());
+        for name in ["张三", "tab\there \"quoted\" \\ \u{1}", ""] {
+            let row = Row {
+                values: vec![
+                    text("11010519491231002X"),
+                    text(name),
+                    text("2024-01-01"),
+                    Ok(Value::Int(7)),
+                ],
+            };
+            assert_written_as_applied(&plan, &row);
+        }
+        let deep = (0..=MAX_JSON_DEPTH).fold(serde_json::json!(1), |v, _| serde_json::json!([v]));
+        for value in [
+            Ok(Value::Json(
+                serde_json::json!({"b": 1.10, "a": [18446744073709551615u64]}),
+            )),
+            Ok(Value::Json(deep)),
+            Ok(Value::Null),
+            Ok(Value::Float(0.1)),
+            Err(ConvertError {
+                column: "name".into(),
+                source_type: "text".into(),
+                reason: "invalid UTF-8".into(),
+            }),
+        ] {
+            let row = Row {
+                values: vec![text("K1"), value, Ok(Value::Int(1)), Ok(Value::Int(7))],
+            };
+            assert_written_as_applied(&plan, &row);
+        }
+    }
+
+    #[test]
+    fn a_written_upsert_is_the_line_of_the_applied_record_under_every_rule() {
+        let date = || {
+            Ok(Value::Date(
+                chrono::NaiveDate::from_ymd_opt(1949, 12, 31).unwrap(),
+            ))
+        };
+        let readable = vec![
+            text("买买提·艾力"),
+            text("13812345678"),
+            text("浙江省杭州市上城区解放路123号"),
+            text("zhangsan@example.cn"),
+            text("6228480402564890018"),
+            text("11010519491231002X"),
+            text("91350100M000100Y43"),
+            text("330102001001GB00001F00010001"),
+            text("abcdef"),
+            text("13812345678"),
+            date(),
+            Ok(Value::TimestampTz(
+                chrono::DateTime::parse_from_rfc3339("1949-12-31T20:00:00Z")
+                    .unwrap()
+                    .to_utc(),
+            )),
+            Ok(Value::Int(45)),
+            Ok(Value::Int(6228480402564890018)),
+            text("as read"),
+            Ok(Value::Json(serde_json::json!({"x": 1.10}))),
+        ];
+        let unreadable = vec![
+            Ok(Value::Int(42)),
+            text("12345"),
+            Ok(Value::Bool(true)),
+            text("not an address"),
+            text("123"),
+            text("1101"),
+            text("x"),
+            text("unit"),
+            text("ab"),
+            Ok(Value::Float(1.5)),
+            text("not a date"),
+            text("1949-13"),
+            text("old"),
+            text("12"),
+            Ok(Value::Bytes(vec![0, 1, 2])),
+            Ok(Value::Null),
+        ];
+        let nulls = vec![Ok(Value::Null); EVERY_RULE_FIELDS];
+        let empty = vec![text(""); EVERY_RULE_FIELDS];
+        let unconvertible = {
+            let mut v = readable.clone();
+            v[3] = Err(ConvertError {
+                column: "email".into(),
+                source_type: "text".into(),
+                reason: "invalid UTF-8".into(),
+            });
+            v
+        };
+        let keys_of = [
+            "11010519491231002X",  // valid
+            " 11010519491231002x", // valid once normalized
+            "110105194912310021",  // wrong check character
+            "622848040256",        // digits
+            "٦٢٢٨٤٨٠٤٠٢٥٦",        // digits of another script
+            "",
+        ];
+        let mut flagged = 0;
+        for (key_rule, key_kind) in [
+            ("plain", IdKind::Other),
+            ("plain", IdKind::CitizenId),
+            ("pseudonym", IdKind::CitizenId),
+            ("pseudonym", IdKind::Other),
+            ("fpe:digits", IdKind::Other),
+        ] {
+            for invalid_key in [InvalidKey::Quarantine, InvalidKey::Deliver] {
+                let r = every_rule(key_rule, key_kind, invalid_key);
+                for keys in [keys(), Keys::default()] {
+                    let plan = Plan::new(&r, &keys);
+                    assert_eq!(plan.selection.columns.len(), EVERY_RULE_FIELDS + 1);
+                    for key in keys_of {
+                        for rest in [&readable, &unreadable, &nulls, &empty, &unconvertible] {
+                            let mut values = vec![text(key)];
+                            values.extend(rest.iter().cloned());
+                            let row = Row { values };
+                            assert_written_as_applied(&plan, &row);
+                            if let Ok((_, true)) = plan.write_upsert(&row, &mut Vec::new()) {
+                                flagged += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The flagged records (invalid keys delivered) were among those compared.
+        assert!(flagged > 0);
+        let plan = Plan::new(
+            &every_rule("pseudonym", IdKind::CitizenId, InvalidKey::Deliver),
+            &keys(),
+        );
+        let mut values = vec![text("110105194912310021")];
+        values.extend(readable.iter().cloned());
+        let mut line = Vec::new();
+        plan.write_upsert(&Row { values }, &mut line).unwrap();
+        let line = String::from_utf8(line).unwrap();
+        assert!(line.ends_with("},\"flags\":[\"invalid_key\"]}\n"), "{line}");
+        for secret in [
+            "110105194912310021",
+            "买买提",
+            "13812345678",
+            "6228480402564890018",
+        ] {
+            assert!(!line.contains(secret), "{secret} in {line}");
+        }
+    }
+
+    fn any_value() -> impl Strategy<Value = Result<Value, ConvertError>> {
+        prop_oneof![
+            Just(Ok(Value::Null)),
+            any::<bool>().prop_map(|b| Ok(Value::Bool(b))),
+            any::<i64>().prop_map(|i| Ok(Value::Int(i))),
+            any::<u64>().prop_map(|u| Ok(Value::UInt(u))),
+            (-1e12f64..1e12).prop_map(|f| Ok(Value::Float(f))),
+            "-?[0-9]{1,8}\\.[0-9]{0,4}".prop_map(|d| Ok(Value::Decimal(d))),
+            any::<String>().prop_map(|t| Ok(Value::Text(t))),
+            "[0-9０-９Xx -]{0,24}".prop_map(|t| Ok(Value::Text(t))),
+            "[\\u{4e00}-\\u{4e20}·市区县路号0-9]{0,12}".prop_map(|t| Ok(Value::Text(t))),
+            (1i32..3_000_000).prop_map(|d| Ok(Value::Date(
+                chrono::NaiveDate::from_num_days_from_ce_opt(d).unwrap()
+            ))),
+            (0i64..4_000_000_000).prop_map(|s| Ok(Value::TimestampTz(
+                chrono::DateTime::from_timestamp(s, 0).unwrap()
+            ))),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(|b| Ok(Value::Bytes(b))),
+            "[a-z]{0,4}".prop_map(|k| Ok(Value::Json(serde_json::json!({ k: [1.10, null] })))),
+            Just(Err(ConvertError {
+                column: "c".into(),
+                source_type: "t".into(),
+                reason: "cannot be converted".into(),
+            })),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// For any row, any key rule and kind, either invalid-key decision and with or without
+        /// the key material, `write_upsert` writes what `apply` and the line builder write.
+        #[test]
+        fn a_written_upsert_is_always_the_line_of_the_applied_record(
+            key in prop_oneof![
+                any_value(),
+                "[0-9]{17}[0-9Xx]".prop_map(|t| Ok(Value::Text(t))),
+                proptest::sample::select(vec![
+                    "11010519491231002X", "440524188001010014", "150102880730303",
+                    "91350100M000100Y43", "13812345678",
+                ]).prop_map(|t| Ok(Value::Text(t.to_owned()))),
+            ],
+            rest in proptest::collection::vec(any_value(), EVERY_RULE_FIELDS),
+            key_rule in proptest::sample::select(vec!["plain", "pseudonym", "fpe:digits"]),
+            key_kind in proptest::sample::select(vec![
+                IdKind::Other, IdKind::CitizenId, IdKind::Mobile, IdKind::Uscc,
+            ]),
+            deliver in any::<bool>(),
+            with_keys in any::<bool>(),
+        ) {
+            let invalid_key = if deliver { InvalidKey::Deliver } else { InvalidKey::Quarantine };
+            let keys = if with_keys { keys() } else { Keys::default() };
+            let plan = Plan::new(&every_rule(key_rule, key_kind, invalid_key), &keys);
+            let mut values = vec![key];
+            values.extend(rest);
+            assert_written_as_applied(&plan, &Row { values });
+        }
     }
 }

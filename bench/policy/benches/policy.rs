@@ -1,6 +1,7 @@
 //! `Plan::apply` per record: the full desensitization policy (pseudonymized key, two masks,
 //! a generalization, a dropped field) against plain delivery of the same columns, in the same
-//! run, and one HMAC-SM3 token alone. Throughput is in records per CPU second of the measuring
+//! run, each also as `Plan::write_upsert` (the batch line written straight from the row), and
+//! one HMAC-SM3 token alone. Throughput is in records per CPU second of the measuring
 //! thread ([`ThreadCpuTime`]): records per second on one core, even while the machine is busy.
 //!
 //! `cargo bench -p exchange-bench-policy`
@@ -26,6 +27,17 @@ fn policy(c: &mut Criterion<ThreadCpuTime>) {
             b.iter(|| {
                 for row in &rows {
                     black_box(plan.apply(black_box(row)).ok());
+                }
+            })
+        });
+        // The same decision written straight as batch lines (`Plan::write_upsert`, what an
+        // incremental page runs), into one reused buffer.
+        let mut line = Vec::new();
+        group.bench_function(format!("{name}_line"), |b| {
+            b.iter(|| {
+                for row in &rows {
+                    line.clear();
+                    black_box(plan.write_upsert(black_box(row), &mut line).ok());
                 }
             })
         });
