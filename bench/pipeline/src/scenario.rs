@@ -136,6 +136,25 @@ const DESENSITIZED: &[(&str, &str)] = &[
     ("birth", r#""generalize:year_month""#),
 ];
 
+/// What an agent scenario measures, for the table.
+fn agent_scenario(kind: &str, sink: Sink, policy: Policy) -> &'static str {
+    match (kind, sink, policy) {
+        ("postgres", Sink::Hub, Policy::Plain) => {
+            "exchange-agent sync: PostgreSQL → hub (PostgreSQL store)"
+        }
+        ("postgres", Sink::AckOnly, Policy::Plain) => {
+            "exchange-agent sync: PostgreSQL → acknowledging sink"
+        }
+        ("postgres", Sink::Hub, Policy::Desensitized) => {
+            "exchange-agent sync: PostgreSQL → policy (2 masks, 1 pseudonym, 1 generalization) → hub"
+        }
+        ("postgres", Sink::AckOnly, Policy::Desensitized) => {
+            "exchange-agent sync: PostgreSQL → policy → acknowledging sink"
+        }
+        _ => "exchange-agent sync: MariaDB → hub (PostgreSQL store)",
+    }
+}
+
 /// A running hub or sink.
 struct RunningHub {
     child: Child,
@@ -307,36 +326,18 @@ impl Bench {
                 self.sling(sling, "pg", &dst)
             );
         }
-        scenario!(
-            "agent-pg",
-            "exchange-agent sync: PostgreSQL → hub (PostgreSQL store)",
-            self.agent_sync("agent-pg", "postgres", Sink::Hub, Policy::Plain)
-        );
-        scenario!(
-            "agent-pg-ack",
-            "exchange-agent sync: PostgreSQL → acknowledging sink",
-            self.agent_sync("agent-pg-ack", "postgres", Sink::AckOnly, Policy::Plain)
-        );
-        scenario!(
-            "agent-pg-policy",
-            "exchange-agent sync: PostgreSQL → policy (2 masks, 1 pseudonym, 1 generalization) → hub",
-            self.agent_sync(
-                "agent-pg-policy",
-                "postgres",
-                Sink::Hub,
-                Policy::Desensitized
-            )
-        );
-        scenario!(
-            "agent-pg-policy-ack",
-            "exchange-agent sync: PostgreSQL → policy → acknowledging sink",
-            self.agent_sync(
-                "agent-pg-policy-ack",
-                "postgres",
-                Sink::AckOnly,
-                Policy::Desensitized
-            )
-        );
+        for (name, sink, policy) in [
+            ("agent-pg", Sink::Hub, Policy::Plain),
+            ("agent-pg-ack", Sink::AckOnly, Policy::Plain),
+            ("agent-pg-policy", Sink::Hub, Policy::Desensitized),
+            ("agent-pg-policy-ack", Sink::AckOnly, Policy::Desensitized),
+        ] {
+            scenario!(
+                name,
+                agent_scenario("postgres", sink, policy),
+                self.agent_sync(name, "postgres", sink, policy)
+            );
+        }
         if wants_mariadb {
             scenario!(
                 "mariadb-select",
@@ -352,7 +353,7 @@ impl Bench {
             }
             scenario!(
                 "agent-mariadb",
-                "exchange-agent sync: MariaDB → hub (PostgreSQL store)",
+                agent_scenario("mysql", Sink::Hub, Policy::Plain),
                 self.agent_sync("agent-mariadb", "mysql", Sink::Hub, Policy::Plain)
             );
         }
@@ -944,21 +945,7 @@ every = "{every}"
                 self.check_desensitized(db).await?;
             }
         }
-        let what = match (kind, sink, policy) {
-            ("postgres", Sink::Hub, Policy::Plain) => {
-                "exchange-agent sync: PostgreSQL → hub (PostgreSQL store)"
-            }
-            ("postgres", Sink::AckOnly, Policy::Plain) => {
-                "exchange-agent sync: PostgreSQL → acknowledging sink"
-            }
-            ("postgres", Sink::Hub, Policy::Desensitized) => {
-                "exchange-agent sync: PostgreSQL → policy (2 masks, 1 pseudonym, 1 generalization) → hub"
-            }
-            ("postgres", Sink::AckOnly, Policy::Desensitized) => {
-                "exchange-agent sync: PostgreSQL → policy → acknowledging sink"
-            }
-            _ => "exchange-agent sync: MariaDB → hub (PostgreSQL store)",
-        };
+        let what = agent_scenario(kind, sink, policy);
         let hub_name = if sink == Sink::Hub { "hub" } else { "sink" };
         Ok(Row::new(name, what, self.options.rows, agent_usage.wall)
             .cost("agent", agent_usage)
