@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use exchange_connectors::Connector;
@@ -160,7 +161,15 @@ impl Pipeline {
         // A refusal (4xx) needs someone to fix something: retry, but rarely.
         let mut refusal_backoff = Backoff::new(Duration::from_secs(30), Duration::from_secs(600));
         let mut flow = Flow::default();
-        let acked = || self.space.notify_waiters();
+        // A push error is shown (and kept) until the first acknowledgement after it, even in
+        // the middle of a long drain; set at start for an error kept by an earlier process.
+        let failing = AtomicBool::new(true);
+        let acked = || {
+            if failing.swap(false, Ordering::Relaxed) {
+                self.push_ok(resource);
+            }
+            self.space.notify_waiters();
+        };
         loop {
             if *stop.borrow() {
                 return;
@@ -176,10 +185,16 @@ impl Pipeline {
                 Ok(n) if n > 0 => {
                     backoff.reset();
                     refusal_backoff.reset();
-                    self.push_ok(resource);
                 }
-                Err(PushError::Overtaken { .. }) => {
-                    // Not a failure: the batches are resent in order right away.
+                Err(e @ PushError::Overtaken { .. }) => {
+                    // Provisional, not a failure: the batches are resent in order, from the
+                    // oldest alone. Nothing was acknowledged, so wait first rather than spin.
+                    let delay = backoff.next_delay();
+                    tracing::debug!(resource, error = %e, retry_in = ?delay, "Resending from the oldest queued batch.");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.changed() => {}
+                    }
                 }
                 Ok(_) => {
                     if let Some(done) = &until_empty
@@ -197,6 +212,7 @@ impl Pipeline {
                 Err(e @ PushError::Halted { .. }) => {
                     // Stopped until an operator acts (which needs the queue: the service is
                     // stopped first); nothing to retry. The reason was logged when it stopped.
+                    failing.store(true, Ordering::Relaxed);
                     self.push_failed(resource, &e.to_string());
                     if until_empty.is_some() {
                         return;
@@ -213,6 +229,7 @@ impl Pipeline {
                         None => backoff.next_delay(),
                     };
                     tracing::warn!(resource, error = %e, retry_in = ?delay, "Push failed; the batch stays queued and will be retried.");
+                    failing.store(true, Ordering::Relaxed);
                     self.push_failed(resource, &e.to_string());
                     if until_empty.is_some() && e.is_refusal() {
                         // `sync`: a refusal needs someone to act; say so now instead of

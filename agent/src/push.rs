@@ -1,15 +1,22 @@
 //! The push stage: the oldest queued batch of a resource goes to the hub; it leaves the
-//! queue only after the hub's 200 acknowledgement (docs/PROTOCOL.md).
+//! queue only after the hub's 200 acknowledgement (docs/PROTOCOL.md §5).
 //!
 //! Invariants:
-//! - batches of a resource are sent in seq order: one at a time until an acknowledgement in
-//!   this process (since the last failure) has shown where the hub's mark stands, then up to
-//!   [`MAX_IN_FLIGHT`] at once ([`Flow`]);
+//! - batches of a resource are sent in seq order: one at a time (a probe) until an
+//!   acknowledgement in this process (since the last failure) has shown where the hub's mark
+//!   stands, then up to [`MAX_IN_FLIGHT`] at once ([`Flow`]);
+//! - no batch leaves above the queue's committed `sent_through` bound: the bound is raised
+//!   first ([`Queue::raise_sent_through`]; before a probe only to the probe's own seq), or by
+//!   [`Queue::ack`] for the window after an acknowledged batch;
+//! - a `duplicate` is taken as an acknowledgement only when the hub's mark lies between the
+//!   batch's seq and that bound and its digest is the one of the queued batch at the mark;
+//!   any other mark at or above the batch means the queue went back in time (a restored data
+//!   directory), and the resource stops;
 //! - [`Queue::ack`] is called only for an [`Ack`] whose seq is the batch's seq, in seq order;
 //! - on any failure the batch stays queued and is retried with backoff (honouring
 //!   `Retry-After` on 429 and 503); nothing is dropped, whatever the hub answers.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -81,10 +88,11 @@ pub enum PushError {
         /// Acknowledged seq.
         got: u64,
     },
-    /// The hub has applied later batches of this stream than the queue holds: the queue went
-    /// back in time. Acknowledging would lose records, so the resource stops.
+    /// The hub has applied batches of this stream that this queue never sent (a mark above
+    /// its `sent_through` bound, or another digest): the queue went back in time.
+    /// Acknowledging would lose records, so the resource stops.
     #[error(
-        "hub {url} has already applied batch {last_seq} of this queue for `{resource}` (with other content than the queued batch {seq}, or later): the data directory was restored from an older copy, and records pulled since that copy would be lost. The resource is stopped; run `exchange-agent resync {resource}` (with the service stopped) to read it again from the start on a new stream"
+        "hub {url} has already applied batch {last_seq} of this queue for `{resource}` (with other content than the queued batch {seq}, or a batch this queue never sent): the data directory was restored from an older copy, and records pulled since that copy would be lost. The resource is stopped; run `exchange-agent resync {resource}` (with the service stopped) to read it again from the start on a new stream"
     )]
     Rewound {
         /// Hub URL.
@@ -111,9 +119,10 @@ pub enum PushError {
         /// The hub's high-water mark.
         last_seq: u64,
     },
-    /// The hub refused a batch that overtook an earlier one still unanswered (`409` with a
-    /// mark that covers every batch no longer queued): nothing is lost; the batches are
-    /// resent from the oldest, one at a time.
+    /// The hub refused a batch that overtook an earlier one still unanswered (`409` for a
+    /// batch above the oldest queued one when it left, with a mark that covers every batch no
+    /// longer queued): nothing is lost; the batches are resent from the oldest, one at a
+    /// time. Provisional: only the probe's answer tells a gap.
     #[error(
         "hub {url} has not applied the batches before {seq} of `{resource}` yet (its mark is {last_seq}); resending them in order"
     )]
@@ -226,24 +235,28 @@ impl HubClient {
 
     /// Sends one batch of `stream` and returns the hub's acknowledgement; `baseline` marks the
     /// batch that completes the stream's baseline; `unanswered` holds the batches of the
-    /// stream sent and not acknowledged yet (this one included): its oldest, as this batch
-    /// leaves, tells a batch that overtook others from a gap; when the answer comes, it tells
-    /// an honest `duplicate` from a rewound queue.
+    /// stream sent by this call of [`push_batches`] and not acknowledged yet (this one
+    /// included): its lowest, as this batch leaves, is the oldest queued batch and tells a
+    /// batch that overtook others from a gap. `sent_through` is the queue's committed bound
+    /// of the batches that may have left: with the queued digests (`queue`) it tells an
+    /// honest `duplicate` from a rewound queue.
+    #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
+        queue: &Queue,
         resource: &str,
         stream: &str,
         baseline: bool,
         b: &StoredBatch,
         unanswered: &Unanswered,
+        sent_through: u64,
     ) -> Result<Ack, PushError> {
         // The oldest batch still queued as this one leaves: every batch below it was
         // acknowledged. Taken now, since acknowledgements may arrive before this answer.
         let head = unanswered
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .next()
+            .first()
             .copied()
             .unwrap_or(b.seq)
             .min(b.seq);
@@ -314,25 +327,28 @@ impl HubClient {
                     }
                     _ => {}
                 }
-                // A duplicate's mark must be a batch this agent sent and still holds, with the
-                // same content: this batch, or a later one in flight (docs/PROTOCOL.md §5).
-                let ours = unanswered
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&ack.last_seq)
-                    .is_some_and(|d| d.eq_ignore_ascii_case(&ack.last_digest));
-                let honest = if ack.last_seq == b.seq {
-                    ack.last_digest.eq_ignore_ascii_case(&b.digest)
-                } else {
-                    ours
-                };
-                if ack.status == AckStatus::Duplicate && !honest {
-                    return Err(PushError::Rewound {
-                        url: self.url.clone(),
-                        resource: resource.to_owned(),
-                        seq: b.seq,
-                        last_seq: ack.last_seq,
-                    });
+                // A duplicate's mark must be a batch this queue's history may have sent (at or
+                // below its committed bound) and still holds with the same content: this
+                // batch, or a later one (docs/PROTOCOL.md §5).
+                if ack.status == AckStatus::Duplicate {
+                    let honest = ack.last_seq <= sent_through
+                        && if ack.last_seq == b.seq {
+                            ack.last_digest.eq_ignore_ascii_case(&b.digest)
+                        } else {
+                            let (q, code, at) = (queue.clone(), resource.to_owned(), ack.last_seq);
+                            tokio::task::spawn_blocking(move || q.digest_of(&code, at))
+                                .await
+                                .expect("queue task panicked")?
+                                .is_some_and(|d| d.eq_ignore_ascii_case(&ack.last_digest))
+                        };
+                    if !honest {
+                        return Err(PushError::Rewound {
+                            url: self.url.clone(),
+                            resource: resource.to_owned(),
+                            seq: b.seq,
+                            last_seq: ack.last_seq,
+                        });
+                    }
                 }
                 if ack.seq != b.seq {
                     return Err(PushError::WrongAck {
@@ -347,9 +363,10 @@ impl HubClient {
             409 => {
                 let body = serde_json::from_slice::<ErrorBody>(&body).ok();
                 match body.as_ref().and_then(|e| e.last_seq) {
-                    // The hub lacks only batches that were still queued when this one was
-                    // sent (they were in flight): nothing is lost.
-                    Some(last_seq) if last_seq + 1 >= head && last_seq < b.seq => {
+                    // A batch that left after an older one still queued, and the hub lacks
+                    // only batches that were still queued then (in flight): nothing is lost.
+                    // Provisional: the oldest is resent alone, and its answer decides.
+                    Some(last_seq) if b.seq > head && last_seq < b.seq && last_seq + 1 >= head => {
                         Err(PushError::Overtaken {
                             url: self.url.clone(),
                             resource: resource.to_owned(),
@@ -357,12 +374,21 @@ impl HubClient {
                             last_seq,
                         })
                     }
-                    Some(last_seq) if last_seq < b.seq => Err(PushError::Gap {
+                    Some(last_seq) if last_seq + 1 < b.seq => Err(PushError::Gap {
                         url: self.url.clone(),
                         resource: resource.to_owned(),
                         seq: b.seq,
                         last_seq,
                     }),
+                    // "Already have it" with a mark this queue never reached: rewound.
+                    Some(last_seq) if last_seq >= b.seq && last_seq > sent_through => {
+                        Err(PushError::Rewound {
+                            url: self.url.clone(),
+                            resource: resource.to_owned(),
+                            seq: b.seq,
+                            last_seq,
+                        })
+                    }
                     _ => Err(PushError::Refused {
                         url: self.url.clone(),
                         resource: resource.to_owned(),
@@ -512,20 +538,29 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// How many batches of one resource may await the hub's answer at once.
 pub const MAX_IN_FLIGHT: usize = 4;
 
-/// Batches of a resource sent and not acknowledged yet: seq → content digest.
-pub type Unanswered = Arc<Mutex<BTreeMap<u64, String>>>;
+/// Batches of a resource sent by one call of [`push_batches`] and not acknowledged yet.
+pub type Unanswered = Arc<Mutex<BTreeSet<u64>>>;
 
 /// What the pusher of one resource remembers between calls to [`push_batches`].
 #[derive(Debug, Default)]
 pub struct Flow {
     /// An acknowledgement was accepted since the last failure, so the hub's mark is known to
     /// be below every queued batch and several may be in flight. Until then, and after any
-    /// failure, one batch at a time (a probe): every check of one-at-a-time sending (a queue
-    /// gone back in time, a gap) stays as strict as it was.
+    /// failure, one batch at a time (a probe), whose bound is raised only to its own seq:
+    /// every check of one-at-a-time sending (a queue gone back in time, a gap) stays as
+    /// strict as it was.
     confirmed: bool,
-    /// Batches sent by this process and not acknowledged yet. A `duplicate` whose mark is one
-    /// of them, with its digest, answers a batch that was overtaken or whose answer was lost.
-    unanswered: Unanswered,
+}
+
+/// Raises the queue's committed bound of the batches that may have left to `to` (capped at
+/// the last batch committed); returns the bound now stored.
+async fn raise_sent_through(queue: &Queue, resource: &str, to: u64) -> Result<u64, PushError> {
+    let (q, code) = (queue.clone(), resource.to_owned());
+    Ok(
+        tokio::task::spawn_blocking(move || q.raise_sent_through(&code, to))
+            .await
+            .expect("queue task panicked")?,
+    )
 }
 
 /// Pushes the queued batches of a resource in seq order — one at a time, or up to
@@ -548,16 +583,6 @@ pub async fn push_batches(
     })
     .await
     .expect("queue task panicked")?;
-    if !flow.confirmed {
-        // Before a probe: the oldest MAX_IN_FLIGHT queued batches may have been in flight
-        // when an earlier run of this agent stopped (killed with requests out), so the hub
-        // may have applied up to the last of them. A `duplicate` naming one of them, with its
-        // content, is no sign of a queue gone back in time; any later mark is.
-        let mut unanswered = flow.unanswered.lock().unwrap_or_else(|e| e.into_inner());
-        for b in &first {
-            unanswered.insert(b.seq, b.digest.clone());
-        }
-    }
     if let Some(halt) = state.halt {
         return Err(PushError::Halted {
             resource: resource.to_owned(),
@@ -570,6 +595,8 @@ pub async fn push_batches(
         Baseline::Reading { .. } => None,
     };
     let mut baseline_seq = baseline_of(&state);
+    let mut sent_through = state.sent_through;
+    let unanswered = Unanswered::default();
     let mut waiting: VecDeque<StoredBatch> = first.into();
     let mut last_read = waiting.back().map_or(0, |b| b.seq);
     let mut more = waiting.len() == MAX_IN_FLIGHT;
@@ -579,15 +606,27 @@ pub async fn push_batches(
         while answers.len() < window
             && let Some(b) = waiting.pop_front()
         {
-            flow.unanswered
+            if b.seq > sent_through {
+                // The bound is committed before the batch leaves. A probe raises it only to
+                // its own seq: a `duplicate` for it may then name only itself (with its
+                // digest); after an acknowledgement, the window's worth.
+                let to = if flow.confirmed {
+                    b.seq + MAX_IN_FLIGHT as u64 - 1
+                } else {
+                    b.seq
+                };
+                sent_through = raise_sent_through(queue, resource, to).await?;
+            }
+            unanswered
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(b.seq, b.digest.clone());
+                .insert(b.seq);
             let baseline = baseline_seq == Some(b.seq);
-            let (client, stream, unanswered) = (client, &stream, &flow.unanswered);
+            let (client, stream, unanswered) = (client, &stream, &unanswered);
+            let bound = sent_through;
             answers.push_back(async move {
                 let answer = client
-                    .send(resource, stream, baseline, &b, unanswered)
+                    .send(queue, resource, stream, baseline, &b, unanswered, bound)
                     .await;
                 (b, answer)
             });
@@ -625,10 +664,12 @@ pub async fn push_batches(
         let q = queue.clone();
         let code = resource.to_owned();
         let seq = b.seq;
-        tokio::task::spawn_blocking(move || q.ack(&code, seq))
+        // The ack also raises the committed bound over the window after this batch.
+        let bound = tokio::task::spawn_blocking(move || q.ack(&code, seq))
             .await
             .expect("queue task panicked")?;
-        flow.unanswered
+        sent_through = sent_through.max(bound);
+        unanswered
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&seq);

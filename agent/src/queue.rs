@@ -4,7 +4,7 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `meta` | `"format"` / `"stream"` | `b"1"` / 16 random bytes naming this queue |
-//! | `state` | resource code | JSON [`ResourceState`]: cursor, next batch seq, counters |
+//! | `state` | resource code | JSON [`ResourceState`]: cursor, next batch seq, bound of the batches sent, counters |
 //! | `batches` | (resource, seq) | 48-byte header (records u32, raw length u32, created unix ms i64, SM3 of the NDJSON 32 bytes), then the NDJSON body compressed with zstd |
 //! | `digests` | (resource, key) | SM3 of the delivered record (32 bytes) · snapshot generation (u64 LE) |
 //! | `quarantine` | (resource, n) | JSON [`QuarantineEntry`], n counting distinct entries from 1 |
@@ -20,6 +20,16 @@
 //!   acknowledgement. Its seq, body and digest never change after the commit that created
 //!   it, so a resend after a crash is byte-identical and the hub deduplicates it.
 //! - The file's page cache is bounded (8 MiB): memory does not grow with the queue.
+//! - `ResourceState::sent_through` bounds the seqs that may have left the agent: it is raised
+//!   and committed before any batch above it is sent ([`Queue::raise_sent_through`], and
+//!   [`Queue::ack`] for the window after the acknowledged batch), and never exceeds
+//!   `next_seq - 1`, so every batch it covers was already committed, unchangeable, when it
+//!   was raised. A copy of the file taken at any time therefore shares every batch up to its
+//!   `sent_through` with whatever ran on from the original; a hub mark above it was set by
+//!   another history (a restored copy), never by this one (docs/PROTOCOL.md §5).
+//!   States written before the field existed get it when the file is opened: `next_seq - 1`
+//!   when nothing is queued, else the oldest queued seq plus [`crate::push::MAX_IN_FLIGHT`]
+//!   minus one (what an earlier version may have had in flight), capped at `next_seq - 1`.
 //! - Sequence numbers of a resource are contiguous from 1 within one stream. The queue's own
 //!   stream id is drawn when the file is created; `resync` gives a resource a stream of its
 //!   own (`ResourceState::stream`), numbered from 1 again.
@@ -104,6 +114,12 @@ pub struct ResourceState {
     pub pulled_records: u64,
     /// Records acknowledged by the hub since the queue was created.
     pub pushed_records: u64,
+    /// The highest seq of this stream that may have left the agent (0: none). Committed
+    /// before any batch above it is sent, never above `next_seq - 1`: a hub mark above it is
+    /// not one this queue's history set (module doc). States written before the field get it
+    /// when the queue is opened.
+    #[serde(default)]
+    pub sent_through: u64,
     /// Rows sent to quarantine since the queue was created.
     pub quarantined: u64,
     /// Rows whose key is not a valid identifier of its kind (quarantined or delivered
@@ -366,6 +382,7 @@ impl Queue {
             hex::encode(id)
         };
         for_each_table(&tx)?;
+        migrate_sent_through(&tx)?;
         tx.commit().map_err(storage("opening"))?;
         Ok(Queue {
             db: Arc::new(db),
@@ -470,8 +487,11 @@ impl Queue {
         Ok(out)
     }
 
-    /// Removes an acknowledged batch. Called only after the hub's 200 acknowledgement.
-    pub fn ack(&self, resource: &str, seq: u64) -> Result<(), QueueError> {
+    /// Removes an acknowledged batch. Called only after the hub's 200 acknowledgement. In the
+    /// same transaction, raises `sent_through` over the window after it (up to
+    /// [`crate::push::MAX_IN_FLIGHT`] batches, only batches already committed); returns the
+    /// bound now stored.
+    pub fn ack(&self, resource: &str, seq: u64) -> Result<u64, QueueError> {
         let mut txn = self.begin()?;
         let mut state = txn.state(resource)?;
         let removed = {
@@ -496,9 +516,43 @@ impl Queue {
             state.queued_bytes = state.queued_bytes.saturating_sub(bytes);
             state.pushed_records += records;
             state.last_push = Some(now());
+            // The pusher may now send the window after this batch: the bound covers it
+            // before any of it leaves (only batches already committed).
+            let window = seq.saturating_add(crate::push::MAX_IN_FLIGHT as u64);
+            state.sent_through = state
+                .sent_through
+                .max(window.min(state.next_seq.saturating_sub(1)));
             txn.set_state(resource, &state)?;
         }
-        txn.commit()
+        txn.commit()?;
+        Ok(state.sent_through)
+    }
+
+    /// Raises (committed, with fsync) the bound of the batches that may have left the agent to
+    /// `to`, capped at the last batch committed (`next_seq - 1`); returns the bound now
+    /// stored. Writes only when it rises. Called before a batch above the bound is sent.
+    pub fn raise_sent_through(&self, resource: &str, to: u64) -> Result<u64, QueueError> {
+        let mut txn = self.begin()?;
+        let mut state = txn.state(resource)?;
+        let to = to.min(state.next_seq.saturating_sub(1));
+        if to <= state.sent_through {
+            return Ok(state.sent_through);
+        }
+        state.sent_through = to;
+        txn.set_state(resource, &state)?;
+        txn.commit()?;
+        Ok(to)
+    }
+
+    /// The content digest (SM3 of the NDJSON, hex) of a queued batch, from its header.
+    pub fn digest_of(&self, resource: &str, seq: u64) -> Result<Option<String>, QueueError> {
+        let tx = self.db.begin_read().map_err(storage("reading a batch"))?;
+        let table = tx.open_table(BATCHES).map_err(storage("reading a batch"))?;
+        let v = table
+            .get((resource, seq))
+            .map_err(storage("reading a batch"))?;
+        v.map(|v| decode_header(v.value()).map(|h| hex::encode(h.3)))
+            .transpose()
     }
 
     /// Reads, changes and writes the state of one resource in one transaction.
@@ -792,6 +846,47 @@ fn for_each_table(tx: &redb::WriteTransaction) -> Result<(), QueueError> {
     tx.open_table(BATCHES).map_err(storage("opening"))?;
     tx.open_table(DIGESTS).map_err(storage("opening"))?;
     tx.open_table(QUARANTINE).map_err(storage("opening"))?;
+    Ok(())
+}
+
+/// Gives every state written before `sent_through` existed its bound (module doc): what an
+/// earlier version may have had in flight, the oldest queued batches up to its window.
+fn migrate_sent_through(tx: &redb::WriteTransaction) -> Result<(), QueueError> {
+    let mut table = tx.open_table(STATE).map_err(storage("migrating state"))?;
+    let mut legacy = Vec::new();
+    for entry in table.iter().map_err(storage("migrating state"))? {
+        let (k, v) = entry.map_err(storage("migrating state"))?;
+        let json: serde_json::Value = serde_json::from_slice(v.value())
+            .map_err(|e| QueueError::Format(format!("resource state: {e}")))?;
+        if json.get("sent_through").is_none() {
+            legacy.push((
+                k.value().to_owned(),
+                decode_state(Some(v.value().to_vec()))?,
+            ));
+        }
+    }
+    if legacy.is_empty() {
+        return Ok(());
+    }
+    let batches = tx.open_table(BATCHES).map_err(storage("migrating state"))?;
+    for (resource, mut state) in legacy {
+        let last = state.next_seq.saturating_sub(1);
+        let head = batches
+            .range((resource.as_str(), 0u64)..=(resource.as_str(), u64::MAX))
+            .map_err(storage("migrating state"))?
+            .next()
+            .transpose()
+            .map_err(storage("migrating state"))?
+            .map(|(k, _)| k.value().1);
+        state.sent_through = match head {
+            Some(head) => (head + crate::push::MAX_IN_FLIGHT as u64 - 1).min(last),
+            None => last,
+        };
+        let json = serde_json::to_vec(&state).expect("state serializes");
+        table
+            .insert(resource.as_str(), json.as_slice())
+            .map_err(storage("migrating state"))?;
+    }
     Ok(())
 }
 
@@ -1373,5 +1468,94 @@ mod tests {
         txn.set_state("R", &st).unwrap();
         txn.commit().unwrap();
         assert_eq!(q.quarantined("R", 10).unwrap().len(), 1);
+    }
+
+    /// A queue in a temporary directory with `n` batches of resource `R`.
+    fn queue_with(n: usize) -> (tempfile::TempDir, Queue) {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("data")).unwrap();
+        let mut txn = q.begin().unwrap();
+        let mut st = txn.state("R").unwrap();
+        for _ in 0..n {
+            txn.enqueue("R", &mut st, b"{}\n", 1).unwrap();
+        }
+        txn.set_state("R", &st).unwrap();
+        txn.commit().unwrap();
+        (dir, q)
+    }
+
+    #[test]
+    fn sent_through_is_raised_only_over_committed_batches() {
+        let (_dir, q) = queue_with(0);
+        assert_eq!(q.state("R").unwrap().sent_through, 0, "nothing sent yet");
+        let (_dir, q) = queue_with(6);
+        assert_eq!(q.raise_sent_through("R", 1).unwrap(), 1);
+        assert_eq!(q.raise_sent_through("R", 0).unwrap(), 1, "never lowered");
+        assert_eq!(
+            q.raise_sent_through("R", 99).unwrap(),
+            6,
+            "capped at the last batch committed"
+        );
+    }
+
+    #[test]
+    fn an_ack_raises_sent_through_over_the_window_after_it() {
+        let (_dir, q) = queue_with(8);
+        let window = crate::push::MAX_IN_FLIGHT as u64;
+        assert_eq!(q.ack("R", 1).unwrap(), 1 + window);
+        assert_eq!(q.ack("R", 2).unwrap(), 2 + window);
+        assert_eq!(
+            q.ack("R", 5).unwrap(),
+            8,
+            "capped at the last batch committed"
+        );
+        assert_eq!(q.state("R").unwrap().sent_through, 8);
+    }
+
+    #[test]
+    fn a_state_written_before_sent_through_gets_the_window_of_its_oldest_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        {
+            let q = Queue::open(&data).unwrap();
+            let mut txn = q.begin().unwrap();
+            let mut st = txn.state("queued").unwrap();
+            for _ in 0..10 {
+                txn.enqueue("queued", &mut st, b"{}\n", 1).unwrap();
+            }
+            txn.set_state("queued", &st).unwrap();
+            txn.commit().unwrap();
+            for seq in 1..=2 {
+                q.ack("queued", seq).unwrap();
+            }
+            // As an earlier version wrote them: no `sent_through`.
+            let tx = q.db.begin_write().unwrap();
+            {
+                let mut table = tx.open_table(STATE).unwrap();
+                for (resource, next_seq) in [("queued", 11), ("empty", 5)] {
+                    let mut json = serde_json::to_value(ResourceState {
+                        next_seq,
+                        ..Default::default()
+                    })
+                    .unwrap();
+                    json.as_object_mut().unwrap().remove("sent_through");
+                    let bytes = serde_json::to_vec(&json).unwrap();
+                    table.insert(resource, bytes.as_slice()).unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        }
+        let q = Queue::open(&data).unwrap();
+        let window = crate::push::MAX_IN_FLIGHT as u64;
+        assert_eq!(
+            q.state("queued").unwrap().sent_through,
+            3 + window - 1,
+            "the oldest queued batches an earlier version may have had in flight"
+        );
+        assert_eq!(
+            q.state("empty").unwrap().sent_through,
+            4,
+            "nothing queued: every batch was acknowledged"
+        );
     }
 }
