@@ -17,6 +17,7 @@
 //!   `Retry-After` on 429 and 503); nothing is dropped, whatever the hub answers.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -238,8 +239,9 @@ impl HubClient {
     /// stream sent by this call of [`push_batches`] and not acknowledged yet (this one
     /// included): its lowest, as this batch leaves, is the oldest queued batch and tells a
     /// batch that overtook others from a gap. `sent_through` is the queue's committed bound
-    /// of the batches that may have left: with the queued digests (`queue`) it tells an
-    /// honest `duplicate` from a rewound queue.
+    /// of the batches that may have left, read when the answer arrives (acknowledgements of
+    /// other batches may have raised it meanwhile): with the queued digests (`queue`) it tells
+    /// an honest `duplicate` from a rewound queue.
     #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
@@ -249,7 +251,7 @@ impl HubClient {
         baseline: bool,
         b: &StoredBatch,
         unanswered: &Unanswered,
-        sent_through: u64,
+        sent_through: &AtomicU64,
     ) -> Result<Ack, PushError> {
         // The oldest batch still queued as this one leaves: every batch below it was
         // acknowledged. Taken now, since acknowledgements may arrive before this answer.
@@ -331,7 +333,7 @@ impl HubClient {
                 // below its committed bound) and still holds with the same content: this
                 // batch, or a later one (docs/PROTOCOL.md §5).
                 if ack.status == AckStatus::Duplicate {
-                    let honest = ack.last_seq <= sent_through
+                    let honest = ack.last_seq <= sent_through.load(Ordering::Acquire)
                         && if ack.last_seq == b.seq {
                             ack.last_digest.eq_ignore_ascii_case(&b.digest)
                         } else {
@@ -366,7 +368,9 @@ impl HubClient {
                     // A batch that left after an older one still queued, and the hub lacks
                     // only batches that were still queued then (in flight): nothing is lost.
                     // Provisional: the oldest is resent alone, and its answer decides.
-                    Some(last_seq) if b.seq > head && last_seq < b.seq && last_seq + 1 >= head => {
+                    Some(last_seq)
+                        if b.seq > head && last_seq + 1 < b.seq && last_seq + 1 >= head =>
+                    {
                         Err(PushError::Overtaken {
                             url: self.url.clone(),
                             resource: resource.to_owned(),
@@ -381,7 +385,9 @@ impl HubClient {
                         last_seq,
                     }),
                     // "Already have it" with a mark this queue never reached: rewound.
-                    Some(last_seq) if last_seq >= b.seq && last_seq > sent_through => {
+                    Some(last_seq)
+                        if last_seq >= b.seq && last_seq > sent_through.load(Ordering::Acquire) =>
+                    {
                         Err(PushError::Rewound {
                             url: self.url.clone(),
                             resource: resource.to_owned(),
@@ -595,7 +601,9 @@ pub async fn push_batches(
         Baseline::Reading { .. } => None,
     };
     let mut baseline_seq = baseline_of(&state);
-    let mut sent_through = state.sent_through;
+    // The committed bound, shared with the requests in flight: each judges its answer against
+    // the bound as it stands when the answer arrives.
+    let sent_through = AtomicU64::new(state.sent_through);
     let unanswered = Unanswered::default();
     let mut waiting: VecDeque<StoredBatch> = first.into();
     let mut last_read = waiting.back().map_or(0, |b| b.seq);
@@ -606,7 +614,7 @@ pub async fn push_batches(
         while answers.len() < window
             && let Some(b) = waiting.pop_front()
         {
-            if b.seq > sent_through {
+            if b.seq > sent_through.load(Ordering::Acquire) {
                 // The bound is committed before the batch leaves. A probe raises it only to
                 // its own seq: a `duplicate` for it may then name only itself (with its
                 // digest); after an acknowledgement, the window's worth.
@@ -615,15 +623,15 @@ pub async fn push_batches(
                 } else {
                     b.seq
                 };
-                sent_through = raise_sent_through(queue, resource, to).await?;
+                let raised = raise_sent_through(queue, resource, to).await?;
+                sent_through.fetch_max(raised, Ordering::AcqRel);
             }
             unanswered
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(b.seq);
             let baseline = baseline_seq == Some(b.seq);
-            let (client, stream, unanswered) = (client, &stream, &unanswered);
-            let bound = sent_through;
+            let (client, stream, unanswered, bound) = (client, &stream, &unanswered, &sent_through);
             answers.push_back(async move {
                 let answer = client
                     .send(queue, resource, stream, baseline, &b, unanswered, bound)
@@ -653,8 +661,10 @@ pub async fn push_batches(
                     tracing::error!(resource, error = %e, "Resource stopped.");
                 }
                 // Later answers are not awaited: those batches are resent (and answered
-                // `duplicate` where they were applied).
-                return if done > 0 && kind.is_none() {
+                // `duplicate` where they were applied). An overtaken batch after progress is
+                // no failure (the oldest is resent alone next); any other error is reported
+                // even after acknowledgements, so status shows it and the retry backs off.
+                return if done > 0 && matches!(e, PushError::Overtaken { .. }) {
                     Ok(done)
                 } else {
                     Err(e)
@@ -668,7 +678,7 @@ pub async fn push_batches(
         let bound = tokio::task::spawn_blocking(move || q.ack(&code, seq))
             .await
             .expect("queue task panicked")?;
-        sent_through = sent_through.max(bound);
+        sent_through.fetch_max(bound, Ordering::AcqRel);
         unanswered
             .lock()
             .unwrap_or_else(|e| e.into_inner())

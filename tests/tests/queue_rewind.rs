@@ -281,7 +281,7 @@ fn hub_mark(conn: &rusqlite::Connection) -> u64 {
     .expect("read the hub's mark") as u64
 }
 
-/// The hub's store is put back to an older copy (its mark for the stream falls to 5) while
+/// The hub's store is put back to an older copy (its mark for the stream falls to 1, below any window in flight) while
 /// the agent drains a backlog with batches in flight: the next answers are gaps, and the
 /// resource stops saying the hub lacks batches; nothing leaves the queue unacknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,7 +304,7 @@ async fn a_hub_restored_while_batches_are_in_flight_stops_the_resource() {
     )
     .await;
     conn.execute(
-        "UPDATE streams SET last_seq = 5 WHERE resource = ?1",
+        "UPDATE streams SET last_seq = 1 WHERE resource = ?1",
         [CODE],
     )
     .expect("rewind the hub's mark");
