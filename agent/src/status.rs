@@ -232,6 +232,26 @@ fn shows_time(v: &exchange_connectors::Value) -> bool {
 /// How many quarantined rows `status` lists per resource.
 const RECENT_QUARANTINE: usize = 5;
 
+/// The one-line summary systemd shows (`STATUS=`): resources, queued records, last push, and
+/// the resources stopped until an operator acts.
+pub fn summary(pipeline: &crate::pipeline::Pipeline) -> String {
+    let Ok(states) = pipeline.queue.states() else {
+        return "Cannot read the queue.".into();
+    };
+    let queued: u64 = states.values().map(|s| s.queued_records).sum();
+    let last = states.values().filter_map(|s| s.last_push.as_deref()).max();
+    let halted = states.values().filter(|s| s.halt.is_some()).count();
+    let mut line = format!(
+        "{} resources, {queued} records queued, last push {}",
+        pipeline.pullers.len(),
+        last.unwrap_or("never")
+    );
+    if halted > 0 {
+        line.push_str(&format!(", {halted} stopped (see `exchange-agent status`)"));
+    }
+    line
+}
+
 /// Builds the report from an open queue.
 pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, QueueError> {
     let states = queue.states()?;
