@@ -268,6 +268,14 @@ impl Generation {
                 }
             }
         }
+        // A pull cut short may have left its queue transaction running on a blocking thread;
+        // redb runs one write transaction at a time, so an empty one returns after it, and
+        // the next generation reads the cursor that transaction wrote.
+        let queue = self.pipeline.queue.clone();
+        let settled = tokio::task::spawn_blocking(move || queue.begin()?.commit());
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(STOP_DEADLINE, settled).await {
+            tracing::warn!(error = %e, "Cannot settle the queue after stopping the tasks.");
+        }
         remove_socket(&self.pipeline.config);
     }
 }
