@@ -41,7 +41,12 @@ pub async fn serve(
 async fn metrics(State(current): State<watch::Receiver<Arc<Pipeline>>>) -> impl IntoResponse {
     let pipeline = current.borrow().clone();
     let text = tokio::task::spawn_blocking(move || {
-        crate::metrics::render(&pipeline.config, &pipeline.queue, crate::metrics::global())
+        crate::metrics::render(
+            &pipeline.config,
+            &pipeline.queue,
+            &pipeline.board,
+            crate::metrics::global(),
+        )
     })
     .await
     .unwrap_or_default();

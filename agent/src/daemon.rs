@@ -38,6 +38,9 @@ use crate::status;
 /// How long the tasks of a generation get to stop (within systemd's `TimeoutStopSec=30s`).
 pub const STOP_DEADLINE: Duration = Duration::from_secs(20);
 
+/// How long a transaction open on a source may hold a resource back before a warning.
+const HELD_WARNING: Duration = Duration::from_secs(3600);
+
 /// How often the status line is refreshed without a watchdog.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 
@@ -112,6 +115,7 @@ pub async fn serve(pipeline: Arc<Pipeline>, options: Options, shutdown: impl Fut
         .as_deref()
         .and_then(|f| crate::reload::fingerprint(f, &pipeline.config));
     let mut stale = std::collections::BTreeSet::new();
+    let mut held = std::collections::BTreeSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -153,6 +157,23 @@ pub async fn serve(pipeline: Arc<Pipeline>, options: Options, shutdown: impl Fut
                     }
                 }
                 stale = now_stale.into_iter().map(|(c, _)| c).collect();
+                let now = chrono::Utc::now();
+                for p in &pl.pullers {
+                    let code = &p.resource.code;
+                    let long = crate::metrics::held_for(&pl.board, code, now)
+                        .filter(|d| d.to_std().is_ok_and(|d| d >= HELD_WARNING));
+                    match (long, held.contains(code)) {
+                        (Some(d), false) => {
+                            let (since, session) = pl.board.get(code).held.unwrap_or_default();
+                            tracing::warn!(resource = %code, since = %since, session = session.as_deref().unwrap_or("unknown"), held_minutes = d.num_minutes(), "A transaction open on the source holds the resource back: rows committed after it start are not delivered until it ends.");
+                            held.insert(code.clone());
+                        }
+                        (None, true) => {
+                            held.remove(code);
+                        }
+                        _ => {}
+                    }
+                }
             }
         }
     }

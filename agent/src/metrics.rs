@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::queue::Queue;
+use crate::status::Board;
 
 /// Upper bounds (seconds) of the push latency histogram's buckets.
 const LATENCY_BUCKETS: [f64; 11] = [
@@ -127,7 +128,7 @@ impl Family<'_> {
 }
 
 /// Renders every metric as Prometheus text.
-pub fn render(config: &Config, queue: &Queue, m: &Metrics) -> String {
+pub fn render(config: &Config, queue: &Queue, board: &Board, m: &Metrics) -> String {
     let states = queue.states().unwrap_or_default();
     let now = chrono::Utc::now();
     let delivered: Vec<_> = config
@@ -240,6 +241,20 @@ pub fn render(config: &Config, queue: &Queue, m: &Metrics) -> String {
             f.sample(name, &[("resource", code.as_str())], pick(s));
         }
     }
+    let name = "exchange_horizon_held_seconds";
+    let mut f = Family::head(
+        &mut out,
+        name,
+        "gauge",
+        "How long a transaction open on the source has held the resource back (0: none); rows committed after it wait for it.",
+    );
+    for r in &delivered {
+        f.sample(
+            name,
+            &[("resource", r.code.as_str())],
+            held_for(board, &r.code, now).map_or(0, |d| d.num_seconds().max(0)),
+        );
+    }
     let name = "exchange_queue_oldest_age_seconds";
     let mut f = Family::head(
         &mut out,
@@ -330,6 +345,17 @@ static STARTED: std::sync::OnceLock<chrono::DateTime<chrono::Utc>> = std::sync::
 /// Marks the start of the process for [`render`]'s staleness.
 pub fn mark_start() {
     STARTED.get_or_init(chrono::Utc::now);
+}
+
+/// How long the open transaction of [`Board::set_held`] has held `resource` back.
+pub fn held_for(
+    board: &Board,
+    resource: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::Duration> {
+    let (since, _) = board.get(resource).held?;
+    let since = chrono::DateTime::parse_from_rfc3339(&since).ok()?;
+    Some(now - since.with_timezone(&chrono::Utc))
 }
 
 /// The resources whose last acknowledged push (or, never pushed, this process's start) is

@@ -138,6 +138,19 @@ impl Pipeline {
             resource,
             report.horizon.as_ref().map(crate::status::horizon_text),
         );
+        if let Some(h) = &report.horizon {
+            use exchange_connectors::HorizonInfo::*;
+            self.board.set_held(
+                resource,
+                match h {
+                    OpenTransaction { since, session } => Some((since.clone(), session.clone())),
+                    PreparedTransaction { since } => {
+                        Some((since.clone(), Some("a prepared transaction".into())))
+                    }
+                    _ => None,
+                },
+            );
+        }
         self.note(resource, Stage::Pull, None);
     }
 

@@ -23,6 +23,10 @@ pub struct Runtime {
     pub push_error: Option<String>,
     /// How the last page was bounded.
     pub horizon: Option<String>,
+    /// Since when (RFC 3339) a transaction open on the source holds the resource back, and
+    /// who holds it when the source tells; `None` when nothing does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<(String, Option<String>)>,
 }
 
 /// Shared runtime facts, per resource.
@@ -46,6 +50,10 @@ impl Board {
                 r.horizon = horizon;
             }
         });
+    }
+    /// Records whether a transaction open on the source held the last pull back.
+    pub fn set_held(&self, resource: &str, held: Option<(String, Option<String>)>) {
+        self.with(resource, |r| r.held = held);
     }
     /// Records a push failure.
     pub fn set_push_error(&self, resource: &str, e: &str) {
@@ -168,6 +176,7 @@ impl ResourceStatus {
                     .as_ref()
                     .map(|n| format!("{} (at {})", n.message, n.at)),
                 horizon: None,
+                held: None,
             },
         }
     }
