@@ -14,6 +14,7 @@
 //!
 //! Without `NOTIFY_SOCKET` (run by hand, in a test) every call does nothing.
 
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
@@ -136,8 +137,6 @@ fn address(bytes: &[u8]) -> std::io::Result<std::os::unix::net::SocketAddr> {
         )),
     }
 }
-
-use std::os::unix::ffi::OsStrExt as _;
 
 #[cfg(test)]
 mod tests {
