@@ -506,7 +506,8 @@ mod tests {
     fn export_since_keeps_later_entries_as_stored() {
         let dir = log(2);
         let cut = chrono::Utc::now() + chrono::Duration::milliseconds(5);
-        while chrono::Utc::now() <= cut {
+        // Entries are stamped to the millisecond: the next one must be stamped after `cut`.
+        while chrono::Utc::now() <= cut + chrono::Duration::milliseconds(1) {
             std::thread::yield_now();
         }
         append(dir.path(), "resync", "R", serde_json::json!({})).unwrap();
