@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too (Debian/Ubuntu):
 #   1. PostgreSQL and MariaDB are started if they are not running, and installed with apt
-#      if they are missing (needs root or sudo);
+#      if they are missing (needs root or sudo); likewise openssl and systemd (systemd-analyze);
 #   2. cargo test --workspace.
 # The tests read EXCHANGE_TEST_PG_URL and EXCHANGE_TEST_MYSQL_URL; when unset, this script
 # finds or prepares a working login and exports them. A database the tests need that cannot
@@ -133,6 +133,9 @@ ensure_postgres
 ensure_mariadb
 # tests/tests/certificates.rs runs the certificate guide's openssl commands.
 command -v openssl >/dev/null || apt_install openssl
+# tests/tests/systemd_unit.rs runs systemd-analyze security/verify on the units (no running
+# systemd needed: the package's tools work offline).
+command -v systemd-analyze >/dev/null || apt_install systemd
 
 command -v cargo >/dev/null || die "cargo not found: install Rust from https://rustup.rs"
 log "cargo test --workspace"

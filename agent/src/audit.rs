@@ -1,21 +1,38 @@
-//! The audit log: what operators did to the queue, appended to `<data_dir>/audit.jsonl`.
+//! The audit log: what the service and operators did, appended to `<data_dir>/audit.jsonl`:
+//! service start and configuration loads and reloads (with the file's SM3), every batch the
+//! hub acknowledged (resource, seq, record count, content digest), and operator commands that
+//! change the queue.
 //!
 //! # Format
 //! One JSON object per line, [`Entry`], in the order written. Each entry's `prev` is the SM3
 //! (hex) of the previous line's bytes (without its newline); the first entry's `prev` is 64
 //! zeros. An edited, removed or reordered entry therefore breaks the chain at that point.
 //!
+//! **Rotation.** When `audit.jsonl` reaches [`ROTATE_BYTES`] it is renamed `audit.jsonl.<n>`
+//! (n = 1, 2, …, oldest lowest) and a new `audit.jsonl` begins whose first `prev` is the SM3
+//! of the last line of `audit.jsonl.<n>`: the chain runs across the files.
+//!
+//! **Head.** `audit.head` holds `{"entries": N, "last_sm3": "…"}`: how many entries the chain
+//! holds and the SM3 of its last line, written after each append. A log cut short at an entry
+//! boundary (the last entries removed), which the chain alone cannot show, disagrees with it.
+//! (Someone who can rewrite both files and recompute the chain is caught only by comparing
+//! with an exported copy: `audit export` for archiving, `audit verify` against it.)
+//!
 //! # Invariants
 //! - Append only: the file is opened for appending, never rewritten; each entry is flushed
-//!   to disk (fsync) before the command reports success.
-//! - The file is created 0600.
+//!   to disk (fsync) before the command reports success. Appends within a process are
+//!   serialized, so concurrent push loops never fork the chain.
+//! - The files are created 0600.
 //! - An entry never holds a field value: resource codes, sequence numbers, record counts,
-//!   content digests, and the operator's words.
+//!   content digests, configuration digests, and the operator's words.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+/// Size at which `audit.jsonl` is rotated.
+pub const ROTATE_BYTES: u64 = 64 << 20;
 
 /// One audit entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,9 +41,9 @@ pub struct Entry {
     pub at: String,
     /// Who: the login that ran the command (`SUDO_USER`, else `USER`, else the uid).
     pub actor: String,
-    /// What, e.g. `queue.discard`, `cursor.reset`, `resync`.
+    /// What, e.g. `queue.discard`, `cursor.reset`, `resync`, `batch.acked`, `config.reload`.
     pub action: String,
-    /// The resource concerned.
+    /// The resource concerned (empty for the whole service).
     pub resource: String,
     /// Details: sequence numbers, counts, digests, never a field value.
     pub detail: serde_json::Value,
@@ -50,6 +67,41 @@ pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join("audit.jsonl")
 }
 
+/// The head file of a data directory.
+fn head_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("audit.head")
+}
+
+/// `audit.head`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Head {
+    /// Entries in the chain, all files together.
+    entries: u64,
+    /// SM3 (hex) of the last line.
+    last_sm3: String,
+}
+
+/// The files of the chain, oldest first: `audit.jsonl.1`, `.2`, …, then `audit.jsonl`.
+pub fn files(data_dir: &Path) -> Vec<PathBuf> {
+    let mut rotated: Vec<(u64, PathBuf)> = std::fs::read_dir(data_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let n = name.strip_prefix("audit.jsonl.")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    rotated.sort();
+    let mut all: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    all.push(path(data_dir));
+    all
+}
+
+/// Serializes appends within the process.
+static APPEND: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Appends one entry, chained to the last one, and syncs it to disk.
 pub fn append(
     data_dir: &Path,
@@ -58,26 +110,22 @@ pub fn append(
     detail: serde_json::Value,
 ) -> Result<Entry, AuditError> {
     use std::os::unix::fs::OpenOptionsExt;
+    let _one = APPEND.lock().unwrap_or_else(|e| e.into_inner());
     let path = path(data_dir);
     let err = |source| AuditError {
         path: path.clone(),
         source,
     };
-    let prev = match std::fs::File::open(&path) {
-        Ok(f) => {
-            let mut last = None;
-            for line in std::io::BufReader::new(f).lines() {
-                let line = line.map_err(err)?;
-                if !line.is_empty() {
-                    last = Some(line);
-                }
-            }
-            last.map(|l| hex::encode(crate::queue::sm3_bytes(l.as_bytes())))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(err(e)),
+    let mut head = read_head(data_dir).map_err(err)?;
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() >= ROTATE_BYTES) {
+        let n = files(data_dir).len();
+        std::fs::rename(&path, data_dir.join(format!("audit.jsonl.{n}"))).map_err(err)?;
     }
-    .unwrap_or_else(|| "0".repeat(64));
+    let prev = if head.entries == 0 {
+        "0".repeat(64)
+    } else {
+        head.last_sm3.clone()
+    };
     let entry = Entry {
         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         actor: actor(),
@@ -87,6 +135,8 @@ pub fn append(
         prev,
     };
     let mut line = serde_json::to_vec(&entry).expect("entry serializes");
+    head.entries += 1;
+    head.last_sm3 = hex::encode(crate::queue::sm3_bytes(&line));
     line.push(b'\n');
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -101,7 +151,187 @@ pub fn append(
     }
     file.write_all(&line).map_err(err)?;
     file.sync_all().map_err(err)?;
+    write_head(data_dir, &head).map_err(err)?;
     Ok(entry)
+}
+
+/// The head, from `audit.head`, or counted from the files when it is missing (a log written
+/// before the head existed).
+fn read_head(data_dir: &Path) -> std::io::Result<Head> {
+    match std::fs::read(head_path(data_dir)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut head = Head::default();
+            for f in files(data_dir) {
+                let Ok(file) = std::fs::File::open(&f) else {
+                    continue;
+                };
+                for line in std::io::BufReader::new(file).lines() {
+                    let line = line?;
+                    if !line.is_empty() {
+                        head.entries += 1;
+                        head.last_sm3 = hex::encode(crate::queue::sm3_bytes(line.as_bytes()));
+                    }
+                }
+            }
+            Ok(head)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn write_head(data_dir: &Path, head: &Head) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = data_dir.join("audit.head.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&serde_json::to_vec(head).expect("head serializes"))?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, head_path(data_dir))
+}
+
+/// Where the chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Break {
+    /// The file.
+    pub file: PathBuf,
+    /// Line number (1-based) in that file; 0 for the head.
+    pub line: usize,
+    /// What is wrong there.
+    pub what: String,
+}
+
+impl std::fmt::Display for Break {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.what)
+        } else {
+            write!(f, "{}:{}: {}", self.file.display(), self.line, self.what)
+        }
+    }
+}
+
+/// Checks the whole chain (every file, then the head): `Ok(entries)` when intact, else the
+/// first place where it breaks.
+pub fn verify(data_dir: &Path) -> Result<u64, Break> {
+    let mut prev = "0".repeat(64);
+    let mut entries = 0u64;
+    let mut last_file = path(data_dir);
+    for f in files(data_dir) {
+        let bytes = match std::fs::read(&f) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(Break {
+                    file: f,
+                    line: 0,
+                    what: format!("cannot read: {e}"),
+                });
+            }
+        };
+        if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+            let line = bytes.split(|b| *b == b'\n').count();
+            return Err(Break {
+                file: f,
+                line,
+                what: "the last line is cut short (the file was truncated)".into(),
+            });
+        }
+        for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let at = |what: String| Break {
+                file: f.clone(),
+                line: i + 1,
+                what,
+            };
+            let entry: Entry = serde_json::from_slice(line)
+                .map_err(|e| at(format!("not an audit entry ({e}): edited or damaged")))?;
+            if entry.prev != prev {
+                return Err(at(if entries == 0 {
+                    "the first entry does not start the chain: entries before it were removed"
+                        .into()
+                } else {
+                    format!(
+                        "`prev` does not match entry {entries} before it: this entry or the one before was edited, or entries were removed or reordered here"
+                    )
+                }));
+            }
+            prev = hex::encode(crate::queue::sm3_bytes(line));
+            entries += 1;
+        }
+        last_file = f;
+    }
+    match std::fs::read(head_path(data_dir)) {
+        Ok(bytes) => {
+            let head: Head = serde_json::from_slice(&bytes).map_err(|e| Break {
+                file: head_path(data_dir),
+                line: 0,
+                what: format!("not a head ({e})"),
+            })?;
+            if head.entries != entries || (entries > 0 && head.last_sm3 != prev) {
+                return Err(Break {
+                    file: last_file,
+                    line: 0,
+                    what: format!(
+                        "the log holds {entries} entries but audit.head records {} ending in {}: entries at the end were removed (the log was truncated) or the head was replaced",
+                        head.entries, head.last_sm3
+                    ),
+                });
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && entries == 0 => {}
+        Err(e) => {
+            return Err(Break {
+                file: head_path(data_dir),
+                line: 0,
+                what: format!("cannot read the head: {e}"),
+            });
+        }
+    }
+    Ok(entries)
+}
+
+/// Writes the entries at or after `since` (RFC 3339), every file of the chain, as NDJSON
+/// (the lines exactly as stored, so their digests still chain); returns how many.
+pub fn export(
+    data_dir: &Path,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    out: &mut dyn Write,
+) -> std::io::Result<u64> {
+    let mut n = 0;
+    for f in files(data_dir) {
+        let file = match std::fs::File::open(&f) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line?;
+            if line.is_empty() {
+                continue;
+            }
+            let keep = match since {
+                None => true,
+                Some(since) => serde_json::from_str::<Entry>(&line)
+                    .ok()
+                    .and_then(|e| chrono::DateTime::parse_from_rfc3339(&e.at).ok())
+                    .is_none_or(|at| at >= since),
+            };
+            if keep {
+                out.write_all(line.as_bytes())?;
+                out.write_all(b"\n")?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// Whether a non-empty file's last byte is not a newline.
@@ -164,5 +394,126 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    /// A log of `n` entries in a fresh directory.
+    fn log(n: u64) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for seq in 1..=n {
+            append(
+                dir.path(),
+                "batch.acked",
+                "R",
+                serde_json::json!({"seq": seq, "records": 10, "digest": "ab"}),
+            )
+            .unwrap();
+        }
+        dir
+    }
+
+    fn lines(dir: &Path) -> Vec<String> {
+        std::fs::read_to_string(path(dir))
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn rewrite(dir: &Path, lines: &[String]) {
+        std::fs::write(path(dir), lines.join("\n") + "\n").unwrap();
+    }
+
+    #[test]
+    fn an_intact_log_verifies() {
+        let dir = log(5);
+        assert_eq!(verify(dir.path()), Ok(5));
+        assert_eq!(verify(tempfile::tempdir().unwrap().path()), Ok(0));
+    }
+
+    #[test]
+    fn a_flipped_byte_is_found_at_its_line() {
+        let dir = log(5);
+        let mut bytes = std::fs::read(path(dir.path())).unwrap();
+        let third = lines(dir.path())[..2]
+            .iter()
+            .map(|l| l.len() + 1)
+            .sum::<usize>();
+        // A digit of the third entry's seq: still valid JSON, another value.
+        let at = third + lines(dir.path())[2].find("\"seq\":3").unwrap() + 6;
+        bytes[at] = b'7';
+        std::fs::write(path(dir.path()), bytes).unwrap();
+        let b = verify(dir.path()).unwrap_err();
+        assert_eq!(b.line, 4, "{b}");
+        assert!(b.what.contains("edited"), "{b}");
+    }
+
+    #[test]
+    fn a_removed_entry_is_found() {
+        let dir = log(5);
+        let mut l = lines(dir.path());
+        l.remove(1);
+        rewrite(dir.path(), &l);
+        assert_eq!(verify(dir.path()).unwrap_err().line, 2);
+        let dir = log(3);
+        let mut l = lines(dir.path());
+        l.remove(0);
+        rewrite(dir.path(), &l);
+        let b = verify(dir.path()).unwrap_err();
+        assert!(b.line == 1 && b.what.contains("removed"), "{b}");
+    }
+
+    #[test]
+    fn two_swapped_entries_are_found() {
+        let dir = log(5);
+        let mut l = lines(dir.path());
+        l.swap(2, 3);
+        rewrite(dir.path(), &l);
+        assert_eq!(verify(dir.path()).unwrap_err().line, 3);
+    }
+
+    #[test]
+    fn a_truncated_log_is_found() {
+        // At an entry boundary: only the head shows it.
+        let dir = log(5);
+        let l = lines(dir.path());
+        rewrite(dir.path(), &l[..3]);
+        let b = verify(dir.path()).unwrap_err();
+        assert!(b.what.contains("truncated"), "{b}");
+        // Within a line.
+        let dir = log(5);
+        let bytes = std::fs::read(path(dir.path())).unwrap();
+        std::fs::write(path(dir.path()), &bytes[..bytes.len() - 20]).unwrap();
+        let b = verify(dir.path()).unwrap_err();
+        assert!(b.line == 5 && b.what.contains("truncated"), "{b}");
+    }
+
+    #[test]
+    fn rotation_keeps_one_chain_across_files() {
+        let dir = log(3);
+        // Rotate by hand as append does at ROTATE_BYTES.
+        std::fs::rename(path(dir.path()), dir.path().join("audit.jsonl.1")).unwrap();
+        append(dir.path(), "resync", "R", serde_json::json!({})).unwrap();
+        assert_eq!(verify(dir.path()), Ok(4));
+        let mut out = Vec::new();
+        assert_eq!(export(dir.path(), None, &mut out).unwrap(), 4);
+        // Removing the older file breaks the chain at the start of the newer one.
+        std::fs::remove_file(dir.path().join("audit.jsonl.1")).unwrap();
+        let b = verify(dir.path()).unwrap_err();
+        assert!(b.line == 1 && b.file == path(dir.path()), "{b}");
+    }
+
+    #[test]
+    fn export_since_keeps_later_entries_as_stored() {
+        let dir = log(2);
+        let cut = chrono::Utc::now() + chrono::Duration::milliseconds(5);
+        // Entries are stamped to the millisecond: the next one must be stamped after `cut`.
+        while chrono::Utc::now() <= cut + chrono::Duration::milliseconds(1) {
+            std::thread::yield_now();
+        }
+        append(dir.path(), "resync", "R", serde_json::json!({})).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(export(dir.path(), Some(cut), &mut out).unwrap(), 1);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.trim_end(), lines(dir.path())[2]);
     }
 }

@@ -316,6 +316,7 @@ mod tests {
             key: "ID_NO".into(),
             mode: Mode::Snapshot,
             schedule: Schedule::Every(std::time::Duration::from_secs(60)),
+            max_staleness: crate::config::Staleness::WorkingDays(2),
             fields: vec![
                 ("id_no".into(), rule("pseudonym", IdKind::Other)),
                 ("mobile".into(), rule("pseudonym", IdKind::Mobile)),

@@ -3,85 +3,101 @@
 //!
 //! An unreachable source is retried with backoff without holding up the other resources; an
 //! unreachable hub leaves records queued (pulling pauses when the queue is full).
+//!
+//! # Reload
+//! The service owns what outlives a configuration: the queue (redb opens it once per process),
+//! the status board, the admin listener and the connection to systemd. A *generation* is what a
+//! configuration builds around them: pullers, pushers, the control socket, the hub client with
+//! its certificates. SIGHUP, or a change to the configuration file or a TLS file it names
+//! (watched with `notify`, by directory, since editors replace files), loads and validates the
+//! file again; a valid one replaces the generation (the old one is stopped first: a pull or
+//! push cut short is safe at any moment, see the queue's invariants); an invalid one leaves the
+//! old generation running and says why (log, audit entry `config.reload_failed`, metric
+//! `exchange_config_reload_failures_total`). Every load is audited with the SM3 of the file.
+//!
+//! # Shutdown
+//! SIGTERM stops pulling and pushing: a batch in flight is either acknowledged (and removed)
+//! or stays queued and is resent after the restart, answered `duplicate` if the hub had
+//! committed it. Nothing is lost; the stop takes at most [`STOP_DEADLINE`].
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
+use crate::config::Config;
 use crate::pipeline::Pipeline;
 use crate::pull::Puller;
+use crate::sd_notify::Notifier;
 use crate::status;
 
+/// How long the tasks of a generation get to stop (within systemd's `TimeoutStopSec=30s`).
+pub const STOP_DEADLINE: Duration = Duration::from_secs(20);
+
+/// How long a transaction open on a source may hold a resource back before a warning.
+const HELD_WARNING: Duration = Duration::from_secs(3600);
+
+/// How often the status line is refreshed without a watchdog.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// What `run` gets from outside besides the pipeline.
+#[derive(Default)]
+pub struct Options {
+    /// The configuration file, read again on SIGHUP and when it or a TLS file it names
+    /// changes; `None`: no reloads (the demo).
+    pub config_file: Option<PathBuf>,
+    /// systemd's notification socket (`Type=notify`), if any.
+    pub notifier: Option<Notifier>,
+    /// The admin listener (`[admin] listen`), bound by the caller.
+    pub admin: Option<tokio::net::TcpListener>,
+}
+
 /// Runs until `shutdown` resolves, then stops the tasks; the queue stays consistent whatever
-/// the moment.
+/// the moment. No reloads, no systemd notifications, no admin listener (see [`serve`]).
 pub async fn run(pipeline: Arc<Pipeline>, shutdown: impl Future<Output = ()>) {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-    for p in &pipeline.pullers {
-        let code = p.resource.code.clone();
-        let pl = pipeline.clone();
-        let stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            pl.push_loop(&code, stop, None).await
-        }));
-        let pl = pipeline.clone();
-        let p = p.clone();
-        let stop = stop_rx.clone();
-        tasks.push(tokio::spawn(
-            async move { schedule_loop(pl, p, stop).await },
-        ));
+    serve(pipeline, Options::default(), shutdown).await
+}
+
+/// The service: starts a generation of `pipeline`, tells systemd it is ready, then reloads
+/// on SIGHUP and file changes, pings the watchdog from this loop, until `shutdown` resolves.
+pub async fn serve(pipeline: Arc<Pipeline>, options: Options, shutdown: impl Future<Output = ()>) {
+    let notifier = options.notifier.unwrap_or_else(Notifier::inactive);
+    let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(16);
+    let mut watcher = None;
+    if let Some(file) = &options.config_file {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hup) => {
+                let tx = reload_tx.clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        if tx.send("SIGHUP").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "Cannot handle SIGHUP; reload by restarting."),
+        }
+        watcher = crate::reload::watch(file, &pipeline.config, reload_tx.clone());
     }
-    let data_dir = pipeline.config.node.data_dir.clone();
-    match crate::control::bind(&data_dir) {
-        Ok(listener) => {
-            let pl = pipeline.clone();
-            let stop = stop_rx.clone();
-            tasks.push(tokio::spawn(crate::control::serve(listener, pl, stop)));
-        }
-        Err(e) => tracing::warn!(
-            path = %crate::control::socket_path(&data_dir).display(),
-            error = %e,
-            "Cannot open the control socket; `exchange-agent sync` cannot reach this daemon."
-        ),
-    }
-    // Catalogue entries (docs/PROTOCOL.md §10), retried with backoff until every one is in.
-    let pl = pipeline.clone();
-    let mut stop = stop_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let mut backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(600));
-        loop {
-            let (reported, failed) = pl.report_catalogue().await;
-            if failed.is_empty() {
-                tracing::info!(entries = reported, "Catalogue reported to the hub.");
-                return;
-            }
-            for e in &failed {
-                tracing::warn!(error = %e, "Catalogue entry not reported; retrying.");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
-                _ = stop.changed() => return,
-            }
-        }
-    }));
-    let pl = pipeline.clone();
-    let mut stop = stop_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        loop {
-            if let Ok(r) = status::report(&pl.config, &pl.queue, &pl.board)
-                && let Err(e) = status::write_file(&pl.config.node.data_dir, &r)
-            {
-                tracing::warn!(error = %e, "Cannot write the status file.");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                _ = stop.changed() => return,
-            }
-        }
-    }));
+    let (current_tx, current_rx) = watch::channel(pipeline.clone());
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+    let admin = options.admin.map(|listener| {
+        let mut stop = admin_stop_rx.clone();
+        tokio::spawn(crate::admin::serve(
+            listener,
+            current_rx.clone(),
+            async move {
+                let _ = stop.changed().await;
+            },
+        ))
+    });
+    crate::reload::audit_load(&pipeline.config, "service.start", None);
+    let mut generation = Generation::start(pipeline.clone());
     tracing::info!(node = %pipeline.config.node.id, resources = pipeline.pullers.len(), hub = %pipeline.client.url(), "Agent started.");
     if let Ok(states) = pipeline.queue.states() {
         for (code, st) in states {
@@ -91,23 +107,202 @@ pub async fn run(pipeline: Arc<Pipeline>, shutdown: impl Future<Output = ()>) {
             }
         }
     }
-    shutdown.await;
-    tracing::info!("Shutting down.");
-    let _ = stop_tx.send(true);
-    // Every task watches `stop`; one overall deadline keeps the stop within systemd's
-    // TimeoutStopSec. The queue is consistent whatever is cut short.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    for t in tasks {
-        match tokio::time::timeout_at(deadline, t).await {
-            Ok(Err(e)) if e.is_panic() => tracing::error!(error = %e, "A task panicked."),
-            Ok(_) => {}
-            Err(_) => {
-                tracing::warn!("Tasks did not stop within 20 s; exiting anyway (nothing is lost).");
-                break;
+    notifier.ready(&status::summary(&generation.pipeline));
+    let mut tick = tokio::time::interval(notifier.watchdog_interval().unwrap_or(STATUS_EVERY));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut file_digest = options
+        .config_file
+        .as_deref()
+        .and_then(|f| crate::reload::fingerprint(f, &pipeline.config));
+    let mut stale = std::collections::BTreeSet::new();
+    let mut held = std::collections::BTreeSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(trigger) = reload_rx.recv() => {
+                // Editors write in several steps: let them finish, take the triggers as one.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let mut sighup = trigger == "SIGHUP";
+                while let Ok(t) = reload_rx.try_recv() {
+                    sighup |= t == "SIGHUP";
+                }
+                let Some(file) = options.config_file.as_deref() else { continue };
+                let now = crate::reload::fingerprint(file, &generation.pipeline.config);
+                if !sighup && now.is_some() && now == file_digest {
+                    continue;
+                }
+                file_digest = now;
+                notifier.reloading();
+                let trigger = if sighup { "SIGHUP" } else { "file change" };
+                if let Some(next) = crate::reload::reload(file, &generation.pipeline, trigger) {
+                    generation.stop().await;
+                    generation = Generation::start(next.clone());
+                    let _ = current_tx.send(next);
+                    if let Some(w) = watcher.as_mut() {
+                        crate::reload::rewatch(w, file, &generation.pipeline.config);
+                    }
+                }
+                notifier.ready(&status::summary(&generation.pipeline));
+            }
+            _ = tick.tick() => {
+                // The main loop reads the queue for the status line: a stuck queue stops the
+                // pings, and systemd restarts the service after WatchdogSec=.
+                notifier.alive(&status::summary(&generation.pipeline));
+                let pl = &generation.pipeline;
+                let now_stale = crate::metrics::stale(&pl.config, &pl.queue);
+                for (code, last) in &now_stale {
+                    if !stale.contains(code) {
+                        tracing::warn!(resource = %code, last_push = last.as_deref().unwrap_or("never"), "Resource is stale: its last acknowledged push is older than max_staleness (default 2 working days, the update deadline).");
+                    }
+                }
+                stale = now_stale.into_iter().map(|(c, _)| c).collect();
+                let now = chrono::Utc::now();
+                for p in &pl.pullers {
+                    let code = &p.resource.code;
+                    let long = crate::metrics::held_for(&pl.board, code, now)
+                        .filter(|d| d.to_std().is_ok_and(|d| d >= HELD_WARNING));
+                    match (long, held.contains(code)) {
+                        (Some(d), false) => {
+                            let (since, session) = pl.board.get(code).held.unwrap_or_default();
+                            tracing::warn!(resource = %code, since = %since, session = session.as_deref().unwrap_or("unknown"), held_minutes = d.num_minutes(), "A transaction open on the source holds the resource back: rows committed after it start are not delivered until it ends.");
+                            held.insert(code.clone());
+                        }
+                        (None, true) => {
+                            held.remove(code);
+                        }
+                        _ => {}
+                    }
+                }
             }
         }
     }
-    let _ = std::fs::remove_file(crate::control::socket_path(&data_dir));
+    tracing::info!("Shutting down.");
+    notifier.stopping();
+    drop(watcher);
+    generation.stop().await;
+    let _ = admin_stop_tx.send(true);
+    if let Some(admin) = admin {
+        let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
+    }
+}
+
+/// The tasks one configuration runs.
+struct Generation {
+    /// The pipeline they share.
+    pipeline: Arc<Pipeline>,
+    /// Turns true to stop them.
+    stop: watch::Sender<bool>,
+    /// The tasks.
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Generation {
+    /// Starts pullers, pushers, the control socket, the catalogue report and the status file.
+    fn start(pipeline: Arc<Pipeline>) -> Generation {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for p in &pipeline.pullers {
+            let code = p.resource.code.clone();
+            let pl = pipeline.clone();
+            let stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                pl.push_loop(&code, stop, None).await
+            }));
+            let pl = pipeline.clone();
+            let p = p.clone();
+            let stop = stop_rx.clone();
+            tasks.push(tokio::spawn(
+                async move { schedule_loop(pl, p, stop).await },
+            ));
+        }
+        let data_dir = pipeline.config.node.data_dir.clone();
+        match crate::control::bind(&data_dir) {
+            Ok(listener) => {
+                let pl = pipeline.clone();
+                let stop = stop_rx.clone();
+                tasks.push(tokio::spawn(crate::control::serve(listener, pl, stop)));
+            }
+            Err(e) => tracing::warn!(
+                path = %crate::control::socket_path(&data_dir).display(),
+                error = %e,
+                "Cannot open the control socket; `exchange-agent sync` cannot reach this daemon."
+            ),
+        }
+        // Catalogue entries (docs/PROTOCOL.md §10), retried with backoff until every one is in.
+        let pl = pipeline.clone();
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(600));
+            loop {
+                let (reported, failed) = pl.report_catalogue().await;
+                if failed.is_empty() {
+                    tracing::info!(entries = reported, "Catalogue reported to the hub.");
+                    return;
+                }
+                for e in &failed {
+                    tracing::warn!(error = %e, "Catalogue entry not reported; retrying.");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }));
+        let pl = pipeline.clone();
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                if let Ok(r) = status::report(&pl.config, &pl.queue, &pl.board)
+                    && let Err(e) = status::write_file(&pl.config.node.data_dir, &r)
+                {
+                    tracing::warn!(error = %e, "Cannot write the status file.");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }));
+        Generation {
+            pipeline,
+            stop: stop_tx,
+            tasks,
+        }
+    }
+
+    /// Stops every task (one overall deadline, within systemd's `TimeoutStopSec`); the
+    /// queue is consistent whatever is cut short.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + STOP_DEADLINE;
+        for t in self.tasks {
+            match tokio::time::timeout_at(deadline, t).await {
+                Ok(Err(e)) if e.is_panic() => tracing::error!(error = %e, "A task panicked."),
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!(
+                        "Tasks did not stop within {} s; going on anyway (nothing is lost).",
+                        STOP_DEADLINE.as_secs()
+                    );
+                    break;
+                }
+            }
+        }
+        // A pull cut short may have left its queue transaction running on a blocking thread;
+        // redb runs one write transaction at a time, so an empty one returns after it, and
+        // the next generation reads the cursor that transaction wrote.
+        let queue = self.pipeline.queue.clone();
+        let settled = tokio::task::spawn_blocking(move || queue.begin()?.commit());
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(STOP_DEADLINE, settled).await {
+            tracing::warn!(error = %e, "Cannot settle the queue after stopping the tasks.");
+        }
+        remove_socket(&self.pipeline.config);
+    }
+}
+
+fn remove_socket(config: &Config) {
+    let _ = std::fs::remove_file(crate::control::socket_path(&config.node.data_dir));
 }
 
 async fn schedule_loop(

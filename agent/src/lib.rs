@@ -11,6 +11,7 @@
 //!   what operators change); [`fingerprint`]: what determines a stream; [`logging`]: how log
 //!   lines look (the demo is its own crate, `demo/`).
 
+pub mod admin;
 pub mod audit;
 pub mod backoff;
 pub mod catalogue;
@@ -21,12 +22,15 @@ pub mod daemon;
 pub mod fingerprint;
 pub mod identifier;
 pub mod logging;
+pub mod metrics;
 pub mod operator;
 pub mod pipeline;
 pub mod policy;
 pub mod pull;
 pub mod push;
 pub mod queue;
+pub mod reload;
 pub mod schedule;
+pub mod sd_notify;
 pub mod status;
 pub mod sync;

@@ -89,6 +89,22 @@ enum Command {
     /// List or clear quarantined rows (key and reason, never values).
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
+    /// Check or export the audit log (SM3-chained, `<data_dir>/audit.jsonl`).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the chain: exit 0 if intact, 1 naming the file and line where it breaks
+    /// (an entry edited, removed, reordered, or the log truncated).
+    Verify,
+    /// Write the entries, as stored, as NDJSON to standard output (for archiving).
+    Export {
+        /// Only entries at or after this instant (RFC 3339, e.g. 2026-01-01T00:00:00+08:00).
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -229,11 +245,30 @@ async fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            let file = config.file.clone();
+            let admin = match config.admin {
+                Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        return fail(anyhow::anyhow!(
+                            "cannot listen on {addr} (admin.listen in {}): {e}",
+                            file.display()
+                        ));
+                    }
+                },
+                None => None,
+            };
+            exchange_agent::metrics::mark_start();
             let pipeline = match Pipeline::build(config).context("cannot start the agent") {
                 Ok(p) => Arc::new(p),
                 Err(e) => return fail(e),
             };
-            daemon::run(pipeline, shutdown_signal()).await;
+            let options = daemon::Options {
+                config_file: Some(file),
+                notifier: Some(exchange_agent::sd_notify::Notifier::from_env()),
+                admin,
+            };
+            daemon::serve(pipeline, options, shutdown_signal()).await;
             ExitCode::SUCCESS
         }
         Command::Sync {
@@ -393,6 +428,51 @@ async fn main() -> ExitCode {
         Command::AcceptConfig { resource } => operate((&config, cli.log_format), None, |c| {
             operator::accept_config(c, &resource)
         }),
+        Command::Audit(cmd) => {
+            init_logging("warn");
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let data_dir = &config.node.data_dir;
+            match cmd {
+                AuditCommand::Verify => match exchange_agent::audit::verify(data_dir) {
+                    Ok(n) => {
+                        println!(
+                            "The audit log is intact: {n} entries ({}).",
+                            exchange_agent::audit::path(data_dir).display()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(b) => {
+                        eprintln!("The audit log is NOT intact: {b}");
+                        ExitCode::from(1)
+                    }
+                },
+                AuditCommand::Export { since } => {
+                    let since = match since.as_deref().map(chrono::DateTime::parse_from_rfc3339) {
+                        None => None,
+                        Some(Ok(t)) => Some(t.with_timezone(&chrono::Utc)),
+                        Some(Err(e)) => {
+                            eprintln!(
+                                "error: --since: {e}; expected RFC 3339, e.g. 2026-01-01T00:00:00+08:00"
+                            );
+                            return ExitCode::from(2);
+                        }
+                    };
+                    let stdout = std::io::stdout();
+                    let mut out = std::io::BufWriter::new(stdout.lock());
+                    match exchange_agent::audit::export(data_dir, since, &mut out)
+                        .and_then(|_| std::io::Write::flush(&mut out))
+                    {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            fail(anyhow::Error::new(e).context("cannot export the audit log"))
+                        }
+                    }
+                }
+            }
+        }
         Command::Quarantine(QuarantineCommand::List { resource, limit }) => {
             operate((&config, cli.log_format), None, |c| {
                 operator::quarantine_list(c, resource.as_deref(), limit)

@@ -54,8 +54,19 @@ pub enum PipelineError {
 impl Pipeline {
     /// Opens the queue and prepares connectors (connecting lazily) and the hub client.
     pub fn build(config: Config) -> Result<Pipeline, PipelineError> {
-        exchange_protocol::tls::install_provider();
         let queue = Queue::open(&config.node.data_dir)?;
+        Self::with_queue(config, queue, Board::default())
+    }
+
+    /// Prepares connectors and the hub client around a queue that is already open (and a
+    /// status board that outlives this pipeline): a reload builds a new pipeline this way
+    /// while the queue, which redb opens only once, stays open with everything queued.
+    pub fn with_queue(
+        config: Config,
+        queue: Queue,
+        board: Board,
+    ) -> Result<Pipeline, PipelineError> {
+        exchange_protocol::tls::install_provider();
         let client = HubClient::new(&config, queue.stream())?;
         let mut connectors: BTreeMap<String, Arc<dyn Connector>> = BTreeMap::new();
         for (name, spec) in &config.sources {
@@ -84,7 +95,7 @@ impl Pipeline {
             .collect();
         Ok(Pipeline {
             connectors,
-            board: Board::default(),
+            board,
             config,
             queue,
             client,
@@ -128,6 +139,19 @@ impl Pipeline {
             resource,
             report.horizon.as_ref().map(crate::status::horizon_text),
         );
+        if let Some(h) = &report.horizon {
+            use exchange_connectors::HorizonInfo::*;
+            self.board.set_held(
+                resource,
+                match h {
+                    OpenTransaction { since, session } => Some((since.clone(), session.clone())),
+                    PreparedTransaction { since } => {
+                        Some((since.clone(), Some("a prepared transaction".into())))
+                    }
+                    _ => None,
+                },
+            );
+        }
         self.note(resource, Stage::Pull, None);
     }
 

@@ -927,6 +927,7 @@ mod tests {
             key: "id_no".into(),
             mode,
             schedule: Schedule::Every(Duration::from_secs(60)),
+            max_staleness: crate::config::Staleness::WorkingDays(2),
             fields: vec![
                 (
                     "id_no".into(),

@@ -17,6 +17,7 @@
 //!   `Retry-After` on 429 and 503); nothing is dropped, whatever the hub answers.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -166,6 +167,22 @@ pub enum PushError {
 }
 
 impl PushError {
+    /// The kind of failure, as the `kind` label of `exchange_push_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PushError::Tls(_) => "tls_config",
+            PushError::Handshake { .. } => "handshake",
+            PushError::Unreachable { .. } => "unreachable",
+            PushError::Throttled { .. } => "throttled",
+            PushError::Refused { .. } => "refused",
+            PushError::WrongAck { .. } | PushError::BadAck { .. } => "bad_ack",
+            PushError::Rewound { .. } => "rewound",
+            PushError::Gap { .. } => "gap",
+            PushError::Overtaken { .. } => "overtaken",
+            PushError::Halted { .. } => "halted",
+            PushError::Queue(_) => "queue",
+        }
+    }
     /// Whether the hub answered and refused: retrying helps only after someone fixes
     /// something, so the retry waits longer.
     pub fn is_refusal(&self) -> bool {
@@ -633,9 +650,14 @@ pub async fn push_batches(
             let baseline = baseline_seq == Some(b.seq);
             let (client, stream, unanswered, bound) = (client, &stream, &unanswered, &sent_through);
             answers.push_back(async move {
+                let started = std::time::Instant::now();
                 let answer = client
                     .send(queue, resource, stream, baseline, &b, unanswered, bound)
                     .await;
+                crate::metrics::global().push_answered(
+                    started.elapsed(),
+                    answer.as_ref().err().map(PushError::kind),
+                );
                 (b, answer)
             });
         }
@@ -674,10 +696,21 @@ pub async fn push_batches(
         let q = queue.clone();
         let code = resource.to_owned();
         let seq = b.seq;
+        let (records, digest) = (b.records, b.digest.clone());
+        let status = format!("{:?}", ack.status).to_lowercase();
         // The ack also raises the committed bound over the window after this batch.
-        let bound = tokio::task::spawn_blocking(move || q.ack(&code, seq))
-            .await
-            .expect("queue task panicked")?;
+        let bound = tokio::task::spawn_blocking(move || {
+            let bound = q.ack(&code, seq)?;
+            // The exchange's audit record: which batch, how many records, their digest.
+            let data_dir = q.path().parent().unwrap_or(Path::new("."));
+            let detail = serde_json::json!({"seq": seq, "records": records, "digest": digest, "ack": status});
+            if let Err(e) = crate::audit::append(data_dir, "batch.acked", &code, detail) {
+                tracing::error!(resource = %code, seq, error = %e, "Cannot write the audit log.");
+            }
+            Ok::<_, QueueError>(bound)
+        })
+        .await
+        .expect("queue task panicked")?;
         sent_through.fetch_max(bound, Ordering::AcqRel);
         unanswered
             .lock()

@@ -137,4 +137,140 @@ mod tests {
         let every = Schedule::Every(Duration::from_secs(30)).next_runs(now, 3);
         assert_eq!(every[2] - now, chrono::Duration::seconds(90));
     }
+
+    /// The next `n` runs of `expr` after `from` (local time), as "YYYY-MM-DD HH:MM ddd".
+    fn runs(expr: &str, from: (i32, u32, u32, u32, u32), n: usize) -> Vec<String> {
+        let (y, mo, d, h, mi) = from;
+        let now = Local.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap();
+        Schedule::cron(expr)
+            .unwrap_or_else(|e| panic!("{expr}: {e}"))
+            .next_runs(now, n)
+            .iter()
+            .map(|t| t.format("%Y-%m-%d %H:%M %a").to_string())
+            .collect()
+    }
+
+    // 2026-01-01 is a Thursday. Each table row is what Vixie cron (crontab(5)) does.
+    #[test]
+    fn crontab_semantics_are_pinned() {
+        let from = (2026, 1, 1, 0, 0);
+        let table: &[(&str, &[&str])] = &[
+            // Weekday names and numbers are the same days.
+            (
+                "0 9 * * MON",
+                &["2026-01-05 09:00 Mon", "2026-01-12 09:00 Mon"],
+            ),
+            (
+                "0 9 * * 1",
+                &["2026-01-05 09:00 Mon", "2026-01-12 09:00 Mon"],
+            ),
+            (
+                "0 9 * * mon",
+                &["2026-01-05 09:00 Mon", "2026-01-12 09:00 Mon"],
+            ),
+            // 0 and 7 are both Sunday.
+            (
+                "0 9 * * 0",
+                &["2026-01-04 09:00 Sun", "2026-01-11 09:00 Sun"],
+            ),
+            (
+                "0 9 * * 7",
+                &["2026-01-04 09:00 Sun", "2026-01-11 09:00 Sun"],
+            ),
+            (
+                "0 9 * * SUN",
+                &["2026-01-04 09:00 Sun", "2026-01-11 09:00 Sun"],
+            ),
+            // Ranges of weekdays, by number and by name.
+            (
+                "30 8 * * 1-5",
+                &[
+                    "2026-01-01 08:30 Thu",
+                    "2026-01-02 08:30 Fri",
+                    "2026-01-05 08:30 Mon",
+                ],
+            ),
+            (
+                "30 8 * * MON-FRI",
+                &[
+                    "2026-01-01 08:30 Thu",
+                    "2026-01-02 08:30 Fri",
+                    "2026-01-05 08:30 Mon",
+                ],
+            ),
+            (
+                "0 12 * * 5-7",
+                &[
+                    "2026-01-02 12:00 Fri",
+                    "2026-01-03 12:00 Sat",
+                    "2026-01-04 12:00 Sun",
+                ],
+            ),
+            // Steps, over the whole field and over a range; lists.
+            (
+                "*/20 * * * *",
+                &[
+                    "2026-01-01 00:20 Thu",
+                    "2026-01-01 00:40 Thu",
+                    "2026-01-01 01:00 Thu",
+                ],
+            ),
+            (
+                "0 8-18/4 * * *",
+                &[
+                    "2026-01-01 08:00 Thu",
+                    "2026-01-01 12:00 Thu",
+                    "2026-01-01 16:00 Thu",
+                    "2026-01-02 08:00 Fri",
+                ],
+            ),
+            (
+                "15,45 6 * * *",
+                &[
+                    "2026-01-01 06:15 Thu",
+                    "2026-01-01 06:45 Thu",
+                    "2026-01-02 06:15 Fri",
+                ],
+            ),
+            // Month names; day-of-month alone.
+            (
+                "0 0 1 JAN,JUL *",
+                &["2026-07-01 00:00 Wed", "2027-01-01 00:00 Fri"],
+            ),
+            (
+                "0 9 13 * *",
+                &["2026-01-13 09:00 Tue", "2026-02-13 09:00 Fri"],
+            ),
+            // Both day fields restricted: a day matching EITHER runs (the OR rule).
+            (
+                "0 9 13 * FRI",
+                &[
+                    "2026-01-02 09:00 Fri",
+                    "2026-01-09 09:00 Fri",
+                    "2026-01-13 09:00 Tue",
+                    "2026-01-16 09:00 Fri",
+                ],
+            ),
+            // A restricted day-of-week with day-of-month `*`: only those weekdays.
+            (
+                "0 9 * * 3",
+                &["2026-01-07 09:00 Wed", "2026-01-14 09:00 Wed"],
+            ),
+        ];
+        for (expr, expected) in table {
+            assert_eq!(
+                runs(expr, from, expected.len()),
+                *expected,
+                "`{expr}` from 2026-01-01 00:00"
+            );
+        }
+    }
+
+    #[test]
+    fn runs_missed_while_stopped_are_not_replayed() {
+        // Stopped for a day: the next run is the next matching minute after now, once.
+        let s = Schedule::cron("0 * * * *").unwrap();
+        let now = Local.with_ymd_and_hms(2026, 1, 6, 10, 30, 0).unwrap();
+        assert_eq!(s.delay_from(now), Duration::from_secs(30 * 60));
+    }
 }

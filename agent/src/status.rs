@@ -23,6 +23,10 @@ pub struct Runtime {
     pub push_error: Option<String>,
     /// How the last page was bounded.
     pub horizon: Option<String>,
+    /// Since when (RFC 3339) a transaction open on the source holds the resource back, and
+    /// who holds it when the source tells; `None` when nothing does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<(String, Option<String>)>,
 }
 
 /// Shared runtime facts, per resource.
@@ -46,6 +50,10 @@ impl Board {
                 r.horizon = horizon;
             }
         });
+    }
+    /// Records whether a transaction open on the source held the last pull back.
+    pub fn set_held(&self, resource: &str, held: Option<(String, Option<String>)>) {
+        self.with(resource, |r| r.held = held);
     }
     /// Records a push failure.
     pub fn set_push_error(&self, resource: &str, e: &str) {
@@ -168,6 +176,7 @@ impl ResourceStatus {
                     .as_ref()
                     .map(|n| format!("{} (at {})", n.message, n.at)),
                 horizon: None,
+                held: None,
             },
         }
     }
@@ -231,6 +240,26 @@ fn shows_time(v: &exchange_connectors::Value) -> bool {
 
 /// How many quarantined rows `status` lists per resource.
 const RECENT_QUARANTINE: usize = 5;
+
+/// The one-line summary systemd shows (`STATUS=`): resources, queued records, last push, and
+/// the resources stopped until an operator acts.
+pub fn summary(pipeline: &crate::pipeline::Pipeline) -> String {
+    let Ok(states) = pipeline.queue.states() else {
+        return "Cannot read the queue.".into();
+    };
+    let queued: u64 = states.values().map(|s| s.queued_records).sum();
+    let last = states.values().filter_map(|s| s.last_push.as_deref()).max();
+    let halted = states.values().filter(|s| s.halt.is_some()).count();
+    let mut line = format!(
+        "{} resources, {queued} records queued, last push {}",
+        pipeline.pullers.len(),
+        last.unwrap_or("never")
+    );
+    if halted > 0 {
+        line.push_str(&format!(", {halted} stopped (see `exchange-agent status`)"));
+    }
+    line
+}
 
 /// Builds the report from an open queue.
 pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, QueueError> {

@@ -72,7 +72,13 @@ async fn data_dir_is_owner_only_and_status_holds_no_identifier() {
     .await;
 
     assert_eq!(mode(&data_dir), 0o700);
-    for file in ["queue.redb", "status.json", "control.sock"] {
+    for file in [
+        "queue.redb",
+        "status.json",
+        "control.sock",
+        "audit.jsonl",
+        "audit.head",
+    ] {
         assert_eq!(mode(&data_dir.join(file)), 0o600, "{file}");
     }
     let status = std::fs::read_to_string(&status_file).unwrap();

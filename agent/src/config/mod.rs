@@ -55,6 +55,8 @@ pub struct Config {
     pub resources: Vec<Resource>,
     /// Key material of the desensitization rules (`[policy]`).
     pub keys: Keys,
+    /// Where the admin listener (`/metrics`, `/health`) listens, loopback only; `None`: off.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// Identity of this front-end node.
@@ -152,6 +154,40 @@ pub enum Mode {
     Snapshot,
 }
 
+/// A resource's freshness limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Staleness {
+    /// This many working days (Monday to Friday): the default, 2, is the regulations' update
+    /// deadline.
+    WorkingDays(u32),
+    /// A fixed duration (`max_staleness = "36h"`).
+    Within(Duration),
+}
+
+impl Staleness {
+    /// The instant after which a resource last pushed at `since` is stale.
+    pub fn deadline(self, since: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+        use chrono::Datelike;
+        match self {
+            Staleness::Within(d) => chrono::Duration::from_std(d)
+                .ok()
+                .and_then(|d| since.checked_add_signed(d))
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
+            Staleness::WorkingDays(n) => {
+                let mut t = since;
+                let mut left = n;
+                while left > 0 {
+                    t += chrono::Duration::days(1);
+                    if !matches!(t.weekday(), chrono::Weekday::Sat | chrono::Weekday::Sun) {
+                        left -= 1;
+                    }
+                }
+                t
+            }
+        }
+    }
+}
+
 /// A configured resource (政务信息资源).
 #[derive(Debug, Clone)]
 pub struct Resource {
@@ -171,6 +207,9 @@ pub struct Resource {
     pub mode: Mode,
     /// When to pull.
     pub schedule: Schedule,
+    /// How old the last acknowledged push may get before the resource counts as stale
+    /// (metric `exchange_stale`, a warning in the log).
+    pub max_staleness: Staleness,
     /// Field rules, in file order.
     pub fields: Vec<(String, Rule)>,
     /// The identifier kind of the key column.
@@ -225,6 +264,19 @@ impl Config {
     }
 }
 
+/// A path under `$CREDENTIALS_DIRECTORY` (systemd's `LoadCredential=`): `p` starting with
+/// `${CREDENTIALS_DIRECTORY}/` or `$CREDENTIALS_DIRECTORY/` is resolved against the variable;
+/// `Some(Err)` when it is not set, `None` for any other path.
+fn credential(p: &str) -> Option<Result<PathBuf, ()>> {
+    let rest = p
+        .strip_prefix("${CREDENTIALS_DIRECTORY}/")
+        .or_else(|| p.strip_prefix("$CREDENTIALS_DIRECTORY/"))?;
+    Some(match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir).join(rest)),
+        _ => Err(()),
+    })
+}
+
 struct Validator<'a> {
     file: &'a Path,
     base: &'a Path,
@@ -248,7 +300,18 @@ impl Validator<'_> {
     }
 
     fn existing_file(&self, key: &str, p: &str) -> Result<PathBuf, ConfigError> {
-        let path = self.path(p);
+        let path = match credential(p) {
+            Some(Ok(path)) => path,
+            Some(Err(())) => {
+                return Err(self.err(
+                    key,
+                    format!(
+                        "`{p}` names a systemd credential, but CREDENTIALS_DIRECTORY is not set: systemd sets it for a unit with LoadCredential= (systemd/exchange-agent.service); elsewhere set it to the directory holding the files, or write a plain path"
+                    ),
+                ));
+            }
+            None => self.path(p),
+        };
         if !path.is_file() {
             return Err(self.err(key, format!("file {} does not exist", path.display())));
         }
@@ -387,7 +450,32 @@ impl Validator<'_> {
             sources,
             resources,
             keys,
+            admin: self.admin(raw.admin)?,
         })
+    }
+
+    fn admin(&self, a: Option<raw::RawAdmin>) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let Some(listen) = a.and_then(|a| a.listen) else {
+            return Ok(None);
+        };
+        if listen.is_empty() || listen == "off" {
+            return Ok(None);
+        }
+        let addr: std::net::SocketAddr = listen.parse().map_err(|_| {
+            self.err(
+                "admin.listen",
+                format!(
+                    "`{listen}` is not an address and port, e.g. \"127.0.0.1:9464\" (or \"off\")"
+                ),
+            )
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(self.err(
+                "admin.listen",
+                format!("{addr} is not a loopback address: the admin listener has no authentication, so it listens on 127.0.0.1 or ::1 only (scrape through a local agent or an SSH tunnel)"),
+            ));
+        }
+        Ok(Some(addr))
     }
 
     fn keys(&self, p: &raw::RawPolicy, data_dir: &Path) -> Result<Keys, ConfigError> {
@@ -816,7 +904,14 @@ impl Validator<'_> {
             }
             (None, None) => Schedule::Every(Duration::from_secs(300)),
         };
+        let max_staleness = match r.max_staleness {
+            None => Staleness::WorkingDays(2),
+            Some(text) => Staleness::Within(
+                parse_duration(&text).map_err(|e| self.err(&key("max_staleness"), e))?,
+            ),
+        };
         Ok(Resource {
+            max_staleness,
             code: r.code,
             name: r.name,
             share,

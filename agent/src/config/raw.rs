@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub queue: Option<RawQueue>,
     pub batch: Option<RawBatch>,
     pub policy: Option<RawPolicy>,
+    pub admin: Option<RawAdmin>,
     #[serde(default)]
     pub sources: Vec<RawSource>,
     #[serde(default)]
@@ -56,6 +57,13 @@ pub struct RawQueue {
 pub struct RawBatch {
     pub max_records: Option<usize>,
     pub max_bytes: Option<String>,
+}
+
+/// `[admin]`: the loopback listener for metrics and health.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
 }
 
 /// `[policy]`: key material of the desensitization rules.
@@ -99,6 +107,7 @@ pub struct RawResource {
     pub safety_lag: Option<String>,
     pub schedule: Option<String>,
     pub every: Option<String>,
+    pub max_staleness: Option<String>,
     pub deliver: Option<bool>,
     pub plain_allowed: Option<Vec<String>>,
     pub plain_reason: Option<String>,

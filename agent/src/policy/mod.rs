@@ -608,6 +608,7 @@ mod tests {
                 safety_lag: Duration::ZERO,
             },
             schedule: Schedule::Every(Duration::from_secs(1)),
+            max_staleness: crate::config::Staleness::WorkingDays(2),
             fields: vec![
                 ("id_card".into(), Rule::Plain),
                 ("name".into(), Rule::Plain),

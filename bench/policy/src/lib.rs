@@ -62,6 +62,7 @@ pub fn resource(desensitized: bool) -> Resource {
         key: "id_no".into(),
         mode: Mode::Snapshot,
         schedule: Schedule::Every(Duration::from_secs(60)),
+        max_staleness: exchange_agent::config::Staleness::WorkingDays(2),
         fields,
         key_kind: IdKind::CitizenId,
         invalid_key: InvalidKey::Quarantine,
