@@ -1,4 +1,5 @@
-//! The audit log: what operators did to the queue, appended to `<data_dir>/audit.jsonl`.
+//! The audit log: what operators did to the queue and every verification request (answered,
+//! denied or throttled), appended to `<data_dir>/audit.jsonl`.
 //!
 //! # Format
 //! One JSON object per line, [`Entry`], in the order written. Each entry's `prev` is the SM3
@@ -10,7 +11,8 @@
 //!   to disk (fsync) before the command reports success.
 //! - The file is created 0600.
 //! - An entry never holds a field value: resource codes, sequence numbers, record counts,
-//!   content digests, and the operator's words.
+//!   content digests, and the operator's words; a verification's subjects only as keyed
+//!   pseudonyms, never a claimed or stored value.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -57,13 +59,18 @@ pub fn append(
     resource: &str,
     detail: serde_json::Value,
 ) -> Result<Entry, AuditError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let path = path(data_dir);
+    let prev = last_digest(&path)?;
+    write(&path, prev, actor(), action, resource, detail).map(|(entry, _, _)| entry)
+}
+
+/// The SM3 (hex) of the file's last line, 64 zeros for an empty or missing file.
+fn last_digest(path: &Path) -> Result<String, AuditError> {
     let err = |source| AuditError {
-        path: path.clone(),
+        path: path.to_owned(),
         source,
     };
-    let prev = match std::fs::File::open(&path) {
+    let prev = match std::fs::File::open(path) {
         Ok(f) => {
             let mut last = None;
             for line in std::io::BufReader::new(f).lines() {
@@ -76,24 +83,42 @@ pub fn append(
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(err(e)),
-    }
-    .unwrap_or_else(|| "0".repeat(64));
+    };
+    Ok(prev.unwrap_or_else(|| "0".repeat(64)))
+}
+
+/// Writes one entry after `prev` and syncs it; returns it with the file's new length and
+/// the digest of the line written.
+fn write(
+    path: &Path,
+    prev: String,
+    actor: String,
+    action: &str,
+    resource: &str,
+    detail: serde_json::Value,
+) -> Result<(Entry, u64, String), AuditError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| AuditError {
+        path: path.to_owned(),
+        source,
+    };
     let entry = Entry {
         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        actor: actor(),
+        actor,
         action: action.to_owned(),
         resource: resource.to_owned(),
         detail,
         prev,
     };
     let mut line = serde_json::to_vec(&entry).expect("entry serializes");
+    let digest = hex::encode(crate::queue::sm3_bytes(&line));
     line.push(b'\n');
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .read(true)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .map_err(err)?;
     // A line cut short by a crash stays on its own line.
     if ends_without_newline(&mut file).map_err(err)? {
@@ -101,7 +126,51 @@ pub fn append(
     }
     file.write_all(&line).map_err(err)?;
     file.sync_all().map_err(err)?;
-    Ok(entry)
+    let len = file.metadata().map_err(err)?.len();
+    Ok((entry, len, digest))
+}
+
+/// The audit log of a long-running service (the verification service), which appends many
+/// entries: it keeps the digest of the last line it wrote and the file's length then, so an
+/// entry costs one write and one fsync instead of a read of the whole file. When the length
+/// differs (an operator command in another process appended meanwhile), the chain is read
+/// from the file again.
+#[derive(Debug)]
+pub struct Writer {
+    /// The file.
+    path: PathBuf,
+    /// The file's length and last line's digest after this writer's last entry.
+    last: std::sync::Mutex<Option<(u64, String)>>,
+}
+
+impl Writer {
+    /// A writer for the audit log of `data_dir`.
+    pub fn new(data_dir: &Path) -> Writer {
+        Writer {
+            path: path(data_dir),
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Appends one entry by `actor` (e.g. a requester's identity) and syncs it to disk.
+    pub fn append(
+        &self,
+        actor: &str,
+        action: &str,
+        resource: &str,
+        detail: serde_json::Value,
+    ) -> Result<Entry, AuditError> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        let prev = match last.take() {
+            Some((known, digest)) if known == len => digest,
+            _ => last_digest(&self.path)?,
+        };
+        let (entry, len, digest) =
+            write(&self.path, prev, actor.to_owned(), action, resource, detail)?;
+        *last = Some((len, digest));
+        Ok(entry)
+    }
 }
 
 /// Whether a non-empty file's last byte is not a newline.
@@ -139,6 +208,44 @@ fn actor() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_writer_keeps_the_chain_when_another_process_appends_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Writer::new(dir.path());
+        w.append(
+            "requester-a",
+            "verify",
+            "R",
+            serde_json::json!({"items": 1}),
+        )
+        .unwrap();
+        append(dir.path(), "resync", "R", serde_json::json!({})).unwrap();
+        w.append(
+            "requester-a",
+            "verify",
+            "R",
+            serde_json::json!({"items": 2}),
+        )
+        .unwrap();
+        w.append(
+            "requester-a",
+            "verify",
+            "R",
+            serde_json::json!({"items": 3}),
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(path(dir.path())).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4);
+        for pair in lines.windows(2) {
+            let next: Entry = serde_json::from_str(pair[1]).unwrap();
+            assert_eq!(
+                next.prev,
+                hex::encode(crate::queue::sm3_bytes(pair[0].as_bytes()))
+            );
+        }
+    }
 
     #[test]
     fn entries_are_chained_by_the_digest_of_the_previous_line() {

@@ -2,7 +2,9 @@
 //! as batches are queued, until the shutdown future resolves.
 //!
 //! An unreachable source is retried with backoff without holding up the other resources; an
-//! unreachable hub leaves records queued (pulling pauses when the queue is full).
+//! unreachable hub leaves records queued (pulling pauses when the queue is full). With
+//! `[verify]`, the verification service listens under the same shutdown: it stops accepting
+//! when the daemon stops, and requests in flight are answered (and audited) first.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,10 +18,30 @@ use crate::pull::Puller;
 use crate::status;
 
 /// Runs until `shutdown` resolves, then stops the tasks; the queue stays consistent whatever
-/// the moment.
-pub async fn run(pipeline: Arc<Pipeline>, shutdown: impl Future<Output = ()>) {
+/// the moment. Fails only when the verification service (`[verify]`) cannot start.
+pub async fn run(
+    pipeline: Arc<Pipeline>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), crate::verify::VerifyError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    if let Some(v) = &pipeline.config.verify {
+        let listener = tokio::net::TcpListener::bind(v.listen)
+            .await
+            .map_err(crate::verify::VerifyError::Listener)?;
+        let service = Arc::new(crate::verify::Service::new(Arc::new(
+            pipeline.config.clone(),
+        ))?);
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.changed().await;
+            };
+            if let Err(e) = crate::verify::serve(listener, service, stopped).await {
+                tracing::error!(error = %e, "The verification service stopped.");
+            }
+        }));
+    }
     for p in &pipeline.pullers {
         let code = p.resource.code.clone();
         let pl = pipeline.clone();
@@ -108,6 +130,7 @@ pub async fn run(pipeline: Arc<Pipeline>, shutdown: impl Future<Output = ()>) {
         }
     }
     let _ = std::fs::remove_file(crate::control::socket_path(&data_dir));
+    Ok(())
 }
 
 async fn schedule_loop(

@@ -233,8 +233,10 @@ async fn main() -> ExitCode {
                 Ok(p) => Arc::new(p),
                 Err(e) => return fail(e),
             };
-            daemon::run(pipeline, shutdown_signal()).await;
-            ExitCode::SUCCESS
+            match daemon::run(pipeline, shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(anyhow::Error::new(e).context("cannot start the agent")),
+            }
         }
         Command::Sync {
             resource,

@@ -617,6 +617,7 @@ mod tests {
             invalid_key: InvalidKey::Quarantine,
             plain_allowed: Vec::new(),
             plain_reason: None,
+            verification: Default::default(),
         }
     }
 
