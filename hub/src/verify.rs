@@ -234,8 +234,11 @@ pub fn read_claims(path: &Path) -> Result<(Vec<String>, Vec<ClaimRow>), String> 
     Ok((fields, rows))
 }
 
-/// RFC 4180 records with the line each starts on.
-fn parse_csv(text: &str) -> Result<Vec<(usize, Vec<String>)>, (usize, String)> {
+/// A CSV record: the line it starts on and its cells.
+type CsvRecord = (usize, Vec<String>);
+
+/// RFC 4180 records; an error names the line.
+fn parse_csv(text: &str) -> Result<Vec<CsvRecord>, (usize, String)> {
     let mut out = Vec::new();
     let mut chars = text.chars().peekable();
     let mut line = 1;

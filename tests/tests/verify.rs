@@ -35,8 +35,19 @@ const STORED_SECRET: &str = "SECRETSTOREDQX";
 /// A claimed value that must never appear anywhere.
 const CLAIMED_SECRET: &str = "SECRETCLAIMEDZV";
 
-/// Rows of `people`: (id_no, name, address, birth, salary, status, note).
-const PEOPLE: [(&str, &str, Option<&str>, &str, &str, &str, &str); 3] = [
+/// A row of `people`: (id_no, name, address, birth, salary, status, note).
+type Person = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
+/// The rows of `people`.
+const PEOPLE: [Person; 3] = [
     (
         "11010519491231002X",
         "张三",
@@ -483,7 +494,7 @@ fn assert_no_secret(setup: &Setup, extra: &[PathBuf]) {
             "440524188001010014",
             "张三",
             "1949-12-31",
-            "12345",
+            "12345.6",
         ] {
             assert!(
                 !text.contains(&needle.to_lowercase()),
@@ -612,7 +623,8 @@ async fn every_denial_is_a_json_error_naming_what_is_missing_and_is_audited() {
             .await
             .unwrap();
         assert_eq!(response.status().as_u16(), status);
-        let error: serde_json::Value = response.json().await.unwrap();
+        let error: serde_json::Value =
+            serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
         assert!(error["error"].as_str().is_some_and(|e| !e.is_empty()));
     }
     // Still answering.
@@ -685,12 +697,12 @@ async fn certificates_from_another_ca_or_expired_are_refused_in_the_handshake() 
         "expired",
     );
     for (cert, key) in [foreign, expired] {
-        let v = Verifier::new(&setup.client_tls(&cert, &key), &service.url).unwrap();
         let r = request(
             "R-SHOWN",
             vec![item("11010519491231002X", &[("name", v("张三"))])],
         );
-        match v.verify(&r).await {
+        let verifier = Verifier::new(&setup.client_tls(&cert, &key), &service.url).unwrap();
+        match verifier.verify(&r).await {
             Err(VerifyCallError::Transport { .. }) => {}
             other => panic!("expected a refused handshake, got {other:?}"),
         }
@@ -724,12 +736,12 @@ async fn a_uscc_uri_identifies_the_requester_when_configured() {
         Validity::Current,
         "uscc",
     );
-    let v = Verifier::new(&setup.client_tls(&cert, &key), &service.url).unwrap();
     let r = request(
         "R-SHOWN",
         vec![item("11010519491231002X", &[("name", v("张三"))])],
     );
-    let (answer, _) = v.verify(&r).await.unwrap();
+    let verifier = Verifier::new(&setup.client_tls(&cert, &key), &service.url).unwrap();
+    let (answer, _) = verifier.verify(&r).await.unwrap();
     assert_eq!(answer.items[0].fields["name"], FieldResult::Match);
     // The CN-only certificate has no identity under uscc_uri.
     let (status, message) = refused(&service.verifier, &r).await;

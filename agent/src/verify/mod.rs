@@ -65,6 +65,9 @@ pub enum VerifyError {
     /// The listener is unusable.
     #[error("the verification listener is unusable: {0}")]
     Listener(#[source] std::io::Error),
+    /// The data directory (where the audit log is) is unusable.
+    #[error("{0}")]
+    DataDir(String),
 }
 
 /// What a configuration gives the service; replaced whole by [`Service::reload`].
@@ -91,6 +94,8 @@ impl Service {
     /// A service for `config`, which must have `[verify]`.
     pub fn new(config: Arc<Config>) -> Result<Service, VerifyError> {
         let settings = Self::settings(config)?;
+        crate::queue::prepare_data_dir(&settings.config.node.data_dir)
+            .map_err(VerifyError::DataDir)?;
         Ok(Service {
             audit: audit::Writer::new(&settings.config.node.data_dir),
             settings: RwLock::new(Arc::new(settings)),
