@@ -109,9 +109,15 @@ struct VerifyArgs {
     /// Send every claim as HMAC-SM3 under [client] comparison_key_file, never in clear.
     #[arg(long)]
     hmac: bool,
-    /// Print the agent's answer as it came (JSON) instead of a table.
+    /// Print the agent's answer as it came (JSON) instead of a table (with --psi: the
+    /// answer computed from the agent's, in the same form).
     #[arg(long)]
     json: bool,
+    /// Private set intersection: subjects and claims leave only blinded (ECDH over
+    /// ristretto255); the agent learns nothing of them. Needs reveal_not_found = true on the
+    /// resource; not with --hmac.
+    #[arg(long, conflicts_with = "hmac")]
+    psi: bool,
     /// The request id (default: generated).
     #[arg(long)]
     request_id: Option<String>,
@@ -302,10 +308,14 @@ async fn verify(args: VerifyArgs) -> Result<(), Failure> {
             } else {
                 request_id.clone()
             };
-            let (answer, text) = verifier
-                .verify(&request(id, v::items_of(chunk, key.as_ref())))
-                .await
-                .map_err(other_error)?;
+            let r = request(id, v::items_of(chunk, key.as_ref()));
+            let (answer, text) = if args.psi {
+                let a = verifier.verify_psi(&r).await.map_err(other_error)?;
+                let text = serde_json::to_string(&a).expect("serializes");
+                (a, text)
+            } else {
+                verifier.verify(&r).await.map_err(other_error)?
+            };
             answers.extend(answer.items);
             raw.push(text);
         }
@@ -349,10 +359,14 @@ async fn verify(args: VerifyArgs) -> Result<(), Failure> {
             "give at least one --claim field=value"
         )));
     }
-    let (answer, text) = verifier
-        .verify(&request(request_id, vec![Item { subject, claims }]))
-        .await
-        .map_err(other_error)?;
+    let r = request(request_id, vec![Item { subject, claims }]);
+    let (answer, text) = if args.psi {
+        let a = verifier.verify_psi(&r).await.map_err(other_error)?;
+        let text = serde_json::to_string(&a).expect("serializes");
+        (a, text)
+    } else {
+        verifier.verify(&r).await.map_err(other_error)?
+    };
     if args.json {
         println!("{text}");
         return Ok(());

@@ -90,15 +90,125 @@ impl Verifier {
         &self,
         request: &VerifyRequest,
     ) -> Result<(VerifyAnswer, String), VerifyCallError> {
+        let url = self.url.clone();
+        let text = self
+            .post(
+                &url,
+                serde_json::to_vec(request).expect("a request serializes"),
+            )
+            .await?;
+        let answer: VerifyAnswer =
+            serde_json::from_str(&text).map_err(|e| VerifyCallError::Answer(e.to_string()))?;
+        if answer.request_id != request.request_id || answer.items.len() != request.items.len() {
+            return Err(VerifyCallError::Answer(
+                "its request id or number of items differs from the request's".into(),
+            ));
+        }
+        Ok((answer, text))
+    }
+}
+
+impl Verifier {
+    /// Sends `request` by private set intersection (docs/PROTOCOL.md §11.6): subjects and
+    /// claims leave only blinded; the answer is computed here. HMAC claims are not possible
+    /// (the comparison is on blinded values already); a claim must be a value.
+    pub async fn verify_psi(
+        &self,
+        request: &VerifyRequest,
+    ) -> Result<VerifyAnswer, VerifyCallError> {
+        use exchange_agent::verify::compare::{canonical, psi_form};
+        use exchange_protocol::psi::{self, PsiAnswer, PsiItem, PsiRequest, Secret};
+        let mut random = [0u8; 64];
+        random[..32].copy_from_slice(&rand::random::<[u8; 32]>());
+        random[32..].copy_from_slice(&rand::random::<[u8; 32]>());
+        let secret = Secret::from_random_bytes(&random);
+        let mut items = Vec::with_capacity(request.items.len());
+        for item in &request.items {
+            let subject = canonical(&item.subject);
+            let mut claims = BTreeMap::new();
+            for (f, c) in &item.claims {
+                let Claim::Value(value) = c else {
+                    return Err(VerifyCallError::Answer(
+                        "an HMAC claim cannot be sent by private set intersection".into(),
+                    ));
+                };
+                let p = psi::hash_claim(f, &subject, &psi_form(value));
+                claims.insert(f.clone(), hex::encode(secret.blind(&p)));
+            }
+            items.push(PsiItem {
+                subject: hex::encode(secret.blind(&psi::hash_subject(&subject))),
+                claims,
+            });
+        }
+        let body = PsiRequest {
+            request_id: request.request_id.clone(),
+            purpose: request.purpose.clone(),
+            case_ref: request.case_ref.clone(),
+            resource: request.resource.clone(),
+            items,
+        };
+        let url = self.url.replace(VERIFY_PATH, psi::PSI_PATH);
+        let text = self
+            .post(&url, serde_json::to_vec(&body).expect("serializes"))
+            .await?;
+        let answer: PsiAnswer =
+            serde_json::from_str(&text).map_err(|e| VerifyCallError::Answer(e.to_string()))?;
+        if answer.request_id != request.request_id || answer.items.len() != request.items.len() {
+            return Err(VerifyCallError::Answer(
+                "its request id or number of items differs from the request's".into(),
+            ));
+        }
+        let subjects: std::collections::HashSet<&str> =
+            answer.subjects.iter().map(String::as_str).collect();
+        let stored: std::collections::HashSet<&str> =
+            answer.claims.iter().map(String::as_str).collect();
+        let bad_point = || VerifyCallError::Answer("a point does not decode".into());
+        let mut out = Vec::with_capacity(answer.items.len());
+        for (asked, got) in request.items.iter().zip(&answer.items) {
+            let s = psi::point_from_hex(&got.subject).ok_or_else(bad_point)?;
+            let s = secret.unblind(&s).ok_or_else(bad_point)?;
+            let found = subjects.contains(psi::tag(&s).as_str());
+            let mut fields = BTreeMap::new();
+            for f in asked.claims.keys() {
+                let p = got
+                    .claims
+                    .get(f)
+                    .and_then(|c| psi::point_from_hex(c))
+                    .ok_or_else(bad_point)?;
+                let p = secret.unblind(&p).ok_or_else(bad_point)?;
+                let result = if found && stored.contains(psi::tag(&p).as_str()) {
+                    exchange_protocol::verify::FieldResult::Match
+                } else {
+                    exchange_protocol::verify::FieldResult::Mismatch
+                };
+                fields.insert(f.clone(), result);
+            }
+            out.push(AnswerItem {
+                subject: Some(if found {
+                    SubjectResult::Found
+                } else {
+                    SubjectResult::NotFound
+                }),
+                fields,
+            });
+        }
+        Ok(VerifyAnswer {
+            request_id: answer.request_id,
+            items: out,
+        })
+    }
+
+    /// POSTs a JSON body; the answer's text, or the refusal.
+    async fn post(&self, url: &str, body: Vec<u8>) -> Result<String, VerifyCallError> {
         let response = self
             .http
-            .post(&self.url)
+            .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(serde_json::to_vec(request).expect("a request serializes"))
+            .body(body)
             .send()
             .await
             .map_err(|e| VerifyCallError::Transport {
-                url: self.url.clone(),
+                url: url.to_owned(),
                 reason: error_chain(&e),
             })?;
         let status = response.status();
@@ -111,7 +221,7 @@ impl Verifier {
             .text()
             .await
             .map_err(|e| VerifyCallError::Transport {
-                url: self.url.clone(),
+                url: url.to_owned(),
                 reason: error_chain(&e),
             })?;
         if !status.is_success() {
@@ -124,14 +234,7 @@ impl Verifier {
                 retry_after,
             });
         }
-        let answer: VerifyAnswer =
-            serde_json::from_str(&text).map_err(|e| VerifyCallError::Answer(e.to_string()))?;
-        if answer.request_id != request.request_id || answer.items.len() != request.items.len() {
-            return Err(VerifyCallError::Answer(
-                "its request id or number of items differs from the request's".into(),
-            ));
-        }
-        Ok((answer, text))
+        Ok(text)
     }
 }
 

@@ -458,6 +458,53 @@ async fn semantics_hold(kind: &str, url: &str) {
     assert_eq!(hidden.items[0].fields["address"], Mismatch);
     assert_eq!(hidden.items[1].fields["name"], Mismatch);
 
+    // Private set intersection: the same answers, computed by the requester from blinded
+    // points; refused where membership must not be revealed.
+    let psi_items = vec![
+        item(
+            "11010519491231002x",
+            &[
+                ("name", v("张三")),
+                ("birth", v("1949/12/31")),
+                ("salary", v("12345.600")),
+            ],
+        ),
+        item(
+            "440524188001010014",
+            &[("name", v("王五")), ("address", v("x"))],
+        ),
+        item("150102880730303", &[("name", v("张三"))]),
+    ];
+    let psi = service
+        .verifier
+        .verify_psi(&request("R-SHOWN", psi_items.clone()))
+        .await
+        .unwrap();
+    assert_eq!(psi.items[0].subject, Some(SubjectResult::Found), "{kind}");
+    assert_eq!(
+        psi.items[0].fields,
+        results(&[("name", Match), ("birth", Match), ("salary", Match)]),
+        "{kind}"
+    );
+    assert_eq!(psi.items[1].subject, Some(SubjectResult::Found));
+    assert_eq!(
+        psi.items[1].fields,
+        results(&[("name", Mismatch), ("address", Mismatch)])
+    );
+    assert_eq!(psi.items[2].subject, Some(SubjectResult::NotFound));
+    let (status, message) = match service
+        .verifier
+        .verify_psi(&request("R-HIDDEN", psi_items))
+        .await
+    {
+        Err(VerifyCallError::Refused {
+            status, message, ..
+        }) => (status, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(status, 403);
+    assert!(message.contains("reveal_not_found"), "{message}");
+
     // The table is still there after the metacharacters.
     let (again, _) = service
         .verifier
@@ -921,6 +968,27 @@ async fn the_hub_cli_verifies_against_the_agent_daemon_and_nothing_lands() {
     let out = call(hmac).await;
     out.assert_code(0);
     assert!(out.stdout.contains("\"status\":\"match\""), "{out}");
+    // Private set intersection from the command line.
+    let mut psi = base("R-SHOWN");
+    psi.extend(
+        [
+            "--subject",
+            "11010519491231002X",
+            "--claim",
+            "name=张三",
+            "--claim",
+            "birth=19491231",
+            "--psi",
+            "--json",
+        ]
+        .map(String::from),
+    );
+    let out = call(psi).await;
+    out.assert_code(0);
+    let answer: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(answer["items"][0]["subject"], "found", "{out}");
+    assert_eq!(answer["items"][0]["fields"]["name"], "match", "{out}");
+    assert_eq!(answer["items"][0]["fields"]["birth"], "match", "{out}");
     // A batch from a file; answers next to it.
     let claims = setup.dir.path().join("claims.csv");
     std::fs::write(

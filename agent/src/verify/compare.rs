@@ -199,6 +199,28 @@ pub fn claim_mac(key: &PseudonymKey, field: &str, value: &str) -> [u8; 32] {
     key.mac(&domain, &canonical(value))
 }
 
+/// The form a value is compared in by private set intersection (docs/PROTOCOL.md §11.6),
+/// where the requester cannot be told the field's semantics: the [`canonical`] form, then
+/// `date:YYYY-MM-DD` if it reads as a date (an instant by its date in UTC+8), else
+/// `number:` and the canonical decimal if it reads as a number, else `text:` and the
+/// canonical form.
+pub fn psi_form(value: &str) -> String {
+    let c = canonical(value);
+    let zone = crate::policy::generalize::china();
+    if let Some(d) = crate::policy::generalize::date_of(&Value::Text(c.clone()), zone) {
+        return format!("date:{}", d.format("%Y-%m-%d"));
+    }
+    if let Some(n) = decimal(&c) {
+        return format!("number:{n}");
+    }
+    format!("text:{c}")
+}
+
+/// The text form of a stored value for [`psi_form`]; `None` for NULL.
+pub fn stored_psi_form(value: &Value) -> Option<String> {
+    stored_text(value).map(|t| psi_form(&t))
+}
+
 /// A decimal number in a canonical text: sign, digits without leading or trailing zeros, and
 /// the power of ten (`-125e-2` for `-1.250`); `None` for anything that is not a number.
 fn decimal(text: &str) -> Option<String> {
@@ -351,6 +373,18 @@ mod tests {
             compare(Compare::Exact, "address", &hmac, &text("x"), cx(None)),
             Err(ClaimError::NoComparisonKey)
         );
+    }
+
+    #[test]
+    fn psi_forms_agree_across_layouts() {
+        let date = Value::Date(chrono::NaiveDate::from_ymd_opt(1949, 12, 31).unwrap());
+        assert_eq!(stored_psi_form(&date).unwrap(), psi_form("1949年12月31日"));
+        assert_eq!(
+            stored_psi_form(&Value::Decimal("12.50".into())).unwrap(),
+            psi_form("12.5")
+        );
+        assert_eq!(psi_form(" ＡＢＣ "), "text:abc");
+        assert_eq!(stored_psi_form(&Value::Null), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 
 pub mod compare;
 pub mod grant;
+pub mod psi;
 pub mod quota;
 
 use std::collections::{BTreeMap, HashMap};
@@ -149,11 +150,17 @@ impl Service {
                 post(handle)
                     .fallback(|| async { refusal(StatusCode::METHOD_NOT_ALLOWED, "use POST") }),
             )
+            .route(
+                exchange_protocol::psi::PSI_PATH,
+                post(psi::handle)
+                    .fallback(|| async { refusal(StatusCode::METHOD_NOT_ALLOWED, "use POST") }),
+            )
             .fallback(|| async {
                 refusal(
                     StatusCode::NOT_FOUND,
                     format!(
-                        "no such endpoint; the verification service answers POST {VERIFY_PATH}"
+                        "no such endpoint; the verification service answers POST {VERIFY_PATH} and POST {}",
+                        exchange_protocol::psi::PSI_PATH
                     ),
                 )
             })
@@ -262,6 +269,23 @@ async fn handle(
         &mut record,
     )
     .await;
+    respond(
+        &service, &peer, requester, record, started, "verify", result,
+    )
+    .await
+}
+
+/// Writes the audit record of a request, then answers it (`503` instead when the record
+/// cannot be written).
+async fn respond<T: serde::Serialize>(
+    service: &Arc<Service>,
+    peer: &Peer,
+    requester: Option<String>,
+    record: Record,
+    started: Instant,
+    action: &'static str,
+    result: Result<T, Refused>,
+) -> Response {
     let (status, outcome, reason) = match &result {
         Ok(_) => (StatusCode::OK, "answered", None),
         Err(r) => (r.status, r.outcome, Some(r.message.clone())),
@@ -287,10 +311,9 @@ async fn handle(
         record.resource.clone()
     };
     let writer = service.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        writer.audit.append(&actor, "verify", &resource, detail)
-    })
-    .await;
+    let written =
+        tokio::task::spawn_blocking(move || writer.audit.append(&actor, action, &resource, detail))
+            .await;
     match written {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
