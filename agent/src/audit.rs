@@ -97,22 +97,26 @@ fn write(
     resource: &str,
     detail: serde_json::Value,
 ) -> Result<(Entry, u64, String), AuditError> {
+    let job = (actor, action.to_owned(), resource.to_owned(), detail);
+    let (mut entries, len, digest) = write_many(path, prev, vec![job])?;
+    Ok((entries.remove(0), len, digest))
+}
+
+/// What one entry says: actor, action, resource, detail.
+type Fields = (String, String, String, serde_json::Value);
+
+/// Writes entries chained after `prev` with one write and one fsync; returns them with the
+/// file's new length and the digest of the last line written.
+fn write_many(
+    path: &Path,
+    mut prev: String,
+    jobs: Vec<Fields>,
+) -> Result<(Vec<Entry>, u64, String), AuditError> {
     use std::os::unix::fs::OpenOptionsExt;
     let err = |source| AuditError {
         path: path.to_owned(),
         source,
     };
-    let entry = Entry {
-        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        actor,
-        action: action.to_owned(),
-        resource: resource.to_owned(),
-        detail,
-        prev,
-    };
-    let mut line = serde_json::to_vec(&entry).expect("entry serializes");
-    let digest = hex::encode(crate::queue::sm3_bytes(&line));
-    line.push(b'\n');
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -120,56 +124,126 @@ fn write(
         .mode(0o600)
         .open(path)
         .map_err(err)?;
+    let mut bytes = Vec::new();
     // A line cut short by a crash stays on its own line.
     if ends_without_newline(&mut file).map_err(err)? {
-        line.insert(0, b'\n');
+        bytes.push(b'\n');
     }
-    file.write_all(&line).map_err(err)?;
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut entries = Vec::with_capacity(jobs.len());
+    for (actor, action, resource, detail) in jobs {
+        let entry = Entry {
+            at: at.clone(),
+            actor,
+            action,
+            resource,
+            detail,
+            prev,
+        };
+        let line = serde_json::to_vec(&entry).expect("entry serializes");
+        prev = hex::encode(crate::queue::sm3_bytes(&line));
+        bytes.extend_from_slice(&line);
+        bytes.push(b'\n');
+        entries.push(entry);
+    }
+    file.write_all(&bytes).map_err(err)?;
     file.sync_all().map_err(err)?;
     let len = file.metadata().map_err(err)?.len();
-    Ok((entry, len, digest))
+    Ok((entries, len, prev))
+}
+
+/// One entry waiting for the writer thread, and where its result goes.
+struct Job {
+    /// What the entry says.
+    fields: Fields,
+    /// The entry once on disk, or why not.
+    reply: tokio::sync::oneshot::Sender<Result<Entry, AuditError>>,
 }
 
 /// The audit log of a long-running service (the verification service), which appends many
-/// entries: it keeps the digest of the last line it wrote and the file's length then, so an
-/// entry costs one write and one fsync instead of a read of the whole file. When the length
-/// differs (an operator command in another process appended meanwhile), the chain is read
-/// from the file again.
+/// entries from many requests at once. One thread writes them: it takes every entry waiting,
+/// writes them with one write and one fsync (group commit), then tells each caller; a caller
+/// goes on only once its entry is on disk. It keeps the digest of the last line it wrote and
+/// the file's length then, so an entry costs no read of the file; when the length differs (an
+/// operator command in another process appended meanwhile), the chain is read from the file
+/// again.
 #[derive(Debug)]
 pub struct Writer {
-    /// The file.
-    path: PathBuf,
-    /// The file's length and last line's digest after this writer's last entry.
-    last: std::sync::Mutex<Option<(u64, String)>>,
+    /// To the writer thread (which ends when this is dropped).
+    jobs: std::sync::mpsc::Sender<Job>,
 }
 
 impl Writer {
     /// A writer for the audit log of `data_dir`.
     pub fn new(data_dir: &Path) -> Writer {
-        Writer {
-            path: path(data_dir),
-            last: std::sync::Mutex::new(None),
-        }
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let path = path(data_dir);
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || {
+                let mut last: Option<(u64, String)> = None;
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        jobs.push(more);
+                    }
+                    let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    let prev = match last.take() {
+                        Some((known, digest)) if known == len => Ok(digest),
+                        _ => last_digest(&path),
+                    };
+                    let (fields, replies): (Vec<Fields>, Vec<_>) =
+                        jobs.into_iter().map(|j| (j.fields, j.reply)).unzip();
+                    match prev.and_then(|prev| write_many(&path, prev, fields)) {
+                        Ok((entries, len, digest)) => {
+                            last = Some((len, digest));
+                            for (entry, reply) in entries.into_iter().zip(replies) {
+                                let _ = reply.send(Ok(entry));
+                            }
+                        }
+                        Err(e) => {
+                            for reply in replies {
+                                let _ = reply.send(Err(AuditError {
+                                    path: e.path.clone(),
+                                    source: std::io::Error::new(
+                                        e.source.kind(),
+                                        e.source.to_string(),
+                                    ),
+                                }));
+                            }
+                        }
+                    }
+                }
+            })
+            .expect("the audit writer thread starts");
+        Writer { jobs: tx }
     }
 
-    /// Appends one entry by `actor` (e.g. a requester's identity) and syncs it to disk.
-    pub fn append(
+    /// Appends one entry by `actor` (e.g. a requester's identity); returns once it is on disk.
+    pub async fn append(
         &self,
         actor: &str,
         action: &str,
         resource: &str,
         detail: serde_json::Value,
     ) -> Result<Entry, AuditError> {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
-        let prev = match last.take() {
-            Some((known, digest)) if known == len => digest,
-            _ => last_digest(&self.path)?,
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone = || AuditError {
+            path: PathBuf::from("audit.jsonl"),
+            source: std::io::Error::other("the audit writer thread has stopped"),
         };
-        let (entry, len, digest) =
-            write(&self.path, prev, actor.to_owned(), action, resource, detail)?;
-        *last = Some((len, digest));
-        Ok(entry)
+        self.jobs
+            .send(Job {
+                fields: (
+                    actor.to_owned(),
+                    action.to_owned(),
+                    resource.to_owned(),
+                    detail,
+                ),
+                reply,
+            })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 }
 
@@ -209,32 +283,19 @@ fn actor() -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_writer_keeps_the_chain_when_another_process_appends_meanwhile() {
+    #[tokio::test]
+    async fn a_writer_keeps_the_chain_when_another_process_appends_meanwhile() {
         let dir = tempfile::tempdir().unwrap();
         let w = Writer::new(dir.path());
-        w.append(
-            "requester-a",
-            "verify",
-            "R",
-            serde_json::json!({"items": 1}),
-        )
-        .unwrap();
+        let one = serde_json::json!({"items": 1});
+        w.append("requester-a", "verify", "R", one).await.unwrap();
         append(dir.path(), "resync", "R", serde_json::json!({})).unwrap();
-        w.append(
-            "requester-a",
-            "verify",
-            "R",
-            serde_json::json!({"items": 2}),
-        )
-        .unwrap();
-        w.append(
-            "requester-a",
-            "verify",
-            "R",
-            serde_json::json!({"items": 3}),
-        )
-        .unwrap();
+        let (b, c) = tokio::join!(
+            w.append("a", "verify", "R", serde_json::json!({"items": 2})),
+            w.append("a", "verify", "R", serde_json::json!({"items": 3}))
+        );
+        b.unwrap();
+        c.unwrap();
         let text = std::fs::read_to_string(path(dir.path())).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4);

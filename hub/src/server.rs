@@ -1,4 +1,6 @@
-//! The hub's HTTPS server: mutual TLS, then HTTP/1.1 or HTTP/2, then the batch endpoint.
+//! The hub's HTTPS server: mutual TLS, then HTTP/1.1 or HTTP/2, then the batch endpoint. The
+//! accept loop and graceful shutdown are `exchange_protocol::server` (shared with the agent's
+//! verification service); this module adds the hub's limits and endpoints.
 //!
 //! Connection life cycle: accept → TLS handshake (the client must present a certificate
 //! issued by `listen.ca`; a failed handshake is logged with the peer address and the

@@ -310,23 +310,16 @@ async fn respond<T: serde::Serialize>(
     } else {
         record.resource.clone()
     };
-    let writer = service.clone();
-    let written =
-        tokio::task::spawn_blocking(move || writer.audit.append(&actor, action, &resource, detail))
-            .await;
-    match written {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            warn!(error = %e, "Cannot write the audit record of a verification; the request is refused.");
-            return refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the provider cannot record this request in its audit log; nothing was answered",
-            );
-        }
-        Err(e) => {
-            warn!(error = %e, "The audit task failed; the request is refused.");
-            return refusal(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
-        }
+    if let Err(e) = service
+        .audit
+        .append(&actor, action, &resource, detail)
+        .await
+    {
+        warn!(error = %e, "Cannot write the audit record of a verification; the request is refused.");
+        return refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the provider cannot record this request in its audit log; nothing was answered",
+        );
     }
     info!(
         requester = requester.as_deref().unwrap_or("-"),
