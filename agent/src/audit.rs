@@ -1,7 +1,7 @@
 //! The audit log: what the service and operators did, appended to `<data_dir>/audit.jsonl`:
 //! service start and configuration loads and reloads (with the file's SM3), every batch the
-//! hub acknowledged (resource, seq, record count, content digest), and operator commands that
-//! change the queue.
+//! hub acknowledged (resource, seq, record count, content digest), every verification request
+//! (answered, denied or throttled), and operator commands that change the queue.
 //!
 //! # Format
 //! One JSON object per line, [`Entry`], in the order written. Each entry's `prev` is the SM3
@@ -24,7 +24,8 @@
 //!   serialized, so concurrent push loops never fork the chain.
 //! - The files are created 0600.
 //! - An entry never holds a field value: resource codes, sequence numbers, record counts,
-//!   content digests, configuration digests, and the operator's words.
+//!   content digests, configuration digests, and the operator's words; a verification's
+//!   subjects only as keyed pseudonyms, never a claimed or stored value.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -109,6 +110,15 @@ pub fn append(
     resource: &str,
     detail: serde_json::Value,
 ) -> Result<Entry, AuditError> {
+    let job = (actor(), action.to_owned(), resource.to_owned(), detail);
+    append_many(data_dir, vec![job]).map(|mut entries| entries.remove(0))
+}
+
+/// What one entry says: actor, action, resource, detail.
+type Fields = (String, String, String, serde_json::Value);
+
+/// Appends entries chained after the last one with one write and one fsync, then the head.
+fn append_many(data_dir: &Path, jobs: Vec<Fields>) -> Result<Vec<Entry>, AuditError> {
     use std::os::unix::fs::OpenOptionsExt;
     let _one = APPEND.lock().unwrap_or_else(|e| e.into_inner());
     let path = path(data_dir);
@@ -121,23 +131,11 @@ pub fn append(
         let n = files(data_dir).len();
         std::fs::rename(&path, data_dir.join(format!("audit.jsonl.{n}"))).map_err(err)?;
     }
-    let prev = if head.entries == 0 {
+    let mut prev = if head.entries == 0 {
         "0".repeat(64)
     } else {
         head.last_sm3.clone()
     };
-    let entry = Entry {
-        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        actor: actor(),
-        action: action.to_owned(),
-        resource: resource.to_owned(),
-        detail,
-        prev,
-    };
-    let mut line = serde_json::to_vec(&entry).expect("entry serializes");
-    head.entries += 1;
-    head.last_sm3 = hex::encode(crate::queue::sm3_bytes(&line));
-    line.push(b'\n');
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -145,14 +143,120 @@ pub fn append(
         .mode(0o600)
         .open(&path)
         .map_err(err)?;
+    let mut bytes = Vec::new();
     // A line cut short by a crash stays on its own line.
     if ends_without_newline(&mut file).map_err(err)? {
-        line.insert(0, b'\n');
+        bytes.push(b'\n');
     }
-    file.write_all(&line).map_err(err)?;
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut entries = Vec::with_capacity(jobs.len());
+    for (actor, action, resource, detail) in jobs {
+        let entry = Entry {
+            at: at.clone(),
+            actor,
+            action,
+            resource,
+            detail,
+            prev,
+        };
+        let line = serde_json::to_vec(&entry).expect("entry serializes");
+        prev = hex::encode(crate::queue::sm3_bytes(&line));
+        head.entries += 1;
+        bytes.extend_from_slice(&line);
+        bytes.push(b'\n');
+        entries.push(entry);
+    }
+    head.last_sm3 = prev;
+    file.write_all(&bytes).map_err(err)?;
     file.sync_all().map_err(err)?;
     write_head(data_dir, &head).map_err(err)?;
-    Ok(entry)
+    Ok(entries)
+}
+
+/// One entry waiting for the writer thread, and where its result goes.
+struct Job {
+    /// What the entry says.
+    fields: Fields,
+    /// The entry once on disk, or why not.
+    reply: tokio::sync::oneshot::Sender<Result<Entry, AuditError>>,
+}
+
+/// The audit log of a long-running service (the verification service), which appends many
+/// entries from many requests at once. One thread writes them: it takes every entry waiting,
+/// appends them with one write and one fsync (group commit) through the same path as
+/// [`append`] (the same chain, head and rotation), then tells each caller; a caller goes on
+/// only once its entry is on disk.
+#[derive(Debug)]
+pub struct Writer {
+    /// To the writer thread (which ends when this is dropped).
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// A writer for the audit log of `data_dir`.
+    pub fn new(data_dir: &Path) -> Writer {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let data_dir = data_dir.to_owned();
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut jobs = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        jobs.push(more);
+                    }
+                    let (fields, replies): (Vec<Fields>, Vec<_>) =
+                        jobs.into_iter().map(|j| (j.fields, j.reply)).unzip();
+                    match append_many(&data_dir, fields) {
+                        Ok(entries) => {
+                            for (entry, reply) in entries.into_iter().zip(replies) {
+                                let _ = reply.send(Ok(entry));
+                            }
+                        }
+                        Err(e) => {
+                            for reply in replies {
+                                let _ = reply.send(Err(AuditError {
+                                    path: e.path.clone(),
+                                    source: std::io::Error::new(
+                                        e.source.kind(),
+                                        e.source.to_string(),
+                                    ),
+                                }));
+                            }
+                        }
+                    }
+                }
+            })
+            .expect("the audit writer thread starts");
+        Writer { jobs: tx }
+    }
+
+    /// Appends one entry by `actor` (e.g. a requester's identity); returns once it is on disk.
+    pub async fn append(
+        &self,
+        actor: &str,
+        action: &str,
+        resource: &str,
+        detail: serde_json::Value,
+    ) -> Result<Entry, AuditError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone = || AuditError {
+            path: PathBuf::from("audit.jsonl"),
+            source: std::io::Error::other("the audit writer thread has stopped"),
+        };
+        self.jobs
+            .send(Job {
+                fields: (
+                    actor.to_owned(),
+                    action.to_owned(),
+                    resource.to_owned(),
+                    detail,
+                ),
+                reply,
+            })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
 }
 
 /// The head, from `audit.head`, or counted from the files when it is missing (a log written
@@ -369,6 +473,31 @@ fn actor() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_writer_keeps_the_chain_when_another_process_appends_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Writer::new(dir.path());
+        let one = serde_json::json!({"items": 1});
+        w.append("requester-a", "verify", "R", one).await.unwrap();
+        append(dir.path(), "resync", "R", serde_json::json!({})).unwrap();
+        let (b, c) = tokio::join!(
+            w.append("a", "verify", "R", serde_json::json!({"items": 2})),
+            w.append("a", "verify", "R", serde_json::json!({"items": 3}))
+        );
+        b.unwrap();
+        c.unwrap();
+        let text = std::fs::read_to_string(path(dir.path())).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4);
+        for pair in lines.windows(2) {
+            let next: Entry = serde_json::from_str(pair[1]).unwrap();
+            assert_eq!(
+                next.prev,
+                hex::encode(crate::queue::sm3_bytes(pair[0].as_bytes()))
+            );
+        }
+    }
 
     #[test]
     fn entries_are_chained_by_the_digest_of_the_previous_line() {

@@ -327,6 +327,7 @@ mod tests {
             invalid_key: InvalidKey::Quarantine,
             plain_allowed: Vec::new(),
             plain_reason: None,
+            verification: Default::default(),
         };
         let w = rule_warnings(&r);
         assert_eq!(w.len(), 2, "{w:?}");

@@ -2,11 +2,15 @@
 //! as batches are queued, until the shutdown future resolves.
 //!
 //! An unreachable source is retried with backoff without holding up the other resources; an
-//! unreachable hub leaves records queued (pulling pauses when the queue is full).
+//! unreachable hub leaves records queued (pulling pauses when the queue is full). With
+//! `[verify]`, the verification service listens under the same shutdown: it stops accepting
+//! when the daemon stops, and requests in flight are answered (and audited) first.
 //!
 //! # Reload
 //! The service owns what outlives a configuration: the queue (redb opens it once per process),
-//! the status board, the admin listener and the connection to systemd. A *generation* is what a
+//! the status board, the admin listener, the verification listener (its open connections
+//! survive a reload; grants and comparison rules are taken from the new configuration) and
+//! the connection to systemd. A *generation* is what a
 //! configuration builds around them: pullers, pushers, the control socket, the hub client with
 //! its certificates. SIGHUP, or a change to the configuration file or a TLS file it names
 //! (watched with `notify`, by directory, since editors replace files), loads and validates the
@@ -58,14 +62,43 @@ pub struct Options {
 
 /// Runs until `shutdown` resolves, then stops the tasks; the queue stays consistent whatever
 /// the moment. No reloads, no systemd notifications, no admin listener (see [`serve`]).
-pub async fn run(pipeline: Arc<Pipeline>, shutdown: impl Future<Output = ()>) {
+/// Fails only when the verification service (`[verify]`) cannot start.
+pub async fn run(
+    pipeline: Arc<Pipeline>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), crate::verify::VerifyError> {
     serve(pipeline, Options::default(), shutdown).await
 }
 
 /// The service: starts a generation of `pipeline`, tells systemd it is ready, then reloads
 /// on SIGHUP and file changes, pings the watchdog from this loop, until `shutdown` resolves.
-pub async fn serve(pipeline: Arc<Pipeline>, options: Options, shutdown: impl Future<Output = ()>) {
+/// Fails only when the verification service (`[verify]`) cannot start.
+pub async fn serve(
+    pipeline: Arc<Pipeline>,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), crate::verify::VerifyError> {
     let notifier = options.notifier.unwrap_or_else(Notifier::inactive);
+    // The verification service outlives generations: bound before READY, reloaded in place.
+    let (verify_stop_tx, verify_stop_rx) = watch::channel(false);
+    let mut verify = None;
+    if let Some(v) = &pipeline.config.verify {
+        let listener = tokio::net::TcpListener::bind(v.listen)
+            .await
+            .map_err(crate::verify::VerifyError::Listener)?;
+        let service = Arc::new(crate::verify::Service::new(Arc::new(
+            pipeline.config.clone(),
+        ))?);
+        let mut stop = verify_stop_rx.clone();
+        let task = tokio::spawn(crate::verify::serve(
+            listener,
+            service.clone(),
+            async move {
+                let _ = stop.changed().await;
+            },
+        ));
+        verify = Some((service, task));
+    }
     let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(16);
     let mut watcher = None;
     if let Some(file) = &options.config_file {
@@ -136,6 +169,11 @@ pub async fn serve(pipeline: Arc<Pipeline>, options: Options, shutdown: impl Fut
                 notifier.reloading();
                 let trigger = if sighup { "SIGHUP" } else { "file change" };
                 if let Some(next) = crate::reload::reload(file, &generation.pipeline, trigger) {
+                    if let Some((service, _)) = &verify
+                        && let Err(e) = service.reload(Arc::new(next.config.clone()))
+                    {
+                        tracing::error!(error = %e, "The verification service keeps its previous grants.");
+                    }
                     generation.stop().await;
                     generation = Generation::start(next.clone());
                     let _ = current_tx.send(next);
@@ -185,6 +223,15 @@ pub async fn serve(pipeline: Arc<Pipeline>, options: Options, shutdown: impl Fut
     if let Some(admin) = admin {
         let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
     }
+    let _ = verify_stop_tx.send(true);
+    if let Some((_, task)) = verify {
+        match tokio::time::timeout(STOP_DEADLINE, task).await {
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "The verification service stopped."),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("The verification service did not stop in time."),
+        }
+    }
+    Ok(())
 }
 
 /// The tasks one configuration runs.

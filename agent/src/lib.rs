@@ -9,7 +9,8 @@
 //! - [`pipeline`], [`daemon`], [`sync`]: assembly and the two ways of running it;
 //! - [`check`], [`status`], [`operator`], [`control`]: the other commands ([`audit`] records
 //!   what operators change); [`fingerprint`]: what determines a stream; [`logging`]: how log
-//!   lines look (the demo is its own crate, `demo/`).
+//!   lines look (the demo is its own crate, `demo/`);
+//! - [`verify`]: the verification service (数据不落地核验), hosted by [`daemon`].
 
 pub mod admin;
 pub mod audit;
@@ -34,3 +35,4 @@ pub mod schedule;
 pub mod sd_notify;
 pub mod status;
 pub mod sync;
+pub mod verify;

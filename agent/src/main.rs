@@ -268,8 +268,10 @@ async fn main() -> ExitCode {
                 notifier: Some(exchange_agent::sd_notify::Notifier::from_env()),
                 admin,
             };
-            daemon::serve(pipeline, options, shutdown_signal()).await;
-            ExitCode::SUCCESS
+            match daemon::serve(pipeline, options, shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(anyhow::Error::new(e).context("cannot start the agent")),
+            }
         }
         Command::Sync {
             resource,

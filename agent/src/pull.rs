@@ -942,6 +942,7 @@ mod tests {
             invalid_key: InvalidKey::Quarantine,
             plain_allowed: Vec::new(),
             plain_reason: None,
+            verification: Default::default(),
         };
         let keys = Keys {
             pseudonym: Some(PseudonymKey::from_hex(1, &"ab".repeat(32)).unwrap()),

@@ -807,7 +807,7 @@ impl Queue {
 
 /// Creates the data directory 0700 if missing; refuses one that group or others may enter
 /// (it holds queued records and the cursor).
-fn prepare_data_dir(data_dir: &Path) -> Result<(), String> {
+pub(crate) fn prepare_data_dir(data_dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !data_dir.exists() {
         std::fs::DirBuilder::new()

@@ -4,7 +4,7 @@
 //!
 //! A reload never drops queued data: the queue is owned by the service, not by the pipeline
 //! a reload rebuilds ([`crate::pipeline::Pipeline::with_queue`]). What a reload cannot change
-//! (`node.data_dir`, `node.id`, `[admin] listen`) makes it fail with a reason; a restart applies
+//! (`node.data_dir`, `node.id`, `[admin] listen`, `[verify] listen`) makes it fail with a reason; a restart applies
 //! those.
 
 use std::collections::BTreeSet;
@@ -127,6 +127,10 @@ pub fn reload(file: &Path, current: &Pipeline, trigger: &str) -> Option<Arc<Pipe
         ("node.data_dir", config.node.data_dir != old.node.data_dir),
         ("node.id", config.node.id != old.node.id),
         ("admin.listen", config.admin != old.admin),
+        (
+            "verify.listen",
+            config.verify.as_ref().map(|v| v.listen) != old.verify.as_ref().map(|v| v.listen),
+        ),
     ] {
         if changed {
             return fail(

@@ -368,7 +368,9 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         );
         println!("then export again. Ctrl-C stops both.");
         // `exchange-agent status` from another shell reads the daemon's status file.
-        exchange_agent::daemon::run(pipeline, shutdown).await;
+        exchange_agent::daemon::run(pipeline, shutdown)
+            .await
+            .context("cannot start the agent")?;
     } else {
         println!();
         println!(

@@ -85,6 +85,23 @@ pub struct RawListen {
     pub min_tls: Option<MinTlsVersion>,
 }
 
+/// `[client]` as written: what `exchange-hub verify` presents to an agent's verification
+/// service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    /// The hub's client certificate chain, PEM (default: `[listen] cert`).
+    pub cert: Option<Spanned<PathBuf>>,
+    /// Its private key, PEM (default: `[listen] key`).
+    pub key: Option<Spanned<PathBuf>>,
+    /// The CA that issued the agents' server certificates (default: `[listen] ca`).
+    pub ca: Option<Spanned<PathBuf>>,
+    /// The comparison key shared with providers, for `verify --hmac` (64+ hex digits).
+    pub comparison_key_file: Option<Spanned<PathBuf>>,
+    /// Its version (default 1).
+    pub comparison_key_version: Option<u32>,
+}
+
 /// `[store]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -203,6 +220,9 @@ pub struct RawConfig {
     /// Resource limits.
     #[serde(default)]
     pub limits: Option<RawLimits>,
+    /// What `exchange-hub verify` presents.
+    #[serde(default)]
+    pub client: Option<RawClient>,
 }
 
 /// Where the hub keeps what it received.
@@ -368,6 +388,13 @@ pub struct HubConfig {
     pub store: StoreConfig,
     /// Body sizes, concurrency, connections and timeouts.
     pub limits: Limits,
+    /// What `exchange-hub verify` presents to an agent: `[client]`, each file defaulting to
+    /// `[listen]`'s.
+    pub client: MutualTls,
+    /// The comparison key file for `verify --hmac` (`[client] comparison_key_file`).
+    pub comparison_key_file: Option<PathBuf>,
+    /// Its version.
+    pub comparison_key_version: u32,
 }
 
 impl HubConfig {
@@ -376,9 +403,12 @@ impl HubConfig {
         HubConfig {
             path: None,
             listen,
+            client: tls.clone(),
             tls,
             store,
             limits: Limits::default(),
+            comparison_key_file: None,
+            comparison_key_version: 1,
         }
     }
 
@@ -607,12 +637,56 @@ fn validate(raw: RawConfig, file: &Source<'_>, dir: &Path) -> Result<HubConfig, 
         Some(raw) => limits(raw, file)?,
     };
 
+    let (client, comparison_key_file, comparison_key_version) = match &raw.client {
+        None => (tls.clone(), None, 1),
+        Some(c) => {
+            let pick =
+                |key: &str, v: &Option<Spanned<PathBuf>>, fallback: &PathBuf, what: &str| match v {
+                    Some(v) => existing(key, v, what),
+                    None => Ok(fallback.clone()),
+                };
+            let client = MutualTls {
+                ca: pick(
+                    "client.ca",
+                    &c.ca,
+                    &tls.ca,
+                    "the CA certificate of the agents' verification services,",
+                )?,
+                cert: pick(
+                    "client.cert",
+                    &c.cert,
+                    &tls.cert,
+                    "the hub's client certificate",
+                )?,
+                key: pick(
+                    "client.key",
+                    &c.key,
+                    &tls.key,
+                    "the hub's client private key",
+                )?,
+                min_version: tls.min_version,
+            };
+            let key_file = match &c.comparison_key_file {
+                Some(f) => Some(existing(
+                    "client.comparison_key_file",
+                    f,
+                    "the comparison key file",
+                )?),
+                None => None,
+            };
+            (client, key_file, c.comparison_key_version.unwrap_or(1))
+        }
+    };
+
     Ok(HubConfig {
         path: None,
         listen,
         tls,
         store,
         limits,
+        client,
+        comparison_key_file,
+        comparison_key_version,
     })
 }
 

@@ -6,7 +6,8 @@
 //! - [`store`]: SQLite or PostgreSQL (schema versions and migration); applies a batch in one
 //!   transaction, refusing gaps and sweeping after a completed baseline ([`store::Store`]);
 //! - [`server`]: the accept loop, mutual TLS, `[limits]`, HTTP/1.1 + HTTP/2, `POST /v1/batches`;
-//! - [`export`]: the current records of a resource as NDJSON.
+//! - [`export`]: the current records of a resource as NDJSON;
+//! - [`verify`]: `exchange-hub verify`, the requester side of the verification service.
 //!
 //! Starting a hub in-process (what `exchange-agent demo` and the tests do):
 //!
@@ -38,6 +39,7 @@ pub mod config;
 pub mod export;
 pub mod server;
 pub mod store;
+pub mod verify;
 
 pub use config::{ConfigError, HubConfig, StoreConfig};
 pub use server::{HubError, run};

@@ -61,6 +61,10 @@ enum Command {
         #[arg(long, short, env = "EXCHANGE_HUB_CONFIG")]
         config: PathBuf,
     },
+    /// Ask an agent's verification service (数据核验) whether claimed values match what it
+    /// holds: one subject (--subject, --claim) or a file of them (--file). Prints a table, or
+    /// the agent's answer as it came with --json; a refusal exits 1 with the agent's message.
+    Verify(VerifyArgs),
     /// Check the configuration file and the TLS material it names; exit 0 if valid, 2 if not.
     /// With --connect also open the store and print its schema version and counts (exit 3 if
     /// it cannot be reached).
@@ -72,6 +76,54 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
+}
+
+/// `exchange-hub verify`.
+#[derive(Debug, clap::Args)]
+struct VerifyArgs {
+    /// The hub's configuration file ([client] cert, key, ca; else [listen]'s).
+    #[arg(long, short, env = "EXCHANGE_HUB_CONFIG")]
+    config: PathBuf,
+    /// The agent's verification service, `https://host:port`.
+    #[arg(long)]
+    agent: String,
+    /// The resource code.
+    #[arg(long, short)]
+    resource: String,
+    /// What the answer is for (用途); must be allowed by the agent's grant.
+    #[arg(long)]
+    purpose: String,
+    /// The case reference (业务流水号).
+    #[arg(long)]
+    case_ref: String,
+    /// The subject's identifier (with --claim).
+    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    subject: Option<String>,
+    /// A claimed value, `field=value`; repeat for several fields.
+    #[arg(long = "claim", value_name = "FIELD=VALUE", requires = "subject")]
+    claims: Vec<String>,
+    /// A CSV file: header `subject,<field>,…`, one subject per row; the answers are written
+    /// next to it as `<name>.answers.csv`.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Send every claim as HMAC-SM3 under [client] comparison_key_file, never in clear.
+    #[arg(long)]
+    hmac: bool,
+    /// Print the agent's answer as it came (JSON) instead of a table (with --psi: the
+    /// answer computed from the agent's, in the same form).
+    #[arg(long)]
+    json: bool,
+    /// Private set intersection: subjects and claims leave only blinded (ECDH over
+    /// ristretto255); the agent learns nothing of them. Needs reveal_not_found = true on the
+    /// resource; not with --hmac.
+    #[arg(long, conflicts_with = "hmac")]
+    psi: bool,
+    /// The request id (default: generated).
+    #[arg(long)]
+    request_id: Option<String>,
+    /// Items per request with --file (at most the agent's max_items).
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
 }
 
 /// A failure with the exit code it maps to.
@@ -167,6 +219,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Serve { config } => serve(config).await,
+        Command::Verify(args) => verify(args).await,
         Command::Catalogue { config } => {
             let loaded = HubConfig::load(&config).map_err(config_error)?;
             let store = Store::open(&loaded.store).await.map_err(other_error)?;
@@ -216,6 +269,130 @@ async fn run(command: Command) -> Result<(), Failure> {
             }
         }
     }
+}
+
+async fn verify(args: VerifyArgs) -> Result<(), Failure> {
+    use exchange_hub::verify::{self as v, Verifier};
+    use exchange_protocol::verify::{Item, SubjectResult, VerifyRequest};
+    let config = HubConfig::load(&args.config).map_err(config_error)?;
+    let key = if args.hmac {
+        let Some(file) = &config.comparison_key_file else {
+            return Err(config_error(anyhow::anyhow!(
+                "{}: --hmac needs `comparison_key_file` in [client] (the comparison key shared with the provider)",
+                args.config.display()
+            )));
+        };
+        Some(
+            v::read_comparison_key(file, config.comparison_key_version)
+                .map_err(|e| config_error(anyhow::anyhow!(e)))?,
+        )
+    } else {
+        None
+    };
+    let verifier = Verifier::new(&config.client, &args.agent).map_err(config_error)?;
+    let request_id = args.request_id.clone().unwrap_or_else(v::new_request_id);
+    let request = |id: String, items: Vec<Item>| VerifyRequest {
+        request_id: id,
+        purpose: args.purpose.clone(),
+        case_ref: args.case_ref.clone(),
+        resource: args.resource.clone(),
+        items,
+    };
+    if let Some(file) = &args.file {
+        let (fields, rows) = v::read_claims(file).map_err(|e| config_error(anyhow::anyhow!(e)))?;
+        let mut answers = Vec::with_capacity(rows.len());
+        let mut raw = Vec::new();
+        for (n, chunk) in rows.chunks(args.batch.max(1)).enumerate() {
+            let id = if rows.len() > args.batch.max(1) {
+                format!("{request_id}-{}", n + 1)
+            } else {
+                request_id.clone()
+            };
+            let r = request(id, v::items_of(chunk, key.as_ref()));
+            let (answer, text) = if args.psi {
+                let a = verifier.verify_psi(&r).await.map_err(other_error)?;
+                let text = serde_json::to_string(&a).expect("serializes");
+                (a, text)
+            } else {
+                verifier.verify(&r).await.map_err(other_error)?
+            };
+            answers.extend(answer.items);
+            raw.push(text);
+        }
+        let out = v::answers_path(file);
+        std::fs::write(&out, v::answers_csv(&fields, &rows, &answers))
+            .with_context(|| format!("cannot write {}", out.display()))
+            .map_err(other_error)?;
+        if args.json {
+            for text in raw {
+                println!("{text}");
+            }
+        } else {
+            let matched = answers
+                .iter()
+                .filter(|a| a.fields.values().all(|r| r.as_str() == "match"))
+                .count();
+            println!(
+                "{} subjects verified, {matched} matching on every claimed field; answers written to {}",
+                rows.len(),
+                out.display()
+            );
+        }
+        return Ok(());
+    }
+    let subject = args.subject.clone().unwrap_or_default();
+    let mut claims = std::collections::BTreeMap::new();
+    for c in &args.claims {
+        let Some((field, value)) = c.split_once('=') else {
+            return Err(config_error(anyhow::anyhow!(
+                "--claim `{}`: expected field=value",
+                c.split('=').next().unwrap_or_default()
+            )));
+        };
+        claims.insert(
+            field.trim().to_owned(),
+            v::claim_of(key.as_ref(), field.trim(), value),
+        );
+    }
+    if claims.is_empty() {
+        return Err(config_error(anyhow::anyhow!(
+            "give at least one --claim field=value"
+        )));
+    }
+    let r = request(request_id, vec![Item { subject, claims }]);
+    let (answer, text) = if args.psi {
+        let a = verifier.verify_psi(&r).await.map_err(other_error)?;
+        let text = serde_json::to_string(&a).expect("serializes");
+        (a, text)
+    } else {
+        verifier.verify(&r).await.map_err(other_error)?
+    };
+    if args.json {
+        println!("{text}");
+        return Ok(());
+    }
+    let item = &answer.items[0];
+    println!("request {}", answer.request_id);
+    match item.subject {
+        Some(SubjectResult::Found) => println!("subject  found (库中有此号)"),
+        Some(SubjectResult::NotFound) => println!("subject  not_found (库中无此号)"),
+        None => {}
+    }
+    let width = item
+        .fields
+        .keys()
+        .map(|f| f.chars().count())
+        .max()
+        .unwrap_or(5);
+    for (field, result) in &item.fields {
+        let word = match result.as_str() {
+            "match" => "一致",
+            "mismatch" => "不一致",
+            _ => "无值",
+        };
+        println!("{field:<width$}  {} ({word})", result.as_str());
+    }
+    Ok(())
 }
 
 async fn serve(path: PathBuf) -> Result<(), Failure> {

@@ -1,4 +1,6 @@
-//! The hub's HTTPS server: mutual TLS, then HTTP/1.1 or HTTP/2, then the batch endpoint.
+//! The hub's HTTPS server: mutual TLS, then HTTP/1.1 or HTTP/2, then the batch endpoint. The
+//! accept loop and graceful shutdown are `exchange_protocol::server` (shared with the agent's
+//! verification service); this module adds the hub's limits and endpoints.
 //!
 //! Connection life cycle: accept → TLS handshake (the client must present a certificate
 //! issued by `listen.ca`; a failed handshake is logged with the peer address and the
@@ -29,10 +31,8 @@
 //! no gap in the stream's seq (409) → applied or duplicate (200), or the store is failing
 //! (503/500).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -45,22 +45,16 @@ use exchange_protocol::batch::{
     ErrorBody, HEALTH_PATH, PROTOCOL_VERSION, header,
 };
 use exchange_protocol::catalogue;
-use exchange_protocol::tls::{TlsError, explain, peer_common_name};
+use exchange_protocol::server::ConnectionLimits;
+use exchange_protocol::tls::TlsError;
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
 use crate::config::{HubConfig, Limits};
 use crate::store::{Store, StoreError};
 
-/// How long shutdown waits for requests in flight before returning anyway.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Seconds a client should wait after a 503 before retrying.
 const RETRY_AFTER_SECS: &str = "5";
 /// Longest resource code accepted.
@@ -80,76 +74,13 @@ pub enum HubError {
     Listener(#[source] std::io::Error),
 }
 
-/// Who is on the other end of a connection; added to every request as an extension.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    /// The node id: the common name of the client certificate (`None` if it has none).
-    pub node: Option<String>,
-    /// The client's address.
-    pub addr: SocketAddr,
-}
-
-/// A level that goes up and down, with the highest value it reached.
-#[derive(Debug, Default)]
-pub struct Gauge {
-    /// The current value.
-    now: AtomicUsize,
-    /// The highest value since the hub started.
-    peak: AtomicUsize,
-}
-
-impl Gauge {
-    /// The current value.
-    pub fn now(&self) -> usize {
-        self.now.load(Ordering::SeqCst)
-    }
-
-    /// The highest value reached.
-    pub fn peak(&self) -> usize {
-        self.peak.load(Ordering::SeqCst)
-    }
-
-    fn add(&self, n: usize) {
-        let now = self.now.fetch_add(n, Ordering::SeqCst) + n;
-        self.peak.fetch_max(now, Ordering::SeqCst);
-    }
-
-    fn sub(&self, n: usize) {
-        self.now.fetch_sub(n, Ordering::SeqCst);
-    }
-}
-
-/// An amount added to a [`Gauge`] and taken off again when dropped.
-struct Held<'a> {
-    /// The gauge.
-    gauge: &'a Gauge,
-    /// How much this holds.
-    amount: usize,
-}
-
-impl<'a> Held<'a> {
-    fn new(gauge: &'a Gauge, amount: usize) -> Self {
-        gauge.add(amount);
-        Held { gauge, amount }
-    }
-
-    fn grow(&mut self, n: usize) {
-        self.gauge.add(n);
-        self.amount += n;
-    }
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.gauge.sub(self.amount);
-    }
-}
+pub use exchange_protocol::server::{DRAIN_TIMEOUT, Gauge, Held, Peer};
 
 /// What the server is carrying, counted for tests and logs.
 #[derive(Debug, Default)]
 pub struct Load {
     /// Open client connections (after accept, until closed).
-    pub connections: Gauge,
+    pub connections: Arc<Gauge>,
     /// Batch requests holding a request slot.
     pub requests: Gauge,
     /// Bytes of request bodies held in memory (compressed, as received).
@@ -256,114 +187,22 @@ pub async fn serve_router(
     load: Arc<Load>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), HubError> {
-    let local = listener.local_addr().map_err(HubError::Listener)?;
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    debug!(addr = %local, "Accepting connections.");
-    let mut warned_full = false;
-    loop {
-        // A free connection slot first: at the limit, new connections wait in the kernel's
-        // accept queue instead of costing a task and a TLS session each.
-        let slot = match connection_slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                if !warned_full {
-                    warn!(
-                        max_connections = limits.max_connections,
-                        "Connection limit reached; new connections wait until one closes."
-                    );
-                    warned_full = true;
-                }
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    slot = connection_slots.clone().acquire_owned() => {
-                        slot.expect("the connection semaphore is never closed")
-                    }
-                }
-            }
-        };
-        let (tcp, addr) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // E.g. too many open files: back off instead of spinning.
-                    warn!(error = %e, "Cannot accept a connection; retrying shortly.");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        if connection_slots.available_permits() > 0 {
-            warned_full = false;
-        }
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let watcher = graceful.watcher();
-        let load = load.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let _open = Held::new(&load.connections, 1);
-            let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
-            let tls = match handshake.await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    let reason = e
-                        .get_ref()
-                        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                        .map(explain)
-                        .unwrap_or_else(|| e.to_string());
-                    warn!(peer = %addr, reason = %reason, "TLS handshake failed; connection dropped.");
-                    return;
-                }
-                Err(_) => {
-                    warn!(peer = %addr, "TLS handshake timed out; connection dropped.");
-                    return;
-                }
-            };
-            let node = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(peer_common_name);
-            debug!(peer = %addr, node = node.as_deref().unwrap_or("-"), "Connection accepted.");
-            let peer = Peer { node, addr };
-            let service = hyper::service::service_fn(
-                move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(peer.clone());
-                    app.clone().oneshot(request.map(axum::body::Body::new))
-                },
-            );
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Duration::from_secs(30));
-            let connection = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(connection).await {
-                debug!(peer = %addr, error = %e, "Connection ended with an error.");
-            }
-        });
-    }
-    drop(listener);
-    info!("Hub shutting down: no new connections; finishing requests in flight.");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        warn!(
-            timeout_secs = DRAIN_TIMEOUT.as_secs(),
-            "Connections still open after the drain timeout; stopping anyway."
-        );
-    }
-    Ok(())
+    let connections = ConnectionLimits {
+        max_connections: limits.max_connections,
+        handshake_timeout: limits.handshake_timeout,
+        header_timeout: limits.header_timeout,
+    };
+    exchange_protocol::server::serve_router(
+        "Hub",
+        listener,
+        tls,
+        app,
+        connections,
+        load.connections.clone(),
+        shutdown,
+    )
+    .await
+    .map_err(|e| HubError::Listener(e.0))
 }
 
 fn router(state: AppState) -> Router {

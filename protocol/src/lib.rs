@@ -5,10 +5,18 @@
 //!   demo and the tests; the production binaries do not contain it.
 //! - [`batch`]: the wire format of a batch of records (docs/PROTOCOL.md).
 //! - [`catalogue`]: a resource's catalogue entry (docs/PROTOCOL.md §10).
+//! - [`verify`]: the verification request and answer (docs/PROTOCOL.md §11); [`psi`] its
+//!   private-set-intersection batch mode (§11.6).
+//! - `server` (cargo feature `server`): the mutual-TLS accept loop and graceful shutdown
+//!   shared by the hub and the agent's verification service.
 
 pub mod batch;
 pub mod catalogue;
 #[cfg(feature = "pki")]
 pub mod pki;
+pub mod psi;
 pub mod quantity;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod tls;
+pub mod verify;

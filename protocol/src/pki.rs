@@ -150,6 +150,8 @@ impl Authority {
         for host in hosts {
             let san = match host.parse::<std::net::IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
+                // A URI name, e.g. `urn:uscc:<code>` (a requester identity of verification).
+                Err(_) if host.starts_with("urn:") => SanType::URI((*host).try_into()?),
                 Err(_) => SanType::DnsName((*host).try_into()?),
             };
             params.subject_alt_names.push(san);

@@ -352,6 +352,25 @@ pub fn peer_common_name(cert: &CertificateDer<'_>) -> Option<String> {
     Some(cn)
 }
 
+/// The URIs among a peer certificate's subjectAltNames (e.g. `urn:uscc:<code>`, the identity
+/// the verification service can take a requester's from).
+pub fn peer_uri_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = parsed.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(uri) => Some((*uri).to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The subject and validity end of one certificate in a PEM file.
 #[derive(Debug, Clone)]
 pub struct CertificateValidity {

@@ -325,6 +325,37 @@ fn stage_agent_example(
             write_secret(&place(dir, f, &mut replacements), &format!("{hex}\n"));
         }
     }
+    if table.contains_key("verify") {
+        let server = ca.issue_server(&["127.0.0.1"]).unwrap();
+        let client_ca = place(
+            dir,
+            str_at(&table, "verify", "client_ca").expect("verify.client_ca"),
+            &mut replacements,
+        );
+        create_parent(&client_ca);
+        ca.write_cert(&client_ca).unwrap();
+        let cert = place(
+            dir,
+            str_at(&table, "verify", "cert").expect("verify.cert"),
+            &mut replacements,
+        );
+        create_parent(&cert);
+        std::fs::write(&cert, &server.cert_pem).unwrap();
+        write_secret(
+            &place(
+                dir,
+                str_at(&table, "verify", "key").expect("verify.key"),
+                &mut replacements,
+            ),
+            &server.key_pem,
+        );
+        if let Some(f) = str_at(&table, "verify", "comparison_key_file") {
+            write_secret(
+                &place(dir, f, &mut replacements),
+                &format!("{}\n", "12".repeat(32)),
+            );
+        }
+    }
     let mut env = Vec::new();
     for source in table
         .get("sources")

@@ -9,6 +9,7 @@
 mod location;
 pub mod origin;
 pub mod raw;
+pub mod verify;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -57,6 +58,8 @@ pub struct Config {
     pub keys: Keys,
     /// Where the admin listener (`/metrics`, `/health`) listens, loopback only; `None`: off.
     pub admin: Option<std::net::SocketAddr>,
+    /// The verification service (`[verify]`); `None`: not offered.
+    pub verify: Option<verify::Verify>,
 }
 
 /// Identity of this front-end node.
@@ -220,6 +223,8 @@ pub struct Resource {
     pub plain_allowed: Vec<String>,
     /// The approval reference for `plain_allowed`.
     pub plain_reason: Option<String>,
+    /// Comparison semantics, grants and disclosure of the verification service.
+    pub verification: verify::Verification,
 }
 
 impl Config {
@@ -387,6 +392,18 @@ impl Validator<'_> {
         }
         let key_files = raw.policy.unwrap_or_default();
         let keys = self.keys(&key_files, &node.data_dir)?;
+        let verify = match raw.verify {
+            Some(v) => {
+                if keys.pseudonym.is_none() {
+                    return Err(self.err(
+                        "verify",
+                        "the verification service names subjects in its audit records by their keyed pseudonym, never in clear: set `pseudonym_key_file` in [policy]",
+                    ));
+                }
+                Some(self.verify(v, &node.data_dir)?)
+            }
+            None => None,
+        };
         let mut resources = Vec::new();
         let mut codes = HashSet::new();
         for (i, r) in raw.resources.into_iter().enumerate() {
@@ -439,6 +456,19 @@ impl Validator<'_> {
                     ));
                 }
             }
+            if let Some(v) = &verify
+                && v.comparison_key.is_none()
+                && let Some((field, _)) = res
+                    .verification
+                    .compare
+                    .iter()
+                    .find(|(_, c)| **c == crate::verify::compare::Compare::Hmac)
+            {
+                return Err(self.err(
+                    &format!("resources[{i}].compare.{field}"),
+                    format!("resource `{}`, field `{field}`: \"hmac\" needs the comparison key shared with the requesters: set `comparison_key_file` in [verify]", res.code),
+                ));
+            }
             resources.push(res);
         }
         Ok(Config {
@@ -451,6 +481,7 @@ impl Validator<'_> {
             resources,
             keys,
             admin: self.admin(raw.admin)?,
+            verify,
         })
     }
 
@@ -478,24 +509,26 @@ impl Validator<'_> {
         Ok(Some(addr))
     }
 
+    /// The text of a key file: outside `data_dir`, readable by its owner only.
+    fn secret_file(&self, key: &str, f: &str, data_dir: &Path) -> Result<String, ConfigError> {
+        let path = self.existing_file(key, f)?;
+        if is_inside(&path, data_dir) {
+            return Err(self.err(
+                key,
+                format!(
+                    "{} is inside data_dir ({}): keys live outside it (e.g. in /etc/exchange-agent/keys), so that a copy of data_dir alone opens nothing",
+                    path.display(),
+                    data_dir.display()
+                ),
+            ));
+        }
+        exchange_protocol::tls::check_secret_permissions(&path).map_err(|e| self.err(key, e))?;
+        std::fs::read_to_string(&path)
+            .map_err(|e| self.err(key, format!("cannot read {}: {e}", path.display())))
+    }
+
     fn keys(&self, p: &raw::RawPolicy, data_dir: &Path) -> Result<Keys, ConfigError> {
-        let read = |key: &str, f: &str| -> Result<String, ConfigError> {
-            let path = self.existing_file(key, f)?;
-            if is_inside(&path, data_dir) {
-                return Err(self.err(
-                    key,
-                    format!(
-                        "{} is inside data_dir ({}): keys live outside it (e.g. in /etc/exchange-agent/keys), so that a copy of data_dir alone opens nothing",
-                        path.display(),
-                        data_dir.display()
-                    ),
-                ));
-            }
-            exchange_protocol::tls::check_secret_permissions(&path)
-                .map_err(|e| self.err(key, e))?;
-            std::fs::read_to_string(&path)
-                .map_err(|e| self.err(key, format!("cannot read {}: {e}", path.display())))
-        };
+        let read = |key: &str, f: &str| self.secret_file(key, f, data_dir);
         // The secrets of the other keys, which the seal key must not repeat.
         let mut others: Vec<Vec<u8>> = Vec::new();
         let pseudonym = match &p.pseudonym_key_file {
@@ -836,6 +869,8 @@ impl Validator<'_> {
             }
         }
         let plain_reason = r.plain_reason.filter(|s| !s.trim().is_empty());
+        let verification =
+            self.verification(i, &code, &fields, r.compare, r.grants, r.reveal_not_found)?;
         if !plain_allowed.is_empty() && plain_reason.is_none() {
             return Err(self.err(&key("plain_allowed"), format!("resource `{code}`: plain_allowed needs `plain_reason`, the approval reference (e.g. \"市数据局 2024-17 号批复\")")));
         }
@@ -925,6 +960,7 @@ impl Validator<'_> {
             invalid_key,
             plain_allowed,
             plain_reason,
+            verification,
         })
     }
 }

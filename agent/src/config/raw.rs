@@ -21,6 +21,7 @@ pub struct RawConfig {
     pub sources: Vec<RawSource>,
     #[serde(default)]
     pub resources: Vec<RawResource>,
+    pub verify: Option<super::verify::RawVerify>,
 }
 
 /// `[node]`.
@@ -112,6 +113,10 @@ pub struct RawResource {
     pub plain_allowed: Option<Vec<String>>,
     pub plain_reason: Option<String>,
     pub invalid_key: Option<String>,
+    pub reveal_not_found: Option<bool>,
+    pub compare: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub grants: Vec<super::verify::RawGrant>,
     /// Column → rule, in file order.
     pub fields: indexmap_like::OrderedFields,
 }
@@ -197,9 +202,6 @@ pub mod indexmap_like {
         }
     }
 }
-
-#[allow(dead_code)]
-type Unused = BTreeMap<(), ()>;
 
 /// Parses TOML into the raw structs; errors carry line, column and key path.
 pub fn parse(file: &Path, text: &str) -> Result<RawConfig, ConfigError> {

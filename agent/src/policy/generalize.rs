@@ -50,7 +50,7 @@ pub fn apply(g: Generalize, value: &Value, zone: FixedOffset) -> String {
 
 /// The calendar date of a date, a timestamp, or a text in a known layout; of an instant, its
 /// date in `zone`.
-fn date_of(value: &Value, zone: FixedOffset) -> Option<NaiveDate> {
+pub(crate) fn date_of(value: &Value, zone: FixedOffset) -> Option<NaiveDate> {
     match value {
         Value::Date(d) => Some(*d),
         Value::Timestamp(t) => Some(t.date()),

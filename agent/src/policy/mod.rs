@@ -618,6 +618,7 @@ mod tests {
             invalid_key: InvalidKey::Quarantine,
             plain_allowed: Vec::new(),
             plain_reason: None,
+            verification: Default::default(),
         }
     }
 

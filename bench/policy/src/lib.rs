@@ -68,6 +68,7 @@ pub fn resource(desensitized: bool) -> Resource {
         invalid_key: InvalidKey::Quarantine,
         plain_allowed: Vec::new(),
         plain_reason: None,
+        verification: Default::default(),
     }
 }
 

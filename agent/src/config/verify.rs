@@ -1,0 +1,308 @@
+//! `[verify]` (the verification service's listener, identity, limits and quotas) and each
+//! resource's `[resources.compare]`, `[[resources.grants]]` and `reveal_not_found`, as
+//! written (`Raw…`, `deny_unknown_fields`) and validated.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use exchange_protocol::tls::{MinTlsVersion, MutualTls};
+use serde::Deserialize;
+
+use super::{ConfigError, Validator, parse_duration};
+use crate::policy::{PseudonymKey, Rule};
+use crate::verify::compare::Compare;
+use crate::verify::grant::Grant;
+
+/// `[verify]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerify {
+    pub listen: String,
+    pub cert: String,
+    pub key: String,
+    pub client_ca: String,
+    pub min_tls: Option<String>,
+    pub requester_identity: Option<String>,
+    pub max_items: Option<usize>,
+    pub pool_size: Option<usize>,
+    pub query_timeout: Option<String>,
+    pub comparison_key_file: Option<String>,
+    pub comparison_key_version: Option<u32>,
+    pub items_per_minute: Option<u64>,
+    pub subjects_per_day: Option<u64>,
+    pub mismatch_lockout: Option<u32>,
+    pub lockout: Option<String>,
+}
+
+/// `[[resources.grants]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrant {
+    pub requester: String,
+    pub fields: Vec<String>,
+    pub purposes: Option<Vec<String>>,
+    pub expires: Option<String>,
+}
+
+/// How the requester's identity is read from its client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequesterIdentity {
+    /// The subject's first common name (default).
+    CommonName,
+    /// A subjectAltName URI `urn:uscc:<统一社会信用代码>`: the code.
+    UsccUri,
+}
+
+/// Quotas against enumeration, per requester and resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    /// Items answered per minute (sliding window).
+    pub items_per_minute: u64,
+    /// Distinct subjects asked about per day (UTC day).
+    pub subjects_per_day: u64,
+    /// Mismatches on one subject within an hour that lock the subject for the requester.
+    pub mismatch_lockout: u32,
+    /// How long such a lock lasts.
+    pub lockout: Duration,
+}
+
+/// The validated `[verify]`.
+#[derive(Debug, Clone)]
+pub struct Verify {
+    /// Where the HTTPS listener binds.
+    pub listen: SocketAddr,
+    /// This node's server certificate and key, and the CA that issues requesters' certificates.
+    pub tls: MutualTls,
+    /// How a requester is identified.
+    pub requester_identity: RequesterIdentity,
+    /// Most items per request.
+    pub max_items: usize,
+    /// Connections per source used by verification (apart from the pull's).
+    pub pool_size: usize,
+    /// Longest a lookup may take before the request is answered 504.
+    pub query_timeout: Duration,
+    /// The key HMAC claims are made under, shared with the requesters that send them.
+    pub comparison_key: Option<PseudonymKey>,
+    /// Quotas against enumeration.
+    pub quotas: Quotas,
+}
+
+/// A resource's verification settings.
+#[derive(Debug, Clone, Default)]
+pub struct Verification {
+    /// Field → semantics (`[resources.compare]`); a field without an entry compares `exact`.
+    pub compare: BTreeMap<String, Compare>,
+    /// Who may compare what (`[[resources.grants]]`).
+    pub grants: Vec<Grant>,
+    /// Whether answers say `found` / `not_found` per subject (and `no_value` for NULL).
+    pub reveal_not_found: bool,
+}
+
+impl Verification {
+    /// How `field` is compared.
+    pub fn compare_of(&self, field: &str) -> Compare {
+        self.compare
+            .iter()
+            .find(|(f, _)| f.eq_ignore_ascii_case(field))
+            .map(|(_, c)| *c)
+            .unwrap_or(Compare::Exact)
+    }
+}
+
+impl Validator<'_> {
+    pub(super) fn verify(&self, v: RawVerify, data_dir: &Path) -> Result<Verify, ConfigError> {
+        let listen: SocketAddr = v.listen.trim().parse().map_err(|_| {
+            self.err(
+                "verify.listen",
+                format!(
+                    "`{}` is not an address; expected an IP address and port such as \"0.0.0.0:9443\"",
+                    v.listen
+                ),
+            )
+        })?;
+        let min_version = match v.min_tls.as_deref() {
+            None | Some("1.3") => MinTlsVersion::Tls13,
+            Some("1.2") => MinTlsVersion::Tls12,
+            Some(other) => {
+                return Err(self.err(
+                    "verify.min_tls",
+                    format!("`{other}` is not supported; expected \"1.3\" (default) or \"1.2\""),
+                ));
+            }
+        };
+        let key = self.existing_file("verify.key", &v.key)?;
+        exchange_protocol::tls::check_secret_permissions(&key)
+            .map_err(|e| self.err("verify.key", e))?;
+        let tls = MutualTls {
+            ca: self.existing_file("verify.client_ca", &v.client_ca)?,
+            cert: self.existing_file("verify.cert", &v.cert)?,
+            key,
+            min_version,
+        };
+        let requester_identity = match v.requester_identity.as_deref() {
+            None | Some("cn") => RequesterIdentity::CommonName,
+            Some("uscc_uri") => RequesterIdentity::UsccUri,
+            Some(other) => {
+                return Err(self.err(
+                    "verify.requester_identity",
+                    format!("`{other}` is not allowed; expected \"cn\" (the certificate's common name, default) or \"uscc_uri\" (a subjectAltName URI urn:uscc:<统一社会信用代码>)"),
+                ));
+            }
+        };
+        let max_items = v.max_items.unwrap_or(1000);
+        if !(1..=100_000).contains(&max_items) {
+            return Err(self.err(
+                "verify.max_items",
+                format!("{max_items} is out of range; expected 1 to 100000"),
+            ));
+        }
+        let pool_size = v.pool_size.unwrap_or(4);
+        if !(1..=256).contains(&pool_size) {
+            return Err(self.err("verify.pool_size", "expected 1 to 256"));
+        }
+        let query_timeout = match v.query_timeout {
+            Some(t) => parse_duration(&t).map_err(|e| self.err("verify.query_timeout", e))?,
+            None => Duration::from_secs(5),
+        };
+        if query_timeout < Duration::from_millis(10) {
+            return Err(self.err("verify.query_timeout", "must be at least 10ms"));
+        }
+        let comparison_key = match &v.comparison_key_file {
+            Some(f) => {
+                let text = self.secret_file("verify.comparison_key_file", f, data_dir)?;
+                Some(
+                    PseudonymKey::from_hex(v.comparison_key_version.unwrap_or(1), &text)
+                        .map_err(|e| self.err("verify.comparison_key_file", e))?,
+                )
+            }
+            None if v.comparison_key_version.is_some() => {
+                return Err(self.err(
+                    "verify.comparison_key_version",
+                    "a key version without `comparison_key_file`",
+                ));
+            }
+            None => None,
+        };
+        let lockout = match v.lockout {
+            Some(t) => parse_duration(&t).map_err(|e| self.err("verify.lockout", e))?,
+            None => Duration::from_secs(3600),
+        };
+        let quotas = Quotas {
+            items_per_minute: v.items_per_minute.unwrap_or(6000),
+            subjects_per_day: v.subjects_per_day.unwrap_or(100_000),
+            mismatch_lockout: v.mismatch_lockout.unwrap_or(5),
+            lockout,
+        };
+        for (k, n) in [
+            ("verify.items_per_minute", quotas.items_per_minute),
+            ("verify.subjects_per_day", quotas.subjects_per_day),
+            (
+                "verify.mismatch_lockout",
+                u64::from(quotas.mismatch_lockout),
+            ),
+        ] {
+            if n == 0 {
+                return Err(self.err(k, "must be at least 1"));
+            }
+        }
+        Ok(Verify {
+            listen,
+            tls,
+            requester_identity,
+            max_items,
+            pool_size,
+            query_timeout,
+            comparison_key,
+            quotas,
+        })
+    }
+
+    /// A resource's `[resources.compare]`, `[[resources.grants]]` and `reveal_not_found`.
+    pub(super) fn verification(
+        &self,
+        i: usize,
+        code: &str,
+        fields: &[(String, Rule)],
+        compare: Option<BTreeMap<String, String>>,
+        grants: Vec<RawGrant>,
+        reveal_not_found: Option<bool>,
+    ) -> Result<Verification, ConfigError> {
+        let field_of = |at: &str, name: &str| -> Result<String, ConfigError> {
+            match fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                Some((n, Rule::Drop)) => Err(self.err(
+                    at,
+                    format!("resource `{code}`: field `{n}` is dropped (never read), so it cannot be verified"),
+                )),
+                Some((n, _)) => Ok(n.clone()),
+                None => Err(self.err(
+                    at,
+                    format!("resource `{code}`: `{name}` is not a field of [resources.fields]"),
+                )),
+            }
+        };
+        let mut out = Verification {
+            reveal_not_found: reveal_not_found.unwrap_or(false),
+            ..Verification::default()
+        };
+        for (name, how) in compare.unwrap_or_default() {
+            let at = format!("resources[{i}].compare.{name}");
+            let field = field_of(&at, &name)?;
+            let how = Compare::parse(&how)
+                .map_err(|e| self.err(&at, format!("resource `{code}`, field `{name}`: {e}")))?;
+            out.compare.insert(field, how);
+        }
+        for (g, raw) in grants.into_iter().enumerate() {
+            let at = |k: &str| format!("resources[{i}].grants[{g}].{k}");
+            if raw.requester.trim().is_empty() {
+                return Err(self.err(&at("requester"), "must not be empty"));
+            }
+            if raw.fields.is_empty() {
+                return Err(self.err(&at("fields"), "grant at least one field"));
+            }
+            let mut granted = Vec::new();
+            for f in &raw.fields {
+                granted.push(field_of(&at("fields"), f)?);
+            }
+            if let Some(p) = &raw.purposes
+                && (p.is_empty() || p.iter().any(|p| p.trim().is_empty()))
+            {
+                return Err(self.err(
+                    &at("purposes"),
+                    "list at least one non-empty purpose, or leave `purposes` out to allow any",
+                ));
+            }
+            let expires = match &raw.expires {
+                Some(e) => Some(parse_expiry(e).ok_or_else(|| {
+                    self.err(
+                        &at("expires"),
+                        format!("`{e}` is not a date or time; expected \"2025-12-31\" (the grant holds through that day, UTC+8) or RFC 3339 \"2025-12-31T18:00:00+08:00\""),
+                    )
+                })?),
+                None => None,
+            };
+            out.grants.push(Grant {
+                requester: raw.requester.trim().to_owned(),
+                fields: granted,
+                purposes: raw.purposes,
+                expires,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// `2025-12-31` (through the end of that day in China Standard Time) or RFC 3339.
+fn parse_expiry(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    let day = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
+    let next = day.succ_opt()?.and_hms_opt(0, 0, 0)?;
+    next.and_local_timezone(crate::policy::generalize::china())
+        .single()
+        .map(|t| t.with_timezone(&Utc))
+}

@@ -1,0 +1,736 @@
+//! The verification service (数据不落地核验): `POST /v1/verify` over mutual TLS. The hub (or
+//! another requester with a certificate from `[verify] client_ca`) sends subjects and
+//! claimed values; the agent compares them with the source, live, and answers match /
+//! mismatch / no value per field, and nothing else (docs/PROTOCOL.md §11).
+//!
+//! Request handling, in order: the requester's identity from its certificate
+//! ([`RequesterIdentity`]; nothing in the body can claim one) → the body within
+//! [`Service::max_body`] (413) → [`VerifyRequest::parse`] (400) → the resource (404) and its
+//! claimed fields (400) → authorization ([`grant::authorize`], 403) → the claims fit their
+//! fields' semantics (400) → quotas ([`quota::Ledger`], 429 with `Retry-After`) → one lookup
+//! per request of every distinct subject ([`Connector::lookup`]: parameterized, one
+//! statement per batch of keys, on connections of its own, within `query_timeout`, else
+//! 504; an unreachable source 503) → comparison ([`compare`]) → an audit record → the
+//! answer. Every request, answered or refused, leaves one audit record
+//! ([`crate::audit::Writer`]) naming subjects only by keyed pseudonym.
+//!
+//! Architecture invariant: no stored value and no claimed value leaves this module except
+//! as a [`FieldResult`]: not in an answer, an error, a log line or the audit record.
+//! Connector errors, which may quote a bound parameter, are logged by kind only.
+
+pub mod compare;
+pub mod grant;
+pub mod psi;
+pub mod quota;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Json};
+use exchange_connectors::{Connector, ConnectorError, Selection, Value};
+use exchange_protocol::batch::ErrorBody;
+use exchange_protocol::server::{ConnectionLimits, Gauge, Peer};
+use exchange_protocol::verify::{
+    AnswerItem, Claim, FieldResult, SubjectResult, VERIFY_PATH, VerifyAnswer, VerifyRequest,
+};
+use http_body_util::BodyExt;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::audit;
+use crate::config::verify::{RequesterIdentity, Verify};
+use crate::config::{Config, Resource};
+use crate::identifier;
+use compare::{ClaimError, Context, Outcome};
+use quota::{At, Ledger, SubjectDigest, Throttled};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The configuration has no `[verify]`.
+    #[error("the configuration has no [verify] section")]
+    NotConfigured,
+    /// The TLS material of `[verify]` is unusable.
+    #[error("cannot set up TLS from [verify] (client_ca, cert, key): {0}")]
+    Tls(#[from] exchange_protocol::tls::TlsError),
+    /// A source cannot be opened.
+    #[error(transparent)]
+    Source(#[from] ConnectorError),
+    /// The listener is unusable.
+    #[error("the verification listener is unusable: {0}")]
+    Listener(#[source] std::io::Error),
+    /// The data directory (where the audit log is) is unusable.
+    #[error("{0}")]
+    DataDir(String),
+}
+
+/// What a configuration gives the service; replaced whole by [`Service::reload`].
+struct Settings {
+    /// The configuration (resources, grants, keys).
+    config: Arc<Config>,
+    /// Its `[verify]`.
+    verify: Verify,
+    /// A connector per source, with connections of its own (`[verify] pool_size`).
+    lookups: HashMap<String, Arc<dyn Connector>>,
+}
+
+/// The verification service: settings, quotas and the audit log.
+pub struct Service {
+    /// The current settings (grants reload with the configuration).
+    settings: RwLock<Arc<Settings>>,
+    /// Quotas against enumeration.
+    ledger: Mutex<Ledger>,
+    /// The audit log.
+    audit: audit::Writer,
+}
+
+impl Service {
+    /// A service for `config`, which must have `[verify]`.
+    pub fn new(config: Arc<Config>) -> Result<Service, VerifyError> {
+        let settings = Self::settings(config)?;
+        crate::queue::prepare_data_dir(&settings.config.node.data_dir)
+            .map_err(VerifyError::DataDir)?;
+        Ok(Service {
+            audit: audit::Writer::new(&settings.config.node.data_dir),
+            settings: RwLock::new(Arc::new(settings)),
+            ledger: Mutex::new(Ledger::default()),
+        })
+    }
+
+    fn settings(config: Arc<Config>) -> Result<Settings, VerifyError> {
+        let verify = config.verify.clone().ok_or(VerifyError::NotConfigured)?;
+        let mut lookups = HashMap::new();
+        for r in &config.resources {
+            if r.verification.grants.is_empty() || lookups.contains_key(&r.source) {
+                continue;
+            }
+            let mut spec = config.sources[&r.source].clone();
+            spec.pool_size = verify.pool_size;
+            lookups.insert(r.source.clone(), exchange_connectors::open(&spec)?);
+        }
+        Ok(Settings {
+            config,
+            verify,
+            lookups,
+        })
+    }
+
+    /// Takes a new configuration (grants, comparison semantics, quotas); requests already
+    /// running finish under the old one. The listener's address and TLS stay as started.
+    pub fn reload(&self, config: Arc<Config>) -> Result<(), VerifyError> {
+        let settings = Self::settings(config)?;
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The largest request body accepted: 64 KiB plus 4 KiB per item allowed.
+    pub fn max_body(&self) -> usize {
+        64 * 1024 + self.current().verify.max_items * 4096
+    }
+
+    /// The routes: `POST /v1/verify`; anything else 404/405 with a JSON error.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route(
+                VERIFY_PATH,
+                post(handle)
+                    .fallback(|| async { refusal(StatusCode::METHOD_NOT_ALLOWED, "use POST") }),
+            )
+            .route(
+                exchange_protocol::psi::PSI_PATH,
+                post(psi::handle)
+                    .fallback(|| async { refusal(StatusCode::METHOD_NOT_ALLOWED, "use POST") }),
+            )
+            .fallback(|| async {
+                refusal(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no such endpoint; the verification service answers POST {VERIFY_PATH} and POST {}",
+                        exchange_protocol::psi::PSI_PATH
+                    ),
+                )
+            })
+            .with_state(self)
+    }
+}
+
+/// Serves the verification service of `config` on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Arc<Config>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), VerifyError> {
+    let service = Arc::new(Service::new(config)?);
+    serve(listener, service, shutdown).await
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves (the caller keeps the service to
+/// reload it).
+pub async fn serve(
+    listener: TcpListener,
+    service: Arc<Service>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), VerifyError> {
+    let verify = service.current().verify.clone();
+    let mut tls = exchange_protocol::tls::mutual_server_config(&verify.tls)?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if let Ok(addr) = listener.local_addr() {
+        info!(addr = %addr, max_items = verify.max_items, "Verification service listening on {addr}.");
+    }
+    let limits = ConnectionLimits {
+        max_connections: 512,
+        handshake_timeout: std::time::Duration::from_secs(10),
+        header_timeout: std::time::Duration::from_secs(10),
+    };
+    exchange_protocol::server::serve_router(
+        "Verification service",
+        listener,
+        tls,
+        service.router(),
+        limits,
+        Arc::new(Gauge::default()),
+        shutdown,
+    )
+    .await
+    .map_err(|e| VerifyError::Listener(e.0))
+}
+
+/// A JSON error answer.
+fn refusal(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(ErrorBody::new(message))).into_response()
+}
+
+/// A refused request: status, sentence, and for 429 the seconds to wait.
+struct Refused {
+    /// The HTTP status.
+    status: StatusCode,
+    /// What was wrong (never a subject or a value).
+    message: String,
+    /// `Retry-After` (429).
+    retry_after: Option<u64>,
+    /// The audit outcome: `refused`, `denied` or `throttled`.
+    outcome: &'static str,
+}
+
+impl Refused {
+    fn new(status: StatusCode, message: impl Into<String>) -> Refused {
+        Refused {
+            status,
+            message: message.into(),
+            retry_after: None,
+            outcome: "refused",
+        }
+    }
+}
+
+/// What the audit record of a request holds.
+#[derive(Default)]
+struct Record {
+    /// The request's id, purpose and case reference, once parsed.
+    request: Option<(String, String, String)>,
+    /// The resource code, once parsed.
+    resource: String,
+    /// Items in the request.
+    items: usize,
+    /// The subjects as keyed pseudonyms.
+    subjects: Vec<String>,
+    /// Counts of results.
+    counts: BTreeMap<&'static str, u64>,
+}
+
+async fn handle(
+    State(service): State<Arc<Service>>,
+    Extension(peer): Extension<Peer>,
+    request: Request,
+) -> Response {
+    let settings = service.current();
+    let started = Instant::now();
+    let requester = requester_of(&peer, settings.verify.requester_identity);
+    let mut record = Record::default();
+    let result = answer(
+        &service,
+        &settings,
+        requester.as_deref(),
+        request,
+        &mut record,
+    )
+    .await;
+    respond(
+        &service, &peer, requester, record, started, "verify", result,
+    )
+    .await
+}
+
+/// Writes the audit record of a request, then answers it (`503` instead when the record
+/// cannot be written).
+async fn respond<T: serde::Serialize>(
+    service: &Arc<Service>,
+    peer: &Peer,
+    requester: Option<String>,
+    record: Record,
+    started: Instant,
+    action: &'static str,
+    result: Result<T, Refused>,
+) -> Response {
+    let (status, outcome, reason) = match &result {
+        Ok(_) => (StatusCode::OK, "answered", None),
+        Err(r) => (r.status, r.outcome, Some(r.message.clone())),
+    };
+    let (request_id, purpose, case_ref) = record.request.clone().unwrap_or_default();
+    let detail = serde_json::json!({
+        "outcome": outcome,
+        "status": status.as_u16(),
+        "requester": requester.as_deref().unwrap_or("-"),
+        "peer": peer.addr.to_string(),
+        "request_id": request_id,
+        "purpose": purpose,
+        "case_ref": case_ref,
+        "items": record.items,
+        "results": record.counts,
+        "subjects": record.subjects,
+        "reason": reason,
+    });
+    let actor = requester.clone().unwrap_or_else(|| "-".into());
+    let resource = if record.resource.is_empty() {
+        "-".to_owned()
+    } else {
+        record.resource.clone()
+    };
+    if let Err(e) = service
+        .audit
+        .append(&actor, action, &resource, detail)
+        .await
+    {
+        warn!(error = %e, "Cannot write the audit record of a verification; the request is refused.");
+        return refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the provider cannot record this request in its audit log; nothing was answered",
+        );
+    }
+    info!(
+        requester = requester.as_deref().unwrap_or("-"),
+        resource = %record.resource,
+        items = record.items,
+        status = status.as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "Verification {outcome}."
+    );
+    match result {
+        Ok(answer) => (StatusCode::OK, Json(answer)).into_response(),
+        Err(r) => {
+            let mut response = refusal(r.status, r.message);
+            if let Some(secs) = r.retry_after {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_str(&secs.to_string()).expect("digits"),
+                );
+            }
+            response
+        }
+    }
+}
+
+/// The requester's identity from its certificate.
+fn requester_of(peer: &Peer, how: RequesterIdentity) -> Option<String> {
+    match how {
+        RequesterIdentity::CommonName => peer.node.clone(),
+        RequesterIdentity::UsccUri => peer
+            .certificate
+            .as_deref()
+            .map(exchange_protocol::tls::peer_uri_names)
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|uri| {
+                uri.strip_prefix("urn:uscc:")
+                    .filter(|code| identifier::is_valid_uscc(code))
+                    .map(str::to_owned)
+            }),
+    }
+}
+
+async fn answer(
+    service: &Service,
+    settings: &Settings,
+    requester: Option<&str>,
+    request: Request,
+    record: &mut Record,
+) -> Result<VerifyAnswer, Refused> {
+    let Some(requester) = requester else {
+        let what = match settings.verify.requester_identity {
+            RequesterIdentity::CommonName => "a common name",
+            RequesterIdentity::UsccUri => {
+                "a subjectAltName URI urn:uscc:<统一社会信用代码> with a valid check character"
+            }
+        };
+        let mut r = Refused::new(
+            StatusCode::FORBIDDEN,
+            format!("the client certificate has no {what}, so the requester is unknown"),
+        );
+        r.outcome = "denied";
+        return Err(r);
+    };
+    let body = read_body(request.into_body(), service.max_body()).await?;
+    let parsed = VerifyRequest::parse(&body, settings.verify.max_items)
+        .map_err(|e| Refused::new(StatusCode::BAD_REQUEST, e.0))?;
+    drop(body);
+    record.request = Some((
+        parsed.request_id.clone(),
+        parsed.purpose.clone(),
+        parsed.case_ref.clone(),
+    ));
+    record.items = parsed.items.len();
+    let Some(resource) = settings.config.resource(&parsed.resource) else {
+        return Err(Refused::new(
+            StatusCode::NOT_FOUND,
+            format!("no resource `{}` on this node", parsed.resource),
+        ));
+    };
+    record.resource = resource.code.clone();
+    let keys = &settings.config.keys;
+    let pseudonym = keys
+        .pseudonym
+        .as_ref()
+        .expect("checked by the configuration");
+    let domain = resource.key_kind.as_str();
+    let subjects: Vec<String> = parsed
+        .items
+        .iter()
+        .map(|i| subject_key(resource, &i.subject))
+        .collect();
+    record.subjects = subjects
+        .iter()
+        .map(|s| pseudonym.token(domain, s))
+        .collect();
+    let digests: Vec<SubjectDigest> = subjects.iter().map(|s| pseudonym.mac(domain, s)).collect();
+
+    // Claimed fields: known, verifiable, granted.
+    let mut fields: Vec<String> = Vec::new();
+    for name in parsed.fields() {
+        let Some((field, rule)) = resource
+            .fields
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        else {
+            return Err(Refused::new(
+                StatusCode::BAD_REQUEST,
+                format!("resource `{}` has no field `{name}`", resource.code),
+            ));
+        };
+        if *rule == crate::policy::Rule::Drop {
+            return Err(Refused::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "field `{field}` of resource `{}` is never read (drop), so it cannot be verified",
+                    resource.code
+                ),
+            ));
+        }
+        if !fields.contains(field) {
+            fields.push(field.clone());
+        }
+    }
+    let names: Vec<&str> = fields.iter().map(String::as_str).collect();
+    grant::authorize(
+        resource,
+        requester,
+        &parsed.purpose,
+        &names,
+        chrono::Utc::now(),
+    )
+    .map_err(|e| Refused {
+        status: StatusCode::FORBIDDEN,
+        message: e.to_string(),
+        retry_after: None,
+        outcome: "denied",
+    })?;
+    let cx = Context {
+        comparison_key: settings.verify.comparison_key.as_ref(),
+        time_zone: keys.time_zone,
+    };
+    for (i, item) in parsed.items.iter().enumerate() {
+        for (name, claim) in &item.claims {
+            let how = resource.verification.compare_of(name);
+            let problem = match (how, claim) {
+                (compare::Compare::Hmac, Claim::Value(_)) => Some(ClaimError::HmacRequired),
+                (_, Claim::Hmac(_)) if cx.comparison_key.is_none() => {
+                    Some(ClaimError::NoComparisonKey)
+                }
+                _ => None,
+            };
+            if let Some(p) = problem {
+                return Err(Refused::new(
+                    StatusCode::BAD_REQUEST,
+                    claim_error(p, i, name),
+                ));
+            }
+        }
+    }
+    {
+        let mut ledger = service.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        ledger
+            .admit(
+                &settings.verify.quotas,
+                requester,
+                &resource.code,
+                &digests,
+                At::now(),
+            )
+            .map_err(
+                |Throttled {
+                     reason,
+                     retry_after,
+                 }| Refused {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    message: reason,
+                    retry_after: Some(retry_after),
+                    outcome: "throttled",
+                },
+            )?;
+    }
+
+    let rows = lookup(settings, resource, &fields, &subjects).await?;
+    let reveal = resource.verification.reveal_not_found;
+    let mut items = Vec::with_capacity(parsed.items.len());
+    let mut mismatched: Vec<SubjectDigest> = Vec::new();
+    for ((item, subject), digest) in parsed.items.iter().zip(&subjects).zip(&digests) {
+        let row = rows.get(subject);
+        let mut results = BTreeMap::new();
+        let mut any_mismatch = false;
+        for (name, claim) in &item.claims {
+            let outcome = match row {
+                None => Outcome::Mismatch,
+                Some(values) => {
+                    let at = fields
+                        .iter()
+                        .position(|f| f.eq_ignore_ascii_case(name))
+                        .expect("every claimed field is selected");
+                    match &values[at] {
+                        Some(stored) => compare::compare(
+                            resource.verification.compare_of(name),
+                            &fields[at],
+                            claim,
+                            stored,
+                            cx,
+                        )
+                        .unwrap_or(Outcome::Mismatch),
+                        None => Outcome::Mismatch,
+                    }
+                }
+            };
+            let result = match outcome {
+                Outcome::Match => FieldResult::Match,
+                Outcome::Mismatch => FieldResult::Mismatch,
+                // A NULL tells that the subject is known: only where that may be revealed.
+                Outcome::NoValue if reveal => FieldResult::NoValue,
+                Outcome::NoValue => FieldResult::Mismatch,
+            };
+            any_mismatch |= result == FieldResult::Mismatch;
+            *record.counts.entry(result.as_str()).or_default() += 1;
+            results.insert(name.clone(), result);
+        }
+        if any_mismatch {
+            mismatched.push(*digest);
+        }
+        let found = if row.is_some() {
+            SubjectResult::Found
+        } else {
+            SubjectResult::NotFound
+        };
+        *record
+            .counts
+            .entry(match found {
+                SubjectResult::Found => "found",
+                SubjectResult::NotFound => "not_found",
+            })
+            .or_default() += 1;
+        items.push(AnswerItem {
+            subject: reveal.then_some(found),
+            fields: results,
+        });
+    }
+    service
+        .ledger
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .record_mismatches(
+            &settings.verify.quotas,
+            requester,
+            &resource.code,
+            &mismatched,
+            Instant::now(),
+        );
+    Ok(VerifyAnswer {
+        request_id: parsed.request_id,
+        items,
+    })
+}
+
+/// The sentence of a claim that does not fit its field.
+fn claim_error(e: ClaimError, item: usize, field: &str) -> String {
+    match e {
+        ClaimError::HmacRequired => format!(
+            "items[{item}].claims.{field}: field `{field}` is compared by HMAC only; send {{\"hmac\": \"<64 hex digits>\"}}"
+        ),
+        ClaimError::NoComparisonKey => format!(
+            "items[{item}].claims.{field}: this node has no comparison key, so HMAC claims cannot be compared; send the value"
+        ),
+    }
+}
+
+/// Reads a body of at most `limit` bytes (413 past it, before reading when the length is
+/// announced).
+async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, Refused> {
+    let too_large = || {
+        Refused::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {limit} bytes; send fewer items per request"),
+        )
+    };
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes().to_vec()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(Refused::new(
+            StatusCode::BAD_REQUEST,
+            "the request body could not be read to its end",
+        )),
+    }
+}
+
+/// The key a subject is looked up and matched by: normalized as the resource's key kind (a
+/// value that is not a valid identifier of its kind: as far as it can be cleaned).
+fn subject_key(resource: &Resource, subject: &str) -> String {
+    match identifier::normalize(resource.key_kind, subject) {
+        Ok(n) => n,
+        Err(invalid) => invalid.cleaned,
+    }
+}
+
+/// Reads the claimed fields of every distinct subject in one lookup; rows by normalized key.
+async fn lookup(
+    settings: &Settings,
+    resource: &Resource,
+    fields: &[String],
+    subjects: &[String],
+) -> Result<HashMap<String, Vec<Option<Value>>>, Refused> {
+    let connector = settings
+        .lookups
+        .get(&resource.source)
+        .cloned()
+        .ok_or_else(|| {
+            Refused::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "resource `{}` has no source open for verification",
+                    resource.code
+                ),
+            )
+        })?;
+    let key_column = resource
+        .fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(&resource.key))
+        .map(|(n, _)| n.clone())
+        .unwrap_or_else(|| resource.key.clone());
+    let mut columns = vec![key_column.clone()];
+    columns.extend(
+        fields
+            .iter()
+            .filter(|f| !f.eq_ignore_ascii_case(&key_column))
+            .cloned(),
+    );
+    let selection = Selection {
+        relation: resource.relation.clone(),
+        columns: columns.clone(),
+        cursor: Vec::new(),
+    };
+    let mut keys: Vec<String> = subjects.to_vec();
+    keys.sort_unstable();
+    keys.dedup();
+    let keys: Vec<Value> = keys.into_iter().map(Value::Text).collect();
+    let read = tokio::time::timeout(
+        settings.verify.query_timeout,
+        connector.lookup(&selection, &key_column, &keys),
+    )
+    .await;
+    let rows = match read {
+        Err(_) => {
+            warn!(resource = %resource.code, timeout_ms = settings.verify.query_timeout.as_millis() as u64, "Verification lookup timed out.");
+            return Err(Refused::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the source of resource `{}` did not answer within {} ms; retry later",
+                    resource.code,
+                    settings.verify.query_timeout.as_millis()
+                ),
+            ));
+        }
+        Ok(Err(e)) => {
+            // A statement error may quote a bound key: logged by kind only.
+            let kind = match &e {
+                ConnectorError::Unreachable { .. } => e.to_string(),
+                ConnectorError::Statement { source_name, .. } => {
+                    format!("source `{source_name}` refused the lookup statement")
+                }
+                ConnectorError::Config { source_name, .. } => {
+                    format!("source `{source_name}` cannot bind the lookup (key type)")
+                }
+            };
+            warn!(resource = %resource.code, error = %kind, "Verification lookup failed.");
+            let status = if e.is_transient() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            return Err(Refused::new(
+                status,
+                format!(
+                    "the source of resource `{}` cannot be read now; retry later",
+                    resource.code
+                ),
+            ));
+        }
+        Ok(Ok(rows)) => rows,
+    };
+    let mut out = HashMap::new();
+    for row in rows {
+        // `None`: a value that cannot be converted, which never matches.
+        let mut values: Vec<Option<Value>> = row.values.into_iter().map(Result::ok).collect();
+        let Some(key) = values
+            .first()
+            .and_then(|v| v.as_ref())
+            .and_then(Value::to_text)
+        else {
+            continue;
+        };
+        let key = subject_key(resource, &key);
+        // Values in the order of `fields` (the key column may be claimed too).
+        let key_value = values[0].clone();
+        let rest = values.split_off(1);
+        let mut by_field = Vec::with_capacity(fields.len());
+        let mut rest = rest.into_iter();
+        for f in fields {
+            if f.eq_ignore_ascii_case(&key_column) {
+                by_field.push(key_value.clone());
+            } else {
+                by_field.push(rest.next().flatten());
+            }
+        }
+        out.entry(key).or_insert(by_field);
+    }
+    Ok(out)
+}

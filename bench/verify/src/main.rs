@@ -1,0 +1,300 @@
+//! `exchange-bench-verify`: the verification benchmark (bench/README.md).
+//!
+//! Loads a PostgreSQL table of `--rows` subjects (default 1,000,000) and measures in one run,
+//! on loopback:
+//!
+//! | scenario | what is timed |
+//! |---|---|
+//! | `select-1` | the bare parameterized SELECT the agent issues (`WHERE key = ANY($1)`, one key), at `--rate` per second for `--seconds`, on one of 8 sessions |
+//! | `verify-1` | `POST /v1/verify` with one subject and two claims over mutual TLS (HTTP/2), at the same rate: TLS, parsing, authorization, quotas, lookup, comparison and the fsynced audit record |
+//! | `select-1000` | the same SELECT with 1,000 keys, `--batches` times in a row |
+//! | `verify-1000` | a 1,000-item request, `--batches` times in a row |
+//!
+//! Latencies are from sending to the complete answer; the rate is open-loop (a request is
+//! started every 1/rate s whether or not earlier ones finished), so a slow server shows as
+//! latency, not as a lower rate.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use exchange_protocol::pki::Authority;
+use exchange_protocol::verify::{Claim, Item, VerifyRequest};
+
+/// Options.
+#[derive(Parser)]
+#[command(version, about)]
+struct Options {
+    /// PostgreSQL server (an account that may create databases).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    pg: String,
+    /// Rows in the table.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+    /// Single-subject requests per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seconds of single-subject load per scenario.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// 1,000-item requests per scenario.
+    #[arg(long, default_value_t = 30)]
+    batches: usize,
+}
+
+fn key(i: u64) -> String {
+    format!("B{i:017}")
+}
+
+/// p50, p99 and max in milliseconds.
+fn summary(mut v: Vec<Duration>) -> (f64, f64, f64) {
+    v.sort_unstable();
+    let at = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e3;
+    (at(0.5), at(0.99), v.last().unwrap().as_secs_f64() * 1e3)
+}
+
+/// Runs `f` at `rate` per second for `seconds`, open loop; the latencies.
+async fn paced<F, Fut>(rate: u64, seconds: u64, f: F) -> anyhow::Result<Vec<Duration>>
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::new();
+    for n in 0..rate * seconds {
+        tick.tick().await;
+        let fut = f(n);
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            fut.await.map(|()| t.elapsed())
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await??);
+    }
+    Ok(out)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let o = Options::parse();
+    exchange_protocol::tls::install_provider();
+    let dir = std::env::temp_dir().join(format!("exchange-bench-verify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let db = format!("bench_verify_{}", std::process::id());
+    let (admin, conn) = tokio_postgres::connect(&o.pg, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await?;
+    let url = match o.pg.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{db}"),
+        None => anyhow::bail!("--pg must name a database"),
+    };
+    let result = run(&o, &dir, &url).await;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run(o: &Options, dir: &std::path::Path, url: &str) -> anyhow::Result<()> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let started = Instant::now();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE people (id_no text PRIMARY KEY, name text, birth date, salary numeric(12,2));
+             INSERT INTO people SELECT 'B' || lpad(i::text, 17, '0'), 'name ' || i,
+               date '1950-01-01' + (i % 20000)::int, (i % 100000) / 100.0
+               FROM generate_series(0, {}) AS i;
+             ANALYZE people;",
+            o.rows - 1
+        ))
+        .await?;
+    eprintln!(
+        "{} rows loaded in {:.1} s",
+        o.rows,
+        started.elapsed().as_secs_f64()
+    );
+
+    // Certificates, keys, configuration.
+    let ca = Authority::generate("Bench CA")?;
+    let ca_path = dir.join("ca.pem");
+    ca.write_cert(&ca_path)?;
+    let (server_cert, server_key) = ca.issue_server(&["127.0.0.1"])?.write(dir, "server")?;
+    let (node_cert, node_key) = ca.issue_client("bench-node")?.write(dir, "node")?;
+    let (hub_cert, hub_key) = ca.issue_client("city-hub")?.write(dir, "hub")?;
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys)?;
+    let pseudonym = keys.join("pseudonym.key");
+    std::fs::write(&pseudonym, "ab".repeat(32))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pseudonym, std::fs::Permissions::from_mode(0o600))?;
+    let config = dir.join("agent.toml");
+    let p = |p: &std::path::Path| format!("{:?}", p.display().to_string());
+    std::fs::write(
+        &config,
+        format!(
+            r#"[node]
+id = "bench-node"
+department = "11330100MB0123456W"
+data_dir = {data}
+[hub]
+url = "https://127.0.0.1:9"
+ca = {ca}
+cert = {nc}
+key = {nk}
+[policy]
+pseudonym_key_file = {pk}
+[verify]
+listen = "127.0.0.1:0"
+cert = {sc}
+key = {sk}
+client_ca = {ca}
+pool_size = 8
+items_per_minute = 100000000
+subjects_per_day = 100000000
+[[sources]]
+name = "pg"
+kind = "postgres"
+url = {url:?}
+[[resources]]
+code = "BENCH-1"
+name = "bench"
+share = "conditional"
+source = "pg"
+table = "people"
+key = "id_no"
+mode = "snapshot"
+reveal_not_found = true
+grants = [{{ requester = "city-hub", fields = ["name", "birth"] }}]
+[resources.fields]
+id_no = "pseudonym"
+name = "mask:name"
+birth = "generalize:year"
+[resources.compare]
+birth = "date"
+"#,
+            data = p(&dir.join("data")),
+            ca = p(&ca_path),
+            nc = p(&node_cert),
+            nk = p(&node_key),
+            pk = p(&pseudonym),
+            sc = p(&server_cert),
+            sk = p(&server_key),
+        ),
+    )?;
+    let loaded =
+        exchange_agent::config::Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let agent_url = format!("https://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(exchange_agent::verify::run(
+        listener,
+        Arc::new(loaded),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let tls = exchange_protocol::tls::MutualTls {
+        ca: ca_path.clone(),
+        cert: hub_cert,
+        key: hub_key,
+        min_version: exchange_protocol::tls::MinTlsVersion::Tls13,
+    };
+    let verifier = Arc::new(exchange_hub::verify::Verifier::new(&tls, &agent_url)?);
+
+    // Sessions for the bare SELECT.
+    let mut sessions = Vec::new();
+    for _ in 0..8 {
+        let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let stmt = c
+            .prepare("SELECT src.id_no, src.name, src.birth FROM people AS src WHERE src.id_no = ANY($1::text[]::text[])")
+            .await?;
+        sessions.push(Arc::new((c, stmt)));
+    }
+    let sessions = Arc::new(sessions);
+    let rows = o.rows;
+    let item = |n: u64| {
+        let i = (n.wrapping_mul(2_654_435_761)) % rows;
+        Item {
+            subject: key(i),
+            claims: [
+                ("name".to_owned(), Claim::Value(format!("name {i}"))),
+                ("birth".to_owned(), Claim::Value("1950-01-01".into())),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    };
+    let request = |n: u64, items: Vec<Item>| VerifyRequest {
+        request_id: format!("bench-{n}"),
+        purpose: "benchmark".into(),
+        case_ref: "bench".into(),
+        resource: "BENCH-1".into(),
+        items,
+    };
+    // Warm-up: connections, sessions, plans.
+    for n in 0..50 {
+        verifier.verify(&request(n, vec![item(n)])).await?;
+    }
+
+    let s = sessions.clone();
+    let select_1 = paced(o.rate, o.seconds, move |n| {
+        let s = s.clone();
+        async move {
+            let (c, stmt) = &*s[(n % 8) as usize];
+            let i = (n.wrapping_mul(2_654_435_761)) % rows;
+            c.query(stmt, &[&vec![key(i)]]).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let v = verifier.clone();
+    let verify_1 = paced(o.rate, o.seconds, move |n| {
+        let v = v.clone();
+        let r = request(n, vec![item(n)]);
+        async move {
+            v.verify(&r).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let mut select_1000 = Vec::new();
+    let mut verify_1000 = Vec::new();
+    for b in 0..o.batches as u64 {
+        let keys: Vec<String> = (0..1000)
+            .map(|j| key((b * 1000 + j) * 7919 % rows))
+            .collect();
+        let (c, stmt) = &*sessions[0];
+        let t = Instant::now();
+        c.query(stmt, &[&keys]).await?;
+        select_1000.push(t.elapsed());
+        let items: Vec<Item> = (0..1000).map(|j| item(b * 1000 + j)).collect();
+        let r = request(1_000_000 + b, items);
+        let t = Instant::now();
+        verifier.verify(&r).await.context("a 1,000-item request")?;
+        verify_1000.push(t.elapsed());
+    }
+    let _ = stop.send(());
+    server.await??;
+
+    println!("| scenario | requests | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|");
+    for (name, v) in [
+        (format!("select-1 at {}/s", o.rate), select_1),
+        (format!("verify-1 at {}/s", o.rate), verify_1),
+        ("select-1000".to_owned(), select_1000),
+        ("verify-1000".to_owned(), verify_1000),
+    ] {
+        let n = v.len();
+        let (p50, p99, max) = summary(v);
+        println!("| {name} | {n} | {p50:.2} | {p99:.2} | {max:.2} |");
+    }
+    Ok(())
+}

@@ -1,0 +1,497 @@
+//! `exchange-hub verify`: the requester side of the verification service (docs/PROTOCOL.md
+//! §11). Sends subjects and claimed values to an agent over mutual TLS, presenting the hub's
+//! `[client]` certificate, and reads back match / mismatch / no value per field.
+//!
+//! Claims file (`--file claims.csv`): UTF-8 CSV (RFC 4180 quoting), a header row `subject,
+//! <field>, <field> …`, then one subject per row; an empty cell claims nothing for that
+//! field. The answers are written next to it as `<name>.answers.csv`: the header `row,
+//! subject, found, <field> …`, then per row its line number in the claims file, the subject
+//! as given, `found` / `not_found` (empty where the resource does not reveal it) and each
+//! field's result (`match`, `mismatch`, `no_value`, empty where nothing was claimed).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use exchange_protocol::batch::ErrorBody;
+use exchange_protocol::tls::MutualTls;
+use exchange_protocol::verify::{
+    AnswerItem, Claim, Item, SubjectResult, VERIFY_PATH, VerifyAnswer, VerifyRequest,
+};
+
+/// Why a verification could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyCallError {
+    /// The TLS material of `[client]` is unusable.
+    #[error("cannot set up TLS from [client] (or [listen]): {0}")]
+    Tls(#[from] exchange_protocol::tls::TlsError),
+    /// The agent URL is not `https://host:port`.
+    #[error("`{0}` is not an https:// URL of an agent's verification service")]
+    Url(String),
+    /// The agent could not be reached or the connection broke.
+    #[error("cannot reach the agent at {url}: {reason}")]
+    Transport {
+        /// The agent's URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The agent refused the request.
+    #[error("the agent refused the request ({status}): {message}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The agent's error message.
+        message: String,
+        /// `Retry-After`, if given.
+        retry_after: Option<String>,
+    },
+    /// The answer is not a verification answer.
+    #[error("the agent's answer is not a verification answer: {0}")]
+    Answer(String),
+}
+
+/// A client of agents' verification services.
+pub struct Verifier {
+    /// The HTTPS client (the hub's certificate, only the configured CA trusted).
+    http: reqwest::Client,
+    /// `https://host:port/v1/verify`.
+    url: String,
+}
+
+impl Verifier {
+    /// A client presenting `tls.cert`/`tls.key` and trusting only `tls.ca`, for the agent at
+    /// `agent` (`https://host:port`).
+    pub fn new(tls: &MutualTls, agent: &str) -> Result<Verifier, VerifyCallError> {
+        if !agent.starts_with("https://") {
+            return Err(VerifyCallError::Url(agent.to_owned()));
+        }
+        let config = exchange_protocol::tls::hub_client_config(tls)?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(config)
+            .https_only(true)
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| VerifyCallError::Transport {
+                url: agent.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(Verifier {
+            http,
+            url: format!("{}{VERIFY_PATH}", agent.trim_end_matches('/')),
+        })
+    }
+
+    /// Sends one request; returns the answer as parsed and as the agent sent it.
+    pub async fn verify(
+        &self,
+        request: &VerifyRequest,
+    ) -> Result<(VerifyAnswer, String), VerifyCallError> {
+        let url = self.url.clone();
+        let text = self
+            .post(
+                &url,
+                serde_json::to_vec(request).expect("a request serializes"),
+            )
+            .await?;
+        let answer: VerifyAnswer =
+            serde_json::from_str(&text).map_err(|e| VerifyCallError::Answer(e.to_string()))?;
+        if answer.request_id != request.request_id || answer.items.len() != request.items.len() {
+            return Err(VerifyCallError::Answer(
+                "its request id or number of items differs from the request's".into(),
+            ));
+        }
+        Ok((answer, text))
+    }
+}
+
+impl Verifier {
+    /// Sends `request` by private set intersection (docs/PROTOCOL.md §11.6): subjects and
+    /// claims leave only blinded; the answer is computed here. HMAC claims are not possible
+    /// (the comparison is on blinded values already); a claim must be a value.
+    pub async fn verify_psi(
+        &self,
+        request: &VerifyRequest,
+    ) -> Result<VerifyAnswer, VerifyCallError> {
+        use exchange_agent::verify::compare::{canonical, psi_form};
+        use exchange_protocol::psi::{self, PsiAnswer, PsiItem, PsiRequest, Secret};
+        let mut random = [0u8; 64];
+        random[..32].copy_from_slice(&rand::random::<[u8; 32]>());
+        random[32..].copy_from_slice(&rand::random::<[u8; 32]>());
+        let secret = Secret::from_random_bytes(&random);
+        let mut items = Vec::with_capacity(request.items.len());
+        for item in &request.items {
+            let subject = canonical(&item.subject);
+            let mut claims = BTreeMap::new();
+            for (f, c) in &item.claims {
+                let Claim::Value(value) = c else {
+                    return Err(VerifyCallError::Answer(
+                        "an HMAC claim cannot be sent by private set intersection".into(),
+                    ));
+                };
+                let p = psi::hash_claim(f, &subject, &psi_form(value));
+                claims.insert(f.clone(), hex::encode(secret.blind(&p)));
+            }
+            items.push(PsiItem {
+                subject: hex::encode(secret.blind(&psi::hash_subject(&subject))),
+                claims,
+            });
+        }
+        let body = PsiRequest {
+            request_id: request.request_id.clone(),
+            purpose: request.purpose.clone(),
+            case_ref: request.case_ref.clone(),
+            resource: request.resource.clone(),
+            items,
+        };
+        let url = self.url.replace(VERIFY_PATH, psi::PSI_PATH);
+        let text = self
+            .post(&url, serde_json::to_vec(&body).expect("serializes"))
+            .await?;
+        let answer: PsiAnswer =
+            serde_json::from_str(&text).map_err(|e| VerifyCallError::Answer(e.to_string()))?;
+        if answer.request_id != request.request_id || answer.items.len() != request.items.len() {
+            return Err(VerifyCallError::Answer(
+                "its request id or number of items differs from the request's".into(),
+            ));
+        }
+        let subjects: std::collections::HashSet<&str> =
+            answer.subjects.iter().map(String::as_str).collect();
+        let stored: std::collections::HashSet<&str> =
+            answer.claims.iter().map(String::as_str).collect();
+        let bad_point = || VerifyCallError::Answer("a point does not decode".into());
+        let mut out = Vec::with_capacity(answer.items.len());
+        for (asked, got) in request.items.iter().zip(&answer.items) {
+            let s = psi::point_from_hex(&got.subject).ok_or_else(bad_point)?;
+            let s = secret.unblind(&s).ok_or_else(bad_point)?;
+            let found = subjects.contains(psi::tag(&s).as_str());
+            let mut fields = BTreeMap::new();
+            for f in asked.claims.keys() {
+                let p = got
+                    .claims
+                    .get(f)
+                    .and_then(|c| psi::point_from_hex(c))
+                    .ok_or_else(bad_point)?;
+                let p = secret.unblind(&p).ok_or_else(bad_point)?;
+                let result = if found && stored.contains(psi::tag(&p).as_str()) {
+                    exchange_protocol::verify::FieldResult::Match
+                } else {
+                    exchange_protocol::verify::FieldResult::Mismatch
+                };
+                fields.insert(f.clone(), result);
+            }
+            out.push(AnswerItem {
+                subject: Some(if found {
+                    SubjectResult::Found
+                } else {
+                    SubjectResult::NotFound
+                }),
+                fields,
+            });
+        }
+        Ok(VerifyAnswer {
+            request_id: answer.request_id,
+            items: out,
+        })
+    }
+
+    /// POSTs a JSON body; the answer's text, or the refusal.
+    async fn post(&self, url: &str, body: Vec<u8>) -> Result<String, VerifyCallError> {
+        let response = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| VerifyCallError::Transport {
+                url: url.to_owned(),
+                reason: error_chain(&e),
+            })?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = response
+            .text()
+            .await
+            .map_err(|e| VerifyCallError::Transport {
+                url: url.to_owned(),
+                reason: error_chain(&e),
+            })?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<ErrorBody>(&text)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| text.chars().take(500).collect());
+            return Err(VerifyCallError::Refused {
+                status: status.as_u16(),
+                message,
+                retry_after,
+            });
+        }
+        Ok(text)
+    }
+}
+
+/// The whole chain of an error, for messages (a TLS alert is deep inside reqwest's).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// A claim as given on the command line or in a file: in clear, or as HMAC-SM3 under the
+/// comparison key when `key` is given.
+pub fn claim_of(
+    key: Option<&exchange_agent::policy::PseudonymKey>,
+    field: &str,
+    value: &str,
+) -> Claim {
+    match key {
+        Some(k) => Claim::Hmac(exchange_agent::verify::compare::claim_mac(k, field, value)),
+        None => Claim::Value(value.to_owned()),
+    }
+}
+
+/// Reads a comparison key file (64+ hex digits).
+pub fn read_comparison_key(
+    path: &Path,
+    version: u32,
+) -> Result<exchange_agent::policy::PseudonymKey, String> {
+    exchange_protocol::tls::check_secret_permissions(path).map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the comparison key {}: {e}", path.display()))?;
+    exchange_agent::policy::PseudonymKey::from_hex(version, &text)
+        .map_err(|e| format!("comparison key {}: {e}", path.display()))
+}
+
+/// One row of a claims file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRow {
+    /// The line it starts on (1-based, the header is line 1).
+    pub line: usize,
+    /// The subject.
+    pub subject: String,
+    /// Field → claimed value (non-empty cells only).
+    pub claims: BTreeMap<String, String>,
+}
+
+/// Reads a claims file: the field names (header order) and the rows.
+pub fn read_claims(path: &Path) -> Result<(Vec<String>, Vec<ClaimRow>), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let records = parse_csv(text).map_err(|(line, m)| format!("{}:{line}: {m}", path.display()))?;
+    let mut records = records.into_iter();
+    let Some((_, header)) = records.next() else {
+        return Err(format!(
+            "{} is empty; expected a header row `subject,<field>,…`",
+            path.display()
+        ));
+    };
+    if header.first().map(|h| h.trim()) != Some("subject") || header.len() < 2 {
+        return Err(format!(
+            "{}:1: the header must be `subject,<field>,…` (a column per claimed field)",
+            path.display()
+        ));
+    }
+    let fields: Vec<String> = header[1..].iter().map(|h| h.trim().to_owned()).collect();
+    let mut rows = Vec::new();
+    for (line, record) in records {
+        if record.iter().all(|c| c.trim().is_empty()) {
+            continue;
+        }
+        if record.len() != header.len() {
+            return Err(format!(
+                "{}:{line}: {} columns; the header has {}",
+                path.display(),
+                record.len(),
+                header.len()
+            ));
+        }
+        let claims = fields
+            .iter()
+            .zip(&record[1..])
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(f, v)| (f.clone(), v.clone()))
+            .collect();
+        rows.push(ClaimRow {
+            line,
+            subject: record[0].trim().to_owned(),
+            claims,
+        });
+    }
+    Ok((fields, rows))
+}
+
+/// A CSV record: the line it starts on and its cells.
+type CsvRecord = (usize, Vec<String>);
+
+/// RFC 4180 records; an error names the line.
+fn parse_csv(text: &str) -> Result<Vec<CsvRecord>, (usize, String)> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    let mut line = 1;
+    while chars.peek().is_some() {
+        let start = line;
+        let mut record = Vec::new();
+        let mut cell = String::new();
+        let mut quoted = false;
+        let mut was_quoted = false;
+        loop {
+            let Some(c) = chars.next() else {
+                if quoted {
+                    return Err((start, "a quoted cell is not closed".into()));
+                }
+                record.push(std::mem::take(&mut cell));
+                break;
+            };
+            match (quoted, c) {
+                (true, '"') if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    cell.push('"');
+                }
+                (true, '"') => quoted = false,
+                (true, c) => {
+                    if c == '\n' {
+                        line += 1;
+                    }
+                    cell.push(c);
+                }
+                (false, '"') if cell.is_empty() && !was_quoted => {
+                    quoted = true;
+                    was_quoted = true;
+                }
+                (false, ',') => {
+                    record.push(std::mem::take(&mut cell));
+                    was_quoted = false;
+                }
+                (false, '\r') if chars.peek() == Some(&'\n') => {}
+                (false, '\n') => {
+                    line += 1;
+                    record.push(std::mem::take(&mut cell));
+                    break;
+                }
+                (false, c) => cell.push(c),
+            }
+        }
+        out.push((start, record));
+    }
+    Ok(out)
+}
+
+/// A CSV cell, quoted when needed.
+fn csv_cell(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Where the answers to `claims` are written: `<stem>.answers.csv` next to it.
+pub fn answers_path(claims: &Path) -> PathBuf {
+    let stem = claims
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "claims".into());
+    claims.with_file_name(format!("{stem}.answers.csv"))
+}
+
+/// The answers file's text.
+pub fn answers_csv(fields: &[String], rows: &[ClaimRow], answers: &[AnswerItem]) -> String {
+    let mut out = String::from("row,subject,found");
+    for f in fields {
+        out.push(',');
+        out.push_str(&csv_cell(f));
+    }
+    out.push('\n');
+    for (row, answer) in rows.iter().zip(answers) {
+        out.push_str(&format!("{},{},", row.line, csv_cell(&row.subject)));
+        out.push_str(match answer.subject {
+            Some(SubjectResult::Found) => "found",
+            Some(SubjectResult::NotFound) => "not_found",
+            None => "",
+        });
+        for f in fields {
+            out.push(',');
+            if let Some(r) = answer.fields.get(f) {
+                out.push_str(r.as_str());
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The items of a request from claim rows.
+pub fn items_of(
+    rows: &[ClaimRow],
+    key: Option<&exchange_agent::policy::PseudonymKey>,
+) -> Vec<Item> {
+    rows.iter()
+        .map(|r| Item {
+            subject: r.subject.clone(),
+            claims: r
+                .claims
+                .iter()
+                .map(|(f, v)| (f.clone(), claim_of(key, f, v)))
+                .collect(),
+        })
+        .collect()
+}
+
+/// A request id: the time in milliseconds and a random suffix.
+pub fn new_request_id() -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!(
+        "hub-{millis}-{:08x}",
+        std::process::id() ^ (millis as u32).rotate_left(13)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_are_read_with_quotes_and_line_numbers() {
+        let text = "subject,name,address\n\"11010519491231002X\",\"张,三\",\"a \"\"b\"\"\nc\"\r\n\n440524188001010014,,x\n";
+        let records = parse_csv(text).unwrap();
+        assert_eq!(
+            records[0],
+            (1, vec!["subject".into(), "name".into(), "address".into()])
+        );
+        assert_eq!(
+            records[1],
+            (
+                2,
+                vec![
+                    "11010519491231002X".into(),
+                    "张,三".into(),
+                    "a \"b\"\nc".into()
+                ]
+            )
+        );
+        assert_eq!(
+            records[3],
+            (5, vec!["440524188001010014".into(), "".into(), "x".into()])
+        );
+    }
+}
