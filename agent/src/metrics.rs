@@ -45,6 +45,9 @@ pub struct Metrics {
     reloads: AtomicU64,
     /// Reloads refused (the old configuration kept running).
     reload_failures: AtomicU64,
+    /// Verification requests by (endpoint, outcome): `verify` or `verify_psi`; `answered`,
+    /// `refused`, `denied` or `throttled`.
+    verify_requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 static GLOBAL: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
@@ -84,6 +87,16 @@ impl Metrics {
     /// A reload was refused.
     pub fn reload_failed(&self) {
         self.reload_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A verification request was answered or refused (after its audit record was written).
+    pub fn verify_answered(&self, endpoint: &'static str, outcome: &'static str) {
+        *self
+            .verify_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((endpoint, outcome))
+            .or_default() += 1;
     }
 
     /// Reloads and refused reloads so far.
@@ -335,6 +348,24 @@ pub fn render(config: &Config, queue: &Queue, board: &Board, m: &Metrics) -> Str
         "Reloads refused; the previous configuration kept running.",
     )
     .sample("exchange_config_reload_failures_total", &[], failures);
+    let verify = m
+        .verify_requests
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mut f = Family::head(
+        &mut out,
+        "exchange_verify_requests_total",
+        "counter",
+        "Verification requests by endpoint (verify, verify_psi) and outcome (answered, refused, denied, throttled).",
+    );
+    for ((endpoint, outcome), n) in verify {
+        f.sample(
+            "exchange_verify_requests_total",
+            &[("endpoint", endpoint), ("outcome", outcome)],
+            n,
+        );
+    }
     out
 }
 
@@ -418,5 +449,19 @@ mod tests {
             1
         );
         assert_eq!(m.push_errors.lock().unwrap()["unreachable"], 1);
+    }
+
+    #[test]
+    fn verification_outcomes_are_counted_by_endpoint_and_outcome() {
+        let m = Metrics::default();
+        m.verify_answered("verify", "answered");
+        m.verify_answered("verify", "answered");
+        m.verify_answered("verify", "denied");
+        m.verify_answered("verify_psi", "throttled");
+        let counts = m.verify_requests.lock().unwrap().clone();
+        assert_eq!(counts[&("verify", "answered")], 2);
+        assert_eq!(counts[&("verify", "denied")], 1);
+        assert_eq!(counts[&("verify_psi", "throttled")], 1);
+        assert_eq!(counts.len(), 3);
     }
 }

@@ -321,6 +321,14 @@ async fn respond<T: serde::Serialize>(
             "the provider cannot record this request in its audit log; nothing was answered",
         );
     }
+    crate::metrics::global().verify_answered(
+        if action == "verify" {
+            "verify"
+        } else {
+            "verify_psi"
+        },
+        outcome,
+    );
     info!(
         requester = requester.as_deref().unwrap_or("-"),
         resource = %record.resource,
