@@ -252,6 +252,37 @@ struct Record {
     counts: BTreeMap<&'static str, u64>,
 }
 
+/// Counts a request's subjects against the requester's quotas and lockouts (`429` with
+/// `Retry-After` when over).
+fn admit(
+    service: &Service,
+    settings: &Settings,
+    requester: &str,
+    resource: &str,
+    digests: &[SubjectDigest],
+) -> Result<(), Refused> {
+    let mut ledger = service.ledger.lock().unwrap_or_else(|p| p.into_inner());
+    ledger
+        .admit(
+            &settings.verify.quotas,
+            requester,
+            resource,
+            digests,
+            At::now(),
+        )
+        .map_err(
+            |Throttled {
+                 reason,
+                 retry_after,
+             }| Refused {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: reason,
+                retry_after: Some(retry_after),
+                outcome: "throttled",
+            },
+        )
+}
+
 async fn handle(
     State(service): State<Arc<Service>>,
     Extension(peer): Extension<Peer>,
@@ -487,28 +518,7 @@ async fn answer(
             }
         }
     }
-    {
-        let mut ledger = service.ledger.lock().unwrap_or_else(|p| p.into_inner());
-        ledger
-            .admit(
-                &settings.verify.quotas,
-                requester,
-                &resource.code,
-                &digests,
-                At::now(),
-            )
-            .map_err(
-                |Throttled {
-                     reason,
-                     retry_after,
-                 }| Refused {
-                    status: StatusCode::TOO_MANY_REQUESTS,
-                    message: reason,
-                    retry_after: Some(retry_after),
-                    outcome: "throttled",
-                },
-            )?;
-    }
+    admit(service, settings, requester, &resource.code, &digests)?;
 
     let rows = lookup(settings, resource, &fields, &subjects).await?;
     let reveal = resource.verification.reveal_not_found;

@@ -23,7 +23,7 @@ use exchange_protocol::server::Peer;
 use exchange_protocol::verify::{Claim, Item, VerifyRequest};
 
 use super::compare::{canonical, stored_psi_form};
-use super::quota::{At, SubjectDigest, Throttled};
+use super::quota::SubjectDigest;
 use super::{Record, Refused, Service, Settings, read_body, requester_of, respond};
 use crate::config::Resource;
 
@@ -184,28 +184,7 @@ async fn answer(
         .iter()
         .map(|(s, _)| crate::queue::sm3_bytes(s))
         .collect();
-    {
-        let mut ledger = service.ledger.lock().unwrap_or_else(|p| p.into_inner());
-        ledger
-            .admit(
-                &settings.verify.quotas,
-                requester,
-                &resource.code,
-                &digests,
-                At::now(),
-            )
-            .map_err(
-                |Throttled {
-                     reason,
-                     retry_after,
-                 }| Refused {
-                    status: StatusCode::TOO_MANY_REQUESTS,
-                    message: reason,
-                    retry_after: Some(retry_after),
-                    outcome: "throttled",
-                },
-            )?;
-    }
+    super::admit(service, settings, requester, &resource.code, &digests)?;
     let mut random = [0u8; 64];
     random[..32].copy_from_slice(&rand::random::<[u8; 32]>());
     random[32..].copy_from_slice(&rand::random::<[u8; 32]>());
