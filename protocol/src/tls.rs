@@ -589,13 +589,25 @@ mod tests {
     fn handshake_failures_map_to_their_labels() {
         use rustls::{AlertDescription, CertificateError as C, Error, InvalidMessage};
         let cases = [
-            (Error::InvalidCertificate(C::UnknownIssuer), "unknown_issuer"),
+            (
+                Error::InvalidCertificate(C::UnknownIssuer),
+                "unknown_issuer",
+            ),
             (Error::InvalidCertificate(C::Expired), "expired"),
-            (Error::InvalidCertificate(C::NotValidForName), "not_valid_for_name"),
+            (
+                Error::InvalidCertificate(C::NotValidForName),
+                "not_valid_for_name",
+            ),
             (Error::InvalidCertificate(C::Revoked), "revoked"),
             (Error::InvalidCertificate(C::NotValidYet), "bad_certificate"),
-            (Error::InvalidCertificate(C::BadSignature), "bad_certificate"),
-            (Error::InvalidCertificate(C::InvalidPurpose), "bad_certificate"),
+            (
+                Error::InvalidCertificate(C::BadSignature),
+                "bad_certificate",
+            ),
+            (
+                Error::InvalidCertificate(C::InvalidPurpose),
+                "bad_certificate",
+            ),
             (Error::NoCertificatesPresented, "no_certificate"),
             (
                 Error::InvalidMessage(InvalidMessage::InvalidContentType),
@@ -618,9 +630,11 @@ mod tests {
         let labels: std::collections::BTreeSet<&str> =
             HandshakeFailure::ALL.iter().map(|r| r.label()).collect();
         assert_eq!(labels.len(), HandshakeFailure::ALL.len());
-        assert!(labels.iter().all(|l| l
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c == '_')));
+        assert!(
+            labels
+                .iter()
+                .all(|l| l.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        );
     }
 
     #[test]

@@ -152,7 +152,10 @@ async fn invalid_reload_keeps_the_old_configuration_and_a_valid_one_takes_effect
     let audited = || {
         let actions = audit_actions(&first);
         let count = |action: &str| actions.iter().filter(|e| e["action"] == action).count() as f64;
-        (Some(count("config.reload")), Some(count("config.reload_failed")))
+        (
+            Some(count("config.reload")),
+            Some(count("config.reload_failed")),
+        )
     };
     let before = wait_for("the admin listener answers", DEADLINE, || async {
         admin::scrape(port).await

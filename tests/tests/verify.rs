@@ -759,10 +759,14 @@ async fn certificates_from_another_ca_or_expired_are_refused_in_the_handshake() 
     }
     service.stop().await;
     // Nothing reached a handler: the only records are the two refused connections.
-    let audit = wait_for("both refusals are audited", Duration::from_secs(10), || async {
-        let audit = setup.audit();
-        (audit.len() >= 2).then_some(audit)
-    })
+    let audit = wait_for(
+        "both refusals are audited",
+        Duration::from_secs(10),
+        || async {
+            let audit = setup.audit();
+            (audit.len() >= 2).then_some(audit)
+        },
+    )
     .await;
     let mut reasons: Vec<&str> = audit
         .iter()
@@ -875,8 +879,11 @@ async fn refused_handshakes_are_counted_by_reason_and_audited_by_the_daemon() {
         rejected["unknown_issuer"]
     );
     // The service goes on answering.
-    let verifier =
-        Verifier::new(&setup.client_tls(&setup.client.0, &setup.client.1), &daemon.url).unwrap();
+    let verifier = Verifier::new(
+        &setup.client_tls(&setup.client.0, &setup.client.1),
+        &daemon.url,
+    )
+    .unwrap();
     let (answer, _) = verifier.verify(&r).await.unwrap();
     assert_eq!(answer.items[0].fields["name"], FieldResult::Match);
     daemon.stop().await;
