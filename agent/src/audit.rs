@@ -1,7 +1,8 @@
 //! The audit log: what the service and operators did, appended to `<data_dir>/audit.jsonl`:
 //! service start and configuration loads and reloads (with the file's SM3), every batch the
 //! hub acknowledged (resource, seq, record count, content digest), every verification request
-//! (answered, denied or throttled), and operator commands that change the queue.
+//! (answered, denied or throttled), every connection the verification listener refused in
+//! its TLS handshake (`connection.rejected`), and operator commands that change the queue.
 //!
 //! # Format
 //! One JSON object per line, [`Entry`], in the order written. Each entry's `prev` is the SM3

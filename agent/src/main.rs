@@ -219,12 +219,19 @@ fn load(file: &ConfigPath) -> Result<Config, ExitCode> {
     })
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not
+/// when the future is first polled: the service polls it only once its loop runs, and a
+/// SIGTERM before that (`systemctl stop` right after a start) would otherwise kill the
+/// process instead of stopping it.
+fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
 
@@ -241,6 +248,7 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Run => {
             init_logging("info");
+            let shutdown = shutdown_signal();
             let config = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -268,7 +276,7 @@ async fn main() -> ExitCode {
                 notifier: Some(exchange_agent::sd_notify::Notifier::from_env()),
                 admin,
             };
-            match daemon::serve(pipeline, options, shutdown_signal()).await {
+            match daemon::serve(pipeline, options, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(anyhow::Error::new(e).context("cannot start the agent")),
             }

@@ -8,12 +8,14 @@
 //! - Per resource record counters and queue gauges are read from the queue at scrape time
 //!   (`queue::ResourceState`): they are durable, so they survive restarts and reloads and
 //!   never go back.
-//! - Push latency and errors by kind, and reloads, are counted in this process (a global
+//! - Push latency and errors by kind, reloads, verification requests and refused TLS
+//!   handshakes are counted in this process (a global
 //!   [`Metrics`], since pushes are counted inside `push::push_batches` whichever command runs
 //!   it); they start at zero with the process, as Prometheus counters may.
 //!
 //! # Invariant
-//! Labels are resource codes, error kinds and outcomes: never a field value.
+//! Labels are resource codes, error kinds, outcomes and handshake failure reasons (a closed
+//! set, `tls::HandshakeFailure`): never a field value, never a peer address.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -48,6 +50,9 @@ pub struct Metrics {
     /// Verification requests by (endpoint, outcome): `verify` or `verify_psi`; `answered`,
     /// `refused`, `denied` or `throttled`.
     verify_requests: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Refused TLS handshakes by (listener, reason): `verify`; a `tls::HandshakeFailure`
+    /// label.
+    handshake_failures: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 static GLOBAL: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
@@ -97,6 +102,27 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .entry((endpoint, outcome))
             .or_default() += 1;
+    }
+
+    /// A listener refused a connection in its TLS handshake; `reason` is a
+    /// `tls::HandshakeFailure` label.
+    pub fn handshake_failed(&self, listener: &'static str, reason: &'static str) {
+        *self
+            .handshake_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((listener, reason))
+            .or_default() += 1;
+    }
+
+    /// Refused TLS handshakes of `listener` for `reason` so far.
+    pub fn handshake_failures(&self, listener: &str, reason: &str) -> u64 {
+        self.handshake_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|((l, r), _)| *l == listener && *r == reason)
+            .map_or(0, |(_, n)| *n)
     }
 
     /// Reloads and refused reloads so far.
@@ -290,9 +316,15 @@ pub fn render(config: &Config, queue: &Queue, board: &Board, m: &Metrics) -> Str
         };
         f.sample(name, &[("resource", code.as_str())], age);
     }
+    render_process(&mut out, m);
+    out
+}
+
+/// Renders the figures counted in this process ([`Metrics`]).
+fn render_process(out: &mut String, m: &Metrics) {
     let name = "exchange_push_latency_seconds";
     let mut f = Family::head(
-        &mut out,
+        out,
         name,
         "histogram",
         "Time from sending a batch to the hub's answer.",
@@ -320,7 +352,7 @@ pub fn render(config: &Config, queue: &Queue, board: &Board, m: &Metrics) -> Str
     f.sample("exchange_push_latency_seconds_count", &[], cumulative);
     let name = "exchange_push_errors_total";
     let mut f = Family::head(
-        &mut out,
+        out,
         name,
         "counter",
         "Failed pushes by kind (unreachable, handshake, throttled, refused, …).",
@@ -335,14 +367,14 @@ pub fn render(config: &Config, queue: &Queue, board: &Board, m: &Metrics) -> Str
     }
     let (reloads, failures) = m.reload_counts();
     Family::head(
-        &mut out,
+        out,
         "exchange_config_reloads_total",
         "counter",
         "Configurations reloaded (SIGHUP or a changed file).",
     )
     .sample("exchange_config_reloads_total", &[], reloads);
     Family::head(
-        &mut out,
+        out,
         "exchange_config_reload_failures_total",
         "counter",
         "Reloads refused; the previous configuration kept running.",
@@ -354,7 +386,7 @@ pub fn render(config: &Config, queue: &Queue, board: &Board, m: &Metrics) -> Str
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let mut f = Family::head(
-        &mut out,
+        out,
         "exchange_verify_requests_total",
         "counter",
         "Verification requests by endpoint (verify, verify_psi) and outcome (answered, refused, denied, throttled).",
@@ -366,7 +398,21 @@ pub fn render(config: &Config, queue: &Queue, board: &Board, m: &Metrics) -> Str
             n,
         );
     }
-    out
+    let failures = m
+        .handshake_failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let name = "exchange_tls_handshake_failures_total";
+    let mut f = Family::head(
+        out,
+        name,
+        "counter",
+        "Connections refused in the TLS handshake, by listener (verify) and reason (unknown_issuer, expired, not_valid_for_name, no_certificate, revoked, bad_certificate, protocol, timeout, io).",
+    );
+    for ((listener, reason), n) in failures {
+        f.sample(name, &[("listener", listener), ("reason", reason)], n);
+    }
 }
 
 /// When this process first rendered metrics (the staleness of a never-pushed resource counts
@@ -463,5 +509,34 @@ mod tests {
         assert_eq!(counts[&("verify", "denied")], 1);
         assert_eq!(counts[&("verify_psi", "throttled")], 1);
         assert_eq!(counts.len(), 3);
+    }
+
+    #[test]
+    fn refused_handshakes_are_counted_by_listener_and_reason() {
+        let m = Metrics::default();
+        m.handshake_failed("verify", "unknown_issuer");
+        m.handshake_failed("verify", "unknown_issuer");
+        m.handshake_failed("verify", "expired");
+        assert_eq!(m.handshake_failures("verify", "unknown_issuer"), 2);
+        assert_eq!(m.handshake_failures("verify", "expired"), 1);
+        assert_eq!(m.handshake_failures("verify", "timeout"), 0);
+        let mut text = String::new();
+        render_process(&mut text, &m);
+        assert!(
+            text.contains("# TYPE exchange_tls_handshake_failures_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "exchange_tls_handshake_failures_total{listener=\"verify\",reason=\"unknown_issuer\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "exchange_tls_handshake_failures_total{listener=\"verify\",reason=\"expired\"} 1\n"
+            ),
+            "{text}"
+        );
     }
 }

@@ -45,7 +45,7 @@ use exchange_protocol::batch::{
     ErrorBody, HEALTH_PATH, PROTOCOL_VERSION, header,
 };
 use exchange_protocol::catalogue;
-use exchange_protocol::server::ConnectionLimits;
+use exchange_protocol::server::{ConnectionLimits, Observers};
 use exchange_protocol::tls::TlsError;
 use http_body_util::BodyExt;
 use tokio::net::TcpListener;
@@ -198,7 +198,11 @@ pub async fn serve_router(
         tls,
         app,
         connections,
-        load.connections.clone(),
+        // Refused handshakes are logged by the accept loop; the hub keeps no metrics.
+        Observers {
+            connections: load.connections.clone(),
+            rejections: None,
+        },
         shutdown,
     )
     .await

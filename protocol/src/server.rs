@@ -4,8 +4,9 @@
 //! Connection life cycle: accept (at most `max_connections` at once: the loop waits for a
 //! free slot, so further connections wait in the kernel's accept queue) → TLS handshake
 //! within `handshake_timeout` (the client must present a certificate the `ServerConfig`'s
-//! verifier accepts; a failed handshake is logged with the peer address and the connection
-//! dropped, never stopping the server) → the client certificate becomes the connection's
+//! verifier accepts; a failed or timed-out handshake is logged with the peer address, reported
+//! as a [`Rejection`] to the caller's [`Observers::rejections`] and the connection dropped,
+//! never stopping the server) → the client certificate becomes the connection's
 //! [`Peer`], added to every request as an extension → HTTP requests (HTTP/1.1 headers within
 //! `header_timeout`) until the client closes.
 //!
@@ -30,7 +31,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
-use crate::tls::{explain, peer_common_name};
+use crate::tls::{HandshakeFailure, explain, peer_common_name};
 
 /// How long shutdown waits for requests in flight before returning anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -55,6 +56,39 @@ pub struct ConnectionLimits {
     pub handshake_timeout: Duration,
     /// HTTP/1.1 request headers must arrive within this.
     pub header_timeout: Duration,
+}
+
+/// A connection refused before any request: its TLS handshake failed or timed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Why, as a stable label.
+    pub reason: HandshakeFailure,
+    /// The TLS (or I/O) error as a sentence; nothing the peer sent is quoted in it.
+    pub detail: String,
+}
+
+/// Called once per [`Rejection`], from the connection's own task (not the accept loop); it
+/// must return quickly (count, or hand the work to another task).
+pub type RejectionHook = Arc<dyn Fn(Rejection) + Send + Sync>;
+
+/// What the accept loop tells its caller about connections.
+#[derive(Clone, Default)]
+pub struct Observers {
+    /// Open client connections (after accept, until closed).
+    pub connections: Arc<Gauge>,
+    /// Told of every connection refused in the handshake (`None`: only the warning is logged).
+    pub rejections: Option<RejectionHook>,
+}
+
+impl std::fmt::Debug for Observers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observers")
+            .field("connections", &self.connections)
+            .field("rejections", &self.rejections.as_ref().map(|_| "hook"))
+            .finish()
+    }
 }
 
 /// A level that goes up and down, with the highest value it reached.
@@ -123,7 +157,8 @@ pub struct ServeError(#[source] pub std::io::Error);
 /// The accept loop and connection life cycle of the module documentation, serving `app`:
 /// every request carries the connection's [`Peer`] as an extension. `tls` must require
 /// client certificates (`tls::mutual_server_config` builds such a configuration); open
-/// connections are counted in `connections`. `name` names the server in log lines ("Hub",
+/// connections are counted in `observers.connections` and refused ones reported to
+/// `observers.rejections`. `name` names the server in log lines ("Hub",
 /// "Verification service").
 pub async fn serve_router(
     name: &'static str,
@@ -131,7 +166,7 @@ pub async fn serve_router(
     tls: rustls::ServerConfig,
     app: Router,
     limits: ConnectionLimits,
-    connections: Arc<Gauge>,
+    observers: Observers,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let local = listener.local_addr().map_err(ServeError)?;
@@ -182,24 +217,43 @@ pub async fn serve_router(
         let acceptor = acceptor.clone();
         let app = app.clone();
         let watcher = graceful.watcher();
-        let connections = connections.clone();
+        let observers = observers.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let _open = Held::new(&connections, 1);
+            let _open = Held::new(&observers.connections, 1);
             let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
-            let tls = match handshake.await {
-                Ok(Ok(tls)) => tls,
+            let refused = match handshake.await {
+                Ok(Ok(tls)) => Ok(tls),
                 Ok(Err(e)) => {
-                    let reason = e
+                    let detail = e
                         .get_ref()
                         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                         .map(explain)
                         .unwrap_or_else(|| e.to_string());
-                    warn!(server = name, peer = %addr, reason = %reason, "TLS handshake failed; connection dropped.");
-                    return;
+                    warn!(server = name, peer = %addr, reason = %detail, "TLS handshake failed; connection dropped.");
+                    Err((HandshakeFailure::of_io(&e), detail))
                 }
                 Err(_) => {
                     warn!(server = name, peer = %addr, "TLS handshake timed out; connection dropped.");
+                    Err((
+                        HandshakeFailure::Timeout,
+                        format!(
+                            "no TLS handshake within {} ms",
+                            limits.handshake_timeout.as_millis()
+                        ),
+                    ))
+                }
+            };
+            let tls = match refused {
+                Ok(tls) => tls,
+                Err((reason, detail)) => {
+                    if let Some(hook) = &observers.rejections {
+                        hook(Rejection {
+                            peer: addr,
+                            reason,
+                            detail,
+                        });
+                    }
                     return;
                 }
             };
@@ -253,4 +307,161 @@ pub async fn serve_router(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{Authority, Usage, Validity};
+    use crate::tls::{MinTlsVersion, MutualTls, hub_client_config, mutual_server_config};
+    use rustls_pki_types::ServerName;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    use tokio_rustls::TlsConnector;
+
+    /// TLS identities written to a directory.
+    struct Identities {
+        _dir: tempfile::TempDir,
+        server: MutualTls,
+        good: MutualTls,
+        foreign: MutualTls,
+        expired: MutualTls,
+    }
+
+    fn identities() -> Identities {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::generate("test CA").unwrap();
+        let other = Authority::generate("other CA").unwrap();
+        let ca_path = dir.path().join("ca.pem");
+        ca.write_cert(&ca_path).unwrap();
+        let mutual = |issued: crate::pki::Issued, stem: &str| {
+            let (cert, key) = issued.write(dir.path(), stem).unwrap();
+            MutualTls {
+                ca: ca_path.clone(),
+                cert,
+                key,
+                min_version: MinTlsVersion::Tls13,
+            }
+        };
+        Identities {
+            server: mutual(ca.issue_server(&["127.0.0.1"]).unwrap(), "server"),
+            good: mutual(ca.issue_client("node-1").unwrap(), "good"),
+            foreign: mutual(other.issue_client("node-1").unwrap(), "foreign"),
+            expired: mutual(
+                ca.issue("node-1", &[], Usage::ClientAuth, Validity::Expired)
+                    .unwrap(),
+                "expired",
+            ),
+            _dir: dir,
+        }
+    }
+
+    /// Connects with `tls` and reads until the server ends the connection; the local address.
+    async fn handshake(addr: SocketAddr, tls: rustls::ClientConfig) -> SocketAddr {
+        use tokio::io::AsyncReadExt;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let local = tcp.local_addr().unwrap();
+        let connector = TlsConnector::from(Arc::new(tls));
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        // TLS 1.3: the client may finish before the server has judged its certificate; the
+        // refusal then arrives as an alert on the first read.
+        if let Ok(mut stream) = connector.connect(name, tcp).await {
+            let _ = stream.read(&mut [0u8; 16]).await;
+        }
+        local
+    }
+
+    #[tokio::test]
+    async fn every_refused_handshake_is_reported_with_its_reason() {
+        crate::tls::install_provider();
+        let ids = identities();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Rejection>();
+        let observers = Observers {
+            connections: Arc::new(Gauge::default()),
+            rejections: Some(Arc::new(move |r| {
+                let _ = tx.send(r);
+            })),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_router(
+            "Test",
+            listener,
+            mutual_server_config(&ids.server).unwrap(),
+            Router::new(),
+            ConnectionLimits {
+                max_connections: 16,
+                handshake_timeout: Duration::from_millis(300),
+                header_timeout: Duration::from_secs(5),
+            },
+            observers,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let mut expected = Vec::new();
+        for (client, reason) in [
+            (&ids.foreign, HandshakeFailure::UnknownIssuer),
+            (&ids.expired, HandshakeFailure::Expired),
+        ] {
+            let local = handshake(addr, hub_client_config(client).unwrap()).await;
+            expected.push((local, reason));
+        }
+        let anonymous = {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in crate::tls::load_certs("CA", &ids.server.ca).unwrap() {
+                roots.add(cert).unwrap();
+            }
+            rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth()
+        };
+        expected.push((
+            handshake(addr, anonymous).await,
+            HandshakeFailure::NoCertificate,
+        ));
+        // Not TLS at all.
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        expected.push((plain.local_addr().unwrap(), HandshakeFailure::Protocol));
+        plain
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // Connected, then closed without a word.
+        let closed = TcpStream::connect(addr).await.unwrap();
+        expected.push((closed.local_addr().unwrap(), HandshakeFailure::Io));
+        drop(closed);
+        // Connected and silent past the handshake timeout.
+        let silent = TcpStream::connect(addr).await.unwrap();
+        expected.push((silent.local_addr().unwrap(), HandshakeFailure::Timeout));
+        // A good client is not reported.
+        let connector = TlsConnector::from(Arc::new(hub_client_config(&ids.good).unwrap()));
+        let good = connector
+            .connect(
+                ServerName::try_from("127.0.0.1").unwrap(),
+                TcpStream::connect(addr).await.unwrap(),
+            )
+            .await
+            .unwrap();
+
+        let mut reported = Vec::new();
+        while reported.len() < expected.len() {
+            let r = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("only {reported:?} reported"))
+                .unwrap();
+            assert!(!r.detail.is_empty(), "{r:?}");
+            reported.push((r.peer, r.reason));
+        }
+        drop((silent, plain, good));
+        reported.sort();
+        expected.sort();
+        assert_eq!(reported, expected);
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+        assert!(rx.try_recv().is_err(), "the good client was reported");
+    }
 }

@@ -409,6 +409,94 @@ pub fn certificate_validity(
         .collect()
 }
 
+/// Why a TLS handshake failed, as a small closed set with stable labels (metric labels and
+/// audit entries name it by [`HandshakeFailure::label`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HandshakeFailure {
+    /// The peer's certificate was not issued by the configured CA.
+    UnknownIssuer,
+    /// The peer's certificate has expired.
+    Expired,
+    /// The peer's certificate is not valid for the name connected to.
+    NotValidForName,
+    /// The peer presented no certificate where one is required.
+    NoCertificate,
+    /// The peer's certificate is revoked.
+    Revoked,
+    /// Any other problem with the peer's certificate (not yet valid, bad signature, wrong
+    /// purpose, undecodable, …).
+    BadCertificate,
+    /// Not a TLS handshake we accept: version, cipher suite, an alert from the peer, a
+    /// malformed message, or bytes that are not TLS at all.
+    Protocol,
+    /// The handshake did not finish in time.
+    Timeout,
+    /// The connection failed underneath TLS (reset, closed before the handshake ended).
+    Io,
+}
+
+impl HandshakeFailure {
+    /// Every reason, in label order of the documentation.
+    pub const ALL: [HandshakeFailure; 9] = [
+        HandshakeFailure::UnknownIssuer,
+        HandshakeFailure::Expired,
+        HandshakeFailure::NotValidForName,
+        HandshakeFailure::NoCertificate,
+        HandshakeFailure::Revoked,
+        HandshakeFailure::BadCertificate,
+        HandshakeFailure::Protocol,
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Io,
+    ];
+
+    /// The stable snake_case label.
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeFailure::UnknownIssuer => "unknown_issuer",
+            HandshakeFailure::Expired => "expired",
+            HandshakeFailure::NotValidForName => "not_valid_for_name",
+            HandshakeFailure::NoCertificate => "no_certificate",
+            HandshakeFailure::Revoked => "revoked",
+            HandshakeFailure::BadCertificate => "bad_certificate",
+            HandshakeFailure::Protocol => "protocol",
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Io => "io",
+        }
+    }
+
+    /// The reason of a rustls error raised by a handshake.
+    pub fn of(err: &rustls::Error) -> HandshakeFailure {
+        use rustls::{CertificateError as C, Error};
+        match err {
+            Error::InvalidCertificate(c) => match c {
+                C::UnknownIssuer => HandshakeFailure::UnknownIssuer,
+                C::Expired | C::ExpiredContext { .. } => HandshakeFailure::Expired,
+                C::NotValidForName | C::NotValidForNameContext { .. } => {
+                    HandshakeFailure::NotValidForName
+                }
+                C::Revoked => HandshakeFailure::Revoked,
+                _ => HandshakeFailure::BadCertificate,
+            },
+            Error::NoCertificatesPresented => HandshakeFailure::NoCertificate,
+            _ => HandshakeFailure::Protocol,
+        }
+    }
+
+    /// The reason of an I/O error returned by a TLS handshake (tokio-rustls carries the
+    /// rustls error inside it; anything else failed underneath TLS).
+    pub fn of_io(err: &std::io::Error) -> HandshakeFailure {
+        err.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .map_or(HandshakeFailure::Io, HandshakeFailure::of)
+    }
+}
+
+impl std::fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
 /// Makes a human sentence out of a TLS failure, with the hint an administrator needs.
 pub fn explain(err: &rustls::Error) -> String {
     use rustls::{CertificateError, Error};
@@ -495,6 +583,58 @@ mod tests {
             assert_eq!(postgres_requires_tls(mode, ca), Ok(tls), "{mode:?} {ca}");
         }
         assert!(postgres_requires_tls(Some("sometimes"), false).is_err());
+    }
+
+    #[test]
+    fn handshake_failures_map_to_their_labels() {
+        use rustls::{AlertDescription, CertificateError as C, Error, InvalidMessage};
+        let cases = [
+            (
+                Error::InvalidCertificate(C::UnknownIssuer),
+                "unknown_issuer",
+            ),
+            (Error::InvalidCertificate(C::Expired), "expired"),
+            (
+                Error::InvalidCertificate(C::NotValidForName),
+                "not_valid_for_name",
+            ),
+            (Error::InvalidCertificate(C::Revoked), "revoked"),
+            (Error::InvalidCertificate(C::NotValidYet), "bad_certificate"),
+            (
+                Error::InvalidCertificate(C::BadSignature),
+                "bad_certificate",
+            ),
+            (
+                Error::InvalidCertificate(C::InvalidPurpose),
+                "bad_certificate",
+            ),
+            (Error::NoCertificatesPresented, "no_certificate"),
+            (
+                Error::InvalidMessage(InvalidMessage::InvalidContentType),
+                "protocol",
+            ),
+            (
+                Error::AlertReceived(AlertDescription::ProtocolVersion),
+                "protocol",
+            ),
+            (Error::DecryptError, "protocol"),
+        ];
+        for (err, label) in cases {
+            assert_eq!(HandshakeFailure::of(&err).label(), label, "{err:?}");
+            // As tokio-rustls returns it.
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, err);
+            assert_eq!(HandshakeFailure::of_io(&io).label(), label);
+        }
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "tls handshake eof");
+        assert_eq!(HandshakeFailure::of_io(&eof), HandshakeFailure::Io);
+        let labels: std::collections::BTreeSet<&str> =
+            HandshakeFailure::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), HandshakeFailure::ALL.len());
+        assert!(
+            labels
+                .iter()
+                .all(|l| l.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!   restartable on the same address, with its store readable by the test;
 //! - [`db`]: a fresh PostgreSQL or MariaDB database per test (dropped at the end);
 //!   an unreachable server fails the test with instructions, it never skips;
+//! - [`admin`]: `GET` on the agent's admin listener and a strict Prometheus text parser;
 //! - [`agent`]: writes an `agent.toml` and runs `exchange-agent sync|check|status|run`;
 //! - [`scene`]: a directory, certificates and a running hub: where most tests start;
 //! - [`sqlite_source`]: a small SQLite business database, for tests about something else;
@@ -25,6 +26,7 @@
 //! - `EXCHANGE_TEST_KEEP`: keep each test's directory (configurations, logs, queue, hub store);
 //! - `EXCHANGE_TEST_SEED`: replay the random choices of the SIGKILL test.
 
+pub mod admin;
 pub mod agent;
 pub mod bins;
 pub mod db;

@@ -8,12 +8,12 @@
 //! - the admin listener: `/metrics` parses as Prometheus text and its counts follow a sync,
 //!   `/health` answers.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
 use exchange_protocol::pki::{Usage, Validity};
 use exchange_tests::DEADLINE;
+use exchange_tests::admin::{self, Sample, get, parse_prometheus, sample};
 use exchange_tests::agent::{Agent, AgentConfig, terminate};
 use exchange_tests::rows::assert_same;
 use exchange_tests::scene::{NODE, Scene};
@@ -131,6 +131,10 @@ async fn invalid_reload_keeps_the_old_configuration_and_a_valid_one_takes_effect
     let source = SqliteSource::create(scene.dir.path(), 50);
     let first = config(&scene, &source);
     let agent = scene.write_agent(&first);
+    // The admin listener, in every version of the file (a reload cannot move it).
+    let port = admin::free_port();
+    let admin = admin::section(port);
+    std::fs::write(&agent.config, first.to_toml() + &admin).unwrap();
     let log = scene.dir.path().join("agent.log");
     let mut child = agent.spawn_run(&log);
     let expected = source.expected();
@@ -138,9 +142,29 @@ async fn invalid_reload_keeps_the_old_configuration_and_a_valid_one_takes_effect
         scene.hub.rows(CODE).await == expected
     })
     .await;
+    // (reloads, refused reloads): from /metrics, and counted in the audit log.
+    let reloads = |samples: &[Sample]| {
+        (
+            sample(samples, "exchange_config_reloads_total", &[]),
+            sample(samples, "exchange_config_reload_failures_total", &[]),
+        )
+    };
+    let audited = || {
+        let actions = audit_actions(&first);
+        let count = |action: &str| actions.iter().filter(|e| e["action"] == action).count() as f64;
+        (
+            Some(count("config.reload")),
+            Some(count("config.reload_failed")),
+        )
+    };
+    let before = wait_for("the admin listener answers", DEADLINE, || async {
+        admin::scrape(port).await
+    })
+    .await;
+    assert_eq!(reloads(&before), (Some(0.0), Some(0.0)));
 
     // An invalid file (an unknown key), signalled with SIGHUP: refused, the agent goes on.
-    let invalid = first.to_toml().replace("[batch]", "[batch]\nnot_a_key = 1");
+    let invalid = first.to_toml().replace("[batch]", "[batch]\nnot_a_key = 1") + &admin;
     std::fs::write(&agent.config, &invalid).unwrap();
     send_signal(&child, "HUP");
     wait_until("the refused reload is audited", DEADLINE, || async {
@@ -162,6 +186,14 @@ async fn invalid_reload_keeps_the_old_configuration_and_a_valid_one_takes_effect
     );
     assert_eq!(failed["detail"]["config_sm3"].as_str().unwrap().len(), 64);
     assert!(child.try_wait().unwrap().is_none(), "the agent exited");
+    // Counted as audited (the file watcher may have seen the change as well as SIGHUP).
+    wait_until("the refused reload is counted", DEADLINE, || async {
+        admin::scrape(port).await.is_some_and(|s| {
+            let (ok, failed) = reloads(&s);
+            ok == Some(0.0) && failed >= Some(1.0) && (ok, failed) == audited()
+        })
+    })
+    .await;
     source.insert(51, 10);
     let expected = source.expected();
     wait_until(
@@ -184,7 +216,7 @@ async fn invalid_reload_keeps_the_old_configuration_and_a_valid_one_takes_effect
         .clone()
         .source("other", "sqlite", &second_source.url())
         .resource(second_source.resource(OTHER, "other"));
-    std::fs::write(&agent.config, second.to_toml()).unwrap();
+    std::fs::write(&agent.config, second.to_toml() + &admin).unwrap();
     let expected_other = second_source.expected();
     wait_until(
         "the resource added by the reload is delivered",
@@ -196,9 +228,16 @@ async fn invalid_reload_keeps_the_old_configuration_and_a_valid_one_takes_effect
         .into_iter()
         .find(|e| e["action"] == "config.reload")
         .expect("a config.reload audit entry");
-    let digest = exchange_agent::queue::sm3_bytes(second.to_toml().as_bytes());
+    let digest = exchange_agent::queue::sm3_bytes((second.to_toml() + &admin).as_bytes());
     assert_eq!(reload["detail"]["config_sm3"], hex::encode(digest));
     assert_eq!(reload["detail"]["trigger"], "file change");
+    wait_until("the reload is counted as audited", DEADLINE, || async {
+        admin::scrape(port).await.is_some_and(|s| {
+            let (ok, failed) = reloads(&s);
+            ok >= Some(1.0) && (ok, failed) == audited()
+        })
+    })
+    .await;
     let started = audit_actions(&first);
     assert_eq!(started[0]["action"], "service.start");
     terminate(&mut child).await;
@@ -306,134 +345,8 @@ async fn sigterm_during_a_push_loses_nothing() {
     assert_same(&scene.hub.rows(CODE).await, &expected);
 }
 
-/// `GET path` on the admin listener: status code and body.
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.ok()?;
-    let text = String::from_utf8(raw).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_owned()))
-}
-
-/// A sample: name, labels, value.
-type Sample = (String, BTreeMap<String, String>, f64);
-
-/// Parses Prometheus text exposition format 0.0.4 strictly: every sample belongs to a family
-/// declared by `# TYPE` before it, names and labels are well formed, values are numbers, no
-/// series repeats, HELP and TYPE come once per family. Fails the test on any deviation.
-fn parse_prometheus(text: &str) -> Vec<Sample> {
-    fn is_name(s: &str) -> bool {
-        let mut c = s.chars();
-        c.next()
-            .is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
-            && c.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-    }
-    let mut types: BTreeMap<String, String> = BTreeMap::new();
-    let mut helps = BTreeSet::new();
-    let mut seen = BTreeSet::new();
-    let mut samples = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let at = format!("line {}: `{line}`", i + 1);
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let name = rest.split(' ').next().unwrap();
-            assert!(is_name(name), "{at}");
-            assert!(helps.insert(name.to_owned()), "HELP twice; {at}");
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').expect(&at);
-            assert!(is_name(name), "{at}");
-            assert!(
-                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
-                "{at}"
-            );
-            assert!(
-                types.insert(name.to_owned(), kind.to_owned()).is_none(),
-                "TYPE twice; {at}"
-            );
-            continue;
-        }
-        assert!(!line.starts_with('#'), "unknown comment; {at}");
-        let (series, value) = line.rsplit_once(' ').expect(&at);
-        let value: f64 = match value {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().unwrap_or_else(|_| panic!("bad value; {at}")),
-        };
-        let (name, labels) = match series.split_once('{') {
-            None => (series, BTreeMap::new()),
-            Some((name, rest)) => {
-                let body = rest.strip_suffix('}').expect(&at);
-                let mut labels = BTreeMap::new();
-                let mut chars = body.chars().peekable();
-                while chars.peek().is_some() {
-                    let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
-                    assert!(is_name(&key), "bad label name; {at}");
-                    assert_eq!(chars.next(), Some('"'), "{at}");
-                    let mut v = String::new();
-                    loop {
-                        match chars.next().expect(&at) {
-                            '\\' => match chars.next().expect(&at) {
-                                'n' => v.push('\n'),
-                                c @ ('\\' | '"') => v.push(c),
-                                _ => panic!("bad escape; {at}"),
-                            },
-                            '"' => break,
-                            c => v.push(c),
-                        }
-                    }
-                    match chars.next() {
-                        None => {}
-                        Some(',') => {}
-                        Some(_) => panic!("{at}"),
-                    }
-                    assert!(labels.insert(key, v).is_none(), "label twice; {at}");
-                }
-                (name, labels)
-            }
-        };
-        assert!(is_name(name), "{at}");
-        let family = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|s| {
-                name.strip_suffix(s)
-                    .filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
-            })
-            .unwrap_or(name);
-        let kind = types
-            .get(family)
-            .unwrap_or_else(|| panic!("sample before its TYPE; {at}"));
-        assert!(family.starts_with("exchange_"), "{at}");
-        if kind == "counter" {
-            assert!(family.ends_with("_total"), "a counter ends in _total; {at}");
-        }
-        assert!(
-            seen.insert(format!("{name}{labels:?}")),
-            "series twice; {at}"
-        );
-        samples.push((name.to_owned(), labels, value));
-    }
-    samples
-}
-
 fn value(samples: &[Sample], name: &str, resource: &str) -> Option<f64> {
-    samples
-        .iter()
-        .find(|(n, l, _)| n == name && l.get("resource").map(String::as_str) == Some(resource))
-        .map(|s| s.2)
+    sample(samples, name, &[("resource", resource)])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

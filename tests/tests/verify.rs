@@ -7,9 +7,11 @@
 //! comparison semantics, HMAC claims; every authorization failure (403 naming what is
 //! missing); 4xx JSON errors for a 10 MB body, malformed JSON, unknown resource and field;
 //! subjects with SQL metacharacters and Unicode; a certificate from another CA and an expired
-//! one; quotas (429 with Retry-After, audited) and the mismatch lockout; the audit record of
-//! every request naming subjects only by pseudonym; and that after a run of verifications
-//! no claimed or stored value is anywhere on the agent's disk or in its log.
+//! one (refused in the handshake, counted by reason and audited as `connection.rejected`);
+//! quotas (429 with Retry-After, audited) and the mismatch lockout; the audit record of
+//! every request naming subjects only by pseudonym; the hub's command line against the daemon
+//! on PostgreSQL, MariaDB and SQLite; and that after a run of verifications no claimed or
+//! stored value is anywhere on the agent's disk or in its log.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,10 +23,11 @@ use exchange_protocol::pki::{Usage, Validity};
 use exchange_protocol::tls::{MinTlsVersion, MutualTls};
 use exchange_protocol::verify::{Claim, FieldResult, Item, SubjectResult, VerifyRequest};
 use exchange_tests::TestDir;
+use exchange_tests::admin;
 use exchange_tests::agent::{AgentConfig, Resource, q, run};
 use exchange_tests::db::{MyDb, PgDb};
 use exchange_tests::pki::Pki;
-use exchange_tests::wait::wait_until;
+use exchange_tests::wait::{wait_for, wait_until};
 
 /// The requester the grants name (CN of the hub's client certificate).
 const HUB: &str = "city-hub";
@@ -755,7 +758,139 @@ async fn certificates_from_another_ca_or_expired_are_refused_in_the_handshake() 
         }
     }
     service.stop().await;
-    assert!(setup.audit().is_empty());
+    // Nothing reached a handler: the only records are the two refused connections.
+    let audit = wait_for(
+        "both refusals are audited",
+        Duration::from_secs(10),
+        || async {
+            let audit = setup.audit();
+            (audit.len() >= 2).then_some(audit)
+        },
+    )
+    .await;
+    let mut reasons: Vec<&str> = audit
+        .iter()
+        .map(|e| {
+            assert_eq!(e["action"], "connection.rejected", "{e}");
+            assert_eq!(e["detail"]["listener"], "verify", "{e}");
+            e["detail"]["reason"].as_str().unwrap()
+        })
+        .collect();
+    reasons.sort_unstable();
+    assert_eq!(reasons, ["expired", "unknown_issuer"]);
+    // Counted in this process's metrics (other tests here never fail a handshake in-process).
+    let m = exchange_agent::metrics::global();
+    assert!(m.handshake_failures("verify", "unknown_issuer") >= 1);
+    assert!(m.handshake_failures("verify", "expired") >= 1);
+}
+
+/// The daemon counts every refused handshake by reason on `/metrics` and audits it; the
+/// service goes on answering.
+#[tokio::test]
+async fn refused_handshakes_are_counted_by_reason_and_audited_by_the_daemon() {
+    use tokio::io::AsyncWriteExt;
+    let dir = TestDir::new();
+    let file = dir.path().join("people.db");
+    create_people("sqlite", None, None, Some(&file)).await;
+    let setup = Setup::new("sqlite", &format!("sqlite://{}", file.display()), &[]);
+    let daemon = Daemon::start(&setup).await;
+    let (other_ca, _) = setup.pki.other_ca("other-ca");
+    let foreign = setup.pki.issue(
+        &other_ca,
+        HUB,
+        &[],
+        Usage::ClientAuth,
+        Validity::Current,
+        "foreign",
+    );
+    let expired = setup.pki.issue(
+        &setup.pki.ca,
+        HUB,
+        &[],
+        Usage::ClientAuth,
+        Validity::Expired,
+        "expired",
+    );
+    let r = request(
+        "R-SHOWN",
+        vec![item("11010519491231002X", &[("name", v("张三"))])],
+    );
+    for (cert, key) in [foreign, expired] {
+        let verifier = Verifier::new(&setup.client_tls(&cert, &key), &daemon.url).unwrap();
+        match verifier.verify(&r).await {
+            Err(VerifyCallError::Transport { .. }) => {}
+            other => panic!("expected a refused handshake, got {other:?}"),
+        }
+    }
+    // Not TLS at all.
+    let mut plain = tokio::net::TcpStream::connect(daemon.url.trim_start_matches("https://"))
+        .await
+        .unwrap();
+    plain
+        .write_all(b"POST /v1/verify HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let failures = |samples: &[admin::Sample], reason: &str| {
+        admin::sample(
+            samples,
+            "exchange_tls_handshake_failures_total",
+            &[("listener", "verify"), ("reason", reason)],
+        )
+    };
+    let samples = wait_for(
+        "the refused handshakes are counted",
+        Duration::from_secs(30),
+        || async {
+            let s = admin::scrape(daemon.admin).await?;
+            (failures(&s, "protocol").is_some()).then_some(s)
+        },
+    )
+    .await;
+    drop(plain);
+    for reason in ["unknown_issuer", "expired", "protocol"] {
+        assert_eq!(failures(&samples, reason), Some(1.0), "{reason}");
+    }
+    let rejected = wait_for("the refusals are audited", Duration::from_secs(30), || {
+        let audit = setup.audit();
+        async move {
+            let rejected: BTreeMap<String, serde_json::Value> = audit
+                .into_iter()
+                .filter(|e| e["action"] == "connection.rejected")
+                .map(|e| (e["detail"]["reason"].as_str().unwrap().to_owned(), e))
+                .collect();
+            (rejected.len() >= 3).then_some(rejected)
+        }
+    })
+    .await;
+    for reason in ["unknown_issuer", "expired", "protocol"] {
+        let e = &rejected[reason];
+        assert_eq!(e["detail"]["listener"], "verify", "{e}");
+        assert_eq!(e["actor"], "-", "{e}");
+        let peer: std::net::SocketAddr = e["detail"]["peer"].as_str().unwrap().parse().unwrap();
+        assert!(peer.ip().is_loopback(), "{e}");
+        assert!(!e["detail"]["error"].as_str().unwrap().is_empty(), "{e}");
+    }
+    assert!(
+        rejected["unknown_issuer"]["detail"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not issued by the configured CA"),
+        "{}",
+        rejected["unknown_issuer"]
+    );
+    // The service goes on answering.
+    let verifier = Verifier::new(
+        &setup.client_tls(&setup.client.0, &setup.client.1),
+        &daemon.url,
+    )
+    .unwrap();
+    let (answer, _) = verifier.verify(&r).await.unwrap();
+    assert_eq!(answer.items[0].fields["name"], FieldResult::Match);
+    daemon.stop().await;
+    assert!(
+        exchange_agent::audit::verify(&setup.dir.path().join("agent-data")).is_ok(),
+        "the audit chain is intact"
+    );
 }
 
 #[tokio::test]
@@ -851,39 +986,92 @@ async fn quotas_answer_429_with_retry_after_and_lock_a_subject_after_repeated_mi
     assert_eq!(throttled, 2);
 }
 
-/// The real binaries: `exchange-agent run` hosts the service; `exchange-hub verify` asks it
-/// (single, --json, --hmac, --file), and a refusal exits non-zero with the agent's message.
-/// Afterwards no claimed or stored value is in the agent's data directory or log.
+/// The real `exchange-agent run` daemon on a [`Setup`]'s configuration.
+struct Daemon {
+    /// The process.
+    child: tokio::process::Child,
+    /// The verification service's URL.
+    url: String,
+    /// The admin listener's port.
+    admin: u16,
+    /// The daemon's log.
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon with its verification and admin listeners on fixed ports; returns
+    /// once the admin listener answers, which it does only after the verification listener
+    /// is bound (so no probe of ours is ever a refused connection).
+    async fn start(setup: &Setup) -> Daemon {
+        let port = admin::free_port();
+        let admin_port = admin::free_port();
+        let text = std::fs::read_to_string(&setup.config).unwrap().replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        ) + &admin::section(admin_port);
+        std::fs::write(&setup.config, text).unwrap();
+        let log = setup.dir.path().join("agent.log");
+        let child = exchange_tests::agent::Agent::at(&setup.config).spawn_run(&log);
+        wait_until(
+            "the daemon's admin listener answers",
+            Duration::from_secs(60),
+            || async { admin::scrape(admin_port).await.is_some() },
+        )
+        .await;
+        Daemon {
+            child,
+            url: format!("https://127.0.0.1:{port}"),
+            admin: admin_port,
+            log,
+        }
+    }
+
+    /// SIGTERM, then waits for the exit; the log.
+    async fn stop(mut self) -> PathBuf {
+        let pid = i32::try_from(self.child.id().unwrap()).unwrap();
+        // SAFETY: kill(2) on our own child process.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the daemon exits within 30 s of SIGTERM")
+            .unwrap();
+        assert!(exit.success(), "{exit:?}");
+        self.log
+    }
+}
+
 #[tokio::test]
-async fn the_hub_cli_verifies_against_the_agent_daemon_and_nothing_lands() {
+async fn the_hub_cli_verifies_against_the_agent_daemon_and_nothing_lands_on_postgres() {
     let db = PgDb::create().await;
     create_people("postgres", Some(&db), None, None).await;
-    let setup = Setup::new("postgres", &db.url, &[]);
-    // A fixed port for the daemon: bind :0, read it, release it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let text = std::fs::read_to_string(&setup.config).unwrap().replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\""),
-    );
-    std::fs::write(&setup.config, text).unwrap();
-    let log = setup.dir.path().join("agent.log");
-    let agent = exchange_tests::agent::Agent::at(&setup.config);
-    let mut daemon = agent.spawn_run(&log);
-    let url = format!("https://127.0.0.1:{port}");
-    wait_until(
-        "the verification service listens",
-        Duration::from_secs(60),
-        || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        },
-    )
-    .await;
+    hub_cli_verifies("postgres", &db.url).await;
+}
+
+#[tokio::test]
+async fn the_hub_cli_verifies_against_the_agent_daemon_and_nothing_lands_on_mariadb() {
+    let db = MyDb::create().await;
+    create_people("mysql", None, Some(&db), None).await;
+    hub_cli_verifies("mysql", &db.url).await;
+}
+
+#[tokio::test]
+async fn the_hub_cli_verifies_against_the_agent_daemon_and_nothing_lands_on_sqlite() {
+    let dir = TestDir::new();
+    let file = dir.path().join("people.db");
+    create_people("sqlite", None, None, Some(&file)).await;
+    hub_cli_verifies("sqlite", &format!("sqlite://{}", file.display())).await;
+}
+
+/// The real binaries on one source kind: `exchange-agent run` hosts the service;
+/// `exchange-hub verify` asks it (single, --json, --hmac, --psi, --file), and a refusal exits
+/// non-zero with the agent's message. Afterwards no claimed or stored value is in the agent's
+/// data directory or log.
+async fn hub_cli_verifies(kind: &str, source_url: &str) {
+    let setup = Setup::new(kind, source_url, &[]);
+    let daemon = Daemon::start(&setup).await;
+    let url = daemon.url.clone();
     // The hub's configuration: [listen] for serving, [client] for verify.
     let hub_toml = setup.dir.path().join("hub.toml");
     std::fs::write(
@@ -1015,12 +1203,7 @@ async fn the_hub_cli_verifies_against_the_agent_daemon_and_nothing_lands() {
         "{out}"
     );
     // Stop the daemon, then look for the values everywhere it writes.
-    let pid = i32::try_from(daemon.id().unwrap()).unwrap();
-    // SAFETY: kill(2) on our own child process.
-    unsafe {
-        libc::kill(pid, libc::SIGTERM);
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(30), daemon.wait()).await;
+    let log = daemon.stop().await;
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert!(log_text.contains("Verification answered"), "{log_text}");
     assert_no_secret(&setup, &[log]);

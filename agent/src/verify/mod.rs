@@ -14,6 +14,12 @@
 //! answer. Every request, answered or refused, leaves one audit record
 //! ([`crate::audit::Writer`]) naming subjects only by keyed pseudonym.
 //!
+//! A connection refused in the TLS handshake (a certificate from another CA, expired, none,
+//! not TLS, too slow) never reaches a handler: it is counted
+//! (`exchange_tls_handshake_failures_total{listener="verify",reason}`) and audited as
+//! `connection.rejected` (peer address, reason, the TLS error) through the same writer, from
+//! a task of its own so that the accept loop never waits for the disk.
+//!
 //! Architecture invariant: no stored value and no claimed value leaves this module except
 //! as a [`FieldResult`]: not in an answer, an error, a log line or the audit record.
 //! Connector errors, which may quote a bound parameter, are logged by kind only.
@@ -36,7 +42,7 @@ use axum::routing::post;
 use axum::{Extension, Json};
 use exchange_connectors::{Connector, ConnectorError, Selection, Value};
 use exchange_protocol::batch::ErrorBody;
-use exchange_protocol::server::{ConnectionLimits, Gauge, Peer};
+use exchange_protocol::server::{ConnectionLimits, Observers, Peer, Rejection};
 use exchange_protocol::verify::{
     AnswerItem, Claim, FieldResult, SubjectResult, VERIFY_PATH, VerifyAnswer, VerifyRequest,
 };
@@ -196,17 +202,47 @@ pub async fn serve(
         handshake_timeout: std::time::Duration::from_secs(10),
         header_timeout: std::time::Duration::from_secs(10),
     };
+    let observers = Observers {
+        connections: Default::default(),
+        rejections: Some(Arc::new({
+            let service = service.clone();
+            move |r| rejected(&service, r)
+        })),
+    };
     exchange_protocol::server::serve_router(
         "Verification service",
         listener,
         tls,
         service.router(),
         limits,
-        Arc::new(Gauge::default()),
+        observers,
         shutdown,
     )
     .await
     .map_err(|e| VerifyError::Listener(e.0))
+}
+
+/// Counts a connection refused in the handshake and audits it as `connection.rejected`, from
+/// a task of its own (the audit writer syncs to disk; the connection's task should end now).
+fn rejected(service: &Arc<Service>, r: Rejection) {
+    let reason = r.reason.label();
+    crate::metrics::global().handshake_failed("verify", reason);
+    let service = service.clone();
+    tokio::spawn(async move {
+        let detail = serde_json::json!({
+            "listener": "verify",
+            "peer": r.peer.to_string(),
+            "reason": reason,
+            "error": r.detail,
+        });
+        if let Err(e) = service
+            .audit
+            .append("-", "connection.rejected", "-", detail)
+            .await
+        {
+            warn!(error = %e, peer = %r.peer, "Cannot write the audit record of a refused connection.");
+        }
+    });
 }
 
 /// A JSON error answer.
