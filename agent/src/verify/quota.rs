@@ -5,7 +5,13 @@
 //! The ledger lives in memory (a restart forgets it) and holds subjects only as keyed
 //! digests (the audit pseudonym's MAC), never in clear. Its size is bounded: per requester
 //! and resource at most `subjects_per_day` digests, and mismatch records only for subjects
-//! asked about within the last hour.
+//! mismatched within the last hour (swept at most once a [`SWEEP`], so an entry may outlive
+//! its hour by up to that much).
+//!
+//! Every operation costs time in proportion to the request's own subjects, not to the
+//! ledger's size (a verification service answers 1,000 requests a second under one lock):
+//! the minute's item count is kept as a running sum, and expired mismatch records are swept
+//! once a [`SWEEP`], not on every request.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -16,6 +22,8 @@ use crate::config::verify::Quotas;
 const MINUTE: Duration = Duration::from_secs(60);
 /// The window in which mismatches are counted.
 const HOUR: Duration = Duration::from_secs(3600);
+/// How often expired mismatch records are swept out of an account.
+const SWEEP: Duration = Duration::from_secs(60);
 
 /// A subject, as its keyed digest.
 pub type SubjectDigest = [u8; 32];
@@ -34,12 +42,16 @@ pub struct Throttled {
 struct Account {
     /// (when, items) of the requests answered within the last minute.
     recent: VecDeque<(Instant, u64)>,
+    /// The sum of the items in `recent`.
+    recent_items: u64,
     /// The UTC day `subjects` counts, as days since 1970.
     day: i64,
     /// Distinct subjects asked about that day.
     subjects: HashSet<SubjectDigest>,
     /// Per subject: instants of mismatched answers within the last hour, and a lock's end.
     mismatches: HashMap<SubjectDigest, (VecDeque<Instant>, Option<Instant>)>,
+    /// When `mismatches` was last swept of expired records.
+    swept: Option<Instant>,
 }
 
 /// When a request is admitted.
@@ -93,12 +105,11 @@ impl Ledger {
             .accounts
             .entry((requester.to_owned(), resource.to_owned()))
             .or_default();
-        while account
-            .recent
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) >= MINUTE)
+        while let Some(&(t, k)) = account.recent.front()
+            && now.duration_since(t) >= MINUTE
         {
             account.recent.pop_front();
+            account.recent_items -= k;
         }
         // Locked subjects first: their lock says when to come back.
         for s in subjects {
@@ -115,7 +126,7 @@ impl Ledger {
             }
         }
         let n = subjects.len() as u64;
-        let used: u64 = account.recent.iter().map(|(_, k)| k).sum();
+        let used = account.recent_items;
         if used + n > quotas.items_per_minute {
             // Wait until enough of the window has passed for these items to fit.
             let mut freed = quotas.items_per_minute.saturating_sub(used);
@@ -154,6 +165,7 @@ impl Ledger {
         }
         account.subjects.extend(new.into_iter().copied());
         account.recent.push_back((now, n));
+        account.recent_items += n;
         Ok(())
     }
 
@@ -173,17 +185,27 @@ impl Ledger {
         else {
             return;
         };
-        account.mismatches.retain(|_, (times, until)| {
+        let expire = |times: &mut VecDeque<Instant>| {
             while times
                 .front()
                 .is_some_and(|t| now.duration_since(*t) >= HOUR)
             {
                 times.pop_front();
             }
-            !times.is_empty() || until.is_some_and(|u| u > now)
-        });
+        };
+        if account
+            .swept
+            .is_none_or(|at| now.duration_since(at) >= SWEEP)
+        {
+            account.mismatches.retain(|_, (times, until)| {
+                expire(times);
+                !times.is_empty() || until.is_some_and(|u| u > now)
+            });
+            account.swept = Some(now);
+        }
         for s in mismatched {
             let (times, until) = account.mismatches.entry(*s).or_default();
+            expire(times);
             times.push_back(now);
             if times.len() >= quotas.mismatch_lockout as usize {
                 *until = Some(now + quotas.lockout);
@@ -274,5 +296,88 @@ mod tests {
         l.admit(&q, "b", "R", &s, at(t, 0, 100)).unwrap();
         l.admit(&q, "a", "R", &s, at(t + Duration::from_secs(601), 0, 100))
             .unwrap();
+    }
+
+    #[test]
+    fn mismatches_older_than_an_hour_do_not_count_and_are_swept() {
+        let mut l = Ledger::default();
+        let t = Instant::now();
+        let q = Quotas {
+            items_per_minute: 1_000_000,
+            subjects_per_day: 1_000_000,
+            ..quotas()
+        };
+        let s = [[5u8; 32]];
+        // Two mismatches (one short of the lock), then an hour passes: the third is the first.
+        for _ in 0..2 {
+            l.admit(&q, "a", "R", &s, at(t, 0, 100)).unwrap();
+            l.record_mismatches(&q, "a", "R", &s, t);
+        }
+        let later = t + HOUR + Duration::from_secs(1);
+        l.admit(&q, "a", "R", &s, at(later, 0, 100)).unwrap();
+        l.record_mismatches(&q, "a", "R", &s, later);
+        l.admit(&q, "a", "R", &s, at(later, 0, 100)).unwrap();
+        // Many subjects mismatched once; after an hour and a sweep they are gone.
+        for i in 0..1000u32 {
+            let mut d = [0u8; 32];
+            d[..4].copy_from_slice(&i.to_be_bytes());
+            l.admit(&q, "a", "R", &[d], at(later, 0, 100)).unwrap();
+            l.record_mismatches(&q, "a", "R", &[d], later);
+        }
+        let account = &l.accounts[&("a".to_owned(), "R".to_owned())];
+        assert!(account.mismatches.len() >= 1000);
+        let much_later = later + HOUR + SWEEP;
+        l.record_mismatches(&q, "a", "R", &[[7u8; 32]], much_later);
+        let account = &l.accounts[&("a".to_owned(), "R".to_owned())];
+        assert_eq!(account.mismatches.len(), 1, "only the new subject is kept");
+    }
+
+    #[test]
+    fn the_minute_window_keeps_its_running_sum() {
+        let mut l = Ledger::default();
+        let t = Instant::now();
+        let q = Quotas {
+            items_per_minute: 10,
+            subjects_per_day: 1_000_000,
+            ..quotas()
+        };
+        let one = |i: u8| [[i; 32]];
+        for i in 0..10u8 {
+            l.admit(
+                &q,
+                "a",
+                "R",
+                &one(i),
+                at(t + Duration::from_secs(i as u64), 0, 100),
+            )
+            .unwrap();
+        }
+        // Full: the oldest request leaves the window at t + 60 s.
+        let over = l
+            .admit(
+                &q,
+                "a",
+                "R",
+                &one(20),
+                at(t + Duration::from_secs(30), 0, 100),
+            )
+            .unwrap_err();
+        assert_eq!(over.retry_after, 30);
+        l.admit(&q, "a", "R", &one(21), at(t + MINUTE, 0, 100))
+            .unwrap();
+        // t + 60 s: the request at t left, one came in: full again.
+        l.admit(&q, "a", "R", &one(22), at(t + MINUTE, 0, 100))
+            .unwrap_err();
+        // After two minutes every earlier request has left the window.
+        for i in 0..10u8 {
+            l.admit(
+                &q,
+                "a",
+                "R",
+                &one(30 + i),
+                at(t + 2 * MINUTE + Duration::from_secs(1), 0, 100),
+            )
+            .unwrap();
+        }
     }
 }
