@@ -240,8 +240,31 @@ fn fail(e: anyhow::Error) -> ExitCode {
     ExitCode::from(1)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// At most two glibc malloc arenas. glibc gives each thread that allocates under contention
+/// an arena of its own (up to 8 per core), and each keeps the memory freed into it: with the
+/// runtime's workers and the blocking pool that is several copies of a batch's peak. Two
+/// arenas cut the agent's peak RSS during a 1,000,000-row sync by about 10 MiB (bench/run.sh,
+/// `agent-pg`) at no measurable cost in throughput. Called before any other thread exists.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; no other thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+fn main() -> ExitCode {
+    limit_malloc_arenas();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(agent_main()),
+        Err(e) => fail(anyhow::Error::new(e).context("cannot start the async runtime")),
+    }
+}
+
+async fn agent_main() -> ExitCode {
     let cli = Cli::parse();
     let config = ConfigPath::from_env(cli.config.as_deref());
     let init_logging = |default: &str| logging::init(cli.log_format, default);

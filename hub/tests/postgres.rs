@@ -57,6 +57,54 @@ async fn postgres_applies_exports_and_deduplicates() {
 }
 
 #[tokio::test]
+async fn a_new_postgres_store_compares_resources_and_keys_bytewise() {
+    // Keys are opaque: COLLATE "C" spares the primary key's B-tree a strcoll per comparison,
+    // and orders as the database's C.UTF-8 does (by code point).
+    let db = PgDb::create().await;
+    let pki = Pki::new();
+    let hub = Hub::start(&pki, db.store_config()).await;
+    let client = client(&pki.client(NODE));
+    let keys_in = ["b", "a", "中", "Z", "z"];
+    let records = keys_in.iter().map(|k| upsert(k, "{}")).collect();
+    let a = ack(Push::new(NODE, RESOURCE, &new_stream(), 1, records)
+        .send(&client, &hub)
+        .await)
+    .await;
+    assert_eq!((a.status, a.records), (AckStatus::Applied, 5));
+    let (store, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let collations: Vec<(String, Option<String>)> = store
+        .query(
+            "SELECT column_name::text, collation_name::text FROM information_schema.columns \
+             WHERE table_name = 'records' AND column_name IN ('resource', 'key') ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        collations,
+        [
+            ("key".to_owned(), Some("C".to_owned())),
+            ("resource".to_owned(), Some("C".to_owned()))
+        ]
+    );
+    let ordered: Vec<String> = store
+        .query("SELECT key FROM records ORDER BY key", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ordered, ["Z", "a", "b", "z", "中"]);
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn postgres_refuses_a_resource_owned_by_another_node() {
     let db = PgDb::create().await;
     let pki = Pki::new();

@@ -31,10 +31,16 @@ const POOL_SIZE: usize = 4;
 
 /// The tables of the current schema version, and the columns older versions lack (run by
 /// [`PgStore::migrate`] under an advisory lock, so two hubs starting at once do not race).
+///
+/// `records.resource` and `records.key` compare bytewise (`COLLATE "C"`): keys are opaque
+/// identifiers, and under a database collation such as `C.UTF-8` or `zh_CN.UTF-8` every
+/// comparison in the primary key's B-tree goes through `strcoll` — about a third of the store's
+/// CPU while it takes a first sync (perf, bench/README.md). A store created before keeps its
+/// collation (correct, only slower).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
-    resource   TEXT NOT NULL,
-    key        TEXT NOT NULL,
+    resource   TEXT COLLATE \"C\" NOT NULL,
+    key        TEXT COLLATE \"C\" NOT NULL,
     node       TEXT NOT NULL,
     fields     TEXT NOT NULL,
     updated_at TEXT NOT NULL,
