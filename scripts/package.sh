@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
 # Release packages of the agent and the reference hub (docs/OPERATIONS.md, "Packages").
 #
-#   scripts/package.sh [--targets LIST] [--no-install-deps]
+#   scripts/package.sh [--targets LIST] [--glibc VERSION] [--no-install-deps]
 #
 # LIST is a comma-separated choice of (default: all three, built one after the other):
-#   native  .deb for this machine's architecture (glibc; x86_64 here: amd64)
+#   native  this machine's architecture (amd64 here), linked against its glibc
 #   musl    x86_64-unknown-linux-musl: statically linked, runs on any x86_64 Linux
-#           (old glibc, RPM-based 信创 systems); .deb and tarball
-#   arm64   aarch64-unknown-linux-gnu (Kylin/UOS on Phytium, Kunpeng); .deb and tarball
+#   arm64   aarch64-unknown-linux-gnu (Kylin, UOS on Phytium, Kunpeng), linked against the
+#           glibc of the cross toolchain (Debian's libc6-dev-arm64-cross)
+# A binary linked against a glibc needs that version or a newer one where it runs (Debian 12
+# gives glibc >= 2.34; Kylin V10 and UOS 20 have 2.28). --glibc 2.17 builds native and arm64
+# against glibc 2.17 instead, with cargo-zigbuild and Zig (installed from PyPI into
+# target/zig-venv): these run on any glibc from 2.17 on.
 #
-# Every target gives target/package/<rust triple>/:
+# Each target gives target/package/<rust triple>[-glibc<VERSION>]/:
 #   exchange-agent_<version>-1_<arch>.deb, exchange-hub_<version>-1_<arch>.deb
 #   exchange-agent-<version>-<triple>.tar.gz, exchange-hub-<version>-<triple>.tar.gz
-# (a tarball holds the files of the .deb and an install.sh for systems without dpkg).
+# A tarball holds the .deb's files and an install.sh (scripts/tarball-install.sh) for systems
+# without dpkg.
 #
 # Missing tools are installed (unless --no-install-deps): cargo-deb (cargo install), the Rust
-# targets (rustup), musl-tools (musl-gcc: ring and the bundled SQLite compile C) and
-# gcc-aarch64-linux-gnu with libc6-dev-arm64-cross (the arm64 C compiler and linker), with apt.
-# The cross settings are passed in the environment of these builds only, not in a
+# targets (rustup), musl-tools (musl-gcc: ring and the bundled SQLite compile C),
+# gcc-aarch64-linux-gnu and libc6-dev-arm64-cross (the arm64 C compiler, linker and strip),
+# with apt. The cross settings are passed in the environment of these builds only, not in a
 # .cargo/config.toml, so other builds of the workspace are unchanged.
 set -euo pipefail
+# One block, read whole before it runs: editing this file during a build does not disturb it.
+{
 cd "$(dirname "$0")/.."
 
 if [ -t 2 ]; then
@@ -28,18 +35,27 @@ else
   log() { printf '==> %s\n' "$*" >&2; }
 fi
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 
 TARGETS="native,musl,arm64"
+GLIBC=""
 INSTALL_DEPS=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --targets) [ $# -ge 2 ] || die "--targets needs a list"; TARGETS=$2; shift 2 ;;
     --targets=*) TARGETS=${1#--targets=}; shift ;;
+    --glibc) [ $# -ge 2 ] || die "--glibc needs a version"; GLIBC=$2; shift 2 ;;
+    --glibc=*) GLIBC=${1#--glibc=}; shift ;;
     --no-install-deps) INSTALL_DEPS=""; shift ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
+done
+[ -z "$GLIBC" ] || [[ "$GLIBC" =~ ^2\.[0-9]+$ ]] || die "--glibc wants a version like 2.17"
+
+IFS=, read -r -a WANT <<< "$TARGETS"
+for t in "${WANT[@]}"; do
+  case "$t" in native|musl|arm64) ;; *) die "unknown target '$t' (native, musl, arm64)" ;; esac
 done
 
 SUDO=""
@@ -47,7 +63,7 @@ if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 
 APT_UPDATED=""
 apt_install() {
-  [ -n "$INSTALL_DEPS" ] || die "missing: $* (rerun without --no-install-deps, or install them)"
+  [ -n "$INSTALL_DEPS" ] || die "missing: $* (install them, or rerun without --no-install-deps)"
   command -v apt-get >/dev/null || die "missing: $* (no apt-get here: install them by hand)"
   if [ -z "$APT_UPDATED" ]; then
     log "apt-get update"
@@ -73,87 +89,120 @@ if ! cargo deb --version >/dev/null 2>&1; then
 fi
 command -v dpkg-deb >/dev/null || die "dpkg-deb is needed (a Debian-like build machine)"
 
+if [ -n "$GLIBC" ]; then
+  # Zig links against a glibc of the chosen version; cargo-zigbuild drives it. Both come as
+  # wheels from PyPI, into a virtual environment of this workspace.
+  ZIG_VENV=target/zig-venv
+  if [ ! -x "$ZIG_VENV/bin/cargo-zigbuild" ] || ! "$ZIG_VENV/bin/python3" -m ziglang version >/dev/null 2>&1; then
+    [ -n "$INSTALL_DEPS" ] || die "missing cargo-zigbuild and ziglang (pip install ziglang cargo-zigbuild)"
+    python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv
+    log "pip install ziglang cargo-zigbuild (into $ZIG_VENV)"
+    python3 -m venv "$ZIG_VENV" || { apt_install python3-venv; python3 -m venv "$ZIG_VENV"; }
+    "$ZIG_VENV/bin/pip" install -q ziglang cargo-zigbuild
+  fi
+  PATH="$PWD/$ZIG_VENV/bin:$PATH"
+fi
+
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 [ -n "$VERSION" ] || die "no workspace version in Cargo.toml"
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 OUT=target/package
 mkdir -p "$OUT"
 
-# A tarball per package: the .deb's files under one directory, with install.sh (made from
-# scripts/tarball-install.sh) doing what the maintainer scripts do.
+# A tarball per package: the .deb's files under one directory, and install.sh doing what the
+# maintainer scripts do.
 make_tarball() {
-  local deb=$1 name=$2 triple=$3 dir
-  dir="$name-$VERSION-$triple"
-  rm -rf "$OUT/$triple/$dir"
-  dpkg-deb -x "$deb" "$OUT/$triple/$dir"
-  sed "s/@NAME@/$name/g" scripts/tarball-install.sh > "$OUT/$triple/$dir/install.sh"
-  chmod 755 "$OUT/$triple/$dir/install.sh"
-  tar -C "$OUT/$triple" --owner=0 --group=0 -czf "$OUT/$triple/$dir.tar.gz" "$dir"
-  rm -rf "${OUT:?}/$triple/$dir"
+  local deb=$1 name=$2 dir=$3 triple=$4 base
+  base="$name-$VERSION-$triple"
+  rm -rf "${dir:?}/$base"
+  dpkg-deb -x "$deb" "$dir/$base"
+  sed "s/@NAME@/$name/g" scripts/tarball-install.sh > "$dir/$base/install.sh"
+  chmod 755 "$dir/$base/install.sh"
+  tar -C "$dir" --owner=0 --group=0 -czf "$dir/$base.tar.gz" "$base"
+  rm -rf "${dir:?}/$base"
 }
 
-# build_target TRIPLE: one cargo build of both binaries, then one .deb per package from it
-# (--no-build), then the tarballs. TARGET_ENV holds the target's settings (NAME=value).
+# build_target TRIPLE: one cargo build of both binaries (cargo zigbuild with --glibc), then
+# one .deb per package from it (--no-build) and the tarballs. TARGET_ENV holds the target's
+# settings (NAME=value), passed to these commands only.
 TARGET_ENV=()
 with_env() { env ${TARGET_ENV[@]+"${TARGET_ENV[@]}"} "$@"; }
 build_target() {
-  local triple=$1 target_args=() name deb
-  if [ "$triple" != "$HOST" ]; then target_args=(--target "$triple"); fi
-  log "cargo build --release ${target_args[*]} (exchange-agent, exchange-hub)"
-  with_env cargo build --release --locked ${target_args[@]+"${target_args[@]}"} -p exchange-agent -p exchange-hub
-  mkdir -p "$OUT/$triple"
-  rm -f "$OUT/$triple"/*.deb "$OUT/$triple"/*.tar.gz
+  local triple=$1 pinned=${2:-} target_args=() dir name deb
+  dir="$OUT/$triple"
+  if [ -n "$pinned" ]; then
+    dir="$OUT/$triple-glibc$GLIBC"
+    log "cargo zigbuild --release --target $triple.$GLIBC (exchange-agent, exchange-hub)"
+    with_env cargo zigbuild --release --locked --target "$triple.$GLIBC" -p exchange-agent -p exchange-hub
+    target_args=(--target "$triple")
+  else
+    if [ "$triple" != "$HOST" ]; then target_args=(--target "$triple"); fi
+    log "cargo build --release ${target_args[*]} (exchange-agent, exchange-hub)"
+    with_env cargo build --release --locked ${target_args[@]+"${target_args[@]}"} -p exchange-agent -p exchange-hub
+  fi
+  mkdir -p "$dir"
+  rm -f "$dir"/*.deb "$dir"/*.tar.gz
   for name in exchange-agent exchange-hub; do
     log "cargo deb -p $name ${target_args[*]}"
-    with_env cargo deb --no-build --locked -p "$name" ${target_args[@]+"${target_args[@]}"} --output "$OUT/$triple/"
-    deb=$(ls "$OUT/$triple/${name}_${VERSION}"-*.deb)
-    make_tarball "$deb" "$name" "$triple"
+    with_env cargo deb --no-build --locked -p "$name" ${target_args[@]+"${target_args[@]}"} --output "$dir/"
+    deb=$(ls "$dir/${name}_${VERSION}"-*.deb)
+    make_tarball "$deb" "$name" "$dir" "$triple"
   done
+  BUILT+=("$dir")
 }
 
-IFS=, read -r -a WANT <<< "$TARGETS"
-for t in "${WANT[@]}"; do
-  case "$t" in native|musl|arm64) ;; *) die "unknown target '$t' (native, musl, arm64)" ;; esac
-done
-
+ARM64_ENV=(
+  "STRIP_aarch64-unknown-linux-gnu=aarch64-linux-gnu-strip"     # cargo-deb strips with these
+  "OBJCOPY_aarch64-unknown-linux-gnu=aarch64-linux-gnu-objcopy"
+)
+BUILT=()
 for t in "${WANT[@]}"; do
   case "$t" in
     native)
       TARGET_ENV=()
-      build_target "$HOST"
+      if [ -n "$GLIBC" ]; then
+        need_rust_target "$HOST"
+        build_target "$HOST" pinned
+      else
+        build_target "$HOST"
+      fi
       ;;
     musl)
       triple=x86_64-unknown-linux-musl
       need_rust_target "$triple"
       command -v musl-gcc >/dev/null || apt_install musl-tools
-      # ring and the bundled SQLite are C: compiled by musl-gcc against musl's headers. The
-      # musl target links statically (crt-static) with Rust's own musl.
+      # ring and the bundled SQLite are C, compiled by musl-gcc against musl's headers; the
+      # musl target links everything statically.
       TARGET_ENV=(CC_x86_64_unknown_linux_musl=musl-gcc)
       build_target "$triple"
       ;;
     arm64)
       triple=aarch64-unknown-linux-gnu
-      if [ "$HOST" = "$triple" ]; then build_target "$triple"; continue; fi
+      if [ "$HOST" = "$triple" ] && [ -z "$GLIBC" ]; then TARGET_ENV=(); build_target "$triple"; continue; fi
       need_rust_target "$triple"
-      if ! command -v aarch64-linux-gnu-gcc >/dev/null || [ ! -e /usr/aarch64-linux-gnu/lib/libc.so ]; then
-        apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+      if [ -n "$GLIBC" ]; then
+        command -v aarch64-linux-gnu-strip >/dev/null || apt_install binutils-aarch64-linux-gnu
+        TARGET_ENV=("${ARM64_ENV[@]}")
+        build_target "$triple" pinned
+      else
+        if ! command -v aarch64-linux-gnu-gcc >/dev/null || [ ! -e /usr/aarch64-linux-gnu/lib/libc.so ]; then
+          apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+        fi
+        TARGET_ENV=(
+          CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+          CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
+          AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
+          "${ARM64_ENV[@]}"
+        )
+        build_target "$triple"
       fi
-      # cargo-deb strips with the target's strip (STRIP_<triple>) and reads the target's
-      # shared libraries for $auto from the cross sysroot.
-      TARGET_ENV=(
-        CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-        CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
-        AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
-        "STRIP_$triple=aarch64-linux-gnu-strip"
-        "OBJCOPY_$triple=aarch64-linux-gnu-objcopy"
-      )
-      build_target "$triple"
       ;;
   esac
 done
 
 log "packages:"
-for t in "${WANT[@]}"; do
-  case "$t" in native) triple=$HOST ;; musl) triple=x86_64-unknown-linux-musl ;; arm64) triple=aarch64-unknown-linux-gnu ;; esac
-  ls -l "$OUT/$triple"/*.deb "$OUT/$triple"/*.tar.gz >&2
+for dir in "${BUILT[@]}"; do
+  ls -l "$dir"/*.deb "$dir"/*.tar.gz >&2
 done
+exit 0
+}
