@@ -11,7 +11,8 @@
 # A binary linked against a glibc needs that version or a newer one where it runs (Debian 12
 # gives glibc >= 2.34; Kylin V10 and UOS 20 have 2.28). --glibc 2.17 builds native and arm64
 # against glibc 2.17 instead, with cargo-zigbuild and Zig (installed from PyPI into
-# target/zig-venv): these run on any glibc from 2.17 on.
+# target/zig-venv): these run on any glibc from 2.17 on. (Both arm64 builds use
+# target/aarch64-unknown-linux-gnu: one after the other rebuilds most crates.)
 #
 # Each target gives target/package/<rust triple>[-glibc<VERSION>]/:
 #   exchange-agent_<version>-1_<arch>.deb, exchange-hub_<version>-1_<arch>.deb
@@ -122,6 +123,28 @@ make_tarball() {
   rm -rf "${dir:?}/$base"
 }
 
+# fix_libc_depends DEB NAME TRIPLE: the libc6 dependency as the binary needs it. dpkg-shlibdeps
+# (cargo-deb's $auto) reads the build machine's libc: for a cross build that is the cross
+# toolchain's package, giving `libc6:arm64 (>= <its version>)`, and for a binary linked against
+# an older glibc (--glibc) a version higher than needed. The binary's newest GLIBC_ symbol
+# version is the one it needs.
+fix_libc_depends() {
+  local deb=$1 name=$2 triple=$3 objdump=objdump need old tmp
+  [ "$triple" = "$HOST" ] || objdump="${triple%%-unknown-*}-linux-gnu-objdump"
+  command -v "$objdump" >/dev/null || die "$objdump is needed to read the glibc version"
+  tmp=$(mktemp -d)
+  dpkg-deb -R "$deb" "$tmp/x"
+  need=$("$objdump" -T "$tmp/x/usr/bin/$name" | grep -o 'GLIBC_2\.[0-9]*' | sed 's/GLIBC_//' | sort -uV | tail -n1)
+  [ -n "$need" ] || die "no GLIBC_ symbol version in $name"
+  old=$(sed -n 's/^Depends: //p' "$tmp/x/DEBIAN/control")
+  sed -i -E "s/^(Depends: .*)libc6(:[a-z0-9]+)? \(>= [0-9.]+\)/\1libc6 (>= $need)/" "$tmp/x/DEBIAN/control"
+  if [ "$old" != "$(sed -n 's/^Depends: //p' "$tmp/x/DEBIAN/control")" ]; then
+    log "$name: Depends: $old -> $(sed -n 's/^Depends: //p' "$tmp/x/DEBIAN/control")"
+    dpkg-deb --root-owner-group -Zxz -b "$tmp/x" "$deb" >/dev/null
+  fi
+  rm -rf "$tmp"
+}
+
 # build_target TRIPLE: one cargo build of both binaries (cargo zigbuild with --glibc), then
 # one .deb per package from it (--no-build) and the tarballs. TARGET_ENV holds the target's
 # settings (NAME=value), passed to these commands only.
@@ -146,6 +169,7 @@ build_target() {
     log "cargo deb -p $name ${target_args[*]}"
     with_env cargo deb --no-build --locked -p "$name" ${target_args[@]+"${target_args[@]}"} --output "$dir/"
     deb=$(ls "$dir/${name}_${VERSION}"-*.deb)
+    case "$triple" in *-gnu) fix_libc_depends "$deb" "$name" "$triple" ;; esac
     make_tarball "$deb" "$name" "$dir" "$triple"
   done
   BUILT+=("$dir")
