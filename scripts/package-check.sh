@@ -130,12 +130,12 @@ wait_for() { # wait_for SECONDS COMMAND...
 }
 runuser -u exchange-hub -- /usr/bin/exchange-hub check --config /etc/exchange-hub/hub.toml >/dev/null
 runuser -u exchange-hub -- /usr/bin/exchange-hub serve --config /etc/exchange-hub/hub.toml 2>"$WORK/hub.log" &
-PIDS+=($!)
+PIDS+=("$!")
 wait_for 20 grep -q "Hub listening" "$WORK/hub.log" || die "hub did not listen: $(cat "$WORK/hub.log")"
 as_agent check --connect >/dev/null || die "agent check --connect"
 as_agent sync | grep -q "pulled 5 records; the hub acknowledged everything" || die "sync"
 runuser -u exchange-agent -- /usr/bin/exchange-agent run --config /etc/exchange-agent/agent.toml 2>"$WORK/agent.log" &
-APID=$!; PIDS+=($APID)
+APID=$!; PIDS+=("$APID")
 wait_for 20 curl -sf http://127.0.0.1:19464/health || die "no /health: $(cat "$WORK/agent.log")"
 python3 -c "import sqlite3; db=sqlite3.connect('/srv/package-check/business.db'); db.execute(\"insert into insured_person values(6,'ID0006','name6','13800000006','secret-note','2026-01-02T00:00:00Z')\"); db.commit()"
 pushed() { curl -sf http://127.0.0.1:19464/metrics | grep -qx 'exchange_records_pushed_total{resource="330100-RSJ-0001"} 6'; }
