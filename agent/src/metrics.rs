@@ -55,6 +55,14 @@ pub struct Metrics {
     handshake_failures: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
+/// Adds one to `key`'s counter in `map`.
+fn count<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
+    *map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key)
+        .or_default() += 1;
+}
+
 static GLOBAL: std::sync::OnceLock<Metrics> = std::sync::OnceLock::new();
 
 /// This process's metrics.
@@ -75,12 +83,7 @@ impl Metrics {
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         if let Some(kind) = error {
-            *self
-                .push_errors
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(kind)
-                .or_default() += 1;
+            count(&self.push_errors, kind);
         }
     }
 
@@ -96,23 +99,13 @@ impl Metrics {
 
     /// A verification request was answered or refused (after its audit record was written).
     pub fn verify_answered(&self, endpoint: &'static str, outcome: &'static str) {
-        *self
-            .verify_requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((endpoint, outcome))
-            .or_default() += 1;
+        count(&self.verify_requests, (endpoint, outcome));
     }
 
     /// A listener refused a connection in its TLS handshake; `reason` is a
     /// `tls::HandshakeFailure` label.
     pub fn handshake_failed(&self, listener: &'static str, reason: &'static str) {
-        *self
-            .handshake_failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((listener, reason))
-            .or_default() += 1;
+        count(&self.handshake_failures, (listener, reason));
     }
 
     /// Refused TLS handshakes of `listener` for `reason` so far.

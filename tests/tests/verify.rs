@@ -722,13 +722,9 @@ fn raw_client(setup: &Setup) -> reqwest::Client {
         .unwrap()
 }
 
-#[tokio::test]
-async fn certificates_from_another_ca_or_expired_are_refused_in_the_handshake() {
-    let dir = TestDir::new();
-    let file = dir.path().join("people.db");
-    create_people("sqlite", None, None, Some(&file)).await;
-    let setup = Setup::new("sqlite", &format!("sqlite://{}", file.display()), &[]);
-    let service = setup.serve().await;
+/// Client certificates of the hub's name that the handshake must refuse: one from another CA,
+/// one expired; (certificate, key) files.
+fn refused_certificates(setup: &Setup) -> [(PathBuf, PathBuf); 2] {
     let (other_ca, _) = setup.pki.other_ca("other-ca");
     let foreign = setup.pki.issue(
         &other_ca,
@@ -746,6 +742,17 @@ async fn certificates_from_another_ca_or_expired_are_refused_in_the_handshake() 
         Validity::Expired,
         "expired",
     );
+    [foreign, expired]
+}
+
+#[tokio::test]
+async fn certificates_from_another_ca_or_expired_are_refused_in_the_handshake() {
+    let dir = TestDir::new();
+    let file = dir.path().join("people.db");
+    create_people("sqlite", None, None, Some(&file)).await;
+    let setup = Setup::new("sqlite", &format!("sqlite://{}", file.display()), &[]);
+    let service = setup.serve().await;
+    let [foreign, expired] = refused_certificates(&setup);
     for (cert, key) in [foreign, expired] {
         let r = request(
             "R-SHOWN",
@@ -794,23 +801,7 @@ async fn refused_handshakes_are_counted_by_reason_and_audited_by_the_daemon() {
     create_people("sqlite", None, None, Some(&file)).await;
     let setup = Setup::new("sqlite", &format!("sqlite://{}", file.display()), &[]);
     let daemon = Daemon::start(&setup).await;
-    let (other_ca, _) = setup.pki.other_ca("other-ca");
-    let foreign = setup.pki.issue(
-        &other_ca,
-        HUB,
-        &[],
-        Usage::ClientAuth,
-        Validity::Current,
-        "foreign",
-    );
-    let expired = setup.pki.issue(
-        &setup.pki.ca,
-        HUB,
-        &[],
-        Usage::ClientAuth,
-        Validity::Expired,
-        "expired",
-    );
+    let [foreign, expired] = refused_certificates(&setup);
     let r = request(
         "R-SHOWN",
         vec![item("11010519491231002X", &[("name", v("张三"))])],
