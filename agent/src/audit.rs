@@ -287,17 +287,62 @@ fn read_head(data_dir: &Path) -> std::io::Result<Head> {
 }
 
 fn write_head(data_dir: &Path, head: &Head) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = data_dir.join("audit.head.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(&serde_json::to_vec(head).expect("head serializes"))?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, head_path(data_dir))
+    crate::data_dir::replace(
+        data_dir,
+        "audit.head",
+        &serde_json::to_vec(head).expect("head serializes"),
+    )
+}
+
+/// Milliseconds since 1970 of an entry's `at`.
+pub fn millis_of(at: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(at)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// Calls `f` with every entry written at or after `since_ms` (milliseconds since 1970), in
+/// the order written, reading only the files that can hold one: the newest files back to the
+/// first whose first entry is older. A line that is not an entry (one cut short by a crash) is
+/// skipped.
+pub fn for_each_since(
+    data_dir: &Path,
+    since_ms: i64,
+    mut f: impl FnMut(Entry),
+) -> std::io::Result<()> {
+    let all = files(data_dir);
+    let first_at = |file: &Path| -> std::io::Result<Option<i64>> {
+        let Ok(file) = std::fs::File::open(file) else {
+            return Ok(None);
+        };
+        for line in std::io::BufReader::new(file).lines() {
+            if let Ok(entry) = serde_json::from_str::<Entry>(&line?) {
+                return Ok(millis_of(&entry.at));
+            }
+        }
+        Ok(None)
+    };
+    let mut start = 0;
+    for (i, file) in all.iter().enumerate().rev() {
+        if first_at(file)?.is_some_and(|at| at < since_ms) {
+            start = i;
+            break;
+        }
+    }
+    for file in &all[start..] {
+        let Ok(opened) = std::fs::File::open(file) else {
+            continue;
+        };
+        for line in std::io::BufReader::new(opened).lines() {
+            let Ok(entry) = serde_json::from_str::<Entry>(&line?) else {
+                continue;
+            };
+            if millis_of(&entry.at).is_some_and(|at| at >= since_ms) {
+                f(entry);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Where the chain breaks.

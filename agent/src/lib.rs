@@ -10,7 +10,8 @@
 //! - [`check`], [`status`], [`operator`], [`control`]: the other commands ([`audit`] records
 //!   what operators change); [`fingerprint`]: what determines a stream; [`logging`]: how log
 //!   lines look (the demo is its own crate, `demo/`);
-//! - [`verify`]: the verification service (数据不落地核验), hosted by [`daemon`].
+//! - [`verify`]: the verification service (数据不落地核验), hosted by [`daemon`];
+//! - [`data_dir`]: files of the data directory replaced whole, atomically and durably.
 
 pub mod admin;
 pub mod audit;
@@ -20,6 +21,7 @@ pub mod check;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod data_dir;
 pub mod fingerprint;
 pub mod identifier;
 pub mod logging;

@@ -35,6 +35,7 @@ pub mod pki;
 pub mod rows;
 pub mod scene;
 pub mod sqlite_source;
+pub mod verification;
 pub mod wait;
 
 use std::path::{Path, PathBuf};

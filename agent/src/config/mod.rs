@@ -869,8 +869,18 @@ impl Validator<'_> {
             }
         }
         let plain_reason = r.plain_reason.filter(|s| !s.trim().is_empty());
-        let verification =
-            self.verification(i, &code, &fields, r.compare, r.grants, r.reveal_not_found)?;
+        let verification = self.verification(
+            i,
+            &code,
+            &fields,
+            &r.key,
+            verify::RawVerification {
+                compare: r.compare,
+                grants: r.grants,
+                reveal_not_found: r.reveal_not_found,
+                enumerable: r.enumerable,
+            },
+        )?;
         if !plain_allowed.is_empty() && plain_reason.is_none() {
             return Err(self.err(&key("plain_allowed"), format!("resource `{code}`: plain_allowed needs `plain_reason`, the approval reference (e.g. \"市数据局 2024-17 号批复\")")));
         }

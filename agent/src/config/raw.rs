@@ -114,6 +114,7 @@ pub struct RawResource {
     pub plain_reason: Option<String>,
     pub invalid_key: Option<String>,
     pub reveal_not_found: Option<bool>,
+    pub enumerable: Option<Vec<String>>,
     pub compare: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub grants: Vec<super::verify::RawGrant>,

@@ -34,7 +34,11 @@ pub struct RawVerify {
     pub items_per_minute: Option<u64>,
     pub subjects_per_day: Option<u64>,
     pub mismatch_lockout: Option<u32>,
+    pub enumerable_lockout: Option<u32>,
     pub lockout: Option<String>,
+    pub psi_points_per_day: Option<u64>,
+    pub psi_scans_per_day: Option<u64>,
+    pub psi_max_rows: Option<u64>,
 }
 
 /// `[[resources.grants]]` as written.
@@ -45,6 +49,16 @@ pub struct RawGrant {
     pub fields: Vec<String>,
     pub purposes: Option<Vec<String>>,
     pub expires: Option<String>,
+    pub psi_enumerable: Option<bool>,
+}
+
+/// A resource's verification keys as written (members of `[[resources]]`).
+#[derive(Debug, Default)]
+pub struct RawVerification {
+    pub compare: Option<BTreeMap<String, String>>,
+    pub grants: Vec<RawGrant>,
+    pub reveal_not_found: Option<bool>,
+    pub enumerable: Option<Vec<String>>,
 }
 
 /// How the requester's identity is read from its client certificate.
@@ -56,17 +70,23 @@ pub enum RequesterIdentity {
     UsccUri,
 }
 
-/// Quotas against enumeration, per requester and resource.
+/// Budgets against enumeration, per requester and resource (docs/PROTOCOL.md §11.7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quotas {
     /// Items answered per minute (sliding window).
     pub items_per_minute: u64,
     /// Distinct subjects asked about per day (UTC day).
     pub subjects_per_day: u64,
-    /// Mismatches on one subject within an hour that lock the subject for the requester.
+    /// Answers other than `match` about one field of one subject within `lockout`, at most.
     pub mismatch_lockout: u32,
-    /// How long such a lock lasts.
+    /// The same for a field the resource lists as `enumerable`.
+    pub enumerable_lockout: u32,
+    /// The window those are counted in.
     pub lockout: Duration,
+    /// Blinded points a requester may have multiplied per UTC day (private set intersection).
+    pub psi_points_per_day: u64,
+    /// Private set intersection scans of the resource per UTC day.
+    pub psi_scans_per_day: u64,
 }
 
 /// The validated `[verify]`.
@@ -88,6 +108,8 @@ pub struct Verify {
     pub comparison_key: Option<PseudonymKey>,
     /// Quotas against enumeration.
     pub quotas: Quotas,
+    /// Most rows a private set intersection answer covers (`413` above).
+    pub psi_max_rows: u64,
 }
 
 /// A resource's verification settings.
@@ -99,6 +121,10 @@ pub struct Verification {
     pub grants: Vec<Grant>,
     /// Whether answers say `found` / `not_found` per subject (and `no_value` for NULL).
     pub reveal_not_found: bool,
+    /// Fields with a small value space (sex, status, dates, what a delivered mask leaves
+    /// hidden), configured names: a stricter guess budget, and no private set intersection
+    /// unless a grant allows it.
+    pub enumerable: Vec<String>,
 }
 
 impl Verification {
@@ -109,6 +135,13 @@ impl Verification {
             .find(|(f, _)| f.eq_ignore_ascii_case(field))
             .map(|(_, c)| *c)
             .unwrap_or(Compare::Exact)
+    }
+
+    /// Whether `field` (a configured name) is enumerable.
+    pub fn is_enumerable(&self, field: &str) -> bool {
+        self.enumerable
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(field))
     }
 }
 
@@ -188,13 +221,22 @@ impl Validator<'_> {
         };
         let lockout = match v.lockout {
             Some(t) => parse_duration(&t).map_err(|e| self.err("verify.lockout", e))?,
-            None => Duration::from_secs(3600),
+            None => Duration::from_secs(86_400),
         };
+        if lockout < Duration::from_secs(60) {
+            return Err(self.err(
+                "verify.lockout",
+                "must be at least 1m (it is the window in which wrong answers are counted)",
+            ));
+        }
         let quotas = Quotas {
             items_per_minute: v.items_per_minute.unwrap_or(6000),
             subjects_per_day: v.subjects_per_day.unwrap_or(100_000),
             mismatch_lockout: v.mismatch_lockout.unwrap_or(5),
+            enumerable_lockout: v.enumerable_lockout.unwrap_or(1),
             lockout,
+            psi_points_per_day: v.psi_points_per_day.unwrap_or(20_000),
+            psi_scans_per_day: v.psi_scans_per_day.unwrap_or(100),
         };
         for (k, n) in [
             ("verify.items_per_minute", quotas.items_per_minute),
@@ -203,10 +245,52 @@ impl Validator<'_> {
                 "verify.mismatch_lockout",
                 u64::from(quotas.mismatch_lockout),
             ),
+            (
+                "verify.enumerable_lockout",
+                u64::from(quotas.enumerable_lockout),
+            ),
+            ("verify.psi_points_per_day", quotas.psi_points_per_day),
+            ("verify.psi_scans_per_day", quotas.psi_scans_per_day),
         ] {
             if n == 0 {
                 return Err(self.err(k, "must be at least 1"));
             }
+        }
+        // A request of max_items must be admissible, or every full request is refused.
+        for (k, n, what) in [
+            (
+                "verify.items_per_minute",
+                quotas.items_per_minute,
+                "items per minute",
+            ),
+            (
+                "verify.subjects_per_day",
+                quotas.subjects_per_day,
+                "distinct subjects per day",
+            ),
+        ] {
+            if (max_items as u64) > n {
+                return Err(self.err(
+                    k,
+                    format!("{n} {what} is less than max_items ({max_items}), so a request of max_items items could never be answered; raise it or lower max_items"),
+                ));
+            }
+        }
+        if quotas.enumerable_lockout > quotas.mismatch_lockout {
+            return Err(self.err(
+                "verify.enumerable_lockout",
+                format!(
+                    "{} is more than mismatch_lockout ({}): an enumerable field (a small value space) gets the stricter budget",
+                    quotas.enumerable_lockout, quotas.mismatch_lockout
+                ),
+            ));
+        }
+        let psi_max_rows = v.psi_max_rows.unwrap_or(200_000);
+        if !(1..=100_000_000).contains(&psi_max_rows) {
+            return Err(self.err(
+                "verify.psi_max_rows",
+                format!("{psi_max_rows} is out of range; expected 1 to 100000000"),
+            ));
         }
         Ok(Verify {
             listen,
@@ -217,24 +301,35 @@ impl Validator<'_> {
             query_timeout,
             comparison_key,
             quotas,
+            psi_max_rows,
         })
     }
 
-    /// A resource's `[resources.compare]`, `[[resources.grants]]` and `reveal_not_found`.
+    /// A resource's `[resources.compare]`, `[[resources.grants]]`, `reveal_not_found` and
+    /// `enumerable`; `key` is the resource's key column (the subject, never a claim).
     pub(super) fn verification(
         &self,
         i: usize,
         code: &str,
         fields: &[(String, Rule)],
-        compare: Option<BTreeMap<String, String>>,
-        grants: Vec<RawGrant>,
-        reveal_not_found: Option<bool>,
+        key: &str,
+        raw: RawVerification,
     ) -> Result<Verification, ConfigError> {
+        let RawVerification {
+            compare,
+            grants,
+            reveal_not_found,
+            enumerable,
+        } = raw;
         let field_of = |at: &str, name: &str| -> Result<String, ConfigError> {
             match fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
                 Some((n, Rule::Drop)) => Err(self.err(
                     at,
                     format!("resource `{code}`: field `{n}` is dropped (never read), so it cannot be verified"),
+                )),
+                Some((n, _)) if n.eq_ignore_ascii_case(key) => Err(self.err(
+                    at,
+                    format!("resource `{code}`: field `{n}` is the key, the subject a requester asks about; it is never a claim (a claim on it would only tell whether the subject is known)"),
                 )),
                 Some((n, _)) => Ok(n.clone()),
                 None => Err(self.err(
@@ -247,6 +342,12 @@ impl Validator<'_> {
             reveal_not_found: reveal_not_found.unwrap_or(false),
             ..Verification::default()
         };
+        for (e, name) in enumerable.unwrap_or_default().iter().enumerate() {
+            let field = field_of(&format!("resources[{i}].enumerable[{e}]"), name)?;
+            if !out.enumerable.contains(&field) {
+                out.enumerable.push(field);
+            }
+        }
         for (name, how) in compare.unwrap_or_default() {
             let at = format!("resources[{i}].compare.{name}");
             let field = field_of(&at, &name)?;
@@ -283,11 +384,19 @@ impl Validator<'_> {
                 })?),
                 None => None,
             };
+            let psi_enumerable = raw.psi_enumerable.unwrap_or(false);
+            if psi_enumerable && !granted.iter().any(|f| out.is_enumerable(f)) {
+                return Err(self.err(
+                    &at("psi_enumerable"),
+                    format!("resource `{code}`: the grant names no field listed in `enumerable`, so psi_enumerable has nothing to allow"),
+                ));
+            }
             out.grants.push(Grant {
                 requester: raw.requester.trim().to_owned(),
                 fields: granted,
                 purposes: raw.purposes,
                 expires,
+                psi_enumerable,
             });
         }
         Ok(out)

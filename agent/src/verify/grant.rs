@@ -1,16 +1,18 @@
 //! Authorization of a verification request: a resource's `[[resources.grants]]` (who may
 //! compare which fields, for which purposes, until when) and its share class.
 //!
-//! A request is allowed when one grant of its requester is unexpired, allows its purpose
-//! (a grant without `purposes` allows any) and covers every field it claims. Otherwise the
-//! refusal names what is missing, checked in this order: the resource is `share = "none"`;
-//! the requester has no grant; every grant of the requester has expired; none allows the
-//! purpose; a claimed field is not granted. Refusals name the requester, the resource, the
-//! purpose and field names, never a subject or a value.
+//! Two steps, so that nothing about a resource is told to a requester it is not granted to:
+//! [`resource_for`] runs first, before anything resource-specific, and answers an unknown
+//! resource and a resource without a grant for the requester with the same [`Denied::NoGrant`]
+//! (one sentence, one status); then, for a requester holding a grant, the share class, the
+//! grant's expiry and purpose. [`covers`] runs once the claimed field names are resolved: one
+//! live grant for the purpose covers every claimed field (and, for private set intersection, an
+//! enumerable field only where the grant says `psi_enumerable`). Refusals name the requester,
+//! the resource, the purpose and field names, never a subject or a value.
 
 use chrono::{DateTime, Utc};
 
-use crate::config::{Resource, Share};
+use crate::config::{Config, Resource, Share};
 
 /// One `[[resources.grants]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +25,8 @@ pub struct Grant {
     pub purposes: Option<Vec<String>>,
     /// The first instant the grant no longer holds; `None`: no end.
     pub expires: Option<DateTime<Utc>>,
+    /// Whether enumerable fields may be claimed by private set intersection.
+    pub psi_enumerable: bool,
 }
 
 /// Why a request is refused (403).
@@ -34,11 +38,12 @@ pub enum Denied {
         /// The resource code.
         resource: String,
     },
-    /// No grant names the requester.
+    /// No grant names the requester, or there is no such resource: the same sentence, so
+    /// that a requester cannot tell which resources exist.
     #[error(
         "requester `{requester}` has no grant on resource `{resource}`; the provider must add a [[resources.grants]] entry for it"
     )]
-    UnknownRequester {
+    NoGrant {
         /// The requester.
         requester: String,
         /// The resource code.
@@ -82,20 +87,35 @@ pub enum Denied {
         /// The purpose given.
         purpose: String,
     },
+    /// An enumerable field claimed by private set intersection without `psi_enumerable`.
+    #[error(
+        "field `{field}` of resource `{resource}` is enumerable (a small value space), and the grant of requester `{requester}` does not allow it by private set intersection (psi_enumerable), where the provider cannot count guesses per subject; use POST /v1/verify"
+    )]
+    PsiEnumerable {
+        /// The field.
+        field: String,
+        /// The requester.
+        requester: String,
+        /// The resource code.
+        resource: String,
+    },
 }
 
-/// Decides whether `requester` may compare `fields` of `resource` for `purpose` at `now`.
-pub fn authorize(
-    resource: &Resource,
+/// The resource `code` for `requester` asking for `purpose` at `now`: it exists, the requester
+/// holds a grant on it, it is shared, one of the requester's grants is live and allows the
+/// purpose. An unknown resource is [`Denied::NoGrant`], exactly as an ungranted one.
+pub fn resource_for<'c>(
+    config: &'c Config,
+    code: &str,
     requester: &str,
     purpose: &str,
-    fields: &[&str],
     now: DateTime<Utc>,
-) -> Result<(), Denied> {
-    let code = || resource.code.clone();
-    if resource.share == Share::None {
-        return Err(Denied::NotShared { resource: code() });
-    }
+) -> Result<&'c Resource, Denied> {
+    let no_grant = || Denied::NoGrant {
+        requester: requester.to_owned(),
+        resource: code.to_owned(),
+    };
+    let resource = config.resource(code).ok_or_else(no_grant)?;
     let mine: Vec<&Grant> = resource
         .verification
         .grants
@@ -103,16 +123,13 @@ pub fn authorize(
         .filter(|g| g.requester == requester)
         .collect();
     if mine.is_empty() {
-        return Err(Denied::UnknownRequester {
-            requester: requester.to_owned(),
-            resource: code(),
-        });
+        return Err(no_grant());
     }
-    let live: Vec<&Grant> = mine
-        .iter()
-        .copied()
-        .filter(|g| g.expires.is_none_or(|e| now < e))
-        .collect();
+    let code = || resource.code.clone();
+    if resource.share == Share::None {
+        return Err(Denied::NotShared { resource: code() });
+    }
+    let live = live_grants(resource, requester, now);
     if live.is_empty() {
         let expired = mine
             .iter()
@@ -126,16 +143,7 @@ pub fn authorize(
             expired,
         });
     }
-    let for_purpose: Vec<&Grant> = live
-        .iter()
-        .copied()
-        .filter(|g| {
-            g.purposes
-                .as_ref()
-                .is_none_or(|ps| ps.iter().any(|p| p == purpose))
-        })
-        .collect();
-    if for_purpose.is_empty() {
+    if !live.iter().any(|g| allows(g, purpose)) {
         let mut allowed: Vec<String> = live
             .iter()
             .flat_map(|g| g.purposes.iter().flatten())
@@ -150,7 +158,46 @@ pub fn authorize(
             allowed: allowed.join(", "),
         });
     }
-    let covers = |g: &Grant, f: &str| g.fields.iter().any(|x| x.eq_ignore_ascii_case(f));
+    Ok(resource)
+}
+
+/// The grants of `requester` on `resource` that hold at `now`.
+fn live_grants<'r>(resource: &'r Resource, requester: &str, now: DateTime<Utc>) -> Vec<&'r Grant> {
+    resource
+        .verification
+        .grants
+        .iter()
+        .filter(|g| g.requester == requester && g.expires.is_none_or(|e| now < e))
+        .collect()
+}
+
+/// Whether `grant` allows `purpose`.
+fn allows(grant: &Grant, purpose: &str) -> bool {
+    grant
+        .purposes
+        .as_ref()
+        .is_none_or(|ps| ps.iter().any(|p| p == purpose))
+}
+
+/// Decides whether one grant of `requester`, live at `now` and allowing `purpose`, covers
+/// every field in `fields` (configured names) of `resource` (which [`resource_for`] gave); by
+/// private set intersection (`psi`), an enumerable field also needs `psi_enumerable`.
+pub fn covers(
+    resource: &Resource,
+    requester: &str,
+    purpose: &str,
+    fields: &[&str],
+    psi: bool,
+    now: DateTime<Utc>,
+) -> Result<(), Denied> {
+    let for_purpose: Vec<&Grant> = live_grants(resource, requester, now)
+        .into_iter()
+        .filter(|g| allows(g, purpose))
+        .collect();
+    let covers = |g: &Grant, f: &str| {
+        g.fields.iter().any(|x| x.eq_ignore_ascii_case(f))
+            && (!psi || g.psi_enumerable || !resource.verification.is_enumerable(f))
+    };
     if for_purpose
         .iter()
         .any(|g| fields.iter().all(|f| covers(g, f)))
@@ -162,15 +209,27 @@ pub fn authorize(
     let best = for_purpose
         .iter()
         .max_by_key(|g| fields.iter().filter(|f| covers(g, f)).count())
-        .expect("not empty");
+        .ok_or_else(|| Denied::NoGrant {
+            requester: requester.to_owned(),
+            resource: resource.code.clone(),
+        })?;
     let field = fields
         .iter()
         .find(|f| !covers(best, f))
         .expect("some field is not covered");
-    Err(Denied::Field {
-        field: (*field).to_owned(),
-        requester: requester.to_owned(),
-        resource: code(),
-        purpose: purpose.to_owned(),
+    let granted = best.fields.iter().any(|x| x.eq_ignore_ascii_case(field));
+    Err(if granted {
+        Denied::PsiEnumerable {
+            field: (*field).to_owned(),
+            requester: requester.to_owned(),
+            resource: resource.code.clone(),
+        }
+    } else {
+        Denied::Field {
+            field: (*field).to_owned(),
+            requester: requester.to_owned(),
+            resource: resource.code.clone(),
+            purpose: purpose.to_owned(),
+        }
     })
 }

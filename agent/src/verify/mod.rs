@@ -5,14 +5,19 @@
 //!
 //! Request handling, in order: the requester's identity from its certificate
 //! ([`RequesterIdentity`]; nothing in the body can claim one) → the body within
-//! [`Service::max_body`] (413) → [`VerifyRequest::parse`] (400) → the resource (404) and its
-//! claimed fields (400) → authorization ([`grant::authorize`], 403) → the claims fit their
-//! fields' semantics (400) → quotas ([`quota::Ledger`], 429 with `Retry-After`) → one lookup
-//! per request of every distinct subject ([`Connector::lookup`]: parameterized, one
-//! statement per batch of keys, on connections of its own, within `query_timeout`, else
-//! 504; an unreachable source 503) → comparison ([`compare`]) → an audit record → the
-//! answer. Every request, answered or refused, leaves one audit record
-//! ([`crate::audit::Writer`]) naming subjects only by keyed pseudonym.
+//! [`Service::max_body`] (413) → [`VerifyRequest::parse`] (400) → the resource and the
+//! requester's grant on it ([`grant::resource_for`], 403: an unknown resource and an ungranted
+//! one answer the same) → the claimed names, each resolved once to a configured field, and
+//! the subjects, each asked about once ([`question`], 400) → the grant covers the fields
+//! ([`grant::covers`], 403) → the claims fit their fields' semantics (400) → the budgets
+//! ([`ledger::Ledger::admit`], 429 with `Retry-After`), which hold every question *before*
+//! anything is looked up → one lookup of every subject ([`Connector::lookup`]:
+//! parameterized, one statement per batch of keys, on connections of its own, within
+//! `query_timeout`, else 504; an unreachable source 503) → comparison ([`compare`]) → the
+//! questions answered other than `match` settled into the ledger → an audit record holding
+//! the charge → the answer. Every request, answered or refused, leaves one audit record
+//! ([`crate::audit::Writer`]) naming subjects only by keyed pseudonym; the ledger is rebuilt
+//! from its snapshot and those records at start ([`ledger::load`]).
 //!
 //! A connection refused in the TLS handshake (a certificate from another CA, expired, none,
 //! not TLS, too slow) never reaches a handler: it is counted
@@ -26,12 +31,14 @@
 
 pub mod compare;
 pub mod grant;
+pub mod ledger;
 pub mod psi;
-pub mod quota;
+pub mod question;
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -55,7 +62,8 @@ use crate::config::verify::{RequesterIdentity, Verify};
 use crate::config::{Config, Resource};
 use crate::identifier;
 use compare::{ClaimError, Context, Outcome};
-use quota::{At, Ledger, SubjectDigest, Throttled};
+use ledger::{Ask, At, Charge, Guess, Hold, Ledger, Throttled};
+use question::{Questions, Unfit};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +83,9 @@ pub enum VerifyError {
     /// The data directory (where the audit log is) is unusable.
     #[error("{0}")]
     DataDir(String),
+    /// The ledger of budgets cannot be restored.
+    #[error("cannot restore the verification budgets: {0}")]
+    Ledger(#[from] ledger::LedgerError),
 }
 
 /// What a configuration gives the service; replaced whole by [`Service::reload`].
@@ -87,27 +98,53 @@ struct Settings {
     lookups: HashMap<String, Arc<dyn Connector>>,
 }
 
-/// The verification service: settings, quotas and the audit log.
+/// The verification service: settings, budgets and the audit log.
 pub struct Service {
     /// The current settings (grants reload with the configuration).
     settings: RwLock<Arc<Settings>>,
-    /// Quotas against enumeration.
-    ledger: Mutex<Ledger>,
+    /// Budgets against enumeration (restored at start, kept across reloads).
+    ledger: Arc<Mutex<Ledger>>,
     /// The audit log.
     audit: audit::Writer,
+    /// Where the audit log and the ledger's snapshot are.
+    data_dir: PathBuf,
+    /// Private set intersection scans answered at once (their cost is a scan of the resource
+    /// and a scalar multiplication per row and field).
+    psi_scans: tokio::sync::Semaphore,
 }
 
+/// How often the ledger's snapshot is saved while the service runs (also at shutdown).
+const LEDGER_SAVE: Duration = Duration::from_secs(60);
+
 impl Service {
-    /// A service for `config`, which must have `[verify]`.
+    /// A service for `config`, which must have `[verify]`; its budgets as the last run left
+    /// them.
     pub fn new(config: Arc<Config>) -> Result<Service, VerifyError> {
         let settings = Self::settings(config)?;
-        crate::queue::prepare_data_dir(&settings.config.node.data_dir)
-            .map_err(VerifyError::DataDir)?;
+        let data_dir = settings.config.node.data_dir.clone();
+        crate::queue::prepare_data_dir(&data_dir).map_err(VerifyError::DataDir)?;
+        let ledger = ledger::load(&data_dir)?;
         Ok(Service {
-            audit: audit::Writer::new(&settings.config.node.data_dir),
+            audit: audit::Writer::new(&data_dir),
             settings: RwLock::new(Arc::new(settings)),
-            ledger: Mutex::new(Ledger::default()),
+            ledger: Arc::new(Mutex::new(ledger)),
+            data_dir,
+            psi_scans: tokio::sync::Semaphore::new(1),
         })
+    }
+
+    /// Saves the ledger's snapshot if anything changed since the last one. Audit records
+    /// written from the snapshot's instant on are replayed over it at the next start.
+    pub fn save_ledger(&self) -> Result<(), ledger::LedgerError> {
+        let taken = At::now();
+        let mut copy = {
+            let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            if !ledger.is_dirty() {
+                return Ok(());
+            }
+            ledger.take_copy()
+        };
+        ledger::save(&self.data_dir, &copy.snapshot(taken))
     }
 
     fn settings(config: Arc<Config>) -> Result<Settings, VerifyError> {
@@ -209,17 +246,45 @@ pub async fn serve(
             move |r| rejected(&service, r)
         })),
     };
-    exchange_protocol::server::serve_router(
+    let saver = tokio::spawn({
+        let service = service.clone();
+        async move {
+            let mut every = tokio::time::interval(LEDGER_SAVE);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                save_ledger_logged(&service).await;
+            }
+        }
+    });
+    let served = exchange_protocol::server::serve_router(
         "Verification service",
         listener,
         tls,
-        service.router(),
+        service.clone().router(),
         limits,
         observers,
         shutdown,
     )
     .await
-    .map_err(|e| VerifyError::Listener(e.0))
+    .map_err(|e| VerifyError::Listener(e.0));
+    saver.abort();
+    save_ledger_logged(&service).await;
+    served
+}
+
+/// Saves the ledger off the async workers; a failure is logged (the audit records still hold
+/// every charge, so the next start replays more of them).
+async fn save_ledger_logged(service: &Arc<Service>) {
+    let service = service.clone();
+    match tokio::task::spawn_blocking(move || service.save_ledger()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            warn!(error = %e, "Cannot save the verification budgets; they are rebuilt from the audit log at the next start.")
+        }
+        Err(e) => warn!(error = %e, "The task saving the verification budgets failed."),
+    }
 }
 
 /// Counts a connection refused in the handshake and audits it as `connection.rejected`, from
@@ -286,26 +351,58 @@ struct Record {
     subjects: Vec<String>,
     /// Counts of results.
     counts: BTreeMap<&'static str, u64>,
+    /// What the budgets were charged, once admitted (replayed into the ledger at start).
+    charged: Option<Charge>,
 }
 
-/// Counts a request's subjects against the requester's quotas and lockouts (`429` with
-/// `Retry-After` when over).
+/// Questions held in the ledger by an admitted request: settled once answered, released if
+/// the request ends before (an error, or a client that went away).
+struct Held {
+    /// The ledger.
+    ledger: Arc<Mutex<Ledger>>,
+    /// The hold, until settled.
+    hold: Option<Hold>,
+}
+
+impl Held {
+    /// The held questions.
+    fn guesses(&self) -> &[Guess] {
+        self.hold.as_ref().map(Hold::guesses).unwrap_or_default()
+    }
+
+    /// Settles the hold: `missed[i]` says whether question `i` was answered other than
+    /// `match`.
+    fn settle(mut self, missed: &[bool]) {
+        if let Some(hold) = self.hold.take() {
+            lock(&self.ledger).settle(hold, missed, At::now());
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(hold) = self.hold.take() {
+            lock(&self.ledger).release(hold);
+        }
+    }
+}
+
+/// The ledger, locked (a panic elsewhere never makes it unusable).
+fn lock(ledger: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
+    ledger.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Charges `ask` against the requester's budgets on `resource` before anything is looked up
+/// (`429` with `Retry-After` when over: nothing is charged then).
 fn admit(
     service: &Service,
     settings: &Settings,
     requester: &str,
     resource: &str,
-    digests: &[SubjectDigest],
-) -> Result<(), Refused> {
-    let mut ledger = service.ledger.lock().unwrap_or_else(|p| p.into_inner());
-    ledger
-        .admit(
-            &settings.verify.quotas,
-            requester,
-            resource,
-            digests,
-            At::now(),
-        )
+    ask: &Ask,
+) -> Result<Held, Refused> {
+    let hold = lock(&service.ledger)
+        .admit(&settings.verify.quotas, requester, resource, ask, At::now())
         .map_err(
             |Throttled {
                  reason,
@@ -316,7 +413,48 @@ fn admit(
                 retry_after: Some(retry_after),
                 outcome: "throttled",
             },
-        )
+        )?;
+    Ok(Held {
+        ledger: service.ledger.clone(),
+        hold: Some(hold),
+    })
+}
+
+/// A `403` refusal.
+fn denied(message: impl Into<String>) -> Refused {
+    Refused {
+        status: StatusCode::FORBIDDEN,
+        message: message.into(),
+        retry_after: None,
+        outcome: "denied",
+    }
+}
+
+/// Authorizes a request before anything resource-specific is told (docs/PROTOCOL.md
+/// §11.5): the resource and the requester's grant on it (`403`, an unknown resource as an
+/// ungranted one), then the claimed names (`names[i]`: item `i`'s) resolved once each
+/// (`400`), then that one grant covers them (`403`; by private set intersection, `psi`,
+/// enumerable fields need `psi_enumerable`).
+fn authorize<'s, S: AsRef<str>>(
+    settings: &'s Settings,
+    requester: &str,
+    code: &str,
+    purpose: &str,
+    names: &[Vec<S>],
+    psi: bool,
+) -> Result<(&'s Resource, Questions), Refused> {
+    let now = chrono::Utc::now();
+    let resource = grant::resource_for(&settings.config, code, requester, purpose, now)
+        .map_err(|e| denied(e.to_string()))?;
+    let questions = Questions::resolve(resource, names).map_err(unfit)?;
+    grant::covers(resource, requester, purpose, &questions.names(), psi, now)
+        .map_err(|e| denied(e.to_string()))?;
+    Ok((resource, questions))
+}
+
+/// A `400` refusal for questions that cannot be asked.
+fn unfit(e: Unfit) -> Refused {
+    Refused::new(StatusCode::BAD_REQUEST, e.to_string())
 }
 
 async fn handle(
@@ -371,6 +509,10 @@ async fn respond<T: serde::Serialize>(
         "subjects": record.subjects,
         "reason": reason,
     });
+    let mut detail = detail;
+    if let Some(charged) = &record.charged {
+        detail["charged"] = serde_json::to_value(charged).expect("a charge serializes");
+    }
     let actor = requester.clone().unwrap_or_else(|| "-".into());
     let resource = if record.resource.is_empty() {
         "-".to_owned()
@@ -437,6 +579,19 @@ fn requester_of(peer: &Peer, how: RequesterIdentity) -> Option<String> {
     }
 }
 
+/// The refusal of a request without a requester identity.
+fn no_identity(how: RequesterIdentity) -> Refused {
+    let what = match how {
+        RequesterIdentity::CommonName => "a common name",
+        RequesterIdentity::UsccUri => {
+            "a subjectAltName URI urn:uscc:<统一社会信用代码> with a valid check character"
+        }
+    };
+    denied(format!(
+        "the client certificate has no {what}, so the requester is unknown"
+    ))
+}
+
 async fn answer(
     service: &Service,
     settings: &Settings,
@@ -444,20 +599,7 @@ async fn answer(
     request: Request,
     record: &mut Record,
 ) -> Result<VerifyAnswer, Refused> {
-    let Some(requester) = requester else {
-        let what = match settings.verify.requester_identity {
-            RequesterIdentity::CommonName => "a common name",
-            RequesterIdentity::UsccUri => {
-                "a subjectAltName URI urn:uscc:<统一社会信用代码> with a valid check character"
-            }
-        };
-        let mut r = Refused::new(
-            StatusCode::FORBIDDEN,
-            format!("the client certificate has no {what}, so the requester is unknown"),
-        );
-        r.outcome = "denied";
-        return Err(r);
-    };
+    let requester = requester.ok_or_else(|| no_identity(settings.verify.requester_identity))?;
     let body = read_body(request.into_body(), service.max_body()).await?;
     let parsed = VerifyRequest::parse(&body, settings.verify.max_items)
         .map_err(|e| Refused::new(StatusCode::BAD_REQUEST, e.0))?;
@@ -468,121 +610,97 @@ async fn answer(
         parsed.case_ref.clone(),
     ));
     record.items = parsed.items.len();
-    let Some(resource) = settings.config.resource(&parsed.resource) else {
-        return Err(Refused::new(
-            StatusCode::NOT_FOUND,
-            format!("no resource `{}` on this node", parsed.resource),
-        ));
-    };
-    record.resource = resource.code.clone();
-    let keys = &settings.config.keys;
-    let pseudonym = keys
-        .pseudonym
-        .as_ref()
-        .expect("checked by the configuration");
-    let domain = resource.key_kind.as_str();
+    record.resource = parsed.resource.clone();
+    let names: Vec<Vec<&str>> = parsed
+        .items
+        .iter()
+        .map(|i| i.claims.keys().map(String::as_str).collect())
+        .collect();
+    let (resource, questions) = authorize(
+        settings,
+        requester,
+        &parsed.resource,
+        &parsed.purpose,
+        &names,
+        false,
+    )?;
     let subjects: Vec<String> = parsed
         .items
         .iter()
         .map(|i| subject_key(resource, &i.subject))
         .collect();
+    question::distinct(&subjects).map_err(unfit)?;
+    let pseudonym = settings
+        .config
+        .keys
+        .pseudonym
+        .as_ref()
+        .expect("checked by the configuration");
+    let domain = resource.key_kind.as_str();
     record.subjects = subjects
         .iter()
         .map(|s| pseudonym.token(domain, s))
         .collect();
-    let digests: Vec<SubjectDigest> = subjects.iter().map(|s| pseudonym.mac(domain, s)).collect();
-
-    // Claimed fields: known, verifiable, granted.
-    let mut fields: Vec<String> = Vec::new();
-    for name in parsed.fields() {
-        let Some((field, rule)) = resource
-            .fields
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        else {
-            return Err(Refused::new(
-                StatusCode::BAD_REQUEST,
-                format!("resource `{}` has no field `{name}`", resource.code),
-            ));
-        };
-        if *rule == crate::policy::Rule::Drop {
-            return Err(Refused::new(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "field `{field}` of resource `{}` is never read (drop), so it cannot be verified",
-                    resource.code
-                ),
-            ));
-        }
-        if !fields.contains(field) {
-            fields.push(field.clone());
-        }
-    }
-    let names: Vec<&str> = fields.iter().map(String::as_str).collect();
-    grant::authorize(
-        resource,
-        requester,
-        &parsed.purpose,
-        &names,
-        chrono::Utc::now(),
-    )
-    .map_err(|e| Refused {
-        status: StatusCode::FORBIDDEN,
-        message: e.to_string(),
-        retry_after: None,
-        outcome: "denied",
-    })?;
     let cx = Context {
         comparison_key: settings.verify.comparison_key.as_ref(),
-        time_zone: keys.time_zone,
+        time_zone: settings.config.keys.time_zone,
     };
-    for (i, item) in parsed.items.iter().enumerate() {
-        for (name, claim) in &item.claims {
-            let how = resource.verification.compare_of(name);
-            let problem = match (how, claim) {
-                (compare::Compare::Hmac, Claim::Value(_)) => Some(ClaimError::HmacRequired),
-                (_, Claim::Hmac(_)) if cx.comparison_key.is_none() => {
-                    Some(ClaimError::NoComparisonKey)
-                }
-                _ => None,
-            };
-            if let Some(p) = problem {
-                return Err(Refused::new(
-                    StatusCode::BAD_REQUEST,
-                    claim_error(p, i, name),
-                ));
-            }
-        }
-    }
-    admit(service, settings, requester, &resource.code, &digests)?;
+    check_claims(&parsed, &questions, cx)?;
 
-    let rows = lookup(settings, resource, &fields, &subjects).await?;
+    // Every question is held before anything is looked up.
+    let digests: Vec<ledger::SubjectDigest> =
+        subjects.iter().map(|s| pseudonym.mac(domain, s)).collect();
+    let ask = Ask {
+        items: parsed.items.len() as u64,
+        subjects: digests.clone(),
+        guesses: questions
+            .items
+            .iter()
+            .zip(&digests)
+            .flat_map(|(fields, digest)| {
+                fields.iter().map(|f| {
+                    let field = &questions.fields[*f];
+                    (
+                        Guess {
+                            subject: *digest,
+                            field: field.name.clone(),
+                        },
+                        field.enumerable,
+                    )
+                })
+            })
+            .collect(),
+        ..Ask::default()
+    };
+    let held = admit(service, settings, requester, &resource.code, &ask)?;
+    record.charged = Some(Charge {
+        items: ask.items,
+        subjects: record.subjects.clone(),
+        ..Charge::default()
+    });
+
+    let rows = lookup(settings, resource, &questions, &subjects).await?;
     let reveal = resource.verification.reveal_not_found;
     let mut items = Vec::with_capacity(parsed.items.len());
-    let mut mismatched: Vec<SubjectDigest> = Vec::new();
-    for ((item, subject), digest) in parsed.items.iter().zip(&subjects).zip(&digests) {
+    let mut missed = Vec::with_capacity(held.guesses().len());
+    let mut mismatched: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (((item, fields), subject), token) in parsed
+        .items
+        .iter()
+        .zip(&questions.items)
+        .zip(&subjects)
+        .zip(&record.subjects)
+    {
         let row = rows.get(subject);
         let mut results = BTreeMap::new();
-        let mut any_mismatch = false;
-        for (name, claim) in &item.claims {
-            let outcome = match row {
+        for ((_, claim), f) in item.claims.iter().zip(fields) {
+            let field = &questions.fields[*f];
+            let outcome = match row.map(|values| &values[*f]) {
                 None => Outcome::Mismatch,
-                Some(values) => {
-                    let at = fields
-                        .iter()
-                        .position(|f| f.eq_ignore_ascii_case(name))
-                        .expect("every claimed field is selected");
-                    match &values[at] {
-                        Some(stored) => compare::compare(
-                            resource.verification.compare_of(name),
-                            &fields[at],
-                            claim,
-                            stored,
-                            cx,
-                        )
-                        .unwrap_or(Outcome::Mismatch),
-                        None => Outcome::Mismatch,
-                    }
+                Some(None) => Outcome::Mismatch,
+                Some(Some(stored)) => {
+                    compare::compare(field.compare, &field.asked_as, claim, stored, cx)
+                        .unwrap_or(Outcome::Mismatch)
                 }
             };
             let result = match outcome {
@@ -592,12 +710,15 @@ async fn answer(
                 Outcome::NoValue if reveal => FieldResult::NoValue,
                 Outcome::NoValue => FieldResult::Mismatch,
             };
-            any_mismatch |= result == FieldResult::Mismatch;
+            missed.push(result != FieldResult::Match);
+            if result != FieldResult::Match {
+                mismatched
+                    .entry(token.clone())
+                    .or_default()
+                    .push(field.name.clone());
+            }
             *record.counts.entry(result.as_str()).or_default() += 1;
-            results.insert(name.clone(), result);
-        }
-        if any_mismatch {
-            mismatched.push(*digest);
+            results.insert(field.asked_as.clone(), result);
         }
         let found = if row.is_some() {
             SubjectResult::Found
@@ -616,21 +737,41 @@ async fn answer(
             fields: results,
         });
     }
-    service
-        .ledger
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .record_mismatches(
-            &settings.verify.quotas,
-            requester,
-            &resource.code,
-            &mismatched,
-            Instant::now(),
-        );
+    held.settle(&missed);
+    if let Some(charged) = &mut record.charged {
+        charged.mismatched = mismatched;
+    }
     Ok(VerifyAnswer {
         request_id: parsed.request_id,
         items,
     })
+}
+
+/// Refuses (`400`) a claim that does not fit its field: a clear claim on a `hmac` field, an
+/// HMAC claim without a comparison key.
+fn check_claims(
+    parsed: &VerifyRequest,
+    questions: &Questions,
+    cx: Context<'_>,
+) -> Result<(), Refused> {
+    for (i, (item, fields)) in parsed.items.iter().zip(&questions.items).enumerate() {
+        for ((name, claim), f) in item.claims.iter().zip(fields) {
+            let problem = match (questions.fields[*f].compare, claim) {
+                (compare::Compare::Hmac, Claim::Value(_)) => Some(ClaimError::HmacRequired),
+                (_, Claim::Hmac(_)) if cx.comparison_key.is_none() => {
+                    Some(ClaimError::NoComparisonKey)
+                }
+                _ => None,
+            };
+            if let Some(p) = problem {
+                return Err(Refused::new(
+                    StatusCode::BAD_REQUEST,
+                    claim_error(p, i, name),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The sentence of a claim that does not fit its field.
@@ -674,14 +815,9 @@ fn subject_key(resource: &Resource, subject: &str) -> String {
     }
 }
 
-/// Reads the claimed fields of every distinct subject in one lookup; rows by normalized key.
-async fn lookup(
-    settings: &Settings,
-    resource: &Resource,
-    fields: &[String],
-    subjects: &[String],
-) -> Result<HashMap<String, Vec<Option<Value>>>, Refused> {
-    let connector = settings
+/// The connector answering lookups and scans of `resource`.
+fn connector_of(settings: &Settings, resource: &Resource) -> Result<Arc<dyn Connector>, Refused> {
+    settings
         .lookups
         .get(&resource.source)
         .cloned()
@@ -693,29 +829,38 @@ async fn lookup(
                     resource.code
                 ),
             )
-        })?;
-    let key_column = resource
+        })
+}
+
+/// The key column of `resource` as configured.
+fn key_column(resource: &Resource) -> String {
+    resource
         .fields
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(&resource.key))
         .map(|(n, _)| n.clone())
-        .unwrap_or_else(|| resource.key.clone());
+        .unwrap_or_else(|| resource.key.clone())
+}
+
+/// Reads the claimed fields of every subject (distinct) in one lookup; per normalized key,
+/// the values in the order of `questions.fields` (`None`: a value that cannot be converted,
+/// which never matches).
+async fn lookup(
+    settings: &Settings,
+    resource: &Resource,
+    questions: &Questions,
+    subjects: &[String],
+) -> Result<HashMap<String, Vec<Option<Value>>>, Refused> {
+    let connector = connector_of(settings, resource)?;
+    let key_column = key_column(resource);
     let mut columns = vec![key_column.clone()];
-    columns.extend(
-        fields
-            .iter()
-            .filter(|f| !f.eq_ignore_ascii_case(&key_column))
-            .cloned(),
-    );
+    columns.extend(questions.fields.iter().map(|f| f.name.clone()));
     let selection = Selection {
         relation: resource.relation.clone(),
-        columns: columns.clone(),
+        columns,
         cursor: Vec::new(),
     };
-    let mut keys: Vec<String> = subjects.to_vec();
-    keys.sort_unstable();
-    keys.dedup();
-    let keys: Vec<Value> = keys.into_iter().map(Value::Text).collect();
+    let keys: Vec<Value> = subjects.iter().cloned().map(Value::Text).collect();
     let read = tokio::time::timeout(
         settings.verify.query_timeout,
         connector.lookup(&selection, &key_column, &keys),
@@ -733,58 +878,44 @@ async fn lookup(
                 ),
             ));
         }
-        Ok(Err(e)) => {
-            // A statement error may quote a bound key: logged by kind only.
-            let kind = match &e {
-                ConnectorError::Unreachable { .. } => e.to_string(),
-                ConnectorError::Statement { source_name, .. } => {
-                    format!("source `{source_name}` refused the lookup statement")
-                }
-                ConnectorError::Config { source_name, .. } => {
-                    format!("source `{source_name}` cannot bind the lookup (key type)")
-                }
-            };
-            warn!(resource = %resource.code, error = %kind, "Verification lookup failed.");
-            let status = if e.is_transient() {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
-            };
-            return Err(Refused::new(
-                status,
-                format!(
-                    "the source of resource `{}` cannot be read now; retry later",
-                    resource.code
-                ),
-            ));
-        }
+        Ok(Err(e)) => return Err(source_failed(resource, &e)),
         Ok(Ok(rows)) => rows,
     };
     let mut out = HashMap::new();
     for row in rows {
-        // `None`: a value that cannot be converted, which never matches.
-        let mut values: Vec<Option<Value>> = row.values.into_iter().map(Result::ok).collect();
-        let Some(key) = values
-            .first()
-            .and_then(|v| v.as_ref())
-            .and_then(Value::to_text)
-        else {
+        let mut values = row.values.into_iter().map(Result::ok);
+        let Some(key) = values.next().flatten().as_ref().and_then(Value::to_text) else {
             continue;
         };
-        let key = subject_key(resource, &key);
-        // Values in the order of `fields` (the key column may be claimed too).
-        let key_value = values[0].clone();
-        let rest = values.split_off(1);
-        let mut by_field = Vec::with_capacity(fields.len());
-        let mut rest = rest.into_iter();
-        for f in fields {
-            if f.eq_ignore_ascii_case(&key_column) {
-                by_field.push(key_value.clone());
-            } else {
-                by_field.push(rest.next().flatten());
-            }
-        }
-        out.entry(key).or_insert(by_field);
+        out.entry(subject_key(resource, &key))
+            .or_insert_with(|| values.collect());
     }
     Ok(out)
+}
+
+/// The refusal of a lookup or scan the source failed (`503` if retrying may help, else `500`);
+/// logged by kind only, as a statement error may quote a bound key.
+fn source_failed(resource: &Resource, e: &ConnectorError) -> Refused {
+    let kind = match e {
+        ConnectorError::Unreachable { .. } => e.to_string(),
+        ConnectorError::Statement { source_name, .. } => {
+            format!("source `{source_name}` refused the lookup statement")
+        }
+        ConnectorError::Config { source_name, .. } => {
+            format!("source `{source_name}` cannot bind the lookup (key type)")
+        }
+    };
+    warn!(resource = %resource.code, error = %kind, "Verification lookup failed.");
+    let status = if e.is_transient() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    Refused::new(
+        status,
+        format!(
+            "the source of resource `{}` cannot be read now; retry later",
+            resource.code
+        ),
+    )
 }

@@ -1,37 +1,52 @@
 //! The private-set-intersection batch mode of verification (`POST /v1/verify/psi`,
 //! docs/PROTOCOL.md §11.6; the group arithmetic and wire types are
 //! `exchange_protocol::psi`). The agent never sees a subject or a claim: it multiplies the
-//! requester's blinded points by a secret of this request, and returns the tags of every key
+//! requester's blinded points by secrets of this request, and returns the tags of every key
 //! of the resource and of every stored value of the claimed fields, blinded by the same
-//! secret. The requester finds its own.
+//! secrets. The requester finds its own.
 //!
-//! Checks as for `POST /v1/verify` (identity, body, shape, resource, fields, grants, quotas),
-//! plus: the resource must reveal membership (`reveal_not_found = true`), since a PSI answer
-//! tells the requester which of its subjects are known. Audited without subjects (the agent
-//! does not know them): item count and rows scanned.
+//! Checks as for `POST /v1/verify` (identity, body, shape, the resource and grant, names
+//! resolved once per field, grants, budgets), plus: the resource must reveal membership
+//! (`reveal_not_found = true`), since a PSI answer tells the requester which of its subjects
+//! are known; an enumerable field needs a grant with `psi_enumerable`; a point that does not
+//! decode, or that appears twice in the request, is `400`.
+//!
+//! The agent cannot tell which subject a point is about, so its budget is per requester and
+//! resource, not per subject (docs/PROTOCOL.md §11.7): every point it multiplies is charged
+//! before it is multiplied (`psi_points_per_day`), and so is every scan
+//! (`psi_scans_per_day`). Each claimed field has a secret of its own (`b_f`; the subjects
+//! `b_s`), so a point sent under field `f` can only ever be compared with tags of `f`: one
+//! point is one guess about one field. A resource of more than `psi_max_rows` rows is refused
+//! (`413`) rather than answered; one scan runs at a time, its group arithmetic off the async
+//! workers. Audited without subjects (the agent does not know them): item count, points and
+//! rows scanned.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Extension;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use exchange_connectors::{Bound, PageRequest, Selection, Value};
+use exchange_connectors::{Bound, PageRequest, Row, Selection, Value};
 use exchange_protocol::psi::{self, PsiAnswer, PsiItem, PsiRequest, Secret};
 use exchange_protocol::server::Peer;
 use exchange_protocol::verify::{Claim, Item, VerifyRequest};
 
 use super::compare::{canonical, stored_psi_form};
-use super::quota::SubjectDigest;
-use super::{Record, Refused, Service, Settings, read_body, requester_of, respond};
+use super::ledger::{Ask, Charge};
+use super::question::{self, Questions};
+use super::{
+    Record, Refused, Service, Settings, admit, authorize, connector_of, denied, key_column,
+    no_identity, read_body, requester_of, respond, source_failed, unfit,
+};
 use crate::config::Resource;
-
-/// An item's blinded subject and its blinded claims by field.
-type Blinded = ([u8; 32], Vec<(String, [u8; 32])>);
 
 /// Rows read per page while the resource is scanned.
 const PAGE_ROWS: usize = 5000;
+/// Longest a request waits for the scan before it (one at a time).
+const SCAN_WAIT: Duration = Duration::from_secs(30);
 
 pub(super) async fn handle(
     State(service): State<Arc<Service>>,
@@ -62,17 +77,80 @@ pub(super) async fn handle(
     .await
 }
 
-fn denied(message: impl Into<String>) -> Refused {
-    Refused {
-        status: StatusCode::FORBIDDEN,
-        message: message.into(),
-        retry_after: None,
-        outcome: "denied",
+fn bad(message: impl Into<String>) -> Refused {
+    Refused::new(StatusCode::BAD_REQUEST, message)
+}
+
+/// A request's points, decoded: per item the subject and its claims, in the order of the
+/// item's claims.
+struct Points {
+    /// Per item: the blinded subject.
+    subjects: Vec<[u8; 32]>,
+    /// Per item: the blinded claims.
+    claims: Vec<Vec<[u8; 32]>>,
+}
+
+impl Points {
+    /// Decodes every point (`400` for one that is not 64 hex digits or appears twice).
+    fn decode(items: &[PsiItem]) -> Result<Points, Refused> {
+        let mut subjects = Vec::with_capacity(items.len());
+        let mut claims = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            subjects.push(
+                psi::point_from_hex(&item.subject)
+                    .ok_or_else(|| bad(format!("items[{i}].subject is not 64 hex digits")))?,
+            );
+            let mut these = Vec::with_capacity(item.claims.len());
+            for (f, c) in &item.claims {
+                these.push(
+                    psi::point_from_hex(c).ok_or_else(|| {
+                        bad(format!("items[{i}].claims.{f} is not 64 hex digits"))
+                    })?,
+                );
+            }
+            claims.push(these);
+        }
+        question::distinct(&subjects).map_err(unfit)?;
+        let mut seen = HashSet::new();
+        for (i, (item, these)) in items.iter().zip(&claims).enumerate() {
+            for (f, p) in item.claims.keys().zip(these) {
+                if !seen.insert(*p) {
+                    return Err(bad(format!(
+                        "items[{i}].claims.{f} repeats a point sent before in this request; each claim is asked once"
+                    )));
+                }
+            }
+        }
+        Ok(Points { subjects, claims })
+    }
+
+    /// How many points there are.
+    fn count(&self) -> u64 {
+        (self.subjects.len() + self.claims.iter().map(Vec::len).sum::<usize>()) as u64
     }
 }
 
-fn bad(message: impl Into<String>) -> Refused {
-    Refused::new(StatusCode::BAD_REQUEST, message)
+/// The secrets of one request: one for subjects, one per claimed field.
+struct Secrets {
+    /// `b_s`.
+    subject: Secret,
+    /// `b_f`, by field index.
+    fields: Vec<Secret>,
+}
+
+impl Secrets {
+    fn draw(fields: usize) -> Secrets {
+        let one = || {
+            let mut random = [0u8; 64];
+            random[..32].copy_from_slice(&rand::random::<[u8; 32]>());
+            random[32..].copy_from_slice(&rand::random::<[u8; 32]>());
+            Secret::from_random_bytes(&random)
+        };
+        Secrets {
+            subject: one(),
+            fields: (0..fields).map(|_| one()).collect(),
+        }
+    }
 }
 
 async fn answer(
@@ -82,11 +160,7 @@ async fn answer(
     request: Request,
     record: &mut Record,
 ) -> Result<PsiAnswer, Refused> {
-    let Some(requester) = requester else {
-        return Err(denied(
-            "the client certificate does not carry the requester identity this node reads, so the requester is unknown",
-        ));
-    };
+    let requester = requester.ok_or_else(|| no_identity(settings.verify.requester_identity))?;
     let body = read_body(request.into_body(), service.max_body()).await?;
     let parsed: PsiRequest = serde_json::from_slice(&body).map_err(|e| {
         bad(format!(
@@ -123,90 +197,80 @@ async fn answer(
         parsed.case_ref.clone(),
     ));
     record.items = parsed.items.len();
-    let Some(resource) = settings.config.resource(&parsed.resource) else {
-        return Err(Refused::new(
-            StatusCode::NOT_FOUND,
-            format!("no resource `{}` on this node", parsed.resource),
-        ));
-    };
-    record.resource = resource.code.clone();
-    // Requested field names → configured names.
-    let mut fields: Vec<(String, String)> = Vec::new();
-    for item in &parsed.items {
-        for name in item.claims.keys() {
-            if fields.iter().any(|(n, _)| n == name) {
-                continue;
-            }
-            match resource
-                .fields
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            {
-                Some((_, crate::policy::Rule::Drop)) | None => {
-                    return Err(bad(format!(
-                        "resource `{}` has no field `{name}` that can be verified",
-                        resource.code
-                    )));
-                }
-                Some((configured, _)) => fields.push((name.clone(), configured.clone())),
-            }
-        }
-    }
-    let names: Vec<&str> = fields.iter().map(|(_, c)| c.as_str()).collect();
-    super::grant::authorize(
-        resource,
+    record.resource = parsed.resource.clone();
+    let names: Vec<Vec<&str>> = parsed
+        .items
+        .iter()
+        .map(|i| i.claims.keys().map(String::as_str).collect())
+        .collect();
+    let (resource, questions) = authorize(
+        settings,
         requester,
+        &parsed.resource,
         &parsed.purpose,
         &names,
-        chrono::Utc::now(),
-    )
-    .map_err(|e| denied(e.to_string()))?;
+        true,
+    )?;
     if !resource.verification.reveal_not_found {
         return Err(denied(format!(
             "resource `{}` does not reveal whether a subject is known (reveal_not_found = false), and a private set intersection answer would; use POST /v1/verify",
             resource.code
         )));
     }
-    // Points decode before anything costly.
-    let mut points: Vec<Blinded> = Vec::new();
-    for (i, item) in parsed.items.iter().enumerate() {
-        let subject = psi::point_from_hex(&item.subject)
-            .ok_or_else(|| bad(format!("items[{i}].subject is not 64 hex digits")))?;
-        let mut claims = Vec::new();
-        for (f, c) in &item.claims {
-            let p = psi::point_from_hex(c)
-                .ok_or_else(|| bad(format!("items[{i}].claims.{f} is not 64 hex digits")))?;
-            claims.push((f.clone(), p));
-        }
-        points.push((subject, claims));
-    }
-    let digests: Vec<SubjectDigest> = points
-        .iter()
-        .map(|(s, _)| crate::queue::sm3_bytes(s))
-        .collect();
-    super::admit(service, settings, requester, &resource.code, &digests)?;
-    let mut random = [0u8; 64];
-    random[..32].copy_from_slice(&rand::random::<[u8; 32]>());
-    random[32..].copy_from_slice(&rand::random::<[u8; 32]>());
-    let secret = Arc::new(Secret::from_random_bytes(&random));
-    let mut items = Vec::with_capacity(points.len());
-    for (i, (subject, claims)) in points.iter().enumerate() {
-        let undecodable = || bad(format!("items[{i}] holds a point that does not decode"));
-        let subject = secret.reblind(subject).ok_or_else(undecodable)?;
-        let mut out = std::collections::BTreeMap::new();
-        for (f, p) in claims {
-            out.insert(
-                f.clone(),
-                hex::encode(secret.reblind(p).ok_or_else(undecodable)?),
-            );
-        }
-        items.push(PsiItem {
-            subject: hex::encode(subject),
-            claims: out,
-        });
-    }
-    let (subjects, claims, rows) = scan(settings, resource, &fields, secret).await?;
+    let points = Points::decode(&parsed.items)?;
+    // Every point is charged before one is multiplied.
+    let items = parsed.items.len() as u64;
+    let ask = Ask {
+        items,
+        anonymous: items,
+        points: points.count(),
+        scans: 1,
+        ..Ask::default()
+    };
+    let _held = admit(service, settings, requester, &resource.code, &ask)?;
+    record.charged = Some(Charge {
+        items,
+        anonymous: items,
+        points: ask.points,
+        scans: 1,
+        ..Charge::default()
+    });
+    let _scan = tokio::time::timeout(SCAN_WAIT, service.psi_scans.acquire())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "other private set intersection requests are being answered; retry in {} s",
+                SCAN_WAIT.as_secs()
+            ),
+            retry_after: Some(SCAN_WAIT.as_secs()),
+            outcome: "refused",
+        })?;
+    let secrets = Arc::new(Secrets::draw(questions.fields.len()));
+    let reblinded = {
+        let secrets = secrets.clone();
+        let questions = questions.items.clone();
+        tokio::task::spawn_blocking(move || reblind(&points, &questions, &secrets))
+            .await
+            .map_err(|_| Refused::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))??
+    };
+    let (subjects, claims, rows) = scan(settings, resource, &questions, secrets).await?;
     record.counts.insert("rows_scanned", rows);
+    let items = reblinded
+        .into_iter()
+        .zip(&parsed.items)
+        .map(|((subject, claims), item)| PsiItem {
+            subject: hex::encode(subject),
+            claims: item
+                .claims
+                .keys()
+                .cloned()
+                .zip(claims.iter().map(hex::encode))
+                .collect(),
+        })
+        .collect();
     Ok(PsiAnswer {
         request_id: parsed.request_id,
         items,
@@ -215,55 +279,82 @@ async fn answer(
     })
 }
 
-/// Reads every row of the resource (key and claimed fields, by pages in key order) and
-/// returns the sorted subject and claim tags under `secret`, and the number of rows.
+/// Multiplies each subject point by `b_s` and each claim point by its field's `b_f`
+/// (`400` for a point that does not decode).
+#[allow(clippy::type_complexity)]
+fn reblind(
+    points: &Points,
+    fields: &[Vec<usize>],
+    secrets: &Secrets,
+) -> Result<Vec<([u8; 32], Vec<[u8; 32]>)>, Refused> {
+    let mut out = Vec::with_capacity(points.subjects.len());
+    for (i, ((subject, claims), fields)) in points
+        .subjects
+        .iter()
+        .zip(&points.claims)
+        .zip(fields)
+        .enumerate()
+    {
+        let undecodable = || bad(format!("items[{i}] holds a point that does not decode"));
+        let subject = secrets.subject.reblind(subject).ok_or_else(undecodable)?;
+        let claims = claims
+            .iter()
+            .zip(fields)
+            .map(|(p, f)| secrets.fields[*f].reblind(p).ok_or_else(undecodable))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.push((subject, claims));
+    }
+    Ok(out)
+}
+
+/// The tags of one page's rows: subjects under `b_s`, each stored value of field `f` under
+/// `b_f` (with `f` as the request names it).
+fn tags(rows: &[Row], fields: &[String], secrets: &Secrets) -> (Vec<String>, Vec<String>) {
+    let mut s = Vec::with_capacity(rows.len());
+    let mut c = Vec::with_capacity(rows.len() * fields.len());
+    for row in rows {
+        let Some(k) = row.values[0].as_ref().ok().and_then(Value::to_text) else {
+            continue;
+        };
+        let k = canonical(&k);
+        s.push(psi::tag(&secrets.subject.blind(&psi::hash_subject(&k))));
+        for (i, name) in fields.iter().enumerate() {
+            if let Some(form) = row.values[1 + i].as_ref().ok().and_then(stored_psi_form) {
+                c.push(psi::tag(
+                    &secrets.fields[i].blind(&psi::hash_claim(name, &k, &form)),
+                ));
+            }
+        }
+    }
+    (s, c)
+}
+
+/// Reads every row of the resource once (key and claimed fields, by pages in key order) and
+/// returns the sorted subject and claim tags, and the number of rows; `413` past
+/// `psi_max_rows`.
 async fn scan(
     settings: &Settings,
     resource: &Resource,
-    fields: &[(String, String)],
-    secret: Arc<Secret>,
+    questions: &Questions,
+    secrets: Arc<Secrets>,
 ) -> Result<(Vec<String>, Vec<String>, u64), Refused> {
-    let connector = settings
-        .lookups
-        .get(&resource.source)
-        .cloned()
-        .ok_or_else(|| {
-            Refused::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "resource `{}` has no source open for verification",
-                    resource.code
-                ),
-            )
-        })?;
-    let key = resource
-        .fields
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(&resource.key))
-        .map(|(n, _)| n.clone())
-        .unwrap_or_else(|| resource.key.clone());
+    let connector = connector_of(settings, resource)?;
+    let key = key_column(resource);
     let mut columns = vec![key.clone()];
-    for (_, configured) in fields {
-        if !columns.iter().any(|c| c.eq_ignore_ascii_case(configured)) {
-            columns.push(configured.clone());
-        }
-    }
-    // Requested name and column index of each claimed field.
-    let at: Vec<(String, usize)> = fields
-        .iter()
-        .map(|(name, configured)| {
-            let i = columns
-                .iter()
-                .position(|c| c.eq_ignore_ascii_case(configured))
-                .expect("selected");
-            (name.clone(), i)
-        })
-        .collect();
+    columns.extend(questions.fields.iter().map(|f| f.name.clone()));
+    let asked: Arc<Vec<String>> = Arc::new(
+        questions
+            .fields
+            .iter()
+            .map(|f| f.asked_as.clone())
+            .collect(),
+    );
     let selection = Selection {
         relation: resource.relation.clone(),
         columns,
         cursor: vec![key],
     };
+    let max_rows = settings.verify.psi_max_rows;
     let mut subjects = Vec::new();
     let mut claims = Vec::new();
     let mut rows = 0u64;
@@ -281,49 +372,58 @@ async fn scan(
         .await;
         let page = match read {
             Ok(Ok(page)) => page,
-            Ok(Err(_)) | Err(_) => {
-                tracing::warn!(resource = %resource.code, "PSI scan of the source failed or timed out.");
+            Ok(Err(e)) => return Err(source_failed(resource, &e)),
+            Err(_) => {
+                tracing::warn!(resource = %resource.code, "PSI scan of the source timed out.");
                 return Err(Refused::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
+                    StatusCode::GATEWAY_TIMEOUT,
                     format!(
-                        "the source of resource `{}` cannot be read now; retry later",
-                        resource.code
+                        "the source of resource `{}` did not answer a page within {} ms; retry later",
+                        resource.code,
+                        settings.verify.query_timeout.as_millis()
                     ),
                 ));
             }
         };
         let full = page.rows.len() == PAGE_ROWS;
         rows += page.rows.len() as u64;
-        if let Some(last) = page.rows.last() {
-            after = last.values[0].as_ref().ok().map(|v| vec![v.clone()]);
+        if rows > max_rows {
+            return Err(Refused::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "resource `{}` holds more than {max_rows} rows, the most a private set intersection answer covers here (psi_max_rows): the answer holds a tag per row and claimed field; use POST /v1/verify",
+                    resource.code
+                ),
+            ));
         }
-        let at = at.clone();
-        let secret = secret.clone();
-        // The group arithmetic off the async threads.
-        let (s, c) = tokio::task::spawn_blocking(move || {
-            let mut s = Vec::with_capacity(page.rows.len());
-            let mut c = Vec::new();
-            for row in &page.rows {
-                let Some(k) = row.values[0].as_ref().ok().and_then(Value::to_text) else {
-                    continue;
-                };
-                let k = canonical(&k);
-                s.push(psi::tag(&secret.blind(&psi::hash_subject(&k))));
-                for (name, i) in &at {
-                    if let Some(form) = row.values[*i].as_ref().ok().and_then(stored_psi_form) {
-                        c.push(psi::tag(&secret.blind(&psi::hash_claim(name, &k, &form))));
-                    }
-                }
-            }
-            (s, c)
-        })
-        .await
-        .map_err(|_| Refused::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))?;
+        // The next page starts after the last key that could be read; a full page without
+        // one cannot be continued from, and is an error rather than an early end.
+        let last = page
+            .rows
+            .iter()
+            .rev()
+            .find_map(|r| r.values[0].as_ref().ok().cloned());
+        if full && last.is_none() {
+            tracing::warn!(resource = %resource.code, "PSI scan: no key of a page can be read.");
+            return Err(Refused::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "the keys of resource `{}` cannot be read, so its private set intersection scan cannot go on",
+                    resource.code
+                ),
+            ));
+        }
+        let (asked, secrets) = (asked.clone(), secrets.clone());
+        // The group arithmetic off the async workers.
+        let (s, c) = tokio::task::spawn_blocking(move || tags(&page.rows, &asked, &secrets))
+            .await
+            .map_err(|_| Refused::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))?;
         subjects.extend(s);
         claims.extend(c);
-        if !full || after.is_none() {
+        if !full {
             break;
         }
+        after = last.map(|v| vec![v]);
     }
     subjects.sort_unstable();
     subjects.dedup();
