@@ -51,6 +51,7 @@ pub fn prepare(
     dir: &Path,
     rows: usize,
     hub_addr: SocketAddr,
+    verify_addr: SocketAddr,
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
     // A rerun in the same directory starts afresh: an old queue or hub store would not match
     // the new database and certificates.
@@ -70,6 +71,11 @@ pub fn prepare(
     ca.issue_server(&["127.0.0.1", "localhost"])?
         .write(&tls_dir, "hub")?;
     ca.issue_client(NODE)?.write(&tls_dir, "node")?;
+    // Verification: the agent's own server certificate, and the certificate the hub presents
+    // when it asks (the requester named in the grant).
+    ca.issue_server(&["127.0.0.1", "localhost"])?
+        .write(&tls_dir, "verify")?;
+    ca.issue_client(REQUESTER)?.write(&tls_dir, "requester")?;
     write_keys(&dir.join("keys"))?;
     write_business_db(&dir.join("business.db"), rows)?;
     let hub_toml = dir.join("hub.toml");
@@ -126,6 +132,14 @@ cursor = ["updated_at", "id"]
 safety_lag = "0s"
 every = "10s"
 
+# 数据不落地核验: the hub may ask whether claimed values match; only match / mismatch leaves.
+# The hub receives mobile masked (138****5678) and insured_since as a month: what is hidden
+# is a small space, so both are enumerable (one wrong answer per subject a day).
+enumerable = ["mobile", "insured_since"]
+grants = [
+  {{ requester = "{REQUESTER}", fields = ["name", "mobile", "insured_since"], purposes = ["{PURPOSE}"] }},
+]
+
 [resources.fields]
 id_card = {{ rule = "pseudonym", identifier = "citizen_id" }}
 name = "mask:name"
@@ -133,6 +147,16 @@ mobile = "mask:mobile"
 district = "plain"
 insured_since = "generalize:year_month"
 internal_note = "drop"
+
+[resources.compare]
+mobile = "normalized"
+insured_since = "date"
+
+[verify]
+listen = "{verify_addr}"
+cert = "tls/verify.pem"
+key = "tls/verify.key"
+client_ca = "tls/ca.pem"
 "#
         ),
     )?;
@@ -141,6 +165,10 @@ internal_note = "drop"
 
 /// The approval reference of the demo's plain field.
 const APPROVAL: &str = "演示：区县级统计口径已批准";
+/// The requester the demo's grant names: the hub, by its client certificate's CN.
+const REQUESTER: &str = "city-hub";
+/// The purpose (用途) the grant allows.
+const PURPOSE: &str = "社保待遇资格认证";
 
 /// Writes the demo's keys into `dir` (0600): a pseudonym key and this node's seal key, each
 /// 32 random bytes as hex, like `openssl rand -hex 32`.
@@ -212,6 +240,145 @@ fn explain(dir: &Path, config: &Config, exported: &[serde_json::Value]) -> anyho
     Ok(())
 }
 
+/// Asks the agent's verification service as the hub would (数据不落地核验), over mutual TLS
+/// with the requester's certificate: a claim that matches, one that does not, and a brute
+/// force that the budget stops; prints the answers.
+async fn ask_as_the_hub(dir: &Path, url: &str) -> anyhow::Result<()> {
+    use exchange_hub::verify::{Verifier, VerifyCallError};
+    use exchange_protocol::verify::{Claim, Item, VerifyRequest};
+    let conn = rusqlite::Connection::open(dir.join("business.db"))?;
+    let (id_card, name, mobile, since): (String, String, String, String) = conn.query_row(
+        "SELECT id_card, name, mobile, insured_since FROM insured_person ORDER BY id LIMIT 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    let tls = exchange_protocol::tls::MutualTls {
+        ca: dir.join("tls/ca.pem"),
+        cert: dir.join("tls/requester.pem"),
+        key: dir.join("tls/requester.key"),
+        min_version: exchange_protocol::tls::MinTlsVersion::Tls13,
+    };
+    let hub = Verifier::new(&tls, url)?;
+    let mut n = 0;
+    let mut request = |claims: Vec<Item>| {
+        n += 1;
+        VerifyRequest {
+            request_id: format!("demo-{n}"),
+            purpose: PURPOSE.into(),
+            case_ref: format!("DEMO-2026-{n:04}"),
+            resource: RESOURCE.into(),
+            items: claims,
+        }
+    };
+    let item = |claims: &[(&str, &str)]| Item {
+        subject: id_card.clone(),
+        claims: claims
+            .iter()
+            .map(|(f, v)| (f.to_string(), Claim::Value(v.to_string())))
+            .collect(),
+    };
+    let show = |answer: &exchange_protocol::verify::VerifyAnswer| {
+        answer.items[0]
+            .fields
+            .iter()
+            .map(|(f, r)| {
+                format!(
+                    "{f}: {}",
+                    match r.as_str() {
+                        "match" => "match (一致)",
+                        "mismatch" => "mismatch (不一致)",
+                        other => other,
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "   The hub asks about the first resident (公民身份号码 {}…, purpose {PURPOSE}); only the answers come back:",
+        &id_card[..6]
+    );
+    let (answer, _) = hub
+        .verify(&request(vec![item(&[
+            ("name", &name),
+            ("insured_since", &since),
+        ])]))
+        .await?;
+    println!(
+        "   a. the true name and insured_since        → {}",
+        show(&answer)
+    );
+    let (answer, _) = hub
+        .verify(&request(vec![item(&[("name", "王小二")])]))
+        .await?;
+    println!(
+        "   b. a wrong name                           → {}",
+        show(&answer)
+    );
+    // The hub holds the mask (138****5678) from the delivered data: 10,000 candidates left.
+    let (head, tail) = (&mobile[..3], &mobile[7..]);
+    let guesses: Vec<String> = (0..10_000)
+        .map(|i| format!("{head}{i:04}{tail}"))
+        .filter(|g| *g != mobile)
+        .collect();
+    let in_one: Vec<Item> = guesses[..12]
+        .iter()
+        .map(|g| item(&[("mobile", g)]))
+        .collect();
+    let refused = |e: anyhow::Error| match e.downcast_ref::<VerifyCallError>() {
+        Some(VerifyCallError::Refused {
+            status,
+            retry_after,
+            ..
+        }) => format!(
+            "refused {status}{}",
+            retry_after
+                .as_deref()
+                .map(|s| format!(", retry after {s} s"))
+                .unwrap_or_default()
+        ),
+        _ => format!("failed: {e:#}"),
+    };
+    let outcome = match hub.verify(&request(in_one)).await {
+        Ok(_) => "ANSWERED (this is a bug)".to_owned(),
+        Err(e) => refused(e.into()),
+    };
+    println!(
+        "   c. a brute force of the hidden middle of mobile {head}****{tail}, which the hub received masked:"
+    );
+    println!(
+        "      12 guesses in one request               → {outcome} (one question per subject and field per request)"
+    );
+    let mut answered = 0;
+    for (i, guess) in guesses.iter().enumerate() {
+        match hub.verify(&request(vec![item(&[("mobile", guess)])])).await {
+            Ok((answer, _)) => {
+                answered += 1;
+                println!(
+                    "      guess {:<4} {guess}                  → {}",
+                    i + 1,
+                    show(&answer)
+                );
+            }
+            Err(e) => {
+                println!(
+                    "      guess {:<4} {guess}                  → {} (mobile is enumerable: one wrong answer per subject a day)",
+                    i + 1,
+                    refused(e.into())
+                );
+                break;
+            }
+        }
+    }
+    println!(
+        "      {answered} guess answered of 10,000 candidates: at this rate the search takes years (docs/PROTOCOL.md §11.7)."
+    );
+    println!(
+        "   Every question is in agent-data/audit.jsonl, subjects as pseudonyms; no claimed or stored value is."
+    );
+    Ok(())
+}
+
 /// How to invoke the agent and the hub from a shell: by path next to this executable when
 /// they were built (they are not on PATH in a fresh checkout), else through cargo.
 fn commands() -> (String, String) {
@@ -241,12 +408,16 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
         .await
         .context("cannot bind a loopback port for the hub")?;
     let hub_addr = listener.local_addr()?;
+    let verify_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot bind a loopback port for the verification service")?;
+    let verify_addr = verify_listener.local_addr()?;
     println!(
         "exchange-demo — everything runs on this machine, in {}",
         dir.display()
     );
     println!();
-    let (agent_toml, hub_toml) = prepare(&dir, options.rows, hub_addr)?;
+    let (agent_toml, hub_toml) = prepare(&dir, options.rows, hub_addr, verify_addr)?;
     println!(
         "1. Generated a throwaway CA and certificates      tls/ca.pem, tls/hub.pem, tls/node.pem (CN = {NODE})"
     );
@@ -280,6 +451,9 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
     let config = Config::load(&agent_toml).map_err(|e| anyhow::anyhow!("{e}"))?;
     let data_dir = config.node.data_dir.clone();
     let policy = config.clone();
+    let verification = Arc::new(exchange_agent::verify::Service::new(Arc::new(
+        config.clone(),
+    ))?);
     let pipeline = Arc::new(Pipeline::build(config)?);
     let report = exchange_agent::sync::sync(
         pipeline.clone(),
@@ -346,6 +520,24 @@ pub async fn run(options: Options, shutdown: impl Future<Output = ()>) -> anyhow
             "never reached"
         }
     );
+    println!();
+    let (verify_stop_tx, verify_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let verify_task = tokio::spawn(exchange_agent::verify::serve(
+        verify_listener,
+        verification,
+        async {
+            let _ = verify_stop_rx.await;
+        },
+    ));
+    println!(
+        "6. Verification, as the hub asks it                https://{verify_addr} (mutual TLS; 数据不落地核验: only match / mismatch leaves)"
+    );
+    let asked = ask_as_the_hub(&dir, &format!("https://{verify_addr}")).await;
+    let _ = verify_stop_tx.send(());
+    verify_task
+        .await
+        .context("the verification service failed")??;
+    asked?;
     println!();
     let (agent_cmd, hub_cmd) = commands();
     println!("Look for yourself:");

@@ -235,7 +235,7 @@ impl Setup {
                     "enumerable = [\"sex\"]".into(),
                     COMPARE.into(),
                     grants(vec![
-                        grant(HUB, &all, &purposes),
+                        grant(HUB, &all, &format!("{purposes}, psi = true")),
                         grant("narrow-hub", &["name"], ""),
                     ]),
                 ],

@@ -539,6 +539,32 @@ async fn demo_runs_and_the_hub_holds_the_records() {
         "never reached the hub: it left only as its pseudonym",
     ]);
     assert!(!out.stdout.contains("ALSO REACHED"), "{out}");
+    // It asks the agent as the hub would: a match, a mismatch, and a brute force refused
+    // whole in one request and stopped by the budget across requests.
+    let line = |start: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(start))
+            .unwrap_or_else(|| panic!("no line `{start}`: {out}"))
+            .to_owned()
+    };
+    assert!(
+        line("a. ").ends_with("insured_since: match (一致), name: match (一致)"),
+        "{out}"
+    );
+    assert!(line("b. ").ends_with("name: mismatch (不一致)"), "{out}");
+    assert!(
+        line("12 guesses in one request").contains("refused 400"),
+        "{out}"
+    );
+    assert!(
+        line("guess 1 ").ends_with("mobile: mismatch (不一致)"),
+        "{out}"
+    );
+    assert!(line("guess 2 ").contains("refused 429"), "{out}");
+    assert!(!out.stdout.contains("ANSWERED (this is a bug)"), "{out}");
+    let audit = std::fs::read_to_string(demo_dir.join("agent-data/audit.jsonl")).unwrap();
+    assert_eq!(audit.matches("\"action\":\"verify\"").count(), 5, "{audit}");
 
     // What the demo printed can be looked at with the other commands, as it says.
     let export = agent::run(

@@ -549,3 +549,85 @@ fn the_time_zone_is_a_fixed_offset_defaulting_to_china() {
         "{m}"
     );
 }
+
+/// `GOOD` with keys, a `[verify]` section with `verify` appended to it, and the resource
+/// extended by `resource` (lines before its `[resources.fields]`).
+fn with_verify(f: &Fixture, verify: &str, resource: &str) -> String {
+    let text = with_keys(f, GOOD).replace(
+        "[resources.fields]",
+        &format!("{resource}\n[resources.fields]"),
+    );
+    format!(
+        "{text}\n[verify]\nlisten = \"127.0.0.1:0\"\ncert = \"tls/node.pem\"\nkey = \"tls/node.key\"\nclient_ca = \"tls/ca.pem\"\n{verify}\n"
+    )
+}
+
+#[test]
+fn verification_budgets_and_grants_are_checked() {
+    let f = Fixture::new();
+    let grant =
+        |extra: &str| format!("grants = [{{ requester = \"hub\", fields = [\"name\"]{extra} }}]");
+    let ok = with_verify(
+        &f,
+        "",
+        &format!(
+            "enumerable = [\"name\"]\n{}",
+            grant(", psi = true, psi_enumerable = true")
+        ),
+    );
+    let config = f.parse(&ok).unwrap_or_else(|e| panic!("{e}"));
+    let v = config.verify.as_ref().unwrap();
+    assert_eq!(
+        (v.quotas.mismatch_lockout, v.quotas.enumerable_lockout),
+        (5, 1)
+    );
+    assert_eq!(v.quotas.lockout, std::time::Duration::from_secs(86_400));
+    assert!(config.resources[0].verification.is_enumerable("NAME"));
+    for (verify, resource, needles) in [
+        (
+            "items_per_minute = 500",
+            grant(""),
+            vec!["verify.items_per_minute", "max_items (1000)"],
+        ),
+        (
+            "max_items = 10\nsubjects_per_day = 9",
+            grant(""),
+            vec!["verify.subjects_per_day", "max_items (10)"],
+        ),
+        (
+            "enumerable_lockout = 6",
+            grant(""),
+            vec!["verify.enumerable_lockout", "stricter"],
+        ),
+        (
+            "",
+            "grants = [{ requester = \"hub\", fields = [\"id_card\"] }]".to_owned(),
+            vec!["grants[0].fields", "is the key"],
+        ),
+        (
+            "",
+            format!(
+                "enumerable = [\"name\"]\n{}",
+                grant(", psi_enumerable = true")
+            ),
+            vec!["grants[0].psi_enumerable", "psi = true"],
+        ),
+        (
+            "",
+            format!("enumerable = [\"colour\"]\n{}", grant("")),
+            vec!["enumerable[0]", "`colour`"],
+        ),
+        (
+            "",
+            format!("enumerable = [\"internal_note\"]\n{}", grant("")),
+            vec!["enumerable[0]", "dropped"],
+        ),
+    ] {
+        let e = f
+            .parse(&with_verify(&f, verify, &resource))
+            .expect_err(verify);
+        for n in needles {
+            assert!(message(&e).contains(n), "`{e}` should name `{n}`");
+        }
+    }
+}

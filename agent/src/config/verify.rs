@@ -49,6 +49,7 @@ pub struct RawGrant {
     pub fields: Vec<String>,
     pub purposes: Option<Vec<String>>,
     pub expires: Option<String>,
+    pub psi: Option<bool>,
     pub psi_enumerable: Option<bool>,
 }
 
@@ -235,7 +236,7 @@ impl Validator<'_> {
             mismatch_lockout: v.mismatch_lockout.unwrap_or(5),
             enumerable_lockout: v.enumerable_lockout.unwrap_or(1),
             lockout,
-            psi_points_per_day: v.psi_points_per_day.unwrap_or(20_000),
+            psi_points_per_day: v.psi_points_per_day.unwrap_or(10_000),
             psi_scans_per_day: v.psi_scans_per_day.unwrap_or(100),
         };
         for (k, n) in [
@@ -384,7 +385,14 @@ impl Validator<'_> {
                 })?),
                 None => None,
             };
+            let psi = raw.psi.unwrap_or(false);
             let psi_enumerable = raw.psi_enumerable.unwrap_or(false);
+            if psi_enumerable && !psi {
+                return Err(self.err(
+                    &at("psi_enumerable"),
+                    format!("resource `{code}`: psi_enumerable without psi = true; private set intersection is allowed by `psi` first"),
+                ));
+            }
             if psi_enumerable && !granted.iter().any(|f| out.is_enumerable(f)) {
                 return Err(self.err(
                     &at("psi_enumerable"),
@@ -396,6 +404,7 @@ impl Validator<'_> {
                 fields: granted,
                 purposes: raw.purposes,
                 expires,
+                psi,
                 psi_enumerable,
             });
         }

@@ -6,8 +6,8 @@
 //! resource and a resource without a grant for the requester with the same [`Denied::NoGrant`]
 //! (one sentence, one status); then, for a requester holding a grant, the share class, the
 //! grant's expiry and purpose. [`covers`] runs once the claimed field names are resolved: one
-//! live grant for the purpose covers every claimed field (and, for private set intersection, an
-//! enumerable field only where the grant says `psi_enumerable`). Refusals name the requester,
+//! live grant for the purpose covers every claimed field (and, for private set intersection,
+//! the grant says `psi = true`, and an enumerable field needs `psi_enumerable = true` too). Refusals name the requester,
 //! the resource, the purpose and field names, never a subject or a value.
 
 use chrono::{DateTime, Utc};
@@ -25,6 +25,9 @@ pub struct Grant {
     pub purposes: Option<Vec<String>>,
     /// The first instant the grant no longer holds; `None`: no end.
     pub expires: Option<DateTime<Utc>>,
+    /// Whether it allows private set intersection (`psi = true`), where the provider cannot
+    /// count guesses per subject.
+    pub psi: bool,
     /// Whether enumerable fields may be claimed by private set intersection.
     pub psi_enumerable: bool,
 }
@@ -86,6 +89,16 @@ pub enum Denied {
         resource: String,
         /// The purpose given.
         purpose: String,
+    },
+    /// Private set intersection without a grant that allows it (`psi = true`).
+    #[error(
+        "the grant of requester `{requester}` on resource `{resource}` does not allow private set intersection (psi = true), where the provider cannot count guesses per subject; use POST /v1/verify"
+    )]
+    Psi {
+        /// The requester.
+        requester: String,
+        /// The resource code.
+        resource: String,
     },
     /// An enumerable field claimed by private set intersection without `psi_enumerable`.
     #[error(
@@ -192,8 +205,14 @@ pub fn covers(
 ) -> Result<(), Denied> {
     let for_purpose: Vec<&Grant> = live_grants(resource, requester, now)
         .into_iter()
-        .filter(|g| allows(g, purpose))
+        .filter(|g| allows(g, purpose) && (!psi || g.psi))
         .collect();
+    if psi && for_purpose.is_empty() {
+        return Err(Denied::Psi {
+            requester: requester.to_owned(),
+            resource: resource.code.clone(),
+        });
+    }
     let covers = |g: &Grant, f: &str| {
         g.fields.iter().any(|x| x.eq_ignore_ascii_case(f))
             && (!psi || g.psi_enumerable || !resource.verification.is_enumerable(f))

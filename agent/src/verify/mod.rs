@@ -433,8 +433,9 @@ fn denied(message: impl Into<String>) -> Refused {
 /// Authorizes a request before anything resource-specific is told (docs/PROTOCOL.md
 /// §11.5): the resource and the requester's grant on it (`403`, an unknown resource as an
 /// ungranted one), then the claimed names (`names[i]`: item `i`'s) resolved once each
-/// (`400`), then that one grant covers them (`403`; by private set intersection, `psi`,
-/// enumerable fields need `psi_enumerable`).
+/// (`400`), then that one grant covers them (`403`). By private set intersection (`psi`)
+/// the resource must reveal membership, the grant say `psi = true`, and an enumerable field
+/// need `psi_enumerable = true`.
 fn authorize<'s, S: AsRef<str>>(
     settings: &'s Settings,
     requester: &str,
@@ -446,6 +447,12 @@ fn authorize<'s, S: AsRef<str>>(
     let now = chrono::Utc::now();
     let resource = grant::resource_for(&settings.config, code, requester, purpose, now)
         .map_err(|e| denied(e.to_string()))?;
+    if psi && !resource.verification.reveal_not_found {
+        return Err(denied(format!(
+            "resource `{}` does not reveal whether a subject is known (reveal_not_found = false), and a private set intersection answer would; use POST /v1/verify",
+            resource.code
+        )));
+    }
     let questions = Questions::resolve(resource, names).map_err(unfit)?;
     grant::covers(resource, requester, purpose, &questions.names(), psi, now)
         .map_err(|e| denied(e.to_string()))?;

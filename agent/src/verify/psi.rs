@@ -38,8 +38,8 @@ use super::compare::{canonical, stored_psi_form};
 use super::ledger::{Ask, Charge};
 use super::question::{self, Questions};
 use super::{
-    Record, Refused, Service, Settings, admit, authorize, connector_of, denied, key_column,
-    no_identity, read_body, requester_of, respond, source_failed, unfit,
+    Record, Refused, Service, Settings, admit, authorize, connector_of, key_column, no_identity,
+    read_body, requester_of, respond, source_failed, unfit,
 };
 use crate::config::Resource;
 
@@ -211,12 +211,6 @@ async fn answer(
         &names,
         true,
     )?;
-    if !resource.verification.reveal_not_found {
-        return Err(denied(format!(
-            "resource `{}` does not reveal whether a subject is known (reveal_not_found = false), and a private set intersection answer would; use POST /v1/verify",
-            resource.code
-        )));
-    }
     let points = Points::decode(&parsed.items)?;
     // Every point is charged before one is multiplied.
     let items = parsed.items.len() as u64;
