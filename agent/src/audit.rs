@@ -112,14 +112,20 @@ pub fn append(
     detail: serde_json::Value,
 ) -> Result<Entry, AuditError> {
     let job = (actor(), action.to_owned(), resource.to_owned(), detail);
-    append_many(data_dir, vec![job]).map(|mut entries| entries.remove(0))
+    append_many(data_dir, vec![job], |_| {}).map(|mut entries| entries.remove(0))
 }
 
 /// What one entry says: actor, action, resource, detail.
 type Fields = (String, String, String, serde_json::Value);
 
-/// Appends entries chained after the last one with one write and one fsync, then the head.
-fn append_many(data_dir: &Path, jobs: Vec<Fields>) -> Result<Vec<Entry>, AuditError> {
+/// Appends entries chained after the last one with one write and one fsync, calls `durable`
+/// with them once they are on disk, then writes the head (still holding the append lock, so
+/// the next append reads it): a caller waiting for its entry need not wait for the head.
+fn append_many(
+    data_dir: &Path,
+    jobs: Vec<Fields>,
+    durable: impl FnOnce(&[Entry]),
+) -> Result<Vec<Entry>, AuditError> {
     use std::os::unix::fs::OpenOptionsExt;
     let _one = APPEND.lock().unwrap_or_else(|e| e.into_inner());
     let path = path(data_dir);
@@ -170,6 +176,7 @@ fn append_many(data_dir: &Path, jobs: Vec<Fields>) -> Result<Vec<Entry>, AuditEr
     head.last_sm3 = prev;
     file.write_all(&bytes).map_err(err)?;
     file.sync_all().map_err(err)?;
+    durable(&entries);
     write_head(data_dir, &head).map_err(err)?;
     Ok(entries)
 }
@@ -208,13 +215,16 @@ impl Writer {
                     }
                     let (fields, replies): (Vec<Fields>, Vec<_>) =
                         jobs.into_iter().map(|j| (j.fields, j.reply)).unzip();
-                    match append_many(&data_dir, fields) {
-                        Ok(entries) => {
-                            for (entry, reply) in entries.into_iter().zip(replies) {
-                                let _ = reply.send(Ok(entry));
-                            }
+                    // Each caller goes on as soon as its entry is on disk; the head follows.
+                    let mut waiting = Some(replies);
+                    let written = append_many(&data_dir, fields, |entries| {
+                        for (entry, reply) in entries.iter().zip(waiting.take().unwrap_or_default()) {
+                            let _ = reply.send(Ok(entry.clone()));
                         }
-                        Err(e) => {
+                    });
+                    match (written, waiting) {
+                        (Ok(_), _) => {}
+                        (Err(e), Some(replies)) => {
                             for reply in replies {
                                 let _ = reply.send(Err(AuditError {
                                     path: e.path.clone(),
@@ -224,6 +234,9 @@ impl Writer {
                                     ),
                                 }));
                             }
+                        }
+                        (Err(e), None) => {
+                            tracing::warn!(error = %e, "The audit entries are on disk but the audit head could not be written.");
                         }
                     }
                 }
@@ -286,12 +299,33 @@ fn read_head(data_dir: &Path) -> std::io::Result<Head> {
     }
 }
 
+/// The length `audit.head` is written at: its JSON padded with spaces.
+const HEAD_BYTES: usize = 160;
+
+/// Writes the head. It is rewritten in place at a fixed length (one small write within one
+/// sector, then fdatasync), so the file's size and blocks never change and the write needs no
+/// journal commit of the filesystem: a rename per append stalled every writer of the disk for
+/// up to 150 ms under load. A head of another length (first write, older versions) is
+/// replaced whole ([`crate::data_dir::replace`]).
 fn write_head(data_dir: &Path, head: &Head) -> std::io::Result<()> {
-    crate::data_dir::replace(
-        data_dir,
-        "audit.head",
-        &serde_json::to_vec(head).expect("head serializes"),
-    )
+    use std::os::unix::fs::FileExt;
+    let mut bytes = serde_json::to_vec(head).expect("head serializes");
+    if bytes.len() > HEAD_BYTES {
+        return crate::data_dir::replace(data_dir, "audit.head", &bytes);
+    }
+    bytes.resize(HEAD_BYTES, b' ');
+    let path = head_path(data_dir);
+    match std::fs::OpenOptions::new().write(true).open(&path) {
+        Ok(f) if f.metadata()?.len() == HEAD_BYTES as u64 => {
+            f.write_all_at(&bytes, 0)?;
+            f.sync_data()
+        }
+        Ok(_) => crate::data_dir::replace(data_dir, "audit.head", &bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            crate::data_dir::replace(data_dir, "audit.head", &bytes)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Milliseconds since 1970 of an entry's `at`.
@@ -301,10 +335,65 @@ pub fn millis_of(at: &str) -> Option<i64> {
         .map(|t| t.timestamp_millis())
 }
 
+/// The entries of one file of the log, with the SM3 of each line; a line that is not an
+/// entry (one cut short by a crash, possibly inside a character) is skipped.
+fn entries_of(file: &Path) -> std::io::Result<Vec<(Entry, [u8; 32])>> {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(bytes
+        .split(|b| *b == b'\n')
+        .filter_map(|line| {
+            let entry = serde_json::from_slice::<Entry>(line).ok()?;
+            Some((entry, crate::queue::sm3_bytes(line)))
+        })
+        .collect())
+}
+
+/// The SM3 (hex) of the last entry of the chain, as `audit.head` records it.
+pub fn last_sm3(data_dir: &Path) -> Option<String> {
+    read_head(data_dir)
+        .ok()
+        .filter(|h| h.entries > 0)
+        .map(|h| h.last_sm3)
+}
+
+/// Calls `f` with every entry written after the entry whose line has SM3 `sm3` (hex), in the
+/// order written, reading the files from the newest back to the one holding it; `false` when
+/// no file holds it (then `f` was not called).
+pub fn for_each_after(
+    data_dir: &Path,
+    sm3: &str,
+    mut f: impl FnMut(Entry),
+) -> std::io::Result<bool> {
+    let Ok(target) = hex::decode(sm3) else {
+        return Ok(false);
+    };
+    let all = files(data_dir);
+    let mut later: Vec<Vec<(Entry, [u8; 32])>> = Vec::new();
+    for file in all.iter().rev() {
+        let entries = entries_of(file)?;
+        if let Some(at) = entries.iter().position(|(_, d)| d[..] == target[..]) {
+            for (entry, _) in entries.into_iter().skip(at + 1) {
+                f(entry);
+            }
+            for entries in later.into_iter().rev() {
+                for (entry, _) in entries {
+                    f(entry);
+                }
+            }
+            return Ok(true);
+        }
+        later.push(entries);
+    }
+    Ok(false)
+}
+
 /// Calls `f` with every entry written at or after `since_ms` (milliseconds since 1970), in
 /// the order written, reading only the files that can hold one: the newest files back to the
-/// first whose first entry is older. A line that is not an entry (one cut short by a crash) is
-/// skipped.
+/// first whose first entry is older.
 pub fn for_each_since(
     data_dir: &Path,
     since_ms: i64,
@@ -312,13 +401,16 @@ pub fn for_each_since(
 ) -> std::io::Result<()> {
     let all = files(data_dir);
     let first_at = |file: &Path| -> std::io::Result<Option<i64>> {
-        let Ok(file) = std::fs::File::open(file) else {
+        let Ok(opened) = std::fs::File::open(file) else {
             return Ok(None);
         };
-        for line in std::io::BufReader::new(file).lines() {
-            if let Ok(entry) = serde_json::from_str::<Entry>(&line?) {
+        let mut reader = std::io::BufReader::new(opened);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line)? > 0 {
+            if let Ok(entry) = serde_json::from_slice::<Entry>(line.trim_ascii_end()) {
                 return Ok(millis_of(&entry.at));
             }
+            line.clear();
         }
         Ok(None)
     };
@@ -330,13 +422,7 @@ pub fn for_each_since(
         }
     }
     for file in &all[start..] {
-        let Ok(opened) = std::fs::File::open(file) else {
-            continue;
-        };
-        for line in std::io::BufReader::new(opened).lines() {
-            let Ok(entry) = serde_json::from_str::<Entry>(&line?) else {
-                continue;
-            };
+        for (entry, _) in entries_of(file)? {
             if millis_of(&entry.at).is_some_and(|at| at >= since_ms) {
                 f(entry);
             }
@@ -543,6 +629,80 @@ mod tests {
                 hex::encode(crate::queue::sm3_bytes(pair[0].as_bytes()))
             );
         }
+    }
+
+    #[test]
+    fn entries_since_an_instant_are_read_across_rotated_files_past_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |at: &str, n: u64| {
+            let e = Entry {
+                at: at.into(),
+                actor: "a".into(),
+                action: "verify".into(),
+                resource: "R".into(),
+                detail: serde_json::json!({ "n": n, "purpose": "社保资格认证" }),
+                prev: "0".repeat(64),
+            };
+            serde_json::to_string(&e).unwrap()
+        };
+        // Three files: the oldest wholly before the instant, the next across it, the current
+        // one after it, ending in a line cut inside a character by a crash.
+        std::fs::write(
+            dir.path().join("audit.jsonl.1"),
+            format!("{}\n", entry("2026-01-01T00:00:00.000Z", 1)),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("audit.jsonl.2"),
+            format!(
+                "{}\n{}\n",
+                entry("2026-01-02T00:00:00.000Z", 2),
+                entry("2026-01-03T00:00:00.000Z", 3)
+            ),
+        )
+        .unwrap();
+        let torn = entry("2026-01-04T00:00:01.000Z", 5);
+        let cut = torn.find("社").unwrap() + 1;
+        let mut current = format!("{}\n", entry("2026-01-04T00:00:00.000Z", 4)).into_bytes();
+        current.extend_from_slice(&torn.as_bytes()[..cut]);
+        std::fs::write(path(dir.path()), current).unwrap();
+        let since = millis_of("2026-01-02T12:00:00.000Z").unwrap();
+        let mut seen = Vec::new();
+        for_each_since(dir.path(), since, |e| {
+            seen.push(e.detail["n"].as_u64().unwrap())
+        })
+        .unwrap();
+        assert_eq!(seen, [3, 4]);
+        let mut all = Vec::new();
+        for_each_since(dir.path(), i64::MIN, |e| {
+            all.push(e.detail["n"].as_u64().unwrap())
+        })
+        .unwrap();
+        assert_eq!(all, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn the_head_is_rewritten_in_place_at_a_fixed_length() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        // A head as older versions wrote it (plain JSON) is replaced once, then kept.
+        append(dir.path(), "a", "R", serde_json::json!({})).unwrap();
+        let head = head_path(dir.path());
+        let h = read_head(dir.path()).unwrap();
+        std::fs::write(&head, serde_json::to_vec(&h).unwrap()).unwrap();
+        append(dir.path(), "b", "R", serde_json::json!({})).unwrap();
+        let before = std::fs::metadata(&head).unwrap();
+        assert_eq!(before.len(), HEAD_BYTES as u64);
+        for i in 0..3 {
+            append(dir.path(), "c", "R", serde_json::json!({ "i": i })).unwrap();
+        }
+        let after = std::fs::metadata(&head).unwrap();
+        assert_eq!(
+            (after.ino(), after.len()),
+            (before.ino(), HEAD_BYTES as u64)
+        );
+        assert_eq!(read_head(dir.path()).unwrap().entries, 5);
+        assert_eq!(verify(dir.path()), Ok(5));
     }
 
     #[test]

@@ -35,9 +35,11 @@ impl Verdict {
 
 /// Warnings about rules that are valid but probably not what was meant: a pseudonym of
 /// identifier kind `other` is computed over the value as written (not normalized), so its
-/// tokens do not join with those of an identifier's kind in other resources or departments.
+/// tokens do not join with those of an identifier's kind in other resources or departments;
+/// and verification grants that tell more than the budgets suggest ([`verification_warnings`]).
 pub fn rule_warnings(r: &Resource) -> Vec<String> {
-    r.fields
+    let mut out: Vec<String> = r
+        .fields
         .iter()
         .filter_map(|(name, rule)| match rule {
             Rule::Pseudonym {
@@ -54,7 +56,68 @@ pub fn rule_warnings(r: &Resource) -> Vec<String> {
             )),
             _ => None,
         })
-        .collect()
+        .collect();
+    out.extend(verification_warnings(r));
+    out
+}
+
+/// Whether a field's name says it holds what a 公民身份号码 holds: the birth date or the sex
+/// (`birth…`, `dob`, `csrq` 出生日期, `出生…`, `sex`, `gender`, `xb` 性别, `性别`).
+fn in_citizen_id(field: &str) -> bool {
+    let f = field.to_lowercase();
+    ["dob", "csrq", "xb"].contains(&f.as_str())
+        || ["birth", "出生", "sex", "gender", "性别"]
+            .iter()
+            .any(|n| f.contains(n))
+}
+
+/// Grants of the verification service that tell more than the budgets suggest
+/// (docs/PROTOCOL.md §11.7): a birth date or sex claimed on a resource keyed by 公民身份号码
+/// that hides membership (both are in the subject, so one claim tells whether it is held), and
+/// a field the requester also receives generalized, or masked so that few candidates are left
+/// (`mask:mobile`: 10,000; `mask:citizen_id`: the birth date), not listed as `enumerable`.
+pub fn verification_warnings(r: &Resource) -> Vec<String> {
+    let v = &r.verification;
+    let mut granted: Vec<&String> = v.grants.iter().flat_map(|g| &g.fields).collect();
+    granted.sort_unstable();
+    granted.dedup();
+    let delivered = matches!(
+        r.share,
+        Share::Unconditional | Share::Conditional { deliver: true }
+    );
+    let mut out = Vec::new();
+    for field in granted {
+        if r.key_kind == IdKind::CitizenId && !v.reveal_not_found && in_citizen_id(field) {
+            out.push(format!(
+                "resource {}: field `{field}` is granted for verification on a resource keyed by 公民身份号码 that hides whether a subject is held (reveal_not_found = false); if it holds the birth date or the sex, every requester can read it off the subject, so one claim tells whether the subject is held: do not grant it here, or set reveal_not_found = true (docs/PROTOCOL.md §11.7)",
+                r.code
+            ));
+        }
+        let rule = r
+            .fields
+            .iter()
+            .find(|(n, _)| n == field)
+            .map(|(_, rule)| rule);
+        if delivered
+            && !v.is_enumerable(field)
+            && matches!(
+                rule,
+                Some(
+                    Rule::Mask(
+                        crate::policy::rule::Mask::Mobile
+                            | crate::policy::rule::Mask::CitizenId { .. }
+                    ) | Rule::Generalize(_)
+                )
+            )
+        {
+            out.push(format!(
+                "resource {}: field `{field}` is granted for verification and also delivered as {}: a requester holding that form has few candidates left to guess; list it in `enumerable` for the stricter budget (docs/CONFIG.md)",
+                r.code,
+                rule.expect("matched")
+            ));
+        }
+    }
+    out
 }
 
 /// A certificate expiring within this many days is warned about.
@@ -337,5 +400,55 @@ mod tests {
             w[0]
         );
         assert!(w[1].contains("field `nick`"), "{}", w[1]);
+    }
+
+    #[test]
+    fn verification_grants_that_tell_more_than_their_budget_are_warned_about() {
+        use crate::verify::compare::Compare;
+        use crate::verify::grant::Grant;
+        let rule = |text: &str| Rule::parse(text, IdKind::Other, None).unwrap();
+        let resource = |reveal: bool, enumerable: &[&str]| Resource {
+            code: "R1".into(),
+            name: "n".into(),
+            share: Share::Conditional { deliver: true },
+            source: "s".into(),
+            relation: exchange_connectors::Relation::Table("t".into()),
+            key: "id_no".into(),
+            mode: Mode::Snapshot,
+            schedule: Schedule::Every(std::time::Duration::from_secs(60)),
+            max_staleness: crate::config::Staleness::WorkingDays(2),
+            fields: vec![
+                (
+                    "id_no".into(),
+                    Rule::parse("pseudonym", IdKind::CitizenId, None).unwrap(),
+                ),
+                ("birth".into(), rule("generalize:year")),
+                ("mobile".into(), rule("mask:mobile")),
+                ("name".into(), rule("mask:name")),
+            ],
+            key_kind: IdKind::CitizenId,
+            invalid_key: InvalidKey::Quarantine,
+            plain_allowed: Vec::new(),
+            plain_reason: None,
+            verification: crate::config::verify::Verification {
+                compare: [("birth".to_owned(), Compare::Date)].into(),
+                grants: vec![Grant {
+                    requester: "hub".into(),
+                    fields: vec!["birth".into(), "mobile".into()],
+                    purposes: None,
+                    expires: None,
+                    psi: false,
+                    psi_enumerable: false,
+                }],
+                reveal_not_found: reveal,
+                enumerable: enumerable.iter().map(|f| f.to_string()).collect(),
+            },
+        };
+        let w = verification_warnings(&resource(false, &[]));
+        assert_eq!(w.len(), 3, "{w:#?}");
+        assert!(w[0].contains("`birth`") && w[0].contains("read it off the subject"));
+        assert!(w[1].contains("`birth`") && w[1].contains("generalize:year"));
+        assert!(w[2].contains("`mobile`") && w[2].contains("enumerable"));
+        assert!(verification_warnings(&resource(true, &["birth", "mobile"])).is_empty());
     }
 }

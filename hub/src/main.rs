@@ -302,13 +302,14 @@ async fn verify(args: VerifyArgs) -> Result<(), Failure> {
         let (fields, rows) = v::read_claims(file).map_err(|e| config_error(anyhow::anyhow!(e)))?;
         let mut answers = Vec::with_capacity(rows.len());
         let mut raw = Vec::new();
-        for (n, chunk) in rows.chunks(args.batch.max(1)).enumerate() {
-            let id = if rows.len() > args.batch.max(1) {
+        let batches = v::batches(&rows, args.batch);
+        for (n, range) in batches.iter().enumerate() {
+            let id = if batches.len() > 1 {
                 format!("{request_id}-{}", n + 1)
             } else {
                 request_id.clone()
             };
-            let r = request(id, v::items_of(chunk, key.as_ref()));
+            let r = request(id, v::items_of(&rows[range.clone()], key.as_ref()));
             let (answer, text) = if args.psi {
                 let a = verifier.verify_psi(&r).await.map_err(other_error)?;
                 let text = serde_json::to_string(&a).expect("serializes");

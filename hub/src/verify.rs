@@ -441,6 +441,30 @@ pub fn answers_csv(fields: &[String], rows: &[ClaimRow], answers: &[AnswerItem])
     out
 }
 
+/// Splits claim rows into requests in their order: at most `max` rows each, and a subject at
+/// most once per request (the agent asks about each subject once per request,
+/// docs/PROTOCOL.md §11.2), compared in its canonical form; a repeated subject starts the next
+/// request.
+pub fn batches(rows: &[ClaimRow], max: usize) -> Vec<std::ops::Range<usize>> {
+    use exchange_agent::verify::compare::canonical;
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut seen = std::collections::HashSet::new();
+    for (i, row) in rows.iter().enumerate() {
+        let subject = canonical(&row.subject);
+        if i - start == max.max(1) || seen.contains(&subject) {
+            out.push(start..i);
+            start = i;
+            seen.clear();
+        }
+        seen.insert(subject);
+    }
+    if start < rows.len() {
+        out.push(start..rows.len());
+    }
+    out
+}
+
 /// The items of a request from claim rows.
 pub fn items_of(
     rows: &[ClaimRow],
@@ -473,6 +497,22 @@ pub fn new_request_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_hold_a_subject_once_and_keep_the_order() {
+        let row = |s: &str| ClaimRow {
+            line: 0,
+            subject: s.into(),
+            claims: BTreeMap::new(),
+        };
+        let rows: Vec<ClaimRow> = ["A", "B", "a ", "C", "D", "E", "F"]
+            .into_iter()
+            .map(row)
+            .collect();
+        assert_eq!(batches(&rows, 3), vec![0..2, 2..5, 5..7]);
+        assert_eq!(batches(&rows, 100), vec![0..2, 2..7]);
+        assert!(batches(&[], 10).is_empty());
+    }
 
     #[test]
     fn csv_cells_are_read_with_quotes_and_line_numbers() {

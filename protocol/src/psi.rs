@@ -88,6 +88,11 @@ pub fn tag(encoded: &[u8; 32]) -> String {
     hex::encode(&encoded[..TAG_BYTES])
 }
 
+/// Whether 32 bytes encode a point (are the canonical encoding of a ristretto255 element).
+pub fn decodes(encoded: &[u8; 32]) -> bool {
+    CompressedRistretto(*encoded).decompress().is_some()
+}
+
 /// An encoded point from 64 hex digits.
 pub fn point_from_hex(text: &str) -> Option<[u8; 32]> {
     let bytes = hex::decode(text).ok()?;

@@ -721,9 +721,10 @@ async fn hub_cli_verifies(kind: &str, source_url: &str) {
     let claims = setup.dir.path().join("claims.csv");
     std::fs::write(
         &claims,
-        format!("subject,name,birth\n11010519491231002X,张三,1949-12-31\n440524188001010014,李四,\n999,{CLAIMED_SECRET},2000-01-01\n"),
+        format!("subject,name,birth\n11010519491231002X,张三,1949-12-31\n440524188001010014,李四,\n999,{CLAIMED_SECRET},2000-01-01\n11010519491231002x,张三,\n"),
     )
     .unwrap();
+    // The file asks about one subject twice: the hub sends it in a second request.
     let mut batch = base("R-HIDDEN");
     batch.extend(["--file".to_owned(), claims.display().to_string()]);
     let out = call(batch).await;
@@ -731,7 +732,7 @@ async fn hub_cli_verifies(kind: &str, source_url: &str) {
     let answers = std::fs::read_to_string(setup.dir.path().join("claims.answers.csv")).unwrap();
     assert_eq!(
         answers,
-        "row,subject,found,name,birth\n2,11010519491231002X,,match,match\n3,440524188001010014,,match,\n4,999,,mismatch,mismatch\n"
+        "row,subject,found,name,birth\n2,11010519491231002X,,match,match\n3,440524188001010014,,match,\n4,999,,mismatch,mismatch\n5,11010519491231002x,,match,\n"
     );
     // A refusal exits non-zero with the agent's message.
     let mut denied = base("R-EXPIRED");

@@ -211,6 +211,48 @@ async fn a_365_date_search_stops_within_the_budget_and_misses_the_birth_date() {
     service.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_cannot_overdraw_the_budget() {
+    let (_db, setup) = setup(&[]).await;
+    let service = setup.serve().await;
+    let verifier = std::sync::Arc::new(
+        Verifier::new(
+            &setup.client_tls(&setup.client.0, &setup.client.1),
+            &service.url,
+        )
+        .unwrap(),
+    );
+    // Forty wrong birth dates of one subject at once, over one HTTP/2 connection.
+    let tasks: Vec<_> = (1..=40)
+        .map(|d| {
+            let verifier = verifier.clone();
+            tokio::spawn(async move {
+                let r = request(
+                    "R-HIDDEN",
+                    vec![item(
+                        SUBJECT,
+                        &[("birth", v(&format!("1950-01-{:02}", d % 28 + 1)))],
+                    )],
+                );
+                ask(&verifier, &r).await
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Seen::Answered(items) => {
+                assert_eq!(items[0]["birth"], FieldResult::Mismatch);
+                answered += 1;
+            }
+            Seen::Refused(status, message) => assert_eq!(status, 429, "{message}"),
+        }
+    }
+    // mismatch_lockout = 5: never more, whatever the interleaving.
+    assert!((1..=5).contains(&answered), "{answered} answered");
+    service.stop().await;
+}
+
 #[tokio::test]
 async fn the_hidden_middle_of_a_masked_mobile_is_not_recovered() {
     let (_db, setup) = setup(&[]).await;
@@ -491,7 +533,7 @@ fn crafted(items: Vec<Wanted<'_>>) -> Crafted {
 
 #[tokio::test]
 async fn private_set_intersection_charges_every_point_and_answers_one_field_per_slot() {
-    let (_db, setup) = setup(&["psi_points_per_day = 40"]).await;
+    let (_db, setup) = setup(&["psi_points_per_day = 40", "max_items = 20"]).await;
     let service = setup.serve().await;
     let url = service.url.clone();
     // One field per slot: the birth date hidden in the `name` slot (next to a real birth
@@ -508,25 +550,26 @@ async fn private_set_intersection_charges_every_point_and_answers_one_field_per_
         "a birth guess in the name slot matched"
     );
     assert!(matched[1]["birth"]);
-    // 365 birth dates of one subject, each item under a secret of its own: 730 points, more
-    // than the day's 40 (4 spent above): refused whole.
+    // Birth dates of one subject, each item under a secret of its own: 365 in one request are
+    // more than max_items (20); 20 are 40 points, more than the 36 left of the day's 40.
     let start = chrono::NaiveDate::from_ymd_opt(1949, 1, 1).unwrap();
     let dates: Vec<String> = (0..365)
         .map(|d| (start + chrono::Days::new(d)).to_string())
         .collect();
-    let all: Vec<Wanted<'_>> = dates
-        .iter()
-        .map(|d| (SUBJECT, vec![("birth", "birth", d.as_str())]))
-        .collect();
-    let (status, _, text) = crafted(all).send(&setup, &url, "R-SHOWN").await;
+    let guesses = |n: usize| -> Vec<Wanted<'_>> {
+        dates[..n]
+            .iter()
+            .map(|d| (SUBJECT, vec![("birth", "birth", d.as_str())]))
+            .collect()
+    };
+    let (status, _, text) = crafted(guesses(365)).send(&setup, &url, "R-SHOWN").await;
+    assert_eq!(status, 400, "{text}");
+    let (status, _, text) = crafted(guesses(20)).send(&setup, &url, "R-SHOWN").await;
     assert_eq!(status, 429, "{text}");
     assert!(text.contains("points"), "{text}");
     // What fits the budget (18 items, 36 points) is answered; the true date (last) is not
     // among them; then nothing more today.
-    let some: Vec<Wanted<'_>> = dates[..18]
-        .iter()
-        .map(|d| (SUBJECT, vec![("birth", "birth", d.as_str())]))
-        .collect();
+    let some = guesses(18);
     let (status, matched, text) = crafted(some).send(&setup, &url, "R-SHOWN").await;
     assert_eq!(status, 200, "{text}");
     assert!(matched.unwrap().iter().all(|m| !m["birth"]));
@@ -541,12 +584,12 @@ async fn private_set_intersection_charges_every_point_and_answers_one_field_per_
         .filter(|e| e["action"] == "verify.psi")
         .map(|e| e["detail"]["charged"]["points"].as_u64().unwrap_or(0))
         .collect();
-    assert_eq!(charged, vec![4, 0, 36, 0]);
+    assert_eq!(charged, vec![4, 0, 0, 36, 0]);
 }
 
 #[tokio::test]
 async fn private_set_intersection_refuses_repeats_variants_enumerable_fields_and_large_scans() {
-    let (_db, setup) = setup(&["psi_max_rows = 2"]).await;
+    let (_db, setup) = setup(&["psi_max_tags = 5"]).await;
     let service = setup.serve().await;
     let url = service.url.clone();
     let send = |c: Crafted| {
@@ -604,10 +647,10 @@ async fn private_set_intersection_refuses_repeats_variants_enumerable_fields_and
     let (status, _, text) = send(crafted(vec![(SUBJECT, vec![("sex", "sex", "男")])])).await;
     assert_eq!(status, 403, "{text}");
     assert!(text.contains("psi_enumerable"), "{text}");
-    // Three rows, psi_max_rows = 2: refused, not answered.
+    // Three rows and one claimed field are six tags, psi_max_tags = 5: refused, not answered.
     let (status, _, text) = send(crafted(vec![(SUBJECT, vec![("name", "name", "张三")])])).await;
     assert_eq!(status, 413, "{text}");
-    assert!(text.contains("psi_max_rows"), "{text}");
+    assert!(text.contains("psi_max_tags"), "{text}");
     service.stop().await;
 }
 

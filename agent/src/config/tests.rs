@@ -595,6 +595,11 @@ fn verification_budgets_and_grants_are_checked() {
             vec!["verify.subjects_per_day", "max_items (10)"],
         ),
         (
+            "psi_points_per_day = 1999",
+            grant(""),
+            vec!["verify.psi_points_per_day", "max_items (1000)"],
+        ),
+        (
             "enumerable_lockout = 6",
             grant(""),
             vec!["verify.enumerable_lockout", "stricter"],

@@ -38,7 +38,7 @@ pub struct RawVerify {
     pub lockout: Option<String>,
     pub psi_points_per_day: Option<u64>,
     pub psi_scans_per_day: Option<u64>,
-    pub psi_max_rows: Option<u64>,
+    pub psi_max_tags: Option<u64>,
 }
 
 /// `[[resources.grants]]` as written.
@@ -109,8 +109,9 @@ pub struct Verify {
     pub comparison_key: Option<PseudonymKey>,
     /// Quotas against enumeration.
     pub quotas: Quotas,
-    /// Most rows a private set intersection answer covers (`413` above).
-    pub psi_max_rows: u64,
+    /// Most tags a private set intersection answer holds: rows × (1 + claimed fields)
+    /// (`413` above).
+    pub psi_max_tags: u64,
 }
 
 /// A resource's verification settings.
@@ -286,11 +287,17 @@ impl Validator<'_> {
                 ),
             ));
         }
-        let psi_max_rows = v.psi_max_rows.unwrap_or(200_000);
-        if !(1..=100_000_000).contains(&psi_max_rows) {
+        if quotas.psi_points_per_day < 2 * max_items as u64 {
             return Err(self.err(
-                "verify.psi_max_rows",
-                format!("{psi_max_rows} is out of range; expected 1 to 100000000"),
+                "verify.psi_points_per_day",
+                format!("{} is less than twice max_items ({max_items}), so a private set intersection request of max_items items with one claim each could never be answered; raise it or lower max_items", quotas.psi_points_per_day),
+            ));
+        }
+        let psi_max_tags = v.psi_max_tags.unwrap_or(600_000);
+        if !(1..=100_000_000).contains(&psi_max_tags) {
+            return Err(self.err(
+                "verify.psi_max_tags",
+                format!("{psi_max_tags} is out of range; expected 1 to 100000000"),
             ));
         }
         Ok(Verify {
@@ -302,7 +309,7 @@ impl Validator<'_> {
             query_timeout,
             comparison_key,
             quotas,
-            psi_max_rows,
+            psi_max_tags,
         })
     }
 

@@ -145,8 +145,18 @@ impl PseudonymKey {
 
     /// [`PseudonymKey::token`], appended to `out`.
     pub fn token_into(&self, domain: &str, value: &str, out: &mut String) {
+        self.token_of_mac_into(&self.mac(domain, value), out);
+    }
+
+    /// The token whose MAC ([`PseudonymKey::mac`]) is `mac`: `v<version>:` and its hex.
+    pub fn token_of_mac(&self, mac: &[u8; 32]) -> String {
+        let mut out = String::with_capacity(self.prefix.len() + 64);
+        self.token_of_mac_into(mac, &mut out);
+        out
+    }
+
+    fn token_of_mac_into(&self, mac: &[u8; 32], out: &mut String) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mac = self.mac(domain, value);
         out.push_str(&self.prefix);
         for b in mac {
             out.push(HEX[usize::from(b >> 4)] as char);

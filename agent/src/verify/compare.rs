@@ -200,20 +200,60 @@ pub fn claim_mac(key: &PseudonymKey, field: &str, value: &str) -> [u8; 32] {
 }
 
 /// The form a value is compared in by private set intersection (docs/PROTOCOL.md §11.6),
-/// where the requester cannot be told the field's semantics: the [`canonical`] form, then
-/// `date:YYYY-MM-DD` if it reads as a date (an instant by its date in UTC+8), else
-/// `number:` and the canonical decimal if it reads as a number, else `text:` and the
-/// canonical form.
+/// where the requester cannot be told the field's semantics: `date:YYYY-MM-DD` if the value,
+/// half-width and trimmed, reads as a date ([`form_date`]: exact layouts only, an instant by
+/// its date in UTC+8), else `number:` and the canonical decimal if its [`canonical`] form reads
+/// as a number, else `text:` and the canonical form.
 pub fn psi_form(value: &str) -> String {
-    let c = canonical(value);
-    let zone = crate::policy::generalize::china();
-    if let Some(d) = crate::policy::generalize::date_of(&Value::Text(c.clone()), zone) {
+    let half = identifier::half_width(value);
+    if let Some(d) = form_date(half.trim()) {
         return format!("date:{}", d.format("%Y-%m-%d"));
     }
+    let c = canonical(value);
     if let Some(n) = decimal(&c) {
         return format!("number:{n}");
     }
     format!("text:{c}")
+}
+
+/// A date in one of the exact layouts of the PSI form: an RFC 3339 date-time (its date in
+/// UTC+8); `YYYY-MM-DD`, `YYYY/MM/DD` or `YYYY.MM.DD` (4, 2 and 2 ASCII digits, one separator
+/// twice) alone or followed by a space or `T` and anything; `YYYYMMDD`; `YYYY年M月D日` (4, 1–2
+/// and 1–2 ASCII digits). Each must be a real calendar date.
+fn form_date(t: &str) -> Option<chrono::NaiveDate> {
+    use chrono::NaiveDate;
+    if let Ok(instant) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Some(
+            instant
+                .with_timezone(&crate::policy::generalize::china())
+                .date_naive(),
+        );
+    }
+    let digits = |s: &str, n: std::ops::RangeInclusive<usize>| {
+        n.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
+    };
+    let ymd = |y: &str, m: &str, d: &str| {
+        NaiveDate::from_ymd_opt(y.parse().ok()?, m.parse().ok()?, d.parse().ok()?)
+    };
+    let b = t.as_bytes();
+    if b.len() >= 10
+        && matches!(b[4], b'-' | b'/' | b'.')
+        && b[7] == b[4]
+        && (b.len() == 10 || matches!(b[10], b' ' | b'T'))
+        && digits(&t[..4], 4..=4)
+        && digits(&t[5..7], 2..=2)
+        && digits(&t[8..10], 2..=2)
+    {
+        return ymd(&t[..4], &t[5..7], &t[8..10]);
+    }
+    if digits(t, 8..=8) {
+        return ymd(&t[..4], &t[4..6], &t[6..8]);
+    }
+    let (y, rest) = t.strip_suffix('日')?.split_once('年')?;
+    let (m, d) = rest.split_once('月')?;
+    (digits(y, 4..=4) && digits(m, 1..=2) && digits(d, 1..=2))
+        .then(|| ymd(y, m, d))
+        .flatten()
 }
 
 /// The text form of a stored value for [`psi_form`]; `None` for NULL.
@@ -237,7 +277,7 @@ fn decimal(text: &str) -> Option<String> {
     let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
     if (int.is_empty() && frac.is_empty())
         || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
-        || exponent.abs() > 100_000
+        || exponent.unsigned_abs() > 100_000
     {
         return None;
     }
@@ -385,6 +425,22 @@ mod tests {
         );
         assert_eq!(psi_form(" ＡＢＣ "), "text:abc");
         assert_eq!(stored_psi_form(&Value::Null), None);
+        // Timestamps as the type mapping writes them; exact layouts only.
+        for (v, form) in [
+            ("1949-12-31T00:00:00", "date:1949-12-31"),
+            ("1949-12-31 08:30:00", "date:1949-12-31"),
+            ("1949-12-31T16:00:00Z", "date:1950-01-01"),
+            ("1949.12.31", "date:1949-12-31"),
+            ("1949年1月2日", "date:1949-01-02"),
+            ("19490229", "number:19490229e0"),
+            ("1949- 1- 1", "text:1949- 1- 1"),
+            ("1949-12/31", "text:1949-12/31"),
+            ("+86 138-1234-5678", "number:13812345678e0"),
+            ("12.50", "number:125e-1"),
+            ("1.5e-9223372036854775808", "text:1.5e-9223372036854775808"),
+        ] {
+            assert_eq!(psi_form(v), form, "{v}");
+        }
     }
 
     #[test]

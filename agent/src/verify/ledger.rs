@@ -16,15 +16,17 @@
 //! **Persistence.** Subjects are kept only as keyed digests (the audit pseudonym's MAC), never
 //! in clear. The durable record of every charge is the request's audit record (its `charged`
 //! member, [`Charge`]), which is on disk before the answer leaves. [`Ledger::snapshot`] is
-//! saved to `<data_dir>/verify-ledger.json` every minute and at shutdown ([`save`]); at start
-//! [`load`] reads it and replays the `charged` members of the audit records written since it
-//! was taken, so a restart, a crash or a reload forgets nothing. A request in flight while a
-//! snapshot is taken may be counted twice after a restart, never less.
+//! saved to `<data_dir>/verify-ledger.json` every minute and at shutdown ([`save`]), with the
+//! SM3 of the audit log's last entry read just before the ledger is copied; at start [`load`]
+//! reads it and replays the `charged` members of the audit records after that entry, so a
+//! restart, a crash or a reload forgets nothing. A request's charge is in the ledger before its
+//! audit record is written, so every record up to that entry is in the snapshot, and a
+//! request in flight while it was taken may be counted twice after a restart, never less.
 //!
 //! # Format of `verify-ledger.json`
 //!
 //! ```json
-//! {"format": 1, "taken_ms": 1733500000000,
+//! {"format": 1, "taken_ms": 1733500000000, "audit_sm3": "<64 hex>",
 //!  "accounts": [{"requester": "city-hub", "resource": "330100-RSJ-0001",
 //!                "recent": [[1733499990000, 3]], "day": 20062, "subjects": ["<64 hex>"],
 //!                "anonymous": 0, "psi_points": 0, "psi_scans": 0,
@@ -34,9 +36,10 @@
 //! Times are milliseconds since 1970 (UTC); `day` is days since 1970 (UTC); a subject is the
 //! hex of its keyed digest. Written to a temporary file, synced, then renamed over the old one.
 //!
-//! Every operation costs time in proportion to the request's own questions, not to the
-//! ledger's size: the minute's item count is a running sum, and misses that left the window
-//! are swept once a [`SWEEP`].
+//! Admitting and settling a request cost time in proportion to its own questions, not to the
+//! ledger's size: the minute's item count is a running sum. Two things cost time in
+//! proportion to an account's size, under the lock, once a minute: sweeping the misses that
+//! left the window ([`SWEEP`]), and copying the ledger for its snapshot.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -164,9 +167,10 @@ struct Account {
 }
 
 impl Account {
-    /// Starts the daily counters afresh on a new day.
+    /// Starts the daily counters afresh on a new day (never on an earlier one: a clock set
+    /// back does not reset them).
     fn roll(&mut self, day: i64) {
-        if self.day != day {
+        if day > self.day {
             self.day = day;
             self.subjects.clear();
             self.anonymous = 0;
@@ -404,7 +408,7 @@ impl Ledger {
 
     /// What a snapshot holds now (held questions are not saved: their requests either settle
     /// into an audit record written after the snapshot, or never answer).
-    pub fn snapshot(&mut self, taken: At) -> Snapshot {
+    pub fn snapshot(&mut self, taken: At, audit_sm3: Option<String>) -> Snapshot {
         self.dirty = false;
         let mut accounts: Vec<SavedAccount> = self
             .accounts
@@ -440,6 +444,7 @@ impl Ledger {
         Snapshot {
             format: 1,
             taken_ms: taken.ms,
+            audit_sm3,
             accounts,
         }
     }
@@ -546,9 +551,12 @@ fn is_zero(n: &u64) -> bool {
 pub struct Snapshot {
     /// 1.
     pub format: u32,
-    /// When it was taken (milliseconds since 1970, UTC): audit records from this instant on
-    /// are replayed over it.
+    /// When it was taken (milliseconds since 1970, UTC).
     pub taken_ms: i64,
+    /// The SM3 (hex) of the audit log's last entry when it was taken: the records after it
+    /// are replayed over it (if the log no longer holds it, those from `taken_ms` on).
+    #[serde(default)]
+    pub audit_sm3: Option<String>,
     /// The accounts.
     pub accounts: Vec<SavedAccount>,
 }
@@ -628,20 +636,22 @@ pub fn save(data_dir: &Path, snapshot: &Snapshot) -> Result<(), LedgerError> {
     })
 }
 
-/// The ledger of `data_dir`: its snapshot (if any), with the charges of every audit record
-/// written since replayed over it. Without a snapshot, every audit record is replayed.
-pub fn load(data_dir: &Path) -> Result<Ledger, LedgerError> {
+/// The ledger of `data_dir`: its snapshot (if any), with the charges of the audit records
+/// written after it replayed over it: those after the audit entry that was the last when the
+/// snapshot was taken, or, if the log no longer holds that entry (archived), those written
+/// from the snapshot's instant on. Without a snapshot, every record. Only records of the last
+/// `horizon` can count (the longest budget window and a day), so none older is applied.
+pub fn load(data_dir: &Path, horizon: std::time::Duration) -> Result<Ledger, LedgerError> {
     let path = path(data_dir);
-    let (mut ledger, since) = match std::fs::read(&path) {
-        Ok(bytes) => {
-            let snapshot: Snapshot =
-                serde_json::from_slice(&bytes).map_err(|e| LedgerError::Read {
-                    path: path.clone(),
-                    reason: format!("{e}; move it aside to rebuild the ledger from the audit log"),
-                })?;
-            (Ledger::from_snapshot(&snapshot), snapshot.taken_ms)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Ledger::default(), i64::MIN),
+    let oldest = At::now().ms - horizon.as_millis() as i64;
+    let snapshot: Option<Snapshot> = match std::fs::read(&path) {
+        Ok(bytes) => Some(
+            serde_json::from_slice(&bytes).map_err(|e| LedgerError::Read {
+                path: path.clone(),
+                reason: format!("{e}; move it aside to rebuild the ledger from the audit log"),
+            })?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
             return Err(LedgerError::Read {
                 path,
@@ -649,7 +659,11 @@ pub fn load(data_dir: &Path) -> Result<Ledger, LedgerError> {
             });
         }
     };
-    crate::audit::for_each_since(data_dir, since, |entry| {
+    let mut ledger = snapshot
+        .as_ref()
+        .map(Ledger::from_snapshot)
+        .unwrap_or_default();
+    let mut replay = |entry: crate::audit::Entry| {
         if !matches!(entry.action.as_str(), "verify" | "verify.psi") {
             return;
         }
@@ -662,12 +676,28 @@ pub fn load(data_dir: &Path) -> Result<Ledger, LedgerError> {
         ) else {
             return;
         };
-        ledger.apply(&entry.actor, &entry.resource, &charge, At { ms: at });
-    })
-    .map_err(|e| LedgerError::Read {
+        if at >= oldest {
+            ledger.apply(&entry.actor, &entry.resource, &charge, At { ms: at });
+        }
+    };
+    let audit_err = |e: std::io::Error| LedgerError::Read {
         path: crate::audit::path(data_dir),
         reason: e.to_string(),
-    })?;
+    };
+    let after = snapshot.as_ref().and_then(|s| s.audit_sm3.as_deref());
+    let found = match after {
+        Some(sm3) => crate::audit::for_each_after(data_dir, sm3, &mut replay).map_err(audit_err)?,
+        None => false,
+    };
+    if !found {
+        let since = snapshot.as_ref().map_or(oldest, |s| s.taken_ms.max(oldest));
+        if snapshot.is_some() {
+            tracing::warn!(
+                "The audit entry the verification ledger's snapshot follows is not in the audit log (archived?); replaying the records written since the snapshot's time."
+            );
+        }
+        crate::audit::for_each_since(data_dir, since, &mut replay).map_err(audit_err)?;
+    }
     ledger.dirty = false;
     Ok(ledger)
 }
@@ -845,7 +875,7 @@ mod tests {
         let mut l = Ledger::default();
         let h = one(&mut l, "a", 1, "birth", T).unwrap();
         l.settle(h, &[true], at(T));
-        let snapshot = l.snapshot(at(T + 1));
+        let snapshot = l.snapshot(at(T + 1), None);
         let text = serde_json::to_string(&snapshot).unwrap();
         let mut back = Ledger::from_snapshot(&serde_json::from_str(&text).unwrap());
         // Two more misses replayed from audit records: the field is at its budget of 3.
@@ -860,7 +890,7 @@ mod tests {
         back.apply("a", "R", &charge, at(T + 3));
         let e = one(&mut back, "a", 1, "birth", T + 4).unwrap_err();
         assert_eq!(e.retry_after, 600);
-        let s = back.snapshot(at(T + 5));
+        let s = back.snapshot(at(T + 5), None);
         assert_eq!(s.accounts[0].misses[0].at, vec![T, T + 2, T + 3]);
         assert_eq!(s.accounts[0].subjects.len(), 1);
     }

@@ -111,6 +111,8 @@ pub struct Service {
     /// Private set intersection scans answered at once (their cost is a scan of the resource
     /// and a scalar multiplication per row and field).
     psi_scans: tokio::sync::Semaphore,
+    /// Held while the ledger's snapshot is saved: one save at a time.
+    saving: Mutex<()>,
 }
 
 /// How often the ledger's snapshot is saved while the service runs (also at shutdown).
@@ -123,19 +125,26 @@ impl Service {
         let settings = Self::settings(config)?;
         let data_dir = settings.config.node.data_dir.clone();
         crate::queue::prepare_data_dir(&data_dir).map_err(VerifyError::DataDir)?;
-        let ledger = ledger::load(&data_dir)?;
+        // Charges older than the longest window (and a day, for the daily counters) count no
+        // more.
+        let horizon = settings.verify.quotas.lockout + Duration::from_secs(86_400 + 3600);
+        let ledger = ledger::load(&data_dir, horizon)?;
         Ok(Service {
             audit: audit::Writer::new(&data_dir),
             settings: RwLock::new(Arc::new(settings)),
             ledger: Arc::new(Mutex::new(ledger)),
             data_dir,
             psi_scans: tokio::sync::Semaphore::new(1),
+            saving: Mutex::new(()),
         })
     }
 
     /// Saves the ledger's snapshot if anything changed since the last one. Audit records
     /// written from the snapshot's instant on are replayed over it at the next start.
     pub fn save_ledger(&self) -> Result<(), ledger::LedgerError> {
+        let _one = self.saving.lock().unwrap_or_else(|p| p.into_inner());
+        // Every audit record up to this entry has its charge in the ledger already.
+        let audit_sm3 = audit::last_sm3(&self.data_dir);
         let taken = At::now();
         let mut copy = {
             let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
@@ -144,7 +153,7 @@ impl Service {
             }
             ledger.take_copy()
         };
-        ledger::save(&self.data_dir, &copy.snapshot(taken))
+        ledger::save(&self.data_dir, &copy.snapshot(taken, audit_sm3))
     }
 
     fn settings(config: Arc<Config>) -> Result<Settings, VerifyError> {
@@ -469,22 +478,34 @@ async fn handle(
     Extension(peer): Extension<Peer>,
     request: Request,
 ) -> Response {
-    let settings = service.current();
-    let started = Instant::now();
-    let requester = requester_of(&peer, settings.verify.requester_identity);
-    let mut record = Record::default();
-    let result = answer(
-        &service,
-        &settings,
-        requester.as_deref(),
-        request,
-        &mut record,
-    )
-    .await;
-    respond(
-        &service, &peer, requester, record, started, "verify", result,
-    )
+    to_the_end(async move {
+        let settings = service.current();
+        let started = Instant::now();
+        let requester = requester_of(&peer, settings.verify.requester_identity);
+        let mut record = Record::default();
+        let result = answer(
+            &service,
+            &settings,
+            requester.as_deref(),
+            request,
+            &mut record,
+        )
+        .await;
+        respond(
+            &service, &peer, requester, record, started, "verify", result,
+        )
+        .await
+    })
     .await
+}
+
+/// Runs a request's handling on a task of its own, so that it goes on to its end (its charge
+/// settled, its audit record written) when the requester goes away and the connection drops
+/// the handler.
+async fn to_the_end(handling: impl Future<Output = Response> + Send + 'static) -> Response {
+    tokio::spawn(handling)
+        .await
+        .unwrap_or_else(|_| refusal(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
 }
 
 /// Writes the audit record of a request, then answers it (`503` instead when the record
@@ -644,10 +665,9 @@ async fn answer(
         .as_ref()
         .expect("checked by the configuration");
     let domain = resource.key_kind.as_str();
-    record.subjects = subjects
-        .iter()
-        .map(|s| pseudonym.token(domain, s))
-        .collect();
+    let digests: Vec<ledger::SubjectDigest> =
+        subjects.iter().map(|s| pseudonym.mac(domain, s)).collect();
+    record.subjects = digests.iter().map(|d| pseudonym.token_of_mac(d)).collect();
     let cx = Context {
         comparison_key: settings.verify.comparison_key.as_ref(),
         time_zone: settings.config.keys.time_zone,
@@ -655,8 +675,6 @@ async fn answer(
     check_claims(&parsed, &questions, cx)?;
 
     // Every question is held before anything is looked up.
-    let digests: Vec<ledger::SubjectDigest> =
-        subjects.iter().map(|s| pseudonym.mac(domain, s)).collect();
     let ask = Ask {
         items: parsed.items.len() as u64,
         subjects: digests.clone(),

@@ -16,9 +16,10 @@
 //! before it is multiplied (`psi_points_per_day`), and so is every scan
 //! (`psi_scans_per_day`). Each claimed field has a secret of its own (`b_f`; the subjects
 //! `b_s`), so a point sent under field `f` can only ever be compared with tags of `f`: one
-//! point is one guess about one field. A resource of more than `psi_max_rows` rows is refused
-//! (`413`) rather than answered; one scan runs at a time, its group arithmetic off the async
-//! workers. Audited without subjects (the agent does not know them): item count, points and
+//! point is one guess about one field. An answer of more than `psi_max_tags` tags (rows × (1 +
+//! claimed fields)) is refused (`413`) rather than computed; one scan runs at a time (a
+//! request waiting too long for its turn is refused before it is charged), its group
+//! arithmetic and sorting off the async workers. Audited without subjects (the agent does not know them): item count, points and
 //! rows scanned.
 
 use std::collections::HashSet;
@@ -39,7 +40,7 @@ use super::ledger::{Ask, Charge};
 use super::question::{self, Questions};
 use super::{
     Record, Refused, Service, Settings, admit, authorize, connector_of, key_column, no_identity,
-    read_body, requester_of, respond, source_failed, unfit,
+    read_body, requester_of, respond, source_failed, to_the_end, unfit,
 };
 use crate::config::Resource;
 
@@ -53,27 +54,30 @@ pub(super) async fn handle(
     Extension(peer): Extension<Peer>,
     request: Request,
 ) -> Response {
-    let settings = service.current();
-    let started = Instant::now();
-    let requester = requester_of(&peer, settings.verify.requester_identity);
-    let mut record = Record::default();
-    let result = answer(
-        &service,
-        &settings,
-        requester.as_deref(),
-        request,
-        &mut record,
-    )
-    .await;
-    respond(
-        &service,
-        &peer,
-        requester,
-        record,
-        started,
-        "verify.psi",
-        result,
-    )
+    to_the_end(async move {
+        let settings = service.current();
+        let started = Instant::now();
+        let requester = requester_of(&peer, settings.verify.requester_identity);
+        let mut record = Record::default();
+        let result = answer(
+            &service,
+            &settings,
+            requester.as_deref(),
+            request,
+            &mut record,
+        )
+        .await;
+        respond(
+            &service,
+            &peer,
+            requester,
+            record,
+            started,
+            "verify.psi",
+            result,
+        )
+        .await
+    })
     .await
 }
 
@@ -212,7 +216,21 @@ async fn answer(
         true,
     )?;
     let points = Points::decode(&parsed.items)?;
-    // Every point is charged before one is multiplied.
+    // One scan at a time; a request that cannot have its turn is refused before it is charged.
+    let _scan = tokio::time::timeout(SCAN_WAIT, service.psi_scans.acquire())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "other private set intersection requests are being answered; retry in {} s",
+                SCAN_WAIT.as_secs()
+            ),
+            retry_after: Some(SCAN_WAIT.as_secs()),
+            outcome: "refused",
+        })?;
+    // Every point is charged before one is multiplied, and the scan.
     let items = parsed.items.len() as u64;
     let ask = Ask {
         items,
@@ -229,19 +247,6 @@ async fn answer(
         scans: 1,
         ..Charge::default()
     });
-    let _scan = tokio::time::timeout(SCAN_WAIT, service.psi_scans.acquire())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .ok_or_else(|| Refused {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: format!(
-                "other private set intersection requests are being answered; retry in {} s",
-                SCAN_WAIT.as_secs()
-            ),
-            retry_after: Some(SCAN_WAIT.as_secs()),
-            outcome: "refused",
-        })?;
     let secrets = Arc::new(Secrets::draw(questions.fields.len()));
     let reblinded = {
         let secrets = secrets.clone();
@@ -324,8 +329,8 @@ fn tags(rows: &[Row], fields: &[String], secrets: &Secrets) -> (Vec<String>, Vec
 }
 
 /// Reads every row of the resource once (key and claimed fields, by pages in key order) and
-/// returns the sorted subject and claim tags, and the number of rows; `413` past
-/// `psi_max_rows`.
+/// returns the sorted subject and claim tags, and the number of rows; `413` as soon as the
+/// rows read, times one tag for the key and one per claimed field, pass `psi_max_tags`.
 async fn scan(
     settings: &Settings,
     resource: &Resource,
@@ -348,7 +353,8 @@ async fn scan(
         columns,
         cursor: vec![key],
     };
-    let max_rows = settings.verify.psi_max_rows;
+    let max_tags = settings.verify.psi_max_tags;
+    let per_row = 1 + questions.fields.len() as u64;
     let mut subjects = Vec::new();
     let mut claims = Vec::new();
     let mut rows = 0u64;
@@ -381,12 +387,14 @@ async fn scan(
         };
         let full = page.rows.len() == PAGE_ROWS;
         rows += page.rows.len() as u64;
-        if rows > max_rows {
+        if rows * per_row > max_tags {
             return Err(Refused::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
-                    "resource `{}` holds more than {max_rows} rows, the most a private set intersection answer covers here (psi_max_rows): the answer holds a tag per row and claimed field; use POST /v1/verify",
-                    resource.code
+                    "resource `{}` holds more than {} rows, and an answer about {} claimed fields would hold more than {max_tags} tags (a key and a stored value per row and field), the most answered here (psi_max_tags); claim fewer fields, or use POST /v1/verify",
+                    resource.code,
+                    max_tags / per_row,
+                    questions.fields.len()
                 ),
             ));
         }
@@ -419,9 +427,14 @@ async fn scan(
         }
         after = last.map(|v| vec![v]);
     }
-    subjects.sort_unstable();
-    subjects.dedup();
-    claims.sort_unstable();
-    claims.dedup();
+    let (subjects, claims) = tokio::task::spawn_blocking(move || {
+        for tags in [&mut subjects, &mut claims] {
+            tags.sort_unstable();
+            tags.dedup();
+        }
+        (subjects, claims)
+    })
+    .await
+    .map_err(|_| Refused::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))?;
     Ok((subjects, claims, rows))
 }

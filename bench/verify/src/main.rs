@@ -167,7 +167,7 @@ pool_size = 8
 items_per_minute = 100000000
 subjects_per_day = 100000000
 psi_points_per_day = 100000000
-psi_max_rows = 100000000
+psi_max_tags = 100000000
 [[sources]]
 name = "pg"
 kind = "postgres"
