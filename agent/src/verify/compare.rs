@@ -216,44 +216,102 @@ pub fn psi_form(value: &str) -> String {
     format!("text:{c}")
 }
 
-/// A date in one of the exact layouts of the PSI form: an RFC 3339 date-time (its date in
-/// UTC+8); `YYYY-MM-DD`, `YYYY/MM/DD` or `YYYY.MM.DD` (4, 2 and 2 ASCII digits, one separator
-/// twice) alone or followed by a space or `T` and anything; `YYYYMMDD`; `YYYY年M月D日` (4, 1–2
-/// and 1–2 ASCII digits). Each must be a real calendar date.
+/// A date in one of the exact layouts of the PSI form (docs/PROTOCOL.md §11.6), tried in this
+/// order: an RFC 3339 date-time ([`rfc3339_date`]: its date in UTC+8); `YYYY-MM-DD`,
+/// `YYYY/MM/DD` or `YYYY.MM.DD` (4, 2 and 2 ASCII digits, one separator twice) alone or
+/// followed by a space or `T` and anything; `YYYYMMDD`; `YYYY年M月D日` (4, 1–2 and 1–2 ASCII
+/// digits). Each must be a real calendar date.
 fn form_date(t: &str) -> Option<chrono::NaiveDate> {
     use chrono::NaiveDate;
-    if let Ok(instant) = chrono::DateTime::parse_from_rfc3339(t) {
-        return Some(
-            instant
-                .with_timezone(&crate::policy::generalize::china())
-                .date_naive(),
-        );
+    if let Some(d) = rfc3339_date(t) {
+        return Some(d);
     }
-    let digits = |s: &str, n: std::ops::RangeInclusive<usize>| {
-        n.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
-    };
-    let ymd = |y: &str, m: &str, d: &str| {
-        NaiveDate::from_ymd_opt(y.parse().ok()?, m.parse().ok()?, d.parse().ok()?)
-    };
     let b = t.as_bytes();
     if b.len() >= 10
         && matches!(b[4], b'-' | b'/' | b'.')
         && b[7] == b[4]
         && (b.len() == 10 || matches!(b[10], b' ' | b'T'))
-        && digits(&t[..4], 4..=4)
-        && digits(&t[5..7], 2..=2)
-        && digits(&t[8..10], 2..=2)
     {
-        return ymd(&t[..4], &t[5..7], &t[8..10]);
+        return NaiveDate::from_ymd_opt(
+            digits(t, 0..4)? as i32,
+            digits(t, 5..7)?,
+            digits(t, 8..10)?,
+        );
     }
-    if digits(t, 8..=8) {
-        return ymd(&t[..4], &t[4..6], &t[6..8]);
+    if b.len() == 8 {
+        return NaiveDate::from_ymd_opt(
+            digits(t, 0..4)? as i32,
+            digits(t, 4..6)?,
+            digits(t, 6..8)?,
+        );
     }
     let (y, rest) = t.strip_suffix('日')?.split_once('年')?;
     let (m, d) = rest.split_once('月')?;
-    (digits(y, 4..=4) && digits(m, 1..=2) && digits(d, 1..=2))
-        .then(|| ymd(y, m, d))
+    let short = |s: &str| {
+        (1..=2)
+            .contains(&s.len())
+            .then(|| digits(s, 0..s.len()))
+            .flatten()
+    };
+    if y.len() != 4 {
+        return None;
+    }
+    NaiveDate::from_ymd_opt(digits(y, 0..4)? as i32, short(m)?, short(d)?)
+}
+
+/// The value of `t[range]` if it is all ASCII digits (at least one).
+fn digits(t: &str, range: std::ops::Range<usize>) -> Option<u32> {
+    let s = t.get(range)?;
+    (!s.is_empty() && s.len() <= 9 && s.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| s.parse().ok())
         .flatten()
+}
+
+/// The date in UTC+8 of an RFC 3339 date-time, exactly
+/// `YYYY-MM-DD` (`T`, `t` or a space) `hh:mm:ss`, optionally `.` and one or more digits (ignored),
+/// then `Z`, `z`, or `+hh:mm` / `-hh:mm`; hours 00–23, minutes and seconds 00–59, the offset's
+/// hours 00–23 and minutes 00–59; a real date, and a result in the years 0000–9999.
+fn rfc3339_date(t: &str) -> Option<chrono::NaiveDate> {
+    use chrono::{Datelike, Duration, NaiveDate};
+    let b = t.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let date =
+        NaiveDate::from_ymd_opt(digits(t, 0..4)? as i32, digits(t, 5..7)?, digits(t, 8..10)?)?;
+    let (h, m, sec) = (digits(t, 11..13)?, digits(t, 14..16)?, digits(t, 17..19)?);
+    if h > 23 || m > 59 || sec > 59 {
+        return None;
+    }
+    let mut rest = &t[19..];
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let n = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return None;
+        }
+        rest = &fraction[n..];
+    }
+    let offset_minutes: i64 = match rest.as_bytes() {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (oh, om) = (digits(rest, 1..3)?, digits(rest, 4..6)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let minutes = i64::from(oh * 60 + om);
+            if *sign == b'-' { -minutes } else { minutes }
+        }
+        _ => return None,
+    };
+    let local = date.and_hms_opt(h, m, sec)?;
+    let china = local - Duration::minutes(offset_minutes) + Duration::hours(8);
+    Some(china.date()).filter(|d| (0..=9999).contains(&d.year()))
 }
 
 /// The text form of a stored value for [`psi_form`]; `None` for NULL.
@@ -438,6 +496,18 @@ mod tests {
             ("+86 138-1234-5678", "number:13812345678e0"),
             ("12.50", "number:125e-1"),
             ("1.5e-9223372036854775808", "text:1.5e-9223372036854775808"),
+            ("1949-12-31 16:00:00+00:00", "date:1950-01-01"),
+            ("1949-12-31t16:00:00.123456789z", "date:1950-01-01"),
+            ("1949-12-31T25:00:00Z", "date:1949-12-31"),
+            ("1949-12-31T16:00:60Z", "date:1949-12-31"),
+            ("9999-12-31T16:00:00Z", "date:9999-12-31"),
+            ("0000-01-01T00:00:00+08:01", "date:0000-01-01"),
+            ("2000-01-01T10:00:00-14:00", "date:2000-01-02"),
+            ("1949年12月031日", "text:1949年12月031日"),
+            ("０８６１３８１２３４５６７８", "number:8613812345678e0"),
+            ("110105194912310", "number:11010519491231e1"),
+            ("150102880730303", "number:150102198807303035e0"),
+            ("-138 1234 5678", "number:13812345678e0"),
         ] {
             assert_eq!(psi_form(v), form, "{v}");
         }
