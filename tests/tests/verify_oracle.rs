@@ -779,3 +779,41 @@ async fn whatever_random_requests_arrive_answers_other_than_match_stay_within_th
     assert!(statuses.len() == 3, "seed {seed}: {statuses:?}");
     service.stop().await;
 }
+
+#[tokio::test]
+async fn a_scan_goes_on_past_a_page_that_ends_in_an_unreadable_key() {
+    let (db, setup) = setup(&[]).await;
+    // 5,001 codes; the 5,000th in key order (a full page's last) is not valid UTF-8.
+    let c = rusqlite::Connection::open(db.path().join("people.db")).unwrap();
+    c.execute_batch(
+        "CREATE TABLE codes (code TEXT PRIMARY KEY, label TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 4998)
+           INSERT INTO codes SELECT printf('A%04d', i), 'x' FROM n;
+         INSERT INTO codes VALUES (CAST(x'4134393939ff' AS TEXT), 'x'), ('A5000', 'last');",
+    )
+    .unwrap();
+    drop(c);
+    let mut text = std::fs::read_to_string(&setup.config).unwrap();
+    text.push_str(&format!(
+        "\n[[resources]]\ncode = \"R-CODES\"\nname = \"codes\"\nshare = \"conditional\"\nsource = \"src\"\ntable = \"codes\"\nkey = \"code\"\nmode = \"snapshot\"\nreveal_not_found = true\ngrants = [{{ requester = \"{HUB}\", fields = [\"label\"], psi = true }}]\n[resources.fields]\ncode = {{ rule = \"pseudonym\", identifier = \"other\" }}\nlabel = \"mask:keep(1,0)\"\n"
+    ));
+    std::fs::write(&setup.config, text).unwrap();
+    let service = setup.serve().await;
+    let r = request(
+        "R-CODES",
+        vec![
+            item("A5000", &[("label", v("last"))]),
+            item("A0001", &[("label", v("x"))]),
+        ],
+    );
+    let answer = service.verifier.verify_psi(&r).await.unwrap();
+    for (i, item) in answer.items.iter().enumerate() {
+        assert_eq!(
+            item.subject,
+            Some(exchange_protocol::verify::SubjectResult::Found),
+            "item {i}"
+        );
+        assert_eq!(item.fields["label"], FieldResult::Match, "item {i}");
+    }
+    service.stop().await;
+}
