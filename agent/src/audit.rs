@@ -194,7 +194,7 @@ struct Job {
 /// appends them with one write and one fsync (group commit) through the same path as
 /// [`append`] (the same chain, head and rotation), then tells each caller; a caller goes on
 /// only once its entry is on disk.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Writer {
     /// To the writer thread (which ends when this is dropped).
     jobs: std::sync::mpsc::Sender<Job>,

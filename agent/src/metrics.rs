@@ -53,6 +53,14 @@ pub struct Metrics {
     /// Refused TLS handshakes by (listener, reason): `verify`; a `tls::HandshakeFailure`
     /// label.
     handshake_failures: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// The accept loop's counters of each listener (`verify`): connections and requests
+    /// refused or closed past the handshake.
+    listeners: Mutex<
+        Vec<(
+            &'static str,
+            std::sync::Arc<exchange_protocol::server::Counters>,
+        )>,
+    >,
 }
 
 /// Adds one to `key`'s counter in `map`.
@@ -106,6 +114,17 @@ impl Metrics {
     /// `tls::HandshakeFailure` label.
     pub fn handshake_failed(&self, listener: &'static str, reason: &'static str) {
         count(&self.handshake_failures, (listener, reason));
+    }
+
+    /// Reports `listener`'s accept-loop counters from now on (replacing earlier ones).
+    pub fn listener(
+        &self,
+        listener: &'static str,
+        counters: std::sync::Arc<exchange_protocol::server::Counters>,
+    ) {
+        let mut all = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|(l, _)| *l != listener);
+        all.push((listener, counters));
     }
 
     /// Refused TLS handshakes of `listener` for `reason` so far.
@@ -405,6 +424,31 @@ fn render_process(out: &mut String, m: &Metrics) {
     );
     for ((listener, reason), n) in failures {
         f.sample(name, &[("listener", listener), ("reason", reason)], n);
+    }
+    let listeners = m
+        .listeners
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let name = "exchange_listener_closed_total";
+    let mut f = Family::head(
+        out,
+        name,
+        "counter",
+        "Connections and requests a listener (verify) refused or closed past the TLS handshake, by reason: connection_limit (max_connections stayed full), request_limit (answered 503: max_requests in flight), idle (no request for idle_timeout).",
+    );
+    for (listener, c) in listeners {
+        for (reason, n) in [
+            ("connection_limit", &c.connections_refused),
+            ("request_limit", &c.requests_refused),
+            ("idle", &c.idle_closed),
+        ] {
+            f.sample(
+                name,
+                &[("listener", listener), ("reason", reason)],
+                n.load(Ordering::Relaxed),
+            );
+        }
     }
 }
 

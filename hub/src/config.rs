@@ -26,6 +26,10 @@
 //! body_timeout = "60s"
 //! header_timeout = "30s"
 //! handshake_timeout = "10s"
+//! max_handshakes = 64        # in progress; a new connection over it drops the oldest
+//! idle_timeout = "60s"       # a connection without a request this long is closed
+//! max_streams = 64           # HTTP/2 requests open at once per connection
+//! max_requests = 256         # requests in flight over all connections (503 above)
 //! ```
 
 use std::fmt;
@@ -171,6 +175,18 @@ pub struct RawLimits {
     /// Longest time to complete the TLS handshake, e.g. "10s".
     #[serde(default)]
     pub handshake_timeout: Option<Spanned<String>>,
+    /// TLS handshakes in progress at once.
+    #[serde(default)]
+    pub max_handshakes: Option<Spanned<i64>>,
+    /// Longest a connection may stay without a request in flight, e.g. "60s".
+    #[serde(default)]
+    pub idle_timeout: Option<Spanned<String>>,
+    /// HTTP/2 streams open at once per connection.
+    #[serde(default)]
+    pub max_streams: Option<Spanned<i64>>,
+    /// Requests in flight over all connections.
+    #[serde(default)]
+    pub max_requests: Option<Spanned<i64>>,
 }
 
 /// The validated `[limits]`: what keeps the hub within bounds under many or slow clients.
@@ -194,6 +210,14 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Longest time to complete the TLS handshake (the connection is dropped).
     pub handshake_timeout: Duration,
+    /// TLS handshakes in progress at once; a new connection over it drops the oldest.
+    pub max_handshakes: usize,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// HTTP/2 streams open at once per connection.
+    pub max_streams: u32,
+    /// Requests in flight over all connections (health checks included); over it `503`.
+    pub max_requests: usize,
 }
 
 impl Default for Limits {
@@ -205,6 +229,10 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 64,
+            idle_timeout: Duration::from_secs(60),
+            max_streams: 64,
+            max_requests: 256,
         }
     }
 }
@@ -749,6 +777,18 @@ fn limits(raw: RawLimits, file: &Source<'_>) -> Result<Limits, ConfigError> {
     if let Some(v) = &raw.handshake_timeout {
         limits.handshake_timeout = duration("limits.handshake_timeout", v)?;
     }
+    if let Some(v) = &raw.max_handshakes {
+        limits.max_handshakes = count("limits.max_handshakes", v, 10_000)?;
+    }
+    if let Some(v) = &raw.idle_timeout {
+        limits.idle_timeout = duration("limits.idle_timeout", v)?;
+    }
+    if let Some(v) = &raw.max_streams {
+        limits.max_streams = count("limits.max_streams", v, 10_000)? as u32;
+    }
+    if let Some(v) = &raw.max_requests {
+        limits.max_requests = count("limits.max_requests", v, 100_000)?;
+    }
     Ok(limits)
 }
 
@@ -925,10 +965,19 @@ url = "sqlite://hub.db"
         let dir = fixture();
         let text = VALID.replace(
             "url = \"sqlite://hub.db\"",
-            "url = \"postgres://hub@db.example/exchange?sslmode=verify-full\"\nca = \"tls/ca.pem\"\n[limits]\nmax_concurrent_requests = 4\nmax_connections = 100\nbody_timeout = \"90s\"\nheader_timeout = \"5s\"\nhandshake_timeout = \"3s\"",
+            "url = \"postgres://hub@db.example/exchange?sslmode=verify-full\"\nca = \"tls/ca.pem\"\n[limits]\nmax_concurrent_requests = 4\nmax_connections = 100\nbody_timeout = \"90s\"\nheader_timeout = \"5s\"\nhandshake_timeout = \"3s\"\nmax_handshakes = 8\nidle_timeout = \"20s\"\nmax_streams = 16\nmax_requests = 32",
         );
         let config = load(&dir, &text).unwrap();
         let limits = config.limits;
+        assert_eq!(
+            (
+                limits.max_handshakes,
+                limits.max_streams,
+                limits.max_requests
+            ),
+            (8, 16, 32)
+        );
+        assert_eq!(limits.idle_timeout, Duration::from_secs(20));
         assert_eq!(
             (limits.max_concurrent_requests, limits.max_connections),
             (4, 100)

@@ -89,6 +89,9 @@ pub struct Load {
     pub busy: AtomicU64,
     /// Requests answered 408 because the body did not arrive within `body_timeout`.
     pub timed_out: AtomicU64,
+    /// What the accept loop refused or closed past the handshake (connection limit, request
+    /// limit, idle connections).
+    pub listener: Arc<exchange_protocol::server::Counters>,
 }
 
 /// What the request handlers share.
@@ -189,8 +192,12 @@ pub async fn serve_router(
 ) -> Result<(), HubError> {
     let connections = ConnectionLimits {
         max_connections: limits.max_connections,
+        max_handshakes: limits.max_handshakes,
         handshake_timeout: limits.handshake_timeout,
         header_timeout: limits.header_timeout,
+        idle_timeout: limits.idle_timeout,
+        max_streams: limits.max_streams,
+        max_requests: limits.max_requests,
     };
     exchange_protocol::server::serve_router(
         "Hub",
@@ -202,6 +209,7 @@ pub async fn serve_router(
         Observers {
             connections: load.connections.clone(),
             rejections: None,
+            counters: load.listener.clone(),
         },
         shutdown,
     )

@@ -1,23 +1,48 @@
 //! The mutual-TLS accept loop shared by the hub (batches) and the agent (verification):
 //! accept → TLS handshake → HTTP/1.1 or HTTP/2 → an axum [`Router`], until shutdown.
 //!
-//! Connection life cycle: accept (at most `max_connections` at once: the loop waits for a
-//! free slot, so further connections wait in the kernel's accept queue) → TLS handshake
-//! within `handshake_timeout` (the client must present a certificate the `ServerConfig`'s
-//! verifier accepts; a failed or timed-out handshake is logged with the peer address, reported
-//! as a [`Rejection`] to the caller's [`Observers::rejections`] and the connection dropped,
-//! never stopping the server) → the client certificate becomes the connection's
-//! [`Peer`], added to every request as an extension → HTTP requests (HTTP/1.1 headers within
-//! `header_timeout`) until the client closes.
+//! Connection life cycle, with what bounds each step ([`ConnectionLimits`]):
+//! - **accept**: always, at once (a stranger cannot fill the kernel's accept queue);
+//! - **its first bytes** (a ClientHello) within `handshake_timeout`, waited for without a
+//!   handshake slot: at most `max_connections` connections wait silent, and a new one drops
+//!   the one silent longest, so silent peers cost a file descriptor each, bounded, and never a
+//!   handshake slot;
+//! - **TLS handshake** within `handshake_timeout`, at most `max_handshakes` in progress: when
+//!   a new connection finds them all taken, the *oldest* handshake in progress is dropped
+//!   (reported as a timeout) once it is older than [`DROP_HANDSHAKES_AFTER`] (1 s), and the
+//!   new one waits until then otherwise. A legitimate handshake takes milliseconds, so silent
+//!   or slow peers, however many, are the ones dropped, and never keep a legitimate client
+//!   out longer than about that second; a burst of legitimate clients is never dropped. The
+//!   client must present a certificate the `ServerConfig`'s verifier accepts; a failed,
+//!   timed-out or dropped handshake is logged with the peer address, reported as a
+//!   [`Rejection`] to the caller's [`Observers::rejections`] and the connection closed, never
+//!   stopping the server;
+//! - **a connection slot** (`max_connections` established connections), waited for at most
+//!   `handshake_timeout`, else the connection is closed and counted
+//!   ([`Counters::connections_refused`]);
+//! - **HTTP**, as ALPN chose (`h2`: HTTP/2, else HTTP/1.1; never a protocol-detection read a
+//!   silent peer could hold open): the client certificate becomes the connection's [`Peer`],
+//!   added to every request as an extension; HTTP/1.1 request heads within `header_timeout`;
+//!   HTTP/2 at most `max_streams` concurrent streams per connection, and a ping every 30 s
+//!   that must be answered within 20 s; a connection with no request in flight for
+//!   `idle_timeout` (since it was established or its last response) is closed, on both
+//!   versions ([`Counters::idle_closed`]);
+//! - **requests in flight**, over all connections, at most `max_requests`: one more is answered
+//!   `503` with `Retry-After: 1` before it reaches the router ([`Counters::requests_refused`]).
+//!   Reading a body within a deadline is the router's part (the hub's `body_timeout`, the
+//!   verification service's).
 //!
 //! Shutdown protocol: when the shutdown future resolves, the listener stops accepting, every
 //! open connection is told to finish (HTTP/1.1: close after the current response; HTTP/2:
 //! GOAWAY), requests in flight run to completion, and [`serve_router`] returns when all
 //! connections have closed, or after [`DRAIN_TIMEOUT`] at the latest.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -47,15 +72,48 @@ pub struct Peer {
     pub addr: SocketAddr,
 }
 
-/// Bounds of the accept loop.
-#[derive(Debug, Clone, Copy)]
+/// Bounds of the accept loop (the module documentation says where each applies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// Connections served at once; further ones wait in the kernel's accept queue.
+    /// Established connections served at once.
     pub max_connections: usize,
+    /// TLS handshakes in progress at once; a new connection over it drops the oldest.
+    pub max_handshakes: usize,
     /// A TLS handshake must finish within this.
     pub handshake_timeout: Duration,
     /// HTTP/1.1 request headers must arrive within this.
     pub header_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// HTTP/2 streams (requests) open at once on one connection.
+    pub max_streams: u32,
+    /// Requests in flight over all connections; one more is answered `503`.
+    pub max_requests: usize,
+}
+
+impl ConnectionLimits {
+    /// Safe defaults for a listener facing a network of strangers; callers override what their
+    /// configuration sets.
+    pub const DEFAULT: ConnectionLimits = ConnectionLimits {
+        max_connections: 512,
+        max_handshakes: 64,
+        handshake_timeout: Duration::from_secs(10),
+        header_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        max_streams: 64,
+        max_requests: 256,
+    };
+}
+
+/// What the accept loop refused or closed besides handshakes, counted exactly.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connections closed after their handshake because `max_connections` stayed full.
+    pub connections_refused: AtomicU64,
+    /// Connections closed after `idle_timeout` without a request.
+    pub idle_closed: AtomicU64,
+    /// Requests answered `503` because `max_requests` were in flight.
+    pub requests_refused: AtomicU64,
 }
 
 /// A connection refused before any request: its TLS handshake failed or timed out.
@@ -76,10 +134,13 @@ pub type RejectionHook = Arc<dyn Fn(Rejection) + Send + Sync>;
 /// What the accept loop tells its caller about connections.
 #[derive(Clone, Default)]
 pub struct Observers {
-    /// Open client connections (after accept, until closed).
+    /// Established client connections (after the handshake and a connection slot, until
+    /// closed).
     pub connections: Arc<Gauge>,
     /// Told of every connection refused in the handshake (`None`: only the warning is logged).
     pub rejections: Option<RejectionHook>,
+    /// Connections and requests refused or closed past the handshake.
+    pub counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for Observers {
@@ -87,6 +148,7 @@ impl std::fmt::Debug for Observers {
         f.debug_struct("Observers")
             .field("connections", &self.connections)
             .field("rejections", &self.rejections.as_ref().map(|_| "hook"))
+            .field("counters", &self.counters)
             .finish()
     }
 }
@@ -154,12 +216,230 @@ impl Drop for Held<'_> {
 #[error("the listening socket is unusable: {0}")]
 pub struct ServeError(#[source] pub std::io::Error);
 
+/// A connection in a [`Pool`]: its id, when it entered, and the signal that drops it.
+type Pending = (u64, tokio::time::Instant, tokio::sync::oneshot::Sender<()>);
+
+/// How old a handshake in progress must be before a new connection may drop it: a legitimate
+/// handshake takes milliseconds (a few round trips), so a burst of them is never dropped, and
+/// only slow peers are.
+pub const DROP_HANDSHAKES_AFTER: Duration = Duration::from_secs(1);
+
+/// Connections at one stage before they are served (silent ones waiting for their first
+/// bytes; handshakes in progress), oldest first: a new one over the limit drops the oldest
+/// once that has been there `min_age`, and waits until then otherwise.
+struct Pool {
+    /// At most this many at once.
+    max: usize,
+    /// How long the oldest must have been there before a newcomer may drop it.
+    min_age: Duration,
+    /// The last id given, and the connections in the pool, oldest first.
+    pending: Mutex<(u64, VecDeque<Pending>)>,
+    /// Told when one leaves.
+    ended: tokio::sync::Notify,
+}
+
+impl Pool {
+    fn new(max: usize, min_age: Duration) -> Pool {
+        Pool {
+            max: max.max(1),
+            min_age,
+            pending: Mutex::new((0, VecDeque::new())),
+            ended: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Enters the pool, once there is room (dropping the oldest if it has been there long
+    /// enough); the id and the signal that this one was dropped.
+    async fn start(&self) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        loop {
+            let until = {
+                let now = tokio::time::Instant::now();
+                let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let (next, pending) = &mut *guard;
+                let mut until = None;
+                if pending.len() >= self.max
+                    && let Some(&(_, since, _)) = pending.front()
+                {
+                    if now.duration_since(since) >= self.min_age {
+                        if let Some((_, _, drop)) = pending.pop_front() {
+                            let _ = drop.send(());
+                        }
+                    } else {
+                        until = Some(since + self.min_age);
+                    }
+                }
+                if pending.len() < self.max {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    *next += 1;
+                    pending.push_back((*next, now, tx));
+                    return (*next, rx);
+                }
+                until.unwrap_or(now + self.min_age.max(Duration::from_millis(10)))
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                () = self.ended.notified() => {}
+            }
+        }
+    }
+
+    /// One left the pool (went on, failed or was dropped).
+    fn end(&self, id: u64) {
+        let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        guard.1.retain(|(i, _, _)| *i != id);
+        drop(guard);
+        self.ended.notify_one();
+    }
+}
+
+/// Per connection: requests in flight and when the last one ended, for the idle timeout.
+#[derive(Debug)]
+struct Activity {
+    /// Requests in flight on the connection.
+    in_flight: AtomicUsize,
+    /// When the connection last had no request in flight, as an offset from `since`.
+    idle_since_ms: AtomicU64,
+    /// When the connection was established.
+    since: tokio::time::Instant,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn end(&self) {
+        self.idle_since_ms
+            .store(self.since.elapsed().as_millis() as u64, Ordering::SeqCst);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// When the connection becomes idle for `timeout`, or `None` while a request is in flight.
+    fn deadline(&self, timeout: Duration) -> Option<tokio::time::Instant> {
+        (self.in_flight.load(Ordering::SeqCst) == 0).then(|| {
+            self.since + Duration::from_millis(self.idle_since_ms.load(Ordering::SeqCst)) + timeout
+        })
+    }
+}
+
+/// A request's place in the connection's [`Activity`], given back when its response is done.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// A connection's stream that reads as closed once the connection has had no request in
+/// flight for the idle timeout (bytes alone, such as HTTP/2 pings, do not count as use).
+struct IdleClosing<S> {
+    /// The TLS stream.
+    inner: S,
+    /// The connection's requests.
+    activity: Arc<Activity>,
+    /// How long it may stay idle.
+    timeout: Duration,
+    /// Woken at the next deadline.
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Counted in when it closes the connection (taken then).
+    closed: Option<Arc<Counters>>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for IdleClosing<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if let Poll::Ready(r) = Pin::new(&mut this.inner).poll_read(cx, buf) {
+            return Poll::Ready(r);
+        }
+        loop {
+            let now = tokio::time::Instant::now();
+            let deadline = match this.activity.deadline(this.timeout) {
+                Some(d) if d <= now => {
+                    if let Some(counters) = this.closed.take() {
+                        counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // End of stream: the protocol closes the connection.
+                    return Poll::Ready(Ok(()));
+                }
+                Some(d) => d,
+                // A request in flight: look again a timeout from now.
+                None => now + this.timeout,
+            };
+            this.sleep.as_mut().reset(deadline);
+            if this.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for IdleClosing<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The `503` of a request over `max_requests`.
+fn busy() -> axum::response::Response {
+    let mut response = axum::response::Response::new(axum::body::Body::from(
+        r#"{"error":"the server is answering as many requests as it may at once; retry in a second"}"#,
+    ));
+    *response.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    response
+}
+
 /// The accept loop and connection life cycle of the module documentation, serving `app`:
 /// every request carries the connection's [`Peer`] as an extension. `tls` must require
 /// client certificates (`tls::mutual_server_config` builds such a configuration); open
-/// connections are counted in `observers.connections` and refused ones reported to
-/// `observers.rejections`. `name` names the server in log lines ("Hub",
-/// "Verification service").
+/// connections are counted in `observers.connections`, refused ones reported to
+/// `observers.rejections` and `observers.counters`. `name` names the server in log lines
+/// ("Hub", "Verification service").
 pub async fn serve_router(
     name: &'static str,
     listener: TcpListener,
@@ -171,33 +451,15 @@ pub async fn serve_router(
 ) -> Result<(), ServeError> {
     let local = listener.local_addr().map_err(ServeError)?;
     let acceptor = TlsAcceptor::from(Arc::new(tls));
+    // Silent connections: at most `max_connections`, the one silent longest dropped first.
+    let silent = Arc::new(Pool::new(limits.max_connections, Duration::ZERO));
+    let handshakes = Arc::new(Pool::new(limits.max_handshakes, DROP_HANDSHAKES_AFTER));
     let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
+    let request_slots = Arc::new(Semaphore::new(limits.max_requests));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     debug!(server = name, addr = %local, "Accepting connections.");
-    let mut warned_full = false;
     loop {
-        // A free connection slot first: at the limit, new connections wait in the kernel's
-        // accept queue instead of costing a task and a TLS session each.
-        let slot = match connection_slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                if !warned_full {
-                    warn!(
-                        server = name,
-                        max_connections = limits.max_connections,
-                        "Connection limit reached; new connections wait until one closes."
-                    );
-                    warned_full = true;
-                }
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    slot = connection_slots.clone().acquire_owned() => {
-                        slot.expect("the connection semaphore is never closed")
-                    }
-                }
-            }
-        };
         let (tcp, addr) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -210,72 +472,177 @@ pub async fn serve_router(
                 }
             },
         };
-        if connection_slots.available_permits() > 0 {
-            warned_full = false;
-        }
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         let watcher = graceful.watcher();
         let observers = observers.clone();
+        let handshakes = handshakes.clone();
+        let silent = silent.clone();
+        let connection_slots = connection_slots.clone();
+        let request_slots = request_slots.clone();
         tokio::spawn(async move {
-            let _slot = slot;
-            let _open = Held::new(&observers.connections, 1);
+            let reject = |reason: HandshakeFailure, detail: String| {
+                if let Some(hook) = &observers.rejections {
+                    hook(Rejection {
+                        peer: addr,
+                        reason,
+                        detail,
+                    });
+                }
+            };
+            // Its first bytes (a ClientHello) without holding a handshake slot: silent peers,
+            // however many, wait here, and the one silent longest is dropped for a newcomer.
+            let (waiting, pushed_out) = silent.start().await;
+            let mut first = [0u8; 1];
+            let spoke = tokio::select! {
+                biased;
+                r = tokio::time::timeout(limits.handshake_timeout, tcp.peek(&mut first)) => Some(r),
+                _ = pushed_out => None,
+            };
+            silent.end(waiting);
+            match spoke {
+                Some(Ok(Ok(n))) if n > 0 => {}
+                Some(Ok(Ok(_))) => {
+                    return reject(
+                        HandshakeFailure::Io,
+                        "the peer closed the connection without a TLS handshake".into(),
+                    );
+                }
+                Some(Ok(Err(e))) => {
+                    return reject(
+                        HandshakeFailure::Io,
+                        format!("the connection failed before the TLS handshake: {e}"),
+                    );
+                }
+                Some(Err(_)) => {
+                    debug!(server = name, peer = %addr, "Silent connection timed out.");
+                    return reject(
+                        HandshakeFailure::Timeout,
+                        format!(
+                            "nothing received within {} ms",
+                            limits.handshake_timeout.as_millis()
+                        ),
+                    );
+                }
+                None => {
+                    debug!(server = name, peer = %addr, "Silent connection dropped for a newer one.");
+                    return reject(
+                        HandshakeFailure::Timeout,
+                        format!(
+                            "nothing received while {} newer connections were waiting (max_connections)",
+                            limits.max_connections
+                        ),
+                    );
+                }
+            }
+            let (id, dropped) = handshakes.start().await;
             let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
-            let refused = match handshake.await {
-                Ok(Ok(tls)) => Ok(tls),
-                Ok(Err(e)) => {
+            let outcome = tokio::select! {
+                biased;
+                outcome = handshake => Some(outcome),
+                _ = dropped => None,
+            };
+            handshakes.end(id);
+            let tls = match outcome {
+                Some(Ok(Ok(tls))) => tls,
+                Some(Ok(Err(e))) => {
                     let detail = e
                         .get_ref()
                         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                         .map(explain)
                         .unwrap_or_else(|| e.to_string());
                     warn!(server = name, peer = %addr, reason = %detail, "TLS handshake failed; connection dropped.");
-                    Err((HandshakeFailure::of_io(&e), detail))
+                    return reject(HandshakeFailure::of_io(&e), detail);
                 }
-                Err(_) => {
+                Some(Err(_)) => {
                     warn!(server = name, peer = %addr, "TLS handshake timed out; connection dropped.");
-                    Err((
+                    return reject(
                         HandshakeFailure::Timeout,
                         format!(
                             "no TLS handshake within {} ms",
                             limits.handshake_timeout.as_millis()
                         ),
-                    ))
+                    );
+                }
+                None => {
+                    debug!(server = name, peer = %addr, "TLS handshake dropped for a newer connection.");
+                    return reject(
+                        HandshakeFailure::Timeout,
+                        format!(
+                            "the TLS handshake was still in progress when {} newer connections had started theirs (max_handshakes)",
+                            limits.max_handshakes
+                        ),
+                    );
                 }
             };
-            let tls = match refused {
-                Ok(tls) => tls,
-                Err((reason, detail)) => {
-                    if let Some(hook) = &observers.rejections {
-                        hook(Rejection {
-                            peer: addr,
-                            reason,
-                            detail,
-                        });
-                    }
+            let slot = match tokio::time::timeout(
+                limits.handshake_timeout,
+                connection_slots.acquire_owned(),
+            )
+            .await
+            {
+                Ok(Ok(slot)) => slot,
+                _ => {
+                    observers
+                        .counters
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        server = name,
+                        peer = %addr,
+                        max_connections = limits.max_connections,
+                        "Connection limit reached; an authenticated connection was closed."
+                    );
                     return;
                 }
             };
-            let certificate = tls
-                .get_ref()
-                .1
+            let _slot = slot;
+            let _open = Held::new(&observers.connections, 1);
+            let (stream, session) = tls.get_ref();
+            let _ = stream;
+            let http2 = session.alpn_protocol() == Some(b"h2");
+            let certificate = session
                 .peer_certificates()
                 .and_then(|certs| certs.first())
                 .map(|c| Arc::new(c.clone().into_owned()));
             let node = certificate.as_deref().and_then(peer_common_name);
-            debug!(server = name, peer = %addr, node = node.as_deref().unwrap_or("-"), "Connection accepted.");
+            debug!(server = name, peer = %addr, node = node.as_deref().unwrap_or("-"), http2, "Connection accepted.");
             let peer = Peer {
                 node,
                 certificate,
                 addr,
             };
-            let service = hyper::service::service_fn(
-                move |mut request: hyper::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(peer.clone());
-                    app.clone().oneshot(request.map(axum::body::Body::new))
-                },
-            );
+            let activity = Arc::new(Activity::new());
+            let counters = observers.counters.clone();
+            let service = {
+                let activity = activity.clone();
+                hyper::service::service_fn(
+                    move |mut request: hyper::Request<hyper::body::Incoming>| {
+                        let permit = request_slots.clone().try_acquire_owned();
+                        let app = app.clone();
+                        let counters = counters.clone();
+                        activity.begin();
+                        let in_flight = InFlight(activity.clone());
+                        request.extensions_mut().insert(peer.clone());
+                        async move {
+                            let _in_flight = in_flight;
+                            let Ok(_permit) = permit else {
+                                counters.requests_refused.fetch_add(1, Ordering::Relaxed);
+                                return Ok::<_, std::convert::Infallible>(busy());
+                            };
+                            app.oneshot(request.map(axum::body::Body::new)).await
+                        }
+                    },
+                )
+            };
+            let io = IdleClosing {
+                inner: tls,
+                activity,
+                timeout: limits.idle_timeout,
+                sleep: Box::pin(tokio::time::sleep(limits.idle_timeout)),
+                closed: Some(observers.counters.clone()),
+            };
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
@@ -284,8 +651,16 @@ pub async fn serve_router(
             builder
                 .http2()
                 .timer(TokioTimer::new())
-                .keep_alive_interval(Duration::from_secs(30));
-            let connection = builder.serve_connection(TokioIo::new(tls), service);
+                .max_concurrent_streams(limits.max_streams)
+                .keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(20));
+            // The protocol ALPN chose, without a detection read a silent peer could hold.
+            let builder = if http2 {
+                builder.http2_only()
+            } else {
+                builder.http1_only()
+            };
+            let connection = builder.serve_connection(TokioIo::new(io), service);
             if let Err(e) = watcher.watch(connection).await {
                 debug!(server = name, peer = %addr, error = %e, "Connection ended with an error.");
             }
@@ -379,10 +754,10 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Rejection>();
         let observers = Observers {
-            connections: Arc::new(Gauge::default()),
             rejections: Some(Arc::new(move |r| {
                 let _ = tx.send(r);
             })),
+            ..Observers::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve_router(
@@ -394,6 +769,7 @@ mod tests {
                 max_connections: 16,
                 handshake_timeout: Duration::from_millis(300),
                 header_timeout: Duration::from_secs(5),
+                ..ConnectionLimits::DEFAULT
             },
             observers,
             async move {
@@ -463,5 +839,214 @@ mod tests {
         let _ = stop.send(());
         server.await.unwrap().unwrap();
         assert!(rx.try_recv().is_err(), "the good client was reported");
+    }
+
+    /// A server on 127.0.0.1:0 answering `GET /` with "ok" and `GET /slow` once `release` is
+    /// notified; its address, counters, and a stopper.
+    async fn server(
+        ids: &Identities,
+        limits: ConnectionLimits,
+        release: Arc<tokio::sync::Notify>,
+    ) -> (
+        SocketAddr,
+        Arc<Counters>,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), ServeError>>,
+    ) {
+        crate::tls::install_provider();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut tls = mutual_server_config(&ids.server).unwrap();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let app = Router::new()
+            .route("/", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/slow",
+                axum::routing::get(move || async move {
+                    release.notified().await;
+                    "slow"
+                }),
+            );
+        let observers = Observers::default();
+        let counters = observers.counters.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve_router(
+            "Test",
+            listener,
+            tls,
+            app,
+            limits,
+            observers,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        (addr, counters, stop, task)
+    }
+
+    /// A TLS connection as `ids.good`, offering `alpn`.
+    async fn connect(
+        addr: SocketAddr,
+        ids: &Identities,
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let mut tls = hub_client_config(&ids.good).unwrap();
+        tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsConnector::from(Arc::new(tls))
+            .connect(
+                ServerName::try_from("127.0.0.1").unwrap(),
+                TcpStream::connect(addr).await.unwrap(),
+            )
+            .await
+            .unwrap()
+    }
+
+    /// `GET path` over HTTP/1.1 on a new connection; the status line.
+    async fn get(addr: SocketAddr, ids: &Identities, path: &str) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut stream = connect(addr, ids, &[b"http/1.1"]).await;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        String::from_utf8_lossy(&answer)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn silent_peers_never_starve_a_legitimate_client() {
+        let ids = identities();
+        let limits = ConnectionLimits {
+            max_handshakes: 8,
+            handshake_timeout: Duration::from_secs(30),
+            ..ConnectionLimits::DEFAULT
+        };
+        let (addr, _, stop, task) = server(&ids, limits, Default::default()).await;
+        // 600 peers connect and say nothing, more than every handshake and connection slot.
+        let mut silent = Vec::new();
+        for i in 0..600 {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+            if i % 100 == 0 {
+                eprintln!("connected {i}");
+            }
+        }
+        eprintln!("all silent connected");
+        let started = std::time::Instant::now();
+        let status = tokio::time::timeout(Duration::from_secs(2), get(addr, &ids, "/"))
+            .await
+            .expect("answered within 2 s");
+        assert!(status.contains("200"), "{status}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(silent);
+        let _ = stop.send(());
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_requests_is_closed_after_the_idle_timeout() {
+        use tokio::io::AsyncReadExt;
+        let ids = identities();
+        let limits = ConnectionLimits {
+            idle_timeout: Duration::from_millis(400),
+            header_timeout: Duration::from_secs(30),
+            ..ConnectionLimits::DEFAULT
+        };
+        let (addr, counters, stop, task) = server(&ids, limits, Default::default()).await;
+        // After a valid handshake, HTTP/2 and HTTP/1.1 peers that never send a request (not
+        // even the HTTP/2 preface), and an HTTP/1.1 peer idle after one request.
+        let mut idle = vec![
+            connect(addr, &ids, &[b"h2"]).await,
+            connect(addr, &ids, &[b"http/1.1"]).await,
+        ];
+        let mut used = connect(addr, &ids, &[b"http/1.1"]).await;
+        used.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut first = [0u8; 64];
+        let n = used.read(&mut first).await.unwrap();
+        assert!(String::from_utf8_lossy(&first[..n]).contains("200"));
+        idle.push(used);
+        let started = std::time::Instant::now();
+        for mut stream in idle {
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+                .await
+                .expect("closed by the server")
+                .ok();
+        }
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_eq!(counters.idle_closed.load(Ordering::Relaxed), 3);
+        let _ = stop.send(());
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn requests_over_max_requests_are_answered_503_at_once() {
+        let ids = identities();
+        let limits = ConnectionLimits {
+            max_requests: 1,
+            ..ConnectionLimits::DEFAULT
+        };
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (addr, counters, stop, task) = server(&ids, limits, release.clone()).await;
+        let held = tokio::spawn({
+            let ids = identities_clone(&ids);
+            async move { get(addr, &ids, "/slow").await }
+        });
+        // Wait until the slow request holds the one slot.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = get(addr, &ids, "/").await;
+            if status.contains("503") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never 503: {status}");
+        }
+        assert!(counters.requests_refused.load(Ordering::Relaxed) >= 1);
+        release.notify_one();
+        assert!(held.await.unwrap().contains("200"));
+        assert!(get(addr, &ids, "/").await.contains("200"));
+        let _ = stop.send(());
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connection_over_max_connections_is_closed_after_its_handshake() {
+        use tokio::io::AsyncReadExt;
+        let ids = identities();
+        let limits = ConnectionLimits {
+            max_connections: 1,
+            handshake_timeout: Duration::from_millis(300),
+            ..ConnectionLimits::DEFAULT
+        };
+        let (addr, counters, stop, task) = server(&ids, limits, Default::default()).await;
+        let _first = connect(addr, &ids, &[b"http/1.1"]).await;
+        let mut second = connect(addr, &ids, &[b"http/1.1"]).await;
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut rest))
+            .await
+            .expect("closed by the server")
+            .ok();
+        assert_eq!(counters.connections_refused.load(Ordering::Relaxed), 1);
+        let _ = stop.send(());
+        task.await.unwrap().unwrap();
+    }
+
+    /// The same identities (the files stay with `ids`).
+    fn identities_clone(ids: &Identities) -> Identities {
+        Identities {
+            _dir: tempfile::tempdir().unwrap(),
+            server: ids.server.clone(),
+            good: ids.good.clone(),
+            foreign: ids.foreign.clone(),
+            expired: ids.expired.clone(),
+        }
     }
 }

@@ -583,6 +583,23 @@ fn verification_budgets_and_grants_are_checked() {
     );
     assert_eq!(v.quotas.lockout, std::time::Duration::from_secs(86_400));
     assert!(config.resources[0].verification.is_enumerable("NAME"));
+    assert_eq!(
+        v.listener,
+        exchange_protocol::server::ConnectionLimits::DEFAULT
+    );
+    let tuned = with_verify(
+        &f,
+        "max_handshakes = 8\nidle_timeout = \"5s\"\nmax_requests = 10\nbody_timeout = \"2s\"",
+        &grant(""),
+    );
+    let config = f.parse(&tuned).unwrap_or_else(|e| panic!("{e}"));
+    let v = config.verify.as_ref().unwrap();
+    assert_eq!(
+        (v.listener.max_handshakes, v.listener.max_requests),
+        (8, 10)
+    );
+    assert_eq!(v.listener.idle_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(v.body_timeout, std::time::Duration::from_secs(2));
     for (verify, resource, needles) in [
         (
             "items_per_minute = 500",
@@ -593,6 +610,16 @@ fn verification_budgets_and_grants_are_checked() {
             "max_items = 10\nsubjects_per_day = 9",
             grant(""),
             vec!["verify.subjects_per_day", "max_items (10)"],
+        ),
+        (
+            "idle_timeout = \"10ms\"",
+            grant(""),
+            vec!["verify.idle_timeout", "100ms to 1h"],
+        ),
+        (
+            "max_handshakes = 0",
+            grant(""),
+            vec!["verify.max_handshakes", "1 to 10000"],
         ),
         (
             "psi_points_per_day = 1999",

@@ -39,6 +39,14 @@ pub struct RawVerify {
     pub psi_points_per_day: Option<u64>,
     pub psi_scans_per_day: Option<u64>,
     pub psi_max_tags: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_handshakes: Option<usize>,
+    pub handshake_timeout: Option<String>,
+    pub header_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub body_timeout: Option<String>,
+    pub max_streams: Option<u32>,
+    pub max_requests: Option<usize>,
 }
 
 /// `[[resources.grants]]` as written.
@@ -112,6 +120,10 @@ pub struct Verify {
     /// Most tags a private set intersection answer holds: rows × (1 + claimed fields)
     /// (`413` above).
     pub psi_max_tags: u64,
+    /// The listener's bounds: connections, handshakes, timeouts, streams, requests.
+    pub listener: exchange_protocol::server::ConnectionLimits,
+    /// A request body must arrive within this (`408`).
+    pub body_timeout: Duration,
 }
 
 /// A resource's verification settings.
@@ -300,6 +312,67 @@ impl Validator<'_> {
                 format!("{psi_max_tags} is out of range; expected 1 to 100000000"),
             ));
         }
+        let default = exchange_protocol::server::ConnectionLimits::DEFAULT;
+        let duration = |key: &str, value: &Option<String>, default: Duration| match value {
+            Some(t) => {
+                let d = parse_duration(t).map_err(|e| self.err(key, e))?;
+                if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&d) {
+                    return Err(self.err(key, "expected 100ms to 1h"));
+                }
+                Ok(d)
+            }
+            None => Ok(default),
+        };
+        let count = |key: &str, value: Option<usize>, default: usize, max: usize| {
+            let n = value.unwrap_or(default);
+            if (1..=max).contains(&n) {
+                Ok(n)
+            } else {
+                Err(self.err(key, format!("{n} is out of range; expected 1 to {max}")))
+            }
+        };
+        let listener = exchange_protocol::server::ConnectionLimits {
+            max_connections: count(
+                "verify.max_connections",
+                v.max_connections,
+                default.max_connections,
+                100_000,
+            )?,
+            max_handshakes: count(
+                "verify.max_handshakes",
+                v.max_handshakes,
+                default.max_handshakes,
+                10_000,
+            )?,
+            handshake_timeout: duration(
+                "verify.handshake_timeout",
+                &v.handshake_timeout,
+                default.handshake_timeout,
+            )?,
+            header_timeout: duration(
+                "verify.header_timeout",
+                &v.header_timeout,
+                default.header_timeout,
+            )?,
+            idle_timeout: duration("verify.idle_timeout", &v.idle_timeout, default.idle_timeout)?,
+            max_streams: count(
+                "verify.max_streams",
+                v.max_streams.map(|n| n as usize),
+                default.max_streams as usize,
+                10_000,
+            )? as u32,
+            max_requests: count(
+                "verify.max_requests",
+                v.max_requests,
+                default.max_requests,
+                100_000,
+            )?,
+        };
+        let body_timeout = duration(
+            "verify.body_timeout",
+            &v.body_timeout,
+            Duration::from_secs(30),
+        )?;
         Ok(Verify {
             listen,
             tls,
@@ -310,6 +383,8 @@ impl Validator<'_> {
             comparison_key,
             quotas,
             psi_max_tags,
+            listener,
+            body_timeout,
         })
     }
 

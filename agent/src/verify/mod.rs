@@ -22,8 +22,9 @@
 //! A connection refused in the TLS handshake (a certificate from another CA, expired, none,
 //! not TLS, too slow) never reaches a handler: it is counted
 //! (`exchange_tls_handshake_failures_total{listener="verify",reason}`) and audited as
-//! `connection.rejected` (peer address, reason, the TLS error) through the same writer, from
-//! a task of its own so that the accept loop never waits for the disk.
+//! `connection.rejected` in aggregate ([`refusals`]: one entry per address and reason per
+//! interval, with a count), so that the accept loop never waits for the disk and a stranger's
+//! flood costs a few entries.
 //!
 //! Architecture invariant: no stored value and no claimed value leaves this module except
 //! as a [`FieldResult`]: not in an answer, an error, a log line or the audit record.
@@ -34,6 +35,7 @@ pub mod grant;
 pub mod ledger;
 pub mod psi;
 pub mod question;
+pub mod refusals;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -49,7 +51,7 @@ use axum::routing::post;
 use axum::{Extension, Json};
 use exchange_connectors::{Connector, ConnectorError, Selection, Value};
 use exchange_protocol::batch::ErrorBody;
-use exchange_protocol::server::{ConnectionLimits, Observers, Peer, Rejection};
+use exchange_protocol::server::{Observers, Peer, Rejection};
 use exchange_protocol::verify::{
     AnswerItem, Claim, FieldResult, SubjectResult, VERIFY_PATH, VerifyAnswer, VerifyRequest,
 };
@@ -243,17 +245,17 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         info!(addr = %addr, max_items = verify.max_items, "Verification service listening on {addr}.");
     }
-    let limits = ConnectionLimits {
-        max_connections: 512,
-        handshake_timeout: std::time::Duration::from_secs(10),
-        header_timeout: std::time::Duration::from_secs(10),
-    };
+    let limits = verify.listener;
+    let counters = std::sync::Arc::new(exchange_protocol::server::Counters::default());
+    crate::metrics::global().listener("verify", counters.clone());
+    let (refusals, flusher) = refusals::Refusals::start(service.audit.clone());
     let observers = Observers {
         connections: Default::default(),
-        rejections: Some(Arc::new({
-            let service = service.clone();
-            move |r| rejected(&service, r)
+        rejections: Some(Arc::new(move |r: Rejection| {
+            crate::metrics::global().handshake_failed("verify", r.reason.label());
+            refusals.report(r);
         })),
+        counters,
     };
     let saver = tokio::spawn({
         let service = service.clone();
@@ -279,6 +281,7 @@ pub async fn serve(
     .await
     .map_err(|e| VerifyError::Listener(e.0));
     saver.abort();
+    flusher.finish().await;
     save_ledger_logged(&service).await;
     served
 }
@@ -294,29 +297,6 @@ async fn save_ledger_logged(service: &Arc<Service>) {
         }
         Err(e) => warn!(error = %e, "The task saving the verification budgets failed."),
     }
-}
-
-/// Counts a connection refused in the handshake and audits it as `connection.rejected`, from
-/// a task of its own (the audit writer syncs to disk; the connection's task should end now).
-fn rejected(service: &Arc<Service>, r: Rejection) {
-    let reason = r.reason.label();
-    crate::metrics::global().handshake_failed("verify", reason);
-    let service = service.clone();
-    tokio::spawn(async move {
-        let detail = serde_json::json!({
-            "listener": "verify",
-            "peer": r.peer.to_string(),
-            "reason": reason,
-            "error": r.detail,
-        });
-        if let Err(e) = service
-            .audit
-            .append("-", "connection.rejected", "-", detail)
-            .await
-        {
-            warn!(error = %e, peer = %r.peer, "Cannot write the audit record of a refused connection.");
-        }
-    });
 }
 
 /// A JSON error answer.
@@ -628,7 +608,12 @@ async fn answer(
     record: &mut Record,
 ) -> Result<VerifyAnswer, Refused> {
     let requester = requester.ok_or_else(|| no_identity(settings.verify.requester_identity))?;
-    let body = read_body(request.into_body(), service.max_body()).await?;
+    let body = read_body(
+        request.into_body(),
+        service.max_body(),
+        settings.verify.body_timeout,
+    )
+    .await?;
     let parsed = VerifyRequest::parse(&body, settings.verify.max_items)
         .map_err(|e| Refused::new(StatusCode::BAD_REQUEST, e.0))?;
     drop(body);
@@ -812,8 +797,8 @@ fn claim_error(e: ClaimError, item: usize, field: &str) -> String {
 }
 
 /// Reads a body of at most `limit` bytes (413 past it, before reading when the length is
-/// announced).
-async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, Refused> {
+/// announced) within `timeout` (408 past it).
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Vec<u8>, Refused> {
     let too_large = || {
         Refused::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -821,10 +806,17 @@ async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, Refused> {
         )
     };
     let limited = http_body_util::Limited::new(body, limit);
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes().to_vec()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+    match tokio::time::timeout(timeout, limited.collect()).await {
         Err(_) => Err(Refused::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s (body_timeout)",
+                timeout.as_secs()
+            ),
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes().to_vec()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(_)) => Err(Refused::new(
             StatusCode::BAD_REQUEST,
             "the request body could not be read to its end",
         )),

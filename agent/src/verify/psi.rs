@@ -165,7 +165,12 @@ async fn answer(
     record: &mut Record,
 ) -> Result<PsiAnswer, Refused> {
     let requester = requester.ok_or_else(|| no_identity(settings.verify.requester_identity))?;
-    let body = read_body(request.into_body(), service.max_body()).await?;
+    let body = read_body(
+        request.into_body(),
+        service.max_body(),
+        settings.verify.body_timeout,
+    )
+    .await?;
     let parsed: PsiRequest = serde_json::from_slice(&body).map_err(|e| {
         bad(format!(
             "the JSON does not have the PSI request's shape at line {} column {}: expected {{\"request_id\", \"purpose\", \"case_ref\", \"resource\", \"items\": [{{\"subject\": \"<64 hex>\", \"claims\": {{field: \"<64 hex>\"}}}}]}}",

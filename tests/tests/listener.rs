@@ -1,0 +1,95 @@
+//! The verification listener under attack, on the real service over real TLS: a stranger's
+//! flood of refused handshakes costs the audit log a few entries while the metrics count every
+//! one; silent peers do not keep a requester out. (The accept loop's own bounds are tested in
+//! `protocol/src/server.rs`.)
+
+use std::time::{Duration, Instant};
+
+use exchange_protocol::verify::FieldResult;
+use exchange_tests::TestDir;
+use exchange_tests::verification::*;
+
+async fn setup() -> (TestDir, Setup) {
+    let dir = TestDir::new();
+    let file = dir.path().join("people.db");
+    create_people("sqlite", None, None, Some(&file)).await;
+    let setup = Setup::new("sqlite", &format!("sqlite://{}", file.display()), &[]);
+    (dir, setup)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_handshakes_costs_a_few_audit_entries_and_is_counted_exactly() {
+    let (_db, setup) = setup().await;
+    let service = setup.serve().await;
+    let addr = service.url.trim_start_matches("https://").to_owned();
+    let before = exchange_agent::metrics::global().handshake_failures("verify", "io");
+    // 2,000 connections that close without a word, in parallel, from one address.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                for _ in 0..250 {
+                    drop(tokio::net::TcpStream::connect(&addr).await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Every one counted (the metric is exact).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while exchange_agent::metrics::global().handshake_failures("verify", "io") < before + 2000 {
+        assert!(Instant::now() < deadline, "not every refusal was counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The service goes on answering.
+    let r = request(
+        "R-SHOWN",
+        vec![item("11010519491231002X", &[("name", v("张三"))])],
+    );
+    let (answer, _) = service.verifier.verify(&r).await.unwrap();
+    assert_eq!(answer.items[0].fields["name"], FieldResult::Match);
+    service.stop().await;
+    let audit = setup.audit();
+    let rejected: Vec<&serde_json::Value> = audit
+        .iter()
+        .filter(|e| e["action"] == "connection.rejected")
+        .collect();
+    assert!(
+        (1..=4).contains(&rejected.len()),
+        "{} entries: {rejected:#?}",
+        rejected.len()
+    );
+    let counted: u64 = rejected
+        .iter()
+        .map(|e| e["detail"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 2000, "{rejected:#?}");
+    assert!(rejected.iter().all(|e| e["detail"]["peer"] == "127.0.0.1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peers_do_not_keep_a_requester_out() {
+    let (_db, setup) = setup().await;
+    let service = setup.serve().await;
+    let addr = service.url.trim_start_matches("https://").to_owned();
+    // More silent peers than every connection slot (512) and handshake slot (64).
+    let mut silent = Vec::new();
+    for _ in 0..600 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let r = request(
+        "R-SHOWN",
+        vec![item("11010519491231002X", &[("name", v("张三"))])],
+    );
+    let started = Instant::now();
+    let (answer, _) = tokio::time::timeout(Duration::from_secs(2), service.verifier.verify(&r))
+        .await
+        .expect("answered within 2 s")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(answer.items[0].fields["name"], FieldResult::Match);
+    drop(silent);
+    service.stop().await;
+}
