@@ -27,7 +27,7 @@
 //! header_timeout = "30s"
 //! handshake_timeout = "10s"
 //! max_handshakes = 64        # in progress; a new connection over it drops the oldest
-//! idle_timeout = "60s"       # a connection without a request this long is closed
+//! idle_timeout = "120s"      # a connection without a request this long is closed
 //! max_streams = 64           # HTTP/2 requests open at once per connection
 //! max_requests = 256         # requests in flight over all connections (503 above)
 //! ```
@@ -230,7 +230,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             max_handshakes: 64,
-            idle_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(120),
             max_streams: 64,
             max_requests: 256,
         }

@@ -99,7 +99,7 @@ impl ConnectionLimits {
         max_handshakes: 64,
         handshake_timeout: Duration::from_secs(10),
         header_timeout: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(120),
         max_streams: 64,
         max_requests: 256,
     };
