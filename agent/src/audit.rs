@@ -9,20 +9,33 @@
 //! (hex) of the previous line's bytes (without its newline); the first entry's `prev` is 64
 //! zeros. An edited, removed or reordered entry therefore breaks the chain at that point.
 //!
-//! **Rotation.** When `audit.jsonl` reaches [`ROTATE_BYTES`] it is renamed `audit.jsonl.<n>`
-//! (n = 1, 2, …, oldest lowest) and a new `audit.jsonl` begins whose first `prev` is the SM3
-//! of the last line of `audit.jsonl.<n>`: the chain runs across the files.
+//! **Rotation.** When `audit.jsonl` reaches [`ROTATE_BYTES`] it is renamed
+//! `audit.jsonl.<n>`, n the number of entries in the chain so far (older versions used 1, 2,
+//! …; files sort by n, oldest lowest), never over an existing file, and a new `audit.jsonl`
+//! begins whose first `prev` is the SM3 of the last line of the file before: the chain runs
+//! across the files.
 //!
-//! **Head.** `audit.head` holds `{"entries": N, "last_sm3": "…"}`: how many entries the chain
-//! holds and the SM3 of its last line, written after each append. A log cut short at an entry
-//! boundary (the last entries removed), which the chain alone cannot show, disagrees with it.
-//! (Someone who can rewrite both files and recompute the chain is caught only by comparing
-//! with an exported copy: `audit export` for archiving, `audit verify` against it.)
+//! **Head.** `audit.head` holds `{"entries": N, "last_sm3": "…"}` padded with spaces to a
+//! fixed length: how many entries the chain holds and the SM3 of its last line, rewritten in
+//! place after each append. A log cut short at an entry boundary (the last entries removed),
+//! which the chain alone cannot show, disagrees with it. (Someone who can rewrite both files
+//! and recompute the chain is caught only by comparing with an exported copy: `audit export`
+//! for archiving, `audit verify` against it.)
+//!
+//! **Crashes.** The log, not the head, is the source of truth: an append continues the chain
+//! from the last complete line of the newest file. A line cut short by a crash (its fsync never
+//! completed, so it was never acknowledged) is cut off first; a head that does not name the
+//! log's last entry (a crash between the log's fsync and the head's write, a head rolled back
+//! or deleted) is counted afresh. Each repair is recorded as an `audit.recovered` entry, the
+//! first of that append, saying what was found (`removed_bytes`, `entries`) and never the
+//! removed bytes. `audit verify` names a cut-short last line and a head behind the log as what
+//! a crash leaves, before the next append repairs them.
 //!
 //! # Invariants
-//! - Append only: the file is opened for appending, never rewritten; each entry is flushed
-//!   to disk (fsync) before the command reports success. Appends within a process are
-//!   serialized, so concurrent push loops never fork the chain.
+//! - Append only: entries are appended, never rewritten; each is flushed to disk (fsync)
+//!   before the command reports success. Appends within a process are serialized, so
+//!   concurrent push loops never fork the chain. The only bytes ever removed are a torn last
+//!   line, which was never acknowledged, and that removal is itself recorded.
 //! - The files are created 0600.
 //! - An entry never holds a field value: resource codes, sequence numbers, record counts,
 //!   content digests, configuration digests, and the operator's words; a verification's
@@ -119,8 +132,14 @@ pub fn append(
 type Fields = (String, String, String, serde_json::Value);
 
 /// Appends entries chained after the last one with one write and one fsync, calls `durable`
-/// with them once they are on disk, then writes the head (still holding the append lock, so
-/// the next append reads it): a caller waiting for its entry need not wait for the head.
+/// with them once they are on disk, then writes the head (still holding the append lock):
+/// a caller waiting for its entry need not wait for the head.
+///
+/// The chain continues from the last complete line of the newest file, whatever the head
+/// says ([`Tail::read`]): a line cut short by a crash (never acknowledged: its fsync did not
+/// complete) is cut off first, and the head, if it disagrees (a crash between the log's fsync
+/// and the head's write, or a head rolled back or deleted), is counted afresh; both repairs
+/// are recorded as an `audit.recovered` entry before the new ones.
 fn append_many(
     data_dir: &Path,
     jobs: Vec<Fields>,
@@ -133,31 +152,63 @@ fn append_many(
         path: path.clone(),
         source,
     };
-    let mut head = read_head(data_dir).map_err(err)?;
-    if std::fs::metadata(&path).is_ok_and(|m| m.len() >= ROTATE_BYTES) {
-        let n = files(data_dir).len();
-        std::fs::rename(&path, data_dir.join(format!("audit.jsonl.{n}"))).map_err(err)?;
+    let tail = Tail::read(data_dir).map_err(err)?;
+    let mut recovered = Vec::new();
+    if tail.cut > 0 {
+        recovered.push(serde_json::json!({
+            "what": "a line cut short by a crash was removed from the end of the log (it was never acknowledged)",
+            "file": tail.file.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "removed_bytes": tail.cut,
+        }));
     }
-    let mut prev = if head.entries == 0 {
-        "0".repeat(64)
-    } else {
-        head.last_sm3.clone()
+    let prev_hex = tail.last.map(hex::encode);
+    // The head as written (not counted from the files when missing: that is a repair too).
+    let written: Option<Head> = std::fs::read(head_path(data_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let head = match written {
+        None if prev_hex.is_none() => Some(Head::default()),
+        written => written.filter(|h| {
+            (h.entries == 0 && prev_hex.is_none()) || Some(&h.last_sm3) == prev_hex.as_ref()
+        }),
     };
+    let mut head = match head {
+        Some(h) => h,
+        None => {
+            let counted = count_entries(data_dir).map_err(err)?;
+            recovered.push(serde_json::json!({
+                "what": "audit.head was missing, unreadable or did not name the log's last entry (a crash between the log and the head, or the head was rolled back or deleted); the entries were counted afresh",
+                "entries": counted,
+            }));
+            Head {
+                entries: counted,
+                last_sm3: prev_hex.clone().unwrap_or_default(),
+            }
+        }
+    };
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() >= ROTATE_BYTES) {
+        rotate(data_dir, head.entries).map_err(err)?;
+    }
+    let mut prev = prev_hex.unwrap_or_else(|| "0".repeat(64));
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .read(true)
         .mode(0o600)
         .open(&path)
         .map_err(err)?;
-    let mut bytes = Vec::new();
-    // A line cut short by a crash stays on its own line.
-    if ends_without_newline(&mut file).map_err(err)? {
-        bytes.push(b'\n');
-    }
     let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut bytes = Vec::new();
     let mut entries = Vec::with_capacity(jobs.len());
-    for (actor, action, resource, detail) in jobs {
+    let notes = recovered.into_iter().map(|detail| {
+        (
+            "-".to_owned(),
+            "audit.recovered".to_owned(),
+            String::new(),
+            detail,
+        )
+    });
+    let first_job = notes.len();
+    for (actor, action, resource, detail) in notes.chain(jobs) {
         let entry = Entry {
             at: at.clone(),
             actor,
@@ -176,9 +227,125 @@ fn append_many(
     head.last_sm3 = prev;
     file.write_all(&bytes).map_err(err)?;
     file.sync_all().map_err(err)?;
+    let entries = entries.split_off(first_job);
     durable(&entries);
     write_head(data_dir, &head).map_err(err)?;
     Ok(entries)
+}
+
+/// Where the chain ends on disk.
+struct Tail {
+    /// The newest file holding a complete line (or `audit.jsonl` when none does).
+    file: PathBuf,
+    /// The SM3 of its last complete line; `None` for an empty log.
+    last: Option<[u8; 32]>,
+    /// Bytes cut from the end of `audit.jsonl` after its last newline (a torn line).
+    cut: u64,
+}
+
+impl Tail {
+    /// Finds the end of the chain: cuts a torn line off the end of `audit.jsonl` (synced), then
+    /// reads the last complete line of the newest file holding one (after a rotation that a
+    /// crash interrupted, `audit.jsonl` may not exist or be empty yet).
+    fn read(data_dir: &Path) -> std::io::Result<Tail> {
+        let current = path(data_dir);
+        let mut cut = 0;
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&current)
+        {
+            let len = f.metadata()?.len();
+            let keep = complete_length(&f, len)?;
+            if keep < len {
+                f.set_len(keep)?;
+                f.sync_all()?;
+                cut = len - keep;
+            }
+        }
+        for file in files(data_dir).into_iter().rev() {
+            let Ok(f) = std::fs::File::open(&file) else {
+                continue;
+            };
+            if let Some(line) = last_line(&f)? {
+                return Ok(Tail {
+                    file,
+                    last: Some(crate::queue::sm3_bytes(&line)),
+                    cut,
+                });
+            }
+        }
+        Ok(Tail {
+            file: current,
+            last: None,
+            cut,
+        })
+    }
+}
+
+/// The length of a file up to and including its last newline (0 if it has none).
+fn complete_length(f: &std::fs::File, len: u64) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut end = len;
+    let mut chunk = vec![0u8; 8192];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let n = (end - start) as usize;
+        f.read_exact_at(&mut chunk[..n], start)?;
+        if let Some(i) = chunk[..n].iter().rposition(|b| *b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// The last complete line of a file (without its newline), if any.
+fn last_line(f: &std::fs::File) -> std::io::Result<Option<Vec<u8>>> {
+    use std::os::unix::fs::FileExt;
+    let end = complete_length(f, f.metadata()?.len())?;
+    if end == 0 {
+        return Ok(None);
+    }
+    // The line ends at `end - 1`; it starts after the newline before it.
+    let start = complete_length(f, end - 1)?;
+    let mut line = vec![0u8; (end - 1 - start) as usize];
+    f.read_exact_at(&mut line, start)?;
+    Ok(Some(line))
+}
+
+/// Entries in every file of the chain (non-empty lines).
+fn count_entries(data_dir: &Path) -> std::io::Result<u64> {
+    let mut n = 0;
+    for f in files(data_dir) {
+        match std::fs::read(&f) {
+            Ok(bytes) => {
+                n += bytes
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .count() as u64
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Renames `audit.jsonl` to `audit.jsonl.<entries>` (the chain's length so far, so names
+/// grow and never repeat, also when older files were archived away), never over an existing
+/// file.
+fn rotate(data_dir: &Path, entries: u64) -> std::io::Result<()> {
+    let mut n = entries.max(files(data_dir).len() as u64);
+    let to = loop {
+        let to = data_dir.join(format!("audit.jsonl.{n}"));
+        if !to.exists() {
+            break to;
+        }
+        n += 1;
+    };
+    std::fs::rename(path(data_dir), to)?;
+    std::fs::File::open(data_dir)?.sync_all()
 }
 
 /// One entry waiting for the writer thread, and where its result goes.
@@ -457,6 +624,9 @@ impl std::fmt::Display for Break {
 pub fn verify(data_dir: &Path) -> Result<u64, Break> {
     let mut prev = "0".repeat(64);
     let mut entries = 0u64;
+    // The SM3 of the entry the head says is the last, once the walk reaches it.
+    let head_count = read_head(data_dir).ok().map(|h| h.entries);
+    let mut at_head_count = None;
     let mut last_file = path(data_dir);
     for f in files(data_dir) {
         let bytes = match std::fs::read(&f) {
@@ -475,7 +645,7 @@ pub fn verify(data_dir: &Path) -> Result<u64, Break> {
             return Err(Break {
                 file: f,
                 line,
-                what: "the last line is cut short (the file was truncated)".into(),
+                what: "the last line is cut short: a crash while it was being written leaves this (the service cuts it off, as never acknowledged, and records `audit.recovered` when it next writes), or the file was truncated".into(),
             });
         }
         for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
@@ -501,6 +671,9 @@ pub fn verify(data_dir: &Path) -> Result<u64, Break> {
             }
             prev = hex::encode(crate::queue::sm3_bytes(line));
             entries += 1;
+            if Some(entries) == head_count {
+                at_head_count = Some(prev.clone());
+            }
         }
         last_file = f;
     }
@@ -511,6 +684,18 @@ pub fn verify(data_dir: &Path) -> Result<u64, Break> {
                 line: 0,
                 what: format!("not a head ({e})"),
             })?;
+            if head.entries < entries && at_head_count.as_ref() == Some(&head.last_sm3) {
+                return Err(Break {
+                    file: head_path(data_dir),
+                    line: 0,
+                    what: format!(
+                        "audit.head records {} entries and the log holds {entries}, the first {} as the head says: the last {} were written after the head, by a crash between the two (the service repairs the head and records `audit.recovered` when it next writes) or because the head was rolled back",
+                        head.entries,
+                        head.entries,
+                        entries - head.entries
+                    ),
+                });
+            }
             if head.entries != entries || (entries > 0 && head.last_sm3 != prev) {
                 return Err(Break {
                     file: last_file,
@@ -568,18 +753,6 @@ pub fn export(
         }
     }
     Ok(n)
-}
-
-/// Whether a non-empty file's last byte is not a newline.
-fn ends_without_newline(file: &mut std::fs::File) -> std::io::Result<bool> {
-    use std::io::{Read, Seek, SeekFrom};
-    if file.metadata()?.len() == 0 {
-        return Ok(false);
-    }
-    file.seek(SeekFrom::End(-1))?;
-    let mut last = [0u8; 1];
-    file.read_exact(&mut last)?;
-    Ok(last[0] != b'\n')
 }
 
 /// The login running this process, for the audit trail.
@@ -820,6 +993,70 @@ mod tests {
         std::fs::write(path(dir.path()), &bytes[..bytes.len() - 20]).unwrap();
         let b = verify(dir.path()).unwrap_err();
         assert!(b.line == 5 && b.what.contains("truncated"), "{b}");
+    }
+
+    #[test]
+    fn a_line_cut_short_by_a_crash_is_cut_off_and_recorded_at_the_next_write() {
+        let dir = log(3);
+        let mut bytes = std::fs::read(path(dir.path())).unwrap();
+        let torn = br#"{"at":"2026-01-01T00:00:00.000Z","actor":"a","action":"verify","res"#;
+        bytes.extend_from_slice(torn);
+        std::fs::write(path(dir.path()), &bytes).unwrap();
+        let found = verify(dir.path()).unwrap_err();
+        assert!(
+            found.what.contains("a crash while it was being written"),
+            "{found}"
+        );
+        append(dir.path(), "resync", "R", serde_json::json!({})).unwrap();
+        assert_eq!(verify(dir.path()), Ok(5));
+        let l = lines(dir.path());
+        let recovered: Entry = serde_json::from_str(&l[3]).unwrap();
+        assert_eq!(recovered.action, "audit.recovered");
+        assert_eq!(recovered.detail["removed_bytes"], torn.len());
+    }
+
+    #[test]
+    fn a_head_behind_the_log_or_missing_is_repaired_at_the_next_write() {
+        // Rolled back one entry, as a crash between the log's fsync and the head leaves it.
+        let dir = log(2);
+        let old_head = std::fs::read(head_path(dir.path())).unwrap();
+        append(dir.path(), "resync", "R", serde_json::json!({})).unwrap();
+        std::fs::write(head_path(dir.path()), &old_head).unwrap();
+        let found = verify(dir.path()).unwrap_err();
+        assert!(found.what.contains("written after the head"), "{found}");
+        append(dir.path(), "resync", "R", serde_json::json!({})).unwrap();
+        assert_eq!(verify(dir.path()), Ok(5));
+        // Deleted.
+        std::fs::remove_file(head_path(dir.path())).unwrap();
+        append(dir.path(), "resync", "R", serde_json::json!({})).unwrap();
+        assert_eq!(verify(dir.path()), Ok(7));
+        let actions: Vec<String> = lines(dir.path())
+            .iter()
+            .map(|l| serde_json::from_str::<Entry>(l).unwrap().action)
+            .collect();
+        assert_eq!(
+            actions.iter().filter(|a| *a == "audit.recovered").count(),
+            2,
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn rotation_never_renames_over_a_file_also_after_archiving() {
+        let dir = log(3);
+        // Rotated files as older versions named them, the oldest archived away.
+        std::fs::rename(path(dir.path()), dir.path().join("audit.jsonl.2")).unwrap();
+        append(dir.path(), "resync", "R", serde_json::json!({})).unwrap();
+        let kept = std::fs::read(dir.path().join("audit.jsonl.2")).unwrap();
+        rotate(dir.path(), 2).unwrap();
+        // A name already taken is never reused: the file is kept as it was.
+        assert_eq!(
+            std::fs::read(dir.path().join("audit.jsonl.2")).unwrap(),
+            kept
+        );
+        assert!(dir.path().join("audit.jsonl.3").exists());
+        append(dir.path(), "resync", "R", serde_json::json!({})).unwrap();
+        assert_eq!(verify(dir.path()), Ok(5));
     }
 
     #[test]

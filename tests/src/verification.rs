@@ -142,6 +142,20 @@ pub async fn create_people(
     }
 }
 
+/// A `people` table in a fresh SQLite file and a [`Setup`] over it with `verify_extra`; the
+/// file's directory is kept as long as the returned [`TestDir`].
+pub async fn sqlite_setup(verify_extra: &[&str]) -> (TestDir, Setup) {
+    let dir = TestDir::new();
+    let file = dir.path().join("people.db");
+    create_people("sqlite", None, None, Some(&file)).await;
+    let setup = Setup::new(
+        "sqlite",
+        &format!("sqlite://{}", file.display()),
+        verify_extra,
+    );
+    (dir, setup)
+}
+
 /// Certificates, keys and the agent configuration of one test.
 pub struct Setup {
     /// The test's directory (agent data, keys, logs).

@@ -6,20 +6,11 @@
 use std::time::{Duration, Instant};
 
 use exchange_protocol::verify::FieldResult;
-use exchange_tests::TestDir;
 use exchange_tests::verification::*;
-
-async fn setup() -> (TestDir, Setup) {
-    let dir = TestDir::new();
-    let file = dir.path().join("people.db");
-    create_people("sqlite", None, None, Some(&file)).await;
-    let setup = Setup::new("sqlite", &format!("sqlite://{}", file.display()), &[]);
-    (dir, setup)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_refused_handshakes_costs_a_few_audit_entries_and_is_counted_exactly() {
-    let (_db, setup) = setup().await;
+    let (_db, setup) = sqlite_setup(&[]).await;
     let service = setup.serve().await;
     let addr = service.url.trim_start_matches("https://").to_owned();
     let before = exchange_agent::metrics::global().handshake_failures("verify", "io");
@@ -71,7 +62,7 @@ async fn a_flood_of_refused_handshakes_costs_a_few_audit_entries_and_is_counted_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_peers_do_not_keep_a_requester_out() {
-    let (_db, setup) = setup().await;
+    let (_db, setup) = sqlite_setup(&[]).await;
     let service = setup.serve().await;
     let addr = service.url.trim_start_matches("https://").to_owned();
     // More silent peers than every connection slot (512) and handshake slot (64).

@@ -210,10 +210,7 @@ async fn semantics_hold_on_sqlite() {
 
 #[tokio::test]
 async fn every_denial_is_a_json_error_naming_what_is_missing_and_is_audited() {
-    let dir = TestDir::new();
-    let file = dir.path().join("people.db");
-    create_people("sqlite", None, None, Some(&file)).await;
-    let setup = Setup::new("sqlite", &format!("sqlite://{}", file.display()), &[]);
+    let (_db, setup) = sqlite_setup(&[]).await;
     let service = setup.serve().await;
     let ok = || item("11010519491231002X", &[("name", v("张三"))]);
     let cases: Vec<(VerifyRequest, u16, &[&str])> = vec![
@@ -348,10 +345,7 @@ async fn every_denial_is_a_json_error_naming_what_is_missing_and_is_audited() {
 
 #[tokio::test]
 async fn certificates_from_another_ca_or_expired_are_refused_in_the_handshake() {
-    let dir = TestDir::new();
-    let file = dir.path().join("people.db");
-    create_people("sqlite", None, None, Some(&file)).await;
-    let setup = Setup::new("sqlite", &format!("sqlite://{}", file.display()), &[]);
+    let (_db, setup) = sqlite_setup(&[]).await;
     let service = setup.serve().await;
     let [foreign, expired] = refused_certificates(&setup);
     for (cert, key) in [foreign, expired] {
@@ -397,10 +391,7 @@ async fn certificates_from_another_ca_or_expired_are_refused_in_the_handshake() 
 #[tokio::test]
 async fn refused_handshakes_are_counted_by_reason_and_audited_by_the_daemon() {
     use tokio::io::AsyncWriteExt;
-    let dir = TestDir::new();
-    let file = dir.path().join("people.db");
-    create_people("sqlite", None, None, Some(&file)).await;
-    let setup = Setup::new("sqlite", &format!("sqlite://{}", file.display()), &[]);
+    let (_db, setup) = sqlite_setup(&[]).await;
     let daemon = Daemon::start(&setup).await;
     let [foreign, expired] = refused_certificates(&setup);
     let r = request(
@@ -488,14 +479,7 @@ async fn refused_handshakes_are_counted_by_reason_and_audited_by_the_daemon() {
 
 #[tokio::test]
 async fn a_uscc_uri_identifies_the_requester_when_configured() {
-    let dir = TestDir::new();
-    let file = dir.path().join("people.db");
-    create_people("sqlite", None, None, Some(&file)).await;
-    let setup = Setup::new(
-        "sqlite",
-        &format!("sqlite://{}", file.display()),
-        &["requester_identity = \"uscc_uri\""],
-    );
+    let (_db, setup) = sqlite_setup(&["requester_identity = \"uscc_uri\""]).await;
     // The grant names the code; the certificate's CN is something else.
     let text = std::fs::read_to_string(&setup.config).unwrap().replace(
         "requester = \"narrow-hub\"",
@@ -527,18 +511,12 @@ async fn a_uscc_uri_identifies_the_requester_when_configured() {
 
 #[tokio::test]
 async fn quotas_answer_429_with_retry_after_and_lock_a_subject_after_repeated_mismatches() {
-    let dir = TestDir::new();
-    let file = dir.path().join("people.db");
-    create_people("sqlite", None, None, Some(&file)).await;
-    let setup = Setup::new(
-        "sqlite",
-        &format!("sqlite://{}", file.display()),
-        &[
-            "max_items = 3",
-            "items_per_minute = 4",
-            "mismatch_lockout = 2",
-        ],
-    );
+    let (_db, setup) = sqlite_setup(&[
+        "max_items = 3",
+        "items_per_minute = 4",
+        "mismatch_lockout = 2",
+    ])
+    .await;
     let service = setup.serve().await;
     let wrong = || item("440524188001010014", &[("name", v("王"))]);
     service

@@ -21,20 +21,10 @@ use exchange_hub::verify::{Verifier, VerifyCallError, claim_of};
 use exchange_protocol::pki::{Usage, Validity};
 use exchange_protocol::psi::{self, PsiAnswer, PsiItem, PsiRequest, Secret};
 use exchange_protocol::verify::{Claim, FieldResult, Item, VerifyRequest};
-use exchange_tests::TestDir;
 use exchange_tests::verification::*;
 
 /// The true birth date of [`PEOPLE`]`[0]`, and its subject.
 const SUBJECT: &str = "11010519491231002X";
-
-/// A `people` table in a fresh SQLite file and a [`Setup`] over it.
-async fn setup(extra: &[&str]) -> (TestDir, Setup) {
-    let dir = TestDir::new();
-    let file = dir.path().join("people.db");
-    create_people("sqlite", None, None, Some(&file)).await;
-    let setup = Setup::new("sqlite", &format!("sqlite://{}", file.display()), extra);
-    (dir, setup)
-}
 
 /// The outcome of one request, as the requester sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +81,7 @@ async fn search(
 
 #[tokio::test]
 async fn one_request_cannot_ask_about_a_subject_twice() {
-    let (_db, setup) = setup(&[]).await;
+    let (_db, setup) = sqlite_setup(&[]).await;
     let service = setup.serve().await;
     // Twelve guesses of a birth date, one per item, the subject written in several ways.
     let spellings = [
@@ -129,7 +119,7 @@ async fn one_request_cannot_ask_about_a_subject_twice() {
 
 #[tokio::test]
 async fn a_field_is_named_one_way_per_request() {
-    let (_db, setup) = setup(&[]).await;
+    let (_db, setup) = sqlite_setup(&[]).await;
     let service = setup.serve().await;
     let variants = ["birth", "Birth", "bIrth", "BIRTH"];
     let one_item: Vec<(&str, Claim)> = variants.iter().map(|n| (*n, v("1949-12-31"))).collect();
@@ -168,7 +158,7 @@ async fn a_field_is_named_one_way_per_request() {
 
 #[tokio::test]
 async fn a_365_date_search_stops_within_the_budget_and_misses_the_birth_date() {
-    let (_db, setup) = setup(&[]).await;
+    let (_db, setup) = sqlite_setup(&[]).await;
     let service = setup.serve().await;
     // Every day of 1949, the true one (12-31) last: as a search that has not hit it yet. (A
     // real requester can read this birth date off the 公民身份号码 itself: docs/PROTOCOL.md
@@ -215,7 +205,7 @@ async fn a_365_date_search_stops_within_the_budget_and_misses_the_birth_date() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_cannot_overdraw_the_budget() {
-    let (_db, setup) = setup(&[]).await;
+    let (_db, setup) = sqlite_setup(&[]).await;
     let service = setup.serve().await;
     let verifier = std::sync::Arc::new(
         Verifier::new(
@@ -257,7 +247,7 @@ async fn concurrent_requests_cannot_overdraw_the_budget() {
 
 #[tokio::test]
 async fn the_hidden_middle_of_a_masked_mobile_is_not_recovered() {
-    let (_db, setup) = setup(&[]).await;
+    let (_db, setup) = sqlite_setup(&[]).await;
     let service = setup.serve().await;
     // The requester holds 139****1111 from the delivered data; the truth is 5738.
     let guesses = (0..10_000).map(|n| format!("139{n:04}1111"));
@@ -277,7 +267,7 @@ async fn the_hidden_middle_of_a_masked_mobile_is_not_recovered() {
 
 #[tokio::test]
 async fn contradictory_claims_and_key_claims_do_not_tell_whether_a_subject_is_known() {
-    let (_db, setup) = setup(&[]).await;
+    let (_db, setup) = sqlite_setup(&[]).await;
     let service = setup.serve().await;
     let unknown = "150102880730303";
     for subject in [SUBJECT, unknown] {
@@ -320,7 +310,7 @@ async fn contradictory_claims_and_key_claims_do_not_tell_whether_a_subject_is_kn
 
 #[tokio::test]
 async fn an_ungranted_certificate_cannot_tell_resources_or_fields_apart() {
-    let (_db, setup) = setup(&[]).await;
+    let (_db, setup) = sqlite_setup(&[]).await;
     let service = setup.serve().await;
     let (cert, key) = setup.pki.issue(
         &setup.pki.ca,
@@ -369,7 +359,7 @@ async fn an_ungranted_certificate_cannot_tell_resources_or_fields_apart() {
 
 #[tokio::test]
 async fn budgets_survive_a_restart_and_a_crash() {
-    let (_db, setup) = setup(&["mismatch_lockout = 2"]).await;
+    let (_db, setup) = sqlite_setup(&["mismatch_lockout = 2"]).await;
     let daemon = Daemon::start(&setup).await;
     let verifier = |url: &str| {
         Verifier::new(&setup.client_tls(&setup.client.0, &setup.client.1), url).unwrap()
@@ -535,7 +525,7 @@ fn crafted(items: Vec<Wanted<'_>>) -> Crafted {
 
 #[tokio::test]
 async fn private_set_intersection_charges_every_point_and_answers_one_field_per_slot() {
-    let (_db, setup) = setup(&["psi_points_per_day = 40", "max_items = 20"]).await;
+    let (_db, setup) = sqlite_setup(&["psi_points_per_day = 40", "max_items = 20"]).await;
     let service = setup.serve().await;
     let url = service.url.clone();
     // One field per slot: the birth date hidden in the `name` slot (next to a real birth
@@ -591,7 +581,7 @@ async fn private_set_intersection_charges_every_point_and_answers_one_field_per_
 
 #[tokio::test]
 async fn private_set_intersection_refuses_repeats_variants_enumerable_fields_and_large_scans() {
-    let (_db, setup) = setup(&["psi_max_tags = 5"]).await;
+    let (_db, setup) = sqlite_setup(&["psi_max_tags = 5"]).await;
     let service = setup.serve().await;
     let url = service.url.clone();
     let send = |c: Crafted| {
@@ -658,7 +648,7 @@ async fn private_set_intersection_refuses_repeats_variants_enumerable_fields_and
 
 #[tokio::test]
 async fn private_set_intersection_compares_numbers_and_mobiles_as_the_clear_endpoint_does() {
-    let (_db, setup) = setup(&[]).await;
+    let (_db, setup) = sqlite_setup(&[]).await;
     let service = setup.serve().await;
     let claims = |salary: &str, mobile: &str| {
         request(
@@ -733,7 +723,7 @@ async fn whatever_random_requests_arrive_answers_other_than_match_stay_within_th
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let (_db, setup) = setup(&["mismatch_lockout = 3"]).await;
+    let (_db, setup) = sqlite_setup(&["mismatch_lockout = 3"]).await;
     let service = setup.serve().await;
     let (mut missed, mut statuses): (HashMap<(String, String), usize>, BTreeMap<u16, usize>) =
         Default::default();
@@ -782,7 +772,7 @@ async fn whatever_random_requests_arrive_answers_other_than_match_stay_within_th
 
 #[tokio::test]
 async fn a_scan_goes_on_past_a_page_that_ends_in_an_unreadable_key() {
-    let (db, setup) = setup(&[]).await;
+    let (db, setup) = sqlite_setup(&[]).await;
     // 5,001 codes; the 5,000th in key order (a full page's last) is not valid UTF-8.
     let c = rusqlite::Connection::open(db.path().join("people.db")).unwrap();
     c.execute_batch(
