@@ -152,12 +152,14 @@ fn append_many(
         path: path.clone(),
         source,
     };
+    // Appends of other processes (operator commands while the service runs) wait too.
+    let _all = ProcessLock::take(data_dir).map_err(err)?;
     let tail = Tail::read(data_dir).map_err(err)?;
     let mut recovered = Vec::new();
     if tail.cut > 0 {
         recovered.push(serde_json::json!({
             "what": "a line cut short by a crash was removed from the end of the log (it was never acknowledged)",
-            "file": tail.file.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "file": "audit.jsonl",
             "removed_bytes": tail.cut,
         }));
     }
@@ -166,20 +168,41 @@ fn append_many(
     let written: Option<Head> = std::fs::read(head_path(data_dir))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
-    let head = match written {
+    let head = match &written {
         None if prev_hex.is_none() => Some(Head::default()),
-        written => written.filter(|h| {
+        written => written.clone().filter(|h| {
             (h.entries == 0 && prev_hex.is_none()) || Some(&h.last_sm3) == prev_hex.as_ref()
         }),
     };
     let mut head = match head {
         Some(h) => h,
         None => {
-            let counted = count_entries(data_dir).map_err(err)?;
-            recovered.push(serde_json::json!({
-                "what": "audit.head was missing, unreadable or did not name the log's last entry (a crash between the log and the head, or the head was rolled back or deleted); the entries were counted afresh",
-                "entries": counted,
-            }));
+            let (counted, digests) = count_entries(data_dir).map_err(err)?;
+            // A crash leaves the head behind the log, naming an entry the log holds; a head
+            // ahead of the log, or naming an entry it does not hold, means entries are gone.
+            let behind = written.as_ref().is_some_and(|h| {
+                h.entries < counted
+                    && h.entries > 0
+                    && digests
+                        .get(h.entries as usize - 1)
+                        .is_some_and(|d| Some(hex::encode(d)) == Some(h.last_sm3.clone()))
+            });
+            recovered.push(match &written {
+                None => serde_json::json!({
+                    "what": "audit.head was missing or unreadable; the entries were counted afresh",
+                    "entries": counted,
+                }),
+                Some(_) if behind => serde_json::json!({
+                    "what": "audit.head was behind the log (a crash between writing entries and the head); the entries were counted afresh",
+                    "entries": counted,
+                }),
+                Some(h) => serde_json::json!({
+                    "what": "audit.head named an entry the log does not hold: entries were removed from the log, or the head was replaced; the entries were counted afresh, and the head found is kept here",
+                    "entries": counted,
+                    "head_entries": h.entries,
+                    "head_last_sm3": h.last_sm3,
+                }),
+            });
             Head {
                 entries: counted,
                 last_sm3: prev_hex.clone().unwrap_or_default(),
@@ -190,12 +213,18 @@ fn append_many(
         rotate(data_dir, head.entries).map_err(err)?;
     }
     let mut prev = prev_hex.unwrap_or_else(|| "0".repeat(64));
+    let created = !path.exists();
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(&path)
         .map_err(err)?;
+    if created {
+        std::fs::File::open(data_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
+    }
     let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let mut bytes = Vec::new();
     let mut entries = Vec::with_capacity(jobs.len());
@@ -235,9 +264,8 @@ fn append_many(
 
 /// Where the chain ends on disk.
 struct Tail {
-    /// The newest file holding a complete line (or `audit.jsonl` when none does).
-    file: PathBuf,
-    /// The SM3 of its last complete line; `None` for an empty log.
+    /// The SM3 of the last complete line of the newest file holding one; `None` for an empty
+    /// log.
     last: Option<[u8; 32]>,
     /// Bytes cut from the end of `audit.jsonl` after its last newline (a torn line).
     cut: u64,
@@ -269,17 +297,12 @@ impl Tail {
             };
             if let Some(line) = last_line(&f)? {
                 return Ok(Tail {
-                    file,
                     last: Some(crate::queue::sm3_bytes(&line)),
                     cut,
                 });
             }
         }
-        Ok(Tail {
-            file: current,
-            last: None,
-            cut,
-        })
+        Ok(Tail { last: None, cut })
     }
 }
 
@@ -314,29 +337,62 @@ fn last_line(f: &std::fs::File) -> std::io::Result<Option<Vec<u8>>> {
     Ok(Some(line))
 }
 
-/// Entries in every file of the chain (non-empty lines).
-fn count_entries(data_dir: &Path) -> std::io::Result<u64> {
-    let mut n = 0;
+/// Entries in every file of the chain (non-empty lines), and the SM3 of each.
+fn count_entries(data_dir: &Path) -> std::io::Result<(u64, Vec<[u8; 32]>)> {
+    let mut digests = Vec::new();
     for f in files(data_dir) {
         match std::fs::read(&f) {
-            Ok(bytes) => {
-                n += bytes
+            Ok(bytes) => digests.extend(
+                bytes
                     .split(|b| *b == b'\n')
                     .filter(|l| !l.is_empty())
-                    .count() as u64
-            }
+                    .map(crate::queue::sm3_bytes),
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(n)
+    Ok((digests.len() as u64, digests))
+}
+
+/// An exclusive lock on `<data_dir>/audit.lock` (flock), held while appending, so that an
+/// operator command appending while the service runs never interleaves with it.
+struct ProcessLock(#[allow(dead_code)] std::fs::File);
+
+impl ProcessLock {
+    fn take(data_dir: &Path) -> std::io::Result<ProcessLock> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::io::AsRawFd;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(data_dir.join("audit.lock"))?;
+        // SAFETY: flock(2) on a descriptor this struct owns; released when it is closed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(ProcessLock(f))
+    }
 }
 
 /// Renames `audit.jsonl` to `audit.jsonl.<entries>` (the chain's length so far, so names
 /// grow and never repeat, also when older files were archived away), never over an existing
 /// file.
 fn rotate(data_dir: &Path, entries: u64) -> std::io::Result<()> {
-    let mut n = entries.max(files(data_dir).len() as u64);
+    let highest = files(data_dir)
+        .iter()
+        .filter_map(|f| {
+            f.file_name()?
+                .to_str()?
+                .strip_prefix("audit.jsonl.")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0);
+    let mut n = entries.max(highest + 1);
     let to = loop {
         let to = data_dir.join(format!("audit.jsonl.{n}"));
         if !to.exists() {
@@ -596,6 +652,18 @@ pub fn for_each_since(
         }
     }
     Ok(())
+}
+
+/// The repairs recorded in the log (`audit.recovered` entries), oldest first: what crashes
+/// left, and a head that named entries the log no longer held.
+pub fn repairs(data_dir: &Path) -> std::io::Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    for_each_since(data_dir, i64::MIN, |e| {
+        if e.action == "audit.recovered" {
+            out.push(e);
+        }
+    })?;
+    Ok(out)
 }
 
 /// Where the chain breaks.
@@ -1039,6 +1107,26 @@ mod tests {
             2,
             "{actions:?}"
         );
+    }
+
+    #[test]
+    fn entries_removed_from_the_end_stay_on_record_after_the_next_write() {
+        let dir = log(5);
+        let l = lines(dir.path());
+        rewrite(dir.path(), &l[..3]);
+        append(dir.path(), "resync", "R", serde_json::json!({})).unwrap();
+        assert_eq!(verify(dir.path()), Ok(5));
+        let found = repairs(dir.path()).unwrap();
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].detail["what"]
+                .as_str()
+                .unwrap()
+                .contains("entries were removed"),
+            "{:?}",
+            found[0]
+        );
+        assert_eq!(found[0].detail["head_entries"], 5);
     }
 
     #[test]

@@ -475,6 +475,13 @@ async fn agent_main() -> ExitCode {
                             "The audit log is intact: {n} entries ({}).",
                             exchange_agent::audit::path(data_dir).display()
                         );
+                        for r in exchange_agent::audit::repairs(data_dir).unwrap_or_default() {
+                            println!(
+                                "  repaired at {}: {}",
+                                r.at,
+                                r.detail["what"].as_str().unwrap_or("-")
+                            );
+                        }
                         ExitCode::SUCCESS
                     }
                     Err(b) => {

@@ -2,17 +2,23 @@
 //! accept → TLS handshake → HTTP/1.1 or HTTP/2 → an axum [`Router`], until shutdown.
 //!
 //! Connection life cycle, with what bounds each step ([`ConnectionLimits`]):
-//! - **accept**: always, at once (a stranger cannot fill the kernel's accept queue);
-//! - **its first bytes** (a ClientHello) within `handshake_timeout`, waited for without a
-//!   handshake slot: at most `max_connections` connections wait silent, and a new one drops
-//!   the one silent longest, so silent peers cost a file descriptor each, bounded, and never a
-//!   handshake slot;
-//! - **TLS handshake** within `handshake_timeout`, at most `max_handshakes` in progress: when
-//!   a new connection finds them all taken, the *oldest* handshake in progress is dropped
-//!   (reported as a timeout) once it is older than [`DROP_HANDSHAKES_AFTER`] (1 s), and the
-//!   new one waits until then otherwise. A legitimate handshake takes milliseconds, so silent
-//!   or slow peers, however many, are the ones dropped, and never keep a legitimate client
-//!   out longer than about that second; a burst of legitimate clients is never dropped. The
+//! - **accept**, into a place among the waiting: at most `max_connections` connections wait
+//!   (silent, or for a handshake slot). When they are all taken, the one waiting longest is
+//!   dropped once it has waited [`DROP_HANDSHAKES_AFTER`] (a silent or stalled peer); until
+//!   then the accept loop waits and new connections wait in the kernel's accept queue (a burst
+//!   of legitimate clients is never dropped). So silent peers cost a file descriptor each,
+//!   bounded, and a stranger cannot hold the accept queue for more than a second;
+//! - **its first bytes** (a ClientHello), waited for without a handshake slot, so silent peers
+//!   never take one;
+//! - **TLS handshake**, at most `max_handshakes` in progress and a quarter of them from one
+//!   address: when a new connection finds them all (or its address's share) taken, the
+//!   *oldest* (of its address) is dropped, reported as a timeout, once it is older than
+//!   [`DROP_HANDSHAKES_AFTER`] (1 s), and the new one waits until then otherwise. A
+//!   legitimate handshake takes milliseconds, so a burst of legitimate clients is never
+//!   dropped, and a stranger sending a byte and stalling, however often, holds at most its
+//!   address's share while other addresses go on. One deadline, `handshake_timeout`, runs
+//!   from accept to the end of the handshake; while it waits for a slot a connection still
+//!   counts among the waiting above. The
 //!   client must present a certificate the `ServerConfig`'s verifier accepts; a failed,
 //!   timed-out or dropped handshake is logged with the peer address, reported as a
 //!   [`Rejection`] to the caller's [`Observers::rejections`] and the connection closed, never
@@ -216,20 +222,31 @@ impl Drop for Held<'_> {
 #[error("the listening socket is unusable: {0}")]
 pub struct ServeError(#[source] pub std::io::Error);
 
-/// A connection in a [`Pool`]: its id, when it entered, and the signal that drops it.
-type Pending = (u64, tokio::time::Instant, tokio::sync::oneshot::Sender<()>);
+/// A connection in a [`Pool`]: its id, its peer's address, when it entered, and the signal
+/// that drops it.
+type Pending = (
+    u64,
+    std::net::IpAddr,
+    tokio::time::Instant,
+    tokio::sync::oneshot::Sender<()>,
+);
 
 /// How old a handshake in progress must be before a new connection may drop it: a legitimate
 /// handshake takes milliseconds (a few round trips), so a burst of them is never dropped, and
 /// only slow peers are.
 pub const DROP_HANDSHAKES_AFTER: Duration = Duration::from_secs(1);
 
-/// Connections at one stage before they are served (silent ones waiting for their first
-/// bytes; handshakes in progress), oldest first: a new one over the limit drops the oldest
-/// once that has been there `min_age`, and waits until then otherwise.
+/// Connections at one stage before they are served (waiting for a handshake slot; handshakes
+/// in progress), oldest first. At most `max` at once, and at most `per_address` from one
+/// address: a newcomer over either limit drops the oldest (of its own address, for the second)
+/// once that has been there `min_age`, and waits until then otherwise. So one address (a
+/// stranger sending a byte and stalling, however often) holds at most `per_address` places,
+/// and the others stay free for everyone else.
 struct Pool {
     /// At most this many at once.
     max: usize,
+    /// At most this many from one address.
+    per_address: usize,
     /// How long the oldest must have been there before a newcomer may drop it.
     min_age: Duration,
     /// The last id given, and the connections in the pool, oldest first.
@@ -239,39 +256,49 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(max: usize, min_age: Duration) -> Pool {
+    fn new(max: usize, per_address: usize, min_age: Duration) -> Pool {
         Pool {
             max: max.max(1),
+            per_address: per_address.clamp(1, max.max(1)),
             min_age,
             pending: Mutex::new((0, VecDeque::new())),
             ended: tokio::sync::Notify::new(),
         }
     }
 
-    /// Enters the pool, once there is room (dropping the oldest if it has been there long
-    /// enough); the id and the signal that this one was dropped.
-    async fn start(&self) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+    /// Enters the pool for `peer`, once there is room (dropping an oldest that has been there
+    /// long enough); the id and the signal that this one was dropped.
+    async fn start(&self, peer: std::net::IpAddr) -> (u64, tokio::sync::oneshot::Receiver<()>) {
         loop {
             let until = {
                 let now = tokio::time::Instant::now();
                 let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
                 let (next, pending) = &mut *guard;
                 let mut until = None;
-                if pending.len() >= self.max
-                    && let Some(&(_, since, _)) = pending.front()
-                {
+                // Over the address's share: its own oldest goes, or we wait for it to age.
+                let mine = pending.iter().filter(|p| p.1 == peer).count();
+                let over = if mine >= self.per_address {
+                    pending.iter().position(|p| p.1 == peer)
+                } else if pending.len() >= self.max {
+                    Some(0)
+                } else {
+                    None
+                };
+                if let Some(i) = over {
+                    let since = pending[i].2;
                     if now.duration_since(since) >= self.min_age {
-                        if let Some((_, _, drop)) = pending.pop_front() {
+                        if let Some((_, _, _, drop)) = pending.remove(i) {
                             let _ = drop.send(());
                         }
                     } else {
                         until = Some(since + self.min_age);
                     }
                 }
-                if pending.len() < self.max {
+                let mine = pending.iter().filter(|p| p.1 == peer).count();
+                if pending.len() < self.max && mine < self.per_address {
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     *next += 1;
-                    pending.push_back((*next, now, tx));
+                    pending.push_back((*next, peer, now, tx));
                     return (*next, rx);
                 }
                 until.unwrap_or(now + self.min_age.max(Duration::from_millis(10)))
@@ -286,7 +313,7 @@ impl Pool {
     /// One left the pool (went on, failed or was dropped).
     fn end(&self, id: u64) {
         let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        guard.1.retain(|(i, _, _)| *i != id);
+        guard.1.retain(|p| p.0 != id);
         drop(guard);
         self.ended.notify_one();
     }
@@ -352,7 +379,13 @@ struct IdleClosing<S> {
     sleep: Pin<Box<tokio::time::Sleep>>,
     /// Counted in when it closes the connection (taken then).
     closed: Option<Arc<Counters>>,
+    /// When a write last made progress or had to wait for the peer: an answer still being
+    /// sent (to a slow reader, say) is not idleness.
+    wrote: tokio::time::Instant,
 }
+
+/// How recent a write must be for the connection to count as busy sending.
+const WRITING: Duration = Duration::from_secs(1);
 
 impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for IdleClosing<S> {
     fn poll_read(
@@ -366,7 +399,9 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for IdleClosing<S> {
         }
         loop {
             let now = tokio::time::Instant::now();
+            let sending = this.wrote + WRITING;
             let deadline = match this.activity.deadline(this.timeout) {
+                Some(d) if d <= now && sending > now => sending,
                 Some(d) if d <= now => {
                     if let Some(counters) = this.closed.take() {
                         counters.idle_closed.fetch_add(1, Ordering::Relaxed);
@@ -392,7 +427,11 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for IdleClosing<S> 
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Pending | Poll::Ready(Ok(1..))) {
+            self.wrote = tokio::time::Instant::now();
+        }
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -408,11 +447,74 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for IdleClosing<S> 
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Pending | Poll::Ready(Ok(1..))) {
+            self.wrote = tokio::time::Instant::now();
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// Warning lines about refused handshakes a server writes per second at most; the rest go to
+/// the debug level (every refusal is still counted and reported to `Observers::rejections`),
+/// so that strangers cannot fill the log.
+const WARNINGS_PER_SECOND: u64 = 10;
+
+/// Counts warning lines per second.
+#[derive(Default)]
+struct Quiet {
+    /// The second being counted (since 1970).
+    second: AtomicU64,
+    /// Lines in it.
+    lines: AtomicU64,
+}
+
+impl Quiet {
+    /// Whether one more warning line fits this second.
+    fn allow(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.lines.store(0, Ordering::Relaxed);
+        }
+        self.lines.fetch_add(1, Ordering::Relaxed) < WARNINGS_PER_SECOND
+    }
+}
+
+/// A response body that keeps its request counted (in the connection's [`Activity`] and in
+/// `max_requests`) until it has been sent or dropped, so that a slow reader's response is
+/// never taken for idleness.
+struct Tracked {
+    /// The body.
+    inner: axum::body::Body,
+    /// The request's place in its connection's activity.
+    _in_flight: InFlight,
+    /// Its slot among the requests in flight.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Tracked {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -452,19 +554,40 @@ pub async fn serve_router(
     let local = listener.local_addr().map_err(ServeError)?;
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     // Silent connections: at most `max_connections`, the one silent longest dropped first.
-    let silent = Arc::new(Pool::new(limits.max_connections, Duration::ZERO));
-    let handshakes = Arc::new(Pool::new(limits.max_handshakes, DROP_HANDSHAKES_AFTER));
+    // Connections waiting for a handshake slot: at most `max_connections`, the one waiting
+    // longest dropped first once it has waited a second (else the accept loop waits). Handshakes in progress: at most `max_handshakes`, a quarter of
+    // them from one address.
+    let silent = Arc::new(Pool::new(
+        limits.max_connections,
+        limits.max_connections,
+        DROP_HANDSHAKES_AFTER,
+    ));
+    let handshakes = Arc::new(Pool::new(
+        limits.max_handshakes,
+        limits.max_handshakes.div_ceil(4),
+        DROP_HANDSHAKES_AFTER,
+    ));
     let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
     let request_slots = Arc::new(Semaphore::new(limits.max_requests));
     let graceful = GracefulShutdown::new();
+    let quiet = Arc::new(Quiet::default());
     let mut shutdown = std::pin::pin!(shutdown);
     debug!(server = name, addr = %local, "Accepting connections.");
+    let any = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
     loop {
+        // A place among the waiting before accepting: when they are all taken by connections
+        // younger than a second (a burst), new ones wait in the kernel's accept queue instead
+        // of being dropped; an older one (silent, or stalled before its handshake) is dropped.
+        let (waiting, pushed_out) = tokio::select! {
+            () = &mut shutdown => break,
+            place = silent.start(any) => place,
+        };
         let (tcp, addr) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
+                    silent.end(waiting);
                     // E.g. too many open files: back off instead of spinning.
                     warn!(server = name, error = %e, "Cannot accept a connection; retrying shortly.");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -481,6 +604,7 @@ pub async fn serve_router(
         let silent = silent.clone();
         let connection_slots = connection_slots.clone();
         let request_slots = request_slots.clone();
+        let quiet = quiet.clone();
         tokio::spawn(async move {
             let reject = |reason: HandshakeFailure, detail: String| {
                 if let Some(hook) = &observers.rejections {
@@ -491,53 +615,76 @@ pub async fn serve_router(
                     });
                 }
             };
-            // Its first bytes (a ClientHello) without holding a handshake slot: silent peers,
-            // however many, wait here, and the one silent longest is dropped for a newcomer.
-            let (waiting, pushed_out) = silent.start().await;
+            // One deadline from accept to the end of the handshake. Until a handshake slot is
+            // granted, the connection counts among the waiting (at most max_connections; a
+            // newcomer drops the one waiting longest): first its first bytes (a ClientHello,
+            // so silent peers never take a handshake slot), then a slot.
+            let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
+            let mut pushed_out = pushed_out;
             let mut first = [0u8; 1];
             let spoke = tokio::select! {
                 biased;
-                r = tokio::time::timeout(limits.handshake_timeout, tcp.peek(&mut first)) => Some(r),
-                _ = pushed_out => None,
+                r = tokio::time::timeout_at(deadline, tcp.peek(&mut first)) => Some(r),
+                _ = &mut pushed_out => None,
+            };
+            let refused = match spoke {
+                Some(Ok(Ok(n))) if n > 0 => None,
+                Some(Ok(Ok(_))) => Some((
+                    HandshakeFailure::Io,
+                    "the peer closed the connection without a TLS handshake".to_owned(),
+                )),
+                Some(Ok(Err(e))) => Some((
+                    HandshakeFailure::Io,
+                    format!("the connection failed before the TLS handshake: {e}"),
+                )),
+                Some(Err(_)) => Some((
+                    HandshakeFailure::Timeout,
+                    format!(
+                        "nothing received within {} ms",
+                        limits.handshake_timeout.as_millis()
+                    ),
+                )),
+                None => Some((
+                    HandshakeFailure::Timeout,
+                    format!(
+                        "dropped before its handshake: {} newer connections were waiting (max_connections)",
+                        limits.max_connections
+                    ),
+                )),
+            };
+            if let Some((reason, detail)) = refused {
+                silent.end(waiting);
+                debug!(server = name, peer = %addr, reason = %detail, "Connection refused before its TLS handshake.");
+                return reject(reason, detail);
+            }
+            let slot = tokio::select! {
+                biased;
+                slot = tokio::time::timeout_at(deadline, handshakes.start(addr.ip())) => Some(slot),
+                _ = &mut pushed_out => None,
             };
             silent.end(waiting);
-            match spoke {
-                Some(Ok(Ok(n))) if n > 0 => {}
-                Some(Ok(Ok(_))) => {
-                    return reject(
-                        HandshakeFailure::Io,
-                        "the peer closed the connection without a TLS handshake".into(),
-                    );
-                }
-                Some(Ok(Err(e))) => {
-                    return reject(
-                        HandshakeFailure::Io,
-                        format!("the connection failed before the TLS handshake: {e}"),
-                    );
-                }
+            let (id, dropped) = match slot {
+                Some(Ok(slot)) => slot,
                 Some(Err(_)) => {
-                    debug!(server = name, peer = %addr, "Silent connection timed out.");
                     return reject(
                         HandshakeFailure::Timeout,
                         format!(
-                            "nothing received within {} ms",
+                            "no handshake slot within {} ms (max_handshakes)",
                             limits.handshake_timeout.as_millis()
                         ),
                     );
                 }
                 None => {
-                    debug!(server = name, peer = %addr, "Silent connection dropped for a newer one.");
                     return reject(
                         HandshakeFailure::Timeout,
                         format!(
-                            "nothing received while {} newer connections were waiting (max_connections)",
+                            "dropped while waiting for a handshake slot: {} newer connections were waiting (max_connections)",
                             limits.max_connections
                         ),
                     );
                 }
-            }
-            let (id, dropped) = handshakes.start().await;
-            let handshake = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
+            };
+            let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
             let outcome = tokio::select! {
                 biased;
                 outcome = handshake => Some(outcome),
@@ -552,11 +699,17 @@ pub async fn serve_router(
                         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                         .map(explain)
                         .unwrap_or_else(|| e.to_string());
-                    warn!(server = name, peer = %addr, reason = %detail, "TLS handshake failed; connection dropped.");
+                    if quiet.allow() {
+                        warn!(server = name, peer = %addr, reason = %detail, "TLS handshake failed; connection dropped.");
+                    } else {
+                        debug!(server = name, peer = %addr, reason = %detail, "TLS handshake failed; connection dropped.");
+                    }
                     return reject(HandshakeFailure::of_io(&e), detail);
                 }
                 Some(Err(_)) => {
-                    warn!(server = name, peer = %addr, "TLS handshake timed out; connection dropped.");
+                    if quiet.allow() {
+                        warn!(server = name, peer = %addr, "TLS handshake timed out; connection dropped.");
+                    }
                     return reject(
                         HandshakeFailure::Timeout,
                         format!(
@@ -626,12 +779,20 @@ pub async fn serve_router(
                         let in_flight = InFlight(activity.clone());
                         request.extensions_mut().insert(peer.clone());
                         async move {
-                            let _in_flight = in_flight;
-                            let Ok(_permit) = permit else {
+                            let Ok(permit) = permit else {
                                 counters.requests_refused.fetch_add(1, Ordering::Relaxed);
+                                drop(in_flight);
                                 return Ok::<_, std::convert::Infallible>(busy());
                             };
-                            app.oneshot(request.map(axum::body::Body::new)).await
+                            let response = app.oneshot(request.map(axum::body::Body::new)).await?;
+                            // Counted until the whole answer is sent.
+                            Ok(response.map(|body| {
+                                axum::body::Body::new(Tracked {
+                                    inner: body,
+                                    _in_flight: in_flight,
+                                    _permit: permit,
+                                })
+                            }))
                         }
                     },
                 )
@@ -642,6 +803,7 @@ pub async fn serve_router(
                 timeout: limits.idle_timeout,
                 sleep: Box::pin(tokio::time::sleep(limits.idle_timeout)),
                 closed: Some(observers.counters.clone()),
+                wrote: tokio::time::Instant::now(),
             };
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
@@ -920,6 +1082,16 @@ mod tests {
             .to_owned()
     }
 
+    /// A legitimate client's `GET /` is answered `200` within 2 s.
+    async fn answered_within_2s(addr: SocketAddr, ids: &Identities) {
+        let started = std::time::Instant::now();
+        let status = tokio::time::timeout(Duration::from_secs(2), get(addr, ids, "/"))
+            .await
+            .expect("answered within 2 s");
+        assert!(status.contains("200"), "{status}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
     #[tokio::test]
     async fn silent_peers_never_starve_a_legitimate_client() {
         let ids = identities();
@@ -931,22 +1103,83 @@ mod tests {
         let (addr, _, stop, task) = server(&ids, limits, Default::default()).await;
         // 600 peers connect and say nothing, more than every handshake and connection slot.
         let mut silent = Vec::new();
-        for i in 0..600 {
+        for _ in 0..600 {
             silent.push(TcpStream::connect(addr).await.unwrap());
-            if i % 100 == 0 {
-                eprintln!("connected {i}");
-            }
         }
-        eprintln!("all silent connected");
-        let started = std::time::Instant::now();
-        let status = tokio::time::timeout(Duration::from_secs(2), get(addr, &ids, "/"))
-            .await
-            .expect("answered within 2 s");
-        assert!(status.contains("200"), "{status}");
-        assert!(started.elapsed() < Duration::from_secs(2));
+        answered_within_2s(addr, &ids).await;
         drop(silent);
         let _ = stop.send(());
         task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn peers_that_send_a_byte_and_stall_hold_only_their_address_share() {
+        let ids = identities();
+        let limits = ConnectionLimits {
+            max_handshakes: 8,
+            handshake_timeout: Duration::from_secs(30),
+            ..ConnectionLimits::DEFAULT
+        };
+        let (addr, _, stop, task) = server(&ids, limits, Default::default()).await;
+        // 200 connections from another address, each sending one byte of a ClientHello.
+        let mut stalled = Vec::new();
+        for _ in 0..200 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            let mut stream = socket.connect(addr).await.unwrap();
+            stream.write_all(&[0x16]).await.unwrap();
+            stalled.push(stream);
+        }
+        answered_within_2s(addr, &ids).await;
+        drop(stalled);
+        let _ = stop.send(());
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_response_read_slowly_is_not_taken_for_idleness() {
+        use tokio::io::AsyncReadExt;
+        let ids = identities();
+        let limits = ConnectionLimits {
+            idle_timeout: Duration::from_millis(300),
+            ..ConnectionLimits::DEFAULT
+        };
+        crate::tls::install_provider();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // An answer of 8 MiB: far more than the socket buffers hold.
+        let app = Router::new().route("/big", axum::routing::get(|| async { vec![b'x'; 8 << 20] }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_router(
+            "Test",
+            listener,
+            mutual_server_config(&ids.server).unwrap(),
+            app,
+            limits,
+            Observers::default(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let mut stream = connect(addr, &ids, &[b"http/1.1"]).await;
+        stream
+            .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        // Read it slowly, over about a second: longer than the idle timeout.
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            got += n;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(got > 8 << 20, "the whole answer arrived: {got} bytes");
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
     }
 
     #[tokio::test]

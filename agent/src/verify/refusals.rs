@@ -3,9 +3,9 @@
 //! metrics (`exchange_tls_handshake_failures_total`, exact), and handed to one task over a
 //! bounded queue; the task writes one `connection.rejected` audit entry per peer address and
 //! reason per [`INTERVAL`] (with the count, the first and last time and the last TLS error),
-//! and at shutdown. A flood of any size from one address therefore costs at most one entry per
-//! reason per interval, and from many addresses at most [`MAX_KEYS`] entries per interval plus
-//! one that counts the rest; a refusal that finds the queue full is counted in the next
+//! and at shutdown, in one group commit; an IPv6 address counts by its /64. A flood of any
+//! size from one address therefore costs at most one entry per reason per interval, and from
+//! many addresses at most [`MAX_KEYS`] entries per interval plus one that counts the rest; a refusal that finds the queue full is counted in the next
 //! entries (`dropped`), never blocking the accept loop.
 //!
 //! Entry detail: `{"listener": "verify", "peer": "<ip>", "reason": "<label>", "count": n,
@@ -28,7 +28,7 @@ use crate::audit;
 /// How often the counted refusals are written.
 pub const INTERVAL: Duration = Duration::from_secs(10);
 /// Distinct (address, reason) pairs counted per interval; the rest are counted together.
-pub const MAX_KEYS: usize = 256;
+pub const MAX_KEYS: usize = 64;
 /// Refusals waiting for the task.
 const QUEUE: usize = 4096;
 
@@ -121,12 +121,18 @@ fn add(tally: &mut BTreeMap<(String, &'static str), Tally>, r: Rejection) {
     t.error = r.detail;
 }
 
-/// An address as written in entries (an IPv4-mapped IPv6 address as IPv4).
+/// An address as counted: IPv4 as is (an IPv4-mapped IPv6 address as IPv4), IPv6 by its
+/// /64 network (one host can use a whole /64), e.g. `2001:db8:1:2::/64`.
 fn ip_of(ip: IpAddr) -> String {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or_else(|| v6.to_string(), |v4| v4.to_string()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+                format!("{net}/64")
+            }
+        },
         v4 => v4.to_string(),
     }
 }
@@ -162,8 +168,12 @@ async fn write(
             "count": lost,
         }));
     }
-    for detail in entries {
-        if let Err(e) = writer.append("-", "connection.rejected", "-", detail).await {
+    // All at once: the writer commits them together.
+    let appends = entries
+        .into_iter()
+        .map(|detail| writer.append("-", "connection.rejected", "-", detail));
+    for result in futures_util::future::join_all(appends).await {
+        if let Err(e) = result {
             warn!(error = %e, "Cannot write the audit record of refused connections.");
         }
     }
