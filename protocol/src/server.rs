@@ -1003,18 +1003,33 @@ mod tests {
         assert!(rx.try_recv().is_err(), "the good client was reported");
     }
 
-    /// A server on 127.0.0.1:0 answering `GET /` with "ok" and `GET /slow` once `release` is
-    /// notified; its address, counters, and a stopper.
+    /// A server of the tests, running.
+    struct Running {
+        /// Its address.
+        addr: SocketAddr,
+        /// Its counters.
+        counters: Arc<Counters>,
+        /// Stops it.
+        stop: tokio::sync::oneshot::Sender<()>,
+        /// Its task.
+        task: tokio::task::JoinHandle<Result<(), ServeError>>,
+    }
+
+    impl Running {
+        /// Stops the server and waits for it.
+        async fn stop(self) {
+            let _ = self.stop.send(());
+            self.task.await.unwrap().unwrap();
+        }
+    }
+
+    /// A server on 127.0.0.1:0 answering `GET /` with "ok", `GET /big` with 8 MiB and
+    /// `GET /slow` once `release` is notified.
     async fn server(
         ids: &Identities,
         limits: ConnectionLimits,
         release: Arc<tokio::sync::Notify>,
-    ) -> (
-        SocketAddr,
-        Arc<Counters>,
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<Result<(), ServeError>>,
-    ) {
+    ) -> Running {
         crate::tls::install_provider();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1022,6 +1037,7 @@ mod tests {
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let app = Router::new()
             .route("/", axum::routing::get(|| async { "ok" }))
+            .route("/big", axum::routing::get(|| async { vec![b'x'; 8 << 20] }))
             .route(
                 "/slow",
                 axum::routing::get(move || async move {
@@ -1043,7 +1059,12 @@ mod tests {
                 let _ = stopped.await;
             },
         ));
-        (addr, counters, stop, task)
+        Running {
+            addr,
+            counters,
+            stop,
+            task,
+        }
     }
 
     /// A TLS connection as `ids.good`, offering `alpn`.
@@ -1100,7 +1121,8 @@ mod tests {
             handshake_timeout: Duration::from_secs(30),
             ..ConnectionLimits::DEFAULT
         };
-        let (addr, _, stop, task) = server(&ids, limits, Default::default()).await;
+        let running = server(&ids, limits, Default::default()).await;
+        let addr = running.addr;
         // 600 peers connect and say nothing, more than every handshake and connection slot.
         let mut silent = Vec::new();
         for _ in 0..600 {
@@ -1108,8 +1130,7 @@ mod tests {
         }
         answered_within_2s(addr, &ids).await;
         drop(silent);
-        let _ = stop.send(());
-        task.await.unwrap().unwrap();
+        running.stop().await;
     }
 
     #[tokio::test]
@@ -1120,7 +1141,8 @@ mod tests {
             handshake_timeout: Duration::from_secs(30),
             ..ConnectionLimits::DEFAULT
         };
-        let (addr, _, stop, task) = server(&ids, limits, Default::default()).await;
+        let running = server(&ids, limits, Default::default()).await;
+        let addr = running.addr;
         // 200 connections from another address, each sending one byte of a ClientHello.
         let mut stalled = Vec::new();
         for _ in 0..200 {
@@ -1132,8 +1154,7 @@ mod tests {
         }
         answered_within_2s(addr, &ids).await;
         drop(stalled);
-        let _ = stop.send(());
-        task.await.unwrap().unwrap();
+        running.stop().await;
     }
 
     #[tokio::test]
@@ -1144,23 +1165,8 @@ mod tests {
             idle_timeout: Duration::from_millis(300),
             ..ConnectionLimits::DEFAULT
         };
-        crate::tls::install_provider();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        // An answer of 8 MiB: far more than the socket buffers hold.
-        let app = Router::new().route("/big", axum::routing::get(|| async { vec![b'x'; 8 << 20] }));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_router(
-            "Test",
-            listener,
-            mutual_server_config(&ids.server).unwrap(),
-            app,
-            limits,
-            Observers::default(),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let running = server(&ids, limits, Default::default()).await;
+        let addr = running.addr;
         let mut stream = connect(addr, &ids, &[b"http/1.1"]).await;
         stream
             .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -1178,8 +1184,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(got > 8 << 20, "the whole answer arrived: {got} bytes");
-        let _ = stop.send(());
-        server.await.unwrap().unwrap();
+        running.stop().await;
     }
 
     #[tokio::test]
@@ -1191,7 +1196,9 @@ mod tests {
             header_timeout: Duration::from_secs(30),
             ..ConnectionLimits::DEFAULT
         };
-        let (addr, counters, stop, task) = server(&ids, limits, Default::default()).await;
+        let running = server(&ids, limits, Default::default()).await;
+        let addr = running.addr;
+        let counters = running.counters.clone();
         // After a valid handshake, HTTP/2 and HTTP/1.1 peers that never send a request (not
         // even the HTTP/2 preface), and an HTTP/1.1 peer idle after one request.
         let mut idle = vec![
@@ -1216,8 +1223,7 @@ mod tests {
         }
         assert!(started.elapsed() < Duration::from_secs(3));
         assert_eq!(counters.idle_closed.load(Ordering::Relaxed), 3);
-        let _ = stop.send(());
-        task.await.unwrap().unwrap();
+        running.stop().await;
     }
 
     #[tokio::test]
@@ -1228,7 +1234,9 @@ mod tests {
             ..ConnectionLimits::DEFAULT
         };
         let release = Arc::new(tokio::sync::Notify::new());
-        let (addr, counters, stop, task) = server(&ids, limits, release.clone()).await;
+        let running = server(&ids, limits, release.clone()).await;
+        let addr = running.addr;
+        let counters = running.counters.clone();
         let held = tokio::spawn({
             let ids = identities_clone(&ids);
             async move { get(addr, &ids, "/slow").await }
@@ -1246,8 +1254,7 @@ mod tests {
         release.notify_one();
         assert!(held.await.unwrap().contains("200"));
         assert!(get(addr, &ids, "/").await.contains("200"));
-        let _ = stop.send(());
-        task.await.unwrap().unwrap();
+        running.stop().await;
     }
 
     #[tokio::test]
@@ -1259,7 +1266,9 @@ mod tests {
             handshake_timeout: Duration::from_millis(300),
             ..ConnectionLimits::DEFAULT
         };
-        let (addr, counters, stop, task) = server(&ids, limits, Default::default()).await;
+        let running = server(&ids, limits, Default::default()).await;
+        let addr = running.addr;
+        let counters = running.counters.clone();
         let _first = connect(addr, &ids, &[b"http/1.1"]).await;
         let mut second = connect(addr, &ids, &[b"http/1.1"]).await;
         let mut rest = Vec::new();
@@ -1268,8 +1277,7 @@ mod tests {
             .expect("closed by the server")
             .ok();
         assert_eq!(counters.connections_refused.load(Ordering::Relaxed), 1);
-        let _ = stop.send(());
-        task.await.unwrap().unwrap();
+        running.stop().await;
     }
 
     /// The same identities (the files stay with `ids`).

@@ -344,6 +344,26 @@ struct Record {
     charged: Option<Charge>,
 }
 
+impl Record {
+    /// What the parsed request says, for the record.
+    fn begin(
+        &mut self,
+        request_id: &str,
+        purpose: &str,
+        case_ref: &str,
+        resource: &str,
+        items: usize,
+    ) {
+        self.request = Some((
+            request_id.to_owned(),
+            purpose.to_owned(),
+            case_ref.to_owned(),
+        ));
+        self.resource = resource.to_owned();
+        self.items = items;
+    }
+}
+
 /// Questions held in the ledger by an admitted request: settled once answered, released if
 /// the request ends before (an error, or a client that went away).
 struct Held {
@@ -458,6 +478,38 @@ async fn handle(
     Extension(peer): Extension<Peer>,
     request: Request,
 ) -> Response {
+    serve_request(
+        service,
+        peer,
+        request,
+        "verify",
+        |service, settings, requester, request, record| {
+            Box::pin(answer(service, settings, requester, request, record))
+        },
+    )
+    .await
+}
+
+/// How an endpoint answers a request, given its service, settings, requester, the request and
+/// the audit record to fill in.
+type Answering<T> =
+    for<'a> fn(
+        &'a Service,
+        &'a Settings,
+        Option<&'a str>,
+        Request,
+        &'a mut Record,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<T, Refused>> + Send + 'a>>;
+
+/// Handles a request of either endpoint to its end ([`to_the_end`]): the requester from the
+/// certificate, the endpoint's answer, then its audit record (`action`) and the response.
+async fn serve_request<T: serde::Serialize + Send + 'static>(
+    service: Arc<Service>,
+    peer: Peer,
+    request: Request,
+    action: &'static str,
+    answer: Answering<T>,
+) -> Response {
     to_the_end(async move {
         let settings = service.current();
         let started = Instant::now();
@@ -471,10 +523,7 @@ async fn handle(
             &mut record,
         )
         .await;
-        respond(
-            &service, &peer, requester, record, started, "verify", result,
-        )
-        .await
+        respond(&service, &peer, requester, record, started, action, result).await
     })
     .await
 }
@@ -617,13 +666,13 @@ async fn answer(
     let parsed = VerifyRequest::parse(&body, settings.verify.max_items)
         .map_err(|e| Refused::new(StatusCode::BAD_REQUEST, e.0))?;
     drop(body);
-    record.request = Some((
-        parsed.request_id.clone(),
-        parsed.purpose.clone(),
-        parsed.case_ref.clone(),
-    ));
-    record.items = parsed.items.len();
-    record.resource = parsed.resource.clone();
+    record.begin(
+        &parsed.request_id,
+        &parsed.purpose,
+        &parsed.case_ref,
+        &parsed.resource,
+        parsed.items.len(),
+    );
     let names: Vec<Vec<&str>> = parsed
         .items
         .iter()

@@ -24,7 +24,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::{Request, State};
@@ -40,7 +40,7 @@ use super::ledger::{Ask, Charge};
 use super::question::{self, Questions};
 use super::{
     Record, Refused, Service, Settings, admit, authorize, connector_of, key_column, no_identity,
-    read_body, requester_of, respond, source_failed, to_the_end, unfit,
+    read_body, serve_request, source_failed, unfit,
 };
 use crate::config::Resource;
 
@@ -54,30 +54,15 @@ pub(super) async fn handle(
     Extension(peer): Extension<Peer>,
     request: Request,
 ) -> Response {
-    to_the_end(async move {
-        let settings = service.current();
-        let started = Instant::now();
-        let requester = requester_of(&peer, settings.verify.requester_identity);
-        let mut record = Record::default();
-        let result = answer(
-            &service,
-            &settings,
-            requester.as_deref(),
-            request,
-            &mut record,
-        )
-        .await;
-        respond(
-            &service,
-            &peer,
-            requester,
-            record,
-            started,
-            "verify.psi",
-            result,
-        )
-        .await
-    })
+    serve_request(
+        service,
+        peer,
+        request,
+        "verify.psi",
+        |service, settings, requester, request, record| {
+            Box::pin(answer(service, settings, requester, request, record))
+        },
+    )
     .await
 }
 
@@ -200,13 +185,13 @@ async fn answer(
     }
     .check(settings.verify.max_items)
     .map_err(|e| bad(e.0))?;
-    record.request = Some((
-        parsed.request_id.clone(),
-        parsed.purpose.clone(),
-        parsed.case_ref.clone(),
-    ));
-    record.items = parsed.items.len();
-    record.resource = parsed.resource.clone();
+    record.begin(
+        &parsed.request_id,
+        &parsed.purpose,
+        &parsed.case_ref,
+        &parsed.resource,
+        parsed.items.len(),
+    );
     let names: Vec<Vec<&str>> = parsed
         .items
         .iter()
