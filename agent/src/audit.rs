@@ -290,6 +290,13 @@ impl Tail {
                 f.sync_all()?;
                 cut = len - keep;
             }
+            // The usual case: the current file's own last line, without listing the directory.
+            if keep > 0 {
+                return Ok(Tail {
+                    last: line_before(&f, keep)?.map(|l| crate::queue::sm3_bytes(&l)),
+                    cut,
+                });
+            }
         }
         for file in files(data_dir).into_iter().rev() {
             let Ok(f) = std::fs::File::open(&file) else {
@@ -325,12 +332,17 @@ fn complete_length(f: &std::fs::File, len: u64) -> std::io::Result<u64> {
 
 /// The last complete line of a file (without its newline), if any.
 fn last_line(f: &std::fs::File) -> std::io::Result<Option<Vec<u8>>> {
-    use std::os::unix::fs::FileExt;
     let end = complete_length(f, f.metadata()?.len())?;
+    line_before(f, end)
+}
+
+/// The line that ends (with its newline) at byte `end` of a file, without the newline; `None`
+/// when `end` is 0.
+fn line_before(f: &std::fs::File, end: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::os::unix::fs::FileExt;
     if end == 0 {
         return Ok(None);
     }
-    // The line ends at `end - 1`; it starts after the newline before it.
     let start = complete_length(f, end - 1)?;
     let mut line = vec![0u8; (end - 1 - start) as usize];
     f.read_exact_at(&mut line, start)?;
