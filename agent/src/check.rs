@@ -131,6 +131,10 @@ fn certificates(config: &Config, out: &mut String) -> bool {
         ("node certificate", config.hub.tls.cert.clone()),
         ("hub CA", config.hub.tls.ca.clone()),
     ];
+    if let Some(v) = &config.verify {
+        files.push(("verification certificate", v.tls.cert.clone()));
+        files.push(("verification client CA", v.tls.ca.clone()));
+    }
     for spec in config.sources.values() {
         if let Some(ca) = &spec.ca {
             files.push(("source CA", ca.clone()));
@@ -175,13 +179,67 @@ fn certificates(config: &Config, out: &mut String) -> bool {
     ok
 }
 
+/// Reports the next update of every CRL the agent reads (`[hub] crl`, `[verify] crl`): a
+/// warning once it is past (the list stays in force; the CA should have published a newer
+/// one). CRLs are usually reissued every few days, so an approaching date is no warning.
+fn revocation_lists(config: &Config, out: &mut String) {
+    let mut files = config.hub.tls.crls.clone();
+    if let Some(v) = &config.verify {
+        files.extend(v.tls.crls.iter().cloned());
+    }
+    let now = chrono::Utc::now().timestamp();
+    for c in exchange_protocol::tls::crl_validity(&files).unwrap_or_default() {
+        let Some(next) = c.next_update else {
+            let _ = writeln!(out, "  CRL {} of `{}`", c.path.display(), c.issuer);
+            continue;
+        };
+        let at = chrono::DateTime::from_timestamp(next, 0)
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .unwrap_or_default();
+        if next < now {
+            let _ = writeln!(
+                out,
+                "  warning: CRL {} of `{}` was due for a newer list on {at}; it stays in force, but put the CA's current CRL in its place (吊销列表已过期，请更新)",
+                c.path.display(),
+                c.issuer
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "  CRL {} of `{}` next update {at}",
+                c.path.display(),
+                c.issuer
+            );
+        }
+    }
+}
+
+/// Builds the TLS configurations the service would build (the hub client, the verification
+/// listener): a certificate that does not match its key, or a CA or CRL rustls refuses, is
+/// an error here, before `systemctl reload` sends SIGHUP. Returns false on any.
+fn tls_material(config: &Config, out: &mut String) -> bool {
+    let mut ok = true;
+    if let Err(e) = exchange_protocol::tls::hub_client_config(&config.hub.tls) {
+        let _ = writeln!(out, "error: [hub] TLS: {e}");
+        ok = false;
+    }
+    if let Some(v) = &config.verify
+        && let Err(e) = exchange_protocol::tls::mutual_server_config(&v.tls)
+    {
+        let _ = writeln!(out, "error: [verify] TLS: {e}");
+        ok = false;
+    }
+    ok
+}
+
 /// Checks a loaded configuration; returns the verdict and a report for the administrator.
 pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
     let mut out = String::new();
     let mut verdict = Verdict::Ok;
     // Certificates first, so the first line does not call valid what an expired one spoils.
     let mut validity = String::new();
-    let certificates_ok = certificates(config, &mut validity);
+    let certificates_ok = certificates(config, &mut validity) & tls_material(config, &mut validity);
+    revocation_lists(config, &mut validity);
     let _ = writeln!(
         out,
         "Configuration {} {}",

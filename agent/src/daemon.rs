@@ -9,15 +9,18 @@
 //! # Reload
 //! The service owns what outlives a configuration: the queue (redb opens it once per process),
 //! the status board, the admin listener, the verification listener (its open connections
-//! survive a reload; grants and comparison rules are taken from the new configuration) and
+//! survive a reload; grants, comparison rules and the TLS material of new handshakes are
+//! taken from the new configuration) and
 //! the connection to systemd. A *generation* is what a
 //! configuration builds around them: pullers, pushers, the control socket, the hub client with
 //! its certificates. SIGHUP, or a change to the configuration file or a TLS file it names
 //! (watched with `notify`, by directory, since editors replace files), loads and validates the
 //! file again; a valid one replaces the generation (the old one is stopped first: a pull or
 //! push cut short is safe at any moment, see the queue's invariants); an invalid one leaves the
-//! old generation running and says why (log, audit entry `config.reload_failed`, metric
-//! `exchange_config_reload_failures_total`). Every load is audited with the SM3 of the file.
+//! old generation running, the verification service's grants and TLS material included, and
+//! says why (log, audit entry `config.reload_failed`, metrics
+//! `exchange_config_reload_failures_total` and `exchange_config_reload_failed`, `status`).
+//! Every load is audited with the SM3 of the file.
 //!
 //! # Shutdown
 //! SIGTERM stops pulling and pushing: a batch in flight is either acknowledged (and removed)
@@ -143,6 +146,9 @@ pub async fn serve(
     notifier.ready(&status::summary(&generation.pipeline));
     let mut tick = tokio::time::interval(notifier.watchdog_interval().unwrap_or(STATUS_EVERY));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The configuration as last read from the file (the running one until a reload): which
+    // files are watched and fingerprinted.
+    let mut seen = pipeline.config.clone();
     let mut file_digest = options
         .config_file
         .as_deref()
@@ -161,25 +167,34 @@ pub async fn serve(
                     sighup |= t == "SIGHUP";
                 }
                 let Some(file) = options.config_file.as_deref() else { continue };
-                let now = crate::reload::fingerprint(file, &generation.pipeline.config);
+                let now = crate::reload::fingerprint(file, &seen);
                 if !sighup && now.is_some() && now == file_digest {
                     continue;
                 }
                 file_digest = now;
                 notifier.reloading();
                 let trigger = if sighup { "SIGHUP" } else { "file change" };
-                if let Some(next) = crate::reload::reload(file, &generation.pipeline, trigger) {
-                    if let Some((service, _)) = &verify
-                        && let Err(e) = service.reload(Arc::new(next.config.clone()))
-                    {
-                        tracing::error!(error = %e, "The verification service keeps its previous grants.");
+                let service = verify.as_ref().map(|(s, _)| s.as_ref());
+                if let Some(crate::reload::Next { pipeline: next, verify: prepared }) =
+                    crate::reload::reload(file, &generation.pipeline, service, trigger)
+                {
+                    // Everything built: the verification service's grants and TLS first (a
+                    // revoked requester is refused from here on), then the new generation.
+                    if let (Some(service), Some(prepared)) = (service, prepared) {
+                        service.apply(prepared);
                     }
                     generation.stop().await;
                     generation = Generation::start(next.clone());
-                    let _ = current_tx.send(next);
-                    if let Some(w) = watcher.as_mut() {
-                        crate::reload::rewatch(w, file, &generation.pipeline.config);
-                    }
+                    let _ = current_tx.send(next.clone());
+                    crate::reload::reloaded(&next, trigger);
+                }
+                // The files the file names now (if it parses, even when the reload was
+                // refused: fixing a CRL or certificate it newly names is a change to watch).
+                if let Some(parsed) = crate::reload::parse(file) {
+                    seen = parsed;
+                }
+                if let Some(w) = watcher.as_mut() {
+                    crate::reload::rewatch(w, file, &seen);
                 }
                 notifier.ready(&status::summary(&generation.pipeline));
             }

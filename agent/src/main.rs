@@ -97,8 +97,14 @@ enum Command {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Check the chain: exit 0 if intact, 1 naming the file and line where it breaks
-    /// (an entry edited, removed, reordered, or the log truncated).
-    Verify,
+    /// (an entry edited, removed, reordered, or the log truncated). Files archived away
+    /// (`[audit] archive_dir`) are read too; without them the chain is checked from the
+    /// oldest file present, which an `audit.archived` entry must account for.
+    Verify {
+        /// Read archived files from this directory [default: `[audit] archive_dir`, if set].
+        #[arg(long, value_name = "DIR")]
+        archive: Option<PathBuf>,
+    },
     /// Write the entries, as stored, as NDJSON to standard output (for archiving).
     Export {
         /// Only entries at or after this instant (RFC 3339, e.g. 2026-01-01T00:00:00+08:00).
@@ -469,12 +475,40 @@ async fn agent_main() -> ExitCode {
             };
             let data_dir = &config.node.data_dir;
             match cmd {
-                AuditCommand::Verify => match exchange_agent::audit::verify(data_dir) {
-                    Ok(n) => {
+                AuditCommand::Verify { archive } => match exchange_agent::audit::verify_with(
+                    data_dir,
+                    archive.as_deref().or(match &config.audit.archive {
+                        Some(exchange_agent::audit::Archive {
+                            to: exchange_agent::audit::ArchiveTo::Dir(dir),
+                            ..
+                        }) => Some(dir.as_path()),
+                        _ => None,
+                    }),
+                ) {
+                    Ok(v) => {
                         println!(
-                            "The audit log is intact: {n} entries ({}).",
+                            "The audit log is intact: {} entries ({}).",
+                            v.entries,
                             exchange_agent::audit::path(data_dir).display()
                         );
+                        if let Some(a) = &v.archived {
+                            let first = v.entries - v.checked + 1;
+                            println!(
+                                "  entries before {first} archived to {} ({}; recorded at {}:{}): checked from entry {first} on{}",
+                                a.to,
+                                a.at,
+                                a.recorded_in.display(),
+                                a.line,
+                                if a.entries.is_none() {
+                                    "; the files before the archived ones were already missing, unrecorded, when they were archived"
+                                } else {
+                                    ""
+                                }
+                            );
+                        }
+                        if v.from_archive > 0 {
+                            println!("  {} older files read from the archive.", v.from_archive);
+                        }
                         for r in exchange_agent::audit::repairs(data_dir).unwrap_or_default() {
                             println!(
                                 "  repaired at {}: {}",

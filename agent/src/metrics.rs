@@ -392,6 +392,17 @@ fn render_process(out: &mut String, m: &Metrics) {
         "Reloads refused; the previous configuration kept running.",
     )
     .sample("exchange_config_reload_failures_total", &[], failures);
+    Family::head(
+        out,
+        "exchange_config_reload_failed",
+        "gauge",
+        "1 while the last reload was refused (the configuration running is not the file's; see `exchange-agent status`), else 0.",
+    )
+    .sample(
+        "exchange_config_reload_failed",
+        &[],
+        u64::from(crate::reload::last_failure().is_some()),
+    );
     let verify = m
         .verify_requests
         .lock()

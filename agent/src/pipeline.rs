@@ -93,6 +93,8 @@ impl Pipeline {
                 })
             })
             .collect();
+        // This process holds the queue, so it is the one that archives the audit log.
+        crate::audit::set_retention(&config.node.data_dir, config.audit.clone());
         Ok(Pipeline {
             connectors,
             board,

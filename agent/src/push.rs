@@ -698,16 +698,31 @@ pub async fn push_batches(
         let seq = b.seq;
         let (records, digest) = (b.records, b.digest.clone());
         let status = format!("{:?}", ack.status).to_lowercase();
-        // The ack also raises the committed bound over the window after this batch.
+        let batch_stream = stream.clone();
+        // The ack also raises the committed bound over the window after this batch, and
+        // stores the batch's audit entry until it is in the audit log (queue module doc).
         let bound = tokio::task::spawn_blocking(move || {
-            let bound = q.ack(&code, seq)?;
             // The exchange's audit record: which batch, how many records, their digest.
+            let detail = serde_json::json!({"seq": seq, "records": records, "digest": digest, "ack": status, "stream": batch_stream});
+            let acked = q.ack(&code, seq, &detail)?;
             let data_dir = q.path().parent().unwrap_or(Path::new("."));
-            let detail = serde_json::json!({"seq": seq, "records": records, "digest": digest, "ack": status});
-            if let Err(e) = crate::audit::append(data_dir, "batch.acked", &code, detail) {
-                tracing::error!(resource = %code, seq, error = %e, "Cannot write the audit log.");
+            match crate::audit::append(data_dir, "batch.acked", &code, detail) {
+                Ok(_) => {
+                    if let Err(e) = q.audited(&acked.pending) {
+                        tracing::warn!(resource = %code, seq, error = %e, "Cannot mark the batch's audit entry as written; the next start checks the audit log for it.");
+                    }
+                    match q.retry_audit() {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(entries = n, "Audit entries that could not be written before were appended."),
+                        Err(e) => tracing::error!(error = %e, "Cannot write the audit log; the entries stay in the queue and are appended later."),
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(resource = %code, seq, error = %e, "Cannot write the audit log; the batch's entry stays in the queue and is appended later (审计日志写入失败，该批次的审计记录保留在队列中，稍后补写).");
+                    q.audit_failed(acked.pending);
+                }
             }
-            Ok::<_, QueueError>(bound)
+            Ok::<_, QueueError>(acked.sent_through)
         })
         .await
         .expect("queue task panicked")?;

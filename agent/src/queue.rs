@@ -9,6 +9,7 @@
 //! | `digests` | (resource, key) | SM3 of the delivered record (32 bytes) · snapshot generation (u64 LE) |
 //! | `quarantine` | (resource, n) | JSON [`QuarantineEntry`], n counting distinct entries from 1 |
 //! | `quarantine_index` | (resource, SM3 of key · NUL · reason) | n of that entry (a row quarantined again for the same reason updates its entry) |
+//! | `audit_pending` | (resource, stream, seq) | JSON `{"detail": …, "acked_ms": …}`: the `batch.acked` audit entry's detail of an acknowledged batch, and when (unix ms), until the entry is in the audit log (a table versions before it ignore; the format stays 1) |
 //!
 //! # Invariants
 //! - Only post-policy records are written: a batch body holds exactly what will leave, and
@@ -19,6 +20,13 @@
 //! - A batch is removed only by [`Queue::ack`], which the pusher calls after the hub's 200
 //!   acknowledgement. Its seq, body and digest never change after the commit that created
 //!   it, so a resend after a crash is byte-identical and the hub deduplicates it.
+//! - An acknowledged batch's audit entry is never lost: [`Queue::ack`] stores its detail
+//!   (`audit_pending`) in the transaction that removes the batch; the pusher appends the
+//!   `batch.acked` entry to the audit log, then removes the detail with a commit that does not
+//!   fsync ([`Queue::audited`]; the next durable commit persists it). [`Queue::open`] appends,
+//!   marked `"recovered": true`, each stored detail whose entry the audit log does not hold (a
+//!   crash between the ack and the append, or an audit log that could not be written), and
+//!   then removes them all: every acknowledged batch has exactly one `batch.acked` entry.
 //! - The file's page cache is bounded (8 MiB): memory does not grow with the queue.
 //! - `ResourceState::sent_through` bounds the seqs that may have left the agent: it is raised
 //!   and committed before any batch above it is sent ([`Queue::raise_sent_through`], and
@@ -50,6 +58,8 @@ const DIGESTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("dige
 const QUARANTINE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("quarantine");
 const QUARANTINE_INDEX: TableDefinition<(&str, &[u8]), u64> =
     TableDefinition::new("quarantine_index");
+const AUDIT_PENDING: TableDefinition<(&str, &str, u64), &[u8]> =
+    TableDefinition::new("audit_pending");
 
 const FORMAT: &[u8] = b"1";
 /// redb's page cache (its default is 1 GiB): the agent's memory must not grow with the
@@ -329,6 +339,39 @@ pub struct Queue {
     db: Arc<Database>,
     stream: String,
     path: PathBuf,
+    /// Audit entries of acknowledged batches that could not be appended in this process, to
+    /// append again after the next one that could ([`Queue::retry_audit`]).
+    unaudited: Arc<std::sync::Mutex<std::collections::BTreeSet<PendingAudit>>>,
+}
+
+/// The `batch.acked` audit entry of an acknowledged batch, stored with the acknowledgement
+/// ([`Queue::ack`]) until it is in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PendingAudit {
+    /// The resource.
+    pub resource: String,
+    /// The stream of the batch.
+    pub stream: String,
+    /// The batch's seq.
+    pub seq: u64,
+}
+
+/// What [`Queue::ack`] did.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    /// The bound of the batches that may have left the agent, as now stored.
+    pub sent_through: u64,
+    /// The batch's audit entry, stored until [`Queue::audited`].
+    pub pending: PendingAudit,
+}
+
+/// A value of `audit_pending`.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredAudit {
+    /// The entry's detail, as it is appended.
+    detail: serde_json::Value,
+    /// When the batch was acknowledged (unix ms).
+    acked_ms: i64,
 }
 
 impl Queue {
@@ -384,11 +427,24 @@ impl Queue {
         for_each_table(&tx)?;
         migrate_sent_through(&tx)?;
         tx.commit().map_err(storage("opening"))?;
-        Ok(Queue {
+        let queue = Queue {
             db: Arc::new(db),
             stream,
             path,
-        })
+            unaudited: Arc::default(),
+        };
+        match queue.recover_audit() {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                entries = n,
+                "Acknowledged batches were missing from the audit log (a crash between the acknowledgement and the audit entry); their entries were appended, marked recovered (已确认批次的审计记录因崩溃未写入，现已补写)."
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "Cannot append the audit entries of acknowledged batches; they stay in the queue and are appended at the next start (无法补写已确认批次的审计记录，记录保留在队列中，下次启动时补写)."
+            ),
+        }
+        Ok(queue)
     }
 
     /// Opens the queue only if it exists (for read-only commands such as `status`, which must
@@ -489,11 +545,30 @@ impl Queue {
 
     /// Removes an acknowledged batch. Called only after the hub's 200 acknowledgement. In the
     /// same transaction, raises `sent_through` over the window after it (up to
-    /// [`crate::push::MAX_IN_FLIGHT`] batches, only batches already committed); returns the
-    /// bound now stored.
-    pub fn ack(&self, resource: &str, seq: u64) -> Result<u64, QueueError> {
+    /// [`crate::push::MAX_IN_FLIGHT`] batches, only batches already committed), and stores
+    /// `audit`, the detail of the batch's `batch.acked` audit entry, until [`Queue::audited`]
+    /// (module doc).
+    pub fn ack(
+        &self,
+        resource: &str,
+        seq: u64,
+        audit: &serde_json::Value,
+    ) -> Result<Acked, QueueError> {
         let mut txn = self.begin()?;
         let mut state = txn.state(resource)?;
+        let stream = state.stream_or(&self.stream).to_owned();
+        {
+            let stored = StoredAudit {
+                detail: audit.clone(),
+                acked_ms: chrono::Utc::now().timestamp_millis(),
+            };
+            let bytes = serde_json::to_vec(&stored).expect("an audit detail serializes");
+            txn.tx
+                .open_table(AUDIT_PENDING)
+                .map_err(storage("storing an audit entry"))?
+                .insert((resource, stream.as_str(), seq), bytes.as_slice())
+                .map_err(storage("storing an audit entry"))?;
+        }
         let removed = {
             let mut table = txn
                 .tx
@@ -525,7 +600,139 @@ impl Queue {
             txn.set_state(resource, &state)?;
         }
         txn.commit()?;
-        Ok(state.sent_through)
+        Ok(Acked {
+            sent_through: state.sent_through,
+            pending: PendingAudit {
+                resource: resource.to_owned(),
+                stream,
+                seq,
+            },
+        })
+    }
+
+    /// Forgets an acknowledged batch's stored audit entry once it is in the audit log, with a
+    /// commit that does not fsync (the next durable commit persists it; a crash before leaves
+    /// it stored, and [`Queue::open`] finds the entry in the log).
+    pub fn audited(&self, pending: &PendingAudit) -> Result<(), QueueError> {
+        let mut tx = self
+            .db
+            .begin_write()
+            .map_err(storage("forgetting an audit entry"))?;
+        tx.set_durability(redb::Durability::None)
+            .map_err(storage("forgetting an audit entry"))?;
+        tx.open_table(AUDIT_PENDING)
+            .map_err(storage("forgetting an audit entry"))?
+            .remove((
+                pending.resource.as_str(),
+                pending.stream.as_str(),
+                pending.seq,
+            ))
+            .map_err(storage("forgetting an audit entry"))?;
+        tx.commit().map_err(storage("forgetting an audit entry"))
+    }
+
+    /// Remembers an acknowledged batch whose audit entry could not be appended, to append it
+    /// after the next one that could ([`Queue::retry_audit`]); it stays stored meanwhile.
+    pub fn audit_failed(&self, pending: PendingAudit) {
+        self.unaudited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pending);
+    }
+
+    /// Appends the audit entries [`Queue::audit_failed`] remembered (marked recovered) unless
+    /// the log holds them already, and forgets them; returns how many were appended.
+    pub fn retry_audit(&self) -> Result<usize, QueueError> {
+        let failed = std::mem::take(&mut *self.unaudited.lock().unwrap_or_else(|e| e.into_inner()));
+        if failed.is_empty() {
+            return Ok(0);
+        }
+        self.settle_audit(Some(&failed)).inspect_err(|_| {
+            self.unaudited
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(failed.iter().cloned());
+        })
+    }
+
+    /// Appends, marked `"recovered": true`, every stored audit entry of an acknowledged batch
+    /// that the audit log does not hold, then forgets them all (durably); returns how many
+    /// were appended. Called by [`Queue::open`], before anything is pushed.
+    pub fn recover_audit(&self) -> Result<usize, QueueError> {
+        self.settle_audit(None)
+    }
+
+    /// [`Queue::recover_audit`] for the stored entries in `only` (all: `None`).
+    fn settle_audit(
+        &self,
+        only: Option<&std::collections::BTreeSet<PendingAudit>>,
+    ) -> Result<usize, QueueError> {
+        const CONTEXT: &str = "appending the audit entries of acknowledged batches";
+        let mut stored = Vec::new();
+        {
+            let tx = self.db.begin_read().map_err(storage(CONTEXT))?;
+            let table = tx.open_table(AUDIT_PENDING).map_err(storage(CONTEXT))?;
+            for entry in table.iter().map_err(storage(CONTEXT))? {
+                let (k, v) = entry.map_err(storage(CONTEXT))?;
+                let (resource, stream, seq) = k.value();
+                let pending = PendingAudit {
+                    resource: resource.to_owned(),
+                    stream: stream.to_owned(),
+                    seq,
+                };
+                if only.is_some_and(|only| !only.contains(&pending)) {
+                    continue;
+                }
+                let value: StoredAudit = serde_json::from_slice(v.value())
+                    .map_err(|e| QueueError::Format(format!("stored audit entry: {e}")))?;
+                stored.push((pending, value));
+            }
+        }
+        if stored.is_empty() {
+            return Ok(0);
+        }
+        let data_dir = self.path.parent().unwrap_or(Path::new("."));
+        // Entries are stamped after the acknowledgement; an hour's margin for a clock stepped
+        // back meanwhile.
+        let since = stored.iter().map(|(_, s)| s.acked_ms).min().unwrap_or(0) - 3_600_000;
+        let mut logged = std::collections::BTreeSet::new();
+        crate::audit::for_each_since(data_dir, since, |e| {
+            if e.action != "batch.acked" {
+                return;
+            }
+            for (p, s) in &stored {
+                if e.resource == p.resource
+                    && e.detail["seq"] == p.seq
+                    && e.detail["stream"] == s.detail["stream"]
+                    && e.detail["digest"] == s.detail["digest"]
+                {
+                    logged.insert(p.clone());
+                }
+            }
+        })
+        .map_err(storage(CONTEXT))?;
+        let mut appended = 0;
+        for (p, s) in &stored {
+            if logged.contains(p) {
+                continue;
+            }
+            let mut detail = s.detail.clone();
+            detail["recovered"] = true.into();
+            crate::audit::append(data_dir, "batch.acked", &p.resource, detail)
+                .map_err(storage(CONTEXT))?;
+            appended += 1;
+        }
+        let txn = self.begin()?;
+        {
+            let mut table = txn.tx.open_table(AUDIT_PENDING).map_err(storage(CONTEXT))?;
+            for (p, _) in &stored {
+                table
+                    .remove((p.resource.as_str(), p.stream.as_str(), p.seq))
+                    .map_err(storage(CONTEXT))?;
+            }
+        }
+        txn.commit()?;
+        Ok(appended)
     }
 
     /// Raises (committed, with fsync) the bound of the batches that may have left the agent to
@@ -846,6 +1053,7 @@ fn for_each_table(tx: &redb::WriteTransaction) -> Result<(), QueueError> {
     tx.open_table(BATCHES).map_err(storage("opening"))?;
     tx.open_table(DIGESTS).map_err(storage("opening"))?;
     tx.open_table(QUARANTINE).map_err(storage("opening"))?;
+    tx.open_table(AUDIT_PENDING).map_err(storage("opening"))?;
     Ok(())
 }
 
@@ -1230,7 +1438,7 @@ mod tests {
             head.digest,
             batch::digest_hex(b"{\"op\":\"delete\",\"key\":\"a\"}\n")
         );
-        q.ack("R", 1).unwrap();
+        q.ack("R", 1, &serde_json::json!({})).unwrap();
         assert!(q.head("R").unwrap().is_none());
         let st = q.state("R").unwrap();
         assert_eq!(
@@ -1431,7 +1639,7 @@ mod tests {
         assert_eq!(b.digest, batch::digest_hex(b""));
         let st = q.state("R").unwrap();
         assert_eq!((st.queued_batches, st.queued_records), (1, 0));
-        q.ack("R", 1).unwrap();
+        q.ack("R", 1, &serde_json::json!({})).unwrap();
         assert_eq!(
             q.state("R").unwrap().queued_bytes,
             0,
@@ -1502,10 +1710,16 @@ mod tests {
     fn an_ack_raises_sent_through_over_the_window_after_it() {
         let (_dir, q) = queue_with(8);
         let window = crate::push::MAX_IN_FLIGHT as u64;
-        assert_eq!(q.ack("R", 1).unwrap(), 1 + window);
-        assert_eq!(q.ack("R", 2).unwrap(), 2 + window);
         assert_eq!(
-            q.ack("R", 5).unwrap(),
+            q.ack("R", 1, &serde_json::json!({})).unwrap().sent_through,
+            1 + window
+        );
+        assert_eq!(
+            q.ack("R", 2, &serde_json::json!({})).unwrap().sent_through,
+            2 + window
+        );
+        assert_eq!(
+            q.ack("R", 5, &serde_json::json!({})).unwrap().sent_through,
             8,
             "capped at the last batch committed"
         );
@@ -1526,7 +1740,7 @@ mod tests {
             txn.set_state("queued", &st).unwrap();
             txn.commit().unwrap();
             for seq in 1..=2 {
-                q.ack("queued", seq).unwrap();
+                q.ack("queued", seq, &serde_json::json!({})).unwrap();
             }
             // As an earlier version wrote them: no `sent_through`.
             let tx = q.db.begin_write().unwrap();
@@ -1557,5 +1771,118 @@ mod tests {
             4,
             "nothing queued: every batch was acknowledged"
         );
+    }
+
+    /// The detail the pusher records for batch `seq` of `R` (push.rs).
+    fn acked_detail(q: &Queue, seq: u64) -> serde_json::Value {
+        let b = q.batch("R", seq).unwrap().unwrap();
+        serde_json::json!({"seq": seq, "records": b.records, "digest": b.digest, "ack": "applied", "stream": q.stream()})
+    }
+
+    /// The `batch.acked` entries of the audit log of `data`, by seq.
+    fn acked_entries(data: &Path) -> Vec<crate::audit::Entry> {
+        let mut out = Vec::new();
+        crate::audit::for_each_since(data, i64::MIN, |e| {
+            if e.action == "batch.acked" {
+                out.push(e);
+            }
+        })
+        .unwrap();
+        out
+    }
+
+    fn pending_count(q: &Queue) -> usize {
+        let tx = q.db.begin_read().unwrap();
+        tx.open_table(AUDIT_PENDING)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .count()
+    }
+
+    #[test]
+    fn an_acknowledged_batch_whose_audit_entry_a_crash_lost_is_recorded_once_at_the_next_open() {
+        let (dir, q) = queue_with(3);
+        let data = dir.path().join("data");
+        // 1: acknowledged and audited. 2: acknowledged, then the process died before the audit
+        // entry was appended. 3: acknowledged and audited, then it died before the stored
+        // entry was forgotten.
+        let one = acked_detail(&q, 1);
+        let acked = q.ack("R", 1, &one).unwrap();
+        crate::audit::append(&data, "batch.acked", "R", one).unwrap();
+        q.audited(&acked.pending).unwrap();
+        let two = acked_detail(&q, 2);
+        q.ack("R", 2, &two).unwrap();
+        let three = acked_detail(&q, 3);
+        q.ack("R", 3, &three).unwrap();
+        crate::audit::append(&data, "batch.acked", "R", three).unwrap();
+        assert_eq!(pending_count(&q), 2);
+        drop(q);
+
+        let q = Queue::open(&data).unwrap();
+        let entries = acked_entries(&data);
+        let seqs: Vec<u64> = entries
+            .iter()
+            .map(|e| e.detail["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, [1, 3, 2], "each exactly once");
+        let recovered = &entries[2];
+        assert_eq!(recovered.detail["recovered"], true);
+        assert_eq!(recovered.detail["digest"], two["digest"]);
+        assert_eq!(recovered.detail["stream"], q.stream());
+        assert!(
+            entries[..2]
+                .iter()
+                .all(|e| e.detail.get("recovered").is_none())
+        );
+        assert_eq!(pending_count(&q), 0);
+        assert_eq!(crate::audit::verify(&data), Ok(3));
+        // Nothing more at the next open.
+        drop(q);
+        let q = Queue::open(&data).unwrap();
+        assert_eq!(acked_entries(&data).len(), 3);
+        assert_eq!(pending_count(&q), 0);
+    }
+
+    #[test]
+    fn the_same_seq_on_a_new_stream_is_not_taken_for_the_one_in_the_log() {
+        let (dir, q) = queue_with(1);
+        let data = dir.path().join("data");
+        let old = acked_detail(&q, 1);
+        let acked = q.ack("R", 1, &old).unwrap();
+        crate::audit::append(&data, "batch.acked", "R", old.clone()).unwrap();
+        q.audited(&acked.pending).unwrap();
+        // After a resync, seq 1 again, acknowledged, and lost by a crash.
+        let mut new = old.clone();
+        new["stream"] = "another stream".into();
+        q.ack("R", 1, &new).unwrap();
+        drop(q);
+        let _q = Queue::open(&data).unwrap();
+        let streams: Vec<serde_json::Value> = acked_entries(&data)
+            .into_iter()
+            .map(|e| e.detail["stream"].clone())
+            .collect();
+        assert_eq!(streams, [old["stream"].clone(), new["stream"].clone()]);
+    }
+
+    #[test]
+    fn an_audit_entry_that_could_not_be_written_is_appended_after_the_next_that_could() {
+        let (dir, q) = queue_with(2);
+        let data = dir.path().join("data");
+        let one = acked_detail(&q, 1);
+        let acked = q.ack("R", 1, &one).unwrap();
+        // The append failed: the pusher remembers it.
+        q.audit_failed(acked.pending);
+        let two = acked_detail(&q, 2);
+        let acked = q.ack("R", 2, &two).unwrap();
+        crate::audit::append(&data, "batch.acked", "R", two).unwrap();
+        q.audited(&acked.pending).unwrap();
+        assert_eq!(q.retry_audit().unwrap(), 1);
+        assert_eq!(q.retry_audit().unwrap(), 0, "once");
+        let entries = acked_entries(&data);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].detail["seq"], 1);
+        assert_eq!(entries[1].detail["recovered"], true);
+        assert_eq!(pending_count(&q), 0);
     }
 }

@@ -4,8 +4,16 @@
 //!
 //! A reload never drops queued data: the queue is owned by the service, not by the pipeline
 //! a reload rebuilds ([`crate::pipeline::Pipeline::with_queue`]). What a reload cannot change
-//! (`node.data_dir`, `node.id`, `[admin] listen`, `[verify] listen`) makes it fail with a reason; a restart applies
-//! those.
+//! (`node.data_dir`, `node.id`, `[admin] listen`, `[verify] listen`) makes it fail with a
+//! reason; a restart applies those.
+//!
+//! A reload is checked whole before anything takes effect ([`reload`] returns a [`Next`]
+//! only when the pipeline *and* the verification service's new grants and TLS material —
+//! `client_ca`, `cert`, `key`, `min_tls`, `crl` — all build). Then the caller applies both:
+//! new handshakes use the new TLS material, connections already open finish their requests.
+//! A refused reload changes nothing (old grants, old CA, old CRLs stay in force) and says so
+//! in the log, the audit log (`config.reload_failed`), the metrics
+//! (`exchange_config_reload_failed` 1 until a reload succeeds) and `status`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -25,18 +33,24 @@ pub struct Watch {
     dirs: BTreeSet<PathBuf>,
 }
 
+/// The TLS files a configuration names: the hub's CA, certificate, key and CRLs, and those of
+/// `[verify]`.
+fn tls_files(config: &Config) -> Vec<&Path> {
+    let mut files: Vec<&Path> = Vec::new();
+    for m in std::iter::once(&config.hub.tls).chain(config.verify.as_ref().map(|v| &v.tls)) {
+        files.extend([m.ca.as_path(), m.cert.as_path(), m.key.as_path()]);
+        files.extend(m.crls.iter().map(PathBuf::as_path));
+    }
+    files
+}
+
 /// The directories whose changes may change the configuration: the file's own and those of
-/// the hub CA, certificate and key.
+/// the TLS files it names.
 fn directories(file: &Path, config: &Config) -> BTreeSet<PathBuf> {
-    [
-        file,
-        &config.hub.tls.ca,
-        &config.hub.tls.cert,
-        &config.hub.tls.key,
-    ]
-    .into_iter()
-    .filter_map(|p| std::path::absolute(p).ok()?.parent().map(Path::to_path_buf))
-    .collect()
+    std::iter::once(file)
+        .chain(tls_files(config))
+        .filter_map(|p| std::path::absolute(p).ok()?.parent().map(Path::to_path_buf))
+        .collect()
 }
 
 /// Starts watching; each event sends `"file change"` on `tx` (the daemon compares
@@ -87,11 +101,7 @@ pub fn rewatch(w: &mut Watch, file: &Path, config: &Config) {
 /// is a reason to reload; `None` if the configuration file cannot be read.
 pub fn fingerprint(file: &Path, config: &Config) -> Option<String> {
     let mut all = std::fs::read(file).ok()?;
-    for p in [
-        &config.hub.tls.ca,
-        &config.hub.tls.cert,
-        &config.hub.tls.key,
-    ] {
+    for p in tls_files(config) {
         all.extend(crate::queue::sm3_bytes(
             &std::fs::read(p).unwrap_or_default(),
         ));
@@ -99,13 +109,68 @@ pub fn fingerprint(file: &Path, config: &Config) -> Option<String> {
     Some(hex::encode(crate::queue::sm3_bytes(&all)))
 }
 
-/// Loads and validates `file` and builds a pipeline around the running one's queue; on
-/// failure says why (log, audit, metric) and returns `None`: the old one keeps running.
-pub fn reload(file: &Path, current: &Pipeline, trigger: &str) -> Option<Arc<Pipeline>> {
+/// A refused reload that is still the last word: the configuration running is not the one in
+/// the file. Shown by `status` and the metric `exchange_config_reload_failed` until a
+/// reload succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Failure {
+    /// When (RFC 3339).
+    pub at: String,
+    /// Why the file was not taken.
+    pub reason: String,
+    /// SM3 of the file that was refused, if it could be read.
+    pub config_sm3: Option<String>,
+}
+
+static LAST_FAILURE: std::sync::Mutex<Option<Failure>> = std::sync::Mutex::new(None);
+
+/// The last refused reload of this process, unless a reload succeeded since.
+pub fn last_failure() -> Option<Failure> {
+    LAST_FAILURE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+fn set_last_failure(f: Option<Failure>) {
+    *LAST_FAILURE.lock().unwrap_or_else(|p| p.into_inner()) = f;
+}
+
+/// A reload checked in full and ready to take effect: the new generation's pipeline and, with
+/// a verification service, its new grants and TLS material.
+pub struct Next {
+    /// The pipeline of the new generation.
+    pub pipeline: Arc<Pipeline>,
+    /// What the verification service takes from the new configuration.
+    pub verify: Option<crate::verify::Prepared>,
+}
+
+/// `file` read and validated, or `None` (what is wrong is said by [`reload`]).
+pub fn parse(file: &Path) -> Option<Config> {
+    let text = std::fs::read_to_string(file).ok()?;
+    Config::parse(file, &text).ok()
+}
+
+/// Loads and validates `file`, builds a pipeline around the running one's queue and what
+/// the running verification service (`verify`) would take from it (grants, TLS material:
+/// client CA, certificate, key, minimum version, CRLs). Nothing takes effect here: on any
+/// failure it says why (log, audit `config.reload_failed`, metric, `status`) and returns
+/// `None`, and the old generation keeps running whole; else the caller applies [`Next`].
+pub fn reload(
+    file: &Path,
+    current: &Pipeline,
+    verify: Option<&crate::verify::Service>,
+    trigger: &str,
+) -> Option<Next> {
     let metrics = crate::metrics::global();
     let fail = |reason: String, digest: Option<&str>| {
         metrics.reload_failed();
-        tracing::error!(file = %file.display(), trigger, error = %reason, "Configuration not reloaded; the previous configuration keeps running.");
+        set_last_failure(Some(Failure {
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            reason: reason.clone(),
+            config_sm3: digest.map(str::to_owned),
+        }));
+        tracing::error!(file = %file.display(), trigger, error = %reason, "Configuration not reloaded; the previous configuration keeps running. 配置未重新加载，继续使用原配置。");
         append(
             &current.config,
             "config.reload_failed",
@@ -141,14 +206,35 @@ pub fn reload(file: &Path, current: &Pipeline, trigger: &str) -> Option<Arc<Pipe
             );
         }
     }
+    let prepared = match verify {
+        Some(service) => match service.prepare(Arc::new(config.clone())) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                return fail(
+                    format!("the verification service cannot take it: {e}"),
+                    Some(&digest),
+                );
+            }
+        },
+        None => None,
+    };
     let next = match Pipeline::with_queue(config, current.queue.clone(), current.board.clone()) {
         Ok(p) => Arc::new(p),
         Err(e) => return fail(e.to_string(), Some(&digest)),
     };
-    metrics.reloaded();
+    Some(Next {
+        pipeline: next,
+        verify: prepared,
+    })
+}
+
+/// Says that `next` took effect (called once the caller applied it): audit `config.reload`,
+/// metric, log; `status` no longer reports a failed reload.
+pub fn reloaded(next: &Pipeline, trigger: &str) {
+    crate::metrics::global().reloaded();
+    set_last_failure(None);
     audit_load(&next.config, "config.reload", Some(trigger));
-    tracing::info!(file = %file.display(), trigger, config_sm3 = %digest, resources = next.pullers.len(), "Configuration reloaded.");
-    Some(next)
+    tracing::info!(file = %next.config.file.display(), trigger, resources = next.pullers.len(), "Configuration reloaded (配置已重新加载).");
 }
 
 /// Appends the audit entry of a configuration load (`service.start`, `config.reload`): the

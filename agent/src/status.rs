@@ -87,6 +87,9 @@ pub struct Report {
     pub at: String,
     /// Whether it came from a running daemon's status file.
     pub from_daemon: bool,
+    /// The last reload, if it was refused: the configuration running is not the file's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload_failed: Option<crate::reload::Failure>,
     /// Per resource.
     pub resources: Vec<ResourceStatus>,
 }
@@ -258,6 +261,11 @@ pub fn summary(pipeline: &crate::pipeline::Pipeline) -> String {
     if halted > 0 {
         line.push_str(&format!(", {halted} stopped (see `exchange-agent status`)"));
     }
+    if crate::reload::last_failure().is_some() {
+        line.push_str(
+            ", last reload refused: the previous configuration runs (see `exchange-agent status`)",
+        );
+    }
     line
 }
 
@@ -315,6 +323,7 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
         queue: queue.path().to_owned(),
         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         from_daemon: false,
+        reload_failed: crate::reload::last_failure(),
         resources,
     })
 }
@@ -421,6 +430,13 @@ impl std::fmt::Display for Report {
                 ""
             }
         )?;
+        if let Some(r) = &self.reload_failed {
+            writeln!(
+                f,
+                "CONFIGURATION NOT RELOADED (配置未重新加载) at {}: {}\n  The previous configuration keeps running, its grants and certificates included; fix the file and reload again (systemctl reload exchange-agent).",
+                r.at, r.reason
+            )?;
+        }
         for r in &self.resources {
             writeln!(f)?;
             writeln!(f, "{}  {}  [{} / {}]", r.code, r.name, r.share, r.mode)?;

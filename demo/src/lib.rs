@@ -257,6 +257,7 @@ async fn ask_as_the_hub(dir: &Path, url: &str) -> anyhow::Result<()> {
         cert: dir.join("tls/requester.pem"),
         key: dir.join("tls/requester.key"),
         min_version: exchange_protocol::tls::MinTlsVersion::Tls13,
+        crls: Vec::new(),
     };
     let hub = Verifier::new(&tls, url)?;
     let mut n = 0;

@@ -13,11 +13,15 @@
 //! cert = "tls/hub.pem"     # the hub's certificate chain
 //! key = "tls/hub.key"      # the hub's private key (mode 0600)
 //! min_tls = "1.3"          # or "1.2"; optional, default "1.3"
+//! crl = ["tls/ca.crl"]     # optional: revoked agent certificates (re-read on SIGHUP)
 //!
 //! [store]
 //! url = "sqlite:///var/lib/exchange-hub/hub.db"   # or sqlite://relative.db, postgres://user@host/db
 //! password_file = "/etc/exchange-hub/pg.password" # optional, PostgreSQL only
 //! ca = "/etc/exchange-hub/pg-ca.pem"              # optional, PostgreSQL only: TLS to the store
+//!
+//! [admin]                                         # optional: GET /metrics, GET /health
+//! listen = "127.0.0.1:9465"                       # loopback only, no authentication
 //!
 //! [limits]                                        # every key optional (docs/HUB.md)
 //! max_batch_bytes = "64MiB"
@@ -87,6 +91,9 @@ pub struct RawListen {
     /// Lowest TLS version: "1.3" (default) or "1.2".
     #[serde(default)]
     pub min_tls: Option<MinTlsVersion>,
+    /// Certificate revocation lists of `ca` (PEM or DER files).
+    #[serde(default)]
+    pub crl: Vec<Spanned<PathBuf>>,
 }
 
 /// `[client]` as written: what `exchange-hub verify` presents to an agent's verification
@@ -251,6 +258,17 @@ pub struct RawConfig {
     /// What `exchange-hub verify` presents.
     #[serde(default)]
     pub client: Option<RawClient>,
+    /// The admin listener.
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+}
+
+/// `[admin]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `ip:port` on loopback for `/metrics` and `/health`.
+    pub listen: Spanned<String>,
 }
 
 /// Where the hub keeps what it received.
@@ -419,6 +437,8 @@ pub struct HubConfig {
     /// What `exchange-hub verify` presents to an agent: `[client]`, each file defaulting to
     /// `[listen]`'s.
     pub client: MutualTls,
+    /// Where the admin listener (`/metrics`, `/health`) listens, loopback only; `None`: off.
+    pub admin: Option<SocketAddr>,
     /// The comparison key file for `verify --hmac` (`[client] comparison_key_file`).
     pub comparison_key_file: Option<PathBuf>,
     /// Its version.
@@ -435,6 +455,7 @@ impl HubConfig {
             tls,
             store,
             limits: Limits::default(),
+            admin: None,
             comparison_key_file: None,
             comparison_key_version: 1,
         }
@@ -594,6 +615,18 @@ fn validate(raw: RawConfig, file: &Source<'_>, dir: &Path) -> Result<HubConfig, 
         cert: existing("listen.cert", &raw.listen.cert, "the hub certificate")?,
         key: existing("listen.key", &raw.listen.key, "the hub private key")?,
         min_version: raw.listen.min_tls.unwrap_or_default(),
+        crls: raw
+            .listen
+            .crl
+            .iter()
+            .map(|c| {
+                existing(
+                    "listen.crl",
+                    c,
+                    "a certificate revocation list of listen.ca",
+                )
+            })
+            .collect::<Result<_, _>>()?,
     };
 
     let url = raw.store.url.get_ref().trim();
@@ -693,6 +726,7 @@ fn validate(raw: RawConfig, file: &Source<'_>, dir: &Path) -> Result<HubConfig, 
                     "the hub's client private key",
                 )?,
                 min_version: tls.min_version,
+                crls: Vec::new(),
             };
             let key_file = match &c.comparison_key_file {
                 Some(f) => Some(existing(
@@ -706,6 +740,27 @@ fn validate(raw: RawConfig, file: &Source<'_>, dir: &Path) -> Result<HubConfig, 
         }
     };
 
+    let admin = match &raw.admin {
+        None => None,
+        Some(a) => {
+            let text = a.listen.get_ref();
+            let addr: SocketAddr = text.trim().parse().map_err(|_| {
+                file.error(
+                    "admin.listen",
+                    a.listen.span(),
+                    format!("`{text}` is not an address; expected a loopback address and port such as \"127.0.0.1:9465\""),
+                )
+            })?;
+            if !addr.ip().is_loopback() {
+                return Err(file.error(
+                    "admin.listen",
+                    a.listen.span(),
+                    format!("{addr} is not a loopback address: the admin listener has no authentication, so it listens on 127.0.0.1 or ::1 only"),
+                ));
+            }
+            Some(addr)
+        }
+    };
     Ok(HubConfig {
         path: None,
         listen,
@@ -713,6 +768,7 @@ fn validate(raw: RawConfig, file: &Source<'_>, dir: &Path) -> Result<HubConfig, 
         store,
         limits,
         client,
+        admin,
         comparison_key_file,
         comparison_key_version,
     })
@@ -855,7 +911,7 @@ url = "sqlite://hub.db"
         let text = "[listen]\naddr = \"127.0.0.1:8443\"\nadress = \"x\"\n";
         let err = load(&dir, text).unwrap_err();
         assert!(
-            err.starts_with("DIR/hub.toml:3:1: key `listen.adress`: unknown field `adress`, expected one of `addr`, `ca`, `cert`, `key`, `min_tls`"),
+            err.starts_with("DIR/hub.toml:3:1: key `listen.adress`: unknown field `adress`, expected one of `addr`, `ca`, `cert`, `key`, `min_tls`, `crl`"),
             "{err}"
         );
     }
@@ -913,6 +969,16 @@ url = "sqlite://hub.db"
                 "[store]",
                 "[store",
                 "DIR/hub.toml:8:7: unclosed table, expected `]`",
+            ),
+            (
+                "url = \"sqlite://hub.db\"",
+                "url = \"sqlite://hub.db\"\n[admin]\nlisten = \"0.0.0.0:9465\"",
+                "DIR/hub.toml:11:10: key `admin.listen`: 0.0.0.0:9465 is not a loopback address",
+            ),
+            (
+                "key = \"tls/hub.key\"",
+                "key = \"tls/hub.key\"\ncrl = [\"tls/missing.crl\"]",
+                "DIR/hub.toml:7:8: key `listen.crl`: a certificate revocation list of listen.ca DIR/tls/missing.crl does not exist",
             ),
         ];
         for (from, to, expected) in cases {

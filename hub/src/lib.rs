@@ -18,7 +18,7 @@
 //! use exchange_protocol::tls::{MinTlsVersion, MutualTls};
 //!
 //! exchange_protocol::tls::install_provider();
-//! let tls = MutualTls { ca, cert, key, min_version: MinTlsVersion::Tls13 };
+//! let tls = MutualTls { ca, cert, key, min_version: MinTlsVersion::Tls13, crls: Vec::new() };
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let config = HubConfig::new(listener.local_addr()?, tls, StoreConfig::sqlite(db));
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -35,6 +35,7 @@
 //! [`export::export`]`(&store, "RESOURCE-CODE")` → one `serde_json::Value` per record,
 //! ordered by key.
 
+pub mod admin;
 pub mod config;
 pub mod export;
 pub mod server;

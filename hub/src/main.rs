@@ -397,6 +397,9 @@ async fn verify(args: VerifyArgs) -> Result<(), Failure> {
 }
 
 async fn serve(path: PathBuf) -> Result<(), Failure> {
+    // SIGHUP handled from the start: a `systemctl reload` while the store opens must not
+    // kill the hub (the default action); it is taken once the listener serves.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let config = HubConfig::load(&path).map_err(config_error)?;
     let tls = config
         .server_tls()
@@ -436,18 +439,106 @@ async fn serve(path: PathBuf) -> Result<(), Failure> {
         body_timeout_secs = config.limits.body_timeout.as_secs(),
         "Hub listening on {bound}."
     );
-    exchange_hub::server::serve(
-        listener,
-        tls,
-        store,
-        config.limits,
-        std::sync::Arc::new(exchange_hub::server::Load::default()),
-        shutdown_signal(),
-    )
-    .await
-    .map_err(other_error)?;
+    let load = std::sync::Arc::new(exchange_hub::server::Load::default());
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = match config.admin {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {addr} (admin.listen in {}): is another process using the port?",
+                        path.display()
+                    )
+                })
+                .map_err(other_error)?;
+            info!(addr = %addr, "Admin listener (GET /metrics, GET /health) on {addr}.");
+            Some(tokio::spawn(exchange_hub::admin::serve(
+                listener,
+                load.clone(),
+                async move {
+                    let _ = admin_stopped.await;
+                },
+            )))
+        }
+        None => None,
+    };
+    let tls = exchange_protocol::server::ServerTls::new(tls);
+    let reloads = tokio::spawn(reload_tls_on_sighup(
+        hup,
+        path.clone(),
+        config.clone(),
+        tls.clone(),
+        load.clone(),
+    ));
+    exchange_hub::server::serve(listener, tls, store, config.limits, load, shutdown_signal())
+        .await
+        .map_err(other_error)?;
+    reloads.abort();
+    let _ = admin_stop.send(());
+    if let Some(admin) = admin {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), admin).await;
+    }
     info!("Hub stopped.");
     Ok(())
+}
+
+/// On each SIGHUP (`systemctl reload exchange-hub`): reads the configuration file again and,
+/// if it loads, changes nothing that needs a restart (`listen.addr`, `[store]`, `[limits]`,
+/// `[admin]`) and its `[listen]` TLS material (ca, cert, key, min_tls, crl) builds, uses that
+/// material for every handshake from then on (connections accepted under the old one finish
+/// their requests and close). Otherwise nothing changes, and the log and
+/// `exchange_hub_config_reload_failed` say so until a reload succeeds.
+async fn reload_tls_on_sighup(
+    hup: std::io::Result<tokio::signal::unix::Signal>,
+    path: PathBuf,
+    started: HubConfig,
+    tls: exchange_protocol::server::ServerTls,
+    load: std::sync::Arc<exchange_hub::server::Load>,
+) {
+    let mut hup = match hup {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot watch SIGHUP; TLS changes need a restart.");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let refused = |reason: String| {
+            load.reload_refused();
+            tracing::error!(file = %path.display(), error = %reason, "Configuration not reloaded (配置未重新加载); the hub goes on with the TLS material in use.");
+        };
+        let next = match HubConfig::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                refused(format!("{:#}", anyhow::Error::new(e)));
+                continue;
+            }
+        };
+        let restart = [
+            ("listen.addr", next.listen != started.listen),
+            (
+                "[store]",
+                next.store.to_string() != started.store.to_string(),
+            ),
+            ("[limits]", next.limits != started.limits),
+            ("[admin]", next.admin != started.admin),
+        ];
+        if let Some((key, _)) = restart.iter().find(|(_, changed)| *changed) {
+            refused(format!(
+                "{key} changed; it takes effect only on a restart (systemctl restart exchange-hub)"
+            ));
+            continue;
+        }
+        match next.server_tls() {
+            Ok(built) => {
+                tls.replace(built);
+                load.reloaded();
+                info!(file = %path.display(), crls = next.tls.crls.len(), "TLS material reloaded (TLS 证书已重新加载): new connections use it; connections accepted before finish their requests and close.");
+            }
+            Err(e) => refused(format!("[listen] TLS material: {e}")),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -45,7 +45,7 @@ use exchange_protocol::batch::{
     ErrorBody, HEALTH_PATH, PROTOCOL_VERSION, header,
 };
 use exchange_protocol::catalogue;
-use exchange_protocol::server::{ConnectionLimits, Observers};
+use exchange_protocol::server::{ConnectionLimits, Observers, ServerTls};
 use exchange_protocol::tls::TlsError;
 use http_body_util::BodyExt;
 use tokio::net::TcpListener;
@@ -92,6 +92,39 @@ pub struct Load {
     /// What the accept loop refused or closed past the handshake (connection limit, request
     /// limit, idle connections).
     pub listener: Arc<exchange_protocol::server::Counters>,
+    /// Refused TLS handshakes by reason.
+    pub refused_handshakes:
+        std::sync::Mutex<std::collections::BTreeMap<exchange_protocol::tls::HandshakeFailure, u64>>,
+    /// Reloads (SIGHUP) that took effect.
+    pub reloads: AtomicU64,
+    /// Reloads refused.
+    pub reload_failures: AtomicU64,
+    /// Whether the last reload was refused.
+    pub reload_failed: std::sync::atomic::AtomicBool,
+}
+
+impl Load {
+    /// A reload took effect.
+    pub fn reloaded(&self) {
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        self.reload_failed.store(false, Ordering::Relaxed);
+    }
+
+    /// A reload was refused: nothing changed.
+    pub fn reload_refused(&self) {
+        self.reload_failures.fetch_add(1, Ordering::Relaxed);
+        self.reload_failed.store(true, Ordering::Relaxed);
+    }
+
+    /// Refused TLS handshakes so far, by reason.
+    pub fn handshake_failures(
+        &self,
+    ) -> std::collections::BTreeMap<exchange_protocol::tls::HandshakeFailure, u64> {
+        self.refused_handshakes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// What the request handlers share.
@@ -163,7 +196,7 @@ pub async fn run_observed(
 /// client certificates ([`HubConfig::server_tls`] builds such a configuration).
 pub async fn serve(
     listener: TcpListener,
-    tls: rustls::ServerConfig,
+    tls: impl Into<ServerTls>,
     store: Store,
     limits: Limits,
     load: Arc<Load>,
@@ -184,7 +217,7 @@ pub async fn serve(
 /// serve their own `app` with it (e.g. a hub that answers wrongly on purpose).
 pub async fn serve_router(
     listener: TcpListener,
-    tls: rustls::ServerConfig,
+    tls: impl Into<ServerTls>,
     app: Router,
     limits: Limits,
     load: Arc<Load>,
@@ -205,10 +238,20 @@ pub async fn serve_router(
         tls,
         app,
         connections,
-        // Refused handshakes are logged by the accept loop; the hub keeps no metrics.
+        // Refused handshakes are logged by the accept loop and counted for `/metrics`.
         Observers {
             connections: load.connections.clone(),
-            rejections: None,
+            rejections: Some({
+                let load = load.clone();
+                Arc::new(move |r: exchange_protocol::server::Rejection| {
+                    *load
+                        .refused_handshakes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(r.reason)
+                        .or_default() += 1;
+                })
+            }),
             counters: load.listener.clone(),
         },
         shutdown,

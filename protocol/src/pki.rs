@@ -21,6 +21,9 @@ pub enum PkiError {
     /// rcgen refused.
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
+    /// A certificate just issued does not parse back.
+    #[error("the certificate issued does not parse: {0}")]
+    Parse(String),
     /// Writing a file failed.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -37,6 +40,8 @@ pub struct Issued {
     pub cert_pem: String,
     /// The private key, PEM (PKCS#8).
     pub key_pem: String,
+    /// The certificate's serial number (big-endian), to revoke it ([`Authority::crl`]).
+    pub serial: Vec<u8>,
 }
 
 impl Issued {
@@ -176,9 +181,50 @@ impl Authority {
         }
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
+        let serial = x509_parser::parse_x509_certificate(cert.der())
+            .map(|(_, c)| c.tbs_certificate.raw_serial().to_vec())
+            .map_err(|e| PkiError::Parse(e.to_string()))?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial,
+        })
+    }
+
+    /// A certificate revocation list of this CA (PEM) revoking the certificates with the
+    /// given serial numbers ([`Issued::serial`]), valid from an hour ago for 30 days;
+    /// `number` is the CRL number (higher for a newer list).
+    pub fn crl(&self, revoked: &[&[u8]], number: u64) -> Result<String, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::hours(1),
+            next_update: now + Duration::days(30),
+            crl_number: rcgen::SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(serial),
+                    revocation_time: now - Duration::minutes(5),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+
+    /// Writes [`Authority::crl`] to `path`, replacing it at once (written beside it, then
+    /// renamed over it, as an administrator replaces a CRL a running service watches).
+    pub fn write_crl(&self, path: &Path, revoked: &[&[u8]], number: u64) -> Result<(), PkiError> {
+        let mut next = path.as_os_str().to_owned();
+        next.push(".new");
+        let next = PathBuf::from(next);
+        write_file(&next, self.crl(revoked, number)?.as_bytes(), 0o644)?;
+        fs::rename(&next, path).map_err(|source| PkiError::Write {
+            path: path.to_owned(),
+            source,
         })
     }
 }

@@ -41,7 +41,9 @@
 //! Shutdown protocol: when the shutdown future resolves, the listener stops accepting, every
 //! open connection is told to finish (HTTP/1.1: close after the current response; HTTP/2:
 //! GOAWAY), requests in flight run to completion, and [`serve_router`] returns when all
-//! connections have closed, or after [`DRAIN_TIMEOUT`] at the latest.
+//! connections have closed, or after [`DRAIN_TIMEOUT`] at the latest. A connection is told to
+//! finish the same way when the TLS configuration it was accepted under is replaced
+//! ([`ServerTls::replace`]).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -54,7 +56,6 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -63,6 +64,58 @@ use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
 use crate::tls::{HandshakeFailure, explain, peer_common_name};
+
+/// The TLS configuration new handshakes use. [`ServerTls::replace`] (a reload: another client
+/// CA, certificate, key, minimum version or CRL) takes effect for every handshake that starts
+/// afterwards, and every connection established under an earlier configuration is told to
+/// finish (HTTP/1.1: closed after the response in progress; HTTP/2: GOAWAY, streams open run
+/// to their end): a certificate no longer trusted gets no further request answered on a
+/// connection it opened before.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The configuration of the next handshake.
+    config: Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>,
+    /// Counts replacements; connections watch it.
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl ServerTls {
+    /// A handle starting with `config`.
+    pub fn new(config: rustls::ServerConfig) -> ServerTls {
+        ServerTls {
+            config: Arc::new(std::sync::RwLock::new(Arc::new(config))),
+            generation: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+
+    /// Replaces the configuration for handshakes starting from now on, and tells the
+    /// connections established under the previous one to finish.
+    pub fn replace(&self, config: rustls::ServerConfig) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// The configuration a handshake starting now uses.
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The configuration of a handshake starting now, and a receiver that changes when it is
+    /// replaced (subscribed first: a replacement during the handshake counts).
+    fn begin(&self) -> (Arc<rustls::ServerConfig>, tokio::sync::watch::Receiver<u64>) {
+        let replaced = self.generation.subscribe();
+        (self.current(), replaced)
+    }
+}
+
+impl From<rustls::ServerConfig> for ServerTls {
+    fn from(config: rustls::ServerConfig) -> ServerTls {
+        ServerTls::new(config)
+    }
+}
 
 /// How long shutdown waits for requests in flight before returning anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -545,14 +598,14 @@ fn busy() -> axum::response::Response {
 pub async fn serve_router(
     name: &'static str,
     listener: TcpListener,
-    tls: rustls::ServerConfig,
+    tls: impl Into<ServerTls>,
     app: Router,
     limits: ConnectionLimits,
     observers: Observers,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let local = listener.local_addr().map_err(ServeError)?;
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let tls: ServerTls = tls.into();
     // Silent connections: at most `max_connections`, the one silent longest dropped first.
     // Connections waiting for a handshake slot: at most `max_connections`, the one waiting
     // longest dropped first once it has waited a second (else the accept loop waits). Handshakes in progress: at most `max_handshakes`, a quarter of
@@ -569,7 +622,9 @@ pub async fn serve_router(
     ));
     let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
     let request_slots = Arc::new(Semaphore::new(limits.max_requests));
-    let graceful = GracefulShutdown::new();
+    // Told to every connection at shutdown; each task holds an `alive` sender until it ends.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let (alive, mut all_ended) = tokio::sync::mpsc::channel::<()>(1);
     let quiet = Arc::new(Quiet::default());
     let mut shutdown = std::pin::pin!(shutdown);
     debug!(server = name, addr = %local, "Accepting connections.");
@@ -596,9 +651,10 @@ pub async fn serve_router(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let tls = tls.clone();
         let app = app.clone();
-        let watcher = graceful.watcher();
+        let mut stopping = stopping.clone();
+        let alive = alive.clone();
         let observers = observers.clone();
         let handshakes = handshakes.clone();
         let silent = silent.clone();
@@ -606,6 +662,7 @@ pub async fn serve_router(
         let request_slots = request_slots.clone();
         let quiet = quiet.clone();
         tokio::spawn(async move {
+            let _alive = alive;
             let reject = |reason: HandshakeFailure, detail: String| {
                 if let Some(hook) = &observers.rejections {
                     hook(Rejection {
@@ -684,7 +741,9 @@ pub async fn serve_router(
                     );
                 }
             };
-            let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
+            let (config, mut replaced) = tls.begin();
+            let handshake =
+                tokio::time::timeout_at(deadline, TlsAcceptor::from(config).accept(tcp));
             let outcome = tokio::select! {
                 biased;
                 outcome = handshake => Some(outcome),
@@ -823,7 +882,28 @@ pub async fn serve_router(
                 builder.http1_only()
             };
             let connection = builder.serve_connection(TokioIo::new(io), service);
-            if let Err(e) = watcher.watch(connection).await {
+            let mut connection = std::pin::pin!(connection);
+            // Told to finish at shutdown, or once its TLS configuration is replaced.
+            let (mut finishing, mut watching_tls) = (false, true);
+            let ended = loop {
+                tokio::select! {
+                    ended = connection.as_mut() => break ended,
+                    _ = stopping.changed(), if !finishing => {
+                        finishing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    r = replaced.changed(), if !finishing && watching_tls => {
+                        if r.is_ok() {
+                            debug!(server = name, peer = %addr, "TLS configuration replaced; the connection finishes its requests and closes.");
+                            finishing = true;
+                            connection.as_mut().graceful_shutdown();
+                        } else {
+                            watching_tls = false;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 debug!(server = name, peer = %addr, error = %e, "Connection ended with an error.");
             }
         });
@@ -833,7 +913,9 @@ pub async fn serve_router(
         server = name,
         "{name} shutting down: no new connections; finishing requests in flight."
     );
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    let _ = stop.send(true);
+    drop(alive);
+    if tokio::time::timeout(DRAIN_TIMEOUT, all_ended.recv())
         .await
         .is_err()
     {
@@ -878,6 +960,7 @@ mod tests {
                 cert,
                 key,
                 min_version: MinTlsVersion::Tls13,
+                crls: Vec::new(),
             }
         };
         Identities {
@@ -1289,5 +1372,146 @@ mod tests {
             foreign: ids.foreign.clone(),
             expired: ids.expired.clone(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_replaced_configuration_closes_older_connections_and_its_crl_applies_to_new_ones() {
+        crate::tls::install_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::generate("test CA").unwrap();
+        let ca_path = dir.path().join("ca.pem");
+        ca.write_cert(&ca_path).unwrap();
+        let issued = ca.issue_client("node-1").unwrap();
+        let serial = issued.serial.clone();
+        let (cert, key) = issued.write(dir.path(), "client").unwrap();
+        let issued = ca.issue_server(&["127.0.0.1"]).unwrap();
+        let server_serial = issued.serial.clone();
+        let (server_cert, server_key) = issued.write(dir.path(), "server").unwrap();
+        let server = MutualTls {
+            ca: ca_path.clone(),
+            cert: server_cert,
+            key: server_key,
+            min_version: MinTlsVersion::Tls13,
+            crls: Vec::new(),
+        };
+        let client = MutualTls {
+            ca: ca_path,
+            cert,
+            key,
+            min_version: MinTlsVersion::Tls13,
+            crls: Vec::new(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Rejection>();
+        let observers = Observers {
+            rejections: Some(Arc::new(move |r| {
+                let _ = tx.send(r);
+            })),
+            ..Observers::default()
+        };
+        let tls = ServerTls::new(mutual_server_config(&server).unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve_router(
+            "Test",
+            listener,
+            tls.clone(),
+            Router::new(),
+            ConnectionLimits::DEFAULT,
+            observers,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let client_config = || hub_client_config(&client).unwrap();
+        // Accepted, and answered (no refusal is reported: the next one is the revocation's);
+        // the connection stays open (HTTP/1.1 keep-alive).
+        let (accepted, mut open) = {
+            use tokio::io::AsyncReadExt;
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let local = tcp.local_addr().unwrap();
+            let mut stream = TlsConnector::from(Arc::new(client_config()))
+                .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+                .await
+                .unwrap();
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut head = [0u8; 12];
+            stream.read_exact(&mut head).await.unwrap();
+            assert_eq!(&head, b"HTTP/1.1 404", "answered before the revocation");
+            let mut rest = [0u8; 4096];
+            let _ = stream.read(&mut rest).await.unwrap();
+            (local, stream)
+        };
+        // The CA revokes the client; the server takes a configuration with the CRL.
+        let crl = dir.path().join("ca.crl");
+        ca.write_crl(&crl, &[&serial], 1).unwrap();
+        tls.replace(
+            mutual_server_config(&MutualTls {
+                crls: vec![crl.clone()],
+                ..server.clone()
+            })
+            .unwrap(),
+        );
+        // The connection opened under the old configuration is closed, not kept answering.
+        {
+            use tokio::io::AsyncReadExt;
+            let mut rest = [0u8; 64];
+            let closed = tokio::time::timeout(Duration::from_secs(5), open.read(&mut rest))
+                .await
+                .expect("the connection of the old configuration is closed");
+            assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        }
+        let refused = handshake(addr, client_config()).await;
+        let r = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the revoked certificate is refused")
+            .unwrap();
+        assert_eq!((r.peer, r.reason), (refused, HandshakeFailure::Revoked));
+        assert_ne!(r.peer, accepted);
+        // Two CAs trusted, a CRL of the other one only: the client's status is unknown, which
+        // is never good.
+        let other = Authority::generate("other CA").unwrap();
+        let other_crl = dir.path().join("other.crl");
+        other.write_crl(&other_crl, &[], 1).unwrap();
+        let both = dir.path().join("both.pem");
+        std::fs::write(&both, format!("{}{}", ca.cert_pem(), other.cert_pem())).unwrap();
+        tls.replace(
+            mutual_server_config(&MutualTls {
+                ca: both,
+                crls: vec![other_crl],
+                ..server.clone()
+            })
+            .unwrap(),
+        );
+        let unknown = handshake(addr, client_config()).await;
+        let r = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a certificate no CRL covers is refused")
+            .unwrap();
+        assert_eq!(
+            (r.peer, r.reason),
+            (unknown, HandshakeFailure::BadCertificate)
+        );
+        // The client side (the agent's view of the hub): the server's own certificate revoked.
+        ca.write_crl(&crl, &[&serial, &server_serial], 2).unwrap();
+        tls.replace(mutual_server_config(&server).unwrap());
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let connector = TlsConnector::from(Arc::new(
+            hub_client_config(&MutualTls {
+                crls: vec![crl],
+                ..client.clone()
+            })
+            .unwrap(),
+        ));
+        let e = connector
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .expect_err("a revoked server certificate is refused");
+        assert_eq!(HandshakeFailure::of_io(&e), HandshakeFailure::Revoked);
+        let _ = stop.send(());
+        task.await.unwrap().unwrap();
     }
 }

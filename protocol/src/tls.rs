@@ -6,6 +6,12 @@
 //!   file (or, for a source database without one, the system trust store), and a server asks
 //!   for and verifies a client certificate against the configured client CA;
 //! - TLS 1.3 only unless TLS 1.2 is explicitly allowed;
+//! - where certificate revocation lists are configured (`crl = [...]`), the peer's own
+//!   certificate must be covered by one of them and not listed: a certificate whose issuer
+//!   has no CRL among them is refused too (unknown status is never taken as good), and a CRL
+//!   not issued by a CA of the same configuration is refused when the configuration is
+//!   built. A CRL past its next update stays in force (`check` warns about it): revocations
+//!   never lapse because a newer list is late;
 //! - a private key file readable by group or other users is refused.
 
 use std::fs;
@@ -13,9 +19,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
@@ -56,8 +63,8 @@ pub enum TlsError {
         #[source]
         source: rustls::Error,
     },
-    /// The client verifier could not be built.
-    #[error("client CA {path}: {reason}")]
+    /// The certificate verifier could not be built (an unusable CA or CRL).
+    #[error("CA {path} or its certificate revocation lists: {reason}")]
     Verifier { path: PathBuf, reason: String },
     /// The system trust store could not be loaded.
     #[error("no usable certificate in the system trust store: {0}")]
@@ -187,12 +194,135 @@ pub struct MutualTls {
     pub key: PathBuf,
     /// Lowest TLS version allowed.
     pub min_version: MinTlsVersion,
+    /// Certificate revocation lists (PEM `X509 CRL` or DER) of the peer's CA; empty: no
+    /// revocation checks.
+    pub crls: Vec<PathBuf>,
+}
+
+/// Reads every CRL of the files (PEM, several per file allowed, or one DER CRL per file).
+pub fn load_crls(
+    paths: &[PathBuf],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    Ok(crl_files(paths)?.into_iter().map(|(_, crl)| crl).collect())
+}
+
+/// Every CRL of the files, with the file it came from; each must parse as a CRL.
+fn crl_files(
+    paths: &[PathBuf],
+) -> Result<Vec<(PathBuf, CertificateRevocationListDer<'static>)>, TlsError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let invalid = |reason: String| TlsError::Pem {
+            what: "certificate revocation list",
+            path: path.to_owned(),
+            reason,
+        };
+        let data = fs::read(path).map_err(|source| TlsError::Read {
+            what: "certificate revocation list",
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut crls = CertificateRevocationListDer::pem_slice_iter(&data)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(e.to_string()))?;
+        if crls.is_empty() {
+            if data.first() != Some(&0x30) {
+                return Err(TlsError::Empty {
+                    what: "certificate revocation list",
+                    path: path.to_owned(),
+                    expected: "X509 CRL",
+                });
+            }
+            // DER: an ASN.1 SEQUENCE.
+            crls.push(CertificateRevocationListDer::from(data));
+        }
+        for crl in crls {
+            x509_parser::parse_x509_crl(crl.as_ref())
+                .map_err(|e| invalid(format!("not an X.509 CRL: {e}")))?;
+            out.push((path.clone(), crl));
+        }
+    }
+    Ok(out)
+}
+
+/// The CRLs of `crls`, each checked to be issued (by name) by a certificate of the CA file
+/// `ca`: a CRL of another CA would leave every peer's revocation status unknown, and so
+/// every peer refused.
+fn crls_of(
+    ca: &Path,
+    crls: &[PathBuf],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    if crls.is_empty() {
+        return Ok(Vec::new());
+    }
+    let subjects: Vec<Vec<u8>> = load_certs("CA", ca)?
+        .iter()
+        .filter_map(|der| {
+            let (_, c) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+            Some(c.subject().as_raw().to_vec())
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (path, crl) in crl_files(crls)? {
+        let issuer = x509_parser::parse_x509_crl(crl.as_ref())
+            .map(|(_, c)| (c.issuer().as_raw().to_vec(), c.issuer().to_string()))
+            .unwrap_or_default();
+        if !subjects.contains(&issuer.0) {
+            return Err(TlsError::Verifier {
+                path: ca.to_owned(),
+                reason: format!(
+                    "the certificate revocation list {} is issued by `{}`, which is not a CA in {}",
+                    path.display(),
+                    issuer.1,
+                    ca.display()
+                ),
+            });
+        }
+        out.push(crl);
+    }
+    Ok(out)
+}
+
+/// The issuer and next update of one CRL (what `check` warns about).
+#[derive(Debug, Clone)]
+pub struct CrlValidity {
+    /// The file.
+    pub path: PathBuf,
+    /// The issuer's name.
+    pub issuer: String,
+    /// When the issuer promised a newer list, seconds since 1970-01-01 UTC (`None`: not
+    /// said). A list past it stays in force: replace it with the newer one.
+    pub next_update: Option<i64>,
+}
+
+/// The issuer and next update of every CRL of the files.
+pub fn crl_validity(paths: &[PathBuf]) -> Result<Vec<CrlValidity>, TlsError> {
+    Ok(crl_files(paths)?
+        .into_iter()
+        .filter_map(|(path, crl)| {
+            let (_, c) = x509_parser::parse_x509_crl(crl.as_ref()).ok()?;
+            Some(CrlValidity {
+                path,
+                issuer: c.issuer().to_string(),
+                next_update: c.next_update().map(|t| t.timestamp()),
+            })
+        })
+        .collect())
 }
 
 /// Client configuration for the agent's connection to the hub: trusts only `ca`, presents
 /// `cert`/`key`.
 pub fn hub_client_config(m: &MutualTls) -> Result<ClientConfig, TlsError> {
     let roots = roots_from("hub CA", &m.ca)?;
+    let mut verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider());
+    let crls = crls_of(&m.ca, &m.crls)?;
+    if !crls.is_empty() {
+        verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
+    }
+    let verifier = verifier.build().map_err(|e| TlsError::Verifier {
+        path: m.ca.clone(),
+        reason: e.to_string(),
+    })?;
     let certs = load_certs("client certificate", &m.cert)?;
     let key = load_key(&m.key)?;
     let config = ClientConfig::builder_with_provider(provider())
@@ -201,7 +331,7 @@ pub fn hub_client_config(m: &MutualTls) -> Result<ClientConfig, TlsError> {
             context: "TLS versions".into(),
             source,
         })?
-        .with_root_certificates(roots)
+        .with_webpki_verifier(verifier)
         .with_client_auth_cert(certs, key)
         .map_err(|source| TlsError::Rustls {
             context: format!(
@@ -217,12 +347,15 @@ pub fn hub_client_config(m: &MutualTls) -> Result<ClientConfig, TlsError> {
 /// Server configuration that requires a client certificate issued by `ca`.
 pub fn mutual_server_config(m: &MutualTls) -> Result<ServerConfig, TlsError> {
     let roots = roots_from("client CA", &m.ca)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .map_err(|e| TlsError::Verifier {
-            path: m.ca.clone(),
-            reason: e.to_string(),
-        })?;
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    let crls = crls_of(&m.ca, &m.crls)?;
+    if !crls.is_empty() {
+        verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
+    }
+    let verifier = verifier.build().map_err(|e| TlsError::Verifier {
+        path: m.ca.clone(),
+        reason: e.to_string(),
+    })?;
     let certs = load_certs("server certificate", &m.cert)?;
     let key = load_key(&m.key)?;
     ServerConfig::builder_with_provider(provider())
@@ -513,6 +646,12 @@ pub fn explain(err: &rustls::Error) -> String {
             "the peer's certificate is not valid for the address connected to"
         }
         Error::NoCertificatesPresented => "the peer presented no client certificate",
+        Error::InvalidCertificate(CertificateError::Revoked) => {
+            "the peer's certificate is listed in a configured certificate revocation list (crl)"
+        }
+        Error::InvalidCertificate(CertificateError::UnknownRevocationStatus) => {
+            "no configured certificate revocation list (crl) is from the CA that issued the peer's certificate"
+        }
         _ => "",
     };
     if hint.is_empty() {
@@ -526,6 +665,48 @@ pub fn explain(err: &rustls::Error) -> String {
 mod tests {
     use super::*;
     use std::fs::Permissions;
+
+    #[test]
+    fn a_crl_of_another_ca_is_refused_when_the_configuration_is_built() {
+        install_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::pki::Authority::generate("test CA").unwrap();
+        let other = crate::pki::Authority::generate("other CA").unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        ca.write_cert(&ca_file).unwrap();
+        let (cert, key) = ca
+            .issue_server(&["127.0.0.1"])
+            .unwrap()
+            .write(dir.path(), "server")
+            .unwrap();
+        let own = dir.path().join("own.crl");
+        ca.write_crl(&own, &[], 1).unwrap();
+        let foreign = dir.path().join("foreign.crl");
+        other.write_crl(&foreign, &[], 1).unwrap();
+        let m = |crls: Vec<PathBuf>| MutualTls {
+            ca: ca_file.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+            min_version: MinTlsVersion::Tls13,
+            crls,
+        };
+        mutual_server_config(&m(vec![own.clone()])).unwrap();
+        hub_client_config(&m(vec![own.clone()])).unwrap();
+        for build in [
+            |m: &MutualTls| mutual_server_config(m).map(|_| ()),
+            |m: &MutualTls| hub_client_config(m).map(|_| ()),
+        ] {
+            let e = build(&m(vec![own.clone(), foreign.clone()])).unwrap_err();
+            assert!(
+                e.to_string().contains("foreign.crl") && e.to_string().contains("other CA"),
+                "{e}"
+            );
+        }
+        let v = crl_validity(&[own]).unwrap();
+        assert_eq!(v.len(), 1);
+        assert!(v[0].issuer.contains("test CA"), "{:?}", v[0]);
+        assert!(v[0].next_update.unwrap() > 0);
+    }
 
     #[test]
     fn key_readable_by_others_is_refused() {

@@ -133,6 +133,8 @@ pub struct AgentConfig {
     pub resources: Vec<Resource>,
     /// `[policy]` lines, written as is.
     pub policy: Vec<String>,
+    /// `hub.crl`.
+    pub hub_crl: Vec<PathBuf>,
 }
 
 impl AgentConfig {
@@ -153,6 +155,7 @@ impl AgentConfig {
             sources: Vec::new(),
             resources: Vec::new(),
             policy: Vec::new(),
+            hub_crl: Vec::new(),
         }
     }
 
@@ -197,12 +200,17 @@ impl AgentConfig {
         );
         let _ = writeln!(
             t,
-            "[hub]\nurl = {}\nca = {}\ncert = {}\nkey = {}\ntimeout = {}\n",
+            "[hub]\nurl = {}\nca = {}\ncert = {}\nkey = {}\ntimeout = {}\ncrl = [{}]\n",
             q(&self.hub_url),
             p(&self.ca),
             p(&self.cert),
             p(&self.key),
-            q(&self.hub_timeout)
+            q(&self.hub_timeout),
+            self.hub_crl
+                .iter()
+                .map(|c| p(c))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let _ = writeln!(t, "[queue]\nmax_bytes = {}\n", q(&self.queue_max_bytes));
         let _ = writeln!(

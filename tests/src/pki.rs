@@ -62,6 +62,7 @@ impl Pki {
             cert: self.hub_cert.clone(),
             key: self.hub_key.clone(),
             min_version: MinTlsVersion::Tls13,
+            crls: Vec::new(),
         }
     }
 

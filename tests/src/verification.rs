@@ -300,6 +300,7 @@ impl Setup {
             cert: cert.to_owned(),
             key: key.to_owned(),
             min_version: MinTlsVersion::Tls13,
+            crls: Vec::new(),
         }
     }
 

@@ -66,6 +66,7 @@ async fn certificates_issued_by_the_guides_openssl_commands_are_accepted() {
             cert: tls.join("hub.pem"),
             key: tls.join("hub.key"),
             min_version: MinTlsVersion::Tls13,
+            crls: Vec::new(),
         },
         dir.path(),
     )

@@ -159,6 +159,73 @@ async fn agent_refuses_a_hub_certificate_for_another_name() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_refuses_a_hub_certificate_its_hub_crl_revokes() {
+    let mut serial = Vec::new();
+    let mut case = Case::new(|pki| {
+        let issued = pki
+            .ca
+            .issue(
+                "127.0.0.1",
+                &["127.0.0.1", "localhost"],
+                Usage::ServerAuth,
+                Validity::Current,
+            )
+            .unwrap();
+        serial = issued.serial.clone();
+        let (cert, key) = issued.write(&pki.dir, "hub-revoked").unwrap();
+        MutualTls {
+            cert,
+            key,
+            ..pki.hub_tls()
+        }
+    })
+    .await;
+    let crl = case.pki.dir.join("ca.crl");
+    case.pki.ca.write_crl(&crl, &[&serial], 1).unwrap();
+    let mut config = case.config();
+    config.hub_crl = vec![crl];
+    let out = case
+        .sync_is_refused(
+            &case.write(&config),
+            &["Revoked", "certificate revocation list"],
+        )
+        .await;
+    not_called_unreachable(&out);
+    // The hub's certificate replaced by one the CRL does not list: the same configuration
+    // (CRL still in force) drains the queue.
+    case.fix_hub().await;
+    case.then_drains_with(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_refuses_a_client_certificate_its_crl_revokes() {
+    // A second certificate of the node, revoked by the CA whose CRL the hub reads.
+    let mut revoked = None;
+    let case = Case::new(|pki| {
+        let issued = pki.ca.issue_client(NODE).unwrap();
+        let crl = pki.dir.join("ca.crl");
+        pki.ca.write_crl(&crl, &[&issued.serial], 1).unwrap();
+        revoked = Some(issued.write(&pki.dir, "node-revoked").unwrap());
+        MutualTls {
+            crls: vec![crl],
+            ..pki.hub_tls()
+        }
+    })
+    .await;
+    let (cert, key) = revoked.unwrap();
+    let mut config = case.config();
+    config.cert = cert;
+    config.key = key;
+    case.sync_is_refused(
+        &case.write(&config),
+        &["TLS handshake", "CertificateRevoked"],
+    )
+    .await;
+    // The node's certificate the CRL does not list drains the same queue.
+    case.then_drains_with(&case.config()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_refuses_a_client_certificate_from_another_ca() {
     let case = Case::new(Pki::hub_tls).await;
     let (other, _) = case.pki.other_ca("other-ca");

@@ -6,6 +6,7 @@
 //!
 //! Every error names the file, the line and the key, what was found and what is expected.
 
+pub mod audit;
 mod location;
 pub mod origin;
 pub mod raw;
@@ -60,6 +61,8 @@ pub struct Config {
     pub admin: Option<std::net::SocketAddr>,
     /// The verification service (`[verify]`); `None`: not offered.
     pub verify: Option<verify::Verify>,
+    /// Rotation and archival of the audit log (`[audit]`).
+    pub audit: crate::audit::Retention,
 }
 
 /// Identity of this front-end node.
@@ -471,6 +474,7 @@ impl Validator<'_> {
             }
             resources.push(res);
         }
+        let audit = self.audit(raw.audit, &node.data_dir)?;
         Ok(Config {
             file: self.file.to_owned(),
             node,
@@ -482,6 +486,7 @@ impl Validator<'_> {
             keys,
             admin: self.admin(raw.admin)?,
             verify,
+            audit,
         })
     }
 
@@ -647,9 +652,24 @@ impl Validator<'_> {
                 cert: self.existing_file("hub.cert", &h.cert)?,
                 key,
                 min_version,
+                crls: self.crls("hub.crl", h.crl.as_deref())?,
             },
             timeout,
         })
+    }
+
+    /// The certificate revocation list files of `key`: each must exist and hold CRLs.
+    fn crls(&self, key: &str, files: Option<&[String]>) -> Result<Vec<PathBuf>, ConfigError> {
+        files
+            .unwrap_or_default()
+            .iter()
+            .map(|f| {
+                let path = self.existing_file(key, f)?;
+                exchange_protocol::tls::load_crls(std::slice::from_ref(&path))
+                    .map_err(|e| self.err(key, e))?;
+                Ok(path)
+            })
+            .collect()
     }
 
     fn source(&self, i: usize, s: raw::RawSource) -> Result<SourceSpec, ConfigError> {

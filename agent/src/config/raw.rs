@@ -22,6 +22,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub resources: Vec<RawResource>,
     pub verify: Option<super::verify::RawVerify>,
+    pub audit: Option<super::audit::RawAudit>,
 }
 
 /// `[node]`.
@@ -43,6 +44,7 @@ pub struct RawHub {
     pub key: String,
     pub min_tls: Option<String>,
     pub timeout: Option<String>,
+    pub crl: Option<Vec<String>>,
 }
 
 /// `[queue]`.

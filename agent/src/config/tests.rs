@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use super::*;
 use exchange_protocol::pki::Authority;
 
-struct Fixture {
-    dir: tempfile::TempDir,
+/// A directory with a CA and the node's certificate in `tls/` and an empty `business.db`.
+pub(super) struct Fixture {
+    pub(super) dir: tempfile::TempDir,
 }
 
 impl Fixture {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let tls = dir.path().join("tls");
         std::fs::create_dir(&tls).unwrap();
@@ -24,11 +25,11 @@ impl Fixture {
         Fixture { dir }
     }
 
-    fn path(&self) -> PathBuf {
+    pub(super) fn path(&self) -> PathBuf {
         self.dir.path().join("agent.toml")
     }
 
-    fn parse(&self, text: &str) -> Result<Config, ConfigError> {
+    pub(super) fn parse(&self, text: &str) -> Result<Config, ConfigError> {
         Config::parse(&self.path(), text)
     }
 }
@@ -662,4 +663,32 @@ fn verification_budgets_and_grants_are_checked() {
             assert!(message(&e).contains(n), "`{e}` should name `{n}`");
         }
     }
+}
+
+#[test]
+fn revocation_lists_must_exist_and_hold_a_crl() {
+    let f = Fixture::new();
+    let tls = f.dir.path().join("tls");
+    Authority::generate("test CA")
+        .unwrap()
+        .write_crl(&tls.join("ca.crl"), &[], 1)
+        .unwrap();
+    std::fs::write(tls.join("not-a.crl"), "hello").unwrap();
+    let hub = |crl: &str| {
+        GOOD.replace(
+            "key = \"tls/node.key\"\n",
+            &format!("key = \"tls/node.key\"\ncrl = [\"{crl}\"]\n"),
+        )
+    };
+    let config = f
+        .parse(&hub("tls/ca.crl"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.hub.tls.crls, [tls.join("ca.crl")]);
+    let e = message(&f.parse(&hub("tls/missing.crl")).unwrap_err());
+    assert!(e.contains("hub.crl") && e.contains("missing.crl"), "{e}");
+    let e = message(&f.parse(&hub("tls/not-a.crl")).unwrap_err());
+    assert!(e.contains("hub.crl") && e.contains("X509 CRL"), "{e}");
+    let verify = with_verify(&f, "crl = [\"tls/not-a.crl\"]", "");
+    let e = message(&f.parse(&verify).unwrap_err());
+    assert!(e.contains("verify.crl") && e.contains("not-a.crl"), "{e}");
 }

@@ -25,6 +25,7 @@ pub struct RawVerify {
     pub key: String,
     pub client_ca: String,
     pub min_tls: Option<String>,
+    pub crl: Option<Vec<String>>,
     pub requester_identity: Option<String>,
     pub max_items: Option<usize>,
     pub pool_size: Option<usize>,
@@ -188,6 +189,7 @@ impl Validator<'_> {
             cert: self.existing_file("verify.cert", &v.cert)?,
             key,
             min_version,
+            crls: self.crls("verify.crl", v.crl.as_deref())?,
         };
         let requester_identity = match v.requester_identity.as_deref() {
             None | Some("cn") => RequesterIdentity::CommonName,

@@ -100,10 +100,20 @@ struct Settings {
     lookups: HashMap<String, Arc<dyn Connector>>,
 }
 
+/// What [`Service::prepare`] built from a new configuration, ready for [`Service::apply`].
+pub struct Prepared {
+    /// Grants, comparison rules, quotas, lookups.
+    settings: Settings,
+    /// The listener's TLS configuration.
+    tls: rustls::ServerConfig,
+}
+
 /// The verification service: settings, budgets and the audit log.
 pub struct Service {
     /// The current settings (grants reload with the configuration).
     settings: RwLock<Arc<Settings>>,
+    /// The TLS configuration of new handshakes (reloads with the configuration).
+    tls: exchange_protocol::server::ServerTls,
     /// Budgets against enumeration (restored at start, kept across reloads).
     ledger: Arc<Mutex<Ledger>>,
     /// The audit log.
@@ -124,7 +134,7 @@ impl Service {
     /// A service for `config`, which must have `[verify]`; its budgets as the last run left
     /// them.
     pub fn new(config: Arc<Config>) -> Result<Service, VerifyError> {
-        let settings = Self::settings(config)?;
+        let Prepared { settings, tls } = Self::build(config)?;
         let data_dir = settings.config.node.data_dir.clone();
         crate::queue::prepare_data_dir(&data_dir).map_err(VerifyError::DataDir)?;
         // Charges older than the longest window (and a day, for the daily counters) count no
@@ -134,6 +144,7 @@ impl Service {
         Ok(Service {
             audit: audit::Writer::new(&data_dir),
             settings: RwLock::new(Arc::new(settings)),
+            tls: exchange_protocol::server::ServerTls::new(tls),
             ledger: Arc::new(Mutex::new(ledger)),
             data_dir,
             psi_scans: tokio::sync::Semaphore::new(1),
@@ -158,8 +169,10 @@ impl Service {
         ledger::save(&self.data_dir, &copy.snapshot(taken, audit_sm3))
     }
 
-    fn settings(config: Arc<Config>) -> Result<Settings, VerifyError> {
+    fn build(config: Arc<Config>) -> Result<Prepared, VerifyError> {
         let verify = config.verify.clone().ok_or(VerifyError::NotConfigured)?;
+        let mut tls = exchange_protocol::tls::mutual_server_config(&verify.tls)?;
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let mut lookups = HashMap::new();
         for r in &config.resources {
             if r.verification.grants.is_empty() || lookups.contains_key(&r.source) {
@@ -169,18 +182,36 @@ impl Service {
             spec.pool_size = verify.pool_size;
             lookups.insert(r.source.clone(), exchange_connectors::open(&spec)?);
         }
-        Ok(Settings {
-            config,
-            verify,
-            lookups,
+        Ok(Prepared {
+            settings: Settings {
+                config,
+                verify,
+                lookups,
+            },
+            tls,
         })
     }
 
-    /// Takes a new configuration (grants, comparison semantics, quotas); requests already
-    /// running finish under the old one. The listener's address and TLS stay as started.
+    /// Builds what a new configuration gives the service (grants, comparison semantics,
+    /// quotas, sources, TLS material) without taking it: an error here leaves the service
+    /// exactly as it is.
+    pub fn prepare(&self, config: Arc<Config>) -> Result<Prepared, VerifyError> {
+        Self::build(config)
+    }
+
+    /// Takes what [`Service::prepare`] built: requests already running finish under the old
+    /// settings; handshakes from now on use the new TLS material (client CA, certificate,
+    /// key, minimum version, CRLs), connections already open keep theirs until they close.
+    /// The listener's address stays as started.
+    pub fn apply(&self, next: Prepared) {
+        self.tls.replace(next.tls);
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next.settings);
+    }
+
+    /// [`Service::prepare`] then [`Service::apply`].
     pub fn reload(&self, config: Arc<Config>) -> Result<(), VerifyError> {
-        let settings = Self::settings(config)?;
-        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+        let next = self.prepare(config)?;
+        self.apply(next);
         Ok(())
     }
 
@@ -240,8 +271,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), VerifyError> {
     let verify = service.current().verify.clone();
-    let mut tls = exchange_protocol::tls::mutual_server_config(&verify.tls)?;
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     if let Ok(addr) = listener.local_addr() {
         info!(addr = %addr, max_items = verify.max_items, "Verification service listening on {addr}.");
     }
@@ -272,7 +301,7 @@ pub async fn serve(
     let served = exchange_protocol::server::serve_router(
         "Verification service",
         listener,
-        tls,
+        service.tls.clone(),
         service.clone().router(),
         limits,
         observers,

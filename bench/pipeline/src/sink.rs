@@ -26,6 +26,7 @@ pub async fn serve(ca: PathBuf, cert: PathBuf, key: PathBuf) -> anyhow::Result<(
         cert,
         key,
         min_version: MinTlsVersion::Tls13,
+        crls: Vec::new(),
     })
     .context("the sink's TLS configuration")?;
     // As the reference hub offers them.

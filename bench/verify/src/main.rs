@@ -229,6 +229,7 @@ birth = "generalize:year"
         cert: hub_cert,
         key: hub_key,
         min_version: exchange_protocol::tls::MinTlsVersion::Tls13,
+        crls: Vec::new(),
     };
     let verifier = Arc::new(exchange_hub::verify::Verifier::new(&tls, &agent_url)?);
 

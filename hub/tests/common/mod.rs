@@ -54,6 +54,7 @@ impl Pki {
             cert,
             key,
             min_version: MinTlsVersion::Tls13,
+            crls: Vec::new(),
         };
         Pki {
             dir,
@@ -86,6 +87,7 @@ impl Pki {
             cert,
             key,
             min_version: MinTlsVersion::Tls13,
+            crls: Vec::new(),
         }
     }
 
