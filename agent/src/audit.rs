@@ -20,18 +20,21 @@
 //! **Retention and archival.** A rotated file is never deleted. The service keeps the newest
 //! `[audit] keep` rotated files in the data directory ([`set_retention`]); after a rotation (and
 //! at start), a thread of its own moves older ones, oldest first, to `archive_dir` (a hard link,
-//! else a copy synced under a temporary name, never over an existing file) or hands each to
-//! `archive_command` (the file's path as its last argument), then appends an `audit.archived`
+//! else a copy synced under a temporary name, never over an existing file) or hands a copy of
+//! each (in `audit-archiving/`, which the command may move or compress) to `archive_command`
+//! (the copy's path as its last argument), then appends an `audit.archived`
 //! entry (file, first and last entry number, SM3 of the file and of its last line,
 //! destination), and only then, under the append lock, removes the file from the data directory.
 //! A file that cannot be archived stays and is tried again at the next rotation or start; no
 //! newer file is archived before it, so the files present always hold the chain's end without
 //! a hole. Without an archive every rotated file stays. Only the process holding the queue
-//! archives (it sets the retention), and one pass at a time. The oldest file present then
-//! continues the chain from the last line of an archived one: `audit verify` accepts that only
-//! when an `audit.archived` entry in the files present names that line (`last_sm3`), takes the
-//! number of entries before from it (`last_entry`), and checks from there (or from the first
-//! entry when given the archive directory). The head counts the whole chain, archived entries
+//! archives (it sets the retention), and one pass at a time (a rotation during a pass asks for
+//! one more). The oldest file present then continues the chain from the last line of an
+//! archived one: `audit verify` accepts that only when an `audit.archived` entry in the files
+//! present names that line (`last_sm3`), takes the number of entries before from it
+//! (`last_entry`), and checks from there, saying the entries before were not checked. Given
+//! the archive directory, it checks from the first entry and requires every file an
+//! `audit.archived` entry names, with the SM3 recorded. The head counts the whole chain, archived entries
 //! included.
 //!
 //! **Head.** `audit.head` holds `{"entries": N, "last_sm3": "…"}` padded with spaces to a
@@ -149,21 +152,73 @@ fn retention_of(data_dir: &Path) -> Option<std::sync::Arc<Retention>> {
         .map(|(_, r)| r.clone())
 }
 
+/// Archiver state per data directory: whether a pass runs, and whether another was asked for
+/// meanwhile.
+static ARCHIVER: std::sync::Mutex<Vec<(PathBuf, Pass)>> = std::sync::Mutex::new(Vec::new());
+
+/// The archiver of one data directory.
+#[derive(Default)]
+struct Pass {
+    /// A pass runs (in its thread).
+    running: bool,
+    /// A rotation or start asked for a pass while one ran: the thread runs one more.
+    requested: bool,
+}
+
 /// Runs [`retain`] in a thread of its own when this process set a retention for `data_dir`,
-/// off the path of the append that rotated.
+/// off the path of the append that rotated. One pass at a time: asked while one runs, it only
+/// notes that another is wanted, which the running thread makes once done (no thread waits
+/// on another, however many rotations happen meanwhile).
 fn schedule_retention(data_dir: &Path) {
     if retention_of(data_dir).is_none() {
         return;
     }
+    {
+        let mut all = ARCHIVER.lock().unwrap_or_else(|e| e.into_inner());
+        if !all.iter().any(|(d, _)| d == data_dir) {
+            all.push((data_dir.to_owned(), Pass::default()));
+        }
+        let (_, pass) = all
+            .iter_mut()
+            .find(|(d, _)| d == data_dir)
+            .expect("just added");
+        if pass.running {
+            pass.requested = true;
+            return;
+        }
+        pass.running = true;
+    }
     let dir = data_dir.to_owned();
+    // Whether another pass is wanted; if not, the thread's work is over.
+    let again = |dir: &Path| {
+        let mut all = ARCHIVER.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((_, pass)) = all.iter_mut().find(|(d, _)| d == dir) else {
+            return false;
+        };
+        if std::mem::take(&mut pass.requested) {
+            true
+        } else {
+            pass.running = false;
+            false
+        }
+    };
     let spawned = std::thread::Builder::new()
         .name("audit-archive".into())
         .spawn(move || {
-            if let Err(e) = retain(&dir) {
-                tracing::warn!(file = %e.file.display(), error = %e.reason, "Audit file not archived; it stays in the data directory and is tried again at the next rotation or start (审计文件未归档，保留在数据目录中，下次轮转或启动时重试).");
+            loop {
+                if let Err(e) = retain(&dir) {
+                    tracing::warn!(file = %e.file.display(), error = %e.reason, "Audit file not archived; it stays in the data directory and is tried again at the next rotation or start (审计文件未归档，保留在数据目录中，下次轮转或启动时重试).");
+                }
+                if !again(&dir) {
+                    break;
+                }
             }
         });
     if let Err(e) = spawned {
+        let mut all = ARCHIVER.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, pass)) = all.iter_mut().find(|(d, _)| d == data_dir) {
+            *pass = Pass::default();
+        }
         tracing::warn!(error = %e, "Cannot start the audit archival thread; rotated files stay in the data directory until the next rotation or start.");
     }
 }
@@ -390,6 +445,10 @@ fn append_many(
     head.last_sm3 = prev;
     file.write_all(&bytes).map_err(err)?;
     file.sync_all().map_err(err)?;
+    if tail.cut > 0 {
+        // The cut is on record now: its note may go (a crash before this repeats the note).
+        let _ = std::fs::remove_file(cut_path(data_dir));
+    }
     let entries = entries.split_off(first_job);
     durable(&entries);
     write_head(data_dir, &head).map_err(err)?;
@@ -406,8 +465,16 @@ struct Tail {
     /// The SM3 of the last complete line of the newest file holding one; `None` for an empty
     /// log.
     last: Option<[u8; 32]>,
-    /// Bytes cut from the end of `audit.jsonl` after its last newline (a torn line).
+    /// Bytes cut from the end of `audit.jsonl` after its last newline (a torn line), now or
+    /// by an earlier append that a crash stopped before it recorded the cut (`audit.cut`).
     cut: u64,
+}
+
+/// `audit.cut`: the note of a torn line about to be cut off (its length, decimal), written
+/// and synced before the cut and removed once the `audit.recovered` entry recording it is on
+/// disk, so that power lost between the cut and that entry still leaves the cut on record.
+fn cut_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("audit.cut")
 }
 
 impl Tail {
@@ -416,7 +483,11 @@ impl Tail {
     /// crash interrupted, `audit.jsonl` may not exist or be empty yet).
     fn read(data_dir: &Path) -> std::io::Result<Tail> {
         let current = path(data_dir);
-        let mut cut = 0;
+        // A cut an earlier append made and could not record.
+        let mut cut: u64 = std::fs::read_to_string(cut_path(data_dir))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
         if let Ok(f) = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -425,9 +496,10 @@ impl Tail {
             let len = f.metadata()?.len();
             let keep = complete_length(&f, len)?;
             if keep < len {
+                cut += len - keep;
+                crate::data_dir::replace(data_dir, "audit.cut", cut.to_string().as_bytes())?;
                 f.set_len(keep)?;
                 f.sync_all()?;
-                cut = len - keep;
             }
             // The usual case: the current file's own last line, without listing the directory.
             if keep > 0 {
@@ -490,26 +562,36 @@ fn line_before(f: &std::fs::File, end: u64) -> std::io::Result<Option<Vec<u8>>> 
 
 /// Entries in the chain: those archived away before the oldest file present (as its
 /// `audit.archived` entry records; 0 when not recorded) and every line of the files present;
-/// the SM3 of each line present; and the number archived away.
+/// the SM3 of each line present; and the number archived away. A rotated file that vanishes
+/// while read (the archiver moved it) has the files listed again.
 fn count_entries(data_dir: &Path) -> std::io::Result<(u64, Vec<[u8; 32]>, u64)> {
-    let before = match chain_start(&files(data_dir))? {
-        Start::Archived(a) => a.entries.unwrap_or(0),
-        Start::Beginning | Start::Unexplained { .. } => 0,
-    };
-    let mut digests = Vec::new();
-    for f in files(data_dir) {
-        match std::fs::read(&f) {
-            Ok(bytes) => digests.extend(
-                bytes
-                    .split(|b| *b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .map(crate::queue::sm3_bytes),
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+    let mut tries = 0;
+    'list: loop {
+        let (all, start) = listed_start(data_dir, None)?;
+        let before = match start {
+            Start::Archived(a) => a.entries.unwrap_or(0),
+            Start::Beginning | Start::Unexplained { .. } => 0,
+        };
+        let mut digests = Vec::new();
+        for f in &all {
+            match std::fs::read(f) {
+                Ok(bytes) => digests.extend(
+                    bytes
+                        .split(|b| *b == b'\n')
+                        .filter(|l| !l.is_empty())
+                        .map(crate::queue::sm3_bytes),
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if tries < 20 && files(data_dir) != all {
+                        tries += 1;
+                        continue 'list;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
+        return Ok((before + digests.len() as u64, digests, before));
     }
-    Ok((before + digests.len() as u64, digests, before))
 }
 
 /// An exclusive lock on `<data_dir>/audit.lock` (flock), held while appending, so that an
@@ -586,6 +668,8 @@ pub struct ArchivedBefore {
     pub to: String,
     /// When it was archived (the entry's `at`).
     pub at: String,
+    /// SM3 (hex) of the last line archived, which the oldest file read continues from.
+    pub last_sm3: String,
     /// The file holding the `audit.archived` entry.
     pub recorded_in: PathBuf,
     /// Its line (1-based).
@@ -664,6 +748,7 @@ fn find_archived(files: &[PathBuf], last_sm3: &str) -> std::io::Result<Option<Ar
                         .or_else(|| d["command"].as_str().map(|c| format!("the command `{c}`")))
                         .unwrap_or_default(),
                     at: entry.at,
+                    last_sm3: last_sm3.to_owned(),
                     recorded_in: f.clone(),
                     line: i + 1,
                 });
@@ -772,7 +857,13 @@ fn archive_one(
             detail["to"] = to.display().to_string().into();
         }
         ArchiveTo::Command { argv, timeout } => {
-            run_archive_command(argv, file, *timeout)?;
+            // The command gets a copy, which it may move, compress or delete: the file itself
+            // stays until its archival is on record.
+            let staged = stage(data_dir, file, name)
+                .map_err(|e| format!("cannot copy it for the archive command: {e}"))?;
+            let ran = run_archive_command(argv, &staged, *timeout);
+            let _ = std::fs::remove_file(&staged);
+            ran?;
             detail["command"] = argv.join(" ").into();
         }
     }
@@ -874,6 +965,39 @@ fn store_in(dir: &Path, file: &Path, name: &str, sm3: &[u8; 32]) -> std::io::Res
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => same(&to).map(|()| to),
         Err(e) => Err(e),
     }
+}
+
+/// The directory, inside the data directory, holding the copy an archive command is given.
+fn staging_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("audit-archiving")
+}
+
+/// Copies `file` to `<data_dir>/audit-archiving/<name>` (the directory created 0700, the copy
+/// 0600 and synced, replacing a copy a crash left) for the archive command; returns its path.
+fn stage(data_dir: &Path, file: &Path, name: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = staging_dir(data_dir);
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => std::fs::File::open(data_dir)?.sync_all()?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let to = dir.join(name);
+    // A copy left by an earlier run (or a file the command left) is replaced, never appended to.
+    match std::fs::remove_file(&to) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut out = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(&to)?;
+    std::io::copy(&mut std::fs::File::open(file)?, &mut out)?;
+    out.sync_all()?;
+    std::fs::File::open(&dir)?.sync_all()?;
+    Ok(to)
 }
 
 /// Runs the archive command with the file's path as its last argument: `Ok` once it exits 0,
@@ -1151,6 +1275,22 @@ pub fn for_each_after(
     Ok(false)
 }
 
+/// When the first entry of a file was written (milliseconds since 1970), if it holds one.
+fn first_at(file: &Path) -> std::io::Result<Option<i64>> {
+    let Ok(opened) = std::fs::File::open(file) else {
+        return Ok(None);
+    };
+    let mut reader = std::io::BufReader::new(opened);
+    let mut line = Vec::new();
+    while reader.read_until(b'\n', &mut line)? > 0 {
+        if let Ok(entry) = serde_json::from_slice::<Entry>(line.trim_ascii_end()) {
+            return Ok(millis_of(&entry.at));
+        }
+        line.clear();
+    }
+    Ok(None)
+}
+
 /// Calls `f` with every entry written at or after `since_ms` (milliseconds since 1970), in
 /// the order written, reading only the files that can hold one: the newest files back to the
 /// first whose first entry is older.
@@ -1160,20 +1300,6 @@ pub fn for_each_since(
     mut f: impl FnMut(Entry),
 ) -> std::io::Result<()> {
     let all = files(data_dir);
-    let first_at = |file: &Path| -> std::io::Result<Option<i64>> {
-        let Ok(opened) = std::fs::File::open(file) else {
-            return Ok(None);
-        };
-        let mut reader = std::io::BufReader::new(opened);
-        let mut line = Vec::new();
-        while reader.read_until(b'\n', &mut line)? > 0 {
-            if let Ok(entry) = serde_json::from_slice::<Entry>(line.trim_ascii_end()) {
-                return Ok(millis_of(&entry.at));
-            }
-            line.clear();
-        }
-        Ok(None)
-    };
     let mut start = 0;
     for (i, file) in all.iter().enumerate().rev() {
         if first_at(file)?.is_some_and(|at| at < since_ms) {
@@ -1189,6 +1315,81 @@ pub fn for_each_since(
         }
     }
     Ok(())
+}
+
+/// The archive directory of `data_dir`: `[audit] archive_dir` when this process set the
+/// retention ([`set_retention`]), else the directory the newest `audit.archived` entry of the
+/// files present records a file moved to (an `archive_command` leaves none).
+fn archive_dir_of(data_dir: &Path) -> Option<PathBuf> {
+    if let Some(r) = retention_of(data_dir) {
+        return match &r.archive {
+            Some(Archive {
+                to: ArchiveTo::Dir(dir),
+                ..
+            }) => Some(dir.clone()),
+            _ => None,
+        };
+    }
+    const ACTION: &[u8] = br#""action":"audit.archived""#;
+    for f in files(data_dir).iter().rev() {
+        let Ok(bytes) = std::fs::read(f) else {
+            continue;
+        };
+        let found = bytes
+            .split(|b| *b == b'\n')
+            .rev()
+            .filter(|l| l.windows(ACTION.len()).any(|w| w == ACTION))
+            .filter_map(|l| serde_json::from_slice::<Entry>(l).ok())
+            .find_map(|e| Some(PathBuf::from(e.detail["to"].as_str()?).parent()?.to_owned()));
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+/// [`for_each_since`] over the files of the archive directory ([`archive_dir_of`]) too, so
+/// that an entry whose file was archived is still found. A file that vanishes while read (the
+/// archiver moved it) has the files listed again and read anew: `f` may then see an entry
+/// twice.
+pub fn for_each_since_archived(
+    data_dir: &Path,
+    since_ms: i64,
+    mut f: impl FnMut(Entry),
+) -> std::io::Result<()> {
+    let archive = archive_dir_of(data_dir);
+    let mut tries = 0;
+    'list: loop {
+        let all = chain_files(data_dir, archive.as_deref());
+        let mut start = 0;
+        for (i, file) in all.iter().enumerate().rev() {
+            if first_at(file)?.is_some_and(|at| at < since_ms) {
+                start = i;
+                break;
+            }
+        }
+        for file in &all[start..] {
+            let bytes = match std::fs::read(file) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if tries < 20 && chain_files(data_dir, archive.as_deref()) != all {
+                        tries += 1;
+                        continue 'list;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for line in bytes.split(|b| *b == b'\n') {
+                if let Ok(entry) = serde_json::from_slice::<Entry>(line)
+                    && millis_of(&entry.at).is_some_and(|at| at >= since_ms)
+                {
+                    f(entry);
+                }
+            }
+        }
+        return Ok(());
+    }
 }
 
 /// The repairs recorded in the log (`audit.recovered` entries), oldest first: what crashes
@@ -1249,8 +1450,42 @@ pub fn verify(data_dir: &Path) -> Result<u64, Break> {
 /// holding archived files, e.g. `[audit] archive_dir`), oldest first, then `audit.jsonl` and
 /// the head; `Ok` when intact, else the first place where it breaks. When the oldest file read
 /// continues from entries that are not there, it is accepted only if an `audit.archived` entry
-/// in the files read names the last of them, and the chain is checked from there.
+/// in the files read names the last of them, and the chain is checked from there. When an
+/// archive is read, every file an `audit.archived` entry names must be read too (from it or
+/// the data directory) with the SM3 recorded. A file that vanishes while read (the archiver
+/// moved it) has the files listed again.
 pub fn verify_with(data_dir: &Path, archive: Option<&Path>) -> Result<Verified, Break> {
+    let mut tries = 0;
+    loop {
+        match verify_pass(data_dir, archive)? {
+            Some(v) => return Ok(v),
+            None if tries < 20 => tries += 1,
+            None => {
+                return Err(Break {
+                    file: path(data_dir),
+                    line: 0,
+                    what: "the files kept vanishing while read (an archival or rotation running): run it again".into(),
+                });
+            }
+        }
+    }
+}
+
+/// A file an `audit.archived` entry names.
+struct Named {
+    /// Its name (`audit.jsonl.<n>`).
+    name: String,
+    /// Its SM3 (hex) as recorded.
+    sm3: String,
+    /// Where it went.
+    to: String,
+    /// The file and line (1-based) of the entry.
+    recorded_in: PathBuf,
+    line: usize,
+}
+
+/// One pass of [`verify_with`]; `Ok(None)`: a file vanished while read, list them again.
+fn verify_pass(data_dir: &Path, archive: Option<&Path>) -> Result<Option<Verified>, Break> {
     let (all, start) = listed_start(data_dir, archive).map_err(|e| Break {
         file: path(data_dir),
         line: 0,
@@ -1261,7 +1496,7 @@ pub fn verify_with(data_dir: &Path, archive: Option<&Path>) -> Result<Verified, 
     // head.
     let (mut prev, before, archived) = match start {
         Start::Beginning => (ZEROS.to_owned(), Some(0), None),
-        Start::Archived(a) => (String::new(), a.entries, Some(a)),
+        Start::Archived(a) => (a.last_sm3.clone(), a.entries, Some(a)),
         Start::Unexplained { file } => {
             return Err(Break {
                 file,
@@ -1275,22 +1510,41 @@ pub fn verify_with(data_dir: &Path, archive: Option<&Path>) -> Result<Verified, 
     let head_count = read_head(data_dir).ok().map(|h| h.entries);
     let mut at_head_count = None;
     let mut last_file = path(data_dir);
-    for f in all {
-        let bytes = match std::fs::read(&f) {
+    // The first break found; the walk goes on collecting `audit.archived` entries, so that a
+    // missing archived file is named rather than the break it leaves.
+    let mut broke: Option<Break> = None;
+    // The rotated files read (name: path, SM3) and the files `audit.archived` entries name.
+    let mut present = std::collections::HashMap::new();
+    let mut named: Vec<Named> = Vec::new();
+    for f in &all {
+        let bytes = match std::fs::read(f) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if chain_files(data_dir, archive) != all {
+                    return Ok(None);
+                }
+                continue;
+            }
             Err(e) => {
                 return Err(Break {
-                    file: f,
+                    file: f.clone(),
                     line: 0,
                     what: format!("cannot read: {e}"),
                 });
             }
         };
-        if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+        if let Some(name) = f.file_name().and_then(|n| n.to_str())
+            && name.starts_with("audit.jsonl.")
+        {
+            present.insert(
+                name.to_owned(),
+                (f.clone(), hex::encode(crate::queue::sm3_bytes(&bytes))),
+            );
+        }
+        if broke.is_none() && !bytes.is_empty() && !bytes.ends_with(b"\n") {
             let line = bytes.split(|b| *b == b'\n').count();
-            return Err(Break {
-                file: f,
+            broke = Some(Break {
+                file: f.clone(),
                 line,
                 what: "the last line is cut short: a crash while it was being written leaves this (the service cuts it off, as never acknowledged, and records `audit.recovered` when it next writes), or the file was truncated".into(),
             });
@@ -1304,14 +1558,38 @@ pub fn verify_with(data_dir: &Path, archive: Option<&Path>) -> Result<Verified, 
                 line: i + 1,
                 what,
             };
-            let entry: Entry = serde_json::from_slice(line)
-                .map_err(|e| at(format!("not an audit entry ({e}): edited or damaged")))?;
-            if checked == 0 && archived.is_some() {
-                // Named by the `audit.archived` entry found (chain_start).
-                prev = entry.prev.clone();
+            let entry = serde_json::from_slice::<Entry>(line);
+            if let Ok(e) = &entry
+                && archive.is_some()
+                && e.action == "audit.archived"
+            {
+                let d = &e.detail;
+                if let (Some(name), Some(sm3)) = (d["file"].as_str(), d["sm3"].as_str()) {
+                    named.push(Named {
+                        name: name.to_owned(),
+                        sm3: sm3.to_owned(),
+                        to: d["to"]
+                            .as_str()
+                            .map(str::to_owned)
+                            .or_else(|| d["command"].as_str().map(|c| format!("the command `{c}`")))
+                            .unwrap_or_default(),
+                        recorded_in: f.clone(),
+                        line: i + 1,
+                    });
+                }
             }
+            if broke.is_some() {
+                continue;
+            }
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    broke = Some(at(format!("not an audit entry ({e}): edited or damaged")));
+                    continue;
+                }
+            };
             if entry.prev != prev {
-                return Err(at(if checked == 0 {
+                broke = Some(at(if checked == 0 {
                     "the first entry does not start the chain: entries before it were removed"
                         .into()
                 } else {
@@ -1320,6 +1598,7 @@ pub fn verify_with(data_dir: &Path, archive: Option<&Path>) -> Result<Verified, 
                         "`prev` does not match entry{n} before it: this entry or the one before was edited, or entries were removed or reordered here"
                     )
                 }));
+                continue;
             }
             prev = hex::encode(crate::queue::sm3_bytes(line));
             checked += 1;
@@ -1327,7 +1606,48 @@ pub fn verify_with(data_dir: &Path, archive: Option<&Path>) -> Result<Verified, 
                 at_head_count = Some(prev.clone());
             }
         }
-        last_file = f;
+        last_file = f.clone();
+    }
+    if let Some(archive) = archive {
+        let missing: Vec<&Named> = named
+            .iter()
+            .filter(|n| !present.contains_key(&n.name))
+            .collect();
+        if let Some(first) = missing.first() {
+            let names: Vec<&str> = missing.iter().map(|n| n.name.as_str()).collect();
+            return Err(Break {
+                file: archive.join(&first.name),
+                line: 0,
+                what: format!(
+                    "missing: {} archived file(s) recorded by `audit.archived` entries are in neither the archive {} nor the data directory: {} (the first archived to {}, recorded at {}:{}); restore them there",
+                    missing.len(),
+                    archive.display(),
+                    names.join(", "),
+                    first.to,
+                    first.recorded_in.display(),
+                    first.line
+                ),
+            });
+        }
+    }
+    if let Some(b) = broke {
+        return Err(b);
+    }
+    for n in &named {
+        if let Some((file, sm3)) = present.get(&n.name)
+            && *sm3 != n.sm3
+        {
+            return Err(Break {
+                file: file.clone(),
+                line: 0,
+                what: format!(
+                    "its SM3 is {sm3}, not {} as recorded when it was archived ({}:{}): the file was changed since",
+                    n.sm3,
+                    n.recorded_in.display(),
+                    n.line
+                ),
+            });
+        }
     }
     // Archived entries not counted by their record: what the head counts beyond those read.
     let before = before.unwrap_or_else(|| head_count.unwrap_or(0).saturating_sub(checked));
@@ -1352,6 +1672,10 @@ pub fn verify_with(data_dir: &Path, archive: Option<&Path>) -> Result<Verified, 
                 });
             }
             if head.entries != entries || (entries > 0 && head.last_sm3 != prev) {
+                // A rotation or append meanwhile moves the head past what was read.
+                if chain_files(data_dir, archive) != all {
+                    return Ok(None);
+                }
                 return Err(Break {
                     file: last_file,
                     line: 0,
@@ -1371,12 +1695,12 @@ pub fn verify_with(data_dir: &Path, archive: Option<&Path>) -> Result<Verified, 
             });
         }
     }
-    Ok(Verified {
+    Ok(Some(Verified {
         entries,
         checked,
         from_archive,
         archived,
-    })
+    }))
 }
 
 /// Writes the entries at or after `since` (RFC 3339), every file of the chain, as NDJSON
@@ -1676,6 +2000,42 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_that_power_loss_kept_from_its_entry_is_recorded_at_the_next_write() {
+        let dir = log(3);
+        let clean = std::fs::read(path(dir.path())).unwrap();
+        let torn = br#"{"at":"2026-01-01T00:00:00.000Z","actor":"a","action":"resync","res"#;
+        let mut bytes = clean.clone();
+        bytes.extend_from_slice(torn);
+        std::fs::write(path(dir.path()), &bytes).unwrap();
+        // The cut as an append makes it, then power lost before its entry was written.
+        let tail = Tail::read(dir.path()).unwrap();
+        assert_eq!(tail.cut, torn.len() as u64);
+        assert_eq!(std::fs::read(path(dir.path())).unwrap(), clean);
+        assert!(
+            cut_path(dir.path()).exists(),
+            "the cut is noted before it is made"
+        );
+        append(dir.path(), "resync", "R", serde_json::json!({})).unwrap();
+        assert_eq!(verify(dir.path()), Ok(5));
+        let recovered: Entry = serde_json::from_str(&lines(dir.path())[3]).unwrap();
+        assert_eq!(recovered.action, "audit.recovered");
+        assert_eq!(recovered.detail["removed_bytes"], torn.len());
+        assert!(
+            !cut_path(dir.path()).exists(),
+            "the note goes once on record"
+        );
+        append(dir.path(), "resync", "R", serde_json::json!({})).unwrap();
+        assert_eq!(
+            lines(dir.path())
+                .iter()
+                .filter(|l| l.contains("audit.recovered"))
+                .count(),
+            1,
+            "recorded once"
+        );
+    }
+
+    #[test]
     fn a_head_behind_the_log_or_missing_is_repaired_at_the_next_write() {
         // Rolled back one entry, as a crash between the log's fsync and the head leaves it.
         let dir = log(2);
@@ -1854,6 +2214,123 @@ mod tests {
             assert_eq!(last - next_first + 1, d["entries"].as_u64().unwrap());
             next_first = last + 1;
         }
+    }
+
+    #[test]
+    fn with_an_archive_read_every_archived_file_must_be_there() {
+        let archive = tempfile::tempdir().unwrap();
+        let data = rotating(
+            Some(Archive {
+                keep: 1,
+                to: ArchiveTo::Dir(archive.path().to_owned()),
+            }),
+            120,
+        );
+        retain(data.path()).unwrap();
+        let stored: Vec<PathBuf> = rotated_in(archive.path()).into_values().collect();
+        assert!(stored.len() >= 3);
+        let name = |f: &Path| f.file_name().unwrap().to_str().unwrap().to_owned();
+        // An empty archive: every archived file is missing, and named.
+        let empty = tempfile::tempdir().unwrap();
+        // (The records of the older ones are in those files, each file named by a later one.)
+        let b = verify_with(data.path(), Some(empty.path())).unwrap_err();
+        assert!(b.what.starts_with("missing: "), "{b}");
+        assert!(b.what.contains(&name(stored.last().unwrap())), "{b}");
+        // The oldest archived file deleted: the chain from the next one still links to the
+        // record of it, but the file is missing.
+        let oldest = std::fs::read(&stored[0]).unwrap();
+        std::fs::remove_file(&stored[0]).unwrap();
+        let b = verify_with(data.path(), Some(archive.path())).unwrap_err();
+        assert!(b.what.starts_with("missing: 1 archived file"), "{b}");
+        assert!(b.what.contains(&name(&stored[0])), "{b}");
+        // Without the archive, the chain is checked from the oldest file present, saying so.
+        let v = verify_with(data.path(), None).unwrap();
+        assert!(v.archived.is_some() && v.checked < v.entries);
+        // Restored, the whole chain verifies.
+        std::fs::write(&stored[0], &oldest).unwrap();
+        let v = verify_with(data.path(), Some(archive.path())).unwrap();
+        assert_eq!((v.archived, v.checked), (None, v.entries));
+        // A file changed in the archive (an empty line added keeps the chain): its SM3 differs.
+        let mut bytes = std::fs::read(&stored[1]).unwrap();
+        bytes.extend_from_slice(b"\n");
+        std::fs::write(&stored[1], &bytes).unwrap();
+        let b = verify_with(data.path(), Some(archive.path())).unwrap_err();
+        assert_eq!(b.file, stored[1], "{b}");
+        assert!(b.what.contains("changed since"), "{b}");
+    }
+
+    #[test]
+    fn an_archive_command_that_moves_its_file_loses_nothing() {
+        let scripts = tempfile::tempdir().unwrap();
+        let moved = tempfile::tempdir().unwrap();
+        let data = rotating(None, 60);
+        let rotated = rotated_in(data.path()).len();
+        assert!(rotated >= 2);
+        let argv = shell(
+            scripts.path(),
+            &format!(
+                "test \"$(stat -c %a \"$(dirname \"$1\")\")\" = 700 || exit 9\nmv \"$1\" '{}'/\n",
+                moved.path().display()
+            ),
+        );
+        set_retention(
+            data.path(),
+            Retention {
+                max_file_bytes: 2048,
+                archive: Some(Archive {
+                    keep: 0,
+                    to: ArchiveTo::Command {
+                        argv,
+                        timeout: std::time::Duration::from_secs(60),
+                    },
+                }),
+            },
+        );
+        retain(data.path()).unwrap();
+        assert!(rotated_in(data.path()).is_empty());
+        assert!(rotated_in(moved.path()).len() >= rotated);
+        assert!(
+            rotated_in(&staging_dir(data.path())).is_empty(),
+            "no copy left"
+        );
+        let records = archived_entries(moved.path())
+            .into_iter()
+            .chain(archived_entries(data.path()))
+            .collect::<Vec<_>>();
+        assert_eq!(records.len(), rotated_in(moved.path()).len());
+        let v = verify_with(data.path(), Some(moved.path())).unwrap();
+        assert_eq!((v.archived, v.checked), (None, v.entries));
+        let seqs: Vec<u64> = entries_in(moved.path())
+            .into_iter()
+            .chain(entries_in(data.path()))
+            .filter(|e| e.action == "batch.acked")
+            .map(|e| e.detail["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, (1..=60).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn entries_in_archived_files_are_found_for_recovery() {
+        let archive = tempfile::tempdir().unwrap();
+        let data = rotating(
+            Some(Archive {
+                keep: 0,
+                to: ArchiveTo::Dir(archive.path().to_owned()),
+            }),
+            60,
+        );
+        retain(data.path()).unwrap();
+        let mut seqs = std::collections::BTreeSet::new();
+        for_each_since_archived(data.path(), i64::MIN, |e| {
+            if e.action == "batch.acked" {
+                seqs.insert(e.detail["seq"].as_u64().unwrap());
+            }
+        })
+        .unwrap();
+        assert_eq!(seqs, (1..=60).collect());
+        // Known from the log's own records when this process set no retention.
+        RETENTION.lock().unwrap().retain(|(d, _)| d != data.path());
+        assert_eq!(archive_dir_of(data.path()), Some(archive.path().to_owned()));
     }
 
     #[test]

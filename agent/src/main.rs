@@ -98,8 +98,10 @@ enum Command {
 enum AuditCommand {
     /// Check the chain: exit 0 if intact, 1 naming the file and line where it breaks
     /// (an entry edited, removed, reordered, or the log truncated). Files archived away
-    /// (`[audit] archive_dir`) are read too; without them the chain is checked from the
-    /// oldest file present, which an `audit.archived` entry must account for.
+    /// (`[audit] archive_dir`, or `--archive DIR`) are read too, and every file an
+    /// `audit.archived` entry names must be there; without an archive the chain is checked
+    /// from the oldest file present, which an `audit.archived` entry must account for, and
+    /// the output says the entries before it were not checked.
     Verify {
         /// Read archived files from this directory [default: `[audit] archive_dir`, if set].
         #[arg(long, value_name = "DIR")]
@@ -475,54 +477,59 @@ async fn agent_main() -> ExitCode {
             };
             let data_dir = &config.node.data_dir;
             match cmd {
-                AuditCommand::Verify { archive } => match exchange_agent::audit::verify_with(
-                    data_dir,
-                    archive.as_deref().or(match &config.audit.archive {
+                AuditCommand::Verify { archive } => {
+                    let archive = archive.as_deref().or(match &config.audit.archive {
                         Some(exchange_agent::audit::Archive {
                             to: exchange_agent::audit::ArchiveTo::Dir(dir),
                             ..
                         }) => Some(dir.as_path()),
                         _ => None,
-                    }),
-                ) {
-                    Ok(v) => {
-                        println!(
-                            "The audit log is intact: {} entries ({}).",
-                            v.entries,
-                            exchange_agent::audit::path(data_dir).display()
-                        );
-                        if let Some(a) = &v.archived {
-                            let first = v.entries - v.checked + 1;
-                            println!(
-                                "  entries before {first} archived to {} ({}; recorded at {}:{}): checked from entry {first} on{}",
-                                a.to,
-                                a.at,
-                                a.recorded_in.display(),
-                                a.line,
-                                if a.entries.is_none() {
-                                    "; the files before the archived ones were already missing, unrecorded, when they were archived"
-                                } else {
-                                    ""
+                    });
+                    match exchange_agent::audit::verify_with(data_dir, archive) {
+                        Ok(v) => {
+                            match &v.archived {
+                                None => println!(
+                                    "The audit log is intact: {} entries ({}).",
+                                    v.entries,
+                                    exchange_agent::audit::path(data_dir).display()
+                                ),
+                                Some(a) => {
+                                    let first = v.entries - v.checked + 1;
+                                    println!(
+                                        "The audit log is intact from entry {first} on: {} of {} entries checked ({}). Entries before {first} were NOT checked: they were archived to {} ({}; recorded at {}:{}){}. To check them, restore the archived files into a directory and run `exchange-agent audit verify --archive DIR`.",
+                                        v.checked,
+                                        v.entries,
+                                        exchange_agent::audit::path(data_dir).display(),
+                                        a.to,
+                                        a.at,
+                                        a.recorded_in.display(),
+                                        a.line,
+                                        if a.entries.is_none() {
+                                            "; the files before the archived ones were already missing, unrecorded, when they were archived"
+                                        } else {
+                                            ""
+                                        }
+                                    );
                                 }
-                            );
+                            }
+                            if v.from_archive > 0 {
+                                println!("  {} older files read from the archive.", v.from_archive);
+                            }
+                            for r in exchange_agent::audit::repairs(data_dir).unwrap_or_default() {
+                                println!(
+                                    "  repaired at {}: {}",
+                                    r.at,
+                                    r.detail["what"].as_str().unwrap_or("-")
+                                );
+                            }
+                            ExitCode::SUCCESS
                         }
-                        if v.from_archive > 0 {
-                            println!("  {} older files read from the archive.", v.from_archive);
+                        Err(b) => {
+                            eprintln!("The audit log is NOT intact: {b}");
+                            ExitCode::from(1)
                         }
-                        for r in exchange_agent::audit::repairs(data_dir).unwrap_or_default() {
-                            println!(
-                                "  repaired at {}: {}",
-                                r.at,
-                                r.detail["what"].as_str().unwrap_or("-")
-                            );
-                        }
-                        ExitCode::SUCCESS
                     }
-                    Err(b) => {
-                        eprintln!("The audit log is NOT intact: {b}");
-                        ExitCode::from(1)
-                    }
-                },
+                }
                 AuditCommand::Export { since } => {
                     let since = match since.as_deref().map(chrono::DateTime::parse_from_rfc3339) {
                         None => None,

@@ -26,7 +26,9 @@
 //!   fsync ([`Queue::audited`]; the next durable commit persists it). [`Queue::open`] appends,
 //!   marked `"recovered": true`, each stored detail whose entry the audit log does not hold (a
 //!   crash between the ack and the append, or an audit log that could not be written), and
-//!   then removes them all: every acknowledged batch has exactly one `batch.acked` entry.
+//!   then removes them all: every acknowledged batch has a `batch.acked` entry, at least once
+//!   (the log and `[audit] archive_dir` are searched first; an entry in a file handed to
+//!   `archive_command` is not found, and is appended again, marked recovered).
 //! - The file's page cache is bounded (8 MiB): memory does not grow with the queue.
 //! - `ResourceState::sent_through` bounds the seqs that may have left the agent: it is raised
 //!   and committed before any batch above it is sent ([`Queue::raise_sent_through`], and
@@ -695,19 +697,33 @@ impl Queue {
         // Entries are stamped after the acknowledgement; an hour's margin for a clock stepped
         // back meanwhile.
         let since = stored.iter().map(|(_, s)| s.acked_ms).min().unwrap_or(0) - 3_600_000;
+        // The stored entries by (resource, stream, seq), with their digest.
+        let wanted: std::collections::HashMap<
+            (&str, String, u64),
+            (&PendingAudit, &serde_json::Value),
+        > = stored
+            .iter()
+            .map(|(p, s)| {
+                (
+                    (p.resource.as_str(), s.detail["stream"].to_string(), p.seq),
+                    (p, &s.detail["digest"]),
+                )
+            })
+            .collect();
         let mut logged = std::collections::BTreeSet::new();
-        crate::audit::for_each_since(data_dir, since, |e| {
+        // The archive directory too: the file holding an entry may have been archived since.
+        crate::audit::for_each_since_archived(data_dir, since, |e| {
             if e.action != "batch.acked" {
                 return;
             }
-            for (p, s) in &stored {
-                if e.resource == p.resource
-                    && e.detail["seq"] == p.seq
-                    && e.detail["stream"] == s.detail["stream"]
-                    && e.detail["digest"] == s.detail["digest"]
-                {
-                    logged.insert(p.clone());
-                }
+            let Some(seq) = e.detail["seq"].as_u64() else {
+                return;
+            };
+            let key = (e.resource.as_str(), e.detail["stream"].to_string(), seq);
+            if let Some((p, digest)) = wanted.get(&key)
+                && e.detail["digest"] == **digest
+            {
+                logged.insert((*p).clone());
             }
         })
         .map_err(storage(CONTEXT))?;
@@ -1842,6 +1858,50 @@ mod tests {
         let q = Queue::open(&data).unwrap();
         assert_eq!(acked_entries(&data).len(), 3);
         assert_eq!(pending_count(&q), 0);
+    }
+
+    #[test]
+    fn an_entry_whose_file_was_archived_is_not_appended_again() {
+        let (dir, q) = queue_with(1);
+        let data = dir.path().join("data");
+        let archive = dir.path().join("archive");
+        std::fs::create_dir(&archive).unwrap();
+        // Acknowledged and audited, then the process died before the stored entry was
+        // forgotten; meanwhile the file holding the entry was archived.
+        let one = acked_detail(&q, 1);
+        q.ack("R", 1, &one).unwrap();
+        crate::audit::append(&data, "batch.acked", "R", one).unwrap();
+        drop(q);
+        crate::audit::set_retention(
+            &data,
+            crate::audit::Retention {
+                max_file_bytes: 1024,
+                archive: Some(crate::audit::Archive {
+                    keep: 0,
+                    to: crate::audit::ArchiveTo::Dir(archive.clone()),
+                }),
+            },
+        );
+        for _ in 0..20 {
+            crate::audit::append(&data, "resync", "R", serde_json::json!({})).unwrap();
+        }
+        crate::audit::retain(&data).unwrap();
+        assert!(acked_entries(&data).is_empty(), "archived away");
+
+        let q = Queue::open(&data).unwrap();
+        assert_eq!(pending_count(&q), 0);
+        let mut acked = 0;
+        crate::audit::for_each_since_archived(&data, i64::MIN, |e| {
+            acked += usize::from(e.action == "batch.acked");
+        })
+        .unwrap();
+        assert_eq!(acked, 1, "found in the archive, not appended again");
+        assert_eq!(
+            crate::audit::verify_with(&data, Some(&archive))
+                .unwrap()
+                .archived,
+            None
+        );
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! max_file_bytes`, `keep` and `archive_dir`, rotates its audit log while it delivers and
 //! moves older files to the archive; every acknowledged batch keeps exactly one `batch.acked`
 //! entry across the data directory and the archive; `audit verify` checks the whole chain with
-//! the configured archive, and without it from the oldest file present (saying what was
-//! archived); a file missing in the middle of the archive is found.
+//! the configured archive, and without one from the oldest file present (saying that what was
+//! archived was not checked); an archive lacking archived files (empty, the oldest deleted, one
+//! in the middle) fails, naming them.
 
 use std::path::{Path, PathBuf};
 
@@ -115,25 +116,48 @@ async fn rotated_audit_files_are_archived_and_the_chain_verifies_with_and_withou
         &format!("intact: {} entries", all.len()),
         "older files read from the archive",
     ]);
-    // Without it: from the oldest file present, saying what came before.
+    // Without an archive read (a configuration without `archive_dir`): from the oldest file
+    // present, saying that the entries before were not checked, and how to check them.
+    let bare = scene.dir.path().join("bare.toml");
+    std::fs::write(&bare, config.to_toml()).unwrap();
+    let local = Agent::at(&bare).cmd(&["audit", "verify"]).await;
+    local.assert_code(0).assert_mentions(&[
+        "intact from entry",
+        &format!("of {} entries", all.len()),
+        "NOT checked",
+        &archive.display().to_string(),
+        "--archive DIR",
+    ]);
+    // An archive read that lacks the archived files fails, naming them.
     let empty = scene.dir.path().join("elsewhere");
     std::fs::create_dir(&empty).unwrap();
-    let local = agent
-        .cmd(&["audit", "verify", "--archive", &empty.display().to_string()])
-        .await;
-    local.assert_code(0).assert_mentions(&[
-        &format!("intact: {} entries", all.len()),
-        "archived to",
-        &archive.display().to_string(),
-        "checked from entry",
-    ]);
-
-    // A file gone from the middle of the archive breaks the chain at the next one.
     let files = rotated(&archive);
+    let newest = files.last().unwrap().file_name().unwrap().to_str().unwrap();
+    agent
+        .cmd(&["audit", "verify", "--archive", &empty.display().to_string()])
+        .await
+        .assert_code(1)
+        .assert_mentions(&["NOT intact", "missing", newest]);
+
+    // The oldest archived file deleted: the chain from the next one is whole, but the file an
+    // `audit.archived` entry names is missing.
+    let oldest = files[0].file_name().unwrap().to_str().unwrap().to_owned();
+    let kept = std::fs::read(&files[0]).unwrap();
+    std::fs::remove_file(&files[0]).unwrap();
+    agent
+        .cmd(&["audit", "verify"])
+        .await
+        .assert_code(1)
+        .assert_mentions(&["NOT intact", "missing: 1 archived file", &oldest]);
+    std::fs::write(&files[0], kept).unwrap();
+    agent.cmd(&["audit", "verify"]).await.assert_code(0);
+
+    // A file gone from the middle of the archive is named too.
+    let middle = files[1].file_name().unwrap().to_str().unwrap().to_owned();
     std::fs::remove_file(&files[1]).unwrap();
     agent
         .cmd(&["audit", "verify"])
         .await
         .assert_code(1)
-        .assert_mentions(&["NOT intact", &format!("{}:1", files[2].display())]);
+        .assert_mentions(&["NOT intact", "missing", &middle]);
 }
