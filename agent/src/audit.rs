@@ -436,7 +436,7 @@ fn append_many(
             prev,
         };
         let line = serde_json::to_vec(&entry).expect("entry serializes");
-        prev = hex::encode(crate::queue::sm3_bytes(&line));
+        prev = hex::encode(exchange_protocol::digest::sm3(&line));
         head.entries += 1;
         bytes.extend_from_slice(&line);
         bytes.push(b'\n');
@@ -504,7 +504,7 @@ impl Tail {
             // The usual case: the current file's own last line, without listing the directory.
             if keep > 0 {
                 return Ok(Tail {
-                    last: line_before(&f, keep)?.map(|l| crate::queue::sm3_bytes(&l)),
+                    last: line_before(&f, keep)?.map(|l| exchange_protocol::digest::sm3(&l)),
                     cut,
                 });
             }
@@ -515,7 +515,7 @@ impl Tail {
             };
             if let Some(line) = last_line(&f)? {
                 return Ok(Tail {
-                    last: Some(crate::queue::sm3_bytes(&line)),
+                    last: Some(exchange_protocol::digest::sm3(&line)),
                     cut,
                 });
             }
@@ -579,7 +579,7 @@ fn count_entries(data_dir: &Path) -> std::io::Result<(u64, Vec<[u8; 32]>, u64)> 
                     bytes
                         .split(|b| *b == b'\n')
                         .filter(|l| !l.is_empty())
-                        .map(crate::queue::sm3_bytes),
+                        .map(exchange_protocol::digest::sm3),
                 ),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     if tries < 20 && files(data_dir) != all {
@@ -905,7 +905,7 @@ impl FileFacts {
             let text = line.strip_suffix(b"\n").unwrap_or(&line);
             if !text.is_empty() {
                 lines += 1;
-                last_sm3 = Some(crate::queue::sm3_bytes(text));
+                last_sm3 = Some(exchange_protocol::digest::sm3(text));
             }
             line.clear();
         }
@@ -1231,7 +1231,7 @@ fn entries_of(file: &Path) -> std::io::Result<Vec<(Entry, [u8; 32])>> {
         .split(|b| *b == b'\n')
         .filter_map(|line| {
             let entry = serde_json::from_slice::<Entry>(line).ok()?;
-            Some((entry, crate::queue::sm3_bytes(line)))
+            Some((entry, exchange_protocol::digest::sm3(line)))
         })
         .collect())
 }
@@ -1538,7 +1538,10 @@ fn verify_pass(data_dir: &Path, archive: Option<&Path>) -> Result<Option<Verifie
         {
             present.insert(
                 name.to_owned(),
-                (f.clone(), hex::encode(crate::queue::sm3_bytes(&bytes))),
+                (
+                    f.clone(),
+                    hex::encode(exchange_protocol::digest::sm3(&bytes)),
+                ),
             );
         }
         if broke.is_none() && !bytes.is_empty() && !bytes.ends_with(b"\n") {
@@ -1600,7 +1603,7 @@ fn verify_pass(data_dir: &Path, archive: Option<&Path>) -> Result<Option<Verifie
                 }));
                 continue;
             }
-            prev = hex::encode(crate::queue::sm3_bytes(line));
+            prev = hex::encode(exchange_protocol::digest::sm3(line));
             checked += 1;
             if before.is_some_and(|b| Some(b + checked) == head_count) {
                 at_head_count = Some(prev.clone());
@@ -1783,7 +1786,7 @@ mod tests {
             let next: Entry = serde_json::from_str(pair[1]).unwrap();
             assert_eq!(
                 next.prev,
-                hex::encode(crate::queue::sm3_bytes(pair[0].as_bytes()))
+                hex::encode(exchange_protocol::digest::sm3(pair[0].as_bytes()))
             );
         }
     }
@@ -1878,7 +1881,7 @@ mod tests {
         let first = text.lines().next().unwrap();
         assert_eq!(
             b.prev,
-            hex::encode(crate::queue::sm3_bytes(first.as_bytes()))
+            hex::encode(exchange_protocol::digest::sm3(first.as_bytes()))
         );
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(path(dir.path()))

@@ -46,7 +46,7 @@ impl Shape {
             Relation::Query(q) => {
                 format!(
                     "query {}",
-                    hex::encode(crate::queue::sm3_bytes(q.trim().as_bytes()))
+                    hex::encode(exchange_protocol::digest::sm3(q.trim().as_bytes()))
                 )
             }
         };

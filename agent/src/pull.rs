@@ -28,7 +28,8 @@ use tokio::sync::Notify;
 use crate::config::{BatchLimits, Mode, Resource};
 use crate::fingerprint::Shape;
 use crate::policy::{CursorOf, Plan};
-use crate::queue::{Baseline, Encoded, HaltKind, Queue, QueueError, ResourceState, Txn, sm3_bytes};
+use crate::queue::{Baseline, Encoded, HaltKind, Queue, QueueError, ResourceState, Txn};
+use exchange_protocol::digest::sm3;
 
 /// How many rows with a NULL cursor value (or, in snapshot mode, a NULL key) get a quarantine
 /// entry of their own per cycle (all are counted).
@@ -579,7 +580,7 @@ impl Puller {
                     };
                     let key = out.key.clone();
                     let line = line_of(Op::Upsert, out.key, Some(out.fields), out.invalid_key);
-                    let digest = sm3_bytes(&line);
+                    let digest = sm3(&line);
                     match txn.digest(&code, &key)? {
                         Some((_, g)) if g == generation => {
                             txn.quarantine(

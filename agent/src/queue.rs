@@ -1132,7 +1132,7 @@ fn decode_state(bytes: Option<Vec<u8>>) -> Result<ResourceState, QueueError> {
 
 /// The stored form of a batch: header, then the zstd-compressed NDJSON.
 fn encode_batch(ndjson: &[u8], records: u32) -> Vec<u8> {
-    let digest = sm3_bytes(ndjson);
+    let digest = exchange_protocol::digest::sm3(ndjson);
     let body = batch::compress(ndjson);
     let mut value = Vec::with_capacity(HEADER_LEN + body.len());
     value.extend_from_slice(&records.to_le_bytes());
@@ -1270,7 +1270,7 @@ impl Txn {
         let mut id = key.clone().unwrap_or_default().into_bytes();
         id.push(0);
         id.extend_from_slice(reason.as_bytes());
-        let id = sm3_bytes(&id);
+        let id = exchange_protocol::digest::sm3(&id);
         let mut index = self
             .tx
             .open_table(QUARANTINE_INDEX)
@@ -1414,12 +1414,6 @@ impl Txn {
     pub fn commit(self) -> Result<(), QueueError> {
         self.tx.commit().map_err(storage("committing"))
     }
-}
-
-/// SM3 of some bytes.
-pub fn sm3_bytes(data: &[u8]) -> [u8; 32] {
-    use sm3::Digest;
-    sm3::Sm3::digest(data).into()
 }
 
 #[cfg(test)]

@@ -102,11 +102,11 @@ pub fn rewatch(w: &mut Watch, file: &Path, config: &Config) {
 pub fn fingerprint(file: &Path, config: &Config) -> Option<String> {
     let mut all = std::fs::read(file).ok()?;
     for p in tls_files(config) {
-        all.extend(crate::queue::sm3_bytes(
+        all.extend(exchange_protocol::digest::sm3(
             &std::fs::read(p).unwrap_or_default(),
         ));
     }
-    Some(hex::encode(crate::queue::sm3_bytes(&all)))
+    Some(hex::encode(exchange_protocol::digest::sm3(&all)))
 }
 
 /// A refused reload that is still the last word: the configuration running is not the one in
@@ -182,7 +182,7 @@ pub fn reload(
         Ok(t) => t,
         Err(e) => return fail(format!("cannot read {}: {e}", file.display()), None),
     };
-    let digest = hex::encode(crate::queue::sm3_bytes(text.as_bytes()));
+    let digest = hex::encode(exchange_protocol::digest::sm3(text.as_bytes()));
     let config = match Config::parse(file, &text) {
         Ok(c) => c,
         Err(e) => return fail(e.to_string(), Some(&digest)),
@@ -241,7 +241,7 @@ pub fn reloaded(next: &Pipeline, trigger: &str) {
 /// SM3 of the file as read, and the resources it delivers.
 pub fn audit_load(config: &Config, action: &str, trigger: Option<&str>) {
     let digest = std::fs::read(&config.file)
-        .map(|t| hex::encode(crate::queue::sm3_bytes(&t)))
+        .map(|t| hex::encode(exchange_protocol::digest::sm3(&t)))
         .ok();
     let resources: Vec<&str> = config.resources.iter().map(|r| r.code.as_str()).collect();
     append(

@@ -16,7 +16,6 @@
 use std::io::Read;
 
 use serde::{Deserialize, Serialize};
-use sm3::{Digest, Sm3};
 
 /// Path of the batch endpoint.
 pub const BATCHES_PATH: &str = "/v1/batches";
@@ -214,9 +213,9 @@ pub enum BatchError {
     Count { claimed: u64, actual: u64 },
 }
 
-/// SM3 of `data`, lower-case hex.
+/// SM3 of `data`, lower-case hex (the content digest of a batch).
 pub fn digest_hex(data: &[u8]) -> String {
-    hex::encode(Sm3::digest(data))
+    crate::digest::sm3_hex(data)
 }
 
 /// Appends one record as an NDJSON line.

@@ -4,6 +4,7 @@
 //! - `pki` (cargo feature `pki`, off by default): a throwaway certificate authority for the
 //!   demo and the tests; the production binaries do not contain it.
 //! - [`batch`]: the wire format of a batch of records (docs/PROTOCOL.md).
+//! - [`digest`]: SM3, the one digest of the workspace.
 //! - [`catalogue`]: a resource's catalogue entry (docs/PROTOCOL.md §10).
 //! - [`verify`]: the verification request and answer (docs/PROTOCOL.md §11); [`psi`] its
 //!   private-set-intersection batch mode (§11.6).
@@ -12,6 +13,7 @@
 
 pub mod batch;
 pub mod catalogue;
+pub mod digest;
 #[cfg(feature = "pki")]
 pub mod pki;
 pub mod psi;

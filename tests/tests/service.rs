@@ -228,7 +228,7 @@ async fn invalid_reload_keeps_the_old_configuration_and_a_valid_one_takes_effect
         .into_iter()
         .find(|e| e["action"] == "config.reload")
         .expect("a config.reload audit entry");
-    let digest = exchange_agent::queue::sm3_bytes((second.to_toml() + &admin).as_bytes());
+    let digest = exchange_protocol::digest::sm3((second.to_toml() + &admin).as_bytes());
     assert_eq!(reload["detail"]["config_sm3"], hex::encode(digest));
     assert_eq!(reload["detail"]["trigger"], "file change");
     wait_until("the reload is counted as audited", DEADLINE, || async {

@@ -18,7 +18,6 @@
 use chrono::FixedOffset;
 use exchange_connectors::Value;
 use exchange_protocol::verify::Claim;
-use sm3::{Digest, Sm3};
 
 use crate::identifier::{self, IdKind};
 use crate::policy::PseudonymKey;
@@ -355,9 +354,8 @@ fn decimal(text: &str) -> Option<String> {
 
 /// Equality of two texts in constant time: their SM3 digests are compared with [`ct_eq`].
 fn digest_eq(a: &str, b: &str) -> bool {
-    let da: [u8; 32] = Sm3::digest(a.as_bytes()).into();
-    let db: [u8; 32] = Sm3::digest(b.as_bytes()).into();
-    ct_eq(&da, &db)
+    use exchange_protocol::digest::sm3;
+    ct_eq(&sm3(a.as_bytes()), &sm3(b.as_bytes()))
 }
 
 /// Equality of two 32-byte strings in constant time (every byte is looked at).
