@@ -23,7 +23,7 @@ pub mod control;
 pub mod daemon;
 pub mod data_dir;
 pub mod fingerprint;
-pub mod identifier;
+pub use exchange_rules::identifier;
 pub mod logging;
 pub mod metrics;
 pub mod operator;

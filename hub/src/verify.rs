@@ -120,8 +120,8 @@ impl Verifier {
         &self,
         request: &VerifyRequest,
     ) -> Result<VerifyAnswer, VerifyCallError> {
-        use exchange_agent::verify::compare::{canonical, psi_form};
         use exchange_protocol::psi::{self, PsiAnswer, PsiItem, PsiRequest, Secret};
+        use exchange_rules::compare::{canonical, psi_form};
         let mut random = [0u8; 64];
         random[..32].copy_from_slice(&rand::random::<[u8; 32]>());
         random[32..].copy_from_slice(&rand::random::<[u8; 32]>());
@@ -260,12 +260,12 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// A claim as given on the command line or in a file: in clear, or as HMAC-SM3 under the
 /// comparison key when `key` is given.
 pub fn claim_of(
-    key: Option<&exchange_agent::policy::PseudonymKey>,
+    key: Option<&exchange_rules::pseudonym::PseudonymKey>,
     field: &str,
     value: &str,
 ) -> Claim {
     match key {
-        Some(k) => Claim::Hmac(exchange_agent::verify::compare::claim_mac(k, field, value)),
+        Some(k) => Claim::Hmac(exchange_rules::compare::claim_mac(k, field, value)),
         None => Claim::Value(value.to_owned()),
     }
 }
@@ -274,11 +274,11 @@ pub fn claim_of(
 pub fn read_comparison_key(
     path: &Path,
     version: u32,
-) -> Result<exchange_agent::policy::PseudonymKey, String> {
+) -> Result<exchange_rules::pseudonym::PseudonymKey, String> {
     exchange_protocol::tls::check_secret_permissions(path).map_err(|e| e.to_string())?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the comparison key {}: {e}", path.display()))?;
-    exchange_agent::policy::PseudonymKey::from_hex(version, &text)
+    exchange_rules::pseudonym::PseudonymKey::from_hex(version, &text)
         .map_err(|e| format!("comparison key {}: {e}", path.display()))
 }
 
@@ -446,7 +446,7 @@ pub fn answers_csv(fields: &[String], rows: &[ClaimRow], answers: &[AnswerItem])
 /// docs/PROTOCOL.md §11.2), compared in its canonical form; a repeated subject starts the next
 /// request.
 pub fn batches(rows: &[ClaimRow], max: usize) -> Vec<std::ops::Range<usize>> {
-    use exchange_agent::verify::compare::canonical;
+    use exchange_rules::compare::canonical;
     let mut out = Vec::new();
     let mut start = 0;
     let mut seen = std::collections::HashSet::new();
@@ -468,7 +468,7 @@ pub fn batches(rows: &[ClaimRow], max: usize) -> Vec<std::ops::Range<usize>> {
 /// The items of a request from claim rows.
 pub fn items_of(
     rows: &[ClaimRow],
-    key: Option<&exchange_agent::policy::PseudonymKey>,
+    key: Option<&exchange_rules::pseudonym::PseudonymKey>,
 ) -> Vec<Item> {
     rows.iter()
         .map(|r| Item {

@@ -637,22 +637,28 @@ async fn demo_runs_and_the_hub_holds_the_records() {
 // ---------------------------------------------------------------------------------------
 // The production binary
 
-#[test]
-fn the_production_agent_depends_on_neither_the_hub_nor_the_certificate_generator() {
+/// The packages `package` depends on (normal dependencies), one `name version` per line.
+fn dependencies_of(package: &str) -> String {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = std::process::Command::new(cargo)
-        .args(["tree", "--offline", "-p", "exchange-agent", "-e", "normal"])
+        .args(["tree", "--offline", "-p", package, "-e", "normal"])
         .args(["--prefix", "none", "--format", "{p}", "--manifest-path"])
         .arg(&manifest)
         .output()
         .expect("run cargo tree");
-    let tree = String::from_utf8_lossy(&out.stdout);
+    let tree = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        out.status.success() && tree.contains("exchange-agent"),
+        out.status.success() && tree.contains(package),
         "cargo tree failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    tree
+}
+
+#[test]
+fn the_production_agent_depends_on_neither_the_hub_nor_the_certificate_generator() {
+    let tree = dependencies_of("exchange-agent");
     let forbidden: Vec<&str> = tree
         .lines()
         .filter(|l| l.starts_with("exchange-hub ") || l.starts_with("rcgen "))
@@ -661,6 +667,20 @@ fn the_production_agent_depends_on_neither_the_hub_nor_the_certificate_generator
         forbidden.is_empty(),
         "exchange-agent (normal dependencies) must not contain the reference hub or rcgen: {forbidden:?}"
     );
+}
+
+#[test]
+fn the_reference_hub_does_not_link_the_agent() {
+    let tree = dependencies_of("exchange-hub");
+    let agent: Vec<&str> = tree
+        .lines()
+        .filter(|l| l.starts_with("exchange-agent ") || l.starts_with("rcgen "))
+        .collect();
+    assert!(
+        agent.is_empty(),
+        "exchange-hub (normal dependencies) must not contain the agent or rcgen: {agent:?}"
+    );
+    assert!(tree.lines().any(|l| l.starts_with("exchange-rules ")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,12 +19,7 @@
 //! Rules ([`rule`]): `plain`, `drop`, `mask:*` ([`mask`]), `pseudonym` ([`pseudonym`]),
 //! `generalize:*` ([`generalize`]), `fpe:digits` ([`fpe`]).
 
-pub mod fpe;
-pub mod generalize;
-pub mod mask;
-pub mod pseudonym;
-pub mod rule;
-pub mod seal;
+pub use exchange_rules::{fpe, generalize, mask, pseudonym, rule, seal};
 
 use exchange_connectors::{Row, Selection, Value};
 use serde_json::Map;

@@ -30,7 +30,7 @@
 //! as a [`FieldResult`]: not in an answer, an error, a log line or the audit record.
 //! Connector errors, which may quote a bound parameter, are logged by kind only.
 
-pub mod compare;
+pub use exchange_rules::compare;
 pub mod grant;
 pub mod ledger;
 pub mod psi;

@@ -28,7 +28,7 @@ use sm3::Sm3;
 use sm4::Sm4;
 use sm4::cipher::{BlockEncrypt, KeyInit};
 
-use super::pseudonym::{KeyError, MIN_KEY_BYTES};
+use crate::pseudonym::{KeyError, MIN_KEY_BYTES};
 
 /// The label the sealing key of a resource is derived with.
 pub const LABEL: &str = "exchange-agent position seal v2";

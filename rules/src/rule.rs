@@ -5,17 +5,17 @@
 //! |---|---|
 //! | `plain` | delivered as converted |
 //! | `drop` | never read, never delivered |
-//! | `mask:name`, `mask:citizen_id`, `mask:citizen_id(1,2)`, `mask:mobile`, `mask:address`, `mask:bank_card`, `mask:email`, `mask:uscc`, `mask:property_unit`, `mask:keep(3,4)` | [`super::mask`] |
-//! | `pseudonym` | [`super::pseudonym`] (keyed HMAC-SM3) |
-//! | `generalize:year`, `generalize:year_month`, `generalize:age_band(10)` | [`super::generalize`] |
-//! | `fpe:digits` | [`super::fpe`] (FF1 over SM4) |
+//! | `mask:name`, `mask:citizen_id`, `mask:citizen_id(1,2)`, `mask:mobile`, `mask:address`, `mask:bank_card`, `mask:email`, `mask:uscc`, `mask:property_unit`, `mask:keep(3,4)` | [`crate::mask`] |
+//! | `pseudonym` | [`crate::pseudonym`] (keyed HMAC-SM3) |
+//! | `generalize:year`, `generalize:year_month`, `generalize:age_band(10)` | [`crate::generalize`] |
+//! | `fpe:digits` | [`crate::fpe`] (FF1 over SM4) |
 //!
 //! Unkeyed hashes (`hash`, `sha256`, `sm3`, `md5` …) are refused with the reason: a citizen ID
 //! has about 10¹¹ plausible values, so its plain hash is reversed by enumeration.
 
 use crate::identifier::IdKind;
 
-/// A display mask (see [`super::mask`] for the conventions).
+/// A display mask (see [`crate::mask`] for the conventions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mask {
     /// 张三 → 张*; 买买提·艾力 → 买**·**.
@@ -48,7 +48,7 @@ pub enum Mask {
     },
 }
 
-/// A generalization (see [`super::generalize`]).
+/// A generalization (see [`crate::generalize`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Generalize {
     /// Date → `YYYY`.

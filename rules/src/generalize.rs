@@ -22,8 +22,8 @@
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate};
 use exchange_connectors::Value;
 
-use super::mask::mask_all;
-use super::rule::Generalize;
+use crate::mask::mask_all;
+use crate::rule::Generalize;
 
 /// The oldest age that is still an age (older values are masked).
 const MAX_AGE: u64 = 150;

@@ -20,7 +20,7 @@ use exchange_connectors::Value;
 use exchange_protocol::verify::Claim;
 
 use crate::identifier::{self, IdKind};
-use crate::policy::PseudonymKey;
+use crate::pseudonym::PseudonymKey;
 
 /// How a field is compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,8 +127,8 @@ pub fn compare(
                 stored_text(stored).is_some_and(|s| digest_eq(&canonical(&s), &canonical(claimed)))
             }
             Compare::Date => {
-                let stored = crate::policy::generalize::date_of(stored, cx.time_zone);
-                let claimed = crate::policy::generalize::date_of(
+                let stored = crate::generalize::date_of(stored, cx.time_zone);
+                let claimed = crate::generalize::date_of(
                     &Value::Text(identifier::half_width(claimed).trim().to_owned()),
                     cx.time_zone,
                 );
@@ -371,7 +371,7 @@ mod tests {
     fn cx(key: Option<&PseudonymKey>) -> Context<'_> {
         Context {
             comparison_key: key,
-            time_zone: crate::policy::generalize::china(),
+            time_zone: crate::generalize::china(),
         }
     }
 

@@ -27,7 +27,7 @@
 
 use crate::identifier::{self, IdKind};
 
-use super::rule::Mask;
+use crate::rule::Mask;
 
 /// The character that replaces hidden ones.
 pub const HIDDEN: char = '*';

@@ -25,9 +25,9 @@ use fpe::ff1::{FF1, FlexibleNumeralString};
 use sm4::Sm4;
 use sm4::cipher::{BlockEncrypt, KeyInit};
 
-use super::mask::mask_all;
-use super::pseudonym::KeyError;
 use crate::identifier;
+use crate::mask::mask_all;
+use crate::pseudonym::KeyError;
 
 /// The department's FPE key.
 #[derive(Clone)]
