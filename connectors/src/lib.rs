@@ -15,7 +15,7 @@ mod dialect;
 pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
-pub mod value;
+pub use exchange_protocol::value;
 
 use std::sync::Arc;
 use std::time::Duration;

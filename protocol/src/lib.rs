@@ -5,6 +5,8 @@
 //!   demo and the tests; the production binaries do not contain it.
 //! - [`batch`]: the wire format of a batch of records (docs/PROTOCOL.md).
 //! - [`digest`]: SM3, the one digest of the workspace.
+//! - [`value`]: the value of one source column and its exact JSON form (what a record holds
+//!   on the wire; the connectors convert to it, the rules and the hub read it).
 //! - [`catalogue`]: a resource's catalogue entry (docs/PROTOCOL.md §10).
 //! - [`verify`]: the verification request and answer (docs/PROTOCOL.md §11); [`psi`] its
 //!   private-set-intersection batch mode (§11.6).
@@ -21,4 +23,5 @@ pub mod quantity;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod tls;
+pub mod value;
 pub mod verify;

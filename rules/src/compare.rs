@@ -16,7 +16,7 @@
 //! field's semantics (a `date` field holding `n/a`) never matches.
 
 use chrono::FixedOffset;
-use exchange_connectors::Value;
+use exchange_protocol::value::Value;
 use exchange_protocol::verify::Claim;
 
 use crate::identifier::{self, IdKind};

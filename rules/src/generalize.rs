@@ -20,7 +20,7 @@
 //! | `age_band(10)` | -3, 200, "abc" | "**", "***", "***" |
 
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate};
-use exchange_connectors::Value;
+use exchange_protocol::value::Value;
 
 use crate::mask::mask_all;
 use crate::rule::Generalize;

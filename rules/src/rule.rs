@@ -300,8 +300,8 @@ pub enum TypeClass {
 impl TypeClass {
     /// The class of a converted value (a rule meeting a value of another class than its
     /// column's masks it completely).
-    pub fn of_value(v: &exchange_connectors::Value) -> TypeClass {
-        use exchange_connectors::Value;
+    pub fn of_value(v: &exchange_protocol::value::Value) -> TypeClass {
+        use exchange_protocol::value::Value;
         match v {
             Value::Null => TypeClass::Unknown,
             Value::Bool(_) => TypeClass::Bool,

@@ -140,18 +140,21 @@ impl Sealer {
     }
 
     /// A cursor value sealed as `{"sealed": "<base64>"}`.
-    pub fn seal_value(&self, v: &exchange_connectors::Value) -> exchange_connectors::Value {
+    pub fn seal_value(
+        &self,
+        v: &exchange_protocol::value::Value,
+    ) -> exchange_protocol::value::Value {
         let plain = serde_json::to_vec(v).expect("a value serializes");
         let b64 = base64::engine::general_purpose::STANDARD.encode(self.seal(&plain));
-        exchange_connectors::Value::Json(serde_json::json!({ "sealed": b64 }))
+        exchange_protocol::value::Value::Json(serde_json::json!({ "sealed": b64 }))
     }
 
     /// The raw cursor value of a sealed one; `Err` when `v` is not sealed or not under this key.
     pub fn open_value(
         &self,
-        v: &exchange_connectors::Value,
-    ) -> Result<exchange_connectors::Value, Refused> {
-        let exchange_connectors::Value::Json(j) = v else {
+        v: &exchange_protocol::value::Value,
+    ) -> Result<exchange_protocol::value::Value, Refused> {
+        let exchange_protocol::value::Value::Json(j) = v else {
             return Err(Refused::NotSealed);
         };
         let b64 = j
@@ -183,14 +186,14 @@ pub enum Refused {
 }
 
 /// Whether a stored cursor value is sealed.
-pub fn is_sealed(v: &exchange_connectors::Value) -> bool {
-    matches!(v, exchange_connectors::Value::Json(j) if j.get("sealed").is_some())
+pub fn is_sealed(v: &exchange_protocol::value::Value) -> bool {
+    matches!(v, exchange_protocol::value::Value::Json(j) if j.get("sealed").is_some())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use exchange_connectors::Value;
+    use exchange_protocol::value::Value;
 
     #[test]
     fn a_sealed_position_opens_under_its_key_only_and_hides_the_value() {
