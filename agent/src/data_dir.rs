@@ -1,5 +1,6 @@
-//! Files of the data directory that are replaced whole (the audit head, the verification
-//! ledger's snapshot): written to a temporary file beside them (mode 0600), synced, renamed
+//! The data directory: created 0700 and refused when group or others may enter it
+//! ([`prepare`]); its files that are replaced whole (the audit head, the verification ledger's
+//! snapshot, the status report): written to a temporary file beside them (mode 0600), synced, renamed
 //! over the old one, and the directory synced, so that after a crash at any point the file
 //! is either the old one or the new one, never a mix or empty.
 
@@ -20,4 +21,34 @@ pub fn replace(data_dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()>
     f.sync_all()?;
     std::fs::rename(&tmp, data_dir.join(name))?;
     std::fs::File::open(data_dir)?.sync_all()
+}
+
+/// Creates the data directory 0700 if missing; refuses one that group or others may enter
+/// (it holds queued records and the cursor).
+pub fn prepare(data_dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !data_dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+        // `recursive` applies the mode only where the umask allows; make it exact.
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot set the mode of {}: {e}", data_dir.display()))?;
+    }
+    let meta = std::fs::metadata(data_dir)
+        .map_err(|e| format!("cannot read {}: {e}", data_dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{} is not a directory", data_dir.display()));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "data_dir {} has mode {mode:04o}: group and others may read the queued records; run `chmod 700 {}`",
+            data_dir.display(),
+            data_dir.display()
+        ));
+    }
+    Ok(())
 }

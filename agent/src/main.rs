@@ -9,9 +9,11 @@ use clap::{Parser, Subcommand};
 use exchange_agent::config::origin::ConfigPath;
 use exchange_agent::config::{Config, Share, parse_duration};
 use exchange_agent::logging::{self, LogFormat};
+use exchange_agent::operator::{self, check};
+use exchange_agent::pipeline::sync;
 use exchange_agent::pipeline::{Pipeline, PipelineError};
 use exchange_agent::queue::QueueError;
-use exchange_agent::{check, control, daemon, operator, status, sync};
+use exchange_agent::service::{control, daemon, status};
 
 /// Front-end exchange agent (前置机): pulls the configured fields of shared resources from
 /// business databases and delivers them to the city's exchange hub over mutual TLS.

@@ -1,4 +1,6 @@
-//! Prometheus metrics, served by the admin listener ([`crate::admin`]).
+//! Prometheus metrics: the counters of this process and the text format they are written in.
+//! The admin listener ([`crate::service::admin`]) serves them with the figures read from the
+//! queue ([`crate::service::exposition`]).
 //!
 //! # Format
 //! Prometheus text exposition format 0.0.4: for each metric a `# HELP` and a `# TYPE` line,
@@ -22,10 +24,6 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-use crate::config::Config;
-use crate::queue::Queue;
-use crate::status::Board;
 
 /// Upper bounds (seconds) of the push latency histogram's buckets.
 const LATENCY_BUCKETS: [f64; 11] = [
@@ -147,18 +145,20 @@ impl Metrics {
 }
 
 /// One metric family being written.
-struct Family<'a> {
+pub struct Family<'a> {
     out: &'a mut String,
 }
 
 impl Family<'_> {
-    fn head<'o>(out: &'o mut String, name: &str, kind: &str, help: &str) -> Family<'o> {
+    /// Writes the family's `# HELP` and `# TYPE` lines.
+    pub fn head<'o>(out: &'o mut String, name: &str, kind: &str, help: &str) -> Family<'o> {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
         Family { out }
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    /// Writes one sample, its label values escaped.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
         self.out.push_str(name);
         if !labels.is_empty() {
             self.out.push('{');
@@ -178,162 +178,19 @@ impl Family<'_> {
     }
 }
 
-/// Renders every metric as Prometheus text.
-pub fn render(config: &Config, queue: &Queue, board: &Board, m: &Metrics) -> String {
-    let states = queue.states().unwrap_or_default();
-    let now = chrono::Utc::now();
-    let delivered: Vec<_> = config
-        .resources
-        .iter()
-        .filter(|r| r.share.delivers())
-        .collect();
-    let st = |code: &str| states.get(code).cloned().unwrap_or_default();
-    let mut out = String::new();
-    type Pick = fn(&crate::queue::ResourceState) -> u64;
-    let counters: [(&str, &str, Pick); 4] = [
-        (
-            "exchange_records_read_total",
-            "Records read from the source and enqueued (upserts and deletes).",
-            |s| s.pulled_records,
-        ),
-        (
-            "exchange_records_pushed_total",
-            "Records acknowledged by the hub.",
-            |s| s.pushed_records,
-        ),
-        (
-            "exchange_records_quarantined_total",
-            "Rows sent to quarantine instead of the hub.",
-            |s| s.quarantined,
-        ),
-        (
-            "exchange_records_invalid_key_total",
-            "Rows whose key is not a valid identifier of its kind (see `status`).",
-            |s| s.invalid_keys,
-        ),
-    ];
-    for (name, help, pick) in counters {
-        let mut f = Family::head(&mut out, name, "counter", help);
-        for r in &delivered {
-            f.sample(name, &[("resource", r.code.as_str())], pick(&st(&r.code)));
-        }
-    }
-    let last = |code: &str| {
-        st(code)
-            .last_push
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-            .map(|t| t.with_timezone(&chrono::Utc))
-    };
-    let name = "exchange_last_push_timestamp_seconds";
-    let mut f = Family::head(
-        &mut out,
-        name,
-        "gauge",
-        "When the hub last acknowledged a batch of the resource (Unix time; 0: never).",
-    );
-    for r in &delivered {
-        f.sample(
-            name,
-            &[("resource", r.code.as_str())],
-            last(&r.code).map_or(0, |t| t.timestamp()),
-        );
-    }
-    let name = "exchange_staleness_seconds";
-    let mut f = Family::head(
-        &mut out,
-        name,
-        "gauge",
-        "Seconds since the last acknowledged push of the resource, or since this process started when there was none.",
-    );
-    let started = *STARTED.get_or_init(chrono::Utc::now);
-    for r in &delivered {
-        let since = last(&r.code).unwrap_or(started);
-        f.sample(
-            name,
-            &[("resource", r.code.as_str())],
-            (now - since).num_seconds().max(0),
-        );
-    }
-    let name = "exchange_stale";
-    let mut f = Family::head(
-        &mut out,
-        name,
-        "gauge",
-        "1 when the last acknowledged push is older than the resource's max_staleness (default 2 working days, the regulations' update deadline).",
-    );
-    for r in &delivered {
-        let since = last(&r.code).unwrap_or(started);
-        f.sample(
-            name,
-            &[("resource", r.code.as_str())],
-            u8::from(r.max_staleness.deadline(since) < now),
-        );
-    }
-    let gauges: [(&str, &str, Pick); 3] = [
-        (
-            "exchange_queue_records",
-            "Records queued for the hub.",
-            |s| s.queued_records,
-        ),
-        (
-            "exchange_queue_bytes",
-            "Bytes stored by queued batches (compressed).",
-            |s| s.queued_bytes,
-        ),
-        (
-            "exchange_queue_batches",
-            "Batches queued for the hub.",
-            |s| s.queued_batches,
-        ),
-    ];
-    for (name, help, pick) in gauges {
-        let mut f = Family::head(&mut out, name, "gauge", help);
-        for (code, s) in &states {
-            f.sample(name, &[("resource", code.as_str())], pick(s));
-        }
-    }
-    let name = "exchange_horizon_held_seconds";
-    let mut f = Family::head(
-        &mut out,
-        name,
-        "gauge",
-        "How long a transaction open on the source has held the resource back (0: none); rows committed after it wait for it.",
-    );
-    for r in &delivered {
-        f.sample(
-            name,
-            &[("resource", r.code.as_str())],
-            held_for(board, &r.code, now).map_or(0, |d| d.num_seconds().max(0)),
-        );
-    }
-    let name = "exchange_queue_oldest_age_seconds";
-    let mut f = Family::head(
-        &mut out,
-        name,
-        "gauge",
-        "Age of the oldest queued batch (0: none queued).",
-    );
-    for (code, s) in &states {
-        let age = if s.queued_batches == 0 {
-            0
-        } else {
-            queue
-                .batches(code)
-                .ok()
-                .and_then(|b| b.first().map(|b| b.created.clone()))
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-                .map_or(0, |t| {
-                    (now - t.with_timezone(&chrono::Utc)).num_seconds().max(0)
-                })
-        };
-        f.sample(name, &[("resource", code.as_str())], age);
-    }
-    render_process(&mut out, m);
-    out
+/// Renders the figures counted in this process ([`Metrics`]); `reload_failed`: whether the
+/// last reload was refused.
+pub fn render_process(out: &mut String, m: &Metrics, reload_failed: bool) {
+    push_latency(out, m);
+    push_errors(out, m);
+    reloads(out, m, reload_failed);
+    verification(out, m);
+    handshakes(out, m);
+    listeners(out, m);
 }
 
-/// Renders the figures counted in this process ([`Metrics`]).
-fn render_process(out: &mut String, m: &Metrics) {
+/// `exchange_push_latency_seconds`, a histogram.
+fn push_latency(out: &mut String, m: &Metrics) {
     let name = "exchange_push_latency_seconds";
     let mut f = Family::head(
         out,
@@ -362,6 +219,10 @@ fn render_process(out: &mut String, m: &Metrics) {
         m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6,
     );
     f.sample("exchange_push_latency_seconds_count", &[], cumulative);
+}
+
+/// `exchange_push_errors_total`, by kind.
+fn push_errors(out: &mut String, m: &Metrics) {
     let name = "exchange_push_errors_total";
     let mut f = Family::head(
         out,
@@ -377,6 +238,10 @@ fn render_process(out: &mut String, m: &Metrics) {
     {
         f.sample(name, &[("kind", kind)], n);
     }
+}
+
+/// The reload counters and `exchange_config_reload_failed`.
+fn reloads(out: &mut String, m: &Metrics, reload_failed: bool) {
     let (reloads, failures) = m.reload_counts();
     Family::head(
         out,
@@ -401,8 +266,12 @@ fn render_process(out: &mut String, m: &Metrics) {
     .sample(
         "exchange_config_reload_failed",
         &[],
-        u64::from(crate::reload::last_failure().is_some()),
+        u64::from(reload_failed),
     );
+}
+
+/// `exchange_verify_requests_total`, by endpoint and outcome.
+fn verification(out: &mut String, m: &Metrics) {
     let verify = m
         .verify_requests
         .lock()
@@ -421,6 +290,10 @@ fn render_process(out: &mut String, m: &Metrics) {
             n,
         );
     }
+}
+
+/// `exchange_tls_handshake_failures_total`, by listener and reason.
+fn handshakes(out: &mut String, m: &Metrics) {
     let failures = m
         .handshake_failures
         .lock()
@@ -436,6 +309,10 @@ fn render_process(out: &mut String, m: &Metrics) {
     for ((listener, reason), n) in failures {
         f.sample(name, &[("listener", listener), ("reason", reason)], n);
     }
+}
+
+/// `exchange_listener_closed_total`, by listener and reason.
+fn listeners(out: &mut String, m: &Metrics) {
     let listeners = m
         .listeners
         .lock()
@@ -463,45 +340,18 @@ fn render_process(out: &mut String, m: &Metrics) {
     }
 }
 
-/// When this process first rendered metrics (the staleness of a never-pushed resource counts
-/// from there).
+/// When this process started (marked by [`mark_start`], else at the first call): the staleness
+/// of a never-pushed resource counts from there.
 static STARTED: std::sync::OnceLock<chrono::DateTime<chrono::Utc>> = std::sync::OnceLock::new();
 
-/// Marks the start of the process for [`render`]'s staleness.
+/// Marks the start of the process.
 pub fn mark_start() {
     STARTED.get_or_init(chrono::Utc::now);
 }
 
-/// How long the open transaction of [`Board::set_held`] has held `resource` back.
-pub fn held_for(
-    board: &Board,
-    resource: &str,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Option<chrono::Duration> {
-    let (since, _) = board.get(resource).held?;
-    let since = chrono::DateTime::parse_from_rfc3339(&since).ok()?;
-    Some(now - since.with_timezone(&chrono::Utc))
-}
-
-/// The resources whose last acknowledged push (or, never pushed, this process's start) is
-/// older than their `max_staleness`: code and the last push (RFC 3339) if any.
-pub fn stale(config: &Config, queue: &Queue) -> Vec<(String, Option<String>)> {
-    let states = queue.states().unwrap_or_default();
-    let now = chrono::Utc::now();
-    let started = *STARTED.get_or_init(chrono::Utc::now);
-    config
-        .resources
-        .iter()
-        .filter(|r| r.share.delivers())
-        .filter_map(|r| {
-            let last = states.get(&r.code).and_then(|s| s.last_push.clone());
-            let since = last
-                .as_deref()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map_or(started, |t| t.with_timezone(&chrono::Utc));
-            (r.max_staleness.deadline(since) < now).then(|| (r.code.clone(), last))
-        })
-        .collect()
+/// When this process started ([`mark_start`]).
+pub fn started() -> chrono::DateTime<chrono::Utc> {
+    *STARTED.get_or_init(chrono::Utc::now)
 }
 
 #[cfg(test)]
@@ -569,7 +419,7 @@ mod tests {
         assert_eq!(m.handshake_failures("verify", "expired"), 1);
         assert_eq!(m.handshake_failures("verify", "timeout"), 0);
         let mut text = String::new();
-        render_process(&mut text, &m);
+        render_process(&mut text, &m, false);
         assert!(
             text.contains("# TYPE exchange_tls_handshake_failures_total counter\n"),
             "{text}"

@@ -7,6 +7,7 @@
 //! Every error names the file, the line and the key, what was found and what is expected.
 
 pub mod audit;
+mod keys;
 mod location;
 pub mod origin;
 pub mod raw;
@@ -20,11 +21,14 @@ use exchange_connectors::{Relation, SourceKind, SourceSpec};
 use exchange_protocol::tls::{MinTlsVersion, MutualTls};
 
 pub use exchange_protocol::quantity::{parse_duration, parse_size};
+pub use keys::Keys;
 pub use location::Locator;
 
 use crate::identifier::{self, IdKind};
-use crate::policy::{FpeKey, Keys, PseudonymKey, Rule};
 use crate::schedule::Schedule;
+use exchange_rules::fpe::FpeKey;
+use exchange_rules::pseudonym::PseudonymKey;
+use exchange_rules::rule::Rule;
 
 /// A configuration error, located in the file.
 #[derive(Debug, thiserror::Error)]
@@ -465,7 +469,7 @@ impl Validator<'_> {
                     .verification
                     .compare
                     .iter()
-                    .find(|(_, c)| **c == crate::verify::compare::Compare::Hmac)
+                    .find(|(_, c)| **c == exchange_rules::compare::Compare::Hmac)
             {
                 return Err(self.err(
                     &format!("resources[{i}].compare.{field}"),
@@ -543,7 +547,7 @@ impl Validator<'_> {
                 Some(
                     PseudonymKey::from_hex(p.pseudonym_key_version.unwrap_or(1), &text).map_err(
                         |e| match e {
-                            crate::policy::pseudonym::KeyError::Version => {
+                            exchange_rules::pseudonym::KeyError::Version => {
                                 self.err("policy.pseudonym_key_version", e)
                             }
                             e => self.err("policy.pseudonym_key_file", e),
@@ -577,16 +581,16 @@ impl Validator<'_> {
                     ));
                 }
                 Some(
-                    crate::policy::seal::SealKey::from_hex(&text)
+                    exchange_rules::seal::SealKey::from_hex(&text)
                         .map_err(|e| self.err("policy.seal_key_file", e))?,
                 )
             }
             None => None,
         };
         let time_zone = match &p.time_zone {
-            Some(z) => crate::policy::generalize::parse_time_zone(z)
+            Some(z) => exchange_rules::generalize::parse_time_zone(z)
                 .map_err(|e| self.err("policy.time_zone", e))?,
-            None => crate::policy::generalize::china(),
+            None => exchange_rules::generalize::china(),
         };
         Ok(Keys {
             pseudonym,
@@ -906,7 +910,7 @@ impl Validator<'_> {
         }
         if matches!(share, Share::Conditional { .. }) {
             for (name, rule) in &fields {
-                if *rule == Rule::Generalize(crate::policy::rule::Generalize::AgeBand(1)) {
+                if *rule == Rule::Generalize(exchange_rules::rule::Generalize::AgeBand(1)) {
                     return Err(self.err(&format!("resources[{i}].fields.{name}"), format!("resource `{code}` is conditional (有条件共享), so field `{name}` may not leave as its exact age: generalize:age_band(1) is a band of one year; give a width of 2 or more, e.g. generalize:age_band(5)")));
                 }
                 if rule.is_plain() && !plain_allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {

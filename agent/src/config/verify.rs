@@ -12,9 +12,27 @@ use exchange_protocol::tls::{MinTlsVersion, MutualTls};
 use serde::Deserialize;
 
 use super::{ConfigError, Validator, parse_duration};
-use crate::policy::{PseudonymKey, Rule};
-use crate::verify::compare::Compare;
-use crate::verify::grant::Grant;
+use exchange_rules::compare::Compare;
+use exchange_rules::pseudonym::PseudonymKey;
+use exchange_rules::rule::Rule;
+
+/// One `[[resources.grants]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The requester's identity, as read from its certificate (`[verify] requester_identity`).
+    pub requester: String,
+    /// The fields it may compare (names as in `[resources.fields]`).
+    pub fields: Vec<String>,
+    /// The purposes (用途) it may give; `None`: any.
+    pub purposes: Option<Vec<String>>,
+    /// The first instant the grant no longer holds; `None`: no end.
+    pub expires: Option<DateTime<Utc>>,
+    /// Whether it allows private set intersection (`psi = true`), where the provider cannot
+    /// count guesses per subject.
+    pub psi: bool,
+    /// Whether enumerable fields may be claimed by private set intersection.
+    pub psi_enumerable: bool,
+}
 
 /// `[verify]` as written.
 #[derive(Debug, Deserialize)]
@@ -504,7 +522,7 @@ fn parse_expiry(s: &str) -> Option<DateTime<Utc>> {
     }
     let day = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
     let next = day.succ_opt()?.and_hms_opt(0, 0, 0)?;
-    next.and_local_timezone(crate::policy::generalize::china())
+    next.and_local_timezone(exchange_rules::generalize::china())
         .single()
         .map(|t| t.with_timezone(&Utc))
 }

@@ -27,60 +27,10 @@ use serde_json::Map;
 use crate::config::{InvalidKey, Mode, Resource};
 use crate::identifier::{self, IdKind};
 
+pub use crate::config::Keys;
 pub use fpe::FpeKey;
 pub use pseudonym::PseudonymKey;
 pub use rule::{Rule, TypeClass};
-
-/// What the rules need from `[policy]`, read at configuration time: the key material and the
-/// time zone.
-#[derive(Debug, Clone)]
-pub struct Keys {
-    /// `pseudonym_key_file` with `pseudonym_key_version`.
-    pub pseudonym: Option<PseudonymKey>,
-    /// `fpe_key_file`.
-    pub fpe: Option<FpeKey>,
-    /// `seal_key_file`: the node's own key for sealing the stored positions of keys that do
-    /// not leave as read ([`seal`]).
-    pub seal: Option<seal::SealKey>,
-    /// `time_zone`: the zone in which an instant's date is generalized (default `+08:00`).
-    pub time_zone: chrono::FixedOffset,
-}
-
-impl Default for Keys {
-    fn default() -> Keys {
-        Keys {
-            pseudonym: None,
-            fpe: None,
-            seal: None,
-            time_zone: generalize::china(),
-        }
-    }
-}
-
-impl Keys {
-    /// What identifies the key a rule uses, for the stream fingerprint: version and check
-    /// value, never the secret. Empty for rules without a key.
-    pub fn describe(&self, rule: &Rule) -> String {
-        match rule {
-            Rule::Pseudonym { .. } => match &self.pseudonym {
-                Some(k) => format!(" key v{} check {}", k.version(), k.check_value()),
-                None => " key missing".into(),
-            },
-            Rule::FpeDigits { .. } => match &self.fpe {
-                Some(k) => format!(" key check {}", k.check_value()),
-                None => " key missing".into(),
-            },
-            // A year or month of an instant depends on the zone; the default is left out so
-            // that streams begun before the setting existed keep their shape.
-            Rule::Generalize(rule::Generalize::Year | rule::Generalize::YearMonth)
-                if self.time_zone != generalize::china() =>
-            {
-                format!(" time_zone {}", self.time_zone)
-            }
-            _ => String::new(),
-        }
-    }
-}
 
 /// Checks every field's rule against its column's source type (`check --connect` and every
 /// pull); the error names the resource, the field, the type and what the rule accepts.
@@ -1061,7 +1011,7 @@ mod tests {
                 let key = out.key.clone();
                 let invalid = out.invalid_key;
                 let mut expected = b"before".to_vec();
-                expected.extend(crate::pull::line_of(
+                expected.extend(crate::pipeline::pull::line_of(
                     exchange_protocol::batch::Op::Upsert,
                     out.key,
                     Some(out.fields),

@@ -14,23 +14,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{Config, Resource, Share};
 
-/// One `[[resources.grants]]` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
-    /// The requester's identity, as read from its certificate (`[verify] requester_identity`).
-    pub requester: String,
-    /// The fields it may compare (names as in `[resources.fields]`).
-    pub fields: Vec<String>,
-    /// The purposes (用途) it may give; `None`: any.
-    pub purposes: Option<Vec<String>>,
-    /// The first instant the grant no longer holds; `None`: no end.
-    pub expires: Option<DateTime<Utc>>,
-    /// Whether it allows private set intersection (`psi = true`), where the provider cannot
-    /// count guesses per subject.
-    pub psi: bool,
-    /// Whether enumerable fields may be claimed by private set intersection.
-    pub psi_enumerable: bool,
-}
+pub use crate::config::verify::Grant;
 
 /// Why a request is refused (403).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -262,7 +262,7 @@ impl Ledger {
                         "field `{}` of a subject of this request has had {} answers other than match for {who} within {} (at most {limit}{}); it is not answered again before the oldest leaves that window",
                         guess.field,
                         misses.len() as i64 + held,
-                        crate::status::duration_text(quotas.lockout),
+                        crate::text::duration_text(quotas.lockout),
                         if *enumerable {
                             ", the field being enumerable"
                         } else {

@@ -136,7 +136,7 @@ impl Service {
     pub fn new(config: Arc<Config>) -> Result<Service, VerifyError> {
         let Prepared { settings, tls } = Self::build(config)?;
         let data_dir = settings.config.node.data_dir.clone();
-        crate::queue::prepare_data_dir(&data_dir).map_err(VerifyError::DataDir)?;
+        crate::data_dir::prepare(&data_dir).map_err(VerifyError::DataDir)?;
         // Charges older than the longest window (and a day, for the daily counters) count no
         // more.
         let horizon = settings.verify.quotas.lockout + Duration::from_secs(86_400 + 3600);

@@ -16,7 +16,7 @@
 //! pull short.
 //!
 //! Run against a daemon (which holds the queue), the same cycle runs inside the daemon
-//! ([`crate::control`]): pulls are serialized with the daemon's own, and the daemon's push
+//! ([`crate::service::control`]): pulls are serialized with the daemon's own, and the daemon's push
 //! loops deliver the batches.
 
 use std::sync::Arc;
@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::config::Mode;
 use crate::pipeline::Pipeline;
-use crate::pull::{Progress, PullReport, Puller};
+use crate::pipeline::pull::{Progress, PullReport, Puller};
 
 /// How long `sync` may take.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -275,7 +275,7 @@ pub async fn sync(
                 pulled: totals.records,
                 quarantined: totals.quarantined + totals.null_cursor,
                 pull_error,
-                horizon: totals.horizon.as_ref().map(crate::status::horizon_text),
+                horizon: totals.horizon.as_ref().map(crate::text::horizon_text),
                 queued_batches,
                 queued_records,
                 push_error: (queued_batches > 0)
@@ -422,7 +422,7 @@ async fn pull_until_started(
                     Some(text) if Instant::now() >= until => {
                         return tracked.fail(format!(
                             "waited {} for the source; still {text}",
-                            crate::status::duration_text(wait)
+                            crate::text::duration_text(wait)
                         ));
                     }
                     Some(text) => {
@@ -459,9 +459,9 @@ fn waiting_for(
     mode: &Mode,
 ) -> String {
     let source = connector.name();
-    let behind = crate::status::duration_text((t0 - reached).to_std().unwrap_or_default());
+    let behind = crate::text::duration_text((t0 - reached).to_std().unwrap_or_default());
     let lag = match mode {
-        Mode::Incremental { safety_lag, .. } => crate::status::duration_text(*safety_lag),
+        Mode::Incremental { safety_lag, .. } => crate::text::duration_text(*safety_lag),
         Mode::Snapshot => "0s".into(),
     };
     match &report.horizon {
@@ -479,7 +479,7 @@ fn waiting_for(
         ),
         Some(HorizonInfo::Replica { lag: replica_lag }) => format!(
             "`{source}` is a replica: waiting for its replica_lag ({}) and the safety lag ({lag}); {behind} to go",
-            crate::status::duration_text(*replica_lag)
+            crate::text::duration_text(*replica_lag)
         ),
         _ => format!("waiting for the safety lag ({lag}); {behind} to go"),
     }

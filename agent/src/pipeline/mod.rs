@@ -1,5 +1,23 @@
-//! The pipeline assembled from a configuration: connectors, compiled policies, the queue and
-//! the hub client, shared by `run` and `sync`.
+//! The pipeline: records from the source to the hub.
+//!
+//! - [`pull`]: a source page through the policy into a batch, enqueued with the cursor in one
+//!   commit ([`fingerprint`]: what fixes a stream's shape; [`catalogue`]: the resource's entry
+//!   at the hub);
+//! - [`queue`]: the durable redb queue (on-disk format and invariants in its doc comment);
+//! - [`push`]: batches to the hub over mutual TLS, removed only after acknowledgement;
+//! - [`board`]: what the loops know at run time that the queue does not hold;
+//! - [`sync`]: running the pipeline until it has caught up (`exchange-agent sync`, and a sync
+//!   asked of the daemon);
+//! - this module: the pipeline assembled from a configuration (connectors, compiled policies,
+//!   the queue and the hub client), shared by `run` and `sync`, with its pull and push loops.
+
+pub mod board;
+pub mod catalogue;
+pub mod fingerprint;
+pub mod pull;
+pub mod push;
+pub mod queue;
+pub mod sync;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,11 +29,11 @@ use tokio::sync::{Notify, watch};
 
 use crate::backoff::Backoff;
 use crate::config::Config;
+use crate::pipeline::board::Board;
+use crate::pipeline::pull::Puller;
+use crate::pipeline::push::{Flow, HubClient, PushError, push_batches};
+use crate::pipeline::queue::{Queue, Stage};
 use crate::policy::Plan;
-use crate::pull::Puller;
-use crate::push::{Flow, HubClient, PushError, push_batches};
-use crate::queue::{Queue, Stage};
-use crate::status::Board;
 
 /// Everything a running agent needs.
 pub struct Pipeline {
@@ -42,7 +60,7 @@ pub struct Pipeline {
 pub enum PipelineError {
     /// The queue could not be opened.
     #[error(transparent)]
-    Queue(#[from] crate::queue::QueueError),
+    Queue(#[from] crate::pipeline::queue::QueueError),
     /// A connector could not be prepared.
     #[error(transparent)]
     Connector(#[from] exchange_connectors::ConnectorError),
@@ -113,14 +131,15 @@ impl Pipeline {
         let mut reported = 0;
         let mut failed = Vec::new();
         for r in &self.config.resources {
-            let result = match crate::catalogue::entry(r, &*self.connectors[&r.source]).await {
-                Ok(entry) => self
-                    .client
-                    .put_catalogue(&entry)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e),
-            };
+            let result =
+                match crate::pipeline::catalogue::entry(r, &*self.connectors[&r.source]).await {
+                    Ok(entry) => self
+                        .client
+                        .put_catalogue(&entry)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
             match result {
                 Ok(()) => reported += 1,
                 Err(e) => failed.push(format!("{}: {e}", r.code)),
@@ -136,10 +155,10 @@ impl Pipeline {
     }
 
     /// Records a successful pull and how its last page was bounded.
-    pub fn pull_ok(&self, resource: &str, report: &crate::pull::PullReport) {
+    pub fn pull_ok(&self, resource: &str, report: &crate::pipeline::pull::PullReport) {
         self.board.pull_ok(
             resource,
-            report.horizon.as_ref().map(crate::status::horizon_text),
+            report.horizon.as_ref().map(crate::text::horizon_text),
         );
         if let Some(h) = &report.horizon {
             use exchange_connectors::HorizonInfo::*;

@@ -28,7 +28,7 @@ use exchange_protocol::batch::{self, Ack, AckStatus, BatchId, ErrorBody, header}
 use exchange_protocol::tls;
 
 use crate::config::Config;
-use crate::queue::{Baseline, HaltKind, Queue, QueueError, StoredBatch};
+use crate::pipeline::queue::{Baseline, HaltKind, Queue, QueueError, StoredBatch};
 
 /// Why a push failed. Messages name the hub and say what to check.
 #[derive(Debug, thiserror::Error)]
@@ -558,8 +558,7 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// How many batches of one resource may await the hub's answer at once.
-pub const MAX_IN_FLIGHT: usize = 4;
+pub use crate::pipeline::queue::MAX_IN_FLIGHT;
 
 /// Batches of a resource sent by one call of [`push_batches`] and not acknowledged yet.
 pub type Unanswered = Arc<Mutex<BTreeSet<u64>>>;
@@ -613,7 +612,7 @@ pub async fn push_batches(
         });
     }
     let stream = state.stream_or(client.stream()).to_owned();
-    let baseline_of = |st: &crate::queue::ResourceState| match st.baseline {
+    let baseline_of = |st: &crate::pipeline::queue::ResourceState| match st.baseline {
         Baseline::Complete { seq } => Some(seq),
         Baseline::Reading { .. } => None,
     };

@@ -20,7 +20,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::pipeline::Pipeline;
-use crate::sync::{Pushers, SyncOptions, SyncReport};
+use crate::pipeline::sync::{Pushers, SyncOptions, SyncReport};
 
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -158,11 +158,16 @@ async fn answer(
                     "Sync requested on the control socket."
                 );
                 let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-                let say: crate::sync::Say = Arc::new(move |s| {
+                let say: crate::pipeline::sync::Say = Arc::new(move |s| {
                     let _ = tx.send(s);
                 });
-                let run =
-                    crate::sync::sync(pipeline, resource.as_deref(), options, Pushers::Daemon, say);
+                let run = crate::pipeline::sync::sync(
+                    pipeline,
+                    resource.as_deref(),
+                    options,
+                    Pushers::Daemon,
+                    say,
+                );
                 tokio::pin!(run);
                 loop {
                     tokio::select! {

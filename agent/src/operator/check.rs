@@ -8,8 +8,8 @@ use exchange_connectors::ConnectorError;
 
 use crate::config::{Config, Resource, Share};
 use crate::identifier::IdKind;
+use crate::pipeline::push::{HubClient, PushError};
 use crate::policy::{Plan, Rule};
-use crate::push::{HubClient, PushError};
 
 /// The verdict of `check`.
 #[derive(Debug)]
@@ -336,7 +336,7 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
                         out,
                         "  warning: source {} is a replica ({replica}): it cannot see the primary's open transactions, so incremental resources are bounded by its clock minus replica_lag ({}) and the safety lag; raise replica_lag if the replica can fall further behind",
                         spec.name,
-                        crate::status::duration_text(spec.replica_lag)
+                        crate::text::duration_text(spec.replica_lag)
                     );
                 }
             }

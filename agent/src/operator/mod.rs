@@ -10,6 +10,8 @@
 //! or standard output on the operator's request, and `cursor show`/`set`, whose position is
 //! the source's own cursor values.
 
+pub mod check;
+
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -17,8 +19,8 @@ use exchange_connectors::Value;
 
 use crate::audit;
 use crate::config::{Config, Mode, Resource};
-use crate::fingerprint::Shape;
-use crate::queue::{HaltKind, Queue, QueueError};
+use crate::pipeline::fingerprint::Shape;
+use crate::pipeline::queue::{HaltKind, Queue, QueueError};
 
 /// Why an operator command failed.
 #[derive(Debug, thiserror::Error)]

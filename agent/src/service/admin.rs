@@ -1,7 +1,7 @@
 //! The admin listener (`[admin] listen`, loopback only): what a local monitoring probe reads,
 //! without a certificate.
 //!
-//! - `GET /metrics`: Prometheus text ([`crate::metrics`]);
+//! - `GET /metrics`: Prometheus text ([`crate::service::exposition`]);
 //! - `GET /health`: `200 {"status":"ok",…}` while every delivered resource can go on, `503`
 //!   with `"status":"degraded"` and the resources stopped until an operator acts.
 //!
@@ -41,7 +41,7 @@ pub async fn serve(
 async fn metrics(State(current): State<watch::Receiver<Arc<Pipeline>>>) -> impl IntoResponse {
     let pipeline = current.borrow().clone();
     let text = tokio::task::spawn_blocking(move || {
-        crate::metrics::render(
+        crate::service::exposition::render(
             &pipeline.config,
             &pipeline.queue,
             &pipeline.board,

@@ -38,7 +38,7 @@
 //!   `sent_through` with whatever ran on from the original; a hub mark above it was set by
 //!   another history (a restored copy), never by this one (docs/PROTOCOL.md §5).
 //!   States written before the field existed get it when the file is opened: `next_seq - 1`
-//!   when nothing is queued, else the oldest queued seq plus [`crate::push::MAX_IN_FLIGHT`]
+//!   when nothing is queued, else the oldest queued seq plus [`MAX_IN_FLIGHT`]
 //!   minus one (what an earlier version may have had in flight), capped at `next_seq - 1`.
 //! - Sequence numbers of a resource are contiguous from 1 within one stream. The queue's own
 //!   stream id is drawn when the file is created; `resync` gives a resource a stream of its
@@ -64,6 +64,11 @@ const AUDIT_PENDING: TableDefinition<(&str, &str, u64), &[u8]> =
     TableDefinition::new("audit_pending");
 
 const FORMAT: &[u8] = b"1";
+
+/// How many batches of one resource may await the hub's answer at once: the push window, and
+/// so how far past the oldest queued batch `sent_through` may stand (module doc).
+pub const MAX_IN_FLIGHT: usize = 4;
+
 /// redb's page cache (its default is 1 GiB): the agent's memory must not grow with the
 /// queue, however long the hub is away. Pages not cached are read from the file (and the
 /// operating system's cache).
@@ -162,7 +167,7 @@ pub struct ResourceState {
     pub halt: Option<Halt>,
     /// What determined the stream when it started: relation, key, cursor, field rules.
     #[serde(default)]
-    pub shape: Option<crate::fingerprint::Shape>,
+    pub shape: Option<crate::pipeline::fingerprint::Shape>,
     /// Source type of every selected column when the stream started reading under its
     /// shape: a column that changes type pauses the resource until it is back, or an operator
     /// accepts it (`accept-config`, `resync`).
@@ -385,7 +390,7 @@ impl Queue {
             path: path.clone(),
             reason,
         };
-        prepare_data_dir(data_dir).map_err(open_err)?;
+        crate::data_dir::prepare(data_dir).map_err(open_err)?;
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create(&path)
@@ -547,7 +552,7 @@ impl Queue {
 
     /// Removes an acknowledged batch. Called only after the hub's 200 acknowledgement. In the
     /// same transaction, raises `sent_through` over the window after it (up to
-    /// [`crate::push::MAX_IN_FLIGHT`] batches, only batches already committed), and stores
+    /// [`MAX_IN_FLIGHT`] batches, only batches already committed), and stores
     /// `audit`, the detail of the batch's `batch.acked` audit entry, until [`Queue::audited`]
     /// (module doc).
     pub fn ack(
@@ -595,7 +600,7 @@ impl Queue {
             state.last_push = Some(now());
             // The pusher may now send the window after this batch: the bound covers it
             // before any of it leaves (only batches already committed).
-            let window = seq.saturating_add(crate::push::MAX_IN_FLIGHT as u64);
+            let window = seq.saturating_add(MAX_IN_FLIGHT as u64);
             state.sent_through = state
                 .sent_through
                 .max(window.min(state.next_seq.saturating_sub(1)));
@@ -838,7 +843,7 @@ impl Queue {
     pub fn resync(
         &self,
         resource: &str,
-        shape: crate::fingerprint::Shape,
+        shape: crate::pipeline::fingerprint::Shape,
     ) -> Result<Discarded, QueueError> {
         let mut txn = self.begin()?;
         let old = txn.state(resource)?;
@@ -1028,36 +1033,6 @@ impl Queue {
     }
 }
 
-/// Creates the data directory 0700 if missing; refuses one that group or others may enter
-/// (it holds queued records and the cursor).
-pub(crate) fn prepare_data_dir(data_dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if !data_dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(data_dir)
-            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
-        // `recursive` applies the mode only where the umask allows; make it exact.
-        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("cannot set the mode of {}: {e}", data_dir.display()))?;
-    }
-    let meta = std::fs::metadata(data_dir)
-        .map_err(|e| format!("cannot read {}: {e}", data_dir.display()))?;
-    if !meta.is_dir() {
-        return Err(format!("{} is not a directory", data_dir.display()));
-    }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "data_dir {} has mode {mode:04o}: group and others may read the queued records; run `chmod 700 {}`",
-            data_dir.display(),
-            data_dir.display()
-        ));
-    }
-    Ok(())
-}
-
 fn one() -> u64 {
     1
 }
@@ -1103,7 +1078,7 @@ fn migrate_sent_through(tx: &redb::WriteTransaction) -> Result<(), QueueError> {
             .map_err(storage("migrating state"))?
             .map(|(k, _)| k.value().1);
         state.sent_through = match head {
-            Some(head) => (head + crate::push::MAX_IN_FLIGHT as u64 - 1).min(last),
+            Some(head) => (head + MAX_IN_FLIGHT as u64 - 1).min(last),
             None => last,
         };
         let json = serde_json::to_vec(&state).expect("state serializes");
@@ -1570,8 +1545,8 @@ mod tests {
         );
     }
 
-    fn shape() -> crate::fingerprint::Shape {
-        crate::fingerprint::Shape {
+    fn shape() -> crate::pipeline::fingerprint::Shape {
+        crate::pipeline::fingerprint::Shape {
             relation: "table t".into(),
             key: "id".into(),
             mode: "incremental".into(),
@@ -1719,7 +1694,7 @@ mod tests {
     #[test]
     fn an_ack_raises_sent_through_over_the_window_after_it() {
         let (_dir, q) = queue_with(8);
-        let window = crate::push::MAX_IN_FLIGHT as u64;
+        let window = MAX_IN_FLIGHT as u64;
         assert_eq!(
             q.ack("R", 1, &serde_json::json!({})).unwrap().sent_through,
             1 + window
@@ -1770,7 +1745,7 @@ mod tests {
             tx.commit().unwrap();
         }
         let q = Queue::open(&data).unwrap();
-        let window = crate::push::MAX_IN_FLIGHT as u64;
+        let window = MAX_IN_FLIGHT as u64;
         assert_eq!(
             q.state("queued").unwrap().sent_through,
             3 + window - 1,

@@ -26,9 +26,9 @@ use exchange_protocol::batch::{Op, Record, push_line};
 use tokio::sync::Notify;
 
 use crate::config::{BatchLimits, Mode, Resource};
-use crate::fingerprint::Shape;
+use crate::pipeline::fingerprint::Shape;
+use crate::pipeline::queue::{Baseline, Encoded, HaltKind, Queue, QueueError, ResourceState, Txn};
 use crate::policy::{CursorOf, Plan};
-use crate::queue::{Baseline, Encoded, HaltKind, Queue, QueueError, ResourceState, Txn};
 use exchange_protocol::digest::sm3;
 
 /// How many rows with a NULL cursor value (or, in snapshot mode, a NULL key) get a quarantine
@@ -237,7 +237,7 @@ impl Puller {
     }
 
     /// Refuses to pull a stopped resource, and stops one whose configuration no longer
-    /// matches the shape its stream started with (see [`crate::fingerprint`]).
+    /// matches the shape its stream started with (see [`crate::pipeline::fingerprint`]).
     async fn admit(&self) -> Result<(), PullError> {
         let code = self.resource.code.clone();
         let state = self.queue.state(&code)?;
@@ -459,7 +459,8 @@ impl Puller {
         let records = self
             .blocking(move |txn| {
                 let mut st = txn.state(&code)?;
-                st.invalid_keys_since.get_or_insert_with(crate::queue::now);
+                st.invalid_keys_since
+                    .get_or_insert_with(crate::pipeline::queue::now);
                 st.invalid_keys += invalid_keys;
                 for (key, reason) in quarantine {
                     txn.quarantine(&code, &mut st, key, reason)?;
@@ -512,7 +513,7 @@ impl Puller {
                         // scan began has been read.
                         complete_baseline(txn, &code, &mut st, records, None)?;
                         st.invalid_keys = std::mem::take(&mut st.snapshot.invalid_keys);
-                        st.invalid_keys_since = Some(crate::queue::now());
+                        st.invalid_keys_since = Some(crate::pipeline::queue::now());
                         st.snapshot.generation = generation + 1;
                         st.snapshot.position = None;
                         st.snapshot.sweeping = false;

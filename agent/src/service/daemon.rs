@@ -38,9 +38,9 @@ use tokio::task::JoinHandle;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::pipeline::Pipeline;
-use crate::pull::Puller;
-use crate::sd_notify::Notifier;
-use crate::status;
+use crate::pipeline::pull::Puller;
+use crate::service::sd_notify::Notifier;
+use crate::service::status;
 
 /// How long the tasks of a generation get to stop (within systemd's `TimeoutStopSec=30s`).
 pub const STOP_DEADLINE: Duration = Duration::from_secs(20);
@@ -118,13 +118,13 @@ pub async fn serve(
             }
             Err(e) => tracing::warn!(error = %e, "Cannot handle SIGHUP; reload by restarting."),
         }
-        watcher = crate::reload::watch(file, &pipeline.config, reload_tx.clone());
+        watcher = crate::service::reload::watch(file, &pipeline.config, reload_tx.clone());
     }
     let (current_tx, current_rx) = watch::channel(pipeline.clone());
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let admin = options.admin.map(|listener| {
         let mut stop = admin_stop_rx.clone();
-        tokio::spawn(crate::admin::serve(
+        tokio::spawn(crate::service::admin::serve(
             listener,
             current_rx.clone(),
             async move {
@@ -132,7 +132,7 @@ pub async fn serve(
             },
         ))
     });
-    crate::reload::audit_load(&pipeline.config, "service.start", None);
+    crate::service::reload::audit_load(&pipeline.config, "service.start", None);
     let mut generation = Generation::start(pipeline.clone());
     tracing::info!(node = %pipeline.config.node.id, resources = pipeline.pullers.len(), hub = %pipeline.client.url(), "Agent started.");
     if let Ok(states) = pipeline.queue.states() {
@@ -152,7 +152,7 @@ pub async fn serve(
     let mut file_digest = options
         .config_file
         .as_deref()
-        .and_then(|f| crate::reload::fingerprint(f, &pipeline.config));
+        .and_then(|f| crate::service::reload::fingerprint(f, &pipeline.config));
     let mut stale = std::collections::BTreeSet::new();
     let mut held = std::collections::BTreeSet::new();
     tokio::pin!(shutdown);
@@ -167,7 +167,7 @@ pub async fn serve(
                     sighup |= t == "SIGHUP";
                 }
                 let Some(file) = options.config_file.as_deref() else { continue };
-                let now = crate::reload::fingerprint(file, &seen);
+                let now = crate::service::reload::fingerprint(file, &seen);
                 if !sighup && now.is_some() && now == file_digest {
                     continue;
                 }
@@ -175,8 +175,8 @@ pub async fn serve(
                 notifier.reloading();
                 let trigger = if sighup { "SIGHUP" } else { "file change" };
                 let service = verify.as_ref().map(|(s, _)| s.as_ref());
-                if let Some(crate::reload::Next { pipeline: next, verify: prepared }) =
-                    crate::reload::reload(file, &generation.pipeline, service, trigger)
+                if let Some(crate::service::reload::Next { pipeline: next, verify: prepared }) =
+                    crate::service::reload::reload(file, &generation.pipeline, service, trigger)
                 {
                     // Everything built: the verification service's grants and TLS first (a
                     // revoked requester is refused from here on), then the new generation.
@@ -186,15 +186,15 @@ pub async fn serve(
                     generation.stop().await;
                     generation = Generation::start(next.clone());
                     let _ = current_tx.send(next.clone());
-                    crate::reload::reloaded(&next, trigger);
+                    crate::service::reload::reloaded(&next, trigger);
                 }
                 // The files the file names now (if it parses, even when the reload was
                 // refused: fixing a CRL or certificate it newly names is a change to watch).
-                if let Some(parsed) = crate::reload::parse(file) {
+                if let Some(parsed) = crate::service::reload::parse(file) {
                     seen = parsed;
                 }
                 if let Some(w) = watcher.as_mut() {
-                    crate::reload::rewatch(w, file, &seen);
+                    crate::service::reload::rewatch(w, file, &seen);
                 }
                 notifier.ready(&status::summary(&generation.pipeline));
             }
@@ -203,7 +203,7 @@ pub async fn serve(
                 // pings, and systemd restarts the service after WatchdogSec=.
                 notifier.alive(&status::summary(&generation.pipeline));
                 let pl = &generation.pipeline;
-                let now_stale = crate::metrics::stale(&pl.config, &pl.queue);
+                let now_stale = crate::service::exposition::stale(&pl.config, &pl.queue);
                 for (code, last) in &now_stale {
                     if !stale.contains(code) {
                         tracing::warn!(resource = %code, last_push = last.as_deref().unwrap_or("never"), "Resource is stale: its last acknowledged push is older than max_staleness (default 2 working days, the update deadline).");
@@ -213,7 +213,7 @@ pub async fn serve(
                 let now = chrono::Utc::now();
                 for p in &pl.pullers {
                     let code = &p.resource.code;
-                    let long = crate::metrics::held_for(&pl.board, code, now)
+                    let long = crate::service::exposition::held_for(&pl.board, code, now)
                         .filter(|d| d.to_std().is_ok_and(|d| d >= HELD_WARNING));
                     match (long, held.contains(code)) {
                         (Some(d), false) => {
@@ -279,14 +279,16 @@ impl Generation {
             ));
         }
         let data_dir = pipeline.config.node.data_dir.clone();
-        match crate::control::bind(&data_dir) {
+        match crate::service::control::bind(&data_dir) {
             Ok(listener) => {
                 let pl = pipeline.clone();
                 let stop = stop_rx.clone();
-                tasks.push(tokio::spawn(crate::control::serve(listener, pl, stop)));
+                tasks.push(tokio::spawn(crate::service::control::serve(
+                    listener, pl, stop,
+                )));
             }
             Err(e) => tracing::warn!(
-                path = %crate::control::socket_path(&data_dir).display(),
+                path = %crate::service::control::socket_path(&data_dir).display(),
                 error = %e,
                 "Cannot open the control socket; `exchange-agent sync` cannot reach this daemon."
             ),
@@ -364,7 +366,7 @@ impl Generation {
 }
 
 fn remove_socket(config: &Config) {
-    let _ = std::fs::remove_file(crate::control::socket_path(&config.node.data_dir));
+    let _ = std::fs::remove_file(crate::service::control::socket_path(&config.node.data_dir));
 }
 
 async fn schedule_loop(

@@ -5,74 +5,13 @@
 //! `<data_dir>/status.json` every few seconds (atomically, by rename); `status` reads the
 //! queue directly when it can and that file when the daemon holds the queue.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Mode, Share};
-use crate::queue::{Queue, QueueError};
-
-/// Runtime facts that are not in the queue.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Runtime {
-    /// Last pull error, if the last pull failed.
-    pub pull_error: Option<String>,
-    /// Last push error, if the last push failed.
-    pub push_error: Option<String>,
-    /// How the last page was bounded.
-    pub horizon: Option<String>,
-    /// Since when (RFC 3339) a transaction open on the source holds the resource back, and
-    /// who holds it when the source tells; `None` when nothing does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub held: Option<(String, Option<String>)>,
-}
-
-/// Shared runtime facts, per resource.
-#[derive(Debug, Clone, Default)]
-pub struct Board(Arc<Mutex<BTreeMap<String, Runtime>>>);
-
-impl Board {
-    fn with(&self, resource: &str, f: impl FnOnce(&mut Runtime)) {
-        let mut m = self.0.lock().expect("board lock");
-        f(m.entry(resource.to_owned()).or_default());
-    }
-    /// Records a pull failure.
-    pub fn set_pull_error(&self, resource: &str, e: &str) {
-        self.with(resource, |r| r.pull_error = Some(e.to_owned()));
-    }
-    /// Records a pull success and how it was bounded.
-    pub fn pull_ok(&self, resource: &str, horizon: Option<String>) {
-        self.with(resource, |r| {
-            r.pull_error = None;
-            if horizon.is_some() {
-                r.horizon = horizon;
-            }
-        });
-    }
-    /// Records whether a transaction open on the source held the last pull back.
-    pub fn set_held(&self, resource: &str, held: Option<(String, Option<String>)>) {
-        self.with(resource, |r| r.held = held);
-    }
-    /// Records a push failure.
-    pub fn set_push_error(&self, resource: &str, e: &str) {
-        self.with(resource, |r| r.push_error = Some(e.to_owned()));
-    }
-    /// Records a push success.
-    pub fn clear_push_error(&self, resource: &str) {
-        self.with(resource, |r| r.push_error = None);
-    }
-    /// A copy of the facts of one resource.
-    pub fn get(&self, resource: &str) -> Runtime {
-        self.0
-            .lock()
-            .expect("board lock")
-            .get(resource)
-            .cloned()
-            .unwrap_or_default()
-    }
-}
+use crate::pipeline::board::{Board, Runtime};
+use crate::pipeline::queue::{Queue, QueueError};
 
 /// The whole status report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,7 +28,7 @@ pub struct Report {
     pub from_daemon: bool,
     /// The last reload, if it was refused: the configuration running is not the file's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reload_failed: Option<crate::reload::Failure>,
+    pub reload_failed: Option<crate::service::reload::Failure>,
     /// Per resource.
     pub resources: Vec<ResourceStatus>,
 }
@@ -139,7 +78,7 @@ pub struct ResourceStatus {
     pub pushed_records: u64,
     /// The most recent quarantined rows (key and reason, never values).
     #[serde(default)]
-    pub recent_quarantine: Vec<crate::queue::QuarantineEntry>,
+    pub recent_quarantine: Vec<crate::pipeline::queue::QuarantineEntry>,
     /// Runtime facts (daemon only).
     #[serde(flatten)]
     pub runtime: Runtime,
@@ -147,7 +86,7 @@ pub struct ResourceStatus {
 
 impl ResourceStatus {
     /// The queue's counters of a resource; descriptive fields empty.
-    fn counters(code: &str, st: &crate::queue::ResourceState) -> ResourceStatus {
+    fn counters(code: &str, st: &crate::pipeline::queue::ResourceState) -> ResourceStatus {
         ResourceStatus {
             code: code.to_owned(),
             name: String::new(),
@@ -261,7 +200,7 @@ pub fn summary(pipeline: &crate::pipeline::Pipeline) -> String {
     if halted > 0 {
         line.push_str(&format!(", {halted} stopped (see `exchange-agent status`)"));
     }
-    if crate::reload::last_failure().is_some() {
+    if crate::service::reload::last_failure().is_some() {
         line.push_str(
             ", last reload refused: the previous configuration runs (see `exchange-agent status`)",
         );
@@ -323,44 +262,9 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
         queue: queue.path().to_owned(),
         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         from_daemon: false,
-        reload_failed: crate::reload::last_failure(),
+        reload_failed: crate::service::reload::last_failure(),
         resources,
     })
-}
-
-/// A duration for people: `2s`, `5m`, `1h 30m`, `1d 2h`.
-pub fn duration_text(d: std::time::Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0 if d.as_millis() > 0 => format!("{}ms", d.as_millis()),
-        0..60 => format!("{s}s"),
-        60..3600 if s.is_multiple_of(60) => format!("{}m", s / 60),
-        60..3600 => format!("{}m {}s", s / 60, s % 60),
-        3600..86400 if s.is_multiple_of(3600) => format!("{}h", s / 3600),
-        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
-        _ if s.is_multiple_of(86400) => format!("{}d", s / 86400),
-        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
-    }
-}
-
-/// How the last page was bounded, for people.
-pub fn horizon_text(h: &exchange_connectors::HorizonInfo) -> String {
-    use exchange_connectors::HorizonInfo::*;
-    match h {
-        Unbounded => "not bounded (the first cursor column is not a date or timestamp)".into(),
-        OpenTransaction { since, .. } => {
-            format!("held back by a transaction open on the source since {since}")
-        }
-        PreparedTransaction { since } => {
-            format!("held back by a prepared transaction on the source since {since}")
-        }
-        Replica { lag } => format!(
-            "the source is a replica: source clock minus replica_lag ({} s)",
-            lag.as_secs()
-        ),
-        Clock => "source clock minus the safety lag (no transaction open)".into(),
-        LagOnly => "source clock minus the safety lag (open transactions are not visible)".into(),
-    }
 }
 
 /// The daemon's status file.

@@ -1,0 +1,69 @@
+//! What the pipeline knows at run time and the queue does not hold: per resource the last pull
+//! and push error, how the last page was bounded, and whether a transaction open on the source
+//! holds it back. Shared by the pull and push loops, read by `status`, the metrics and the
+//! systemd status line.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+/// Runtime facts that are not in the queue.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Runtime {
+    /// Last pull error, if the last pull failed.
+    pub pull_error: Option<String>,
+    /// Last push error, if the last push failed.
+    pub push_error: Option<String>,
+    /// How the last page was bounded.
+    pub horizon: Option<String>,
+    /// Since when (RFC 3339) a transaction open on the source holds the resource back, and
+    /// who holds it when the source tells; `None` when nothing does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<(String, Option<String>)>,
+}
+
+/// Shared runtime facts, per resource.
+#[derive(Debug, Clone, Default)]
+pub struct Board(Arc<Mutex<BTreeMap<String, Runtime>>>);
+
+impl Board {
+    fn with(&self, resource: &str, f: impl FnOnce(&mut Runtime)) {
+        let mut m = self.0.lock().expect("board lock");
+        f(m.entry(resource.to_owned()).or_default());
+    }
+    /// Records a pull failure.
+    pub fn set_pull_error(&self, resource: &str, e: &str) {
+        self.with(resource, |r| r.pull_error = Some(e.to_owned()));
+    }
+    /// Records a pull success and how it was bounded.
+    pub fn pull_ok(&self, resource: &str, horizon: Option<String>) {
+        self.with(resource, |r| {
+            r.pull_error = None;
+            if horizon.is_some() {
+                r.horizon = horizon;
+            }
+        });
+    }
+    /// Records whether a transaction open on the source held the last pull back.
+    pub fn set_held(&self, resource: &str, held: Option<(String, Option<String>)>) {
+        self.with(resource, |r| r.held = held);
+    }
+    /// Records a push failure.
+    pub fn set_push_error(&self, resource: &str, e: &str) {
+        self.with(resource, |r| r.push_error = Some(e.to_owned()));
+    }
+    /// Records a push success.
+    pub fn clear_push_error(&self, resource: &str) {
+        self.with(resource, |r| r.push_error = None);
+    }
+    /// A copy of the facts of one resource.
+    pub fn get(&self, resource: &str) -> Runtime {
+        self.0
+            .lock()
+            .expect("board lock")
+            .get(resource)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
