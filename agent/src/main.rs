@@ -200,12 +200,11 @@ enum QuarantineCommand {
 /// Runs an operator command: prints its text, or the error (exit 1); a change not confirmed
 /// with `--yes` only says what it would do (exit 2).
 fn operate(
-    (config, log): (&ConfigPath, LogFormat),
+    at: At<'_>,
     confirm: Option<(bool, String)>,
     f: impl FnOnce(&Config) -> Result<String, operator::OperatorError>,
 ) -> ExitCode {
-    logging::init(log, "warn");
-    let config = match load(config) {
+    let config = match loaded(at, "warn") {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -276,115 +275,17 @@ fn main() -> ExitCode {
 
 async fn agent_main() -> ExitCode {
     let cli = Cli::parse();
-    let config = ConfigPath::from_env(cli.config.as_deref());
-    let init_logging = |default: &str| logging::init(cli.log_format, default);
+    let file = ConfigPath::from_env(cli.config.as_deref());
+    let at = (&file, cli.log_format);
     match cli.command {
-        Command::Run => {
-            init_logging("info");
-            let shutdown = shutdown_signal();
-            let config = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let file = config.file.clone();
-            let admin = match config.admin {
-                Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-                    Ok(l) => Some(l),
-                    Err(e) => {
-                        return fail(anyhow::anyhow!(
-                            "cannot listen on {addr} (admin.listen in {}): {e}",
-                            file.display()
-                        ));
-                    }
-                },
-                None => None,
-            };
-            exchange_agent::metrics::mark_start();
-            let pipeline = match Pipeline::build(config).context("cannot start the agent") {
-                Ok(p) => Arc::new(p),
-                Err(e) => return fail(e),
-            };
-            let options = daemon::Options {
-                config_file: Some(file),
-                notifier: Some(exchange_agent::sd_notify::Notifier::from_env()),
-                admin,
-            };
-            match daemon::serve(pipeline, options, shutdown).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(anyhow::Error::new(e).context("cannot start the agent")),
-            }
-        }
+        Command::Run => run(at).await,
         Command::Sync {
             resource,
             wait,
             timeout,
-        } => {
-            init_logging("warn");
-            let config = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let mut options = sync::SyncOptions::default();
-            for (flag, text, slot) in [
-                ("--wait", &wait, &mut options.wait),
-                ("--timeout", &timeout, &mut options.deadline),
-            ] {
-                match parse_duration(text) {
-                    Ok(d) => *slot = d,
-                    Err(e) => {
-                        eprintln!("error: {flag}: {e}");
-                        return ExitCode::from(2);
-                    }
-                }
-            }
-            if let Some(code) = &resource {
-                let why = match config.resource(code).map(|r| r.share) {
-                    None => Some(format!("no resource `{code}` in {}", config.file.display())),
-                    Some(Share::None) => Some(format!(
-                        "resource `{code}` is share = \"none\" (不予共享): it is never delivered, only its catalogue entry is reported"
-                    )),
-                    Some(Share::Conditional { deliver: false }) => Some(format!(
-                        "resource `{code}` is conditional without `deliver = true`: it is answered by comparison only and never delivered; set `deliver = true` to deliver it desensitized"
-                    )),
-                    Some(_) => None,
-                };
-                if let Some(why) = why {
-                    eprintln!("error: {why}");
-                    return ExitCode::from(2);
-                }
-            }
-            let data_dir = config.node.data_dir.clone();
-            let say = |line: String| eprintln!("{line}");
-            let report = match Pipeline::build(config) {
-                Ok(p) => {
-                    sync::sync(
-                        Arc::new(p),
-                        resource.as_deref(),
-                        options,
-                        sync::Pushers::Own,
-                        Arc::new(say),
-                    )
-                    .await
-                }
-                Err(PipelineError::Queue(QueueError::Locked { .. })) => {
-                    eprintln!("The service holds the queue; asking it to sync.");
-                    match control::request_sync(&data_dir, resource, options, say).await {
-                        Ok(r) => r,
-                        Err(e) => return fail(e.into()),
-                    }
-                }
-                Err(e) => return fail(anyhow::Error::new(e).context("cannot start the sync")),
-            };
-            print!("{report}");
-            if report.is_complete() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
+        } => sync_command(at, resource, &wait, &timeout).await,
         Command::Check { connect } => {
-            init_logging("error");
-            let config = match load(&config) {
+            let config = match loaded(at, "error") {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -392,74 +293,11 @@ async fn agent_main() -> ExitCode {
             print!("{text}");
             ExitCode::from(verdict.exit_code() as u8)
         }
-        Command::Status { json } => {
-            init_logging("warn");
-            let config = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            match status::read(&config) {
-                Ok(r) if json => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&r).expect("report serializes")
-                    );
-                    ExitCode::SUCCESS
-                }
-                Ok(r) => {
-                    print!("{r}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(e),
-            }
-        }
-        Command::Queue(QueueCommand::List { resource, limit }) => {
-            operate((&config, cli.log_format), None, |c| {
-                operator::queue_list(c, resource.as_deref(), limit)
-            })
-        }
-        Command::Queue(QueueCommand::Export { resource, seq, out }) => {
-            operate((&config, cli.log_format), None, |c| {
-                operator::queue_export(c, &resource, seq, out.as_deref())
-            })
-        }
-        Command::Queue(QueueCommand::Discard { resource, seq, yes }) => operate(
-            (&config, cli.log_format),
-            Some((
-                yes,
-                format!("drop the records of batch {seq} of `{resource}` (they are not delivered)"),
-            )),
-            |c| operator::queue_discard(c, &resource, seq),
-        ),
-        Command::Cursor(CursorCommand::Show { resource }) => {
-            operate((&config, cli.log_format), None, |c| {
-                operator::cursor_show(c, &resource)
-            })
-        }
-        Command::Cursor(CursorCommand::Reset { resource, yes }) => operate(
-            (&config, cli.log_format),
-            Some((
-                yes,
-                format!("make the next pull of `{resource}` read every row again"),
-            )),
-            |c| operator::cursor_reset(c, &resource),
-        ),
-        Command::Cursor(CursorCommand::Set {
-            resource,
-            values,
-            yes,
-        }) => operate(
-            (&config, cli.log_format),
-            Some((
-                yes,
-                format!(
-                    "make the next pull of `{resource}` read the rows after the given position (rows before it are not read again)"
-                ),
-            )),
-            |c| operator::cursor_set(c, &resource, &values),
-        ),
+        Command::Status { json } => status_command(at, json),
+        Command::Queue(cmd) => queue_command(at, cmd),
+        Command::Cursor(cmd) => cursor_command(at, cmd),
         Command::Resync { resource, yes } => operate(
-            (&config, cli.log_format),
+            at,
             Some((
                 yes,
                 format!(
@@ -468,106 +306,300 @@ async fn agent_main() -> ExitCode {
             )),
             |c| operator::resync(c, &resource),
         ),
-        Command::AcceptConfig { resource } => operate((&config, cli.log_format), None, |c| {
-            operator::accept_config(c, &resource)
-        }),
-        Command::Audit(cmd) => {
-            init_logging("warn");
-            let config = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let data_dir = &config.node.data_dir;
-            match cmd {
-                AuditCommand::Verify { archive } => {
-                    let archive = archive.as_deref().or(match &config.audit.archive {
-                        Some(exchange_agent::audit::Archive {
-                            to: exchange_agent::audit::ArchiveTo::Dir(dir),
-                            ..
-                        }) => Some(dir.as_path()),
-                        _ => None,
-                    });
-                    match exchange_agent::audit::verify_with(data_dir, archive) {
-                        Ok(v) => {
-                            match &v.archived {
-                                None => println!(
-                                    "The audit log is intact: {} entries ({}).",
-                                    v.entries,
-                                    exchange_agent::audit::path(data_dir).display()
-                                ),
-                                Some(a) => {
-                                    let first = v.entries - v.checked + 1;
-                                    println!(
-                                        "The audit log is intact from entry {first} on: {} of {} entries checked ({}). Entries before {first} were NOT checked: they were archived to {} ({}; recorded at {}:{}){}. To check them, restore the archived files into a directory and run `exchange-agent audit verify --archive DIR`.",
-                                        v.checked,
-                                        v.entries,
-                                        exchange_agent::audit::path(data_dir).display(),
-                                        a.to,
-                                        a.at,
-                                        a.recorded_in.display(),
-                                        a.line,
-                                        if a.entries.is_none() {
-                                            "; the files before the archived ones were already missing, unrecorded, when they were archived"
-                                        } else {
-                                            ""
-                                        }
-                                    );
-                                }
-                            }
-                            if v.from_archive > 0 {
-                                println!("  {} older files read from the archive.", v.from_archive);
-                            }
-                            for r in exchange_agent::audit::repairs(data_dir).unwrap_or_default() {
-                                println!(
-                                    "  repaired at {}: {}",
-                                    r.at,
-                                    r.detail["what"].as_str().unwrap_or("-")
-                                );
-                            }
-                            ExitCode::SUCCESS
-                        }
-                        Err(b) => {
-                            eprintln!("The audit log is NOT intact: {b}");
-                            ExitCode::from(1)
-                        }
-                    }
-                }
-                AuditCommand::Export { since } => {
-                    let since = match since.as_deref().map(chrono::DateTime::parse_from_rfc3339) {
-                        None => None,
-                        Some(Ok(t)) => Some(t.with_timezone(&chrono::Utc)),
-                        Some(Err(e)) => {
-                            eprintln!(
-                                "error: --since: {e}; expected RFC 3339, e.g. 2026-01-01T00:00:00+08:00"
-                            );
-                            return ExitCode::from(2);
-                        }
-                    };
-                    let stdout = std::io::stdout();
-                    let mut out = std::io::BufWriter::new(stdout.lock());
-                    match exchange_agent::audit::export(data_dir, since, &mut out)
-                        .and_then(|_| std::io::Write::flush(&mut out))
-                    {
-                        Ok(()) => ExitCode::SUCCESS,
-                        Err(e) => {
-                            fail(anyhow::Error::new(e).context("cannot export the audit log"))
-                        }
-                    }
-                }
+        Command::AcceptConfig { resource } => {
+            operate(at, None, |c| operator::accept_config(c, &resource))
+        }
+        Command::Quarantine(cmd) => quarantine_command(at, cmd),
+        Command::Audit(cmd) => audit_command(at, cmd),
+    }
+}
+
+/// Where a command reads its configuration, and how it logs.
+type At<'a> = (&'a ConfigPath, LogFormat);
+
+/// Starts logging at `level` (unless `RUST_LOG` says otherwise) and loads the configuration;
+/// an invalid one is printed and exits 2.
+fn loaded((file, log): At<'_>, level: &str) -> Result<Config, ExitCode> {
+    logging::init(log, level);
+    load(file)
+}
+
+/// `run`: the daemon, until SIGTERM or SIGINT.
+async fn run(at: At<'_>) -> ExitCode {
+    let shutdown = shutdown_signal();
+    let config = match loaded(at, "info") {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let file = config.file.clone();
+    let admin = match config.admin {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                return fail(anyhow::anyhow!(
+                    "cannot listen on {addr} (admin.listen in {}): {e}",
+                    file.display()
+                ));
+            }
+        },
+        None => None,
+    };
+    exchange_agent::metrics::mark_start();
+    let pipeline = match Pipeline::build(config).context("cannot start the agent") {
+        Ok(p) => Arc::new(p),
+        Err(e) => return fail(e),
+    };
+    let options = daemon::Options {
+        config_file: Some(file),
+        notifier: Some(exchange_agent::sd_notify::Notifier::from_env()),
+        admin,
+    };
+    match daemon::serve(pipeline, options, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(anyhow::Error::new(e).context("cannot start the agent")),
+    }
+}
+
+/// `sync`: delivers what was committed before it started, itself or through the running
+/// service; exit 0 once the hub acknowledged it all.
+async fn sync_command(at: At<'_>, resource: Option<String>, wait: &str, timeout: &str) -> ExitCode {
+    let config = match loaded(at, "warn") {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut options = sync::SyncOptions::default();
+    for (flag, text, slot) in [
+        ("--wait", wait, &mut options.wait),
+        ("--timeout", timeout, &mut options.deadline),
+    ] {
+        match parse_duration(text) {
+            Ok(d) => *slot = d,
+            Err(e) => {
+                eprintln!("error: {flag}: {e}");
+                return ExitCode::from(2);
             }
         }
-        Command::Quarantine(QuarantineCommand::List { resource, limit }) => {
-            operate((&config, cli.log_format), None, |c| {
-                operator::quarantine_list(c, resource.as_deref(), limit)
-            })
+    }
+    if let Some(why) = resource
+        .as_deref()
+        .and_then(|code| undeliverable(&config, code))
+    {
+        eprintln!("error: {why}");
+        return ExitCode::from(2);
+    }
+    let data_dir = config.node.data_dir.clone();
+    let say = |line: String| eprintln!("{line}");
+    let report = match Pipeline::build(config) {
+        Ok(p) => {
+            let (only, own) = (resource.as_deref(), sync::Pushers::Own);
+            sync::sync(Arc::new(p), only, options, own, Arc::new(say)).await
         }
-        Command::Quarantine(QuarantineCommand::Clear { resource, yes }) => operate(
-            (&config, cli.log_format),
+        Err(PipelineError::Queue(QueueError::Locked { .. })) => {
+            eprintln!("The service holds the queue; asking it to sync.");
+            match control::request_sync(&data_dir, resource, options, say).await {
+                Ok(r) => r,
+                Err(e) => return fail(e.into()),
+            }
+        }
+        Err(e) => return fail(anyhow::Error::new(e).context("cannot start the sync")),
+    };
+    print!("{report}");
+    if report.is_complete() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Why `sync --resource code` cannot deliver that resource, if it cannot.
+fn undeliverable(config: &Config, code: &str) -> Option<String> {
+    match config.resource(code).map(|r| r.share) {
+        None => Some(format!("no resource `{code}` in {}", config.file.display())),
+        Some(Share::None) => Some(format!(
+            "resource `{code}` is share = \"none\" (不予共享): it is never delivered, only its catalogue entry is reported"
+        )),
+        Some(Share::Conditional { deliver: false }) => Some(format!(
+            "resource `{code}` is conditional without `deliver = true`: it is answered by comparison only and never delivered; set `deliver = true` to deliver it desensitized"
+        )),
+        Some(_) => None,
+    }
+}
+
+/// `status`: the report, as text or JSON.
+fn status_command(at: At<'_>, json: bool) -> ExitCode {
+    let config = match loaded(at, "warn") {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match status::read(&config) {
+        Ok(r) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&r).expect("report serializes")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            print!("{r}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// `queue list|export|discard`.
+fn queue_command(at: At<'_>, cmd: QueueCommand) -> ExitCode {
+    match cmd {
+        QueueCommand::List { resource, limit } => operate(at, None, |c| {
+            operator::queue_list(c, resource.as_deref(), limit)
+        }),
+        QueueCommand::Export { resource, seq, out } => operate(at, None, |c| {
+            operator::queue_export(c, &resource, seq, out.as_deref())
+        }),
+        QueueCommand::Discard { resource, seq, yes } => operate(
+            at,
+            Some((
+                yes,
+                format!("drop the records of batch {seq} of `{resource}` (they are not delivered)"),
+            )),
+            |c| operator::queue_discard(c, &resource, seq),
+        ),
+    }
+}
+
+/// `cursor show|reset|set`.
+fn cursor_command(at: At<'_>, cmd: CursorCommand) -> ExitCode {
+    match cmd {
+        CursorCommand::Show { resource } => {
+            operate(at, None, |c| operator::cursor_show(c, &resource))
+        }
+        CursorCommand::Reset { resource, yes } => operate(
+            at,
+            Some((
+                yes,
+                format!("make the next pull of `{resource}` read every row again"),
+            )),
+            |c| operator::cursor_reset(c, &resource),
+        ),
+        CursorCommand::Set {
+            resource,
+            values,
+            yes,
+        } => operate(
+            at,
+            Some((
+                yes,
+                format!(
+                    "make the next pull of `{resource}` read the rows after the given position (rows before it are not read again)"
+                ),
+            )),
+            |c| operator::cursor_set(c, &resource, &values),
+        ),
+    }
+}
+
+/// `quarantine list|clear`.
+fn quarantine_command(at: At<'_>, cmd: QuarantineCommand) -> ExitCode {
+    match cmd {
+        QuarantineCommand::List { resource, limit } => operate(at, None, |c| {
+            operator::quarantine_list(c, resource.as_deref(), limit)
+        }),
+        QuarantineCommand::Clear { resource, yes } => operate(
+            at,
             Some((
                 yes,
                 format!("remove the quarantine entries of `{resource}`"),
             )),
             |c| operator::quarantine_clear(c, &resource),
         ),
+    }
+}
+
+/// `audit verify|export`.
+fn audit_command(at: At<'_>, cmd: AuditCommand) -> ExitCode {
+    let config = match loaded(at, "warn") {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match cmd {
+        AuditCommand::Verify { archive } => audit_verify(&config, archive.as_deref()),
+        AuditCommand::Export { since } => audit_export(&config, since.as_deref()),
+    }
+}
+
+/// `audit verify`: exit 0 with what was checked, 1 naming where the chain breaks.
+fn audit_verify(config: &Config, archive: Option<&std::path::Path>) -> ExitCode {
+    use exchange_agent::audit;
+    let data_dir = &config.node.data_dir;
+    let archive = archive.or(match &config.audit.archive {
+        Some(audit::Archive {
+            to: audit::ArchiveTo::Dir(dir),
+            ..
+        }) => Some(dir.as_path()),
+        _ => None,
+    });
+    let v = match audit::verify_with(data_dir, archive) {
+        Ok(v) => v,
+        Err(b) => {
+            eprintln!("The audit log is NOT intact: {b}");
+            return ExitCode::from(1);
+        }
+    };
+    let log = audit::path(data_dir);
+    match &v.archived {
+        None => println!(
+            "The audit log is intact: {} entries ({}).",
+            v.entries,
+            log.display()
+        ),
+        Some(a) => {
+            let first = v.entries - v.checked + 1;
+            println!(
+                "The audit log is intact from entry {first} on: {} of {} entries checked ({}). Entries before {first} were NOT checked: they were archived to {} ({}; recorded at {}:{}){}. To check them, restore the archived files into a directory and run `exchange-agent audit verify --archive DIR`.",
+                v.checked,
+                v.entries,
+                log.display(),
+                a.to,
+                a.at,
+                a.recorded_in.display(),
+                a.line,
+                if a.entries.is_none() {
+                    "; the files before the archived ones were already missing, unrecorded, when they were archived"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    if v.from_archive > 0 {
+        println!("  {} older files read from the archive.", v.from_archive);
+    }
+    for r in audit::repairs(data_dir).unwrap_or_default() {
+        println!(
+            "  repaired at {}: {}",
+            r.at,
+            r.detail["what"].as_str().unwrap_or("-")
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `audit export`: the entries as stored, as NDJSON on standard output.
+fn audit_export(config: &Config, since: Option<&str>) -> ExitCode {
+    let since = match since.map(chrono::DateTime::parse_from_rfc3339) {
+        None => None,
+        Some(Ok(t)) => Some(t.with_timezone(&chrono::Utc)),
+        Some(Err(e)) => {
+            eprintln!("error: --since: {e}; expected RFC 3339, e.g. 2026-01-01T00:00:00+08:00");
+            return ExitCode::from(2);
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match exchange_agent::audit::export(&config.node.data_dir, since, &mut out)
+        .and_then(|_| std::io::Write::flush(&mut out))
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(anyhow::Error::new(e).context("cannot export the audit log")),
     }
 }

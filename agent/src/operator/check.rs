@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use exchange_connectors::ConnectorError;
+use exchange_connectors::{ConnectorError, SourceSpec};
 
 use crate::config::{Config, Resource, Share};
 use crate::identifier::IdKind;
@@ -23,6 +23,24 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The worse of two verdicts: a configuration error outweighs an unreachable source,
+    /// which outweighs nothing wrong.
+    fn worst(self, other: Verdict) -> Verdict {
+        match (self, other) {
+            (Verdict::Config, _) | (_, Verdict::Config) => Verdict::Config,
+            (Verdict::Unreachable, _) | (_, Verdict::Unreachable) => Verdict::Unreachable,
+            _ => Verdict::Ok,
+        }
+    }
+
+    /// What a connector's error says: unreachable, or (anything else) the configuration.
+    fn of_connector(e: &ConnectorError) -> Verdict {
+        match e {
+            ConnectorError::Unreachable { .. } => Verdict::Unreachable,
+            _ => Verdict::Config,
+        }
+    }
+
     /// The process exit code.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -235,11 +253,35 @@ fn tls_material(config: &Config, out: &mut String) -> bool {
 /// Checks a loaded configuration; returns the verdict and a report for the administrator.
 pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
     let mut out = String::new();
-    let mut verdict = Verdict::Ok;
     // Certificates first, so the first line does not call valid what an expired one spoils.
     let mut validity = String::new();
     let certificates_ok = certificates(config, &mut validity) & tls_material(config, &mut validity);
     revocation_lists(config, &mut validity);
+    describe(config, certificates_ok, &mut out);
+    out.push_str(&validity);
+    let mut verdict = if certificates_ok {
+        Verdict::Ok
+    } else {
+        Verdict::Config
+    };
+    if !connect {
+        let _ = writeln!(
+            out,
+            "Sources and the hub were not contacted (add --connect)."
+        );
+        return (verdict, out);
+    }
+    exchange_protocol::tls::install_provider();
+    for spec in config.sources.values() {
+        verdict = verdict.worst(check_source(config, spec, &mut out).await);
+    }
+    verdict = verdict.worst(check_hub(config, &mut out).await);
+    (verdict, out)
+}
+
+/// What the configuration says: the node, each resource's fields, share class, warnings and
+/// next runs.
+fn describe(config: &Config, certificates_ok: bool, out: &mut String) {
     let _ = writeln!(
         out,
         "Configuration {} {}",
@@ -258,37 +300,7 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
         config.node.data_dir.display()
     );
     for r in &config.resources {
-        let fields: Vec<_> = r
-            .fields
-            .iter()
-            .map(|(n, rule)| format!("{n}={rule}"))
-            .collect();
-        let _ = writeln!(
-            out,
-            "  resource {} ({}) from `{}`: {}{}",
-            r.code,
-            r.name,
-            r.source,
-            fields.join(", "),
-            match r.share {
-                Share::None => " — share = none: catalogued, never delivered",
-                Share::Conditional { deliver: false } =>
-                    " — conditional: answered by comparison only (deliver = false)",
-                Share::Conditional { deliver: true } => " — conditional: delivered desensitized",
-                Share::Unconditional => "",
-            }
-        );
-        for w in rule_warnings(r) {
-            let _ = writeln!(out, "  warning: {w}");
-        }
-        if let Some(reason) = &r.plain_reason {
-            let _ = writeln!(
-                out,
-                "  resource {}: plain by approval ({reason}): {}",
-                r.code,
-                r.plain_allowed.join(", ")
-            );
-        }
+        describe_resource(r, out);
     }
     for r in &config.resources {
         let runs: Vec<_> = r
@@ -299,124 +311,160 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
             .collect();
         let _ = writeln!(out, "  resource {}: next runs {}", r.code, runs.join(", "));
     }
-    out.push_str(&validity);
-    if !certificates_ok {
-        verdict = Verdict::Config;
+}
+
+/// One resource: its fields and rules, its share class, warnings about its rules and its
+/// approved plain fields.
+fn describe_resource(r: &Resource, out: &mut String) {
+    let fields: Vec<_> = r
+        .fields
+        .iter()
+        .map(|(n, rule)| format!("{n}={rule}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  resource {} ({}) from `{}`: {}{}",
+        r.code,
+        r.name,
+        r.source,
+        fields.join(", "),
+        match r.share {
+            Share::None => " — share = none: catalogued, never delivered",
+            Share::Conditional { deliver: false } =>
+                " — conditional: answered by comparison only (deliver = false)",
+            Share::Conditional { deliver: true } => " — conditional: delivered desensitized",
+            Share::Unconditional => "",
+        }
+    );
+    for w in rule_warnings(r) {
+        let _ = writeln!(out, "  warning: {w}");
     }
-    if !connect {
+    if let Some(reason) = &r.plain_reason {
         let _ = writeln!(
             out,
-            "Sources and the hub were not contacted (add --connect)."
+            "  resource {}: plain by approval ({reason}): {}",
+            r.code,
+            r.plain_allowed.join(", ")
         );
-        return (verdict, out);
     }
-    exchange_protocol::tls::install_provider();
-    for spec in config.sources.values() {
-        let connector = match exchange_connectors::open(spec) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = writeln!(out, "error: {e}");
-                verdict = Verdict::Config;
-                continue;
-            }
-        };
-        match connector.probe().await {
-            Ok(p) => {
-                let _ = writeln!(out, "  source {}: {}", spec.name, p.server);
-                if let Some(missing) = p.missing_privilege.filter(|_| !p.sees_open_transactions) {
-                    let _ = writeln!(
-                        out,
-                        "  warning: source {} cannot see other sessions' open transactions; incremental resources fall back to the safety lag alone, and a transaction that commits later than the lag can be missed. {}",
-                        spec.name, missing
-                    );
-                    tracing::warn!(source = %spec.name, "Open transactions are not visible; late-commit protection falls back to the safety lag alone.");
-                }
-                if let Some(replica) = &p.replica {
-                    let _ = writeln!(
-                        out,
-                        "  warning: source {} is a replica ({replica}): it cannot see the primary's open transactions, so incremental resources are bounded by its clock minus replica_lag ({}) and the safety lag; raise replica_lag if the replica can fall further behind",
-                        spec.name,
-                        crate::text::duration_text(spec.replica_lag)
-                    );
-                }
-            }
-            Err(e) => {
-                let _ = writeln!(out, "error: {e}");
-                if !matches!(verdict, Verdict::Config) {
-                    verdict = if matches!(e, ConnectorError::Unreachable { .. }) {
-                        Verdict::Unreachable
-                    } else {
-                        Verdict::Config
-                    };
-                }
-                continue;
-            }
-        }
-        for r in config.resources.iter().filter(|r| r.source == spec.name) {
-            let plan = Plan::new(r, &config.keys);
-            match connector.describe(&plan.selection).await {
-                Ok(cols) => {
-                    if let Err(e) = crate::policy::check_types(r, &cols) {
-                        let _ = writeln!(out, "error: {e}");
-                        verdict = Verdict::Config;
-                    }
-                    let text: Vec<_> = cols
-                        .iter()
-                        .map(|c| format!("{} {}", c.name, c.source_type))
-                        .collect();
-                    let _ = writeln!(out, "  resource {}: columns {}", r.code, text.join(", "));
-                    for c in cols.iter().filter(|c| {
-                        c.nullable != Some(false) && plan.selection.cursor.contains(&c.name)
-                    }) {
-                        let _ = writeln!(
-                            out,
-                            "  warning: resource {}: {} column `{}` may hold NULL; such rows have no place in the cursor order and are quarantined (counted every cycle) instead of delivered: make it NOT NULL{}",
-                            r.code,
-                            if c.name == r.key { "key" } else { "cursor" },
-                            c.name,
-                            if c.nullable.is_none() {
-                                " (a query's column: the source cannot tell)"
-                            } else {
-                                ""
-                            }
-                        );
-                    }
-                }
-                Err(e) => {
-                    let _ = writeln!(out, "error: resource {}: {e}", r.code);
-                    verdict = match e {
-                        ConnectorError::Unreachable { .. }
-                            if !matches!(verdict, Verdict::Config) =>
-                        {
-                            Verdict::Unreachable
-                        }
-                        _ => Verdict::Config,
-                    };
-                }
-            }
-        }
-    }
-    match HubClient::new(config, "00000000000000000000000000000000") {
-        Ok(client) => match client.health().await {
-            Ok(()) => {
-                let _ = writeln!(out, "  hub {}: reachable over mutual TLS", config.hub.url);
-            }
-            Err(e) => {
-                let _ = writeln!(out, "error: {e}");
-                if !matches!(verdict, Verdict::Config) {
-                    verdict = match e {
-                        PushError::Tls(_) => Verdict::Config,
-                        _ => Verdict::Unreachable,
-                    };
-                }
-            }
-        },
+}
+
+/// `--connect` for one source: open it, probe it, and describe the columns of each of its
+/// resources.
+async fn check_source(config: &Config, spec: &SourceSpec, out: &mut String) -> Verdict {
+    let connector = match exchange_connectors::open(spec) {
+        Ok(c) => c,
         Err(e) => {
             let _ = writeln!(out, "error: {e}");
-            verdict = Verdict::Config;
+            return Verdict::Config;
+        }
+    };
+    match connector.probe().await {
+        Ok(p) => probe_warnings(spec, &p, out),
+        Err(e) => {
+            let _ = writeln!(out, "error: {e}");
+            return Verdict::of_connector(&e);
         }
     }
-    (verdict, out)
+    let mut verdict = Verdict::Ok;
+    for r in config.resources.iter().filter(|r| r.source == spec.name) {
+        let plan = Plan::new(r, &config.keys);
+        match connector.describe(&plan.selection).await {
+            Ok(cols) => verdict = verdict.worst(check_columns(r, &plan, &cols, out)),
+            Err(e) => {
+                let _ = writeln!(out, "error: resource {}: {e}", r.code);
+                verdict = verdict.worst(Verdict::of_connector(&e));
+            }
+        }
+    }
+    verdict
+}
+
+/// What the probe of a source tells that limits late-commit protection.
+fn probe_warnings(spec: &SourceSpec, p: &exchange_connectors::Probe, out: &mut String) {
+    let _ = writeln!(out, "  source {}: {}", spec.name, p.server);
+    if let Some(missing) = p
+        .missing_privilege
+        .as_ref()
+        .filter(|_| !p.sees_open_transactions)
+    {
+        let _ = writeln!(
+            out,
+            "  warning: source {} cannot see other sessions' open transactions; incremental resources fall back to the safety lag alone, and a transaction that commits later than the lag can be missed. {}",
+            spec.name, missing
+        );
+        tracing::warn!(source = %spec.name, "Open transactions are not visible; late-commit protection falls back to the safety lag alone.");
+    }
+    if let Some(replica) = &p.replica {
+        let _ = writeln!(
+            out,
+            "  warning: source {} is a replica ({replica}): it cannot see the primary's open transactions, so incremental resources are bounded by its clock minus replica_lag ({}) and the safety lag; raise replica_lag if the replica can fall further behind",
+            spec.name,
+            crate::text::duration_text(spec.replica_lag)
+        );
+    }
+}
+
+/// A resource's columns as the source describes them: their types against the rules, and
+/// cursor or key columns that may hold NULL.
+fn check_columns(
+    r: &Resource,
+    plan: &Plan,
+    cols: &[exchange_connectors::ColumnInfo],
+    out: &mut String,
+) -> Verdict {
+    let mut verdict = Verdict::Ok;
+    if let Err(e) = crate::policy::check_types(r, cols) {
+        let _ = writeln!(out, "error: {e}");
+        verdict = Verdict::Config;
+    }
+    let text: Vec<_> = cols
+        .iter()
+        .map(|c| format!("{} {}", c.name, c.source_type))
+        .collect();
+    let _ = writeln!(out, "  resource {}: columns {}", r.code, text.join(", "));
+    for c in cols
+        .iter()
+        .filter(|c| c.nullable != Some(false) && plan.selection.cursor.contains(&c.name))
+    {
+        let _ = writeln!(
+            out,
+            "  warning: resource {}: {} column `{}` may hold NULL; such rows have no place in the cursor order and are quarantined (counted every cycle) instead of delivered: make it NOT NULL{}",
+            r.code,
+            if c.name == r.key { "key" } else { "cursor" },
+            c.name,
+            if c.nullable.is_none() {
+                " (a query's column: the source cannot tell)"
+            } else {
+                ""
+            }
+        );
+    }
+    verdict
+}
+
+/// `--connect` for the hub: a health request over mutual TLS.
+async fn check_hub(config: &Config, out: &mut String) -> Verdict {
+    let client = match HubClient::new(config, "00000000000000000000000000000000") {
+        Ok(client) => client,
+        Err(e) => {
+            let _ = writeln!(out, "error: {e}");
+            return Verdict::Config;
+        }
+    };
+    match client.health().await {
+        Ok(()) => {
+            let _ = writeln!(out, "  hub {}: reachable over mutual TLS", config.hub.url);
+            Verdict::Ok
+        }
+        Err(e) => {
+            let _ = writeln!(out, "error: {e}");
+            match e {
+                PushError::Tls(_) => Verdict::Config,
+                _ => Verdict::Unreachable,
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@
 //! or stays queued and is resent after the restart, answered `duplicate` if the hub had
 //! committed it. Nothing is lost; the stop takes at most [`STOP_DEADLINE`].
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -83,58 +84,137 @@ pub async fn serve(
 ) -> Result<(), crate::verify::VerifyError> {
     let notifier = options.notifier.unwrap_or_else(Notifier::inactive);
     // The verification service outlives generations: bound before READY, reloaded in place.
-    let (verify_stop_tx, verify_stop_rx) = watch::channel(false);
-    let mut verify = None;
-    if let Some(v) = &pipeline.config.verify {
+    let verify = Verification::start(&pipeline).await?;
+    let (reload_rx, watcher) = reload_triggers(options.config_file.as_deref(), &pipeline.config);
+    let (current_tx, current_rx) = watch::channel(pipeline.clone());
+    let admin = options
+        .admin
+        .map(|listener| Admin::start(listener, current_rx));
+    crate::service::reload::audit_load(&pipeline.config, "service.start", None);
+    let generation = Generation::start(pipeline.clone());
+    tracing::info!(node = %pipeline.config.node.id, resources = pipeline.pullers.len(), hub = %pipeline.client.url(), "Agent started.");
+    warn_unconfigured_queues(&pipeline);
+    notifier.ready(&status::summary(&generation.pipeline));
+    let mut daemon = Daemon {
+        file_digest: options
+            .config_file
+            .as_deref()
+            .and_then(|f| crate::service::reload::fingerprint(f, &pipeline.config)),
+        seen: pipeline.config.clone(),
+        config_file: options.config_file,
+        generation,
+        current_tx,
+        verify,
+        watcher,
+        notifier,
+        stale: BTreeSet::new(),
+        held: BTreeSet::new(),
+    };
+    daemon.run(reload_rx, shutdown).await;
+    daemon.stop(admin).await;
+    Ok(())
+}
+
+/// The verification service and its task, when `[verify]` is set.
+struct Verification {
+    service: Arc<crate::verify::Service>,
+    task: JoinHandle<Result<(), crate::verify::VerifyError>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Verification {
+    /// Binds `[verify] listen` and serves it until [`Verification::stop`].
+    async fn start(
+        pipeline: &Pipeline,
+    ) -> Result<Option<Verification>, crate::verify::VerifyError> {
+        let Some(v) = &pipeline.config.verify else {
+            return Ok(None);
+        };
         let listener = tokio::net::TcpListener::bind(v.listen)
             .await
             .map_err(crate::verify::VerifyError::Listener)?;
         let service = Arc::new(crate::verify::Service::new(Arc::new(
             pipeline.config.clone(),
         ))?);
-        let mut stop = verify_stop_rx.clone();
+        let (stop, mut stop_rx) = watch::channel(false);
         let task = tokio::spawn(crate::verify::serve(
             listener,
             service.clone(),
             async move {
-                let _ = stop.changed().await;
+                let _ = stop_rx.changed().await;
             },
         ));
-        verify = Some((service, task));
+        Ok(Some(Verification {
+            service,
+            task,
+            stop,
+        }))
     }
-    let (reload_tx, mut reload_rx) = mpsc::channel::<&'static str>(16);
-    let mut watcher = None;
-    if let Some(file) = &options.config_file {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(mut hup) => {
-                let tx = reload_tx.clone();
-                tokio::spawn(async move {
-                    while hup.recv().await.is_some() {
-                        if tx.send("SIGHUP").await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-            Err(e) => tracing::warn!(error = %e, "Cannot handle SIGHUP; reload by restarting."),
+
+    /// Stops accepting; requests in flight are answered (and audited) first.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(STOP_DEADLINE, self.task).await {
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "The verification service stopped."),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("The verification service did not stop in time."),
         }
-        watcher = crate::service::reload::watch(file, &pipeline.config, reload_tx.clone());
     }
-    let (current_tx, current_rx) = watch::channel(pipeline.clone());
-    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-    let admin = options.admin.map(|listener| {
-        let mut stop = admin_stop_rx.clone();
-        tokio::spawn(crate::service::admin::serve(
+}
+
+/// The admin listener (`[admin] listen`) and its task.
+struct Admin {
+    task: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Admin {
+    /// Serves `/metrics` and `/health` for the pipeline `current` holds.
+    fn start(listener: tokio::net::TcpListener, current: watch::Receiver<Arc<Pipeline>>) -> Admin {
+        let (stop, mut stop_rx) = watch::channel(false);
+        let task = tokio::spawn(crate::service::admin::serve(
             listener,
-            current_rx.clone(),
+            current,
             async move {
-                let _ = stop.changed().await;
+                let _ = stop_rx.changed().await;
             },
-        ))
-    });
-    crate::service::reload::audit_load(&pipeline.config, "service.start", None);
-    let mut generation = Generation::start(pipeline.clone());
-    tracing::info!(node = %pipeline.config.node.id, resources = pipeline.pullers.len(), hub = %pipeline.client.url(), "Agent started.");
+        ));
+        Admin { task, stop }
+    }
+}
+
+/// What asks for a reload: SIGHUP and changes to the configuration file or a TLS file it
+/// names (none without a file).
+fn reload_triggers(
+    file: Option<&std::path::Path>,
+    config: &Config,
+) -> (
+    mpsc::Receiver<&'static str>,
+    Option<crate::service::reload::Watch>,
+) {
+    let (reload_tx, reload_rx) = mpsc::channel::<&'static str>(16);
+    let Some(file) = file else {
+        return (reload_rx, None);
+    };
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            let tx = reload_tx.clone();
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    if tx.send("SIGHUP").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "Cannot handle SIGHUP; reload by restarting."),
+    }
+    let watcher = crate::service::reload::watch(file, config, reload_tx);
+    (reload_rx, watcher)
+}
+
+/// Warns about queued batches of resources no longer configured (or no longer shared).
+fn warn_unconfigured_queues(pipeline: &Pipeline) {
     if let Ok(states) = pipeline.queue.states() {
         for (code, st) in states {
             let pushed = pipeline.pullers.iter().any(|p| p.resource.code == code);
@@ -143,110 +223,160 @@ pub async fn serve(
             }
         }
     }
-    notifier.ready(&status::summary(&generation.pipeline));
-    let mut tick = tokio::time::interval(notifier.watchdog_interval().unwrap_or(STATUS_EVERY));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The configuration as last read from the file (the running one until a reload): which
-    // files are watched and fingerprinted.
-    let mut seen = pipeline.config.clone();
-    let mut file_digest = options
-        .config_file
-        .as_deref()
-        .and_then(|f| crate::service::reload::fingerprint(f, &pipeline.config));
-    let mut stale = std::collections::BTreeSet::new();
-    let mut held = std::collections::BTreeSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            Some(trigger) = reload_rx.recv() => {
-                // Editors write in several steps: let them finish, take the triggers as one.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let mut sighup = trigger == "SIGHUP";
-                while let Ok(t) = reload_rx.try_recv() {
-                    sighup |= t == "SIGHUP";
-                }
-                let Some(file) = options.config_file.as_deref() else { continue };
-                let now = crate::service::reload::fingerprint(file, &seen);
-                if !sighup && now.is_some() && now == file_digest {
-                    continue;
-                }
-                file_digest = now;
-                notifier.reloading();
-                let trigger = if sighup { "SIGHUP" } else { "file change" };
-                let service = verify.as_ref().map(|(s, _)| s.as_ref());
-                if let Some(crate::service::reload::Next { pipeline: next, verify: prepared }) =
-                    crate::service::reload::reload(file, &generation.pipeline, service, trigger)
-                {
-                    // Everything built: the verification service's grants and TLS first (a
-                    // revoked requester is refused from here on), then the new generation.
-                    if let (Some(service), Some(prepared)) = (service, prepared) {
-                        service.apply(prepared);
+}
+
+/// The running service between start and stop.
+struct Daemon {
+    /// The configuration file; `None`: no reloads.
+    config_file: Option<PathBuf>,
+    /// The running generation.
+    generation: Generation,
+    /// The pipeline the admin listener reports on.
+    current_tx: watch::Sender<Arc<Pipeline>>,
+    verify: Option<Verification>,
+    watcher: Option<crate::service::reload::Watch>,
+    notifier: Notifier,
+    /// The configuration as last read from the file (the running one until a reload): which
+    /// files are watched and fingerprinted.
+    seen: Config,
+    /// The fingerprint of the file and its TLS files as last loaded.
+    file_digest: Option<String>,
+    /// Resources last found stale (warned once until they are not).
+    stale: BTreeSet<String>,
+    /// Resources last found held back for long by an open transaction (warned once).
+    held: BTreeSet<String>,
+}
+
+impl Daemon {
+    /// Reloads when asked and ticks the status line and warnings, until `shutdown`.
+    async fn run(
+        &mut self,
+        mut reload_rx: mpsc::Receiver<&'static str>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let every = self.notifier.watchdog_interval().unwrap_or(STATUS_EVERY);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(trigger) = reload_rx.recv() => {
+                    // Editors write in several steps: let them finish, take the triggers as one.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let mut sighup = trigger == "SIGHUP";
+                    while let Ok(t) = reload_rx.try_recv() {
+                        sighup |= t == "SIGHUP";
                     }
-                    generation.stop().await;
-                    generation = Generation::start(next.clone());
-                    let _ = current_tx.send(next.clone());
-                    crate::service::reload::reloaded(&next, trigger);
+                    self.reload(sighup).await;
                 }
-                // The files the file names now (if it parses, even when the reload was
-                // refused: fixing a CRL or certificate it newly names is a change to watch).
-                if let Some(parsed) = crate::service::reload::parse(file) {
-                    seen = parsed;
-                }
-                if let Some(w) = watcher.as_mut() {
-                    crate::service::reload::rewatch(w, file, &seen);
-                }
-                notifier.ready(&status::summary(&generation.pipeline));
-            }
-            _ = tick.tick() => {
-                // The main loop reads the queue for the status line: a stuck queue stops the
-                // pings, and systemd restarts the service after WatchdogSec=.
-                notifier.alive(&status::summary(&generation.pipeline));
-                let pl = &generation.pipeline;
-                let now_stale = crate::service::exposition::stale(&pl.config, &pl.queue);
-                for (code, last) in &now_stale {
-                    if !stale.contains(code) {
-                        tracing::warn!(resource = %code, last_push = last.as_deref().unwrap_or("never"), "Resource is stale: its last acknowledged push is older than max_staleness (default 2 working days, the update deadline).");
-                    }
-                }
-                stale = now_stale.into_iter().map(|(c, _)| c).collect();
-                let now = chrono::Utc::now();
-                for p in &pl.pullers {
-                    let code = &p.resource.code;
-                    let long = crate::service::exposition::held_for(&pl.board, code, now)
-                        .filter(|d| d.to_std().is_ok_and(|d| d >= HELD_WARNING));
-                    match (long, held.contains(code)) {
-                        (Some(d), false) => {
-                            let (since, session) = pl.board.get(code).held.unwrap_or_default();
-                            tracing::warn!(resource = %code, since = %since, session = session.as_deref().unwrap_or("unknown"), held_minutes = d.num_minutes(), "A transaction open on the source holds the resource back: rows committed after it start are not delivered until it ends.");
-                            held.insert(code.clone());
-                        }
-                        (None, true) => {
-                            held.remove(code);
-                        }
-                        _ => {}
-                    }
-                }
+                _ = tick.tick() => self.tick(),
             }
         }
     }
-    tracing::info!("Shutting down.");
-    notifier.stopping();
-    drop(watcher);
-    generation.stop().await;
-    let _ = admin_stop_tx.send(true);
-    if let Some(admin) = admin {
-        let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
+
+    /// A reload asked by SIGHUP (always tried) or a file change (tried when the file or a TLS
+    /// file it names really changed).
+    async fn reload(&mut self, sighup: bool) {
+        let Some(file) = self.config_file.clone() else {
+            return;
+        };
+        let now = crate::service::reload::fingerprint(&file, &self.seen);
+        if !sighup && now.is_some() && now == self.file_digest {
+            return;
+        }
+        self.file_digest = now;
+        self.notifier.reloading();
+        let trigger = if sighup { "SIGHUP" } else { "file change" };
+        let service = self.verify.as_ref().map(|v| v.service.as_ref());
+        if let Some(crate::service::reload::Next {
+            pipeline: next,
+            verify: prepared,
+        }) = crate::service::reload::reload(&file, &self.generation.pipeline, service, trigger)
+        {
+            // Everything built: the verification service's grants and TLS first (a revoked
+            // requester is refused from here on), then the new generation.
+            if let (Some(service), Some(prepared)) = (service, prepared) {
+                service.apply(prepared);
+            }
+            self.generation.stop().await;
+            self.generation = Generation::start(next.clone());
+            let _ = self.current_tx.send(next.clone());
+            crate::service::reload::reloaded(&next, trigger);
+        }
+        // The files the file names now (if it parses, even when the reload was refused:
+        // fixing a CRL or certificate it newly names is a change to watch).
+        if let Some(parsed) = crate::service::reload::parse(&file) {
+            self.seen = parsed;
+        }
+        if let Some(w) = self.watcher.as_mut() {
+            crate::service::reload::rewatch(w, &file, &self.seen);
+        }
+        self.notifier
+            .ready(&status::summary(&self.generation.pipeline));
     }
-    let _ = verify_stop_tx.send(true);
-    if let Some((_, task)) = verify {
-        match tokio::time::timeout(STOP_DEADLINE, task).await {
-            Ok(Ok(Err(e))) => tracing::error!(error = %e, "The verification service stopped."),
-            Ok(_) => {}
-            Err(_) => tracing::warn!("The verification service did not stop in time."),
+
+    /// The status line and watchdog ping, and the warnings about stale and held-back
+    /// resources.
+    fn tick(&mut self) {
+        // The main loop reads the queue for the status line: a stuck queue stops the pings,
+        // and systemd restarts the service after WatchdogSec=.
+        self.notifier
+            .alive(&status::summary(&self.generation.pipeline));
+        self.warn_stale();
+        self.warn_held();
+    }
+
+    /// Warns once per resource that becomes stale (its last acknowledged push is older than
+    /// `max_staleness`).
+    fn warn_stale(&mut self) {
+        let pl = &self.generation.pipeline;
+        let now_stale = crate::service::exposition::stale(&pl.config, &pl.queue);
+        for (code, last) in &now_stale {
+            if !self.stale.contains(code) {
+                tracing::warn!(resource = %code, last_push = last.as_deref().unwrap_or("never"), "Resource is stale: its last acknowledged push is older than max_staleness (default 2 working days, the update deadline).");
+            }
+        }
+        self.stale = now_stale.into_iter().map(|(c, _)| c).collect();
+    }
+
+    /// Warns once per resource that a transaction open on its source has held back for
+    /// [`HELD_WARNING`].
+    fn warn_held(&mut self) {
+        let pl = &self.generation.pipeline;
+        let now = chrono::Utc::now();
+        for p in &pl.pullers {
+            let code = &p.resource.code;
+            let long = crate::service::exposition::held_for(&pl.board, code, now)
+                .filter(|d| d.to_std().is_ok_and(|d| d >= HELD_WARNING));
+            match (long, self.held.contains(code)) {
+                (Some(d), false) => {
+                    let (since, session) = pl.board.get(code).held.unwrap_or_default();
+                    tracing::warn!(resource = %code, since = %since, session = session.as_deref().unwrap_or("unknown"), held_minutes = d.num_minutes(), "A transaction open on the source holds the resource back: rows committed after it start are not delivered until it ends.");
+                    self.held.insert(code.clone());
+                }
+                (None, true) => {
+                    self.held.remove(code);
+                }
+                _ => {}
+            }
         }
     }
-    Ok(())
+
+    /// Stops the generation, then the admin listener, then the verification service.
+    async fn stop(mut self, admin: Option<Admin>) {
+        tracing::info!("Shutting down.");
+        self.notifier.stopping();
+        drop(self.watcher);
+        self.generation.stop().await;
+        if let Some(admin) = admin {
+            let _ = admin.stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(2), admin.task).await;
+        }
+        if let Some(verify) = self.verify {
+            verify.stop().await;
+        }
+    }
 }
 
 /// The tasks one configuration runs.
@@ -337,10 +467,10 @@ impl Generation {
 
     /// Stops every task (one overall deadline, within systemd's `TimeoutStopSec`); the
     /// queue is consistent whatever is cut short.
-    async fn stop(self) {
+    async fn stop(&mut self) {
         let _ = self.stop.send(true);
         let deadline = tokio::time::Instant::now() + STOP_DEADLINE;
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             match tokio::time::timeout_at(deadline, t).await {
                 Ok(Err(e)) if e.is_panic() => tracing::error!(error = %e, "A task panicked."),
                 Ok(_) => {}

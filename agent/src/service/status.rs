@@ -343,69 +343,81 @@ impl std::fmt::Display for Report {
         }
         for r in &self.resources {
             writeln!(f)?;
-            writeln!(f, "{}  {}  [{} / {}]", r.code, r.name, r.share, r.mode)?;
-            if let Some(stopped) = &r.stopped {
-                writeln!(f, "  STOPPED      {stopped}")?;
-            }
+            write!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One resource's block of `status`.
+impl std::fmt::Display for ResourceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{}  {}  [{} / {}]",
+            self.code, self.name, self.share, self.mode
+        )?;
+        if let Some(stopped) = &self.stopped {
+            writeln!(f, "  STOPPED      {stopped}")?;
+        }
+        writeln!(
+            f,
+            "  cursor       {}",
+            self.cursor.as_deref().unwrap_or("(start)")
+        )?;
+        writeln!(
+            f,
+            "  last pull    {}",
+            self.last_pull.as_deref().unwrap_or("never")
+        )?;
+        writeln!(
+            f,
+            "  last push    {}",
+            self.last_push.as_deref().unwrap_or("never")
+        )?;
+        writeln!(
+            f,
+            "  queued       {} records in {} batches, {}",
+            self.queued_records,
+            self.queued_batches,
+            size(self.queued_bytes)
+        )?;
+        writeln!(
+            f,
+            "  delivered    {} of {} pulled records",
+            self.pushed_records, self.pulled_records
+        )?;
+        writeln!(f, "  quarantined  {} rows", self.quarantined)?;
+        if self.invalid_keys > 0 {
+            let since = self.invalid_keys_since.as_deref().unwrap_or("?");
             writeln!(
                 f,
-                "  cursor       {}",
-                r.cursor.as_deref().unwrap_or("(start)")
+                "  invalid keys {} rows with a key that is not a valid identifier, {}",
+                self.invalid_keys,
+                if self.mode == "snapshot" {
+                    format!("in the last complete scan (ended {since})")
+                } else {
+                    format!("read since {since} (a row again each time it changes)")
+                }
             )?;
+        }
+        for q in &self.recent_quarantine {
             writeln!(
                 f,
-                "  last pull    {}",
-                r.last_pull.as_deref().unwrap_or("never")
+                "    {}  key {}: {}",
+                q.at,
+                q.key.as_deref().unwrap_or("(unknown)"),
+                q.reason
             )?;
-            writeln!(
-                f,
-                "  last push    {}",
-                r.last_push.as_deref().unwrap_or("never")
-            )?;
-            writeln!(
-                f,
-                "  queued       {} records in {} batches, {}",
-                r.queued_records,
-                r.queued_batches,
-                size(r.queued_bytes)
-            )?;
-            writeln!(
-                f,
-                "  delivered    {} of {} pulled records",
-                r.pushed_records, r.pulled_records
-            )?;
-            writeln!(f, "  quarantined  {} rows", r.quarantined)?;
-            if r.invalid_keys > 0 {
-                let since = r.invalid_keys_since.as_deref().unwrap_or("?");
-                writeln!(
-                    f,
-                    "  invalid keys {} rows with a key that is not a valid identifier, {}",
-                    r.invalid_keys,
-                    if r.mode == "snapshot" {
-                        format!("in the last complete scan (ended {since})")
-                    } else {
-                        format!("read since {since} (a row again each time it changes)")
-                    }
-                )?;
-            }
-            for q in &r.recent_quarantine {
-                writeln!(
-                    f,
-                    "    {}  key {}: {}",
-                    q.at,
-                    q.key.as_deref().unwrap_or("(unknown)"),
-                    q.reason
-                )?;
-            }
-            if let Some(h) = &r.runtime.horizon {
-                writeln!(f, "  horizon      {h}")?;
-            }
-            if let Some(e) = &r.runtime.pull_error {
-                writeln!(f, "  pull error   {e}")?;
-            }
-            if let Some(e) = &r.runtime.push_error {
-                writeln!(f, "  push error   {e}")?;
-            }
+        }
+        if let Some(h) = &self.runtime.horizon {
+            writeln!(f, "  horizon      {h}")?;
+        }
+        if let Some(e) = &self.runtime.pull_error {
+            writeln!(f, "  pull error   {e}")?;
+        }
+        if let Some(e) = &self.runtime.push_error {
+            writeln!(f, "  push error   {e}")?;
         }
         Ok(())
     }
