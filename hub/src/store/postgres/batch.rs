@@ -18,8 +18,11 @@ type Stop = Result<Outcome, StoreError>;
 
 /// The new keys of one upsert run, with their fields and flags.
 struct NewRows<'a> {
+    /// The keys, none of them in the store yet.
     keys: &'a [&'a str],
+    /// Each key's fields, JSON object text.
     fields: &'a [&'a str],
+    /// Each key's flags, JSON array text (`None`: no flags).
     flags: &'a [Option<&'a str>],
 }
 
