@@ -12,7 +12,7 @@
 use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::State;
 use axum::http::header;
@@ -54,67 +54,60 @@ async fn metrics(State(load): State<Arc<Load>>) -> impl IntoResponse {
 
 /// The Prometheus text of `load`.
 pub fn render(load: &Load) -> String {
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            if labels.is_empty() {
-                let _ = writeln!(out, "{name} {value}");
-            } else {
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
-            }
-        }
-    };
-    family(
+    let mut text = Exposition::default();
+    hub_families(&mut text, load);
+    listener_families(&mut text, load);
+    text.out
+}
+
+/// The hub's own metrics (`exchange_hub_*`): connections, requests, bodies, reloads.
+fn hub_families(text: &mut Exposition, load: &Load) {
+    text.gauge(
         "exchange_hub_connections",
-        "gauge",
         "Client connections open (after accept, until closed).",
-        &[("", load.connections.now() as u64)],
+        load.connections.now() as u64,
     );
-    family(
+    text.gauge(
         "exchange_hub_requests_in_flight",
-        "gauge",
         "Batch requests holding a request slot.",
-        &[("", load.requests.now() as u64)],
+        load.requests.now() as u64,
     );
-    family(
+    text.gauge(
         "exchange_hub_body_bytes",
-        "gauge",
         "Bytes of request bodies held in memory (compressed, as received).",
-        &[("", load.body_bytes.now() as u64)],
+        load.body_bytes.now() as u64,
     );
-    family(
+    text.counter(
         "exchange_hub_busy_total",
-        "counter",
         "Batch requests answered 503 because every slot (max_concurrent_requests) was taken.",
-        &[("", load.busy.load(Ordering::Relaxed))],
+        &load.busy,
     );
-    family(
+    text.counter(
         "exchange_hub_body_timeouts_total",
-        "counter",
         "Requests answered 408 because the body did not arrive within body_timeout.",
-        &[("", load.timed_out.load(Ordering::Relaxed))],
+        &load.timed_out,
     );
-    family(
+    text.counter(
         "exchange_hub_config_reloads_total",
-        "counter",
         "Reloads (SIGHUP) that took effect.",
-        &[("", load.reloads.load(Ordering::Relaxed))],
+        &load.reloads,
     );
-    family(
+    text.counter(
         "exchange_hub_config_reload_failures_total",
-        "counter",
         "Reloads refused; nothing changed.",
-        &[("", load.reload_failures.load(Ordering::Relaxed))],
+        &load.reload_failures,
     );
-    family(
+    text.gauge(
         "exchange_hub_config_reload_failed",
-        "gauge",
         "1 while the last reload was refused (the TLS material in use is not the file's), else 0.",
-        &[("", u64::from(load.reload_failed.load(Ordering::Relaxed)))],
+        u64::from(load.reload_failed.load(Ordering::Relaxed)),
     );
+}
+
+/// The listener's metrics by reason: what it closed or refused, the handshakes it refused.
+fn listener_families(text: &mut Exposition, load: &Load) {
     let c = &load.listener;
-    family(
+    text.family(
         "exchange_listener_closed_total",
         "counter",
         "Connections and requests the listener refused or closed past the TLS handshake, by reason: connection_limit (max_connections stayed full), request_limit (answered 503: max_requests in flight), idle (no request for idle_timeout).",
@@ -144,11 +137,48 @@ pub fn render(load: &Load) -> String {
         })
         .collect();
     let samples: Vec<(&str, u64)> = labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
-    family(
+    text.family(
         "exchange_tls_handshake_failures_total",
         "counter",
         "TLS handshakes the listener refused, by reason (unknown_issuer, expired, revoked, no_certificate, timeout, …).",
         &samples,
     );
-    out
+}
+
+/// Prometheus text being written, one metric family after another.
+#[derive(Default)]
+struct Exposition {
+    /// The text so far.
+    out: String,
+}
+
+impl Exposition {
+    /// A gauge with one unlabelled sample.
+    fn gauge(&mut self, name: &str, help: &str, value: u64) {
+        self.family(name, "gauge", help, &[("", value)]);
+    }
+
+    /// A counter with one unlabelled sample, read from `value`.
+    fn counter(&mut self, name: &str, help: &str, value: &AtomicU64) {
+        self.family(
+            name,
+            "counter",
+            help,
+            &[("", value.load(Ordering::Relaxed))],
+        );
+    }
+
+    /// One metric family: its help and type lines, then its samples (`labels` empty for
+    /// none).
+    fn family(&mut self, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
+        let out = &mut self.out;
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {value}");
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        }
+    }
 }

@@ -161,38 +161,28 @@ impl<'de> Deserialize<'de> for RawSize {
 }
 
 /// `[limits]` as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RawLimits {
     /// Largest batch body, compressed and decompressed.
-    #[serde(default)]
     pub max_batch_bytes: Option<Spanned<RawSize>>,
     /// Batch requests processed at once; more are answered 503 before their body is read.
-    #[serde(default)]
     pub max_concurrent_requests: Option<Spanned<i64>>,
     /// Open client connections; further connections wait in the kernel's accept queue.
-    #[serde(default)]
     pub max_connections: Option<Spanned<i64>>,
     /// Longest time to receive a request body, e.g. "60s".
-    #[serde(default)]
     pub body_timeout: Option<Spanned<String>>,
     /// Longest time to receive the request headers (HTTP/1.1), e.g. "30s".
-    #[serde(default)]
     pub header_timeout: Option<Spanned<String>>,
     /// Longest time to complete the TLS handshake, e.g. "10s".
-    #[serde(default)]
     pub handshake_timeout: Option<Spanned<String>>,
     /// TLS handshakes in progress at once.
-    #[serde(default)]
     pub max_handshakes: Option<Spanned<i64>>,
     /// Longest a connection may stay without a request in flight, e.g. "60s".
-    #[serde(default)]
     pub idle_timeout: Option<Spanned<String>>,
     /// HTTP/2 streams open at once per connection.
-    #[serde(default)]
     pub max_streams: Option<Spanned<i64>>,
     /// Requests in flight over all connections.
-    #[serde(default)]
     pub max_requests: Option<Spanned<i64>>,
 }
 
@@ -579,187 +569,21 @@ fn first_line(message: &str) -> String {
 }
 
 fn validate(raw: RawConfig, file: &Source<'_>, dir: &Path) -> Result<HubConfig, ConfigError> {
-    let addr_text = raw.listen.addr.get_ref();
-    let listen: SocketAddr = addr_text.trim().parse().map_err(|_| {
-        file.error(
-            "listen.addr",
-            raw.listen.addr.span(),
-            format!(
-                "`{addr_text}` is not an address; expected an IP address and port such as \"0.0.0.0:8443\" or \"[::]:8443\""
-            ),
-        )
-    })?;
-
-    let existing = |key: &str, value: &Spanned<PathBuf>, what: &str| {
-        let path = dir.join(value.get_ref());
-        if path.is_file() {
-            Ok(path)
-        } else {
-            Err(file.error(
-                key,
-                value.span(),
-                format!(
-                    "{what} {} does not exist or is not a file (relative paths are resolved against {})",
-                    path.display(),
-                    dir.display()
-                ),
-            ))
-        }
-    };
-    let tls = MutualTls {
-        ca: existing(
-            "listen.ca",
-            &raw.listen.ca,
-            "the CA certificate that issues agent certificates,",
-        )?,
-        cert: existing("listen.cert", &raw.listen.cert, "the hub certificate")?,
-        key: existing("listen.key", &raw.listen.key, "the hub private key")?,
-        min_version: raw.listen.min_tls.unwrap_or_default(),
-        crls: raw
-            .listen
-            .crl
-            .iter()
-            .map(|c| {
-                existing(
-                    "listen.crl",
-                    c,
-                    "a certificate revocation list of listen.ca",
-                )
-            })
-            .collect::<Result<_, _>>()?,
-    };
-
-    let url = raw.store.url.get_ref().trim();
-    let store = if let Some(rest) = url.strip_prefix("sqlite://") {
-        if let Some(p) = &raw.store.password_file {
-            return Err(file.error(
-                "store.password_file",
-                p.span(),
-                "a password file applies only to a postgres:// store; remove it".into(),
-            ));
-        }
-        if let Some(ca) = &raw.store.ca {
-            return Err(file.error(
-                "store.ca",
-                ca.span(),
-                "a CA applies only to a postgres:// store; remove it".into(),
-            ));
-        }
-        if rest.is_empty() {
-            return Err(file.error(
-                "store.url",
-                raw.store.url.span(),
-                "the SQLite URL names no file; expected \"sqlite:///absolute/path.db\" or \"sqlite://relative/path.db\"".into(),
-            ));
-        }
-        let path = dir.join(rest);
-        let parent = path.parent().unwrap_or(Path::new("/"));
-        if !parent.is_dir() {
-            return Err(file.error(
-                "store.url",
-                raw.store.url.span(),
-                format!(
-                    "the directory {} of the SQLite database does not exist; create it (owned by the service user) or change the URL",
-                    parent.display()
-                ),
-            ));
-        }
-        StoreConfig::Sqlite { path }
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let password_file = match &raw.store.password_file {
-            Some(p) => Some(existing("store.password_file", p, "the password file")?),
-            None => None,
-        };
-        let ca = match &raw.store.ca {
-            Some(ca) => Some(existing(
-                "store.ca",
-                ca,
-                "the CA certificate of the PostgreSQL server,",
-            )?),
-            None => None,
-        };
-        StoreConfig::Postgres(Box::new(
-            PostgresConfig::parse(url, password_file, ca)
-                .map_err(|m| file.error("store.url", raw.store.url.span(), m))?,
-        ))
-    } else {
-        return Err(file.error(
-            "store.url",
-            raw.store.url.span(),
-            format!(
-                "`{}` is not a supported store; expected \"sqlite:///absolute/path.db\", \"sqlite://relative/path.db\" or \"postgres://user@host/database\"",
-                redact(url)
-            ),
-        ));
-    };
-
+    let v = Validator { file, dir };
+    let listen = v.listen_addr(&raw.listen.addr)?;
+    let tls = v.listen_tls(&raw.listen)?;
+    let store = v.store(&raw.store)?;
     let limits = match raw.limits {
         None => Limits::default(),
         Some(raw) => limits(raw, file)?,
     };
-
     let (client, comparison_key_file, comparison_key_version) = match &raw.client {
         None => (tls.clone(), None, 1),
-        Some(c) => {
-            let pick =
-                |key: &str, v: &Option<Spanned<PathBuf>>, fallback: &PathBuf, what: &str| match v {
-                    Some(v) => existing(key, v, what),
-                    None => Ok(fallback.clone()),
-                };
-            let client = MutualTls {
-                ca: pick(
-                    "client.ca",
-                    &c.ca,
-                    &tls.ca,
-                    "the CA certificate of the agents' verification services,",
-                )?,
-                cert: pick(
-                    "client.cert",
-                    &c.cert,
-                    &tls.cert,
-                    "the hub's client certificate",
-                )?,
-                key: pick(
-                    "client.key",
-                    &c.key,
-                    &tls.key,
-                    "the hub's client private key",
-                )?,
-                min_version: tls.min_version,
-                crls: Vec::new(),
-            };
-            let key_file = match &c.comparison_key_file {
-                Some(f) => Some(existing(
-                    "client.comparison_key_file",
-                    f,
-                    "the comparison key file",
-                )?),
-                None => None,
-            };
-            (client, key_file, c.comparison_key_version.unwrap_or(1))
-        }
+        Some(c) => v.client(c, &tls)?,
     };
-
     let admin = match &raw.admin {
         None => None,
-        Some(a) => {
-            let text = a.listen.get_ref();
-            let addr: SocketAddr = text.trim().parse().map_err(|_| {
-                file.error(
-                    "admin.listen",
-                    a.listen.span(),
-                    format!("`{text}` is not an address; expected a loopback address and port such as \"127.0.0.1:9465\""),
-                )
-            })?;
-            if !addr.ip().is_loopback() {
-                return Err(file.error(
-                    "admin.listen",
-                    a.listen.span(),
-                    format!("{addr} is not a loopback address: the admin listener has no authentication, so it listens on 127.0.0.1 or ::1 only"),
-                ));
-            }
-            Some(addr)
-        }
+        Some(a) => Some(v.admin_addr(&a.listen)?),
     };
     Ok(HubConfig {
         path: None,
@@ -772,6 +596,229 @@ fn validate(raw: RawConfig, file: &Source<'_>, dir: &Path) -> Result<HubConfig, 
         comparison_key_file,
         comparison_key_version,
     })
+}
+
+/// Validates the sections of a [`RawConfig`] one by one.
+struct Validator<'a> {
+    /// The file, for positions in messages.
+    file: &'a Source<'a>,
+    /// The directory relative paths are resolved against (the file's, absolute).
+    dir: &'a Path,
+}
+
+impl Validator<'_> {
+    /// `value` resolved against the configuration's directory, which must be an existing
+    /// file; `what` names it in the message.
+    fn existing(
+        &self,
+        key: &str,
+        value: &Spanned<PathBuf>,
+        what: &str,
+    ) -> Result<PathBuf, ConfigError> {
+        let path = self.dir.join(value.get_ref());
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(self.file.error(
+                key,
+                value.span(),
+                format!(
+                    "{what} {} does not exist or is not a file (relative paths are resolved against {})",
+                    path.display(),
+                    self.dir.display()
+                ),
+            ))
+        }
+    }
+
+    /// Like [`Validator::existing`] for an optional key.
+    fn existing_if_set(
+        &self,
+        key: &str,
+        value: &Option<Spanned<PathBuf>>,
+        what: &str,
+    ) -> Result<Option<PathBuf>, ConfigError> {
+        match value {
+            Some(v) => Ok(Some(self.existing(key, v, what)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `listen.addr`.
+    fn listen_addr(&self, addr: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
+        let addr_text = addr.get_ref();
+        addr_text.trim().parse().map_err(|_| {
+            self.file.error(
+                "listen.addr",
+                addr.span(),
+                format!(
+                    "`{addr_text}` is not an address; expected an IP address and port such as \"0.0.0.0:8443\" or \"[::]:8443\""
+                ),
+            )
+        })
+    }
+
+    /// `[listen]`'s TLS material.
+    fn listen_tls(&self, listen: &RawListen) -> Result<MutualTls, ConfigError> {
+        Ok(MutualTls {
+            ca: self.existing(
+                "listen.ca",
+                &listen.ca,
+                "the CA certificate that issues agent certificates,",
+            )?,
+            cert: self.existing("listen.cert", &listen.cert, "the hub certificate")?,
+            key: self.existing("listen.key", &listen.key, "the hub private key")?,
+            min_version: listen.min_tls.unwrap_or_default(),
+            crls: listen
+                .crl
+                .iter()
+                .map(|c| {
+                    self.existing(
+                        "listen.crl",
+                        c,
+                        "a certificate revocation list of listen.ca",
+                    )
+                })
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// `[store]`: a SQLite file or a PostgreSQL database, by the URL's scheme.
+    fn store(&self, store: &RawStore) -> Result<StoreConfig, ConfigError> {
+        let url = store.url.get_ref().trim();
+        if let Some(rest) = url.strip_prefix("sqlite://") {
+            self.sqlite_store(store, rest)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let password_file = self.existing_if_set(
+                "store.password_file",
+                &store.password_file,
+                "the password file",
+            )?;
+            let ca = self.existing_if_set(
+                "store.ca",
+                &store.ca,
+                "the CA certificate of the PostgreSQL server,",
+            )?;
+            Ok(StoreConfig::Postgres(Box::new(
+                PostgresConfig::parse(url, password_file, ca)
+                    .map_err(|m| self.file.error("store.url", store.url.span(), m))?,
+            )))
+        } else {
+            Err(self.file.error(
+                "store.url",
+                store.url.span(),
+                format!(
+                    "`{}` is not a supported store; expected \"sqlite:///absolute/path.db\", \"sqlite://relative/path.db\" or \"postgres://user@host/database\"",
+                    redact(url)
+                ),
+            ))
+        }
+    }
+
+    /// A `sqlite://` store whose URL goes on with `rest`: no PostgreSQL keys, a file name in
+    /// an existing directory.
+    fn sqlite_store(&self, store: &RawStore, rest: &str) -> Result<StoreConfig, ConfigError> {
+        if let Some(p) = &store.password_file {
+            return Err(self.file.error(
+                "store.password_file",
+                p.span(),
+                "a password file applies only to a postgres:// store; remove it".into(),
+            ));
+        }
+        if let Some(ca) = &store.ca {
+            return Err(self.file.error(
+                "store.ca",
+                ca.span(),
+                "a CA applies only to a postgres:// store; remove it".into(),
+            ));
+        }
+        if rest.is_empty() {
+            return Err(self.file.error(
+                "store.url",
+                store.url.span(),
+                "the SQLite URL names no file; expected \"sqlite:///absolute/path.db\" or \"sqlite://relative/path.db\"".into(),
+            ));
+        }
+        let path = self.dir.join(rest);
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        if !parent.is_dir() {
+            return Err(self.file.error(
+                "store.url",
+                store.url.span(),
+                format!(
+                    "the directory {} of the SQLite database does not exist; create it (owned by the service user) or change the URL",
+                    parent.display()
+                ),
+            ));
+        }
+        Ok(StoreConfig::Sqlite { path })
+    }
+
+    /// `[client]`: what `verify` presents, each file defaulting to `[listen]`'s (`tls`), and
+    /// the comparison key file and version.
+    fn client(
+        &self,
+        c: &RawClient,
+        tls: &MutualTls,
+    ) -> Result<(MutualTls, Option<PathBuf>, u32), ConfigError> {
+        let pick = |key: &str,
+                    v: &Option<Spanned<PathBuf>>,
+                    fallback: &PathBuf,
+                    what: &str|
+         -> Result<PathBuf, ConfigError> {
+            Ok(self
+                .existing_if_set(key, v, what)?
+                .unwrap_or_else(|| fallback.clone()))
+        };
+        let client = MutualTls {
+            ca: pick(
+                "client.ca",
+                &c.ca,
+                &tls.ca,
+                "the CA certificate of the agents' verification services,",
+            )?,
+            cert: pick(
+                "client.cert",
+                &c.cert,
+                &tls.cert,
+                "the hub's client certificate",
+            )?,
+            key: pick(
+                "client.key",
+                &c.key,
+                &tls.key,
+                "the hub's client private key",
+            )?,
+            min_version: tls.min_version,
+            crls: Vec::new(),
+        };
+        let key_file = self.existing_if_set(
+            "client.comparison_key_file",
+            &c.comparison_key_file,
+            "the comparison key file",
+        )?;
+        Ok((client, key_file, c.comparison_key_version.unwrap_or(1)))
+    }
+
+    /// `admin.listen`: a loopback address.
+    fn admin_addr(&self, listen: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
+        let text = listen.get_ref();
+        let addr: SocketAddr = text.trim().parse().map_err(|_| {
+            self.file.error(
+                "admin.listen",
+                listen.span(),
+                format!("`{text}` is not an address; expected a loopback address and port such as \"127.0.0.1:9465\""),
+            )
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(self.file.error(
+                "admin.listen",
+                listen.span(),
+                format!("{addr} is not a loopback address: the admin listener has no authentication, so it listens on 127.0.0.1 or ::1 only"),
+            ));
+        }
+        Ok(addr)
+    }
 }
 
 /// Validates `[limits]`; an absent key keeps its default.

@@ -272,51 +272,109 @@ async fn run(command: Command) -> Result<(), Failure> {
 }
 
 async fn verify(args: VerifyArgs) -> Result<(), Failure> {
-    use exchange_hub::verify::{self as v, Verifier};
-    use exchange_protocol::verify::{Item, SubjectResult, VerifyRequest};
     let config = HubConfig::load(&args.config).map_err(config_error)?;
-    let key = if args.hmac {
-        let Some(file) = &config.comparison_key_file else {
-            return Err(config_error(anyhow::anyhow!(
-                "{}: --hmac needs `comparison_key_file` in [client] (the comparison key shared with the provider)",
-                args.config.display()
-            )));
-        };
-        Some(
-            v::read_comparison_key(file, config.comparison_key_version)
-                .map_err(|e| config_error(anyhow::anyhow!(e)))?,
-        )
-    } else {
-        None
+    let key = comparison_key(&args, &config)?;
+    let verifier =
+        exchange_hub::verify::Verifier::new(&config.client, &args.agent).map_err(config_error)?;
+    let request_id = args
+        .request_id
+        .clone()
+        .unwrap_or_else(exchange_hub::verify::new_request_id);
+    let session = VerifySession {
+        args: &args,
+        verifier,
+        key,
+        request_id,
     };
-    let verifier = Verifier::new(&config.client, &args.agent).map_err(config_error)?;
-    let request_id = args.request_id.clone().unwrap_or_else(v::new_request_id);
-    let request = |id: String, items: Vec<Item>| VerifyRequest {
-        request_id: id,
-        purpose: args.purpose.clone(),
-        case_ref: args.case_ref.clone(),
-        resource: args.resource.clone(),
-        items,
+    match &args.file {
+        Some(file) => session.verify_file(file).await,
+        None => session.verify_subject().await,
+    }
+}
+
+/// The comparison key `verify --hmac` sends claims under (`[client] comparison_key_file`);
+/// `None` without `--hmac`.
+fn comparison_key(
+    args: &VerifyArgs,
+    config: &HubConfig,
+) -> Result<Option<exchange_rules::pseudonym::PseudonymKey>, Failure> {
+    if !args.hmac {
+        return Ok(None);
+    }
+    let Some(file) = &config.comparison_key_file else {
+        return Err(config_error(anyhow::anyhow!(
+            "{}: --hmac needs `comparison_key_file` in [client] (the comparison key shared with the provider)",
+            args.config.display()
+        )));
     };
-    if let Some(file) = &args.file {
+    exchange_hub::verify::read_comparison_key(file, config.comparison_key_version)
+        .map(Some)
+        .map_err(|e| config_error(anyhow::anyhow!(e)))
+}
+
+/// One `exchange-hub verify` run: what was asked, and the client that asks it.
+struct VerifySession<'a> {
+    /// The command line.
+    args: &'a VerifyArgs,
+    /// The client of the agent's verification service.
+    verifier: exchange_hub::verify::Verifier,
+    /// The comparison key with `--hmac`.
+    key: Option<exchange_rules::pseudonym::PseudonymKey>,
+    /// The request id (of the first request, with `--file`).
+    request_id: String,
+}
+
+impl VerifySession<'_> {
+    /// A request with `id` for `items`, with the purpose, case and resource asked for.
+    fn request(
+        &self,
+        id: String,
+        items: Vec<exchange_protocol::verify::Item>,
+    ) -> exchange_protocol::verify::VerifyRequest {
+        exchange_protocol::verify::VerifyRequest {
+            request_id: id,
+            purpose: self.args.purpose.clone(),
+            case_ref: self.args.case_ref.clone(),
+            resource: self.args.resource.clone(),
+            items,
+        }
+    }
+
+    /// Sends one request (by private set intersection with `--psi`); the answer, and its
+    /// JSON text as `--json` prints it.
+    async fn ask(
+        &self,
+        request: &exchange_protocol::verify::VerifyRequest,
+    ) -> Result<(exchange_protocol::verify::VerifyAnswer, String), Failure> {
+        if self.args.psi {
+            let a = self
+                .verifier
+                .verify_psi(request)
+                .await
+                .map_err(other_error)?;
+            let text = serde_json::to_string(&a).expect("serializes");
+            Ok((a, text))
+        } else {
+            self.verifier.verify(request).await.map_err(other_error)
+        }
+    }
+
+    /// `--file`: every row of the claims file, in requests of at most `--batch` items; the
+    /// answers written next to it.
+    async fn verify_file(&self, file: &std::path::Path) -> Result<(), Failure> {
+        use exchange_hub::verify as v;
         let (fields, rows) = v::read_claims(file).map_err(|e| config_error(anyhow::anyhow!(e)))?;
         let mut answers = Vec::with_capacity(rows.len());
         let mut raw = Vec::new();
-        let batches = v::batches(&rows, args.batch);
+        let batches = v::batches(&rows, self.args.batch);
         for (n, range) in batches.iter().enumerate() {
             let id = if batches.len() > 1 {
-                format!("{request_id}-{}", n + 1)
+                format!("{}-{}", self.request_id, n + 1)
             } else {
-                request_id.clone()
+                self.request_id.clone()
             };
-            let r = request(id, v::items_of(&rows[range.clone()], key.as_ref()));
-            let (answer, text) = if args.psi {
-                let a = verifier.verify_psi(&r).await.map_err(other_error)?;
-                let text = serde_json::to_string(&a).expect("serializes");
-                (a, text)
-            } else {
-                verifier.verify(&r).await.map_err(other_error)?
-            };
+            let r = self.request(id, v::items_of(&rows[range.clone()], self.key.as_ref()));
+            let (answer, text) = self.ask(&r).await?;
             answers.extend(answer.items);
             raw.push(text);
         }
@@ -324,7 +382,7 @@ async fn verify(args: VerifyArgs) -> Result<(), Failure> {
         std::fs::write(&out, v::answers_csv(&fields, &rows, &answers))
             .with_context(|| format!("cannot write {}", out.display()))
             .map_err(other_error)?;
-        if args.json {
+        if self.args.json {
             for text in raw {
                 println!("{text}");
             }
@@ -339,39 +397,55 @@ async fn verify(args: VerifyArgs) -> Result<(), Failure> {
                 out.display()
             );
         }
-        return Ok(());
+        Ok(())
     }
-    let subject = args.subject.clone().unwrap_or_default();
-    let mut claims = std::collections::BTreeMap::new();
-    for c in &args.claims {
-        let Some((field, value)) = c.split_once('=') else {
-            return Err(config_error(anyhow::anyhow!(
-                "--claim `{}`: expected field=value",
-                c.split('=').next().unwrap_or_default()
-            )));
-        };
-        claims.insert(
-            field.trim().to_owned(),
-            v::claim_of(key.as_ref(), field.trim(), value),
+
+    /// `--subject` with its `--claim`s: one request, its answer printed as a table.
+    async fn verify_subject(&self) -> Result<(), Failure> {
+        let subject = self.args.subject.clone().unwrap_or_default();
+        let claims = self.claims()?;
+        let r = self.request(
+            self.request_id.clone(),
+            vec![exchange_protocol::verify::Item { subject, claims }],
         );
+        let (answer, text) = self.ask(&r).await?;
+        if self.args.json {
+            println!("{text}");
+            return Ok(());
+        }
+        print_answer(&answer);
+        Ok(())
     }
-    if claims.is_empty() {
-        return Err(config_error(anyhow::anyhow!(
-            "give at least one --claim field=value"
-        )));
+
+    /// The `--claim field=value` arguments, each in clear or as HMAC under the key.
+    fn claims(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, exchange_protocol::verify::Claim>, Failure> {
+        let mut claims = std::collections::BTreeMap::new();
+        for c in &self.args.claims {
+            let Some((field, value)) = c.split_once('=') else {
+                return Err(config_error(anyhow::anyhow!(
+                    "--claim `{}`: expected field=value",
+                    c.split('=').next().unwrap_or_default()
+                )));
+            };
+            claims.insert(
+                field.trim().to_owned(),
+                exchange_hub::verify::claim_of(self.key.as_ref(), field.trim(), value),
+            );
+        }
+        if claims.is_empty() {
+            return Err(config_error(anyhow::anyhow!(
+                "give at least one --claim field=value"
+            )));
+        }
+        Ok(claims)
     }
-    let r = request(request_id, vec![Item { subject, claims }]);
-    let (answer, text) = if args.psi {
-        let a = verifier.verify_psi(&r).await.map_err(other_error)?;
-        let text = serde_json::to_string(&a).expect("serializes");
-        (a, text)
-    } else {
-        verifier.verify(&r).await.map_err(other_error)?
-    };
-    if args.json {
-        println!("{text}");
-        return Ok(());
-    }
+}
+
+/// Prints the answer about one subject as a table: found or not, then each field's result.
+fn print_answer(answer: &exchange_protocol::verify::VerifyAnswer) {
+    use exchange_protocol::verify::SubjectResult;
     let item = &answer.items[0];
     println!("request {}", answer.request_id);
     match item.subject {
@@ -393,7 +467,6 @@ async fn verify(args: VerifyArgs) -> Result<(), Failure> {
         };
         println!("{field:<width$}  {} ({word})", result.as_str());
     }
-    Ok(())
 }
 
 async fn serve(path: PathBuf) -> Result<(), Failure> {
@@ -405,17 +478,46 @@ async fn serve(path: PathBuf) -> Result<(), Failure> {
         .server_tls()
         .with_context(|| format!("{}: [listen] TLS material", path.display()))
         .map_err(config_error)?;
+    let store = open_store(&config).await?;
+    let listener = listen(&config, &path).await?;
+    let load = std::sync::Arc::new(exchange_hub::server::Load::default());
+    let admin = AdminListener::start(&config, &path, load.clone()).await?;
+    let tls = exchange_protocol::server::ServerTls::new(tls);
+    let reloads = tokio::spawn(reload_tls_on_sighup(
+        hup,
+        path.clone(),
+        config.clone(),
+        tls.clone(),
+        load.clone(),
+    ));
+    exchange_hub::server::serve(listener, tls, store, config.limits, load, shutdown_signal())
+        .await
+        .map_err(other_error)?;
+    reloads.abort();
+    admin.stop().await;
+    info!("Hub stopped.");
+    Ok(())
+}
+
+/// Opens the store and logs what it holds.
+async fn open_store(config: &HubConfig) -> Result<Store, Failure> {
     let store = Store::open(&config.store).await.map_err(other_error)?;
-    match store.counts().await {
-        Ok(c) => info!(
-            store = %store.describe(),
-            resources = c.resources,
-            streams = c.streams,
-            records = c.records,
-            "Store opened."
-        ),
-        Err(e) => return Err(other_error(e)),
-    }
+    let c = store.counts().await.map_err(other_error)?;
+    info!(
+        store = %store.describe(),
+        resources = c.resources,
+        streams = c.streams,
+        records = c.records,
+        "Store opened."
+    );
+    Ok(store)
+}
+
+/// Binds `listen.addr` and logs the address and the limits it serves with.
+async fn listen(
+    config: &HubConfig,
+    path: &std::path::Path,
+) -> Result<tokio::net::TcpListener, Failure> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| {
@@ -439,48 +541,54 @@ async fn serve(path: PathBuf) -> Result<(), Failure> {
         body_timeout_secs = config.limits.body_timeout.as_secs(),
         "Hub listening on {bound}."
     );
-    let load = std::sync::Arc::new(exchange_hub::server::Load::default());
-    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin = match config.admin {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot listen on {addr} (admin.listen in {}): is another process using the port?",
-                        path.display()
-                    )
-                })
-                .map_err(other_error)?;
-            info!(addr = %addr, "Admin listener (GET /metrics, GET /health) on {addr}.");
-            Some(tokio::spawn(exchange_hub::admin::serve(
-                listener,
-                load.clone(),
-                async move {
-                    let _ = admin_stopped.await;
-                },
-            )))
-        }
-        None => None,
-    };
-    let tls = exchange_protocol::server::ServerTls::new(tls);
-    let reloads = tokio::spawn(reload_tls_on_sighup(
-        hup,
-        path.clone(),
-        config.clone(),
-        tls.clone(),
-        load.clone(),
-    ));
-    exchange_hub::server::serve(listener, tls, store, config.limits, load, shutdown_signal())
-        .await
-        .map_err(other_error)?;
-    reloads.abort();
-    let _ = admin_stop.send(());
-    if let Some(admin) = admin {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), admin).await;
+    Ok(listener)
+}
+
+/// The `[admin]` listener's task, if configured, and what tells it to stop.
+struct AdminListener {
+    /// Tells the listener to stop (dropped unused when there is none).
+    stop: tokio::sync::oneshot::Sender<()>,
+    /// The listener's task; `None` without `[admin]`.
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl AdminListener {
+    /// Binds `admin.listen` (when set) and serves `/metrics` and `/health` for `load`.
+    async fn start(
+        config: &HubConfig,
+        path: &std::path::Path,
+        load: std::sync::Arc<exchange_hub::server::Load>,
+    ) -> Result<Self, Failure> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let Some(addr) = config.admin else {
+            return Ok(AdminListener { stop, task: None });
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {addr} (admin.listen in {}): is another process using the port?",
+                    path.display()
+                )
+            })
+            .map_err(other_error)?;
+        info!(addr = %addr, "Admin listener (GET /metrics, GET /health) on {addr}.");
+        let task = tokio::spawn(exchange_hub::admin::serve(listener, load, async move {
+            let _ = stopped.await;
+        }));
+        Ok(AdminListener {
+            stop,
+            task: Some(task),
+        })
     }
-    info!("Hub stopped.");
-    Ok(())
+
+    /// Tells the listener to stop and waits for it, two seconds at most.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        if let Some(task) = self.task {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
+        }
+    }
 }
 
 /// On each SIGHUP (`systemctl reload exchange-hub`): reads the configuration file again and,

@@ -148,17 +148,7 @@ pub async fn run(
     config: &HubConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), HubError> {
-    let tls = config.server_tls()?;
-    let store = Store::open(&config.store).await?;
-    serve(
-        listener,
-        tls,
-        store,
-        config.limits,
-        Arc::new(Load::default()),
-        shutdown,
-    )
-    .await
+    run_observed(listener, config, Arc::new(Load::default()), shutdown).await
 }
 
 /// Serves with an already opened store (so the caller can read the store meanwhile).
@@ -518,65 +508,10 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
     };
     // From here until this request ends, a later batch of the stream waits for this one.
     let _arrival = state.store.arriving(&id);
-    let count = number(
-        headers,
-        header::RECORDS,
-        "the number of records in the batch",
-    )?;
-    let digest = required(headers, header::DIGEST)?;
-    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Refusal::bad(format!(
-            "header `{}` must be the SM3 digest of the uncompressed body as 64 hex digits",
-            header::DIGEST
-        )));
-    }
-    match text_header(headers, http_header::CONTENT_ENCODING.as_str())? {
-        Some(v) if v.trim().eq_ignore_ascii_case(CONTENT_ENCODING) => {}
-        other => {
-            return Err(Refusal::bad(format!(
-                "header `content-encoding` is `{}`; the body must be compressed with `{CONTENT_ENCODING}`",
-                other.unwrap_or("(missing)")
-            )));
-        }
-    }
-    match text_header(headers, http_header::CONTENT_TYPE.as_str())? {
-        Some(v)
-            if v.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case(CONTENT_TYPE)) => {}
-        other => {
-            return Err(Refusal::bad(format!(
-                "header `content-type` is `{}`; a batch is `{CONTENT_TYPE}`",
-                other.unwrap_or("(missing)")
-            )));
-        }
-    }
-
-    let baseline = match text_header(headers, header::BASELINE)? {
-        None => false,
-        Some(v) if v.trim().eq_ignore_ascii_case(batch::BASELINE_COMPLETE) => true,
-        Some(_) => {
-            return Err(Refusal::bad(format!(
-                "header `{}` may only be `{}` (on the batch that completes a stream's baseline)",
-                header::BASELINE,
-                batch::BASELINE_COMPLETE
-            )));
-        }
-    };
-
-    let limit = state.limits.max_batch_bytes;
-    let too_large = || too_large(limit);
-    if let Some(length) = text_header(headers, http_header::CONTENT_LENGTH.as_str())?
-        && length.trim().parse::<u64>().is_ok_and(|n| n > limit as u64)
-    {
-        return Err(too_large());
-    }
-    let compressed = read_body(state, body).await?;
-    let ndjson = batch::decompress(&compressed, limit).map_err(|e| match e {
-        BatchError::TooLarge { .. } => too_large(),
-        other => Refusal::bad(other.to_string()),
-    })?;
-    let records = batch::parse(&ndjson, digest, count).map_err(|e| Refusal::bad(e.to_string()))?;
+    let batch = BatchHeaders::read(headers)?;
+    let ndjson = read_ndjson(state, headers, body).await?;
+    let records = batch::parse(&ndjson, batch.digest, batch.count)
+        .map_err(|e| Refusal::bad(e.to_string()))?;
     for (i, record) in records.iter().enumerate() {
         if record.key.is_empty() || record.key.contains('\0') {
             return Err(Refusal::bad(format!(
@@ -585,8 +520,104 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
             )));
         }
     }
+    let applied = state
+        .store
+        .apply(&id, batch.digest, &records, batch.baseline)
+        .await;
+    answer(&id, batch.baseline, applied)
+}
 
-    match state.store.apply(&id, digest, &records, baseline).await {
+/// What a batch's headers say of its body, checked.
+struct BatchHeaders<'h> {
+    /// The number of records the body holds.
+    count: u64,
+    /// SM3 of the uncompressed body, 64 hex digits.
+    digest: &'h str,
+    /// The batch completes its stream's baseline.
+    baseline: bool,
+}
+
+impl<'h> BatchHeaders<'h> {
+    /// Reads the record count, digest and baseline mark, and checks the body's encoding and
+    /// type.
+    fn read(headers: &'h HeaderMap) -> Result<Self, Refusal> {
+        let count = number(
+            headers,
+            header::RECORDS,
+            "the number of records in the batch",
+        )?;
+        let digest = required(headers, header::DIGEST)?;
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Refusal::bad(format!(
+                "header `{}` must be the SM3 digest of the uncompressed body as 64 hex digits",
+                header::DIGEST
+            )));
+        }
+        match text_header(headers, http_header::CONTENT_ENCODING.as_str())? {
+            Some(v) if v.trim().eq_ignore_ascii_case(CONTENT_ENCODING) => {}
+            other => {
+                return Err(Refusal::bad(format!(
+                    "header `content-encoding` is `{}`; the body must be compressed with `{CONTENT_ENCODING}`",
+                    other.unwrap_or("(missing)")
+                )));
+            }
+        }
+        match text_header(headers, http_header::CONTENT_TYPE.as_str())? {
+            Some(v)
+                if v.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case(CONTENT_TYPE)) => {}
+            other => {
+                return Err(Refusal::bad(format!(
+                    "header `content-type` is `{}`; a batch is `{CONTENT_TYPE}`",
+                    other.unwrap_or("(missing)")
+                )));
+            }
+        }
+        let baseline = match text_header(headers, header::BASELINE)? {
+            None => false,
+            Some(v) if v.trim().eq_ignore_ascii_case(batch::BASELINE_COMPLETE) => true,
+            Some(_) => {
+                return Err(Refusal::bad(format!(
+                    "header `{}` may only be `{}` (on the batch that completes a stream's baseline)",
+                    header::BASELINE,
+                    batch::BASELINE_COMPLETE
+                )));
+            }
+        };
+        Ok(BatchHeaders {
+            count,
+            digest,
+            baseline,
+        })
+    }
+}
+
+/// The batch's body, read and decompressed within `max_batch_bytes` (413 beyond, before the
+/// body is read when `content-length` says so).
+async fn read_ndjson(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<Vec<u8>, Refusal> {
+    let limit = state.limits.max_batch_bytes;
+    let too_large = || too_large(limit);
+    if let Some(length) = text_header(headers, http_header::CONTENT_LENGTH.as_str())?
+        && length.trim().parse::<u64>().is_ok_and(|n| n > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let compressed = read_body(state, body).await?;
+    batch::decompress(&compressed, limit).map_err(|e| match e {
+        BatchError::TooLarge { .. } => too_large(),
+        other => Refusal::bad(other.to_string()),
+    })
+}
+
+/// The answer to batch `id` once the store applied it or not, logged when applied or a
+/// duplicate.
+fn answer(id: &BatchId, baseline: bool, applied: Result<Ack, StoreError>) -> Result<Ack, Refusal> {
+    match applied {
         Ok(ack) => {
             match ack.status {
                 AckStatus::Applied => info!(

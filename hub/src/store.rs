@@ -41,8 +41,10 @@
 //!   may have several batches in flight without meeting a gap that is not one;
 //! - nothing here logs or reports a key or a field value.
 
+mod admission;
 pub(crate) mod inflight;
 mod postgres;
+mod schema;
 mod sqlite;
 
 use std::sync::Arc;
@@ -126,6 +128,19 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+}
+
+impl StoreError {
+    /// A database failure: [`StoreError::Unavailable`] when `transient` (the agent retries
+    /// after a pause), else [`StoreError::Failed`].
+    fn database(target: &str, transient: bool, reason: String) -> Self {
+        let target = target.to_owned();
+        if transient {
+            StoreError::Unavailable { target, reason }
+        } else {
+            StoreError::Failed { target, reason }
+        }
+    }
 }
 
 /// One stored record, as [`Store::export`] yields it.

@@ -101,18 +101,11 @@ impl Verifier {
                 serde_json::to_vec(request).expect("a request serializes"),
             )
             .await?;
-        let answer: VerifyAnswer =
-            serde_json::from_str(&text).map_err(|e| VerifyCallError::Answer(e.to_string()))?;
-        if answer.request_id != request.request_id || answer.items.len() != request.items.len() {
-            return Err(VerifyCallError::Answer(
-                "its request id or number of items differs from the request's".into(),
-            ));
-        }
+        let answer: VerifyAnswer = parse_answer(&text)?;
+        check_answers(request, &answer.request_id, answer.items.len())?;
         Ok((answer, text))
     }
-}
 
-impl Verifier {
     /// Sends `request` by private set intersection (docs/PROTOCOL.md §11.6): subjects and
     /// claims leave only blinded; the answer is computed here. HMAC claims are not possible
     /// (the comparison is on blinded values already); a claim must be a value.
@@ -120,90 +113,27 @@ impl Verifier {
         &self,
         request: &VerifyRequest,
     ) -> Result<VerifyAnswer, VerifyCallError> {
-        use exchange_protocol::psi::{self, PsiAnswer, PsiItem, PsiRequest, Secret};
-        use exchange_rules::compare::{canonical, psi_form};
+        use exchange_protocol::psi::{self, PsiAnswer, Secret};
         let mut random = [0u8; 64];
         random[..32].copy_from_slice(&rand::random::<[u8; 32]>());
         random[32..].copy_from_slice(&rand::random::<[u8; 32]>());
         let secret = Secret::from_random_bytes(&random);
-        let mut items = Vec::with_capacity(request.items.len());
-        for item in &request.items {
-            let subject = canonical(&item.subject);
-            let mut claims = BTreeMap::new();
-            for (f, c) in &item.claims {
-                let Claim::Value(value) = c else {
-                    return Err(VerifyCallError::Answer(
-                        "an HMAC claim cannot be sent by private set intersection".into(),
-                    ));
-                };
-                let p = psi::hash_claim(f, &subject, &psi_form(value));
-                claims.insert(f.clone(), hex::encode(secret.blind(&p)));
-            }
-            items.push(PsiItem {
-                subject: hex::encode(secret.blind(&psi::hash_subject(&subject))),
-                claims,
-            });
-        }
-        let body = PsiRequest {
-            request_id: request.request_id.clone(),
-            purpose: request.purpose.clone(),
-            case_ref: request.case_ref.clone(),
-            resource: request.resource.clone(),
-            items,
-        };
+        let body = blind(&secret, request)?;
         let url = self.url.replace(VERIFY_PATH, psi::PSI_PATH);
         let text = self
             .post(&url, serde_json::to_vec(&body).expect("serializes"))
             .await?;
-        let answer: PsiAnswer =
-            serde_json::from_str(&text).map_err(|e| VerifyCallError::Answer(e.to_string()))?;
-        if answer.request_id != request.request_id || answer.items.len() != request.items.len() {
-            return Err(VerifyCallError::Answer(
-                "its request id or number of items differs from the request's".into(),
-            ));
-        }
-        let subjects: std::collections::HashSet<&str> =
-            answer.subjects.iter().map(String::as_str).collect();
-        let stored: std::collections::HashSet<&str> =
-            answer.claims.iter().map(String::as_str).collect();
-        let bad_point = || VerifyCallError::Answer("a point does not decode".into());
-        let mut out = Vec::with_capacity(answer.items.len());
-        for (asked, got) in request.items.iter().zip(&answer.items) {
-            let s = psi::point_from_hex(&got.subject).ok_or_else(bad_point)?;
-            let s = secret.unblind(&s).ok_or_else(bad_point)?;
-            let found = subjects.contains(psi::tag(&s).as_str());
-            let mut fields = BTreeMap::new();
-            for f in asked.claims.keys() {
-                let p = got
-                    .claims
-                    .get(f)
-                    .and_then(|c| psi::point_from_hex(c))
-                    .ok_or_else(bad_point)?;
-                let p = secret.unblind(&p).ok_or_else(bad_point)?;
-                let result = if found && stored.contains(psi::tag(&p).as_str()) {
-                    exchange_protocol::verify::FieldResult::Match
-                } else {
-                    exchange_protocol::verify::FieldResult::Mismatch
-                };
-                fields.insert(f.clone(), result);
-            }
-            out.push(AnswerItem {
-                subject: Some(if found {
-                    SubjectResult::Found
-                } else {
-                    SubjectResult::NotFound
-                }),
-                fields,
-            });
-        }
-        Ok(VerifyAnswer {
-            request_id: answer.request_id,
-            items: out,
-        })
+        let answer: PsiAnswer = parse_answer(&text)?;
+        check_answers(request, &answer.request_id, answer.items.len())?;
+        unblind(&secret, request, answer)
     }
 
     /// POSTs a JSON body; the answer's text, or the refusal.
     async fn post(&self, url: &str, body: Vec<u8>) -> Result<String, VerifyCallError> {
+        let transport = |e: reqwest::Error| VerifyCallError::Transport {
+            url: url.to_owned(),
+            reason: error_chain(&e),
+        };
         let response = self
             .http
             .post(url)
@@ -211,23 +141,14 @@ impl Verifier {
             .body(body)
             .send()
             .await
-            .map_err(|e| VerifyCallError::Transport {
-                url: url.to_owned(),
-                reason: error_chain(&e),
-            })?;
+            .map_err(transport)?;
         let status = response.status();
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let text = response
-            .text()
-            .await
-            .map_err(|e| VerifyCallError::Transport {
-                url: url.to_owned(),
-                reason: error_chain(&e),
-            })?;
+        let text = response.text().await.map_err(transport)?;
         if !status.is_success() {
             let message = serde_json::from_str::<ErrorBody>(&text)
                 .map(|b| b.error)
@@ -240,6 +161,108 @@ impl Verifier {
         }
         Ok(text)
     }
+}
+
+/// An agent's answer parsed from its JSON text.
+fn parse_answer<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, VerifyCallError> {
+    serde_json::from_str(text).map_err(|e| VerifyCallError::Answer(e.to_string()))
+}
+
+/// Refuses an answer (with `request_id` and `items` items) that is not to `request`.
+fn check_answers(
+    request: &VerifyRequest,
+    request_id: &str,
+    items: usize,
+) -> Result<(), VerifyCallError> {
+    if request_id != request.request_id || items != request.items.len() {
+        return Err(VerifyCallError::Answer(
+            "its request id or number of items differs from the request's".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The PSI request of `request`: each subject and claim hashed to a point and blinded by
+/// `secret`.
+fn blind(
+    secret: &exchange_protocol::psi::Secret,
+    request: &VerifyRequest,
+) -> Result<exchange_protocol::psi::PsiRequest, VerifyCallError> {
+    use exchange_protocol::psi::{self, PsiItem, PsiRequest};
+    use exchange_rules::compare::{canonical, psi_form};
+    let mut items = Vec::with_capacity(request.items.len());
+    for item in &request.items {
+        let subject = canonical(&item.subject);
+        let mut claims = BTreeMap::new();
+        for (f, c) in &item.claims {
+            let Claim::Value(value) = c else {
+                return Err(VerifyCallError::Answer(
+                    "an HMAC claim cannot be sent by private set intersection".into(),
+                ));
+            };
+            let p = psi::hash_claim(f, &subject, &psi_form(value));
+            claims.insert(f.clone(), hex::encode(secret.blind(&p)));
+        }
+        items.push(PsiItem {
+            subject: hex::encode(secret.blind(&psi::hash_subject(&subject))),
+            claims,
+        });
+    }
+    Ok(PsiRequest {
+        request_id: request.request_id.clone(),
+        purpose: request.purpose.clone(),
+        case_ref: request.case_ref.clone(),
+        resource: request.resource.clone(),
+        items,
+    })
+}
+
+/// The answer to `request` from the agent's PSI answer: each subject and claim point
+/// unblinded by `secret` and looked up among the tags of what the agent holds.
+fn unblind(
+    secret: &exchange_protocol::psi::Secret,
+    request: &VerifyRequest,
+    answer: exchange_protocol::psi::PsiAnswer,
+) -> Result<VerifyAnswer, VerifyCallError> {
+    use exchange_protocol::psi;
+    let subjects: std::collections::HashSet<&str> =
+        answer.subjects.iter().map(String::as_str).collect();
+    let stored: std::collections::HashSet<&str> =
+        answer.claims.iter().map(String::as_str).collect();
+    let bad_point = || VerifyCallError::Answer("a point does not decode".into());
+    let mut out = Vec::with_capacity(answer.items.len());
+    for (asked, got) in request.items.iter().zip(&answer.items) {
+        let s = psi::point_from_hex(&got.subject).ok_or_else(bad_point)?;
+        let s = secret.unblind(&s).ok_or_else(bad_point)?;
+        let found = subjects.contains(psi::tag(&s).as_str());
+        let mut fields = BTreeMap::new();
+        for f in asked.claims.keys() {
+            let p = got
+                .claims
+                .get(f)
+                .and_then(|c| psi::point_from_hex(c))
+                .ok_or_else(bad_point)?;
+            let p = secret.unblind(&p).ok_or_else(bad_point)?;
+            let result = if found && stored.contains(psi::tag(&p).as_str()) {
+                exchange_protocol::verify::FieldResult::Match
+            } else {
+                exchange_protocol::verify::FieldResult::Mismatch
+            };
+            fields.insert(f.clone(), result);
+        }
+        out.push(AnswerItem {
+            subject: Some(if found {
+                SubjectResult::Found
+            } else {
+                SubjectResult::NotFound
+            }),
+            fields,
+        });
+    }
+    Ok(VerifyAnswer {
+        request_id: answer.request_id,
+        items: out,
+    })
 }
 
 /// The whole chain of an error, for messages (a TLS alert is deep inside reqwest's).

@@ -14,23 +14,24 @@
 //! roots (host name included), with no plaintext fallback; otherwise plaintext. Server
 //! notices (`CREATE TABLE IF NOT EXISTS` on an existing table…) are logged at debug level only.
 
+mod batch;
+mod pool;
+
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
-use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_postgres::Client;
 
-use super::{Batch, CatalogueRecord, Change, Counts, SCHEMA_VERSION, StoreError, StoredRecord};
+use super::{CatalogueRecord, Change, Counts, SCHEMA_VERSION, StoreError, StoredRecord, schema};
 use crate::config::PostgresConfig;
 
 /// Connections opened at most at once.
 const POOL_SIZE: usize = 4;
 
-/// The tables of the current schema version, and the columns older versions lack (run by
-/// [`PgStore::migrate`] under an advisory lock, so two hubs starting at once do not race).
+/// The tables of the current schema version that PostgreSQL writes its own way (the others are
+/// [`schema::SHARED_TABLES`]); with them and the columns older versions lack, the [`migration`]
+/// run by [`PgStore::migrate`] under an advisory lock, so two hubs starting at once do not race.
 ///
 /// `records.resource` and `records.key` compare bytewise (`COLLATE "C"`): keys are opaque
 /// identifiers, and under a database collation such as `C.UTF-8` or `zh_CN.UTF-8` every
@@ -55,23 +56,20 @@ CREATE TABLE IF NOT EXISTS streams (
     last_digest TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (node, resource, stream)
 );
-CREATE TABLE IF NOT EXISTS resources (
-    resource TEXT NOT NULL PRIMARY KEY,
-    node     TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS hub_schema (
-    version INTEGER NOT NULL
-);
-ALTER TABLE records ADD COLUMN IF NOT EXISTS stream TEXT;
-ALTER TABLE streams ADD COLUMN IF NOT EXISTS last_digest TEXT NOT NULL DEFAULT '';
-ALTER TABLE records ADD COLUMN IF NOT EXISTS flags TEXT;
-CREATE TABLE IF NOT EXISTS catalogue (
-    resource   TEXT NOT NULL PRIMARY KEY,
-    node       TEXT NOT NULL,
-    entry      TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
 ";
+
+/// The statements that bring a store of any earlier version to the current one: [`SCHEMA`],
+/// [`schema::SHARED_TABLES`], then the columns older versions lack.
+fn migration() -> String {
+    let mut sql = format!("{SCHEMA}{}", schema::SHARED_TABLES);
+    for added in &schema::ADDED_COLUMNS {
+        sql.push_str(&format!(
+            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {};\n",
+            added.table, added.column, added.definition
+        ));
+    }
+    sql
+}
 
 /// Key of the advisory lock held while migrating ("exchhub" in ASCII).
 const MIGRATION_LOCK: i64 = 0x65_78_63_68_68_75_62;
@@ -92,10 +90,8 @@ async fn version_in(
             .query_one("SELECT coalesce(max(version), 0) FROM hub_schema", &[])
             .await?;
         Ok(i64::from(row.get::<_, i32>(0)))
-    } else if tables.get::<_, bool>(1) {
-        Ok(1)
     } else {
-        Ok(0)
+        Ok(schema::version_before_hub_schema(tables.get::<_, bool>(1)))
     }
 }
 
@@ -109,36 +105,6 @@ pub(super) struct PgStore {
     idle: Mutex<Vec<Client>>,
     /// Bounds the number of connections in use.
     permits: Arc<Semaphore>,
-}
-
-/// A connection taken from the pool; returned to it on drop unless it was lost.
-struct Pooled {
-    /// The connection (always `Some` until drop).
-    client: Option<Client>,
-    /// The pool to return it to.
-    store: Arc<PgStore>,
-    /// Held while the connection is in use.
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Pooled {
-    fn client(&mut self) -> &mut Client {
-        self.client.as_mut().expect("present until drop")
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take()
-            && !client.is_closed()
-        {
-            self.store
-                .idle
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(client);
-        }
-    }
 }
 
 impl PgStore {
@@ -183,12 +149,8 @@ impl PgStore {
             .await
             .map_err(text)?;
         let found = version_in(&tx).await.map_err(text)?;
-        if found > SCHEMA_VERSION {
-            return Err(format!(
-                "the store has schema version {found}, newer than this hub's {SCHEMA_VERSION}; run the newer exchange-hub"
-            ));
-        }
-        tx.batch_execute(SCHEMA).await.map_err(|e| {
+        schema::refuse_newer(found)?;
+        tx.batch_execute(&migration()).await.map_err(|e| {
             format!(
                 "cannot create or migrate the tables: {} (the user needs CREATE on the database's schema)",
                 describe(&e)
@@ -208,268 +170,6 @@ impl PgStore {
     pub(super) async fn schema_version(self: &Arc<Self>) -> Result<i64, StoreError> {
         let mut pooled = self.get().await?;
         version_in(pooled.client()).await.map_err(|e| self.error(e))
-    }
-
-    /// Opens a new connection, reading the password file each time (so it can be rotated).
-    async fn connect(&self) -> Result<Client, StoreError> {
-        let mut config = self.config.config.clone();
-        if let Some(path) = &self.config.password_file {
-            exchange_protocol::tls::check_secret_permissions(path).map_err(|e| {
-                StoreError::Failed {
-                    target: self.target.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
-            let password = std::fs::read_to_string(path).map_err(|e| StoreError::Failed {
-                target: self.target.clone(),
-                reason: format!("cannot read password file {}: {e}", path.display()),
-            })?;
-            config.password(password.trim_end_matches(['\r', '\n']));
-        }
-        // Whatever stops a connection (server down, not accepting connections, a password
-        // being rotated) is the operator's to fix; the agent keeps the batch and retries.
-        let unavailable = |e: tokio_postgres::Error| StoreError::Unavailable {
-            target: self.target.clone(),
-            reason: describe(&e),
-        };
-        let target = self.target.clone();
-        if self.config.tls {
-            let tls = exchange_protocol::tls::source_client_config(self.config.ca.as_deref())
-                .map_err(|e| StoreError::Failed {
-                    target: self.target.clone(),
-                    reason: format!("cannot set up TLS to the store ([store] ca): {e}"),
-                })?;
-            let (client, connection) = config
-                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
-                .await
-                .map_err(unavailable)?;
-            tokio::spawn(drive(connection, target));
-            Ok(client)
-        } else {
-            let (client, connection) = config.connect(NoTls).await.map_err(unavailable)?;
-            tokio::spawn(drive(connection, target));
-            Ok(client)
-        }
-    }
-
-    /// Takes an open connection from the pool or opens one.
-    async fn get(self: &Arc<Self>) -> Result<Pooled, StoreError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the pool's semaphore is never closed");
-        let reused = {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            idle.retain(|c| !c.is_closed());
-            idle.pop()
-        };
-        let client = match reused {
-            Some(c) => c,
-            None => self.connect().await?,
-        };
-        Ok(Pooled {
-            client: Some(client),
-            store: self.clone(),
-            _permit: permit,
-        })
-    }
-
-    /// Applies a batch in one transaction: applied, duplicate or gap.
-    pub(super) async fn apply(
-        self: &Arc<Self>,
-        batch: Batch,
-    ) -> Result<super::Outcome, StoreError> {
-        let id = &batch.id;
-        let seq = i64::try_from(id.seq).map_err(|_| StoreError::Failed {
-            target: self.target.clone(),
-            reason: format!(
-                "sequence number {} is larger than the store can hold",
-                id.seq
-            ),
-        })?;
-        let mut pooled = self.get().await?;
-        let e = |e: tokio_postgres::Error| self.error(e);
-        let tx = pooled.client().transaction().await.map_err(e)?;
-        tx.execute(
-            "INSERT INTO resources (resource, node) VALUES ($1, $2) ON CONFLICT (resource) DO NOTHING",
-            &[&id.resource, &id.node],
-        )
-        .await
-        .map_err(e)?;
-        let owner: String = tx
-            .query_one(
-                "SELECT node FROM resources WHERE resource = $1",
-                &[&id.resource],
-            )
-            .await
-            .map_err(e)?
-            .get(0);
-        if owner != id.node {
-            tx.rollback().await.map_err(e)?;
-            return Err(StoreError::NotOwner {
-                resource: id.resource.clone(),
-                owner,
-                node: id.node.clone(),
-            });
-        }
-        let not_shared: bool = tx
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM catalogue WHERE resource = $1 AND (entry::jsonb ->> 'share') = 'none')",
-                &[&id.resource],
-            )
-            .await
-            .map_err(e)?
-            .get(0);
-        if not_shared {
-            tx.rollback().await.map_err(e)?;
-            return Err(StoreError::NotShared {
-                resource: id.resource.clone(),
-                node: id.node.clone(),
-            });
-        }
-        tx.execute(
-            "INSERT INTO streams (node, resource, stream, last_seq) VALUES ($1, $2, $3, 0)
-             ON CONFLICT (node, resource, stream) DO NOTHING",
-            &[&id.node, &id.resource, &id.stream],
-        )
-        .await
-        .map_err(e)?;
-        // Locks the stream row until COMMIT: a concurrent copy of this batch waits here and
-        // then sees the new high-water mark.
-        let row = tx
-            .query_one(
-                "SELECT last_seq, last_digest FROM streams WHERE node = $1 AND resource = $2 AND stream = $3 FOR UPDATE",
-                &[&id.node, &id.resource, &id.stream],
-            )
-            .await
-            .map_err(e)?;
-        let last_seq: i64 = row.get(0);
-        let last_digest: String = row.get(1);
-        if seq <= last_seq {
-            tx.rollback().await.map_err(e)?;
-            return Ok(super::Outcome::Duplicate {
-                last_seq: last_seq.max(0) as u64,
-                last_digest,
-            });
-        }
-        if seq > last_seq + 1 {
-            // Also undoes the stream row inserted above for an unknown stream.
-            tx.rollback().await.map_err(e)?;
-            return Ok(super::Outcome::Gap {
-                last_seq: last_seq.max(0) as u64,
-            });
-        }
-        let upsert = tx
-            .prepare(
-                "INSERT INTO records (resource, key, node, fields, updated_at, stream, flags)
-                 SELECT $1, u.key, $2, u.fields, $3, $4, u.flags
-                 FROM unnest($5::text[], $6::text[], $7::text[]) AS u(key, fields, flags)
-                 ON CONFLICT (resource, key) DO UPDATE
-                 SET node = EXCLUDED.node, fields = EXCLUDED.fields, updated_at = EXCLUDED.updated_at,
-                     stream = EXCLUDED.stream, flags = EXCLUDED.flags",
-            )
-            .await
-            .map_err(e)?;
-        // New keys are copied in (`COPY … FROM STDIN`, binary), which costs PostgreSQL less
-        // than half of `INSERT … ON CONFLICT` per row (a first sync, a baseline into an empty
-        // store); the probe stops at the first key that exists. A key inserted meanwhile by
-        // another transaction makes the COPY fail and the whole batch roll back (answered 500,
-        // resent by the agent).
-        let exists = tx
-            .prepare(
-                "SELECT EXISTS (SELECT 1 FROM records WHERE resource = $1 AND key = ANY($2::text[]))",
-            )
-            .await
-            .map_err(e)?;
-        let delete = tx
-            .prepare("DELETE FROM records WHERE resource = $1 AND key = ANY($2::text[])")
-            .await
-            .map_err(e)?;
-        for run in runs(&batch.changes) {
-            match run {
-                Run::Upsert {
-                    keys,
-                    fields,
-                    flags,
-                } => {
-                    let any: bool = tx
-                        .query_one(&exists, &[&id.resource, &keys])
-                        .await
-                        .map_err(e)?
-                        .get(0);
-                    if any {
-                        tx.execute(
-                            &upsert,
-                            &[
-                                &id.resource,
-                                &id.node,
-                                &batch.now,
-                                &id.stream,
-                                &keys,
-                                &fields,
-                                &flags,
-                            ],
-                        )
-                        .await
-                        .map_err(e)?;
-                    } else {
-                        let sink = tx
-                            .copy_in(
-                                "COPY records (resource, key, node, fields, updated_at, stream, flags) \
-                                 FROM STDIN (FORMAT binary)",
-                            )
-                            .await
-                            .map_err(e)?;
-                        let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT; 7]);
-                        let mut writer = std::pin::pin!(writer);
-                        for ((key, fields), flags) in keys.iter().zip(&fields).zip(&flags) {
-                            writer
-                                .as_mut()
-                                .write(&[
-                                    &id.resource,
-                                    key,
-                                    &id.node,
-                                    fields,
-                                    &batch.now,
-                                    &id.stream,
-                                    flags,
-                                ])
-                                .await
-                                .map_err(e)?;
-                        }
-                        writer.as_mut().finish().await.map_err(e)?;
-                    }
-                }
-                Run::Delete { keys } => {
-                    tx.execute(&delete, &[&id.resource, &keys])
-                        .await
-                        .map_err(e)?;
-                }
-            }
-        }
-        let swept = if batch.baseline {
-            tx.execute(
-                "DELETE FROM records WHERE resource = $1 AND stream IS DISTINCT FROM $2",
-                &[&id.resource, &id.stream],
-            )
-            .await
-            .map_err(e)?
-        } else {
-            0
-        };
-        tx.execute(
-            "UPDATE streams SET last_seq = $4, last_digest = $5 WHERE node = $1 AND resource = $2 AND stream = $3",
-            &[&id.node, &id.resource, &id.stream, &seq, &batch.digest],
-        )
-        .await
-        .map_err(e)?;
-        tx.commit().await.map_err(e)?;
-        Ok(super::Outcome::Applied {
-            records: batch.changes.len() as u64,
-            swept,
-        })
     }
 
     /// Streams the rows of `resource` into `tx` from a task.
@@ -516,58 +216,13 @@ impl PgStore {
         });
     }
 
-    /// Stores a catalogue entry (ownership checked) in one transaction.
-    pub(super) async fn record_catalogue(
-        self: &Arc<Self>,
-        c: CatalogueRecord,
-    ) -> Result<(), StoreError> {
-        let mut pooled = self.get().await?;
-        let e = |e: tokio_postgres::Error| self.error(e);
-        let tx = pooled.client().transaction().await.map_err(e)?;
-        tx.execute(
-            "INSERT INTO resources (resource, node) VALUES ($1, $2) ON CONFLICT (resource) DO NOTHING",
-            &[&c.resource, &c.node],
-        )
-        .await
-        .map_err(e)?;
-        let owner: String = tx
-            .query_one(
-                "SELECT node FROM resources WHERE resource = $1",
-                &[&c.resource],
-            )
-            .await
-            .map_err(e)?
-            .get(0);
-        if owner != c.node {
-            tx.rollback().await.map_err(e)?;
-            return Err(StoreError::NotOwner {
-                resource: c.resource,
-                owner,
-                node: c.node,
-            });
-        }
-        tx.execute(
-            "INSERT INTO catalogue (resource, node, entry, updated_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (resource) DO UPDATE SET node = EXCLUDED.node, entry = EXCLUDED.entry,
-                 updated_at = EXCLUDED.updated_at",
-            &[&c.resource, &c.node, &c.entry, &c.updated_at],
-        )
-        .await
-        .map_err(e)?;
-        tx.commit().await.map_err(e)
-    }
-
     /// Every catalogue entry.
     pub(super) async fn catalogue(self: &Arc<Self>) -> Result<Vec<CatalogueRecord>, StoreError> {
-        let mut pooled = self.get().await?;
-        let rows = pooled
-            .client()
-            .query(
+        let rows = self
+            .read_all(
                 "SELECT resource, node, entry, updated_at FROM catalogue ORDER BY resource COLLATE \"C\"",
-                &[],
             )
-            .await
-            .map_err(|e| self.error(e))?;
+            .await?;
         Ok(rows
             .iter()
             .map(|r| CatalogueRecord {
@@ -581,16 +236,20 @@ impl PgStore {
 
     /// Every resource and its node.
     pub(super) async fn resources(self: &Arc<Self>) -> Result<Vec<(String, String)>, StoreError> {
-        let mut pooled = self.get().await?;
-        let rows = pooled
-            .client()
-            .query(
-                "SELECT resource, node FROM resources ORDER BY resource COLLATE \"C\"",
-                &[],
-            )
-            .await
-            .map_err(|e| self.error(e))?;
+        let rows = self
+            .read_all("SELECT resource, node FROM resources ORDER BY resource COLLATE \"C\"")
+            .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Every row of `sql`, a query without parameters.
+    async fn read_all(self: &Arc<Self>, sql: &str) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let mut pooled = self.get().await?;
+        pooled
+            .client()
+            .query(sql, &[])
+            .await
+            .map_err(|e| self.error(e))
     }
 
     /// Row counts.
@@ -629,18 +288,7 @@ impl PgStore {
                         || code == "55P03"
                 }
             };
-        let reason = describe(&e);
-        if transient {
-            StoreError::Unavailable {
-                target: self.target.clone(),
-                reason,
-            }
-        } else {
-            StoreError::Failed {
-                target: self.target.clone(),
-                reason,
-            }
-        }
+        StoreError::database(&self.target, transient, describe(&e))
     }
 }
 
@@ -700,32 +348,6 @@ fn runs(changes: &[Change]) -> Vec<Run<'_>> {
     }
     out
 }
-
-/// Runs a connection until it ends: server notices go to the debug log (their text names
-/// tables, never row values), a failure is logged once as a warning.
-async fn drive<S, T>(mut connection: Connection<S, T>, target: String)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    T: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    while let Some(message) = messages.next().await {
-        match message {
-            Ok(AsyncMessage::Notice(notice)) => tracing::debug!(
-                store = %target,
-                code = notice.code().code(),
-                notice = notice.message(),
-                "Store notice."
-            ),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(store = %target, error = %describe(&e), "Connection to the store lost; it will be reopened.");
-                return;
-            }
-        }
-    }
-}
-
 /// A PostgreSQL error as a sentence: the server's message and SQLSTATE (never its DETAIL,
 /// which can quote row values), or the client error with its cause.
 fn describe(e: &tokio_postgres::Error) -> String {

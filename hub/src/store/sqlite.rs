@@ -6,13 +6,17 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use exchange_protocol::batch::BatchId;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::mpsc;
 
-use super::{Batch, CatalogueRecord, Change, Counts, SCHEMA_VERSION, StoreError, StoredRecord};
+use super::{
+    Batch, CatalogueRecord, Change, Counts, Outcome, SCHEMA_VERSION, StoreError, StoredRecord,
+    admission, schema,
+};
 
-/// The tables of the current schema version; `records.stream` is added to older stores by
-/// [`migrate`].
+/// The tables of the current schema version that SQLite writes its own way (the others are
+/// [`schema::SHARED_TABLES`]); the columns older stores lack are added by [`migrate`].
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
     resource   TEXT NOT NULL,
@@ -32,19 +36,6 @@ CREATE TABLE IF NOT EXISTS streams (
     last_digest TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (node, resource, stream)
 );
-CREATE TABLE IF NOT EXISTS resources (
-    resource TEXT NOT NULL PRIMARY KEY,
-    node     TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS hub_schema (
-    version INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS catalogue (
-    resource   TEXT NOT NULL PRIMARY KEY,
-    node       TEXT NOT NULL,
-    entry      TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
 ";
 
 /// Brings the tables to [`SCHEMA_VERSION`] in one transaction: creates what is missing, adds
@@ -54,39 +45,28 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| e.to_string())?;
     let found = version_in(&tx).map_err(|e| e.to_string())?;
-    if found > SCHEMA_VERSION {
-        return Err(format!(
-            "the store has schema version {found}, newer than this hub's {SCHEMA_VERSION}; run the newer exchange-hub"
-        ));
-    }
+    schema::refuse_newer(found)?;
     tx.execute_batch(SCHEMA).map_err(|e| e.to_string())?;
-    for (table, column, ddl) in [
-        (
-            "records",
-            "stream",
-            "ALTER TABLE records ADD COLUMN stream TEXT",
-        ),
-        (
-            "records",
-            "flags",
-            "ALTER TABLE records ADD COLUMN flags TEXT",
-        ),
-        (
-            "streams",
-            "last_digest",
-            "ALTER TABLE streams ADD COLUMN last_digest TEXT NOT NULL DEFAULT ''",
-        ),
-    ] {
+    tx.execute_batch(schema::SHARED_TABLES)
+        .map_err(|e| e.to_string())?;
+    for added in &schema::ADDED_COLUMNS {
         let present: bool = tx
             .query_row(
-                &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
-                [column],
+                &format!(
+                    "SELECT count(*) FROM pragma_table_info('{}') WHERE name = ?1",
+                    added.table
+                ),
+                [added.column],
                 |r| r.get::<_, i64>(0),
             )
             .map_err(|e| e.to_string())?
             > 0;
         if !present {
-            tx.execute_batch(ddl).map_err(|e| e.to_string())?;
+            tx.execute_batch(&format!(
+                "ALTER TABLE {} ADD COLUMN {} {}",
+                added.table, added.column, added.definition
+            ))
+            .map_err(|e| e.to_string())?;
         }
     }
     tx.execute("DELETE FROM hub_schema", [])
@@ -115,10 +95,8 @@ fn version_in(conn: &Connection) -> Result<i64, rusqlite::Error> {
             [],
             |r| r.get(0),
         )
-    } else if has("records")? {
-        Ok(1)
     } else {
-        Ok(0)
+        Ok(schema::version_before_hub_schema(has("records")?))
     }
 }
 
@@ -177,7 +155,7 @@ impl SqliteStore {
     }
 
     /// Applies a batch in one transaction: applied, duplicate or gap.
-    pub(super) async fn apply(self: Arc<Self>, batch: Batch) -> Result<super::Outcome, StoreError> {
+    pub(super) async fn apply(self: Arc<Self>, batch: Batch) -> Result<Outcome, StoreError> {
         let target = self.target.clone();
         blocking(&target, move || {
             // A poisoned lock only means another apply panicked; its transaction rolled back.
@@ -246,24 +224,9 @@ impl SqliteStore {
         let target = self.target.clone();
         blocking(&target, move || {
             let mut conn = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let result = (|| -> Result<Result<(), StoreError>, rusqlite::Error> {
+            let result = (|| -> Result<(), ApplyError> {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                tx.execute(
-                    "INSERT OR IGNORE INTO resources (resource, node) VALUES (?1, ?2)",
-                    params![c.resource, c.node],
-                )?;
-                let owner: String = tx.query_row(
-                    "SELECT node FROM resources WHERE resource = ?1",
-                    [&c.resource],
-                    |r| r.get(0),
-                )?;
-                if owner != c.node {
-                    return Ok(Err(StoreError::NotOwner {
-                        resource: c.resource.clone(),
-                        owner,
-                        node: c.node.clone(),
-                    }));
-                }
+                claim(&tx, &c.resource, &c.node)?;
                 tx.execute(
                     "INSERT INTO catalogue (resource, node, entry, updated_at) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (resource) DO UPDATE SET node = excluded.node, entry = excluded.entry,
@@ -271,9 +234,9 @@ impl SqliteStore {
                     params![c.resource, c.node, c.entry, c.updated_at],
                 )?;
                 tx.commit()?;
-                Ok(Ok(()))
+                Ok(())
             })();
-            result.map_err(|e| self.error(e))?
+            result.map_err(|e| self.error_of(e))
         })
         .await?
     }
@@ -360,102 +323,20 @@ impl SqliteStore {
                     | C::FileLockingProtocolFailed
             )
         );
-        let reason = e.to_string();
-        if transient {
-            StoreError::Unavailable {
-                target: self.target.clone(),
-                reason,
-            }
-        } else {
-            StoreError::Failed {
-                target: self.target.clone(),
-                reason,
-            }
-        }
+        StoreError::database(&self.target, transient, e.to_string())
     }
 }
 
 /// The transaction of one batch.
-fn apply_in(conn: &mut Connection, batch: &Batch) -> Result<super::Outcome, ApplyError> {
+fn apply_in(conn: &mut Connection, batch: &Batch) -> Result<Outcome, ApplyError> {
     let id = &batch.id;
-    let seq = i64::try_from(id.seq).map_err(|_| ApplyError::Refused(seq_too_large(id.seq)))?;
+    let seq = admission::stored_seq(id.seq, "the batch").map_err(ApplyError::Refused)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute(
-        "INSERT OR IGNORE INTO resources (resource, node) VALUES (?1, ?2)",
-        params![id.resource, id.node],
-    )?;
-    let owner: String = tx.query_row(
-        "SELECT node FROM resources WHERE resource = ?1",
-        [&id.resource],
-        |r| r.get(0),
-    )?;
-    if owner != id.node {
-        return Err(ApplyError::Refused(StoreError::NotOwner {
-            resource: id.resource.clone(),
-            owner,
-            node: id.node.clone(),
-        }));
+    // The transaction rolls back on drop: a refusal, a duplicate or a gap changes nothing.
+    if let Some(answer) = admit(&tx, id, seq)? {
+        return Ok(answer);
     }
-    let not_shared: bool = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM catalogue WHERE resource = ?1 AND json_extract(entry, '$.share') = 'none')",
-        [&id.resource],
-        |r| r.get(0),
-    )?;
-    if not_shared {
-        return Err(ApplyError::Refused(StoreError::NotShared {
-            resource: id.resource.clone(),
-            node: id.node.clone(),
-        }));
-    }
-    let (last_seq, last_digest): (i64, String) = tx
-        .query_row(
-            "SELECT last_seq, last_digest FROM streams WHERE node = ?1 AND resource = ?2 AND stream = ?3",
-            params![id.node, id.resource, id.stream],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?
-        .unwrap_or((0, String::new()));
-    // The transaction rolls back on drop: a duplicate or a gap changes nothing.
-    if seq <= last_seq {
-        return Ok(super::Outcome::Duplicate {
-            last_seq: last_seq.max(0) as u64,
-            last_digest,
-        });
-    }
-    if seq > last_seq + 1 {
-        return Ok(super::Outcome::Gap {
-            last_seq: last_seq.max(0) as u64,
-        });
-    }
-    {
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO records (resource, key, node, fields, updated_at, stream, flags)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (resource, key) DO UPDATE
-             SET node = excluded.node, fields = excluded.fields, updated_at = excluded.updated_at,
-                 stream = excluded.stream, flags = excluded.flags",
-        )?;
-        let mut delete =
-            tx.prepare_cached("DELETE FROM records WHERE resource = ?1 AND key = ?2")?;
-        for change in &batch.changes {
-            match change {
-                Change::Upsert { key, fields, flags } => {
-                    upsert.execute(params![
-                        id.resource,
-                        key,
-                        id.node,
-                        fields,
-                        batch.now,
-                        id.stream,
-                        flags
-                    ])?;
-                }
-                Change::Delete { key } => {
-                    delete.execute(params![id.resource, key])?;
-                }
-            }
-        }
-    }
+    write_changes(&tx, batch)?;
     let swept = if batch.baseline {
         tx.execute(
             "DELETE FROM records WHERE resource = ?1 AND (stream IS NULL OR stream <> ?2)",
@@ -470,10 +351,77 @@ fn apply_in(conn: &mut Connection, batch: &Batch) -> Result<super::Outcome, Appl
         params![id.node, id.resource, id.stream, seq, batch.digest],
     )?;
     tx.commit()?;
-    Ok(super::Outcome::Applied {
+    Ok(Outcome::Applied {
         records: batch.changes.len() as u64,
         swept,
     })
+}
+
+/// Records `node` as the provider of `resource` if it has none; refuses another node's.
+fn claim(tx: &Connection, resource: &str, node: &str) -> Result<(), ApplyError> {
+    tx.execute(
+        "INSERT OR IGNORE INTO resources (resource, node) VALUES (?1, ?2)",
+        params![resource, node],
+    )?;
+    let owner: String = tx.query_row(
+        "SELECT node FROM resources WHERE resource = ?1",
+        [resource],
+        |r| r.get(0),
+    )?;
+    admission::check_owner(resource, owner, node).map_err(ApplyError::Refused)
+}
+
+/// The checks before batch `seq` of `id` is written (owner, share, high-water mark): `None`
+/// to write it, else the answer that changes nothing (duplicate, gap).
+fn admit(tx: &Connection, id: &BatchId, seq: i64) -> Result<Option<Outcome>, ApplyError> {
+    claim(tx, &id.resource, &id.node)?;
+    let not_shared: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM catalogue WHERE resource = ?1 AND json_extract(entry, '$.share') = 'none')",
+        [&id.resource],
+        |r| r.get(0),
+    )?;
+    admission::check_shared(&id.resource, &id.node, not_shared).map_err(ApplyError::Refused)?;
+    let (last_seq, last_digest): (i64, String) = tx
+        .query_row(
+            "SELECT last_seq, last_digest FROM streams WHERE node = ?1 AND resource = ?2 AND stream = ?3",
+            params![id.node, id.resource, id.stream],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?
+        .unwrap_or((0, String::new()));
+    Ok(admission::against_mark(seq, last_seq, last_digest))
+}
+
+/// Writes the batch's changes in body order, one statement each.
+fn write_changes(tx: &Connection, batch: &Batch) -> Result<(), rusqlite::Error> {
+    let id = &batch.id;
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO records (resource, key, node, fields, updated_at, stream, flags)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (resource, key) DO UPDATE
+         SET node = excluded.node, fields = excluded.fields, updated_at = excluded.updated_at,
+             stream = excluded.stream, flags = excluded.flags",
+    )?;
+    let mut delete = tx.prepare_cached("DELETE FROM records WHERE resource = ?1 AND key = ?2")?;
+    for change in &batch.changes {
+        match change {
+            Change::Upsert { key, fields, flags } => {
+                upsert.execute(params![
+                    id.resource,
+                    key,
+                    id.node,
+                    fields,
+                    batch.now,
+                    id.stream,
+                    flags
+                ])?;
+            }
+            Change::Delete { key } => {
+                delete.execute(params![id.resource, key])?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Why a transaction did not commit.
@@ -491,18 +439,12 @@ impl From<rusqlite::Error> for ApplyError {
 }
 
 impl SqliteStore {
+    /// The store's error for a transaction that did not commit.
     fn error_of(&self, e: ApplyError) -> StoreError {
         match e {
             ApplyError::Refused(e) => e,
             ApplyError::Sqlite(e) => self.error(e),
         }
-    }
-}
-
-fn seq_too_large(seq: u64) -> StoreError {
-    StoreError::Failed {
-        target: "the batch".into(),
-        reason: format!("sequence number {seq} is larger than the store can hold"),
     }
 }
 
