@@ -57,7 +57,7 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls_pki_types::CertificateDer;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
@@ -605,310 +605,41 @@ pub async fn serve_router(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let local = listener.local_addr().map_err(ServeError)?;
-    let tls: ServerTls = tls.into();
-    // Silent connections: at most `max_connections`, the one silent longest dropped first.
-    // Connections waiting for a handshake slot: at most `max_connections`, the one waiting
-    // longest dropped first once it has waited a second (else the accept loop waits). Handshakes in progress: at most `max_handshakes`, a quarter of
-    // them from one address.
-    let silent = Arc::new(Pool::new(
-        limits.max_connections,
-        limits.max_connections,
-        DROP_HANDSHAKES_AFTER,
-    ));
-    let handshakes = Arc::new(Pool::new(
-        limits.max_handshakes,
-        limits.max_handshakes.div_ceil(4),
-        DROP_HANDSHAKES_AFTER,
-    ));
-    let connection_slots = Arc::new(Semaphore::new(limits.max_connections));
-    let request_slots = Arc::new(Semaphore::new(limits.max_requests));
     // Told to every connection at shutdown; each task holds an `alive` sender until it ends.
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let (alive, mut all_ended) = tokio::sync::mpsc::channel::<()>(1);
-    let quiet = Arc::new(Quiet::default());
+    let (alive, all_ended) = tokio::sync::mpsc::channel::<()>(1);
+    let server = Arc::new(Server::new(
+        name,
+        tls.into(),
+        app,
+        limits,
+        observers,
+        stopping,
+    ));
     let mut shutdown = std::pin::pin!(shutdown);
     debug!(server = name, addr = %local, "Accepting connections.");
-    let any = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
-    loop {
-        // A place among the waiting before accepting: when they are all taken by connections
-        // younger than a second (a burst), new ones wait in the kernel's accept queue instead
-        // of being dropped; an older one (silent, or stalled before its handshake) is dropped.
-        let (waiting, pushed_out) = tokio::select! {
-            () = &mut shutdown => break,
-            place = silent.start(any) => place,
-        };
-        let (tcp, addr) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    silent.end(waiting);
-                    // E.g. too many open files: back off instead of spinning.
-                    warn!(server = name, error = %e, "Cannot accept a connection; retrying shortly.");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let tls = tls.clone();
-        let app = app.clone();
-        let mut stopping = stopping.clone();
+    while let Some(accepted) = server.accept(&listener, shutdown.as_mut()).await {
+        let server = server.clone();
         let alive = alive.clone();
-        let observers = observers.clone();
-        let handshakes = handshakes.clone();
-        let silent = silent.clone();
-        let connection_slots = connection_slots.clone();
-        let request_slots = request_slots.clone();
-        let quiet = quiet.clone();
         tokio::spawn(async move {
             let _alive = alive;
-            let reject = |reason: HandshakeFailure, detail: String| {
-                if let Some(hook) = &observers.rejections {
-                    hook(Rejection {
-                        peer: addr,
-                        reason,
-                        detail,
-                    });
-                }
-            };
-            // One deadline from accept to the end of the handshake. Until a handshake slot is
-            // granted, the connection counts among the waiting (at most max_connections; a
-            // newcomer drops the one waiting longest): first its first bytes (a ClientHello,
-            // so silent peers never take a handshake slot), then a slot.
-            let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
-            let mut pushed_out = pushed_out;
-            let mut first = [0u8; 1];
-            let spoke = tokio::select! {
-                biased;
-                r = tokio::time::timeout_at(deadline, tcp.peek(&mut first)) => Some(r),
-                _ = &mut pushed_out => None,
-            };
-            let refused = match spoke {
-                Some(Ok(Ok(n))) if n > 0 => None,
-                Some(Ok(Ok(_))) => Some((
-                    HandshakeFailure::Io,
-                    "the peer closed the connection without a TLS handshake".to_owned(),
-                )),
-                Some(Ok(Err(e))) => Some((
-                    HandshakeFailure::Io,
-                    format!("the connection failed before the TLS handshake: {e}"),
-                )),
-                Some(Err(_)) => Some((
-                    HandshakeFailure::Timeout,
-                    format!(
-                        "nothing received within {} ms",
-                        limits.handshake_timeout.as_millis()
-                    ),
-                )),
-                None => Some((
-                    HandshakeFailure::Timeout,
-                    format!(
-                        "dropped before its handshake: {} newer connections were waiting (max_connections)",
-                        limits.max_connections
-                    ),
-                )),
-            };
-            if let Some((reason, detail)) = refused {
-                silent.end(waiting);
-                debug!(server = name, peer = %addr, reason = %detail, "Connection refused before its TLS handshake.");
-                return reject(reason, detail);
-            }
-            let slot = tokio::select! {
-                biased;
-                slot = tokio::time::timeout_at(deadline, handshakes.start(addr.ip())) => Some(slot),
-                _ = &mut pushed_out => None,
-            };
-            silent.end(waiting);
-            let (id, dropped) = match slot {
-                Some(Ok(slot)) => slot,
-                Some(Err(_)) => {
-                    return reject(
-                        HandshakeFailure::Timeout,
-                        format!(
-                            "no handshake slot within {} ms (max_handshakes)",
-                            limits.handshake_timeout.as_millis()
-                        ),
-                    );
-                }
-                None => {
-                    return reject(
-                        HandshakeFailure::Timeout,
-                        format!(
-                            "dropped while waiting for a handshake slot: {} newer connections were waiting (max_connections)",
-                            limits.max_connections
-                        ),
-                    );
-                }
-            };
-            let (config, mut replaced) = tls.begin();
-            let handshake =
-                tokio::time::timeout_at(deadline, TlsAcceptor::from(config).accept(tcp));
-            let outcome = tokio::select! {
-                biased;
-                outcome = handshake => Some(outcome),
-                _ = dropped => None,
-            };
-            handshakes.end(id);
-            let tls = match outcome {
-                Some(Ok(Ok(tls))) => tls,
-                Some(Ok(Err(e))) => {
-                    let detail = e
-                        .get_ref()
-                        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                        .map(explain)
-                        .unwrap_or_else(|| e.to_string());
-                    if quiet.allow() {
-                        warn!(server = name, peer = %addr, reason = %detail, "TLS handshake failed; connection dropped.");
-                    } else {
-                        debug!(server = name, peer = %addr, reason = %detail, "TLS handshake failed; connection dropped.");
-                    }
-                    return reject(HandshakeFailure::of_io(&e), detail);
-                }
-                Some(Err(_)) => {
-                    if quiet.allow() {
-                        warn!(server = name, peer = %addr, "TLS handshake timed out; connection dropped.");
-                    }
-                    return reject(
-                        HandshakeFailure::Timeout,
-                        format!(
-                            "no TLS handshake within {} ms",
-                            limits.handshake_timeout.as_millis()
-                        ),
-                    );
-                }
-                None => {
-                    debug!(server = name, peer = %addr, "TLS handshake dropped for a newer connection.");
-                    return reject(
-                        HandshakeFailure::Timeout,
-                        format!(
-                            "the TLS handshake was still in progress when {} newer connections had started theirs (max_handshakes)",
-                            limits.max_handshakes
-                        ),
-                    );
-                }
-            };
-            let slot = match tokio::time::timeout(
-                limits.handshake_timeout,
-                connection_slots.acquire_owned(),
-            )
-            .await
-            {
-                Ok(Ok(slot)) => slot,
-                _ => {
-                    observers
-                        .counters
-                        .connections_refused
-                        .fetch_add(1, Ordering::Relaxed);
-                    warn!(
-                        server = name,
-                        peer = %addr,
-                        max_connections = limits.max_connections,
-                        "Connection limit reached; an authenticated connection was closed."
-                    );
-                    return;
-                }
-            };
-            let _slot = slot;
-            let _open = Held::new(&observers.connections, 1);
-            let (stream, session) = tls.get_ref();
-            let _ = stream;
-            let http2 = session.alpn_protocol() == Some(b"h2");
-            let certificate = session
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .map(|c| Arc::new(c.clone().into_owned()));
-            let node = certificate.as_deref().and_then(peer_common_name);
-            debug!(server = name, peer = %addr, node = node.as_deref().unwrap_or("-"), http2, "Connection accepted.");
-            let peer = Peer {
-                node,
-                certificate,
-                addr,
-            };
-            let activity = Arc::new(Activity::new());
-            let counters = observers.counters.clone();
-            let service = {
-                let activity = activity.clone();
-                hyper::service::service_fn(
-                    move |mut request: hyper::Request<hyper::body::Incoming>| {
-                        let permit = request_slots.clone().try_acquire_owned();
-                        let app = app.clone();
-                        let counters = counters.clone();
-                        activity.begin();
-                        let in_flight = InFlight(activity.clone());
-                        request.extensions_mut().insert(peer.clone());
-                        async move {
-                            let Ok(permit) = permit else {
-                                counters.requests_refused.fetch_add(1, Ordering::Relaxed);
-                                drop(in_flight);
-                                return Ok::<_, std::convert::Infallible>(busy());
-                            };
-                            let response = app.oneshot(request.map(axum::body::Body::new)).await?;
-                            // Counted until the whole answer is sent.
-                            Ok(response.map(|body| {
-                                axum::body::Body::new(Tracked {
-                                    inner: body,
-                                    _in_flight: in_flight,
-                                    _permit: permit,
-                                })
-                            }))
-                        }
-                    },
-                )
-            };
-            let io = IdleClosing {
-                inner: tls,
-                activity,
-                timeout: limits.idle_timeout,
-                sleep: Box::pin(tokio::time::sleep(limits.idle_timeout)),
-                closed: Some(observers.counters.clone()),
-                wrote: tokio::time::Instant::now(),
-            };
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(limits.max_streams)
-                .keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_timeout(Duration::from_secs(20));
-            // The protocol ALPN chose, without a detection read a silent peer could hold.
-            let builder = if http2 {
-                builder.http2_only()
-            } else {
-                builder.http1_only()
-            };
-            let connection = builder.serve_connection(TokioIo::new(io), service);
-            let mut connection = std::pin::pin!(connection);
-            // Told to finish at shutdown, or once its TLS configuration is replaced.
-            let (mut finishing, mut watching_tls) = (false, true);
-            let ended = loop {
-                tokio::select! {
-                    ended = connection.as_mut() => break ended,
-                    _ = stopping.changed(), if !finishing => {
-                        finishing = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    r = replaced.changed(), if !finishing && watching_tls => {
-                        if r.is_ok() {
-                            debug!(server = name, peer = %addr, "TLS configuration replaced; the connection finishes its requests and closes.");
-                            finishing = true;
-                            connection.as_mut().graceful_shutdown();
-                        } else {
-                            watching_tls = false;
-                        }
-                    }
-                }
-            };
-            if let Err(e) = ended {
-                debug!(server = name, peer = %addr, error = %e, "Connection ended with an error.");
-            }
+            server.serve(accepted).await;
         });
     }
     drop(listener);
+    drain(name, stop, alive, all_ended).await;
+    Ok(())
+}
+
+/// The shutdown protocol of the module documentation, once the listener is closed: every
+/// connection is told to finish (`stop`), and this waits until every connection task has
+/// dropped its clone of `alive`, or [`DRAIN_TIMEOUT`] at the latest.
+async fn drain(
+    name: &'static str,
+    stop: tokio::sync::watch::Sender<bool>,
+    alive: tokio::sync::mpsc::Sender<()>,
+    mut all_ended: tokio::sync::mpsc::Receiver<()>,
+) {
     info!(
         server = name,
         "{name} shutting down: no new connections; finishing requests in flight."
@@ -925,7 +656,507 @@ pub async fn serve_router(
             "Connections still open after the drain timeout; stopping anyway."
         );
     }
-    Ok(())
+}
+
+/// What the connections of one [`serve_router`] share: its configuration, its bounds and the
+/// places left within them.
+struct Server {
+    /// Names the server in log lines ("Hub", "Verification service").
+    name: &'static str,
+    /// The TLS configuration of new handshakes.
+    tls: ServerTls,
+    /// Answers the requests.
+    app: Router,
+    /// The bounds of the module documentation.
+    limits: ConnectionLimits,
+    /// Told about connections and refusals.
+    observers: Observers,
+    /// Connections waiting for their first bytes or a handshake slot: at most
+    /// `max_connections`, the one waiting longest dropped first once it has waited a second
+    /// (else the accept loop waits).
+    silent: Pool,
+    /// Handshakes in progress: at most `max_handshakes`, a quarter of them from one address.
+    handshakes: Pool,
+    /// Established connections being served (`max_connections`).
+    connection_slots: Arc<Semaphore>,
+    /// Requests in flight over all connections (`max_requests`).
+    request_slots: Arc<Semaphore>,
+    /// Keeps warnings about refused handshakes to a few lines a second.
+    quiet: Quiet,
+    /// Becomes `true` at shutdown: every connection finishes.
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+/// A connection just accepted, with its place among the waiting ([`Server::silent`]).
+struct Accepted {
+    /// The connection, before its handshake.
+    tcp: TcpStream,
+    /// The client's address.
+    addr: SocketAddr,
+    /// Its id among the waiting.
+    waiting: u64,
+    /// Resolves when a newcomer drops it from the waiting.
+    pushed_out: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// Why a connection was refused before it was established: a [`Rejection`] without its peer.
+struct Refused {
+    /// Why, as a stable label.
+    reason: HandshakeFailure,
+    /// The error as a sentence.
+    detail: String,
+}
+
+impl Refused {
+    /// Refused for taking too long or being dropped for a newer connection.
+    fn timeout(detail: String) -> Refused {
+        Refused {
+            reason: HandshakeFailure::Timeout,
+            detail,
+        }
+    }
+}
+
+/// What a connection waits for among the waiting, before its handshake.
+#[derive(Debug, Clone, Copy)]
+enum Awaiting {
+    /// Its first bytes (a ClientHello).
+    FirstBytes,
+    /// A place among the handshakes in progress.
+    HandshakeSlot,
+}
+
+impl Awaiting {
+    /// Why a connection is refused that waited past `handshake_timeout`.
+    fn late(self, limits: &ConnectionLimits) -> String {
+        let ms = limits.handshake_timeout.as_millis();
+        match self {
+            Awaiting::FirstBytes => format!("nothing received within {ms} ms"),
+            Awaiting::HandshakeSlot => format!("no handshake slot within {ms} ms (max_handshakes)"),
+        }
+    }
+
+    /// Why a connection is refused that a newcomer pushed out of the waiting.
+    fn pushed_out(self, limits: &ConnectionLimits) -> String {
+        let newer = limits.max_connections;
+        match self {
+            Awaiting::FirstBytes => format!(
+                "dropped before its handshake: {newer} newer connections were waiting (max_connections)"
+            ),
+            Awaiting::HandshakeSlot => format!(
+                "dropped while waiting for a handshake slot: {newer} newer connections were waiting (max_connections)"
+            ),
+        }
+    }
+}
+
+/// A TLS handshake that succeeded, and what tells its connection that its configuration was
+/// replaced.
+type Established = (
+    tokio_rustls::server::TlsStream<TcpStream>,
+    tokio::sync::watch::Receiver<u64>,
+);
+
+impl Server {
+    fn new(
+        name: &'static str,
+        tls: ServerTls,
+        app: Router,
+        limits: ConnectionLimits,
+        observers: Observers,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Server {
+        Server {
+            name,
+            tls,
+            app,
+            silent: Pool::new(
+                limits.max_connections,
+                limits.max_connections,
+                DROP_HANDSHAKES_AFTER,
+            ),
+            handshakes: Pool::new(
+                limits.max_handshakes,
+                limits.max_handshakes.div_ceil(4),
+                DROP_HANDSHAKES_AFTER,
+            ),
+            connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
+            request_slots: Arc::new(Semaphore::new(limits.max_requests)),
+            limits,
+            observers,
+            quiet: Quiet::default(),
+            stopping,
+        }
+    }
+
+    /// The next connection, once it has a place among the waiting; `None` once `shutdown`
+    /// resolves. A failed accept (too many open files, say) is retried after a pause.
+    async fn accept(
+        &self,
+        listener: &TcpListener,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<Accepted> {
+        let any = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        loop {
+            // A place among the waiting before accepting: when they are all taken by
+            // connections younger than a second (a burst), new ones wait in the kernel's accept
+            // queue instead of being dropped; an older one (silent, or stalled before its
+            // handshake) is dropped.
+            let (waiting, pushed_out) = tokio::select! {
+                () = shutdown.as_mut() => return None,
+                place = self.silent.start(any) => place,
+            };
+            let (tcp, addr) = tokio::select! {
+                () = shutdown.as_mut() => return None,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        self.silent.end(waiting);
+                        // E.g. too many open files: back off instead of spinning.
+                        warn!(server = self.name, error = %e, "Cannot accept a connection; retrying shortly.");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            return Some(Accepted {
+                tcp,
+                addr,
+                waiting,
+                pushed_out,
+            });
+        }
+    }
+
+    /// Serves one accepted connection to its end: its TLS handshake, a connection slot, then
+    /// HTTP until it closes. A refusal before the handshake completed goes to
+    /// `observers.rejections`.
+    async fn serve(&self, accepted: Accepted) {
+        let addr = accepted.addr;
+        // One deadline from accept to the end of the handshake.
+        let deadline = tokio::time::Instant::now() + self.limits.handshake_timeout;
+        let (tls, replaced) = match self.handshake(accepted, deadline).await {
+            Ok(established) => established,
+            Err(refused) => return self.reject(addr, refused),
+        };
+        let Some(_slot) = self.connection_slot(addr).await else {
+            return;
+        };
+        let _open = Held::new(&self.observers.connections, 1);
+        self.serve_http(tls, replaced, addr).await;
+    }
+
+    /// Tells `observers.rejections` of a connection refused before it was established.
+    fn reject(&self, peer: SocketAddr, refused: Refused) {
+        if let Some(hook) = &self.observers.rejections {
+            hook(Rejection {
+                peer,
+                reason: refused.reason,
+                detail: refused.detail,
+            });
+        }
+    }
+
+    /// A slot among the established connections, waited for at most `handshake_timeout`;
+    /// `None` (counted and logged) when `max_connections` stayed full.
+    async fn connection_slot(&self, addr: SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match tokio::time::timeout(
+            self.limits.handshake_timeout,
+            self.connection_slots.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(slot)) => Some(slot),
+            _ => {
+                self.observers
+                    .counters
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    server = self.name,
+                    peer = %addr,
+                    max_connections = self.limits.max_connections,
+                    "Connection limit reached; an authenticated connection was closed."
+                );
+                None
+            }
+        }
+    }
+
+    /// Serves HTTP on an established connection, in the version ALPN chose, until it closes;
+    /// it is told to finish at shutdown or once its TLS configuration is `replaced`.
+    async fn serve_http(
+        &self,
+        tls: tokio_rustls::server::TlsStream<TcpStream>,
+        mut replaced: tokio::sync::watch::Receiver<u64>,
+        addr: SocketAddr,
+    ) {
+        let (_, session) = tls.get_ref();
+        let http2 = session.alpn_protocol() == Some(b"h2");
+        let peer = peer_of(session, addr);
+        debug!(server = self.name, peer = %addr, node = peer.node.as_deref().unwrap_or("-"), http2, "Connection accepted.");
+        let activity = Arc::new(Activity::new());
+        let requests = Requests {
+            app: self.app.clone(),
+            peer,
+            activity: activity.clone(),
+            slots: self.request_slots.clone(),
+            counters: self.observers.counters.clone(),
+        };
+        let service = hyper::service::service_fn(move |request| requests.answer(request));
+        let io = IdleClosing {
+            inner: tls,
+            activity,
+            timeout: self.limits.idle_timeout,
+            sleep: Box::pin(tokio::time::sleep(self.limits.idle_timeout)),
+            closed: Some(self.observers.counters.clone()),
+            wrote: tokio::time::Instant::now(),
+        };
+        let builder = http_builder(&self.limits, http2);
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        let mut connection = std::pin::pin!(connection);
+        let mut stopping = self.stopping.clone();
+        // Told to finish at shutdown, or once its TLS configuration is replaced.
+        let (mut finishing, mut watching_tls) = (false, true);
+        let ended = loop {
+            tokio::select! {
+                ended = connection.as_mut() => break ended,
+                _ = stopping.changed(), if !finishing => {
+                    finishing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                r = replaced.changed(), if !finishing && watching_tls => {
+                    if r.is_ok() {
+                        debug!(server = self.name, peer = %addr, "TLS configuration replaced; the connection finishes its requests and closes.");
+                        finishing = true;
+                        connection.as_mut().graceful_shutdown();
+                    } else {
+                        watching_tls = false;
+                    }
+                }
+            }
+        };
+        if let Err(e) = ended {
+            debug!(server = self.name, peer = %addr, error = %e, "Connection ended with an error.");
+        }
+    }
+}
+
+/// The handshake: from accept to an established TLS session, within one deadline and the
+/// places among the waiting and the handshakes in progress.
+impl Server {
+    /// Waits among the waiting for the connection's first bytes, so that silent peers never
+    /// take a handshake slot, then for a handshake slot; leaves the waiting either way. The
+    /// handshake slot's id and the signal that a newcomer dropped the handshake.
+    async fn wait_for_handshake_slot(
+        &self,
+        accepted: &mut Accepted,
+        deadline: tokio::time::Instant,
+    ) -> Result<(u64, tokio::sync::oneshot::Receiver<()>), Refused> {
+        if let Err(refused) = self.first_bytes(accepted, deadline).await {
+            self.silent.end(accepted.waiting);
+            debug!(server = self.name, peer = %accepted.addr, reason = %refused.detail, "Connection refused before its TLS handshake.");
+            return Err(refused);
+        }
+        let slot = self
+            .among_the_waiting(
+                &mut accepted.pushed_out,
+                deadline,
+                Awaiting::HandshakeSlot,
+                self.handshakes.start(accepted.addr.ip()),
+            )
+            .await;
+        self.silent.end(accepted.waiting);
+        slot
+    }
+
+    /// Waits for the connection's first bytes (a ClientHello) without reading them.
+    async fn first_bytes(
+        &self,
+        accepted: &mut Accepted,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Refused> {
+        let mut first = [0u8; 1];
+        let peeked = self
+            .among_the_waiting(
+                &mut accepted.pushed_out,
+                deadline,
+                Awaiting::FirstBytes,
+                accepted.tcp.peek(&mut first),
+            )
+            .await?;
+        match peeked {
+            Ok(n) if n > 0 => Ok(()),
+            Ok(_) => Err(Refused {
+                reason: HandshakeFailure::Io,
+                detail: "the peer closed the connection without a TLS handshake".to_owned(),
+            }),
+            Err(e) => Err(Refused {
+                reason: HandshakeFailure::Io,
+                detail: format!("the connection failed before the TLS handshake: {e}"),
+            }),
+        }
+    }
+
+    /// Waits for `step` while the connection is among the waiting: refused when `deadline`
+    /// passes first or a newcomer pushes it out of the waiting.
+    async fn among_the_waiting<T>(
+        &self,
+        pushed_out: &mut tokio::sync::oneshot::Receiver<()>,
+        deadline: tokio::time::Instant,
+        awaiting: Awaiting,
+        step: impl Future<Output = T>,
+    ) -> Result<T, Refused> {
+        tokio::select! {
+            biased;
+            done = tokio::time::timeout_at(deadline, step) => {
+                done.map_err(|_| Refused::timeout(awaiting.late(&self.limits)))
+            }
+            _ = pushed_out => Err(Refused::timeout(awaiting.pushed_out(&self.limits))),
+        }
+    }
+
+    /// The TLS handshake, in a handshake slot and by `deadline`, under the configuration
+    /// current when it starts.
+    async fn handshake(
+        &self,
+        mut accepted: Accepted,
+        deadline: tokio::time::Instant,
+    ) -> Result<Established, Refused> {
+        let (id, dropped) = self
+            .wait_for_handshake_slot(&mut accepted, deadline)
+            .await?;
+        let addr = accepted.addr;
+        let (config, replaced) = self.tls.begin();
+        let handshake =
+            tokio::time::timeout_at(deadline, TlsAcceptor::from(config).accept(accepted.tcp));
+        let outcome = tokio::select! {
+            biased;
+            outcome = handshake => Some(outcome),
+            _ = dropped => None,
+        };
+        self.handshakes.end(id);
+        match outcome {
+            Some(Ok(Ok(tls))) => Ok((tls, replaced)),
+            Some(Ok(Err(e))) => {
+                let detail = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .map(explain)
+                    .unwrap_or_else(|| e.to_string());
+                if self.quiet.allow() {
+                    warn!(server = self.name, peer = %addr, reason = %detail, "TLS handshake failed; connection dropped.");
+                } else {
+                    debug!(server = self.name, peer = %addr, reason = %detail, "TLS handshake failed; connection dropped.");
+                }
+                Err(Refused {
+                    reason: HandshakeFailure::of_io(&e),
+                    detail,
+                })
+            }
+            Some(Err(_)) => {
+                if self.quiet.allow() {
+                    warn!(server = self.name, peer = %addr, "TLS handshake timed out; connection dropped.");
+                }
+                Err(Refused::timeout(format!(
+                    "no TLS handshake within {} ms",
+                    self.limits.handshake_timeout.as_millis()
+                )))
+            }
+            None => {
+                debug!(server = self.name, peer = %addr, "TLS handshake dropped for a newer connection.");
+                Err(Refused::timeout(format!(
+                    "the TLS handshake was still in progress when {} newer connections had started theirs (max_handshakes)",
+                    self.limits.max_handshakes
+                )))
+            }
+        }
+    }
+}
+
+/// Who is on the other end of an established connection: its client certificate and the
+/// common name in it.
+fn peer_of(session: &rustls::ServerConnection, addr: SocketAddr) -> Peer {
+    let certificate = session
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(|c| Arc::new(c.clone().into_owned()));
+    let node = certificate.as_deref().and_then(peer_common_name);
+    Peer {
+        node,
+        certificate,
+        addr,
+    }
+}
+
+/// The HTTP server of one connection, within `limits`: HTTP/2 when ALPN chose `h2`, else
+/// HTTP/1.1, without a detection read a silent peer could hold.
+fn http_builder(limits: &ConnectionLimits, http2: bool) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    if http2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
+    }
+}
+
+/// What the requests of one connection share: the router, the connection's [`Peer`] and
+/// [`Activity`], and the server's request slots.
+struct Requests {
+    /// Answers them.
+    app: Router,
+    /// Added to each as an extension.
+    peer: Peer,
+    /// The connection's requests in flight.
+    activity: Arc<Activity>,
+    /// Requests in flight over all connections (`max_requests`).
+    slots: Arc<Semaphore>,
+    /// Counts the requests refused.
+    counters: Arc<Counters>,
+}
+
+impl Requests {
+    /// Answers one request: `503` at once when `max_requests` are in flight, else the
+    /// router's answer, counted until its body has been sent.
+    fn answer(
+        &self,
+        mut request: hyper::Request<hyper::body::Incoming>,
+    ) -> impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send + use<>
+    {
+        let permit = self.slots.clone().try_acquire_owned();
+        let app = self.app.clone();
+        let counters = self.counters.clone();
+        self.activity.begin();
+        let in_flight = InFlight(self.activity.clone());
+        request.extensions_mut().insert(self.peer.clone());
+        async move {
+            let Ok(permit) = permit else {
+                counters.requests_refused.fetch_add(1, Ordering::Relaxed);
+                drop(in_flight);
+                return Ok(busy());
+            };
+            let response = app.oneshot(request.map(axum::body::Body::new)).await?;
+            // Counted until the whole answer is sent.
+            Ok(response.map(|body| {
+                axum::body::Body::new(Tracked {
+                    inner: body,
+                    _in_flight: in_flight,
+                    _permit: permit,
+                })
+            }))
+        }
+    }
 }
 
 #[cfg(test)]

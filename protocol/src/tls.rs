@@ -313,67 +313,111 @@ pub fn crl_validity(paths: &[PathBuf]) -> Result<Vec<CrlValidity>, TlsError> {
 /// Client configuration for the agent's connection to the hub: trusts only `ca`, presents
 /// `cert`/`key`.
 pub fn hub_client_config(m: &MutualTls) -> Result<ClientConfig, TlsError> {
-    let roots = roots_from("hub CA", &m.ca)?;
-    let mut verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider());
-    let crls = crls_of(&m.ca, &m.crls)?;
-    if !crls.is_empty() {
-        verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
-    }
-    let verifier = verifier.build().map_err(|e| TlsError::Verifier {
-        path: m.ca.clone(),
-        reason: e.to_string(),
-    })?;
-    let certs = load_certs("client certificate", &m.cert)?;
-    let key = load_key(&m.key)?;
+    let verifier = peer_verifier("hub CA", m, WebPkiServerVerifier::builder_with_provider)?;
+    let (certs, key) = own_identity("client certificate", m)?;
     let config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(m.min_version.versions())
-        .map_err(|source| TlsError::Rustls {
-            context: "TLS versions".into(),
-            source,
-        })?
+        .map_err(versions_refused)?
         .with_webpki_verifier(verifier)
         .with_client_auth_cert(certs, key)
-        .map_err(|source| TlsError::Rustls {
-            context: format!(
-                "client certificate {} does not match key {}",
-                m.cert.display(),
-                m.key.display()
-            ),
-            source,
-        })?;
+        .map_err(|source| key_mismatch("client certificate", m, source))?;
     Ok(config)
 }
 
 /// Server configuration that requires a client certificate issued by `ca`.
 pub fn mutual_server_config(m: &MutualTls) -> Result<ServerConfig, TlsError> {
-    let roots = roots_from("client CA", &m.ca)?;
-    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
-    let crls = crls_of(&m.ca, &m.crls)?;
-    if !crls.is_empty() {
-        verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
-    }
-    let verifier = verifier.build().map_err(|e| TlsError::Verifier {
-        path: m.ca.clone(),
-        reason: e.to_string(),
-    })?;
-    let certs = load_certs("server certificate", &m.cert)?;
-    let key = load_key(&m.key)?;
+    let verifier = peer_verifier("client CA", m, WebPkiClientVerifier::builder_with_provider)?;
+    let (certs, key) = own_identity("server certificate", m)?;
     ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(m.min_version.versions())
-        .map_err(|source| TlsError::Rustls {
-            context: "TLS versions".into(),
-            source,
-        })?
+        .map_err(versions_refused)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
-        .map_err(|source| TlsError::Rustls {
-            context: format!(
-                "server certificate {} does not match key {}",
-                m.cert.display(),
-                m.key.display()
-            ),
-            source,
-        })
+        .map_err(|source| key_mismatch("server certificate", m, source))
+}
+
+/// The webpki verifier builders of both sides (the client's of the server certificate, the
+/// server's of the client certificate), which [`peer_verifier`] configures alike.
+trait VerifierBuilder: Sized {
+    /// What it builds.
+    type Verifier: ?Sized;
+    /// Checks the peer's own certificate against `crls` (only the end entity).
+    fn revoking(self, crls: Vec<CertificateRevocationListDer<'static>>) -> Self;
+    /// The verifier.
+    fn finish(self) -> Result<Arc<Self::Verifier>, rustls::server::VerifierBuilderError>;
+}
+
+impl VerifierBuilder for rustls::client::ServerCertVerifierBuilder {
+    type Verifier = WebPkiServerVerifier;
+
+    fn revoking(self, crls: Vec<CertificateRevocationListDer<'static>>) -> Self {
+        self.with_crls(crls).only_check_end_entity_revocation()
+    }
+
+    fn finish(self) -> Result<Arc<WebPkiServerVerifier>, rustls::server::VerifierBuilderError> {
+        self.build()
+    }
+}
+
+impl VerifierBuilder for rustls::server::ClientCertVerifierBuilder {
+    type Verifier = dyn rustls::server::danger::ClientCertVerifier;
+
+    fn revoking(self, crls: Vec<CertificateRevocationListDer<'static>>) -> Self {
+        self.with_crls(crls).only_check_end_entity_revocation()
+    }
+
+    fn finish(self) -> Result<Arc<Self::Verifier>, rustls::server::VerifierBuilderError> {
+        self.build()
+    }
+}
+
+/// The verifier of the peer's certificate of a mutual-TLS identity: chained to its CA only
+/// (`what` names the CA in errors), and not revoked by its CRLs when it has some.
+fn peer_verifier<B: VerifierBuilder>(
+    what: &'static str,
+    m: &MutualTls,
+    builder: impl FnOnce(Arc<RootCertStore>, Arc<CryptoProvider>) -> B,
+) -> Result<Arc<B::Verifier>, TlsError> {
+    let roots = roots_from(what, &m.ca)?;
+    let mut verifier = builder(Arc::new(roots), provider());
+    let crls = crls_of(&m.ca, &m.crls)?;
+    if !crls.is_empty() {
+        verifier = verifier.revoking(crls);
+    }
+    verifier.finish().map_err(|e| TlsError::Verifier {
+        path: m.ca.clone(),
+        reason: e.to_string(),
+    })
+}
+
+/// Our certificate chain (`what` names it in errors) and private key of a mutual-TLS identity.
+fn own_identity(
+    what: &'static str,
+    m: &MutualTls,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let certs = load_certs(what, &m.cert)?;
+    let key = load_key(&m.key)?;
+    Ok((certs, key))
+}
+
+/// rustls refused the protocol versions.
+fn versions_refused(source: rustls::Error) -> TlsError {
+    TlsError::Rustls {
+        context: "TLS versions".into(),
+        source,
+    }
+}
+
+/// rustls refused our certificate (`what`) with our key.
+fn key_mismatch(what: &str, m: &MutualTls, source: rustls::Error) -> TlsError {
+    TlsError::Rustls {
+        context: format!(
+            "{what} {} does not match key {}",
+            m.cert.display(),
+            m.key.display()
+        ),
+        source,
+    }
 }
 
 /// Client configuration for a source database: trusts `ca` when given, else the system
@@ -393,10 +437,7 @@ pub fn source_client_config(ca: Option<&Path>) -> Result<ClientConfig, TlsError>
     };
     let config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(MinTlsVersion::Tls12.versions())
-        .map_err(|source| TlsError::Rustls {
-            context: "TLS versions".into(),
-            source,
-        })?
+        .map_err(versions_refused)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)

@@ -127,103 +127,42 @@ pub(super) fn convert(
     column: &Column,
     value: Option<mysql_async::Value>,
 ) -> Result<Value, ConvertError> {
-    use ColumnType::*;
-    use mysql_async::Value as M;
     let fail = |reason: &str| ConvertError {
         column: name.to_owned(),
         source_type: source_type(column),
         reason: reason.to_owned(),
     };
-    let unexpected = || fail("unexpected wire form for this type");
-    let value = match value {
-        None => return Err(fail("the driver returned no value")),
-        Some(M::NULL) => return Ok(Value::Null),
-        Some(v) => v,
-    };
-    let flags = column.flags();
-    let unsigned = flags.contains(ColumnFlags::UNSIGNED_FLAG);
-    let is_text_kind = flags.intersects(ColumnFlags::ENUM_FLAG | ColumnFlags::SET_FLAG);
+    match value {
+        None => Err(fail("the driver returned no value")),
+        Some(mysql_async::Value::NULL) => Ok(Value::Null),
+        Some(value) => convert_value(column, value).map_err(fail),
+    }
+}
+
+/// Why a cell's wire form is not one its column's type is sent in.
+const UNEXPECTED: &str = "unexpected wire form for this type";
+
+/// Converts one non-NULL cell by its column's type; the error is the reason, as a sentence.
+fn convert_value(column: &Column, value: mysql_async::Value) -> Result<Value, &'static str> {
+    use ColumnType::*;
     match column.column_type() {
-        MYSQL_TYPE_YEAR => match value {
-            M::Int(i) => Ok(Value::Int(i)),
-            M::UInt(u) => i64::try_from(u).map(Value::Int).map_err(|_| unexpected()),
-            _ => Err(unexpected()),
-        },
+        MYSQL_TYPE_YEAR => year(value),
         MYSQL_TYPE_TINY | MYSQL_TYPE_SHORT | MYSQL_TYPE_INT24 | MYSQL_TYPE_LONG
-        | MYSQL_TYPE_LONGLONG => match (value, unsigned) {
-            (M::Int(i), false) => Ok(Value::Int(i)),
-            (M::Int(i), true) => u64::try_from(i).map(Value::UInt).map_err(|_| unexpected()),
-            (M::UInt(u), true) => Ok(Value::UInt(u)),
-            (M::UInt(u), false) => i64::try_from(u).map(Value::Int).map_err(|_| unexpected()),
-            _ => Err(unexpected()),
-        },
-        MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => match value {
-            M::Bytes(b) => String::from_utf8(b)
-                .map(Value::Decimal)
-                .map_err(|_| fail("decimal is not ASCII text")),
-            _ => Err(unexpected()),
-        },
-        MYSQL_TYPE_FLOAT => match value {
-            // The f32's shortest round-trip decimal form, read as f64: 0.1 stays 0.1.
-            M::Float(f) if f.is_finite() => f
-                .to_string()
-                .parse::<f64>()
-                .map(Value::Float)
-                .map_err(|_| unexpected()),
-            M::Double(d) if d.is_finite() => Ok(Value::Float(d)),
-            M::Float(_) | M::Double(_) => Err(fail("not a finite number")),
-            _ => Err(unexpected()),
-        },
-        MYSQL_TYPE_DOUBLE => match value {
-            M::Double(d) if d.is_finite() => Ok(Value::Float(d)),
-            M::Double(_) => Err(fail("not a finite number")),
-            _ => Err(unexpected()),
-        },
-        MYSQL_TYPE_BIT => match value {
-            M::Bytes(b) if b.len() <= 8 => Ok(Value::UInt(
-                b.iter()
-                    .fold(0u64, |acc, byte| (acc << 8) | u64::from(*byte)),
-            )),
-            _ => Err(unexpected()),
-        },
-        MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => match value {
-            M::Date(y, mo, d, ..) => calendar_date(y, mo, d).map(Value::Date).map_err(fail),
-            _ => Err(unexpected()),
-        },
-        MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2 => match value {
-            M::Date(y, mo, d, h, mi, s, us) => date_time(y, mo, d, h, mi, s, us)
-                .map(Value::Timestamp)
-                .map_err(fail),
-            _ => Err(unexpected()),
-        },
-        MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => match value {
-            // The session time zone is UTC, so the server sends UTC.
-            M::Date(y, mo, d, h, mi, s, us) => date_time(y, mo, d, h, mi, s, us)
-                .map(|ts| Value::TimestampTz(ts.and_utc()))
-                .map_err(fail),
-            _ => Err(unexpected()),
-        },
-        MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => match value {
-            M::Time(negative, days, h, mi, s, us) => {
-                let hours = u64::from(days) * 24 + u64::from(h);
-                let sign = if negative { "-" } else { "" };
-                let fraction = if us == 0 {
-                    String::new()
-                } else {
-                    format!(".{us:06}")
-                };
-                Ok(Value::Text(format!(
-                    "{sign}{hours:02}:{mi:02}:{s:02}{fraction}"
-                )))
-            }
-            _ => Err(unexpected()),
-        },
-        MYSQL_TYPE_JSON => match value {
-            M::Bytes(b) => serde_json::from_slice(&b)
-                .map(Value::Json)
-                .map_err(|_| fail("not a valid JSON document")),
-            _ => Err(unexpected()),
-        },
+        | MYSQL_TYPE_LONGLONG => {
+            integer(value, column.flags().contains(ColumnFlags::UNSIGNED_FLAG))
+        }
+        MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => decimal(value),
+        MYSQL_TYPE_FLOAT => float(value),
+        MYSQL_TYPE_DOUBLE => double(value),
+        MYSQL_TYPE_BIT => bits(value),
+        MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => date(value),
+        MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2 => timestamp(value).map(Value::Timestamp),
+        // The session time zone is UTC, so the server sends UTC.
+        MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => {
+            timestamp(value).map(|ts| Value::TimestampTz(ts.and_utc()))
+        }
+        MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => time(value),
+        MYSQL_TYPE_JSON => json(value),
         MYSQL_TYPE_STRING
         | MYSQL_TYPE_VAR_STRING
         | MYSQL_TYPE_VARCHAR
@@ -232,17 +171,142 @@ pub(super) fn convert(
         | MYSQL_TYPE_LONG_BLOB
         | MYSQL_TYPE_BLOB
         | MYSQL_TYPE_ENUM
-        | MYSQL_TYPE_SET => match value {
-            M::Bytes(b) if column.character_set() == BINARY_CHARSET && !is_text_kind => {
-                Ok(Value::Bytes(b))
-            }
-            M::Bytes(b) => String::from_utf8(b)
-                .map(Value::Text)
-                .map_err(|_| fail("text is not valid UTF-8")),
-            _ => Err(unexpected()),
-        },
+        | MYSQL_TYPE_SET => string(column, value),
         MYSQL_TYPE_NULL => Ok(Value::Null),
-        _ => Err(fail("unsupported type")),
+        _ => Err("unsupported type"),
+    }
+}
+
+/// `YEAR`: `Int`.
+fn year(value: mysql_async::Value) -> Result<Value, &'static str> {
+    use mysql_async::Value as M;
+    match value {
+        M::Int(i) => Ok(Value::Int(i)),
+        M::UInt(u) => i64::try_from(u).map(Value::Int).map_err(|_| UNEXPECTED),
+        _ => Err(UNEXPECTED),
+    }
+}
+
+/// The integer types: `Int`, or `UInt` when `unsigned`.
+fn integer(value: mysql_async::Value, unsigned: bool) -> Result<Value, &'static str> {
+    use mysql_async::Value as M;
+    match (value, unsigned) {
+        (M::Int(i), false) => Ok(Value::Int(i)),
+        (M::Int(i), true) => u64::try_from(i).map(Value::UInt).map_err(|_| UNEXPECTED),
+        (M::UInt(u), true) => Ok(Value::UInt(u)),
+        (M::UInt(u), false) => i64::try_from(u).map(Value::Int).map_err(|_| UNEXPECTED),
+        _ => Err(UNEXPECTED),
+    }
+}
+
+/// `DECIMAL`/`NUMERIC`: `Decimal`, every digit as the server prints it.
+fn decimal(value: mysql_async::Value) -> Result<Value, &'static str> {
+    match value {
+        mysql_async::Value::Bytes(b) => String::from_utf8(b)
+            .map(Value::Decimal)
+            .map_err(|_| "decimal is not ASCII text"),
+        _ => Err(UNEXPECTED),
+    }
+}
+
+/// `FLOAT`: `Float`, from the shortest decimal form of the `f32`.
+fn float(value: mysql_async::Value) -> Result<Value, &'static str> {
+    use mysql_async::Value as M;
+    match value {
+        // The f32's shortest round-trip decimal form, read as f64: 0.1 stays 0.1.
+        M::Float(f) if f.is_finite() => f
+            .to_string()
+            .parse::<f64>()
+            .map(Value::Float)
+            .map_err(|_| UNEXPECTED),
+        M::Double(d) if d.is_finite() => Ok(Value::Float(d)),
+        M::Float(_) | M::Double(_) => Err("not a finite number"),
+        _ => Err(UNEXPECTED),
+    }
+}
+
+/// `DOUBLE`: `Float`.
+fn double(value: mysql_async::Value) -> Result<Value, &'static str> {
+    use mysql_async::Value as M;
+    match value {
+        M::Double(d) if d.is_finite() => Ok(Value::Float(d)),
+        M::Double(_) => Err("not a finite number"),
+        _ => Err(UNEXPECTED),
+    }
+}
+
+/// `BIT(n)`: `UInt`, the bits as a big-endian number.
+fn bits(value: mysql_async::Value) -> Result<Value, &'static str> {
+    match value {
+        mysql_async::Value::Bytes(b) if b.len() <= 8 => Ok(Value::UInt(
+            b.iter()
+                .fold(0u64, |acc, byte| (acc << 8) | u64::from(*byte)),
+        )),
+        _ => Err(UNEXPECTED),
+    }
+}
+
+/// `DATE`: `Date`.
+fn date(value: mysql_async::Value) -> Result<Value, &'static str> {
+    match value {
+        mysql_async::Value::Date(y, mo, d, ..) => calendar_date(y, mo, d).map(Value::Date),
+        _ => Err(UNEXPECTED),
+    }
+}
+
+/// `DATETIME` and `TIMESTAMP`: the date and time as sent.
+fn timestamp(value: mysql_async::Value) -> Result<NaiveDateTime, &'static str> {
+    match value {
+        mysql_async::Value::Date(y, mo, d, h, mi, s, us) => date_time(y, mo, d, h, mi, s, us),
+        _ => Err(UNEXPECTED),
+    }
+}
+
+/// `TIME`: `Text` `"[-]HH:MM:SS[.ffffff]"`, a duration whose hours may exceed 23.
+fn time(value: mysql_async::Value) -> Result<Value, &'static str> {
+    match value {
+        mysql_async::Value::Time(negative, days, h, mi, s, us) => {
+            let hours = u64::from(days) * 24 + u64::from(h);
+            let sign = if negative { "-" } else { "" };
+            let fraction = if us == 0 {
+                String::new()
+            } else {
+                format!(".{us:06}")
+            };
+            Ok(Value::Text(format!(
+                "{sign}{hours:02}:{mi:02}:{s:02}{fraction}"
+            )))
+        }
+        _ => Err(UNEXPECTED),
+    }
+}
+
+/// `JSON` (MySQL): `Json`, numbers kept exactly.
+fn json(value: mysql_async::Value) -> Result<Value, &'static str> {
+    match value {
+        mysql_async::Value::Bytes(b) => serde_json::from_slice(&b)
+            .map(Value::Json)
+            .map_err(|_| "not a valid JSON document"),
+        _ => Err(UNEXPECTED),
+    }
+}
+
+/// The string types: `Bytes` in the `binary` character set (except `ENUM` and `SET`), else
+/// `Text`, which must be valid UTF-8.
+fn string(column: &Column, value: mysql_async::Value) -> Result<Value, &'static str> {
+    let is_text_kind = column
+        .flags()
+        .intersects(ColumnFlags::ENUM_FLAG | ColumnFlags::SET_FLAG);
+    match value {
+        mysql_async::Value::Bytes(b)
+            if column.character_set() == BINARY_CHARSET && !is_text_kind =>
+        {
+            Ok(Value::Bytes(b))
+        }
+        mysql_async::Value::Bytes(b) => String::from_utf8(b)
+            .map(Value::Text)
+            .map_err(|_| "text is not valid UTF-8"),
+        _ => Err(UNEXPECTED),
     }
 }
 

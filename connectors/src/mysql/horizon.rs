@@ -272,23 +272,7 @@ impl MysqlConnector {
     /// `innodb_trx` proven fresh: a canary transaction, started after the clock was read, must
     /// appear in it.
     pub(super) async fn read_trx_view(&self, conn: &mut Conn) -> Result<TrxView, ConnectorError> {
-        let zone = self.datetime_zone.clone();
-        let clock = conn
-            .exec_first::<Row, _, _>(CLOCK_SQL, (zone.clone(), zone))
-            .await
-            .map_err(|e| self.error(&e))?
-            .map(Row::unwrap_raw)
-            .unwrap_or_default();
-        let now_utc = datetime_at(&clock, 0)
-            .ok_or_else(|| self.statement("UTC_TIMESTAMP() returned no timestamp".into()))?;
-        let now_zone = datetime_at(&clock, 1).ok_or_else(|| {
-            let zone = text_at(&clock, 2).unwrap_or_default();
-            self.config(format!(
-                "the server cannot convert to the time zone `{zone}` (CONVERT_TZ returned \
-                 NULL): give `time_zone` in the URL as an offset such as `+08:00`, or load the \
-                 server's time zone tables (mysql_tzinfo_to_sql)"
-            ))
-        })?;
+        let (now_utc, now_zone) = self.read_clock(conn).await?;
         let mut view = TrxView {
             clock_utc: now_utc,
             zone_offset: now_zone - now_utc,
@@ -309,7 +293,40 @@ impl MysqlConnector {
             }
             ReplicaStatus::Primary | ReplicaStatus::Hidden { .. } => {}
         }
+        (view.sees, view.oldest) = self.read_open_transactions(conn).await?;
+        Ok(view)
+    }
 
+    /// The server's clock now, in UTC and in the `DATETIME` zone (refused when the server
+    /// cannot convert to that zone).
+    async fn read_clock(
+        &self,
+        conn: &mut Conn,
+    ) -> Result<(NaiveDateTime, NaiveDateTime), ConnectorError> {
+        let zone = self.datetime_zone.clone();
+        let clock = self
+            .first_row(conn, CLOCK_SQL, (zone.clone(), zone))
+            .await?;
+        let now_utc = datetime_at(&clock, 0)
+            .ok_or_else(|| self.statement("UTC_TIMESTAMP() returned no timestamp".into()))?;
+        let now_zone = datetime_at(&clock, 1).ok_or_else(|| {
+            let zone = text_at(&clock, 2).unwrap_or_default();
+            self.config(format!(
+                "the server cannot convert to the time zone `{zone}` (CONVERT_TZ returned \
+                 NULL): give `time_zone` in the URL as an offset such as `+08:00`, or load the \
+                 server's time zone tables (mysql_tzinfo_to_sql)"
+            ))
+        })?;
+        Ok((now_utc, now_zone))
+    }
+
+    /// Open transactions, from a view of `innodb_trx` proven fresh by a canary transaction
+    /// appearing in it: whether they could be seen (the `PROCESS` privilege), and the oldest
+    /// read-write one of another session (its start, UTC, and who holds it).
+    async fn read_open_transactions(
+        &self,
+        conn: &mut Conn,
+    ) -> Result<(bool, Option<(NaiveDateTime, Option<String>)>), ConnectorError> {
         // Read-only, so that other connectors' views do not count it as a writer.
         let mut options = TxOpts::default();
         options.with_consistent_snapshot(true).with_readonly(true);
@@ -318,24 +335,23 @@ impl MysqlConnector {
             .await
             .map_err(|e| self.error(&e))?;
         let deadline = Instant::now() + FRESH_VIEW_DEADLINE;
-        loop {
+        let seen = loop {
             innodb_trx_slot(&self.server).await;
             match canary.exec::<Row, _, _>(OPEN_TRX_SQL, ()).await {
                 Ok(rows) => {
                     let rows: Vec<_> = rows.into_iter().map(Row::unwrap_raw).collect();
                     if rows.iter().any(|row| int_at(row, 0) == Some(1)) {
-                        view.oldest = rows
+                        let oldest = rows
                             .iter()
                             .filter(|row| int_at(row, 0) == Some(0) && int_at(row, 1) == Some(0))
                             .filter_map(|row| Some((datetime_at(row, 2)?, row)))
                             .min_by_key(|(started, _)| *started)
                             .map(|(started, row)| (started, holder(row)));
-                        break;
+                        break (true, oldest);
                     }
                 }
                 Err(mysql_async::Error::Server(se)) if se.code == ER_SPECIFIC_ACCESS_DENIED => {
-                    view.sees = false;
-                    break;
+                    break (false, None);
                 }
                 Err(e) => return Err(self.error(&e)),
             }
@@ -349,9 +365,9 @@ impl MysqlConnector {
                     FRESH_VIEW_DEADLINE.as_secs()
                 )));
             }
-        }
+        };
         canary.rollback().await.map_err(|e| self.error(&e))?;
-        Ok(view)
+        Ok(seen)
     }
 
     /// Whether the server is a replica: the first of [`REPLICA_STATUS_SQL`] it knows lists

@@ -70,12 +70,9 @@ impl Connector for MysqlConnector {
 
     async fn clock(&self) -> Result<chrono::DateTime<chrono::Utc>, ConnectorError> {
         let mut conn = self.conn().await?;
-        let row = conn
-            .exec_first::<Row, _, _>("SELECT UTC_TIMESTAMP(6)", ())
-            .await
-            .map_err(|e| self.error(&e))?
-            .map(Row::unwrap_raw)
-            .unwrap_or_default();
+        let row = self
+            .first_row(&mut conn, "SELECT UTC_TIMESTAMP(6)", ())
+            .await?;
         datetime_at(&row, 0)
             .map(|t| t.and_utc())
             .ok_or_else(|| self.statement("UTC_TIMESTAMP() returned no timestamp".into()))
@@ -83,12 +80,9 @@ impl Connector for MysqlConnector {
 
     async fn probe(&self) -> Result<Probe, ConnectorError> {
         let mut conn = self.conn().await?;
-        let row = conn
-            .exec_first::<Row, _, _>("SELECT VERSION(), CURRENT_USER()", ())
-            .await
-            .map_err(|e| self.error(&e))?
-            .map(Row::unwrap_raw)
-            .unwrap_or_default();
+        let row = self
+            .first_row(&mut conn, "SELECT VERSION(), CURRENT_USER()", ())
+            .await?;
         let version = text_at(&row, 0).unwrap_or_default();
         let account = quote_account(&text_at(&row, 1).unwrap_or_default());
         let product = if version.contains("MariaDB") {

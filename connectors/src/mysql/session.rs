@@ -176,6 +176,21 @@ impl MysqlConnector {
             ))),
         }
     }
+
+    /// The first row `sql` returns, as raw values (empty when it returns none).
+    pub(super) async fn first_row<P: Into<Params> + Send>(
+        &self,
+        conn: &mut Conn,
+        sql: &str,
+        params: P,
+    ) -> Result<Vec<Option<mysql_async::Value>>, ConnectorError> {
+        Ok(conn
+            .exec_first::<Row, _, _>(sql, params)
+            .await
+            .map_err(|e| self.error(&e))?
+            .map(Row::unwrap_raw)
+            .unwrap_or_default())
+    }
 }
 
 /// Splits the connector's own parameters off a source URL and returns the rest (a

@@ -119,6 +119,36 @@ impl Read {
     }
 }
 
+/// Default deny, second check: each result column of the prepared probe must be the
+/// relation's own column of the selected name (a function over the row, `name(src)`, has no
+/// origin).
+fn check_origins(
+    selection: &Selection,
+    columns: &[tokio_postgres::Column],
+    catalogue: &Catalogue,
+) -> Result<(), Failure> {
+    for ((name, column), resolved) in selection
+        .columns
+        .iter()
+        .zip(columns)
+        .zip(&catalogue.columns)
+    {
+        let origin_ok = match (catalogue.oid, resolved.attnum) {
+            (Some(oid), Some(attnum)) => {
+                column.table_oid() == Some(oid) && column.column_id() == Some(attnum)
+            }
+            _ => true,
+        };
+        if column.name() != name || !origin_ok {
+            return Err(Failure::Config(format!(
+                "column `{name}` does not read the relation's own column of that name; \
+                 it is refused (only columns of the table or query may be read)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl PostgresConnector {
     /// The plan of a selection, prepared on `session` unless known.
     pub(super) async fn plan(
@@ -127,31 +157,56 @@ impl PostgresConnector {
         selection: &Selection,
     ) -> Result<Arc<Plan>, Failure> {
         let key = plan_key(selection);
+        if let Some(plan) = self.known_plan(session, selection, &key).await? {
+            return Ok(plan);
+        }
+        let plan = Arc::new(self.prepare_plan(session, selection).await?);
+        self.plans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, plan.clone());
+        Ok(plan)
+    }
+
+    /// The plan known for `key`, if it still holds. The table may have changed since it was
+    /// made (a column dropped, a function of the same name created, a NOT NULL dropped): its
+    /// columns are resolved again, one cheap catalogue query, and the plan is made again if
+    /// their nullability changed (it decides which rows `null_cursor_rows` counts).
+    async fn known_plan(
+        &self,
+        session: &mut Session,
+        selection: &Selection,
+        key: &PlanKey,
+    ) -> Result<Option<Arc<Plan>>, Failure> {
         let cached = self
             .plans
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
+            .get(key)
             .cloned();
-        if let Some(plan) = cached {
-            // The table may have changed since (a column dropped, a function of the same name
-            // created, a NOT NULL dropped): resolve the columns again, one cheap catalogue
-            // query, and plan again if their nullability changed (it decides which rows
-            // `null_cursor_rows` counts).
-            let same = match selection.relation {
-                Relation::Table(_) => {
-                    let now = self.resolve(session, selection).await?;
-                    now.columns
-                        .iter()
-                        .map(|c| c.nullable)
-                        .eq(plan.columns.iter().map(|c| c.nullable))
-                }
-                Relation::Query(_) => true,
-            };
-            if same {
-                return Ok(plan);
+        let Some(plan) = cached else {
+            return Ok(None);
+        };
+        let same = match selection.relation {
+            Relation::Table(_) => {
+                let now = self.resolve(session, selection).await?;
+                now.columns
+                    .iter()
+                    .map(|c| c.nullable)
+                    .eq(plan.columns.iter().map(|c| c.nullable))
             }
-        }
+            Relation::Query(_) => true,
+        };
+        Ok(same.then_some(plan))
+    }
+
+    /// Makes the plan of a selection: resolves its columns in the catalogue and prepares its
+    /// probe, which must return exactly the relation's own columns of those names.
+    async fn prepare_plan(
+        &self,
+        session: &mut Session,
+        selection: &Selection,
+    ) -> Result<Plan, Failure> {
         if selection.columns.is_empty() {
             return Err(Failure::Config("the selection reads no column".into()));
         }
@@ -167,27 +222,7 @@ impl PostgresConnector {
                 selection.columns.len()
             )));
         }
-        // Default deny, second check: each result column must be the relation's own column
-        // (a function over the row, `name(src)`, has no origin).
-        for ((name, column), resolved) in selection
-            .columns
-            .iter()
-            .zip(statement.columns())
-            .zip(&catalogue.columns)
-        {
-            let origin_ok = match (catalogue.oid, resolved.attnum) {
-                (Some(oid), Some(attnum)) => {
-                    column.table_oid() == Some(oid) && column.column_id() == Some(attnum)
-                }
-                _ => true,
-            };
-            if column.name() != name || !origin_ok {
-                return Err(Failure::Config(format!(
-                    "column `{name}` does not read the relation's own column of that name; \
-                     it is refused (only columns of the table or query may be read)"
-                )));
-            }
-        }
+        check_origins(selection, statement.columns(), &catalogue)?;
         let columns: Vec<PlanColumn> = selection
             .columns
             .iter()
@@ -211,16 +246,11 @@ impl PostgresConnector {
                 }
             })
             .collect();
-        let plan = Arc::new(Plan {
+        Ok(Plan {
             columns,
             select_list,
             from,
-        });
-        self.plans
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, plan.clone());
-        Ok(plan)
+        })
     }
 
     /// Resolves every selected column against the catalogue: the table's or view's own

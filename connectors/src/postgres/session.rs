@@ -187,30 +187,13 @@ impl PostgresConnector {
             .get_connect_timeout()
             .copied()
             .unwrap_or(CONNECT_TIMEOUT);
-        let timed_out = || {
-            self.unreachable(format!(
-                "no answer within {} s (connect_timeout)",
-                deadline.as_secs()
-            ))
-        };
-        let name = self.name.clone();
         let client = if self.tls {
             let tls_config = exchange_protocol::tls::source_client_config(self.ca.as_deref())
                 .map_err(|e| self.config_error(format!("TLS to the source: {e}")))?;
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config);
-            let (client, connection) = tokio::time::timeout(deadline, self.config.connect(tls))
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(|e| self.unreachable(error_reason(&e)))?;
-            tokio::spawn(drive(connection, name));
-            client
+            self.open(tls, deadline).await?
         } else {
-            let (client, connection) = tokio::time::timeout(deadline, self.config.connect(NoTls))
-                .await
-                .map_err(|_| timed_out())?
-                .map_err(|e| self.unreachable(error_reason(&e)))?;
-            tokio::spawn(drive(connection, name));
-            client
+            self.open(NoTls, deadline).await?
         };
         tracing::debug!(
             source = %self.name,
@@ -222,6 +205,26 @@ impl PostgresConnector {
             client,
             statements: HashMap::new(),
         })
+    }
+
+    /// Connects within `deadline` over `tls` (rustls, or `NoTls`) and starts the connection's
+    /// task.
+    async fn open<T>(&self, tls: T, deadline: Duration) -> Result<Client, ConnectorError>
+    where
+        T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+        T::Stream: Send + 'static,
+    {
+        let (client, connection) = tokio::time::timeout(deadline, self.config.connect(tls))
+            .await
+            .map_err(|_| {
+                self.unreachable(format!(
+                    "no answer within {} s (connect_timeout)",
+                    deadline.as_secs()
+                ))
+            })?
+            .map_err(|e| self.unreachable(error_reason(&e)))?;
+        tokio::spawn(drive(connection, self.name.clone()));
+        Ok(client)
     }
 
     /// Waits for a free place in the pool and takes an idle session if there is one.
