@@ -15,6 +15,7 @@
 //! started every 1/rate s whether or not earlier ones finished), so a slow server shows as
 //! latency, not as a lower rate.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,9 +107,94 @@ async fn main() -> anyhow::Result<()> {
     result
 }
 
-async fn run(o: &Options, dir: &std::path::Path, url: &str) -> anyhow::Result<()> {
+/// What `write_setup` wrote: the agent's configuration and the requester's TLS material.
+struct Setup {
+    /// The agent's configuration.
+    config: PathBuf,
+    /// The requester's TLS material (the hub's client certificate).
+    tls: exchange_protocol::tls::MutualTls,
+}
+
+/// A bare SELECT session: a connection and the agent's prepared lookup.
+type Session = Arc<(tokio_postgres::Client, tokio_postgres::Statement)>;
+
+/// The claims and requests of the run, subjects spread over the table.
+#[derive(Clone, Copy)]
+struct Requests {
+    rows: u64,
+}
+
+impl Requests {
+    /// The `n`th subject: its key with its true name and a birth date.
+    fn item(self, n: u64) -> Item {
+        let i = (n.wrapping_mul(2_654_435_761)) % self.rows;
+        Item {
+            subject: key(i),
+            claims: [
+                ("name".to_owned(), Claim::Value(format!("name {i}"))),
+                ("birth".to_owned(), Claim::Value("1950-01-01".into())),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    /// Request `n` of `BENCH-1` with `items`.
+    fn request(self, n: u64, items: Vec<Item>) -> VerifyRequest {
+        VerifyRequest {
+            request_id: format!("bench-{n}"),
+            purpose: "benchmark".into(),
+            case_ref: "bench".into(),
+            resource: "BENCH-1".into(),
+            items,
+        }
+    }
+}
+
+/// The latencies of each scenario.
+struct Latencies {
+    select_1: Vec<Duration>,
+    verify_1: Vec<Duration>,
+    select_1000: Vec<Duration>,
+    verify_1000: Vec<Duration>,
+    psi: Vec<Duration>,
+}
+
+async fn run(o: &Options, dir: &Path, url: &str) -> anyhow::Result<()> {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
+    load_tables(o, &client).await?;
+    let setup = write_setup(dir, url)?;
+    let loaded =
+        exchange_agent::config::Config::load(&setup.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let agent_url = format!("https://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(exchange_agent::verify::run(
+        listener,
+        Arc::new(loaded),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let verifier = Arc::new(exchange_hub::verify::Verifier::new(&setup.tls, &agent_url)?);
+    let sessions = select_sessions(url).await?;
+    let requests = Requests { rows: o.rows };
+    // Warm-up: connections, sessions, plans.
+    for n in 0..50 {
+        verifier
+            .verify(&requests.request(n, vec![requests.item(n)]))
+            .await?;
+    }
+    let latencies = measure(o, &sessions, &verifier, requests).await?;
+    let _ = stop.send(());
+    server.await??;
+    print_results(o, latencies);
+    Ok(())
+}
+
+/// `people` with `--rows` subjects and `people_psi` with its first `--psi-rows`.
+async fn load_tables(o: &Options, client: &tokio_postgres::Client) -> anyhow::Result<()> {
     let started = Instant::now();
     client
         .batch_execute(&format!(
@@ -128,8 +214,11 @@ async fn run(o: &Options, dir: &std::path::Path, url: &str) -> anyhow::Result<()
         o.rows,
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
 
-    // Certificates, keys, configuration.
+/// Certificates, keys and the agent's configuration in `dir`.
+fn write_setup(dir: &Path, url: &str) -> anyhow::Result<Setup> {
     let ca = Authority::generate("Bench CA")?;
     let ca_path = dir.join("ca.pem");
     ca.write_cert(&ca_path)?;
@@ -143,7 +232,6 @@ async fn run(o: &Options, dir: &std::path::Path, url: &str) -> anyhow::Result<()
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&pseudonym, std::fs::Permissions::from_mode(0o600))?;
     let config = dir.join("agent.toml");
-    let p = |p: &std::path::Path| format!("{:?}", p.display().to_string());
     std::fs::write(
         &config,
         format!(
@@ -154,15 +242,11 @@ data_dir = {data}
 [hub]
 url = "https://127.0.0.1:9"
 ca = {ca}
-cert = {nc}
-key = {nk}
-[policy]
+{node}[policy]
 pseudonym_key_file = {pk}
 [verify]
 listen = "127.0.0.1:0"
-cert = {sc}
-key = {sk}
-client_ca = {ca}
+{server}client_ca = {ca}
 pool_size = 8
 items_per_minute = 100000000
 subjects_per_day = 100000000
@@ -172,7 +256,38 @@ psi_max_tags = 100000000
 name = "pg"
 kind = "postgres"
 url = {url:?}
-[[resources]]
+"#,
+            data = quoted(&dir.join("data")),
+            ca = quoted(&ca_path),
+            node = cert_and_key(&node_cert, &node_key),
+            pk = quoted(&pseudonym),
+            server = cert_and_key(&server_cert, &server_key),
+        ) + RESOURCES,
+    )?;
+    Ok(Setup {
+        config,
+        tls: exchange_protocol::tls::MutualTls {
+            ca: ca_path,
+            cert: hub_cert,
+            key: hub_key,
+            min_version: exchange_protocol::tls::MinTlsVersion::Tls13,
+            crls: Vec::new(),
+        },
+    })
+}
+
+/// A path as a TOML string.
+fn quoted(path: &Path) -> String {
+    format!("{:?}", path.display().to_string())
+}
+
+/// The `cert` and `key` lines of a TLS section.
+fn cert_and_key(cert: &Path, key: &Path) -> String {
+    format!("cert = {}\nkey = {}\n", quoted(cert), quoted(key))
+}
+
+/// The agent's two resources: `BENCH-1` over `people` and `BENCH-PSI` over `people_psi`.
+const RESOURCES: &str = r#"[[resources]]
 code = "BENCH-1"
 name = "bench"
 share = "conditional"
@@ -181,7 +296,7 @@ table = "people"
 key = "id_no"
 mode = "snapshot"
 reveal_not_found = true
-grants = [{{ requester = "city-hub", fields = ["name", "birth"] }}]
+grants = [{ requester = "city-hub", fields = ["name", "birth"] }]
 [resources.fields]
 id_no = "pseudonym"
 name = "mask:name"
@@ -197,43 +312,15 @@ table = "people_psi"
 key = "id_no"
 mode = "snapshot"
 reveal_not_found = true
-grants = [{{ requester = "city-hub", fields = ["name", "birth"], psi = true }}]
+grants = [{ requester = "city-hub", fields = ["name", "birth"], psi = true }]
 [resources.fields]
 id_no = "pseudonym"
 name = "mask:name"
 birth = "generalize:year"
-"#,
-            data = p(&dir.join("data")),
-            ca = p(&ca_path),
-            nc = p(&node_cert),
-            nk = p(&node_key),
-            pk = p(&pseudonym),
-            sc = p(&server_cert),
-            sk = p(&server_key),
-        ),
-    )?;
-    let loaded =
-        exchange_agent::config::Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let agent_url = format!("https://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(exchange_agent::verify::run(
-        listener,
-        Arc::new(loaded),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let tls = exchange_protocol::tls::MutualTls {
-        ca: ca_path.clone(),
-        cert: hub_cert,
-        key: hub_key,
-        min_version: exchange_protocol::tls::MinTlsVersion::Tls13,
-        crls: Vec::new(),
-    };
-    let verifier = Arc::new(exchange_hub::verify::Verifier::new(&tls, &agent_url)?);
+"#;
 
-    // Sessions for the bare SELECT.
+/// Eight sessions for the bare SELECT, each with the agent's lookup prepared.
+async fn select_sessions(url: &str) -> anyhow::Result<Arc<Vec<Session>>> {
     let mut sessions = Vec::new();
     for _ in 0..8 {
         let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
@@ -243,33 +330,18 @@ birth = "generalize:year"
             .await?;
         sessions.push(Arc::new((c, stmt)));
     }
-    let sessions = Arc::new(sessions);
-    let rows = o.rows;
-    let item = |n: u64| {
-        let i = (n.wrapping_mul(2_654_435_761)) % rows;
-        Item {
-            subject: key(i),
-            claims: [
-                ("name".to_owned(), Claim::Value(format!("name {i}"))),
-                ("birth".to_owned(), Claim::Value("1950-01-01".into())),
-            ]
-            .into_iter()
-            .collect(),
-        }
-    };
-    let request = |n: u64, items: Vec<Item>| VerifyRequest {
-        request_id: format!("bench-{n}"),
-        purpose: "benchmark".into(),
-        case_ref: "bench".into(),
-        resource: "BENCH-1".into(),
-        items,
-    };
-    // Warm-up: connections, sessions, plans.
-    for n in 0..50 {
-        verifier.verify(&request(n, vec![item(n)])).await?;
-    }
+    Ok(Arc::new(sessions))
+}
 
+/// Every scenario, in order.
+async fn measure(
+    o: &Options,
+    sessions: &Arc<Vec<Session>>,
+    verifier: &Arc<exchange_hub::verify::Verifier>,
+    requests: Requests,
+) -> anyhow::Result<Latencies> {
     let s = sessions.clone();
+    let rows = o.rows;
     let select_1 = paced(o.rate, o.seconds, move |n| {
         let s = s.clone();
         async move {
@@ -283,64 +355,91 @@ birth = "generalize:year"
     let v = verifier.clone();
     let verify_1 = paced(o.rate, o.seconds, move |n| {
         let v = v.clone();
-        let r = request(n, vec![item(n)]);
+        let r = requests.request(n, vec![requests.item(n)]);
         async move {
             v.verify(&r).await?;
             Ok(())
         }
     })
     .await?;
+    let (select_1000, verify_1000) = thousands(o, sessions, verifier, requests).await?;
+    let psi = psi(verifier, requests).await?;
+    Ok(Latencies {
+        select_1,
+        verify_1,
+        select_1000,
+        verify_1000,
+        psi,
+    })
+}
+
+/// `--batches` SELECTs with 1,000 keys and 1,000-item requests, in turn.
+async fn thousands(
+    o: &Options,
+    sessions: &[Session],
+    verifier: &exchange_hub::verify::Verifier,
+    requests: Requests,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let mut select_1000 = Vec::new();
     let mut verify_1000 = Vec::new();
     for b in 0..o.batches as u64 {
         let keys: Vec<String> = (0..1000)
-            .map(|j| key((b * 1000 + j) * 7919 % rows))
+            .map(|j| key((b * 1000 + j) * 7919 % o.rows))
             .collect();
         let (c, stmt) = &*sessions[0];
         let t = Instant::now();
         c.query(stmt, &[&keys]).await?;
         select_1000.push(t.elapsed());
-        let items: Vec<Item> = (0..1000).map(|j| item(b * 1000 + j)).collect();
-        let r = request(1_000_000 + b, items);
+        let items: Vec<Item> = (0..1000).map(|j| requests.item(b * 1000 + j)).collect();
+        let r = requests.request(1_000_000 + b, items);
         let t = Instant::now();
         verifier.verify(&r).await.context("a 1,000-item request")?;
         verify_1000.push(t.elapsed());
     }
+    Ok((select_1000, verify_1000))
+}
+
+/// Three PSI requests of 100 subjects over `BENCH-PSI`.
+async fn psi(
+    verifier: &exchange_hub::verify::Verifier,
+    requests: Requests,
+) -> anyhow::Result<Vec<Duration>> {
     let mut psi = Vec::new();
     for b in 0..3u64 {
-        let items: Vec<Item> = (0..100).map(|j| item(b * 100 + j)).collect();
+        let items: Vec<Item> = (0..100).map(|j| requests.item(b * 100 + j)).collect();
         let r = VerifyRequest {
             resource: "BENCH-PSI".into(),
-            ..request(2_000_000 + b, items)
+            ..requests.request(2_000_000 + b, items)
         };
         let t = Instant::now();
         verifier.verify_psi(&r).await.context("a PSI request")?;
         psi.push(t.elapsed());
     }
-    let _ = stop.send(());
-    server.await??;
-    let tags = o.psi_rows.min(o.rows) * 3 + 300;
+    Ok(psi)
+}
 
+/// The table of percentiles and the cost of a PSI tag.
+fn print_results(o: &Options, l: Latencies) {
+    let tags = o.psi_rows.min(o.rows) * 3 + 300;
     println!("| scenario | requests | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|");
     for (name, v) in [
-        (format!("select-1 at {}/s", o.rate), select_1),
-        (format!("verify-1 at {}/s", o.rate), verify_1),
-        ("select-1000".to_owned(), select_1000),
-        ("verify-1000".to_owned(), verify_1000),
+        (format!("select-1 at {}/s", o.rate), l.select_1),
+        (format!("verify-1 at {}/s", o.rate), l.verify_1),
+        ("select-1000".to_owned(), l.select_1000),
+        ("verify-1000".to_owned(), l.verify_1000),
         (
             format!("psi-{} (100 subjects, 2 claims)", o.psi_rows.min(o.rows)),
-            psi.clone(),
+            l.psi.clone(),
         ),
     ] {
         let n = v.len();
         let (p50, p99, max) = summary(v);
         println!("| {name} | {n} | {p50:.2} | {p99:.2} | {max:.2} |");
     }
-    let best = psi.iter().min().expect("three PSI requests");
+    let best = l.psi.iter().min().expect("three PSI requests");
     println!(
         "\nPSI: {tags} tags (a key and two stored values per row, and 300 points) in {:.2} s at best: {:.1} µs per tag",
         best.as_secs_f64(),
         best.as_secs_f64() * 1e6 / tags as f64
     );
-    Ok(())
 }
