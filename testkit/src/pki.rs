@@ -102,3 +102,31 @@ impl Pki {
         (ca, path)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generate_writes_the_ca_the_hub_and_the_node_in_tls() {
+        let dir = crate::TestDir::new();
+        let pki = Pki::generate(dir.path(), "Kit CA", "node-01").unwrap();
+        assert_eq!(pki.dir, dir.path().join("tls"));
+        for (path, name) in [
+            (&pki.ca_cert, "ca.pem"),
+            (&pki.hub_cert, "hub.pem"),
+            (&pki.hub_key, "hub.key"),
+            (&pki.node_cert, "node.pem"),
+            (&pki.node_key, "node.key"),
+        ] {
+            assert_eq!(*path, pki.dir.join(name));
+            assert!(path.is_file(), "{name}");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&pki.node_key)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
