@@ -30,12 +30,8 @@ set -euo pipefail
 {
 cd "$(dirname "$0")/.."
 
-if [ -t 2 ]; then
-  log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
-else
-  log() { printf '==> %s\n' "$*" >&2; }
-fi
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# log, die, apt_get_install
+. scripts/lib.sh
 usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 
 TARGETS="native,musl,arm64"
@@ -62,17 +58,10 @@ done
 SUDO=""
 if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 
-APT_UPDATED=""
 apt_install() {
   [ -n "$INSTALL_DEPS" ] || die "missing: $* (install them, or rerun without --no-install-deps)"
   command -v apt-get >/dev/null || die "missing: $* (no apt-get here: install them by hand)"
-  if [ -z "$APT_UPDATED" ]; then
-    log "apt-get update"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
-    APT_UPDATED=1
-  fi
-  log "apt-get install $*"
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+  apt_get_install "$@"
 }
 
 need_rust_target() {

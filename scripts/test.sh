@@ -9,12 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -t 2 ]; then
-  log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
-else
-  log() { printf '==> %s\n' "$*" >&2; }
-fi
-die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+# log, die, apt_get_install
+. scripts/lib.sh
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -22,16 +18,9 @@ if [ "$(id -u)" -ne 0 ]; then
   SUDO="sudo"
 fi
 
-APT_UPDATED=""
 apt_install() {
   command -v apt-get >/dev/null || die "$* missing and apt-get is not available; install it and rerun"
-  if [ -z "$APT_UPDATED" ]; then
-    log "apt-get update"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
-    APT_UPDATED=1
-  fi
-  log "apt-get install $*"
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+  apt_get_install "$@"
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

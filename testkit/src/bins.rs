@@ -50,30 +50,54 @@ fn locate_or_build() -> Result<PathBuf, String> {
     if let Some(dir) = std::env::var_os("EXCHANGE_TEST_BIN_DIR") {
         return Ok(PathBuf::from(dir));
     }
-    let exe =
-        std::env::current_exe().map_err(|e| format!("cannot find the test executable: {e}"))?;
-    // target/<profile>/deps/<test-binary>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| format!("unexpected test executable location {}", exe.display()))?
-        .to_owned();
-    let target_dir = profile_dir
-        .parent()
-        .ok_or_else(|| format!("unexpected test executable location {}", exe.display()))?;
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev".to_owned(),
-        Some(other) => other.to_owned(),
-        None => {
-            return Err(format!(
-                "unexpected profile directory {}",
-                profile_dir.display()
-            ));
-        }
-    };
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(&cargo);
+    let layout = Layout::of_this_test()?;
+    build(&layout)?;
+    Ok(layout.profile_dir)
+}
+
+/// Where the running test executable sits in cargo's target directory.
+struct Layout {
+    /// `target/<profile>`: where cargo puts the binaries of this profile.
+    profile_dir: PathBuf,
+    /// `target`: the target directory the build uses.
+    target_dir: PathBuf,
+    /// The profile's name as `cargo build --profile` takes it (`dev` for `debug`).
+    profile: String,
+}
+
+impl Layout {
+    /// The layout around the test executable, `target/<profile>/deps/<test-binary>`.
+    fn of_this_test() -> Result<Layout, String> {
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find the test executable: {e}"))?;
+        let unexpected = || format!("unexpected test executable location {}", exe.display());
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .ok_or_else(unexpected)?
+            .to_owned();
+        let target_dir = profile_dir.parent().ok_or_else(unexpected)?.to_owned();
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev".to_owned(),
+            Some(other) => other.to_owned(),
+            None => {
+                return Err(format!(
+                    "unexpected profile directory {}",
+                    profile_dir.display()
+                ));
+            }
+        };
+        Ok(Layout {
+            profile_dir,
+            target_dir,
+            profile,
+        })
+    }
+}
+
+/// `cargo`, without the variables `cargo test` sets for the test's own package.
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     // `cargo test` gives the test process the variables of the test's own package
     // (CARGO_MANIFEST_DIR, CARGO_PKG_NAME …). Passed on, they make the build see a changed
     // environment (ring's build tracks CARGO_MANIFEST_DIR) and rebuild half the dependency
@@ -93,13 +117,20 @@ fn locate_or_build() -> Result<PathBuf, String> {
             command.env_remove(&*name);
         }
     }
+    command
+}
+
+/// Builds the binaries under test into `layout`'s target directory and profile.
+fn build(layout: &Layout) -> Result<(), String> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let mut command = cargo();
     let output = command
         .arg("build")
         .arg("--manifest-path")
         .arg(&manifest)
         .arg("--target-dir")
-        .arg(target_dir)
-        .args(["--profile", &profile])
+        .arg(&layout.target_dir)
+        .args(["--profile", &layout.profile])
         .args([
             "-p",
             "exchange-agent",
@@ -113,7 +144,7 @@ fn locate_or_build() -> Result<PathBuf, String> {
         .map_err(|e| {
             format!(
                 "cannot run `{}` to build the binaries under test: {e}",
-                cargo.to_string_lossy()
+                command.get_program().to_string_lossy()
             )
         })?;
     if !output.status.success() {
@@ -123,5 +154,5 @@ fn locate_or_build() -> Result<PathBuf, String> {
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    Ok(profile_dir)
+    Ok(())
 }

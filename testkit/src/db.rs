@@ -225,3 +225,26 @@ impl Drop for MyDb {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_database_replaces_the_path_and_keeps_the_query() {
+        for (url, expected) in [
+            (
+                "postgres://postgres@127.0.0.1:5432/test",
+                "postgres://postgres@127.0.0.1:5432/ex_1",
+            ),
+            (
+                "mysql://root@127.0.0.1:3306/test?ssl-mode=disabled",
+                "mysql://root@127.0.0.1:3306/ex_1?ssl-mode=disabled",
+            ),
+            ("postgres://h:5432", "postgres://h:5432/ex_1"),
+            ("postgres://h:5432?x=1", "postgres://h:5432/ex_1?x=1"),
+        ] {
+            assert_eq!(with_database(url, "ex_1"), expected, "{url}");
+        }
+    }
+}
