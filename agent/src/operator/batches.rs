@@ -3,17 +3,13 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::command::{OperatorError, listed, open_queue};
+use super::command::{OperatorError, Printed, listed, open_queue};
 use crate::audit;
 use crate::config::Config;
 use crate::pipeline::queue::QueueError;
 
 /// `queue list`: per resource, its stream and queued batches (oldest first, at most `limit`).
-pub fn queue_list(
-    config: &Config,
-    only: Option<&str>,
-    limit: usize,
-) -> Result<String, OperatorError> {
+pub fn queue_list(config: &Config, only: Option<&str>, limit: usize) -> Printed {
     let queue = open_queue(config)?;
     let states = queue.states()?;
     let mut out = String::new();
@@ -55,12 +51,7 @@ pub fn queue_list(
 
 /// `queue export`: writes a batch's records (NDJSON, as sent to the hub) to `out` (created
 /// 0600, never overwritten) or standard output. Audited.
-pub fn queue_export(
-    config: &Config,
-    code: &str,
-    seq: u64,
-    out: Option<&Path>,
-) -> Result<String, OperatorError> {
+pub fn queue_export(config: &Config, code: &str, seq: u64, out: Option<&Path>) -> Printed {
     use std::io::Write;
     let queue = open_queue(config)?;
     let batch = queue
@@ -118,7 +109,7 @@ pub fn queue_export(
 
 /// `queue discard`: replaces a batch the hub refuses with an empty one of the same seq (its
 /// records are not delivered). Audited.
-pub fn queue_discard(config: &Config, code: &str, seq: u64) -> Result<String, OperatorError> {
+pub fn queue_discard(config: &Config, code: &str, seq: u64) -> Printed {
     let queue = open_queue(config)?;
     let digest = queue
         .batch(code, seq)?

@@ -5,6 +5,9 @@ use crate::audit;
 use crate::config::{Config, Resource};
 use crate::pipeline::queue::{Queue, QueueError, ResourceState};
 
+/// What a command prints, or why it failed.
+pub type Printed = Result<String, OperatorError>;
+
 /// Why an operator command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {

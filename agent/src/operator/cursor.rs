@@ -2,7 +2,7 @@
 
 use exchange_connectors::Value;
 
-use super::command::{OperatorError, open_queue, resource};
+use super::command::{OperatorError, Printed, open_queue, resource};
 use crate::audit;
 use crate::config::{Config, Mode, Resource};
 
@@ -39,7 +39,7 @@ fn position_text(
 }
 
 /// `cursor show`.
-pub fn cursor_show(config: &Config, code: &str) -> Result<String, OperatorError> {
+pub fn cursor_show(config: &Config, code: &str) -> Printed {
     let queue = open_queue(config)?;
     let r = resource(config, &queue, code)?;
     let st = queue.state(code)?;
@@ -64,7 +64,7 @@ pub fn cursor_show(config: &Config, code: &str) -> Result<String, OperatorError>
 
 /// `cursor reset`: the next pull reads the resource from the start on the same stream (rows
 /// are sent again; the hub overwrites them). Audited.
-pub fn cursor_reset(config: &Config, code: &str) -> Result<String, OperatorError> {
+pub fn cursor_reset(config: &Config, code: &str) -> Printed {
     let queue = open_queue(config)?;
     let r = resource(config, &queue, code)?;
     let incremental = matches!(r.mode, Mode::Incremental { .. });
@@ -97,7 +97,7 @@ pub fn cursor_reset(config: &Config, code: &str) -> Result<String, OperatorError
 
 /// `cursor set`: the next pull reads rows after `values` (one per cursor column, the key
 /// last, each parsed like the current position's value). Audited (without the values).
-pub fn cursor_set(config: &Config, code: &str, values: &[String]) -> Result<String, OperatorError> {
+pub fn cursor_set(config: &Config, code: &str, values: &[String]) -> Printed {
     let queue = open_queue(config)?;
     let r = resource(config, &queue, code)?;
     if !matches!(r.mode, Mode::Incremental { .. }) {

@@ -3,16 +3,12 @@
 
 use std::fmt::Write as _;
 
-use super::command::{OperatorError, listed, open_queue, resource};
+use super::command::{Printed, listed, open_queue, resource};
 use crate::audit;
 use crate::config::Config;
 
 /// `quarantine list`: the most recent entries (key as it would have left, reason, count).
-pub fn quarantine_list(
-    config: &Config,
-    only: Option<&str>,
-    limit: usize,
-) -> Result<String, OperatorError> {
+pub fn quarantine_list(config: &Config, only: Option<&str>, limit: usize) -> Printed {
     let queue = open_queue(config)?;
     let states = queue.states()?;
     let mut out = String::new();
@@ -43,7 +39,7 @@ pub fn quarantine_list(
 }
 
 /// `quarantine clear`: removes a resource's entries (after the rows were fixed). Audited.
-pub fn quarantine_clear(config: &Config, code: &str) -> Result<String, OperatorError> {
+pub fn quarantine_clear(config: &Config, code: &str) -> Printed {
     let queue = open_queue(config)?;
     resource(config, &queue, code)?;
     let n = queue.clear_quarantine(code)?;

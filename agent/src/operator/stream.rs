@@ -1,7 +1,7 @@
 //! `resync` and `accept-config`: a resource's stream after the hub lost batches or its
 //! configuration changed.
 
-use super::command::{OperatorError, open_queue, resource};
+use super::command::{OperatorError, Printed, open_queue, resource};
 use crate::audit;
 use crate::config::Config;
 use crate::pipeline::fingerprint::Shape;
@@ -9,7 +9,7 @@ use crate::pipeline::queue::HaltKind;
 
 /// `resync`: a new stream for the resource; everything is read again from the start and the
 /// hub removes what the new stream does not re-send. Audited.
-pub fn resync(config: &Config, code: &str) -> Result<String, OperatorError> {
+pub fn resync(config: &Config, code: &str) -> Printed {
     let queue = open_queue(config)?;
     let r = resource(config, &queue, code)?;
     let before = queue.state(code)?;
@@ -36,7 +36,7 @@ pub fn resync(config: &Config, code: &str) -> Result<String, OperatorError> {
 
 /// `accept-config`: keeps the cursor after a configuration change; only rows that change
 /// from now on carry the new configuration. Audited with what changed.
-pub fn accept_config(config: &Config, code: &str) -> Result<String, OperatorError> {
+pub fn accept_config(config: &Config, code: &str) -> Printed {
     let queue = open_queue(config)?;
     let r = resource(config, &queue, code)?;
     let now = Shape::of(r, &config.keys);
