@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use exchange_protocol::pki::Authority;
 
 use crate::{APPROVAL, NODE, PURPOSE, REQUESTER, RESOURCE, write_business_db};
 
@@ -19,7 +18,7 @@ pub fn prepare(
     verify_addr: SocketAddr,
 ) -> anyhow::Result<(PathBuf, PathBuf)> {
     clear_previous_run(dir);
-    write_certificates(&dir.join("tls"))?;
+    write_certificates(dir)?;
     write_keys(&dir.join("keys"))?;
     write_business_db(&dir.join("business.db"), rows)?;
     let hub_toml = dir.join("hub.toml");
@@ -50,20 +49,17 @@ fn clear_previous_run(dir: &Path) {
     }
 }
 
-/// The CA, the hub's server certificate, the node's client certificate, and for
-/// verification the agent's own server certificate and the certificate the hub presents
-/// when it asks (the requester named in the grant).
-fn write_certificates(tls_dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(tls_dir)
-        .with_context(|| format!("cannot create {}", tls_dir.display()))?;
-    let ca = Authority::generate("exchange-agent demo CA")?;
-    ca.write_cert(&tls_dir.join("ca.pem"))?;
-    ca.issue_server(&["127.0.0.1", "localhost"])?
-        .write(tls_dir, "hub")?;
-    ca.issue_client(NODE)?.write(tls_dir, "node")?;
-    ca.issue_server(&["127.0.0.1", "localhost"])?
-        .write(tls_dir, "verify")?;
-    ca.issue_client(REQUESTER)?.write(tls_dir, "requester")?;
+/// In `<dir>/tls`: the CA, the hub's server certificate, the node's client certificate (the
+/// test kit's), and for verification the agent's own server certificate and the certificate
+/// the hub presents when it asks (the requester named in the grant).
+fn write_certificates(dir: &Path) -> anyhow::Result<()> {
+    let pki = exchange_testkit::pki::Pki::generate(dir, "exchange-agent demo CA", NODE)?;
+    pki.ca
+        .issue_server(&["127.0.0.1", "localhost"])?
+        .write(&pki.dir, "verify")?;
+    pki.ca
+        .issue_client(REQUESTER)?
+        .write(&pki.dir, "requester")?;
     Ok(())
 }
 

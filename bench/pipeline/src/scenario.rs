@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use exchange_protocol::pki::Authority;
 
 use crate::data;
 use crate::report::{Report, Row};
@@ -183,22 +182,15 @@ fn check_binaries(bin_dir: &Path) -> anyhow::Result<()> {
 
 fn make_tls(work: &Path) -> anyhow::Result<Tls> {
     use std::os::unix::fs::PermissionsExt;
-    let dir = work.join("tls");
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(work)?;
     std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o700))?;
-    let ca = Authority::generate("Benchmark platform CA")?;
-    let ca_path = dir.join("ca.pem");
-    ca.write_cert(&ca_path)?;
-    let (hub_cert, hub_key) = ca
-        .issue_server(&["127.0.0.1", "localhost"])?
-        .write(&dir, "hub")?;
-    let (node_cert, node_key) = ca.issue_client(NODE)?.write(&dir, "node")?;
+    let pki = exchange_testkit::pki::Pki::generate(work, "Benchmark platform CA", NODE)?;
     Ok(Tls {
-        ca: ca_path,
-        hub_cert,
-        hub_key,
-        node_cert,
-        node_key,
+        ca: pki.ca_cert,
+        hub_cert: pki.hub_cert,
+        hub_key: pki.hub_key,
+        node_cert: pki.node_cert,
+        node_key: pki.node_key,
     })
 }
 
