@@ -215,6 +215,9 @@ impl ConnectorError {
     }
 }
 
+/// The rows a [`Connector::lookup`] found, or why it failed.
+pub type Found = Result<Vec<Row>, ConnectorError>;
+
 /// A source of rows.
 #[async_trait]
 pub trait Connector: Send + Sync {
@@ -258,18 +261,7 @@ pub trait Connector: Send + Sync {
 
     /// The rows whose `key` column equals one of `keys` (parameterized, bound with the
     /// column's own type), selected columns in order. For the verification service.
-    async fn lookup(
-        &self,
-        selection: &Selection,
-        key: &str,
-        keys: &[Value],
-    ) -> Result<Vec<Row>, ConnectorError> {
-        let _ = (selection, key, keys);
-        Err(ConnectorError::Config {
-            source_name: self.name().to_owned(),
-            reason: "lookup is not implemented for this source yet".into(),
-        })
-    }
+    async fn lookup(&self, selection: &Selection, key: &str, keys: &[Value]) -> Found;
 }
 
 /// How to reach a source.

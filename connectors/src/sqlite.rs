@@ -594,12 +594,7 @@ impl Connector for SqliteConnector {
             .await
     }
 
-    async fn lookup(
-        &self,
-        selection: &Selection,
-        key: &str,
-        keys: &[Value],
-    ) -> Result<Vec<Row>, ConnectorError> {
+    async fn lookup(&self, selection: &Selection, key: &str, keys: &[Value]) -> crate::Found {
         let selection = selection.clone();
         let key = key.to_owned();
         let keys = keys.to_vec();

@@ -232,12 +232,7 @@ impl Connector for MysqlConnector {
         })
     }
 
-    async fn lookup(
-        &self,
-        selection: &Selection,
-        key: &str,
-        keys: &[Value],
-    ) -> Result<Vec<SourceRow>, ConnectorError> {
+    async fn lookup(&self, selection: &Selection, key: &str, keys: &[Value]) -> crate::Found {
         let Some(index) = selection.columns.iter().position(|c| c == key) else {
             return Err(self.config(format!(
                 "key column `{key}` is not among the selected columns"

@@ -493,12 +493,7 @@ impl Connector for PostgresConnector {
             .await)
     }
 
-    async fn lookup(
-        &self,
-        selection: &Selection,
-        key: &str,
-        keys: &[Value],
-    ) -> Result<Vec<Row>, ConnectorError> {
+    async fn lookup(&self, selection: &Selection, key: &str, keys: &[Value]) -> crate::Found {
         with_session!(self, |session| self
             .lookup_on(session, selection, key, keys)
             .await)
