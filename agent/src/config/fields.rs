@@ -93,17 +93,16 @@ impl Validator<'_> {
     /// Every name in `plain_allowed` is a plain field.
     pub(super) fn plain_allowed(
         &self,
-        i: usize,
+        key: &str,
         code: &str,
         fields: &[(String, Rule)],
         plain_allowed: &[String],
     ) -> Result<(), ConfigError> {
-        let key = format!("resources[{i}].plain_allowed");
         for name in plain_allowed {
             match fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
                 Some((_, Rule::Plain)) => {}
-                Some((_, rule)) => return Err(self.err(&key, format!("resource `{code}`, field `{name}`: listed in plain_allowed but its rule is {rule}; list only plain fields"))),
-                None => return Err(self.err(&key, format!("resource `{code}`: `{name}` in plain_allowed is not a field of [resources.fields]"))),
+                Some((_, rule)) => return Err(self.err(key, format!("resource `{code}`, field `{name}`: listed in plain_allowed but its rule is {rule}; list only plain fields"))),
+                None => return Err(self.err(key, format!("resource `{code}`: `{name}` in plain_allowed is not a field of [resources.fields]"))),
             }
         }
         Ok(())

@@ -63,7 +63,7 @@ impl Validator<'_> {
         } = self.fields(i, &code, r.fields)?;
         let key_kind = self.key_kind(i, &code, &fields, &kinds, &r.key)?;
         let plain_allowed = r.plain_allowed.unwrap_or_default();
-        self.plain_allowed(i, &code, &fields, &plain_allowed)?;
+        self.plain_allowed(&key("plain_allowed"), &code, &fields, &plain_allowed)?;
         let plain_reason = r.plain_reason.filter(|s| !s.trim().is_empty());
         let verification = self.verification(
             i,
