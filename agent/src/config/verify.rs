@@ -1,6 +1,7 @@
 //! `[verify]` (the verification service's listener, identity, limits and quotas) and each
 //! resource's `[resources.compare]`, `[[resources.grants]]` and `reveal_not_found`, as
-//! written (`Raw…`, `deny_unknown_fields`) and validated.
+//! written (`Raw…`, `deny_unknown_fields`) and validated: `[verify]` here, a resource's
+//! settings in `config::verification`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
