@@ -1,20 +1,20 @@
 //! `[verify]` (the verification service's listener, identity, limits and quotas) and each
 //! resource's `[resources.compare]`, `[[resources.grants]]` and `reveal_not_found`, as
-//! written (`Raw…`, `deny_unknown_fields`) and validated.
+//! written (`Raw…`, `deny_unknown_fields`) and validated: `[verify]` here, a resource's
+//! settings in `config::verification`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
-use exchange_protocol::tls::{MinTlsVersion, MutualTls};
+use chrono::{DateTime, Utc};
+use exchange_protocol::tls::MutualTls;
 use serde::Deserialize;
 
-use super::{ConfigError, Validator, parse_duration};
+use super::{ConfigError, Keys, Validator, parse_duration};
 use exchange_rules::compare::Compare;
 use exchange_rules::pseudonym::PseudonymKey;
-use exchange_rules::rule::Rule;
 
 /// One `[[resources.grants]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,7 +179,21 @@ impl Verification {
 }
 
 impl Validator<'_> {
-    pub(super) fn verify(&self, v: RawVerify, data_dir: &Path) -> Result<Verify, ConfigError> {
+    /// `[verify]` in named steps: its listener and TLS files, how requesters are identified,
+    /// the request limits, the comparison key, the quotas and the connection limits. It needs
+    /// the pseudonym key, by which its audit records name subjects.
+    pub(super) fn verify(
+        &self,
+        v: RawVerify,
+        keys: &Keys,
+        data_dir: &Path,
+    ) -> Result<Verify, ConfigError> {
+        if keys.pseudonym.is_none() {
+            return Err(self.err(
+                "verify",
+                "the verification service names subjects in its audit records by their keyed pseudonym, never in clear: set `pseudonym_key_file` in [policy]",
+            ));
+        }
         let listen: SocketAddr = v.listen.trim().parse().map_err(|_| {
             self.err(
                 "verify.listen",
@@ -189,19 +203,8 @@ impl Validator<'_> {
                 ),
             )
         })?;
-        let min_version = match v.min_tls.as_deref() {
-            None | Some("1.3") => MinTlsVersion::Tls13,
-            Some("1.2") => MinTlsVersion::Tls12,
-            Some(other) => {
-                return Err(self.err(
-                    "verify.min_tls",
-                    format!("`{other}` is not supported; expected \"1.3\" (default) or \"1.2\""),
-                ));
-            }
-        };
-        let key = self.existing_file("verify.key", &v.key)?;
-        exchange_protocol::tls::check_secret_permissions(&key)
-            .map_err(|e| self.err("verify.key", e))?;
+        let min_version = self.min_tls("verify.min_tls", v.min_tls.as_deref())?;
+        let key = self.secret_path("verify.key", &v.key)?;
         let tls = MutualTls {
             ca: self.existing_file("verify.client_ca", &v.client_ca)?,
             cert: self.existing_file("verify.cert", &v.cert)?,
@@ -209,16 +212,46 @@ impl Validator<'_> {
             min_version,
             crls: self.crls("verify.crl", v.crl.as_deref())?,
         };
-        let requester_identity = match v.requester_identity.as_deref() {
-            None | Some("cn") => RequesterIdentity::CommonName,
-            Some("uscc_uri") => RequesterIdentity::UsccUri,
-            Some(other) => {
-                return Err(self.err(
-                    "verify.requester_identity",
-                    format!("`{other}` is not allowed; expected \"cn\" (the certificate's common name, default) or \"uscc_uri\" (a subjectAltName URI urn:uscc:<统一社会信用代码>)"),
-                ));
-            }
-        };
+        let requester_identity = self.requester_identity(v.requester_identity.as_deref())?;
+        let (max_items, pool_size, query_timeout) = self.request_limits(&v)?;
+        let comparison_key = self.comparison_key_file(&v, data_dir)?;
+        let quotas = self.quotas(&v, max_items)?;
+        let psi_max_tags = v.psi_max_tags.unwrap_or(600_000);
+        if !(1..=100_000_000).contains(&psi_max_tags) {
+            return Err(self.err(
+                "verify.psi_max_tags",
+                format!("{psi_max_tags} is out of range; expected 1 to 100000000"),
+            ));
+        }
+        let (listener, body_timeout) = self.listener_limits(&v)?;
+        Ok(Verify {
+            listen,
+            tls,
+            requester_identity,
+            max_items,
+            pool_size,
+            query_timeout,
+            comparison_key,
+            quotas,
+            psi_max_tags,
+            listener,
+            body_timeout,
+        })
+    }
+
+    fn requester_identity(&self, value: Option<&str>) -> Result<RequesterIdentity, ConfigError> {
+        match value {
+            None | Some("cn") => Ok(RequesterIdentity::CommonName),
+            Some("uscc_uri") => Ok(RequesterIdentity::UsccUri),
+            Some(other) => Err(self.err(
+                "verify.requester_identity",
+                format!("`{other}` is not allowed; expected \"cn\" (the certificate's common name, default) or \"uscc_uri\" (a subjectAltName URI urn:uscc:<统一社会信用代码>)"),
+            )),
+        }
+    }
+
+    /// Most items per request, connections per source, and how long a lookup may take.
+    fn request_limits(&self, v: &RawVerify) -> Result<(usize, usize, Duration), ConfigError> {
         let max_items = v.max_items.unwrap_or(1000);
         if !(1..=100_000).contains(&max_items) {
             return Err(self.err(
@@ -230,31 +263,43 @@ impl Validator<'_> {
         if !(1..=256).contains(&pool_size) {
             return Err(self.err("verify.pool_size", "expected 1 to 256"));
         }
-        let query_timeout = match v.query_timeout {
-            Some(t) => parse_duration(&t).map_err(|e| self.err("verify.query_timeout", e))?,
+        let query_timeout = match &v.query_timeout {
+            Some(t) => parse_duration(t).map_err(|e| self.err("verify.query_timeout", e))?,
             None => Duration::from_secs(5),
         };
         if query_timeout < Duration::from_millis(10) {
             return Err(self.err("verify.query_timeout", "must be at least 10ms"));
         }
-        let comparison_key = match &v.comparison_key_file {
+        Ok((max_items, pool_size, query_timeout))
+    }
+
+    /// The key HMAC claims are made under (a key file like `[policy]`'s), with its version.
+    fn comparison_key_file(
+        &self,
+        v: &RawVerify,
+        data_dir: &Path,
+    ) -> Result<Option<PseudonymKey>, ConfigError> {
+        match &v.comparison_key_file {
             Some(f) => {
                 let text = self.secret_file("verify.comparison_key_file", f, data_dir)?;
-                Some(
+                Ok(Some(
                     PseudonymKey::from_hex(v.comparison_key_version.unwrap_or(1), &text)
                         .map_err(|e| self.err("verify.comparison_key_file", e))?,
-                )
+                ))
             }
-            None if v.comparison_key_version.is_some() => {
-                return Err(self.err(
-                    "verify.comparison_key_version",
-                    "a key version without `comparison_key_file`",
-                ));
-            }
-            None => None,
-        };
-        let lockout = match v.lockout {
-            Some(t) => parse_duration(&t).map_err(|e| self.err("verify.lockout", e))?,
+            None if v.comparison_key_version.is_some() => Err(self.err(
+                "verify.comparison_key_version",
+                "a key version without `comparison_key_file`",
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// The quotas against enumeration: each at least 1, and a full request of `max_items`
+    /// always admissible.
+    fn quotas(&self, v: &RawVerify, max_items: usize) -> Result<Quotas, ConfigError> {
+        let lockout = match &v.lockout {
+            Some(t) => parse_duration(t).map_err(|e| self.err("verify.lockout", e))?,
             None => Duration::from_secs(86_400),
         };
         if lockout < Duration::from_secs(60) {
@@ -290,7 +335,13 @@ impl Validator<'_> {
                 return Err(self.err(k, "must be at least 1"));
             }
         }
-        // A request of max_items must be admissible, or every full request is refused.
+        self.quotas_admit(&quotas, max_items)?;
+        Ok(quotas)
+    }
+
+    /// A request of `max_items` must be admissible, or every full request is refused; an
+    /// enumerable field gets the stricter budget.
+    fn quotas_admit(&self, quotas: &Quotas, max_items: usize) -> Result<(), ConfigError> {
         for (k, n, what) in [
             (
                 "verify.items_per_minute",
@@ -325,13 +376,15 @@ impl Validator<'_> {
                 format!("{} is less than twice max_items ({max_items}), so a private set intersection request of max_items items with one claim each could never be answered; raise it or lower max_items", quotas.psi_points_per_day),
             ));
         }
-        let psi_max_tags = v.psi_max_tags.unwrap_or(600_000);
-        if !(1..=100_000_000).contains(&psi_max_tags) {
-            return Err(self.err(
-                "verify.psi_max_tags",
-                format!("{psi_max_tags} is out of range; expected 1 to 100000000"),
-            ));
-        }
+        Ok(())
+    }
+
+    /// The listener's bounds (connections, handshakes, timeouts, streams, requests) and the
+    /// time a request body may take.
+    fn listener_limits(
+        &self,
+        v: &RawVerify,
+    ) -> Result<(exchange_protocol::server::ConnectionLimits, Duration), ConfigError> {
         let default = exchange_protocol::server::ConnectionLimits::DEFAULT;
         let duration = |key: &str, value: &Option<String>, default: Duration| match value {
             Some(t) => {
@@ -393,136 +446,6 @@ impl Validator<'_> {
             &v.body_timeout,
             Duration::from_secs(30),
         )?;
-        Ok(Verify {
-            listen,
-            tls,
-            requester_identity,
-            max_items,
-            pool_size,
-            query_timeout,
-            comparison_key,
-            quotas,
-            psi_max_tags,
-            listener,
-            body_timeout,
-        })
+        Ok((listener, body_timeout))
     }
-
-    /// A resource's `[resources.compare]`, `[[resources.grants]]`, `reveal_not_found` and
-    /// `enumerable`; `key` is the resource's key column (the subject, never a claim).
-    pub(super) fn verification(
-        &self,
-        i: usize,
-        code: &str,
-        fields: &[(String, Rule)],
-        key: &str,
-        raw: RawVerification,
-    ) -> Result<Verification, ConfigError> {
-        let RawVerification {
-            compare,
-            grants,
-            reveal_not_found,
-            enumerable,
-        } = raw;
-        let field_of = |at: &str, name: &str| -> Result<String, ConfigError> {
-            match fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
-                Some((n, Rule::Drop)) => Err(self.err(
-                    at,
-                    format!("resource `{code}`: field `{n}` is dropped (never read), so it cannot be verified"),
-                )),
-                Some((n, _)) if n.eq_ignore_ascii_case(key) => Err(self.err(
-                    at,
-                    format!("resource `{code}`: field `{n}` is the key, the subject a requester asks about; it is never a claim (a claim on it would only tell whether the subject is known)"),
-                )),
-                Some((n, _)) => Ok(n.clone()),
-                None => Err(self.err(
-                    at,
-                    format!("resource `{code}`: `{name}` is not a field of [resources.fields]"),
-                )),
-            }
-        };
-        let mut out = Verification {
-            reveal_not_found: reveal_not_found.unwrap_or(false),
-            ..Verification::default()
-        };
-        for (e, name) in enumerable.unwrap_or_default().iter().enumerate() {
-            let field = field_of(&format!("resources[{i}].enumerable[{e}]"), name)?;
-            if !out.enumerable.contains(&field) {
-                out.enumerable.push(field);
-            }
-        }
-        for (name, how) in compare.unwrap_or_default() {
-            let at = format!("resources[{i}].compare.{name}");
-            let field = field_of(&at, &name)?;
-            let how = Compare::parse(&how)
-                .map_err(|e| self.err(&at, format!("resource `{code}`, field `{name}`: {e}")))?;
-            out.compare.insert(field, how);
-        }
-        for (g, raw) in grants.into_iter().enumerate() {
-            let at = |k: &str| format!("resources[{i}].grants[{g}].{k}");
-            if raw.requester.trim().is_empty() {
-                return Err(self.err(&at("requester"), "must not be empty"));
-            }
-            if raw.fields.is_empty() {
-                return Err(self.err(&at("fields"), "grant at least one field"));
-            }
-            let mut granted = Vec::new();
-            for f in &raw.fields {
-                granted.push(field_of(&at("fields"), f)?);
-            }
-            if let Some(p) = &raw.purposes
-                && (p.is_empty() || p.iter().any(|p| p.trim().is_empty()))
-            {
-                return Err(self.err(
-                    &at("purposes"),
-                    "list at least one non-empty purpose, or leave `purposes` out to allow any",
-                ));
-            }
-            let expires = match &raw.expires {
-                Some(e) => Some(parse_expiry(e).ok_or_else(|| {
-                    self.err(
-                        &at("expires"),
-                        format!("`{e}` is not a date or time; expected \"2025-12-31\" (the grant holds through that day, UTC+8) or RFC 3339 \"2025-12-31T18:00:00+08:00\""),
-                    )
-                })?),
-                None => None,
-            };
-            let psi = raw.psi.unwrap_or(false);
-            let psi_enumerable = raw.psi_enumerable.unwrap_or(false);
-            if psi_enumerable && !psi {
-                return Err(self.err(
-                    &at("psi_enumerable"),
-                    format!("resource `{code}`: psi_enumerable without psi = true; private set intersection is allowed by `psi` first"),
-                ));
-            }
-            if psi_enumerable && !granted.iter().any(|f| out.is_enumerable(f)) {
-                return Err(self.err(
-                    &at("psi_enumerable"),
-                    format!("resource `{code}`: the grant names no field listed in `enumerable`, so psi_enumerable has nothing to allow"),
-                ));
-            }
-            out.grants.push(Grant {
-                requester: raw.requester.trim().to_owned(),
-                fields: granted,
-                purposes: raw.purposes,
-                expires,
-                psi,
-                psi_enumerable,
-            });
-        }
-        Ok(out)
-    }
-}
-
-/// `2025-12-31` (through the end of that day in China Standard Time) or RFC 3339.
-fn parse_expiry(s: &str) -> Option<DateTime<Utc>> {
-    let s = s.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.with_timezone(&Utc));
-    }
-    let day = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
-    let next = day.succ_opt()?.and_hms_opt(0, 0, 0)?;
-    next.and_local_timezone(exchange_rules::generalize::china())
-        .single()
-        .map(|t| t.with_timezone(&Utc))
 }

@@ -1,0 +1,49 @@
+//! `[queue]` and `[batch]`: how many bytes the local queue holds before pulling pauses, and
+//! how many records and bytes a batch holds; a full batch always fits in the queue.
+
+use super::{BatchLimits, ConfigError, QueueLimits, Validator, parse_size, raw};
+
+impl Validator<'_> {
+    pub(super) fn limits(
+        &self,
+        queue: Option<raw::RawQueue>,
+        batch: Option<raw::RawBatch>,
+    ) -> Result<(QueueLimits, BatchLimits), ConfigError> {
+        let queue = QueueLimits {
+            max_bytes: match queue.and_then(|q| q.max_bytes) {
+                Some(s) => parse_size(&s).map_err(|e| self.err("queue.max_bytes", e))?,
+                None => 1 << 30,
+            },
+        };
+        let rb = batch.unwrap_or_default();
+        let batch = BatchLimits {
+            max_records: rb.max_records.unwrap_or(5000),
+            max_bytes: match rb.max_bytes {
+                Some(s) => parse_size(&s).map_err(|e| self.err("batch.max_bytes", e))? as usize,
+                None => 4 << 20,
+            },
+        };
+        if !(1..=100_000).contains(&batch.max_records) {
+            return Err(self.err(
+                "batch.max_records",
+                format!(
+                    "{} is out of range; expected 1 to 100000",
+                    batch.max_records
+                ),
+            ));
+        }
+        if !(1024..=exchange_protocol::batch::DEFAULT_MAX_BATCH_BYTES).contains(&batch.max_bytes) {
+            return Err(self.err(
+                "batch.max_bytes",
+                "expected between 1KiB and 64MiB (the hub's default limit)",
+            ));
+        }
+        if queue.max_bytes < 2 * batch.max_bytes as u64 {
+            return Err(self.err(
+                "queue.max_bytes",
+                "must be at least twice batch.max_bytes, so a full batch always fits",
+            ));
+        }
+        Ok((queue, batch))
+    }
+}

@@ -1,0 +1,302 @@
+//! `[[resources]]`: each resource validated in named steps (its code, share class, source,
+//! relation, fields, mode, schedule), then checked against the keys `[policy]` and `[verify]`
+//! provide ([`resource_keys`](super::resource_keys)).
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use exchange_connectors::{Relation, SourceSpec};
+
+use super::fields::Fields;
+use super::verify::{RawVerification, Verify};
+use super::{
+    ConfigError, InvalidKey, Keys, Mode, Resource, Share, Staleness, Validator, parse_duration, raw,
+};
+use crate::schedule::Schedule;
+use exchange_rules::rule::Rule;
+
+impl Validator<'_> {
+    /// Every resource, in file order, each code once; each resource's rules with the keys
+    /// they need.
+    pub(super) fn resources(
+        &self,
+        raw: Vec<raw::RawResource>,
+        sources: &BTreeMap<String, SourceSpec>,
+        keys: &Keys,
+        key_files: &raw::RawPolicy,
+        verify: Option<&Verify>,
+    ) -> Result<Vec<Resource>, ConfigError> {
+        let mut resources = Vec::new();
+        let mut codes = HashSet::new();
+        for (i, r) in raw.into_iter().enumerate() {
+            let res = self.resource(i, r, sources)?;
+            if !codes.insert(res.code.clone()) {
+                return Err(self.err(
+                    &format!("resources[{i}].code"),
+                    format!("resource `{}` is defined twice", res.code),
+                ));
+            }
+            self.rule_keys(i, &res, keys)?;
+            self.seal_key(i, &res, keys, key_files)?;
+            self.comparison_key(i, &res, verify)?;
+            resources.push(res);
+        }
+        Ok(resources)
+    }
+
+    fn resource(
+        &self,
+        i: usize,
+        r: raw::RawResource,
+        sources: &BTreeMap<String, SourceSpec>,
+    ) -> Result<Resource, ConfigError> {
+        let key = |k: &str| format!("resources[{i}].{k}");
+        self.resource_code(&key("code"), &r.code)?;
+        let code = r.code.clone();
+        let share = self.share(i, &code, &r.share, r.deliver)?;
+        let invalid_key = self.invalid_key(&key("invalid_key"), r.invalid_key.as_deref())?;
+        self.known_source(&key("source"), &r.source, sources)?;
+        let relation = self.relation(i, r.table, r.query)?;
+        let Fields {
+            rules: fields,
+            kinds,
+        } = self.fields(i, &code, r.fields)?;
+        let key_kind = self.key_kind(i, &code, &fields, &kinds, &r.key)?;
+        let plain_allowed = r.plain_allowed.unwrap_or_default();
+        self.plain_allowed(&key("plain_allowed"), &code, &fields, &plain_allowed)?;
+        let plain_reason = r.plain_reason.filter(|s| !s.trim().is_empty());
+        let verification = self.verification(
+            i,
+            &code,
+            &fields,
+            &r.key,
+            RawVerification {
+                compare: r.compare,
+                grants: r.grants,
+                reveal_not_found: r.reveal_not_found,
+                enumerable: r.enumerable,
+            },
+        )?;
+        if !plain_allowed.is_empty() && plain_reason.is_none() {
+            return Err(self.err(&key("plain_allowed"), format!("resource `{code}`: plain_allowed needs `plain_reason`, the approval reference (e.g. \"市数据局 2024-17 号批复\")")));
+        }
+        if matches!(share, Share::Conditional { .. }) {
+            self.conditional_fields(i, &code, &fields, &plain_allowed)?;
+        }
+        let mode = self.mode(i, &r.mode, r.cursor, r.safety_lag)?;
+        if let Mode::Incremental { cursor, .. } = &mode {
+            self.cursor_columns(&key("cursor"), &code, cursor, &fields, &r.key)?;
+        }
+        let schedule = self.schedule(i, r.schedule, r.every)?;
+        let max_staleness = match r.max_staleness {
+            None => Staleness::WorkingDays(2),
+            Some(text) => Staleness::Within(
+                parse_duration(&text).map_err(|e| self.err(&key("max_staleness"), e))?,
+            ),
+        };
+        Ok(Resource {
+            max_staleness,
+            code: r.code,
+            name: r.name,
+            share,
+            source: r.source,
+            relation,
+            key: r.key,
+            mode,
+            schedule,
+            fields,
+            key_kind,
+            invalid_key,
+            plain_allowed,
+            plain_reason,
+            verification,
+        })
+    }
+
+    /// The resource code (资源代码): visible ASCII, no `/`, at most 128 characters.
+    fn resource_code(&self, key: &str, code: &str) -> Result<(), ConfigError> {
+        if code.is_empty()
+            || code.len() > 128
+            || !code.chars().all(|c| c.is_ascii_graphic() && c != '/')
+        {
+            return Err(self.err(
+                key,
+                "expected 1 to 128 visible ASCII characters without `/`, e.g. \"330100-RSJ-0001\"",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The share class, with `deliver` for a conditional resource only.
+    fn share(
+        &self,
+        i: usize,
+        code: &str,
+        share: &str,
+        deliver: Option<bool>,
+    ) -> Result<Share, ConfigError> {
+        let key = |k: &str| format!("resources[{i}].{k}");
+        let share = match share {
+            "unconditional" => Share::Unconditional,
+            "none" => Share::None,
+            "conditional" => Share::Conditional {
+                deliver: deliver.unwrap_or(false),
+            },
+            other => return Err(self.err(&key("share"), format!("`{other}` is not a share class; expected \"unconditional\", \"conditional\" or \"none\""))),
+        };
+        if deliver.is_some() && !matches!(share, Share::Conditional { .. }) {
+            return Err(self.err(
+                &key("deliver"),
+                format!("resource `{code}`: `deliver` applies to share = \"conditional\" only (unconditional resources are always delivered, `none` never)"),
+            ));
+        }
+        Ok(share)
+    }
+
+    fn invalid_key(&self, key: &str, value: Option<&str>) -> Result<InvalidKey, ConfigError> {
+        match value {
+            None | Some("quarantine") => Ok(InvalidKey::Quarantine),
+            Some("deliver") => Ok(InvalidKey::Deliver),
+            Some(other) => Err(self.err(
+                key,
+                format!("`{other}` is not allowed; expected \"quarantine\" (default) or \"deliver\" (delivered, flagged)"),
+            )),
+        }
+    }
+
+    /// The resource's source is one of `[[sources]]`.
+    fn known_source(
+        &self,
+        key: &str,
+        source: &str,
+        sources: &BTreeMap<String, SourceSpec>,
+    ) -> Result<(), ConfigError> {
+        if sources.contains_key(source) {
+            return Ok(());
+        }
+        let known: Vec<_> = sources.keys().map(|k| format!("`{k}`")).collect();
+        Err(self.err(
+            key,
+            format!(
+                "no source named `{}`; defined: {}",
+                source,
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ))
+    }
+
+    /// Exactly one of `table` or `query`, a query read-only.
+    fn relation(
+        &self,
+        i: usize,
+        table: Option<String>,
+        query: Option<String>,
+    ) -> Result<Relation, ConfigError> {
+        let key = |k: &str| format!("resources[{i}].{k}");
+        match (table, query) {
+            (Some(t), None) => Ok(Relation::Table(t)),
+            (None, Some(q)) => {
+                let head = q.trim_start().to_ascii_lowercase();
+                if !(head.starts_with("select") || head.starts_with("with")) {
+                    return Err(self.err(
+                        &key("query"),
+                        "expected a read-only SELECT (or WITH … SELECT) statement",
+                    ));
+                }
+                Ok(Relation::Query(q))
+            }
+            _ => Err(self.err(&key("table"), "give exactly one of `table` or `query`")),
+        }
+    }
+
+    /// The read mode: incremental over a cursor (its columns checked by
+    /// [`Validator::cursor_columns`]), or snapshot.
+    fn mode(
+        &self,
+        i: usize,
+        mode: &str,
+        cursor: Option<Vec<String>>,
+        safety_lag: Option<String>,
+    ) -> Result<Mode, ConfigError> {
+        let key = |k: &str| format!("resources[{i}].{k}");
+        let safety_lag = match safety_lag {
+            Some(s) => parse_duration(&s).map_err(|e| self.err(&key("safety_lag"), e))?,
+            None => Duration::from_secs(2),
+        };
+        match (mode, cursor) {
+            ("incremental", Some(cursor)) if !cursor.is_empty() => {
+                Ok(Mode::Incremental { cursor, safety_lag })
+            }
+            ("incremental", _) => Err(self.err(
+                &key("cursor"),
+                "incremental mode needs `cursor`, e.g. [\"updated_at\", \"id\"]",
+            )),
+            ("snapshot", None) => Ok(Mode::Snapshot),
+            ("snapshot", Some(_)) => Err(self.err(
+                &key("cursor"),
+                "snapshot mode reads every row; remove `cursor` or use mode = \"incremental\"",
+            )),
+            (other, _) => Err(self.err(
+                &key("mode"),
+                format!("`{other}` is not a mode; expected \"incremental\" or \"snapshot\""),
+            )),
+        }
+    }
+
+    /// Cursor values are kept on disk: a cursor column is neither dropped nor desensitized
+    /// (unless it is the key, whose stored value is sealed).
+    fn cursor_columns(
+        &self,
+        key: &str,
+        code: &str,
+        cursor: &[String],
+        fields: &[(String, Rule)],
+        resource_key: &str,
+    ) -> Result<(), ConfigError> {
+        let dropped: HashSet<String> = fields
+            .iter()
+            .filter(|(_, r)| *r == Rule::Drop)
+            .map(|(n, _)| n.to_lowercase())
+            .collect();
+        for c in cursor {
+            if dropped.contains(&c.to_lowercase()) {
+                return Err(self.err(key, format!("cursor column `{c}` is dropped in [resources.fields]; cursor values are kept on disk, so a cursor column cannot be a dropped field")));
+            }
+            if let Some((_, rule)) = fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(c))
+                && !rule.is_plain()
+                && !c.eq_ignore_ascii_case(resource_key)
+            {
+                return Err(self.err(key, format!("resource `{code}`: cursor column `{c}` is desensitized ({rule}) in [resources.fields]; cursor values are kept on disk, so a cursor column must be plain (or not listed)")));
+            }
+        }
+        Ok(())
+    }
+
+    /// `schedule` (cron) or `every` (at least 1s), default every 5 minutes.
+    fn schedule(
+        &self,
+        i: usize,
+        schedule: Option<String>,
+        every: Option<String>,
+    ) -> Result<Schedule, ConfigError> {
+        let key = |k: &str| format!("resources[{i}].{k}");
+        match (schedule, every) {
+            (Some(_), Some(_)) => {
+                Err(self.err(&key("every"), "give either `schedule` or `every`, not both"))
+            }
+            (Some(cron), None) => Schedule::cron(&cron).map_err(|e| self.err(&key("schedule"), e)),
+            (None, Some(every)) => {
+                let d = parse_duration(&every).map_err(|e| self.err(&key("every"), e))?;
+                if d < Duration::from_secs(1) {
+                    return Err(self.err(&key("every"), "must be at least 1s"));
+                }
+                Ok(Schedule::Every(d))
+            }
+            (None, None) => Ok(Schedule::Every(Duration::from_secs(300))),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! `[[sources]]`: each source database's kind, URL, password (file or environment), CA and
+//! replica lag, each name once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use exchange_connectors::{SourceKind, SourceSpec};
+
+use super::{ConfigError, Validator, parse_duration, raw};
+
+impl Validator<'_> {
+    /// Every source by name, each name once.
+    pub(super) fn sources(
+        &self,
+        raw: Vec<raw::RawSource>,
+    ) -> Result<BTreeMap<String, SourceSpec>, ConfigError> {
+        let mut sources = BTreeMap::new();
+        for (i, s) in raw.into_iter().enumerate() {
+            let spec = self.source(i, s)?;
+            if sources.contains_key(&spec.name) {
+                return Err(self.err(
+                    &format!("sources[{i}].name"),
+                    format!("source `{}` is defined twice", spec.name),
+                ));
+            }
+            sources.insert(spec.name.clone(), spec);
+        }
+        Ok(sources)
+    }
+
+    fn source(&self, i: usize, s: raw::RawSource) -> Result<SourceSpec, ConfigError> {
+        let key = |k: &str| format!("sources[{i}].{k}");
+        let kind = self.source_kind(&key("kind"), &s.kind)?;
+        let url = self.source_url(&key("url"), kind, &s.url)?;
+        let password = self.source_password(i, s.password_file, s.password_env)?;
+        let ca = match s.ca {
+            Some(p) => Some(self.existing_file(&key("ca"), &p)?),
+            None => None,
+        };
+        let replica_lag = match s.replica_lag {
+            Some(l) => parse_duration(&l).map_err(|e| self.err(&key("replica_lag"), e))?,
+            None => Duration::from_secs(300),
+        };
+        Ok(SourceSpec {
+            name: s.name,
+            kind,
+            url,
+            password,
+            ca,
+            pool_size: s.pool_size.unwrap_or(4).max(1),
+            replica_lag,
+        })
+    }
+
+    fn source_kind(&self, key: &str, kind: &str) -> Result<SourceKind, ConfigError> {
+        match kind {
+            "postgres" => Ok(SourceKind::Postgres),
+            "mysql" => Ok(SourceKind::Mysql),
+            "sqlite" => Ok(SourceKind::Sqlite),
+            other => Err(self.err(
+                key,
+                format!(
+                    "`{other}` is not a source kind; expected \"postgres\", \"mysql\" or \"sqlite\""
+                ),
+            )),
+        }
+    }
+
+    /// The URL as the connector takes it: a SQLite file resolved (and present), a server's
+    /// URL with the scheme of its kind.
+    fn source_url(&self, key: &str, kind: SourceKind, url: &str) -> Result<String, ConfigError> {
+        if kind == SourceKind::Sqlite {
+            let path = url.strip_prefix("sqlite://").unwrap_or(url);
+            let path = self.path(path);
+            if !path.is_file() {
+                return Err(self.err(
+                    key,
+                    format!("SQLite database {} does not exist", path.display()),
+                ));
+            }
+            return Ok(format!("sqlite://{}", path.display()));
+        }
+        let scheme_ok = match kind {
+            SourceKind::Postgres => {
+                url.starts_with("postgres://") || url.starts_with("postgresql://")
+            }
+            _ => url.starts_with("mysql://"),
+        };
+        if !scheme_ok {
+            return Err(self.err(
+                key,
+                format!(
+                    "expected a {} URL",
+                    if kind == SourceKind::Postgres {
+                        "postgres://"
+                    } else {
+                        "mysql://"
+                    }
+                ),
+            ));
+        }
+        Ok(url.to_owned())
+    }
+
+    /// The password, from a file readable by its owner only or from an environment variable
+    /// (not both); `None`: none.
+    fn source_password(
+        &self,
+        i: usize,
+        file: Option<String>,
+        env: Option<String>,
+    ) -> Result<Option<String>, ConfigError> {
+        let key = |k: &str| format!("sources[{i}].{k}");
+        match (file, env) {
+            (Some(_), Some(_)) => Err(self.err(
+                &key("password_env"),
+                "give either password_file or password_env, not both",
+            )),
+            (Some(f), None) => {
+                let path = self.secret_path(&key("password_file"), &f)?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| self.err(&key("password_file"), e))?;
+                Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
+            }
+            (None, Some(var)) => Ok(Some(std::env::var(&var).map_err(|_| {
+                self.err(
+                    &key("password_env"),
+                    format!("environment variable `{var}` is not set"),
+                )
+            })?)),
+            (None, None) => Ok(None),
+        }
+    }
+}

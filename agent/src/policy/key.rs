@@ -1,0 +1,103 @@
+//! The key of a row as it leaves: normalized as its identifier kind, pseudonymized or
+//! encrypted by its rule, or the reason the row is quarantined (never the raw value).
+
+use exchange_connectors::{Row, Value};
+
+use super::{Plan, Quarantine};
+use crate::config::{InvalidKey, Keys};
+use crate::identifier::{self, IdKind};
+use crate::policy::rule::Rule;
+
+impl Plan {
+    /// The key material the plan was compiled with.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Whether the key leaves in another form than read (so its raw value is sealed in the
+    /// stored position and never shown).
+    pub fn key_is_hidden(&self) -> bool {
+        !self.key_rule.is_plain()
+    }
+
+    /// The raw key of a row as text (never leaves the plan).
+    pub(super) fn raw_key<'r>(&self, row: &'r Row) -> Result<std::borrow::Cow<'r, str>, String> {
+        let column = &self.selection.columns[self.key_index];
+        let key =
+            match &row.values[self.key_index] {
+                Ok(Value::Null) => return Err(format!("key column `{column}` is NULL")),
+                Ok(Value::Text(t)) => std::borrow::Cow::Borrowed(t.as_str()),
+                Ok(v) => std::borrow::Cow::Owned(v.to_text().ok_or_else(|| {
+                    format!("key column `{column}` has a type that cannot be a key")
+                })?),
+                Err(e) => return Err(format!("key cannot be converted: {e}")),
+            };
+        if key.is_empty() {
+            return Err(format!("key column `{column}` is empty"));
+        }
+        if key.contains('\0') {
+            return Err(format!("key column `{column}` contains a NUL character"));
+        }
+        Ok(key)
+    }
+
+    /// The key of a row as it leaves, and whether it is an invalid identifier let through;
+    /// or why the row is quarantined (with the key as it would have left, when there is one).
+    pub fn key_of(&self, row: &Row) -> Result<(String, bool), Quarantine> {
+        let raw = self
+            .raw_key(row)
+            .map_err(|reason| Quarantine::new(None, reason))?;
+        let kind = match &self.key_rule {
+            Rule::Pseudonym { kind, .. } => *kind,
+            _ => self.key_kind,
+        };
+        let (normal, invalid) = if kind == IdKind::Other && self.key_rule.is_plain() {
+            (raw.into_owned(), None)
+        } else {
+            match identifier::normalize(kind, &raw) {
+                Ok(n) => (n, None),
+                Err(e) => (e.cleaned, Some(e.reason)),
+            }
+        };
+        let column = &self.selection.columns[self.key_index];
+        let out = match &self.key_rule {
+            Rule::Pseudonym { domain, .. } => match &self.keys.pseudonym {
+                Some(k) => k.token(domain, &normal),
+                None => {
+                    return Err(Quarantine::new(
+                        None,
+                        format!("key column `{column}`: the pseudonym key is not configured"),
+                    ));
+                }
+            },
+            Rule::FpeDigits { domain } => {
+                match self
+                    .keys
+                    .fpe
+                    .as_ref()
+                    .and_then(|k| k.encrypt(domain, &normal))
+                {
+                    Some(e) => e,
+                    None => {
+                        return Err(Quarantine::new(
+                            None,
+                            format!(
+                                "key column `{column}`: fewer than 6 digits, or digits of another script than ASCII, which fpe:digits cannot encrypt (or the FPE key is not configured)"
+                            ),
+                        ));
+                    }
+                }
+            }
+            _ => normal,
+        };
+        match invalid {
+            None => Ok((out, false)),
+            Some(_) if self.invalid_key == InvalidKey::Deliver => Ok((out, true)),
+            Some(reason) => Err(Quarantine {
+                key: Some(out),
+                reason: format!("key column `{column}`: {reason}"),
+                invalid_key: true,
+            }),
+        }
+    }
+}
