@@ -16,18 +16,18 @@
 //! - on any failure the batch stays queued and is retried with backoff (honouring
 //!   `Retry-After` on 429 and 503); nothing is dropped, whatever the hub answers.
 //!
-//! The window that keeps these invariants is a small state machine: [`window`] names its
+//! The window that keeps these invariants is a small state machine: `window` names its
 //! states ([`Flow`] between calls: probing or streaming; within a call: sending, awaiting,
 //! acknowledged, failed, closed).
 //!
-//! - [`client`]: the hub's client, one batch per request;
-//! - [`answer`]: how the hub's answer to a batch is read (acknowledgement, overtaken, gap,
+//! - `client`: the hub's client, one batch per request;
+//! - `answer`: how the hub's answer to a batch is read (acknowledgement, overtaken, gap,
 //!   rewound, refused);
-//! - [`flight`]: what one call shares with its requests in flight (the committed bound, the
+//! - `flight`: what one call shares with its requests in flight (the committed bound, the
 //!   batches unanswered);
-//! - [`receipt`]: an acknowledged batch removed from the queue, with its audit entry;
-//! - [`window`]: the push window;
-//! - [`error`]: why a push failed.
+//! - `receipt`: an acknowledged batch removed from the queue, with its audit entry;
+//! - `window`: the push window;
+//! - `error`: why a push failed.
 
 mod answer;
 mod client;
