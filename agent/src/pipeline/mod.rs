@@ -202,9 +202,7 @@ impl Pipeline {
         mut stop: watch::Receiver<bool>,
         until_empty: Option<watch::Receiver<bool>>,
     ) {
-        let mut backoff = Backoff::standard();
-        // A refusal (4xx) needs someone to fix something: retry, but rarely.
-        let mut refusal_backoff = Backoff::new(Duration::from_secs(30), Duration::from_secs(600));
+        let mut retry = PushRetry::new(until_empty);
         let mut flow = Flow::default();
         // A push error is shown (and kept) until the first acknowledgement after it, even in
         // the middle of a long drain; set at start for an error kept by an earlier process.
@@ -226,66 +224,108 @@ impl Pipeline {
                 // restart and acknowledged as a duplicate.
                 _ = stop.changed() => return,
             };
-            match result {
-                Ok(n) if n > 0 => {
-                    backoff.reset();
-                    refusal_backoff.reset();
-                }
-                Err(e @ PushError::Overtaken { .. }) => {
-                    // Provisional, not a failure: the batches are resent in order, from the
-                    // oldest alone. Nothing was acknowledged, so wait first rather than spin.
-                    let delay = backoff.next_delay();
-                    tracing::debug!(resource, error = %e, retry_in = ?delay, "Resending from the oldest queued batch.");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop.changed() => {}
-                    }
-                }
-                Ok(_) => {
-                    if let Some(done) = &until_empty
-                        && *done.borrow()
-                        && self.queue.head(resource).ok().flatten().is_none()
-                    {
-                        return;
-                    }
-                    tokio::select! {
-                        _ = notified => {}
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = stop.changed() => {}
-                    }
-                }
-                Err(e @ PushError::Halted { .. }) => {
-                    // Stopped until an operator acts (which needs the queue: the service is
-                    // stopped first); nothing to retry. The reason was logged when it stopped.
-                    failing.store(true, Ordering::Relaxed);
-                    self.push_failed(resource, &e.to_string());
-                    if until_empty.is_some() {
-                        return;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-                        _ = stop.changed() => {}
-                    }
-                }
+            let pause = match result {
+                Ok(n) => retry.after_push(self, resource, n),
                 Err(e) => {
-                    let delay = match e.retry_after() {
-                        Some(d) => d,
-                        None if e.is_refusal() => refusal_backoff.next_delay(),
-                        None => backoff.next_delay(),
-                    };
-                    tracing::warn!(resource, error = %e, retry_in = ?delay, "Push failed; the batch stays queued and will be retried.");
-                    failing.store(true, Ordering::Relaxed);
-                    self.push_failed(resource, &e.to_string());
-                    if until_empty.is_some() && e.is_refusal() {
-                        // `sync`: a refusal needs someone to act; say so now instead of
-                        // retrying until the deadline. The batch stays queued.
-                        return;
+                    let pause = retry.after_failure(resource, &e);
+                    if !matches!(e, PushError::Overtaken { .. }) {
+                        failing.store(true, Ordering::Relaxed);
+                        self.push_failed(resource, &e.to_string());
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop.changed() => {}
-                    }
+                    pause
                 }
+            };
+            match pause {
+                Pause::Again => {}
+                Pause::Stop => return,
+                Pause::Idle => tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => {}
+                },
+                Pause::Retry(delay) => tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.changed() => {}
+                },
+            }
+        }
+    }
+}
+
+/// What a push loop does after one call of [`push_batches`].
+enum Pause {
+    /// Batches were acknowledged: push again at once.
+    Again,
+    /// Nothing queued: wait for an enqueue (a second at most).
+    Idle,
+    /// Wait this long before pushing again (a failure, or an overtaken batch).
+    Retry(Duration),
+    /// The loop ends (a sync that has nothing more to do, or cannot go on).
+    Stop,
+}
+
+/// How a push loop waits after each call: its backoffs, and whether it serves a `sync`.
+struct PushRetry {
+    /// Backoff after a failure.
+    backoff: Backoff,
+    /// A refusal (4xx) needs someone to fix something: retry, but rarely.
+    refusal_backoff: Backoff,
+    /// For a `sync`: turns true when its pulls are done, so an empty queue ends the loop.
+    until_empty: Option<watch::Receiver<bool>>,
+}
+
+impl PushRetry {
+    fn new(until_empty: Option<watch::Receiver<bool>>) -> PushRetry {
+        PushRetry {
+            backoff: Backoff::standard(),
+            refusal_backoff: Backoff::new(Duration::from_secs(30), Duration::from_secs(600)),
+            until_empty,
+        }
+    }
+
+    /// After a call that acknowledged `acknowledged` batches.
+    fn after_push(&mut self, pipeline: &Pipeline, resource: &str, acknowledged: usize) -> Pause {
+        if acknowledged > 0 {
+            self.backoff.reset();
+            self.refusal_backoff.reset();
+            return Pause::Again;
+        }
+        if let Some(done) = &self.until_empty
+            && *done.borrow()
+            && pipeline.queue.head(resource).ok().flatten().is_none()
+        {
+            return Pause::Stop;
+        }
+        Pause::Idle
+    }
+
+    /// After a failed call (the board is told by the caller, except for an overtaken batch).
+    fn after_failure(&mut self, resource: &str, e: &PushError) -> Pause {
+        match e {
+            PushError::Overtaken { .. } => {
+                // Provisional, not a failure: the batches are resent in order, from the
+                // oldest alone. Nothing was acknowledged, so wait first rather than spin.
+                let delay = self.backoff.next_delay();
+                tracing::debug!(resource, error = %e, retry_in = ?delay, "Resending from the oldest queued batch.");
+                Pause::Retry(delay)
+            }
+            // Stopped until an operator acts (which needs the queue: the service is stopped
+            // first); nothing to retry. The reason was logged when it stopped.
+            PushError::Halted { .. } if self.until_empty.is_some() => Pause::Stop,
+            PushError::Halted { .. } => Pause::Retry(Duration::from_secs(30)),
+            _ => {
+                let delay = match e.retry_after() {
+                    Some(d) => d,
+                    None if e.is_refusal() => self.refusal_backoff.next_delay(),
+                    None => self.backoff.next_delay(),
+                };
+                tracing::warn!(resource, error = %e, retry_in = ?delay, "Push failed; the batch stays queued and will be retried.");
+                if self.until_empty.is_some() && e.is_refusal() {
+                    // `sync`: a refusal needs someone to act; say so now instead of
+                    // retrying until the deadline. The batch stays queued.
+                    return Pause::Stop;
+                }
+                Pause::Retry(delay)
             }
         }
     }

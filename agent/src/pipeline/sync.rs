@@ -171,7 +171,7 @@ pub async fn sync(
     const MAX: Duration = Duration::from_secs(7 * 86_400);
     // Catalogue entries alongside the pulls (a `none` resource reaches the hub only this way),
     // within the same deadline.
-    let mut catalogue_task = {
+    let catalogue_task = {
         let pl = pipeline.clone();
         tokio::spawn(async move { pl.report_catalogue().await })
     };
@@ -189,27 +189,20 @@ pub async fn sync(
     let (stop_tx, stop_rx) = watch::channel(false);
     // Tasks are aborted when the sync is dropped (a control-socket client went away) or ends.
     let mut tasks = tokio::task::JoinSet::new();
-    let mut states = Vec::new();
-    for p in &pullers {
-        let state = Arc::new(Tracked::default());
-        states.push(state.clone());
-        let (done_tx, done_rx) = watch::channel(false);
-        let pl = pipeline.clone();
-        let code = p.resource.code.clone();
-        let stop = stop_rx.clone();
-        if pushers == Pushers::Own {
-            tasks.spawn(async move { pl.push_loop(&code, stop, Some(done_rx)).await });
-        } else {
-            let pl = pipeline.clone();
-            let state = state.clone();
-            tasks.spawn(async move { drained_by_daemon(&pl, &code, &state, done_rx, stop).await });
-        }
-        let (pl, p, say) = (pipeline.clone(), p.clone(), say.clone());
-        tasks.spawn(async move {
-            pull_until_started(&pl, &p, &state, options.wait, &say).await;
-            let _ = done_tx.send(true);
-        });
-    }
+    let states: Vec<Arc<Tracked>> = pullers
+        .iter()
+        .map(|p| {
+            spawn_resource(
+                &mut tasks,
+                &pipeline,
+                p,
+                pushers,
+                options.wait,
+                &stop_rx,
+                &say,
+            )
+        })
+        .collect();
     let all = async { while tasks.join_next().await.is_some() {} };
     let timed_out = tokio::time::timeout(options.deadline.saturating_sub(started.elapsed()), all)
         .await
@@ -218,78 +211,125 @@ pub async fn sync(
     // Whatever still runs stops now (a pull commits or not as a whole).
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
-    let catalogue = match tokio::time::timeout(
+    let catalogue = catalogue_within(
+        catalogue_task,
         options.deadline.saturating_sub(started.elapsed()),
-        &mut catalogue_task,
     )
-    .await
-    {
-        Ok(Ok(done)) => done,
-        Ok(Err(e)) => (0, vec![format!("the catalogue task failed: {e}")]),
-        Err(_) => {
-            catalogue_task.abort();
-            (
-            0,
-            vec!["the deadline passed before the hub answered; the service reports it again when it starts".into()],
-        )
-        }
-    };
+    .await;
     let resources = pullers
         .iter()
         .zip(&states)
-        .map(|(p, t)| {
-            let code = p.resource.code.clone();
-            let st = pipeline.queue.state(&code).unwrap_or_default();
-            let rt = pipeline.board.get(&code);
-            let totals = t.totals();
-            let pull_error = t
-                .error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-                .or_else(|| {
-                    (timed_out && !t.is_caught_up())
-                        .then(|| "the deadline passed while pulling".into())
-                });
-            // The batches this sync is answerable for: all of them when it pushes itself; up
-            // to the last one its pulls queued when the daemon pushes (the daemon's own pulls
-            // may queue more meanwhile).
-            let (queued_batches, queued_records) = match pushers {
-                Pushers::Own => (st.queued_batches, st.queued_records),
-                Pushers::Daemon => {
-                    let last = *t.last_seq.lock().unwrap_or_else(|e| e.into_inner());
-                    let ours: Vec<_> = pipeline
-                        .queue
-                        .batches(&code)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|b| last.is_none_or(|l| b.seq <= l))
-                        .collect();
-                    (
-                        ours.len() as u64,
-                        ours.iter().map(|b| u64::from(b.records)).sum(),
-                    )
-                }
-            };
-            ResourceOutcome {
-                pulled: totals.records,
-                quarantined: totals.quarantined + totals.null_cursor,
-                pull_error,
-                horizon: totals.horizon.as_ref().map(crate::text::horizon_text),
-                queued_batches,
-                queued_records,
-                push_error: (queued_batches > 0)
-                    .then(|| rt.push_error.or(st.push_error.map(|n| n.message)))
-                    .flatten(),
-                code,
-            }
-        })
+        .map(|(p, t)| outcome(&pipeline, &p.resource.code, t, pushers, timed_out))
         .collect();
     SyncReport {
         resources,
         timed_out,
         catalogue,
     }
+}
+
+/// Starts one resource's tasks: its pulls until the sync's start, and its push loop (or the
+/// wait for the daemon's); returns what its sync does, as it goes.
+fn spawn_resource(
+    tasks: &mut tokio::task::JoinSet<()>,
+    pipeline: &Arc<Pipeline>,
+    puller: &Arc<Puller>,
+    pushers: Pushers,
+    wait: Duration,
+    stop: &watch::Receiver<bool>,
+    say: &Say,
+) -> Arc<Tracked> {
+    let state = Arc::new(Tracked::default());
+    let (done_tx, done_rx) = watch::channel(false);
+    let pl = pipeline.clone();
+    let code = puller.resource.code.clone();
+    let stop = stop.clone();
+    if pushers == Pushers::Own {
+        tasks.spawn(async move { pl.push_loop(&code, stop, Some(done_rx)).await });
+    } else {
+        let state = state.clone();
+        tasks.spawn(async move { drained_by_daemon(&pl, &code, &state, done_rx, stop).await });
+    }
+    let (pl, p, say, tracked) = (pipeline.clone(), puller.clone(), say.clone(), state.clone());
+    tasks.spawn(async move {
+        pull_until_started(&pl, &p, &tracked, wait, &say).await;
+        let _ = done_tx.send(true);
+    });
+    state
+}
+
+/// The catalogue task's result, if it ends within `remaining`.
+async fn catalogue_within(
+    mut task: tokio::task::JoinHandle<(usize, Vec<String>)>,
+    remaining: Duration,
+) -> (usize, Vec<String>) {
+    match tokio::time::timeout(remaining, &mut task).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => (0, vec![format!("the catalogue task failed: {e}")]),
+        Err(_) => {
+            task.abort();
+            (
+            0,
+            vec!["the deadline passed before the hub answered; the service reports it again when it starts".into()],
+        )
+        }
+    }
+}
+
+/// What the sync did for one resource, read when it ends.
+fn outcome(
+    pipeline: &Pipeline,
+    code: &str,
+    t: &Tracked,
+    pushers: Pushers,
+    timed_out: bool,
+) -> ResourceOutcome {
+    let st = pipeline.queue.state(code).unwrap_or_default();
+    let rt = pipeline.board.get(code);
+    let totals = t.totals();
+    let pull_error = t
+        .error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .or_else(|| {
+            (timed_out && !t.is_caught_up()).then(|| "the deadline passed while pulling".into())
+        });
+    // The batches this sync is answerable for: all of them when it pushes itself; up to the
+    // last one its pulls queued when the daemon pushes (the daemon's own pulls may queue more
+    // meanwhile).
+    let (queued_batches, queued_records) = match pushers {
+        Pushers::Own => (st.queued_batches, st.queued_records),
+        Pushers::Daemon => queued_by(pipeline, code, t),
+    };
+    ResourceOutcome {
+        pulled: totals.records,
+        quarantined: totals.quarantined + totals.null_cursor,
+        pull_error,
+        horizon: totals.horizon.as_ref().map(crate::text::horizon_text),
+        queued_batches,
+        queued_records,
+        push_error: (queued_batches > 0)
+            .then(|| rt.push_error.or(st.push_error.map(|n| n.message)))
+            .flatten(),
+        code: code.to_owned(),
+    }
+}
+
+/// The batches (and their records) still queued up to the last one the sync's pulls queued.
+fn queued_by(pipeline: &Pipeline, code: &str, t: &Tracked) -> (u64, u64) {
+    let last = *t.last_seq.lock().unwrap_or_else(|e| e.into_inner());
+    let ours: Vec<_> = pipeline
+        .queue
+        .batches(code)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|b| last.is_none_or(|l| b.seq <= l))
+        .collect();
+    (
+        ours.len() as u64,
+        ours.iter().map(|b| u64::from(b.records)).sum(),
+    )
 }
 
 /// What one resource's sync has done so far.
@@ -365,32 +405,10 @@ async fn pull_until_started(
     let until = Instant::now() + wait;
     let mut backoff = Backoff::standard();
     // The source's clock at the start: the instant the horizon has to pass.
-    let t0 = loop {
-        match puller.connector.clock().await {
-            Ok(t) => break t,
-            Err(e) if e.is_transient() && Instant::now() + backoff.peek() < until => {
-                say(format!("{code}: source unreachable ({e}); retrying"));
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-            Err(e) => {
-                pipeline.pull_failed(code, &e.to_string());
-                return tracked.fail(e.to_string());
-            }
-        }
+    let Some(t0) = source_clock(pipeline, puller, tracked, until, &mut backoff, say).await else {
+        return;
     };
-    // A snapshot scan already under way may have passed rows committed before `t0`; it is
-    // finished, and one more full scan that starts after `t0` follows.
-    let mut scans: u32 = match &puller.resource.mode {
-        Mode::Snapshot => {
-            let st = pipeline.queue.state(code).unwrap_or_default();
-            if st.snapshot.position.is_some() || st.snapshot.sweeping {
-                2
-            } else {
-                1
-            }
-        }
-        Mode::Incremental { .. } => 0,
-    };
+    let mut scans = scans_to_pass(pipeline, puller);
     let mut said = String::new();
     loop {
         let result = puller.pull_with(&tracked.current).await;
@@ -405,19 +423,7 @@ async fn pull_until_started(
                 pipeline.pull_ok(code, &report);
                 backoff.reset();
                 scans = scans.saturating_sub(1);
-                let waiting = match (&puller.resource.mode, report.reached) {
-                    (Mode::Snapshot, _) => (scans > 0).then(String::new),
-                    (Mode::Incremental { .. }, Some(reached)) if reached < t0 => Some(waiting_for(
-                        puller.connector.as_ref(),
-                        &report,
-                        reached,
-                        t0,
-                        &puller.resource.mode,
-                    )),
-                    // Unbounded (no date/timestamp cursor), or the horizon has passed `t0`.
-                    (Mode::Incremental { .. }, _) => None,
-                };
-                match waiting {
+                match still_waiting(puller, &report, scans, t0) {
                     None => break,
                     Some(text) if Instant::now() >= until => {
                         return tracked.fail(format!(
@@ -448,6 +454,75 @@ async fn pull_until_started(
     let st = pipeline.queue.state(code).unwrap_or_default();
     *tracked.last_seq.lock().unwrap_or_else(|e| e.into_inner()) =
         Some(st.next_seq.saturating_sub(1));
+}
+
+/// The source's clock, retried while it is unreachable and time is left; `None` (the
+/// resource failed) otherwise.
+async fn source_clock(
+    pipeline: &Pipeline,
+    puller: &Puller,
+    tracked: &Tracked,
+    until: Instant,
+    backoff: &mut Backoff,
+    say: &Say,
+) -> Option<DateTime<Utc>> {
+    let code = &puller.resource.code;
+    loop {
+        match puller.connector.clock().await {
+            Ok(t) => return Some(t),
+            Err(e) if e.is_transient() && Instant::now() + backoff.peek() < until => {
+                say(format!("{code}: source unreachable ({e}); retrying"));
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => {
+                pipeline.pull_failed(code, &e.to_string());
+                tracked.fail(e.to_string());
+                return None;
+            }
+        }
+    }
+}
+
+/// How many full scans of a snapshot resource have to end before it is caught up: a scan
+/// already under way may have passed rows committed before `t0`; it is finished, and one
+/// more full scan that starts after `t0` follows. None for an incremental resource.
+fn scans_to_pass(pipeline: &Pipeline, puller: &Puller) -> u32 {
+    match &puller.resource.mode {
+        Mode::Snapshot => {
+            let st = pipeline
+                .queue
+                .state(&puller.resource.code)
+                .unwrap_or_default();
+            if st.snapshot.position.is_some() || st.snapshot.sweeping {
+                2
+            } else {
+                1
+            }
+        }
+        Mode::Incremental { .. } => 0,
+    }
+}
+
+/// After a pull that ended well: `None` when the resource is caught up with `t0`, else what
+/// it is still waiting for (empty when there is nothing to tell).
+fn still_waiting(
+    puller: &Puller,
+    report: &PullReport,
+    scans: u32,
+    t0: DateTime<Utc>,
+) -> Option<String> {
+    match (&puller.resource.mode, report.reached) {
+        (Mode::Snapshot, _) => (scans > 0).then(String::new),
+        (Mode::Incremental { .. }, Some(reached)) if reached < t0 => Some(waiting_for(
+            puller.connector.as_ref(),
+            report,
+            reached,
+            t0,
+            &puller.resource.mode,
+        )),
+        // Unbounded (no date/timestamp cursor), or the horizon has passed `t0`.
+        (Mode::Incremental { .. }, _) => None,
+    }
 }
 
 /// What a horizon that has not reached the sync's start is waiting for, for people.

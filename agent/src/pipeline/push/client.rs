@@ -1,0 +1,266 @@
+//! The hub's client: mutual TLS with the configured CA only; one batch per request
+//! (`POST /v1/batches`), the catalogue entry, the health check; transport failures explained
+//! (a TLS handshake's rustls error is dug out of the chain).
+
+use std::time::Duration;
+
+use exchange_protocol::batch::{self, Ack, BatchId, header};
+use exchange_protocol::tls;
+
+use super::answer::{Reply, Sent, error_text};
+use super::error::PushError;
+use super::flight::InFlight;
+use crate::config::Config;
+use crate::pipeline::queue::StoredBatch;
+
+/// A client of the hub's batch endpoint.
+#[derive(Clone)]
+pub struct HubClient {
+    http: reqwest::Client,
+    url: String,
+    node: String,
+    stream: String,
+}
+
+impl HubClient {
+    /// Builds the client: mutual TLS with the configured CA only.
+    pub fn new(config: &Config, stream: &str) -> Result<HubClient, PushError> {
+        let tls = tls::hub_client_config(&config.hub.tls)?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .https_only(true)
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(config.hub.timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| PushError::Unreachable {
+                url: config.hub.url.clone(),
+                reason: chain(&e),
+            })?;
+        Ok(HubClient {
+            http,
+            url: config.hub.url.clone(),
+            node: config.node.id.clone(),
+            stream: stream.to_owned(),
+        })
+    }
+
+    /// The hub's base URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The queue's own stream id (a resource that was resynchronized has its own).
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// Sends one batch of the stream in flight and returns the hub's acknowledgement;
+    /// `baseline` marks the batch that completes the stream's baseline. The answer is read
+    /// against `flight` as it stands when the answer arrives (acknowledgements of other
+    /// batches may have raised its bound meanwhile): the oldest batch still queued as this
+    /// one leaves tells a batch that overtook others from a gap, and the committed bound with
+    /// the queued digests an honest `duplicate` from a rewound queue.
+    pub(super) async fn send(
+        &self,
+        flight: &InFlight<'_>,
+        baseline: bool,
+        b: &StoredBatch,
+    ) -> Result<Ack, PushError> {
+        // Taken now, since acknowledgements may arrive before this answer.
+        let head = flight.oldest_queued(b.seq);
+        let reply = self.post(self.batch_request(flight, baseline, b)).await?;
+        let sent = Sent {
+            url: &self.url,
+            flight,
+            batch: b,
+            head,
+        };
+        sent.read(reply).await
+    }
+
+    /// `POST /v1/batches` with the batch's identity in the protocol's headers.
+    fn batch_request(
+        &self,
+        flight: &InFlight<'_>,
+        baseline: bool,
+        b: &StoredBatch,
+    ) -> reqwest::RequestBuilder {
+        let id = BatchId {
+            node: self.node.clone(),
+            resource: flight.resource.to_owned(),
+            stream: flight.stream.clone(),
+            seq: b.seq,
+        };
+        let request = self
+            .http
+            .post(format!("{}{}", self.url, batch::BATCHES_PATH))
+            .header(header::PROTOCOL, batch::PROTOCOL_VERSION)
+            .header(header::NODE, &id.node)
+            .header(header::RESOURCE, &id.resource)
+            .header(header::STREAM, &id.stream)
+            .header(header::SEQ, id.seq.to_string())
+            .header(header::RECORDS, b.records.to_string())
+            .header(header::DIGEST, &b.digest)
+            .header(header::IDEMPOTENCY_KEY, id.idempotency_key())
+            .header("content-type", batch::CONTENT_TYPE)
+            .header("content-encoding", batch::CONTENT_ENCODING);
+        let request = if baseline {
+            request.header(header::BASELINE, batch::BASELINE_COMPLETE)
+        } else {
+            request
+        };
+        request.body(b.body.clone())
+    }
+
+    /// Sends a request and reads the whole answer.
+    async fn post(&self, request: reqwest::RequestBuilder) -> Result<Reply, PushError> {
+        let response = request.send().await.map_err(|e| self.transport_error(&e))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        Ok(Reply {
+            status,
+            retry_after,
+            body: body.into(),
+        })
+    }
+
+    /// `PUT /v1/catalogue`: reports a resource's catalogue entry (docs/PROTOCOL.md §10).
+    pub async fn put_catalogue(
+        &self,
+        entry: &exchange_protocol::catalogue::CatalogueEntry,
+    ) -> Result<(), PushError> {
+        let r = self
+            .http
+            .put(format!(
+                "{}{}",
+                self.url,
+                exchange_protocol::catalogue::CATALOGUE_PATH
+            ))
+            .header(header::PROTOCOL, batch::PROTOCOL_VERSION)
+            .header(header::NODE, &self.node)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(entry).expect("an entry serializes"))
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let status = r.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = r.bytes().await.unwrap_or_default();
+        let error = error_text(&body);
+        Err(PushError::Unreachable {
+            url: self.url.clone(),
+            reason: format!(
+                "catalogue entry of `{}` answered {status}: {error}",
+                entry.resource
+            ),
+        })
+    }
+
+    /// `GET /v1/health`: whether the hub answers over mutual TLS.
+    pub async fn health(&self) -> Result<(), PushError> {
+        let r = self
+            .http
+            .get(format!("{}{}", self.url, batch::HEALTH_PATH))
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(PushError::Unreachable {
+                url: self.url.clone(),
+                reason: format!("health check answered {}", r.status()),
+            })
+        }
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> PushError {
+        match find_rustls(e) {
+            Some(t) => PushError::Handshake {
+                url: self.url.clone(),
+                reason: tls::explain(t),
+            },
+            None => PushError::Unreachable {
+                url: self.url.clone(),
+                reason: chain(e),
+            },
+        }
+    }
+}
+
+/// The rustls error somewhere in an error chain; hyper-rustls wraps it in I/O errors, whose
+/// payload is not part of `source()`.
+fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(t) = e.downcast_ref::<rustls::Error>() {
+        return Some(t);
+    }
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        && let Some(t) = find_rustls(inner)
+    {
+        return Some(t);
+    }
+    e.source().and_then(find_rustls)
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date.
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    Some(
+        (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !out.contains(&s_text) {
+            out.push_str(": ");
+            out.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_a_date() {
+        assert_eq!(parse_retry_after("5"), Some(Duration::from_secs(5)));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
+        let d = parse_retry_after(&later).unwrap();
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}
