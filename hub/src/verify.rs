@@ -132,7 +132,7 @@ impl Verifier {
     async fn post(&self, url: &str, body: Vec<u8>) -> Result<String, VerifyCallError> {
         let transport = |e: reqwest::Error| VerifyCallError::Transport {
             url: url.to_owned(),
-            reason: error_chain(&e),
+            reason: exchange_protocol::cause::chain(&e),
         };
         let response = self
             .http
@@ -263,21 +263,6 @@ fn unblind(
         request_id: answer.request_id,
         items: out,
     })
-}
-
-/// The whole chain of an error, for messages (a TLS alert is deep inside reqwest's).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// A claim as given on the command line or in a file: in clear, or as HMAC-SM3 under the

@@ -15,6 +15,7 @@
 
 pub mod batch;
 pub mod catalogue;
+pub mod cause;
 pub mod digest;
 #[cfg(feature = "pki")]
 pub mod pki;

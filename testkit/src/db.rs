@@ -58,24 +58,12 @@ where
     .join();
 }
 
-/// An error and its sources, `: `-separated.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 /// Connects to PostgreSQL, failing the test with instructions when the server is unreachable.
 pub async fn pg_connect(url: &str) -> Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
         .unwrap_or_else(|e| {
-            let e = chain(&e);
+            let e = exchange_protocol::cause::chain(&e);
             panic!(
                 "PostgreSQL at {url} is unreachable ({e}).\n\
              These tests need a real server and never skip. Start the local one \

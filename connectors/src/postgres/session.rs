@@ -134,17 +134,7 @@ pub(super) fn error_reason(e: &tokio_postgres::Error) -> String {
     }
     // Keep the cause ("connection refused", "no route to host", a timeout): tokio-postgres
     // says only "error connecting to server" itself.
-    let mut text = e.to_string();
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = e.source();
-    while let Some(c) = cause {
-        let c_text = c.to_string();
-        if !text.contains(&c_text) {
-            text.push_str(": ");
-            text.push_str(&c_text);
-        }
-        cause = c.source();
-    }
-    text
+    exchange_protocol::cause::chain(e)
 }
 
 /// `host:port[,host:port]/dbname` of a configuration.

@@ -36,7 +36,7 @@ impl HubClient {
             .build()
             .map_err(|e| PushError::Unreachable {
                 url: config.hub.url.clone(),
-                reason: chain(&e),
+                reason: exchange_protocol::cause::chain(&e),
             })?;
         Ok(HubClient {
             http,
@@ -194,7 +194,7 @@ impl HubClient {
             },
             None => PushError::Unreachable {
                 url: self.url.clone(),
-                reason: chain(e),
+                reason: exchange_protocol::cause::chain(e),
             },
         }
     }
@@ -228,20 +228,6 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
             .to_std()
             .unwrap_or(Duration::ZERO),
     )
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !out.contains(&s_text) {
-            out.push_str(": ");
-            out.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]
