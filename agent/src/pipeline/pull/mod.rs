@@ -15,6 +15,9 @@
 //!   pages never return it (the connectors filter it out), and every pull counts it and
 //!   quarantines it first ([`Connector::null_cursor_rows`]), so it neither stops the resource
 //!   nor vanishes.
+//!
+//! This file holds the pull loop and what its steps share; `admission` checks a resource
+//! before it is read, `incremental` and `snapshot` read and write a page in each mode.
 
 mod admission;
 mod incremental;

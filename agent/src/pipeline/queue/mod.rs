@@ -43,6 +43,12 @@
 //! - Sequence numbers of a resource are contiguous from 1 within one stream. The queue's own
 //!   stream id is drawn when the file is created; `resync` gives a resource a stream of its
 //!   own (`ResourceState::stream`), numbered from 1 again.
+//!
+//! # Code
+//! This file holds the tables, opening (format check, stream id, migration) and
+//! transactions; each table's reading and writing lives in a part of its own: `state`
+//! (states, resync), `batches` (enqueue, read, acknowledge, discard), `quarantine`,
+//! `digests` and `audit_pending` (settling stored audit entries).
 
 mod audit_pending;
 mod batches;
@@ -217,7 +223,8 @@ impl Queue {
     }
 }
 
-/// The queue's own stream id (hex), drawn, with the format mark, when the file is new.
+/// The queue's own stream id (hex): drawn, and the format marked, when the file is new; a
+/// file of another format is refused.
 fn stream_id(tx: &redb::WriteTransaction) -> Result<String, QueueError> {
     let mut meta = tx.open_table(META).map_err(storage("opening"))?;
     let format = meta
@@ -248,6 +255,7 @@ fn stream_id(tx: &redb::WriteTransaction) -> Result<String, QueueError> {
     Ok(hex::encode(id))
 }
 
+/// Creates every table a new file lacks.
 fn for_each_table(tx: &redb::WriteTransaction) -> Result<(), QueueError> {
     tx.open_table(QUARANTINE_INDEX)
         .map_err(storage("opening"))?;
