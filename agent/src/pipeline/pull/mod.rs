@@ -15,21 +15,26 @@
 //!   pages never return it (the connectors filter it out), and every pull counts it and
 //!   quarantines it first ([`Connector::null_cursor_rows`]), so it neither stops the resource
 //!   nor vanishes.
+//!
+//! This file holds the pull loop and what its steps share; `admission` checks a resource
+//! before it is read, `incremental` and `snapshot` read and write a page in each mode.
+
+mod admission;
+mod incremental;
+mod snapshot;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use exchange_connectors::{
-    Bound, Connector, ConnectorError, HorizonInfo, Page, PageRequest, Value,
-};
+use exchange_connectors::{Connector, ConnectorError, HorizonInfo, Page};
 use exchange_protocol::batch::{Op, Record, push_line};
 use tokio::sync::Notify;
 
 use crate::config::{BatchLimits, Mode, Resource};
-use crate::pipeline::fingerprint::Shape;
-use crate::pipeline::queue::{Baseline, Encoded, HaltKind, Queue, QueueError, ResourceState, Txn};
-use crate::policy::{CursorOf, Plan};
-use exchange_protocol::digest::sm3;
+use crate::pipeline::queue::{Baseline, Queue, QueueError, ResourceState, Txn};
+use crate::policy::Plan;
+
+use incremental::Ahead;
 
 /// How many rows with a NULL cursor value (or, in snapshot mode, a NULL key) get a quarantine
 /// entry of their own per cycle (all are counted).
@@ -112,6 +117,15 @@ pub struct PullReport {
     pub reached: Option<chrono::DateTime<chrono::Utc>>,
     /// Whether the pull ended caught up with the source (as opposed to stopping early).
     pub caught_up: bool,
+}
+
+impl PullReport {
+    /// Counts a page read, and how it was bounded.
+    fn saw(&mut self, page: &Page) {
+        self.pages += 1;
+        self.horizon = Some(page.horizon.info.clone());
+        self.reached = page.horizon.reached;
+    }
 }
 
 /// A pull's counts as they grow, readable while the pull runs (so a `sync` that times out
@@ -201,125 +215,6 @@ impl Puller {
         }
     }
 
-    /// Rows with a NULL in a cursor column (in snapshot mode the cursor is the key) have no
-    /// place in the cursor order, so no page returns them: on every cycle they are counted and
-    /// (up to [`NULL_ROWS_LISTED`] of them) quarantined, with their key when it can be read, so
-    /// they stay visible until fixed.
-    async fn quarantine_null_cursors(&self, report: &mut PullReport) -> Result<(), PullError> {
-        let null = self
-            .connector
-            .null_cursor_rows(&self.plan.selection, NULL_ROWS_LISTED)
-            .await?;
-        if null.total == 0 {
-            return Ok(());
-        }
-        tracing::warn!(resource = %self.resource.code, rows = null.total, "Rows with a NULL cursor or key value cannot be delivered; they are quarantined.");
-        let code = self.resource.code.clone();
-        let plan = self.plan.clone();
-        self.blocking(move |txn| {
-            let mut st = txn.state(&code)?;
-            for row in &null.rows {
-                let reason = match plan.cursor_of(row) {
-                    CursorOf::Null(reason) => reason,
-                    _ => "a cursor column is NULL, so the row has no place in the cursor order; give the column a value (NOT NULL)".to_owned(),
-                };
-                let key = match plan.key_of(row) {
-                    Ok((key, _)) => Some(key),
-                    Err(q) => q.key,
-                };
-                txn.quarantine(&code, &mut st, key, reason)?;
-            }
-            txn.set_state(&code, &st)
-        })
-        .await?;
-        report.null_cursor = null.total;
-        Ok(())
-    }
-
-    /// Refuses to pull a stopped resource, and stops one whose configuration no longer
-    /// matches the shape its stream started with (see [`crate::pipeline::fingerprint`]).
-    async fn admit(&self) -> Result<(), PullError> {
-        let code = self.resource.code.clone();
-        let state = self.queue.state(&code)?;
-        let halted = |reason: String| PullError::Halted {
-            resource: code.clone(),
-            reason,
-        };
-        if let Some(h) = state.halt {
-            return Err(halted(h.reason));
-        }
-        let now = Shape::of(&self.resource, self.plan.keys());
-        match state.shape {
-            None => {
-                // A new stream, or one that began before shapes were kept.
-                self.queue.update_state(&code, |st| st.shape = Some(now))?;
-                Ok(())
-            }
-            Some(old) if old != now => {
-                let changes = old.changes(&now).join("; ");
-                let reason = if old.keeps_position(&now) {
-                    format!(
-                        "the configuration of `{code}` changed since its stream started ({changes}). Choose, with the service stopped: `exchange-agent resync {code}` reads the whole resource again on a new stream, so the hub's copy is rewritten (a field newly dropped disappears from it, a new field is filled in); or `exchange-agent accept-config {code}` keeps the cursor, and only rows that change from now on carry the new configuration"
-                    )
-                } else {
-                    format!(
-                        "the configuration of `{code}` changed since its stream started ({changes}); the stored position means nothing under the new relation, key, mode or cursor. With the service stopped, run `exchange-agent resync {code}` to read the whole resource again on a new stream"
-                    )
-                };
-                self.queue.halt(&code, HaltKind::ConfigChanged, &reason)?;
-                tracing::error!(resource = %code, reason, "Resource stopped.");
-                Err(halted(reason))
-            }
-            Some(_) => Ok(()),
-        }
-    }
-
-    /// Describes the selected columns and checks them against the rules and against the
-    /// types the stream started with: a column that disappeared is named by the source's
-    /// error, one whose type no longer suits its rule or changed pauses the resource (this
-    /// pull fails; the next one checks again) until it is back or an operator accepts it.
-    async fn check_columns(&self) -> Result<(), PullError> {
-        let code = &self.resource.code;
-        let columns = self.connector.describe(&self.plan.selection).await?;
-        let paused = |reason: String| PullError::Columns {
-            resource: code.clone(),
-            reason,
-        };
-        crate::policy::check_types(&self.resource, &columns).map_err(paused)?;
-        let now: std::collections::BTreeMap<String, String> = columns
-            .into_iter()
-            .map(|c| (c.name, c.source_type))
-            .collect();
-        match self.queue.state(code)?.columns {
-            None => {
-                self.queue.update_state(code, |st| st.columns = Some(now))?;
-                Ok(())
-            }
-            Some(old) if old != now => {
-                let changed: Vec<String> = now
-                    .iter()
-                    .filter_map(|(name, t)| match old.get(name) {
-                        Some(o) if o != t => Some(format!("`{name}` from {o} to {t}")),
-                        _ => None,
-                    })
-                    .collect();
-                if changed.is_empty() {
-                    // Only the set of columns differs (a column was added to the
-                    // configuration and accepted): remember the new set.
-                    self.queue.update_state(code, |st| st.columns = Some(now))?;
-                    return Ok(());
-                }
-                let reason = format!(
-                    "column type changed at the source: {}. The resource pauses until the column is back as it was; if the change is intended, run `exchange-agent accept-config {code}` (or `resync {code}`)",
-                    changed.join(", ")
-                );
-                tracing::error!(resource = %code, reason, "Resource paused.");
-                Err(paused(reason))
-            }
-            Some(_) => Ok(()),
-        }
-    }
-
     /// A stored position as the source is read with (sealed values opened).
     fn position(
         &self,
@@ -368,258 +263,6 @@ impl Puller {
         })
         .await
         .expect("queue task panicked")
-    }
-
-    /// Starts reading the incremental page after `after` in a task of its own.
-    fn read_ahead(&self, after: Option<Vec<Value>>, safety_lag: Duration) -> Ahead {
-        let connector = self.connector.clone();
-        let plan = self.plan.clone();
-        let limit = self.batch.max_records;
-        let from = after.clone();
-        let task = tokio::spawn(async move {
-            connector
-                .read_page(&PageRequest {
-                    selection: &plan.selection,
-                    after: from.as_deref(),
-                    limit,
-                    bound: Bound::Horizon { safety_lag },
-                })
-                .await
-        });
-        Ahead { after, task }
-    }
-
-    /// One incremental page; returns whether the resource is caught up. A full page starts
-    /// the read of the next one (`ahead`), used by the next call if the cursor then is the
-    /// one it was read after (it is, unless this page's commit failed).
-    async fn incremental_page(
-        &self,
-        state: ResourceState,
-        safety_lag: Duration,
-        ahead: &mut Option<Ahead>,
-        report: &mut PullReport,
-    ) -> Result<bool, PullError> {
-        let limit = self.batch.max_records;
-        // The stored position with its sealed values opened: what the source is read after.
-        let after = self.position(state.cursor.as_deref())?;
-        let read = match ahead.take() {
-            Some(next) if next.after == after => next,
-            _ => self.read_ahead(after, safety_lag),
-        };
-        let page = read.page().await?;
-        report.pages += 1;
-        report.horizon = Some(page.horizon.info.clone());
-        report.reached = page.horizon.reached;
-        let full = page.rows.len() >= limit;
-        if page.rows.is_empty() {
-            if state.baseline.is_reading() {
-                let code = self.resource.code.clone();
-                let reached = page.horizon.reached;
-                self.blocking(move |txn| {
-                    let mut st = txn.state(&code)?;
-                    complete_baseline(txn, &code, &mut st, 0, reached)?;
-                    txn.set_state(&code, &st)
-                })
-                .await?;
-            }
-            return Ok(true);
-        }
-        if full
-            && let Some(last) = page
-                .rows
-                .iter()
-                .rev()
-                .find_map(|r| match self.plan.cursor_of(r) {
-                    CursorOf::Values(c) => Some(c),
-                    _ => None,
-                })
-        {
-            *ahead = Some(self.read_ahead(Some(last), safety_lag));
-        }
-        // Policy, NDJSON, SM3 and zstd run before the write transaction: the queue has one
-        // writer, and the pusher's acknowledgements need it too.
-        let plan = self.plan.clone();
-        let limits = self.batch;
-        let reached = page.horizon.reached;
-        let prepared =
-            tokio::task::spawn_blocking(move || prepare_incremental(&plan, &page.rows, limits))
-                .await
-                .expect("policy task panicked");
-        let code = self.resource.code.clone();
-        let Prepared {
-            batches,
-            quarantine,
-            invalid_keys,
-            position,
-        } = prepared.map_err(|reason| PullError::Cursor {
-            resource: code.clone(),
-            reason,
-        })?;
-        let quarantined = quarantine.len() as u64;
-        let records = self
-            .blocking(move |txn| {
-                let mut st = txn.state(&code)?;
-                st.invalid_keys_since
-                    .get_or_insert_with(crate::pipeline::queue::now);
-                st.invalid_keys += invalid_keys;
-                for (key, reason) in quarantine {
-                    txn.quarantine(&code, &mut st, key, reason)?;
-                }
-                let mut records = 0;
-                for batch in &batches {
-                    txn.enqueue_encoded(&code, &mut st, batch)?;
-                    records += u64::from(batch.records());
-                }
-                if position.is_some() {
-                    st.cursor = position;
-                }
-                if !full {
-                    complete_baseline(txn, &code, &mut st, records, reached)?;
-                }
-                txn.set_state(&code, &st)?;
-                Ok(records)
-            })
-            .await?;
-        report.records += records;
-        report.quarantined += quarantined;
-        Ok(!full)
-    }
-
-    /// One snapshot step (a page of the scan, or a chunk of the delete sweep); returns
-    /// whether the snapshot run is complete.
-    async fn snapshot_step(
-        &self,
-        state: ResourceState,
-        report: &mut PullReport,
-    ) -> Result<bool, PullError> {
-        let code = self.resource.code.clone();
-        let limits = self.batch;
-        let generation = state.snapshot.generation.max(1);
-        if state.snapshot.sweeping {
-            let (records, done) = self
-                .blocking_pull(move |txn| {
-                    let mut st = txn.state(&code)?;
-                    let keys = txn.take_unseen(&code, generation, limits.max_records)?;
-                    let mut builder = BatchBuilder::new(limits);
-                    let mut quarantined = 0;
-                    for key in &keys {
-                        let line = line_of(Op::Delete, key.clone(), None, false);
-                        builder.add(txn, &code, &mut st, &line, &mut quarantined)?;
-                    }
-                    let records = builder.finish(txn, &code, &mut st)?;
-                    let done = keys.len() < limits.max_records;
-                    if done {
-                        // A scan by key without a bound: everything that existed when the
-                        // scan began has been read.
-                        complete_baseline(txn, &code, &mut st, records, None)?;
-                        st.invalid_keys = std::mem::take(&mut st.snapshot.invalid_keys);
-                        st.invalid_keys_since = Some(crate::pipeline::queue::now());
-                        st.snapshot.generation = generation + 1;
-                        st.snapshot.position = None;
-                        st.snapshot.sweeping = false;
-                    }
-                    txn.set_state(&code, &st)?;
-                    Ok((records, done))
-                })
-                .await?;
-            report.records += records;
-            return Ok(done);
-        }
-        let limit = self.batch.max_records;
-        let after = self.position(state.snapshot.position.as_deref())?;
-        let page: Page = self
-            .connector
-            .read_page(&PageRequest {
-                selection: &self.plan.selection,
-                after: after.as_deref(),
-                limit,
-                bound: Bound::None,
-            })
-            .await?;
-        report.pages += 1;
-        report.horizon = Some(page.horizon.info.clone());
-        report.reached = page.horizon.reached;
-        let scan_done = page.rows.len() < limit;
-        let plan = self.plan.clone();
-        let (records, quarantined) = self
-            .blocking_pull(move |txn| {
-                let mut st = txn.state(&code)?;
-                let mut builder = BatchBuilder::new(limits);
-                let mut quarantined = 0;
-                let mut position = st.snapshot.position.clone();
-                // Whether `position` is a page's (raw) value rather than the stored (sealed) one.
-                let mut moved = false;
-                for row in &page.rows {
-                    match plan.cursor_of(row) {
-                        CursorOf::Values(c) => {
-                            position = Some(c);
-                            moved = true;
-                        }
-                        // Pages never hold a NULL key (see `quarantine_null_cursors`).
-                        CursorOf::Null(reason) | CursorOf::Unusable(reason) => {
-                            return Err(PullStop::Cursor(reason));
-                        }
-                    }
-                    let out = match plan.apply(row) {
-                        Ok(out) => {
-                            st.snapshot.invalid_keys += u64::from(out.invalid_key);
-                            out
-                        }
-                        Err(q) => {
-                            st.snapshot.invalid_keys += u64::from(q.invalid_key);
-                            // The row still exists: keep its last delivered version at the
-                            // hub (no delete in the sweep) until it can be converted again.
-                            if let Some(key) = &q.key
-                                && let Some((d, _)) = txn.digest(&code, key)?
-                            {
-                                txn.set_digest(&code, key, &d, generation)?;
-                            }
-                            txn.quarantine(&code, &mut st, q.key, q.reason)?;
-                            quarantined += 1;
-                            continue;
-                        }
-                    };
-                    let key = out.key.clone();
-                    let line = line_of(Op::Upsert, out.key, Some(out.fields), out.invalid_key);
-                    let digest = sm3(&line);
-                    match txn.digest(&code, &key)? {
-                        Some((_, g)) if g == generation => {
-                            txn.quarantine(
-                                &code,
-                                &mut st,
-                                Some(key),
-                                "another row with the same key was read in this snapshot; the key column must be unique".into(),
-                            )?;
-                            quarantined += 1;
-                        }
-                        Some((d, _)) if d == digest => txn.set_digest(&code, &key, &digest, generation)?,
-                        previous => {
-                            if builder.add(txn, &code, &mut st, &line, &mut quarantined)? {
-                                txn.set_digest(&code, &key, &digest, generation)?;
-                            } else if let Some((d, _)) = previous {
-                                // Too large to send: the hub keeps the previous version.
-                                txn.set_digest(&code, &key, &d, generation)?;
-                            }
-                        }
-                    }
-                }
-                let records = builder.finish(txn, &code, &mut st)?;
-                st.snapshot.generation = generation;
-                st.snapshot.position = match position {
-                    Some(p) if moved => Some(
-                        plan.position_to_store(p)
-                            .ok_or_else(|| PullStop::Cursor(SEAL_MISSING.into()))?,
-                    ),
-                    p => p,
-                };
-                st.snapshot.sweeping = scan_done;
-                txn.set_state(&code, &st)?;
-                Ok((records, quarantined))
-            })
-            .await?;
-        report.records += records;
-        report.quarantined += quarantined;
-        Ok(false)
     }
 
     async fn blocking_pull<T: Send + 'static>(
@@ -714,178 +357,12 @@ pub(crate) fn line_of(
     line
 }
 
-/// A page being read in a task of its own; dropping it stops the read.
-struct Ahead {
-    /// The cursor it is read after.
-    after: Option<Vec<Value>>,
-    /// The read.
-    task: tokio::task::JoinHandle<Result<Page, ConnectorError>>,
-}
-
-impl Ahead {
-    async fn page(mut self) -> Result<Page, ConnectorError> {
-        (&mut self.task).await.expect("page read task panicked")
-    }
-}
-
-impl Drop for Ahead {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// An incremental page turned into what the queue stores, outside the write transaction.
-struct Prepared {
-    /// The page's batches, encoded, in order.
-    batches: Vec<Encoded>,
-    /// Quarantine entries (key as it would leave, reason), in order.
-    quarantine: Vec<(Option<String>, String)>,
-    /// Rows whose key is not a valid identifier of its kind (quarantined or delivered
-    /// flagged).
-    invalid_keys: u64,
-    /// The position after the page's last row as it is stored (the key's value sealed when
-    /// the key does not leave as read); `None` for an empty page.
-    position: Option<Vec<Value>>,
-}
-
-/// Applies the policy to a page and cuts the records into encoded batches; `Err` is the
-/// reason a row's cursor cannot be used, or its position cannot be stored.
-fn prepare_incremental(
-    plan: &Plan,
-    rows: &[exchange_connectors::Row],
-    limits: BatchLimits,
-) -> Result<Prepared, String> {
-    let mut batches = Vec::new();
-    let mut quarantine = Vec::new();
-    let mut invalid_keys = 0;
-    let mut cursor = None;
-    let mut buf: Vec<u8> = Vec::new();
-    let mut records: u32 = 0;
-    let mut line = Vec::new();
-    let flush = |buf: &mut Vec<u8>, records: &mut u32, batches: &mut Vec<Encoded>| {
-        if *records > 0 {
-            batches.push(Encoded::new(buf, *records));
-            buf.clear();
-            *records = 0;
-        }
-    };
-    for row in rows {
-        let c = match plan.cursor_of(row) {
-            CursorOf::Values(c) => c,
-            // Pages never hold a NULL cursor value (see `Puller::quarantine_null_cursors`); a
-            // source that returned one anyway could not be passed.
-            CursorOf::Null(reason) | CursorOf::Unusable(reason) => return Err(reason),
-        };
-        cursor = Some(c);
-        line.clear();
-        let key = match plan.write_upsert(row, &mut line) {
-            Ok((key, invalid)) => {
-                invalid_keys += u64::from(invalid);
-                key
-            }
-            Err(q) => {
-                invalid_keys += u64::from(q.invalid_key);
-                quarantine.push((q.key, q.reason));
-                continue;
-            }
-        };
-        if line.len() > limits.max_bytes {
-            quarantine.push((Some(key), too_large(line.len(), limits)));
-            continue;
-        }
-        if records as usize >= limits.max_records || buf.len() + line.len() > limits.max_bytes {
-            flush(&mut buf, &mut records, &mut batches);
-        }
-        buf.extend_from_slice(&line);
-        records += 1;
-    }
-    flush(&mut buf, &mut records, &mut batches);
-    let position = match cursor {
-        Some(c) => Some(plan.position_to_store(c).ok_or(SEAL_MISSING)?),
-        None => None,
-    };
-    Ok(Prepared {
-        batches,
-        quarantine,
-        invalid_keys,
-        position,
-    })
-}
-
 /// The quarantine reason of a record too large for any batch.
 fn too_large(len: usize, limits: BatchLimits) -> String {
     format!(
         "record of {len} bytes is larger than batch.max_bytes ({})",
         limits.max_bytes
     )
-}
-
-/// Cuts records into batches bounded by `batch.max_records` and `batch.max_bytes`.
-struct BatchBuilder {
-    limits: BatchLimits,
-    buf: Vec<u8>,
-    records: u32,
-    total: u64,
-}
-
-impl BatchBuilder {
-    fn new(limits: BatchLimits) -> Self {
-        BatchBuilder {
-            limits,
-            buf: Vec::new(),
-            records: 0,
-            total: 0,
-        }
-    }
-
-    fn add(
-        &mut self,
-        txn: &mut Txn,
-        code: &str,
-        st: &mut ResourceState,
-        line: &[u8],
-        quarantined: &mut u64,
-    ) -> Result<bool, QueueError> {
-        if line.len() > self.limits.max_bytes {
-            let key = serde_json::from_slice::<Record>(line).ok().map(|r| r.key);
-            txn.quarantine(code, st, key, too_large(line.len(), self.limits))?;
-            *quarantined += 1;
-            return Ok(false);
-        }
-        if self.records as usize >= self.limits.max_records
-            || self.buf.len() + line.len() > self.limits.max_bytes
-        {
-            self.flush(txn, code, st)?;
-        }
-        self.buf.extend_from_slice(line);
-        self.records += 1;
-        Ok(true)
-    }
-
-    fn flush(
-        &mut self,
-        txn: &mut Txn,
-        code: &str,
-        st: &mut ResourceState,
-    ) -> Result<(), QueueError> {
-        if self.records > 0 {
-            txn.enqueue(code, st, &self.buf, self.records)?;
-            self.total += u64::from(self.records);
-            self.buf.clear();
-            self.records = 0;
-        }
-        Ok(())
-    }
-
-    fn finish(
-        mut self,
-        txn: &mut Txn,
-        code: &str,
-        st: &mut ResourceState,
-    ) -> Result<u64, QueueError> {
-        self.flush(txn, code, st)?;
-        Ok(self.total)
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,132 @@
+//! What is checked before a pull reads pages: the resource not stopped, its configuration
+//! and columns as its stream started, and its rows with a NULL cursor quarantined.
+
+use crate::pipeline::fingerprint::Shape;
+use crate::pipeline::queue::HaltKind;
+use crate::policy::CursorOf;
+
+use super::{NULL_ROWS_LISTED, PullError, PullReport, Puller};
+
+impl Puller {
+    /// Rows with a NULL in a cursor column (in snapshot mode the cursor is the key) have no
+    /// place in the cursor order, so no page returns them: on every cycle they are counted and
+    /// (up to [`NULL_ROWS_LISTED`] of them) quarantined, with their key when it can be read, so
+    /// they stay visible until fixed.
+    pub(super) async fn quarantine_null_cursors(
+        &self,
+        report: &mut PullReport,
+    ) -> Result<(), PullError> {
+        let null = self
+            .connector
+            .null_cursor_rows(&self.plan.selection, NULL_ROWS_LISTED)
+            .await?;
+        if null.total == 0 {
+            return Ok(());
+        }
+        tracing::warn!(resource = %self.resource.code, rows = null.total, "Rows with a NULL cursor or key value cannot be delivered; they are quarantined.");
+        let code = self.resource.code.clone();
+        let plan = self.plan.clone();
+        self.blocking(move |txn| {
+            let mut st = txn.state(&code)?;
+            for row in &null.rows {
+                let reason = match plan.cursor_of(row) {
+                    CursorOf::Null(reason) => reason,
+                    _ => "a cursor column is NULL, so the row has no place in the cursor order; give the column a value (NOT NULL)".to_owned(),
+                };
+                let key = match plan.key_of(row) {
+                    Ok((key, _)) => Some(key),
+                    Err(q) => q.key,
+                };
+                txn.quarantine(&code, &mut st, key, reason)?;
+            }
+            txn.set_state(&code, &st)
+        })
+        .await?;
+        report.null_cursor = null.total;
+        Ok(())
+    }
+
+    /// Refuses to pull a stopped resource, and stops one whose configuration no longer
+    /// matches the shape its stream started with (see [`crate::pipeline::fingerprint`]).
+    pub(super) async fn admit(&self) -> Result<(), PullError> {
+        let code = self.resource.code.clone();
+        let state = self.queue.state(&code)?;
+        let halted = |reason: String| PullError::Halted {
+            resource: code.clone(),
+            reason,
+        };
+        if let Some(h) = state.halt {
+            return Err(halted(h.reason));
+        }
+        let now = Shape::of(&self.resource, self.plan.keys());
+        match state.shape {
+            None => {
+                // A new stream, or one that began before shapes were kept.
+                self.queue.update_state(&code, |st| st.shape = Some(now))?;
+                Ok(())
+            }
+            Some(old) if old != now => {
+                let changes = old.changes(&now).join("; ");
+                let reason = if old.keeps_position(&now) {
+                    format!(
+                        "the configuration of `{code}` changed since its stream started ({changes}). Choose, with the service stopped: `exchange-agent resync {code}` reads the whole resource again on a new stream, so the hub's copy is rewritten (a field newly dropped disappears from it, a new field is filled in); or `exchange-agent accept-config {code}` keeps the cursor, and only rows that change from now on carry the new configuration"
+                    )
+                } else {
+                    format!(
+                        "the configuration of `{code}` changed since its stream started ({changes}); the stored position means nothing under the new relation, key, mode or cursor. With the service stopped, run `exchange-agent resync {code}` to read the whole resource again on a new stream"
+                    )
+                };
+                self.queue.halt(&code, HaltKind::ConfigChanged, &reason)?;
+                tracing::error!(resource = %code, reason, "Resource stopped.");
+                Err(halted(reason))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Describes the selected columns and checks them against the rules and against the
+    /// types the stream started with: a column that disappeared is named by the source's
+    /// error, one whose type no longer suits its rule or changed pauses the resource (this
+    /// pull fails; the next one checks again) until it is back or an operator accepts it.
+    pub(super) async fn check_columns(&self) -> Result<(), PullError> {
+        let code = &self.resource.code;
+        let columns = self.connector.describe(&self.plan.selection).await?;
+        let paused = |reason: String| PullError::Columns {
+            resource: code.clone(),
+            reason,
+        };
+        crate::policy::check_types(&self.resource, &columns).map_err(paused)?;
+        let now: std::collections::BTreeMap<String, String> = columns
+            .into_iter()
+            .map(|c| (c.name, c.source_type))
+            .collect();
+        match self.queue.state(code)?.columns {
+            None => {
+                self.queue.update_state(code, |st| st.columns = Some(now))?;
+                Ok(())
+            }
+            Some(old) if old != now => {
+                let changed: Vec<String> = now
+                    .iter()
+                    .filter_map(|(name, t)| match old.get(name) {
+                        Some(o) if o != t => Some(format!("`{name}` from {o} to {t}")),
+                        _ => None,
+                    })
+                    .collect();
+                if changed.is_empty() {
+                    // Only the set of columns differs (a column was added to the
+                    // configuration and accepted): remember the new set.
+                    self.queue.update_state(code, |st| st.columns = Some(now))?;
+                    return Ok(());
+                }
+                let reason = format!(
+                    "column type changed at the source: {}. The resource pauses until the column is back as it was; if the change is intended, run `exchange-agent accept-config {code}` (or `resync {code}`)",
+                    changed.join(", ")
+                );
+                tracing::error!(resource = %code, reason, "Resource paused.");
+                Err(paused(reason))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}

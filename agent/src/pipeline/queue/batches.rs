@@ -1,0 +1,334 @@
+//! The `batches` table: each batch a 48-byte header and its NDJSON compressed with zstd
+//! (format in the module doc of [`crate::pipeline::queue`]); batches are enqueued in the
+//! transaction that moves the cursor, read for sending and listings, and removed only by an
+//! acknowledgement.
+
+use exchange_protocol::batch;
+use redb::ReadableTable;
+use serde::Serialize;
+
+use super::{
+    Acked, BATCHES, HEADER_LEN, MAX_IN_FLIGHT, PendingAudit, Queue, QueueError, ResourceState, Txn,
+    now, storage,
+};
+
+/// A queued batch's header, for listings.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchInfo {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Records in it.
+    pub records: u32,
+    /// Uncompressed NDJSON length.
+    pub raw_len: u32,
+    /// Bytes stored (header and compressed body).
+    pub stored_bytes: u64,
+    /// When it was enqueued (RFC 3339).
+    pub created: String,
+    /// SM3 of the NDJSON, hex.
+    pub digest: String,
+}
+
+/// A batch as stored.
+#[derive(Debug, Clone)]
+pub struct StoredBatch {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Number of records.
+    pub records: u32,
+    /// Uncompressed NDJSON length.
+    pub raw_len: u32,
+    /// SM3 of the NDJSON, hex.
+    pub digest: String,
+    /// zstd-compressed NDJSON, as sent.
+    pub body: Vec<u8>,
+}
+
+/// Reading batches.
+impl Queue {
+    /// The oldest queued batch of a resource.
+    pub fn head(&self, resource: &str) -> Result<Option<StoredBatch>, QueueError> {
+        // Seqs count from 1: the first batch above 0 is the oldest.
+        Ok(self.oldest(resource, 0, 1)?.pop())
+    }
+
+    /// Up to `limit` queued batches of a resource with a seq above `after`, oldest first.
+    pub fn oldest(
+        &self,
+        resource: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredBatch>, QueueError> {
+        self.read(BATCHES, "reading a batch", |table| {
+            let mut out = Vec::new();
+            for entry in table
+                .range(seqs_from(resource, after.saturating_add(1)))
+                .map_err(storage("reading a batch"))?
+                .take(limit)
+            {
+                let (k, v) = entry.map_err(storage("reading a batch"))?;
+                out.push(decode_batch(k.value().1, v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// One queued batch.
+    pub fn batch(&self, resource: &str, seq: u64) -> Result<Option<StoredBatch>, QueueError> {
+        self.stored(resource, seq, |v| decode_batch(seq, v))
+    }
+
+    /// The content digest (SM3 of the NDJSON, hex) of a queued batch, from its header.
+    pub fn digest_of(&self, resource: &str, seq: u64) -> Result<Option<String>, QueueError> {
+        self.stored(resource, seq, |v| {
+            decode_header(v).map(|h| hex::encode(h.3))
+        })
+    }
+
+    /// `f` of the stored value of batch `seq`, if it is queued.
+    fn stored<T>(
+        &self,
+        resource: &str,
+        seq: u64,
+        f: impl FnOnce(&[u8]) -> Result<T, QueueError>,
+    ) -> Result<Option<T>, QueueError> {
+        self.read(BATCHES, "reading a batch", |table| {
+            let v = table
+                .get((resource, seq))
+                .map_err(storage("reading a batch"))?;
+            v.map(|v| f(v.value())).transpose()
+        })
+    }
+
+    /// Every queued batch of a resource, oldest first (headers only).
+    pub fn batches(&self, resource: &str) -> Result<Vec<BatchInfo>, QueueError> {
+        self.read(BATCHES, "listing batches", |table| {
+            let mut out = Vec::new();
+            for entry in table
+                .range(seqs_from(resource, 0))
+                .map_err(storage("listing batches"))?
+            {
+                let (k, v) = entry.map_err(storage("listing batches"))?;
+                let (records, raw_len, created, digest) = decode_header(v.value())?;
+                out.push(BatchInfo {
+                    seq: k.value().1,
+                    records,
+                    raw_len,
+                    stored_bytes: v.value().len() as u64,
+                    created: chrono::DateTime::from_timestamp_millis(created)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                        .unwrap_or_default(),
+                    digest: hex::encode(digest),
+                });
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// Removing and replacing batches.
+impl Queue {
+    /// Removes an acknowledged batch. Called only after the hub's 200 acknowledgement. In the
+    /// same transaction, raises `sent_through` over the window after it (up to
+    /// [`MAX_IN_FLIGHT`] batches, only batches already committed), and stores
+    /// `audit`, the detail of the batch's `batch.acked` audit entry, until [`Queue::audited`]
+    /// (module doc).
+    pub fn ack(
+        &self,
+        resource: &str,
+        seq: u64,
+        audit: &serde_json::Value,
+    ) -> Result<Acked, QueueError> {
+        let mut txn = self.begin()?;
+        let mut state = txn.state(resource)?;
+        let stream = state.stream_or(&self.stream).to_owned();
+        txn.keep_audit(resource, &stream, seq, audit)?;
+        if let Some((bytes, records)) = txn.remove_batch(resource, seq)? {
+            let records = u64::from(records);
+            state.queued_batches = state.queued_batches.saturating_sub(1);
+            state.queued_records = state.queued_records.saturating_sub(records);
+            state.queued_bytes = state.queued_bytes.saturating_sub(bytes);
+            state.pushed_records += records;
+            state.last_push = Some(now());
+            // The pusher may now send the window after this batch: the bound covers it
+            // before any of it leaves (only batches already committed).
+            let window = seq.saturating_add(MAX_IN_FLIGHT as u64);
+            state.sent_through = state
+                .sent_through
+                .max(window.min(state.next_seq.saturating_sub(1)));
+            txn.set_state(resource, &state)?;
+        }
+        txn.commit()?;
+        Ok(Acked {
+            sent_through: state.sent_through,
+            pending: PendingAudit {
+                resource: resource.to_owned(),
+                stream,
+                seq,
+            },
+        })
+    }
+
+    /// Replaces a queued batch the hub refuses with an empty batch of the same seq (so the
+    /// stream's sequence stays without a gap); returns the records dropped. Only for a batch
+    /// the hub never applied: an operator's decision, audited by the caller.
+    pub fn discard(&self, resource: &str, seq: u64) -> Result<Option<u32>, QueueError> {
+        let mut txn = self.begin()?;
+        let mut state = txn.state(resource)?;
+        let old = {
+            let table = txn
+                .tx
+                .open_table(BATCHES)
+                .map_err(storage("discarding a batch"))?;
+            table
+                .get((resource, seq))
+                .map_err(storage("discarding a batch"))?
+                .map(|v| (v.value().len() as u64, decode_header(v.value())))
+        };
+        let Some((bytes, header)) = old else {
+            return Ok(None);
+        };
+        let records = header?.0;
+        let value = encode_batch(b"", 0);
+        {
+            let mut table = txn
+                .tx
+                .open_table(BATCHES)
+                .map_err(storage("discarding a batch"))?;
+            table
+                .insert((resource, seq), value.as_slice())
+                .map_err(storage("discarding a batch"))?;
+        }
+        state.queued_records = state.queued_records.saturating_sub(u64::from(records));
+        state.queued_bytes = state.queued_bytes.saturating_sub(bytes) + value.len() as u64;
+        txn.set_state(resource, &state)?;
+        txn.commit()?;
+        Ok(Some(records))
+    }
+}
+
+impl Txn {
+    /// Appends a batch (post-policy NDJSON) for a resource; assigns the next seq and
+    /// updates the counters in `state` (which the caller then stores with [`Txn::set_state`]).
+    pub fn enqueue(
+        &mut self,
+        resource: &str,
+        state: &mut ResourceState,
+        ndjson: &[u8],
+        records: u32,
+    ) -> Result<u64, QueueError> {
+        self.enqueue_encoded(resource, state, &Encoded::new(ndjson, records))
+    }
+
+    /// [`Txn::enqueue`] of a batch encoded before the transaction began (digest and
+    /// compression need not hold the queue's single writer lock).
+    pub fn enqueue_encoded(
+        &mut self,
+        resource: &str,
+        state: &mut ResourceState,
+        batch: &Encoded,
+    ) -> Result<u64, QueueError> {
+        let seq = state.next_seq.max(1);
+        let mut table = self
+            .tx
+            .open_table(BATCHES)
+            .map_err(storage("writing a batch"))?;
+        table
+            .insert((resource, seq), batch.value.as_slice())
+            .map_err(storage("writing a batch"))?;
+        state.next_seq = seq + 1;
+        state.queued_batches += 1;
+        state.queued_records += u64::from(batch.records);
+        state.queued_bytes += batch.value.len() as u64;
+        state.pulled_records += u64::from(batch.records);
+        Ok(seq)
+    }
+
+    /// Removes batch `seq`: its stored length and its header's record count, if it was queued.
+    fn remove_batch(&mut self, resource: &str, seq: u64) -> Result<Option<(u64, u32)>, QueueError> {
+        let mut table = self
+            .tx
+            .open_table(BATCHES)
+            .map_err(storage("removing a batch"))?;
+        let removed = table
+            .remove((resource, seq))
+            .map_err(storage("removing a batch"))?;
+        removed
+            .map(|v| Ok((v.value().len() as u64, decode_header(v.value())?.0)))
+            .transpose()
+    }
+
+    /// Removes every queued batch of a resource (a resync).
+    pub(super) fn discard_batches(&mut self, resource: &str) -> Result<(), QueueError> {
+        self.tx
+            .open_table(BATCHES)
+            .map_err(storage("discarding batches"))?
+            .retain_in(seqs_from(resource, 0), |_, _| false)
+            .map_err(storage("discarding batches"))
+    }
+}
+
+/// The keys of a resource's batches from seq `first` on.
+fn seqs_from(resource: &str, first: u64) -> std::ops::RangeInclusive<(&str, u64)> {
+    (resource, first)..=(resource, u64::MAX)
+}
+
+/// The stored form of a batch: header, then the zstd-compressed NDJSON.
+fn encode_batch(ndjson: &[u8], records: u32) -> Vec<u8> {
+    let digest = exchange_protocol::digest::sm3(ndjson);
+    let body = batch::compress(ndjson);
+    let mut value = Vec::with_capacity(HEADER_LEN + body.len());
+    value.extend_from_slice(&records.to_le_bytes());
+    value.extend_from_slice(&(ndjson.len() as u32).to_le_bytes());
+    value.extend_from_slice(&chrono::Utc::now().timestamp_millis().to_le_bytes());
+    value.extend_from_slice(&digest);
+    value.extend_from_slice(&body);
+    value
+}
+
+fn decode_header(v: &[u8]) -> Result<(u32, u32, i64, [u8; 32]), QueueError> {
+    if v.len() < HEADER_LEN {
+        return Err(QueueError::Format("batch shorter than its header".into()));
+    }
+    let records = u32::from_le_bytes(v[0..4].try_into().expect("4 bytes"));
+    let raw_len = u32::from_le_bytes(v[4..8].try_into().expect("4 bytes"));
+    let created = i64::from_le_bytes(v[8..16].try_into().expect("8 bytes"));
+    let digest: [u8; 32] = v[16..48].try_into().expect("32 bytes");
+    Ok((records, raw_len, created, digest))
+}
+
+fn decode_batch(seq: u64, v: &[u8]) -> Result<StoredBatch, QueueError> {
+    let (records, raw_len, _created, digest) = decode_header(v)?;
+    Ok(StoredBatch {
+        seq,
+        records,
+        raw_len,
+        digest: hex::encode(digest),
+        body: v[HEADER_LEN..].to_vec(),
+    })
+}
+
+/// A batch in its stored form (header and compressed body), ready for
+/// [`Txn::enqueue_encoded`].
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// The stored value.
+    value: Vec<u8>,
+    /// Records in it.
+    records: u32,
+}
+
+impl Encoded {
+    /// Digests and compresses post-policy NDJSON holding `records` records.
+    pub fn new(ndjson: &[u8], records: u32) -> Encoded {
+        Encoded {
+            value: encode_batch(ndjson, records),
+            records,
+        }
+    }
+
+    /// Records in the batch.
+    pub fn records(&self) -> u32 {
+        self.records
+    }
+}
