@@ -5,7 +5,7 @@
 //!   cursor columns) are read from the source; a `drop` field is not even selected;
 //! - [`Plan::apply`] (a record) and [`Plan::write_upsert`] (its batch line, written straight
 //!   from the row) are the only functions that turn a source row into what leaves; both take
-//!   every field through one decision ([`Plan::deliver`]), so they agree byte for byte, and
+//!   every field through one decision (`Plan::deliver`), so they agree byte for byte, and
 //!   they run before anything is written to disk: masks, pseudonyms, generalizations and FPE
 //!   are applied here, and the key leaves (and is quarantined, and shown) only in its
 //!   delivered form;
@@ -131,7 +131,7 @@ struct Emit {
     rule: Rule,
 }
 
-/// What one delivered field carries ([`Plan::deliver`]).
+/// What one delivered field carries (`Plan::deliver`).
 enum Delivered<'r> {
     /// A plain text value, as read.
     Text(&'r str),

@@ -1,6 +1,6 @@
 //! Applying the rules to a row: the record that leaves ([`Plan::apply`]) and its batch line
 //! written straight from the row ([`Plan::write_upsert`]), both through one decision per field
-//! ([`Plan::deliver`]).
+//! (`Plan::deliver`).
 
 use exchange_connectors::{Row, Value};
 use serde_json::Map;
@@ -34,7 +34,7 @@ impl Plan {
 
     /// [`Plan::apply`] written straight into `out` as the batch line of an upsert: byte for
     /// byte what `push_line` writes for the record `apply` returns (`flags` included), by the
-    /// same decision per field ([`Plan::deliver`]: every rule applied, a plain text written
+    /// same decision per field (`Plan::deliver`: every rule applied, a plain text written
     /// without a copy), without building the fields map. Returns the key as it leaves and
     /// whether it is an invalid identifier let through. On `Err` nothing of the row stays in
     /// `out`.
