@@ -1,0 +1,212 @@
+//! Appending to the chain: one write and one fsync for a group of entries, each chained to
+//! the line before, under a lock within the process and one across processes.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::files::{count_entries, rotate};
+use super::head::{Head, head_path, write_head};
+use super::recovery::{Tail, cut_path};
+use super::retention::{retention_of, schedule_retention};
+use super::{AuditError, Entry, ROTATE_BYTES, path};
+
+/// Serializes appends within the process.
+static APPEND: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Appends one entry, chained to the last one, and syncs it to disk.
+pub fn append(
+    data_dir: &Path,
+    action: &str,
+    resource: &str,
+    detail: serde_json::Value,
+) -> Result<Entry, AuditError> {
+    let job = (actor(), action.to_owned(), resource.to_owned(), detail);
+    append_many(data_dir, vec![job], |_| {}).map(|mut entries| entries.remove(0))
+}
+
+/// What one entry says: actor, action, resource, detail.
+pub(super) type Fields = (String, String, String, serde_json::Value);
+
+/// Appends entries chained after the last one with one write and one fsync, calls `durable`
+/// with them once they are on disk, then writes the head (still holding the append lock):
+/// a caller waiting for its entry need not wait for the head.
+///
+/// The chain continues from the last complete line of the newest file, whatever the head
+/// says ([`Tail::read`]): a line cut short by a crash (never acknowledged: its fsync did not
+/// complete) is cut off first, and the head, if it disagrees (a crash between the log's fsync
+/// and the head's write, or a head rolled back or deleted), is counted afresh; both repairs
+/// are recorded as an `audit.recovered` entry before the new ones.
+pub(super) fn append_many(
+    data_dir: &Path,
+    jobs: Vec<Fields>,
+    durable: impl FnOnce(&[Entry]),
+) -> Result<Vec<Entry>, AuditError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _one = APPEND.lock().unwrap_or_else(|e| e.into_inner());
+    let path = path(data_dir);
+    let err = |source| AuditError {
+        path: path.clone(),
+        source,
+    };
+    // Appends of other processes (operator commands while the service runs) wait too.
+    let _all = ProcessLock::take(data_dir).map_err(err)?;
+    let tail = Tail::read(data_dir).map_err(err)?;
+    let mut recovered = Vec::new();
+    if tail.cut > 0 {
+        recovered.push(serde_json::json!({
+            "what": "a line cut short by a crash was removed from the end of the log (it was never acknowledged)",
+            "file": "audit.jsonl",
+            "removed_bytes": tail.cut,
+        }));
+    }
+    let prev_hex = tail.last.map(hex::encode);
+    // The head as written (not counted from the files when missing: that is a repair too).
+    let written: Option<Head> = std::fs::read(head_path(data_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let head = match &written {
+        None if prev_hex.is_none() => Some(Head::default()),
+        written => written.clone().filter(|h| {
+            (h.entries == 0 && prev_hex.is_none()) || Some(&h.last_sm3) == prev_hex.as_ref()
+        }),
+    };
+    let mut head = match head {
+        Some(h) => h,
+        None => {
+            let (counted, digests, before) = count_entries(data_dir).map_err(err)?;
+            // A crash leaves the head behind the log, naming an entry the log holds; a head
+            // ahead of the log, or naming an entry it does not hold, means entries are gone.
+            let behind = written.as_ref().is_some_and(|h| {
+                h.entries < counted
+                    && h.entries > before
+                    && digests
+                        .get((h.entries - before) as usize - 1)
+                        .is_some_and(|d| Some(hex::encode(d)) == Some(h.last_sm3.clone()))
+            });
+            recovered.push(match &written {
+                None => serde_json::json!({
+                    "what": "audit.head was missing or unreadable; the entries were counted afresh",
+                    "entries": counted,
+                }),
+                Some(_) if behind => serde_json::json!({
+                    "what": "audit.head was behind the log (a crash between writing entries and the head); the entries were counted afresh",
+                    "entries": counted,
+                }),
+                Some(h) => serde_json::json!({
+                    "what": "audit.head named an entry the log does not hold: entries were removed from the log, or the head was replaced; the entries were counted afresh, and the head found is kept here",
+                    "entries": counted,
+                    "head_entries": h.entries,
+                    "head_last_sm3": h.last_sm3,
+                }),
+            });
+            Head {
+                entries: counted,
+                last_sm3: prev_hex.clone().unwrap_or_default(),
+            }
+        }
+    };
+    let rotate_at = retention_of(data_dir).map_or(ROTATE_BYTES, |r| r.max_file_bytes);
+    let rotated = std::fs::metadata(&path).is_ok_and(|m| m.len() >= rotate_at);
+    if rotated {
+        rotate(data_dir, head.entries).map_err(err)?;
+    }
+    let mut prev = prev_hex.unwrap_or_else(|| "0".repeat(64));
+    let created = !path.exists();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(err)?;
+    if created {
+        std::fs::File::open(data_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
+    }
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut bytes = Vec::new();
+    let mut entries = Vec::with_capacity(jobs.len());
+    let notes = recovered.into_iter().map(|detail| {
+        (
+            "-".to_owned(),
+            "audit.recovered".to_owned(),
+            String::new(),
+            detail,
+        )
+    });
+    let first_job = notes.len();
+    for (actor, action, resource, detail) in notes.chain(jobs) {
+        let entry = Entry {
+            at: at.clone(),
+            actor,
+            action,
+            resource,
+            detail,
+            prev,
+        };
+        let line = serde_json::to_vec(&entry).expect("entry serializes");
+        prev = hex::encode(exchange_protocol::digest::sm3(&line));
+        head.entries += 1;
+        bytes.extend_from_slice(&line);
+        bytes.push(b'\n');
+        entries.push(entry);
+    }
+    head.last_sm3 = prev;
+    file.write_all(&bytes).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    if tail.cut > 0 {
+        // The cut is on record now: its note may go (a crash before this repeats the note).
+        let _ = std::fs::remove_file(cut_path(data_dir));
+    }
+    let entries = entries.split_off(first_job);
+    durable(&entries);
+    write_head(data_dir, &head).map_err(err)?;
+    drop(_all);
+    drop(_one);
+    if rotated {
+        schedule_retention(data_dir);
+    }
+    Ok(entries)
+}
+
+/// An exclusive lock on `<data_dir>/audit.lock` (flock), held while appending, so that an
+/// operator command appending while the service runs never interleaves with it.
+struct ProcessLock(#[allow(dead_code)] std::fs::File);
+
+impl ProcessLock {
+    fn take(data_dir: &Path) -> std::io::Result<ProcessLock> {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::io::AsRawFd;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(data_dir.join("audit.lock"))?;
+        // SAFETY: flock(2) on a descriptor this struct owns; released when it is closed.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(ProcessLock(f))
+    }
+}
+
+/// The login running this process, for the audit trail.
+pub(super) fn actor() -> String {
+    for var in ["SUDO_USER", "USER", "LOGNAME"] {
+        if let Ok(v) = std::env::var(var)
+            && !v.is_empty()
+        {
+            return v;
+        }
+    }
+    // SAFETY-free fallback: the numeric uid from /proc.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| format!("uid {u}")))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
