@@ -4,11 +4,11 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::files::{count_entries, rotate};
-use super::head::{Head, head_path, write_head};
-use super::recovery::{Tail, cut_path};
+use super::files::rotate;
+use super::head::{Head, write_head};
+use super::recovery::{Tail, cut_path, repairs_due};
 use super::retention::{retention_of, schedule_retention};
-use super::{AuditError, Entry, ROTATE_BYTES, path};
+use super::{AuditError, Entry, ROTATE_BYTES, ZEROS, path};
 
 /// Serializes appends within the process.
 static APPEND: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -41,7 +41,6 @@ pub(super) fn append_many(
     jobs: Vec<Fields>,
     durable: impl FnOnce(&[Entry]),
 ) -> Result<Vec<Entry>, AuditError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let _one = APPEND.lock().unwrap_or_else(|e| e.into_inner());
     let path = path(data_dir);
     let err = |source| AuditError {
@@ -51,81 +50,9 @@ pub(super) fn append_many(
     // Appends of other processes (operator commands while the service runs) wait too.
     let _all = ProcessLock::take(data_dir).map_err(err)?;
     let tail = Tail::read(data_dir).map_err(err)?;
-    let mut recovered = Vec::new();
-    if tail.cut > 0 {
-        recovered.push(serde_json::json!({
-            "what": "a line cut short by a crash was removed from the end of the log (it was never acknowledged)",
-            "file": "audit.jsonl",
-            "removed_bytes": tail.cut,
-        }));
-    }
-    let prev_hex = tail.last.map(hex::encode);
-    // The head as written (not counted from the files when missing: that is a repair too).
-    let written: Option<Head> = std::fs::read(head_path(data_dir))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let head = match &written {
-        None if prev_hex.is_none() => Some(Head::default()),
-        written => written.clone().filter(|h| {
-            (h.entries == 0 && prev_hex.is_none()) || Some(&h.last_sm3) == prev_hex.as_ref()
-        }),
-    };
-    let mut head = match head {
-        Some(h) => h,
-        None => {
-            let (counted, digests, before) = count_entries(data_dir).map_err(err)?;
-            // A crash leaves the head behind the log, naming an entry the log holds; a head
-            // ahead of the log, or naming an entry it does not hold, means entries are gone.
-            let behind = written.as_ref().is_some_and(|h| {
-                h.entries < counted
-                    && h.entries > before
-                    && digests
-                        .get((h.entries - before) as usize - 1)
-                        .is_some_and(|d| Some(hex::encode(d)) == Some(h.last_sm3.clone()))
-            });
-            recovered.push(match &written {
-                None => serde_json::json!({
-                    "what": "audit.head was missing or unreadable; the entries were counted afresh",
-                    "entries": counted,
-                }),
-                Some(_) if behind => serde_json::json!({
-                    "what": "audit.head was behind the log (a crash between writing entries and the head); the entries were counted afresh",
-                    "entries": counted,
-                }),
-                Some(h) => serde_json::json!({
-                    "what": "audit.head named an entry the log does not hold: entries were removed from the log, or the head was replaced; the entries were counted afresh, and the head found is kept here",
-                    "entries": counted,
-                    "head_entries": h.entries,
-                    "head_last_sm3": h.last_sm3,
-                }),
-            });
-            Head {
-                entries: counted,
-                last_sm3: prev_hex.clone().unwrap_or_default(),
-            }
-        }
-    };
-    let rotate_at = retention_of(data_dir).map_or(ROTATE_BYTES, |r| r.max_file_bytes);
-    let rotated = std::fs::metadata(&path).is_ok_and(|m| m.len() >= rotate_at);
-    if rotated {
-        rotate(data_dir, head.entries).map_err(err)?;
-    }
-    let mut prev = prev_hex.unwrap_or_else(|| "0".repeat(64));
-    let created = !path.exists();
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(err)?;
-    if created {
-        std::fs::File::open(data_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err)?;
-    }
-    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let mut bytes = Vec::new();
-    let mut entries = Vec::with_capacity(jobs.len());
+    let (mut head, recovered) = repairs_due(data_dir, &tail).map_err(err)?;
+    let rotated = rotate_when_due(data_dir, head.entries).map_err(err)?;
+    let mut file = open_current(data_dir).map_err(err)?;
     let notes = recovered.into_iter().map(|detail| {
         (
             "-".to_owned(),
@@ -135,7 +62,64 @@ pub(super) fn append_many(
         )
     });
     let first_job = notes.len();
-    for (actor, action, resource, detail) in notes.chain(jobs) {
+    let (bytes, mut entries) = chain_lines(notes.chain(jobs), tail.last, &mut head);
+    file.write_all(&bytes).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    if tail.cut > 0 {
+        // The cut is on record now: its note may go (a crash before this repeats the note).
+        let _ = std::fs::remove_file(cut_path(data_dir));
+    }
+    let entries = entries.split_off(first_job);
+    durable(&entries);
+    write_head(data_dir, &head).map_err(err)?;
+    drop(_all);
+    drop(_one);
+    if rotated {
+        schedule_retention(data_dir);
+    }
+    Ok(entries)
+}
+
+/// Rotates `audit.jsonl` when it has reached the size the retention sets ([`ROTATE_BYTES`]
+/// by default), `entries` in the chain so far; whether it did.
+fn rotate_when_due(data_dir: &Path, entries: u64) -> std::io::Result<bool> {
+    let rotate_at = retention_of(data_dir).map_or(ROTATE_BYTES, |r| r.max_file_bytes);
+    let due = std::fs::metadata(path(data_dir)).is_ok_and(|m| m.len() >= rotate_at);
+    if due {
+        rotate(data_dir, entries)?;
+    }
+    Ok(due)
+}
+
+/// Opens `audit.jsonl` for appending, created 0600 (and the directory synced) when missing.
+fn open_current(data_dir: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = path(data_dir);
+    let created = !path.exists();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)?;
+    if created {
+        std::fs::File::open(data_dir)?.sync_all()?;
+    }
+    Ok(file)
+}
+
+/// The lines of the entries saying `fields`, all stamped now, each chained to the one before
+/// from the line of SM3 `last` (the chain's first entry when `None`), and the entries; `head`
+/// is moved past them.
+fn chain_lines(
+    fields: impl Iterator<Item = Fields>,
+    last: Option<[u8; 32]>,
+    head: &mut Head,
+) -> (Vec<u8>, Vec<Entry>) {
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut prev = last.map_or_else(|| ZEROS.to_owned(), hex::encode);
+    let mut bytes = Vec::new();
+    let mut entries = Vec::with_capacity(fields.size_hint().0);
+    for (actor, action, resource, detail) in fields {
         let entry = Entry {
             at: at.clone(),
             actor,
@@ -152,21 +136,7 @@ pub(super) fn append_many(
         entries.push(entry);
     }
     head.last_sm3 = prev;
-    file.write_all(&bytes).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    if tail.cut > 0 {
-        // The cut is on record now: its note may go (a crash before this repeats the note).
-        let _ = std::fs::remove_file(cut_path(data_dir));
-    }
-    let entries = entries.split_off(first_job);
-    durable(&entries);
-    write_head(data_dir, &head).map_err(err)?;
-    drop(_all);
-    drop(_one);
-    if rotated {
-        schedule_retention(data_dir);
-    }
-    Ok(entries)
+    (bytes, entries)
 }
 
 /// An exclusive lock on `<data_dir>/audit.lock` (flock), held while appending, so that an

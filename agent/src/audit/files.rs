@@ -202,11 +202,7 @@ pub(super) fn find_archived(
                 let d = &entry.detail;
                 found = Some(ArchivedBefore {
                     entries: d["last_entry"].as_u64(),
-                    to: d["to"]
-                        .as_str()
-                        .map(str::to_owned)
-                        .or_else(|| d["command"].as_str().map(|c| format!("the command `{c}`")))
-                        .unwrap_or_default(),
+                    to: archived_to(d),
                     at: entry.at,
                     last_sm3: last_sm3.to_owned(),
                     recorded_in: f.clone(),
@@ -219,4 +215,18 @@ pub(super) fn find_archived(
         }
     }
     Ok(None)
+}
+
+/// Where an `audit.archived` entry (its `detail`) says the file went: the archive's path of
+/// it, or the command it was handed to.
+pub(super) fn archived_to(detail: &serde_json::Value) -> String {
+    detail["to"]
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| {
+            detail["command"]
+                .as_str()
+                .map(|c| format!("the command `{c}`"))
+        })
+        .unwrap_or_default()
 }

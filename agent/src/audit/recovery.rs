@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use super::entries::for_each_since;
+use super::files::count_entries;
+use super::head::{Head, head_path};
 use super::{Entry, files, path};
 
 /// Where the chain ends on disk.
@@ -68,6 +70,85 @@ impl Tail {
         }
         Ok(Tail { last: None, cut })
     }
+}
+
+/// What an append repairs before its entries, found by [`Tail::read`]: a torn line cut off,
+/// and a head that does not name the log's last entry, counted afresh. Returns the head to
+/// continue from and the detail of each `audit.recovered` entry to write first (never the
+/// removed bytes).
+pub(super) fn repairs_due(
+    data_dir: &Path,
+    tail: &Tail,
+) -> std::io::Result<(Head, Vec<serde_json::Value>)> {
+    let mut recovered = Vec::new();
+    if tail.cut > 0 {
+        recovered.push(serde_json::json!({
+            "what": "a line cut short by a crash was removed from the end of the log (it was never acknowledged)",
+            "file": "audit.jsonl",
+            "removed_bytes": tail.cut,
+        }));
+    }
+    let prev_hex = tail.last.map(hex::encode);
+    // The head as written (not counted from the files when missing: that is a repair too).
+    let written: Option<Head> = std::fs::read(head_path(data_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let head = match &written {
+        None if prev_hex.is_none() => Some(Head::default()),
+        written => written.clone().filter(|h| {
+            (h.entries == 0 && prev_hex.is_none()) || Some(&h.last_sm3) == prev_hex.as_ref()
+        }),
+    };
+    let head = match head {
+        Some(h) => h,
+        None => {
+            let (head, note) = recount(data_dir, written.as_ref(), prev_hex)?;
+            recovered.push(note);
+            head
+        }
+    };
+    Ok((head, recovered))
+}
+
+/// The head counted afresh from the files, the log ending in the line of SM3 `prev_hex`, and
+/// the detail of the `audit.recovered` entry saying why: `written` (the head found, if any)
+/// was missing, behind the log (what a crash leaves), or named an entry the log does not hold.
+fn recount(
+    data_dir: &Path,
+    written: Option<&Head>,
+    prev_hex: Option<String>,
+) -> std::io::Result<(Head, serde_json::Value)> {
+    let (counted, digests, before) = count_entries(data_dir)?;
+    // A crash leaves the head behind the log, naming an entry the log holds; a head ahead of
+    // the log, or naming an entry it does not hold, means entries are gone.
+    let behind = written.is_some_and(|h| {
+        h.entries < counted
+            && h.entries > before
+            && digests
+                .get((h.entries - before) as usize - 1)
+                .is_some_and(|d| Some(hex::encode(d)) == Some(h.last_sm3.clone()))
+    });
+    let note = match written {
+        None => serde_json::json!({
+            "what": "audit.head was missing or unreadable; the entries were counted afresh",
+            "entries": counted,
+        }),
+        Some(_) if behind => serde_json::json!({
+            "what": "audit.head was behind the log (a crash between writing entries and the head); the entries were counted afresh",
+            "entries": counted,
+        }),
+        Some(h) => serde_json::json!({
+            "what": "audit.head named an entry the log does not hold: entries were removed from the log, or the head was replaced; the entries were counted afresh, and the head found is kept here",
+            "entries": counted,
+            "head_entries": h.entries,
+            "head_last_sm3": h.last_sm3,
+        }),
+    };
+    let head = Head {
+        entries: counted,
+        last_sm3: prev_hex.unwrap_or_default(),
+    };
+    Ok((head, note))
 }
 
 /// The length of a file up to and including its last newline (0 if it has none).
