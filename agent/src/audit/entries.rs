@@ -88,6 +88,17 @@ pub(super) fn first_at(file: &Path) -> std::io::Result<Option<i64>> {
     Ok(None)
 }
 
+/// Of the files of the chain (oldest first), the first that can hold an entry written at or
+/// after `since_ms`: the newest whose first entry is older (0 when none is).
+fn first_file_since(all: &[PathBuf], since_ms: i64) -> std::io::Result<usize> {
+    for (i, file) in all.iter().enumerate().rev() {
+        if first_at(file)?.is_some_and(|at| at < since_ms) {
+            return Ok(i);
+        }
+    }
+    Ok(0)
+}
+
 /// Calls `f` with every entry written at or after `since_ms` (milliseconds since 1970), in
 /// the order written, reading only the files that can hold one: the newest files back to the
 /// first whose first entry is older.
@@ -97,13 +108,7 @@ pub fn for_each_since(
     mut f: impl FnMut(Entry),
 ) -> std::io::Result<()> {
     let all = files(data_dir);
-    let mut start = 0;
-    for (i, file) in all.iter().enumerate().rev() {
-        if first_at(file)?.is_some_and(|at| at < since_ms) {
-            start = i;
-            break;
-        }
-    }
+    let start = first_file_since(&all, since_ms)?;
     for file in &all[start..] {
         for (entry, _) in entries_of(file)? {
             if millis_of(&entry.at).is_some_and(|at| at >= since_ms) {
@@ -158,13 +163,7 @@ pub fn for_each_since_archived(
     let mut tries = 0;
     'list: loop {
         let all = chain_files(data_dir, archive.as_deref());
-        let mut start = 0;
-        for (i, file) in all.iter().enumerate().rev() {
-            if first_at(file)?.is_some_and(|at| at < since_ms) {
-                start = i;
-                break;
-            }
-        }
+        let start = first_file_since(&all, since_ms)?;
         for file in &all[start..] {
             let bytes = match std::fs::read(file) {
                 Ok(b) => b,

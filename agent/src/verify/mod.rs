@@ -47,7 +47,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{MethodRouter, post};
 use axum::{Extension, Json};
 use exchange_connectors::{Connector, ConnectorError, Value};
 use exchange_protocol::batch::ErrorBody;
@@ -232,13 +232,15 @@ impl Service {
         Router::new()
             .route(
                 VERIFY_PATH,
-                post(handle)
-                    .fallback(|| async { refusal(StatusCode::METHOD_NOT_ALLOWED, "use POST") }),
+                endpoint("verify", |service, settings, requester, request, record| {
+                    Box::pin(answer(service, settings, requester, request, record))
+                }),
             )
             .route(
                 exchange_protocol::psi::PSI_PATH,
-                post(psi::handle)
-                    .fallback(|| async { refusal(StatusCode::METHOD_NOT_ALLOWED, "use POST") }),
+                endpoint("verify.psi", |service, settings, requester, request, record| {
+                    Box::pin(psi::answer(service, settings, requester, request, record))
+                }),
             )
             .fallback(|| async {
                 refusal(
@@ -497,21 +499,18 @@ fn unfit(e: Unfit) -> Refused {
     Refused::new(StatusCode::BAD_REQUEST, e.to_string())
 }
 
-async fn handle(
-    State(service): State<Arc<Service>>,
-    Extension(peer): Extension<Peer>,
-    request: Request,
-) -> Response {
-    serve_request(
-        service,
-        peer,
-        request,
-        "verify",
-        |service, settings, requester, request, record| {
-            Box::pin(answer(service, settings, requester, request, record))
-        },
+/// The route of an endpoint: `POST` handled by [`serve_request`] with `answer`, its requests
+/// audited as `action`; another method `405`.
+fn endpoint<T: serde::Serialize + Send + 'static>(
+    action: &'static str,
+    answer: Answering<T>,
+) -> MethodRouter<Arc<Service>> {
+    post(
+        move |State(service): State<Arc<Service>>,
+              Extension(peer): Extension<Peer>,
+              request: Request| { serve_request(service, peer, request, action, answer) },
     )
-    .await
+    .fallback(|| async { refusal(StatusCode::METHOD_NOT_ALLOWED, "use POST") })
 }
 
 /// How an endpoint answers a request, given its service, settings, requester, the request and

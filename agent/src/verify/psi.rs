@@ -26,13 +26,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Extension;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::response::Response;
 use exchange_connectors::{Bound, Connector, Page, PageRequest, Row, Selection, Value};
 use exchange_protocol::psi::{self, PsiAnswer, PsiItem, PsiRequest, Secret};
-use exchange_protocol::server::Peer;
 use exchange_protocol::verify::{Claim, Item, VerifyRequest};
 
 use super::compare::{canonical, stored_psi_form};
@@ -40,7 +37,7 @@ use super::ledger::{Ask, Charge};
 use super::question::{self, Columns, Questions};
 use super::{
     Record, Refused, Service, Settings, admit, connector_of, identified_body, resolve,
-    serve_request, source_failed, unfit,
+    source_failed, unfit,
 };
 use crate::config::Resource;
 
@@ -48,23 +45,6 @@ use crate::config::Resource;
 const PAGE_ROWS: usize = 5000;
 /// Longest a request waits for the scan before it (one at a time).
 const SCAN_WAIT: Duration = Duration::from_secs(30);
-
-pub(super) async fn handle(
-    State(service): State<Arc<Service>>,
-    Extension(peer): Extension<Peer>,
-    request: Request,
-) -> Response {
-    serve_request(
-        service,
-        peer,
-        request,
-        "verify.psi",
-        |service, settings, requester, request, record| {
-            Box::pin(answer(service, settings, requester, request, record))
-        },
-    )
-    .await
-}
 
 fn bad(message: impl Into<String>) -> Refused {
     Refused::new(StatusCode::BAD_REQUEST, message)
@@ -144,7 +124,7 @@ impl Secrets {
 
 /// Answers a private set intersection request: the checks of a clear one, then the points
 /// decoded, the scan's turn, the charge, and the points and the resource's rows blinded.
-async fn answer(
+pub(super) async fn answer(
     service: &Service,
     settings: &Settings,
     requester: Option<&str>,
