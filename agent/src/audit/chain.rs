@@ -7,21 +7,19 @@ use std::path::Path;
 use super::files::rotate;
 use super::head::{Head, write_head};
 use super::recovery::{Tail, cut_path, repairs_due};
-use super::retention::{retention_of, schedule_retention};
+use super::retention::retention_of;
 use super::{AuditError, Entry, ROTATE_BYTES, ZEROS, path};
 
 /// Serializes appends within the process.
 static APPEND: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Appends one entry, chained to the last one, and syncs it to disk.
-pub fn append(
-    data_dir: &Path,
-    action: &str,
-    resource: &str,
-    detail: serde_json::Value,
-) -> Result<Entry, AuditError> {
-    let job = (actor(), action.to_owned(), resource.to_owned(), detail);
-    append_many(data_dir, vec![job], |_| {}).map(|mut entries| entries.remove(0))
+/// What an append wrote.
+pub(super) struct Appended {
+    /// The entries, as written.
+    pub(super) entries: Vec<Entry>,
+    /// Whether `audit.jsonl` was rotated first: an archival pass is then due
+    /// ([`super::archiver::archive_after`]).
+    pub(super) rotated: bool,
 }
 
 /// What one entry says: actor, action, resource, detail.
@@ -29,7 +27,8 @@ pub(super) type Fields = (String, String, String, serde_json::Value);
 
 /// Appends entries chained after the last one with one write and one fsync, calls `durable`
 /// with them once they are on disk, then writes the head (still holding the append lock):
-/// a caller waiting for its entry need not wait for the head.
+/// a caller waiting for its entry need not wait for the head. The caller asks for an archival
+/// pass when the log was rotated ([`Appended::rotated`]).
 ///
 /// The chain continues from the last complete line of the newest file, whatever the head
 /// says ([`Tail::read`]): a line cut short by a crash (never acknowledged: its fsync did not
@@ -40,7 +39,7 @@ pub(super) fn append_many(
     data_dir: &Path,
     jobs: Vec<Fields>,
     durable: impl FnOnce(&[Entry]),
-) -> Result<Vec<Entry>, AuditError> {
+) -> Result<Appended, AuditError> {
     let _one = APPEND.lock().unwrap_or_else(|e| e.into_inner());
     let path = path(data_dir);
     let err = |source| AuditError {
@@ -72,12 +71,7 @@ pub(super) fn append_many(
     let entries = entries.split_off(first_job);
     durable(&entries);
     write_head(data_dir, &head).map_err(err)?;
-    drop(_all);
-    drop(_one);
-    if rotated {
-        schedule_retention(data_dir);
-    }
-    Ok(entries)
+    Ok(Appended { entries, rotated })
 }
 
 /// Rotates `audit.jsonl` when it has reached the size the retention sets ([`ROTATE_BYTES`]

@@ -120,7 +120,7 @@ pub fn for_each_since(
 }
 
 /// The archive directory of `data_dir`: `[audit] archive_dir` when this process set the
-/// retention ([`set_retention`]), else the directory the newest `audit.archived` entry of the
+/// retention ([`set_retention`](super::set_retention)), else the directory the newest `audit.archived` entry of the
 /// files present records a file moved to (an `archive_command` leaves none).
 pub(super) fn archive_dir_of(data_dir: &Path) -> Option<PathBuf> {
     if let Some(r) = retention_of(data_dir) {

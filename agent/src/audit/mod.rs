@@ -67,6 +67,7 @@
 //!   subjects only as keyed pseudonyms, never a claimed or stored value.
 
 mod archive;
+mod archiver;
 mod chain;
 mod entries;
 mod files;
@@ -80,15 +81,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use chain::append;
+pub use archiver::{ArchiveError, retain, set_retention};
 pub use entries::{
     export, for_each_after, for_each_since, for_each_since_archived, last_sm3, millis_of,
 };
 pub use files::{ArchivedBefore, files};
 pub use recovery::repairs;
-pub use retention::{Archive, ArchiveError, ArchiveTo, Retention, retain, set_retention};
+pub use retention::{Archive, ArchiveTo, Retention};
 pub use verification::{Break, Verified, verify, verify_with};
-pub use writer::Writer;
+pub use writer::{Writer, append};
 
 /// Size at which `audit.jsonl` is rotated unless `[audit] max_file_bytes` says otherwise.
 pub const ROTATE_BYTES: u64 = 64 << 20;

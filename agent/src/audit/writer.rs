@@ -1,9 +1,25 @@
-//! The writer thread of a long-running service: group commit of the entries of many requests.
+//! The writers of the log: [`append`] (one entry, now) and [`Writer`] (a thread of its own,
+//! group commit of the entries of many requests), each asking for an archival pass after an
+//! append that rotated the log.
 
 use std::path::{Path, PathBuf};
 
-use super::chain::{Fields, append_many};
+use super::archiver::archive_after;
+use super::chain::{Fields, actor, append_many};
 use super::{AuditError, Entry};
+
+/// Appends one entry, chained to the last one, and syncs it to disk.
+pub fn append(
+    data_dir: &Path,
+    action: &str,
+    resource: &str,
+    detail: serde_json::Value,
+) -> Result<Entry, AuditError> {
+    let job = (actor(), action.to_owned(), resource.to_owned(), detail);
+    append_many(data_dir, vec![job], |_| {})
+        .map(|appended| archive_after(data_dir, appended))
+        .map(|mut entries| entries.remove(0))
+}
 
 /// One entry waiting for the writer thread, and where its result goes.
 struct Job {
@@ -47,7 +63,9 @@ impl Writer {
                         }
                     });
                     match (written, waiting) {
-                        (Ok(_), _) => {}
+                        (Ok(appended), _) => {
+                            archive_after(&data_dir, appended);
+                        }
                         (Err(e), Some(replies)) => {
                             for reply in replies {
                                 let _ = reply.send(Err(AuditError {

@@ -13,6 +13,9 @@
 //!
 //! So a request asks at most one question per subject and field, and the ledger
 //! ([`super::ledger`]) can count each before it is answered.
+//!
+//! Both endpoints then read the resolved fields through [`Columns`]: requested name →
+//! configured field → position in each row read.
 
 use std::collections::HashMap;
 
