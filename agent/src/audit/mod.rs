@@ -65,6 +65,13 @@
 //! - An entry never holds a field value: resource codes, sequence numbers, record counts,
 //!   content digests, configuration digests, and the operator's words; a verification's
 //!   subjects only as keyed pseudonyms, never a claimed or stored value.
+//!
+//! # Code map
+//! From the bottom: `files` (the chain's files, rotation, where the oldest begins), `head`,
+//! `recovery` (the torn line and the head repaired), `retention` (the settings), `chain`
+//! (one write and one fsync per group of entries), `archive` (storing a file) and `archiver`
+//! (the passes), `writer` ([`append`], [`Writer`]); beside them, `entries` (reading, export)
+//! and `verification` ([`verify_with`]).
 
 mod archive;
 mod archiver;
