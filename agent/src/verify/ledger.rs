@@ -204,6 +204,141 @@ impl Account {
     }
 }
 
+/// The checks and the charge of [`Ledger::admit`], on the account of one requester and
+/// resource; `who` names them in a refusal.
+impl Account {
+    /// Questions first: a lock says when that subject and field may be asked again (misses
+    /// within `lockout`, and questions held by requests in flight, count).
+    fn check_questions(
+        &mut self,
+        quotas: &Quotas,
+        ask: &Ask,
+        at: At,
+        who: &str,
+    ) -> Result<(), Throttled> {
+        let window = quotas.lockout.as_millis() as i64;
+        for (guess, enumerable) in &ask.guesses {
+            let limit = i64::from(if *enumerable {
+                quotas.enumerable_lockout
+            } else {
+                quotas.mismatch_lockout
+            });
+            let held = i64::from(self.held.get(guess).copied().unwrap_or(0));
+            let misses = self
+                .misses_of(guess, at, window)
+                .cloned()
+                .unwrap_or_default();
+            let over = misses.len() as i64 + held + 1 - limit;
+            if over > 0 {
+                // The `over`-th oldest miss must leave the window first; questions held by
+                // requests in flight may settle as matches any moment.
+                let retry_after = match misses.get(over as usize - 1) {
+                    Some(t) => secs_until(at, t + window),
+                    None => 1,
+                };
+                return Err(Throttled {
+                    reason: format!(
+                        "field `{}` of a subject of this request has had {} answers other than match for {who} within {} (at most {limit}{}); it is not answered again before the oldest leaves that window",
+                        guess.field,
+                        misses.len() as i64 + held,
+                        crate::text::duration_text(quotas.lockout),
+                        if *enumerable {
+                            ", the field being enumerable"
+                        } else {
+                            ""
+                        },
+                    ),
+                    retry_after,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The items per minute; a refusal says when enough of the minute has passed for `items`
+    /// to fit.
+    fn check_items(&self, quotas: &Quotas, items: u64, at: At, who: &str) -> Result<(), Throttled> {
+        let used = self.recent_items;
+        if used + items <= quotas.items_per_minute {
+            return Ok(());
+        }
+        // Wait until enough of the window has passed for these items to fit.
+        let mut freed = quotas.items_per_minute.saturating_sub(used);
+        let mut retry = 1;
+        for (t, k) in &self.recent {
+            freed += k;
+            if freed >= items {
+                retry = secs_until(at, t + MINUTE_MS);
+                break;
+            }
+        }
+        Err(Throttled {
+            reason: format!(
+                "{who} is over its quota of {} items per minute",
+                quotas.items_per_minute
+            ),
+            retry_after: retry,
+        })
+    }
+
+    /// The daily quotas (distinct subjects, PSI points, PSI scans), each refused until
+    /// midnight; returns the subjects of `ask` new to the account today.
+    fn check_daily(
+        &self,
+        quotas: &Quotas,
+        ask: &Ask,
+        at: At,
+        who: &str,
+    ) -> Result<HashSet<SubjectDigest>, Throttled> {
+        let new: HashSet<SubjectDigest> = ask
+            .subjects
+            .iter()
+            .filter(|s| !self.subjects.contains(*s))
+            .copied()
+            .collect();
+        let subjects = self.subjects.len() as u64 + self.anonymous;
+        let over = |reason: String| Throttled {
+            reason,
+            retry_after: at.secs_to_midnight(),
+        };
+        if subjects + new.len() as u64 + ask.anonymous > quotas.subjects_per_day {
+            return Err(over(format!(
+                "{who} is over its quota of {} distinct subjects per day",
+                quotas.subjects_per_day
+            )));
+        }
+        if self.psi_points + ask.points > quotas.psi_points_per_day {
+            return Err(over(format!(
+                "{who} is over its quota of {} private set intersection points per day ({} used; this request has {})",
+                quotas.psi_points_per_day, self.psi_points, ask.points
+            )));
+        }
+        if self.psi_scans + ask.scans > quotas.psi_scans_per_day {
+            return Err(over(format!(
+                "{who} is over its quota of {} private set intersection requests per day",
+                quotas.psi_scans_per_day
+            )));
+        }
+        Ok(new)
+    }
+
+    /// Charges an admitted request: its `new` subjects, points, scans and items, and holds
+    /// its questions.
+    fn charge(&mut self, ask: &Ask, new: HashSet<SubjectDigest>, at: At) {
+        self.subjects.extend(new);
+        self.anonymous += ask.anonymous;
+        self.psi_points += ask.points;
+        self.psi_scans += ask.scans;
+        if ask.items > 0 {
+            self.recent.push_back((at.ms, ask.items));
+            self.recent_items += ask.items;
+        }
+        for (guess, _) in &ask.guesses {
+            *self.held.entry(guess.clone()).or_default() += 1;
+        }
+    }
+}
+
 /// Drops the times at or before `limit` from the front of `times`.
 fn drop_before(times: &mut VecDeque<i64>, limit: i64) {
     while times.front().is_some_and(|t| *t <= limit) {
@@ -237,106 +372,10 @@ impl Ledger {
         account.expire(at, window);
         account.roll(at.day());
         let who = format!("requester `{requester}` on resource `{resource}`");
-        // Questions first: a lock says when that subject and field may be asked again.
-        for (guess, enumerable) in &ask.guesses {
-            let limit = i64::from(if *enumerable {
-                quotas.enumerable_lockout
-            } else {
-                quotas.mismatch_lockout
-            });
-            let held = i64::from(account.held.get(guess).copied().unwrap_or(0));
-            let misses = account
-                .misses_of(guess, at, window)
-                .cloned()
-                .unwrap_or_default();
-            let over = misses.len() as i64 + held + 1 - limit;
-            if over > 0 {
-                // The `over`-th oldest miss must leave the window first; questions held by
-                // requests in flight may settle as matches any moment.
-                let retry_after = match misses.get(over as usize - 1) {
-                    Some(t) => secs_until(at, t + window),
-                    None => 1,
-                };
-                return Err(Throttled {
-                    reason: format!(
-                        "field `{}` of a subject of this request has had {} answers other than match for {who} within {} (at most {limit}{}); it is not answered again before the oldest leaves that window",
-                        guess.field,
-                        misses.len() as i64 + held,
-                        crate::text::duration_text(quotas.lockout),
-                        if *enumerable {
-                            ", the field being enumerable"
-                        } else {
-                            ""
-                        },
-                    ),
-                    retry_after,
-                });
-            }
-        }
-        let used = account.recent_items;
-        if used + ask.items > quotas.items_per_minute {
-            // Wait until enough of the window has passed for these items to fit.
-            let mut freed = quotas.items_per_minute.saturating_sub(used);
-            let mut retry = 1;
-            for (t, k) in &account.recent {
-                freed += k;
-                if freed >= ask.items {
-                    retry = secs_until(at, t + MINUTE_MS);
-                    break;
-                }
-            }
-            return Err(Throttled {
-                reason: format!(
-                    "{who} is over its quota of {} items per minute",
-                    quotas.items_per_minute
-                ),
-                retry_after: retry,
-            });
-        }
-        let new: HashSet<&SubjectDigest> = ask
-            .subjects
-            .iter()
-            .filter(|s| !account.subjects.contains(*s))
-            .collect();
-        let subjects = account.subjects.len() as u64 + account.anonymous;
-        if subjects + new.len() as u64 + ask.anonymous > quotas.subjects_per_day {
-            return Err(Throttled {
-                reason: format!(
-                    "{who} is over its quota of {} distinct subjects per day",
-                    quotas.subjects_per_day
-                ),
-                retry_after: at.secs_to_midnight(),
-            });
-        }
-        if account.psi_points + ask.points > quotas.psi_points_per_day {
-            return Err(Throttled {
-                reason: format!(
-                    "{who} is over its quota of {} private set intersection points per day ({} used; this request has {})",
-                    quotas.psi_points_per_day, account.psi_points, ask.points
-                ),
-                retry_after: at.secs_to_midnight(),
-            });
-        }
-        if account.psi_scans + ask.scans > quotas.psi_scans_per_day {
-            return Err(Throttled {
-                reason: format!(
-                    "{who} is over its quota of {} private set intersection requests per day",
-                    quotas.psi_scans_per_day
-                ),
-                retry_after: at.secs_to_midnight(),
-            });
-        }
-        account.subjects.extend(new.into_iter().copied());
-        account.anonymous += ask.anonymous;
-        account.psi_points += ask.points;
-        account.psi_scans += ask.scans;
-        if ask.items > 0 {
-            account.recent.push_back((at.ms, ask.items));
-            account.recent_items += ask.items;
-        }
-        for (guess, _) in &ask.guesses {
-            *account.held.entry(guess.clone()).or_default() += 1;
-        }
+        account.check_questions(quotas, ask, at, &who)?;
+        account.check_items(quotas, ask.items, at, &who)?;
+        let new = account.check_daily(quotas, ask, at, &who)?;
+        account.charge(ask, new, at);
         self.dirty = true;
         Ok(Hold {
             account: key,

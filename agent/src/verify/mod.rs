@@ -47,9 +47,9 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{MethodRouter, post};
 use axum::{Extension, Json};
-use exchange_connectors::{Connector, ConnectorError, Selection, Value};
+use exchange_connectors::{Connector, ConnectorError, Value};
 use exchange_protocol::batch::ErrorBody;
 use exchange_protocol::server::{Observers, Peer, Rejection};
 use exchange_protocol::verify::{
@@ -65,7 +65,7 @@ use crate::config::{Config, Resource};
 use crate::identifier;
 use compare::{ClaimError, Context, Outcome};
 use ledger::{Ask, At, Charge, Guess, Hold, Ledger, Throttled};
-use question::{Questions, Unfit};
+use question::{Columns, Questions, Unfit};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -232,13 +232,15 @@ impl Service {
         Router::new()
             .route(
                 VERIFY_PATH,
-                post(handle)
-                    .fallback(|| async { refusal(StatusCode::METHOD_NOT_ALLOWED, "use POST") }),
+                endpoint("verify", |service, settings, requester, request, record| {
+                    Box::pin(answer(service, settings, requester, request, record))
+                }),
             )
             .route(
                 exchange_protocol::psi::PSI_PATH,
-                post(psi::handle)
-                    .fallback(|| async { refusal(StatusCode::METHOD_NOT_ALLOWED, "use POST") }),
+                endpoint("verify.psi", |service, settings, requester, request, record| {
+                    Box::pin(psi::answer(service, settings, requester, request, record))
+                }),
             )
             .fallback(|| async {
                 refusal(
@@ -403,11 +405,6 @@ struct Held {
 }
 
 impl Held {
-    /// The held questions.
-    fn guesses(&self) -> &[Guess] {
-        self.hold.as_ref().map(Hold::guesses).unwrap_or_default()
-    }
-
     /// Settles the hold: `missed[i]` says whether question `i` was answered other than
     /// `match`.
     fn settle(mut self, missed: &[bool]) {
@@ -502,21 +499,18 @@ fn unfit(e: Unfit) -> Refused {
     Refused::new(StatusCode::BAD_REQUEST, e.to_string())
 }
 
-async fn handle(
-    State(service): State<Arc<Service>>,
-    Extension(peer): Extension<Peer>,
-    request: Request,
-) -> Response {
-    serve_request(
-        service,
-        peer,
-        request,
-        "verify",
-        |service, settings, requester, request, record| {
-            Box::pin(answer(service, settings, requester, request, record))
-        },
+/// The route of an endpoint: `POST` handled by [`serve_request`] with `answer`, its requests
+/// audited as `action`; another method `405`.
+fn endpoint<T: serde::Serialize + Send + 'static>(
+    action: &'static str,
+    answer: Answering<T>,
+) -> MethodRouter<Arc<Service>> {
+    post(
+        move |State(service): State<Arc<Service>>,
+              Extension(peer): Extension<Peer>,
+              request: Request| { serve_request(service, peer, request, action, answer) },
     )
-    .await
+    .fallback(|| async { refusal(StatusCode::METHOD_NOT_ALLOWED, "use POST") })
 }
 
 /// How an endpoint answers a request, given its service, settings, requester, the request and
@@ -678,6 +672,7 @@ fn no_identity(how: RequesterIdentity) -> Refused {
     ))
 }
 
+/// Answers a clear verification request: the steps of the module's opening, in order.
 async fn answer(
     service: &Service,
     settings: &Settings,
@@ -685,52 +680,18 @@ async fn answer(
     request: Request,
     record: &mut Record,
 ) -> Result<VerifyAnswer, Refused> {
-    let requester = requester.ok_or_else(|| no_identity(settings.verify.requester_identity))?;
-    let body = read_body(
-        request.into_body(),
-        service.max_body(),
-        settings.verify.body_timeout,
-    )
-    .await?;
+    let (requester, body) = identified_body(service, settings, requester, request).await?;
     let parsed = VerifyRequest::parse(&body, settings.verify.max_items)
         .map_err(|e| Refused::new(StatusCode::BAD_REQUEST, e.0))?;
     drop(body);
-    record.begin(
-        &parsed.request_id,
-        &parsed.purpose,
-        &parsed.case_ref,
-        &parsed.resource,
-        parsed.items.len(),
-    );
-    let names: Vec<Vec<&str>> = parsed
-        .items
-        .iter()
-        .map(|i| i.claims.keys().map(String::as_str).collect())
-        .collect();
-    let (resource, questions) = authorize(
-        settings,
-        requester,
-        &parsed.resource,
-        &parsed.purpose,
-        &names,
-        false,
-    )?;
+    let (resource, questions) = resolve(settings, requester, record, &parsed, false)?;
     let subjects: Vec<String> = parsed
         .items
         .iter()
         .map(|i| subject_key(resource, &i.subject))
         .collect();
     question::distinct(&subjects).map_err(unfit)?;
-    let pseudonym = settings
-        .config
-        .keys
-        .pseudonym
-        .as_ref()
-        .expect("checked by the configuration");
-    let domain = resource.key_kind.as_str();
-    let digests: Vec<ledger::SubjectDigest> =
-        subjects.iter().map(|s| pseudonym.mac(domain, s)).collect();
-    record.subjects = digests.iter().map(|d| pseudonym.token_of_mac(d)).collect();
+    let digests = pseudonyms(settings, resource, &subjects, record);
     let cx = Context {
         comparison_key: settings.verify.comparison_key.as_ref(),
         time_zone: settings.config.keys.time_zone,
@@ -741,23 +702,7 @@ async fn answer(
     let ask = Ask {
         items: parsed.items.len() as u64,
         subjects: digests.clone(),
-        guesses: questions
-            .items
-            .iter()
-            .zip(&digests)
-            .flat_map(|(fields, digest)| {
-                fields.iter().map(|f| {
-                    let field = &questions.fields[*f];
-                    (
-                        Guess {
-                            subject: *digest,
-                            field: field.name.clone(),
-                        },
-                        field.enumerable,
-                    )
-                })
-            })
-            .collect(),
+        guesses: guesses(&questions, &digests),
         ..Ask::default()
     };
     let held = admit(service, settings, requester, &resource.code, &ask)?;
@@ -768,71 +713,213 @@ async fn answer(
     });
 
     let rows = lookup(settings, resource, &questions, &subjects).await?;
-    let reveal = resource.verification.reveal_not_found;
-    let mut items = Vec::with_capacity(parsed.items.len());
-    let mut missed = Vec::with_capacity(held.guesses().len());
-    let mut mismatched: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (((item, fields), subject), token) in parsed
-        .items
-        .iter()
-        .zip(&questions.items)
-        .zip(&subjects)
-        .zip(&record.subjects)
-    {
-        let row = rows.get(subject);
-        let mut results = BTreeMap::new();
-        for ((_, claim), f) in item.claims.iter().zip(fields) {
-            let field = &questions.fields[*f];
-            let outcome = match row.map(|values| &values[*f]) {
-                None => Outcome::Mismatch,
-                Some(None) => Outcome::Mismatch,
-                Some(Some(stored)) => {
-                    compare::compare(field.compare, &field.asked_as, claim, stored, cx)
-                        .unwrap_or(Outcome::Mismatch)
-                }
-            };
-            let result = match outcome {
-                Outcome::Match => FieldResult::Match,
-                Outcome::Mismatch => FieldResult::Mismatch,
-                // A NULL tells that the subject is known: only where that may be revealed.
-                Outcome::NoValue if reveal => FieldResult::NoValue,
-                Outcome::NoValue => FieldResult::Mismatch,
-            };
-            missed.push(result != FieldResult::Match);
-            if result != FieldResult::Match {
-                mismatched
-                    .entry(token.clone())
-                    .or_default()
-                    .push(field.name.clone());
-            }
-            *record.counts.entry(result.as_str()).or_default() += 1;
-            results.insert(field.asked_as.clone(), result);
-        }
-        let found = if row.is_some() {
-            SubjectResult::Found
-        } else {
-            SubjectResult::NotFound
-        };
-        *record
-            .counts
-            .entry(match found {
-                SubjectResult::Found => "found",
-                SubjectResult::NotFound => "not_found",
-            })
-            .or_default() += 1;
-        items.push(AnswerItem {
-            subject: reveal.then_some(found),
-            fields: results,
-        });
-    }
-    held.settle(&missed);
+    let compared = Compared::of(
+        &parsed,
+        &questions,
+        &subjects,
+        &rows,
+        cx,
+        resource.verification.reveal_not_found,
+        record,
+    );
+    held.settle(&compared.missed);
     if let Some(charged) = &mut record.charged {
-        charged.mismatched = mismatched;
+        charged.mismatched = compared.mismatched;
     }
     Ok(VerifyAnswer {
         request_id: parsed.request_id,
-        items,
+        items: compared.items,
     })
+}
+
+/// The first steps of both endpoints: the requester's identity (`403` without one), then
+/// the body within the size and time limits.
+async fn identified_body<'r>(
+    service: &Service,
+    settings: &Settings,
+    requester: Option<&'r str>,
+    request: Request,
+) -> Result<(&'r str, Vec<u8>), Refused> {
+    let requester = requester.ok_or_else(|| no_identity(settings.verify.requester_identity))?;
+    let body = read_body(
+        request.into_body(),
+        service.max_body(),
+        settings.verify.body_timeout,
+    )
+    .await?;
+    Ok((requester, body))
+}
+
+/// Records what a request says it is (id, purpose, case, resource, items), then resolves its
+/// resource, the requester's grant and the claimed names of its items ([`authorize`]); for
+/// both endpoints (a private set intersection request, `psi`, in the shape of a clear one).
+fn resolve<'s>(
+    settings: &'s Settings,
+    requester: &str,
+    record: &mut Record,
+    request: &VerifyRequest,
+    psi: bool,
+) -> Result<(&'s Resource, Questions), Refused> {
+    record.begin(
+        &request.request_id,
+        &request.purpose,
+        &request.case_ref,
+        &request.resource,
+        request.items.len(),
+    );
+    let names: Vec<Vec<&str>> = request
+        .items
+        .iter()
+        .map(|i| i.claims.keys().map(String::as_str).collect())
+        .collect();
+    authorize(
+        settings,
+        requester,
+        &request.resource,
+        &request.purpose,
+        &names,
+        psi,
+    )
+}
+
+/// The keyed digest of each subject (the ledger's), its pseudonym noted in the record.
+fn pseudonyms(
+    settings: &Settings,
+    resource: &Resource,
+    subjects: &[String],
+    record: &mut Record,
+) -> Vec<ledger::SubjectDigest> {
+    let pseudonym = settings
+        .config
+        .keys
+        .pseudonym
+        .as_ref()
+        .expect("checked by the configuration");
+    let domain = resource.key_kind.as_str();
+    let digests: Vec<ledger::SubjectDigest> =
+        subjects.iter().map(|s| pseudonym.mac(domain, s)).collect();
+    record.subjects = digests.iter().map(|d| pseudonym.token_of_mac(d)).collect();
+    digests
+}
+
+/// Each question of the request (a subject, by digest, and a field), with whether the field
+/// is enumerable.
+fn guesses(questions: &Questions, digests: &[ledger::SubjectDigest]) -> Vec<(Guess, bool)> {
+    questions
+        .items
+        .iter()
+        .zip(digests)
+        .flat_map(|(fields, digest)| {
+            fields.iter().map(|f| {
+                let field = &questions.fields[*f];
+                (
+                    Guess {
+                        subject: *digest,
+                        field: field.name.clone(),
+                    },
+                    field.enumerable,
+                )
+            })
+        })
+        .collect()
+}
+
+/// The claims of a request compared with the rows looked up.
+struct Compared {
+    /// The answer's items, in request order.
+    items: Vec<AnswerItem>,
+    /// Per question, in request order: whether it was answered other than `match`.
+    missed: Vec<bool>,
+    /// Per subject pseudonym: the configured names of the fields answered other than
+    /// `match`.
+    mismatched: BTreeMap<String, Vec<String>>,
+}
+
+impl Compared {
+    /// Compares every claim of `parsed` with the stored value of its subject (`rows`, by
+    /// subject key, as [`lookup`] reads them), counting the results in the record. Whether a
+    /// subject was found, and a stored NULL, are told only where `reveal` allows.
+    fn of(
+        parsed: &VerifyRequest,
+        questions: &Questions,
+        subjects: &[String],
+        rows: &HashMap<String, Vec<Option<Value>>>,
+        cx: Context<'_>,
+        reveal: bool,
+        record: &mut Record,
+    ) -> Compared {
+        let mut compared = Compared {
+            items: Vec::with_capacity(parsed.items.len()),
+            missed: Vec::new(),
+            mismatched: BTreeMap::new(),
+        };
+        for (((item, fields), subject), token) in parsed
+            .items
+            .iter()
+            .zip(&questions.items)
+            .zip(subjects)
+            .zip(&record.subjects)
+        {
+            let row = rows.get(subject);
+            let mut results = BTreeMap::new();
+            for ((_, claim), f) in item.claims.iter().zip(fields) {
+                let field = &questions.fields[*f];
+                let stored = row.map(|values| values[Columns::position(*f)].as_ref());
+                let result = field_result(field, claim, stored, cx, reveal);
+                compared.missed.push(result != FieldResult::Match);
+                if result != FieldResult::Match {
+                    compared
+                        .mismatched
+                        .entry(token.clone())
+                        .or_default()
+                        .push(field.name.clone());
+                }
+                *record.counts.entry(result.as_str()).or_default() += 1;
+                results.insert(field.asked_as.clone(), result);
+            }
+            let found = if row.is_some() {
+                SubjectResult::Found
+            } else {
+                SubjectResult::NotFound
+            };
+            *record
+                .counts
+                .entry(match found {
+                    SubjectResult::Found => "found",
+                    SubjectResult::NotFound => "not_found",
+                })
+                .or_default() += 1;
+            compared.items.push(AnswerItem {
+                subject: reveal.then_some(found),
+                fields: results,
+            });
+        }
+        compared
+    }
+}
+
+/// The answer about one claim: `stored` is `None` for a subject not found, `Some(None)` for
+/// a stored value that cannot be converted (never a match).
+fn field_result(
+    field: &question::Field,
+    claim: &Claim,
+    stored: Option<Option<&Value>>,
+    cx: Context<'_>,
+    reveal: bool,
+) -> FieldResult {
+    let outcome = match stored {
+        None => Outcome::Mismatch,
+        Some(None) => Outcome::Mismatch,
+        Some(Some(stored)) => compare::compare(field.compare, &field.asked_as, claim, stored, cx)
+            .unwrap_or(Outcome::Mismatch),
+    };
+    match outcome {
+        Outcome::Match => FieldResult::Match,
+        Outcome::Mismatch => FieldResult::Mismatch,
+        // A NULL tells that the subject is known: only where that may be revealed.
+        Outcome::NoValue if reveal => FieldResult::NoValue,
+        Outcome::NoValue => FieldResult::Mismatch,
+    }
 }
 
 /// Refuses (`400`) a claim that does not fit its field: a clear claim on a `hmac` field, an
@@ -927,18 +1014,8 @@ fn connector_of(settings: &Settings, resource: &Resource) -> Result<Arc<dyn Conn
         })
 }
 
-/// The key column of `resource` as configured.
-fn key_column(resource: &Resource) -> String {
-    resource
-        .fields
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(&resource.key))
-        .map(|(n, _)| n.clone())
-        .unwrap_or_else(|| resource.key.clone())
-}
-
 /// Reads the claimed fields of every subject (distinct) in one lookup; per normalized key,
-/// the values in the order of `questions.fields` (`None`: a value that cannot be converted,
+/// the row's values in the order of [`Columns`] (`None`: a value that cannot be converted,
 /// which never matches).
 async fn lookup(
     settings: &Settings,
@@ -947,18 +1024,12 @@ async fn lookup(
     subjects: &[String],
 ) -> Result<HashMap<String, Vec<Option<Value>>>, Refused> {
     let connector = connector_of(settings, resource)?;
-    let key_column = key_column(resource);
-    let mut columns = vec![key_column.clone()];
-    columns.extend(questions.fields.iter().map(|f| f.name.clone()));
-    let selection = Selection {
-        relation: resource.relation.clone(),
-        columns,
-        cursor: Vec::new(),
-    };
+    let columns = Columns::of(resource, questions);
+    let selection = columns.selection(resource, false);
     let keys: Vec<Value> = subjects.iter().cloned().map(Value::Text).collect();
     let read = tokio::time::timeout(
         settings.verify.query_timeout,
-        connector.lookup(&selection, &key_column, &keys),
+        connector.lookup(&selection, &columns.key, &keys),
     )
     .await;
     let rows = match read {
@@ -978,12 +1049,11 @@ async fn lookup(
     };
     let mut out = HashMap::new();
     for row in rows {
-        let mut values = row.values.into_iter().map(Result::ok);
-        let Some(key) = values.next().flatten().as_ref().and_then(Value::to_text) else {
+        let values: Vec<Option<Value>> = row.values.into_iter().map(Result::ok).collect();
+        let Some(key) = values.get(Columns::KEY).and_then(|k| k.as_ref()?.to_text()) else {
             continue;
         };
-        out.entry(subject_key(resource, &key))
-            .or_insert_with(|| values.collect());
+        out.entry(subject_key(resource, &key)).or_insert(values);
     }
     Ok(out)
 }

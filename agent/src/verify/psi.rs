@@ -26,21 +26,18 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Extension;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::response::Response;
-use exchange_connectors::{Bound, PageRequest, Row, Selection, Value};
+use exchange_connectors::{Bound, Connector, Page, PageRequest, Row, Selection, Value};
 use exchange_protocol::psi::{self, PsiAnswer, PsiItem, PsiRequest, Secret};
-use exchange_protocol::server::Peer;
 use exchange_protocol::verify::{Claim, Item, VerifyRequest};
 
 use super::compare::{canonical, stored_psi_form};
 use super::ledger::{Ask, Charge};
-use super::question::{self, Questions};
+use super::question::{self, Columns, Questions};
 use super::{
-    Record, Refused, Service, Settings, admit, authorize, connector_of, key_column, no_identity,
-    read_body, serve_request, source_failed, unfit,
+    Record, Refused, Service, Settings, admit, connector_of, identified_body, resolve,
+    source_failed, unfit,
 };
 use crate::config::Resource;
 
@@ -48,23 +45,6 @@ use crate::config::Resource;
 const PAGE_ROWS: usize = 5000;
 /// Longest a request waits for the scan before it (one at a time).
 const SCAN_WAIT: Duration = Duration::from_secs(30);
-
-pub(super) async fn handle(
-    State(service): State<Arc<Service>>,
-    Extension(peer): Extension<Peer>,
-    request: Request,
-) -> Response {
-    serve_request(
-        service,
-        peer,
-        request,
-        "verify.psi",
-        |service, settings, requester, request, record| {
-            Box::pin(answer(service, settings, requester, request, record))
-        },
-    )
-    .await
-}
 
 fn bad(message: impl Into<String>) -> Refused {
     Refused::new(StatusCode::BAD_REQUEST, message)
@@ -142,84 +122,27 @@ impl Secrets {
     }
 }
 
-async fn answer(
+/// Answers a private set intersection request: the checks of a clear one, then the points
+/// decoded, the scan's turn, the charge, and the points and the resource's rows blinded.
+pub(super) async fn answer(
     service: &Service,
     settings: &Settings,
     requester: Option<&str>,
     request: Request,
     record: &mut Record,
 ) -> Result<PsiAnswer, Refused> {
-    let requester = requester.ok_or_else(|| no_identity(settings.verify.requester_identity))?;
-    let body = read_body(
-        request.into_body(),
-        service.max_body(),
-        settings.verify.body_timeout,
-    )
-    .await?;
-    let parsed: PsiRequest = serde_json::from_slice(&body).map_err(|e| {
-        bad(format!(
-            "the JSON does not have the PSI request's shape at line {} column {}: expected {{\"request_id\", \"purpose\", \"case_ref\", \"resource\", \"items\": [{{\"subject\": \"<64 hex>\", \"claims\": {{field: \"<64 hex>\"}}}}]}}",
-            e.line(),
-            e.column()
-        ))
-    })?;
+    let (requester, body) = identified_body(service, settings, requester, request).await?;
+    let parsed = parse(&body)?;
     drop(body);
     // The bounds of a clear request, on the same members.
-    VerifyRequest {
-        request_id: parsed.request_id.clone(),
-        purpose: parsed.purpose.clone(),
-        case_ref: parsed.case_ref.clone(),
-        resource: parsed.resource.clone(),
-        items: parsed
-            .items
-            .iter()
-            .map(|i| Item {
-                subject: "-".into(),
-                claims: i
-                    .claims
-                    .keys()
-                    .map(|k| (k.clone(), Claim::Value(String::new())))
-                    .collect(),
-            })
-            .collect(),
-    }
-    .check(settings.verify.max_items)
-    .map_err(|e| bad(e.0))?;
-    record.begin(
-        &parsed.request_id,
-        &parsed.purpose,
-        &parsed.case_ref,
-        &parsed.resource,
-        parsed.items.len(),
-    );
-    let names: Vec<Vec<&str>> = parsed
-        .items
-        .iter()
-        .map(|i| i.claims.keys().map(String::as_str).collect())
-        .collect();
-    let (resource, questions) = authorize(
-        settings,
-        requester,
-        &parsed.resource,
-        &parsed.purpose,
-        &names,
-        true,
-    )?;
+    let shape = clear_shape(&parsed);
+    shape
+        .check(settings.verify.max_items)
+        .map_err(|e| bad(e.0))?;
+    let (resource, questions) = resolve(settings, requester, record, &shape, true)?;
     let points = Points::decode(&parsed.items)?;
     // One scan at a time; a request that cannot have its turn is refused before it is charged.
-    let _scan = tokio::time::timeout(SCAN_WAIT, service.psi_scans.acquire())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .ok_or_else(|| Refused {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: format!(
-                "other private set intersection requests are being answered; retry in {} s",
-                SCAN_WAIT.as_secs()
-            ),
-            retry_after: Some(SCAN_WAIT.as_secs()),
-            outcome: "refused",
-        })?;
+    let _scan = scan_turn(service).await?;
     // Every point is charged before one is multiplied, and the scan.
     let items = parsed.items.len() as u64;
     let ask = Ask {
@@ -241,9 +164,7 @@ async fn answer(
     let reblinded = {
         let secrets = secrets.clone();
         let questions = questions.items.clone();
-        tokio::task::spawn_blocking(move || reblind(&points, &questions, &secrets))
-            .await
-            .map_err(|_| Refused::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))??
+        off_the_workers(move || reblind(&points, &questions, &secrets)).await??
     };
     let (subjects, claims, rows) = scan(settings, resource, &questions, secrets).await?;
     record.counts.insert("rows_scanned", rows);
@@ -266,6 +187,66 @@ async fn answer(
         subjects,
         claims,
     })
+}
+
+/// The body as a PSI request (`400` naming where it is not one).
+fn parse(body: &[u8]) -> Result<PsiRequest, Refused> {
+    serde_json::from_slice(body).map_err(|e| {
+        bad(format!(
+            "the JSON does not have the PSI request's shape at line {} column {}: expected {{\"request_id\", \"purpose\", \"case_ref\", \"resource\", \"items\": [{{\"subject\": \"<64 hex>\", \"claims\": {{field: \"<64 hex>\"}}}}]}}",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+/// A PSI request in the shape of a clear one, with the same members and claimed names (no
+/// subject or value), so that both are bounded, recorded and resolved alike.
+fn clear_shape(parsed: &PsiRequest) -> VerifyRequest {
+    VerifyRequest {
+        request_id: parsed.request_id.clone(),
+        purpose: parsed.purpose.clone(),
+        case_ref: parsed.case_ref.clone(),
+        resource: parsed.resource.clone(),
+        items: parsed
+            .items
+            .iter()
+            .map(|i| Item {
+                subject: "-".into(),
+                claims: i
+                    .claims
+                    .keys()
+                    .map(|k| (k.clone(), Claim::Value(String::new())))
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Waits (at most [`SCAN_WAIT`]) for the turn to scan; `503` with `Retry-After` past it.
+async fn scan_turn(service: &Service) -> Result<tokio::sync::SemaphorePermit<'_>, Refused> {
+    tokio::time::timeout(SCAN_WAIT, service.psi_scans.acquire())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "other private set intersection requests are being answered; retry in {} s",
+                SCAN_WAIT.as_secs()
+            ),
+            retry_after: Some(SCAN_WAIT.as_secs()),
+            outcome: "refused",
+        })
+}
+
+/// Runs `work` (group arithmetic, sorting) off the async workers; `500` if it panicked.
+async fn off_the_workers<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Refused> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| Refused::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
 }
 
 /// Multiplies each subject point by `b_s` and each claim point by its field's `b_f`
@@ -297,20 +278,28 @@ fn reblind(
 }
 
 /// The tags of one page's rows: subjects under `b_s`, each stored value of field `f` under
-/// `b_f` (with `f` as the request names it).
-fn tags(rows: &[Row], fields: &[String], secrets: &Secrets) -> (Vec<String>, Vec<String>) {
+/// `b_f` (with `f` as the request names it, `asked[f]`; its value at [`Columns::position`]).
+fn tags(rows: &[Row], asked: &[String], secrets: &Secrets) -> (Vec<String>, Vec<String>) {
     let mut s = Vec::with_capacity(rows.len());
-    let mut c = Vec::with_capacity(rows.len() * fields.len());
+    let mut c = Vec::with_capacity(rows.len() * asked.len());
     for row in rows {
-        let Some(k) = row.values[0].as_ref().ok().and_then(Value::to_text) else {
+        let Some(k) = row.values[Columns::KEY]
+            .as_ref()
+            .ok()
+            .and_then(Value::to_text)
+        else {
             continue;
         };
         let k = canonical(&k);
         s.push(psi::tag(&secrets.subject.blind(&psi::hash_subject(&k))));
-        for (i, name) in fields.iter().enumerate() {
-            if let Some(form) = row.values[1 + i].as_ref().ok().and_then(stored_psi_form) {
+        for (f, name) in asked.iter().enumerate() {
+            if let Some(form) = row.values[Columns::position(f)]
+                .as_ref()
+                .ok()
+                .and_then(stored_psi_form)
+            {
                 c.push(psi::tag(
-                    &secrets.fields[i].blind(&psi::hash_claim(name, &k, &form)),
+                    &secrets.fields[f].blind(&psi::hash_claim(name, &k, &form)),
                 ));
             }
         }
@@ -328,9 +317,7 @@ async fn scan(
     secrets: Arc<Secrets>,
 ) -> Result<(Vec<String>, Vec<String>, u64), Refused> {
     let connector = connector_of(settings, resource)?;
-    let key = key_column(resource);
-    let mut columns = vec![key.clone()];
-    columns.extend(questions.fields.iter().map(|f| f.name.clone()));
+    let selection = Columns::of(resource, questions).selection(resource, true);
     let asked: Arc<Vec<String>> = Arc::new(
         questions
             .fields
@@ -338,78 +325,29 @@ async fn scan(
             .map(|f| f.asked_as.clone())
             .collect(),
     );
-    let selection = Selection {
-        relation: resource.relation.clone(),
-        columns,
-        cursor: vec![key],
+    let bound = TagBound {
+        max_tags: settings.verify.psi_max_tags,
+        per_row: 1 + questions.fields.len() as u64,
     };
-    let max_tags = settings.verify.psi_max_tags;
-    let per_row = 1 + questions.fields.len() as u64;
     let mut subjects = Vec::new();
     let mut claims = Vec::new();
     let mut rows = 0u64;
     let mut after: Option<Vec<Value>> = None;
     loop {
-        let read = tokio::time::timeout(
-            settings.verify.query_timeout,
-            connector.read_page(&PageRequest {
-                selection: &selection,
-                after: after.as_deref(),
-                limit: PAGE_ROWS,
-                bound: Bound::None,
-            }),
+        let page = read_page(
+            settings,
+            resource,
+            &*connector,
+            &selection,
+            after.as_deref(),
         )
-        .await;
-        let page = match read {
-            Ok(Ok(page)) => page,
-            Ok(Err(e)) => return Err(source_failed(resource, &e)),
-            Err(_) => {
-                tracing::warn!(resource = %resource.code, "PSI scan of the source timed out.");
-                return Err(Refused::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "the source of resource `{}` did not answer a page within {} ms; retry later",
-                        resource.code,
-                        settings.verify.query_timeout.as_millis()
-                    ),
-                ));
-            }
-        };
+        .await?;
         let full = page.rows.len() == PAGE_ROWS;
         rows += page.rows.len() as u64;
-        if rows * per_row > max_tags {
-            return Err(Refused::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "resource `{}` holds more than {} rows, and an answer about {} claimed fields would hold more than {max_tags} tags (a key and a stored value per row and field), the most answered here (psi_max_tags); claim fewer fields, or use POST /v1/verify",
-                    resource.code,
-                    max_tags / per_row,
-                    questions.fields.len()
-                ),
-            ));
-        }
-        // The next page starts after the last key that could be read; a full page without
-        // one cannot be continued from, and is an error rather than an early end.
-        let last = page
-            .rows
-            .iter()
-            .rev()
-            .find_map(|r| r.values[0].as_ref().ok().cloned());
-        if full && last.is_none() {
-            tracing::warn!(resource = %resource.code, "PSI scan: no key of a page can be read.");
-            return Err(Refused::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "the keys of resource `{}` cannot be read, so its private set intersection scan cannot go on",
-                    resource.code
-                ),
-            ));
-        }
+        bound.check(resource, rows)?;
+        let last = last_key(resource, &page.rows, full)?;
         let (asked, secrets) = (asked.clone(), secrets.clone());
-        // The group arithmetic off the async workers.
-        let (s, c) = tokio::task::spawn_blocking(move || tags(&page.rows, &asked, &secrets))
-            .await
-            .map_err(|_| Refused::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))?;
+        let (s, c) = off_the_workers(move || tags(&page.rows, &asked, &secrets)).await?;
         subjects.extend(s);
         claims.extend(c);
         if !full {
@@ -417,14 +355,96 @@ async fn scan(
         }
         after = last.map(|v| vec![v]);
     }
-    let (subjects, claims) = tokio::task::spawn_blocking(move || {
+    let (subjects, claims) = off_the_workers(move || {
         for tags in [&mut subjects, &mut claims] {
             tags.sort_unstable();
             tags.dedup();
         }
         (subjects, claims)
     })
-    .await
-    .map_err(|_| Refused::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))?;
+    .await?;
     Ok((subjects, claims, rows))
+}
+
+/// Reads the page of the scan after key `after` (from the first row when `None`), within
+/// `query_timeout` (`504` past it).
+async fn read_page(
+    settings: &Settings,
+    resource: &Resource,
+    connector: &dyn Connector,
+    selection: &Selection,
+    after: Option<&[Value]>,
+) -> Result<Page, Refused> {
+    let read = tokio::time::timeout(
+        settings.verify.query_timeout,
+        connector.read_page(&PageRequest {
+            selection,
+            after,
+            limit: PAGE_ROWS,
+            bound: Bound::None,
+        }),
+    )
+    .await;
+    match read {
+        Ok(Ok(page)) => Ok(page),
+        Ok(Err(e)) => Err(source_failed(resource, &e)),
+        Err(_) => {
+            tracing::warn!(resource = %resource.code, "PSI scan of the source timed out.");
+            Err(Refused::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the source of resource `{}` did not answer a page within {} ms; retry later",
+                    resource.code,
+                    settings.verify.query_timeout.as_millis()
+                ),
+            ))
+        }
+    }
+}
+
+/// The most tags an answer may hold (`psi_max_tags`), and the tags each row adds.
+struct TagBound {
+    /// `psi_max_tags`.
+    max_tags: u64,
+    /// One for the key and one per claimed field.
+    per_row: u64,
+}
+
+impl TagBound {
+    /// `413` once `rows` read would pass the bound.
+    fn check(&self, resource: &Resource, rows: u64) -> Result<(), Refused> {
+        let (max_tags, per_row) = (self.max_tags, self.per_row);
+        if rows * per_row <= max_tags {
+            return Ok(());
+        }
+        Err(Refused::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "resource `{}` holds more than {} rows, and an answer about {} claimed fields would hold more than {max_tags} tags (a key and a stored value per row and field), the most answered here (psi_max_tags); claim fewer fields, or use POST /v1/verify",
+                resource.code,
+                max_tags / per_row,
+                per_row - 1
+            ),
+        ))
+    }
+}
+
+/// The last key of a page that can be read, which the next page starts after; a full page
+/// without one cannot be continued from, and is an error rather than an early end.
+fn last_key(resource: &Resource, rows: &[Row], full: bool) -> Result<Option<Value>, Refused> {
+    let last = rows
+        .iter()
+        .rev()
+        .find_map(|r| r.values[Columns::KEY].as_ref().ok().cloned());
+    if full && last.is_none() {
+        tracing::warn!(resource = %resource.code, "PSI scan: no key of a page can be read.");
+        return Err(Refused::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "the keys of resource `{}` cannot be read, so its private set intersection scan cannot go on",
+                resource.code
+            ),
+        ));
+    }
+    Ok(last)
 }

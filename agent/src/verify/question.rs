@@ -13,8 +13,13 @@
 //!
 //! So a request asks at most one question per subject and field, and the ledger
 //! ([`super::ledger`]) can count each before it is answered.
+//!
+//! Both endpoints then read the resolved fields through [`Columns`]: requested name →
+//! configured field → position in each row read.
 
 use std::collections::HashMap;
+
+use exchange_connectors::Selection;
 
 use super::compare::Compare;
 use crate::config::Resource;
@@ -138,6 +143,61 @@ impl Questions {
     pub fn names(&self) -> Vec<&str> {
         self.fields.iter().map(|f| f.name.as_str()).collect()
     }
+}
+
+/// Where the claimed fields of a request are read, for both endpoints: each requested name
+/// ([`Field::asked_as`], the key of its answers and the name in its hashes) stands for one
+/// configured field ([`Field::name`], the column read), which stands at one position of the
+/// selection and so of every row read: the key column first ([`Columns::KEY`]), then the
+/// claimed fields in the order of [`Questions::fields`] ([`Columns::position`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Columns {
+    /// The key column as configured (the resource's `key` in the spelling of its field).
+    pub key: String,
+    /// Every column read, in row order: the key, then each claimed field's configured name.
+    pub names: Vec<String>,
+}
+
+impl Columns {
+    /// The position of the key column in a row read.
+    pub const KEY: usize = 0;
+
+    /// The columns `questions` reads from `resource`.
+    pub fn of(resource: &Resource, questions: &Questions) -> Columns {
+        let key = key_column(resource);
+        let mut names = vec![key.clone()];
+        names.extend(questions.fields.iter().map(|f| f.name.clone()));
+        Columns { key, names }
+    }
+
+    /// The position in a row read of claimed field `field` (an index into
+    /// [`Questions::fields`]).
+    pub fn position(field: usize) -> usize {
+        1 + field
+    }
+
+    /// The selection reading these columns of `resource`, paged by key when `by_key`.
+    pub fn selection(&self, resource: &Resource, by_key: bool) -> Selection {
+        Selection {
+            relation: resource.relation.clone(),
+            columns: self.names.clone(),
+            cursor: if by_key {
+                vec![self.key.clone()]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+/// The key column of `resource` as configured.
+fn key_column(resource: &Resource) -> String {
+    resource
+        .fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(&resource.key))
+        .map(|(n, _)| n.clone())
+        .unwrap_or_else(|| resource.key.clone())
 }
 
 /// The configured field `name` stands for, if it may be claimed.
