@@ -4,7 +4,7 @@
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
-use super::files::chain_files;
+use super::files::{chain_files, is_archived_line};
 use super::head::read_head;
 use super::retention::{Archive, ArchiveTo, retention_of};
 use super::{Entry, files};
@@ -132,7 +132,6 @@ pub(super) fn archive_dir_of(data_dir: &Path) -> Option<PathBuf> {
             _ => None,
         };
     }
-    const ACTION: &[u8] = br#""action":"audit.archived""#;
     for f in files(data_dir).iter().rev() {
         let Ok(bytes) = std::fs::read(f) else {
             continue;
@@ -140,7 +139,7 @@ pub(super) fn archive_dir_of(data_dir: &Path) -> Option<PathBuf> {
         let found = bytes
             .split(|b| *b == b'\n')
             .rev()
-            .filter(|l| l.windows(ACTION.len()).any(|w| w == ACTION))
+            .filter(|l| is_archived_line(l))
             .filter_map(|l| serde_json::from_slice::<Entry>(l).ok())
             .find_map(|e| Some(PathBuf::from(e.detail["to"].as_str()?).parent()?.to_owned()));
         if found.is_some() {
@@ -150,7 +149,7 @@ pub(super) fn archive_dir_of(data_dir: &Path) -> Option<PathBuf> {
     None
 }
 
-/// [`for_each_since`] over the files of the archive directory ([`archive_dir_of`]) too, so
+/// [`for_each_since`] over the files of the archive directory (`archive_dir_of`) too, so
 /// that an entry whose file was archived is still found. A file that vanishes while read (the
 /// archiver moved it) has the files listed again and read anew: `f` may then see an entry
 /// twice.

@@ -177,13 +177,18 @@ pub(super) fn listed_start(
     }
 }
 
+/// Whether a stored line is an `audit.archived` entry, by a byte search before any parse.
+pub(super) fn is_archived_line(line: &[u8]) -> bool {
+    const ACTION: &[u8] = br#""action":"audit.archived""#;
+    line.windows(ACTION.len()).any(|w| w == ACTION)
+}
+
 /// The `audit.archived` entry whose archived file ended with the line of SM3 `last_sm3` (hex),
 /// searching the files from the newest (where it usually is) back.
 pub(super) fn find_archived(
     files: &[PathBuf],
     last_sm3: &str,
 ) -> std::io::Result<Option<ArchivedBefore>> {
-    const ACTION: &[u8] = br#""action":"audit.archived""#;
     for f in files.iter().rev() {
         let bytes = match std::fs::read(f) {
             Ok(b) => b,
@@ -192,7 +197,7 @@ pub(super) fn find_archived(
         };
         let mut found = None;
         for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-            if !line.windows(ACTION.len()).any(|w| w == ACTION) {
+            if !is_archived_line(line) {
                 continue;
             }
             let Ok(entry) = serde_json::from_slice::<Entry>(line) else {

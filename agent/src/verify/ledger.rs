@@ -39,7 +39,7 @@
 //! Admitting and settling a request cost time in proportion to its own questions, not to the
 //! ledger's size: the minute's item count is a running sum. Two things cost time in
 //! proportion to an account's size, under the lock, once a minute: sweeping the misses that
-//! left the window ([`SWEEP`]), and copying the ledger for its snapshot.
+//! left the window (`SWEEP`), and copying the ledger for its snapshot.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
