@@ -1648,3 +1648,85 @@ async fn two_concurrent_reads_use_two_sessions() {
     assert_eq!(ids(&free), [2]);
     assert_eq!(sessions, 2);
 }
+
+#[tokio::test]
+async fn the_connectors_own_long_read_never_holds_its_other_reads_back() {
+    // A long read of one resource (a snapshot page of a big table) is a transaction of the
+    // agent's own: it writes nothing, so it can hide no late commit, and another resource of
+    // the same database must not wait for it (nor be reported as held back by it).
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "own").await;
+    let (t, u) = (s.q("t"), s.q("u"));
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int4 PRIMARY KEY); INSERT INTO {t} VALUES (1);
+             CREATE TABLE {u} (id int8 PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO {u} (id) VALUES (1);"
+        ))
+        .await
+        .unwrap();
+    let app = unique("own");
+    let base = pg_url();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let c = PostgresConnector::new(&SourceSpec {
+        pool_size: 2,
+        ..spec(&format!("{base}{sep}application_name={app}"))
+    })
+    .unwrap();
+    let slow = Selection {
+        relation: Relation::Query(format!(
+            "SELECT id FROM {t} WHERE pg_catalog.pg_sleep(3) IS NOT NULL"
+        )),
+        columns: vec!["id".into()],
+        cursor: vec!["id".into()],
+    };
+    let on_u = table(u, &["id", "at"], &["at", "id"]);
+    let horizon = Bound::Horizon {
+        safety_lag: Duration::ZERO,
+    };
+    read(&c, &on_u, None, 10, horizon).await;
+    let long_read = read(&c, &slow, None, 10, Bound::None);
+    let other_read = async {
+        let start = Instant::now();
+        let pid: i32 = loop {
+            let row = admin
+                .query_opt(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = $1 \
+                     AND query LIKE '%pg_sleep(3)%' AND xact_start IS NOT NULL \
+                     AND state = 'active'",
+                    &[&app],
+                )
+                .await
+                .unwrap();
+            if let Some(row) = row {
+                break row.get(0);
+            }
+            assert!(start.elapsed() < DEADLINE, "the long read never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let page = read(&c, &on_u, None, 10, horizon).await;
+        if let HorizonInfo::OpenTransaction { session, since } = &page.horizon.info {
+            assert!(
+                !session
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains(&format!("pid {pid},")),
+                "the connector's own read (pid {pid}) held its other read back since {since}"
+            );
+        }
+        let still: bool = admin
+            .query_one(
+                "SELECT count(*) = 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active'",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            still,
+            "the long read ended before the other read was checked"
+        );
+    };
+    let (page, ()) = tokio::join!(long_read, other_read);
+    assert_eq!(page.rows.len(), 1);
+}

@@ -36,6 +36,7 @@ pub(super) const HORIZON_SQL: &str = concat!(
        SELECT a.xact_start, a.pid, a.usename, a.application_name, a.client_addr \
          FROM pg_catalog.pg_stat_activity a \
         WHERE a.pid <> pg_catalog.pg_backend_pid() \
+          AND a.pid <> ALL($1::int4[]) \
           AND a.datname = pg_catalog.current_database() \
           AND a.xact_start IS NOT NULL \
           AND a.backend_type IS DISTINCT FROM 'autovacuum worker' \
@@ -99,7 +100,8 @@ impl PostgresConnector {
         safety_lag: Duration,
     ) -> Result<(DateTime<Utc>, HorizonInfo), Failure> {
         let statement = session.prepare(HORIZON_SQL).await?;
-        let row = session.client.query_one(&statement, &[]).await?;
+        let own = super::session::own_backends(&self.address);
+        let row = session.client.query_one(&statement, &[&own]).await?;
         let clock: DateTime<Utc> = row.try_get(0)?;
         let oldest: Option<DateTime<Utc>> = row.try_get(1)?;
         let pid: Option<i32> = row.try_get(2)?;

@@ -61,7 +61,8 @@
 //! ```sql
 //! SELECT statement_timestamp(),
 //!        (SELECT min(xact_start) FROM pg_stat_activity
-//!          WHERE pid <> pg_backend_pid() AND datname = current_database()
+//!          WHERE pid <> pg_backend_pid() AND pid <> ALL(<this process's own backends>)
+//!            AND datname = current_database()
 //!            AND xact_start IS NOT NULL AND backend_type <> 'autovacuum worker'),
 //!        <the reader is a superuser or a member of pg_read_all_stats>
 //! ```
@@ -78,7 +79,11 @@
 //! - Transactions without an xid are **not** filtered out: a transaction that has not written
 //!   yet may still write rows stamped with its `now()` = `xact_start`. Only autovacuum
 //!   workers are ignored (they never write user rows, and an anti-wraparound vacuum can run
-//!   for hours).
+//!   for hours), and so are this process's own sessions to the same server (their
+//!   `pg_backend_pid()`, registered when each connects and removed when it is dropped): the
+//!   agent writes nothing to a source, and a long page read of one resource must not hold the
+//!   other resources of the database back for as long as it runs. Any other session counts,
+//!   whatever its `application_name` says.
 //! - The bound is strict, `c1 < horizon`: a row stamped exactly at the start of the oldest open
 //!   transaction may belong to that transaction, and reading its equals could move the cursor
 //!   past the late row's second cursor column.

@@ -16,6 +16,63 @@ pub(super) struct Session {
     pub(super) client: Client,
     /// Prepared statements by SQL text (statements are per connection).
     pub(super) statements: HashMap<String, Statement>,
+    /// This session's backend, one of the process's own until the session is dropped.
+    _backend: OwnBackend,
+}
+
+/// The server processes (`pg_backend_pid()`) of this process's open sessions, by server
+/// address: the horizon never counts them as holding a page back. The agent writes nothing to
+/// a source, so a transaction of its own (a long page read of another resource, a lookup of
+/// the verification service) can hide no late commit; counted, it would hold the other
+/// resources of the same database back for as long as the read runs.
+static OWN_BACKENDS: std::sync::Mutex<std::collections::BTreeMap<String, Vec<i32>>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// One backend of this process's, registered in [`OWN_BACKENDS`] until dropped with its
+/// session.
+struct OwnBackend {
+    address: String,
+    pid: i32,
+}
+
+impl OwnBackend {
+    fn register(address: &str, pid: i32) -> OwnBackend {
+        own_backends_lock()
+            .entry(address.to_owned())
+            .or_default()
+            .push(pid);
+        OwnBackend {
+            address: address.to_owned(),
+            pid,
+        }
+    }
+}
+
+impl Drop for OwnBackend {
+    fn drop(&mut self) {
+        let mut all = own_backends_lock();
+        if let Some(pids) = all.get_mut(&self.address) {
+            if let Some(i) = pids.iter().position(|p| *p == self.pid) {
+                pids.swap_remove(i);
+            }
+            if pids.is_empty() {
+                all.remove(&self.address);
+            }
+        }
+    }
+}
+
+fn own_backends_lock()
+-> std::sync::MutexGuard<'static, std::collections::BTreeMap<String, Vec<i32>>> {
+    OWN_BACKENDS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The backends of this process's open sessions to the server at `address`.
+pub(super) fn own_backends(address: &str) -> Vec<i32> {
+    own_backends_lock()
+        .get(address)
+        .cloned()
+        .unwrap_or_default()
 }
 
 impl Session {
@@ -191,9 +248,15 @@ impl PostgresConnector {
             tls = self.tls,
             "connected to PostgreSQL"
         );
+        let pid: i32 = client
+            .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| self.unreachable(error_reason(&e)))?;
         Ok(Session {
             client,
             statements: HashMap::new(),
+            _backend: OwnBackend::register(&self.address, pid),
         })
     }
 
