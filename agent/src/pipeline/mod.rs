@@ -272,6 +272,8 @@ struct PushRetry {
     refusal_backoff: Backoff,
     /// For a `sync`: turns true when its pulls are done, so an empty queue ends the loop.
     until_empty: Option<watch::Receiver<bool>>,
+    /// Failed calls since the last acknowledgement: the recovery is logged once.
+    failures: u32,
 }
 
 impl PushRetry {
@@ -280,12 +282,21 @@ impl PushRetry {
             backoff: Backoff::standard(),
             refusal_backoff: Backoff::new(Duration::from_secs(30), Duration::from_secs(600)),
             until_empty,
+            failures: 0,
         }
     }
 
     /// After a call that acknowledged `acknowledged` batches.
     fn after_push(&mut self, pipeline: &Pipeline, resource: &str, acknowledged: usize) -> Pause {
         if acknowledged > 0 {
+            if self.failures > 0 {
+                tracing::info!(
+                    resource,
+                    failed_attempts = self.failures,
+                    "Push recovered: the hub acknowledges again; the queued batches are being delivered."
+                );
+                self.failures = 0;
+            }
             self.backoff.reset();
             self.refusal_backoff.reset();
             return Pause::Again;
@@ -306,7 +317,7 @@ impl PushRetry {
                 // Provisional, not a failure: the batches are resent in order, from the
                 // oldest alone. Nothing was acknowledged, so wait first rather than spin.
                 let delay = self.backoff.next_delay();
-                tracing::debug!(resource, error = %e, retry_in = ?delay, "Resending from the oldest queued batch.");
+                tracing::debug!(resource, error = %e, retry_in = %crate::text::duration_text(delay), "Resending from the oldest queued batch.");
                 Pause::Retry(delay)
             }
             // Stopped until an operator acts (which needs the queue: the service is stopped
@@ -319,7 +330,8 @@ impl PushRetry {
                     None if e.is_refusal() => self.refusal_backoff.next_delay(),
                     None => self.backoff.next_delay(),
                 };
-                tracing::warn!(resource, error = %e, retry_in = ?delay, "Push failed; the batch stays queued and will be retried.");
+                self.failures += 1;
+                tracing::warn!(resource, error = %e, retry_in = %crate::text::duration_text(delay), "Push failed; the batch stays queued and will be retried.");
                 if self.until_empty.is_some() && e.is_refusal() {
                     // `sync`: a refusal needs someone to act; say so now instead of
                     // retrying until the deadline. The batch stays queued.

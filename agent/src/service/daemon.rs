@@ -132,7 +132,10 @@ impl Verification {
         };
         let listener = tokio::net::TcpListener::bind(v.listen)
             .await
-            .map_err(crate::verify::VerifyError::Listener)?;
+            .map_err(|source| crate::verify::VerifyError::Listener {
+                addr: v.listen.to_string(),
+                source,
+            })?;
         let service = Arc::new(crate::verify::Service::new(Arc::new(
             pipeline.config.clone(),
         ))?);
@@ -534,7 +537,7 @@ async fn schedule_loop(
                 } else {
                     puller.resource.schedule.delay_from(chrono::Local::now())
                 };
-                tracing::warn!(resource = %code, error = %e, retry_in = ?delay, "Pull failed; other resources go on.");
+                tracing::warn!(resource = %code, error = %e, retry_in = %crate::text::duration_text(delay), "Pull failed; other resources go on.");
                 delay
             }
         };

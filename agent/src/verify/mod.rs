@@ -79,9 +79,15 @@ pub enum VerifyError {
     /// A source cannot be opened.
     #[error(transparent)]
     Source(#[from] ConnectorError),
-    /// The listener is unusable.
-    #[error("the verification listener is unusable: {0}")]
-    Listener(#[source] std::io::Error),
+    /// The listener cannot be bound, or failed.
+    #[error("the verification listener on {addr} ([verify] listen) is unusable")]
+    Listener {
+        /// `[verify] listen`, or the address it was bound to.
+        addr: String,
+        /// Why (the port taken, not allowed…).
+        #[source]
+        source: std::io::Error,
+    },
     /// The data directory (where the audit log is) is unusable.
     #[error("{0}")]
     DataDir(String),
@@ -300,6 +306,9 @@ pub async fn serve(
             }
         }
     });
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
     let served = exchange_protocol::server::serve_router(
         "Verification service",
         listener,
@@ -310,7 +319,7 @@ pub async fn serve(
         shutdown,
     )
     .await
-    .map_err(|e| VerifyError::Listener(e.0));
+    .map_err(|e| VerifyError::Listener { addr, source: e.0 });
     saver.abort();
     flusher.finish().await;
     save_ledger_logged(&service).await;
