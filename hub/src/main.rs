@@ -534,7 +534,7 @@ async fn listen(
         .map_err(other_error)?;
     info!(
         addr = %bound,
-        min_tls = ?config.tls.min_version,
+        min_tls = %config.tls.min_version,
         max_batch_bytes = config.limits.max_batch_bytes,
         max_concurrent_requests = config.limits.max_concurrent_requests,
         max_connections = config.limits.max_connections,

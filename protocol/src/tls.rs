@@ -83,6 +83,16 @@ pub enum MinTlsVersion {
     Tls12,
 }
 
+/// As the configuration writes it: `1.3`, `1.2`.
+impl std::fmt::Display for MinTlsVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MinTlsVersion::Tls13 => "1.3",
+            MinTlsVersion::Tls12 => "1.2",
+        })
+    }
+}
+
 impl MinTlsVersion {
     fn versions(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
         static V13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
@@ -706,6 +716,15 @@ pub fn explain(err: &rustls::Error) -> String {
 mod tests {
     use super::*;
     use std::fs::Permissions;
+
+    #[test]
+    fn a_minimum_version_reads_as_the_configuration_writes_it() {
+        for (v, text) in [(MinTlsVersion::Tls13, "1.3"), (MinTlsVersion::Tls12, "1.2")] {
+            assert_eq!(v.to_string(), text);
+            let parsed: MinTlsVersion = serde_json::from_str(&format!("\"{text}\"")).unwrap();
+            assert_eq!(parsed, v);
+        }
+    }
 
     #[test]
     fn a_crl_of_another_ca_is_refused_when_the_configuration_is_built() {

@@ -54,7 +54,10 @@ async fn a_push_recovery_after_an_outage_is_logged_once() {
     assert!(exit.success(), "{exit}");
 
     let log = text();
-    let recovered: Vec<&str> = log.lines().filter(|l| l.contains("Push recovered")).collect();
+    let recovered: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Push recovered"))
+        .collect();
     assert_eq!(recovered.len(), 1, "one recovery, logged once:\n{log}");
     assert!(
         recovered[0].contains(" INFO ") && recovered[0].contains(CODE),

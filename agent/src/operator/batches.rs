@@ -126,6 +126,6 @@ pub fn queue_discard(config: &Config, code: &str, seq: u64) -> Printed {
         serde_json::json!({ "seq": seq, "records": records, "sm3": digest }),
     )?;
     Ok(format!(
-        "Discarded the {records} records of batch {seq} of `{code}`: an empty batch takes its place, so the hub sees no gap. The records are not delivered until their rows change again (or `exchange-agent resync {code}`).\n"
+        "Discarded the {records} records of batch {seq} of `{code}`: an empty batch takes its place, so the hub sees no gap. The records are not delivered until their rows change again (or `exchange-agent resync {code} --yes`).\n"
     ))
 }

@@ -91,7 +91,7 @@ pub fn cursor_reset(config: &Config, code: &str) -> Printed {
         serde_json::json!({}),
     )?;
     Ok(format!(
-        "The cursor of `{code}` is reset: the next pull reads every row again and the hub overwrites what it holds (rows deleted at the source stay at the hub; `exchange-agent resync {code}` removes those too).\n"
+        "The cursor of `{code}` is reset: the next pull reads every row again and the hub overwrites what it holds (rows deleted at the source stay at the hub; `exchange-agent resync {code} --yes` removes those too).\n"
     ))
 }
 

@@ -50,7 +50,7 @@ pub fn accept_config(config: &Config, code: &str) -> Printed {
         && h.kind != HaltKind::ConfigChanged
     {
         return Err(OperatorError::Usage(format!(
-            "`{code}` is stopped for another reason, which only `exchange-agent resync {code}` clears: {}",
+            "`{code}` is stopped for another reason, which only `exchange-agent resync {code} --yes` clears: {}",
             h.reason
         )));
     }

@@ -71,7 +71,7 @@ pub enum PushError {
     /// its `sent_through` bound, or another digest): the queue went back in time.
     /// Acknowledging would lose records, so the resource stops.
     #[error(
-        "hub {url} has already applied batch {last_seq} of this queue for `{resource}` (with other content than the queued batch {seq}, or a batch this queue never sent): the data directory was restored from an older copy, and records pulled since that copy would be lost. The resource is stopped; run `exchange-agent resync {resource}` (with the service stopped) to read it again from the start on a new stream"
+        "hub {url} has already applied batch {last_seq} of this queue for `{resource}` (with other content than the queued batch {seq}, or a batch this queue never sent): the data directory was restored from an older copy, and records pulled since that copy would be lost. The resource is stopped; run `exchange-agent resync {resource} --yes` (with the service stopped) to read it again from the start on a new stream"
     )]
     Rewound {
         /// Hub URL.
@@ -86,7 +86,7 @@ pub enum PushError {
     /// The hub lacks batches of this stream: its store was restored from an older copy or
     /// wiped. Sending on would leave a hole, so the resource stops.
     #[error(
-        "hub {url} has applied batches of `{resource}` up to seq {last_seq} of this stream, but the queue's next batch is {seq}: the batches in between are missing at the hub (its store was restored from an older copy or wiped). The resource is stopped; run `exchange-agent resync {resource}` (with the service stopped) to read it again from the start on a new stream, after which the hub also removes records that no longer exist"
+        "hub {url} has applied batches of `{resource}` up to seq {last_seq} of this stream, but the queue's next batch is {seq}: the batches in between are missing at the hub (its store was restored from an older copy or wiped). The resource is stopped; run `exchange-agent resync {resource} --yes` (with the service stopped) to read it again from the start on a new stream, after which the hub also removes records that no longer exist"
     )]
     Gap {
         /// Hub URL.
