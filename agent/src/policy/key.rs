@@ -90,6 +90,15 @@ impl Plan {
             }
             _ => normal,
         };
+        if out.is_empty() {
+            // A key of spaces or separators only: the hub refuses an empty key, and would refuse
+            // the whole batch behind it, whatever `invalid_key` says.
+            return Err(Quarantine {
+                key: None,
+                reason: format!("key column `{column}` is empty once normalized"),
+                invalid_key: invalid.is_some(),
+            });
+        }
         match invalid {
             None => Ok((out, false)),
             Some(_) if self.invalid_key == InvalidKey::Deliver => Ok((out, true)),

@@ -460,6 +460,29 @@ mod tests {
     }
 
     #[test]
+    fn a_key_empty_once_normalized_is_quarantined_even_when_invalid_keys_are_delivered() {
+        let mut r = desensitized();
+        r.fields[0].1 = Rule::Plain;
+        for invalid_key in [InvalidKey::Quarantine, InvalidKey::Deliver] {
+            r.invalid_key = invalid_key;
+            for blank in [" ", "   ", "\u{3000}"] {
+                let row = Row {
+                    values: vec![
+                        text(blank),
+                        Ok(Value::Null),
+                        Ok(Value::Null),
+                        Ok(Value::Null),
+                        Ok(Value::Null),
+                    ],
+                };
+                let q = Plan::new(&r, &keys()).apply(&row).unwrap_err();
+                assert!(q.reason.contains("empty once normalized"), "{}", q.reason);
+                assert_eq!(q.key, None);
+            }
+        }
+    }
+
+    #[test]
     fn an_invalid_key_is_quarantined_under_its_pseudonym_or_delivered_flagged() {
         let row = Row {
             values: vec![
