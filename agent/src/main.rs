@@ -87,6 +87,9 @@ enum Command {
     AcceptConfig {
         /// Resource code.
         resource: String,
+        /// Do it (without: say what it would do).
+        #[arg(long)]
+        yes: bool,
     },
     /// List or clear quarantined rows (key and reason, never values).
     #[command(subcommand)]
@@ -306,9 +309,16 @@ async fn agent_main() -> ExitCode {
             )),
             |c| operator::resync(c, &resource),
         ),
-        Command::AcceptConfig { resource } => {
-            operate(at, None, |c| operator::accept_config(c, &resource))
-        }
+        Command::AcceptConfig { resource, yes } => operate(
+            at,
+            Some((
+                yes,
+                format!(
+                    "go on from the cursor of `{resource}` with the new configuration (rows delivered before keep the old one until they change)"
+                ),
+            )),
+            |c| operator::accept_config(c, &resource),
+        ),
         Command::Quarantine(cmd) => quarantine_command(at, cmd),
         Command::Audit(cmd) => audit_command(at, cmd),
     }

@@ -800,7 +800,10 @@ async fn a_changed_or_missing_column_pauses_only_its_resource() {
         2,
         "the other resource keeps flowing"
     );
-    agent.cmd(&["accept-config", "R-A"]).await.assert_code(0);
+    agent
+        .cmd(&["accept-config", "R-A", "--yes"])
+        .await
+        .assert_code(0);
     agent.sync_ok().await;
 
     db.client

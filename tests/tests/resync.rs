@@ -140,7 +140,14 @@ async fn a_rule_changed_from_plain_to_drop_stops_the_resource_until_an_operator_
     let agent = scene.write_agent(&config.resource(source.resource(CODE, "local")));
     let out = agent.sync("30s").await;
     out.assert_mentions(&["field `name` changed from drop to plain"]);
-    let out = agent.cmd(&["accept-config", CODE]).await;
+    // A change of state: without --yes it only says what it would do, and changes nothing.
+    agent
+        .cmd(&["accept-config", CODE])
+        .await
+        .assert_code(2)
+        .assert_mentions(&["Run it again with --yes"]);
+    assert!(agent.resource_status(CODE).await["stopped"].is_string());
+    let out = agent.cmd(&["accept-config", CODE, "--yes"]).await;
     out.assert_code(0);
     source.insert(31, 1);
     let out = agent.sync_ok().await;
@@ -188,7 +195,7 @@ async fn accept_config_refuses_to_send_batches_queued_under_a_plainer_rule() {
         .sync("3s")
         .await
         .assert_mentions(&["field `name` changed from plain to mask:name"]);
-    let out = agent.cmd(&["accept-config", CODE]).await;
+    let out = agent.cmd(&["accept-config", CODE, "--yes"]).await;
     out.assert_code(1).assert_mentions(&[
         "1 batch (5 records) queued under the old configuration",
         "`name`",

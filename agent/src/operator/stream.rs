@@ -66,7 +66,7 @@ pub fn accept_config(config: &Config, code: &str) -> Printed {
         let tightened = old.tightened(&now);
         if !tightened.is_empty() && st.queued_batches > 0 {
             return Err(OperatorError::Usage(format!(
-                "`{code}` has {} ({} records) queued under the old configuration, which delivers {} more openly than the new one; accept-config would send them as they are. Run `exchange-agent resync {code} --yes` (discards them and reads everything again under the new configuration), or put the previous rules back, run `exchange-agent accept-config {code}` and let the service deliver the queue, then change the rules again",
+                "`{code}` has {} ({} records) queued under the old configuration, which delivers {} more openly than the new one; accept-config would send them as they are. Run `exchange-agent resync {code} --yes` (discards them and reads everything again under the new configuration), or put the previous rules back, run `exchange-agent accept-config {code} --yes` and let the service deliver the queue, then change the rules again",
                 match st.queued_batches {
                     1 => "1 batch".to_owned(),
                     n => format!("{n} batches"),

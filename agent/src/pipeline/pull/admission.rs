@@ -69,7 +69,7 @@ impl Puller {
                 let changes = old.changes(&now).join("; ");
                 let reason = if old.keeps_position(&now) {
                     format!(
-                        "the configuration of `{code}` changed since its stream started ({changes}). Choose, with the service stopped: `exchange-agent resync {code} --yes` reads the whole resource again on a new stream, so the hub's copy is rewritten (a field newly dropped disappears from it, a new field is filled in); or `exchange-agent accept-config {code}` keeps the cursor, and only rows that change from now on carry the new configuration"
+                        "the configuration of `{code}` changed since its stream started ({changes}). Choose, with the service stopped: `exchange-agent resync {code} --yes` reads the whole resource again on a new stream, so the hub's copy is rewritten (a field newly dropped disappears from it, a new field is filled in); or `exchange-agent accept-config {code} --yes` keeps the cursor, and only rows that change from now on carry the new configuration"
                     )
                 } else {
                     format!(
@@ -120,7 +120,7 @@ impl Puller {
                     return Ok(());
                 }
                 let reason = format!(
-                    "column type changed at the source: {}. The resource pauses until the column is back as it was; if the change is intended, run `exchange-agent accept-config {code}` (or `resync {code}`)",
+                    "column type changed at the source: {}. The resource pauses until the column is back as it was; if the change is intended, run `exchange-agent accept-config {code} --yes` (or `exchange-agent resync {code} --yes`)",
                     changed.join(", ")
                 );
                 tracing::error!(resource = %code, reason, "Resource paused.");
