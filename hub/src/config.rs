@@ -56,7 +56,7 @@ const MAX_BATCH_BYTES: u64 = 1 << 30;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read hub configuration {path}: {source}")]
+    #[error("cannot read hub configuration {path}")]
     Read {
         /// The file.
         path: PathBuf,

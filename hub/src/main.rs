@@ -19,6 +19,16 @@ use tracing::info;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// The hub's configuration file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        value_name = "FILE",
+        env = "EXCHANGE_HUB_CONFIG",
+        default_value = "/etc/exchange-hub/hub.toml"
+    )]
+    config: PathBuf,
     /// How log lines on stderr look: `text` (colour only on a terminal) or `json` (one
     /// object per line, for journald or a log collector).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "EXCHANGE_HUB_LOG_FORMAT")]
@@ -40,27 +50,16 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Listen for agents until SIGTERM or SIGINT.
-    Serve {
-        /// The hub's configuration file.
-        #[arg(long, short, env = "EXCHANGE_HUB_CONFIG")]
-        config: PathBuf,
-    },
+    Serve,
     /// Print the current records of a resource, one JSON object per line, ordered by key.
     Export {
-        /// The hub's configuration file.
-        #[arg(long, short, env = "EXCHANGE_HUB_CONFIG")]
-        config: PathBuf,
         /// The resource code.
         #[arg(long, short)]
         resource: String,
     },
     /// Print the catalogue entries nodes reported (resource, node, entry with field names and
     /// types, time), one JSON object per line, ordered by resource code.
-    Catalogue {
-        /// The hub's configuration file.
-        #[arg(long, short, env = "EXCHANGE_HUB_CONFIG")]
-        config: PathBuf,
-    },
+    Catalogue,
     /// Ask an agent's verification service (数据核验) whether claimed values match what it
     /// holds: one subject (--subject, --claim) or a file of them (--file). Prints a table, or
     /// the agent's answer as it came with --json; a refusal exits 1 with the agent's message.
@@ -69,9 +68,6 @@ enum Command {
     /// With --connect also open the store and print its schema version and counts (exit 3 if
     /// it cannot be reached).
     Check {
-        /// The hub's configuration file.
-        #[arg(long, short, env = "EXCHANGE_HUB_CONFIG")]
-        config: PathBuf,
         /// Also connect to the store (creating or migrating its tables, as `serve` does).
         #[arg(long)]
         connect: bool,
@@ -81,9 +77,6 @@ enum Command {
 /// `exchange-hub verify`.
 #[derive(Debug, clap::Args)]
 struct VerifyArgs {
-    /// The hub's configuration file ([client] cert, key, ca; else [listen]'s).
-    #[arg(long, short, env = "EXCHANGE_HUB_CONFIG")]
-    config: PathBuf,
     /// The agent's verification service, `https://host:port`.
     #[arg(long)]
     agent: String,
@@ -181,7 +174,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, cli.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("error: {:#}", failure.error);
@@ -190,9 +183,9 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> Result<(), Failure> {
+async fn run(command: Command, config: PathBuf) -> Result<(), Failure> {
     match command {
-        Command::Check { config, connect } => {
+        Command::Check { connect } => {
             let loaded = HubConfig::load(&config).map_err(config_error)?;
             loaded
                 .server_tls()
@@ -218,9 +211,9 @@ async fn run(command: Command) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Serve { config } => serve(config).await,
-        Command::Verify(args) => verify(args).await,
-        Command::Catalogue { config } => {
+        Command::Serve => serve(config).await,
+        Command::Verify(args) => verify(&config, args).await,
+        Command::Catalogue => {
             let loaded = HubConfig::load(&config).map_err(config_error)?;
             let store = Store::open(&loaded.store).await.map_err(other_error)?;
             for c in store.catalogue().await.map_err(other_error)? {
@@ -238,7 +231,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Export { config, resource } => {
+        Command::Export { resource } => {
             let loaded = HubConfig::load(&config).map_err(config_error)?;
             let store = Store::open(&loaded.store).await.map_err(other_error)?;
             let known = store.resources().await.map_err(other_error)?;
@@ -271,9 +264,9 @@ async fn run(command: Command) -> Result<(), Failure> {
     }
 }
 
-async fn verify(args: VerifyArgs) -> Result<(), Failure> {
-    let config = HubConfig::load(&args.config).map_err(config_error)?;
-    let key = comparison_key(&args, &config)?;
+async fn verify(file: &std::path::Path, args: VerifyArgs) -> Result<(), Failure> {
+    let config = HubConfig::load(file).map_err(config_error)?;
+    let key = comparison_key(file, &args, &config)?;
     let verifier =
         exchange_hub::verify::Verifier::new(&config.client, &args.agent).map_err(config_error)?;
     let request_id = args
@@ -295,6 +288,7 @@ async fn verify(args: VerifyArgs) -> Result<(), Failure> {
 /// The comparison key `verify --hmac` sends claims under (`[client] comparison_key_file`);
 /// `None` without `--hmac`.
 fn comparison_key(
+    file: &std::path::Path,
     args: &VerifyArgs,
     config: &HubConfig,
 ) -> Result<Option<exchange_rules::pseudonym::PseudonymKey>, Failure> {
@@ -304,7 +298,7 @@ fn comparison_key(
     let Some(file) = &config.comparison_key_file else {
         return Err(config_error(anyhow::anyhow!(
             "{}: --hmac needs `comparison_key_file` in [client] (the comparison key shared with the provider)",
-            args.config.display()
+            file.display()
         )));
     };
     exchange_hub::verify::read_comparison_key(file, config.comparison_key_version)

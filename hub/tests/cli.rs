@@ -295,3 +295,32 @@ async fn export_into_a_closed_pipe_exits_0_quietly() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_configuration_is_found_as_the_agent_finds_its_own() {
+    let pki = Pki::new();
+    let path = write_config(&pki, "");
+    let file = path.to_str().unwrap();
+    // `-c` before the command, `--config` after it, or the environment.
+    for (args, env) in [
+        (vec!["-c", file, "check"], vec![]),
+        (vec!["check", "--config", file], vec![]),
+        (vec!["check"], vec![("EXCHANGE_HUB_CONFIG", file)]),
+    ] {
+        let (code, stdout, stderr) = run_with_env(&args, &env).await;
+        assert_eq!(code, 0, "{args:?}: {stdout}{stderr}");
+    }
+    // Nothing given: the file the package installs, named once with its reason.
+    let mut command = Command::new(BIN);
+    command.arg("check").env_remove("EXCHANGE_HUB_CONFIG");
+    let out = command.output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !std::path::Path::new("/etc/exchange-hub/hub.toml").exists() {
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.starts_with("error: cannot read hub configuration /etc/exchange-hub/hub.toml"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+    }
+}
