@@ -191,6 +191,7 @@ async fn run(command: Command, config: PathBuf) -> Result<(), Failure> {
                 .server_tls()
                 .with_context(|| format!("{}: [listen] TLS material", config.display()))
                 .map_err(config_error)?;
+            client_certificate(&config, &loaded)?;
             println!(
                 "{}: valid (listen {}, store {})",
                 config.display(),
@@ -266,6 +267,13 @@ async fn run(command: Command, config: PathBuf) -> Result<(), Failure> {
 
 async fn verify(file: &std::path::Path, args: VerifyArgs) -> Result<(), Failure> {
     let config = HubConfig::load(file).map_err(config_error)?;
+    if !client_auth(&config)? {
+        return Err(config_error(anyhow::anyhow!(
+            "{}: {}",
+            file.display(),
+            NO_CLIENT_AUTH
+        )));
+    }
     let key = comparison_key(file, &args, &config)?;
     let verifier =
         exchange_hub::verify::Verifier::new(&config.client, &args.agent).map_err(config_error)?;
@@ -283,6 +291,35 @@ async fn verify(file: &std::path::Path, args: VerifyArgs) -> Result<(), Failure>
         Some(file) => session.verify_file(file).await,
         None => session.verify_subject().await,
     }
+}
+
+/// Why `verify` cannot work with a certificate without clientAuth.
+const NO_CLIENT_AUTH: &str = "the certificate `exchange-hub verify` presents ([client] cert, else [listen] cert) is not for TLS clients (its extended key usage lacks clientAuth): every agent refuses it in the handshake. Issue the hub a client certificate (extendedKeyUsage = clientAuth, docs/OPERATIONS.md) and name it in [client] cert and key";
+
+/// Whether `[client] cert` (else `[listen] cert`) may authenticate a TLS client.
+fn client_auth(config: &HubConfig) -> Result<bool, Failure> {
+    exchange_protocol::tls::allows_client_auth("the hub's client certificate", &config.client.cert)
+        .map_err(|e| config_error(anyhow::Error::new(e)))
+}
+
+/// `check`: a `[client]` certificate of its own without clientAuth is an error; the default
+/// (`[listen]`'s, a server certificate) only a warning, since a hub may never verify.
+fn client_certificate(file: &std::path::Path, config: &HubConfig) -> Result<(), Failure> {
+    if client_auth(config)? {
+        return Ok(());
+    }
+    if config.client.cert != config.tls.cert {
+        return Err(config_error(anyhow::anyhow!(
+            "{}: {}",
+            file.display(),
+            NO_CLIENT_AUTH
+        )));
+    }
+    println!(
+        "warning: {}: `exchange-hub verify` will not work: {NO_CLIENT_AUTH}",
+        file.display()
+    );
+    Ok(())
 }
 
 /// The comparison key `verify --hmac` sends claims under (`[client] comparison_key_file`);

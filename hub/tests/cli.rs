@@ -324,3 +324,71 @@ async fn the_configuration_is_found_as_the_agent_finds_its_own() {
         assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_client_certificate_without_client_auth_is_named_before_any_agent_refuses_it() {
+    let pki = Pki::new();
+    let dir = pki.dir.path();
+    // The default: [client] is [listen]'s server certificate. A hub may never verify, so
+    // `check` passes, but says `verify` will not work, and `verify` refuses before connecting.
+    let path = write_config(&pki, "");
+    let file = path.to_str().unwrap();
+    let (code, stdout, stderr) = run(&["check", "-c", file]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("warning:") && stdout.contains("clientAuth"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = run(&[
+        "verify",
+        "-c",
+        file,
+        "--agent",
+        "https://127.0.0.1:9",
+        "--resource",
+        "R",
+        "--purpose",
+        "p",
+        "--case-ref",
+        "c",
+        "--subject",
+        "s",
+        "--claim",
+        "name=x",
+    ])
+    .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("clientAuth") && !stderr.contains("connection"),
+        "{stderr}"
+    );
+
+    // A [client] certificate of its own that is a server certificate: an error.
+    let (cert, key) = pki
+        .ca
+        .issue_server(&["hub-client.example"])
+        .unwrap()
+        .write(dir, "server-only")
+        .unwrap();
+    let client = format!(
+        "\n[client]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let path = write_config(&pki, &client);
+    let (code, stdout, stderr) = run(&["check", "-c", path.to_str().unwrap()]).await;
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(stderr.contains("clientAuth"), "{stderr}");
+
+    // A client certificate: no warning.
+    let tls = pki.client("hub-client");
+    let client = format!(
+        "\n[client]\ncert = \"{}\"\nkey = \"{}\"\n",
+        tls.cert.display(),
+        tls.key.display()
+    );
+    let path = write_config(&pki, &client);
+    let (code, stdout, stderr) = run(&["check", "-c", path.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!stdout.contains("warning:"), "{stdout}");
+}

@@ -593,6 +593,31 @@ pub fn certificate_validity(
         .collect()
 }
 
+/// Whether the first certificate of a PEM file may authenticate a TLS client: it has no
+/// extended key usage, or one that lists clientAuth (or any usage). A server-only
+/// certificate (serverAuth alone) is refused by every peer that checks client certificates.
+pub fn allows_client_auth(what: &'static str, path: &Path) -> Result<bool, TlsError> {
+    let certs = load_certs(what, path)?;
+    let Some(der) = certs.first() else {
+        return Err(TlsError::Pem {
+            what,
+            path: path.to_owned(),
+            reason: "no certificate in the file".into(),
+        });
+    };
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| TlsError::Pem {
+            what,
+            path: path.to_owned(),
+            reason: format!("not an X.509 certificate: {e}"),
+        })?;
+    Ok(match parsed.extended_key_usage() {
+        Ok(None) => true,
+        Ok(Some(eku)) => eku.value.any || eku.value.client_auth,
+        Err(_) => false,
+    })
+}
+
 /// Why a TLS handshake failed, as a small closed set with stable labels (metric labels and
 /// audit entries name it by [`HandshakeFailure::label`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
