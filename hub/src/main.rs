@@ -185,33 +185,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command, config: PathBuf) -> Result<(), Failure> {
     match command {
-        Command::Check { connect } => {
-            let loaded = HubConfig::load(&config).map_err(config_error)?;
-            loaded
-                .server_tls()
-                .with_context(|| format!("{}: [listen] TLS material", config.display()))
-                .map_err(config_error)?;
-            client_certificate(&config, &loaded)?;
-            println!(
-                "{}: valid (listen {}, store {})",
-                config.display(),
-                loaded.listen,
-                loaded.store
-            );
-            if connect {
-                let store = Store::open(&loaded.store).await.map_err(store_error)?;
-                let version = store.schema_version().await.map_err(store_error)?;
-                let counts = store.counts().await.map_err(store_error)?;
-                println!(
-                    "{}: reachable, schema version {version}; {} resources, {} streams, {} records",
-                    store.describe(),
-                    counts.resources,
-                    counts.streams,
-                    counts.records
-                );
-            }
-            Ok(())
-        }
+        Command::Check { connect } => check(&config, connect).await,
         Command::Serve => serve(config).await,
         Command::Verify(args) => verify(&config, args).await,
         Command::Catalogue => {
@@ -291,6 +265,35 @@ async fn verify(file: &std::path::Path, args: VerifyArgs) -> Result<(), Failure>
         Some(file) => session.verify_file(file).await,
         None => session.verify_subject().await,
     }
+}
+
+/// `check`: the file, its TLS material and client certificate, and with `connect` the store.
+async fn check(config: &std::path::Path, connect: bool) -> Result<(), Failure> {
+    let loaded = HubConfig::load(config).map_err(config_error)?;
+    loaded
+        .server_tls()
+        .with_context(|| format!("{}: [listen] TLS material", config.display()))
+        .map_err(config_error)?;
+    client_certificate(config, &loaded)?;
+    println!(
+        "{}: valid (listen {}, store {})",
+        config.display(),
+        loaded.listen,
+        loaded.store
+    );
+    if connect {
+        let store = Store::open(&loaded.store).await.map_err(store_error)?;
+        let version = store.schema_version().await.map_err(store_error)?;
+        let counts = store.counts().await.map_err(store_error)?;
+        println!(
+            "{}: reachable, schema version {version}; {} resources, {} streams, {} records",
+            store.describe(),
+            counts.resources,
+            counts.streams,
+            counts.records
+        );
+    }
+    Ok(())
 }
 
 /// Why `verify` cannot work with a certificate without clientAuth.
