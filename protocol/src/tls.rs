@@ -564,6 +564,21 @@ pub struct CertificateValidity {
     pub not_after: i64,
 }
 
+/// One certificate of the PEM file `path`, parsed.
+fn parsed_certificate<'d>(
+    what: &'static str,
+    path: &Path,
+    der: &'d CertificateDer<'_>,
+) -> Result<x509_parser::certificate::X509Certificate<'d>, TlsError> {
+    x509_parser::parse_x509_certificate(der.as_ref())
+        .map(|(_, parsed)| parsed)
+        .map_err(|e| TlsError::Pem {
+            what,
+            path: path.to_owned(),
+            reason: format!("not an X.509 certificate: {e}"),
+        })
+}
+
 /// The subject and expiry of every certificate in a PEM file (what `check` warns about).
 pub fn certificate_validity(
     what: &'static str,
@@ -572,12 +587,7 @@ pub fn certificate_validity(
     load_certs(what, path)?
         .iter()
         .map(|der| {
-            let (_, parsed) =
-                x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| TlsError::Pem {
-                    what,
-                    path: path.to_owned(),
-                    reason: format!("not an X.509 certificate: {e}"),
-                })?;
+            let parsed = parsed_certificate(what, path, der)?;
             let subject = parsed
                 .subject()
                 .iter_common_name()
@@ -597,20 +607,9 @@ pub fn certificate_validity(
 /// extended key usage, or one that lists clientAuth (or any usage). A server-only
 /// certificate (serverAuth alone) is refused by every peer that checks client certificates.
 pub fn allows_client_auth(what: &'static str, path: &Path) -> Result<bool, TlsError> {
+    // `load_certs` refuses a file without a certificate.
     let certs = load_certs(what, path)?;
-    let Some(der) = certs.first() else {
-        return Err(TlsError::Pem {
-            what,
-            path: path.to_owned(),
-            reason: "no certificate in the file".into(),
-        });
-    };
-    let (_, parsed) =
-        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| TlsError::Pem {
-            what,
-            path: path.to_owned(),
-            reason: format!("not an X.509 certificate: {e}"),
-        })?;
+    let parsed = parsed_certificate(what, path, &certs[0])?;
     Ok(match parsed.extended_key_usage() {
         Ok(None) => true,
         Ok(Some(eku)) => eku.value.any || eku.value.client_auth,
