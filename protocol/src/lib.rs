@@ -7,6 +7,7 @@
 //! - [`digest`]: SM3, the one digest of the workspace.
 //! - [`value`]: the value of one source column and its exact JSON form (what a record holds
 //!   on the wire; the connectors convert to it, the rules and the hub read it).
+//! - [`lang`]: the language of command-line text (Chinese under a `zh_*` locale), [`tr!`].
 //! - [`catalogue`]: a resource's catalogue entry (docs/PROTOCOL.md §10).
 //! - [`verify`]: the verification request and answer (docs/PROTOCOL.md §11); [`psi`] its
 //!   private-set-intersection batch mode (§11.6).
@@ -17,6 +18,7 @@ pub mod batch;
 pub mod catalogue;
 pub mod cause;
 pub mod digest;
+pub mod lang;
 #[cfg(feature = "pki")]
 pub mod pki;
 pub mod psi;

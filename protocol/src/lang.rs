@@ -1,0 +1,130 @@
+//! The language of what the agent's and the hub's command lines print.
+//!
+//! Chinese when the locale says so (`LC_ALL`, else `LC_MESSAGES`, else `LANG`, the first one
+//! set and non-empty, starting with `zh`: `zh_CN.UTF-8`, `zh_TW`, `zh`), English otherwise
+//! (including `C` and `POSIX`). `EXCHANGE_LANG=zh|en` overrides the locale, for a service
+//! whose unit sets no locale but whose operators read Chinese. Logs stay English: their
+//! messages are the stable text that alerting rules match; their fields are the same in both.
+//!
+//! Every message a person reads is written in both languages where it is written:
+//! [`tr!`](crate::tr) takes the English and the Chinese format strings (the same arguments,
+//! captured by name) and formats the one for the current language.
+
+use std::sync::OnceLock;
+
+/// A language of the command-line text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    /// English (the default).
+    En,
+    /// Simplified Chinese.
+    Zh,
+}
+
+impl Lang {
+    /// The language a locale string (`zh_CN.UTF-8`, `en_US`, `C`) names.
+    pub fn of_locale(locale: &str) -> Lang {
+        let l = locale.trim().to_ascii_lowercase();
+        if l.starts_with("zh") || l.starts_with("chinese") {
+            Lang::Zh
+        } else {
+            Lang::En
+        }
+    }
+
+    /// The language of an environment: `EXCHANGE_LANG`, else the first of `LC_ALL`,
+    /// `LC_MESSAGES`, `LANG` that is set and not empty.
+    pub fn of_env(var: impl Fn(&str) -> Option<String>) -> Lang {
+        let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        if let Some(v) = set("EXCHANGE_LANG") {
+            return Lang::of_locale(&v);
+        }
+        ["LC_ALL", "LC_MESSAGES", "LANG"]
+            .iter()
+            .find_map(|n| set(n))
+            .map_or(Lang::En, |v| Lang::of_locale(&v))
+    }
+}
+
+static CURRENT: OnceLock<Lang> = OnceLock::new();
+
+/// The language of this process (read from the environment once).
+pub fn current() -> Lang {
+    *CURRENT.get_or_init(|| Lang::of_env(|n| std::env::var(n).ok()))
+}
+
+/// Whether this process prints Chinese.
+pub fn is_zh() -> bool {
+    current() == Lang::Zh
+}
+
+/// The English or the Chinese text, by the current language.
+pub fn pick<'a>(en: &'a str, zh: &'a str) -> &'a str {
+    match current() {
+        Lang::En => en,
+        Lang::Zh => zh,
+    }
+}
+
+/// Formats the English or the Chinese format string, by the current language:
+/// `tr!("no resource `{code}`", "没有资源 `{code}`")`. Both strings take the same arguments
+/// (captured by name, or given after them as for `format!`).
+#[macro_export]
+macro_rules! tr {
+    ($en:literal, $zh:literal $(, $($arg:tt)*)?) => {
+        if $crate::lang::is_zh() {
+            format!($zh $(, $($arg)*)?)
+        } else {
+            format!($en $(, $($arg)*)?)
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |n| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn a_chinese_locale_selects_chinese_and_others_english() {
+        assert_eq!(Lang::of_env(env(&[("LANG", "zh_CN.UTF-8")])), Lang::Zh);
+        assert_eq!(Lang::of_env(env(&[("LANG", "zh_TW.Big5")])), Lang::Zh);
+        assert_eq!(Lang::of_env(env(&[("LANG", "en_US.UTF-8")])), Lang::En);
+        assert_eq!(Lang::of_env(env(&[("LANG", "C")])), Lang::En);
+        assert_eq!(Lang::of_env(env(&[])), Lang::En);
+    }
+
+    #[test]
+    fn lc_all_wins_over_lang_and_exchange_lang_over_both() {
+        assert_eq!(
+            Lang::of_env(env(&[("LC_ALL", "C"), ("LANG", "zh_CN.UTF-8")])),
+            Lang::En
+        );
+        assert_eq!(
+            Lang::of_env(env(&[("LC_ALL", ""), ("LANG", "zh_CN.UTF-8")])),
+            Lang::Zh
+        );
+        assert_eq!(
+            Lang::of_env(env(&[("EXCHANGE_LANG", "zh"), ("LC_ALL", "C")])),
+            Lang::Zh
+        );
+    }
+
+    #[test]
+    fn tr_formats_captured_arguments_in_either_language() {
+        let code = "people";
+        let text = crate::tr!("no resource `{code}`", "没有资源 `{code}`");
+        assert!(text == "no resource `people`" || text == "没有资源 `people`");
+        let n = 3;
+        let text = crate::tr!("{} batches", "{} 个批次", n);
+        assert!(text == "3 batches" || text == "3 个批次");
+    }
+}
