@@ -133,4 +133,7 @@ command -v openssl >/dev/null || apt_install openssl
 command -v systemd-analyze >/dev/null || apt_install systemd
 
 log "cargo test --workspace"
+# The tests read the agent's and the hub's English messages; the ones about Chinese set
+# EXCHANGE_LANG=zh themselves. A zh_CN machine would otherwise print Chinese to them.
+export EXCHANGE_LANG=en
 cargo test --workspace "$@"

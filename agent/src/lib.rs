@@ -12,10 +12,11 @@
 //! - [`pipeline`]: pulling pages through the policy into the durable [`pipeline::queue`],
 //!   pushing batches to the hub, and [`pipeline::sync`] (run until caught up);
 //! - [`verify`]: the verification service (数据不落地核验);
-//! - [`service`]: the daemon (`run`): control socket, reload, admin listener, systemd
-//!   notification, the status report;
 //! - [`operator`]: the commands an administrator runs against the data directory (`check`,
-//!   queue, cursor, quarantine, accept-config, resync).
+//!   queue, cursor, quarantine, accept-config, resync), each an [`operator::Operation`];
+//! - [`service`]: the daemon (`run`): control socket (which carries operator commands out
+//!   while the service holds the queue), reload, admin listener, systemd notification, the
+//!   status report.
 //!
 //! The demo is its own crate (`demo/`); the binary is `src/main.rs`.
 

@@ -1,6 +1,6 @@
 //! The `exchange-agent` command.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use exchange_agent::config::origin::ConfigPath;
 use exchange_agent::config::{Config, Share, parse_duration};
 use exchange_agent::logging::{self, LogFormat};
-use exchange_agent::operator::{self, check};
+use exchange_agent::operator::{self, Operation, check};
+use exchange_protocol::tr;
 use exchange_agent::pipeline::sync;
 use exchange_agent::pipeline::{Pipeline, PipelineError};
 use exchange_agent::queue::QueueError;
@@ -200,33 +201,59 @@ enum QuarantineCommand {
     },
 }
 
-/// Runs an operator command: prints its text, or the error (exit 1); a change not confirmed
-/// with `--yes` only says what it would do (exit 2).
-fn operate(
-    at: At<'_>,
-    confirm: Option<(bool, String)>,
-    f: impl FnOnce(&Config) -> Result<String, operator::OperatorError>,
-) -> ExitCode {
+/// Runs an operator command: on the queue it opens, or, while the service holds the queue,
+/// through the service. Prints its text, or the error (exit 1); a change not confirmed with
+/// `--yes` only says what it would do (exit 2). `out`: where `queue export` writes.
+async fn operate(at: At<'_>, operation: Operation, yes: bool, out: Option<&Path>) -> ExitCode {
     let config = match loaded(at, "warn") {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Some((false, what)) = confirm {
-        eprintln!("This would {what}. Run it again with --yes to do it.");
+    if let Some(what) = operation.change()
+        && !yes
+    {
+        eprintln!(
+            "{}",
+            tr!(
+                "This would {what}. Run it again with --yes to do it.",
+                "此命令将{what}。确认执行请加 --yes 再运行一次。"
+            )
+        );
         return ExitCode::from(2);
     }
-    match f(&config) {
+    let outcome = match operator::open_queue(&config) {
+        Ok(queue) => operation.perform(&config, &queue).map_err(anyhow::Error::new),
+        Err(operator::OperatorError::ServiceRunning(_)) => {
+            eprintln!(
+                "{}",
+                tr!(
+                    "The service holds the queue; it carries out `{}`.",
+                    "队列由正在运行的服务持有；由服务执行 `{}`。",
+                    operation.name()
+                )
+            );
+            control::request_operation(&config.node.data_dir, operation, yes)
+                .await
+                .map_err(anyhow::Error::new)
+        }
+        Err(e) => Err(anyhow::Error::new(e)),
+    };
+    let text = outcome.and_then(|o| match &o.export {
+        Some(export) => operator::write_export(export, out).map_err(anyhow::Error::new),
+        None => Ok(o.text),
+    });
+    match text {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
         }
-        Err(e) => fail(e.into()),
+        Err(e) => fail(e),
     }
 }
 
 fn load(file: &ConfigPath) -> Result<Config, ExitCode> {
     Config::load_from(file).map_err(|e| {
-        eprintln!("error: {e}");
+        eprintln!("{}", tr!("error: {e}", "错误：{e}"));
         ExitCode::from(2)
     })
 }
@@ -248,7 +275,7 @@ fn shutdown_signal() -> impl Future<Output = ()> {
 }
 
 fn fail(e: anyhow::Error) -> ExitCode {
-    eprintln!("error: {e:#}");
+    eprintln!("{}", tr!("error: {e:#}", "错误：{e:#}"));
     ExitCode::from(1)
 }
 
@@ -297,29 +324,15 @@ async fn agent_main() -> ExitCode {
             ExitCode::from(verdict.exit_code() as u8)
         }
         Command::Status { json } => status_command(at, json),
-        Command::Queue(cmd) => queue_command(at, cmd),
-        Command::Cursor(cmd) => cursor_command(at, cmd),
-        Command::Resync { resource, yes } => operate(
-            at,
-            Some((
-                yes,
-                format!(
-                    "discard the queued batches of `{resource}` and read it all again on a new stream; the hub then removes the records the new stream does not send"
-                ),
-            )),
-            |c| operator::resync(c, &resource),
-        ),
-        Command::AcceptConfig { resource, yes } => operate(
-            at,
-            Some((
-                yes,
-                format!(
-                    "go on from the cursor of `{resource}` with the new configuration (rows delivered before keep the old one until they change)"
-                ),
-            )),
-            |c| operator::accept_config(c, &resource),
-        ),
-        Command::Quarantine(cmd) => quarantine_command(at, cmd),
+        Command::Queue(cmd) => queue_command(at, cmd).await,
+        Command::Cursor(cmd) => cursor_command(at, cmd).await,
+        Command::Resync { resource, yes } => {
+            operate(at, Operation::Resync { resource }, yes, None).await
+        }
+        Command::AcceptConfig { resource, yes } => {
+            operate(at, Operation::AcceptConfig { resource }, yes, None).await
+        }
+        Command::Quarantine(cmd) => quarantine_command(at, cmd).await,
         Command::Audit(cmd) => audit_command(at, cmd),
     }
 }
@@ -385,7 +398,7 @@ async fn sync_command(at: At<'_>, resource: Option<String>, wait: &str, timeout:
         match parse_duration(text) {
             Ok(d) => *slot = d,
             Err(e) => {
-                eprintln!("error: {flag}: {e}");
+                eprintln!("{}", tr!("error: {flag}: {e}", "错误：{flag}：{e}"));
                 return ExitCode::from(2);
             }
         }
@@ -394,7 +407,7 @@ async fn sync_command(at: At<'_>, resource: Option<String>, wait: &str, timeout:
         .as_deref()
         .and_then(|code| undeliverable(&config, code))
     {
-        eprintln!("error: {why}");
+        eprintln!("{}", tr!("error: {why}", "错误：{why}"));
         return ExitCode::from(2);
     }
     let data_dir = config.node.data_dir.clone();
@@ -405,7 +418,13 @@ async fn sync_command(at: At<'_>, resource: Option<String>, wait: &str, timeout:
             sync::sync(Arc::new(p), only, options, own, Arc::new(say)).await
         }
         Err(PipelineError::Queue(QueueError::Locked { .. })) => {
-            eprintln!("The service holds the queue; asking it to sync.");
+            eprintln!(
+                "{}",
+                tr!(
+                    "The service holds the queue; asking it to sync.",
+                    "队列由正在运行的服务持有；请服务执行同步。"
+                )
+            );
             match control::request_sync(&data_dir, resource, options, say).await {
                 Ok(r) => r,
                 Err(e) => return fail(e.into()),
@@ -424,12 +443,17 @@ async fn sync_command(at: At<'_>, resource: Option<String>, wait: &str, timeout:
 /// Why `sync --resource code` cannot deliver that resource, if it cannot.
 fn undeliverable(config: &Config, code: &str) -> Option<String> {
     match config.resource(code).map(|r| r.share) {
-        None => Some(format!("no resource `{code}` in {}", config.file.display())),
-        Some(Share::None) => Some(format!(
-            "resource `{code}` is share = \"none\" (不予共享): it is never delivered, only its catalogue entry is reported"
+        None => {
+            let file = config.file.display();
+            Some(tr!("no resource `{code}` in {file}", "{file} 中没有资源 `{code}`"))
+        }
+        Some(Share::None) => Some(tr!(
+            "resource `{code}` is share = \"none\" (不予共享): it is never delivered, only its catalogue entry is reported",
+            "资源 `{code}` 的共享类型为 share = \"none\"（不予共享）：从不交付，只上报其目录条目"
         )),
-        Some(Share::Conditional { deliver: false }) => Some(format!(
-            "resource `{code}` is conditional without `deliver = true`: it is answered by comparison only and never delivered; set `deliver = true` to deliver it desensitized"
+        Some(Share::Conditional { deliver: false }) => Some(tr!(
+            "resource `{code}` is conditional without `deliver = true`: it is answered by comparison only and never delivered; set `deliver = true` to deliver it desensitized",
+            "资源 `{code}` 为有条件共享且未设置 `deliver = true`：只以比对方式应答，从不交付；如需脱敏后交付，请设置 `deliver = true`"
         )),
         Some(_) => None,
     }
@@ -458,71 +482,47 @@ fn status_command(at: At<'_>, json: bool) -> ExitCode {
 }
 
 /// `queue list|export|discard`.
-fn queue_command(at: At<'_>, cmd: QueueCommand) -> ExitCode {
+async fn queue_command(at: At<'_>, cmd: QueueCommand) -> ExitCode {
     match cmd {
-        QueueCommand::List { resource, limit } => operate(at, None, |c| {
-            operator::queue_list(c, resource.as_deref(), limit)
-        }),
-        QueueCommand::Export { resource, seq, out } => operate(at, None, |c| {
-            operator::queue_export(c, &resource, seq, out.as_deref())
-        }),
-        QueueCommand::Discard { resource, seq, yes } => operate(
-            at,
-            Some((
-                yes,
-                format!("drop the records of batch {seq} of `{resource}` (they are not delivered)"),
-            )),
-            |c| operator::queue_discard(c, &resource, seq),
-        ),
+        QueueCommand::List { resource, limit } => {
+            operate(at, Operation::QueueList { resource, limit }, false, None).await
+        }
+        QueueCommand::Export { resource, seq, out } => {
+            let to = operator::export_target(out.as_deref());
+            let export = Operation::QueueExport { resource, seq, to };
+            operate(at, export, false, out.as_deref()).await
+        }
+        QueueCommand::Discard { resource, seq, yes } => {
+            operate(at, Operation::QueueDiscard { resource, seq }, yes, None).await
+        }
     }
 }
 
 /// `cursor show|reset|set`.
-fn cursor_command(at: At<'_>, cmd: CursorCommand) -> ExitCode {
-    match cmd {
-        CursorCommand::Show { resource } => {
-            operate(at, None, |c| operator::cursor_show(c, &resource))
-        }
-        CursorCommand::Reset { resource, yes } => operate(
-            at,
-            Some((
-                yes,
-                format!("make the next pull of `{resource}` read every row again"),
-            )),
-            |c| operator::cursor_reset(c, &resource),
-        ),
+async fn cursor_command(at: At<'_>, cmd: CursorCommand) -> ExitCode {
+    let (operation, yes) = match cmd {
+        CursorCommand::Show { resource } => (Operation::CursorShow { resource }, false),
+        CursorCommand::Reset { resource, yes } => (Operation::CursorReset { resource }, yes),
         CursorCommand::Set {
             resource,
             values,
             yes,
-        } => operate(
-            at,
-            Some((
-                yes,
-                format!(
-                    "make the next pull of `{resource}` read the rows after the given position (rows before it are not read again)"
-                ),
-            )),
-            |c| operator::cursor_set(c, &resource, &values),
-        ),
-    }
+        } => (Operation::CursorSet { resource, values }, yes),
+    };
+    operate(at, operation, yes, None).await
 }
 
 /// `quarantine list|clear`.
-fn quarantine_command(at: At<'_>, cmd: QuarantineCommand) -> ExitCode {
-    match cmd {
-        QuarantineCommand::List { resource, limit } => operate(at, None, |c| {
-            operator::quarantine_list(c, resource.as_deref(), limit)
-        }),
-        QuarantineCommand::Clear { resource, yes } => operate(
-            at,
-            Some((
-                yes,
-                format!("remove the quarantine entries of `{resource}`"),
-            )),
-            |c| operator::quarantine_clear(c, &resource),
-        ),
-    }
+async fn quarantine_command(at: At<'_>, cmd: QuarantineCommand) -> ExitCode {
+    let (operation, yes) = match cmd {
+        QuarantineCommand::List { resource, limit } => {
+            (Operation::QuarantineList { resource, limit }, false)
+        }
+        QuarantineCommand::Clear { resource, yes } => {
+            (Operation::QuarantineClear { resource }, yes)
+        }
+    };
+    operate(at, operation, yes, None).await
 }
 
 /// `audit verify|export`.
@@ -551,17 +551,22 @@ fn audit_verify(config: &Config, archive: Option<&std::path::Path>) -> ExitCode 
     let v = match audit::verify_with(data_dir, archive) {
         Ok(v) => v,
         Err(b) => {
-            eprintln!("The audit log is NOT intact: {b}");
+            eprintln!("{}", tr!("The audit log is NOT intact: {b}", "审计日志不完整：{b}"));
             return ExitCode::from(1);
         }
     };
     let log = audit::path(data_dir);
     match &v.archived {
-        None => println!(
-            "The audit log is intact: {} entries ({}).",
-            v.entries,
-            log.display()
-        ),
+        None => {
+            let (n, log) = (v.entries, log.display());
+            println!(
+                "{}",
+                tr!(
+                    "The audit log is intact: {n} entries ({log}).",
+                    "审计日志完整：共 {n} 条（{log}）。"
+                )
+            )
+        }
         Some(a) => {
             let first = v.entries - v.checked + 1;
             println!(
@@ -582,7 +587,14 @@ fn audit_verify(config: &Config, archive: Option<&std::path::Path>) -> ExitCode 
         }
     }
     if v.from_archive > 0 {
-        println!("  {} older files read from the archive.", v.from_archive);
+        let n = v.from_archive;
+        println!(
+            "{}",
+            tr!(
+                "  {n} older files read from the archive.",
+                "  从归档中读取了 {n} 个较早的文件。"
+            )
+        );
     }
     for r in audit::repairs(data_dir).unwrap_or_default() {
         println!(
@@ -600,7 +612,13 @@ fn audit_export(config: &Config, since: Option<&str>) -> ExitCode {
         None => None,
         Some(Ok(t)) => Some(t.with_timezone(&chrono::Utc)),
         Some(Err(e)) => {
-            eprintln!("error: --since: {e}; expected RFC 3339, e.g. 2026-01-01T00:00:00+08:00");
+            eprintln!(
+                "{}",
+                tr!(
+                    "error: --since: {e}; expected RFC 3339, e.g. 2026-01-01T00:00:00+08:00",
+                    "错误：--since：{e}；应为 RFC 3339 时间，例如 2026-01-01T00:00:00+08:00"
+                )
+            );
             return ExitCode::from(2);
         }
     };

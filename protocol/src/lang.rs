@@ -13,7 +13,8 @@
 use std::sync::OnceLock;
 
 /// A language of the command-line text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Lang {
     /// English (the default).
     En,
@@ -48,9 +49,25 @@ impl Lang {
 
 static CURRENT: OnceLock<Lang> = OnceLock::new();
 
-/// The language of this process (read from the environment once).
+thread_local! {
+    static SCOPED: std::cell::Cell<Option<Lang>> = const { std::cell::Cell::new(None) };
+}
+
+/// The language of this thread's text: the one [`scoped`] set, else this process's (read from
+/// the environment once).
 pub fn current() -> Lang {
-    *CURRENT.get_or_init(|| Lang::of_env(|n| std::env::var(n).ok()))
+    SCOPED
+        .get()
+        .unwrap_or_else(|| *CURRENT.get_or_init(|| Lang::of_env(|n| std::env::var(n).ok())))
+}
+
+/// Runs `f` with text in `lang` on this thread: the service answers an operator command in
+/// the language of the operator who typed it, not its own.
+pub fn scoped<R>(lang: Lang, f: impl FnOnce() -> R) -> R {
+    let before = SCOPED.replace(Some(lang));
+    let out = f();
+    SCOPED.set(before);
+    out
 }
 
 /// Whether this process prints Chinese.
@@ -116,6 +133,15 @@ mod tests {
             Lang::of_env(env(&[("EXCHANGE_LANG", "zh"), ("LC_ALL", "C")])),
             Lang::Zh
         );
+    }
+
+    #[test]
+    fn scoped_text_follows_the_asked_language_and_then_the_process_again() {
+        let process = current();
+        let zh = scoped(Lang::Zh, || crate::tr!("queue", "队列"));
+        let en = scoped(Lang::En, || crate::tr!("queue", "队列"));
+        assert_eq!((zh.as_str(), en.as_str()), ("队列", "queue"));
+        assert_eq!(current(), process);
     }
 
     #[test]

@@ -1,19 +1,19 @@
 //! `queue list`, `queue export` and `queue discard`: the batches waiting for the hub.
 
+use exchange_protocol::tr;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::command::{OperatorError, Printed, listed, open_queue};
+use super::command::{OperatorError, Printed, listed};
 use crate::audit;
 use crate::config::Config;
-use crate::pipeline::queue::QueueError;
+use crate::pipeline::queue::{Queue, QueueError};
 
 /// `queue list`: per resource, its stream and queued batches (oldest first, at most `limit`).
-pub fn queue_list(config: &Config, only: Option<&str>, limit: usize) -> Printed {
-    let queue = open_queue(config)?;
+pub fn queue_list(config: &Config, queue: &Queue, only: Option<&str>, limit: usize) -> Printed {
     let states = queue.states()?;
     let mut out = String::new();
-    let codes = listed(config, &queue, &states, only)?;
+    let codes = listed(config, queue, &states, only)?;
     if codes.is_empty() {
         out.push_str("Nothing queued.\n");
     }
@@ -49,11 +49,26 @@ pub fn queue_list(config: &Config, only: Option<&str>, limit: usize) -> Printed 
     Ok(out)
 }
 
-/// `queue export`: writes a batch's records (NDJSON, as sent to the hub) to `out` (created
-/// 0600, never overwritten) or standard output. Audited.
-pub fn queue_export(config: &Config, code: &str, seq: u64, out: Option<&Path>) -> Printed {
-    use std::io::Write;
-    let queue = open_queue(config)?;
+/// The target of an export without `--out` (as the audit entry names it).
+const STDOUT: &str = "standard output";
+
+/// A batch's records taken out of the queue by `queue export`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Export {
+    /// The resource.
+    pub resource: String,
+    /// The batch.
+    pub seq: u64,
+    /// How many records.
+    pub records: u64,
+    /// The records, NDJSON as sent to the hub.
+    pub ndjson: String,
+}
+
+/// `queue export`, its first half: a batch's records (NDJSON, as sent to the hub), audited
+/// as leaving the queue for `to` before anything is written. The half that writes them
+/// ([`write_export`]) runs in the operator's process, also when the service read them.
+pub fn queue_export(config: &Config, queue: &Queue, code: &str, seq: u64, to: &str) -> Result<Export, OperatorError> {
     let batch = queue
         .batch(code, seq)?
         .ok_or_else(|| OperatorError::NoBatch {
@@ -62,16 +77,34 @@ pub fn queue_export(config: &Config, code: &str, seq: u64, out: Option<&Path>) -
         })?;
     let ndjson = exchange_protocol::batch::decompress(&batch.body, usize::MAX)
         .map_err(|e| OperatorError::Queue(QueueError::Format(format!("batch {seq}: {e}"))))?;
-    // Records leave the queue here: audited before they are written.
-    let to = out
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "standard output".into());
+    let ndjson = String::from_utf8(ndjson).map_err(|e| {
+        OperatorError::Queue(QueueError::Format(format!("batch {seq}: not UTF-8: {e}")))
+    })?;
     audit::append(
         &config.node.data_dir,
         "queue.export",
         code,
         serde_json::json!({ "seq": seq, "records": batch.records, "sm3": batch.digest, "to": to }),
     )?;
+    Ok(Export {
+        resource: code.to_owned(),
+        seq,
+        records: batch.records,
+        ndjson,
+    })
+}
+
+/// Where `queue export` writes: the file given (its name, for the audit entry) or standard
+/// output.
+pub fn export_target(out: Option<&Path>) -> String {
+    out.map(|p| p.display().to_string())
+        .unwrap_or_else(|| STDOUT.into())
+}
+
+/// `queue export`, its second half: writes the records to `out` (created 0600, never
+/// overwritten) or standard output.
+pub fn write_export(export: &Export, out: Option<&Path>) -> Printed {
+    use std::io::Write;
     let target = match out {
         Some(path) => {
             use std::os::unix::fs::OpenOptionsExt;
@@ -85,32 +118,32 @@ pub fn queue_export(config: &Config, code: &str, seq: u64, out: Option<&Path>) -
                 .mode(0o600)
                 .open(path)
                 .map_err(output)?;
-            f.write_all(&ndjson).map_err(output)?;
+            f.write_all(export.ndjson.as_bytes()).map_err(output)?;
             f.sync_all().map_err(output)?;
             path.display().to_string()
         }
         None => {
             let mut stdout = std::io::stdout().lock();
             stdout
-                .write_all(&ndjson)
+                .write_all(export.ndjson.as_bytes())
                 .and_then(|()| stdout.flush())
                 .map_err(|source| OperatorError::Output {
-                    path: "standard output".into(),
+                    path: STDOUT.into(),
                     source,
                 })?;
-            "standard output".into()
+            STDOUT.into()
         }
     };
-    Ok(format!(
-        "Wrote batch {seq} of `{code}` ({} records) to {target}.\n",
-        batch.records
+    let (seq, code, records) = (export.seq, &export.resource, export.records);
+    Ok(tr!(
+        "Wrote batch {seq} of `{code}` ({records} records) to {target}.\n",
+        "已将 `{code}` 的批次 {seq}（{records} 条记录）写入 {target}。\n"
     ))
 }
 
 /// `queue discard`: replaces a batch the hub refuses with an empty one of the same seq (its
 /// records are not delivered). Audited.
-pub fn queue_discard(config: &Config, code: &str, seq: u64) -> Printed {
-    let queue = open_queue(config)?;
+pub fn queue_discard(config: &Config, queue: &Queue, code: &str, seq: u64) -> Printed {
     let digest = queue
         .batch(code, seq)?
         .ok_or_else(|| OperatorError::NoBatch {
@@ -125,7 +158,8 @@ pub fn queue_discard(config: &Config, code: &str, seq: u64) -> Printed {
         code,
         serde_json::json!({ "seq": seq, "records": records, "sm3": digest }),
     )?;
-    Ok(format!(
-        "Discarded the {records} records of batch {seq} of `{code}`: an empty batch takes its place, so the hub sees no gap. The records are not delivered until their rows change again (or `exchange-agent resync {code} --yes`).\n"
+    Ok(tr!(
+        "Discarded the {records} records of batch {seq} of `{code}`: an empty batch takes its place, so the hub sees no gap. The records are not delivered until their rows change again (or `exchange-agent resync {code} --yes`).\n",
+        "已丢弃 `{code}` 批次 {seq} 的 {records} 条记录：由一个空批次占位，交换平台不会看到缺口。这些记录在其行再次变更前（或运行 `exchange-agent resync {code} --yes` 前）不会交付。\n"
     ))
 }

@@ -1,10 +1,12 @@
 //! `cursor show`, `cursor reset` and `cursor set`: where the next pull of a resource starts.
 
+use exchange_protocol::tr;
 use exchange_connectors::Value;
 
-use super::command::{OperatorError, Printed, open_queue, resource};
+use super::command::{OperatorError, Printed, resource};
 use crate::audit;
 use crate::config::{Config, Mode, Resource};
+use crate::pipeline::queue::Queue;
 
 /// The source position as text (each cursor column, the key tiebreaker last). A sealed
 /// value (the raw value of a key that leaves pseudonymized) is not shown.
@@ -14,7 +16,10 @@ fn position_text(
     position: &Option<Vec<Value>>,
 ) -> String {
     match position {
-        None => "at the start (the next pull reads from the first row)".into(),
+        None => tr!(
+            "at the start (the next pull reads from the first row)",
+            "处于起点（下一次抽取从第一行读起）"
+        ),
         Some(values) => {
             let names = crate::policy::Plan::new(resource, keys).selection.cursor;
             names
@@ -27,7 +32,7 @@ fn position_text(
                             .iter()
                             .find(|(f, _)| f.eq_ignore_ascii_case(&resource.key))
                             .map_or("as read", |(_, rule)| rule.key_form());
-                        format!("{n} = (sealed: the key leaves {form})")
+                        tr!("{n} = (sealed: the key leaves {form})", "{n} = （已密封：主键以{form}形式离开）")
                     } else {
                         format!("{n} = {}", v.to_text().unwrap_or_else(|| "?".into()))
                     }
@@ -39,34 +44,33 @@ fn position_text(
 }
 
 /// `cursor show`.
-pub fn cursor_show(config: &Config, code: &str) -> Printed {
-    let queue = open_queue(config)?;
-    let r = resource(config, &queue, code)?;
+pub fn cursor_show(config: &Config, queue: &Queue, code: &str) -> Printed {
+    let r = resource(config, queue, code)?;
     let st = queue.state(code)?;
     Ok(match &r.mode {
         Mode::Incremental { .. } => {
             format!("{code}: {}\n", position_text(r, &config.keys, &st.cursor))
         }
-        Mode::Snapshot => format!(
-            "{code}: snapshot generation {}, {}\n",
-            st.snapshot.generation,
-            if st.snapshot.sweeping {
-                "sweeping deletes".to_owned()
+        Mode::Snapshot => {
+            let generation = st.snapshot.generation;
+            let at = if st.snapshot.sweeping {
+                tr!("sweeping deletes", "正在清理已删除的行")
             } else {
-                format!(
-                    "scan {}",
-                    position_text(r, &config.keys, &st.snapshot.position)
-                )
-            }
-        ),
+                let position = position_text(r, &config.keys, &st.snapshot.position);
+                tr!("scan {position}", "扫描位置 {position}")
+            };
+            tr!(
+                "{code}: snapshot generation {generation}, {at}\n",
+                "{code}：快照第 {generation} 代，{at}\n"
+            )
+        }
     })
 }
 
 /// `cursor reset`: the next pull reads the resource from the start on the same stream (rows
 /// are sent again; the hub overwrites them). Audited.
-pub fn cursor_reset(config: &Config, code: &str) -> Printed {
-    let queue = open_queue(config)?;
-    let r = resource(config, &queue, code)?;
+pub fn cursor_reset(config: &Config, queue: &Queue, code: &str) -> Printed {
+    let r = resource(config, queue, code)?;
     let incremental = matches!(r.mode, Mode::Incremental { .. });
     queue.update_state(code, |st| {
         st.cursor = None;
@@ -90,34 +94,36 @@ pub fn cursor_reset(config: &Config, code: &str) -> Printed {
         code,
         serde_json::json!({}),
     )?;
-    Ok(format!(
-        "The cursor of `{code}` is reset: the next pull reads every row again and the hub overwrites what it holds (rows deleted at the source stay at the hub; `exchange-agent resync {code} --yes` removes those too).\n"
+    Ok(tr!(
+        "The cursor of `{code}` is reset: the next pull reads every row again and the hub overwrites what it holds (rows deleted at the source stay at the hub; `exchange-agent resync {code} --yes` removes those too).\n",
+        "`{code}` 的游标已重置：下一次抽取重新读取全部行，交换平台覆盖其已有数据（源端已删除的行仍留在交换平台；`exchange-agent resync {code} --yes` 会一并删除）。\n"
     ))
 }
 
 /// `cursor set`: the next pull reads rows after `values` (one per cursor column, the key
 /// last, each parsed like the current position's value). Audited (without the values).
-pub fn cursor_set(config: &Config, code: &str, values: &[String]) -> Printed {
-    let queue = open_queue(config)?;
-    let r = resource(config, &queue, code)?;
+pub fn cursor_set(config: &Config, queue: &Queue, code: &str, values: &[String]) -> Printed {
+    let r = resource(config, queue, code)?;
     if !matches!(r.mode, Mode::Incremental { .. }) {
-        return Err(OperatorError::Usage(format!(
-            "`{code}` is a snapshot resource: it has no cursor to set (use `cursor reset` to restart its scan)"
+        return Err(OperatorError::Usage(tr!(
+            "`{code}` is a snapshot resource: it has no cursor to set (use `cursor reset` to restart its scan)",
+            "`{code}` 是快照资源，没有可设置的游标（如需重新扫描，请用 `cursor reset`）"
         )));
     }
     let plan = crate::policy::Plan::new(r, &config.keys);
     let names = plan.selection.cursor.clone();
     if values.len() != names.len() {
-        return Err(OperatorError::Usage(format!(
-            "`{code}` has {} cursor columns ({}, the key last as tiebreaker); give one value for each",
-            names.len(),
-            names.join(", ")
+        let (n, columns) = (names.len(), names.join(", "));
+        return Err(OperatorError::Usage(tr!(
+            "`{code}` has {n} cursor columns ({columns}, the key last as tiebreaker); give one value for each",
+            "`{code}` 有 {n} 个游标列（{columns}，最后一列为作决胜用的主键）；请为每列给出一个值"
         )));
     }
     let st = queue.state(code)?;
     let Some(current) = st.cursor else {
-        return Err(OperatorError::Usage(format!(
-            "`{code}` has no cursor yet (it reads from the start); run a pull first, so the column types are known"
+        return Err(OperatorError::Usage(tr!(
+            "`{code}` has no cursor yet (it reads from the start); run a pull first, so the column types are known",
+            "`{code}` 还没有游标（从起点读取）；请先完成一次抽取，以便确定列类型"
         )));
     };
     let current = plan
@@ -129,12 +135,13 @@ pub fn cursor_set(config: &Config, code: &str, values: &[String]) -> Printed {
         .zip(&names)
         .map(|((like, text), name)| {
             parse_like(like, text)
-                .map_err(|why| OperatorError::Usage(format!("cursor column `{name}`: {why}")))
+                .map_err(|why| OperatorError::Usage(tr!("cursor column `{name}`: {why}", "游标列 `{name}`：{why}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let parsed = plan.position_to_store(parsed).ok_or_else(|| {
-        OperatorError::Usage(format!(
-            "`{code}`: the key leaves pseudonymized or encrypted but `[policy] seal_key_file` is not configured, so the position cannot be sealed"
+        OperatorError::Usage(tr!(
+            "`{code}`: the key leaves pseudonymized or encrypted but `[policy] seal_key_file` is not configured, so the position cannot be sealed",
+            "`{code}`：主键以假名化或加密形式离开，但未配置 `[policy] seal_key_file`，无法密封该位置"
         ))
     })?;
     queue.update_state(code, |st| st.cursor = Some(parsed))?;
@@ -144,14 +151,15 @@ pub fn cursor_set(config: &Config, code: &str, values: &[String]) -> Printed {
         code,
         serde_json::json!({ "columns": names }),
     )?;
-    Ok(format!(
-        "The cursor of `{code}` is set: the next pull reads the rows after it.\n"
+    Ok(tr!(
+        "The cursor of `{code}` is set: the next pull reads the rows after it.\n",
+        "`{code}` 的游标已设置：下一次抽取读取该位置之后的行。\n"
     ))
 }
 
 /// Parses `text` as a value of the same kind as `like`.
 fn parse_like(like: &Value, text: &str) -> Result<Value, String> {
-    let bad = |what: &str| format!("expected {what}");
+    let bad = |what: &str| tr!("expected {what}", "应为 {what}");
     Ok(match like {
         Value::Null => return Err("the current position is NULL".into()),
         Value::Bool(_) => Value::Bool(text.parse().map_err(|_| bad("true or false"))?),

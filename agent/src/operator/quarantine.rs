@@ -3,16 +3,16 @@
 
 use std::fmt::Write as _;
 
-use super::command::{Printed, listed, open_queue, resource};
+use super::command::{Printed, listed, resource};
 use crate::audit;
 use crate::config::Config;
+use crate::pipeline::queue::Queue;
 
 /// `quarantine list`: the most recent entries (key as it would have left, reason, count).
-pub fn quarantine_list(config: &Config, only: Option<&str>, limit: usize) -> Printed {
-    let queue = open_queue(config)?;
+pub fn quarantine_list(config: &Config, queue: &Queue, only: Option<&str>, limit: usize) -> Printed {
     let states = queue.states()?;
     let mut out = String::new();
-    let codes = listed(config, &queue, &states, only)?;
+    let codes = listed(config, queue, &states, only)?;
     let mut any = false;
     for code in codes {
         let entries = queue.quarantined(code, limit)?;
@@ -39,9 +39,8 @@ pub fn quarantine_list(config: &Config, only: Option<&str>, limit: usize) -> Pri
 }
 
 /// `quarantine clear`: removes a resource's entries (after the rows were fixed). Audited.
-pub fn quarantine_clear(config: &Config, code: &str) -> Printed {
-    let queue = open_queue(config)?;
-    resource(config, &queue, code)?;
+pub fn quarantine_clear(config: &Config, queue: &Queue, code: &str) -> Printed {
+    resource(config, queue, code)?;
     let n = queue.clear_quarantine(code)?;
     audit::append(
         &config.node.data_dir,

@@ -1,17 +1,17 @@
 //! `resync` and `accept-config`: a resource's stream after the hub lost batches or its
 //! configuration changed.
 
-use super::command::{OperatorError, Printed, open_queue, resource};
+use exchange_protocol::tr;
+use super::command::{OperatorError, Printed, resource};
 use crate::audit;
 use crate::config::Config;
 use crate::pipeline::fingerprint::Shape;
-use crate::pipeline::queue::HaltKind;
+use crate::pipeline::queue::{HaltKind, Queue};
 
 /// `resync`: a new stream for the resource; everything is read again from the start and the
 /// hub removes what the new stream does not re-send. Audited.
-pub fn resync(config: &Config, code: &str) -> Printed {
-    let queue = open_queue(config)?;
-    let r = resource(config, &queue, code)?;
+pub fn resync(config: &Config, queue: &Queue, code: &str) -> Printed {
+    let r = resource(config, queue, code)?;
     let before = queue.state(code)?;
     let discarded = queue.resync(code, Shape::of(r, &config.keys))?;
     let after = queue.state(code)?;
@@ -28,17 +28,17 @@ pub fn resync(config: &Config, code: &str) -> Printed {
             "was_stopped": before.halt.as_ref().map(|h| h.kind),
         }),
     )?;
-    Ok(format!(
-        "`{code}` starts again on a new stream {stream}: {} queued batches ({} records) were discarded; the next pull reads the whole resource, and once the hub has it all it removes the records the new stream did not send.\n",
-        discarded.batches, discarded.records
+    let (batches, records) = (discarded.batches, discarded.records);
+    Ok(tr!(
+        "`{code}` starts again on a new stream {stream}: {batches} queued batches ({records} records) were discarded; the next pull reads the whole resource, and once the hub has it all it removes the records the new stream did not send.\n",
+        "`{code}` 在新数据流 {stream} 上重新开始：已丢弃 {batches} 个排队批次（{records} 条记录）；下一次抽取读取整个资源，交换平台收齐后删除新数据流未发送的记录。\n"
     ))
 }
 
 /// `accept-config`: keeps the cursor after a configuration change; only rows that change
 /// from now on carry the new configuration. Audited with what changed.
-pub fn accept_config(config: &Config, code: &str) -> Printed {
-    let queue = open_queue(config)?;
-    let r = resource(config, &queue, code)?;
+pub fn accept_config(config: &Config, queue: &Queue, code: &str) -> Printed {
+    let r = resource(config, queue, code)?;
     let now = Shape::of(r, &config.keys);
     let st = queue.state(code)?;
     let changes = st
@@ -49,17 +49,19 @@ pub fn accept_config(config: &Config, code: &str) -> Printed {
     if let Some(h) = &st.halt
         && h.kind != HaltKind::ConfigChanged
     {
-        return Err(OperatorError::Usage(format!(
-            "`{code}` is stopped for another reason, which only `exchange-agent resync {code} --yes` clears: {}",
-            h.reason
+        let reason = &h.reason;
+        return Err(OperatorError::Usage(tr!(
+            "`{code}` is stopped for another reason, which only `exchange-agent resync {code} --yes` clears: {reason}",
+            "`{code}` 因其他原因停止，只有 `exchange-agent resync {code} --yes` 能解除：{reason}"
         )));
     }
     if let Some(old) = &st.shape
         && !old.keeps_position(&now)
     {
-        return Err(OperatorError::Usage(format!(
-            "`{code}` cannot go on from its cursor: {}; the stored position means nothing under the new relation, key, mode or cursor. Run `exchange-agent resync {code} --yes` instead",
-            changes.join("; ")
+        let changed = changes.join("; ");
+        return Err(OperatorError::Usage(tr!(
+            "`{code}` cannot go on from its cursor: {changed}; the stored position means nothing under the new relation, key, mode or cursor. Run `exchange-agent resync {code} --yes` instead",
+            "`{code}` 无法从游标处继续：{changed}；在新的表、主键、模式或游标下，已存位置没有意义。请改为运行 `exchange-agent resync {code} --yes`"
         )));
     }
     if let Some(old) = &st.shape {
@@ -92,13 +94,15 @@ pub fn accept_config(config: &Config, code: &str) -> Printed {
         serde_json::json!({ "changes": changes }),
     )?;
     Ok(if changes.is_empty() {
-        format!(
-            "The configuration of `{code}` is unchanged; the source's column types are taken as they are now at the next pull.\n"
+        tr!(
+            "The configuration of `{code}` is unchanged; the source's column types are taken as they are now at the next pull.\n",
+            "`{code}` 的配置未变；下一次抽取时按数据源当前的列类型处理。\n"
         )
     } else {
-        format!(
-            "`{code}` goes on from its cursor with the new configuration ({}); records delivered before keep the old one until their rows change.\n",
-            changes.join("; ")
+        let changed = changes.join("; ");
+        tr!(
+            "`{code}` goes on from its cursor with the new configuration ({changed}); records delivered before keep the old one until their rows change.\n",
+            "`{code}` 按新配置（{changed}）从游标处继续；此前已交付的记录在其行变更前保持旧配置的结果。\n"
         )
     })
 }

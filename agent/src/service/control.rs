@@ -7,9 +7,14 @@
 //! `{"report": …}` or `{"error": "…"}`, and closes the connection. Nothing in a reply holds a
 //! field value: the same messages as the command would print itself.
 //!
-//! `exchange-agent sync` uses it when the queue is locked by the daemon, so a sync asked for
-//! while the service runs is carried out by the service (pulls serialized with its own,
-//! batches pushed by its push loops).
+//! Every command that needs the queue uses it when the queue is locked by the daemon:
+//! - `exchange-agent sync`: carried out by the service (pulls serialized with its own,
+//!   batches pushed by its push loops);
+//! - the operator commands ([`Operation`]): a read-only one is answered at once from the
+//!   service's queue; a change (which the client sends only with `--yes`, and the service
+//!   refuses without it) is handed to the daemon's main loop ([`Change`]), which stops pulling
+//!   and pushing, applies it, audits it, and starts them again. The verification listener is
+//!   not part of that and keeps answering. Text is written in the language the request names.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +24,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
+use exchange_protocol::lang::Lang;
+use tokio::sync::oneshot;
+
+use crate::operator::{Operation, Outcome};
 use crate::pipeline::Pipeline;
 use crate::pipeline::sync::{Pushers, SyncOptions, SyncReport};
 
@@ -39,6 +48,25 @@ pub enum Request {
         /// Its bounds.
         options: SyncOptions,
     },
+    /// Carry out an operator command.
+    Operate {
+        /// The command.
+        operation: Operation,
+        /// The operator confirmed a change (`--yes`).
+        yes: bool,
+        /// The language to answer in.
+        lang: Lang,
+    },
+}
+
+/// A change handed to the daemon's main loop, which applies it between pulls.
+pub struct Change {
+    /// The command.
+    pub operation: Operation,
+    /// The language to answer in.
+    pub lang: Lang,
+    /// Where its outcome goes.
+    pub reply: oneshot::Sender<Result<Outcome, String>>,
 }
 
 /// One line of the daemon's answer.
@@ -49,6 +77,8 @@ pub enum Reply {
     Say(String),
     /// The sync's outcome (last line).
     Report(SyncReport),
+    /// An operator command's outcome (last line).
+    Done(Outcome),
     /// The request could not be carried out (last line).
     Error(String),
 }
@@ -57,9 +87,11 @@ pub enum Reply {
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The daemon does not answer on its socket.
-    #[error(
-        "the queue is held by a running exchange-agent (the service), which does not answer on {path} ({reason}); stop the service (systemctl stop exchange-agent) and run the command again"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "the queue is held by a running exchange-agent (the service), which does not answer on {} ({reason}); see `systemctl status exchange-agent` and its log, or stop the service (systemctl stop exchange-agent) and run the command again",
+        "队列由正在运行的 exchange-agent（服务）持有，但它在 {} 上没有应答（{reason}）；请查看 `systemctl status exchange-agent` 及其日志，或停止服务（systemctl stop exchange-agent）后再运行此命令",
+        path.display()
+    ))]
     Unreachable {
         /// The socket.
         path: PathBuf,
@@ -75,7 +107,7 @@ pub enum ControlError {
         reason: String,
     },
     /// The daemon refused the request.
-    #[error("the running exchange-agent refused: {0}")]
+    #[error("{}", exchange_protocol::tr!("the running exchange-agent refused: {}", "正在运行的 exchange-agent 拒绝执行：{}", .0))]
     Refused(String),
 }
 
@@ -99,10 +131,11 @@ pub fn bind(data_dir: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Answers requests until `stop` turns true.
+/// Answers requests until `stop` turns true; changes go to the daemon through `changes`.
 pub async fn serve(
     listener: UnixListener,
     pipeline: Arc<Pipeline>,
+    changes: mpsc::Sender<Change>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -114,8 +147,9 @@ pub async fn serve(
             Ok((stream, _)) => {
                 let pipeline = pipeline.clone();
                 let stop = stop.clone();
+                let changes = changes.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, pipeline, stop).await {
+                    if let Err(e) = answer(stream, pipeline, changes, stop).await {
                         tracing::warn!(error = %e, "Control request failed.");
                     }
                 });
@@ -131,6 +165,7 @@ pub async fn serve(
 async fn answer(
     stream: UnixStream,
     pipeline: Arc<Pipeline>,
+    changes: mpsc::Sender<Change>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
@@ -146,41 +181,109 @@ async fn answer(
     let reply = match serde_json::from_str::<Request>(&line) {
         Err(e) => Reply::Error(format!("not a request this version understands: {e}")),
         Ok(Request::Sync { resource, options }) => {
-            if let Some(code) = &resource
-                && !pipeline.pullers.iter().any(|p| &p.resource.code == code)
-            {
-                Reply::Error(format!(
-                    "no delivered resource `{code}` in the running configuration"
-                ))
-            } else {
-                tracing::info!(
-                    resource = resource.as_deref().unwrap_or("(all)"),
-                    "Sync requested on the control socket."
-                );
-                let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-                let say: crate::pipeline::sync::Say = Arc::new(move |s| {
-                    let _ = tx.send(s);
-                });
-                let run = crate::pipeline::sync::sync(
-                    pipeline,
-                    resource.as_deref(),
-                    options,
-                    Pushers::Daemon,
-                    say,
-                );
-                tokio::pin!(run);
-                loop {
-                    tokio::select! {
-                        report = &mut run => break Reply::Report(report),
-                        Some(s) = rx.recv() => write_reply(&mut write, &Reply::Say(s)).await?,
-                        _ = stop.changed() => break Reply::Error("the service is shutting down".into()),
-                    }
-                }
-            }
+            answer_sync(&mut write, pipeline, resource, options, stop).await?
         }
+        Ok(Request::Operate {
+            operation,
+            yes,
+            lang,
+        }) => answer_operation(pipeline, changes, operation, yes, lang).await,
     };
     write_reply(&mut write, &reply).await?;
     write.shutdown().await
+}
+
+/// A sync, its progress lines written as they come.
+async fn answer_sync(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    pipeline: Arc<Pipeline>,
+    resource: Option<String>,
+    options: SyncOptions,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<Reply> {
+    if let Some(code) = &resource
+        && !pipeline.pullers.iter().any(|p| &p.resource.code == code)
+    {
+        return Ok(Reply::Error(format!(
+            "no delivered resource `{code}` in the running configuration"
+        )));
+    }
+    tracing::info!(
+        resource = resource.as_deref().unwrap_or("(all)"),
+        "Sync requested on the control socket."
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let say: crate::pipeline::sync::Say = Arc::new(move |s| {
+        let _ = tx.send(s);
+    });
+    let run = crate::pipeline::sync::sync(
+        pipeline,
+        resource.as_deref(),
+        options,
+        Pushers::Daemon,
+        say,
+    );
+    tokio::pin!(run);
+    loop {
+        tokio::select! {
+            report = &mut run => return Ok(Reply::Report(report)),
+            Some(s) = rx.recv() => write_reply(write, &Reply::Say(s)).await?,
+            _ = stop.changed() => return Ok(Reply::Error("the service is shutting down".into())),
+        }
+    }
+}
+
+/// An operator command: a read-only one on the service's queue at once, a change through the
+/// daemon's main loop.
+async fn answer_operation(
+    pipeline: Arc<Pipeline>,
+    changes: mpsc::Sender<Change>,
+    operation: Operation,
+    yes: bool,
+    lang: Lang,
+) -> Reply {
+    tracing::info!(
+        command = operation.name(),
+        resource = operation.resource().unwrap_or("(all)"),
+        "Operator command on the control socket."
+    );
+    if operation.change().is_none() {
+        let run = tokio::task::spawn_blocking(move || {
+            exchange_protocol::lang::scoped(lang, || {
+                operation
+                    .perform(&pipeline.config, &pipeline.queue)
+                    .map_err(|e| format!("{e:#}"))
+            })
+        });
+        return match run.await {
+            Ok(Ok(outcome)) => Reply::Done(outcome),
+            Ok(Err(e)) => Reply::Error(e),
+            Err(e) => Reply::Error(format!("the command failed: {e}")),
+        };
+    }
+    if !yes {
+        return Reply::Error(exchange_protocol::lang::scoped(lang, || {
+            exchange_protocol::tr!(
+                "`{}` changes the agent's state and needs --yes",
+                "`{}` 会改变前置机的状态，需要加 --yes",
+                operation.name()
+            )
+        }));
+    }
+    let (reply, outcome) = oneshot::channel();
+    let change = Change {
+        operation,
+        lang,
+        reply,
+    };
+    if changes.send(change).await.is_err() {
+        return Reply::Error("the service is shutting down".into());
+    }
+    match outcome.await {
+        Ok(Ok(outcome)) => Reply::Done(outcome),
+        Ok(Err(e)) => Reply::Error(e),
+        Err(_) => Reply::Error("the service is shutting down".into()),
+    }
 }
 
 async fn write_reply(
@@ -200,22 +303,60 @@ pub async fn request_sync(
     say: impl Fn(String),
 ) -> Result<SyncReport, ControlError> {
     let path = socket_path(data_dir);
-    let stream = UnixStream::connect(&path)
+    match exchange(&path, &Request::Sync { resource, options }, say).await? {
+        Reply::Report(r) => Ok(r),
+        other => Err(unexpected(&path, &other)),
+    }
+}
+
+/// Asks the daemon of `data_dir` to carry out an operator command (a change only with
+/// `yes`), answering in this process's language.
+pub async fn request_operation(
+    data_dir: &Path,
+    operation: Operation,
+    yes: bool,
+) -> Result<Outcome, ControlError> {
+    let path = socket_path(data_dir);
+    let request = Request::Operate {
+        operation,
+        yes,
+        lang: exchange_protocol::lang::current(),
+    };
+    match exchange(&path, &request, |_| {}).await? {
+        Reply::Done(o) => Ok(o),
+        other => Err(unexpected(&path, &other)),
+    }
+}
+
+fn unexpected(path: &Path, _: &Reply) -> ControlError {
+    ControlError::Protocol {
+        path: path.to_owned(),
+        reason: "an answer to another request".into(),
+    }
+}
+
+/// Sends `request` and reads the answer: progress lines to `say`, then the last line (an
+/// error is returned as [`ControlError::Refused`]).
+async fn exchange(
+    path: &Path,
+    request: &Request,
+    say: impl Fn(String),
+) -> Result<Reply, ControlError> {
+    let stream = UnixStream::connect(path)
         .await
         .map_err(|e| ControlError::Unreachable {
-            path: path.clone(),
+            path: path.to_owned(),
             reason: e.to_string(),
         })?;
     let (read, mut write) = stream.into_split();
-    let mut request =
-        serde_json::to_vec(&Request::Sync { resource, options }).expect("request serializes");
-    request.push(b'\n');
+    let mut line = serde_json::to_vec(request).expect("request serializes");
+    line.push(b'\n');
     let protocol = |reason: String| ControlError::Protocol {
-        path: path.clone(),
+        path: path.to_owned(),
         reason,
     };
     write
-        .write_all(&request)
+        .write_all(&line)
         .await
         .map_err(|e| protocol(e.to_string()))?;
     let mut lines = BufReader::new(read).lines();
@@ -226,9 +367,9 @@ pub async fn request_sync(
     {
         match serde_json::from_str::<Reply>(&line).map_err(|e| protocol(e.to_string()))? {
             Reply::Say(s) => say(s),
-            Reply::Report(r) => return Ok(r),
             Reply::Error(e) => return Err(ControlError::Refused(e)),
+            last => return Ok(last),
         }
     }
-    Err(protocol("the connection closed before the report".into()))
+    Err(protocol("the connection closed before the answer".into()))
 }

@@ -40,6 +40,7 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::pipeline::Pipeline;
 use crate::pipeline::pull::Puller;
+use crate::service::control::Change;
 use crate::service::sd_notify::Notifier;
 use crate::service::status;
 
@@ -91,7 +92,8 @@ pub async fn serve(
         .admin
         .map(|listener| Admin::start(listener, current_rx));
     crate::service::reload::audit_load(&pipeline.config, "service.start", None);
-    let generation = Generation::start(pipeline.clone());
+    let (changes_tx, changes_rx) = mpsc::channel(8);
+    let generation = Generation::start(pipeline.clone(), changes_tx.clone());
     tracing::info!(node = %pipeline.config.node.id, resources = pipeline.pullers.len(), hub = %pipeline.client.url(), "Agent started.");
     warn_unconfigured_queues(&pipeline);
     notifier.ready(&status::summary(&generation.pipeline));
@@ -109,8 +111,9 @@ pub async fn serve(
         notifier,
         stale: BTreeSet::new(),
         held: BTreeSet::new(),
+        changes: changes_tx,
     };
-    daemon.run(reload_rx, shutdown).await;
+    daemon.run(reload_rx, changes_rx, shutdown).await;
     daemon.stop(admin).await;
     Ok(())
 }
@@ -248,13 +251,17 @@ struct Daemon {
     stale: BTreeSet<String>,
     /// Resources last found held back for long by an open transaction (warned once).
     held: BTreeSet<String>,
+    /// Where the control socket hands the changes operators ask for.
+    changes: mpsc::Sender<Change>,
 }
 
 impl Daemon {
-    /// Reloads when asked and ticks the status line and warnings, until `shutdown`.
+    /// Reloads when asked, applies operators' changes, and ticks the status line and
+    /// warnings, until `shutdown`.
     async fn run(
         &mut self,
         mut reload_rx: mpsc::Receiver<&'static str>,
+        mut changes_rx: mpsc::Receiver<Change>,
         shutdown: impl Future<Output = ()>,
     ) {
         let every = self.notifier.watchdog_interval().unwrap_or(STATUS_EVERY);
@@ -273,6 +280,7 @@ impl Daemon {
                     }
                     self.reload(sighup).await;
                 }
+                Some(change) = changes_rx.recv() => self.apply(change).await,
                 _ = tick.tick() => self.tick(),
             }
         }
@@ -303,7 +311,7 @@ impl Daemon {
                 service.apply(prepared);
             }
             self.generation.stop().await;
-            self.generation = Generation::start(next.clone());
+            self.generation = Generation::start(next.clone(), self.changes.clone());
             let _ = self.current_tx.send(next.clone());
             crate::service::reload::reloaded(&next, trigger);
         }
@@ -317,6 +325,42 @@ impl Daemon {
         }
         self.notifier
             .ready(&status::summary(&self.generation.pipeline));
+    }
+
+    /// An operator's change, between pulls: the configuration file as it is now is loaded
+    /// first (a change applies to what the administrator sees), pulling and pushing stop,
+    /// the change is made and audited, and they start again. Verification is not stopped.
+    async fn apply(&mut self, change: Change) {
+        self.reload(false).await;
+        let Change {
+            operation,
+            lang,
+            reply,
+        } = change;
+        let pipeline = self.generation.pipeline.clone();
+        tracing::info!(
+            command = operation.name(),
+            resource = operation.resource().unwrap_or("(all)"),
+            "Applying an operator's change: pulling and pushing pause."
+        );
+        self.generation.stop().await;
+        let pl = pipeline.clone();
+        let name = operation.name();
+        let result = tokio::task::spawn_blocking(move || {
+            exchange_protocol::lang::scoped(lang, || {
+                operation
+                    .perform(&pl.config, &pl.queue)
+                    .map_err(|e| format!("{e:#}"))
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the command failed: {e}")));
+        match &result {
+            Ok(_) => tracing::info!(command = name, "Operator's change applied; pulling and pushing resume."),
+            Err(e) => tracing::warn!(command = name, error = %e, "Operator's change refused; pulling and pushing resume."),
+        }
+        self.generation = Generation::start(pipeline, self.changes.clone());
+        let _ = reply.send(result);
     }
 
     /// The status line and watchdog ping, and the warnings about stale and held-back
@@ -393,8 +437,9 @@ struct Generation {
 }
 
 impl Generation {
-    /// Starts pullers, pushers, the control socket, the catalogue report and the status file.
-    fn start(pipeline: Arc<Pipeline>) -> Generation {
+    /// Starts pullers, pushers, the control socket (handing changes to `changes`), the
+    /// catalogue report and the status file.
+    fn start(pipeline: Arc<Pipeline>, changes: mpsc::Sender<Change>) -> Generation {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         for p in &pipeline.pullers {
@@ -417,7 +462,7 @@ impl Generation {
                 let pl = pipeline.clone();
                 let stop = stop_rx.clone();
                 tasks.push(tokio::spawn(crate::service::control::serve(
-                    listener, pl, stop,
+                    listener, pl, changes, stop,
                 )));
             }
             Err(e) => tracing::warn!(
@@ -426,26 +471,7 @@ impl Generation {
                 "Cannot open the control socket; `exchange-agent sync` cannot reach this daemon."
             ),
         }
-        // Catalogue entries (docs/PROTOCOL.md §10), retried with backoff until every one is in.
-        let pl = pipeline.clone();
-        let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(600));
-            loop {
-                let (reported, failed) = pl.report_catalogue().await;
-                if failed.is_empty() {
-                    tracing::info!(entries = reported, "Catalogue reported to the hub.");
-                    return;
-                }
-                for e in &failed {
-                    tracing::warn!(error = %e, "Catalogue entry not reported; retrying.");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    _ = stop.changed() => return,
-                }
-            }
-        }));
+        tasks.push(tokio::spawn(catalogue_loop(pipeline.clone(), stop_rx.clone())));
         let pl = pipeline.clone();
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
@@ -500,6 +526,40 @@ impl Generation {
 
 fn remove_socket(config: &Config) {
     let _ = std::fs::remove_file(crate::service::control::socket_path(&config.node.data_dir));
+}
+
+/// How often the same catalogue failure is logged again at WARN (in between: DEBUG).
+const CATALOGUE_WARN_EVERY: Duration = Duration::from_secs(3600);
+
+/// Catalogue entries (docs/PROTOCOL.md §10), retried with backoff until every one is in. A
+/// failure is logged at WARN as one line when it first happens, when it changes, and once an
+/// hour while it lasts; each retry in between at DEBUG.
+async fn catalogue_loop(pl: Arc<Pipeline>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(600));
+    let mut last: Option<(Vec<String>, tokio::time::Instant)> = None;
+    loop {
+        let (reported, failed) = pl.report_catalogue().await;
+        if failed.is_empty() {
+            tracing::info!(entries = reported, "Catalogue reported to the hub.");
+            return;
+        }
+        let delay = backoff.next_delay();
+        let retry_in = crate::text::duration_text(delay);
+        let errors = failed.join("; ");
+        let repeated = last.as_ref().is_some_and(|(before, at)| {
+            *before == failed && at.elapsed() < CATALOGUE_WARN_EVERY
+        });
+        if repeated {
+            tracing::debug!(failed = failed.len(), errors = %errors, retry_in = %retry_in, "Catalogue entries still not reported; retrying.");
+        } else {
+            tracing::warn!(failed = failed.len(), errors = %errors, retry_in = %retry_in, "Catalogue entries not reported; retrying (the same failure is logged again at most hourly).");
+            last = Some((failed, tokio::time::Instant::now()));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 async fn schedule_loop(
