@@ -10,11 +10,11 @@ use exchange_agent::config::origin::ConfigPath;
 use exchange_agent::config::{Config, Share, parse_duration};
 use exchange_agent::logging::{self, LogFormat};
 use exchange_agent::operator::{self, Operation, check};
-use exchange_protocol::tr;
 use exchange_agent::pipeline::sync;
 use exchange_agent::pipeline::{Pipeline, PipelineError};
 use exchange_agent::queue::QueueError;
 use exchange_agent::service::{control, daemon, status};
+use exchange_protocol::tr;
 
 /// Front-end exchange agent (前置机): pulls the configured fields of shared resources from
 /// business databases and delivers them to the city's exchange hub over mutual TLS.
@@ -222,7 +222,9 @@ async fn operate(at: At<'_>, operation: Operation, yes: bool, out: Option<&Path>
         return ExitCode::from(2);
     }
     let outcome = match operator::open_queue(&config) {
-        Ok(queue) => operation.perform(&config, &queue).map_err(anyhow::Error::new),
+        Ok(queue) => operation
+            .perform(&config, &queue)
+            .map_err(anyhow::Error::new),
         Err(operator::OperatorError::ServiceRunning(_)) => {
             eprintln!(
                 "{}",
@@ -445,7 +447,10 @@ fn undeliverable(config: &Config, code: &str) -> Option<String> {
     match config.resource(code).map(|r| r.share) {
         None => {
             let file = config.file.display();
-            Some(tr!("no resource `{code}` in {file}", "{file} 中没有资源 `{code}`"))
+            Some(tr!(
+                "no resource `{code}` in {file}",
+                "{file} 中没有资源 `{code}`"
+            ))
         }
         Some(Share::None) => Some(tr!(
             "resource `{code}` is share = \"none\" (不予共享): it is never delivered, only its catalogue entry is reported",
@@ -551,7 +556,10 @@ fn audit_verify(config: &Config, archive: Option<&std::path::Path>) -> ExitCode 
     let v = match audit::verify_with(data_dir, archive) {
         Ok(v) => v,
         Err(b) => {
-            eprintln!("{}", tr!("The audit log is NOT intact: {b}", "审计日志不完整：{b}"));
+            eprintln!(
+                "{}",
+                tr!("The audit log is NOT intact: {b}", "审计日志不完整：{b}")
+            );
             return ExitCode::from(1);
         }
     };

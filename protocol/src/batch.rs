@@ -242,7 +242,7 @@ pub fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
     let decoder = zstd::stream::read::Decoder::new(body).map_err(BatchError::Decompress)?;
     let mut out = Vec::new();
     decoder
-        .take(limit as u64 + 1)
+        .take((limit as u64).saturating_add(1))
         .read_to_end(&mut out)
         .map_err(BatchError::Decompress)?;
     if out.len() > limit {

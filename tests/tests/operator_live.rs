@@ -6,10 +6,28 @@
 
 use exchange_hub::verify::Verifier;
 use exchange_protocol::verify::FieldResult;
-use exchange_tests::agent::{Agent, Output};
-use exchange_tests::verification::{Daemon, item, request, sqlite_setup, v};
+use exchange_tests::agent::{Agent, Output, q};
+use exchange_tests::verification::{Daemon, item, key_file, request, sqlite_setup, v};
 use exchange_tests::wait::wait_until;
 use std::time::Duration;
+
+/// The verification fixture with [`DELIVERED`] added, checked.
+async fn setup_with_delivered() -> (exchange_tests::TestDir, exchange_tests::verification::Setup) {
+    let (source, setup) = sqlite_setup(&[]).await;
+    // The delivered key leaves pseudonymized: its stored position is sealed.
+    let seal = key_file(&setup.dir.path().join("keys"), "seal.key", 3);
+    let text = std::fs::read_to_string(&setup.config).unwrap().replacen(
+        "[policy]\n",
+        &format!(
+            "[policy]\nseal_key_file = {}\n",
+            q(&seal.display().to_string())
+        ),
+        1,
+    ) + DELIVERED;
+    std::fs::write(&setup.config, text).unwrap();
+    Agent::at(&setup.config).check(false).await.assert_code(0);
+    (source, setup)
+}
 
 /// A delivered resource beside the verification fixture's: the hub it names does not
 /// answer, so its batch stays queued for the commands to work on.
@@ -48,9 +66,7 @@ fn through_service(out: &Output) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operator_command_works_on_a_running_service_while_verification_answers() {
-    let (_source, setup) = sqlite_setup(&[]).await;
-    let text = std::fs::read_to_string(&setup.config).unwrap() + DELIVERED;
-    std::fs::write(&setup.config, text).unwrap();
+    let (_source, setup) = setup_with_delivered().await;
     let mut daemon = Daemon::start(&setup).await;
     let agent = Agent::at(&setup.config);
     let verifier = Verifier::new(
@@ -62,11 +78,11 @@ async fn every_operator_command_works_on_a_running_service_while_verification_an
 
     // Read-only: answered by the service beside its loops, no --yes.
     wait_until(
-        "the first pull of R-OUT is queued",
+        "the first scan of R-OUT is queued (its rows, then the batch completing the baseline)",
         Duration::from_secs(60),
         || async {
             let out = agent.cmd(&["queue", "list", "R-OUT"]).await;
-            out.code == Some(0) && out.stdout.contains("R-OUT: 1 batches, 3 records")
+            out.code == Some(0) && out.stdout.contains("R-OUT: 2 batches, 3 records")
         },
     )
     .await;
@@ -77,7 +93,14 @@ async fn every_operator_command_works_on_a_running_service_while_verification_an
     show.assert_mentions(&["R-OUT: snapshot generation"]);
     let file = setup.dir.path().join("batch-1.ndjson");
     let export = agent
-        .cmd(&["queue", "export", "R-OUT", "1", "--out", file.to_str().unwrap()])
+        .cmd(&[
+            "queue",
+            "export",
+            "R-OUT",
+            "1",
+            "--out",
+            file.to_str().unwrap(),
+        ])
         .await;
     through_service(&export);
     let records = std::fs::read_to_string(&file).unwrap();
@@ -95,7 +118,7 @@ async fn every_operator_command_works_on_a_running_service_while_verification_an
             .cmd(&["queue", "list", "R-OUT"])
             .await
             .stdout
-            .contains("1 batches, 3 records")
+            .contains("2 batches, 3 records")
     );
     for (args, says) in [
         (
@@ -105,13 +128,19 @@ async fn every_operator_command_works_on_a_running_service_while_verification_an
         (&["cursor", "reset", "R-OUT", "--yes"], "is reset"),
         (&["quarantine", "clear", "R-OUT", "--yes"], "Cleared"),
         (&["accept-config", "R-OUT", "--yes"], "unchanged"),
-        (&["resync", "R-OUT", "--yes"], "starts again on a new stream"),
+        (
+            &["resync", "R-OUT", "--yes"],
+            "starts again on a new stream",
+        ),
     ] {
         let out = agent.cmd(args).await;
         through_service(&out);
         out.assert_mentions(&[says]);
         // The same daemon, the same verification connection, between every two changes.
-        assert!(daemon.child.try_wait().unwrap().is_none(), "the daemon exited");
+        assert!(
+            daemon.child.try_wait().unwrap().is_none(),
+            "the daemon exited"
+        );
         verified(&verifier).await;
     }
     let list = agent.cmd(&["queue", "list", "R-OUT"]).await;
@@ -139,9 +168,7 @@ async fn every_operator_command_works_on_a_running_service_while_verification_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_answers_an_operator_in_the_operators_language() {
-    let (_source, setup) = sqlite_setup(&[]).await;
-    let text = std::fs::read_to_string(&setup.config).unwrap() + DELIVERED;
-    std::fs::write(&setup.config, text).unwrap();
+    let (_source, setup) = setup_with_delivered().await;
     let daemon = Daemon::start(&setup).await;
     let bin = exchange_tests::bins::agent();
     let config = setup.config.display().to_string();

@@ -68,7 +68,13 @@ pub struct Export {
 /// `queue export`, its first half: a batch's records (NDJSON, as sent to the hub), audited
 /// as leaving the queue for `to` before anything is written. The half that writes them
 /// ([`write_export`]) runs in the operator's process, also when the service read them.
-pub fn queue_export(config: &Config, queue: &Queue, code: &str, seq: u64, to: &str) -> Result<Export, OperatorError> {
+pub fn queue_export(
+    config: &Config,
+    queue: &Queue,
+    code: &str,
+    seq: u64,
+    to: &str,
+) -> Result<Export, OperatorError> {
     let batch = queue
         .batch(code, seq)?
         .ok_or_else(|| OperatorError::NoBatch {
@@ -89,7 +95,7 @@ pub fn queue_export(config: &Config, queue: &Queue, code: &str, seq: u64, to: &s
     Ok(Export {
         resource: code.to_owned(),
         seq,
-        records: batch.records,
+        records: u64::from(batch.records),
         ndjson,
     })
 }

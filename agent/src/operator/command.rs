@@ -12,15 +12,22 @@ pub type Printed = Result<String, OperatorError>;
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
     /// The service holds the queue.
-    #[error(
-        "the queue {0} is held by the running service; stop it first (systemctl stop exchange-agent), run this command, then start it again"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "the queue {_0} is held by the running service",
+        "队列 {_0} 由正在运行的服务持有"
+    ))]
     ServiceRunning(String),
     /// There is no queue yet.
-    #[error("there is no queue in {0} yet (the agent has not run with this data_dir)")]
+    #[error("{}", exchange_protocol::tr!(
+        "there is no queue in {_0} yet (the agent has not run with this data_dir)",
+        "{_0} 中还没有队列（前置机尚未以此 data_dir 运行过）"
+    ))]
     NoQueue(String),
     /// The resource is unknown.
-    #[error("no resource `{code}` in {file}{queued}")]
+    #[error("{}", exchange_protocol::tr!(
+        "no resource `{code}` in {file}{queued}",
+        "{file} 中没有资源 `{code}`{queued}"
+    ))]
     NoResource {
         /// The code asked for.
         code: String,
@@ -30,7 +37,10 @@ pub enum OperatorError {
         queued: String,
     },
     /// The batch is not queued.
-    #[error("`{resource}` has no queued batch {seq} (see `exchange-agent queue list {resource}`)")]
+    #[error("{}", exchange_protocol::tr!(
+        "`{resource}` has no queued batch {seq} (see `exchange-agent queue list {resource}`)",
+        "`{resource}` 没有排队中的批次 {seq}（见 `exchange-agent queue list {resource}`）"
+    ))]
     NoBatch {
         /// The resource.
         resource: String,
@@ -47,7 +57,7 @@ pub enum OperatorError {
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
     /// An output file could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("{}", exchange_protocol::tr!("cannot write {path}", "无法写入 {path}"))]
     Output {
         /// The file.
         path: String,
@@ -84,7 +94,10 @@ pub(super) fn resource<'a>(
             code: code.to_owned(),
             file: config.file.display().to_string(),
             queued: match queue.states().ok().and_then(|s| s.get(code).cloned()) {
-                Some(_) => " (the queue still holds state for it)".into(),
+                Some(_) => exchange_protocol::tr!(
+                    " (the queue still holds state for it)",
+                    "（队列中仍保存着它的状态）"
+                ),
                 None => String::new(),
             },
         })

@@ -1,7 +1,7 @@
 //! `cursor show`, `cursor reset` and `cursor set`: where the next pull of a resource starts.
 
-use exchange_protocol::tr;
 use exchange_connectors::Value;
+use exchange_protocol::tr;
 
 use super::command::{OperatorError, Printed, resource};
 use crate::audit;
@@ -32,7 +32,10 @@ fn position_text(
                             .iter()
                             .find(|(f, _)| f.eq_ignore_ascii_case(&resource.key))
                             .map_or("as read", |(_, rule)| rule.key_form());
-                        tr!("{n} = (sealed: the key leaves {form})", "{n} = （已密封：主键以{form}形式离开）")
+                        tr!(
+                            "{n} = (sealed: the key leaves {form})",
+                            "{n} = （已密封：主键以{form}形式离开）"
+                        )
                     } else {
                         format!("{n} = {}", v.to_text().unwrap_or_else(|| "?".into()))
                     }
@@ -134,8 +137,12 @@ pub fn cursor_set(config: &Config, queue: &Queue, code: &str, values: &[String])
         .zip(values)
         .zip(&names)
         .map(|((like, text), name)| {
-            parse_like(like, text)
-                .map_err(|why| OperatorError::Usage(tr!("cursor column `{name}`: {why}", "游标列 `{name}`：{why}")))
+            parse_like(like, text).map_err(|why| {
+                OperatorError::Usage(tr!(
+                    "cursor column `{name}`: {why}",
+                    "游标列 `{name}`：{why}"
+                ))
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let parsed = plan.position_to_store(parsed).ok_or_else(|| {

@@ -9,7 +9,12 @@ use crate::config::Config;
 use crate::pipeline::queue::Queue;
 
 /// `quarantine list`: the most recent entries (key as it would have left, reason, count).
-pub fn quarantine_list(config: &Config, queue: &Queue, only: Option<&str>, limit: usize) -> Printed {
+pub fn quarantine_list(
+    config: &Config,
+    queue: &Queue,
+    only: Option<&str>,
+    limit: usize,
+) -> Printed {
     let states = queue.states()?;
     let mut out = String::new();
     let codes = listed(config, queue, &states, only)?;

@@ -1,12 +1,12 @@
 //! `resync` and `accept-config`: a resource's stream after the hub lost batches or its
 //! configuration changed.
 
-use exchange_protocol::tr;
 use super::command::{OperatorError, Printed, resource};
 use crate::audit;
 use crate::config::Config;
 use crate::pipeline::fingerprint::Shape;
 use crate::pipeline::queue::{HaltKind, Queue};
+use exchange_protocol::tr;
 
 /// `resync`: a new stream for the resource; everything is read again from the start and the
 /// hub removes what the new stream does not re-send. Audited.

@@ -216,13 +216,8 @@ async fn answer_sync(
     let say: crate::pipeline::sync::Say = Arc::new(move |s| {
         let _ = tx.send(s);
     });
-    let run = crate::pipeline::sync::sync(
-        pipeline,
-        resource.as_deref(),
-        options,
-        Pushers::Daemon,
-        say,
-    );
+    let run =
+        crate::pipeline::sync::sync(pipeline, resource.as_deref(), options, Pushers::Daemon, say);
     tokio::pin!(run);
     loop {
         tokio::select! {

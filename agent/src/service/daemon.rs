@@ -356,8 +356,13 @@ impl Daemon {
         .await
         .unwrap_or_else(|e| Err(format!("the command failed: {e}")));
         match &result {
-            Ok(_) => tracing::info!(command = name, "Operator's change applied; pulling and pushing resume."),
-            Err(e) => tracing::warn!(command = name, error = %e, "Operator's change refused; pulling and pushing resume."),
+            Ok(_) => tracing::info!(
+                command = name,
+                "Operator's change applied; pulling and pushing resume."
+            ),
+            Err(e) => {
+                tracing::warn!(command = name, error = %e, "Operator's change refused; pulling and pushing resume.")
+            }
         }
         self.generation = Generation::start(pipeline, self.changes.clone());
         let _ = reply.send(result);
@@ -471,7 +476,10 @@ impl Generation {
                 "Cannot open the control socket; `exchange-agent sync` cannot reach this daemon."
             ),
         }
-        tasks.push(tokio::spawn(catalogue_loop(pipeline.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(catalogue_loop(
+            pipeline.clone(),
+            stop_rx.clone(),
+        )));
         let pl = pipeline.clone();
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
@@ -546,9 +554,9 @@ async fn catalogue_loop(pl: Arc<Pipeline>, mut stop: watch::Receiver<bool>) {
         let delay = backoff.next_delay();
         let retry_in = crate::text::duration_text(delay);
         let errors = failed.join("; ");
-        let repeated = last.as_ref().is_some_and(|(before, at)| {
-            *before == failed && at.elapsed() < CATALOGUE_WARN_EVERY
-        });
+        let repeated = last
+            .as_ref()
+            .is_some_and(|(before, at)| *before == failed && at.elapsed() < CATALOGUE_WARN_EVERY);
         if repeated {
             tracing::debug!(failed = failed.len(), errors = %errors, retry_in = %retry_in, "Catalogue entries still not reported; retrying.");
         } else {
