@@ -32,7 +32,14 @@ pub enum ExportError {
     },
     /// Writing the output failed.
     #[error("cannot write the export: {0}")]
-    Write(#[from] std::io::Error),
+    Write(std::io::Error),
+}
+
+/// The I/O error is in the message, not a `source`: a chain (`{:#}`) names it once.
+impl From<std::io::Error> for ExportError {
+    fn from(e: std::io::Error) -> Self {
+        ExportError::Write(e)
+    }
 }
 
 /// One stored record as the export's JSON object.

@@ -275,12 +275,16 @@ async fn check(config: &std::path::Path, connect: bool) -> Result<(), Failure> {
         .with_context(|| format!("{}: [listen] TLS material", config.display()))
         .map_err(config_error)?;
     client_certificate(config, &loaded)?;
+    let expiry = certificate_expiry(config, &loaded)?;
     println!(
         "{}: valid (listen {}, store {})",
         config.display(),
         loaded.listen,
         loaded.store
     );
+    for line in expiry {
+        println!("  {line}");
+    }
     if connect {
         let store = Store::open(&loaded.store).await.map_err(store_error)?;
         let version = store.schema_version().await.map_err(store_error)?;
@@ -294,6 +298,47 @@ async fn check(config: &std::path::Path, connect: bool) -> Result<(), Failure> {
         );
     }
     Ok(())
+}
+
+/// `check`: the expiry of every certificate the hub presents or trusts (`[listen]` cert and
+/// ca, `[client]` cert and ca when they are files of their own), one line each with the days
+/// left, a warning within 30 days. An expired one is a configuration error (printed, exit 2):
+/// agents refuse the hub's, and the hub refuses every agent a CA past its end issued.
+fn certificate_expiry(file: &std::path::Path, config: &HubConfig) -> Result<Vec<String>, Failure> {
+    use exchange_protocol::tls::{Expiry, certificate_validity};
+    let mut files = vec![
+        ("[listen] cert", &config.tls.cert),
+        ("[listen] ca", &config.tls.ca),
+    ];
+    if config.client.cert != config.tls.cert {
+        files.push(("[client] cert", &config.client.cert));
+    }
+    if config.client.ca != config.tls.ca {
+        files.push(("[client] ca", &config.client.ca));
+    }
+    let now = chrono::Utc::now().timestamp();
+    let (mut lines, mut expired) = (Vec::new(), 0);
+    for (what, path) in files {
+        let certs = certificate_validity(what, path)
+            .map_err(|e| config_error(anyhow::anyhow!("{}: {e}", file.display())))?;
+        for c in certs {
+            let line = c.describe(what, path, now);
+            if c.expiry(now) == Expiry::Expired {
+                eprintln!("{line}");
+                expired += 1;
+            } else {
+                lines.push(line);
+            }
+        }
+    }
+    if expired > 0 {
+        let name = file.display();
+        return Err(config_error(anyhow::anyhow!(exchange_protocol::tr!(
+            "{name}: {expired} expired certificates (above) cannot be used",
+            "{name}：{expired} 个已过期的证书（见上）无法使用"
+        ))));
+    }
+    Ok(lines)
 }
 
 /// Why `verify` cannot work with a certificate without clientAuth.

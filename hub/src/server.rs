@@ -63,15 +63,22 @@ const MAX_RESOURCE_LEN: usize = 128;
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    /// The TLS material in `[listen]` is unusable.
+    /// The TLS material in `[listen]` is unusable (the TLS error is in the message, not a
+    /// `source`: a chain, `{:#}`, names it once).
     #[error("cannot set up TLS from [listen] (ca, cert, key): {0}")]
-    Tls(#[from] TlsError),
+    Tls(TlsError),
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The listener is unusable.
+    /// The listener is unusable (the error in the message, not a `source`: named once).
     #[error("the listening socket is unusable: {0}")]
-    Listener(#[source] std::io::Error),
+    Listener(std::io::Error),
+}
+
+impl From<TlsError> for HubError {
+    fn from(e: TlsError) -> Self {
+        HubError::Tls(e)
+    }
 }
 
 pub use exchange_protocol::server::{DRAIN_TIMEOUT, Gauge, Held, Peer};

@@ -22,9 +22,10 @@ use exchange_protocol::verify::{
 /// Why a verification could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyCallError {
-    /// The TLS material of `[client]` is unusable.
+    /// The TLS material of `[client]` is unusable (the TLS error is in the message, not a
+    /// `source`: a chain, `{:#}`, names it once).
     #[error("cannot set up TLS from [client] (or [listen]): {0}")]
-    Tls(#[from] exchange_protocol::tls::TlsError),
+    Tls(exchange_protocol::tls::TlsError),
     /// The agent URL is not `https://host:port`.
     #[error("`{0}` is not an https:// URL of an agent's verification service")]
     Url(String),
@@ -49,6 +50,12 @@ pub enum VerifyCallError {
     /// The answer is not a verification answer.
     #[error("the agent's answer is not a verification answer: {0}")]
     Answer(String),
+}
+
+impl From<exchange_protocol::tls::TlsError> for VerifyCallError {
+    fn from(e: exchange_protocol::tls::TlsError) -> Self {
+        VerifyCallError::Tls(e)
+    }
 }
 
 /// A client of agents' verification services.

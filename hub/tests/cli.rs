@@ -392,3 +392,54 @@ async fn a_client_certificate_without_client_auth_is_named_before_any_agent_refu
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(!stdout.contains("warning:"), "{stdout}");
 }
+
+#[tokio::test]
+async fn check_shows_certificate_expiry_in_days_and_refuses_an_expired_certificate() {
+    let pki = Pki::new();
+    let dir = pki.dir.path();
+    // A [client] certificate of its own: listed too.
+    let (cert, key) = pki
+        .ca
+        .issue_client("city-hub")
+        .unwrap()
+        .write(dir, "client")
+        .unwrap();
+    let client = format!(
+        "\n[client]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let path = write_config(&pki, &client);
+    let file = path.to_str().unwrap();
+    let (code, stdout, stderr) = run(&["check", "-c", file]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for needle in [
+        "[listen] cert `127.0.0.1` valid until",
+        "[listen] ca `Test platform CA` valid until",
+        "[client] cert `city-hub` valid until",
+        "days left",
+    ] {
+        assert!(stdout.contains(needle), "expected `{needle}` in:\n{stdout}");
+    }
+
+    // The [listen] certificate past its end: named, and the file refused (exit 2).
+    let expired = pki
+        .ca
+        .issue(
+            "127.0.0.1",
+            &["127.0.0.1"],
+            exchange_protocol::pki::Usage::ServerAuth,
+            exchange_protocol::pki::Validity::Expired,
+        )
+        .unwrap();
+    expired.write(dir, "hub").unwrap();
+    let (code, stdout, stderr) = run(&["check", "-c", file]).await;
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("error: [listen] cert")
+            && stderr.contains(&pki.hub_tls.cert.display().to_string())
+            && stderr.contains("expired on"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains(": valid"), "{stdout}");
+}

@@ -18,14 +18,14 @@ use time::{Duration, OffsetDateTime};
 /// What can go wrong while issuing certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    /// rcgen refused.
-    #[error("certificate generation failed: {0}")]
+    /// rcgen refused (its error is the `source`: a chain, `{:#}`, names it once).
+    #[error("certificate generation failed")]
     Generate(#[from] rcgen::Error),
     /// A certificate just issued does not parse back.
     #[error("the certificate issued does not parse: {0}")]
     Parse(String),
-    /// Writing a file failed.
-    #[error("cannot write {path}: {source}")]
+    /// Writing a file failed (the I/O error is the `source`: a chain, `{:#}`, names it once).
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         #[source]

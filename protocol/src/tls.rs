@@ -29,13 +29,13 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 /// What can go wrong while building a TLS configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// A certificate, CA or key file could not be read.
-    #[error("cannot read {what} file {path}: {source}")]
+    /// A certificate, CA or key file could not be read. The I/O error is part of the message
+    /// and not a `source`, so that a chain (`{:#}`) names it once.
+    #[error("cannot read {what} file {path}: {error}")]
     Read {
         what: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file holds no PEM item of the expected kind.
     #[error("{what} file {path} holds no PEM {expected}")]
@@ -56,12 +56,11 @@ pub enum TlsError {
         "private key {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}` and make it owned by the service user"
     )]
     KeyPermissions { path: PathBuf, mode: u32 },
-    /// rustls refused the material.
-    #[error("{context}: {source}")]
+    /// rustls refused the material (its error in the message, not a `source`: named once).
+    #[error("{context}: {error}")]
     Rustls {
         context: String,
-        #[source]
-        source: rustls::Error,
+        error: rustls::Error,
     },
     /// The certificate verifier could not be built (an unusable CA or CRL).
     #[error("CA {path} or its certificate revocation lists: {reason}")]
@@ -121,10 +120,10 @@ pub fn load_certs(
     what: &'static str,
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let data = fs::read(path).map_err(|source| TlsError::Read {
+    let data = fs::read(path).map_err(|error| TlsError::Read {
         what,
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let certs = CertificateDer::pem_slice_iter(&data)
         .collect::<Result<Vec<_>, _>>()
@@ -145,10 +144,10 @@ pub fn load_certs(
 
 /// Refuses a secret file (private key, password) that group or other users can read.
 pub fn check_secret_permissions(path: &Path) -> Result<(), TlsError> {
-    let meta = fs::metadata(path).map_err(|source| TlsError::Read {
+    let meta = fs::metadata(path).map_err(|error| TlsError::Read {
         what: "secret",
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -162,10 +161,10 @@ pub fn check_secret_permissions(path: &Path) -> Result<(), TlsError> {
 
 /// Reads a private key (PKCS#8, PKCS#1 or SEC1 PEM), refusing one other users can read.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let data = fs::read(path).map_err(|source| TlsError::Read {
+    let data = fs::read(path).map_err(|error| TlsError::Read {
         what: "private key",
         path: path.to_owned(),
-        source,
+        error,
     })?;
     check_secret_permissions(path)?;
     PrivateKeyDer::from_pem_slice(&data).map_err(|e| match e {
@@ -185,9 +184,9 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 fn roots_from(what: &'static str, path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(what, path)? {
-        roots.add(cert).map_err(|source| TlsError::Rustls {
+        roots.add(cert).map_err(|error| TlsError::Rustls {
             context: format!("{what} {}", path.display()),
-            source,
+            error,
         })?;
     }
     Ok(roots)
@@ -227,10 +226,10 @@ fn crl_files(
             path: path.to_owned(),
             reason,
         };
-        let data = fs::read(path).map_err(|source| TlsError::Read {
+        let data = fs::read(path).map_err(|error| TlsError::Read {
             what: "certificate revocation list",
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let mut crls = CertificateRevocationListDer::pem_slice_iter(&data)
             .collect::<Result<Vec<_>, _>>()
@@ -330,7 +329,7 @@ pub fn hub_client_config(m: &MutualTls) -> Result<ClientConfig, TlsError> {
         .map_err(versions_refused)?
         .with_webpki_verifier(verifier)
         .with_client_auth_cert(certs, key)
-        .map_err(|source| key_mismatch("client certificate", m, source))?;
+        .map_err(|e| key_mismatch("client certificate", m, e))?;
     Ok(config)
 }
 
@@ -343,7 +342,7 @@ pub fn mutual_server_config(m: &MutualTls) -> Result<ServerConfig, TlsError> {
         .map_err(versions_refused)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
-        .map_err(|source| key_mismatch("server certificate", m, source))
+        .map_err(|e| key_mismatch("server certificate", m, e))
 }
 
 /// The webpki verifier builders of both sides (the client's of the server certificate, the
@@ -411,22 +410,22 @@ fn own_identity(
 }
 
 /// rustls refused the protocol versions.
-fn versions_refused(source: rustls::Error) -> TlsError {
+fn versions_refused(error: rustls::Error) -> TlsError {
     TlsError::Rustls {
         context: "TLS versions".into(),
-        source,
+        error,
     }
 }
 
 /// rustls refused our certificate (`what`) with our key.
-fn key_mismatch(what: &str, m: &MutualTls, source: rustls::Error) -> TlsError {
+fn key_mismatch(what: &str, m: &MutualTls, error: rustls::Error) -> TlsError {
     TlsError::Rustls {
         context: format!(
             "{what} {} does not match key {}",
             m.cert.display(),
             m.key.display()
         ),
-        source,
+        error,
     }
 }
 
@@ -562,6 +561,78 @@ pub struct CertificateValidity {
     pub subject: String,
     /// The end of the validity period, seconds since 1970-01-01 UTC.
     pub not_after: i64,
+}
+
+/// A certificate expiring within this many days is warned about (`check`, `status`).
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// Where a certificate stands against its validity end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Valid for [`EXPIRY_WARNING_DAYS`] or more.
+    Valid,
+    /// Valid, but for fewer than [`EXPIRY_WARNING_DAYS`]: renew it.
+    Soon,
+    /// Past its validity end: peers refuse it.
+    Expired,
+}
+
+impl Expiry {
+    /// `valid`, `expiring` or `expired` (JSON, metrics).
+    pub fn label(self) -> &'static str {
+        match self {
+            Expiry::Valid => "valid",
+            Expiry::Soon => "expiring",
+            Expiry::Expired => "expired",
+        }
+    }
+}
+
+impl CertificateValidity {
+    /// Whole days left at `now` (seconds since 1970, UTC); negative once expired.
+    pub fn days_left(&self, now: i64) -> i64 {
+        (self.not_after - now).div_euclid(86_400)
+    }
+
+    /// Valid, expiring within [`EXPIRY_WARNING_DAYS`], or expired, at `now`.
+    pub fn expiry(&self, now: i64) -> Expiry {
+        if self.not_after <= now {
+            Expiry::Expired
+        } else if self.days_left(now) < EXPIRY_WARNING_DAYS {
+            Expiry::Soon
+        } else {
+            Expiry::Valid
+        }
+    }
+
+    /// The validity end as people read it: `2026-03-01 12:00:00 UTC`.
+    pub fn not_after_text(&self) -> String {
+        chrono::DateTime::from_timestamp(self.not_after, 0)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_else(|| self.not_after.to_string())
+    }
+
+    /// One line for `check` and `status`, in the language of the command line:
+    /// "`what` `subject` valid until …, N days left", a warning within
+    /// [`EXPIRY_WARNING_DAYS`], an error once expired (naming the file and what to do).
+    pub fn describe(&self, what: &str, path: &Path, now: i64) -> String {
+        let (subject, until, days) = (&self.subject, self.not_after_text(), self.days_left(now));
+        let file = path.display();
+        match self.expiry(now) {
+            Expiry::Valid => crate::tr!(
+                "{what} `{subject}` valid until {until}, {days} days left",
+                "{what} `{subject}` 有效期至 {until}，剩余 {days} 天"
+            ),
+            Expiry::Soon => crate::tr!(
+                "warning: {what} {file} (`{subject}`) expires on {until}, in {days} days; renew it (docs/OPERATIONS.md, certificates)",
+                "警告：{what} {file}（`{subject}`）将于 {until} 过期，仅剩 {days} 天；请及时更换（docs/OPERATIONS.md 证书一节）"
+            ),
+            Expiry::Expired => crate::tr!(
+                "error: {what} {file} (`{subject}`) expired on {until}; issue a new one (docs/OPERATIONS.md, certificates)",
+                "错误：{what} {file}（`{subject}`）已于 {until} 过期；请签发新证书（docs/OPERATIONS.md 证书一节）"
+            ),
+        }
+    }
 }
 
 /// One certificate of the PEM file `path`, parsed.
@@ -908,5 +979,57 @@ mod tests {
         let issued = ca.issue_client("rsj-node-01").unwrap();
         let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
         assert_eq!(peer_common_name(&der).as_deref(), Some("rsj-node-01"));
+    }
+
+    /// The message and its causes as `{:#}` of an `anyhow::Error` prints them.
+    fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+        let mut text = e.to_string();
+        let mut next = e.source();
+        while let Some(cause) = next {
+            text.push_str(&format!(": {cause}"));
+            next = cause.source();
+        }
+        text
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_read_names_its_cause_once_in_a_chain() {
+        let missing = Path::new("/nonexistent/exchange-ca.pem");
+        let e = load_certs("CA", missing).unwrap_err();
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound).to_string();
+        let text = chain(&e);
+        assert!(
+            text.starts_with("cannot read CA file /nonexistent/exchange-ca.pem: "),
+            "{text}"
+        );
+        let cause = text.rsplit(": ").next().unwrap().to_owned();
+        assert_eq!(text.matches(&cause).count(), 1, "{text} ({io})");
+    }
+
+    #[test]
+    fn expiry_is_valid_then_expiring_within_30_days_then_expired() {
+        let now = 1_700_000_000;
+        let at = |days: i64| CertificateValidity {
+            subject: "node".into(),
+            not_after: now + days * 86_400,
+        };
+        assert_eq!(at(365).expiry(now), Expiry::Valid);
+        assert_eq!(at(365).days_left(now), 365);
+        assert_eq!(at(30).expiry(now), Expiry::Valid);
+        assert_eq!(at(29).expiry(now), Expiry::Soon);
+        assert_eq!(at(0).expiry(now), Expiry::Expired);
+        assert_eq!(at(-2).expiry(now), Expiry::Expired);
+        let file = Path::new("/etc/x.pem");
+        assert!(at(365).describe("CA", file, now).contains("365 days left"));
+        assert!(
+            at(3)
+                .describe("CA", file, now)
+                .starts_with("warning: CA /etc/x.pem")
+        );
+        assert!(
+            at(-1)
+                .describe("CA", file, now)
+                .starts_with("error: CA /etc/x.pem")
+        );
     }
 }

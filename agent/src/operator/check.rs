@@ -139,11 +139,12 @@ pub fn verification_warnings(r: &Resource) -> Vec<String> {
 }
 
 /// A certificate expiring within this many days is warned about.
-pub const EXPIRY_WARNING_DAYS: i64 = 30;
+pub const EXPIRY_WARNING_DAYS: i64 = exchange_protocol::tls::EXPIRY_WARNING_DAYS;
 
 /// Reports the expiry of the node certificate and of every CA certificate the agent trusts
-/// (hub CA, source CAs): a warning within [`EXPIRY_WARNING_DAYS`], an error once expired.
-/// Returns false when a certificate has expired or cannot be read.
+/// (hub CA, source CAs), and with `[verify]` of its server certificate and client CA: days
+/// left, a warning within [`EXPIRY_WARNING_DAYS`], an error once expired. Returns false when
+/// a certificate has expired or cannot be read.
 fn certificates(config: &Config, out: &mut String) -> bool {
     let mut files = vec![
         ("node certificate", config.hub.tls.cert.clone()),
@@ -164,37 +165,96 @@ fn certificates(config: &Config, out: &mut String) -> bool {
         let certs = match exchange_protocol::tls::certificate_validity(what, &path) {
             Ok(c) => c,
             Err(e) => {
-                let _ = writeln!(out, "error: {e}");
+                let _ = writeln!(out, "{}", exchange_protocol::tr!("error: {e}", "错误：{e}"));
                 ok = false;
                 continue;
             }
         };
         for c in certs {
-            let until = chrono::DateTime::from_timestamp(c.not_after, 0)
-                .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-                .unwrap_or_else(|| c.not_after.to_string());
-            let days = (c.not_after - now).div_euclid(86_400);
-            if c.not_after <= now {
-                ok = false;
-                let _ = writeln!(
-                    out,
-                    "error: {what} {} (`{}`) expired on {until}; issue a new one (docs/OPERATIONS.md, certificates)",
-                    path.display(),
-                    c.subject
-                );
-            } else if days < EXPIRY_WARNING_DAYS {
-                let _ = writeln!(
-                    out,
-                    "  warning: {what} {} (`{}`) expires on {until}, in {days} days; renew it (docs/OPERATIONS.md, certificates)",
-                    path.display(),
-                    c.subject
-                );
-            } else {
-                let _ = writeln!(out, "  {what} `{}` valid until {until}", c.subject);
+            let line = c.describe(what, &path, now);
+            match c.expiry(now) {
+                exchange_protocol::tls::Expiry::Expired => {
+                    ok = false;
+                    let _ = writeln!(out, "{line}");
+                }
+                _ => {
+                    let _ = writeln!(out, "  {line}");
+                }
             }
         }
     }
     ok
+}
+
+/// With `[verify]`: where the verification service listens, its budgets and its grants by
+/// requester (each resource with the fields it may compare; an expired grant says so).
+fn describe_verification(config: &Config, out: &mut String) {
+    use exchange_protocol::tr;
+    let Some(v) = &config.verify else {
+        return;
+    };
+    let (listen, q) = (v.listen, &v.quotas);
+    let _ = writeln!(
+        out,
+        "{}",
+        tr!(
+            "  verification service listens on {listen} ([verify] listen)",
+            "  核验服务监听 {listen}（[verify] listen）"
+        )
+    );
+    let (items, subjects, mismatch, enumerable) = (
+        q.items_per_minute,
+        q.subjects_per_day,
+        q.mismatch_lockout,
+        q.enumerable_lockout,
+    );
+    let window = crate::text::duration_text(q.lockout);
+    let _ = writeln!(
+        out,
+        "{}",
+        tr!(
+            "  verification budgets per requester and resource: {items} items a minute, {subjects} distinct subjects a day, {mismatch} answers other than match per field of a subject within {window} ({enumerable} for an enumerable field)",
+            "  核验额度（每个请求方、每个资源）：每分钟 {items} 项，每天 {subjects} 个不同对象，同一对象同一字段在 {window} 内至多 {mismatch} 次非“一致”答复（可枚举字段 {enumerable} 次）"
+        )
+    );
+    let now = chrono::Utc::now();
+    let mut by_requester: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for r in &config.resources {
+        for g in &r.verification.grants {
+            let fields = g.fields.join(", ");
+            let expired = g.expires.filter(|t| *t <= now).map(|t| {
+                let t = beijing_time(t);
+                tr!("; EXPIRED (ended {t})", "；已过期（{t} 终止）")
+            });
+            by_requester.entry(&g.requester).or_default().push(format!(
+                "{} ({fields}{})",
+                r.code,
+                expired.unwrap_or_default()
+            ));
+        }
+    }
+    let (count, n) = (
+        by_requester.values().map(Vec::len).sum::<usize>(),
+        by_requester.len(),
+    );
+    let _ = writeln!(
+        out,
+        "{}",
+        tr!(
+            "  verification grants: {count} to {n} requesters",
+            "  核验授权：{count} 项，{n} 个请求方"
+        )
+    );
+    for (requester, grants) in by_requester {
+        let _ = writeln!(out, "    {requester} → {}", grants.join("; "));
+    }
+}
+
+/// An instant as the configuration writes grant ends: RFC 3339 in UTC+8.
+fn beijing_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    let utc8 = chrono::FixedOffset::east_opt(8 * 3600).expect("UTC+8 is an offset");
+    t.with_timezone(&utc8)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// Reports the next update of every CRL the agent reads (`[hub] crl`, `[verify] crl`): a
@@ -302,6 +362,7 @@ fn describe(config: &Config, certificates_ok: bool, out: &mut String) {
     for r in &config.resources {
         describe_resource(r, out);
     }
+    describe_verification(config, out);
     for r in &config.resources {
         let runs: Vec<_> = r
             .schedule

@@ -4,10 +4,25 @@
 //! A running daemon holds the queue open, so it also writes the same report to
 //! `<data_dir>/status.json` every few seconds (atomically, by rename); `status` reads the
 //! queue directly when it can and that file when the daemon holds the queue.
+//!
+//! # Whether the service runs
+//! The queue is locked (`flock`) by the process that has it open, and the lock goes with the
+//! process, however it ends. So: the queue opens → nothing holds it → the service is not
+//! running. It is locked and the status file was written within [`FRESH`] → the service runs
+//! (it writes the file every 2 s). It is locked and the file is older → another
+//! `exchange-agent` process holds the queue (a command such as `sync`), or the service is
+//! stuck: not running as far as anyone can tell.
+//!
+//! With `[verify]`, `status` adds the verification service ([`verification`]): listener,
+//! certificates, grants and budgets, lockouts in force.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use exchange_protocol::tr;
 use serde::{Deserialize, Serialize};
+
+pub mod verification;
 
 use crate::config::{Config, Mode, Share};
 use crate::pipeline::board::{Board, Runtime};
@@ -31,7 +46,25 @@ pub struct Report {
     pub reload_failed: Option<crate::service::reload::Failure>,
     /// Per resource.
     pub resources: Vec<ResourceStatus>,
+    /// Whether the service runs, as `status` found it (set by [`read`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<Daemon>,
+    /// The verification service, with `[verify]` (set by [`read`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<verification::Verification>,
 }
+
+/// Whether the service runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Daemon {
+    /// Whether it runs.
+    pub running: bool,
+    /// How that was found, for people.
+    pub detail: String,
+}
+
+/// A status file written within this long is a running service's (it writes every 2 s).
+pub const FRESH: Duration = Duration::from_secs(15);
 
 /// Status of one resource.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -264,6 +297,8 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
         from_daemon: false,
         reload_failed: crate::service::reload::last_failure(),
         resources,
+        daemon: None,
+        verification: None,
     })
 }
 
@@ -289,25 +324,147 @@ pub fn write_file(data_dir: &Path, report: &Report) -> std::io::Result<()> {
     std::fs::rename(tmp, status_file(data_dir))
 }
 
-/// Reads the status: from the queue, or from the daemon's status file when it holds the queue.
+/// Reads the status: from the queue, or from the daemon's status file when it holds the
+/// queue; says whether the service runs, adds the verification service (`[verify]`), and
+/// completes the commands the report suggests (`--yes`, and `-c FILE` when the configuration
+/// is not the default file). `exchange-agent status` prints this (`--json`: serialized).
 pub fn read(config: &Config) -> anyhow::Result<Report> {
-    match Queue::open_existing(&config.node.data_dir) {
-        Ok(Some(queue)) => Ok(report(config, &queue, &Board::default())?),
-        Ok(None) => anyhow::bail!(
-            "no queue in {} yet: the agent has not run with this configuration",
-            config.node.data_dir.display()
-        ),
-        Err(QueueError::Locked { .. }) => {
-            let path = status_file(&config.node.data_dir);
-            let text = std::fs::read(&path).map_err(|e| {
-                anyhow::anyhow!(
-                    "the daemon holds the queue and its status file {} cannot be read: {e}",
-                    path.display()
-                )
-            })?;
-            Ok(serde_json::from_slice(&text)?)
+    let mut report = match Queue::open_existing(&config.node.data_dir) {
+        Ok(Some(queue)) => {
+            let mut r = report(config, &queue, &Board::default())?;
+            r.daemon = Some(Daemon {
+                running: false,
+                detail: tr!(
+                    "not running: nothing is pulled, pushed or verified until it starts (systemctl start exchange-agent); shown is what the queue holds",
+                    "未运行：启动前不拉取、不推送、不核验（systemctl start exchange-agent）；以下为队列中的记录"
+                ),
+            });
+            r
         }
-        Err(e) => Err(e.into()),
+        Ok(None) => {
+            let dir = config.node.data_dir.display();
+            anyhow::bail!(tr!(
+                "no queue in {dir} yet: the agent has not run with this configuration (the service is not running)",
+                "{dir} 中还没有队列：代理尚未以此配置运行过（服务未运行）"
+            ))
+        }
+        Err(QueueError::Locked { .. }) => from_status_file(&config.node.data_dir)?,
+        Err(e) => return Err(e.into()),
+    };
+    let running = report.daemon.as_ref().is_some_and(|d| d.running);
+    report.verification = verification::status(config, running);
+    complete_commands(&mut report, config);
+    Ok(report)
+}
+
+/// The report the service wrote, while something holds the queue: the service when the file
+/// is fresh ([`FRESH`]), something else (or a stuck service) when it is not.
+fn from_status_file(data_dir: &Path) -> anyhow::Result<Report> {
+    let path = status_file(data_dir);
+    let file = path.display();
+    let text = std::fs::read(&path).map_err(|e| {
+        anyhow::anyhow!(tr!(
+            "the queue is held by another exchange-agent process and the service's status file {file} cannot be read ({e}): the service is not running, or has not written it yet",
+            "队列被另一个 exchange-agent 进程占用，且无法读取服务的状态文件 {file}（{e}）：服务未运行，或尚未写入该文件"
+        ))
+    })?;
+    let mut report: Report = serde_json::from_slice(&text)?;
+    let age = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or(Duration::MAX);
+    let secs = age.as_secs();
+    report.daemon = Some(if age <= FRESH {
+        Daemon {
+            running: true,
+            detail: tr!(
+                "running (its status file was written {secs} s ago)",
+                "运行中（状态文件 {secs} 秒前写入）"
+            ),
+        }
+    } else {
+        Daemon {
+            running: false,
+            detail: tr!(
+                "not running: the queue is held by another exchange-agent process (a command such as `exchange-agent sync`), and the service's status file was last written {secs} s ago (the service writes it every 2 s; if it runs, it is stuck); shown is that file",
+                "未运行：队列被另一个 exchange-agent 进程占用（例如 `exchange-agent sync`），服务的状态文件最后写入于 {secs} 秒前（服务每 2 秒写入一次；若服务在运行，则已卡住）；以下为该文件的内容"
+            ),
+        }
+    });
+    Ok(report)
+}
+
+/// Commands the service or the queue suggest that change state, which need `--yes`.
+const CHANGING: [&str; 6] = [
+    "resync",
+    "accept-config",
+    "cursor reset",
+    "cursor set",
+    "queue discard",
+    "quarantine clear",
+];
+
+/// Completes every command quoted in `text` (`` `exchange-agent …` ``): `-c FILE` when
+/// `config` is not the default file, and `--yes` for a command that changes state (a stop
+/// reason stored by an older version may lack it).
+pub fn complete_command_text(text: &str, config: Option<&Path>) -> String {
+    const START: &str = "`exchange-agent ";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(START) {
+        out.push_str(&rest[..i + START.len()]);
+        rest = &rest[i + START.len()..];
+        let end = rest.find('`').unwrap_or(rest.len());
+        let command = &rest[..end];
+        if let Some(file) = config
+            && !command.contains("--config")
+            && !command.starts_with("-c ")
+        {
+            out.push_str(&format!("-c {} ", shell_word(&file.display().to_string())));
+        }
+        out.push_str(command);
+        if CHANGING.iter().any(|c| command.starts_with(c)) && !command.contains("--yes") {
+            out.push_str(" --yes");
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A word as a shell reads it back: quoted when it holds anything but plain characters.
+fn shell_word(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:@%,".contains(c))
+    {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// [`complete_command_text`] over every text of the report.
+fn complete_commands(report: &mut Report, config: &Config) {
+    let file =
+        (config.file != Path::new(crate::config::origin::DEFAULT)).then_some(config.file.as_path());
+    let complete = |t: &mut String| *t = complete_command_text(t, file);
+    if let Some(r) = report.reload_failed.as_mut() {
+        complete(&mut r.reason);
+    }
+    for r in &mut report.resources {
+        for t in [
+            r.stopped.as_mut(),
+            r.runtime.pull_error.as_mut(),
+            r.runtime.push_error.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            complete(t);
+        }
     }
 }
 
@@ -334,6 +491,13 @@ impl std::fmt::Display for Report {
                 ""
             }
         )?;
+        if let Some(d) = &self.daemon {
+            writeln!(
+                f,
+                "{}",
+                tr!("service       {}", "服务          {}", d.detail)
+            )?;
+        }
         if let Some(r) = &self.reload_failed {
             writeln!(
                 f,
@@ -344,6 +508,10 @@ impl std::fmt::Display for Report {
         for r in &self.resources {
             writeln!(f)?;
             write!(f, "{r}")?;
+        }
+        if let Some(v) = &self.verification {
+            writeln!(f)?;
+            write!(f, "{v}")?;
         }
         Ok(())
     }
@@ -413,12 +581,59 @@ impl std::fmt::Display for ResourceStatus {
         if let Some(h) = &self.runtime.horizon {
             writeln!(f, "  horizon      {h}")?;
         }
-        if let Some(e) = &self.runtime.pull_error {
+        // A stopped resource's pulls and pushes fail with its stop reason, shown above once.
+        let own = |e: &&String| !(self.stopped.is_some() && e.contains("` is stopped: "));
+        if let Some(e) = self.runtime.pull_error.as_ref().filter(own) {
             writeln!(f, "  pull error   {e}")?;
         }
-        if let Some(e) = &self.runtime.push_error {
+        if let Some(e) = self.runtime.push_error.as_ref().filter(own) {
             writeln!(f, "  push error   {e}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggested_commands_are_completed_with_yes_and_the_configuration_file() {
+        let reason = "changed. Run `exchange-agent resync R1` or `exchange-agent accept-config R1 --yes`; see `exchange-agent cursor show R1`.";
+        assert_eq!(
+            complete_command_text(reason, None),
+            "changed. Run `exchange-agent resync R1 --yes` or `exchange-agent accept-config R1 --yes`; see `exchange-agent cursor show R1`."
+        );
+        assert_eq!(
+            complete_command_text(reason, Some(Path::new("/srv/my agent.toml"))),
+            "changed. Run `exchange-agent -c '/srv/my agent.toml' resync R1 --yes` or `exchange-agent -c '/srv/my agent.toml' accept-config R1 --yes`; see `exchange-agent -c '/srv/my agent.toml' cursor show R1`."
+        );
+        assert_eq!(complete_command_text("no command", None), "no command");
+    }
+
+    #[test]
+    fn a_stop_reason_is_printed_once_not_again_as_the_pull_and_push_errors() {
+        let reason = "the configuration of `R1` changed since its stream started (a field was added); run `exchange-agent resync R1 --yes`";
+        let st = crate::pipeline::queue::ResourceState {
+            halt: Some(crate::pipeline::queue::Halt {
+                kind: crate::pipeline::queue::HaltKind::ConfigChanged,
+                reason: reason.into(),
+                at: "2025-01-01T00:00:00Z".into(),
+            }),
+            ..Default::default()
+        };
+        let mut r = ResourceStatus::counters("R1", &st);
+        r.runtime.pull_error = Some(format!(
+            "`R1` is stopped: {reason} (at 2025-01-01T00:00:01Z)"
+        ));
+        r.runtime.push_error = Some(format!("`R1` is stopped: {reason}"));
+        let text = r.to_string();
+        assert_eq!(text.matches(reason).count(), 1, "{text}");
+        // An error of its own is still shown.
+        r.runtime.push_error = Some("hub https://hub:8443 unreachable".into());
+        assert!(
+            r.to_string()
+                .contains("push error   hub https://hub:8443 unreachable")
+        );
     }
 }

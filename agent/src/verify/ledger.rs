@@ -535,6 +535,116 @@ impl Ledger {
     }
 }
 
+/// A budget used up now: what a requester may not ask on a resource, and until when
+/// (`exchange-agent status`). Names fields and counts subjects, never a subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lockout {
+    /// The requester.
+    pub requester: String,
+    /// The resource code.
+    pub resource: String,
+    /// What is locked.
+    pub what: Locked,
+    /// When it lifts (milliseconds since 1970, UTC): for a field, the latest of its subjects'.
+    pub until_ms: i64,
+}
+
+/// What a [`Lockout`] locks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Locked {
+    /// `field` of `subjects` subjects had its budget of answers other than `match` within the
+    /// `lockout` window: not answered again for them before the oldest leaves the window.
+    Field {
+        /// The configured field name.
+        field: String,
+        /// How many subjects.
+        subjects: u64,
+    },
+    /// A daily quota is used up until UTC midnight: `subjects_per_day`,
+    /// `psi_points_per_day` or `psi_scans_per_day`.
+    Daily {
+        /// The quota's key in `[verify]`.
+        quota: &'static str,
+    },
+}
+
+/// Read-only views of the ledger.
+impl Ledger {
+    /// The lockouts in force at `at`, sorted by requester, resource and what (nothing is
+    /// swept or charged). `enumerable(resource, field)` says whether a field has the stricter
+    /// budget (`enumerable_lockout`).
+    pub fn lockouts(
+        &self,
+        quotas: &Quotas,
+        enumerable: impl Fn(&str, &str) -> bool,
+        at: At,
+    ) -> Vec<Lockout> {
+        let window = quotas.lockout.as_millis() as i64;
+        let mut out = Vec::new();
+        for ((requester, resource), a) in &self.accounts {
+            let lockout = |what, until_ms| Lockout {
+                requester: requester.clone(),
+                resource: resource.clone(),
+                what,
+                until_ms,
+            };
+            let mut fields: BTreeMap<&str, (u64, i64)> = BTreeMap::new();
+            for (guess, times) in &a.misses {
+                let limit = (if enumerable(resource, &guess.field) {
+                    quotas.enumerable_lockout
+                } else {
+                    quotas.mismatch_lockout
+                }) as usize;
+                let recent: Vec<i64> = times
+                    .iter()
+                    .copied()
+                    .filter(|t| *t > at.ms - window)
+                    .collect();
+                if limit == 0 || recent.len() < limit {
+                    continue;
+                }
+                // Answered again once all but `limit - 1` of them left the window.
+                let lifts = recent[recent.len() - limit] + window;
+                let (subjects, until) = fields.entry(&guess.field).or_default();
+                *subjects += 1;
+                *until = (*until).max(lifts);
+            }
+            for (field, (subjects, until)) in fields {
+                let field = field.to_owned();
+                out.push(lockout(Locked::Field { field, subjects }, until));
+            }
+            if a.day == at.day() {
+                let midnight = (a.day + 1) * DAY_MS;
+                for (quota, used, limit) in [
+                    (
+                        "subjects_per_day",
+                        a.subjects.len() as u64 + a.anonymous,
+                        quotas.subjects_per_day,
+                    ),
+                    (
+                        "psi_points_per_day",
+                        a.psi_points,
+                        quotas.psi_points_per_day,
+                    ),
+                    ("psi_scans_per_day", a.psi_scans, quotas.psi_scans_per_day),
+                ] {
+                    if used > 0 && used >= limit {
+                        out.push(lockout(Locked::Daily { quota }, midnight));
+                    }
+                }
+            }
+        }
+        out.sort_by(|x, y| {
+            (&x.requester, &x.resource, format!("{:?}", x.what)).cmp(&(
+                &y.requester,
+                &y.resource,
+                format!("{:?}", y.what),
+            ))
+        });
+        out
+    }
+}
+
 /// One question fewer held.
 fn unhold(account: &mut Account, guess: &Guess) {
     if let Some(n) = account.held.get_mut(guess) {
@@ -655,23 +765,23 @@ pub enum LedgerError {
         /// Why.
         reason: String,
     },
-    /// The snapshot cannot be written.
-    #[error("cannot write {path}: {source}")]
+    /// The snapshot cannot be written. Logged with `%e`, so the I/O error is in the message
+    /// and not a `source` (a chain, `{:#}`, names it once).
+    #[error("cannot write {path}: {error}")]
     Write {
         /// The file.
         path: PathBuf,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
 /// Saves `snapshot` (atomically and durably: [`crate::data_dir::replace`]).
 pub fn save(data_dir: &Path, snapshot: &Snapshot) -> Result<(), LedgerError> {
     let bytes = serde_json::to_vec(snapshot).expect("a snapshot serializes");
-    crate::data_dir::replace(data_dir, FILE, &bytes).map_err(|source| LedgerError::Write {
+    crate::data_dir::replace(data_dir, FILE, &bytes).map_err(|error| LedgerError::Write {
         path: path(data_dir),
-        source,
+        error,
     })
 }
 
@@ -932,6 +1042,69 @@ mod tests {
         let s = back.snapshot(at(T + 5), None);
         assert_eq!(s.accounts[0].misses[0].at, vec![T, T + 2, T + 3]);
         assert_eq!(s.accounts[0].subjects.len(), 1);
+    }
+
+    #[test]
+    fn lockouts_in_force_count_subjects_per_field_and_lift_with_the_window() {
+        let mut l = Ledger::default();
+        let miss = |l: &mut Ledger, s: u8, field: &str, t: i64| {
+            let h = one(l, "hub", s, field, t).unwrap();
+            l.settle(h, &[true], at(t));
+        };
+        for t in [T, T + 1_000, T + 2_000] {
+            miss(&mut l, 1, "name", t);
+            miss(&mut l, 2, "name", t + 10);
+        }
+        miss(&mut l, 3, "name", T);
+        miss(&mut l, 4, "sex", T + 5_000);
+        let enumerable = |_: &str, f: &str| f == "sex";
+        let q = roomy();
+        let now = l.lockouts(&q, enumerable, at(T + 10_000));
+        let window = 600_000;
+        assert_eq!(
+            now,
+            vec![
+                Lockout {
+                    requester: "hub".into(),
+                    resource: "R".into(),
+                    what: Locked::Field {
+                        field: "name".into(),
+                        subjects: 2
+                    },
+                    until_ms: T + 10 + window,
+                },
+                Lockout {
+                    requester: "hub".into(),
+                    resource: "R".into(),
+                    what: Locked::Field {
+                        field: "sex".into(),
+                        subjects: 1
+                    },
+                    until_ms: T + 5_000 + window,
+                },
+            ]
+        );
+        // Reading changes nothing: the same question is still refused.
+        assert!(one(&mut l, "hub", 1, "name", T + 10_000).is_err());
+        assert_eq!(l.lockouts(&q, enumerable, at(T + 1_000 + window)).len(), 1);
+        assert!(
+            l.lockouts(&q, enumerable, at(T + 5_000 + window))
+                .is_empty()
+        );
+        // Four distinct subjects today: a daily quota of four is used up until midnight.
+        let daily = l.lockouts(&quotas(), enumerable, at(T + 5_000 + window));
+        assert_eq!(
+            daily
+                .iter()
+                .map(|x| (&x.what, x.until_ms))
+                .collect::<Vec<_>>(),
+            vec![(
+                &Locked::Daily {
+                    quota: "subjects_per_day"
+                },
+                T + DAY_MS
+            )]
+        );
     }
 
     #[test]
