@@ -42,9 +42,9 @@ pub(super) fn append_many(
 ) -> Result<Appended, AuditError> {
     let _one = APPEND.lock().unwrap_or_else(|e| e.into_inner());
     let path = path(data_dir);
-    let err = |source| AuditError {
+    let err = |cause| AuditError {
         path: path.clone(),
-        source,
+        cause,
     };
     // Appends of other processes (operator commands while the service runs) wait too.
     let _all = ProcessLock::take(data_dir).map_err(err)?;

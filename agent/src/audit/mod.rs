@@ -129,13 +129,12 @@ pub struct Entry {
 
 /// Errors of the audit log.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write the audit log {path}: {source}")]
+#[error("cannot write the audit log {path}: {cause}")]
 pub struct AuditError {
     /// The file.
     pub path: PathBuf,
-    /// Why.
-    #[source]
-    pub source: std::io::Error,
+    /// Why (in the message, so not also a source: a chain names it once).
+    pub cause: std::io::Error,
 }
 
 /// The audit log file of a data directory.

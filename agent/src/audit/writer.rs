@@ -70,9 +70,9 @@ impl Writer {
                             for reply in replies {
                                 let _ = reply.send(Err(AuditError {
                                     path: e.path.clone(),
-                                    source: std::io::Error::new(
-                                        e.source.kind(),
-                                        e.source.to_string(),
+                                    cause: std::io::Error::new(
+                                        e.cause.kind(),
+                                        e.cause.to_string(),
                                     ),
                                 }));
                             }
@@ -98,7 +98,7 @@ impl Writer {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let gone = || AuditError {
             path: PathBuf::from("audit.jsonl"),
-            source: std::io::Error::other("the audit writer thread has stopped"),
+            cause: std::io::Error::other("the audit writer thread has stopped"),
         };
         self.jobs
             .send(Job {

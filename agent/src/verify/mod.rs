@@ -75,7 +75,7 @@ pub enum VerifyError {
     NotConfigured,
     /// The TLS material of `[verify]` is unusable.
     #[error("cannot set up TLS from [verify] (client_ca, cert, key): {0}")]
-    Tls(#[from] exchange_protocol::tls::TlsError),
+    Tls(exchange_protocol::tls::TlsError),
     /// A source cannot be opened.
     #[error(transparent)]
     Source(#[from] ConnectorError),
@@ -93,7 +93,21 @@ pub enum VerifyError {
     DataDir(String),
     /// The ledger of budgets cannot be restored.
     #[error("cannot restore the verification budgets: {0}")]
-    Ledger(#[from] ledger::LedgerError),
+    Ledger(ledger::LedgerError),
+}
+
+// The causes above are in their messages, so they are not sources too (a chain printed with
+// `{:#}` names each once).
+impl From<exchange_protocol::tls::TlsError> for VerifyError {
+    fn from(e: exchange_protocol::tls::TlsError) -> Self {
+        VerifyError::Tls(e)
+    }
+}
+
+impl From<ledger::LedgerError> for VerifyError {
+    fn from(e: ledger::LedgerError) -> Self {
+        VerifyError::Ledger(e)
+    }
 }
 
 /// What a configuration gives the service; replaced whole by [`Service::reload`].
