@@ -170,14 +170,24 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            eprintln!(
+                "{}",
+                exchange_protocol::tr!(
+                    "error: cannot start the async runtime: {e}",
+                    "错误：无法启动异步运行时：{e}"
+                )
+            );
             return ExitCode::from(1);
         }
     };
     match runtime.block_on(run(cli.command, cli.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("error: {:#}", failure.error);
+            let error = &failure.error;
+            eprintln!(
+                "{}",
+                exchange_protocol::tr!("error: {error:#}", "错误：{error:#}")
+            );
             ExitCode::from(failure.code)
         }
     }
@@ -276,11 +286,13 @@ async fn check(config: &std::path::Path, connect: bool) -> Result<(), Failure> {
         .map_err(config_error)?;
     client_certificate(config, &loaded)?;
     let expiry = certificate_expiry(config, &loaded)?;
+    let (file, listen, store) = (config.display(), &loaded.listen, &loaded.store);
     println!(
-        "{}: valid (listen {}, store {})",
-        config.display(),
-        loaded.listen,
-        loaded.store
+        "{}",
+        exchange_protocol::tr!(
+            "{file}: valid (listen {listen}, store {store})",
+            "{file}：有效（监听 {listen}，存储 {store}）"
+        )
     );
     for line in expiry {
         println!("  {line}");
@@ -289,12 +301,18 @@ async fn check(config: &std::path::Path, connect: bool) -> Result<(), Failure> {
         let store = Store::open(&loaded.store).await.map_err(store_error)?;
         let version = store.schema_version().await.map_err(store_error)?;
         let counts = store.counts().await.map_err(store_error)?;
-        println!(
-            "{}: reachable, schema version {version}; {} resources, {} streams, {} records",
+        let (at, resources, streams, records) = (
             store.describe(),
             counts.resources,
             counts.streams,
-            counts.records
+            counts.records,
+        );
+        println!(
+            "{}",
+            exchange_protocol::tr!(
+                "{at}: reachable, schema version {version}; {resources} resources, {streams} streams, {records} records",
+                "{at}：可连接，结构版本 {version}；{resources} 个资源，{streams} 个数据流，{records} 条记录"
+            )
         );
     }
     Ok(())
@@ -363,9 +381,13 @@ fn client_certificate(file: &std::path::Path, config: &HubConfig) -> Result<(), 
             NO_CLIENT_AUTH
         )));
     }
+    let file = file.display();
     println!(
-        "warning: {}: `exchange-hub verify` will not work: {NO_CLIENT_AUTH}",
-        file.display()
+        "{}",
+        exchange_protocol::tr!(
+            "warning: {file}: `exchange-hub verify` will not work: {NO_CLIENT_AUTH}",
+            "警告：{file}：`exchange-hub verify` 将无法使用：{NO_CLIENT_AUTH}"
+        )
     );
     Ok(())
 }
@@ -470,10 +492,13 @@ impl VerifySession<'_> {
                 .iter()
                 .filter(|a| a.fields.values().all(|r| r.as_str() == "match"))
                 .count();
+            let (n, out) = (rows.len(), out.display());
             println!(
-                "{} subjects verified, {matched} matching on every claimed field; answers written to {}",
-                rows.len(),
-                out.display()
+                "{}",
+                exchange_protocol::tr!(
+                    "{n} subjects verified, {matched} matching on every claimed field; answers written to {out}",
+                    "已核验 {n} 个主体，其中 {matched} 个在所有声称字段上一致；应答已写入 {out}"
+                )
             );
         }
         Ok(())
