@@ -190,6 +190,15 @@ enum QuarantineCommand {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// The entries of a resource's row by its raw key, computed into the key as it leaves on
+    /// this machine (the raw key is never printed, logged or stored).
+    Find {
+        /// Resource code.
+        resource: String,
+        /// The row's key as it is at the source (e.g. the citizen ID).
+        #[arg(long)]
+        key: String,
+    },
     /// Remove a resource's quarantine entries (after fixing the rows).
     Clear {
         /// Resource code.
@@ -512,7 +521,12 @@ fn cursor_command(at: At<'_>, cmd: CursorCommand) -> ExitCode {
 fn quarantine_command(at: At<'_>, cmd: QuarantineCommand) -> ExitCode {
     match cmd {
         QuarantineCommand::List { resource, limit } => operate(at, None, |c| {
-            operator::quarantine_list(c, resource.as_deref(), limit)
+            let queue = operator::open_queue(c)?;
+            operator::quarantine_list(c, &queue, resource.as_deref(), limit)
+        }),
+        QuarantineCommand::Find { resource, key } => operate(at, None, |c| {
+            let queue = operator::open_queue(c)?;
+            operator::quarantine_find(c, &queue, &resource, &key)
         }),
         QuarantineCommand::Clear { resource, yes } => operate(
             at,
@@ -520,7 +534,10 @@ fn quarantine_command(at: At<'_>, cmd: QuarantineCommand) -> ExitCode {
                 yes,
                 format!("remove the quarantine entries of `{resource}`"),
             )),
-            |c| operator::quarantine_clear(c, &resource),
+            |c| {
+                let queue = operator::open_queue(c)?;
+                operator::quarantine_clear(c, &queue, &resource)
+            },
         ),
     }
 }

@@ -1,6 +1,6 @@
 //! Operator commands on the queue: list, export and discard batches; show, reset and set a
-//! cursor; resynchronize a resource; accept a changed configuration; list and clear
-//! quarantine entries (docs/OPERATIONS.md).
+//! cursor; resynchronize a resource; accept a changed configuration; list, find (by a raw
+//! key, computed locally) and clear quarantine entries (docs/OPERATIONS.md).
 //!
 //! Each command opens the queue itself, so it refuses to run while the service holds the
 //! queue (stop the service, run the command, start it again; only `sync` goes through the
@@ -20,5 +20,5 @@ mod stream;
 pub use batches::{queue_discard, queue_export, queue_list};
 pub use command::{OperatorError, open_queue};
 pub use cursor::{cursor_reset, cursor_set, cursor_show};
-pub use quarantine::{quarantine_clear, quarantine_list};
+pub use quarantine::{quarantine_clear, quarantine_find, quarantine_list};
 pub use stream::{accept_config, resync};
