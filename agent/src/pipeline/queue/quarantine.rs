@@ -229,7 +229,7 @@ mod tests {
         })
         .unwrap();
         assert!(!String::from_utf8_lossy(&json).contains("locator"));
-        let mut txn = q.begin().unwrap();
+        let txn = q.begin().unwrap();
         txn.tx
             .open_table(QUARANTINE)
             .unwrap()
