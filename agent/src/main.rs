@@ -191,6 +191,15 @@ enum QuarantineCommand {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// The entries of a resource's row by its raw key, computed into the key as it leaves on
+    /// this machine (the raw key is never printed, logged or stored).
+    Find {
+        /// Resource code.
+        resource: String,
+        /// The row's key as it is at the source (e.g. the citizen ID).
+        #[arg(long)]
+        key: String,
+    },
     /// Remove a resource's quarantine entries (after fixing the rows).
     Clear {
         /// Resource code.
@@ -517,11 +526,27 @@ async fn cursor_command(at: At<'_>, cmd: CursorCommand) -> ExitCode {
     operate(at, operation, yes, None).await
 }
 
-/// `quarantine list|clear`.
+/// `quarantine list|find|clear`.
 async fn quarantine_command(at: At<'_>, cmd: QuarantineCommand) -> ExitCode {
     let (operation, yes) = match cmd {
         QuarantineCommand::List { resource, limit } => {
             (Operation::QuarantineList { resource, limit }, false)
+        }
+        QuarantineCommand::Find { resource, key } => {
+            // The raw key is turned into the key as it leaves here: only that crosses the
+            // control socket to a running service.
+            let config = match loaded(at, "warn") {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match operator::key_as_it_leaves(&config, &resource, &key) {
+                Ok(Ok(key)) => (Operation::QuarantineFind { resource, key }, false),
+                Ok(Err(no_form)) => {
+                    print!("{no_form}");
+                    return ExitCode::SUCCESS;
+                }
+                Err(e) => return fail(e.into()),
+            }
         }
         QuarantineCommand::Clear { resource, yes } => {
             (Operation::QuarantineClear { resource }, yes)

@@ -107,6 +107,11 @@ async fn every_operator_command_works_on_a_running_service_while_verification_an
     assert_eq!(records.lines().count(), 3, "{records}");
     assert!(!records.contains("11010519491231002X"), "{records}");
     through_service(&agent.cmd(&["quarantine", "list"]).await);
+    let find = agent
+        .cmd(&["quarantine", "find", "R-OUT", "--key", "11010519491231002X"])
+        .await;
+    through_service(&find);
+    find.assert_mentions(&["No quarantine entry of `R-OUT` has this key"]);
     verified(&verifier).await;
 
     // Changes: refused without --yes (nothing changes), done with it.

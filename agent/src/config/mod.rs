@@ -9,7 +9,8 @@
 //! Validation goes section by section, each in a module named after what it validates: `node`
 //! (`[node]`, `[admin]`), `hub`, `limits` (`[queue]`, `[batch]`), `source`, `policy_keys`
 //! (`[policy]`), [`verify`] (`[verify]`), `resource`, `fields` and `verification` (a resource's
-//! fields, its compare and grants), `resource_keys` (the keys a resource's rules need), [`audit`].
+//! fields, its compare and grants), `resource_keys` (the keys a resource's rules need),
+//! `row_locator` (the columns a quarantine entry records), [`audit`].
 
 pub mod audit;
 mod fields;
@@ -23,6 +24,7 @@ mod policy_keys;
 pub mod raw;
 mod resource;
 mod resource_keys;
+mod row_locator;
 mod source;
 mod verification;
 pub mod verify;
@@ -244,6 +246,9 @@ pub struct Resource {
     pub plain_reason: Option<String>,
     /// Comparison semantics, grants and disclosure of the verification service.
     pub verification: verify::Verification,
+    /// Columns whose values a quarantine entry records (kept on this machine, in clear) so
+    /// the row can be found at the source; empty: none (`config::row_locator`).
+    pub locator: Vec<String>,
 }
 
 impl Config {

@@ -107,6 +107,8 @@ pub struct RawResource {
     pub key: String,
     pub mode: String,
     pub cursor: Option<Vec<String>>,
+    /// Columns recorded with a quarantined row to find it at the source.
+    pub locator: Option<Vec<String>>,
     pub safety_lag: Option<String>,
     pub schedule: Option<String>,
     pub every: Option<String>,

@@ -87,6 +87,8 @@ impl Validator<'_> {
         if let Mode::Incremental { cursor, .. } = &mode {
             self.cursor_columns(&key("cursor"), &code, cursor, &fields, &r.key)?;
         }
+        let locator =
+            self.row_locator(&key("locator"), &code, r.locator, &fields, &r.key, &mode)?;
         let schedule = self.schedule(i, r.schedule, r.every)?;
         let max_staleness = match r.max_staleness {
             None => Staleness::WorkingDays(2),
@@ -110,6 +112,7 @@ impl Validator<'_> {
             plain_allowed,
             plain_reason,
             verification,
+            locator,
         })
     }
 

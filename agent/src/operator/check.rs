@@ -558,6 +558,7 @@ mod tests {
             plain_allowed: Vec::new(),
             plain_reason: None,
             verification: Default::default(),
+            locator: Vec::new(),
         };
         let w = rule_warnings(&r);
         assert_eq!(w.len(), 2, "{w:?}");
@@ -610,6 +611,7 @@ mod tests {
                 reveal_not_found: reveal,
                 enumerable: enumerable.iter().map(|f| f.to_string()).collect(),
             },
+            locator: Vec::new(),
         };
         let w = verification_warnings(&resource(false, &[]));
         assert_eq!(w.len(), 3, "{w:#?}");

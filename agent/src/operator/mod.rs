@@ -1,6 +1,6 @@
 //! Operator commands on the queue: list, export and discard batches; show, reset and set a
-//! cursor; resynchronize a resource; accept a changed configuration; list and clear
-//! quarantine entries (docs/OPERATIONS.md).
+//! cursor; resynchronize a resource; accept a changed configuration; list, find (by a raw
+//! key, computed locally) and clear quarantine entries (docs/OPERATIONS.md).
 //!
 //! Each command is an [`Operation`]: run on the queue the command opens itself, or, while the
 //! service holds the queue, sent to the service, which carries it out on its own queue
@@ -23,5 +23,5 @@ pub use batches::{Export, export_target, queue_discard, queue_export, queue_list
 pub use command::{OperatorError, open_queue};
 pub use cursor::{cursor_reset, cursor_set, cursor_show};
 pub use operation::{Operation, Outcome};
-pub use quarantine::{quarantine_clear, quarantine_list};
+pub use quarantine::{key_as_it_leaves, quarantine_clear, quarantine_find, quarantine_list};
 pub use stream::{accept_config, resync};

@@ -2,7 +2,8 @@
 //! operator's own process on a queue it opened, or in the running service, which receives it
 //! on its control socket (`crate::service::control`) and carries it out on its own queue.
 //!
-//! Read-only commands (`queue list`, `queue export`, `cursor show`, `quarantine list`) never
+//! Read-only commands (`queue list`, `queue export`, `cursor show`, `quarantine list`,
+//! `quarantine find`) never
 //! need `--yes` and run beside the service's pulls and pushes. Commands that change something
 //! (`queue discard`, `cursor reset`, `cursor set`, `resync`, `accept-config`, `quarantine
 //! clear`) need `--yes`, are audited, and the service applies them between pulls: it stops
@@ -79,6 +80,14 @@ pub enum Operation {
         /// Entries listed per resource.
         limit: usize,
     },
+    /// `quarantine find RESOURCE --key RAW`, with the key as it leaves (computed by the
+    /// operator's process: the raw key is never sent).
+    QuarantineFind {
+        /// The resource.
+        resource: String,
+        /// The key as it leaves.
+        key: String,
+    },
     /// `quarantine clear RESOURCE --yes`.
     QuarantineClear {
         /// The resource.
@@ -115,6 +124,7 @@ impl Operation {
             Operation::Resync { .. } => "resync",
             Operation::AcceptConfig { .. } => "accept-config",
             Operation::QuarantineList { .. } => "quarantine list",
+            Operation::QuarantineFind { .. } => "quarantine find",
             Operation::QuarantineClear { .. } => "quarantine clear",
         }
     }
@@ -132,6 +142,7 @@ impl Operation {
             | Operation::CursorSet { resource, .. }
             | Operation::Resync { resource }
             | Operation::AcceptConfig { resource }
+            | Operation::QuarantineFind { resource, .. }
             | Operation::QuarantineClear { resource } => Some(resource),
         }
     }
@@ -143,7 +154,8 @@ impl Operation {
             Operation::QueueList { .. }
             | Operation::QueueExport { .. }
             | Operation::CursorShow { .. }
-            | Operation::QuarantineList { .. } => return None,
+            | Operation::QuarantineList { .. }
+            | Operation::QuarantineFind { .. } => return None,
             Operation::QueueDiscard { resource, seq } => tr!(
                 "drop the records of batch {seq} of `{resource}` (they are not delivered)",
                 "丢弃 `{resource}` 的批次 {seq} 中的记录（这些记录不会交付）"
@@ -201,6 +213,9 @@ impl Operation {
             Operation::QuarantineList { resource, limit } => {
                 quarantine::quarantine_list(config, queue, resource.as_deref(), *limit)?.into()
             }
+            Operation::QuarantineFind { resource, key } => {
+                quarantine::quarantine_find(config, queue, resource, key)?.into()
+            }
             Operation::QuarantineClear { resource } => {
                 quarantine::quarantine_clear(config, queue, resource)?.into()
             }
@@ -229,6 +244,10 @@ mod tests {
             Operation::QuarantineList {
                 resource: None,
                 limit: 5,
+            },
+            Operation::QuarantineFind {
+                resource: r(),
+                key: "v1:00".into(),
             },
         ];
         let changes = [

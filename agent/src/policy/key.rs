@@ -32,13 +32,20 @@ impl Plan {
                 })?),
                 Err(e) => return Err(format!("key cannot be converted: {e}")),
             };
+        self.usable_raw(&key)?;
+        Ok(key)
+    }
+
+    /// A raw key's text can be a key: not empty, no NUL character.
+    fn usable_raw(&self, key: &str) -> Result<(), String> {
+        let column = &self.selection.columns[self.key_index];
         if key.is_empty() {
             return Err(format!("key column `{column}` is empty"));
         }
         if key.contains('\0') {
             return Err(format!("key column `{column}` contains a NUL character"));
         }
-        Ok(key)
+        Ok(())
     }
 
     /// The key of a row as it leaves, and whether it is an invalid identifier let through;
@@ -47,14 +54,33 @@ impl Plan {
         let raw = self
             .raw_key(row)
             .map_err(|reason| Quarantine::new(None, reason))?;
+        self.key_from_raw(&raw)
+    }
+
+    /// A raw key typed by an operator as it leaves, computed exactly as for a row whose key
+    /// column holds that text (normalized, then pseudonymized or encrypted): the key its
+    /// quarantine entry is listed under (`quarantine find`). `Err`: why no row with this key
+    /// has a key to leave with (such rows are listed without a key). The raw text is never
+    /// part of the result.
+    pub fn key_as_it_leaves(&self, raw: &str) -> Result<String, String> {
+        self.usable_raw(raw)?;
+        match self.key_from_raw(raw) {
+            Ok((key, _)) => Ok(key),
+            Err(Quarantine { key: Some(key), .. }) => Ok(key),
+            Err(q) => Err(q.reason),
+        }
+    }
+
+    /// The key as it leaves from a raw key's text (see [`Plan::key_of`]).
+    fn key_from_raw(&self, raw: &str) -> Result<(String, bool), Quarantine> {
         let kind = match &self.key_rule {
             Rule::Pseudonym { kind, .. } => *kind,
             _ => self.key_kind,
         };
         let (normal, invalid) = if kind == IdKind::Other && self.key_rule.is_plain() {
-            (raw.into_owned(), None)
+            (raw.to_owned(), None)
         } else {
-            match identifier::normalize(kind, &raw) {
+            match identifier::normalize(kind, raw) {
                 Ok(n) => (n, None),
                 Err(e) => (e.cleaned, Some(e.reason)),
             }

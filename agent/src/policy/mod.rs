@@ -21,9 +21,11 @@
 //!
 //! [`Plan`] by concern: `selection` compiles it (what is read, the cursor of a row), `key` makes
 //! the key as it leaves, `record` applies the rules to a row (record and batch line), `position`
-//! seals and opens the stored position.
+//! seals and opens the stored position, `locator` writes what finds a quarantined row at the
+//! source.
 
 mod key;
+mod locator;
 mod position;
 mod record;
 mod selection;
@@ -170,6 +172,9 @@ pub struct Plan {
     seal: Option<(seal::Sealer, Vec<bool>)>,
     /// The key material.
     keys: Keys,
+    /// The locator columns (name, index in the row): what a quarantine entry records to find
+    /// the row at the source ([`Plan::locator_of`]).
+    locator: Vec<(String, usize)>,
 }
 
 #[cfg(test)]
@@ -205,6 +210,7 @@ mod tests {
             plain_allowed: Vec::new(),
             plain_reason: None,
             verification: Default::default(),
+            locator: Vec::new(),
         }
     }
 
@@ -937,5 +943,56 @@ mod tests {
             values.extend(rest);
             assert_written_as_applied(&plan, &Row { values });
         }
+    }
+
+    #[test]
+    fn a_locator_names_its_columns_values_without_reading_another_column() {
+        let mut r = resource();
+        r.locator = vec!["id".into(), "updated_at".into(), "not_read".into()];
+        let plan = Plan::new(&r, &Keys::default());
+        assert_eq!(
+            plan.selection.columns,
+            vec!["id_card", "name", "updated_at", "id"]
+        );
+        let row = Row {
+            values: vec![text("K1"), text("张三"), Ok(Value::Null), Ok(Value::Int(7))],
+        };
+        assert_eq!(
+            plan.locator_of(&row).as_deref(),
+            Some("id=7, updated_at=NULL")
+        );
+        assert_eq!(
+            Plan::new(&resource(), &Keys::default()).locator_of(&row),
+            None
+        );
+    }
+
+    #[test]
+    fn a_typed_raw_key_becomes_the_key_its_row_leaves_or_is_quarantined_under() {
+        let plan = Plan::new(&desensitized(), &keys());
+        let row = |id: &str| Row {
+            values: vec![
+                text(id),
+                text("张三"),
+                Ok(Value::Null),
+                Ok(Value::Null),
+                text("1"),
+            ],
+        };
+        // Valid (lower-case check character), and invalid (wrong check character).
+        let (valid, _) = plan.key_of(&row("11010519491231002x")).unwrap();
+        assert_eq!(
+            plan.key_as_it_leaves("11010519491231002x"),
+            Ok(valid.clone())
+        );
+        assert_eq!(plan.key_as_it_leaves("11010519491231002X"), Ok(valid));
+        let quarantined = plan.key_of(&row("110105194912310021")).unwrap_err();
+        assert!(quarantined.key.as_deref().unwrap().starts_with("v1:"));
+        assert_eq!(
+            plan.key_as_it_leaves("110105194912310021").ok(),
+            quarantined.key
+        );
+        let empty = plan.key_as_it_leaves("").unwrap_err();
+        assert!(empty.contains("empty"), "{empty}");
     }
 }

@@ -60,6 +60,7 @@ impl Plan {
             Mode::Snapshot => vec![resource.key.clone()],
         };
         let cursor_index: Vec<usize> = cursor.iter().map(|c| add(c, &mut columns)).collect();
+        let locator = super::locator::columns(&resource.locator, &columns);
         let sealer = keys.seal.as_ref().map(|k| k.sealer(&resource.code));
         let sealed: Vec<bool> = cursor_index
             .iter()
@@ -79,6 +80,7 @@ impl Plan {
             cursor_index,
             seal: sealer.map(|s| (s, sealed)),
             keys: keys.clone(),
+            locator,
         }
     }
 

@@ -69,6 +69,7 @@ pub fn resource(desensitized: bool) -> Resource {
         plain_allowed: Vec::new(),
         plain_reason: None,
         verification: Default::default(),
+        locator: Vec::new(),
     }
 }
 

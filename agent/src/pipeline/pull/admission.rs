@@ -37,7 +37,7 @@ impl Puller {
                     Ok((key, _)) => Some(key),
                     Err(q) => q.key,
                 };
-                txn.quarantine(&code, &mut st, key, reason)?;
+                txn.quarantine_row(&code, &mut st, key, reason, plan.locator_of(row))?;
             }
             txn.set_state(&code, &st)
         })

@@ -148,8 +148,8 @@ impl Puller {
             st.invalid_keys_since
                 .get_or_insert_with(crate::pipeline::queue::now);
             st.invalid_keys += invalid_keys;
-            for (key, reason) in quarantine {
-                txn.quarantine(&code, &mut st, key, reason)?;
+            for (key, reason, locator) in quarantine {
+                txn.quarantine_row(&code, &mut st, key, reason, locator)?;
             }
             let mut records = 0;
             for batch in &batches {
@@ -193,8 +193,8 @@ impl Drop for Ahead {
 struct Prepared {
     /// The page's batches, encoded, in order.
     batches: Vec<Encoded>,
-    /// Quarantine entries (key as it would leave, reason), in order.
-    quarantine: Vec<(Option<String>, String)>,
+    /// Quarantine entries (key as it would leave, reason, locator), in order.
+    quarantine: Vec<(Option<String>, String, Option<String>)>,
     /// Rows whose key is not a valid identifier of its kind (quarantined or delivered
     /// flagged).
     invalid_keys: u64,
@@ -240,12 +240,13 @@ fn prepare_incremental(
             }
             Err(q) => {
                 invalid_keys += u64::from(q.invalid_key);
-                quarantine.push((q.key, q.reason));
+                quarantine.push((q.key, q.reason, plan.locator_of(row)));
                 continue;
             }
         };
         if line.len() > limits.max_bytes {
-            quarantine.push((Some(key), too_large(line.len(), limits)));
+            let reason = too_large(line.len(), limits);
+            quarantine.push((Some(key), reason, plan.locator_of(row)));
             continue;
         }
         if records as usize >= limits.max_records || buf.len() + line.len() > limits.max_bytes {

@@ -422,6 +422,7 @@ mod tests {
             plain_allowed: Vec::new(),
             plain_reason: None,
             verification: Default::default(),
+            locator: Vec::new(),
         };
         let keys = Keys {
             pseudonym: Some(PseudonymKey::from_hex(1, &"ab".repeat(32)).unwrap()),

@@ -94,7 +94,7 @@ fn sweep(
     let mut quarantined = 0;
     for key in &keys {
         let line = line_of(Op::Delete, key.clone(), None, false);
-        builder.add(txn, code, &mut st, &line, &mut quarantined)?;
+        builder.add(txn, code, &mut st, &line, &mut quarantined, || None)?;
     }
     let records = builder.finish(txn, code, &mut st)?;
     let done = keys.len() < limits.max_records;
@@ -172,7 +172,7 @@ impl ScanPage<'_> {
         match self.plan.apply(row) {
             Ok(out) => {
                 self.st.snapshot.invalid_keys += u64::from(out.invalid_key);
-                self.deliver(txn, out)
+                self.deliver(txn, out, row)
             }
             Err(q) => {
                 self.st.snapshot.invalid_keys += u64::from(q.invalid_key);
@@ -183,7 +183,8 @@ impl ScanPage<'_> {
                 {
                     txn.set_digest(code, key, &d, self.generation)?;
                 }
-                txn.quarantine(code, &mut self.st, q.key, q.reason)?;
+                let locator = self.plan.locator_of(row);
+                txn.quarantine_row(code, &mut self.st, q.key, q.reason, locator)?;
                 self.quarantined += 1;
                 Ok(())
             }
@@ -192,27 +193,33 @@ impl ScanPage<'_> {
 
     /// A converted row: enqueued unless the hub has it as it is (same digest), marked seen by
     /// this scan; a second row with a key this scan saw already is quarantined.
-    fn deliver(&mut self, txn: &mut Txn, out: Outgoing) -> Result<(), QueueError> {
+    fn deliver(&mut self, txn: &mut Txn, out: Outgoing, row: &Row) -> Result<(), QueueError> {
         let (code, generation) = (self.code, self.generation);
         let key = out.key.clone();
         let line = line_of(Op::Upsert, out.key, Some(out.fields), out.invalid_key);
         let digest = sm3(&line);
         match txn.digest(code, &key)? {
             Some((_, g)) if g == generation => {
-                txn.quarantine(
+                txn.quarantine_row(
                     code,
                     &mut self.st,
                     Some(key),
                     "another row with the same key was read in this snapshot; the key column must be unique".into(),
+                    self.plan.locator_of(row),
                 )?;
                 self.quarantined += 1;
             }
             Some((d, _)) if d == digest => txn.set_digest(code, &key, &digest, generation)?,
             previous => {
-                if self
-                    .builder
-                    .add(txn, code, &mut self.st, &line, &mut self.quarantined)?
-                {
+                let plan = self.plan;
+                if self.builder.add(
+                    txn,
+                    code,
+                    &mut self.st,
+                    &line,
+                    &mut self.quarantined,
+                    || plan.locator_of(row),
+                )? {
                     txn.set_digest(code, &key, &digest, generation)?;
                 } else if let Some((d, _)) = previous {
                     // Too large to send: the hub keeps the previous version.
@@ -242,6 +249,8 @@ impl BatchBuilder {
         }
     }
 
+    /// Adds a record line; one larger than a batch may be is quarantined instead (with the
+    /// row's `locator`), and `false` returned.
     fn add(
         &mut self,
         txn: &mut Txn,
@@ -249,10 +258,12 @@ impl BatchBuilder {
         st: &mut ResourceState,
         line: &[u8],
         quarantined: &mut u64,
+        locator: impl FnOnce() -> Option<String>,
     ) -> Result<bool, QueueError> {
         if line.len() > self.limits.max_bytes {
             let key = serde_json::from_slice::<Record>(line).ok().map(|r| r.key);
-            txn.quarantine(code, st, key, too_large(line.len(), self.limits))?;
+            let reason = too_large(line.len(), self.limits);
+            txn.quarantine_row(code, st, key, reason, locator())?;
             *quarantined += 1;
             return Ok(false);
         }

@@ -1,5 +1,8 @@
 //! The `quarantine` and `quarantine_index` tables: rows that could not be delivered, by key
 //! and reason, never their values (format in the module doc of [`crate::pipeline::queue`]).
+//! An entry may also hold the row's locator, the values of columns the policy keeps in clear
+//! (`policy::locator`); entries written before it existed have none and read as such (the
+//! field is optional, the format stays 1).
 
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
@@ -18,6 +21,10 @@ pub struct QuarantineEntry {
     pub key: Option<String>,
     /// What was wrong.
     pub reason: String,
+    /// Where the row is at the source (`id=123, updated_at=…`), from the resource's locator
+    /// columns; of the latest sighting. `None`: the resource records none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locator: Option<String>,
 }
 
 fn one() -> u64 {
@@ -86,14 +93,27 @@ impl Queue {
 }
 
 impl Txn {
-    /// Records a quarantined row. The same key quarantined again for the same reason updates
-    /// its entry (time, count) instead of adding one; `state.quarantined` counts entries.
+    /// Records a quarantined row without a locator ([`Txn::quarantine_row`]).
     pub fn quarantine(
         &mut self,
         resource: &str,
         state: &mut ResourceState,
         key: Option<String>,
         reason: String,
+    ) -> Result<(), QueueError> {
+        self.quarantine_row(resource, state, key, reason, None)
+    }
+
+    /// Records a quarantined row. The same key quarantined again for the same reason updates
+    /// its entry (time, count, and the locator when this sighting has one) instead of adding
+    /// one; `state.quarantined` counts entries.
+    pub fn quarantine_row(
+        &mut self,
+        resource: &str,
+        state: &mut ResourceState,
+        key: Option<String>,
+        reason: String,
+        locator: Option<String>,
     ) -> Result<(), QueueError> {
         let mut id = key.clone().unwrap_or_default().into_bytes();
         id.push(0);
@@ -117,10 +137,8 @@ impl Txn {
                     .get((resource, n))
                     .map_err(storage("writing quarantine"))?
                     .map(|v| v.value().to_vec());
-                let times = old
-                    .and_then(|b| serde_json::from_slice::<QuarantineEntry>(&b).ok())
-                    .map(|e| e.times)
-                    .unwrap_or(0);
+                let old = old.and_then(|b| serde_json::from_slice::<QuarantineEntry>(&b).ok());
+                let times = old.as_ref().map_or(0, |e| e.times);
                 (
                     n,
                     QuarantineEntry {
@@ -128,6 +146,7 @@ impl Txn {
                         times: times + 1,
                         key,
                         reason,
+                        locator: locator.or_else(|| old.and_then(|e| e.locator)),
                     },
                 )
             }
@@ -143,6 +162,7 @@ impl Txn {
                         times: 1,
                         key,
                         reason,
+                        locator,
                     },
                 )
             }
@@ -152,5 +172,81 @@ impl Txn {
             .insert((resource, n), json.as_slice())
             .map_err(storage("writing quarantine"))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quarantine(q: &Queue, key: &str, reason: &str, locator: Option<&str>) {
+        let mut txn = q.begin().unwrap();
+        let mut st = txn.state("R").unwrap();
+        txn.quarantine_row(
+            "R",
+            &mut st,
+            Some(key.into()),
+            reason.into(),
+            locator.map(str::to_owned),
+        )
+        .unwrap();
+        txn.set_state("R", &st).unwrap();
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_row_seen_again_keeps_one_entry_with_its_latest_locator() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("data")).unwrap();
+        quarantine(&q, "v1:aa", "bad", Some("id=1"));
+        quarantine(&q, "v1:aa", "bad", Some("id=2"));
+        let entries = q.quarantined("R", 10).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].times, 2);
+        assert_eq!(entries[0].locator.as_deref(), Some("id=2"));
+        // A sighting without a locator (a record found too large after the policy) keeps it.
+        quarantine(&q, "v1:aa", "bad", None);
+        let entries = q.quarantined("R", 10).unwrap();
+        assert_eq!(
+            (entries[0].times, entries[0].locator.as_deref()),
+            (3, Some("id=2"))
+        );
+        assert_eq!(q.state("R").unwrap().quarantined, 1);
+    }
+
+    #[test]
+    fn an_entry_written_before_locators_reads_without_one_and_gains_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("data")).unwrap();
+        quarantine(&q, "v1:aa", "bad", None);
+        // As an earlier version wrote it: no `locator` field.
+        let json = serde_json::to_vec(&QuarantineEntry {
+            at: now(),
+            times: 1,
+            key: Some("v1:aa".into()),
+            reason: "bad".into(),
+            locator: None,
+        })
+        .unwrap();
+        assert!(!String::from_utf8_lossy(&json).contains("locator"));
+        let txn = q.begin().unwrap();
+        txn.tx
+            .open_table(QUARANTINE)
+            .unwrap()
+            .insert(("R", 1u64), json.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        let entries = q.quarantined("R", 10).unwrap();
+        assert_eq!(entries[0].locator, None);
+        quarantine(&q, "v1:aa", "bad", Some("id=7"));
+        let entries = q.quarantined("R", 10).unwrap();
+        assert_eq!(
+            (
+                entries.len(),
+                entries[0].times,
+                entries[0].locator.as_deref()
+            ),
+            (1, 2, Some("id=7"))
+        );
     }
 }
