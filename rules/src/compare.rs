@@ -4,7 +4,7 @@
 //! | semantics | equal when |
 //! |---|---|
 //! | `exact` (default) | the stored value's text form (docs/CONFIG.md, type mapping) equals the claim, byte for byte |
-//! | `normalized` | both [`canonical`] forms are equal: trimmed, full-width → half-width, inner whitespace collapsed, case folded; a value that is a valid identifier (公民身份号码 15 or 18, 统一社会信用代码, 不动产单元号, mobile) is normalized as one first ([`crate::identifier::normalize`]) |
+//! | `normalized` | both [`canonical`] forms are equal: trimmed, full-width → half-width, inner whitespace collapsed, case folded; a value that is a valid identifier (公民身份号码 15 or 18, 统一社会信用代码, 不动产单元号, mobile) is normalized as one first ([`crate::identifier::recognize`]: by form, the region not checked) |
 //! | `date` | both are the same calendar date whatever the layout (`1949-12-31`, `1949/12/31`, `19491231`, `1949年12月31日`, an instant by its date in `[policy] time_zone`) |
 //! | `number` | both are the same decimal number, exactly (`12.50` = `12.5` = `+12.500`, `1e3` = `1000`; never through a float) |
 //! | `hmac` | the claim is `{"hmac": hex}`, HMAC-SM3 under `[verify] comparison_key_file` of the [`canonical`] form ([`claim_mac`]); the agent computes the same over the stored value |
@@ -174,7 +174,7 @@ pub fn canonical(value: &str) -> String {
         IdKind::PropertyUnit,
         IdKind::Mobile,
     ] {
-        if let Ok(n) = identifier::normalize(kind, trimmed) {
+        if let Ok(n) = identifier::recognize(kind, trimmed) {
             return n;
         }
     }

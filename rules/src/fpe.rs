@@ -2,30 +2,43 @@
 //! the department's own key (`[policy] fpe_key_file`, 16 bytes written as 32 hex digits).
 //! Reversible only with that key, for departments that must get their own records back.
 //!
-//! The value is made half-width first (`０２５６` → `0256`); its digits are then encrypted as
-//! one numeral string, in place; every other character stays where it is (`X` of a citizen
-//! ID, dashes). The FF1 tweak is the field's domain (default: its identifier kind). FF1 needs
-//! at least 6 digits (a domain of 10⁶ values): a value with fewer is masked completely, never
-//! passed through; so is a value holding a digit of another script (Arabic-Indic `٠١٢`,
-//! circled `①` …: any `char::is_numeric` character that is not an ASCII digit), which would
-//! otherwise leave in clear.
+//! The value is first normalized as its field's identifier kind when it has one
+//! ([`FpeKey::apply_identifier`]: a 公民身份号码 `11010519491231002x` is encrypted as
+//! `11010519491231002X`, `150102880730303` as `150102198807303035`; an invalid one in its
+//! cleaned form; kind `other` as read), and made half-width (`０２５６` → `0256`); its ASCII
+//! digits are then encrypted as one numeral string, in place; every other character stays
+//! where it is (`X` of a citizen ID, dashes). FF1 needs at least 6 digits (a domain of 10⁶ values): a value
+//! with fewer is masked completely, never passed through; so is a value holding a digit of
+//! another script (Arabic-Indic `٠١٢`, circled `①` …: any `char::is_numeric` character that
+//! is not an ASCII digit), which would otherwise leave in clear.
 //!
-//! | input | output (test key `00 01 … 0f`, domain `other`) |
-//! |---|---|
-//! | 6228480402564890018 | 6021225108187167238 |
-//! | 11010519491231002X (domain `citizen_id`) | 68255778106907692X |
-//! | 12345 (too few digits) | ***** |
-//! | ６２２８４８０４０２５６４８９００１８ (full-width) | as 6228480402564890018 |
-//! | ٦٢٢٨٤٨٠٤٠٢٥٦٤٨٩٠٠١٨ (Arabic-Indic digits) | ******************* |
+//! For another implementation (docs/CONFIG.md states the same): the block cipher is SM4
+//! (GB/T 32907) under the 16-byte key; radix 10; the numeral string is the value's ASCII
+//! digits in order, each digit its numeral (most significant first, as SP 800-38G's
+//! NUM_radix reads it); the tweak is the UTF-8 bytes of the field's domain (`domain` in
+//! `[resources.fields]`, default the identifier kind's name: `citizen_id`, `other` …; empty
+//! allowed); the output digits replace the input digits position by position.
+//!
+//! | key | tweak (domain) | input | output |
+//! |---|---|---|---|
+//! | `000102030405060708090a0b0c0d0e0f` | `other` | 6228480402564890018 | 6021225108187167238 |
+//! | `000102030405060708090a0b0c0d0e0f` | `citizen_id` | 11010519491231002X | 68255778106907692X |
+//! | `000102030405060708090a0b0c0d0e0f` | (empty) | 0123456789 | 4499149491 |
+//! | `2b7e151628aed2a6abf7158809cf4f3c` | (empty) | 0123456789 | 0496670108 |
+//! | `000102030405060708090a0b0c0d0e0f` | `other` | 12345 (too few digits) | \*\*\*\*\* |
+//! | `000102030405060708090a0b0c0d0e0f` | `other` | ６２２８４８０４０２５６４８９００１８ (full-width) | as 6228480402564890018 |
+//! | `000102030405060708090a0b0c0d0e0f` | `other` | ٦٢٢٨٤٨٠٤٠٢٥٦٤٨٩٠٠١٨ (Arabic-Indic digits) | \*\*\*\*\*\*\*\*\*\*\*\*\*\*\*\*\*\*\* |
+//! | `000102030405060708090a0b0c0d0e0f` | `citizen_id` | 11010519491231002x, kind `citizen_id` | 68255778106907692X |
+//! | `000102030405060708090a0b0c0d0e0f` | `citizen_id` | 150102880730303, kind `citizen_id` (as 150102198807303035) | 441144621736115756 |
 //!
 //! The key check value ([`FpeKey::check_value`]: SM4 of a zero block, first 4 bytes) names the
-//! key in the stream fingerprint without revealing it.
+//! key in the stream fingerprint without revealing it (`1e9634b7` for the first key above).
 
 use fpe::ff1::{FF1, FlexibleNumeralString};
 use sm4::Sm4;
 use sm4::cipher::{BlockEncrypt, KeyInit};
 
-use crate::identifier;
+use crate::identifier::{self, IdKind};
 use crate::mask::mask_all;
 use crate::pseudonym::KeyError;
 
@@ -128,6 +141,18 @@ impl FpeKey {
     pub fn apply(&self, domain: &str, s: &str) -> String {
         self.encrypt(domain, s).unwrap_or_else(|| mask_all(s))
     }
+
+    /// [`FpeKey::apply`] to `s` normalized as an identifier of `kind` first
+    /// ([`identifier::normalize`]; an invalid one in its cleaned form), so that the forms of
+    /// one identifier (`x` or `X`, 15 or 18 digits, full-width, spaced) encrypt alike, as the
+    /// key of a record does. Kind `other` is encrypted as read.
+    pub fn apply_identifier(&self, kind: IdKind, domain: &str, s: &str) -> String {
+        if kind == IdKind::Other {
+            return self.apply(domain, s);
+        }
+        let normal = identifier::normalize(kind, s).unwrap_or_else(|e| e.cleaned);
+        self.apply(domain, &normal)
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +191,69 @@ mod tests {
             Some("0496670108")
         );
         assert_eq!(k.check_value(), "1e9634b7");
+    }
+
+    /// The test vectors of the module documentation and of docs/CONFIG.md, computed.
+    #[test]
+    fn the_documented_test_vectors_are_what_the_implementation_computes() {
+        let docs = [include_str!("fpe.rs"), include_str!("../../docs/CONFIG.md")];
+        let k = key();
+        let nist = FpeKey::from_hex("2b7e151628aed2a6abf7158809cf4f3c").unwrap();
+        let rows = [
+            (&k, "other", "6228480402564890018", "6021225108187167238"),
+            (&k, "citizen_id", "11010519491231002X", "68255778106907692X"),
+            (&k, "", "0123456789", "4499149491"),
+            (&nist, "", "0123456789", "0496670108"),
+        ];
+        for (key, domain, plain, cipher) in rows {
+            assert_eq!(key.apply(domain, plain), cipher, "{plain}");
+            assert_eq!(key.decrypt(domain, cipher).as_deref(), Some(plain));
+            let tweak = if domain.is_empty() {
+                "(empty)".to_owned()
+            } else {
+                format!("`{domain}`")
+            };
+            let row = format!(
+                "| `{}` | {tweak} | {plain} | {cipher} |",
+                hex::encode(key.secret)
+            );
+            for doc in docs {
+                assert!(doc.contains(&row), "not documented: {row}");
+            }
+        }
+        assert_eq!(k.apply("other", "12345"), "*****");
+        assert_eq!(
+            k.apply("other", "６２２８４８０４０２５６４８９００１８"),
+            "6021225108187167238"
+        );
+        assert_eq!(k.apply("other", "٦٢٢٨٤٨٠٤٠٢٥٦٤٨٩٠٠١٨"), "*".repeat(19));
+        assert_eq!(k.check_value(), "1e9634b7");
+        // Identifiers are normalized first.
+        let id = |s: &str| k.apply_identifier(IdKind::CitizenId, "citizen_id", s);
+        assert_eq!(id("11010519491231002x"), "68255778106907692X");
+        assert_eq!(
+            id(" １１０１０５ １９４９１２３１ ００２ｘ "),
+            "68255778106907692X"
+        );
+        assert_eq!(id("150102880730303"), id("150102198807303035"));
+        assert_eq!(id("150102880730303").len(), 18);
+        assert_eq!(id("150102880730303"), "441144621736115756");
+        for doc in docs {
+            assert!(doc.contains("| 441144621736115756 |"));
+        }
+        // An invalid one in its cleaned form; `other` as read.
+        assert_eq!(
+            id("110105194912310021 "),
+            k.apply("citizen_id", "110105194912310021")
+        );
+        assert_eq!(
+            k.apply_identifier(IdKind::Other, "other", " 6228-4804 "),
+            k.apply("other", " 6228-4804 ")
+        );
+        assert_eq!(
+            k.apply_identifier(IdKind::Mobile, "mobile", "+86 138-0013-8000"),
+            k.apply("mobile", "13800138000")
+        );
     }
 
     #[test]

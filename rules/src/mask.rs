@@ -417,7 +417,7 @@ mod tests {
         }
 
         #[test]
-        fn identifier_masks_hide_the_middle_of_any_valid_id(d in "[1-6][0-9]{5}19[5-9][0-9](0[1-9]|1[0-2])(0[1-9]|1[0-9]|2[0-8])[0-9]{3}") {
+        fn identifier_masks_hide_the_middle_of_any_valid_id(d in "(11|33|44|65)0[1-9]0[1-9]19[5-9][0-9](0[1-9]|1[0-2])(0[1-9]|1[0-9]|2[0-8])[0-9]{3}") {
             let id = format!("{d}{}", crate::identifier::citizen_id_check(&d).unwrap());
             let out = apply(Mask::CitizenId { first: 6, last: 4 }, &id);
             proptest::prop_assert_eq!(&out[..6], &id[..6]);

@@ -8,7 +8,7 @@
 //! | `mask:name`, `mask:citizen_id`, `mask:citizen_id(1,2)`, `mask:mobile`, `mask:address`, `mask:bank_card`, `mask:email`, `mask:uscc`, `mask:property_unit`, `mask:keep(3,4)` | [`crate::mask`] |
 //! | `pseudonym` | [`crate::pseudonym`] (keyed HMAC-SM3) |
 //! | `generalize:year`, `generalize:year_month`, `generalize:age_band(10)` | [`crate::generalize`] |
-//! | `fpe:digits` | [`crate::fpe`] (FF1 over SM4) |
+//! | `fpe:digits` | [`crate::fpe`] (FF1 over SM4, of the value normalized as its identifier kind) |
 //!
 //! Unkeyed hashes (`hash`, `sha256`, `sm3`, `md5` …) are refused with the reason: a citizen ID
 //! has about 10¹¹ plausible values, so its plain hash is reversed by enumeration.
@@ -77,8 +77,11 @@ pub enum Rule {
     },
     /// A coarser value.
     Generalize(Generalize),
-    /// Format-preserving encryption of the digits (FF1 over SM4).
+    /// Format-preserving encryption of the digits (FF1 over SM4) of the value normalized as
+    /// its identifier kind ([`crate::fpe::FpeKey::apply_identifier`]).
     FpeDigits {
+        /// How the value is normalized first (`other`: not at all).
+        kind: IdKind,
         /// The FF1 tweak (default: the identifier kind's name).
         domain: String,
     },
@@ -105,7 +108,7 @@ impl std::fmt::Display for Rule {
             Rule::Generalize(Generalize::Year) => f.write_str("generalize:year"),
             Rule::Generalize(Generalize::YearMonth) => f.write_str("generalize:year_month"),
             Rule::Generalize(Generalize::AgeBand(n)) => write!(f, "generalize:age_band({n})"),
-            Rule::FpeDigits { domain } => write!(f, "fpe:digits(domain {domain})"),
+            Rule::FpeDigits { domain, .. } => write!(f, "fpe:digits(domain {domain})"),
         }
     }
 }
@@ -147,7 +150,7 @@ impl Rule {
             ));
         }
         let given = domain;
-        let domain = || given.unwrap_or(kind.as_str()).to_owned();
+        let domain = given.unwrap_or(kind.as_str()).to_owned();
         let (head, arg) = s.split_once(':').unwrap_or((s, ""));
         let (name, args) = call(arg)?;
         let no_args = |r: Rule| {
@@ -169,10 +172,7 @@ impl Rule {
         let rule = match (head, name) {
             ("plain", "") => Rule::Plain,
             ("drop", "") => Rule::Drop,
-            ("pseudonym", "") => Rule::Pseudonym {
-                kind,
-                domain: domain(),
-            },
+            ("pseudonym", "") => Rule::Pseudonym { kind, domain },
             ("mask", "name") => no_args(Rule::Mask(Mask::Name))?,
             ("mask", "citizen_id") => {
                 let (first, last) = two(Some((6, 4)))?;
@@ -203,7 +203,7 @@ impl Rule {
                     ));
                 }
             },
-            ("fpe", "digits") => no_args(Rule::FpeDigits { domain: domain() })?,
+            ("fpe", "digits") => no_args(Rule::FpeDigits { kind, domain })?,
             _ => return Err(format!("`{s}` is not a field rule; {EXPECTED}")),
         };
         if given.is_some() && !matches!(rule, Rule::Pseudonym { .. } | Rule::FpeDigits { .. }) {
@@ -384,7 +384,15 @@ mod tests {
         assert_eq!(
             Rule::parse("fpe:digits", IdKind::Other, Some("hr")).unwrap(),
             Rule::FpeDigits {
+                kind: IdKind::Other,
                 domain: "hr".into()
+            }
+        );
+        assert_eq!(
+            Rule::parse("fpe:digits", IdKind::CitizenId, None).unwrap(),
+            Rule::FpeDigits {
+                kind: IdKind::CitizenId,
+                domain: "citizen_id".into()
             }
         );
     }

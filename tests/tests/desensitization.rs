@@ -110,9 +110,11 @@ fn random_mobile() -> String {
 /// A valid 统一社会信用代码: 17 random symbols and the check character that fits.
 fn random_uscc() -> String {
     const CHARSET: &[u8] = b"0123456789ABCDEFGHJKLMNPQRTUWXY";
-    let first17: String = (0..17)
+    // An enterprise (9, category 1) registered in 杭州市西湖区 (330106): GB 32100's structure.
+    let rest: String = (0..9)
         .map(|_| char::from(CHARSET[rand::random_range(0..CHARSET.len())]))
         .collect();
+    let first17 = format!("91330106{rest}");
     CHARSET
         .iter()
         .map(|&c| format!("{first17}{}", char::from(c)))

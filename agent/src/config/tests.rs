@@ -269,6 +269,7 @@ fn desensitization_rules_parse_with_identifiers_and_keys() {
     assert_eq!(
         r.fields[4].1,
         Rule::FpeDigits {
+            kind: IdKind::Other,
             domain: "hr-card".into()
         }
     );

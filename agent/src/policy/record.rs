@@ -135,10 +135,10 @@ impl Plan {
                 _ => closed(),
             },
             Rule::Generalize(g) => J::String(generalize::apply(*g, v, self.keys.time_zone)),
-            Rule::FpeDigits { domain } => match (v, &self.keys.fpe) {
+            Rule::FpeDigits { kind, domain } => match (v, &self.keys.fpe) {
                 (Value::Text(_) | Value::Int(_) | Value::UInt(_), Some(k)) => {
                     let t = v.to_text().unwrap_or_default();
-                    J::String(k.apply(domain, &t))
+                    J::String(k.apply_identifier(*kind, domain, &t))
                 }
                 _ => closed(),
             },
