@@ -360,7 +360,7 @@ fn certificate_expiry(file: &std::path::Path, config: &HubConfig) -> Result<Vec<
 }
 
 /// Why `verify` cannot work with a certificate without clientAuth.
-const NO_CLIENT_AUTH: &str = "the certificate `exchange-hub verify` presents ([client] cert, else [listen] cert) is not for TLS clients (its extended key usage lacks clientAuth): every agent refuses it in the handshake. Issue the hub a client certificate (extendedKeyUsage = clientAuth, docs/OPERATIONS.md) and name it in [client] cert and key";
+const NO_CLIENT_AUTH: &str = "the certificate `exchange-hub verify` presents ([client] cert, else [listen] cert) is not for TLS clients (its extended key usage lacks clientAuth): every agent refuses it in the handshake. Issue the hub a client certificate (extendedKeyUsage = clientAuth, docs/CERTIFICATES.md) and name it in [client] cert and key";
 
 /// Whether `[client] cert` (else `[listen] cert`) may authenticate a TLS client.
 fn client_auth(config: &HubConfig) -> Result<bool, Failure> {

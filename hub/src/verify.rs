@@ -29,6 +29,15 @@ pub enum VerifyCallError {
     /// The agent URL is not `https://host:port`.
     #[error("`{0}` is not an https:// URL of an agent's verification service")]
     Url(String),
+    /// The TLS handshake with the agent failed: `message` says which side refused which
+    /// certificate, with the TLS reason, and what to check.
+    #[error("{message}")]
+    Handshake {
+        /// The agent's URL.
+        url: String,
+        /// The sentence for the operator.
+        message: String,
+    },
     /// The agent could not be reached or the connection broke.
     #[error("cannot reach the agent at {url}: {reason}")]
     Transport {
@@ -64,6 +73,8 @@ pub struct Verifier {
     http: reqwest::Client,
     /// `https://host:port/v1/verify`.
     url: String,
+    /// The client's TLS configuration, for finding out why a handshake failed.
+    tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 impl Verifier {
@@ -78,6 +89,7 @@ impl Verifier {
         // instead of opening one each, each with a TLS handshake of its own, which under a
         // burst costs more CPU than the verifications (bench/verify).
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tls = std::sync::Arc::new(config.clone());
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(config)
             .https_only(true)
@@ -93,6 +105,7 @@ impl Verifier {
         Ok(Verifier {
             http,
             url: format!("{}{VERIFY_PATH}", agent.trim_end_matches('/')),
+            tls,
         })
     }
 
@@ -137,18 +150,24 @@ impl Verifier {
 
     /// POSTs a JSON body; the answer's text, or the refusal.
     async fn post(&self, url: &str, body: Vec<u8>) -> Result<String, VerifyCallError> {
-        let transport = |e: reqwest::Error| VerifyCallError::Transport {
-            url: url.to_owned(),
-            reason: exchange_protocol::cause::chain(&e),
+        let transport = |e: reqwest::Error| match tls_error_in(&e) {
+            Some(tls) => handshake_error(url, &tls),
+            None => VerifyCallError::Transport {
+                url: url.to_owned(),
+                reason: exchange_protocol::cause::chain(&e),
+            },
         };
-        let response = self
+        let sent = self
             .http
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body)
             .send()
-            .await
-            .map_err(transport)?;
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => return Err(self.failure(url, e).await),
+        };
         let status = response.status();
         let retry_after = response
             .headers()
@@ -168,6 +187,191 @@ impl Verifier {
         }
         Ok(text)
     }
+
+    /// Why a request to `url` could not be sent. HTTP/2 may report an agent's refusal of the
+    /// hub's certificate only as "channel closed", so when the error names no TLS reason, a
+    /// handshake of its own finds out whether TLS was the cause.
+    async fn failure(&self, url: &str, e: reqwest::Error) -> VerifyCallError {
+        let tls = match tls_error_in(&e) {
+            Some(tls) => Some(tls),
+            None if !e.is_timeout() => self.handshake_probe().await,
+            None => None,
+        };
+        match tls {
+            Some(tls) => handshake_error(url, &tls),
+            None => VerifyCallError::Transport {
+                url: url.to_owned(),
+                reason: exchange_protocol::cause::chain(&e),
+            },
+        }
+    }
+
+    /// A TLS handshake with the agent, as the client makes it; the TLS error it ends with,
+    /// if any. In TLS 1.3 the agent checks the hub's certificate after the hub's last
+    /// handshake message, so its refusal arrives as an alert on the first read.
+    async fn handshake_probe(&self) -> Option<rustls::Error> {
+        use rustls::pki_types::ServerName;
+        use tokio::io::AsyncReadExt;
+        let url = reqwest::Url::parse(&self.url).ok()?;
+        let port = url.port_or_known_default()?;
+        let host = url.host_str()?;
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let name = match bare.parse::<std::net::IpAddr>() {
+            Ok(ip) => ServerName::from(ip),
+            Err(_) => ServerName::try_from(bare.to_owned()).ok()?,
+        };
+        let addr = format!("{host}:{port}");
+        let step = Duration::from_secs(5);
+        let tcp = tokio::time::timeout(step, tokio::net::TcpStream::connect(addr))
+            .await
+            .ok()?
+            .ok()?;
+        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let mut stream = match tokio::time::timeout(step, connector.connect(name, tcp)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return tls_error_in(&e),
+            Err(_) => return None,
+        };
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut byte)).await {
+            Ok(Err(e)) => tls_error_in(&e),
+            _ => None,
+        }
+    }
+}
+
+/// The TLS error somewhere in `e`'s chain of causes. rustls' errors travel inside (nested)
+/// `std::io::Error`s, whose `source` skips them, and an alert the peer sent may have been
+/// turned into its text on the way.
+fn tls_error_in(e: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(tls) = c.downcast_ref::<rustls::Error>() {
+            return Some(tls.clone());
+        }
+        let inner = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| tls_error_in(inner));
+        if inner.is_some() {
+            return inner;
+        }
+        if let Some(alert) = alert_named_in(&c.to_string()) {
+            return Some(rustls::Error::AlertReceived(alert));
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// The certificate alert a text like "received fatal alert: UnknownCA" names.
+fn alert_named_in(text: &str) -> Option<rustls::AlertDescription> {
+    use rustls::AlertDescription as A;
+    let name = text.split("received fatal alert: ").nth(1)?;
+    [
+        A::UnknownCA,
+        A::CertificateExpired,
+        A::CertificateRevoked,
+        A::UnsupportedCertificate,
+        A::BadCertificate,
+        A::CertificateRequired,
+        A::CertificateUnknown,
+        A::DecryptError,
+        A::AccessDenied,
+    ]
+    .into_iter()
+    .find(|a| name.split(|c: char| !c.is_ascii_alphanumeric()).next() == Some(&format!("{a:?}")))
+}
+
+/// Names a failed TLS handshake with the agent at `url`: the agent's certificate the hub
+/// refused, or the hub's certificate the agent refused (told by its alert), with the reason.
+fn handshake_error(url: &str, err: &rustls::Error) -> VerifyCallError {
+    use rustls::Error as E;
+    let message = match err {
+        E::InvalidCertificate(c) => {
+            let why = agent_certificate_problem(c);
+            exchange_protocol::tr!(
+                "the TLS handshake with the agent at {url} failed: {err}: the agent's certificate ([verify] cert) {why}",
+                "与代理 {url} 的 TLS 握手失败：{err}：代理的证书（[verify] cert）{why}"
+            )
+        }
+        E::AlertReceived(alert) => match hub_certificate_problem(*alert) {
+            Some(why) => exchange_protocol::tr!(
+                "the agent at {url} refused the hub's certificate ([client] cert, else [listen] cert) in the TLS handshake: {err}: {why}; the agent's log and audit (connection.rejected) name the reason",
+                "代理 {url} 在 TLS 握手中拒绝了交换中心的证书（[client] cert，未配置时为 [listen] cert）：{err}：{why}；代理的日志与审计记录（connection.rejected）写明原因"
+            ),
+            None => exchange_protocol::tr!(
+                "the TLS handshake with the agent at {url} failed: the agent sent {err} (do both sides allow the same TLS version, min_tls?)",
+                "与代理 {url} 的 TLS 握手失败：代理发来 {err}（两端的 TLS 版本 min_tls 是否一致？）"
+            ),
+        },
+        other => exchange_protocol::tr!(
+            "the TLS handshake with the agent at {url} failed: {other}",
+            "与代理 {url} 的 TLS 握手失败：{other}"
+        ),
+    };
+    VerifyCallError::Handshake {
+        url: url.to_owned(),
+        message,
+    }
+}
+
+/// What is wrong with the agent's certificate, as the hub's verifier found it.
+fn agent_certificate_problem(err: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    match err {
+        C::UnknownIssuer => exchange_protocol::tr!(
+            "was not issued by the CA the hub trusts ([client] ca, else [listen] ca)",
+            "不是交换中心信任的 CA（[client] ca，未配置时为 [listen] ca）签发的"
+        ),
+        C::Expired | C::ExpiredContext { .. } => {
+            exchange_protocol::tr!("has expired", "已过期")
+        }
+        C::NotValidYet | C::NotValidYetContext { .. } => exchange_protocol::tr!(
+            "is not valid yet (check both machines' clocks)",
+            "尚未生效（请检查两台机器的时钟）"
+        ),
+        C::NotValidForName | C::NotValidForNameContext { .. } => exchange_protocol::tr!(
+            "does not hold the host of --agent in its subjectAltName",
+            "的 subjectAltName 中没有 --agent 中的主机"
+        ),
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => exchange_protocol::tr!(
+            "is not for TLS servers (its extended key usage lacks serverAuth)",
+            "不是服务端证书（扩展密钥用途缺少 serverAuth）"
+        ),
+        _ => exchange_protocol::tr!("was refused", "未被接受"),
+    }
+}
+
+/// Why the agent refused the hub's certificate, from the TLS alert it sent; `None` for an
+/// alert about something other than a certificate.
+fn hub_certificate_problem(alert: rustls::AlertDescription) -> Option<String> {
+    use rustls::AlertDescription as A;
+    Some(match alert {
+        A::UnknownCA => exchange_protocol::tr!(
+            "it was not issued by a CA of the agent's [verify] client_ca",
+            "它不是代理 [verify] client_ca 中的 CA 签发的"
+        ),
+        A::CertificateExpired => {
+            exchange_protocol::tr!("it has expired or is not valid yet", "它已过期或尚未生效")
+        }
+        A::CertificateRevoked => exchange_protocol::tr!(
+            "it is revoked (listed in the agent's [verify] crl)",
+            "它已被吊销（列在代理的 [verify] crl 中）"
+        ),
+        A::UnsupportedCertificate | A::BadCertificate => exchange_protocol::tr!(
+            "it is not usable as a client certificate (its extended key usage must allow clientAuth)",
+            "它不能用作客户端证书（扩展密钥用途须允许 clientAuth）"
+        ),
+        A::CertificateRequired => {
+            exchange_protocol::tr!("no certificate was presented", "未出示证书")
+        }
+        A::CertificateUnknown | A::DecryptError | A::AccessDenied => exchange_protocol::tr!(
+            "the agent could not accept it (not issued by its [verify] client_ca, or a bad signature)",
+            "代理无法接受它（不是其 [verify] client_ca 签发的，或签名无效）"
+        ),
+        _ => return None,
+    })
 }
 
 /// An agent's answer parsed from its JSON text.

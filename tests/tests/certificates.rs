@@ -1,5 +1,5 @@
 //! Certificates as an administrator issues them: the openssl commands of the certificate
-//! guide in docs/OPERATIONS.md, run exactly as written, produce a CA, a hub certificate and a
+//! guide in docs/CERTIFICATES.md, run exactly as written, produce a CA, a hub certificate and a
 //! node certificate that `check --connect` accepts and `sync` delivers with; `check` warns
 //! about a certificate expiring within 30 days and refuses an expired one.
 
@@ -16,23 +16,17 @@ use exchange_tests::{DEADLINE, TestDir};
 
 const CODE: &str = "330100-RSJ-0001";
 
-/// The shell block that follows the `certificate-guide` marker in docs/OPERATIONS.md.
+/// The shell blocks that follow a `<!-- guide -->` line in docs/CERTIFICATES.md, joined.
 fn guide() -> String {
-    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/OPERATIONS.md");
+    let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/CERTIFICATES.md");
     let text = std::fs::read_to_string(&doc).unwrap();
-    let after = text
-        .split_once("<!-- certificate-guide")
-        .unwrap_or_else(|| panic!("{} has no certificate-guide marker", doc.display()))
-        .1;
-    let block = after
-        .split_once("```sh\n")
-        .expect("a ```sh block after the marker")
-        .1;
-    block
-        .split_once("\n```")
-        .expect("the block ends")
-        .0
-        .to_owned()
+    let blocks: Vec<&str> = text
+        .split("<!-- guide -->\n```sh\n")
+        .skip(1)
+        .map(|b| b.split_once("\n```").expect("the block ends").0)
+        .collect();
+    assert!(!blocks.is_empty(), "{} has no guide block", doc.display());
+    blocks.join("\n")
 }
 
 /// Runs the guide's commands in `dir` for node `node` and a hub at localhost/127.0.0.1.
@@ -43,6 +37,10 @@ fn run_guide(dir: &Path, node: &str) {
         .env("NODE_ID", node)
         .env("HUB_DNS", "localhost")
         .env("HUB_IP", "127.0.0.1")
+        .env("REQUESTER", "city-hub")
+        .env("VERIFY_DNS", "localhost")
+        .env("VERIFY_IP", "127.0.0.1")
+        .env("OTHER_REQUESTER", "gjj-system")
         .output()
         .expect("run bash (and openssl)");
     assert!(

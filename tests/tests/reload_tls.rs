@@ -29,7 +29,7 @@ async fn answered(setup: &Setup, url: &str, cert: &Path, key: &Path) -> Option<b
     let verifier = Verifier::new(&setup.client_tls(cert, key), url).unwrap();
     match verifier.verify(&question()).await {
         Ok(_) => Some(true),
-        Err(VerifyCallError::Transport { .. }) => Some(false),
+        Err(VerifyCallError::Handshake { .. }) => Some(false),
         Err(_) => None,
     }
 }

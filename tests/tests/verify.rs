@@ -355,7 +355,7 @@ async fn certificates_from_another_ca_or_expired_are_refused_in_the_handshake() 
         );
         let verifier = Verifier::new(&setup.client_tls(&cert, &key), &service.url).unwrap();
         match verifier.verify(&r).await {
-            Err(VerifyCallError::Transport { .. }) => {}
+            Err(VerifyCallError::Handshake { .. }) => {}
             other => panic!("expected a refused handshake, got {other:?}"),
         }
     }
@@ -401,7 +401,7 @@ async fn refused_handshakes_are_counted_by_reason_and_audited_by_the_daemon() {
     for (cert, key) in [foreign, expired] {
         let verifier = Verifier::new(&setup.client_tls(&cert, &key), &daemon.url).unwrap();
         match verifier.verify(&r).await {
-            Err(VerifyCallError::Transport { .. }) => {}
+            Err(VerifyCallError::Handshake { .. }) => {}
             other => panic!("expected a refused handshake, got {other:?}"),
         }
     }
@@ -430,9 +430,13 @@ async fn refused_handshakes_are_counted_by_reason_and_audited_by_the_daemon() {
     )
     .await;
     drop(plain);
-    for reason in ["unknown_issuer", "expired", "protocol"] {
-        assert_eq!(failures(&samples, reason), Some(1.0), "{reason}");
+    // A refusal the hub's client saw only as a closed HTTP/2 connection is followed by one
+    // handshake of its own that finds the TLS reason: one or two per refused certificate.
+    for reason in ["unknown_issuer", "expired"] {
+        let n = failures(&samples, reason).unwrap_or(0.0);
+        assert!((1.0..=2.0).contains(&n), "{reason}: {n}");
     }
+    assert_eq!(failures(&samples, "protocol"), Some(1.0));
     let rejected = wait_for("the refusals are audited", Duration::from_secs(30), || {
         let audit = setup.audit();
         async move {
@@ -451,7 +455,8 @@ async fn refused_handshakes_are_counted_by_reason_and_audited_by_the_daemon() {
         assert_eq!(e["actor"], "-", "{e}");
         let peer: std::net::IpAddr = e["detail"]["peer"].as_str().unwrap().parse().unwrap();
         assert!(peer.is_loopback(), "{e}");
-        assert_eq!(e["detail"]["count"], 1, "{e}");
+        let count = e["detail"]["count"].as_u64().unwrap();
+        assert!((1..=2).contains(&count), "{e}");
         assert!(!e["detail"]["error"].as_str().unwrap().is_empty(), "{e}");
     }
     assert!(
