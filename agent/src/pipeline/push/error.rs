@@ -53,6 +53,35 @@ pub enum PushError {
         /// The hub's explanation.
         error: String,
     },
+    /// The hub refused one record of the batch (`400` naming its line, docs/PROTOCOL.md §7):
+    /// nothing of the batch was applied. Not reported as such: the pusher quarantines the
+    /// record and sends the rest of the batch at once (`refused`).
+    #[error("hub {url} refused line {record} of batch {seq} of `{resource}`: {error}")]
+    RecordRefused {
+        /// Hub URL.
+        url: String,
+        /// Resource.
+        resource: String,
+        /// Batch seq.
+        seq: u64,
+        /// The digest of the batch the hub refused (it is changed only if still queued as sent).
+        digest: String,
+        /// The refused line's 0-based index.
+        record: u64,
+        /// The hub's explanation.
+        error: String,
+    },
+    /// A record the hub refused could not be quarantined: the audit log cannot be written, so
+    /// the batch is left as it is (every change is audited) and sent again later.
+    #[error("the record the hub refused in batch {seq} of `{resource}` is not quarantined yet: {reason}")]
+    Unaudited {
+        /// Resource.
+        resource: String,
+        /// Batch seq.
+        seq: u64,
+        /// The audit log's error.
+        reason: String,
+    },
     /// The hub acknowledged something else than what was sent.
     #[error(
         "hub {url} acknowledged seq {got} for batch {expected} of `{resource}`; the batch stays queued"
@@ -152,6 +181,8 @@ impl PushError {
             PushError::Unreachable { .. } => "unreachable",
             PushError::Throttled { .. } => "throttled",
             PushError::Refused { .. } => "refused",
+            PushError::RecordRefused { .. } => "record_refused",
+            PushError::Unaudited { .. } => "audit",
             PushError::WrongAck { .. } | PushError::BadAck { .. } => "bad_ack",
             PushError::Rewound { .. } => "rewound",
             PushError::Gap { .. } => "gap",

@@ -86,6 +86,18 @@ impl Queue {
 }
 
 impl Txn {
+    /// Records a record the hub refused (removed from its batch by
+    /// [`Queue::replace_refused`]): its key as it left, and the hub's reason.
+    pub(super) fn quarantine_refused(
+        &mut self,
+        resource: &str,
+        state: &mut ResourceState,
+        key: Option<String>,
+        reason: String,
+    ) -> Result<(), QueueError> {
+        self.quarantine(resource, state, key, reason)
+    }
+
     /// Records a quarantined row. The same key quarantined again for the same reason updates
     /// its entry (time, count) instead of adding one; `state.quarantined` counts entries.
     pub fn quarantine(
