@@ -304,10 +304,12 @@ pub fn parse_limited<'a>(
         if line.is_empty() {
             continue;
         }
-        records.push(parse_line(line, max_key_bytes).map_err(|reason| BatchError::Line {
-            line: i + 1,
-            reason,
-        })?);
+        records.push(
+            parse_line(line, max_key_bytes).map_err(|reason| BatchError::Line {
+                line: i + 1,
+                reason,
+            })?,
+        );
     }
     if records.len() as u64 != claimed_count {
         return Err(BatchError::Count {
@@ -497,11 +499,27 @@ mod tests {
         // (the line after `ok`, its 0-based index, the reason)
         let cases: [(&[u8], u64, &str); 5] = [
             (b"{\"op\":\"delete\",\"key\":\"\"}\n", 1, "the key is empty"),
-            (b"{\"op\":\"delete\",\"key\":\"a\\u0000\"}\n", 1, "the key contains a NUL character"),
-            (b"{\"op\":\"delete\",\"key\":\"abcdefghi\"}\n", 1, "the key is 9 bytes long; this hub accepts keys of at most 8 bytes"),
-            (b"{\"op\":\"upsert\",\"key\":\"b\"}\n", 1, "an upsert needs `fields`"),
+            (
+                b"{\"op\":\"delete\",\"key\":\"a\\u0000\"}\n",
+                1,
+                "the key contains a NUL character",
+            ),
+            (
+                b"{\"op\":\"delete\",\"key\":\"abcdefghi\"}\n",
+                1,
+                "the key is 9 bytes long; this hub accepts keys of at most 8 bytes",
+            ),
+            (
+                b"{\"op\":\"upsert\",\"key\":\"b\"}\n",
+                1,
+                "an upsert needs `fields`",
+            ),
             // An empty line counts as a line.
-            (b"\n{\"op\":\"delete\",\"key\":\"\"}\n", 2, "the key is empty"),
+            (
+                b"\n{\"op\":\"delete\",\"key\":\"\"}\n",
+                2,
+                "the key is empty",
+            ),
         ];
         for (bad, index, reason) in cases {
             let body = [ok.as_slice(), bad].concat();
@@ -512,13 +530,18 @@ mod tests {
         let err = parse(ok, &digest_hex(ok), 2).unwrap_err();
         assert_eq!(err.record(), None, "a wrong count is about the batch");
         assert_eq!(parse(ok, &"0".repeat(64), 1).unwrap_err().record(), None);
-        assert!(parse_limited(ok, &digest_hex(ok), 1, 1).is_ok(), "at the limit");
+        assert!(
+            parse_limited(ok, &digest_hex(ok), 1, 1).is_ok(),
+            "at the limit"
+        );
     }
 
     #[test]
     fn removing_a_line_keeps_every_other_byte() {
+        /// A line's index, and the body without it with the line, if there is one.
+        type Case = (u64, Option<(&'static [u8], &'static [u8])>);
         let body = b"a\nb\n\nc\nd";
-        let cases: [(u64, Option<(&[u8], &[u8])>); 7] = [
+        let cases: [Case; 7] = [
             (0, Some((b"b\n\nc\nd", b"a"))),
             (1, Some((b"a\n\nc\nd", b"b"))),
             (2, None),

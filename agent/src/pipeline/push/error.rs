@@ -56,7 +56,7 @@ pub enum PushError {
     /// The hub refused one record of the batch (`400` naming its line, docs/PROTOCOL.md §7):
     /// nothing of the batch was applied. Not reported as such: the pusher quarantines the
     /// record and sends the rest of the batch at once (`refused`).
-    #[error("hub {url} refused line {record} of batch {seq} of `{resource}`: {error}")]
+    #[error("hub {url} refused line {} of batch {seq} of `{resource}`: {error}", record + 1)]
     RecordRefused {
         /// Hub URL.
         url: String,
@@ -66,14 +66,16 @@ pub enum PushError {
         seq: u64,
         /// The digest of the batch the hub refused (it is changed only if still queued as sent).
         digest: String,
-        /// The refused line's 0-based index.
+        /// The refused line's 0-based index (the error body's `record`).
         record: u64,
         /// The hub's explanation.
         error: String,
     },
     /// A record the hub refused could not be quarantined: the audit log cannot be written, so
     /// the batch is left as it is (every change is audited) and sent again later.
-    #[error("the record the hub refused in batch {seq} of `{resource}` is not quarantined yet: {reason}")]
+    #[error(
+        "the record the hub refused in batch {seq} of `{resource}` is not quarantined yet: {reason}"
+    )]
     Unaudited {
         /// Resource.
         resource: String,

@@ -27,6 +27,8 @@ pub(super) async fn quarantine(queue: &Queue, refused: PushError) -> Result<(), 
         .expect("queue task panicked")
 }
 
+/// [`quarantine`], on the blocking pool: the batch as it was sent, the line cut out, the
+/// audit entry, then the queue's transaction (module doc).
 fn settle(queue: &Queue, refused: PushError) -> Result<(), PushError> {
     let PushError::RecordRefused {
         url,
@@ -53,7 +55,8 @@ fn settle(queue: &Queue, refused: PushError) -> Result<(), PushError> {
             url,
             status: 400,
             error: format!(
-                "{error} (the hub names line {record}, which the batch does not hold: the batch stays queued)"
+                "{error} (the hub names line {}, which the batch does not hold: the batch stays queued)",
+                record + 1
             ),
             resource,
             seq,
@@ -75,7 +78,14 @@ fn settle(queue: &Queue, refused: PushError) -> Result<(), PushError> {
             reason: e.to_string(),
         }
     })?;
-    if queue.replace_refused(&resource, seq, &b.digest, &rest, key_of(line), reason.clone())? {
+    if queue.replace_refused(
+        &resource,
+        seq,
+        &b.digest,
+        &rest,
+        key_of(line),
+        reason.clone(),
+    )? {
         tracing::warn!(resource = %resource, seq, record, reason = %reason, "The hub refused a record; it is quarantined and the rest of its batch is sent again.");
     }
     Ok(())

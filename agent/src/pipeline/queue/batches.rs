@@ -424,11 +424,19 @@ mod tests {
         assert_eq!((after[0].seq, after[0].records), (1, 2));
         assert_eq!(
             after[0].digest,
-            batch::digest_hex(b"{\"op\":\"delete\",\"key\":\"a\"}\n{\"op\":\"delete\",\"key\":\"c\"}\n")
+            batch::digest_hex(
+                b"{\"op\":\"delete\",\"key\":\"a\"}\n{\"op\":\"delete\",\"key\":\"c\"}\n"
+            )
         );
         assert_eq!(after[0].digest, rest.digest());
-        assert_eq!(after[0].created, before[0].created, "its creation time is kept");
-        assert_eq!(after[1].digest, before[1].digest, "other batches are untouched");
+        assert_eq!(
+            after[0].created, before[0].created,
+            "its creation time is kept"
+        );
+        assert_eq!(
+            after[1].digest, before[1].digest,
+            "other batches are untouched"
+        );
         let state = q.state("R").unwrap();
         assert_eq!(
             (state.queued_batches, state.queued_records, state.next_seq),
