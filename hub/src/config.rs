@@ -25,6 +25,7 @@
 //!
 //! [limits]                                        # every key optional (docs/HUB.md)
 //! max_batch_bytes = "64MiB"
+//! max_key_bytes = 2048       # longest record key; a longer one is refused (that record only)
 //! max_concurrent_requests = 16
 //! max_connections = 1024
 //! body_timeout = "60s"
@@ -46,6 +47,10 @@ use exchange_protocol::batch::DEFAULT_MAX_BATCH_BYTES;
 use exchange_protocol::tls::{self, MinTlsVersion, MutualTls, TlsError};
 use serde::Deserialize;
 use toml::Spanned;
+
+/// The default `limits.max_key_bytes`: far above any identifier or pseudonym, and below the
+/// index limit of a PostgreSQL store.
+const DEFAULT_MAX_KEY_BYTES: usize = 2048;
 
 /// The smallest `limits.max_batch_bytes` accepted.
 const MIN_BATCH_BYTES: u64 = 1024;
@@ -166,6 +171,8 @@ impl<'de> Deserialize<'de> for RawSize {
 pub struct RawLimits {
     /// Largest batch body, compressed and decompressed.
     pub max_batch_bytes: Option<Spanned<RawSize>>,
+    /// Longest record key, in bytes.
+    pub max_key_bytes: Option<Spanned<i64>>,
     /// Batch requests processed at once; more are answered 503 before their body is read.
     pub max_concurrent_requests: Option<Spanned<i64>>,
     /// Open client connections; further connections wait in the kernel's accept queue.
@@ -195,6 +202,10 @@ pub struct RawLimits {
 pub struct Limits {
     /// Largest batch body accepted, both compressed and decompressed, in bytes.
     pub max_batch_bytes: usize,
+    /// Longest record key accepted, in bytes (UTF-8): a batch with a longer key is refused
+    /// `400`, naming that record (the agent quarantines it). The default stays below what a
+    /// PostgreSQL store can index (about 2,700 bytes with the resource code).
+    pub max_key_bytes: usize,
     /// Batch requests processed at once (reading the body, checking, storing); over it a
     /// request is answered `503` with `Retry-After` before its body is read.
     pub max_concurrent_requests: usize,
@@ -221,6 +232,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
             max_concurrent_requests: 16,
             max_connections: 1024,
             body_timeout: Duration::from_secs(60),
@@ -850,6 +862,9 @@ fn limits(raw: RawLimits, file: &Source<'_>) -> Result<Limits, ConfigError> {
             ))
         }
     };
+    if let Some(v) = &raw.max_key_bytes {
+        limits.max_key_bytes = count("limits.max_key_bytes", v, 65_536)?;
+    }
     if let Some(v) = &raw.max_concurrent_requests {
         limits.max_concurrent_requests = count("limits.max_concurrent_requests", v, 4096)?;
     }
@@ -1078,10 +1093,11 @@ url = "sqlite://hub.db"
         let dir = fixture();
         let text = VALID.replace(
             "url = \"sqlite://hub.db\"",
-            "url = \"postgres://hub@db.example/exchange?sslmode=verify-full\"\nca = \"tls/ca.pem\"\n[limits]\nmax_concurrent_requests = 4\nmax_connections = 100\nbody_timeout = \"90s\"\nheader_timeout = \"5s\"\nhandshake_timeout = \"3s\"\nmax_handshakes = 8\nidle_timeout = \"20s\"\nmax_streams = 16\nmax_requests = 32",
+            "url = \"postgres://hub@db.example/exchange?sslmode=verify-full\"\nca = \"tls/ca.pem\"\n[limits]\nmax_concurrent_requests = 4\nmax_connections = 100\nbody_timeout = \"90s\"\nheader_timeout = \"5s\"\nhandshake_timeout = \"3s\"\nmax_handshakes = 8\nidle_timeout = \"20s\"\nmax_streams = 16\nmax_requests = 32\nmax_key_bytes = 512",
         );
         let config = load(&dir, &text).unwrap();
         let limits = config.limits;
+        assert_eq!(limits.max_key_bytes, 512);
         assert_eq!(
             (
                 limits.max_handshakes,

@@ -26,8 +26,10 @@
 //! certificate has a common name (403) → `exchange-protocol` is supported (400) →
 //! `exchange-node` equals the common name (403) → the other headers are well formed (400) →
 //! the body fits `max_batch_bytes` compressed (413), arrives within `body_timeout` (408) and
-//! fits decompressed (413) → digest, record count and every line (400) → ownership, and a
-//! catalogue entry that is not `share = "none"` (403) →
+//! fits decompressed (413) → digest, record count and every line, keys non-empty, without
+//! NUL and within `max_key_bytes` (400; a refusal because of one line names it: the error
+//! body's `record`, its 0-based index) → ownership, and a catalogue entry that is not
+//! `share = "none"` (403) →
 //! no gap in the stream's seq (409) → applied or duplicate (200), or the store is failing
 //! (503/500).
 
@@ -278,6 +280,8 @@ struct Refusal {
     message: String,
     /// For `409`: the stream's high-water mark.
     last_seq: Option<u64>,
+    /// For a `400` because of one line of the body: its 0-based index (docs/PROTOCOL.md §7).
+    record: Option<u64>,
     /// Close the connection after answering (HTTP/1.1; the body was not read to its end).
     close: bool,
 }
@@ -288,6 +292,7 @@ impl Refusal {
             status,
             message: message.into(),
             last_seq: None,
+            record: None,
             close: false,
         }
     }
@@ -302,6 +307,7 @@ impl IntoResponse for Refusal {
         let body = ErrorBody {
             error: self.message,
             last_seq: self.last_seq,
+            record: self.record,
         };
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
@@ -393,6 +399,7 @@ async fn post_batch(
                 node = peer.node.as_deref().unwrap_or("-"),
                 resource = %resource_hint,
                 status = refusal.status.as_u16(),
+                record = refusal.record,
                 reason = %refusal.message,
                 "Batch refused."
             );
@@ -517,16 +524,18 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
     let _arrival = state.store.arriving(&id);
     let batch = BatchHeaders::read(headers)?;
     let ndjson = read_ndjson(state, headers, body).await?;
-    let records = batch::parse(&ndjson, batch.digest, batch.count)
-        .map_err(|e| Refusal::bad(e.to_string()))?;
-    for (i, record) in records.iter().enumerate() {
-        if record.key.is_empty() || record.key.contains('\0') {
-            return Err(Refusal::bad(format!(
-                "record {}: the key is empty or contains a NUL character",
-                i + 1
-            )));
-        }
-    }
+    // A line that is not a valid record, or whose key is refused, is named (`record`): the
+    // agent quarantines that record and sends the rest again.
+    let records = batch::parse_limited(
+        &ndjson,
+        batch.digest,
+        batch.count,
+        state.limits.max_key_bytes,
+    )
+    .map_err(|e| Refusal {
+        record: e.record(),
+        ..Refusal::bad(e.to_string())
+    })?;
     let applied = state
         .store
         .apply(&id, batch.digest, &records, batch.baseline)

@@ -11,7 +11,10 @@
 //! Invariants: the hub acknowledges (HTTP 200 with an [`Ack`]) only after the batch is
 //! committed; a batch whose seq is not above the last applied seq of its (node, resource,
 //! stream) is acknowledged as a duplicate without being applied again; a batch whose seq is
-//! above `last_seq + 1` is refused (409, [`ErrorBody::last_seq`]) and nothing is applied.
+//! above `last_seq + 1` is refused (409, [`ErrorBody::last_seq`]) and nothing is applied. A
+//! batch refused because of one of its lines (400, [`ErrorBody::record`]) had nothing applied
+//! either: the agent removes that line, quarantines its record and sends the rest under the
+//! same seq ([`remove_line`]).
 
 use std::io::Read;
 
@@ -172,7 +175,7 @@ pub enum AckStatus {
     Duplicate,
 }
 
-/// The body of every non-200 answer.
+/// The body of every non-200 answer. Members a reader does not know are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// A sentence saying what was wrong.
@@ -181,6 +184,11 @@ pub struct ErrorBody {
     /// for the batch's (node, resource, stream); the hub accepts only `last_seq + 1` next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seq: Option<u64>,
+    /// On `400 Bad Request` refused because of one line of the body (not a valid record, or
+    /// its key refused; docs/PROTOCOL.md §7): the 0-based index of that line in the NDJSON
+    /// (every line counted, empty ones too). Absent for any other refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<u64>,
 }
 
 impl ErrorBody {
@@ -189,6 +197,7 @@ impl ErrorBody {
         ErrorBody {
             error: error.into(),
             last_seq: None,
+            record: None,
         }
     }
 }
@@ -205,12 +214,28 @@ pub enum BatchError {
     /// The digest does not match.
     #[error("content digest mismatch: header says {claimed}, body is {actual}")]
     Digest { claimed: String, actual: String },
-    /// A line is not a valid record.
+    /// A line is not a valid record, or its key is refused.
     #[error("line {line}: {reason}")]
-    Line { line: usize, reason: String },
+    Line {
+        /// The line's number, from 1.
+        line: usize,
+        /// What is wrong with it, without its values.
+        reason: String,
+    },
     /// The record count does not match.
     #[error("header says {claimed} records, body holds {actual}")]
     Count { claimed: u64, actual: u64 },
+}
+
+impl BatchError {
+    /// For an error about one line: that line's 0-based index, the [`ErrorBody::record`] of
+    /// the refusal.
+    pub fn record(&self) -> Option<u64> {
+        match self {
+            BatchError::Line { line, .. } => Some(line.saturating_sub(1) as u64),
+            _ => None,
+        }
+    }
 }
 
 /// SM3 of `data`, lower-case hex (the content digest of a batch).
@@ -251,11 +276,21 @@ pub fn decompress(body: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
     Ok(out)
 }
 
-/// Checks digest and count and parses every line.
+/// Checks digest and count and parses every line (keys non-empty, without NUL).
 pub fn parse<'a>(
     ndjson: &'a [u8],
     claimed_digest: &str,
     claimed_count: u64,
+) -> Result<Vec<Line<'a>>, BatchError> {
+    parse_limited(ndjson, claimed_digest, claimed_count, usize::MAX)
+}
+
+/// [`parse`], refusing keys longer than `max_key_bytes` (a hub's own limit, §4.4).
+pub fn parse_limited<'a>(
+    ndjson: &'a [u8],
+    claimed_digest: &str,
+    claimed_count: u64,
+    max_key_bytes: usize,
 ) -> Result<Vec<Line<'a>>, BatchError> {
     let actual = digest_hex(ndjson);
     if !actual.eq_ignore_ascii_case(claimed_digest) {
@@ -269,26 +304,12 @@ pub fn parse<'a>(
         if line.is_empty() {
             continue;
         }
-        let record: Line = serde_json::from_slice(line).map_err(|e| BatchError::Line {
-            line: i + 1,
-            reason: describe_json_error(&e),
-        })?;
-        match (record.op, record.fields) {
-            (Op::Upsert, None) => {
-                return Err(BatchError::Line {
-                    line: i + 1,
-                    reason: "an upsert needs `fields`".into(),
-                });
-            }
-            (_, Some(raw)) if !raw.get().starts_with('{') => {
-                return Err(BatchError::Line {
-                    line: i + 1,
-                    reason: "`fields` must be a JSON object".into(),
-                });
-            }
-            _ => {}
-        }
-        records.push(record);
+        records.push(
+            parse_line(line, max_key_bytes).map_err(|reason| BatchError::Line {
+                line: i + 1,
+                reason,
+            })?,
+        );
     }
     if records.len() as u64 != claimed_count {
         return Err(BatchError::Count {
@@ -297,6 +318,53 @@ pub fn parse<'a>(
         });
     }
     Ok(records)
+}
+
+/// One non-empty line as a record, or why it is not one (never quoting a value).
+fn parse_line(line: &[u8], max_key_bytes: usize) -> Result<Line<'_>, String> {
+    let record: Line = serde_json::from_slice(line).map_err(|e| describe_json_error(&e))?;
+    match (record.op, record.fields) {
+        (Op::Upsert, None) => return Err("an upsert needs `fields`".into()),
+        (_, Some(raw)) if !raw.get().starts_with('{') => {
+            return Err("`fields` must be a JSON object".into());
+        }
+        _ => {}
+    }
+    if record.key.is_empty() {
+        return Err("the key is empty".into());
+    }
+    if record.key.contains('\0') {
+        return Err("the key contains a NUL character".into());
+    }
+    if record.key.len() > max_key_bytes {
+        return Err(format!(
+            "the key is {} bytes long; this hub accepts keys of at most {max_key_bytes} bytes",
+            record.key.len()
+        ));
+    }
+    Ok(record)
+}
+
+/// `ndjson` without its line `index` (0-based, every line counted: the
+/// [`ErrorBody::record`] of a refusal), and that line; `None` when there is no non-empty line
+/// there. Every other byte stays as it was, so the same refusal always gives the same batch.
+pub fn remove_line(ndjson: &[u8], index: u64) -> Option<(Vec<u8>, &[u8])> {
+    let mut start = 0;
+    for _ in 0..index {
+        start += ndjson.get(start..)?.iter().position(|b| *b == b'\n')? + 1;
+    }
+    let rest = ndjson.get(start..)?;
+    let (line, end) = match rest.iter().position(|b| *b == b'\n') {
+        Some(n) => (&rest[..n], start + n + 1),
+        None => (rest, ndjson.len()),
+    };
+    if line.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(ndjson.len() - (end - start));
+    out.extend_from_slice(&ndjson[..start]);
+    out.extend_from_slice(&ndjson[end..]);
+    Some((out, line))
 }
 
 /// A JSON error as a sentence that never quotes a value from the input: serde's "invalid
@@ -423,6 +491,84 @@ mod tests {
         let body = b"{\"op\":\"upsert\",\"key\":\"k\",\"feilds\":{}}\n";
         let err = parse(body, &digest_hex(body), 1).unwrap_err().to_string();
         assert!(err.contains("unknown field `feilds`"), "{err}");
+    }
+
+    #[test]
+    fn a_refused_line_is_named_by_its_index_and_only_line_errors_name_one() {
+        let ok = b"{\"op\":\"delete\",\"key\":\"a\"}\n";
+        // (the line after `ok`, its 0-based index, the reason)
+        let cases: [(&[u8], u64, &str); 5] = [
+            (b"{\"op\":\"delete\",\"key\":\"\"}\n", 1, "the key is empty"),
+            (
+                b"{\"op\":\"delete\",\"key\":\"a\\u0000\"}\n",
+                1,
+                "the key contains a NUL character",
+            ),
+            (
+                b"{\"op\":\"delete\",\"key\":\"abcdefghi\"}\n",
+                1,
+                "the key is 9 bytes long; this hub accepts keys of at most 8 bytes",
+            ),
+            (
+                b"{\"op\":\"upsert\",\"key\":\"b\"}\n",
+                1,
+                "an upsert needs `fields`",
+            ),
+            // An empty line counts as a line.
+            (
+                b"\n{\"op\":\"delete\",\"key\":\"\"}\n",
+                2,
+                "the key is empty",
+            ),
+        ];
+        for (bad, index, reason) in cases {
+            let body = [ok.as_slice(), bad].concat();
+            let err = parse_limited(&body, &digest_hex(&body), 2, 8).unwrap_err();
+            assert_eq!(err.record(), Some(index), "{err}");
+            assert_eq!(err.to_string(), format!("line {}: {reason}", index + 1));
+        }
+        let err = parse(ok, &digest_hex(ok), 2).unwrap_err();
+        assert_eq!(err.record(), None, "a wrong count is about the batch");
+        assert_eq!(parse(ok, &"0".repeat(64), 1).unwrap_err().record(), None);
+        assert!(
+            parse_limited(ok, &digest_hex(ok), 1, 1).is_ok(),
+            "at the limit"
+        );
+    }
+
+    #[test]
+    fn removing_a_line_keeps_every_other_byte() {
+        /// A line's index, and the body without it with the line, if there is one.
+        type Case = (u64, Option<(&'static [u8], &'static [u8])>);
+        let body = b"a\nb\n\nc\nd";
+        let cases: [Case; 7] = [
+            (0, Some((b"b\n\nc\nd", b"a"))),
+            (1, Some((b"a\n\nc\nd", b"b"))),
+            (2, None),
+            (3, Some((b"a\nb\n\nd", b"c"))),
+            (4, Some((b"a\nb\n\nc\n", b"d"))),
+            (5, None),
+            (u64::MAX, None),
+        ];
+        for (index, expected) in cases {
+            let got = remove_line(body, index);
+            assert_eq!(
+                got.as_ref().map(|(rest, line)| (rest.as_slice(), *line)),
+                expected,
+                "line {index}"
+            );
+        }
+        assert_eq!(remove_line(b"x\n", 1), None, "after the last line feed");
+        assert_eq!(remove_line(b"", 0), None);
+    }
+
+    #[test]
+    fn an_error_body_without_record_reads_as_none_and_unknown_members_are_ignored() {
+        let old: ErrorBody = serde_json::from_str(r#"{"error":"bad","hint":"x"}"#).unwrap();
+        assert_eq!(old, ErrorBody::new("bad"));
+        assert_eq!(serde_json::to_string(&old).unwrap(), r#"{"error":"bad"}"#);
+        let named: ErrorBody = serde_json::from_str(r#"{"error":"bad","record":3}"#).unwrap();
+        assert_eq!(named.record, Some(3));
     }
 
     #[test]

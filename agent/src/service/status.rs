@@ -417,15 +417,16 @@ pub fn complete_command_text(text: &str, config: Option<&Path>) -> String {
         rest = &rest[i + START.len()..];
         let end = rest.find('`').unwrap_or(rest.len());
         let command = &rest[..end];
-        if let Some(file) = config
-            && !command.contains("--config")
-            && !command.starts_with("-c ")
-        {
-            out.push_str(&format!("-c {} ", shell_word(&file.display().to_string())));
-        }
         out.push_str(command);
         if CHANGING.iter().any(|c| command.starts_with(c)) && !command.contains("--yes") {
             out.push_str(" --yes");
+        }
+        // Last, where it reads as an addition (`-c` is accepted after the subcommand too).
+        if let Some(file) = config
+            && !command.contains("--config")
+            && !command.contains("-c ")
+        {
+            out.push_str(&format!(" -c {}", shell_word(&file.display().to_string())));
         }
         rest = &rest[end..];
     }
@@ -606,7 +607,7 @@ mod tests {
         );
         assert_eq!(
             complete_command_text(reason, Some(Path::new("/srv/my agent.toml"))),
-            "changed. Run `exchange-agent -c '/srv/my agent.toml' resync R1 --yes` or `exchange-agent -c '/srv/my agent.toml' accept-config R1 --yes`; see `exchange-agent -c '/srv/my agent.toml' cursor show R1`."
+            "changed. Run `exchange-agent resync R1 --yes -c '/srv/my agent.toml'` or `exchange-agent accept-config R1 --yes -c '/srv/my agent.toml'`; see `exchange-agent cursor show R1 -c '/srv/my agent.toml'`."
         );
         assert_eq!(complete_command_text("no command", None), "no command");
     }

@@ -69,7 +69,7 @@ impl Puller {
                 let changes = old.changes(&now).join("; ");
                 let reason = if old.keeps_position(&now) {
                     format!(
-                        "the configuration of `{code}` changed since its stream started ({changes}). Choose, with the service stopped: `exchange-agent resync {code} --yes` reads the whole resource again on a new stream, so the hub's copy is rewritten (a field newly dropped disappears from it, a new field is filled in); or `exchange-agent accept-config {code} --yes` keeps the cursor, and only rows that change from now on carry the new configuration"
+                        "the configuration of `{code}` changed since its stream started ({changes}). Choose: `exchange-agent resync {code} --yes` reads the whole resource again on a new stream, so the hub's copy is rewritten (a field newly dropped disappears from it, a new field is filled in); or `exchange-agent accept-config {code} --yes` keeps the cursor, and only rows that change from now on carry the new configuration"
                     )
                 } else {
                     format!(

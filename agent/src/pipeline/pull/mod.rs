@@ -68,7 +68,7 @@ pub enum PullError {
     /// The stored position cannot be opened (a changed seal key, a damaged value): the
     /// resource cannot go on from it.
     #[error(
-        "resource `{resource}` cannot go on from its stored position: {reason}. Put back the seal key file it was stored with, or, with the service stopped, run `exchange-agent cursor reset {resource} --yes` (every row is read again on the same stream) or `exchange-agent resync {resource} --yes`"
+        "resource `{resource}` cannot go on from its stored position: {reason}. Put back the seal key file it was stored with, or run `exchange-agent cursor reset {resource} --yes` (every row is read again on the same stream) or `exchange-agent resync {resource} --yes`"
     )]
     Position {
         /// The resource.

@@ -1,7 +1,8 @@
 //! How the hub's answer to one batch is read (docs/PROTOCOL.md §5): a 200 is taken as the
 //! batch's acknowledgement only when it is consistent with the batch and, for a `duplicate`,
 //! with what this queue may have sent; a 409 tells a batch that overtook others from a gap or
-//! a rewound queue; everything else is a failure that leaves the batch queued.
+//! a rewound queue; a 400 naming one line (`record`) is that record's refusal; everything else
+//! is a failure that leaves the batch queued.
 
 use std::time::Duration;
 
@@ -52,7 +53,28 @@ impl Sent<'_> {
                 status,
                 retry_after: reply.retry_after,
             }),
+            400 => Err(self.bad_request(&reply.body)),
             status => Err(self.refused(status, error_text(&reply.body))),
+        }
+    }
+
+    /// A 400: one record's refusal when the body names its line (`record`), else the whole
+    /// batch's.
+    fn bad_request(&self, body: &[u8]) -> PushError {
+        match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(ErrorBody {
+                error,
+                record: Some(record),
+                ..
+            }) => PushError::RecordRefused {
+                url: self.url.to_owned(),
+                resource: self.flight.resource.to_owned(),
+                seq: self.batch.seq,
+                digest: self.batch.digest.clone(),
+                record,
+                error,
+            },
+            _ => self.refused(400, error_text(body)),
         }
     }
 

@@ -12,7 +12,7 @@ use crate::pipeline::queue::QueueError;
 pub enum PushError {
     /// The TLS configuration could not be built.
     #[error("hub TLS configuration: {0}")]
-    Tls(#[from] tls::TlsError),
+    Tls(tls::TlsError),
     /// The TLS handshake failed.
     #[error("TLS handshake with the hub {url} failed: {reason}")]
     Handshake {
@@ -53,6 +53,37 @@ pub enum PushError {
         /// The hub's explanation.
         error: String,
     },
+    /// The hub refused one record of the batch (`400` naming its line, docs/PROTOCOL.md §7):
+    /// nothing of the batch was applied. Not reported as such: the pusher quarantines the
+    /// record and sends the rest of the batch at once (`refused`).
+    #[error("hub {url} refused line {} of batch {seq} of `{resource}`: {error}", record + 1)]
+    RecordRefused {
+        /// Hub URL.
+        url: String,
+        /// Resource.
+        resource: String,
+        /// Batch seq.
+        seq: u64,
+        /// The digest of the batch the hub refused (it is changed only if still queued as sent).
+        digest: String,
+        /// The refused line's 0-based index (the error body's `record`).
+        record: u64,
+        /// The hub's explanation.
+        error: String,
+    },
+    /// A record the hub refused could not be quarantined: the audit log cannot be written, so
+    /// the batch is left as it is (every change is audited) and sent again later.
+    #[error(
+        "the record the hub refused in batch {seq} of `{resource}` is not quarantined yet: {reason}"
+    )]
+    Unaudited {
+        /// Resource.
+        resource: String,
+        /// Batch seq.
+        seq: u64,
+        /// The audit log's error.
+        reason: String,
+    },
     /// The hub acknowledged something else than what was sent.
     #[error(
         "hub {url} acknowledged seq {got} for batch {expected} of `{resource}`; the batch stays queued"
@@ -71,7 +102,7 @@ pub enum PushError {
     /// its `sent_through` bound, or another digest): the queue went back in time.
     /// Acknowledging would lose records, so the resource stops.
     #[error(
-        "hub {url} has already applied batch {last_seq} of this queue for `{resource}` (with other content than the queued batch {seq}, or a batch this queue never sent): the data directory was restored from an older copy, and records pulled since that copy would be lost. The resource is stopped; run `exchange-agent resync {resource} --yes` (with the service stopped) to read it again from the start on a new stream"
+        "hub {url} has already applied batch {last_seq} of this queue for `{resource}` (with other content than the queued batch {seq}, or a batch this queue never sent): the data directory was restored from an older copy, and records pulled since that copy would be lost. The resource is stopped; run `exchange-agent resync {resource} --yes` to read it again from the start on a new stream"
     )]
     Rewound {
         /// Hub URL.
@@ -86,7 +117,7 @@ pub enum PushError {
     /// The hub lacks batches of this stream: its store was restored from an older copy or
     /// wiped. Sending on would leave a hole, so the resource stops.
     #[error(
-        "hub {url} has applied batches of `{resource}` up to seq {last_seq} of this stream, but the queue's next batch is {seq}: the batches in between are missing at the hub (its store was restored from an older copy or wiped). The resource is stopped; run `exchange-agent resync {resource} --yes` (with the service stopped) to read it again from the start on a new stream, after which the hub also removes records that no longer exist"
+        "hub {url} has applied batches of `{resource}` up to seq {last_seq} of this stream, but the queue's next batch is {seq}: the batches in between are missing at the hub (its store was restored from an older copy or wiped). The resource is stopped; run `exchange-agent resync {resource} --yes` to read it again from the start on a new stream, after which the hub also removes records that no longer exist"
     )]
     Gap {
         /// Hub URL.
@@ -152,6 +183,8 @@ impl PushError {
             PushError::Unreachable { .. } => "unreachable",
             PushError::Throttled { .. } => "throttled",
             PushError::Refused { .. } => "refused",
+            PushError::RecordRefused { .. } => "record_refused",
+            PushError::Unaudited { .. } => "audit",
             PushError::WrongAck { .. } | PushError::BadAck { .. } => "bad_ack",
             PushError::Rewound { .. } => "rewound",
             PushError::Gap { .. } => "gap",
@@ -182,5 +215,12 @@ impl PushError {
             PushError::Throttled { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+}
+
+// The TLS error is in the message, so it is not also the source (a chain names it once).
+impl From<tls::TlsError> for PushError {
+    fn from(e: tls::TlsError) -> Self {
+        PushError::Tls(e)
     }
 }

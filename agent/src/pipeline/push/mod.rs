@@ -14,7 +14,10 @@
 //!   directory), and the resource stops;
 //! - `Queue::ack` is called only for an `Ack` whose seq is the batch's seq, in seq order;
 //! - on any failure the batch stays queued and is retried with backoff (honouring
-//!   `Retry-After` on 429 and 503); nothing is dropped, whatever the hub answers.
+//!   `Retry-After` on 429 and 503); nothing is dropped, whatever the hub answers — except one
+//!   record the hub refuses by naming its line (a `400` with `record`, docs/PROTOCOL.md §7):
+//!   that record goes to quarantine, audited, and the rest of its batch leaves at once under
+//!   the same seq (the hub applied nothing of it).
 //!
 //! The window that keeps these invariants is a small state machine: `window` names its
 //! states ([`Flow`] between calls: probing or streaming; within a call: sending, awaiting,
@@ -26,6 +29,7 @@
 //! - `flight`: what one call shares with its requests in flight (the committed bound, the
 //!   batches unanswered);
 //! - `receipt`: an acknowledged batch removed from the queue, with its audit entry;
+//! - `refused`: a record the hub refused, quarantined and cut out of its batch;
 //! - `window`: the push window;
 //! - `error`: why a push failed.
 
@@ -34,6 +38,7 @@ mod client;
 mod error;
 mod flight;
 mod receipt;
+mod refused;
 mod window;
 
 pub use crate::pipeline::queue::MAX_IN_FLIGHT;

@@ -21,7 +21,9 @@
 //!   closes, a stream's sends again;
 //! - [`State::Failed`]: the flow goes back to probing; a gap or a rewound queue halts the
 //!   resource; later answers are not awaited (those batches are resent, and answered
-//!   `duplicate` where they were applied);
+//!   `duplicate` where they were applied). A record the hub refused (a `400` naming its
+//!   line) closes the window too: the record goes to quarantine, its batch is rewritten
+//!   without it (`refused`), and a new window opens at once, probing with that batch;
 //! - [`State::Closed`]: the call's result, how many batches were acknowledged or the failure.
 
 use std::collections::VecDeque;
@@ -35,7 +37,7 @@ use exchange_protocol::batch::Ack;
 use super::client::HubClient;
 use super::error::PushError;
 use super::flight::InFlight;
-use super::receipt;
+use super::{receipt, refused};
 use crate::pipeline::queue::{
     Baseline, HaltKind, MAX_IN_FLIGHT, Queue, QueueError, ResourceState, StoredBatch,
 };
@@ -84,6 +86,20 @@ enum State {
     Closed(Result<usize, PushError>),
 }
 
+/// How one window closed.
+enum Closing {
+    /// The call's result: how many batches were acknowledged, or the failure to report.
+    Over(Result<usize, PushError>),
+    /// The hub refused one record ([`PushError::RecordRefused`]) of the oldest batch in
+    /// flight, after `acknowledged` batches were acknowledged.
+    RecordRefused {
+        /// Batches acknowledged before.
+        acknowledged: usize,
+        /// The refusal.
+        refused: PushError,
+    },
+}
+
 /// A batch with its answer.
 type Answered = (StoredBatch, Result<Ack, PushError>);
 
@@ -113,7 +129,9 @@ struct Window<'a> {
 /// [`MAX_IN_FLIGHT`] at once while [`Flow`] allows — and removes each from the queue only
 /// after its own acknowledgement, in seq order, calling `acked` after each removal. Returns
 /// how many were acknowledged (0: nothing queued). A failure after some were acknowledged is
-/// left for the next call to meet again (it sends the first unacknowledged batch alone).
+/// left for the next call to meet again (it sends the first unacknowledged batch alone). A
+/// record the hub refuses is quarantined and the rest of its batch sent again at once
+/// (`refused`): each refusal removes a record, so this ends.
 pub async fn push_batches(
     client: &HubClient,
     queue: &Queue,
@@ -121,12 +139,38 @@ pub async fn push_batches(
     flow: &mut Flow,
     acked: &(dyn Fn() + Sync),
 ) -> Result<usize, PushError> {
-    let (first, state) = read_after(queue, resource, 0).await?;
+    let mut acknowledged = 0;
+    loop {
+        match push_window(client, queue, resource, flow, acked).await {
+            Closing::Over(result) => return result.map(|n| acknowledged + n),
+            Closing::RecordRefused {
+                acknowledged: n,
+                refused,
+            } => {
+                acknowledged += n;
+                refused::quarantine(queue, refused).await?;
+            }
+        }
+    }
+}
+
+/// One window of [`push_batches`], from opening to closing (module doc).
+async fn push_window(
+    client: &HubClient,
+    queue: &Queue,
+    resource: &str,
+    flow: &mut Flow,
+    acked: &(dyn Fn() + Sync),
+) -> Closing {
+    let (first, state) = match read_after(queue, resource, 0).await {
+        Ok(read) => read,
+        Err(e) => return Closing::Over(Err(e)),
+    };
     if let Some(halt) = state.halt {
-        return Err(PushError::Halted {
+        return Closing::Over(Err(PushError::Halted {
             resource: resource.to_owned(),
             reason: halt.reason,
-        });
+        }));
     }
     let stream = state.stream_or(client.stream()).to_owned();
     let flight = InFlight::new(queue, resource, stream, state.sent_through);
@@ -134,16 +178,26 @@ pub async fn push_batches(
     let mut step = State::Sending;
     loop {
         step = match step {
-            State::Sending => {
-                window.send_waiting().await?;
-                State::Awaiting
-            }
+            State::Sending => match window.send_waiting().await {
+                Ok(()) => State::Awaiting,
+                Err(e) => State::Closed(Err(e)),
+            },
             State::Awaiting => window.await_oldest().await,
-            State::Acknowledged(b, ack) => window.acknowledge(b, ack, flow, acked).await?,
+            State::Acknowledged(b, ack) => window
+                .acknowledge(b, ack, flow, acked)
+                .await
+                .unwrap_or_else(|e| State::Closed(Err(e))),
+            State::Failed(refused @ PushError::RecordRefused { .. }) => {
+                *flow = Flow::Probing;
+                return Closing::RecordRefused {
+                    acknowledged: window.acknowledged,
+                    refused,
+                };
+            }
             State::Failed(e) => {
                 State::Closed(fail(window.flight, window.acknowledged, e, flow).await)
             }
-            State::Closed(result) => return result,
+            State::Closed(result) => return Closing::Over(result),
         };
     }
 }

@@ -1,7 +1,9 @@
 //! The `batches` table: each batch a 48-byte header and its NDJSON compressed with zstd
 //! (format in the module doc of [`crate::pipeline::queue`]); batches are enqueued in the
 //! transaction that moves the cursor, read for sending and listings, and removed only by an
-//! acknowledgement.
+//! acknowledgement. A batch the hub refused changes only by losing records nothing of it was
+//! applied for: an operator's `queue discard` (all of them), or one record the hub named
+//! ([`Queue::replace_refused`]).
 
 use exchange_protocol::batch;
 use redb::ReadableTable;
@@ -207,6 +209,53 @@ impl Queue {
     }
 }
 
+/// Replacing a batch the hub refused because of one record.
+impl Queue {
+    /// Replaces batch `seq` of `resource`, as it was sent (digest `sent`), by `rest`: the
+    /// batch without the record the hub refused (docs/PROTOCOL.md §7 `record`), and
+    /// quarantines that record under `key` with `reason`, in one transaction. The batch keeps
+    /// its seq and creation time; its digest and count are `rest`'s (the hub applied nothing
+    /// of it, so the seq is free for them). Returns whether it was done: not when the batch is
+    /// no longer queued as it was sent (acknowledged, or discarded by an operator meanwhile).
+    pub fn replace_refused(
+        &self,
+        resource: &str,
+        seq: u64,
+        sent: &str,
+        rest: &Encoded,
+        key: Option<String>,
+        reason: String,
+    ) -> Result<bool, QueueError> {
+        let context = "replacing a refused batch";
+        let mut txn = self.begin()?;
+        let mut state = txn.state(resource)?;
+        let mut value = rest.value.clone();
+        {
+            let mut table = txn.tx.open_table(BATCHES).map_err(storage(context))?;
+            let old = table.get((resource, seq)).map_err(storage(context))?;
+            let Some(old) = old.map(|v| v.value().to_vec()) else {
+                return Ok(false);
+            };
+            let (records, _, created, digest) = decode_header(&old)?;
+            if !hex::encode(digest).eq_ignore_ascii_case(sent) {
+                return Ok(false);
+            }
+            value[8..16].copy_from_slice(&created.to_le_bytes());
+            table
+                .insert((resource, seq), value.as_slice())
+                .map_err(storage(context))?;
+            let removed = u64::from(records.saturating_sub(rest.records));
+            state.queued_records = state.queued_records.saturating_sub(removed);
+            state.queued_bytes =
+                state.queued_bytes.saturating_sub(old.len() as u64) + value.len() as u64;
+        }
+        txn.quarantine_refused(resource, &mut state, key, reason)?;
+        txn.set_state(resource, &state)?;
+        txn.commit()?;
+        Ok(true)
+    }
+}
+
 impl Txn {
     /// Appends a batch (post-policy NDJSON) for a resource; assigns the next seq and
     /// updates the counters in `state` (which the caller then stores with [`Txn::set_state`]).
@@ -330,5 +379,84 @@ impl Encoded {
     /// Records in the batch.
     pub fn records(&self) -> u32 {
         self.records
+    }
+
+    /// SM3 of the NDJSON, hex.
+    pub fn digest(&self) -> String {
+        hex::encode(&self.value[16..HEADER_LEN])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_record_leaves_its_batch_for_quarantine_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("data")).unwrap();
+        let body = b"{\"op\":\"delete\",\"key\":\"a\"}\n{\"op\":\"delete\",\"key\":\"b\"}\n{\"op\":\"delete\",\"key\":\"c\"}\n";
+        let mut txn = q.begin().unwrap();
+        let mut st = txn.state("R").unwrap();
+        txn.enqueue("R", &mut st, body, 3).unwrap();
+        txn.enqueue("R", &mut st, b"{}\n", 1).unwrap();
+        txn.set_state("R", &st).unwrap();
+        txn.commit().unwrap();
+        let before = q.batches("R").unwrap();
+        let sent = before[0].digest.clone();
+        let (rest, line) = batch::remove_line(body, 1).unwrap();
+        assert_eq!(line, b"{\"op\":\"delete\",\"key\":\"b\"}");
+        let rest = Encoded::new(&rest, 2);
+        let reason = || "refused by the hub: the key is empty".to_owned();
+
+        // Not the batch that was sent: nothing changes.
+        assert!(
+            !q.replace_refused("R", 1, &"0".repeat(64), &rest, Some("b".into()), reason())
+                .unwrap()
+        );
+        assert!(q.quarantined("R", 10).unwrap().is_empty());
+
+        assert!(
+            q.replace_refused("R", 1, &sent, &rest, Some("b".into()), reason())
+                .unwrap()
+        );
+        let after = q.batches("R").unwrap();
+        assert_eq!((after[0].seq, after[0].records), (1, 2));
+        assert_eq!(
+            after[0].digest,
+            batch::digest_hex(
+                b"{\"op\":\"delete\",\"key\":\"a\"}\n{\"op\":\"delete\",\"key\":\"c\"}\n"
+            )
+        );
+        assert_eq!(after[0].digest, rest.digest());
+        assert_eq!(
+            after[0].created, before[0].created,
+            "its creation time is kept"
+        );
+        assert_eq!(
+            after[1].digest, before[1].digest,
+            "other batches are untouched"
+        );
+        let state = q.state("R").unwrap();
+        assert_eq!(
+            (state.queued_batches, state.queued_records, state.next_seq),
+            (2, 3, 3)
+        );
+        assert_eq!(
+            state.queued_bytes,
+            after.iter().map(|b| b.stored_bytes).sum::<u64>()
+        );
+        assert_eq!(state.quarantined, 1);
+        let entries = q.quarantined("R", 10).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].key.as_deref(), Some("b"));
+        assert_eq!(entries[0].reason, reason());
+
+        // The refusal of the batch as it was sent, again: already done.
+        assert!(
+            !q.replace_refused("R", 1, &sent, &rest, Some("b".into()), reason())
+                .unwrap()
+        );
+        assert_eq!(q.state("R").unwrap().queued_records, 3);
     }
 }

@@ -19,7 +19,11 @@
 //!   there or neither.
 //! - A batch is removed only by [`Queue::ack`], which the pusher calls after the hub's 200
 //!   acknowledgement. Its seq, body and digest never change after the commit that created
-//!   it, so a resend after a crash is byte-identical and the hub deduplicates it.
+//!   it, so a resend after a crash is byte-identical and the hub deduplicates it — except for
+//!   a batch the hub refused, of which nothing was applied: an operator's `queue discard`
+//!   empties it ([`Queue::discard`]), and a record the hub named is cut out of it and
+//!   quarantined in one transaction ([`Queue::replace_refused`]; same seq and creation time,
+//!   exactly that line removed).
 //! - An acknowledged batch's audit entry is never lost: [`Queue::ack`] stores its detail
 //!   (`audit_pending`) in the transaction that removes the batch; the pusher appends the
 //!   `batch.acked` entry to the audit log, then removes the detail with a commit that does not
