@@ -45,6 +45,7 @@ use std::time::Duration;
 
 use exchange_protocol::batch::DEFAULT_MAX_BATCH_BYTES;
 use exchange_protocol::tls::{self, MinTlsVersion, MutualTls, TlsError};
+use exchange_protocol::tr;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -61,7 +62,7 @@ const MAX_BATCH_BYTES: u64 = 1 << 30;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read hub configuration {path}")]
+    #[error("{}", tr!("cannot read hub configuration {}", "无法读取交换中心配置文件 {}", .path.display()))]
     Read {
         /// The file.
         path: PathBuf,
@@ -147,7 +148,10 @@ impl<'de> Deserialize<'de> for RawSize {
         impl serde::de::Visitor<'_> for Visitor {
             type Value = RawSize;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a number of bytes or a size such as \"64MiB\"")
+                f.write_str(&tr!(
+                    "a number of bytes or a size such as \"64MiB\"",
+                    "字节数，或 \"64MiB\" 这样的大小"
+                ))
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawSize, E> {
                 Ok(RawSize::Bytes(v))
@@ -302,8 +306,16 @@ impl StoreConfig {
 impl fmt::Display for StoreConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoreConfig::Sqlite { path } => write!(f, "SQLite database {}", path.display()),
-            StoreConfig::Postgres(pg) => write!(f, "PostgreSQL database {}", pg.display),
+            StoreConfig::Sqlite { path } => f.write_str(&tr!(
+                "SQLite database {}",
+                "SQLite 数据库 {}",
+                path.display()
+            )),
+            StoreConfig::Postgres(pg) => f.write_str(&tr!(
+                "PostgreSQL database {}",
+                "PostgreSQL 数据库 {}",
+                pg.display
+            )),
         }
     }
 }
@@ -347,21 +359,28 @@ impl PostgresConfig {
         let (rest, sslmode) = tls::take_postgres_sslmode(url);
         let tls = tls::postgres_requires_tls(sslmode.as_deref(), ca.is_some())?;
         if !tls && ca.is_some() {
-            return Err(format!(
+            return Err(tr!(
                 "`ca` is set but the URL says `sslmode={}`; remove one of them",
+                "设置了 `ca`，但 URL 中写的是 `sslmode={}`；请删除其中之一",
                 sslmode.as_deref().unwrap_or_default()
             ));
         }
-        let mut config = tokio_postgres::Config::from_str(&rest)
-            .map_err(|e| format!("`{}` is not a valid PostgreSQL URL: {e}", redact(url)))?;
+        let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| {
+            tr!(
+                "`{}` is not a valid PostgreSQL URL: {e}",
+                "`{}` 不是有效的 PostgreSQL URL：{e}",
+                redact(url)
+            )
+        })?;
         config.ssl_mode(if tls {
             tokio_postgres::config::SslMode::Require
         } else {
             tokio_postgres::config::SslMode::Disable
         });
         if config.get_dbname().is_none() {
-            return Err(format!(
+            return Err(tr!(
                 "`{}` names no database; expected `postgres://user@host/database`",
+                "`{}` 没有指明数据库；应为 `postgres://user@host/database`",
                 redact(url)
             ));
         }
@@ -522,7 +541,7 @@ impl Source<'_> {
     fn error(&self, key: &str, span: std::ops::Range<usize>, message: String) -> ConfigError {
         ConfigError::Invalid {
             location: self.at(span.start),
-            key: format!("key `{key}`: "),
+            key: tr!("key `{key}`: ", "配置项 `{key}`："),
             message,
         }
     }
@@ -535,7 +554,7 @@ fn parse_raw(file: &Source<'_>) -> Result<RawConfig, ConfigError> {
             .map(|s| file.at(s.start))
             .unwrap_or_else(|| file.name.clone()),
         key: String::new(),
-        message: first_line(e.message()),
+        message: words(e.message()),
     })?;
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let key = key_path(e.path());
@@ -548,9 +567,9 @@ fn parse_raw(file: &Source<'_>) -> Result<RawConfig, ConfigError> {
             key: if key.is_empty() {
                 String::new()
             } else {
-                format!("key `{key}`: ")
+                tr!("key `{key}`: ", "配置项 `{key}`：")
             },
-            message: first_line(inner.message()),
+            message: words(inner.message()),
         }
     })
 }
@@ -578,6 +597,16 @@ fn key_path(path: &serde_path_to_error::Path) -> String {
 
 fn first_line(message: &str) -> String {
     message.trim().lines().next().unwrap_or_default().to_owned()
+}
+
+/// The first line of a deserializer's message, in Chinese under a Chinese locale.
+fn words(message: &str) -> String {
+    let line = first_line(message);
+    if exchange_protocol::lang::is_zh() {
+        exchange_protocol::translate::deserializer_zh(&line, None)
+    } else {
+        line
+    }
 }
 
 fn validate(raw: RawConfig, file: &Source<'_>, dir: &Path) -> Result<HubConfig, ConfigError> {
@@ -634,8 +663,9 @@ impl Validator<'_> {
             Err(self.file.error(
                 key,
                 value.span(),
-                format!(
+                tr!(
                     "{what} {} does not exist or is not a file (relative paths are resolved against {})",
+                    "{what} {} 不存在或不是文件（相对路径以 {} 为基准）",
                     path.display(),
                     self.dir.display()
                 ),
@@ -663,8 +693,9 @@ impl Validator<'_> {
             self.file.error(
                 "listen.addr",
                 addr.span(),
-                format!(
-                    "`{addr_text}` is not an address; expected an IP address and port such as \"0.0.0.0:8443\" or \"[::]:8443\""
+                tr!(
+                    "`{addr_text}` is not an address; expected an IP address and port such as \"0.0.0.0:8443\" or \"[::]:8443\"",
+                    "`{addr_text}` 不是有效地址；应为 IP 地址加端口，例如 \"0.0.0.0:8443\" 或 \"[::]:8443\""
                 ),
             )
         })
@@ -676,10 +707,21 @@ impl Validator<'_> {
             ca: self.existing(
                 "listen.ca",
                 &listen.ca,
-                "the CA certificate that issues agent certificates,",
+                exchange_protocol::lang::pick(
+                    "the CA certificate that issues agent certificates,",
+                    "签发代理证书的 CA 证书",
+                ),
             )?,
-            cert: self.existing("listen.cert", &listen.cert, "the hub certificate")?,
-            key: self.existing("listen.key", &listen.key, "the hub private key")?,
+            cert: self.existing(
+                "listen.cert",
+                &listen.cert,
+                exchange_protocol::lang::pick("the hub certificate", "交换中心证书"),
+            )?,
+            key: self.existing(
+                "listen.key",
+                &listen.key,
+                exchange_protocol::lang::pick("the hub private key", "交换中心私钥"),
+            )?,
             min_version: listen.min_tls.unwrap_or_default(),
             crls: listen
                 .crl
@@ -688,7 +730,10 @@ impl Validator<'_> {
                     self.existing(
                         "listen.crl",
                         c,
-                        "a certificate revocation list of listen.ca",
+                        exchange_protocol::lang::pick(
+                            "a certificate revocation list of listen.ca",
+                            "listen.ca 的证书吊销列表",
+                        ),
                     )
                 })
                 .collect::<Result<_, _>>()?,
@@ -704,12 +749,15 @@ impl Validator<'_> {
             let password_file = self.existing_if_set(
                 "store.password_file",
                 &store.password_file,
-                "the password file",
+                exchange_protocol::lang::pick("the password file", "密码文件"),
             )?;
             let ca = self.existing_if_set(
                 "store.ca",
                 &store.ca,
-                "the CA certificate of the PostgreSQL server,",
+                exchange_protocol::lang::pick(
+                    "the CA certificate of the PostgreSQL server,",
+                    "PostgreSQL 服务器的 CA 证书",
+                ),
             )?;
             Ok(StoreConfig::Postgres(Box::new(
                 PostgresConfig::parse(url, password_file, ca)
@@ -719,8 +767,9 @@ impl Validator<'_> {
             Err(self.file.error(
                 "store.url",
                 store.url.span(),
-                format!(
+                tr!(
                     "`{}` is not a supported store; expected \"sqlite:///absolute/path.db\", \"sqlite://relative/path.db\" or \"postgres://user@host/database\"",
+                    "`{}` 不是支持的存储；应为 \"sqlite:///absolute/path.db\"（绝对路径）、\"sqlite://relative/path.db\"（相对路径）或 \"postgres://user@host/database\"",
                     redact(url)
                 ),
             ))
@@ -734,21 +783,30 @@ impl Validator<'_> {
             return Err(self.file.error(
                 "store.password_file",
                 p.span(),
-                "a password file applies only to a postgres:// store; remove it".into(),
+                tr!(
+                    "a password file applies only to a postgres:// store; remove it",
+                    "密码文件只适用于 postgres:// 存储；请删除此项"
+                ),
             ));
         }
         if let Some(ca) = &store.ca {
             return Err(self.file.error(
                 "store.ca",
                 ca.span(),
-                "a CA applies only to a postgres:// store; remove it".into(),
+                tr!(
+                    "a CA applies only to a postgres:// store; remove it",
+                    "CA 只适用于 postgres:// 存储；请删除此项"
+                ),
             ));
         }
         if rest.is_empty() {
             return Err(self.file.error(
                 "store.url",
                 store.url.span(),
-                "the SQLite URL names no file; expected \"sqlite:///absolute/path.db\" or \"sqlite://relative/path.db\"".into(),
+                tr!(
+                    "the SQLite URL names no file; expected \"sqlite:///absolute/path.db\" or \"sqlite://relative/path.db\"",
+                    "SQLite URL 没有指明文件；应为 \"sqlite:///absolute/path.db\"（绝对路径）或 \"sqlite://relative/path.db\"（相对路径）"
+                ),
             ));
         }
         let path = self.dir.join(rest);
@@ -757,8 +815,9 @@ impl Validator<'_> {
             return Err(self.file.error(
                 "store.url",
                 store.url.span(),
-                format!(
+                tr!(
                     "the directory {} of the SQLite database does not exist; create it (owned by the service user) or change the URL",
+                    "SQLite 数据库所在的目录 {} 不存在；请创建它（属主为服务用户），或修改 URL",
                     parent.display()
                 ),
             ));
@@ -787,19 +846,28 @@ impl Validator<'_> {
                 "client.ca",
                 &c.ca,
                 &tls.ca,
-                "the CA certificate of the agents' verification services,",
+                exchange_protocol::lang::pick(
+                    "the CA certificate of the agents' verification services,",
+                    "各代理核验服务的 CA 证书",
+                ),
             )?,
             cert: pick(
                 "client.cert",
                 &c.cert,
                 &tls.cert,
-                "the hub's client certificate",
+                exchange_protocol::lang::pick(
+                    "the hub's client certificate",
+                    "交换中心的客户端证书",
+                ),
             )?,
             key: pick(
                 "client.key",
                 &c.key,
                 &tls.key,
-                "the hub's client private key",
+                exchange_protocol::lang::pick(
+                    "the hub's client private key",
+                    "交换中心的客户端私钥",
+                ),
             )?,
             min_version: tls.min_version,
             crls: Vec::new(),
@@ -807,7 +875,7 @@ impl Validator<'_> {
         let key_file = self.existing_if_set(
             "client.comparison_key_file",
             &c.comparison_key_file,
-            "the comparison key file",
+            exchange_protocol::lang::pick("the comparison key file", "比对密钥文件"),
         )?;
         Ok((client, key_file, c.comparison_key_version.unwrap_or(1)))
     }
@@ -819,14 +887,14 @@ impl Validator<'_> {
             self.file.error(
                 "admin.listen",
                 listen.span(),
-                format!("`{text}` is not an address; expected a loopback address and port such as \"127.0.0.1:9465\""),
+                tr!("`{text}` is not an address; expected a loopback address and port such as \"127.0.0.1:9465\"", "`{text}` 不是有效地址；应为回环地址加端口，例如 \"127.0.0.1:9465\""),
             )
         })?;
         if !addr.ip().is_loopback() {
             return Err(self.file.error(
                 "admin.listen",
                 listen.span(),
-                format!("{addr} is not a loopback address: the admin listener has no authentication, so it listens on 127.0.0.1 or ::1 only"),
+                tr!("{addr} is not a loopback address: the admin listener has no authentication, so it listens on 127.0.0.1 or ::1 only", "{addr} 不是回环地址：管理监听没有身份认证，因此只能监听 127.0.0.1 或 ::1"),
             ));
         }
         Ok(addr)
@@ -843,8 +911,9 @@ fn limits(raw: RawLimits, file: &Source<'_>) -> Result<Limits, ConfigError> {
             return Err(file.error(
                 "limits.max_batch_bytes",
                 size.span(),
-                format!(
-                    "{bytes} bytes is out of range; expected between 1KiB and 1GiB (a batch is held in memory while it is checked)"
+                tr!(
+                    "{bytes} bytes is out of range; expected between 1KiB and 1GiB (a batch is held in memory while it is checked)",
+                    "{bytes} 字节超出范围；应在 1KiB 到 1GiB 之间（批次在校验期间整个保存在内存中）"
                 ),
             ));
         }
@@ -858,7 +927,10 @@ fn limits(raw: RawLimits, file: &Source<'_>) -> Result<Limits, ConfigError> {
             Err(file.error(
                 key,
                 value.span(),
-                format!("{n} is out of range; expected an integer between 1 and {max}"),
+                tr!(
+                    "{n} is out of range; expected an integer between 1 and {max}",
+                    "{n} 超出范围；应为 1 到 {max} 之间的整数"
+                ),
             ))
         }
     };
@@ -878,8 +950,9 @@ fn limits(raw: RawLimits, file: &Source<'_>) -> Result<Limits, ConfigError> {
             return Err(file.error(
                 key,
                 value.span(),
-                format!(
+                tr!(
                     "`{}` is out of range; expected between \"1s\" and \"1h\"",
+                    "`{}` 超出范围；应在 \"1s\" 到 \"1h\" 之间",
                     value.get_ref()
                 ),
             ));

@@ -7,7 +7,8 @@
 //! - [`digest`]: SM3, the one digest of the workspace.
 //! - [`value`]: the value of one source column and its exact JSON form (what a record holds
 //!   on the wire; the connectors convert to it, the rules and the hub read it).
-//! - [`lang`]: the language of command-line text (Chinese under a `zh_*` locale), [`tr!`].
+//! - [`lang`]: the language of command-line text (Chinese under a `zh_*` locale), [`tr!`];
+//!   [`translate`]: a deserializer's and the system's messages in Chinese.
 //! - [`catalogue`]: a resource's catalogue entry (docs/PROTOCOL.md §10).
 //! - [`verify`]: the verification request and answer (docs/PROTOCOL.md §11); [`psi`] its
 //!   private-set-intersection batch mode (§11.6).
@@ -26,5 +27,6 @@ pub mod quantity;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod tls;
+pub mod translate;
 pub mod value;
 pub mod verify;

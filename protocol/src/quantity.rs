@@ -7,8 +7,9 @@ use std::time::Duration;
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let expected = || {
-        format!(
-            "`{t}` is not a size; expected a number of bytes or a string such as \"4MiB\" (units B, KiB, MiB, GiB, TiB, KB, MB, GB)"
+        crate::tr!(
+            "`{t}` is not a size; expected a number of bytes or a string such as \"4MiB\" (units B, KiB, MiB, GiB, TiB, KB, MB, GB)",
+            "`{t}` 不是有效的大小；应为字节数，或 \"4MiB\" 这样带单位的字符串（单位可用 B、KiB、MiB、GiB、TiB、KB、MB、GB）"
         )
     };
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -26,13 +27,17 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         _ => return Err(expected()),
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("`{t}` is too large"))
+        .ok_or_else(|| crate::tr!("`{t}` is too large", "大小 `{t}` 超出上限"))
 }
 
 /// Parses `"30s"`, `"5m"`, `"2h"`, `"1d"`, `"500ms"`, `"1m30s"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad =
-        || format!("`{s}` is not a duration; expected e.g. \"30s\", \"5m\", \"2h\" or \"500ms\"");
+    let bad = || {
+        crate::tr!(
+            "`{s}` is not a duration; expected e.g. \"30s\", \"5m\", \"2h\" or \"500ms\"",
+            "`{s}` 不是有效的时长；应写成 \"30s\"、\"5m\"、\"2h\" 或 \"500ms\" 这样的形式"
+        )
+    };
     let t = s.trim();
     if t.is_empty() {
         return Err(bad());
@@ -47,7 +52,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_len);
-        let too_long = || format!("`{s}` is too long");
+        let too_long = || crate::tr!("`{s}` is too long", "时长 `{s}` 超出上限");
         let secs = |mult: u64| {
             n.checked_mul(mult)
                 .map(Duration::from_secs)

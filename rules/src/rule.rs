@@ -14,6 +14,7 @@
 //! has about 10¹¹ plausible values, so its plain hash is reversed by enumeration.
 
 use crate::identifier::IdKind;
+use exchange_protocol::tr;
 
 /// A display mask (see [`crate::mask`] for the conventions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +116,8 @@ impl std::fmt::Display for Rule {
 
 /// The rules `check` lists when a rule is not known.
 const EXPECTED: &str = "expected \"plain\", \"drop\", \"mask:name\", \"mask:citizen_id\", \"mask:mobile\", \"mask:address\", \"mask:bank_card\", \"mask:email\", \"mask:uscc\", \"mask:property_unit\", \"mask:keep(FIRST,LAST)\", \"pseudonym\", \"generalize:year\", \"generalize:year_month\", \"generalize:age_band(WIDTH)\" or \"fpe:digits\"";
+/// [`EXPECTED`] in Chinese.
+const EXPECTED_ZH: &str = "应为 \"plain\"、\"drop\"、\"mask:name\"、\"mask:citizen_id\"、\"mask:mobile\"、\"mask:address\"、\"mask:bank_card\"、\"mask:email\"、\"mask:uscc\"、\"mask:property_unit\"、\"mask:keep(开头保留数,结尾保留数)\"、\"pseudonym\"、\"generalize:year\"、\"generalize:year_month\"、\"generalize:age_band(宽度)\" 或 \"fpe:digits\"";
 
 /// `name(a,b)` → (`name`, [a, b]); `name` → (`name`, []).
 fn call(s: &str) -> Result<(&str, Vec<usize>), String> {
@@ -123,16 +126,52 @@ fn call(s: &str) -> Result<(&str, Vec<usize>), String> {
     };
     let args = rest
         .strip_suffix(')')
-        .ok_or_else(|| format!("`{s}`: missing `)`"))?;
+        .ok_or_else(|| tr!("`{s}`: missing `)`", "`{s}`：缺少 `)`"))?;
     let args = args
         .split(',')
         .map(|a| {
-            a.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("`{s}`: `{}` is not a whole number", a.trim()))
+            a.trim().parse::<usize>().map_err(|_| {
+                tr!(
+                    "`{s}`: `{}` is not a whole number",
+                    "`{s}`：`{}` 不是非负整数",
+                    a.trim()
+                )
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((name, args))
+}
+
+/// Why an unkeyed hash rule `s` is refused.
+fn unkeyed_hash(s: &str) -> String {
+    tr!(
+        "`{s}` is an unkeyed hash, which is refused: a citizen ID has about 10^11 plausible values, so its plain hash is reversed by enumeration in hours; use \"pseudonym\" (HMAC-SM3 under the key in [policy] pseudonym_key_file)",
+        "`{s}` 是不带密钥的哈希，不予接受：公民身份号码只有约 10^11 种可能取值，普通哈希几小时内即可被穷举还原；请改用 \"pseudonym\"（以 [policy] pseudonym_key_file 中的密钥计算 HMAC-SM3）"
+    )
+}
+
+/// `s` (`mask:keep`, `mask:citizen_id`) lacks its two numbers.
+fn two_numbers(s: &str, head: &str, name: &str) -> String {
+    tr!(
+        "`{s}` needs two numbers: characters kept at the start and at the end, e.g. `{head}:{name}(3,4)`",
+        "`{s}` 需要两个数：开头和结尾各保留几个字符，例如 `{head}:{name}(3,4)`"
+    )
+}
+
+/// `s` (`mask:citizen_id(first,last)`) would keep all 18 characters.
+fn hides_nothing(s: &str, first: usize, last: usize) -> String {
+    tr!(
+        "`{s}` keeps {first}+{last} of 18 characters: nothing would be hidden",
+        "`{s}` 在 18 个字符中保留 {first}+{last} 个：没有任何字符被遮蔽"
+    )
+}
+
+/// `s` (`generalize:age_band`) lacks a band width from 1 to 100.
+fn band_width(s: &str) -> String {
+    tr!(
+        "`{s}` needs the band width in years, 1 to 100, e.g. `generalize:age_band(10)`",
+        "`{s}` 需要年龄段的宽度（岁数），1 到 100，例如 `generalize:age_band(10)`"
+    )
 }
 
 impl Rule {
@@ -145,9 +184,7 @@ impl Rule {
             .iter()
             .any(|h| lower.starts_with(h))
         {
-            return Err(format!(
-                "`{s}` is an unkeyed hash, which is refused: a citizen ID has about 10^11 plausible values, so its plain hash is reversed by enumeration in hours; use \"pseudonym\" (HMAC-SM3 under the key in [policy] pseudonym_key_file)"
-            ));
+            return Err(unkeyed_hash(s));
         }
         let given = domain;
         let domain = given.unwrap_or(kind.as_str()).to_owned();
@@ -157,16 +194,14 @@ impl Rule {
             if args.is_empty() {
                 Ok(r)
             } else {
-                Err(format!("`{s}` takes no parameters"))
+                Err(tr!("`{s}` takes no parameters", "`{s}` 不接受参数"))
             }
         };
         let two = |default: Option<(usize, usize)>| -> Result<(usize, usize), String> {
             match (args.as_slice(), default) {
                 ([a, b], _) => Ok((*a, *b)),
                 ([], Some(d)) => Ok(d),
-                _ => Err(format!(
-                    "`{s}` needs two numbers: characters kept at the start and at the end, e.g. `{head}:{name}(3,4)`"
-                )),
+                _ => Err(two_numbers(s, head, name)),
             }
         };
         let rule = match (head, name) {
@@ -177,9 +212,7 @@ impl Rule {
             ("mask", "citizen_id") => {
                 let (first, last) = two(Some((6, 4)))?;
                 if first + last >= 18 {
-                    return Err(format!(
-                        "`{s}` keeps {first}+{last} of 18 characters: nothing would be hidden"
-                    ));
+                    return Err(hides_nothing(s, first, last));
                 }
                 Rule::Mask(Mask::CitizenId { first, last })
             }
@@ -198,17 +231,21 @@ impl Rule {
             ("generalize", "age_band") => match args.as_slice() {
                 [w] if (1..=100).contains(w) => Rule::Generalize(Generalize::AgeBand(*w as u32)),
                 _ => {
-                    return Err(format!(
-                        "`{s}` needs the band width in years, 1 to 100, e.g. `generalize:age_band(10)`"
-                    ));
+                    return Err(band_width(s));
                 }
             },
             ("fpe", "digits") => no_args(Rule::FpeDigits { kind, domain })?,
-            _ => return Err(format!("`{s}` is not a field rule; {EXPECTED}")),
+            _ => {
+                return Err(tr!(
+                    "`{s}` is not a field rule; {EXPECTED}",
+                    "`{s}` 不是字段规则；{EXPECTED_ZH}"
+                ));
+            }
         };
         if given.is_some() && !matches!(rule, Rule::Pseudonym { .. } | Rule::FpeDigits { .. }) {
-            return Err(format!(
-                "`domain` applies to \"pseudonym\" and \"fpe:digits\" only, not to `{s}`"
+            return Err(tr!(
+                "`domain` applies to \"pseudonym\" and \"fpe:digits\" only, not to `{s}`",
+                "`domain` 只适用于 \"pseudonym\" 和 \"fpe:digits\"，不适用于 `{s}`"
             ));
         }
         Ok(rule)
@@ -220,12 +257,14 @@ impl Rule {
     }
 
     /// How a key under this rule leaves, for messages: "pseudonymized", "encrypted" or
-    /// "as read".
+    /// "as read" (in the current language).
     pub fn key_form(&self) -> &'static str {
         match self {
-            Rule::Pseudonym { .. } => "pseudonymized",
-            Rule::FpeDigits { .. } => "encrypted (fpe:digits)",
-            _ => "as read",
+            Rule::Pseudonym { .. } => exchange_protocol::lang::pick("pseudonymized", "假名化后"),
+            Rule::FpeDigits { .. } => {
+                exchange_protocol::lang::pick("encrypted (fpe:digits)", "加密（fpe:digits）后")
+            }
+            _ => exchange_protocol::lang::pick("as read", "原样"),
         }
     }
 
@@ -252,20 +291,34 @@ impl Rule {
         }
     }
 
-    /// What the rule accepts, for messages.
+    /// What the rule accepts, for messages (in the current language).
     pub fn accepted_types(&self) -> &'static str {
         match self {
-            Rule::Plain | Rule::Drop => "any type",
+            Rule::Plain | Rule::Drop => exchange_protocol::lang::pick("any type", "任何类型"),
             Rule::Mask(Mask::Mobile | Mask::BankCard | Mask::Keep { .. }) => {
-                "text, integer or decimal columns"
+                exchange_protocol::lang::pick(
+                    "text, integer or decimal columns",
+                    "文本、整数或小数列",
+                )
             }
-            Rule::Mask(_) => "text columns",
-            Rule::Pseudonym { .. } => "text, integer or decimal columns",
+            Rule::Mask(_) => exchange_protocol::lang::pick("text columns", "文本列"),
+            Rule::Pseudonym { .. } => exchange_protocol::lang::pick(
+                "text, integer or decimal columns",
+                "文本、整数或小数列",
+            ),
             Rule::Generalize(Generalize::Year | Generalize::YearMonth) => {
-                "date, timestamp or text columns"
+                exchange_protocol::lang::pick(
+                    "date, timestamp or text columns",
+                    "日期、时间戳或文本列",
+                )
             }
-            Rule::Generalize(Generalize::AgeBand(_)) => "integer, decimal or text columns",
-            Rule::FpeDigits { .. } => "text or integer columns",
+            Rule::Generalize(Generalize::AgeBand(_)) => exchange_protocol::lang::pick(
+                "integer, decimal or text columns",
+                "整数、小数或文本列",
+            ),
+            Rule::FpeDigits { .. } => {
+                exchange_protocol::lang::pick("text or integer columns", "文本或整数列")
+            }
         }
     }
 }

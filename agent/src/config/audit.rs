@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use exchange_protocol::tr;
 use serde::Deserialize;
 
 use super::{ConfigError, Validator, is_inside, parse_duration, parse_size};
@@ -42,20 +43,29 @@ impl Validator<'_> {
         if !(1024..=1 << 30).contains(&max_file_bytes) {
             return Err(self.err(
                 "audit.max_file_bytes",
-                "expected between 1KiB and 1GiB (default 64MiB)",
+                tr!(
+                    "expected between 1KiB and 1GiB (default 64MiB)",
+                    "应在 1KiB 到 1GiB 之间（默认 64MiB）"
+                ),
             ));
         }
         if raw.archive_timeout.is_some() && raw.archive_command.is_none() {
             return Err(self.err(
                 "audit.archive_timeout",
-                "a timeout without `archive_command`: it bounds how long the command may run",
+                tr!(
+                    "a timeout without `archive_command`: it bounds how long the command may run",
+                    "设置了超时，却没有设置 `archive_command`：超时限制的是归档命令的运行时间"
+                ),
             ));
         }
         let to = match (raw.archive_dir, raw.archive_command) {
             (Some(_), Some(_)) => {
                 return Err(self.err(
                     "audit.archive_command",
-                    "both `archive_dir` and `archive_command` are set: set one (a command can copy into a directory itself)",
+                    tr!(
+                        "both `archive_dir` and `archive_command` are set: set one (a command can copy into a directory itself)",
+                        "`archive_dir` 和 `archive_command` 同时设置了：只能设置其一（归档命令可以自己复制到目录中）"
+                    ),
                 ));
             }
             (Some(dir), None) => Some(ArchiveTo::Dir(self.archive_dir(&dir, data_dir)?)),
@@ -65,7 +75,10 @@ impl Validator<'_> {
                     Some(s) => match parse_duration(s) {
                         Ok(d) if !d.is_zero() => d,
                         Ok(_) => {
-                            return Err(self.err("audit.archive_timeout", "expected more than 0s"));
+                            return Err(self.err(
+                                "audit.archive_timeout",
+                                tr!("expected more than 0s", "应大于 0s"),
+                            ));
                         }
                         Err(e) => return Err(self.err("audit.archive_timeout", e)),
                     },
@@ -82,7 +95,10 @@ impl Validator<'_> {
             (None, Some(_)) => {
                 return Err(self.err(
                     "audit.keep",
-                    "rotated audit files are never deleted, so `keep` needs somewhere to move the older ones: set `archive_dir` or `archive_command` in [audit] (without either, every rotated file stays in data_dir)",
+                    tr!(
+                        "rotated audit files are never deleted, so `keep` needs somewhere to move the older ones: set `archive_dir` or `archive_command` in [audit] (without either, every rotated file stays in data_dir)",
+                        "轮转后的审计文件从不删除，因此 `keep` 需要一个存放较旧文件的去处：请在 [audit] 中设置 `archive_dir` 或 `archive_command`（两者都不设置时，所有轮转文件都留在 data_dir 中）"
+                    ),
                 ));
             }
             (None, None) => None,
@@ -99,8 +115,9 @@ impl Validator<'_> {
         if !path.is_dir() {
             return Err(self.err(
                 "audit.archive_dir",
-                format!(
+                tr!(
                     "directory {} does not exist: create it, writable by the service user (under systemd also name it in ReadWritePaths=, docs/OPERATIONS.md)",
+                    "目录 {} 不存在：请创建它，并让服务用户可写（在 systemd 下还须写入 ReadWritePaths=，见 docs/OPERATIONS.md）",
                     path.display()
                 ),
             ));
@@ -108,8 +125,9 @@ impl Validator<'_> {
         if is_inside(&path, data_dir) {
             return Err(self.err(
                 "audit.archive_dir",
-                format!(
+                tr!(
                     "{} is inside data_dir ({}): archived files go elsewhere (another disk or an archive volume)",
+                    "{} 位于 data_dir（{}）之内：归档文件应放到别处（另一块磁盘或归档卷）",
                     path.display(),
                     data_dir.display()
                 ),
@@ -125,22 +143,39 @@ impl Validator<'_> {
         let Some(program) = argv.first() else {
             return Err(self.err(
                 key,
-                "expected the program and its arguments, e.g. [\"/usr/local/bin/archive-audit\", \"--to\", \"backup\"] (the file's path is added as the last argument)",
+                tr!(
+                    "expected the program and its arguments, e.g. [\"/usr/local/bin/archive-audit\", \"--to\", \"backup\"] (the file's path is added as the last argument)",
+                    "应为程序及其参数，例如 [\"/usr/local/bin/archive-audit\", \"--to\", \"backup\"]（待归档文件的路径会追加为最后一个参数）"
+                ),
             ));
         };
         let path = Path::new(program);
         if !path.is_absolute() {
             return Err(self.err(
                 key,
-                format!(
-                    "`{program}` is not an absolute path: name the program by its full path (the service's PATH is minimal)"
+                tr!(
+                    "`{program}` is not an absolute path: name the program by its full path (the service's PATH is minimal)",
+                    "`{program}` 不是绝对路径：请写出程序的完整路径（服务的 PATH 只含最基本的目录）"
                 ),
             ));
         }
         match std::fs::metadata(path) {
             Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(argv),
-            Ok(_) => Err(self.err(key, format!("{program} is not an executable file"))),
-            Err(e) => Err(self.err(key, format!("cannot find {program}: {e}"))),
+            Ok(_) => Err(self.err(
+                key,
+                tr!(
+                    "{program} is not an executable file",
+                    "{program} 不是可执行文件"
+                ),
+            )),
+            Err(e) => Err(self.err(
+                key,
+                tr!(
+                    "cannot find {program}: {}",
+                    "找不到 {program}：{}",
+                    exchange_protocol::translate::io(&e)
+                ),
+            )),
         }
     }
 }

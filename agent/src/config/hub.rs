@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use exchange_protocol::tls::{MinTlsVersion, MutualTls};
+use exchange_protocol::tr;
 
 use super::{ConfigError, Hub, Node, Validator, parse_duration, raw};
 
@@ -13,8 +14,9 @@ impl Validator<'_> {
         if !h.url.starts_with("https://") {
             return Err(self.err(
                 "hub.url",
-                format!(
+                tr!(
                     "`{}` must start with https:// (the hub is reached over mutual TLS only)",
+                    "`{}` 必须以 https:// 开头（只能通过双向 TLS 连接交换中心）",
                     h.url
                 ),
             ));
@@ -25,7 +27,7 @@ impl Validator<'_> {
             None => Duration::from_secs(30),
         };
         if timeout < Duration::from_secs(1) {
-            return Err(self.err("hub.timeout", "must be at least 1s"));
+            return Err(self.err("hub.timeout", tr!("must be at least 1s", "不能小于 1s")));
         }
         let key = self.secret_path("hub.key", &h.key)?;
         Ok(Hub {
@@ -70,9 +72,11 @@ impl Validator<'_> {
             Some(cn) if cn == node.id => Ok(()),
             cn => Err(self.err(
                 "hub.cert",
-                format!(
+                tr!(
                     "the certificate's common name is {} but node.id is `{}`; the hub takes the node id from the certificate, so they must be equal",
-                    cn.map(|c| format!("`{c}`")).unwrap_or_else(|| "missing".into()),
+                    "证书的通用名称（CN）{}，而 node.id 是 `{}`；交换中心从证书中读取节点标识，两者必须相同",
+                    cn.map(|c| tr!("`{c}`", "为 `{c}`"))
+                        .unwrap_or_else(|| tr!("missing", "缺失")),
                     node.id
                 ),
             )),
@@ -90,7 +94,10 @@ impl Validator<'_> {
             Some("1.2") => Ok(MinTlsVersion::Tls12),
             Some(other) => Err(self.err(
                 key,
-                format!("`{other}` is not supported; expected \"1.3\" (default) or \"1.2\""),
+                tr!(
+                    "`{other}` is not supported; expected \"1.3\" (default) or \"1.2\"",
+                    "不支持 `{other}`；应为 \"1.3\"（默认）或 \"1.2\""
+                ),
             )),
         }
     }

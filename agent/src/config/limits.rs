@@ -2,6 +2,7 @@
 //! how many records and bytes a batch holds; a full batch always fits in the queue.
 
 use super::{BatchLimits, ConfigError, QueueLimits, Validator, parse_size, raw};
+use exchange_protocol::tr;
 
 impl Validator<'_> {
     pub(super) fn limits(
@@ -26,8 +27,9 @@ impl Validator<'_> {
         if !(1..=100_000).contains(&batch.max_records) {
             return Err(self.err(
                 "batch.max_records",
-                format!(
+                tr!(
                     "{} is out of range; expected 1 to 100000",
+                    "{} 超出范围；应为 1 到 100000",
                     batch.max_records
                 ),
             ));
@@ -35,13 +37,19 @@ impl Validator<'_> {
         if !(1024..=exchange_protocol::batch::DEFAULT_MAX_BATCH_BYTES).contains(&batch.max_bytes) {
             return Err(self.err(
                 "batch.max_bytes",
-                "expected between 1KiB and 64MiB (the hub's default limit)",
+                tr!(
+                    "expected between 1KiB and 64MiB (the hub's default limit)",
+                    "应在 1KiB 到 64MiB 之间（64MiB 是交换中心的默认上限）"
+                ),
             ));
         }
         if queue.max_bytes < 2 * batch.max_bytes as u64 {
             return Err(self.err(
                 "queue.max_bytes",
-                "must be at least twice batch.max_bytes, so a full batch always fits",
+                tr!(
+                    "must be at least twice batch.max_bytes, so a full batch always fits",
+                    "至少应为 batch.max_bytes 的两倍，队列才总能容纳一个满批次"
+                ),
             ));
         }
         Ok((queue, batch))

@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use exchange_connectors::{Relation, SourceSpec};
 use exchange_protocol::tls::MutualTls;
+use exchange_protocol::tr;
 
 pub use exchange_protocol::quantity::{parse_duration, parse_size};
 pub use keys::Keys;
@@ -257,7 +258,11 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_owned(),
             location: None,
-            message: format!("cannot read the configuration file: {e}"),
+            message: tr!(
+                "cannot read the configuration file: {}",
+                "无法读取配置文件：{}",
+                exchange_protocol::translate::io(&e)
+            ),
         })?;
         Self::parse(path, &text)
     }
@@ -269,7 +274,12 @@ impl Config {
         let text = std::fs::read_to_string(&file.path).map_err(|e| ConfigError {
             file: file.path.clone(),
             location: None,
-            message: format!("cannot read the configuration file ({}): {e}", file.origin),
+            message: tr!(
+                "cannot read the configuration file ({}): {}",
+                "无法读取配置文件（{}）：{}",
+                file.origin,
+                exchange_protocol::translate::io(&e)
+            ),
         })?;
         Self::parse(&file.path, &text)
     }
@@ -317,7 +327,7 @@ impl Validator<'_> {
         ConfigError {
             file: self.file.to_owned(),
             location: self.locator.locate(key),
-            message: format!("key `{key}`: {message}"),
+            message: tr!("key `{key}`: {message}", "配置项 `{key}`：{message}"),
         }
     }
 
@@ -334,15 +344,19 @@ impl Validator<'_> {
             Some(Err(())) => {
                 return Err(self.err(
                     key,
-                    format!(
-                        "`{p}` names a systemd credential, but CREDENTIALS_DIRECTORY is not set: systemd sets it for a unit with LoadCredential= (systemd/exchange-agent.service); elsewhere set it to the directory holding the files, or write a plain path"
+                    tr!(
+                        "`{p}` names a systemd credential, but CREDENTIALS_DIRECTORY is not set: systemd sets it for a unit with LoadCredential= (systemd/exchange-agent.service); elsewhere set it to the directory holding the files, or write a plain path",
+                        "`{p}` 指向 systemd 凭据，但环境变量 CREDENTIALS_DIRECTORY 未设置：systemd 只为配置了 LoadCredential= 的服务单元设置它（见 systemd/exchange-agent.service）；在其他环境中，请将它设为存放这些文件的目录，或改写为普通路径"
                     ),
                 ));
             }
             None => self.path(p),
         };
         if !path.is_file() {
-            return Err(self.err(key, format!("file {} does not exist", path.display())));
+            return Err(self.err(
+                key,
+                tr!("file {} does not exist", "文件 {} 不存在", path.display()),
+            ));
         }
         Ok(path)
     }

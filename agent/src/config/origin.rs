@@ -6,6 +6,8 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use exchange_protocol::tr;
+
 /// The environment variable naming the configuration file.
 pub const ENV: &str = "EXCHANGE_AGENT_CONFIG";
 /// The configuration file when neither `--config` nor [`ENV`] names one.
@@ -25,12 +27,15 @@ pub enum Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::Flag => f.write_str("given by --config"),
-            Origin::Env => write!(f, "from the environment variable {ENV}"),
-            Origin::Default => write!(
-                f,
-                "the default; give --config <file> or set {ENV} to use another file"
-            ),
+            Origin::Flag => f.write_str(&tr!("given by --config", "由 --config 指定")),
+            Origin::Env => f.write_str(&tr!(
+                "from the environment variable {ENV}",
+                "来自环境变量 {ENV}"
+            )),
+            Origin::Default => f.write_str(&tr!(
+                "the default; give --config <file> or set {ENV} to use another file",
+                "默认路径；要使用其他文件，请用 --config <文件> 指定，或设置环境变量 {ENV}"
+            )),
         }
     }
 }

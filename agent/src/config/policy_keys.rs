@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use super::{ConfigError, Keys, Validator, is_inside, raw};
+use exchange_protocol::tr;
 use exchange_rules::fpe::FpeKey;
 use exchange_rules::pseudonym::PseudonymKey;
 
@@ -19,16 +20,26 @@ impl Validator<'_> {
         if is_inside(&path, data_dir) {
             return Err(self.err(
                 key,
-                format!(
+                tr!(
                     "{} is inside data_dir ({}): keys live outside it (e.g. in /etc/exchange-agent/keys), so that a copy of data_dir alone opens nothing",
+                    "{} 位于 data_dir（{}）之内：密钥必须放在它之外（例如 /etc/exchange-agent/keys），这样仅复制 data_dir 解不开任何数据",
                     path.display(),
                     data_dir.display()
                 ),
             ));
         }
         exchange_protocol::tls::check_secret_permissions(&path).map_err(|e| self.err(key, e))?;
-        std::fs::read_to_string(&path)
-            .map_err(|e| self.err(key, format!("cannot read {}: {e}", path.display())))
+        std::fs::read_to_string(&path).map_err(|e| {
+            self.err(
+                key,
+                tr!(
+                    "cannot read {}: {}",
+                    "无法读取 {}：{}",
+                    path.display(),
+                    exchange_protocol::translate::io(&e)
+                ),
+            )
+        })
     }
 
     pub(super) fn keys(&self, p: &raw::RawPolicy, data_dir: &Path) -> Result<Keys, ConfigError> {
@@ -53,7 +64,10 @@ impl Validator<'_> {
             None if p.pseudonym_key_version.is_some() => {
                 return Err(self.err(
                     "policy.pseudonym_key_version",
-                    "a key version without `pseudonym_key_file`",
+                    tr!(
+                        "a key version without `pseudonym_key_file`",
+                        "设置了密钥版本，却没有设置 `pseudonym_key_file`"
+                    ),
                 ));
             }
             None => None,
@@ -72,7 +86,10 @@ impl Validator<'_> {
                 if hex::decode(text.trim()).is_ok_and(|s| others.contains(&s)) {
                     return Err(self.err(
                         "policy.seal_key_file",
-                        "the seal key must be a key of its own, not the pseudonym or FPE key (the pseudonym key is shared with other departments): `openssl rand -hex 32` makes one",
+                        tr!(
+                            "the seal key must be a key of its own, not the pseudonym or FPE key (the pseudonym key is shared with other departments): `openssl rand -hex 32` makes one",
+                            "封存密钥必须单独生成，不能与假名密钥或 FPE 密钥相同（假名密钥是与其他部门共享的）：可用 `openssl rand -hex 32` 生成"
+                        ),
                     ));
                 }
                 Some(

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use exchange_protocol::tr;
 use serde::Deserialize;
 
 use super::ConfigError;
@@ -149,7 +150,7 @@ pub mod indexmap_like {
             impl<'de> Visitor<'de> for V {
                 type Value = RawField;
                 fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("a rule (\"plain\", \"mask:name\", …) or a table { rule = …, identifier = …, domain = … }")
+                    f.write_str(&exchange_protocol::tr!("a rule (\"plain\", \"mask:name\", …) or a table {{ rule = …, identifier = …, domain = … }}", "规则（\"plain\"、\"mask:name\" 等）或表 {{ rule = …, identifier = …, domain = … }}"))
                 }
                 fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawField, E> {
                     Ok(RawField {
@@ -193,7 +194,10 @@ pub mod indexmap_like {
             impl<'de> Visitor<'de> for V {
                 type Value = OrderedFields;
                 fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("a table of column = \"rule\"")
+                    f.write_str(&exchange_protocol::tr!(
+                        "a table of column = \"rule\"",
+                        "由 列名 = \"规则\" 组成的表"
+                    ))
                 }
                 fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<OrderedFields, A::Error> {
                     let mut out = Vec::new();
@@ -221,9 +225,11 @@ fn toml_error(file: &Path, text: &str, e: &toml::de::Error, path: Option<String>
     let location = e
         .span()
         .map(|span| super::location::line_col(text, span.start));
-    let message = plain_words(e.message().trim_end());
+    let message = reader_words(e.message().trim_end());
     let message = match path {
-        Some(p) if p != "." && !p.is_empty() => format!("key `{p}`: {message}"),
+        Some(p) if p != "." && !p.is_empty() => {
+            tr!("key `{p}`: {message}", "配置项 `{p}`：{message}")
+        }
         _ => message,
     };
     ConfigError {
@@ -231,6 +237,23 @@ fn toml_error(file: &Path, text: &str, e: &toml::de::Error, path: Option<String>
         location,
         message,
     }
+}
+
+/// A deserializer message in the reader's language: [`plain_words`] in English, in Chinese
+/// by [`exchange_protocol::translate::deserializer_zh`] (with the same nearest valid key for
+/// an unknown one).
+fn reader_words(message: &str) -> String {
+    if !exchange_protocol::lang::is_zh() {
+        return plain_words(message);
+    }
+    let nearest = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .and_then(|(found, expected)| {
+            let valid: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+            nearest(found, &valid)
+        });
+    exchange_protocol::translate::deserializer_zh(message, nearest)
 }
 
 /// Rewrites a deserializer message for an administrator: Rust type names become words

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use exchange_connectors::{Relation, SourceSpec};
+use exchange_protocol::tr;
 
 use super::fields::Fields;
 use super::verify::{RawVerification, Verify};
@@ -33,7 +34,11 @@ impl Validator<'_> {
             if !codes.insert(res.code.clone()) {
                 return Err(self.err(
                     &format!("resources[{i}].code"),
-                    format!("resource `{}` is defined twice", res.code),
+                    tr!(
+                        "resource `{}` is defined twice",
+                        "资源 `{}` 重复定义",
+                        res.code
+                    ),
                 ));
             }
             self.rule_keys(i, &res, keys)?;
@@ -78,7 +83,7 @@ impl Validator<'_> {
             },
         )?;
         if !plain_allowed.is_empty() && plain_reason.is_none() {
-            return Err(self.err(&key("plain_allowed"), format!("resource `{code}`: plain_allowed needs `plain_reason`, the approval reference (e.g. \"市数据局 2024-17 号批复\")")));
+            return Err(self.err(&key("plain_allowed"), tr!("resource `{code}`: plain_allowed needs `plain_reason`, the approval reference (e.g. \"市数据局 2024-17 号批复\")", "资源 `{code}`：设置了 plain_allowed，就必须在 `plain_reason` 中写明审批文号（例如 \"市数据局 2024-17 号批复\"）")));
         }
         if matches!(share, Share::Conditional { .. }) {
             self.conditional_fields(i, &code, &fields, &plain_allowed)?;
@@ -124,7 +129,10 @@ impl Validator<'_> {
         {
             return Err(self.err(
                 key,
-                "expected 1 to 128 visible ASCII characters without `/`, e.g. \"330100-RSJ-0001\"",
+                tr!(
+                    "expected 1 to 128 visible ASCII characters without `/`, e.g. \"330100-RSJ-0001\"",
+                    "应为 1 到 128 个可见 ASCII 字符，不含 `/`，例如 \"330100-RSJ-0001\""
+                ),
             ));
         }
         Ok(())
@@ -145,12 +153,12 @@ impl Validator<'_> {
             "conditional" => Share::Conditional {
                 deliver: deliver.unwrap_or(false),
             },
-            other => return Err(self.err(&key("share"), format!("`{other}` is not a share class; expected \"unconditional\", \"conditional\" or \"none\""))),
+            other => return Err(self.err(&key("share"), tr!("`{other}` is not a share class; expected \"unconditional\", \"conditional\" or \"none\"", "`{other}` 不是共享类型；应为 \"unconditional\"（无条件共享）、\"conditional\"（有条件共享）或 \"none\"（不予共享）"))),
         };
         if deliver.is_some() && !matches!(share, Share::Conditional { .. }) {
             return Err(self.err(
                 &key("deliver"),
-                format!("resource `{code}`: `deliver` applies to share = \"conditional\" only (unconditional resources are always delivered, `none` never)"),
+                tr!("resource `{code}`: `deliver` applies to share = \"conditional\" only (unconditional resources are always delivered, `none` never)", "资源 `{code}`：`deliver` 只适用于 share = \"conditional\"（无条件共享的资源总是推送，不予共享的资源从不推送）"),
             ));
         }
         Ok(share)
@@ -162,7 +170,7 @@ impl Validator<'_> {
             Some("deliver") => Ok(InvalidKey::Deliver),
             Some(other) => Err(self.err(
                 key,
-                format!("`{other}` is not allowed; expected \"quarantine\" (default) or \"deliver\" (delivered, flagged)"),
+                tr!("`{other}` is not allowed; expected \"quarantine\" (default) or \"deliver\" (delivered, flagged)", "不允许 `{other}`；应为 \"quarantine\"（隔离，默认）或 \"deliver\"（照常推送并加标记）"),
             )),
         }
     }
@@ -180,11 +188,12 @@ impl Validator<'_> {
         let known: Vec<_> = sources.keys().map(|k| format!("`{k}`")).collect();
         Err(self.err(
             key,
-            format!(
+            tr!(
                 "no source named `{}`; defined: {}",
+                "没有名为 `{}` 的数据源；已定义的数据源：{}",
                 source,
                 if known.is_empty() {
-                    "none".into()
+                    tr!("none", "无")
                 } else {
                     known.join(", ")
                 }
@@ -207,15 +216,27 @@ impl Validator<'_> {
                 if !(head.starts_with("select") || head.starts_with("with")) {
                     return Err(self.err(
                         &key("query"),
-                        "expected a read-only SELECT (or WITH … SELECT) statement",
+                        tr!(
+                            "expected a read-only SELECT (or WITH … SELECT) statement",
+                            "应为只读的 SELECT（或 WITH … SELECT）语句"
+                        ),
                     ));
                 }
                 Ok(Relation::Query(q))
             }
-            _ => Err(self.err(&key("table"), "give exactly one of `table` or `query`")),
+            _ => Err(self.err(
+                &key("table"),
+                tr!(
+                    "give exactly one of `table` or `query`",
+                    "`table` 和 `query` 必须设置其中一个，且只能设置一个"
+                ),
+            )),
         }
     }
+}
 
+/// How a resource is read: its mode, its cursor columns and its schedule.
+impl Validator<'_> {
     /// The read mode: incremental over a cursor (its columns checked by
     /// [`Validator::cursor_columns`]), or snapshot.
     fn mode(
@@ -236,16 +257,25 @@ impl Validator<'_> {
             }
             ("incremental", _) => Err(self.err(
                 &key("cursor"),
-                "incremental mode needs `cursor`, e.g. [\"updated_at\", \"id\"]",
+                tr!(
+                    "incremental mode needs `cursor`, e.g. [\"updated_at\", \"id\"]",
+                    "增量模式需要设置 `cursor`，例如 [\"updated_at\", \"id\"]"
+                ),
             )),
             ("snapshot", None) => Ok(Mode::Snapshot),
             ("snapshot", Some(_)) => Err(self.err(
                 &key("cursor"),
-                "snapshot mode reads every row; remove `cursor` or use mode = \"incremental\"",
+                tr!(
+                    "snapshot mode reads every row; remove `cursor` or use mode = \"incremental\"",
+                    "快照模式每次读取全部行，不用游标；请删除 `cursor`，或改用 mode = \"incremental\""
+                ),
             )),
             (other, _) => Err(self.err(
                 &key("mode"),
-                format!("`{other}` is not a mode; expected \"incremental\" or \"snapshot\""),
+                tr!(
+                    "`{other}` is not a mode; expected \"incremental\" or \"snapshot\"",
+                    "`{other}` 不是读取模式；应为 \"incremental\"（增量）或 \"snapshot\"（快照）"
+                ),
             )),
         }
     }
@@ -267,13 +297,13 @@ impl Validator<'_> {
             .collect();
         for c in cursor {
             if dropped.contains(&c.to_lowercase()) {
-                return Err(self.err(key, format!("cursor column `{c}` is dropped in [resources.fields]; cursor values are kept on disk, so a cursor column cannot be a dropped field")));
+                return Err(self.err(key, tr!("cursor column `{c}` is dropped in [resources.fields]; cursor values are kept on disk, so a cursor column cannot be a dropped field", "游标列 `{c}` 在 [resources.fields] 中设为丢弃（drop）；游标值要保存在磁盘上，因此游标列不能是丢弃的字段")));
             }
             if let Some((_, rule)) = fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(c))
                 && !rule.is_plain()
                 && !c.eq_ignore_ascii_case(resource_key)
             {
-                return Err(self.err(key, format!("resource `{code}`: cursor column `{c}` is desensitized ({rule}) in [resources.fields]; cursor values are kept on disk, so a cursor column must be plain (or not listed)")));
+                return Err(self.err(key, tr!("resource `{code}`: cursor column `{c}` is desensitized ({rule}) in [resources.fields]; cursor values are kept on disk, so a cursor column must be plain (or not listed)", "资源 `{code}`：游标列 `{c}` 在 [resources.fields] 中做了脱敏（{rule}）；游标值要保存在磁盘上，因此游标列必须是明文（plain）字段，或不在其中列出")));
             }
         }
         Ok(())
@@ -288,14 +318,18 @@ impl Validator<'_> {
     ) -> Result<Schedule, ConfigError> {
         let key = |k: &str| format!("resources[{i}].{k}");
         match (schedule, every) {
-            (Some(_), Some(_)) => {
-                Err(self.err(&key("every"), "give either `schedule` or `every`, not both"))
-            }
+            (Some(_), Some(_)) => Err(self.err(
+                &key("every"),
+                tr!(
+                    "give either `schedule` or `every`, not both",
+                    "`schedule` 和 `every` 只能设置其一"
+                ),
+            )),
             (Some(cron), None) => Schedule::cron(&cron).map_err(|e| self.err(&key("schedule"), e)),
             (None, Some(every)) => {
                 let d = parse_duration(&every).map_err(|e| self.err(&key("every"), e))?;
                 if d < Duration::from_secs(1) {
-                    return Err(self.err(&key("every"), "must be at least 1s"));
+                    return Err(self.err(&key("every"), tr!("must be at least 1s", "不能小于 1s")));
                 }
                 Ok(Schedule::Every(d))
             }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::verify::Verify;
 use super::{ConfigError, Keys, Resource, Validator, raw};
+use exchange_protocol::tr;
 use exchange_rules::rule::Rule;
 
 impl Validator<'_> {
@@ -27,8 +28,9 @@ impl Validator<'_> {
             if missing {
                 return Err(self.err(
                     &format!("resources[{i}].fields.{name}"),
-                    format!(
+                    tr!(
                         "resource `{}`, field `{name}`: rule {rule} needs a key: set `{what}` in [policy]",
+                        "资源 `{}` 的字段 `{name}`：规则 {rule} 需要密钥，请在 [policy] 中设置 `{what}`",
                         res.code
                     ),
                 ));
@@ -65,8 +67,9 @@ impl Validator<'_> {
         let file = dir.join("seal.key");
         Err(self.err(
             &format!("resources[{i}].fields.{name}"),
-            format!(
+            tr!(
                 "resource `{}`: its key `{name}` leaves {}, so its raw value is kept only sealed in the stored source position, under this node's own seal key: set `seal_key_file` in [policy]. Create the file once, outside data_dir, and never share it: `openssl rand -hex 32 > {f} && chmod 600 {f} && chown exchange-agent {f}`",
+                "资源 `{}`：键列 `{name}` {}推送，因此它的原始值只能用本节点自己的封存密钥封存后，保存在已存储的读取位置中：请在 [policy] 中设置 `seal_key_file`。在 data_dir 之外创建一次该文件，且绝不与他人共享：`openssl rand -hex 32 > {f} && chmod 600 {f} && chown exchange-agent {f}`",
                 res.code,
                 rule.key_form(),
                 f = file.display()
@@ -91,7 +94,7 @@ impl Validator<'_> {
         {
             return Err(self.err(
                 &format!("resources[{i}].compare.{field}"),
-                format!("resource `{}`, field `{field}`: \"hmac\" needs the comparison key shared with the requesters: set `comparison_key_file` in [verify]", res.code),
+                tr!("resource `{}`, field `{field}`: \"hmac\" needs the comparison key shared with the requesters: set `comparison_key_file` in [verify]", "资源 `{}` 的字段 `{field}`：\"hmac\" 比对需要与请求方共享的比对密钥，请在 [verify] 中设置 `comparison_key_file`", res.code),
             ));
         }
         Ok(())

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use exchange_connectors::{SourceKind, SourceSpec};
+use exchange_protocol::tr;
 
 use super::{ConfigError, Validator, parse_duration, raw};
 
@@ -20,7 +21,11 @@ impl Validator<'_> {
             if sources.contains_key(&spec.name) {
                 return Err(self.err(
                     &format!("sources[{i}].name"),
-                    format!("source `{}` is defined twice", spec.name),
+                    tr!(
+                        "source `{}` is defined twice",
+                        "数据源 `{}` 重复定义",
+                        spec.name
+                    ),
                 ));
             }
             sources.insert(spec.name.clone(), spec);
@@ -59,8 +64,9 @@ impl Validator<'_> {
             "sqlite" => Ok(SourceKind::Sqlite),
             other => Err(self.err(
                 key,
-                format!(
-                    "`{other}` is not a source kind; expected \"postgres\", \"mysql\" or \"sqlite\""
+                tr!(
+                    "`{other}` is not a source kind; expected \"postgres\", \"mysql\" or \"sqlite\"",
+                    "`{other}` 不是支持的数据源类型；应为 \"postgres\"、\"mysql\" 或 \"sqlite\""
                 ),
             )),
         }
@@ -75,7 +81,11 @@ impl Validator<'_> {
             if !path.is_file() {
                 return Err(self.err(
                     key,
-                    format!("SQLite database {} does not exist", path.display()),
+                    tr!(
+                        "SQLite database {} does not exist",
+                        "SQLite 数据库文件 {} 不存在",
+                        path.display()
+                    ),
                 ));
             }
             return Ok(format!("sqlite://{}", path.display()));
@@ -89,8 +99,9 @@ impl Validator<'_> {
         if !scheme_ok {
             return Err(self.err(
                 key,
-                format!(
+                tr!(
                     "expected a {} URL",
+                    "应为以 {} 开头的 URL",
                     if kind == SourceKind::Postgres {
                         "postgres://"
                     } else {
@@ -114,18 +125,25 @@ impl Validator<'_> {
         match (file, env) {
             (Some(_), Some(_)) => Err(self.err(
                 &key("password_env"),
-                "give either password_file or password_env, not both",
+                tr!(
+                    "give either password_file or password_env, not both",
+                    "password_file 和 password_env 只能设置其一"
+                ),
             )),
             (Some(f), None) => {
                 let path = self.secret_path(&key("password_file"), &f)?;
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| self.err(&key("password_file"), e))?;
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    self.err(&key("password_file"), exchange_protocol::translate::io(&e))
+                })?;
                 Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
             }
             (None, Some(var)) => Ok(Some(std::env::var(&var).map_err(|_| {
                 self.err(
                     &key("password_env"),
-                    format!("environment variable `{var}` is not set"),
+                    tr!(
+                        "environment variable `{var}` is not set",
+                        "环境变量 `{var}` 未设置"
+                    ),
                 )
             })?)),
             (None, None) => Ok(None),

@@ -5,6 +5,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use super::verify::{Grant, RawGrant, RawVerification, Verification};
 use super::{ConfigError, Validator};
+use exchange_protocol::tr;
 use exchange_rules::compare::Compare;
 use exchange_rules::rule::Rule;
 
@@ -57,8 +58,15 @@ impl Validator<'_> {
         for (name, how) in compare.unwrap_or_default() {
             let at = format!("resources[{i}].compare.{name}");
             let field = self.claimable(&res, &at, &name)?;
-            let how = Compare::parse(&how)
-                .map_err(|e| self.err(&at, format!("resource `{code}`, field `{name}`: {e}")))?;
+            let how = Compare::parse(&how).map_err(|e| {
+                self.err(
+                    &at,
+                    tr!(
+                        "resource `{code}`, field `{name}`: {e}",
+                        "资源 `{code}` 的字段 `{name}`：{e}"
+                    ),
+                )
+            })?;
             out.compare.insert(field, how);
         }
         for (g, raw) in grants.into_iter().enumerate() {
@@ -75,16 +83,19 @@ impl Validator<'_> {
         match res.fields.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
             Some((n, Rule::Drop)) => Err(self.err(
                 at,
-                format!("resource `{code}`: field `{n}` is dropped (never read), so it cannot be verified"),
+                tr!("resource `{code}`: field `{n}` is dropped (never read), so it cannot be verified", "资源 `{code}`：字段 `{n}` 设为丢弃（从不读取），因此无法核验"),
             )),
             Some((n, _)) if n.eq_ignore_ascii_case(res.key) => Err(self.err(
                 at,
-                format!("resource `{code}`: field `{n}` is the key, the subject a requester asks about; it is never a claim (a claim on it would only tell whether the subject is known)"),
+                tr!("resource `{code}`: field `{n}` is the key, the subject a requester asks about; it is never a claim (a claim on it would only tell whether the subject is known)", "资源 `{code}`：字段 `{n}` 是键列，即请求方所询问的主体，不能作为待核验的声称值（核验它只会透露库中是否有此主体）"),
             )),
             Some((n, _)) => Ok(n.clone()),
             None => Err(self.err(
                 at,
-                format!("resource `{code}`: `{name}` is not a field of [resources.fields]"),
+                tr!(
+                    "resource `{code}`: `{name}` is not a field of [resources.fields]",
+                    "资源 `{code}`：`{name}` 不是 [resources.fields] 中的字段"
+                ),
             )),
         }
     }
@@ -100,10 +111,13 @@ impl Validator<'_> {
         let (i, code) = (res.i, res.code);
         let at = |k: &str| format!("resources[{i}].grants[{g}].{k}");
         if raw.requester.trim().is_empty() {
-            return Err(self.err(&at("requester"), "must not be empty"));
+            return Err(self.err(&at("requester"), tr!("must not be empty", "不能为空")));
         }
         if raw.fields.is_empty() {
-            return Err(self.err(&at("fields"), "grant at least one field"));
+            return Err(self.err(
+                &at("fields"),
+                tr!("grant at least one field", "至少授权一个字段"),
+            ));
         }
         let mut granted = Vec::new();
         for f in &raw.fields {
@@ -114,14 +128,17 @@ impl Validator<'_> {
         {
             return Err(self.err(
                 &at("purposes"),
-                "list at least one non-empty purpose, or leave `purposes` out to allow any",
+                tr!(
+                    "list at least one non-empty purpose, or leave `purposes` out to allow any",
+                    "至少列出一个非空的用途；如不限用途，请删除 `purposes`"
+                ),
             ));
         }
         let expires = match &raw.expires {
             Some(e) => Some(parse_expiry(e).ok_or_else(|| {
                 self.err(
                     &at("expires"),
-                    format!("`{e}` is not a date or time; expected \"2025-12-31\" (the grant holds through that day, UTC+8) or RFC 3339 \"2025-12-31T18:00:00+08:00\""),
+                    tr!("`{e}` is not a date or time; expected \"2025-12-31\" (the grant holds through that day, UTC+8) or RFC 3339 \"2025-12-31T18:00:00+08:00\"", "`{e}` 不是日期或时间；应为 \"2025-12-31\"（授权有效至当天结束，北京时间）或 RFC 3339 格式的 \"2025-12-31T18:00:00+08:00\""),
                 )
             })?),
             None => None,
@@ -131,13 +148,13 @@ impl Validator<'_> {
         if psi_enumerable && !psi {
             return Err(self.err(
                 &at("psi_enumerable"),
-                format!("resource `{code}`: psi_enumerable without psi = true; private set intersection is allowed by `psi` first"),
+                tr!("resource `{code}`: psi_enumerable without psi = true; private set intersection is allowed by `psi` first", "资源 `{code}`：设置了 psi_enumerable，却没有 psi = true；须先用 `psi` 允许隐私集合求交"),
             ));
         }
         if psi_enumerable && !granted.iter().any(|f| so_far.is_enumerable(f)) {
             return Err(self.err(
                 &at("psi_enumerable"),
-                format!("resource `{code}`: the grant names no field listed in `enumerable`, so psi_enumerable has nothing to allow"),
+                tr!("resource `{code}`: the grant names no field listed in `enumerable`, so psi_enumerable has nothing to allow", "资源 `{code}`：该授权的字段都不在 `enumerable` 中，psi_enumerable 没有可放开的字段"),
             ));
         }
         Ok(Grant {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use exchange_protocol::tls::MutualTls;
+use exchange_protocol::tr;
 use serde::Deserialize;
 
 use super::{ConfigError, Keys, Validator, parse_duration};
@@ -191,14 +192,18 @@ impl Validator<'_> {
         if keys.pseudonym.is_none() {
             return Err(self.err(
                 "verify",
-                "the verification service names subjects in its audit records by their keyed pseudonym, never in clear: set `pseudonym_key_file` in [policy]",
+                tr!(
+                    "the verification service names subjects in its audit records by their keyed pseudonym, never in clear: set `pseudonym_key_file` in [policy]",
+                    "核验服务在审计记录中只用带密钥的假名记录主体，从不记录明文：请在 [policy] 中设置 `pseudonym_key_file`"
+                ),
             ));
         }
         let listen: SocketAddr = v.listen.trim().parse().map_err(|_| {
             self.err(
                 "verify.listen",
-                format!(
+                tr!(
                     "`{}` is not an address; expected an IP address and port such as \"0.0.0.0:9443\"",
+                    "`{}` 不是有效地址；应为 IP 地址加端口，例如 \"0.0.0.0:9443\"",
                     v.listen
                 ),
             )
@@ -220,7 +225,10 @@ impl Validator<'_> {
         if !(1..=100_000_000).contains(&psi_max_tags) {
             return Err(self.err(
                 "verify.psi_max_tags",
-                format!("{psi_max_tags} is out of range; expected 1 to 100000000"),
+                tr!(
+                    "{psi_max_tags} is out of range; expected 1 to 100000000",
+                    "{psi_max_tags} 超出范围；应为 1 到 100000000"
+                ),
             ));
         }
         let (listener, body_timeout) = self.listener_limits(&v)?;
@@ -245,7 +253,7 @@ impl Validator<'_> {
             Some("uscc_uri") => Ok(RequesterIdentity::UsccUri),
             Some(other) => Err(self.err(
                 "verify.requester_identity",
-                format!("`{other}` is not allowed; expected \"cn\" (the certificate's common name, default) or \"uscc_uri\" (a subjectAltName URI urn:uscc:<统一社会信用代码>)"),
+                tr!("`{other}` is not allowed; expected \"cn\" (the certificate's common name, default) or \"uscc_uri\" (a subjectAltName URI urn:uscc:<统一社会信用代码>)", "不允许 `{other}`；应为 \"cn\"（证书的通用名称，默认）或 \"uscc_uri\"（subjectAltName 中的 URI urn:uscc:<统一社会信用代码>）"),
             )),
         }
     }
@@ -256,19 +264,28 @@ impl Validator<'_> {
         if !(1..=100_000).contains(&max_items) {
             return Err(self.err(
                 "verify.max_items",
-                format!("{max_items} is out of range; expected 1 to 100000"),
+                tr!(
+                    "{max_items} is out of range; expected 1 to 100000",
+                    "{max_items} 超出范围；应为 1 到 100000"
+                ),
             ));
         }
         let pool_size = v.pool_size.unwrap_or(4);
         if !(1..=256).contains(&pool_size) {
-            return Err(self.err("verify.pool_size", "expected 1 to 256"));
+            return Err(self.err(
+                "verify.pool_size",
+                tr!("expected 1 to 256", "应为 1 到 256"),
+            ));
         }
         let query_timeout = match &v.query_timeout {
             Some(t) => parse_duration(t).map_err(|e| self.err("verify.query_timeout", e))?,
             None => Duration::from_secs(5),
         };
         if query_timeout < Duration::from_millis(10) {
-            return Err(self.err("verify.query_timeout", "must be at least 10ms"));
+            return Err(self.err(
+                "verify.query_timeout",
+                tr!("must be at least 10ms", "不能小于 10ms"),
+            ));
         }
         Ok((max_items, pool_size, query_timeout))
     }
@@ -289,7 +306,10 @@ impl Validator<'_> {
             }
             None if v.comparison_key_version.is_some() => Err(self.err(
                 "verify.comparison_key_version",
-                "a key version without `comparison_key_file`",
+                tr!(
+                    "a key version without `comparison_key_file`",
+                    "设置了密钥版本，却没有设置 `comparison_key_file`"
+                ),
             )),
             None => Ok(None),
         }
@@ -305,7 +325,10 @@ impl Validator<'_> {
         if lockout < Duration::from_secs(60) {
             return Err(self.err(
                 "verify.lockout",
-                "must be at least 1m (it is the window in which wrong answers are counted)",
+                tr!(
+                    "must be at least 1m (it is the window in which wrong answers are counted)",
+                    "不能小于 1m（它是统计错误回答次数的时间窗口）"
+                ),
             ));
         }
         let quotas = Quotas {
@@ -332,7 +355,7 @@ impl Validator<'_> {
             ("verify.psi_scans_per_day", quotas.psi_scans_per_day),
         ] {
             if n == 0 {
-                return Err(self.err(k, "must be at least 1"));
+                return Err(self.err(k, tr!("must be at least 1", "不能小于 1")));
             }
         }
         self.quotas_admit(&quotas, max_items)?;
@@ -346,26 +369,27 @@ impl Validator<'_> {
             (
                 "verify.items_per_minute",
                 quotas.items_per_minute,
-                "items per minute",
+                exchange_protocol::lang::pick("items per minute", "每分钟条数"),
             ),
             (
                 "verify.subjects_per_day",
                 quotas.subjects_per_day,
-                "distinct subjects per day",
+                exchange_protocol::lang::pick("distinct subjects per day", "每日不同主体数"),
             ),
         ] {
             if (max_items as u64) > n {
                 return Err(self.err(
                     k,
-                    format!("{n} {what} is less than max_items ({max_items}), so a request of max_items items could never be answered; raise it or lower max_items"),
+                    tr!("{n} {what} is less than max_items ({max_items}), so a request of max_items items could never be answered; raise it or lower max_items", "{what} {n} 小于 max_items（{max_items}），满 max_items 条的请求将永远得不到回答；请调高此值，或调低 max_items"),
                 ));
             }
         }
         if quotas.enumerable_lockout > quotas.mismatch_lockout {
             return Err(self.err(
                 "verify.enumerable_lockout",
-                format!(
+                tr!(
                     "{} is more than mismatch_lockout ({}): an enumerable field (a small value space) gets the stricter budget",
+                    "{} 大于 mismatch_lockout（{}）：可枚举字段（取值空间小）的预算应更严格",
                     quotas.enumerable_lockout, quotas.mismatch_lockout
                 ),
             ));
@@ -373,7 +397,7 @@ impl Validator<'_> {
         if quotas.psi_points_per_day < 2 * max_items as u64 {
             return Err(self.err(
                 "verify.psi_points_per_day",
-                format!("{} is less than twice max_items ({max_items}), so a private set intersection request of max_items items with one claim each could never be answered; raise it or lower max_items", quotas.psi_points_per_day),
+                tr!("{} is less than twice max_items ({max_items}), so a private set intersection request of max_items items with one claim each could never be answered; raise it or lower max_items", "{} 小于 max_items（{max_items}）的两倍，含 max_items 条、每条一个声称值的隐私集合求交请求将永远得不到回答；请调高此值，或调低 max_items", quotas.psi_points_per_day),
             ));
         }
         Ok(())
@@ -390,7 +414,7 @@ impl Validator<'_> {
             Some(t) => {
                 let d = parse_duration(t).map_err(|e| self.err(key, e))?;
                 if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&d) {
-                    return Err(self.err(key, "expected 100ms to 1h"));
+                    return Err(self.err(key, tr!("expected 100ms to 1h", "应在 100ms 到 1h 之间")));
                 }
                 Ok(d)
             }
@@ -401,7 +425,13 @@ impl Validator<'_> {
             if (1..=max).contains(&n) {
                 Ok(n)
             } else {
-                Err(self.err(key, format!("{n} is out of range; expected 1 to {max}")))
+                Err(self.err(
+                    key,
+                    tr!(
+                        "{n} is out of range; expected 1 to {max}",
+                        "{n} 超出范围；应为 1 到 {max}"
+                    ),
+                ))
             }
         };
         let listener = exchange_protocol::server::ConnectionLimits {
