@@ -199,5 +199,16 @@ async fn the_service_answers_an_operator_in_the_operators_language() {
     assert_eq!(zh.status.code(), Some(0), "{out}{err}");
     assert!(err.contains("队列由正在运行的服务持有"), "{err}");
     assert!(out.contains("游标已重置"), "{out}");
+    let status = tokio::process::Command::new(&bin)
+        .args(["-c", &config, "status"])
+        .env("EXCHANGE_LANG", "zh")
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{said}");
+    for label in ["节点 ", "游标", "排队", "已交付", "已隔离"] {
+        assert!(said.contains(label), "no {label} in {said}");
+    }
     daemon.stop().await;
 }

@@ -480,17 +480,19 @@ fn size(bytes: u64) -> String {
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (node, queue, stream) = (&self.node, self.queue.display(), &self.stream);
+        let daemon = if self.from_daemon {
+            tr!("  [from the running daemon]", "  [来自运行中的服务]")
+        } else {
+            String::new()
+        };
         writeln!(
             f,
-            "node {}  queue {} (stream {}){}",
-            self.node,
-            self.queue.display(),
-            self.stream,
-            if self.from_daemon {
-                "  [from the running daemon]"
-            } else {
-                ""
-            }
+            "{}",
+            tr!(
+                "node {node}  queue {queue} (stream {stream}){daemon}",
+                "节点 {node}  队列 {queue}（数据流 {stream}）{daemon}"
+            )
         )?;
         if let Some(d) = &self.daemon {
             writeln!(
@@ -500,10 +502,14 @@ impl std::fmt::Display for Report {
             )?;
         }
         if let Some(r) = &self.reload_failed {
+            let (at, reason) = (&r.at, &r.reason);
             writeln!(
                 f,
-                "CONFIGURATION NOT RELOADED (配置未重新加载) at {}: {}\n  The previous configuration keeps running, its grants and certificates included; fix the file and reload again (systemctl reload exchange-agent).",
-                r.at, r.reason
+                "{}",
+                tr!(
+                    "CONFIGURATION NOT RELOADED (配置未重新加载) at {at}: {reason}\n  The previous configuration keeps running, its grants and certificates included; fix the file and reload again (systemctl reload exchange-agent).",
+                    "配置未重新加载 (CONFIGURATION NOT RELOADED)，时间 {at}：{reason}\n  原配置（含授权和证书）继续运行；请修正配置文件后再次重新加载（systemctl reload exchange-agent）。"
+                )
             )?;
         }
         for r in &self.resources {
@@ -521,74 +527,121 @@ impl std::fmt::Display for Report {
 /// One resource's block of `status`.
 impl std::fmt::Display for ResourceStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "{}  {}  [{} / {}]",
-            self.code, self.name, self.share, self.mode
-        )?;
+        let (code, name, share, mode) = (&self.code, &self.name, &self.share, &self.mode);
+        writeln!(f, "{code}  {name}  [{share} / {mode}]")?;
         if let Some(stopped) = &self.stopped {
-            writeln!(f, "  STOPPED      {stopped}")?;
-        }
-        writeln!(
-            f,
-            "  cursor       {}",
-            self.cursor.as_deref().unwrap_or("(start)")
-        )?;
-        writeln!(
-            f,
-            "  last pull    {}",
-            self.last_pull.as_deref().unwrap_or("never")
-        )?;
-        writeln!(
-            f,
-            "  last push    {}",
-            self.last_push.as_deref().unwrap_or("never")
-        )?;
-        writeln!(
-            f,
-            "  queued       {} records in {} batches, {}",
-            self.queued_records,
-            self.queued_batches,
-            size(self.queued_bytes)
-        )?;
-        writeln!(
-            f,
-            "  delivered    {} of {} pulled records",
-            self.pushed_records, self.pulled_records
-        )?;
-        writeln!(f, "  quarantined  {} rows", self.quarantined)?;
-        if self.invalid_keys > 0 {
-            let since = self.invalid_keys_since.as_deref().unwrap_or("?");
             writeln!(
                 f,
-                "  invalid keys {} rows with a key that is not a valid identifier, {}",
+                "{}",
+                tr!("  STOPPED      {stopped}", "  已停止       {stopped}")
+            )?;
+        }
+        let start = tr!("(start)", "（起点）");
+        let cursor = self.cursor.as_deref().unwrap_or(&start);
+        writeln!(
+            f,
+            "{}",
+            tr!("  cursor       {cursor}", "  游标         {cursor}")
+        )?;
+        let never = tr!("never", "从未");
+        let pull = self.last_pull.as_deref().unwrap_or(&never);
+        writeln!(
+            f,
+            "{}",
+            tr!("  last pull    {pull}", "  最近抽取     {pull}")
+        )?;
+        let push = self.last_push.as_deref().unwrap_or(&never);
+        writeln!(
+            f,
+            "{}",
+            tr!("  last push    {push}", "  最近推送     {push}")
+        )?;
+        let (records, batches, bytes) = (
+            self.queued_records,
+            self.queued_batches,
+            size(self.queued_bytes),
+        );
+        writeln!(
+            f,
+            "{}",
+            tr!(
+                "  queued       {records} records in {batches} batches, {bytes}",
+                "  排队         {records} 条记录，{batches} 个批次，{bytes}"
+            )
+        )?;
+        let (pushed, pulled) = (self.pushed_records, self.pulled_records);
+        writeln!(
+            f,
+            "{}",
+            tr!(
+                "  delivered    {pushed} of {pulled} pulled records",
+                "  已交付       {pushed} 条（共抽取 {pulled} 条）"
+            )
+        )?;
+        let quarantined = self.quarantined;
+        writeln!(
+            f,
+            "{}",
+            tr!(
+                "  quarantined  {quarantined} rows",
+                "  已隔离       {quarantined} 行"
+            )
+        )?;
+        self.fmt_details(f)
+    }
+}
+
+impl ResourceStatus {
+    /// The lines shown only when there is something to say: invalid keys, recent quarantine
+    /// entries, the horizon, errors.
+    fn fmt_details(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.invalid_keys > 0 {
+            let (n, since) = (
                 self.invalid_keys,
-                if self.mode == "snapshot" {
-                    format!("in the last complete scan (ended {since})")
-                } else {
-                    format!("read since {since} (a row again each time it changes)")
-                }
+                self.invalid_keys_since.as_deref().unwrap_or("?"),
+            );
+            let when = if self.mode == "snapshot" {
+                tr!(
+                    "in the last complete scan (ended {since})",
+                    "见于最近一次完整扫描（结束于 {since}）"
+                )
+            } else {
+                tr!(
+                    "read since {since} (a row again each time it changes)",
+                    "自 {since} 起读取（行每次变更都重新计数）"
+                )
+            };
+            writeln!(
+                f,
+                "{}",
+                tr!(
+                    "  invalid keys {n} rows with a key that is not a valid identifier, {when}",
+                    "  无效键       {n} 行的键不是有效标识，{when}"
+                )
             )?;
         }
         for q in &self.recent_quarantine {
+            let unknown = tr!("(unknown)", "（未知）");
+            let (at, key, reason) = (&q.at, q.key.as_deref().unwrap_or(&unknown), &q.reason);
             writeln!(
                 f,
-                "    {}  key {}: {}",
-                q.at,
-                q.key.as_deref().unwrap_or("(unknown)"),
-                q.reason
+                "{}",
+                tr!(
+                    "    {at}  key {key}: {reason}",
+                    "    {at}  键 {key}：{reason}"
+                )
             )?;
         }
         if let Some(h) = &self.runtime.horizon {
-            writeln!(f, "  horizon      {h}")?;
+            writeln!(f, "{}", tr!("  horizon      {h}", "  读取上界     {h}"))?;
         }
         // A stopped resource's pulls and pushes fail with its stop reason, shown above once.
         let own = |e: &&String| !(self.stopped.is_some() && e.contains("` is stopped: "));
         if let Some(e) = self.runtime.pull_error.as_ref().filter(own) {
-            writeln!(f, "  pull error   {e}")?;
+            writeln!(f, "{}", tr!("  pull error   {e}", "  抽取错误     {e}"))?;
         }
         if let Some(e) = self.runtime.push_error.as_ref().filter(own) {
-            writeln!(f, "  push error   {e}")?;
+            writeln!(f, "{}", tr!("  push error   {e}", "  推送错误     {e}"))?;
         }
         Ok(())
     }

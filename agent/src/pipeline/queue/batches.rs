@@ -249,7 +249,7 @@ impl Queue {
             state.queued_bytes =
                 state.queued_bytes.saturating_sub(old.len() as u64) + value.len() as u64;
         }
-        txn.quarantine_refused(resource, &mut state, key, reason)?;
+        txn.quarantine(resource, &mut state, key, reason)?;
         txn.set_state(resource, &state)?;
         txn.commit()?;
         Ok(true)

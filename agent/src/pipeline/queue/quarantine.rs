@@ -93,19 +93,8 @@ impl Queue {
 }
 
 impl Txn {
-    /// Records a record the hub refused (removed from its batch by
-    /// [`Queue::replace_refused`]): its key as it left, and the hub's reason.
-    pub(super) fn quarantine_refused(
-        &mut self,
-        resource: &str,
-        state: &mut ResourceState,
-        key: Option<String>,
-        reason: String,
-    ) -> Result<(), QueueError> {
-        self.quarantine(resource, state, key, reason)
-    }
-
-    /// Records a quarantined row without a locator ([`Txn::quarantine_row`]).
+    /// Records a quarantined row without a locator ([`Txn::quarantine_row`]); also a record
+    /// the hub refused (removed from its batch by [`Queue::replace_refused`]).
     pub fn quarantine(
         &mut self,
         resource: &str,
