@@ -15,8 +15,11 @@
 //! WHERE src.c1 IS NOT NULL AND src.c2 IS NOT NULL …
 //!   [AND (src.c1, src.c2, …) > (<p1>, <p2>, …)] [AND <horizon predicate on src.c1>]
 //! ORDER BY src.c1, src.c2, …
-//! LIMIT <limit>
+//! [LIMIT <limit>]
 //! ```
+//!
+//! (Without `LIMIT` it is a streamed read: every remaining row within the bound, sorted once;
+//! see [`crate::Connector::scan`].)
 //!
 //! (MySQL writes the cursor predicate `src.c1 >= <p1> AND (src.c1, …) > (<p1>, …)`, so its
 //! optimizer gets a range on `c1`: [`Dialect::leading_range`].)
@@ -322,15 +325,17 @@ impl Dialect {
             let n = binder.number(Slot::Horizon, value);
             conditions.push(self.horizon_predicate(&cursor[0], n, *compare));
         }
-        let limit = binder.number(Slot::Limit, &query.limit);
-        let sql = format!(
-            "SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT {}",
+        let mut sql = format!(
+            "SELECT {} FROM {} WHERE {} ORDER BY {}",
             query.select_list.join(", "),
             query.from,
             conditions.join(" AND "),
             cursor.join(", "),
-            self.param(limit)
         );
+        if let Some(limit) = &query.limit {
+            let n = binder.number(Slot::Limit, limit);
+            sql.push_str(&format!(" LIMIT {}", self.param(n)));
+        }
         (sql, binder.values)
     }
 
@@ -514,8 +519,9 @@ pub(crate) struct PageQuery<'a, T> {
     pub after: Option<Vec<(BindAs<'a>, T)>>,
     /// The horizon on the first cursor column, if the page is bounded, and its value.
     pub horizon: Option<(HorizonCompare, T)>,
-    /// The row limit.
-    pub limit: T,
+    /// The row limit; none for a streamed read, which returns every remaining row within
+    /// the bound with one sort of them (see [`crate::Connector::scan`]).
+    pub limit: Option<T>,
 }
 
 #[cfg(test)]
@@ -679,7 +685,7 @@ mod tests {
             cursor: &cursor,
             after: Some(vec![(BindAs::TextCast(ty), "a1"), (BindAs::Base64, "b1")]),
             horizon: Some((HorizonCompare::Instant, "h")),
-            limit: "l",
+            limit: Some("l"),
         });
         assert_eq!(
             sql,
@@ -697,7 +703,7 @@ mod tests {
             cursor: &cursor[..1],
             after: None,
             horizon: None,
-            limit: 10,
+            limit: Some(10),
         });
         assert_eq!(
             sql,
@@ -705,6 +711,23 @@ mod tests {
              ORDER BY src.\"a\" LIMIT ?1"
         );
         assert_eq!(values, [10]);
+
+        // A streamed read: the same without the limit.
+        let (sql, values) = Dialect::MYSQL.page_query(PageQuery {
+            select_list: &select,
+            from: "`t` AS src",
+            cursor: &cursor,
+            after: Some(vec![(BindAs::Native, 1), (BindAs::Native, 2)]),
+            horizon: Some((HorizonCompare::Instant, 3)),
+            limit: None,
+        });
+        assert_eq!(
+            sql,
+            "SELECT src.\"a\", src.\"b\" FROM `t` AS src WHERE src.`a` IS NOT NULL AND \
+             src.`b` IS NOT NULL AND src.`a` >= ? AND (src.`a`, src.`b`) > (?, ?) AND \
+             src.`a` < ? ORDER BY src.`a`, src.`b`"
+        );
+        assert_eq!(values, [1, 1, 2, 3]);
     }
 
     #[test]
@@ -720,7 +743,7 @@ mod tests {
                 (BindAs::Decimal(2), "amount1"),
             ]),
             horizon: Some((HorizonCompare::Instant, "h")),
-            limit: "l",
+            limit: Some("l"),
         });
         assert_eq!(
             sql,
@@ -736,7 +759,7 @@ mod tests {
             cursor: &cursor[..1],
             after: Some(vec![(BindAs::Native, "at1")]),
             horizon: None,
-            limit: "l",
+            limit: Some("l"),
         });
         assert_eq!(
             sql,

@@ -59,6 +59,36 @@ pub struct PageRequest<'a> {
     pub bound: Bound,
 }
 
+/// A request for every row after a cursor, in one streamed statement ([`Connector::scan`]).
+#[derive(Debug, Clone)]
+pub struct ScanRequest<'a> {
+    /// What to read.
+    pub selection: &'a Selection,
+    /// Read rows whose cursor tuple is strictly greater than this (none: from the start).
+    pub after: Option<&'a [Value]>,
+    /// The upper bound, decided once, before the statement's snapshot is taken.
+    pub bound: Bound,
+    /// Rows per chunk sent to the reader.
+    pub chunk: usize,
+}
+
+/// How a [`Connector::scan`] ended.
+#[derive(Debug, Clone)]
+pub struct ScanEnd {
+    /// How the scan was bounded; `reached` as for a page that came back short: every row
+    /// committed before it has been read.
+    pub horizon: Horizon,
+    /// Rows sent.
+    pub rows: u64,
+    /// Whether the reader closed the channel before the end: the rows after those sent were
+    /// not read.
+    pub stopped: bool,
+}
+
+/// Where a scan sends its rows, a chunk at a time, in cursor order; a full channel holds the
+/// scan back (memory stays bounded), a closed one stops it.
+pub type Chunks = tokio::sync::mpsc::Sender<Vec<Row>>;
+
 /// The upper bound of an incremental read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bound {
@@ -243,6 +273,67 @@ pub trait Connector: Send + Sync {
     /// and read apart by [`Connector::null_cursor_rows`]. So a short page means caught up, and
     /// a full page always moves the cursor.
     async fn read_page(&self, request: &PageRequest<'_>) -> Result<Page, ConnectorError>;
+
+    /// Reads every row a page could return after `after` — the same filters, bound and order
+    /// as [`Connector::read_page`] without a limit — and sends them, in cursor order, in chunks
+    /// of `chunk` rows.
+    ///
+    /// PostgreSQL and MySQL/MariaDB read them with one streamed statement (one snapshot, the
+    /// bound decided before it is taken): without an index on the cursor columns the rows are
+    /// sorted once, where paging sorts the whole table again for every page, which makes a
+    /// first read of a large table quadratic. This default reads page after page (each bounded
+    /// on its own, as [`Connector::read_page`]); it suits a source where a page is cheap and a
+    /// statement held open for long would block other readers (SQLite).
+    async fn scan(
+        &self,
+        request: &ScanRequest<'_>,
+        chunks: &Chunks,
+    ) -> Result<ScanEnd, ConnectorError> {
+        let positions =
+            dialect::cursor_positions(request.selection, request.after).map_err(|reason| {
+                ConnectorError::Config {
+                    source_name: self.name().to_owned(),
+                    reason,
+                }
+            })?;
+        let limit = request.chunk.max(1);
+        let mut after: Option<Vec<Value>> = request.after.map(<[Value]>::to_vec);
+        let mut end = ScanEnd {
+            horizon: Horizon::unbounded(),
+            rows: 0,
+            stopped: false,
+        };
+        loop {
+            let page = self
+                .read_page(&PageRequest {
+                    selection: request.selection,
+                    after: after.as_deref(),
+                    limit,
+                    bound: request.bound,
+                })
+                .await?;
+            end.horizon = page.horizon;
+            let short = page.rows.len() < limit;
+            let Some(row) = page.rows.last() else {
+                return Ok(end);
+            };
+            // A cursor that cannot be converted ends the scan at its row: the reader stops
+            // there too, with the reason.
+            after = positions
+                .iter()
+                .map(|&i| row.values[i].clone())
+                .collect::<Result<Vec<Value>, _>>()
+                .ok();
+            end.rows += page.rows.len() as u64;
+            if chunks.send(page.rows).await.is_err() {
+                end.stopped = true;
+                return Ok(end);
+            }
+            if short || after.is_none() {
+                return Ok(end);
+            }
+        }
+    }
 
     /// The rows a page never returns because a cursor column is NULL: how many there are,
     /// and up to `limit` of them (selected columns, in no particular order). Only cursor

@@ -312,7 +312,9 @@ fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page,
                 .collect()
         }),
         horizon,
-        limit: SqlValue::Integer(i64::try_from(request.limit).unwrap_or(i64::MAX)),
+        limit: Some(SqlValue::Integer(
+            i64::try_from(request.limit).unwrap_or(i64::MAX),
+        )),
     });
     let out = query_rows(conn, &sql, &params, &selection.columns)?;
     let columns: Columns = selection.columns.clone().into();

@@ -1658,3 +1658,113 @@ async fn a_replica_is_reported_and_bounded_by_the_replica_lag() {
     assert_eq!(ids, [1], "rows newer than the replica lag wait");
     run(&mut db, &format!("DROP TABLE {t}")).await;
 }
+
+/// Runs a whole [`Connector::scan`]: the chunks as they arrived, and how it ended.
+async fn scan_all(
+    c: &MysqlConnector,
+    selection: &Selection,
+    after: Option<&[Value]>,
+    chunk: usize,
+    bound: Bound,
+) -> (Vec<Vec<Row>>, exchange_connectors::ScanEnd) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let request = exchange_connectors::ScanRequest {
+        selection,
+        after,
+        bound,
+        chunk,
+    };
+    let scan = async move {
+        let end = c.scan(&request, &tx).await.expect("the scan ends well");
+        drop(tx);
+        end
+    };
+    let read = async {
+        let mut chunks = Vec::new();
+        while let Some(rows) = rx.recv().await {
+            chunks.push(rows);
+        }
+        chunks
+    };
+    let (end, chunks) = tokio::join!(scan, read);
+    (chunks, end)
+}
+
+/// On a table without an index on its cursor, a scan sends every row once, in cursor order,
+/// in chunks of the size asked for, the same rows pages read; from a cursor, the rest; a reader
+/// that goes away stops the scan. (Its bound is the pages' horizon, read by the same code:
+/// `late_commit_is_not_skipped` and the agent's `late_commit.rs` cover it.)
+#[tokio::test]
+async fn a_scan_streams_the_rows_pages_would_read_in_cursor_order() {
+    let _guard = INNODB_TRX.read().await;
+    let mut db = admin().await;
+    let t = unique("scan");
+    run(
+        &mut db,
+        &format!(
+            "CREATE TABLE {t} (id INT PRIMARY KEY, updated_at DATETIME(6) NOT NULL,
+               note VARCHAR(20))"
+        ),
+    )
+    .await;
+    let values: Vec<String> = (1..=2500)
+        .map(|id| {
+            format!(
+                "({id}, TIMESTAMPADD(MINUTE, {}, '2026-01-01 00:00:00'), 'n{id}')",
+                id % 97
+            )
+        })
+        .collect();
+    run(
+        &mut db,
+        &format!("INSERT INTO {t} VALUES {}", values.join(", ")),
+    )
+    .await;
+    let sel = selection(
+        Relation::Table(t.clone()),
+        &["id", "updated_at", "note"],
+        &["updated_at", "id"],
+    );
+    let bound = Bound::Horizon {
+        safety_lag: Duration::ZERO,
+    };
+    let connector = connector();
+    let (paged, _) = read_to_end(&connector, &sel, &mut None, 100, bound).await;
+    let expected: Vec<i64> = paged.iter().map(|r| int_of(ok(r, 0))).collect();
+    assert_eq!(expected.len(), 2500);
+
+    let (chunks, end) = scan_all(&connector, &sel, None, 100, bound).await;
+    assert_eq!(end.rows, 2500);
+    assert!(!end.stopped);
+    assert!(chunks.iter().all(|c| c.len() == 100), "chunks of 100 rows");
+    let scanned: Vec<i64> = chunks.iter().flatten().map(|r| int_of(ok(r, 0))).collect();
+    assert_eq!(scanned, expected, "every row once, in cursor order");
+    let cursor = cursor_of(&sel, chunks[9].last().unwrap());
+    let (rest, _) = scan_all(&connector, &sel, Some(&cursor), 700, bound).await;
+    assert_eq!(
+        rest.iter().map(Vec::len).collect::<Vec<_>>(),
+        [700, 700, 100]
+    );
+    let rest: Vec<i64> = rest.iter().flatten().map(|r| int_of(ok(r, 0))).collect();
+    assert_eq!(rest, expected[1000..]);
+
+    // The reader takes one chunk and goes away.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let request = exchange_connectors::ScanRequest {
+        selection: &sel,
+        after: None,
+        bound: Bound::None,
+        chunk: 100,
+    };
+    let (end, first) = tokio::join!(connector.scan(&request, &tx), async move {
+        let first = rx.recv().await.unwrap();
+        drop(rx);
+        first
+    });
+    let end = end.unwrap();
+    assert_eq!(first.len(), 100);
+    assert!(end.stopped, "{end:?}");
+    assert!(end.rows < 2500, "{end:?}");
+
+    run(&mut db, &format!("DROP TABLE {t}")).await;
+}

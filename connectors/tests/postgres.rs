@@ -1730,3 +1730,255 @@ async fn the_connectors_own_long_read_never_holds_its_other_reads_back() {
     let (page, ()) = tokio::join!(long_read, other_read);
     assert_eq!(page.rows.len(), 1);
 }
+
+/// The first column's values (ids), in the order of the rows.
+fn ordered_ids(rows: &[exchange_connectors::Row]) -> Vec<i64> {
+    rows.iter()
+        .map(|r| int(r.values[0].as_ref().unwrap()))
+        .collect()
+}
+
+/// Runs a whole [`Connector::scan`]: the chunks as they arrived, and how it ended.
+async fn scan_all(
+    c: &dyn Connector,
+    selection: &Selection,
+    after: Option<&[Value]>,
+    chunk: usize,
+    bound: Bound,
+) -> (
+    Vec<Vec<exchange_connectors::Row>>,
+    exchange_connectors::ScanEnd,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let request = exchange_connectors::ScanRequest {
+        selection,
+        after,
+        bound,
+        chunk,
+    };
+    let scan = async move {
+        let end = c.scan(&request, &tx).await.unwrap();
+        drop(tx);
+        end
+    };
+    let read = async {
+        let mut chunks = Vec::new();
+        while let Some(rows) = rx.recv().await {
+            chunks.push(rows);
+        }
+        chunks
+    };
+    let (end, chunks) = tokio::join!(scan, read);
+    (chunks, end)
+}
+
+/// How many sequential scans of `table` PostgreSQL counted, once every session that read it
+/// (the connectors', named `schema` by their URL's `application_name` and closed before) has
+/// reported.
+async fn seq_scans(admin: &Client, schema: &str, table: &str, at_least: i64) -> i64 {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let n: i64 = admin
+            .query_one(
+                "SELECT seq_scan FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2",
+                &[&schema, &table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        // Statistics of a session arrive when it ends; the admin session reads a snapshot per
+        // transaction.
+        let readers: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&schema],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n >= at_least && readers == 0 {
+            return n;
+        }
+        // This session's own reads (the test's set-up) are reported with the next statement.
+        admin
+            .batch_execute("SELECT pg_stat_force_next_flush()")
+            .await
+            .unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "seq_scan of {schema}.{table} is {n} (expected at least {at_least}), {readers} agent \
+             sessions still open"
+        );
+        admin
+            .batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A table without an index on its cursor, as business tables are: paging sorts the whole
+/// table for every page (a sequential scan each), a scan reads it with one statement, sends
+/// every row once, in cursor order, in chunks of the size asked for, and goes on from a cursor
+/// as a page does.
+#[tokio::test]
+async fn a_scan_reads_a_table_without_a_cursor_index_with_one_statement_in_cursor_order() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "scan").await;
+    let t = s.q("t");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int8 PRIMARY KEY, updated_at timestamptz NOT NULL, note text);
+             INSERT INTO {t} SELECT g, timestamptz '2026-01-01' + (g % 97) * interval '1 minute',
+               'n' || g FROM generate_series(1, 2500) g;
+             ANALYZE {t};"
+        ))
+        .await
+        .unwrap();
+    let expected: Vec<i64> = admin
+        .query(&format!("SELECT id FROM {t} ORDER BY updated_at, id"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let selection = table(
+        t.clone(),
+        &["id", "updated_at", "note"],
+        &["updated_at", "id"],
+    );
+    let bound = Bound::Horizon {
+        safety_lag: Duration::ZERO,
+    };
+    let url = format!(
+        "{}{}application_name={}",
+        pg_url(),
+        if pg_url().contains('?') { '&' } else { '?' },
+        s.schema
+    );
+
+    // Paging: one sequential scan (and sort) of the whole table per page.
+    admin
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    let before = seq_scans(&admin, &s.schema, "t", 1).await;
+    let c = connector(&url);
+    let mut after: Option<Vec<Value>> = None;
+    let mut paged = Vec::new();
+    loop {
+        let page = read(&c, &selection, after.as_deref(), 100, bound).await;
+        paged.extend(ids(&page));
+        let Some(last) = page.rows.last() else { break };
+        after = Some(stored(&[
+            last.values[1].clone().unwrap(),
+            last.values[0].clone().unwrap(),
+        ]));
+    }
+    drop(c);
+    assert_eq!(paged, expected);
+    let by_pages = seq_scans(&admin, &s.schema, "t", before + 26).await - before;
+    assert_eq!(
+        by_pages, 26,
+        "25 full pages and an empty one, a table scan each"
+    );
+
+    // A scan: one statement.
+    let c = connector(&url);
+    let (chunks, end) = scan_all(&c, &selection, None, 100, bound).await;
+    drop(c);
+    let by_scan =
+        seq_scans(&admin, &s.schema, "t", before + by_pages + 1).await - before - by_pages;
+    assert_eq!(
+        by_scan, 1,
+        "a scan reads the table once ({by_pages} for the pages)"
+    );
+    assert_eq!(end.rows, 2500);
+    assert!(!end.stopped);
+    assert_eq!(end.horizon.info, HorizonInfo::Clock);
+    assert!(chunks.iter().all(|c| c.len() == 100), "chunks of 100 rows");
+    let scanned: Vec<i64> = chunks.iter().flat_map(|c| ordered_ids(c)).collect();
+    assert_eq!(scanned, expected, "every row once, in cursor order");
+
+    // From a cursor: the rows after it.
+    let middle = &chunks[9].last().unwrap().values;
+    let cursor = stored(&[middle[1].clone().unwrap(), middle[0].clone().unwrap()]);
+    let c = connector(&url);
+    let (rest, _) = scan_all(&c, &selection, Some(&cursor), 700, bound).await;
+    assert_eq!(
+        rest.iter().map(Vec::len).collect::<Vec<_>>(),
+        [700, 700, 100]
+    );
+    let rest: Vec<i64> = rest.iter().flat_map(|c| ordered_ids(c)).collect();
+    assert_eq!(rest, expected[1000..]);
+}
+
+/// A scan is bounded like a page: the rows of a transaction still open, and the rows committed
+/// after it began, wait for a later read; a reader that goes away stops the scan.
+#[tokio::test]
+async fn a_scan_waits_for_an_open_transaction_and_stops_when_its_reader_goes_away() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "scanlate").await;
+    let t = s.q("t");
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int8 PRIMARY KEY, updated_at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO {t} (id, updated_at) SELECT g, now() - interval '1 hour'
+               FROM generate_series(1, 1000) g;"
+        ))
+        .await
+        .unwrap();
+    let writer = connect(&pg_url()).await;
+    writer.batch_execute("BEGIN").await.unwrap();
+    writer
+        .batch_execute(&format!("INSERT INTO {t} (id) VALUES (1001)"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("INSERT INTO {t} (id) VALUES (1002)"))
+        .await
+        .unwrap();
+    let selection = table(t.clone(), &["id", "updated_at"], &["updated_at", "id"]);
+    let bound = Bound::Horizon {
+        safety_lag: Duration::ZERO,
+    };
+    let c = connector(&pg_url());
+    let (chunks, end) = scan_all(&c, &selection, None, 300, bound).await;
+    assert!(
+        matches!(end.horizon.info, HorizonInfo::OpenTransaction { .. }),
+        "{:?}",
+        end.horizon
+    );
+    let got: Vec<i64> = chunks.iter().flat_map(|c| ordered_ids(c)).collect();
+    assert_eq!(got, (1..=1000).collect::<Vec<_>>());
+    writer.batch_execute("COMMIT").await.unwrap();
+    let last = &chunks.last().unwrap().last().unwrap().values;
+    let cursor = stored(&[last[1].clone().unwrap(), last[0].clone().unwrap()]);
+    let (later, _) = scan_all(&c, &selection, Some(&cursor), 300, bound).await;
+    assert_eq!(
+        later
+            .iter()
+            .flat_map(|c| ordered_ids(c))
+            .collect::<Vec<_>>(),
+        [1001, 1002],
+        "the late row first, nothing skipped"
+    );
+
+    // The reader takes one chunk and goes away.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let request = exchange_connectors::ScanRequest {
+        selection: &selection,
+        after: None,
+        bound,
+        chunk: 100,
+    };
+    let (end, first) = tokio::join!(c.scan(&request, &tx), async move {
+        let first = rx.recv().await.unwrap();
+        drop(rx);
+        first
+    });
+    let end = end.unwrap();
+    assert_eq!(first.len(), 100);
+    assert!(end.stopped, "{end:?}");
+    assert!(end.rows < 1002, "{end:?}");
+}

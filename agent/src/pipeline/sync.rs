@@ -520,6 +520,16 @@ fn still_waiting(
             t0,
             &puller.resource.mode,
         )),
+        // The horizon passed `t0` but not yet the start of the baseline read (a read that
+        // began after `t0`): the hub sweeps the old stream's records only once it completes.
+        (Mode::Incremental { .. }, Some(_))
+            if puller
+                .queue
+                .state(&puller.resource.code)
+                .is_ok_and(|st| st.baseline.is_reading()) =>
+        {
+            Some(String::new())
+        }
         // Unbounded (no date/timestamp cursor), or the horizon has passed `t0`.
         (Mode::Incremental { .. }, _) => None,
     }

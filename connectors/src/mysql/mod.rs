@@ -11,6 +11,12 @@
 //!
 //! A `query` resource is read inside `START TRANSACTION READ ONLY` (after the horizon
 //! statement), so a query that tries to write fails.
+//!
+//! [`Connector::scan`] runs the page query without `LIMIT` (after the horizon statement, as a
+//! page) and reads its rows one by one as the server sends them (`exec_iter`), converted into
+//! chunks: while a chunk waits for the reader no more rows are read, so memory stays bounded
+//! and the server waits, up to its `net_write_timeout`, after which the statement fails and
+//! the next pull goes on from the reader's stored cursor.
 
 mod convert;
 mod horizon;
@@ -31,8 +37,9 @@ use mysql_async::{
 
 use crate::dialect::{self, BindAs, ColumnMeta, Dialect, HorizonCompare, LookupKeys, PageQuery};
 use crate::{
-    Bound, ColumnInfo, Connector, ConnectorError, ConvertError, HorizonInfo, NullRows, Page,
-    PageRequest, Probe, Relation, Row as SourceRow, Selection, SourceSpec, Value,
+    Bound, Chunks, ColumnInfo, Connector, ConnectorError, ConvertError, HorizonInfo, NullRows,
+    Page, PageRequest, Probe, Relation, Row as SourceRow, ScanEnd, ScanRequest, Selection,
+    SourceSpec, Value,
 };
 
 use convert::*;
@@ -60,6 +67,51 @@ pub struct MysqlConnector {
     datetime_zone: Option<String>,
     /// Horizon margin when the server turns out to be a replica.
     replica_lag: Duration,
+}
+
+impl MysqlConnector {
+    /// The statement of a page (`limit`) or a scan (none) and its parameters, with the horizon
+    /// read first, in its own statement, before the read's snapshot is taken.
+    async fn read_sql(
+        &self,
+        conn: &mut Conn,
+        selection: &Selection,
+        after: Option<&[Value]>,
+        bound: Bound,
+        limit: Option<mysql_async::Value>,
+    ) -> Result<(String, Vec<mysql_async::Value>, crate::Horizon), ConnectorError> {
+        let positions = dialect::cursor_positions(selection, after).map_err(|e| self.config(e))?;
+        let resolved = self.resolve(conn, selection).await?;
+        let after = match after {
+            Some(after) => Some(
+                after
+                    .iter()
+                    .zip(&positions)
+                    .map(|(value, &i)| Some((bind_as(&resolved.columns[i]), cursor_param(value)?)))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| self.config("a stored cursor value is out of range".into()))?,
+            ),
+            None => None,
+        };
+        let mut horizon = crate::Horizon::unbounded();
+        let mut value = None;
+        if let Bound::Horizon { safety_lag } = bound
+            && let Some(kind) = Temporal::of(&resolved.columns[positions[0]])
+        {
+            let (at, bounded) = self.horizon(conn, kind, safety_lag).await?;
+            value = Some((HorizonCompare::Instant, at));
+            horizon = bounded;
+        }
+        let (sql, params) = SQL.page_query(PageQuery {
+            select_list: &SQL.column_refs(&selection.columns),
+            from: &SQL.relation_sql(&selection.relation),
+            cursor: &selection.cursor,
+            after,
+            horizon: value,
+            limit,
+        });
+        Ok((sql, params, horizon))
+    }
 }
 
 #[async_trait]
@@ -151,45 +203,47 @@ impl Connector for MysqlConnector {
 
     async fn read_page(&self, request: &PageRequest<'_>) -> Result<Page, ConnectorError> {
         let selection = request.selection;
-        let positions =
-            dialect::cursor_positions(selection, request.after).map_err(|e| self.config(e))?;
         let mut conn = self.conn().await?;
-        let resolved = self.resolve(&mut conn, selection).await?;
-        let after = match request.after {
-            Some(after) => Some(
-                after
-                    .iter()
-                    .zip(&positions)
-                    .map(|(value, &i)| Some((bind_as(&resolved.columns[i]), cursor_param(value)?)))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| self.config("a stored cursor value is out of range".into()))?,
-            ),
-            None => None,
-        };
-
-        // The horizon is read before the page query, in its own statement.
-        let mut horizon = crate::Horizon::unbounded();
-        let mut bound = None;
-        if let Bound::Horizon { safety_lag } = request.bound
-            && let Some(kind) = Temporal::of(&resolved.columns[positions[0]])
-        {
-            let (value, bounded) = self.horizon(&mut conn, kind, safety_lag).await?;
-            bound = Some((HorizonCompare::Instant, value));
-            horizon = bounded;
-        }
-        let (sql, params) = SQL.page_query(PageQuery {
-            select_list: &SQL.column_refs(&selection.columns),
-            from: &SQL.relation_sql(&selection.relation),
-            cursor: &selection.cursor,
-            after,
-            horizon: bound,
-            limit: mysql_async::Value::UInt(request.limit as u64),
-        });
+        let limit = Some(mysql_async::Value::UInt(request.limit as u64));
+        let (sql, params, horizon) = self
+            .read_sql(&mut conn, selection, request.after, request.bound, limit)
+            .await?;
         let rows = self.fetch(&mut conn, selection, sql, params).await?;
         Ok(Page {
             columns: selection.columns.clone().into(),
             rows,
             horizon,
+        })
+    }
+
+    async fn scan(
+        &self,
+        request: &ScanRequest<'_>,
+        chunks: &Chunks,
+    ) -> Result<ScanEnd, ConnectorError> {
+        let selection = request.selection;
+        let mut conn = self.conn().await?;
+        let (sql, params, horizon) = self
+            .read_sql(&mut conn, selection, request.after, request.bound, None)
+            .await?;
+        let (rows, stopped) = match selection.relation {
+            Relation::Table(_) => {
+                self.stream_rows(&mut conn, selection, sql, params, request.chunk, chunks)
+                    .await?
+            }
+            Relation::Query(_) => {
+                let mut tx = self.read_only(&mut conn).await?;
+                let sent = self
+                    .stream_rows(&mut tx, selection, sql, params, request.chunk, chunks)
+                    .await?;
+                tx.rollback().await.map_err(|e| self.error(&e))?;
+                sent
+            }
+        };
+        Ok(ScanEnd {
+            horizon,
+            rows,
+            stopped,
         })
     }
 

@@ -187,6 +187,46 @@ impl MysqlConnector {
             .map_err(|e| self.error(&e))
     }
 
+    /// Prepares `sql`, checks its result columns against the selection, runs it and sends its
+    /// rows, converted, to `chunks` in chunks of `chunk` as they arrive (the server's stream
+    /// waits while the channel is full); returns the rows sent and whether the channel was
+    /// closed before the end (which stops the read).
+    pub(super) async fn stream_rows<Q: Queryable + Send>(
+        &self,
+        queryable: &mut Q,
+        selection: &Selection,
+        sql: String,
+        params: Vec<mysql_async::Value>,
+        chunk: usize,
+        chunks: &crate::Chunks,
+    ) -> Result<(u64, bool), ConnectorError> {
+        let stmt = queryable.prep(sql).await.map_err(|e| self.error(&e))?;
+        self.check_result_columns(selection, &stmt.columns())?;
+        let mut result = queryable
+            .exec_iter(&stmt, Params::Positional(params))
+            .await
+            .map_err(|e| self.error(&e))?;
+        let chunk = chunk.max(1);
+        let mut rows = Vec::with_capacity(chunk);
+        let mut sent = 0u64;
+        while let Some(row) = result.next().await.map_err(|e| self.error(&e))? {
+            rows.push(self.convert_row(&selection.columns, row)?);
+            if rows.len() >= chunk {
+                sent += rows.len() as u64;
+                if chunks.send(std::mem::take(&mut rows)).await.is_err() {
+                    // The reader is gone; the rest of the result is discarded with it.
+                    return Ok((sent, true));
+                }
+            }
+        }
+        let mut stopped = false;
+        if !rows.is_empty() {
+            sent += rows.len() as u64;
+            stopped = chunks.send(rows).await.is_err();
+        }
+        Ok((sent, stopped))
+    }
+
     /// Starts a read-only transaction (a query resource cannot write).
     pub(super) async fn read_only<'a>(
         &self,

@@ -4,16 +4,19 @@ use super::*;
 
 /// Converts the rows of a statement whose select list is `plan.select_list`.
 pub(super) fn convert_rows(plan: &Plan, rows: &[tokio_postgres::Row]) -> Vec<Row> {
-    rows.iter()
-        .map(|row| Row {
-            values: plan
-                .columns
-                .iter()
-                .enumerate()
-                .map(|(i, column)| convert(row, i, column))
-                .collect(),
-        })
-        .collect()
+    rows.iter().map(|row| convert_row(plan, row)).collect()
+}
+
+/// Converts one row, cell by cell.
+pub(super) fn convert_row(plan: &Plan, row: &tokio_postgres::Row) -> Row {
+    Row {
+        values: plan
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, column)| convert(row, i, column))
+            .collect(),
+    }
 }
 
 /// Converts one cell (the module's type mapping); never panics on data.

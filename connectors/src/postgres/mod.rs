@@ -53,6 +53,15 @@
 //! write (a data-modifying CTE, a volatile function that inserts, `nextval`) is refused by
 //! the server.
 //!
+//! # Streamed reads
+//!
+//! [`Connector::scan`] runs the page query without `LIMIT` in a read-only transaction, one
+//! statement (one snapshot), and streams its rows with `query_raw` into chunks: tokio-postgres
+//! stops reading the socket while a chunk waits for the reader, so memory stays bounded and
+//! the server waits. The horizon is read before the transaction begins, as for a page. A scan
+//! that fails after it sent rows is not retried (the reader has stored them and goes on from
+//! its cursor); before that it is retried once on a new session like any read.
+//!
 //! # Horizon (late-commit protection)
 //!
 //! With [`Bound::Horizon`] and a first cursor column of type `date`, `timestamp` or
@@ -178,8 +187,8 @@ use crate::dialect::{self, BindAs, ColumnMeta, Dialect, HorizonCompare, LookupKe
 /// The SQL text of this connector.
 const SQL: Dialect = Dialect::POSTGRES;
 use crate::{
-    Bound, ColumnInfo, Columns, Connector, ConnectorError, ConvertError, HorizonInfo, NullRows,
-    Page, PageRequest, Probe, Relation, Row, Selection, SourceSpec, Value,
+    Bound, Chunks, ColumnInfo, Connector, ConnectorError, ConvertError, HorizonInfo, NullRows,
+    Page, PageRequest, Probe, Relation, Row, ScanEnd, ScanRequest, Selection, SourceSpec, Value,
 };
 
 /// Runs `$body` with a session of the pool (`$session: &mut Session`), retrying once on a new
@@ -372,19 +381,21 @@ impl PostgresConnector {
         Ok(convert_rows(&plan, &rows))
     }
 
-    /// One attempt at reading a page on `session`.
-    async fn read_page_on(
+    /// One attempt at a read on `session`: a page (`limit`, rows collected) or a scan (no
+    /// limit, rows sent to `out` as they arrive).
+    async fn read_on(
         &self,
         session: &mut Session,
-        request: &PageRequest<'_>,
+        read: ReadRequest<'_>,
         positions: &[usize],
-    ) -> Result<Page, Failure> {
-        let selection = request.selection;
+        out: &mut Out<'_>,
+    ) -> Result<(Vec<Row>, crate::Horizon), Failure> {
+        let selection = read.selection;
         let plan = self.plan(session, selection).await?;
 
         // Stored cursor values are bound as text and cast back to the column's own type.
         let mut after = Vec::new();
-        if let Some(values) = request.after {
+        if let Some(values) = read.after {
             for (value, &pos) in values.iter().zip(positions) {
                 let column = &plan.columns[pos];
                 let text = bind_text(value).ok_or_else(|| {
@@ -397,13 +408,56 @@ impl PostgresConnector {
             }
         }
 
-        let first = &plan.columns[positions[0]];
-        let kind = match first.read {
+        let (horizon, bounded) = self
+            .bound_of(session, &plan, positions[0], read.bound)
+            .await?;
+        let (sql, params) = SQL.page_query::<&(dyn ToSql + Sync)>(PageQuery {
+            select_list: &plan.select_list,
+            from: &plan.from,
+            cursor: &selection.cursor,
+            after: read.after.map(|_| {
+                after
+                    .iter()
+                    .map(|(column, ty, text)| (column.bind_as(ty), text as &(dyn ToSql + Sync)))
+                    .collect()
+            }),
+            horizon: horizon
+                .as_ref()
+                .map(|(kind, at)| (*kind, at as &(dyn ToSql + Sync))),
+            limit: read.limit.as_ref().map(|l| l as &(dyn ToSql + Sync)),
+        });
+
+        let statement = session.prepare(&sql).await?;
+        let read_only = matches!(selection.relation, Relation::Query(_));
+        let rows = match out {
+            Out::Collect => {
+                let rows = query_rows(&mut session.client, &statement, &params, read_only).await?;
+                convert_rows(&plan, &rows)
+            }
+            Out::Stream(stream) => {
+                stream_rows(&mut session.client, &statement, &params, &plan, stream).await?;
+                Vec::new()
+            }
+        };
+        Ok((rows, bounded))
+    }
+
+    /// The upper bound of a read whose first cursor column is `plan.columns[first]`: the
+    /// horizon to bind (none when unbounded) and what it guarantees. Read before the read's
+    /// snapshot is taken (see the module documentation).
+    async fn bound_of(
+        &self,
+        session: &mut Session,
+        plan: &Plan,
+        first: usize,
+        bound: Bound,
+    ) -> Result<(Option<(HorizonCompare, DateTime<Utc>)>, crate::Horizon), Failure> {
+        let kind = match plan.columns[first].read {
             Read::Date => Some(HorizonCompare::Date),
             Read::Timestamp | Read::TimestampTz => Some(HorizonCompare::Instant),
             _ => None,
         };
-        let (horizon, info) = match (request.bound, kind) {
+        let (horizon, info) = match (bound, kind) {
             (Bound::Horizon { safety_lag }, Some(kind)) => {
                 let (at, info) = self.horizon(session, safety_lag).await?;
                 (Some((kind, at)), info)
@@ -423,34 +477,69 @@ impl PostgresConnector {
             Some((HorizonCompare::Instant, at)) => Some(at),
             None => None,
         };
-        let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-        let (sql, params) = SQL.page_query::<&(dyn ToSql + Sync)>(PageQuery {
-            select_list: &plan.select_list,
-            from: &plan.from,
-            cursor: &selection.cursor,
-            after: request.after.map(|_| {
-                after
-                    .iter()
-                    .map(|(column, ty, text)| (column.bind_as(ty), text as &(dyn ToSql + Sync)))
-                    .collect()
-            }),
-            horizon: horizon
-                .as_ref()
-                .map(|(kind, at)| (*kind, at as &(dyn ToSql + Sync))),
-            limit: &limit,
-        });
-
-        let statement = session.prepare(&sql).await?;
-        let read_only = matches!(selection.relation, Relation::Query(_));
-        let rows = query_rows(&mut session.client, &statement, &params, read_only).await?;
-        let columns: Columns = selection.columns.clone().into();
-        let rows = convert_rows(&plan, &rows);
-        Ok(Page {
-            columns,
-            rows,
-            horizon: crate::Horizon { info, reached },
-        })
+        Ok((horizon, crate::Horizon { info, reached }))
     }
+}
+
+/// What a read asks for: a [`PageRequest`] whose limit is optional.
+#[derive(Clone, Copy)]
+struct ReadRequest<'a> {
+    selection: &'a Selection,
+    after: Option<&'a [Value]>,
+    bound: Bound,
+    limit: Option<i64>,
+}
+
+/// Where a read's rows go.
+enum Out<'a> {
+    /// Returned together (a page).
+    Collect,
+    /// Sent as they arrive (a scan).
+    Stream(Streamed<'a>),
+}
+
+/// The channel of a scan and what was sent to it.
+struct Streamed<'a> {
+    chunks: &'a Chunks,
+    chunk: usize,
+    sent: u64,
+    stopped: bool,
+}
+
+/// Runs `statement` in a read-only transaction (one snapshot) and sends its rows, converted,
+/// in chunks as they arrive; the server's stream waits while the channel is full. A closed
+/// channel stops the read.
+async fn stream_rows(
+    client: &mut Client,
+    statement: &Statement,
+    params: &[&(dyn ToSql + Sync)],
+    plan: &Plan,
+    out: &mut Streamed<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    use futures_util::TryStreamExt;
+    let transaction = client.build_transaction().read_only(true).start().await?;
+    let rows = transaction
+        .query_raw(statement, params.iter().copied())
+        .await?;
+    let mut rows = std::pin::pin!(rows);
+    let chunk = out.chunk.max(1);
+    let mut pending = Vec::with_capacity(chunk);
+    while let Some(row) = rows.try_next().await? {
+        pending.push(convert_row(plan, &row));
+        if pending.len() >= chunk {
+            out.sent += pending.len() as u64;
+            if out.chunks.send(std::mem::take(&mut pending)).await.is_err() {
+                out.stopped = true;
+                // Dropping the transaction rolls it back; the rest of the rows are not read.
+                return Ok(());
+            }
+        }
+    }
+    if !pending.is_empty() {
+        out.sent += pending.len() as u64;
+        out.stopped = out.chunks.send(pending).await.is_err();
+    }
+    transaction.commit().await
 }
 
 #[async_trait]
@@ -504,11 +593,71 @@ impl Connector for PostgresConnector {
             .await)
     }
 
+    async fn scan(
+        &self,
+        request: &ScanRequest<'_>,
+        chunks: &Chunks,
+    ) -> Result<ScanEnd, ConnectorError> {
+        let positions = dialect::cursor_positions(request.selection, request.after)
+            .map_err(|reason| self.config_error(reason))?;
+        let read = ReadRequest {
+            selection: request.selection,
+            after: request.after,
+            bound: request.bound,
+            limit: None,
+        };
+        let mut lease = self.lease().await;
+        let slot = &mut lease.session;
+        let mut may_retry = true;
+        loop {
+            let (session, fresh) = self.session(slot).await?;
+            let mut out = Out::Stream(Streamed {
+                chunks,
+                chunk: request.chunk,
+                sent: 0,
+                stopped: false,
+            });
+            let result = self.read_on(session, read, &positions, &mut out).await;
+            let Out::Stream(stream) = out else {
+                unreachable!("a scan streams")
+            };
+            match result {
+                Ok((_, horizon)) => {
+                    return Ok(ScanEnd {
+                        horizon,
+                        rows: stream.sent,
+                        stopped: stream.stopped,
+                    });
+                }
+                Err(failure) => {
+                    // Once rows were sent a retry would send them again: the reader, whose
+                    // cursor moved with what it stored, reads on from there.
+                    let retry = may_retry
+                        && stream.sent == 0
+                        && (!fresh || matches!(failure, Failure::Stale(_)));
+                    self.settle(failure, slot, retry)?;
+                    may_retry = false;
+                }
+            }
+        }
+    }
+
     async fn read_page(&self, request: &PageRequest<'_>) -> Result<Page, ConnectorError> {
         let positions = dialect::cursor_positions(request.selection, request.after)
             .map_err(|reason| self.config_error(reason))?;
-        with_session!(self, |session| self
-            .read_page_on(session, request, &positions)
-            .await)
+        let read = ReadRequest {
+            selection: request.selection,
+            after: request.after,
+            bound: request.bound,
+            limit: Some(i64::try_from(request.limit).unwrap_or(i64::MAX)),
+        };
+        let (rows, horizon) = with_session!(self, |session| self
+            .read_on(session, read, &positions, &mut Out::Collect)
+            .await)?;
+        Ok(Page {
+            columns: request.selection.columns.clone().into(),
+            rows,
+            horizon,
+        })
     }
 }

@@ -1,10 +1,24 @@
-//! Incremental pulls: a page after the cursor, through the policy into encoded batches
-//! outside the write transaction, then committed with the cursor that covers it; a full page
-//! starts reading the next one meanwhile.
+//! Incremental pulls: every row after the cursor, read with one streamed statement
+//! ([`exchange_connectors::Connector::scan`]) — not page by page, which without an index on the cursor columns
+//! sorts the whole table once per page and makes a first read (and `resync`) of a large table
+//! quadratic — through the policy into encoded batches outside the write transaction, then
+//! committed a chunk at a time with the cursor after the chunk's last row.
+//!
+//! Invariants:
+//! - rows arrive in cursor order, so each chunk's commit moves the cursor over exactly the
+//!   rows it enqueues, in one queue transaction; a crash (or a source failure) at any point
+//!   resumes from the last committed chunk, and nothing is sent twice;
+//! - the statement's bound (the horizon) is decided once, before its snapshot is taken; a
+//!   row held back by it, or committed during the read, has a cursor after the last one read
+//!   and comes with the next pull;
+//! - one chunk is held back until the next arrives or the read ends, so the chunk that ends
+//!   the read can carry the end of a baseline ([`complete_baseline`]);
+//! - the queue bound holds: a chunk is committed only when the queue has room, and while it
+//!   waits the source's stream waits too (one chunk in the channel, one being read).
 
 use std::time::Duration;
 
-use exchange_connectors::{Bound, ConnectorError, Page, PageRequest, Value};
+use exchange_connectors::{Bound, ScanEnd, ScanRequest, Value};
 
 use crate::config::BatchLimits;
 use crate::pipeline::queue::{Encoded, QueueError, ResourceState};
@@ -13,84 +27,76 @@ use crate::policy::{CursorOf, Plan};
 use super::{PullError, PullReport, Puller, SEAL_MISSING, complete_baseline, too_large};
 
 impl Puller {
-    /// One incremental page; returns whether the resource is caught up. A full page starts
-    /// the read of the next one (`ahead`), used by the next call if the cursor then is the
-    /// one it was read after (it is, unless this page's commit failed).
-    pub(super) async fn incremental_page(
+    /// Reads every row after the stored cursor, up to the horizon, and commits it chunk by
+    /// chunk; `publish` sees the counts after each commit.
+    pub(super) async fn incremental_pull(
         &self,
-        state: ResourceState,
         safety_lag: Duration,
-        ahead: &mut Option<Ahead>,
         report: &mut PullReport,
-    ) -> Result<bool, PullError> {
-        let page = self
-            .page_after_cursor(&state, safety_lag, ahead.take())
-            .await?;
-        report.saw(&page);
-        let reached = page.horizon.reached;
-        if page.rows.is_empty() {
-            self.end_baseline_caught_up(&state, reached).await?;
-            return Ok(true);
-        }
-        let full = page.rows.len() >= self.batch.max_records;
-        if full {
-            *ahead = self.read_after_last_row(&page, safety_lag);
-        }
-        let prepared = self.prepare(page).await?;
-        let quarantined = prepared.quarantine.len() as u64;
-        let records = self.commit_page(prepared, full, reached).await?;
-        report.records += records;
-        report.quarantined += quarantined;
-        Ok(!full)
-    }
-
-    /// The page after the stored cursor: the one read ahead if it was read after that
-    /// cursor, else one read now.
-    async fn page_after_cursor(
-        &self,
-        state: &ResourceState,
-        safety_lag: Duration,
-        ahead: Option<Ahead>,
-    ) -> Result<Page, PullError> {
+        publish: &(dyn Fn(&PullReport) + Sync),
+    ) -> Result<(), PullError> {
+        let state = self.queue.state(&self.resource.code)?;
         // The stored position with its sealed values opened: what the source is read after.
         let after = self.position(state.cursor.as_deref())?;
-        let read = match ahead {
-            Some(next) if next.after == after => next,
-            _ => self.read_ahead(after, safety_lag),
-        };
-        Ok(read.page().await?)
-    }
-
-    /// Starts reading the incremental page after `after` in a task of its own.
-    fn read_ahead(&self, after: Option<Vec<Value>>, safety_lag: Duration) -> Ahead {
+        let (chunks, mut received) = tokio::sync::mpsc::channel(1);
         let connector = self.connector.clone();
         let plan = self.plan.clone();
-        let limit = self.batch.max_records;
-        let from = after.clone();
-        let task = tokio::spawn(async move {
+        let chunk = self.batch.max_records;
+        let scan = Scan(tokio::spawn(async move {
             connector
-                .read_page(&PageRequest {
-                    selection: &plan.selection,
-                    after: from.as_deref(),
-                    limit,
-                    bound: Bound::Horizon { safety_lag },
-                })
+                .scan(
+                    &ScanRequest {
+                        selection: &plan.selection,
+                        after: after.as_deref(),
+                        bound: Bound::Horizon { safety_lag },
+                        chunk,
+                    },
+                    &chunks,
+                )
                 .await
-        });
-        Ahead { after, task }
+        }));
+        let mut held: Option<Prepared> = None;
+        while let Some(rows) = received.recv().await {
+            report.pages += 1;
+            let prepared = self.prepare(rows).await?;
+            if let Some(ready) = held.replace(prepared) {
+                self.commit_chunk(ready, None, report).await?;
+                publish(report);
+            }
+        }
+        let end = scan.end().await?;
+        report.horizon = Some(end.horizon.info.clone());
+        report.reached = end.horizon.reached;
+        match held {
+            Some(last) => {
+                self.commit_chunk(last, Some(end.horizon.reached), report)
+                    .await?
+            }
+            None => {
+                self.end_baseline_caught_up(&state, end.horizon.reached)
+                    .await?
+            }
+        }
+        Ok(())
     }
 
-    /// Starts reading the page after a full `page`'s last row whose cursor can be read.
-    fn read_after_last_row(&self, page: &Page, safety_lag: Duration) -> Option<Ahead> {
-        let last = page
-            .rows
-            .iter()
-            .rev()
-            .find_map(|r| match self.plan.cursor_of(r) {
-                CursorOf::Values(c) => Some(c),
-                _ => None,
-            })?;
-        Some(self.read_ahead(Some(last), safety_lag))
+    /// Commits a prepared chunk when the queue has room; `last` (the horizon the read reached)
+    /// for the chunk that ends the read, which may end a baseline.
+    async fn commit_chunk(
+        &self,
+        prepared: Prepared,
+        last: Option<Option<chrono::DateTime<chrono::Utc>>>,
+        report: &mut PullReport,
+    ) -> Result<(), PullError> {
+        self.wait_for_space().await?;
+        report.quarantined += prepared.quarantine.len() as u64;
+        let (full, reached) = match last {
+            Some(reached) => (false, reached),
+            None => (true, None),
+        };
+        report.records += self.commit_page(prepared, full, reached).await?;
+        self.enqueued.notify_waiters();
+        Ok(())
     }
 
     /// An empty page: caught up. A baseline still being read ends here once the horizon has
@@ -114,11 +120,14 @@ impl Puller {
 
     /// Policy, NDJSON, SM3 and zstd, run before the write transaction: the queue has one
     /// writer, and the pusher's acknowledgements need it too.
-    async fn prepare(&self, page: Page) -> Result<Prepared, PullError> {
+    pub(super) async fn prepare(
+        &self,
+        rows: Vec<exchange_connectors::Row>,
+    ) -> Result<Prepared, PullError> {
         let plan = self.plan.clone();
         let limits = self.batch;
         let prepared =
-            tokio::task::spawn_blocking(move || prepare_incremental(&plan, &page.rows, limits))
+            tokio::task::spawn_blocking(move || prepare_incremental(&plan, &rows, limits))
                 .await
                 .expect("policy task panicked");
         prepared.map_err(|reason| PullError::Cursor {
@@ -130,7 +139,7 @@ impl Puller {
     /// Commits a prepared page: its quarantine entries, its batches and the cursor after it,
     /// in one transaction; the last page of a baseline read (not `full`) may end it. Returns
     /// the records enqueued.
-    async fn commit_page(
+    pub(super) async fn commit_page(
         &self,
         prepared: Prepared,
         full: bool,
@@ -169,38 +178,33 @@ impl Puller {
     }
 }
 
-/// A page being read in a task of its own; dropping it stops the read.
-pub(super) struct Ahead {
-    /// The cursor it is read after.
-    after: Option<Vec<Value>>,
-    /// The read.
-    task: tokio::task::JoinHandle<Result<Page, ConnectorError>>,
-}
+/// The streamed read, in a task of its own; dropping it stops the read.
+struct Scan(tokio::task::JoinHandle<Result<ScanEnd, exchange_connectors::ConnectorError>>);
 
-impl Ahead {
-    async fn page(mut self) -> Result<Page, ConnectorError> {
-        (&mut self.task).await.expect("page read task panicked")
+impl Scan {
+    async fn end(mut self) -> Result<ScanEnd, PullError> {
+        Ok((&mut self.0).await.expect("scan task panicked")?)
     }
 }
 
-impl Drop for Ahead {
+impl Drop for Scan {
     fn drop(&mut self) {
-        self.task.abort();
+        self.0.abort();
     }
 }
 
-/// An incremental page turned into what the queue stores, outside the write transaction.
-struct Prepared {
+/// A chunk of an incremental read turned into what the queue stores, outside the write transaction.
+pub(super) struct Prepared {
     /// The page's batches, encoded, in order.
-    batches: Vec<Encoded>,
+    pub(super) batches: Vec<Encoded>,
     /// Quarantine entries (key as it would leave, reason, locator), in order.
-    quarantine: Vec<(Option<String>, String, Option<String>)>,
+    pub(super) quarantine: Vec<(Option<String>, String, Option<String>)>,
     /// Rows whose key is not a valid identifier of its kind (quarantined or delivered
     /// flagged).
-    invalid_keys: u64,
+    pub(super) invalid_keys: u64,
     /// The position after the page's last row as it is stored (the key's value sealed when
     /// the key does not leave as read); `None` for an empty page.
-    position: Option<Vec<Value>>,
+    pub(super) position: Option<Vec<Value>>,
 }
 
 /// Applies the policy to a page and cuts the records into encoded batches; `Err` is the

@@ -17,7 +17,7 @@
 //!   nor vanishes.
 //!
 //! This file holds the pull loop and what its steps share; `admission` checks a resource
-//! before it is read, `incremental` and `snapshot` read and write a page in each mode.
+//! before it is read, `incremental` and `snapshot` read and write in each mode.
 
 mod admission;
 mod incremental;
@@ -33,8 +33,6 @@ use tokio::sync::Notify;
 use crate::config::{BatchLimits, Mode, Resource};
 use crate::pipeline::queue::{Baseline, Queue, QueueError, ResourceState, Txn};
 use crate::policy::Plan;
-
-use incremental::Ahead;
 
 /// How many rows with a NULL cursor value (or, in snapshot mode, a NULL key) get a quarantine
 /// entry of their own per cycle (all are counted).
@@ -184,35 +182,33 @@ impl Puller {
         };
         self.quarantine_null_cursors(&mut report).await?;
         publish(&report);
-        // The next incremental page, read while the current one is encoded and committed.
-        let mut ahead: Option<Ahead> = None;
-        loop {
-            self.wait_for_space().await?;
-            let state = self.queue.state(&self.resource.code)?;
-            let done = match &self.resource.mode {
-                Mode::Incremental { safety_lag, .. } => {
-                    self.incremental_page(state, *safety_lag, &mut ahead, &mut report)
-                        .await?
-                }
-                Mode::Snapshot => self.snapshot_step(state, &mut report).await?,
-            };
-            self.enqueued.notify_waiters();
-            publish(&report);
-            if done {
-                report.caught_up = true;
-                publish(&report);
-                let code = self.resource.code.clone();
-                self.blocking(move |txn| {
-                    let mut st = txn.state(&code)?;
-                    st.last_pull = Some(
-                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                    );
-                    txn.set_state(&code, &st)
-                })
-                .await?;
-                return Ok(());
+        match &self.resource.mode {
+            Mode::Incremental { safety_lag, .. } => {
+                self.incremental_pull(*safety_lag, &mut report, &publish)
+                    .await?;
             }
+            Mode::Snapshot => loop {
+                self.wait_for_space().await?;
+                let state = self.queue.state(&self.resource.code)?;
+                let done = self.snapshot_step(state, &mut report).await?;
+                self.enqueued.notify_waiters();
+                publish(&report);
+                if done {
+                    break;
+                }
+            },
         }
+        report.caught_up = true;
+        publish(&report);
+        let code = self.resource.code.clone();
+        self.blocking(move |txn| {
+            let mut st = txn.state(&code)?;
+            st.last_pull =
+                Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            txn.set_state(&code, &st)
+        })
+        .await?;
+        Ok(())
     }
 
     /// A stored position as the source is read with (sealed values opened).
