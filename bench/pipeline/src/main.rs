@@ -23,7 +23,8 @@
 //! `wait4` (children it waited for included: `sh -c 'psql | psql'` counts both `psql`s). The
 //! database servers are not children: their CPU is not in the figures.
 //!
-//! It prints the targets (`target`) against the run's own figures after the table.
+//! After the table it prints the targets (`report::target`) against the run's own
+//! figures.
 //!
 //! `exchange-bench sink` is the acknowledging sink, run as a process of its own.
 
@@ -33,7 +34,6 @@ mod process;
 mod report;
 mod scenario;
 mod sink;
-mod target;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

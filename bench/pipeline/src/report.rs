@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub mod target;
+
 use crate::process::Usage;
-use crate::target::Verdict;
+use target::Verdict;
 
 /// What one process of a scenario cost.
 #[derive(Debug, Clone, Serialize)]

@@ -17,7 +17,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::report::Row;
+use super::Row;
 
 /// The agent's CPU seconds per million rows, at most.
 const CPU_PER_MILLION: f64 = 3.0;
