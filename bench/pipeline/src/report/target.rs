@@ -271,7 +271,10 @@ mod tests {
         assert!((limit.of_target.unwrap() - 500.0 / 600.0).abs() < 1e-9);
         let peer = v.iter().find(|v| v.target.contains("sling-pg")).unwrap();
         assert_eq!(peer.met, Some(true));
-        assert!(peer.to_string().contains("met (2.00 of target)"), "{peer}");
+        assert!(
+            peer.to_string().contains(": met (1.00 of target)"),
+            "{peer}"
+        );
     }
 
     #[test]
