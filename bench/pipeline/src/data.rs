@@ -50,8 +50,13 @@ pub fn pg_ddl(table: &str) -> String {
     )
 }
 
-/// The same table in MariaDB.
-pub fn mysql_ddl(table: &str) -> String {
+/// The same table in MariaDB, with an index on the cursor columns or with the primary key alone.
+pub fn mysql_ddl(table: &str, cursor_index: bool) -> String {
+    let index = if cursor_index {
+        ",\n            KEY cursor_order (updated_at, id_card)"
+    } else {
+        ""
+    };
     format!(
         "CREATE TABLE {table} (
             id_card varchar(18) PRIMARY KEY,
@@ -63,8 +68,7 @@ pub fn mysql_ddl(table: &str) -> String {
             insured_since date NOT NULL,
             salary decimal(12,2) NOT NULL,
             status smallint NOT NULL,
-            updated_at datetime(6) NOT NULL,
-            KEY cursor_order (updated_at, id_card)) DEFAULT CHARSET = utf8mb4"
+            updated_at datetime(6) NOT NULL{index}) DEFAULT CHARSET = utf8mb4"
     )
 }
 

@@ -14,6 +14,8 @@
 //! | `mariadb-select` | `mariadb --quick -e 'SELECT …' > /dev/null`: the MariaDB limit |
 //! | `sling-mariadb` | sling MariaDB → PostgreSQL |
 //! | `agent-mariadb` | `exchange-agent sync` from MariaDB into the hub |
+//! | `…-noindex` | the limits, the peers and the agent (into the hub and the sink) over the same rows in a table with the primary key alone (no index on the cursor columns) |
+//! | `agent-pg-scale`, `agent-pg-noindex-scale` | `agent-pg` (`-noindex`) over the first `--scale-rows` rows: the scaling check of a large `--rows` |
 //! | `incremental` | `exchange-agent run` with `every = "1s"` while changes arrive at a fixed rate: change-to-hub latency |
 //! | `backlog` | rows queued while the hub is down, then the hub comes up: drain rate |
 //!
@@ -21,9 +23,13 @@
 //! `wait4` (children it waited for included: `sh -c 'psql | psql'` counts both `psql`s). The
 //! database servers are not children: their CPU is not in the figures.
 //!
+//! After the table it prints the targets (`report::target`) against the run's own
+//! figures.
+//!
 //! `exchange-bench sink` is the acknowledging sink, run as a process of its own.
 
 mod data;
+mod disk;
 mod process;
 mod report;
 mod scenario;

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub mod target;
+
 use crate::process::Usage;
+use target::Verdict;
 
 /// What one process of a scenario cost.
 #[derive(Debug, Clone, Serialize)]
@@ -37,6 +40,12 @@ pub struct Row {
     pub ratio_to_peer: Option<f64>,
     /// Per process.
     pub costs: Vec<Cost>,
+    /// The agent's CPU seconds (user + system) per million rows, where the agent moved the
+    /// table.
+    pub agent_cpu_s_per_million_rows: Option<f64>,
+    /// The largest size of the agent's data directory (its queue) while it ran, bytes, where
+    /// it was sampled.
+    pub queue_peak_bytes: Option<u64>,
     /// Other figures (latency percentiles, idle RSS, targets).
     pub notes: Vec<String>,
     /// Why the scenario failed, if it did.
@@ -60,6 +69,8 @@ impl Row {
             ratio_to_limit: None,
             ratio_to_peer: None,
             costs: Vec::new(),
+            agent_cpu_s_per_million_rows: None,
+            queue_peak_bytes: None,
             notes: Vec::new(),
             error: None,
         }
@@ -100,6 +111,8 @@ pub struct Report {
     pub options: serde_json::Value,
     /// The scenarios, in the order they ran.
     pub rows: Vec<Row>,
+    /// The issue's targets against this run's figures.
+    pub targets: Vec<Verdict>,
 }
 
 fn mib(bytes: u64) -> String {
@@ -112,15 +125,16 @@ impl Report {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "| scenario | rows | seconds | rows/s | × limit | × peer | peak RSS MiB | CPU s |"
+            "| scenario | rows | seconds | rows/s | × limit | × peer | peak RSS MiB | CPU s | agent CPU s / M rows | queue peak MiB |"
         );
-        let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---|---|");
+        let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---|---|---:|---:|");
         for r in &self.rows {
             if let Some(e) = &r.error {
-                let _ = writeln!(t, "| {} | failed: {} | | | | | | |", r.scenario, e);
+                let _ = writeln!(t, "| {} | failed: {} | | | | | | | | |", r.scenario, e);
                 continue;
             }
             let ratio = |x: Option<f64>| x.map(|x| format!("{x:.2}")).unwrap_or_else(|| "—".into());
+            let queue = r.queue_peak_bytes.map(mib).unwrap_or_else(|| "—".into());
             let rss: Vec<String> = r
                 .costs
                 .iter()
@@ -133,7 +147,7 @@ impl Report {
                 .collect();
             let _ = writeln!(
                 t,
-                "| {} | {} | {:.1} | {:.0} | {} | {} | {} | {} |",
+                "| {} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {queue} |",
                 r.scenario,
                 r.rows,
                 r.seconds,
@@ -141,7 +155,8 @@ impl Report {
                 ratio(r.ratio_to_limit),
                 ratio(r.ratio_to_peer),
                 rss.join(", "),
-                cpu.join(", ")
+                cpu.join(", "),
+                ratio(r.agent_cpu_s_per_million_rows),
             );
         }
         let notes: Vec<String> = self
@@ -157,6 +172,12 @@ impl Report {
             t.push('\n');
             for n in notes {
                 let _ = writeln!(t, "{n}");
+            }
+        }
+        if !self.targets.is_empty() {
+            let _ = writeln!(t, "\nTargets (issue 19), from this run's figures:\n");
+            for v in &self.targets {
+                let _ = writeln!(t, "- {v}");
             }
         }
         t

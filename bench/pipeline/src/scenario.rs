@@ -1,9 +1,10 @@
 //! The scenarios of one benchmark run, their order, and the databases they share.
 //!
-//! One run: generate the rows once, load them into PostgreSQL (`<prefix>_src.residents`) and
-//! MariaDB (`<prefix>_src.residents`), run every selected scenario against the same rows (each
-//! agent scenario with a fresh queue and a fresh hub database), print the table, write the
-//! JSON, and drop every database it created — also when a scenario failed.
+//! One run: generate the rows once, load them into PostgreSQL (`<prefix>_src`) and MariaDB
+//! (`<prefix>_src`) as the tables the selected scenarios read ([`table`]), run every selected
+//! scenario against the same rows (each agent scenario with a fresh queue and a fresh hub
+//! database), print the table and the targets, write the JSON, and drop every database
+//! it created — also when a scenario failed.
 
 mod agent;
 mod agent_config;
@@ -14,6 +15,7 @@ mod hub;
 mod incremental;
 mod machine;
 mod sling;
+mod table;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,16 +24,53 @@ use anyhow::{Context, bail};
 
 use crate::data;
 use crate::report::{Report, Row};
-use agent::agent_scenario;
+use agent::AgentRun;
 use agent_config::Policy;
 use hub::Sink;
+use table::SourceTable;
 
 /// The node id of the benchmark's agent.
 const NODE: &str = "bench-node-01";
 /// The resource code of the benchmark's table.
 const RESOURCE: &str = "330100-RSJ-0001";
-/// How long one copy of the table may take before the run gives up.
+/// How long one copy of the table may take before the run gives up (at least; see [`limit`]).
 const LIMIT: Duration = Duration::from_secs(3600);
+
+/// Every scenario, in the order they run.
+const SCENARIOS: &[&str] = &[
+    "pg-copy-devnull",
+    "pg-copy-pipe",
+    "sling-pg",
+    "agent-pg",
+    "agent-pg-ack",
+    "agent-pg-policy",
+    "agent-pg-policy-ack",
+    "pg-copy-pipe-noindex",
+    "sling-pg-noindex",
+    "agent-pg-noindex",
+    "agent-pg-noindex-ack",
+    "agent-pg-scale",
+    "agent-pg-noindex-scale",
+    "mariadb-select",
+    "sling-mariadb",
+    "agent-mariadb",
+    "mariadb-select-noindex",
+    "sling-mariadb-noindex",
+    "agent-mariadb-noindex",
+    "incremental",
+    "backlog",
+];
+
+/// From this many rows on, `--scale-rows` defaults to [`DEFAULT_SCALE_ROWS`].
+const SCALE_FROM: u64 = 10_000_000;
+/// The default of `--scale-rows` for a run of [`SCALE_FROM`] rows or more.
+const DEFAULT_SCALE_ROWS: u64 = 1_000_000;
+
+/// How long moving `rows` rows may take before the run gives up: [`LIMIT`], or 20 minutes
+/// per million rows when that is longer.
+fn limit(rows: u64) -> Duration {
+    LIMIT.max(Duration::from_secs(rows.div_ceil(1_000_000) * 1200))
+}
 
 /// Options of `exchange-bench pipeline`.
 #[derive(Debug, Clone, clap::Args, serde::Serialize)]
@@ -41,9 +80,17 @@ pub struct Options {
     pub rows: u64,
     /// Scenarios to run (comma separated), default all: pg-copy-devnull, pg-copy-pipe,
     /// sling-pg, agent-pg, agent-pg-ack, agent-pg-policy, agent-pg-policy-ack,
-    /// mariadb-select, sling-mariadb, agent-mariadb, incremental, backlog.
+    /// pg-copy-pipe-noindex, sling-pg-noindex, agent-pg-noindex, agent-pg-noindex-ack,
+    /// agent-pg-scale, agent-pg-noindex-scale, mariadb-select, sling-mariadb, agent-mariadb,
+    /// mariadb-select-noindex, sling-mariadb-noindex, agent-mariadb-noindex, incremental,
+    /// backlog.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Rows of the scaling check: agent-pg-scale and agent-pg-noindex-scale load the first
+    /// this many rows, and agent-pg (-noindex) must load all `--rows` within 1.5 × the
+    /// proportional time. Default: 1000000 when `--rows` is 10000000 or more, else no check.
+    #[arg(long)]
+    pub scale_rows: Option<u64>,
     /// `batch.max_records` of the agent.
     #[arg(long, default_value_t = 5000)]
     pub batch_records: usize,
@@ -88,6 +135,33 @@ pub struct Options {
     pub keep: bool,
 }
 
+impl Options {
+    /// The rows of the scaling check, when it runs.
+    fn scale_rows(&self) -> Option<u64> {
+        self.scale_rows
+            .or((self.rows >= SCALE_FROM).then_some(DEFAULT_SCALE_ROWS))
+            .filter(|&n| n < self.rows)
+    }
+
+    /// Fails on a scenario name that does not exist, or a scaling scenario without its rows.
+    fn check(&self) -> anyhow::Result<()> {
+        for name in &self.only {
+            if !SCENARIOS.contains(&name.as_str()) {
+                bail!("no scenario {name:?}; there are {}", SCENARIOS.join(", "));
+            }
+            if name.ends_with("-scale") && self.scale_rows().is_none() {
+                bail!("{name} needs --scale-rows below --rows");
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any selected scenario's name satisfies `wanted`.
+    fn wants(&self, wanted: impl Fn(&str) -> bool) -> bool {
+        SCENARIOS.iter().any(|s| runs(self, s) && wanted(s))
+    }
+}
+
 /// Everything the scenarios share.
 struct Bench {
     options: Options,
@@ -118,6 +192,7 @@ struct Tls {
 
 /// Runs the benchmark.
 pub async fn run(options: Options) -> anyhow::Result<()> {
+    options.check()?;
     let exe = std::env::current_exe()?;
     let bin_dir = exe
         .parent()
@@ -198,6 +273,11 @@ fn selected(options: &Options, scenario: &str) -> bool {
     options.only.is_empty() || options.only.iter().any(|s| s == scenario)
 }
 
+/// Whether the scenario runs: selected, and a scaling scenario only with its rows.
+fn runs(options: &Options, scenario: &str) -> bool {
+    selected(options, scenario) && (!scenario.ends_with("-scale") || options.scale_rows().is_some())
+}
+
 /// `rows`-per-second ratios against a scenario of the same source.
 fn ratio(rows: &[Row], row: &Row, against: &str) -> Option<f64> {
     rows.iter()
@@ -212,15 +292,15 @@ struct Measurements<'a> {
 }
 
 impl Measurements<'_> {
-    /// Runs `body` when the scenario `name` is selected and keeps its row (a failed row when
-    /// it failed), saying so as it goes.
+    /// Runs `body` when the scenario `name` runs and keeps its row (a failed row when it
+    /// failed), saying so as it goes.
     async fn measure(
         &mut self,
         name: &str,
         what: &str,
         body: impl Future<Output = anyhow::Result<Row>>,
     ) {
-        if !selected(self.options, name) {
+        if !runs(self.options, name) {
             return;
         }
         eprintln!("Running {name}…");
@@ -237,21 +317,51 @@ impl Measurements<'_> {
     }
 }
 
-/// Each end-to-end row against the limit and the peer of its source.
+/// The limit and the peer of an end-to-end scenario: those of its source, over the table with
+/// the same indexes (none for the scaling scenarios).
+fn baselines(scenario: &str) -> Option<(String, String)> {
+    if scenario.ends_with("-scale") {
+        // Fewer rows than its baselines moved: a ratio would say nothing.
+        return None;
+    }
+    let suffix = if scenario.contains("-noindex") {
+        "-noindex"
+    } else {
+        ""
+    };
+    if scenario.starts_with("sling-pg") || scenario.starts_with("agent-pg") {
+        Some((format!("pg-copy-pipe{suffix}"), format!("sling-pg{suffix}")))
+    } else if scenario.starts_with("sling-mariadb") || scenario.starts_with("agent-mariadb") {
+        Some((
+            format!("mariadb-select{suffix}"),
+            format!("sling-mariadb{suffix}"),
+        ))
+    } else {
+        None
+    }
+}
+
+/// Each end-to-end row against the limit and the peer of its source, and the agent's CPU
+/// seconds per million rows where the agent moved the table (not `incremental`, whose agent
+/// mostly waits).
 fn compare(rows: &mut [Row]) {
     for i in 0..rows.len() {
-        let (limit, peer) = match rows[i].scenario.as_str() {
-            "sling-pg"
-            | "agent-pg"
-            | "agent-pg-ack"
-            | "agent-pg-policy"
-            | "agent-pg-policy-ack" => ("pg-copy-pipe", "sling-pg"),
-            "sling-mariadb" | "agent-mariadb" => ("mariadb-select", "sling-mariadb"),
-            _ => continue,
+        let scenario = rows[i].scenario.clone();
+        if (scenario.starts_with("agent-") || scenario == "backlog") && rows[i].rows > 0 {
+            let cpu: f64 = rows[i]
+                .costs
+                .iter()
+                .filter(|c| c.process.starts_with("agent"))
+                .map(|c| c.usage.cpu.as_secs_f64())
+                .sum();
+            rows[i].agent_cpu_s_per_million_rows = Some(cpu * 1e6 / rows[i].rows as f64);
+        }
+        let Some((limit, peer)) = baselines(&scenario) else {
+            continue;
         };
-        rows[i].ratio_to_limit = ratio(rows, &rows[i], limit);
-        if !rows[i].scenario.starts_with("sling") {
-            rows[i].ratio_to_peer = ratio(rows, &rows[i], peer);
+        rows[i].ratio_to_limit = ratio(rows, &rows[i], &limit);
+        if !scenario.starts_with("sling") {
+            rows[i].ratio_to_peer = ratio(rows, &rows[i], &peer);
         }
     }
 }
@@ -259,13 +369,8 @@ fn compare(rows: &mut [Row]) {
 impl Bench {
     async fn run_all(&mut self) -> anyhow::Result<Report> {
         let o = self.options.clone();
-        let wants_mariadb = ["mariadb-select", "sling-mariadb", "agent-mariadb"]
-            .iter()
-            .any(|s| selected(&o, s));
-        let wants_sling = ["sling-pg", "sling-mariadb"]
-            .iter()
-            .any(|s| selected(&o, s));
-        let sling = if wants_sling {
+        let wants_mariadb = o.wants(|s| s.contains("mariadb"));
+        let sling = if o.wants(|s| s.starts_with("sling-")) {
             Some(self.sling_binary()?)
         } else {
             None
@@ -282,8 +387,10 @@ impl Bench {
         self.measure_postgres(&mut measured, &src, &dst, &columns, sling.as_deref())
             .await;
         if wants_mariadb {
-            self.measure_mariadb(&mut measured, &dst, &columns, sling.as_deref())
-                .await;
+            for table in [table::INDEXED, table::NO_INDEX] {
+                self.measure_mariadb(&mut measured, &dst, &columns, sling.as_deref(), table)
+                    .await;
+            }
         }
         measured
             .measure(
@@ -306,14 +413,20 @@ impl Bench {
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             machine,
             options: serde_json::to_value(&self.options)?,
+            targets: crate::report::target::verdicts(&rows),
             rows,
         })
     }
 
     /// Generates the rows once and loads them into PostgreSQL, and into MariaDB when a
-    /// MariaDB scenario runs; the PostgreSQL source database.
+    /// MariaDB scenario runs, as the tables the selected scenarios read; the PostgreSQL
+    /// source database.
     async fn load_sources(&mut self, wants_mariadb: bool) -> anyhow::Result<String> {
         let rows = self.options.rows;
+        let tables: Vec<SourceTable> = table::ALL
+            .into_iter()
+            .filter(|t| *t == table::INDEXED || self.options.wants(|s| table::read_by(s) == *t))
+            .collect();
         eprintln!("Generating {rows} rows…");
         let tsv = self.work.join("residents.tsv");
         let path = tsv.clone();
@@ -321,17 +434,24 @@ impl Bench {
             .await
             .expect("generator task")?;
         let src = self.create_pg("src").await?;
-        self.load_pg(&src, &tsv).await?;
+        eprintln!(
+            "Loading {} into PostgreSQL…",
+            tables.iter().map(|t| t.name).collect::<Vec<_>>().join(", ")
+        );
+        self.load_pg(&src, &tsv, &tables).await?;
         if wants_mariadb {
+            eprintln!("Loading them into MariaDB…");
             self.create_mariadb("src")?;
-            self.load_mariadb(&tsv)?;
+            self.load_mariadb(&tsv, &tables)?;
         }
         std::fs::remove_file(&tsv)?;
         Ok(src)
     }
 
-    /// The PostgreSQL scenarios: the limit, the peer and the agent, plain and under the policy,
-    /// into the hub and into the sink.
+    /// The PostgreSQL scenarios: reading alone; then over the indexed table and over the
+    /// table without a cursor index, the limit, the peer and the agent (plain and, on the
+    /// indexed table, under the policy; into the hub and into the sink); then the scaling
+    /// check's agent runs.
     async fn measure_postgres(
         &mut self,
         measured: &mut Measurements<'_>,
@@ -347,68 +467,89 @@ impl Bench {
                 self.pg_copy_devnull(src, columns),
             )
             .await;
-        measured
-            .measure(
-                "pg-copy-pipe",
-                "COPY … TO STDOUT | COPY … FROM STDIN, keyed table in another database",
-                self.pg_copy_pipe(src, dst, columns),
+        for table in [table::INDEXED, table::NO_INDEX] {
+            let what = format!(
+                "COPY … TO STDOUT | COPY … FROM STDIN, keyed table in another database{}",
+                table.describe(&self.options)
+            );
+            measured
+                .measure(
+                    &format!("pg-copy-pipe{}", table.suffix()),
+                    &what,
+                    self.pg_copy_pipe(src, dst, columns, table),
+                )
+                .await;
+            if let Some(sling) = sling {
+                measured
+                    .measure(
+                        &format!("sling-pg{}", table.suffix()),
+                        &format!(
+                            "sling PostgreSQL → PostgreSQL, full refresh{}",
+                            table.describe(&self.options)
+                        ),
+                        self.sling(sling, "pg", dst, table),
+                    )
+                    .await;
+            }
+            let policies: &[Policy] = if table == table::INDEXED {
+                &[Policy::Plain, Policy::Desensitized]
+            } else {
+                &[Policy::Plain]
+            };
+            for &policy in policies {
+                for sink in [Sink::Hub, Sink::AckOnly] {
+                    self.measure_agent(measured, AgentRun::new("postgres", sink, policy, table))
+                        .await;
+                }
+            }
+        }
+        for table in [table::INDEXED_SCALE, table::NO_INDEX_SCALE] {
+            self.measure_agent(
+                measured,
+                AgentRun::new("postgres", Sink::Hub, Policy::Plain, table),
             )
             .await;
-        if let Some(sling) = sling {
-            measured
-                .measure(
-                    "sling-pg",
-                    "sling PostgreSQL → PostgreSQL, full refresh",
-                    self.sling(sling, "pg", dst),
-                )
-                .await;
-        }
-        for (name, sink, policy) in [
-            ("agent-pg", Sink::Hub, Policy::Plain),
-            ("agent-pg-ack", Sink::AckOnly, Policy::Plain),
-            ("agent-pg-policy", Sink::Hub, Policy::Desensitized),
-            ("agent-pg-policy-ack", Sink::AckOnly, Policy::Desensitized),
-        ] {
-            measured
-                .measure(
-                    name,
-                    agent_scenario("postgres", sink, policy),
-                    self.agent_sync(name, "postgres", sink, policy),
-                )
-                .await;
         }
     }
 
-    /// The MariaDB scenarios: the limit, the peer and the agent into the hub.
+    /// One agent scenario.
+    async fn measure_agent(&mut self, measured: &mut Measurements<'_>, run: AgentRun) {
+        let name = run.name();
+        let what = run.what(&self.options);
+        measured.measure(&name, &what, self.agent_sync(&run)).await;
+    }
+
+    /// The MariaDB scenarios over `table`: the limit, the peer and the agent into the hub.
     async fn measure_mariadb(
         &mut self,
         measured: &mut Measurements<'_>,
         dst: &str,
         columns: &str,
         sling: Option<&Path>,
+        table: SourceTable,
     ) {
+        let suffix = table.suffix();
+        let describe = table.describe(&self.options);
         measured
             .measure(
-                "mariadb-select",
-                "mariadb --quick -e 'SELECT …' > /dev/null",
-                self.mariadb_select(columns),
+                &format!("mariadb-select{suffix}"),
+                &format!("mariadb --quick -e 'SELECT …' > /dev/null{describe}"),
+                self.mariadb_select(columns, table),
             )
             .await;
         if let Some(sling) = sling {
             measured
                 .measure(
-                    "sling-mariadb",
-                    "sling MariaDB → PostgreSQL, full refresh",
-                    self.sling(sling, "mariadb", dst),
+                    &format!("sling-mariadb{suffix}"),
+                    &format!("sling MariaDB → PostgreSQL, full refresh{describe}"),
+                    self.sling(sling, "mariadb", dst, table),
                 )
                 .await;
         }
-        measured
-            .measure(
-                "agent-mariadb",
-                agent_scenario("mysql", Sink::Hub, Policy::Plain),
-                self.agent_sync("agent-mariadb", "mysql", Sink::Hub, Policy::Plain),
-            )
-            .await;
+        self.measure_agent(
+            measured,
+            AgentRun::new("mysql", Sink::Hub, Policy::Plain, table),
+        )
+        .await;
     }
 }

@@ -3,7 +3,8 @@
 
 use anyhow::bail;
 
-use super::{Bench, LIMIT};
+use super::table::SourceTable;
+use super::{Bench, LIMIT, limit};
 use crate::data;
 use crate::process;
 use crate::report::Row;
@@ -24,12 +25,16 @@ impl Bench {
         .cost("psql", usage))
     }
 
+    /// `table` piped into a keyed table of `dst` (neither end uses the cursor index: the
+    /// `SELECT` reads the table in one pass).
     pub(super) async fn pg_copy_pipe(
         &self,
         src: &str,
         dst: &str,
         columns: &str,
+        table: SourceTable,
     ) -> anyhow::Result<Row> {
+        let rows = table.rows(&self.options);
         self.pg(dst)
             .await?
             .batch_execute(&format!(
@@ -38,42 +43,54 @@ impl Bench {
             ))
             .await?;
         let script = format!(
-            "set -e; psql -X -q -v ON_ERROR_STOP=1 -d '{}' -c \"COPY (SELECT {columns} FROM residents) TO STDOUT\" \
+            "set -e; psql -X -q -v ON_ERROR_STOP=1 -d '{}' -c \"COPY (SELECT {columns} FROM {}) TO STDOUT\" \
              | psql -X -q -v ON_ERROR_STOP=1 -d '{}' -c \"COPY residents_copy FROM STDIN\"",
             self.pg_url(src),
+            table.name,
             self.pg_url(dst)
         );
-        let usage = process::shell("psql+psql", &script, LIMIT).await?;
+        let usage = process::shell("psql+psql", &script, limit(rows)).await?;
         let n = self
             .count(dst, "SELECT count(*) FROM residents_copy")
             .await?;
-        if n as u64 != self.options.rows {
-            bail!("the keyed table holds {n} rows, not {}", self.options.rows);
+        if n as u64 != rows {
+            bail!("the keyed table holds {n} rows, not {rows}");
         }
         self.pg(dst)
             .await?
             .batch_execute("DROP TABLE residents_copy")
             .await?;
         Ok(Row::new(
-            "pg-copy-pipe",
-            "COPY … TO STDOUT | COPY … FROM STDIN (keyed table)",
-            self.options.rows,
+            &format!("pg-copy-pipe{}", table.suffix()),
+            &format!(
+                "COPY … TO STDOUT | COPY … FROM STDIN (keyed table){}",
+                table.describe(&self.options)
+            ),
+            rows,
             usage.wall,
         )
         .cost("psql+psql", usage))
     }
 
-    pub(super) async fn mariadb_select(&self, columns: &str) -> anyhow::Result<Row> {
+    pub(super) async fn mariadb_select(
+        &self,
+        columns: &str,
+        table: SourceTable,
+    ) -> anyhow::Result<Row> {
         let db = format!("{}_src", self.prefix);
+        let rows = table.rows(&self.options);
         let script = format!(
-            "mariadb -h {} -P {} -u root --quick {db} -e 'SELECT {columns} FROM residents' > /dev/null",
-            self.my_host, self.my_port
+            "mariadb -h {} -P {} -u root --quick {db} -e 'SELECT {columns} FROM {}' > /dev/null",
+            self.my_host, self.my_port, table.name
         );
-        let usage = process::shell("mariadb", &script, LIMIT).await?;
+        let usage = process::shell("mariadb", &script, limit(rows)).await?;
         Ok(Row::new(
-            "mariadb-select",
-            "mariadb --quick -e 'SELECT …' > /dev/null",
-            self.options.rows,
+            &format!("mariadb-select{}", table.suffix()),
+            &format!(
+                "mariadb --quick -e 'SELECT …' > /dev/null{}",
+                table.describe(&self.options)
+            ),
+            rows,
             usage.wall,
         )
         .cost("mariadb", usage))

@@ -7,8 +7,34 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use tokio_postgres::{Client, NoTls};
 
-use super::Bench;
+use super::table::{self, SourceTable};
+use super::{Bench, Options};
 use crate::data;
+
+/// The statements that make `table` in PostgreSQL once `residents` holds the rows: a copy
+/// (the first `--scale-rows` of a scaling table, in key order) keyed by `id_card`, and the
+/// cursor index where the table has one.
+fn pg_copy_ddl(table: SourceTable, options: &Options) -> String {
+    let name = table.name;
+    let mut sql = String::new();
+    if table != table::INDEXED {
+        let limit = if table.scale {
+            format!(" ORDER BY id_card LIMIT {}", table.rows(options))
+        } else {
+            String::new()
+        };
+        sql.push_str(&format!(
+            "CREATE TABLE {name} AS SELECT * FROM residents{limit};
+             ALTER TABLE {name} ADD PRIMARY KEY (id_card);"
+        ));
+    }
+    if table.cursor_index {
+        sql.push_str(&format!(
+            "CREATE INDEX {name}_cursor ON {name} (updated_at, id_card);"
+        ));
+    }
+    sql
+}
 
 impl Bench {
     pub(super) fn pg_url(&self, db: &str) -> String {
@@ -43,7 +69,14 @@ impl Bench {
         Ok(db)
     }
 
-    pub(super) async fn load_pg(&self, db: &str, tsv: &Path) -> anyhow::Result<()> {
+    /// Streams the generated rows from `tsv` into `residents` of `db` (`COPY`, 1 MiB at a
+    /// time), then makes the other `tables` from it inside the server and indexes each.
+    pub(super) async fn load_pg(
+        &self,
+        db: &str,
+        tsv: &Path,
+        tables: &[SourceTable],
+    ) -> anyhow::Result<()> {
         use futures_util::SinkExt;
         let client = self.pg(db).await?;
         client
@@ -69,13 +102,17 @@ impl Bench {
             sink.send(hyper::body::Bytes::from(buf)).await?;
         }
         sink.as_mut().finish().await?;
-        for sql in [
-            "CREATE INDEX residents_cursor ON residents (updated_at, id_card)",
-            "VACUUM ANALYZE residents",
-            "CHECKPOINT",
-        ] {
-            client.batch_execute(sql).await?;
+        for table in tables {
+            client
+                .batch_execute(&pg_copy_ddl(*table, &self.options))
+                .await?;
         }
+        for table in tables {
+            client
+                .batch_execute(&format!("VACUUM ANALYZE {}", table.name))
+                .await?;
+        }
+        client.batch_execute("CHECKPOINT").await?;
         Ok(())
     }
 
@@ -119,16 +156,31 @@ impl Bench {
         Ok(db)
     }
 
-    pub(super) fn load_mariadb(&self, tsv: &Path) -> anyhow::Result<()> {
+    /// Loads `tsv` into `residents` (`LOAD DATA LOCAL INFILE`, streamed by the client), then
+    /// fills the other `tables` from it inside the server.
+    pub(super) fn load_mariadb(&self, tsv: &Path, tables: &[SourceTable]) -> anyhow::Result<()> {
         let db = format!("{}_src", self.prefix);
-        self.mariadb_exec(
-            Some(&db),
-            &format!(
-                "{}; LOAD DATA LOCAL INFILE '{}' INTO TABLE residents CHARACTER SET utf8mb4; ANALYZE TABLE residents",
-                data::mysql_ddl("residents"),
-                tsv.display()
-            ),
-        )
+        let mut sql = format!(
+            "{}; LOAD DATA LOCAL INFILE '{}' INTO TABLE residents CHARACTER SET utf8mb4;",
+            data::mysql_ddl(table::INDEXED.name, true),
+            tsv.display()
+        );
+        for t in tables.iter().filter(|t| **t != table::INDEXED) {
+            let limit = if t.scale {
+                format!(" LIMIT {}", t.rows(&self.options))
+            } else {
+                String::new()
+            };
+            sql.push_str(&format!(
+                " {}; INSERT INTO {} SELECT * FROM residents ORDER BY id_card{limit};",
+                data::mysql_ddl(t.name, t.cursor_index),
+                t.name
+            ));
+        }
+        for t in tables {
+            sql.push_str(&format!(" ANALYZE TABLE {};", t.name));
+        }
+        self.mariadb_exec(Some(&db), &sql)
     }
 
     pub(super) async fn drop_databases(&mut self) {

@@ -5,7 +5,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-use super::{Bench, LIMIT};
+use super::table::SourceTable;
+use super::{Bench, limit};
 use crate::process;
 use crate::report::Row;
 
@@ -50,27 +51,36 @@ impl Bench {
         find().context("sling-linux-amd64 installed, but its binary is not where expected")
     }
 
-    pub(super) async fn sling(&self, sling: &Path, source: &str, dst: &str) -> anyhow::Result<Row> {
+    /// A full refresh of `table` from `source` (`pg` or `mariadb`) into `dst`.
+    pub(super) async fn sling(
+        &self,
+        sling: &Path,
+        source: &str,
+        dst: &str,
+        table: SourceTable,
+    ) -> anyhow::Result<Row> {
         let src_db = format!("{}_src", self.prefix);
+        let rows = table.rows(&self.options);
         let (name, src_url, stream) = match source {
             "pg" => (
-                "sling-pg",
+                format!("sling-pg{}", table.suffix()),
                 format!("{}?sslmode=disable", self.pg_url(&src_db)),
-                "public.residents".to_owned(),
+                format!("public.{}", table.name),
             ),
             _ => (
-                "sling-mariadb",
+                format!("sling-mariadb{}", table.suffix()),
                 format!("mysql://root@{}:{}/{src_db}", self.my_host, self.my_port),
-                format!("{src_db}.residents"),
+                format!("{src_db}.{}", table.name),
             ),
         };
-        let table = format!("residents_{}", name.replace('-', "_"));
+        let describe = table.describe(&self.options);
+        let copy = format!("residents_{}", name.replace('-', "_"));
         let home = self.work.join("sling-home");
         std::fs::create_dir_all(&home)?;
         let mut cmd = Command::new(sling);
         cmd.args(["run", "--src-conn", "BENCH_SRC", "--src-stream", &stream])
             .args(["--tgt-conn", "BENCH_DST", "--tgt-object"])
-            .arg(format!("public.{table}"))
+            .arg(format!("public.{copy}"))
             .args(["--mode", "full-refresh"])
             .env("BENCH_SRC", &src_url)
             .env("BENCH_DST", format!("{}?sslmode=disable", self.pg_url(dst)))
@@ -81,24 +91,24 @@ impl Bench {
         let log = self.work.join(format!("{name}.log"));
         let child = process::spawn("sling", cmd, Some(&log))?;
         let usage = child
-            .wait_at_most(LIMIT)
+            .wait_at_most(limit(rows))
             .await
             .with_context(|| format!("see {}", log.display()))?;
         let n = self
-            .count(dst, &format!("SELECT count(*) FROM {table}"))
+            .count(dst, &format!("SELECT count(*) FROM {copy}"))
             .await?;
-        if n as u64 != self.options.rows {
-            bail!("sling copied {n} rows, not {}", self.options.rows);
+        if n as u64 != rows {
+            bail!("sling copied {n} rows, not {rows}");
         }
         self.pg(dst)
             .await?
-            .batch_execute(&format!("DROP TABLE {table}"))
+            .batch_execute(&format!("DROP TABLE {copy}"))
             .await?;
         let what = if source == "pg" {
-            "sling PostgreSQL → PostgreSQL, full refresh"
+            format!("sling PostgreSQL → PostgreSQL, full refresh{describe}")
         } else {
-            "sling MariaDB → PostgreSQL, full refresh"
+            format!("sling MariaDB → PostgreSQL, full refresh{describe}")
         };
-        Ok(Row::new(name, what, self.options.rows, usage.wall).cost("sling", usage))
+        Ok(Row::new(&name, &what, rows, usage.wall).cost("sling", usage))
     }
 }
