@@ -61,12 +61,69 @@ pub struct ConvertError {
 
 const TS_FORMAT: &str = "%Y-%m-%dT%H:%M:%S";
 
-/// `%Y-%m-%d`, written directly for years 0–9999 (chrono's formatter parses its format
-/// string on every call, which showed in profiles of large reads).
-fn date_text(d: &chrono::NaiveDate) -> String {
+/// Appends `n` (below 10^`width`) with `width` digits, zero-padded.
+fn push_digits(out: &mut Vec<u8>, n: u32, width: usize) {
+    let mut digits = [b'0'; 4];
+    let mut n = n;
+    for d in digits[..width].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend_from_slice(&digits[..width]);
+}
+
+/// Appends `%Y-%m-%d` for years 0–9999 (chrono's formatter parses its format string on every
+/// call, which showed in profiles of large reads); `false`, with nothing written, for others.
+fn push_date(out: &mut Vec<u8>, d: &chrono::NaiveDate) -> bool {
     use chrono::Datelike;
-    if (0..=9999).contains(&d.year()) {
-        format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
+    let Ok(year @ 0..=9999) = u32::try_from(d.year()) else {
+        return false;
+    };
+    push_digits(out, year, 4);
+    out.push(b'-');
+    push_digits(out, d.month(), 2);
+    out.push(b'-');
+    push_digits(out, d.day(), 2);
+    true
+}
+
+/// Appends [`TS_FORMAT`] for years 0–9999; `false`, with nothing written, for others and
+/// for a leap second (nanoseconds past 10⁹), which are left to chrono (it writes `:60`).
+fn push_datetime(out: &mut Vec<u8>, ts: &chrono::NaiveDateTime) -> bool {
+    use chrono::Timelike;
+    if ts.nanosecond() >= 1_000_000_000 || !push_date(out, &ts.date()) {
+        return false;
+    }
+    out.push(b'T');
+    push_digits(out, ts.hour(), 2);
+    out.push(b':');
+    push_digits(out, ts.minute(), 2);
+    out.push(b':');
+    push_digits(out, ts.second(), 2);
+    true
+}
+
+/// [`push_datetime`] and the fraction (`.ffffff`, only when there are microseconds): the
+/// text of a timestamp, without its `Z`.
+fn push_timestamp(out: &mut Vec<u8>, ts: &chrono::NaiveDateTime) -> bool {
+    if !push_datetime(out, ts) {
+        return false;
+    }
+    // Below 10⁶: a leap second took the other path.
+    let micros = ts.and_utc().timestamp_subsec_micros();
+    if micros != 0 {
+        out.push(b'.');
+        push_digits(out, micros / 100, 4);
+        push_digits(out, micros % 100, 2);
+    }
+    true
+}
+
+/// `%Y-%m-%d`, written directly for years 0–9999.
+fn date_text(d: &chrono::NaiveDate) -> String {
+    let mut out = Vec::with_capacity(10);
+    if push_date(&mut out, d) {
+        String::from_utf8(out).expect("digits and dashes")
     } else {
         d.format("%Y-%m-%d").to_string()
     }
@@ -74,18 +131,25 @@ fn date_text(d: &chrono::NaiveDate) -> String {
 
 /// [`TS_FORMAT`], written directly for years 0–9999.
 fn datetime_text(ts: &chrono::NaiveDateTime) -> String {
-    use chrono::Timelike;
-    // A leap second (nanoseconds past 10⁹) is left to chrono, which writes `:60`.
-    if (0..=9999).contains(&chrono::Datelike::year(ts)) && ts.nanosecond() < 1_000_000_000 {
-        format!(
-            "{}T{:02}:{:02}:{:02}",
-            date_text(&ts.date()),
-            ts.hour(),
-            ts.minute(),
-            ts.second()
-        )
+    let mut out = Vec::with_capacity(19);
+    if push_datetime(&mut out, ts) {
+        String::from_utf8(out).expect("digits and separators")
     } else {
         ts.format(TS_FORMAT).to_string()
+    }
+}
+
+/// A timestamp's text (without a `Z`): [`datetime_text`] and its fraction.
+fn timestamp_text(ts: &chrono::NaiveDateTime) -> String {
+    let mut out = Vec::with_capacity(26);
+    if push_timestamp(&mut out, ts) {
+        String::from_utf8(out).expect("digits and separators")
+    } else {
+        format!(
+            "{}{}",
+            datetime_text(ts),
+            fraction(ts.and_utc().timestamp_subsec_micros())
+        )
     }
 }
 
@@ -94,6 +158,32 @@ fn fraction(micros: u32) -> String {
         String::new()
     } else {
         format!(".{micros:06}")
+    }
+}
+
+/// Appends `text` as a JSON string, byte for byte as serde_json writes it. Text without a
+/// character to escape (a quote, a backslash, a control character), which is nearly all
+/// text, is copied whole after one pass over its bytes that the compiler vectorizes;
+/// serde_json's escaping loop goes byte by byte.
+pub fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    let mut needs_escape = false;
+    for chunk in bytes.chunks(32) {
+        // No early exit within a chunk: the loop compiles to vector compares.
+        needs_escape |= chunk.iter().fold(false, |acc, &b| {
+            acc | (b < 0x20) | (b == b'"') | (b == b'\\')
+        });
+        if needs_escape {
+            break;
+        }
+    }
+    if needs_escape {
+        serde_json::to_writer(out, text).expect("a string serializes");
+    } else {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
     }
 }
 
@@ -119,6 +209,44 @@ impl Value {
         }
     }
 
+    /// Appends the JSON form of the value (see the module table) to `out`, byte for byte as
+    /// serde_json writes [`Value::to_json`], without building it: numbers, dates and
+    /// timestamps are written digit by digit, text is escaped straight from the value.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            Value::Null => out.extend_from_slice(b"null"),
+            Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Value::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
+            Value::UInt(u) => out.extend_from_slice(itoa::Buffer::new().format(*u).as_bytes()),
+            Value::Decimal(t) | Value::Text(t) => push_json_string(out, t),
+            Value::Date(_) | Value::Timestamp(_) | Value::TimestampTz(_) => {
+                let start = out.len();
+                out.push(b'"');
+                let written = match self {
+                    Value::Date(d) => push_date(out, d),
+                    Value::Timestamp(ts) => push_timestamp(out, ts),
+                    Value::TimestampTz(ts) => {
+                        push_timestamp(out, &ts.naive_utc()) && {
+                            out.push(b'Z');
+                            true
+                        }
+                    }
+                    _ => false,
+                };
+                if written {
+                    out.push(b'"');
+                } else {
+                    // Years past 9999, leap seconds: chrono's text.
+                    out.truncate(start);
+                    push_json_string(out, &self.to_text().expect("a temporal value has a text"));
+                }
+            }
+            Value::Float(_) | Value::Bytes(_) | Value::Json(_) => {
+                serde_json::to_writer(out, &self.to_json()).expect("a JSON value serializes")
+            }
+        }
+    }
+
     /// The text form used for keys and cursors; `None` for NULL, bytes and JSON.
     pub fn to_text(&self) -> Option<String> {
         Some(match self {
@@ -130,19 +258,11 @@ impl Value {
             Value::Decimal(d) => d.clone(),
             Value::Text(t) => t.clone(),
             Value::Date(d) => date_text(d),
-            Value::Timestamp(ts) => {
-                format!(
-                    "{}{}",
-                    datetime_text(ts),
-                    fraction(ts.and_utc().timestamp_subsec_micros())
-                )
-            }
+            Value::Timestamp(ts) => timestamp_text(ts),
             Value::TimestampTz(ts) => {
-                format!(
-                    "{}{}Z",
-                    datetime_text(&ts.naive_utc()),
-                    fraction(ts.timestamp_subsec_micros())
-                )
+                let mut text = timestamp_text(&ts.naive_utc());
+                text.push('Z');
+                text
             }
             Value::Bytes(b) => base64::engine::general_purpose::STANDARD.encode(b),
         })
@@ -295,6 +415,85 @@ mod tests {
                 expected,
                 "{value:?}"
             );
+            let mut written = Vec::new();
+            value.write_json(&mut written);
+            assert_eq!(String::from_utf8(written).unwrap(), expected, "{value:?}");
+        }
+    }
+
+    /// Every value `write_json` writes is what serde_json writes of `to_json`.
+    fn writes_what_serde_json_writes(value: &Value) {
+        let mut written = Vec::new();
+        value.write_json(&mut written);
+        assert_eq!(
+            String::from_utf8(written).unwrap(),
+            serde_json::to_string(&value.to_json()).unwrap(),
+            "{value:?}"
+        );
+    }
+
+    #[test]
+    fn written_json_is_serde_jsons_at_the_edges() {
+        let leap = NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_nano_opt(23, 59, 59, 1_500_000_000)
+            .unwrap();
+        let far = NaiveDate::from_ymd_opt(12345, 1, 1).unwrap();
+        let before = NaiveDate::from_ymd_opt(-1, 12, 31).unwrap();
+        let first = NaiveDate::from_ymd_opt(0, 1, 1).unwrap();
+        let nanos = first.and_hms_nano_opt(0, 0, 0, 999).unwrap();
+        for ts in [
+            leap,
+            far.and_hms_opt(1, 2, 3).unwrap(),
+            before.and_hms_opt(0, 0, 0).unwrap(),
+            nanos,
+        ] {
+            writes_what_serde_json_writes(&Value::Timestamp(ts));
+            writes_what_serde_json_writes(&Value::TimestampTz(ts.and_utc()));
+            writes_what_serde_json_writes(&Value::Date(ts.date()));
+        }
+        for v in [
+            Value::Int(0),
+            Value::Int(i64::MAX),
+            Value::UInt(0),
+            Value::Bool(false),
+            Value::Text("a\"b\\c\n\u{1}\u{7f}é".into()),
+            Value::Decimal("-0.50".into()),
+            Value::Float(-1e300),
+            Value::Json(serde_json::json!({"a": [1, 2.50, null]})),
+        ] {
+            writes_what_serde_json_writes(&v);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn written_strings_are_serde_jsons(text in ".*", ascii in "[ -~\\t\\n\\x00\\x1f\\x7f]{0,80}") {
+            writes_what_serde_json_writes(&Value::Text(text));
+            writes_what_serde_json_writes(&Value::Text(ascii));
+        }
+
+        #[test]
+        fn written_temporal_json_is_serde_jsons(
+            days in -400_000i32..4_000_000,
+            seconds in 0u32..86_400,
+            nanos in 0u32..2_000_000_000,
+        ) {
+            let date = NaiveDate::from_num_days_from_ce_opt(days).unwrap();
+            // A leap second only at the minute's last second, as chrono allows.
+            let nanos = if seconds % 60 == 59 { nanos } else { nanos % 1_000_000_000 };
+            let ts = date
+                .and_hms_nano_opt(seconds / 3600, seconds / 60 % 60, seconds % 60, nanos)
+                .unwrap();
+            writes_what_serde_json_writes(&Value::Date(date));
+            writes_what_serde_json_writes(&Value::Timestamp(ts));
+            writes_what_serde_json_writes(&Value::TimestampTz(ts.and_utc()));
+        }
+
+        #[test]
+        fn written_integers_are_serde_jsons(i in proptest::prelude::any::<i64>(), u in proptest::prelude::any::<u64>()) {
+            writes_what_serde_json_writes(&Value::Int(i));
+            writes_what_serde_json_writes(&Value::UInt(u));
         }
     }
 

@@ -129,8 +129,25 @@ struct Emit {
     index: usize,
     /// The field name.
     name: String,
+    /// The name as a batch line writes it before the value: a JSON string and `:`.
+    label: Vec<u8>,
     /// Its rule.
     rule: Rule,
+}
+
+impl Emit {
+    /// Column `index` of the row, delivered as field `name` under `rule`.
+    fn new(index: usize, name: &str, rule: &Rule) -> Emit {
+        let mut label = Vec::with_capacity(name.len() + 3);
+        json(&mut label, name);
+        label.push(b':');
+        Emit {
+            index,
+            name: name.to_owned(),
+            label,
+            rule: rule.clone(),
+        }
+    }
 }
 
 /// What one delivered field carries (`Plan::deliver`).
@@ -139,6 +156,8 @@ enum Delivered<'r> {
     Text(&'r str),
     /// A plain JSON value, as read.
     Json(&'r serde_json::Value),
+    /// A plain value of another type, as read (written without building its JSON value).
+    Plain(&'r Value),
     /// The key as it leaves (the key field under the key's own pseudonym or FPE rule).
     Key,
     /// Any other value after its rule.

@@ -3,6 +3,7 @@
 //! (`Plan::deliver`).
 
 use exchange_connectors::{Row, Value};
+use exchange_protocol::value::push_json_string;
 use serde_json::Map;
 
 use super::{Delivered, Emit, MAX_JSON_DEPTH, Outgoing, Plan, Quarantine, json, json_depth};
@@ -19,6 +20,7 @@ impl Plan {
             let value = match self.deliver(e, &row.values[e.index]) {
                 Ok(Delivered::Text(t)) => serde_json::Value::String(t.to_owned()),
                 Ok(Delivered::Json(j)) => j.clone(),
+                Ok(Delivered::Plain(v)) => v.to_json(),
                 Ok(Delivered::Key) => serde_json::Value::String(key.clone()),
                 Ok(Delivered::Value(v)) => v,
                 Err(reason) => return Err(Quarantine::new(Some(key), reason)),
@@ -42,18 +44,19 @@ impl Plan {
         let (key, invalid_key) = self.key_of(row)?;
         let start = out.len();
         out.extend_from_slice(br#"{"op":"upsert","key":"#);
-        json(out, key.as_str());
+        push_json_string(out, &key);
         out.extend_from_slice(br#","fields":{"#);
         for (n, e) in self.emit.iter().enumerate() {
             if n > 0 {
                 out.push(b',');
             }
-            json(out, e.name.as_str());
-            out.push(b':');
+            out.extend_from_slice(&e.label);
             match self.deliver(e, &row.values[e.index]) {
-                Ok(Delivered::Text(t)) => json(out, t),
+                Ok(Delivered::Text(t)) => push_json_string(out, t),
                 Ok(Delivered::Json(j)) => json(out, j),
-                Ok(Delivered::Key) => json(out, key.as_str()),
+                Ok(Delivered::Plain(v)) => v.write_json(out),
+                Ok(Delivered::Key) => push_json_string(out, &key),
+                Ok(Delivered::Value(serde_json::Value::String(t))) => push_json_string(out, &t),
                 Ok(Delivered::Value(v)) => json(out, &v),
                 Err(reason) => {
                     out.truncate(start);
@@ -95,6 +98,7 @@ impl Plan {
             }
             Ok(Value::Text(t)) if e.rule.is_plain() => Ok(Delivered::Text(t)),
             Ok(Value::Json(j)) if e.rule.is_plain() => Ok(Delivered::Json(j)),
+            Ok(v) if e.rule.is_plain() => Ok(Delivered::Plain(v)),
             Ok(v) => Ok(Delivered::Value(self.field(&e.rule, v))),
             Err(err) => Err(err.to_string()),
         }

@@ -29,11 +29,7 @@ impl Plan {
         for (name, rule) in &resource.fields {
             if *rule != Rule::Drop {
                 let index = add(name, &mut columns);
-                emit.push(Emit {
-                    index,
-                    name: name.clone(),
-                    rule: rule.clone(),
-                });
+                emit.push(Emit::new(index, name, rule));
             }
         }
         let key_index = add(&resource.key, &mut columns);

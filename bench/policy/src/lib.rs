@@ -12,6 +12,7 @@ use exchange_agent::identifier::{IdKind, citizen_id_check};
 use exchange_agent::policy::{Keys, PseudonymKey, Rule};
 use exchange_agent::schedule::Schedule;
 use exchange_connectors::{Relation, Row, Value};
+use exchange_testkit::residents;
 
 /// A fixed test key (never a real one).
 pub const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
@@ -94,6 +95,75 @@ pub fn rows(n: usize) -> Vec<Row> {
                     Ok(Value::Date(birth)),
                 ],
             }
+        })
+        .collect()
+}
+
+/// The columns of the pipeline benchmark's registry table (`bench/pipeline/src/data.rs`), in
+/// the order [`registry_rows`] gives their values.
+pub const REGISTRY_COLUMNS: [&str; 10] = [
+    "id_card",
+    "name",
+    "gender",
+    "birth",
+    "mobile",
+    "address",
+    "insured_since",
+    "salary",
+    "status",
+    "updated_at",
+];
+
+/// The pipeline benchmark's resource over the registry table (`agent-pg-ack`): incremental
+/// on `(updated_at, id_card)`, every column `plain`, or with `desensitized` the rules of its
+/// `-policy` scenarios (`name` and `address` masked, `mobile` pseudonymized, `birth`
+/// generalized to year and month).
+pub fn registry_resource(desensitized: bool) -> Resource {
+    let rule_of = |column: &str| match (desensitized, column) {
+        (true, "name") => rule("mask:name", IdKind::Other),
+        (true, "address") => rule("mask:address", IdKind::Other),
+        (true, "mobile") => rule("pseudonym", IdKind::Mobile),
+        (true, "birth") => rule("generalize:year_month", IdKind::Other),
+        _ => Rule::Plain,
+    };
+    Resource {
+        fields: REGISTRY_COLUMNS
+            .iter()
+            .map(|c| (c.to_string(), rule_of(c)))
+            .collect(),
+        key: "id_card".into(),
+        key_kind: IdKind::Other,
+        share: Share::Unconditional,
+        relation: Relation::Table("residents".into()),
+        mode: Mode::Incremental {
+            cursor: vec!["updated_at".into(), "id_card".into()],
+            safety_lag: Duration::from_secs(1),
+        },
+        ..resource(false)
+    }
+}
+
+/// The first `n` rows of the pipeline benchmark's registry table (seed 1), as the PostgreSQL
+/// connector converts them: text, dates, a decimal, a small integer, a `timestamptz`.
+pub fn registry_rows(n: u64) -> Vec<Row> {
+    residents::registry(n, 1)
+        .map(|r| Row {
+            values: vec![
+                Ok(Value::Text(r.id_card)),
+                Ok(Value::Text(r.name)),
+                Ok(Value::Text(r.gender.to_owned())),
+                Ok(Value::Date(r.birth)),
+                Ok(Value::Text(r.mobile)),
+                Ok(Value::Text(r.address)),
+                Ok(Value::Date(r.insured_since.parse().expect("a date"))),
+                Ok(Value::Decimal(format!(
+                    "{}.{:02}",
+                    r.salary_fen / 100,
+                    r.salary_fen % 100
+                ))),
+                Ok(Value::Int(r.status.into())),
+                Ok(Value::TimestampTz(r.updated_at.and_utc())),
+            ],
         })
         .collect()
 }
