@@ -310,7 +310,10 @@ fn main() -> ExitCode {
         .build()
     {
         Ok(runtime) => runtime.block_on(agent_main()),
-        Err(e) => fail(anyhow::Error::new(e).context("cannot start the async runtime")),
+        Err(e) => fail(anyhow::Error::new(e).context(exchange_protocol::tr!(
+            "cannot start the async runtime",
+            "无法启动异步运行时"
+        ))),
     }
 }
 
@@ -370,16 +373,21 @@ async fn run(at: At<'_>) -> ExitCode {
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => Some(l),
             Err(e) => {
-                return fail(anyhow::anyhow!(
-                    "cannot listen on {addr} (admin.listen in {}): {e}",
-                    file.display()
-                ));
+                return fail(anyhow::anyhow!(exchange_protocol::tr!(
+                    "cannot listen on {addr} (admin.listen in {}): {}",
+                    "无法监听 {addr}（{} 中的 admin.listen）：{}",
+                    file.display(),
+                    exchange_protocol::translate::io(&e)
+                )));
             }
         },
         None => None,
     };
     exchange_agent::metrics::mark_start();
-    let pipeline = match Pipeline::build(config).context("cannot start the agent") {
+    let pipeline = match Pipeline::build(config).context(exchange_protocol::tr!(
+        "cannot start the agent",
+        "无法启动前置机"
+    )) {
         Ok(p) => Arc::new(p),
         Err(e) => return fail(e),
     };
@@ -390,7 +398,10 @@ async fn run(at: At<'_>) -> ExitCode {
     };
     match daemon::serve(pipeline, options, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(anyhow::Error::new(e).context("cannot start the agent")),
+        Err(e) => fail(anyhow::Error::new(e).context(exchange_protocol::tr!(
+            "cannot start the agent",
+            "无法启动前置机"
+        ))),
     }
 }
 
@@ -441,7 +452,12 @@ async fn sync_command(at: At<'_>, resource: Option<String>, wait: &str, timeout:
                 Err(e) => return fail(e.into()),
             }
         }
-        Err(e) => return fail(anyhow::Error::new(e).context("cannot start the sync")),
+        Err(e) => {
+            return fail(anyhow::Error::new(e).context(exchange_protocol::tr!(
+                "cannot start the sync",
+                "无法开始同步"
+            )));
+        }
     };
     print!("{report}");
     if report.is_complete() {
@@ -661,6 +677,9 @@ fn audit_export(config: &Config, since: Option<&str>) -> ExitCode {
         .and_then(|_| std::io::Write::flush(&mut out))
     {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(anyhow::Error::new(e).context("cannot export the audit log")),
+        Err(e) => fail(anyhow::Error::new(e).context(exchange_protocol::tr!(
+            "cannot export the audit log",
+            "无法导出审计日志"
+        ))),
     }
 }

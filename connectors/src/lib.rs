@@ -224,17 +224,26 @@ pub struct NullRows {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
     /// The source could not be reached or the session broke; retry with backoff.
-    #[error("source `{source_name}` ({address}) is unreachable: {reason}")]
+    #[error("{}", exchange_protocol::tr!(
+        "source `{source_name}` ({address}) is unreachable: {reason}",
+        "无法连接数据源 `{source_name}`（{address}）：{reason}"
+    ))]
     Unreachable {
         source_name: String,
         address: String,
         reason: String,
     },
     /// The source refused the statement (missing table or column, syntax, privilege).
-    #[error("source `{source_name}` refused the statement: {reason}")]
+    #[error("{}", exchange_protocol::tr!(
+        "source `{source_name}` refused the statement: {reason}",
+        "数据源 `{source_name}` 拒绝执行语句：{reason}"
+    ))]
     Statement { source_name: String, reason: String },
     /// The configuration of the source is wrong (URL, TLS settings).
-    #[error("source `{source_name}`: {reason}")]
+    #[error("{}", exchange_protocol::tr!(
+        "source `{source_name}`: {reason}",
+        "数据源 `{source_name}`：{reason}"
+    ))]
     Config { source_name: String, reason: String },
 }
 

@@ -19,9 +19,10 @@ pub enum ExportError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A stored `fields` text is not a JSON object (the database was edited by hand?).
-    #[error(
-        "resource `{resource}`: the stored fields of row {row} (in key order) are not a JSON object: {reason}"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "resource `{resource}`: the stored fields of row {row} (in key order) are not a JSON object: {reason}",
+        "资源 `{resource}`：第 {row} 行（按主键排序）存储的字段不是 JSON 对象：{reason}"
+    ))]
     Corrupt {
         /// The resource code.
         resource: String,
@@ -31,7 +32,10 @@ pub enum ExportError {
         reason: String,
     },
     /// Writing the output failed.
-    #[error("cannot write the export: {0}")]
+    #[error("{}", exchange_protocol::tr!(
+        "cannot write the export: {0}",
+        "无法写入导出文件：{0}", .0
+    ))]
     Write(std::io::Error),
 }
 

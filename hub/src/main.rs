@@ -222,14 +222,15 @@ async fn run(command: Command, config: PathBuf) -> Result<(), Failure> {
             let known = store.resources().await.map_err(other_error)?;
             if !known.iter().any(|(r, _)| *r == resource) {
                 let list: Vec<&str> = known.iter().map(|(r, _)| r.as_str()).collect();
-                return Err(other_error(anyhow::anyhow!(
-                    "no node has pushed resource `{resource}` to this hub; known resources: {}",
-                    if list.is_empty() {
-                        "none yet".to_owned()
-                    } else {
-                        list.join(", ")
-                    }
-                )));
+                let list = if list.is_empty() {
+                    exchange_protocol::tr!("none yet", "暂无")
+                } else {
+                    list.join(", ")
+                };
+                return Err(other_error(anyhow::anyhow!(exchange_protocol::tr!(
+                    "no node has pushed resource `{resource}` to this hub; known resources: {list}",
+                    "没有节点向本交换中心推送过资源 `{resource}`；已知资源：{list}"
+                ))));
             }
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
@@ -255,7 +256,7 @@ async fn verify(file: &std::path::Path, args: VerifyArgs) -> Result<(), Failure>
         return Err(config_error(anyhow::anyhow!(
             "{}: {}",
             file.display(),
-            NO_CLIENT_AUTH
+            no_client_auth()
         )));
     }
     let key = comparison_key(file, &args, &config)?;
@@ -282,7 +283,13 @@ async fn check(config: &std::path::Path, connect: bool) -> Result<(), Failure> {
     let loaded = HubConfig::load(config).map_err(config_error)?;
     loaded
         .server_tls()
-        .with_context(|| format!("{}: [listen] TLS material", config.display()))
+        .with_context(|| {
+            exchange_protocol::tr!(
+                "{}: [listen] TLS material",
+                "{}：[listen] TLS 材料",
+                config.display()
+            )
+        })
         .map_err(config_error)?;
     client_certificate(config, &loaded)?;
     let expiry = certificate_expiry(config, &loaded)?;
@@ -360,7 +367,13 @@ fn certificate_expiry(file: &std::path::Path, config: &HubConfig) -> Result<Vec<
 }
 
 /// Why `verify` cannot work with a certificate without clientAuth.
-const NO_CLIENT_AUTH: &str = "the certificate `exchange-hub verify` presents ([client] cert, else [listen] cert) is not for TLS clients (its extended key usage lacks clientAuth): every agent refuses it in the handshake. Issue the hub a client certificate (extendedKeyUsage = clientAuth, docs/CERTIFICATES.md) and name it in [client] cert and key";
+/// Why `exchange-hub verify` cannot use its certificate.
+fn no_client_auth() -> String {
+    exchange_protocol::tr!(
+        "the certificate `exchange-hub verify` presents ([client] cert, else [listen] cert) is not for TLS clients (its extended key usage lacks clientAuth): every agent refuses it in the handshake. Issue the hub a client certificate (extendedKeyUsage = clientAuth, docs/CERTIFICATES.md) and name it in [client] cert and key",
+        "`exchange-hub verify` 出示的证书（[client] cert，未设置时为 [listen] cert）不能用于 TLS 客户端（其扩展密钥用法中没有 clientAuth）：每个前置机都会在握手时拒绝它。请为交换中心签发客户端证书（extendedKeyUsage = clientAuth，见 docs/CERTIFICATES.md），并在 [client] cert 和 key 中指定"
+    )
+}
 
 /// Whether `[client] cert` (else `[listen] cert`) may authenticate a TLS client.
 fn client_auth(config: &HubConfig) -> Result<bool, Failure> {
@@ -378,15 +391,15 @@ fn client_certificate(file: &std::path::Path, config: &HubConfig) -> Result<(), 
         return Err(config_error(anyhow::anyhow!(
             "{}: {}",
             file.display(),
-            NO_CLIENT_AUTH
+            no_client_auth()
         )));
     }
-    let file = file.display();
+    let (file, why) = (file.display(), no_client_auth());
     println!(
         "{}",
         exchange_protocol::tr!(
-            "warning: {file}: `exchange-hub verify` will not work: {NO_CLIENT_AUTH}",
-            "警告：{file}：`exchange-hub verify` 将无法使用：{NO_CLIENT_AUTH}"
+            "warning: {file}: `exchange-hub verify` will not work: {why}",
+            "警告：{file}：`exchange-hub verify` 将无法使用：{why}"
         )
     );
     Ok(())
@@ -404,8 +417,12 @@ fn comparison_key(
     }
     let Some(file) = &config.comparison_key_file else {
         return Err(config_error(anyhow::anyhow!(
-            "{}: --hmac needs `comparison_key_file` in [client] (the comparison key shared with the provider)",
-            file.display()
+            "{}",
+            exchange_protocol::tr!(
+                "{}: --hmac needs `comparison_key_file` in [client] (the comparison key shared with the provider)",
+                "{}：--hmac 需要 [client] 中的 `comparison_key_file`（与提供方共享的比对密钥）",
+                file.display()
+            )
         )));
     };
     exchange_hub::verify::read_comparison_key(file, config.comparison_key_version)
@@ -481,7 +498,9 @@ impl VerifySession<'_> {
         }
         let out = v::answers_path(file);
         std::fs::write(&out, v::answers_csv(&fields, &rows, &answers))
-            .with_context(|| format!("cannot write {}", out.display()))
+            .with_context(|| {
+                exchange_protocol::tr!("cannot write {}", "无法写入 {}", out.display())
+            })
             .map_err(other_error)?;
         if self.args.json {
             for text in raw {
@@ -528,10 +547,11 @@ impl VerifySession<'_> {
         let mut claims = std::collections::BTreeMap::new();
         for c in &self.args.claims {
             let Some((field, value)) = c.split_once('=') else {
-                return Err(config_error(anyhow::anyhow!(
+                return Err(config_error(anyhow::anyhow!(exchange_protocol::tr!(
                     "--claim `{}`: expected field=value",
+                    "--claim `{}`：应写成 字段=值",
                     c.split('=').next().unwrap_or_default()
-                )));
+                ))));
             };
             claims.insert(
                 field.trim().to_owned(),
@@ -539,9 +559,10 @@ impl VerifySession<'_> {
             );
         }
         if claims.is_empty() {
-            return Err(config_error(anyhow::anyhow!(
-                "give at least one --claim field=value"
-            )));
+            return Err(config_error(anyhow::anyhow!(exchange_protocol::tr!(
+                "give at least one --claim field=value",
+                "请至少给出一个 --claim 字段=值"
+            ))));
         }
         Ok(claims)
     }
@@ -580,7 +601,13 @@ async fn serve(path: PathBuf) -> Result<(), Failure> {
     let config = HubConfig::load(&path).map_err(config_error)?;
     let tls = config
         .server_tls()
-        .with_context(|| format!("{}: [listen] TLS material", path.display()))
+        .with_context(|| {
+            exchange_protocol::tr!(
+                "{}: [listen] TLS material",
+                "{}：[listen] TLS 材料",
+                path.display()
+            )
+        })
         .map_err(config_error)?;
     let store = open_store(&config).await?;
     let listener = listen(&config, &path).await?;
@@ -625,8 +652,9 @@ async fn listen(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| {
-            format!(
+            exchange_protocol::tr!(
                 "cannot listen on {} (listen.addr in {}): is another process using the port, or does binding it need privileges?",
+                "无法监听 {}（{} 中的 listen.addr）：是否有其他进程占用该端口，或绑定该端口需要特权？",
                 config.listen,
                 path.display()
             )
@@ -634,7 +662,10 @@ async fn listen(
         .map_err(other_error)?;
     let bound = listener
         .local_addr()
-        .context("cannot read the listening address")
+        .context(exchange_protocol::tr!(
+            "cannot read the listening address",
+            "无法读取监听地址"
+        ))
         .map_err(other_error)?;
     info!(
         addr = %bound,
@@ -670,8 +701,9 @@ impl AdminListener {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| {
-                format!(
+                exchange_protocol::tr!(
                     "cannot listen on {addr} (admin.listen in {}): is another process using the port?",
+                    "无法监听 {addr}（{} 中的 admin.listen）：是否有其他进程占用该端口？",
                     path.display()
                 )
             })

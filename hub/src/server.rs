@@ -67,13 +67,19 @@ const MAX_RESOURCE_LEN: usize = 128;
 pub enum HubError {
     /// The TLS material in `[listen]` is unusable (the TLS error is in the message, not a
     /// `source`: a chain, `{:#}`, names it once).
-    #[error("cannot set up TLS from [listen] (ca, cert, key): {0}")]
+    #[error("{}", exchange_protocol::tr!(
+        "cannot set up TLS from [listen] (ca, cert, key): {0}",
+        "无法根据 [listen]（ca、cert、key）建立 TLS：{0}", .0
+    ))]
     Tls(TlsError),
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The listener is unusable (the error in the message, not a `source`: named once).
-    #[error("the listening socket is unusable: {0}")]
+    #[error("{}", exchange_protocol::tr!(
+        "the listening socket is unusable: {0}",
+        "监听套接字不可用：{0}", .0
+    ))]
     Listener(std::io::Error),
 }
 

@@ -58,7 +58,10 @@ use crate::config::StoreConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be opened or prepared at startup.
-    #[error("cannot open {target}: {reason}")]
+    #[error("{}", exchange_protocol::tr!(
+        "cannot open {target}: {reason}",
+        "无法打开 {target}：{reason}"
+    ))]
     Open {
         /// The database, e.g. `SQLite database /var/lib/exchange-hub/hub.db`.
         target: String,
@@ -75,9 +78,10 @@ pub enum StoreError {
         reason: String,
     },
     /// The resource is provided by another node.
-    #[error(
-        "resource `{resource}` is provided by node `{owner}`; node `{node}` may not push it (each resource code has exactly one providing node: check `code` in the agent's configuration, or ask the hub operator to reassign the resource)"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "resource `{resource}` is provided by node `{owner}`; node `{node}` may not push it (each resource code has exactly one providing node: check `code` in the agent's configuration, or ask the hub operator to reassign the resource)",
+        "资源 `{resource}` 由节点 `{owner}` 提供；节点 `{node}` 不得推送它（每个资源代码只有一个提供节点：请检查前置机配置中的 `code`，或请交换中心管理员重新分配该资源）"
+    ))]
     NotOwner {
         /// The resource code.
         resource: String,
@@ -87,9 +91,10 @@ pub enum StoreError {
         node: String,
     },
     /// The resource's catalogue entry says it is not shared.
-    #[error(
-        "resource `{resource}` is catalogued as share = \"none\" (不予共享) by node `{node}`: it is never delivered, so the hub refuses its batches (if it is to be shared now, change `share` in the agent's configuration: the agent reports its new catalogue entry when it starts)"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "resource `{resource}` is catalogued as share = \"none\" (不予共享) by node `{node}`: it is never delivered, so the hub refuses its batches (if it is to be shared now, change `share` in the agent's configuration: the agent reports its new catalogue entry when it starts)",
+        "资源 `{resource}` 被节点 `{node}` 编目为 share = \"none\"（不予共享）：它从不交付，因此交换中心拒收其批次（如现在要共享，请修改前置机配置中的 `share`：前置机启动时会上报新的目录条目）"
+    ))]
     NotShared {
         /// The resource code.
         resource: String,
@@ -97,7 +102,10 @@ pub enum StoreError {
         node: String,
     },
     /// The database is temporarily failing (connection lost, busy, disk full); retry later.
-    #[error("{target} is temporarily unavailable: {reason}")]
+    #[error("{}", exchange_protocol::tr!(
+        "{target} is temporarily unavailable: {reason}",
+        "{target} 暂时不可用：{reason}"
+    ))]
     Unavailable {
         /// The database.
         target: String,
@@ -106,10 +114,10 @@ pub enum StoreError {
     },
     /// The batch's seq is above the stream's `last_seq + 1`: batches in between are missing,
     /// so the hub's store is older than the agent's queue (restored or wiped).
-    #[error(
+    #[error("{}", exchange_protocol::tr!(
         "resource `{resource}`, stream {stream}: batch seq {seq} does not follow the hub's last applied seq {last_seq} (the hub accepts only seq {next}); nothing was applied. The hub's store was restored from an older copy or wiped: stop the resource and resynchronize it with `exchange-agent resync {resource}`",
-        next = last_seq + 1
-    )]
+        "资源 `{resource}`，数据流 {stream}：批次序号 {seq} 不接续交换中心最后应用的序号 {last_seq}（交换中心只接受序号 {next}）；未应用任何内容。交换中心的存储是从较旧的副本恢复的或被清空：请停止该资源并用 `exchange-agent resync {resource}` 重新同步", next = last_seq + 1
+    ))]
     Gap {
         /// The resource code.
         resource: String,
@@ -121,7 +129,10 @@ pub enum StoreError {
         last_seq: u64,
     },
     /// Any other database failure.
-    #[error("{target} failed: {reason}")]
+    #[error("{}", exchange_protocol::tr!(
+        "{target} failed: {reason}",
+        "{target} 失败：{reason}"
+    ))]
     Failed {
         /// The database.
         target: String,

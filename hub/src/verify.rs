@@ -24,10 +24,16 @@ use exchange_protocol::verify::{
 pub enum VerifyCallError {
     /// The TLS material of `[client]` is unusable (the TLS error is in the message, not a
     /// `source`: a chain, `{:#}`, names it once).
-    #[error("cannot set up TLS from [client] (or [listen]): {0}")]
+    #[error("{}", exchange_protocol::tr!(
+        "cannot set up TLS from [client] (or [listen]): {0}",
+        "无法根据 [client]（或 [listen]）建立 TLS：{0}", .0
+    ))]
     Tls(exchange_protocol::tls::TlsError),
     /// The agent URL is not `https://host:port`.
-    #[error("`{0}` is not an https:// URL of an agent's verification service")]
+    #[error("{}", exchange_protocol::tr!(
+        "`{0}` is not an https:// URL of an agent's verification service",
+        "`{0}` 不是前置机核验服务的 https:// 地址", .0
+    ))]
     Url(String),
     /// The TLS handshake with the agent failed: `message` says which side refused which
     /// certificate, with the TLS reason, and what to check.
@@ -39,7 +45,10 @@ pub enum VerifyCallError {
         message: String,
     },
     /// The agent could not be reached or the connection broke.
-    #[error("cannot reach the agent at {url}: {reason}")]
+    #[error("{}", exchange_protocol::tr!(
+        "cannot reach the agent at {url}: {reason}",
+        "无法连接前置机 {url}：{reason}"
+    ))]
     Transport {
         /// The agent's URL.
         url: String,
@@ -47,7 +56,10 @@ pub enum VerifyCallError {
         reason: String,
     },
     /// The agent refused the request.
-    #[error("the agent refused the request ({status}): {message}")]
+    #[error("{}", exchange_protocol::tr!(
+        "the agent refused the request ({status}): {message}",
+        "前置机拒绝了请求（{status}）：{message}"
+    ))]
     Refused {
         /// The HTTP status.
         status: u16,
@@ -57,7 +69,10 @@ pub enum VerifyCallError {
         retry_after: Option<String>,
     },
     /// The answer is not a verification answer.
-    #[error("the agent's answer is not a verification answer: {0}")]
+    #[error("{}", exchange_protocol::tr!(
+        "the agent's answer is not a verification answer: {0}",
+        "前置机的应答不是核验应答：{0}", .0
+    ))]
     Answer(String),
 }
 

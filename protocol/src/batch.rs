@@ -206,16 +206,28 @@ impl ErrorBody {
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
     /// The body is not valid zstd.
-    #[error("body is not valid zstd: {0}")]
+    #[error("{}", crate::tr!(
+        "body is not valid zstd: {0}",
+        "请求体不是有效的 zstd 数据：{0}", .0
+    ))]
     Decompress(std::io::Error),
     /// The body decompresses to more than the limit.
-    #[error("body decompresses to more than {limit} bytes")]
+    #[error("{}", crate::tr!(
+        "body decompresses to more than {limit} bytes",
+        "请求体解压后超过 {limit} 字节"
+    ))]
     TooLarge { limit: usize },
     /// The digest does not match.
-    #[error("content digest mismatch: header says {claimed}, body is {actual}")]
+    #[error("{}", crate::tr!(
+        "content digest mismatch: header says {claimed}, body is {actual}",
+        "内容摘要不一致：请求头为 {claimed}，请求体为 {actual}"
+    ))]
     Digest { claimed: String, actual: String },
     /// A line is not a valid record, or its key is refused.
-    #[error("line {line}: {reason}")]
+    #[error("{}", crate::tr!(
+        "line {line}: {reason}",
+        "第 {line} 行：{reason}"
+    ))]
     Line {
         /// The line's number, from 1.
         line: usize,
@@ -223,7 +235,10 @@ pub enum BatchError {
         reason: String,
     },
     /// The record count does not match.
-    #[error("header says {claimed} records, body holds {actual}")]
+    #[error("{}", crate::tr!(
+        "header says {claimed} records, body holds {actual}",
+        "请求头声明 {claimed} 条记录，请求体含 {actual} 条"
+    ))]
     Count { claimed: u64, actual: u64 },
 }
 

@@ -8,7 +8,12 @@
 //!
 //! Every message a person reads is written in both languages where it is written:
 //! [`tr!`](crate::tr) takes the English and the Chinese format strings (the same arguments,
-//! captured by name) and formats the one for the current language.
+//! captured by name) and formats the one for the current language. An error enum does it in
+//! its attribute: `#[error("{}", tr!("no field `{field}`", "没有字段 `{field}`"))]` (thiserror
+//! binds the fields by name; a `Path` field needs `path = path.display()`). The architecture
+//! test refuses an error message of the agent, the hub or their libraries written in English
+//! only. Text written now and read later by someone else (a stop reason the service stores,
+//! read by an operator's `status`) is kept in both: [`Text::render`].
 
 use std::sync::OnceLock;
 
@@ -83,6 +88,81 @@ pub fn pick<'a>(en: &'a str, zh: &'a str) -> &'a str {
     }
 }
 
+/// Text written by one process and read later, maybe by another in the other language: a
+/// stop reason or the last error the service keeps, which `status` prints in the language of
+/// the operator who asks. Serialized as `{"en": …, "zh": …}`; a plain string (written by a
+/// version that kept one language) still reads, as [`Text::One`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Text {
+    /// The same message in both languages.
+    Both {
+        /// English.
+        en: String,
+        /// Simplified Chinese.
+        zh: String,
+    },
+    /// A message in one language only.
+    One(String),
+}
+
+impl Text {
+    /// Renders a message in both languages: `f` runs once in each ([`scoped`]).
+    pub fn render(f: impl Fn() -> String) -> Text {
+        let en = scoped(Lang::En, &f);
+        let zh = scoped(Lang::Zh, &f);
+        if en == zh {
+            Text::One(en)
+        } else {
+            Text::Both { en, zh }
+        }
+    }
+
+    /// The message in the current language (the one it has, if only one).
+    pub fn get(&self) -> &str {
+        match self {
+            Text::Both { en, zh } => pick(en, zh),
+            Text::One(s) => s,
+        }
+    }
+
+    /// The same message with `f` applied to each language's text.
+    pub fn map(&self, f: impl Fn(&str) -> String) -> Text {
+        match self {
+            Text::Both { en, zh } => Text::Both {
+                en: f(en),
+                zh: f(zh),
+            },
+            Text::One(s) => Text::One(f(s)),
+        }
+    }
+
+    /// The message in English (the one it has, if only one): for logs and the audit log.
+    pub fn en(&self) -> &str {
+        match self {
+            Text::Both { en, .. } | Text::One(en) => en,
+        }
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Text {
+        Text::One(s)
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Text {
+        Text::One(s.to_owned())
+    }
+}
+
 /// Formats the English or the Chinese format string, by the current language:
 /// `tr!("no resource `{code}`", "没有资源 `{code}`")`. Both strings take the same arguments
 /// (captured by name, or given after them as for `format!`).
@@ -142,6 +222,29 @@ mod tests {
         let en = scoped(Lang::En, || crate::tr!("queue", "队列"));
         assert_eq!((zh.as_str(), en.as_str()), ("队列", "queue"));
         assert_eq!(current(), process);
+    }
+
+    #[test]
+    fn a_text_rendered_in_both_languages_reads_in_the_asked_one_and_old_plain_text_still_reads() {
+        let code = "people";
+        let text = Text::render(|| crate::tr!("`{code}` is stopped", "`{code}` 已停止"));
+        assert_eq!(
+            scoped(Lang::Zh, || text.get().to_owned()),
+            "`people` 已停止"
+        );
+        assert_eq!(
+            scoped(Lang::En, || text.get().to_owned()),
+            "`people` is stopped"
+        );
+        assert_eq!(text.en(), "`people` is stopped");
+        let json = serde_json::to_string(&text).unwrap();
+        assert_eq!(serde_json::from_str::<Text>(&json).unwrap(), text);
+        let old: Text = serde_json::from_str("\"the hub lost batches\"").unwrap();
+        assert_eq!(old, Text::One("the hub lost batches".into()));
+        assert_eq!(
+            scoped(Lang::Zh, || old.get().to_owned()),
+            "the hub lost batches"
+        );
     }
 
     #[test]

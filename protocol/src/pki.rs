@@ -19,13 +19,23 @@ use time::{Duration, OffsetDateTime};
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     /// rcgen refused (its error is the `source`: a chain, `{:#}`, names it once).
-    #[error("certificate generation failed")]
+    #[error("{}", crate::tr!(
+        "certificate generation failed",
+        "证书生成失败"
+    ))]
     Generate(#[from] rcgen::Error),
     /// A certificate just issued does not parse back.
-    #[error("the certificate issued does not parse: {0}")]
+    #[error("{}", crate::tr!(
+        "the certificate issued does not parse: {0}",
+        "签发的证书无法解析：{0}", .0
+    ))]
     Parse(String),
     /// Writing a file failed (the I/O error is the `source`: a chain, `{:#}`, names it once).
-    #[error("cannot write {path}")]
+    #[error("{}", crate::tr!(
+        "cannot write {path}",
+        "无法写入 {path}",
+        path = path.display()
+    ))]
     Write {
         path: PathBuf,
         #[source]

@@ -272,7 +272,10 @@ impl Drop for Held<'_> {
 
 /// The listening socket is unusable.
 #[derive(Debug, thiserror::Error)]
-#[error("the listening socket is unusable: {0}")]
+#[error("{}", crate::tr!(
+    "the listening socket is unusable: {0}",
+    "监听套接字不可用：{0}", .0
+))]
 pub struct ServeError(#[source] pub std::io::Error);
 
 /// A connection in a [`Pool`]: its id, its peer's address, when it entered, and the signal

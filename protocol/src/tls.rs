@@ -26,35 +26,71 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKey
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
+/// What a file is (`TlsError`'s `what`), in Chinese.
+fn noun_zh(what: &str) -> &str {
+    match what {
+        "CA" => "CA 证书",
+        "client CA" => "客户端 CA 证书",
+        "hub CA" => "交换中心 CA 证书",
+        "source CA" => "数据源 CA 证书",
+        "client certificate" => "客户端证书",
+        "server certificate" => "服务器证书",
+        "node certificate" => "节点证书",
+        "the hub's client certificate" => "交换中心的客户端证书",
+        "private key" => "私钥",
+        "secret" => "密钥",
+        "certificate revocation list" => "证书吊销列表",
+        other => other,
+    }
+}
+
 /// What can go wrong while building a TLS configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A certificate, CA or key file could not be read. The I/O error is part of the message
     /// and not a `source`, so that a chain (`{:#}`) names it once.
-    #[error("cannot read {what} file {path}: {error}")]
+    #[error("{}", crate::tr!(
+        "cannot read {what} file {path}: {error}",
+        "无法读取{what}文件 {path}：{error}",
+        what = crate::lang::pick(what, noun_zh(what)),
+        error = crate::translate::io(error),
+        path = path.display()
+    ))]
     Read {
         what: &'static str,
         path: PathBuf,
         error: std::io::Error,
     },
     /// The file holds no PEM item of the expected kind.
-    #[error("{what} file {path} holds no PEM {expected}")]
+    #[error("{}", crate::tr!(
+        "{what} file {path} holds no PEM {expected}",
+        "{what}文件 {path} 中没有 PEM {expected}",
+        what = crate::lang::pick(what, noun_zh(what)),
+        path = path.display()
+    ))]
     Empty {
         what: &'static str,
         path: PathBuf,
         expected: &'static str,
     },
     /// The file is not valid PEM.
-    #[error("{what} file {path} is not valid PEM: {reason}")]
+    #[error("{}", crate::tr!(
+        "{what} file {path} is not valid PEM: {reason}",
+        "{what}文件 {path} 不是有效的 PEM：{reason}",
+        what = crate::lang::pick(what, noun_zh(what)),
+        path = path.display()
+    ))]
     Pem {
         what: &'static str,
         path: PathBuf,
         reason: String,
     },
     /// A private key that other users can read is refused.
-    #[error(
-        "private key {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}` and make it owned by the service user"
-    )]
+    #[error("{}", crate::tr!(
+        "private key {path} is readable by other users (mode {mode:o}); run `chmod 600 {path}` and make it owned by the service user",
+        "私钥 {path} 可被其他用户读取（权限 {mode:o}）；请运行 `chmod 600 {path}`，并将其属主设为服务用户",
+        path = path.display()
+    ))]
     KeyPermissions { path: PathBuf, mode: u32 },
     /// rustls refused the material (its error in the message, not a `source`: named once).
     #[error("{context}: {error}")]
@@ -63,10 +99,17 @@ pub enum TlsError {
         error: rustls::Error,
     },
     /// The certificate verifier could not be built (an unusable CA or CRL).
-    #[error("CA {path} or its certificate revocation lists: {reason}")]
+    #[error("{}", crate::tr!(
+        "CA {path} or its certificate revocation lists: {reason}",
+        "CA {path} 或其证书吊销列表：{reason}",
+        path = path.display()
+    ))]
     Verifier { path: PathBuf, reason: String },
     /// The system trust store could not be loaded.
-    #[error("no usable certificate in the system trust store: {0}")]
+    #[error("{}", crate::tr!(
+        "no usable certificate in the system trust store: {0}",
+        "系统信任库中没有可用的证书：{0}", .0
+    ))]
     SystemRoots(String),
 }
 
@@ -185,7 +228,11 @@ fn roots_from(what: &'static str, path: &Path) -> Result<RootCertStore, TlsError
     let mut roots = RootCertStore::empty();
     for cert in load_certs(what, path)? {
         roots.add(cert).map_err(|error| TlsError::Rustls {
-            context: format!("{what} {}", path.display()),
+            context: format!(
+                "{} {}",
+                crate::lang::pick(what, noun_zh(what)),
+                path.display()
+            ),
             error,
         })?;
     }
@@ -412,7 +459,7 @@ fn own_identity(
 /// rustls refused the protocol versions.
 fn versions_refused(error: rustls::Error) -> TlsError {
     TlsError::Rustls {
-        context: "TLS versions".into(),
+        context: crate::tr!("TLS versions", "TLS 版本"),
         error,
     }
 }
@@ -420,10 +467,12 @@ fn versions_refused(error: rustls::Error) -> TlsError {
 /// rustls refused our certificate (`what`) with our key.
 fn key_mismatch(what: &str, m: &MutualTls, error: rustls::Error) -> TlsError {
     TlsError::Rustls {
-        context: format!(
+        context: crate::tr!(
             "{what} {} does not match key {}",
+            "{what} {} 与私钥 {} 不匹配",
             m.cert.display(),
-            m.key.display()
+            m.key.display(),
+            what = crate::lang::pick(what, noun_zh(what))
         ),
         error,
     }

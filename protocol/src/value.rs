@@ -49,7 +49,10 @@ pub enum Value {
 
 /// Why a value could not be converted; names the column and the type, never the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("column `{column}` ({source_type}): {reason}")]
+#[error("{}", crate::tr!(
+    "column `{column}` ({source_type}): {reason}",
+    "列 `{column}`（{source_type}）：{reason}"
+))]
 pub struct ConvertError {
     /// The column.
     pub column: String,

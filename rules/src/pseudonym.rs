@@ -39,20 +39,25 @@ pub const MIN_KEY_BYTES: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     /// The text is not hexadecimal.
-    #[error("the key must be written as hexadecimal digits (e.g. from `openssl rand -hex 32`)")]
+    #[error("{}", exchange_protocol::tr!(
+        "the key must be written as hexadecimal digits (e.g. from `openssl rand -hex 32`)",
+        "密钥必须写成十六进制数字（例如由 `openssl rand -hex 32` 生成）"
+    ))]
     NotHex,
     /// The secret is too short.
-    #[error(
-        "the key has {found} bytes; at least {MIN_KEY_BYTES} are needed (`openssl rand -hex 32`)"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "the key has {found} bytes; at least {MIN_KEY_BYTES} are needed (`openssl rand -hex 32`)",
+        "密钥为 {found} 字节；至少需要 {MIN_KEY_BYTES} 字节（`openssl rand -hex 32`）"
+    ))]
     TooShort {
         /// How many bytes the file holds.
         found: usize,
     },
     /// The key has the wrong length.
-    #[error(
-        "the key has {found} bytes; exactly {expected} are needed (`openssl rand -hex {expected}`)"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "the key has {found} bytes; exactly {expected} are needed (`openssl rand -hex {expected}`)",
+        "密钥为 {found} 字节；需要恰好 {expected} 字节（`openssl rand -hex {expected}`）"
+    ))]
     WrongLength {
         /// How many bytes the file holds.
         found: usize,
@@ -60,7 +65,10 @@ pub enum KeyError {
         expected: usize,
     },
     /// The version is not usable.
-    #[error("the key version must be 1 or more")]
+    #[error("{}", exchange_protocol::tr!(
+        "the key version must be 1 or more",
+        "密钥版本必须不小于 1"
+    ))]
     Version,
 }
 

@@ -173,15 +173,22 @@ impl Sealer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// The value is stored in clear where a sealed one belongs.
-    #[error("a value of the key is stored unsealed, but the key leaves pseudonymized or encrypted")]
+    #[error("{}", exchange_protocol::tr!(
+        "a value of the key is stored unsealed, but the key leaves pseudonymized or encrypted",
+        "主键的值以未封存形式保存，但主键是以假名化或加密形式外发的"
+    ))]
     NotSealed,
     /// The tag does not match: another seal key (or another resource).
-    #[error(
-        "it was sealed under another seal key (`[policy] seal_key_file` changed since it was stored)"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "it was sealed under another seal key (`[policy] seal_key_file` changed since it was stored)",
+        "它是用另一个封存密钥封存的（保存之后 `[policy] seal_key_file` 已更改）"
+    ))]
     OtherKey,
     /// Not a sealed value of this format.
-    #[error("the stored position is damaged")]
+    #[error("{}", exchange_protocol::tr!(
+        "the stored position is damaged",
+        "保存的位置已损坏"
+    ))]
     Damaged,
 }
 

@@ -345,6 +345,11 @@ impl std::fmt::Display for Output {
 
 /// Runs a binary to completion (killing it after [`COMMAND_LIMIT`]).
 pub async fn run(bin: &Path, args: &[&str]) -> Output {
+    run_with(bin, args, &[]).await
+}
+
+/// [`run`] with these environment variables set (`EXCHANGE_LANG`, …).
+pub async fn run_with(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let command = format!(
         "{} {}",
         bin.file_name()
@@ -355,6 +360,7 @@ pub async fn run(bin: &Path, args: &[&str]) -> Output {
     let child = tokio::process::Command::new(bin)
         .args(args)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

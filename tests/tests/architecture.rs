@@ -17,6 +17,12 @@
 //! and `policy` may not name each other, nor may anything inside them, and inside `pipeline`
 //! neither may `queue` and `push`.
 //!
+//! # Messages in both languages
+//! In the crates people run (not the benchmark, not the demo), outside `#[cfg(test)]` items,
+//! every error message (`#[error("…")]`, `anyhow!("…")`,
+//! `bail!("…")`, `.context("…")`) that holds words is written with `tr!(english, 中文)`:
+//! people who run the agent and the hub read Chinese (`protocol::lang`).
+//!
 //! # Sizes
 //! Outside `#[cfg(test)]` modules and `tests/` directories, a function spans at most
 //! [`MAX_FN_LINES`] lines and an `impl` block at most [`MAX_IMPL_LINES`], from the line of its
@@ -620,6 +626,95 @@ fn no_function_or_impl_outside_tests_is_too_long_to_review() {
         found.is_empty(),
         "longer than {MAX_FN_LINES} lines (fn) or {MAX_IMPL_LINES} (impl):\n{}",
         list.join("\n")
+    );
+}
+
+/// The crates whose messages people who run the agent and the hub read (the benchmark and
+/// the demo are for developers).
+const USER_CRATES: &[&str] = &["protocol", "connectors", "rules", "agent", "hub"];
+
+/// Error messages with words outside `tr!` (English only): `file:line: message`.
+fn english_only_messages(file: &Path, raw: &str) -> Vec<String> {
+    let (text, _) = without_tests(raw);
+    let b = text.as_bytes();
+    let mut found = Vec::new();
+    for opener in ["#[error(", "anyhow!(", "bail!(", ".context("] {
+        let mut from = 0;
+        while let Some(at) = find(b, opener.as_bytes(), from) {
+            from = at + opener.len();
+            let args = text[from..].trim_start();
+            if args.starts_with("transparent") || !args.starts_with('"') {
+                continue;
+            }
+            let literal = args[1..].split('"').next().unwrap_or_default();
+            let words = literal
+                .split('{')
+                .map(|part| part.split_once('}').map_or(part, |(_, rest)| rest))
+                .any(|part| part.chars().any(|c| c.is_ascii_alphabetic()));
+            let rest = &args[1 + literal.len()..];
+            let translated = rest
+                .split(")]")
+                .next()
+                .is_some_and(|attribute| attribute.contains("tr!("));
+            if words && !(opener == "#[error(" && translated) {
+                let line = text[..at].lines().count().max(1);
+                found.push(format!("{}:{line}: {literal}", shown(file)));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn every_error_message_is_written_in_chinese_as_well() {
+    let mut found = Vec::new();
+    for krate in USER_CRATES {
+        for root in roots(&workspace().join(krate)) {
+            let mut modules = Modules::new();
+            read_crate(&root, &mut modules, Vec::new());
+            for m in modules.values() {
+                let raw = std::fs::read_to_string(&m.file).expect("source file");
+                found.extend(english_only_messages(&m.file, &raw));
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    assert!(
+        found.is_empty(),
+        "English-only messages (write them with exchange_protocol::tr!(english, 中文)):\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_language_checker_sees_an_english_only_message_and_passes_a_translated_one() {
+    let raw = r#"
+#[derive(thiserror::Error)]
+enum E {
+    #[error("cannot open {path}")]
+    A { path: String },
+    #[error("{}", tr!("cannot read {path}", "无法读取 {path}"))]
+    B { path: String },
+    #[error("{0}")]
+    C(String),
+    #[error(transparent)]
+    D(Other),
+}
+fn f() -> anyhow::Result<()> {
+    let _ = g().context(tr!("cannot start", "无法启动"));
+    anyhow::bail!("no queue in {dir}")
+}
+#[cfg(test)]
+mod tests {
+    #[error("only a test fixture")]
+    struct T;
+}
+"#;
+    let found = english_only_messages(Path::new("x.rs"), raw);
+    assert_eq!(
+        found,
+        vec!["x.rs:4: cannot open {path}", "x.rs:15: no queue in {dir}"],
     );
 }
 

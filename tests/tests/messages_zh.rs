@@ -7,10 +7,9 @@
 //! configuration module runs in the test's own (English) process.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use exchange_tests::TestDir;
-use exchange_tests::agent::{AgentConfig, Output};
+use exchange_tests::agent::{AgentConfig, Output, run_with};
 use exchange_tests::bins;
 use exchange_tests::pki::Pki;
 use exchange_tests::scene::NODE;
@@ -20,24 +19,13 @@ const CODE: &str = "330100-RSJ-0001";
 
 /// `BIN check --config FILE` with `EXCHANGE_LANG=lang`.
 async fn check(bin: PathBuf, config: &Path, lang: &str) -> Output {
-    let mut cmd = tokio::process::Command::new(&bin);
-    cmd.args(["check", "--config"])
-        .arg(config)
-        .env("EXCHANGE_LANG", lang)
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let command = format!("{:?}", cmd.as_std());
-    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("`{command}` did not finish within 120s"))
-        .unwrap_or_else(|e| panic!("`{command}` failed: {e}"));
-    Output {
-        command,
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let config = config.display().to_string();
+    run_with(
+        &bin,
+        &["check", "--config", &config],
+        &[("EXCHANGE_LANG", lang)],
+    )
+    .await
 }
 
 /// An agent configuration whose `[node]` section is `node` (the `[hub]` files are never

@@ -97,7 +97,11 @@ fn schedule_retention(data_dir: &Path) {
 
 /// Why a rotated file was not archived; it stays in the data directory.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot archive the audit file {file}: {reason}")]
+#[error("{}", exchange_protocol::tr!(
+    "cannot archive the audit file {file}: {reason}",
+    "无法归档审计文件 {file}：{reason}",
+    file = file.display()
+))]
 pub struct ArchiveError {
     /// The file.
     pub file: PathBuf,

@@ -129,7 +129,11 @@ pub struct Entry {
 
 /// Errors of the audit log.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write the audit log {path}: {cause}")]
+#[error("{}", exchange_protocol::tr!(
+    "cannot write the audit log {path}: {cause}",
+    "无法写入审计日志 {path}：{cause}",
+    path = path.display()
+))]
 pub struct AuditError {
     /// The file.
     pub path: PathBuf,

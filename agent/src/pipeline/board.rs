@@ -6,15 +6,16 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use exchange_protocol::lang::Text;
 use serde::{Deserialize, Serialize};
 
 /// Runtime facts that are not in the queue.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Runtime {
     /// Last pull error, if the last pull failed.
-    pub pull_error: Option<String>,
+    pub pull_error: Option<Text>,
     /// Last push error, if the last push failed.
-    pub push_error: Option<String>,
+    pub push_error: Option<Text>,
     /// How the last page was bounded.
     pub horizon: Option<String>,
     /// Since when (RFC 3339) a transaction open on the source holds the resource back, and
@@ -33,8 +34,8 @@ impl Board {
         f(m.entry(resource.to_owned()).or_default());
     }
     /// Records a pull failure.
-    pub fn set_pull_error(&self, resource: &str, e: &str) {
-        self.with(resource, |r| r.pull_error = Some(e.to_owned()));
+    pub fn set_pull_error(&self, resource: &str, e: &Text) {
+        self.with(resource, |r| r.pull_error = Some(e.clone()));
     }
     /// Records a pull success and how it was bounded.
     pub fn pull_ok(&self, resource: &str, horizon: Option<String>) {
@@ -50,8 +51,8 @@ impl Board {
         self.with(resource, |r| r.held = held);
     }
     /// Records a push failure.
-    pub fn set_push_error(&self, resource: &str, e: &str) {
-        self.with(resource, |r| r.push_error = Some(e.to_owned()));
+    pub fn set_push_error(&self, resource: &str, e: &Text) {
+        self.with(resource, |r| r.push_error = Some(e.clone()));
     }
     /// Records a push success.
     pub fn clear_push_error(&self, resource: &str) {

@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 
 use exchange_connectors::Relation;
+use exchange_protocol::tr;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{InvalidKey, Mode, Resource};
@@ -120,44 +121,58 @@ impl Shape {
         let mut out = Vec::new();
         if self.relation != now.relation {
             if self.relation.starts_with("query") && now.relation.starts_with("query") {
-                out.push("the query text changed".to_owned());
+                out.push(tr!("the query text changed", "查询语句已更改"));
             } else {
-                out.push(format!(
+                out.push(tr!(
                     "the relation changed from {} to {}",
-                    self.relation, now.relation
+                    "关系从 {} 改为 {}",
+                    self.relation,
+                    now.relation
                 ));
             }
         }
         if self.key != now.key {
-            out.push(format!(
+            out.push(tr!(
                 "the key changed from `{}` to `{}`",
-                self.key, now.key
+                "主键从 `{}` 改为 `{}`",
+                self.key,
+                now.key
             ));
         }
         if self.mode != now.mode {
-            out.push(format!(
+            out.push(tr!(
                 "the mode changed from {} to {}",
-                self.mode, now.mode
+                "模式从 {} 改为 {}",
+                self.mode,
+                now.mode
             ));
         } else if self.cursor != now.cursor {
-            out.push(format!(
+            out.push(tr!(
                 "the cursor changed from [{}] to [{}]",
+                "游标从 [{}] 改为 [{}]",
                 self.cursor.join(", "),
                 now.cursor.join(", ")
             ));
         }
         for (name, rule) in &self.fields {
             match now.fields.get(name) {
-                None => out.push(format!("field `{name}` ({rule}) was removed")),
-                Some(r) if r != rule => {
-                    out.push(format!("field `{name}` changed from {rule} to {r}"))
-                }
+                None => out.push(tr!(
+                    "field `{name}` ({rule}) was removed",
+                    "字段 `{name}`（{rule}）已删除"
+                )),
+                Some(r) if r != rule => out.push(tr!(
+                    "field `{name}` changed from {rule} to {r}",
+                    "字段 `{name}` 从 {rule} 改为 {r}"
+                )),
                 Some(_) => {}
             }
         }
         for (name, rule) in &now.fields {
             if !self.fields.contains_key(name) {
-                out.push(format!("field `{name}` ({rule}) was added"));
+                out.push(tr!(
+                    "field `{name}` ({rule}) was added",
+                    "新增字段 `{name}`（{rule}）"
+                ));
             }
         }
         out

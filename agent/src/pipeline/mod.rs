@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use exchange_connectors::Connector;
+use exchange_protocol::lang::Text;
 use tokio::sync::{Notify, watch};
 
 use crate::backoff::Backoff;
@@ -149,7 +150,7 @@ impl Pipeline {
     }
 
     /// Records a failed pull (shown by `status`, kept across processes).
-    pub fn pull_failed(&self, resource: &str, error: &str) {
+    pub fn pull_failed(&self, resource: &str, error: &Text) {
         self.board.set_pull_error(resource, error);
         self.note(resource, Stage::Pull, Some(error));
     }
@@ -177,7 +178,7 @@ impl Pipeline {
     }
 
     /// Records a failed push (shown by `status`, kept across processes).
-    pub fn push_failed(&self, resource: &str, error: &str) {
+    pub fn push_failed(&self, resource: &str, error: &Text) {
         self.board.set_push_error(resource, error);
         self.note(resource, Stage::Push, Some(error));
     }
@@ -188,7 +189,7 @@ impl Pipeline {
         self.note(resource, Stage::Push, None);
     }
 
-    fn note(&self, resource: &str, stage: Stage, error: Option<&str>) {
+    fn note(&self, resource: &str, stage: Stage, error: Option<&Text>) {
         if let Err(e) = self.queue.note_error(resource, stage, error) {
             tracing::warn!(resource, error = %e, "Cannot keep the last error in the queue.");
         }
@@ -230,7 +231,7 @@ impl Pipeline {
                     let pause = retry.after_failure(resource, &e);
                     if !matches!(e, PushError::Overtaken { .. }) {
                         failing.store(true, Ordering::Relaxed);
-                        self.push_failed(resource, &e.to_string());
+                        self.push_failed(resource, &Text::render(|| e.to_string()));
                     }
                     pause
                 }

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use exchange_connectors::{Connector, HorizonInfo};
+use exchange_protocol::lang::Text;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -311,7 +312,8 @@ fn outcome(
         queued_records,
         push_error: (queued_batches > 0)
             .then(|| rt.push_error.or(st.push_error.map(|n| n.message)))
-            .flatten(),
+            .flatten()
+            .map(|t| t.get().to_owned()),
         code: code.to_owned(),
     }
 }
@@ -441,7 +443,7 @@ async fn pull_until_started(
                 }
             }
             Err(e) => {
-                pipeline.pull_failed(code, &e.to_string());
+                pipeline.pull_failed(code, &Text::render(|| e.to_string()));
                 if e.is_transient() && Instant::now() + backoff.peek() < until {
                     say(format!("{code}: pull failed ({e}); retrying"));
                     tokio::time::sleep(backoff.next_delay()).await;
@@ -475,7 +477,7 @@ async fn source_clock(
                 tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(e) => {
-                pipeline.pull_failed(code, &e.to_string());
+                pipeline.pull_failed(code, &Text::render(|| e.to_string()));
                 tracked.fail(e.to_string());
                 return None;
             }

@@ -99,7 +99,11 @@ pub enum ControlError {
         reason: String,
     },
     /// The daemon answered something unexpected.
-    #[error("the running exchange-agent answered on {path} with something unexpected: {reason}")]
+    #[error("{}", exchange_protocol::tr!(
+        "the running exchange-agent answered on {path} with something unexpected: {reason}",
+        "正在运行的 exchange-agent 在 {path} 上的应答无法识别：{reason}",
+        path = path.display()
+    ))]
     Protocol {
         /// The socket.
         path: PathBuf,

@@ -33,6 +33,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use exchange_protocol::lang::Text;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -599,7 +600,7 @@ async fn schedule_loop(
                 }
             }
             Some(Err(e)) => {
-                pipeline.pull_failed(&code, &e.to_string());
+                pipeline.pull_failed(&code, &Text::render(|| e.to_string()));
                 let delay = if e.is_transient() {
                     backoff.next_delay()
                 } else {

@@ -19,6 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use exchange_protocol::lang::Text;
 use exchange_protocol::tr;
 use serde::{Deserialize, Serialize};
 
@@ -129,7 +130,7 @@ impl ResourceStatus {
             stopped: st
                 .halt
                 .as_ref()
-                .map(|h| format!("since {}: {}", h.at, h.reason)),
+                .map(|h| tr!("since {}: {}", "自 {} 起：{}", h.at, h.reason.get())),
             last_pull: st.last_pull.clone(),
             last_push: st.last_push.clone(),
             queued_batches: st.queued_batches,
@@ -142,19 +143,18 @@ impl ResourceStatus {
             pushed_records: st.pushed_records,
             recent_quarantine: Vec::new(),
             runtime: Runtime {
-                pull_error: st
-                    .pull_error
-                    .as_ref()
-                    .map(|n| format!("{} (at {})", n.message, n.at)),
-                push_error: st
-                    .push_error
-                    .as_ref()
-                    .map(|n| format!("{} (at {})", n.message, n.at)),
+                pull_error: st.pull_error.as_ref().map(noted),
+                push_error: st.push_error.as_ref().map(noted),
                 horizon: None,
                 held: None,
             },
         }
     }
+}
+
+/// An error kept in the queue, with when it happened, in both languages.
+fn noted(n: &crate::pipeline::queue::Note) -> Text {
+    Text::render(|| tr!("{} (at {})", "{}（{}）", n.message.get(), n.at))
 }
 
 impl ResourceStatus {
@@ -456,15 +456,14 @@ fn complete_commands(report: &mut Report, config: &Config) {
         complete(&mut r.reason);
     }
     for r in &mut report.resources {
-        for t in [
-            r.stopped.as_mut(),
-            r.runtime.pull_error.as_mut(),
-            r.runtime.push_error.as_mut(),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        if let Some(t) = r.stopped.as_mut() {
             complete(t);
+        }
+        for t in [r.runtime.pull_error.as_mut(), r.runtime.push_error.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            *t = t.map(|s| complete_command_text(s, file));
         }
     }
 }
@@ -636,7 +635,7 @@ impl ResourceStatus {
             writeln!(f, "{}", tr!("  horizon      {h}", "  读取上界     {h}"))?;
         }
         // A stopped resource's pulls and pushes fail with its stop reason, shown above once.
-        let own = |e: &&String| !(self.stopped.is_some() && e.contains("` is stopped: "));
+        let own = |e: &&Text| !(self.stopped.is_some() && e.en().contains("` is stopped: "));
         if let Some(e) = self.runtime.pull_error.as_ref().filter(own) {
             writeln!(f, "{}", tr!("  pull error   {e}", "  抽取错误     {e}"))?;
         }
@@ -677,10 +676,9 @@ mod tests {
             ..Default::default()
         };
         let mut r = ResourceStatus::counters("R1", &st);
-        r.runtime.pull_error = Some(format!(
-            "`R1` is stopped: {reason} (at 2025-01-01T00:00:01Z)"
-        ));
-        r.runtime.push_error = Some(format!("`R1` is stopped: {reason}"));
+        r.runtime.pull_error =
+            Some(format!("`R1` is stopped: {reason} (at 2025-01-01T00:00:01Z)").into());
+        r.runtime.push_error = Some(format!("`R1` is stopped: {reason}").into());
         let text = r.to_string();
         assert_eq!(text.matches(reason).count(), 1, "{text}");
         // An error of its own is still shown.

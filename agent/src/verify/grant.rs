@@ -20,16 +20,20 @@ pub use crate::config::verify::Grant;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {
     /// The resource is not shared.
-    #[error("resource `{resource}` is not shared (share = \"none\"); it is never verified")]
+    #[error("{}", exchange_protocol::tr!(
+        "resource `{resource}` is not shared (share = \"none\"); it is never verified",
+        "资源 `{resource}` 不予共享（share = \"none\"），从不接受核验"
+    ))]
     NotShared {
         /// The resource code.
         resource: String,
     },
     /// No grant names the requester, or there is no such resource: the same sentence, so
     /// that a requester cannot tell which resources exist.
-    #[error(
-        "requester `{requester}` has no grant on resource `{resource}`; the provider must add a [[resources.grants]] entry for it"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "requester `{requester}` has no grant on resource `{resource}`; the provider must add a [[resources.grants]] entry for it",
+        "请求方 `{requester}` 没有资源 `{resource}` 的授权；须由提供方为其添加 [[resources.grants]] 条目"
+    ))]
     NoGrant {
         /// The requester.
         requester: String,
@@ -37,7 +41,10 @@ pub enum Denied {
         resource: String,
     },
     /// Every grant of the requester has expired.
-    #[error("the grant of requester `{requester}` on resource `{resource}` expired at {expired}")]
+    #[error("{}", exchange_protocol::tr!(
+        "the grant of requester `{requester}` on resource `{resource}` expired at {expired}",
+        "请求方 `{requester}` 对资源 `{resource}` 的授权已于 {expired} 过期"
+    ))]
     Expired {
         /// The requester.
         requester: String,
@@ -47,9 +54,10 @@ pub enum Denied {
         expired: String,
     },
     /// The purpose is not allowed.
-    #[error(
-        "purpose `{purpose}` is not allowed for requester `{requester}` on resource `{resource}`; allowed: {allowed}"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "purpose `{purpose}` is not allowed for requester `{requester}` on resource `{resource}`; allowed: {allowed}",
+        "请求方 `{requester}` 对资源 `{resource}` 不允许用途 `{purpose}`；允许的用途：{allowed}"
+    ))]
     Purpose {
         /// The purpose given.
         purpose: String,
@@ -61,9 +69,10 @@ pub enum Denied {
         allowed: String,
     },
     /// A claimed field is not granted.
-    #[error(
-        "field `{field}` of resource `{resource}` is not granted to requester `{requester}` for purpose `{purpose}`"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "field `{field}` of resource `{resource}` is not granted to requester `{requester}` for purpose `{purpose}`",
+        "资源 `{resource}` 的字段 `{field}` 未授权给请求方 `{requester}` 用于用途 `{purpose}`"
+    ))]
     Field {
         /// The field.
         field: String,
@@ -75,9 +84,10 @@ pub enum Denied {
         purpose: String,
     },
     /// Private set intersection without a grant that allows it (`psi = true`).
-    #[error(
-        "the grant of requester `{requester}` on resource `{resource}` does not allow private set intersection (psi = true), where the provider cannot count guesses per subject; use POST /v1/verify"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "the grant of requester `{requester}` on resource `{resource}` does not allow private set intersection (psi = true), where the provider cannot count guesses per subject; use POST /v1/verify",
+        "请求方 `{requester}` 对资源 `{resource}` 的授权不允许隐私集合求交（psi = true），因为在该方式下提供方无法按主体统计猜测次数；请使用 POST /v1/verify"
+    ))]
     Psi {
         /// The requester.
         requester: String,
@@ -85,9 +95,10 @@ pub enum Denied {
         resource: String,
     },
     /// An enumerable field claimed by private set intersection without `psi_enumerable`.
-    #[error(
-        "field `{field}` of resource `{resource}` is enumerable (a small value space), and the grant of requester `{requester}` does not allow it by private set intersection (psi_enumerable), where the provider cannot count guesses per subject; use POST /v1/verify"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "field `{field}` of resource `{resource}` is enumerable (a small value space), and the grant of requester `{requester}` does not allow it by private set intersection (psi_enumerable), where the provider cannot count guesses per subject; use POST /v1/verify",
+        "资源 `{resource}` 的字段 `{field}` 可枚举（取值空间小），请求方 `{requester}` 的授权不允许以隐私集合求交方式核验它（psi_enumerable），因为在该方式下提供方无法按主体统计猜测次数；请使用 POST /v1/verify"
+    ))]
     PsiEnumerable {
         /// The field.
         field: String,

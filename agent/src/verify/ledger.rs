@@ -758,7 +758,11 @@ pub fn path(data_dir: &Path) -> PathBuf {
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     /// The snapshot or the audit log cannot be read.
-    #[error("cannot read {path}: {reason}")]
+    #[error("{}", exchange_protocol::tr!(
+        "cannot read {path}: {reason}",
+        "无法读取 {path}：{reason}",
+        path = path.display()
+    ))]
     Read {
         /// The file.
         path: PathBuf,
@@ -767,7 +771,11 @@ pub enum LedgerError {
     },
     /// The snapshot cannot be written. Logged with `%e`, so the I/O error is in the message
     /// and not a `source` (a chain, `{:#}`, names it once).
-    #[error("cannot write {path}: {error}")]
+    #[error("{}", exchange_protocol::tr!(
+        "cannot write {path}: {error}",
+        "无法写入 {path}：{error}",
+        path = path.display()
+    ))]
     Write {
         /// The file.
         path: PathBuf,

@@ -71,16 +71,25 @@ use question::{Columns, Questions, Unfit};
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     /// The configuration has no `[verify]`.
-    #[error("the configuration has no [verify] section")]
+    #[error("{}", exchange_protocol::tr!(
+        "the configuration has no [verify] section",
+        "配置中没有 [verify] 节"
+    ))]
     NotConfigured,
     /// The TLS material of `[verify]` is unusable.
-    #[error("cannot set up TLS from [verify] (client_ca, cert, key): {0}")]
+    #[error("{}", exchange_protocol::tr!(
+        "cannot set up TLS from [verify] (client_ca, cert, key): {0}",
+        "无法根据 [verify]（client_ca、cert、key）建立 TLS：{0}", .0
+    ))]
     Tls(exchange_protocol::tls::TlsError),
     /// A source cannot be opened.
     #[error(transparent)]
     Source(#[from] ConnectorError),
     /// The listener cannot be bound, or failed.
-    #[error("the verification listener on {addr} ([verify] listen) is unusable")]
+    #[error("{}", exchange_protocol::tr!(
+        "the verification listener on {addr} ([verify] listen) is unusable",
+        "核验监听地址 {addr}（[verify] listen）不可用"
+    ))]
     Listener {
         /// `[verify] listen`, or the address it was bound to.
         addr: String,
@@ -92,7 +101,10 @@ pub enum VerifyError {
     #[error("{0}")]
     DataDir(String),
     /// The ledger of budgets cannot be restored.
-    #[error("cannot restore the verification budgets: {0}")]
+    #[error("{}", exchange_protocol::tr!(
+        "cannot restore the verification budgets: {0}",
+        "无法恢复核验额度：{0}", .0
+    ))]
     Ledger(ledger::LedgerError),
 }
 

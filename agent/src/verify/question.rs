@@ -52,7 +52,10 @@ pub struct Questions {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unfit {
     /// Not a field of the resource.
-    #[error("resource `{resource}` has no field `{field}`")]
+    #[error("{}", exchange_protocol::tr!(
+        "resource `{resource}` has no field `{field}`",
+        "资源 `{resource}` 没有字段 `{field}`"
+    ))]
     Unknown {
         /// The resource code.
         resource: String,
@@ -60,9 +63,10 @@ pub enum Unfit {
         field: String,
     },
     /// A dropped field.
-    #[error(
-        "field `{field}` of resource `{resource}` is never read (drop), so it cannot be verified"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "field `{field}` of resource `{resource}` is never read (drop), so it cannot be verified",
+        "资源 `{resource}` 的字段 `{field}` 从不读取（drop），因此无法核验"
+    ))]
     Dropped {
         /// The resource code.
         resource: String,
@@ -70,9 +74,10 @@ pub enum Unfit {
         field: String,
     },
     /// The key field.
-    #[error(
-        "field `{field}` is the key of resource `{resource}`: the subject each item asks about, never a claim"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "field `{field}` is the key of resource `{resource}`: the subject each item asks about, never a claim",
+        "字段 `{field}` 是资源 `{resource}` 的主键：它是每一项所询问的主体，不能作为待核验的声明"
+    ))]
     Key {
         /// The resource code.
         resource: String,
@@ -80,9 +85,10 @@ pub enum Unfit {
         field: String,
     },
     /// One field named two ways.
-    #[error(
-        "field `{field}` is named both `{first}` and `{second}` in this request; names are matched without case, so use one spelling: each field is asked about once per subject"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "field `{field}` is named both `{first}` and `{second}` in this request; names are matched without case, so use one spelling: each field is asked about once per subject",
+        "字段 `{field}` 在本请求中同时写作 `{first}` 和 `{second}`；字段名不区分大小写，请只用一种写法：每个字段对每个主体只询问一次"
+    ))]
     Spellings {
         /// The configured name.
         field: String,
@@ -92,9 +98,10 @@ pub enum Unfit {
         second: String,
     },
     /// One subject in two items.
-    #[error(
-        "items[{first}] and items[{second}] ask about the same subject; ask about a subject once per request, with every field in one item"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "items[{first}] and items[{second}] ask about the same subject; ask about a subject once per request, with every field in one item",
+        "items[{first}] 和 items[{second}] 询问的是同一主体；每个请求对一个主体只询问一次，所有字段写在同一项中"
+    ))]
     SameSubject {
         /// The first item.
         first: usize,

@@ -1,6 +1,9 @@
 //! What is checked before a pull reads pages: the resource not stopped, its configuration
 //! and columns as its stream started, and its rows with a NULL cursor quarantined.
 
+use exchange_protocol::lang::Text;
+use exchange_protocol::tr;
+
 use crate::pipeline::fingerprint::Shape;
 use crate::pipeline::queue::HaltKind;
 use crate::policy::CursorOf;
@@ -51,7 +54,7 @@ impl Puller {
     pub(super) async fn admit(&self) -> Result<(), PullError> {
         let code = self.resource.code.clone();
         let state = self.queue.state(&code)?;
-        let halted = |reason: String| PullError::Halted {
+        let halted = |reason: Text| PullError::Halted {
             resource: code.clone(),
             reason,
         };
@@ -66,18 +69,23 @@ impl Puller {
                 Ok(())
             }
             Some(old) if old != now => {
-                let changes = old.changes(&now).join("; ");
-                let reason = if old.keeps_position(&now) {
-                    format!(
-                        "the configuration of `{code}` changed since its stream started ({changes}). Choose: `exchange-agent resync {code} --yes` reads the whole resource again on a new stream, so the hub's copy is rewritten (a field newly dropped disappears from it, a new field is filled in); or `exchange-agent accept-config {code} --yes` keeps the cursor, and only rows that change from now on carry the new configuration"
-                    )
-                } else {
-                    format!(
-                        "the configuration of `{code}` changed since its stream started ({changes}); the stored position means nothing under the new relation, key, mode or cursor. With the service stopped, run `exchange-agent resync {code} --yes` to read the whole resource again on a new stream"
-                    )
-                };
+                let keeps = old.keeps_position(&now);
+                let reason = Text::render(|| {
+                    let changes = old.changes(&now).join("; ");
+                    if keeps {
+                        tr!(
+                            "the configuration of `{code}` changed since its stream started ({changes}). Choose: `exchange-agent resync {code} --yes` reads the whole resource again on a new stream, so the hub's copy is rewritten (a field newly dropped disappears from it, a new field is filled in); or `exchange-agent accept-config {code} --yes` keeps the cursor, and only rows that change from now on carry the new configuration",
+                            "`{code}` 的配置自其数据流开始以来已更改（{changes}）。请选择：`exchange-agent resync {code} --yes` 在新的数据流上重新读取整个资源，交换中心的副本随之重写（新丢弃的字段从中消失，新字段被填入）；或 `exchange-agent accept-config {code} --yes` 保留游标，只有今后变化的行才按新配置发送"
+                        )
+                    } else {
+                        tr!(
+                            "the configuration of `{code}` changed since its stream started ({changes}); the stored position means nothing under the new relation, key, mode or cursor. Run `exchange-agent resync {code} --yes` to read the whole resource again on a new stream",
+                            "`{code}` 的配置自其数据流开始以来已更改（{changes}）；在新的关系、主键、模式或游标下，已保存的位置不再有意义。请运行 `exchange-agent resync {code} --yes`，在新的数据流上重新读取整个资源"
+                        )
+                    }
+                });
                 self.queue.halt(&code, HaltKind::ConfigChanged, &reason)?;
-                tracing::error!(resource = %code, reason, "Resource stopped.");
+                tracing::error!(resource = %code, reason = reason.en(), "Resource stopped.");
                 Err(halted(reason))
             }
             Some(_) => Ok(()),

@@ -48,15 +48,21 @@ pub enum PullError {
     #[error(transparent)]
     Queue(#[from] QueueError),
     /// The resource is stopped until an operator acts.
-    #[error("`{resource}` is stopped: {reason}")]
+    #[error("{}", exchange_protocol::tr!(
+        "`{resource}` is stopped: {reason}",
+        "`{resource}` 已停止：{reason}"
+    ))]
     Halted {
         /// The resource.
         resource: String,
         /// Why, and what to run.
-        reason: String,
+        reason: exchange_protocol::lang::Text,
     },
     /// A selected column does not suit its rule or changed type; the resource pauses.
-    #[error("resource `{resource}` is paused: {reason}")]
+    #[error("{}", exchange_protocol::tr!(
+        "resource `{resource}` is paused: {reason}",
+        "资源 `{resource}` 已暂停：{reason}"
+    ))]
     Columns {
         /// The resource.
         resource: String,
@@ -65,9 +71,10 @@ pub enum PullError {
     },
     /// The stored position cannot be opened (a changed seal key, a damaged value): the
     /// resource cannot go on from it.
-    #[error(
-        "resource `{resource}` cannot go on from its stored position: {reason}. Put back the seal key file it was stored with, or run `exchange-agent cursor reset {resource} --yes` (every row is read again on the same stream) or `exchange-agent resync {resource} --yes`"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "resource `{resource}` cannot go on from its stored position: {reason}. Put back the seal key file it was stored with, or run `exchange-agent cursor reset {resource} --yes` (every row is read again on the same stream) or `exchange-agent resync {resource} --yes`",
+        "资源 `{resource}` 无法从已保存的位置继续：{reason}。请放回保存该位置时所用的封存密钥文件，或运行 `exchange-agent cursor reset {resource} --yes`（在同一数据流上重新读取每一行），或运行 `exchange-agent resync {resource} --yes`"
+    ))]
     Position {
         /// The resource.
         resource: String,
@@ -75,9 +82,10 @@ pub enum PullError {
         reason: String,
     },
     /// A row's cursor could not be read; the resource cannot move past it.
-    #[error(
-        "resource `{resource}` is stopped at a row whose cursor cannot be used ({reason}); fix the row or the cursor columns"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "resource `{resource}` is stopped at a row whose cursor cannot be used ({reason}); fix the row or the cursor columns",
+        "资源 `{resource}` 停在一行游标无法使用的记录上（{reason}）；请修正该行或游标列"
+    ))]
     Cursor {
         /// The resource.
         resource: String,

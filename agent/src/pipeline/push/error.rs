@@ -11,10 +11,16 @@ use crate::pipeline::queue::QueueError;
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
     /// The TLS configuration could not be built.
-    #[error("hub TLS configuration: {0}")]
+    #[error("{}", exchange_protocol::tr!(
+        "hub TLS configuration: {0}",
+        "交换中心 TLS 配置：{0}", .0
+    ))]
     Tls(tls::TlsError),
     /// The TLS handshake failed.
-    #[error("TLS handshake with the hub {url} failed: {reason}")]
+    #[error("{}", exchange_protocol::tr!(
+        "TLS handshake with the hub {url} failed: {reason}",
+        "与交换中心 {url} 的 TLS 握手失败：{reason}"
+    ))]
     Handshake {
         /// Hub URL.
         url: String,
@@ -22,7 +28,10 @@ pub enum PushError {
         reason: String,
     },
     /// The hub could not be reached.
-    #[error("hub {url} is unreachable: {reason}")]
+    #[error("{}", exchange_protocol::tr!(
+        "hub {url} is unreachable: {reason}",
+        "无法连接交换中心 {url}：{reason}"
+    ))]
     Unreachable {
         /// Hub URL.
         url: String,
@@ -30,7 +39,16 @@ pub enum PushError {
         reason: String,
     },
     /// The hub asked to slow down (429) or is unavailable (503).
-    #[error("hub {url} answered {status}; retrying {}", retry_after.map(|d| format!("after {} s as the hub asked", d.as_secs())).unwrap_or_else(|| "with backoff".into()))]
+    #[error("{}", match retry_after {
+        Some(d) => exchange_protocol::tr!(
+            "hub {url} answered {status}; retrying after {} s as the hub asked",
+            "交换中心 {url} 应答 {status}；按交换中心的要求在 {} 秒后重试", d.as_secs()
+        ),
+        None => exchange_protocol::tr!(
+            "hub {url} answered {status}; retrying with backoff",
+            "交换中心 {url} 应答 {status}；将以退避间隔重试"
+        ),
+    })]
     Throttled {
         /// Hub URL.
         url: String,
@@ -40,7 +58,10 @@ pub enum PushError {
         retry_after: Option<Duration>,
     },
     /// The hub refused the batch.
-    #[error("hub {url} refused batch {seq} of `{resource}` with {status}: {error}")]
+    #[error("{}", exchange_protocol::tr!(
+        "hub {url} refused batch {seq} of `{resource}` with {status}: {error}",
+        "交换中心 {url} 以 {status} 拒绝了 `{resource}` 的批次 {seq}：{error}"
+    ))]
     Refused {
         /// Hub URL.
         url: String,
@@ -56,7 +77,10 @@ pub enum PushError {
     /// The hub refused one record of the batch (`400` naming its line, docs/PROTOCOL.md §7):
     /// nothing of the batch was applied. Not reported as such: the pusher quarantines the
     /// record and sends the rest of the batch at once (`refused`).
-    #[error("hub {url} refused line {} of batch {seq} of `{resource}`: {error}", record + 1)]
+    #[error("{}", exchange_protocol::tr!(
+        "hub {url} refused line {} of batch {seq} of `{resource}`: {error}",
+        "交换中心 {url} 拒收了 `{resource}` 批次 {seq} 的第 {} 行：{error}", record + 1
+    ))]
     RecordRefused {
         /// Hub URL.
         url: String,
@@ -73,9 +97,10 @@ pub enum PushError {
     },
     /// A record the hub refused could not be quarantined: the audit log cannot be written, so
     /// the batch is left as it is (every change is audited) and sent again later.
-    #[error(
-        "the record the hub refused in batch {seq} of `{resource}` is not quarantined yet: {reason}"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "the record the hub refused in batch {seq} of `{resource}` is not quarantined yet: {reason}",
+        "交换中心拒收的 `{resource}` 批次 {seq} 中的记录尚未隔离：{reason}"
+    ))]
     Unaudited {
         /// Resource.
         resource: String,
@@ -85,9 +110,10 @@ pub enum PushError {
         reason: String,
     },
     /// The hub acknowledged something else than what was sent.
-    #[error(
-        "hub {url} acknowledged seq {got} for batch {expected} of `{resource}`; the batch stays queued"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "hub {url} acknowledged seq {got} for batch {expected} of `{resource}`; the batch stays queued",
+        "交换中心 {url} 对 `{resource}` 的批次 {expected} 确认了序号 {got}；该批次继续留在队列中"
+    ))]
     WrongAck {
         /// Hub URL.
         url: String,
@@ -101,9 +127,10 @@ pub enum PushError {
     /// The hub has applied batches of this stream that this queue never sent (a mark above
     /// its `sent_through` bound, or another digest): the queue went back in time.
     /// Acknowledging would lose records, so the resource stops.
-    #[error(
-        "hub {url} has already applied batch {last_seq} of this queue for `{resource}` (with other content than the queued batch {seq}, or a batch this queue never sent): the data directory was restored from an older copy, and records pulled since that copy would be lost. The resource is stopped; run `exchange-agent resync {resource} --yes` to read it again from the start on a new stream"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "hub {url} has already applied batch {last_seq} of this queue for `{resource}` (with other content than the queued batch {seq}, or a batch this queue never sent): the data directory was restored from an older copy, and records pulled since that copy would be lost. The resource is stopped; run `exchange-agent resync {resource} --yes` to read it again from the start on a new stream",
+        "交换中心 {url} 已应用本队列 `{resource}` 的批次 {last_seq}（其内容与队列中的批次 {seq} 不同，或是本队列从未发送过的批次）：数据目录是从较旧的副本恢复的，该副本之后抽取的记录将会丢失。该资源已停止；请运行 `exchange-agent resync {resource} --yes`，在新的数据流上从头重新读取"
+    ))]
     Rewound {
         /// Hub URL.
         url: String,
@@ -116,9 +143,10 @@ pub enum PushError {
     },
     /// The hub lacks batches of this stream: its store was restored from an older copy or
     /// wiped. Sending on would leave a hole, so the resource stops.
-    #[error(
-        "hub {url} has applied batches of `{resource}` up to seq {last_seq} of this stream, but the queue's next batch is {seq}: the batches in between are missing at the hub (its store was restored from an older copy or wiped). The resource is stopped; run `exchange-agent resync {resource} --yes` to read it again from the start on a new stream, after which the hub also removes records that no longer exist"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "hub {url} has applied batches of `{resource}` up to seq {last_seq} of this stream, but the queue's next batch is {seq}: the batches in between are missing at the hub (its store was restored from an older copy or wiped). The resource is stopped; run `exchange-agent resync {resource} --yes` to read it again from the start on a new stream, after which the hub also removes records that no longer exist",
+        "交换中心 {url} 已应用 `{resource}` 在此数据流上直到序号 {last_seq} 的批次，但队列的下一个批次是 {seq}：中间的批次在交换中心缺失（其存储从较旧的副本恢复或被清空）。该资源已停止；请运行 `exchange-agent resync {resource} --yes`，在新的数据流上从头重新读取，之后交换中心也会删除已不存在的记录"
+    ))]
     Gap {
         /// Hub URL.
         url: String,
@@ -133,9 +161,10 @@ pub enum PushError {
     /// batch above the oldest queued one when it left, with a mark that covers every batch no
     /// longer queued): nothing is lost; the batches are resent from the oldest, one at a
     /// time. Provisional: only the probe's answer tells a gap.
-    #[error(
-        "hub {url} has not applied the batches before {seq} of `{resource}` yet (its mark is {last_seq}); resending them in order"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "hub {url} has not applied the batches before {seq} of `{resource}` yet (its mark is {last_seq}); resending them in order",
+        "交换中心 {url} 尚未应用 `{resource}` 批次 {seq} 之前的批次（其标记为 {last_seq}）；正在按顺序重发"
+    ))]
     Overtaken {
         /// Hub URL.
         url: String,
@@ -148,9 +177,10 @@ pub enum PushError {
     },
     /// The hub's acknowledgement contradicts itself or the batch: not taken as an
     /// acknowledgement, so the batch stays queued.
-    #[error(
-        "hub {url} sent an acknowledgement for batch {seq} of `{resource}` that cannot be right ({why}); the batch stays queued"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "hub {url} sent an acknowledgement for batch {seq} of `{resource}` that cannot be right ({why}); the batch stays queued",
+        "交换中心 {url} 对 `{resource}` 批次 {seq} 的确认不可能正确（{why}）；该批次继续留在队列中"
+    ))]
     BadAck {
         /// Hub URL.
         url: String,
@@ -162,12 +192,15 @@ pub enum PushError {
         why: String,
     },
     /// The resource is stopped until an operator acts.
-    #[error("`{resource}` is stopped: {reason}")]
+    #[error("{}", exchange_protocol::tr!(
+        "`{resource}` is stopped: {reason}",
+        "`{resource}` 已停止：{reason}"
+    ))]
     Halted {
         /// Resource.
         resource: String,
         /// Why, and what to run.
-        reason: String,
+        reason: exchange_protocol::lang::Text,
     },
     /// The queue failed.
     #[error(transparent)]

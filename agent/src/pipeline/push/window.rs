@@ -28,6 +28,7 @@
 
 use std::collections::VecDeque;
 
+use exchange_protocol::lang::Text;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
@@ -327,7 +328,7 @@ async fn fail(
         let (q, code, reason) = (
             flight.queue.clone(),
             flight.resource.to_owned(),
-            e.to_string(),
+            Text::render(|| e.to_string()),
         );
         tokio::task::spawn_blocking(move || q.halt(&code, kind, &reason))
             .await

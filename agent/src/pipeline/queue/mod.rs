@@ -96,15 +96,21 @@ const HEADER_LEN: usize = 4 + 4 + 8 + 32;
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     /// Another process holds the queue.
-    #[error(
-        "the queue {path} is in use by another exchange-agent process (is the service running? stop it, or use its status output)"
-    )]
+    #[error("{}", exchange_protocol::tr!(
+        "the queue {path} is in use by another exchange-agent process (is the service running? stop it, or use its status output)",
+        "队列 {path} 正被另一个 exchange-agent 进程使用（服务是否正在运行？请停止它，或查看其 status 输出）",
+        path = path.display()
+    ))]
     Locked {
         /// The queue file.
         path: PathBuf,
     },
     /// The data directory or file could not be opened.
-    #[error("cannot open the queue {path}: {reason}")]
+    #[error("{}", exchange_protocol::tr!(
+        "cannot open the queue {path}: {reason}",
+        "无法打开队列 {path}：{reason}",
+        path = path.display()
+    ))]
     Open {
         /// The queue file.
         path: PathBuf,
@@ -112,7 +118,11 @@ pub enum QueueError {
         reason: String,
     },
     /// A read or write failed.
-    #[error("queue storage error while {context}: {reason}")]
+    #[error("{}", exchange_protocol::tr!(
+        "queue storage error while {context}: {reason}",
+        "队列存储在{context}时出错：{reason}",
+        context = exchange_protocol::lang::pick(context, context_zh(context))
+    ))]
     Storage {
         /// What was being done.
         context: &'static str,
@@ -120,8 +130,39 @@ pub enum QueueError {
         reason: String,
     },
     /// The file holds something this version does not understand.
-    #[error("the queue file is not in a format this version understands: {0}")]
+    #[error("{}", exchange_protocol::tr!(
+        "the queue file is not in a format this version understands: {0}",
+        "队列文件的格式不是此版本能识别的：{0}", .0
+    ))]
     Format(String),
+}
+
+/// What was being done, in Chinese (`QueueError::Storage`'s context).
+fn context_zh(context: &str) -> &str {
+    match context {
+        "opening" => "打开",
+        "migrating state" => "迁移状态",
+        "writing quarantine" => "写入隔离区",
+        "reading state" => "读取状态",
+        "forgetting an audit entry" => "移除审计条目",
+        "sweeping digests" => "清理摘要",
+        "discarding digests" => "丢弃摘要",
+        "discarding a batch" => "丢弃批次",
+        "clearing quarantine" => "清空隔离区",
+        "reading a batch" => "读取批次",
+        "writing state" => "写入状态",
+        "writing digests" => "写入摘要",
+        "writing a batch" => "写入批次",
+        "storing an audit entry" => "保存审计条目",
+        "removing a batch" => "移除批次",
+        "reading quarantine" => "读取隔离区",
+        "reading digests" => "读取摘要",
+        "listing batches" => "列出批次",
+        "discarding batches" => "丢弃批次",
+        "starting a write" => "开始写入",
+        "committing" => "提交",
+        other => other,
+    }
 }
 
 fn storage<E: std::fmt::Display>(context: &'static str) -> impl Fn(E) -> QueueError {
@@ -293,6 +334,27 @@ mod tests {
     use super::*;
     use exchange_connectors::Value;
     use exchange_protocol::batch;
+
+    #[test]
+    fn every_storage_context_reads_in_chinese() {
+        let sources = [
+            include_str!("mod.rs"),
+            include_str!("audit_pending.rs"),
+            include_str!("batches.rs"),
+            include_str!("digests.rs"),
+            include_str!("quarantine.rs"),
+            include_str!("state.rs"),
+        ];
+        let mut contexts = 0;
+        for text in sources {
+            for part in text.split("storage(\"").skip(1) {
+                let context = part.split('"').next().unwrap();
+                assert_ne!(context_zh(context), context, "`{context}` has no Chinese");
+                contexts += 1;
+            }
+        }
+        assert!(contexts > 20, "{contexts}");
+    }
 
     #[test]
     fn a_batch_stays_until_acknowledged_and_survives_reopening() {
@@ -468,7 +530,7 @@ mod tests {
         txn.set_digest("S", "k", &[1; 32], 1).unwrap();
         txn.set_state("R", &st).unwrap();
         txn.commit().unwrap();
-        q.halt("R", HaltKind::HubGap, "the hub lost batches")
+        q.halt("R", HaltKind::HubGap, &"the hub lost batches".into())
             .unwrap();
 
         let discarded = q.resync("R", shape()).unwrap();
@@ -535,11 +597,11 @@ mod tests {
     fn errors_are_kept_until_cleared_and_quarantine_can_be_cleared() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(&dir.path().join("data")).unwrap();
-        q.note_error("R", Stage::Push, Some("hub unreachable"))
+        q.note_error("R", Stage::Push, Some(&"hub unreachable".into()))
             .unwrap();
         assert_eq!(
             q.state("R").unwrap().push_error.unwrap().message,
-            "hub unreachable"
+            "hub unreachable".into()
         );
         q.note_error("R", Stage::Push, None).unwrap();
         assert_eq!(q.state("R").unwrap().push_error, None);

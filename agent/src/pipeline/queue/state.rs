@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use exchange_connectors::Value;
+use exchange_protocol::lang::Text;
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
@@ -132,8 +133,9 @@ pub struct Halt {
     pub at: String,
     /// What happened.
     pub kind: HaltKind,
-    /// What happened and which command to run, as sentences.
-    pub reason: String,
+    /// What happened and which command to run, as sentences, in both languages (`status`
+    /// prints it in the operator's).
+    pub reason: Text,
 }
 
 /// Why a resource stopped.
@@ -153,8 +155,8 @@ pub enum HaltKind {
 pub struct Note {
     /// When (RFC 3339).
     pub at: String,
-    /// The error, as shown to the administrator (never a value).
-    pub message: String,
+    /// The error, as shown to the administrator (never a value), in both languages.
+    pub message: Text,
 }
 
 /// Where a snapshot scan stands.
@@ -243,19 +245,19 @@ impl Queue {
         &self,
         resource: &str,
         stage: Stage,
-        message: Option<&str>,
+        message: Option<&Text>,
     ) -> Result<(), QueueError> {
         let st = self.state(resource)?;
         let slot = match stage {
             Stage::Pull => &st.pull_error,
             Stage::Push => &st.push_error,
         };
-        if slot.as_ref().map(|n| n.message.as_str()) == message {
+        if slot.as_ref().map(|n| &n.message) == message {
             return Ok(());
         }
         let note = message.map(|m| Note {
             at: now(),
-            message: m.to_owned(),
+            message: m.clone(),
         });
         self.update_state(resource, |st| match stage {
             Stage::Pull => st.pull_error = note,
@@ -264,13 +266,13 @@ impl Queue {
     }
 
     /// Stops a resource until an operator acts (keeps the first reason if already stopped).
-    pub fn halt(&self, resource: &str, kind: HaltKind, reason: &str) -> Result<(), QueueError> {
+    pub fn halt(&self, resource: &str, kind: HaltKind, reason: &Text) -> Result<(), QueueError> {
         self.update_state(resource, |st| {
             if st.halt.is_none() {
                 st.halt = Some(Halt {
                     at: now(),
                     kind,
-                    reason: reason.to_owned(),
+                    reason: reason.clone(),
                 });
             }
         })

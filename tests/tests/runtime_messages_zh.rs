@@ -1,0 +1,96 @@
+//! Messages of a running agent in the operator's language: an unreachable hub in `sync`'s
+//! report, and a stop reason the agent stored while running in English, read back by `status`
+//! in Chinese (and the other way round). The reason is kept in both languages when it is
+//! written (`protocol::lang::Text`), so whoever asks later reads it in their own.
+//!
+//! The language is read once per process, so only the binaries can show it.
+
+use std::path::{Path, PathBuf};
+
+use exchange_tests::TestDir;
+use exchange_tests::agent::{AgentConfig, Output, run_with};
+use exchange_tests::bins;
+use exchange_tests::pki::Pki;
+use exchange_tests::scene::NODE;
+use exchange_tests::sqlite_source::SqliteSource;
+
+const CODE: &str = "330100-RSJ-0001";
+
+/// `exchange-agent ARGS --config FILE` with `EXCHANGE_LANG=lang`.
+async fn agent(config: &Path, lang: &str, args: &[&str]) -> Output {
+    let config = config.display().to_string();
+    let mut all = args.to_vec();
+    all.extend(["--config", &config]);
+    run_with(&bins::agent(), &all, &[("EXCHANGE_LANG", lang)]).await
+}
+
+/// A port on which nothing listens (bound, then released).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A SQLite source of 3 rows and an agent configuration (written to `agent.toml`) pushing to a
+/// hub address where nothing listens; the configuration without its resource, to change it.
+fn scene(dir: &TestDir) -> (PathBuf, String, SqliteSource, AgentConfig) {
+    let pki = Pki::new(dir.path(), NODE);
+    let source = SqliteSource::create(dir.path(), 3);
+    let url = format!("https://127.0.0.1:{}", closed_port());
+    let config = dir.path().join("agent.toml");
+    let base =
+        AgentConfig::new(dir.path(), &pki, NODE, &url).source("biz", "sqlite", &source.url());
+    base.clone()
+        .resource(source.resource(CODE, "biz"))
+        .write(&config);
+    (config, url, source, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_reports_an_unreachable_hub_in_chinese_under_zh_and_in_english_under_en() {
+    let dir = TestDir::new();
+    let (config, url, _source, _) = scene(&dir);
+
+    let zh = agent(&config, "zh", &["sync", "--timeout", "3s"]).await;
+    assert_ne!(zh.code, Some(0), "{zh}");
+    zh.assert_mentions(&[&format!("无法连接交换中心 {url}")]);
+    assert!(!zh.text().contains("is unreachable"), "{zh}");
+
+    let en = agent(&config, "en", &["sync", "--timeout", "3s"]).await;
+    en.assert_mentions(&[&format!("hub {url} is unreachable")]);
+    assert!(!en.text().contains("无法连接"), "{en}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_reason_stored_in_english_reads_in_chinese_for_an_operator_who_reads_chinese() {
+    let dir = TestDir::new();
+    let (config, _, source, base) = scene(&dir);
+    // The first pull starts the stream (the hub is not needed for that).
+    agent(&config, "en", &["sync", "--timeout", "3s"]).await;
+
+    // A field that was dropped is now sent: the stream's shape changed, and the next pull
+    // (by a process that speaks English) stops the resource with a reason.
+    let mut changed = source.resource(CODE, "biz");
+    changed.fields.retain(|(f, _)| f != "note");
+    changed.fields.push(("note".into(), "plain".into()));
+    base.resource(changed).write(&config);
+    let en = agent(&config, "en", &["sync", "--timeout", "3s"]).await;
+    en.assert_mentions(&["changed since its stream started"]);
+
+    let zh = agent(&config, "zh", &["status"]).await;
+    zh.assert_mentions(&[
+        &format!("`{CODE}` 的配置自其数据流开始以来已更改"),
+        &format!("exchange-agent resync {CODE} --yes"),
+    ]);
+    assert!(
+        !zh.text().contains("changed since its stream started"),
+        "{zh}"
+    );
+    let en = agent(&config, "en", &["status"]).await;
+    en.assert_mentions(&[&format!(
+        "the configuration of `{CODE}` changed since its stream started"
+    )]);
+    assert!(!en.text().contains("数据流开始以来"), "{en}");
+}
