@@ -126,17 +126,6 @@ impl Text {
         }
     }
 
-    /// The same message with `f` applied to each language's text.
-    pub fn map(&self, f: impl Fn(&str) -> String) -> Text {
-        match self {
-            Text::Both { en, zh } => Text::Both {
-                en: f(en),
-                zh: f(zh),
-            },
-            Text::One(s) => Text::One(f(s)),
-        }
-    }
-
     /// The message in English (the one it has, if only one): for logs and the audit log.
     pub fn en(&self) -> &str {
         match self {

@@ -2,6 +2,7 @@
 //! encrypted by its rule, or the reason the row is quarantined (never the raw value).
 
 use exchange_connectors::{Row, Value};
+use exchange_protocol::tr;
 
 use super::{Plan, Quarantine};
 use crate::config::{InvalidKey, Keys};
@@ -23,15 +24,22 @@ impl Plan {
     /// The raw key of a row as text (never leaves the plan).
     pub(super) fn raw_key<'r>(&self, row: &'r Row) -> Result<std::borrow::Cow<'r, str>, String> {
         let column = &self.selection.columns[self.key_index];
-        let key =
-            match &row.values[self.key_index] {
-                Ok(Value::Null) => return Err(format!("key column `{column}` is NULL")),
-                Ok(Value::Text(t)) => std::borrow::Cow::Borrowed(t.as_str()),
-                Ok(v) => std::borrow::Cow::Owned(v.to_text().ok_or_else(|| {
-                    format!("key column `{column}` has a type that cannot be a key")
-                })?),
-                Err(e) => return Err(format!("key cannot be converted: {e}")),
-            };
+        let key = match &row.values[self.key_index] {
+            Ok(Value::Null) => {
+                return Err(tr!(
+                    "key column `{column}` is NULL",
+                    "主键列 `{column}` 为 NULL"
+                ));
+            }
+            Ok(Value::Text(t)) => std::borrow::Cow::Borrowed(t.as_str()),
+            Ok(v) => std::borrow::Cow::Owned(v.to_text().ok_or_else(|| {
+                tr!(
+                    "key column `{column}` has a type that cannot be a key",
+                    "主键列 `{column}` 的类型不能作为主键"
+                )
+            })?),
+            Err(e) => return Err(tr!("key cannot be converted: {e}", "主键无法转换：{e}")),
+        };
         self.usable_raw(&key)?;
         Ok(key)
     }
@@ -40,10 +48,16 @@ impl Plan {
     fn usable_raw(&self, key: &str) -> Result<(), String> {
         let column = &self.selection.columns[self.key_index];
         if key.is_empty() {
-            return Err(format!("key column `{column}` is empty"));
+            return Err(tr!(
+                "key column `{column}` is empty",
+                "主键列 `{column}` 为空"
+            ));
         }
         if key.contains('\0') {
-            return Err(format!("key column `{column}` contains a NUL character"));
+            return Err(tr!(
+                "key column `{column}` contains a NUL character",
+                "主键列 `{column}` 含有 NUL 字符"
+            ));
         }
         Ok(())
     }
@@ -106,7 +120,10 @@ impl Plan {
                 None => {
                     return Err(Quarantine::new(
                         None,
-                        format!("key column `{column}`: the pseudonym key is not configured"),
+                        tr!(
+                            "key column `{column}`: the pseudonym key is not configured",
+                            "主键列 `{column}`：未配置假名化密钥"
+                        ),
                     ));
                 }
             },
@@ -121,8 +138,9 @@ impl Plan {
                     None => {
                         return Err(Quarantine::new(
                             None,
-                            format!(
-                                "key column `{column}`: fewer than 6 digits, or digits of another script than ASCII, which fpe:digits cannot encrypt (or the FPE key is not configured)"
+                            tr!(
+                                "key column `{column}`: fewer than 6 digits, or digits of another script than ASCII, which fpe:digits cannot encrypt (or the FPE key is not configured)",
+                                "主键列 `{column}`：数字少于 6 位，或含有非 ASCII 的数字，fpe:digits 无法加密（或未配置 FPE 密钥）"
                             ),
                         ));
                     }

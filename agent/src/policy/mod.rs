@@ -33,6 +33,7 @@ mod selection;
 pub use exchange_rules::{fpe, generalize, mask, pseudonym, rule, seal};
 
 use exchange_connectors::{Selection, Value};
+use exchange_protocol::lang::Text;
 use serde_json::Map;
 
 use crate::config::{InvalidKey, Resource};
@@ -119,6 +120,13 @@ impl Quarantine {
             reason,
             invalid_key: false,
         }
+    }
+
+    /// Its reason in both languages, kept for whoever reads it later: `again` converts the
+    /// same row again (once per language; the conversion is deterministic, so it fails the
+    /// same way). A rare path: only rows that cannot be delivered take it.
+    pub fn reason_in_both(&self, again: impl Fn() -> Option<Quarantine>) -> Text {
+        Text::render(|| again().map_or_else(|| self.reason.clone(), |q| q.reason))
     }
 }
 

@@ -3,6 +3,7 @@
 //! (`Plan::deliver`).
 
 use exchange_connectors::{Row, Value};
+use exchange_protocol::tr;
 use exchange_protocol::value::push_json_string;
 use serde_json::Map;
 
@@ -82,12 +83,11 @@ impl Plan {
         value: &'r Result<Value, exchange_connectors::ConvertError>,
     ) -> Result<Delivered<'r>, String> {
         match value {
-            Ok(Value::Json(j)) if e.rule.is_plain() && json_depth(j) > MAX_JSON_DEPTH => {
-                Err(format!(
-                    "column `{}`: JSON nested deeper than {MAX_JSON_DEPTH} levels",
-                    e.name
-                ))
-            }
+            Ok(Value::Json(j)) if e.rule.is_plain() && json_depth(j) > MAX_JSON_DEPTH => Err(tr!(
+                "column `{}`: JSON nested deeper than {MAX_JSON_DEPTH} levels",
+                "列 `{}`：JSON 嵌套超过 {MAX_JSON_DEPTH} 层",
+                e.name
+            )),
             Ok(_)
                 if e.index == self.key_index
                     && e.rule == self.key_rule

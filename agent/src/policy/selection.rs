@@ -3,6 +3,7 @@
 //! the cursor values of a row read with it.
 
 use exchange_connectors::{Row, Selection, Value};
+use exchange_protocol::tr;
 
 use super::{CursorOf, Emit, Plan};
 use crate::config::{Keys, Mode, Resource};
@@ -87,20 +88,25 @@ impl Plan {
         for &i in &self.cursor_index {
             match &row.values[i] {
                 Ok(Value::Null) if i == self.key_index => {
-                    return CursorOf::Null(format!(
+                    return CursorOf::Null(tr!(
                         "key column `{}` is NULL",
+                        "主键列 `{}` 为 NULL",
                         self.selection.columns[i]
                     ));
                 }
                 Ok(Value::Null) => {
-                    return CursorOf::Null(format!(
+                    return CursorOf::Null(tr!(
                         "cursor column `{}` is NULL, so the row has no place in the cursor order; give the column a value (NOT NULL)",
+                        "游标列 `{}` 为 NULL，该行在游标顺序中没有位置；请为该列赋值（NOT NULL）",
                         self.selection.columns[i]
                     ));
                 }
                 Ok(v) => values.push(v.clone()),
                 Err(e) => {
-                    return CursorOf::Unusable(format!("cursor value cannot be converted: {e}"));
+                    return CursorOf::Unusable(tr!(
+                        "cursor value cannot be converted: {e}",
+                        "游标值无法转换：{e}"
+                    ));
                 }
             }
         }

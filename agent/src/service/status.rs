@@ -447,7 +447,8 @@ fn shell_word(word: &str) -> String {
     }
 }
 
-/// [`complete_command_text`] over every text of the report.
+/// [`complete_command_text`] over every text of the report, each kept in the reader's
+/// language only (so `--json` holds strings, as it did before texts were kept in both).
 fn complete_commands(report: &mut Report, config: &Config) {
     let file =
         (config.file != Path::new(crate::config::origin::DEFAULT)).then_some(config.file.as_path());
@@ -463,7 +464,10 @@ fn complete_commands(report: &mut Report, config: &Config) {
             .into_iter()
             .flatten()
         {
-            *t = t.map(|s| complete_command_text(s, file));
+            *t = Text::One(complete_command_text(t.get(), file));
+        }
+        for q in &mut r.recent_quarantine {
+            q.reason = Text::One(q.reason.get().to_owned());
         }
     }
 }

@@ -32,10 +32,13 @@ impl Puller {
         self.blocking(move |txn| {
             let mut st = txn.state(&code)?;
             for row in &null.rows {
-                let reason = match plan.cursor_of(row) {
+                let reason = Text::render(|| match plan.cursor_of(row) {
                     CursorOf::Null(reason) => reason,
-                    _ => "a cursor column is NULL, so the row has no place in the cursor order; give the column a value (NOT NULL)".to_owned(),
-                };
+                    _ => tr!(
+                        "a cursor column is NULL, so the row has no place in the cursor order; give the column a value (NOT NULL)",
+                        "某个游标列为 NULL，该行在游标顺序中没有位置；请为该列赋值（NOT NULL）"
+                    ),
+                });
                 let key = match plan.key_of(row) {
                     Ok((key, _)) => Some(key),
                     Err(q) => q.key,

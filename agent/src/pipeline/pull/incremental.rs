@@ -19,6 +19,7 @@
 use std::time::Duration;
 
 use exchange_connectors::{Bound, ScanEnd, ScanRequest, Value};
+use exchange_protocol::lang::Text;
 
 use crate::config::BatchLimits;
 use crate::pipeline::queue::{Encoded, QueueError, ResourceState};
@@ -198,7 +199,7 @@ pub(super) struct Prepared {
     /// The page's batches, encoded, in order.
     pub(super) batches: Vec<Encoded>,
     /// Quarantine entries (key as it would leave, reason, locator), in order.
-    pub(super) quarantine: Vec<(Option<String>, String, Option<String>)>,
+    pub(super) quarantine: Vec<(Option<String>, Text, Option<String>)>,
     /// Rows whose key is not a valid identifier of its kind (quarantined or delivered
     /// flagged).
     pub(super) invalid_keys: u64,
@@ -244,7 +245,8 @@ fn prepare_incremental(
             }
             Err(q) => {
                 invalid_keys += u64::from(q.invalid_key);
-                quarantine.push((q.key, q.reason, plan.locator_of(row)));
+                let reason = q.reason_in_both(|| plan.write_upsert(row, &mut Vec::new()).err());
+                quarantine.push((q.key, reason, plan.locator_of(row)));
                 continue;
             }
         };

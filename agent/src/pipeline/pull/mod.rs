@@ -28,6 +28,8 @@ use std::time::Duration;
 
 use exchange_connectors::{Connector, ConnectorError, HorizonInfo, Page};
 use exchange_protocol::batch::{Op, Record, push_line};
+use exchange_protocol::lang::Text;
+use exchange_protocol::tr;
 use tokio::sync::Notify;
 
 use crate::config::{BatchLimits, Mode, Resource};
@@ -362,11 +364,14 @@ pub(crate) fn line_of(
 }
 
 /// The quarantine reason of a record too large for any batch.
-fn too_large(len: usize, limits: BatchLimits) -> String {
-    format!(
-        "record of {len} bytes is larger than batch.max_bytes ({})",
-        limits.max_bytes
-    )
+fn too_large(len: usize, limits: BatchLimits) -> Text {
+    Text::render(|| {
+        tr!(
+            "record of {len} bytes is larger than batch.max_bytes ({})",
+            "记录为 {len} 字节，超过 batch.max_bytes（{}）",
+            limits.max_bytes
+        )
+    })
 }
 
 #[cfg(test)]

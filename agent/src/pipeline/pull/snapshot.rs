@@ -5,6 +5,8 @@
 use exchange_connectors::{Bound, Page, PageRequest, Row};
 use exchange_protocol::batch::{Op, Record};
 use exchange_protocol::digest::sm3;
+use exchange_protocol::lang::Text;
+use exchange_protocol::tr;
 
 use crate::config::BatchLimits;
 use crate::pipeline::queue::{QueueError, ResourceState, Txn};
@@ -184,7 +186,8 @@ impl ScanPage<'_> {
                     txn.set_digest(code, key, &d, self.generation)?;
                 }
                 let locator = self.plan.locator_of(row);
-                txn.quarantine_row(code, &mut self.st, q.key, q.reason, locator)?;
+                let reason = q.reason_in_both(|| self.plan.apply(row).err());
+                txn.quarantine_row(code, &mut self.st, q.key, reason, locator)?;
                 self.quarantined += 1;
                 Ok(())
             }
@@ -204,7 +207,12 @@ impl ScanPage<'_> {
                     code,
                     &mut self.st,
                     Some(key),
-                    "another row with the same key was read in this snapshot; the key column must be unique".into(),
+                    Text::render(|| {
+                        tr!(
+                            "another row with the same key was read in this snapshot; the key column must be unique",
+                            "本次快照中读到了另一行相同主键的记录；主键列必须唯一"
+                        )
+                    }),
                     self.plan.locator_of(row),
                 )?;
                 self.quarantined += 1;

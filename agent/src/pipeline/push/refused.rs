@@ -11,6 +11,8 @@
 //! refusal of the whole batch (kept, retried after the long backoff).
 
 use exchange_protocol::batch::{self, Record};
+use exchange_protocol::lang::Text;
+use exchange_protocol::tr;
 
 use super::error::PushError;
 use crate::pipeline::queue::{Encoded, Queue, QueueError};
@@ -48,14 +50,19 @@ fn settle(queue: &Queue, refused: PushError) -> Result<(), PushError> {
     else {
         return Ok(());
     };
-    let ndjson = batch::decompress(&b.body, b.raw_len as usize)
-        .map_err(|e| QueueError::Format(format!("batch {seq} of `{resource}`: {e}")))?;
+    let ndjson = batch::decompress(&b.body, b.raw_len as usize).map_err(|e| {
+        QueueError::Format(tr!(
+            "batch {seq} of `{resource}`: {e}",
+            "`{resource}` 的批次 {seq}：{e}"
+        ))
+    })?;
     let Some((rest, line)) = batch::remove_line(&ndjson, record) else {
         return Err(PushError::Refused {
             url,
             status: 400,
-            error: format!(
+            error: tr!(
                 "{error} (the hub names line {}, which the batch does not hold: the batch stays queued)",
+                "{error}（交换中心指出的第 {} 行不在该批次中：该批次继续留在队列中）",
                 record + 1
             ),
             resource,
@@ -67,7 +74,7 @@ fn settle(queue: &Queue, refused: PushError) -> Result<(), PushError> {
     let stream = queue.state(&resource)?.stream_or(queue.stream()).to_owned();
     // Audited before the queue changes: a crash between the two refuses, and audits, again.
     let detail = serde_json::json!({
-        "seq": seq, "stream": stream, "record": record, "reason": reason,
+        "seq": seq, "stream": stream, "record": record, "reason": reason.en(),
         "digest": b.digest, "new_digest": rest.digest(), "records": rest.records(),
     });
     let data_dir = queue.path().parent().unwrap_or(std::path::Path::new("."));
@@ -86,7 +93,7 @@ fn settle(queue: &Queue, refused: PushError) -> Result<(), PushError> {
         key_of(line),
         reason.clone(),
     )? {
-        tracing::warn!(resource = %resource, seq, record, reason = %reason, "The hub refused a record; it is quarantined and the rest of its batch is sent again.");
+        tracing::warn!(resource = %resource, seq, record, reason = reason.en(), "The hub refused a record; it is quarantined and the rest of its batch is sent again.");
     }
     Ok(())
 }
@@ -101,11 +108,11 @@ fn key_of(line: &[u8]) -> Option<String> {
 
 /// The quarantine reason: the hub's explanation without the line number it starts with (the
 /// same record refused again, at another line, updates the same entry), bounded.
-fn reason(error: &str, record: u64) -> String {
+fn reason(error: &str, record: u64) -> Text {
     let prefix = format!("line {}: ", record + 1);
     let error = error.strip_prefix(&prefix).unwrap_or(error);
     let error: String = error.chars().take(MAX_REASON_CHARS).collect();
-    format!("refused by the hub: {error}")
+    Text::render(|| tr!("refused by the hub: {error}", "被交换中心拒收：{error}"))
 }
 
 #[cfg(test)]
@@ -114,16 +121,18 @@ mod tests {
 
     #[test]
     fn the_reason_is_the_hubs_without_the_line_it_was_on() {
+        let both = reason("line 3: the key is empty", 2);
+        assert_eq!(both.en(), "refused by the hub: the key is empty");
+        let zh = exchange_protocol::lang::scoped(exchange_protocol::lang::Lang::Zh, || {
+            both.get().to_owned()
+        });
+        assert_eq!(zh, "被交换中心拒收：the key is empty");
         assert_eq!(
-            reason("line 3: the key is empty", 2),
-            "refused by the hub: the key is empty"
-        );
-        assert_eq!(
-            reason("line 3: the key is empty", 0),
+            reason("line 3: the key is empty", 0).en(),
             "refused by the hub: line 3: the key is empty",
             "only the line the hub named"
         );
-        assert_eq!(reason(&"x".repeat(2000), 0).chars().count(), 20 + 500);
+        assert_eq!(reason(&"x".repeat(2000), 0).en().chars().count(), 20 + 500);
     }
 
     #[test]

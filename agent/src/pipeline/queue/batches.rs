@@ -6,6 +6,7 @@
 //! ([`Queue::replace_refused`]).
 
 use exchange_protocol::batch;
+use exchange_protocol::lang::Text;
 use redb::ReadableTable;
 use serde::Serialize;
 
@@ -224,7 +225,7 @@ impl Queue {
         sent: &str,
         rest: &Encoded,
         key: Option<String>,
-        reason: String,
+        reason: Text,
     ) -> Result<bool, QueueError> {
         let context = "replacing a refused batch";
         let mut txn = self.begin()?;
@@ -411,13 +412,20 @@ mod tests {
 
         // Not the batch that was sent: nothing changes.
         assert!(
-            !q.replace_refused("R", 1, &"0".repeat(64), &rest, Some("b".into()), reason())
-                .unwrap()
+            !q.replace_refused(
+                "R",
+                1,
+                &"0".repeat(64),
+                &rest,
+                Some("b".into()),
+                reason().into()
+            )
+            .unwrap()
         );
         assert!(q.quarantined("R", 10).unwrap().is_empty());
 
         assert!(
-            q.replace_refused("R", 1, &sent, &rest, Some("b".into()), reason())
+            q.replace_refused("R", 1, &sent, &rest, Some("b".into()), reason().into())
                 .unwrap()
         );
         let after = q.batches("R").unwrap();
@@ -450,11 +458,11 @@ mod tests {
         let entries = q.quarantined("R", 10).unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].key.as_deref(), Some("b"));
-        assert_eq!(entries[0].reason, reason());
+        assert_eq!(entries[0].reason, reason().into());
 
         // The refusal of the batch as it was sent, again: already done.
         assert!(
-            !q.replace_refused("R", 1, &sent, &rest, Some("b".into()), reason())
+            !q.replace_refused("R", 1, &sent, &rest, Some("b".into()), reason().into())
                 .unwrap()
         );
         assert_eq!(q.state("R").unwrap().queued_records, 3);

@@ -161,6 +161,7 @@ fn context_zh(context: &str) -> &str {
         "discarding batches" => "丢弃批次",
         "starting a write" => "开始写入",
         "committing" => "提交",
+        "replacing a refused batch" => "替换被拒收的批次",
         other => other,
     }
 }
@@ -347,7 +348,8 @@ mod tests {
         ];
         let mut contexts = 0;
         for text in sources {
-            for part in text.split("storage(\"").skip(1) {
+            let literal = |opener| text.split(opener).skip(1);
+            for part in literal("storage(\"").chain(literal("let context = \"")) {
                 let context = part.split('"').next().unwrap();
                 assert_ne!(context_zh(context), context, "`{context}` has no Chinese");
                 contexts += 1;

@@ -4,6 +4,7 @@
 //! (`policy::locator`); entries written before it existed have none and read as such (the
 //! field is optional, the format stays 1).
 
+use exchange_protocol::lang::Text;
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
@@ -19,8 +20,9 @@ pub struct QuarantineEntry {
     pub times: u64,
     /// The key as it would have left, when known.
     pub key: Option<String>,
-    /// What was wrong.
-    pub reason: String,
+    /// What was wrong, in both languages when the agent wrote it (an older entry, or the hub's
+    /// explanation of a record it refused, in one).
+    pub reason: Text,
     /// Where the row is at the source (`id=123, updated_at=…`), from the resource's locator
     /// columns; of the latest sighting. `None`: the resource records none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,7 +102,7 @@ impl Txn {
         resource: &str,
         state: &mut ResourceState,
         key: Option<String>,
-        reason: String,
+        reason: Text,
     ) -> Result<(), QueueError> {
         self.quarantine_row(resource, state, key, reason, None)
     }
@@ -113,12 +115,12 @@ impl Txn {
         resource: &str,
         state: &mut ResourceState,
         key: Option<String>,
-        reason: String,
+        reason: Text,
         locator: Option<String>,
     ) -> Result<(), QueueError> {
         let mut id = key.clone().unwrap_or_default().into_bytes();
         id.push(0);
-        id.extend_from_slice(reason.as_bytes());
+        id.extend_from_slice(reason.en().as_bytes());
         let id = exchange_protocol::digest::sm3(&id);
         let mut index = self
             .tx
