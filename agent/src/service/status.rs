@@ -1,5 +1,6 @@
 //! What `exchange-agent status` shows: per resource the cursor, last pull and push, queued
-//! records and bytes, quarantined rows, and the last error.
+//! records and bytes, quarantined rows, the last error, and (from the running service) how the
+//! last page was bounded and how long the last incremental statement took on the source.
 //!
 //! A running daemon holds the queue open, so it also writes the same report to
 //! `<data_dir>/status.json` every few seconds (atomically, by rename); `status` reads the
@@ -152,6 +153,7 @@ impl ResourceStatus {
                     .map(|n| format!("{} (at {})", n.message, n.at)),
                 horizon: None,
                 held: None,
+                source_query: None,
             },
         }
     }
@@ -161,6 +163,7 @@ impl ResourceStatus {
     /// Adds what the running process knows; errors kept in the queue stay when it knows none.
     fn with_runtime(mut self, rt: Runtime) -> ResourceStatus {
         self.runtime.horizon = rt.horizon;
+        self.runtime.source_query = rt.source_query;
         if rt.pull_error.is_some() {
             self.runtime.pull_error = rt.pull_error;
         }
@@ -469,6 +472,15 @@ fn complete_commands(report: &mut Report, config: &Config) {
     }
 }
 
+/// Seconds for people: to the millisecond under a minute (`0.012s`), else as
+/// [`crate::text::duration_text`] writes durations.
+fn seconds_text(seconds: f64) -> String {
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(d) if seconds >= 60.0 => crate::text::duration_text(d),
+        _ => format!("{seconds:.3}s"),
+    }
+}
+
 fn size(bytes: u64) -> String {
     match bytes {
         b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
@@ -635,6 +647,21 @@ impl ResourceStatus {
         if let Some(h) = &self.runtime.horizon {
             writeln!(f, "{}", tr!("  horizon      {h}", "  读取上界     {h}"))?;
         }
+        if let Some(q) = &self.runtime.source_query {
+            let (first, total, rows) = (
+                seconds_text(q.first_row_seconds),
+                seconds_text(q.total_seconds),
+                q.rows,
+            );
+            writeln!(
+                f,
+                "{}",
+                tr!(
+                    "  query        first row after {first}, whole statement {total} ({rows} rows; last pull)",
+                    "  源查询耗时   首行 {first}，整条语句 {total}（{rows} 行；最近一次抽取）"
+                )
+            )?;
+        }
         // A stopped resource's pulls and pushes fail with its stop reason, shown above once.
         let own = |e: &&String| !(self.stopped.is_some() && e.contains("` is stopped: "));
         if let Some(e) = self.runtime.pull_error.as_ref().filter(own) {
@@ -688,6 +715,23 @@ mod tests {
         assert!(
             r.to_string()
                 .contains("push error   hub https://hub:8443 unreachable")
+        );
+    }
+
+    #[test]
+    fn the_last_statements_time_is_shown_to_the_millisecond_under_a_minute() {
+        let mut r = ResourceStatus::counters("R1", &Default::default());
+        assert!(!r.to_string().contains("first row"), "{r}");
+        r.runtime.source_query = Some(crate::pipeline::board::QueryTime {
+            first_row_seconds: 0.0123,
+            total_seconds: 90.4,
+            rows: 1500,
+        });
+        assert!(
+            r.to_string().contains(
+                "query        first row after 0.012s, whole statement 1m 30s (1500 rows; last pull)"
+            ),
+            "{r}"
         );
     }
 }
