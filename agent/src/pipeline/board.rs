@@ -22,7 +22,10 @@ pub struct Runtime {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<(String, Option<String>)>,
     /// How long the statement of the last incremental pull took; `None` before the first.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Not serialized here: `status` reports it as a field of its own
+    /// (`ResourceStatus::source_query`), since numbers do not survive a flattened struct's
+    /// round trip through serde_json with `arbitrary_precision`.
+    #[serde(skip)]
     pub source_query: Option<QueryTime>,
 }
 

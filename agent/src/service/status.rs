@@ -113,6 +113,9 @@ pub struct ResourceStatus {
     /// The most recent quarantined rows (key and reason, never values).
     #[serde(default)]
     pub recent_quarantine: Vec<crate::pipeline::queue::QuarantineEntry>,
+    /// How long the statement of the last incremental pull took on the source (daemon only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_query: Option<crate::pipeline::board::QueryTime>,
     /// Runtime facts (daemon only).
     #[serde(flatten)]
     pub runtime: Runtime,
@@ -142,6 +145,7 @@ impl ResourceStatus {
             pulled_records: st.pulled_records,
             pushed_records: st.pushed_records,
             recent_quarantine: Vec::new(),
+            source_query: None,
             runtime: Runtime {
                 pull_error: st
                     .pull_error
@@ -163,7 +167,7 @@ impl ResourceStatus {
     /// Adds what the running process knows; errors kept in the queue stay when it knows none.
     fn with_runtime(mut self, rt: Runtime) -> ResourceStatus {
         self.runtime.horizon = rt.horizon;
-        self.runtime.source_query = rt.source_query;
+        self.source_query = rt.source_query;
         if rt.pull_error.is_some() {
             self.runtime.pull_error = rt.pull_error;
         }
@@ -647,7 +651,7 @@ impl ResourceStatus {
         if let Some(h) = &self.runtime.horizon {
             writeln!(f, "{}", tr!("  horizon      {h}", "  读取上界     {h}"))?;
         }
-        if let Some(q) = &self.runtime.source_query {
+        if let Some(q) = &self.source_query {
             let (first, total, rows) = (
                 seconds_text(q.first_row_seconds),
                 seconds_text(q.total_seconds),
@@ -722,7 +726,7 @@ mod tests {
     fn the_last_statements_time_is_shown_to_the_millisecond_under_a_minute() {
         let mut r = ResourceStatus::counters("R1", &Default::default());
         assert!(!r.to_string().contains("first row"), "{r}");
-        r.runtime.source_query = Some(crate::pipeline::board::QueryTime {
+        r.source_query = Some(crate::pipeline::board::QueryTime {
             first_row_seconds: 0.0123,
             total_seconds: 90.4,
             rows: 1500,
@@ -733,5 +737,9 @@ mod tests {
             ),
             "{r}"
         );
+        // It survives the status file (which `status` reads while the service runs).
+        let back: ResourceStatus =
+            serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(back.source_query, r.source_query);
     }
 }
