@@ -9,7 +9,9 @@
 //! - a connector never reads a column that is not in [`Selection::columns`];
 //! - a `query` resource is read inside a read-only transaction;
 //! - a URL that asks for TLS never falls back to plaintext, and TLS is always verified;
-//! - errors name the source and never contain a row's values.
+//! - errors name the source and never contain a row's values;
+//! - a plan ([`Connector::plan_order`]), which quotes the values bound to its statement, is read
+//!   for node kinds and index names only, never returned or logged.
 
 mod dialect;
 pub mod mysql;

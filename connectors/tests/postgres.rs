@@ -12,7 +12,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use exchange_connectors::postgres::PostgresConnector;
 use exchange_connectors::{
     Bound, Connector, ConnectorError, HorizonInfo, OrderPlan, OrderRequest, Page, PageRequest,
-    Relation, Selection, SourceKind, SourceSpec, Value,
+    Relation, Selection, SourceKind, SourceSpec, UnknownOrder, Value,
 };
 use tokio_postgres::{Client, NoTls};
 
@@ -2037,12 +2037,22 @@ async fn plan_order_finds_the_cursor_index_or_gives_the_statement_that_creates_i
             s.schema
         )
     );
-    assert!(
-        matches!(
-            c.plan_order(&ask(&view)).await.unwrap(),
-            OrderPlan::Unknown { .. }
-        ),
+    assert_eq!(
+        c.plan_order(&ask(&view)).await.unwrap(),
+        OrderPlan::Unknown {
+            why: UnknownOrder::View
+        },
         "a view that sorts: the index belongs to its table"
+    );
+    let query = Selection {
+        relation: Relation::Query(format!("SELECT id, updated_at, note FROM {t}")),
+        ..selection.clone()
+    };
+    assert_eq!(
+        c.plan_order(&ask(&query)).await.unwrap(),
+        OrderPlan::Unknown {
+            why: UnknownOrder::Query
+        }
     );
     admin.batch_execute(&create_index).await.unwrap();
     let indexed = OrderPlan::Indexed {
@@ -2050,6 +2060,7 @@ async fn plan_order_finds_the_cursor_index_or_gives_the_statement_that_creates_i
     };
     assert_eq!(c.plan_order(&ask(&selection)).await.unwrap(), indexed);
     assert_eq!(c.plan_order(&ask(&view)).await.unwrap(), indexed);
+    assert_eq!(c.plan_order(&ask(&query)).await.unwrap(), indexed);
 
     // Names that need quoting are quoted, and the statement runs as written.
     let odd_selection = table(
