@@ -10,14 +10,18 @@
 //! - Per resource record counters and queue gauges are read from the queue at scrape time
 //!   (`queue::ResourceState`): they are durable, so they survive restarts and reloads and
 //!   never go back.
+//! - Per resource figures of the last pull (how long a transaction held it back, how long its
+//!   statement took on the source: `exchange_source_query_seconds`) are read from the status
+//!   board (`pipeline::board`), one value per resource: they start empty with the process.
 //! - Push latency and errors by kind, reloads, verification requests and refused TLS
 //!   handshakes are counted in this process (a global
 //!   [`Metrics`], since pushes are counted inside `push::push_batches` whichever command runs
 //!   it); they start at zero with the process, as Prometheus counters may.
 //!
 //! # Invariant
-//! Labels are resource codes, error kinds, outcomes and handshake failure reasons (a closed
-//! set, `tls::HandshakeFailure`): never a field value, never a peer address.
+//! Labels are resource codes, error kinds, outcomes, the phases of a source statement
+//! (`first_row`, `total`) and handshake failure reasons (a closed set,
+//! `tls::HandshakeFailure`): never a field value, never a peer address.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -1,8 +1,9 @@
 //! The SQL dialect of a source: every piece of SQL text the SQL connectors build, in one place
 //! — identifier quoting, the `FROM` item, parameters and how a value is bound in a column's
 //! own type, the tuple cursor predicate and the page query, the horizon predicate, the NULL
-//! cursor filter and count, the key lookup, and the resolution of selected columns against the
-//! catalogue's column metadata (name, type, nullability). PostgreSQL, MySQL/MariaDB and SQLite
+//! cursor filter and count, the key lookup, the last row in cursor order and the `CREATE INDEX`
+//! a DBA runs on the cursor columns ([`crate::Connector::plan_order`]), and the resolution of
+//! selected columns against the catalogue's column metadata (name, type, nullability). PostgreSQL, MySQL/MariaDB and SQLite
 //! all use it; what differs between them is a field of [`Dialect`] ([`Dialect::POSTGRES`],
 //! [`Dialect::MYSQL`], [`Dialect::SQLITE`]) or a [`BindAs`] the connector chooses per column
 //! (PostgreSQL's text casts, MySQL's exact `DECIMAL` cast).
@@ -339,6 +340,44 @@ impl Dialect {
         (sql, binder.values)
     }
 
+    /// The last row a page can return, in cursor order: `SELECT <select list> FROM <relation>
+    /// WHERE <every cursor column> IS NOT NULL ORDER BY src.c1 DESC, src.c2 DESC … LIMIT 1`.
+    /// Its cursor is where a steady-state pull reads after ([`crate::Connector::plan_order`]).
+    pub(crate) fn last_row_sql(
+        &self,
+        select_list: &[String],
+        from: &str,
+        cursor: &[String],
+    ) -> String {
+        let cursor = self.column_refs(cursor);
+        let not_null: Vec<String> = cursor.iter().map(|c| format!("{c} IS NOT NULL")).collect();
+        let descending: Vec<String> = cursor.iter().map(|c| format!("{c} DESC")).collect();
+        format!(
+            "SELECT {} FROM {from} WHERE {} ORDER BY {} LIMIT 1",
+            select_list.join(", "),
+            not_null.join(" AND "),
+            descending.join(", ")
+        )
+    }
+
+    /// The statement that creates an index on the cursor columns, as a DBA runs it: `index`,
+    /// `table` and `columns` already quoted for the source (PostgreSQL quotes only where its
+    /// own `quote_ident` does; the others quote every identifier). `concurrently`: without
+    /// blocking writes (PostgreSQL, a table that is not partitioned).
+    pub(crate) fn create_index_sql(
+        &self,
+        index: &str,
+        table: &str,
+        columns: &[String],
+        concurrently: bool,
+    ) -> String {
+        format!(
+            "CREATE INDEX {}{index} ON {table} ({});",
+            if concurrently { "CONCURRENTLY " } else { "" },
+            columns.join(", ")
+        )
+    }
+
     /// The lookup of rows by key: `WHERE src."key" = ANY(<array>)` (PostgreSQL: the one bound
     /// array, already in the key column's type) or `WHERE src."key" IN (<p1>, …)`, one
     /// parameter per key from 1, each bound as `how`.
@@ -459,6 +498,20 @@ pub(crate) enum LookupKeys<'a> {
         /// How each is bound.
         how: BindAs<'a>,
     },
+}
+
+/// The name of the index [`Dialect::create_index_sql`] creates on `table` (its own name,
+/// without schema): `exchange_<table>_cursor`, the table's part cut (on a character boundary)
+/// so that the name fits every source's limit (63 bytes, PostgreSQL's).
+pub(crate) fn cursor_index_name(table: &str) -> String {
+    const MAX: usize = 63;
+    let (prefix, suffix) = ("exchange_", "_cursor");
+    let room = MAX - prefix.len() - suffix.len();
+    let mut end = table.len().min(room);
+    while !table.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{prefix}{}{suffix}", &table[..end])
 }
 
 /// Checks a page request against its selection and returns, for each cursor column, its
@@ -767,6 +820,32 @@ mod tests {
              src.`at` > ? ORDER BY src.`at` LIMIT ?"
         );
         assert_eq!(values, ["at1", "l"]);
+    }
+
+    #[test]
+    fn the_last_row_and_the_cursor_index_follow_the_cursor_order() {
+        let select = vec!["src.`id`".to_owned(), "src.`at`".to_owned()];
+        let cursor = vec!["at".to_owned(), "id".to_owned()];
+        assert_eq!(
+            Dialect::MYSQL.last_row_sql(&select, "`t` AS src", &cursor),
+            "SELECT src.`id`, src.`at` FROM `t` AS src WHERE src.`at` IS NOT NULL AND \
+             src.`id` IS NOT NULL ORDER BY src.`at` DESC, src.`id` DESC LIMIT 1"
+        );
+        let columns = vec!["updated_at".to_owned(), "id".to_owned()];
+        assert_eq!(
+            Dialect::POSTGRES.create_index_sql(
+                "exchange_people_cursor",
+                "public.people",
+                &columns,
+                true
+            ),
+            "CREATE INDEX CONCURRENTLY exchange_people_cursor ON public.people (updated_at, id);"
+        );
+        assert_eq!(cursor_index_name("people"), "exchange_people_cursor");
+        let long = "表".repeat(30);
+        let name = cursor_index_name(&long);
+        assert!(name.len() <= 63 && name.ends_with("_cursor"), "{name}");
+        assert!(name.starts_with("exchange_表"), "{name}");
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! - a connector never reads a column that is not in [`Selection::columns`];
 //! - a `query` resource is read inside a read-only transaction;
 //! - a URL that asks for TLS never falls back to plaintext, and TLS is always verified;
-//! - errors name the source and never contain a row's values.
+//! - errors name the source and never contain a row's values;
+//! - a plan ([`Connector::plan_order`]), which quotes the values bound to its statement, is read
+//!   for node kinds and index names only, never returned or logged.
 
 mod dialect;
 pub mod mysql;
@@ -83,6 +85,93 @@ pub struct ScanEnd {
     /// Whether the reader closed the channel before the end: the rows after those sent were
     /// not read.
     pub stopped: bool,
+    /// How long the statement took (`status` and the metrics show it).
+    pub time: ScanTime,
+}
+
+/// How long a scan's statement took, measured by the connector from the moment it sends the
+/// statement (after the horizon is read).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanTime {
+    /// Until its first row arrived, or its end when it returned none. Without an index that
+    /// supplies the cursor order ([`Connector::plan_order`]) the source reads and sorts every
+    /// row within the bound before it sends the first, so this grows with the table, not with
+    /// the rows that changed.
+    pub first_row: std::time::Duration,
+    /// Until its end: the last row read, or the reader stopping it. It includes the time the
+    /// source waited while the reader could not take more (a full queue).
+    pub total: std::time::Duration,
+}
+
+/// What [`Connector::plan_order`] asks the source's planner about: the page statement of a
+/// steady-state incremental pull.
+#[derive(Debug, Clone)]
+pub struct OrderRequest<'a> {
+    /// What the resource reads.
+    pub selection: &'a Selection,
+    /// The statement's `LIMIT` (the batch size).
+    pub limit: usize,
+    /// Its upper bound, as the pulls bound it.
+    pub bound: Bound,
+}
+
+/// Whether an index supplies the cursor order of a resource's page statement, as the source's
+/// planner says ([`Connector::plan_order`]). Never holds a value: plans quote the bound
+/// parameters, so nothing of a plan's text is kept but node kinds and index names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderPlan {
+    /// An index supplies the order (at least of the first cursor column; the planner sorts
+    /// only rows that share it): a pull reads the rows after its cursor, not the table.
+    Indexed {
+        /// The index, when the plan names it.
+        index: Option<String>,
+    },
+    /// The source sorts: no index has the cursor columns as its leading columns, so every
+    /// pull reads and sorts every row within the bound to find those after its cursor.
+    Sorted {
+        /// The statement a DBA runs to create such an index, its identifiers quoted for the
+        /// source: `CREATE INDEX CONCURRENTLY exchange_people_cursor ON public.people
+        /// (updated_at, id);` (PostgreSQL: it does not block writes).
+        create_index: String,
+    },
+    /// The plan cannot tell.
+    Unknown {
+        /// Why.
+        why: UnknownOrder,
+    },
+}
+
+/// Why a plan cannot tell whether an index supplies the cursor order ([`OrderPlan::Unknown`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownOrder {
+    /// The resource reads a query whose plan sorts: an index would belong to the tables the
+    /// query reads, and which one the plan does not say.
+    Query,
+    /// The relation is a view (or a foreign table) whose plan sorts: an index would belong to
+    /// the tables under it.
+    View,
+    /// The optimizer found no row to read after the last one (rows stamped after the
+    /// horizon), so its plan says nothing about the order.
+    NothingToRead,
+    /// The source shows no plan.
+    NoPlan,
+}
+
+impl std::fmt::Display for UnknownOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UnknownOrder::Query => {
+                "the resource reads a query whose plan sorts; an index would belong to the tables the query reads"
+            }
+            UnknownOrder::View => {
+                "the relation is a view whose plan sorts; an index would belong to the tables under it"
+            }
+            UnknownOrder::NothingToRead => {
+                "the optimizer found no row to read after the last one, so its plan says nothing about the order"
+            }
+            UnknownOrder::NoPlan => "this source shows no plan",
+        })
+    }
 }
 
 /// Where a scan sends its rows, a chunk at a time, in cursor order; a full channel holds the
@@ -311,7 +400,11 @@ pub trait Connector: Send + Sync {
             horizon: Horizon::unbounded(),
             rows: 0,
             stopped: false,
+            time: ScanTime::default(),
         };
+        // Pages: the first row comes with the first page, the end with the last.
+        let started = std::time::Instant::now();
+        let mut first = true;
         loop {
             let page = self
                 .read_page(&PageRequest {
@@ -321,6 +414,10 @@ pub trait Connector: Send + Sync {
                     bound: request.bound,
                 })
                 .await?;
+            if std::mem::take(&mut first) {
+                end.time.first_row = started.elapsed();
+            }
+            end.time.total = started.elapsed();
             end.horizon = page.horizon;
             let short = page.rows.len() < limit;
             let Some(row) = page.rows.last() else {
@@ -342,6 +439,21 @@ pub trait Connector: Send + Sync {
                 return Ok(end);
             }
         }
+    }
+
+    /// Whether an index supplies the cursor order of the statement a steady-state pull runs:
+    /// the page statement built by the same code as [`Connector::read_page`]'s (the cursor
+    /// predicate after the last row in cursor order, the bound, `LIMIT` the batch size; from
+    /// the start when the relation holds no row), given to the planner with its parameters
+    /// bound (PostgreSQL `EXPLAIN (FORMAT JSON)`, MySQL/MariaDB `EXPLAIN FORMAT=JSON`, SQLite
+    /// `EXPLAIN QUERY PLAN`); nothing is executed but the read of that last row (cheap with
+    /// such an index; without one, a scan of the table that keeps one row). For a table
+    /// without such an index it gives the statement that creates one.
+    async fn plan_order(&self, request: &OrderRequest<'_>) -> Result<OrderPlan, ConnectorError> {
+        let _ = request;
+        Ok(OrderPlan::Unknown {
+            why: UnknownOrder::NoPlan,
+        })
     }
 
     /// The rows a page never returns because a cursor column is NULL: how many there are,

@@ -42,6 +42,16 @@
 //! [`ConnectorError::Config`]. `describe` reports `NOT NULL` for table columns
 //! ([`ColumnInfo::nullable`]); view and query columns are `None`.
 //!
+//! # Cursor order
+//!
+//! [`Connector::plan_order`] reads the last row in cursor order, builds the page statement after
+//! it (as a page read does, `LIMIT` the batch size) and runs `EXPLAIN QUERY PLAN` on it with its
+//! parameters bound. `USE TEMP B-TREE FOR ORDER BY` means no index supplies the order (`… FOR
+//! RIGHT PART OF ORDER BY`, an index on the leading cursor columns, counts as supplied); for a
+//! table the statement a DBA runs is `CREATE INDEX "exchange_<table>_cursor" ON "<table>"
+//! ("c1", "c2");` (the schema, when the table names one, goes on the index's name, as SQLite
+//! writes it); a view's or a query's plan that sorts is reported as unknown.
+//!
 //! # Horizon
 //!
 //! SQLite shows no open transactions of other connections, so the horizon is the clock minus
@@ -78,7 +88,8 @@ use crate::dialect::{self, BindAs, ColumnMeta, Dialect, HorizonCompare, LookupKe
 const SQL: Dialect = Dialect::SQLITE;
 use crate::{
     Bound, ColumnInfo, Columns, Connector, ConnectorError, ConvertError, HorizonInfo, NullRows,
-    Page, PageRequest, Probe, Relation, Row, Selection, SourceSpec, Value,
+    OrderPlan, OrderRequest, Page, PageRequest, Probe, Relation, Row, Selection, SourceSpec,
+    UnknownOrder, Value,
 };
 
 /// Keys bound per lookup statement.
@@ -267,6 +278,22 @@ struct OwnedRequest {
 fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page, Failure> {
     let selection = &request.selection;
     resolve(conn, selection)?;
+    let (sql, params, horizon) = page_statement(conn, request)?;
+    let out = query_rows(conn, &sql, &params, &selection.columns)?;
+    let columns: Columns = selection.columns.clone().into();
+    Ok(Page {
+        columns,
+        rows: out,
+        horizon,
+    })
+}
+
+/// The statement of a page (its selection resolved), its parameters in order and its bound.
+fn page_statement(
+    conn: &Connection,
+    request: &OwnedRequest,
+) -> Result<(String, Vec<SqlValue>, crate::Horizon), Failure> {
+    let selection = &request.selection;
     let from = SQL.relation_sql(&selection.relation);
     let select_list: Vec<String> = SQL.column_refs(&selection.columns);
 
@@ -316,12 +343,100 @@ fn read_page_blocking(conn: &Connection, request: &OwnedRequest) -> Result<Page,
             i64::try_from(request.limit).unwrap_or(i64::MAX),
         )),
     });
-    let out = query_rows(conn, &sql, &params, &selection.columns)?;
-    let columns: Columns = selection.columns.clone().into();
-    Ok(Page {
-        columns,
-        rows: out,
-        horizon: crate::Horizon { info, reached },
+    Ok((sql, params, crate::Horizon { info, reached }))
+}
+
+/// [`Connector::plan_order`] on the connection: `EXPLAIN QUERY PLAN` of the page statement
+/// after the last row in cursor order (see "Cursor order" in the module documentation).
+fn order_blocking(
+    conn: &Connection,
+    selection: &Selection,
+    limit: usize,
+    bound: Bound,
+) -> Result<OrderPlan, Failure> {
+    resolve(conn, selection)?;
+    let positions = dialect::cursor_positions(selection, None).map_err(Failure::Config)?;
+    let from = SQL.relation_sql(&selection.relation);
+    let last = SQL.last_row_sql(
+        &SQL.column_refs(&selection.columns),
+        &from,
+        &selection.cursor,
+    );
+    let rows = query_rows(conn, &last, &[], &selection.columns)?;
+    let after: Option<Vec<Value>> = rows.first().and_then(|row| {
+        positions
+            .iter()
+            .map(|&i| row.values[i].clone().ok())
+            .collect()
+    });
+    let request = OwnedRequest {
+        selection: selection.clone(),
+        after,
+        limit,
+        bound,
+    };
+    let (sql, params, _) = page_statement(conn, &request)?;
+    let mut statement = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+    let details = statement
+        .query_map(rusqlite::params_from_iter(params.iter()), |row| {
+            row.get::<_, String>(3)
+        })?
+        .collect::<Result<Vec<String>, _>>()?;
+    let (sorted, index) = plan_details(&details);
+    match (&selection.relation, sorted) {
+        (_, false) => Ok(OrderPlan::Indexed { index }),
+        (Relation::Table(table), true) => sorted_table(conn, table, &selection.cursor),
+        (Relation::Query(_), true) => Ok(OrderPlan::Unknown {
+            why: UnknownOrder::Query,
+        }),
+    }
+}
+
+/// Reads `EXPLAIN QUERY PLAN` details: whether the rows are sorted (`USE TEMP B-TREE FOR
+/// ORDER BY`; not `… FOR RIGHT PART OF ORDER BY` or `… FOR LAST n TERMS OF ORDER BY`, where an
+/// index gives the leading columns' order) and the first index used.
+fn plan_details(details: &[String]) -> (bool, Option<String>) {
+    let sorted = details
+        .iter()
+        .any(|d| d.starts_with("USE TEMP B-TREE FOR ORDER BY"));
+    let index = details.iter().find_map(|d| {
+        if d.contains("USING INTEGER PRIMARY KEY") || d.contains("USING ROWID") {
+            return Some("rowid".to_owned());
+        }
+        let (_, rest) = d.split_once(" INDEX ")?;
+        rest.split_whitespace().next().map(str::to_owned)
+    });
+    (sorted, index)
+}
+
+/// The plan of a table whose cursor order no index supplies: the index to create, or
+/// unknown for a view.
+fn sorted_table(conn: &Connection, table: &str, cursor: &[String]) -> Result<OrderPlan, Failure> {
+    let (schema, name) = match table.split_once('.') {
+        Some((schema, name)) => (Some(schema), name),
+        None => (None, table),
+    };
+    let kind: Option<(String, String)> = conn
+        .prepare_cached(&format!(
+            "SELECT type, name FROM {}.sqlite_schema WHERE name = ?1 COLLATE NOCASE",
+            SQL.quote_ident(schema.unwrap_or("main"))
+        ))
+        .and_then(|mut s| s.query_row([name], |row| Ok((row.get(0)?, row.get(1)?))))
+        .ok();
+    let Some(("table", name)) = kind.as_ref().map(|(k, n)| (k.as_str(), n.as_str())) else {
+        return Ok(OrderPlan::Unknown {
+            why: UnknownOrder::View,
+        });
+    };
+    // SQLite names the schema on the index: `CREATE INDEX "aux"."i" ON "t" (…)`.
+    let index = SQL.quote_ident(&dialect::cursor_index_name(name));
+    let index = match schema {
+        Some(schema) => format!("{}.{index}", SQL.quote_ident(schema)),
+        None => index,
+    };
+    let columns: Vec<String> = cursor.iter().map(|c| SQL.quote_ident(c)).collect();
+    Ok(OrderPlan::Sorted {
+        create_index: SQL.create_index_sql(&index, &SQL.quote_ident(name), &columns, false),
     })
 }
 
@@ -596,6 +711,13 @@ impl Connector for SqliteConnector {
             .await
     }
 
+    async fn plan_order(&self, request: &OrderRequest<'_>) -> Result<OrderPlan, ConnectorError> {
+        let selection = request.selection.clone();
+        let (limit, bound) = (request.limit, request.bound);
+        self.run(move |conn| order_blocking(conn, &selection, limit, bound))
+            .await
+    }
+
     async fn lookup(&self, selection: &Selection, key: &str, keys: &[Value]) -> crate::Found {
         let selection = selection.clone();
         let key = key.to_owned();
@@ -635,6 +757,39 @@ mod tests {
             ("data/hr.db", "data/hr.db"),
         ] {
             assert_eq!(path_of(url), path, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_temp_b_tree_for_the_whole_order_means_sorted() {
+        let details = |d: &[&str]| d.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cases = [
+            (
+                details(&["SCAN src", "USE TEMP B-TREE FOR ORDER BY"]),
+                (true, None),
+            ),
+            (
+                details(&["SEARCH src USING INDEX people_cursor (updated_at>?)"]),
+                (false, Some("people_cursor".to_owned())),
+            ),
+            (
+                details(&[
+                    "SEARCH src USING INDEX people_at (updated_at>?)",
+                    "USE TEMP B-TREE FOR RIGHT PART OF ORDER BY",
+                ]),
+                (false, Some("people_at".to_owned())),
+            ),
+            (
+                details(&["SCAN src USING COVERING INDEX people_cursor"]),
+                (false, Some("people_cursor".to_owned())),
+            ),
+            (
+                details(&["SEARCH src USING INTEGER PRIMARY KEY (rowid>?)"]),
+                (false, Some("rowid".to_owned())),
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(plan_details(&input), expected, "{input:?}");
         }
     }
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveDate, Utc};
 use exchange_connectors::mysql::MysqlConnector;
 use exchange_connectors::{
-    Bound, Connector, ConnectorError, HorizonInfo, PageRequest, Relation, Row, Selection,
-    SourceKind, SourceSpec, Value,
+    Bound, Connector, ConnectorError, HorizonInfo, OrderPlan, OrderRequest, PageRequest, Relation,
+    Row, Selection, SourceKind, SourceSpec, Value,
 };
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
@@ -1736,6 +1736,11 @@ async fn a_scan_streams_the_rows_pages_would_read_in_cursor_order() {
     let (chunks, end) = scan_all(&connector, &sel, None, 100, bound).await;
     assert_eq!(end.rows, 2500);
     assert!(!end.stopped);
+    assert!(
+        end.time.first_row <= end.time.total && !end.time.total.is_zero(),
+        "{:?}",
+        end.time
+    );
     assert!(chunks.iter().all(|c| c.len() == 100), "chunks of 100 rows");
     let scanned: Vec<i64> = chunks.iter().flatten().map(|r| int_of(ok(r, 0))).collect();
     assert_eq!(scanned, expected, "every row once, in cursor order");
@@ -1767,4 +1772,73 @@ async fn a_scan_streams_the_rows_pages_would_read_in_cursor_order() {
     assert!(end.rows < 2500, "{end:?}");
 
     run(&mut db, &format!("DROP TABLE {t}")).await;
+}
+
+/// Without an index on the cursor columns a steady-state page statement sorts (MariaDB's
+/// `filesort`), and `plan_order` gives the statement that creates one; run as written, it makes
+/// the index supply the order. A view that sorts is unknown; through the view the index tells.
+#[tokio::test]
+async fn plan_order_finds_the_cursor_index_or_gives_the_statement_that_creates_it() {
+    let _guard = INNODB_TRX.read().await;
+    let mut db = admin().await;
+    let t = unique("order");
+    let v = format!("{t}_v");
+    let values: Vec<String> = (1..=300)
+        .map(|id| {
+            format!(
+                "({id}, TIMESTAMPADD(MINUTE, {}, '2026-01-01 00:00:00'), 'n{id}')",
+                id % 7
+            )
+        })
+        .collect();
+    run(
+        &mut db,
+        &format!(
+            "CREATE TABLE {t} (id INT PRIMARY KEY, updated_at DATETIME(6) NOT NULL, \
+             note VARCHAR(20)); INSERT INTO {t} VALUES {}; ANALYZE TABLE {t}; \
+             CREATE VIEW {v} AS SELECT id, updated_at, note FROM {t}",
+            values.join(", ")
+        ),
+    )
+    .await;
+    let database: String = db.query_first("SELECT DATABASE()").await.unwrap().unwrap();
+    let sel = selection(
+        Relation::Table(t.clone()),
+        &["id", "updated_at", "note"],
+        &["updated_at", "id"],
+    );
+    let view = selection(
+        Relation::Table(v.clone()),
+        &["id", "updated_at", "note"],
+        &["updated_at", "id"],
+    );
+    let ask = |selection| OrderRequest {
+        selection,
+        limit: 500,
+        bound: Bound::Horizon {
+            safety_lag: Duration::ZERO,
+        },
+    };
+    let connector = connector();
+    let OrderPlan::Sorted { create_index } = connector.plan_order(&ask(&sel)).await.unwrap() else {
+        panic!("a table without a cursor index is sorted")
+    };
+    assert_eq!(
+        create_index,
+        format!("CREATE INDEX `exchange_{t}_cursor` ON `{database}`.`{t}` (`updated_at`, `id`);")
+    );
+    assert!(
+        matches!(
+            connector.plan_order(&ask(&view)).await.unwrap(),
+            OrderPlan::Unknown { .. }
+        ),
+        "a view that sorts: the index belongs to its table"
+    );
+    run(&mut db, &create_index).await;
+    let indexed = OrderPlan::Indexed {
+        index: Some(format!("exchange_{t}_cursor")),
+    };
+    assert_eq!(connector.plan_order(&ask(&sel)).await.unwrap(), indexed);
+    assert_eq!(connector.plan_order(&ask(&view)).await.unwrap(), indexed);
+    run(&mut db, &format!("DROP VIEW {v}; DROP TABLE {t}")).await;
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveDate, Utc};
 use exchange_connectors::postgres::PostgresConnector;
 use exchange_connectors::{
-    Bound, Connector, ConnectorError, HorizonInfo, Page, PageRequest, Relation, Selection,
-    SourceKind, SourceSpec, Value,
+    Bound, Connector, ConnectorError, HorizonInfo, OrderPlan, OrderRequest, Page, PageRequest,
+    Relation, Selection, SourceKind, SourceSpec, UnknownOrder, Value,
 };
 use tokio_postgres::{Client, NoTls};
 
@@ -1895,6 +1895,11 @@ async fn a_scan_reads_a_table_without_a_cursor_index_with_one_statement_in_curso
     );
     assert_eq!(end.rows, 2500);
     assert!(!end.stopped);
+    assert!(
+        end.time.first_row <= end.time.total && !end.time.total.is_zero(),
+        "{:?}",
+        end.time
+    );
     assert_eq!(end.horizon.info, HorizonInfo::Clock);
     assert!(chunks.iter().all(|c| c.len() == 100), "chunks of 100 rows");
     let scanned: Vec<i64> = chunks.iter().flat_map(|c| ordered_ids(c)).collect();
@@ -1981,4 +1986,103 @@ async fn a_scan_waits_for_an_open_transaction_and_stops_when_its_reader_goes_awa
     assert_eq!(first.len(), 100);
     assert!(end.stopped, "{end:?}");
     assert!(end.rows < 1002, "{end:?}");
+}
+
+/// Without an index on the cursor columns a steady-state page statement sorts, and
+/// `plan_order` gives the statement that creates one, quoted as PostgreSQL quotes; run as
+/// written, it makes the index supply the order — on a table small enough that the cheapest
+/// plan would still be a sequential scan and a sort. A view's plan tells through the view; a
+/// view that sorts is unknown.
+#[tokio::test]
+async fn plan_order_finds_the_cursor_index_or_gives_the_statement_that_creates_it() {
+    let admin = admin().await;
+    let s = Scratch::new(&admin, "order").await;
+    let (t, odd) = (s.q("people"), s.q("\"Odd Name\""));
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (id int8 PRIMARY KEY, updated_at timestamptz NOT NULL, note text);
+             INSERT INTO {t} SELECT g, timestamptz '2026-01-01' + (g % 7) * interval '1 minute',
+               'n' || g FROM generate_series(1, 100) g;
+             ANALYZE {t};
+             CREATE VIEW {v} AS SELECT id, updated_at, note FROM {t};
+             CREATE TABLE {odd} (\"Id\" int8 NOT NULL, \"Updated At\" timestamptz NOT NULL);",
+            v = s.q("people_view")
+        ))
+        .await
+        .unwrap();
+    let selection = table(
+        t.clone(),
+        &["id", "updated_at", "note"],
+        &["updated_at", "id"],
+    );
+    let view = Selection {
+        relation: Relation::Table(s.q("people_view")),
+        ..selection.clone()
+    };
+    let c = connector(&pg_url());
+    let ask = |selection| OrderRequest {
+        selection,
+        limit: 500,
+        bound: Bound::Horizon {
+            safety_lag: Duration::ZERO,
+        },
+    };
+    let OrderPlan::Sorted { create_index } = c.plan_order(&ask(&selection)).await.unwrap() else {
+        panic!("a table without a cursor index is sorted")
+    };
+    assert_eq!(
+        create_index,
+        format!(
+            "CREATE INDEX CONCURRENTLY exchange_people_cursor ON {}.people (updated_at, id);",
+            s.schema
+        )
+    );
+    assert_eq!(
+        c.plan_order(&ask(&view)).await.unwrap(),
+        OrderPlan::Unknown {
+            why: UnknownOrder::View
+        },
+        "a view that sorts: the index belongs to its table"
+    );
+    let query = Selection {
+        relation: Relation::Query(format!("SELECT id, updated_at, note FROM {t}")),
+        ..selection.clone()
+    };
+    assert_eq!(
+        c.plan_order(&ask(&query)).await.unwrap(),
+        OrderPlan::Unknown {
+            why: UnknownOrder::Query
+        }
+    );
+    admin.batch_execute(&create_index).await.unwrap();
+    let indexed = OrderPlan::Indexed {
+        index: Some("exchange_people_cursor".into()),
+    };
+    assert_eq!(c.plan_order(&ask(&selection)).await.unwrap(), indexed);
+    assert_eq!(c.plan_order(&ask(&view)).await.unwrap(), indexed);
+    assert_eq!(c.plan_order(&ask(&query)).await.unwrap(), indexed);
+
+    // Names that need quoting are quoted, and the statement runs as written.
+    let odd_selection = table(
+        format!("{}.Odd Name", s.schema),
+        &["Id", "Updated At"],
+        &["Updated At", "Id"],
+    );
+    let OrderPlan::Sorted { create_index } = c.plan_order(&ask(&odd_selection)).await.unwrap()
+    else {
+        panic!("a table without a cursor index is sorted")
+    };
+    assert_eq!(
+        create_index,
+        format!(
+            "CREATE INDEX CONCURRENTLY \"exchange_Odd Name_cursor\" ON {}.\"Odd Name\" \
+             (\"Updated At\", \"Id\");",
+            s.schema
+        )
+    );
+    admin.batch_execute(&create_index).await.unwrap();
+    assert!(matches!(
+        c.plan_order(&ask(&odd_selection)).await.unwrap(),
+        OrderPlan::Indexed { index: Some(_) }
+    ));
 }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use exchange_connectors::sqlite::SqliteConnector;
 use exchange_connectors::{
-    Bound, Connector, ConnectorError, HorizonInfo, Page, PageRequest, Relation, Selection,
-    SourceKind, SourceSpec, Value,
+    Bound, Connector, ConnectorError, HorizonInfo, OrderPlan, OrderRequest, Page, PageRequest,
+    Relation, ScanRequest, Selection, SourceKind, SourceSpec, Value,
 };
 use rusqlite::Connection;
 
@@ -561,4 +561,86 @@ async fn row_committed_before_the_clock_is_read_once_reached_passes_it() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Without an index on the cursor columns the page statement sorts (`USE TEMP B-TREE FOR ORDER
+/// BY`), and `plan_order` gives the statement that creates one; once it is run, the index
+/// supplies the order. A scan (pages, for SQLite) says how long its statements took.
+#[tokio::test]
+async fn plan_order_finds_the_cursor_index_or_gives_the_statement_that_creates_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = database(
+        dir.path(),
+        "CREATE TABLE people (id INTEGER NOT NULL, updated_at TEXT NOT NULL, note TEXT);
+         WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 300)
+         INSERT INTO people SELECT n, printf('2024-01-01 00:%02d:00', n % 60), 'n' FROM g;
+         CREATE VIEW people_view AS SELECT id, updated_at, note FROM people;",
+    );
+    let selection = table(
+        "people",
+        &["id", "updated_at", "note"],
+        &["updated_at", "id"],
+    );
+    let bound = Bound::Horizon {
+        safety_lag: Duration::ZERO,
+    };
+    let ask = |selection| OrderRequest {
+        selection,
+        limit: 100,
+        bound,
+    };
+    let OrderPlan::Sorted { create_index } = c.plan_order(&ask(&selection)).await.unwrap() else {
+        panic!("a table without a cursor index is sorted")
+    };
+    assert_eq!(
+        create_index,
+        "CREATE INDEX \"exchange_people_cursor\" ON \"people\" (\"updated_at\", \"id\");"
+    );
+    let view = Selection {
+        relation: Relation::Table("people_view".into()),
+        ..selection.clone()
+    };
+    assert!(
+        matches!(
+            c.plan_order(&ask(&view)).await.unwrap(),
+            OrderPlan::Unknown { .. }
+        ),
+        "a view that sorts: the index belongs to its table"
+    );
+
+    Connection::open(dir.path().join("source.db"))
+        .unwrap()
+        .execute_batch(&create_index)
+        .unwrap();
+    assert_eq!(
+        c.plan_order(&ask(&selection)).await.unwrap(),
+        OrderPlan::Indexed {
+            index: Some("exchange_people_cursor".into())
+        }
+    );
+    assert!(matches!(
+        c.plan_order(&ask(&view)).await.unwrap(),
+        OrderPlan::Indexed { .. }
+    ));
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let request = ScanRequest {
+        selection: &selection,
+        after: None,
+        bound,
+        chunk: 100,
+    };
+    let scan = async move {
+        let end = c.scan(&request, &tx).await.unwrap();
+        drop(tx);
+        end
+    };
+    let read = async move { while rx.recv().await.is_some() {} };
+    let (end, ()) = tokio::join!(scan, read);
+    assert_eq!(end.rows, 300);
+    assert!(
+        end.time.first_row <= end.time.total && !end.time.total.is_zero(),
+        "{:?}",
+        end.time
+    );
 }

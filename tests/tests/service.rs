@@ -6,7 +6,7 @@
 //!   a rotated client certificate is used by the next connections;
 //! - SIGTERM while batches are being pushed: the agent exits in time and nothing is lost;
 //! - the admin listener: `/metrics` parses as Prometheus text and its counts follow a sync,
-//!   `/health` answers.
+//!   the last pull's statement is timed there and in `status`, `/health` answers.
 
 use std::path::Path;
 use std::time::Duration;
@@ -383,6 +383,38 @@ async fn metrics_parse_as_prometheus_text_and_follow_a_sync() {
         .unwrap()
         .2;
     assert!(count >= 1.0, "no push latency recorded");
+    // The pull's statement was timed: to its first row, and whole.
+    let phase = |samples: &[Sample], phase: &str| {
+        sample(
+            samples,
+            "exchange_source_query_seconds",
+            &[("resource", CODE), ("phase", phase)],
+        )
+        .unwrap_or_else(|| panic!("no exchange_source_query_seconds phase={phase}"))
+    };
+    let (first_row, total) = (phase(&pushed, "first_row"), phase(&pushed, "total"));
+    assert!(0.0 < first_row && first_row <= total, "{first_row} {total}");
+    // And `status` shows it, from the service's status file.
+    let status = wait_for("status shows the statement's time", DEADLINE, || async {
+        let status = agent.try_status().await?;
+        let resource = status["resources"]
+            .as_array()?
+            .iter()
+            .find(|r| r["code"] == CODE)?
+            .clone();
+        resource["source_query"]["total_seconds"]
+            .as_f64()
+            .is_some()
+            .then_some(resource)
+    })
+    .await;
+    assert!(
+        status["source_query"]["first_row_seconds"]
+            .as_f64()
+            .is_some()
+    );
+    let text = agent.cmd(&["status"]).await;
+    text.assert_code(0).assert_mentions(&["first row after"]);
     source.insert(26, 5);
     wait_until("the new rows are counted", DEADLINE, || async {
         let Some((_, body)) = get(port, "/metrics").await else {

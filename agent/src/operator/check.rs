@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use exchange_connectors::{ConnectorError, SourceSpec};
 
-use crate::config::{Config, Resource, Share};
+use crate::config::{Config, Mode, Resource, Share};
 use crate::identifier::IdKind;
 use crate::pipeline::push::{HubClient, PushError};
 use crate::policy::{Plan, Rule};
@@ -431,7 +431,10 @@ async fn check_source(config: &Config, spec: &SourceSpec, out: &mut String) -> V
     for r in config.resources.iter().filter(|r| r.source == spec.name) {
         let plan = Plan::new(r, &config.keys);
         match connector.describe(&plan.selection).await {
-            Ok(cols) => verdict = verdict.worst(check_columns(r, &plan, &cols, out)),
+            Ok(cols) => {
+                verdict = verdict.worst(check_columns(r, &plan, &cols, out));
+                cursor_order(config, r, &plan, &*connector, out).await;
+            }
             Err(e) => {
                 let _ = writeln!(out, "error: resource {}: {e}", r.code);
                 verdict = verdict.worst(Verdict::of_connector(&e));
@@ -439,6 +442,87 @@ async fn check_source(config: &Config, spec: &SourceSpec, out: &mut String) -> V
         }
     }
     verdict
+}
+
+/// Whether an index supplies the cursor order of a pulled incremental resource (the source's
+/// plan of the statement a steady-state pull runs): where none does, a warning that says what
+/// it costs and the statement a DBA runs to create one, on a line of its own. A warning, never
+/// an error: the pulls are correct, only slow.
+async fn cursor_order(
+    config: &Config,
+    r: &Resource,
+    plan: &Plan,
+    connector: &dyn exchange_connectors::Connector,
+    out: &mut String,
+) {
+    use exchange_connectors::{OrderPlan, OrderRequest};
+    use exchange_protocol::tr;
+    let Mode::Incremental { safety_lag, .. } = r.mode else {
+        return;
+    };
+    if !r.share.delivers() {
+        return;
+    }
+    let request = OrderRequest {
+        selection: &plan.selection,
+        limit: config.batch.max_records,
+        bound: exchange_connectors::Bound::Horizon { safety_lag },
+    };
+    let (code, cursor) = (&r.code, plan.selection.cursor.join(", "));
+    let line = match connector.plan_order(&request).await {
+        Ok(OrderPlan::Indexed { index: Some(index) }) => tr!(
+            "  resource {code}: the cursor order ({cursor}) comes from index {index}",
+            "  资源 {code}：游标顺序（{cursor}）由索引 {index} 提供"
+        ),
+        Ok(OrderPlan::Indexed { index: None }) => tr!(
+            "  resource {code}: the cursor order ({cursor}) comes from an index",
+            "  资源 {code}：游标顺序（{cursor}）由索引提供"
+        ),
+        Ok(OrderPlan::Sorted { create_index }) => tr!(
+            "  warning: resource {code}: no index supplies the cursor order ({cursor}): every pull reads and sorts the whole table to find the rows after its cursor, so pulls grow slower and load the database more as the table grows. Ask the database's DBA to create one:\n    {create_index}",
+            "  警告：资源 {code}：没有索引提供游标顺序（{cursor}）：每次抽取都要读取并排序整张表，才能找到游标之后的行，表越大，抽取越慢，数据库负担也越重。请数据库管理员创建索引：\n    {create_index}"
+        ),
+        Ok(OrderPlan::Unknown { why }) => {
+            let why = unknown_order_text(why, r);
+            tr!(
+                "  resource {code}: whether an index supplies the cursor order ({cursor}) cannot be told: {why}",
+                "  资源 {code}：无法判断是否有索引提供游标顺序（{cursor}）：{why}"
+            )
+        }
+        Err(e) => tr!(
+            "  warning: resource {code}: the plan of its page statement cannot be read ({e}); whether an index supplies the cursor order ({cursor}) is unknown",
+            "  警告：资源 {code}：无法读取其分页语句的执行计划（{e}）；不知道是否有索引提供游标顺序（{cursor}）"
+        ),
+    };
+    let _ = writeln!(out, "{line}");
+}
+
+/// Why the plan of a resource's page statement cannot tell whether an index supplies its
+/// cursor order, for people.
+fn unknown_order_text(why: exchange_connectors::UnknownOrder, r: &Resource) -> String {
+    use exchange_connectors::UnknownOrder;
+    use exchange_protocol::tr;
+    match why {
+        UnknownOrder::Query => tr!(
+            "the resource reads a query whose plan sorts; an index would belong to the tables the query reads",
+            "该资源读取的是查询，其执行计划需要排序；索引应建在查询所读的表上"
+        ),
+        UnknownOrder::View => {
+            let view = match &r.relation {
+                exchange_connectors::Relation::Table(t) => t.as_str(),
+                exchange_connectors::Relation::Query(_) => "query",
+            };
+            tr!(
+                "`{view}` is a view whose plan sorts; an index would belong to the tables under it",
+                "`{view}` 是视图，其执行计划需要排序；索引应建在视图所依据的表上"
+            )
+        }
+        UnknownOrder::NothingToRead => tr!(
+            "the optimizer found no row to read after the last one, so its plan says nothing about the order",
+            "优化器在最后一行之后找不到可读的行，执行计划无法说明顺序"
+        ),
+        UnknownOrder::NoPlan => tr!("this source shows no plan", "该数据源不提供执行计划"),
+    }
 }
 
 /// What the probe of a source tells that limits late-commit protection.

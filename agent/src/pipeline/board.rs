@@ -1,6 +1,6 @@
 //! What the pipeline knows at run time and the queue does not hold: per resource the last pull
-//! and push error, how the last page was bounded, and whether a transaction open on the source
-//! holds it back. Shared by the pull and push loops, read by `status`, the metrics and the
+//! and push error, how the last page was bounded, whether a transaction open on the source
+//! holds it back, and how long the last incremental pull's statement took. Shared by the pull and push loops, read by `status`, the metrics and the
 //! systemd status line.
 
 use std::collections::BTreeMap;
@@ -22,6 +22,36 @@ pub struct Runtime {
     /// who holds it when the source tells; `None` when nothing does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<(String, Option<String>)>,
+    /// How long the statement of the last incremental pull took; `None` before the first.
+    /// Not serialized here: `status` reports it as a field of its own
+    /// (`ResourceStatus::source_query`), since numbers do not survive a flattened struct's
+    /// round trip through serde_json with `arbitrary_precision`.
+    #[serde(skip)]
+    pub source_query: Option<QueryTime>,
+}
+
+/// How long an incremental pull's statement took on the source
+/// (`exchange_connectors::ScanTime`), in seconds, and how many rows it returned.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct QueryTime {
+    /// From sending the statement to its first row (to its end when it returned none): long
+    /// when no index supplies the cursor order (`check --connect` says which one to create).
+    pub first_row_seconds: f64,
+    /// From sending the statement to its end, waits for a full queue included.
+    pub total_seconds: f64,
+    /// Rows it returned.
+    pub rows: u64,
+}
+
+impl QueryTime {
+    /// The time of a scan that returned `rows` rows.
+    pub fn of(time: exchange_connectors::ScanTime, rows: u64) -> QueryTime {
+        QueryTime {
+            first_row_seconds: time.first_row.as_secs_f64(),
+            total_seconds: time.total.as_secs_f64(),
+            rows,
+        }
+    }
 }
 
 /// Shared runtime facts, per resource.
@@ -49,6 +79,10 @@ impl Board {
     /// Records whether a transaction open on the source held the last pull back.
     pub fn set_held(&self, resource: &str, held: Option<(String, Option<String>)>) {
         self.with(resource, |r| r.held = held);
+    }
+    /// Records how long the statement of an incremental pull took.
+    pub fn set_query(&self, resource: &str, query: QueryTime) {
+        self.with(resource, |r| r.source_query = Some(query));
     }
     /// Records a push failure.
     pub fn set_push_error(&self, resource: &str, e: &Text) {

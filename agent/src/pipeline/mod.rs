@@ -161,6 +161,9 @@ impl Pipeline {
             resource,
             report.horizon.as_ref().map(crate::text::horizon_text),
         );
+        if let Some(query) = report.query {
+            self.board.set_query(resource, query);
+        }
         if let Some(h) = &report.horizon {
             use exchange_connectors::HorizonInfo::*;
             self.board.set_held(

@@ -368,6 +368,7 @@ impl Tracked {
             horizon: current.horizon.or(done.horizon),
             reached: current.reached.or(done.reached),
             caught_up: current.caught_up,
+            query: current.query.or(done.query),
         }
     }
 
@@ -381,6 +382,7 @@ impl Tracked {
         done.horizon = current.horizon.or(done.horizon.take());
         done.reached = current.reached;
         done.caught_up = current.caught_up;
+        done.query = current.query.or(done.query);
     }
 
     fn is_caught_up(&self) -> bool {

@@ -24,6 +24,7 @@ pub fn render(config: &Config, queue: &Queue, board: &Board, m: &metrics::Metric
     scrape.freshness(&mut out);
     scrape.queue_gauges(&mut out);
     scrape.held_back(&mut out, board);
+    scrape.source_query(&mut out, board);
     scrape.oldest_batches(&mut out, queue);
     metrics::render_process(&mut out, m, reload::last_failure().is_some());
     out
@@ -181,6 +182,33 @@ impl Scrape<'_> {
                 &[("resource", r.code.as_str())],
                 held_for(board, &r.code, self.now).map_or(0, |d| d.num_seconds().max(0)),
             );
+        }
+    }
+
+    /// How long the last incremental pull's statement took, per resource pulled since this
+    /// process started.
+    fn source_query(&self, out: &mut String, board: &Board) {
+        let name = "exchange_source_query_seconds";
+        let mut f = Family::head(
+            out,
+            name,
+            "gauge",
+            "How long the statement of the resource's last incremental pull took on the source, by phase: first_row (from sending it to its first row, or to its end when none came; long when no index supplies the cursor order, see `exchange-agent check --connect`) and total (to its end, waits for a full queue included).",
+        );
+        for r in &self.delivered {
+            let Some(q) = board.get(&r.code).source_query else {
+                continue;
+            };
+            for (phase, seconds) in [
+                ("first_row", q.first_row_seconds),
+                ("total", q.total_seconds),
+            ] {
+                f.sample(
+                    name,
+                    &[("resource", r.code.as_str()), ("phase", phase)],
+                    seconds,
+                );
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 //! What `exchange-agent status` shows: per resource the cursor, last pull and push, queued
-//! records and bytes, quarantined rows, and the last error.
+//! records and bytes, quarantined rows, the last error, and (from the running service) how the
+//! last page was bounded and how long the last incremental statement took on the source.
 //!
 //! A running daemon holds the queue open, so it also writes the same report to
 //! `<data_dir>/status.json` every few seconds (atomically, by rename); `status` reads the
@@ -113,6 +114,9 @@ pub struct ResourceStatus {
     /// The most recent quarantined rows (key and reason, never values).
     #[serde(default)]
     pub recent_quarantine: Vec<crate::pipeline::queue::QuarantineEntry>,
+    /// How long the statement of the last incremental pull took on the source (daemon only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_query: Option<crate::pipeline::board::QueryTime>,
     /// Runtime facts (daemon only).
     #[serde(flatten)]
     pub runtime: Runtime,
@@ -142,11 +146,13 @@ impl ResourceStatus {
             pulled_records: st.pulled_records,
             pushed_records: st.pushed_records,
             recent_quarantine: Vec::new(),
+            source_query: None,
             runtime: Runtime {
                 pull_error: st.pull_error.as_ref().map(noted),
                 push_error: st.push_error.as_ref().map(noted),
                 horizon: None,
                 held: None,
+                source_query: None,
             },
         }
     }
@@ -161,6 +167,7 @@ impl ResourceStatus {
     /// Adds what the running process knows; errors kept in the queue stay when it knows none.
     fn with_runtime(mut self, rt: Runtime) -> ResourceStatus {
         self.runtime.horizon = rt.horizon;
+        self.source_query = rt.source_query;
         if rt.pull_error.is_some() {
             self.runtime.pull_error = rt.pull_error;
         }
@@ -472,6 +479,15 @@ fn complete_commands(report: &mut Report, config: &Config) {
     }
 }
 
+/// Seconds for people: to the millisecond under a minute (`0.012s`), else as
+/// [`crate::text::duration_text`] writes durations.
+fn seconds_text(seconds: f64) -> String {
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(d) if seconds >= 60.0 => crate::text::duration_text(d),
+        _ => format!("{seconds:.3}s"),
+    }
+}
+
 fn size(bytes: u64) -> String {
     match bytes {
         b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
@@ -638,6 +654,21 @@ impl ResourceStatus {
         if let Some(h) = &self.runtime.horizon {
             writeln!(f, "{}", tr!("  horizon      {h}", "  读取上界     {h}"))?;
         }
+        if let Some(q) = &self.source_query {
+            let (first, total, rows) = (
+                seconds_text(q.first_row_seconds),
+                seconds_text(q.total_seconds),
+                q.rows,
+            );
+            writeln!(
+                f,
+                "{}",
+                tr!(
+                    "  query        first row after {first}, whole statement {total} ({rows} rows; last pull)",
+                    "  源查询耗时   首行 {first}，整条语句 {total}（{rows} 行；最近一次抽取）"
+                )
+            )?;
+        }
         // A stopped resource's pulls and pushes fail with its stop reason, shown above once.
         let own = |e: &&Text| !(self.stopped.is_some() && e.en().contains("` is stopped: "));
         if let Some(e) = self.runtime.pull_error.as_ref().filter(own) {
@@ -691,5 +722,26 @@ mod tests {
             r.to_string()
                 .contains("push error   hub https://hub:8443 unreachable")
         );
+    }
+
+    #[test]
+    fn the_last_statements_time_is_shown_to_the_millisecond_under_a_minute() {
+        let mut r = ResourceStatus::counters("R1", &Default::default());
+        assert!(!r.to_string().contains("first row"), "{r}");
+        r.source_query = Some(crate::pipeline::board::QueryTime {
+            first_row_seconds: 0.0123,
+            total_seconds: 90.4,
+            rows: 1500,
+        });
+        assert!(
+            r.to_string().contains(
+                "query        first row after 0.012s, whole statement 1m 30s (1500 rows; last pull)"
+            ),
+            "{r}"
+        );
+        // It survives the status file (which `status` reads while the service runs).
+        let back: ResourceStatus =
+            serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(back.source_query, r.source_query);
     }
 }

@@ -7,6 +7,8 @@
 //!   values bound with their column's type; the SQL text itself is the shared
 //!   [`Dialect::MYSQL`] (`dialect.rs`);
 //! - `horizon.rs`: late-commit protection: the clock, open transactions, replicas;
+//! - `order.rs`: whether an index supplies the cursor order (`EXPLAIN FORMAT=JSON` of the
+//!   page statement), and the index to create when none does;
 //! - `convert.rs`: the type mapping from binary-protocol values to [`Value`].
 //!
 //! A `query` resource is read inside `START TRANSACTION READ ONLY` (after the horizon
@@ -20,6 +22,7 @@
 
 mod convert;
 mod horizon;
+mod order;
 mod plan;
 mod session;
 
@@ -38,8 +41,8 @@ use mysql_async::{
 use crate::dialect::{self, BindAs, ColumnMeta, Dialect, HorizonCompare, LookupKeys, PageQuery};
 use crate::{
     Bound, Chunks, ColumnInfo, Connector, ConnectorError, ConvertError, HorizonInfo, NullRows,
-    Page, PageRequest, Probe, Relation, Row as SourceRow, ScanEnd, ScanRequest, Selection,
-    SourceSpec, Value,
+    OrderPlan, OrderRequest, Page, PageRequest, Probe, Relation, Row as SourceRow, ScanEnd,
+    ScanRequest, Selection, SourceSpec, Value,
 };
 
 use convert::*;
@@ -226,7 +229,7 @@ impl Connector for MysqlConnector {
         let (sql, params, horizon) = self
             .read_sql(&mut conn, selection, request.after, request.bound, None)
             .await?;
-        let (rows, stopped) = match selection.relation {
+        let streamed = match selection.relation {
             Relation::Table(_) => {
                 self.stream_rows(&mut conn, selection, sql, params, request.chunk, chunks)
                     .await?
@@ -242,9 +245,14 @@ impl Connector for MysqlConnector {
         };
         Ok(ScanEnd {
             horizon,
-            rows,
-            stopped,
+            rows: streamed.sent,
+            stopped: streamed.stopped,
+            time: streamed.time,
         })
+    }
+
+    async fn plan_order(&self, request: &OrderRequest<'_>) -> Result<OrderPlan, ConnectorError> {
+        self.order(request).await
     }
 
     async fn null_cursor_rows(

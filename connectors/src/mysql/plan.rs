@@ -189,8 +189,8 @@ impl MysqlConnector {
 
     /// Prepares `sql`, checks its result columns against the selection, runs it and sends its
     /// rows, converted, to `chunks` in chunks of `chunk` as they arrive (the server's stream
-    /// waits while the channel is full); returns the rows sent and whether the channel was
-    /// closed before the end (which stops the read).
+    /// waits while the channel is full); returns the rows sent, whether the channel was
+    /// closed before the end (which stops the read), and how long the statement took.
     pub(super) async fn stream_rows<Q: Queryable + Send>(
         &self,
         queryable: &mut Q,
@@ -199,32 +199,42 @@ impl MysqlConnector {
         params: Vec<mysql_async::Value>,
         chunk: usize,
         chunks: &crate::Chunks,
-    ) -> Result<(u64, bool), ConnectorError> {
+    ) -> Result<Streamed, ConnectorError> {
         let stmt = queryable.prep(sql).await.map_err(|e| self.error(&e))?;
         self.check_result_columns(selection, &stmt.columns())?;
+        let started = Instant::now();
         let mut result = queryable
             .exec_iter(&stmt, Params::Positional(params))
             .await
             .map_err(|e| self.error(&e))?;
         let chunk = chunk.max(1);
         let mut rows = Vec::with_capacity(chunk);
-        let mut sent = 0u64;
+        let mut out = Streamed::default();
+        let mut first = true;
         while let Some(row) = result.next().await.map_err(|e| self.error(&e))? {
+            if std::mem::take(&mut first) {
+                out.time.first_row = started.elapsed();
+            }
             rows.push(self.convert_row(&selection.columns, row)?);
             if rows.len() >= chunk {
-                sent += rows.len() as u64;
+                out.sent += rows.len() as u64;
                 if chunks.send(std::mem::take(&mut rows)).await.is_err() {
                     // The reader is gone; the rest of the result is discarded with it.
-                    return Ok((sent, true));
+                    out.stopped = true;
+                    out.time.total = started.elapsed();
+                    return Ok(out);
                 }
             }
         }
-        let mut stopped = false;
-        if !rows.is_empty() {
-            sent += rows.len() as u64;
-            stopped = chunks.send(rows).await.is_err();
+        if first {
+            out.time.first_row = started.elapsed();
         }
-        Ok((sent, stopped))
+        if !rows.is_empty() {
+            out.sent += rows.len() as u64;
+            out.stopped = chunks.send(rows).await.is_err();
+        }
+        out.time.total = started.elapsed();
+        Ok(out)
     }
 
     /// Starts a read-only transaction (a query resource cannot write).
@@ -238,6 +248,17 @@ impl MysqlConnector {
             .await
             .map_err(|e| self.error(&e))
     }
+}
+
+/// What [`MysqlConnector::stream_rows`] sent.
+#[derive(Debug, Default)]
+pub(super) struct Streamed {
+    /// Rows sent.
+    pub(super) sent: u64,
+    /// Whether the reader closed the channel before the end.
+    pub(super) stopped: bool,
+    /// How long the statement took.
+    pub(super) time: crate::ScanTime,
 }
 
 /// `schema.table` → (`Some(schema)`, `table`); `table` → (`None`, `table`).

@@ -156,6 +156,8 @@
 //! - `session`: connecting, TLS, the pool, reconnecting and what a failure means;
 //! - `plan`: catalogue resolution (default deny), column types and how values are bound back;
 //! - `horizon`: `probe` and the horizon of a page;
+//! - `order`: whether an index supplies the cursor order (`EXPLAIN (FORMAT JSON)` of the page
+//!   statement), and the index to create when none does;
 //! - `convert`: the type mapping of cells to [`Value`]s.
 
 use std::collections::HashMap;
@@ -174,6 +176,7 @@ use tokio_postgres::{Client, Config, NoTls, Statement};
 
 mod convert;
 mod horizon;
+mod order;
 mod plan;
 mod session;
 
@@ -188,7 +191,8 @@ use crate::dialect::{self, BindAs, ColumnMeta, Dialect, HorizonCompare, LookupKe
 const SQL: Dialect = Dialect::POSTGRES;
 use crate::{
     Bound, Chunks, ColumnInfo, Connector, ConnectorError, ConvertError, HorizonInfo, NullRows,
-    Page, PageRequest, Probe, Relation, Row, ScanEnd, ScanRequest, Selection, SourceSpec, Value,
+    OrderPlan, OrderRequest, Page, PageRequest, Probe, Relation, Row, ScanEnd, ScanRequest,
+    ScanTime, Selection, SourceSpec, Value,
 };
 
 /// Runs `$body` with a session of the pool (`$session: &mut Session`), retrying once on a new
@@ -381,15 +385,14 @@ impl PostgresConnector {
         Ok(convert_rows(&plan, &rows))
     }
 
-    /// One attempt at a read on `session`: a page (`limit`, rows collected) or a scan (no
-    /// limit, rows sent to `out` as they arrive).
-    async fn read_on(
+    /// The statement of a read on `session` (the horizon read first, see
+    /// [`PostgresConnector::bound_of`]): its plan, text, parameters in order and bound.
+    async fn page_statement(
         &self,
         session: &mut Session,
         read: ReadRequest<'_>,
         positions: &[usize],
-        out: &mut Out<'_>,
-    ) -> Result<(Vec<Row>, crate::Horizon), Failure> {
+    ) -> Result<PageStatement, Failure> {
         let selection = read.selection;
         let plan = self.plan(session, selection).await?;
 
@@ -411,24 +414,45 @@ impl PostgresConnector {
         let (horizon, bounded) = self
             .bound_of(session, &plan, positions[0], read.bound)
             .await?;
-        let (sql, params) = SQL.page_query::<&(dyn ToSql + Sync)>(PageQuery {
+        let (sql, params) = SQL.page_query::<Param>(PageQuery {
             select_list: &plan.select_list,
             from: &plan.from,
             cursor: &selection.cursor,
             after: read.after.map(|_| {
                 after
                     .iter()
-                    .map(|(column, ty, text)| (column.bind_as(ty), text as &(dyn ToSql + Sync)))
+                    .map(|(column, ty, text)| (column.bind_as(ty), Arc::new(text.clone()) as Param))
                     .collect()
             }),
-            horizon: horizon
-                .as_ref()
-                .map(|(kind, at)| (*kind, at as &(dyn ToSql + Sync))),
-            limit: read.limit.as_ref().map(|l| l as &(dyn ToSql + Sync)),
+            horizon: horizon.map(|(kind, at)| (kind, Arc::new(at) as Param)),
+            limit: read.limit.map(|l| Arc::new(l) as Param),
         });
+        Ok(PageStatement {
+            plan,
+            sql,
+            params,
+            bounded,
+        })
+    }
 
+    /// One attempt at a read on `session`: a page (`limit`, rows collected) or a scan (no
+    /// limit, rows sent to `out` as they arrive).
+    async fn read_on(
+        &self,
+        session: &mut Session,
+        read: ReadRequest<'_>,
+        positions: &[usize],
+        out: &mut Out<'_>,
+    ) -> Result<(Vec<Row>, crate::Horizon), Failure> {
+        let PageStatement {
+            plan,
+            sql,
+            params,
+            bounded,
+        } = self.page_statement(session, read, positions).await?;
+        let params = param_refs(&params);
         let statement = session.prepare(&sql).await?;
-        let read_only = matches!(selection.relation, Relation::Query(_));
+        let read_only = matches!(read.selection.relation, Relation::Query(_));
         let rows = match out {
             Out::Collect => {
                 let rows = query_rows(&mut session.client, &statement, &params, read_only).await?;
@@ -490,6 +514,26 @@ struct ReadRequest<'a> {
     limit: Option<i64>,
 }
 
+/// A parameter of a statement, owned (so a statement can be built apart from its run).
+type Param = Arc<dyn ToSql + Send + Sync>;
+
+/// The parameters as tokio-postgres takes them.
+fn param_refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect()
+}
+
+/// The statement of a read, built by [`PostgresConnector::page_statement`].
+struct PageStatement {
+    /// The plan of its selection.
+    plan: Arc<Plan>,
+    /// Its text ([`Dialect::page_query`]).
+    sql: String,
+    /// Its parameters, in order.
+    params: Vec<Param>,
+    /// How it is bounded.
+    bounded: crate::Horizon,
+}
+
 /// Where a read's rows go.
 enum Out<'a> {
     /// Returned together (a page).
@@ -498,12 +542,13 @@ enum Out<'a> {
     Stream(Streamed<'a>),
 }
 
-/// The channel of a scan and what was sent to it.
+/// The channel of a scan, what was sent to it and how long the statement took.
 struct Streamed<'a> {
     chunks: &'a Chunks,
     chunk: usize,
     sent: u64,
     stopped: bool,
+    time: ScanTime,
 }
 
 /// Runs `statement` in a read-only transaction (one snapshot) and sends its rows, converted,
@@ -518,27 +563,37 @@ async fn stream_rows(
 ) -> Result<(), tokio_postgres::Error> {
     use futures_util::TryStreamExt;
     let transaction = client.build_transaction().read_only(true).start().await?;
+    let started = std::time::Instant::now();
     let rows = transaction
         .query_raw(statement, params.iter().copied())
         .await?;
     let mut rows = std::pin::pin!(rows);
     let chunk = out.chunk.max(1);
     let mut pending = Vec::with_capacity(chunk);
+    let mut first = true;
     while let Some(row) = rows.try_next().await? {
+        if std::mem::take(&mut first) {
+            out.time.first_row = started.elapsed();
+        }
         pending.push(convert_row(plan, &row));
         if pending.len() >= chunk {
             out.sent += pending.len() as u64;
             if out.chunks.send(std::mem::take(&mut pending)).await.is_err() {
                 out.stopped = true;
+                out.time.total = started.elapsed();
                 // Dropping the transaction rolls it back; the rest of the rows are not read.
                 return Ok(());
             }
         }
     }
+    if first {
+        out.time.first_row = started.elapsed();
+    }
     if !pending.is_empty() {
         out.sent += pending.len() as u64;
         out.stopped = out.chunks.send(pending).await.is_err();
     }
+    out.time.total = started.elapsed();
     transaction.commit().await
 }
 
@@ -593,6 +648,14 @@ impl Connector for PostgresConnector {
             .await)
     }
 
+    async fn plan_order(&self, request: &OrderRequest<'_>) -> Result<OrderPlan, ConnectorError> {
+        let positions = dialect::cursor_positions(request.selection, None)
+            .map_err(|reason| self.config_error(reason))?;
+        with_session!(self, |session| self
+            .order_on(session, request, &positions)
+            .await)
+    }
+
     async fn scan(
         &self,
         request: &ScanRequest<'_>,
@@ -616,6 +679,7 @@ impl Connector for PostgresConnector {
                 chunk: request.chunk,
                 sent: 0,
                 stopped: false,
+                time: ScanTime::default(),
             });
             let result = self.read_on(session, read, &positions, &mut out).await;
             let Out::Stream(stream) = out else {
@@ -627,6 +691,7 @@ impl Connector for PostgresConnector {
                         horizon,
                         rows: stream.sent,
                         stopped: stream.stopped,
+                        time: stream.time,
                     });
                 }
                 Err(failure) => {

@@ -15,6 +15,10 @@
 //!   the read can carry the end of a baseline ([`complete_baseline`]);
 //! - the queue bound holds: a chunk is committed only when the queue has room, and while it
 //!   waits the source's stream waits too (one chunk in the channel, one being read).
+//!
+//! The connector measures the statement (to its first row, to its end: `ScanTime`, waits for
+//! the queue included); the pull reports it, and `status` and the metrics show the last one
+//! (`board::QueryTime`, `exchange_source_query_seconds`).
 
 use std::time::Duration;
 
@@ -22,6 +26,7 @@ use exchange_connectors::{Bound, ScanEnd, ScanRequest, Value};
 use exchange_protocol::lang::Text;
 
 use crate::config::BatchLimits;
+use crate::pipeline::board::QueryTime;
 use crate::pipeline::queue::{Encoded, QueueError, ResourceState};
 use crate::policy::{CursorOf, Plan};
 
@@ -66,6 +71,7 @@ impl Puller {
             }
         }
         let end = scan.end().await?;
+        report.query = Some(QueryTime::of(end.time, end.rows));
         report.horizon = Some(end.horizon.info.clone());
         report.reached = end.horizon.reached;
         match held {

@@ -125,6 +125,8 @@ pub struct PullReport {
     pub reached: Option<chrono::DateTime<chrono::Utc>>,
     /// Whether the pull ended caught up with the source (as opposed to stopping early).
     pub caught_up: bool,
+    /// How long the incremental statement took (incremental pulls only).
+    pub query: Option<crate::pipeline::board::QueryTime>,
 }
 
 impl PullReport {
