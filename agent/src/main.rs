@@ -1,5 +1,7 @@
 //! The `exchange-agent` command.
 
+mod help;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -71,11 +73,11 @@ enum Command {
     /// List, export or discard queued batches.
     #[command(subcommand)]
     Queue(QueueCommand),
-    /// Show, reset or set a resource's cursor (the service must be stopped).
+    /// Show, reset or set a resource's cursor.
     #[command(subcommand)]
     Cursor(CursorCommand),
     /// Read a resource again from the start on a new stream: for a hub that lost batches, a
-    /// restored data directory or a changed configuration (the service must be stopped).
+    /// restored data directory or a changed configuration.
     Resync {
         /// Resource code.
         resource: String,
@@ -84,7 +86,7 @@ enum Command {
         yes: bool,
     },
     /// After a configuration change stopped a resource: go on from its cursor with the new
-    /// configuration (the service must be stopped).
+    /// configuration.
     AcceptConfig {
         /// Resource code.
         resource: String,
@@ -303,6 +305,13 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// The command line, its help in the operator's language.
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = exchange_protocol::help::localized(Cli::command(), help::ZH).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
     match tokio::runtime::Builder::new_multi_thread()
@@ -318,7 +327,7 @@ fn main() -> ExitCode {
 }
 
 async fn agent_main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let file = ConfigPath::from_env(cli.config.as_deref());
     let at = (&file, cli.log_format);
     match cli.command {
@@ -681,5 +690,19 @@ fn audit_export(config: &Config, since: Option<&str>) -> ExitCode {
             "cannot export the audit log",
             "无法导出审计日志"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_help_text_has_its_chinese() {
+        let missing = exchange_protocol::help::untranslated(super::Cli::command(), super::help::ZH);
+        assert!(
+            missing.is_empty(),
+            "no Chinese in help.rs for:\n{missing:#?}"
+        );
     }
 }

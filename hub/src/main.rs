@@ -4,6 +4,8 @@
 //! --connect`), 1 any other failure. Logs go to stderr: text without colour unless stderr is
 //! a terminal, or one JSON object per line with `--log-format json`.
 
+mod help;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -153,8 +155,15 @@ fn store_error(error: StoreError) -> Failure {
     }
 }
 
+/// The command line, its help in the operator's language.
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = exchange_protocol::help::localized(Cli::command(), help::ZH).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
@@ -799,5 +808,19 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM received."),
         _ = tokio::signal::ctrl_c() => info!("SIGINT received."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_help_text_has_its_chinese() {
+        let missing = exchange_protocol::help::untranslated(super::Cli::command(), super::help::ZH);
+        assert!(
+            missing.is_empty(),
+            "no Chinese in help.rs for:\n{missing:#?}"
+        );
     }
 }

@@ -19,6 +19,8 @@ pub mod batch;
 pub mod catalogue;
 pub mod cause;
 pub mod digest;
+#[cfg(feature = "help")]
+pub mod help;
 pub mod lang;
 #[cfg(feature = "pki")]
 pub mod pki;

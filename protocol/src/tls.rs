@@ -829,30 +829,39 @@ impl std::fmt::Display for HandshakeFailure {
 pub fn explain(err: &rustls::Error) -> String {
     use rustls::{CertificateError, Error};
     let hint = match err {
-        Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-            "the peer's certificate was not issued by the configured CA"
-        }
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => crate::lang::pick(
+            "the peer's certificate was not issued by the configured CA",
+            "对方的证书不是由所配置的 CA 签发的",
+        ),
         Error::InvalidCertificate(CertificateError::Expired)
         | Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
-            "the peer's certificate has expired"
+            crate::lang::pick("the peer's certificate has expired", "对方的证书已过期")
         }
         Error::InvalidCertificate(CertificateError::NotValidForName)
         | Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
-            "the peer's certificate is not valid for the address connected to"
+            crate::lang::pick(
+                "the peer's certificate is not valid for the address connected to",
+                "对方的证书对所连接的地址无效",
+            )
         }
-        Error::NoCertificatesPresented => "the peer presented no client certificate",
-        Error::InvalidCertificate(CertificateError::Revoked) => {
-            "the peer's certificate is listed in a configured certificate revocation list (crl)"
-        }
-        Error::InvalidCertificate(CertificateError::UnknownRevocationStatus) => {
-            "no configured certificate revocation list (crl) is from the CA that issued the peer's certificate"
-        }
+        Error::NoCertificatesPresented => crate::lang::pick(
+            "the peer presented no client certificate",
+            "对方没有出示客户端证书",
+        ),
+        Error::InvalidCertificate(CertificateError::Revoked) => crate::lang::pick(
+            "the peer's certificate is listed in a configured certificate revocation list (crl)",
+            "对方的证书列在所配置的证书吊销列表（crl）中",
+        ),
+        Error::InvalidCertificate(CertificateError::UnknownRevocationStatus) => crate::lang::pick(
+            "no configured certificate revocation list (crl) is from the CA that issued the peer's certificate",
+            "所配置的证书吊销列表（crl）中没有一个来自签发对方证书的 CA",
+        ),
         _ => "",
     };
     if hint.is_empty() {
         err.to_string()
     } else {
-        format!("{err} ({hint})")
+        crate::tr!("{err} ({hint})", "{err}（{hint}）")
     }
 }
 

@@ -94,3 +94,39 @@ async fn a_stop_reason_stored_in_english_reads_in_chinese_for_an_operator_who_re
     )]);
     assert!(!en.text().contains("数据流开始以来"), "{en}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_is_in_chinese_under_zh_for_both_binaries_and_in_english_under_en() {
+    let zh = |bin| run_with(bin, &["--help"], &[("EXCHANGE_LANG", "zh")]);
+    let en = |bin| run_with(bin, &["--help"], &[("EXCHANGE_LANG", "en")]);
+    let agent = bins::agent();
+    zh(&agent).await.assert_code(0).assert_mentions(&[
+        "用法：exchange-agent",
+        "命令",
+        "运行守护进程：按计划抽取，持续推送",
+        "查看、重置或设置资源的游标",
+    ]);
+    en(&agent).await.assert_code(0).assert_mentions(&[
+        "Usage: exchange-agent",
+        "Run the daemon: pull on schedule, push continuously",
+    ]);
+    let export = run_with(
+        &agent,
+        &["queue", "export", "--help"],
+        &[("EXCHANGE_LANG", "zh")],
+    )
+    .await;
+    export
+        .assert_code(0)
+        .assert_mentions(&["参数", "批次序号", "选项"]);
+    assert!(!export.text().contains("Resource code"), "{export}");
+    let hub = bins::hub();
+    zh(&hub)
+        .await
+        .assert_code(0)
+        .assert_mentions(&["用法：exchange-hub", "监听前置机"]);
+    en(&hub)
+        .await
+        .assert_code(0)
+        .assert_mentions(&["Listen for agents until SIGTERM or SIGINT"]);
+}
