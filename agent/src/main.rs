@@ -305,13 +305,6 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// The command line, its help in the operator's language.
-fn parse_cli() -> Cli {
-    use clap::{CommandFactory, FromArgMatches};
-    let matches = exchange_protocol::help::localized(Cli::command(), help::ZH).get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
-}
-
 fn main() -> ExitCode {
     limit_malloc_arenas();
     match tokio::runtime::Builder::new_multi_thread()
@@ -327,7 +320,7 @@ fn main() -> ExitCode {
 }
 
 async fn agent_main() -> ExitCode {
-    let cli = parse_cli();
+    let cli: Cli = exchange_protocol::help::parse(help::ZH);
     let file = ConfigPath::from_env(cli.config.as_deref());
     let at = (&file, cli.log_format);
     match cli.command {
@@ -695,14 +688,10 @@ fn audit_export(config: &Config, since: Option<&str>) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
-
     #[test]
     fn every_help_text_has_its_chinese() {
-        let missing = exchange_protocol::help::untranslated(super::Cli::command(), super::help::ZH);
-        assert!(
-            missing.is_empty(),
-            "no Chinese in help.rs for:\n{missing:#?}"
-        );
+        let cli = <super::Cli as clap::CommandFactory>::command();
+        let missing = exchange_protocol::help::untranslated(cli, super::help::ZH);
+        assert!(missing.is_empty(), "no Chinese in help.rs: {missing:#?}");
     }
 }

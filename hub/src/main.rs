@@ -155,15 +155,8 @@ fn store_error(error: StoreError) -> Failure {
     }
 }
 
-/// The command line, its help in the operator's language.
-fn parse_cli() -> Cli {
-    use clap::{CommandFactory, FromArgMatches};
-    let matches = exchange_protocol::help::localized(Cli::command(), help::ZH).get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
-}
-
 fn main() -> ExitCode {
-    let cli = parse_cli();
+    let cli: Cli = exchange_protocol::help::parse(help::ZH);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
@@ -813,14 +806,10 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
-
     #[test]
     fn every_help_text_has_its_chinese() {
-        let missing = exchange_protocol::help::untranslated(super::Cli::command(), super::help::ZH);
-        assert!(
-            missing.is_empty(),
-            "no Chinese in help.rs for:\n{missing:#?}"
-        );
+        let cli = <super::Cli as clap::CommandFactory>::command();
+        let missing = exchange_protocol::help::untranslated(cli, super::help::ZH);
+        assert!(missing.is_empty(), "no Chinese in help.rs: {missing:#?}");
     }
 }

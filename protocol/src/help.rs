@@ -24,6 +24,13 @@ pub fn localized(cmd: Command, zh: &[(&'static str, &'static str)]) -> Command {
     translate(cmd, zh)
 }
 
+/// Parses the process's command line into `C`, its help in the current language ([`localized`]);
+/// exits as clap does on `--help`, `--version` or an error.
+pub fn parse<C: clap::Parser>(zh: &[(&'static str, &'static str)]) -> C {
+    let matches = localized(C::command(), zh).get_matches();
+    C::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 /// The help texts of `cmd` and its subcommands that `zh` does not translate.
 pub fn untranslated(mut cmd: Command, zh: &[(&'static str, &'static str)]) -> Vec<String> {
     cmd.build();
