@@ -63,13 +63,14 @@ pub fn rule_warnings(r: &Resource) -> Vec<String> {
             Rule::Pseudonym {
                 kind: IdKind::Other,
                 domain,
-            } => Some(format!(
+            } => Some(exchange_protocol::tr!(
                 "resource {}: {} `{name}` is pseudonymized as identifier kind `other` (domain `{domain}`): its value is not normalized, and its tokens will not join with the tokens of 公民身份号码, 统一社会信用代码 … of other resources and departments; if it holds one, name the kind: `{name} = {{ rule = \"pseudonym\", identifier = \"citizen_id\" }}`",
+                "资源 {}：{} `{name}` 以标识类型 `other` 假名化（域 `{domain}`）：其值不做规范化，它的假名无法与其他资源和部门的公民身份号码、统一社会信用代码……的假名关联；如果它存放的是其中一种，请写明类型：`{name} = {{ rule = \"pseudonym\", identifier = \"citizen_id\" }}`",
                 r.code,
                 if name.eq_ignore_ascii_case(&r.key) {
-                    "key"
+                    exchange_protocol::lang::pick("key", "主键")
                 } else {
-                    "field"
+                    exchange_protocol::lang::pick("field", "字段")
                 }
             )),
             _ => None,
@@ -106,8 +107,9 @@ pub fn verification_warnings(r: &Resource) -> Vec<String> {
     let mut out = Vec::new();
     for field in granted {
         if r.key_kind == IdKind::CitizenId && !v.reveal_not_found && in_citizen_id(field) {
-            out.push(format!(
+            out.push(exchange_protocol::tr!(
                 "resource {}: field `{field}` is granted for verification on a resource keyed by 公民身份号码 that hides whether a subject is held (reveal_not_found = false); if it holds the birth date or the sex, every requester can read it off the subject, so one claim tells whether the subject is held: do not grant it here, or set reveal_not_found = true (docs/PROTOCOL.md §11.7)",
+                "资源 {}：字段 `{field}` 被授权用于核验，而该资源以公民身份号码为主键并隐藏主体是否存在（reveal_not_found = false）；如果该字段存放出生日期或性别，任何请求方都能从主体中读出它，一次声明就能得知主体是否存在：请不要在此授权它，或设置 reveal_not_found = true（docs/PROTOCOL.md §11.7）",
                 r.code
             ));
         }
@@ -128,8 +130,9 @@ pub fn verification_warnings(r: &Resource) -> Vec<String> {
                 )
             )
         {
-            out.push(format!(
+            out.push(exchange_protocol::tr!(
                 "resource {}: field `{field}` is granted for verification and also delivered as {}: a requester holding that form has few candidates left to guess; list it in `enumerable` for the stricter budget (docs/CONFIG.md)",
+                "资源 {}：字段 `{field}` 被授权用于核验，同时又以 {} 形式交付：持有该形式的请求方只剩很少的候选值可猜；请把它列入 `enumerable`，使用更严格的额度（docs/CONFIG.md）",
                 r.code,
                 rule.expect("matched")
             ));

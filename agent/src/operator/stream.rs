@@ -67,11 +67,12 @@ pub fn accept_config(config: &Config, queue: &Queue, code: &str) -> Printed {
     if let Some(old) = &st.shape {
         let tightened = old.tightened(&now);
         if !tightened.is_empty() && st.queued_batches > 0 {
-            return Err(OperatorError::Usage(format!(
+            return Err(OperatorError::Usage(exchange_protocol::tr!(
                 "`{code}` has {} ({} records) queued under the old configuration, which delivers {} more openly than the new one; accept-config would send them as they are. Run `exchange-agent resync {code} --yes` (discards them and reads everything again under the new configuration), or put the previous rules back, run `exchange-agent accept-config {code} --yes` and let the service deliver the queue, then change the rules again",
+                "`{code}` 有 {}（{} 条记录）按旧配置排队，旧配置交付 {} 的方式比新配置更公开；accept-config 会按原样发送它们。请运行 `exchange-agent resync {code} --yes`（丢弃它们并按新配置重新读取全部），或先恢复原来的规则，运行 `exchange-agent accept-config {code} --yes`，让服务交付完队列，再修改规则",
                 match st.queued_batches {
-                    1 => "1 batch".to_owned(),
-                    n => format!("{n} batches"),
+                    1 => exchange_protocol::tr!("1 batch", "1 个批次"),
+                    n => exchange_protocol::tr!("{n} batches", "{n} 个批次"),
                 },
                 st.queued_records,
                 tightened

@@ -430,8 +430,9 @@ async fn pull_until_started(
                 match still_waiting(puller, &report, scans, t0) {
                     None => break,
                     Some(text) if Instant::now() >= until => {
-                        return tracked.fail(format!(
+                        return tracked.fail(exchange_protocol::tr!(
                             "waited {} for the source; still {text}",
+                            "已等待数据源 {}；仍在{text}",
                             crate::text::duration_text(wait)
                         ));
                     }
@@ -554,23 +555,29 @@ fn waiting_for(
         Mode::Snapshot => "0s".into(),
     };
     match &report.horizon {
-        Some(HorizonInfo::OpenTransaction { since, session }) => format!(
+        Some(HorizonInfo::OpenTransaction { since, session }) => exchange_protocol::tr!(
             "held back by a transaction open on `{source}` since {}{}",
+            "被 `{source}` 上自 {} 起未结束的事务暂缓{}",
             local_time(since),
             session
                 .as_ref()
                 .map(|s| format!(" ({s})"))
                 .unwrap_or_default()
         ),
-        Some(HorizonInfo::PreparedTransaction { since }) => format!(
+        Some(HorizonInfo::PreparedTransaction { since }) => exchange_protocol::tr!(
             "held back by a prepared transaction on `{source}` since {} (COMMIT PREPARED or ROLLBACK PREPARED it)",
+            "被 `{source}` 上自 {} 起的预备事务暂缓（请对其执行 COMMIT PREPARED 或 ROLLBACK PREPARED）",
             local_time(since)
         ),
-        Some(HorizonInfo::Replica { lag: replica_lag }) => format!(
+        Some(HorizonInfo::Replica { lag: replica_lag }) => exchange_protocol::tr!(
             "`{source}` is a replica: waiting for its replica_lag ({}) and the safety lag ({lag}); {behind} to go",
+            "`{source}` 是副本：等待其复制延迟（{}）和安全延迟（{lag}）；还需 {behind}",
             crate::text::duration_text(*replica_lag)
         ),
-        _ => format!("waiting for the safety lag ({lag}); {behind} to go"),
+        _ => exchange_protocol::tr!(
+            "waiting for the safety lag ({lag}); {behind} to go",
+            "等待安全延迟（{lag}）；还需 {behind}"
+        ),
     }
 }
 

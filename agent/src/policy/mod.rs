@@ -55,8 +55,9 @@ pub fn check_types(
             continue;
         };
         if !rule.accepts(TypeClass::of(&c.source_type)) {
-            return Err(format!(
+            return Err(exchange_protocol::tr!(
                 "resource `{}`, field `{name}`: rule {rule} is not for a column of type {}; it takes {}",
+                "资源 `{}`，字段 `{name}`：规则 {rule} 不适用于类型为 {} 的列；它接受 {}",
                 resource.code,
                 c.source_type,
                 rule.accepted_types()

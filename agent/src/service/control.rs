@@ -208,8 +208,9 @@ async fn answer_sync(
     if let Some(code) = &resource
         && !pipeline.pullers.iter().any(|p| &p.resource.code == code)
     {
-        return Ok(Reply::Error(format!(
-            "no delivered resource `{code}` in the running configuration"
+        return Ok(Reply::Error(exchange_protocol::tr!(
+            "no delivered resource `{code}` in the running configuration",
+            "运行中的配置里没有交付的资源 `{code}`"
         )));
     }
     tracing::info!(

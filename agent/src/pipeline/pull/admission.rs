@@ -130,8 +130,9 @@ impl Puller {
                     self.queue.update_state(code, |st| st.columns = Some(now))?;
                     return Ok(());
                 }
-                let reason = format!(
+                let reason = exchange_protocol::tr!(
                     "column type changed at the source: {}. The resource pauses until the column is back as it was; if the change is intended, run `exchange-agent accept-config {code} --yes` (or `exchange-agent resync {code} --yes`)",
+                    "数据源中的列类型已更改：{}。资源暂停，直到该列恢复原样；如果这是有意的更改，请运行 `exchange-agent accept-config {code} --yes`（或 `exchange-agent resync {code} --yes`）",
                     changed.join(", ")
                 );
                 tracing::error!(resource = %code, reason, "Resource paused.");

@@ -104,12 +104,14 @@ impl Sent<'_> {
     /// Whether the acknowledgement's mark agrees with its status and the batch.
     fn consistent(&self, ack: &Ack) -> Result<(), PushError> {
         let why = match ack.status {
-            AckStatus::Applied if ack.last_seq != self.batch.seq => format!(
+            AckStatus::Applied if ack.last_seq != self.batch.seq => exchange_protocol::tr!(
                 "applied, but the stream's mark is {} instead of the batch's seq",
+                "已应用，但数据流的标记是 {} 而不是该批次的序号",
                 ack.last_seq
             ),
-            AckStatus::Duplicate if ack.last_seq < self.batch.seq => format!(
+            AckStatus::Duplicate if ack.last_seq < self.batch.seq => exchange_protocol::tr!(
                 "a duplicate, but the stream's mark {} is below the batch's seq",
+                "重复批次，但数据流的标记 {} 低于该批次的序号",
                 ack.last_seq
             ),
             _ => return Ok(()),

@@ -161,8 +161,9 @@ impl HubClient {
         let error = error_text(&body);
         Err(PushError::Unreachable {
             url: self.url.clone(),
-            reason: format!(
+            reason: exchange_protocol::tr!(
                 "catalogue entry of `{}` answered {status}: {error}",
+                "`{}` 的目录条目得到应答 {status}：{error}",
                 entry.resource
             ),
         })
