@@ -1900,7 +1900,16 @@ async fn a_scan_reads_a_table_without_a_cursor_index_with_one_statement_in_curso
         "{:?}",
         end.time
     );
-    assert_eq!(end.horizon.info, HorizonInfo::Clock);
+    // Other tests of this binary open transactions in the same cluster while this one runs;
+    // whichever bounds the horizon, every row here committed before it.
+    assert!(
+        matches!(
+            end.horizon.info,
+            HorizonInfo::Clock | HorizonInfo::OpenTransaction { .. }
+        ),
+        "{:?}",
+        end.horizon
+    );
     assert!(chunks.iter().all(|c| c.len() == 100), "chunks of 100 rows");
     let scanned: Vec<i64> = chunks.iter().flat_map(|c| ordered_ids(c)).collect();
     assert_eq!(scanned, expected, "every row once, in cursor order");
