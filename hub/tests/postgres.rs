@@ -156,6 +156,97 @@ async fn concurrent_copies_of_a_batch_apply_once() {
     hub.stop().await.unwrap();
 }
 
+/// New keys are copied in without a probe of each: a run whose first key is new but whose
+/// later keys exist falls back to the upsert, with nothing written twice and nothing lost.
+#[tokio::test]
+async fn a_run_of_new_keys_with_an_existing_one_inside_is_upserted_whole() {
+    let db = PgDb::create().await;
+    let pki = Pki::new();
+    let hub = Hub::start(&pki, db.store_config()).await;
+    let client = client(&pki.client(NODE));
+    let stream = new_stream();
+    let first = (0..100)
+        .map(|i| upsert(&format!("k{:03}", 2 * i + 1), r#"{"v":1}"#))
+        .collect();
+    let a = ack(Push::new(NODE, RESOURCE, &stream, 1, first)
+        .send(&client, &hub)
+        .await)
+    .await;
+    assert_eq!((a.status, a.records), (AckStatus::Applied, 100));
+    // Even keys are new, odd ones exist; the first key of the run is new, the last exists.
+    let second = (0..200)
+        .map(|i| upsert(&format!("k{i:03}"), r#"{"v":2}"#))
+        .collect();
+    let a = ack(Push::new(NODE, RESOURCE, &stream, 2, second)
+        .send(&client, &hub)
+        .await)
+    .await;
+    assert_eq!((a.status, a.records), (AckStatus::Applied, 200));
+    let rows = exported(&hub, RESOURCE).await;
+    assert_eq!(rows.len(), 200);
+    assert!(rows.iter().all(|(_, f)| f == r#"{"v":2}"#), "{rows:?}");
+    hub.stop().await.unwrap();
+}
+
+/// A batch of many short runs (an upsert and a delete in turn) is applied in body order
+/// whichever way each run's new keys are written.
+#[tokio::test]
+async fn a_batch_of_many_alternating_runs_is_applied_in_body_order() {
+    let db = PgDb::create().await;
+    let pki = Pki::new();
+    let hub = Hub::start(&pki, db.store_config()).await;
+    let client = client(&pki.client(NODE));
+    let mut records = Vec::new();
+    for i in 0..60 {
+        records.push(upsert(&format!("n{i:02}"), r#"{"v":1}"#));
+        records.push(upsert(&format!("g{i:02}"), r#"{"v":1}"#));
+        records.push(delete(&format!("g{i:02}")));
+    }
+    let a = ack(Push::new(NODE, RESOURCE, &new_stream(), 1, records)
+        .send(&client, &hub)
+        .await)
+    .await;
+    assert_eq!(a.status, AckStatus::Applied);
+    let keys: Vec<String> = exported(&hub, RESOURCE)
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let expected: Vec<String> = (0..60).map(|i| format!("n{i:02}")).collect();
+    assert_eq!(keys, expected);
+    hub.stop().await.unwrap();
+}
+
+/// Two streams writing the same new keys at once: the second COPY meets the first one's
+/// rows and upserts instead, so both batches are applied, not refused with 500.
+#[tokio::test]
+async fn two_streams_copying_the_same_new_keys_at_once_are_both_applied() {
+    let db = PgDb::create().await;
+    let pki = Pki::new();
+    let hub = Hub::start(&pki, db.store_config()).await;
+    let tls = pki.client(NODE);
+    // The resource is claimed already (a first claim would serialize the two transactions).
+    let claim = Push::new(NODE, RESOURCE, &new_stream(), 1, vec![upsert("a", "{}")]);
+    ack(claim.send(&client(&tls), &hub).await).await;
+    let records: Vec<_> = (0..3000)
+        .map(|i| upsert(&format!("k{i:04}"), r#"{"v":1}"#))
+        .collect();
+    let pushes = [
+        Push::new(NODE, RESOURCE, &new_stream(), 1, records.clone()),
+        Push::new(NODE, RESOURCE, &new_stream(), 1, records),
+    ];
+    let clients = [client(&tls), client(&tls)];
+    let responses =
+        futures_util::future::join_all(pushes.iter().zip(&clients).map(|(p, c)| p.send(c, &hub)))
+            .await;
+    for r in responses {
+        let a = ack(r).await;
+        assert_eq!((a.status, a.records), (AckStatus::Applied, 3000));
+    }
+    assert_eq!(exported(&hub, RESOURCE).await.len(), 3001);
+    hub.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_lost_database_answers_503_with_retry_after_then_recovers() {
     let db = PgDb::create().await;

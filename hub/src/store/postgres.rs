@@ -6,8 +6,9 @@
 //! stream row, which makes the high-water-mark check safe with several hubs on one database.
 //!
 //! A batch is applied with one statement per run of upserts (new keys: `COPY … FROM STDIN` in
-//! binary; else `INSERT … SELECT FROM unnest(…) ON CONFLICT DO UPDATE`) or deletes
-//! (`DELETE … WHERE key = ANY(…)`), never row by row.
+//! binary under a savepoint, not probed key by key: a key that exists fails the COPY, which is
+//! rolled back to the savepoint; else `INSERT … SELECT FROM unnest(…) ON CONFLICT DO UPDATE`)
+//! or deletes (`DELETE … WHERE key = ANY(…)`), never row by row.
 //!
 //! TLS: when the store URL asks for it (`sslmode` prefer/require/verify-ca/verify-full, or
 //! `[store] ca` set) every connection is TLS, verified against `[store] ca` or the system

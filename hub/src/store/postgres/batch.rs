@@ -7,10 +7,15 @@ use std::sync::Arc;
 use exchange_protocol::batch::BatchId;
 use tokio_postgres::Transaction;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use super::{PgStore, Run, runs};
 use crate::store::{Batch, CatalogueRecord, Outcome, StoreError, admission};
+
+/// Upsert runs per batch whose new keys are copied in under a savepoint without a probe of
+/// every key (each attempt is a subtransaction; PostgreSQL caches 64 per backend).
+const COPY_ATTEMPTS: usize = 32;
 
 /// The answer to a batch that is not written: refused (not the owner, not shared), or a
 /// duplicate or a gap.
@@ -174,10 +179,18 @@ impl PgStore {
             .map_err(e)?;
         // New keys are copied in (`COPY … FROM STDIN`, binary), which costs PostgreSQL less
         // than half of `INSERT … ON CONFLICT` per row (a first sync, a baseline into an empty
-        // store); the probe stops at the first key that exists. A key inserted meanwhile by
-        // another transaction makes the COPY fail and the whole batch roll back (answered 500,
-        // resent by the agent).
-        let exists = tx
+        // store). Whether a run's keys are new is not probed key by key (that probe was a
+        // third of the store's time per batch of new keys): when the run's first key is new,
+        // the COPY is tried under a savepoint, and a key that exists after all (a mixed run, or
+        // one inserted meanwhile by another transaction) fails it with a unique violation,
+        // which rolls back to the savepoint and upserts the run instead. Past
+        // [`COPY_ATTEMPTS`] runs in one batch every key is probed, so a batch of many short
+        // runs never holds more subtransactions than PostgreSQL caches per backend.
+        let first_exists = tx
+            .prepare("SELECT EXISTS (SELECT 1 FROM records WHERE resource = $1 AND key = $2)")
+            .await
+            .map_err(e)?;
+        let any_exists = tx
             .prepare(
                 "SELECT EXISTS (SELECT 1 FROM records WHERE resource = $1 AND key = ANY($2::text[]))",
             )
@@ -187,6 +200,7 @@ impl PgStore {
             .prepare("DELETE FROM records WHERE resource = $1 AND key = ANY($2::text[])")
             .await
             .map_err(e)?;
+        let mut attempts = 0;
         for run in runs(&batch.changes) {
             match run {
                 Run::Upsert {
@@ -194,12 +208,31 @@ impl PgStore {
                     fields,
                     flags,
                 } => {
-                    let any: bool = tx
-                        .query_one(&exists, &[&id.resource, &keys])
-                        .await
-                        .map_err(e)?
-                        .get(0);
-                    if any {
+                    let rows = NewRows {
+                        keys: &keys,
+                        fields: &fields,
+                        flags: &flags,
+                    };
+                    let copied = if attempts < COPY_ATTEMPTS {
+                        attempts += 1;
+                        let exists: bool = tx
+                            .query_one(&first_exists, &[&id.resource, &keys[0]])
+                            .await
+                            .map_err(e)?
+                            .get(0);
+                        !exists && self.try_copy_new(tx, batch, &rows).await?
+                    } else {
+                        let exists: bool = tx
+                            .query_one(&any_exists, &[&id.resource, &keys])
+                            .await
+                            .map_err(e)?
+                            .get(0);
+                        if !exists {
+                            self.copy_new(tx, batch, &rows).await.map_err(e)?;
+                        }
+                        !exists
+                    };
+                    if !copied {
                         tx.execute(
                             &upsert,
                             &[
@@ -214,13 +247,6 @@ impl PgStore {
                         )
                         .await
                         .map_err(e)?;
-                    } else {
-                        let rows = NewRows {
-                            keys: &keys,
-                            fields: &fields,
-                            flags: &flags,
-                        };
-                        self.copy_new(tx, batch, rows).await?;
                     }
                 }
                 Run::Delete { keys } => {
@@ -233,22 +259,47 @@ impl PgStore {
         Ok(())
     }
 
+    /// Copies a run's keys in under a savepoint: `false`, with nothing written, when one of
+    /// them exists (a unique violation rolls back to the savepoint).
+    async fn try_copy_new(
+        &self,
+        tx: &Transaction<'_>,
+        batch: &Batch,
+        rows: &NewRows<'_>,
+    ) -> Result<bool, StoreError> {
+        let e = |e: tokio_postgres::Error| self.error(e);
+        tx.batch_execute("SAVEPOINT new_keys").await.map_err(e)?;
+        match self.copy_new(tx, batch, rows).await {
+            Ok(()) => {
+                tx.batch_execute("RELEASE SAVEPOINT new_keys")
+                    .await
+                    .map_err(e)?;
+                Ok(true)
+            }
+            Err(copy) if copy.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT new_keys; RELEASE SAVEPOINT new_keys")
+                    .await
+                    .map_err(e)?;
+                Ok(false)
+            }
+            Err(other) => Err(e(other)),
+        }
+    }
+
     /// Inserts keys that do not exist yet by `COPY … FROM STDIN` in binary.
     async fn copy_new(
         &self,
         tx: &Transaction<'_>,
         batch: &Batch,
-        rows: NewRows<'_>,
-    ) -> Result<(), StoreError> {
+        rows: &NewRows<'_>,
+    ) -> Result<(), tokio_postgres::Error> {
         let id = &batch.id;
-        let e = |e: tokio_postgres::Error| self.error(e);
         let sink = tx
             .copy_in(
                 "COPY records (resource, key, node, fields, updated_at, stream, flags) \
                  FROM STDIN (FORMAT binary)",
             )
-            .await
-            .map_err(e)?;
+            .await?;
         let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT; 7]);
         let mut writer = std::pin::pin!(writer);
         for ((key, fields), flags) in rows.keys.iter().zip(rows.fields).zip(rows.flags) {
@@ -263,10 +314,9 @@ impl PgStore {
                     &id.stream,
                     flags,
                 ])
-                .await
-                .map_err(e)?;
+                .await?;
         }
-        writer.as_mut().finish().await.map_err(e)?;
+        writer.as_mut().finish().await?;
         Ok(())
     }
 }
