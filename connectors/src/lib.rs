@@ -178,6 +178,14 @@ impl std::fmt::Display for UnknownOrder {
 /// scan back (memory stays bounded), a closed one stops it.
 pub type Chunks = tokio::sync::mpsc::Sender<Vec<Row>>;
 
+/// Waits until the reader has taken the last chunk sent before a scan converts the first row
+/// of the next one, so at most two chunks are decoded at once (one the reader works on, one
+/// being filled), not a third waiting in the channel; `false` when the reader is gone. A scan
+/// is the channel's only sender, so the room stays until it sends.
+pub(crate) async fn room_for_a_chunk(chunks: &Chunks) -> bool {
+    chunks.reserve().await.is_ok()
+}
+
 /// The upper bound of an incremental read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bound {

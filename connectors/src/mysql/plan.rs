@@ -215,10 +215,16 @@ impl MysqlConnector {
             if std::mem::take(&mut first) {
                 out.time.first_row = started.elapsed();
             }
+            if rows.is_empty() && !crate::room_for_a_chunk(chunks).await {
+                out.stopped = true;
+                out.time.total = started.elapsed();
+                return Ok(out);
+            }
             rows.push(self.convert_row(&selection.columns, row)?);
             if rows.len() >= chunk {
                 out.sent += rows.len() as u64;
-                if chunks.send(std::mem::take(&mut rows)).await.is_err() {
+                let full = std::mem::replace(&mut rows, Vec::with_capacity(chunk));
+                if chunks.send(full).await.is_err() {
                     // The reader is gone; the rest of the result is discarded with it.
                     out.stopped = true;
                     out.time.total = started.elapsed();

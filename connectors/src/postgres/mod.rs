@@ -575,10 +575,16 @@ async fn stream_rows(
         if std::mem::take(&mut first) {
             out.time.first_row = started.elapsed();
         }
+        if pending.is_empty() && !crate::room_for_a_chunk(out.chunks).await {
+            out.stopped = true;
+            out.time.total = started.elapsed();
+            return Ok(());
+        }
         pending.push(convert_row(plan, &row));
         if pending.len() >= chunk {
             out.sent += pending.len() as u64;
-            if out.chunks.send(std::mem::take(&mut pending)).await.is_err() {
+            let full = std::mem::replace(&mut pending, Vec::with_capacity(chunk));
+            if out.chunks.send(full).await.is_err() {
                 out.stopped = true;
                 out.time.total = started.elapsed();
                 // Dropping the transaction rolls it back; the rest of the rows are not read.

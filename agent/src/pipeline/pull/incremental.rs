@@ -14,7 +14,9 @@
 //! - one chunk is held back until the next arrives or the read ends, so the chunk that ends
 //!   the read can carry the end of a baseline ([`complete_baseline`]);
 //! - the queue bound holds: a chunk is committed only when the queue has room, and while it
-//!   waits the source's stream waits too (one chunk in the channel, one being read).
+//!   waits the source's stream waits too: at most two chunks are decoded at once, one being
+//!   prepared and one in the channel or being read (the scan waits for the channel to empty
+//!   before it converts the next chunk's first row).
 //!
 //! The connector measures the statement (to its first row, to its end: `ScanTime`, waits for
 //! the queue included); the pull reports it, and `status` and the metrics show the last one
