@@ -264,13 +264,25 @@ pub fn push_line(out: &mut Vec<u8>, record: &Record) {
     out.push(b'\n');
 }
 
-/// The zstd level of batch bodies: 1, the fastest regular level. On NDJSON of records it
-/// keeps most of level 3's ratio for about half the CPU, and the agent's machine is small.
-const LEVEL: i32 = 1;
+/// The default zstd level of batch bodies: 1, the fastest regular level. On NDJSON of records
+/// it keeps most of level 3's ratio for about half the CPU, and the agent's machine is small
+/// (bench/README.md "Instructions per row" measures the others).
+pub const DEFAULT_LEVEL: i32 = 1;
 
-/// Compresses an NDJSON body.
+/// The levels a batch may be compressed at (0, zstd's "default", is not one of them): the fast
+/// levels −7 to −1 (less CPU, larger bodies, for a fast link) and the regular levels 1 to 9
+/// (more CPU, smaller bodies, for a slow one). Above 9 zstd costs tens of CPU seconds per
+/// million records for a body a few percent smaller. Any level decompresses the same way.
+pub const LEVELS: std::ops::RangeInclusive<i32> = -7..=9;
+
+/// Compresses an NDJSON body at [`DEFAULT_LEVEL`].
 pub fn compress(ndjson: &[u8]) -> Vec<u8> {
-    zstd::bulk::compress(ndjson, LEVEL).expect("compressing into memory cannot fail")
+    compress_at(ndjson, DEFAULT_LEVEL)
+}
+
+/// Compresses an NDJSON body at `level` (one of [`LEVELS`]).
+pub fn compress_at(ndjson: &[u8], level: i32) -> Vec<u8> {
+    zstd::bulk::compress(ndjson, level).expect("compressing into memory cannot fail")
 }
 
 /// Decompresses a body, refusing more than `limit` bytes of output. A zero-length body is

@@ -23,7 +23,22 @@ impl Validator<'_> {
                 Some(s) => parse_size(&s).map_err(|e| self.err("batch.max_bytes", e))? as usize,
                 None => 4 << 20,
             },
+            compression_level: rb
+                .compression_level
+                .unwrap_or(exchange_protocol::batch::DEFAULT_LEVEL),
         };
+        if !exchange_protocol::batch::LEVELS.contains(&batch.compression_level)
+            || batch.compression_level == 0
+        {
+            return Err(self.err(
+                "batch.compression_level",
+                tr!(
+                    "{} is not a zstd level; expected -7 to -1 (faster, larger) or 1 to 9 (slower, smaller), default 1",
+                    "{} 不是有效的 zstd 压缩级别；应为 -7 到 -1（更快、体积更大）或 1 到 9（更慢、体积更小），默认 1",
+                    batch.compression_level
+                ),
+            ));
+        }
         if !(1..=100_000).contains(&batch.max_records) {
             return Err(self.err(
                 "batch.max_records",

@@ -120,6 +120,8 @@ pub struct BatchLimits {
     pub max_records: usize,
     /// Uncompressed NDJSON bytes per batch.
     pub max_bytes: usize,
+    /// The zstd level batches are compressed at when enqueued.
+    pub compression_level: i32,
 }
 
 /// Share class (共享类型).

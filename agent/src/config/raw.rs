@@ -61,6 +61,7 @@ pub struct RawQueue {
 pub struct RawBatch {
     pub max_records: Option<usize>,
     pub max_bytes: Option<String>,
+    pub compression_level: Option<i32>,
 }
 
 /// `[admin]`: the loopback listener for metrics and health.

@@ -693,3 +693,22 @@ fn revocation_lists_must_exist_and_hold_a_crl() {
     let e = message(&f.parse(&verify).unwrap_err());
     assert!(e.contains("verify.crl") && e.contains("not-a.crl"), "{e}");
 }
+
+#[test]
+fn the_compression_level_is_a_zstd_level_and_defaults_to_1() {
+    let f = Fixture::new();
+    assert_eq!(f.parse(GOOD).unwrap().batch.compression_level, 1);
+    let with = |level: &str| {
+        GOOD.replace(
+            "[[sources]]",
+            &format!("[batch]\ncompression_level = {level}\n\n[[sources]]"),
+        )
+    };
+    assert_eq!(f.parse(&with("-3")).unwrap().batch.compression_level, -3);
+    assert_eq!(f.parse(&with("9")).unwrap().batch.compression_level, 9);
+    for bad in ["0", "10", "-8"] {
+        let m = message(&f.parse(&with(bad)).unwrap_err());
+        assert!(m.contains("batch.compression_level"), "{m}");
+        assert!(m.contains("expected -7 to -1"), "{m}");
+    }
+}

@@ -232,7 +232,7 @@ fn prepare_incremental(
     let mut line = Vec::new();
     let flush = |buf: &mut Vec<u8>, records: &mut u32, batches: &mut Vec<Encoded>| {
         if *records > 0 {
-            batches.push(Encoded::new(buf, *records));
+            batches.push(Encoded::new(buf, *records, limits.compression_level));
             buf.clear();
             *records = 0;
         }

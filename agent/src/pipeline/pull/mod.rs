@@ -458,6 +458,7 @@ mod tests {
             batch: BatchLimits {
                 max_records: 2,
                 max_bytes: 1 << 20,
+                compression_level: exchange_protocol::batch::DEFAULT_LEVEL,
             },
             queue_max_bytes: 1 << 30,
             space: Arc::default(),

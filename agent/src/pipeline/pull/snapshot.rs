@@ -9,7 +9,7 @@ use exchange_protocol::lang::Text;
 use exchange_protocol::tr;
 
 use crate::config::BatchLimits;
-use crate::pipeline::queue::{QueueError, ResourceState, Txn};
+use crate::pipeline::queue::{Encoded, QueueError, ResourceState, Txn};
 use crate::policy::{CursorOf, Outgoing, Plan};
 
 use super::{
@@ -292,7 +292,8 @@ impl BatchBuilder {
         st: &mut ResourceState,
     ) -> Result<(), QueueError> {
         if self.records > 0 {
-            txn.enqueue(code, st, &self.buf, self.records)?;
+            let encoded = Encoded::new(&self.buf, self.records, self.limits.compression_level);
+            txn.enqueue_encoded(code, st, &encoded)?;
             self.total += u64::from(self.records);
             self.buf.clear();
             self.records = 0;

@@ -69,7 +69,8 @@ fn settle(queue: &Queue, refused: PushError) -> Result<(), PushError> {
             seq,
         });
     };
-    let rest = Encoded::new(&rest, b.records.saturating_sub(1));
+    // At the default level: a rare path, and any level decompresses the same way.
+    let rest = Encoded::new(&rest, b.records.saturating_sub(1), batch::DEFAULT_LEVEL);
     let reason = reason(&error, record);
     let stream = queue.state(&resource)?.stream_or(queue.stream()).to_owned();
     // Audited before the queue changes: a crash between the two refuses, and audits, again.

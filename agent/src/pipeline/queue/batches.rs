@@ -192,7 +192,7 @@ impl Queue {
             return Ok(None);
         };
         let records = header?.0;
-        let value = encode_batch(b"", 0);
+        let value = encode_batch(b"", 0, batch::DEFAULT_LEVEL);
         {
             let mut table = txn
                 .tx
@@ -258,8 +258,9 @@ impl Queue {
 }
 
 impl Txn {
-    /// Appends a batch (post-policy NDJSON) for a resource; assigns the next seq and
-    /// updates the counters in `state` (which the caller then stores with [`Txn::set_state`]).
+    /// Appends a batch (post-policy NDJSON, compressed at the default level) for a resource;
+    /// assigns the next seq and updates the counters in `state` (which the caller then stores
+    /// with [`Txn::set_state`]).
     pub fn enqueue(
         &mut self,
         resource: &str,
@@ -267,7 +268,11 @@ impl Txn {
         ndjson: &[u8],
         records: u32,
     ) -> Result<u64, QueueError> {
-        self.enqueue_encoded(resource, state, &Encoded::new(ndjson, records))
+        self.enqueue_encoded(
+            resource,
+            state,
+            &Encoded::new(ndjson, records, batch::DEFAULT_LEVEL),
+        )
     }
 
     /// [`Txn::enqueue`] of a batch encoded before the transaction began (digest and
@@ -324,9 +329,9 @@ fn seqs_from(resource: &str, first: u64) -> std::ops::RangeInclusive<(&str, u64)
 }
 
 /// The stored form of a batch: header, then the zstd-compressed NDJSON.
-fn encode_batch(ndjson: &[u8], records: u32) -> Vec<u8> {
+fn encode_batch(ndjson: &[u8], records: u32, level: i32) -> Vec<u8> {
     let digest = exchange_protocol::digest::sm3(ndjson);
-    let body = batch::compress(ndjson);
+    let body = batch::compress_at(ndjson, level);
     let mut value = Vec::with_capacity(HEADER_LEN + body.len());
     value.extend_from_slice(&records.to_le_bytes());
     value.extend_from_slice(&(ndjson.len() as u32).to_le_bytes());
@@ -369,10 +374,10 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    /// Digests and compresses post-policy NDJSON holding `records` records.
-    pub fn new(ndjson: &[u8], records: u32) -> Encoded {
+    /// Digests and compresses (zstd `level`) post-policy NDJSON holding `records` records.
+    pub fn new(ndjson: &[u8], records: u32, level: i32) -> Encoded {
         Encoded {
-            value: encode_batch(ndjson, records),
+            value: encode_batch(ndjson, records, level),
             records,
         }
     }
@@ -393,6 +398,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_batch_is_compressed_at_the_level_asked_and_reads_back_the_same() {
+        let ndjson: Vec<u8> = (0..2000)
+            .flat_map(|i| {
+                format!(
+                    "{{\"op\":\"upsert\",\"key\":\"k{i}\",\"fields\":{{\"n\":{}}}}}\n",
+                    i * 7
+                )
+                .into_bytes()
+            })
+            .collect();
+        let fast = Encoded::new(&ndjson, 2000, -7);
+        let small = Encoded::new(&ndjson, 2000, 9);
+        assert!(
+            small.value.len() < fast.value.len(),
+            "{} {}",
+            small.value.len(),
+            fast.value.len()
+        );
+        assert_eq!(fast.digest(), small.digest());
+        for e in [fast, small] {
+            let body = batch::decompress(&e.value[HEADER_LEN..], ndjson.len()).unwrap();
+            assert_eq!(body, ndjson);
+        }
+    }
+
+    #[test]
     fn a_refused_record_leaves_its_batch_for_quarantine_in_one_transaction() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(&dir.path().join("data")).unwrap();
@@ -407,7 +438,7 @@ mod tests {
         let sent = before[0].digest.clone();
         let (rest, line) = batch::remove_line(body, 1).unwrap();
         assert_eq!(line, b"{\"op\":\"delete\",\"key\":\"b\"}");
-        let rest = Encoded::new(&rest, 2);
+        let rest = Encoded::new(&rest, 2, batch::DEFAULT_LEVEL);
         let reason = || "refused by the hub: the key is empty".to_owned();
 
         // Not the batch that was sent: nothing changes.
