@@ -158,14 +158,11 @@ impl HubClient {
             return Ok(());
         }
         let body = r.bytes().await.unwrap_or_default();
-        let error = error_text(&body);
-        Err(PushError::Unreachable {
+        Err(PushError::CatalogueRefused {
             url: self.url.clone(),
-            reason: exchange_protocol::tr!(
-                "catalogue entry of `{}` answered {status}: {error}",
-                "`{}` 的目录条目得到应答 {status}：{error}",
-                entry.resource
-            ),
+            resource: entry.resource.clone(),
+            status: status.as_u16(),
+            error: error_text(&body),
         })
     }
 
