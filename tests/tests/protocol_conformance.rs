@@ -447,17 +447,33 @@ async fn a_seq_past_the_mark_is_refused_with_409_and_the_mark_and_nothing_is_app
     let second = Batch::new(&stream, 2, 0, b"");
     assert_ack(&second.post(&mut c).await, "applied", 2, 0, &second.digest);
     assert_ack(&third.post(&mut c).await, "applied", 3, 1, &third.digest);
+    // Batch 1 redelivered late: a duplicate carrying the mark as it stands now (§5).
+    let late = first.post(&mut c).await;
+    assert_eq!(late.status, 200, "{late}");
+    let ack = late.json();
+    assert_eq!(
+        (
+            &ack["status"],
+            &ack["seq"],
+            &ack["records"],
+            &ack["last_seq"]
+        ),
+        (&"duplicate".into(), &1.into(), &0.into(), &3.into()),
+        "{late}"
+    );
+    assert_eq!(ack["last_digest"], third.digest, "{late}");
 }
 
 #[tokio::test]
 async fn a_signed_or_zero_padded_decimal_header_is_refused_with_400_and_the_connection_closed() {
     let scene = Scene::start().await;
     let stream = new_stream(3);
-    let cases: [(&str, &str, &str); 6] = [
+    let cases: [(&str, &str, &str); 7] = [
         ("exchange-batch-seq", "+1", "1"),
         ("exchange-batch-seq", "01", "1"),
         ("exchange-batch-seq", "-1", "1"),
         ("exchange-batch-seq", "0", "1"),
+        ("exchange-batch-seq", "9223372036854775808", "1"),
         ("exchange-record-count", "1", "+1"),
         ("exchange-record-count", "1", "01"),
     ];
@@ -559,17 +575,35 @@ async fn flags_on_a_delete_are_accepted_and_ignored() {
 }
 
 #[tokio::test]
-async fn an_empty_batch_with_the_baseline_mark_is_applied_from_a_zero_length_body() {
+async fn an_empty_batch_with_the_baseline_mark_sweeps_the_other_streams_records() {
     let scene = Scene::start().await;
-    let stream = new_stream(8);
     let mut c = Connection::open(&scene).await;
-    let first = Batch::new(&stream, 1, 1, format!("{UPSERT_A}\n").as_bytes());
+    // An older stream wrote `a`; the new stream's baseline re-sends only `b`.
+    let old = Batch::new(&new_stream(8), 1, 1, format!("{UPSERT_A}\n").as_bytes());
+    assert_ack(&old.post(&mut c).await, "applied", 1, 1, &old.digest);
+    let stream = new_stream(18);
+    let first = Batch::new(&stream, 1, 1, format!("{UPSERT_B}\n").as_bytes());
     assert_ack(&first.post(&mut c).await, "applied", 1, 1, &first.digest);
     // The completing mark on an extra empty batch (§5.1), its body zero bytes (§4.2).
     let mut last = Batch::new(&stream, 2, 0, b"");
     last.extra.push("exchange-baseline: complete".into());
     c.send(&last.head("content-length: 0"), b"").await;
-    assert_ack(&c.answer(false).await, "applied", 2, 0, &last.digest);
+    let answer = c.answer(false).await;
+    let ack = assert_ack(&answer, "applied", 2, 0, &last.digest);
+    assert_eq!(ack["swept"], 1, "{answer}");
+    let keys: Vec<Value> = scene
+        .hub
+        .export(CODE)
+        .await
+        .iter()
+        .map(|r| r["key"].clone())
+        .collect();
+    assert_eq!(keys, ["b"]);
+    // Resent, it is a duplicate and sweeps nothing again.
+    c.send(&last.head("content-length: 0"), b"").await;
+    let answer = c.answer(false).await;
+    let ack = assert_ack(&answer, "duplicate", 2, 0, &last.digest);
+    assert!(ack.get("swept").is_none(), "{answer}");
     let mut wrong = Batch::new(&stream, 3, 0, b"");
     wrong.extra.push("exchange-baseline: partial".into());
     let refused = wrong.post(&mut c).await;
