@@ -179,7 +179,11 @@ impl HubClient {
         } else {
             Err(PushError::Unreachable {
                 url: self.url.clone(),
-                reason: format!("health check answered {}", r.status()),
+                reason: exchange_protocol::tr!(
+                    "health check answered {}",
+                    "健康检查得到应答 {}",
+                    r.status()
+                ),
             })
         }
     }
