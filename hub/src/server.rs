@@ -31,7 +31,10 @@
 //! body's `record`, its 0-based index) → ownership, and a catalogue entry that is not
 //! `share = "none"` (403) →
 //! no gap in the stream's seq (409) → applied or duplicate (200), or the store is failing
-//! (503/500).
+//! (503/500). Decimal headers are digits only, without sign or leading zero ([`decimal`]).
+//! A refusal answered before the body was read to its end (every check up to the body's
+//! size) closes the connection after the answer (HTTP/1.1 `connection: close`): the hub never
+//! drains a body it will not use (docs/PROTOCOL.md §6).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -292,6 +295,15 @@ struct Refusal {
     close: bool,
 }
 
+/// A refusal answered before the request's body was read to its end: the connection is closed
+/// after the answer (HTTP/1.1 `connection: close`) rather than drained (docs/PROTOCOL.md §6).
+fn unread(refusal: Refusal) -> Refusal {
+    Refusal {
+        close: true,
+        ..refusal
+    }
+}
+
 impl Refusal {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Refusal {
@@ -336,30 +348,48 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn not_found(request: Request) -> Refusal {
-    Refusal::new(
-        StatusCode::NOT_FOUND,
-        format!(
-            "no endpoint `{} {}`; this hub serves `POST {BATCHES_PATH}` and `GET {HEALTH_PATH}` (protocol version {PROTOCOL_VERSION})",
-            request.method(),
-            request.uri().path()
-        ),
-    )
+    Refusal {
+        close: has_unread_body(&request),
+        ..Refusal::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no endpoint `{} {}`; this hub serves `POST {BATCHES_PATH}`, `PUT {}` and `GET {HEALTH_PATH}` (protocol version {PROTOCOL_VERSION})",
+                request.method(),
+                request.uri().path(),
+                catalogue::CATALOGUE_PATH
+            ),
+        )
+    }
+}
+
+/// Whether an HTTP/1.1 request that is answered without reading its body has one: then its
+/// connection closes after the answer (docs/PROTOCOL.md §6).
+fn has_unread_body(request: &Request) -> bool {
+    let headers = request.headers();
+    request.version() <= axum::http::Version::HTTP_11
+        && (headers.contains_key(http_header::TRANSFER_ENCODING)
+            || headers
+                .get(http_header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0"))
 }
 
 async fn method_not_allowed(request: Request) -> Response {
     let allowed = match request.uri().path() {
         BATCHES_PATH => "POST",
         catalogue::CATALOGUE_PATH => "PUT",
-        _ => "GET",
+        _ => "GET, HEAD",
     };
-    let mut response = Refusal::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!(
-            "`{}` is not allowed on `{}`; use `{allowed}`",
-            request.method(),
-            request.uri().path()
-        ),
-    )
+    let mut response = Refusal {
+        close: has_unread_body(&request),
+        ..Refusal::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "`{}` is not allowed on `{}`; use `{allowed}`",
+                request.method(),
+                request.uri().path()
+            ),
+        )
+    }
     .into_response();
     response
         .headers_mut()
@@ -456,12 +486,14 @@ async fn put_catalogue(
     Extension(peer): Extension<Peer>,
     request: Request,
 ) -> Response {
+    let http1 = request.version() <= axum::http::Version::HTTP_11;
     match catalogue_entry(&state, &peer, request).await {
         Ok(resource) => {
             info!(node = peer.node.as_deref().unwrap_or("-"), resource = %resource, "Catalogue entry recorded.");
             Json(serde_json::json!({ "status": "recorded", "resource": resource })).into_response()
         }
-        Err(refusal) => {
+        Err(mut refusal) => {
+            refusal.close = refusal.close && http1;
             warn!(
                 peer = %peer.addr,
                 node = peer.node.as_deref().unwrap_or("-"),
@@ -481,17 +513,17 @@ async fn catalogue_entry(
     request: Request,
 ) -> Result<String, Refusal> {
     let (parts, body) = request.into_parts();
-    let node = identify(peer, &parts.headers, "catalogue entry")?;
+    let node = identify(peer, &parts.headers, "catalogue entry").map_err(unread)?;
     let bytes = axum::body::to_bytes(body, catalogue::MAX_ENTRY_BYTES)
         .await
         .map_err(|_| {
-            Refusal::new(
+            unread(Refusal::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "a catalogue entry is at most {} bytes",
                     catalogue::MAX_ENTRY_BYTES
                 ),
-            )
+            ))
         })?;
     let entry = catalogue::CatalogueEntry::parse(&bytes).map_err(Refusal::bad)?;
     let text = serde_json::to_string(&entry).expect("an entry serializes");
@@ -519,16 +551,17 @@ async fn catalogue_entry(
 async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack, Refusal> {
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
-    let node = identify(peer, headers, "batch")?;
+    // Refused on its headers, a request's body is not read: its connection closes.
+    let node = identify(peer, headers, "batch").map_err(unread)?;
     let id = BatchId {
         node: node.to_owned(),
-        resource: resource(headers)?,
-        stream: stream(headers)?,
-        seq: seq(headers)?,
+        resource: resource(headers).map_err(unread)?,
+        stream: stream(headers).map_err(unread)?,
+        seq: seq(headers).map_err(unread)?,
     };
     // From here until this request ends, a later batch of the stream waits for this one.
     let _arrival = state.store.arriving(&id);
-    let batch = BatchHeaders::read(headers)?;
+    let batch = BatchHeaders::read(headers).map_err(unread)?;
     let ndjson = read_ndjson(state, headers, body).await?;
     // A line that is not a valid record, or whose key is refused, is named (`record`): the
     // agent quarantines that record and sends the rest again.
@@ -624,10 +657,11 @@ async fn read_ndjson(
 ) -> Result<Vec<u8>, Refusal> {
     let limit = state.limits.max_batch_bytes;
     let too_large = || too_large(limit);
-    if let Some(length) = text_header(headers, http_header::CONTENT_LENGTH.as_str())?
+    if let Some(length) =
+        text_header(headers, http_header::CONTENT_LENGTH.as_str()).map_err(unread)?
         && length.trim().parse::<u64>().is_ok_and(|n| n > limit as u64)
     {
-        return Err(too_large());
+        return Err(unread(too_large()));
     }
     let compressed = read_body(state, body).await?;
     batch::decompress(&compressed, limit).map_err(|e| match e {
@@ -755,13 +789,28 @@ fn required<'h>(headers: &'h HeaderMap, name: &str) -> Result<&'h str, Refusal> 
     }
 }
 
-/// A header holding a decimal number.
+/// A header holding a decimal integer (docs/PROTOCOL.md §4.1): [`decimal`].
 fn number(headers: &HeaderMap, name: &str, what: &str) -> Result<u64, Refusal> {
-    required(headers, name)?.parse::<u64>().map_err(|_| {
+    decimal(required(headers, name)?).ok_or_else(|| {
         Refusal::bad(format!(
-            "header `{name}` must be a decimal integer ({what})"
+            "header `{name}` must be a decimal integer from 0 to {}: digits only, without sign or leading zeros ({what})",
+            i64::MAX
         ))
     })
+}
+
+/// The value of a *decimal integer* of docs/PROTOCOL.md §4.1: `0` or a digit 1–9 followed by
+/// digits (no sign, no leading zero, nothing else), at most 2⁶³−1. One number has one
+/// spelling, so logs, idempotency keys and the store agree on it.
+fn decimal(text: &str) -> Option<u64> {
+    let well_formed = match text.as_bytes() {
+        [b'0'] => true,
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    text.parse::<u64>()
+        .ok()
+        .filter(|n| well_formed && *n <= i64::MAX as u64)
 }
 
 fn resource(headers: &HeaderMap) -> Result<String, Refusal> {
@@ -796,4 +845,32 @@ fn seq(headers: &HeaderMap) -> Result<u64, Refusal> {
         )));
     }
     Ok(seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decimal;
+
+    #[test]
+    fn a_decimal_header_is_digits_without_sign_or_leading_zeros() {
+        let cases: [(&str, Option<u64>); 14] = [
+            ("0", Some(0)),
+            ("1", Some(1)),
+            ("42", Some(42)),
+            ("9223372036854775807", Some(i64::MAX as u64)),
+            ("9223372036854775808", None),
+            ("18446744073709551616", None),
+            ("+1", None),
+            ("-1", None),
+            ("01", None),
+            ("00", None),
+            ("1_000", None),
+            ("1 2", None),
+            ("0x1", None),
+            ("", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(decimal(text), expected, "{text:?}");
+        }
+    }
 }

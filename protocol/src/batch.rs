@@ -136,13 +136,19 @@ impl BatchId {
 }
 
 /// The hub's answer to an accepted batch (HTTP 200).
+///
+/// `status`, `seq`, `last_seq` and `last_digest` are required: the agent judges the answer by
+/// them. `records` and `swept` are informative: absent, they read as 0. Members a reader does
+/// not know are ignored (docs/PROTOCOL.md §7). A hub sends every member but a `swept` of 0.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     /// `applied` or `duplicate`.
     pub status: AckStatus,
     /// The acknowledged sequence number.
     pub seq: u64,
-    /// Records applied (0 for a duplicate).
+    /// Records applied (0 for a duplicate). Informative: the agent does not rely on it, so an
+    /// Ack without it reads as 0.
+    #[serde(default)]
     pub records: u64,
     /// The highest seq the hub has applied for this (node, resource, stream) after this
     /// request. For a batch resent after a crash it equals `seq`; if it is greater than `seq`
@@ -328,7 +334,7 @@ pub fn parse_limited<'a>(
     }
     let mut records = Vec::new();
     for (i, line) in ndjson.split(|b| *b == b'\n').enumerate() {
-        if line.is_empty() {
+        if is_blank(line) {
             continue;
         }
         records.push(
@@ -347,7 +353,15 @@ pub fn parse_limited<'a>(
     Ok(records)
 }
 
-/// One non-empty line as a record, or why it is not one (never quoting a value).
+/// Whether a line (the bytes between two line feeds) is blank: empty, or nothing but JSON
+/// whitespace (space, tab, carriage return). A blank line is ignored and not counted
+/// (docs/PROTOCOL.md §4.2); a CR before the LF of a record's line is whitespace after its JSON
+/// value, so CRLF line endings are accepted.
+pub fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r'))
+}
+
+/// One non-blank line as a record, or why it is not one (never quoting a value).
 fn parse_line(line: &[u8], max_key_bytes: usize) -> Result<Line<'_>, String> {
     let record: Line = serde_json::from_slice(line).map_err(|e| describe_json_error(&e))?;
     match (record.op, record.fields) {
@@ -373,8 +387,8 @@ fn parse_line(line: &[u8], max_key_bytes: usize) -> Result<Line<'_>, String> {
 }
 
 /// `ndjson` without its line `index` (0-based, every line counted: the
-/// [`ErrorBody::record`] of a refusal), and that line; `None` when there is no non-empty line
-/// there. Every other byte stays as it was, so the same refusal always gives the same batch.
+/// [`ErrorBody::record`] of a refusal), and that line; `None` when there is no non-blank line
+/// there ([`is_blank`]). Every other byte stays as it was, so the same refusal always gives the same batch.
 pub fn remove_line(ndjson: &[u8], index: u64) -> Option<(Vec<u8>, &[u8])> {
     let mut start = 0;
     for _ in 0..index {
@@ -385,7 +399,7 @@ pub fn remove_line(ndjson: &[u8], index: u64) -> Option<(Vec<u8>, &[u8])> {
         Some(n) => (&rest[..n], start + n + 1),
         None => (rest, ndjson.len()),
     };
-    if line.is_empty() {
+    if is_blank(line) {
         return None;
     }
     let mut out = Vec::with_capacity(ndjson.len() - (end - start));
@@ -490,6 +504,56 @@ mod tests {
                 .unwrap()
                 .ends_with(r#","swept":3}"#)
         );
+    }
+
+    #[test]
+    fn an_ack_needs_status_seq_and_mark_and_ignores_what_it_does_not_know() {
+        // `records` is informative: an Ack without it reads as 0.
+        let lean = r#"{"status":"duplicate","seq":7,"last_seq":7,"last_digest":"ab"}"#;
+        let ack: Ack = serde_json::from_str(lean).unwrap();
+        assert_eq!((ack.seq, ack.records, ack.swept), (7, 0, 0));
+        let extra = r#"{"status":"applied","seq":1,"records":2,"last_seq":1,"last_digest":"ab","node":"x","took_ms":3.5}"#;
+        assert_eq!(serde_json::from_str::<Ack>(extra).unwrap().records, 2);
+        // Each required member missing, or an integer that is not a plain unsigned integer.
+        for bad in [
+            r#"{"seq":1,"records":0,"last_seq":1,"last_digest":"ab"}"#,
+            r#"{"status":"applied","records":0,"last_seq":1,"last_digest":"ab"}"#,
+            r#"{"status":"applied","seq":1,"records":0,"last_digest":"ab"}"#,
+            r#"{"status":"applied","seq":1,"records":0,"last_seq":1}"#,
+            r#"{"status":"stored","seq":1,"last_seq":1,"last_digest":"ab"}"#,
+            r#"{"status":"applied","seq":1.0,"last_seq":1,"last_digest":"ab"}"#,
+            r#"{"status":"applied","seq":"1","last_seq":1,"last_digest":"ab"}"#,
+            r#"{"status":"applied","seq":1,"records":-1,"last_seq":1,"last_digest":"ab"}"#,
+        ] {
+            assert!(serde_json::from_str::<Ack>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn blank_lines_are_ignored_and_crlf_line_endings_accepted() {
+        let body = b"{\"op\":\"delete\",\"key\":\"a\"}\r\n\r\n \t\r\n\n{\"op\":\"delete\",\"key\":\"b\"}\r\n";
+        let records = parse(body, &digest_hex(body), 2).unwrap();
+        let keys: Vec<&str> = records.iter().map(|r| r.key.as_ref()).collect();
+        assert_eq!(keys, ["a", "b"]);
+        // Blank lines still count in a refused line's index.
+        let body = b" \r\n{\"op\":\"upsert\",\"key\":\"a\"}\r\n";
+        let err = parse(body, &digest_hex(body), 1).unwrap_err();
+        assert_eq!(err.record(), Some(1), "{err}");
+        // Other characters are no whitespace of JSON: such a line is a record, and refused.
+        let body = "\u{a0}\n".as_bytes();
+        assert_eq!(
+            parse(body, &digest_hex(body), 0).unwrap_err().record(),
+            Some(0)
+        );
+        assert_eq!(remove_line(b"a\n \r\nb", 1), None, "a blank line");
+    }
+
+    #[test]
+    fn a_member_given_twice_is_refused() {
+        let body = b"{\"op\":\"delete\",\"key\":\"a\",\"key\":\"b\"}\n";
+        let err = parse(body, &digest_hex(body), 1).unwrap_err();
+        assert!(err.to_string().contains("duplicate field `key`"), "{err}");
+        assert_eq!(err.record(), Some(0));
     }
 
     #[test]

@@ -921,6 +921,35 @@ mod tests {
         assert!(v[0].next_update.unwrap() > 0);
     }
 
+    /// docs/PROTOCOL.md §2: the agent offers no ALPN protocol, so every hub answers it in
+    /// HTTP/1.1.
+    #[test]
+    fn the_hub_client_offers_no_alpn_and_so_speaks_http1() {
+        install_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::pki::Authority::generate("test CA").unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        ca.write_cert(&ca_file).unwrap();
+        let (cert, key) = ca
+            .issue_client("node-1")
+            .unwrap()
+            .write(dir.path(), "node")
+            .unwrap();
+        let client = hub_client_config(&MutualTls {
+            ca: ca_file,
+            cert,
+            key,
+            min_version: MinTlsVersion::Tls13,
+            crls: Vec::new(),
+        })
+        .unwrap();
+        assert!(
+            client.alpn_protocols.is_empty(),
+            "{:?}",
+            client.alpn_protocols
+        );
+    }
+
     #[test]
     fn key_readable_by_others_is_refused() {
         let dir = tempfile::tempdir().unwrap();

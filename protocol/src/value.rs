@@ -6,7 +6,7 @@
 //! | `Null` | `null` |
 //! | `Bool` | `true`/`false` |
 //! | `Int` (signed 64-bit) / `UInt` (unsigned 64-bit) | JSON integer, every digit |
-//! | `Float` (finite) | JSON number (shortest round-trip form) |
+//! | `Float` (finite) | JSON number in the float form of docs/PROTOCOL.md §4.5 (`3010.0`, `1e+300`) |
 //! | `Decimal` | JSON string with every digit as the source printed it |
 //! | `Text` | JSON string (valid UTF-8) |
 //! | `Date` | `"YYYY-MM-DD"` |
@@ -421,6 +421,38 @@ mod tests {
             let mut written = Vec::new();
             value.write_json(&mut written);
             assert_eq!(String::from_utf8(written).unwrap(), expected, "{value:?}");
+        }
+    }
+
+    /// The exact text of a float on the wire (docs/PROTOCOL.md §4.5): the shortest digits that
+    /// read back as the same double; plain notation with at least one digit after the point
+    /// when the decimal exponent is -5 to 15, else `d[.ddd]e±x` with a signed exponent without
+    /// leading zeros. A dependency update that changes it fails here.
+    #[test]
+    fn a_float_is_written_in_the_documented_text_form() {
+        let cases: [(f64, &str); 16] = [
+            (3010.0, "3010.0"),
+            (0.1, "0.1"),
+            (-2.5, "-2.5"),
+            (0.0, "0.0"),
+            (-0.0, "-0.0"),
+            (1.0, "1.0"),
+            (123456.789, "123456.789"),
+            (1e15, "1000000000000000.0"),
+            (1e16, "1e+16"),
+            (1.5e16, "1.5e+16"),
+            (1e300, "1e+300"),
+            (-1.7976931348623157e308, "-1.7976931348623157e+308"),
+            (0.00001, "0.00001"),
+            (0.000001, "1e-6"),
+            (1.25e-7, "1.25e-7"),
+            (5e-324, "5e-324"),
+        ];
+        for (f, expected) in cases {
+            let mut written = Vec::new();
+            Value::Float(f).write_json(&mut written);
+            assert_eq!(String::from_utf8(written).unwrap(), expected, "{f:e}");
+            assert_eq!(expected.parse::<f64>().unwrap().to_bits(), f.to_bits());
         }
     }
 

@@ -132,14 +132,27 @@ impl std::fmt::Display for SyncReport {
             writeln!(f)?;
         }
         if self.catalogue.0 > 0 {
+            let n = self.catalogue.0;
             writeln!(
                 f,
-                "catalogue: {} entries reported to the hub",
-                self.catalogue.0
+                "{}",
+                exchange_protocol::tr!(
+                    "catalogue: {n} entries reported to the hub",
+                    "目录：已向交换中心上报 {n} 个条目"
+                )
             )?;
         }
+        // Not a failure of the sync (its promise is about records), but the hub's refusal of
+        // `share = "none"` batches depends on the entry (docs/PROTOCOL.md §10).
         for e in &self.catalogue.1 {
-            writeln!(f, "catalogue entry not reported: {e}")?;
+            writeln!(
+                f,
+                "{}",
+                exchange_protocol::tr!(
+                    "warning: catalogue entry not reported: {e}",
+                    "警告：目录条目未上报：{e}"
+                )
+            )?;
         }
         if self.timed_out {
             writeln!(
@@ -217,6 +230,9 @@ pub async fn sync(
         options.deadline.saturating_sub(started.elapsed()),
     )
     .await;
+    for e in &catalogue.1 {
+        tracing::warn!(error = %e, "Catalogue entry not reported; the hub cannot refuse batches of the resource should it be share = \"none\".");
+    }
     let resources = pullers
         .iter()
         .zip(&states)
@@ -266,13 +282,22 @@ async fn catalogue_within(
 ) -> (usize, Vec<String>) {
     match tokio::time::timeout(remaining, &mut task).await {
         Ok(Ok(done)) => done,
-        Ok(Err(e)) => (0, vec![format!("the catalogue task failed: {e}")]),
+        Ok(Err(e)) => (
+            0,
+            vec![exchange_protocol::tr!(
+                "the catalogue task failed: {e}",
+                "目录上报任务失败：{e}"
+            )],
+        ),
         Err(_) => {
             task.abort();
             (
-            0,
-            vec!["the deadline passed before the hub answered; the service reports it again when it starts".into()],
-        )
+                0,
+                vec![exchange_protocol::tr!(
+                    "the deadline passed before the hub answered; the service reports the entries again when it starts",
+                    "交换中心应答之前已到期限；服务启动时会再次上报这些条目"
+                )],
+            )
         }
     }
 }

@@ -158,14 +158,11 @@ impl HubClient {
             return Ok(());
         }
         let body = r.bytes().await.unwrap_or_default();
-        let error = error_text(&body);
-        Err(PushError::Unreachable {
+        Err(PushError::CatalogueRefused {
             url: self.url.clone(),
-            reason: exchange_protocol::tr!(
-                "catalogue entry of `{}` answered {status}: {error}",
-                "`{}` 的目录条目得到应答 {status}：{error}",
-                entry.resource
-            ),
+            resource: entry.resource.clone(),
+            status: status.as_u16(),
+            error: error_text(&body),
         })
     }
 
@@ -182,7 +179,11 @@ impl HubClient {
         } else {
             Err(PushError::Unreachable {
                 url: self.url.clone(),
-                reason: format!("health check answered {}", r.status()),
+                reason: exchange_protocol::tr!(
+                    "health check answered {}",
+                    "健康检查得到应答 {}",
+                    r.status()
+                ),
             })
         }
     }

@@ -191,6 +191,30 @@ pub enum PushError {
         /// What is wrong with it.
         why: String,
     },
+    /// The hub refused a catalogue entry (`PUT /v1/catalogue`, docs/PROTOCOL.md §10). A `404`
+    /// means a hub without the endpoint: it never learns the resource's share class, so it
+    /// cannot refuse batches of a resource catalogued `share = "none"`.
+    #[error("{}", if *status == 404 {
+        exchange_protocol::tr!(
+            "hub {url} answered 404 to the catalogue entry of `{resource}`: it does not serve `PUT /v1/catalogue`, so it does not know the resource's share class and cannot refuse its batches should it be share = \"none\" (ask the hub's operator for a hub that serves catalogue entries): {error}",
+            "交换中心 {url} 对 `{resource}` 的目录条目应答 404：它不提供 `PUT /v1/catalogue`，因此不知道该资源的共享类型，若该资源为 share = \"none\" 也无法拒收其批次（请交换中心运维人员换用支持目录条目的交换中心）：{error}"
+        )
+    } else {
+        exchange_protocol::tr!(
+            "hub {url} refused the catalogue entry of `{resource}` with {status}: {error}",
+            "交换中心 {url} 以 {status} 拒绝了 `{resource}` 的目录条目：{error}"
+        )
+    })]
+    CatalogueRefused {
+        /// Hub URL.
+        url: String,
+        /// Resource.
+        resource: String,
+        /// HTTP status.
+        status: u16,
+        /// The hub's explanation.
+        error: String,
+    },
     /// The resource is stopped until an operator acts.
     #[error("{}", exchange_protocol::tr!(
         "`{resource}` is stopped: {reason}",
@@ -223,6 +247,7 @@ impl PushError {
             PushError::Gap { .. } => "gap",
             PushError::Overtaken { .. } => "overtaken",
             PushError::Halted { .. } => "halted",
+            PushError::CatalogueRefused { .. } => "catalogue",
             PushError::Queue(_) => "queue",
         }
     }
