@@ -559,8 +559,9 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
         stream: stream(headers).map_err(unread)?,
         seq: seq(headers).map_err(unread)?,
     };
-    // From here until this request ends, a later batch of the stream waits for this one.
-    let _arrival = state.store.arriving(&id);
+    // From here until this request ends (or the store releases it), a later batch of the
+    // stream waits for this one.
+    let arrival = state.store.arriving(&id);
     let batch = BatchHeaders::read(headers).map_err(unread)?;
     let ndjson = read_ndjson(state, headers, body).await?;
     // A line that is not a valid record, or whose key is refused, is named (`record`): the
@@ -577,7 +578,7 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
     })?;
     let applied = state
         .store
-        .apply(&id, batch.digest, &records, batch.baseline)
+        .apply(&id, batch.digest, &records, batch.baseline, arrival)
         .await;
     answer(&id, batch.baseline, applied)
 }

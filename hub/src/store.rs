@@ -304,12 +304,15 @@ impl Store {
     /// last applied batch so a resend can be told from a different batch with a reused seq.
     /// `baseline` marks the batch that completes its stream's baseline: once its records are
     /// applied, every record of the resource last written by another stream is deleted.
+    /// `arrival` is the entry [`Store::arriving`] gave for it: later batches of the stream wait
+    /// for it (and for the hold taken here) until the backend releases them.
     pub async fn apply(
         &self,
         id: &BatchId,
         digest: &str,
         records: &[Line<'_>],
         baseline: bool,
+        arrival: inflight::Entry,
     ) -> Result<Ack, StoreError> {
         let changes = records
             .iter()
@@ -332,12 +335,17 @@ impl Store {
             digest: digest.to_ascii_lowercase(),
             baseline,
         };
-        // Held until the batch is applied or refused: a later batch of the stream that
-        // arrived meanwhile waits for it rather than meet a gap.
-        let _in_flight = self.in_flight.enter(id).await;
+        // Held until the batch is applied or refused (SQLite), or until it holds its stream's
+        // mark under lock (PostgreSQL): a later batch of the stream that arrived meanwhile
+        // waits for it rather than meet a gap.
+        let hold = inflight::Hold::new(arrival, self.in_flight.enter(id).await);
         let applied = match &self.backend {
-            Backend::Sqlite(s) => s.clone().apply(batch).await?,
-            Backend::Postgres(p) => p.apply(batch).await?,
+            Backend::Sqlite(s) => {
+                let applied = s.clone().apply(batch).await;
+                drop(hold);
+                applied?
+            }
+            Backend::Postgres(p) => p.apply(batch, hold).await?,
         };
         Ok(match applied {
             Outcome::Applied { records, swept } => Ack {

@@ -247,6 +247,62 @@ async fn two_streams_copying_the_same_new_keys_at_once_are_both_applied() {
     hub.stop().await.unwrap();
 }
 
+/// A stream's batches sent at once, each rewriting the same keys: a batch writes while its
+/// predecessor commits, yet each is judged against the mark only after it, so every one is
+/// applied once, in seq order, and the last one's values stand.
+#[tokio::test]
+async fn batches_in_flight_rewriting_the_same_keys_are_applied_in_seq_order() {
+    let db = PgDb::create().await;
+    let pki = Pki::new();
+    let hub = Hub::start(&pki, db.store_config()).await;
+    let tls = pki.client(NODE);
+    let stream = new_stream();
+    let pushes: Vec<Push> = (1..=12u64)
+        .map(|seq| {
+            let records = (0..400)
+                .map(|k| upsert(&format!("k{k:03}"), &format!(r#"{{"seq":{seq}}}"#)))
+                .collect();
+            Push::new(NODE, RESOURCE, &stream, seq, records)
+        })
+        .collect();
+    let clients: Vec<_> = pushes.iter().map(|_| client(&tls)).collect();
+    // All at once, on separate connections, as an agent's window sends them; a batch that
+    // reached the hub before its predecessor was seen is refused as a gap (409) and sent
+    // again with the next round, as the agent does.
+    let mut pending: Vec<usize> = (0..pushes.len()).collect();
+    let mut applied = Vec::new();
+    for _ in 0..30 {
+        if pending.is_empty() {
+            break;
+        }
+        let responses = futures_util::future::join_all(
+            pending.iter().map(|&i| pushes[i].send(&clients[i], &hub)),
+        )
+        .await;
+        let mut gaps = Vec::new();
+        for (&i, r) in pending.iter().zip(responses) {
+            if r.status() == 409 {
+                gaps.push(i);
+                continue;
+            }
+            let a = ack(r).await;
+            assert_eq!((a.status, a.records), (AckStatus::Applied, 400));
+            applied.push(a.seq);
+        }
+        pending = gaps;
+    }
+    applied.sort();
+    assert_eq!(applied, (1..=12).collect::<Vec<u64>>());
+    let rows = exported(&hub, RESOURCE).await;
+    assert_eq!(rows.len(), 400);
+    assert!(
+        rows.iter().all(|(_, f)| f == r#"{"seq":12}"#),
+        "{:?}",
+        &rows[..3]
+    );
+    hub.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_lost_database_answers_503_with_retry_after_then_recovers() {
     let db = PgDb::create().await;

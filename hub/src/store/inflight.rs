@@ -28,6 +28,23 @@ pub struct InFlight {
     done: Notify,
 }
 
+/// What keeps a batch's successors waiting: its arrival entry and the entry it took when it
+/// entered; dropping it releases them.
+pub struct Hold {
+    _arrival: Entry,
+    _entered: Entry,
+}
+
+impl Hold {
+    /// Both entries of a batch.
+    pub fn new(arrival: Entry, entered: Entry) -> Hold {
+        Hold {
+            _arrival: arrival,
+            _entered: entered,
+        }
+    }
+}
+
 /// A batch registered as in progress; dropping it deregisters it and wakes the waiters.
 pub struct Entry {
     registry: Arc<InFlight>,

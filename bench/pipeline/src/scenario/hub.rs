@@ -99,7 +99,9 @@ impl Bench {
     fn spawn_hub(&self, name: &str, config: &Path) -> anyhow::Result<Child> {
         let mut cmd = Command::new(&self.hub_bin);
         cmd.arg("serve").arg("--config").arg(config);
-        cmd.env("RUST_LOG", "warn").stdout(Stdio::null());
+        // `EXCHANGE_BENCH_HUB_LOG=info` keeps a line per applied batch in `<work>/NAME-hub.log`.
+        let filter = std::env::var("EXCHANGE_BENCH_HUB_LOG").unwrap_or_else(|_| "warn".into());
+        cmd.env("RUST_LOG", filter).stdout(Stdio::null());
         process::spawn(
             "exchange-hub",
             cmd,

@@ -11,6 +11,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
 use super::{PgStore, Run, runs};
+use crate::store::inflight::Hold;
 use crate::store::{Batch, CatalogueRecord, Outcome, StoreError, admission};
 
 /// Upsert runs per batch whose new keys are copied in under a savepoint without a probe of
@@ -33,21 +34,34 @@ struct NewRows<'a> {
 
 impl PgStore {
     /// Applies a batch in one transaction: applied, duplicate or gap.
+    ///
+    /// The records are written before the stream's row is locked, and `hold` (what keeps the
+    /// stream's next batch waiting) is released once it is: so the next batch writes its
+    /// records while this one sweeps, moves the mark and commits, and is judged against the
+    /// mark only after this transaction ends (its `FOR UPDATE` waits for it). A batch that
+    /// turns out to be a duplicate or a gap rolls its writes back with everything else.
     pub(in crate::store) async fn apply(
         self: &Arc<Self>,
         batch: Batch,
+        hold: Hold,
     ) -> Result<Outcome, StoreError> {
         let id = &batch.id;
         let seq = admission::stored_seq(id.seq, &self.target)?;
         let mut pooled = self.get().await?;
         let e = |e: tokio_postgres::Error| self.error(e);
         let tx = pooled.client().transaction().await.map_err(e)?;
-        if let Some(stop) = self.admit(&tx, id, seq).await? {
-            // Also undoes the stream row inserted for an unknown stream.
+        if let Some(stop) = self.admit(&tx, id).await? {
             tx.rollback().await.map_err(e)?;
             return stop;
         }
         self.write_runs(&tx, &batch).await?;
+        let stop = self.against_mark(&tx, id, seq).await?;
+        drop(hold);
+        if let Some(stop) = stop {
+            // Also undoes the records written and the stream row inserted for a new stream.
+            tx.rollback().await.map_err(e)?;
+            return stop;
+        }
         let swept = if batch.baseline {
             tx.execute(
                 "DELETE FROM records WHERE resource = $1 AND stream IS DISTINCT FROM $2",
@@ -120,14 +134,9 @@ impl PgStore {
         Ok(admission::check_owner(resource, owner, node))
     }
 
-    /// The checks before batch `seq` of `id` is written (owner, share, high-water mark), the
-    /// stream's row locked until COMMIT: `None` to write it, else its [`Stop`].
-    async fn admit(
-        &self,
-        tx: &Transaction<'_>,
-        id: &BatchId,
-        seq: i64,
-    ) -> Result<Option<Stop>, StoreError> {
+    /// The checks before a batch of `id` is written (owner, share): `None` to write it, else
+    /// its [`Stop`]. Nothing here waits for the stream's previous batch.
+    async fn admit(&self, tx: &Transaction<'_>, id: &BatchId) -> Result<Option<Stop>, StoreError> {
         let e = |e: tokio_postgres::Error| self.error(e);
         if let Err(refused) = self.claim(tx, &id.resource, &id.node).await? {
             return Ok(Some(Err(refused)));
@@ -143,6 +152,19 @@ impl PgStore {
         if let Err(refused) = admission::check_shared(&id.resource, &id.node, not_shared) {
             return Ok(Some(Err(refused)));
         }
+        Ok(None)
+    }
+
+    /// Batch `seq` of `id` against its stream's high-water mark, the stream's row locked
+    /// until COMMIT (waiting for a transaction of the stream's previous batch to end first):
+    /// `None` to commit it, else its [`Stop`].
+    async fn against_mark(
+        &self,
+        tx: &Transaction<'_>,
+        id: &BatchId,
+        seq: i64,
+    ) -> Result<Option<Stop>, StoreError> {
+        let e = |e: tokio_postgres::Error| self.error(e);
         tx.execute(
             "INSERT INTO streams (node, resource, stream, last_seq) VALUES ($1, $2, $3, 0)
              ON CONFLICT (node, resource, stream) DO NOTHING",
