@@ -284,7 +284,7 @@ impl PushRetry {
     fn new(until_empty: Option<watch::Receiver<bool>>) -> PushRetry {
         PushRetry {
             backoff: Backoff::standard(),
-            refusal_backoff: Backoff::new(Duration::from_secs(30), Duration::from_secs(600)),
+            refusal_backoff: Backoff::new(Duration::from_secs(30), push::MAX_RETRY_AFTER),
             until_empty,
             failures: 0,
         }

@@ -218,18 +218,23 @@ fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustl
     e.source().and_then(find_rustls)
 }
 
-/// `Retry-After` as delta-seconds or an HTTP date.
+/// The longest `Retry-After` waited: the long backoff's ceiling (docs/PROTOCOL.md §6), so a
+/// hub (or whatever answers in its place) cannot park a resource for a day.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// `Retry-After` as delta-seconds or an HTTP date, at most [`MAX_RETRY_AFTER`].
 fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    Some(
-        (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
-            .to_std()
-            .unwrap_or(Duration::ZERO),
-    )
+    let delay = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => {
+            let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+            (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
@@ -250,5 +255,9 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(parse_retry_after("soon"), None);
+        // A day, as seconds or as a date, is waited ten minutes at most.
+        assert_eq!(parse_retry_after("86400"), Some(MAX_RETRY_AFTER));
+        let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc2822();
+        assert_eq!(parse_retry_after(&tomorrow), Some(MAX_RETRY_AFTER));
     }
 }

@@ -42,6 +42,6 @@ mod refused;
 mod window;
 
 pub use crate::pipeline::queue::MAX_IN_FLIGHT;
-pub use client::HubClient;
+pub use client::{HubClient, MAX_RETRY_AFTER};
 pub use error::PushError;
 pub use window::{Flow, push_batches};
