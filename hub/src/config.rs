@@ -62,13 +62,12 @@ const MAX_BATCH_BYTES: u64 = 1 << 30;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{}", tr!("cannot read hub configuration {}", "无法读取交换中心配置文件 {}", .path.display()))]
+    #[error("{}", tr!("cannot read hub configuration {}: {reason}", "无法读取交换中心配置文件 {}：{reason}", .path.display()))]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
+        /// Why, in the reader's language.
+        reason: String,
     },
     /// The file is not valid TOML or does not have the expected shape, or a value is invalid.
     #[error("{location}: {key}{message}")]
@@ -484,9 +483,9 @@ impl HubConfig {
 
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            reason: exchange_protocol::translate::io(&e),
         })?;
         Self::from_toml(&text, path)
     }

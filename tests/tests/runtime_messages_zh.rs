@@ -130,3 +130,20 @@ async fn help_is_in_chinese_under_zh_for_both_binaries_and_in_english_under_en()
         .assert_code(0)
         .assert_mentions(&["Listen for agents until SIGTERM or SIGINT"]);
 }
+
+/// The hub's own configuration errors read in Chinese, the operating system's reason too.
+#[tokio::test]
+async fn the_hub_says_in_chinese_why_it_cannot_read_its_configuration() {
+    let hub = bins::hub();
+    let args = ["check", "--config", "/nonexistent/hub.toml"];
+    let zh = run_with(&hub, &args, &[("EXCHANGE_LANG", "zh")]).await;
+    zh.assert_code(2).assert_mentions(&[
+        "无法读取交换中心配置文件 /nonexistent/hub.toml",
+        "文件或目录不存在",
+    ]);
+    assert!(!zh.text().contains("No such file"), "{zh}");
+    run_with(&hub, &args, &[("EXCHANGE_LANG", "en")])
+        .await
+        .assert_code(2)
+        .assert_mentions(&["cannot read hub configuration /nonexistent/hub.toml: No such file"]);
+}
