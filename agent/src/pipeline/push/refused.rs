@@ -107,11 +107,15 @@ fn key_of(line: &[u8]) -> Option<String> {
         .filter(|k| !k.is_empty())
 }
 
-/// The quarantine reason: the hub's explanation without the line number it starts with (the
-/// same record refused again, at another line, updates the same entry), bounded.
+/// The quarantine reason: the hub's explanation without the line number it starts with, as
+/// a hub writes it in English or in Chinese (the same record refused again, at another line,
+/// updates the same entry), bounded.
 fn reason(error: &str, record: u64) -> Text {
-    let prefix = format!("line {}: ", record + 1);
-    let error = error.strip_prefix(&prefix).unwrap_or(error);
+    let line = record + 1;
+    let error = [format!("line {line}: "), format!("第 {line} 行：")]
+        .iter()
+        .find_map(|prefix| error.strip_prefix(prefix.as_str()))
+        .unwrap_or(error);
     let error: String = error.chars().take(MAX_REASON_CHARS).collect();
     Text::render(|| tr!("refused by the hub: {error}", "被交换中心拒收：{error}"))
 }
@@ -122,6 +126,8 @@ mod tests {
 
     #[test]
     fn the_reason_is_the_hubs_without_the_line_it_was_on() {
+        let zh_hub = reason("第 3 行：键为空", 2);
+        assert_eq!(zh_hub.en(), "refused by the hub: 键为空");
         let both = reason("line 3: the key is empty", 2);
         assert_eq!(both.en(), "refused by the hub: the key is empty");
         let zh = exchange_protocol::lang::scoped(exchange_protocol::lang::Lang::Zh, || {
