@@ -620,20 +620,21 @@ fn audit_verify(config: &Config, archive: Option<&std::path::Path>) -> ExitCode 
         }
         Some(a) => {
             let first = v.entries - v.checked + 1;
+            let (checked, entries, log) = (v.checked, v.entries, log.display());
+            let (to, at, recorded, line) = (&a.to, &a.at, a.recorded_in.display(), a.line);
+            let missing = match a.entries {
+                None => tr!(
+                    "; the files before the archived ones were already missing, unrecorded, when they were archived",
+                    "；归档时，已归档文件之前的文件已经缺失且未被记录"
+                ),
+                Some(_) => String::new(),
+            };
             println!(
-                "The audit log is intact from entry {first} on: {} of {} entries checked ({}). Entries before {first} were NOT checked: they were archived to {} ({}; recorded at {}:{}){}. To check them, restore the archived files into a directory and run `exchange-agent audit verify --archive DIR`.",
-                v.checked,
-                v.entries,
-                log.display(),
-                a.to,
-                a.at,
-                a.recorded_in.display(),
-                a.line,
-                if a.entries.is_none() {
-                    "; the files before the archived ones were already missing, unrecorded, when they were archived"
-                } else {
-                    ""
-                }
+                "{}",
+                tr!(
+                    "The audit log is intact from entry {first} on: {checked} of {entries} entries checked ({log}). Entries before {first} were NOT checked: they were archived to {to} ({at}; recorded at {recorded}:{line}){missing}. To check them, restore the archived files into a directory and run `exchange-agent audit verify --archive DIR`.",
+                    "审计日志自第 {first} 条起完整：已检查 {entries} 条中的 {checked} 条（{log}）。第 {first} 条之前的条目未检查：它们已归档到 {to}（{at}；记录于 {recorded}:{line}）{missing}。如需检查，请把归档文件恢复到一个目录，然后运行 `exchange-agent audit verify --archive DIR`。"
+                )
             );
         }
     }
@@ -648,10 +649,10 @@ fn audit_verify(config: &Config, archive: Option<&std::path::Path>) -> ExitCode 
         );
     }
     for r in audit::repairs(data_dir).unwrap_or_default() {
+        let (at, what) = (&r.at, r.detail["what"].as_str().unwrap_or("-"));
         println!(
-            "  repaired at {}: {}",
-            r.at,
-            r.detail["what"].as_str().unwrap_or("-")
+            "{}",
+            tr!("  repaired at {at}: {what}", "  于 {at} 修复：{what}")
         );
     }
     ExitCode::SUCCESS

@@ -55,11 +55,21 @@ async fn sync_reports_an_unreachable_hub_in_chinese_under_zh_and_in_english_unde
 
     let zh = agent(&config, "zh", &["sync", "--timeout", "3s"]).await;
     assert_ne!(zh.code, Some(0), "{zh}");
-    zh.assert_mentions(&[&format!("无法连接交换中心 {url}")]);
+    zh.assert_mentions(&[
+        &format!("无法连接交换中心 {url}"),
+        &format!("{CODE}：已抽取 3 条记录"),
+        "仍有 3 条记录在队列中",
+        "已到截止时间",
+    ]);
     assert!(!zh.text().contains("is unreachable"), "{zh}");
+    assert!(!zh.text().contains("records still queued"), "{zh}");
 
     let en = agent(&config, "en", &["sync", "--timeout", "3s"]).await;
-    en.assert_mentions(&[&format!("hub {url} is unreachable")]);
+    en.assert_mentions(&[
+        &format!("hub {url} is unreachable"),
+        "3 records still queued",
+        "The deadline passed",
+    ]);
     assert!(!en.text().contains("无法连接"), "{en}");
 }
 

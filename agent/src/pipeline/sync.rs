@@ -103,31 +103,59 @@ impl SyncReport {
 
 impl std::fmt::Display for SyncReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use exchange_protocol::tr;
         for r in &self.resources {
-            write!(f, "{}: pulled {} records", r.code, r.pulled)?;
+            let (code, pulled) = (&r.code, r.pulled);
+            write!(
+                f,
+                "{}",
+                tr!(
+                    "{code}: pulled {pulled} records",
+                    "{code}：已抽取 {pulled} 条记录"
+                )
+            )?;
             if r.quarantined > 0 {
+                let n = r.quarantined;
                 write!(
                     f,
-                    ", quarantined {} rows (see `exchange-agent quarantine list {}`)",
-                    r.quarantined, r.code
+                    "{}",
+                    tr!(
+                        ", quarantined {n} rows (see `exchange-agent quarantine list {code}`)",
+                        "，隔离 {n} 行（见 `exchange-agent quarantine list {code}`）"
+                    )
                 )?;
             }
             if let Some(e) = &r.pull_error {
-                write!(f, "; pull incomplete: {e}")?;
+                write!(f, "{}", tr!("; pull incomplete: {e}", "；抽取未完成：{e}"))?;
             }
             if r.queued_batches > 0 {
+                let (records, batches) = (r.queued_records, r.queued_batches);
                 write!(
                     f,
-                    "; {} records still queued ({} batches)",
-                    r.queued_records, r.queued_batches
+                    "{}",
+                    tr!(
+                        "; {records} records still queued ({batches} batches)",
+                        "；仍有 {records} 条记录在队列中（{batches} 个批次）"
+                    )
                 )?;
                 if let Some(e) = &r.push_error {
-                    write!(f, " ({e})")?;
+                    write!(f, "{}", tr!(" ({e})", "（{e}）"))?;
                 }
             } else if r.pull_error.is_none() {
-                write!(f, "; the hub acknowledged everything")?;
-            } else if r.pulled > 0 {
-                write!(f, "; the hub acknowledged the {} records pulled", r.pulled)?;
+                write!(
+                    f,
+                    "{}",
+                    tr!("; the hub acknowledged everything", "；交换中心已全部确认")
+                )?;
+            } else if pulled > 0 {
+                write!(
+                    f,
+                    "{}",
+                    tr!(
+                        "; the hub acknowledged the {pulled} records pulled",
+                        "；交换中心已确认抽取的 {pulled} 条记录"
+                    )
+                )?;
             }
             writeln!(f)?;
         }
@@ -136,7 +164,7 @@ impl std::fmt::Display for SyncReport {
             writeln!(
                 f,
                 "{}",
-                exchange_protocol::tr!(
+                tr!(
                     "catalogue: {n} entries reported to the hub",
                     "目录：已向交换中心上报 {n} 个条目"
                 )
@@ -148,7 +176,7 @@ impl std::fmt::Display for SyncReport {
             writeln!(
                 f,
                 "{}",
-                exchange_protocol::tr!(
+                tr!(
                     "warning: catalogue entry not reported: {e}",
                     "警告：目录条目未上报：{e}"
                 )
@@ -157,7 +185,11 @@ impl std::fmt::Display for SyncReport {
         if self.timed_out {
             writeln!(
                 f,
-                "The deadline passed; what is queued stays queued and goes with the next sync or the service."
+                "{}",
+                tr!(
+                    "The deadline passed; what is queued stays queued and goes with the next sync or the service.",
+                    "已到截止时间；队列中的数据保留在队列中，随下一次 sync 或服务推送。"
+                )
             )?;
         }
         Ok(())
@@ -473,7 +505,10 @@ async fn pull_until_started(
             Err(e) => {
                 pipeline.pull_failed(code, &Text::render(|| e.to_string()));
                 if e.is_transient() && Instant::now() + backoff.peek() < until {
-                    say(format!("{code}: pull failed ({e}); retrying"));
+                    say(exchange_protocol::tr!(
+                        "{code}: pull failed ({e}); retrying",
+                        "{code}：抽取失败（{e}），稍后重试"
+                    ));
                     tokio::time::sleep(backoff.next_delay()).await;
                 } else {
                     return tracked.fail(e.to_string());
@@ -501,7 +536,10 @@ async fn source_clock(
         match puller.connector.clock().await {
             Ok(t) => return Some(t),
             Err(e) if e.is_transient() && Instant::now() + backoff.peek() < until => {
-                say(format!("{code}: source unreachable ({e}); retrying"));
+                say(exchange_protocol::tr!(
+                    "{code}: source unreachable ({e}); retrying",
+                    "{code}：无法连接数据源（{e}），稍后重试"
+                ));
                 tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(e) => {
