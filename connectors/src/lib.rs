@@ -414,6 +414,10 @@ pub trait Connector: Send + Sync {
         let started = std::time::Instant::now();
         let mut first = true;
         loop {
+            if !room_for_a_chunk(chunks).await {
+                end.stopped = true;
+                return Ok(end);
+            }
             let page = self
                 .read_page(&PageRequest {
                     selection: request.selection,

@@ -247,6 +247,139 @@ async fn two_streams_copying_the_same_new_keys_at_once_are_both_applied() {
     hub.stop().await.unwrap();
 }
 
+/// Sends `pushes` all at once, on separate connections, as an agent's window sends them; a
+/// batch that reached the hub before its predecessor was seen is refused as a gap (409) and
+/// sent again with the next round, as the agent does. Every other answer must apply the
+/// batch; returns the seqs applied.
+async fn send_at_once(
+    hub: &Hub,
+    tls: &exchange_protocol::tls::MutualTls,
+    pushes: &[Push],
+) -> Vec<u64> {
+    let clients: Vec<_> = pushes.iter().map(|_| client(tls)).collect();
+    let mut pending: Vec<usize> = (0..pushes.len()).collect();
+    let mut applied = Vec::new();
+    for _ in 0..30 {
+        if pending.is_empty() {
+            break;
+        }
+        let responses = futures_util::future::join_all(
+            pending.iter().map(|&i| pushes[i].send(&clients[i], hub)),
+        )
+        .await;
+        let mut gaps = Vec::new();
+        for (&i, r) in pending.iter().zip(responses) {
+            if r.status() == 409 {
+                gaps.push(i);
+                continue;
+            }
+            let a = ack(r).await;
+            assert_eq!(a.status, AckStatus::Applied, "{a:?}");
+            applied.push(a.seq);
+        }
+        pending = gaps;
+    }
+    assert!(pending.is_empty(), "still refused as gaps: {pending:?}");
+    applied
+}
+
+/// Makes every move of a stream's mark, and every statement deleting records (a delete run, a
+/// baseline's sweep), take 150 ms more: the windows in which the stream's next batch may
+/// already be writing.
+async fn slow_mark_moves(hub: &Hub, db: &PgDb) {
+    // Opening the store creates its tables (the hub opens it on its first request).
+    drop(hub.store().await);
+    let (client, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "CREATE FUNCTION slow_mark() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM pg_sleep(0.15); RETURN NEW; END $$;
+             CREATE TRIGGER slow_mark BEFORE UPDATE ON streams
+               FOR EACH ROW EXECUTE FUNCTION slow_mark();
+             CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM pg_sleep(0.15); RETURN NULL; END $$;
+             CREATE TRIGGER slow_delete BEFORE DELETE ON records
+               FOR EACH STATEMENT EXECUTE FUNCTION slow_delete();",
+        )
+        .await
+        .unwrap();
+}
+
+/// A batch deleting the keys its predecessor inserted, both in flight: the delete sees the
+/// insert (it waits for the predecessor's commit), so the keys are gone, every time, even
+/// when the predecessor's commit is slow.
+#[tokio::test]
+async fn a_delete_in_flight_behind_the_insert_of_its_keys_removes_them() {
+    let db = PgDb::create().await;
+    let pki = Pki::new();
+    let hub = Hub::start(&pki, db.store_config()).await;
+    slow_mark_moves(&hub, &db).await;
+    let tls = pki.client(NODE);
+    let stream = new_stream();
+    let mut pushes = Vec::new();
+    for round in 0..4u64 {
+        let keys: Vec<String> = (0..300).map(|k| format!("r{round}-k{k:03}")).collect();
+        let inserts = keys.iter().map(|k| upsert(k, r#"{"v":1}"#)).collect();
+        let deletes = keys.iter().map(|k| delete(k)).collect();
+        pushes.push(Push::new(NODE, RESOURCE, &stream, 2 * round + 1, inserts));
+        pushes.push(Push::new(NODE, RESOURCE, &stream, 2 * round + 2, deletes));
+    }
+    let mut applied = send_at_once(&hub, &tls, &pushes).await;
+    applied.sort();
+    assert_eq!(applied, (1..=8).collect::<Vec<u64>>());
+    let left = exported(&hub, RESOURCE).await;
+    assert!(left.is_empty(), "{} deleted keys still held", left.len());
+    hub.stop().await.unwrap();
+}
+
+/// A baseline batch in flight with the batches after it, which rewrite keys another stream
+/// wrote: no deadlock between the sweep and the next batch (no 503), and the other stream's
+/// keys are swept before the batches after the baseline write theirs again.
+#[tokio::test]
+async fn a_baseline_in_flight_with_its_successors_sweeps_without_a_deadlock() {
+    let db = PgDb::create().await;
+    let pki = Pki::new();
+    let hub = Hub::start(&pki, db.store_config()).await;
+    slow_mark_moves(&hub, &db).await;
+    let tls = pki.client(NODE);
+    let old: Vec<_> = (0..600)
+        .map(|k| upsert(&format!("k{k:03}"), r#"{"v":"old"}"#))
+        .collect();
+    let a = ack(Push::new(NODE, RESOURCE, &new_stream(), 1, old)
+        .send(&client(&tls), &hub)
+        .await)
+    .await;
+    assert_eq!(a.status, AckStatus::Applied);
+    let stream = new_stream();
+    let baseline = (0..100)
+        .map(|k| upsert(&format!("k{k:03}"), r#"{"v":"new"}"#))
+        .collect();
+    let mut pushes = vec![Push::new(NODE, RESOURCE, &stream, 1, baseline).completing_baseline()];
+    for seq in 2..=6u64 {
+        let records = (0..100)
+            .map(|k| upsert(&format!("k{:03}", 100 * seq + k), r#"{"v":"new"}"#))
+            .collect();
+        pushes.push(Push::new(NODE, RESOURCE, &stream, seq, records));
+    }
+    let mut applied = send_at_once(&hub, &tls, &pushes).await;
+    applied.sort();
+    assert_eq!(applied, (1..=6).collect::<Vec<u64>>());
+    let rows = exported(&hub, RESOURCE).await;
+    let keys: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
+    // k100–k199 only the old stream wrote: swept; k200–k699 the batches after the baseline
+    // wrote again.
+    let expected: Vec<String> = (0..100)
+        .chain(200..700)
+        .map(|k| format!("k{k:03}"))
+        .collect();
+    assert_eq!(keys, expected);
+    assert!(rows.iter().all(|(_, f)| f == r#"{"v":"new"}"#));
+    hub.stop().await.unwrap();
+}
+
 /// A stream's batches sent at once, each rewriting the same keys: a batch writes while its
 /// predecessor commits, yet each is judged against the mark only after it, so every one is
 /// applied once, in seq order, and the last one's values stand.
@@ -265,32 +398,7 @@ async fn batches_in_flight_rewriting_the_same_keys_are_applied_in_seq_order() {
             Push::new(NODE, RESOURCE, &stream, seq, records)
         })
         .collect();
-    let clients: Vec<_> = pushes.iter().map(|_| client(&tls)).collect();
-    // All at once, on separate connections, as an agent's window sends them; a batch that
-    // reached the hub before its predecessor was seen is refused as a gap (409) and sent
-    // again with the next round, as the agent does.
-    let mut pending: Vec<usize> = (0..pushes.len()).collect();
-    let mut applied = Vec::new();
-    for _ in 0..30 {
-        if pending.is_empty() {
-            break;
-        }
-        let responses = futures_util::future::join_all(
-            pending.iter().map(|&i| pushes[i].send(&clients[i], &hub)),
-        )
-        .await;
-        let mut gaps = Vec::new();
-        for (&i, r) in pending.iter().zip(responses) {
-            if r.status() == 409 {
-                gaps.push(i);
-                continue;
-            }
-            let a = ack(r).await;
-            assert_eq!((a.status, a.records), (AckStatus::Applied, 400));
-            applied.push(a.seq);
-        }
-        pending = gaps;
-    }
+    let mut applied = send_at_once(&hub, &tls, &pushes).await;
     applied.sort();
     assert_eq!(applied, (1..=12).collect::<Vec<u64>>());
     let rows = exported(&hub, RESOURCE).await;

@@ -4,8 +4,10 @@
 //! restart shows as a few `503 Retry-After` answers, never as a hub restart. Concurrent
 //! batches of one (node, resource, stream) are serialized by `SELECT … FOR UPDATE` on the
 //! stream row, which makes the high-water-mark check safe with several hubs on one database.
-//! A batch takes that lock after writing its records and then lets the stream's next batch
-//! go on, so the next one writes while this one commits (`batch.rs`, [`PgStore::apply`]).
+//! A batch of upserts only takes that lock after writing its records and then lets the
+//! stream's next batch go on, so the next one writes while this one commits; a batch with a
+//! delete or the baseline mark takes it first and holds the next one until it commits
+//! (`batch.rs`, [`PgStore::apply`]).
 //!
 //! A batch is applied with one statement per run of upserts (new keys: `COPY … FROM STDIN` in
 //! binary under a savepoint, not probed key by key: a key that exists fails the COPY, which is

@@ -12,10 +12,11 @@ use tokio_postgres::types::Type;
 
 use super::{PgStore, Run, runs};
 use crate::store::inflight::Hold;
-use crate::store::{Batch, CatalogueRecord, Outcome, StoreError, admission};
+use crate::store::{Batch, CatalogueRecord, Change, Outcome, StoreError, admission};
 
-/// Upsert runs per batch whose new keys are copied in under a savepoint without a probe of
-/// every key (each attempt is a subtransaction; PostgreSQL caches 64 per backend).
+/// Upsert runs per batch whose new keys may be copied in under a savepoint without a probe of
+/// every key (each attempt is a subtransaction; PostgreSQL caches 64 per backend); later runs
+/// are upserted.
 const COPY_ATTEMPTS: usize = 32;
 
 /// The answer to a batch that is not written: refused (not the owner, not shared), or a
@@ -35,11 +36,18 @@ struct NewRows<'a> {
 impl PgStore {
     /// Applies a batch in one transaction: applied, duplicate or gap.
     ///
-    /// The records are written before the stream's row is locked, and `hold` (what keeps the
-    /// stream's next batch waiting) is released once it is: so the next batch writes its
-    /// records while this one sweeps, moves the mark and commits, and is judged against the
-    /// mark only after this transaction ends (its `FOR UPDATE` waits for it). A batch that
-    /// turns out to be a duplicate or a gap rolls its writes back with everything else.
+    /// A batch of upserts only, without the baseline mark, is written before the stream's
+    /// row is locked, and `hold` (what keeps the stream's next batch waiting) is released once
+    /// it is: so the next batch writes its records while this one moves the mark and commits,
+    /// and is judged against the mark only after this transaction ends (its `FOR UPDATE`
+    /// waits for it). Its writes cannot miss the previous batch's: an insert or an upsert
+    /// waits for an uncommitted row of the same key and then sees it. A batch that turns out
+    /// to be a duplicate or a gap rolls its writes back with everything else.
+    ///
+    /// A batch with a delete, or with the baseline mark, locks the stream's row first (so the
+    /// previous batch has committed) and holds its successors until it commits: a `DELETE`
+    /// does not see, nor wait for, a row inserted by a transaction still open, and a sweep
+    /// waiting for the next batch's rows while that batch waits for the mark would deadlock.
     pub(in crate::store) async fn apply(
         self: &Arc<Self>,
         batch: Batch,
@@ -54,13 +62,26 @@ impl PgStore {
             tx.rollback().await.map_err(e)?;
             return stop;
         }
-        self.write_runs(&tx, &batch).await?;
+        let ahead = !batch.baseline
+            && batch
+                .changes
+                .iter()
+                .all(|c| matches!(c, Change::Upsert { .. }));
+        let mut hold = Some(hold);
+        if ahead {
+            self.write_runs(&tx, &batch).await?;
+        }
         let stop = self.against_mark(&tx, id, seq).await?;
-        drop(hold);
+        if ahead {
+            hold.take();
+        }
         if let Some(stop) = stop {
             // Also undoes the records written and the stream row inserted for a new stream.
             tx.rollback().await.map_err(e)?;
             return stop;
+        }
+        if !ahead {
+            self.write_runs(&tx, &batch).await?;
         }
         let swept = if batch.baseline {
             tx.execute(
@@ -79,6 +100,7 @@ impl PgStore {
         .await
         .map_err(e)?;
         tx.commit().await.map_err(e)?;
+        drop(hold);
         Ok(Outcome::Applied {
             records: batch.changes.len() as u64,
             swept,
@@ -206,16 +228,10 @@ impl PgStore {
         // the COPY is tried under a savepoint, and a key that exists after all (a mixed run, or
         // one inserted meanwhile by another transaction) fails it with a unique violation,
         // which rolls back to the savepoint and upserts the run instead. Past
-        // [`COPY_ATTEMPTS`] runs in one batch every key is probed, so a batch of many short
+        // [`COPY_ATTEMPTS`] runs in one batch the upsert is used, so a batch of many short
         // runs never holds more subtransactions than PostgreSQL caches per backend.
         let first_exists = tx
             .prepare("SELECT EXISTS (SELECT 1 FROM records WHERE resource = $1 AND key = $2)")
-            .await
-            .map_err(e)?;
-        let any_exists = tx
-            .prepare(
-                "SELECT EXISTS (SELECT 1 FROM records WHERE resource = $1 AND key = ANY($2::text[]))",
-            )
             .await
             .map_err(e)?;
         let delete = tx
@@ -244,15 +260,7 @@ impl PgStore {
                             .get(0);
                         !exists && self.try_copy_new(tx, batch, &rows).await?
                     } else {
-                        let exists: bool = tx
-                            .query_one(&any_exists, &[&id.resource, &keys])
-                            .await
-                            .map_err(e)?
-                            .get(0);
-                        if !exists {
-                            self.copy_new(tx, batch, &rows).await.map_err(e)?;
-                        }
-                        !exists
+                        false
                     };
                     if !copied {
                         tx.execute(
