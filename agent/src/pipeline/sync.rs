@@ -25,6 +25,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use exchange_connectors::{Connector, HorizonInfo};
 use exchange_protocol::lang::Text;
+use exchange_protocol::tr;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -80,6 +81,46 @@ impl ResourceOutcome {
     fn is_complete(&self) -> bool {
         self.pull_error.is_none() && self.queued_batches == 0
     }
+
+    /// The report's line for this resource, in the reader's language.
+    fn line(&self) -> String {
+        let (code, pulled) = (&self.code, self.pulled);
+        let mut out = tr!(
+            "{code}: pulled {pulled} records",
+            "{code}：已抽取 {pulled} 条记录"
+        );
+        if self.quarantined > 0 {
+            let n = self.quarantined;
+            out.push_str(&tr!(
+                ", quarantined {n} rows (see `exchange-agent quarantine list {code}`)",
+                "，隔离 {n} 行（见 `exchange-agent quarantine list {code}`）"
+            ));
+        }
+        if let Some(e) = &self.pull_error {
+            out.push_str(&tr!("; pull incomplete: {e}", "；抽取未完成：{e}"));
+        }
+        if self.queued_batches > 0 {
+            let (records, batches) = (self.queued_records, self.queued_batches);
+            out.push_str(&tr!(
+                "; {records} records still queued ({batches} batches)",
+                "；仍有 {records} 条记录在队列中（{batches} 个批次）"
+            ));
+            if let Some(e) = &self.push_error {
+                out.push_str(&tr!(" ({e})", "（{e}）"));
+            }
+        } else if self.pull_error.is_none() {
+            out.push_str(&tr!(
+                "; the hub acknowledged everything",
+                "；交换中心已全部确认"
+            ));
+        } else if pulled > 0 {
+            out.push_str(&tr!(
+                "; the hub acknowledged the {pulled} records pulled",
+                "；交换中心已确认抽取的 {pulled} 条记录"
+            ));
+        }
+        out
+    }
 }
 
 /// What `sync` did.
@@ -103,61 +144,8 @@ impl SyncReport {
 
 impl std::fmt::Display for SyncReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use exchange_protocol::tr;
         for r in &self.resources {
-            let (code, pulled) = (&r.code, r.pulled);
-            write!(
-                f,
-                "{}",
-                tr!(
-                    "{code}: pulled {pulled} records",
-                    "{code}：已抽取 {pulled} 条记录"
-                )
-            )?;
-            if r.quarantined > 0 {
-                let n = r.quarantined;
-                write!(
-                    f,
-                    "{}",
-                    tr!(
-                        ", quarantined {n} rows (see `exchange-agent quarantine list {code}`)",
-                        "，隔离 {n} 行（见 `exchange-agent quarantine list {code}`）"
-                    )
-                )?;
-            }
-            if let Some(e) = &r.pull_error {
-                write!(f, "{}", tr!("; pull incomplete: {e}", "；抽取未完成：{e}"))?;
-            }
-            if r.queued_batches > 0 {
-                let (records, batches) = (r.queued_records, r.queued_batches);
-                write!(
-                    f,
-                    "{}",
-                    tr!(
-                        "; {records} records still queued ({batches} batches)",
-                        "；仍有 {records} 条记录在队列中（{batches} 个批次）"
-                    )
-                )?;
-                if let Some(e) = &r.push_error {
-                    write!(f, "{}", tr!(" ({e})", "（{e}）"))?;
-                }
-            } else if r.pull_error.is_none() {
-                write!(
-                    f,
-                    "{}",
-                    tr!("; the hub acknowledged everything", "；交换中心已全部确认")
-                )?;
-            } else if pulled > 0 {
-                write!(
-                    f,
-                    "{}",
-                    tr!(
-                        "; the hub acknowledged the {pulled} records pulled",
-                        "；交换中心已确认抽取的 {pulled} 条记录"
-                    )
-                )?;
-            }
-            writeln!(f)?;
+            writeln!(f, "{}", r.line())?;
         }
         if self.catalogue.0 > 0 {
             let n = self.catalogue.0;

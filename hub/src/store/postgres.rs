@@ -21,6 +21,7 @@
 
 mod batch;
 mod pool;
+mod records;
 
 use std::sync::{Arc, Mutex};
 

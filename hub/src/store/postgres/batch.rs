@@ -1,37 +1,19 @@
-//! Writing to PostgreSQL: a batch in one transaction (the checks of [`admission`], one
-//! statement per [`Run`] of changes, the baseline sweep, the new high-water mark), and a
-//! catalogue entry.
+//! Writing to PostgreSQL: a batch in one transaction (the checks of [`admission`], its records
+//! as `records.rs` writes them, the baseline sweep, the new high-water mark), and a catalogue
+//! entry.
 
 use std::sync::Arc;
 
 use exchange_protocol::batch::BatchId;
 use tokio_postgres::Transaction;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::error::SqlState;
-use tokio_postgres::types::Type;
 
-use super::{PgStore, Run, runs};
+use super::PgStore;
 use crate::store::inflight::Hold;
 use crate::store::{Batch, CatalogueRecord, Change, Outcome, StoreError, admission};
-
-/// Upsert runs per batch whose new keys may be copied in under a savepoint without a probe of
-/// every key (each attempt is a subtransaction; PostgreSQL caches 64 per backend); later runs
-/// are upserted.
-const COPY_ATTEMPTS: usize = 32;
 
 /// The answer to a batch that is not written: refused (not the owner, not shared), or a
 /// duplicate or a gap.
 type Stop = Result<Outcome, StoreError>;
-
-/// The new keys of one upsert run, with their fields and flags.
-struct NewRows<'a> {
-    /// The keys, none of them in the store yet.
-    keys: &'a [&'a str],
-    /// Each key's fields, JSON object text.
-    fields: &'a [&'a str],
-    /// Each key's flags, JSON array text (`None`: no flags).
-    flags: &'a [Option<&'a str>],
-}
 
 impl PgStore {
     /// Applies a batch in one transaction: applied, duplicate or gap.
@@ -204,149 +186,5 @@ impl PgStore {
             .await
             .map_err(e)?;
         Ok(admission::against_mark(seq, row.get(0), row.get(1)).map(Ok))
-    }
-
-    /// Writes the batch's changes in body order, one statement per [`Run`].
-    async fn write_runs(&self, tx: &Transaction<'_>, batch: &Batch) -> Result<(), StoreError> {
-        let id = &batch.id;
-        let e = |e: tokio_postgres::Error| self.error(e);
-        let upsert = tx
-            .prepare(
-                "INSERT INTO records (resource, key, node, fields, updated_at, stream, flags)
-                 SELECT $1, u.key, $2, u.fields, $3, $4, u.flags
-                 FROM unnest($5::text[], $6::text[], $7::text[]) AS u(key, fields, flags)
-                 ON CONFLICT (resource, key) DO UPDATE
-                 SET node = EXCLUDED.node, fields = EXCLUDED.fields, updated_at = EXCLUDED.updated_at,
-                     stream = EXCLUDED.stream, flags = EXCLUDED.flags",
-            )
-            .await
-            .map_err(e)?;
-        // New keys are copied in (`COPY … FROM STDIN`, binary), which costs PostgreSQL less
-        // than half of `INSERT … ON CONFLICT` per row (a first sync, a baseline into an empty
-        // store). Whether a run's keys are new is not probed key by key (that probe was a
-        // third of the store's time per batch of new keys): when the run's first key is new,
-        // the COPY is tried under a savepoint, and a key that exists after all (a mixed run, or
-        // one inserted meanwhile by another transaction) fails it with a unique violation,
-        // which rolls back to the savepoint and upserts the run instead. Past
-        // [`COPY_ATTEMPTS`] runs in one batch the upsert is used, so a batch of many short
-        // runs never holds more subtransactions than PostgreSQL caches per backend.
-        let first_exists = tx
-            .prepare("SELECT EXISTS (SELECT 1 FROM records WHERE resource = $1 AND key = $2)")
-            .await
-            .map_err(e)?;
-        let delete = tx
-            .prepare("DELETE FROM records WHERE resource = $1 AND key = ANY($2::text[])")
-            .await
-            .map_err(e)?;
-        let mut attempts = 0;
-        for run in runs(&batch.changes) {
-            match run {
-                Run::Upsert {
-                    keys,
-                    fields,
-                    flags,
-                } => {
-                    let rows = NewRows {
-                        keys: &keys,
-                        fields: &fields,
-                        flags: &flags,
-                    };
-                    let copied = if attempts < COPY_ATTEMPTS {
-                        attempts += 1;
-                        let exists: bool = tx
-                            .query_one(&first_exists, &[&id.resource, &keys[0]])
-                            .await
-                            .map_err(e)?
-                            .get(0);
-                        !exists && self.try_copy_new(tx, batch, &rows).await?
-                    } else {
-                        false
-                    };
-                    if !copied {
-                        tx.execute(
-                            &upsert,
-                            &[
-                                &id.resource,
-                                &id.node,
-                                &batch.now,
-                                &id.stream,
-                                &keys,
-                                &fields,
-                                &flags,
-                            ],
-                        )
-                        .await
-                        .map_err(e)?;
-                    }
-                }
-                Run::Delete { keys } => {
-                    tx.execute(&delete, &[&id.resource, &keys])
-                        .await
-                        .map_err(e)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Copies a run's keys in under a savepoint: `false`, with nothing written, when one of
-    /// them exists (a unique violation rolls back to the savepoint).
-    async fn try_copy_new(
-        &self,
-        tx: &Transaction<'_>,
-        batch: &Batch,
-        rows: &NewRows<'_>,
-    ) -> Result<bool, StoreError> {
-        let e = |e: tokio_postgres::Error| self.error(e);
-        tx.batch_execute("SAVEPOINT new_keys").await.map_err(e)?;
-        match self.copy_new(tx, batch, rows).await {
-            Ok(()) => {
-                tx.batch_execute("RELEASE SAVEPOINT new_keys")
-                    .await
-                    .map_err(e)?;
-                Ok(true)
-            }
-            Err(copy) if copy.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                tx.batch_execute("ROLLBACK TO SAVEPOINT new_keys; RELEASE SAVEPOINT new_keys")
-                    .await
-                    .map_err(e)?;
-                Ok(false)
-            }
-            Err(other) => Err(e(other)),
-        }
-    }
-
-    /// Inserts keys that do not exist yet by `COPY … FROM STDIN` in binary.
-    async fn copy_new(
-        &self,
-        tx: &Transaction<'_>,
-        batch: &Batch,
-        rows: &NewRows<'_>,
-    ) -> Result<(), tokio_postgres::Error> {
-        let id = &batch.id;
-        let sink = tx
-            .copy_in(
-                "COPY records (resource, key, node, fields, updated_at, stream, flags) \
-                 FROM STDIN (FORMAT binary)",
-            )
-            .await?;
-        let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT; 7]);
-        let mut writer = std::pin::pin!(writer);
-        for ((key, fields), flags) in rows.keys.iter().zip(rows.fields).zip(rows.flags) {
-            writer
-                .as_mut()
-                .write(&[
-                    &id.resource,
-                    key,
-                    &id.node,
-                    fields,
-                    &batch.now,
-                    &id.stream,
-                    flags,
-                ])
-                .await?;
-        }
-        writer.as_mut().finish().await?;
-        Ok(())
     }
 }
