@@ -157,3 +157,22 @@ async fn the_hub_says_in_chinese_why_it_cannot_read_its_configuration() {
         .assert_code(2)
         .assert_mentions(&["cannot read hub configuration /nonexistent/hub.toml: No such file"]);
 }
+
+/// `check` and `queue list` read in Chinese under zh, in English under en.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_queue_list_read_in_chinese_under_zh() {
+    let dir = TestDir::new();
+    let (config, _url, _source, _) = scene(&dir);
+    let zh = agent(&config, "zh", &["check"]).await;
+    zh.assert_mentions(&["有效。", &format!("资源 {CODE}"), "未连接数据源和交换中心"]);
+    assert!(!zh.text().contains("is valid"), "{zh}");
+    let en = agent(&config, "en", &["check"]).await;
+    en.assert_mentions(&["is valid.", "Sources and the hub were not contacted"]);
+
+    agent(&config, "en", &["sync", "--timeout", "2s"]).await;
+    let zh = agent(&config, "zh", &["queue", "list"]).await;
+    zh.assert_mentions(&[&format!("{CODE}：队列中"), "条记录", "序号"]);
+    assert!(!zh.text().contains("records"), "{zh}");
+    let en = agent(&config, "en", &["queue", "list"]).await;
+    en.assert_mentions(&["batches,", "records"]);
+}

@@ -15,35 +15,58 @@ pub fn queue_list(config: &Config, queue: &Queue, only: Option<&str>, limit: usi
     let mut out = String::new();
     let codes = listed(config, queue, &states, only)?;
     if codes.is_empty() {
-        out.push_str("Nothing queued.\n");
+        out.push_str(&tr!("Nothing queued.\n", "队列为空。\n"));
     }
     for code in codes {
         let st = &states[code];
         let batches = queue.batches(code)?;
+        let (batch_count, records, bytes) = (st.queued_batches, st.queued_records, st.queued_bytes);
+        let (stream, next) = (st.stream_or(queue.stream()), st.next_seq.max(1));
         let _ = writeln!(
             out,
-            "{code}: {} batches, {} records, {} bytes queued; stream {}, next seq {}",
-            st.queued_batches,
-            st.queued_records,
-            st.queued_bytes,
-            st.stream_or(queue.stream()),
-            st.next_seq.max(1)
+            "{}",
+            tr!(
+                "{code}: {batch_count} batches, {records} records, {bytes} bytes queued; stream {stream}, next seq {next}",
+                "{code}：队列中 {batch_count} 个批次、{records} 条记录、{bytes} 字节；流 {stream}，下一序号 {next}"
+            )
         );
         if let Some(h) = &st.halt {
-            let _ = writeln!(out, "  STOPPED since {}: {}", h.at, h.reason);
-        }
-        if let Some(e) = &st.push_error {
-            let _ = writeln!(out, "  last push error ({}): {}", e.at, e.message);
-        }
-        for b in batches.iter().take(limit) {
+            let (at, reason) = (&h.at, &h.reason);
             let _ = writeln!(
                 out,
-                "  seq {:>8}  {:>6} records  {:>9} bytes  queued {}  sm3 {}",
-                b.seq, b.records, b.stored_bytes, b.created, b.digest
+                "{}",
+                tr!(
+                    "  STOPPED since {at}: {reason}",
+                    "  自 {at} 起已停止：{reason}"
+                )
+            );
+        }
+        if let Some(e) = &st.push_error {
+            let (at, message) = (&e.at, &e.message);
+            let _ = writeln!(
+                out,
+                "{}",
+                tr!(
+                    "  last push error ({at}): {message}",
+                    "  最近一次推送错误（{at}）：{message}"
+                )
+            );
+        }
+        for b in batches.iter().take(limit) {
+            let (seq, n, size, created, sm3) =
+                (b.seq, b.records, b.stored_bytes, &b.created, &b.digest);
+            let _ = writeln!(
+                out,
+                "{}",
+                tr!(
+                    "  seq {seq:>8}  {n:>6} records  {size:>9} bytes  queued {created}  sm3 {sm3}",
+                    "  序号 {seq:>8}  {n:>6} 条记录  {size:>9} 字节  入队于 {created}  sm3 {sm3}"
+                )
             );
         }
         if batches.len() > limit {
-            let _ = writeln!(out, "  … and {} more", batches.len() - limit);
+            let more = batches.len() - limit;
+            let _ = writeln!(out, "{}", tr!("  … and {more} more", "  … 另有 {more} 个"));
         }
     }
     Ok(out)

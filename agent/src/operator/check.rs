@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use exchange_connectors::{ConnectorError, SourceSpec};
+use exchange_protocol::tr;
 
 use crate::config::{Config, Mode, Resource, Share};
 use crate::identifier::IdKind;
@@ -192,7 +193,6 @@ fn certificates(config: &Config, out: &mut String) -> bool {
 /// With `[verify]`: where the verification service listens, its budgets and its grants by
 /// requester (each resource with the fields it may compare; an expired grant says so).
 fn describe_verification(config: &Config, out: &mut String) {
-    use exchange_protocol::tr;
     let Some(v) = &config.verify else {
         return;
     };
@@ -271,25 +271,38 @@ fn revocation_lists(config: &Config, out: &mut String) {
     let now = chrono::Utc::now().timestamp();
     for c in exchange_protocol::tls::crl_validity(&files).unwrap_or_default() {
         let Some(next) = c.next_update else {
-            let _ = writeln!(out, "  CRL {} of `{}`", c.path.display(), c.issuer);
+            let (path, issuer) = (c.path.display(), &c.issuer);
+            let _ = writeln!(
+                out,
+                "{}",
+                tr!(
+                    "  CRL {path} of `{issuer}`",
+                    "  `{issuer}` 的吊销列表 {path}"
+                )
+            );
             continue;
         };
         let at = chrono::DateTime::from_timestamp(next, 0)
             .map(|t| t.format("%Y-%m-%d").to_string())
             .unwrap_or_default();
+        let (path, issuer) = (c.path.display(), &c.issuer);
         if next < now {
             let _ = writeln!(
                 out,
-                "  warning: CRL {} of `{}` was due for a newer list on {at}; it stays in force, but put the CA's current CRL in its place (吊销列表已过期，请更新)",
-                c.path.display(),
-                c.issuer
+                "{}",
+                tr!(
+                    "  warning: CRL {path} of `{issuer}` was due for a newer list on {at}; it stays in force, but put the CA's current CRL in its place (吊销列表已过期，请更新)",
+                    "  警告：`{issuer}` 的吊销列表 {path} 应在 {at} 更新；它仍然有效，但请换上该 CA 当前的吊销列表"
+                )
             );
         } else {
             let _ = writeln!(
                 out,
-                "  CRL {} of `{}` next update {at}",
-                c.path.display(),
-                c.issuer
+                "{}",
+                tr!(
+                    "  CRL {path} of `{issuer}` next update {at}",
+                    "  `{issuer}` 的吊销列表 {path}，下次更新 {at}"
+                )
             );
         }
     }
@@ -301,13 +314,21 @@ fn revocation_lists(config: &Config, out: &mut String) {
 fn tls_material(config: &Config, out: &mut String) -> bool {
     let mut ok = true;
     if let Err(e) = exchange_protocol::tls::hub_client_config(&config.hub.tls) {
-        let _ = writeln!(out, "error: [hub] TLS: {e}");
+        let _ = writeln!(
+            out,
+            "{}",
+            tr!("error: [hub] TLS: {e}", "错误：[hub] TLS：{e}")
+        );
         ok = false;
     }
     if let Some(v) = &config.verify
         && let Err(e) = exchange_protocol::tls::mutual_server_config(&v.tls)
     {
-        let _ = writeln!(out, "error: [verify] TLS: {e}");
+        let _ = writeln!(
+            out,
+            "{}",
+            tr!("error: [verify] TLS: {e}", "错误：[verify] TLS：{e}")
+        );
         ok = false;
     }
     ok
@@ -330,7 +351,11 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
     if !connect {
         let _ = writeln!(
             out,
-            "Sources and the hub were not contacted (add --connect)."
+            "{}",
+            tr!(
+                "Sources and the hub were not contacted (add --connect).",
+                "未连接数据源和交换中心（加 --connect 可连接检查）。"
+            )
         );
         return (verdict, out);
     }
@@ -345,22 +370,31 @@ pub async fn check(config: &Config, connect: bool) -> (Verdict, String) {
 /// What the configuration says: the node, each resource's fields, share class, warnings and
 /// next runs.
 fn describe(config: &Config, certificates_ok: bool, out: &mut String) {
+    let file = config.file.display();
     let _ = writeln!(
         out,
-        "Configuration {} {}",
-        config.file.display(),
+        "{}",
         if certificates_ok {
-            "is valid."
+            tr!("Configuration {file} is valid.", "配置文件 {file} 有效。")
         } else {
-            "cannot be used: see the errors below."
+            tr!(
+                "Configuration {file} cannot be used: see the errors below.",
+                "配置文件 {file} 不能使用：见下面的错误。"
+            )
         }
+    );
+    let (node, department, data) = (
+        &config.node.id,
+        &config.node.department,
+        config.node.data_dir.display(),
     );
     let _ = writeln!(
         out,
-        "  node {} ({}), data in {}",
-        config.node.id,
-        config.node.department,
-        config.node.data_dir.display()
+        "{}",
+        tr!(
+            "  node {node} ({department}), data in {data}",
+            "  节点 {node}（{department}），数据目录 {data}"
+        )
     );
     for r in &config.resources {
         describe_resource(r, out);
@@ -373,7 +407,15 @@ fn describe(config: &Config, certificates_ok: bool, out: &mut String) {
             .iter()
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .collect();
-        let _ = writeln!(out, "  resource {}: next runs {}", r.code, runs.join(", "));
+        let (code, runs) = (&r.code, runs.join(", "));
+        let _ = writeln!(
+            out,
+            "{}",
+            tr!(
+                "  resource {code}: next runs {runs}",
+                "  资源 {code}：下次运行 {runs}"
+            )
+        );
     }
 }
 
@@ -385,30 +427,42 @@ fn describe_resource(r: &Resource, out: &mut String) {
         .iter()
         .map(|(n, rule)| format!("{n}={rule}"))
         .collect();
+    let share = match r.share {
+        Share::None => tr!(
+            " — share = none: catalogued, never delivered",
+            " — share = none：只登记目录，从不交换"
+        ),
+        Share::Conditional { deliver: false } => tr!(
+            " — conditional: answered by comparison only (deliver = false)",
+            " — 有条件共享：只通过核验比对回答（deliver = false）"
+        ),
+        Share::Conditional { deliver: true } => tr!(
+            " — conditional: delivered desensitized",
+            " — 有条件共享：脱敏后交换"
+        ),
+        Share::Unconditional => String::new(),
+    };
+    let (code, name, source, fields) = (&r.code, &r.name, &r.source, fields.join(", "));
     let _ = writeln!(
         out,
-        "  resource {} ({}) from `{}`: {}{}",
-        r.code,
-        r.name,
-        r.source,
-        fields.join(", "),
-        match r.share {
-            Share::None => " — share = none: catalogued, never delivered",
-            Share::Conditional { deliver: false } =>
-                " — conditional: answered by comparison only (deliver = false)",
-            Share::Conditional { deliver: true } => " — conditional: delivered desensitized",
-            Share::Unconditional => "",
-        }
+        "{}",
+        tr!(
+            "  resource {code} ({name}) from `{source}`: {fields}{share}",
+            "  资源 {code}（{name}），来自 `{source}`：{fields}{share}"
+        )
     );
     for w in rule_warnings(r) {
-        let _ = writeln!(out, "  warning: {w}");
+        let _ = writeln!(out, "{}", tr!("  warning: {w}", "  警告：{w}"));
     }
     if let Some(reason) = &r.plain_reason {
+        let plain = r.plain_allowed.join(", ");
         let _ = writeln!(
             out,
-            "  resource {}: plain by approval ({reason}): {}",
-            r.code,
-            r.plain_allowed.join(", ")
+            "{}",
+            tr!(
+                "  resource {code}: plain by approval ({reason}): {plain}",
+                "  资源 {code}：经批准原样交换（{reason}）：{plain}"
+            )
         );
     }
 }
@@ -419,14 +473,14 @@ async fn check_source(config: &Config, spec: &SourceSpec, out: &mut String) -> V
     let connector = match exchange_connectors::open(spec) {
         Ok(c) => c,
         Err(e) => {
-            let _ = writeln!(out, "error: {e}");
+            let _ = writeln!(out, "{}", tr!("error: {e}", "错误：{e}"));
             return Verdict::Config;
         }
     };
     match connector.probe().await {
         Ok(p) => probe_warnings(spec, &p, out),
         Err(e) => {
-            let _ = writeln!(out, "error: {e}");
+            let _ = writeln!(out, "{}", tr!("error: {e}", "错误：{e}"));
             return Verdict::of_connector(&e);
         }
     }
@@ -439,7 +493,12 @@ async fn check_source(config: &Config, spec: &SourceSpec, out: &mut String) -> V
                 cursor_order(config, r, &plan, &*connector, out).await;
             }
             Err(e) => {
-                let _ = writeln!(out, "error: resource {}: {e}", r.code);
+                let code = &r.code;
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    tr!("error: resource {code}: {e}", "错误：资源 {code}：{e}")
+                );
                 verdict = verdict.worst(Verdict::of_connector(&e));
             }
         }
@@ -459,7 +518,6 @@ async fn cursor_order(
     out: &mut String,
 ) {
     use exchange_connectors::{OrderPlan, OrderRequest};
-    use exchange_protocol::tr;
     let Mode::Incremental { safety_lag, .. } = r.mode else {
         return;
     };
@@ -504,7 +562,6 @@ async fn cursor_order(
 /// cursor order, for people.
 fn unknown_order_text(why: exchange_connectors::UnknownOrder, r: &Resource) -> String {
     use exchange_connectors::UnknownOrder;
-    use exchange_protocol::tr;
     match why {
         UnknownOrder::Query => tr!(
             "the resource reads a query whose plan sorts; an index would belong to the tables the query reads",
@@ -530,7 +587,12 @@ fn unknown_order_text(why: exchange_connectors::UnknownOrder, r: &Resource) -> S
 
 /// What the probe of a source tells that limits late-commit protection.
 fn probe_warnings(spec: &SourceSpec, p: &exchange_connectors::Probe, out: &mut String) {
-    let _ = writeln!(out, "  source {}: {}", spec.name, p.server);
+    let (name, server) = (&spec.name, &p.server);
+    let _ = writeln!(
+        out,
+        "{}",
+        tr!("  source {name}: {server}", "  数据源 {name}：{server}")
+    );
     if let Some(missing) = p
         .missing_privilege
         .as_ref()
@@ -538,17 +600,23 @@ fn probe_warnings(spec: &SourceSpec, p: &exchange_connectors::Probe, out: &mut S
     {
         let _ = writeln!(
             out,
-            "  warning: source {} cannot see other sessions' open transactions; incremental resources fall back to the safety lag alone, and a transaction that commits later than the lag can be missed. {}",
-            spec.name, missing
+            "{}",
+            tr!(
+                "  warning: source {name} cannot see other sessions' open transactions; incremental resources fall back to the safety lag alone, and a transaction that commits later than the lag can be missed. {missing}",
+                "  警告：数据源 {name} 看不到其他会话未结束的事务；增量资源只能依靠安全延迟，提交晚于该延迟的事务可能被漏掉。{missing}"
+            )
         );
         tracing::warn!(source = %spec.name, "Open transactions are not visible; late-commit protection falls back to the safety lag alone.");
     }
     if let Some(replica) = &p.replica {
+        let lag = crate::text::duration_text(spec.replica_lag);
         let _ = writeln!(
             out,
-            "  warning: source {} is a replica ({replica}): it cannot see the primary's open transactions, so incremental resources are bounded by its clock minus replica_lag ({}) and the safety lag; raise replica_lag if the replica can fall further behind",
-            spec.name,
-            crate::text::duration_text(spec.replica_lag)
+            "{}",
+            tr!(
+                "  warning: source {name} is a replica ({replica}): it cannot see the primary's open transactions, so incremental resources are bounded by its clock minus replica_lag ({lag}) and the safety lag; raise replica_lag if the replica can fall further behind",
+                "  警告：数据源 {name} 是副本（{replica}）：看不到主库未结束的事务，因此增量资源以其时钟减去 replica_lag（{lag}）和安全延迟为界；如果副本可能落后更多，请调大 replica_lag"
+            )
         );
     }
 }
@@ -563,29 +631,46 @@ fn check_columns(
 ) -> Verdict {
     let mut verdict = Verdict::Ok;
     if let Err(e) = crate::policy::check_types(r, cols) {
-        let _ = writeln!(out, "error: {e}");
+        let _ = writeln!(out, "{}", tr!("error: {e}", "错误：{e}"));
         verdict = Verdict::Config;
     }
     let text: Vec<_> = cols
         .iter()
         .map(|c| format!("{} {}", c.name, c.source_type))
         .collect();
-    let _ = writeln!(out, "  resource {}: columns {}", r.code, text.join(", "));
+    let (code, columns) = (&r.code, text.join(", "));
+    let _ = writeln!(
+        out,
+        "{}",
+        tr!(
+            "  resource {code}: columns {columns}",
+            "  资源 {code}：列 {columns}"
+        )
+    );
     for c in cols
         .iter()
         .filter(|c| c.nullable != Some(false) && plan.selection.cursor.contains(&c.name))
     {
+        let column = &c.name;
+        let (role, query) = match (c.name == r.key, c.nullable.is_none()) {
+            (true, q) => (tr!("key", "键"), q),
+            (false, q) => (tr!("cursor", "游标"), q),
+        };
+        let query = if query {
+            tr!(
+                " (a query's column: the source cannot tell)",
+                "（查询的列：数据源无法判断）"
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "  warning: resource {}: {} column `{}` may hold NULL; such rows have no place in the cursor order and are quarantined (counted every cycle) instead of delivered: make it NOT NULL{}",
-            r.code,
-            if c.name == r.key { "key" } else { "cursor" },
-            c.name,
-            if c.nullable.is_none() {
-                " (a query's column: the source cannot tell)"
-            } else {
-                ""
-            }
+            "{}",
+            tr!(
+                "  warning: resource {code}: {role} column `{column}` may hold NULL; such rows have no place in the cursor order and are quarantined (counted every cycle) instead of delivered: make it NOT NULL{query}",
+                "  警告：资源 {code}：{role}列 `{column}` 可能为 NULL；这样的行在游标顺序中没有位置，会被隔离（每个周期都计数）而不是交换：请将其设为 NOT NULL{query}"
+            )
         );
     }
     verdict
@@ -596,17 +681,25 @@ async fn check_hub(config: &Config, out: &mut String) -> Verdict {
     let client = match HubClient::new(config, "00000000000000000000000000000000") {
         Ok(client) => client,
         Err(e) => {
-            let _ = writeln!(out, "error: {e}");
+            let _ = writeln!(out, "{}", tr!("error: {e}", "错误：{e}"));
             return Verdict::Config;
         }
     };
     match client.health().await {
         Ok(()) => {
-            let _ = writeln!(out, "  hub {}: reachable over mutual TLS", config.hub.url);
+            let url = &config.hub.url;
+            let _ = writeln!(
+                out,
+                "{}",
+                tr!(
+                    "  hub {url}: reachable over mutual TLS",
+                    "  交换中心 {url}：可通过双向 TLS 连接"
+                )
+            );
             Verdict::Ok
         }
         Err(e) => {
-            let _ = writeln!(out, "error: {e}");
+            let _ = writeln!(out, "{}", tr!("error: {e}", "错误：{e}"));
             match e {
                 PushError::Tls(_) => Verdict::Config,
                 _ => Verdict::Unreachable,
