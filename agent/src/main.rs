@@ -691,8 +691,6 @@ fn audit_export(config: &Config, since: Option<&str>) -> ExitCode {
 mod tests {
     #[test]
     fn every_help_text_has_its_chinese() {
-        let cli = <super::Cli as clap::CommandFactory>::command();
-        let missing = exchange_protocol::help::untranslated(cli, super::help::ZH);
-        assert!(missing.is_empty(), "no Chinese in help.rs: {missing:#?}");
+        exchange_protocol::help::assert_translated::<super::Cli>(super::help::ZH);
     }
 }

@@ -31,6 +31,13 @@ pub fn parse<C: clap::Parser>(zh: &[(&'static str, &'static str)]) -> C {
     C::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
+/// Panics, listing them, when a help text of `C` has no translation in `zh`: each binary's
+/// test that its table is complete.
+pub fn assert_translated<C: clap::CommandFactory>(zh: &[(&'static str, &'static str)]) {
+    let missing = untranslated(C::command(), zh);
+    assert!(missing.is_empty(), "no Chinese in help.rs: {missing:#?}");
+}
+
 /// The help texts of `cmd` and its subcommands that `zh` does not translate.
 pub fn untranslated(mut cmd: Command, zh: &[(&'static str, &'static str)]) -> Vec<String> {
     cmd.build();

@@ -160,6 +160,48 @@ impl Hub {
     pub async fn rows(&self, resource: &str) -> Rows {
         rows::from_export(&self.export(resource).await)
     }
+
+    /// Serves `app` on this (stopped) hub's address instead, through the reference hub's own
+    /// accept loop (mutual TLS with its certificates, the node taken from the client
+    /// certificate): a hub that answers as a test wants.
+    pub async fn serve_instead(&self, app: axum::Router) -> Impostor {
+        assert!(self.running.is_none(), "the hub is running");
+        let tls = self.config.server_tls().expect("the hub's TLS");
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("bind the hub's address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(exchange_hub::server::serve_router(
+            listener,
+            tls,
+            app,
+            exchange_hub::config::Limits::default(),
+            std::sync::Arc::new(exchange_hub::server::Load::default()),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Impostor {
+            running: Running { stop, task },
+        }
+    }
+}
+
+/// A router served on a hub's address ([`Hub::serve_instead`]).
+pub struct Impostor {
+    running: Running,
+}
+
+impl Impostor {
+    /// Stops it and checks that it ran without an error.
+    pub async fn stop(self) {
+        let _ = self.running.stop.send(());
+        tokio::time::timeout(crate::DEADLINE, self.running.task)
+            .await
+            .expect("the hub's impostor stops")
+            .expect("the hub's impostor's task")
+            .expect("the hub's impostor ran");
+    }
 }
 
 impl Drop for Hub {

@@ -14,17 +14,14 @@ use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
-use exchange_hub::config::Limits;
-use exchange_hub::server::{HubError, Load, Peer, serve_router};
+use exchange_hub::server::Peer;
 use exchange_protocol::batch::{BATCHES_PATH, header};
 use exchange_tests::agent::{Agent, Output};
+use exchange_tests::hub::Impostor;
 use exchange_tests::rows::assert_same;
 use exchange_tests::scene::{NODE, Scene};
 use exchange_tests::sqlite_source::SqliteSource;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 const CODE: &str = "330100-RSJ-0090";
 
@@ -62,8 +59,7 @@ struct Behaviour {
 /// A hub that acknowledges wrongly, on the scene hub's address (the agent's `hub.url`).
 struct BadHub {
     behaviour: Arc<Behaviour>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), HubError>>,
+    impostor: Impostor,
 }
 
 impl BadHub {
@@ -72,32 +68,13 @@ impl BadHub {
             answer: Mutex::new(answer),
             received: Mutex::new(Vec::new()),
         });
-        let tls = scene
-            .hub
-            .config
-            .server_tls()
-            .expect("the hub's TLS configuration");
-        let listener = TcpListener::bind(scene.hub.addr)
-            .await
-            .expect("bind the hub's address");
         let app = Router::new()
             .route(BATCHES_PATH, post(acknowledge_wrongly))
             .with_state(behaviour.clone());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve_router(
-            listener,
-            tls,
-            app,
-            Limits::default(),
-            Arc::new(Load::default()),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let impostor = scene.hub.serve_instead(app).await;
         BadHub {
             behaviour,
-            stop,
-            task,
+            impostor,
         }
     }
 
@@ -110,12 +87,7 @@ impl BadHub {
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(exchange_tests::DEADLINE, self.task)
-            .await
-            .expect("the misbehaving hub stops")
-            .expect("the misbehaving hub's task")
-            .expect("the misbehaving hub ran");
+        self.impostor.stop().await;
     }
 }
 

@@ -17,17 +17,13 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use exchange_hub::config::Limits;
-use exchange_hub::server::{HubError, Load, serve_router};
 use exchange_protocol::batch::BATCHES_PATH;
 use exchange_tests::agent::{Agent, Resource};
+use exchange_tests::hub::Impostor;
 use exchange_tests::rows::{self, Rows, assert_same};
 use exchange_tests::scene::Scene;
 use exchange_tests::sqlite_source::SqliteSource;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 const CODE: &str = "330100-RSJ-0091";
 
@@ -192,36 +188,17 @@ struct Refusal {
 /// hub's address.
 struct RefusingHub {
     refusal: Arc<Mutex<Refusal>>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), HubError>>,
+    impostor: Impostor,
 }
 
 impl RefusingHub {
     async fn start(scene: &Scene, body: Value) -> RefusingHub {
         let refusal = Arc::new(Mutex::new(Refusal { body, received: 0 }));
-        let tls = scene.hub.config.server_tls().expect("the hub's TLS");
-        let listener = TcpListener::bind(scene.hub.addr)
-            .await
-            .expect("bind the hub's address");
         let app = Router::new()
             .route(BATCHES_PATH, post(refuse))
             .with_state(refusal.clone());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve_router(
-            listener,
-            tls,
-            app,
-            Limits::default(),
-            Arc::new(Load::default()),
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        RefusingHub {
-            refusal,
-            stop,
-            task,
-        }
+        let impostor = scene.hub.serve_instead(app).await;
+        RefusingHub { refusal, impostor }
     }
 
     fn answer(&self, body: Value) {
@@ -233,12 +210,7 @@ impl RefusingHub {
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(exchange_tests::DEADLINE, self.task)
-            .await
-            .expect("the refusing hub stops")
-            .expect("the refusing hub's task")
-            .expect("the refusing hub ran");
+        self.impostor.stop().await;
     }
 }
 

@@ -14,15 +14,11 @@ use std::sync::{Arc, Mutex};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-use exchange_hub::config::Limits;
-use exchange_hub::server::{Load, serve_router};
 use exchange_protocol::batch::{BATCHES_PATH, header};
 use exchange_tests::agent::run_with;
 use exchange_tests::scene::Scene;
 use exchange_tests::sqlite_source::SqliteSource;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 const CODE: &str = "330100-RSJ-0091";
 
@@ -53,21 +49,7 @@ async fn sync_delivers_to_a_hub_without_catalogue_and_lean_acks_and_warns_in_bot
                 Json(json!({"error": "no such endpoint"})),
             )
         });
-    let listener = TcpListener::bind(scene.hub.addr)
-        .await
-        .expect("bind the hub's address");
-    let tls = scene.hub.config.server_tls().expect("the hub's TLS");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let hub = tokio::spawn(serve_router(
-        listener,
-        tls,
-        app,
-        Limits::default(),
-        Arc::new(Load::default()),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let hub = scene.hub.serve_instead(app).await;
 
     let out = agent.sync("60s").await;
     out.assert_code(0).assert_mentions(&[
@@ -98,12 +80,7 @@ async fn sync_delivers_to_a_hub_without_catalogue_and_lean_acks_and_warns_in_bot
         "不提供 `PUT /v1/catalogue`",
     ]);
 
-    let _ = stop.send(());
-    tokio::time::timeout(exchange_tests::DEADLINE, hub)
-        .await
-        .expect("the old hub stops")
-        .expect("the old hub's task")
-        .expect("the old hub ran");
+    hub.stop().await;
 }
 
 /// An Ack with the required members only (§7), and one no version of the text defines.
