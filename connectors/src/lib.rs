@@ -14,6 +14,7 @@
 //!   for node kinds and index names only, never returned or logged.
 
 mod dialect;
+pub mod files;
 pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
@@ -493,7 +494,7 @@ pub trait Connector: Send + Sync {
 pub struct SourceSpec {
     /// The configured name.
     pub name: String,
-    /// `postgres`, `mysql` or `sqlite`.
+    /// `postgres`, `mysql`, `sqlite` or `files`.
     pub kind: SourceKind,
     /// Connection URL (for SQLite: `sqlite:///path` or a path).
     pub url: String,
@@ -517,6 +518,8 @@ pub enum SourceKind {
     Mysql,
     /// SQLite (bundled).
     Sqlite,
+    /// A file drop: `url` is the directory (see [`files`]).
+    Files,
 }
 
 /// Opens a connector for a source. Connecting is lazy: errors from an unreachable source come
@@ -526,5 +529,6 @@ pub fn open(spec: &SourceSpec) -> Result<Arc<dyn Connector>, ConnectorError> {
         SourceKind::Postgres => Arc::new(postgres::PostgresConnector::new(spec)?),
         SourceKind::Mysql => Arc::new(mysql::MysqlConnector::new(spec)?),
         SourceKind::Sqlite => Arc::new(sqlite::SqliteConnector::new(spec)?),
+        SourceKind::Files => Arc::new(files::FilesConnector::new(spec)),
     })
 }

@@ -10,6 +10,7 @@
 //!   restartable on the same address, with its store readable by the test;
 //! - [`db`]: a fresh PostgreSQL or MariaDB database per test (dropped at the end);
 //!   an unreachable server fails the test with instructions, it never skips;
+//! - [`hub_log`]: triggers that log what the hub's SQLite store committed, for kill loops;
 //! - [`admin`]: `GET` on the agent's admin listener and a strict Prometheus text parser;
 //! - [`agent`]: writes an `agent.toml` and runs `exchange-agent sync|check|status|run`;
 //! - [`scene`]: a directory, certificates and a running hub: where most tests start;
@@ -32,6 +33,7 @@
 pub mod admin;
 pub mod agent;
 pub mod hub;
+pub mod hub_log;
 pub mod scene;
 pub mod sqlite_source;
 pub mod verification;

@@ -381,6 +381,13 @@ fn stage_agent_example(
                 );
             }
         }
+        if source.get("kind").and_then(|k| k.as_str()) == Some("files") {
+            let path = source
+                .get("path")
+                .and_then(|p| p.as_str())
+                .expect("sources.path");
+            std::fs::create_dir_all(place(dir, path, &mut replacements)).unwrap();
+        }
         if let Some(f) = source.get("password_file").and_then(|f| f.as_str()) {
             write_secret(&place(dir, f, &mut replacements), "secret\n");
         }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use exchange_tests::agent::{Agent, Resource};
 use exchange_tests::db::{PgDb, pg_connect};
+use exchange_tests::hub_log::{INSTRUMENT, append, batches_applied, tail};
 use exchange_tests::rows::{self, Rows, assert_same};
 use exchange_tests::scene::Scene;
 use rand::rngs::StdRng;
@@ -29,25 +30,6 @@ const CODE: &str = "330100-RSJ-0050";
 const INITIAL_ROWS: i64 = 50_000;
 const KILLS: usize = 30;
 const MAX_ROUNDS: usize = 80;
-
-/// Triggers on the hub's SQLite store that log every record write and every batch applied.
-/// They run inside the hub's own transaction, so the log is exactly what was committed.
-const INSTRUMENT: &str = "
-CREATE TABLE test_record_writes (n INTEGER PRIMARY KEY, key TEXT NOT NULL, version INTEGER);
-CREATE TRIGGER test_record_insert AFTER INSERT ON records BEGIN
-  INSERT INTO test_record_writes (key, version) VALUES (NEW.key, json_extract(NEW.fields, '$.version'));
-END;
-CREATE TRIGGER test_record_update AFTER UPDATE ON records BEGIN
-  INSERT INTO test_record_writes (key, version) VALUES (NEW.key, json_extract(NEW.fields, '$.version'));
-END;
-CREATE TABLE test_batches (n INTEGER PRIMARY KEY, stream TEXT NOT NULL, seq INTEGER NOT NULL);
-CREATE TRIGGER test_stream_insert AFTER INSERT ON streams BEGIN
-  INSERT INTO test_batches (stream, seq) VALUES (NEW.stream, NEW.last_seq);
-END;
-CREATE TRIGGER test_stream_update AFTER UPDATE ON streams BEGIN
-  INSERT INTO test_batches (stream, seq) VALUES (NEW.stream, NEW.last_seq);
-END;
-";
 
 /// What the writers did.
 #[derive(Default)]
@@ -146,29 +128,6 @@ async fn expected(db: &PgDb) -> Rows {
             )
         })
         .collect()
-}
-
-/// Number of batches the hub has applied so far.
-fn batches_applied(hub_db: &rusqlite::Connection) -> i64 {
-    hub_db
-        .query_row("SELECT count(*) FROM test_batches", [], |r| r.get(0))
-        .unwrap()
-}
-
-fn append(log: &std::path::Path, line: &str) {
-    use std::io::Write as _;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    f.write_all(line.as_bytes()).unwrap();
-}
-
-fn tail(log: &std::path::Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

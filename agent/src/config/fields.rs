@@ -15,6 +15,8 @@ pub(super) struct Fields {
     pub rules: Vec<(String, Rule)>,
     /// Each field's identifier kind, in the same order.
     pub kinds: Vec<IdKind>,
+    /// Declared types (`type = …`, file drop resources only), by field name.
+    pub types: Vec<(String, exchange_connectors::files::FieldType)>,
 }
 
 impl Validator<'_> {
@@ -28,6 +30,7 @@ impl Validator<'_> {
     ) -> Result<Fields, ConfigError> {
         let mut fields = Vec::new();
         let mut kinds = Vec::new();
+        let mut types = Vec::new();
         for (name, f) in raw {
             let at = format!("resources[{i}].fields.{name}");
             let named = |e: String| {
@@ -52,6 +55,18 @@ impl Validator<'_> {
                 )));
             }
             let rule = Rule::parse(&f.rule, kind, f.domain.as_deref()).map_err(named)?;
+            if let Some(ty) = &f.ty {
+                let known = exchange_connectors::files::FieldType::ALL
+                    .map(|(n, _)| n)
+                    .join(", ");
+                let ty = exchange_connectors::files::FieldType::parse(ty).ok_or_else(|| {
+                    named(tr!(
+                        "`{ty}` is not a field type; expected one of {known}",
+                        "`{ty}` 不是字段类型；应为以下之一：{known}"
+                    ))
+                })?;
+                types.push((name.clone(), ty));
+            }
             kinds.push(kind);
             fields.push((name, rule));
         }
@@ -81,6 +96,7 @@ impl Validator<'_> {
         Ok(Fields {
             rules: fields,
             kinds,
+            types,
         })
     }
 

@@ -14,6 +14,7 @@
 
 pub mod audit;
 mod fields;
+mod file_drop;
 mod hub;
 mod keys;
 mod limits;
@@ -28,6 +29,8 @@ mod row_locator;
 mod source;
 mod verification;
 pub mod verify;
+
+pub use file_drop::{EachFile, FileDrop, FileResource};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -252,6 +255,9 @@ pub struct Resource {
     /// Columns whose values a quarantine entry records (kept on this machine, in clear) so
     /// the row can be found at the source; empty: none (`config::row_locator`).
     pub locator: Vec<String>,
+    /// A resource read from a file drop: its directory and what each file is (its `mode`
+    /// is then [`Mode::Snapshot`]); `None` for a database's.
+    pub files: Option<FileResource>,
 }
 
 impl Config {
@@ -378,15 +384,20 @@ impl Validator<'_> {
         let hub = self.hub(raw.hub)?;
         self.node_certificate(&hub, &node)?;
         let (queue, batch) = self.limits(raw.queue, raw.batch)?;
-        let sources = self.sources(raw.sources)?;
+        let (sources, drops) = self.sources(raw.sources)?;
         let key_files = raw.policy.unwrap_or_default();
         let keys = self.keys(&key_files, &node.data_dir)?;
         let verify = match raw.verify {
             Some(v) => Some(self.verify(v, &keys, &node.data_dir)?),
             None => None,
         };
-        let resources =
-            self.resources(raw.resources, &sources, &keys, &key_files, verify.as_ref())?;
+        let resources = self.resources(
+            raw.resources,
+            (&sources, &drops),
+            &keys,
+            &key_files,
+            verify.as_ref(),
+        )?;
         let audit = self.audit(raw.audit, &node.data_dir)?;
         Ok(Config {
             file: self.file.to_owned(),

@@ -88,7 +88,14 @@ pub struct RawPolicy {
 pub struct RawSource {
     pub name: String,
     pub kind: String,
-    pub url: String,
+    /// A database's URL (SQLite: its file); not for a file drop.
+    pub url: Option<String>,
+    /// A file drop's directory (`kind = "files"` only), and how it is read.
+    pub path: Option<String>,
+    pub encoding: Option<String>,
+    pub ready: Option<String>,
+    pub settle: Option<String>,
+    pub delete_after: Option<String>,
     pub password_file: Option<String>,
     pub password_env: Option<String>,
     pub ca: Option<String>,
@@ -106,6 +113,8 @@ pub struct RawResource {
     pub source: String,
     pub table: Option<String>,
     pub query: Option<String>,
+    /// A file drop resource's subdirectory of its source's `path`.
+    pub directory: Option<String>,
     pub key: String,
     pub mode: String,
     pub cursor: Option<Vec<String>>,
@@ -143,6 +152,9 @@ pub mod indexmap_like {
         pub identifier: Option<String>,
         /// The pseudonym or FPE domain.
         pub domain: Option<String>,
+        /// A file drop resource's field type (`text`, `int`, `date`, …).
+        #[serde(rename = "type")]
+        pub ty: Option<String>,
     }
 
     impl RawField {

@@ -10,6 +10,16 @@ use exchange_protocol::tr;
 
 use super::fields::Fields;
 use super::verify::{RawVerification, Verify};
+/// What a resource reads, its file drop settings, and the mode a file drop implies.
+type ReadSide = (Relation, Option<super::FileResource>, Option<Mode>);
+
+/// The sources by name, and the file drops among them.
+type Sources<'a> = (
+    &'a BTreeMap<String, SourceSpec>,
+    &'a BTreeMap<String, FileDrop>,
+);
+
+use super::file_drop::FileDrop;
 use super::{
     ConfigError, InvalidKey, Keys, Mode, Resource, Share, Staleness, Validator, parse_duration, raw,
 };
@@ -22,7 +32,7 @@ impl Validator<'_> {
     pub(super) fn resources(
         &self,
         raw: Vec<raw::RawResource>,
-        sources: &BTreeMap<String, SourceSpec>,
+        sources: Sources<'_>,
         keys: &Keys,
         key_files: &raw::RawPolicy,
         verify: Option<&Verify>,
@@ -52,8 +62,8 @@ impl Validator<'_> {
     fn resource(
         &self,
         i: usize,
-        r: raw::RawResource,
-        sources: &BTreeMap<String, SourceSpec>,
+        mut r: raw::RawResource,
+        (sources, drops): Sources<'_>,
     ) -> Result<Resource, ConfigError> {
         let key = |k: &str| format!("resources[{i}].{k}");
         self.resource_code(&key("code"), &r.code)?;
@@ -61,11 +71,12 @@ impl Validator<'_> {
         let share = self.share(i, &code, &r.share, r.deliver)?;
         let invalid_key = self.invalid_key(&key("invalid_key"), r.invalid_key.as_deref())?;
         self.known_source(&key("source"), &r.source, sources)?;
-        let relation = self.relation(i, r.table, r.query)?;
         let Fields {
             rules: fields,
             kinds,
-        } = self.fields(i, &code, r.fields)?;
+            types,
+        } = self.fields(i, &code, std::mem::take(&mut r.fields))?;
+        let (relation, files, mode) = self.read_side(i, &mut r, drops, types)?;
         let key_kind = self.key_kind(i, &code, &fields, &kinds, &r.key)?;
         let plain_allowed = r.plain_allowed.unwrap_or_default();
         self.plain_allowed(&key("plain_allowed"), &code, &fields, &plain_allowed)?;
@@ -88,7 +99,10 @@ impl Validator<'_> {
         if matches!(share, Share::Conditional { .. }) {
             self.conditional_fields(i, &code, &fields, &plain_allowed)?;
         }
-        let mode = self.mode(i, &r.mode, r.cursor, r.safety_lag)?;
+        let mode = match mode {
+            Some(mode) => mode,
+            None => self.mode(i, &r.mode, r.cursor, r.safety_lag)?,
+        };
         if let Mode::Incremental { cursor, .. } = &mode {
             self.cursor_columns(&key("cursor"), &code, cursor, &fields, &r.key)?;
         }
@@ -118,6 +132,41 @@ impl Validator<'_> {
             plain_reason,
             verification,
             locator,
+            files,
+        })
+    }
+
+    /// What a resource reads: a file drop's directory (with its mode), or a table or query.
+    fn read_side(
+        &self,
+        i: usize,
+        r: &mut raw::RawResource,
+        drops: &BTreeMap<String, FileDrop>,
+        types: Vec<(String, exchange_connectors::files::FieldType)>,
+    ) -> Result<ReadSide, ConfigError> {
+        let key = |k: &str| format!("resources[{i}].{k}");
+        Ok(match drops.get(&r.source) {
+            Some(drop) => {
+                let (file, mode) = self.file_resource(i, r, drop, types)?;
+                (
+                    Relation::Table(file.directory.clone()),
+                    Some(file),
+                    Some(mode),
+                )
+            }
+            None => {
+                if r.directory.is_some() {
+                    return Err(self.err(&key("directory"), tr!("`directory` applies to a resource of a file drop (kind = \"files\"); a database resource gives `table` or `query`", "`directory` 只适用于文件交换目录（kind = \"files\"）的资源；数据库资源请设置 `table` 或 `query`")));
+                }
+                if let Some((name, _)) = types.first() {
+                    return Err(self.err(&key(&format!("fields.{name}")), tr!("`type` applies to fields of a file drop resource; a database says its columns' types", "`type` 只适用于文件交换资源的字段；数据库列的类型由数据库给出")));
+                }
+                (
+                    self.relation(i, r.table.take(), r.query.take())?,
+                    None,
+                    None,
+                )
+            }
         })
     }
 

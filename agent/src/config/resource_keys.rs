@@ -48,7 +48,9 @@ impl Validator<'_> {
         keys: &Keys,
         key_files: &raw::RawPolicy,
     ) -> Result<(), ConfigError> {
-        if !res.share.delivers() || keys.seal.is_some() {
+        // A file drop resource stores no source position (its progress is a file's name,
+        // digest and row count).
+        if !res.share.delivers() || keys.seal.is_some() || res.files.is_some() {
             return Ok(());
         }
         let hidden = res

@@ -1,5 +1,5 @@
 //! `[[sources]]`: each source database's kind, URL, password (file or environment), CA and
-//! replica lag, each name once.
+//! replica lag, each name once; a file drop's settings are `file_drop`'s.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -7,17 +7,35 @@ use std::time::Duration;
 use exchange_connectors::{SourceKind, SourceSpec};
 use exchange_protocol::tr;
 
+use super::file_drop::FileDrop;
 use super::{ConfigError, Validator, parse_duration, raw};
 
+/// The sources by name, and the file drops among them with their settings.
+type Sources = (BTreeMap<String, SourceSpec>, BTreeMap<String, FileDrop>);
+
 impl Validator<'_> {
-    /// Every source by name, each name once.
-    pub(super) fn sources(
-        &self,
-        raw: Vec<raw::RawSource>,
-    ) -> Result<BTreeMap<String, SourceSpec>, ConfigError> {
+    /// Every source by name, each name once; the file drops among them with their settings.
+    pub(super) fn sources(&self, raw: Vec<raw::RawSource>) -> Result<Sources, ConfigError> {
         let mut sources = BTreeMap::new();
+        let mut drops = BTreeMap::new();
         for (i, s) in raw.into_iter().enumerate() {
-            let spec = self.source(i, s)?;
+            let spec = if s.kind == "files" {
+                let drop = self.file_drop(i, &s)?;
+                let spec = SourceSpec {
+                    name: s.name.clone(),
+                    kind: SourceKind::Files,
+                    url: drop.root.display().to_string(),
+                    password: None,
+                    ca: None,
+                    pool_size: 1,
+                    replica_lag: Duration::ZERO,
+                };
+                drops.insert(s.name, drop);
+                spec
+            } else {
+                self.no_file_keys(i, &s)?;
+                self.source(i, s)?
+            };
             if sources.contains_key(&spec.name) {
                 return Err(self.err(
                     &format!("sources[{i}].name"),
@@ -30,13 +48,22 @@ impl Validator<'_> {
             }
             sources.insert(spec.name.clone(), spec);
         }
-        Ok(sources)
+        Ok((sources, drops))
     }
 
     fn source(&self, i: usize, s: raw::RawSource) -> Result<SourceSpec, ConfigError> {
         let key = |k: &str| format!("sources[{i}].{k}");
         let kind = self.source_kind(&key("kind"), &s.kind)?;
-        let url = self.source_url(&key("url"), kind, &s.url)?;
+        let Some(url) = &s.url else {
+            return Err(self.err(
+                &key("url"),
+                tr!(
+                    "a database source needs `url`",
+                    "数据库数据源需要设置 `url`"
+                ),
+            ));
+        };
+        let url = self.source_url(&key("url"), kind, url)?;
         let password = self.source_password(i, s.password_file, s.password_env)?;
         let ca = match s.ca {
             Some(p) => Some(self.existing_file(&key("ca"), &p)?),
@@ -65,8 +92,8 @@ impl Validator<'_> {
             other => Err(self.err(
                 key,
                 tr!(
-                    "`{other}` is not a source kind; expected \"postgres\", \"mysql\" or \"sqlite\"",
-                    "`{other}` 不是支持的数据源类型；应为 \"postgres\"、\"mysql\" 或 \"sqlite\""
+                    "`{other}` is not a source kind; expected \"postgres\", \"mysql\", \"sqlite\" or \"files\"",
+                    "`{other}` 不是支持的数据源类型；应为 \"postgres\"、\"mysql\"、\"sqlite\" 或 \"files\""
                 ),
             )),
         }

@@ -712,3 +712,94 @@ fn the_compression_level_is_a_zstd_level_and_defaults_to_1() {
         assert!(m.contains("expected -7 to -1"), "{m}");
     }
 }
+
+/// The reference shape with its source a file drop at `<dir>/drop` and its resource reading
+/// `directory = "roster"`: `source` and `resource` are appended to the two sections.
+fn file_drop(f: &Fixture, source: &str, resource: &str) -> String {
+    std::fs::create_dir_all(f.dir.path().join("drop")).unwrap();
+    GOOD.replace(
+        "kind = \"sqlite\"\nurl = \"sqlite://business.db\"",
+        &format!("kind = \"files\"\npath = \"drop\"\n{source}"),
+    )
+    .replace(
+        "table = \"insured_person\"",
+        &format!("directory = \"roster\"\n{resource}"),
+    )
+    .replace(
+        "mode = \"incremental\"\ncursor = [\"updated_at\", \"id\"]\n",
+        "",
+    )
+}
+
+#[test]
+fn a_file_drop_resource_is_validated_with_its_directory_mode_and_types() {
+    let f = Fixture::new();
+    let good = file_drop(
+        &f,
+        "encoding = \"gbk\"\nready = \"marker\"",
+        "mode = \"upsert\"",
+    )
+    .replace(
+        "name = \"plain\"",
+        "name = \"plain\"\nborn = { rule = \"plain\", type = \"date\" }",
+    );
+    let c = f.parse(&good).unwrap();
+    let file = c.resources[0].files.as_ref().expect("a file drop resource");
+    assert_eq!(file.dir(), f.dir.path().join("drop/roster"));
+    assert_eq!(file.each_file, EachFile::Upsert);
+    assert_eq!(
+        file.type_of("BORN"),
+        exchange_connectors::files::FieldType::Date
+    );
+    assert_eq!(file.drop.ready, exchange_connectors::files::Ready::Marker);
+    assert_eq!(c.sources["hr"].kind, exchange_connectors::SourceKind::Files);
+
+    for (text, key, needle) in [
+        (
+            file_drop(&f, "", "mode = \"incremental\""),
+            "resources[0].mode",
+            "\"snapshot\"",
+        ),
+        (
+            file_drop(&f, "", "mode = \"upsert\"\ncursor = [\"id\"]"),
+            "resources[0].cursor",
+            "`cursor`",
+        ),
+        (
+            file_drop(&f, "", "mode = \"snapshot\"")
+                .replace("directory = \"roster\"", "directory = \"done\""),
+            "resources[0].directory",
+            "one name",
+        ),
+        (
+            file_drop(&f, "encoding = \"latin1\"", "mode = \"snapshot\""),
+            "sources[0].encoding",
+            "\"gbk\"",
+        ),
+        (
+            file_drop(&f, "url = \"x\"", "mode = \"snapshot\""),
+            "sources[0].url",
+            "`path`",
+        ),
+        (
+            GOOD.replace(
+                "name = \"plain\"",
+                "name = { rule = \"plain\", type = \"int\" }",
+            ),
+            "resources[0].fields.name",
+            "a database says",
+        ),
+        (
+            GOOD.replace(
+                "url = \"sqlite://business.db\"",
+                "url = \"sqlite://business.db\"\nencoding = \"gbk\"",
+            ),
+            "sources[0].encoding",
+            "kind = \"files\"",
+        ),
+    ] {
+        let m = message(&f.parse(&text).unwrap_err());
+        assert!(m.contains(&format!("key `{key}`")), "{key}: {m}");
+        assert!(m.contains(needle), "{needle}: {m}");
+    }
+}

@@ -467,6 +467,38 @@ fn describe_resource(r: &Resource, out: &mut String) {
     }
 }
 
+/// A file drop resource: its directory, the files waiting, read and rejected, and its fields'
+/// declared types.
+fn file_resource(code: &str, file: &crate::config::FileResource, out: &mut String) {
+    let dir = file.dir();
+    let count = |sub: &str| {
+        std::fs::read_dir(dir.join(sub)).map_or(0, |d| {
+            d.filter_map(Result::ok)
+                .filter(|e| {
+                    e.path().is_file() && !e.file_name().to_string_lossy().ends_with(".reason")
+                })
+                .count()
+        })
+    };
+    let waiting = count("");
+    let (done, rejected) = (count("done"), count("rejected"));
+    let types = file
+        .types
+        .iter()
+        .map(|(n, t)| format!("{n} {}", t.name()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let dir = dir.display();
+    let _ = writeln!(
+        out,
+        "{}",
+        tr!(
+            "  resource {code}: files in {dir}: {waiting} waiting, {done} in done/, {rejected} in rejected/; declared types: {types} (other fields text)",
+            "  资源 {code}：文件目录 {dir}：待读 {waiting} 个，done/ 中 {done} 个，rejected/ 中 {rejected} 个；声明的类型：{types}（其余字段为文本）"
+        )
+    );
+}
+
 /// `--connect` for one source: open it, probe it, and describe the columns of each of its
 /// resources.
 async fn check_source(config: &Config, spec: &SourceSpec, out: &mut String) -> Verdict {
@@ -486,6 +518,10 @@ async fn check_source(config: &Config, spec: &SourceSpec, out: &mut String) -> V
     }
     let mut verdict = Verdict::Ok;
     for r in config.resources.iter().filter(|r| r.source == spec.name) {
+        if let Some(file) = &r.files {
+            file_resource(&r.code, file, out);
+            continue;
+        }
         let plan = Plan::new(r, &config.keys);
         match connector.describe(&plan.selection).await {
             Ok(cols) => {
@@ -739,6 +775,7 @@ mod tests {
             plain_reason: None,
             verification: Default::default(),
             locator: Vec::new(),
+            files: None,
         };
         let w = rule_warnings(&r);
         assert_eq!(w.len(), 2, "{w:?}");
@@ -792,6 +829,7 @@ mod tests {
                 enumerable: enumerable.iter().map(|f| f.to_string()).collect(),
             },
             locator: Vec::new(),
+            files: None,
         };
         let w = verification_warnings(&resource(false, &[]));
         assert_eq!(w.len(), 3, "{w:#?}");

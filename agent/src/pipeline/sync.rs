@@ -544,6 +544,8 @@ async fn source_clock(
 /// more full scan that starts after `t0` follows. None for an incremental resource.
 fn scans_to_pass(pipeline: &Pipeline, puller: &Puller) -> u32 {
     match &puller.resource.mode {
+        // One pull reads every complete file, each with its sweep.
+        Mode::Snapshot if puller.resource.files.is_some() => 1,
         Mode::Snapshot => {
             let st = pipeline
                 .queue

@@ -205,6 +205,7 @@ mod tests {
             max_staleness: crate::config::Staleness::WorkingDays(2),
             fields: vec![("k".into(), Rule::parse(rule, kind, None).unwrap())],
             locator: Vec::new(),
+            files: None,
             key_kind: kind,
             invalid_key,
             plain_allowed: Vec::new(),

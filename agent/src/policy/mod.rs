@@ -239,6 +239,7 @@ mod tests {
             plain_reason: None,
             verification: Default::default(),
             locator: Vec::new(),
+            files: None,
         }
     }
 

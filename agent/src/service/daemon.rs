@@ -578,6 +578,11 @@ async fn schedule_loop(
 ) {
     let code = puller.resource.code.clone();
     let mut backoff = Backoff::standard();
+    let watch = puller
+        .resource
+        .files
+        .as_ref()
+        .and_then(|f| super::drop_watch::DropWatch::new(&code, f));
     loop {
         let started = tokio::time::Instant::now();
         let result = tokio::select! {
@@ -612,6 +617,7 @@ async fn schedule_loop(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = super::drop_watch::DropWatch::changed(watch.as_ref()) => {}
             _ = stop.changed() => return,
         }
     }

@@ -180,6 +180,21 @@ impl ResourceStatus {
 
 /// The cursor for people: date and timestamp values only (the key tiebreaker and other
 /// values may be identifiers and are never shown; `exchange-agent cursor show` prints them).
+/// Where a file drop resource stands: the file it reads, or the last one it read.
+fn file_text(p: &crate::pipeline::queue::FileProgress) -> String {
+    let (name, rows, records, quarantined) = (&p.name, p.rows, p.records, p.quarantined);
+    match &p.done_as {
+        Some(done) => exchange_protocol::tr!(
+            "last file {name}: {rows} rows, {records} records, {quarantined} quarantined; in done/ as {done}",
+            "最近的文件 {name}：{rows} 行，{records} 条记录，隔离 {quarantined} 行；已移到 done/{done}"
+        ),
+        None => exchange_protocol::tr!(
+            "reading {name}: {rows} rows so far",
+            "正在读取 {name}：已读 {rows} 行"
+        ),
+    }
+}
+
 fn cursor_text(
     resource: &crate::config::Resource,
     cursor: &[exchange_connectors::Value],
@@ -260,6 +275,7 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
                 .quarantined(&r.code, RECENT_QUARANTINE)
                 .unwrap_or_default();
             let cursor = match &r.mode {
+                _ if r.files.is_some() => st.file.as_ref().map(file_text),
                 Mode::Incremental { .. } => st.cursor.as_ref().map(|c| cursor_text(r, c)),
                 Mode::Snapshot => (st.snapshot.generation > 0)
                     .then(|| format!("snapshot generation {}", st.snapshot.generation)),
@@ -271,9 +287,10 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
                     s => s.as_str(),
                 }
                 .into(),
-                mode: match r.mode {
-                    Mode::Incremental { .. } => "incremental",
-                    Mode::Snapshot => "snapshot",
+                mode: match (&r.files, &r.mode) {
+                    (Some(f), _) if f.each_file == crate::config::EachFile::Upsert => "upsert",
+                    (_, Mode::Incremental { .. }) => "incremental",
+                    (_, Mode::Snapshot) => "snapshot",
                 }
                 .into(),
                 cursor,

@@ -71,6 +71,7 @@ pub fn resource(desensitized: bool) -> Resource {
         plain_reason: None,
         verification: Default::default(),
         locator: Vec::new(),
+        files: None,
     }
 }
 

@@ -20,6 +20,7 @@
 //! before it is read, `incremental` and `snapshot` read and write in each mode.
 
 mod admission;
+mod files;
 mod incremental;
 mod snapshot;
 
@@ -179,6 +180,16 @@ impl Puller {
     pub async fn pull_with(&self, progress: &Progress) -> Result<(), PullError> {
         let _running = self.running.lock().await;
         self.admit().await?;
+        if let Some(file) = &self.resource.files {
+            let mut report = PullReport::default();
+            let publish = |report: &PullReport| {
+                *progress.lock().unwrap_or_else(|e| e.into_inner()) = report.clone();
+            };
+            self.files_pull(file, &mut report, &publish).await?;
+            report.caught_up = true;
+            publish(&report);
+            return self.pulled().await;
+        }
         self.check_columns().await?;
         if self.queue.state(&self.resource.code)?.baseline == (Baseline::Reading { since: None }) {
             let since = self.connector.clock().await?;
@@ -212,6 +223,11 @@ impl Puller {
         }
         report.caught_up = true;
         publish(&report);
+        self.pulled().await
+    }
+
+    /// Records the end of a successful pull.
+    async fn pulled(&self) -> Result<(), PullError> {
         let code = self.resource.code.clone();
         self.blocking(move |txn| {
             let mut st = txn.state(&code)?;
@@ -434,6 +450,7 @@ mod tests {
             plain_reason: None,
             verification: Default::default(),
             locator: Vec::new(),
+            files: None,
         };
         let keys = Keys {
             pseudonym: Some(PseudonymKey::from_hex(1, &"ab".repeat(32)).unwrap()),

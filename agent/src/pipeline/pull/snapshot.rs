@@ -64,14 +64,7 @@ impl Puller {
         let (records, quarantined) = self
             .blocking_pull(move |txn| {
                 let st = txn.state(&code)?;
-                let scan = ScanPage {
-                    plan: &plan,
-                    code: &code,
-                    generation,
-                    st,
-                    builder: BatchBuilder::new(limits),
-                    quarantined: 0,
-                };
+                let scan = ScanPage::new(&plan, &code, generation, st, limits);
                 scan.write(txn, &page.rows, scan_done)
             })
             .await?;
@@ -114,20 +107,59 @@ fn sweep(
     Ok((records, done))
 }
 
-/// A page of a snapshot scan being written, in the transaction that moves the position.
-struct ScanPage<'a> {
+/// A page of a snapshot scan being written, in the transaction that moves the position (also
+/// a chunk of a dropped file, `pull/files.rs`).
+pub(super) struct ScanPage<'a> {
     plan: &'a Plan,
     code: &'a str,
     /// The scan's generation: rows it sees carry it in `digests`.
     generation: u64,
     /// The resource's state, stored when the page is written.
-    st: ResourceState,
+    pub(super) st: ResourceState,
     builder: BatchBuilder,
     /// Rows quarantined so far.
-    quarantined: u64,
+    pub(super) quarantined: u64,
+    /// Whether a row is compared with the digest of what the hub has (a snapshot), or always
+    /// delivered (a dropped file's upserts).
+    pub(super) compare: bool,
+    /// Where the next row is, for its quarantine entry (a dropped file's `NAME:LINE`); `None`:
+    /// the resource's locator columns.
+    pub(super) at: Option<String>,
 }
 
-impl ScanPage<'_> {
+impl<'a> ScanPage<'a> {
+    /// A page of the scan of `generation`, written over `st`.
+    pub(super) fn new(
+        plan: &'a Plan,
+        code: &'a str,
+        generation: u64,
+        st: ResourceState,
+        limits: BatchLimits,
+    ) -> ScanPage<'a> {
+        ScanPage {
+            plan,
+            code,
+            generation,
+            st,
+            builder: BatchBuilder::new(limits),
+            quarantined: 0,
+            compare: true,
+            at: None,
+        }
+    }
+
+    /// Enqueues what is left of the page; returns the state to store, the records enqueued
+    /// and the rows quarantined.
+    pub(super) fn finish(mut self, txn: &mut Txn) -> Result<(ResourceState, u64, u64), QueueError> {
+        let records = self.builder.finish(txn, self.code, &mut self.st)?;
+        Ok((self.st, records, self.quarantined))
+    }
+
+    /// Where a row is, for its quarantine entry.
+    fn locator(&self, row: &Row) -> Option<String> {
+        self.at.clone().or_else(|| self.plan.locator_of(row))
+    }
+
     /// Writes `rows` and the position after them (`scan_done`: the last page, the sweep
     /// follows); returns the records enqueued and the rows quarantined.
     fn write(
@@ -169,7 +201,7 @@ impl ScanPage<'_> {
     }
 
     /// A row through the policy: delivered if it changed, or quarantined.
-    fn row(&mut self, txn: &mut Txn, row: &Row) -> Result<(), QueueError> {
+    pub(super) fn row(&mut self, txn: &mut Txn, row: &Row) -> Result<(), QueueError> {
         let code = self.code;
         match self.plan.apply(row) {
             Ok(out) => {
@@ -185,7 +217,7 @@ impl ScanPage<'_> {
                 {
                     txn.set_digest(code, key, &d, self.generation)?;
                 }
-                let locator = self.plan.locator_of(row);
+                let locator = self.locator(row);
                 let reason = q.reason_in_both(|| self.plan.apply(row).err());
                 txn.quarantine_row(code, &mut self.st, q.key, reason, locator)?;
                 self.quarantined += 1;
@@ -200,9 +232,16 @@ impl ScanPage<'_> {
         let (code, generation) = (self.code, self.generation);
         let key = out.key.clone();
         let line = line_of(Op::Upsert, out.key, Some(out.fields), out.invalid_key);
+        if !self.compare {
+            let at = self.locator(row);
+            self.builder
+                .add(txn, code, &mut self.st, &line, &mut self.quarantined, || at)?;
+            return Ok(());
+        }
         let digest = sm3(&line);
         match txn.digest(code, &key)? {
             Some((_, g)) if g == generation => {
+                let at = self.locator(row);
                 txn.quarantine_row(
                     code,
                     &mut self.st,
@@ -213,21 +252,17 @@ impl ScanPage<'_> {
                             "本次快照中读到了另一行相同主键的记录；主键列必须唯一"
                         )
                     }),
-                    self.plan.locator_of(row),
+                    at,
                 )?;
                 self.quarantined += 1;
             }
             Some((d, _)) if d == digest => txn.set_digest(code, &key, &digest, generation)?,
             previous => {
-                let plan = self.plan;
-                if self.builder.add(
-                    txn,
-                    code,
-                    &mut self.st,
-                    &line,
-                    &mut self.quarantined,
-                    || plan.locator_of(row),
-                )? {
+                let at = self.locator(row);
+                if self
+                    .builder
+                    .add(txn, code, &mut self.st, &line, &mut self.quarantined, || at)?
+                {
                     txn.set_digest(code, &key, &digest, generation)?;
                 } else if let Some((d, _)) = previous {
                     // Too large to send: the hub keeps the previous version.

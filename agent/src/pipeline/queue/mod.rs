@@ -68,7 +68,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 pub use audit_pending::{Acked, PendingAudit};
 pub use batches::{BatchInfo, Encoded, StoredBatch};
 pub use quarantine::QuarantineEntry;
-pub use state::{Baseline, Discarded, Halt, HaltKind, Note, ResourceState, SnapshotState, Stage};
+pub use state::{
+    Baseline, Discarded, FileProgress, Halt, HaltKind, Note, ResourceState, SnapshotState, Stage,
+};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");

@@ -76,6 +76,32 @@ pub struct ResourceState {
     /// The last push error, kept across processes until a push succeeds.
     #[serde(default)]
     pub push_error: Option<Note>,
+    /// A file drop resource: the file being read, or the last one read.
+    #[serde(default)]
+    pub file: Option<FileProgress>,
+}
+
+/// How far a file drop resource has read its current file, committed with the rows it covers
+/// (`pipeline/pull/files.rs`): a crash resumes the same file (same name and digest) after
+/// `rows`, and a file whose rows are all queued is moved, never read again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileProgress {
+    /// Its name in the drop directory.
+    pub name: String,
+    /// SM3 of its content, 64 hex digits.
+    pub digest: String,
+    /// Rows (lines after the header) whose records or quarantine entries are committed.
+    pub rows: u64,
+    /// Records enqueued from it.
+    #[serde(default)]
+    pub records: u64,
+    /// Rows of it quarantined.
+    #[serde(default)]
+    pub quarantined: u64,
+    /// Set when every row is committed: the name it gets in `done/`.
+    pub done_as: Option<String>,
+    /// Whether it has been moved there.
+    pub moved: bool,
 }
 
 impl ResourceState {

@@ -1,0 +1,378 @@
+//! Pulls of a file drop resource: each complete file in its directory, oldest first, read in
+//! chunks of `batch.max_records` rows through the policy into the queue, then moved to `done/`
+//! (or, if it cannot be read at all, to `rejected/` with `NAME.reason`).
+//!
+//! Invariants (exactly once, whatever crashes when):
+//! - a chunk's records, its quarantine entries and the file's progress ([`FileProgress`]:
+//!   name, SM3 digest, rows committed) commit in one queue transaction, so a crash resumes
+//!   the same file after its last committed row, and a file changed meanwhile (another digest)
+//!   is read from its start as a new file;
+//! - the last chunk's transaction also records the name the file gets in `done/`; the move
+//!   follows, then `moved` is recorded. A crash between the two is finished by the next pull
+//!   (the file, found with the same digest, is moved without being read again);
+//! - in `snapshot` mode each file is one scan of the resource: rows compared with the digests
+//!   of what the hub has, then a sweep deletes the keys the file did not hold, before the next
+//!   file is read; in `upsert` mode every row leaves as an upsert and nothing is deleted;
+//! - a row that cannot be read (its reason from the reader) or converted is quarantined with
+//!   `NAME:LINE` as its locator; nothing of the row's values is kept;
+//! - every file read or rejected leaves an audit entry (`file.done`, `file.rejected`) with its
+//!   name, digest and counts.
+
+use exchange_connectors::ConnectorError;
+use exchange_connectors::files::drop::{DropDir, digest};
+use exchange_connectors::files::read::{FileReader, FileRow};
+use exchange_connectors::files::{FieldType, FileFormat};
+use exchange_protocol::lang::Text;
+use exchange_protocol::tr;
+
+use crate::config::{EachFile, FileResource};
+use crate::pipeline::queue::{Baseline, FileProgress};
+
+use super::snapshot::ScanPage;
+use super::{PullError, PullReport, Puller};
+
+/// A chunk of a file, read: its rows and whether the file ended with it.
+struct Chunk {
+    rows: Vec<FileRow>,
+    last: bool,
+}
+
+impl Puller {
+    /// Reads every complete file of the resource's drop directory.
+    pub(super) async fn files_pull(
+        &self,
+        file: &FileResource,
+        report: &mut PullReport,
+        publish: &(dyn Fn(&PullReport) + Sync),
+    ) -> Result<(), PullError> {
+        let drop = DropDir::open(&file.dir(), file.drop.ready)
+            .map_err(|e| self.unreadable(&file.dir(), e))?;
+        self.upsert_baseline(file).await?;
+        self.finish_move(&drop).await?;
+        self.finish_sweep(report).await?;
+        if let Some(after) = file.drop.delete_after {
+            let deleted = drop
+                .delete_done(after)
+                .map_err(|e| self.unreadable(drop.path(), e))?;
+            if deleted > 0 {
+                tracing::info!(resource = %self.resource.code, files = deleted, "Deleted processed files past delete_after.");
+            }
+        }
+        for dropped in drop
+            .complete()
+            .map_err(|e| self.unreadable(drop.path(), e))?
+        {
+            let Some(format) = dropped.format else {
+                let reason = tr!(
+                    "not a file this drop reads: expected .csv, .jsonl (.ndjson) or .xlsx",
+                    "不是可读取的文件类型：应为 .csv、.jsonl（.ndjson）或 .xlsx"
+                );
+                self.reject(&drop, &dropped.name, None, &reason)?;
+                continue;
+            };
+            self.read_file(file, &drop, &dropped.name, format, report, publish)
+                .await?;
+            self.finish_move(&drop).await?;
+            self.finish_sweep(report).await?;
+            publish(report);
+        }
+        Ok(())
+    }
+
+    /// An `upsert` stream has no baseline to complete (each file adds to what the hub has):
+    /// its baseline is marked complete without a mark, so the hub never sweeps it.
+    async fn upsert_baseline(&self, file: &FileResource) -> Result<(), PullError> {
+        if file.each_file != EachFile::Upsert {
+            return Ok(());
+        }
+        let code = self.resource.code.clone();
+        self.blocking(move |txn| {
+            let mut st = txn.state(&code)?;
+            if st.baseline.is_reading() {
+                st.baseline = Baseline::Complete { seq: 0 };
+                txn.set_state(&code, &st)?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Moves the file whose rows were all committed but that a crash left in the directory,
+    /// and records that it was moved.
+    async fn finish_move(&self, drop: &DropDir) -> Result<(), PullError> {
+        let st = self.queue.state(&self.resource.code)?;
+        let Some(progress) = st.file.filter(|p| !p.moved) else {
+            return Ok(());
+        };
+        let Some(done_as) = progress.done_as.clone() else {
+            return Ok(());
+        };
+        let path = drop.file(&progress.name);
+        let same = path.is_file() && digest(&path).is_ok_and(|d| d == progress.digest);
+        if same {
+            drop.move_done(&progress.name, &done_as)
+                .map_err(|e| self.unreadable(&path, e))?;
+        } else if !drop.is_done(&done_as) {
+            tracing::warn!(resource = %self.resource.code, file = %progress.name, "A file whose rows were all queued is gone from the drop directory; nothing to move.");
+        }
+        let code = self.resource.code.clone();
+        self.blocking(move |txn| {
+            let mut st = txn.state(&code)?;
+            if let Some(p) = st.file.as_mut() {
+                p.moved = true;
+            }
+            txn.set_state(&code, &st)
+        })
+        .await?;
+        // After the move: a crash before it is recorded moves nothing again, and at worst
+        // audits the file twice.
+        self.audit_file(
+            "file.done",
+            &progress,
+            serde_json::json!({
+                "rows": progress.rows,
+                "records": progress.records,
+                "quarantined": progress.quarantined,
+                "done_as": done_as,
+            }),
+        );
+        tracing::info!(resource = %self.resource.code, file = %progress.name, rows = progress.rows, records = progress.records, quarantined = progress.quarantined, "Read a dropped file.");
+        Ok(())
+    }
+
+    /// Ends a snapshot file's sweep (the deletes of the keys it did not hold).
+    async fn finish_sweep(&self, report: &mut PullReport) -> Result<(), PullError> {
+        loop {
+            let state = self.queue.state(&self.resource.code)?;
+            if !state.snapshot.sweeping {
+                return Ok(());
+            }
+            self.wait_for_space().await?;
+            self.snapshot_step(state, report).await?;
+            self.enqueued.notify_waiters();
+        }
+    }
+
+    /// Reads one file, from where a crash left it, chunk by chunk into the queue.
+    async fn read_file(
+        &self,
+        file: &FileResource,
+        drop: &DropDir,
+        name: &str,
+        format: FileFormat,
+        report: &mut PullReport,
+        publish: &(dyn Fn(&PullReport) + Sync),
+    ) -> Result<(), PullError> {
+        let Some((mut reader, mut progress)) = self.open_file(file, drop, name, format).await?
+        else {
+            return Ok(());
+        };
+        loop {
+            let chunk;
+            (reader, chunk) = self.next_chunk(reader).await;
+            progress.rows += chunk.rows.len() as u64;
+            if chunk.last {
+                progress.done_as = Some(drop.done_name(name));
+            }
+            self.wait_for_space().await?;
+            let (r, q) = self
+                .commit_file_chunk(file, chunk.rows, &progress, chunk.last)
+                .await?;
+            progress.records += r;
+            progress.quarantined += q;
+            report.pages += 1;
+            report.records += r;
+            report.quarantined += q;
+            self.enqueued.notify_waiters();
+            publish(report);
+            if chunk.last {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `batch.max_records` rows of the file, read off the runtime.
+    async fn next_chunk(&self, mut reader: FileReader) -> (FileReader, Chunk) {
+        let limit = self.batch.max_records.max(1);
+        tokio::task::spawn_blocking(move || {
+            let mut rows = Vec::with_capacity(limit);
+            while rows.len() < limit {
+                match reader.next_row() {
+                    Some(row) => rows.push(row),
+                    None => return (reader, Chunk { rows, last: true }),
+                }
+            }
+            (reader, Chunk { rows, last: false })
+        })
+        .await
+        .expect("file task panicked")
+    }
+
+    /// Commits a chunk's records and quarantine entries with the file's progress; the last
+    /// chunk of a snapshot file starts its sweep. Returns records and rows quarantined.
+    async fn commit_file_chunk(
+        &self,
+        file: &FileResource,
+        rows: Vec<FileRow>,
+        progress: &FileProgress,
+        last: bool,
+    ) -> Result<(u64, u64), PullError> {
+        let plan = self.plan.clone();
+        let code = self.resource.code.clone();
+        let limits = self.batch;
+        let progress = progress.clone();
+        let snapshot = file.each_file == EachFile::Snapshot;
+        Ok(self
+            .blocking(move |txn| {
+                let st = txn.state(&code)?;
+                let generation = st.snapshot.generation.max(1);
+                let mut page = ScanPage::new(&plan, &code, generation, st, limits);
+                page.compare = snapshot;
+                for FileRow { line, row } in rows {
+                    let at = format!("{}:{line}", progress.name);
+                    match row {
+                        Ok(row) => {
+                            page.at = Some(at);
+                            page.row(txn, &row)?;
+                        }
+                        Err(reason) => {
+                            txn.quarantine_row(
+                                &code,
+                                &mut page.st,
+                                None,
+                                Text::from(reason),
+                                Some(at),
+                            )?;
+                            page.quarantined += 1;
+                        }
+                    }
+                }
+                let (mut st, records, quarantined) = page.finish(txn)?;
+                let mut progress = progress;
+                progress.records += records;
+                progress.quarantined += quarantined;
+                if snapshot {
+                    st.snapshot.generation = generation;
+                    st.snapshot.sweeping = last;
+                }
+                st.file = Some(progress);
+                txn.set_state(&code, &st)?;
+                Ok((records, quarantined))
+            })
+            .await?)
+    }
+}
+
+/// Opening a file: its digest, where a crash left it, its header.
+impl Puller {
+    /// Opens a dropped file after the rows already committed (same name and digest); `None`
+    /// when it was taken away or rejected.
+    async fn open_file(
+        &self,
+        file: &FileResource,
+        drop: &DropDir,
+        name: &str,
+        format: FileFormat,
+    ) -> Result<Option<(FileReader, FileProgress)>, PullError> {
+        let path = drop.file(name);
+        let sum = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || digest(&path))
+                .await
+                .expect("digest task panicked")
+        };
+        let sum = match sum {
+            Ok(d) => d,
+            // Taken away since it was listed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.unreadable(&path, e)),
+        };
+        let st = self.queue.state(&self.resource.code)?;
+        let progress = match st.file {
+            Some(p) if p.name == name && p.digest == sum && p.done_as.is_none() => p,
+            _ => FileProgress {
+                name: name.to_owned(),
+                digest: sum.clone(),
+                ..FileProgress::default()
+            },
+        };
+        let resume = progress.rows;
+        let columns: Vec<(String, FieldType)> = self
+            .plan
+            .selection
+            .columns
+            .iter()
+            .map(|c| (c.clone(), file.type_of(c)))
+            .collect();
+        let encoding = file.drop.encoding;
+        let opened = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                FileReader::open(&path, format, encoding, &columns).map(|mut r| {
+                    r.skip(resume);
+                    r
+                })
+            })
+            .await
+            .expect("file task panicked")
+        };
+        let reader = match opened {
+            Ok(r) => r,
+            Err(e) => {
+                return self
+                    .reject(drop, name, Some(&sum), &e.to_string())
+                    .map(|()| None);
+            }
+        };
+        Ok(Some((reader, progress)))
+    }
+
+    /// Moves a file that cannot be read to `rejected/` with its reason, audited.
+    fn reject(
+        &self,
+        drop: &DropDir,
+        name: &str,
+        sum: Option<&str>,
+        reason: &str,
+    ) -> Result<(), PullError> {
+        drop.reject(name, reason)
+            .map_err(|e| self.unreadable(&drop.file(name), e))?;
+        tracing::warn!(resource = %self.resource.code, file = %name, %reason, "Rejected a dropped file.");
+        let progress = FileProgress {
+            name: name.to_owned(),
+            digest: sum.unwrap_or_default().to_owned(),
+            ..FileProgress::default()
+        };
+        self.audit_file(
+            "file.rejected",
+            &progress,
+            serde_json::json!({ "reason": reason }),
+        );
+        Ok(())
+    }
+
+    fn audit_file(&self, kind: &str, progress: &FileProgress, mut detail: serde_json::Value) {
+        detail["file"] = progress.name.clone().into();
+        if !progress.digest.is_empty() {
+            detail["sm3"] = progress.digest.clone().into();
+        }
+        let Some(data_dir) = self.queue.path().parent() else {
+            return;
+        };
+        if let Err(e) = crate::audit::append(data_dir, kind, &self.resource.code, detail) {
+            tracing::error!(resource = %self.resource.code, error = %e, "Could not append to the audit log.");
+        }
+    }
+
+    /// The drop directory (or a file in it) cannot be read: retried with backoff, as an
+    /// unreachable database is.
+    fn unreadable(&self, path: &std::path::Path, e: std::io::Error) -> PullError {
+        PullError::Source(ConnectorError::Unreachable {
+            source_name: self.resource.source.clone(),
+            address: path.display().to_string(),
+            reason: exchange_protocol::translate::io(&e),
+        })
+    }
+}

@@ -1,0 +1,409 @@
+//! Reading one dropped file row by row: CSV (UTF-8, or GBK/GB18030 as Chinese office software
+//! writes it), JSON Lines, or the first worksheet of an XLSX workbook.
+//!
+//! - The header (CSV, XLSX: the first row; JSON Lines: each object's member names) names the
+//!   columns; a field is matched to its column without case and surrounding spaces, and only
+//!   the fields a resource names are read (default deny): other columns are never decoded.
+//! - A CSV field named by a resource but missing from the header rejects the whole file before
+//!   any row is read ([`FileError`]); so does a file that cannot be opened or parsed at all.
+//! - A row that cannot be read (wrong field count, bytes not in the file's encoding, a line
+//!   that is not a JSON object) is returned as `Err` with its reason, so it is quarantined and
+//!   the rows after it still arrive; a cell that does not fit its declared type is a
+//!   [`crate::ConvertError`] in the row, as for a database.
+//! - Reasons name lines and columns, never a value.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+
+use exchange_protocol::tr;
+
+use super::convert::{Cell, convert};
+use super::{FieldType, FileError, FileFormat, TextEncoding};
+use crate::Row;
+
+/// One row of a file: its line (CSV, JSON Lines) or row number (XLSX), from 1 for the header,
+/// and its values in the order of the columns asked for, or why it cannot be read.
+#[derive(Debug)]
+pub struct FileRow {
+    /// Where the row is in the file.
+    pub line: u64,
+    /// The row, or the reason it cannot be read.
+    pub row: Result<Row, String>,
+}
+
+/// A dropped file opened for reading, its header matched to the columns asked for.
+pub struct FileReader {
+    columns: Vec<(String, FieldType)>,
+    inner: Inner,
+}
+
+enum Inner {
+    Csv {
+        reader: csv::Reader<BufReader<File>>,
+        encoding: TextEncoding,
+        /// For each column asked for, its index in the file's header.
+        at: Vec<usize>,
+        width: usize,
+        record: csv::ByteRecord,
+    },
+    Lines {
+        lines: std::io::Split<BufReader<File>>,
+        line: u64,
+        encoding: TextEncoding,
+    },
+    Xlsx {
+        range: calamine::Range<calamine::Data>,
+        /// Next row index in `range` (0 is the header).
+        next: usize,
+        at: Vec<usize>,
+    },
+}
+
+impl FileReader {
+    /// Opens `path` as `format`, decoding text as `encoding` (`Auto`: a UTF-8 byte-order mark
+    /// or valid UTF-8 in the first 64 KiB means UTF-8, anything else GB18030), and matches the
+    /// header against `columns` (name and declared type, in the order rows give them).
+    pub fn open(
+        path: &Path,
+        format: FileFormat,
+        encoding: TextEncoding,
+        columns: &[(String, FieldType)],
+    ) -> Result<FileReader, FileError> {
+        let columns = columns.to_vec();
+        let inner = match format {
+            FileFormat::Csv => open_csv(path, encoding, &columns)?,
+            FileFormat::JsonLines => Inner::Lines {
+                encoding: detect(path, encoding)?,
+                lines: BufReader::new(File::open(path).map_err(FileError::io)?).split(b'\n'),
+                line: 0,
+            },
+            FileFormat::Xlsx => open_xlsx(path, &columns)?,
+        };
+        Ok(FileReader { columns, inner })
+    }
+
+    /// The next row, `None` at the end of the file.
+    pub fn next_row(&mut self) -> Option<FileRow> {
+        let columns = &self.columns;
+        match &mut self.inner {
+            Inner::Csv {
+                reader,
+                encoding,
+                at,
+                width,
+                record,
+            } => {
+                let line = reader.position().line();
+                match reader.read_byte_record(record) {
+                    Ok(false) => None,
+                    Ok(true) => Some(FileRow {
+                        line: record.position().map_or(line, |p| p.line()),
+                        row: csv_row(record, *encoding, at, *width, columns),
+                    }),
+                    Err(e) => Some(FileRow {
+                        line,
+                        row: Err(csv_error(&e)),
+                    }),
+                }
+            }
+            Inner::Lines {
+                lines,
+                line,
+                encoding,
+            } => loop {
+                *line += 1;
+                let bytes = match lines.next()? {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return Some(FileRow {
+                            line: *line,
+                            row: Err(FileError::io(e).to_string()),
+                        });
+                    }
+                };
+                let text = trim_line(&bytes);
+                if text.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Some(FileRow {
+                    line: *line,
+                    row: json_row(text, *encoding, columns),
+                });
+            },
+            Inner::Xlsx { range, next, at } => {
+                let row = range.rows().nth(*next)?;
+                *next += 1;
+                Some(FileRow {
+                    line: *next as u64,
+                    row: Ok(xlsx_row(row, at, columns)),
+                })
+            }
+        }
+    }
+
+    /// Skips `n` rows (those a crash left committed): they are read, not returned.
+    pub fn skip(&mut self, n: u64) {
+        for _ in 0..n {
+            if self.next_row().is_none() {
+                return;
+            }
+        }
+    }
+}
+
+/// The encoding of a text file: as configured, or guessed from its first 64 KiB.
+fn detect(path: &Path, encoding: TextEncoding) -> Result<TextEncoding, FileError> {
+    if encoding != TextEncoding::Auto {
+        return Ok(encoding);
+    }
+    let mut head = Vec::with_capacity(64 * 1024);
+    File::open(path)
+        .map_err(FileError::io)?
+        .take(64 * 1024)
+        .read_to_end(&mut head)
+        .map_err(FileError::io)?;
+    if head.starts_with(b"\xEF\xBB\xBF") {
+        return Ok(TextEncoding::Utf8);
+    }
+    Ok(match std::str::from_utf8(&head) {
+        Ok(_) => TextEncoding::Utf8,
+        // A multi-byte character cut by the 64 KiB boundary is still UTF-8.
+        Err(e) if e.error_len().is_none() => TextEncoding::Utf8,
+        Err(_) => TextEncoding::Gb18030,
+    })
+}
+
+/// Bytes as text in `encoding` (never `Auto` here), `None` when they are not.
+fn decode(bytes: &[u8], encoding: TextEncoding) -> Option<String> {
+    match encoding {
+        TextEncoding::Gb18030 => encoding_rs::GB18030
+            .decode_without_bom_handling_and_without_replacement(bytes)
+            .map(|c| c.into_owned()),
+        _ => std::str::from_utf8(bytes).ok().map(str::to_owned),
+    }
+}
+
+fn not_encoded(encoding: TextEncoding) -> String {
+    tr!(
+        "the row is not valid {} text",
+        "该行不是有效的 {} 文本",
+        encoding.name()
+    )
+}
+
+fn open_csv(
+    path: &Path,
+    encoding: TextEncoding,
+    columns: &[(String, FieldType)],
+) -> Result<Inner, FileError> {
+    let encoding = detect(path, encoding)?;
+    let file = File::open(path).map_err(FileError::io)?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(BufReader::new(file));
+    let mut header = csv::ByteRecord::new();
+    if !reader
+        .read_byte_record(&mut header)
+        .map_err(|e| FileError::Malformed(csv_error(&e)))?
+    {
+        return Err(FileError::Malformed(tr!(
+            "the file is empty: a CSV file starts with a header row",
+            "文件为空：CSV 文件的第一行应为表头"
+        )));
+    }
+    let names = header
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let f = if i == 0 {
+                f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
+            } else {
+                f
+            };
+            decode(f, encoding).ok_or_else(|| {
+                FileError::Malformed(tr!(
+                    "the header row is not valid {} text; set the source's `encoding`",
+                    "表头不是有效的 {} 文本；请设置数据源的 `encoding`",
+                    encoding.name()
+                ))
+            })
+        })
+        .collect::<Result<Vec<String>, FileError>>()?;
+    let at = match_header(&names, columns)?;
+    Ok(Inner::Csv {
+        reader,
+        encoding,
+        at,
+        width: names.len(),
+        record: csv::ByteRecord::new(),
+    })
+}
+
+/// For each column asked for, its index among `names` (without case and surrounding spaces).
+fn match_header(
+    names: &[String],
+    columns: &[(String, FieldType)],
+) -> Result<Vec<usize>, FileError> {
+    columns
+        .iter()
+        .map(|(c, _)| {
+            names
+                .iter()
+                .position(|n| n.trim().eq_ignore_ascii_case(c.trim()))
+                .ok_or_else(|| {
+                    let header = names
+                        .iter()
+                        .map(|n| format!("`{}`", n.trim()))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    FileError::Malformed(tr!(
+                        "the header has no column `{c}`; its columns are {header}",
+                        "表头中没有列 `{c}`；表头的列为 {header}"
+                    ))
+                })
+        })
+        .collect()
+}
+
+fn csv_error(e: &csv::Error) -> String {
+    tr!(
+        "the file cannot be read as CSV: {}",
+        "无法按 CSV 读取该文件：{}",
+        match e.kind() {
+            csv::ErrorKind::Io(io) => exchange_protocol::translate::io(io),
+            _ => tr!("a quoted field is not closed", "有引号括起的字段没有闭合"),
+        }
+    )
+}
+
+fn csv_row(
+    record: &csv::ByteRecord,
+    encoding: TextEncoding,
+    at: &[usize],
+    width: usize,
+    columns: &[(String, FieldType)],
+) -> Result<Row, String> {
+    if record.len() != width {
+        return Err(tr!(
+            "the row has {} fields, the header {width}",
+            "该行有 {} 个字段，表头有 {width} 个",
+            record.len()
+        ));
+    }
+    let mut values = Vec::with_capacity(at.len());
+    for (&i, (name, ty)) in at.iter().zip(columns) {
+        let text = decode(&record[i], encoding).ok_or_else(|| not_encoded(encoding))?;
+        let cell = if text.is_empty() {
+            Cell::Empty
+        } else {
+            Cell::Text(text)
+        };
+        values.push(convert(cell, *ty, name));
+    }
+    Ok(Row { values })
+}
+
+/// A line without its `\r` (CRLF files) and a UTF-8 byte-order mark.
+fn trim_line(bytes: &[u8]) -> &[u8] {
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
+}
+
+fn json_row(
+    bytes: &[u8],
+    encoding: TextEncoding,
+    columns: &[(String, FieldType)],
+) -> Result<Row, String> {
+    let text = decode(bytes, encoding).ok_or_else(|| not_encoded(encoding))?;
+    let not_object = || tr!("the line is not a JSON object", "该行不是 JSON 对象");
+    let serde_json::Value::Object(mut object) =
+        serde_json::from_str::<serde_json::Value>(&text).map_err(|_| not_object())?
+    else {
+        return Err(not_object());
+    };
+    let values = columns
+        .iter()
+        .map(|(name, ty)| {
+            let member = object
+                .keys()
+                .find(|k| k.trim().eq_ignore_ascii_case(name.trim()))
+                .cloned();
+            let cell = match member.and_then(|m| object.remove(&m)) {
+                None | Some(serde_json::Value::Null) => Cell::Empty,
+                Some(serde_json::Value::String(s)) => Cell::Text(s),
+                Some(serde_json::Value::Bool(b)) => Cell::Bool(b),
+                Some(serde_json::Value::Number(n)) => match (n.as_i64(), *ty) {
+                    (Some(i), _) => Cell::Int(i),
+                    (None, FieldType::Decimal | FieldType::Text) => Cell::Text(n.to_string()),
+                    (None, _) => n.as_f64().map_or(Cell::Text(n.to_string()), Cell::Number),
+                },
+                Some(other) => Cell::Json(other),
+            };
+            convert(cell, *ty, name)
+        })
+        .collect();
+    Ok(Row { values })
+}
+
+fn open_xlsx(path: &Path, columns: &[(String, FieldType)]) -> Result<Inner, FileError> {
+    use calamine::Reader;
+    let unreadable = |e: String| {
+        FileError::Malformed(tr!(
+            "the file cannot be read as an XLSX workbook: {e}",
+            "无法按 XLSX 工作簿读取该文件：{e}"
+        ))
+    };
+    let mut book: calamine::Xlsx<_> = calamine::open_workbook(path)
+        .map_err(|e: calamine::XlsxError| unreadable(e.to_string()))?;
+    let range = book
+        .worksheet_range_at(0)
+        .ok_or_else(|| unreadable(tr!("it has no worksheet", "其中没有工作表")))?
+        .map_err(|e| unreadable(e.to_string()))?;
+    let names: Vec<String> = match range.rows().next() {
+        Some(header) => header.iter().map(|c| c.to_string()).collect(),
+        None => {
+            return Err(FileError::Malformed(tr!(
+                "the first worksheet is empty: its first row is the header",
+                "第一个工作表为空：其第一行应为表头"
+            )));
+        }
+    };
+    let at = match_header(&names, columns)?;
+    Ok(Inner::Xlsx { range, next: 1, at })
+}
+
+fn xlsx_row(row: &[calamine::Data], at: &[usize], columns: &[(String, FieldType)]) -> Row {
+    use calamine::Data;
+    let values = at
+        .iter()
+        .zip(columns)
+        .map(|(&i, (name, ty))| {
+            let cell = match row.get(i) {
+                None | Some(Data::Empty) => Cell::Empty,
+                Some(Data::String(s)) => Cell::Text(s.clone()),
+                Some(Data::Int(n)) => Cell::Int(*n),
+                Some(Data::Float(f)) => Cell::Number(*f),
+                Some(Data::Bool(b)) => Cell::Bool(*b),
+                Some(Data::DateTime(d)) => match d.as_datetime() {
+                    Some(t) => Cell::DateTime(t),
+                    None => Cell::Number(d.as_f64()),
+                },
+                Some(Data::DateTimeIso(s)) | Some(Data::DurationIso(s)) => Cell::Text(s.clone()),
+                Some(Data::Error(_)) => {
+                    return Err(crate::ConvertError {
+                        column: name.clone(),
+                        source_type: ty.name().to_owned(),
+                        reason: tr!(
+                            "the cell holds a spreadsheet error (#N/A, #VALUE!, …)",
+                            "该单元格是表格错误值（#N/A、#VALUE! 等）"
+                        ),
+                    });
+                }
+            };
+            convert(cell, *ty, name)
+        })
+        .collect();
+    Row { values }
+}
