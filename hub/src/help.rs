@@ -5,6 +5,18 @@
 /// (English, 中文) pairs.
 pub const ZH: &[(&str, &str)] = &[
     (
+        "Prove where a record came from: the signed batch that last wrote it (node, stream, seq, time), written with the node's signature and certificate into --out, and the openssl commands with which anyone checks it",
+        "证明一条记录的来源：最后写入它的已签名批次（节点、数据流、序号、时间），连同节点的签名和证书写入 --out，并给出任何人都可用 openssl 核对的命令",
+    ),
+    (
+        "The record's key, as the hub holds it",
+        "记录的主键（交换中心所存的形式）",
+    ),
+    (
+        "Where to write the files (created)",
+        "文件写入的目录（自动创建）",
+    ),
+    (
         "A CSV file: header `subject,<field>,…`, one subject per row; the answers are written next to it as `<name>.answers.csv`",
         "一个 CSV 文件：表头为 `subject,<字段>,…`，每行一个主体；应答写在它旁边的 `<name>.answers.csv` 中",
     ),

@@ -38,6 +38,7 @@
 pub mod admin;
 pub mod config;
 pub mod export;
+pub mod proof;
 pub mod server;
 pub mod store;
 pub mod verify;

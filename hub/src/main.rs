@@ -59,6 +59,20 @@ enum Command {
         #[arg(long, short)]
         resource: String,
     },
+    /// Prove where a record came from: the signed batch that last wrote it (node, stream,
+    /// seq, time), written with the node's signature and certificate into --out, and the
+    /// openssl commands with which anyone checks it.
+    Prove {
+        /// The resource code.
+        #[arg(long, short)]
+        resource: String,
+        /// The record's key, as the hub holds it.
+        #[arg(long, short)]
+        key: String,
+        /// Where to write the files (created).
+        #[arg(long, default_value = "proof")]
+        out: PathBuf,
+    },
     /// Print the catalogue entries nodes reported (resource, node, entry with field names and
     /// types, time), one JSON object per line, ordered by resource code.
     Catalogue,
@@ -216,6 +230,15 @@ async fn run(command: Command, config: PathBuf) -> Result<(), Failure> {
                     })
                 );
             }
+            Ok(())
+        }
+        Command::Prove { resource, key, out } => {
+            let loaded = HubConfig::load(&config).map_err(config_error)?;
+            let store = Store::open(&loaded.store).await.map_err(other_error)?;
+            let report = exchange_hub::proof::prove(&store, &resource, &key, &out)
+                .await
+                .map_err(other_error)?;
+            print!("{report}");
             Ok(())
         }
         Command::Export { resource } => {

@@ -51,6 +51,7 @@ use exchange_protocol::batch::{
 };
 use exchange_protocol::catalogue;
 use exchange_protocol::server::{ConnectionLimits, Observers, ServerTls};
+use exchange_protocol::signature::{self, Signature, Signed};
 use exchange_protocol::tls::TlsError;
 use http_body_util::BodyExt;
 use tokio::net::TcpListener;
@@ -58,7 +59,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::config::{HubConfig, Limits};
-use crate::store::{Store, StoreError};
+use crate::store::{Evidence, Store, StoreError};
 
 /// Seconds a client should wait after a 503 before retrying.
 const RETRY_AFTER_SECS: &str = "5";
@@ -563,7 +564,11 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
     // stream waits for this one.
     let arrival = state.store.arriving(&id);
     let batch = BatchHeaders::read(headers).map_err(unread)?;
-    let ndjson = read_ndjson(state, headers, body).await?;
+    let signature = match text_header(headers, signature::HEADER).map_err(unread)? {
+        Some(v) => Some(Signature::parse(v).map_err(|e| unread(Refusal::bad(e.to_string())))?),
+        None => None,
+    };
+    let (compressed, ndjson) = read_ndjson(state, headers, body).await?;
     // A line that is not a valid record, or whose key is refused, is named (`record`): the
     // agent quarantines that record and sends the rest again.
     let records = batch::parse_limited(
@@ -576,11 +581,52 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
         record: e.record(),
         ..Refusal::bad(e.to_string())
     })?;
+    let evidence = match signature {
+        Some(signature) => Some(evidence(peer, &id, batch.digest, signature, compressed)?),
+        None => None,
+    };
     let applied = state
         .store
-        .apply(&id, batch.digest, &records, batch.baseline, arrival)
+        .apply(
+            &id,
+            batch.digest,
+            &records,
+            batch.baseline,
+            arrival,
+            evidence,
+        )
         .await;
     answer(&id, batch.baseline, applied)
+}
+
+/// A batch's signature checked against the certificate its connection presented
+/// (docs/PROTOCOL.md §4.7), and what the store keeps of it.
+fn evidence(
+    peer: &Peer,
+    id: &BatchId,
+    digest: &str,
+    signature: Signature,
+    body: Vec<u8>,
+) -> Result<Evidence, Refusal> {
+    let certificate = peer
+        .certificate
+        .as_ref()
+        .ok_or_else(|| Refusal::bad("no client certificate to verify the signature with"))?;
+    let signed = Signed {
+        node: &id.node,
+        resource: &id.resource,
+        stream: &id.stream,
+        seq: id.seq,
+        sm3: digest,
+    };
+    signature
+        .verify(&signed, certificate)
+        .map_err(|e| Refusal::bad(e.to_string()))?;
+    Ok(Evidence {
+        signature: signature.header(),
+        certificate: certificate.as_ref().to_vec(),
+        body,
+    })
 }
 
 /// What a batch's headers say of its body, checked.
@@ -655,7 +701,7 @@ async fn read_ndjson(
     state: &AppState,
     headers: &HeaderMap,
     body: axum::body::Body,
-) -> Result<Vec<u8>, Refusal> {
+) -> Result<(Vec<u8>, Vec<u8>), Refusal> {
     let limit = state.limits.max_batch_bytes;
     let too_large = || too_large(limit);
     if let Some(length) =
@@ -665,10 +711,11 @@ async fn read_ndjson(
         return Err(unread(too_large()));
     }
     let compressed = read_body(state, body).await?;
-    batch::decompress(&compressed, limit).map_err(|e| match e {
+    let ndjson = batch::decompress(&compressed, limit).map_err(|e| match e {
         BatchError::TooLarge { .. } => too_large(),
         other => Refusal::bad(other.to_string()),
-    })
+    })?;
+    Ok((compressed, ndjson))
 }
 
 /// The answer to batch `id` once the store applied it or not, logged when applied or a

@@ -42,6 +42,7 @@
 //! - nothing here logs or reports a key or a field value.
 
 mod admission;
+mod evidence;
 pub(crate) mod inflight;
 mod postgres;
 mod schema;
@@ -53,6 +54,7 @@ use exchange_protocol::batch::{Ack, AckStatus, BatchId, Line, Op};
 use tokio::sync::mpsc;
 
 use crate::config::StoreConfig;
+pub use evidence::{Evidence, Proof};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +226,8 @@ struct Batch {
     digest: String,
     /// The batch completes its stream's baseline: sweep the records other streams wrote.
     baseline: bool,
+    /// The batch's signature, certificate and body, kept when it was signed.
+    evidence: Option<Evidence>,
 }
 
 /// The rows of one resource, ordered by key (byte order of the UTF-8 text).
@@ -313,6 +317,7 @@ impl Store {
         records: &[Line<'_>],
         baseline: bool,
         arrival: inflight::Entry,
+        evidence: Option<Evidence>,
     ) -> Result<Ack, StoreError> {
         let changes = records
             .iter()
@@ -334,6 +339,7 @@ impl Store {
             now: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             digest: digest.to_ascii_lowercase(),
             baseline,
+            evidence,
         };
         // Held until the batch is applied or refused (SQLite), or until it holds its stream's
         // mark under lock (PostgreSQL): a later batch of the stream that arrived meanwhile
@@ -392,6 +398,15 @@ impl Store {
             Backend::Postgres(p) => p.clone().export(resource.to_owned(), tx),
         }
         RecordStream { rx }
+    }
+
+    /// The batch that last wrote the record `key` of `resource`, with its evidence; `None`
+    /// when there is no such record or its batch was not signed.
+    pub async fn proof(&self, resource: &str, key: &str) -> Result<Option<Proof>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.clone().proof(resource.to_owned(), key.to_owned()).await,
+            Backend::Postgres(p) => p.proof(resource, key).await,
+        }
     }
 
     /// Every resource some node pushed, with its providing node, ordered by resource code.

@@ -5,6 +5,7 @@
 //!   demo and the tests; the production binaries do not contain it.
 //! - [`batch`]: the wire format of a batch of records (docs/PROTOCOL.md).
 //! - [`digest`]: SM3, the one digest of the workspace.
+//! - [`signature`]: the node's signature on each batch (docs/PROTOCOL.md §4.7).
 //! - [`value`]: the value of one source column and its exact JSON form (what a record holds
 //!   on the wire; the connectors convert to it, the rules and the hub read it).
 //! - [`lang`]: the language of command-line text (Chinese under a `zh_*` locale), [`tr!`];
@@ -28,6 +29,7 @@ pub mod psi;
 pub mod quantity;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod signature;
 pub mod tls;
 pub mod translate;
 pub mod value;

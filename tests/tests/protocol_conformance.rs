@@ -656,3 +656,69 @@ async fn identity_is_checked_before_the_other_headers() {
         assert!(error["error"].as_str().unwrap().contains(says), "{refused}");
     }
 }
+
+/// The §4.7 signature of `batch` made by `openssl` with the private key in `key`: the message
+/// written from the text, signed with `openssl dgst -sha256 -sign`, as the header's value.
+fn openssl_signature(key: &std::path::Path, batch: &Batch) -> String {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let message = format!(
+        "exchange-batch-signature-v1\n{NODE}\n{CODE}\n{}\n{}\n{}\n",
+        batch.stream, batch.seq, batch.digest
+    );
+    std::fs::write(dir.path().join("message"), message).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .args(["-out", "sig", "message"])
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl (the test needs it, as `exchange-hub prove`'s users do)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sig = std::fs::read(dir.path().join("sig")).unwrap();
+    format!(
+        "exchange-signature: ecdsa-p256-sha256:{}",
+        base64::engine::general_purpose::STANDARD.encode(sig)
+    )
+}
+
+#[tokio::test]
+async fn a_batch_signed_by_openssl_from_the_text_is_applied_and_a_forged_signature_refused() {
+    let scene = Scene::start().await;
+    let stream = new_stream(9);
+    let ndjson = format!("{UPSERT_A}\n");
+    let mut forged = Batch::new(&stream, 1, 1, ndjson.as_bytes());
+    // Signed with another key (the hub's): the certificate the connection presents does not
+    // verify it.
+    forged
+        .extra
+        .push(openssl_signature(&scene.pki.hub_key, &forged));
+    let mut c = Connection::open(&scene).await;
+    let refused = forged.post(&mut c).await;
+    assert_eq!(refused.status, 400, "{refused}");
+    assert!(
+        refused.error()["error"]
+            .as_str()
+            .unwrap()
+            .contains("signature"),
+        "{refused}"
+    );
+    assert!(scene.hub.export(CODE).await.is_empty(), "nothing applied");
+
+    let mut signed = Batch::new(&stream, 1, 1, ndjson.as_bytes());
+    signed
+        .extra
+        .push(openssl_signature(&scene.pki.node_key, &signed));
+    let mut c = Connection::open(&scene).await;
+    assert_ack(&signed.post(&mut c).await, "applied", 1, 1, &signed.digest);
+
+    // Another seq under the same signature: the signature binds the batch's place.
+    let mut moved = Batch::new(&stream, 2, 1, ndjson.as_bytes());
+    moved.extra.push(signed.extra[0].clone());
+    let refused = moved.post(&mut c).await;
+    assert_eq!(refused.status, 400, "{refused}");
+}

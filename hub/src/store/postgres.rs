@@ -67,7 +67,11 @@ CREATE TABLE IF NOT EXISTS streams (
 /// The statements that bring a store of any earlier version to the current one: [`SCHEMA`],
 /// [`schema::SHARED_TABLES`], then the columns older versions lack.
 fn migration() -> String {
-    let mut sql = format!("{SCHEMA}{}", schema::SHARED_TABLES);
+    let mut sql = format!(
+        "{SCHEMA}{}{}",
+        schema::SHARED_TABLES,
+        super::evidence::table("BYTEA", "BIGINT")
+    );
     for added in &schema::ADDED_COLUMNS {
         sql.push_str(&format!(
             "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {};\n",
@@ -241,6 +245,32 @@ impl PgStore {
     }
 
     /// Every resource and its node.
+    /// The batch that last wrote a record, with its evidence ([`super::evidence::PROOF`]).
+    pub(super) async fn proof(
+        self: &Arc<Self>,
+        resource: &str,
+        key: &str,
+    ) -> Result<Option<super::Proof>, StoreError> {
+        let mut pooled = self.get().await?;
+        let row = pooled
+            .client()
+            .query_opt(super::evidence::PROOF, &[&resource, &key])
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(row.map(|r| super::Proof {
+            node: r.get(0),
+            stream: r.get(1),
+            seq: r.get::<_, i64>(2) as u64,
+            applied_at: r.get(3),
+            sm3: r.get(4),
+            evidence: super::Evidence {
+                signature: r.get(5),
+                certificate: r.get(6),
+                body: r.get(7),
+            },
+        }))
+    }
+
     pub(super) async fn resources(self: &Arc<Self>) -> Result<Vec<(String, String)>, StoreError> {
         let rows = self
             .read_all("SELECT resource, node FROM resources ORDER BY resource COLLATE \"C\"")

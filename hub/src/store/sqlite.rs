@@ -11,8 +11,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use tokio::sync::mpsc;
 
 use super::{
-    Batch, CatalogueRecord, Change, Counts, Outcome, SCHEMA_VERSION, StoreError, StoredRecord,
-    admission, schema,
+    Batch, CatalogueRecord, Change, Counts, Evidence, Outcome, Proof, SCHEMA_VERSION, StoreError,
+    StoredRecord, admission, evidence, schema,
 };
 
 /// The tables of the current schema version that SQLite writes its own way (the others are
@@ -47,6 +47,8 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
     let found = version_in(&tx).map_err(|e| e.to_string())?;
     schema::refuse_newer(found)?;
     tx.execute_batch(SCHEMA).map_err(|e| e.to_string())?;
+    tx.execute_batch(&evidence::table("BLOB", "INTEGER"))
+        .map_err(|e| e.to_string())?;
     tx.execute_batch(schema::SHARED_TABLES)
         .map_err(|e| e.to_string())?;
     for added in &schema::ADDED_COLUMNS {
@@ -201,6 +203,41 @@ impl SqliteStore {
     }
 
     /// Every resource and its node.
+    /// The batch that last wrote a record, with its evidence ([`evidence::PROOF`]).
+    pub(super) async fn proof(
+        self: Arc<Self>,
+        resource: String,
+        key: String,
+    ) -> Result<Option<Proof>, StoreError> {
+        let target = self.target.clone();
+        blocking(&target, move || {
+            let read = || -> Result<Option<Proof>, rusqlite::Error> {
+                let conn = self.reader()?;
+                conn.query_row(
+                    &evidence::PROOF.replace('$', "?"),
+                    params![resource, key],
+                    |r| {
+                        Ok(Proof {
+                            node: r.get(0)?,
+                            stream: r.get(1)?,
+                            seq: r.get::<_, i64>(2)? as u64,
+                            applied_at: r.get(3)?,
+                            sm3: r.get(4)?,
+                            evidence: Evidence {
+                                signature: r.get(5)?,
+                                certificate: r.get(6)?,
+                                body: r.get(7)?,
+                            },
+                        })
+                    },
+                )
+                .optional()
+            };
+            read().map_err(|e| self.error(e))
+        })
+        .await?
+    }
+
     pub(super) async fn resources(self: Arc<Self>) -> Result<Vec<(String, String)>, StoreError> {
         let target = self.target.clone();
         blocking(&target, move || {
@@ -350,6 +387,13 @@ fn apply_in(conn: &mut Connection, batch: &Batch) -> Result<Outcome, ApplyError>
          ON CONFLICT (node, resource, stream) DO UPDATE SET last_seq = excluded.last_seq, last_digest = excluded.last_digest",
         params![id.node, id.resource, id.stream, seq, batch.digest],
     )?;
+    if let Some(ev) = &batch.evidence {
+        tx.execute(
+            "INSERT INTO batch_evidence (resource, stream, seq, node, applied_at, sm3, signature, certificate, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING",
+            params![id.resource, id.stream, seq, id.node, batch.now, batch.digest, ev.signature, ev.certificate, ev.body],
+        )?;
+    }
     tx.commit()?;
     Ok(Outcome::Applied {
         records: batch.changes.len() as u64,

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use exchange_protocol::batch::{self, Ack, BatchId, header};
+use exchange_protocol::signature::{self, BatchSigner, Signed};
 use exchange_protocol::tls;
 
 use super::answer::{Reply, Sent, error_text};
@@ -20,6 +21,9 @@ pub struct HubClient {
     url: String,
     node: String,
     stream: String,
+    /// Signs each batch with the node's key (docs/PROTOCOL.md §4.7); `None` for a key no
+    /// signature scheme uses (batches then leave unsigned, which a hub may refuse).
+    signer: Option<BatchSigner>,
 }
 
 impl HubClient {
@@ -38,11 +42,16 @@ impl HubClient {
                 url: config.hub.url.clone(),
                 reason: exchange_protocol::cause::chain(&e),
             })?;
+        let key = tls::load_key(&config.hub.tls.key)?;
+        let signer = BatchSigner::new(&key)
+            .inspect_err(|e| tracing::warn!(error = %e, "Batches leave unsigned."))
+            .ok();
         Ok(HubClient {
             http,
             url: config.hub.url.clone(),
             node: config.node.id.clone(),
             stream: stream.to_owned(),
+            signer,
         })
     }
 
@@ -110,6 +119,21 @@ impl HubClient {
             request.header(header::BASELINE, batch::BASELINE_COMPLETE)
         } else {
             request
+        };
+        let signed = Signed {
+            node: &id.node,
+            resource: &id.resource,
+            stream: &id.stream,
+            seq: id.seq,
+            sm3: &b.digest,
+        };
+        let request = match self.signer.as_ref().map(|s| s.sign(&signed)) {
+            Some(Ok(value)) => request.header(signature::HEADER, value),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, seq = id.seq, "Batch leaves unsigned.");
+                request
+            }
+            None => request,
         };
         request.body(b.body.clone())
     }

@@ -81,6 +81,15 @@ impl PgStore {
         )
         .await
         .map_err(e)?;
+        if let Some(ev) = &batch.evidence {
+            tx.execute(
+                "INSERT INTO batch_evidence (resource, stream, seq, node, applied_at, sm3, signature, certificate, body)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+                &[&id.resource, &id.stream, &seq, &id.node, &batch.now, &batch.digest, &ev.signature, &ev.certificate, &ev.body],
+            )
+            .await
+            .map_err(e)?;
+        }
         tx.commit().await.map_err(e)?;
         drop(hold);
         Ok(Outcome::Applied {
