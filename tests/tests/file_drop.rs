@@ -155,7 +155,15 @@ async fn csv_in_utf8_and_gbk_jsonl_and_xlsx_arrive_once_and_unreadable_files_are
     // A file that lacks the key column, and one of a format the drop does not read.
     std::fs::write(roster.join("e.csv"), "姓名,出生日期\n周九,1970-01-01\n").unwrap();
     std::fs::write(roster.join("f.txt"), "?").unwrap();
-    for f in ["a.csv", "b.csv", "c.jsonl", "d.xlsx", "e.csv", "f.txt"] {
+    // A quote left open: a CSV reader would join every line after it into one field.
+    std::fs::write(
+        roster.join("q.csv"),
+        format!("{header}Q-1,\"孙,1990-01-01,1,x\nQ-2,李,1990-01-01,1,x\n"),
+    )
+    .unwrap();
+    for f in [
+        "a.csv", "b.csv", "c.jsonl", "d.xlsx", "e.csv", "f.txt", "q.csv",
+    ] {
         std::fs::write(roster.join(format!("{f}.done")), "").unwrap();
     }
     // Still being written: no marker yet.
@@ -182,10 +190,24 @@ async fn csv_in_utf8_and_gbk_jsonl_and_xlsx_arrive_once_and_unreadable_files_are
     );
     assert_eq!(
         names(&roster.join("rejected")),
-        ["e.csv", "e.csv.reason", "f.txt", "f.txt.reason"]
+        [
+            "e.csv",
+            "e.csv.reason",
+            "f.txt",
+            "f.txt.reason",
+            "q.csv",
+            "q.csv.reason"
+        ]
     );
     let reason = std::fs::read_to_string(roster.join("rejected/e.csv.reason")).unwrap();
     assert!(reason.contains("`编号`"), "{reason}");
+    // The header's cells are not repeated: in a file without a header row they are data.
+    assert!(
+        !reason.contains("姓名") && !reason.contains("出生日期"),
+        "{reason}"
+    );
+    let reason = std::fs::read_to_string(roster.join("rejected/q.csv.reason")).unwrap();
+    assert!(reason.contains("quoted field is not closed"), "{reason}");
     assert_eq!(names(&roster), ["done", "g.csv", "rejected"]);
 
     // The bad date (a.csv line 3) and the line that is not JSON (c.jsonl line 3), found by
@@ -255,6 +277,45 @@ async fn each_snapshot_file_is_the_whole_resource_and_keys_it_lacks_are_deleted(
     ]);
     rows::assert_same(&scene.hub.rows(CODE).await, &expected);
     assert_eq!(names(&roster.join("done")), ["2024-05.csv", "2024-06.csv"]);
+
+    // A header-only file would delete everything: rejected, the hub unchanged.
+    std::fs::write(roster.join("2024-07.csv"), header).unwrap();
+    let out = agent.sync_ok().await;
+    assert_eq!(pulled(&out, CODE), 0, "{out}");
+    assert_eq!(
+        names(&roster.join("rejected")),
+        ["2024-07.csv", "2024-07.csv.reason"]
+    );
+    rows::assert_same(&scene.hub.rows(CODE).await, &expected);
+
+    // A row without a readable key (a field too many): its key may be among the missing ones,
+    // so this file deletes nothing; the others' changes arrive.
+    std::fs::write(
+        roster.join("2024-08.csv"),
+        format!("{header}K-1,新名,1980-01-01,1.00\nK-2,改名,1980-01-02,2.00,多余\n"),
+    )
+    .unwrap();
+    let out = agent.sync_ok().await;
+    assert_eq!(pulled(&out, CODE), 1, "only K-1's change, no delete: {out}");
+    let mut kept = expected.clone();
+    kept.insert(
+        "K-1".into(),
+        expect(&[("K-1", "新名", "1980-01-01", "1.00")])["K-1"].clone(),
+    );
+    rows::assert_same(&scene.hub.rows(CODE).await, &kept);
+
+    // The next complete file deletes what it lacks again.
+    std::fs::write(
+        roster.join("2024-09.csv"),
+        format!("{header}K-3,人3,1980-01-03,3.00\n"),
+    )
+    .unwrap();
+    let out = agent.sync_ok().await;
+    assert_eq!(pulled(&out, CODE), 3, "three deletes: {out}");
+    rows::assert_same(
+        &scene.hub.rows(CODE).await,
+        &expect(&[("K-3", "人3", "1980-01-03", "3.00")]),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,8 +39,21 @@ impl Validator<'_> {
     ) -> Result<Vec<Resource>, ConfigError> {
         let mut resources = Vec::new();
         let mut codes = HashSet::new();
+        let mut dirs = HashSet::new();
         for (i, r) in raw.into_iter().enumerate() {
             let res = self.resource(i, r, sources)?;
+            if let Some(f) = &res.files
+                && !dirs.insert(f.dir())
+            {
+                return Err(self.err(
+                    &format!("resources[{i}].directory"),
+                    tr!(
+                        "another resource reads {} already: each resource of a file drop has a directory of its own",
+                        "另一个资源已经读取 {}：文件交换目录中的每个资源都应有自己的子目录",
+                        f.dir().display()
+                    ),
+                ));
+            }
             if !codes.insert(res.code.clone()) {
                 return Err(self.err(
                     &format!("resources[{i}].code"),

@@ -70,10 +70,25 @@ pub fn cursor_show(config: &Config, queue: &Queue, code: &str) -> Printed {
     })
 }
 
+/// A file drop resource has no cursor: its files, once read, are not read again unless they
+/// are dropped again.
+fn no_cursor_in_a_file_drop(r: &crate::config::Resource) -> Result<(), OperatorError> {
+    let Some(file) = &r.files else {
+        return Ok(());
+    };
+    let (code, dir) = (&r.code, file.dir());
+    let dir = dir.display();
+    Err(OperatorError::Usage(tr!(
+        "`{code}` reads a file drop: it has no cursor. To send files again, move them from {dir}/done/ back into {dir}/ (a snapshot resource: its latest file)",
+        "`{code}` 读取文件交换目录，没有游标。如需重新发送文件，请把它们从 {dir}/done/ 移回 {dir}/（快照资源：移回最新的一个文件）"
+    )))
+}
+
 /// `cursor reset`: the next pull reads the resource from the start on the same stream (rows
 /// are sent again; the hub overwrites them). Audited.
 pub fn cursor_reset(config: &Config, queue: &Queue, code: &str) -> Printed {
     let r = resource(config, queue, code)?;
+    no_cursor_in_a_file_drop(r)?;
     let incremental = matches!(r.mode, Mode::Incremental { .. });
     queue.update_state(code, |st| {
         st.cursor = None;
@@ -107,6 +122,7 @@ pub fn cursor_reset(config: &Config, queue: &Queue, code: &str) -> Printed {
 /// last, each parsed like the current position's value). Audited (without the values).
 pub fn cursor_set(config: &Config, queue: &Queue, code: &str, values: &[String]) -> Printed {
     let r = resource(config, queue, code)?;
+    no_cursor_in_a_file_drop(r)?;
     if !matches!(r.mode, Mode::Incremental { .. }) {
         return Err(OperatorError::Usage(tr!(
             "`{code}` is a snapshot resource: it has no cursor to set (use `cursor reset` to restart its scan)",

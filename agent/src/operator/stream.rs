@@ -29,6 +29,14 @@ pub fn resync(config: &Config, queue: &Queue, code: &str) -> Printed {
         }),
     )?;
     let (batches, records) = (discarded.batches, discarded.records);
+    if let Some(file) = &r.files {
+        let dir = file.dir();
+        let dir = dir.display();
+        return Ok(tr!(
+            "`{code}` starts again on a new stream {stream}: {batches} queued batches ({records} records) were discarded. It reads a file drop, whose files are not read again by themselves: move the files to send again from {dir}/done/ back into {dir}/ (a snapshot resource: its latest file, after which the hub removes what that file does not hold).\n",
+            "`{code}` 在新数据流 {stream} 上重新开始：已丢弃 {batches} 个排队批次（{records} 条记录）。该资源读取文件交换目录，文件不会自动重读：请把需要重新发送的文件从 {dir}/done/ 移回 {dir}/（快照资源：移回最新的一个文件，交换平台随后删除该文件中没有的记录）。\n"
+        ));
+    }
     Ok(tr!(
         "`{code}` starts again on a new stream {stream}: {batches} queued batches ({records} records) were discarded; the next pull reads the whole resource, and once the hub has it all it removes the records the new stream did not send.\n",
         "`{code}` 在新数据流 {stream} 上重新开始：已丢弃 {batches} 个排队批次（{records} 条记录）；下一次抽取读取整个资源，交换平台收齐后删除新数据流未发送的记录。\n"

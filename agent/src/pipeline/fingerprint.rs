@@ -29,7 +29,7 @@ pub struct Shape {
     pub relation: String,
     /// The key column.
     pub key: String,
-    /// `incremental` or `snapshot`.
+    /// `incremental` or `snapshot` (a file drop resource: `snapshot` or `upsert`).
     pub mode: String,
     /// The configured cursor columns (incremental mode).
     pub cursor: Vec<String>,
@@ -52,6 +52,13 @@ impl Shape {
             }
         };
         let (mode, cursor) = match &resource.mode {
+            _ if resource
+                .files
+                .as_ref()
+                .is_some_and(|f| f.each_file == crate::config::EachFile::Upsert) =>
+            {
+                ("upsert", Vec::new())
+            }
             Mode::Incremental { cursor, .. } => ("incremental", cursor.clone()),
             Mode::Snapshot => ("snapshot", Vec::new()),
         };
@@ -65,6 +72,12 @@ impl Shape {
                 .iter()
                 .map(|(name, rule)| {
                     let mut text = format!("{rule}{}", keys.describe(rule));
+                    // A file drop's declared type decides the value as a column type would.
+                    if let Some(f) = &resource.files
+                        && f.type_of(name) != exchange_connectors::files::FieldType::Text
+                    {
+                        text.push_str(&format!(" type {}", f.type_of(name).name()));
+                    }
                     if name.eq_ignore_ascii_case(&resource.key) {
                         if resource.key_kind != IdKind::Other {
                             text.push_str(&format!(" identifier {}", resource.key_kind));

@@ -178,8 +178,6 @@ impl ResourceStatus {
     }
 }
 
-/// The cursor for people: date and timestamp values only (the key tiebreaker and other
-/// values may be identifiers and are never shown; `exchange-agent cursor show` prints them).
 /// Where a file drop resource stands: the file it reads, or the last one it read.
 fn file_text(p: &crate::pipeline::queue::FileProgress) -> String {
     let (name, rows, records, quarantined) = (&p.name, p.rows, p.records, p.quarantined);
@@ -195,6 +193,8 @@ fn file_text(p: &crate::pipeline::queue::FileProgress) -> String {
     }
 }
 
+/// The cursor for people: date and timestamp values only (the key tiebreaker and other
+/// values may be identifiers and are never shown; `exchange-agent cursor show` prints them).
 fn cursor_text(
     resource: &crate::config::Resource,
     cursor: &[exchange_connectors::Value],

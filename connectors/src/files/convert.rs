@@ -49,7 +49,7 @@ pub fn convert(cell: Cell, ty: FieldType, column: &str) -> Result<Value, Convert
         (Cell::Int(i), FieldType::Float) => Ok(Value::Float(i as f64)),
         (Cell::Number(n), FieldType::Float) if n.is_finite() => Ok(Value::Float(n)),
         (Cell::Number(n), FieldType::Text | FieldType::Int | FieldType::Decimal) => {
-            whole_number(n, ty).ok_or_else(|| fail(number_lost(ty)))
+            spreadsheet_number(n, ty).ok_or_else(|| fail(number_lost(ty)))
         }
         (Cell::Bool(b), FieldType::Bool) => Ok(Value::Bool(b)),
         (Cell::Bool(b), FieldType::Text) => Ok(Value::Text(b.to_string())),
@@ -57,16 +57,32 @@ pub fn convert(cell: Cell, ty: FieldType, column: &str) -> Result<Value, Convert
             Ok(Value::Date(t.date()))
         }
         (Cell::DateTime(t), FieldType::Timestamp) => Ok(Value::Timestamp(t)),
+        // A date cell read as text: as the spreadsheet shows it in ISO form.
+        (Cell::DateTime(t), FieldType::Text) if t.time() == chrono::NaiveTime::MIN => {
+            Ok(Value::Text(t.date().to_string()))
+        }
+        (Cell::DateTime(t), FieldType::Text) => Ok(Value::Text(t.to_string())),
         (Cell::Json(j), FieldType::Json) => Ok(Value::Json(j)),
         (_, ty) => Err(fail(expected(ty))),
     }
 }
 
-/// A number from a spreadsheet where text or an integer is declared: only a whole number
-/// Excel holds exactly. An 18-digit identifier typed into a number cell has lost its last
-/// digits already, and must not leave as if it were right.
-fn whole_number(n: f64, ty: FieldType) -> Option<Value> {
-    if !(n.is_finite() && n.fract() == 0.0 && n.abs() < EXACT_INTEGER) {
+/// A number from a spreadsheet where text, an integer or a decimal is declared. A whole number
+/// must be one Excel holds exactly: an 18-digit identifier typed into a number cell has lost
+/// its last digits already, and must not leave as if it were right. A fraction is written in
+/// its shortest exact form (`850.5`), not for an integer.
+fn spreadsheet_number(n: f64, ty: FieldType) -> Option<Value> {
+    if !n.is_finite() {
+        return None;
+    }
+    if n.fract() != 0.0 {
+        return match ty {
+            FieldType::Int => None,
+            FieldType::Decimal => Some(Value::Decimal(n.to_string())),
+            _ => Some(Value::Text(n.to_string())),
+        };
+    }
+    if n.abs() >= EXACT_INTEGER {
         return None;
     }
     let i = n as i64;
@@ -79,8 +95,8 @@ fn whole_number(n: f64, ty: FieldType) -> Option<Value> {
 
 fn number_lost(ty: FieldType) -> String {
     tr!(
-        "a number cell that is not a whole number below 2^53 cannot be read as {} without losing digits; format the column as text in the spreadsheet",
-        "数字单元格不是小于 2^53 的整数，按 {} 读取会丢失数字；请在表格中把该列设为文本格式",
+        "a number cell that is not exact (a whole number of 2^53 or more, or a fraction where an integer is declared) cannot be read as {} without losing digits; format the column as text in the spreadsheet",
+        "数字单元格不精确（大于等于 2^53 的整数，或声明为整数却带小数），按 {} 读取会丢失数字；请在表格中把该列设为文本格式",
         ty.name()
     )
 }
@@ -219,5 +235,17 @@ mod tests {
             Value::Text("13800138000".into())
         );
         assert!(convert(Cell::Number(1.5), FieldType::Int, "n").is_err());
+        assert_eq!(
+            convert(Cell::Number(850.5), FieldType::Text, "金额").unwrap(),
+            Value::Text("850.5".into())
+        );
+        let day = NaiveDate::from_ymd_opt(2024, 5, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap();
+        assert_eq!(
+            convert(Cell::DateTime(day), FieldType::Text, "日期").unwrap(),
+            Value::Text("2024-05-01".into())
+        );
     }
 }

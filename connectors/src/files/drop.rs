@@ -64,7 +64,7 @@ impl DropDir {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            if name.starts_with('.') || name.ends_with(MARKER) {
+            if is_not_data(&name) {
                 continue;
             }
             let meta = match entry.metadata() {
@@ -99,17 +99,7 @@ impl DropDir {
 
     /// A name for `name` in `done/` that no file there has yet (`NAME`, else `NAME.1`, …).
     pub fn done_name(&self, name: &str) -> String {
-        let done = self.dir.join(DONE);
-        (0..)
-            .map(|n| {
-                if n == 0 {
-                    name.to_owned()
-                } else {
-                    format!("{name}.{n}")
-                }
-            })
-            .find(|n| !done.join(n).exists())
-            .expect("an unused name")
+        unused(&self.dir.join(DONE), name)
     }
 
     /// Whether `done/` holds `name`.
@@ -131,18 +121,21 @@ impl DropDir {
         sync_dir(&self.dir)
     }
 
-    /// Moves `name` to `rejected/`, after writing `rejected/NAME.reason`; durable when it
-    /// returns.
-    pub fn reject(&self, name: &str, reason: &str) -> std::io::Result<()> {
+    /// Moves `name` to `rejected/` (as `NAME`, or `NAME.1`, … when a rejected file has that
+    /// name already), after writing the reason beside it (`<its name there>.reason`); durable
+    /// when it returns. Returns its name in `rejected/`.
+    pub fn reject(&self, name: &str, reason: &str) -> std::io::Result<String> {
         let rejected = self.dir.join(REJECTED);
-        let mut f = fs::File::create(rejected.join(format!("{name}.reason")))?;
+        let as_name = unused(&rejected, name);
+        let mut f = fs::File::create(rejected.join(format!("{as_name}.reason")))?;
         f.write_all(reason.as_bytes())?;
         f.write_all(b"\n")?;
         f.sync_all()?;
-        fs::rename(self.dir.join(name), rejected.join(name))?;
+        fs::rename(self.dir.join(name), rejected.join(&as_name))?;
         self.remove_marker(name)?;
         sync_dir(&rejected)?;
-        sync_dir(&self.dir)
+        sync_dir(&self.dir)?;
+        Ok(as_name)
     }
 
     fn remove_marker(&self, name: &str) -> std::io::Result<()> {
@@ -152,14 +145,15 @@ impl DropDir {
         }
     }
 
-    /// Deletes the files in `done/` moved there more than `after` ago; returns how many.
+    /// Deletes the files in `done/` moved there more than `after` ago (the move changes a
+    /// file's status-change time, whoever owns it); returns how many.
     pub fn delete_done(&self, after: Duration) -> std::io::Result<usize> {
         let now = SystemTime::now();
         let mut deleted = 0;
         for entry in fs::read_dir(self.dir.join(DONE))? {
             let entry = entry?;
             let meta = entry.metadata()?;
-            let moved = meta.modified()?;
+            let moved = last_change(&meta);
             if meta.is_file() && now.duration_since(moved).unwrap_or(Duration::ZERO) >= after {
                 fs::remove_file(entry.path())?;
                 deleted += 1;
@@ -170,6 +164,31 @@ impl DropDir {
         }
         Ok(deleted)
     }
+}
+
+/// `name` in `dir`, or `name.1`, `name.2`, … : the first no file there has.
+fn unused(dir: &Path, name: &str) -> String {
+    (0..)
+        .map(|n| {
+            if n == 0 {
+                name.to_owned()
+            } else {
+                format!("{name}.{n}")
+            }
+        })
+        .find(|n| !dir.join(n).exists() && !dir.join(format!("{n}.reason")).exists())
+        .expect("an unused name")
+}
+
+/// Names that are not data: hidden files (a sender writing `.NAME` and renaming it), markers,
+/// and what office software and file managers leave beside files (`~$book.xlsx` lock files,
+/// `Thumbs.db`, `desktop.ini`).
+pub fn is_not_data(name: &str) -> bool {
+    name.starts_with('.')
+        || name.starts_with("~$")
+        || name.ends_with(MARKER)
+        || name.eq_ignore_ascii_case("thumbs.db")
+        || name.eq_ignore_ascii_case("desktop.ini")
 }
 
 /// The later of a file's modification and status-change times: a copy that keeps the
@@ -194,7 +213,7 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 pub fn digest(path: &Path) -> std::io::Result<String> {
     use sm3::Digest;
     let mut hasher = sm3::Sm3::new();
-    let mut file = fs::File::open(path)?;
+    let mut file = super::read::open_regular(path)?;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = file.read(&mut buf)?;
@@ -218,7 +237,14 @@ mod tests {
     fn only_complete_data_files_are_listed_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
         let drop = DropDir::open(dir.path(), Ready::Marker).unwrap();
-        for name in ["b.csv", "a.csv", ".hidden.csv", "c.csv"] {
+        for name in [
+            "b.csv",
+            "a.csv",
+            ".hidden.csv",
+            "c.csv",
+            "~$a.xlsx",
+            "Thumbs.db",
+        ] {
             fs::write(dir.path().join(name), "id\n1\n").unwrap();
         }
         fs::write(dir.path().join("a.csv.done"), "").unwrap();
@@ -252,7 +278,9 @@ mod tests {
         assert!(drop.is_done("a.csv") && !dir.path().join("a.csv.done").exists());
         assert_eq!(drop.done_name("a.csv"), "a.csv.1");
         fs::write(dir.path().join("x.txt"), "?").unwrap();
-        drop.reject("x.txt", "not a format").unwrap();
+        assert_eq!(drop.reject("x.txt", "not a format").unwrap(), "x.txt");
+        fs::write(dir.path().join("x.txt"), "??").unwrap();
+        assert_eq!(drop.reject("x.txt", "again").unwrap(), "x.txt.1");
         assert!(dir.path().join("rejected/x.txt").is_file());
         assert_eq!(
             fs::read_to_string(dir.path().join("rejected/x.txt.reason")).unwrap(),

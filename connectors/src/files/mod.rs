@@ -2,7 +2,8 @@
 //! JSON Lines or XLSX files, one subdirectory per resource.
 //!
 //! Layout of a resource's directory (`<path>/<directory>/`):
-//! - dropped files, read oldest first (modification time, then name) once complete
+//! - dropped files, read oldest first (last change: the later of modification and
+//!   status-change time, then name) once complete
 //!   ([`Ready`]); names starting with `.` and `NAME.done` markers are not data;
 //! - `done/`: files whose rows are all in the queue;
 //! - `rejected/`: files that cannot be read at all, each with `NAME.reason` beside it.

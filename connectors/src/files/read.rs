@@ -75,7 +75,7 @@ impl FileReader {
             FileFormat::Csv => open_csv(path, encoding, &columns)?,
             FileFormat::JsonLines => Inner::Lines {
                 encoding: detect(path, encoding)?,
-                lines: BufReader::new(File::open(path).map_err(FileError::io)?).split(b'\n'),
+                lines: BufReader::new(open_regular(path).map_err(FileError::io)?).split(b'\n'),
                 line: 0,
             },
             FileFormat::Xlsx => open_xlsx(path, &columns)?,
@@ -83,8 +83,10 @@ impl FileReader {
         Ok(FileReader { columns, inner })
     }
 
-    /// The next row, `None` at the end of the file.
-    pub fn next_row(&mut self) -> Option<FileRow> {
+    /// The next row, `None` at the end of the file; `Err` when the file cannot be read any
+    /// further (an I/O error: the pull stops and the file is read again later, from its last
+    /// committed row).
+    pub fn next_row(&mut self) -> Option<Result<FileRow, FileError>> {
         let columns = &self.columns;
         match &mut self.inner {
             Inner::Csv {
@@ -97,14 +99,23 @@ impl FileReader {
                 let line = reader.position().line();
                 match reader.read_byte_record(record) {
                     Ok(false) => None,
-                    Ok(true) => Some(FileRow {
-                        line: record.position().map_or(line, |p| p.line()),
-                        row: csv_row(record, *encoding, at, *width, columns),
-                    }),
-                    Err(e) => Some(FileRow {
-                        line,
-                        row: Err(csv_error(&e)),
-                    }),
+                    Ok(true) => {
+                        let start = record.position().map_or(line, |p| p.line());
+                        let end = reader.position().line().saturating_sub(1).max(start);
+                        Some(Ok(FileRow {
+                            line: start,
+                            row: csv_row(record, *encoding, at, *width, columns, (start, end)),
+                        }))
+                    }
+                    Err(e) => match e.kind() {
+                        csv::ErrorKind::Io(io) => Some(Err(FileError::Io {
+                            reason: exchange_protocol::translate::io(io),
+                        })),
+                        _ => Some(Ok(FileRow {
+                            line,
+                            row: Err(csv_error(&e)),
+                        })),
+                    },
                 }
             }
             Inner::Lines {
@@ -115,40 +126,77 @@ impl FileReader {
                 *line += 1;
                 let bytes = match lines.next()? {
                     Ok(b) => b,
-                    Err(e) => {
-                        return Some(FileRow {
-                            line: *line,
-                            row: Err(FileError::io(e).to_string()),
-                        });
-                    }
+                    Err(e) => return Some(Err(FileError::io(e))),
                 };
                 let text = trim_line(&bytes);
                 if text.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                return Some(FileRow {
+                return Some(Ok(FileRow {
                     line: *line,
                     row: json_row(text, *encoding, columns),
-                });
+                }));
             },
             Inner::Xlsx { range, next, at } => {
-                let row = range.rows().nth(*next)?;
+                // Rows by index: the sheet is read once, not from its top for every row.
+                if *next >= range.height() {
+                    return None;
+                }
+                let r = *next;
                 *next += 1;
-                Some(FileRow {
-                    line: *next as u64,
-                    row: Ok(xlsx_row(row, at, columns)),
-                })
+                let first = range.start().map_or(0, |(row, _)| row as u64);
+                Some(Ok(FileRow {
+                    line: first + r as u64 + 1,
+                    row: Ok(xlsx_row(range, r, at, columns)),
+                }))
             }
         }
     }
 
     /// Skips `n` rows (those a crash left committed): they are read, not returned.
-    pub fn skip(&mut self, n: u64) {
+    pub fn skip(&mut self, n: u64) -> Result<(), FileError> {
         for _ in 0..n {
-            if self.next_row().is_none() {
-                return;
+            match self.next_row() {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(_)) => {}
             }
         }
+        Ok(())
+    }
+}
+
+/// Opens a dropped file for reading, refusing a symbolic link (a sender could point one at a
+/// file only the agent may read) and anything but a regular file.
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            tr!("not a regular file", "不是普通文件"),
+        ));
+    }
+    Ok(file)
+}
+
+/// Whether a CSV file holds an even number of `"`: RFC 4180 quoting always does (each quoted
+/// field opens and closes, a quote inside is doubled). An odd count is a quote left open, which
+/// a CSV reader takes to the end of the file, silently joining every line after it into one
+/// field. (`"` is never a byte inside a UTF-8 or GB18030 character.)
+fn quotes_balanced(path: &Path) -> std::io::Result<bool> {
+    let mut file = open_regular(path)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut quotes = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(quotes.is_multiple_of(2));
+        }
+        quotes += buf[..n].iter().filter(|b| **b == b'"').count() as u64;
     }
 }
 
@@ -158,7 +206,7 @@ fn detect(path: &Path, encoding: TextEncoding) -> Result<TextEncoding, FileError
         return Ok(encoding);
     }
     let mut head = Vec::with_capacity(64 * 1024);
-    File::open(path)
+    open_regular(path)
         .map_err(FileError::io)?
         .take(64 * 1024)
         .read_to_end(&mut head)
@@ -198,7 +246,13 @@ fn open_csv(
     columns: &[(String, FieldType)],
 ) -> Result<Inner, FileError> {
     let encoding = detect(path, encoding)?;
-    let file = File::open(path).map_err(FileError::io)?;
+    if !quotes_balanced(path).map_err(FileError::io)? {
+        return Err(FileError::Malformed(tr!(
+            "the file has an odd number of `\"` characters: a quoted field is not closed, which would join the lines after it into one field; fix the quoting",
+            "文件中 `\"` 的个数为奇数：有引号括起的字段没有闭合，会把其后各行并入一个字段；请修正引号"
+        )));
+    }
+    let file = open_regular(path).map_err(FileError::io)?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -253,14 +307,12 @@ fn match_header(
                 .iter()
                 .position(|n| n.trim().eq_ignore_ascii_case(c.trim()))
                 .ok_or_else(|| {
-                    let header = names
-                        .iter()
-                        .map(|n| format!("`{}`", n.trim()))
-                        .collect::<Vec<_>>()
-                        .join(", ");
+                    // Not the header's cells: in a file exported without a header row they
+                    // are the first row's values.
+                    let n = names.len();
                     FileError::Malformed(tr!(
-                        "the header has no column `{c}`; its columns are {header}",
-                        "表头中没有列 `{c}`；表头的列为 {header}"
+                        "the header (first row, {n} columns) has no column `{c}`; the first row must name the columns, as [resources.fields] does",
+                        "表头（第一行，共 {n} 列）中没有列 `{c}`；第一行应为列名，与 [resources.fields] 中的名称一致"
                     ))
                 })
         })
@@ -284,13 +336,21 @@ fn csv_row(
     at: &[usize],
     width: usize,
     columns: &[(String, FieldType)],
+    (start, end): (u64, u64),
 ) -> Result<Row, String> {
     if record.len() != width {
-        return Err(tr!(
-            "the row has {} fields, the header {width}",
-            "该行有 {} 个字段，表头有 {width} 个",
-            record.len()
-        ));
+        let n = record.len();
+        return Err(if end > start {
+            tr!(
+                "the row, lines {start} to {end} (a quoted field spans lines), has {n} fields, the header {width}",
+                "该行（第 {start} 至 {end} 行，有引号括起的字段跨行）有 {n} 个字段，表头有 {width} 个"
+            )
+        } else {
+            tr!(
+                "the row has {n} fields, the header {width}",
+                "该行有 {n} 个字段，表头有 {width} 个"
+            )
+        });
     }
     let mut values = Vec::with_capacity(at.len());
     for (&i, (name, ty)) in at.iter().zip(columns) {
@@ -374,13 +434,18 @@ fn open_xlsx(path: &Path, columns: &[(String, FieldType)]) -> Result<Inner, File
     Ok(Inner::Xlsx { range, next: 1, at })
 }
 
-fn xlsx_row(row: &[calamine::Data], at: &[usize], columns: &[(String, FieldType)]) -> Row {
+fn xlsx_row(
+    range: &calamine::Range<calamine::Data>,
+    r: usize,
+    at: &[usize],
+    columns: &[(String, FieldType)],
+) -> Row {
     use calamine::Data;
     let values = at
         .iter()
         .zip(columns)
         .map(|(&i, (name, ty))| {
-            let cell = match row.get(i) {
+            let cell = match range.get((r, i)) {
                 None | Some(Data::Empty) => Cell::Empty,
                 Some(Data::String(s)) => Cell::Text(s.clone()),
                 Some(Data::Int(n)) => Cell::Int(*n),

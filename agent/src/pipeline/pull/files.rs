@@ -21,7 +21,7 @@
 use exchange_connectors::ConnectorError;
 use exchange_connectors::files::drop::{DropDir, digest};
 use exchange_connectors::files::read::{FileReader, FileRow};
-use exchange_connectors::files::{FieldType, FileFormat};
+use exchange_connectors::files::{FieldType, FileError, FileFormat};
 use exchange_protocol::lang::Text;
 use exchange_protocol::tr;
 
@@ -58,10 +58,19 @@ impl Puller {
                 tracing::info!(resource = %self.resource.code, files = deleted, "Deleted processed files past delete_after.");
             }
         }
-        for dropped in drop
+        let mut complete = drop
             .complete()
-            .map_err(|e| self.unreadable(drop.path(), e))?
+            .map_err(|e| self.unreadable(drop.path(), e))?;
+        // A file a crash (or a failed pull) left half read goes first, whatever came since:
+        // its progress is the one slot the queue keeps.
+        if let Some(p) = self.queue.state(&self.resource.code)?.file
+            && p.done_as.is_none()
+            && let Some(i) = complete.iter().position(|d| d.name == p.name)
         {
+            let unfinished = complete.remove(i);
+            complete.insert(0, unfinished);
+        }
+        for dropped in complete {
             let Some(format) = dropped.format else {
                 let reason = tr!(
                     "not a file this drop reads: expected .csv, .jsonl (.ndjson) or .xlsx",
@@ -109,7 +118,12 @@ impl Puller {
             return Ok(());
         };
         let path = drop.file(&progress.name);
-        let same = path.is_file() && digest(&path).is_ok_and(|d| d == progress.digest);
+        let same = match digest(&path) {
+            Ok(d) => d == progress.digest,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            // Not known to be another file: try again later rather than read it twice.
+            Err(e) => return Err(self.unreadable(&path, e)),
+        };
         if same {
             drop.move_done(&progress.name, &done_as)
                 .map_err(|e| self.unreadable(&path, e))?;
@@ -134,6 +148,7 @@ impl Puller {
                 "rows": progress.rows,
                 "records": progress.records,
                 "quarantined": progress.quarantined,
+                "unkeyed": progress.unkeyed,
                 "done_as": done_as,
             }),
         );
@@ -169,64 +184,89 @@ impl Puller {
             return Ok(());
         };
         loop {
+            let first = progress.rows == 0;
             let chunk;
             (reader, chunk) = self.next_chunk(reader).await;
+            let chunk = chunk.map_err(|e| {
+                self.unreadable(&drop.file(name), std::io::Error::other(e.to_string()))
+            })?;
+            if first && chunk.last && chunk.rows.is_empty() && file.each_file == EachFile::Snapshot
+            {
+                let reason = tr!(
+                    "the file has no rows: as a snapshot it would delete every record of the resource at the hub. If the resource is really empty now, drop a file holding one row per record that should stay, or change the resource's mode",
+                    "该文件没有数据行：作为快照会在交换中心删除该资源的全部记录。如果资源现在确实为空，请投放包含应保留记录的文件，或更改资源的模式"
+                );
+                return self.reject(drop, name, Some(&progress.digest), &reason);
+            }
             progress.rows += chunk.rows.len() as u64;
             if chunk.last {
                 progress.done_as = Some(drop.done_name(name));
             }
             self.wait_for_space().await?;
             let (r, q) = self
-                .commit_file_chunk(file, chunk.rows, &progress, chunk.last)
+                .commit_file_chunk(file, chunk.rows, &progress, (first, chunk.last))
                 .await?;
-            progress.records += r;
-            progress.quarantined += q;
+            let st = self.queue.state(&self.resource.code)?;
+            if let Some(stored) = st.file {
+                progress = stored;
+            }
             report.pages += 1;
             report.records += r;
             report.quarantined += q;
             self.enqueued.notify_waiters();
             publish(report);
             if chunk.last {
-                break;
+                return Ok(());
             }
         }
-        Ok(())
     }
 
-    /// Up to `batch.max_records` rows of the file, read off the runtime.
-    async fn next_chunk(&self, mut reader: FileReader) -> (FileReader, Chunk) {
+    /// Up to `batch.max_records` rows of the file, read off the runtime; `Err` when the file
+    /// cannot be read further (nothing of this chunk is committed).
+    async fn next_chunk(&self, mut reader: FileReader) -> (FileReader, Result<Chunk, FileError>) {
         let limit = self.batch.max_records.max(1);
         tokio::task::spawn_blocking(move || {
             let mut rows = Vec::with_capacity(limit);
             while rows.len() < limit {
                 match reader.next_row() {
-                    Some(row) => rows.push(row),
-                    None => return (reader, Chunk { rows, last: true }),
+                    Some(Ok(row)) => rows.push(row),
+                    Some(Err(e)) => return (reader, Err(e)),
+                    None => return (reader, Ok(Chunk { rows, last: true })),
                 }
             }
-            (reader, Chunk { rows, last: false })
+            (reader, Ok(Chunk { rows, last: false }))
         })
         .await
         .expect("file task panicked")
     }
 
-    /// Commits a chunk's records and quarantine entries with the file's progress; the last
-    /// chunk of a snapshot file starts its sweep. Returns records and rows quarantined.
+    /// Commits a chunk's records and quarantine entries with the file's progress (`first`,
+    /// `last`: the chunk's place in the file). In snapshot mode a file that replaces one left
+    /// half read starts a new generation (the rows that one stamped are not duplicates), and
+    /// the last chunk starts the sweep, unless a row without a readable key was quarantined:
+    /// then no key is deleted for this file (one of them may be that row's), and the next file
+    /// is a new generation. Returns records and rows quarantined.
     async fn commit_file_chunk(
         &self,
         file: &FileResource,
         rows: Vec<FileRow>,
         progress: &FileProgress,
-        last: bool,
+        (first, last): (bool, bool),
     ) -> Result<(u64, u64), PullError> {
         let plan = self.plan.clone();
         let code = self.resource.code.clone();
         let limits = self.batch;
-        let progress = progress.clone();
+        let mut progress = progress.clone();
         let snapshot = file.each_file == EachFile::Snapshot;
         Ok(self
             .blocking(move |txn| {
-                let st = txn.state(&code)?;
+                let mut st = txn.state(&code)?;
+                let abandoned = st.file.as_ref().is_some_and(|p| {
+                    p.done_as.is_none() && (p.name != progress.name || p.digest != progress.digest)
+                });
+                if snapshot && first && abandoned {
+                    st.snapshot.generation = st.snapshot.generation.max(1) + 1;
+                }
                 let generation = st.snapshot.generation.max(1);
                 let mut page = ScanPage::new(&plan, &code, generation, st, limits);
                 page.compare = snapshot;
@@ -234,28 +274,35 @@ impl Puller {
                     let at = format!("{}:{line}", progress.name);
                     match row {
                         Ok(row) => {
+                            if plan.key_of(&row).is_err_and(|q| q.key.is_none()) {
+                                progress.unkeyed += 1;
+                            }
                             page.at = Some(at);
                             page.row(txn, &row)?;
                         }
                         Err(reason) => {
-                            txn.quarantine_row(
-                                &code,
-                                &mut page.st,
-                                None,
-                                Text::from(reason),
-                                Some(at),
-                            )?;
+                            progress.unkeyed += 1;
+                            let reason = Text::from(reason);
+                            txn.quarantine_row(&code, &mut page.st, None, reason, Some(at))?;
                             page.quarantined += 1;
                         }
                     }
                 }
                 let (mut st, records, quarantined) = page.finish(txn)?;
-                let mut progress = progress;
                 progress.records += records;
                 progress.quarantined += quarantined;
                 if snapshot {
-                    st.snapshot.generation = generation;
-                    st.snapshot.sweeping = last;
+                    let sweep = last && progress.unkeyed == 0;
+                    st.snapshot.generation = if last && !sweep {
+                        generation + 1
+                    } else {
+                        generation
+                    };
+                    st.snapshot.sweeping = sweep;
+                } else if last {
+                    st.invalid_keys += std::mem::take(&mut st.snapshot.invalid_keys);
+                    st.invalid_keys_since
+                        .get_or_insert_with(crate::pipeline::queue::now);
                 }
                 st.file = Some(progress);
                 txn.set_state(&code, &st)?;
@@ -287,6 +334,21 @@ impl Puller {
             Ok(d) => d,
             // Taken away since it was listed.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // Not the agent's to read (or a link): set aside with what to do, so the files
+            // after it go on.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidInput
+                ) || e.raw_os_error() == Some(libc::ELOOP) =>
+            {
+                let reason = tr!(
+                    "the agent cannot read it ({}): it must be a regular file (not a link) its group can read; senders should write with umask 007",
+                    "本程序无法读取该文件（{}）：它必须是普通文件（不能是链接），且属组可读；发送方写文件时应使用 umask 007",
+                    exchange_protocol::translate::io(&e)
+                );
+                return self.reject(drop, name, None, &reason).map(|()| None);
+            }
             Err(e) => return Err(self.unreadable(&path, e)),
         };
         let st = self.queue.state(&self.resource.code)?;
@@ -310,20 +372,23 @@ impl Puller {
         let opened = {
             let path = path.clone();
             tokio::task::spawn_blocking(move || {
-                FileReader::open(&path, format, encoding, &columns).map(|mut r| {
-                    r.skip(resume);
-                    r
-                })
+                let mut r = FileReader::open(&path, format, encoding, &columns)?;
+                r.skip(resume)?;
+                Ok::<_, FileError>(r)
             })
             .await
             .expect("file task panicked")
         };
         let reader = match opened {
             Ok(r) => r,
-            Err(e) => {
+            Err(e @ FileError::Malformed(_)) => {
                 return self
                     .reject(drop, name, Some(&sum), &e.to_string())
                     .map(|()| None);
+            }
+            // Read again at the next pull, from the last committed row.
+            Err(e @ FileError::Io { .. }) => {
+                return Err(self.unreadable(&path, std::io::Error::other(e.to_string())));
             }
         };
         Ok(Some((reader, progress)))
@@ -337,7 +402,8 @@ impl Puller {
         sum: Option<&str>,
         reason: &str,
     ) -> Result<(), PullError> {
-        drop.reject(name, reason)
+        let as_name = drop
+            .reject(name, reason)
             .map_err(|e| self.unreadable(&drop.file(name), e))?;
         tracing::warn!(resource = %self.resource.code, file = %name, %reason, "Rejected a dropped file.");
         let progress = FileProgress {
@@ -348,7 +414,7 @@ impl Puller {
         self.audit_file(
             "file.rejected",
             &progress,
-            serde_json::json!({ "reason": reason }),
+            serde_json::json!({ "reason": reason, "rejected_as": as_name }),
         );
         Ok(())
     }

@@ -98,6 +98,9 @@ pub struct FileProgress {
     /// Rows of it quarantined.
     #[serde(default)]
     pub quarantined: u64,
+    /// Rows of it quarantined without a readable key: a snapshot file with any is not swept.
+    #[serde(default)]
+    pub unkeyed: u64,
     /// Set when every row is committed: the name it gets in `done/`.
     pub done_as: Option<String>,
     /// Whether it has been moved there.
