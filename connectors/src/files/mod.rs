@@ -108,8 +108,8 @@ impl FileFormat {
 /// How a text file is decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TextEncoding {
-    /// UTF-8 when the file starts with a byte-order mark or its first 64 KiB are UTF-8,
-    /// GB18030 otherwise (the default).
+    /// UTF-8 when the file starts with a byte-order mark or all of it is UTF-8, GB18030
+    /// otherwise (the default).
     #[default]
     Auto,
     /// UTF-8.

@@ -62,7 +62,7 @@ enum Inner {
 
 impl FileReader {
     /// Opens `path` as `format`, decoding text as `encoding` (`Auto`: a UTF-8 byte-order mark
-    /// or valid UTF-8 in the first 64 KiB means UTF-8, anything else GB18030), and matches the
+    /// or all of the file being valid UTF-8 means UTF-8, anything else GB18030), and matches the
     /// header against `columns` (name and declared type, in the order rows give them).
     pub fn open(
         path: &Path,
@@ -200,26 +200,39 @@ fn quotes_balanced(path: &Path) -> std::io::Result<bool> {
     }
 }
 
-/// The encoding of a text file: as configured, or guessed from its first 64 KiB.
+/// The encoding of a text file: as configured, or guessed from the whole file: UTF-8 when it
+/// starts with a byte-order mark or every byte sequence in it is UTF-8, GB18030 otherwise. (A
+/// GBK file whose first rows are ASCII is still GBK; a head alone cannot tell.)
 fn detect(path: &Path, encoding: TextEncoding) -> Result<TextEncoding, FileError> {
     if encoding != TextEncoding::Auto {
         return Ok(encoding);
     }
-    let mut head = Vec::with_capacity(64 * 1024);
-    open_regular(path)
-        .map_err(FileError::io)?
-        .take(64 * 1024)
-        .read_to_end(&mut head)
-        .map_err(FileError::io)?;
-    if head.starts_with(b"\xEF\xBB\xBF") {
-        return Ok(TextEncoding::Utf8);
+    let mut file = open_regular(path).map_err(FileError::io)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    // Bytes of a character cut by the end of the previous read.
+    let mut carry: Vec<u8> = Vec::new();
+    let mut first = true;
+    loop {
+        let n = file.read(&mut buf).map_err(FileError::io)?;
+        if n == 0 {
+            return Ok(if carry.is_empty() {
+                TextEncoding::Utf8
+            } else {
+                TextEncoding::Gb18030
+            });
+        }
+        if std::mem::take(&mut first) && buf[..n].starts_with(b"\xEF\xBB\xBF") {
+            return Ok(TextEncoding::Utf8);
+        }
+        carry.extend_from_slice(&buf[..n]);
+        match std::str::from_utf8(&carry) {
+            Ok(_) => carry.clear(),
+            Err(e) if e.error_len().is_none() => {
+                carry.drain(..e.valid_up_to());
+            }
+            Err(_) => return Ok(TextEncoding::Gb18030),
+        }
     }
-    Ok(match std::str::from_utf8(&head) {
-        Ok(_) => TextEncoding::Utf8,
-        // A multi-byte character cut by the 64 KiB boundary is still UTF-8.
-        Err(e) if e.error_len().is_none() => TextEncoding::Utf8,
-        Err(_) => TextEncoding::Gb18030,
-    })
 }
 
 /// Bytes as text in `encoding` (never `Auto` here), `None` when they are not.
@@ -471,4 +484,62 @@ fn xlsx_row(
         })
         .collect();
     Row { values }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn columns() -> Vec<(String, FieldType)> {
+        vec![
+            ("编号".into(), FieldType::Text),
+            ("姓名".into(), FieldType::Text),
+        ]
+    }
+
+    fn rows(path: &Path) -> Result<Vec<FileRow>, FileError> {
+        let mut r = FileReader::open(path, FileFormat::Csv, TextEncoding::Auto, &columns())?;
+        let mut out = Vec::new();
+        while let Some(row) = r.next_row() {
+            out.push(row?);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_gbk_file_whose_first_rows_are_ascii_is_read_as_gbk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.csv");
+        let mut text = String::from("编号,姓名\n");
+        for i in 0..20_000 {
+            text.push_str(&format!("A{i:05},zhang san\n"));
+        }
+        text.push_str("B1,张三\n");
+        let (gbk, _, _) = encoding_rs::GBK.encode(&text);
+        assert!(gbk.len() > 300 * 1024, "past the first reads");
+        std::fs::write(&path, &gbk).unwrap();
+        let rows = rows(&path).unwrap();
+        let last = rows.last().unwrap().row.as_ref().unwrap();
+        assert_eq!(
+            last.values[1].as_ref().unwrap(),
+            &crate::Value::Text("张三".into())
+        );
+    }
+
+    #[test]
+    fn an_open_quote_rejects_the_file_and_a_missing_column_names_no_cell() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.csv");
+        std::fs::write(&path, "编号,姓名\n1,\"abc\n2,def\n3,ghi\n").unwrap();
+        assert!(matches!(rows(&path), Err(FileError::Malformed(_))));
+        // No header row: the first row is data, and is not repeated in the reason.
+        std::fs::write(&path, "440524188001010014,李四\n").unwrap();
+        let Err(FileError::Malformed(reason)) = rows(&path) else {
+            panic!("a missing column rejects the file");
+        };
+        assert!(
+            !reason.contains("440524188001010014") && !reason.contains("李四"),
+            "{reason}"
+        );
+    }
 }

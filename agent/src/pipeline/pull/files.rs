@@ -179,6 +179,8 @@ impl Puller {
         report: &mut PullReport,
         publish: &(dyn Fn(&PullReport) + Sync),
     ) -> Result<(), PullError> {
+        let path = drop.file(name);
+        let before = stamp(&path);
         let Some((mut reader, mut progress)) = self.open_file(file, drop, name, format).await?
         else {
             return Ok(());
@@ -200,6 +202,15 @@ impl Puller {
             }
             progress.rows += chunk.rows.len() as u64;
             if chunk.last {
+                // Written to while it was read (a sender that stalled longer than `settle`):
+                // not finished; the next pull reads it anew, as a new file.
+                if stamp(&path) != before {
+                    let e = std::io::Error::other(tr!(
+                        "the file changed while it was read; it is read again at the next pull (make `settle` longer, or have senders write a marker or rename when done)",
+                        "文件在读取期间被改动；下次抽取时重新读取（请加长 `settle`，或让发送方写完后再写标记或改名）"
+                    ));
+                    return Err(self.unreadable(&path, e));
+                }
                 progress.done_as = Some(drop.done_name(name));
             }
             self.wait_for_space().await?;
@@ -310,6 +321,19 @@ impl Puller {
             })
             .await?)
     }
+}
+
+/// A file's size and change times, to tell whether it changed while it was read.
+fn stamp(path: &std::path::Path) -> Option<(u64, i64, i64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).ok()?;
+    Some((
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
 }
 
 /// Opening a file: its digest, where a crash left it, its header.
