@@ -159,7 +159,10 @@ impl Pipeline {
     pub fn pull_ok(&self, resource: &str, report: &crate::pipeline::pull::PullReport) {
         self.board.pull_ok(
             resource,
-            report.horizon.as_ref().map(crate::text::horizon_text),
+            report
+                .horizon
+                .as_ref()
+                .map(|h| Text::render(|| crate::text::horizon_text(h))),
         );
         if let Some(query) = report.query {
             self.board.set_query(resource, query);
