@@ -649,7 +649,10 @@ fn audit_verify(config: &Config, archive: Option<&std::path::Path>) -> ExitCode 
         );
     }
     for r in audit::repairs(data_dir).unwrap_or_default() {
-        let (at, what) = (&r.at, r.detail["what"].as_str().unwrap_or("-"));
+        let (at, what) = (
+            &r.at,
+            audit::repair_text(r.detail["what"].as_str().unwrap_or("-")),
+        );
         println!(
             "{}",
             tr!("  repaired at {at}: {what}", "  于 {at} 修复：{what}")

@@ -339,7 +339,9 @@ fn outcome(
         .unwrap_or_else(|e| e.into_inner())
         .clone()
         .or_else(|| {
-            (timed_out && !t.is_caught_up()).then(|| "the deadline passed while pulling".into())
+            (timed_out && !t.is_caught_up()).then(|| {
+                exchange_protocol::tr!("the deadline passed while pulling", "抽取时已到截止时间")
+            })
         });
     // The batches this sync is answerable for: all of them when it pushes itself; up to the
     // last one its pulls queued when the daemon pushes (the daemon's own pulls may queue more

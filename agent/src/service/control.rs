@@ -183,7 +183,11 @@ async fn answer(
         _ = stop.changed() => return Ok(()),
     }
     let reply = match serde_json::from_str::<Request>(&line) {
-        Err(e) => Reply::Error(format!("not a request this version understands: {e}")),
+        // Its language is unknown: the service's own.
+        Err(e) => Reply::Error(exchange_protocol::tr!(
+            "not a request this version understands: {e}",
+            "不是此版本能理解的请求：{e}"
+        )),
         Ok(Request::Sync { resource, options }) => {
             answer_sync(&mut write, pipeline, resource, options, stop).await?
         }
@@ -228,7 +232,10 @@ async fn answer_sync(
         tokio::select! {
             report = &mut run => return Ok(Reply::Report(report)),
             Some(s) = rx.recv() => write_reply(write, &Reply::Say(s)).await?,
-            _ = stop.changed() => return Ok(Reply::Error("the service is shutting down".into())),
+            _ = stop.changed() => return Ok(Reply::Error(exchange_protocol::tr!(
+                "the service is shutting down",
+                "服务正在停止"
+            ))),
         }
     }
 }
@@ -258,7 +265,9 @@ async fn answer_operation(
         return match run.await {
             Ok(Ok(outcome)) => Reply::Done(outcome),
             Ok(Err(e)) => Reply::Error(e),
-            Err(e) => Reply::Error(format!("the command failed: {e}")),
+            Err(e) => Reply::Error(exchange_protocol::lang::scoped(lang, || {
+                exchange_protocol::tr!("the command failed: {e}", "命令执行失败：{e}")
+            })),
         };
     }
     if !yes {
@@ -276,13 +285,18 @@ async fn answer_operation(
         lang,
         reply,
     };
+    let stopping = || {
+        exchange_protocol::lang::scoped(lang, || {
+            exchange_protocol::tr!("the service is shutting down", "服务正在停止")
+        })
+    };
     if changes.send(change).await.is_err() {
-        return Reply::Error("the service is shutting down".into());
+        return Reply::Error(stopping());
     }
     match outcome.await {
         Ok(Ok(outcome)) => Reply::Done(outcome),
         Ok(Err(e)) => Reply::Error(e),
-        Err(_) => Reply::Error("the service is shutting down".into()),
+        Err(_) => Reply::Error(stopping()),
     }
 }
 
@@ -331,7 +345,7 @@ pub async fn request_operation(
 fn unexpected(path: &Path, _: &Reply) -> ControlError {
     ControlError::Protocol {
         path: path.to_owned(),
-        reason: "an answer to another request".into(),
+        reason: exchange_protocol::tr!("an answer to another request", "答复的是另一个请求"),
     }
 }
 
@@ -346,7 +360,7 @@ async fn exchange(
         .await
         .map_err(|e| ControlError::Unreachable {
             path: path.to_owned(),
-            reason: e.to_string(),
+            reason: exchange_protocol::translate::io(&e),
         })?;
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(request).expect("request serializes");
@@ -358,12 +372,12 @@ async fn exchange(
     write
         .write_all(&line)
         .await
-        .map_err(|e| protocol(e.to_string()))?;
+        .map_err(|e| protocol(exchange_protocol::translate::io(&e)))?;
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines
         .next_line()
         .await
-        .map_err(|e| protocol(e.to_string()))?
+        .map_err(|e| protocol(exchange_protocol::translate::io(&e)))?
     {
         match serde_json::from_str::<Reply>(&line).map_err(|e| protocol(e.to_string()))? {
             Reply::Say(s) => say(s),
@@ -371,5 +385,8 @@ async fn exchange(
             last => return Ok(last),
         }
     }
-    Err(protocol("the connection closed before the answer".into()))
+    Err(protocol(exchange_protocol::tr!(
+        "the connection closed before the answer",
+        "连接在答复之前关闭"
+    )))
 }

@@ -355,7 +355,11 @@ impl Daemon {
             })
         })
         .await
-        .unwrap_or_else(|e| Err(format!("the command failed: {e}")));
+        .unwrap_or_else(|e| {
+            Err(exchange_protocol::lang::scoped(lang, || {
+                exchange_protocol::tr!("the command failed: {e}", "命令执行失败：{e}")
+            }))
+        });
         match &result {
             Ok(_) => tracing::info!(
                 command = name,

@@ -183,14 +183,7 @@ pub fn reload(
     };
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
-        Err(e) => {
-            let path = file.display();
-            let reason = Text::render(|| {
-                let e = exchange_protocol::translate::io(&e);
-                tr!("cannot read {path}: {e}", "无法读取 {path}：{e}")
-            });
-            return fail(reason, None);
-        }
+        Err(e) => return fail(unreadable(file, &e), None),
     };
     let digest = hex::encode(exchange_protocol::digest::sm3(text.as_bytes()));
     let config = match Config::parse(file, &text) {
@@ -208,13 +201,7 @@ pub fn reload(
         ),
     ] {
         if changed {
-            let reason = Text::render(|| {
-                tr!(
-                    "{key} changed; it takes effect only on a restart (systemctl restart exchange-agent)",
-                    "{key} 已更改；需重启才生效（systemctl restart exchange-agent）"
-                )
-            });
-            return fail(reason, Some(&digest));
+            return fail(restart_needed(key), Some(&digest));
         }
     }
     let prepared = match verify {
@@ -239,6 +226,25 @@ pub fn reload(
     Some(Next {
         pipeline: next,
         verify: prepared,
+    })
+}
+
+/// Why a configuration file that cannot be read is not reloaded.
+fn unreadable(file: &Path, e: &std::io::Error) -> Text {
+    let path = file.display();
+    Text::render(|| {
+        let e = exchange_protocol::translate::io(e);
+        tr!("cannot read {path}: {e}", "无法读取 {path}：{e}")
+    })
+}
+
+/// Why a change of `key`, which only a restart applies, is not reloaded.
+fn restart_needed(key: &str) -> Text {
+    Text::render(|| {
+        tr!(
+            "{key} changed; it takes effect only on a restart (systemctl restart exchange-agent)",
+            "{key} 已更改；需重启才生效（systemctl restart exchange-agent）"
+        )
     })
 }
 
