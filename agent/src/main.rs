@@ -435,7 +435,7 @@ async fn sync_command(at: At<'_>, resource: Option<String>, wait: &str, timeout:
         return ExitCode::from(2);
     }
     let data_dir = config.node.data_dir.clone();
-    let say = |line: String| eprintln!("{line}");
+    let say = |line: exchange_protocol::lang::Text| eprintln!("{line}");
     let report = match Pipeline::build(config) {
         Ok(p) => {
             let (only, own) = (resource.as_deref(), sync::Pushers::Own);

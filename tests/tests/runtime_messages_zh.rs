@@ -270,7 +270,8 @@ fn misread(lang: &str, out: &Output) -> Vec<String> {
 }
 
 /// The read-only commands of the agent (and two changes not confirmed, which only say what
-/// they would do), each with the exit codes it may end with.
+/// they would do), and `sync` (which, with [`STOPPED`] stopped, does not complete), each with
+/// the exit codes it may end with.
 fn agent_commands() -> Vec<(Vec<&'static str>, &'static [i32])> {
     vec![
         (vec!["status"], &[0]),
@@ -285,6 +286,7 @@ fn agent_commands() -> Vec<(Vec<&'static str>, &'static [i32])> {
         (vec!["resync", CODE], &[2]),
         (vec!["cursor", "reset", CODE], &[2]),
         (vec!["cursor", "show", "NO-SUCH-CODE"], &[1]),
+        (vec!["sync", "--timeout", "20s"], &[1]),
     ]
 }
 
@@ -353,8 +355,8 @@ async fn synced_scene(scene: &Scene) -> (PathBuf, PathBuf, SqliteSource) {
 }
 
 /// Under zh no line of `status`, `check`, `cursor show`, `queue list`, `quarantine list|find`,
-/// `audit verify`, an unconfirmed change or an unknown resource, nor of the hub's `check` and
-/// `export`, reads in English; under en none reads in Chinese. Then the same with the service
+/// `audit verify`, `sync`, an unconfirmed change or an unknown resource, nor of the hub's
+/// `check` and `export`, reads in English; under en none reads in Chinese. Then the same with the service
 /// running (started under en): what it stored and what it answers through its control socket
 /// read in the language of the operator who asks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
-use exchange_protocol::lang::Lang;
+use exchange_protocol::lang::{Lang, Text};
 use tokio::sync::oneshot;
 
 use crate::operator::{Operation, Outcome};
@@ -73,8 +73,8 @@ pub struct Change {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
-    /// Progress for the person waiting.
-    Say(String),
+    /// Progress for the person waiting, in both languages.
+    Say(Text),
     /// The sync's outcome (last line).
     Report(SyncReport),
     /// An operator command's outcome (last line).
@@ -221,7 +221,7 @@ async fn answer_sync(
         resource = resource.as_deref().unwrap_or("(all)"),
         "Sync requested on the control socket."
     );
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Text>();
     let say: crate::pipeline::sync::Say = Arc::new(move |s| {
         let _ = tx.send(s);
     });
@@ -314,7 +314,7 @@ pub async fn request_sync(
     data_dir: &Path,
     resource: Option<String>,
     options: SyncOptions,
-    say: impl Fn(String),
+    say: impl Fn(Text),
 ) -> Result<SyncReport, ControlError> {
     let path = socket_path(data_dir);
     match exchange(&path, &Request::Sync { resource, options }, say).await? {
@@ -354,7 +354,7 @@ fn unexpected(path: &Path, _: &Reply) -> ControlError {
 async fn exchange(
     path: &Path,
     request: &Request,
-    say: impl Fn(String),
+    say: impl Fn(Text),
 ) -> Result<Reply, ControlError> {
     let stream = UnixStream::connect(path)
         .await

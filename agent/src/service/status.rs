@@ -700,8 +700,10 @@ impl ResourceStatus {
                 )
             )?;
         }
-        // A stopped resource's pulls and pushes fail with its stop reason, shown above once.
-        let own = |e: &&Text| !(self.stopped.is_some() && e.en().contains("` is stopped: "));
+        // A stopped resource's pulls and pushes fail with its stop reason, shown above once
+        // (the error may be kept in the reader's language only: `complete_commands`).
+        let echo = |t: &str| t.contains("` is stopped: ") || t.contains("` 已停止：");
+        let own = |e: &&Text| !(self.stopped.is_some() && (echo(e.en()) || echo(e.get())));
         if let Some(e) = self.runtime.pull_error.as_ref().filter(own) {
             writeln!(f, "{}", tr!("  pull error   {e}", "  抽取错误     {e}"))?;
         }
@@ -745,6 +747,10 @@ mod tests {
         r.runtime.pull_error =
             Some(format!("`R1` is stopped: {reason} (at 2025-01-01T00:00:01Z)").into());
         r.runtime.push_error = Some(format!("`R1` is stopped: {reason}").into());
+        let text = r.to_string();
+        assert_eq!(text.matches(reason).count(), 1, "{text}");
+        // Also when `status` kept the error in Chinese only, for a reader of Chinese.
+        r.runtime.pull_error = Some(format!("`R1` 已停止：{reason}").into());
         let text = r.to_string();
         assert_eq!(text.matches(reason).count(), 1, "{text}");
         // An error of its own is still shown.
