@@ -402,9 +402,10 @@ fn check_answers(
     items: usize,
 ) -> Result<(), VerifyCallError> {
     if request_id != request.request_id || items != request.items.len() {
-        return Err(VerifyCallError::Answer(
-            "its request id or number of items differs from the request's".into(),
-        ));
+        return Err(VerifyCallError::Answer(tr!(
+            "its request id or number of items differs from the request's",
+            "其请求 ID 或条目数与请求不一致"
+        )));
     }
     Ok(())
 }
@@ -423,9 +424,10 @@ fn blind(
         let mut claims = BTreeMap::new();
         for (f, c) in &item.claims {
             let Claim::Value(value) = c else {
-                return Err(VerifyCallError::Answer(
-                    "an HMAC claim cannot be sent by private set intersection".into(),
-                ));
+                return Err(VerifyCallError::Answer(tr!(
+                    "an HMAC claim cannot be sent by private set intersection",
+                    "HMAC 声称值不能以隐私集合求交方式发送"
+                )));
             };
             let p = psi::hash_claim(f, &subject, &psi_form(value));
             claims.insert(f.clone(), hex::encode(secret.blind(&p)));
@@ -456,7 +458,7 @@ fn unblind(
         answer.subjects.iter().map(String::as_str).collect();
     let stored: std::collections::HashSet<&str> =
         answer.claims.iter().map(String::as_str).collect();
-    let bad_point = || VerifyCallError::Answer("a point does not decode".into());
+    let bad_point = || VerifyCallError::Answer(tr!("a point does not decode", "有一个点无法解码"));
     let mut out = Vec::with_capacity(answer.items.len());
     for (asked, got) in request.items.iter().zip(&answer.items) {
         let s = psi::point_from_hex(&got.subject).ok_or_else(bad_point)?;
