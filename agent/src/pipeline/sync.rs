@@ -300,11 +300,11 @@ fn spawn_resource(
 
 /// The catalogue task's result, if it ends within `remaining`.
 async fn catalogue_within(
-    mut task: tokio::task::JoinHandle<(usize, Vec<String>)>,
+    mut task: tokio::task::JoinHandle<(usize, Vec<Text>)>,
     remaining: Duration,
 ) -> (usize, Vec<Text>) {
     match tokio::time::timeout(remaining, &mut task).await {
-        Ok(Ok((n, failed))) => (n, failed.into_iter().map(Text::One).collect()),
+        Ok(Ok(done)) => done,
         Ok(Err(e)) => (
             0,
             vec![Text::render(|| {
