@@ -435,7 +435,7 @@ async fn sync_command(at: At<'_>, resource: Option<String>, wait: &str, timeout:
         return ExitCode::from(2);
     }
     let data_dir = config.node.data_dir.clone();
-    let say = |line: String| eprintln!("{line}");
+    let say = |line: exchange_protocol::lang::Text| eprintln!("{line}");
     let report = match Pipeline::build(config) {
         Ok(p) => {
             let (only, own) = (resource.as_deref(), sync::Pushers::Own);
@@ -649,7 +649,10 @@ fn audit_verify(config: &Config, archive: Option<&std::path::Path>) -> ExitCode 
         );
     }
     for r in audit::repairs(data_dir).unwrap_or_default() {
-        let (at, what) = (&r.at, r.detail["what"].as_str().unwrap_or("-"));
+        let (at, what) = (
+            &r.at,
+            audit::repair_text(r.detail["what"].as_str().unwrap_or("-")),
+        );
         println!(
             "{}",
             tr!("  repaired at {at}: {what}", "  于 {at} 修复：{what}")

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Local};
+use exchange_protocol::tr;
 
 /// A resource's schedule.
 #[derive(Debug, Clone)]
@@ -21,20 +22,26 @@ impl Schedule {
     pub fn cron(expr: &str) -> Result<Schedule, String> {
         let fields = expr.split_whitespace().count();
         if fields != 5 {
-            return Err(format!(
-                "`{expr}` has {fields} fields; expected 5 (minute hour day-of-month month day-of-week), e.g. \"*/5 * * * *\""
+            return Err(tr!(
+                "`{expr}` has {fields} fields; expected 5 (minute hour day-of-month month day-of-week), e.g. \"*/5 * * * *\"",
+                "`{expr}` 有 {fields} 个字段；应为 5 个（分 时 日 月 星期），例如 \"*/5 * * * *\""
             ));
         }
         for (i, (field, (name, min, max))) in expr.split_whitespace().zip(FIELDS).enumerate() {
             check_field(field, min, max).map_err(|found| {
-                format!(
+                tr!(
                     "`{expr}`: field {} ({name}) is {found}; allowed {min}–{max}",
+                    "`{expr}`：第 {} 个字段（{name}）为 {found}；允许 {min}–{max}",
                     i + 1
                 )
             })?;
         }
-        let cron = croner::Cron::from_str(expr)
-            .map_err(|e| format!("`{expr}` is not a valid crontab expression: {e}"))?;
+        let cron = croner::Cron::from_str(expr).map_err(|e| {
+            tr!(
+                "`{expr}` is not a valid crontab expression: {e}",
+                "`{expr}` 不是有效的 crontab 表达式：{e}"
+            )
+        })?;
         Ok(Schedule::Cron(Box::new(cron)))
     }
 

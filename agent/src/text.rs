@@ -19,19 +19,34 @@ pub fn duration_text(d: std::time::Duration) -> String {
 /// How the last page was bounded, for people.
 pub fn horizon_text(h: &exchange_connectors::HorizonInfo) -> String {
     use exchange_connectors::HorizonInfo::*;
+    use exchange_protocol::tr;
     match h {
-        Unbounded => "not bounded (the first cursor column is not a date or timestamp)".into(),
-        OpenTransaction { since, .. } => {
-            format!("held back by a transaction open on the source since {since}")
-        }
-        PreparedTransaction { since } => {
-            format!("held back by a prepared transaction on the source since {since}")
-        }
-        Replica { lag } => format!(
-            "the source is a replica: source clock minus replica_lag ({} s)",
-            lag.as_secs()
+        Unbounded => tr!(
+            "not bounded (the first cursor column is not a date or timestamp)",
+            "无上界（第一个游标列不是日期或时间戳）"
         ),
-        Clock => "source clock minus the safety lag (no transaction open)".into(),
-        LagOnly => "source clock minus the safety lag (open transactions are not visible)".into(),
+        OpenTransaction { since, .. } => tr!(
+            "held back by a transaction open on the source since {since}",
+            "被数据源上自 {since} 起未结束的事务阻挡"
+        ),
+        PreparedTransaction { since } => tr!(
+            "held back by a prepared transaction on the source since {since}",
+            "被数据源上自 {since} 起的已预备事务阻挡"
+        ),
+        Replica { lag } => {
+            let lag = lag.as_secs();
+            tr!(
+                "the source is a replica: source clock minus replica_lag ({lag} s)",
+                "数据源为副本：数据源时钟减去 replica_lag（{lag} 秒）"
+            )
+        }
+        Clock => tr!(
+            "source clock minus the safety lag (no transaction open)",
+            "数据源时钟减去安全延迟（无未结束的事务）"
+        ),
+        LagOnly => tr!(
+            "source clock minus the safety lag (open transactions are not visible)",
+            "数据源时钟减去安全延迟（看不到未结束的事务）"
+        ),
     }
 }

@@ -593,14 +593,28 @@ impl VerifySession<'_> {
     }
 }
 
-/// Prints the answer about one subject as a table: found or not, then each field's result.
+/// Prints the answer about one subject as a table: found or not, then each field's result
+/// (the protocol's word, glossed in Chinese in both languages: docs/HUB.md).
 fn print_answer(answer: &exchange_protocol::verify::VerifyAnswer) {
+    use exchange_protocol::tr;
     use exchange_protocol::verify::SubjectResult;
     let item = &answer.items[0];
-    println!("request {}", answer.request_id);
+    let id = &answer.request_id;
+    println!("{}", tr!("request {id}", "请求 {id}"));
     match item.subject {
-        Some(SubjectResult::Found) => println!("subject  found (库中有此号)"),
-        Some(SubjectResult::NotFound) => println!("subject  not_found (库中无此号)"),
+        Some(SubjectResult::Found) => {
+            println!(
+                "{}",
+                tr!("subject  found (库中有此号)", "主体  found（库中有此号）")
+            )
+        }
+        Some(SubjectResult::NotFound) => println!(
+            "{}",
+            tr!(
+                "subject  not_found (库中无此号)",
+                "主体  not_found（库中无此号）"
+            )
+        ),
         None => {}
     }
     let width = item
@@ -615,7 +629,14 @@ fn print_answer(answer: &exchange_protocol::verify::VerifyAnswer) {
             "mismatch" => "不一致",
             _ => "无值",
         };
-        println!("{field:<width$}  {} ({word})", result.as_str());
+        let result = result.as_str();
+        println!(
+            "{}",
+            tr!(
+                "{field:<width$}  {result} ({word})",
+                "{field:<width$}  {result}（{word}）"
+            )
+        );
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use exchange_protocol::batch::ErrorBody;
 use exchange_protocol::tls::MutualTls;
+use exchange_protocol::tr;
 use exchange_protocol::verify::{
     AnswerItem, Claim, Item, SubjectResult, VERIFY_PATH, VerifyAnswer, VerifyRequest,
 };
@@ -401,9 +402,10 @@ fn check_answers(
     items: usize,
 ) -> Result<(), VerifyCallError> {
     if request_id != request.request_id || items != request.items.len() {
-        return Err(VerifyCallError::Answer(
-            "its request id or number of items differs from the request's".into(),
-        ));
+        return Err(VerifyCallError::Answer(tr!(
+            "its request id or number of items differs from the request's",
+            "其请求 ID 或条目数与请求不一致"
+        )));
     }
     Ok(())
 }
@@ -422,9 +424,10 @@ fn blind(
         let mut claims = BTreeMap::new();
         for (f, c) in &item.claims {
             let Claim::Value(value) = c else {
-                return Err(VerifyCallError::Answer(
-                    "an HMAC claim cannot be sent by private set intersection".into(),
-                ));
+                return Err(VerifyCallError::Answer(tr!(
+                    "an HMAC claim cannot be sent by private set intersection",
+                    "HMAC 声称值不能以隐私集合求交方式发送"
+                )));
             };
             let p = psi::hash_claim(f, &subject, &psi_form(value));
             claims.insert(f.clone(), hex::encode(secret.blind(&p)));
@@ -455,7 +458,7 @@ fn unblind(
         answer.subjects.iter().map(String::as_str).collect();
     let stored: std::collections::HashSet<&str> =
         answer.claims.iter().map(String::as_str).collect();
-    let bad_point = || VerifyCallError::Answer("a point does not decode".into());
+    let bad_point = || VerifyCallError::Answer(tr!("a point does not decode", "有一个点无法解码"));
     let mut out = Vec::with_capacity(answer.items.len());
     for (asked, got) in request.items.iter().zip(&answer.items) {
         let s = psi::point_from_hex(&got.subject).ok_or_else(bad_point)?;
@@ -510,10 +513,16 @@ pub fn read_comparison_key(
     version: u32,
 ) -> Result<exchange_rules::pseudonym::PseudonymKey, String> {
     exchange_protocol::tls::check_secret_permissions(path).map_err(|e| e.to_string())?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the comparison key {}: {e}", path.display()))?;
+    let file = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let e = exchange_protocol::translate::io(&e);
+        tr!(
+            "cannot read the comparison key {file}: {e}",
+            "无法读取比对密钥 {file}：{e}"
+        )
+    })?;
     exchange_rules::pseudonym::PseudonymKey::from_hex(version, &text)
-        .map_err(|e| format!("comparison key {}: {e}", path.display()))
+        .map_err(|e| tr!("comparison key {file}: {e}", "比对密钥 {file}：{e}"))
 }
 
 /// One row of a claims file.
@@ -529,21 +538,24 @@ pub struct ClaimRow {
 
 /// Reads a claims file: the field names (header order) and the rows.
 pub fn read_claims(path: &Path) -> Result<(Vec<String>, Vec<ClaimRow>), String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let e = exchange_protocol::translate::io(&e);
+        tr!("cannot read {file}: {e}", "无法读取 {file}：{e}")
+    })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let records = parse_csv(text).map_err(|(line, m)| format!("{}:{line}: {m}", path.display()))?;
     let mut records = records.into_iter();
     let Some((_, header)) = records.next() else {
-        return Err(format!(
-            "{} is empty; expected a header row `subject,<field>,…`",
-            path.display()
+        return Err(tr!(
+            "{file} is empty; expected a header row `subject,<field>,…`",
+            "{file} 为空；应有表头行 `subject,<field>,…`"
         ));
     };
     if header.first().map(|h| h.trim()) != Some("subject") || header.len() < 2 {
-        return Err(format!(
-            "{}:1: the header must be `subject,<field>,…` (a column per claimed field)",
-            path.display()
+        return Err(tr!(
+            "{file}:1: the header must be `subject,<field>,…` (a column per claimed field)",
+            "{file}:1：表头必须是 `subject,<field>,…`（每个声称字段一列）"
         ));
     }
     let fields: Vec<String> = header[1..].iter().map(|h| h.trim().to_owned()).collect();
@@ -553,11 +565,10 @@ pub fn read_claims(path: &Path) -> Result<(Vec<String>, Vec<ClaimRow>), String> 
             continue;
         }
         if record.len() != header.len() {
-            return Err(format!(
-                "{}:{line}: {} columns; the header has {}",
-                path.display(),
-                record.len(),
-                header.len()
+            let (found, expected) = (record.len(), header.len());
+            return Err(tr!(
+                "{file}:{line}: {found} columns; the header has {expected}",
+                "{file}:{line}：有 {found} 列；表头有 {expected} 列"
             ));
         }
         let claims = fields
@@ -592,7 +603,10 @@ fn parse_csv(text: &str) -> Result<Vec<CsvRecord>, (usize, String)> {
         loop {
             let Some(c) = chars.next() else {
                 if quoted {
-                    return Err((start, "a quoted cell is not closed".into()));
+                    return Err((
+                        start,
+                        tr!("a quoted cell is not closed", "引号内的单元格没有闭合"),
+                    ));
                 }
                 record.push(std::mem::take(&mut cell));
                 break;

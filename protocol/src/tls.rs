@@ -36,6 +36,8 @@ fn noun_zh(what: &str) -> &str {
         "client certificate" => "客户端证书",
         "server certificate" => "服务器证书",
         "node certificate" => "节点证书",
+        "verification certificate" => "核验服务证书",
+        "verification client CA" => "核验客户端 CA 证书",
         "the hub's client certificate" => "交换中心的客户端证书",
         "private key" => "私钥",
         "secret" => "密钥",
@@ -667,6 +669,7 @@ impl CertificateValidity {
     pub fn describe(&self, what: &str, path: &Path, now: i64) -> String {
         let (subject, until, days) = (&self.subject, self.not_after_text(), self.days_left(now));
         let file = path.display();
+        let what = crate::lang::pick(what, noun_zh(what));
         match self.expiry(now) {
             Expiry::Valid => crate::tr!(
                 "{what} `{subject}` valid until {until}, {days} days left",

@@ -89,9 +89,12 @@ async fn data_dir_is_owner_only_and_status_holds_no_identifier() {
         );
     }
     let parsed: serde_json::Value = serde_json::from_str(&status).unwrap();
-    let cursor = parsed["resources"][0]["cursor"].as_str().unwrap();
+    // The service keeps it in both languages (`status` prints the reader's).
+    let cursor = parsed["resources"][0]["cursor"]["en"].as_str().unwrap();
     assert!(cursor.starts_with("updated_at = 2024-01-01"), "{cursor}");
     assert!(cursor.contains("not shown"), "{cursor}");
+    let zh = parsed["resources"][0]["cursor"]["zh"].as_str().unwrap();
+    assert!(zh.contains("未显示"), "{zh}");
     terminate(&mut daemon).await;
 
     // An operator command leaves an owner-only audit log.

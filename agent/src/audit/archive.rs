@@ -56,8 +56,9 @@ pub(super) fn store_in(
         } else {
             Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
-                format!(
+                exchange_protocol::tr!(
                     "{} already exists with other contents; it is never overwritten (move it aside)",
+                    "{} 已存在且内容不同；不会覆盖它（请将其移走）",
                     to.display()
                 ),
             ))
@@ -134,9 +135,12 @@ pub(super) fn run_archive_command(
     file: &Path,
     timeout: std::time::Duration,
 ) -> Result<(), String> {
+    use exchange_protocol::tr;
     use std::io::Read;
     use std::process::Stdio;
-    let program = argv.first().ok_or("no archive command")?;
+    let program = argv
+        .first()
+        .ok_or_else(|| tr!("no archive command", "没有归档命令"))?;
     let mut child = std::process::Command::new(program)
         .args(&argv[1..])
         .arg(file)
@@ -144,7 +148,13 @@ pub(super) fn run_archive_command(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run the archive command {program}: {e}"))?;
+        .map_err(|e| {
+            let e = exchange_protocol::translate::io(&e);
+            tr!(
+                "cannot run the archive command {program}: {e}",
+                "无法运行归档命令 {program}：{e}"
+            )
+        })?;
     // Standard error is read meanwhile, so that a command writing much never blocks on it.
     let (sent, stderr) = std::sync::mpsc::channel();
     if let Some(mut pipe) = child.stderr.take() {
@@ -161,8 +171,9 @@ pub(super) fn run_archive_command(
             Ok(None) if std::time::Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                break Err(format!(
+                break Err(tr!(
                     "the archive command {program} did not finish within {}s and was killed",
+                    "归档命令 {program} 未在 {} 秒内结束，已被终止",
                     timeout.as_secs()
                 ));
             }
@@ -170,8 +181,9 @@ pub(super) fn run_archive_command(
             // costs nothing else.
             Ok(None) => std::thread::sleep(std::time::Duration::from_millis(50)),
             Err(e) => {
-                break Err(format!(
-                    "cannot wait for the archive command {program}: {e}"
+                break Err(tr!(
+                    "cannot wait for the archive command {program}: {e}",
+                    "无法等待归档命令 {program}：{e}"
                 ));
             }
         }
@@ -189,13 +201,20 @@ pub(super) fn run_archive_command(
     while !text.is_char_boundary(start) {
         start += 1;
     }
-    let tail = &text[start..];
-    Err(format!(
-        "the archive command {program} failed ({status}){}",
-        if tail.is_empty() {
-            String::new()
-        } else {
-            format!(": {tail}")
-        }
-    ))
+    Err(command_failed(program, status, &text[start..]))
+}
+
+/// Why an archive command that exited with `status` failed, with the end of what it wrote to
+/// standard error.
+fn command_failed(program: &str, status: std::process::ExitStatus, tail: &str) -> String {
+    use exchange_protocol::tr;
+    let tail = if tail.is_empty() {
+        String::new()
+    } else {
+        tr!(": {tail}", "：{tail}")
+    };
+    tr!(
+        "the archive command {program} failed ({status}){tail}",
+        "归档命令 {program} 失败（{status}）{tail}"
+    )
 }

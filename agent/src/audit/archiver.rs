@@ -5,6 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
+use exchange_protocol::tr;
+use exchange_protocol::translate::io;
+
 use super::archive::{FileFacts, run_archive_command, stage, store_in};
 use super::chain::{Appended, actor, append_many};
 use super::files::{Start, listed_start};
@@ -122,7 +125,7 @@ pub fn retain(data_dir: &Path) -> Result<usize, ArchiveError> {
     let retention = retention_of(data_dir).unwrap_or_default();
     let (mut all, mut start) = listed_start(data_dir, None).map_err(|e| ArchiveError {
         file: path(data_dir),
-        reason: format!("cannot read the chain: {e}"),
+        reason: cannot_read_chain(&e),
     })?;
     let rotated = &all[..all.len() - 1];
     let Some(archive) = &retention.archive else {
@@ -158,8 +161,14 @@ pub fn retain(data_dir: &Path) -> Result<usize, ArchiveError> {
             done += 1;
         }
         (all, start) = listed_start(data_dir, None)
-            .map_err(|e| failed(&path(data_dir), format!("cannot read the chain: {e}")))?;
+            .map_err(|e| failed(&path(data_dir), cannot_read_chain(&e)))?;
     }
+}
+
+/// Why the files of the chain cannot be listed.
+fn cannot_read_chain(e: &std::io::Error) -> String {
+    let e = io(e);
+    tr!("cannot read the chain: {e}", "无法读取审计链：{e}")
 }
 
 /// Archives the oldest rotated file present, `before` entries of the chain preceding it (if
@@ -174,8 +183,11 @@ fn archive_one(
     let name = file
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or("not a file name")?;
-    let facts = FileFacts::read(file).map_err(|e| format!("cannot read it: {e}"))?;
+        .ok_or_else(|| tr!("not a file name", "不是文件名"))?;
+    let facts = FileFacts::read(file).map_err(|e| {
+        let e = io(&e);
+        tr!("cannot read it: {e}", "无法读取该文件：{e}")
+    })?;
     let last = before.map(|b| b + facts.lines);
     let mut detail = serde_json::json!({
         "file": name,
@@ -190,15 +202,22 @@ fn archive_one(
     }
     match &archive.to {
         ArchiveTo::Dir(dir) => {
-            let to = store_in(dir, file, name, &facts.sm3)
-                .map_err(|e| format!("cannot store it in {}: {e}", dir.display()))?;
+            let to = store_in(dir, file, name, &facts.sm3).map_err(|e| {
+                let (dir, e) = (dir.display(), io(&e));
+                tr!("cannot store it in {dir}: {e}", "无法将其存入 {dir}：{e}")
+            })?;
             detail["to"] = to.display().to_string().into();
         }
         ArchiveTo::Command { argv, timeout } => {
             // The command gets a copy, which it may move, compress or delete: the file itself
             // stays until its archival is on record.
-            let staged = stage(data_dir, file, name)
-                .map_err(|e| format!("cannot copy it for the archive command: {e}"))?;
+            let staged = stage(data_dir, file, name).map_err(|e| {
+                let e = io(&e);
+                tr!(
+                    "cannot copy it for the archive command: {e}",
+                    "无法为归档命令复制该文件：{e}"
+                )
+            })?;
             let ran = run_archive_command(argv, &staged, *timeout);
             let _ = std::fs::remove_file(&staged);
             ran?;
@@ -213,10 +232,12 @@ fn archive_one(
             .and_then(|()| std::fs::File::open(data_dir).and_then(|d| d.sync_all()));
     })
     .map(|appended| archive_after(data_dir, appended))
-    .map_err(|e| format!("cannot record its archival: {e}"))?;
+    .map_err(|e| tr!("cannot record its archival: {e}", "无法记录其归档：{e}"))?;
     removed.map_err(|e| {
-        format!(
-            "stored and recorded as archived, but cannot remove it from the data directory: {e}"
+        let e = io(&e);
+        tr!(
+            "stored and recorded as archived, but cannot remove it from the data directory: {e}",
+            "已存储并记录为已归档，但无法从数据目录中删除：{e}"
         )
     })?;
     Ok(last)

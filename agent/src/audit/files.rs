@@ -231,7 +231,7 @@ pub(super) fn archived_to(detail: &serde_json::Value) -> String {
         .or_else(|| {
             detail["command"]
                 .as_str()
-                .map(|c| format!("the command `{c}`"))
+                .map(|c| exchange_protocol::tr!("the command `{c}`", "命令 `{c}`"))
         })
         .unwrap_or_default()
 }

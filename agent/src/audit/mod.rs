@@ -93,7 +93,7 @@ pub use entries::{
     export, for_each_after, for_each_since, for_each_since_archived, last_sm3, millis_of,
 };
 pub use files::{ArchivedBefore, files};
-pub use recovery::repairs;
+pub use recovery::{repair_text, repairs};
 pub use retention::{Archive, ArchiveTo, Retention};
 pub use verification::{Break, Verified, verify, verify_with};
 pub use writer::{Writer, append};

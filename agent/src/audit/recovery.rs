@@ -83,7 +83,7 @@ pub(super) fn repairs_due(
     let mut recovered = Vec::new();
     if tail.cut > 0 {
         recovered.push(serde_json::json!({
-            "what": "a line cut short by a crash was removed from the end of the log (it was never acknowledged)",
+            "what": CUT,
             "file": "audit.jsonl",
             "removed_bytes": tail.cut,
         }));
@@ -130,15 +130,15 @@ fn recount(
     });
     let note = match written {
         None => serde_json::json!({
-            "what": "audit.head was missing or unreadable; the entries were counted afresh",
+            "what": HEAD_MISSING,
             "entries": counted,
         }),
         Some(_) if behind => serde_json::json!({
-            "what": "audit.head was behind the log (a crash between writing entries and the head); the entries were counted afresh",
+            "what": HEAD_BEHIND,
             "entries": counted,
         }),
         Some(h) => serde_json::json!({
-            "what": "audit.head named an entry the log does not hold: entries were removed from the log, or the head was replaced; the entries were counted afresh, and the head found is kept here",
+            "what": HEAD_FOREIGN,
             "entries": counted,
             "head_entries": h.entries,
             "head_last_sm3": h.last_sm3,
@@ -185,6 +185,29 @@ pub(super) fn line_before(f: &std::fs::File, end: u64) -> std::io::Result<Option
     let mut line = vec![0u8; (end - 1 - start) as usize];
     f.read_exact_at(&mut line, start)?;
     Ok(Some(line))
+}
+
+// What a repair did, as its `audit.recovered` entry records it (in English: the audit log is
+// a record, not a message).
+const CUT: &str =
+    "a line cut short by a crash was removed from the end of the log (it was never acknowledged)";
+const HEAD_MISSING: &str = "audit.head was missing or unreadable; the entries were counted afresh";
+const HEAD_BEHIND: &str = "audit.head was behind the log (a crash between writing entries and the head); the entries were counted afresh";
+const HEAD_FOREIGN: &str = "audit.head named an entry the log does not hold: entries were removed from the log, or the head was replaced; the entries were counted afresh, and the head found is kept here";
+
+/// What a repair did (the `what` of its `audit.recovered` entry), in the current language;
+/// a text this version did not write, as it is.
+pub fn repair_text(what: &str) -> String {
+    let zh = match what {
+        CUT => "日志末尾一行因崩溃而不完整，已删除（它从未被确认）",
+        HEAD_MISSING => "audit.head 缺失或无法读取；条目已重新计数",
+        HEAD_BEHIND => "audit.head 落后于日志（写入条目与头记录之间发生崩溃）；条目已重新计数",
+        HEAD_FOREIGN => {
+            "audit.head 指向日志中没有的条目：日志中的条目被删除，或头记录被替换；条目已重新计数，找到的头记录保存在此"
+        }
+        other => other,
+    };
+    exchange_protocol::lang::pick(what, zh).to_owned()
 }
 
 /// The repairs recorded in the log (`audit.recovered` entries), oldest first: what crashes

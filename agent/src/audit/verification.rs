@@ -3,6 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use exchange_protocol::tr;
+use exchange_protocol::translate::io;
+
 use super::files::{ArchivedBefore, Start, archived_to, chain_files, listed_start};
 use super::head::{Head, head_path, read_head};
 use super::{Entry, ZEROS, path};
@@ -67,7 +70,10 @@ pub fn verify_with(data_dir: &Path, archive: Option<&Path>) -> Result<Verified, 
                 return Err(Break {
                     file: path(data_dir),
                     line: 0,
-                    what: "the files kept vanishing while read (an archival or rotation running): run it again".into(),
+                    what: tr!(
+                        "the files kept vanishing while read (an archival or rotation running): run it again",
+                        "读取时文件不断消失（归档或轮转正在进行）：请再运行一次"
+                    ),
                 });
             }
         }
@@ -87,12 +93,18 @@ struct Named {
     line: usize,
 }
 
+/// Why a file of the log cannot be read.
+fn cannot_read(e: &std::io::Error) -> String {
+    let e = io(e);
+    tr!("cannot read: {e}", "无法读取：{e}")
+}
+
 /// One pass of [`verify_with`]; `Ok(None)`: a file vanished while read, list them again.
 fn verify_pass(data_dir: &Path, archive: Option<&Path>) -> Result<Option<Verified>, Break> {
     let (all, start) = listed_start(data_dir, archive).map_err(|e| Break {
         file: path(data_dir),
         line: 0,
-        what: format!("cannot read: {e}"),
+        what: cannot_read(&e),
     })?;
     let from_archive = archive.map_or(0, |a| all.iter().filter(|f| f.starts_with(a)).count());
     let (mut walk, archived) = Walk::from_start(data_dir, archive.is_some(), start)?;
@@ -109,7 +121,7 @@ fn verify_pass(data_dir: &Path, archive: Option<&Path>) -> Result<Option<Verifie
                 return Err(Break {
                     file: f.clone(),
                     line: 0,
-                    what: format!("cannot read: {e}"),
+                    what: cannot_read(&e),
                 });
             }
         };
@@ -135,9 +147,11 @@ fn verify_pass(data_dir: &Path, archive: Option<&Path>) -> Result<Option<Verifie
         return Err(Break {
             file: walk.last_file,
             line: 0,
-            what: format!(
+            what: tr!(
                 "the log holds {entries} entries but audit.head records {} ending in {}: entries at the end were removed (the log was truncated) or the head was replaced",
-                head.entries, head.last_sm3
+                "日志有 {entries} 条，但 audit.head 记录为 {} 条、末条为 {}：末尾的条目被删除（日志被截断），或头记录被替换",
+                head.entries,
+                head.last_sm3
             ),
         });
     }
@@ -191,7 +205,10 @@ impl Walk {
                 return Err(Break {
                     file,
                     line: 1,
-                    what: "the first entry does not start the chain: entries before it were removed (no `audit.archived` entry records them as archived; files moved away by hand are read with `audit verify --archive DIR`)".into(),
+                    what: tr!(
+                        "the first entry does not start the chain: entries before it were removed (no `audit.archived` entry records them as archived; files moved away by hand are read with `audit verify --archive DIR`)",
+                        "第一条不是链的起点：它之前的条目被删除（没有 `audit.archived` 条目记录其已归档；手工移走的文件可用 `audit verify --archive DIR` 读取）"
+                    ),
                 });
             }
         };
@@ -229,7 +246,10 @@ impl Walk {
             self.broke = Some(Break {
                 file: f.to_owned(),
                 line,
-                what: "the last line is cut short: a crash while it was being written leaves this (the service cuts it off, as never acknowledged, and records `audit.recovered` when it next writes), or the file was truncated".into(),
+                what: tr!(
+                    "the last line is cut short: a crash while it was being written leaves this (the service cuts it off, as never acknowledged, and records `audit.recovered` when it next writes), or the file was truncated",
+                    "最后一行不完整：写入时崩溃会留下这种情况（服务下次写入时会把它作为未确认的内容截掉，并记录 `audit.recovered`），或文件被截断"
+                ),
             });
         }
         for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
@@ -270,19 +290,26 @@ impl Walk {
         let entry = match entry {
             Ok(e) => e,
             Err(e) => {
-                self.broke = Some(at(format!("not an audit entry ({e}): edited or damaged")));
+                self.broke = Some(at(tr!(
+                    "not an audit entry ({e}): edited or damaged",
+                    "不是审计条目（{e}）：已被编辑或损坏"
+                )));
                 return;
             }
         };
         if entry.prev != self.prev {
             self.broke = Some(at(if self.checked == 0 {
-                "the first entry does not start the chain: entries before it were removed".into()
+                tr!(
+                    "the first entry does not start the chain: entries before it were removed",
+                    "第一条不是链的起点：它之前的条目被删除"
+                )
             } else {
-                let n = self
-                    .before
-                    .map_or(String::new(), |b| format!(" {}", b + self.checked));
-                format!(
-                    "`prev` does not match entry{n} before it: this entry or the one before was edited, or entries were removed or reordered here"
+                let n = self.before.map_or(String::new(), |b| {
+                    tr!(" {}", "（第 {} 条）", b + self.checked)
+                });
+                tr!(
+                    "`prev` does not match entry{n} before it: this entry or the one before was edited, or entries were removed or reordered here",
+                    "`prev` 与前一条{n}不符：本条或前一条被编辑过，或此处的条目被删除或调换了顺序"
                 )
             }));
             return;
@@ -312,8 +339,9 @@ impl Walk {
         Err(Break {
             file: archive.join(&first.name),
             line: 0,
-            what: format!(
+            what: tr!(
                 "missing: {} archived file(s) recorded by `audit.archived` entries are in neither the archive {} nor the data directory: {} (the first archived to {}, recorded at {}:{}); restore them there",
+                "缺失：`audit.archived` 条目记录的 {} 个已归档文件既不在归档目录 {} 中，也不在数据目录中：{}（第一个归档到 {}，记录于 {}:{}）；请把它们恢复到那里",
                 missing.len(),
                 archive.display(),
                 names.join(", "),
@@ -333,8 +361,9 @@ impl Walk {
                 return Err(Break {
                     file: file.clone(),
                     line: 0,
-                    what: format!(
+                    what: tr!(
                         "its SM3 is {sm3}, not {} as recorded when it was archived ({}:{}): the file was changed since",
+                        "其 SM3 为 {sm3}，而不是归档时记录的 {}（{}:{}）：此后文件被改动过",
                         n.sm3,
                         n.recorded_in.display(),
                         n.line
@@ -357,21 +386,25 @@ impl Walk {
                 return Err(Break {
                     file: head_path(data_dir),
                     line: 0,
-                    what: format!("cannot read the head: {e}"),
+                    what: {
+                        let e = io(&e);
+                        tr!("cannot read the head: {e}", "无法读取头记录：{e}")
+                    },
                 });
             }
         };
         let head: Head = serde_json::from_slice(&bytes).map_err(|e| Break {
             file: head_path(data_dir),
             line: 0,
-            what: format!("not a head ({e})"),
+            what: tr!("not a head ({e})", "不是头记录（{e}）"),
         })?;
         if head.entries < entries && self.at_head_count.as_ref() == Some(&head.last_sm3) {
             return Err(Break {
                 file: head_path(data_dir),
                 line: 0,
-                what: format!(
+                what: tr!(
                     "audit.head records {} entries and the log holds {entries}, the first {} as the head says: the last {} were written after the head, by a crash between the two (the service repairs the head and records `audit.recovered` when it next writes) or because the head was rolled back",
+                    "audit.head 记录为 {} 条，日志有 {entries} 条，前 {} 条与头记录一致：最后 {} 条写于头记录之后，原因是两者之间发生崩溃（服务下次写入时会修复头记录并记录 `audit.recovered`），或头记录被回滚",
                     head.entries,
                     head.entries,
                     entries - head.entries

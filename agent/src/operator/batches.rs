@@ -104,10 +104,17 @@ pub fn queue_export(
             resource: code.to_owned(),
             seq,
         })?;
-    let ndjson = exchange_protocol::batch::decompress(&batch.body, usize::MAX)
-        .map_err(|e| OperatorError::Queue(QueueError::Format(format!("batch {seq}: {e}"))))?;
+    let ndjson = exchange_protocol::batch::decompress(&batch.body, usize::MAX).map_err(|e| {
+        OperatorError::Queue(QueueError::Format(tr!(
+            "batch {seq}: {e}",
+            "批次 {seq}：{e}"
+        )))
+    })?;
     let ndjson = String::from_utf8(ndjson).map_err(|e| {
-        OperatorError::Queue(QueueError::Format(format!("batch {seq}: not UTF-8: {e}")))
+        OperatorError::Queue(QueueError::Format(tr!(
+            "batch {seq}: not UTF-8: {e}",
+            "批次 {seq}：不是 UTF-8：{e}"
+        )))
     })?;
     audit::append(
         &config.node.data_dir,
@@ -157,10 +164,10 @@ pub fn write_export(export: &Export, out: Option<&Path>) -> Printed {
                 .write_all(export.ndjson.as_bytes())
                 .and_then(|()| stdout.flush())
                 .map_err(|source| OperatorError::Output {
-                    path: STDOUT.into(),
+                    path: tr!("{STDOUT}", "标准输出"),
                     source,
                 })?;
-            STDOUT.into()
+            tr!("{STDOUT}", "标准输出")
         }
     };
     let (seq, code, records) = (export.seq, &export.resource, export.records);

@@ -31,7 +31,10 @@ fn position_text(
                             .fields
                             .iter()
                             .find(|(f, _)| f.eq_ignore_ascii_case(&resource.key))
-                            .map_or("as read", |(_, rule)| rule.key_form());
+                            .map_or(
+                                exchange_protocol::lang::pick("as read", "原样"),
+                                |(_, rule)| rule.key_form(),
+                            );
                         tr!(
                             "{n} = (sealed: the key leaves {form})",
                             "{n} = （已密封：主键以{form}形式离开）"
@@ -52,7 +55,8 @@ pub fn cursor_show(config: &Config, queue: &Queue, code: &str) -> Printed {
     let st = queue.state(code)?;
     Ok(match &r.mode {
         Mode::Incremental { .. } => {
-            format!("{code}: {}\n", position_text(r, &config.keys, &st.cursor))
+            let position = position_text(r, &config.keys, &st.cursor);
+            tr!("{code}: {position}\n", "{code}：{position}\n")
         }
         Mode::Snapshot => {
             let generation = st.snapshot.generation;
@@ -182,17 +186,28 @@ pub fn cursor_set(config: &Config, queue: &Queue, code: &str, values: &[String])
 
 /// Parses `text` as a value of the same kind as `like`.
 fn parse_like(like: &Value, text: &str) -> Result<Value, String> {
-    let bad = |what: &str| tr!("expected {what}", "应为 {what}");
+    let bad = |en: &str, zh: &str| {
+        let what = exchange_protocol::lang::pick(en, zh);
+        tr!("expected {what}", "应为{what}")
+    };
     Ok(match like {
-        Value::Null => return Err("the current position is NULL".into()),
-        Value::Bool(_) => Value::Bool(text.parse().map_err(|_| bad("true or false"))?),
-        Value::Int(_) => Value::Int(text.parse().map_err(|_| bad("an integer"))?),
-        Value::UInt(_) => Value::UInt(text.parse().map_err(|_| bad("a non-negative integer"))?),
+        Value::Null => {
+            return Err(tr!("the current position is NULL", "当前位置为 NULL"));
+        }
+        Value::Bool(_) => Value::Bool(
+            text.parse()
+                .map_err(|_| bad("true or false", " true 或 false"))?,
+        ),
+        Value::Int(_) => Value::Int(text.parse().map_err(|_| bad("an integer", "整数"))?),
+        Value::UInt(_) => Value::UInt(
+            text.parse()
+                .map_err(|_| bad("a non-negative integer", "非负整数"))?,
+        ),
         Value::Float(_) => Value::Float(
             text.parse::<f64>()
                 .ok()
                 .filter(|f| f.is_finite())
-                .ok_or_else(|| bad("a number"))?,
+                .ok_or_else(|| bad("a number", "数字"))?,
         ),
         Value::Decimal(_) => {
             let digits = text.strip_prefix('-').unwrap_or(text);
@@ -200,25 +215,37 @@ fn parse_like(like: &Value, text: &str) -> Result<Value, String> {
                 && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
                 && digits.matches('.').count() <= 1;
             if !ok {
-                return Err(bad("a decimal number such as 12.50"));
+                return Err(bad("a decimal number such as 12.50", "小数，例如 12.50"));
             }
             Value::Decimal(text.to_owned())
         }
         Value::Text(_) => Value::Text(text.to_owned()),
         Value::Date(_) => Value::Date(
             chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
-                .map_err(|_| bad("a date YYYY-MM-DD"))?,
+                .map_err(|_| bad("a date YYYY-MM-DD", "日期 YYYY-MM-DD"))?,
         ),
         Value::Timestamp(_) => Value::Timestamp(
             chrono::NaiveDateTime::parse_from_str(&text.replace(' ', "T"), "%Y-%m-%dT%H:%M:%S%.f")
-                .map_err(|_| bad("a timestamp YYYY-MM-DDTHH:MM:SS[.ffffff]"))?,
+                .map_err(|_| {
+                    bad(
+                        "a timestamp YYYY-MM-DDTHH:MM:SS[.ffffff]",
+                        "时间戳 YYYY-MM-DDTHH:MM:SS[.ffffff]",
+                    )
+                })?,
         ),
         Value::TimestampTz(_) => Value::TimestampTz(
             chrono::DateTime::parse_from_rfc3339(text)
-                .map_err(|_| bad("an RFC 3339 instant such as 2024-05-01T08:00:00+08:00"))?
+                .map_err(|_| {
+                    bad(
+                        "an RFC 3339 instant such as 2024-05-01T08:00:00+08:00",
+                        " RFC 3339 时刻，例如 2024-05-01T08:00:00+08:00",
+                    )
+                })?
                 .with_timezone(&chrono::Utc),
         ),
-        Value::Bytes(_) => Value::Bytes(hex::decode(text).map_err(|_| bad("hexadecimal bytes"))?),
-        Value::Json(_) => return Err("a JSON cursor cannot be set".into()),
+        Value::Bytes(_) => {
+            Value::Bytes(hex::decode(text).map_err(|_| bad("hexadecimal bytes", "十六进制字节"))?)
+        }
+        Value::Json(_) => return Err(tr!("a JSON cursor cannot be set", "无法设置 JSON 游标")),
     })
 }

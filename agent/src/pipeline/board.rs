@@ -16,8 +16,9 @@ pub struct Runtime {
     pub pull_error: Option<Text>,
     /// Last push error, if the last push failed.
     pub push_error: Option<Text>,
-    /// How the last page was bounded.
-    pub horizon: Option<String>,
+    /// How the last page was bounded, in both languages (the status file is read by an
+    /// operator's `status`).
+    pub horizon: Option<Text>,
     /// Since when (RFC 3339) a transaction open on the source holds the resource back, and
     /// who holds it when the source tells; `None` when nothing does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -68,7 +69,7 @@ impl Board {
         self.with(resource, |r| r.pull_error = Some(e.clone()));
     }
     /// Records a pull success and how it was bounded.
-    pub fn pull_ok(&self, resource: &str, horizon: Option<String>) {
+    pub fn pull_ok(&self, resource: &str, horizon: Option<Text>) {
         self.with(resource, |r| {
             r.pull_error = None;
             if horizon.is_some() {

@@ -127,8 +127,9 @@ impl Pipeline {
     }
 
     /// Reports the catalogue entry of every configured resource to the hub
-    /// (docs/PROTOCOL.md §10); returns how many were accepted and why the others were not.
-    pub async fn report_catalogue(&self) -> (usize, Vec<String>) {
+    /// (docs/PROTOCOL.md §10); returns how many were accepted and why the others were not
+    /// (in both languages: a `sync` the service carries out shows them to an operator).
+    pub async fn report_catalogue(&self) -> (usize, Vec<Text>) {
         let mut reported = 0;
         let mut failed = Vec::new();
         for r in &self.config.resources {
@@ -138,12 +139,15 @@ impl Pipeline {
                         .client
                         .put_catalogue(&entry)
                         .await
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e),
+                        .map_err(|e| Text::render(|| e.to_string())),
+                    Err(e) => Err(Text::One(e)),
                 };
             match result {
                 Ok(()) => reported += 1,
-                Err(e) => failed.push(format!("{}: {e}", r.code)),
+                Err(e) => failed.push(Text::render(|| {
+                    let (code, e) = (&r.code, e.get());
+                    exchange_protocol::tr!("{code}: {e}", "{code}：{e}")
+                })),
             }
         }
         (reported, failed)
@@ -159,7 +163,10 @@ impl Pipeline {
     pub fn pull_ok(&self, resource: &str, report: &crate::pipeline::pull::PullReport) {
         self.board.pull_ok(
             resource,
-            report.horizon.as_ref().map(crate::text::horizon_text),
+            report
+                .horizon
+                .as_ref()
+                .map(|h| Text::render(|| crate::text::horizon_text(h))),
         );
         if let Some(query) = report.query {
             self.board.set_query(resource, query);

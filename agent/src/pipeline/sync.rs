@@ -53,8 +53,9 @@ impl Default for SyncOptions {
     }
 }
 
-/// Something to tell the person waiting (one line, no values).
-pub type Say = Arc<dyn Fn(String) + Send + Sync>;
+/// Something to tell the person waiting (one line, no values), in both languages: when the
+/// service syncs, the person waiting is an operator who may read the other one.
+pub type Say = Arc<dyn Fn(Text) + Send + Sync>;
 
 /// The outcome of one resource.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -65,16 +66,18 @@ pub struct ResourceOutcome {
     pub pulled: u64,
     /// Rows quarantined by this sync.
     pub quarantined: u64,
-    /// Why pulling did not complete: a failure, or what the horizon was still waiting for.
-    pub pull_error: Option<String>,
+    /// Why pulling did not complete: a failure, or what the horizon was still waiting for
+    /// (the texts of an outcome are kept in both languages: the service's outcome is read
+    /// by the operator's `sync`).
+    pub pull_error: Option<Text>,
     /// How the last page was bounded, for people.
-    pub horizon: Option<String>,
+    pub horizon: Option<Text>,
     /// Batches of this sync still queued at the end (empty ones included: a baseline mark).
     pub queued_batches: u64,
     /// Records in them.
     pub queued_records: u64,
     /// The last push error, when records are still queued.
-    pub push_error: Option<String>,
+    pub push_error: Option<Text>,
 }
 
 impl ResourceOutcome {
@@ -132,7 +135,7 @@ pub struct SyncReport {
     pub timed_out: bool,
     /// Catalogue entries reported to the hub (docs/PROTOCOL.md §10), and why others were not.
     #[serde(default)]
-    pub catalogue: (usize, Vec<String>),
+    pub catalogue: (usize, Vec<Text>),
 }
 
 impl SyncReport {
@@ -297,26 +300,27 @@ fn spawn_resource(
 
 /// The catalogue task's result, if it ends within `remaining`.
 async fn catalogue_within(
-    mut task: tokio::task::JoinHandle<(usize, Vec<String>)>,
+    mut task: tokio::task::JoinHandle<(usize, Vec<Text>)>,
     remaining: Duration,
-) -> (usize, Vec<String>) {
+) -> (usize, Vec<Text>) {
     match tokio::time::timeout(remaining, &mut task).await {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => (
             0,
-            vec![exchange_protocol::tr!(
-                "the catalogue task failed: {e}",
-                "目录上报任务失败：{e}"
-            )],
+            vec![Text::render(|| {
+                exchange_protocol::tr!("the catalogue task failed: {e}", "目录上报任务失败：{e}")
+            })],
         ),
         Err(_) => {
             task.abort();
             (
                 0,
-                vec![exchange_protocol::tr!(
-                    "the deadline passed before the hub answered; the service reports the entries again when it starts",
-                    "交换中心应答之前已到期限；服务启动时会再次上报这些条目"
-                )],
+                vec![Text::render(|| {
+                    exchange_protocol::tr!(
+                        "the deadline passed before the hub answered; the service reports the entries again when it starts",
+                        "交换中心应答之前已到期限；服务启动时会再次上报这些条目"
+                    )
+                })],
             )
         }
     }
@@ -339,7 +343,14 @@ fn outcome(
         .unwrap_or_else(|e| e.into_inner())
         .clone()
         .or_else(|| {
-            (timed_out && !t.is_caught_up()).then(|| "the deadline passed while pulling".into())
+            (timed_out && !t.is_caught_up()).then(|| {
+                Text::render(|| {
+                    exchange_protocol::tr!(
+                        "the deadline passed while pulling",
+                        "抽取时已到截止时间"
+                    )
+                })
+            })
         });
     // The batches this sync is answerable for: all of them when it pushes itself; up to the
     // last one its pulls queued when the daemon pushes (the daemon's own pulls may queue more
@@ -352,13 +363,15 @@ fn outcome(
         pulled: totals.records,
         quarantined: totals.quarantined + totals.null_cursor,
         pull_error,
-        horizon: totals.horizon.as_ref().map(crate::text::horizon_text),
+        horizon: totals
+            .horizon
+            .as_ref()
+            .map(|h| Text::render(|| crate::text::horizon_text(h))),
         queued_batches,
         queued_records,
         push_error: (queued_batches > 0)
             .then(|| rt.push_error.or(st.push_error.map(|n| n.message)))
-            .flatten()
-            .map(|t| t.get().to_owned()),
+            .flatten(),
         code: code.to_owned(),
     }
 }
@@ -387,7 +400,7 @@ struct Tracked {
     /// Counts of the pull under way.
     current: Progress,
     /// Why the pull did not complete.
-    error: std::sync::Mutex<Option<String>>,
+    error: std::sync::Mutex<Option<Text>>,
     /// The seq of the last batch the sync's pulls queued, once they ended.
     last_seq: std::sync::Mutex<Option<u64>>,
 }
@@ -437,7 +450,7 @@ impl Tracked {
             .is_some()
     }
 
-    fn fail(&self, why: String) {
+    fn fail(&self, why: Text) {
         *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
     }
 }
@@ -458,7 +471,7 @@ async fn pull_until_started(
         return;
     };
     let mut scans = scans_to_pass(pipeline, puller);
-    let mut said = String::new();
+    let mut said = Text::One(String::new());
     loop {
         let result = puller.pull_with(&tracked.current).await;
         let report = tracked
@@ -475,15 +488,21 @@ async fn pull_until_started(
                 match still_waiting(puller, &report, scans, t0) {
                     None => break,
                     Some(text) if Instant::now() >= until => {
-                        return tracked.fail(exchange_protocol::tr!(
-                            "waited {} for the source; still {text}",
-                            "已等待数据源 {}；仍在{text}",
-                            crate::text::duration_text(wait)
-                        ));
+                        let wait = crate::text::duration_text(wait);
+                        return tracked.fail(Text::render(|| {
+                            let text = text.get();
+                            exchange_protocol::tr!(
+                                "waited {wait} for the source; still {text}",
+                                "已等待数据源 {wait}；仍在{text}"
+                            )
+                        }));
                     }
                     Some(text) => {
-                        if !text.is_empty() && text != said {
-                            say(format!("{code}: {text}"));
+                        if !text.en().is_empty() && text != said {
+                            say(Text::render(|| {
+                                let text = text.get();
+                                exchange_protocol::tr!("{code}: {text}", "{code}：{text}")
+                            }));
                             said = text;
                         }
                         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -493,13 +512,15 @@ async fn pull_until_started(
             Err(e) => {
                 pipeline.pull_failed(code, &Text::render(|| e.to_string()));
                 if e.is_transient() && Instant::now() + backoff.peek() < until {
-                    say(exchange_protocol::tr!(
-                        "{code}: pull failed ({e}); retrying",
-                        "{code}：抽取失败（{e}），稍后重试"
-                    ));
+                    say(Text::render(|| {
+                        exchange_protocol::tr!(
+                            "{code}: pull failed ({e}); retrying",
+                            "{code}：抽取失败（{e}），稍后重试"
+                        )
+                    }));
                     tokio::time::sleep(backoff.next_delay()).await;
                 } else {
-                    return tracked.fail(e.to_string());
+                    return tracked.fail(Text::render(|| e.to_string()));
                 }
             }
         }
@@ -524,15 +545,17 @@ async fn source_clock(
         match puller.connector.clock().await {
             Ok(t) => return Some(t),
             Err(e) if e.is_transient() && Instant::now() + backoff.peek() < until => {
-                say(exchange_protocol::tr!(
-                    "{code}: source unreachable ({e}); retrying",
-                    "{code}：无法连接数据源（{e}），稍后重试"
-                ));
+                say(Text::render(|| {
+                    exchange_protocol::tr!(
+                        "{code}: source unreachable ({e}); retrying",
+                        "{code}：无法连接数据源（{e}），稍后重试"
+                    )
+                }));
                 tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(e) => {
                 pipeline.pull_failed(code, &Text::render(|| e.to_string()));
-                tracked.fail(e.to_string());
+                tracked.fail(Text::render(|| e.to_string()));
                 return None;
             }
         }
@@ -568,16 +591,19 @@ fn still_waiting(
     report: &PullReport,
     scans: u32,
     t0: DateTime<Utc>,
-) -> Option<String> {
+) -> Option<Text> {
+    let nothing = || Text::One(String::new());
     match (&puller.resource.mode, report.reached) {
-        (Mode::Snapshot, _) => (scans > 0).then(String::new),
-        (Mode::Incremental { .. }, Some(reached)) if reached < t0 => Some(waiting_for(
-            puller.connector.as_ref(),
-            report,
-            reached,
-            t0,
-            &puller.resource.mode,
-        )),
+        (Mode::Snapshot, _) => (scans > 0).then(nothing),
+        (Mode::Incremental { .. }, Some(reached)) if reached < t0 => Some(Text::render(|| {
+            waiting_for(
+                puller.connector.as_ref(),
+                report,
+                reached,
+                t0,
+                &puller.resource.mode,
+            )
+        })),
         // The horizon passed `t0` but not yet the start of the baseline read (a read that
         // began after `t0`): the hub sweeps the old stream's records only once it completes.
         (Mode::Incremental { .. }, Some(_))
@@ -586,7 +612,7 @@ fn still_waiting(
                 .state(&puller.resource.code)
                 .is_ok_and(|st| st.baseline.is_reading()) =>
         {
-            Some(String::new())
+            Some(nothing())
         }
         // Unbounded (no date/timestamp cursor), or the horizon has passed `t0`.
         (Mode::Incremental { .. }, _) => None,

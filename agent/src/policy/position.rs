@@ -34,13 +34,19 @@ impl Plan {
                 }
                 if !self.key_is_hidden() {
                     return match seal::is_sealed(v) {
-                        true => Err("the key's value is stored sealed, but the key now leaves as read".into()),
+                        true => Err(exchange_protocol::tr!(
+                            "the key's value is stored sealed, but the key now leaves as read",
+                            "主键的值以密封形式存储，但主键现在按原样离开"
+                        )),
                         false => Ok(v.clone()),
                     };
                 }
                 match &self.seal {
                     Some((sealer, _)) => sealer.open_value(v).map_err(|e| e.to_string()),
-                    None => Err("the key's value is stored sealed, but `[policy] seal_key_file` is not configured".into()),
+                    None => Err(exchange_protocol::tr!(
+                        "the key's value is stored sealed, but `[policy] seal_key_file` is not configured",
+                        "主键的值以密封形式存储，但未配置 `[policy] seal_key_file`"
+                    )),
                 }
             })
             .collect()

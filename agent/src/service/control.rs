@@ -24,7 +24,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
-use exchange_protocol::lang::Lang;
+use exchange_protocol::lang::{Lang, Text};
 use tokio::sync::oneshot;
 
 use crate::operator::{Operation, Outcome};
@@ -73,8 +73,8 @@ pub struct Change {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
-    /// Progress for the person waiting.
-    Say(String),
+    /// Progress for the person waiting, in both languages.
+    Say(Text),
     /// The sync's outcome (last line).
     Report(SyncReport),
     /// An operator command's outcome (last line).
@@ -183,7 +183,11 @@ async fn answer(
         _ = stop.changed() => return Ok(()),
     }
     let reply = match serde_json::from_str::<Request>(&line) {
-        Err(e) => Reply::Error(format!("not a request this version understands: {e}")),
+        // Its language is unknown: the service's own.
+        Err(e) => Reply::Error(exchange_protocol::tr!(
+            "not a request this version understands: {e}",
+            "不是此版本能理解的请求：{e}"
+        )),
         Ok(Request::Sync { resource, options }) => {
             answer_sync(&mut write, pipeline, resource, options, stop).await?
         }
@@ -217,7 +221,7 @@ async fn answer_sync(
         resource = resource.as_deref().unwrap_or("(all)"),
         "Sync requested on the control socket."
     );
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Text>();
     let say: crate::pipeline::sync::Say = Arc::new(move |s| {
         let _ = tx.send(s);
     });
@@ -228,7 +232,10 @@ async fn answer_sync(
         tokio::select! {
             report = &mut run => return Ok(Reply::Report(report)),
             Some(s) = rx.recv() => write_reply(write, &Reply::Say(s)).await?,
-            _ = stop.changed() => return Ok(Reply::Error("the service is shutting down".into())),
+            _ = stop.changed() => return Ok(Reply::Error(exchange_protocol::tr!(
+                "the service is shutting down",
+                "服务正在停止"
+            ))),
         }
     }
 }
@@ -258,7 +265,9 @@ async fn answer_operation(
         return match run.await {
             Ok(Ok(outcome)) => Reply::Done(outcome),
             Ok(Err(e)) => Reply::Error(e),
-            Err(e) => Reply::Error(format!("the command failed: {e}")),
+            Err(e) => Reply::Error(exchange_protocol::lang::scoped(lang, || {
+                exchange_protocol::tr!("the command failed: {e}", "命令执行失败：{e}")
+            })),
         };
     }
     if !yes {
@@ -276,13 +285,18 @@ async fn answer_operation(
         lang,
         reply,
     };
+    let stopping = || {
+        exchange_protocol::lang::scoped(lang, || {
+            exchange_protocol::tr!("the service is shutting down", "服务正在停止")
+        })
+    };
     if changes.send(change).await.is_err() {
-        return Reply::Error("the service is shutting down".into());
+        return Reply::Error(stopping());
     }
     match outcome.await {
         Ok(Ok(outcome)) => Reply::Done(outcome),
         Ok(Err(e)) => Reply::Error(e),
-        Err(_) => Reply::Error("the service is shutting down".into()),
+        Err(_) => Reply::Error(stopping()),
     }
 }
 
@@ -300,7 +314,7 @@ pub async fn request_sync(
     data_dir: &Path,
     resource: Option<String>,
     options: SyncOptions,
-    say: impl Fn(String),
+    say: impl Fn(Text),
 ) -> Result<SyncReport, ControlError> {
     let path = socket_path(data_dir);
     match exchange(&path, &Request::Sync { resource, options }, say).await? {
@@ -331,7 +345,7 @@ pub async fn request_operation(
 fn unexpected(path: &Path, _: &Reply) -> ControlError {
     ControlError::Protocol {
         path: path.to_owned(),
-        reason: "an answer to another request".into(),
+        reason: exchange_protocol::tr!("an answer to another request", "答复的是另一个请求"),
     }
 }
 
@@ -340,13 +354,13 @@ fn unexpected(path: &Path, _: &Reply) -> ControlError {
 async fn exchange(
     path: &Path,
     request: &Request,
-    say: impl Fn(String),
+    say: impl Fn(Text),
 ) -> Result<Reply, ControlError> {
     let stream = UnixStream::connect(path)
         .await
         .map_err(|e| ControlError::Unreachable {
             path: path.to_owned(),
-            reason: e.to_string(),
+            reason: exchange_protocol::translate::io(&e),
         })?;
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(request).expect("request serializes");
@@ -358,12 +372,12 @@ async fn exchange(
     write
         .write_all(&line)
         .await
-        .map_err(|e| protocol(e.to_string()))?;
+        .map_err(|e| protocol(exchange_protocol::translate::io(&e)))?;
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines
         .next_line()
         .await
-        .map_err(|e| protocol(e.to_string()))?
+        .map_err(|e| protocol(exchange_protocol::translate::io(&e)))?
     {
         match serde_json::from_str::<Reply>(&line).map_err(|e| protocol(e.to_string()))? {
             Reply::Say(s) => say(s),
@@ -371,5 +385,8 @@ async fn exchange(
             last => return Ok(last),
         }
     }
-    Err(protocol("the connection closed before the answer".into()))
+    Err(protocol(exchange_protocol::tr!(
+        "the connection closed before the answer",
+        "连接在答复之前关闭"
+    )))
 }

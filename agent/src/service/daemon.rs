@@ -355,7 +355,11 @@ impl Daemon {
             })
         })
         .await
-        .unwrap_or_else(|e| Err(format!("the command failed: {e}")));
+        .unwrap_or_else(|e| {
+            Err(exchange_protocol::lang::scoped(lang, || {
+                exchange_protocol::tr!("the command failed: {e}", "命令执行失败：{e}")
+            }))
+        });
         match &result {
             Ok(_) => tracing::info!(
                 command = name,
@@ -548,6 +552,7 @@ async fn catalogue_loop(pl: Arc<Pipeline>, mut stop: watch::Receiver<bool>) {
     let mut last: Option<(Vec<String>, tokio::time::Instant)> = None;
     loop {
         let (reported, failed) = pl.report_catalogue().await;
+        let failed: Vec<String> = failed.iter().map(|t| t.get().to_owned()).collect();
         if failed.is_empty() {
             tracing::info!(entries = reported, "Catalogue reported to the hub.");
             return;

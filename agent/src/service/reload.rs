@@ -19,6 +19,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use exchange_protocol::lang::Text;
+use exchange_protocol::tr;
 use notify::Watcher as _;
 use tokio::sync::mpsc;
 
@@ -116,8 +118,8 @@ pub fn fingerprint(file: &Path, config: &Config) -> Option<String> {
 pub struct Failure {
     /// When (RFC 3339).
     pub at: String,
-    /// Why the file was not taken.
-    pub reason: String,
+    /// Why the file was not taken, in both languages (an operator's `status` reads it).
+    pub reason: exchange_protocol::lang::Text,
     /// SM3 of the file that was refused, if it could be read.
     pub config_sm3: Option<String>,
 }
@@ -163,29 +165,30 @@ pub fn reload(
     trigger: &str,
 ) -> Option<Next> {
     let metrics = crate::metrics::global();
-    let fail = |reason: String, digest: Option<&str>| {
+    let fail = |reason: Text, digest: Option<&str>| {
         metrics.reload_failed();
+        let en = reason.en().to_owned();
         set_last_failure(Some(Failure {
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            reason: reason.clone(),
+            reason,
             config_sm3: digest.map(str::to_owned),
         }));
-        tracing::error!(file = %file.display(), trigger, error = %reason, "Configuration not reloaded; the previous configuration keeps running. 配置未重新加载，继续使用原配置。");
+        tracing::error!(file = %file.display(), trigger, error = %en, "Configuration not reloaded; the previous configuration keeps running. 配置未重新加载，继续使用原配置。");
         append(
             &current.config,
             "config.reload_failed",
-            serde_json::json!({ "file": file.display().to_string(), "trigger": trigger, "config_sm3": digest, "reason": reason }),
+            serde_json::json!({ "file": file.display().to_string(), "trigger": trigger, "config_sm3": digest, "reason": en }),
         );
         None
     };
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
-        Err(e) => return fail(format!("cannot read {}: {e}", file.display()), None),
+        Err(e) => return fail(unreadable(file, &e), None),
     };
     let digest = hex::encode(exchange_protocol::digest::sm3(text.as_bytes()));
     let config = match Config::parse(file, &text) {
         Ok(c) => c,
-        Err(e) => return fail(e.to_string(), Some(&digest)),
+        Err(e) => return fail(Text::render(|| e.to_string()), Some(&digest)),
     };
     let old = &current.config;
     for (key, changed) in [
@@ -198,33 +201,50 @@ pub fn reload(
         ),
     ] {
         if changed {
-            return fail(
-                format!(
-                    "{key} changed; it takes effect only on a restart (systemctl restart exchange-agent)"
-                ),
-                Some(&digest),
-            );
+            return fail(restart_needed(key), Some(&digest));
         }
     }
     let prepared = match verify {
         Some(service) => match service.prepare(Arc::new(config.clone())) {
             Ok(p) => Some(p),
             Err(e) => {
-                return fail(
-                    format!("the verification service cannot take it: {e}"),
-                    Some(&digest),
-                );
+                let reason = Text::render(|| {
+                    tr!(
+                        "the verification service cannot take it: {e}",
+                        "核验服务无法采用此配置：{e}"
+                    )
+                });
+                return fail(reason, Some(&digest));
             }
         },
         None => None,
     };
     let next = match Pipeline::with_queue(config, current.queue.clone(), current.board.clone()) {
         Ok(p) => Arc::new(p),
-        Err(e) => return fail(e.to_string(), Some(&digest)),
+        Err(e) => return fail(Text::render(|| e.to_string()), Some(&digest)),
     };
     Some(Next {
         pipeline: next,
         verify: prepared,
+    })
+}
+
+/// Why a configuration file that cannot be read is not reloaded.
+fn unreadable(file: &Path, e: &std::io::Error) -> Text {
+    let path = file.display();
+    Text::render(|| {
+        let e = exchange_protocol::translate::io(e);
+        tr!("cannot read {path}: {e}", "无法读取 {path}：{e}")
+    })
+}
+
+/// Why a change of `key`, which only a restart applies, is not reloaded.
+fn restart_needed(key: &str) -> Text {
+    Text::render(|| {
+        tr!(
+            "{key} changed; it takes effect only on a restart (systemctl restart exchange-agent)",
+            "{key} 已更改；需重启才生效（systemctl restart exchange-agent）"
+        )
     })
 }
 

@@ -73,19 +73,22 @@ pub const FRESH: Duration = Duration::from_secs(15);
 pub struct ResourceStatus {
     /// Resource code.
     pub code: String,
-    /// Catalogue name.
-    pub name: String,
+    /// Catalogue name (for a resource no longer configured, a note saying so, in both
+    /// languages).
+    pub name: Text,
     /// Share class.
     pub share: String,
     /// Read mode.
     pub mode: String,
     /// Where reading stands, for people: the date and timestamp values of the incremental
     /// cursor (other cursor values, such as the key tiebreaker, are never shown: they may be
-    /// identifiers), or the snapshot generation.
-    pub cursor: Option<String>,
-    /// Why the resource is stopped until an operator acts, and what to run.
+    /// identifiers), or the snapshot generation; in both languages (the service writes it,
+    /// an operator's `status` reads it).
+    pub cursor: Option<Text>,
+    /// Why the resource is stopped until an operator acts, and what to run; in both
+    /// languages.
     #[serde(default)]
-    pub stopped: Option<String>,
+    pub stopped: Option<Text>,
     /// Last successful pull.
     pub last_pull: Option<String>,
     /// Last acknowledgement by the hub.
@@ -127,14 +130,13 @@ impl ResourceStatus {
     fn counters(code: &str, st: &crate::pipeline::queue::ResourceState) -> ResourceStatus {
         ResourceStatus {
             code: code.to_owned(),
-            name: String::new(),
+            name: Text::One(String::new()),
             share: "-".into(),
             mode: "-".into(),
             cursor: None,
-            stopped: st
-                .halt
-                .as_ref()
-                .map(|h| tr!("since {}: {}", "自 {} 起：{}", h.at, h.reason.get())),
+            stopped: st.halt.as_ref().map(|h| {
+                Text::render(|| tr!("since {}: {}", "自 {} 起：{}", h.at, h.reason.get()))
+            }),
             last_pull: st.last_pull.clone(),
             last_push: st.last_push.clone(),
             queued_batches: st.queued_batches,
@@ -195,10 +197,7 @@ fn file_text(p: &crate::pipeline::queue::FileProgress) -> String {
 
 /// The cursor for people: date and timestamp values only (the key tiebreaker and other
 /// values may be identifiers and are never shown; `exchange-agent cursor show` prints them).
-fn cursor_text(
-    resource: &crate::config::Resource,
-    cursor: &[exchange_connectors::Value],
-) -> String {
+fn cursor_text(resource: &crate::config::Resource, cursor: &[exchange_connectors::Value]) -> Text {
     let names = crate::policy::Plan::new(resource, &crate::policy::Keys::default())
         .selection
         .cursor;
@@ -210,14 +209,18 @@ fn cursor_text(
             None => hidden += 1,
         }
     }
-    match (shown.is_empty(), hidden) {
-        (true, _) => {
-            "after a stored position (its values are not shown: `exchange-agent cursor show`)"
-                .into()
-        }
-        (false, 0) => shown.join(", "),
-        (false, n) => format!("{} (+{n} more not shown)", shown.join(", ")),
-    }
+    let shown = shown.join(", ");
+    Text::render(|| match (shown.is_empty(), hidden) {
+        (true, _) => tr!(
+            "after a stored position (its values are not shown: `exchange-agent cursor show`)",
+            "位于已存储的位置之后（其值不显示：`exchange-agent cursor show`）"
+        ),
+        (false, 0) => shown.clone(),
+        (false, n) => tr!(
+            "{shown} (+{n} more not shown)",
+            "{shown}（另有 {n} 个未显示）"
+        ),
+    })
 }
 
 /// Whether a cursor value is a date or a time (SQLite stores them as text), which may be
@@ -235,6 +238,9 @@ fn shows_time(v: &exchange_connectors::Value) -> bool {
     }
 }
 
+/// The share class of a conditional resource that is not delivered, as `status` reports it.
+const COMPARISON_ONLY: &str = "conditional (comparison only)";
+
 /// How many quarantined rows `status` lists per resource.
 const RECENT_QUARANTINE: usize = 5;
 
@@ -242,23 +248,32 @@ const RECENT_QUARANTINE: usize = 5;
 /// the resources stopped until an operator acts.
 pub fn summary(pipeline: &crate::pipeline::Pipeline) -> String {
     let Ok(states) = pipeline.queue.states() else {
-        return "Cannot read the queue.".into();
+        return tr!("Cannot read the queue.", "无法读取队列。");
     };
     let queued: u64 = states.values().map(|s| s.queued_records).sum();
-    let last = states.values().filter_map(|s| s.last_push.as_deref()).max();
+    let never = tr!("never", "从未");
+    let last = states
+        .values()
+        .filter_map(|s| s.last_push.as_deref())
+        .max()
+        .unwrap_or(&never);
     let halted = states.values().filter(|s| s.halt.is_some()).count();
-    let mut line = format!(
-        "{} resources, {queued} records queued, last push {}",
-        pipeline.pullers.len(),
-        last.unwrap_or("never")
+    let resources = pipeline.pullers.len();
+    let mut line = tr!(
+        "{resources} resources, {queued} records queued, last push {last}",
+        "{resources} 个资源，{queued} 条记录排队，最近推送 {last}"
     );
     if halted > 0 {
-        line.push_str(&format!(", {halted} stopped (see `exchange-agent status`)"));
+        line.push_str(&tr!(
+            ", {halted} stopped (see `exchange-agent status`)",
+            "，{halted} 个已停止（见 `exchange-agent status`）"
+        ));
     }
     if crate::service::reload::last_failure().is_some() {
-        line.push_str(
+        line.push_str(&tr!(
             ", last reload refused: the previous configuration runs (see `exchange-agent status`)",
-        );
+            "，最近一次重新加载被拒绝：原配置继续运行（见 `exchange-agent status`）"
+        ));
     }
     line
 }
@@ -277,13 +292,17 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
             let cursor = match &r.mode {
                 _ if r.files.is_some() => st.file.as_ref().map(file_text),
                 Mode::Incremental { .. } => st.cursor.as_ref().map(|c| cursor_text(r, c)),
-                Mode::Snapshot => (st.snapshot.generation > 0)
-                    .then(|| format!("snapshot generation {}", st.snapshot.generation)),
+                Mode::Snapshot => (st.snapshot.generation > 0).then(|| {
+                    let generation = st.snapshot.generation;
+                    Text::render(|| {
+                        tr!("snapshot generation {generation}", "快照第 {generation} 代")
+                    })
+                }),
             };
             ResourceStatus {
-                name: r.name.clone(),
+                name: r.name.clone().into(),
                 share: match r.share {
-                    Share::Conditional { deliver: false } => "conditional (comparison only)",
+                    Share::Conditional { deliver: false } => COMPARISON_ONLY,
                     s => s.as_str(),
                 }
                 .into(),
@@ -304,9 +323,12 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
     for (code, st) in &states {
         if config.resource(code).is_none() && (st.queued_batches > 0 || st.quarantined > 0) {
             resources.push(ResourceStatus {
-                name: "(not in the configuration)".into(),
+                name: Text::render(|| tr!("(not in the configuration)", "（不在配置中）")),
                 runtime: Runtime {
-                    pull_error: Some("this resource is no longer configured; its queued batches are kept but not pushed".into()),
+                    pull_error: Some(Text::render(|| tr!(
+                        "this resource is no longer configured; its queued batches are kept but not pushed",
+                        "此资源已不在配置中；其排队的批次保留但不推送"
+                    ))),
                     ..Runtime::default()
                 },
                 ..ResourceStatus::counters(code, st)
@@ -476,17 +498,20 @@ fn shell_word(word: &str) -> String {
 fn complete_commands(report: &mut Report, config: &Config) {
     let file =
         (config.file != Path::new(crate::config::origin::DEFAULT)).then_some(config.file.as_path());
-    let complete = |t: &mut String| *t = complete_command_text(t, file);
     if let Some(r) = report.reload_failed.as_mut() {
-        complete(&mut r.reason);
+        r.reason = Text::One(complete_command_text(r.reason.get(), file));
     }
     for r in &mut report.resources {
-        if let Some(t) = r.stopped.as_mut() {
-            complete(t);
-        }
-        for t in [r.runtime.pull_error.as_mut(), r.runtime.push_error.as_mut()]
-            .into_iter()
-            .flatten()
+        r.name = Text::One(r.name.get().to_owned());
+        for t in [
+            r.stopped.as_mut(),
+            r.cursor.as_mut(),
+            r.runtime.horizon.as_mut(),
+            r.runtime.pull_error.as_mut(),
+            r.runtime.push_error.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
         {
             *t = Text::One(complete_command_text(t.get(), file));
         }
@@ -563,7 +588,11 @@ impl std::fmt::Display for Report {
 /// One resource's block of `status`.
 impl std::fmt::Display for ResourceStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (code, name, share, mode) = (&self.code, &self.name, &self.share, &self.mode);
+        let (code, name, mode) = (&self.code, &self.name, &self.mode);
+        let share = match self.share.as_str() {
+            COMPARISON_ONLY => tr!("{COMPARISON_ONLY}", "conditional（仅比对）"),
+            s => s.to_owned(),
+        };
         writeln!(f, "{code}  {name}  [{share} / {mode}]")?;
         if let Some(stopped) = &self.stopped {
             writeln!(
@@ -572,8 +601,10 @@ impl std::fmt::Display for ResourceStatus {
                 tr!("  STOPPED      {stopped}", "  已停止       {stopped}")
             )?;
         }
-        let start = tr!("(start)", "（起点）");
-        let cursor = self.cursor.as_deref().unwrap_or(&start);
+        let cursor = match &self.cursor {
+            Some(c) => c.get().to_owned(),
+            None => tr!("(start)", "（起点）"),
+        };
         writeln!(
             f,
             "{}",
@@ -686,8 +717,10 @@ impl ResourceStatus {
                 )
             )?;
         }
-        // A stopped resource's pulls and pushes fail with its stop reason, shown above once.
-        let own = |e: &&Text| !(self.stopped.is_some() && e.en().contains("` is stopped: "));
+        // A stopped resource's pulls and pushes fail with its stop reason, shown above once
+        // (the error may be kept in the reader's language only: `complete_commands`).
+        let echo = |t: &str| t.contains("` is stopped: ") || t.contains("` 已停止：");
+        let own = |e: &&Text| !(self.stopped.is_some() && (echo(e.en()) || echo(e.get())));
         if let Some(e) = self.runtime.pull_error.as_ref().filter(own) {
             writeln!(f, "{}", tr!("  pull error   {e}", "  抽取错误     {e}"))?;
         }
@@ -731,6 +764,10 @@ mod tests {
         r.runtime.pull_error =
             Some(format!("`R1` is stopped: {reason} (at 2025-01-01T00:00:01Z)").into());
         r.runtime.push_error = Some(format!("`R1` is stopped: {reason}").into());
+        let text = r.to_string();
+        assert_eq!(text.matches(reason).count(), 1, "{text}");
+        // Also when `status` kept the error in Chinese only, for a reader of Chinese.
+        r.runtime.pull_error = Some(format!("`R1` 已停止：{reason}").into());
         let text = r.to_string();
         assert_eq!(text.matches(reason).count(), 1, "{text}");
         // An error of its own is still shown.

@@ -805,14 +805,17 @@ pub fn load(data_dir: &Path, horizon: std::time::Duration) -> Result<Ledger, Led
         Ok(bytes) => Some(
             serde_json::from_slice(&bytes).map_err(|e| LedgerError::Read {
                 path: path.clone(),
-                reason: format!("{e}; move it aside to rebuild the ledger from the audit log"),
+                reason: exchange_protocol::tr!(
+                    "{e}; move it aside to rebuild the ledger from the audit log",
+                    "{e}；将其移走即可从审计日志重建台账"
+                ),
             })?,
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
             return Err(LedgerError::Read {
                 path,
-                reason: e.to_string(),
+                reason: exchange_protocol::translate::io(&e),
             });
         }
     };

@@ -120,7 +120,11 @@ pub(super) struct PgStore {
 impl PgStore {
     /// Connects once and creates the tables if missing.
     pub(super) async fn open(config: PostgresConfig) -> Result<Self, StoreError> {
-        let target = format!("PostgreSQL database {}", config.display);
+        let target = exchange_protocol::tr!(
+            "PostgreSQL database {}",
+            "PostgreSQL 数据库 {}",
+            config.display
+        );
         let store = PgStore {
             config,
             target,
@@ -152,7 +156,11 @@ impl PgStore {
     /// Brings the tables to [`SCHEMA_VERSION`] in one transaction; refuses a newer store.
     async fn migrate(&self, client: &mut Client) -> Result<(), String> {
         let text = |e: tokio_postgres::Error| {
-            format!("cannot create or migrate the tables: {}", describe(&e))
+            exchange_protocol::tr!(
+                "cannot create or migrate the tables: {}",
+                "无法创建或迁移数据表：{}",
+                describe(&e)
+            )
         };
         let tx = client.transaction().await.map_err(text)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -161,8 +169,9 @@ impl PgStore {
         let found = version_in(&tx).await.map_err(text)?;
         schema::refuse_newer(found)?;
         tx.batch_execute(&migration()).await.map_err(|e| {
-            format!(
+            exchange_protocol::tr!(
                 "cannot create or migrate the tables: {} (the user needs CREATE on the database's schema)",
+                "无法创建或迁移数据表：{}（该用户需要数据库模式上的 CREATE 权限）",
                 describe(&e)
             )
         })?;

@@ -115,15 +115,17 @@ pub(super) struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if missing) the database, switches it to WAL and creates the tables.
     pub(super) async fn open(path: PathBuf) -> Result<Self, StoreError> {
-        let target = format!("SQLite database {}", path.display());
+        let target =
+            exchange_protocol::tr!("SQLite database {}", "SQLite 数据库 {}", path.display());
         let open = {
             let path = path.clone();
             let target = target.clone();
             move || -> Result<Connection, StoreError> {
                 let failed = |e: rusqlite::Error| StoreError::Open {
                     target: target.clone(),
-                    reason: format!(
-                        "{e} (check that the directory exists and is writable by the service user)"
+                    reason: exchange_protocol::tr!(
+                        "{e} (check that the directory exists and is writable by the service user)",
+                        "{e}（请检查目录是否存在、服务用户能否写入）"
                     ),
                 };
                 let conn = Connection::open(&path).map_err(failed)?;
@@ -133,8 +135,9 @@ impl SqliteStore {
                 if !mode.eq_ignore_ascii_case("wal") {
                     return Err(StoreError::Open {
                         target: target.clone(),
-                        reason: format!(
-                            "the database refused WAL mode (journal mode is `{mode}`); put it on a local file system"
+                        reason: exchange_protocol::tr!(
+                            "the database refused WAL mode (journal mode is `{mode}`); put it on a local file system",
+                            "数据库拒绝 WAL 模式（日志模式为 `{mode}`）；请把它放在本地文件系统上"
                         ),
                     });
                 }
@@ -143,7 +146,10 @@ impl SqliteStore {
                 let mut conn = conn;
                 migrate(&mut conn).map_err(|reason| StoreError::Schema {
                     target: target.clone(),
-                    reason: format!("cannot create or migrate the tables: {reason}"),
+                    reason: exchange_protocol::tr!(
+                        "cannot create or migrate the tables: {reason}",
+                        "无法创建或迁移数据表：{reason}"
+                    ),
                 })?;
                 Ok(conn)
             }

@@ -55,7 +55,12 @@ impl PgStore {
             })?;
             let password = std::fs::read_to_string(path).map_err(|e| StoreError::Failed {
                 target: self.target.clone(),
-                reason: format!("cannot read password file {}: {e}", path.display()),
+                reason: exchange_protocol::tr!(
+                    "cannot read password file {}: {}",
+                    "无法读取密码文件 {}：{}",
+                    path.display(),
+                    exchange_protocol::translate::io(&e)
+                ),
             })?;
             config.password(password.trim_end_matches(['\r', '\n']));
         }
@@ -70,7 +75,10 @@ impl PgStore {
             let tls = exchange_protocol::tls::source_client_config(self.config.ca.as_deref())
                 .map_err(|e| StoreError::Failed {
                     target: self.target.clone(),
-                    reason: format!("cannot set up TLS to the store ([store] ca): {e}"),
+                    reason: exchange_protocol::tr!(
+                        "cannot set up TLS to the store ([store] ca): {e}",
+                        "无法建立到存储的 TLS（[store] ca）：{e}"
+                    ),
                 })?;
             let (client, connection) = config
                 .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
