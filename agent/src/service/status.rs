@@ -290,7 +290,7 @@ pub fn report(config: &Config, queue: &Queue, board: &Board) -> Result<Report, Q
                 .quarantined(&r.code, RECENT_QUARANTINE)
                 .unwrap_or_default();
             let cursor = match &r.mode {
-                _ if r.files.is_some() => st.file.as_ref().map(file_text),
+                _ if r.files.is_some() => st.file.as_ref().map(|p| Text::render(|| file_text(p))),
                 Mode::Incremental { .. } => st.cursor.as_ref().map(|c| cursor_text(r, c)),
                 Mode::Snapshot => (st.snapshot.generation > 0).then(|| {
                     let generation = st.snapshot.generation;
