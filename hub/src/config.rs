@@ -35,6 +35,7 @@
 //! idle_timeout = "120s"      # a connection without a request this long is closed
 //! max_streams = 64           # HTTP/2 requests open at once per connection
 //! max_requests = 256         # requests in flight over all connections (503 above)
+//! require_signatures = false # true: a batch without the node's signature is refused (400)
 //! ```
 
 use std::fmt;
@@ -194,6 +195,8 @@ pub struct RawLimits {
     pub max_streams: Option<Spanned<i64>>,
     /// Requests in flight over all connections.
     pub max_requests: Option<Spanned<i64>>,
+    /// Refuse batches without the node's signature.
+    pub require_signatures: Option<bool>,
 }
 
 /// The validated `[limits]`: what keeps the hub within bounds under many or slow clients.
@@ -229,6 +232,9 @@ pub struct Limits {
     pub max_streams: u32,
     /// Requests in flight over all connections (health checks included); over it `503`.
     pub max_requests: usize,
+    /// A batch without `exchange-signature` (docs/PROTOCOL.md §4.7) is refused `400`; off by
+    /// default, for agents from before signatures.
+    pub require_signatures: bool,
 }
 
 impl Default for Limits {
@@ -245,6 +251,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(120),
             max_streams: 64,
             max_requests: 256,
+            require_signatures: false,
         }
     }
 }
@@ -901,22 +908,27 @@ impl Validator<'_> {
 }
 
 /// Validates `[limits]`; an absent key keeps its default.
+/// `[limits] max_batch_bytes`: a size between 1 KiB and 1 GiB.
+fn batch_bytes(size: &Spanned<RawSize>, file: &Source<'_>) -> Result<usize, ConfigError> {
+    let bytes = parse_size(size.get_ref())
+        .map_err(|m| file.error("limits.max_batch_bytes", size.span(), m))?;
+    if !(MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&bytes) {
+        return Err(file.error(
+            "limits.max_batch_bytes",
+            size.span(),
+            tr!(
+                "{bytes} bytes is out of range; expected between 1KiB and 1GiB (a batch is held in memory while it is checked)",
+                "{bytes} 字节超出范围；应在 1KiB 到 1GiB 之间（批次在校验期间整个保存在内存中）"
+            ),
+        ));
+    }
+    Ok(usize::try_from(bytes).unwrap_or(usize::MAX))
+}
+
 fn limits(raw: RawLimits, file: &Source<'_>) -> Result<Limits, ConfigError> {
     let mut limits = Limits::default();
-    if let Some(size) = raw.max_batch_bytes {
-        let bytes = parse_size(size.get_ref())
-            .map_err(|m| file.error("limits.max_batch_bytes", size.span(), m))?;
-        if !(MIN_BATCH_BYTES..=MAX_BATCH_BYTES).contains(&bytes) {
-            return Err(file.error(
-                "limits.max_batch_bytes",
-                size.span(),
-                tr!(
-                    "{bytes} bytes is out of range; expected between 1KiB and 1GiB (a batch is held in memory while it is checked)",
-                    "{bytes} 字节超出范围；应在 1KiB 到 1GiB 之间（批次在校验期间整个保存在内存中）"
-                ),
-            ));
-        }
-        limits.max_batch_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+    if let Some(size) = &raw.max_batch_bytes {
+        limits.max_batch_bytes = batch_bytes(size, file)?;
     }
     let count = |key: &str, value: &Spanned<i64>, max: i64| -> Result<usize, ConfigError> {
         let n = *value.get_ref();
@@ -978,6 +990,9 @@ fn limits(raw: RawLimits, file: &Source<'_>) -> Result<Limits, ConfigError> {
     }
     if let Some(v) = &raw.max_requests {
         limits.max_requests = count("limits.max_requests", v, 100_000)?;
+    }
+    if let Some(v) = raw.require_signatures {
+        limits.require_signatures = v;
     }
     Ok(limits)
 }

@@ -566,6 +566,12 @@ async fn receive(state: &AppState, peer: &Peer, request: Request) -> Result<Ack,
     let batch = BatchHeaders::read(headers).map_err(unread)?;
     let signature = match text_header(headers, signature::HEADER).map_err(unread)? {
         Some(v) => Some(Signature::parse(v).map_err(|e| unread(Refusal::bad(e.to_string())))?),
+        None if state.limits.require_signatures => {
+            return Err(unread(Refusal::bad(format!(
+                "this hub requires the node's signature on every batch: header `{}` is missing (docs/PROTOCOL.md §4.7)",
+                signature::HEADER
+            ))));
+        }
         None => None,
     };
     let (compressed, ndjson) = read_ndjson(state, headers, body).await?;

@@ -188,3 +188,34 @@ async fn over_the_request_limit_the_hub_answers_503_with_retry_after_at_once() {
     );
     hub.stop().await.unwrap();
 }
+
+/// `require_signatures = true`: an unsigned batch is refused before its body is read, and the
+/// same batch signed with the node's key is applied.
+#[tokio::test]
+async fn a_hub_requiring_signatures_refuses_an_unsigned_batch_and_applies_a_signed_one() {
+    let pki = Pki::new();
+    let limits = Limits {
+        require_signatures: true,
+        ..Limits::default()
+    };
+    let hub = Hub::start_limited(&pki, pki.sqlite(), limits).await;
+    let tls = pki.client("node-a");
+    let client = client(&tls);
+    let stream = new_stream();
+    let push = Push::new(
+        "node-a",
+        "R-SIG",
+        &stream,
+        1,
+        vec![upsert("k1", r#"{"a":1}"#)],
+    );
+    let refused = refusal(push.send(&client, &hub).await, 400).await;
+    assert!(
+        refused.contains("requires the node's signature"),
+        "{refused}"
+    );
+    assert!(exported(&hub, "R-SIG").await.is_empty());
+    let applied = ack(push.signed(&tls).send(&client, &hub).await).await;
+    assert_eq!(applied.status, AckStatus::Applied);
+    assert_eq!(exported(&hub, "R-SIG").await.len(), 1);
+}

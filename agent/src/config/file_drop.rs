@@ -115,23 +115,22 @@ impl Validator<'_> {
             Some(t) => Some(parse_duration(t).map_err(|e| self.err(&key("delete_after"), e))?),
             None => None,
         };
-        for (name, set) in [
-            ("password_file", s.password_file.is_some()),
-            ("password_env", s.password_env.is_some()),
-            ("ca", s.ca.is_some()),
-            ("pool_size", s.pool_size.is_some()),
-            ("replica_lag", s.replica_lag.is_some()),
-        ] {
-            if set {
-                return Err(self.err(
-                    &key(name),
-                    tr!(
-                        "`{name}` applies to a database, not to a file drop",
-                        "`{name}` 只适用于数据库，不适用于文件交换目录"
-                    ),
-                ));
-            }
-        }
+        self.refuse_set(
+            &format!("sources[{i}]"),
+            &[
+                ("password_file", s.password_file.is_some()),
+                ("password_env", s.password_env.is_some()),
+                ("ca", s.ca.is_some()),
+                ("pool_size", s.pool_size.is_some()),
+                ("replica_lag", s.replica_lag.is_some()),
+            ],
+            |name| {
+                tr!(
+                    "`{name}` applies to a database, not to a file drop",
+                    "`{name}` 只适用于数据库，不适用于文件交换目录"
+                )
+            },
+        )?;
         Ok(FileDrop {
             root,
             encoding,
@@ -142,23 +141,22 @@ impl Validator<'_> {
 
     /// A database source has none of a file drop's keys.
     pub(super) fn no_file_keys(&self, i: usize, s: &raw::RawSource) -> Result<(), ConfigError> {
-        for (name, set) in [
-            ("path", s.path.is_some()),
-            ("encoding", s.encoding.is_some()),
-            ("ready", s.ready.is_some()),
-            ("settle", s.settle.is_some()),
-            ("delete_after", s.delete_after.is_some()),
-        ] {
-            if set {
-                return Err(self.err(
-                    &format!("sources[{i}].{name}"),
-                    tr!(
-                        "`{name}` applies to kind = \"files\" only",
-                        "`{name}` 只适用于 kind = \"files\""
-                    ),
-                ));
-            }
-        }
+        self.refuse_set(
+            &format!("sources[{i}]"),
+            &[
+                ("path", s.path.is_some()),
+                ("encoding", s.encoding.is_some()),
+                ("ready", s.ready.is_some()),
+                ("settle", s.settle.is_some()),
+                ("delete_after", s.delete_after.is_some()),
+            ],
+            |name| {
+                tr!(
+                    "`{name}` applies to kind = \"files\" only",
+                    "`{name}` 只适用于 kind = \"files\""
+                )
+            },
+        )?;
         Ok(())
     }
 
@@ -172,22 +170,21 @@ impl Validator<'_> {
         types: Vec<(String, FieldType)>,
     ) -> Result<(FileResource, Mode), ConfigError> {
         let key = |k: &str| format!("resources[{i}].{k}");
-        for (name, set) in [
-            ("table", r.table.is_some()),
-            ("query", r.query.is_some()),
-            ("cursor", r.cursor.is_some()),
-            ("safety_lag", r.safety_lag.is_some()),
-        ] {
-            if set {
-                return Err(self.err(
-                    &key(name),
-                    tr!(
-                        "`{name}` does not apply to a file drop resource; give its `directory`",
-                        "文件交换资源不使用 `{name}`；请设置其 `directory`"
-                    ),
-                ));
-            }
-        }
+        self.refuse_set(
+            &format!("resources[{i}]"),
+            &[
+                ("table", r.table.is_some()),
+                ("query", r.query.is_some()),
+                ("cursor", r.cursor.is_some()),
+                ("safety_lag", r.safety_lag.is_some()),
+            ],
+            |name| {
+                tr!(
+                    "`{name}` does not apply to a file drop resource; give its `directory`",
+                    "文件交换资源不使用 `{name}`；请设置其 `directory`"
+                )
+            },
+        )?;
         let directory = match &r.directory {
             Some(d) if is_one_name(d) => d.clone(),
             _ => return Err(self.err(&key("directory"), tr!(
@@ -216,6 +213,21 @@ impl Validator<'_> {
             types,
         };
         Ok((file, Mode::Snapshot))
+    }
+}
+
+impl Validator<'_> {
+    /// Refuses the first of `keys` (name, whether it is set) that is set, under `prefix`.
+    fn refuse_set(
+        &self,
+        prefix: &str,
+        keys: &[(&str, bool)],
+        why: impl Fn(&str) -> String,
+    ) -> Result<(), ConfigError> {
+        match keys.iter().find(|(_, set)| *set) {
+            Some((name, _)) => Err(self.err(&format!("{prefix}.{name}"), why(name))),
+            None => Ok(()),
+        }
     }
 }
 

@@ -594,6 +594,8 @@ async fn schedule_loop(
             r = puller.pull() => Some(r),
             _ = stop.changed() => None,
         };
+        // A failing pull waits out its backoff: a file dropped meanwhile does not cut it short.
+        let watching = matches!(result, Some(Ok(_)));
         let wait = match result {
             None => return,
             Some(Ok(report)) => {
@@ -622,7 +624,7 @@ async fn schedule_loop(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = super::drop_watch::DropWatch::changed(watch.as_ref()) => {}
+            _ = super::drop_watch::DropWatch::changed(watch.as_ref().filter(|_| watching)) => {}
             _ = stop.changed() => return,
         }
     }

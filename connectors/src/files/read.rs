@@ -74,7 +74,11 @@ impl FileReader {
         let inner = match format {
             FileFormat::Csv => open_csv(path, encoding, &columns)?,
             FileFormat::JsonLines => Inner::Lines {
-                encoding: detect(path, encoding)?,
+                // Fields are evaluated in order: the file is checked before it is opened.
+                encoding: {
+                    check_text(path, false)?;
+                    detect(path, encoding)?
+                },
                 lines: BufReader::new(open_regular(path).map_err(FileError::io)?).split(b'\n'),
                 line: 0,
             },
@@ -183,21 +187,65 @@ pub fn open_regular(path: &Path) -> std::io::Result<File> {
     Ok(file)
 }
 
-/// Whether a CSV file holds an even number of `"`: RFC 4180 quoting always does (each quoted
-/// field opens and closes, a quote inside is doubled). An odd count is a quote left open, which
-/// a CSV reader takes to the end of the file, silently joining every line after it into one
-/// field. (`"` is never a byte inside a UTF-8 or GB18030 character.)
-fn quotes_balanced(path: &Path) -> std::io::Result<bool> {
+/// The longest line a CSV or JSON Lines file may hold: a file without line breaks would
+/// otherwise be read into memory whole as one row.
+pub const MAX_LINE_BYTES: u64 = 16 << 20;
+
+/// What a text file's bytes say of its structure before it is parsed.
+struct TextShape {
+    /// `"` characters. RFC 4180 quoting always gives an even count (each quoted field opens
+    /// and closes, a quote inside is doubled); an odd one is a quote left open, which a CSV
+    /// reader takes to the end of the file, silently joining every line after it into one
+    /// field. (`"` is never a byte inside a UTF-8 or GB18030 character.)
+    quotes: u64,
+    /// The longest line, in bytes.
+    longest_line: u64,
+}
+
+fn text_shape(path: &Path) -> std::io::Result<TextShape> {
     let mut file = open_regular(path)?;
     let mut buf = vec![0u8; 256 * 1024];
-    let mut quotes = 0u64;
+    let (mut quotes, mut line, mut longest_line) = (0u64, 0u64, 0u64);
     loop {
         let n = file.read(&mut buf)?;
         if n == 0 {
-            return Ok(quotes.is_multiple_of(2));
+            return Ok(TextShape {
+                quotes,
+                longest_line: longest_line.max(line),
+            });
         }
-        quotes += buf[..n].iter().filter(|b| **b == b'"').count() as u64;
+        for &b in &buf[..n] {
+            match b {
+                b'"' => quotes += 1,
+                b'\n' => {
+                    longest_line = longest_line.max(line);
+                    line = 0;
+                    continue;
+                }
+                _ => {}
+            }
+            line += 1;
+        }
     }
+}
+
+/// Refuses a text file with a line over [`MAX_LINE_BYTES`] or (`csv`) an open quote.
+fn check_text(path: &Path, csv: bool) -> Result<(), FileError> {
+    let shape = text_shape(path).map_err(FileError::io)?;
+    if shape.longest_line > MAX_LINE_BYTES {
+        let mib = MAX_LINE_BYTES >> 20;
+        return Err(FileError::Malformed(tr!(
+            "the file has a line longer than {mib} MiB: not a row of a table",
+            "文件中有超过 {mib} MiB 的行：不是表格的一行"
+        )));
+    }
+    if csv && !shape.quotes.is_multiple_of(2) {
+        return Err(FileError::Malformed(tr!(
+            "the file has an odd number of `\"` characters: a quoted field is not closed, which would join the lines after it into one field; fix the quoting",
+            "文件中 `\"` 的个数为奇数：有引号括起的字段没有闭合，会把其后各行并入一个字段；请修正引号"
+        )));
+    }
+    Ok(())
 }
 
 /// The encoding of a text file: as configured, or guessed from the whole file: UTF-8 when it
@@ -259,12 +307,7 @@ fn open_csv(
     columns: &[(String, FieldType)],
 ) -> Result<Inner, FileError> {
     let encoding = detect(path, encoding)?;
-    if !quotes_balanced(path).map_err(FileError::io)? {
-        return Err(FileError::Malformed(tr!(
-            "the file has an odd number of `\"` characters: a quoted field is not closed, which would join the lines after it into one field; fix the quoting",
-            "文件中 `\"` 的个数为奇数：有引号括起的字段没有闭合，会把其后各行并入一个字段；请修正引号"
-        )));
-    }
+    check_text(path, true)?;
     let file = open_regular(path).map_err(FileError::io)?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
@@ -541,5 +584,16 @@ mod tests {
             !reason.contains("440524188001010014") && !reason.contains("李四"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn a_line_over_the_limit_rejects_the_file_before_it_is_read_into_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.jsonl");
+        let mut text = vec![b'x'; (MAX_LINE_BYTES + 1) as usize];
+        text.push(b'\n');
+        std::fs::write(&path, &text).unwrap();
+        let opened = FileReader::open(&path, FileFormat::JsonLines, TextEncoding::Auto, &columns());
+        assert!(matches!(opened, Err(FileError::Malformed(r)) if r.contains("MiB")));
     }
 }

@@ -236,6 +236,8 @@ pub struct Push {
     pub protocol: Option<String>,
     /// The `exchange-baseline` header (`None` omits it).
     pub baseline: Option<String>,
+    /// The `exchange-signature` header (`None` omits it).
+    pub signature: Option<String>,
 }
 
 impl Push {
@@ -251,7 +253,31 @@ impl Push {
             body: None,
             protocol: Some(batch::PROTOCOL_VERSION.to_owned()),
             baseline: None,
+            signature: None,
         }
+    }
+
+    /// This batch, signed with the key of `tls` (docs/PROTOCOL.md §4.7).
+    pub fn signed(mut self, tls: &MutualTls) -> Push {
+        let mut ndjson = Vec::new();
+        for r in &self.records {
+            batch::push_line(&mut ndjson, r);
+        }
+        let key = exchange_protocol::tls::load_key(&tls.key).unwrap();
+        let signer = exchange_protocol::signature::BatchSigner::new(&key).unwrap();
+        let sm3 = batch::digest_hex(&ndjson);
+        self.signature = Some(
+            signer
+                .sign(&exchange_protocol::signature::Signed {
+                    node: &self.node,
+                    resource: &self.resource,
+                    stream: &self.stream,
+                    seq: self.seq,
+                    sm3: &sm3,
+                })
+                .unwrap(),
+        );
+        self
     }
 
     /// This batch, marked as completing its stream's baseline.
@@ -319,6 +345,9 @@ impl Push {
         }
         if let Some(b) = &self.baseline {
             request = request.header(header::BASELINE, b);
+        }
+        if let Some(v) = &self.signature {
+            request = request.header(exchange_protocol::signature::HEADER, v);
         }
         request.send().await
     }

@@ -127,7 +127,9 @@ impl Puller {
         if same {
             drop.move_done(&progress.name, &done_as)
                 .map_err(|e| self.unreadable(&path, e))?;
-        } else if !drop.is_done(&done_as) {
+        }
+        let moved = same || drop.is_done(&done_as);
+        if !moved {
             tracing::warn!(resource = %self.resource.code, file = %progress.name, "A file whose rows were all queued is gone from the drop directory; nothing to move.");
         }
         let code = self.resource.code.clone();
@@ -150,6 +152,7 @@ impl Puller {
                 "quarantined": progress.quarantined,
                 "unkeyed": progress.unkeyed,
                 "done_as": done_as,
+                "moved": moved,
             }),
         );
         tracing::info!(resource = %self.resource.code, file = %progress.name, rows = progress.rows, records = progress.records, quarantined = progress.quarantined, "Read a dropped file.");
