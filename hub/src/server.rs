@@ -853,18 +853,9 @@ fn number(headers: &HeaderMap, name: &str, what: &str) -> Result<u64, Refusal> {
     })
 }
 
-/// The value of a *decimal integer* of docs/PROTOCOL.md §4.1: `0` or a digit 1–9 followed by
-/// digits (no sign, no leading zero, nothing else), at most 2⁶³−1. One number has one
-/// spelling, so logs, idempotency keys and the store agree on it.
+/// The value of a *decimal integer* of docs/PROTOCOL.md §4.1 ([`batch::parse_decimal`]).
 fn decimal(text: &str) -> Option<u64> {
-    let well_formed = match text.as_bytes() {
-        [b'0'] => true,
-        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
-        _ => false,
-    };
-    text.parse::<u64>()
-        .ok()
-        .filter(|n| well_formed && *n <= i64::MAX as u64)
+    batch::parse_decimal(text)
 }
 
 fn resource(headers: &HeaderMap) -> Result<String, Refusal> {

@@ -6,6 +6,7 @@
 //! - [`batch`]: the wire format of a batch of records (docs/PROTOCOL.md).
 //! - [`digest`]: SM3, the one digest of the workspace.
 //! - [`signature`]: the node's signature on each batch (docs/PROTOCOL.md §4.7).
+//! - [`offline`]: a batch and the hub's answer as files, for offline exchange (§12).
 //! - [`value`]: the value of one source column and its exact JSON form (what a record holds
 //!   on the wire; the connectors convert to it, the rules and the hub read it).
 //! - [`lang`]: the language of command-line text (Chinese under a `zh_*` locale), [`tr!`];
@@ -23,6 +24,7 @@ pub mod digest;
 #[cfg(feature = "help")]
 pub mod help;
 pub mod lang;
+pub mod offline;
 #[cfg(feature = "pki")]
 pub mod pki;
 pub mod psi;

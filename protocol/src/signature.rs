@@ -130,15 +130,18 @@ impl BatchSigner {
 
     /// The header value for a batch: `{scheme}:{base64}`.
     pub fn sign(&self, batch: &Signed<'_>) -> Result<String, SignatureError> {
+        self.sign_message(&batch.message())
+    }
+
+    /// The header value for any message (an offline answer's, docs/PROTOCOL.md §12).
+    pub fn sign_message(&self, message: &[u8]) -> Result<String, SignatureError> {
         let signer = self
             .key
             .choose_scheme(&[self.scheme.1])
             .expect("the scheme chosen when the signer was made");
-        let signature = signer
-            .sign(&batch.message())
-            .map_err(|e| SignatureError::Key {
-                reason: e.to_string(),
-            })?;
+        let signature = signer.sign(message).map_err(|e| SignatureError::Key {
+            reason: e.to_string(),
+        })?;
         Ok(format!(
             "{}:{}",
             self.scheme.0,
@@ -180,6 +183,15 @@ impl Signature {
         batch: &Signed<'_>,
         certificate: &CertificateDer<'_>,
     ) -> Result<(), SignatureError> {
+        self.verify_message(&batch.message(), certificate)
+    }
+
+    /// Checks the signature of any message against `certificate`'s public key.
+    pub fn verify_message(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+    ) -> Result<(), SignatureError> {
         let scheme = SCHEMES
             .iter()
             .find(|(n, _)| *n == self.scheme)
@@ -195,11 +207,10 @@ impl Signature {
             .unwrap_or_default();
         let cert =
             webpki::EndEntityCert::try_from(certificate).map_err(|e| invalid(e.to_string()))?;
-        let message = batch.message();
         // A scheme may map to several algorithms (RSA key sizes): one must verify.
         let mut last = crate::tr!("no algorithm for the scheme", "没有该方案的算法");
         for alg in algorithms {
-            match cert.verify_signature(*alg, &message, &self.bytes) {
+            match cert.verify_signature(*alg, message, &self.bytes) {
                 Ok(()) => return Ok(()),
                 Err(e) => last = e.to_string(),
             }

@@ -394,6 +394,20 @@ pub fn mutual_server_config(m: &MutualTls) -> Result<ServerConfig, TlsError> {
         .map_err(|e| key_mismatch("server certificate", m, e))
 }
 
+/// The verifier of a client certificate presented outside a handshake (an offline batch
+/// file's chain, docs/PROTOCOL.md §12): chained to `m.ca`, not revoked by `m.crls`.
+pub fn client_certificate_verifier(
+    m: &MutualTls,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    peer_verifier("client CA", m, WebPkiClientVerifier::builder_with_provider)
+}
+
+/// The verifier of the hub's certificate presented outside a handshake (an offline answer
+/// file's chain): chained to `m.ca`, not revoked by `m.crls`.
+pub fn server_certificate_verifier(m: &MutualTls) -> Result<Arc<WebPkiServerVerifier>, TlsError> {
+    peer_verifier("hub CA", m, WebPkiServerVerifier::builder_with_provider)
+}
+
 /// The webpki verifier builders of both sides (the client's of the server certificate, the
 /// server's of the client certificate), which [`peer_verifier`] configures alike.
 trait VerifierBuilder: Sized {
