@@ -135,6 +135,8 @@ pub struct AgentConfig {
     pub policy: Vec<String>,
     /// `hub.crl`.
     pub hub_crl: Vec<PathBuf>,
+    /// More `[hub]` lines, written as they are (`mode = "offline"`, …).
+    pub hub_extra: Vec<String>,
 }
 
 impl AgentConfig {
@@ -156,7 +158,18 @@ impl AgentConfig {
             resources: Vec::new(),
             policy: Vec::new(),
             hub_crl: Vec::new(),
+            hub_extra: Vec::new(),
         }
+    }
+
+    /// Offline exchange: batch files to `outbox`, answers from `inbox`.
+    pub fn offline(mut self, outbox: &Path, inbox: &Path) -> AgentConfig {
+        self.hub_extra = vec![
+            "mode = \"offline\"".to_owned(),
+            format!("outbox = {}", q(&outbox.display().to_string())),
+            format!("inbox = {}", q(&inbox.display().to_string())),
+        ];
+        self
     }
 
     /// Adds `[policy]` lines (key files).
@@ -212,6 +225,9 @@ impl AgentConfig {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        for line in &self.hub_extra {
+            let _ = writeln!(t, "{line}");
+        }
         let _ = writeln!(t, "[queue]\nmax_bytes = {}\n", q(&self.queue_max_bytes));
         let _ = writeln!(
             t,

@@ -316,6 +316,12 @@ fn stage_agent_example(
         ),
         &issued.key_pem,
     );
+    // An offline hub's directories exist (the gateway's; created by the administrator).
+    for key in ["outbox", "inbox"] {
+        if let Some(d) = str_at(&table, "hub", key) {
+            std::fs::create_dir_all(place(dir, d, &mut replacements)).unwrap();
+        }
+    }
     for (key, hex) in [
         ("pseudonym_key_file", "ab".repeat(32)),
         ("fpe_key_file", "cd".repeat(16)),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use exchange_protocol::tls::{MinTlsVersion, MutualTls};
 use exchange_protocol::tr;
 
-use super::{ConfigError, Hub, Node, Validator, parse_duration, raw};
+use super::{ConfigError, Hub, Node, Offline, Validator, parse_duration, raw};
 
 impl Validator<'_> {
     pub(super) fn hub(&self, h: raw::RawHub) -> Result<Hub, ConfigError> {
@@ -22,14 +22,15 @@ impl Validator<'_> {
             ));
         }
         let min_version = self.min_tls("hub.min_tls", h.min_tls.as_deref())?;
-        let timeout = match h.timeout {
-            Some(t) => parse_duration(&t).map_err(|e| self.err("hub.timeout", e))?,
+        let timeout = match &h.timeout {
+            Some(t) => parse_duration(t).map_err(|e| self.err("hub.timeout", e))?,
             None => Duration::from_secs(30),
         };
         if timeout < Duration::from_secs(1) {
             return Err(self.err("hub.timeout", tr!("must be at least 1s", "不能小于 1s")));
         }
         let key = self.secret_path("hub.key", &h.key)?;
+        let offline = self.offline(&h)?;
         Ok(Hub {
             url: h.url.trim_end_matches('/').to_owned(),
             tls: MutualTls {
@@ -40,7 +41,75 @@ impl Validator<'_> {
                 crls: self.crls("hub.crl", h.crl.as_deref())?,
             },
             timeout,
+            offline,
         })
+    }
+
+    /// `mode`, and for `"offline"` its `outbox`, `inbox` and `resend_after`.
+    fn offline(&self, h: &raw::RawHub) -> Result<Option<Offline>, ConfigError> {
+        match h.mode.as_deref() {
+            None | Some("online") => {
+                for (key, set) in [
+                    ("outbox", h.outbox.is_some()),
+                    ("inbox", h.inbox.is_some()),
+                    ("resend_after", h.resend_after.is_some()),
+                ] {
+                    if set {
+                        return Err(self.err(
+                            &format!("hub.{key}"),
+                            tr!(
+                                "only an offline hub has `{key}`; set `mode = \"offline\"` or remove it",
+                                "只有离线模式才有 `{key}`；请设置 `mode = \"offline\"` 或删除此项"
+                            ),
+                        ));
+                    }
+                }
+                Ok(None)
+            }
+            Some("offline") => {
+                let dir = |key: &str, value: Option<&String>| -> Result<PathBuf, ConfigError> {
+                    let full = format!("hub.{key}");
+                    let Some(value) = value else {
+                        return Err(self.err(&full, tr!(
+                            "an offline hub needs `{key}`, a directory the gateway (网闸) carries files through",
+                            "离线模式需要设置 `{key}`：由网闸传递文件的目录"
+                        )));
+                    };
+                    let path = self.path(value);
+                    if !path.is_dir() {
+                        return Err(self.err(&full, tr!(
+                            "directory {} does not exist; create it, writable by the agent's user",
+                            "目录 {} 不存在；请创建该目录，并允许本程序的运行用户写入",
+                            path.display()
+                        )));
+                    }
+                    Ok(path)
+                };
+                let outbox = dir("outbox", h.outbox.as_ref())?;
+                let inbox = dir("inbox", h.inbox.as_ref())?;
+                if outbox == inbox {
+                    return Err(self.err("hub.inbox", tr!(
+                        "must not be the outbox: batches go out through one directory, answers come back through another",
+                        "不能与 outbox 相同：批次从一个目录发出，应答从另一个目录返回"
+                    )));
+                }
+                let resend_after = match &h.resend_after {
+                    Some(t) => parse_duration(t).map_err(|e| self.err("hub.resend_after", e))?,
+                    None => Duration::from_secs(3600),
+                };
+                if resend_after < Duration::from_secs(1) {
+                    return Err(self.err("hub.resend_after", tr!("must be at least 1s", "不能小于 1s")));
+                }
+                Ok(Some(Offline { outbox, inbox, resend_after }))
+            }
+            Some(other) => Err(self.err(
+                "hub.mode",
+                tr!(
+                    "`{other}` is not a mode; expected \"online\" (default: batches go over mutual TLS) or \"offline\" (batches and answers as files through a gateway)",
+                    "`{other}` 不是有效模式；应为 \"online\"（默认：通过双向 TLS 发送批次）或 \"offline\"（批次与应答以文件形式经网闸传递）"
+                ),
+            )),
+        }
     }
 
     /// The certificate revocation list files of `key`: each must exist and hold CRLs.

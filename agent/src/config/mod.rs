@@ -107,6 +107,20 @@ pub struct Hub {
     pub tls: MutualTls,
     /// Timeout of one request.
     pub timeout: Duration,
+    /// Offline exchange (`mode = "offline"`): batches leave as files, answers come back as
+    /// files; `None` online.
+    pub offline: Option<Offline>,
+}
+
+/// `[hub] mode = "offline"`: the directories a one-way gateway (网闸) carries files through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offline {
+    /// Where batch files are written, for the gateway to carry to the hub.
+    pub outbox: PathBuf,
+    /// Where the hub's answer files arrive.
+    pub inbox: PathBuf,
+    /// A batch written and still unanswered this long is written again.
+    pub resend_after: Duration,
 }
 
 /// Bounds of the local queue.

@@ -46,6 +46,10 @@ pub struct RawHub {
     pub min_tls: Option<String>,
     pub timeout: Option<String>,
     pub crl: Option<Vec<String>>,
+    pub mode: Option<String>,
+    pub outbox: Option<String>,
+    pub inbox: Option<String>,
+    pub resend_after: Option<String>,
 }
 
 /// `[queue]`.

@@ -803,3 +803,45 @@ fn a_file_drop_resource_is_validated_with_its_directory_mode_and_types() {
         assert!(m.contains(needle), "{needle}: {m}");
     }
 }
+
+#[test]
+fn an_offline_hub_needs_two_existing_distinct_directories() {
+    let f = Fixture::new();
+    for d in ["out", "in"] {
+        std::fs::create_dir_all(f.dir.path().join(d)).unwrap();
+    }
+    let offline = |extra: &str| {
+        GOOD.replace(
+            "key = \"tls/node.key\"\n",
+            &format!("key = \"tls/node.key\"\n{extra}\n"),
+        )
+    };
+    let c = f
+        .parse(&offline(
+            "mode = \"offline\"\noutbox = \"out\"\ninbox = \"in\"\nresend_after = \"30m\"",
+        ))
+        .unwrap();
+    let o = c.hub.offline.expect("offline");
+    assert_eq!(o.outbox, f.dir.path().join("out"));
+    assert_eq!(o.resend_after, std::time::Duration::from_secs(1800));
+    assert!(f.parse(GOOD).unwrap().hub.offline.is_none());
+    for (text, key, needle) in [
+        (offline("mode = \"carrier-pigeon\""), "hub.mode", "\"offline\""),
+        (offline("mode = \"offline\"\ninbox = \"in\""), "hub.outbox", "`outbox`"),
+        (
+            offline("mode = \"offline\"\noutbox = \"out\"\ninbox = \"missing\""),
+            "hub.inbox",
+            "does not exist",
+        ),
+        (
+            offline("mode = \"offline\"\noutbox = \"out\"\ninbox = \"out\""),
+            "hub.inbox",
+            "not be the outbox",
+        ),
+        (offline("outbox = \"out\""), "hub.outbox", "mode = \"offline\""),
+    ] {
+        let m = message(&f.parse(&text).unwrap_err());
+        assert!(m.contains(&format!("key `{key}`")), "{key}: {m}");
+        assert!(m.contains(needle), "{needle}: {m}");
+    }
+}

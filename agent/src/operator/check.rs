@@ -714,6 +714,9 @@ fn check_columns(
 
 /// `--connect` for the hub: a health request over mutual TLS.
 async fn check_hub(config: &Config, out: &mut String) -> Verdict {
+    if let Some(dirs) = &config.hub.offline {
+        return check_offline(config, dirs, out);
+    }
     let client = match HubClient::new(config, "00000000000000000000000000000000") {
         Ok(client) => client,
         Err(e) => {
@@ -742,6 +745,43 @@ async fn check_hub(config: &Config, out: &mut String) -> Verdict {
             }
         }
     }
+}
+
+/// `--connect` offline: the hub is not contacted; the outbox and inbox must be writable and
+/// the node's key able to sign batch files.
+fn check_offline(config: &Config, dirs: &crate::config::Offline, out: &mut String) -> Verdict {
+    let link = crate::pipeline::push::OfflineLink::new(config, dirs, "0".repeat(32).as_str());
+    let probe = |dir: &std::path::Path| {
+        exchange_protocol::offline::write_atomic(dir, ".exchange-agent-check", b"")
+            .and_then(|p| std::fs::remove_file(p))
+    };
+    let mut verdict = Verdict::Ok;
+    if let Err(e) = link {
+        let _ = writeln!(out, "{}", tr!("error: {e}", "错误：{e}"));
+        return Verdict::Config;
+    }
+    for dir in [&dirs.outbox, &dirs.inbox] {
+        match probe(dir) {
+            Ok(()) => {}
+            Err(e) => {
+                let (dir, e) = (dir.display(), exchange_protocol::cause::chain(&e));
+                let _ = writeln!(out, "{}", tr!("error: {dir}: {e}", "错误：{dir}：{e}"));
+                verdict = Verdict::Config;
+            }
+        }
+    }
+    if matches!(verdict, Verdict::Ok) {
+        let (outbox, inbox) = (dirs.outbox.display(), dirs.inbox.display());
+        let _ = writeln!(
+            out,
+            "{}",
+            tr!(
+                "  hub: offline exchange (not contacted); batch files to {outbox}, answers from {inbox}",
+                "  交换中心：离线交换（不连接）；批次文件写入 {outbox}，应答从 {inbox} 读取"
+            )
+        );
+    }
+    verdict
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::pipeline::board::Board;
 use crate::pipeline::pull::Puller;
-use crate::pipeline::push::{Flow, HubClient, PushError, push_batches};
+use crate::pipeline::push::{Flow, HubClient, OfflineLink, PushError, push_batches, push_offline};
 use crate::pipeline::queue::{Queue, Stage};
 use crate::policy::Plan;
 
@@ -44,6 +44,8 @@ pub struct Pipeline {
     pub queue: Queue,
     /// The hub client.
     pub client: HubClient,
+    /// Offline exchange (`[hub] mode = "offline"`): batches leave as files instead.
+    pub offline: Option<Arc<OfflineLink>>,
     /// One puller per delivered resource (unconditional, or conditional with `deliver = true`).
     pub pullers: Vec<Arc<Puller>>,
     /// Signalled when the pusher freed queue space.
@@ -87,6 +89,10 @@ impl Pipeline {
     ) -> Result<Pipeline, PipelineError> {
         exchange_protocol::tls::install_provider();
         let client = HubClient::new(&config, queue.stream())?;
+        let offline = match &config.hub.offline {
+            Some(dirs) => Some(Arc::new(OfflineLink::new(&config, dirs, queue.stream())?)),
+            None => None,
+        };
         let mut connectors: BTreeMap<String, Arc<dyn Connector>> = BTreeMap::new();
         for (name, spec) in &config.sources {
             connectors.insert(name.clone(), exchange_connectors::open(spec)?);
@@ -120,6 +126,7 @@ impl Pipeline {
             config,
             queue,
             client,
+            offline,
             pullers,
             space,
             enqueued,
@@ -130,6 +137,11 @@ impl Pipeline {
     /// (docs/PROTOCOL.md §10); returns how many were accepted and why the others were not
     /// (in both languages: a `sync` the service carries out shows them to an operator).
     pub async fn report_catalogue(&self) -> (usize, Vec<Text>) {
+        if self.offline.is_some() {
+            // No channel carries catalogue entries offline yet (docs/CONFIG.md).
+            tracing::info!("Offline exchange: catalogue entries are not reported to the hub.");
+            return (0, Vec::new());
+        }
         let mut reported = 0;
         let mut failed = Vec::new();
         for r in &self.config.resources {
@@ -230,7 +242,7 @@ impl Pipeline {
             }
             let notified = self.enqueued.notified();
             let result = tokio::select! {
-                r = push_batches(&self.client, &self.queue, resource, &mut flow, &acked) => r,
+                r = self.push_once(resource, &mut flow, &acked) => r,
                 // A batch in flight may already be committed by the hub: it is resent after a
                 // restart and acknowledged as a duplicate.
                 _ = stop.changed() => return,
@@ -259,6 +271,30 @@ impl Pipeline {
                     _ = stop.changed() => {}
                 },
             }
+        }
+    }
+}
+
+impl Pipeline {
+    /// One call of the push loop: [`push_batches`] online, [`push_offline`] offline.
+    async fn push_once(
+        &self,
+        resource: &str,
+        flow: &mut Flow,
+        acked: &(dyn Fn() + Sync),
+    ) -> Result<usize, PushError> {
+        match &self.offline {
+            None => push_batches(&self.client, &self.queue, resource, flow, acked).await,
+            Some(link) => push_offline(link, &self.queue, resource, acked).await,
+        }
+    }
+
+    /// Whether a push loop has nothing left to do for `resource`: nothing queued, or offline
+    /// every queued batch written to the outbox (its answer comes back later).
+    fn drained(&self, resource: &str) -> bool {
+        match &self.offline {
+            None => self.queue.head(resource).ok().flatten().is_none(),
+            Some(link) => link.all_written(&self.queue, resource),
         }
     }
 }
@@ -314,7 +350,7 @@ impl PushRetry {
         }
         if let Some(done) = &self.until_empty
             && *done.borrow()
-            && pipeline.queue.head(resource).ok().flatten().is_none()
+            && pipeline.drained(resource)
         {
             return Pause::Stop;
         }

@@ -78,6 +78,10 @@ pub struct ResourceOutcome {
     pub queued_records: u64,
     /// The last push error, when records are still queued.
     pub push_error: Option<Text>,
+    /// Offline exchange: batches written to the outbox that still await the hub's answer
+    /// (not counted in `queued_batches`).
+    #[serde(default)]
+    pub in_outbox: u64,
 }
 
 impl ResourceOutcome {
@@ -102,6 +106,13 @@ impl ResourceOutcome {
         if let Some(e) = &self.pull_error {
             out.push_str(&tr!("; pull incomplete: {e}", "；抽取未完成：{e}"));
         }
+        if self.in_outbox > 0 {
+            let n = self.in_outbox;
+            out.push_str(&tr!(
+                "; {n} batches written to the outbox, awaiting the hub's answer",
+                "；{n} 个批次已写入发件目录，等待交换中心的应答"
+            ));
+        }
         if self.queued_batches > 0 {
             let (records, batches) = (self.queued_records, self.queued_batches);
             out.push_str(&tr!(
@@ -111,6 +122,7 @@ impl ResourceOutcome {
             if let Some(e) = &self.push_error {
                 out.push_str(&tr!(" ({e})", "（{e}）"));
             }
+        } else if self.in_outbox > 0 {
         } else if self.pull_error.is_none() {
             out.push_str(&tr!(
                 "; the hub acknowledged everything",
@@ -359,6 +371,12 @@ fn outcome(
         Pushers::Own => (st.queued_batches, st.queued_records),
         Pushers::Daemon => queued_by(pipeline, code, t),
     };
+    let (in_outbox, written_records) = in_outbox(pipeline, code);
+    let in_outbox = in_outbox.min(queued_batches);
+    let (queued_batches, queued_records) = (
+        queued_batches - in_outbox,
+        queued_records.saturating_sub(written_records),
+    );
     ResourceOutcome {
         pulled: totals.records,
         quarantined: totals.quarantined + totals.null_cursor,
@@ -372,8 +390,28 @@ fn outcome(
         push_error: (queued_batches > 0)
             .then(|| rt.push_error.or(st.push_error.map(|n| n.message)))
             .flatten(),
+        in_outbox,
         code: code.to_owned(),
     }
+}
+
+/// Offline: the queued batches of `code` this process wrote to the outbox, and their records.
+fn in_outbox(pipeline: &Pipeline, code: &str) -> (u64, u64) {
+    let Some(link) = &pipeline.offline else {
+        return (0, 0);
+    };
+    let through = link.written_through(code);
+    let written: Vec<_> = pipeline
+        .queue
+        .batches(code)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|b| b.seq <= through)
+        .collect();
+    (
+        written.len() as u64,
+        written.iter().map(|b| u64::from(b.records)).sum(),
+    )
 }
 
 /// The batches (and their records) still queued up to the last one the sync's pulls queued.

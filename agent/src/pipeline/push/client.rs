@@ -102,39 +102,12 @@ impl HubClient {
             stream: flight.stream.clone(),
             seq: b.seq,
         };
-        let request = self
+        let mut request = self
             .http
-            .post(format!("{}{}", self.url, batch::BATCHES_PATH))
-            .header(header::PROTOCOL, batch::PROTOCOL_VERSION)
-            .header(header::NODE, &id.node)
-            .header(header::RESOURCE, &id.resource)
-            .header(header::STREAM, &id.stream)
-            .header(header::SEQ, id.seq.to_string())
-            .header(header::RECORDS, b.records.to_string())
-            .header(header::DIGEST, &b.digest)
-            .header(header::IDEMPOTENCY_KEY, id.idempotency_key())
-            .header("content-type", batch::CONTENT_TYPE)
-            .header("content-encoding", batch::CONTENT_ENCODING);
-        let request = if baseline {
-            request.header(header::BASELINE, batch::BASELINE_COMPLETE)
-        } else {
-            request
-        };
-        let signed = Signed {
-            node: &id.node,
-            resource: &id.resource,
-            stream: &id.stream,
-            seq: id.seq,
-            sm3: &b.digest,
-        };
-        let request = match self.signer.as_ref().map(|s| s.sign(&signed)) {
-            Some(Ok(value)) => request.header(signature::HEADER, value),
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, seq = id.seq, "Batch leaves unsigned.");
-                request
-            }
-            None => request,
-        };
+            .post(format!("{}{}", self.url, batch::BATCHES_PATH));
+        for (name, value) in batch_headers(&id, b, baseline, self.signer.as_ref()) {
+            request = request.header(name, value);
+        }
         request.body(b.body.clone())
     }
 
@@ -224,6 +197,44 @@ impl HubClient {
             },
         }
     }
+}
+
+/// The headers of batch `b` as `id` (docs/PROTOCOL.md §4.1), signed by `signer` (§4.7):
+/// what an online request carries and an offline batch file holds (§12).
+pub(super) fn batch_headers(
+    id: &BatchId,
+    b: &StoredBatch,
+    baseline: bool,
+    signer: Option<&BatchSigner>,
+) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        (header::PROTOCOL, batch::PROTOCOL_VERSION.to_owned()),
+        (header::NODE, id.node.clone()),
+        (header::RESOURCE, id.resource.clone()),
+        (header::STREAM, id.stream.clone()),
+        (header::SEQ, id.seq.to_string()),
+        (header::RECORDS, b.records.to_string()),
+        (header::DIGEST, b.digest.clone()),
+        (header::IDEMPOTENCY_KEY, id.idempotency_key()),
+        ("content-type", batch::CONTENT_TYPE.to_owned()),
+        ("content-encoding", batch::CONTENT_ENCODING.to_owned()),
+    ];
+    if baseline {
+        headers.push((header::BASELINE, batch::BASELINE_COMPLETE.to_owned()));
+    }
+    let signed = Signed {
+        node: &id.node,
+        resource: &id.resource,
+        stream: &id.stream,
+        seq: id.seq,
+        sm3: &b.digest,
+    };
+    match signer.map(|s| s.sign(&signed)) {
+        Some(Ok(value)) => headers.push((signature::HEADER, value)),
+        Some(Err(e)) => tracing::warn!(error = %e, seq = id.seq, "Batch leaves unsigned."),
+        None => {}
+    }
+    headers
 }
 
 /// The rustls error somewhere in an error chain; hyper-rustls wraps it in I/O errors, whose

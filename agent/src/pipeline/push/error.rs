@@ -16,6 +16,18 @@ pub enum PushError {
         "交换中心 TLS 配置：{0}", .0
     ))]
     Tls(tls::TlsError),
+    /// An offline exchange directory could not be read or written, or the node cannot sign
+    /// batch files.
+    #[error("{}", exchange_protocol::tr!(
+        "offline exchange directory {}: {reason}",
+        "离线交换目录 {}：{reason}", dir.display()
+    ))]
+    Offline {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The TLS handshake failed.
     #[error("{}", exchange_protocol::tr!(
         "TLS handshake with the hub {url} failed: {reason}",
@@ -249,6 +261,7 @@ impl PushError {
             PushError::Halted { .. } => "halted",
             PushError::CatalogueRefused { .. } => "catalogue",
             PushError::Queue(_) => "queue",
+            PushError::Offline { .. } => "offline_dir",
         }
     }
     /// Whether the hub answered and refused: retrying helps only after someone fixes

@@ -31,12 +31,16 @@
 //! - `receipt`: an acknowledged batch removed from the queue, with its audit entry;
 //! - `refused`: a record the hub refused, quarantined and cut out of its batch;
 //! - `window`: the push window;
+//! - `offline`: offline exchange, batches as files in the outbox; `inbox`: the hub's answer
+//!   files read back (docs/PROTOCOL.md §12);
 //! - `error`: why a push failed.
 
 mod answer;
 mod client;
 mod error;
 mod flight;
+mod inbox;
+mod offline;
 mod receipt;
 mod refused;
 mod window;
@@ -44,4 +48,5 @@ mod window;
 pub use crate::pipeline::queue::MAX_IN_FLIGHT;
 pub use client::{HubClient, MAX_RETRY_AFTER};
 pub use error::PushError;
+pub use offline::{OfflineLink, push_offline};
 pub use window::{Flow, push_batches};

@@ -319,7 +319,18 @@ async fn fail(
     flow: &mut Flow,
 ) -> Result<usize, PushError> {
     *flow = Flow::Probing;
-    let kind = match &e {
+    halt_on(flight, &e).await?;
+    if acknowledged > 0 && matches!(e, PushError::Overtaken { .. }) {
+        Ok(acknowledged)
+    } else {
+        Err(e)
+    }
+}
+
+/// Halts the resource when `e` is a gap at the hub or a rewound queue (both need an
+/// operator); any other error leaves it running.
+pub(super) async fn halt_on(flight: &InFlight<'_>, e: &PushError) -> Result<(), PushError> {
+    let kind = match e {
         PushError::Gap { .. } => Some(HaltKind::HubGap),
         PushError::Rewound { .. } => Some(HaltKind::QueueRewound),
         _ => None,
@@ -335,15 +346,11 @@ async fn fail(
             .expect("queue task panicked")?;
         tracing::error!(resource = flight.resource, error = %e, "Resource stopped.");
     }
-    if acknowledged > 0 && matches!(e, PushError::Overtaken { .. }) {
-        Ok(acknowledged)
-    } else {
-        Err(e)
-    }
+    Ok(())
 }
 
 /// The batch that completes the stream's baseline, once it is queued.
-fn baseline_seq(state: &ResourceState) -> Option<u64> {
+pub(super) fn baseline_seq(state: &ResourceState) -> Option<u64> {
     match state.baseline {
         Baseline::Complete { seq } => Some(seq),
         Baseline::Reading { .. } => None,
@@ -351,7 +358,7 @@ fn baseline_seq(state: &ResourceState) -> Option<u64> {
 }
 
 /// Up to [`MAX_IN_FLIGHT`] queued batches after seq `after`, with the resource's state.
-async fn read_after(
+pub(super) async fn read_after(
     queue: &Queue,
     resource: &str,
     after: u64,
@@ -366,7 +373,7 @@ async fn read_after(
 
 /// Raises the queue's committed bound of the batches that may have left to `to` (capped at
 /// the last batch committed); returns the bound now stored.
-async fn raise_sent_through(flight: &InFlight<'_>, to: u64) -> Result<u64, PushError> {
+pub(super) async fn raise_sent_through(flight: &InFlight<'_>, to: u64) -> Result<u64, PushError> {
     let (q, code) = (flight.queue.clone(), flight.resource.to_owned());
     Ok(
         tokio::task::spawn_blocking(move || q.raise_sent_through(&code, to))

@@ -1,0 +1,273 @@
+//! The hub's answer files in the inbox (docs/PROTOCOL.md §12): each is checked — the hub's
+//! certificate chains to `[hub] ca` under the hub's name, its signature covers the answer,
+//! the body is the one signed — and then read exactly as the online answer to the batch it
+//! names (`answer`).
+//!
+//! Invariants:
+//! - only the answer for the oldest queued batch, with that batch's digest, can release it;
+//!   answers are taken in seq order, so batches leave in seq order;
+//! - an answer file that fails a check is moved to `inbox/rejected/` with a `.reason` file
+//!   and changes nothing; one naming another node is moved there too;
+//! - an answer is deleted only after what it decided is committed (a crash in between reads
+//!   it again, and finds it stale: its batch is no longer queued);
+//! - a gap at the hub below the oldest queued batch (a hub restored from a backup) or a
+//!   rewound queue halts the resource, as online.
+
+use std::path::{Path, PathBuf};
+
+use exchange_protocol::batch::BatchId;
+use exchange_protocol::digest::sm3_hex;
+use exchange_protocol::offline::{self, ANSWER_SM3, ANSWER_STATUS, Answered, Kind, OfflineFile};
+use exchange_protocol::signature::{self, Signature};
+use exchange_protocol::tr;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::UnixTime;
+
+use super::answer::{Reply, Sent};
+use super::error::PushError;
+use super::flight::InFlight;
+use super::offline::OfflineLink;
+use super::{receipt, refused, window};
+
+/// Largest answer file read (an answer is a short JSON object).
+const MAX_ANSWER_BYTES: u64 = 1024 * 1024;
+
+/// An answer file that passed its checks.
+struct Answer {
+    /// Where it is.
+    path: PathBuf,
+    /// The batch it answers.
+    id: BatchId,
+    /// The digest of the batch it answers.
+    batch_sm3: String,
+    /// The HTTP status the hub answered.
+    status: u16,
+    /// The JSON body.
+    body: Vec<u8>,
+}
+
+/// Reads the inbox's answers for the resource of `flight` and applies them in seq order;
+/// returns how many batches left the queue.
+pub(super) async fn receive(
+    link: &OfflineLink,
+    flight: &InFlight<'_>,
+    acked: &(dyn Fn() + Sync),
+) -> Result<usize, PushError> {
+    let answers = {
+        let (inbox, resource) = (link.dirs.inbox.clone(), flight.resource.to_owned());
+        let checker = Checker::of(link);
+        tokio::task::spawn_blocking(move || checker.read(&inbox, &resource))
+            .await
+            .expect("inbox task panicked")?
+    };
+    let mut released = 0;
+    for answer in answers {
+        let head = flight.queue.head(flight.resource)?;
+        let Some(b) = head.filter(|b| {
+            answer.id.stream == flight.stream
+                && answer.id.seq == b.seq
+                && answer.batch_sm3.eq_ignore_ascii_case(&b.digest)
+        }) else {
+            // Not for the oldest queued batch: stale (its batch left, or changed, or another
+            // stream's) unless it is for a later batch, which waits for its turn.
+            if !waits(flight, &answer)? {
+                remove(&answer.path);
+            }
+            continue;
+        };
+        let sent = Sent {
+            url: &link.url,
+            flight,
+            batch: &b,
+            head: b.seq,
+        };
+        let reply = Reply {
+            status: answer.status,
+            retry_after: None,
+            body: answer.body.clone(),
+        };
+        match sent.read(reply).await {
+            Ok(ack) => {
+                let bound = receipt::record(flight, &b, &ack).await?;
+                flight.raised_to(bound);
+                link.answered(flight.resource);
+                released += 1;
+                acked();
+                remove(&answer.path);
+            }
+            Err(e @ PushError::RecordRefused { .. }) => {
+                refused::quarantine(flight.queue, e).await?;
+                link.rewrite_from(flight.resource, b.seq);
+                remove(&answer.path);
+            }
+            Err(e) => {
+                window::halt_on(flight, &e).await?;
+                remove(&answer.path);
+                return Err(e);
+            }
+        }
+    }
+    Ok(released)
+}
+
+/// Whether an answer that is not for the oldest queued batch is for a later one of the same
+/// stream (it waits for its turn); otherwise it is stale: its batch left the queue, changed,
+/// or belongs to another stream.
+fn waits(flight: &InFlight<'_>, answer: &Answer) -> Result<bool, PushError> {
+    Ok(answer.id.stream == flight.stream
+        && flight
+            .queue
+            .head(flight.resource)?
+            .is_some_and(|b| answer.id.seq > b.seq))
+}
+
+fn remove(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "Cannot remove an answer file that was read.");
+    }
+}
+
+/// What an answer is checked against, movable to the blocking pool.
+struct Checker {
+    node: String,
+    verifier: std::sync::Arc<rustls::client::WebPkiServerVerifier>,
+    hub_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl Checker {
+    fn of(link: &OfflineLink) -> Checker {
+        Checker {
+            node: link.node.clone(),
+            verifier: link.verifier.clone(),
+            hub_name: link.hub_name.clone(),
+        }
+    }
+
+    /// The checked answers for `resource` in `inbox`, in seq order; answers that fail a check
+    /// are moved aside with their reason.
+    fn read(&self, inbox: &Path, resource: &str) -> Result<Vec<Answer>, PushError> {
+        let io = |e: std::io::Error| PushError::Offline {
+            dir: inbox.to_owned(),
+            reason: exchange_protocol::cause::chain(&e),
+        };
+        let mut answers = Vec::new();
+        for path in offline::list(inbox, Kind::Answer).map_err(io)? {
+            match self.check(&path) {
+                Ok(Some(a)) if a.id.resource == resource => answers.push(a),
+                Ok(_) => {}
+                Err(reason) => set_aside(inbox, &path, &reason),
+            }
+        }
+        answers.sort_by_key(|a| a.id.seq);
+        Ok(answers)
+    }
+
+    /// One answer file checked (module doc); `None` when it vanished meanwhile (another
+    /// resource's loop set it aside).
+    fn check(&self, path: &Path) -> Result<Option<Answer>, String> {
+        let bytes = match read_bounded(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(exchange_protocol::cause::chain(&e)),
+        };
+        let file = OfflineFile::parse(Kind::Answer, &bytes).map_err(|e| e.to_string())?;
+        let id = file.batch_id().map_err(|e| e.to_string())?;
+        if id.node != self.node {
+            return Err(tr!(
+                "the answer is for node `{}`, not this node `{}`",
+                "该应答属于节点 `{}`，而不是本节点 `{}`",
+                id.node,
+                self.node
+            ));
+        }
+        let status = file
+            .required(ANSWER_STATUS)
+            .ok()
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or_else(|| tr!("no valid `{ANSWER_STATUS}`", "`{ANSWER_STATUS}` 缺失或无效"))?;
+        let batch_sm3 = file
+            .required(exchange_protocol::batch::header::DIGEST)
+            .map_err(|e| e.to_string())?
+            .to_owned();
+        self.authentic(&file, &id, &batch_sm3, status)?;
+        Ok(Some(Answer {
+            path: path.to_owned(),
+            id,
+            batch_sm3,
+            status,
+            body: file.body,
+        }))
+    }
+
+    /// The body is the one signed, by a certificate of the hub.
+    fn authentic(
+        &self,
+        file: &OfflineFile,
+        id: &BatchId,
+        batch_sm3: &str,
+        status: u16,
+    ) -> Result<(), String> {
+        let answer_sm3 = sm3_hex(&file.body);
+        if file.header(ANSWER_SM3) != Some(answer_sm3.as_str()) {
+            return Err(tr!(
+                "the body's SM3 is not `{ANSWER_SM3}`: the file was changed",
+                "应答内容的 SM3 与 `{ANSWER_SM3}` 不符：文件已被改动"
+            ));
+        }
+        let chain = file.certificates().map_err(|e| e.to_string())?;
+        let (leaf, intermediates) = chain.split_first().expect("certificates() is not empty");
+        self.verifier
+            .verify_server_cert(leaf, intermediates, &self.hub_name, &[], UnixTime::now())
+            .map_err(|e| {
+                tr!(
+                    "the signer's certificate is not the hub's: {}",
+                    "签名者的证书不是交换中心的证书：{}",
+                    exchange_protocol::tls::explain(&e)
+                )
+            })?;
+        let signature = Signature::parse(
+            file.required(signature::HEADER)
+                .map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        let answered = Answered {
+            id,
+            batch_sm3,
+            status,
+            answer_sm3: &answer_sm3,
+        };
+        signature
+            .verify_message(&answered.message(), leaf)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_ANSWER_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_ANSWER_BYTES {
+        return Err(std::io::Error::other(tr!(
+            "larger than {MAX_ANSWER_BYTES} bytes",
+            "大于 {MAX_ANSWER_BYTES} 字节"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Moves a refused answer file to `inbox/rejected/` with its reason, logged.
+fn set_aside(inbox: &Path, path: &Path, reason: &str) {
+    tracing::warn!(path = %path.display(), reason, "Answer file refused; moved to rejected/.");
+    let dir = inbox.join("rejected");
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let moved = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(dir.join(format!("{name}.reason")), format!("{reason}\n")))
+        .and_then(|()| std::fs::rename(path, dir.join(&*name)));
+    if let Err(e) = moved {
+        tracing::warn!(path = %path.display(), error = %e, "Cannot move a refused answer file aside.");
+    }
+}

@@ -1,0 +1,358 @@
+//! Offline exchange through a one-way gateway (网闸, docs/PROTOCOL.md §12), end to end with the
+//! real agent binary and the hub's import: batch files leave through the outbox, arrive at the
+//! hub shuffled, one missing, one replayed, one tampered; the hub's answer files come back,
+//! one forged; nothing is lost, nothing applied twice, nothing released without the hub's
+//! signed answer. A hub restored from a backup stops the resource as online does; a resource
+//! switches between online and offline on the same stream.
+
+use std::path::{Path, PathBuf};
+
+use exchange_hub::config::StoreConfig;
+use exchange_hub::import::{Outcome, import};
+use exchange_protocol::offline::{self, Kind, OfflineFile};
+use exchange_tests::agent::Agent;
+use exchange_tests::hub::Hub;
+use exchange_tests::rows::assert_same;
+use exchange_tests::scene::Scene;
+use exchange_tests::sqlite_source::SqliteSource;
+
+const CODE: &str = "330100-MZJ-0007";
+
+/// The directories of one exchange: the agent's outbox and inbox, and the hub's import and
+/// answer directories (the gateway carries files between them).
+struct Gateway {
+    outbox: PathBuf,
+    inbox: PathBuf,
+    import: PathBuf,
+    answers: PathBuf,
+}
+
+impl Gateway {
+    fn new(dir: &Path) -> Gateway {
+        let g = Gateway {
+            outbox: dir.join("outbox"),
+            inbox: dir.join("inbox"),
+            import: dir.join("hub-import"),
+            answers: dir.join("hub-answers"),
+        };
+        for d in [&g.outbox, &g.inbox, &g.import, &g.answers] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        g
+    }
+
+    /// The outbox's batch files by seq (read, not moved).
+    fn outbox(&self) -> Vec<(u64, PathBuf)> {
+        let mut files: Vec<(u64, PathBuf)> = offline::list(&self.outbox, Kind::Batch)
+            .unwrap()
+            .into_iter()
+            .map(|p| (batch_of(&p).batch_id().unwrap().seq, p))
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Moves the outbox's file of `seq` to the hub's import directory.
+    fn carry(&self, seq: u64) {
+        let (_, path) = self
+            .outbox()
+            .into_iter()
+            .find(|(s, _)| *s == seq)
+            .unwrap_or_else(|| panic!("batch {seq} is not in the outbox"));
+        let name = path.file_name().unwrap();
+        std::fs::rename(&path, self.import.join(name)).unwrap();
+    }
+
+    /// Moves every answer file to the agent's inbox.
+    fn carry_answers(&self) -> usize {
+        let answers = offline::list(&self.answers, Kind::Answer).unwrap();
+        for a in &answers {
+            std::fs::rename(a, self.inbox.join(a.file_name().unwrap())).unwrap();
+        }
+        answers.len()
+    }
+}
+
+fn batch_of(path: &Path) -> OfflineFile {
+    OfflineFile::parse(Kind::Batch, &std::fs::read(path).unwrap()).unwrap()
+}
+
+fn offline_agent(scene: &Scene, source: &SqliteSource, g: &Gateway) -> Agent {
+    scene.write_agent(
+        &scene
+            .agent_config()
+            .max_records(10)
+            .offline(&g.outbox, &g.inbox)
+            .source("local", "sqlite", &source.url())
+            .resource(source.resource(CODE, "local")),
+    )
+}
+
+fn online_agent(scene: &Scene, source: &SqliteSource) -> Agent {
+    scene.write_agent(
+        &scene
+            .agent_config()
+            .max_records(10)
+            .source("local", "sqlite", &source.url())
+            .resource(source.resource(CODE, "local")),
+    )
+}
+
+async fn queued(agent: &Agent) -> u64 {
+    agent.resource_status(CODE).await["queued_batches"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{}", agent.resource_status(CODE).await))
+}
+
+/// Runs the hub's import of the gateway's import directory.
+async fn hub_import(hub: &Hub, g: &Gateway) -> Vec<(u64, Outcome)> {
+    let report = import(&hub.config, &hub.store, &g.import, &g.answers)
+        .await
+        .unwrap_or_else(|e| panic!("import: {e}"));
+    let mut seen: Vec<(u64, Outcome)> = report
+        .files
+        .into_iter()
+        .map(|f| (f.id.map_or(0, |id| id.seq), f.outcome))
+        .collect();
+    seen.sort_by_key(|(s, _)| *s);
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_shuffled_missing_replayed_tampered_or_forged_lose_and_duplicate_nothing() {
+    let scene = Scene::start().await;
+    let g = Gateway::new(scene.dir.path());
+    let source = SqliteSource::create(scene.dir.path(), 50);
+    let agent = offline_agent(&scene, &source, &g);
+
+    // The sync is done when every batch is in the outbox; the hub was never contacted.
+    let out = agent.sync_ok().await;
+    out.assert_mentions(&["outbox"]);
+    let written = g.outbox();
+    let seqs: Vec<u64> = written.iter().map(|(s, _)| *s).collect();
+    assert!(seqs.len() >= 5 && seqs[0] == 1, "{seqs:?}");
+    let last = *seqs.last().unwrap();
+    assert!(scene.hub.rows(CODE).await.is_empty());
+    // No raw value of the dropped field in any file.
+    for (_, p) in &written {
+        let f = batch_of(p);
+        let ndjson = exchange_protocol::batch::decompress(&f.body, 1 << 24).unwrap();
+        assert!(!String::from_utf8_lossy(&ndjson).contains("note"), "{p:?}");
+    }
+
+    // First crossing: shuffled, batch 2 missing, batch 4 tampered (one body byte changed).
+    for seq in [last, 3, 1] {
+        g.carry(seq);
+    }
+    let mut tampered = batch_of(&written[3].1);
+    let at = tampered.body.len() / 2;
+    tampered.body[at] ^= 0x01;
+    std::fs::write(
+        g.import.join(written[3].1.file_name().unwrap()),
+        tampered.to_bytes(),
+    )
+    .unwrap();
+    std::fs::remove_file(&written[3].1).unwrap();
+    let seen = hub_import(&scene.hub, &g).await;
+    assert!(
+        matches!(seen.iter().find(|(s, _)| *s == 1), Some((_, Outcome::Applied { .. }))),
+        "{seen:?}"
+    );
+    for seq in [3, last] {
+        assert!(
+            matches!(seen.iter().find(|(s, _)| *s == seq), Some((_, Outcome::Waiting { last_seq: 1 }))),
+            "batch {seq} waits for 2: {seen:?}"
+        );
+    }
+    assert!(
+        seen.iter().any(|(_, o)| matches!(o, Outcome::Rejected { .. })),
+        "the tampered file is refused: {seen:?}"
+    );
+    assert_eq!(scene.hub.rows(CODE).await.len(), 10, "only batch 1 applied");
+
+    // A forged answer: batch 2 "applied", signed by the node's own key, not the hub's.
+    let forged = forged_answer(&scene, &g, 2);
+    std::fs::write(g.inbox.join("forged.exchange-answer"), forged).unwrap();
+    assert!(g.carry_answers() >= 3);
+    // The agent imports the answers: batch 1 leaves the queue, the forgery is set aside, 3 and
+    // the last wait for 2; every unanswered batch is written again (a new process).
+    agent.sync_ok().await;
+    assert_eq!(queued(&agent).await, last - 1);
+    let reason = std::fs::read_to_string(g.inbox.join("rejected/forged.exchange-answer.reason"))
+        .expect("the forged answer is set aside with its reason");
+    assert!(reason.contains("not the hub's"), "{reason}");
+
+    // Second crossing: batch 2, the untampered 4 (rewritten by the agent), and batch 1 again
+    // (a replay).
+    let again: Vec<u64> = g.outbox().iter().map(|(s, _)| *s).collect();
+    assert_eq!(again, (2..=last).collect::<Vec<_>>(), "unanswered batches rewritten");
+    g.carry(2);
+    std::fs::write(g.import.join("replay-1.exchange-batch"), std::fs::read(
+        g.import.join("done").join(written[0].1.file_name().unwrap()),
+    ).unwrap())
+    .unwrap();
+    g.carry(4);
+    let seen = hub_import(&scene.hub, &g).await;
+    assert!(
+        seen.iter().any(|(s, o)| *s == 1 && matches!(o, Outcome::Duplicate { .. })),
+        "the replay is not applied again: {seen:?}"
+    );
+    for seq in 2..=last {
+        assert!(
+            seen.iter().any(|(s, o)| *s == seq && matches!(o, Outcome::Applied { .. })),
+            "batch {seq} applied: {seen:?}"
+        );
+    }
+    assert_same(&scene.hub.rows(CODE).await, &source.expected());
+
+    // The answers come back: the queue empties; stale outbox files are the gateway's to drop.
+    g.carry_answers();
+    agent.sync_ok().await;
+    assert_eq!(queued(&agent).await, 0);
+    assert_same(&scene.hub.rows(CODE).await, &source.expected());
+}
+
+/// An answer file claiming batch `seq` was applied, signed with the node's key and chain
+/// (anyone on the department's side holds those; only the hub's key makes a valid answer).
+fn forged_answer(scene: &Scene, g: &Gateway, seq: u64) -> Vec<u8> {
+    use exchange_protocol::offline::{ANSWER_SM3, ANSWER_STATUS, Answered};
+    let (_, path) = g
+        .outbox()
+        .into_iter()
+        .find(|(s, _)| *s == seq)
+        .expect("batch in the outbox");
+    let batch = batch_of(&path);
+    let id = batch.batch_id().unwrap();
+    let digest = batch.header("exchange-content-sm3").unwrap().to_owned();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "status": "applied", "seq": seq, "records": 10, "last_seq": seq, "last_digest": digest
+    }))
+    .unwrap();
+    let answer_sm3 = exchange_protocol::digest::sm3_hex(&body);
+    let key = exchange_protocol::tls::load_key(&scene.pki.node_key).unwrap();
+    let signature = exchange_protocol::signature::BatchSigner::new(&key)
+        .unwrap()
+        .sign_message(
+            &Answered {
+                id: &id,
+                batch_sm3: &digest,
+                status: 200,
+                answer_sm3: &answer_sm3,
+            }
+            .message(),
+        )
+        .unwrap();
+    let mut headers: Vec<(String, String)> = [
+        ("exchange-node", id.node.clone()),
+        ("exchange-resource", id.resource.clone()),
+        ("exchange-stream", id.stream.clone()),
+        ("exchange-batch-seq", seq.to_string()),
+        ("exchange-content-sm3", digest),
+        (ANSWER_STATUS, "200".to_owned()),
+        (ANSWER_SM3, answer_sm3),
+        ("exchange-signature", signature),
+        ("content-type", "application/json".to_owned()),
+    ]
+    .into_iter()
+    .map(|(n, v)| (n.to_owned(), v))
+    .collect();
+    let chain = exchange_protocol::tls::load_certs("node", &scene.pki.node_cert).unwrap();
+    offline::push_certificates(&mut headers, &chain);
+    OfflineFile {
+        kind: Kind::Answer,
+        headers,
+        body,
+    }
+    .to_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_restored_from_a_backup_stops_the_resource_as_online() {
+    let mut scene = Scene::start().await;
+    let g = Gateway::new(scene.dir.path());
+    let source = SqliteSource::create(scene.dir.path(), 20);
+    let agent = offline_agent(&scene, &source, &g);
+    agent.sync_ok().await;
+    for (seq, _) in g.outbox() {
+        g.carry(seq);
+    }
+    hub_import(&scene.hub, &g).await;
+    let backup = scene.dir.path().join("hub-backup.db");
+    rusqlite::Connection::open(scene.hub.sqlite.as_ref().expect("a SQLite hub"))
+        .unwrap()
+        .execute("VACUUM INTO ?1", [backup.to_str().unwrap()])
+        .unwrap();
+    g.carry_answers();
+    agent.sync_ok().await;
+    assert_eq!(queued(&agent).await, 0);
+
+    // More rows cross; then the hub's store goes back to the backup, which lacks them.
+    source.insert(21, 15);
+    agent.sync_ok().await;
+    let later: Vec<u64> = g.outbox().iter().map(|(s, _)| *s).collect();
+    for seq in &later {
+        g.carry(*seq);
+    }
+    hub_import(&scene.hub, &g).await;
+    g.carry_answers();
+    agent.sync_ok().await;
+    assert_eq!(queued(&agent).await, 0);
+    scene.hub.stop().await;
+    scene.hub = Hub::start_with(scene.pki.hub_tls(), StoreConfig::sqlite(backup)).await;
+
+    source.insert(36, 5);
+    agent.sync_ok().await;
+    for (seq, _) in g.outbox() {
+        g.carry(seq);
+    }
+    let seen = hub_import(&scene.hub, &g).await;
+    assert!(
+        seen.iter().all(|(_, o)| matches!(o, Outcome::Waiting { .. })),
+        "the restored hub waits for batches it lost: {seen:?}"
+    );
+    g.carry_answers();
+    let out = agent.sync("30s").await;
+    assert_ne!(out.code, Some(0), "{out}");
+    out.assert_mentions(&["missing at the hub", &format!("exchange-agent resync {CODE}")]);
+    let status = agent.resource_status(CODE).await;
+    assert!(
+        status["stopped"]
+            .as_str()
+            .is_some_and(|s| s.contains("missing at the hub")),
+        "{status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_switches_between_online_and_offline_on_one_stream() {
+    let scene = Scene::start().await;
+    let g = Gateway::new(scene.dir.path());
+    let source = SqliteSource::create(scene.dir.path(), 30);
+    online_agent(&scene, &source).sync_ok().await;
+    assert_eq!(scene.hub.rows(CODE).await.len(), 30);
+
+    // Offline: the next batches continue the stream; the hub imports them, but their answers
+    // never come back before the switch.
+    source.insert(31, 20);
+    let agent = offline_agent(&scene, &source, &g);
+    agent.sync_ok().await;
+    let seqs: Vec<u64> = g.outbox().iter().map(|(s, _)| *s).collect();
+    assert!(seqs.first().is_some_and(|s| *s > 1), "{seqs:?}");
+    for seq in &seqs {
+        g.carry(*seq);
+    }
+    let seen = hub_import(&scene.hub, &g).await;
+    assert!(
+        seen.iter().all(|(_, o)| matches!(o, Outcome::Applied { .. })),
+        "same stream, next seqs: {seen:?}"
+    );
+    assert_eq!(queued(&agent).await, seqs.len() as u64);
+
+    // Online again: the batches the hub imported are acknowledged as duplicates, the next
+    // ones applied.
+    source.insert(51, 10);
+    let agent = online_agent(&scene, &source);
+    agent.sync_ok().await;
+    assert_eq!(queued(&agent).await, 0);
+    assert_same(&scene.hub.rows(CODE).await, &source.expected());
+}
