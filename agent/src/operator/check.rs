@@ -753,7 +753,7 @@ fn check_offline(config: &Config, dirs: &crate::config::Offline, out: &mut Strin
     let link = crate::pipeline::push::OfflineLink::new(config, dirs, "0".repeat(32).as_str());
     let probe = |dir: &std::path::Path| {
         exchange_protocol::offline::write_atomic(dir, ".exchange-agent-check", b"")
-            .and_then(|p| std::fs::remove_file(p))
+            .and_then(std::fs::remove_file)
     };
     let mut verdict = Verdict::Ok;
     if let Err(e) = link {

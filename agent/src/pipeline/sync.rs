@@ -123,6 +123,7 @@ impl ResourceOutcome {
                 out.push_str(&tr!(" ({e})", "（{e}）"));
             }
         } else if self.in_outbox > 0 {
+            // Offline: the hub's answers are still to come; nothing to claim yet.
         } else if self.pull_error.is_none() {
             out.push_str(&tr!(
                 "; the hub acknowledged everything",

@@ -7,7 +7,8 @@
 //! - only the answer for the oldest queued batch, with that batch's digest, can release it;
 //!   answers are taken in seq order, so batches leave in seq order;
 //! - an answer file that fails a check is moved to `inbox/rejected/` with a `.reason` file
-//!   and changes nothing; one naming another node is moved there too;
+//!   and changes nothing but the audit log (`offline.answer_refused`); one naming another
+//!   node is moved there too;
 //! - an answer is deleted only after what it decided is committed (a crash in between reads
 //!   it again, and finds it stale: its batch is no longer queued);
 //! - a gap at the hub below the oldest queued batch (a hub restored from a backup) or a
@@ -55,7 +56,8 @@ pub(super) async fn receive(
 ) -> Result<usize, PushError> {
     let answers = {
         let (inbox, resource) = (link.dirs.inbox.clone(), flight.resource.to_owned());
-        let checker = Checker::of(link);
+        let mut checker = Checker::of(link);
+        checker.data_dir = flight.queue.path().parent().map(Path::to_owned);
         tokio::task::spawn_blocking(move || checker.read(&inbox, &resource))
             .await
             .expect("inbox task panicked")?
@@ -131,6 +133,8 @@ fn remove(path: &Path) {
 
 /// What an answer is checked against, movable to the blocking pool.
 struct Checker {
+    /// Where the audit log is (a refused answer is audited).
+    data_dir: Option<PathBuf>,
     node: String,
     verifier: std::sync::Arc<rustls::client::WebPkiServerVerifier>,
     hub_name: rustls::pki_types::ServerName<'static>,
@@ -139,6 +143,7 @@ struct Checker {
 impl Checker {
     fn of(link: &OfflineLink) -> Checker {
         Checker {
+            data_dir: None,
             node: link.node.clone(),
             verifier: link.verifier.clone(),
             hub_name: link.hub_name.clone(),
@@ -154,19 +159,34 @@ impl Checker {
         };
         let mut answers = Vec::new();
         for path in offline::list(inbox, Kind::Answer).map_err(io)? {
-            match self.check(&path) {
-                Ok(Some(a)) if a.id.resource == resource => answers.push(a),
-                Ok(_) => {}
-                Err(reason) => set_aside(inbox, &path, &reason),
+            match self.check(&path, resource) {
+                Ok(Some(a)) => answers.push(a),
+                Ok(None) => {}
+                Err(reason) => {
+                    set_aside(inbox, &path, &reason);
+                    self.audit_refused(resource, &path, &reason);
+                }
             }
         }
         answers.sort_by_key(|a| a.id.seq);
         Ok(answers)
     }
 
-    /// One answer file checked (module doc); `None` when it vanished meanwhile (another
-    /// resource's loop set it aside).
-    fn check(&self, path: &Path) -> Result<Option<Answer>, String> {
+    /// An answer file refused is an event of the exchange: audited (`offline.answer_refused`).
+    fn audit_refused(&self, resource: &str, path: &Path, reason: &str) {
+        let Some(data_dir) = &self.data_dir else {
+            return;
+        };
+        let file = path.file_name().unwrap_or_default().to_string_lossy();
+        let detail = serde_json::json!({"file": file, "reason": reason});
+        if let Err(e) = crate::audit::append(data_dir, "offline.answer_refused", resource, detail) {
+            tracing::error!(error = %e, "Cannot write the audit log.");
+        }
+    }
+
+    /// One answer file for `resource` checked (module doc); `None` when it is another
+    /// resource's (its loop checks it) or vanished meanwhile (another loop set it aside).
+    fn check(&self, path: &Path, resource: &str) -> Result<Option<Answer>, String> {
         let bytes = match read_bounded(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -181,6 +201,9 @@ impl Checker {
                 id.node,
                 self.node
             ));
+        }
+        if id.resource != resource {
+            return Ok(None);
         }
         let status = file
             .required(ANSWER_STATUS)
