@@ -155,17 +155,24 @@ async fn files_shuffled_missing_replayed_tampered_or_forged_lose_and_duplicate_n
     std::fs::remove_file(&written[3].1).unwrap();
     let seen = hub_import(&scene.hub, &g).await;
     assert!(
-        matches!(seen.iter().find(|(s, _)| *s == 1), Some((_, Outcome::Applied { .. }))),
+        matches!(
+            seen.iter().find(|(s, _)| *s == 1),
+            Some((_, Outcome::Applied { .. }))
+        ),
         "{seen:?}"
     );
     for seq in [3, last] {
         assert!(
-            matches!(seen.iter().find(|(s, _)| *s == seq), Some((_, Outcome::Waiting { last_seq: 1 }))),
+            matches!(
+                seen.iter().find(|(s, _)| *s == seq),
+                Some((_, Outcome::Waiting { last_seq: 1 }))
+            ),
             "batch {seq} waits for 2: {seen:?}"
         );
     }
     assert!(
-        seen.iter().any(|(_, o)| matches!(o, Outcome::Rejected { .. })),
+        seen.iter()
+            .any(|(_, o)| matches!(o, Outcome::Rejected { .. })),
         "the tampered file is refused: {seen:?}"
     );
     assert_eq!(scene.hub.rows(CODE).await.len(), 10, "only batch 1 applied");
@@ -185,21 +192,33 @@ async fn files_shuffled_missing_replayed_tampered_or_forged_lose_and_duplicate_n
     // Second crossing: batch 2, the untampered 4 (rewritten by the agent), and batch 1 again
     // (a replay).
     let again: Vec<u64> = g.outbox().iter().map(|(s, _)| *s).collect();
-    assert_eq!(again, (2..=last).collect::<Vec<_>>(), "unanswered batches rewritten");
+    assert_eq!(
+        again,
+        (2..=last).collect::<Vec<_>>(),
+        "unanswered batches rewritten"
+    );
     g.carry(2);
-    std::fs::write(g.import.join("replay-1.exchange-batch"), std::fs::read(
-        g.import.join("done").join(written[0].1.file_name().unwrap()),
-    ).unwrap())
+    std::fs::write(
+        g.import.join("replay-1.exchange-batch"),
+        std::fs::read(
+            g.import
+                .join("done")
+                .join(written[0].1.file_name().unwrap()),
+        )
+        .unwrap(),
+    )
     .unwrap();
     g.carry(4);
     let seen = hub_import(&scene.hub, &g).await;
     assert!(
-        seen.iter().any(|(s, o)| *s == 1 && matches!(o, Outcome::Duplicate { .. })),
+        seen.iter()
+            .any(|(s, o)| *s == 1 && matches!(o, Outcome::Duplicate { .. })),
         "the replay is not applied again: {seen:?}"
     );
     for seq in 2..=last {
         assert!(
-            seen.iter().any(|(s, o)| *s == seq && matches!(o, Outcome::Applied { .. })),
+            seen.iter()
+                .any(|(s, o)| *s == seq && matches!(o, Outcome::Applied { .. })),
             "batch {seq} applied: {seen:?}"
         );
     }
@@ -307,13 +326,17 @@ async fn a_hub_restored_from_a_backup_stops_the_resource_as_online() {
     }
     let seen = hub_import(&scene.hub, &g).await;
     assert!(
-        seen.iter().all(|(_, o)| matches!(o, Outcome::Waiting { .. })),
+        seen.iter()
+            .all(|(_, o)| matches!(o, Outcome::Waiting { .. })),
         "the restored hub waits for batches it lost: {seen:?}"
     );
     g.carry_answers();
     let out = agent.sync("30s").await;
     assert_ne!(out.code, Some(0), "{out}");
-    out.assert_mentions(&["missing at the hub", &format!("exchange-agent resync {CODE}")]);
+    out.assert_mentions(&[
+        "missing at the hub",
+        &format!("exchange-agent resync {CODE}"),
+    ]);
     let status = agent.resource_status(CODE).await;
     assert!(
         status["stopped"]
@@ -343,7 +366,8 @@ async fn a_resource_switches_between_online_and_offline_on_one_stream() {
     }
     let seen = hub_import(&scene.hub, &g).await;
     assert!(
-        seen.iter().all(|(_, o)| matches!(o, Outcome::Applied { .. })),
+        seen.iter()
+            .all(|(_, o)| matches!(o, Outcome::Applied { .. })),
         "same stream, next seqs: {seen:?}"
     );
     assert_eq!(queued(&agent).await, seqs.len() as u64);

@@ -826,8 +826,16 @@ fn an_offline_hub_needs_two_existing_distinct_directories() {
     assert_eq!(o.resend_after, std::time::Duration::from_secs(1800));
     assert!(f.parse(GOOD).unwrap().hub.offline.is_none());
     for (text, key, needle) in [
-        (offline("mode = \"carrier-pigeon\""), "hub.mode", "\"offline\""),
-        (offline("mode = \"offline\"\ninbox = \"in\""), "hub.outbox", "`outbox`"),
+        (
+            offline("mode = \"carrier-pigeon\""),
+            "hub.mode",
+            "\"offline\"",
+        ),
+        (
+            offline("mode = \"offline\"\ninbox = \"in\""),
+            "hub.outbox",
+            "`outbox`",
+        ),
         (
             offline("mode = \"offline\"\noutbox = \"out\"\ninbox = \"missing\""),
             "hub.inbox",
@@ -838,7 +846,11 @@ fn an_offline_hub_needs_two_existing_distinct_directories() {
             "hub.inbox",
             "not be the outbox",
         ),
-        (offline("outbox = \"out\""), "hub.outbox", "mode = \"offline\""),
+        (
+            offline("outbox = \"out\""),
+            "hub.outbox",
+            "mode = \"offline\"",
+        ),
     ] {
         let m = message(&f.parse(&text).unwrap_err());
         assert!(m.contains(&format!("key `{key}`")), "{key}: {m}");

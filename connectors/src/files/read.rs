@@ -250,36 +250,102 @@ fn check_text(path: &Path, csv: bool) -> Result<(), FileError> {
 
 /// The encoding of a text file: as configured, or guessed from the whole file: UTF-8 when it
 /// starts with a byte-order mark or every byte sequence in it is UTF-8, GB18030 otherwise. (A
-/// GBK file whose first rows are ASCII is still GBK; a head alone cannot tell.)
+/// GBK file whose first rows are ASCII is still GBK; a head alone cannot tell.) A file that is
+/// UTF-8 but for a few damaged bytes ([`Utf8Tally::damaged`]) is refused: read as GB18030, its
+/// every Chinese character would turn into others without an error.
 fn detect(path: &Path, encoding: TextEncoding) -> Result<TextEncoding, FileError> {
     if encoding != TextEncoding::Auto {
         return Ok(encoding);
     }
     let mut file = open_regular(path).map_err(FileError::io)?;
     let mut buf = vec![0u8; 256 * 1024];
-    // Bytes of a character cut by the end of the previous read.
-    let mut carry: Vec<u8> = Vec::new();
+    let mut tally = Utf8Tally::default();
     let mut first = true;
     loop {
         let n = file.read(&mut buf).map_err(FileError::io)?;
         if n == 0 {
-            return Ok(if carry.is_empty() {
-                TextEncoding::Utf8
-            } else {
-                TextEncoding::Gb18030
-            });
+            tally.finish();
+            break;
         }
         if std::mem::take(&mut first) && buf[..n].starts_with(b"\xEF\xBB\xBF") {
             return Ok(TextEncoding::Utf8);
         }
-        carry.extend_from_slice(&buf[..n]);
-        match std::str::from_utf8(&carry) {
-            Ok(_) => carry.clear(),
-            Err(e) if e.error_len().is_none() => {
-                carry.drain(..e.valid_up_to());
+        tally.feed(&buf[..n]);
+    }
+    match tally.invalid {
+        0 => Ok(TextEncoding::Utf8),
+        _ if tally.damaged() => Err(FileError::Malformed(tr!(
+            "the file is UTF-8 but for {} damaged byte sequence(s), the first at byte {}: fix or re-export it (read as GB18030 its Chinese text would be garbled), or set the source's `encoding`",
+            "该文件是 UTF-8 编码，但有 {} 处字节损坏，第一处在第 {} 字节：请修正或重新导出（若按 GB18030 读取，其中的中文会变成乱码），或设置数据源的 `encoding`",
+            tally.invalid,
+            tally.first_invalid.unwrap_or_default()
+        ))),
+        _ => Ok(TextEncoding::Gb18030),
+    }
+}
+
+/// The characters of more than one byte in `text`.
+fn multibyte(text: &str) -> u64 {
+    text.chars().filter(|c| c.len_utf8() > 1).count() as u64
+}
+
+/// What a whole file's bytes say of UTF-8: characters of more than one byte that are valid,
+/// and byte sequences that are not.
+#[derive(Debug, Default)]
+struct Utf8Tally {
+    /// Bytes of a character cut by the end of the previous read.
+    carry: Vec<u8>,
+    /// Bytes read before `carry`.
+    offset: u64,
+    /// Valid characters of 2 to 4 bytes.
+    multibyte: u64,
+    /// Invalid byte sequences.
+    invalid: u64,
+    /// Where the first one starts.
+    first_invalid: Option<u64>,
+}
+
+impl Utf8Tally {
+    fn feed(&mut self, bytes: &[u8]) {
+        self.carry.extend_from_slice(bytes);
+        let mut at = 0;
+        loop {
+            match std::str::from_utf8(&self.carry[at..]) {
+                Ok(text) => {
+                    self.multibyte += multibyte(text);
+                    at = self.carry.len();
+                    break;
+                }
+                Err(e) => {
+                    let valid = &self.carry[at..at + e.valid_up_to()];
+                    self.multibyte += multibyte(std::str::from_utf8(valid).expect("checked valid"));
+                    at += e.valid_up_to();
+                    let Some(len) = e.error_len() else {
+                        break; // a character cut by the read: completed by the next one
+                    };
+                    self.invalid += 1;
+                    self.first_invalid.get_or_insert(self.offset + at as u64);
+                    at += len;
+                }
             }
-            Err(_) => return Ok(TextEncoding::Gb18030),
         }
+        self.offset += at as u64;
+        self.carry.drain(..at);
+    }
+
+    /// The end of the file: a character still cut is invalid.
+    fn finish(&mut self) {
+        if !self.carry.is_empty() {
+            self.invalid += 1;
+            self.first_invalid.get_or_insert(self.offset);
+        }
+    }
+
+    /// UTF-8 with damage rather than another encoding: at least 16 valid characters of more
+    /// than one byte for each invalid sequence. (GBK text has almost no valid UTF-8
+    /// multi-byte characters: its byte pairs rarely form one.)
+    fn damaged(&self) -> bool {
+        self.invalid > 0 && self.multibyte >= 16 * self.invalid
     }
 }
 
@@ -567,6 +633,36 @@ mod tests {
             last.values[1].as_ref().unwrap(),
             &crate::Value::Text("张三".into())
         );
+    }
+
+    #[test]
+    fn a_utf8_file_with_one_damaged_byte_is_rejected_not_read_as_gb18030() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.csv");
+        let mut text = String::from("编号,姓名\n");
+        for i in 0..300 {
+            text.push_str(&format!("{i},张三丰\n"));
+        }
+        let mut bytes = text.into_bytes();
+        // One byte of one character lost (a bad copy), past the first read.
+        let at = bytes.len() - 5;
+        bytes.remove(at);
+        std::fs::write(&path, &bytes).unwrap();
+        let Err(FileError::Malformed(reason)) = rows(&path) else {
+            panic!("a damaged UTF-8 file is not read as GB18030");
+        };
+        assert!(
+            reason.contains("UTF-8") && reason.contains("1 damaged"),
+            "{reason}"
+        );
+        // A GBK file of the same rows is still GBK.
+        let mut plain = String::from("编号,姓名\n");
+        for i in 0..300 {
+            plain.push_str(&format!("{i},张三丰\n"));
+        }
+        let (gbk, _, _) = encoding_rs::GBK.encode(&plain);
+        std::fs::write(&path, &gbk).unwrap();
+        assert_eq!(rows(&path).unwrap().len(), 300);
     }
 
     #[test]
