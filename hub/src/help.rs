@@ -9,6 +9,18 @@ pub const ZH: &[(&str, &str)] = &[
         "证明一条记录的来源：最后写入它的已签名批次（节点、数据流、序号、时间），连同节点的签名和证书写入 --out，并给出任何人都可用 openssl 核对的命令",
     ),
     (
+        "Import the batch files an agent wrote in offline mode (离线交换), carried into DIR: each authentic file is applied through the same checks as online, in seq order per stream; the hub's signed answers are written for the agent's [hub] inbox. Prints one line per file and a summary; exit 0 whatever became of the files, 1 when DIR cannot be read or the store failed (3: unreachable)",
+        "导入前置机在离线模式下写出、被带入 DIR 的批次文件（离线交换）：每个真实可信的文件按数据流内的序号顺序、经与在线相同的检查应用；交换中心签名的应答写出，供带回前置机的 [hub] inbox。每个文件输出一行，最后输出汇总；无论文件结果如何均以 0 退出，DIR 无法读取或存储出错时以 1 退出（无法连接时为 3）",
+    ),
+    (
+        "The directory holding the batch files (only its top level is read)",
+        "存放批次文件的目录（只读取其顶层）",
+    ),
+    (
+        "Where to write the answer files (created; default DIR/answers)",
+        "应答文件写入的目录（自动创建；默认为 DIR/answers）",
+    ),
+    (
         "The record's key, as the hub holds it",
         "记录的主键（交换中心所存的形式）",
     ),

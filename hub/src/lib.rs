@@ -7,6 +7,8 @@
 //!   transaction, refusing gaps and sweeping after a completed baseline ([`store::Store`]);
 //! - [`server`]: the accept loop, mutual TLS, `[limits]`, HTTP/1.1 + HTTP/2, `POST /v1/batches`;
 //! - [`export`]: the current records of a resource as NDJSON;
+//! - [`import`]: `exchange-hub import`, offline batch files (离线交换) applied through the batch
+//!   endpoint, answers written back;
 //! - [`verify`]: `exchange-hub verify`, the requester side of the verification service.
 //!
 //! Starting a hub in-process (what `exchange-agent demo` and the tests do):
@@ -38,6 +40,7 @@
 pub mod admin;
 pub mod config;
 pub mod export;
+pub mod import;
 pub mod proof;
 pub mod server;
 pub mod store;

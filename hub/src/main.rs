@@ -73,6 +73,19 @@ enum Command {
         #[arg(long, default_value = "proof")]
         out: PathBuf,
     },
+    /// Import the batch files an agent wrote in offline mode (离线交换), carried into DIR: each
+    /// authentic file is applied through the same checks as online, in seq order per stream;
+    /// the hub's signed answers are written for the agent's [hub] inbox. Prints one line per
+    /// file and a summary; exit 0 whatever became of the files, 1 when DIR cannot be read or
+    /// the store failed (3: unreachable).
+    Import {
+        /// The directory holding the batch files (only its top level is read).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Where to write the answer files (created; default DIR/answers).
+        #[arg(long, value_name = "OUT")]
+        answers: Option<PathBuf>,
+    },
     /// Print the catalogue entries nodes reported (resource, node, entry with field names and
     /// types, time), one JSON object per line, ordered by resource code.
     Catalogue,
@@ -241,6 +254,7 @@ async fn run(command: Command, config: PathBuf) -> Result<(), Failure> {
             print!("{report}");
             Ok(())
         }
+        Command::Import { dir, answers } => import(&config, &dir, answers).await,
         Command::Export { resource } => {
             let loaded = HubConfig::load(&config).map_err(config_error)?;
             let store = Store::open(&loaded.store).await.map_err(other_error)?;
@@ -271,6 +285,45 @@ async fn run(command: Command, config: PathBuf) -> Result<(), Failure> {
                 }
                 other => other.map_err(other_error),
             }
+        }
+    }
+}
+
+/// `import`: prints one line per file and the summary, also when the store failed midway
+/// (what was done before it).
+async fn import(
+    file: &std::path::Path,
+    dir: &std::path::Path,
+    answers: Option<PathBuf>,
+) -> Result<(), Failure> {
+    use exchange_hub::import::{ANSWERS_DIR, ImportError};
+    let config = HubConfig::load(file).map_err(config_error)?;
+    let store = Store::open(&config.store).await.map_err(store_error)?;
+    let answers = answers.unwrap_or_else(|| dir.join(ANSWERS_DIR));
+    let print = |report: &exchange_hub::import::ImportReport| {
+        for f in &report.files {
+            println!("{}", f.line());
+        }
+        println!("{}", report.summary(&answers));
+    };
+    match exchange_hub::import::import(&config, &store, dir, &answers).await {
+        Ok(report) => {
+            print(&report);
+            Ok(())
+        }
+        Err(e) => {
+            if let Some(done) = e.done() {
+                print(done);
+            }
+            let code = match &e {
+                ImportError::Tls(_) | ImportError::Signer(_) => 2,
+                ImportError::Store { status: 503, .. } => 3,
+                _ => 1,
+            };
+            Err(Failure {
+                code,
+                error: e.into(),
+            })
         }
     }
 }

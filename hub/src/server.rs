@@ -269,6 +269,19 @@ pub async fn serve_router(
     .map_err(|e| HubError::Listener(e.0))
 }
 
+/// The hub's endpoints over `store`, as [`serve`] serves them, for a caller that sends them
+/// requests itself (`exchange-hub import` sends each offline batch through it with
+/// `tower::ServiceExt::oneshot`, so a file meets exactly the online checks and store code).
+/// Each request must carry a [`Peer`] extension.
+pub(crate) fn endpoints(store: Store, limits: Limits) -> Router {
+    router(AppState {
+        store,
+        limits,
+        slots: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+        load: Arc::new(Load::default()),
+    })
+}
+
 fn router(state: AppState) -> Router {
     Router::new()
         .route(BATCHES_PATH, post(post_batch).fallback(method_not_allowed))
