@@ -430,6 +430,7 @@ impl<'a> Run<'a> {
             let leaf = self.signer_of(&file, &id)?;
             check_signature(&file, &id, &leaf)?;
             check_body(&file, self.max_batch_bytes)?;
+            check_file_signature(&file, &leaf)?;
             Ok((id, leaf, request_headers(&file)?))
         });
         match checked {
@@ -684,7 +685,7 @@ impl<'a> Run<'a> {
 fn request_headers(file: &OfflineFile) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::new();
     for (name, value) in &file.headers {
-        if name != offline::CERTIFICATE {
+        if name != offline::CERTIFICATE && name != offline::FILE_SIGNATURE {
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string());
             let value = HeaderValue::from_str(value).map_err(|e| e.to_string());
             match (name, value) {
@@ -748,6 +749,27 @@ fn check_signature(
     Signature::parse(value)
         .and_then(|s| s.verify(&signed, leaf))
         .map_err(|e| e.to_string())
+}
+
+/// The file's `exchange-file-signature` over the whole file, every header included (a
+/// baseline mark added on the way would sweep), verified against `leaf` (docs/PROTOCOL.md
+/// §12.2).
+fn check_file_signature(file: &OfflineFile, leaf: &CertificateDer<'_>) -> Result<(), String> {
+    let whole = file.header(offline::FILE_SIGNATURE).ok_or_else(|| {
+        tr!(
+            "header `{}` is missing: an offline batch file is signed whole by its node (docs/PROTOCOL.md §12.2)",
+            "缺少头部 `{}`：离线批次文件必须整体由节点签名（docs/PROTOCOL.md §12.2）",
+            offline::FILE_SIGNATURE
+        )
+    })?;
+    Signature::parse(whole)
+        .and_then(|s| s.verify_message(&file.file_message(), leaf))
+        .map_err(|e| {
+            tr!(
+                "the file's signature does not verify: a header or the body was changed after the node signed it ({e})",
+                "文件签名无法验证：节点签名后头部或内容被改动（{e}）"
+            )
+        })
 }
 
 /// The body decompresses within `limit` to bytes whose SM3 is `exchange-content-sm3` and

@@ -76,11 +76,18 @@ fn batch_file(
     .collect();
     let chain = tls::load_certs("client certificate", &signer.cert).unwrap();
     offline::push_certificates(&mut headers, &chain);
-    OfflineFile {
+    let mut file = OfflineFile {
         kind: Kind::Batch,
         headers,
         body: batch::compress(&ndjson),
-    }
+    };
+    let whole = BatchSigner::new(&key)
+        .unwrap()
+        .sign_message(&file.file_message())
+        .unwrap();
+    file.headers
+        .push((offline::FILE_SIGNATURE.to_owned(), whole));
+    file
 }
 
 /// Writes `file` into `dir` under its usual name; returns the path.
@@ -373,6 +380,20 @@ async fn a_tampered_file_is_rejected_with_no_answer_and_nothing_applied() {
         .unwrap()
         .1 = "3".into();
     std::fs::write(dir.path().join("count.exchange-batch"), count.to_bytes()).unwrap();
+    // A baseline mark added on the way (it would sweep every other stream's records).
+    let mut baseline = good.clone();
+    baseline.headers.insert(
+        0,
+        (
+            header::BASELINE.to_owned(),
+            batch::BASELINE_COMPLETE.to_owned(),
+        ),
+    );
+    std::fs::write(
+        dir.path().join("baseline.exchange-batch"),
+        baseline.to_bytes(),
+    )
+    .unwrap();
     let mut cut = good.to_bytes();
     cut.pop();
     std::fs::write(dir.path().join("cut.exchange-batch"), cut).unwrap();
@@ -387,7 +408,7 @@ async fn a_tampered_file_is_rejected_with_no_answer_and_nothing_applied() {
     let report = import::import(&config, &store, dir.path(), &answers)
         .await
         .unwrap();
-    assert_eq!(report.count(OutcomeKind::Rejected), 5, "{report:?}");
+    assert_eq!(report.count(OutcomeKind::Rejected), 6, "{report:?}");
     let reason = |name: &str| match &report
         .files
         .iter()
@@ -407,7 +428,12 @@ async fn a_tampered_file_is_rejected_with_no_answer_and_nothing_applied() {
     assert!(reason("count.exchange-batch").contains("exchange-record-count"));
     assert!(reason("cut.exchange-batch").contains("content-length"));
     assert!(reason("unsigned.exchange-batch").contains("exchange-signature"));
-    for name in ["body", "seq", "count", "cut", "unsigned"] {
+    assert!(
+        reason("baseline.exchange-batch").contains("file's signature does not verify"),
+        "{}",
+        reason("baseline.exchange-batch")
+    );
+    for name in ["body", "seq", "count", "cut", "unsigned", "baseline"] {
         let aside = dir
             .path()
             .join("rejected")

@@ -36,6 +36,10 @@ use crate::batch::BatchId;
 pub const MAX_HEAD_BYTES: usize = 256 * 1024;
 /// The header carrying one certificate of the signer's chain (base64 of DER), leaf first.
 pub const CERTIFICATE: &str = "exchange-certificate";
+/// The header of a batch file carrying the node's signature over the whole file
+/// ([`OfflineFile::file_message`]): with no TLS connection around it, every header (the
+/// baseline mark, the encoding) must be the node's own, not only those of the batch signature.
+pub const FILE_SIGNATURE: &str = "exchange-file-signature";
 /// The header of an answer file carrying the HTTP status the hub answered.
 pub const ANSWER_STATUS: &str = "exchange-answer-status";
 /// The header of an answer file carrying the SM3 (hex) of its body.
@@ -162,6 +166,25 @@ impl OfflineFile {
                 "缺少头部 `content-length`"
             ))),
         }
+    }
+
+    /// What [`FILE_SIGNATURE`] signs: `exchange-offline-file-signature-v1\n` followed by the
+    /// file's bytes as [`Self::to_bytes`] writes them without the `exchange-file-signature`
+    /// line.
+    pub fn file_message(&self) -> Vec<u8> {
+        let unsigned = OfflineFile {
+            kind: self.kind,
+            headers: self
+                .headers
+                .iter()
+                .filter(|(n, _)| n != FILE_SIGNATURE)
+                .cloned()
+                .collect(),
+            body: self.body.clone(),
+        };
+        let mut message = b"exchange-offline-file-signature-v1\n".to_vec();
+        message.extend_from_slice(&unsigned.to_bytes());
+        message
     }
 
     /// The value of header `name` (the first, for `exchange-certificate`).

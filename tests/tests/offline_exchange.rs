@@ -99,9 +99,10 @@ fn online_agent(scene: &Scene, source: &SqliteSource) -> Agent {
 }
 
 async fn queued(agent: &Agent) -> u64 {
-    agent.resource_status(CODE).await["queued_batches"]
+    let status = agent.resource_status(CODE).await;
+    status["queued_batches"]
         .as_u64()
-        .unwrap_or_else(|| panic!("{}", agent.resource_status(CODE).await))
+        .unwrap_or_else(|| panic!("{status}"))
 }
 
 /// Runs the hub's import of the gateway's import directory.
@@ -140,8 +141,15 @@ async fn files_shuffled_missing_replayed_tampered_or_forged_lose_and_duplicate_n
         assert!(!String::from_utf8_lossy(&ndjson).contains("note"), "{p:?}");
     }
 
-    // First crossing: shuffled, batch 2 missing, batch 4 tampered (one body byte changed).
-    for seq in [last, 3, 1] {
+    // First crossing: in reverse order, batch 2 missing, batch 4 tampered (one body byte
+    // changed).
+    let mut first: Vec<u64> = seqs
+        .iter()
+        .copied()
+        .filter(|s| ![2, 4].contains(s))
+        .collect();
+    first.reverse();
+    for seq in first {
         g.carry(seq);
     }
     let mut tampered = batch_of(&written[3].1);
@@ -161,7 +169,7 @@ async fn files_shuffled_missing_replayed_tampered_or_forged_lose_and_duplicate_n
         ),
         "{seen:?}"
     );
-    for seq in [3, last] {
+    for seq in (3..=last).filter(|s| *s != 4) {
         assert!(
             matches!(
                 seen.iter().find(|(s, _)| *s == seq),

@@ -166,18 +166,33 @@ impl OfflineLink {
     }
 
     /// The batch file of `b` as `id`.
-    fn batch_file(&self, id: &BatchId, b: &StoredBatch, baseline: bool) -> OfflineFile {
+    fn batch_file(
+        &self,
+        id: &BatchId,
+        b: &StoredBatch,
+        baseline: bool,
+    ) -> Result<OfflineFile, PushError> {
         let mut headers: Vec<(String, String)> =
             super::client::batch_headers(id, b, baseline, Some(&self.signer))
                 .into_iter()
                 .map(|(n, v)| (n.to_owned(), v))
                 .collect();
         offline::push_certificates(&mut headers, &self.chain);
-        OfflineFile {
+        let mut file = OfflineFile {
             kind: Kind::Batch,
             headers,
             body: b.body.clone(),
-        }
+        };
+        let signature = self
+            .signer
+            .sign_message(&file.file_message())
+            .map_err(|e| PushError::Offline {
+                dir: self.dirs.outbox.clone(),
+                reason: e.to_string(),
+            })?;
+        file.headers
+            .push((offline::FILE_SIGNATURE.to_owned(), signature));
+        Ok(file)
     }
 }
 
@@ -227,7 +242,7 @@ async fn write_due(link: &OfflineLink, flight: &InFlight<'_>) -> Result<usize, P
                 stream: flight.stream.clone(),
                 seq: b.seq,
             };
-            let file = link.batch_file(&id, b, baseline == Some(b.seq));
+            let file = link.batch_file(&id, b, baseline == Some(b.seq))?;
             let dir = link.dirs.outbox.clone();
             let name = offline::file_name(Kind::Batch, &id);
             tokio::task::spawn_blocking(move || write_file(&dir, &name, &file))
