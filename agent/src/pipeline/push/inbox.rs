@@ -27,7 +27,6 @@ use rustls::pki_types::UnixTime;
 use super::answer::{Reply, Sent};
 use super::error::PushError;
 use super::flight::InFlight;
-use super::offline::OfflineLink;
 use super::{receipt, refused, window};
 
 /// Largest answer file read (an answer is a short JSON object).
@@ -47,22 +46,31 @@ struct Answer {
     body: Vec<u8>,
 }
 
-/// Reads the inbox's answers for the resource of `flight` and applies them in seq order;
-/// returns how many batches left the queue.
+/// What reading the inbox did for one resource.
+#[derive(Debug, Default)]
+pub(super) struct Received {
+    /// Batches that left the queue.
+    pub(super) released: usize,
+    /// A batch rewritten without a record the hub refused: it and those after it are to be
+    /// written again.
+    pub(super) rewritten: Option<u64>,
+}
+
+/// Reads the inbox's answers for the resource of `flight` and applies them in seq order.
 pub(super) async fn receive(
-    link: &OfflineLink,
+    inbox: &Inbox,
     flight: &InFlight<'_>,
     acked: &(dyn Fn() + Sync),
-) -> Result<usize, PushError> {
+) -> Result<Received, PushError> {
     let answers = {
-        let (inbox, resource) = (link.dirs.inbox.clone(), flight.resource.to_owned());
-        let mut checker = Checker::of(link);
-        checker.data_dir = flight.queue.path().parent().map(Path::to_owned);
-        tokio::task::spawn_blocking(move || checker.read(&inbox, &resource))
+        let resource = flight.resource.to_owned();
+        let mut reader = inbox.clone();
+        reader.data_dir = flight.queue.path().parent().map(Path::to_owned);
+        tokio::task::spawn_blocking(move || reader.read(&resource))
             .await
             .expect("inbox task panicked")?
     };
-    let mut released = 0;
+    let mut received = Received::default();
     for answer in answers {
         let head = flight.queue.head(flight.resource)?;
         let Some(b) = head.filter(|b| {
@@ -78,7 +86,7 @@ pub(super) async fn receive(
             continue;
         };
         let sent = Sent {
-            url: &link.url,
+            url: &inbox.url,
             flight,
             batch: &b,
             head: b.seq,
@@ -92,14 +100,13 @@ pub(super) async fn receive(
             Ok(ack) => {
                 let bound = receipt::record(flight, &b, &ack).await?;
                 flight.raised_to(bound);
-                link.answered(flight.resource);
-                released += 1;
+                received.released += 1;
                 acked();
                 remove(&answer.path);
             }
             Err(e @ PushError::RecordRefused { .. }) => {
                 refused::quarantine(flight.queue, e).await?;
-                link.rewrite_from(flight.resource, b.seq);
+                received.rewritten = Some(b.seq);
                 remove(&answer.path);
             }
             Err(e) => {
@@ -109,7 +116,7 @@ pub(super) async fn receive(
             }
         }
     }
-    Ok(released)
+    Ok(received)
 }
 
 /// Whether an answer that is not for the oldest queued batch is for a later one of the same
@@ -131,28 +138,47 @@ fn remove(path: &Path) {
     }
 }
 
-/// What an answer is checked against, movable to the blocking pool.
-struct Checker {
-    /// Where the audit log is (a refused answer is audited).
+/// The inbox and what an answer in it is checked against (movable to the blocking pool).
+#[derive(Clone)]
+pub(super) struct Inbox {
+    /// The directory.
+    pub(super) dir: PathBuf,
+    /// Where the audit log is (a refused answer is audited); set for each read.
     data_dir: Option<PathBuf>,
+    /// This node: answers for another are refused.
     node: String,
+    /// The hub's URL, for messages.
+    url: String,
+    /// Checks the hub's certificate.
     verifier: std::sync::Arc<rustls::client::WebPkiServerVerifier>,
+    /// The hub's name, as its certificate must hold it.
     hub_name: rustls::pki_types::ServerName<'static>,
 }
 
-impl Checker {
-    fn of(link: &OfflineLink) -> Checker {
-        Checker {
+impl Inbox {
+    /// The inbox `dir` of `node`, whose answers come from the hub at `url` (`hub_name`) with
+    /// a certificate `verifier` accepts.
+    pub(super) fn new(
+        dir: PathBuf,
+        node: String,
+        url: String,
+        verifier: std::sync::Arc<rustls::client::WebPkiServerVerifier>,
+        hub_name: rustls::pki_types::ServerName<'static>,
+    ) -> Inbox {
+        Inbox {
+            dir,
             data_dir: None,
-            node: link.node.clone(),
-            verifier: link.verifier.clone(),
-            hub_name: link.hub_name.clone(),
+            node,
+            url,
+            verifier,
+            hub_name,
         }
     }
 
-    /// The checked answers for `resource` in `inbox`, in seq order; answers that fail a check
-    /// are moved aside with their reason.
-    fn read(&self, inbox: &Path, resource: &str) -> Result<Vec<Answer>, PushError> {
+    /// The checked answers for `resource` in the inbox, in seq order; answers that fail a
+    /// check are moved aside with their reason.
+    fn read(&self, resource: &str) -> Result<Vec<Answer>, PushError> {
+        let inbox = self.dir.as_path();
         let io = |e: std::io::Error| PushError::Offline {
             dir: inbox.to_owned(),
             reason: exchange_protocol::cause::chain(&e),

@@ -19,18 +19,18 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use exchange_protocol::batch::BatchId;
 use exchange_protocol::offline::{self, Kind, OfflineFile};
 use exchange_protocol::signature::BatchSigner;
 use exchange_protocol::tls;
-use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 use super::error::PushError;
 use super::flight::InFlight;
+use super::inbox::Inbox;
 use super::window::{baseline_seq, raise_sent_through, read_after};
 use crate::config::{Config, Offline};
 use crate::pipeline::queue::{MAX_IN_FLIGHT, Queue, StoredBatch};
@@ -50,19 +50,15 @@ struct Written {
 /// hub's, and what it wrote.
 pub struct OfflineLink {
     /// The node id.
-    pub(super) node: String,
-    /// The hub's URL (its host names the hub's certificate), for messages.
-    pub(super) url: String,
+    node: String,
     /// The directories and the resend delay.
-    pub(super) dirs: Offline,
+    dirs: Offline,
     /// Signs batch files with the node's key.
     signer: BatchSigner,
     /// The node's certificate chain, carried in every batch file.
     chain: Vec<CertificateDer<'static>>,
-    /// Checks the hub's certificate on answers.
-    pub(super) verifier: Arc<WebPkiServerVerifier>,
-    /// The hub's name, as its certificate must hold it.
-    pub(super) hub_name: ServerName<'static>,
+    /// The inbox, with what the hub's answers are checked against.
+    inbox: Inbox,
     /// The queue's own stream.
     stream: String,
     /// What was written, per resource.
@@ -93,12 +89,16 @@ impl OfflineLink {
         })?;
         Ok(OfflineLink {
             node: config.node.id.clone(),
-            url: config.hub.url.clone(),
             dirs: dirs.clone(),
             signer,
             chain,
-            verifier,
-            hub_name,
+            inbox: Inbox::new(
+                dirs.inbox.clone(),
+                config.node.id.clone(),
+                config.hub.url.clone(),
+                verifier,
+                hub_name,
+            ),
             stream: stream.to_owned(),
             written: Mutex::default(),
         })
@@ -120,7 +120,7 @@ impl OfflineLink {
     }
 
     /// An answer released a batch of `resource`: the resend clock starts again.
-    pub(super) fn answered(&self, resource: &str) {
+    fn answered(&self, resource: &str) {
         if let Some(w) = self.written().get_mut(resource) {
             w.at = Instant::now();
         }
@@ -128,7 +128,7 @@ impl OfflineLink {
 
     /// Batch `seq` of `resource` changed (a record the hub refused was cut out): it and the
     /// batches after it are written again.
-    pub(super) fn rewrite_from(&self, resource: &str, seq: u64) {
+    fn rewrite_from(&self, resource: &str, seq: u64) {
         if let Some(w) = self.written().get_mut(resource) {
             w.through = w.through.min(seq.saturating_sub(1));
         }
@@ -214,9 +214,15 @@ pub async fn push_offline(
     }
     let stream = state.stream_or(&link.stream).to_owned();
     let flight = InFlight::new(queue, resource, stream, state.sent_through);
-    let answered = super::inbox::receive(link, &flight, acked).await?;
+    let received = super::inbox::receive(&link.inbox, &flight, acked).await?;
+    if received.released > 0 {
+        link.answered(resource);
+    }
+    if let Some(seq) = received.rewritten {
+        link.rewrite_from(resource, seq);
+    }
     let written = write_due(link, &flight).await?;
-    Ok(answered + written)
+    Ok(received.released + written)
 }
 
 /// Writes the queued batches this process has not written (all of them when they are due
