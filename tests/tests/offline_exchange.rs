@@ -6,15 +6,17 @@
 //! switches between online and offline on the same stream.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use exchange_hub::config::StoreConfig;
 use exchange_hub::import::{Outcome, import};
 use exchange_protocol::offline::{self, Kind, OfflineFile};
-use exchange_tests::agent::Agent;
+use exchange_tests::agent::{Agent, terminate};
 use exchange_tests::hub::Hub;
 use exchange_tests::rows::assert_same;
 use exchange_tests::scene::Scene;
 use exchange_tests::sqlite_source::SqliteSource;
+use exchange_tests::wait::wait_until;
 
 const CODE: &str = "330100-MZJ-0007";
 
@@ -387,4 +389,56 @@ async fn a_resource_switches_between_online_and_offline_on_one_stream() {
     agent.sync_ok().await;
     assert_eq!(queued(&agent).await, 0);
     assert_same(&scene.hub.rows(CODE).await, &source.expected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_service_writes_batches_and_releases_them_as_answers_arrive() {
+    let scene = Scene::start().await;
+    let g = Gateway::new(scene.dir.path());
+    let source = SqliteSource::create(scene.dir.path(), 25);
+    // Pulled every second by the service.
+    let agent = offline_agent(&scene, &source, &g);
+    let mut service = agent.spawn_run(&scene.dir.path().join("agent.log"));
+    let outbox_holds = |n: usize| {
+        let g = &g;
+        move || {
+            let ok = g.outbox().len() >= n;
+            async move { ok }
+        }
+    };
+    wait_until(
+        "the service writes 3 batch files",
+        Duration::from_secs(30),
+        outbox_holds(3),
+    )
+    .await;
+    for (seq, _) in g.outbox() {
+        g.carry(seq);
+    }
+    hub_import(&scene.hub, &g).await;
+    assert_same(&scene.hub.rows(CODE).await, &source.expected());
+    g.carry_answers();
+    wait_until(
+        "the answers release every batch",
+        Duration::from_secs(30),
+        || async {
+            agent
+                .try_status()
+                .await
+                .and_then(|s| {
+                    s["resources"]
+                        .as_array()
+                        .and_then(|rs| rs.iter().find(|r| r["code"] == CODE).cloned())
+                })
+                .is_some_and(|r| r["queued_batches"] == 0)
+        },
+    )
+    .await;
+    wait_until(
+        "the answers read are deleted",
+        Duration::from_secs(10),
+        || async { offline::list(&g.inbox, Kind::Answer).unwrap().is_empty() },
+    )
+    .await;
+    terminate(&mut service).await;
 }
