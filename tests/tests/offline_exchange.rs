@@ -442,3 +442,192 @@ async fn the_running_service_writes_batches_and_releases_them_as_answers_arrive(
     .await;
     terminate(&mut service).await;
 }
+
+/// Runs `openssl ARGS` in `dir`; returns its standard output.
+fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (the test needs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Base64 (RFC 4648 §4, padded) of a file's DER certificate converted by openssl.
+fn der_base64(dir: &Path, pem: &Path) -> String {
+    use base64::Engine;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-in",
+            pem.to_str().unwrap(),
+            "-outform",
+            "DER",
+            "-out",
+            "cert.der",
+        ],
+    );
+    base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join("cert.der")).unwrap())
+}
+
+/// `openssl dgst -sha256 -sign KEY` of `message`, as `ecdsa-p256-sha256:BASE64`.
+fn openssl_sign(dir: &Path, key: &Path, message: &[u8]) -> String {
+    use base64::Engine;
+    std::fs::write(dir.join("message"), message).unwrap();
+    openssl(
+        dir,
+        &[
+            "dgst",
+            "-sha256",
+            "-sign",
+            key.to_str().unwrap(),
+            "-out",
+            "sig",
+            "message",
+        ],
+    );
+    format!(
+        "ecdsa-p256-sha256:{}",
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join("sig")).unwrap())
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_file_written_from_the_spec_with_openssl_is_imported_and_its_answer_checks_out() {
+    use base64::Engine;
+    let scene = Scene::start().await;
+    let work = scene.dir.path().join("openssl");
+    let import_dir = scene.dir.path().join("import");
+    for d in [&work, &import_dir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    // §12.2: the online headers, both signatures, the certificate, the zstd NDJSON body.
+    let node = exchange_tests::scene::NODE;
+    let stream = "0123456789abcdef0123456789abcdef";
+    let ndjson = b"{\"op\":\"upsert\",\"key\":\"K1\",\"fields\":{\"name\":\"\xe5\xbc\xa0*\"}}\n";
+    std::fs::write(work.join("batch.ndjson"), ndjson).unwrap();
+    let sm3 = String::from_utf8(openssl(&work, &["dgst", "-sm3", "-r", "batch.ndjson"])).unwrap();
+    let sm3 = sm3.split_whitespace().next().unwrap().to_owned();
+    let batch_signature = openssl_sign(
+        &work,
+        &scene.pki.node_key,
+        format!("exchange-batch-signature-v1\n{node}\n{CODE}\n{stream}\n1\n{sm3}\n").as_bytes(),
+    );
+    let body = exchange_protocol::batch::compress(ndjson);
+    let head = format!(
+        "exchange-offline-batch 1\nexchange-protocol: 1\nexchange-node: {node}\nexchange-resource: {CODE}\nexchange-stream: {stream}\nexchange-batch-seq: 1\nexchange-record-count: 1\nexchange-content-sm3: {sm3}\ncontent-type: application/x-ndjson\ncontent-encoding: zstd\nexchange-signature: {batch_signature}\nexchange-certificate: {}\n",
+        der_base64(&work, &scene.pki.node_cert)
+    );
+    let tail = format!("content-length: {}\n\n", body.len());
+    let unsigned = [head.as_bytes(), tail.as_bytes(), &body].concat();
+    let file_signature = openssl_sign(
+        &work,
+        &scene.pki.node_key,
+        &[
+            b"exchange-offline-file-signature-v1\n".as_slice(),
+            &unsigned,
+        ]
+        .concat(),
+    );
+    let file = [
+        head.as_bytes(),
+        format!("exchange-file-signature: {file_signature}\n").as_bytes(),
+        tail.as_bytes(),
+        &body,
+    ]
+    .concat();
+    std::fs::write(import_dir.join("from-the-spec.exchange-batch"), file).unwrap();
+
+    let report = import(
+        &scene.hub.config,
+        &scene.hub.store,
+        &import_dir,
+        &import_dir.join("answers"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(
+            report.files[..],
+            [exchange_hub::import::ImportedFile {
+                outcome: Outcome::Applied { records: 1 },
+                ..
+            }]
+        ),
+        "{report:?}"
+    );
+    assert_eq!(scene.hub.rows(CODE).await.len(), 1);
+
+    // §12.4, checked with openssl alone: the body's SM3, the hub's signature over the message.
+    let answer_path = offline::list(&import_dir.join("answers"), Kind::Answer).unwrap();
+    let answer = std::fs::read(&answer_path[0]).unwrap();
+    let split = answer.windows(2).position(|w| w == b"\n\n").unwrap();
+    let head = std::str::from_utf8(&answer[..split]).unwrap();
+    let body = &answer[split + 2..];
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in {head}"))
+            .to_owned()
+    };
+    std::fs::write(work.join("answer.json"), body).unwrap();
+    let body_sm3 =
+        String::from_utf8(openssl(&work, &["dgst", "-sm3", "-r", "answer.json"])).unwrap();
+    assert_eq!(
+        body_sm3.split_whitespace().next().unwrap(),
+        header("exchange-answer-sm3")
+    );
+    let message = format!(
+        "exchange-answer-signature-v1\n{node}\n{CODE}\n{stream}\n1\n{sm3}\n{}\n{}\n",
+        header("exchange-answer-status"),
+        header("exchange-answer-sm3")
+    );
+    std::fs::write(work.join("message"), message).unwrap();
+    let (scheme, signature) = header("exchange-signature")
+        .split_once(':')
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .unwrap();
+    assert_eq!(scheme, "ecdsa-p256-sha256");
+    std::fs::write(
+        work.join("sig"),
+        base64::engine::general_purpose::STANDARD
+            .decode(signature)
+            .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        work.join("hub.der"),
+        base64::engine::general_purpose::STANDARD
+            .decode(header("exchange-certificate"))
+            .unwrap(),
+    )
+    .unwrap();
+    openssl(
+        &work,
+        &[
+            "x509", "-inform", "DER", "-in", "hub.der", "-pubkey", "-noout", "-out", "hub.pub",
+        ],
+    );
+    let verified = openssl(
+        &work,
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            "hub.pub",
+            "-signature",
+            "sig",
+            "message",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&verified).contains("Verified OK"));
+    let ack: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(ack["status"], "applied");
+    assert_eq!(header("exchange-answer-status"), "200");
+}
