@@ -564,7 +564,13 @@ async fn a_batch_file_written_from_the_spec_with_openssl_is_imported_and_its_ans
     );
     assert_eq!(scene.hub.rows(CODE).await.len(), 1);
     // The node's signature is kept as online: `exchange-hub prove` works for this record.
-    let proof = scene.hub.store.proof(CODE, "K1").await.unwrap().expect("evidence kept");
+    let proof = scene
+        .hub
+        .store
+        .proof(CODE, "K1")
+        .await
+        .unwrap()
+        .expect("evidence kept");
     assert_eq!((proof.node.as_str(), proof.seq), (node, 1));
 
     // §12.4, checked with openssl alone: the body's SM3, the hub's signature over the message.

@@ -222,6 +222,14 @@ pub async fn push_offline(
         link.rewrite_from(resource, seq);
     }
     let written = write_due(link, &flight).await?;
+    if written > 0 {
+        tracing::info!(
+            resource,
+            written,
+            outbox = %link.dirs.outbox.display(),
+            "Batch files written to the outbox."
+        );
+    }
     Ok(received.released + written)
 }
 
