@@ -83,7 +83,7 @@ async fn agent_killed_while_exchanging_offline_loses_and_duplicates_nothing() {
                 outcomes.extend(report.files.into_iter().map(|f| f.outcome));
                 // Answers travel more slowly than batches: batches the hub has are written
                 // again by a restarted agent, and imported as duplicates.
-                if cycle % 4 == 0 {
+                if cycle.is_multiple_of(4) {
                     carry(&dirs[3], &dirs[1], Kind::Answer);
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
