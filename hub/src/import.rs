@@ -349,6 +349,8 @@ struct Authentic {
     leaf: CertificateDer<'static>,
     /// The request headers: the file's but the certificates, and `content-length`.
     headers: HeaderMap,
+    /// SM3 of the file's bytes as read (the answer names it, docs/PROTOCOL.md §12.4).
+    file_sm3: String,
 }
 
 /// A batch file that did not pass rule 1 or 2.
@@ -440,6 +442,7 @@ impl<'a> Run<'a> {
                 file,
                 leaf,
                 headers,
+                file_sm3: sm3_hex(bytes),
             }),
             Err(reason) => Err(Box::new(Unauthentic { path, id, reason })),
         }
@@ -632,6 +635,7 @@ impl<'a> Run<'a> {
         let message = Answered {
             id: &file.id,
             batch_sm3,
+            file_sm3: &file.file_sm3,
             status: answer.status,
             answer_sm3: &answer_sm3,
         }
@@ -647,6 +651,7 @@ impl<'a> Run<'a> {
             (header::STREAM, id.stream.clone()),
             (header::SEQ, id.seq.to_string()),
             (header::DIGEST, batch_sm3.to_owned()),
+            (offline::BATCH_FILE_SM3, file.file_sm3.clone()),
             (offline::ANSWER_STATUS, answer.status.to_string()),
             (offline::ANSWER_SM3, answer_sm3.clone()),
             (signature::HEADER, signed),
@@ -662,7 +667,7 @@ impl<'a> Run<'a> {
             body: answer.body.clone(),
         }
         .to_bytes();
-        let name = offline::file_name(Kind::Answer, id);
+        let name = offline::answer_name(id, &file.file_sm3);
         offline::write_atomic(self.answers, &name, &bytes)
             .map_err(io_error(tr!("write", "写入"), &self.answers.join(&name)))?;
         Ok(())

@@ -119,9 +119,9 @@ fn records(seq: u64) -> Vec<Record> {
 /// and the hub's signature over [`Answered::message`] verified with the hub's certificate.
 /// Returns the status and the body.
 fn answer(pki: &Pki, answers: &Path, id: &BatchId) -> (u16, Vec<u8>) {
-    let path = answers.join(offline::file_name(Kind::Answer, id));
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let file = OfflineFile::parse(Kind::Answer, &bytes).unwrap();
+    let found = answers_of(answers, id);
+    assert_eq!(found.len(), 1, "one answer for {id:?}");
+    let file = found.into_iter().next().unwrap();
     assert_eq!(&file.batch_id().unwrap(), id);
     assert_eq!(file.header("content-type"), Some("application/json"));
     let status: u16 = file
@@ -137,6 +137,7 @@ fn answer(pki: &Pki, answers: &Path, id: &BatchId) -> (u16, Vec<u8>) {
     let message = Answered {
         id,
         batch_sm3: file.header(header::DIGEST).unwrap(),
+        file_sm3: file.header(offline::BATCH_FILE_SM3).unwrap(),
         status,
         answer_sm3,
     }
@@ -146,6 +147,16 @@ fn answer(pki: &Pki, answers: &Path, id: &BatchId) -> (u16, Vec<u8>) {
         .verify_message(&message, &chain[0])
         .expect("the hub's signature verifies");
     (status, file.body)
+}
+
+/// The answer files in `answers` that answer `id`.
+fn answers_of(answers: &Path, id: &BatchId) -> Vec<OfflineFile> {
+    offline::list(answers, Kind::Answer)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| OfflineFile::parse(Kind::Answer, &std::fs::read(p).unwrap()).unwrap())
+        .filter(|f| f.batch_id().as_ref() == Ok(id))
+        .collect()
 }
 
 /// The answer of `id`, a 200 with an Ack.
@@ -563,11 +574,7 @@ async fn a_failing_store_stops_the_import_and_leaves_the_file() {
     );
     assert_eq!(error.done(), Some(&ImportReport::default()));
     assert_eq!(left(dir.path()), [path]);
-    assert!(
-        !answers
-            .join(offline::file_name(Kind::Answer, &id(&stream, 2)))
-            .exists()
-    );
+    assert!(answers_of(&answers, &id(&stream, 2)).is_empty());
 }
 
 #[tokio::test]

@@ -42,6 +42,11 @@ pub const CERTIFICATE: &str = "exchange-certificate";
 pub const FILE_SIGNATURE: &str = "exchange-file-signature";
 /// The header of an answer file carrying the HTTP status the hub answered.
 pub const ANSWER_STATUS: &str = "exchange-answer-status";
+/// The header of an answer file carrying the SM3 (hex) of the batch file it answers, as the
+/// hub read it: each writing of a batch is a different file (its signatures differ), so the
+/// agent can tell an answer to its latest writing from one to an older (docs/PROTOCOL.md
+/// §12.5).
+pub const BATCH_FILE_SM3: &str = "exchange-batch-file-sm3";
 /// The header of an answer file carrying the SM3 (hex) of its body.
 pub const ANSWER_SM3: &str = "exchange-answer-sm3";
 /// File name extension of a batch file.
@@ -133,7 +138,12 @@ impl OfflineFile {
         let mut length = None;
         for line in lines {
             let (name, value) = header_line(line)?;
-            if name == "content-length" {
+            if name == "content-length" && length.is_some() {
+                return Err(malformed(crate::tr!(
+                    "header `content-length` appears twice",
+                    "头部 `content-length` 出现了两次"
+                )));
+            } else if name == "content-length" {
                 length = Some(crate::batch::parse_decimal(value).ok_or_else(|| {
                     malformed(crate::tr!(
                         "`content-length` is not a decimal integer",
@@ -305,6 +315,8 @@ pub struct Answered<'a> {
     pub id: &'a BatchId,
     /// The batch's `exchange-content-sm3`.
     pub batch_sm3: &'a str,
+    /// SM3 of the batch file's bytes ([`BATCH_FILE_SM3`]).
+    pub file_sm3: &'a str,
     /// The HTTP status of the answer.
     pub status: u16,
     /// SM3 (hex) of the answer's body.
@@ -313,16 +325,17 @@ pub struct Answered<'a> {
 
 impl Answered<'_> {
     /// The signed message: the ASCII text
-    /// `exchange-answer-signature-v1\n{node}\n{resource}\n{stream}\n{seq}\n{batch_sm3}\n{status}\n{answer_sm3}\n`
+    /// `exchange-answer-signature-v1\n{node}\n{resource}\n{stream}\n{seq}\n{batch_sm3}\n{file_sm3}\n{status}\n{answer_sm3}\n`
     /// (digests lower-case).
     pub fn message(&self) -> Vec<u8> {
         format!(
-            "exchange-answer-signature-v1\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n",
+            "exchange-answer-signature-v1\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n",
             self.id.node,
             self.id.resource,
             self.id.stream,
             self.id.seq,
             self.batch_sm3.to_ascii_lowercase(),
+            self.file_sm3.to_ascii_lowercase(),
             self.status,
             self.answer_sm3.to_ascii_lowercase()
         )
@@ -330,8 +343,21 @@ impl Answered<'_> {
     }
 }
 
-/// The file name of a batch file or its answer: informative only (module doc), unique per
-/// (node, resource, stream, seq), so an answer written again replaces the earlier one.
+/// The file name of an answer to the batch file whose SM3 is `file_sm3`: the batch file's
+/// name with the first 16 digits of that SM3 before the extension, so an answer written again
+/// to the same file replaces the earlier one and answers to different writings of a batch do
+/// not.
+pub fn answer_name(id: &BatchId, file_sm3: &str) -> String {
+    let batch = file_name(Kind::Batch, id);
+    let stem = batch.trim_end_matches(BATCH_EXTENSION);
+    format!(
+        "{stem}{}.{ANSWER_EXTENSION}",
+        &file_sm3[..file_sm3.len().min(16)]
+    )
+}
+
+/// The file name of a batch file: informative only (module doc), unique per (node, resource,
+/// stream, seq), so a batch written again replaces a copy not yet carried.
 pub fn file_name(kind: Kind, id: &BatchId) -> String {
     let clean = |s: &str| -> String {
         s.chars()
@@ -447,6 +473,10 @@ mod tests {
         let a = file_name(Kind::Batch, &id(9));
         let b = file_name(Kind::Batch, &id(10));
         assert!(!a.contains('/') && a < b, "{a} {b}");
-        assert!(file_name(Kind::Answer, &id(9)).ends_with(".exchange-answer"));
+        let answer = answer_name(&id(9), &"ab".repeat(32));
+        assert!(
+            answer.ends_with(".abababababababab.exchange-answer"),
+            "{answer}"
+        );
     }
 }

@@ -250,6 +250,7 @@ fn forged_answer(scene: &Scene, g: &Gateway, seq: u64) -> Vec<u8> {
         .into_iter()
         .find(|(s, _)| *s == seq)
         .expect("batch in the outbox");
+    let file_sm3 = exchange_protocol::digest::sm3_hex(&std::fs::read(&path).unwrap());
     let batch = batch_of(&path);
     let id = batch.batch_id().unwrap();
     let digest = batch.header("exchange-content-sm3").unwrap().to_owned();
@@ -265,6 +266,7 @@ fn forged_answer(scene: &Scene, g: &Gateway, seq: u64) -> Vec<u8> {
             &Answered {
                 id: &id,
                 batch_sm3: &digest,
+                file_sm3: &file_sm3,
                 status: 200,
                 answer_sm3: &answer_sm3,
             }
@@ -277,6 +279,7 @@ fn forged_answer(scene: &Scene, g: &Gateway, seq: u64) -> Vec<u8> {
         ("exchange-stream", id.stream.clone()),
         ("exchange-batch-seq", seq.to_string()),
         ("exchange-content-sm3", digest),
+        ("exchange-batch-file-sm3", file_sm3.clone()),
         (ANSWER_STATUS, "200".to_owned()),
         (ANSWER_SM3, answer_sm3),
         ("exchange-signature", signature),
@@ -542,7 +545,7 @@ async fn a_batch_file_written_from_the_spec_with_openssl_is_imported_and_its_ans
         &body,
     ]
     .concat();
-    std::fs::write(import_dir.join("from-the-spec.exchange-batch"), file).unwrap();
+    std::fs::write(import_dir.join("from-the-spec.exchange-batch"), &file).unwrap();
 
     let report = import(
         &scene.hub.config,
@@ -592,8 +595,14 @@ async fn a_batch_file_written_from_the_spec_with_openssl_is_imported_and_its_ans
         body_sm3.split_whitespace().next().unwrap(),
         header("exchange-answer-sm3")
     );
+    // The answer names the batch file it answers by the file's SM3.
+    std::fs::write(work.join("batch.file"), &file).unwrap();
+    let file_sm3 =
+        String::from_utf8(openssl(&work, &["dgst", "-sm3", "-r", "batch.file"])).unwrap();
+    let file_sm3 = file_sm3.split_whitespace().next().unwrap().to_owned();
+    assert_eq!(header("exchange-batch-file-sm3"), file_sm3);
     let message = format!(
-        "exchange-answer-signature-v1\n{node}\n{CODE}\n{stream}\n1\n{sm3}\n{}\n{}\n",
+        "exchange-answer-signature-v1\n{node}\n{CODE}\n{stream}\n1\n{sm3}\n{file_sm3}\n{}\n{}\n",
         header("exchange-answer-status"),
         header("exchange-answer-sm3")
     );
@@ -639,4 +648,71 @@ async fn a_batch_file_written_from_the_spec_with_openssl_is_imported_and_its_ans
     let ack: serde_json::Value = serde_json::from_slice(body).unwrap();
     assert_eq!(ack["status"], "applied");
     assert_eq!(header("exchange-answer-status"), "200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_answer_saying_earlier_batches_are_missing_does_not_stop_the_resource() {
+    let scene = Scene::start().await;
+    let g = Gateway::new(scene.dir.path());
+    let source = SqliteSource::create(scene.dir.path(), 20);
+    let agent = offline_agent(&scene, &source, &g);
+    agent.sync_ok().await;
+    let seqs: Vec<u64> = g.outbox().iter().map(|(s, _)| *s).collect();
+    assert!(seqs.len() >= 2, "{seqs:?}");
+    // Batch 2 crosses first: it waits, and its answer says the hub's mark is 0.
+    for seq in &seqs[1..] {
+        g.carry(*seq);
+    }
+    hub_import(&scene.hub, &g).await;
+    let held = scene.dir.path().join("held");
+    std::fs::create_dir_all(&held).unwrap();
+    carry_all(&g.answers, &held);
+    // Batch 1 crosses; the hub applies 1 and the waiting ones. The gateway delivers the
+    // answer to 1 with the old "mark 0" answers to the later ones, and loses the new ones.
+    g.carry(1);
+    let seen = hub_import(&scene.hub, &g).await;
+    assert!(
+        seen.iter()
+            .all(|(_, o)| matches!(o, Outcome::Applied { .. })),
+        "{seen:?}"
+    );
+    for a in offline::list(&g.answers, Kind::Answer).unwrap() {
+        let f = OfflineFile::parse(Kind::Answer, &std::fs::read(&a).unwrap()).unwrap();
+        if f.batch_id().unwrap().seq == 1 {
+            std::fs::rename(&a, g.inbox.join(a.file_name().unwrap())).unwrap();
+        } else {
+            std::fs::remove_file(&a).unwrap();
+        }
+    }
+    carry_all(&held, &g.inbox);
+    let out = agent.sync("30s").await;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "a late answer must not stop the resource: {out}"
+    );
+    let status = agent.resource_status(CODE).await;
+    assert!(status["stopped"].is_null(), "{status}");
+    assert_eq!(queued(&agent).await, seqs.len() as u64 - 1);
+    // The later batches were written again at once; the hub has them: duplicates, released.
+    for (seq, _) in g.outbox() {
+        g.carry(seq);
+    }
+    let seen = hub_import(&scene.hub, &g).await;
+    assert!(
+        seen.iter()
+            .all(|(_, o)| matches!(o, Outcome::Duplicate { .. })),
+        "{seen:?}"
+    );
+    g.carry_answers();
+    agent.sync_ok().await;
+    assert_eq!(queued(&agent).await, 0);
+    assert_same(&scene.hub.rows(CODE).await, &source.expected());
+}
+
+/// Moves every answer file from `from` to `to`.
+fn carry_all(from: &Path, to: &Path) {
+    for a in offline::list(from, Kind::Answer).unwrap() {
+        std::fs::rename(&a, to.join(a.file_name().unwrap())).unwrap();
+    }
 }

@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 
 use exchange_protocol::batch::BatchId;
 use exchange_protocol::digest::sm3_hex;
-use exchange_protocol::offline::{self, ANSWER_SM3, ANSWER_STATUS, Answered, Kind, OfflineFile};
+use exchange_protocol::offline::{
+    self, ANSWER_SM3, ANSWER_STATUS, Answered, BATCH_FILE_SM3, Kind, OfflineFile,
+};
 use exchange_protocol::signature::{self, Signature};
 use exchange_protocol::tr;
 use rustls::client::danger::ServerCertVerifier;
@@ -40,6 +42,8 @@ struct Answer {
     id: BatchId,
     /// The digest of the batch it answers.
     batch_sm3: String,
+    /// SM3 of the batch file it answers (one writing of the batch).
+    file_sm3: String,
     /// The HTTP status the hub answered.
     status: u16,
     /// The JSON body.
@@ -60,6 +64,7 @@ pub(super) struct Received {
 pub(super) async fn receive(
     inbox: &Inbox,
     flight: &InFlight<'_>,
+    latest: &(dyn Fn(u64, &str) -> bool + Sync),
     acked: &(dyn Fn() + Sync),
 ) -> Result<Received, PushError> {
     let answers = {
@@ -79,12 +84,27 @@ pub(super) async fn receive(
                 && answer.batch_sm3.eq_ignore_ascii_case(&b.digest)
         }) else {
             // Not for the oldest queued batch: stale (its batch left, or changed, or another
-            // stream's) unless it is for a later batch, which waits for its turn.
-            if !waits(flight, &answer)? {
-                remove(&answer.path);
+            // stream's) unless it is for a later batch, which waits for its turn — but a
+            // "batches are missing" for a later one says which to write again now.
+            match waits(flight, &answer)? {
+                Some(head) if answer.status == 409 => {
+                    let from = missing_from(&answer).max(head);
+                    received.rewritten = Some(received.rewritten.map_or(from, |r| r.min(from)));
+                    remove(&answer.path);
+                }
+                Some(_) => {}
+                None => remove(&answer.path),
             }
             continue;
         };
+        if answer.status == 409 && !latest(b.seq, &answer.file_sm3) {
+            // "Earlier batches are missing" from before the latest writing: they may have
+            // arrived since. Only an answer to a writing after the last release can say the
+            // hub lost what it acknowledged; the batch is written again at once to ask.
+            received.rewritten = Some(received.rewritten.map_or(b.seq, |r| r.min(b.seq)));
+            remove(&answer.path);
+            continue;
+        }
         let sent = Sent {
             url: &inbox.url,
             flight,
@@ -106,7 +126,7 @@ pub(super) async fn receive(
             }
             Err(e @ PushError::RecordRefused { .. }) => {
                 refused::quarantine(flight.queue, e).await?;
-                received.rewritten = Some(b.seq);
+                received.rewritten = Some(received.rewritten.map_or(b.seq, |r| r.min(b.seq)));
                 remove(&answer.path);
             }
             Err(e) => {
@@ -119,15 +139,24 @@ pub(super) async fn receive(
     Ok(received)
 }
 
-/// Whether an answer that is not for the oldest queued batch is for a later one of the same
-/// stream (it waits for its turn); otherwise it is stale: its batch left the queue, changed,
-/// or belongs to another stream.
-fn waits(flight: &InFlight<'_>, answer: &Answer) -> Result<bool, PushError> {
-    Ok(answer.id.stream == flight.stream
-        && flight
-            .queue
-            .head(flight.resource)?
-            .is_some_and(|b| answer.id.seq > b.seq))
+/// For an answer that is not for the oldest queued batch: the oldest queued seq when it is
+/// for a later batch of the same stream (it waits for its turn); `None` when it is stale (its
+/// batch left the queue, changed, or belongs to another stream).
+fn waits(flight: &InFlight<'_>, answer: &Answer) -> Result<Option<u64>, PushError> {
+    Ok(flight
+        .queue
+        .head(flight.resource)?
+        .map(|b| b.seq)
+        .filter(|head| answer.id.stream == flight.stream && answer.id.seq > *head))
+}
+
+/// The first seq a `409` answer says the hub lacks: one after its `last_seq` (the answer's own
+/// seq when the body names none).
+fn missing_from(answer: &Answer) -> u64 {
+    serde_json::from_slice::<exchange_protocol::batch::ErrorBody>(&answer.body)
+        .ok()
+        .and_then(|e| e.last_seq)
+        .map_or(answer.id.seq, |m| m + 1)
 }
 
 fn remove(path: &Path) {
@@ -240,11 +269,16 @@ impl Inbox {
             .required(exchange_protocol::batch::header::DIGEST)
             .map_err(|e| e.to_string())?
             .to_owned();
-        self.authentic(&file, &id, &batch_sm3, status)?;
+        let file_sm3 = file
+            .required(BATCH_FILE_SM3)
+            .map_err(|e| e.to_string())?
+            .to_owned();
+        self.authentic(&file, &id, (&batch_sm3, &file_sm3), status)?;
         Ok(Some(Answer {
             path: path.to_owned(),
             id,
             batch_sm3,
+            file_sm3,
             status,
             body: file.body,
         }))
@@ -255,7 +289,7 @@ impl Inbox {
         &self,
         file: &OfflineFile,
         id: &BatchId,
-        batch_sm3: &str,
+        (batch_sm3, file_sm3): (&str, &str),
         status: u16,
     ) -> Result<(), String> {
         let answer_sm3 = sm3_hex(&file.body);
@@ -284,6 +318,7 @@ impl Inbox {
         let answered = Answered {
             id,
             batch_sm3,
+            file_sm3,
             status,
             answer_sm3: &answer_sm3,
         };

@@ -32,7 +32,8 @@
 //! - `refused`: a record the hub refused, quarantined and cut out of its batch;
 //! - `window`: the push window;
 //! - `offline`: offline exchange, batches as files in the outbox; `inbox`: the hub's answer
-//!   files read back (docs/PROTOCOL.md §12);
+//!   files read back (docs/PROTOCOL.md §12); `writings`: what was written, kept across
+//!   restarts;
 //! - `error`: why a push failed.
 
 mod answer;
@@ -44,6 +45,7 @@ mod offline;
 mod receipt;
 mod refused;
 mod window;
+mod writings;
 
 pub use crate::pipeline::queue::MAX_IN_FLIGHT;
 pub use client::{HubClient, MAX_RETRY_AFTER};

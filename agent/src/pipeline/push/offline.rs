@@ -10,17 +10,17 @@
 //!   in seq order (`inbox`); nothing is dropped whatever arrives;
 //! - files are written whole or not at all (`offline::write_atomic`); writing one again is
 //!   harmless (the hub imports it as a duplicate);
-//! - every batch still queued is written again when the process starts and when no answer
-//!   arrived for `resend_after` after the last write (a file lost on the way); a batch whose
-//!   record the hub refused is rewritten without it at once.
+//! - what was written is kept across restarts (`writings`); the oldest queued batch and those
+//!   after it are written again when its latest writing is `resend_after` old (a file lost on
+//!   the way), when an answer to a later batch says the hub lacks it, or when an answer to an
+//!   older writing of it says the hub lacks earlier ones (such an answer may be stale: only
+//!   one to a writing after the last release can stop the resource); a batch whose record the
+//!   hub refused is rewritten without it at once.
 //!
 //! The queue and its stream are those of online pushing: switching `mode` keeps both, and a
 //! batch already sent one way is acknowledged as a duplicate the other way.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::Instant;
 
 use exchange_protocol::batch::BatchId;
 use exchange_protocol::offline::{self, Kind, OfflineFile};
@@ -32,19 +32,9 @@ use super::error::PushError;
 use super::flight::InFlight;
 use super::inbox::Inbox;
 use super::window::{baseline_seq, raise_sent_through, read_after};
+use super::writings::Writings;
 use crate::config::{Config, Offline};
 use crate::pipeline::queue::{MAX_IN_FLIGHT, Queue, StoredBatch};
-
-/// What this process wrote of one resource.
-#[derive(Debug, Clone)]
-struct Written {
-    /// The stream written.
-    stream: String,
-    /// Every queued batch up to this seq was written by this process.
-    through: u64,
-    /// When a batch was last written or an answer released one.
-    at: Instant,
-}
 
 /// The agent's side of offline exchange: its directories, its signing identity and the
 /// hub's, and what it wrote.
@@ -62,7 +52,7 @@ pub struct OfflineLink {
     /// The queue's own stream.
     stream: String,
     /// What was written, per resource.
-    written: Mutex<HashMap<String, Written>>,
+    writings: Writings,
 }
 
 impl OfflineLink {
@@ -75,18 +65,12 @@ impl OfflineLink {
         })?;
         let chain = tls::load_certs("client certificate", &config.hub.tls.cert)?;
         let verifier = tls::server_certificate_verifier(&config.hub.tls)?;
-        let host = config
-            .hub
-            .url
-            .trim_start_matches("https://")
-            .split(['/', ':'])
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let host = hub_host(&config.hub.url);
         let hub_name = ServerName::try_from(host).map_err(|e| PushError::Offline {
             dir: dirs.inbox.clone(),
             reason: e.to_string(),
         })?;
+        remove_leftovers(&dirs.outbox);
         Ok(OfflineLink {
             node: config.node.id.clone(),
             dirs: dirs.clone(),
@@ -100,12 +84,12 @@ impl OfflineLink {
                 hub_name,
             ),
             stream: stream.to_owned(),
-            written: Mutex::default(),
+            writings: Writings::open(&config.node.data_dir, dirs.resend_after),
         })
     }
 
-    /// Whether every batch of `resource` still queued was written by this process (a sync
-    /// has nothing more to do for it).
+    /// Whether every batch of `resource` still queued was written (a sync has nothing more
+    /// to do for it).
     pub fn all_written(&self, queue: &Queue, resource: &str) -> bool {
         let through = self.written_through(resource);
         match queue.state(resource) {
@@ -114,55 +98,9 @@ impl OfflineLink {
         }
     }
 
-    /// Batches of `resource` up to this seq were written by this process.
+    /// Batches of `resource` up to this seq were written to the outbox.
     pub fn written_through(&self, resource: &str) -> u64 {
-        self.written().get(resource).map_or(0, |w| w.through)
-    }
-
-    /// An answer released a batch of `resource`: the resend clock starts again.
-    fn answered(&self, resource: &str) {
-        if let Some(w) = self.written().get_mut(resource) {
-            w.at = Instant::now();
-        }
-    }
-
-    /// Batch `seq` of `resource` changed (a record the hub refused was cut out): it and the
-    /// batches after it are written again.
-    fn rewrite_from(&self, resource: &str, seq: u64) {
-        if let Some(w) = self.written().get_mut(resource) {
-            w.through = w.through.min(seq.saturating_sub(1));
-        }
-    }
-
-    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<String, Written>> {
-        self.written.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Where this process stands with `resource` on `stream`: written through which seq, and
-    /// whether everything queued is due again (nothing written yet, or no answer for
-    /// `resend_after`).
-    fn due(&self, resource: &str, stream: &str) -> u64 {
-        let mut written = self.written();
-        let w = written
-            .entry(resource.to_owned())
-            .or_insert_with(|| Written {
-                stream: stream.to_owned(),
-                through: 0,
-                at: Instant::now(),
-            });
-        if w.stream != stream || w.at.elapsed() >= self.dirs.resend_after {
-            w.stream = stream.to_owned();
-            w.through = 0;
-            w.at = Instant::now();
-        }
-        w.through
-    }
-
-    fn wrote(&self, resource: &str, seq: u64) {
-        if let Some(w) = self.written().get_mut(resource) {
-            w.through = w.through.max(seq);
-            w.at = Instant::now();
-        }
+        self.writings.through(resource)
     }
 
     /// The batch file of `b` as `id`.
@@ -214,15 +152,21 @@ pub async fn push_offline(
     }
     let stream = state.stream_or(&link.stream).to_owned();
     let flight = InFlight::new(queue, resource, stream, state.sent_through);
-    let received = super::inbox::receive(&link.inbox, &flight, acked).await?;
-    if received.released > 0 {
-        link.answered(resource);
-    }
+    let latest = |seq: u64, file_sm3: &str| link.writings.is_latest(resource, seq, file_sm3);
+    // A release is noted before the next answer is judged: an answer to a writing made before
+    // it may be stale.
+    let released = || {
+        link.writings.released(resource);
+        acked();
+    };
+    let received = super::inbox::receive(&link.inbox, &flight, &latest, &released).await?;
     if let Some(seq) = received.rewritten {
-        link.rewrite_from(resource, seq);
+        link.writings.rewrite_from(resource, seq);
     }
     let written = write_due(link, &flight).await?;
     if written > 0 {
+        // The outbox takes files again: an earlier failure to write is over.
+        acked();
         tracing::info!(
             resource,
             written,
@@ -237,7 +181,8 @@ pub async fn push_offline(
 /// again), raising the committed bound first.
 async fn write_due(link: &OfflineLink, flight: &InFlight<'_>) -> Result<usize, PushError> {
     let resource = flight.resource;
-    let mut after = link.due(resource, &flight.stream);
+    let head = flight.queue.head(resource)?.map(|b| b.seq);
+    let mut after = link.writings.due(resource, &flight.stream, head);
     let mut written = 0;
     loop {
         let (page, state) = read_after(flight.queue, resource, after).await?;
@@ -256,13 +201,14 @@ async fn write_due(link: &OfflineLink, flight: &InFlight<'_>) -> Result<usize, P
                 stream: flight.stream.clone(),
                 seq: b.seq,
             };
-            let file = link.batch_file(&id, b, baseline == Some(b.seq))?;
+            let bytes = link.batch_file(&id, b, baseline == Some(b.seq))?.to_bytes();
+            let file_sm3 = exchange_protocol::digest::sm3_hex(&bytes);
             let dir = link.dirs.outbox.clone();
             let name = offline::file_name(Kind::Batch, &id);
-            tokio::task::spawn_blocking(move || write_file(&dir, &name, &file))
+            tokio::task::spawn_blocking(move || write_file(&dir, &name, &bytes))
                 .await
                 .expect("outbox task panicked")?;
-            link.wrote(resource, b.seq);
+            link.writings.wrote(resource, b.seq, file_sm3);
             written += 1;
             tracing::debug!(resource, seq = b.seq, "Batch written to the outbox.");
         }
@@ -273,11 +219,60 @@ async fn write_due(link: &OfflineLink, flight: &InFlight<'_>) -> Result<usize, P
     }
 }
 
-fn write_file(dir: &Path, name: &str, file: &OfflineFile) -> Result<(), PushError> {
-    offline::write_atomic(dir, name, &file.to_bytes())
+/// The host of the hub's URL (`https://HOST:PORT/…`, an IPv6 address in brackets): the name
+/// its certificate must hold.
+fn hub_host(url: &str) -> String {
+    let authority = url
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default().to_owned(),
+        None => authority.split(':').next().unwrap_or_default().to_owned(),
+    }
+}
+
+/// Removes temporary files a crash left in the outbox (`.NAME.tmp`, `offline::write_atomic`)
+/// once they are an hour old (a younger one may be a running writer's: `check` builds a link
+/// too).
+fn remove_leftovers(outbox: &Path) {
+    let Ok(entries) = std::fs::read_dir(outbox) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+        if name.starts_with('.') && name.ends_with(".tmp") && old {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), PushError> {
+    offline::write_atomic(dir, name, bytes)
         .map(|_| ())
         .map_err(|e| PushError::Offline {
             dir: dir.to_owned(),
             reason: exchange_protocol::cause::chain(&e),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_hubs_name_is_the_host_of_its_url() {
+        for (url, host) in [
+            ("https://hub.example.gov.cn:8443", "hub.example.gov.cn"),
+            ("https://10.0.0.5", "10.0.0.5"),
+            ("https://[::1]:8443/x", "::1"),
+        ] {
+            assert_eq!(super::hub_host(url), host);
+        }
+    }
 }
