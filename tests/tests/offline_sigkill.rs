@@ -1,8 +1,9 @@
 //! Offline exchange (docs/PROTOCOL.md §12) with the agent killed by SIGKILL at random moments,
 //! 15 times, while its service writes batch files and reads answers, and a gateway carries
 //! files both ways all the while (every 250 ms the outbox to the hub's import and the import,
-//! every fourth time the answers to the inbox). Every restart writes every unanswered batch again, so the hub meets
-//! many copies. Afterwards, with the hub's SQLite store instrumented by triggers:
+//! every eighth time the answers to the inbox), with `resend_after = "1s"`: unanswered
+//! batches are written again, so the hub meets many copies. Afterwards, with the hub's SQLite
+//! store instrumented by triggers:
 //! - the hub holds exactly the source's rows;
 //! - every batch was applied once, in order, and no row was written twice;
 //! - the agent's queue is empty: every batch left it on the hub's answer;
@@ -57,14 +58,15 @@ async fn agent_killed_while_exchanging_offline_loses_and_duplicates_nothing() {
         std::fs::create_dir_all(d).unwrap();
     }
     let source = SqliteSource::create(scene.dir.path(), 100);
-    let agent = scene.write_agent(
-        &scene
-            .agent_config()
-            .max_records(20)
-            .offline(&dirs[0], &dirs[1])
-            .source("local", "sqlite", &source.url())
-            .resource(source.resource(CODE, "local")),
-    );
+    let mut config = scene
+        .agent_config()
+        .max_records(20)
+        .offline(&dirs[0], &dirs[1])
+        .source("local", "sqlite", &source.url())
+        .resource(source.resource(CODE, "local"));
+    // Unanswered batches are written again every second: the hub meets many copies.
+    config.hub_extra.push("resend_after = \"1s\"".to_owned());
+    let agent = scene.write_agent(&config);
     let log = scene.dir.path().join("agent.log");
 
     // The gateway and the hub's import, all the while.
@@ -83,7 +85,7 @@ async fn agent_killed_while_exchanging_offline_loses_and_duplicates_nothing() {
                 outcomes.extend(report.files.into_iter().map(|f| f.outcome));
                 // Answers travel more slowly than batches: batches the hub has are written
                 // again by a restarted agent, and imported as duplicates.
-                if cycle.is_multiple_of(4) {
+                if cycle.is_multiple_of(8) {
                     carry(&dirs[3], &dirs[1], Kind::Answer);
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
