@@ -495,6 +495,17 @@ impl Agent {
         serde_json::from_str(&out.stdout).ok()
     }
 
+    /// The batches of resource `code` still queued, from `status --json`; `None` while there
+    /// is no status to read. For polling.
+    pub async fn queued_batches(&self, code: &str) -> Option<u64> {
+        let status = self.try_status().await?;
+        status["resources"]
+            .as_array()?
+            .iter()
+            .find(|r| r["code"] == code)?["queued_batches"]
+            .as_u64()
+    }
+
     /// The status of one resource from `status --json`.
     pub async fn resource_status(&self, code: &str) -> serde_json::Value {
         let status = self.status().await;

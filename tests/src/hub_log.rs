@@ -28,6 +28,32 @@ pub fn batches_applied(hub_db: &rusqlite::Connection) -> i64 {
         .unwrap()
 }
 
+/// Checks, from the log the triggers keep, that every batch was applied once, in seq order,
+/// and that no row was written twice; returns how many batches were applied.
+pub fn assert_applied_once_in_order(hub_db: &rusqlite::Connection) -> usize {
+    let seqs: Vec<i64> = hub_db
+        .prepare("SELECT seq FROM test_batches ORDER BY n")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "batches applied once each, in order"
+    );
+    let twice: i64 = hub_db
+        .query_row(
+            "SELECT count(*) FROM (SELECT key FROM test_record_writes GROUP BY key HAVING count(*) > 1)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(twice, 0, "{twice} rows were written more than once");
+    seqs.len()
+}
+
 /// Appends a line to the agent's log (a round's heading).
 pub fn append(log: &std::path::Path, line: &str) {
     use std::io::Write as _;

@@ -14,7 +14,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use exchange_tests::agent::Agent;
-use exchange_tests::hub_log::{INSTRUMENT, append, batches_applied, tail};
+use exchange_tests::hub_log::{
+    INSTRUMENT, append, assert_applied_once_in_order, batches_applied, tail,
+};
 use exchange_tests::rows::{self, Rows};
 use exchange_tests::scene::Scene;
 use rand::rngs::StdRng;
@@ -159,23 +161,7 @@ async fn agent_killed_while_reading_dropped_files_loses_and_duplicates_nothing()
     assert_eq!(export.len(), hub.len(), "the export holds a key twice");
     rows::assert_same(&hub, &expected);
 
-    let seqs: Vec<i64> = hub_db
-        .prepare("SELECT seq FROM test_batches ORDER BY n")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(
-        seqs,
-        (1..=seqs.len() as i64).collect::<Vec<_>>(),
-        "batches applied once each, in order"
-    );
-    let twice = count(
-        &hub_db,
-        "SELECT count(*) FROM (SELECT key FROM test_record_writes GROUP BY key HAVING count(*) > 1)",
-    );
-    assert_eq!(twice, 0, "{twice} rows were written more than once");
+    assert_applied_once_in_order(&hub_db);
     let writes = count(&hub_db, "SELECT count(*) FROM test_record_writes");
     assert_eq!(writes as usize, expected.len());
     let status = agent.resource_status(CODE).await;

@@ -424,17 +424,7 @@ async fn the_running_service_writes_batches_and_releases_them_as_answers_arrive(
     wait_until(
         "the answers release every batch",
         Duration::from_secs(30),
-        || async {
-            agent
-                .try_status()
-                .await
-                .and_then(|s| {
-                    s["resources"]
-                        .as_array()
-                        .and_then(|rs| rs.iter().find(|r| r["code"] == CODE).cloned())
-                })
-                .is_some_and(|r| r["queued_batches"] == 0)
-        },
+        || async { agent.queued_batches(CODE).await == Some(0) },
     )
     .await;
     wait_until(

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use exchange_hub::import::{Outcome, import};
 use exchange_protocol::offline::{self, Kind};
-use exchange_tests::hub_log::{INSTRUMENT, append, tail};
+use exchange_tests::hub_log::{INSTRUMENT, append, assert_applied_once_in_order, tail};
 use exchange_tests::rows::assert_same;
 use exchange_tests::scene::Scene;
 use exchange_tests::sqlite_source::SqliteSource;
@@ -125,15 +125,7 @@ async fn agent_killed_while_exchanging_offline_loses_and_duplicates_nothing() {
             let (scene, agent, expected) = (&scene, &agent, &expected);
             async move {
                 scene.hub.rows(CODE).await.len() == expected.len()
-                    && agent
-                        .try_status()
-                        .await
-                        .and_then(|s| {
-                            s["resources"]
-                                .as_array()
-                                .and_then(|rs| rs.iter().find(|r| r["code"] == CODE).cloned())
-                        })
-                        .is_some_and(|r| r["queued_batches"] == 0)
+                    && agent.queued_batches(CODE).await == Some(0)
             }
         },
     )
@@ -143,26 +135,7 @@ async fn agent_killed_while_exchanging_offline_loses_and_duplicates_nothing() {
     let outcomes = gateway.await.unwrap();
     assert_same(&scene.hub.rows(CODE).await, &expected);
 
-    let seqs: Vec<i64> = hub_db
-        .prepare("SELECT seq FROM test_batches ORDER BY n")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(
-        seqs,
-        (1..=seqs.len() as i64).collect::<Vec<_>>(),
-        "batches applied once each, in order"
-    );
-    let twice: i64 = hub_db
-        .query_row(
-            "SELECT count(*) FROM (SELECT key FROM test_record_writes GROUP BY key HAVING count(*) > 1)",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(twice, 0, "{twice} rows were written more than once");
+    let batches = assert_applied_once_in_order(&hub_db);
     let applied = outcomes
         .iter()
         .filter(|o| matches!(o, Outcome::Applied { .. }))
@@ -181,7 +154,7 @@ async fn agent_killed_while_exchanging_offline_loses_and_duplicates_nothing() {
         })
         .collect();
     assert!(other.is_empty(), "{other:?}");
-    assert_eq!(applied, seqs.len());
+    assert_eq!(applied, batches);
     eprintln!(
         "{kills} kills in {rounds} rounds, {} rows; {applied} batches applied, {duplicates} copies imported as duplicates",
         expected.len()
