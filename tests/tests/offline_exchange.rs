@@ -357,6 +357,35 @@ async fn a_hub_restored_from_a_backup_stops_the_resource_as_online() {
             .is_some_and(|s| s.contains("missing at the hub")),
         "{status}"
     );
+
+    // Resync: the old stream's files still in the outbox are withdrawn, those at the hub's
+    // import are the operator's to remove; the new stream's baseline makes the hub equal.
+    let old: Vec<PathBuf> = offline::list(&g.outbox, Kind::Batch).unwrap();
+    let out = agent.cmd(&["resync", CODE, "--yes"]).await;
+    out.assert_code(0);
+    out.assert_mentions(&[&format!("{} batch files of the old stream", old.len())]);
+    assert!(offline::list(&g.outbox, Kind::Batch).unwrap().is_empty());
+    for f in offline::list(&g.import, Kind::Batch).unwrap() {
+        std::fs::remove_file(f).unwrap();
+    }
+    source
+        .conn
+        .execute("DELETE FROM residents WHERE id <= 3", [])
+        .unwrap();
+    agent.sync_ok().await;
+    for (seq, _) in g.outbox() {
+        g.carry(seq);
+    }
+    let seen = hub_import(&scene.hub, &g).await;
+    assert!(
+        seen.iter()
+            .all(|(_, o)| matches!(o, Outcome::Applied { .. })),
+        "{seen:?}"
+    );
+    g.carry_answers();
+    agent.sync_ok().await;
+    assert_eq!(queued(&agent).await, 0);
+    assert_same(&scene.hub.rows(CODE).await, &source.expected());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,12 +16,23 @@ pub fn resync(config: &Config, queue: &Queue, code: &str) -> Printed {
     let discarded = queue.resync(code, Shape::of(r, &config.keys))?;
     let after = queue.state(code)?;
     let stream = after.stream_or(queue.stream()).to_owned();
+    let old_stream = before.stream_or(queue.stream()).to_owned();
+    // Offline: the old stream's files not yet carried leave the outbox.
+    let withdrawn = match &config.hub.offline {
+        Some(o) => crate::pipeline::push::withdraw(&o.outbox, code, &old_stream)
+            .unwrap_or_else(|e| {
+                tracing::warn!(outbox = %o.outbox.display(), error = %e, "Cannot remove the old stream's batch files from the outbox.");
+                0
+            }),
+        None => 0,
+    };
     audit::append(
         &config.node.data_dir,
         "resync",
         code,
         serde_json::json!({
-            "old_stream": before.stream_or(queue.stream()),
+            "old_stream": old_stream,
+            "withdrawn_files": withdrawn,
             "new_stream": stream,
             "discarded_batches": discarded.batches,
             "discarded_records": discarded.records,
@@ -37,10 +48,17 @@ pub fn resync(config: &Config, queue: &Queue, code: &str) -> Printed {
             "`{code}` 在新数据流 {stream} 上重新开始：已丢弃 {batches} 个排队批次（{records} 条记录）。该资源读取文件交换目录，文件不会自动重读：请把需要重新发送的文件从 {dir}/done/ 移回 {dir}/（快照资源：移回最新的一个文件，交换平台随后删除该文件中没有的记录）。\n"
         ));
     }
-    Ok(tr!(
+    let mut said = tr!(
         "`{code}` starts again on a new stream {stream}: {batches} queued batches ({records} records) were discarded; the next pull reads the whole resource, and once the hub has it all it removes the records the new stream did not send.\n",
         "`{code}` 在新数据流 {stream} 上重新开始：已丢弃 {batches} 个排队批次（{records} 条记录）；下一次抽取读取整个资源，交换平台收齐后删除新数据流未发送的记录。\n"
-    ))
+    );
+    if config.hub.offline.is_some() {
+        said.push_str(&tr!(
+            "Offline: {withdrawn} batch files of the old stream {old_stream} were removed from the outbox; remove any still on their way (in the gateway, or not yet imported at the hub) before the new stream's files are imported.\n",
+            "离线模式：已从发件目录删除旧数据流 {old_stream} 的 {withdrawn} 个批次文件；请在导入新数据流的文件之前，删除仍在途中（在网闸中，或尚未在交换中心导入）的旧数据流文件。\n"
+        ));
+    }
+    Ok(said)
 }
 
 /// `accept-config`: keeps the cursor after a configuration change; only rows that change

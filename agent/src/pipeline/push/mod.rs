@@ -50,5 +50,5 @@ mod writings;
 pub use crate::pipeline::queue::MAX_IN_FLIGHT;
 pub use client::{HubClient, MAX_RETRY_AFTER};
 pub use error::PushError;
-pub use offline::{OfflineLink, push_offline};
+pub use offline::{OfflineLink, push_offline, withdraw};
 pub use window::{Flow, push_batches};

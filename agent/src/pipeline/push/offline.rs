@@ -134,6 +134,24 @@ impl OfflineLink {
     }
 }
 
+/// Removes from `outbox` the batch files of `resource` on `stream` (a resync's old stream: its
+/// batches must not reach the hub after the new stream's baseline, docs/PROTOCOL.md §5.1);
+/// returns how many. Files that cannot be read as batch files are left alone.
+pub fn withdraw(outbox: &Path, resource: &str, stream: &str) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for path in offline::list(outbox, Kind::Batch)? {
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let id = OfflineFile::parse(Kind::Batch, &bytes).and_then(|f| f.batch_id());
+        if id.is_ok_and(|id| id.resource == resource && id.stream == stream) {
+            std::fs::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// One offline exchange of `resource`: the hub's answers in the inbox are read (each batch
 /// answered leaves the queue, `acked` called after each), then the batches due are written
 /// to the outbox. Returns how many batches were answered or written (0: nothing to do).
