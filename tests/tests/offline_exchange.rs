@@ -190,6 +190,19 @@ async fn files_shuffled_missing_replayed_tampered_or_forged_lose_and_duplicate_n
     // A forged answer: batch 2 "applied", signed by the node's own key, not the hub's.
     let forged = forged_answer(&scene, &g, 2);
     std::fs::write(g.inbox.join("forged.exchange-answer"), forged).unwrap();
+    // Half an answer (a gateway still writing it in place) waits; an answer for a resource
+    // this agent does not have is set aside.
+    let some_answer = &offline::list(&g.answers, Kind::Answer).unwrap()[0];
+    let bytes = std::fs::read(some_answer).unwrap();
+    std::fs::write(
+        g.inbox.join("half.exchange-answer"),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
+    let other = String::from_utf8(bytes)
+        .unwrap()
+        .replacen(CODE, "330100-XXX-9999", 1);
+    std::fs::write(g.inbox.join("other.exchange-answer"), other).unwrap();
     assert!(g.carry_answers() >= 3);
     // The agent imports the answers: batch 1 leaves the queue, the forgery is set aside, 3 and
     // the last wait for 2; every unanswered batch is written again (a new process).
@@ -198,6 +211,10 @@ async fn files_shuffled_missing_replayed_tampered_or_forged_lose_and_duplicate_n
     let reason = std::fs::read_to_string(g.inbox.join("rejected/forged.exchange-answer.reason"))
         .expect("the forged answer is set aside with its reason");
     assert!(reason.contains("not the hub's"), "{reason}");
+    assert!(g.inbox.join("half.exchange-answer").exists());
+    let reason = std::fs::read_to_string(g.inbox.join("rejected/other.exchange-answer.reason"))
+        .expect("an answer for another resource is set aside");
+    assert!(reason.contains("330100-XXX-9999"), "{reason}");
 
     // Second crossing: batch 2, the untampered 4 (rewritten by the agent), and batch 1 again
     // (a replay).

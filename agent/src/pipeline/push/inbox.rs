@@ -176,6 +176,8 @@ pub(super) struct Inbox {
     data_dir: Option<PathBuf>,
     /// This node: answers for another are refused.
     node: String,
+    /// The resources this agent delivers: answers for another are refused.
+    resources: std::sync::Arc<Vec<String>>,
     /// The hub's URL, for messages.
     url: String,
     /// Checks the hub's certificate.
@@ -185,11 +187,11 @@ pub(super) struct Inbox {
 }
 
 impl Inbox {
-    /// The inbox `dir` of `node`, whose answers come from the hub at `url` (`hub_name`) with
-    /// a certificate `verifier` accepts.
+    /// The inbox `dir` of `node` delivering `resources`, whose answers come from the hub at
+    /// `url` (`hub_name`) with a certificate `verifier` accepts.
     pub(super) fn new(
         dir: PathBuf,
-        node: String,
+        (node, resources): (String, Vec<String>),
         url: String,
         verifier: std::sync::Arc<rustls::client::WebPkiServerVerifier>,
         hub_name: rustls::pki_types::ServerName<'static>,
@@ -198,6 +200,7 @@ impl Inbox {
             dir,
             data_dir: None,
             node,
+            resources: std::sync::Arc::new(resources),
             url,
             verifier,
             hub_name,
@@ -217,6 +220,8 @@ impl Inbox {
             match self.check(&path, resource) {
                 Ok(Some(a)) => answers.push(a),
                 Ok(None) => {}
+                // Not a whole answer yet, and young: maybe still being written in place.
+                Err(_) if self.incomplete(&path) => {}
                 Err(reason) => {
                     set_aside(inbox, &path, &reason);
                     self.audit_refused(resource, &path, &reason);
@@ -225,6 +230,21 @@ impl Inbox {
         }
         answers.sort_by_key(|a| a.id.seq);
         Ok(answers)
+    }
+
+    /// Whether `path` does not parse as an answer file and was modified in the last two
+    /// minutes: a gateway that writes in place may not have finished it (one that writes
+    /// under a `.` name and renames never shows a partial file).
+    fn incomplete(&self, path: &Path) -> bool {
+        let young = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < std::time::Duration::from_secs(120));
+        young
+            && std::fs::read(path)
+                .map(|b| OfflineFile::parse(Kind::Answer, &b).is_err())
+                .unwrap_or(false)
     }
 
     /// An answer file refused is an event of the exchange: audited (`offline.answer_refused`).
@@ -255,6 +275,13 @@ impl Inbox {
                 "该应答属于节点 `{}`，而不是本节点 `{}`",
                 id.node,
                 self.node
+            ));
+        }
+        if !self.resources.iter().any(|r| *r == id.resource) {
+            let r = &id.resource;
+            return Err(tr!(
+                "no resource `{r}` is delivered by this agent's configuration",
+                "本程序的配置中没有交换资源 `{r}`"
             ));
         }
         if id.resource != resource {

@@ -78,7 +78,15 @@ impl OfflineLink {
             chain,
             inbox: Inbox::new(
                 dirs.inbox.clone(),
-                config.node.id.clone(),
+                (
+                    config.node.id.clone(),
+                    config
+                        .resources
+                        .iter()
+                        .filter(|r| r.share.delivers())
+                        .map(|r| r.code.clone())
+                        .collect(),
+                ),
                 config.hub.url.clone(),
                 verifier,
                 hub_name,
