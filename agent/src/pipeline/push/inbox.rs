@@ -277,7 +277,7 @@ impl Inbox {
                 self.node
             ));
         }
-        if !self.resources.iter().any(|r| *r == id.resource) {
+        if !self.resources.contains(&id.resource) {
             let r = &id.resource;
             return Err(tr!(
                 "no resource `{r}` is delivered by this agent's configuration",
