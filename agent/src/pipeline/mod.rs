@@ -340,7 +340,7 @@ impl PushRetry {
                 tracing::info!(
                     resource,
                     failed_attempts = self.failures,
-                    "Push recovered: the hub acknowledges again; the queued batches are being delivered."
+                    "Push recovered: batches leave again (acknowledged by the hub, or written to the offline outbox)."
                 );
                 self.failures = 0;
             }
