@@ -189,7 +189,10 @@ pub async fn push_offline(
     if let Some(seq) = received.rewritten {
         link.writings.rewrite_from(resource, seq);
     }
-    let written = write_due(link, &flight).await?;
+    let written = write_due(link, &flight).await;
+    // Kept once per call, whatever was written before a failure.
+    link.writings.flush();
+    let written = written?;
     if written > 0 {
         // The outbox takes files again: an earlier failure to write is over.
         acked();

@@ -9,8 +9,9 @@
 //!
 //! Invariants:
 //! - a writing is recorded only after its file is in the outbox, so the record never names a
-//!   file that was not written; a crash in between leaves the batch unrecorded, and it is
-//!   written again (the hub imports the copy as a duplicate);
+//!   file that was not written; writings are kept in the file once per round of writing, so a
+//!   crash may leave some unrecorded: they are written again (the hub imports the copies as
+//!   duplicates); a release is kept at once, since an answer is judged against it;
 //! - an answer saying earlier batches are missing is believed only if it answers the latest
 //!   writing of its batch made after the last release ([`Writings::is_latest`]): an older one
 //!   may predate batches the hub applied since;
@@ -20,6 +21,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -45,6 +47,8 @@ pub(super) struct Writings {
     path: PathBuf,
     resend_after: Duration,
     state: Mutex<HashMap<String, Written>>,
+    /// Writings recorded since the file was last replaced.
+    dirty: AtomicBool,
 }
 
 fn now_ms() -> u64 {
@@ -65,6 +69,7 @@ impl Writings {
             path,
             resend_after,
             state: Mutex::new(state),
+            dirty: AtomicBool::new(false),
         }
     }
 
@@ -112,12 +117,20 @@ impl Writings {
         w.through
     }
 
-    /// Batch `seq` of `resource` was written as the file whose SM3 is `file_sm3`.
+    /// Batch `seq` of `resource` was written as the file whose SM3 is `file_sm3` (kept in the
+    /// file at the next [`Writings::flush`]: a writing not kept is only written again).
     pub(super) fn wrote(&self, resource: &str, seq: u64, file_sm3: String) {
-        let mut state = self.state();
-        if let Some(w) = state.get_mut(resource) {
+        if let Some(w) = self.state().get_mut(resource) {
             w.through = w.through.max(seq);
             w.files.insert(seq, (file_sm3, now_ms()));
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Keeps the writings so far in the file (once per round of writing, not per file).
+    pub(super) fn flush(&self) {
+        let state = self.state();
+        if self.dirty.swap(false, Ordering::Relaxed) {
             self.save(&state);
         }
     }
@@ -162,6 +175,7 @@ mod tests {
         assert_eq!(w.due("R", "s1", Some(1)), 0);
         w.wrote("R", 1, "aa".into());
         w.wrote("R", 2, "bb".into());
+        w.flush();
         assert!(w.is_latest("R", 2, "BB"));
         assert!(!w.is_latest("R", 2, "cc"));
         // A release after the writing of 2: an answer to that writing may be stale.
@@ -170,6 +184,7 @@ mod tests {
         assert!(!w.is_latest("R", 2, "bb"));
         std::thread::sleep(Duration::from_millis(2));
         w.wrote("R", 2, "dd".into());
+        w.flush();
         assert!(w.is_latest("R", 2, "dd"));
         // Read back after a restart: nothing due again before resend_after.
         let again = Writings::open(dir.path(), Duration::from_secs(3600));
