@@ -65,6 +65,13 @@ impl Gateway {
         std::fs::rename(&path, self.import.join(name)).unwrap();
     }
 
+    /// Moves every batch file of the outbox to the hub's import directory.
+    fn carry_outbox(&self) {
+        for (seq, _) in self.outbox() {
+            self.carry(seq);
+        }
+    }
+
     /// Moves every answer file to the agent's inbox.
     fn carry_answers(&self) -> usize {
         let answers = offline::list(&self.answers, Kind::Answer).unwrap();
@@ -322,9 +329,7 @@ async fn a_hub_restored_from_a_backup_stops_the_resource_as_online() {
     let source = SqliteSource::create(scene.dir.path(), 20);
     let agent = offline_agent(&scene, &source, &g);
     agent.sync_ok().await;
-    for (seq, _) in g.outbox() {
-        g.carry(seq);
-    }
+    g.carry_outbox();
     hub_import(&scene.hub, &g).await;
     let backup = scene.dir.path().join("hub-backup.db");
     rusqlite::Connection::open(scene.hub.sqlite.as_ref().expect("a SQLite hub"))
@@ -338,10 +343,7 @@ async fn a_hub_restored_from_a_backup_stops_the_resource_as_online() {
     // More rows cross; then the hub's store goes back to the backup, which lacks them.
     source.insert(21, 15);
     agent.sync_ok().await;
-    let later: Vec<u64> = g.outbox().iter().map(|(s, _)| *s).collect();
-    for seq in &later {
-        g.carry(*seq);
-    }
+    g.carry_outbox();
     hub_import(&scene.hub, &g).await;
     g.carry_answers();
     agent.sync_ok().await;
@@ -351,9 +353,7 @@ async fn a_hub_restored_from_a_backup_stops_the_resource_as_online() {
 
     source.insert(36, 5);
     agent.sync_ok().await;
-    for (seq, _) in g.outbox() {
-        g.carry(seq);
-    }
+    g.carry_outbox();
     let seen = hub_import(&scene.hub, &g).await;
     assert!(
         seen.iter()
@@ -390,9 +390,7 @@ async fn a_hub_restored_from_a_backup_stops_the_resource_as_online() {
         .execute("DELETE FROM residents WHERE id <= 3", [])
         .unwrap();
     agent.sync_ok().await;
-    for (seq, _) in g.outbox() {
-        g.carry(seq);
-    }
+    g.carry_outbox();
     let seen = hub_import(&scene.hub, &g).await;
     assert!(
         seen.iter()
@@ -420,9 +418,7 @@ async fn a_resource_switches_between_online_and_offline_on_one_stream() {
     agent.sync_ok().await;
     let seqs: Vec<u64> = g.outbox().iter().map(|(s, _)| *s).collect();
     assert!(seqs.first().is_some_and(|s| *s > 1), "{seqs:?}");
-    for seq in &seqs {
-        g.carry(*seq);
-    }
+    g.carry_outbox();
     let seen = hub_import(&scene.hub, &g).await;
     assert!(
         seen.iter()
@@ -461,9 +457,7 @@ async fn the_running_service_writes_batches_and_releases_them_as_answers_arrive(
         outbox_holds(3),
     )
     .await;
-    for (seq, _) in g.outbox() {
-        g.carry(seq);
-    }
+    g.carry_outbox();
     hub_import(&scene.hub, &g).await;
     assert_same(&scene.hub.rows(CODE).await, &source.expected());
     g.carry_answers();
@@ -731,9 +725,7 @@ async fn a_late_answer_saying_earlier_batches_are_missing_does_not_stop_the_reso
     assert!(status["stopped"].is_null(), "{status}");
     assert_eq!(queued(&agent).await, seqs.len() as u64 - 1);
     // The later batches were written again at once; the hub has them: duplicates, released.
-    for (seq, _) in g.outbox() {
-        g.carry(seq);
-    }
+    g.carry_outbox();
     let seen = hub_import(&scene.hub, &g).await;
     assert!(
         seen.iter()
